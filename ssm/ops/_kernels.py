@@ -1,0 +1,50 @@
+"""How Python hands tensors to the C++/CUDA kernels: a tensor becomes the tuple
+(data_ptr, stride_0, ..., stride_{n-1}) (strides in elements), dtypes become small codes,
+and the CPU thread count comes from torch."""
+from __future__ import annotations
+
+import torch
+
+from ssm.utils import dispatch
+
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+KERNEL_DTYPES = tuple(DTYPE_CODES)
+
+
+# Tests set this to fill every kernel output with NaN before the kernel writes it.
+POISON_OUTPUTS = False
+
+
+def empty(shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A kernel output buffer (contiguous), NaN-poisoned when POISON_OUTPUTS is set."""
+    t = torch.empty(shape, dtype=dtype or like.dtype, device=like.device)
+    if POISON_OUTPUTS and t.is_floating_point():
+        t.fill_(float("nan"))
+    return t
+
+
+def ref(t: torch.Tensor | None):
+    """The kernel-side view of a tensor, or None."""
+    if t is None:
+        return None
+    return (t.data_ptr(), *t.stride())
+
+
+def dtype_code(t: torch.Tensor) -> int:
+    return DTYPE_CODES[t.dtype]
+
+
+def num_threads() -> int:
+    return torch.get_num_threads()
+
+
+def module(backend: str):
+    return dispatch.cpu_module() if backend == "cpu" else dispatch.cuda_module()
+
+
+def dtype_reason(*tensors: torch.Tensor | None) -> str | None:
+    """None when every given tensor has a kernel dtype, else why not."""
+    for t in tensors:
+        if t is not None and t.dtype not in DTYPE_CODES:
+            return f"no kernel for dtype {t.dtype}"
+    return None

@@ -1,0 +1,76 @@
+"""Glue between public ops and torch.library custom ops.
+
+Every op is a ``torch.library`` custom op with a fake implementation, so ``torch.compile``
+and ``torch.export`` see one opaque node. In eager mode without autograd the public op
+calls the implementation directly, which skips the dispatcher's per-call cost.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+_AUTOGRAD_KEYS = (
+    torch._C.DispatchKey.ADInplaceOrView,
+    torch._C.DispatchKey.AutogradCPU,
+    torch._C.DispatchKey.AutogradCUDA,
+    torch._C.DispatchKey.AutogradOther,
+)
+
+
+@contextmanager
+def _autograd_inside_op():
+    """Re-enable autograd inside a custom op's implementation (the dispatcher turns it off)."""
+    include = torch._C._dispatch_tls_local_include_set()
+    exclude = torch._C._dispatch_tls_local_exclude_set()
+    for key in _AUTOGRAD_KEYS:
+        exclude = exclude.remove(key)
+    with torch._C._ForceDispatchKeyGuard(include, exclude), torch.enable_grad():
+        yield
+
+
+def reference_vjp(fn, inputs: tuple, grad_outputs: tuple) -> tuple:
+    """Gradients of ``fn(*inputs)`` (a tuple of outputs) for each tensor input that is
+    floating point (None for the others), by running fn under autograd: the backward of the
+    reference path and of any kernel that has no backward of its own yet."""
+    with _autograd_inside_op():
+        leaves = tuple(x.detach().requires_grad_() if _differentiable(x) else x for x in inputs)
+        outputs = fn(*leaves)
+        if isinstance(outputs, torch.Tensor):
+            outputs = (outputs,)
+        pairs = [(o, g) for o, g in zip(outputs, grad_outputs)
+                 if g is not None and isinstance(o, torch.Tensor) and o.requires_grad]
+        wrt = [x for x in leaves if _differentiable(x)]
+        grads = torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True) \
+            if pairs and wrt else [None] * len(wrt)
+    it = iter(grads)
+    out = []
+    for x in leaves:
+        if _differentiable(x):
+            g = next(it)
+            out.append(torch.zeros_like(x) if g is None else g)
+        else:
+            out.append(None)
+    return tuple(out)
+
+
+def _differentiable(x) -> bool:
+    return isinstance(x, torch.Tensor) and x.is_floating_point()
+
+
+def needs_autograd(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+
+
+def use_custom_op(*tensors) -> bool:
+    """True when the call must go through the registered custom op (compiling, or autograd)."""
+    return torch.compiler.is_compiling() or needs_autograd(*tensors)
+
+
+def empty_if_none(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """Custom ops cannot return None: absent outputs travel as empty tensors."""
+    return like.new_empty(0) if t is None else t
+
+
+def none_if_empty(t: torch.Tensor) -> torch.Tensor | None:
+    return None if t.numel() == 0 else t

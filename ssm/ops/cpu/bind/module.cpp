@@ -1,0 +1,8 @@
+// The ssm._cpu extension module: one bind_<op> per op file in this folder.
+#include "cpu/bind/common.h"
+
+NB_MODULE(_cpu, m) {
+  m.doc() = "ssm C++ CPU kernels";
+  ssm::bind::bind_runtime(m);
+  ssm::bind::bind_dw_causal_conv(m);
+}

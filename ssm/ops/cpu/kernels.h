@@ -1,0 +1,17 @@
+// Declarations of the CPU kernels. Each kernel source (ssm/ops/cpu/<op>.cpp) is compiled
+// once per instruction set into namespace ssm::cpu::<isa>; runtime/isa.h picks one.
+#pragma once
+#include "common/params.h"
+
+#define SSM_CPU_DECLARE(name, Params)                 \
+  namespace generic { void name(const Params&, int); } \
+  namespace avx2 { void name(const Params&, int); }    \
+  namespace avx512 { void name(const Params&, int); }
+
+namespace ssm::cpu {
+
+SSM_CPU_DECLARE(dw_causal_conv_fwd, ConvParams)
+
+}  // namespace ssm::cpu
+
+#undef SSM_CPU_DECLARE

@@ -1,0 +1,12 @@
+// The ssm._cuda extension module: one bind_<op> per op file in this folder.
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
+
+#include "cuda/runtime.h"
+
+namespace nb = nanobind;
+
+NB_MODULE(_cuda, m) {
+  m.doc() = "ssm CUDA kernels";
+  m.def("device_count", &ssm::cuda::device_count, "CUDA devices visible to the ssm CUDA module.");
+}

@@ -1,0 +1,68 @@
+# The CUDA module ssm._cuda: built when nvcc is found and SSM_BUILD_CUDA is not "off".
+# In "auto" mode a missing or broken CUDA toolchain skips the module (the CPU install still
+# works) and the reason is recorded in ssm/_build_info.py; "on" makes it an error.
+set(SSM_CUDA_STATUS "off")
+set(SSM_CUDA_ARCHS_USED "")
+string(TOLOWER "${SSM_BUILD_CUDA}" _ssm_cuda_mode)
+
+if(_ssm_cuda_mode STREQUAL "off")
+  set(SSM_CUDA_STATUS "skipped: SSM_BUILD_CUDA=off")
+else()
+  include(CheckLanguage)
+  check_language(CUDA)
+  if(NOT CMAKE_CUDA_COMPILER)
+    set(SSM_CUDA_STATUS "skipped: no CUDA compiler (nvcc) found at build time")
+    if(_ssm_cuda_mode STREQUAL "on")
+      message(FATAL_ERROR "SSM_BUILD_CUDA=on but no CUDA compiler was found")
+    endif()
+  endif()
+endif()
+
+if(CMAKE_CUDA_COMPILER AND NOT _ssm_cuda_mode STREQUAL "off")
+  # Architectures: SSM_CUDA_ARCHS, else the local GPU, else a short list.
+  set(_archs "${SSM_CUDA_ARCHS}")
+  if(_archs STREQUAL "")
+    find_program(_nvsmi nvidia-smi)
+    if(_nvsmi)
+      execute_process(COMMAND ${_nvsmi} --query-gpu=compute_cap --format=csv,noheader
+                      OUTPUT_VARIABLE _caps RESULT_VARIABLE _rc ERROR_QUIET
+                      OUTPUT_STRIP_TRAILING_WHITESPACE)
+      if(_rc EQUAL 0 AND _caps)
+        string(REPLACE "." "" _caps "${_caps}")
+        string(REPLACE "\n" ";" _caps "${_caps}")
+        list(REMOVE_DUPLICATES _caps)
+        set(_archs "${_caps}")
+      endif()
+    endif()
+  endif()
+  if(_archs STREQUAL "")
+    set(_archs "80;90")
+  endif()
+  set(SSM_CUDA_ARCHS_USED "${_archs}")
+
+  set(CMAKE_CUDA_ARCHITECTURES OFF)
+  enable_language(CUDA)
+  set(CMAKE_CUDA_STANDARD 17)
+  set(_gencode "")
+  foreach(a ${_archs})
+    # Hopper builds the arch-specific 90a target so wgmma/setmaxnreg are available.
+    if(a STREQUAL "90")
+      set(a "90a")
+    endif()
+    list(APPEND _gencode "-gencode=arch=compute_${a},code=sm_${a}")
+  endforeach()
+
+  file(GLOB SSM_CUDA_SOURCES CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/ssm/ops/cuda/*.cu)
+  file(GLOB SSM_CUDA_BIND_SOURCES CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/ssm/ops/cuda/bind/*.cpp)
+  find_package(CUDAToolkit REQUIRED)
+  nanobind_add_module(_cuda NB_STATIC ${SSM_CUDA_BIND_SOURCES} ${SSM_CUDA_SOURCES})
+  target_include_directories(_cuda PRIVATE ${SSM_COMMON_INCLUDE})
+  target_compile_options(_cuda PRIVATE
+    $<$<COMPILE_LANGUAGE:CUDA>:${_gencode} -O3 --use_fast_math --expt-relaxed-constexpr -lineinfo>)
+  target_link_libraries(_cuda PRIVATE CUDA::cudart_static)
+  install(TARGETS _cuda LIBRARY DESTINATION ssm)
+  set(SSM_CUDA_STATUS "built")
+  message(STATUS "ssm: building the CUDA module for architectures ${_archs}")
+else()
+  message(STATUS "ssm: CUDA module ${SSM_CUDA_STATUS}")
+endif()

@@ -1,0 +1,39 @@
+import os
+import random
+
+import pytest
+import torch
+
+import ssm.ops._kernels as kernels
+
+
+def pytest_configure(config):
+    # Every kernel output starts as NaN: an element a kernel forgets to write fails the test.
+    kernels.POISON_OUTPUTS = True
+
+
+@pytest.fixture(autouse=True)
+def fresh_seed(request):
+    """Fresh random inputs every run; the seed is printed when a test fails (SSM_TEST_SEED replays it)."""
+    seed = int(os.environ.get("SSM_TEST_SEED", random.randrange(2**31)))
+    torch.manual_seed(seed)
+    request.node.user_properties.append(("seed", seed))
+    yield seed
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        seeds = [v for k, v in item.user_properties if k == "seed"]
+        if seeds:
+            report.sections.append(("seed", f"SSM_TEST_SEED={seeds[0]}"))
+
+
+def pytest_collection_modifyitems(config, items):
+    has_gpu = torch.cuda.is_available()
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords and not has_gpu:
+            item.add_marker(skip)
