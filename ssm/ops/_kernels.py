@@ -34,12 +34,24 @@ def dtype_code(t: torch.Tensor) -> int:
     return DTYPE_CODES[t.dtype]
 
 
-def num_threads() -> int:
-    return torch.get_num_threads()
+def exec_arg(backend: str, like: torch.Tensor) -> int:
+    """The last argument of every kernel binding: the CPU thread count (torch's), or the
+    current CUDA stream of the tensor's device (so graph capture and streams work)."""
+    if backend == "cpu":
+        return torch.get_num_threads()
+    return torch.cuda.current_stream(like.device).cuda_stream
 
 
 def module(backend: str):
     return dispatch.cpu_module() if backend == "cpu" else dispatch.cuda_module()
+
+
+def kernel_reason(backend: str, kernel: str, *tensors: torch.Tensor | None) -> str | None:
+    """None when ``backend``'s module has ``kernel`` and every tensor has a kernel dtype.
+    The CPU and CUDA modules bind each kernel under the same name and signature."""
+    if not hasattr(module(backend), kernel):
+        return f"no {backend} kernel {kernel} yet"
+    return dtype_reason(*tensors)
 
 
 def dtype_reason(*tensors: torch.Tensor | None) -> str | None:

@@ -16,16 +16,10 @@ _ACTIVATIONS = (None, "silu", "swish")
 
 # ---- forward ---------------------------------------------------------------------------------
 
-def _fwd_reason(backend: str, x: Tensor, weight: Tensor) -> Optional[str]:
-    if backend != "cpu":
-        return f"no {backend} kernel for dw_causal_conv yet"
-    return _kernels.dtype_reason(x)
-
-
 def _fwd_impl(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Optional[Tensor],
               initial_states: Optional[Tensor], silu: bool, return_final_states: bool):
     # x (B, D, L); weight (D, W) float32; bias (D,) float32; initial_states (B, D, W-1)
-    backend = dispatch.select_backend("dw_causal_conv", x.device, lambda b: _fwd_reason(b, x, weight))
+    backend = dispatch.select_backend("dw_causal_conv", x.device, lambda b: _kernels.kernel_reason(b, "dw_causal_conv_fwd", x))
     if backend == "reference":
         out = reference.dw_causal_conv(x, weight, bias, "silu" if silu else None, seq_idx=seq_idx,
                                        initial_states=initial_states, return_final_states=return_final_states)
@@ -39,7 +33,7 @@ def _fwd_impl(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Option
     _kernels.module(backend).dw_causal_conv_fwd(
         _kernels.dtype_code(x), B, D, L, W, _kernels.ref(x), _kernels.ref(weight), _kernels.ref(bias),
         _kernels.ref(seq_idx), _kernels.ref(initial_states), _kernels.ref(y), _kernels.ref(final),
-        silu, _kernels.num_threads())
+        silu, _kernels.exec_arg(backend, x))
     return y, _library.empty_if_none(final, x)
 
 
