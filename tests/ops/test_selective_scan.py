@@ -77,7 +77,7 @@ def test_forward_matches_reference(backend, dtype, shape, option):
 @pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cu_seqlens_equals_sequences_one_by_one(backend, dtype):
-    D, N, lengths = 6, 5, [3, 0, 9, 1, 12]
+    D, N, lengths = 6, 5, [0, 3, 0, 9, 1, 12, 0]  # empty sequences first, inside and last
     cu = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), dtype=torch.int32, device=device_of(backend))
     inp = make_inputs(1, D, sum(lengths), N, 2, dtype, device_of(backend), {"all"}, nrows=len(lengths))
     inp["seq_idx"] = None
