@@ -11,6 +11,12 @@
 namespace ssm::cpu {
 
 SSM_CPU_DECLARE(dw_causal_conv_fwd, ConvParams)
+SSM_CPU_DECLARE(dw_causal_conv_bwd, ConvBwdParams)
+SSM_CPU_DECLARE(dw_causal_conv_update, ConvUpdateParams)
+SSM_CPU_DECLARE(layer_norm_fwd, LayerNormParams)
+SSM_CPU_DECLARE(layer_norm_bwd, LayerNormBwdParams)
+SSM_CPU_DECLARE(gated_norm_fwd, GatedNormParams)
+SSM_CPU_DECLARE(gated_norm_bwd, GatedNormParams)
 
 }  // namespace ssm::cpu
 

@@ -5,4 +5,8 @@ NB_MODULE(_cpu, m) {
   m.doc() = "ssm C++ CPU kernels";
   ssm::bind::bind_runtime(m);
   ssm::bind::bind_dw_causal_conv(m);
+  ssm::bind::bind_dw_causal_conv_bwd(m);
+  ssm::bind::bind_dw_causal_conv_update(m);
+  ssm::bind::bind_layer_norm(m);
+  ssm::bind::bind_gated_norm(m);
 }
