@@ -208,7 +208,7 @@ def circular_loop(x, state, w, b, silu, cache_seqlens, idx):
 
 @pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(2, 5, 1, 4, 3), (3, 4, 3, 4, 8), (2, 3, 2, 3, 5)])  # B,D,L,W,S
+@pytest.mark.parametrize("shape", [(2, 5, 1, 4, 3), (3, 4, 3, 4, 8), (2, 3, 2, 3, 5), (2, 3, 7, 3, 4)])  # B,D,L,W,S
 @pytest.mark.parametrize("indexed", [False, True])
 def test_circular_update_with_cache_seqlens(backend, dtype, shape, indexed):
     B, D, L, W, S = shape
