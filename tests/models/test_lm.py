@@ -24,7 +24,7 @@ SMALL = {
 
 
 def small(name, **kw):
-    return MambaLMHeadModel(MambaConfig(**SMALL[name], **kw))
+    return MambaLMHeadModel(MambaConfig(**{**SMALL[name], **kw}))
 
 
 def test_config_fields_and_defaults():
@@ -172,7 +172,7 @@ def test_training_step_reaches_every_parameter():
 @pytest.mark.parametrize("name", list(SMALL))
 def test_compile_matches_eager_without_recompiling(name):
     torch._dynamo.reset()
-    model = small(name)
+    model = small(name, n_layer=2 if name == "hybrid" else 1)  # few layers: compile time on a 2-core CI
     compiled = torch.compile(model, fullgraph=True, dynamic=True)
     with torch.no_grad():
         for i, length in enumerate((9, 14)):
