@@ -105,10 +105,12 @@ class MHA(nn.Module):
         if kv_cache.shape[0] < b0 + B:
             raise ValueError(f"inference_params: the kv cache of layer {self.layer_idx} holds {kv_cache.shape[0]} "
                              f"sequences, rows {b0}..{b0 + B - 1} were asked for")
+        # past the prefix, per-row cached lengths (when set) win over the Python int offset
+        decoding = inference_params.seqlen_offset > 0
         lengths = inference_params.lengths_per_sample
-        offset = lengths[b0:b0 + B] if lengths is not None else inference_params.seqlen_offset
+        offset = lengths[b0:b0 + B] if lengths is not None and decoding else inference_params.seqlen_offset
         return {"kv": kv_cache[b0:b0 + B], "conv": None if conv_state is None else conv_state[b0:b0 + B],
-                "offset": offset, "decoding": inference_params.seqlen_offset > 0}
+                "offset": offset, "decoding": decoding}
 
     def _conv(self, qkv, cache, seq_idx):
         """Depthwise causal conv (no activation) over qkv (B, L, qkv_dim); the cached state holds raw qkv."""

@@ -138,9 +138,14 @@ def test_lengths_per_sample_positions_per_row():
     params.seqlen_offset = max(lengths)
     new = torch.randn(2, 1, E)
     out = m(new, inference_params=params)
+    params.lengths_per_sample += 1
+    params.seqlen_offset += 1
+    new2 = torch.randn(2, 2, E)
+    out2 = m(new2, inference_params=params)  # a 2-token decode chunk
     for row, n in enumerate(lengths):
-        alone = m(torch.cat([x[row:row + 1, :n], new[row:row + 1]], 1))
-        assert_close(out[row], alone[0, -1:])
+        alone = m(torch.cat([x[row:row + 1, :n], new[row:row + 1], new2[row:row + 1]], 1))
+        assert_close(out[row], alone[0, -3:-2])
+        assert_close(out2[row], alone[0, -2:])
 
 
 def test_varlen_packed_batch_matches_separate_runs():
