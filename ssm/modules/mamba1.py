@@ -97,8 +97,11 @@ class Mamba1(nn.Module):
         return out.flatten(0, 1) if flat else out
 
     def _forward(self, u, conv_state, ssm_state, seq_idx, cu_seqlens, initial_state, initial_conv_state):
-        # xz (B, 2*d_inner, L)
-        xz = F.linear(u, self.in_proj.weight, self.in_proj.bias).transpose(1, 2)
+        # xz (B, 2*d_inner, L), computed as W @ u^T so that L is the contiguous dimension
+        Bsz, L, _ = u.shape
+        xz = (self.in_proj.weight @ u.reshape(Bsz * L, -1).t()).view(-1, Bsz, L).permute(1, 0, 2)
+        if self.in_proj.bias is not None:
+            xz = xz + self.in_proj.bias.to(dtype=xz.dtype)[:, None]
         A = -torch.exp(self.A_log.float())
         plain = (seq_idx is None and initial_state is None and initial_conv_state is None and conv_state is None)
         if self.use_fast_path and plain:
