@@ -48,7 +48,7 @@ def test_rotary_matches_complex_rotation(interleaved):
 
 
 def _naive_attention(m, x):
-    """Causal attention written out: projections, conv, rotary, GQA head mapping, softmax."""
+    """Attention written out: projections, conv, rotary, GQA head mapping, softmax."""
     qkv = m.in_proj(x)
     qkv_dim = m.head_dim * (m.num_heads + 2 * m.num_heads_kv)
     qkv, x_mlp = qkv[..., :qkv_dim], qkv[..., qkv_dim:]
@@ -66,7 +66,8 @@ def _naive_attention(m, x):
     kv_head = torch.arange(h) // (h // hkv)
     scores = torch.einsum("blhd,bshd->bhls", q, k[:, :, kv_head]) * (m.softmax_scale or hd ** -0.5)
     L = x.shape[1]
-    scores = scores.masked_fill(~torch.ones(L, L, dtype=torch.bool).tril(), float("-inf"))
+    if m.causal:
+        scores = scores.masked_fill(~torch.ones(L, L, dtype=torch.bool).tril(), float("-inf"))
     ctx = torch.einsum("bhls,bshd->blhd", scores.softmax(-1), v[:, :, kv_head]).flatten(-2)
     if x_mlp.shape[-1]:
         up, gate = x_mlp.chunk(2, -1)
@@ -78,6 +79,8 @@ def _naive_attention(m, x):
 def test_forward_matches_naive_attention(config):
     m = make(config)
     x = torch.randn(2, 9, E)
+    assert_close(m(x), _naive_attention(m, x))
+    m.causal = False
     assert_close(m(x), _naive_attention(m, x))
 
 
