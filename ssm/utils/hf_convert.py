@@ -82,10 +82,15 @@ def _mamba2_ssm_cfg(config: dict) -> dict:
            "conv_bias": config.get("use_conv_bias", True), "rmsnorm": True,
            # transformers always gates before normalising, whatever a config's norm_before_gate says
            "norm_before_gate": False}
-    limit = tuple(float(x) for x in config.get("time_step_limit", (0.0, math.inf)))
+    limit = tuple(_float(x) for x in config.get("time_step_limit", (0.0, math.inf)))
     if limit != (0.0, math.inf):
         cfg["dt_limit"] = limit
     return {**cfg, **_init_fields(config)}
+
+
+def _float(x) -> float:
+    # transformers >= 5 writes inf as {"__float__": "Infinity"} (read_json decodes it; raw dicts may not be)
+    return float(x["__float__"]) if isinstance(x, dict) else float(x)
 
 
 def state_dict_from_hf(state: dict) -> dict:

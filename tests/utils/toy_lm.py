@@ -24,6 +24,7 @@ class ToyConfig:
     d_model: int = 16
     n_layer: int = 2
     attn_layer_idx: list = field(default_factory=list)
+    tie_embeddings: bool = False
 
 
 class ToyRecurrent(nn.Module):
@@ -107,6 +108,8 @@ class ToyLM(nn.Module, GenerationMixin):
         self.layers = nn.ModuleList(
             ToyAttention(d, i) if i in config.attn_layer_idx else ToyRecurrent(d, i) for i in range(config.n_layer))
         self.lm_head = nn.Linear(d, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embedding.weight
 
     def allocate_inference_cache(self, batch_size, max_seqlen, dtype=None, **kwargs):
         return {i: layer.allocate_inference_cache(batch_size, max_seqlen, dtype) for i, layer in enumerate(self.layers)}
