@@ -330,3 +330,21 @@ def test_sampling_is_seeded_and_in_range():
     torch.manual_seed(1)
     b = model.generate(ids, max_length=12, top_k=0, top_p=0.9, temperature=0.7, min_p=0.05)
     assert torch.equal(a, b) and a.shape == (3, 12) and int(a.max()) < vocab_of(model)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", ["toy"] + [k for k in ALL_KINDS if not isinstance(k, str)])
+def test_cuda_graph_decode_equals_eager(kind):
+    model = build(kind).cuda()
+    ids = torch.randint(0, vocab_of(model), (3, 5), device="cuda")
+    eager = model.generate(ids, max_length=16, return_dict_in_generate=True, output_scores=True)
+    graphed = model.generate(ids, max_length=16, cg=True, return_dict_in_generate=True, output_scores=True)
+    assert torch.equal(graphed.sequences, eager.sequences)
+    for a, b in zip(graphed.scores, eager.scores):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    captured = dict(model._decoding_cache.callables)
+    again = model.generate(ids[:, :3], max_length=12, cg=True)  # same batch: graphs reused
+    assert model._decoding_cache.callables == captured
+    assert torch.equal(again, model.generate(ids[:, :3], max_length=12))
+    prompts = [ids[0, :2], ids[1], ids[2, :4]]  # different lengths: state passing into the graph's cache
+    assert torch.equal(model.generate(prompts, max_length=12, cg=True), model.generate(prompts, max_length=12))
