@@ -99,8 +99,12 @@ class MHA(nn.Module):
         b0, B = inference_params.batch_size_offset, x.shape[0]
         memory = inference_params.key_value_memory_dict
         if self.layer_idx not in memory:
-            memory[self.layer_idx] = self.allocate_inference_cache(b0 + B, inference_params.max_seqlen, dtype=x.dtype)
+            rows = max(b0 + B, inference_params.max_batch_size)
+            memory[self.layer_idx] = self.allocate_inference_cache(rows, inference_params.max_seqlen, dtype=x.dtype)
         kv_cache, conv_state = memory[self.layer_idx]
+        if kv_cache.shape[0] < b0 + B:
+            raise ValueError(f"inference_params: the kv cache of layer {self.layer_idx} holds {kv_cache.shape[0]} "
+                             f"sequences, rows {b0}..{b0 + B - 1} were asked for")
         lengths = inference_params.lengths_per_sample
         offset = lengths[b0:b0 + B] if lengths is not None else inference_params.seqlen_offset
         return {"kv": kv_cache[b0:b0 + B], "conv": None if conv_state is None else conv_state[b0:b0 + B],

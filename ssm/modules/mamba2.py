@@ -218,11 +218,11 @@ class Mamba2(nn.Module):
 
     def _step_dt(self, dt):
         """dt for the state update: raw with (dt_bias, softplus) for the kernel, or, with a
-        dt_limit, already biased, softplus-ed and clamped here in float32."""
+        dt_limit, already biased, softplus-ed (float32) and clamped here, in the activation dtype."""
         if self.dt_limit == _NO_LIMIT:
             return dt, self.dt_bias[:, None].expand(self.nheads, self.headdim), True
-        dt = F.softplus(dt.float() + self.dt_bias.float(), threshold=20.0).clamp(*self.dt_limit)
-        return dt, None, False
+        limited = F.softplus(dt.float() + self.dt_bias.float(), threshold=20.0).clamp(*self.dt_limit)
+        return limited.to(dt.dtype), None, False
 
     def allocate_inference_cache(self, batch_size, max_seqlen, dtype=None, **kwargs):
         """(conv_state (B, conv_dim, d_conv) channels-last, ssm_state (B, nheads, headdim, d_state)), zeros;
