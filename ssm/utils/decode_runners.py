@@ -2,13 +2,15 @@
 
 A runner has ``prefill(prompts) -> logits (b, V)`` and ``step(tokens (b, 1)) -> logits (b, V)``.
 - ``BatchRunner``: prompts of one length; the ``mamba_ssm`` path (optionally a CUDA graph).
-- ``StatePassingRunner``: prompts of different lengths in a model whose caches are fixed-size
-  recurrent states (no attention): each group of equal-length prompts is prefilled alone
-  (unpadded), its final states are copied into its rows of the shared cache, then all rows decode
-  together. Pure recurrent states carry no position, so each row is exactly as if alone.
-- ``GroupedRunner``: prompts of different lengths in a model with attention layers (a KV cache
-  indexed by position): each group of equal-length prompts decodes as its own batch, one step at a
-  time in lockstep with the others.
+- ``StatePassingRunner``: prompts of different lengths in a MambaLMHeadModel-like model (its layers
+  follow the whole cache protocol: attention reads per-row lengths from ``lengths_per_sample``).
+  Each group of equal-length prompts is prefilled alone (unpadded) into its own cache, whose rows
+  are copied into the shared cache; then all rows decode together, ``lengths_per_sample`` holding
+  each row's own position. Recurrent states carry no position and KV rows are written at each
+  row's own offset, so every row is exactly as if alone.
+- ``GroupedRunner``: prompts of different lengths in a model we know nothing about (no
+  ``config.attn_layer_idx``): each group of equal-length prompts decodes as its own batch, one step
+  at a time in lockstep with the others; only a shared ``seqlen_offset`` is relied upon.
 """
 from __future__ import annotations
 
@@ -51,32 +53,49 @@ class BatchRunner:
 
 
 class StatePassingRunner(BatchRunner):
-    """Different prompt lengths, recurrent-state caches only: per-length prefill, shared decode."""
+    """Different prompt lengths: per-length prefill, then one shared decode with per-row lengths."""
 
     def prefill(self, prompts: Prompts) -> torch.Tensor:
         cache = self.params.key_value_memory_dict
         if not cache:
             cache.update(self.model.allocate_inference_cache(prompts.ids.shape[0], self.params.max_seqlen))
-        logits = None
-        for rows, length in _length_groups(prompts):
-            alone = InferenceParams(max_seqlen=self.params.max_seqlen, max_batch_size=rows.numel())
-            group_logits = _last_logits(self.model, prompts.ids[rows, prompts.width - length:], None, alone)
-            logits = group_logits.new_empty((prompts.ids.shape[0], group_logits.shape[-1])) if logits is None else logits
-            logits[rows] = group_logits
-            _copy_cache_rows(cache, alone.key_value_memory_dict, rows)
+        parts = [(rows, self._prefill_alone(prompts.ids[rows, prompts.width - length:], rows))
+                 for rows, length in _length_groups(prompts)]
         self.params.seqlen_offset = prompts.width
-        if self.params.lengths_per_sample is not None:
-            self.params.lengths_per_sample.copy_(prompts.lengths)
+        lengths = prompts.lengths.to(torch.int32)
+        if self.params.lengths_per_sample is None:
+            self.params.lengths_per_sample = lengths
+        else:
+            self.params.lengths_per_sample.copy_(lengths)
+        return _scatter_rows(parts, prompts.ids.shape[0])
+
+    def _prefill_alone(self, ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Prefill ids (g, L) unpadded in a fresh cache, then copy its states into the shared cache rows."""
+        alone = InferenceParams(max_seqlen=self.params.max_seqlen, max_batch_size=ids.shape[0])
+        logits = _last_logits(self.model, ids, None, alone)
+        _copy_cache_rows(self.params.key_value_memory_dict, alone.key_value_memory_dict, rows)
+        return logits
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        # lengths (b,) int32: each row's cached tokens = the position of its new token
+        lengths = self.params.lengths_per_sample
+        if self.cg:
+            position_ids = lengths[:, None].long()
+            logits = self.model._decoding_cache.run(tokens, position_ids, lengths.clone())[:, -1]
+        else:
+            logits = _last_logits(self.model, tokens, lengths[:, None].long(), self.params)
+        self.params.seqlen_offset += tokens.shape[1]
+        lengths += tokens.shape[1]
         return logits
 
 
 class GroupedRunner:
-    """Different prompt lengths with attention layers: one BatchRunner per prompt length, in lockstep."""
+    """Different prompt lengths, unknown model: one BatchRunner per prompt length, in lockstep."""
 
     def __init__(self, model, prompts: Prompts, max_seqlen: int, cg: bool = False):
         if cg:
-            warnings.warn("generate: cg=True is ignored for prompts of different lengths in a model with "
-                          "attention layers (each length group decodes eagerly)", stacklevel=4)
+            warnings.warn("generate: cg=True is ignored for prompts of different lengths in a model without "
+                          "a MambaConfig-like config (each length group decodes eagerly)", stacklevel=4)
         self.groups = [(rows, length, BatchRunner(model, rows.numel(), length, max_seqlen))
                        for rows, length in _length_groups(prompts)]
 
@@ -96,15 +115,14 @@ def make_runner(model, prompts: Prompts, max_seqlen: int, cg: bool):
     batch_size = prompts.ids.shape[0]
     if prompts.lengths is None:
         return BatchRunner(model, batch_size, prompts.width, max_seqlen, cg)
-    if _caches_are_recurrent_states(model):
+    if _follows_cache_protocol(model):
         return StatePassingRunner(model, batch_size, prompts.width, max_seqlen, cg)
     return GroupedRunner(model, prompts, max_seqlen, cg)
 
 
-def _caches_are_recurrent_states(model) -> bool:
-    """True when no layer keeps a positional (KV) cache: a config with no attention layers."""
-    config = getattr(model, "config", None)
-    return config is not None and hasattr(config, "attn_layer_idx") and not config.attn_layer_idx
+def _follows_cache_protocol(model) -> bool:
+    """A MambaLMHeadModel-like config (attention layers, if any, read lengths_per_sample per row)."""
+    return hasattr(getattr(model, "config", None), "attn_layer_idx")
 
 
 def _last_logits(model, ids, position_ids, params) -> torch.Tensor:

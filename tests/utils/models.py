@@ -1,6 +1,8 @@
 """Tiny models for the generation and checkpoint tests: the toy LM, and real MambaLMHeadModels."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -42,11 +44,16 @@ def real_lm(kind: str, **overrides) -> torch.nn.Module:
 
 
 def toy_lm(kind: str) -> torch.nn.Module:
-    attn = {"toy": [], "toy-hybrid": [1]}[kind]
-    return ToyLM(ToyConfig(n_layer=3, attn_layer_idx=attn)).eval()
+    """toy: recurrent layers; toy-hybrid: with attention; toy-opaque: the hybrid with a config that
+    does not say which layers are attention (generation must not assume the cache protocol)."""
+    attn = {"toy": [], "toy-hybrid": [1], "toy-opaque": [1]}[kind]
+    model = ToyLM(ToyConfig(n_layer=3, attn_layer_idx=attn)).eval()
+    if kind == "toy-opaque":
+        model.config = SimpleNamespace(vocab_size=model.config.vocab_size)
+    return model
 
 
-TOY_KINDS = ["toy", "toy-hybrid"]
+TOY_KINDS = ["toy", "toy-hybrid", "toy-opaque"]
 LM_KINDS = [pytest.param(k, marks=needs_lm) for k in LM_CONFIGS]
 ALL_KINDS = TOY_KINDS + LM_KINDS
 

@@ -310,7 +310,7 @@ def test_unknown_kwarg_is_a_type_error():
         build("toy").generate(torch.ones(1, 2, dtype=torch.long), max_length=4, num_beams=2)
 
 
-@pytest.mark.parametrize("kind", ["toy", "toy-hybrid"])
+@pytest.mark.parametrize("kind", TOY_KINDS)
 def test_cg_is_ignored_on_cpu(kind):
     model = build(kind)
     ids = torch.randint(0, vocab_of(model), (2, 3))

@@ -1,8 +1,9 @@
 """A tiny pure-PyTorch causal LM that follows the inference-cache protocol (COMPAT §3).
 
 It tests the decode loop apart from the real modules: recurrent layers keep fixed-size states
-(prev input, running sum), attention layers keep a KV cache indexed by position, and positions
-enter the attention scores, so a row decoded at the wrong position gives different logits.
+(prev input, running sum), attention layers keep a KV cache indexed by position (per row from
+``lengths_per_sample`` when set), and positions enter the attention scores, so a row decoded at the
+wrong position gives different logits.
 """
 from __future__ import annotations
 
@@ -74,29 +75,37 @@ class ToyAttention(nn.Module):
         return (torch.zeros(batch_size, max_seqlen, 2, w.shape[0], dtype=dtype or w.dtype, device=w.device),)
 
     def forward(self, x, inference_params=None):
-        # x (b, l, d); q, k, v (b, l, d)
-        offset = 0 if inference_params is None else inference_params.seqlen_offset
+        # x (b, l, d); q, k, v (b, l, d); qpos (b, l): absolute positions of the new tokens
+        b, l = x.shape[:2]
         q, k, v = self.qkv(x).chunk(3, dim=-1)
-        pos = _positions(offset, x.shape[1], x.shape[-1], x)
+        qpos = _row_offsets(inference_params, b, x.device)[:, None] + torch.arange(l, device=x.device)
+        pos = _positions(qpos, x.shape[-1], x)
         q, k = q + pos, k + pos
         if inference_params is not None:
             kv = inference_params.key_value_memory_dict.setdefault(
-                self.layer_idx, self.allocate_inference_cache(x.shape[0], inference_params.max_seqlen))[0]
-            kv[:, offset:offset + x.shape[1]] = torch.stack([k, v], dim=2)
-            k, v = kv[:, :offset + x.shape[1], 0], kv[:, :offset + x.shape[1], 1]
-        # scores (b, l, offset + l), masked where key position > query position
+                self.layer_idx, self.allocate_inference_cache(b, inference_params.max_seqlen))[0]
+            kv[torch.arange(b, device=x.device)[:, None], qpos] = torch.stack([k, v], dim=2)
+            k, v = kv[:, :, 0], kv[:, :, 1]
+        # scores (b, l, S), masked where a key's position is after the query's
         scores = q @ k.transpose(1, 2) / math.sqrt(x.shape[-1])
-        qpos = torch.arange(offset, offset + x.shape[1], device=x.device)[:, None]
-        kpos = torch.arange(k.shape[1], device=x.device)[None, :]
-        scores = scores.masked_fill(kpos > qpos, float("-inf"))
+        kpos = torch.arange(k.shape[1], device=x.device)[None, None, :]
+        scores = scores.masked_fill(kpos > qpos[:, :, None], float("-inf"))
         return self.o(scores.softmax(dim=-1) @ v)
 
 
-def _positions(offset: int, length: int, d: int, like: torch.Tensor) -> torch.Tensor:
-    # (l, d) sinusoids of absolute positions offset .. offset + l - 1
-    pos = torch.arange(offset, offset + length, device=like.device, dtype=like.dtype)[:, None]
-    freq = torch.exp(-torch.arange(d, device=like.device, dtype=like.dtype) / d * 4.0)[None, :]
-    return torch.sin(pos * freq)
+def _row_offsets(inference_params, batch_size: int, device) -> torch.Tensor:
+    """(b,) cached tokens per row: lengths_per_sample when set (per-row), else seqlen_offset."""
+    if inference_params is None:
+        return torch.zeros(batch_size, dtype=torch.long, device=device)
+    if inference_params.lengths_per_sample is not None:
+        return inference_params.lengths_per_sample[:batch_size].long()
+    return torch.full((batch_size,), inference_params.seqlen_offset, dtype=torch.long, device=device)
+
+
+def _positions(qpos: torch.Tensor, d: int, like: torch.Tensor) -> torch.Tensor:
+    # (b, l, d) sinusoids of absolute positions qpos (b, l)
+    freq = torch.exp(-torch.arange(d, device=like.device, dtype=like.dtype) / d * 4.0)
+    return torch.sin(qpos[..., None].to(like.dtype) * freq)
 
 
 class ToyLM(nn.Module, GenerationMixin):
