@@ -12,7 +12,7 @@ import torch
 def modify_logits_for_top_k_filtering(logits: torch.Tensor, top_k: int) -> None:
     """Set every logit below the row's k-th largest to -inf (in place)."""
     # logits (b, V); kth (b, 1)
-    kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+    kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[..., -1:]
     logits.masked_fill_(logits < kth, float("-inf"))
 
 

@@ -24,6 +24,10 @@ def test_top_k_filtering_keeps_k_largest():
     finite = torch.isfinite(logits)
     assert (finite.sum(dim=-1) == 5).all()
     assert finite.gather(1, kept).all()
+    everything = torch.randn(2, 4)
+    out = everything.clone()
+    modify_logits_for_top_k_filtering(out, 10)  # k past the vocabulary keeps everything
+    assert torch.equal(out, everything)
 
 
 def test_top_p_filtering_keeps_smallest_nucleus():
