@@ -62,8 +62,9 @@ def _mamba1_ssm_cfg(config: dict) -> dict:
     _require(config, "intermediate_size", config.get("intermediate_size", d_inner) == d_inner,
              f"Mamba-1 needs intermediate_size == expand * hidden_size ({d_inner})")
     rank = config.get("time_step_rank", "auto")
+    rank = math.ceil(config["hidden_size"] / 16) if rank == "auto" else rank
     cfg = {"layer": "Mamba1", "d_state": config.get("state_size", 16), "d_conv": config.get("conv_kernel", 4),
-           "expand": config.get("expand", 2), "dt_rank": math.ceil(config["hidden_size"] / 16) if rank == "auto" else rank,
+           "expand": config.get("expand", 2), "dt_rank": rank,
            "bias": config.get("use_bias", False), "conv_bias": config.get("use_conv_bias", True)}
     if "time_step_scale" in config:
         cfg["dt_scale"] = config["time_step_scale"]
