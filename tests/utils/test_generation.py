@@ -352,3 +352,29 @@ def test_cuda_graph_decode_equals_eager(kind):
     assert torch.equal(again, model.generate(ids[:, :3], max_length=12))
     prompts = [ids[0, :2], ids[1], ids[2, :4]]  # different lengths: state passing into the graph's cache
     assert torch.equal(model.generate(prompts, max_length=12, cg=True), model.generate(prompts, max_length=12))
+
+
+def test_output_class_without_transformers(monkeypatch):
+    import sys
+
+    import ssm.utils.generation as generation
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers -> ImportError
+    monkeypatch.setitem(sys.modules, "transformers.generation", None)
+    generation._output_class.cache_clear()
+    try:
+        out = build("toy").generate(torch.ones(2, 2, dtype=torch.long), max_length=5,
+                                    return_dict_in_generate=True, output_scores=True)
+    finally:
+        generation._output_class.cache_clear()
+    assert type(out) is generation.GenerateDecoderOnlyOutput
+    assert out.sequences.shape == (2, 5) and len(out.scores) == 3
+
+
+def test_importing_generation_and_weights_does_not_import_transformers():
+    import pathlib
+    import subprocess
+    import sys
+    code = ("import sys, ssm.utils.generation, ssm.utils.weights, ssm.utils.hf; "
+            "sys.exit('transformers' in sys.modules)")
+    root = pathlib.Path(__file__).parents[2]
+    assert subprocess.run([sys.executable, "-c", code], cwd=str(root)).returncode == 0
