@@ -141,9 +141,9 @@ def greedy_by_full_forwards(model, ids, n_new, penalty=1.0):
 @pytest.mark.parametrize("kind", ALL_KINDS)
 def test_greedy_equals_argmax_of_full_forwards(kind):
     model = build(kind)
-    ids = torch.randint(0, vocab_of(model), (3, 7))
-    out = model.generate(ids, max_length=15)
-    assert torch.equal(out, greedy_by_full_forwards(model, ids, 8))
+    ids = torch.randint(0, vocab_of(model), (2, 7))
+    out = model.generate(ids, max_length=13)
+    assert torch.equal(out, greedy_by_full_forwards(model, ids, 6))
 
 
 @pytest.mark.parametrize("kind", ALL_KINDS)
@@ -369,12 +369,3 @@ def test_output_class_without_transformers(monkeypatch):
     assert type(out) is generation.GenerateDecoderOnlyOutput
     assert out.sequences.shape == (2, 5) and len(out.scores) == 3
 
-
-def test_importing_generation_and_weights_does_not_import_transformers():
-    import pathlib
-    import subprocess
-    import sys
-    code = ("import sys, ssm.utils.generation, ssm.utils.weights, ssm.utils.hf; "
-            "sys.exit('transformers' in sys.modules)")
-    root = pathlib.Path(__file__).parents[2]
-    assert subprocess.run([sys.executable, "-c", code], cwd=str(root)).returncode == 0
