@@ -14,8 +14,6 @@ SHAPES = [  # (batch, L, H, P, G, N, chunk_size)
     (2, 50, 4, 3, 4, 5, 64),
     (1, 100, 6, 16, 3, 32, 32),
 ]
-# The SSD scan has no C++/CUDA kernel yet: only the reference backend runs the grid.
-BACKENDS = [p for p in backends() if p.id == "reference"]
 OPTIONS = ["plain", "D_head+z", "D_full+bias+softplus", "limit+init+final", "seq_idx+init+final",
            "noncontig", "all"]
 
@@ -73,7 +71,7 @@ def run(backend, args, chunk_size, **call):
                                   dt_bias=args["dt_bias"], seq_idx=args["seq_idx"], **call)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("options", OPTIONS)
@@ -101,7 +99,7 @@ def packed_batch(lengths, H, P, G, N, dtype, device):
     return args, cu
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_varlen_states_equal_one_by_one_runs(backend, dtype):
     lengths = [5, 1, 40, 17]
@@ -124,7 +122,7 @@ def test_varlen_states_equal_one_by_one_runs(backend, dtype):
         assert_close(varlen[s], state1[0], dtype, f"state of sequence {s}", factor=2.0)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_chunked_prefill_with_state_passing_equals_one_pass(backend, dtype):
     args = make_inputs(2, 90, 4, 8, 2, 16, dtype, device_of(backend), D="head", z=True, bias=True, init=True)
@@ -144,7 +142,7 @@ def test_chunked_prefill_with_state_passing_equals_one_pass(backend, dtype):
 GRAD_NAMES = ("X", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("options", ["plain", "D_head+z", "all"])
 def test_gradients_match_reference(backend, dtype, options):
@@ -171,7 +169,7 @@ def test_gradients_match_reference(backend, dtype, options):
             assert_close(got.grad, want.grad, dtype, f"d{name}", factor=2.0)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends())
 def test_long_sequence(backend):
     args = make_inputs(1, 4100, 2, 4, 1, 8, torch.bfloat16, device_of(backend), D="head", bias=True)
     out = run(backend, args, 64, dt_softplus=True)

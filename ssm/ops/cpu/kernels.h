@@ -11,6 +11,8 @@
 namespace ssm::cpu {
 
 SSM_CPU_DECLARE(dw_causal_conv_fwd, ConvParams)
+SSM_CPU_DECLARE(ssd_chunk_scan_fwd, SsdParams)
+SSM_CPU_DECLARE(ssd_chunk_scan_bwd, SsdParams)
 
 }  // namespace ssm::cpu
 
