@@ -65,7 +65,7 @@ def _fwd_impl(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optiona
 # ssd::Workspace::floats in ssm/ops/cpu/ssd_common.h (the kernel checks it).
 def _fwd_workspace_floats(P, Np, L):
     block, r16 = 16, lambda n: (n + 15) // 16 * 16
-    return r16(P * Np) + 2 * r16(block * Np) + 3 * r16(block * P) + 3 * 16 + r16(block * 8)
+    return r16(P * Np) + 2 * r16(block * Np) + 3 * r16(block * P) + 4 * 16 + r16(block * 8)
 
 
 def _bwd_workspace_floats(P, Np, L):
@@ -138,7 +138,7 @@ def _bwd_kernel(backend, x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx,
     ddt, dA = _kernels.empty((batch, L, H), x, f32), _kernels.empty((batch, H), x, f32)
     dB, dC = _kernels.empty((batch, L, H, N), x, f32), _kernels.empty((batch, L, H, N), x, f32)
     dD = None if D is None else _kernels.empty((batch, H, P), x, f32)
-    dinit = None if initial_states is None else _kernels.empty((batch, H, P, N), x, f32)
+    dinit = None if initial_states is None else _kernels.empty(initial_states.shape, x, f32)
     sizes, ws, ws_floats = _kernel_sizes(backend, x, B, nseq, _bwd_workspace_floats)
     _kernels.module(backend).ssd_chunk_scan_bwd(
         _kernels.dtype_code(x), sizes, *_input_refs(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx,
@@ -240,9 +240,11 @@ def _check_args(x, dt, A, B, C, chunk_size, D, z, initial_states, dt_bias, seq_i
         raise ValueError(f"D: expected shape ({H},) or ({H}, {P}), got {tuple(D.shape)}")
     _checks.tensor("z", z, shape=(batch, L, H, P), device=dev, optional=True)
     _checks.tensor("dt_bias", dt_bias, shape=(H,), device=dev, optional=True)
-    _checks.tensor("initial_states", initial_states, shape=(batch, H, P, N), device=dev, optional=True)
     _checks.seq_idx(seq_idx, batch, L, dev)
     _checks.cu_seqlens(cu_seqlens, L, dev, batch)
+    # with cu_seqlens every packed sequence starts from its own initial state
+    starts = batch if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    _checks.tensor("initial_states", initial_states, shape=(starts, H, P, N), device=dev, optional=True)
     if return_varlen and cu_seqlens is None:
         raise ValueError("cu_seqlens: return_varlen_states=True needs cu_seqlens (the sequence offsets)")
 
@@ -267,10 +269,11 @@ def ssd_chunk_scan(X: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk
     """Mamba-2 SSD scan: X (B, L, H, P), dt (B, L, H), A (H,), B, C (B, L, G, N) -> Y (B, L, H, P).
 
     D (H,) or (H, P) skip term; z (B, L, H, P) gate (y *= silu(z)); dt_bias (H,), dt_softplus and
-    dt_limit shape Δ; initial_states (B, H, P, N). ``seq_idx`` (B, L) resets the state where it
-    changes; ``cu_seqlens`` (nseq+1,) with batch 1 gives per-sequence states. ``seq_meta`` may
-    carry either. Returns Y, or a tuple with final_states (B, H, P, N) and/or varlen_states
-    (nseq, H, P, N), both float32.
+    dt_limit shape Δ; initial_states (B, H, P, N). ``seq_idx`` (B, L) resets the state (to zero)
+    where it changes. ``cu_seqlens`` (nseq+1,) with batch 1 packs sequences along L: each starts
+    from its own initial state (initial_states is then (nseq, H, P, N)) and seq_idx is ignored.
+    ``seq_meta`` may carry either. Returns Y, or a tuple with final_states (B, H, P, N) and/or
+    varlen_states (nseq, H, P, N), both float32.
     """
     seq_idx, cu_seqlens = _seq_meta(seq_meta, seq_idx, cu_seqlens)
     _check_args(X, dt, A, B, C, chunk_size, D, z, initial_states, dt_bias, seq_idx, cu_seqlens,

@@ -24,7 +24,8 @@ struct ConvParams {
 };
 
 // Mamba-2 SSD scan, per (batch, head) with state H (P, N):
-// H_t = a_t H_{t-1} + Δ_t x_t ⊗ B_t with a_t = exp(Δ_t A) (0 where seq_idx changes),
+// H_t = a_t H_{t-1} + Δ_t x_t ⊗ B_t with a_t = exp(Δ_t A), H_{t-1} reset where seq_idx changes (to 0)
+// or at each cu_seqlens sequence start (to that sequence's initial state),
 // Δ_t = clamp(softplus?(dt_t + dt_bias), dt_lo, dt_hi); y_t = (H_t C_t + D x_t) * silu(z_t).
 // Head h reads group h / (H / G) of B and C. Per-thread workspaces are float32 rows.
 struct SsdParams {
@@ -38,9 +39,9 @@ struct SsdParams {
   TensorArg D;               // (H, P)            float32, optional
   TensorArg z;               // (B, L, H, P)      dtype, optional
   TensorArg dt_bias;         // (H,)              float32, optional
-  TensorArg initial_states;  // (B, H, P, N)      float32, optional
-  TensorArg seq_idx;         // (B, L)            int32, optional
-  TensorArg cu_seqlens;      // (nseq + 1,)       int32, optional (batch 1)
+  TensorArg initial_states;  // (B, H, P, N)      float32, optional; (nseq, H, P, N) with cu_seqlens
+  TensorArg seq_idx;         // (B, L)            int32, optional (ignored with cu_seqlens)
+  TensorArg cu_seqlens;      // (nseq + 1,)       int32, optional (batch 1): a reset at each sequence start
   TensorArg workspace;       // (threads, workspace_floats) float32
   bool dt_softplus = false;
   float dt_lo = 0.f, dt_hi = 0.f;
@@ -57,7 +58,7 @@ struct SsdParams {
   TensorArg dA;              // (B, H)            float32
   TensorArg dB, dC;          // (B, L, H, N)      float32, per head
   TensorArg dD;              // (B, H, P)         float32, optional
-  TensorArg dinitial;        // (B, H, P, N)      float32, optional
+  TensorArg dinitial;        // like initial_states, float32, optional
 };
 
 }  // namespace ssm

@@ -25,15 +25,16 @@ void write_block(const SsdParams& p, const Workspace& w, const HeadCursor& cur, 
   }
 }
 
-// Empty sequences of a varlen batch keep a zero state.
-void zero_empty_sequences(const SsdParams& p, int64_t h) {
+// Empty sequences of a varlen batch keep their start state.
+void empty_sequence_states(const SsdParams& p, int64_t h) {
   const int32_t* cu = ptr<int32_t>(p.cu_seqlens);
-  const TensorArg& v = p.varlen_states;
   for (int64_t s = 0; s < p.nseq; ++s) {
     if (cu[(s + 1) * p.cu_seqlens.stride[0]] != cu[s * p.cu_seqlens.stride[0]]) continue;
     for (int64_t q = 0; q < p.headdim; ++q)
-      for (int64_t n = 0; n < p.dstate; ++n)
-        mut_ptr<float>(v)[s * v.stride[0] + h * v.stride[1] + q * v.stride[2] + n * v.stride[3]] = 0.f;
+      for (int64_t n0 = 0; n0 < p.dstate; n0 += kVec) {
+        vf r = reset_cols(p, int32_t(s), h, q, n0);
+        save_state_cols<1>(p, s, h, q, n0, &r);
+      }
   }
 }
 
@@ -41,13 +42,13 @@ template <typename T>
 void scan_head(const SsdParams& p, int64_t task, float* ws) {
   const int64_t P = p.headdim, N = p.dstate, Np = round_up(N, kVec);
   Workspace w(ws, P, Np);
-  HeadCursor cur{task / p.nheads, task % p.nheads, (task % p.nheads) / (p.nheads / p.ngroups)};
+  HeadCursor cur(p, task);
   const TensorArg& is = p.initial_states;
-  if (is.present())
+  if (is.present() && !p.cu_seqlens.present())
     load_state(w.state, ptr<float>(is) + cur.b * is.stride[0] + cur.h * is.stride[1], is.stride[2], is.stride[3], P, N, Np);
   else
     std::fill(w.state, w.state + P * Np, 0.f);
-  if (p.varlen_states.present()) zero_empty_sequences(p, cur.h);
+  if (p.varlen_states.present()) empty_sequence_states(p, cur.h);
   for (int64_t t0 = 0; t0 < p.seqlen; t0 += kBlock) {
     const int64_t k = std::min(kBlock, p.seqlen - t0);
     prepare_block<T>(p, cur, t0, k, Np, w);

@@ -51,8 +51,10 @@ void checkpoint_pass(const SsdParams& p, HeadCursor cur, Workspace& w, BwdWorksp
     for (int64_t q = 0; q < P; ++q)
       for (int64_t i = 0; i < k; ++i) {
         const vf a = splat(w.decay[i]), u = splat(w.u[i * P + q]);
-        for (int64_t n = 0; n < Np; n += kVec)
-          store(w.state + q * Np + n, load(w.state + q * Np + n) * a + u * load(w.B + i * Np + n));
+        float* row = w.state + q * Np;
+        if (w.reset[i] >= 0)
+          for (int64_t n = 0; n < Np; n += kVec) store(row + n, reset_cols(p, w.reset[i], cur.h, q, n));
+        for (int64_t n = 0; n < Np; n += kVec) store(row + n, load(row + n) * a + u * load(w.B + i * Np + n));
       }
   }
 }
@@ -92,35 +94,46 @@ inline vf varlen_grad(const SsdParams& p, int64_t seq, int64_t h, int64_t q, int
   return r;
 }
 
-// Reverse scan of state row q, columns [n0, n0 + 8), over the block; next_decay is a_{t0 + k}.
+// dinitial[seq, h, q, n0 : n0 + 8] = v (columns below N): a sequence's start state gradient.
+inline void store_start_grad(const SsdParams& p, int64_t seq, int64_t h, int64_t q, int64_t n0, vf v) {
+  const TensorArg& d = p.dinitial;
+  float* dst = mut_ptr<float>(d) + seq * d.stride[0] + h * d.stride[1] + q * d.stride[2];
+  for (int l = 0; l < kVec && n0 + l < p.dstate; ++l) dst[(n0 + l) * d.stride[3]] = v[l];
+}
+
+// Reverse scan of state row q, columns [n0, n0 + 8), over the block; next_carry is the factor
+// of this block's last state in the next token's state (a_{t0 + k}, 0 at a reset).
 void reverse_row_cols(const SsdParams& p, const Workspace& w, BwdWorkspace& bw, int64_t h, int64_t q, int64_t n0,
-                      int64_t k, int64_t Np, float next_decay) {
+                      int64_t k, int64_t Np, float next_carry) {
   const int64_t P = p.headdim, PN = P * Np;
   float* row = bw.dstate + q * Np + n0;
   vf s = load(row);
   for (int64_t i = k - 1; i >= 0; --i) {
-    const float* Hprev = bw.states + i * PN + q * Np + n0;
-    s = s * splat(next_decay) + splat(bw.g[i * P + q]) * load(w.C + i * Np + n0);
+    const float* Hcur = bw.states + (i + 1) * PN + q * Np + n0;
+    const vf Hprev = w.reset[i] >= 0 ? reset_cols(p, w.reset[i], h, q, n0) : load(Hcur - PN);
+    s = s * splat(next_carry) + splat(bw.g[i * P + q]) * load(w.C + i * Np + n0);
     if (p.dvarlen.present() && w.seq_end[i] >= 0) s += varlen_grad(p, w.seq_end[i], h, q, n0);
     store(w.acc + i * kVec, load(w.acc + i * kVec) + s * load(w.B + i * Np + n0));
-    store(bw.acc_da + i * kVec, load(bw.acc_da + i * kVec) + s * load(Hprev));
+    store(bw.acc_da + i * kVec, load(bw.acc_da + i * kVec) + s * Hprev);
     store(bw.dB + i * Np + n0, load(bw.dB + i * Np + n0) + s * splat(w.u[i * P + q]));
-    store(bw.dC + i * Np + n0, load(bw.dC + i * Np + n0) + splat(bw.g[i * P + q]) * load(Hprev + PN));
-    next_decay = w.decay[i];
+    store(bw.dC + i * Np + n0, load(bw.dC + i * Np + n0) + splat(bw.g[i * P + q]) * load(Hcur));
+    next_carry = w.reset[i] >= 0 ? 0.f : w.decay[i];
+    if (w.reset[i] >= 0 && p.dinitial.present() && p.cu_seqlens.present())
+      store_start_grad(p, w.reset[i], h, q, n0, s * splat(w.decay[i]));
   }
   store(row, s);
 }
 
 // Runs the state gradient back over the block; w.red[i, q] = Σ_n S_t[q, n] B_t[n].
 void reverse_block(const SsdParams& p, const Workspace& w, BwdWorkspace& bw, int64_t h, int64_t k, int64_t Np,
-                   float next_decay) {
+                   float next_carry) {
   const int64_t P = p.headdim;
   std::fill(bw.acc_da, bw.acc_da + k * kVec, 0.f);
   std::fill(bw.dB, bw.dB + k * Np, 0.f);
   std::fill(bw.dC, bw.dC + k * Np, 0.f);
   for (int64_t q = 0; q < P; ++q) {
     std::fill(w.acc, w.acc + k * kVec, 0.f);
-    for (int64_t n0 = 0; n0 < Np; n0 += kVec) reverse_row_cols(p, w, bw, h, q, n0, k, Np, next_decay);
+    for (int64_t n0 = 0; n0 < Np; n0 += kVec) reverse_row_cols(p, w, bw, h, q, n0, k, Np, next_carry);
     for (int64_t i = 0; i < k; ++i) w.red[i * P + q] = hsum(load(w.acc + i * kVec));
   }
 }
@@ -156,14 +169,25 @@ float write_block_grads(const SsdParams& p, const Workspace& w, const BwdWorkspa
   return dA;
 }
 
+// The start state of an empty sequence is its varlen state: its gradient is dvarlen (or 0).
+void empty_sequence_grads(const SsdParams& p, int64_t h) {
+  const int32_t* cu = ptr<int32_t>(p.cu_seqlens);
+  for (int64_t s = 0; s < p.nseq; ++s) {
+    if (cu[(s + 1) * p.cu_seqlens.stride[0]] != cu[s * p.cu_seqlens.stride[0]]) continue;
+    for (int64_t q = 0; q < p.headdim; ++q)
+      for (int64_t n0 = 0; n0 < p.dstate; n0 += kVec)
+        store_start_grad(p, s, h, q, n0, p.dvarlen.present() ? varlen_grad(p, s, h, q, n0) : vf{});
+  }
+}
+
 template <typename T>
 void backward_head(const SsdParams& p, int64_t task, float* ws) {
   const int64_t P = p.headdim, N = p.dstate, Np = round_up(N, kVec), PN = P * Np;
   Workspace w(ws, P, Np);
   BwdWorkspace bw(w.extra, P, Np, p.seqlen);
-  const HeadCursor start{task / p.nheads, task % p.nheads, (task % p.nheads) / (p.nheads / p.ngroups)};
+  const HeadCursor start(p, task);
   const TensorArg& is = p.initial_states;
-  if (is.present())
+  if (is.present() && !p.cu_seqlens.present())
     load_state(w.state, ptr<float>(is) + start.b * is.stride[0] + start.h * is.stride[1], is.stride[2], is.stride[3], P, N, Np);
   else
     std::fill(w.state, w.state + PN, 0.f);
@@ -176,7 +200,8 @@ void backward_head(const SsdParams& p, int64_t task, float* ws) {
     std::fill(bw.dstate, bw.dstate + PN, 0.f);
   float* dD = p.dD.present() ? mut_ptr<float>(p.dD) + start.b * p.dD.stride[0] + start.h * p.dD.stride[1] : nullptr;
   if (dD) std::fill(dD, dD + P, 0.f);
-  float dA = 0.f, next_decay = 1.f;
+  if (p.dinitial.present() && p.cu_seqlens.present()) empty_sequence_grads(p, start.h);
+  float dA = 0.f, next_carry = 1.f;
   const int64_t nblocks = (p.seqlen + kBlock - 1) / kBlock;
   for (int64_t j = nblocks - 1; j >= 0; --j) {
     const int64_t t0 = j * kBlock, k = std::min(kBlock, p.seqlen - t0);
@@ -187,14 +212,14 @@ void backward_head(const SsdParams& p, int64_t task, float* ws) {
     std::copy(bw.ckpt + j * PN, bw.ckpt + (j + 1) * PN, bw.states);
     scan_block<true>(p, w, start.h, k, Np, bw.states);
     output_grads<T>(p, w, bw, start, t0, k, dD);
-    reverse_block(p, w, bw, start.h, k, Np, next_decay);
+    reverse_block(p, w, bw, start.h, k, Np, next_carry);
     dA += write_block_grads<T>(p, w, bw, start, t0, k);
-    next_decay = w.decay[0];
+    next_carry = w.reset[0] >= 0 ? 0.f : w.decay[0];
   }
   mut_ptr<float>(p.dA)[start.b * p.dA.stride[0] + start.h * p.dA.stride[1]] = dA;
   const TensorArg& di = p.dinitial;
-  if (di.present()) {
-    for (int64_t e = 0; e < PN; ++e) bw.dstate[e] *= next_decay;
+  if (di.present() && !p.cu_seqlens.present()) {
+    for (int64_t e = 0; e < PN; ++e) bw.dstate[e] *= next_carry;
     store_state(mut_ptr<float>(di) + start.b * di.stride[0] + start.h * di.stride[1], di.stride[2], di.stride[3],
                 bw.dstate, P, N, Np);
   }

@@ -40,15 +40,16 @@ struct Workspace {
   float* x;         // (kBlock, P)
   float* u;         // (kBlock, P): Δ x
   float* delta;     // (kBlock,)
-  float* decay;     // (kBlock,): a_t = exp(Δ_t A), 0 at a reset
+  float* decay;     // (kBlock,): a_t = exp(Δ_t A)
   int32_t* seq_end; // (kBlock,): index of the sequence ending at the token, or -1
+  int32_t* reset;   // (kBlock,): -1, or the sequence whose start state replaces the state before the token
   float* acc;       // (kBlock, kVec): per-token vector accumulators
   float* red;       // (kBlock, P): per-token reductions over N
   float* extra;     // backward only: see ssd_chunk_scan_bwd.cpp
 
   static int64_t floats(int64_t P, int64_t Np) {
     return round_up(P * Np, 16) + 2 * round_up(kBlock * Np, 16) + 3 * round_up(kBlock * P, 16) +
-           3 * 16 + round_up(kBlock * kVec, 16);
+           4 * 16 + round_up(kBlock * kVec, 16);
   }
 
   Workspace(float* base, int64_t P, int64_t Np) {
@@ -56,7 +57,8 @@ struct Workspace {
     auto take = [&](int64_t n) { float* r = p; p += round_up(n, 16); return r; };
     state = take(P * Np), B = take(kBlock * Np), C = take(kBlock * Np);
     x = take(kBlock * P), u = take(kBlock * P), red = take(kBlock * P);
-    delta = take(kBlock), decay = take(kBlock), seq_end = reinterpret_cast<int32_t*>(take(kBlock));
+    delta = take(kBlock), decay = take(kBlock);
+    seq_end = reinterpret_cast<int32_t*>(take(kBlock)), reset = reinterpret_cast<int32_t*>(take(kBlock));
     acc = take(kBlock * kVec);
     extra = p;
   }
@@ -75,12 +77,29 @@ inline float delta_grad(float v, bool softplus, float lo, float hi) {
   return softplus && v <= 20.f ? 1.f / (1.f + std::exp(-v)) : 1.f;
 }
 
-// Walks one head's tokens block by block, tracking the seq_idx reset and the sequence ends.
+// Walks one head's tokens block by block, tracking the state resets and the sequence ends.
+// Resets: where seq_idx changes (to zero), or with cu_seqlens at every sequence start (to that
+// sequence's initial state, or zero).
 struct HeadCursor {
   int64_t b, h, g;
-  int32_t prev_seq = 0;  // seq_idx of the previous token (0 before the first)
+  int32_t prev_seq = 0;  // seq_idx of the previous token (that of token 0 before the first)
   int64_t next_end = 0;  // cu_seqlens cursor: first sequence whose end is not passed
+
+  HeadCursor(const SsdParams& p, int64_t task) : b(task / p.nheads), h(task % p.nheads) {
+    g = h / (p.nheads / p.ngroups);
+    if (p.seq_idx.present() && p.seqlen > 0) prev_seq = ptr<int32_t>(p.seq_idx)[b * p.seq_idx.stride[0]];
+  }
 };
+
+// Columns [n0, n0 + 8) of row q of the state a reset to sequence `seq` starts from.
+inline vf reset_cols(const SsdParams& p, int32_t seq, int64_t h, int64_t q, int64_t n0) {
+  vf r{};
+  if (!p.cu_seqlens.present() || !p.initial_states.present()) return r;
+  const TensorArg& is = p.initial_states;
+  const float* src = ptr<float>(is) + seq * is.stride[0] + h * is.stride[1] + q * is.stride[2];
+  for (int l = 0; l < kVec && n0 + l < p.dstate; ++l) r[l] = src[(n0 + l) * is.stride[3]];
+  return r;
+}
 
 template <typename T>
 void load_padded(float* dst, const T* src, int64_t stride, int64_t n, int64_t np) {
@@ -99,18 +118,17 @@ void prepare_block(const SsdParams& p, HeadCursor& cur, int64_t t0, int64_t k, i
     const int64_t t = t0 + i;
     float v = ptr<float>(p.dt)[cur.b * p.dt.stride[0] + t * p.dt.stride[1] + cur.h * p.dt.stride[2]] + bias;
     float d = delta_of(v, p.dt_softplus, p.dt_lo, p.dt_hi);
-    float a = std::exp(d * A);
-    if (p.seq_idx.present()) {
-      int32_t s = ptr<int32_t>(p.seq_idx)[cur.b * p.seq_idx.stride[0] + t * p.seq_idx.stride[1]];
-      if (s != cur.prev_seq) a = 0.f;
-      cur.prev_seq = s;
-    }
-    w.delta[i] = d, w.decay[i] = a;
-    w.seq_end[i] = -1;
+    w.delta[i] = d, w.decay[i] = std::exp(d * A);
+    w.seq_end[i] = -1, w.reset[i] = -1;
     if (cu) {
       const int64_t cs = p.cu_seqlens.stride[0];
       while (cur.next_end < p.nseq && cu[(cur.next_end + 1) * cs] <= t) ++cur.next_end;
       if (cur.next_end < p.nseq && cu[(cur.next_end + 1) * cs] == t + 1) w.seq_end[i] = int32_t(cur.next_end);
+      if (cur.next_end < p.nseq && cu[cur.next_end * cs] == t) w.reset[i] = int32_t(cur.next_end);
+    } else if (p.seq_idx.present()) {
+      int32_t s = ptr<int32_t>(p.seq_idx)[cur.b * p.seq_idx.stride[0] + t * p.seq_idx.stride[1]];
+      if (s != cur.prev_seq) w.reset[i] = 0;
+      cur.prev_seq = s;
     }
     const int64_t bg = cur.b * p.B.stride[0] + t * p.B.stride[1] + cur.g * p.B.stride[2];
     const int64_t cg = cur.b * p.C.stride[0] + t * p.C.stride[1] + cur.g * p.C.stride[2];
@@ -156,6 +174,8 @@ void scan_row_cols(const SsdParams& p, const Workspace& w, int64_t h, int64_t q,
     const float* Bi = w.B + i * Np + n0;
     const float* Ci = w.C + i * Np + n0;
     vf y = load(w.acc + i * kVec);
+    if (w.reset[i] >= 0)
+      for (int j = 0; j < NV; ++j) s[j] = reset_cols(p, w.reset[i], h, q, n0 + j * kVec);
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) s[j] = s[j] * a + u * load(Bi + j * kVec);
 #pragma GCC unroll 4
