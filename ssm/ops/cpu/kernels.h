@@ -17,6 +17,8 @@ SSM_CPU_DECLARE(layer_norm_fwd, LayerNormParams)
 SSM_CPU_DECLARE(layer_norm_bwd, LayerNormBwdParams)
 SSM_CPU_DECLARE(gated_norm_fwd, GatedNormParams)
 SSM_CPU_DECLARE(gated_norm_bwd, GatedNormParams)
+SSM_CPU_DECLARE(ssd_chunk_scan_fwd, SsdParams)
+SSM_CPU_DECLARE(ssd_chunk_scan_bwd, SsdParams)
 
 }  // namespace ssm::cpu
 
