@@ -150,4 +150,53 @@ struct GatedNormParams {
   bool norm_before_gate = true, is_rms = true;
 };
 
+// Mamba-1 selective scan over L, forward and backward, per (batch, channel):
+//   dt = delta + dt_bias (softplus if asked); h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t;
+//   out_t = (C_t . h_t + D u_t) * silu(z_t). Segments restart the state: at seq_idx changes, or at
+//   each cu_seqlens start (batch 1), from initial_state[row] (rows: batch, or sequence with cu_seqlens).
+// Work is split in tasks (batch, group, slice of the group's channels); per-slice / per-batch partial
+// gradients are float32 workspaces that the op layer sums.
+struct SelectiveScanParams {
+  int64_t batch = 0, dim = 0, seqlen = 0, dstate = 0, ngroups = 1, nslices = 1, nrows = 0;
+  DType dtype = DType::f32;
+  TensorArg u, delta;          // (B, D, L)          dtype
+  TensorArg A;                 // (D, N)             float32
+  TensorArg B, C;              // (B, G, N, L) dtype when B_var / C_var, else (D, N) float32
+  bool B_var = true, C_var = true;
+  TensorArg D;                 // (D,)               float32, optional
+  TensorArg z;                 // (B, D, L)          dtype, optional
+  TensorArg dt_bias;           // (D,)               float32, optional
+  TensorArg initial_state;     // (rows, D, N)       float32, optional
+  TensorArg seq_idx;           // (B, L)             int32, optional
+  TensorArg cu_seqlens;        // (rows + 1,)        int32, optional (batch 1)
+  TensorArg out;               // (B, D, L)          dtype
+  TensorArg last_state;        // (rows, D, N)       float32, optional
+  bool softplus = false;
+  // backward
+  TensorArg dout;              // (B, D, L)          dtype
+  TensorArg dlast;             // (rows, D, N)       float32, optional
+  TensorArg du, ddelta, dz;    // (B, D, L)          dtype (dz when z)
+  TensorArg dA;                // (B, D, N)          float32, per batch
+  TensorArg dB, dC;            // (S*B, G, N, L) float32 per slice when variable, else (B, D, N) float32
+  TensorArg dD, ddt_bias;      // (B, D)             float32, per batch, optional
+  TensorArg dinitial_state;    // (rows, D, N)       float32, optional
+};
+
+// One decode step, Mamba-2 layout (Mamba-1: H = D heads of size P = 1), state updated in place:
+//   dt = dt + dt_bias (softplus if asked); state = exp(dt A) state + dt x B; y = (C . state + D x) * silu(z).
+// Row b uses state row state_batch_indices[b] (negative: padding, y = 0, no state touched).
+struct StateStepParams {
+  int64_t batch = 0, nheads = 0, headdim = 0, dstate = 0, ngroups = 1;
+  DType state_dtype = DType::f32, dtype = DType::f32;
+  TensorArg state;               // (Bs, H, P, N)    state_dtype
+  TensorArg x, dt;               // (B, H, P)        dtype (dt may be stride 0 along P)
+  TensorArg A;                   // (H, P, N)        float32 (any strides; stride 0 = tied)
+  TensorArg B, C;                // (B, G, N)        dtype
+  TensorArg D, dt_bias;          // (H, P)           float32, optional
+  TensorArg z;                   // (B, H, P)        dtype, optional
+  TensorArg state_batch_indices; // (B,)             int32, optional
+  TensorArg out;                 // (B, H, P)        dtype
+  bool softplus = false;
+};
+
 }  // namespace ssm
