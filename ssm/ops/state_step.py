@@ -71,7 +71,7 @@ def _step_impl(state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices, softpl
     return _kernel_step(backend, state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices, softplus)
 
 
-@torch.library.custom_op("ssm::selective_state_step", mutates_args=("state",))
+@_library.custom_op("ssm::selective_state_step", mutates_args=("state",))
 def _step_op(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
              z: Optional[Tensor], dt_bias: Optional[Tensor], state_batch_indices: Optional[Tensor],
              softplus: bool) -> Tensor:
@@ -80,7 +80,7 @@ def _step_op(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tens
 
 @_step_op.register_fake
 def _(state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices, softplus):
-    return torch.empty_like(x)
+    return _library.empty_like(x)
 
 
 # ---- public ----------------------------------------------------------------------------------
