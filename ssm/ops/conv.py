@@ -24,7 +24,8 @@ def _fwd_impl(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Option
         out = reference.dw_causal_conv(x, weight, bias, "silu" if silu else None, seq_idx=seq_idx,
                                        initial_states=initial_states, return_final_states=return_final_states)
         y, final = out if return_final_states else (out, None)
-        return y, _library.empty_if_none(final, x)
+        # contiguous like the kernels' outputs, as the fake implementation says
+        return y.contiguous(), _library.empty_if_none(None if final is None else final.contiguous(), x)
     B, D, L = x.shape
     W = weight.shape[1]
     y = _kernels.empty((B, D, L), x)
@@ -46,7 +47,7 @@ def _fwd_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Optional
 @_fwd_op.register_fake
 def _(x, weight, bias, seq_idx, initial_states, silu, return_final_states):
     B, D, _ = x.shape
-    return torch.empty_like(x), x.new_empty((B, D, weight.shape[1] - 1) if return_final_states else (0,))
+    return x.new_empty(x.shape), x.new_empty((B, D, weight.shape[1] - 1) if return_final_states else (0,))
 
 
 # ---- backward --------------------------------------------------------------------------------
