@@ -141,6 +141,6 @@ class MambaLMHeadModel(nn.Module, GenerationMixin):
         """Build from a checkpoint directory or hub name (see ssm.utils.weights.load_pretrained)."""
         return weights.load_pretrained(cls, pretrained_model_name, device=device, dtype=dtype, **kwargs)
 
-    def save_pretrained(self, save_directory, safe_serialization=True):
+    def save_pretrained(self, save_directory, safe_serialization=True, **kwargs):
         """Write config.json and the weights (see ssm.utils.weights.save_pretrained)."""
-        return weights.save_pretrained(self, save_directory, safe_serialization=safe_serialization)
+        return weights.save_pretrained(self, save_directory, safe_serialization=safe_serialization, **kwargs)

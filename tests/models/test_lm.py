@@ -183,3 +183,13 @@ def test_compile_matches_eager_without_recompiling(name):
                 assert_close(compiled(ids).logits, model(ids).logits)
             finally:
                 torch.compiler.set_stance("default")
+
+
+@pytest.mark.parametrize("safe_serialization", [True, False])
+def test_save_and_load_pretrained_round_trip(tmp_path, safe_serialization):
+    model = small("hybrid")
+    model.save_pretrained(tmp_path, safe_serialization=safe_serialization)
+    loaded = MambaLMHeadModel.from_pretrained(str(tmp_path))
+    assert loaded.config == model.config
+    ids = torch.randint(0, 101, (1, 6))
+    torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
