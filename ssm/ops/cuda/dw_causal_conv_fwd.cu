@@ -33,7 +33,8 @@ __device__ void load_tile(float* xs, const ConvParams& p, const Row& r, int64_t 
   }
 }
 
-// seq[i] = seq_idx at step t0 - H + i; history steps take token 0's id (they belong to its segment).
+// seq[i] = seq_idx at step t0 - H + i; history steps take token 0's id. Input j reaches output t
+// only when their ids are equal.
 __device__ void load_seq(int* seq, const ConvParams& p, const Row& r, int64_t t0, int H) {
   const int* si = ptr<int>(p.seq_idx) + r.b * p.seq_idx.stride[0];
   for (int i = threadIdx.x; i < H + kTile; i += kThreads) {
@@ -42,7 +43,7 @@ __device__ void load_seq(int* seq, const ConvParams& p, const Row& r, int64_t t0
   }
 }
 
-// The last W-1 inputs of the row (those before the last segment's start are zero).
+// The last W-1 inputs of the row (zero where not in the last token's sequence).
 template <typename T, bool kSeq>
 __device__ void write_final_states(const ConvParams& p, const Row& r, int H) {
   const T* x = ptr<T>(p.x) + r.b * p.x.stride[0] + r.d * p.x.stride[1];
@@ -57,8 +58,7 @@ __device__ void write_final_states(const ConvParams& p, const Row& r, int H) {
     if (kSeq && L > 0) {
       const int* si = ptr<int>(p.seq_idx) + r.b * p.seq_idx.stride[0];
       const int last = si[(L - 1) * p.seq_idx.stride[1]];
-      for (int64_t q = j < 0 ? 0 : j; q < L - 1 && v != 0.f; ++q)
-        if (si[q * p.seq_idx.stride[1]] != last) v = 0.f;
+      if (si[(j < 0 ? 0 : j) * p.seq_idx.stride[1]] != last) v = 0.f;
     }
     ptr<T>(p.final_states)[r.b * p.final_states.stride[0] + r.d * p.final_states.stride[1] +
                            i * p.final_states.stride[2]] = from_float<T>(v);
@@ -83,12 +83,9 @@ __global__ void __launch_bounds__(kThreads) conv_fwd_kernel(ConvParams p) {
   for (int e = 0; e < kElems; ++e) {
     const int i = e * kThreads + threadIdx.x;
     float acc = bias + ws[H] * xs[i + H];
-    bool ok = true;
 #pragma unroll
-    for (int k = (kW > 0 ? kW : W) - 2; k >= 0; --k) {
-      if (kSeq) ok = ok && seq[i + k] == seq[i + k + 1];
-      if (!kSeq || ok) acc += ws[k] * xs[i + k];
-    }
+    for (int k = 0; k < (kW > 0 ? kW : W) - 1; ++k)
+      if (!kSeq || seq[i + k] == seq[i + H]) acc += ws[k] * xs[i + k];
     ys[i] = kSilu ? silu(acc) : acc;
   }
   __syncthreads();

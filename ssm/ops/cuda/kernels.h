@@ -8,9 +8,15 @@
 namespace ssm::cuda {
 
 void dw_causal_conv_fwd(const ConvParams& p, cudaStream_t stream);
+void dw_causal_conv_bwd(const ConvBwdParams& p, cudaStream_t stream);
+void dw_causal_conv_update(const ConvUpdateParams& p, cudaStream_t stream);
 
-void selective_scan_fwd(const ScanParams& p, cudaStream_t stream);
+void selective_scan_fwd(const SelectiveScanParams& p, cudaStream_t stream);
 template <typename T>  // one instantiation per dtype (selective_scan_fwd_<dtype>.cu)
-void selective_scan_fwd_typed(const ScanParams& p, cudaStream_t stream);
+void selective_scan_fwd_typed(const SelectiveScanParams& p, cudaStream_t stream);
+
+void selective_state_step(const StateStepParams& p, cudaStream_t stream);
+template <typename TS>  // one instantiation per state dtype (selective_state_step_<dtype>.cu)
+void selective_state_step_typed(const StateStepParams& p, cudaStream_t stream);
 
 }  // namespace ssm::cuda

@@ -4,7 +4,7 @@
 
 namespace ssm::cuda {
 
-void selective_scan_fwd(const ScanParams& p, cudaStream_t stream) {
+void selective_scan_fwd(const SelectiveScanParams& p, cudaStream_t stream) {
   const char* op = "selective_scan_fwd";
   SSM_CHECK(p.dstate >= 1 && p.dstate <= 256, op, "the CUDA kernel takes N in [1, 256], got ", p.dstate);
   SSM_CHECK(p.ngroups >= 1 && p.dim % p.ngroups == 0, op, "dim ", p.dim, " is not a multiple of ngroups ", p.ngroups);

@@ -85,14 +85,14 @@ template <typename C>
 struct State {
   float s[C::kNT], A2[C::kNT], Bc[C::kNT], Cc[C::kNT];
 
-  __device__ void load(const ScanParams& p, const TensorArg& src, int64_t row, int64_t d, int n0, bool valid) {
+  __device__ void load(const SelectiveScanParams& p, const TensorArg& src, int64_t row, int64_t d, int n0, bool valid) {
 #pragma unroll
     for (int n = 0; n < C::kNT; ++n) {
       const bool in = valid && n0 + n < p.dstate && has(src);
       s[n] = in ? ptr<float>(src)[row * src.stride[0] + d * src.stride[1] + (n0 + n) * src.stride[2]] : 0.f;
     }
   }
-  __device__ void store(const ScanParams& p, int64_t row, int64_t d, int n0, bool valid) const {
+  __device__ void store(const SelectiveScanParams& p, int64_t row, int64_t d, int n0, bool valid) const {
     if (!valid || !has(p.last_state)) return;
     const TensorArg& o = p.last_state;
 #pragma unroll
@@ -106,11 +106,11 @@ struct Varlen {
   int64_t seq = 0, next = 0;
   // Before step t: close every sequence that ends at t (its last state), open the next ones.
   template <typename C>
-  __device__ void advance(const ScanParams& p, State<C>& st, int64_t t, int64_t d, int n0, bool valid) {
+  __device__ void advance(const SelectiveScanParams& p, State<C>& st, int64_t t, int64_t d, int n0, bool valid) {
     const int* cu = ptr<int>(p.cu_seqlens);
-    while (seq < p.nseq && next <= t) {
+    while (seq < p.nrows && next <= t) {
       st.store(p, seq, d, n0, valid);
-      if (++seq < p.nseq) {
+      if (++seq < p.nrows) {
         next = cu[(seq + 1) * p.cu_seqlens.stride[0]];
         st.load(p, p.initial_state, seq, d, n0, valid);
       }
@@ -119,7 +119,7 @@ struct Varlen {
 };
 
 template <typename T, typename C>
-__global__ void __launch_bounds__(kThreads) scan_fwd_kernel(ScanParams p, bool vec_in, bool vec_z, bool vec_out) {
+__global__ void __launch_bounds__(kThreads) scan_fwd_kernel(SelectiveScanParams p, bool vec_in, bool vec_z, bool vec_out) {
   extern __shared__ float smem[];
   float* us = smem;
   float* ds = us + C::kCh * C::kRow;
@@ -142,8 +142,8 @@ __global__ void __launch_bounds__(kThreads) scan_fwd_kernel(ScanParams p, bool v
   for (int n = 0; n < C::kNT; ++n) {
     const bool in = n0 + n < p.dstate;
     st.A2[n] = in ? ptr<float>(p.A)[d * p.A.stride[0] + (n0 + n) * p.A.stride[1]] * kLog2e : 0.f;
-    st.Bc[n] = in && !p.B_variable ? ptr<float>(p.Bm)[d * p.Bm.stride[0] + (n0 + n) * p.Bm.stride[1]] : 0.f;
-    st.Cc[n] = in && !p.C_variable ? ptr<float>(p.Cm)[d * p.Cm.stride[0] + (n0 + n) * p.Cm.stride[1]] : 0.f;
+    st.Bc[n] = in && !p.B_var ? ptr<float>(p.B)[d * p.B.stride[0] + (n0 + n) * p.B.stride[1]] : 0.f;
+    st.Cc[n] = in && !p.C_var ? ptr<float>(p.C)[d * p.C.stride[0] + (n0 + n) * p.C.stride[1]] : 0.f;
   }
   st.load(p, p.initial_state, b, d, n0, valid);
   Varlen vl;
@@ -155,8 +155,8 @@ __global__ void __launch_bounds__(kThreads) scan_fwd_kernel(ScanParams p, bool v
     load_rows<T, C>(us, p.u, b, c0, nch, t0, L, vec_in);
     load_rows<T, C>(ds, p.delta, b, c0, nch, t0, L, vec_in);
     if (has(p.z)) load_rows<T, C>(zs, p.z, b, c0, nch, t0, L, vec_z);
-    if (p.B_variable) load_bc<T, C>(Bs, p.Bm, b, g, p.dstate, t0, L);
-    if (p.C_variable) load_bc<T, C>(Cs, p.Cm, b, g, p.dstate, t0, L);
+    if (p.B_var) load_bc<T, C>(Bs, p.B, b, g, p.dstate, t0, L);
+    if (p.C_var) load_bc<T, C>(Cs, p.C, b, g, p.dstate, t0, L);
     if (seqidx)
       for (int i = threadIdx.x; i <= kLT; i += kThreads) {
         const int64_t t = t0 - 1 + i < 0 ? 0 : (t0 - 1 + i < L ? t0 - 1 + i : L - 1);
@@ -178,8 +178,8 @@ __global__ void __launch_bounds__(kThreads) scan_fwd_kernel(ScanParams p, bool v
       float y = 0.f;
 #pragma unroll
       for (int n = 0; n < C::kNT; ++n) {
-        const float bn = p.B_variable ? Bt[n] : st.Bc[n];
-        const float cn = p.C_variable ? Ct[n] : st.Cc[n];
+        const float bn = p.B_var ? Bt[n] : st.Bc[n];
+        const float cn = p.C_var ? Ct[n] : st.Cc[n];
         st.s[n] = exp2f(dt * st.A2[n]) * st.s[n] + du * bn;
         y += st.s[n] * cn;
       }
@@ -211,7 +211,7 @@ __global__ void __launch_bounds__(kThreads) scan_fwd_kernel(ScanParams p, bool v
   }()
 
 template <typename T>
-void launch_fwd(const ScanParams& p, cudaStream_t stream) {
+void launch_fwd(const SelectiveScanParams& p, cudaStream_t stream) {
   const bool vec_in = rows_vectorizable<T>(p.u, 2) && rows_vectorizable<T>(p.delta, 2);
   const bool vec_z = has(p.z) && rows_vectorizable<T>(p.z, 2);
   const bool vec_out = rows_vectorizable<T>(p.out, 2);

@@ -4,7 +4,7 @@
 namespace ssm::cuda {
 
 template <>
-void selective_scan_fwd_typed<half_t>(const ScanParams& p, cudaStream_t stream) {
+void selective_scan_fwd_typed<half_t>(const SelectiveScanParams& p, cudaStream_t stream) {
   scan::launch_fwd<half_t>(p, stream);
 }
 

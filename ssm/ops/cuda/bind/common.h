@@ -11,6 +11,9 @@ namespace ssm::bind::cuda {
 inline cudaStream_t stream_arg(int64_t s) { return reinterpret_cast<cudaStream_t>(static_cast<uintptr_t>(s)); }
 
 void bind_dw_causal_conv(nb::module_& m);
+void bind_dw_causal_conv_bwd(nb::module_& m);
+void bind_dw_causal_conv_update(nb::module_& m);
 void bind_selective_scan(nb::module_& m);
+void bind_selective_state_step(nb::module_& m);
 
 }  // namespace ssm::bind::cuda

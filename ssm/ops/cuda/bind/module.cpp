@@ -11,5 +11,8 @@ NB_MODULE(_cuda, m) {
   m.doc() = "ssm CUDA kernels";
   m.def("device_count", &ssm::cuda::device_count, "CUDA devices visible to the ssm CUDA module.");
   ssm::bind::cuda::bind_dw_causal_conv(m);
+  ssm::bind::cuda::bind_dw_causal_conv_bwd(m);
+  ssm::bind::cuda::bind_dw_causal_conv_update(m);
   ssm::bind::cuda::bind_selective_scan(m);
+  ssm::bind::cuda::bind_selective_state_step(m);
 }

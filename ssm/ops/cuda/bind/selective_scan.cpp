@@ -4,22 +4,25 @@
 namespace ssm::bind::cuda {
 
 void bind_selective_scan(nb::module_& m) {
+  // Same name and signature as the CPU binding; nslices only shapes the CPU work split.
   m.def("selective_scan_fwd",
-        [](int dtype, int64_t batch, int64_t dim, int64_t seqlen, int64_t dstate, int64_t ngroups, int64_t nseq,
+        [](int dtype, int64_t batch, int64_t dim, int64_t seqlen, int64_t dstate, int64_t ngroups, int64_t nslices,
            const Ref& u, const Ref& delta, const Ref& A, const Ref& B, const Ref& C, const OptRef& D,
            const OptRef& z, const OptRef& dt_bias, const OptRef& initial_state, const OptRef& seq_idx,
-           const OptRef& cu_seqlens, const Ref& out, const OptRef& last_state, bool softplus, int64_t stream) {
+           const OptRef& cu_seqlens, int64_t nrows, const Ref& out, const OptRef& last_state, bool softplus,
+           int64_t stream) {
           const char* op = "selective_scan_fwd: ";
-          SSM_CHECK(batch >= 0 && dim >= 0 && seqlen >= 0 && nseq >= 0, op, "negative size");
-          ScanParams p;
-          p.batch = batch, p.dim = dim, p.seqlen = seqlen, p.dstate = dstate, p.ngroups = ngroups, p.nseq = nseq;
+          SSM_CHECK(batch >= 0 && dim >= 0 && seqlen >= 0 && nrows >= 0, op, "negative size");
+          SelectiveScanParams p;
+          p.batch = batch, p.dim = dim, p.seqlen = seqlen, p.dstate = dstate, p.ngroups = ngroups;
+          p.nslices = nslices, p.nrows = nrows, p.softplus = softplus;
           p.dtype = dtype_arg(op, dtype);
           p.u = tensor_arg(op, "u", u, 3);
           p.delta = tensor_arg(op, "delta", delta, 3);
           p.A = tensor_arg(op, "A", A, 2);
-          p.B_variable = B.size() == 5, p.C_variable = C.size() == 5;
-          p.Bm = tensor_arg(op, "B", B, p.B_variable ? 4 : 2);
-          p.Cm = tensor_arg(op, "C", C, p.C_variable ? 4 : 2);
+          p.B_var = B.size() == 5, p.C_var = C.size() == 5;
+          p.B = tensor_arg(op, "B", B, p.B_var ? 4 : 2);
+          p.C = tensor_arg(op, "C", C, p.C_var ? 4 : 2);
           p.D = tensor_arg(op, "D", D, 1);
           p.z = tensor_arg(op, "z", z, 3);
           p.dt_bias = tensor_arg(op, "dt_bias", dt_bias, 1);
@@ -28,7 +31,6 @@ void bind_selective_scan(nb::module_& m) {
           p.cu_seqlens = tensor_arg(op, "cu_seqlens", cu_seqlens, 1);
           p.out = tensor_arg(op, "out", out, 3);
           p.last_state = tensor_arg(op, "last_state", last_state, 3);
-          p.softplus = softplus;
           nb::gil_scoped_release release;
           ssm::cuda::selective_scan_fwd(p, stream_arg(stream));
         });
