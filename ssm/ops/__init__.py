@@ -1,4 +1,9 @@
 """Public ops: the names of the design (``dw_causal_conv``, ...) and those of ``mamba_ssm``."""
 from ssm.ops.conv import causal_conv1d_fn, dw_causal_conv
+from ssm.ops.mamba_inner import mamba_inner_fn, mamba_inner_ref
+from ssm.ops.selective_scan import selective_scan, selective_scan_fn, selective_scan_ref
+from ssm.ops.state_step import selective_state_step, selective_state_update, selective_state_update_ref
 
-__all__ = ["dw_causal_conv", "causal_conv1d_fn"]
+__all__ = ["dw_causal_conv", "causal_conv1d_fn",
+           "selective_scan", "selective_scan_fn", "selective_scan_ref", "mamba_inner_fn", "mamba_inner_ref",
+           "selective_state_step", "selective_state_update", "selective_state_update_ref"]

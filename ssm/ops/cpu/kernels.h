@@ -11,6 +11,9 @@
 namespace ssm::cpu {
 
 SSM_CPU_DECLARE(dw_causal_conv_fwd, ConvParams)
+SSM_CPU_DECLARE(selective_scan_fwd, SelectiveScanParams)
+SSM_CPU_DECLARE(selective_scan_bwd, SelectiveScanParams)
+SSM_CPU_DECLARE(selective_state_step, StateStepParams)
 
 }  // namespace ssm::cpu
 

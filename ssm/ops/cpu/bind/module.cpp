@@ -5,4 +5,5 @@ NB_MODULE(_cpu, m) {
   m.doc() = "ssm C++ CPU kernels";
   ssm::bind::bind_runtime(m);
   ssm::bind::bind_dw_causal_conv(m);
+  ssm::bind::bind_selective_scan(m);
 }

@@ -1,0 +1,190 @@
+"""One decode step of the selective SSM, updating the cached state in place: Mamba-1 layout
+(state (Bs, D, N), x (B, D)) and Mamba-2 layout (state (Bs, H, P, N), x (B, H, P)).
+``mamba_ssm``'s ``selective_state_update`` and its reference are provided too.
+
+No host synchronization anywhere, so the step can be captured in a CUDA graph."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ssm.ops import _checks, _kernels, _library
+from ssm.ops.python import reference
+from ssm.utils import dispatch
+
+
+# ---- implementation --------------------------------------------------------------------------
+
+def _as_heads(state, x, dt, A, B, C, D, z, dt_bias):
+    """The Mamba-2 view of both layouts: Mamba-1 channels are heads of size P = 1."""
+    if state.dim() == 4:
+        return state, x, dt, A, B, C, D, z, dt_bias
+
+    def col(t):
+        return None if t is None else t.unsqueeze(-1)
+    B = B.unsqueeze(1) if B.dim() == 2 else B
+    C = C.unsqueeze(1) if C.dim() == 2 else C
+    return state.unsqueeze(2), col(x), col(dt), A.unsqueeze(1), B, C, col(D), col(z), col(dt_bias)
+
+
+def _float_params(*params):
+    """Parameters in float32 for the kernel, keeping stride-0 (tied) dimensions broadcast."""
+    out = []
+    for t in params:
+        if t is None or t.dtype == torch.float32:
+            out.append(t)
+            continue
+        base = t[tuple(slice(0, 1) if s == 0 else slice(None) for s in t.stride())]
+        out.append(base.float().expand(t.shape))
+    return out
+
+
+def _kernel_step(backend, state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices, softplus):
+    # state (Bs, H, P, N); x, dt, z (B, H, P); A (H, P, N); B, C (B, G, N); D, dt_bias (H, P)
+    state4, x, dt, A, B, C, D, z, dt_bias = _as_heads(state, x, dt, A, B, C, D, z, dt_bias)
+    A, D, dt_bias = _float_params(A, D, dt_bias)
+    batch, H, P = x.shape
+    out = _kernels.empty(x.shape, x)
+    idx = None if state_batch_indices is None else state_batch_indices.to(torch.int32)
+    r = _kernels.ref
+    _kernels.module(backend).selective_state_step(
+        _kernels.dtype_code(state), _kernels.dtype_code(x), batch, H, P, A.shape[-1], B.shape[1], r(state4),
+        r(x), r(dt), r(A), r(B), r(C), r(D), r(z), r(dt_bias), r(idx), r(out), softplus,
+        _kernels.exec_arg(backend, x))
+    return out
+
+
+def _step_impl(state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices, softplus):
+    acts = (x, dt, B, C, z)
+    backend = dispatch.select_backend(
+        "selective_state_step", state.device,
+        lambda b: _kernels.kernel_reason(b, "selective_state_step", state, *acts) or _same_dtype(acts))
+    if backend == "reference":
+        return reference.selective_state_step(state, x, dt, A, B, C, D, z, dt_bias, softplus,
+                                              state_batch_indices=state_batch_indices)
+    return _kernel_step(backend, state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices, softplus)
+
+
+def _same_dtype(tensors) -> Optional[str]:
+    dtypes = {t.dtype for t in tensors if t is not None}
+    return None if len(dtypes) == 1 else f"mixed activation dtypes {sorted(map(str, dtypes))}"
+
+
+@torch.library.custom_op("ssm::selective_state_step", mutates_args=("state",))
+def _step_op(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+             z: Optional[Tensor], dt_bias: Optional[Tensor], state_batch_indices: Optional[Tensor],
+             softplus: bool) -> Tensor:
+    return _step_impl(state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices, softplus)
+
+
+@_step_op.register_fake
+def _(state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices, softplus):
+    return torch.empty_like(x)
+
+
+# ---- public ----------------------------------------------------------------------------------
+
+def _check_mamba1(state, x, dt, A, B, C, D, z, dt_bias):
+    batch, dim = x.shape
+    N = state.shape[2]
+    dev = state.device
+    _checks.tensor("state", state, shape=(None, dim, N), device=dev)
+    _checks.tensor("dt", dt, shape=(batch, dim), device=dev)
+    _checks.tensor("A", A, shape=(dim, N), device=dev)
+    for name, t in (("B", B), ("C", C)):
+        _checks.tensor(name, t, ndim=(2, 3), device=dev)
+        _checks.tensor(name, t, shape=(batch, N) if t.dim() == 2 else (batch, None, N))
+        if t.dim() == 3 and (t.shape[1] < 1 or dim % t.shape[1]):
+            raise ValueError(f"{name}: expected a group count dividing the {dim} channels, got {tuple(t.shape)}")
+    for name, t in (("D", D), ("dt_bias", dt_bias)):
+        _checks.tensor(name, t, shape=(dim,), device=dev, optional=True)
+    _checks.tensor("z", z, shape=(batch, dim), device=dev, optional=True)
+
+
+def _check_mamba2(state, x, dt, A, B, C, D, z, dt_bias):
+    batch, H, P = x.shape
+    N = state.shape[3]
+    dev = state.device
+    _checks.tensor("state", state, shape=(None, H, P, N), device=dev)
+    _checks.tensor("dt", dt, shape=(batch, H, P), device=dev)
+    _checks.tensor("A", A, shape=(H, P, N), device=dev)
+    for name, t in (("B", B), ("C", C)):
+        _checks.tensor(name, t, shape=(batch, None, N), device=dev)
+        if t.shape[1] < 1 or H % t.shape[1]:
+            raise ValueError(f"{name}: expected a group count dividing the {H} heads, got {tuple(t.shape)}")
+    for name, t in (("D", D), ("dt_bias", dt_bias)):
+        _checks.tensor(name, t, shape=(H, P), device=dev, optional=True)
+    _checks.tensor("z", z, shape=(batch, H, P), device=dev, optional=True)
+
+
+def _broadcast_heads(state, x, dt, A, D, dt_bias):
+    """Mamba-2 per-head forms (dt (B, H), A (H,), D and dt_bias (H,)) as stride-0 views."""
+    if x.dim() != 3 or state.dim() != 4:
+        return dt, A, D, dt_bias
+    batch, H, P = x.shape
+    if isinstance(dt, Tensor) and dt.dim() == 2:
+        dt = dt[:, :, None].expand(batch, H, P)
+    if isinstance(A, Tensor) and A.dim() == 1:
+        A = A[:, None, None].expand(H, P, state.shape[-1])
+    if isinstance(D, Tensor) and D.dim() == 1:
+        D = D[:, None].expand(H, P)
+    if isinstance(dt_bias, Tensor) and dt_bias.dim() == 1:
+        dt_bias = dt_bias[:, None].expand(H, P)
+    return dt, A, D, dt_bias
+
+
+def _check_step_args(state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices):
+    _checks.tensor("state", state, ndim=(3, 4))
+    _checks.tensor("x", x, ndim=state.dim() - 1, device=state.device)
+    for name, t in (("dt", dt), ("A", A), ("B", B), ("C", C)):
+        _checks.tensor(name, t, device=state.device)
+    (_check_mamba1 if state.dim() == 3 else _check_mamba2)(state, x, dt, A, B, C, D, z, dt_bias)
+    if state_batch_indices is None:
+        if state.shape[0] != x.shape[0]:
+            raise ValueError(f"state: expected batch {x.shape[0]} to match x without state_batch_indices, "
+                             f"got shape {tuple(state.shape)}")
+    else:
+        _checks.tensor("state_batch_indices", state_batch_indices, shape=(x.shape[0],), dtypes=_checks.INT_DTYPES,
+                       device=state.device)
+
+
+def selective_state_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                         D: Optional[Tensor] = None, z: Optional[Tensor] = None, dt_bias: Optional[Tensor] = None,
+                         softplus: bool = True, *, state_batch_indices: Optional[Tensor] = None) -> Tensor:
+    """One token of the selective SSM; ``state`` is updated in place, in its own dtype.
+
+    Mamba-1: state (Bs, D, N), x, dt, z (B, D), A (D, N), B, C (B, N) or (B, G, N), D, dt_bias (D,).
+    Mamba-2: state (Bs, H, P, N), x, dt, z (B, H, P), A (H, P, N), B, C (B, G, N), D, dt_bias (H, P);
+    per-head forms dt (B, H), A (H,), D, dt_bias (H,) are accepted (tied: read once per head).
+    dt <- softplus(dt + dt_bias) when ``softplus``; state <- exp(dt A) state + dt x B;
+    y = C . state + D x, times silu(z). ``state_batch_indices`` (B,) picks the state row of each
+    batch element; a negative index marks padding (y = 0, no state touched). Returns y like x.
+    """
+    _checks.tensor("state", state, ndim=(3, 4))
+    _checks.tensor("x", x, ndim=(2, 3))
+    dt, A, D, dt_bias = _broadcast_heads(state, x, dt, A, D, dt_bias)
+    _check_step_args(state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices)
+    args = (state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices, softplus)
+    if torch.compiler.is_compiling():
+        return _step_op(*args)
+    return _step_impl(*args)
+
+
+def selective_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                           D: Optional[Tensor] = None, z: Optional[Tensor] = None, dt_bias: Optional[Tensor] = None,
+                           dt_softplus: bool = False, state_batch_indices: Optional[Tensor] = None) -> Tensor:
+    """``mamba_ssm``'s ``selective_state_update`` (see :func:`selective_state_step`)."""
+    return selective_state_step(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
+                                state_batch_indices=state_batch_indices)
+
+
+def selective_state_update_ref(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                               D: Optional[Tensor] = None, z: Optional[Tensor] = None,
+                               dt_bias: Optional[Tensor] = None, dt_softplus: bool = False,
+                               state_batch_indices: Optional[Tensor] = None) -> Tensor:
+    """The pure PyTorch reference of :func:`selective_state_update`."""
+    dt, A, D, dt_bias = _broadcast_heads(state, x, dt, A, D, dt_bias)
+    return reference.selective_state_step(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
+                                          state_batch_indices=state_batch_indices)

@@ -1,0 +1,154 @@
+"""selective_state_step on every backend against the float64 reference (both layouts, grouped
+B/C, tied per-head parameters, padding rows), step-by-step decoding equal to selective_scan,
+torch.compile, bad input."""
+import pytest
+import torch
+
+import ssm.ops as ops
+from ssm.ops.python import reference
+from tests.ops.harness import DTYPES, assert_close, backends, device_of, rand, use_backend
+
+# Phase 1: the op layer runs on the reference; the cpu backend joins with its kernels.
+BACKENDS = [b for b in backends() if b.values[0] != "cpu"]
+
+LAYOUTS = [  # (layout, batch, heads or channels, head dim, N, G)
+    ("mamba1", 1, 1, 1, 1, 1),
+    ("mamba1", 3, 10, 1, 16, 1),
+    ("mamba1", 2, 12, 1, 5, 3),
+    ("mamba2", 2, 4, 8, 16, 2),
+    ("mamba2", 3, 3, 5, 7, 1),
+]
+OPTIONS = ["plain", "softplus+bias", "z+D", "indices", "tied", "fp32_state", "noncontig", "all"]
+
+
+def make_step(layout, batch, H, P, N, G, dtype, device, opts):
+    full = "all" in opts
+    nc = "noncontig" in opts or full
+    lead = (H,) if layout == "mamba1" else (H, P)
+    rows = batch + 2 if {"indices"} & opts or full else batch
+    sdtype = torch.float32 if {"fp32_state"} & opts or full else dtype
+    state = rand(rows, *lead, N, dtype=sdtype, device=device)
+    x = rand(batch, *lead, dtype=dtype, device=device, noncontig=nc)
+    tied = layout == "mamba2" and ({"tied"} & opts or full)
+    dt = (torch.rand(batch, *lead[:1 if tied else 2], device=device) * 0.5 + 0.01).to(dtype)
+    A = -torch.exp(rand(*lead[:1 if tied else 2], *(() if tied else (N,)), device=device, scale=0.5))
+    bc = (batch, N) if layout == "mamba1" and G == 1 and not full else (batch, G, N)
+    B = rand(*bc, dtype=dtype, device=device, noncontig=nc)
+    C = rand(*bc, dtype=dtype, device=device, noncontig=nc)
+    p_shape = lead[:1] if tied else lead
+    D = rand(*p_shape, device=device) if {"z+D"} & opts or full else None
+    z = rand(batch, *lead, dtype=dtype, device=device, noncontig=nc) if {"z+D"} & opts or full else None
+    dt_bias = rand(*p_shape, device=device, scale=0.3) - 1.0 if {"softplus+bias"} & opts or full else None
+    idx = None
+    if rows != batch:
+        idx = torch.randperm(rows, device=device)[:batch].to(torch.int32)
+        idx[0] = -1
+    return dict(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, state_batch_indices=idx)
+
+
+def step(fn, inp, softplus):
+    return fn(inp["state"], inp["x"], inp["dt"], inp["A"], inp["B"], inp["C"], inp["D"], inp["z"], inp["dt_bias"],
+              softplus, state_batch_indices=inp["state_batch_indices"])
+
+
+def as64(inp):
+    return {k: (v.detach().double() if v is not None and v.is_floating_point() else v) for k, v in inp.items()}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("option", OPTIONS)
+def test_step_matches_reference(backend, dtype, layout, option):
+    inp = make_step(*layout, dtype, device_of(backend), {option})
+    softplus = option in ("softplus+bias", "all")
+    ref = as64(inp)
+    before = inp["state"].clone()
+    with use_backend(backend):
+        y = step(ops.selective_state_step, inp, softplus)
+    y_ref = step(reference.selective_state_step, ref, softplus)
+    assert y.dtype == dtype and y.shape == inp["x"].shape
+    assert_close(y, y_ref, dtype, "y")
+    assert_close(inp["state"], ref["state"], inp["state"].dtype, "state")
+    idx = inp["state_batch_indices"]
+    if idx is not None:
+        untouched = torch.ones(before.shape[0], dtype=torch.bool)
+        untouched[idx[idx >= 0].long()] = False
+        assert torch.equal(inp["state"][untouched], before[untouched]), "rows not named by the indices changed"
+        assert (y[idx < 0] == 0).all(), "padding rows must give zeros"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("G", [0, 2])
+def test_decoding_equals_scan(backend, dtype, G):
+    batch, D, L, N = 2, 6, 11, 5
+    dev = device_of(backend)
+    u, z = rand(batch, D, L, dtype=dtype, device=dev), rand(batch, D, L, dtype=dtype, device=dev)
+    delta = rand(batch, D, L, dtype=dtype, device=dev, scale=0.5)
+    A, Dp, dt_bias = -torch.exp(rand(D, N, device=dev, scale=0.5)), rand(D, device=dev), rand(D, device=dev)
+    shape = (batch, N, L) if G == 0 else (batch, G, N, L)
+    B, C = rand(*shape, dtype=dtype, device=dev), rand(*shape, dtype=dtype, device=dev)
+    init = rand(batch, D, N, device=dev)
+    with use_backend(backend):
+        y, last = ops.selective_scan(u, delta, A, B, C, Dp, z, dt_bias, True, True, initial_state=init)
+        state = init.clone()
+        ys = [ops.selective_state_step(state, u[..., t], delta[..., t], A, B[..., t], C[..., t], Dp, z[..., t],
+                                       dt_bias, True) for t in range(L)]
+    assert_close(torch.stack(ys, -1), y.float(), dtype, "decoded y")
+    assert_close(state, last, torch.float32, "decoded state")
+
+
+def test_mamba_names():
+    inp = make_step("mamba2", 2, 4, 3, 5, 2, torch.float32, "cpu", {"all"})
+    ref = as64(inp)
+    y = ops.selective_state_update(inp["state"], inp["x"], inp["dt"], inp["A"], inp["B"], inp["C"], inp["D"],
+                                   inp["z"], inp["dt_bias"], dt_softplus=True,
+                                   state_batch_indices=inp["state_batch_indices"])
+    y_ref = ops.selective_state_update_ref(ref["state"], ref["x"], ref["dt"], ref["A"], ref["B"], ref["C"], ref["D"],
+                                           ref["z"], ref["dt_bias"], dt_softplus=True,
+                                           state_batch_indices=ref["state_batch_indices"])
+    assert_close(y, y_ref, torch.float32, "y")
+    assert_close(inp["state"], ref["state"], torch.float32, "state")
+
+
+def test_compiled_matches_eager():
+    def f(state, x, dt, A, B, C, D):
+        return ops.selective_state_step(state, x, dt, A, B, C, D, None, None, True) + 1
+    compiled = torch.compile(f, fullgraph=True, dynamic=True)
+    for batch in (3, 6):
+        inp = make_step("mamba1", batch, 8, 1, 4, 1, torch.float32, "cpu", {"z+D"})
+        args = [inp[k] for k in ("state", "x", "dt", "A", "B", "C", "D")]
+        state2 = inp["state"].clone()
+        got = compiled(*args)
+        want = f(state2, *args[1:])
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(inp["state"], state2)
+
+
+GOOD = dict(state=(2, 4, 3), x=(2, 4), dt=(2, 4), A=(4, 3), B=(2, 3), C=(2, 3))
+
+
+@pytest.mark.parametrize("bad, error, words", [
+    (dict(state=torch.randn(2, 4)), ValueError, ["state", "(2, 4)"]),
+    (dict(x=torch.randn(2, 5)), ValueError, ["state", "(*, 5, 3)"]),
+    (dict(dt=torch.randn(2, 5)), ValueError, ["dt", "(2, 4)", "(2, 5)"]),
+    (dict(A=torch.randn(4, 2)), ValueError, ["A", "(4, 3)"]),
+    (dict(B=torch.randn(2, 3, 3)), ValueError, ["B", "group"]),
+    (dict(C=torch.randn(3, 3)), ValueError, ["C", "(2, 3)"]),
+    (dict(x=torch.randint(0, 3, (2, 4))), TypeError, ["x", "dtype", "int64"]),
+    (dict(D=torch.randn(5)), ValueError, ["D", "(4)"]),
+    (dict(z=torch.randn(2, 3)), ValueError, ["z", "(2, 4)"]),
+    (dict(state=torch.randn(3, 4, 3)), ValueError, ["state", "state_batch_indices"]),
+    (dict(state_batch_indices=torch.zeros(2)), TypeError, ["state_batch_indices", "dtype"]),
+    (dict(state_batch_indices=torch.zeros(3, dtype=torch.int32)), ValueError, ["state_batch_indices", "(2)"]),
+])
+def test_bad_input_is_named(bad, error, words):
+    args = {k: torch.randn(*s) for k, s in GOOD.items()}
+    args.update(D=None, z=None, dt_bias=None, state_batch_indices=None)
+    args.update(bad)
+    with pytest.raises(error) as info:
+        ops.selective_state_step(args["state"], args["x"], args["dt"], args["A"], args["B"], args["C"], args["D"],
+                                 args["z"], args["dt_bias"], state_batch_indices=args["state_batch_indices"])
+    for word in words:
+        assert word in str(info.value), f"{word!r} not in {info.value}"
