@@ -7,3 +7,10 @@ from ssm.ops.state_step import selective_state_step, selective_state_update, sel
 __all__ = ["dw_causal_conv", "causal_conv1d_fn",
            "selective_scan", "selective_scan_fn", "selective_scan_ref", "mamba_inner_fn", "mamba_inner_ref",
            "selective_state_step", "selective_state_update", "selective_state_update_ref"]
+from ssm.ops.conv import causal_conv1d_update, dw_causal_conv_update
+from ssm.ops.gated_norm import LayerNormGated, RMSNormGated, gated_rms_norm, layernorm_fn, rmsnorm_fn
+from ssm.ops.norm import RMSNorm, fused_layer_norm, layer_norm_fn, layer_norm_ref, rms_norm_fn, rms_norm_ref
+
+__all__ += ["dw_causal_conv_update", "causal_conv1d_update", "fused_layer_norm", "layer_norm_fn", "rms_norm_fn",
+            "layer_norm_ref", "rms_norm_ref", "RMSNorm", "gated_rms_norm", "layernorm_fn", "rmsnorm_fn",
+            "RMSNormGated", "LayerNormGated"]
