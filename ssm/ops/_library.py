@@ -51,7 +51,20 @@ def reference_vjp(fn, inputs: tuple, grad_outputs: tuple) -> tuple:
             out.append(torch.zeros_like(x) if g is None else g)
         else:
             out.append(None)
-    return tuple(out)
+    return _unalias(out, inputs + grad_outputs)
+
+
+def _unalias(outputs: list, inputs: tuple) -> tuple:
+    """Custom ops may not return a tensor that shares storage with an input or another output."""
+    seen = {t.untyped_storage().data_ptr() for t in inputs if isinstance(t, torch.Tensor)}
+    result = []
+    for t in outputs:
+        if isinstance(t, torch.Tensor):
+            if t.untyped_storage().data_ptr() in seen:
+                t = t.clone()
+            seen.add(t.untyped_storage().data_ptr())
+        result.append(t)
+    return tuple(result)
 
 
 def _differentiable(x) -> bool:

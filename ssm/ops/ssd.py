@@ -1,0 +1,240 @@
+"""Mamba-2 SSD chunked scan (``ssd_chunk_scan``), forward and backward, and the names of
+``mamba_ssm`` built on it (``mamba_chunk_scan_combined`` and the reference compositions).
+
+Per head h, with Δ_t = clamp(softplus?(dt_t + dt_bias), dt_limit) and state H (P, N):
+H_t = exp(Δ_t A) H_{t-1} + Δ_t x_t ⊗ B_t,  y_t = H_t C_t + D x_t,  y *= silu(z) when z is given.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ssm.ops import _checks, _kernels, _library
+from ssm.ops.python import reference
+from ssm.utils import dispatch
+
+_INF = float("inf")
+
+
+# ---- forward ---------------------------------------------------------------------------------
+
+def _reference_forward(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, chunk_size,
+                       dt_softplus, dt_lo, dt_hi, return_final, return_varlen):
+    """The reference forward as a tuple (y, final_states or None, varlen_states or None)."""
+    out = reference.ssd_chunk_scan(x, dt, A, B, C, chunk_size, D=D, z=z, initial_states=initial_states,
+                                   dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=(dt_lo, dt_hi),
+                                   seq_idx=seq_idx, cu_seqlens=cu_seqlens, return_final_states=return_final,
+                                   return_varlen_states=return_varlen)
+    out = list(out) if isinstance(out, tuple) else [out]
+    y = out.pop(0)
+    final = out.pop(0) if return_final else None
+    varlen = out.pop(0) if return_varlen else None
+    return y, final, varlen
+
+
+def _fwd_impl(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
+              dt_bias: Optional[Tensor], initial_states: Optional[Tensor], seq_idx: Optional[Tensor],
+              cu_seqlens: Optional[Tensor], chunk_size: int, dt_softplus: bool, dt_lo: float, dt_hi: float,
+              return_final: bool, return_varlen: bool):
+    # x (B, L, H, P); dt (B, L, H); A (H,); B, C (B, L, G, N); D (H, P); z like x; dt_bias (H,)
+    dispatch.select_backend("ssd_chunk_scan", x.device,
+                            lambda b: _kernels.kernel_reason(b, "ssd_chunk_scan_fwd", x, B, C, z))
+    y, final, varlen = _reference_forward(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens,
+                                          chunk_size, dt_softplus, dt_lo, dt_hi, return_final, return_varlen)
+    return (y.contiguous(), _library.empty_if_none(final, x), _library.empty_if_none(varlen, x))
+
+
+@torch.library.custom_op("ssm::ssd_chunk_scan_fwd", mutates_args=())
+def _fwd_op(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
+            dt_bias: Optional[Tensor], initial_states: Optional[Tensor], seq_idx: Optional[Tensor],
+            cu_seqlens: Optional[Tensor], chunk_size: int, dt_softplus: bool, dt_lo: float, dt_hi: float,
+            return_final: bool, return_varlen: bool) -> tuple[Tensor, Tensor, Tensor]:
+    return _fwd_impl(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, chunk_size,
+                     dt_softplus, dt_lo, dt_hi, return_final, return_varlen)
+
+
+@_fwd_op.register_fake
+def _(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, chunk_size, dt_softplus,
+      dt_lo, dt_hi, return_final, return_varlen):
+    batch, _, H, P = x.shape
+    N = B.shape[-1]
+    state = torch.float64 if x.dtype == torch.float64 else torch.float32
+    final = x.new_empty((batch, H, P, N), dtype=state) if return_final else x.new_empty(0)
+    varlen = x.new_empty((cu_seqlens.shape[0] - 1, H, P, N), dtype=state) if return_varlen else x.new_empty(0)
+    return x.new_empty(x.shape), final, varlen
+
+
+# ---- backward --------------------------------------------------------------------------------
+
+def _bwd_impl(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dy, dfinal, dvarlen,
+              chunk_size, dt_softplus, dt_lo, dt_hi, return_final, return_varlen):
+    def forward(x, dt, A, B, C, D, z, dt_bias, initial_states):
+        return _reference_forward(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, chunk_size,
+                                  dt_softplus, dt_lo, dt_hi, return_final, return_varlen)
+    grads = _library.reference_vjp(forward, (x, dt, A, B, C, D, z, dt_bias, initial_states),
+                                   (dy, dfinal if return_final else None, dvarlen if return_varlen else None))
+    return tuple(_library.empty_if_none(g, x) for g in grads)
+
+
+@torch.library.custom_op("ssm::ssd_chunk_scan_bwd", mutates_args=())
+def _bwd_op(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
+            dt_bias: Optional[Tensor], initial_states: Optional[Tensor], seq_idx: Optional[Tensor],
+            cu_seqlens: Optional[Tensor], dy: Tensor, dfinal: Tensor, dvarlen: Tensor, chunk_size: int,
+            dt_softplus: bool, dt_lo: float, dt_hi: float, return_final: bool,
+            return_varlen: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    dispatch.select_backend("ssd_chunk_scan_bwd", x.device,
+                            lambda b: f"no {b} backward kernel for ssd_chunk_scan yet")
+    return _bwd_impl(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dy, dfinal, dvarlen,
+                     chunk_size, dt_softplus, dt_lo, dt_hi, return_final, return_varlen)
+
+
+@_bwd_op.register_fake
+def _(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dy, dfinal, dvarlen, chunk_size,
+      dt_softplus, dt_lo, dt_hi, return_final, return_varlen):
+    def like(t):
+        return x.new_empty(0) if t is None else torch.empty_like(t)
+    return tuple(like(t) for t in (x, dt, A, B, C, D, z, dt_bias, initial_states))
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:11])
+    ctx.flags = inputs[11:]
+
+
+def _backward(ctx, dy, dfinal, dvarlen):
+    saved = ctx.saved_tensors
+    dfinal = dfinal if dfinal is not None else saved[0].new_empty(0)
+    dvarlen = dvarlen if dvarlen is not None else saved[0].new_empty(0)
+    grads = _bwd_op(*saved, dy, dfinal, dvarlen, *ctx.flags)
+    grads = [None if saved[i] is None else g for i, g in enumerate(grads)]
+    return (*grads, None, None) + (None,) * len(ctx.flags)
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---- validation ------------------------------------------------------------------------------
+
+def _seq_meta(seq_meta, seq_idx, cu_seqlens):
+    """seq_idx / cu_seqlens from the keyword arguments or the ``seq_meta`` dict (not both)."""
+    if seq_meta is None:
+        return seq_idx, cu_seqlens
+    if not isinstance(seq_meta, dict):
+        raise TypeError(f"seq_meta: expected a dict with 'seq_idx' / 'cu_seqlens', got {type(seq_meta).__name__}")
+    unknown = set(seq_meta) - {"seq_idx", "cu_seqlens"}
+    if unknown:
+        raise ValueError(f"seq_meta: unexpected keys {sorted(unknown)}; expected 'seq_idx' and/or 'cu_seqlens'")
+    for name, given in (("seq_idx", seq_idx), ("cu_seqlens", cu_seqlens)):
+        if given is not None and seq_meta.get(name) is not None:
+            raise ValueError(f"{name}: given both as an argument and in seq_meta")
+    return (seq_idx if seq_idx is not None else seq_meta.get("seq_idx"),
+            cu_seqlens if cu_seqlens is not None else seq_meta.get("cu_seqlens"))
+
+
+def _check_dt_limit(dt_limit) -> tuple[float, float]:
+    if not isinstance(dt_limit, (tuple, list)) or len(dt_limit) != 2:
+        raise ValueError(f"dt_limit: expected a pair (low, high), got {dt_limit!r}")
+    try:
+        lo, hi = float(dt_limit[0]), float(dt_limit[1])
+    except (TypeError, ValueError):
+        raise TypeError(f"dt_limit: expected two numbers, got {dt_limit!r}") from None
+    if not lo <= hi:  # also rejects NaN
+        raise ValueError(f"dt_limit: expected low <= high, got {dt_limit!r}")
+    return lo, hi
+
+
+def _check_args(x, dt, A, B, C, chunk_size, D, z, initial_states, dt_bias, seq_idx, cu_seqlens, return_varlen):
+    _checks.tensor("x", x, ndim=4)
+    batch, L, H, P = x.shape
+    dev = x.device
+    _checks.positive_int("chunk_size", chunk_size)
+    _checks.tensor("dt", dt, shape=(batch, L, H), device=dev)
+    _checks.tensor("A", A, shape=(H,), device=dev)
+    _checks.tensor("B", B, ndim=4, device=dev)
+    G, N = B.shape[2], B.shape[3]
+    _checks.tensor("B", B, shape=(batch, L, G, N))
+    if G == 0 or H % G != 0:
+        raise ValueError(f"B: the number of groups G={G} must divide the number of heads H={H}")
+    _checks.tensor("C", C, shape=(batch, L, G, N), device=dev)
+    _checks.tensor("D", D, ndim=(1, 2), device=dev, optional=True)
+    if D is not None and tuple(D.shape) not in ((H,), (H, P)):
+        raise ValueError(f"D: expected shape ({H},) or ({H}, {P}), got {tuple(D.shape)}")
+    _checks.tensor("z", z, shape=(batch, L, H, P), device=dev, optional=True)
+    _checks.tensor("dt_bias", dt_bias, shape=(H,), device=dev, optional=True)
+    _checks.tensor("initial_states", initial_states, shape=(batch, H, P, N), device=dev, optional=True)
+    _checks.seq_idx(seq_idx, batch, L, dev)
+    _checks.cu_seqlens(cu_seqlens, L, dev, batch)
+    if return_varlen and cu_seqlens is None:
+        raise ValueError("cu_seqlens: return_varlen_states=True needs cu_seqlens (the sequence offsets)")
+
+
+def _kernel_dtype(x, B, C, z) -> torch.dtype:
+    """One element type for x, B, C, z (the widest among them)."""
+    dtype = x.dtype
+    for t in (B, C, z):
+        if t is not None:
+            dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+# ---- public ----------------------------------------------------------------------------------
+
+def ssd_chunk_scan(X: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int,
+                   D: Optional[Tensor] = None, z: Optional[Tensor] = None, seq_meta: Optional[dict] = None,
+                   initial_states: Optional[Tensor] = None, *, dt_bias: Optional[Tensor] = None,
+                   dt_softplus: bool = False, dt_limit=(0.0, _INF), seq_idx: Optional[Tensor] = None,
+                   cu_seqlens: Optional[Tensor] = None, return_final_states: bool = False,
+                   return_varlen_states: bool = False):
+    """Mamba-2 SSD scan: X (B, L, H, P), dt (B, L, H), A (H,), B, C (B, L, G, N) -> Y (B, L, H, P).
+
+    D (H,) or (H, P) skip term; z (B, L, H, P) gate (y *= silu(z)); dt_bias (H,), dt_softplus and
+    dt_limit shape Δ; initial_states (B, H, P, N). ``seq_idx`` (B, L) resets the state where it
+    changes; ``cu_seqlens`` (nseq+1,) with batch 1 gives per-sequence states. ``seq_meta`` may
+    carry either. Returns Y, or a tuple with final_states (B, H, P, N) and/or varlen_states
+    (nseq, H, P, N), both float32.
+    """
+    seq_idx, cu_seqlens = _seq_meta(seq_meta, seq_idx, cu_seqlens)
+    _check_args(X, dt, A, B, C, chunk_size, D, z, initial_states, dt_bias, seq_idx, cu_seqlens,
+                return_varlen_states)
+    dt_lo, dt_hi = _check_dt_limit(dt_limit)
+    H, P = X.shape[2], X.shape[3]
+    dtype = _kernel_dtype(X, B, C, z)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    x, Bk, Ck = X.to(dtype), B.to(dtype), C.to(dtype)
+    zk = None if z is None else z.to(dtype)
+    Dk = None if D is None else D.to(acc).reshape(H, -1).expand(H, P)
+    params = [None if t is None else t.to(acc) for t in (dt, A, dt_bias, initial_states)]
+    args = (x, params[0], params[1], Bk, Ck, Dk, zk, params[2], params[3], seq_idx, cu_seqlens, chunk_size,
+            bool(dt_softplus), dt_lo, dt_hi, bool(return_final_states), bool(return_varlen_states))
+    if _library.use_custom_op(x, *params, Bk, Ck, Dk, zk):
+        y, final, varlen = _fwd_op(*args)
+    else:
+        y, final, varlen = _fwd_impl(*args)
+    y = y.to(X.dtype)
+    outs = (y,) + ((final,) if return_final_states else ()) + ((varlen,) if return_varlen_states else ())
+    return outs[0] if len(outs) == 1 else outs
+
+
+def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None,
+                              seq_idx=None, cu_seqlens=None, dt_softplus=False, dt_limit=(0.0, _INF),
+                              return_final_states=False, return_varlen_states=False, state_dtype=None):
+    """``mamba_ssm``'s name: :func:`ssd_chunk_scan`; varlen states come in ``state_dtype``
+    (default C.dtype) as there, final states in float32."""
+    out = ssd_chunk_scan(x, dt, A, B, C, chunk_size, D=D, z=z, initial_states=initial_states, dt_bias=dt_bias,
+                         dt_softplus=dt_softplus, dt_limit=dt_limit, seq_idx=seq_idx,
+                         cu_seqlens=cu_seqlens if return_varlen_states else None,
+                         return_final_states=return_final_states, return_varlen_states=return_varlen_states)
+    if not return_varlen_states:
+        return out
+    out = list(out)
+    out[-1] = out[-1].to(state_dtype or C.dtype)
+    return tuple(out)
+
+
+def ssd_chunk_scan_combined_ref(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False):
+    """``mamba_ssm``'s pure-torch reference of the combined scan (any sequence length here)."""
+    y, _, _ = _reference_forward(x, dt, A, B, C, D, z, dt_bias, None, None, None, chunk_size, dt_softplus,
+                                 0.0, _INF, False, False)
+    return y
