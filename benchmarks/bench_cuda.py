@@ -187,18 +187,38 @@ def bench_step(copy_gbs):
 
 
 def bench_norm(copy_gbs):
+    M = 16384
     for width in (2048, 4096):
-        M = 16384
         x, res = (torch.randn(M, width, device=DEV, dtype=BF16) for _ in range(2))
         w, b = torch.randn(width, device=DEV), torch.randn(width, device=DEV)
         for is_rms in (False, True):
-            fwd = lambda: ops.fused_layer_norm(x, w, None if is_rms else b, res, is_rms, 1e-5, True, True)
+            name = f"{'rms' if is_rms else 'layer'}norm+res w{width}"
+            bias = None if is_rms else b
+            fwd = lambda: ops.fused_layer_norm(x, w, bias, res, is_rms, 1e-5, True, True)
             ms = time_ms(fwd)
             with backend("reference"):
                 ref_ms = time_ms(fwd, reps=5)
-            io = nbytes(x, res) + nbytes(x) + 2 * nbytes(x)  # x, res in; y out; residual fp32 out
-            record(f"{'rms' if is_rms else 'layer'}norm+res fwd w{width}", f"{M}x{width} bf16", ms, io, copy_gbs,
-                   ref_ms, None)
+            # x, residual in (bf16); y out (bf16), residual_out out (fp32)
+            record(f"{name} fwd", f"{M}x{width} bf16", ms, 3 * nbytes(x) + 2 * nbytes(x), copy_gbs, ref_ms)
+            leaves = [t.clone().requires_grad_() for t in (x, w, res)]
+            bl = None if is_rms else b.clone().requires_grad_()
+            dy, dr = torch.randn_like(x), torch.randn(M, width, device=DEV)
+
+            def fwd_bwd():
+                y, r = ops.fused_layer_norm(leaves[0], leaves[1], bl, leaves[2], is_rms, 1e-5, True, True)
+                torch.autograd.backward([y, r], [dy, dr])
+            ms = time_ms(fwd_bwd)
+            with backend("reference"):
+                ref_ms = time_ms(fwd_bwd, reps=3)
+            # fwd 5 units; bwd: s (fp32), dy, dres (fp32) in; dx, dresidual (bf16) out: 7 units
+            record(f"{name} fwd+bwd", f"{M}x{width} bf16", ms, 12 * nbytes(x), copy_gbs, ref_ms)
+        z = torch.randn_like(x)
+        gw = torch.randn(width, device=DEV)
+        fwd = lambda: ops.gated_rms_norm(x, gw, None, z, 1e-6, width // 8, False, True)
+        ms = time_ms(fwd)
+        with backend("reference"):
+            ref_ms = time_ms(fwd, reps=5)
+        record(f"gated rmsnorm fwd w{width} g{width // 8}", f"{M}x{width} bf16", ms, 3 * nbytes(x), copy_gbs, ref_ms)
 
 
 def main():

@@ -51,7 +51,7 @@ def _(x, weight, bias, seq_idx, initial_states, silu, return_final_states):
 
 # ---- backward --------------------------------------------------------------------------------
 
-def _bwd_impl(x, weight, bias, seq_idx, initial_states, dy, dfinal, silu, return_final_states):
+def _bwd_reference(x, weight, bias, seq_idx, initial_states, dy, dfinal, silu, return_final_states):
     def forward(x, weight, bias, initial_states):
         out = reference.dw_causal_conv(x, weight, bias, "silu" if silu else None, seq_idx=seq_idx,
                                        initial_states=initial_states, return_final_states=return_final_states)
@@ -63,20 +63,25 @@ def _bwd_impl(x, weight, bias, seq_idx, initial_states, dy, dfinal, silu, return
                  else _library.empty_if_none(g, x) for g in grads)
 
 
-def _bwd_kernel(backend, x, weight, bias, seq_idx, initial_states, dy, dfinal, silu):
-    # x, dy (B, D, L); weight (D, W) float32; dfinal (B, D, W-1) or None
-    # -> dx (B, D, L), dweight (D, W) float32, dbias (D,) float32, dinitial_states (B, D, W-1)
+def _bwd_impl(x, weight, bias, seq_idx, initial_states, dy, dfinal, silu, return_final_states):
+    # x, dy (B, D, L); dfinal (B, D, W-1) -> dx, dweight (D, W) float32, dbias, dinitial_states
+    backend = dispatch.select_backend("dw_causal_conv_bwd", x.device,
+                                      lambda b: _kernels.kernel_reason(b, "dw_causal_conv_bwd", x, dy))
+    if backend == "reference":
+        return _bwd_reference(x, weight, bias, seq_idx, initial_states, dy, dfinal, silu, return_final_states)
     B, D, L = x.shape
     W = weight.shape[1]
     dx = _kernels.empty((B, D, L), x)
     dw = _kernels.empty((D, W), weight)
-    db = None if bias is None else _kernels.empty((D,), weight)
-    dinit = None if initial_states is None else _kernels.empty(initial_states.shape, x)
+    db = None if bias is None else _kernels.empty((D,), bias)
+    dinit = None if initial_states is None else _kernels.empty((B, D, W - 1), x)
     seq_idx = None if seq_idx is None else seq_idx.to(torch.int32)
-    r = _kernels.ref
+    dfinal = dfinal.to(x.dtype) if return_final_states else None
     _kernels.module(backend).dw_causal_conv_bwd(
-        _kernels.dtype_code(x), B, D, L, W, r(x), r(weight), r(bias), r(seq_idx), r(initial_states), r(dy),
-        r(dfinal), r(dx), r(dw), r(db), r(dinit), silu, _kernels.exec_arg(backend, x))
+        _kernels.dtype_code(x), B, D, L, W, _kernels.ref(x), _kernels.ref(weight), _kernels.ref(bias),
+        _kernels.ref(seq_idx), _kernels.ref(initial_states), _kernels.ref(dy.to(x.dtype)), _kernels.ref(dfinal),
+        _kernels.ref(dx), _kernels.ref(dw), _kernels.ref(db), _kernels.ref(dinit), silu,
+        _kernels.exec_arg(backend, x))
     return dx, dw, _library.empty_if_none(db, x), _library.empty_if_none(dinit, x)
 
 
@@ -84,12 +89,7 @@ def _bwd_kernel(backend, x, weight, bias, seq_idx, initial_states, dy, dfinal, s
 def _bwd_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Optional[Tensor],
             initial_states: Optional[Tensor], dy: Tensor, dfinal: Tensor, silu: bool,
             return_final_states: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    backend = dispatch.select_backend("dw_causal_conv_bwd", x.device,
-                                      lambda b: _kernels.kernel_reason(b, "dw_causal_conv_bwd", x, dy))
-    if backend == "reference":
-        return _bwd_impl(x, weight, bias, seq_idx, initial_states, dy, dfinal, silu, return_final_states)
-    dfinal = dfinal.to(x.dtype) if return_final_states and dfinal.numel() else None
-    return _bwd_kernel(backend, x, weight, bias, seq_idx, initial_states, dy.to(x.dtype), dfinal, silu)
+    return _bwd_impl(x, weight, bias, seq_idx, initial_states, dy, dfinal, silu, return_final_states)
 
 
 @_bwd_op.register_fake

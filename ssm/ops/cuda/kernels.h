@@ -15,8 +15,17 @@ void selective_scan_fwd(const SelectiveScanParams& p, cudaStream_t stream);
 template <typename T>  // one instantiation per dtype (selective_scan_fwd_<dtype>.cu)
 void selective_scan_fwd_typed(const SelectiveScanParams& p, cudaStream_t stream);
 
+void selective_scan_bwd(const SelectiveScanParams& p, cudaStream_t stream);
+template <typename T>  // one instantiation per dtype (selective_scan_bwd_<dtype>.cu)
+void selective_scan_bwd_typed(const SelectiveScanParams& p, cudaStream_t stream);
+
 void selective_state_step(const StateStepParams& p, cudaStream_t stream);
 template <typename TS>  // one instantiation per state dtype (selective_state_step_<dtype>.cu)
 void selective_state_step_typed(const StateStepParams& p, cudaStream_t stream);
+
+void layer_norm_fwd(const LayerNormParams& p, cudaStream_t stream);
+void layer_norm_bwd(const LayerNormBwdParams& p, cudaStream_t stream);
+void gated_norm_fwd(const GatedNormParams& p, cudaStream_t stream);
+void gated_norm_bwd(const GatedNormParams& p, cudaStream_t stream);
 
 }  // namespace ssm::cuda

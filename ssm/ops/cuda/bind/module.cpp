@@ -15,4 +15,5 @@ NB_MODULE(_cuda, m) {
   ssm::bind::cuda::bind_dw_causal_conv_update(m);
   ssm::bind::cuda::bind_selective_scan(m);
   ssm::bind::cuda::bind_selective_state_step(m);
+  ssm::bind::cuda::bind_norms(m);
 }
