@@ -67,7 +67,7 @@ __device__ __forceinline__ float dsilu(float z) {
 }
 
 // Zeroes the (parts, N) partial-gradient rows before the blocks add into them.
-__global__ void zero_rows(TensorArg a, TensorArg b, int64_t parts, int64_t n) {
+static __global__ void zero_rows(TensorArg a, TensorArg b, int64_t parts, int64_t n) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= parts * n) return;
   ptr<float>(a)[(i / n) * a.stride[0] + (i % n) * a.stride[1]] = 0.f;

@@ -329,7 +329,7 @@ __global__ void __launch_bounds__(kThreads) scan_bwd_kernel(SelectiveScanParams 
   }
 }
 
-__global__ void zero_bc(SelectiveScanParams p) {
+static __global__ void zero_bc(SelectiveScanParams p) {
   // variable dB / dC: (nslices * B, G, N, L) float32, summed into by the blocks
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t L = p.seqlen, N = p.dstate, per = p.ngroups * N * L;
