@@ -46,12 +46,12 @@ def _reason(backend, kernel, u, delta, B, C, z, N=None):
 
 
 def _cuda_limit(kernel: str, L: int, N: Optional[int]) -> Optional[str]:
-    """Sizes the CUDA kernels do not take: N > 256 (forward), N > 32 or L > 49152 (backward,
+    """Sizes the CUDA kernels do not take: N > 256 (forward), N > 32 or L > 24576 (backward,
     whose state checkpoints live in shared memory)."""
     if N is not None and N > (256 if kernel == "selective_scan_fwd" else 32):
         return f"the CUDA {kernel} kernel takes N <= {256 if kernel == 'selective_scan_fwd' else 32}, got {N}"
-    if kernel == "selective_scan_bwd" and L > 49152:
-        return f"the CUDA selective_scan_bwd kernel takes L <= 49152, got {L}"
+    if kernel == "selective_scan_bwd" and L > 24576:
+        return f"the CUDA selective_scan_bwd kernel takes L <= 24576, got {L}"
     return None
 
 

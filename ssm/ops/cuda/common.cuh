@@ -35,8 +35,24 @@ __host__ __device__ __forceinline__ T* ptr(const TensorArg& t) { return static_c
 
 __device__ __forceinline__ float silu(float v) { return v / (1.f + __expf(-v)); }
 __device__ __forceinline__ float sigmoid(float v) { return 1.f / (1.f + __expf(-v)); }
-// softplus with mamba_ssm's threshold: identity above 20.
-__device__ __forceinline__ float softplus(float v) { return v <= 20.f ? log1pf(__expf(v)) : v; }
+// log(x) for normal x > 0 to a few ulp, independent of --use_fast_math: x = m 2^e with m in
+// [sqrt(1/2), sqrt(2)), log m = 2 atanh(s), s = (m - 1) / (m + 1), |s| < 0.172.
+__device__ __forceinline__ float log_accurate(float x) {
+  int e;
+  float m = frexpf(x, &e);
+  if (m < 0.70710678f) m *= 2.f, e -= 1;
+  const float s = (m - 1.f) / (m + 1.f), s2 = s * s;
+  const float p = s * (2.f + s2 * (0.6666667f + s2 * (0.4f + s2 * (0.2857143f + s2 * 0.2222222f))));
+  return float(e) * 0.6931472f + p;
+}
+
+// softplus with mamba_ssm's threshold (identity above 20): log1p(exp(v)), with the rounding of
+// 1 + exp(v) compensated so that small results keep their relative accuracy.
+__device__ __forceinline__ float softplus(float v) {
+  if (v > 20.f) return v;
+  const float e = __expf(v), u = 1.f + e;
+  return log_accurate(u) + (e - (u - 1.f)) / u;
+}
 
 // True when `p` is aligned to `bytes` (vector loads need it).
 inline bool aligned(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }

@@ -13,7 +13,8 @@ constexpr int kThreads = 128, kElems = 8, kTile = kThreads * kElems, kMaxHalo = 
 
 struct Row {
   int64_t b, d;
-  __device__ Row(const ConvParams& p) : b(blockIdx.x / p.dim), d(blockIdx.x % p.dim) {}
+  // 32-bit division (batch * dim < 2^31 is checked): 64-bit division is slow
+  __device__ Row(const ConvParams& p) : b(blockIdx.x / uint32_t(p.dim)), d(blockIdx.x % uint32_t(p.dim)) {}
 };
 
 template <typename T>

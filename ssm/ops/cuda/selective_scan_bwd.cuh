@@ -16,7 +16,7 @@ namespace ssm::cuda::scan {
 template <int kTPC_>
 struct BwdCfg {
   static constexpr int kNT = 4, kTPC = kTPC_, kCh = kThreads / kTPC, kNP = kNT * kTPC;
-  static constexpr int kLT = 64, kSub = 16, kNSub = kLT / kSub, kTiles = 32, kWarps = kThreads / 32;
+  static constexpr int kLT = 64, kSub = 16, kNSub = kLT / kSub, kTiles = 8, kWarps = kThreads / 32;
   static constexpr int kRow = kLT + 1, kBRow = kNP + 4;
   // floats: u, delta, z, dout / dy tiles; B, C tiles; per-warp dB, dC; subtile and tile checkpoints
   static constexpr int kData = 4 * kCh * kRow + 2 * kLT * kBRow + 2 * kWarps * kLT * kNP;

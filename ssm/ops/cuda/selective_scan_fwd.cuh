@@ -22,10 +22,13 @@ struct Cfg {
   static constexpr size_t kSmemBytes = kSmemFloats * sizeof(float) + (kLT + 1) * sizeof(int);
 };
 
-// dst[c * kRow + i] = src row (b, c0 + c) at steps t0 + i, zeros past L or past the channels.
-template <typename T, typename C>
+// What load_rows applies to each element: nothing, dt = softplus?(delta + dt_bias), or silu.
+enum class Xform { kNone, kDt, kSilu };
+
+// dst[c * kRow + i] = f(src row (b, c0 + c) at step t0 + i), zeros past L or past the channels.
+template <typename T, typename C, Xform kX = Xform::kNone>
 __device__ void load_rows(float* dst, const TensorArg& src, int64_t b, int64_t c0, int nch, int64_t t0,
-                          int64_t L, bool vec) {
+                          int64_t L, bool vec, const SelectiveScanParams* p = nullptr) {
   constexpr int kChunks = kLT / 8;
   for (int i = threadIdx.x; i < C::kCh * kChunks; i += kThreads) {
     const int c = i / kChunks, tc = (i % kChunks) * 8;
@@ -36,13 +39,19 @@ __device__ void load_rows(float* dst, const TensorArg& src, int64_t b, int64_t c
       continue;
     }
     const T* row = ptr<T>(src) + b * src.stride[0] + (c0 + c) * src.stride[1];
+    float v[8];
     if (vec && t + 8 <= L) {
-      float v[8];
       load_floats<T, 8>(v, row + t);
-      for (int e = 0; e < 8; ++e) d[e] = v[e];
     } else {
-      for (int e = 0; e < 8; ++e) d[e] = t + e < L ? to_float(row[(t + e) * src.stride[2]]) : 0.f;
+      for (int e = 0; e < 8; ++e) v[e] = t + e < L ? to_float(row[(t + e) * src.stride[2]]) : 0.f;
     }
+    if (kX == Xform::kDt) {
+      const float bias = has(p->dt_bias) ? ptr<float>(p->dt_bias)[(c0 + c) * p->dt_bias.stride[0]] : 0.f;
+      for (int e = 0; e < 8; ++e) v[e] = p->softplus ? softplus(v[e] + bias) : v[e] + bias;
+    }
+    if (kX == Xform::kSilu)
+      for (int e = 0; e < 8; ++e) v[e] = silu(v[e]);
+    for (int e = 0; e < 8; ++e) d[e] = v[e];
   }
 }
 
@@ -77,6 +86,21 @@ __device__ void store_rows(const TensorArg& dst, const float* src, int64_t b, in
     } else {
       for (int e = 0; e < 8 && t + e < L; ++e) row[(t + e) * dst.stride[2]] = from_float<T>(s[e]);
     }
+  }
+}
+
+// v = this lane's kNT values of B (or C) at one step: from the shared tile (16-byte reads) or constant.
+template <typename C>
+__device__ __forceinline__ void load_bc_step(float* v, const float* tile, const float* constant, bool variable) {
+  if (variable) {
+#pragma unroll
+    for (int n = 0; n < C::kNT; n += 4) {
+      const float4 q = *reinterpret_cast<const float4*>(tile + n);
+      v[n] = q.x, v[n + 1] = q.y, v[n + 2] = q.z, v[n + 3] = q.w;
+    }
+  } else {
+#pragma unroll
+    for (int n = 0; n < C::kNT; ++n) v[n] = constant[n];
   }
 }
 
@@ -149,12 +173,11 @@ __global__ void __launch_bounds__(kThreads) scan_fwd_kernel(SelectiveScanParams 
   Varlen vl;
   if (varlen) vl.next = ptr<int>(p.cu_seqlens)[p.cu_seqlens.stride[0]];
   const float Dd = has(p.D) ? ptr<float>(p.D)[d * p.D.stride[0]] : 0.f;
-  const float bias = has(p.dt_bias) ? ptr<float>(p.dt_bias)[d * p.dt_bias.stride[0]] : 0.f;
 
   for (int64_t t0 = 0; t0 < L; t0 += kLT) {
     load_rows<T, C>(us, p.u, b, c0, nch, t0, L, vec_in);
-    load_rows<T, C>(ds, p.delta, b, c0, nch, t0, L, vec_in);
-    if (has(p.z)) load_rows<T, C>(zs, p.z, b, c0, nch, t0, L, vec_z);
+    load_rows<T, C, Xform::kDt>(ds, p.delta, b, c0, nch, t0, L, vec_in, &p);
+    if (has(p.z)) load_rows<T, C, Xform::kSilu>(zs, p.z, b, c0, nch, t0, L, vec_z);
     if (p.B_var) load_bc<T, C>(Bs, p.B, b, g, p.dstate, t0, L);
     if (p.C_var) load_bc<T, C>(Cs, p.C, b, g, p.dstate, t0, L);
     if (seqidx)
@@ -170,23 +193,21 @@ __global__ void __launch_bounds__(kThreads) scan_fwd_kernel(SelectiveScanParams 
 #pragma unroll
         for (int n = 0; n < C::kNT; ++n) st.s[n] = 0.f;
       }
-      float dt = ds[c * C::kRow + tt] + bias;
-      if (p.softplus) dt = softplus(dt);
-      const float uu = us[c * C::kRow + tt], du = dt * uu;
-      const float* Bt = Bs + tt * C::kBRow + n0;
-      const float* Ct = Cs + tt * C::kBRow + n0;
-      float y = 0.f;
+      const float dt = ds[c * C::kRow + tt], uu = us[c * C::kRow + tt], du = dt * uu;
+      float bn[C::kNT], cn[C::kNT];
+      load_bc_step<C>(bn, Bs + tt * C::kBRow + n0, st.Bc, p.B_var);
+      load_bc_step<C>(cn, Cs + tt * C::kBRow + n0, st.Cc, p.C_var);
+      float y[4] = {0.f, 0.f, 0.f, 0.f};  // four partial sums: short dependency chains
 #pragma unroll
       for (int n = 0; n < C::kNT; ++n) {
-        const float bn = p.B_var ? Bt[n] : st.Bc[n];
-        const float cn = p.C_var ? Ct[n] : st.Cc[n];
-        st.s[n] = exp2f(dt * st.A2[n]) * st.s[n] + du * bn;
-        y += st.s[n] * cn;
+        st.s[n] = exp2f(dt * st.A2[n]) * st.s[n] + du * bn[n];
+        y[n % 4] += st.s[n] * cn[n];
       }
+      float yt = (y[0] + y[1]) + (y[2] + y[3]);
 #pragma unroll
-      for (int off = C::kTPC / 2; off > 0; off /= 2) y += __shfl_xor_sync(0xffffffffu, y, off);
-      float out = y + Dd * uu;
-      if (has(p.z)) out *= silu(zs[c * C::kRow + tt]);
+      for (int off = C::kTPC / 2; off > 0; off /= 2) yt += __shfl_xor_sync(0xffffffffu, yt, off);
+      float out = yt + Dd * uu;
+      if (has(p.z)) out *= zs[c * C::kRow + tt];
       __syncwarp();
       if (part == 0) us[c * C::kRow + tt] = out;
     }
@@ -198,16 +219,16 @@ __global__ void __launch_bounds__(kThreads) scan_fwd_kernel(SelectiveScanParams 
   else st.store(p, b, d, n0, valid);
 }
 
-// N up to 256: kNT states per lane, kTPC lanes per channel.
+// N up to 256: kNT states per lane, kTPC lanes per channel (more lanes: more warps to hide latency).
 #define SSM_SCAN_N_SWITCH(N, C, ...)                                        \
   [&] {                                                                     \
     if (N <= 4) { using C = Cfg<4, 1>; return __VA_ARGS__(); }              \
-    if (N <= 8) { using C = Cfg<8, 1>; return __VA_ARGS__(); }              \
-    if (N <= 16) { using C = Cfg<16, 1>; return __VA_ARGS__(); }            \
-    if (N <= 32) { using C = Cfg<16, 2>; return __VA_ARGS__(); }            \
-    if (N <= 64) { using C = Cfg<16, 4>; return __VA_ARGS__(); }            \
-    if (N <= 128) { using C = Cfg<16, 8>; return __VA_ARGS__(); }           \
-    using C = Cfg<16, 16>; return __VA_ARGS__();                            \
+    if (N <= 8) { using C = Cfg<4, 2>; return __VA_ARGS__(); }              \
+    if (N <= 16) { using C = Cfg<4, 4>; return __VA_ARGS__(); }             \
+    if (N <= 32) { using C = Cfg<8, 4>; return __VA_ARGS__(); }             \
+    if (N <= 64) { using C = Cfg<8, 8>; return __VA_ARGS__(); }             \
+    if (N <= 128) { using C = Cfg<8, 16>; return __VA_ARGS__(); }           \
+    using C = Cfg<8, 32>; return __VA_ARGS__();                             \
   }()
 
 template <typename T>

@@ -31,18 +31,19 @@ __device__ __forceinline__ void load8(float* v, const TensorArg& M, int64_t b, i
 
 template <typename TS, typename T, int kTPR>
 __global__ void __launch_bounds__(kThreads) state_step_kernel(StateStepParams p, bool vec) {
-  const int64_t gid = int64_t(blockIdx.x) * kThreads + threadIdx.x;
-  const int64_t row = gid / kTPR, rows = p.batch * p.nheads * p.headdim;
+  // 32-bit index arithmetic (the launcher checks the row count): 64-bit division is slow
+  const uint32_t gid = blockIdx.x * kThreads + threadIdx.x, row = gid / kTPR;
+  const uint32_t H = uint32_t(p.nheads), P = uint32_t(p.headdim);
   const int lane = int(gid % kTPR);
-  if (row >= rows) return;  // whole lane groups leave together (kThreads % kTPR == 0)
-  const int64_t b = row / (p.nheads * p.headdim), h = (row / p.headdim) % p.nheads, hp = row % p.headdim;
+  if (row >= uint32_t(p.batch) * H * P) return;  // whole lane groups leave together (kThreads % kTPR == 0)
+  const int64_t b = row / (H * P), h = (row / P) % H, hp = row % P;
   const int64_t srow = has(p.state_batch_indices) ? ptr<int>(p.state_batch_indices)[b * p.state_batch_indices.stride[0]] : b;
   T* out = ptr<T>(p.out) + b * p.out.stride[0] + h * p.out.stride[1] + hp * p.out.stride[2];
   if (srow < 0) {
     if (lane == 0) *out = from_float<T>(0.f);
     return;
   }
-  const int64_t g = h / (p.nheads / p.ngroups), N = p.dstate;
+  const int64_t g = uint32_t(h) / (H / uint32_t(p.ngroups)), N = p.dstate;
   float dt = at<T>(p.dt, b, h, hp) + (has(p.dt_bias) ? ptr<float>(p.dt_bias)[h * p.dt_bias.stride[0] + hp * p.dt_bias.stride[1]] : 0.f);
   if (p.softplus) dt = softplus(dt);
   const float xv = at<T>(p.x, b, h, hp), dx = dt * xv;
