@@ -40,5 +40,6 @@ inline DType dtype_arg(const char* op, int code) {
 void bind_runtime(nb::module_& m);
 void bind_dw_causal_conv(nb::module_& m);
 void bind_selective_scan(nb::module_& m);
+void bind_selective_state_step(nb::module_& m);
 
 }  // namespace ssm::bind

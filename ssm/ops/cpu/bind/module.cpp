@@ -6,4 +6,5 @@ NB_MODULE(_cpu, m) {
   ssm::bind::bind_runtime(m);
   ssm::bind::bind_dw_causal_conv(m);
   ssm::bind::bind_selective_scan(m);
+  ssm::bind::bind_selective_state_step(m);
 }
