@@ -174,23 +174,33 @@ def causal_conv1d_fn(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, s
 
 # ---- one-step (or few-step) decode update with a rolling conv_state ---------------------------
 
-def _circular_update_torch(x, conv_state, weight, bias, silu, indices, cache_seqlens):
-    """causal_conv1d's circular-buffer update in plain torch (no host syncs): the window
-    before token t of row b is conv_state[(cache_seqlens[b] + t - W + 1 + i) mod S]; token t
-    is written at (cache_seqlens[b] + t) mod S. Negative indices are padding rows."""
+def _update_torch(x, conv_state, weight, bias, silu, indices, cache_seqlens):
+    """The update in plain torch without host syncs (CUDA-graph capturable), for the
+    reference backend with conv_state_indices or cache_seqlens. Shift register: the window
+    before the new tokens is the state's last W-1 entries and the state keeps the last S of
+    [state, x]. Ring (cache_seqlens): the window is at (cache_seqlens[b] - W + 1 + i) mod S and
+    token t is written at (cache_seqlens[b] + t) mod S. Negative indices are padding rows."""
     B, D, L = x.shape
     W, S = weight.shape[1], conv_state.shape[-1]
     rows = torch.arange(B, device=x.device) if indices is None else indices.long()
     valid = rows >= 0
     rows = rows.clamp(min=0)
-    # history (B, D, W-1) gathered from the ring, then the window xs (B, D, W-1+L)
-    pos = cache_seqlens.long()[:, None] + torch.arange(-(W - 1), L, device=x.device)[None, :]
-    hist = conv_state[rows].gather(2, pos[:, None, :W - 1].remainder(S).expand(B, D, W - 1))
+    # state rows (B, D, S), history (B, D, W-1), new state rows (B, D, S)
+    old = conv_state[rows]
+    if cache_seqlens is None:
+        hist = old[..., S - (W - 1):]
+        new_rows = torch.cat([old, x.to(old.dtype)], -1)[..., L:]
+    else:
+        pos = cache_seqlens.long()[:, None] + torch.arange(-(W - 1), L, device=x.device)[None, :]
+        hist = old.gather(2, pos[:, None, :W - 1].remainder(S).expand(B, D, W - 1))
+        # only the last min(L, S) tokens survive: writing just those keeps the scatter free of duplicates
+        n = min(L, S)
+        new_rows = old.scatter(2, pos[:, None, W - 1 + L - n:].remainder(S).expand(B, D, n), x[..., L - n:].to(old.dtype))
     ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    # window (B, D, W-1+L) -> y (B, D, L)
     xs = torch.cat([hist.to(ct), x.to(ct)], -1)
     y = torch.nn.functional.conv1d(xs, weight.to(ct)[:, None, :], None if bias is None else bias.to(ct), groups=D)
     y = torch.nn.functional.silu(y) if silu else y
-    new_rows = conv_state[rows].scatter(2, pos[:, None, W - 1:].remainder(S).expand(B, D, L), x.to(conv_state.dtype))
     _write_rows(conv_state, rows, valid, new_rows)
     return (y * valid[:, None, None]).to(x.dtype)
 
@@ -218,8 +228,8 @@ def _update_impl(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Optional[T
     backend = dispatch.select_backend("dw_causal_conv_update", x.device,
                                       lambda b: _update_reason(b, x, conv_state))
     if backend == "reference":
-        if cache_seqlens is not None:
-            return _circular_update_torch(x, conv_state, weight, bias, silu, conv_state_indices, cache_seqlens)
+        if cache_seqlens is not None or conv_state_indices is not None:
+            return _update_torch(x, conv_state, weight, bias, silu, conv_state_indices, cache_seqlens)
         return reference.dw_causal_conv_update(x, conv_state, weight, bias, "silu" if silu else None,
                                                conv_state_indices=conv_state_indices)
     B, D, L = x.shape

@@ -5,7 +5,6 @@ import torch
 
 import ssm.ops as ops
 from ssm.ops.python import reference
-from ssm.utils import dispatch
 from tests.ops.harness import DTYPES, assert_close, backends, device_of, rand, to64, use_backend
 
 SHAPES = [  # (B, D, L, W)
@@ -55,24 +54,30 @@ def test_forward_matches_reference(backend, dtype, shape, options):
         assert_close(out, ref, dtype, "y")
 
 
+def option_flags(options):
+    return dict(bias=options in ("bias+silu", "all"), seq=options in ("seq_idx", "all"),
+                init=options in ("init+final", "all"), noncontig=options in ("noncontig", "all"))
+
+
 @pytest.mark.parametrize("backend", backends())
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("options", ["plain", "all"])
-def test_gradients_match_reference(backend, dtype, options):
-    B, D, L, W = 2, 6, 21, 4
-    full = options == "all"
-    x, w, b, seq_idx, init = make_inputs(B, D, L, W, dtype, device_of(backend), bias=full, seq=full,
-                                         init=full, noncontig=full)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("options", ["plain", "bias+silu", "seq_idx", "init+final", "all", "noncontig"])
+def test_gradients_match_reference(backend, dtype, shape, options):
+    activation = None if options in ("plain", "init+final") else "silu"
+    final = options in ("init+final", "all", "seq_idx")
+    x, w, b, seq_idx, init = make_inputs(*shape, dtype, device_of(backend), **option_flags(options))
     leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, w, b, init)]
     with use_backend(backend):
-        y, fs = ops.dw_causal_conv(leaves[0], leaves[1], leaves[2], "silu", seq_idx=seq_idx,
-                                   initial_states=leaves[3], return_final_states=True)
-    dy, dfs = torch.randn_like(y), torch.randn_like(fs)
-    torch.autograd.backward([y, fs], [dy, dfs])
+        out = ops.dw_causal_conv(leaves[0], leaves[1], leaves[2], activation, seq_idx=seq_idx,
+                                 initial_states=leaves[3], return_final_states=final)
+        outs = out if final else (out,)
+        grads = [torch.randn_like(o) for o in outs]
+        torch.autograd.backward(outs, grads)  # the forced backend runs the backward too
     ref_leaves = [t.detach().double().requires_grad_() if t is not None else None for t in (x, w, b, init)]
-    ry, rfs = reference.dw_causal_conv(ref_leaves[0], ref_leaves[1], ref_leaves[2], "silu", seq_idx=seq_idx,
-                                       initial_states=ref_leaves[3], return_final_states=True)
-    torch.autograd.backward([ry, rfs], [dy.double(), dfs.double()])
+    ref = reference.dw_causal_conv(ref_leaves[0], ref_leaves[1], ref_leaves[2], activation, seq_idx=seq_idx,
+                                   initial_states=ref_leaves[3], return_final_states=final)
+    torch.autograd.backward(ref if final else (ref,), [g.double() for g in grads])
     for name, got, want in zip(("dx", "dweight", "dbias", "dinitial_states"), leaves, ref_leaves):
         if got is not None:
             assert got.grad is not None and got.grad.dtype == got.dtype, name
@@ -125,14 +130,6 @@ def test_forced_backend_that_cannot_run_says_why():
 
 # ---- decode update ------------------------------------------------------------------------------
 
-def update_backends():
-    """Phase 1: the C++ update kernel lands next; until then the forced cpu backend must raise."""
-    params = backends()
-    if not hasattr(dispatch.cpu_module(), "dw_causal_conv_update"):
-        params[1] = pytest.param("cpu", id="cpu", marks=pytest.mark.xfail(raises=RuntimeError, strict=True))
-    return params
-
-
 def make_state(Bs, D, S, dtype, device, channels_last):
     """A conv state (Bs, D, S); channels-last like Mamba-2's (allocated (Bs, S, D), transposed)."""
     if channels_last:
@@ -140,7 +137,7 @@ def make_state(Bs, D, S, dtype, device, channels_last):
     return rand(Bs, D, S, dtype=dtype, device=device)
 
 
-@pytest.mark.parametrize("backend", update_backends())
+@pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 3, 1, 4, 3), (2, 5, 1, 4, 6), (3, 8, 3, 3, 2), (2, 7, 5, 2, 4)])  # B,D,L,W,S
 @pytest.mark.parametrize("options", ["plain", "bias+silu", "indices", "channels_last", "x2d", "all"])
@@ -170,7 +167,7 @@ def test_update_matches_reference(backend, dtype, shape, options):
         assert torch.equal(y[0], torch.zeros_like(y[0])), "padding row gives zeros"
 
 
-@pytest.mark.parametrize("backend", update_backends())
+@pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("W", [2, 4, 5])
 def test_stepwise_update_equals_parallel_forward(backend, dtype, W):
@@ -209,9 +206,9 @@ def circular_loop(x, state, w, b, silu, cache_seqlens, idx):
     return y
 
 
-@pytest.mark.parametrize("backend", update_backends())
+@pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(2, 5, 1, 4, 3), (3, 4, 3, 4, 8), (2, 3, 2, 3, 5)])  # B,D,L,W,S
+@pytest.mark.parametrize("shape", [(2, 5, 1, 4, 3), (3, 4, 3, 4, 8), (2, 3, 2, 3, 5), (2, 3, 7, 3, 4)])  # B,D,L,W,S
 @pytest.mark.parametrize("indexed", [False, True])
 def test_circular_update_with_cache_seqlens(backend, dtype, shape, indexed):
     B, D, L, W, S = shape

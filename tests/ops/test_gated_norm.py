@@ -7,17 +7,7 @@ import torch.nn.functional as F
 
 import ssm.ops as ops
 from ssm.ops.python import reference
-from ssm.utils import dispatch
-from tests.ops.harness import DTYPES, assert_close, device_of, rand, to64, use_backend
-from tests.ops.harness import backends as all_backends
-
-
-def backends():
-    """Phase 1: the C++ kernels land next; until then the forced cpu backend must raise."""
-    params = all_backends()
-    if not hasattr(dispatch.cpu_module(), "gated_norm_fwd"):
-        params[1] = pytest.param("cpu", id="cpu", marks=pytest.mark.xfail(raises=RuntimeError, strict=True))
-    return params
+from tests.ops.harness import DTYPES, assert_close, backends, device_of, rand, to64, use_backend
 
 
 SHAPES = [(1, 1, 8, None), (2, 5, 12, 4), (3, 7, 33, 11), (1, 9, 256, 64), (2, 3, 30, None)]  # (B, L, N, group)
@@ -78,8 +68,8 @@ def test_gradients_match_reference(backend, dtype, group, option, is_rms):
     leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, w, b, z)]
     with use_backend(backend):
         y = ops.gated_rms_norm(*leaves, group_size=group, norm_before_gate=nbg, is_rms_norm=is_rms)
-    dy = torch.randn_like(y)
-    y.backward(dy)
+        dy = torch.randn_like(y)
+        y.backward(dy)  # the forced backend runs the backward too
     ref_leaves = [t.detach().double().requires_grad_() if t is not None else None for t in (x, w, b, z)]
     explicit(*ref_leaves, group, nbg, is_rms, 1e-6).backward(dy.double())
     for name, got, want in zip(("dx", "dweight", "dbias", "dz"), leaves, ref_leaves):

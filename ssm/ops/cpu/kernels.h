@@ -14,6 +14,12 @@ SSM_CPU_DECLARE(dw_causal_conv_fwd, ConvParams)
 SSM_CPU_DECLARE(selective_scan_fwd, SelectiveScanParams)
 SSM_CPU_DECLARE(selective_scan_bwd, SelectiveScanParams)
 SSM_CPU_DECLARE(selective_state_step, StateStepParams)
+SSM_CPU_DECLARE(dw_causal_conv_bwd, ConvBwdParams)
+SSM_CPU_DECLARE(dw_causal_conv_update, ConvUpdateParams)
+SSM_CPU_DECLARE(layer_norm_fwd, LayerNormParams)
+SSM_CPU_DECLARE(layer_norm_bwd, LayerNormBwdParams)
+SSM_CPU_DECLARE(gated_norm_fwd, GatedNormParams)
+SSM_CPU_DECLARE(gated_norm_bwd, GatedNormParams)
 
 }  // namespace ssm::cpu
 
