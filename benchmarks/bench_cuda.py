@@ -33,8 +33,10 @@ def _flush(buf=[]):
     buf[0].zero_()
 
 
-def time_ms(fn, reps=20, warmup=3, flush=True):
-    """Median milliseconds of fn() with CUDA events (L2 flushed before each rep)."""
+def time_ms(fn, reps=20, warmup=3, flush=True, inner=1):
+    """Median milliseconds of fn() with CUDA events (L2 flushed before each rep). With inner > 1
+    each rep times that many calls back to back (for calls whose Python cost could leave the
+    GPU idle; only for working sets far larger than L2) and divides."""
     for _ in range(warmup):
         fn()
     times = []
@@ -43,11 +45,24 @@ def time_ms(fn, reps=20, warmup=3, flush=True):
             _flush()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn()
+        for _ in range(inner):
+            fn()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append(start.elapsed_time(end) / inner)
     return statistics.median(times)
+
+
+def kernel_ms(fn, iters=5):
+    """Device time of the kernels fn() launches (profiler), per call: the figure without launch gaps."""
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    total_us = sum(e.self_device_time_total for e in prof.key_averages())
+    return total_us / iters / 1e3
 
 
 def graph_time_ms(fns, reps=20):
@@ -58,11 +73,13 @@ def graph_time_ms(fns, reps=20):
         for f in fns:
             f()
     torch.cuda.current_stream().wait_stream(stream)
+    # at least 32 launches per replay, so the replay's own launch cost is spread thin
+    calls = [fns[i % len(fns)] for i in range(max(32, len(fns)))]
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        for f in fns:
+        for f in calls:
             f()
-    return time_ms(graph.replay, reps=reps, flush=False) / len(fns)
+    return time_ms(graph.replay, reps=reps, flush=False) / len(calls)
 
 
 def backend(name):
@@ -89,7 +106,9 @@ def copy_bandwidth():
 RESULTS = []
 
 
-def record(name, shape, ms, nbytes, copy_gbs, ref_ms=None, target_ms=None, note=""):
+def record(name, shape, ms, nbytes, copy_gbs, ref_ms=None, target_ms=None, note="", kms=None):
+    if kms is not None:
+        note = (note + "; " if note else "") + f"kernels alone {kms * 1e3:.1f} us (profiler)"
     gbs = nbytes / ms / 1e6
     row = dict(name=name, shape=shape, ms=ms, bytes=nbytes, gbs=gbs, frac_copy=gbs / copy_gbs,
                floor_ms=nbytes / copy_gbs / 1e6, ref_ms=ref_ms, speedup_vs_ref=None if ref_ms is None else ref_ms / ms,
@@ -97,8 +116,8 @@ def record(name, shape, ms, nbytes, copy_gbs, ref_ms=None, target_ms=None, note=
     RESULTS.append(row)
     print(f"  {name:34s} {ms * 1e3:10.1f} us  {gbs:7.0f} GB/s ({100 * gbs / copy_gbs:5.1f}% copy)"
           + (f"  ref {ref_ms * 1e3:10.1f} us ({ref_ms / ms:6.1f}x)" if ref_ms else "")
-          + (f"  target {target_ms * 1e3:.0f} us {'met' if ms <= target_ms else 'MISSED'}" if target_ms else ""),
-          flush=True)
+          + (f"  target {target_ms * 1e3:.0f} us {'met' if ms <= target_ms else 'MISSED'}" if target_ms else "")
+          + (f"  [kernels {kms * 1e3:.1f} us]" if kms is not None else ""), flush=True)
 
 
 def nbytes(*ts):
@@ -114,19 +133,21 @@ def bench_conv(copy_gbs):
     ms = time_ms(fwd)
     with backend("reference"):
         ref_ms = time_ms(fwd, reps=5)
-    record("conv fwd", f"B{B} D{D} L{L} W{W} bf16 silu", ms, 2 * nbytes(x), copy_gbs, ref_ms, 0.100)
+    record("conv fwd", f"B{B} D{D} L{L} W{W} bf16 silu", ms, 2 * nbytes(x), copy_gbs, ref_ms, 0.100, kms=kernel_ms(fwd))
     xg = x.clone().requires_grad_()
     wg, bg = w.clone().requires_grad_(), b.clone().requires_grad_()
     dy = torch.randn_like(x)
 
     def fwd_bwd():
+        xg.grad = wg.grad = bg.grad = None  # no gradient accumulation kernels in the figure
         y = ops.dw_causal_conv(xg, wg, bg, "silu")
         torch.autograd.backward(y, dy)
-    ms = time_ms(fwd_bwd)
+    ms = time_ms(fwd_bwd, inner=5)
     with backend("reference"):
         ref_ms = time_ms(fwd_bwd, reps=5)
     # fwd: x, y; bwd: x, dy, dx
-    record("conv fwd+bwd", f"B{B} D{D} L{L} W{W} bf16 silu", ms, 5 * nbytes(x), copy_gbs, ref_ms, 0.260)
+    record("conv fwd+bwd", f"B{B} D{D} L{L} W{W} bf16 silu", ms, 5 * nbytes(x), copy_gbs, ref_ms, 0.260,
+           kms=kernel_ms(fwd_bwd))
 
 
 def bench_scan(copy_gbs):
@@ -141,16 +162,20 @@ def bench_scan(copy_gbs):
     with backend("reference"):
         ref_ms = time_ms(fwd, reps=1, warmup=1)
     io = nbytes(u, delta, z, Bm, Cm) + nbytes(u)
-    record("selective_scan fwd", f"B{B} D{D} L{L} N{N} bf16 z D dt_bias softplus", ms, io, copy_gbs, ref_ms, 0.55)
+    record("selective_scan fwd", f"B{B} D{D} L{L} N{N} bf16 z D dt_bias softplus", ms, io, copy_gbs, ref_ms, 0.55,
+           kms=kernel_ms(fwd))
     leaves = [t.clone().requires_grad_() for t in (u, delta, A, Bm, Cm, Dp, z, bias)]
     dy = torch.randn_like(u)
 
     def fwd_bwd():
+        for t in leaves:
+            t.grad = None
         y = ops.selective_scan(*leaves[:7], leaves[7], True)
         torch.autograd.backward(y, dy)
     ms = time_ms(fwd_bwd, reps=10)
     # fwd io; bwd reads u, delta, z, B, C, dy and writes du, ddelta, dz, dB, dC
-    record("selective_scan fwd+bwd", f"B{B} D{D} L{L} N{N} bf16", ms, io + 2 * io, copy_gbs, None, 3.5)
+    record("selective_scan fwd+bwd", f"B{B} D{D} L{L} N{N} bf16", ms, io + 2 * io, copy_gbs, None, 3.5,
+           kms=kernel_ms(fwd_bwd, iters=2))
 
 
 def step_case(name, batch, H, P, N, mamba1, copy_gbs, target_ms):
@@ -199,19 +224,23 @@ def bench_norm(copy_gbs):
             with backend("reference"):
                 ref_ms = time_ms(fwd, reps=5)
             # x, residual in (bf16); y out (bf16), residual_out out (fp32)
-            record(f"{name} fwd", f"{M}x{width} bf16", ms, 3 * nbytes(x) + 2 * nbytes(x), copy_gbs, ref_ms)
+            record(f"{name} fwd", f"{M}x{width} bf16", ms, 3 * nbytes(x) + 2 * nbytes(x), copy_gbs, ref_ms,
+                   kms=kernel_ms(fwd))
             leaves = [t.clone().requires_grad_() for t in (x, w, res)]
             bl = None if is_rms else b.clone().requires_grad_()
             dy, dr = torch.randn_like(x), torch.randn(M, width, device=DEV)
 
             def fwd_bwd():
+                for t in (*leaves, bl):
+                    if t is not None:
+                        t.grad = None
                 y, r = ops.fused_layer_norm(leaves[0], leaves[1], bl, leaves[2], is_rms, 1e-5, True, True)
                 torch.autograd.backward([y, r], [dy, dr])
-            ms = time_ms(fwd_bwd)
+            ms = time_ms(fwd_bwd, inner=5)
             with backend("reference"):
                 ref_ms = time_ms(fwd_bwd, reps=3)
             # fwd 5 units; bwd: s (fp32), dy, dres (fp32) in; dx, dresidual (bf16) out: 7 units
-            record(f"{name} fwd+bwd", f"{M}x{width} bf16", ms, 12 * nbytes(x), copy_gbs, ref_ms)
+            record(f"{name} fwd+bwd", f"{M}x{width} bf16", ms, 12 * nbytes(x), copy_gbs, ref_ms, kms=kernel_ms(fwd_bwd))
         z = torch.randn_like(x)
         gw = torch.randn(width, device=DEV)
         fwd = lambda: ops.gated_rms_norm(x, gw, None, z, 1e-6, width // 8, False, True)

@@ -6,7 +6,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-results}
 STEPS=${2:-build,test,sanitize,bench}
-SANITIZE_K=${SANITIZE_K:-"float32 and not long and not compile"}
+SANITIZE_K=${SANITIZE_K:-"cuda and dtype0 and (shape1 or layout1 or gradients)"}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 if [[ $STEPS == *build* ]]; then
@@ -24,7 +24,7 @@ if [[ $STEPS == *test* ]]; then
 fi
 if [[ $STEPS == *sanitize* ]]; then
   for tool in memcheck racecheck; do
-    compute-sanitizer --tool "$tool" --error-exitcode 9 python3 -m pytest tests/ops -q -m cuda -p no:cacheprovider \
+    timeout 170 compute-sanitizer --tool "$tool" --error-exitcode 9 python3 -m pytest tests/ops -q -m cuda -p no:cacheprovider \
       -k "$SANITIZE_K" > "$OUT/sanitizer_$tool.log" 2>&1
     echo "$tool rc=$?: $(grep -E "ERROR SUMMARY|passed|failed" "$OUT/sanitizer_$tool.log" | tail -2 | tr '\n' ' ')"
   done
