@@ -100,15 +100,88 @@ __global__ void __launch_bounds__(kThreads) conv_fwd_kernel(ConvParams p) {
   if (has(p.final_states) && blockIdx.y == 0) write_final_states<T, kSeq>(p, r, H);
 }
 
+// Widths 2-4: each thread keeps 16 consecutive inputs in registers (two 16-byte loads) and takes
+// the W-1 inputs before them from the previous lane by shuffles (lane 0 reads them), so every
+// input is read from memory once and many loads are in flight. seq ids travel the same way.
+constexpr int kRegElems = 16, kRegTile = kThreads * kRegElems;
+
+template <typename T, int kW, bool kSilu, bool kSeq, bool kVec>
+__global__ void __launch_bounds__(kThreads) conv_fwd_reg_kernel(ConvParams p) {
+  constexpr int H = kW - 1, E = kRegElems;
+  const Row r(p);
+  const int64_t L = p.seqlen, t0 = int64_t(blockIdx.y) * kRegTile + threadIdx.x * E, sx = p.x.stride[2];
+  const T* x = ptr<T>(p.x) + r.b * p.x.stride[0] + r.d * p.x.stride[1];
+  const int lane = threadIdx.x % 32;
+  float v[H + E];
+  if (kVec && t0 + E <= L) {
+    load_floats<T, 8>(v + H, x + t0);
+    load_floats<T, 8>(v + H + 8, x + t0 + 8);
+  } else {
+#pragma unroll
+    for (int e = 0; e < E; ++e) v[H + e] = t0 + e < L ? to_float(x[(t0 + e) * sx]) : 0.f;
+  }
+#pragma unroll
+  for (int k = 0; k < H; ++k) v[k] = __shfl_up_sync(0xffffffffu, v[E + k], 1);
+  if (lane == 0) {
+    const T* init = has(p.initial_states)
+        ? ptr<T>(p.initial_states) + r.b * p.initial_states.stride[0] + r.d * p.initial_states.stride[1] : nullptr;
+#pragma unroll
+    for (int k = 0; k < H; ++k) {
+      const int64_t s = t0 - H + k;
+      v[k] = s >= 0 ? to_float(x[s * sx]) : init ? to_float(init[(H + s) * p.initial_states.stride[2]]) : 0.f;
+    }
+  }
+  int sq[kSeq ? H + E : 1];
+  if (kSeq) {
+    const int* si = ptr<int>(p.seq_idx) + r.b * p.seq_idx.stride[0];
+    const int64_t ss = p.seq_idx.stride[1];
+#pragma unroll
+    for (int e = 0; e < E; ++e) sq[H + e] = t0 + e < L ? si[(t0 + e) * ss] : -1;
+#pragma unroll
+    for (int k = 0; k < H; ++k) sq[k] = __shfl_up_sync(0xffffffffu, sq[E + k], 1);
+    if (lane == 0)
+#pragma unroll
+      for (int k = 0; k < H; ++k) sq[k] = si[(t0 - H + k < 0 ? 0 : t0 - H + k) * ss];
+  }
+  float w[kW];
+#pragma unroll
+  for (int k = 0; k < kW; ++k) w[k] = ptr<float>(p.weight)[r.d * p.weight.stride[0] + k];
+  const float bias = has(p.bias) ? ptr<float>(p.bias)[r.d * p.bias.stride[0]] : 0.f;
+  float y[E];
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    float acc = bias;
+#pragma unroll
+    for (int k = 0; k < kW; ++k)
+      if (!kSeq || k == H || sq[e + k] == sq[e + H]) acc += w[k] * v[e + k];
+    y[e] = kSilu ? silu(acc) : acc;
+  }
+  T* out = ptr<T>(p.out) + r.b * p.out.stride[0] + r.d * p.out.stride[1];
+  if (kVec && t0 + E <= L) {
+    store_floats<T, 8>(out + t0, y);
+    store_floats<T, 8>(out + t0 + 8, y + 8);
+  } else {
+#pragma unroll
+    for (int e = 0; e < E; ++e)
+      if (t0 + e < L) out[(t0 + e) * p.out.stride[2]] = from_float<T>(y[e]);
+  }
+  if (has(p.final_states) && blockIdx.y == 0) write_final_states<T, kSeq>(p, r, H);
+}
+
 template <typename T>
 void launch(const ConvParams& p, cudaStream_t stream) {
   const bool vec = rows_vectorizable<T>(p.x, 2) && rows_vectorizable<T>(p.out, 2);
-  const dim3 grid(unsigned(p.batch * p.dim), ceil_div(p.seqlen > 0 ? p.seqlen : 1, kTile));
+  const unsigned rows = unsigned(p.batch * p.dim), seq_len = unsigned(p.seqlen > 0 ? p.seqlen : 1);
   SSM_WIDTH_SWITCH(int(p.width), KW, [&] {
     SSM_BOOL_SWITCH(p.silu, kSilu, [&] {
       SSM_BOOL_SWITCH(has(p.seq_idx), kSeq, [&] {
         SSM_BOOL_SWITCH(vec, kVec, [&] {
-          conv_fwd_kernel<T, KW, kSilu, kSeq, kVec><<<grid, kThreads, 0, stream>>>(p);
+          if constexpr (KW > 0) {
+            conv_fwd_reg_kernel<T, KW, kSilu, kSeq, kVec>
+                <<<dim3(rows, ceil_div(seq_len, kRegTile)), kThreads, 0, stream>>>(p);
+          } else {
+            conv_fwd_kernel<T, KW, kSilu, kSeq, kVec><<<dim3(rows, ceil_div(seq_len, kTile)), kThreads, 0, stream>>>(p);
+          }
         });
       });
     });
