@@ -130,7 +130,7 @@ def bench_conv(copy_gbs):
     w = torch.randn(D, W, device=DEV) * 0.5
     b = torch.randn(D, device=DEV)
     fwd = lambda: ops.dw_causal_conv(x, w, b, "silu")
-    ms = time_ms(fwd)
+    ms = time_ms(fwd, inner=5)
     with backend("reference"):
         ref_ms = time_ms(fwd, reps=5)
     record("conv fwd", f"B{B} D{D} L{L} W{W} bf16 silu", ms, 2 * nbytes(x), copy_gbs, ref_ms, 0.100, kms=kernel_ms(fwd))
@@ -158,7 +158,7 @@ def bench_scan(copy_gbs):
     Bm, Cm = (torch.randn(B, 1, N, L, device=DEV, dtype=BF16) for _ in range(2))
     Dp, bias = torch.randn(D, device=DEV), torch.randn(D, device=DEV) * 0.1
     fwd = lambda: ops.selective_scan(u, delta, A, Bm, Cm, Dp, z, bias, True)
-    ms = time_ms(fwd)
+    ms = time_ms(fwd, inner=3)
     with backend("reference"):
         ref_ms = time_ms(fwd, reps=1, warmup=1)
     io = nbytes(u, delta, z, Bm, Cm) + nbytes(u)
