@@ -87,7 +87,7 @@ def _uses_silu(activation) -> bool:
 
 def _softplus(dt: Tensor) -> Tensor:
     """log1p(exp(dt)) where dt <= 20, dt itself above (the threshold of the reference kernels)."""
-    return F.softplus(dt, beta=1.0, threshold=1.0)
+    return F.softplus(dt, beta=1.0, threshold=20.0)
 
 
 def _transform_dt(dt: Tensor, dt_bias: Optional[Tensor], softplus: bool) -> Tensor:
