@@ -80,7 +80,7 @@ def _fwd_impl(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqle
     return y, _library.empty_if_none(last, u)
 
 
-@torch.library.custom_op("ssm::selective_scan_fwd", mutates_args=())
+@_library.custom_op("ssm::selective_scan_fwd", mutates_args=())
 def _fwd_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
             dt_bias: Optional[Tensor], initial_state: Optional[Tensor], seq_idx: Optional[Tensor],
             cu_seqlens: Optional[Tensor], softplus: bool, return_last_state: bool) -> tuple[Tensor, Tensor]:
@@ -91,7 +91,7 @@ def _fwd_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Option
 @_fwd_op.register_fake
 def _(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens, softplus, return_last_state):
     shape = (_nrows(u, cu_seqlens), u.shape[1], A.shape[1]) if return_last_state else (0,)
-    return torch.empty_like(u), u.new_empty(shape, dtype=A.dtype if A.dtype == torch.float64 else torch.float32)
+    return _library.empty_like(u), u.new_empty(shape, dtype=A.dtype if A.dtype == torch.float64 else torch.float32)
 
 
 # ---- backward --------------------------------------------------------------------------------
@@ -154,7 +154,7 @@ def _bwd_impl(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqle
                        _int32(cu_seqlens), dy, dlast, softplus)
 
 
-@torch.library.custom_op("ssm::selective_scan_bwd", mutates_args=())
+@_library.custom_op("ssm::selective_scan_bwd", mutates_args=())
 def _bwd_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
             dt_bias: Optional[Tensor], initial_state: Optional[Tensor], seq_idx: Optional[Tensor],
             cu_seqlens: Optional[Tensor], dy: Tensor, dlast: Tensor, softplus: bool,
@@ -167,7 +167,7 @@ def _bwd_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Option
 def _(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens, dy, dlast, softplus,
       return_last_state):
     def like(t):
-        return u.new_empty(0) if t is None else torch.empty_like(t)
+        return u.new_empty(0) if t is None else _library.empty_like(t)
     return (like(u), like(delta), like(A), like(B), like(C), like(D), like(z), like(dt_bias), like(initial_state))
 
 
