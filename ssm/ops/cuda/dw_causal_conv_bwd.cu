@@ -178,18 +178,148 @@ __global__ void zero_dweight_kernel(ConvBwdParams q) {
   if (k == 0 && has(q.dbias)) ptr<float>(q.dbias)[d * q.dbias.stride[0]] = 0.f;
 }
 
+// Widths 2-4: each thread owns 16 consecutive positions; x (with W-1 inputs either side) and dy
+// (with W-1 after) sit in registers, the halos coming from the neighbouring lanes by shuffles
+// (the warp's edge lanes read them), so x and dy are each read from memory once.
+constexpr int kRegElems = 16, kRegTile = kThreads * kRegElems;
+
+template <typename T, int kW, bool kSilu, bool kSeq, bool kVec>
+__global__ void __launch_bounds__(kThreads) conv_bwd_reg_kernel(ConvBwdParams q) {
+  constexpr int H = kW - 1, E = kRegElems;
+  const ConvParams& p = q.fwd;
+  __shared__ float scratch[kThreads / 32];
+  const Row r(p);
+  const int64_t L = p.seqlen, j0 = int64_t(blockIdx.y) * kRegTile + threadIdx.x * E;
+  const int lane = threadIdx.x % 32;
+  const T* x = row_of<T>(p.x, r);
+  const T* dyp = row_of<T>(q.dout, r);
+  const int64_t sx = p.x.stride[2], sy = q.dout.stride[2];
+  // xv[i] = x at j0 - H + i (i < E + 2H); gv[i] = dy, then g, at j0 + i (i < E + H)
+  float xv[E + 2 * H], gv[E + H];
+  if (kVec && j0 + E <= L) {
+    load_floats<T, 8>(xv + H, x + j0);
+    load_floats<T, 8>(xv + H + 8, x + j0 + 8);
+    load_floats<T, 8>(gv, dyp + j0);
+    load_floats<T, 8>(gv + 8, dyp + j0 + 8);
+  } else {
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      xv[H + e] = j0 + e < L ? to_float(x[(j0 + e) * sx]) : 0.f;
+      gv[e] = j0 + e < L ? to_float(dyp[(j0 + e) * sy]) : 0.f;
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < H; ++k) {
+    xv[k] = __shfl_up_sync(0xffffffffu, xv[E + k], 1);
+    xv[H + E + k] = __shfl_down_sync(0xffffffffu, xv[H + k], 1);
+    gv[E + k] = __shfl_down_sync(0xffffffffu, gv[k], 1);
+  }
+  if (lane == 0) {
+    const T* init = has(p.initial_states) ? row_of<T>(p.initial_states, r) : nullptr;
+#pragma unroll
+    for (int k = 0; k < H; ++k) {
+      const int64_t s = j0 - H + k;
+      xv[k] = s >= 0 && s < L ? to_float(x[s * sx]) : (s < 0 && init) ? to_float(init[(H + s) * p.initial_states.stride[2]]) : 0.f;
+    }
+  }
+  if (lane == 31) {
+#pragma unroll
+    for (int k = 0; k < H; ++k) {
+      const int64_t s = j0 + E + k;
+      xv[H + E + k] = s < L ? to_float(x[s * sx]) : 0.f;
+      gv[E + k] = s < L ? to_float(dyp[s * sy]) : 0.f;
+    }
+  }
+  // sq[i] = seq id at j0 - H + i (history: token 0's; past L: -1)
+  int sq[kSeq ? E + 2 * H : 1];
+  if (kSeq) {
+    const int* si = ptr<int>(p.seq_idx) + r.b * p.seq_idx.stride[0];
+#pragma unroll
+    for (int i = 0; i < E + 2 * H; ++i) {
+      const int64_t s = j0 - H + i;
+      sq[i] = s < L ? si[(s < 0 ? 0 : s) * p.seq_idx.stride[1]] : -1;
+    }
+  }
+  float w[kW];
+#pragma unroll
+  for (int k = 0; k < kW; ++k) w[k] = ptr<float>(p.weight)[r.d * p.weight.stride[0] + k];
+  const float bias = has(p.bias) ? ptr<float>(p.bias)[r.d * p.bias.stride[0]] : 0.f;
+  // g = dy * silu'(pre) at positions j0 .. j0 + E + H - 1
+  if (kSilu) {
+#pragma unroll
+    for (int i = 0; i < E + H; ++i) {
+      float pre = bias;
+#pragma unroll
+      for (int k = 0; k < kW; ++k)
+        if (!kSeq || sq[i + k] == sq[i + H]) pre += w[k] * xv[i + k];
+      const float sg = sigmoid(pre);
+      gv[i] *= sg * (1.f + pre * (1.f - sg));
+    }
+  }
+  const int last_seq = kSeq && L > 0 ? ptr<int>(p.seq_idx)[r.b * p.seq_idx.stride[0] + (L - 1) * p.seq_idx.stride[1]] : 0;
+  float dx[E], dw[kW] = {}, db = 0.f;
+#pragma unroll
+  for (int i = 0; i < E; ++i) {
+    float acc = 0.f;
+#pragma unroll
+    for (int k = 0; k < kW; ++k)
+      if (!kSeq || sq[H + i] == sq[2 * H + i - k]) acc += w[k] * gv[i + H - k];
+    const int64_t j = j0 + i;
+    if (has(q.dfinal_states) && j < L && j >= L - H && (!kSeq || sq[H + i] == last_seq))
+      acc += to_float(row_of<T>(q.dfinal_states, r)[(j - (L - H)) * q.dfinal_states.stride[2]]);
+    dx[i] = acc;
+#pragma unroll
+    for (int k = 0; k < kW; ++k)
+      if (!kSeq || sq[i + k] == sq[i + H]) dw[k] += gv[i] * xv[i + k];
+    db += gv[i];
+  }
+  T* dxp = ptr<T>(q.dx) + r.b * q.dx.stride[0] + r.d * q.dx.stride[1];
+  if (kVec && j0 + E <= L) {
+    store_floats<T, 8>(dxp + j0, dx);
+    store_floats<T, 8>(dxp + j0 + 8, dx + 8);
+  } else {
+#pragma unroll
+    for (int i = 0; i < E; ++i)
+      if (j0 + i < L) dxp[(j0 + i) * q.dx.stride[2]] = from_float<T>(dx[i]);
+  }
+  // gradient of the W-1 history inputs: from the first outputs (thread 0 of tile 0) and dfinal
+  if (has(q.dinitial_states) && j0 == 0) {
+    const int seq0 = kSeq ? sq[H] : 0;
+#pragma unroll
+    for (int i = 0; i < H; ++i) {
+      float acc = 0.f;
+#pragma unroll
+      for (int tt = 0; tt <= i; ++tt)
+        if (tt < L && (!kSeq || sq[H + tt] == seq0)) acc += w[i - tt] * gv[tt];
+      if (has(q.dfinal_states) && i >= L && (!kSeq || L == 0 || last_seq == seq0))
+        acc += to_float(row_of<T>(q.dfinal_states, r)[(i - L) * q.dfinal_states.stride[2]]);
+      ptr<T>(q.dinitial_states)[r.b * q.dinitial_states.stride[0] + r.d * q.dinitial_states.stride[1] +
+                                i * q.dinitial_states.stride[2]] = from_float<T>(acc);
+    }
+  }
+  float* dweight = ptr<float>(q.dweight) + r.d * q.dweight.stride[0];
+#pragma unroll
+  for (int k = 0; k < kW; ++k) block_atomic_add(dweight + k * q.dweight.stride[1], dw[k], scratch);
+  if (has(q.dbias)) block_atomic_add(ptr<float>(q.dbias) + r.d * q.dbias.stride[0], db, scratch);
+}
+
 template <typename T>
 void launch(const ConvBwdParams& q, cudaStream_t stream) {
   const ConvParams& p = q.fwd;
   zero_dweight_kernel<<<ceil_div(p.dim * p.width, 256), 256, 0, stream>>>(q);
   if (p.batch == 0) return;
   const bool vec = rows_vectorizable<T>(p.x, 2) && rows_vectorizable<T>(q.dout, 2) && rows_vectorizable<T>(q.dx, 2);
-  const dim3 grid(unsigned(p.batch * p.dim), ceil_div(p.seqlen > 0 ? p.seqlen : 1, kTile));
+  const unsigned rows = unsigned(p.batch * p.dim), seq_len = unsigned(p.seqlen > 0 ? p.seqlen : 1);
   SSM_WIDTH_SWITCH(int(p.width), KW, [&] {
     SSM_BOOL_SWITCH(p.silu, kSilu, [&] {
       SSM_BOOL_SWITCH(has(p.seq_idx), kSeq, [&] {
         SSM_BOOL_SWITCH(vec, kVec, [&] {
-          conv_bwd_kernel<T, KW, kSilu, kSeq, kVec><<<grid, kThreads, 0, stream>>>(q);
+          if constexpr (KW > 0) {
+            conv_bwd_reg_kernel<T, KW, kSilu, kSeq, kVec>
+                <<<dim3(rows, ceil_div(seq_len, kRegTile)), kThreads, 0, stream>>>(q);
+          } else {
+            conv_bwd_kernel<T, KW, kSilu, kSeq, kVec><<<dim3(rows, ceil_div(seq_len, kTile)), kThreads, 0, stream>>>(q);
+          }
         });
       });
     });

@@ -22,10 +22,10 @@ __global__ void __launch_bounds__(kThreads) gated_norm_bwd_kernel(GatedNormParam
   const float* w = ptr<float>(p.weight) + c0;
   const bool gate = has(p.z), pre_gate = gate && !p.norm_before_gate, post_gate = gate && p.norm_before_gate;
   const bool bias = has(p.bias);
-  for (int64_t c = threadIdx.x; c < G; c += kThreads) dw[c] = 0.f, db[c] = 0.f;
+  for (int64_t c = threadIdx.x; c < G; c += blockDim.x) dw[c] = 0.f, db[c] = 0.f;
   for (int64_t row = blockIdx.y; row < p.rows; row += gridDim.y) {
     float sum = 0.f;
-    for (int64_t c = int64_t(threadIdx.x) * P; c < G; c += int64_t(kThreads) * P) {
+    for (int64_t c = int64_t(threadIdx.x) * P; c < G; c += int64_t(blockDim.x) * P) {
       float x[P], z[P];
       load<P>(x, p.x, p.dtype, row, c0 + c);
       load<P>(dy0 + c, p.dout, p.dout_dtype, row, c0 + c);
@@ -35,12 +35,12 @@ __global__ void __launch_bounds__(kThreads) gated_norm_bwd_kernel(GatedNormParam
     }
     const float mean = p.is_rms ? 0.f : block_sum(sum, scratch) / float(G);
     float sq = 0.f;
-    for (int64_t c = int64_t(threadIdx.x) * P; c < G; c += int64_t(kThreads) * P)
+    for (int64_t c = int64_t(threadIdx.x) * P; c < G; c += int64_t(blockDim.x) * P)
 #pragma unroll
       for (int e = 0; e < P; ++e) sq += (s[c + e] - mean) * (s[c + e] - mean);
     const float rstd = rsqrtf(block_sum(sq, scratch) / float(G) + p.eps);
     float sg = 0.f, sgn = 0.f;
-    for (int64_t c = int64_t(threadIdx.x) * P; c < G; c += int64_t(kThreads) * P) {
+    for (int64_t c = int64_t(threadIdx.x) * P; c < G; c += int64_t(blockDim.x) * P) {
       float z[P], dz[P];
       if (post_gate) load<P>(z, p.z, p.z_dtype, row, c0 + c);
 #pragma unroll
@@ -60,7 +60,7 @@ __global__ void __launch_bounds__(kThreads) gated_norm_bwd_kernel(GatedNormParam
     }
     const float mg = p.is_rms ? 0.f : block_sum(sg, scratch) / float(G);
     const float mgn = block_sum(sgn, scratch) / float(G);
-    for (int64_t c = int64_t(threadIdx.x) * P; c < G; c += int64_t(kThreads) * P) {
+    for (int64_t c = int64_t(threadIdx.x) * P; c < G; c += int64_t(blockDim.x) * P) {
       float dx[P], x[P], z[P], dz[P];
       if (pre_gate) {
         load<P>(x, p.x, p.dtype, row, c0 + c);
@@ -78,7 +78,7 @@ __global__ void __launch_bounds__(kThreads) gated_norm_bwd_kernel(GatedNormParam
     }
     __syncthreads();
   }
-  for (int64_t c = threadIdx.x; c < G; c += kThreads) {
+  for (int64_t c = threadIdx.x; c < G; c += blockDim.x) {
     atomicAdd(ptr<float>(p.dweight_parts) + (c0 + c) * p.dweight_parts.stride[1], dw[c]);
     if (bias) atomicAdd(ptr<float>(p.dbias_parts) + (c0 + c) * p.dbias_parts.stride[1], db[c]);
   }
@@ -97,15 +97,17 @@ void gated_norm_bwd(const GatedNormParams& p, cudaStream_t stream) {
     int sms = 0, dev = 0;
     cudaGetDevice(&dev);
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    const int64_t want = (4 * int64_t(sms) + ngroups - 1) / ngroups;
-    const int64_t rowblocks = p.rows < want ? p.rows : (want > 65535 ? 65535 : want);
     const bool vec = p.group % 8 == 0 && norm::packable(p.x, p.dtype) && norm::packable(p.z, p.z_dtype) &&
                      norm::packable(p.dout, p.dout_dtype) && norm::packable(p.dx, p.dtype) &&
                      norm::packable(p.dz, p.z_dtype);
+    // about 16 blocks of kThreads per SM in all, whatever the block size (rows in flight)
+    const int threads = norm::threads_for(p.group, vec);
+    const int64_t want = (16 * int64_t(sms) * (norm::kThreads / threads) + ngroups - 1) / ngroups;
+    const int64_t rowblocks = p.rows < want ? p.rows : (want > 65535 ? 65535 : want);
     SSM_BOOL_SWITCH(vec, kVec, [&] {
       auto kernel = gated_norm_bwd_kernel<kVec ? 8 : 1>;
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-      kernel<<<dim3(unsigned(ngroups), unsigned(rowblocks)), norm::kThreads, smem, stream>>>(p);
+      kernel<<<dim3(unsigned(ngroups), unsigned(rowblocks)), threads, smem, stream>>>(p);
     });
   }
   check_launch(op);

@@ -16,7 +16,7 @@ __global__ void __launch_bounds__(kThreads) gated_norm_fwd_kernel(GatedNormParam
   const int64_t G = p.group;
   const bool gate = has(p.z), pre_gate = gate && !p.norm_before_gate;
   float sum = 0.f;
-  for (int64_t c = int64_t(threadIdx.x) * P; c < G; c += int64_t(kThreads) * P) {
+  for (int64_t c = int64_t(threadIdx.x) * P; c < G; c += int64_t(blockDim.x) * P) {
     float v[P], z[P];
     load<P>(v, p.x, p.dtype, row, c0 + c);
     if (pre_gate) {
@@ -29,13 +29,13 @@ __global__ void __launch_bounds__(kThreads) gated_norm_fwd_kernel(GatedNormParam
   }
   const float mean = p.is_rms ? 0.f : block_sum(sum, scratch) / float(G);
   float sq = 0.f;
-  for (int64_t c = int64_t(threadIdx.x) * P; c < G; c += int64_t(kThreads) * P)
+  for (int64_t c = int64_t(threadIdx.x) * P; c < G; c += int64_t(blockDim.x) * P)
 #pragma unroll
     for (int e = 0; e < P; ++e) sq += (s[c + e] - mean) * (s[c + e] - mean);
   const float rstd = rsqrtf(block_sum(sq, scratch) / float(G) + p.eps);
   const float* w = ptr<float>(p.weight) + c0;
   const float* b = has(p.bias) ? ptr<float>(p.bias) + c0 : nullptr;
-  for (int64_t c = int64_t(threadIdx.x) * P; c < G; c += int64_t(kThreads) * P) {
+  for (int64_t c = int64_t(threadIdx.x) * P; c < G; c += int64_t(blockDim.x) * P) {
     float y[P], z[P];
     if (gate && !pre_gate) load<P>(z, p.z, p.z_dtype, row, c0 + c);
 #pragma unroll
@@ -62,7 +62,7 @@ void gated_norm_fwd(const GatedNormParams& p, cudaStream_t stream) {
   SSM_BOOL_SWITCH(vec, kVec, [&] {
     auto kernel = gated_norm_fwd_kernel<kVec ? 8 : 1>;
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-    kernel<<<unsigned(blocks), norm::kThreads, smem, stream>>>(p);
+    kernel<<<unsigned(blocks), norm::threads_for(p.group, kVec), smem, stream>>>(p);
   });
   check_launch(op);
 }

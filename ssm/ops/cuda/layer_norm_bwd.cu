@@ -77,7 +77,7 @@ void layer_norm_bwd(const LayerNormBwdParams& p, cudaStream_t stream) {
     int sms = 0, dev = 0;
     cudaGetDevice(&dev);
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    const int64_t blocks = p.rows < 4 * int64_t(sms) ? p.rows : 4 * int64_t(sms);
+    const int64_t blocks = p.rows < 16 * int64_t(sms) ? p.rows : 16 * int64_t(sms);  // rows in flight
     const bool vec = p.cols % 8 == 0 && norm::packable(p.s, p.dtype) && norm::packable(p.dout, p.dout_dtype) &&
                      norm::packable(p.dresidual_out, p.dres_dtype) && norm::packable(p.dx, p.dx_dtype) &&
                      norm::packable(p.dresidual, p.dresidual_dtype);

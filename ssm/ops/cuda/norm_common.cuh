@@ -48,17 +48,26 @@ inline bool packable(const TensorArg& t, DType dt) {
   return !t.data || (t.stride[1] == 1 && t.stride[0] % n == 0 && aligned(t.data, 16));
 }
 
-// Sum of v over the block (every thread gets it). scratch: kThreads / 32 floats.
+// Sum of v over the block (every thread gets it; blockDim.x a multiple of 32, at most kThreads).
+// scratch: kThreads / 32 floats.
 __device__ __forceinline__ float block_sum(float v, float* scratch) {
 #pragma unroll
   for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+  if (blockDim.x == 32) return v;
   __syncthreads();
   if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
   __syncthreads();
   float s = 0.f;
-#pragma unroll
-  for (int i = 0; i < kThreads / 32; ++i) s += scratch[i];
+  for (int i = 0; i < int(blockDim.x / 32); ++i) s += scratch[i];
   return s;
+}
+
+// Threads for a block over `n` features read 8 (or 1) at a time: enough for one pass, a multiple
+// of 32, at most kThreads.
+inline int threads_for(int64_t n, bool packed) {
+  const int64_t per = packed ? (n + 7) / 8 : n;
+  const int64_t t = (per + 31) / 32 * 32;
+  return int(t < kThreads ? t : kThreads);
 }
 
 __device__ __forceinline__ float dsilu(float z) {
