@@ -88,9 +88,17 @@ def test_gradients_match_reference(backend, dtype, shape, options):
 def test_long_sequence(backend):
     x, w, b, _, _ = make_inputs(1, 4, 4099, 4, torch.bfloat16, device_of(backend), bias=True, seq=False,
                                 init=False, noncontig=False)
+    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
     with use_backend(backend):
-        out = ops.dw_causal_conv(x, w, b, "silu")
-    assert_close(out, reference.dw_causal_conv(*to64(x, w, b), "silu"), torch.bfloat16)
+        out = ops.dw_causal_conv(*leaves, "silu")
+        dy = torch.randn_like(out)
+        out.backward(dy)
+    ref_leaves = [t.detach().double().requires_grad_() for t in (x, w, b)]
+    ref = reference.dw_causal_conv(*ref_leaves, "silu")
+    ref.backward(dy.double())
+    assert_close(out, ref.detach(), torch.bfloat16)
+    for name, got, want in zip(("dx", "dweight", "dbias"), leaves, ref_leaves):
+        assert_close(got.grad, want.grad, torch.bfloat16, name, factor=2.0)
 
 
 def test_weight_with_unit_middle_dim_and_causal_conv1d_name():
