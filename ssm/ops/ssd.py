@@ -39,14 +39,61 @@ def _fwd_impl(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optiona
               cu_seqlens: Optional[Tensor], chunk_size: int, dt_softplus: bool, dt_lo: float, dt_hi: float,
               return_final: bool, return_varlen: bool):
     # x (B, L, H, P); dt (B, L, H); A (H,); B, C (B, L, G, N); D (H, P); z like x; dt_bias (H,)
-    dispatch.select_backend("ssd_chunk_scan", x.device,
-                            lambda b: _kernels.kernel_reason(b, "ssd_chunk_scan_fwd", x, B, C, z))
-    y, final, varlen = _reference_forward(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens,
-                                          chunk_size, dt_softplus, dt_lo, dt_hi, return_final, return_varlen)
-    return (y.contiguous(), _library.empty_if_none(final, x), _library.empty_if_none(varlen, x))
+    backend = dispatch.select_backend("ssd_chunk_scan", x.device,
+                                      lambda b: _kernels.kernel_reason(b, "ssd_chunk_scan_fwd", x, B, C, z))
+    if backend == "reference":
+        y, final, varlen = _reference_forward(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens,
+                                              chunk_size, dt_softplus, dt_lo, dt_hi, return_final, return_varlen)
+        return (y.contiguous(), _library.empty_if_none(final, x), _library.empty_if_none(varlen, x))
+    batch, L, H, P = x.shape
+    N = B.shape[-1]
+    nseq = 0 if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    seq_idx, cu_seqlens = _int32(seq_idx), _int32(cu_seqlens)
+    y = _kernels.empty((batch, L, H, P), x)
+    final = _kernels.empty((batch, H, P, N), x, torch.float32) if return_final else None
+    varlen = _kernels.empty((nseq, H, P, N), x, torch.float32) if return_varlen else None
+    sizes, ws, ws_floats = _kernel_sizes(backend, x, B, nseq, _fwd_workspace_floats)
+    _kernels.module(backend).ssd_chunk_scan_fwd(
+        _kernels.dtype_code(x), sizes, *_input_refs(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx,
+                                                    cu_seqlens),
+        _kernels.ref(y), _kernels.ref(final), _kernels.ref(varlen), _kernels.ref(ws), ws_floats,
+        dt_softplus, dt_lo, dt_hi, _kernels.exec_arg(backend, x))
+    return y, _library.empty_if_none(final, x), _library.empty_if_none(varlen, x)
 
 
-@torch.library.custom_op("ssm::ssd_chunk_scan_fwd", mutates_args=())
+# Per-thread float32 workspace of the CPU kernels, given (P, N rounded up to 8); mirrors
+# ssd::Workspace::floats in ssm/ops/cpu/ssd_common.h (the kernel checks it).
+def _fwd_workspace_floats(P, Np, L):
+    block, r16 = 16, lambda n: (n + 15) // 16 * 16
+    return r16(P * Np) + 2 * r16(block * Np) + 3 * r16(block * P) + 4 * 16 + r16(block * 8)
+
+
+def _bwd_workspace_floats(P, Np, L):
+    # ssd::Workspace::floats + BwdWorkspace::floats (ssm/ops/cpu/ssd_chunk_scan_bwd.cpp)
+    block, r16 = 16, lambda n: (n + 15) // 16 * 16
+    nblocks = (L + block - 1) // block
+    return (_fwd_workspace_floats(P, Np, L) + r16(nblocks * P * Np) + r16((block + 1) * P * Np) + r16(P * Np)
+            + r16(block * P) + 2 * r16(block * Np) + r16(block * 8) + r16(2 * nblocks))
+
+
+def _kernel_sizes(backend, x, B, nseq, workspace_fn):
+    batch, L, H, P = x.shape
+    G, N = B.shape[2], B.shape[3]
+    threads = max(1, min(_kernels.exec_arg(backend, x), batch * H)) if backend == "cpu" else 1
+    ws_floats = workspace_fn(P, (N + 7) // 8 * 8, L)
+    ws = torch.empty((threads, ws_floats), dtype=torch.float32, device=x.device)
+    return [batch, L, H, P, G, N, nseq], ws, ws_floats
+
+
+def _input_refs(*tensors):
+    return tuple(_kernels.ref(t) for t in tensors)
+
+
+def _int32(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.to(torch.int32)
+
+
+@_library.custom_op("ssm::ssd_chunk_scan_fwd", mutates_args=())
 def _fwd_op(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
             dt_bias: Optional[Tensor], initial_states: Optional[Tensor], seq_idx: Optional[Tensor],
             cu_seqlens: Optional[Tensor], chunk_size: int, dt_softplus: bool, dt_lo: float, dt_hi: float,
@@ -78,14 +125,44 @@ def _bwd_impl(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens
     return tuple(_library.empty_if_none(g, x) for g in grads)
 
 
-@torch.library.custom_op("ssm::ssd_chunk_scan_bwd", mutates_args=())
+def _bwd_kernel(backend, x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dy, dfinal, dvarlen,
+                dt_softplus, dt_lo, dt_hi):
+    # Per-head partial sums (dA, dB, dC, dD) come back in float32 and are reduced here.
+    batch, L, H, P = x.shape
+    G, N = B.shape[2], B.shape[3]
+    nseq = 0 if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    seq_idx, cu_seqlens = _int32(seq_idx), _int32(cu_seqlens)
+    f32 = torch.float32
+    dx = _kernels.empty(x.shape, x)
+    dz = None if z is None else _kernels.empty(x.shape, x)
+    ddt, dA = _kernels.empty((batch, L, H), x, f32), _kernels.empty((batch, H), x, f32)
+    dB, dC = _kernels.empty((batch, L, H, N), x, f32), _kernels.empty((batch, L, H, N), x, f32)
+    dD = None if D is None else _kernels.empty((batch, H, P), x, f32)
+    dinit = None if initial_states is None else _kernels.empty(initial_states.shape, x, f32)
+    sizes, ws, ws_floats = _kernel_sizes(backend, x, B, nseq, _bwd_workspace_floats)
+    _kernels.module(backend).ssd_chunk_scan_bwd(
+        _kernels.dtype_code(x), sizes, *_input_refs(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx,
+                                                    cu_seqlens),
+        *_input_refs(dy, dfinal, dvarlen, dx, dz, ddt, dA, dB, dC, dD, dinit, ws), ws_floats,
+        dt_softplus, dt_lo, dt_hi, _kernels.exec_arg(backend, x))
+    dB = dB.view(batch, L, G, H // G, N).sum(3).to(B.dtype)
+    dC = dC.view(batch, L, G, H // G, N).sum(3).to(C.dtype)
+    grads = (dx, ddt.to(dt.dtype), dA.sum(0).to(A.dtype), dB, dC, None if dD is None else dD.sum(0).to(D.dtype),
+             dz, None if dt_bias is None else ddt.sum((0, 1)).to(dt_bias.dtype), dinit)
+    return tuple(_library.empty_if_none(g, x) for g in grads)
+
+
+@_library.custom_op("ssm::ssd_chunk_scan_bwd", mutates_args=())
 def _bwd_op(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
             dt_bias: Optional[Tensor], initial_states: Optional[Tensor], seq_idx: Optional[Tensor],
             cu_seqlens: Optional[Tensor], dy: Tensor, dfinal: Tensor, dvarlen: Tensor, chunk_size: int,
             dt_softplus: bool, dt_lo: float, dt_hi: float, return_final: bool,
             return_varlen: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    dispatch.select_backend("ssd_chunk_scan_bwd", x.device,
-                            lambda b: f"no {b} backward kernel for ssd_chunk_scan yet")
+    backend = dispatch.select_backend("ssd_chunk_scan_bwd", x.device,
+                                      lambda b: _kernels.kernel_reason(b, "ssd_chunk_scan_bwd", x, B, C, z, dy))
+    if backend != "reference":
+        return _bwd_kernel(backend, x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dy,
+                           _library.none_if_empty(dfinal), _library.none_if_empty(dvarlen), dt_softplus, dt_lo, dt_hi)
     return _bwd_impl(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dy, dfinal, dvarlen,
                      chunk_size, dt_softplus, dt_lo, dt_hi, return_final, return_varlen)
 
@@ -94,7 +171,7 @@ def _bwd_op(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[
 def _(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dy, dfinal, dvarlen, chunk_size,
       dt_softplus, dt_lo, dt_hi, return_final, return_varlen):
     def like(t):
-        return x.new_empty(0) if t is None else torch.empty_like(t)
+        return x.new_empty(0) if t is None else _library.empty_like(t)
     return tuple(like(t) for t in (x, dt, A, B, C, D, z, dt_bias, initial_states))
 
 
@@ -163,9 +240,11 @@ def _check_args(x, dt, A, B, C, chunk_size, D, z, initial_states, dt_bias, seq_i
         raise ValueError(f"D: expected shape ({H},) or ({H}, {P}), got {tuple(D.shape)}")
     _checks.tensor("z", z, shape=(batch, L, H, P), device=dev, optional=True)
     _checks.tensor("dt_bias", dt_bias, shape=(H,), device=dev, optional=True)
-    _checks.tensor("initial_states", initial_states, shape=(batch, H, P, N), device=dev, optional=True)
     _checks.seq_idx(seq_idx, batch, L, dev)
     _checks.cu_seqlens(cu_seqlens, L, dev, batch)
+    # with cu_seqlens every packed sequence starts from its own initial state
+    starts = batch if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    _checks.tensor("initial_states", initial_states, shape=(starts, H, P, N), device=dev, optional=True)
     if return_varlen and cu_seqlens is None:
         raise ValueError("cu_seqlens: return_varlen_states=True needs cu_seqlens (the sequence offsets)")
 
@@ -190,10 +269,11 @@ def ssd_chunk_scan(X: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk
     """Mamba-2 SSD scan: X (B, L, H, P), dt (B, L, H), A (H,), B, C (B, L, G, N) -> Y (B, L, H, P).
 
     D (H,) or (H, P) skip term; z (B, L, H, P) gate (y *= silu(z)); dt_bias (H,), dt_softplus and
-    dt_limit shape Δ; initial_states (B, H, P, N). ``seq_idx`` (B, L) resets the state where it
-    changes; ``cu_seqlens`` (nseq+1,) with batch 1 gives per-sequence states. ``seq_meta`` may
-    carry either. Returns Y, or a tuple with final_states (B, H, P, N) and/or varlen_states
-    (nseq, H, P, N), both float32.
+    dt_limit shape Δ; initial_states (B, H, P, N). ``seq_idx`` (B, L) resets the state (to zero)
+    where it changes. ``cu_seqlens`` (nseq+1,) with batch 1 packs sequences along L: each starts
+    from its own initial state (initial_states is then (nseq, H, P, N)) and seq_idx is ignored.
+    ``seq_meta`` may carry either. Returns Y, or a tuple with final_states (B, H, P, N) and/or
+    varlen_states (nseq, H, P, N), both float32.
     """
     seq_idx, cu_seqlens = _seq_meta(seq_meta, seq_idx, cu_seqlens)
     _check_args(X, dt, A, B, C, chunk_size, D, z, initial_states, dt_bias, seq_idx, cu_seqlens,

@@ -7,6 +7,7 @@ import ssm.ops as ops
 from ssm.ops.python import reference
 from tests.ops.harness import DTYPES, assert_close, backends, device_of, rand, to64, use_backend
 
+GRAD_NAMES = ("X", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
 SHAPES = [  # (batch, L, H, P, G, N, chunk_size)
     (1, 1, 2, 4, 1, 8, 16),
     (2, 37, 4, 5, 2, 7, 16),
@@ -14,8 +15,6 @@ SHAPES = [  # (batch, L, H, P, G, N, chunk_size)
     (2, 50, 4, 3, 4, 5, 64),
     (1, 100, 6, 16, 3, 32, 32),
 ]
-# The SSD scan has no C++/CUDA kernel yet: only the reference backend runs the grid.
-BACKENDS = [p for p in backends() if p.id == "reference"]
 OPTIONS = ["plain", "D_head+z", "D_full+bias+softplus", "limit+init+final", "seq_idx+init+final",
            "noncontig", "all"]
 
@@ -42,9 +41,8 @@ def make_inputs(batch, L, H, P, G, N, dtype, device, *, noncontig=False, D=None,
 
 
 def random_seq_idx(batch, L, device):
-    # Sorted ids starting at 0 (int32, as mamba_ssm passes them).
-    ids = torch.sort(torch.randint(0, 3, (batch, L), device=device), dim=1).values
-    return (ids - ids[:, :1]).to(torch.int32)
+    # Sorted ids (int32, as mamba_ssm passes them); the first need not be 0.
+    return torch.sort(torch.randint(0, 3, (batch, L), device=device), dim=1).values.to(torch.int32)
 
 
 def options_of(name):
@@ -73,7 +71,7 @@ def run(backend, args, chunk_size, **call):
                                   dt_bias=args["dt_bias"], seq_idx=args["seq_idx"], **call)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("options", OPTIONS)
@@ -92,20 +90,24 @@ def test_forward_matches_reference(backend, dtype, shape, options):
         assert_close(out, ref, dtype, "y")
 
 
-def packed_batch(lengths, H, P, G, N, dtype, device):
+def packed_batch(lengths, H, P, G, N, dtype, device, init=False):
+    """One row of packed sequences: inputs, cu_seqlens, and per-sequence initial states."""
     L = sum(lengths)
     args = make_inputs(1, L, H, P, G, N, dtype, device, D="full", z=True, bias=True)
     cu = torch.tensor([0] + lengths, device=device).cumsum(0).to(torch.int32)
     args["seq_idx"] = torch.repeat_interleave(torch.arange(len(lengths), device=device),
                                               torch.tensor(lengths, device=device))[None].to(torch.int32)
+    if init:
+        args["initial_states"] = rand(len(lengths), H, P, N, device=device)
     return args, cu
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_varlen_states_equal_one_by_one_runs(backend, dtype):
-    lengths = [5, 1, 40, 17]
-    args, cu = packed_batch(lengths, 4, 6, 2, 8, dtype, device_of(backend))
+@pytest.mark.parametrize("init", [False, True])
+def test_varlen_states_equal_one_by_one_runs(backend, dtype, init):
+    lengths = [5, 1, 0, 40, 17]
+    args, cu = packed_batch(lengths, 4, 6, 2, 8, dtype, device_of(backend), init=init)
     y, final, varlen = run(backend, args, 16, dt_softplus=True, cu_seqlens=cu, return_final_states=True,
                            return_varlen_states=True)
     assert varlen.shape == (len(lengths), 4, 6, 8) and varlen.dtype == torch.float32
@@ -115,16 +117,37 @@ def test_varlen_states_equal_one_by_one_runs(backend, dtype):
     assert_close(varlen, ref_varlen, dtype, "varlen_states")
     assert_close(final[0], varlen[-1], torch.float32, "final_states vs last varlen state")
     for s, (start, end) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
-        one = {k: v for k, v in args.items()}
+        start_state = args["initial_states"][s:s + 1] if init else None
+        if start == end:
+            assert_close(varlen[s], start_state[0] if init else torch.zeros_like(varlen[s]), torch.float32)
+            continue
+        one = dict(args, seq_idx=None, initial_states=start_state)
         for k in ("X", "dt", "B", "C", "z"):
             one[k] = args[k][:, start:end]
-        one["seq_idx"] = None
         y1, state1 = run(backend, one, 16, dt_softplus=True, return_final_states=True)
         assert_close(y[:, start:end], y1, dtype, f"y of sequence {s}", factor=2.0)
         assert_close(varlen[s], state1[0], dtype, f"state of sequence {s}", factor=2.0)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends())
+def test_varlen_gradients_match_reference(backend):
+    args, cu = packed_batch([9, 0, 20, 1, 14], 4, 4, 2, 8, torch.float32, device_of(backend), init=True)
+    names = [k for k in GRAD_NAMES if args[k] is not None]
+    call = dict(dt_softplus=True, cu_seqlens=cu, return_final_states=True, return_varlen_states=True)
+    leaves = dict(args, **{k: args[k].detach().clone().requires_grad_() for k in names})
+    outs = run(backend, leaves, 16, **call)
+    grads = [torch.randn_like(o) for o in outs]
+    torch.autograd.backward(list(outs), grads)
+    ref_leaves = dict(args, **{k: args[k].detach().double().requires_grad_() for k in names})
+    ref = reference.ssd_chunk_scan(*(ref_leaves[k] for k in ("X", "dt", "A", "B", "C")), 16, D=ref_leaves["D"],
+                                   z=ref_leaves["z"], dt_bias=ref_leaves["dt_bias"],
+                                   initial_states=ref_leaves["initial_states"], **call)
+    torch.autograd.backward(list(ref), [g.double() for g in grads])
+    for name in names:
+        assert_close(leaves[name].grad, ref_leaves[name].grad, torch.float32, f"d{name}", factor=2.0)
+
+
+@pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_chunked_prefill_with_state_passing_equals_one_pass(backend, dtype):
     args = make_inputs(2, 90, 4, 8, 2, 16, dtype, device_of(backend), D="head", z=True, bias=True, init=True)
@@ -141,10 +164,7 @@ def test_chunked_prefill_with_state_passing_equals_one_pass(backend, dtype):
     assert_close(state, final, dtype, "final_states", factor=2.0)
 
 
-GRAD_NAMES = ("X", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("options", ["plain", "D_head+z", "all"])
 def test_gradients_match_reference(backend, dtype, options):
@@ -171,7 +191,7 @@ def test_gradients_match_reference(backend, dtype, options):
             assert_close(got.grad, want.grad, dtype, f"d{name}", factor=2.0)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends())
 def test_long_sequence(backend):
     args = make_inputs(1, 4100, 2, 4, 1, 8, torch.bfloat16, device_of(backend), D="head", bias=True)
     out = run(backend, args, 64, dt_softplus=True)

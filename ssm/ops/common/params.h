@@ -23,6 +23,44 @@ struct ConvParams {
   bool silu = false;
 };
 
+// Mamba-2 SSD scan, per (batch, head) with state H (P, N):
+// H_t = a_t H_{t-1} + Δ_t x_t ⊗ B_t with a_t = exp(Δ_t A), H_{t-1} reset where seq_idx changes (to 0)
+// or at each cu_seqlens sequence start (to that sequence's initial state),
+// Δ_t = clamp(softplus?(dt_t + dt_bias), dt_lo, dt_hi); y_t = (H_t C_t + D x_t) * silu(z_t).
+// Head h reads group h / (H / G) of B and C. Per-thread workspaces are float32 rows.
+struct SsdParams {
+  int64_t batch = 0, seqlen = 0, nheads = 0, headdim = 0, ngroups = 0, dstate = 0, nseq = 0;
+  int64_t workspace_floats = 0;  // per thread
+  DType dtype = DType::f32;
+  TensorArg x;               // (B, L, H, P)      dtype
+  TensorArg dt;              // (B, L, H)         float32
+  TensorArg A;               // (H,)              float32
+  TensorArg B, C;            // (B, L, G, N)      dtype
+  TensorArg D;               // (H, P)            float32, optional
+  TensorArg z;               // (B, L, H, P)      dtype, optional
+  TensorArg dt_bias;         // (H,)              float32, optional
+  TensorArg initial_states;  // (B, H, P, N)      float32, optional; (nseq, H, P, N) with cu_seqlens
+  TensorArg seq_idx;         // (B, L)            int32, optional (ignored with cu_seqlens)
+  TensorArg cu_seqlens;      // (nseq + 1,)       int32, optional (batch 1): a reset at each sequence start
+  TensorArg workspace;       // (threads, workspace_floats) float32
+  bool dt_softplus = false;
+  float dt_lo = 0.f, dt_hi = 0.f;
+  // forward outputs
+  TensorArg out;             // (B, L, H, P)      dtype
+  TensorArg final_states;    // (B, H, P, N)      float32, optional
+  TensorArg varlen_states;   // (nseq, H, P, N)   float32, optional
+  // backward: incoming gradients and outputs (per-head partial sums are reduced in Python)
+  TensorArg dout;            // (B, L, H, P)      dtype
+  TensorArg dfinal;          // (B, H, P, N)      float32, optional
+  TensorArg dvarlen;         // (nseq, H, P, N)   float32, optional
+  TensorArg dx, dz;          // (B, L, H, P)      dtype (dz optional)
+  TensorArg ddt;             // (B, L, H)         float32 (gradient wrt dt + dt_bias)
+  TensorArg dA;              // (B, H)            float32
+  TensorArg dB, dC;          // (B, L, H, N)      float32, per head
+  TensorArg dD;              // (B, H, P)         float32, optional
+  TensorArg dinitial;        // like initial_states, float32, optional
+};
+
 }  // namespace ssm
 
 namespace ssm {
@@ -110,6 +148,55 @@ struct GatedNormParams {
   TensorArg dbias_parts;    // (parts, N) float32, backward, optional
   float eps = 1e-6f;
   bool norm_before_gate = true, is_rms = true;
+};
+
+// Mamba-1 selective scan over L, forward and backward, per (batch, channel):
+//   dt = delta + dt_bias (softplus if asked); h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t;
+//   out_t = (C_t . h_t + D u_t) * silu(z_t). Segments restart the state: at seq_idx changes, or at
+//   each cu_seqlens start (batch 1), from initial_state[row] (rows: batch, or sequence with cu_seqlens).
+// Work is split in tasks (batch, group, slice of the group's channels); per-slice / per-batch partial
+// gradients are float32 workspaces that the op layer sums.
+struct SelectiveScanParams {
+  int64_t batch = 0, dim = 0, seqlen = 0, dstate = 0, ngroups = 1, nslices = 1, nrows = 0;
+  DType dtype = DType::f32;
+  TensorArg u, delta;          // (B, D, L)          dtype
+  TensorArg A;                 // (D, N)             float32
+  TensorArg B, C;              // (B, G, N, L) dtype when B_var / C_var, else (D, N) float32
+  bool B_var = true, C_var = true;
+  TensorArg D;                 // (D,)               float32, optional
+  TensorArg z;                 // (B, D, L)          dtype, optional
+  TensorArg dt_bias;           // (D,)               float32, optional
+  TensorArg initial_state;     // (rows, D, N)       float32, optional
+  TensorArg seq_idx;           // (B, L)             int32, optional
+  TensorArg cu_seqlens;        // (rows + 1,)        int32, optional (batch 1)
+  TensorArg out;               // (B, D, L)          dtype
+  TensorArg last_state;        // (rows, D, N)       float32, optional
+  bool softplus = false;
+  // backward
+  TensorArg dout;              // (B, D, L)          dtype
+  TensorArg dlast;             // (rows, D, N)       float32, optional
+  TensorArg du, ddelta, dz;    // (B, D, L)          dtype (dz when z)
+  TensorArg dA;                // (B, D, N)          float32, per batch
+  TensorArg dB, dC;            // (S*B, G, N, L) float32 per slice when variable, else (B, D, N) float32
+  TensorArg dD, ddt_bias;      // (B, D)             float32, per batch, optional
+  TensorArg dinitial_state;    // (rows, D, N)       float32, optional
+};
+
+// One decode step, Mamba-2 layout (Mamba-1: H = D heads of size P = 1), state updated in place:
+//   dt = dt + dt_bias (softplus if asked); state = exp(dt A) state + dt x B; y = (C . state + D x) * silu(z).
+// Row b uses state row state_batch_indices[b] (negative: padding, y = 0, no state touched).
+struct StateStepParams {
+  int64_t batch = 0, nheads = 0, headdim = 0, dstate = 0, ngroups = 1;
+  DType state_dtype = DType::f32, dtype = DType::f32;
+  TensorArg state;               // (Bs, H, P, N)    state_dtype
+  TensorArg x, dt;               // (B, H, P)        dtype (dt may be stride 0 along P)
+  TensorArg A;                   // (H, P, N)        float32 (any strides; stride 0 = tied)
+  TensorArg B, C;                // (B, G, N)        dtype
+  TensorArg D, dt_bias;          // (H, P)           float32, optional
+  TensorArg z;                   // (B, H, P)        dtype, optional
+  TensorArg state_batch_indices; // (B,)             int32, optional
+  TensorArg out;                 // (B, H, P)        dtype
+  bool softplus = false;
 };
 
 }  // namespace ssm

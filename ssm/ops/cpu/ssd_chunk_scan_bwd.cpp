@@ -1,0 +1,239 @@
+// Mamba-2 SSD scan, backward, on the CPU. One task per (batch, head):
+//  1. a forward pass keeps the state entering every block of kBlock tokens (checkpoints);
+//  2. blocks are visited last to first: the block's states are recomputed from its checkpoint,
+//     then the state gradient S_t = a_{t+1} S_{t+1} + g_t ⊗ C_t (+ dfinal, dvarlen) runs back over
+//     the block, giving dx, dΔ, dB, dC, dA (through Σ S_t ⊙ H_{t-1}) on the way.
+// g_t = dy_t silu(z_t) is the gradient of the ungated output. dB, dC, dA, dD are per head and
+// summed over heads (and batch) in Python.
+#include "cpu/ssd_common.h"
+
+namespace ssm::cpu::SSM_ISA {
+namespace {
+using namespace ssd;
+
+// Slices of the workspace beyond the forward's (Workspace::extra).
+struct BwdWorkspace {
+  float* ckpt;      // (nblocks, P, Np): state entering each block
+  float* states;    // (kBlock + 1, P, Np): state before the block, then after each token
+  float* dstate;    // (P, Np): the running state gradient S
+  float* g;         // (kBlock, P): gradient of the ungated output
+  float* dB;        // (kBlock, Np): Σ_q S[q, :] u[q]
+  float* dC;        // (kBlock, Np): Σ_q g[q] H[q, :]
+  float* acc_da;    // (kBlock, kVec): Σ S ⊙ H_{t-1}
+  int32_t* cursor;  // (nblocks, 2): HeadCursor (prev_seq, next_end) at each block start
+
+  static int64_t floats(int64_t P, int64_t Np, int64_t L) {
+    const int64_t nblocks = (L + kBlock - 1) / kBlock;
+    return round_up(nblocks * P * Np, 16) + round_up((kBlock + 1) * P * Np, 16) + round_up(P * Np, 16) +
+           round_up(kBlock * P, 16) + 2 * round_up(kBlock * Np, 16) + round_up(kBlock * kVec, 16) +
+           round_up(2 * nblocks, 16);
+  }
+
+  BwdWorkspace(float* base, int64_t P, int64_t Np, int64_t L) {
+    const int64_t nblocks = (L + kBlock - 1) / kBlock;
+    float* p = base;
+    auto take = [&](int64_t n) { float* r = p; p += round_up(n, 16); return r; };
+    ckpt = take(nblocks * P * Np), states = take((kBlock + 1) * P * Np), dstate = take(P * Np);
+    g = take(kBlock * P), dB = take(kBlock * Np), dC = take(kBlock * Np), acc_da = take(kBlock * kVec);
+    cursor = reinterpret_cast<int32_t*>(take(2 * nblocks));
+  }
+};
+
+// Pass 1: the state entering each block, and the cursor there.
+template <typename T>
+void checkpoint_pass(const SsdParams& p, HeadCursor cur, Workspace& w, BwdWorkspace& bw, int64_t Np) {
+  const int64_t P = p.headdim;
+  for (int64_t t0 = 0, j = 0; t0 < p.seqlen; t0 += kBlock, ++j) {
+    const int64_t k = std::min(kBlock, p.seqlen - t0);
+    std::copy(w.state, w.state + P * Np, bw.ckpt + j * P * Np);
+    bw.cursor[2 * j] = cur.prev_seq, bw.cursor[2 * j + 1] = int32_t(cur.next_end);
+    prepare_block<T>(p, cur, t0, k, Np, w);
+    for (int64_t q = 0; q < P; ++q)
+      for (int64_t i = 0; i < k; ++i) {
+        const vf a = splat(w.decay[i]), u = splat(w.u[i * P + q]);
+        float* row = w.state + q * Np;
+        if (w.reset[i] >= 0)
+          for (int64_t n = 0; n < Np; n += kVec) store(row + n, reset_cols(p, w.reset[i], cur.h, q, n));
+        for (int64_t n = 0; n < Np; n += kVec) store(row + n, load(row + n) * a + u * load(w.B + i * Np + n));
+      }
+  }
+}
+
+// g = dy silu(z), dz = dy ypre silu'(z) with ypre = red + D x (red = H C from the recompute).
+template <typename T>
+void output_grads(const SsdParams& p, const Workspace& w, BwdWorkspace& bw, const HeadCursor& cur, int64_t t0,
+                  int64_t k, float* dD) {
+  const int64_t P = p.headdim;
+  const float* D = p.D.present() ? ptr<float>(p.D) + cur.h * p.D.stride[0] : nullptr;
+  for (int64_t i = 0; i < k; ++i) {
+    const int64_t t = t0 + i;
+    const T* dy = ptr<T>(p.dout) + cur.b * p.dout.stride[0] + t * p.dout.stride[1] + cur.h * p.dout.stride[2];
+    float* g = bw.g + i * P;
+    load_row(g, dy, p.dout.stride[3], P);
+    if (p.z.present()) {
+      const T* z = ptr<T>(p.z) + cur.b * p.z.stride[0] + t * p.z.stride[1] + cur.h * p.z.stride[2];
+      T* dz = mut_ptr<T>(p.dz) + cur.b * p.dz.stride[0] + t * p.dz.stride[1] + cur.h * p.dz.stride[2];
+      for (int64_t q = 0; q < P; ++q) {
+        float zv = to_float(z[q * p.z.stride[3]]), sig = 1.f / (1.f + std::exp(-zv));
+        float ypre = w.red[i * P + q] + (D ? D[q * p.D.stride[1]] * w.x[i * P + q] : 0.f);
+        dz[q * p.dz.stride[3]] = from_float<T>(g[q] * ypre * sig * (1.f + zv * (1.f - sig)));
+        g[q] *= zv * sig;
+      }
+    }
+    if (D)
+      for (int64_t q = 0; q < P; ++q) dD[q] += g[q] * w.x[i * P + q];
+  }
+}
+
+// S += dvarlen[seq, h, q, n0 : n0 + 8] (columns below N).
+inline vf varlen_grad(const SsdParams& p, int64_t seq, int64_t h, int64_t q, int64_t n0) {
+  const TensorArg& v = p.dvarlen;
+  const float* src = ptr<float>(v) + seq * v.stride[0] + h * v.stride[1] + q * v.stride[2];
+  vf r{};
+  for (int l = 0; l < kVec && n0 + l < p.dstate; ++l) r[l] = src[(n0 + l) * v.stride[3]];
+  return r;
+}
+
+// dinitial[seq, h, q, n0 : n0 + 8] = v (columns below N): a sequence's start state gradient.
+inline void store_start_grad(const SsdParams& p, int64_t seq, int64_t h, int64_t q, int64_t n0, vf v) {
+  const TensorArg& d = p.dinitial;
+  float* dst = mut_ptr<float>(d) + seq * d.stride[0] + h * d.stride[1] + q * d.stride[2];
+  for (int l = 0; l < kVec && n0 + l < p.dstate; ++l) dst[(n0 + l) * d.stride[3]] = v[l];
+}
+
+// Reverse scan of state row q, columns [n0, n0 + 8), over the block; next_carry is the factor
+// of this block's last state in the next token's state (a_{t0 + k}, 0 at a reset).
+void reverse_row_cols(const SsdParams& p, const Workspace& w, BwdWorkspace& bw, int64_t h, int64_t q, int64_t n0,
+                      int64_t k, int64_t Np, float next_carry) {
+  const int64_t P = p.headdim, PN = P * Np;
+  float* row = bw.dstate + q * Np + n0;
+  vf s = load(row);
+  for (int64_t i = k - 1; i >= 0; --i) {
+    const float* Hcur = bw.states + (i + 1) * PN + q * Np + n0;
+    const vf Hprev = w.reset[i] >= 0 ? reset_cols(p, w.reset[i], h, q, n0) : load(Hcur - PN);
+    s = s * splat(next_carry) + splat(bw.g[i * P + q]) * load(w.C + i * Np + n0);
+    if (p.dvarlen.present() && w.seq_end[i] >= 0) s += varlen_grad(p, w.seq_end[i], h, q, n0);
+    store(w.acc + i * kVec, load(w.acc + i * kVec) + s * load(w.B + i * Np + n0));
+    store(bw.acc_da + i * kVec, load(bw.acc_da + i * kVec) + s * Hprev);
+    store(bw.dB + i * Np + n0, load(bw.dB + i * Np + n0) + s * splat(w.u[i * P + q]));
+    store(bw.dC + i * Np + n0, load(bw.dC + i * Np + n0) + splat(bw.g[i * P + q]) * load(Hcur));
+    next_carry = w.reset[i] >= 0 ? 0.f : w.decay[i];
+    if (w.reset[i] >= 0 && p.dinitial.present() && p.cu_seqlens.present())
+      store_start_grad(p, w.reset[i], h, q, n0, s * splat(w.decay[i]));
+  }
+  store(row, s);
+}
+
+// Runs the state gradient back over the block; w.red[i, q] = Σ_n S_t[q, n] B_t[n].
+void reverse_block(const SsdParams& p, const Workspace& w, BwdWorkspace& bw, int64_t h, int64_t k, int64_t Np,
+                   float next_carry) {
+  const int64_t P = p.headdim;
+  std::fill(bw.acc_da, bw.acc_da + k * kVec, 0.f);
+  std::fill(bw.dB, bw.dB + k * Np, 0.f);
+  std::fill(bw.dC, bw.dC + k * Np, 0.f);
+  for (int64_t q = 0; q < P; ++q) {
+    std::fill(w.acc, w.acc + k * kVec, 0.f);
+    for (int64_t n0 = 0; n0 < Np; n0 += kVec) reverse_row_cols(p, w, bw, h, q, n0, k, Np, next_carry);
+    for (int64_t i = 0; i < k; ++i) w.red[i * P + q] = hsum(load(w.acc + i * kVec));
+  }
+}
+
+// dx, ddt (wrt dt + dt_bias), dB, dC of the block's tokens; returns the block's share of dA.
+template <typename T>
+float write_block_grads(const SsdParams& p, const Workspace& w, const BwdWorkspace& bw, const HeadCursor& cur,
+                        int64_t t0, int64_t k) {
+  const int64_t P = p.headdim, N = p.dstate, Np = round_up(N, kVec);
+  const float A = ptr<float>(p.A)[cur.h * p.A.stride[0]];
+  const float bias = p.dt_bias.present() ? ptr<float>(p.dt_bias)[cur.h * p.dt_bias.stride[0]] : 0.f;
+  const float* D = p.D.present() ? ptr<float>(p.D) + cur.h * p.D.stride[0] : nullptr;
+  float dA = 0.f;
+  for (int64_t i = 0; i < k; ++i) {
+    const int64_t t = t0 + i;
+    const float d = w.delta[i], da = hsum(load(bw.acc_da + i * kVec)) * w.decay[i];
+    float ddelta = da * A;
+    dA += da * d;
+    T* dx = mut_ptr<T>(p.dx) + cur.b * p.dx.stride[0] + t * p.dx.stride[1] + cur.h * p.dx.stride[2];
+    for (int64_t q = 0; q < P; ++q) {
+      const float sb = w.red[i * P + q];
+      ddelta += sb * w.x[i * P + q];
+      dx[q * p.dx.stride[3]] = from_float<T>(d * sb + (D ? D[q * p.D.stride[1]] * bw.g[i * P + q] : 0.f));
+    }
+    const float v = ptr<float>(p.dt)[cur.b * p.dt.stride[0] + t * p.dt.stride[1] + cur.h * p.dt.stride[2]] + bias;
+    mut_ptr<float>(p.ddt)[cur.b * p.ddt.stride[0] + t * p.ddt.stride[1] + cur.h * p.ddt.stride[2]] =
+        ddelta * delta_grad(v, p.dt_softplus, p.dt_lo, p.dt_hi);
+    float* dB = mut_ptr<float>(p.dB) + cur.b * p.dB.stride[0] + t * p.dB.stride[1] + cur.h * p.dB.stride[2];
+    float* dC = mut_ptr<float>(p.dC) + cur.b * p.dC.stride[0] + t * p.dC.stride[1] + cur.h * p.dC.stride[2];
+    store_row(dB, p.dB.stride[3], bw.dB + i * Np, N);
+    store_row(dC, p.dC.stride[3], bw.dC + i * Np, N);
+  }
+  return dA;
+}
+
+// The start state of an empty sequence is its varlen state: its gradient is dvarlen (or 0).
+void empty_sequence_grads(const SsdParams& p, int64_t h) {
+  const int32_t* cu = ptr<int32_t>(p.cu_seqlens);
+  for (int64_t s = 0; s < p.nseq; ++s) {
+    if (cu[(s + 1) * p.cu_seqlens.stride[0]] != cu[s * p.cu_seqlens.stride[0]]) continue;
+    for (int64_t q = 0; q < p.headdim; ++q)
+      for (int64_t n0 = 0; n0 < p.dstate; n0 += kVec)
+        store_start_grad(p, s, h, q, n0, p.dvarlen.present() ? varlen_grad(p, s, h, q, n0) : vf{});
+  }
+}
+
+template <typename T>
+void backward_head(const SsdParams& p, int64_t task, float* ws) {
+  const int64_t P = p.headdim, N = p.dstate, Np = round_up(N, kVec), PN = P * Np;
+  Workspace w(ws, P, Np);
+  BwdWorkspace bw(w.extra, P, Np, p.seqlen);
+  const HeadCursor start(p, task);
+  const TensorArg& is = p.initial_states;
+  if (is.present() && !p.cu_seqlens.present())
+    load_state(w.state, ptr<float>(is) + start.b * is.stride[0] + start.h * is.stride[1], is.stride[2], is.stride[3], P, N, Np);
+  else
+    std::fill(w.state, w.state + PN, 0.f);
+  checkpoint_pass<T>(p, start, w, bw, Np);
+
+  const TensorArg& df = p.dfinal;
+  if (df.present())
+    load_state(bw.dstate, ptr<float>(df) + start.b * df.stride[0] + start.h * df.stride[1], df.stride[2], df.stride[3], P, N, Np);
+  else
+    std::fill(bw.dstate, bw.dstate + PN, 0.f);
+  float* dD = p.dD.present() ? mut_ptr<float>(p.dD) + start.b * p.dD.stride[0] + start.h * p.dD.stride[1] : nullptr;
+  if (dD) std::fill(dD, dD + P, 0.f);
+  if (p.dinitial.present() && p.cu_seqlens.present()) empty_sequence_grads(p, start.h);
+  float dA = 0.f, next_carry = 1.f;
+  const int64_t nblocks = (p.seqlen + kBlock - 1) / kBlock;
+  for (int64_t j = nblocks - 1; j >= 0; --j) {
+    const int64_t t0 = j * kBlock, k = std::min(kBlock, p.seqlen - t0);
+    HeadCursor cur = start;
+    cur.prev_seq = bw.cursor[2 * j], cur.next_end = bw.cursor[2 * j + 1];
+    prepare_block<T>(p, cur, t0, k, Np, w);
+    std::copy(bw.ckpt + j * PN, bw.ckpt + (j + 1) * PN, w.state);
+    std::copy(bw.ckpt + j * PN, bw.ckpt + (j + 1) * PN, bw.states);
+    scan_block<true>(p, w, start.h, k, Np, bw.states);
+    output_grads<T>(p, w, bw, start, t0, k, dD);
+    reverse_block(p, w, bw, start.h, k, Np, next_carry);
+    dA += write_block_grads<T>(p, w, bw, start, t0, k);
+    next_carry = w.reset[0] >= 0 ? 0.f : w.decay[0];
+  }
+  mut_ptr<float>(p.dA)[start.b * p.dA.stride[0] + start.h * p.dA.stride[1]] = dA;
+  const TensorArg& di = p.dinitial;
+  if (di.present() && !p.cu_seqlens.present()) {
+    for (int64_t e = 0; e < PN; ++e) bw.dstate[e] *= next_carry;
+    store_state(mut_ptr<float>(di) + start.b * di.stride[0] + start.h * di.stride[1], di.stride[2], di.stride[3],
+                bw.dstate, P, N, Np);
+  }
+}
+
+}  // namespace
+
+void ssd_chunk_scan_bwd(const SsdParams& p, int nthreads) {
+  const int64_t Np = ssd::round_up(p.dstate, ssd::kVec);
+  SSM_CHECK(p.workspace_floats >= ssd::Workspace::floats(p.headdim, Np) + BwdWorkspace::floats(p.headdim, Np, p.seqlen),
+            "ssd_chunk_scan_bwd", "workspace too small");
+  SSM_DTYPE_SWITCH(p.dtype, T, "ssd_chunk_scan_bwd", [&] {
+    ssd::for_each_task(p, p.batch * p.nheads, nthreads, [&](int64_t task, float* ws) { backward_head<T>(p, task, ws); });
+  });
+}
+
+}  // namespace ssm::cpu::SSM_ISA
