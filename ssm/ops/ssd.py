@@ -72,9 +72,8 @@ def _bwd_workspace_floats(P, Np, L):
     # ssd::Workspace::floats + BwdWorkspace::floats (ssm/ops/cpu/ssd_chunk_scan_bwd.cpp)
     block, r16 = 16, lambda n: (n + 15) // 16 * 16
     nblocks = (L + block - 1) // block
-    return (_fwd_workspace_floats(P, Np, L) + r16(nblocks * P * Np) + r16((block + 1) * P * Np)
-            + r16(block * P * Np) + r16(P * Np) + r16(block * P) + 2 * r16(block * Np) + 16 + r16(P * 8)
-            + r16(2 * nblocks))
+    return (_fwd_workspace_floats(P, Np, L) + r16(nblocks * P * Np) + r16((block + 1) * P * Np) + r16(P * Np)
+            + r16(block * P) + 2 * r16(block * Np) + r16(block * 8) + r16(2 * nblocks))
 
 
 def _kernel_sizes(backend, x, B, nseq, workspace_fn):

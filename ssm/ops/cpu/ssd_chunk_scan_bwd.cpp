@@ -1,9 +1,9 @@
 // Mamba-2 SSD scan, backward, on the CPU. One task per (batch, head):
 //  1. a forward pass keeps the state entering every block of kBlock tokens (checkpoints);
 //  2. blocks are visited last to first: the block's states are recomputed from its checkpoint,
-//     the state gradient S_t = a_{t+1} S_{t+1} + g_t ⊗ C_t (+ dfinal, dvarlen) runs back over the
-//     block (kept per token), then each token's dx, dΔ, dB, dC, dA (through Σ S_t ⊙ H_{t-1}) are
-//     reductions over its S_t and H_t.
+//     then the state gradient S_t = a_{t+1} S_{t+1} + g_t ⊗ C_t (+ dfinal, dvarlen) runs back over
+//     the block, row by row in column groups held in registers, accumulating each token's dx, dΔ,
+//     dB, dC and dA (through Σ S_t ⊙ H_{t-1}) on the way.
 // g_t = dy_t silu(z_t) is the gradient of the ungated output. dB, dC, dA, dD are per head and
 // summed over heads (and batch) in Python.
 #include "cpu/ssd_common.h"
@@ -16,29 +16,26 @@ using namespace ssd;
 struct BwdWorkspace {
   float* ckpt;      // (nblocks, P, Np): state entering each block
   float* states;    // (kBlock + 1, P, Np): state before the block, then after each token
-  float* sgrad;     // (kBlock, P, Np): the state gradient S_t of each token
   float* dstate;    // (P, Np): the running state gradient S
   float* g;         // (kBlock, P): gradient of the ungated output
   float* dB;        // (kBlock, Np): Σ_q S[q, :] u[q]
   float* dC;        // (kBlock, Np): Σ_q g[q] H[q, :]
-  float* da;        // (kBlock,): Σ S_t ⊙ H_{t-1}
-  float* xacc;      // (P, kVec): per-row vector sums of S_t[q, :] B_t
+  float* acc_da;    // (kBlock, kVec): Σ S_t ⊙ H_{t-1}
   int32_t* cursor;  // (nblocks, 2): HeadCursor (prev_seq, next_end) at each block start
 
   static int64_t floats(int64_t P, int64_t Np, int64_t L) {
     const int64_t nblocks = (L + kBlock - 1) / kBlock;
-    return round_up(nblocks * P * Np, 16) + round_up((kBlock + 1) * P * Np, 16) + round_up(kBlock * P * Np, 16) +
-           round_up(P * Np, 16) + round_up(kBlock * P, 16) + 2 * round_up(kBlock * Np, 16) + 16 +
-           round_up(P * kVec, 16) + round_up(2 * nblocks, 16);
+    return round_up(nblocks * P * Np, 16) + round_up((kBlock + 1) * P * Np, 16) + round_up(P * Np, 16) +
+           round_up(kBlock * P, 16) + 2 * round_up(kBlock * Np, 16) + round_up(kBlock * kVec, 16) +
+           round_up(2 * nblocks, 16);
   }
 
   BwdWorkspace(float* base, int64_t P, int64_t Np, int64_t L) {
     const int64_t nblocks = (L + kBlock - 1) / kBlock;
     float* p = base;
     auto take = [&](int64_t n) { float* r = p; p += round_up(n, 16); return r; };
-    ckpt = take(nblocks * P * Np), states = take((kBlock + 1) * P * Np), sgrad = take(kBlock * P * Np);
-    dstate = take(P * Np), g = take(kBlock * P), dB = take(kBlock * Np), dC = take(kBlock * Np);
-    da = take(kBlock), xacc = take(P * kVec);
+    ckpt = take(nblocks * P * Np), states = take((kBlock + 1) * P * Np), dstate = take(P * Np);
+    g = take(kBlock * P), dB = take(kBlock * Np), dC = take(kBlock * Np), acc_da = take(kBlock * kVec);
     cursor = reinterpret_cast<int32_t*>(take(2 * nblocks));
   }
 };
@@ -105,26 +102,52 @@ inline void store_start_grad(const SsdParams& p, int64_t seq, int64_t h, int64_t
   for (int l = 0; l < kVec && n0 + l < p.dstate; ++l) dst[(n0 + l) * d.stride[3]] = v[l];
 }
 
-// Reverse scan of state row q, columns [n0, n0 + 8 NV), over the block, keeping S_t per token;
-// next_carry is the factor of this block's last state in the next token's state (0 at a reset).
+// One token's sums over a column group: dB += S u, dC += g H_t, da += S ⊙ H_{t-1}, x += S ⊙ B.
+template <int NV>
+inline void token_sums(const vf* s, const vf* prev, const vf* hc, vf u, vf g, const float* Bi, float* dB, float* dC,
+                       vf& da, vf& x) {
+#pragma GCC unroll 4
+  for (int j = 0; j < NV; ++j) {
+    store(dB + j * kVec, load(dB + j * kVec) + s[j] * u);
+    store(dC + j * kVec, load(dC + j * kVec) + g * hc[j]);
+    da += s[j] * prev[j], x += s[j] * load(Bi + j * kVec);
+  }
+}
+
+// Reverse scan of state row q, columns [n0, n0 + 8 NV), over the block; next_carry is the factor
+// of this block's last state in the next token's state (a_{t0 + k}, 0 at a reset). H_t comes
+// from the recomputed states; H_{t-1} is carried to the next (earlier) token.
 template <int NV>
 void reverse_row_cols(const SsdParams& p, const Workspace& w, BwdWorkspace& bw, int64_t h, int64_t q, int64_t n0,
                       int64_t k, int64_t Np, float next_carry) {
   const int64_t P = p.headdim, PN = P * Np;
   float* row = bw.dstate + q * Np + n0;
-  vf s[NV];
+  const float* H = bw.states + q * Np + n0;
+  vf s[NV], hc[NV];
 #pragma GCC unroll 4
-  for (int j = 0; j < NV; ++j) s[j] = load(row + j * kVec);
+  for (int j = 0; j < NV; ++j) s[j] = load(row + j * kVec), hc[j] = load(H + k * PN + j * kVec);
   for (int64_t i = k - 1; i >= 0; --i) {
-    const vf carry = splat(next_carry), gq = splat(bw.g[i * P + q]);
-    const float* Ci = w.C + i * Np + n0;
+    const vf carry = splat(next_carry), g = splat(bw.g[i * P + q]), u = splat(w.u[i * P + q]);
+    const float *Ci = w.C + i * Np + n0, *Bi = w.B + i * Np + n0;
+    float *dB = bw.dB + i * Np + n0, *dC = bw.dC + i * Np + n0;
+    vf hp[NV], da{}, x{};
 #pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) s[j] = s[j] * carry + gq * load(Ci + j * kVec);
+    for (int j = 0; j < NV; ++j) hp[j] = load(H + i * PN + j * kVec);
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) s[j] = s[j] * carry + g * load(Ci + j * kVec);
     if (p.dvarlen.present() && w.seq_end[i] >= 0)
       for (int j = 0; j < NV; ++j) s[j] += varlen_grad(p, w.seq_end[i], h, q, n0 + j * kVec);
-    float* out = bw.sgrad + i * PN + q * Np + n0;
+    if (w.reset[i] >= 0) {
+      vf start[NV];
+      for (int j = 0; j < NV; ++j) start[j] = reset_cols(p, w.reset[i], h, q, n0 + j * kVec);
+      token_sums<NV>(s, start, hc, u, g, Bi, dB, dC, da, x);
+    } else {
+      token_sums<NV>(s, hp, hc, u, g, Bi, dB, dC, da, x);
+    }
 #pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) store(out + j * kVec, s[j]);
+    for (int j = 0; j < NV; ++j) hc[j] = hp[j];
+    store(bw.acc_da + i * kVec, load(bw.acc_da + i * kVec) + da);
+    store(w.acc + i * kVec, load(w.acc + i * kVec) + x);
     next_carry = w.reset[i] >= 0 ? 0.f : w.decay[i];
     if (w.reset[i] >= 0 && p.dinitial.present() && p.cu_seqlens.present())
       for (int j = 0; j < NV; ++j) store_start_grad(p, w.reset[i], h, q, n0 + j * kVec, s[j] * splat(w.decay[i]));
@@ -133,60 +156,20 @@ void reverse_row_cols(const SsdParams& p, const Workspace& w, BwdWorkspace& bw, 
   for (int j = 0; j < NV; ++j) store(row + j * kVec, s[j]);
 }
 
-// Token i's reductions over columns [n0, n0 + 8 NV): dB = Σ_q S[q] u[q], dC = Σ_q g[q] H[q],
-// xacc[q] += S[q] B, and the returned vector Σ_q S[q] H_prev[q].
-template <int NV, bool kReset>
-vf token_cols(const SsdParams& p, const Workspace& w, BwdWorkspace& bw, int64_t h, int64_t i, int64_t n0,
-              int64_t Np) {
-  const int64_t P = p.headdim, PN = P * Np;
-  const float* S = bw.sgrad + i * PN + n0;
-  const float* H = bw.states + (i + 1) * PN + n0;
-  vf dB[NV] = {}, dC[NV] = {}, da[NV] = {}, Bv[NV];
-#pragma GCC unroll 4
-  for (int j = 0; j < NV; ++j) Bv[j] = load(w.B + i * Np + n0 + j * kVec);
-  for (int64_t q = 0; q < P; ++q) {
-    const vf u = splat(w.u[i * P + q]), g = splat(bw.g[i * P + q]);
-    vf x = load(bw.xacc + q * kVec);
-#pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) {
-      const vf sv = load(S + q * Np + j * kVec);
-      const vf hp = kReset ? reset_cols(p, w.reset[i], h, q, n0 + j * kVec) : load(H - PN + q * Np + j * kVec);
-      dB[j] += sv * u, dC[j] += g * load(H + q * Np + j * kVec), da[j] += sv * hp, x += sv * Bv[j];
-    }
-    store(bw.xacc + q * kVec, x);
-  }
-  vf total{};
-  for (int j = 0; j < NV; ++j) {
-    store(bw.dB + i * Np + n0 + j * kVec, dB[j]), store(bw.dC + i * Np + n0 + j * kVec, dC[j]);
-    total += da[j];
-  }
-  return total;
-}
-
-// Token i's reductions: bw.dB/dC rows, bw.da[i], and w.red[i, q] = Σ_n S_t[q, n] B_t[n].
-void token_grads(const SsdParams& p, const Workspace& w, BwdWorkspace& bw, int64_t h, int64_t i, int64_t Np) {
-  const int64_t P = p.headdim;
-  std::fill(bw.xacc, bw.xacc + P * kVec, 0.f);
-  vf da{};
-  SSM_BOOL_SWITCH(w.reset[i] >= 0, kReset, [&] {
-    int64_t n0 = 0;
-    for (; n0 + 2 * kVec <= Np; n0 += 2 * kVec) da += token_cols<2, kReset>(p, w, bw, h, i, n0, Np);
-    for (; n0 < Np; n0 += kVec) da += token_cols<1, kReset>(p, w, bw, h, i, n0, Np);
-  });
-  bw.da[i] = hsum(da);
-  for (int64_t q = 0; q < P; ++q) w.red[i * P + q] = hsum(load(bw.xacc + q * kVec));
-}
-
-// Runs the state gradient back over the block, then each token's reductions.
+// Runs the state gradient back over the block; w.red[i, q] = Σ_n S_t[q, n] B_t[n].
 void reverse_block(const SsdParams& p, const Workspace& w, BwdWorkspace& bw, int64_t h, int64_t k, int64_t Np,
                    float next_carry) {
+  std::fill(bw.acc_da, bw.acc_da + k * kVec, 0.f);
+  std::fill(bw.dB, bw.dB + k * Np, 0.f);
+  std::fill(bw.dC, bw.dC + k * Np, 0.f);
   for (int64_t q = 0; q < p.headdim; ++q) {
+    std::fill(w.acc, w.acc + k * kVec, 0.f);
     int64_t n0 = 0;
     for (; n0 + 4 * kVec <= Np; n0 += 4 * kVec) reverse_row_cols<4>(p, w, bw, h, q, n0, k, Np, next_carry);
     for (; n0 + 2 * kVec <= Np; n0 += 2 * kVec) reverse_row_cols<2>(p, w, bw, h, q, n0, k, Np, next_carry);
     for (; n0 < Np; n0 += kVec) reverse_row_cols<1>(p, w, bw, h, q, n0, k, Np, next_carry);
+    for (int64_t i = 0; i < k; ++i) w.red[i * p.headdim + q] = hsum(load(w.acc + i * kVec));
   }
-  for (int64_t i = 0; i < k; ++i) token_grads(p, w, bw, h, i, Np);
 }
 
 // dx, ddt (wrt dt + dt_bias), dB, dC of the block's tokens; returns the block's share of dA.
@@ -200,7 +183,7 @@ float write_block_grads(const SsdParams& p, const Workspace& w, const BwdWorkspa
   float dA = 0.f;
   for (int64_t i = 0; i < k; ++i) {
     const int64_t t = t0 + i;
-    const float d = w.delta[i], da = bw.da[i] * w.decay[i];
+    const float d = w.delta[i], da = hsum(load(bw.acc_da + i * kVec)) * w.decay[i];
     float ddelta = da * A;
     dA += da * d;
     T* dx = mut_ptr<T>(p.dx) + cur.b * p.dx.stride[0] + t * p.dx.stride[1] + cur.h * p.dx.stride[2];
