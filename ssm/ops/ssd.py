@@ -65,7 +65,7 @@ def _fwd_impl(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optiona
 # ssd::Workspace::floats in ssm/ops/cpu/ssd_common.h (the kernel checks it).
 def _fwd_workspace_floats(P, Np, L):
     block, r16 = 16, lambda n: (n + 15) // 16 * 16
-    return r16(P * Np) + 2 * r16(block * Np) + 3 * r16(block * P) + 4 * 16 + r16(block * 8)
+    return r16(P * Np) + 2 * r16(block * Np) + 3 * r16(block * P) + 4 * 16 + r16(8 * block * 8)
 
 
 def _bwd_workspace_floats(P, Np, L):

@@ -123,6 +123,7 @@ void reverse_row_cols(const SsdParams& p, const Workspace& w, BwdWorkspace& bw, 
   const int64_t P = p.headdim, PN = P * Np;
   float* row = bw.dstate + q * Np + n0;
   const float* H = bw.states + q * Np + n0;
+  float* acc = w.row_acc(q);
   vf s[NV], hc[NV];
 #pragma GCC unroll 4
   for (int j = 0; j < NV; ++j) s[j] = load(row + j * kVec), hc[j] = load(H + k * PN + j * kVec);
@@ -147,7 +148,7 @@ void reverse_row_cols(const SsdParams& p, const Workspace& w, BwdWorkspace& bw, 
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) hc[j] = hp[j];
     store(bw.acc_da + i * kVec, load(bw.acc_da + i * kVec) + da);
-    store(w.acc + i * kVec, load(w.acc + i * kVec) + x);
+    store(acc + i * kVec, load(acc + i * kVec) + x);
     next_carry = w.reset[i] >= 0 ? 0.f : w.decay[i];
     if (w.reset[i] >= 0 && p.dinitial.present() && p.cu_seqlens.present())
       for (int j = 0; j < NV; ++j) store_start_grad(p, w.reset[i], h, q, n0 + j * kVec, s[j] * splat(w.decay[i]));
@@ -162,13 +163,16 @@ void reverse_block(const SsdParams& p, const Workspace& w, BwdWorkspace& bw, int
   std::fill(bw.acc_da, bw.acc_da + k * kVec, 0.f);
   std::fill(bw.dB, bw.dB + k * Np, 0.f);
   std::fill(bw.dC, bw.dC + k * Np, 0.f);
-  for (int64_t q = 0; q < p.headdim; ++q) {
-    std::fill(w.acc, w.acc + k * kVec, 0.f);
-    int64_t n0 = 0;
-    for (; n0 + 4 * kVec <= Np; n0 += 4 * kVec) reverse_row_cols<4>(p, w, bw, h, q, n0, k, Np, next_carry);
-    for (; n0 + 2 * kVec <= Np; n0 += 2 * kVec) reverse_row_cols<2>(p, w, bw, h, q, n0, k, Np, next_carry);
-    for (; n0 < Np; n0 += kVec) reverse_row_cols<1>(p, w, bw, h, q, n0, k, Np, next_carry);
-    for (int64_t i = 0; i < k; ++i) w.red[i * p.headdim + q] = hsum(load(w.acc + i * kVec));
+  const int64_t P = p.headdim;
+  for (int64_t q0 = 0; q0 < P; q0 += kRows) {
+    const int64_t rows = std::min(kRows, P - q0);
+    for (int64_t q = q0; q < q0 + rows; ++q) {
+      int64_t n0 = 0;
+      for (; n0 + 4 * kVec <= Np; n0 += 4 * kVec) reverse_row_cols<4>(p, w, bw, h, q, n0, k, Np, next_carry);
+      for (; n0 + 2 * kVec <= Np; n0 += 2 * kVec) reverse_row_cols<2>(p, w, bw, h, q, n0, k, Np, next_carry);
+      for (; n0 < Np; n0 += kVec) reverse_row_cols<1>(p, w, bw, h, q, n0, k, Np, next_carry);
+    }
+    w.reduce_rows(k, P, q0, rows);
   }
 }
 

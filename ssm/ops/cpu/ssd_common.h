@@ -32,6 +32,19 @@ inline float hsum(vf v) {
 }
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
+// [Σ v[0], ..., Σ v[7]]: the lane sums of 8 vectors as one vector (pairwise shuffles).
+inline vf hsum8(const vf* v) {
+  auto pairs = [](vf a, vf b) {
+    return __builtin_shufflevector(a, b, 0, 2, 8, 10, 4, 6, 12, 14) +
+           __builtin_shufflevector(a, b, 1, 3, 9, 11, 5, 7, 13, 15);
+  };
+  vf u0 = pairs(pairs(v[0], v[1]), pairs(v[2], v[3])), u1 = pairs(pairs(v[4], v[5]), pairs(v[6], v[7]));
+  return __builtin_shufflevector(u0, u1, 0, 1, 2, 3, 8, 9, 10, 11) +
+         __builtin_shufflevector(u0, u1, 4, 5, 6, 7, 12, 13, 14, 15);
+}
+
+constexpr int64_t kRows = 8;  // state rows whose per-token sums are reduced together
+
 // Slices of one thread's float32 workspace row; sizes in floats, each rounded to 16.
 struct Workspace {
   float* state;     // (P, Np): the running state H
@@ -43,13 +56,13 @@ struct Workspace {
   float* decay;     // (kBlock,): a_t = exp(Δ_t A)
   int32_t* seq_end; // (kBlock,): index of the sequence ending at the token, or -1
   int32_t* reset;   // (kBlock,): -1, or the sequence whose start state replaces the state before the token
-  float* acc;       // (kBlock, kVec): per-token vector accumulators
+  float* acc;       // (kRows, kBlock, kVec): per-(row of a group of 8, token) vector accumulators
   float* red;       // (kBlock, P): per-token reductions over N
   float* extra;     // backward only: see ssd_chunk_scan_bwd.cpp
 
   static int64_t floats(int64_t P, int64_t Np) {
     return round_up(P * Np, 16) + 2 * round_up(kBlock * Np, 16) + 3 * round_up(kBlock * P, 16) +
-           4 * 16 + round_up(kBlock * kVec, 16);
+           4 * 16 + round_up(kRows * kBlock * kVec, 16);
   }
 
   Workspace(float* base, int64_t P, int64_t Np) {
@@ -59,8 +72,25 @@ struct Workspace {
     x = take(kBlock * P), u = take(kBlock * P), red = take(kBlock * P);
     delta = take(kBlock), decay = take(kBlock);
     seq_end = reinterpret_cast<int32_t*>(take(kBlock)), reset = reinterpret_cast<int32_t*>(take(kBlock));
-    acc = take(kBlock * kVec);
+    acc = take(kRows * kBlock * kVec);
     extra = p;
+    std::fill(acc, acc + kRows * kBlock * kVec, 0.f);
+  }
+
+  float* row_acc(int64_t q) const { return acc + (q % kRows) * kBlock * kVec; }
+
+  // red[i, q0 + r] = lane sum of row_acc(q0 + r)[i] for r < rows, i < k; then clears acc.
+  void reduce_rows(int64_t k, int64_t P, int64_t q0, int64_t rows) const {
+    for (int64_t i = 0; i < k; ++i) {
+      vf v[kRows];
+      for (int64_t r = 0; r < kRows; ++r) v[r] = load(acc + (r * kBlock + i) * kVec);
+      if (rows == kRows) {
+        store(red + i * P + q0, hsum8(v));
+      } else {
+        for (int64_t r = 0; r < rows; ++r) red[i * P + q0 + r] = hsum(v[r]);
+      }
+    }
+    std::fill(acc, acc + kRows * kBlock * kVec, 0.f);
   }
 };
 
@@ -166,6 +196,7 @@ void scan_row_cols(const SsdParams& p, const Workspace& w, int64_t h, int64_t q,
                    float* states) {
   const int64_t P = p.headdim;
   float* row = w.state + q * Np + n0;
+  float* acc = w.row_acc(q);
   vf s[NV];
 #pragma GCC unroll 4
   for (int j = 0; j < NV; ++j) s[j] = load(row + j * kVec);
@@ -173,14 +204,14 @@ void scan_row_cols(const SsdParams& p, const Workspace& w, int64_t h, int64_t q,
     const vf a = splat(w.decay[i]), u = splat(w.u[i * P + q]);
     const float* Bi = w.B + i * Np + n0;
     const float* Ci = w.C + i * Np + n0;
-    vf y = load(w.acc + i * kVec);
+    vf y = load(acc + i * kVec);
     if (w.reset[i] >= 0)
       for (int j = 0; j < NV; ++j) s[j] = reset_cols(p, w.reset[i], h, q, n0 + j * kVec);
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) s[j] = s[j] * a + u * load(Bi + j * kVec);
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) y += s[j] * load(Ci + j * kVec);
-    store(w.acc + i * kVec, y);
+    store(acc + i * kVec, y);
     if constexpr (kStates) {
 #pragma GCC unroll 4
       for (int j = 0; j < NV; ++j) store(states + (i + 1) * P * Np + q * Np + n0 + j * kVec, s[j]);
@@ -192,17 +223,19 @@ void scan_row_cols(const SsdParams& p, const Workspace& w, int64_t h, int64_t q,
   for (int j = 0; j < NV; ++j) store(row + j * kVec, s[j]);
 }
 
-// Scans every state row over the block; w.red[i, q] = H_t[q, :] · C_t.
+// Scans every state row over the block; w.red[i, q] = H_t[q, :] · C_t. w.acc starts and ends zero.
 template <bool kStates>
 void scan_block(const SsdParams& p, const Workspace& w, int64_t h, int64_t k, int64_t Np, float* states) {
   const int64_t P = p.headdim;
-  for (int64_t q = 0; q < P; ++q) {
-    std::fill(w.acc, w.acc + k * kVec, 0.f);
-    int64_t n0 = 0;
-    for (; n0 + 4 * kVec <= Np; n0 += 4 * kVec) scan_row_cols<4, kStates>(p, w, h, q, n0, k, Np, states);
-    for (; n0 + 2 * kVec <= Np; n0 += 2 * kVec) scan_row_cols<2, kStates>(p, w, h, q, n0, k, Np, states);
-    for (; n0 < Np; n0 += kVec) scan_row_cols<1, kStates>(p, w, h, q, n0, k, Np, states);
-    for (int64_t i = 0; i < k; ++i) w.red[i * P + q] = hsum(load(w.acc + i * kVec));
+  for (int64_t q0 = 0; q0 < P; q0 += kRows) {
+    const int64_t rows = std::min(kRows, P - q0);
+    for (int64_t q = q0; q < q0 + rows; ++q) {
+      int64_t n0 = 0;
+      for (; n0 + 4 * kVec <= Np; n0 += 4 * kVec) scan_row_cols<4, kStates>(p, w, h, q, n0, k, Np, states);
+      for (; n0 + 2 * kVec <= Np; n0 += 2 * kVec) scan_row_cols<2, kStates>(p, w, h, q, n0, k, Np, states);
+      for (; n0 < Np; n0 += kVec) scan_row_cols<1, kStates>(p, w, h, q, n0, k, Np, states);
+    }
+    w.reduce_rows(k, P, q0, rows);
   }
 }
 
