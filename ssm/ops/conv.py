@@ -51,21 +51,44 @@ def _(x, weight, bias, seq_idx, initial_states, silu, return_final_states):
 
 # ---- backward --------------------------------------------------------------------------------
 
-def _bwd_impl(x, weight, bias, seq_idx, initial_states, dy, dfinal, silu, return_final_states):
+def _bwd_reference(x, weight, bias, seq_idx, initial_states, dy, dfinal, silu, return_final_states):
     def forward(x, weight, bias, initial_states):
         out = reference.dw_causal_conv(x, weight, bias, "silu" if silu else None, seq_idx=seq_idx,
                                        initial_states=initial_states, return_final_states=return_final_states)
         return out if return_final_states else (out,)
     grads = _library.reference_vjp(forward, (x, weight, bias, initial_states),
                                    (dy, dfinal if return_final_states else None))
-    return tuple(_library.empty_if_none(g, x) for g in grads)
+    # reference gradients can be views of one buffer, which a custom op may not return
+    return tuple(_library.empty_if_none(g, x).clone() if g is not None and g._base is not None
+                 else _library.empty_if_none(g, x) for g in grads)
+
+
+def _bwd_impl(x, weight, bias, seq_idx, initial_states, dy, dfinal, silu, return_final_states):
+    # x, dy (B, D, L); dfinal (B, D, W-1) -> dx, dweight (D, W) float32, dbias, dinitial_states
+    backend = dispatch.select_backend("dw_causal_conv_bwd", x.device,
+                                      lambda b: _kernels.kernel_reason(b, "dw_causal_conv_bwd", x, dy))
+    if backend == "reference":
+        return _bwd_reference(x, weight, bias, seq_idx, initial_states, dy, dfinal, silu, return_final_states)
+    B, D, L = x.shape
+    W = weight.shape[1]
+    dx = _kernels.empty((B, D, L), x)
+    dw = _kernels.empty((D, W), weight)
+    db = None if bias is None else _kernels.empty((D,), bias)
+    dinit = None if initial_states is None else _kernels.empty((B, D, W - 1), x)
+    seq_idx = None if seq_idx is None else seq_idx.to(torch.int32)
+    dfinal = dfinal.to(x.dtype) if return_final_states else None
+    _kernels.module(backend).dw_causal_conv_bwd(
+        _kernels.dtype_code(x), B, D, L, W, _kernels.ref(x), _kernels.ref(weight), _kernels.ref(bias),
+        _kernels.ref(seq_idx), _kernels.ref(initial_states), _kernels.ref(dy.to(x.dtype)), _kernels.ref(dfinal),
+        _kernels.ref(dx), _kernels.ref(dw), _kernels.ref(db), _kernels.ref(dinit), silu,
+        _kernels.exec_arg(backend, x))
+    return dx, dw, _library.empty_if_none(db, x), _library.empty_if_none(dinit, x)
 
 
 @torch.library.custom_op("ssm::dw_causal_conv_bwd", mutates_args=())
 def _bwd_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Optional[Tensor],
             initial_states: Optional[Tensor], dy: Tensor, dfinal: Tensor, silu: bool,
             return_final_states: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    dispatch.select_backend("dw_causal_conv_bwd", x.device, lambda b: f"no {b} backward kernel for dw_causal_conv yet")
     return _bwd_impl(x, weight, bias, seq_idx, initial_states, dy, dfinal, silu, return_final_states)
 
 
@@ -147,3 +170,140 @@ def causal_conv1d_fn(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, s
         final_states_out.copy_(out[1])
         return (out[0], final_states_out) if return_final_states else out[0]
     return out
+
+
+# ---- one-step (or few-step) decode update with a rolling conv_state ---------------------------
+
+def _update_torch(x, conv_state, weight, bias, silu, indices, cache_seqlens):
+    """The update in plain torch without host syncs (CUDA-graph capturable), for the
+    reference backend with conv_state_indices or cache_seqlens. Shift register: the window
+    before the new tokens is the state's last W-1 entries and the state keeps the last S of
+    [state, x]. Ring (cache_seqlens): the window is at (cache_seqlens[b] - W + 1 + i) mod S and
+    token t is written at (cache_seqlens[b] + t) mod S. Negative indices are padding rows."""
+    B, D, L = x.shape
+    W, S = weight.shape[1], conv_state.shape[-1]
+    rows = torch.arange(B, device=x.device) if indices is None else indices.long()
+    valid = rows >= 0
+    rows = rows.clamp(min=0)
+    # state rows (B, D, S), history (B, D, W-1), new state rows (B, D, S)
+    old = conv_state[rows]
+    if cache_seqlens is None:
+        hist = old[..., S - (W - 1):]
+        new_rows = torch.cat([old, x.to(old.dtype)], -1)[..., L:]
+    else:
+        pos = cache_seqlens.long()[:, None] + torch.arange(-(W - 1), L, device=x.device)[None, :]
+        hist = old.gather(2, pos[:, None, :W - 1].remainder(S).expand(B, D, W - 1))
+        # only the last min(L, S) tokens survive: writing just those keeps the scatter free of duplicates
+        n = min(L, S)
+        new_rows = old.scatter(2, pos[:, None, W - 1 + L - n:].remainder(S).expand(B, D, n), x[..., L - n:].to(old.dtype))
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    # window (B, D, W-1+L) -> y (B, D, L)
+    xs = torch.cat([hist.to(ct), x.to(ct)], -1)
+    y = torch.nn.functional.conv1d(xs, weight.to(ct)[:, None, :], None if bias is None else bias.to(ct), groups=D)
+    y = torch.nn.functional.silu(y) if silu else y
+    _write_rows(conv_state, rows, valid, new_rows)
+    return (y * valid[:, None, None]).to(x.dtype)
+
+
+def _write_rows(conv_state, rows, valid, new_rows):
+    """conv_state[rows[b]] = new_rows[b] for valid b, without a host sync: each state row
+    takes the last valid batch entry that targets it."""
+    B = rows.shape[0]
+    owner = torch.full((conv_state.shape[0],), -1, dtype=torch.long, device=rows.device)
+    owner = owner.scatter_reduce(0, rows, torch.where(valid, torch.arange(B, device=rows.device), -1), "amax")
+    keep = (owner >= 0)[:, None, None]
+    conv_state.copy_(torch.where(keep, new_rows[owner.clamp(min=0)], conv_state))
+
+
+def _update_reason(backend, x, conv_state):
+    reason = _kernels.kernel_reason(backend, "dw_causal_conv_update", x, conv_state)
+    if reason is None and conv_state.dtype != x.dtype:
+        reason = f"conv_state dtype {conv_state.dtype} differs from x dtype {x.dtype}"
+    return reason
+
+
+def _update_impl(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Optional[Tensor], silu: bool,
+                 conv_state_indices: Optional[Tensor], cache_seqlens: Optional[Tensor]) -> Tensor:
+    # x (B, D, L); conv_state (Bs, D, S), any strides; weight (D, W) float32 -> y (B, D, L)
+    backend = dispatch.select_backend("dw_causal_conv_update", x.device,
+                                      lambda b: _update_reason(b, x, conv_state))
+    if backend == "reference":
+        if cache_seqlens is not None or conv_state_indices is not None:
+            return _update_torch(x, conv_state, weight, bias, silu, conv_state_indices, cache_seqlens)
+        return reference.dw_causal_conv_update(x, conv_state, weight, bias, "silu" if silu else None,
+                                               conv_state_indices=conv_state_indices)
+    B, D, L = x.shape
+    y = _kernels.empty((B, D, L), x)
+    _kernels.module(backend).dw_causal_conv_update(
+        _kernels.dtype_code(x), B, D, L, weight.shape[1], conv_state.shape[0], conv_state.shape[2],
+        _kernels.ref(x), _kernels.ref(conv_state), _kernels.ref(weight), _kernels.ref(bias),
+        _kernels.ref(_int32(conv_state_indices)), _kernels.ref(_int32(cache_seqlens)), _kernels.ref(y), silu,
+        _kernels.exec_arg(backend, x))
+    return y
+
+
+def _int32(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.to(torch.int32)
+
+
+@torch.library.custom_op("ssm::dw_causal_conv_update", mutates_args=("conv_state",))
+def _update_op(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Optional[Tensor], silu: bool,
+               conv_state_indices: Optional[Tensor], cache_seqlens: Optional[Tensor]) -> Tensor:
+    return _update_impl(x, conv_state, weight, bias, silu, conv_state_indices, cache_seqlens)
+
+
+@_update_op.register_fake
+def _(x, conv_state, weight, bias, silu, conv_state_indices, cache_seqlens):
+    return torch.empty_like(x)
+
+
+def _check_update_args(x, conv_state, weight, bias, activation, conv_state_indices, cache_seqlens):
+    _checks.tensor("x", x, ndim=(2, 3))
+    B, D = x.shape[:2]
+    _checks.tensor("weight", weight, ndim=(2, 3), device=x.device)
+    if weight.shape[0] != D or (weight.dim() == 3 and weight.shape[1] != 1):
+        raise ValueError(f"weight: expected shape ({D}, W) to match x's {D} channels, got {tuple(weight.shape)}")
+    W = weight.shape[-1]
+    _checks.tensor("conv_state", conv_state, shape=(None, D, None), device=x.device)
+    if conv_state.shape[2] < W - 1:
+        raise ValueError(f"conv_state: expected a state length >= W-1 = {W - 1}, got shape {tuple(conv_state.shape)}")
+    _checks.tensor("bias", bias, shape=(D,), device=x.device, optional=True)
+    _checks.choice("activation", activation, _ACTIVATIONS)
+    _checks.tensor("conv_state_indices", conv_state_indices, shape=(B,), dtypes=_checks.INT_DTYPES,
+                   device=x.device, optional=True)
+    if conv_state_indices is None and conv_state.shape[0] != B:
+        raise ValueError(f"conv_state: expected batch {B} to match x (no conv_state_indices), "
+                         f"got shape {tuple(conv_state.shape)}")
+    _checks.tensor("cache_seqlens", cache_seqlens, shape=(B,), dtypes=_checks.INT_DTYPES, device=x.device,
+                   optional=True)
+    return W
+
+
+def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                         activation: Optional[str] = None, cache_seqlens: Optional[Tensor] = None,
+                         conv_state_indices: Optional[Tensor] = None) -> Tensor:
+    """``causal_conv1d.causal_conv1d_update``: x (B, D) or (B, D, L) new tokens, conv_state
+    (Bs, D, S >= W-1) updated in place (any memory layout, e.g. channels-last) -> y like x.
+
+    Without ``cache_seqlens`` the state is a shift register: the conv sees its last W-1
+    entries, and it keeps the last S entries of [state, x]. With ``cache_seqlens`` (B,) it is
+    a circular buffer: token t of row b goes to position (cache_seqlens[b] + t) mod S and the
+    conv sees the W-1 positions before it (later tokens win when L > S). Row b uses state
+    ``conv_state_indices[b]``; a negative index is a padding row (y zero, no state touched).
+    No host synchronization (CUDA-graph capturable).
+    """
+    W = _check_update_args(x, conv_state, weight, bias, activation, conv_state_indices, cache_seqlens)
+    # x3 (B, D, L)
+    x3 = x.unsqueeze(-1) if x.dim() == 2 else x
+    w = weight.reshape(weight.shape[0], W).float().contiguous()
+    b = None if bias is None else bias.float()
+    args = (x3, conv_state, w, b, activation is not None, conv_state_indices, cache_seqlens)
+    y = _update_op(*args) if torch.compiler.is_compiling() else _update_impl(*args)
+    return y[..., 0] if x.dim() == 2 else y
+
+
+def dw_causal_conv_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                          activation: Optional[str] = None, *, conv_state_indices: Optional[Tensor] = None) -> Tensor:
+    """One decode step (or a few) of :func:`dw_causal_conv`: see :func:`causal_conv1d_update`
+    (shift-register state)."""
+    return causal_conv1d_update(x, conv_state, weight, bias, activation, conv_state_indices=conv_state_indices)

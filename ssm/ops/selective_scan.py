@@ -44,8 +44,9 @@ def _reason(backend, kernel, u, delta, B, C, z):
 
 def _fwd_impl(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens, softplus, return_last_state):
     # u, delta, z (B, D, L); A (D, N); B/C (D, N) or (B, G, N, L); initial/last (rows, D, N) float32
-    backend = dispatch.select_backend("selective_scan", u.device,
-                                      lambda b: _reason(b, "selective_scan_fwd", u, delta, B, C, z))
+    # An empty input has no work for a kernel (and no data pointer to give it).
+    backend = "reference" if u.numel() == 0 else dispatch.select_backend(
+        "selective_scan", u.device, lambda b: _reason(b, "selective_scan_fwd", u, delta, B, C, z))
     if backend == "reference":
         out = reference.selective_scan(u, delta, A, B, C, D, z, dt_bias, softplus, return_last_state,
                                        initial_state=initial_state, seq_idx=seq_idx, cu_seqlens=cu_seqlens)
@@ -114,8 +115,9 @@ def _bwd_kernel(backend, u, delta, A, B, C, D, z, dt_bias, initial_state, seq_id
     r = _kernels.ref
     _kernels.module(backend).selective_scan_bwd(
         _kernels.dtype_code(u), batch, dim, L, N, groups, slices, r(u), r(delta), r(A), r(B), r(C), r(D), r(z),
-        r(dt_bias), r(initial_state), r(seq_idx), r(cu_seqlens), _nrows(u, cu_seqlens), r(dy.contiguous()),
-        r(dlast), r(du), r(ddelta), r(dA), r(dB), r(dC), r(dD), r(dz), r(ddt_bias), r(dinit), softplus, nthreads)
+        r(dt_bias), r(initial_state), r(seq_idx), r(cu_seqlens), _nrows(u, cu_seqlens), r(dy),
+        r(dlast), r(du), r(ddelta), r(dA), r(_slices_as_rows(dB)), r(_slices_as_rows(dC)), r(dD), r(dz),
+        r(ddt_bias), r(dinit), softplus, nthreads)
     dB = dB.sum(0).to(B.dtype)
     dC = dC.sum(0).to(C.dtype)
     grads = (du, ddelta, dA.sum(0), dB, dC, None if dD is None else dD.sum(0), dz,
@@ -123,10 +125,15 @@ def _bwd_kernel(backend, u, delta, A, B, C, D, z, dt_bias, initial_state, seq_id
     return tuple(_library.empty_if_none(g, u) for g in grads)
 
 
+def _slices_as_rows(t: Tensor) -> Tensor:
+    """A per-slice (S, B, G, N, L) workspace as the kernel's 4-d (S*B, G, N, L)."""
+    return t.flatten(0, 1) if t.dim() == 5 else t
+
+
 def _bwd_impl(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens, dy, dlast, softplus,
               return_last_state):
-    backend = dispatch.select_backend("selective_scan_bwd", u.device,
-                                      lambda b: _reason(b, "selective_scan_bwd", u, delta, B, C, z))
+    backend = "reference" if u.numel() == 0 else dispatch.select_backend(
+        "selective_scan_bwd", u.device, lambda b: _reason(b, "selective_scan_bwd", u, delta, B, C, z))
     if backend == "reference":
         return _bwd_reference(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens, dy, dlast,
                               softplus, return_last_state)

@@ -53,7 +53,7 @@ def _kernel_step(backend, state, x, dt, A, B, C, D, z, dt_bias, state_batch_indi
         _kernels.dtype_code(state), _kernels.dtype_code(x), batch, H, P, A.shape[-1], B.shape[1], r(state4),
         r(x), r(dt), r(A), r(B), r(C), r(D), r(z), r(dt_bias), r(idx), r(out), softplus,
         _kernels.exec_arg(backend, x))
-    return out
+    return out.squeeze(-1) if state.dim() == 3 else out
 
 
 def _step_impl(state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices, softplus):

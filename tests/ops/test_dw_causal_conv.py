@@ -54,24 +54,30 @@ def test_forward_matches_reference(backend, dtype, shape, options):
         assert_close(out, ref, dtype, "y")
 
 
+def option_flags(options):
+    return dict(bias=options in ("bias+silu", "all"), seq=options in ("seq_idx", "all"),
+                init=options in ("init+final", "all"), noncontig=options in ("noncontig", "all"))
+
+
 @pytest.mark.parametrize("backend", backends())
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("options", ["plain", "all"])
-def test_gradients_match_reference(backend, dtype, options):
-    B, D, L, W = 2, 6, 21, 4
-    full = options == "all"
-    x, w, b, seq_idx, init = make_inputs(B, D, L, W, dtype, device_of(backend), bias=full, seq=full,
-                                         init=full, noncontig=full)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("options", ["plain", "bias+silu", "seq_idx", "init+final", "all", "noncontig"])
+def test_gradients_match_reference(backend, dtype, shape, options):
+    activation = None if options in ("plain", "init+final") else "silu"
+    final = options in ("init+final", "all", "seq_idx")
+    x, w, b, seq_idx, init = make_inputs(*shape, dtype, device_of(backend), **option_flags(options))
     leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, w, b, init)]
     with use_backend(backend):
-        y, fs = ops.dw_causal_conv(leaves[0], leaves[1], leaves[2], "silu", seq_idx=seq_idx,
-                                   initial_states=leaves[3], return_final_states=True)
-    dy, dfs = torch.randn_like(y), torch.randn_like(fs)
-    torch.autograd.backward([y, fs], [dy, dfs])
+        out = ops.dw_causal_conv(leaves[0], leaves[1], leaves[2], activation, seq_idx=seq_idx,
+                                 initial_states=leaves[3], return_final_states=final)
+        outs = out if final else (out,)
+        grads = [torch.randn_like(o) for o in outs]
+        torch.autograd.backward(outs, grads)  # the forced backend runs the backward too
     ref_leaves = [t.detach().double().requires_grad_() if t is not None else None for t in (x, w, b, init)]
-    ry, rfs = reference.dw_causal_conv(ref_leaves[0], ref_leaves[1], ref_leaves[2], "silu", seq_idx=seq_idx,
-                                       initial_states=ref_leaves[3], return_final_states=True)
-    torch.autograd.backward([ry, rfs], [dy.double(), dfs.double()])
+    ref = reference.dw_causal_conv(ref_leaves[0], ref_leaves[1], ref_leaves[2], activation, seq_idx=seq_idx,
+                                   initial_states=ref_leaves[3], return_final_states=final)
+    torch.autograd.backward(ref if final else (ref,), [g.double() for g in grads])
     for name, got, want in zip(("dx", "dweight", "dbias", "dinitial_states"), leaves, ref_leaves):
         if got is not None:
             assert got.grad is not None and got.grad.dtype == got.dtype, name
@@ -120,3 +126,144 @@ def test_forced_backend_that_cannot_run_says_why():
     x = torch.randn(1, 2, 5, dtype=torch.float64)
     with use_backend("cpu"), pytest.raises(RuntimeError, match="dtype"):
         ops.dw_causal_conv(x, torch.randn(2, 4, dtype=torch.float64))
+
+
+# ---- decode update ------------------------------------------------------------------------------
+
+def make_state(Bs, D, S, dtype, device, channels_last):
+    """A conv state (Bs, D, S); channels-last like Mamba-2's (allocated (Bs, S, D), transposed)."""
+    if channels_last:
+        return rand(Bs, S, D, dtype=dtype, device=device).transpose(1, 2)
+    return rand(Bs, D, S, dtype=dtype, device=device)
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 3, 1, 4, 3), (2, 5, 1, 4, 6), (3, 8, 3, 3, 2), (2, 7, 5, 2, 4)])  # B,D,L,W,S
+@pytest.mark.parametrize("options", ["plain", "bias+silu", "indices", "channels_last", "x2d", "all"])
+def test_update_matches_reference(backend, dtype, shape, options):
+    B, D, L, W, S = shape
+    device = device_of(backend)
+    S = max(S, W - 1)
+    indexed = options in ("indices", "all")
+    Bs = B + 2 if indexed else B
+    x = rand(B, D, dtype=dtype, device=device) if options == "x2d" else rand(B, D, L, dtype=dtype, device=device)
+    state = make_state(Bs, D, S, dtype, device, options in ("channels_last", "all"))
+    w = rand(D, W, device=device, scale=0.5)
+    b = rand(D, device=device) if options in ("bias+silu", "all") else None
+    act = "silu" if options in ("bias+silu", "all") else None
+    idx = torch.randperm(Bs, device=device)[:B].to(torch.int32) if indexed else None
+    if indexed and B > 1:
+        idx[0] = -1  # a padding row
+    ref_state = state.double().clone()
+    with use_backend(backend):
+        y = ops.dw_causal_conv_update(x, state, w, b, act, conv_state_indices=idx)
+    ref = reference.dw_causal_conv_update(x.double(), ref_state, w.double(), None if b is None else b.double(), act,
+                                          conv_state_indices=idx)
+    assert y.dtype == dtype and y.shape == x.shape
+    assert_close(y, ref, dtype, "y")
+    assert_close(state, ref_state, dtype, "conv_state")
+    if indexed and B > 1:
+        assert torch.equal(y[0], torch.zeros_like(y[0])), "padding row gives zeros"
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("W", [2, 4, 5])
+def test_stepwise_update_equals_parallel_forward(backend, dtype, W):
+    B, D, L = 2, 6, 11
+    device = device_of(backend)
+    x = rand(B, D, L, dtype=dtype, device=device)
+    w, b, init = rand(D, W, device=device, scale=0.5), rand(D, device=device), rand(B, D, W - 1, dtype=dtype,
+                                                                                  device=device)
+    state = init.transpose(1, 2).clone(memory_format=torch.contiguous_format).transpose(1, 2)  # channels-last
+    with use_backend(backend):
+        steps = [ops.dw_causal_conv_update(x[:, :, t], state, w, b, "silu") for t in range(L - 3)]
+        steps.append(ops.causal_conv1d_update(x[:, :, L - 3:], state, w, b, "silu"))
+    y_steps = torch.cat([s.unsqueeze(-1) for s in steps[:-1]] + [steps[-1]], -1)
+    ref, final = reference.dw_causal_conv(*to64(x, w, b), "silu", initial_states=init.double(),
+                                          return_final_states=True)
+    assert_close(y_steps, ref, dtype, "stepwise y", factor=2.0)
+    assert_close(state, final, dtype, "state after the steps")
+
+
+def circular_loop(x, state, w, b, silu, cache_seqlens, idx):
+    """causal_conv1d's circular-buffer update written as a loop over rows and tokens, float64."""
+    B, D, L = x.shape
+    W, S = w.shape[1], state.shape[2]
+    y = torch.zeros(B, D, L, dtype=torch.float64)
+    for bi in range(B):
+        row = bi if idx is None else int(idx[bi])
+        if row < 0:
+            continue
+        for t in range(L):
+            pos = int(cache_seqlens[bi]) + t
+            hist = [state[row, :, (pos - W + 1 + k) % S] for k in range(W - 1)]
+            window = torch.stack(hist + [x[bi, :, t].double()], -1)
+            out = (window * w.double()).sum(-1) + (0 if b is None else b.double())
+            y[bi, :, t] = torch.nn.functional.silu(out) if silu else out
+            state[row, :, pos % S] = x[bi, :, t].double()
+    return y
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(2, 5, 1, 4, 3), (3, 4, 3, 4, 8), (2, 3, 2, 3, 5), (2, 3, 7, 3, 4)])  # B,D,L,W,S
+@pytest.mark.parametrize("indexed", [False, True])
+def test_circular_update_with_cache_seqlens(backend, dtype, shape, indexed):
+    B, D, L, W, S = shape
+    device = device_of(backend)
+    Bs = B + 1 if indexed else B
+    x, state = rand(B, D, L, dtype=dtype, device=device), make_state(Bs, D, S, dtype, device, indexed)
+    w, b = rand(D, W, device=device, scale=0.5), rand(D, device=device)
+    seqlens = torch.randint(0, 3 * S, (B,), device=device, dtype=torch.int32)
+    idx = torch.randperm(Bs, device=device)[:B].to(torch.int32) if indexed else None
+    if indexed:
+        idx[-1] = -1
+    ref_state = state.double().clone()
+    with use_backend(backend):
+        y = ops.causal_conv1d_update(x, state, w, b, "silu", cache_seqlens=seqlens, conv_state_indices=idx)
+    ref = circular_loop(x.cpu(), ref_state.cpu(), w.cpu(), b.cpu(), True, seqlens.cpu(), None if idx is None else idx.cpu())
+    assert_close(y, ref, dtype, "y")
+    assert_close(state, ref_state, dtype, "conv_state")
+
+
+@pytest.mark.parametrize("bad, error, words", [
+    (dict(x=torch.randn(2)), ValueError, ["x", "2-d or 3-d"]),
+    (dict(conv_state=torch.randn(2, 4, 1)), ValueError, ["conv_state", ">= W-1 = 2"]),
+    (dict(conv_state=torch.randn(3, 4, 3)), ValueError, ["conv_state", "batch 2"]),
+    (dict(conv_state=torch.randn(2, 5, 3)), ValueError, ["conv_state", "(*, 4, *)"]),
+    (dict(weight=torch.randn(5, 3)), ValueError, ["weight", "(5, 3)"]),
+    (dict(conv_state_indices=torch.zeros(2)), TypeError, ["conv_state_indices", "float32"]),
+    (dict(conv_state_indices=torch.zeros(3, dtype=torch.int32)), ValueError, ["conv_state_indices", "(2)"]),
+    (dict(cache_seqlens=torch.zeros(1, dtype=torch.int32)), ValueError, ["cache_seqlens", "(2)"]),
+    (dict(activation="gelu"), ValueError, ["activation", "gelu"]),
+])
+def test_update_bad_input_is_named(bad, error, words):
+    args = dict(x=torch.randn(2, 4), conv_state=torch.randn(2, 4, 3), weight=torch.randn(4, 3), activation=None,
+                conv_state_indices=None, cache_seqlens=None)
+    args.update(bad)
+    with pytest.raises(error) as info:
+        ops.causal_conv1d_update(args["x"], args["conv_state"], args["weight"], None, args["activation"],
+                                 cache_seqlens=args["cache_seqlens"], conv_state_indices=args["conv_state_indices"])
+    for word in words:
+        assert word in str(info.value), f"{word!r} not in {info.value}"
+
+
+def test_torch_compile_matches_eager():
+    def f(x, w, b, state, step):
+        y = ops.dw_causal_conv(x, w, b, "silu")
+        return y * 2, ops.dw_causal_conv_update(step, state, w, b, "silu")
+
+    compiled = torch.compile(f, fullgraph=True, dynamic=True)
+    for L in (6, 13):
+        x, w, b, step = rand(2, 5, L), rand(5, 4), rand(5), rand(2, 5)
+        state = rand(2, 5, 3)
+        state_eager = state.clone()
+        (y, ys) = compiled(x.requires_grad_(), w, b, state, step)
+        (want, want_s) = f(x, w, b, state_eager, step)
+        assert_close(y, want.detach().double(), torch.float32, "compiled conv")
+        assert_close(ys, want_s.double(), torch.float32, "compiled update")
+        assert torch.equal(state, state_eager), "the compiled update mutates conv_state like eager"
+        y.sum().backward()
+        assert x.grad is not None and torch.isfinite(x.grad).all()

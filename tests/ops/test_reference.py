@@ -383,7 +383,7 @@ def test_conv_update_state_indices_and_padding():
     weight, bias = randn(dim, W), randn(dim)
     cache = randn(n_slots, dim, W - 1)
     before = cache.clone()
-    idx = torch.tensor([3, -1, 0], dtype=torch.int32)
+    idx = torch.tensor([3, -1, 1], dtype=torch.int32)
     x = randn(batch, dim, L_new)
     y = R.dw_causal_conv_update(x, cache, weight, bias, "silu", conv_state_indices=idx)
     for b, slot in enumerate(idx.tolist()):
@@ -393,7 +393,7 @@ def test_conv_update_state_indices_and_padding():
         own = before[slot:slot + 1].clone()
         assert_close64(y[b:b + 1], R.dw_causal_conv_update(x[b:b + 1], own, weight, bias, "silu"))
         assert_close64(cache[slot], own[0])
-    for slot in (1, 2, 4):  # untouched rows (incl. none for the padding row)
+    for slot in (0, 2, 4):  # untouched rows (none written for the padding row)
         assert torch.equal(cache[slot], before[slot])
 
 
@@ -480,7 +480,7 @@ def test_selective_scan_seq_idx_matches_oracle():
 @pytest.mark.parametrize("has_init", [False, True])
 def test_selective_scan_cu_seqlens(cu_dtype, has_init):
     dim, N = 4, 3
-    lengths = [4, 0, 1, 6, 0]
+    lengths = [0, 4, 0, 1, 6, 0]  # empty sequences first, inside and last
     L = sum(lengths)
     cu = torch.tensor([0] + list(itertools.accumulate(lengths)), dtype=cu_dtype)
     args = scan_args(1, dim, N, L, "grouped", G=2)
@@ -506,7 +506,7 @@ def test_selective_scan_cu_seqlens(cu_dtype, has_init):
         seq_idx = torch.repeat_interleave(torch.arange(len(lengths), dtype=torch.int32), torch.tensor(lengths))[None]
         y2, last2 = R.selective_scan(**args, **opt, return_last_state=True, seq_idx=seq_idx)
         assert_close64(y2, y)
-        assert_close64(last2[0], last[3])
+        assert_close64(last2[0], last[4])
 
 
 @pytest.mark.parametrize("split", [1, 5, 12])
@@ -813,7 +813,7 @@ def test_ssd_return_forms_and_seq_meta():
 @pytest.mark.parametrize("cu_dtype", [torch.int32, torch.int64])
 def test_ssd_cu_seqlens_packed_equals_one_by_one(chunk_size, has_init, cu_dtype):
     H, P, G, N = 4, 3, 2, 3
-    lengths = [5, 0, 1, 9, 3, 0]
+    lengths = [0, 5, 0, 1, 9, 3, 0]  # empty sequences first, inside and last
     L = sum(lengths)
     cu = torch.tensor([0] + list(itertools.accumulate(lengths)), dtype=cu_dtype)
     a = ssd_args(1, L, H, P, G, N, init=has_init, nseq=len(lengths))
@@ -834,7 +834,7 @@ def test_ssd_cu_seqlens_packed_equals_one_by_one(chunk_size, has_init, cu_dtype)
         ys.append(y_s)
         assert_close64(varlen[s], final_s[0], f"varlen state of sequence {s}")
     assert_close64(y, torch.cat(ys, 1))
-    assert_close64(final[0], varlen[4])  # last non-empty sequence
+    assert_close64(final[0], varlen[5])  # last non-empty sequence
     # Mamba-1 view with the same cu_seqlens
     m1 = ssd_to_mamba1(**a, dt_softplus=True)
     y1, last1 = R.selective_scan(**m1, return_last_state=True, cu_seqlens=cu)

@@ -7,9 +7,6 @@ import ssm.ops as ops
 from ssm.ops.python import reference
 from tests.ops.harness import DTYPES, assert_close, backends, device_of, rand, to64, use_backend
 
-# Phase 1: the op layer runs on the reference; the cpu backend joins with its kernels.
-BACKENDS = [b for b in backends() if b.values[0] != "cpu"]
-
 SHAPES = [  # (batch, D, L, N, G); G = 0: B/C shared by all channels (B, N, L)
     (1, 1, 1, 1, 0),
     (2, 5, 7, 3, 0),
@@ -63,7 +60,7 @@ def check(out, ref, dtype, last):
         assert_close(out, ref, dtype, "y")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("option", OPTIONS)
@@ -77,7 +74,7 @@ def test_forward_matches_reference(backend, dtype, shape, option):
     check(out, run(reference.selective_scan, as64(inp), softplus, last), dtype, last)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cu_seqlens_equals_sequences_one_by_one(backend, dtype):
     D, N, lengths = 6, 5, [3, 0, 9, 1, 12]
@@ -99,7 +96,7 @@ def test_cu_seqlens_equals_sequences_one_by_one(backend, dtype):
     check((y, last), ref, dtype, True)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("option", ["plain", "constant_B", "all"])
 def test_gradients_match_reference(backend, dtype, option):
@@ -120,7 +117,7 @@ def test_gradients_match_reference(backend, dtype, option):
         assert_close(got, ref_leaves[k].grad, dtype, f"d{k}", factor=2.0)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends())
 def test_long_sequence(backend):
     inp = make_inputs(1, 3, 4099, 4, 0, torch.bfloat16, device_of(backend), {"softplus+bias"})
     with use_backend(backend):

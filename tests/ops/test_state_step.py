@@ -8,9 +8,6 @@ import ssm.ops as ops
 from ssm.ops.python import reference
 from tests.ops.harness import DTYPES, assert_close, backends, device_of, rand, use_backend
 
-# Phase 1: the op layer runs on the reference; the cpu backend joins with its kernels.
-BACKENDS = [b for b in backends() if b.values[0] != "cpu"]
-
 LAYOUTS = [  # (layout, batch, heads or channels, head dim, N, G)
     ("mamba1", 1, 1, 1, 1, 1),
     ("mamba1", 3, 10, 1, 16, 1),
@@ -55,7 +52,7 @@ def as64(inp):
     return {k: (v.detach().double() if v is not None and v.is_floating_point() else v) for k, v in inp.items()}
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("option", OPTIONS)
@@ -78,7 +75,7 @@ def test_step_matches_reference(backend, dtype, layout, option):
         assert (y[idx < 0] == 0).all(), "padding rows must give zeros"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("G", [0, 2])
 def test_decoding_equals_scan(backend, dtype, G):

@@ -62,3 +62,141 @@ struct SsdParams {
 };
 
 }  // namespace ssm
+
+namespace ssm {
+
+// Depthwise causal conv backward: dx, dweight, dbias, dinitial_states from dy (and the
+// gradient of final_states); silu and the conv are recomputed from x.
+struct ConvBwdParams {
+  ConvParams fwd;            // x, weight, bias, seq_idx, initial_states, silu; out/final unused
+  TensorArg dout;            // (B, D, L)          dtype
+  TensorArg dfinal_states;   // (B, D, W-1)        dtype, optional
+  TensorArg dx;              // (B, D, L)          dtype
+  TensorArg dweight;         // (D, W)             float32
+  TensorArg dbias;           // (D,)               float32, optional
+  TensorArg dinitial_states; // (B, D, W-1)        dtype, optional
+};
+
+// One decode update of the causal conv with a rolling state of length S >= W-1, in place.
+// Row b uses state row conv_state_indices[b] (negative: padding, y = 0, state untouched).
+// Without cache_seqlens the state is a shift register; with it a ring buffer where token t
+// goes to (cache_seqlens[b] + t) mod S.
+struct ConvUpdateParams {
+  int64_t batch = 0, dim = 0, seqlen = 0, width = 0, state_batch = 0, state_len = 0;
+  DType dtype = DType::f32;        // x, conv_state, out
+  TensorArg x;                     // (B, D, L)
+  TensorArg conv_state;            // (Bs, D, S)  any strides
+  TensorArg weight;                // (D, W)      float32
+  TensorArg bias;                  // (D,)        float32, optional
+  TensorArg conv_state_indices;    // (B,)        int32, optional
+  TensorArg cache_seqlens;         // (B,)        int32, optional
+  TensorArg out;                   // (B, D, L)
+  bool silu = false;
+};
+
+// Residual add + LayerNorm / RMSNorm over rows of N: s = x (+ residual),
+// y = norm(s) * weight (+ bias); norm(s) = (s - mean) * rstd, or s * rstd for RMSNorm.
+struct LayerNormParams {
+  int64_t rows = 0, cols = 0;
+  DType dtype = DType::f32;               // x, out
+  DType residual_dtype = DType::f32;      // residual
+  DType residual_out_dtype = DType::f32;  // residual_out
+  TensorArg x;             // (M, N)
+  TensorArg weight;        // (N,)   float32
+  TensorArg bias;          // (N,)   float32, optional
+  TensorArg residual;      // (M, N) optional
+  TensorArg out;           // (M, N)
+  TensorArg residual_out;  // (M, N) optional: s
+  float eps = 1e-5f;
+  bool is_rms = false;
+};
+
+// Its backward from s (the normalized input): ds = d norm(s) (+ dresidual_out), written to dx
+// and dresidual in their dtypes; dweight and dbias as one partial row per part, summed by the caller.
+struct LayerNormBwdParams {
+  int64_t rows = 0, cols = 0, parts = 0;
+  DType dtype = DType::f32;               // s
+  DType dout_dtype = DType::f32, dres_dtype = DType::f32, dx_dtype = DType::f32, dresidual_dtype = DType::f32;
+  TensorArg s;              // (M, N)
+  TensorArg weight;         // (N,)      float32
+  TensorArg bias;           // (N,)      float32, optional (only whether it is present matters)
+  TensorArg dout;           // (M, N)
+  TensorArg dresidual_out;  // (M, N)    optional
+  TensorArg dx;             // (M, N)
+  TensorArg dresidual;      // (M, N)    optional
+  TensorArg dweight_parts;  // (parts, N) float32
+  TensorArg dbias_parts;    // (parts, N) float32, optional
+  float eps = 1e-5f;
+  bool is_rms = false;
+};
+
+// Gated norm of Mamba-2 over groups of `group` features: with z, norm_before_gate:
+// y = (norm(x) * w + b) * silu(z); otherwise y = norm(x * silu(z)) * w + b.
+struct GatedNormParams {
+  int64_t rows = 0, cols = 0, group = 0, parts = 0;
+  DType dtype = DType::f32;     // x, out, dx
+  DType z_dtype = DType::f32;   // z, dz
+  DType dout_dtype = DType::f32;
+  TensorArg x;              // (M, N)
+  TensorArg weight;         // (N,)   float32
+  TensorArg bias;           // (N,)   float32, optional
+  TensorArg z;              // (M, N) optional
+  TensorArg out;            // (M, N) forward
+  TensorArg dout;           // (M, N) backward
+  TensorArg dx, dz;         // (M, N) backward (dz when z)
+  TensorArg dweight_parts;  // (parts, N) float32, backward
+  TensorArg dbias_parts;    // (parts, N) float32, backward, optional
+  float eps = 1e-6f;
+  bool norm_before_gate = true, is_rms = true;
+};
+
+// Mamba-1 selective scan over L, forward and backward, per (batch, channel):
+//   dt = delta + dt_bias (softplus if asked); h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t;
+//   out_t = (C_t . h_t + D u_t) * silu(z_t). Segments restart the state: at seq_idx changes, or at
+//   each cu_seqlens start (batch 1), from initial_state[row] (rows: batch, or sequence with cu_seqlens).
+// Work is split in tasks (batch, group, slice of the group's channels); per-slice / per-batch partial
+// gradients are float32 workspaces that the op layer sums.
+struct SelectiveScanParams {
+  int64_t batch = 0, dim = 0, seqlen = 0, dstate = 0, ngroups = 1, nslices = 1, nrows = 0;
+  DType dtype = DType::f32;
+  TensorArg u, delta;          // (B, D, L)          dtype
+  TensorArg A;                 // (D, N)             float32
+  TensorArg B, C;              // (B, G, N, L) dtype when B_var / C_var, else (D, N) float32
+  bool B_var = true, C_var = true;
+  TensorArg D;                 // (D,)               float32, optional
+  TensorArg z;                 // (B, D, L)          dtype, optional
+  TensorArg dt_bias;           // (D,)               float32, optional
+  TensorArg initial_state;     // (rows, D, N)       float32, optional
+  TensorArg seq_idx;           // (B, L)             int32, optional
+  TensorArg cu_seqlens;        // (rows + 1,)        int32, optional (batch 1)
+  TensorArg out;               // (B, D, L)          dtype
+  TensorArg last_state;        // (rows, D, N)       float32, optional
+  bool softplus = false;
+  // backward
+  TensorArg dout;              // (B, D, L)          dtype
+  TensorArg dlast;             // (rows, D, N)       float32, optional
+  TensorArg du, ddelta, dz;    // (B, D, L)          dtype (dz when z)
+  TensorArg dA;                // (B, D, N)          float32, per batch
+  TensorArg dB, dC;            // (S*B, G, N, L) float32 per slice when variable, else (B, D, N) float32
+  TensorArg dD, ddt_bias;      // (B, D)             float32, per batch, optional
+  TensorArg dinitial_state;    // (rows, D, N)       float32, optional
+};
+
+// One decode step, Mamba-2 layout (Mamba-1: H = D heads of size P = 1), state updated in place:
+//   dt = dt + dt_bias (softplus if asked); state = exp(dt A) state + dt x B; y = (C . state + D x) * silu(z).
+// Row b uses state row state_batch_indices[b] (negative: padding, y = 0, no state touched).
+struct StateStepParams {
+  int64_t batch = 0, nheads = 0, headdim = 0, dstate = 0, ngroups = 1;
+  DType state_dtype = DType::f32, dtype = DType::f32;
+  TensorArg state;               // (Bs, H, P, N)    state_dtype
+  TensorArg x, dt;               // (B, H, P)        dtype (dt may be stride 0 along P)
+  TensorArg A;                   // (H, P, N)        float32 (any strides; stride 0 = tied)
+  TensorArg B, C;                // (B, G, N)        dtype
+  TensorArg D, dt_bias;          // (H, P)           float32, optional
+  TensorArg z;                   // (B, H, P)        dtype, optional
+  TensorArg state_batch_indices; // (B,)             int32, optional
+  TensorArg out;                 // (B, H, P)        dtype
+  bool softplus = false;
+};
+
+}  // namespace ssm

@@ -11,8 +11,17 @@
 namespace ssm::cpu {
 
 SSM_CPU_DECLARE(dw_causal_conv_fwd, ConvParams)
+SSM_CPU_DECLARE(dw_causal_conv_bwd, ConvBwdParams)
+SSM_CPU_DECLARE(dw_causal_conv_update, ConvUpdateParams)
+SSM_CPU_DECLARE(layer_norm_fwd, LayerNormParams)
+SSM_CPU_DECLARE(layer_norm_bwd, LayerNormBwdParams)
+SSM_CPU_DECLARE(gated_norm_fwd, GatedNormParams)
+SSM_CPU_DECLARE(gated_norm_bwd, GatedNormParams)
 SSM_CPU_DECLARE(ssd_chunk_scan_fwd, SsdParams)
 SSM_CPU_DECLARE(ssd_chunk_scan_bwd, SsdParams)
+SSM_CPU_DECLARE(selective_scan_fwd, SelectiveScanParams)
+SSM_CPU_DECLARE(selective_scan_bwd, SelectiveScanParams)
+SSM_CPU_DECLARE(selective_state_step, StateStepParams)
 
 }  // namespace ssm::cpu
 

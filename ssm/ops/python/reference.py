@@ -206,7 +206,7 @@ def dw_causal_conv_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: O
     (in conv_state.dtype). A negative index marks a padding row: its output is zeros and no
     state row is touched. Returns y shaped like x, in x.dtype.
     """
-    ct = _compute_dtype(x, weight, bias)
+    ct = _compute_dtype(x, conv_state, weight, bias)
     single_token = x.dim() == 2
     # (B, D, Lnew)
     x_c = (x.unsqueeze(-1) if single_token else x).to(ct)

@@ -39,6 +39,12 @@ inline DType dtype_arg(const char* op, int code) {
 
 void bind_runtime(nb::module_& m);
 void bind_dw_causal_conv(nb::module_& m);
+void bind_dw_causal_conv_bwd(nb::module_& m);
+void bind_dw_causal_conv_update(nb::module_& m);
+void bind_layer_norm(nb::module_& m);
+void bind_gated_norm(nb::module_& m);
 void bind_ssd_chunk_scan(nb::module_& m);
+void bind_selective_scan(nb::module_& m);
+void bind_selective_state_step(nb::module_& m);
 
 }  // namespace ssm::bind

@@ -1,0 +1,151 @@
+"""Causal language model (``mamba_ssm.models.mixer_seq_simple``): ``MixerModel`` backbone (embedding,
+blocks of Mamba1 / Mamba2 / MHA mixers with optional gated MLPs, final norm) and
+``MambaLMHeadModel`` (backbone + lm_head + generation). Same state_dict keys as the reference.
+
+Differs from the reference (docs/compat.md): the weights are initialized once, with the
+residual rescaling that counts the MLP (n_residuals_per_layer = 2 when d_intermediate > 0)."""
+from __future__ import annotations
+
+import copy
+import math
+from collections import namedtuple
+from functools import partial
+
+import torch
+import torch.nn as nn
+
+from ssm import ops
+from ssm.models.config import MambaConfig
+from ssm.modules.attention import MHA
+from ssm.modules.block import Block, add_norm
+from ssm.modules.mamba1 import Mamba1
+from ssm.modules.mamba2 import Mamba2
+from ssm.modules.mlp import GatedMLP
+
+try:  # written on the `generation` branch; the model works without it until it lands
+    from ssm.utils.generation import GenerationMixin
+except ImportError:
+    GenerationMixin = object
+
+CausalLMOutput = namedtuple("CausalLMOutput", ["logits"])
+
+_MIXERS = {"Mamba1": Mamba1, "Mamba2": Mamba2}
+
+
+def create_block(d_model, d_intermediate, ssm_cfg=None, attn_layer_idx=None, attn_cfg=None, norm_epsilon=1e-5,
+                 rms_norm=False, residual_in_fp32=False, fused_add_norm=False, layer_idx=None, device=None,
+                 dtype=None):
+    """One Block: an MHA mixer if layer_idx is in attn_layer_idx, else the Mamba layer named by
+    ssm_cfg["layer"] ("Mamba1" by default, or "Mamba2"); a GatedMLP when d_intermediate > 0."""
+    factory_kwargs = {"device": device, "dtype": dtype}
+    ssm_cfg = copy.deepcopy(ssm_cfg) if ssm_cfg is not None else {}
+    attn_cfg = attn_cfg if attn_cfg is not None else {}
+    if layer_idx not in (attn_layer_idx or []):
+        layer = ssm_cfg.pop("layer", "Mamba1")
+        if layer not in _MIXERS:
+            raise ValueError(f"ssm_cfg['layer']: expected one of {sorted(_MIXERS)}, got {layer!r}")
+        mixer_cls = partial(_MIXERS[layer], layer_idx=layer_idx, **ssm_cfg, **factory_kwargs)
+    else:
+        mixer_cls = partial(MHA, layer_idx=layer_idx, **attn_cfg, **factory_kwargs)
+    norm_cls = partial(ops.RMSNorm if rms_norm else nn.LayerNorm, eps=norm_epsilon, **factory_kwargs)
+    mlp_cls = nn.Identity if d_intermediate == 0 else partial(
+        GatedMLP, hidden_features=d_intermediate, out_features=d_model, **factory_kwargs)
+    block = Block(d_model, mixer_cls, mlp_cls, norm_cls=norm_cls, fused_add_norm=fused_add_norm,
+                  residual_in_fp32=residual_in_fp32)
+    block.layer_idx = layer_idx
+    return block
+
+
+def _init_weights(module, n_layer, initializer_range=0.02, rescale_prenorm_residual=True, n_residuals_per_layer=1):
+    """Applied with Module.apply: zero Linear biases (except those marked _no_reinit), N(0, range)
+    embeddings, and rescale every out_proj/fc2 weight by 1/sqrt(n_residuals_per_layer * n_layer)
+    (GPT-2's scheme for the residual stream)."""
+    if isinstance(module, nn.Linear):
+        if module.bias is not None and not getattr(module.bias, "_no_reinit", False):
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=initializer_range)
+    if rescale_prenorm_residual:
+        for name, p in module.named_parameters():
+            if name in ("out_proj.weight", "fc2.weight"):
+                nn.init.kaiming_uniform_(p, a=math.sqrt(5))
+                with torch.no_grad():
+                    p /= math.sqrt(n_residuals_per_layer * n_layer)
+
+
+class MixerModel(nn.Module):
+    def __init__(self, d_model, n_layer, d_intermediate, vocab_size, ssm_cfg=None, attn_layer_idx=None,
+                 attn_cfg=None, norm_epsilon=1e-5, rms_norm=False, initializer_cfg=None, fused_add_norm=False,
+                 residual_in_fp32=False, device=None, dtype=None):
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__()
+        self.residual_in_fp32 = residual_in_fp32
+        self.embedding = nn.Embedding(vocab_size, d_model, **factory_kwargs)
+        self.fused_add_norm = fused_add_norm
+        self.layers = nn.ModuleList([
+            create_block(d_model, d_intermediate=d_intermediate, ssm_cfg=ssm_cfg, attn_layer_idx=attn_layer_idx,
+                         attn_cfg=attn_cfg, norm_epsilon=norm_epsilon, rms_norm=rms_norm,
+                         residual_in_fp32=residual_in_fp32, fused_add_norm=fused_add_norm, layer_idx=i,
+                         **factory_kwargs)
+            for i in range(n_layer)])
+        self.norm_f = (ops.RMSNorm if rms_norm else nn.LayerNorm)(d_model, eps=norm_epsilon, **factory_kwargs)
+        self.apply(partial(_init_weights, n_layer=n_layer, **(initializer_cfg or {}),
+                           n_residuals_per_layer=1 if d_intermediate == 0 else 2))
+
+    def allocate_inference_cache(self, batch_size, max_seqlen, dtype=None, **kwargs):
+        return {i: layer.allocate_inference_cache(batch_size, max_seqlen, dtype=dtype, **kwargs)
+                for i, layer in enumerate(self.layers)}
+
+    def forward(self, input_ids, inference_params=None, **mixer_kwargs):
+        """input_ids (B, L) -> final normed hidden states (B, L, d_model)."""
+        hidden_states = self.embedding(input_ids)
+        residual = None
+        for layer in self.layers:
+            hidden_states, residual = layer(hidden_states, residual, inference_params=inference_params, **mixer_kwargs)
+        return add_norm(self.norm_f, hidden_states, residual, self.fused_add_norm, self.residual_in_fp32,
+                        prenorm=False)
+
+
+class MambaLMHeadModel(nn.Module, GenerationMixin):
+    def __init__(self, config: MambaConfig, initializer_cfg=None, device=None, dtype=None):
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__()
+        self.config = config
+        vocab_size = config.vocab_size
+        pad = config.pad_vocab_size_multiple
+        if vocab_size % pad != 0:
+            vocab_size += pad - (vocab_size % pad)
+        self.backbone = MixerModel(
+            d_model=config.d_model, n_layer=config.n_layer, d_intermediate=config.d_intermediate,
+            vocab_size=vocab_size, ssm_cfg=config.ssm_cfg, attn_layer_idx=config.attn_layer_idx,
+            attn_cfg=config.attn_cfg, rms_norm=config.rms_norm, initializer_cfg=initializer_cfg,
+            fused_add_norm=config.fused_add_norm, residual_in_fp32=config.residual_in_fp32, **factory_kwargs)
+        self.lm_head = nn.Linear(config.d_model, vocab_size, bias=False, **factory_kwargs)
+        # the backbone initialized its weights (once); lm_head keeps nn.Linear's init unless tied
+        self.tie_weights()
+
+    def tie_weights(self):
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.backbone.embedding.weight
+
+    def allocate_inference_cache(self, batch_size, max_seqlen, dtype=None, **kwargs):
+        return self.backbone.allocate_inference_cache(batch_size, max_seqlen, dtype=dtype, **kwargs)
+
+    def forward(self, input_ids, position_ids=None, inference_params=None, num_last_tokens=0, **mixer_kwargs):
+        """input_ids (B, L) -> CausalLMOutput(logits (B, L or num_last_tokens, padded vocab)).
+        position_ids is accepted and ignored (positions come from the inference cache)."""
+        hidden_states = self.backbone(input_ids, inference_params=inference_params, **mixer_kwargs)
+        if num_last_tokens > 0:
+            hidden_states = hidden_states[:, -num_last_tokens:]
+        return CausalLMOutput(logits=self.lm_head(hidden_states))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name, device=None, dtype=None, **kwargs):
+        """Build from a checkpoint directory or hub name (see ssm.utils.weights.load_pretrained)."""
+        from ssm.utils import weights
+        return weights.load_pretrained(cls, pretrained_model_name, device=device, dtype=dtype, **kwargs)
+
+    def save_pretrained(self, save_directory, safe_serialization=True):
+        """Write config.json and the weights (see ssm.utils.weights.save_pretrained)."""
+        from ssm.utils import weights
+        return weights.save_pretrained(self, save_directory, safe_serialization=safe_serialization)

@@ -1,0 +1,251 @@
+"""Mamba-2 (SSD) mixer (``mamba_ssm.modules.mamba2.Mamba2``): same constructor, parameters,
+initialization, inference cache and ``step``; computes through ``ssm.ops`` on every device.
+
+Differences from the reference (docs/compat.md): ``step`` honours dt_limit, D_has_hdim and
+ngroups > 1; cu_seqlens also separates sequences on the memory-efficient path; a cached prefix can
+be continued with several tokens at once (chunked prefill)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from ssm import ops
+from ssm.modules import _states
+
+_NO_LIMIT = (0.0, float("inf"))
+
+
+class Mamba2(nn.Module):
+    def __init__(self, d_model, d_state=128, d_conv=4, conv_init=None, expand=2, headdim=64, d_ssm=None,
+                 ngroups=1, A_init_range=(1, 16), D_has_hdim=False, rmsnorm=True, norm_before_gate=False,
+                 dt_min=0.001, dt_max=0.1, dt_init_floor=1e-4, dt_limit=(0.0, float("inf")), bias=False,
+                 conv_bias=True, chunk_size=256, use_mem_eff_path=True, layer_idx=None, process_group=None,
+                 sequence_parallel=True, device=None, dtype=None):
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__()
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.conv_init = conv_init
+        self.expand = expand
+        self.process_group = process_group
+        self.sequence_parallel = sequence_parallel
+        self.world_size = 1 if process_group is None else process_group.size()
+        self.local_rank = 0 if process_group is None else process_group.rank()
+        self._set_sizes(headdim, d_ssm, ngroups)
+        self.D_has_hdim = D_has_hdim
+        self.rmsnorm = rmsnorm
+        self.norm_before_gate = norm_before_gate
+        self.dt_limit = tuple(dt_limit)
+        self.activation = "silu"
+        self.chunk_size = chunk_size
+        self.use_mem_eff_path = use_mem_eff_path
+        self.layer_idx = layer_idx
+
+        # in_proj output: [z0, x0 (d_mlp each), z (d_ssm), x (d_ssm), B, C (ngroups*d_state each), dt (nheads)]
+        d_in_proj = 2 * self.d_inner + 2 * self.ngroups * self.d_state + self.nheads
+        self.in_proj = nn.Linear(self.d_model, d_in_proj, bias=bias, **factory_kwargs)
+        conv_dim = self.d_ssm + 2 * self.ngroups * self.d_state
+        self.conv1d = nn.Conv1d(conv_dim, conv_dim, kernel_size=d_conv, groups=conv_dim, padding=d_conv - 1,
+                                bias=conv_bias, **factory_kwargs)
+        if self.conv_init is not None:
+            nn.init.uniform_(self.conv1d.weight, -self.conv_init, self.conv_init)
+        self.act = nn.SiLU()
+        self._init_ssm_params(A_init_range, dt_min, dt_max, dt_init_floor, factory_kwargs)
+        if self.rmsnorm:
+            self.norm = ops.RMSNormGated(self.d_ssm, eps=1e-5, norm_before_gate=self.norm_before_gate,
+                                         group_size=self.d_ssm // ngroups, **factory_kwargs)
+        self.out_proj = nn.Linear(self.d_inner, self.d_model, bias=bias, **factory_kwargs)
+
+    def _set_sizes(self, headdim, d_ssm, ngroups):
+        ws = self.world_size
+        if (self.expand * self.d_model) % ws or ngroups % ws:
+            raise ValueError(f"process_group: expand*d_model = {self.expand * self.d_model} and ngroups = "
+                             f"{ngroups} must be divisible by the group size {ws}")
+        self.d_inner = (self.expand * self.d_model) // ws
+        self.headdim = headdim
+        self.d_ssm = self.d_inner if d_ssm is None else d_ssm // ws
+        self.ngroups = ngroups // ws
+        if self.d_ssm % self.headdim:
+            raise ValueError(f"headdim: d_ssm = {self.d_ssm} is not a multiple of headdim = {headdim}")
+        self.nheads = self.d_ssm // self.headdim
+        if self.nheads % self.ngroups:
+            raise ValueError(f"ngroups: nheads = {self.nheads} is not a multiple of ngroups = {self.ngroups}")
+
+    def _init_ssm_params(self, A_init_range, dt_min, dt_max, dt_init_floor, factory_kwargs):
+        """dt_bias = softplus^-1 of a log-uniform dt in [dt_min, dt_max]; A ~ U(A_init_range); D = 1."""
+        dt = torch.exp(torch.rand(self.nheads, **factory_kwargs) * (math.log(dt_max) - math.log(dt_min))
+                       + math.log(dt_min))
+        dt = torch.clamp(dt, min=dt_init_floor)
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+        self.dt_bias._no_weight_decay = True
+        if not (A_init_range[0] > 0 and A_init_range[1] >= A_init_range[0]):
+            raise ValueError(f"A_init_range: expected 0 < low <= high, got {tuple(A_init_range)}")
+        A = torch.empty(self.nheads, dtype=torch.float32, device=factory_kwargs["device"]).uniform_(*A_init_range)
+        self.A_log = nn.Parameter(torch.log(A).to(dtype=factory_kwargs["dtype"]))
+        self.A_log._no_weight_decay = True
+        self.D = nn.Parameter(torch.ones(self.d_ssm if self.D_has_hdim else self.nheads,
+                                         device=factory_kwargs["device"]))
+        self.D._no_weight_decay = True
+
+    # ---- forward -----------------------------------------------------------------------------
+
+    def forward(self, u: Tensor, seqlen: int | None = None, seq_idx: Tensor | None = None,
+                cu_seqlens: Tensor | None = None, inference_params=None, **kwargs) -> Tensor:
+        """u (B, L, d_model), or (B*L, d_model) with ``seqlen`` -> same shape.
+
+        seq_idx (B, L) int32 / cu_seqlens (nseq+1,) (batch 1) keep packed sequences apart. With
+        ``inference_params`` the cached states are updated in place (per sequence with cu_seqlens);
+        past the prefix (seqlen_offset > 0) one token goes through ``step`` and several continue
+        the cached states. Other keyword arguments (meant for other mixers) are ignored."""
+        self._check_single_process()
+        flat = seqlen is not None
+        u3 = u.unflatten(0, (-1, seqlen)) if flat else u
+        if cu_seqlens is not None and seq_idx is None:
+            seq_idx = _states.seq_idx_from_cu_seqlens(cu_seqlens, u3.shape[1])
+        conv_state = ssm_state = None
+        continuing = False
+        if inference_params is not None:
+            batch = cu_seqlens.shape[0] - 1 if cu_seqlens is not None else u3.shape[0]
+            conv_state, ssm_state = self._get_states_from_cache(inference_params, batch)
+            if inference_params.seqlen_offset > 0:
+                if cu_seqlens is not None:
+                    raise ValueError("cu_seqlens: continuing cached sequences (seqlen_offset > 0) needs "
+                                     "one row per sequence, not a packed batch")
+                if u3.shape[1] == 1:
+                    out = self.step(u3, conv_state, ssm_state)[0]
+                    return out.flatten(0, 1) if flat else out
+                continuing = True
+        zxbcdt = self.in_proj(u3)
+        if self.use_mem_eff_path and inference_params is None:
+            out = self._forward_fused(zxbcdt, seq_idx)
+        else:
+            out = self._forward_unfused(zxbcdt, seq_idx, cu_seqlens, conv_state, ssm_state, continuing)
+        return out.flatten(0, 1) if flat else out
+
+    def _check_single_process(self):
+        if self.process_group is not None:
+            raise ValueError("process_group: ssm.modules.Mamba2 runs as a single process; tensor parallelism "
+                             "over a process_group is not available in this version (pass process_group=None)")
+
+    def _dt_limit_kwargs(self):
+        return {} if self.dt_limit == _NO_LIMIT else {"dt_limit": self.dt_limit}
+
+    def _D(self):
+        return self.D.view(self.nheads, self.headdim) if self.D_has_hdim else self.D
+
+    def _forward_fused(self, zxbcdt, seq_idx):
+        A = -torch.exp(self.A_log.float())
+        return ops.mamba_split_conv1d_scan_combined(
+            zxbcdt, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias, A, D=self._D(),
+            chunk_size=self.chunk_size, seq_idx=seq_idx, activation=self.activation,
+            rmsnorm_weight=self.norm.weight if self.rmsnorm else None,
+            rmsnorm_eps=self.norm.eps if self.rmsnorm else 1e-6,
+            outproj_weight=self.out_proj.weight, outproj_bias=self.out_proj.bias,
+            headdim=None if self.D_has_hdim else self.headdim, ngroups=self.ngroups,
+            norm_before_gate=self.norm_before_gate, **self._dt_limit_kwargs())
+
+    def _split(self, zxbcdt):
+        """zxbcdt (..., d_in_proj) -> z0, x0 (d_mlp), z (d_ssm), xBC (conv_dim), dt (nheads)."""
+        gn = self.ngroups * self.d_state
+        d_mlp = (zxbcdt.shape[-1] - 2 * self.d_ssm - 2 * gn - self.nheads) // 2
+        return torch.split(zxbcdt, [d_mlp, d_mlp, self.d_ssm, self.d_ssm + 2 * gn, self.nheads], dim=-1)
+
+    def _forward_unfused(self, zxbcdt, seq_idx, cu_seqlens, conv_state, ssm_state, continuing):
+        z0, x0, z, xBC, dt = self._split(zxbcdt)
+        Bsz, L, _ = zxbcdt.shape
+        # xBC_t (B, conv_dim, L): raw conv input
+        xBC_t = xBC.transpose(1, 2)
+        init_conv = conv_state[..., 1:].to(xBC.dtype) if continuing and self.d_conv > 1 else None
+        xBC_c = ops.dw_causal_conv(xBC_t, self.conv1d.weight, self.conv1d.bias, self.activation,
+                                   seq_idx=seq_idx, initial_states=init_conv).transpose(1, 2)
+        if conv_state is not None:
+            if cu_seqlens is not None:
+                conv_state.copy_(_states.varlen_conv_windows(xBC_t[0], cu_seqlens, self.d_conv))
+            else:
+                conv_state.copy_(_states.conv_window(xBC_t, self.d_conv, conv_state if continuing else None))
+        gn = self.ngroups * self.d_state
+        x, B, C = torch.split(xBC_c, [self.d_ssm, gn, gn], dim=-1)
+        A = -torch.exp(self.A_log.float())
+        varlen_states = cu_seqlens is not None and ssm_state is not None
+        y = ops.mamba_chunk_scan_combined(
+            x.unflatten(-1, (self.nheads, self.headdim)), dt, A, B.unflatten(-1, (self.ngroups, self.d_state)),
+            C.unflatten(-1, (self.ngroups, self.d_state)), chunk_size=self.chunk_size, D=self._D(),
+            z=None if self.rmsnorm else z.unflatten(-1, (self.nheads, self.headdim)), dt_bias=self.dt_bias,
+            dt_softplus=True, initial_states=ssm_state if continuing else None, seq_idx=seq_idx,
+            cu_seqlens=cu_seqlens, return_final_states=ssm_state is not None and not varlen_states,
+            return_varlen_states=varlen_states, **self._dt_limit_kwargs())
+        if ssm_state is not None:
+            y, last = y
+            ssm_state.copy_(last)
+        return self._output(y.flatten(-2), z, z0, x0)
+
+    def _output(self, y, z, z0, x0):
+        """Gated norm, the gated-MLP channels (if d_ssm < d_inner), out_proj."""
+        if self.rmsnorm:
+            y = self.norm(y, z)
+        if z0.shape[-1] > 0:
+            y = torch.cat([F.silu(z0) * x0, y], dim=-1)
+        return self.out_proj(y)
+
+    # ---- decoding ----------------------------------------------------------------------------
+
+    def step(self, hidden_states: Tensor, conv_state: Tensor, ssm_state: Tensor):
+        """One decode step: hidden_states (B, 1, d_model) -> (out (B, 1, d_model), conv_state, ssm_state);
+        both states are updated in place. Honours dt_limit, D_has_hdim and ngroups > 1."""
+        self._check_single_process()
+        if hidden_states.shape[1] != 1:
+            raise ValueError(f"hidden_states: step decodes one token at a time, got shape {tuple(hidden_states.shape)}")
+        z0, x0, z, xBC, dt = self._split(self.in_proj(hidden_states.squeeze(1)))
+        xBC = ops.causal_conv1d_update(xBC, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias,
+                                       self.activation)
+        gn = self.ngroups * self.d_state
+        x, B, C = torch.split(xBC, [self.d_ssm, gn, gn], dim=-1)
+        Bsz, h, p, n = x.shape[0], self.nheads, self.headdim, self.d_state
+        # per-head scalars broadcast over (p, n) as stride-0 views
+        A = (-torch.exp(self.A_log.float()))[:, None, None].expand(h, p, n)
+        dt, dt_bias, softplus = self._step_dt(dt)
+        D = self.D.view(h, p) if self.D_has_hdim else self.D[:, None].expand(h, p)
+        y = ops.selective_state_update(
+            ssm_state, x.view(Bsz, h, p), dt[:, :, None].expand(Bsz, h, p), A, B.view(Bsz, self.ngroups, n),
+            C.view(Bsz, self.ngroups, n), D, z=None if self.rmsnorm else z.view(Bsz, h, p),
+            dt_bias=dt_bias, dt_softplus=softplus)
+        return self._output(y.reshape(Bsz, self.d_ssm), z, z0, x0).unsqueeze(1), conv_state, ssm_state
+
+    def _step_dt(self, dt):
+        """dt for the state update: raw with (dt_bias, softplus) for the kernel, or, with a
+        dt_limit, already biased, softplus-ed (float32) and clamped here, in the activation dtype."""
+        if self.dt_limit == _NO_LIMIT:
+            return dt, self.dt_bias[:, None].expand(self.nheads, self.headdim), True
+        limited = F.softplus(dt.float() + self.dt_bias.float(), threshold=20.0).clamp(*self.dt_limit)
+        return limited.to(dt.dtype), None, False
+
+    def allocate_inference_cache(self, batch_size, max_seqlen, dtype=None, **kwargs):
+        """(conv_state (B, conv_dim, d_conv) channels-last, ssm_state (B, nheads, headdim, d_state)), zeros;
+        dtypes of conv1d.weight / in_proj.weight unless ``dtype`` is given."""
+        device = self.out_proj.weight.device
+        conv_state = torch.zeros(batch_size, self.d_conv, self.conv1d.weight.shape[0], device=device,
+                                 dtype=self.conv1d.weight.dtype if dtype is None else dtype).transpose(1, 2)
+        ssm_state = torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=device,
+                                dtype=self.in_proj.weight.dtype if dtype is None else dtype)
+        return conv_state, ssm_state
+
+    def _get_states_from_cache(self, inference_params, batch_size, initialize_states=False):
+        if self.layer_idx is None:
+            raise ValueError("layer_idx: a Mamba2 layer needs a layer_idx to use an inference cache")
+        cache = inference_params.key_value_memory_dict
+        if self.layer_idx not in cache:
+            conv_state = torch.zeros(batch_size, self.d_conv, self.conv1d.weight.shape[0],
+                                     device=self.conv1d.weight.device, dtype=self.conv1d.weight.dtype).transpose(1, 2)
+            ssm_state = torch.zeros(batch_size, self.nheads, self.headdim, self.d_state,
+                                    device=self.in_proj.weight.device, dtype=self.in_proj.weight.dtype)
+            cache[self.layer_idx] = (conv_state, ssm_state)
+        conv_state, ssm_state = _states.cache_rows(cache[self.layer_idx], batch_size, self.layer_idx)
+        if initialize_states:
+            conv_state.zero_()
+            ssm_state.zero_()
+        return conv_state, ssm_state

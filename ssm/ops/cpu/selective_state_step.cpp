@@ -1,0 +1,93 @@
+// One decode step of the selective SSM on the CPU, state updated in place. One task per
+// (batch, head) row; each of the head's P channels updates its N states in vectors of 8
+// (float32 compute from the stored state, written back in the state's dtype). Strides are
+// read as given, so tied per-head A / dt / D / dt_bias (stride-0 views) cost one value per head.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "cpu/kernels.h"
+#include "cpu/runtime/parallel.h"
+#include "cpu/scan_math.h"
+#include "cpu/vec.h"
+
+namespace ssm::cpu::SSM_ISA {
+namespace {
+using namespace scan;
+
+float softplus_scalar(float x) { return x > 20.f ? x : std::log1p(std::exp(x)); }
+
+// Scratch for one row, N rounded up to whole vectors (padding lanes hold zeros).
+struct StepScratch {
+  int64_t npad;
+  std::vector<float> B, C, A, h;
+  explicit StepScratch(int64_t N) : npad((N + kLanes - 1) / kLanes * kLanes), B(npad), C(npad), A(npad), h(npad) {}
+};
+
+template <typename E>
+void load_padded(float* dst, const E* src, int64_t stride, int64_t n, int64_t npad, float scale = 1.f) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = scale * to_float(src[i * stride]);
+  std::fill(dst + n, dst + npad, 0.f);
+}
+
+float at2(const TensorArg& t, int64_t i, int64_t j, float absent) {
+  return t.present() ? ptr<float>(t)[i * t.stride[0] + j * t.stride[1]] : absent;
+}
+
+// One channel: h = exp(dt A) h + dt x B (in s.h), returns C . h.
+float update_channel(StepScratch& s, float dt, float dtx) {
+  vf acc = splat(0.f);
+  const vf dtv = splat(dt), dtxv = splat(dtx);
+  for (int64_t n = 0; n < s.npad; n += kLanes) {
+    const vf h = exp2v(dtv * vload(&s.A[n])) * vload(&s.h[n]) + dtxv * vload(&s.B[n]);
+    vstore(&s.h[n], h);
+    acc += h * vload(&s.C[n]);
+  }
+  return hsum(acc);
+}
+
+template <typename S, typename T>
+void step_row(const StateStepParams& p, StepScratch& s, int64_t b, int64_t h) {
+  const int64_t N = p.dstate, P = p.headdim, g = h / (p.nheads / p.ngroups);
+  T* out = mut_ptr<T>(p.out) + b * p.out.stride[0] + h * p.out.stride[1];
+  const int32_t row = p.state_batch_indices.present()
+                          ? ptr<int32_t>(p.state_batch_indices)[b * p.state_batch_indices.stride[0]] : int32_t(b);
+  if (row < 0) {  // padding: zeros out, no state touched
+    for (int64_t i = 0; i < P; ++i) out[i * p.out.stride[2]] = from_float<T>(0.f);
+    return;
+  }
+  load_padded(s.B.data(), ptr<T>(p.B) + b * p.B.stride[0] + g * p.B.stride[1], p.B.stride[2], N, s.npad);
+  load_padded(s.C.data(), ptr<T>(p.C) + b * p.C.stride[0] + g * p.C.stride[1], p.C.stride[2], N, s.npad);
+  for (int64_t i = 0; i < P; ++i) {
+    const float x = to_float(ptr<T>(p.x)[b * p.x.stride[0] + h * p.x.stride[1] + i * p.x.stride[2]]);
+    float dt = to_float(ptr<T>(p.dt)[b * p.dt.stride[0] + h * p.dt.stride[1] + i * p.dt.stride[2]]);
+    dt += at2(p.dt_bias, h, i, 0.f);
+    if (p.softplus) dt = softplus_scalar(dt);
+    if (i == 0 || p.A.stride[1] != 0)
+      load_padded(s.A.data(), ptr<float>(p.A) + h * p.A.stride[0] + i * p.A.stride[1], p.A.stride[2], N, s.npad, kLog2e);
+    S* st = mut_ptr<S>(p.state) + row * p.state.stride[0] + h * p.state.stride[1] + i * p.state.stride[2];
+    load_padded(s.h.data(), st, p.state.stride[3], N, s.npad);
+    float y = update_channel(s, dt, dt * x) + at2(p.D, h, i, 0.f) * x;
+    for (int64_t n = 0; n < N; ++n) st[n * p.state.stride[3]] = from_float<S>(s.h[n]);
+    if (p.z.present()) {
+      const float z = to_float(ptr<T>(p.z)[b * p.z.stride[0] + h * p.z.stride[1] + i * p.z.stride[2]]);
+      y *= z / (1.f + std::exp(-z));
+    }
+    out[i * p.out.stride[2]] = from_float<T>(y);
+  }
+}
+
+}  // namespace
+
+void selective_state_step(const StateStepParams& p, int nthreads) {
+  SSM_DTYPE_SWITCH(p.state_dtype, S, "selective_state_step", [&] {
+    SSM_DTYPE_SWITCH(p.dtype, T, "selective_state_step", [&] {
+      parallel_for(p.batch * p.nheads, nthreads, [&](int64_t begin, int64_t end) {
+        StepScratch s(p.dstate);
+        for (int64_t r = begin; r < end; ++r) step_row<S, T>(p, s, r / p.nheads, r % p.nheads);
+      });
+    });
+  });
+}
+
+}  // namespace ssm::cpu::SSM_ISA

@@ -1,0 +1,192 @@
+"""fused_layer_norm / layer_norm_fn / rms_norm_fn / RMSNorm on every backend against the float64
+reference and an independent formulation (F.layer_norm, explicit RMS): outputs, residual_out
+dtype rules, gradients, mamba_ssm return forms, bad input, torch.compile."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ssm.ops as ops
+from ssm.ops.python import reference
+from tests.ops.harness import DTYPES, assert_close, backends, device_of, rand, to64, use_backend
+
+SHAPES = [(1, 1, 8), (2, 5, 7), (3, 9, 33), (1, 17, 257)]  # (B, L, N)
+OPTIONS = ["plain", "residual", "residual+fp32", "fp32-no-residual", "no-bias", "noncontig"]
+
+
+def independent(x, w, b, residual, is_rms, eps):
+    """The same norm written with F.layer_norm / an explicit RMS, float64."""
+    s = x.double() + (0 if residual is None else residual.double())
+    if is_rms:
+        y = s * torch.rsqrt(s.pow(2).mean(-1, keepdim=True) + eps) * w.double()
+        y = y if b is None else y + b.double()
+    else:
+        y = F.layer_norm(s, s.shape[-1:], w.double(), None if b is None else b.double(), eps)
+    return y, s
+
+
+def make(shape, dtype, device, option):
+    B, L, N = shape
+    nc = option == "noncontig"
+    x = rand(B, L, N, dtype=dtype, device=device, noncontig=nc)
+    w = rand(N, device=device) * 0.5 + 1
+    b = None if option == "no-bias" else rand(N, device=device)
+    residual = rand(B, L, N, dtype=dtype, device=device, noncontig=nc) if option in (
+        "residual", "residual+fp32", "noncontig") else None
+    if option == "residual+fp32":
+        residual = residual.float()
+    return x, w, b, residual
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("option", OPTIONS)
+@pytest.mark.parametrize("is_rms", [False, True], ids=["ln", "rms"])
+def test_forward_matches_reference(backend, dtype, shape, option, is_rms):
+    x, w, b, residual = make(shape, dtype, device_of(backend), option)
+    in_fp32 = option in ("residual+fp32", "fp32-no-residual")
+    with use_backend(backend):
+        y, res = ops.fused_layer_norm(x, w, b, residual, is_rms=is_rms, eps=1e-5, prenorm=True,
+                                      residual_in_fp32=in_fp32)
+        y_only = ops.fused_layer_norm(x, w, b, residual, is_rms=is_rms, prenorm=False, residual_in_fp32=in_fp32)
+    ref_y, ref_res = reference.fused_layer_norm(*to64(x, w, b, residual), is_rms=is_rms, eps=1e-5, prenorm=True)
+    ind_y, ind_s = independent(x, w, b, residual, is_rms, 1e-5)
+    assert y.dtype == dtype and y.shape == x.shape
+    assert_close(y, ref_y, dtype, "y vs reference")
+    assert_close(y, ind_y, dtype, "y vs F.layer_norm / explicit RMS")
+    assert torch.equal(y_only, y)
+    want = residual.dtype if residual is not None else torch.float32 if in_fp32 else dtype
+    assert res.dtype == want
+    assert_close(res, ind_s, want, "residual_out")
+    if residual is None and want == dtype:
+        assert res is x, "trivial case returns x itself as residual"
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("option", ["plain", "residual", "residual+fp32", "fp32-no-residual", "noncontig"])
+@pytest.mark.parametrize("is_rms", [False, True], ids=["ln", "rms"])
+@pytest.mark.parametrize("prenorm", [False, True])
+def test_gradients_match_reference(backend, dtype, option, is_rms, prenorm):
+    x, w, b, residual = make((2, 6, 45), dtype, device_of(backend), option)
+    in_fp32 = option in ("residual+fp32", "fp32-no-residual")
+    leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, w, b, residual)]
+    with use_backend(backend):
+        out = ops.fused_layer_norm(*leaves, is_rms=is_rms, prenorm=prenorm, residual_in_fp32=in_fp32)
+        outs = out if prenorm else (out,)
+        grads = [torch.randn_like(o) for o in outs]
+        torch.autograd.backward(outs, grads)  # the forced backend runs the backward too
+    ref_leaves = [t.detach().double().requires_grad_() if t is not None else None for t in (x, w, b, residual)]
+    ry, rs = independent(*ref_leaves, is_rms, 1e-5)
+    torch.autograd.backward([ry, rs][:len(outs)], [g.double() for g in grads])
+    for name, got, want in zip(("dx", "dweight", "dbias", "dresidual"), leaves, ref_leaves):
+        if got is not None:
+            assert got.grad is not None and got.grad.dtype == got.dtype, name
+            assert_close(got.grad, want.grad, dtype, name, factor=2.0)
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_long_rows_many_tokens(backend):
+    x, w, b, residual = make((1, 4097, 96), torch.bfloat16, device_of(backend), "residual")
+    with use_backend(backend):
+        y, res = ops.fused_layer_norm(x, w, b, residual, is_rms=True, prenorm=True, residual_in_fp32=True)
+    assert_close(y, independent(x, w, b, residual, True, 1e-5)[0], torch.bfloat16)
+
+
+# ---- mamba_ssm surface -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("is_rms", [False, True], ids=["ln", "rms"])
+def test_layer_norm_fn_return_forms(is_rms):
+    x, w, b, residual = make((2, 3, 16), torch.bfloat16, "cpu", "residual")
+    w1, b1, x1 = rand(16), rand(16), rand(2, 3, 16, dtype=torch.bfloat16)
+    fn = ops.rms_norm_fn if is_rms else (lambda *a, **k: ops.layer_norm_fn(*a, **k))
+    y = fn(x, w, b)
+    assert isinstance(y, torch.Tensor) and y.dtype == torch.bfloat16
+    y, res = fn(x, w, b, residual=residual, prenorm=True)
+    assert res.dtype == residual.dtype
+    y, y1 = fn(x, w, b, x1=x1, weight1=w1, bias1=b1)
+    y, y1, res = fn(x, w, b, residual=residual, x1=x1, weight1=w1, bias1=b1, prenorm=True)
+    ref = (ops.rms_norm_ref if is_rms else ops.layer_norm_ref)(
+        *to64(x, w, b), residual=residual.double(), x1=x1.double(), weight1=w1.double(), bias1=b1.double(),
+        eps=1e-6, prenorm=True)
+    for got, want, name in zip((y, y1, res), ref, ("y", "y1", "residual")):
+        assert_close(got, want, torch.bfloat16, name)
+    assert_close(y, independent(x + x1.float(), w, b, residual, is_rms, 1e-6)[0], torch.bfloat16, "y vs independent")
+
+
+def test_layer_norm_fn_dropout_and_rowscale():
+    x, w, b, residual = make((2, 7, 24), torch.float32, "cpu", "residual")
+    rowscale = torch.rand(2, 7) + 0.5
+    y, res, mask, mask1 = ops.layer_norm_fn(x, w, b, residual, dropout_p=0.3, rowscale=rowscale, prenorm=True,
+                                            return_dropout_mask=True)
+    assert mask.dtype == torch.bool and mask1 is None and 0 < mask.float().mean() < 1
+    ry, rres = ops.layer_norm_ref(*to64(x, w, b), residual.double(), dropout_p=0.3, rowscale=rowscale.double(),
+                                  prenorm=True, dropout_mask=mask)
+    assert_close(y, ry, torch.float32, "y")
+    assert_close(res, rres, torch.float32, "residual")
+    leaves = [t.clone().requires_grad_() for t in (x, w, b, residual)]
+    y, mask, _ = ops.layer_norm_fn(*leaves, dropout_p=0.3, rowscale=rowscale, return_dropout_mask=True)
+    y.sum().backward()
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in leaves)
+    zeros = leaves[0].grad[~mask]
+    assert torch.equal(zeros, torch.zeros_like(zeros)), "dropped elements get no gradient"
+
+
+def test_rmsnorm_module():
+    norm = ops.RMSNorm(20, eps=1e-5, dropout_p=0.1, dtype=torch.float32)
+    assert list(norm.state_dict()) == ["weight"] and norm.bias is None
+    assert torch.equal(norm.weight, torch.ones(20))
+    norm.weight.data.normal_()
+    norm.eval()
+    x, residual = rand(3, 4, 20), rand(3, 4, 20)
+    y, res = norm(x, residual=residual, prenorm=True, residual_in_fp32=True)
+    assert_close(y, independent(x, norm.weight, None, residual, True, 1e-5)[0], torch.float32)
+    norm.train()
+    assert norm(x).shape == x.shape
+
+
+# ---- bad input, compile ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad, error, words", [
+    (dict(x=torch.randint(0, 3, (2, 8))), TypeError, ["x", "dtype", "int64"]),
+    (dict(weight=torch.randn(7)), ValueError, ["weight", "(8)", "(7,)"]),
+    (dict(bias=torch.randn(2, 8)), ValueError, ["bias", "(8)", "(2, 8)"]),
+    (dict(residual=torch.randn(3, 8)), ValueError, ["residual", "(2, 8)", "(3, 8)"]),
+    (dict(weight="w"), TypeError, ["weight", "str"]),
+    (dict(x=torch.tensor(1.0)), ValueError, ["x", "dimension"]),
+])
+def test_bad_input_is_named(bad, error, words):
+    args = dict(x=torch.randn(2, 8), weight=torch.randn(8), bias=torch.randn(8), residual=None)
+    args.update(bad)
+    with pytest.raises(error) as info:
+        ops.fused_layer_norm(args["x"], args["weight"], args["bias"], args["residual"])
+    for word in words:
+        assert word in str(info.value), f"{word!r} not in {info.value}"
+
+
+@pytest.mark.parametrize("bad, error, word", [
+    (dict(rowscale=torch.rand(3)), ValueError, "rowscale"),
+    (dict(x1=torch.randn(2, 9)), ValueError, "x1"),
+    (dict(bias1=torch.randn(8)), ValueError, "bias1"),
+    (dict(dropout_p=1.5), ValueError, "dropout_p"),
+])
+def test_bad_extras_are_named(bad, error, word):
+    with pytest.raises(error, match=word):
+        ops.layer_norm_fn(torch.randn(2, 8), torch.randn(8), None, **bad)
+
+
+def test_torch_compile_matches_eager():
+    def f(x, w, b, residual):
+        y, res = ops.fused_layer_norm(x, w, b, residual, is_rms=False, prenorm=True)
+        z = ops.rms_norm_fn(y, w, None, residual=res, prenorm=False, residual_in_fp32=True)
+        return ops.layer_norm_fn(z, w, b) * 2, res
+
+    compiled = torch.compile(f, fullgraph=True, dynamic=True)
+    for L in (5, 12):
+        leaves = [t.requires_grad_() for t in (rand(2, L, 24), rand(24), rand(24), rand(2, L, 24))]
+        out, res = compiled(*leaves)
+        want, want_res = f(*leaves)
+        assert_close(out, want.detach().double(), torch.float32, "compiled y")
+        assert_close(res, want_res.detach().double(), torch.float32, "compiled residual")
+        out.sum().backward()
+        assert leaves[0].grad is not None and torch.isfinite(leaves[0].grad).all()
