@@ -82,7 +82,7 @@ def _kernel_sizes(backend, x, B, nseq, workspace_fn):
     threads = max(1, min(_kernels.exec_arg(backend, x), batch * H)) if backend == "cpu" else 1
     ws_floats = workspace_fn(P, (N + 7) // 8 * 8, L)
     ws = torch.empty((threads, ws_floats), dtype=torch.float32, device=x.device)
-    return [batch, L, H, P, G, N, nseq], ws, ws_floats
+    return [batch, L, H, P, G, N, nseq, threads], ws, ws_floats
 
 
 def _input_refs(*tensors):
@@ -127,7 +127,7 @@ def _bwd_impl(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens
 
 def _bwd_kernel(backend, x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dy, dfinal, dvarlen,
                 dt_softplus, dt_lo, dt_hi):
-    # Per-head partial sums (dA, dB, dC, dD) come back in float32 and are reduced here.
+    # Partial sums come back in float32 and are reduced here: dA, dD per head, dB, dC per thread.
     batch, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     nseq = 0 if cu_seqlens is None else cu_seqlens.shape[0] - 1
@@ -136,17 +136,19 @@ def _bwd_kernel(backend, x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx,
     dx = _kernels.empty(x.shape, x)
     dz = None if z is None else _kernels.empty(x.shape, x)
     ddt, dA = _kernels.empty((batch, L, H), x, f32), _kernels.empty((batch, H), x, f32)
-    dB, dC = _kernels.empty((batch, L, H, N), x, f32), _kernels.empty((batch, L, H, N), x, f32)
     dD = None if D is None else _kernels.empty((batch, H, P), x, f32)
     dinit = None if initial_states is None else _kernels.empty(initial_states.shape, x, f32)
     sizes, ws, ws_floats = _kernel_sizes(backend, x, B, nseq, _bwd_workspace_floats)
+    # per-thread sums over that thread's heads
+    rows = ws.shape[0]
+    dB, dC = (torch.zeros((rows * batch, L, G, N), dtype=f32, device=x.device) for _ in range(2))
     _kernels.module(backend).ssd_chunk_scan_bwd(
         _kernels.dtype_code(x), sizes, *_input_refs(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx,
                                                     cu_seqlens),
         *_input_refs(dy, dfinal, dvarlen, dx, dz, ddt, dA, dB, dC, dD, dinit, ws), ws_floats,
         dt_softplus, dt_lo, dt_hi, _kernels.exec_arg(backend, x))
-    dB = dB.view(batch, L, G, H // G, N).sum(3).to(B.dtype)
-    dC = dC.view(batch, L, G, H // G, N).sum(3).to(C.dtype)
+    dB = dB.view(rows, batch, L, G, N).sum(0).to(B.dtype)
+    dC = dC.view(rows, batch, L, G, N).sum(0).to(C.dtype)
     grads = (dx, ddt.to(dt.dtype), dA.sum(0).to(A.dtype), dB, dC, None if dD is None else dD.sum(0).to(D.dtype),
              dz, None if dt_bias is None else ddt.sum((0, 1)).to(dt_bias.dtype), dinit)
     return tuple(_library.empty_if_none(g, x) for g in grads)

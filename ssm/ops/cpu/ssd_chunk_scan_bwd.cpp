@@ -4,8 +4,8 @@
 //     then the state gradient S_t = a_{t+1} S_{t+1} + g_t ⊗ C_t (+ dfinal, dvarlen) runs back over
 //     the block, row by row in column groups held in registers, accumulating each token's dx, dΔ,
 //     dB, dC and dA (through Σ S_t ⊙ H_{t-1}) on the way.
-// g_t = dy_t silu(z_t) is the gradient of the ungated output. dB, dC, dA, dD are per head and
-// summed over heads (and batch) in Python.
+// g_t = dy_t silu(z_t) is the gradient of the ungated output. dA, dD are per head and dB, dC per
+// thread (accumulated over its heads); Python sums them.
 #include "cpu/ssd_common.h"
 
 namespace ssm::cpu::SSM_ISA {
@@ -49,14 +49,7 @@ void checkpoint_pass(const SsdParams& p, HeadCursor cur, Workspace& w, BwdWorksp
     std::copy(w.state, w.state + P * Np, bw.ckpt + j * P * Np);
     bw.cursor[2 * j] = cur.prev_seq, bw.cursor[2 * j + 1] = int32_t(cur.next_end);
     prepare_block<T>(p, cur, t0, k, Np, w);
-    for (int64_t q = 0; q < P; ++q)
-      for (int64_t i = 0; i < k; ++i) {
-        const vf a = splat(w.decay[i]), u = splat(w.u[i * P + q]);
-        float* row = w.state + q * Np;
-        if (w.reset[i] >= 0)
-          for (int64_t n = 0; n < Np; n += kVec) store(row + n, reset_cols(p, w.reset[i], cur.h, q, n));
-        for (int64_t n = 0; n < Np; n += kVec) store(row + n, load(row + n) * a + u * load(w.B + i * Np + n));
-      }
+    scan_block<ScanMode::advance>(p, w, cur.h, k, Np, nullptr);
   }
 }
 
@@ -179,7 +172,7 @@ void reverse_block(const SsdParams& p, const Workspace& w, BwdWorkspace& bw, int
 // dx, ddt (wrt dt + dt_bias), dB, dC of the block's tokens; returns the block's share of dA.
 template <typename T>
 float write_block_grads(const SsdParams& p, const Workspace& w, const BwdWorkspace& bw, const HeadCursor& cur,
-                        int64_t t0, int64_t k) {
+                        int64_t t0, int64_t k, int64_t part) {
   const int64_t P = p.headdim, N = p.dstate, Np = round_up(N, kVec);
   const float A = ptr<float>(p.A)[cur.h * p.A.stride[0]];
   const float bias = p.dt_bias.present() ? ptr<float>(p.dt_bias)[cur.h * p.dt_bias.stride[0]] : 0.f;
@@ -199,10 +192,11 @@ float write_block_grads(const SsdParams& p, const Workspace& w, const BwdWorkspa
     const float v = ptr<float>(p.dt)[cur.b * p.dt.stride[0] + t * p.dt.stride[1] + cur.h * p.dt.stride[2]] + bias;
     mut_ptr<float>(p.ddt)[cur.b * p.ddt.stride[0] + t * p.ddt.stride[1] + cur.h * p.ddt.stride[2]] =
         ddelta * delta_grad(v, p.dt_softplus, p.dt_lo, p.dt_hi);
-    float* dB = mut_ptr<float>(p.dB) + cur.b * p.dB.stride[0] + t * p.dB.stride[1] + cur.h * p.dB.stride[2];
-    float* dC = mut_ptr<float>(p.dC) + cur.b * p.dC.stride[0] + t * p.dC.stride[1] + cur.h * p.dC.stride[2];
-    store_row(dB, p.dB.stride[3], bw.dB + i * Np, N);
-    store_row(dC, p.dC.stride[3], bw.dC + i * Np, N);
+    const int64_t row = part * p.batch + cur.b;
+    float* dB = mut_ptr<float>(p.dB) + row * p.dB.stride[0] + t * p.dB.stride[1] + cur.g * p.dB.stride[2];
+    float* dC = mut_ptr<float>(p.dC) + row * p.dC.stride[0] + t * p.dC.stride[1] + cur.g * p.dC.stride[2];
+    for (int64_t n = 0; n < N; ++n) dB[n * p.dB.stride[3]] += bw.dB[i * Np + n];
+    for (int64_t n = 0; n < N; ++n) dC[n * p.dC.stride[3]] += bw.dC[i * Np + n];
   }
   return dA;
 }
@@ -219,7 +213,7 @@ void empty_sequence_grads(const SsdParams& p, int64_t h) {
 }
 
 template <typename T>
-void backward_head(const SsdParams& p, int64_t task, float* ws) {
+void backward_head(const SsdParams& p, int64_t task, float* ws, int64_t part) {
   const int64_t P = p.headdim, N = p.dstate, Np = round_up(N, kVec), PN = P * Np;
   Workspace w(ws, P, Np);
   BwdWorkspace bw(w.extra, P, Np, p.seqlen);
@@ -248,10 +242,10 @@ void backward_head(const SsdParams& p, int64_t task, float* ws) {
     prepare_block<T>(p, cur, t0, k, Np, w);
     std::copy(bw.ckpt + j * PN, bw.ckpt + (j + 1) * PN, w.state);
     std::copy(bw.ckpt + j * PN, bw.ckpt + (j + 1) * PN, bw.states);
-    scan_block<true>(p, w, start.h, k, Np, bw.states);
+    scan_block<ScanMode::states>(p, w, start.h, k, Np, bw.states);
     output_grads<T>(p, w, bw, start, t0, k, dD);
     reverse_block(p, w, bw, start.h, k, Np, next_carry);
-    dA += write_block_grads<T>(p, w, bw, start, t0, k);
+    dA += write_block_grads<T>(p, w, bw, start, t0, k, part);
     next_carry = w.reset[0] >= 0 ? 0.f : w.decay[0];
   }
   mut_ptr<float>(p.dA)[start.b * p.dA.stride[0] + start.h * p.dA.stride[1]] = dA;
@@ -270,7 +264,7 @@ void ssd_chunk_scan_bwd(const SsdParams& p, int nthreads) {
   SSM_CHECK(p.workspace_floats >= ssd::Workspace::floats(p.headdim, Np) + BwdWorkspace::floats(p.headdim, Np, p.seqlen),
             "ssd_chunk_scan_bwd", "workspace too small");
   SSM_DTYPE_SWITCH(p.dtype, T, "ssd_chunk_scan_bwd", [&] {
-    ssd::for_each_task(p, p.batch * p.nheads, nthreads, [&](int64_t task, float* ws) { backward_head<T>(p, task, ws); });
+    ssd::for_each_task(p, p.batch * p.nheads, nthreads, [&](int64_t task, float* ws, int64_t part) { backward_head<T>(p, task, ws, part); });
   });
 }
 

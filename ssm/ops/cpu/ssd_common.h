@@ -188,10 +188,15 @@ void save_state_cols(const SsdParams& p, int64_t seq, int64_t h, int64_t q, int6
     for (int l = 0; l < kVec && n0 + j * kVec + l < p.dstate; ++l) dst[(n0 + j * kVec + l) * v.stride[3]] = s[j][l];
 }
 
+// What a block scan produces besides the advanced state.
+enum class ScanMode {
+  forward,  // y sums, varlen states
+  states,   // y sums, every token's state in states[i + 1] (rows of P x Np): the backward's recompute
+  advance,  // nothing else: the backward's checkpoint pass
+};
+
 // State row q, columns [n0, n0 + 8 NV), over the block's k tokens: H = a H + u B; acc += H C.
-// kStates (backward recompute): also write each token's state to states[i + 1] (rows of P x Np)
-// instead of saving varlen states.
-template <int NV, bool kStates>
+template <int NV, ScanMode kMode>
 void scan_row_cols(const SsdParams& p, const Workspace& w, int64_t h, int64_t q, int64_t n0, int64_t k, int64_t Np,
                    float* states) {
   const int64_t P = p.headdim;
@@ -204,15 +209,16 @@ void scan_row_cols(const SsdParams& p, const Workspace& w, int64_t h, int64_t q,
     const vf a = splat(w.decay[i]), u = splat(w.u[i * P + q]);
     const float* Bi = w.B + i * Np + n0;
     const float* Ci = w.C + i * Np + n0;
-    vf y = load(acc + i * kVec);
     if (w.reset[i] >= 0)
       for (int j = 0; j < NV; ++j) s[j] = reset_cols(p, w.reset[i], h, q, n0 + j * kVec);
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) s[j] = s[j] * a + u * load(Bi + j * kVec);
+    if constexpr (kMode == ScanMode::advance) continue;
+    vf y = load(acc + i * kVec);
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) y += s[j] * load(Ci + j * kVec);
     store(acc + i * kVec, y);
-    if constexpr (kStates) {
+    if constexpr (kMode == ScanMode::states) {
 #pragma GCC unroll 4
       for (int j = 0; j < NV; ++j) store(states + (i + 1) * P * Np + q * Np + n0 + j * kVec, s[j]);
     } else if (w.seq_end[i] >= 0) {
@@ -223,31 +229,33 @@ void scan_row_cols(const SsdParams& p, const Workspace& w, int64_t h, int64_t q,
   for (int j = 0; j < NV; ++j) store(row + j * kVec, s[j]);
 }
 
-// Scans every state row over the block; w.red[i, q] = H_t[q, :] · C_t. w.acc starts and ends zero.
-template <bool kStates>
+// Scans every state row over the block; w.red[i, q] = H_t[q, :] · C_t (not when advancing).
+// w.acc starts and ends zero.
+template <ScanMode kMode>
 void scan_block(const SsdParams& p, const Workspace& w, int64_t h, int64_t k, int64_t Np, float* states) {
   const int64_t P = p.headdim;
   for (int64_t q0 = 0; q0 < P; q0 += kRows) {
     const int64_t rows = std::min(kRows, P - q0);
     for (int64_t q = q0; q < q0 + rows; ++q) {
       int64_t n0 = 0;
-      for (; n0 + 4 * kVec <= Np; n0 += 4 * kVec) scan_row_cols<4, kStates>(p, w, h, q, n0, k, Np, states);
-      for (; n0 + 2 * kVec <= Np; n0 += 2 * kVec) scan_row_cols<2, kStates>(p, w, h, q, n0, k, Np, states);
-      for (; n0 < Np; n0 += kVec) scan_row_cols<1, kStates>(p, w, h, q, n0, k, Np, states);
+      for (; n0 + 4 * kVec <= Np; n0 += 4 * kVec) scan_row_cols<4, kMode>(p, w, h, q, n0, k, Np, states);
+      for (; n0 + 2 * kVec <= Np; n0 += 2 * kVec) scan_row_cols<2, kMode>(p, w, h, q, n0, k, Np, states);
+      for (; n0 < Np; n0 += kVec) scan_row_cols<1, kMode>(p, w, h, q, n0, k, Np, states);
     }
-    w.reduce_rows(k, P, q0, rows);
+    if constexpr (kMode != ScanMode::advance) w.reduce_rows(k, P, q0, rows);
   }
 }
 
-// Runs fn(task, workspace_row) for tasks [0, ntasks) on nthreads threads, one workspace row each.
+// Runs fn(task, workspace_row, part) for tasks [0, ntasks) on nthreads threads; part < workspace_rows
+// numbers the thread's slice of the workspace (and of per-thread outputs).
 template <typename Fn>
 void for_each_task(const SsdParams& p, int64_t ntasks, int nthreads, Fn&& fn) {
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(nthreads, ntasks));
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>({int64_t(nthreads), ntasks, p.workspace_rows}));
   const int64_t per = (ntasks + parts - 1) / parts;
   parallel_for(parts, int(parts), [&](int64_t begin, int64_t end) {
     for (int64_t part = begin; part < end; ++part) {
       float* row = mut_ptr<float>(p.workspace) + part * p.workspace.stride[0];
-      for (int64_t task = part * per; task < std::min(ntasks, (part + 1) * per); ++task) fn(task, row);
+      for (int64_t task = part * per; task < std::min(ntasks, (part + 1) * per); ++task) fn(task, row, part);
     }
   });
 }
