@@ -275,7 +275,8 @@ def ssd_chunk_scan(X: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk
     where it changes. ``cu_seqlens`` (nseq+1,) with batch 1 packs sequences along L: each starts
     from its own initial state (initial_states is then (nseq, H, P, N)) and seq_idx is ignored.
     ``seq_meta`` may carry either. Returns Y, or a tuple with final_states (B, H, P, N) and/or
-    varlen_states (nseq, H, P, N), both float32.
+    varlen_states (nseq, H, P, N), both float32. ``chunk_size`` is the reference's chunk length;
+    the CPU kernel runs the recurrence token by token, so its result does not depend on it.
     """
     seq_idx, cu_seqlens = _seq_meta(seq_meta, seq_idx, cu_seqlens)
     _check_args(X, dt, A, B, C, chunk_size, D, z, initial_states, dt_bias, seq_idx, cu_seqlens,

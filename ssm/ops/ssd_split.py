@@ -58,7 +58,8 @@ def mamba_split_conv1d_scan_combined(zxbcdt, conv1d_weight, conv1d_bias, dt_bias
                                      rmsnorm_eps=1e-6, outproj_weight=None, outproj_bias=None, headdim=None,
                                      ngroups=1, norm_before_gate=True, state_dtype=None):
     """``mamba_ssm``'s fused Mamba-2 path. zxbcdt (B, L, 2 d_nonssm + 2 dim + 2 G N + H) ->
-    out (B, L, d_out) [, final_states (B, H, P, N) float32]."""
+    out (B, L, d_out) [, final_states (B, H, P, N) float32]. ``state_dtype`` is accepted for
+    compatibility: states stay float32 here."""
     _checks.choice("activation", activation, _ACTIVATIONS)
     d_nonssm, dim, dstate, nheads, headdim = _split_sizes(zxbcdt, conv1d_weight, A, D, headdim, ngroups)
     batch, L, _ = zxbcdt.shape
