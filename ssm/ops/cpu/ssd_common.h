@@ -195,38 +195,63 @@ enum class ScanMode {
   advance,  // nothing else: the backward's checkpoint pass
 };
 
-// State row q, columns [n0, n0 + 8 NV), over the block's k tokens: H = a H + u B; acc += H C.
-template <int NV, ScanMode kMode>
-void scan_row_cols(const SsdParams& p, const Workspace& w, int64_t h, int64_t q, int64_t n0, int64_t k, int64_t Np,
-                   float* states) {
+// State rows [q, q + R), columns [n0, n0 + 8 NV), over the block's k tokens: H = a H + u B;
+// acc += H C. R rows share the loads of B and C.
+template <int R, int NV, ScanMode kMode>
+void scan_rows_cols(const SsdParams& p, const Workspace& w, int64_t h, int64_t q, int64_t n0, int64_t k,
+                    int64_t Np, float* states) {
   const int64_t P = p.headdim;
-  float* row = w.state + q * Np + n0;
-  float* acc = w.row_acc(q);
-  vf s[NV];
+  vf s[R][NV];
+#pragma GCC unroll 2
+  for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-  for (int j = 0; j < NV; ++j) s[j] = load(row + j * kVec);
+    for (int j = 0; j < NV; ++j) s[r][j] = load(w.state + (q + r) * Np + n0 + j * kVec);
   for (int64_t i = 0; i < k; ++i) {
-    const vf a = splat(w.decay[i]), u = splat(w.u[i * P + q]);
+    const vf a = splat(w.decay[i]);
     const float* Bi = w.B + i * Np + n0;
     const float* Ci = w.C + i * Np + n0;
     if (w.reset[i] >= 0)
-      for (int j = 0; j < NV; ++j) s[j] = reset_cols(p, w.reset[i], h, q, n0 + j * kVec);
+      for (int r = 0; r < R; ++r)
+        for (int j = 0; j < NV; ++j) s[r][j] = reset_cols(p, w.reset[i], h, q + r, n0 + j * kVec);
 #pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) s[j] = s[j] * a + u * load(Bi + j * kVec);
+    for (int j = 0; j < NV; ++j) {
+      const vf b = load(Bi + j * kVec);
+#pragma GCC unroll 2
+      for (int r = 0; r < R; ++r) s[r][j] = s[r][j] * a + splat(w.u[i * P + q + r]) * b;
+    }
     if constexpr (kMode == ScanMode::advance) continue;
-    vf y = load(acc + i * kVec);
+    vf y[R];
+#pragma GCC unroll 2
+    for (int r = 0; r < R; ++r) y[r] = load(w.row_acc(q + r) + i * kVec);
 #pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) y += s[j] * load(Ci + j * kVec);
-    store(acc + i * kVec, y);
+    for (int j = 0; j < NV; ++j) {
+      const vf c = load(Ci + j * kVec);
+#pragma GCC unroll 2
+      for (int r = 0; r < R; ++r) y[r] += s[r][j] * c;
+    }
+#pragma GCC unroll 2
+    for (int r = 0; r < R; ++r) store(w.row_acc(q + r) + i * kVec, y[r]);
     if constexpr (kMode == ScanMode::states) {
+      for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j) store(states + (i + 1) * P * Np + q * Np + n0 + j * kVec, s[j]);
+        for (int j = 0; j < NV; ++j) store(states + (i + 1) * P * Np + (q + r) * Np + n0 + j * kVec, s[r][j]);
     } else if (w.seq_end[i] >= 0) {
-      save_state_cols<NV>(p, w.seq_end[i], h, q, n0, s);
+      for (int r = 0; r < R; ++r) save_state_cols<NV>(p, w.seq_end[i], h, q + r, n0, s[r]);
     }
   }
+#pragma GCC unroll 2
+  for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-  for (int j = 0; j < NV; ++j) store(row + j * kVec, s[j]);
+    for (int j = 0; j < NV; ++j) store(w.state + (q + r) * Np + n0 + j * kVec, s[r][j]);
+}
+
+// Rows [q, q + R) over all columns, in groups of up to 4 vectors.
+template <int R, ScanMode kMode>
+void scan_rows(const SsdParams& p, const Workspace& w, int64_t h, int64_t q, int64_t k, int64_t Np, float* states) {
+  int64_t n0 = 0;
+  for (; n0 + 4 * kVec <= Np; n0 += 4 * kVec) scan_rows_cols<R, 4, kMode>(p, w, h, q, n0, k, Np, states);
+  for (; n0 + 2 * kVec <= Np; n0 += 2 * kVec) scan_rows_cols<R, 2, kMode>(p, w, h, q, n0, k, Np, states);
+  for (; n0 < Np; n0 += kVec) scan_rows_cols<R, 1, kMode>(p, w, h, q, n0, k, Np, states);
 }
 
 // Scans every state row over the block; w.red[i, q] = H_t[q, :] · C_t (not when advancing).
@@ -236,12 +261,9 @@ void scan_block(const SsdParams& p, const Workspace& w, int64_t h, int64_t k, in
   const int64_t P = p.headdim;
   for (int64_t q0 = 0; q0 < P; q0 += kRows) {
     const int64_t rows = std::min(kRows, P - q0);
-    for (int64_t q = q0; q < q0 + rows; ++q) {
-      int64_t n0 = 0;
-      for (; n0 + 4 * kVec <= Np; n0 += 4 * kVec) scan_row_cols<4, kMode>(p, w, h, q, n0, k, Np, states);
-      for (; n0 + 2 * kVec <= Np; n0 += 2 * kVec) scan_row_cols<2, kMode>(p, w, h, q, n0, k, Np, states);
-      for (; n0 < Np; n0 += kVec) scan_row_cols<1, kMode>(p, w, h, q, n0, k, Np, states);
-    }
+    int64_t q = q0;
+    for (; q + 2 <= q0 + rows; q += 2) scan_rows<2, kMode>(p, w, h, q, k, Np, states);
+    for (; q < q0 + rows; ++q) scan_rows<1, kMode>(p, w, h, q, k, Np, states);
     if constexpr (kMode != ScanMode::advance) w.reduce_rows(k, P, q0, rows);
   }
 }
