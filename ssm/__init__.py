@@ -3,6 +3,8 @@ a drop-in for ``mamba_ssm`` (``Mamba``, ``Mamba2``, ``MambaLMHeadModel``, ``sele
 ``mamba_inner_fn``). Submodules load on first use."""
 import importlib
 
+__version__ = "0.1.0"
+
 _LAZY = {
     "Mamba": "ssm.modules", "Mamba1": "ssm.modules", "Mamba2": "ssm.modules",
     "MambaLMHeadModel": "ssm.models", "MambaConfig": "ssm.models",

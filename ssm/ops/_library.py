@@ -6,6 +6,7 @@ calls the implementation directly, which skips the dispatcher's per-call cost.
 """
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 
 import torch
@@ -87,3 +88,26 @@ def empty_if_none(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
 
 def none_if_empty(t: torch.Tensor) -> torch.Tensor | None:
     return None if t.numel() == 0 else t
+
+
+def custom_op(name: str, mutates_args=()):
+    """``torch.library.custom_op`` whose outputs are always contiguous, so that fake
+    implementations (which allocate contiguous outputs with :func:`empty_like`) describe
+    the real ones exactly, whatever path (kernel or reference) produced them."""
+    def register(fn):
+        @functools.wraps(fn)
+        def contiguous_outputs(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            if isinstance(out, torch.Tensor):
+                return out.contiguous()
+            if isinstance(out, (tuple, list)):
+                return type(out)(o.contiguous() if isinstance(o, torch.Tensor) else o for o in out)
+            return out
+        schema = torch.library.infer_schema(fn, mutates_args=mutates_args)
+        return torch.library.custom_op(name, contiguous_outputs, mutates_args=mutates_args, schema=schema)
+    return register
+
+
+def empty_like(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A contiguous tensor of t's shape (for fake implementations)."""
+    return torch.empty(t.shape, dtype=dtype or t.dtype, device=t.device)

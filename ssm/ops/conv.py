@@ -37,7 +37,7 @@ def _fwd_impl(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Option
     return y, _library.empty_if_none(final, x)
 
 
-@torch.library.custom_op("ssm::dw_causal_conv_fwd", mutates_args=())
+@_library.custom_op("ssm::dw_causal_conv_fwd", mutates_args=())
 def _fwd_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Optional[Tensor],
             initial_states: Optional[Tensor], silu: bool, return_final_states: bool) -> tuple[Tensor, Tensor]:
     return _fwd_impl(x, weight, bias, seq_idx, initial_states, silu, return_final_states)
@@ -46,7 +46,7 @@ def _fwd_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Optional
 @_fwd_op.register_fake
 def _(x, weight, bias, seq_idx, initial_states, silu, return_final_states):
     B, D, _ = x.shape
-    return torch.empty_like(x), x.new_empty((B, D, weight.shape[1] - 1) if return_final_states else (0,))
+    return _library.empty_like(x), x.new_empty((B, D, weight.shape[1] - 1) if return_final_states else (0,))
 
 
 # ---- backward --------------------------------------------------------------------------------
@@ -85,7 +85,7 @@ def _bwd_impl(x, weight, bias, seq_idx, initial_states, dy, dfinal, silu, return
     return dx, dw, _library.empty_if_none(db, x), _library.empty_if_none(dinit, x)
 
 
-@torch.library.custom_op("ssm::dw_causal_conv_bwd", mutates_args=())
+@_library.custom_op("ssm::dw_causal_conv_bwd", mutates_args=())
 def _bwd_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Optional[Tensor],
             initial_states: Optional[Tensor], dy: Tensor, dfinal: Tensor, silu: bool,
             return_final_states: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -95,9 +95,9 @@ def _bwd_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Optional
 @_bwd_op.register_fake
 def _(x, weight, bias, seq_idx, initial_states, dy, dfinal, silu, return_final_states):
     empty = x.new_empty(0)
-    return (torch.empty_like(x), torch.empty_like(weight),
-            empty if bias is None else torch.empty_like(bias),
-            empty if initial_states is None else torch.empty_like(initial_states))
+    return (_library.empty_like(x), _library.empty_like(weight),
+            empty if bias is None else _library.empty_like(bias),
+            empty if initial_states is None else _library.empty_like(initial_states))
 
 
 def _setup_context(ctx, inputs, output):
@@ -246,7 +246,7 @@ def _int32(t: Optional[Tensor]) -> Optional[Tensor]:
     return None if t is None else t.to(torch.int32)
 
 
-@torch.library.custom_op("ssm::dw_causal_conv_update", mutates_args=("conv_state",))
+@_library.custom_op("ssm::dw_causal_conv_update", mutates_args=("conv_state",))
 def _update_op(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Optional[Tensor], silu: bool,
                conv_state_indices: Optional[Tensor], cache_seqlens: Optional[Tensor]) -> Tensor:
     return _update_impl(x, conv_state, weight, bias, silu, conv_state_indices, cache_seqlens)
@@ -254,7 +254,7 @@ def _update_op(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Optional[Ten
 
 @_update_op.register_fake
 def _(x, conv_state, weight, bias, silu, conv_state_indices, cache_seqlens):
-    return torch.empty_like(x)
+    return _library.empty_like(x)
 
 
 def _check_update_args(x, conv_state, weight, bias, activation, conv_state_indices, cache_seqlens):

@@ -33,7 +33,7 @@ def _fwd_impl(x: Tensor, weight: Tensor, bias: Optional[Tensor], z: Optional[Ten
     return y
 
 
-@torch.library.custom_op("ssm::gated_norm_fwd", mutates_args=())
+@_library.custom_op("ssm::gated_norm_fwd", mutates_args=())
 def _fwd_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], z: Optional[Tensor], eps: float, group_size: int,
             norm_before_gate: bool, is_rms: bool) -> Tensor:
     return _fwd_impl(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms)
@@ -41,7 +41,7 @@ def _fwd_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], z: Optional[Tenso
 
 @_fwd_op.register_fake
 def _(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms):
-    return torch.empty_like(x)
+    return _library.empty_like(x)
 
 
 # ---- backward --------------------------------------------------------------------------------
@@ -72,7 +72,7 @@ def _bwd_impl(x, weight, bias, z, dy, eps, group_size, norm_before_gate, is_rms)
     return dx, dw_parts.sum(0), db, _library.empty_if_none(dz, x)
 
 
-@torch.library.custom_op("ssm::gated_norm_bwd", mutates_args=())
+@_library.custom_op("ssm::gated_norm_bwd", mutates_args=())
 def _bwd_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], z: Optional[Tensor], dy: Tensor, eps: float,
             group_size: int, norm_before_gate: bool, is_rms: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return _bwd_impl(x, weight, bias, z, dy, eps, group_size, norm_before_gate, is_rms)
@@ -81,8 +81,8 @@ def _bwd_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], z: Optional[Tenso
 @_bwd_op.register_fake
 def _(x, weight, bias, z, dy, eps, group_size, norm_before_gate, is_rms):
     empty = x.new_empty(0)
-    return (torch.empty_like(x), torch.empty_like(weight), empty if bias is None else torch.empty_like(bias),
-            empty if z is None else torch.empty_like(z))
+    return (_library.empty_like(x), _library.empty_like(weight), empty if bias is None else _library.empty_like(bias),
+            empty if z is None else _library.empty_like(z))
 
 
 def _setup_context(ctx, inputs, output):

@@ -58,7 +58,7 @@ def _fwd_impl(x: Tensor, weight: Tensor, bias: Optional[Tensor], residual: Optio
     return y, _library.empty_if_none(res, x)
 
 
-@torch.library.custom_op("ssm::fused_layer_norm_fwd", mutates_args=())
+@_library.custom_op("ssm::fused_layer_norm_fwd", mutates_args=())
 def _fwd_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], residual: Optional[Tensor], eps: float,
             is_rms: bool, residual_dtype: torch.dtype, store_residual: bool) -> tuple[Tensor, Tensor]:
     return _fwd_impl(x, weight, bias, residual, eps, is_rms, residual_dtype, store_residual)
@@ -66,8 +66,8 @@ def _fwd_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], residual: Optiona
 
 @_fwd_op.register_fake
 def _(x, weight, bias, residual, eps, is_rms, residual_dtype, store_residual):
-    res = torch.empty_like(x, dtype=residual_dtype) if store_residual else x.new_empty(0)
-    return torch.empty_like(x), res
+    res = _library.empty_like(x, dtype=residual_dtype) if store_residual else x.new_empty(0)
+    return _library.empty_like(x), res
 
 
 # ---- backward --------------------------------------------------------------------------------
@@ -100,7 +100,7 @@ def _bwd_impl(s, weight, bias, dy, dres, eps, is_rms, x_dtype, residual_dtype, h
     return dx, dw_parts.sum(0), db, _library.empty_if_none(dresidual, s)
 
 
-@torch.library.custom_op("ssm::fused_layer_norm_bwd", mutates_args=())
+@_library.custom_op("ssm::fused_layer_norm_bwd", mutates_args=())
 def _bwd_op(s: Tensor, weight: Tensor, bias: Optional[Tensor], dy: Tensor, dres: Tensor, eps: float,
             is_rms: bool, x_dtype: torch.dtype, residual_dtype: torch.dtype,
             has_residual: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -110,9 +110,9 @@ def _bwd_op(s: Tensor, weight: Tensor, bias: Optional[Tensor], dy: Tensor, dres:
 @_bwd_op.register_fake
 def _(s, weight, bias, dy, dres, eps, is_rms, x_dtype, residual_dtype, has_residual):
     empty = s.new_empty(0)
-    return (torch.empty_like(s, dtype=x_dtype), torch.empty_like(weight),
-            empty if bias is None else torch.empty_like(bias),
-            torch.empty_like(s, dtype=residual_dtype) if has_residual else empty)
+    return (_library.empty_like(s, dtype=x_dtype), _library.empty_like(weight),
+            empty if bias is None else _library.empty_like(bias),
+            _library.empty_like(s, dtype=residual_dtype) if has_residual else empty)
 
 
 def _setup_context(ctx, inputs, output):

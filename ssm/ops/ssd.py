@@ -93,7 +93,7 @@ def _int32(t: Optional[Tensor]) -> Optional[Tensor]:
     return None if t is None else t.to(torch.int32)
 
 
-@torch.library.custom_op("ssm::ssd_chunk_scan_fwd", mutates_args=())
+@_library.custom_op("ssm::ssd_chunk_scan_fwd", mutates_args=())
 def _fwd_op(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
             dt_bias: Optional[Tensor], initial_states: Optional[Tensor], seq_idx: Optional[Tensor],
             cu_seqlens: Optional[Tensor], chunk_size: int, dt_softplus: bool, dt_lo: float, dt_hi: float,
@@ -154,7 +154,7 @@ def _bwd_kernel(backend, x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx,
     return tuple(_library.empty_if_none(g, x) for g in grads)
 
 
-@torch.library.custom_op("ssm::ssd_chunk_scan_bwd", mutates_args=())
+@_library.custom_op("ssm::ssd_chunk_scan_bwd", mutates_args=())
 def _bwd_op(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
             dt_bias: Optional[Tensor], initial_states: Optional[Tensor], seq_idx: Optional[Tensor],
             cu_seqlens: Optional[Tensor], dy: Tensor, dfinal: Tensor, dvarlen: Tensor, chunk_size: int,
@@ -173,7 +173,7 @@ def _bwd_op(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[
 def _(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dy, dfinal, dvarlen, chunk_size,
       dt_softplus, dt_lo, dt_hi, return_final, return_varlen):
     def like(t):
-        return x.new_empty(0) if t is None else torch.empty_like(t)
+        return x.new_empty(0) if t is None else _library.empty_like(t)
     return tuple(like(t) for t in (x, dt, A, B, C, D, z, dt_bias, initial_states))
 
 

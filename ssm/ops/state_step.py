@@ -72,7 +72,7 @@ def _same_dtype(tensors) -> Optional[str]:
     return None if len(dtypes) == 1 else f"mixed activation dtypes {sorted(map(str, dtypes))}"
 
 
-@torch.library.custom_op("ssm::selective_state_step", mutates_args=("state",))
+@_library.custom_op("ssm::selective_state_step", mutates_args=("state",))
 def _step_op(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
              z: Optional[Tensor], dt_bias: Optional[Tensor], state_batch_indices: Optional[Tensor],
              softplus: bool) -> Tensor:
@@ -81,7 +81,7 @@ def _step_op(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tens
 
 @_step_op.register_fake
 def _(state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices, softplus):
-    return torch.empty_like(x)
+    return _library.empty_like(x)
 
 
 # ---- public ----------------------------------------------------------------------------------

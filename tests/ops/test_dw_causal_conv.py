@@ -220,10 +220,10 @@ def test_circular_update_with_cache_seqlens(backend, dtype, shape, indexed):
     idx = torch.randperm(Bs, device=device)[:B].to(torch.int32) if indexed else None
     if indexed:
         idx[-1] = -1
-    ref_state = state.double().clone()
+    ref_state = state.double().cpu().clone()  # a copy on every backend: the loop below updates it in place
     with use_backend(backend):
         y = ops.causal_conv1d_update(x, state, w, b, "silu", cache_seqlens=seqlens, conv_state_indices=idx)
-    ref = circular_loop(x.cpu(), ref_state.cpu(), w.cpu(), b.cpu(), True, seqlens.cpu(), None if idx is None else idx.cpu())
+    ref = circular_loop(x.cpu(), ref_state, w.cpu(), b.cpu(), True, seqlens.cpu(), None if idx is None else idx.cpu())
     assert_close(y, ref, dtype, "y")
     assert_close(state, ref_state, dtype, "conv_state")
 
