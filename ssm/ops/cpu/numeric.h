@@ -1,12 +1,18 @@
 // Element types of the CPU backend and their float conversions (float32 accumulation).
+// Like every kernel helper, they live in the per-ISA namespace ssm::cpu::<isa>: the same inline
+// function compiled with different -m flags must not be one symbol the linker may pick from any ISA.
 #pragma once
 #include <cstdint>
 #include <cstring>
+
+#ifndef SSM_ISA
+#error "CPU kernel headers are compiled once per instruction set with -DSSM_ISA=<name>"
+#endif
 #if defined(__F16C__)
 #include <immintrin.h>
 #endif
 
-namespace ssm::cpu {
+namespace ssm::cpu::SSM_ISA {
 
 struct half_t { uint16_t bits; };
 struct bfloat16_t { uint16_t bits; };
@@ -58,4 +64,4 @@ template <> inline half_t from_float<half_t>(float f) {
 #endif
 }
 
-}  // namespace ssm::cpu
+}  // namespace ssm::cpu::SSM_ISA

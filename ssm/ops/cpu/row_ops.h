@@ -8,7 +8,7 @@
 
 #include "cpu/vec.h"
 
-namespace ssm::cpu {
+namespace ssm::cpu::SSM_ISA {
 
 // dst[i] = float(src[i * stride]), src of element type `dtype`.
 inline void load_any(float* dst, const void* src, DType dtype, int64_t stride, int64_t n) {
@@ -139,4 +139,4 @@ inline void silu_row(float* v, int64_t n) {
   for (; i < n; ++i) v[i] = v[i] * sigmoid_fast(v[i]);
 }
 
-}  // namespace ssm::cpu
+}  // namespace ssm::cpu::SSM_ISA

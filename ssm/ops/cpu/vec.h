@@ -10,7 +10,7 @@
 #error "CPU kernel sources are compiled once per instruction set with -DSSM_ISA=<name>"
 #endif
 
-namespace ssm::cpu {
+namespace ssm::cpu::SSM_ISA {
 
 template <typename T>
 inline const T* ptr(const TensorArg& t) { return static_cast<const T*>(t.data); }
@@ -39,4 +39,4 @@ inline void store_row(T* dst, int64_t stride, const float* src, int64_t n) {
 
 inline float silu(float v) { return v / (1.f + std::exp(-v)); }
 
-}  // namespace ssm::cpu
+}  // namespace ssm::cpu::SSM_ISA
