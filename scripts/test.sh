@@ -4,6 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# Without a GPU the CUDA module cannot be tested here, so it is not built unless asked for
+# (SSM_BUILD_CUDA=on); with one, nvcc decides (auto).
+if [ -z "${SSM_BUILD_CUDA:-}" ] && ! nvidia-smi -L >/dev/null 2>&1; then
+  export SSM_BUILD_CUDA=off
+fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q -r requirements-dev.txt
 .venv/bin/python -m pip install -q --no-build-isolation -e .

@@ -3,11 +3,15 @@ import random
 
 import pytest
 import torch
+import torch._inductor.config
 
 import ssm.ops._kernels as kernels
 
 
 def pytest_configure(config):
+    # Compiled graphs are never reused across runs: the inductor cache does not see changes to
+    # a custom op's fake implementation, so a stale entry could hide (or fake) a bug.
+    torch._inductor.config.fx_graph_cache = False
     # Every kernel output starts as NaN: an element a kernel forgets to write fails the test.
     kernels.POISON_OUTPUTS = True
 
