@@ -141,12 +141,15 @@ def _length_groups(prompts: Prompts):
 
 
 def _copy_cache_rows(dst: dict, src: dict, rows: torch.Tensor) -> None:
-    """Copy every cache tensor of src (batch g) into the given rows of dst (batch b), in place."""
+    """Copy every cache tensor of src (batch g) into the given rows of dst (batch b), in place.
+    A KV cache of dst may be longer (a CUDA-graph cache sized for an earlier, longer max_length):
+    then src fills its prefix."""
     for key, src_states in src.items():
         dst_states = dst[key]
         for d, s in zip(_as_tuple(dst_states), _as_tuple(src_states)):
             if s is not None:
-                d[rows] = s.to(d.dtype)
+                prefix = tuple(slice(0, n) for n in s.shape[1:])
+                d[(rows,) + prefix] = s.to(d.dtype)
 
 
 def _as_tuple(states):

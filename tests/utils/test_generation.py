@@ -369,3 +369,15 @@ def test_output_class_without_transformers(monkeypatch):
     assert type(out) is generation.GenerateDecoderOnlyOutput
     assert out.sequences.shape == (2, 5) and len(out.scores) == 3
 
+
+
+def test_cache_rows_fill_the_prefix_of_a_longer_kv_cache():
+    # A CUDA-graph cache kept from an earlier, longer max_length receives a shorter prefill cache.
+    from ssm.utils.decode_runners import _copy_cache_rows
+    dst = {0: (torch.randn(3, 16, 2, 4, 8), torch.randn(3, 6, 4))}
+    src = {0: (torch.randn(1, 12, 2, 4, 8), torch.randn(1, 6, 4))}
+    before = dst[0][0].clone()
+    _copy_cache_rows(dst, src, torch.tensor([1]))
+    assert torch.equal(dst[0][0][1, :12], src[0][0][0]) and torch.equal(dst[0][0][1, 12:], before[1, 12:])
+    assert torch.equal(dst[0][1][1], src[0][1][0])
+    assert torch.equal(dst[0][0][[0, 2]], before[[0, 2]])
