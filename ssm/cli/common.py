@@ -28,7 +28,7 @@ def pick_device(name: str | None) -> torch.device:
     return device
 
 
-def pick_dtype(name: str | None, device: torch.device) -> torch.dtype:
+def pick_dtype(name: str | None) -> torch.dtype:
     if name is None:
         return torch.float32
     if name not in DTYPES:

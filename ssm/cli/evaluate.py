@@ -10,7 +10,7 @@ import time
 import torch
 
 from ssm.cli.common import lm_loss, load_model, pick_device, pick_dtype
-from ssm.cli.data import ByteTokenizer, collect_files, encode_stream, read_bytes, select
+from ssm.cli.data import ByteTokenizer, CliError, collect_files, encode_stream, eval_windows, read_bytes, select
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,7 +32,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 @torch.no_grad()
 def mean_loss(model, stream: torch.Tensor, seq_len: int, batch: int, device, max_tokens: int = 0) -> float:
     """Mean next-token cross entropy (nats) over stream, in windows overlapping by one token."""
-    from ssm.cli.data import eval_windows
     model.eval()
     total, count = 0.0, 0
     for tokens in eval_windows(stream, seq_len, batch, max_tokens):
@@ -44,10 +43,9 @@ def mean_loss(model, stream: torch.Tensor, seq_len: int, batch: int, device, max
 
 def run(args) -> int:
     device = pick_device(args.device)
-    model, tokenizer, directory = load_model(args.model, device, pick_dtype(args.dtype, device), args.tokenizer)
+    model, tokenizer, directory = load_model(args.model, device, pick_dtype(args.dtype), args.tokenizer)
     files = select(collect_files(args.data, tuple(args.suffix), tuple(args.exclude)), args.split, args.heldout)
     if not files:
-        from ssm.cli.data import CliError
         raise CliError(f"no files in the {args.split!r} split of {', '.join(args.data)}")
     stream = encode_stream(tokenizer, read_bytes(files))
     start = time.perf_counter()

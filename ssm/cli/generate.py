@@ -52,7 +52,7 @@ def run(args) -> int:
     check(args)
     prompt = read_prompt(args)
     device = pick_device(args.device)
-    model, tokenizer, _ = load_model(args.model, device, pick_dtype(args.dtype, device), args.tokenizer)
+    model, tokenizer, _ = load_model(args.model, device, pick_dtype(args.dtype), args.tokenizer)
     torch.manual_seed(args.seed)
     # ids (batch, P)
     ids = tokenizer.encode(prompt)[None].repeat(args.batch, 1).to(device)
