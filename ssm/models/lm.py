@@ -21,11 +21,8 @@ from ssm.modules.block import Block, add_norm
 from ssm.modules.mamba1 import Mamba1
 from ssm.modules.mamba2 import Mamba2
 from ssm.modules.mlp import GatedMLP
-
-try:  # written on the `generation` branch; the model works without it until it lands
-    from ssm.utils.generation import GenerationMixin
-except ImportError:
-    GenerationMixin = object
+from ssm.utils import weights
+from ssm.utils.generation import GenerationMixin
 
 CausalLMOutput = namedtuple("CausalLMOutput", ["logits"])
 
@@ -142,10 +139,8 @@ class MambaLMHeadModel(nn.Module, GenerationMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name, device=None, dtype=None, **kwargs):
         """Build from a checkpoint directory or hub name (see ssm.utils.weights.load_pretrained)."""
-        from ssm.utils import weights
         return weights.load_pretrained(cls, pretrained_model_name, device=device, dtype=dtype, **kwargs)
 
-    def save_pretrained(self, save_directory, safe_serialization=True):
+    def save_pretrained(self, save_directory, safe_serialization=True, **kwargs):
         """Write config.json and the weights (see ssm.utils.weights.save_pretrained)."""
-        from ssm.utils import weights
-        return weights.save_pretrained(self, save_directory, safe_serialization=safe_serialization)
+        return weights.save_pretrained(self, save_directory, safe_serialization=safe_serialization, **kwargs)

@@ -141,7 +141,7 @@ class Mamba1(nn.Module):
             conv_state.copy_(_states.varlen_conv_windows(x[0], cu_seqlens, self.d_conv))
             return
         if prev is not None and prev.shape[-1] != self.d_conv:
-            prev = torch.nn.functional.pad(prev, (self.d_conv - prev.shape[-1], 0))
+            prev = F.pad(prev, (self.d_conv - prev.shape[-1], 0))
         conv_state.copy_(_states.conv_window(x, self.d_conv, prev))
 
     def step(self, hidden_states: Tensor, conv_state: Tensor, ssm_state: Tensor):

@@ -155,19 +155,23 @@ class Mamba2(nn.Module):
         d_mlp = (zxbcdt.shape[-1] - 2 * self.d_ssm - 2 * gn - self.nheads) // 2
         return torch.split(zxbcdt, [d_mlp, d_mlp, self.d_ssm, self.d_ssm + 2 * gn, self.nheads], dim=-1)
 
+    def _conv(self, xBC, seq_idx, cu_seqlens, conv_state, continuing):
+        """silu(causal conv) of xBC (B, L, conv_dim), continuing the cached conv state when asked;
+        the cache then holds the last d_conv raw inputs (per sequence with cu_seqlens)."""
+        # x (B, conv_dim, L): raw conv input
+        x = xBC.transpose(1, 2)
+        init = conv_state[..., 1:].to(x.dtype) if continuing and self.d_conv > 1 else None
+        out = ops.dw_causal_conv(x, self.conv1d.weight, self.conv1d.bias, self.activation,
+                                 seq_idx=seq_idx, initial_states=init)
+        if conv_state is not None and cu_seqlens is not None:
+            conv_state.copy_(_states.varlen_conv_windows(x[0], cu_seqlens, self.d_conv))
+        elif conv_state is not None:
+            conv_state.copy_(_states.conv_window(x, self.d_conv, conv_state if continuing else None))
+        return out.transpose(1, 2)
+
     def _forward_unfused(self, zxbcdt, seq_idx, cu_seqlens, conv_state, ssm_state, continuing):
         z0, x0, z, xBC, dt = self._split(zxbcdt)
-        Bsz, L, _ = zxbcdt.shape
-        # xBC_t (B, conv_dim, L): raw conv input
-        xBC_t = xBC.transpose(1, 2)
-        init_conv = conv_state[..., 1:].to(xBC.dtype) if continuing and self.d_conv > 1 else None
-        xBC_c = ops.dw_causal_conv(xBC_t, self.conv1d.weight, self.conv1d.bias, self.activation,
-                                   seq_idx=seq_idx, initial_states=init_conv).transpose(1, 2)
-        if conv_state is not None:
-            if cu_seqlens is not None:
-                conv_state.copy_(_states.varlen_conv_windows(xBC_t[0], cu_seqlens, self.d_conv))
-            else:
-                conv_state.copy_(_states.conv_window(xBC_t, self.d_conv, conv_state if continuing else None))
+        xBC_c = self._conv(xBC, seq_idx, cu_seqlens, conv_state, continuing)
         gn = self.ngroups * self.d_state
         x, B, C = torch.split(xBC_c, [self.d_ssm, gn, gn], dim=-1)
         A = -torch.exp(self.A_log.float())

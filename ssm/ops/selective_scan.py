@@ -37,16 +37,29 @@ def _nrows(u: Tensor, cu_seqlens: Optional[Tensor]) -> int:
 
 # ---- forward ---------------------------------------------------------------------------------
 
-def _reason(backend, kernel, u, delta, B, C, z):
-    return _kernels.kernel_reason(backend, kernel, u, delta, B if B.dim() == 4 else None,
-                                  C if C.dim() == 4 else None, z)
+def _reason(backend, kernel, u, delta, B, C, z, N=None):
+    reason = _kernels.kernel_reason(backend, kernel, u, delta, B if B.dim() == 4 else None,
+                                    C if C.dim() == 4 else None, z)
+    if reason is None and backend == "cuda":
+        reason = _cuda_limit(kernel, u.shape[-1], N)
+    return reason
+
+
+def _cuda_limit(kernel: str, L: int, N: Optional[int]) -> Optional[str]:
+    """Sizes the CUDA kernels do not take: N > 256 (forward), N > 32 or L > 24576 (backward,
+    whose state checkpoints live in shared memory)."""
+    if N is not None and N > (256 if kernel == "selective_scan_fwd" else 32):
+        return f"the CUDA {kernel} kernel takes N <= {256 if kernel == 'selective_scan_fwd' else 32}, got {N}"
+    if kernel == "selective_scan_bwd" and L > 24576:
+        return f"the CUDA selective_scan_bwd kernel takes L <= 24576, got {L}"
+    return None
 
 
 def _fwd_impl(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens, softplus, return_last_state):
     # u, delta, z (B, D, L); A (D, N); B/C (D, N) or (B, G, N, L); initial/last (rows, D, N) float32
     # An empty input has no work for a kernel (and no data pointer to give it).
     backend = "reference" if u.numel() == 0 else dispatch.select_backend(
-        "selective_scan", u.device, lambda b: _reason(b, "selective_scan_fwd", u, delta, B, C, z))
+        "selective_scan", u.device, lambda b: _reason(b, "selective_scan_fwd", u, delta, B, C, z, A.shape[1]))
     if backend == "reference":
         out = reference.selective_scan(u, delta, A, B, C, D, z, dt_bias, softplus, return_last_state,
                                        initial_state=initial_state, seq_idx=seq_idx, cu_seqlens=cu_seqlens)
@@ -133,7 +146,7 @@ def _slices_as_rows(t: Tensor) -> Tensor:
 def _bwd_impl(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens, dy, dlast, softplus,
               return_last_state):
     backend = "reference" if u.numel() == 0 else dispatch.select_backend(
-        "selective_scan_bwd", u.device, lambda b: _reason(b, "selective_scan_bwd", u, delta, B, C, z))
+        "selective_scan_bwd", u.device, lambda b: _reason(b, "selective_scan_bwd", u, delta, B, C, z, A.shape[1]))
     if backend == "reference":
         return _bwd_reference(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens, dy, dlast,
                               softplus, return_last_state)

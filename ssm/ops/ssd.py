@@ -65,7 +65,7 @@ def _fwd_impl(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optiona
 # ssd::Workspace::floats in ssm/ops/cpu/ssd_common.h (the kernel checks it).
 def _fwd_workspace_floats(P, Np, L):
     block, r16 = 16, lambda n: (n + 15) // 16 * 16
-    return r16(P * Np) + 2 * r16(block * Np) + 3 * r16(block * P) + 4 * 16 + r16(block * 8)
+    return r16(P * Np) + 2 * r16(block * Np) + 3 * r16(block * P) + 4 * 16 + r16(8 * block * 8)
 
 
 def _bwd_workspace_floats(P, Np, L):
@@ -82,7 +82,7 @@ def _kernel_sizes(backend, x, B, nseq, workspace_fn):
     threads = max(1, min(_kernels.exec_arg(backend, x), batch * H)) if backend == "cpu" else 1
     ws_floats = workspace_fn(P, (N + 7) // 8 * 8, L)
     ws = torch.empty((threads, ws_floats), dtype=torch.float32, device=x.device)
-    return [batch, L, H, P, G, N, nseq], ws, ws_floats
+    return [batch, L, H, P, G, N, nseq, threads], ws, ws_floats
 
 
 def _input_refs(*tensors):
@@ -127,7 +127,7 @@ def _bwd_impl(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens
 
 def _bwd_kernel(backend, x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dy, dfinal, dvarlen,
                 dt_softplus, dt_lo, dt_hi):
-    # Per-head partial sums (dA, dB, dC, dD) come back in float32 and are reduced here.
+    # Partial sums come back in float32 and are reduced here: dA, dD per head, dB, dC per thread.
     batch, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     nseq = 0 if cu_seqlens is None else cu_seqlens.shape[0] - 1
@@ -136,17 +136,19 @@ def _bwd_kernel(backend, x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx,
     dx = _kernels.empty(x.shape, x)
     dz = None if z is None else _kernels.empty(x.shape, x)
     ddt, dA = _kernels.empty((batch, L, H), x, f32), _kernels.empty((batch, H), x, f32)
-    dB, dC = _kernels.empty((batch, L, H, N), x, f32), _kernels.empty((batch, L, H, N), x, f32)
     dD = None if D is None else _kernels.empty((batch, H, P), x, f32)
     dinit = None if initial_states is None else _kernels.empty(initial_states.shape, x, f32)
     sizes, ws, ws_floats = _kernel_sizes(backend, x, B, nseq, _bwd_workspace_floats)
+    # per-thread sums over that thread's heads
+    rows = ws.shape[0]
+    dB, dC = (torch.zeros((rows * batch, L, G, N), dtype=f32, device=x.device) for _ in range(2))
     _kernels.module(backend).ssd_chunk_scan_bwd(
         _kernels.dtype_code(x), sizes, *_input_refs(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx,
                                                     cu_seqlens),
         *_input_refs(dy, dfinal, dvarlen, dx, dz, ddt, dA, dB, dC, dD, dinit, ws), ws_floats,
         dt_softplus, dt_lo, dt_hi, _kernels.exec_arg(backend, x))
-    dB = dB.view(batch, L, G, H // G, N).sum(3).to(B.dtype)
-    dC = dC.view(batch, L, G, H // G, N).sum(3).to(C.dtype)
+    dB = dB.view(rows, batch, L, G, N).sum(0).to(B.dtype)
+    dC = dC.view(rows, batch, L, G, N).sum(0).to(C.dtype)
     grads = (dx, ddt.to(dt.dtype), dA.sum(0).to(A.dtype), dB, dC, None if dD is None else dD.sum(0).to(D.dtype),
              dz, None if dt_bias is None else ddt.sum((0, 1)).to(dt_bias.dtype), dinit)
     return tuple(_library.empty_if_none(g, x) for g in grads)
@@ -273,7 +275,8 @@ def ssd_chunk_scan(X: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk
     where it changes. ``cu_seqlens`` (nseq+1,) with batch 1 packs sequences along L: each starts
     from its own initial state (initial_states is then (nseq, H, P, N)) and seq_idx is ignored.
     ``seq_meta`` may carry either. Returns Y, or a tuple with final_states (B, H, P, N) and/or
-    varlen_states (nseq, H, P, N), both float32.
+    varlen_states (nseq, H, P, N), both float32. ``chunk_size`` is the reference's chunk length;
+    the CPU kernel runs the recurrence token by token, so its result does not depend on it.
     """
     seq_idx, cu_seqlens = _seq_meta(seq_meta, seq_idx, cu_seqlens)
     _check_args(X, dt, A, B, C, chunk_size, D, z, initial_states, dt_bias, seq_idx, cu_seqlens,

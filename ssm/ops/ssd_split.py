@@ -12,6 +12,7 @@ from torch import Tensor
 
 from ssm.ops import _checks
 from ssm.ops.conv import dw_causal_conv
+from ssm.ops.gated_norm import rmsnorm_fn
 from ssm.ops.python import reference
 from ssm.ops.ssd import ssd_chunk_scan
 
@@ -51,18 +52,14 @@ def _swiglu_prepend(zx0: Tensor, out: Tensor, d_nonssm: int) -> Tensor:
     return torch.cat([F.silu(zx0[..., :d_nonssm]) * zx0[..., d_nonssm:], out], dim=-1)
 
 
-def _gated_rms_norm(x, weight, z, eps, group_size, norm_before_gate):
-    return reference.gated_rms_norm(x, weight, None, z=z, eps=eps, group_size=group_size,
-                                    norm_before_gate=norm_before_gate)
-
-
 def mamba_split_conv1d_scan_combined(zxbcdt, conv1d_weight, conv1d_bias, dt_bias, A, D, chunk_size,
                                      initial_states=None, seq_idx=None, dt_limit=(0.0, _INF),
                                      return_final_states=False, activation="silu", rmsnorm_weight=None,
                                      rmsnorm_eps=1e-6, outproj_weight=None, outproj_bias=None, headdim=None,
                                      ngroups=1, norm_before_gate=True, state_dtype=None):
     """``mamba_ssm``'s fused Mamba-2 path. zxbcdt (B, L, 2 d_nonssm + 2 dim + 2 G N + H) ->
-    out (B, L, d_out) [, final_states (B, H, P, N) float32]."""
+    out (B, L, d_out) [, final_states (B, H, P, N) float32]. ``state_dtype`` is accepted for
+    compatibility: states stay float32 here."""
     _checks.choice("activation", activation, _ACTIVATIONS)
     d_nonssm, dim, dstate, nheads, headdim = _split_sizes(zxbcdt, conv1d_weight, A, D, headdim, ngroups)
     batch, L, _ = zxbcdt.shape
@@ -82,7 +79,8 @@ def mamba_split_conv1d_scan_combined(zxbcdt, conv1d_weight, conv1d_bias, dt_bias
     out, final = out if return_final_states else (out, None)
     out = out.reshape(batch, L, dim)
     if rmsnorm_weight is not None:
-        out = _gated_rms_norm(out, rmsnorm_weight, z, rmsnorm_eps, dim // ngroups, norm_before_gate)
+        out = rmsnorm_fn(out, rmsnorm_weight, None, z=z, eps=rmsnorm_eps, group_size=dim // ngroups,
+                         norm_before_gate=norm_before_gate)
     out = _swiglu_prepend(zx0, out, d_nonssm)
     if outproj_weight is not None:
         out = F.linear(out, outproj_weight, outproj_bias)

@@ -43,33 +43,32 @@ def _float_params(*params):
 
 def _kernel_step(backend, state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices, softplus):
     # state (Bs, H, P, N); x, dt, z (B, H, P); A (H, P, N); B, C (B, G, N); D, dt_bias (H, P)
-    state4, x, dt, A, B, C, D, z, dt_bias = _as_heads(state, x, dt, A, B, C, D, z, dt_bias)
+    state4, x4, dt, A, B, C, D, z, dt_bias = _as_heads(state, x, dt, A, B, C, D, z, dt_bias)
     A, D, dt_bias = _float_params(A, D, dt_bias)
-    batch, H, P = x.shape
-    out = _kernels.empty(x.shape, x)
+    # Activations of mixed dtypes meet in float32 (decode-sized tensors: the casts are cheap).
+    act = x.dtype if len({t.dtype for t in (x, dt, B, C, z) if t is not None}) == 1 else torch.float32
+    x4, dt, B, C, z = (None if t is None else t.to(act) for t in (x4, dt, B, C, z))
+    batch, H, P = x4.shape
+    out = _kernels.empty(x4.shape, x4)
     idx = None if state_batch_indices is None else state_batch_indices.to(torch.int32)
     r = _kernels.ref
     _kernels.module(backend).selective_state_step(
-        _kernels.dtype_code(state), _kernels.dtype_code(x), batch, H, P, A.shape[-1], B.shape[1], r(state4),
-        r(x), r(dt), r(A), r(B), r(C), r(D), r(z), r(dt_bias), r(idx), r(out), softplus,
+        _kernels.dtype_code(state), _kernels.dtype_code(x4), batch, H, P, A.shape[-1], B.shape[1], r(state4),
+        r(x4), r(dt), r(A), r(B), r(C), r(D), r(z), r(dt_bias), r(idx), r(out), softplus,
         _kernels.exec_arg(backend, x))
+    out = out.to(x.dtype)
     return out.squeeze(-1) if state.dim() == 3 else out
 
 
 def _step_impl(state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices, softplus):
-    acts = (x, dt, B, C, z)
-    backend = dispatch.select_backend(
+    # An empty batch has no work for a kernel (and no data pointer to give it).
+    backend = "reference" if x.numel() == 0 or state.numel() == 0 else dispatch.select_backend(
         "selective_state_step", state.device,
-        lambda b: _kernels.kernel_reason(b, "selective_state_step", state, *acts) or _same_dtype(acts))
+        lambda b: _kernels.kernel_reason(b, "selective_state_step", state, x, dt, B, C, z))
     if backend == "reference":
         return reference.selective_state_step(state, x, dt, A, B, C, D, z, dt_bias, softplus,
                                               state_batch_indices=state_batch_indices)
     return _kernel_step(backend, state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices, softplus)
-
-
-def _same_dtype(tensors) -> Optional[str]:
-    dtypes = {t.dtype for t in tensors if t is not None}
-    return None if len(dtypes) == 1 else f"mixed activation dtypes {sorted(map(str, dtypes))}"
 
 
 @_library.custom_op("ssm::selective_state_step", mutates_args=("state",))

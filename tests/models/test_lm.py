@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import math
 
 import pytest
@@ -183,3 +184,14 @@ def test_compile_matches_eager_without_recompiling(name):
                 assert_close(compiled(ids).logits, model(ids).logits)
             finally:
                 torch.compiler.set_stance("default")
+
+
+@pytest.mark.parametrize("safe_serialization", [True, False])
+def test_save_and_load_pretrained_round_trip(tmp_path, safe_serialization):
+    model = small("hybrid")
+    model.save_pretrained(tmp_path, safe_serialization=safe_serialization)
+    loaded = MambaLMHeadModel.from_pretrained(str(tmp_path))
+    as_json = json.loads(json.dumps(dataclasses.asdict(model.config)))  # tuples come back as lists
+    assert dataclasses.asdict(loaded.config) == as_json
+    ids = torch.randint(0, 101, (1, 6))
+    torch.testing.assert_close(loaded(ids).logits, model(ids).logits)

@@ -1,20 +1,7 @@
 """Shared pieces of the module/model tests: the inference-cache object, comparisons, decoding loops."""
 import torch
 
-try:
-    from ssm.utils.generation import InferenceParams
-except ImportError:  # the `generation` branch brings it; the protocol is all these tests need
-    from dataclasses import dataclass, field
-    from typing import Optional
-
-    @dataclass
-    class InferenceParams:
-        max_seqlen: int
-        max_batch_size: int
-        seqlen_offset: int = 0
-        batch_size_offset: int = 0
-        key_value_memory_dict: dict = field(default_factory=dict)
-        lengths_per_sample: Optional[torch.Tensor] = None
+from ssm.utils.generation import InferenceParams  # noqa: F401  (re-exported for the tests)
 
 
 def assert_close(actual, expected, tol=2e-4):

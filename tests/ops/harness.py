@@ -56,7 +56,7 @@ def to64(*tensors):
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out, ref = out.double(), ref.double()
+    out, ref = out.double().cpu(), ref.double().cpu()  # either may live on the GPU
     assert out.shape == ref.shape, f"shape {tuple(out.shape)} != {tuple(ref.shape)}"
     assert not torch.isnan(out).any(), "NaN in output (unwritten element or numerical failure)"
     denom = ref.norm().item()

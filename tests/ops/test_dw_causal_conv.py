@@ -88,9 +88,17 @@ def test_gradients_match_reference(backend, dtype, shape, options):
 def test_long_sequence(backend):
     x, w, b, _, _ = make_inputs(1, 4, 4099, 4, torch.bfloat16, device_of(backend), bias=True, seq=False,
                                 init=False, noncontig=False)
+    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
     with use_backend(backend):
-        out = ops.dw_causal_conv(x, w, b, "silu")
-    assert_close(out, reference.dw_causal_conv(*to64(x, w, b), "silu"), torch.bfloat16)
+        out = ops.dw_causal_conv(*leaves, "silu")
+        dy = torch.randn_like(out)
+        out.backward(dy)
+    ref_leaves = [t.detach().double().requires_grad_() for t in (x, w, b)]
+    ref = reference.dw_causal_conv(*ref_leaves, "silu")
+    ref.backward(dy.double())
+    assert_close(out, ref.detach(), torch.bfloat16)
+    for name, got, want in zip(("dx", "dweight", "dbias"), leaves, ref_leaves):
+        assert_close(got.grad, want.grad, torch.bfloat16, name, factor=2.0)
 
 
 def test_weight_with_unit_middle_dim_and_causal_conv1d_name():
@@ -220,10 +228,10 @@ def test_circular_update_with_cache_seqlens(backend, dtype, shape, indexed):
     idx = torch.randperm(Bs, device=device)[:B].to(torch.int32) if indexed else None
     if indexed:
         idx[-1] = -1
-    ref_state = state.double().clone()
+    ref_state = state.double().cpu().clone()  # a copy on every backend: the loop below updates it in place
     with use_backend(backend):
         y = ops.causal_conv1d_update(x, state, w, b, "silu", cache_seqlens=seqlens, conv_state_indices=idx)
-    ref = circular_loop(x.cpu(), ref_state.cpu(), w.cpu(), b.cpu(), True, seqlens.cpu(), None if idx is None else idx.cpu())
+    ref = circular_loop(x.cpu(), ref_state, w.cpu(), b.cpu(), True, seqlens.cpu(), None if idx is None else idx.cpu())
     assert_close(y, ref, dtype, "y")
     assert_close(state, ref_state, dtype, "conv_state")
 
@@ -267,3 +275,28 @@ def test_torch_compile_matches_eager():
         assert torch.equal(state, state_eager), "the compiled update mutates conv_state like eager"
         y.sum().backward()
         assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("ring", [False, True])
+def test_update_is_cuda_graph_capturable(ring):
+    """No host sync inside the update: captured once, a replay equals the eager call."""
+    B, D, W, S = 3, 16, 4, 6
+    state = make_state(B + 1, D, S, torch.float16, "cuda", True)
+    w, b, x = rand(D, W, device="cuda"), rand(D, device="cuda"), rand(B, D, dtype=torch.float16, device="cuda")
+    idx = torch.tensor([2, -1, 0], dtype=torch.int32, device="cuda")
+    seqlens = torch.tensor([5, 1, 9], dtype=torch.int32, device="cuda") if ring else None
+    eager_state = state.clone()
+    want = ops.causal_conv1d_update(x, eager_state, w, b, "silu", cache_seqlens=seqlens, conv_state_indices=idx)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture, on a copy
+        ops.causal_conv1d_update(x, state.clone(), w, b, "silu", cache_seqlens=seqlens, conv_state_indices=idx)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = ops.causal_conv1d_update(x, state, w, b, "silu", cache_seqlens=seqlens, conv_state_indices=idx)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert_close(y, want.double(), torch.float16, "replayed y")
+    assert torch.equal(state, eager_state), "the replay updates conv_state like the eager call"

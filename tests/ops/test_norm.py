@@ -88,9 +88,17 @@ def test_gradients_match_reference(backend, dtype, option, is_rms, prenorm):
 @pytest.mark.parametrize("backend", backends())
 def test_long_rows_many_tokens(backend):
     x, w, b, residual = make((1, 4097, 96), torch.bfloat16, device_of(backend), "residual")
+    leaves = [t.clone().requires_grad_() for t in (x, w, b, residual)]
     with use_backend(backend):
-        y, res = ops.fused_layer_norm(x, w, b, residual, is_rms=True, prenorm=True, residual_in_fp32=True)
-    assert_close(y, independent(x, w, b, residual, True, 1e-5)[0], torch.bfloat16)
+        y, res = ops.fused_layer_norm(*leaves, is_rms=True, prenorm=True, residual_in_fp32=True)
+        dy = torch.randn_like(y)
+        y.backward(dy)
+    ref_leaves = [t.detach().double().requires_grad_() for t in (x, w, b, residual)]
+    ref_y, _ = independent(*ref_leaves, True, 1e-5)
+    ref_y.backward(dy.double())
+    assert_close(y, ref_y.detach(), torch.bfloat16)
+    for name, got, want in zip(("dx", "dweight", "dbias", "dresidual"), leaves, ref_leaves):
+        assert_close(got.grad, want.grad, torch.bfloat16, name, factor=2.0)
 
 
 # ---- mamba_ssm surface -------------------------------------------------------------------------

@@ -77,7 +77,7 @@ def test_forward_matches_reference(backend, dtype, shape, option):
 @pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cu_seqlens_equals_sequences_one_by_one(backend, dtype):
-    D, N, lengths = 6, 5, [3, 0, 9, 1, 12]
+    D, N, lengths = 6, 5, [0, 3, 0, 9, 1, 12, 0]  # empty sequences first, inside and last
     cu = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), dtype=torch.int32, device=device_of(backend))
     inp = make_inputs(1, D, sum(lengths), N, 2, dtype, device_of(backend), {"all"}, nrows=len(lengths))
     inp["seq_idx"] = None
@@ -99,8 +99,9 @@ def test_cu_seqlens_equals_sequences_one_by_one(backend, dtype):
 @pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("option", ["plain", "constant_B", "all"])
-def test_gradients_match_reference(backend, dtype, option):
-    inp = make_inputs(2, 6, 23, 4, 2, dtype, device_of(backend), {option})
+@pytest.mark.parametrize("shape", [(2, 6, 23, 4, 2), (1, 37, 150, 5, 0)])  # the second: several chunks and slices
+def test_gradients_match_reference(backend, dtype, option, shape):
+    inp = make_inputs(*shape, dtype, device_of(backend), {option})
     softplus = option == "all"
     names = [k for k, v in inp.items() if v is not None and v.is_floating_point()]
     leaves = {k: (v.detach().clone().requires_grad_() if k in names else v) for k, v in inp.items()}

@@ -315,6 +315,22 @@ def test_compile_fullgraph_dynamic_matches_eager():
             assert_close(got, want, torch.float32)
 
 
+def test_compile_reference_backend_with_states():
+    # The reference path's outputs match the fake implementation's layout (final states of a
+    # batch > 1 over several chunks are a slice there).
+    args = make_inputs(2, 40, 2, 4, 1, 8, torch.float32, "cpu", init=True)
+
+    def fn(x, dt, A, B, C, init):
+        return ops.ssd_chunk_scan(x, dt, A, B, C, 16, initial_states=init, return_final_states=True)
+
+    inputs = [args[k] for k in ("X", "dt", "A", "B", "C", "initial_states")]
+    with use_backend("reference"):
+        got = torch.compile(fn, fullgraph=True, dynamic=True)(*inputs)
+        want = fn(*inputs)
+    for g, w in zip(got, want):
+        assert_close(g, w, torch.float32)
+
+
 GOOD = dict(X=(2, 9, 4, 3), dt=(2, 9, 4), A=(4,), B=(2, 9, 2, 5), C=(2, 9, 2, 5))
 
 

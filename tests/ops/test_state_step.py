@@ -15,7 +15,7 @@ LAYOUTS = [  # (layout, batch, heads or channels, head dim, N, G)
     ("mamba2", 2, 4, 8, 16, 2),
     ("mamba2", 3, 3, 5, 7, 1),
 ]
-OPTIONS = ["plain", "softplus+bias", "z+D", "indices", "tied", "fp32_state", "noncontig", "all"]
+OPTIONS = ["plain", "softplus+bias", "z+D", "indices", "tied", "fp32_state", "fp32_dt", "noncontig", "all"]
 
 
 def make_step(layout, batch, H, P, N, G, dtype, device, opts):
@@ -27,7 +27,8 @@ def make_step(layout, batch, H, P, N, G, dtype, device, opts):
     state = rand(rows, *lead, N, dtype=sdtype, device=device)
     x = rand(batch, *lead, dtype=dtype, device=device, noncontig=nc)
     tied = layout == "mamba2" and ({"tied"} & opts or full)
-    dt = (torch.rand(batch, *lead[:1 if tied else 2], device=device) * 0.5 + 0.01).to(dtype)
+    dt_dtype = torch.float32 if {"fp32_dt"} & opts else dtype
+    dt = (torch.rand(batch, *lead[:1 if tied else 2], device=device) * 0.5 + 0.01).to(dt_dtype)
     A = -torch.exp(rand(*lead[:1 if tied else 2], *(() if tied else (N,)), device=device, scale=0.5))
     bc = (batch, N) if layout == "mamba1" and G == 1 and not full else (batch, G, N)
     B = rand(*bc, dtype=dtype, device=device, noncontig=nc)

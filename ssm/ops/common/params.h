@@ -31,6 +31,7 @@ struct ConvParams {
 struct SsdParams {
   int64_t batch = 0, seqlen = 0, nheads = 0, headdim = 0, ngroups = 0, dstate = 0, nseq = 0;
   int64_t workspace_floats = 0;  // per thread
+  int64_t workspace_rows = 0;    // threads that get a workspace row (and a dB/dC slice)
   DType dtype = DType::f32;
   TensorArg x;               // (B, L, H, P)      dtype
   TensorArg dt;              // (B, L, H)         float32
@@ -42,21 +43,21 @@ struct SsdParams {
   TensorArg initial_states;  // (B, H, P, N)      float32, optional; (nseq, H, P, N) with cu_seqlens
   TensorArg seq_idx;         // (B, L)            int32, optional (ignored with cu_seqlens)
   TensorArg cu_seqlens;      // (nseq + 1,)       int32, optional (batch 1): a reset at each sequence start
-  TensorArg workspace;       // (threads, workspace_floats) float32
+  TensorArg workspace;       // (workspace_rows, workspace_floats) float32
   bool dt_softplus = false;
   float dt_lo = 0.f, dt_hi = 0.f;
   // forward outputs
   TensorArg out;             // (B, L, H, P)      dtype
   TensorArg final_states;    // (B, H, P, N)      float32, optional
   TensorArg varlen_states;   // (nseq, H, P, N)   float32, optional
-  // backward: incoming gradients and outputs (per-head partial sums are reduced in Python)
+  // backward: incoming gradients and outputs (per-head or per-thread partial sums are reduced in Python)
   TensorArg dout;            // (B, L, H, P)      dtype
   TensorArg dfinal;          // (B, H, P, N)      float32, optional
   TensorArg dvarlen;         // (nseq, H, P, N)   float32, optional
   TensorArg dx, dz;          // (B, L, H, P)      dtype (dz optional)
   TensorArg ddt;             // (B, L, H)         float32 (gradient wrt dt + dt_bias)
   TensorArg dA;              // (B, H)            float32
-  TensorArg dB, dC;          // (B, L, H, N)      float32, per head
+  TensorArg dB, dC;          // (rows * B, L, G, N) float32, per thread, accumulated (start at zero)
   TensorArg dD;              // (B, H, P)         float32, optional
   TensorArg dinitial;        // like initial_states, float32, optional
 };

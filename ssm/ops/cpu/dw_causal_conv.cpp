@@ -6,6 +6,7 @@
 
 #include "cpu/conv_rows.h"
 #include "cpu/kernels.h"
+#include "cpu/row_ops.h"
 #include "cpu/runtime/parallel.h"
 #include "cpu/vec.h"
 
@@ -38,8 +39,7 @@ void conv_fwd(const ConvParams& p, int nthreads) {
       } else {
         conv_row(out.data(), xs.data(), w, bias, L, W);
       }
-      if (p.silu)
-        for (int64_t t = 0; t < L; ++t) out[t] = silu(out[t]);
+      if (p.silu) silu_row(out.data(), L);
       store_row(mut_ptr<T>(p.out) + b * p.out.stride[0] + d * p.out.stride[1], p.out.stride[2], out.data(), L);
 
       if (p.final_states.present()) {

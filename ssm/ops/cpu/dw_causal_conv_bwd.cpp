@@ -14,12 +14,13 @@
 namespace ssm::cpu::SSM_ISA {
 namespace {
 
-// Per-thread buffers for one row: xs = [history, x], pre-activation, padded gradient, dxs.
+// Per-thread buffers for one row: xs = [history, x], pre-activation and its sigmoid, padded
+// gradient, dxs.
 struct RowBuffers {
-  std::vector<float> xs, pre, gp, dxs;
+  std::vector<float> xs, pre, sig, gp, dxs;
   std::vector<int64_t> seg_start;
   RowBuffers(int64_t L, int64_t H, bool seq)
-      : xs(H + L), pre(L), gp(L + 2 * H, 0.f), dxs(H + L), seg_start(seq ? L : 0) {}
+      : xs(H + L), pre(L), sig(L), gp(L + 2 * H, 0.f), dxs(H + L), seg_start(seq ? L : 0) {}
 };
 
 // dxs[j] = sum_k w[k] g[j - k] (g zero outside [0, L)), dw[k] += sum_t g[t] xs[t + k].
@@ -68,7 +69,8 @@ void conv_bwd_row(const ConvBwdParams& q, int64_t b, int64_t d, RowBuffers& r, f
   if (p.silu) {
     if (seq) conv_row_segmented(r.pre.data(), r.xs.data(), w, bias, L, W, r.seg_start.data());
     else conv_row(r.pre.data(), r.xs.data(), w, bias, L, W);
-    for (int64_t t = 0; t < L; ++t) g[t] *= silu_grad(r.pre[t]);
+    sigmoid_row(r.sig.data(), r.pre.data(), L);
+    for (int64_t t = 0; t < L; ++t) g[t] *= silu_grad_from_sigmoid(r.pre[t], r.sig[t]);
   }
   db += row_sum(g, L);
   if (seq) grad_row_segmented(r, w, dw, L, W);

@@ -6,6 +6,7 @@
 
 #include "cpu/conv_rows.h"
 #include "cpu/kernels.h"
+#include "cpu/row_ops.h"
 #include "cpu/runtime/parallel.h"
 
 namespace ssm::cpu::SSM_ISA {
@@ -43,8 +44,7 @@ void update_row(const ConvUpdateParams& p, int64_t b, int64_t d, float* xs, floa
   load_row(xs + H, x, p.x.stride[2], L);
   const float bias = p.bias.present() ? ptr<float>(p.bias)[d * p.bias.stride[0]] : 0.f;
   conv_row(out, xs, ptr<float>(p.weight) + d * p.weight.stride[0], bias, L, W);
-  if (p.silu)
-    for (int64_t t = 0; t < L; ++t) out[t] = silu(out[t]);
+  if (p.silu) silu_row(out, L);
   store_row(y, p.out.stride[2], out, L);
   push_tokens(st, ss, x, p.x.stride[2], L, S, ring);
 }

@@ -1,7 +1,8 @@
-// One decode step of the selective SSM on the CPU, state updated in place. One task per
-// (batch, head) row; each of the head's P channels updates its N states in vectors of 8
-// (float32 compute from the stored state, written back in the state's dtype). Strides are
-// read as given, so tied per-head A / dt / D / dt_bias (stride-0 views) cost one value per head.
+// One decode step of the selective SSM on the CPU, state updated in place (float32 compute from
+// the stored state, written back in the state's dtype). Mamba-2 layout: one task per (batch, head)
+// row, each of the head's P channels updating its N states in vectors of 8. Mamba-1 layout (P = 1):
+// 8 channels per vector, lanes across channels, so dt's softplus and the gate vectorize too.
+// Strides are read as given: tied per-head A / dt / D / dt_bias (stride-0 views) work as they are.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -77,11 +78,77 @@ void step_row(const StateStepParams& p, StepScratch& s, int64_t b, int64_t h) {
   }
 }
 
+// Lane-transposed scratch of the P = 1 path: (N x 8) state, A, B, C.
+struct LaneScratch {
+  std::vector<float> h, A, B, C;
+  explicit LaneScratch(int64_t N) : h(N * kLanes), A(N * kLanes), B(N * kLanes), C(N * kLanes) {}
+};
+
+template <typename E>
+float lane_value(const TensorArg& t, int64_t b, int64_t h, float absent) {
+  return t.present() ? to_float(ptr<E>(t)[b * t.stride[0] + h * t.stride[1]]) : absent;
+}
+
+// Channels (heads of size 1) h0 .. h0 + 7 of batch row b.
+template <typename S, typename T>
+void step_lanes(const StateStepParams& p, LaneScratch& s, int64_t b, int64_t h0) {
+  const int64_t N = p.dstate, hpg = p.nheads / p.ngroups;
+  const int nl = int(std::min<int64_t>(kLanes, p.nheads - h0));
+  T* out = mut_ptr<T>(p.out) + b * p.out.stride[0];
+  const int32_t row = p.state_batch_indices.present()
+                          ? ptr<int32_t>(p.state_batch_indices)[b * p.state_batch_indices.stride[0]] : int32_t(b);
+  if (row < 0) {  // padding: zeros out, no state touched
+    for (int l = 0; l < nl; ++l) out[(h0 + l) * p.out.stride[1]] = from_float<T>(0.f);
+    return;
+  }
+  vf x = splat(0.f), dt = splat(0.f), z = splat(0.f), D = splat(0.f);
+  for (int l = 0; l < nl; ++l) {
+    const int64_t h = h0 + l, g = h / hpg;
+    x[l] = lane_value<T>(p.x, b, h, 0.f);
+    dt[l] = lane_value<T>(p.dt, b, h, 0.f) + at2(p.dt_bias, h, 0, 0.f);
+    z[l] = lane_value<T>(p.z, b, h, 0.f);
+    D[l] = at2(p.D, h, 0, 0.f);
+    const S* st = ptr<S>(p.state) + row * p.state.stride[0] + h * p.state.stride[1];
+    const float* A = ptr<float>(p.A) + h * p.A.stride[0];
+    const T* Bp = ptr<T>(p.B) + b * p.B.stride[0] + g * p.B.stride[1];
+    const T* Cp = ptr<T>(p.C) + b * p.C.stride[0] + g * p.C.stride[1];
+    for (int64_t n = 0; n < N; ++n) {
+      s.h[n * kLanes + l] = to_float(st[n * p.state.stride[3]]);
+      s.A[n * kLanes + l] = kLog2e * A[n * p.A.stride[2]];
+      s.B[n * kLanes + l] = to_float(Bp[n * p.B.stride[2]]);
+      s.C[n * kLanes + l] = to_float(Cp[n * p.C.stride[2]]);
+    }
+  }
+  if (p.softplus) dt = softplusv(dt);
+  const vf dtx = dt * x;
+  vf acc = splat(0.f);
+  for (int64_t n = 0; n < N; ++n) {
+    const vf h = exp2v(dt * vload(&s.A[n * kLanes])) * vload(&s.h[n * kLanes]) + dtx * vload(&s.B[n * kLanes]);
+    vstore(&s.h[n * kLanes], h);
+    acc += h * vload(&s.C[n * kLanes]);
+  }
+  vf y = acc + D * x;
+  if (p.z.present()) y *= z * sigmoidv(z);
+  for (int l = 0; l < nl; ++l) {
+    S* st = mut_ptr<S>(p.state) + row * p.state.stride[0] + (h0 + l) * p.state.stride[1];
+    for (int64_t n = 0; n < N; ++n) st[n * p.state.stride[3]] = from_float<S>(s.h[n * kLanes + l]);
+    out[(h0 + l) * p.out.stride[1]] = from_float<T>(y[l]);
+  }
+}
+
 }  // namespace
 
 void selective_state_step(const StateStepParams& p, int nthreads) {
   SSM_DTYPE_SWITCH(p.state_dtype, S, "selective_state_step", [&] {
     SSM_DTYPE_SWITCH(p.dtype, T, "selective_state_step", [&] {
+      if (p.headdim == 1) {
+        const int64_t vecs = (p.nheads + kLanes - 1) / kLanes;
+        parallel_for(p.batch * vecs, nthreads, [&](int64_t begin, int64_t end) {
+          LaneScratch s(p.dstate);
+          for (int64_t r = begin; r < end; ++r) step_lanes<S, T>(p, s, r / vecs, r % vecs * kLanes);
+        });
+        return;
+      }
       parallel_for(p.batch * p.nheads, nthreads, [&](int64_t begin, int64_t end) {
         StepScratch s(p.dstate);
         for (int64_t r = begin; r < end; ++r) step_row<S, T>(p, s, r / p.nheads, r % p.nheads);

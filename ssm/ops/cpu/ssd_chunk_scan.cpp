@@ -52,7 +52,7 @@ void scan_head(const SsdParams& p, int64_t task, float* ws) {
   for (int64_t t0 = 0; t0 < p.seqlen; t0 += kBlock) {
     const int64_t k = std::min(kBlock, p.seqlen - t0);
     prepare_block<T>(p, cur, t0, k, Np, w);
-    scan_block<false>(p, w, cur.h, k, Np, nullptr);
+    scan_block<ScanMode::forward>(p, w, cur.h, k, Np, nullptr);
     write_block<T>(p, w, cur, t0, k);
   }
   const TensorArg& fs = p.final_states;
@@ -66,7 +66,7 @@ void ssd_chunk_scan_fwd(const SsdParams& p, int nthreads) {
   SSM_CHECK(p.workspace_floats >= ssd::Workspace::floats(p.headdim, ssd::round_up(p.dstate, ssd::kVec)),
             "ssd_chunk_scan_fwd", "workspace too small");
   SSM_DTYPE_SWITCH(p.dtype, T, "ssd_chunk_scan_fwd", [&] {
-    ssd::for_each_task(p, p.batch * p.nheads, nthreads, [&](int64_t task, float* ws) { scan_head<T>(p, task, ws); });
+    ssd::for_each_task(p, p.batch * p.nheads, nthreads, [&](int64_t task, float* ws, int64_t) { scan_head<T>(p, task, ws); });
   });
 }
 

@@ -2,9 +2,10 @@
 //  1. a forward pass keeps the state entering every block of kBlock tokens (checkpoints);
 //  2. blocks are visited last to first: the block's states are recomputed from its checkpoint,
 //     then the state gradient S_t = a_{t+1} S_{t+1} + g_t ⊗ C_t (+ dfinal, dvarlen) runs back over
-//     the block, giving dx, dΔ, dB, dC, dA (through Σ S_t ⊙ H_{t-1}) on the way.
-// g_t = dy_t silu(z_t) is the gradient of the ungated output. dB, dC, dA, dD are per head and
-// summed over heads (and batch) in Python.
+//     the block, row by row in column groups held in registers, accumulating each token's dx, dΔ,
+//     dB, dC and dA (through Σ S_t ⊙ H_{t-1}) on the way.
+// g_t = dy_t silu(z_t) is the gradient of the ungated output. dA, dD are per head and dB, dC per
+// thread (accumulated over its heads); Python sums them.
 #include "cpu/ssd_common.h"
 
 namespace ssm::cpu::SSM_ISA {
@@ -19,7 +20,7 @@ struct BwdWorkspace {
   float* g;         // (kBlock, P): gradient of the ungated output
   float* dB;        // (kBlock, Np): Σ_q S[q, :] u[q]
   float* dC;        // (kBlock, Np): Σ_q g[q] H[q, :]
-  float* acc_da;    // (kBlock, kVec): Σ S ⊙ H_{t-1}
+  float* acc_da;    // (kBlock, kVec): Σ S_t ⊙ H_{t-1}
   int32_t* cursor;  // (nblocks, 2): HeadCursor (prev_seq, next_end) at each block start
 
   static int64_t floats(int64_t P, int64_t Np, int64_t L) {
@@ -48,14 +49,7 @@ void checkpoint_pass(const SsdParams& p, HeadCursor cur, Workspace& w, BwdWorksp
     std::copy(w.state, w.state + P * Np, bw.ckpt + j * P * Np);
     bw.cursor[2 * j] = cur.prev_seq, bw.cursor[2 * j + 1] = int32_t(cur.next_end);
     prepare_block<T>(p, cur, t0, k, Np, w);
-    for (int64_t q = 0; q < P; ++q)
-      for (int64_t i = 0; i < k; ++i) {
-        const vf a = splat(w.decay[i]), u = splat(w.u[i * P + q]);
-        float* row = w.state + q * Np;
-        if (w.reset[i] >= 0)
-          for (int64_t n = 0; n < Np; n += kVec) store(row + n, reset_cols(p, w.reset[i], cur.h, q, n));
-        for (int64_t n = 0; n < Np; n += kVec) store(row + n, load(row + n) * a + u * load(w.B + i * Np + n));
-      }
+    scan_block<ScanMode::advance>(p, w, cur.h, k, Np, nullptr);
   }
 }
 
@@ -101,47 +95,84 @@ inline void store_start_grad(const SsdParams& p, int64_t seq, int64_t h, int64_t
   for (int l = 0; l < kVec && n0 + l < p.dstate; ++l) dst[(n0 + l) * d.stride[3]] = v[l];
 }
 
-// Reverse scan of state row q, columns [n0, n0 + 8), over the block; next_carry is the factor
-// of this block's last state in the next token's state (a_{t0 + k}, 0 at a reset).
+// One token's sums over a column group: dB += S u, dC += g H_t, da += S ⊙ H_{t-1}, x += S ⊙ B.
+template <int NV>
+inline void token_sums(const vf* s, const vf* prev, const vf* hc, vf u, vf g, const float* Bi, float* dB, float* dC,
+                       vf& da, vf& x) {
+#pragma GCC unroll 4
+  for (int j = 0; j < NV; ++j) {
+    store(dB + j * kVec, load(dB + j * kVec) + s[j] * u);
+    store(dC + j * kVec, load(dC + j * kVec) + g * hc[j]);
+    da += s[j] * prev[j], x += s[j] * load(Bi + j * kVec);
+  }
+}
+
+// Reverse scan of state row q, columns [n0, n0 + 8 NV), over the block; next_carry is the factor
+// of this block's last state in the next token's state (a_{t0 + k}, 0 at a reset). H_t comes
+// from the recomputed states; H_{t-1} is carried to the next (earlier) token.
+template <int NV>
 void reverse_row_cols(const SsdParams& p, const Workspace& w, BwdWorkspace& bw, int64_t h, int64_t q, int64_t n0,
                       int64_t k, int64_t Np, float next_carry) {
   const int64_t P = p.headdim, PN = P * Np;
   float* row = bw.dstate + q * Np + n0;
-  vf s = load(row);
+  const float* H = bw.states + q * Np + n0;
+  float* acc = w.row_acc(q);
+  vf s[NV], hc[NV];
+#pragma GCC unroll 4
+  for (int j = 0; j < NV; ++j) s[j] = load(row + j * kVec), hc[j] = load(H + k * PN + j * kVec);
   for (int64_t i = k - 1; i >= 0; --i) {
-    const float* Hcur = bw.states + (i + 1) * PN + q * Np + n0;
-    const vf Hprev = w.reset[i] >= 0 ? reset_cols(p, w.reset[i], h, q, n0) : load(Hcur - PN);
-    s = s * splat(next_carry) + splat(bw.g[i * P + q]) * load(w.C + i * Np + n0);
-    if (p.dvarlen.present() && w.seq_end[i] >= 0) s += varlen_grad(p, w.seq_end[i], h, q, n0);
-    store(w.acc + i * kVec, load(w.acc + i * kVec) + s * load(w.B + i * Np + n0));
-    store(bw.acc_da + i * kVec, load(bw.acc_da + i * kVec) + s * Hprev);
-    store(bw.dB + i * Np + n0, load(bw.dB + i * Np + n0) + s * splat(w.u[i * P + q]));
-    store(bw.dC + i * Np + n0, load(bw.dC + i * Np + n0) + splat(bw.g[i * P + q]) * load(Hcur));
+    const vf carry = splat(next_carry), g = splat(bw.g[i * P + q]), u = splat(w.u[i * P + q]);
+    const float *Ci = w.C + i * Np + n0, *Bi = w.B + i * Np + n0;
+    float *dB = bw.dB + i * Np + n0, *dC = bw.dC + i * Np + n0;
+    vf hp[NV], da{}, x{};
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) hp[j] = load(H + i * PN + j * kVec);
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) s[j] = s[j] * carry + g * load(Ci + j * kVec);
+    if (p.dvarlen.present() && w.seq_end[i] >= 0)
+      for (int j = 0; j < NV; ++j) s[j] += varlen_grad(p, w.seq_end[i], h, q, n0 + j * kVec);
+    if (w.reset[i] >= 0) {
+      vf start[NV];
+      for (int j = 0; j < NV; ++j) start[j] = reset_cols(p, w.reset[i], h, q, n0 + j * kVec);
+      token_sums<NV>(s, start, hc, u, g, Bi, dB, dC, da, x);
+    } else {
+      token_sums<NV>(s, hp, hc, u, g, Bi, dB, dC, da, x);
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) hc[j] = hp[j];
+    store(bw.acc_da + i * kVec, load(bw.acc_da + i * kVec) + da);
+    store(acc + i * kVec, load(acc + i * kVec) + x);
     next_carry = w.reset[i] >= 0 ? 0.f : w.decay[i];
     if (w.reset[i] >= 0 && p.dinitial.present() && p.cu_seqlens.present())
-      store_start_grad(p, w.reset[i], h, q, n0, s * splat(w.decay[i]));
+      for (int j = 0; j < NV; ++j) store_start_grad(p, w.reset[i], h, q, n0 + j * kVec, s[j] * splat(w.decay[i]));
   }
-  store(row, s);
+#pragma GCC unroll 4
+  for (int j = 0; j < NV; ++j) store(row + j * kVec, s[j]);
 }
 
 // Runs the state gradient back over the block; w.red[i, q] = Σ_n S_t[q, n] B_t[n].
 void reverse_block(const SsdParams& p, const Workspace& w, BwdWorkspace& bw, int64_t h, int64_t k, int64_t Np,
                    float next_carry) {
-  const int64_t P = p.headdim;
   std::fill(bw.acc_da, bw.acc_da + k * kVec, 0.f);
   std::fill(bw.dB, bw.dB + k * Np, 0.f);
   std::fill(bw.dC, bw.dC + k * Np, 0.f);
-  for (int64_t q = 0; q < P; ++q) {
-    std::fill(w.acc, w.acc + k * kVec, 0.f);
-    for (int64_t n0 = 0; n0 < Np; n0 += kVec) reverse_row_cols(p, w, bw, h, q, n0, k, Np, next_carry);
-    for (int64_t i = 0; i < k; ++i) w.red[i * P + q] = hsum(load(w.acc + i * kVec));
+  const int64_t P = p.headdim;
+  for (int64_t q0 = 0; q0 < P; q0 += kRows) {
+    const int64_t rows = std::min(kRows, P - q0);
+    for (int64_t q = q0; q < q0 + rows; ++q) {
+      int64_t n0 = 0;
+      for (; n0 + 4 * kVec <= Np; n0 += 4 * kVec) reverse_row_cols<4>(p, w, bw, h, q, n0, k, Np, next_carry);
+      for (; n0 + 2 * kVec <= Np; n0 += 2 * kVec) reverse_row_cols<2>(p, w, bw, h, q, n0, k, Np, next_carry);
+      for (; n0 < Np; n0 += kVec) reverse_row_cols<1>(p, w, bw, h, q, n0, k, Np, next_carry);
+    }
+    w.reduce_rows(k, P, q0, rows);
   }
 }
 
 // dx, ddt (wrt dt + dt_bias), dB, dC of the block's tokens; returns the block's share of dA.
 template <typename T>
 float write_block_grads(const SsdParams& p, const Workspace& w, const BwdWorkspace& bw, const HeadCursor& cur,
-                        int64_t t0, int64_t k) {
+                        int64_t t0, int64_t k, int64_t part) {
   const int64_t P = p.headdim, N = p.dstate, Np = round_up(N, kVec);
   const float A = ptr<float>(p.A)[cur.h * p.A.stride[0]];
   const float bias = p.dt_bias.present() ? ptr<float>(p.dt_bias)[cur.h * p.dt_bias.stride[0]] : 0.f;
@@ -161,10 +192,11 @@ float write_block_grads(const SsdParams& p, const Workspace& w, const BwdWorkspa
     const float v = ptr<float>(p.dt)[cur.b * p.dt.stride[0] + t * p.dt.stride[1] + cur.h * p.dt.stride[2]] + bias;
     mut_ptr<float>(p.ddt)[cur.b * p.ddt.stride[0] + t * p.ddt.stride[1] + cur.h * p.ddt.stride[2]] =
         ddelta * delta_grad(v, p.dt_softplus, p.dt_lo, p.dt_hi);
-    float* dB = mut_ptr<float>(p.dB) + cur.b * p.dB.stride[0] + t * p.dB.stride[1] + cur.h * p.dB.stride[2];
-    float* dC = mut_ptr<float>(p.dC) + cur.b * p.dC.stride[0] + t * p.dC.stride[1] + cur.h * p.dC.stride[2];
-    store_row(dB, p.dB.stride[3], bw.dB + i * Np, N);
-    store_row(dC, p.dC.stride[3], bw.dC + i * Np, N);
+    const int64_t row = part * p.batch + cur.b;
+    float* dB = mut_ptr<float>(p.dB) + row * p.dB.stride[0] + t * p.dB.stride[1] + cur.g * p.dB.stride[2];
+    float* dC = mut_ptr<float>(p.dC) + row * p.dC.stride[0] + t * p.dC.stride[1] + cur.g * p.dC.stride[2];
+    for (int64_t n = 0; n < N; ++n) dB[n * p.dB.stride[3]] += bw.dB[i * Np + n];
+    for (int64_t n = 0; n < N; ++n) dC[n * p.dC.stride[3]] += bw.dC[i * Np + n];
   }
   return dA;
 }
@@ -181,7 +213,7 @@ void empty_sequence_grads(const SsdParams& p, int64_t h) {
 }
 
 template <typename T>
-void backward_head(const SsdParams& p, int64_t task, float* ws) {
+void backward_head(const SsdParams& p, int64_t task, float* ws, int64_t part) {
   const int64_t P = p.headdim, N = p.dstate, Np = round_up(N, kVec), PN = P * Np;
   Workspace w(ws, P, Np);
   BwdWorkspace bw(w.extra, P, Np, p.seqlen);
@@ -210,10 +242,10 @@ void backward_head(const SsdParams& p, int64_t task, float* ws) {
     prepare_block<T>(p, cur, t0, k, Np, w);
     std::copy(bw.ckpt + j * PN, bw.ckpt + (j + 1) * PN, w.state);
     std::copy(bw.ckpt + j * PN, bw.ckpt + (j + 1) * PN, bw.states);
-    scan_block<true>(p, w, start.h, k, Np, bw.states);
+    scan_block<ScanMode::states>(p, w, start.h, k, Np, bw.states);
     output_grads<T>(p, w, bw, start, t0, k, dD);
     reverse_block(p, w, bw, start.h, k, Np, next_carry);
-    dA += write_block_grads<T>(p, w, bw, start, t0, k);
+    dA += write_block_grads<T>(p, w, bw, start, t0, k, part);
     next_carry = w.reset[0] >= 0 ? 0.f : w.decay[0];
   }
   mut_ptr<float>(p.dA)[start.b * p.dA.stride[0] + start.h * p.dA.stride[1]] = dA;
@@ -232,7 +264,7 @@ void ssd_chunk_scan_bwd(const SsdParams& p, int nthreads) {
   SSM_CHECK(p.workspace_floats >= ssd::Workspace::floats(p.headdim, Np) + BwdWorkspace::floats(p.headdim, Np, p.seqlen),
             "ssd_chunk_scan_bwd", "workspace too small");
   SSM_DTYPE_SWITCH(p.dtype, T, "ssd_chunk_scan_bwd", [&] {
-    ssd::for_each_task(p, p.batch * p.nheads, nthreads, [&](int64_t task, float* ws) { backward_head<T>(p, task, ws); });
+    ssd::for_each_task(p, p.batch * p.nheads, nthreads, [&](int64_t task, float* ws, int64_t part) { backward_head<T>(p, task, ws, part); });
   });
 }
 

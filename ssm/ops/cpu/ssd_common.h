@@ -32,6 +32,19 @@ inline float hsum(vf v) {
 }
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
+// [Σ v[0], ..., Σ v[7]]: the lane sums of 8 vectors as one vector (pairwise shuffles).
+inline vf hsum8(const vf* v) {
+  auto pairs = [](vf a, vf b) {
+    return __builtin_shufflevector(a, b, 0, 2, 8, 10, 4, 6, 12, 14) +
+           __builtin_shufflevector(a, b, 1, 3, 9, 11, 5, 7, 13, 15);
+  };
+  vf u0 = pairs(pairs(v[0], v[1]), pairs(v[2], v[3])), u1 = pairs(pairs(v[4], v[5]), pairs(v[6], v[7]));
+  return __builtin_shufflevector(u0, u1, 0, 1, 2, 3, 8, 9, 10, 11) +
+         __builtin_shufflevector(u0, u1, 4, 5, 6, 7, 12, 13, 14, 15);
+}
+
+constexpr int64_t kRows = 8;  // state rows whose per-token sums are reduced together
+
 // Slices of one thread's float32 workspace row; sizes in floats, each rounded to 16.
 struct Workspace {
   float* state;     // (P, Np): the running state H
@@ -43,13 +56,13 @@ struct Workspace {
   float* decay;     // (kBlock,): a_t = exp(Δ_t A)
   int32_t* seq_end; // (kBlock,): index of the sequence ending at the token, or -1
   int32_t* reset;   // (kBlock,): -1, or the sequence whose start state replaces the state before the token
-  float* acc;       // (kBlock, kVec): per-token vector accumulators
+  float* acc;       // (kRows, kBlock, kVec): per-(row of a group of 8, token) vector accumulators
   float* red;       // (kBlock, P): per-token reductions over N
   float* extra;     // backward only: see ssd_chunk_scan_bwd.cpp
 
   static int64_t floats(int64_t P, int64_t Np) {
     return round_up(P * Np, 16) + 2 * round_up(kBlock * Np, 16) + 3 * round_up(kBlock * P, 16) +
-           4 * 16 + round_up(kBlock * kVec, 16);
+           4 * 16 + round_up(kRows * kBlock * kVec, 16);
   }
 
   Workspace(float* base, int64_t P, int64_t Np) {
@@ -59,8 +72,25 @@ struct Workspace {
     x = take(kBlock * P), u = take(kBlock * P), red = take(kBlock * P);
     delta = take(kBlock), decay = take(kBlock);
     seq_end = reinterpret_cast<int32_t*>(take(kBlock)), reset = reinterpret_cast<int32_t*>(take(kBlock));
-    acc = take(kBlock * kVec);
+    acc = take(kRows * kBlock * kVec);
     extra = p;
+    std::fill(acc, acc + kRows * kBlock * kVec, 0.f);
+  }
+
+  float* row_acc(int64_t q) const { return acc + (q % kRows) * kBlock * kVec; }
+
+  // red[i, q0 + r] = lane sum of row_acc(q0 + r)[i] for r < rows, i < k; then clears acc.
+  void reduce_rows(int64_t k, int64_t P, int64_t q0, int64_t rows) const {
+    for (int64_t i = 0; i < k; ++i) {
+      vf v[kRows];
+      for (int64_t r = 0; r < kRows; ++r) v[r] = load(acc + (r * kBlock + i) * kVec);
+      if (rows == kRows) {
+        store(red + i * P + q0, hsum8(v));
+      } else {
+        for (int64_t r = 0; r < rows; ++r) red[i * P + q0 + r] = hsum(v[r]);
+      }
+    }
+    std::fill(acc, acc + kRows * kBlock * kVec, 0.f);
   }
 };
 
@@ -158,63 +188,96 @@ void save_state_cols(const SsdParams& p, int64_t seq, int64_t h, int64_t q, int6
     for (int l = 0; l < kVec && n0 + j * kVec + l < p.dstate; ++l) dst[(n0 + j * kVec + l) * v.stride[3]] = s[j][l];
 }
 
-// State row q, columns [n0, n0 + 8 NV), over the block's k tokens: H = a H + u B; acc += H C.
-// kStates (backward recompute): also write each token's state to states[i + 1] (rows of P x Np)
-// instead of saving varlen states.
-template <int NV, bool kStates>
-void scan_row_cols(const SsdParams& p, const Workspace& w, int64_t h, int64_t q, int64_t n0, int64_t k, int64_t Np,
-                   float* states) {
+// What a block scan produces besides the advanced state.
+enum class ScanMode {
+  forward,  // y sums, varlen states
+  states,   // y sums, every token's state in states[i + 1] (rows of P x Np): the backward's recompute
+  advance,  // nothing else: the backward's checkpoint pass
+};
+
+// State rows [q, q + R), columns [n0, n0 + 8 NV), over the block's k tokens: H = a H + u B;
+// acc += H C. R rows share the loads of B and C.
+template <int R, int NV, ScanMode kMode>
+void scan_rows_cols(const SsdParams& p, const Workspace& w, int64_t h, int64_t q, int64_t n0, int64_t k,
+                    int64_t Np, float* states) {
   const int64_t P = p.headdim;
-  float* row = w.state + q * Np + n0;
-  vf s[NV];
+  vf s[R][NV];
+#pragma GCC unroll 2
+  for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-  for (int j = 0; j < NV; ++j) s[j] = load(row + j * kVec);
+    for (int j = 0; j < NV; ++j) s[r][j] = load(w.state + (q + r) * Np + n0 + j * kVec);
   for (int64_t i = 0; i < k; ++i) {
-    const vf a = splat(w.decay[i]), u = splat(w.u[i * P + q]);
+    const vf a = splat(w.decay[i]);
     const float* Bi = w.B + i * Np + n0;
     const float* Ci = w.C + i * Np + n0;
-    vf y = load(w.acc + i * kVec);
     if (w.reset[i] >= 0)
-      for (int j = 0; j < NV; ++j) s[j] = reset_cols(p, w.reset[i], h, q, n0 + j * kVec);
+      for (int r = 0; r < R; ++r)
+        for (int j = 0; j < NV; ++j) s[r][j] = reset_cols(p, w.reset[i], h, q + r, n0 + j * kVec);
 #pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) s[j] = s[j] * a + u * load(Bi + j * kVec);
+    for (int j = 0; j < NV; ++j) {
+      const vf b = load(Bi + j * kVec);
+#pragma GCC unroll 2
+      for (int r = 0; r < R; ++r) s[r][j] = s[r][j] * a + splat(w.u[i * P + q + r]) * b;
+    }
+    if constexpr (kMode == ScanMode::advance) continue;
+    vf y[R];
+#pragma GCC unroll 2
+    for (int r = 0; r < R; ++r) y[r] = load(w.row_acc(q + r) + i * kVec);
 #pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) y += s[j] * load(Ci + j * kVec);
-    store(w.acc + i * kVec, y);
-    if constexpr (kStates) {
+    for (int j = 0; j < NV; ++j) {
+      const vf c = load(Ci + j * kVec);
+#pragma GCC unroll 2
+      for (int r = 0; r < R; ++r) y[r] += s[r][j] * c;
+    }
+#pragma GCC unroll 2
+    for (int r = 0; r < R; ++r) store(w.row_acc(q + r) + i * kVec, y[r]);
+    if constexpr (kMode == ScanMode::states) {
+      for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j) store(states + (i + 1) * P * Np + q * Np + n0 + j * kVec, s[j]);
+        for (int j = 0; j < NV; ++j) store(states + (i + 1) * P * Np + (q + r) * Np + n0 + j * kVec, s[r][j]);
     } else if (w.seq_end[i] >= 0) {
-      save_state_cols<NV>(p, w.seq_end[i], h, q, n0, s);
+      for (int r = 0; r < R; ++r) save_state_cols<NV>(p, w.seq_end[i], h, q + r, n0, s[r]);
     }
   }
+#pragma GCC unroll 2
+  for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-  for (int j = 0; j < NV; ++j) store(row + j * kVec, s[j]);
+    for (int j = 0; j < NV; ++j) store(w.state + (q + r) * Np + n0 + j * kVec, s[r][j]);
 }
 
-// Scans every state row over the block; w.red[i, q] = H_t[q, :] · C_t.
-template <bool kStates>
+// Rows [q, q + R) over all columns, in groups of up to 4 vectors.
+template <int R, ScanMode kMode>
+void scan_rows(const SsdParams& p, const Workspace& w, int64_t h, int64_t q, int64_t k, int64_t Np, float* states) {
+  int64_t n0 = 0;
+  for (; n0 + 4 * kVec <= Np; n0 += 4 * kVec) scan_rows_cols<R, 4, kMode>(p, w, h, q, n0, k, Np, states);
+  for (; n0 + 2 * kVec <= Np; n0 += 2 * kVec) scan_rows_cols<R, 2, kMode>(p, w, h, q, n0, k, Np, states);
+  for (; n0 < Np; n0 += kVec) scan_rows_cols<R, 1, kMode>(p, w, h, q, n0, k, Np, states);
+}
+
+// Scans every state row over the block; w.red[i, q] = H_t[q, :] · C_t (not when advancing).
+// w.acc starts and ends zero.
+template <ScanMode kMode>
 void scan_block(const SsdParams& p, const Workspace& w, int64_t h, int64_t k, int64_t Np, float* states) {
   const int64_t P = p.headdim;
-  for (int64_t q = 0; q < P; ++q) {
-    std::fill(w.acc, w.acc + k * kVec, 0.f);
-    int64_t n0 = 0;
-    for (; n0 + 4 * kVec <= Np; n0 += 4 * kVec) scan_row_cols<4, kStates>(p, w, h, q, n0, k, Np, states);
-    for (; n0 + 2 * kVec <= Np; n0 += 2 * kVec) scan_row_cols<2, kStates>(p, w, h, q, n0, k, Np, states);
-    for (; n0 < Np; n0 += kVec) scan_row_cols<1, kStates>(p, w, h, q, n0, k, Np, states);
-    for (int64_t i = 0; i < k; ++i) w.red[i * P + q] = hsum(load(w.acc + i * kVec));
+  for (int64_t q0 = 0; q0 < P; q0 += kRows) {
+    const int64_t rows = std::min(kRows, P - q0);
+    int64_t q = q0;
+    for (; q + 2 <= q0 + rows; q += 2) scan_rows<2, kMode>(p, w, h, q, k, Np, states);
+    for (; q < q0 + rows; ++q) scan_rows<1, kMode>(p, w, h, q, k, Np, states);
+    if constexpr (kMode != ScanMode::advance) w.reduce_rows(k, P, q0, rows);
   }
 }
 
-// Runs fn(task, workspace_row) for tasks [0, ntasks) on nthreads threads, one workspace row each.
+// Runs fn(task, workspace_row, part) for tasks [0, ntasks) on nthreads threads; part < workspace_rows
+// numbers the thread's slice of the workspace (and of per-thread outputs).
 template <typename Fn>
 void for_each_task(const SsdParams& p, int64_t ntasks, int nthreads, Fn&& fn) {
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(nthreads, ntasks));
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>({int64_t(nthreads), ntasks, p.workspace_rows}));
   const int64_t per = (ntasks + parts - 1) / parts;
   parallel_for(parts, int(parts), [&](int64_t begin, int64_t end) {
     for (int64_t part = begin; part < end; ++part) {
       float* row = mut_ptr<float>(p.workspace) + part * p.workspace.stride[0];
-      for (int64_t task = part * per; task < std::min(ntasks, (part + 1) * per); ++task) fn(task, row);
+      for (int64_t task = part * per; task < std::min(ntasks, (part + 1) * per); ++task) fn(task, row, part);
     }
   });
 }

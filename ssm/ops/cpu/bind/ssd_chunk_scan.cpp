@@ -5,17 +5,18 @@
 namespace ssm::bind {
 namespace {
 
-using Sizes = std::vector<int64_t>;  // batch, seqlen, nheads, headdim, ngroups, dstate, nseq
+using Sizes = std::vector<int64_t>;  // batch, seqlen, nheads, headdim, ngroups, dstate, nseq, workspace rows
 
 // The inputs shared by the forward and the backward.
 SsdParams ssd_inputs(const char* op, int dtype, const Sizes& sizes, const Ref& x, const Ref& dt, const Ref& A,
                      const Ref& B, const Ref& C, const OptRef& D, const OptRef& z, const OptRef& dt_bias,
                      const OptRef& initial_states, const OptRef& seq_idx, const OptRef& cu_seqlens,
                      const Ref& workspace, int64_t workspace_floats, bool dt_softplus, float dt_lo, float dt_hi) {
-  SSM_CHECK(sizes.size() == 7, op, "expected 7 sizes");
+  SSM_CHECK(sizes.size() == 8, op, "expected 8 sizes");
   SsdParams p;
   p.batch = sizes[0], p.seqlen = sizes[1], p.nheads = sizes[2], p.headdim = sizes[3];
-  p.ngroups = sizes[4], p.dstate = sizes[5], p.nseq = sizes[6];
+  p.ngroups = sizes[4], p.dstate = sizes[5], p.nseq = sizes[6], p.workspace_rows = sizes[7];
+  SSM_CHECK(p.workspace_rows >= 1, op, "expected at least one workspace row");
   for (int64_t s : sizes) SSM_CHECK(s >= 0, op, "negative size");
   SSM_CHECK(p.ngroups > 0 && p.nheads % p.ngroups == 0, op, "ngroups must divide nheads");
   p.dtype = dtype_arg(op, dtype);
@@ -51,8 +52,8 @@ void bind_ssd_chunk_scan(nb::module_& m) {
           nb::gil_scoped_release release;
           SSM_CPU_CALL(ssd_chunk_scan_fwd, p, nthreads);
         });
-  // Outputs: dx, dz (dtype); ddt (B, L, H), dA (B, H), dB/dC (B, L, H, N) per head, dD (B, H, P) and
-  // dinitial (B, H, P, N) in float32; dD must be contiguous along P.
+  // Outputs: dx, dz (dtype); ddt (B, L, H), dA (B, H), dD (B, H, P), dinitial in float32; dB/dC
+  // (workspace rows * B, L, G, N) float32 zero-filled, accumulated per thread; dD contiguous along P.
   m.def("ssd_chunk_scan_bwd",
         [](int dtype, const Sizes& sizes, const Ref& x, const Ref& dt, const Ref& A, const Ref& B, const Ref& C,
            const OptRef& D, const OptRef& z, const OptRef& dt_bias, const OptRef& initial_states,

@@ -1,0 +1,116 @@
+// Gated RMSNorm / LayerNorm backward on the GPU. Blocks take (group, every gridDim.y-th row):
+// the normalized input (recomputed from x and z) and dy go to shared memory, then
+//   ds = rstd * (g - mean(g) - n * mean(g * n)), g = dy0 * w, n = norm(s),
+// with dy0 = dy * silu(z) when the gate follows the norm; dx and dz follow by the chain rule.
+// dweight / dbias accumulate per column over the block's rows and are added once per block.
+#include "cuda/norm_common.cuh"
+
+namespace ssm::cuda {
+namespace {
+
+using namespace norm;
+
+template <int P>
+__global__ void __launch_bounds__(kThreads) gated_norm_bwd_kernel(GatedNormParams p) {
+  extern __shared__ float smem[];
+  __shared__ float scratch[kThreads / 32];
+  const int64_t G = p.group, c0 = int64_t(blockIdx.x) * G;
+  float* s = smem;
+  float* dy0 = s + G;
+  float* dw = dy0 + G;
+  float* db = dw + G;
+  const float* w = ptr<float>(p.weight) + c0;
+  const bool gate = has(p.z), pre_gate = gate && !p.norm_before_gate, post_gate = gate && p.norm_before_gate;
+  const bool bias = has(p.bias);
+  for (int64_t c = threadIdx.x; c < G; c += blockDim.x) dw[c] = 0.f, db[c] = 0.f;
+  for (int64_t row = blockIdx.y; row < p.rows; row += gridDim.y) {
+    float sum = 0.f;
+    for (int64_t c = int64_t(threadIdx.x) * P; c < G; c += int64_t(blockDim.x) * P) {
+      float x[P], z[P];
+      load<P>(x, p.x, p.dtype, row, c0 + c);
+      load<P>(dy0 + c, p.dout, p.dout_dtype, row, c0 + c);
+      if (pre_gate) load<P>(z, p.z, p.z_dtype, row, c0 + c);
+#pragma unroll
+      for (int e = 0; e < P; ++e) s[c + e] = pre_gate ? x[e] * silu(z[e]) : x[e], sum += s[c + e];
+    }
+    const float mean = p.is_rms ? 0.f : block_sum(sum, scratch) / float(G);
+    float sq = 0.f;
+    for (int64_t c = int64_t(threadIdx.x) * P; c < G; c += int64_t(blockDim.x) * P)
+#pragma unroll
+      for (int e = 0; e < P; ++e) sq += (s[c + e] - mean) * (s[c + e] - mean);
+    const float rstd = rsqrtf(block_sum(sq, scratch) / float(G) + p.eps);
+    float sg = 0.f, sgn = 0.f;
+    for (int64_t c = int64_t(threadIdx.x) * P; c < G; c += int64_t(blockDim.x) * P) {
+      float z[P], dz[P];
+      if (post_gate) load<P>(z, p.z, p.z_dtype, row, c0 + c);
+#pragma unroll
+      for (int e = 0; e < P; ++e) {
+        const float n = (s[c + e] - mean) * rstd;
+        if (post_gate) {
+          const float y0 = n * w[c + e] + (bias ? ptr<float>(p.bias)[c0 + c + e] : 0.f);
+          dz[e] = dy0[c + e] * y0 * dsilu(z[e]);
+          dy0[c + e] *= silu(z[e]);
+        }
+        const float g = dy0[c + e] * w[c + e];
+        sg += g, sgn += g * n;
+        dw[c + e] += dy0[c + e] * n;
+        if (bias) db[c + e] += dy0[c + e];
+      }
+      if (post_gate) store<P>(p.dz, p.z_dtype, row, c0 + c, dz);
+    }
+    const float mg = p.is_rms ? 0.f : block_sum(sg, scratch) / float(G);
+    const float mgn = block_sum(sgn, scratch) / float(G);
+    for (int64_t c = int64_t(threadIdx.x) * P; c < G; c += int64_t(blockDim.x) * P) {
+      float dx[P], x[P], z[P], dz[P];
+      if (pre_gate) {
+        load<P>(x, p.x, p.dtype, row, c0 + c);
+        load<P>(z, p.z, p.z_dtype, row, c0 + c);
+      }
+#pragma unroll
+      for (int e = 0; e < P; ++e) {
+        const float n = (s[c + e] - mean) * rstd;
+        const float ds = rstd * (dy0[c + e] * w[c + e] - mg - n * mgn);
+        dx[e] = pre_gate ? ds * silu(z[e]) : ds;
+        if (pre_gate) dz[e] = ds * x[e] * dsilu(z[e]);
+      }
+      store<P>(p.dx, p.dtype, row, c0 + c, dx);
+      if (pre_gate) store<P>(p.dz, p.z_dtype, row, c0 + c, dz);
+    }
+    __syncthreads();
+  }
+  for (int64_t c = threadIdx.x; c < G; c += blockDim.x) {
+    atomicAdd(ptr<float>(p.dweight_parts) + (c0 + c) * p.dweight_parts.stride[1], dw[c]);
+    if (bias) atomicAdd(ptr<float>(p.dbias_parts) + (c0 + c) * p.dbias_parts.stride[1], db[c]);
+  }
+}
+
+}  // namespace
+
+void gated_norm_bwd(const GatedNormParams& p, cudaStream_t stream) {
+  const char* op = "gated_norm_bwd";
+  SSM_CHECK(p.group >= 1 && p.cols % p.group == 0, op, "group size ", p.group, " must divide ", p.cols);
+  const size_t smem = 4 * size_t(p.group) * sizeof(float);
+  SSM_CHECK(smem <= 200 * 1024, op, "the CUDA kernel takes groups of at most 12800 features, got ", p.group);
+  norm::zero_rows<<<ceil_div(p.cols, 256), 256, 0, stream>>>(p.dweight_parts, p.dbias_parts, 1, p.cols);
+  const int64_t ngroups = p.cols / p.group;
+  if (p.rows > 0) {
+    int sms = 0, dev = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    const bool vec = p.group % 8 == 0 && norm::packable(p.x, p.dtype) && norm::packable(p.z, p.z_dtype) &&
+                     norm::packable(p.dout, p.dout_dtype) && norm::packable(p.dx, p.dtype) &&
+                     norm::packable(p.dz, p.z_dtype);
+    // about 16 blocks of kThreads per SM in all, whatever the block size (rows in flight)
+    const int threads = norm::threads_for(p.group, vec);
+    const int64_t want = (16 * int64_t(sms) * (norm::kThreads / threads) + ngroups - 1) / ngroups;
+    const int64_t rowblocks = p.rows < want ? p.rows : (want > 65535 ? 65535 : want);
+    SSM_BOOL_SWITCH(vec, kVec, [&] {
+      auto kernel = gated_norm_bwd_kernel<kVec ? 8 : 1>;
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+      kernel<<<dim3(unsigned(ngroups), unsigned(rowblocks)), threads, smem, stream>>>(p);
+    });
+  }
+  check_launch(op);
+}
+
+}  // namespace ssm::cuda

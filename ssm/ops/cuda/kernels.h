@@ -1,0 +1,31 @@
+// Declarations of the CUDA kernels (one source per op and direction in this folder). Each takes
+// its op's parameter struct and the stream to run on; none allocates device memory.
+#pragma once
+#include <cuda_runtime.h>
+
+#include "common/params.h"
+
+namespace ssm::cuda {
+
+void dw_causal_conv_fwd(const ConvParams& p, cudaStream_t stream);
+void dw_causal_conv_bwd(const ConvBwdParams& p, cudaStream_t stream);
+void dw_causal_conv_update(const ConvUpdateParams& p, cudaStream_t stream);
+
+void selective_scan_fwd(const SelectiveScanParams& p, cudaStream_t stream);
+template <typename T>  // one instantiation per dtype (selective_scan_fwd_<dtype>.cu)
+void selective_scan_fwd_typed(const SelectiveScanParams& p, cudaStream_t stream);
+
+void selective_scan_bwd(const SelectiveScanParams& p, cudaStream_t stream);
+template <typename T>  // one instantiation per dtype (selective_scan_bwd_<dtype>.cu)
+void selective_scan_bwd_typed(const SelectiveScanParams& p, cudaStream_t stream);
+
+void selective_state_step(const StateStepParams& p, cudaStream_t stream);
+template <typename TS>  // one instantiation per state dtype (selective_state_step_<dtype>.cu)
+void selective_state_step_typed(const StateStepParams& p, cudaStream_t stream);
+
+void layer_norm_fwd(const LayerNormParams& p, cudaStream_t stream);
+void layer_norm_bwd(const LayerNormBwdParams& p, cudaStream_t stream);
+void gated_norm_fwd(const GatedNormParams& p, cudaStream_t stream);
+void gated_norm_bwd(const GatedNormParams& p, cudaStream_t stream);
+
+}  // namespace ssm::cuda

@@ -1,0 +1,86 @@
+// Row helpers of the norm kernels: loads and stores of 8 consecutive features (one 16-byte
+// access when the layout allows, else 1 element) in a dtype known at run time, and block sums.
+#pragma once
+#include "cuda/kernels.h"
+#include "cuda/vec.cuh"
+
+namespace ssm::cuda::norm {
+
+constexpr int kThreads = 256;
+
+// v[e] = t[row, col + e] for e < P (P = 8: contiguous, aligned; P = 1: any strides).
+template <int P>
+__device__ __forceinline__ void load(float* v, const TensorArg& t, DType dt, int64_t row, int64_t col) {
+  const int64_t off = row * t.stride[0] + col * t.stride[1];
+  switch (dt) {
+    case DType::f32:
+      if (P == 8) load_floats<float, 8>(v, ptr<float>(t) + off); else v[0] = ptr<float>(t)[off];
+      break;
+    case DType::f16:
+      if (P == 8) load_floats<half_t, 8>(v, ptr<half_t>(t) + off); else v[0] = to_float(ptr<half_t>(t)[off]);
+      break;
+    case DType::bf16:
+      if (P == 8) load_floats<bfloat16_t, 8>(v, ptr<bfloat16_t>(t) + off); else v[0] = to_float(ptr<bfloat16_t>(t)[off]);
+      break;
+  }
+}
+
+template <int P>
+__device__ __forceinline__ void store(const TensorArg& t, DType dt, int64_t row, int64_t col, const float* v) {
+  const int64_t off = row * t.stride[0] + col * t.stride[1];
+  switch (dt) {
+    case DType::f32:
+      if (P == 8) store_floats<float, 8>(ptr<float>(t) + off, v); else ptr<float>(t)[off] = v[0];
+      break;
+    case DType::f16:
+      if (P == 8) store_floats<half_t, 8>(ptr<half_t>(t) + off, v); else ptr<half_t>(t)[off] = from_float<half_t>(v[0]);
+      break;
+    case DType::bf16:
+      if (P == 8) store_floats<bfloat16_t, 8>(ptr<bfloat16_t>(t) + off, v);
+      else ptr<bfloat16_t>(t)[off] = from_float<bfloat16_t>(v[0]);
+      break;
+  }
+}
+
+// True when t's rows can be read 8 features at a time from column `col0` in steps of `cols`.
+inline bool packable(const TensorArg& t, DType dt) {
+  const int64_t n = dt == DType::f32 ? 4 : 8;  // elements per 16 bytes
+  return !t.data || (t.stride[1] == 1 && t.stride[0] % n == 0 && aligned(t.data, 16));
+}
+
+// Sum of v over the block (every thread gets it; blockDim.x a multiple of 32, at most kThreads).
+// scratch: kThreads / 32 floats.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+  if (blockDim.x == 32) return v;
+  __syncthreads();
+  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
+  __syncthreads();
+  float s = 0.f;
+  for (int i = 0; i < int(blockDim.x / 32); ++i) s += scratch[i];
+  return s;
+}
+
+// Threads for a block over `n` features read 8 (or 1) at a time: enough for one pass, a multiple
+// of 32, at most kThreads.
+inline int threads_for(int64_t n, bool packed) {
+  const int64_t per = packed ? (n + 7) / 8 : n;
+  const int64_t t = (per + 31) / 32 * 32;
+  return int(t < kThreads ? t : kThreads);
+}
+
+__device__ __forceinline__ float dsilu(float z) {
+  const float s = sigmoid(z);
+  return s * (1.f + z * (1.f - s));
+}
+
+// Zeroes the (parts, N) partial-gradient rows before the blocks add into them.
+static __global__ void zero_rows(TensorArg a, TensorArg b, int64_t parts, int64_t n) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= parts * n) return;
+  ptr<float>(a)[(i / n) * a.stride[0] + (i % n) * a.stride[1]] = 0.f;
+  if (has(b)) ptr<float>(b)[(i / n) * b.stride[0] + (i % n) * b.stride[1]] = 0.f;
+}
+
+}  // namespace ssm::cuda::norm

@@ -1,0 +1,153 @@
+// One selective-state decode step on the GPU (Mamba-2 layout; Mamba-1 is H = D, P = 1);
+// included once per state dtype by selective_state_step_<dtype>.cu. kTPR lanes share one
+// (batch, head, headdim) row, each lane owning 8 consecutive state entries per pass over N
+// (16-byte state loads and stores when the layout allows), so the state streams through once.
+// A tied per head (stride 0 along N) costs one exp per row instead of one per entry.
+#pragma once
+#include "cuda/kernels.h"
+#include "cuda/vec.cuh"
+
+namespace ssm::cuda::step {
+
+constexpr int kThreads = 256;
+
+template <typename T>
+__device__ __forceinline__ float at(const TensorArg& t, int64_t i0, int64_t i1, int64_t i2 = 0) {
+  return to_float(ptr<T>(t)[i0 * t.stride[0] + i1 * t.stride[1] + i2 * t.stride[2]]);
+}
+
+// v[e] = M[b, g, n0 + e] for e < 8 (zeros past N).
+template <typename T>
+__device__ __forceinline__ void load8(float* v, const TensorArg& M, int64_t b, int64_t g, int64_t n0, int64_t N,
+                                      bool vec) {
+  const T* row = ptr<T>(M) + b * M.stride[0] + g * M.stride[1];
+  if (vec) {
+    load_floats<T, 8>(v, row + n0);
+  } else {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) v[e] = n0 + e < N ? to_float(row[(n0 + e) * M.stride[2]]) : 0.f;
+  }
+}
+
+// One lane's packs of s, B, C (kPacks packs of 8 entries, kTPR lanes apart) at a pass over N,
+// kept as raw 16-byte words until used (few registers per byte in flight). Layouts that are not
+// vectorizable read element by element when the pack is used.
+template <typename TS, typename T, int kTPR, int kPacks>
+struct Packs {
+  Pack<TS> s[kPacks][sizeof(TS) / 2];  // 8 state entries: one (16-bit) or two (float32) words
+  Pack<T> B[kPacks][sizeof(T) / 2], C[kPacks][sizeof(T) / 2];
+
+  __device__ void load(const TS* st, const StateStepParams& p, int64_t b, int64_t g, int64_t base, int lane) {
+    const T* Bp = ptr<T>(p.B) + b * p.B.stride[0] + g * p.B.stride[1];
+    const T* Cp = ptr<T>(p.C) + b * p.C.stride[0] + g * p.C.stride[1];
+#pragma unroll
+    for (int j = 0; j < kPacks; ++j) {
+      const int64_t n0 = base + (int64_t(j) * kTPR + lane) * 8;
+      if (n0 >= p.dstate) continue;
+#pragma unroll
+      for (int w = 0; w < int(sizeof(TS) / 2); ++w) s[j][w].load(st + n0 + w * Pack<TS>::kN);
+#pragma unroll
+      for (int w = 0; w < int(sizeof(T) / 2); ++w) {
+        B[j][w].load(Bp + n0 + w * Pack<T>::kN);
+        C[j][w].load(Cp + n0 + w * Pack<T>::kN);
+      }
+    }
+  }
+  template <typename P>
+  __device__ static float get(const P* words, int e) {
+    return to_float(words[e / P::kN].e[e % P::kN]);
+  }
+};
+
+template <typename TS, typename T, int kTPR, int kPacks>
+__global__ void __launch_bounds__(kThreads) state_step_kernel(StateStepParams p, bool vec) {
+  // 32-bit index arithmetic (the launcher checks the row count): 64-bit division is slow
+  const uint32_t gid = blockIdx.x * kThreads + threadIdx.x, row = gid / kTPR;
+  const uint32_t H = uint32_t(p.nheads), P = uint32_t(p.headdim);
+  const int lane = int(gid % kTPR);
+  if (row >= uint32_t(p.batch) * H * P) return;  // whole lane groups leave together (kThreads % kTPR == 0)
+  const int64_t b = row / (H * P), h = (row / P) % H, hp = row % P;
+  const int64_t srow = has(p.state_batch_indices) ? ptr<int>(p.state_batch_indices)[b * p.state_batch_indices.stride[0]] : b;
+  T* out = ptr<T>(p.out) + b * p.out.stride[0] + h * p.out.stride[1] + hp * p.out.stride[2];
+  if (srow < 0) {
+    if (lane == 0) *out = from_float<T>(0.f);
+    return;
+  }
+  const int64_t g = uint32_t(h) / (H / uint32_t(p.ngroups)), N = p.dstate;
+  TS* st = ptr<TS>(p.state) + srow * p.state.stride[0] + h * p.state.stride[1] + hp * p.state.stride[2];
+  const int64_t sn = p.state.stride[3];
+  // the state stream first: every load of the pass is in flight before the first use
+  Packs<TS, T, kTPR, kPacks> pk;
+  if (vec) pk.load(st, p, b, g, 0, lane);
+  float dt = at<T>(p.dt, b, h, hp) + (has(p.dt_bias) ? ptr<float>(p.dt_bias)[h * p.dt_bias.stride[0] + hp * p.dt_bias.stride[1]] : 0.f);
+  const float xv = at<T>(p.x, b, h, hp);
+  const float Dv = has(p.D) ? ptr<float>(p.D)[h * p.D.stride[0] + hp * p.D.stride[1]] : 0.f;
+  const float zv = has(p.z) ? at<T>(p.z, b, h, hp) : 0.f;
+  const float* A = ptr<float>(p.A) + h * p.A.stride[0] + hp * p.A.stride[1];
+  const bool a_tied = p.A.stride[2] == 0;
+  const float A0 = A[0];
+  if (p.softplus) dt = softplus(dt);
+  const float dx = dt * xv, dA_tied = __expf(dt * A0);
+  float y = 0.f;
+  for (int64_t base = 0; base < N; base += int64_t(kPacks) * kTPR * 8) {
+    if (vec && base > 0) pk.load(st, p, b, g, base, lane);
+#pragma unroll
+    for (int j = 0; j < kPacks; ++j) {
+      const int64_t n0 = base + (int64_t(j) * kTPR + lane) * 8;
+      if (n0 >= N) continue;
+      float sv[8], Bv[8], Cv[8];
+      if (vec) {
+#pragma unroll
+        for (int e = 0; e < 8; ++e)
+          sv[e] = pk.get(pk.s[j], e), Bv[e] = pk.get(pk.B[j], e), Cv[e] = pk.get(pk.C[j], e);
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) sv[e] = n0 + e < N ? to_float(st[(n0 + e) * sn]) : 0.f;
+        load8<T>(Bv, p.B, b, g, n0, N, false);
+        load8<T>(Cv, p.C, b, g, n0, N, false);
+      }
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const float dA = a_tied ? dA_tied : __expf(dt * (n0 + e < N ? A[(n0 + e) * p.A.stride[2]] : 0.f));
+        sv[e] = sv[e] * dA + dx * Bv[e];
+        y += sv[e] * Cv[e];
+      }
+      if (vec) store_floats<TS, 8>(st + n0, sv);
+      else
+#pragma unroll
+        for (int e = 0; e < 8; ++e)
+          if (n0 + e < N) st[(n0 + e) * sn] = from_float<TS>(sv[e]);
+    }
+  }
+  const unsigned group = kTPR == 32 ? 0xffffffffu : ((1u << kTPR) - 1) << (threadIdx.x % 32 / kTPR * kTPR);
+#pragma unroll
+  for (int off = kTPR / 2; off > 0; off /= 2) y += __shfl_xor_sync(group, y, off, kTPR);
+  if (lane != 0) return;
+  y += Dv * xv;
+  if (has(p.z)) y *= silu(zv);
+  *out = from_float<T>(y);
+}
+
+// Lanes per row from N: four packs of 8 entries per lane in one pass (N <= 32 kTPR), more
+// passes past N = 256.
+#define SSM_STEP_TPR_SWITCH(N, K, ...)                              \
+  [&] {                                                             \
+    if (N <= 32) { constexpr int K = 1; return __VA_ARGS__(); }     \
+    if (N <= 64) { constexpr int K = 2; return __VA_ARGS__(); }     \
+    if (N <= 128) { constexpr int K = 4; return __VA_ARGS__(); }    \
+    constexpr int K = 8; return __VA_ARGS__();                      \
+  }()
+
+template <typename TS>
+void launch(const StateStepParams& p, cudaStream_t stream) {
+  SSM_DTYPE_SWITCH(p.dtype, T, "selective_state_step", [&] {
+    const bool vec = p.dstate % 8 == 0 && rows_vectorizable<TS>(p.state, 3) && rows_vectorizable<T>(p.B, 2) &&
+                     rows_vectorizable<T>(p.C, 2);
+    SSM_STEP_TPR_SWITCH(p.dstate, kTPR, [&] {
+      const int64_t threads = p.batch * p.nheads * p.headdim * kTPR;
+      state_step_kernel<TS, T, kTPR, 4><<<ceil_div(threads, kThreads), kThreads, 0, stream>>>(p, vec);
+    });
+  });
+}
+
+}  // namespace ssm::cuda::step

@@ -1,0 +1,11 @@
+// Selective state step, half_t state instantiation (one translation unit per state dtype).
+#include "cuda/selective_state_step.cuh"
+
+namespace ssm::cuda {
+
+template <>
+void selective_state_step_typed<half_t>(const StateStepParams& p, cudaStream_t stream) {
+  step::launch<half_t>(p, stream);
+}
+
+}  // namespace ssm::cuda
