@@ -1,7 +1,8 @@
-"""``ssm bench``: run every ``benchmarks/bench_*.py`` (their ``main``, with ``--quick`` when a script has
-it), print a table, and write JSON (+ PNG plots when matplotlib is importable) under
-``benchmarks/results/<machine>/``. A failing script is reported and the others still run; the exit
-status is then 1."""
+"""``ssm bench``: run every ``benchmarks/bench_*.py`` (their ``main``), print a table, and write JSON
+(+ a PNG when matplotlib is importable) under ``benchmarks/results/<machine>/``. A script that takes
+``--out`` writes its JSON there too. ``--quick`` passes a script's own quick option (``--quick``, else
+fewer ``--reps`` / ``--repeats``). Scripts named ``*cuda*`` are skipped without a GPU. A failing script
+is reported and the others still run; the exit status is then 1."""
 from __future__ import annotations
 
 import argparse
@@ -42,9 +43,23 @@ def machine_name() -> str:
     return re.sub(r"[^a-z0-9.]+", "-", name).strip("-") or "machine"
 
 
-def run_script(path: Path, quick: bool) -> dict:
+QUICK = [("--quick", []), ("--reps", ["2"]), ("--repeats", ["1"])]
+
+
+def script_args(path: Path, quick: bool, folder: Path) -> list[str]:
+    """--out into the results folder where the script takes it; its quick option with --quick."""
+    source = path.read_text()
+    args = ["--out", str(folder / f"{path.stem}.json")] if '"--out"' in source else []
+    if quick:
+        args += next(([flag, *values] for flag, values in QUICK if f'"{flag}"' in source), [])
+    return args
+
+
+def run_script(path: Path, quick: bool, folder: Path) -> dict:
     """Import the script and call its main() with sys.argv set; capture what it prints."""
-    argv = [str(path)] + (["--quick"] if quick and "--quick" in path.read_text() else [])
+    argv = [str(path)] + script_args(path, quick, folder)
+    if "cuda" in path.stem and not torch.cuda.is_available():
+        return dict(script=path.name, args=argv[1:], status="skipped", error="no CUDA GPU", seconds=0.0, output="")
     out, start, saved = io.StringIO(), time.perf_counter(), sys.argv
     status, error = "ok", ""
     try:
@@ -73,7 +88,7 @@ def plot(records: list[dict], folder: Path) -> list[str]:
         return []
     fig, ax = plt.subplots(figsize=(6, 0.5 + 0.4 * len(records)))
     ax.barh([r["script"] for r in records], [r["seconds"] for r in records],
-            color=["tab:blue" if r["status"] == "ok" else "tab:red" for r in records])
+            color=["tab:red" if r["status"] == "failed" else "tab:blue" for r in records])
     ax.set_xlabel("seconds (red: failed)")
     ax.set_title(f"ssm bench on {folder.name}")
     fig.tight_layout()
@@ -93,7 +108,7 @@ def run(args) -> int:
     records = []
     for path in scripts:
         print(f"== {path.name}", flush=True)
-        record = run_script(path, args.quick)
+        record = run_script(path, args.quick, folder)
         print(record["output"], end="")
         if record["error"]:
             print(f"FAILED: {record['error']}")
@@ -106,4 +121,4 @@ def run(args) -> int:
                 python=platform.python_version(), time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     (folder / "bench.json").write_text(json.dumps(dict(info, runs=records, plots=plots), indent=2) + "\n")
     print(f"wrote {folder / 'bench.json'}" + (f" and {', '.join(plots)}" if plots else ""))
-    return 0 if all(r["status"] == "ok" for r in records) else 1
+    return 0 if all(r["status"] != "failed" for r in records) else 1
