@@ -49,9 +49,10 @@ QUICK = [("--quick", []), ("--reps", ["2"]), ("--repeats", ["1"])]
 def script_args(path: Path, quick: bool, folder: Path) -> list[str]:
     """--out into the results folder where the script takes it; its quick option with --quick."""
     source = path.read_text()
-    args = ["--out", str(folder / f"{path.stem}.json")] if '"--out"' in source else []
+    takes = lambda flag: re.search(rf"[\"']{flag}[\"']", source) is not None  # noqa: E731
+    args = ["--out", str(folder / f"{path.stem}.json")] if takes("--out") else []
     if quick:
-        args += next(([flag, *values] for flag, values in QUICK if f'"{flag}"' in source), [])
+        args += next(([flag, *values] for flag, values in QUICK if takes(flag)), [])
     return args
 
 
