@@ -57,7 +57,9 @@ def resolve_checkpoint_dir(name_or_path, revision: Optional[str] = None) -> Path
 
 def _download(repo_id: str, revision: Optional[str]) -> Optional[Path]:
     """Download through huggingface_hub when it is installed and downloads are allowed, else None."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or repo_id.count("/") != 1:
+    looks_like_path = repo_id.startswith(("/", ".", "~")) or os.sep != "/" and os.sep in repo_id
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or repo_id.count("/") != 1 \
+            or looks_like_path:
         return None
     try:
         from huggingface_hub import snapshot_download

@@ -1,0 +1,1 @@
+"""The ``ssm`` command line: generate, train, eval, bench (see ``python -m ssm --help``)."""
