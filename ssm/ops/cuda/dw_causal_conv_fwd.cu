@@ -127,8 +127,8 @@ __global__ void __launch_bounds__(kThreads) conv_fwd_reg_kernel(ConvParams p) {
         ? ptr<T>(p.initial_states) + r.b * p.initial_states.stride[0] + r.d * p.initial_states.stride[1] : nullptr;
 #pragma unroll
     for (int k = 0; k < H; ++k) {
-      const int64_t s = t0 - H + k;
-      v[k] = s >= 0 ? to_float(x[s * sx]) : init ? to_float(init[(H + s) * p.initial_states.stride[2]]) : 0.f;
+      const int64_t s = t0 - H + k;  // lanes past the end (t0 > L) read nothing: their outputs are dropped
+      v[k] = s >= L ? 0.f : s >= 0 ? to_float(x[s * sx]) : init ? to_float(init[(H + s) * p.initial_states.stride[2]]) : 0.f;
     }
   }
   int sq[kSeq ? H + E : 1];
@@ -141,7 +141,10 @@ __global__ void __launch_bounds__(kThreads) conv_fwd_reg_kernel(ConvParams p) {
     for (int k = 0; k < H; ++k) sq[k] = __shfl_up_sync(0xffffffffu, sq[E + k], 1);
     if (lane == 0)
 #pragma unroll
-      for (int k = 0; k < H; ++k) sq[k] = si[(t0 - H + k < 0 ? 0 : t0 - H + k) * ss];
+      for (int k = 0; k < H; ++k) {
+        const int64_t s = t0 - H + k;
+        sq[k] = s >= L ? -1 : si[(s < 0 ? 0 : s) * ss];
+      }
   }
   float w[kW];
 #pragma unroll
