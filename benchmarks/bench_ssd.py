@@ -92,6 +92,7 @@ def main():
     parser.add_argument("--lengths", type=int, nargs="+", default=[512, 2048])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="fewer repeats (smoke run)")
+    parser.add_argument("--out", type=Path, default=OUT, help="where the JSON goes")
     args = parser.parse_args()
     repeats = 2 if args.quick else args.repeats
     torch.manual_seed(0)
@@ -114,10 +115,10 @@ def main():
     result = dict(op="ssd_chunk_scan", shape=SHAPE, machine=machine_info(), limits=limits, results=rows,
                   note="median wall ms; reference = ssm.ops.python.reference (chunked PyTorch); "
                        "GFLOP/s counts 4*B*L*H*P*N per forward")
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
     print(f"machine limits: copy {limits['copy_GBps']:.1f} GB/s, matmul {limits['matmul_GFLOPs']:.1f} GFLOP/s; "
-          f"wrote {OUT}")
+          f"wrote {args.out}")
 
 
 if __name__ == "__main__":
