@@ -14,6 +14,8 @@ def pytest_configure(config):
     torch._inductor.config.fx_graph_cache = False
     # Every kernel output starts as NaN: an element a kernel forgets to write fails the test.
     kernels.POISON_OUTPUTS = True
+    # Small test shapes still run the kernels' multithreaded paths (benchmarks keep the default).
+    kernels.PARALLEL_MIN_WORK = 0
 
 
 @pytest.fixture(autouse=True)

@@ -27,13 +27,16 @@ def tensor(name: str, t, *, ndim: int | Iterable[int] | None = None, shape: Sequ
     if shape is not None:
         ndim = len(shape)
     if ndim is not None:
-        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
-        if t.dim() not in allowed:
+        dim = t.dim()
+        if dim != ndim if isinstance(ndim, int) else dim not in ndim:
+            allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
             want = " or ".join(f"{n}-d" for n in allowed)
             expect = f"shape {_fmt_shape(shape)}" if shape is not None else want
             raise ValueError(f"{name}: expected a {want} tensor ({expect}), got shape {tuple(t.shape)}")
-    if shape is not None and any(s is not None and s != a for s, a in zip(shape, t.shape)):
-        raise ValueError(f"{name}: expected shape {_fmt_shape(shape)}, got {tuple(t.shape)}")
+    if shape is not None:
+        for s, a in zip(shape, t.shape):  # a plain loop: this runs on every op call
+            if s is not None and s != a:
+                raise ValueError(f"{name}: expected shape {_fmt_shape(shape)}, got {tuple(t.shape)}")
     if dtypes is not None and t.dtype not in dtypes:
         names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
         raise TypeError(f"{name}: expected dtype in ({names}), got {str(t.dtype).replace('torch.', '')}")

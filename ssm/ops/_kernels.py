@@ -23,6 +23,14 @@ def empty(shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.
     return t
 
 
+def float32_contiguous(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A small parameter as the kernels take it: t itself when already float32 and contiguous
+    (the common case: no dispatcher round trips), else a float32 contiguous copy."""
+    if t is None or (t.dtype == torch.float32 and t.is_contiguous()):
+        return t
+    return t.float().contiguous()
+
+
 def ref(t: torch.Tensor | None):
     """The kernel-side view of a tensor, or None."""
     if t is None:
@@ -34,11 +42,17 @@ def dtype_code(t: torch.Tensor) -> int:
     return DTYPE_CODES[t.dtype]
 
 
-def exec_arg(backend: str, like: torch.Tensor) -> int:
-    """The last argument of every kernel binding: the CPU thread count (torch's), or the
-    current CUDA stream of the tensor's device (so graph capture and streams work)."""
+# Below this many elements of work a CPU kernel runs on the calling thread: waking a pool worker
+# costs 5-100 us (the more the busier the machine), more than such a call's whole work.
+PARALLEL_MIN_WORK = 1 << 15
+
+
+def exec_arg(backend: str, like: torch.Tensor, work: int | None = None) -> int:
+    """The last argument of every kernel binding: the CPU thread count (torch's; 1 for calls
+    under PARALLEL_MIN_WORK elements of ``work``, default ``like.numel()``), or the current CUDA
+    stream of the tensor's device (so graph capture and streams work)."""
     if backend == "cpu":
-        return torch.get_num_threads()
+        return 1 if (like.numel() if work is None else work) < PARALLEL_MIN_WORK else torch.get_num_threads()
     return torch.cuda.current_stream(like.device).cuda_stream
 
 
@@ -49,9 +63,15 @@ def module(backend: str):
 def kernel_reason(backend: str, kernel: str, *tensors: torch.Tensor | None) -> str | None:
     """None when ``backend``'s module has ``kernel`` and every tensor has a kernel dtype.
     The CPU and CUDA modules bind each kernel under the same name and signature."""
-    if not hasattr(module(backend), kernel):
-        return f"no {backend} kernel {kernel} yet"
+    if (backend, kernel) not in _bound:
+        if not hasattr(module(backend), kernel):
+            return f"no {backend} kernel {kernel} yet"
+        _bound.add((backend, kernel))
     return dtype_reason(*tensors)
+
+
+# (backend, kernel) pairs whose binding exists (a loaded module's names do not change)
+_bound: set[tuple[str, str]] = set()
 
 
 def dtype_reason(*tensors: torch.Tensor | None) -> str | None:

@@ -149,8 +149,8 @@ def dw_causal_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, act
     ``return_final_states`` returns (y, final_states (B, D, W-1)), the window a next call needs.
     """
     W = _check_conv_args(x, weight, bias, activation, seq_idx, initial_states)
-    w = weight.reshape(weight.shape[0], W).float().contiguous()
-    b = None if bias is None else bias.float()
+    w = _kernels.float32_contiguous(weight if weight.dim() == 2 else weight.reshape(weight.shape[0], W))
+    b = _kernels.float32_contiguous(bias)
     silu = activation is not None
     args = (x, w, b, seq_idx, initial_states, silu, return_final_states)
     if _library.use_custom_op(x, w, b, initial_states):
@@ -295,8 +295,8 @@ def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Op
     W = _check_update_args(x, conv_state, weight, bias, activation, conv_state_indices, cache_seqlens)
     # x3 (B, D, L)
     x3 = x.unsqueeze(-1) if x.dim() == 2 else x
-    w = weight.reshape(weight.shape[0], W).float().contiguous()
-    b = None if bias is None else bias.float()
+    w = _kernels.float32_contiguous(weight if weight.dim() == 2 else weight.reshape(weight.shape[0], W))
+    b = _kernels.float32_contiguous(bias)
     args = (x3, conv_state, w, b, activation is not None, conv_state_indices, cache_seqlens)
     y = _update_op(*args) if torch.compiler.is_compiling() else _update_impl(*args)
     return y[..., 0] if x.dim() == 2 else y

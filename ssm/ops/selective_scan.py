@@ -67,7 +67,7 @@ def _fwd_impl(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqle
         return y, _library.empty_if_none(last, u)
     batch, dim, L = u.shape
     N = A.shape[1]
-    nthreads = _kernels.exec_arg(backend, u)
+    nthreads = _kernels.exec_arg(backend, u, work=u.numel() * N)
     groups, slices = _layout(u, B, C, nthreads if backend == "cpu" else 1)
     y = _kernels.empty((batch, dim, L), u)
     last = _kernels.empty((_nrows(u, cu_seqlens), dim, N), u, torch.float32) if return_last_state else None
@@ -113,7 +113,7 @@ def _bwd_kernel(backend, u, delta, A, B, C, D, z, dt_bias, initial_state, seq_id
     # variable dB/dC (S, B, G, N, L); constant dB/dC (B, D, N).
     batch, dim, L = u.shape
     N = A.shape[1]
-    nthreads = _kernels.exec_arg(backend, u)
+    nthreads = _kernels.exec_arg(backend, u, work=u.numel() * N)
     groups, slices = _layout(u, B, C, nthreads if backend == "cpu" else 1)
     f32 = torch.float32
     du, ddelta = _kernels.empty(u.shape, u), _kernels.empty(u.shape, u)

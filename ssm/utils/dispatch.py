@@ -19,6 +19,7 @@ BACKENDS = ("reference", "cpu", "cuda")
 _modules: dict[str, object] = {}
 _import_errors: dict[str, str] = {}
 _warned: set[tuple[str, str]] = set()
+_usable: set[str] = set()
 
 
 def _load(name: str):
@@ -74,6 +75,16 @@ def missing_reason(backend: str) -> str | None:
     return None if cuda_module().device_count() > 0 else "the CUDA module sees no device"
 
 
+def _missing_reason_cached(backend: str) -> str | None:
+    """missing_reason, remembered once the backend is usable (a built module stays built)."""
+    if backend in _usable:
+        return None
+    reason = missing_reason(backend)
+    if reason is None:
+        _usable.add(backend)
+    return reason
+
+
 def get_available_backend(device: torch.device | str | None = None) -> str:
     """The fastest backend available for tensors on ``device`` (default: cuda if usable, else cpu)."""
     if device is None:
@@ -87,7 +98,10 @@ def get_available_backend(device: torch.device | str | None = None) -> str:
 
 
 def forced_backend() -> str | None:
-    value = os.environ.get("SSM_BACKEND", "").strip().lower()
+    value = os.environ.get("SSM_BACKEND")
+    if not value:
+        return None
+    value = value.strip().lower()
     if not value:
         return None
     if value not in BACKENDS:
@@ -107,7 +121,7 @@ def select_backend(op: str, device: torch.device, kernel_reason) -> str:
         return "reference"
     if forced is not None and forced != native:
         raise RuntimeError(f"{op}: SSM_BACKEND={forced} cannot run inputs on {device}")
-    reason = f"no {op} backend for device {device}" if native is None else missing_reason(native)
+    reason = f"no {op} backend for device {device}" if native is None else _missing_reason_cached(native)
     if reason is None:
         reason = kernel_reason(native)
     if reason is None:
