@@ -45,11 +45,17 @@ def _mha_rules(m) -> dict:
             "out_proj.weight": Split(1, (q, half))}
 
 
+def _mlp_rules(m) -> dict:
+    fc1 = Split(0, (m.hidden_features, m.hidden_features))
+    return {"fc1.weight": fc1, "fc1.bias": fc1, "fc2.weight": Split(1, (m.hidden_features,))}
+
+
 def shard_plan(model: torch.nn.Module) -> dict:
     """{state_dict key: Split} for the tensor-parallel layers (those with a process_group) of model."""
     from ssm.modules.attention import MHA
     from ssm.modules.mamba2 import Mamba2
-    rules = {Mamba2: _mamba2_rules, MHA: _mha_rules}
+    from ssm.modules.mlp import GatedMLP
+    rules = {Mamba2: _mamba2_rules, MHA: _mha_rules, GatedMLP: _mlp_rules}
     keys = set(model.state_dict())
     plan = {}
     for prefix, module in model.named_modules():

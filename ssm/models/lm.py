@@ -35,7 +35,7 @@ def create_block(d_model, d_intermediate, ssm_cfg=None, attn_layer_idx=None, att
                  dtype=None, process_group=None):
     """One Block: an MHA mixer if layer_idx is in attn_layer_idx, else the Mamba layer named by
     ssm_cfg["layer"] ("Mamba1" by default, or "Mamba2"); a GatedMLP when d_intermediate > 0.
-    With a process_group, Mamba2 and MHA mixers are tensor-parallel (inputs replicated)."""
+    With a process_group, Mamba2 and MHA mixers and the MLP are tensor-parallel (inputs replicated)."""
     factory_kwargs = {"device": device, "dtype": dtype}
     tp_kwargs = {} if process_group is None else {"process_group": process_group, "sequence_parallel": False}
     ssm_cfg = copy.deepcopy(ssm_cfg) if ssm_cfg is not None else {}
@@ -50,7 +50,7 @@ def create_block(d_model, d_intermediate, ssm_cfg=None, attn_layer_idx=None, att
         mixer_cls = partial(MHA, layer_idx=layer_idx, **attn_cfg, **tp_kwargs, **factory_kwargs)
     norm_cls = partial(ops.RMSNorm if rms_norm else nn.LayerNorm, eps=norm_epsilon, **factory_kwargs)
     mlp_cls = nn.Identity if d_intermediate == 0 else partial(
-        GatedMLP, hidden_features=d_intermediate, out_features=d_model, **factory_kwargs)
+        GatedMLP, hidden_features=d_intermediate, out_features=d_model, **tp_kwargs, **factory_kwargs)
     block = Block(d_model, mixer_cls, mlp_cls, norm_cls=norm_cls, fused_add_norm=fused_add_norm,
                   residual_in_fp32=residual_in_fp32)
     block.layer_idx = layer_idx
@@ -109,8 +109,8 @@ class MixerModel(nn.Module):
 
 class MambaLMHeadModel(nn.Module, GenerationMixin):
     def __init__(self, config: MambaConfig, initializer_cfg=None, device=None, dtype=None, process_group=None):
-        """With a process_group the model is tensor-parallel (docs/tensor_parallel.md): Mamba2 and MHA
-        layers hold this rank's heads; the rest is replicated, broadcast from the group's rank 0."""
+        """With a process_group the model is tensor-parallel (docs/tensor_parallel.md): Mamba2, MHA and
+        GatedMLP layers hold this rank's heads/channels; the rest is replicated, broadcast from rank 0."""
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
         self.config = config

@@ -10,7 +10,7 @@ import torch.distributed as dist
 from ssm.distributed import all_reduce
 from ssm.distributed.sharding import shard_plan, shard_state_dict
 from ssm.models import MambaConfig, MambaLMHeadModel
-from ssm.modules import MHA, Mamba2
+from ssm.modules import MHA, GatedMLP, Mamba2
 from ssm.utils.generation import InferenceParams
 from tests.distributed import mp
 from tests.distributed.test_collectives import _Group, cases
@@ -21,7 +21,7 @@ D_MODEL = 24
 MAMBA2 = dict(d_state=4, headdim=2, ngroups=6, d_ssm=24, chunk_size=4)
 MHA_CFG = dict(num_heads=12, num_heads_kv=6, head_dim=4, causal=True, rotary_emb_dim=4, d_conv=4, mlp_dim=768)
 CONFIGS = {
-    "mamba2_attn_mlp": dict(d_model=D_MODEL, n_layer=3, vocab_size=101, d_intermediate=40, attn_layer_idx=[1],
+    "mamba2_attn_mlp": dict(d_model=D_MODEL, n_layer=3, vocab_size=101, d_intermediate=384, attn_layer_idx=[1],
                             attn_cfg=MHA_CFG, ssm_cfg=dict(layer="Mamba2", **MAMBA2)),
     "mamba1_attn": dict(d_model=D_MODEL, n_layer=2, vocab_size=101, attn_layer_idx=[0],
                         attn_cfg=dict(MHA_CFG, qkv_proj_bias=True, out_proj_bias=True),
@@ -122,6 +122,8 @@ def test_bad_process_group_sizes_raise_before_any_collective():
         Mamba2(D_MODEL, d_state=4, headdim=16, process_group=_Group(2))
     with pytest.raises(ValueError, match="process_group: num_heads_kv = 6 "):
         MHA(D_MODEL, **{**MHA_CFG, "num_heads": 12}, process_group=_Group(4))
+    with pytest.raises(ValueError, match="process_group: hidden_features = 128 is not divisible by the world size 3"):
+        GatedMLP(D_MODEL, hidden_features=40, process_group=_Group(3))
     with pytest.raises(ValueError, match="process_group: .* not divisible by the world size 5"):
         MambaLMHeadModel(MambaConfig(**CONFIGS["mamba2_attn_mlp"]), process_group=_Group(5))
 
@@ -135,5 +137,7 @@ def test_local_shapes_and_decoding_refused_with_sequence_parallel():
         m(torch.randn(1, 3, D_MODEL), inference_params=InferenceParams(max_seqlen=3, max_batch_size=1))
     a = MHA(D_MODEL, **MHA_CFG, process_group=_Group(3), layer_idx=1)
     assert (a.num_heads, a.num_heads_kv, a.mlp_dim) == (4, 2, 256)
+    mlp = GatedMLP(D_MODEL, hidden_features=384, process_group=_Group(3))
+    assert mlp.fc1.weight.shape == (256, D_MODEL) and mlp.fc2.weight.shape == (D_MODEL, 128)
     with pytest.raises(ValueError, match="sequence_parallel"):
         a(torch.randn(1, 3, D_MODEL), inference_params=InferenceParams(max_seqlen=3, max_batch_size=1))
