@@ -3,7 +3,8 @@ initialization, inference cache and ``step``; computes through ``ssm.ops`` on ev
 
 Differences from the reference (docs/compat.md): ``step`` honours dt_limit, D_has_hdim and
 ngroups > 1; cu_seqlens also separates sequences on the memory-efficient path; a cached prefix can
-be continued with several tokens at once (chunked prefill)."""
+be continued with several tokens at once (chunked prefill); tensor-parallel (``process_group``), the
+gated norm spans whole groups, so a split layer computes what one process does (docs/tensor_parallel.md)."""
 from __future__ import annotations
 
 import math
@@ -105,7 +106,9 @@ class Mamba2(nn.Module):
         seq_idx (B, L) int32 / cu_seqlens (nseq+1,) (batch 1) keep packed sequences apart. With
         ``inference_params`` the cached states are updated in place (per sequence with cu_seqlens);
         past the prefix (seqlen_offset > 0) one token goes through ``step`` and several continue
-        the cached states. Other keyword arguments (meant for other mixers) are ignored."""
+        the cached states. Other keyword arguments (meant for other mixers) are ignored.
+        Tensor-parallel with sequence_parallel: u and the output are this rank's share of the
+        first dimension (of the B*L tokens when flat), as in mamba_ssm."""
         flat = seqlen is not None
         conv_state = ssm_state = None
         continuing = False
