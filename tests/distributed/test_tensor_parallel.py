@@ -8,9 +8,10 @@ import torch
 import torch.distributed as dist
 
 from ssm.distributed import all_reduce
-from ssm.distributed.sharding import shard_plan, shard_state_dict
+from ssm.distributed.sharding import _unshard, shard_plan, shard_state_dict
 from ssm.models import MambaConfig, MambaLMHeadModel
 from ssm.modules import MHA, GatedMLP, Mamba2
+from ssm.utils.checkpoint_files import CheckpointError
 from ssm.utils.generation import InferenceParams
 from tests.distributed import mp
 from tests.distributed.test_collectives import _Group, cases
@@ -141,3 +142,26 @@ def test_local_shapes_and_decoding_refused_with_sequence_parallel():
     assert mlp.fc1.weight.shape == (256, D_MODEL) and mlp.fc2.weight.shape == (D_MODEL, 128)
     with pytest.raises(ValueError, match="sequence_parallel"):
         a(torch.randn(1, 3, D_MODEL), inference_params=InferenceParams(max_seqlen=3, max_batch_size=1))
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_shard_plan_slices_and_reassembles_a_full_state_dict(world):
+    config = MambaConfig(**CONFIGS["mamba2_attn_mlp"])
+    full = MambaLMHeadModel(config).state_dict()
+    ranks = [MambaLMHeadModel(config, device="meta", process_group=_Group(world, r)) for r in range(world)]
+    plan = shard_plan(ranks[0])
+    assert {k.split(".", 3)[-1] for k in plan} == {
+        "mixer.in_proj.weight", "mixer.conv1d.weight", "mixer.conv1d.bias", "mixer.dt_bias", "mixer.A_log",
+        "mixer.D", "mixer.norm.weight", "mixer.out_proj.weight", "mixer.in_proj.bias", "mlp.fc1.weight",
+        "mlp.fc2.weight"}
+    shards = [shard_state_dict(full, plan, r, world) for r in range(world)]
+    for r, model in enumerate(ranks):
+        assert {k: v.shape for k, v in shards[r].items()} == {k: v.shape for k, v in model.state_dict().items()}
+    for key, split in plan.items():
+        assert torch.equal(_unshard([shard[key] for shard in shards], split), full[key])
+    # rank r's heads: Mamba2 dt rows of in_proj are the r-th slice of the full dt rows
+    key = "backbone.layers.0.mixer.in_proj.weight"
+    assert torch.equal(shards[world - 1][key][-12 // world:], full[key][-12 // world:])
+    bad = dict(full, **{"backbone.layers.0.mixer.A_log": torch.zeros(7)})
+    with pytest.raises(CheckpointError, match="backbone.layers.0.mixer.A_log"):
+        shard_state_dict(bad, plan, 0, world)
