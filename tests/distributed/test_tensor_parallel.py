@@ -13,6 +13,7 @@ from ssm.models import MambaConfig, MambaLMHeadModel
 from ssm.modules import MHA, GatedMLP, Mamba2
 from ssm.utils.checkpoint_files import CheckpointError
 from ssm.utils.generation import InferenceParams
+from ssm.utils.weights import save_hf
 from tests.distributed import mp
 from tests.distributed.test_collectives import _Group, cases
 
@@ -165,3 +166,5 @@ def test_shard_plan_slices_and_reassembles_a_full_state_dict(world):
     bad = dict(full, **{"backbone.layers.0.mixer.A_log": torch.zeros(7)})
     with pytest.raises(CheckpointError, match="backbone.layers.0.mixer.A_log"):
         shard_state_dict(bad, plan, 0, world)
+    with pytest.raises(ValueError, match="save_pretrained"):
+        save_hf(ranks[0], "never-written")
