@@ -117,7 +117,7 @@ def test_tensor_parallel_matches_single_process(world, backend, fresh_seed, tmp_
 
 
 def test_bad_process_group_sizes_raise_before_any_collective():
-    assert not dist.is_initialized()
+    # _Group cannot communicate: any collective before the check would fail differently
     with pytest.raises(ValueError, match="process_group: ngroups = 6 is not divisible by the world size 4"):
         Mamba2(D_MODEL, **MAMBA2, process_group=_Group(4))
     with pytest.raises(ValueError, match="process_group: nheads = 3 "):
