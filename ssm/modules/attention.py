@@ -66,8 +66,9 @@ class MHA(nn.Module):
                 cu_seqlens: Tensor | None = None, **kwargs) -> Tensor:
         """x (B, L, embed_dim) -> (B, L, embed_dim). seq_idx (B, L) / cu_seqlens (nseq+1,) (batch 1)
         keep packed sequences apart (attention, conv and rotary positions restart per sequence);
-        not with an inference cache. Other keyword arguments (meant for other mixers) are ignored."""
-        cp = kwargs.get("context_parallel")  # ssm.distributed.context_parallel: x is one slice
+        not with an inference cache. ``context_parallel`` (ssm.distributed.context_parallel): x is one
+        rank's slice of a longer sequence. Other keyword arguments (meant for other mixers) are ignored."""
+        cp = kwargs.get("context_parallel")
         if cp is not None:
             cp.check(inference_params, seq_idx, cu_seqlens)
         if cu_seqlens is not None and seq_idx is None:

@@ -76,6 +76,7 @@ class Mamba1(nn.Module):
         (B, d_inner, d_conv)); not with cu_seqlens. Other keyword arguments (meant for other mixers)
         are ignored. With ``inference_params`` the cached states are updated in place; past the
         prefix (seqlen_offset > 0) one token goes through ``step`` and several continue the cache.
+        ``context_parallel`` (ssm.distributed.context_parallel): u is one rank's slice of a longer sequence.
         """
         flat = seqlen is not None
         u = hidden_states.unflatten(0, (-1, seqlen)) if flat else hidden_states

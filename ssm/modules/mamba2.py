@@ -101,7 +101,8 @@ class Mamba2(nn.Module):
         seq_idx (B, L) int32 / cu_seqlens (nseq+1,) (batch 1) keep packed sequences apart. With
         ``inference_params`` the cached states are updated in place (per sequence with cu_seqlens);
         past the prefix (seqlen_offset > 0) one token goes through ``step`` and several continue
-        the cached states. Other keyword arguments (meant for other mixers) are ignored."""
+        the cached states. ``context_parallel`` (ssm.distributed.context_parallel): u is one rank's
+        slice of a longer sequence. Other keyword arguments (meant for other mixers) are ignored."""
         self._check_single_process()
         flat = seqlen is not None
         u3 = u.unflatten(0, (-1, seqlen)) if flat else u

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from ssm.distributed import context_parallel as cpm
 from ssm.models.config import MambaConfig
 from ssm.models.lm import MambaLMHeadModel
+from ssm.modules.attention import MHA
 from ssm.modules.mamba1 import Mamba1
 from ssm.modules.mamba2 import Mamba2
 from tests.distributed import mp
@@ -123,5 +124,9 @@ def test_bad_arguments():
         cp.check(seq_idx=torch.zeros(1, 4, dtype=torch.int32))
     with pytest.raises(ValueError, match="shorter"):
         cp.conv_states(torch.zeros(1, 2, 2), 3)
+    seq_idx = torch.zeros(1, 8, dtype=torch.int32)
+    for mixer in (_mixer("mamba1"), _mixer("mamba2"), MHA(16, 2, causal=True)):
+        with pytest.raises(ValueError, match="context_parallel"):
+            mixer(torch.randn(1, 8, mixer.in_proj.in_features), context_parallel=cp, seq_idx=seq_idx)
     with pytest.raises(ValueError, match="schedule"):
         cpm.ContextParallel(group=object(), schedule="ring")
