@@ -51,3 +51,25 @@ def test_torchrun_ddp_then_fsdp_resume_equals_one_process(tmp_path):
         torch.testing.assert_close(dp[name], one[name], rtol=1e-4, atol=1e-6, msg=name)
         moved += not torch.equal(one[name], start[name])
     assert moved > len(one) // 2  # the comparison is about trained weights
+
+
+def test_optimizer_state_by_index_or_by_name_resumes_the_same():
+    """Checkpoints written before this change keep the optimizer state keyed by index."""
+    from ssm.cli import distributed
+    from ssm.models.config import MambaConfig
+
+    def build():
+        torch.manual_seed(0)
+        model = MambaLMHeadModel(MambaConfig(d_model=16, n_layer=1, vocab_size=64, ssm_cfg={"layer": "Mamba1"}))
+        return model, torch.optim.AdamW(model.parameters())
+    model, opt = build()
+    model(torch.randint(0, 64, (1, 8))).logits.square().mean().backward()
+    opt.step()
+    for saved in (opt.state_dict(), distributed.optimizer_state(model, opt)):
+        fresh_model, fresh_opt = build()
+        distributed.load_optimizer_state(fresh_model, fresh_opt, saved)
+        got = [s["exp_avg_sq"] for s in fresh_opt.state.values()]
+        want = [s["exp_avg_sq"] for s in opt.state.values()]
+        assert len(got) == len(want) > 5
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w)
