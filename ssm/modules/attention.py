@@ -81,7 +81,11 @@ class MHA(nn.Module):
                 cu_seqlens: Tensor | None = None, **kwargs) -> Tensor:
         """x (B, L, embed_dim) -> (B, L, embed_dim). seq_idx (B, L) / cu_seqlens (nseq+1,) (batch 1)
         keep packed sequences apart (attention, conv and rotary positions restart per sequence);
-        not with an inference cache. Other keyword arguments (meant for other mixers) are ignored."""
+        not with an inference cache. ``context_parallel`` (ssm.distributed.context_parallel): x is one
+        rank's slice of a longer sequence. Other keyword arguments (meant for other mixers) are ignored."""
+        cp = kwargs.get("context_parallel")
+        if cp is not None:
+            cp.check(inference_params, seq_idx, cu_seqlens)
         if cu_seqlens is not None and seq_idx is None:
             seq_idx = _states.seq_idx_from_cu_seqlens(cu_seqlens, x.shape[1])
         if inference_params is not None and seq_idx is not None:
@@ -97,15 +101,16 @@ class MHA(nn.Module):
             up, gate = x_mlp.chunk(2, dim=-1)
             x_mlp = up * F.silu(gate)
         if self.d_conv > 0:
-            qkv = self._conv(qkv, cache, seq_idx)
+            qkv = self._conv(qkv, cache, seq_idx, cp)
         q, kv = qkv.split([self.num_heads * self.head_dim, self.num_heads_kv * 2 * self.head_dim], dim=-1)
         # q (B, L, H, hd); k, v (B, L, Hkv, hd)
         q = q.unflatten(-1, (self.num_heads, self.head_dim))
         k, v = kv.unflatten(-1, (2, self.num_heads_kv, self.head_dim)).unbind(dim=2)
         if self.rotary_emb_dim > 0:
             positions = _states.positions_in_sequence(seq_idx) if seq_idx is not None else None
-            q, k = self.rotary_emb(q, k, 0 if cache is None else cache["offset"], positions)
-        context = self._attention(q, k, v, cache, seq_idx).flatten(-2)
+            offset = cp.offset(q.shape[1]) if cp is not None else 0 if cache is None else cache["offset"]
+            q, k = self.rotary_emb(q, k, offset, positions)
+        context = self._attention(q, k, v, cache, seq_idx, cp).flatten(-2)
         if x_mlp is not None:
             context = torch.cat([context, x_mlp], dim=-1)
         return self.out_proj(context)
@@ -130,7 +135,7 @@ class MHA(nn.Module):
         return {"kv": kv_cache[b0:b0 + B], "conv": None if conv_state is None else conv_state[b0:b0 + B],
                 "offset": offset, "decoding": decoding}
 
-    def _conv(self, qkv, cache, seq_idx):
+    def _conv(self, qkv, cache, seq_idx, cp=None):
         """Depthwise causal conv (no activation) over qkv (B, L, qkv_dim); the cached state holds raw qkv."""
         conv_state = None if cache is None else cache["conv"]
         decoding = cache is not None and cache["decoding"]
@@ -140,15 +145,19 @@ class MHA(nn.Module):
         # x (B, qkv_dim, L)
         x = qkv.transpose(1, 2)
         init = conv_state[..., 1:].to(x.dtype) if decoding and self.d_conv > 1 else None
+        init = cp.conv_states(x, self.d_conv - 1) if cp is not None else init
         out = ops.dw_causal_conv(x, weight, self.conv1d.bias, None, seq_idx=seq_idx, initial_states=init)
         if conv_state is not None:
             conv_state.copy_(_states.conv_window(x, self.d_conv, conv_state if decoding else None))
         return out.transpose(1, 2)
 
-    def _attention(self, q, k, v, cache, seq_idx):
+    def _attention(self, q, k, v, cache, seq_idx, cp=None):
         """Softmax attention of q (B, L, H, hd) over the new (and cached) keys -> (B, L, H, hd)."""
         mask, is_causal = None, self.causal
-        if cache is not None:
+        if cp is not None:
+            k, v, mask = cp.attention_kv(k, v, self.causal)
+            is_causal = False
+        elif cache is not None:
             k, v, mask = self._update_kv_cache(k, v, cache)
             is_causal = False
         elif seq_idx is not None:

@@ -106,10 +106,14 @@ class Mamba2(nn.Module):
         seq_idx (B, L) int32 / cu_seqlens (nseq+1,) (batch 1) keep packed sequences apart. With
         ``inference_params`` the cached states are updated in place (per sequence with cu_seqlens);
         past the prefix (seqlen_offset > 0) one token goes through ``step`` and several continue
-        the cached states. Other keyword arguments (meant for other mixers) are ignored.
+        the cached states. ``context_parallel`` (ssm.distributed.context_parallel): u is one rank's
+        slice of a longer sequence. Other keyword arguments (meant for other mixers) are ignored.
         Tensor-parallel with sequence_parallel: u and the output are this rank's share of the
         first dimension (of the B*L tokens when flat), as in mamba_ssm."""
         flat = seqlen is not None
+        cp = kwargs.get("context_parallel")
+        if cp is not None:
+            cp.check(inference_params, seq_idx, cu_seqlens)
         conv_state = ssm_state = None
         continuing = False
         if inference_params is not None:
@@ -128,6 +132,9 @@ class Mamba2(nn.Module):
         # with sequence_parallel, in_proj gathers u along its first dimension
         zxbcdt = self.in_proj(u)
         zxbcdt = zxbcdt.unflatten(0, (-1, seqlen)) if flat else zxbcdt
+        if cp is not None:
+            out = self._forward_cp(zxbcdt, cp)
+            return self._reduce(out.flatten(0, 1) if flat else out)
         if cu_seqlens is not None and seq_idx is None:
             seq_idx = _states.seq_idx_from_cu_seqlens(cu_seqlens, zxbcdt.shape[1])
         if self.use_mem_eff_path and inference_params is None:
@@ -204,6 +211,31 @@ class Mamba2(nn.Module):
         if ssm_state is not None:
             y, last = y
             ssm_state.copy_(last)
+        return self._output(y.flatten(-2), z, z0, x0)
+
+    def _forward_cp(self, zxbcdt, cp):
+        """This rank's slice (B, Ls, d_in_proj) of a sequence split across ranks: the conv and SSM
+        states of the slices before come through ``cp`` (ssm.distributed.context_parallel)."""
+        z0, x0, z, xBC, dt = self._split(zxbcdt)
+        # xBC (B, conv_dim, Ls) raw conv input
+        xBC = xBC.transpose(1, 2)
+        xBC = ops.dw_causal_conv(xBC, self.conv1d.weight, self.conv1d.bias, self.activation,
+                                 initial_states=cp.conv_states(xBC, self.d_conv - 1)).transpose(1, 2)
+        gn, h, p, n = self.ngroups * self.d_state, self.nheads, self.headdim, self.d_state
+        x, B, C = torch.split(xBC, [self.d_ssm, gn, gn], dim=-1)
+        A = -torch.exp(self.A_log.float())
+
+        def run(initial_states):
+            return ops.mamba_chunk_scan_combined(
+                x.unflatten(-1, (h, p)), dt, A, B.unflatten(-1, (self.ngroups, n)),
+                C.unflatten(-1, (self.ngroups, n)), chunk_size=self.chunk_size, D=self._D(),
+                z=None if self.rmsnorm else z.unflatten(-1, (h, p)), dt_bias=self.dt_bias, dt_softplus=True,
+                initial_states=initial_states, return_final_states=True, **self._dt_limit_kwargs())
+
+        def decay():  # (B, nheads, 1, 1): exp(A * sum_t clamp(softplus(dt_t + dt_bias), dt_limit))
+            step = F.softplus(dt.float() + self.dt_bias.float()).clamp(*self.dt_limit)
+            return torch.exp(A * step.sum(1))[..., None, None]
+        y = cp.scan(run, decay, (zxbcdt.shape[0], h, p, n), x)
         return self._output(y.flatten(-2), z, z0, x0)
 
     def _output(self, y, z, z0, x0):
