@@ -40,7 +40,7 @@ def _fwd_impl(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optiona
               return_final: bool, return_varlen: bool):
     # x (B, L, H, P); dt (B, L, H); A (H,); B, C (B, L, G, N); D (H, P); z like x; dt_bias (H,)
     backend = dispatch.select_backend("ssd_chunk_scan", x.device,
-                                      lambda b: _kernels.kernel_reason(b, "ssd_chunk_scan_fwd", x, B, C, z))
+                                      lambda b: _kernel_reason(b, "ssd_chunk_scan_fwd", x, B, C, z))
     if backend == "reference":
         y, final, varlen = _reference_forward(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens,
                                               chunk_size, dt_softplus, dt_lo, dt_hi, return_final, return_varlen)
@@ -52,7 +52,7 @@ def _fwd_impl(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optiona
     y = _kernels.empty((batch, L, H, P), x)
     final = _kernels.empty((batch, H, P, N), x, torch.float32) if return_final else None
     varlen = _kernels.empty((nseq, H, P, N), x, torch.float32) if return_varlen else None
-    sizes, ws, ws_floats = _kernel_sizes(backend, x, B, nseq, _fwd_workspace_floats)
+    sizes, ws, ws_floats = _kernel_sizes(backend, x, B, nseq, _fwd_workspace_floats, chunk_size)
     _kernels.module(backend).ssd_chunk_scan_fwd(
         _kernels.dtype_code(x), sizes, *_input_refs(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx,
                                                     cu_seqlens),
@@ -76,9 +76,35 @@ def _bwd_workspace_floats(P, Np, L):
             + r16(block * P) + 2 * r16(block * Np) + r16(block * 8) + r16(2 * nblocks))
 
 
-def _kernel_sizes(backend, x, B, nseq, workspace_fn):
+# The CUDA kernels' chunk: the caller's chunk_size rounded up to a multiple of 64, at most 256
+# (the result does not depend on it beyond rounding).
+def _cuda_chunk(chunk_size):
+    return min(256, max(64, (chunk_size + 63) // 64 * 64))
+
+
+# The CUDA workspace (one row of float32): chunk records, float32 chunk states and the entering
+# states in the element type; mirrors ssd::layout in ssm/ops/cuda/ssd_chunk_scan.cuh.
+def _cuda_workspace_floats(batch, L, H, P, N, chunk, elem_bytes):
+    r64 = lambda n: (n + 63) // 64 * 64
+    bhc = batch * H * ((L + chunk - 1) // chunk)
+    spn = bhc * P * N
+    return r64(bhc * 8) + r64(spn) + r64((spn * elem_bytes + 3) // 4)
+
+
+def _kernel_reason(backend, kernel, x, B, C, *more):
+    if backend == "cuda" and B.shape[-1] > 256:
+        return f"the CUDA SSD kernels take state sizes N <= 256, got {B.shape[-1]}"
+    return _kernels.kernel_reason(backend, kernel, x, B, C, *more)
+
+
+def _kernel_sizes(backend, x, B, nseq, workspace_fn, chunk_size=0):
     batch, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
+    if backend == "cuda":
+        chunk = _cuda_chunk(chunk_size)
+        ws_floats = _cuda_workspace_floats(batch, L, H, P, N, chunk, x.element_size())
+        ws = torch.empty((1, ws_floats), dtype=torch.float32, device=x.device)
+        return [batch, L, H, P, G, N, nseq, 1, chunk], ws, ws_floats
     threads = max(1, min(_kernels.exec_arg(backend, x), batch * H)) if backend == "cpu" else 1
     ws_floats = workspace_fn(P, (N + 7) // 8 * 8, L)
     ws = torch.empty((threads, ws_floats), dtype=torch.float32, device=x.device)
@@ -161,7 +187,7 @@ def _bwd_op(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[
             dt_softplus: bool, dt_lo: float, dt_hi: float, return_final: bool,
             return_varlen: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     backend = dispatch.select_backend("ssd_chunk_scan_bwd", x.device,
-                                      lambda b: _kernels.kernel_reason(b, "ssd_chunk_scan_bwd", x, B, C, z, dy))
+                                      lambda b: _kernel_reason(b, "ssd_chunk_scan_bwd", x, B, C, z, dy))
     if backend != "reference":
         return _bwd_kernel(backend, x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dy,
                            _library.none_if_empty(dfinal), _library.none_if_empty(dvarlen), dt_softplus, dt_lo, dt_hi)

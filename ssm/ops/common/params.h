@@ -60,6 +60,7 @@ struct SsdParams {
   TensorArg dB, dC;          // (rows * B, L, G, N) float32, per thread, accumulated (start at zero)
   TensorArg dD;              // (B, H, P)         float32, optional
   TensorArg dinitial;        // like initial_states, float32, optional
+  int64_t chunk = 0;         // CUDA: tokens per chunk of the chunked algorithm (64, 128, 192 or 256)
 };
 
 }  // namespace ssm
