@@ -57,8 +57,8 @@ def io_bytes(t):
         t["x"].numel() * t["x"].element_size()
 
 
-def fwd_fn(t):
-    return lambda: ops.mamba_chunk_scan_combined(t["x"], t["dt"], t["A"], t["B"], t["C"], 256, D=t["D"],
+def fwd_fn(t, chunk=256):
+    return lambda: ops.mamba_chunk_scan_combined(t["x"], t["dt"], t["A"], t["B"], t["C"], chunk, D=t["D"],
                                                  dt_bias=t["dt_bias"], dt_softplus=True)
 
 
@@ -101,6 +101,20 @@ def case(B, L, peak_tflops, copy_gbs, with_ref=True, with_bwd=True):
     return row
 
 
+def kernel_table(fn, title):
+    """The profiler's top kernels of one call (where the time goes)."""
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    rows = sorted(prof.key_averages(), key=lambda e: -e.self_device_time_total)[:12]
+    print(f"-- {title}: top kernels (us)", flush=True)
+    for e in rows:
+        print(f"   {e.self_device_time_total:9.1f}  x{e.count:<3d} {e.key[:110]}", flush=True)
+    return [dict(name=e.key, us=e.self_device_time_total, count=e.count) for e in rows]
+
+
 def plot(sweep, path):
     try:
         import matplotlib
@@ -131,6 +145,12 @@ def main():
     copy_gbs, peak = copy_bandwidth(), matmul_tflops()
     print(f"{props.name}: copy {copy_gbs:.0f} GB/s, bf16 matmul {peak:.0f} TFLOP/s", flush=True)
     rows = [case(8, 2048, peak, copy_gbs), case(1, 8192, peak, copy_gbs)]
+    t = inputs(8, 2048)
+    rows[0]["fwd_top_kernels"] = kernel_table(fwd_fn(t), "fwd B8 L2048")
+    rows[0]["fwd_bwd_top_kernels"] = kernel_table(fwd_bwd_fn(t), "fwd+bwd B8 L2048")
+    # the same call with smaller chunks (less causal work per chunk, more states through memory)
+    rows[0]["fwd_graph_ms_by_chunk"] = {c: graph_time_ms([fwd_fn(t, c)]) for c in (64, 128, 256)}
+    print("fwd B8 L2048 graph ms by chunk:", rows[0]["fwd_graph_ms_by_chunk"], flush=True)
     sweep = []
     for L in (512, 1024, 2048, 4096, 8192, 16384, 32768):
         sweep.append(case(1, L, peak, copy_gbs, with_ref=False, with_bwd=L <= 8192))

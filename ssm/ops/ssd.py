@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ssm.ops import _checks, _kernels, _library
+from ssm.ops import _checks, _kernels, _library, ssd_bwd
 from ssm.ops.python import reference
 from ssm.utils import dispatch
 
@@ -180,14 +180,53 @@ def _bwd_kernel(backend, x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx,
     return tuple(_library.empty_if_none(g, x) for g in grads)
 
 
+def _cuda_scan(chunk_size):
+    """The CUDA forward as the primitive of the composed backward (ssm/ops/ssd_bwd.py): processed
+    Δ in, no D / z; ``unit`` injects x_t B_t^T without the Δ_t factor."""
+    def scan(x, delta, A, B, C, init, seq_idx, cu_seqlens, unit, want_final, want_varlen):
+        batch, L, H, P = x.shape
+        N = B.shape[-1]
+        nseq = 0 if cu_seqlens is None else cu_seqlens.shape[0] - 1
+        y = _kernels.empty((batch, L, H, P), x)
+        final = _kernels.empty((batch, H, P, N), x, torch.float32) if want_final else None
+        varlen = _kernels.empty((nseq, H, P, N), x, torch.float32) if want_varlen else None
+        sizes, ws, ws_floats = _kernel_sizes("cuda", x, B, nseq, None, chunk_size)
+        _kernels.module("cuda").ssd_chunk_scan_fwd(
+            _kernels.dtype_code(x), sizes + [int(unit)],
+            *_input_refs(x, delta, A, B, C, None, None, None, init, seq_idx, cu_seqlens),
+            _kernels.ref(y), _kernels.ref(final), _kernels.ref(varlen), _kernels.ref(ws), ws_floats,
+            False, -_INF, _INF, _kernels.exec_arg("cuda", x))
+        return y, final, varlen
+    return scan
+
+
+def _bwd_composed(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dy, dfinal, dvarlen,
+                  chunk_size, dt_softplus, dt_lo, dt_hi):
+    grads = ssd_bwd.backward(_cuda_scan(chunk_size), x, dt, A, B, C, D, z, dt_bias, initial_states,
+                             _int32(seq_idx), _int32(cu_seqlens), dy, dfinal, dvarlen, dt_softplus, dt_lo, dt_hi)
+    return tuple(_library.empty_if_none(g, x) for g in grads)
+
+
+def _bwd_reason(backend, x, B, C, z, dy):
+    # CUDA: the backward is composed of forward scans (ssd_bwd.py)
+    if backend == "cuda":
+        if x.shape[1] == 0 or x.shape[-1] > 256:
+            return f"the composed CUDA backward takes L >= 1 and P <= 256, got L={x.shape[1]}, P={x.shape[-1]}"
+        return _kernel_reason(backend, "ssd_chunk_scan_fwd", x, B, C, z, dy)
+    return _kernel_reason(backend, "ssd_chunk_scan_bwd", x, B, C, z, dy)
+
+
 @_library.custom_op("ssm::ssd_chunk_scan_bwd", mutates_args=())
 def _bwd_op(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
             dt_bias: Optional[Tensor], initial_states: Optional[Tensor], seq_idx: Optional[Tensor],
             cu_seqlens: Optional[Tensor], dy: Tensor, dfinal: Tensor, dvarlen: Tensor, chunk_size: int,
             dt_softplus: bool, dt_lo: float, dt_hi: float, return_final: bool,
             return_varlen: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    backend = dispatch.select_backend("ssd_chunk_scan_bwd", x.device,
-                                      lambda b: _kernel_reason(b, "ssd_chunk_scan_bwd", x, B, C, z, dy))
+    backend = dispatch.select_backend("ssd_chunk_scan_bwd", x.device, lambda b: _bwd_reason(b, x, B, C, z, dy))
+    if backend == "cuda":
+        return _bwd_composed(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dy,
+                             _library.none_if_empty(dfinal), _library.none_if_empty(dvarlen), chunk_size,
+                             dt_softplus, dt_lo, dt_hi)
     if backend != "reference":
         return _bwd_kernel(backend, x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dy,
                            _library.none_if_empty(dfinal), _library.none_if_empty(dvarlen), dt_softplus, dt_lo, dt_hi)
@@ -286,6 +325,11 @@ def _kernel_dtype(x, B, C, z) -> torch.dtype:
     return dtype
 
 
+def _as(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    """t in dtype (itself when it already is: no dispatcher round trip)."""
+    return t if t is None or t.dtype == dtype else t.to(dtype)
+
+
 # ---- public ----------------------------------------------------------------------------------
 
 def ssd_chunk_scan(X: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int,
@@ -311,17 +355,16 @@ def ssd_chunk_scan(X: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk
     H, P = X.shape[2], X.shape[3]
     dtype = _kernel_dtype(X, B, C, z)
     acc = torch.float64 if dtype == torch.float64 else torch.float32
-    x, Bk, Ck = X.to(dtype), B.to(dtype), C.to(dtype)
-    zk = None if z is None else z.to(dtype)
-    Dk = None if D is None else D.to(acc).reshape(H, -1).expand(H, P)
-    params = [None if t is None else t.to(acc) for t in (dt, A, dt_bias, initial_states)]
+    x, Bk, Ck, zk = (_as(t, dtype) for t in (X, B, C, z))
+    Dk = None if D is None else _as(D, acc).reshape(H, -1).expand(H, P)
+    params = [_as(t, acc) for t in (dt, A, dt_bias, initial_states)]
     args = (x, params[0], params[1], Bk, Ck, Dk, zk, params[2], params[3], seq_idx, cu_seqlens, chunk_size,
             bool(dt_softplus), dt_lo, dt_hi, bool(return_final_states), bool(return_varlen_states))
     if _library.use_custom_op(x, *params, Bk, Ck, Dk, zk):
         y, final, varlen = _fwd_op(*args)
     else:
         y, final, varlen = _fwd_impl(*args)
-    y = y.to(X.dtype)
+    y = _as(y, X.dtype)
     outs = (y,) + ((final,) if return_final_states else ()) + ((varlen,) if return_varlen_states else ())
     return outs[0] if len(outs) == 1 else outs
 

@@ -17,23 +17,11 @@ size_t chunk_scan_smem(int N) {
          2 * align128(kTile * kLd * sizeof(T)) + kTile * kLdF * sizeof(float);
 }
 
-// dst[i][n] = src[b, t0 + i, g, n] for tokens t0 + i < t_end and n < N, else 0 (64 rows of ld).
-template <typename T>
-__device__ void load_rows_bn(T* dst, int ld, int width, const TensorArg& src, int64_t b, int64_t t0, int64_t t_end,
-                             int64_t g, int N) {
-  for (int e = threadIdx.x; e < kTile * width; e += kThreads) {
-    const int i = e / width, n = e % width;
-    const int64_t t = t0 + i;
-    dst[i * ld + n] = from_float<T>(t < t_end && n < N ? at4<T>(src, b, t, g, n) : 0.f);
-  }
-}
-
 // The y epilogue of element (t, p) given the accumulated scan output `acc`.
 template <typename T>
 __device__ void write_y(const SsdParams& p, const ChunkTokens& tok, int64_t b, int h, int g, int64_t c0, int i_chunk,
-                        int pp, float acc) {
+                        int pp, float acc, float xv) {
   const int64_t t = c0 + i_chunk;
-  const float xv = at4<T>(p.x, b, t, h, pp);
   float y = acc;
   if (has(p.D)) y += ptr<float>(p.D)[h * p.D.stride[0] + pp * p.D.stride[1]] * xv;
   const int run = tok.run[i_chunk];
@@ -65,18 +53,18 @@ __global__ void __launch_bounds__(kThreads) chunk_scan_kernel(SsdParams p, Layou
   const int h = blockIdx.y, g = h / int(p.nheads / p.ngroups), t0 = qt * kTile;
   if (c0 + t0 >= L) return;
   load_chunk(p, b, h, c0, Q, tok);
-  load_rows_bn<T>(cq, ldn, Np, p.C, b, c0 + t0, L, g, N);
+  const int rows_left = int(min(int64_t(Q), L - c0));  // valid tokens of the chunk
+  const T* bsrc = ptr<T>(p.B) + b * p.B.stride[0] + g * p.B.stride[2] + c0 * p.B.stride[1];
+  const T* xsrc = ptr<T>(p.x) + b * p.x.stride[0] + h * p.x.stride[2] + p0 * p.x.stride[3] + c0 * p.x.stride[1];
+  const T* csrc = ptr<T>(p.C) + b * p.C.stride[0] + g * p.C.stride[2] + (c0 + t0) * p.C.stride[1];
+  load_tile<T>(cq, ldn, Np, csrc, p.C.stride[1], p.C.stride[3], rows_left - t0, N);
 
   Tile<T> acc;
   acc.zero();
   for (int kt = 0; kt <= qt; ++kt) {
     const int s0 = kt * kTile;
-    load_rows_bn<T>(bk, ldn, Np, p.B, b, c0 + s0, L, g, N);
-    for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
-      const int i = e / kTile, j = e % kTile;
-      const int64_t t = c0 + s0 + i;
-      xk[i * kLd + j] = from_float<T>(t < L && p0 + j < P ? at4<T>(p.x, b, t, h, p0 + j) : 0.f);
-    }
+    load_tile<T>(bk, ldn, Np, bsrc + s0 * p.B.stride[1], p.B.stride[1], p.B.stride[3], rows_left - s0, N);
+    load_tile<T>(xk, kLd, kTile, xsrc + s0 * p.x.stride[1], p.x.stride[1], p.x.stride[3], rows_left - s0, P - p0);
     __syncthreads();
     Tile<T> cb;
     cb.zero();
@@ -85,23 +73,21 @@ __global__ void __launch_bounds__(kThreads) chunk_scan_kernel(SsdParams p, Layou
     __syncthreads();
     for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
       const int i = e / kTile, j = e % kTile, ti = t0 + i, sj = s0 + j;
-      const bool keep = sj <= ti && c0 + ti < L && tok.run[sj] == tok.run[ti];
+      const bool keep = sj <= ti && ti < rows_left && tok.run[sj] == tok.run[ti];
       ss[i * kLd + j] = from_float<T>(keep ? sf[i * kLdF + j] * __expf(tok.cs[ti] - tok.cs[sj]) * tok.dt[sj] : 0.f);
     }
     __syncthreads();
     acc.template mma<true, true>(ss, kLd, xk, kLd, kTile);
-    __syncthreads();
+    if (kt < qt) __syncthreads();  // the last x tile stays: it holds the query tokens' x
   }
   // the state entering the chunk, seen by its first run: bk[p][n] = H_in[p0 + p][n]
   const T* hin = reinterpret_cast<const T*>(ptr<float>(p.workspace) + w.hin) +
-                 ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N;
-  for (int e = threadIdx.x; e < kTile * Np; e += kThreads) {
-    const int i = e / Np, n = e % Np;
-    bk[i * ldn + n] = p0 + i < P && n < N ? hin[int64_t(p0 + i) * N + n] : from_float<T>(0.f);
-  }
+                 ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + int64_t(p0) * N;
+  __syncthreads();
+  load_tile<T>(bk, ldn, Np, hin, N, 1, P - p0, N);
   for (int e = threadIdx.x; e < kTile * Np; e += kThreads) {
     const int i = e / Np, n = e % Np, ti = t0 + i;
-    const float scale = c0 + ti < L && tok.run[ti] == 0 ? __expf(tok.cs[ti]) : 0.f;
+    const float scale = ti < rows_left && tok.run[ti] == 0 ? __expf(tok.cs[ti]) : 0.f;
     cq[i * ldn + n] = from_float<T>(to_float(cq[i * ldn + n]) * scale);
   }
   __syncthreads();
@@ -110,7 +96,8 @@ __global__ void __launch_bounds__(kThreads) chunk_scan_kernel(SsdParams p, Layou
   __syncthreads();
   for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
     const int i = e / kTile, j = e % kTile;
-    if (c0 + t0 + i < L && p0 + j < P) write_y<T>(p, tok, b, h, g, c0, t0 + i, p0 + j, sf[i * kLdF + j]);
+    if (t0 + i < rows_left && p0 + j < P)
+      write_y<T>(p, tok, b, h, g, c0, t0 + i, p0 + j, sf[i * kLdF + j], to_float(xk[i * kLd + j]));
   }
 }
 

@@ -44,21 +44,22 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(SsdParams p, Layo
   if (tile == 0 && threadIdx.x == 0)
     write_record(ws + w.record + ((b * p.nheads + h) * w.nchunks + c) * kRecord, tok, last);
 
+  // weight of token k in the chunk state: Δ_k exp(cs_last - cs_k) on the last run, else 0
+  float* wt = stage;
+  for (int k = threadIdx.x; k < Q; k += kThreads)
+    wt[k] = k < nvalid && tok.run[k] == lr ? tok.dt[k] * __expf(tok.cs[last] - tok.cs[k]) : 0.f;
+  const T* xsrc = ptr<T>(p.x) + b * p.x.stride[0] + h * p.x.stride[2] + p0 * p.x.stride[3];
+  const T* bsrc = ptr<T>(p.B) + b * p.B.stride[0] + g * p.B.stride[2] + n0 * p.B.stride[3];
   Tile<T> acc;
   acc.zero();
   for (int k0 = 0; k0 < nvalid; k0 += kTile) {
-    // xs[i][j] = x[t, p0 + j]; bs[i][j] = B[t, n0 + j] Δ_t exp(cs_last - cs_t) on the last run
-    for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
-      const int i = e / kTile, j = e % kTile, k = k0 + i;
-      const int64_t t = c0 + k;
-      const bool tv = k < nvalid;
-      const float xv = tv && p0 + j < P ? at4<T>(p.x, b, t, h, p0 + j) : 0.f;
-      float bv = 0.f;
-      if (tv && n0 + j < N && tok.run[k] == lr)
-        bv = at4<T>(p.B, b, t, g, n0 + j) * tok.dt[k] * __expf(tok.cs[last] - tok.cs[k]);
-      xs[i * kLd + j] = from_float<T>(xv);
-      bs[i * kLd + j] = from_float<T>(bv);
-    }
+    // xs[i][j] = x[t, p0 + j]; bs[i][j] = B[t, n0 + j] wt[t]
+    const int64_t t = c0 + k0;
+    load_tile<T>(xs, kLd, kTile, xsrc + t * p.x.stride[1], p.x.stride[1], p.x.stride[3], nvalid - k0, P - p0);
+    load_tile<T>(bs, kLd, kTile, bsrc + t * p.B.stride[1], p.B.stride[1], p.B.stride[3], nvalid - k0, N - n0);
+    __syncthreads();
+    for (int e = threadIdx.x; e < kTile * kTile; e += kThreads)
+      bs[e / kTile * kLd + e % kTile] = from_float<T>(to_float(bs[e / kTile * kLd + e % kTile]) * wt[k0 + e / kTile]);
     __syncthreads();
     acc.template mma<false, true>(xs, kLd, bs, kLd, kTile);  // (X^T)(p, t) = xs[t][p]
     __syncthreads();

@@ -41,7 +41,7 @@ __device__ __forceinline__ float at4(const TensorArg& a, int64_t i0, int64_t i1,
 
 // A chunk's tokens, in shared memory; entries past the chunk's last valid token have Δ = 0.
 struct ChunkTokens {
-  float dt[kMaxChunk];   // Δ
+  float dt[kMaxChunk];   // Δ (1 with inject_unit): the weight of x_t B_t^T in the state
   float cs[kMaxChunk];   // inclusive cumsum of Δ·A within the chunk
   int run[kMaxChunk];    // run number (0 = the run of the chunk's first token); a run is a
                          // stretch of one sequence
@@ -81,7 +81,7 @@ __device__ inline void load_chunk(const SsdParams& p, int64_t b, int h, int64_t 
     const bool valid = i < Q && t < p.seqlen;
     const float d = valid ? delta(p, b, t, h) : 0.f;
     const int sg = valid ? seg_of(p, b, t) : 0;
-    s.dt[i] = d;
+    s.dt[i] = p.inject_unit ? (valid ? 1.f : 0.f) : d;  // the injection's weight
     s.cs[i] = d * A;
     s.seg[i] = sg;
     s.run[i] = valid && i > 0 && sg != seg_of(p, b, t - 1) ? 1 : 0;
@@ -98,6 +98,35 @@ __device__ inline void load_chunk(const SsdParams& p, int64_t b, int h, int64_t 
 
 // cs just before token i of the chunk (0 before the first)
 __device__ __forceinline__ float cs_before(const ChunkTokens& s, int i) { return i > 0 ? s.cs[i - 1] : 0.f; }
+
+// 16-byte global -> shared copy that bypasses registers; zero-fills when !pred.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool pred) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(pred ? 16 : 0));
+}
+
+// dst[i * ld + j] = src[i * rs + j * cs] for i < rows and j < cols, else 0, for 64 rows and `width`
+// columns (a multiple of 16 bytes). 16-byte asynchronous copies when the rows allow it, else
+// element loads; the caller syncs the block before reading dst.
+template <typename T>
+__device__ void load_tile(T* dst, int ld, int width, const T* src, int64_t rs, int64_t cs, int rows, int cols) {
+  constexpr int kV = 16 / sizeof(T);
+  const bool vec = cs == 1 && rs % kV == 0 && cols % kV == 0 && (reinterpret_cast<uintptr_t>(src) & 15) == 0;
+  if (vec) {
+    const int per_row = width / kV;
+    for (int e = threadIdx.x; e < kTile * per_row; e += kThreads) {
+      const int i = e / per_row, j = e % per_row * kV;
+      const bool ok = i < rows && j < cols;
+      cp_async16(dst + i * ld + j, ok ? src + i * rs + j : src, ok);
+    }
+    asm volatile("cp.async.wait_all;\n" ::);
+    return;
+  }
+  for (int e = threadIdx.x; e < kTile * width; e += kThreads) {
+    const int i = e / width, j = e % width;
+    dst[i * ld + j] = i < rows && j < cols ? src[i * rs + j * cs] : from_float<T>(0.f);
+  }
+}
 
 // Sets the kernel's dynamic shared-memory limit and launches it on `grid` (nothing when empty).
 template <typename Kernel>

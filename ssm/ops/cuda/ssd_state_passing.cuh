@@ -24,11 +24,14 @@ __global__ void __launch_bounds__(kThreads) state_passing_kernel(SsdParams p, La
   T* hin = reinterpret_cast<T*>(ws + w.hin) + h * PN + e;
   // state after the previous chunk's last token
   float H = !cu && has(p.initial_states) ? at4<float>(p.initial_states, b, h, pp, nn) : 0.f;
+  const int64_t step = p.nheads * PN;  // from one chunk's state to the next
+  float S_next = nc > 0 ? states[b * nc * step] : 0.f;
   for (int64_t c = 0; c < nc; ++c, rec += kRecord) {
-    const int64_t off = (b * nc + c) * p.nheads * PN;
+    const int64_t off = (b * nc + c) * step;
+    const float S = S_next;
+    if (c + 1 < nc) S_next = states[off + step];  // in flight during this step
     const bool continues = c == 0 ? !cu : __float_as_int(rec[kContinues]) != 0;
     const float h_in = continues ? H : fresh(p, __float_as_int(rec[kSegFirst]), h, pp, nn);
-    const float S = states[off];
     hin[off] = from_float<T>(h_in);
     if (keep_fp32) states[off] = h_in;
     H = S + (__float_as_int(rec[kHasReset]) ? fresh(p, __float_as_int(rec[kSegLast]), h, pp, nn) * rec[kDecayLastRun]
@@ -72,6 +75,9 @@ __global__ void __launch_bounds__(kThreads) varlen_states_kernel(SsdParams p, La
   for (int i = first; i <= last; ++i)
     v += __expf(tok.cs[last] - tok.cs[i]) * tok.dt[i] * at4<T>(p.x, 0, c0 + i, h, pp) * at4<T>(p.B, 0, c0 + i, g, nn);
   *dst = v;
+  if (end == p.seqlen && has(p.final_states))  // the same figure as the last sequence's state
+    ptr<float>(p.final_states)[h * p.final_states.stride[1] + pp * p.final_states.stride[2] +
+                               nn * p.final_states.stride[3]] = v;
 }
 
 template <typename T>

@@ -4,18 +4,19 @@
 namespace ssm::bind::cuda {
 namespace {
 
-// batch, seqlen, nheads, headdim, ngroups, dstate, nseq, workspace rows, chunk
+// batch, seqlen, nheads, headdim, ngroups, dstate, nseq, workspace rows, chunk[, flags: 1 = inject_unit]
 using Sizes = std::vector<int64_t>;
 
 SsdParams ssd_inputs(const char* op, int dtype, const Sizes& sizes, const Ref& x, const Ref& dt, const Ref& A,
                      const Ref& B, const Ref& C, const OptRef& D, const OptRef& z, const OptRef& dt_bias,
                      const OptRef& initial_states, const OptRef& seq_idx, const OptRef& cu_seqlens,
                      const Ref& workspace, int64_t workspace_floats, bool dt_softplus, float dt_lo, float dt_hi) {
-  SSM_CHECK(sizes.size() == 9, op, "expected 9 sizes (the CPU's 8 and the chunk)");
+  SSM_CHECK(sizes.size() == 9 || sizes.size() == 10, op, "expected 9 or 10 sizes (the CPU's 8, the chunk, flags)");
   for (int64_t s : sizes) SSM_CHECK(s >= 0, op, "negative size");
   SsdParams p;
   p.batch = sizes[0], p.seqlen = sizes[1], p.nheads = sizes[2], p.headdim = sizes[3];
   p.ngroups = sizes[4], p.dstate = sizes[5], p.nseq = sizes[6], p.workspace_rows = sizes[7], p.chunk = sizes[8];
+  p.inject_unit = sizes.size() == 10 && (sizes[9] & 1);
   SSM_CHECK(p.ngroups > 0 && p.nheads % p.ngroups == 0, op, "ngroups must divide nheads");
   p.dtype = dtype_arg(op, dtype);
   p.x = tensor_arg(op, "x", x, 4), p.dt = tensor_arg(op, "dt", dt, 3), p.A = tensor_arg(op, "A", A, 1);
