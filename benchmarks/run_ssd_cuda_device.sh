@@ -19,6 +19,6 @@ echo "pytest rc=$?"; grep -E "^FAILED|^ERROR|passed|failed" "$OUT/pytest.log" | 
 timeout ${BENCH_S:-100} python3 benchmarks/bench_ssd_cuda.py --out "$OUT/bench_ssd_cuda.json" > "$OUT/bench.log" 2>&1
 echo "bench rc=$?"; tail -45 "$OUT/bench.log" | cut -c1-600
 timeout ${SAN_S:-60} compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest tests/ops/test_ssd.py \
-  tests/ops/test_ssd_cuda.py -q -m cuda -p no:cacheprovider -k "(shape1 and all) or (small and f32) or (crossing and f32)" \
+  tests/ops/test_ssd_cuda.py -q -m cuda -p no:cacheprovider -k "(shape1 and all) or (small and f32) or (crossing and f32) or (gradients_match_reference and plain)" \
   > "$OUT/sanitizer_memcheck.log" 2>&1
 echo "memcheck rc=$?: $(grep -E "ERROR SUMMARY|passed|failed" "$OUT/sanitizer_memcheck.log" | tail -2 | tr '\n' ' ')"
