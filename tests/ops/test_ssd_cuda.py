@@ -85,7 +85,10 @@ def test_cuda_graph_capture_replays_the_eager_result():
     assert torch.equal(y, want_y) and torch.equal(final, want_final)
 
 
-def test_forward_and_backward_are_bitwise_reproducible():
+@pytest.mark.parametrize("composed", [False, True], ids=["reference_bwd", "composed_bwd"])
+def test_forward_and_backward_are_bitwise_reproducible(composed, monkeypatch):
+    if composed:
+        monkeypatch.setenv("SSM_SSD_COMPOSED_BWD", "1")
     args = make_inputs(2, 300, 4, 32, 2, 64, torch.bfloat16, "cuda", D="full", z=True, bias=True, init=True)
     call = dict(dt_softplus=True, return_final_states=True)
     names = [k for k in GRAD_NAMES if args[k] is not None]
@@ -122,3 +125,41 @@ def test_gradients_at_model_sizes(dtype):
     torch.autograd.backward([ry, rfinal], [dy.double(), dfinal.double()])
     for name in names:
         assert_close(leaves[name].grad, ref_leaves[name].grad, dtype, f"d{name}", factor=2.0)
+
+
+def composed_backward_errors(dtype, seq, monkeypatch):
+    """Relative errors of the opt-in backward composed of forward scans (SSM_SSD_COMPOSED_BWD=1,
+    ssm/ops/ssd_bwd.py) against the float64 reference, per gradient name."""
+    monkeypatch.setenv("SSM_SSD_COMPOSED_BWD", "1")
+    args = make_inputs(2, 300, 4, 64, 2, 64, dtype, "cuda", D="full", z=True, bias=True, init=True, seq=seq)
+    call = dict(dt_softplus=True, dt_limit=(0.05, 0.9), return_final_states=True)
+    names = [k for k in GRAD_NAMES if args[k] is not None]
+    leaves = dict(args, **{k: args[k].detach().clone().requires_grad_() for k in names})
+    y, final = run("cuda", leaves, 128, **call)
+    dy, dfinal = torch.randn_like(y), torch.randn_like(final)
+    torch.autograd.backward([y, final], [dy, dfinal])
+    ref_leaves = dict(args, **{k: args[k].detach().double().requires_grad_() for k in names})
+    ry, rfinal = reference.ssd_chunk_scan(*(ref_leaves[k] for k in ("X", "dt", "A", "B", "C")), 128,
+                                          D=ref_leaves["D"], z=ref_leaves["z"], dt_bias=ref_leaves["dt_bias"],
+                                          initial_states=ref_leaves["initial_states"], seq_idx=args["seq_idx"],
+                                          **call)
+    torch.autograd.backward([ry, rfinal], [dy.double(), dfinal.double()])
+    return {k: (leaves[k].grad, ref_leaves[k].grad) for k in names}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("seq", [False, True], ids=["rows", "seq_idx"])
+def test_composed_backward_matches_reference(dtype, seq, monkeypatch):
+    grads = composed_backward_errors(dtype, seq, monkeypatch)
+    for name in ("X", "dt", "B", "C", "D", "z", "initial_states"):
+        assert_close(*grads[name], dtype, f"d{name}", factor=2.0)
+
+
+@pytest.mark.xfail(reason="dA and d dt_bias sum the decay gradient over every token, and the composed "
+                          "backward's block-local sums still amplify the scans' rounding (run 2: 2e-5 to "
+                          "1.0 relative); needs the pair-matrix kernel (NOTES_cuda.md)", strict=False)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_composed_backward_decay_sums_match_reference(dtype, monkeypatch):
+    grads = composed_backward_errors(dtype, False, monkeypatch)
+    for name in ("A", "dt_bias"):
+        assert_close(*grads[name], dtype, f"d{name}", factor=2.0)
