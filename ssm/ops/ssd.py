@@ -85,11 +85,14 @@ def _cuda_chunk(chunk_size):
 
 # The CUDA workspace (one row of float32): chunk records, float32 chunk states and the entering
 # states in the element type; mirrors ssd::layout in ssm/ops/cuda/ssd_chunk_scan.cuh.
+def _r64(n):
+    return (n + 63) // 64 * 64
+
+
 def _cuda_workspace_floats(batch, L, H, P, N, chunk, elem_bytes):
-    r64 = lambda n: (n + 63) // 64 * 64
     bhc = batch * H * ((L + chunk - 1) // chunk)
     spn = bhc * P * N
-    return r64(bhc * 8) + r64(spn) + r64((spn * elem_bytes + 3) // 4)
+    return _r64(bhc * 8) + _r64(spn) + _r64((spn * elem_bytes + 3) // 4)
 
 
 def _kernel_reason(backend, kernel, x, B, C, *more):
@@ -185,6 +188,7 @@ def _cuda_scan(chunk_size):
     """The CUDA forward as the primitive of the composed backward (ssm/ops/ssd_bwd.py): processed
     Δ in, no D / z; ``unit`` injects x_t B_t^T without the Δ_t factor."""
     def scan(x, delta, A, B, C, init, seq_idx, unit, want_final):
+        # -> y, final states, the chunk states entering each chunk (B, nchunks, H, P, N) (workspace view)
         batch, L, H, P = x.shape
         N = B.shape[-1]
         y = _kernels.empty((batch, L, H, P), x)
@@ -195,20 +199,24 @@ def _cuda_scan(chunk_size):
             *_input_refs(x, delta, A, B, C, None, None, None, init, seq_idx, None),
             _kernels.ref(y), _kernels.ref(final), None, _kernels.ref(ws), ws_floats,
             False, -_INF, _INF, _kernels.exec_arg("cuda", x))
-        return y, final
+        nc = (L + sizes[8] - 1) // sizes[8]
+        # the entering states H_in in x's dtype, after the chunk records and the float32 chunk states
+        count = batch * nc * H * P * N
+        start = _r64(batch * H * nc * 8) + _r64(count)
+        h_in = ws[0, start:start + (count * x.element_size() + 3) // 4].view(x.dtype)[:count]
+        return y, final, h_in.view(batch, nc, H, P, N)
     return scan
 
 
 def _bwd_composed(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dy, dfinal, chunk_size, dt_softplus,
                   dt_lo, dt_hi):
-    grads = ssd_bwd.backward(_cuda_scan(chunk_size), x, dt, A, B, C, D, z, dt_bias, initial_states,
-                             _int32(seq_idx), dy, dfinal, dt_softplus, dt_lo, dt_hi)
+    grads = ssd_bwd.backward(_cuda_scan(chunk_size), _cuda_chunk(chunk_size), x, dt, A, B, C, D, z, dt_bias,
+                             initial_states, _int32(seq_idx), dy, dfinal, dt_softplus, dt_lo, dt_hi)
     return tuple(_library.empty_if_none(g, x) for g in grads)
 
 
 def _bwd_reason(backend, x, B, C, z, dy, cu_seqlens):
-    # CUDA: the backward composed of forward scans (ssd_bwd.py), opt-in until its decay gradients
-    # (dA, dt through the decays) have passed the GPU tests
+    # CUDA: the backward composed of forward scans (ssd_bwd.py), opt-in until it has passed the GPU tests
     if backend == "cuda":
         if os.environ.get("SSM_SSD_COMPOSED_BWD") != "1":
             return "no CUDA SSD backward kernel yet (SSM_SSD_COMPOSED_BWD=1 selects the one composed of forward scans)"
