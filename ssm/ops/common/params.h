@@ -60,6 +60,8 @@ struct SsdParams {
   TensorArg dB, dC;          // (rows * B, L, G, N) float32, per thread, accumulated (start at zero)
   TensorArg dD;              // (B, H, P)         float32, optional
   TensorArg dinitial;        // like initial_states, float32, optional
+  int64_t chunk = 0;         // CUDA: tokens per chunk of the chunked algorithm (64, 128, 192 or 256)
+  bool inject_unit = false;  // CUDA: inject x_t B_t^T without the Δ_t factor (the backward's adjoint scans)
 };
 
 }  // namespace ssm
