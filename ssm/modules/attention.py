@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssm import ops
+from ssm.distributed.tensor_parallel import check_divisible, column_linear, row_linear
 from ssm.modules import _states
 from ssm.modules.rotary import RotaryEmbedding
 
@@ -23,9 +24,12 @@ from ssm.modules.rotary import RotaryEmbedding
 class MHA(nn.Module):
     def __init__(self, embed_dim, num_heads, num_heads_kv=None, head_dim=None, mlp_dim=0, qkv_proj_bias=True,
                  out_proj_bias=True, softmax_scale=None, causal=False, layer_idx=None, d_conv=0, rotary_emb_dim=0,
-                 rotary_emb_base=10000.0, rotary_emb_interleaved=False, device=None, dtype=None):
+                 rotary_emb_base=10000.0, rotary_emb_interleaved=False, device=None, dtype=None,
+                 process_group=None, sequence_parallel=True):
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
+        self.process_group = process_group
+        self.sequence_parallel = sequence_parallel
         self.embed_dim = embed_dim
         self.layer_idx = layer_idx
         self.d_conv = d_conv
@@ -40,16 +44,27 @@ class MHA(nn.Module):
             raise ValueError(f"num_heads: {num_heads} must divide embed_dim = {embed_dim} (or pass head_dim)")
         self.head_dim = head_dim if head_dim is not None else embed_dim // num_heads
         self.mlp_dim = math.ceil(mlp_dim / 256) * 256
+        self._split_heads(process_group)
         qkv_dim = self.head_dim * (self.num_heads + 2 * self.num_heads_kv)
         out_dim = self.head_dim * self.num_heads
         if self.rotary_emb_dim > 0:
             self.rotary_emb = RotaryEmbedding(self.rotary_emb_dim, base=rotary_emb_base,
                                               interleaved=rotary_emb_interleaved, device=device)
-        self.in_proj = nn.Linear(embed_dim, qkv_dim + self.mlp_dim, bias=qkv_proj_bias, **factory_kwargs)
+        self.in_proj = column_linear(embed_dim, qkv_dim + self.mlp_dim, process_group, sequence_parallel,
+                                     bias=qkv_proj_bias, **factory_kwargs)
         if self.d_conv > 0:
             self.conv1d = nn.Conv1d(qkv_dim, qkv_dim, kernel_size=self.d_conv, padding=self.d_conv - 1,
                                     groups=qkv_dim, **factory_kwargs)
-        self.out_proj = nn.Linear(out_dim + self.mlp_dim // 2, embed_dim, bias=out_proj_bias, **factory_kwargs)
+        self.out_proj = row_linear(out_dim + self.mlp_dim // 2, embed_dim, process_group, sequence_parallel,
+                                   bias=out_proj_bias, **factory_kwargs)
+
+    def _split_heads(self, process_group):
+        """Tensor parallelism: this rank's query and key/value heads and MLP channels (whole heads per rank)."""
+        check_divisible(process_group, num_heads=self.num_heads, num_heads_kv=self.num_heads_kv,
+                        **{"mlp_dim/2": self.mlp_dim // 2})
+        world = 1 if process_group is None else process_group.size()
+        self.num_heads, self.num_heads_kv, self.mlp_dim = (
+            self.num_heads // world, self.num_heads_kv // world, self.mlp_dim // world)
 
     def allocate_inference_cache(self, batch_size, max_seqlen, dtype=None, **kwargs):
         """(kv_cache (B, max_seqlen, 2, num_heads_kv, head_dim), conv_state (B, qkv_dim, d_conv) or None).
@@ -71,6 +86,9 @@ class MHA(nn.Module):
             seq_idx = _states.seq_idx_from_cu_seqlens(cu_seqlens, x.shape[1])
         if inference_params is not None and seq_idx is not None:
             raise ValueError("seq_idx/cu_seqlens: MHA does not take packed sequences with an inference cache")
+        if inference_params is not None and self.process_group is not None and self.sequence_parallel:
+            raise ValueError("sequence_parallel: decoding with an inference cache needs the input on every rank; "
+                             "build the layer with sequence_parallel=False")
         cache = self._cache(inference_params, x) if inference_params is not None else None
         qkv = self.in_proj(x)
         x_mlp = None

@@ -77,13 +77,14 @@ inline SelectiveScanParams selective_scan_bwd_params(
     const OptRef& dt_bias, const OptRef& initial_state, const OptRef& seq_idx, const OptRef& cu_seqlens,
     int64_t nrows, const Ref& dout, const OptRef& dlast, const Ref& du, const Ref& ddelta, const Ref& dA,
     const Ref& dB, const Ref& dC, const OptRef& dD, const OptRef& dz, const OptRef& ddt_bias,
-    const OptRef& dinitial_state, bool softplus) {
+    const OptRef& dinitial_state, const OptRef& chunk_states, bool softplus) {
   const char* op = "selective_scan_bwd";
   SelectiveScanParams p = scan_sizes(op, dtype, batch, dim, seqlen, dstate, ngroups, nslices, nrows, softplus);
   scan_inputs(op, p, u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens);
   p.dout = tensor_arg(op, "dout", dout, 3);
   p.dlast = tensor_arg(op, "dlast", dlast, 3);
   scan_grads(op, p, du, ddelta, dA, dB, dC, dD, dz, ddt_bias, dinitial_state);
+  p.chunk_states = tensor_arg(op, "chunk_states", chunk_states, 4);  // used by the CUDA backward only
   return p;
 }
 
