@@ -1,9 +1,10 @@
-// CUDA binding helpers: the tensor-reference helpers shared with the CPU module, the stream
-// argument, and the bind_<op> functions of this module.
+// CUDA binding helpers: the stream argument and the bind_<op> functions of this module. The helpers
+// shared with the CPU module (tensor references, def_kernel, each op's param builder) are in common/bind/.
 #pragma once
 #include <cuda_runtime.h>
 
-#include "cpu/bind/common.h"
+#include "common/bind/def_kernel.h"
+#include "common/bind/ref.h"
 
 namespace ssm::bind::cuda {
 
