@@ -6,7 +6,8 @@
 
 namespace ssm::bind {
 
-using SsdSizes = std::vector<int64_t>;  // batch, seqlen, nheads, headdim, ngroups, dstate, nseq, workspace rows
+// batch, seqlen, nheads, headdim, ngroups, dstate, nseq, workspace rows[, chunk (CUDA)[, flags: 1 = inject_unit]]
+using SsdSizes = std::vector<int64_t>;
 
 // The inputs shared by the forward and the backward.
 inline SsdParams ssd_inputs(const char* op, int dtype, const SsdSizes& sizes, const Ref& x, const Ref& dt,
@@ -14,10 +15,12 @@ inline SsdParams ssd_inputs(const char* op, int dtype, const SsdSizes& sizes, co
                             const OptRef& dt_bias, const OptRef& initial_states, const OptRef& seq_idx,
                             const OptRef& cu_seqlens, const Ref& workspace, int64_t workspace_floats,
                             bool dt_softplus, float dt_lo, float dt_hi) {
-  SSM_CHECK(sizes.size() == 8, op, "expected 8 sizes");
+  SSM_CHECK(sizes.size() >= 8 && sizes.size() <= 10, op, "expected 8 to 10 sizes, got ", sizes.size());
   SsdParams p;
   p.batch = sizes[0], p.seqlen = sizes[1], p.nheads = sizes[2], p.headdim = sizes[3];
   p.ngroups = sizes[4], p.dstate = sizes[5], p.nseq = sizes[6], p.workspace_rows = sizes[7];
+  p.chunk = sizes.size() > 8 ? sizes[8] : 0;
+  p.inject_unit = sizes.size() > 9 && (sizes[9] & 1);
   SSM_CHECK(p.workspace_rows >= 1, op, "expected at least one workspace row");
   for (int64_t s : sizes) SSM_CHECK(s >= 0, op, "negative size");
   SSM_CHECK(p.ngroups > 0 && p.nheads % p.ngroups == 0, op, "ngroups must divide nheads");
