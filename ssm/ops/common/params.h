@@ -181,6 +181,7 @@ struct SelectiveScanParams {
   TensorArg dB, dC;            // (S*B, G, N, L) float32 per slice when variable, else (B, D, N) float32
   TensorArg dD, ddt_bias;      // (B, D)             float32, per batch, optional
   TensorArg dinitial_state;    // (rows, D, N)       float32, optional
+  TensorArg chunk_states;      // (B, D, nchunks, N) float32 workspace of the CUDA backward (L > its chunk)
 };
 
 // One decode step, Mamba-2 layout (Mamba-1: H = D heads of size P = 1), state updated in place:

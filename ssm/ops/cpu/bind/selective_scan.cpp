@@ -67,7 +67,8 @@ void bind_selective_scan(nb::module_& m) {
            const OptRef& z, const OptRef& dt_bias, const OptRef& initial_state, const OptRef& seq_idx,
            const OptRef& cu_seqlens, int64_t nrows, const Ref& dout, const OptRef& dlast, const Ref& du,
            const Ref& ddelta, const Ref& dA, const Ref& dB, const Ref& dC, const OptRef& dD, const OptRef& dz,
-           const OptRef& ddt_bias, const OptRef& dinitial_state, bool softplus, int nthreads) {
+           const OptRef& ddt_bias, const OptRef& dinitial_state, const OptRef& /*chunk_states: CUDA only*/,
+           bool softplus, int nthreads) {
           const char* op = "selective_scan_bwd";
           SelectiveScanParams p = scan_params(op, dtype, batch, dim, seqlen, dstate, ngroups, nslices, u, delta, A,
                                               B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens, nrows,

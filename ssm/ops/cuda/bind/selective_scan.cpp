@@ -40,7 +40,8 @@ void bind_selective_scan(nb::module_& m) {
            const OptRef& z, const OptRef& dt_bias, const OptRef& initial_state, const OptRef& seq_idx,
            const OptRef& cu_seqlens, int64_t nrows, const Ref& dout, const OptRef& dlast, const Ref& du,
            const Ref& ddelta, const Ref& dA, const Ref& dB, const Ref& dC, const OptRef& dD, const OptRef& dz,
-           const OptRef& ddt_bias, const OptRef& dinitial_state, bool softplus, int64_t stream) {
+           const OptRef& ddt_bias, const OptRef& dinitial_state, const OptRef& chunk_states, bool softplus,
+           int64_t stream) {
           const char* op = "selective_scan_bwd: ";
           SSM_CHECK(batch >= 0 && dim >= 0 && seqlen >= 0 && nrows >= 0 && nslices >= 1, op, "bad sizes");
           SelectiveScanParams p;
@@ -70,6 +71,7 @@ void bind_selective_scan(nb::module_& m) {
           p.dz = tensor_arg(op, "dz", dz, 3);
           p.ddt_bias = tensor_arg(op, "ddt_bias", ddt_bias, 2);
           p.dinitial_state = tensor_arg(op, "dinitial_state", dinitial_state, 3);
+          p.chunk_states = tensor_arg(op, "chunk_states", chunk_states, 4);
           SSM_CHECK(p.dz.present() == p.z.present() && p.dD.present() == p.D.present() &&
                         p.ddt_bias.present() == p.dt_bias.present() &&
                         p.dinitial_state.present() == p.initial_state.present(),
