@@ -108,7 +108,7 @@ class Mamba1(nn.Module):
         xz = (self.in_proj.weight @ u.reshape(Bsz * L, -1).t()).view(-1, Bsz, L).permute(1, 0, 2)
         if self.in_proj.bias is not None:
             xz = xz + self.in_proj.bias.to(dtype=xz.dtype)[:, None]
-        A = -torch.exp(self.A_log.float())
+        A = self._decode_A()
         plain = (seq_idx is None and initial_state is None and initial_conv_state is None and conv_state is None)
         if self.use_fast_path and plain:
             return ops.mamba_inner_fn(xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
@@ -190,8 +190,8 @@ class Mamba1(nn.Module):
         return self.out_proj(y).unsqueeze(1), conv_state, ssm_state
 
     def _decode_A(self) -> Tensor:
-        """-exp(A_log) in float32 for step(); without autograd it is kept until A_log changes
-        (in-place updates bump its version, .to() moves its data), not recomputed per token."""
+        """-exp(A_log) in float32 for forward and step(); without autograd it is kept until A_log
+        changes (in-place updates bump its version, .to() moves its data), not recomputed per call."""
         if torch.is_grad_enabled() and self.A_log.requires_grad:
             return -torch.exp(self.A_log.float())
         key = (self.A_log.data_ptr(), self.A_log._version, self.A_log.dtype, self.A_log.device)
