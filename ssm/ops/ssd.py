@@ -216,10 +216,10 @@ def _bwd_composed(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dy, df
 
 
 def _bwd_reason(backend, x, B, C, z, dy, cu_seqlens):
-    # CUDA: the backward composed of forward scans (ssd_bwd.py), opt-in until it has passed the GPU tests
+    # CUDA: the backward composed of forward scans (ssd_bwd.py); SSM_SSD_COMPOSED_BWD=0 opts out
     if backend == "cuda":
-        if os.environ.get("SSM_SSD_COMPOSED_BWD") != "1":
-            return "no CUDA SSD backward kernel yet (SSM_SSD_COMPOSED_BWD=1 selects the one composed of forward scans)"
+        if os.environ.get("SSM_SSD_COMPOSED_BWD", "1") == "0":
+            return "SSM_SSD_COMPOSED_BWD=0 selects the reference backward"
         if cu_seqlens is not None:
             return "the composed CUDA backward takes no cu_seqlens (varlen batches use the reference backward)"
         if x.shape[1] == 0 or x.shape[-1] > 256:

@@ -87,8 +87,7 @@ def test_cuda_graph_capture_replays_the_eager_result():
 
 @pytest.mark.parametrize("composed", [False, True], ids=["reference_bwd", "composed_bwd"])
 def test_forward_and_backward_are_bitwise_reproducible(composed, monkeypatch):
-    if composed:
-        monkeypatch.setenv("SSM_SSD_COMPOSED_BWD", "1")
+    monkeypatch.setenv("SSM_SSD_COMPOSED_BWD", "1" if composed else "0")
     args = make_inputs(2, 300, 4, 32, 2, 64, torch.bfloat16, "cuda", D="full", z=True, bias=True, init=True)
     call = dict(dt_softplus=True, return_final_states=True)
     names = [k for k in GRAD_NAMES if args[k] is not None]
@@ -128,7 +127,7 @@ def test_gradients_at_model_sizes(dtype):
 
 
 def composed_backward_grads(dtype, seq, monkeypatch):
-    """Gradients of the opt-in backward composed of forward scans (SSM_SSD_COMPOSED_BWD=1,
+    """Gradients of the CUDA backward composed of forward scans (SSM_SSD_COMPOSED_BWD=1, the default;
     ssm/ops/ssd_bwd.py) and of the float64 reference, per input name."""
     monkeypatch.setenv("SSM_SSD_COMPOSED_BWD", "1")
     args = make_inputs(2, 300, 4, 64, 2, 64, dtype, "cuda", D="full", z=True, bias=True, init=True, seq=seq)
