@@ -141,7 +141,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench_ssd_cuda.json")
     args = ap.parse_args()
-    # fwd+bwd rows time the backward composed of forward scans (opt-in; ssm/ops/ssd_bwd.py)
+    # fwd+bwd rows time the backward composed of forward scans (the CUDA default; ssm/ops/ssd_bwd.py)
     props = torch.cuda.get_device_properties(0)
     copy_gbs, peak = copy_bandwidth(), matmul_tflops()
     print(f"{props.name}: copy {copy_gbs:.0f} GB/s, bf16 matmul {peak:.0f} TFLOP/s", flush=True)
