@@ -288,9 +288,11 @@ def _update_signature(x, conv_state, weight, bias, activation, conv_state_indice
     """The call's metadata key (weight's strides too: the kernel reads it contiguous along the
     width), or None when an argument is not a tensor (the checks will say)."""
     try:
-        return (_kernels.forced_backend_value(), activation, weight.stride(), *[
+        sig = (_kernels.forced_backend_value(), type(activation), activation, weight.stride(), *[
             None if t is None else (type(t), t.shape, t.dtype, t.device)
             for t in (x, conv_state, weight, bias, conv_state_indices, cache_seqlens)])
+        hash(sig)
+        return sig
     except (AttributeError, TypeError):
         return None
 
