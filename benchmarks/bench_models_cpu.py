@@ -18,7 +18,7 @@ length). The slow paths get one repeat.
 Prints a table and writes JSON to benchmarks/results/cpu/models.json.
 
 Usage: python benchmarks/bench_models_cpu.py [--models mamba1,mamba2] [--dtypes float32,bfloat16]
-       [--impls ssm,reference,hf] [--budget 60] [--out PATH]
+       [--impls ssm,reference,hf] [--workloads NAMES] [--budget 60] [--threads N] [--out PATH]
 """
 from __future__ import annotations
 
@@ -242,8 +242,13 @@ def main() -> None:
     parser.add_argument("--workloads", default="", help="comma-separated names (default: all)")
     parser.add_argument("--budget", type=float, default=30.0, help="seconds per measurement")
     parser.add_argument("--reps", type=int, default=2, help="repeats of the ssm path")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads for every path (default: torch's). On a busy shared machine 1 is "
+                             "the fair choice: a 2-thread matmul waits for a second core that is rarely free")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/cpu/models.json"))
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     machine = machine_info()
     print(f"{machine['cpu']}, {machine['logical_cpus']} cpus, torch {machine['torch']} "
           f"({machine['torch_threads']} threads), load avg {machine['load_avg']}", flush=True)

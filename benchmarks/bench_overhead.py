@@ -14,7 +14,7 @@
    1 - matmuls / step; plus torch.profiler's top self-CPU ops of a few steps.
 
 Prints a table and writes JSON to benchmarks/results/cpu/overhead.json.
-Usage: python benchmarks/bench_overhead.py [--calls N] [--steps N] [--out PATH]
+Usage: python benchmarks/bench_overhead.py [--calls N] [--steps N] [--threads N] [--out PATH]
 """
 from __future__ import annotations
 
@@ -224,8 +224,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/cpu/overhead.json"))
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = small_op_rows(args.calls)
     print(f"{'op':42s} {'public us':>10s} {'binding us':>11s} {'op layer us':>12s} {'(thread CPU time)':>18s}")
     for r in rows:
