@@ -101,7 +101,7 @@ def decode_fn(impl, model, batch, steps):
     ids = torch.randint(0, VOCAB, (batch, PROMPT))
 
     def run(scale=1):
-        n = max(2, steps // scale)
+        n = max(8, steps // scale)  # a probe of fewer steps drowns in the prefill's noise
         with torch.no_grad():
             base = []
             for _ in range(2):  # the prefill's time, at its least noisy
