@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One call on the GPU machine: build the CUDA module, run the GPU op tests, compute-sanitizer
-# (memcheck, racecheck) over a small slice of them, and the CUDA benchmarks.
+# One call on the GPU machine: build the CUDA module, run every CUDA-marked test (ops, modules,
+# generation, NCCL distributed tests when 2+ GPUs), compute-sanitizer (memcheck, racecheck) over a
+# small slice of the op tests, and the CUDA benchmarks (kernels, SSD, end-to-end models).
 # Usage: benchmarks/run_cuda_device.sh OUT_DIR [build,test,sanitize,bench]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -19,17 +20,19 @@ if [[ $STEPS == *build* ]]; then
   echo "build: $(( $(date +%s) - start )) s; $(tail -1 "$OUT/build.log")"
 fi
 if [[ $STEPS == *test* ]]; then
-  python3 -m pytest tests/ops -q -m cuda -p no:cacheprovider -rf > "$OUT/pytest.log" 2>&1
+  timeout ${TEST_S:-420} python3 -m pytest tests -q -m cuda -p no:cacheprovider -rf > "$OUT/pytest.log" 2>&1
   grep -E "^FAILED|^ERROR|passed|failed" "$OUT/pytest.log" | cut -c1-300 | tail -62
 fi
 if [[ $STEPS == *sanitize* ]]; then
   for tool in memcheck racecheck; do
-    timeout 170 compute-sanitizer --tool "$tool" --error-exitcode 9 python3 -m pytest tests/ops -q -m cuda -p no:cacheprovider \
+    timeout ${SAN_S:-170} compute-sanitizer --tool "$tool" --error-exitcode 9 python3 -m pytest tests/ops -q -m cuda -p no:cacheprovider \
       -k "$SANITIZE_K" > "$OUT/sanitizer_$tool.log" 2>&1
     echo "$tool rc=$?: $(grep -E "ERROR SUMMARY|passed|failed" "$OUT/sanitizer_$tool.log" | tail -2 | tr '\n' ' ')"
   done
 fi
 if [[ $STEPS == *bench* ]]; then
-  python3 benchmarks/bench_cuda.py --out "$OUT/bench_cuda.json" > "$OUT/bench.log" 2>&1
-  tail -45 "$OUT/bench.log"
+  for bench in bench_cuda bench_ssd_cuda bench_models_cuda; do
+    timeout ${BENCH_S:-200} python3 benchmarks/$bench.py --out "$OUT/$bench.json" > "$OUT/$bench.log" 2>&1
+    echo "$bench rc=$?"; tail -30 "$OUT/$bench.log" | cut -c1-300
+  done
 fi

@@ -2,6 +2,8 @@
 
 AdamW, linear warmup then cosine decay, gradient clipping, gradient accumulation, bf16 autocast on a
 GPU, periodic held-out evaluation, checkpoints (save_pretrained + train_state.pt) resumable with --resume.
+Under ``torchrun --nproc-per-node N``: data parallel (DDP, or FSDP2 with --fsdp); --batch-size is the
+global batch, each rank takes its rows of the same sampled batch (ssm.cli.distributed).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ssm.cli import distributed
 from ssm.cli.common import TOKENIZER_FILE, lm_loss, pick_device
 from ssm.cli.data import CliError, collect_files, encode_stream, make_tokenizer, sample_batch, split_streams
 from ssm.cli.evaluate import mean_loss
@@ -58,6 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when present)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--fsdp", action="store_true", help="under torchrun: FSDP2 (fully_shard per block) instead of DDP")
 
 
 def model_config(args):
@@ -127,51 +131,57 @@ def _hms(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def save_checkpoint(model, opt, sched, step: int, args, out: Path, generator: torch.Generator) -> None:
-    """save_pretrained + train_state.pt (optimizer, scheduler, step, sampling RNG), each renamed into place."""
-    model.save_pretrained(out)
-    state = {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+def save_checkpoint(model, opt, sched, step: int, out: Path, generator: torch.Generator, ctx) -> None:
+    """save_pretrained + train_state.pt (optimizer keyed by parameter names, scheduler, step, sampling
+    RNG), each renamed into place; one checkpoint, written by rank 0."""
+    distributed.save_model(model, out, ctx)
+    state = {"step": step, "optimizer": distributed.optimizer_state(model, opt), "scheduler": sched.state_dict(),
              "generator": generator.get_state()}
+    if not ctx.main:
+        return
     tmp = out / (STATE_FILE + ".tmp")
     torch.save(state, tmp)
     tmp.replace(out / STATE_FILE)
 
 
-def prepare(args):
+def prepare(args, verbose: bool = True):
     """(train stream, held-out stream, tokenizer) of --data."""
     tokenizer = make_tokenizer(args.tokenizer)
     files = collect_files(args.data, tuple(args.suffix), tuple(args.exclude))
     train, held = split_streams(files, args.heldout)
-    print(f"data: {len(files)} files, {len(train)} train bytes, {len(held)} held-out bytes", file=sys.stderr)
+    if verbose:
+        print(f"data: {len(files)} files, {len(train)} train bytes, {len(held)} held-out bytes", file=sys.stderr)
     return encode_stream(tokenizer, train), encode_stream(tokenizer, held), tokenizer
 
 
-def build(args, device):
-    """(model, optimizer, scheduler, start step, sampling generator): fresh, or from --out with --resume."""
+def build(args, device, ctx):
+    """(model wrapped for data parallelism, optimizer, scheduler, start step, sampling generator):
+    fresh, or from --out with --resume."""
     from ssm.models.lm import MambaLMHeadModel
     out = Path(args.out)
     generator = torch.Generator().manual_seed(args.seed)
     if args.resume:
         if not (out / STATE_FILE).is_file():
             raise CliError(f"--resume: {out / STATE_FILE} not found (no checkpoint to resume)")
-        model = MambaLMHeadModel.from_pretrained(out, device=device)
+        model = distributed.wrap(MambaLMHeadModel.from_pretrained(out, device=device), ctx, device)
         opt, sched = make_optimizer(model, args)
         state = torch.load(out / STATE_FILE, map_location=device, weights_only=True)
-        opt.load_state_dict(state["optimizer"])
+        distributed.load_optimizer_state(model, opt, state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"].cpu())
         return model, opt, sched, state["step"], generator
     torch.manual_seed(args.seed)
-    model = MambaLMHeadModel(model_config(args), device=device)
+    model = distributed.wrap(MambaLMHeadModel(model_config(args), device=device), ctx, device)
     opt, sched = make_optimizer(model, args)
     return model, opt, sched, 0, generator
 
 
-def train_step(model, opt, sched, stream, args, device, generator) -> float:
-    """One optimizer step over --grad-accum micro-batches; returns the mean loss."""
+def train_step(model, opt, sched, stream, args, device, generator, ctx) -> float:
+    """One optimizer step over --grad-accum micro-batches; returns the mean loss (over all ranks)."""
     total = 0.0
     for _ in range(args.grad_accum):
-        tokens = sample_batch(stream, args.batch_size, args.seq_len, generator).to(device)
+        tokens = distributed.local_rows(sample_batch(stream, args.batch_size, args.seq_len, generator), ctx)
+        tokens = tokens.to(device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss = lm_loss(model, tokens) / args.grad_accum
         loss.backward()
@@ -181,7 +191,7 @@ def train_step(model, opt, sched, stream, args, device, generator) -> float:
     opt.step()
     sched.step()
     opt.zero_grad(set_to_none=True)
-    return total
+    return distributed.mean(total, ctx, device)
 
 
 def write_run_files(args, out: Path) -> None:
@@ -194,25 +204,43 @@ def write_run_files(args, out: Path) -> None:
 def run(args) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
-    train, held, _ = prepare(args)
-    model, opt, sched, step, generator = build(args, device)
+    if args.fsdp and not distributed.launched():
+        raise CliError("--fsdp: run under torchrun (e.g. torchrun --nproc-per-node 2 -m ssm train ...)")
+    ctx, device = distributed.setup(pick_device(args.device), args.fsdp)
+    try:
+        return _train(args, ctx, device)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _train(args, ctx, device) -> int:
+    if args.batch_size % ctx.world:
+        raise CliError(f"--batch-size {args.batch_size}: the global batch must divide evenly over {ctx.world} ranks")
+    train, held, _ = prepare(args, verbose=ctx.main)
+    model, opt, sched, step, generator = build(args, device, ctx)
     out = Path(args.out)
-    write_run_files(args, out)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: {n_params / 1e6:.2f}M parameters, {model.config}", file=sys.stderr)
+    if ctx.main:
+        write_run_files(args, out)
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"model: {n_params / 1e6:.2f}M parameters, {distributed.unwrap(model).config}"
+              + (f", {ctx.world} ranks ({'FSDP2' if ctx.fsdp else 'DDP'})" if ctx.distributed else ""),
+              file=sys.stderr)
     progress = Progress(args.steps, step, args.batch_size * args.seq_len * args.grad_accum)
     model.train()
     while step < args.steps:
-        loss = train_step(model, opt, sched, train, args, device, generator)
+        loss = train_step(model, opt, sched, train, args, device, generator, ctx)
         step += 1
-        if step % args.log_every == 0 or step == args.steps:
+        if ctx.main and (step % args.log_every == 0 or step == args.steps):
             progress.show(step, loss, sched.get_last_lr()[0])
         if args.eval_every and (step % args.eval_every == 0 or step == args.steps) and held.numel() > 1:
-            nats = mean_loss(model, held, args.seq_len, args.batch_size, device, args.eval_tokens)
-            progress.note(f"eval step {step}: held-out loss {nats:.4f} nats/token ({nats / math.log(2):.4f} bits)")
+            # every rank evaluates (FSDP2 needs all of them for its all-gathers)
+            nats = mean_loss(distributed.unwrap(model), held, args.seq_len, args.batch_size, device,
+                             args.eval_tokens)
+            if ctx.main:
+                progress.note(f"eval step {step}: held-out loss {nats:.4f} nats/token ({nats / math.log(2):.4f} bits)")
             model.train()
         if step % args.save_every == 0 or step == args.steps:
-            save_checkpoint(model, opt, sched, step, args, out, generator)
-    progress.note(f"saved {out}")
+            save_checkpoint(model, opt, sched, step, out, generator, ctx)
+    if ctx.main:
+        progress.note(f"saved {out}")
     return 0

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from ssm import ops
+from ssm.distributed import sharding
 from ssm.models.config import MambaConfig
 from ssm.modules.attention import MHA
 from ssm.modules.block import Block, add_norm
@@ -31,22 +32,25 @@ _MIXERS = {"Mamba1": Mamba1, "Mamba2": Mamba2}
 
 def create_block(d_model, d_intermediate, ssm_cfg=None, attn_layer_idx=None, attn_cfg=None, norm_epsilon=1e-5,
                  rms_norm=False, residual_in_fp32=False, fused_add_norm=False, layer_idx=None, device=None,
-                 dtype=None):
+                 dtype=None, process_group=None):
     """One Block: an MHA mixer if layer_idx is in attn_layer_idx, else the Mamba layer named by
-    ssm_cfg["layer"] ("Mamba1" by default, or "Mamba2"); a GatedMLP when d_intermediate > 0."""
+    ssm_cfg["layer"] ("Mamba1" by default, or "Mamba2"); a GatedMLP when d_intermediate > 0.
+    With a process_group, Mamba2 and MHA mixers and the MLP are tensor-parallel (inputs replicated)."""
     factory_kwargs = {"device": device, "dtype": dtype}
+    tp_kwargs = {} if process_group is None else {"process_group": process_group, "sequence_parallel": False}
     ssm_cfg = copy.deepcopy(ssm_cfg) if ssm_cfg is not None else {}
     attn_cfg = attn_cfg if attn_cfg is not None else {}
     if layer_idx not in (attn_layer_idx or []):
         layer = ssm_cfg.pop("layer", "Mamba1")
         if layer not in _MIXERS:
             raise ValueError(f"ssm_cfg['layer']: expected one of {sorted(_MIXERS)}, got {layer!r}")
-        mixer_cls = partial(_MIXERS[layer], layer_idx=layer_idx, **ssm_cfg, **factory_kwargs)
+        mixer_tp = tp_kwargs if layer == "Mamba2" else {}
+        mixer_cls = partial(_MIXERS[layer], layer_idx=layer_idx, **ssm_cfg, **mixer_tp, **factory_kwargs)
     else:
-        mixer_cls = partial(MHA, layer_idx=layer_idx, **attn_cfg, **factory_kwargs)
+        mixer_cls = partial(MHA, layer_idx=layer_idx, **attn_cfg, **tp_kwargs, **factory_kwargs)
     norm_cls = partial(ops.RMSNorm if rms_norm else nn.LayerNorm, eps=norm_epsilon, **factory_kwargs)
     mlp_cls = nn.Identity if d_intermediate == 0 else partial(
-        GatedMLP, hidden_features=d_intermediate, out_features=d_model, **factory_kwargs)
+        GatedMLP, hidden_features=d_intermediate, out_features=d_model, **tp_kwargs, **factory_kwargs)
     block = Block(d_model, mixer_cls, mlp_cls, norm_cls=norm_cls, fused_add_norm=fused_add_norm,
                   residual_in_fp32=residual_in_fp32)
     block.layer_idx = layer_idx
@@ -73,7 +77,7 @@ def _init_weights(module, n_layer, initializer_range=0.02, rescale_prenorm_resid
 class MixerModel(nn.Module):
     def __init__(self, d_model, n_layer, d_intermediate, vocab_size, ssm_cfg=None, attn_layer_idx=None,
                  attn_cfg=None, norm_epsilon=1e-5, rms_norm=False, initializer_cfg=None, fused_add_norm=False,
-                 residual_in_fp32=False, device=None, dtype=None):
+                 residual_in_fp32=False, device=None, dtype=None, process_group=None):
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
         self.residual_in_fp32 = residual_in_fp32
@@ -83,7 +87,7 @@ class MixerModel(nn.Module):
             create_block(d_model, d_intermediate=d_intermediate, ssm_cfg=ssm_cfg, attn_layer_idx=attn_layer_idx,
                          attn_cfg=attn_cfg, norm_epsilon=norm_epsilon, rms_norm=rms_norm,
                          residual_in_fp32=residual_in_fp32, fused_add_norm=fused_add_norm, layer_idx=i,
-                         **factory_kwargs)
+                         process_group=process_group, **factory_kwargs)
             for i in range(n_layer)])
         self.norm_f = (ops.RMSNorm if rms_norm else nn.LayerNorm)(d_model, eps=norm_epsilon, **factory_kwargs)
         self.apply(partial(_init_weights, n_layer=n_layer, **(initializer_cfg or {}),
@@ -104,10 +108,13 @@ class MixerModel(nn.Module):
 
 
 class MambaLMHeadModel(nn.Module, GenerationMixin):
-    def __init__(self, config: MambaConfig, initializer_cfg=None, device=None, dtype=None):
+    def __init__(self, config: MambaConfig, initializer_cfg=None, device=None, dtype=None, process_group=None):
+        """With a process_group the model is tensor-parallel (docs/tensor_parallel.md): Mamba2, MHA and
+        GatedMLP layers hold this rank's heads/channels; the rest is replicated, broadcast from rank 0."""
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
         self.config = config
+        self.process_group = process_group
         vocab_size = config.vocab_size
         pad = config.pad_vocab_size_multiple
         if vocab_size % pad != 0:
@@ -116,10 +123,13 @@ class MambaLMHeadModel(nn.Module, GenerationMixin):
             d_model=config.d_model, n_layer=config.n_layer, d_intermediate=config.d_intermediate,
             vocab_size=vocab_size, ssm_cfg=config.ssm_cfg, attn_layer_idx=config.attn_layer_idx,
             attn_cfg=config.attn_cfg, rms_norm=config.rms_norm, initializer_cfg=initializer_cfg,
-            fused_add_norm=config.fused_add_norm, residual_in_fp32=config.residual_in_fp32, **factory_kwargs)
+            fused_add_norm=config.fused_add_norm, residual_in_fp32=config.residual_in_fp32,
+            process_group=process_group, **factory_kwargs)
         self.lm_head = nn.Linear(config.d_model, vocab_size, bias=False, **factory_kwargs)
         # the backbone initialized its weights (once); lm_head keeps nn.Linear's init unless tied
         self.tie_weights()
+        if process_group is not None and not self.lm_head.weight.is_meta:
+            sharding.sync_replicated(self, process_group)
 
     def tie_weights(self):
         if self.config.tie_embeddings:
@@ -137,10 +147,18 @@ class MambaLMHeadModel(nn.Module, GenerationMixin):
         return CausalLMOutput(logits=self.lm_head(hidden_states))
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name, device=None, dtype=None, **kwargs):
-        """Build from a checkpoint directory or hub name (see ssm.utils.weights.load_pretrained)."""
+    def from_pretrained(cls, pretrained_model_name, device=None, dtype=None, process_group=None, **kwargs):
+        """Build from a checkpoint directory or hub name (see ssm.utils.weights.load_pretrained);
+        with a process_group, a tensor-parallel model holding this rank's shard of the full checkpoint."""
+        if process_group is not None:
+            return sharding.load_pretrained(cls, pretrained_model_name, process_group, device=device, dtype=dtype,
+                                            **kwargs)
         return weights.load_pretrained(cls, pretrained_model_name, device=device, dtype=dtype, **kwargs)
 
     def save_pretrained(self, save_directory, safe_serialization=True, **kwargs):
-        """Write config.json and the weights (see ssm.utils.weights.save_pretrained)."""
+        """Write config.json and the weights (see ssm.utils.weights.save_pretrained); a tensor-parallel
+        model gathers its shards and writes the full checkpoint from rank 0 (every rank must call it)."""
+        if self.process_group is not None:
+            return sharding.save_pretrained(self, save_directory, self.process_group,
+                                            safe_serialization=safe_serialization, **kwargs)
         return weights.save_pretrained(self, save_directory, safe_serialization=safe_serialization, **kwargs)

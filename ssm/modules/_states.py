@@ -51,8 +51,8 @@ def cache_rows(states: tuple, batch_size: int, layer_idx) -> tuple:
 
 
 def decode_A(mixer) -> Tensor:
-    """-exp(mixer.A_log) in float32 for a decode step; without autograd it is kept until A_log
-    changes (in-place updates bump its version, .to() moves its data), not recomputed per token."""
+    """-exp(mixer.A_log) in float32 for forward and step(); without autograd it is kept until A_log
+    changes (in-place updates bump its version, .to() moves its data), not recomputed per call."""
     A_log = mixer.A_log
     if torch.is_grad_enabled() and A_log.requires_grad:
         return -torch.exp(A_log.float())

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssm import ops
+from ssm.distributed.tensor_parallel import check_divisible, column_linear, row_linear
 from ssm.modules import _states
 from ssm.modules.rotary import RotaryEmbedding
 
@@ -23,9 +24,12 @@ from ssm.modules.rotary import RotaryEmbedding
 class MHA(nn.Module):
     def __init__(self, embed_dim, num_heads, num_heads_kv=None, head_dim=None, mlp_dim=0, qkv_proj_bias=True,
                  out_proj_bias=True, softmax_scale=None, causal=False, layer_idx=None, d_conv=0, rotary_emb_dim=0,
-                 rotary_emb_base=10000.0, rotary_emb_interleaved=False, device=None, dtype=None):
+                 rotary_emb_base=10000.0, rotary_emb_interleaved=False, device=None, dtype=None,
+                 process_group=None, sequence_parallel=True):
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
+        self.process_group = process_group
+        self.sequence_parallel = sequence_parallel
         self.embed_dim = embed_dim
         self.layer_idx = layer_idx
         self.d_conv = d_conv
@@ -40,16 +44,27 @@ class MHA(nn.Module):
             raise ValueError(f"num_heads: {num_heads} must divide embed_dim = {embed_dim} (or pass head_dim)")
         self.head_dim = head_dim if head_dim is not None else embed_dim // num_heads
         self.mlp_dim = math.ceil(mlp_dim / 256) * 256
+        self._split_heads(process_group)
         qkv_dim = self.head_dim * (self.num_heads + 2 * self.num_heads_kv)
         out_dim = self.head_dim * self.num_heads
         if self.rotary_emb_dim > 0:
             self.rotary_emb = RotaryEmbedding(self.rotary_emb_dim, base=rotary_emb_base,
                                               interleaved=rotary_emb_interleaved, device=device)
-        self.in_proj = nn.Linear(embed_dim, qkv_dim + self.mlp_dim, bias=qkv_proj_bias, **factory_kwargs)
+        self.in_proj = column_linear(embed_dim, qkv_dim + self.mlp_dim, process_group, sequence_parallel,
+                                     bias=qkv_proj_bias, **factory_kwargs)
         if self.d_conv > 0:
             self.conv1d = nn.Conv1d(qkv_dim, qkv_dim, kernel_size=self.d_conv, padding=self.d_conv - 1,
                                     groups=qkv_dim, **factory_kwargs)
-        self.out_proj = nn.Linear(out_dim + self.mlp_dim // 2, embed_dim, bias=out_proj_bias, **factory_kwargs)
+        self.out_proj = row_linear(out_dim + self.mlp_dim // 2, embed_dim, process_group, sequence_parallel,
+                                   bias=out_proj_bias, **factory_kwargs)
+
+    def _split_heads(self, process_group):
+        """Tensor parallelism: this rank's query and key/value heads and MLP channels (whole heads per rank)."""
+        check_divisible(process_group, num_heads=self.num_heads, num_heads_kv=self.num_heads_kv,
+                        **{"mlp_dim/2": self.mlp_dim // 2})
+        world = 1 if process_group is None else process_group.size()
+        self.num_heads, self.num_heads_kv, self.mlp_dim = (
+            self.num_heads // world, self.num_heads_kv // world, self.mlp_dim // world)
 
     def allocate_inference_cache(self, batch_size, max_seqlen, dtype=None, **kwargs):
         """(kv_cache (B, max_seqlen, 2, num_heads_kv, head_dim), conv_state (B, qkv_dim, d_conv) or None).
@@ -66,11 +81,18 @@ class MHA(nn.Module):
                 cu_seqlens: Tensor | None = None, **kwargs) -> Tensor:
         """x (B, L, embed_dim) -> (B, L, embed_dim). seq_idx (B, L) / cu_seqlens (nseq+1,) (batch 1)
         keep packed sequences apart (attention, conv and rotary positions restart per sequence);
-        not with an inference cache. Other keyword arguments (meant for other mixers) are ignored."""
+        not with an inference cache. ``context_parallel`` (ssm.distributed.context_parallel): x is one
+        rank's slice of a longer sequence. Other keyword arguments (meant for other mixers) are ignored."""
+        cp = kwargs.get("context_parallel")
+        if cp is not None:
+            cp.check(inference_params, seq_idx, cu_seqlens)
         if cu_seqlens is not None and seq_idx is None:
             seq_idx = _states.seq_idx_from_cu_seqlens(cu_seqlens, x.shape[1])
         if inference_params is not None and seq_idx is not None:
             raise ValueError("seq_idx/cu_seqlens: MHA does not take packed sequences with an inference cache")
+        if inference_params is not None and self.process_group is not None and self.sequence_parallel:
+            raise ValueError("sequence_parallel: decoding with an inference cache needs the input on every rank; "
+                             "build the layer with sequence_parallel=False")
         cache = self._cache(inference_params, x) if inference_params is not None else None
         qkv = self.in_proj(x)
         x_mlp = None
@@ -79,15 +101,16 @@ class MHA(nn.Module):
             up, gate = x_mlp.chunk(2, dim=-1)
             x_mlp = up * F.silu(gate)
         if self.d_conv > 0:
-            qkv = self._conv(qkv, cache, seq_idx)
+            qkv = self._conv(qkv, cache, seq_idx, cp)
         q, kv = qkv.split([self.num_heads * self.head_dim, self.num_heads_kv * 2 * self.head_dim], dim=-1)
         # q (B, L, H, hd); k, v (B, L, Hkv, hd)
         q = q.unflatten(-1, (self.num_heads, self.head_dim))
         k, v = kv.unflatten(-1, (2, self.num_heads_kv, self.head_dim)).unbind(dim=2)
         if self.rotary_emb_dim > 0:
             positions = _states.positions_in_sequence(seq_idx) if seq_idx is not None else None
-            q, k = self.rotary_emb(q, k, 0 if cache is None else cache["offset"], positions)
-        context = self._attention(q, k, v, cache, seq_idx).flatten(-2)
+            offset = cp.offset(q.shape[1]) if cp is not None else 0 if cache is None else cache["offset"]
+            q, k = self.rotary_emb(q, k, offset, positions)
+        context = self._attention(q, k, v, cache, seq_idx, cp).flatten(-2)
         if x_mlp is not None:
             context = torch.cat([context, x_mlp], dim=-1)
         return self.out_proj(context)
@@ -112,7 +135,7 @@ class MHA(nn.Module):
         return {"kv": kv_cache[b0:b0 + B], "conv": None if conv_state is None else conv_state[b0:b0 + B],
                 "offset": offset, "decoding": decoding}
 
-    def _conv(self, qkv, cache, seq_idx):
+    def _conv(self, qkv, cache, seq_idx, cp=None):
         """Depthwise causal conv (no activation) over qkv (B, L, qkv_dim); the cached state holds raw qkv."""
         conv_state = None if cache is None else cache["conv"]
         decoding = cache is not None and cache["decoding"]
@@ -122,15 +145,19 @@ class MHA(nn.Module):
         # x (B, qkv_dim, L)
         x = qkv.transpose(1, 2)
         init = conv_state[..., 1:].to(x.dtype) if decoding and self.d_conv > 1 else None
+        init = cp.conv_states(x, self.d_conv - 1) if cp is not None else init
         out = ops.dw_causal_conv(x, weight, self.conv1d.bias, None, seq_idx=seq_idx, initial_states=init)
         if conv_state is not None:
             conv_state.copy_(_states.conv_window(x, self.d_conv, conv_state if decoding else None))
         return out.transpose(1, 2)
 
-    def _attention(self, q, k, v, cache, seq_idx):
+    def _attention(self, q, k, v, cache, seq_idx, cp=None):
         """Softmax attention of q (B, L, H, hd) over the new (and cached) keys -> (B, L, H, hd)."""
         mask, is_causal = None, self.causal
-        if cache is not None:
+        if cp is not None:
+            k, v, mask = cp.attention_kv(k, v, self.causal)
+            is_causal = False
+        elif cache is not None:
             k, v, mask = self._update_kv_cache(k, v, cache)
             is_causal = False
         elif seq_idx is not None:

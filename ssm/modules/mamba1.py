@@ -76,9 +76,15 @@ class Mamba1(nn.Module):
         (B, d_inner, d_conv)); not with cu_seqlens. Other keyword arguments (meant for other mixers)
         are ignored. With ``inference_params`` the cached states are updated in place; past the
         prefix (seqlen_offset > 0) one token goes through ``step`` and several continue the cache.
+        ``context_parallel`` (ssm.distributed.context_parallel): u is one rank's slice of a longer sequence.
         """
         flat = seqlen is not None
         u = hidden_states.unflatten(0, (-1, seqlen)) if flat else hidden_states
+        cp = kwargs.get("context_parallel")
+        if cp is not None:
+            cp.check(inference_params, seq_idx, cu_seqlens)
+            out = self._forward_cp(u, cp)
+            return out.flatten(0, 1) if flat else out
         if cu_seqlens is not None and seq_idx is None:
             seq_idx = _states.seq_idx_from_cu_seqlens(cu_seqlens, u.shape[1])
         conv_state = ssm_state = None
@@ -102,7 +108,7 @@ class Mamba1(nn.Module):
         xz = (self.in_proj.weight @ u.reshape(Bsz * L, -1).t()).view(-1, Bsz, L).permute(1, 0, 2)
         if self.in_proj.bias is not None:
             xz = xz + self.in_proj.bias.to(dtype=xz.dtype)[:, None]
-        A = -torch.exp(self.A_log.float())
+        A = _states.decode_A(self)
         plain = (seq_idx is None and initial_state is None and initial_conv_state is None and conv_state is None)
         if self.use_fast_path and plain:
             return ops.mamba_inner_fn(xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
@@ -123,6 +129,30 @@ class Mamba1(nn.Module):
         if ssm_state is not None:
             y, last_state = y
             ssm_state.copy_(last_state)
+        return self.out_proj(y.transpose(1, 2))
+
+    def _forward_cp(self, u, cp):
+        """This rank's slice u (B, Ls, d_model) of a sequence split across ranks: the conv and SSM
+        states of the slices before come through ``cp`` (ssm.distributed.context_parallel)."""
+        # xz (B, 2*d_inner, Ls)
+        xz = self.in_proj(u).transpose(1, 2)
+        x, z = xz.chunk(2, dim=1)
+        x = ops.dw_causal_conv(x, self.conv1d.weight, self.conv1d.bias, self.activation,
+                               initial_states=cp.conv_states(x, self.d_conv - 1))
+        dt, B, C = torch.split(F.linear(x.transpose(1, 2), self.x_proj.weight),
+                               [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)
+        A = -torch.exp(self.A_log.float())
+
+        def run(initial_state):
+            return ops.selective_scan(x, dt, A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z=z,
+                                      dt_bias=self.dt_proj.bias.float(), softplus=True, return_last_state=True,
+                                      initial_state=initial_state)
+
+        def decay():  # (B, d_inner, d_state): exp(A * sum_t softplus(dt_t + dt_bias))
+            total = F.softplus(dt.float() + self.dt_proj.bias.float()[:, None]).sum(-1)
+            return torch.exp(A * total[..., None])
+        y = cp.scan(run, decay, (u.shape[0], self.d_inner, self.d_state), x)
         return self.out_proj(y.transpose(1, 2))
 
     def _conv(self, x, seq_idx, cu_seqlens, initial_conv_state):

@@ -3,7 +3,8 @@ initialization, inference cache and ``step``; computes through ``ssm.ops`` on ev
 
 Differences from the reference (docs/compat.md): ``step`` honours dt_limit, D_has_hdim and
 ngroups > 1; cu_seqlens also separates sequences on the memory-efficient path; a cached prefix can
-be continued with several tokens at once (chunked prefill)."""
+be continued with several tokens at once (chunked prefill); tensor-parallel (``process_group``), the
+gated norm spans whole groups, so a split layer computes what one process does (docs/tensor_parallel.md)."""
 from __future__ import annotations
 
 import math
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssm import ops
+from ssm.distributed.tensor_parallel import check_divisible, column_linear, row_linear
 from ssm.modules import _states
 
 _NO_LIMIT = (0.0, float("inf"))
@@ -48,7 +50,8 @@ class Mamba2(nn.Module):
 
         # in_proj output: [z0, x0 (d_mlp each), z (d_ssm), x (d_ssm), B, C (ngroups*d_state each), dt (nheads)]
         d_in_proj = 2 * self.d_inner + 2 * self.ngroups * self.d_state + self.nheads
-        self.in_proj = nn.Linear(self.d_model, d_in_proj, bias=bias, **factory_kwargs)
+        self.in_proj = column_linear(self.d_model, d_in_proj, process_group, sequence_parallel, bias=bias,
+                                     **factory_kwargs)
         conv_dim = self.d_ssm + 2 * self.ngroups * self.d_state
         self.conv1d = nn.Conv1d(conv_dim, conv_dim, kernel_size=d_conv, groups=conv_dim, padding=d_conv - 1,
                                 bias=conv_bias, **factory_kwargs)
@@ -58,23 +61,25 @@ class Mamba2(nn.Module):
         self._init_ssm_params(A_init_range, dt_min, dt_max, dt_init_floor, factory_kwargs)
         if self.rmsnorm:
             self.norm = ops.RMSNormGated(self.d_ssm, eps=1e-5, norm_before_gate=self.norm_before_gate,
-                                         group_size=self.d_ssm // ngroups, **factory_kwargs)
-        self.out_proj = nn.Linear(self.d_inner, self.d_model, bias=bias, **factory_kwargs)
+                                         group_size=self.d_ssm // self.ngroups, **factory_kwargs)
+        self.out_proj = row_linear(self.d_inner, self.d_model, process_group, sequence_parallel, bias=bias,
+                                   **factory_kwargs)
 
     def _set_sizes(self, headdim, d_ssm, ngroups):
         ws = self.world_size
-        if (self.expand * self.d_model) % ws or ngroups % ws:
-            raise ValueError(f"process_group: expand*d_model = {self.expand * self.d_model} and ngroups = "
-                             f"{ngroups} must be divisible by the group size {ws}")
+        d_ssm = self.expand * self.d_model if d_ssm is None else d_ssm
+        if d_ssm % headdim:
+            raise ValueError(f"headdim: d_ssm = {d_ssm} is not a multiple of headdim = {headdim}")
+        # whole heads and groups on each rank
+        check_divisible(self.process_group, **{"expand*d_model": self.expand * self.d_model}, d_ssm=d_ssm,
+                        nheads=d_ssm // headdim, ngroups=ngroups)
         self.d_inner = (self.expand * self.d_model) // ws
         self.headdim = headdim
-        self.d_ssm = self.d_inner if d_ssm is None else d_ssm // ws
+        self.d_ssm = d_ssm // ws
         self.ngroups = ngroups // ws
-        if self.d_ssm % self.headdim:
-            raise ValueError(f"headdim: d_ssm = {self.d_ssm} is not a multiple of headdim = {headdim}")
         self.nheads = self.d_ssm // self.headdim
-        if self.nheads % self.ngroups:
-            raise ValueError(f"ngroups: nheads = {self.nheads} is not a multiple of ngroups = {self.ngroups}")
+        if (d_ssm // headdim) % ngroups:
+            raise ValueError(f"ngroups: nheads = {d_ssm // headdim} is not a multiple of ngroups = {ngroups}")
 
     def _init_ssm_params(self, A_init_range, dt_min, dt_max, dt_init_floor, factory_kwargs):
         """dt_bias = softplus^-1 of a log-uniform dt in [dt_min, dt_max]; A ~ U(A_init_range); D = 1."""
@@ -101,15 +106,19 @@ class Mamba2(nn.Module):
         seq_idx (B, L) int32 / cu_seqlens (nseq+1,) (batch 1) keep packed sequences apart. With
         ``inference_params`` the cached states are updated in place (per sequence with cu_seqlens);
         past the prefix (seqlen_offset > 0) one token goes through ``step`` and several continue
-        the cached states. Other keyword arguments (meant for other mixers) are ignored."""
-        self._check_single_process()
+        the cached states. ``context_parallel`` (ssm.distributed.context_parallel): u is one rank's
+        slice of a longer sequence. Other keyword arguments (meant for other mixers) are ignored.
+        Tensor-parallel with sequence_parallel: u and the output are this rank's share of the
+        first dimension (of the B*L tokens when flat), as in mamba_ssm."""
         flat = seqlen is not None
-        u3 = u.unflatten(0, (-1, seqlen)) if flat else u
-        if cu_seqlens is not None and seq_idx is None:
-            seq_idx = _states.seq_idx_from_cu_seqlens(cu_seqlens, u3.shape[1])
+        cp = kwargs.get("context_parallel")
+        if cp is not None:
+            cp.check(inference_params, seq_idx, cu_seqlens)
         conv_state = ssm_state = None
         continuing = False
         if inference_params is not None:
+            self._check_decodable()
+            u3 = u.unflatten(0, (-1, seqlen)) if flat else u
             batch = cu_seqlens.shape[0] - 1 if cu_seqlens is not None else u3.shape[0]
             conv_state, ssm_state = self._get_states_from_cache(inference_params, batch)
             if inference_params.seqlen_offset > 0:
@@ -120,17 +129,33 @@ class Mamba2(nn.Module):
                     out = self.step(u3, conv_state, ssm_state)[0]
                     return out.flatten(0, 1) if flat else out
                 continuing = True
-        zxbcdt = self.in_proj(u3)
+        # with sequence_parallel, in_proj gathers u along its first dimension
+        zxbcdt = self.in_proj(u)
+        zxbcdt = zxbcdt.unflatten(0, (-1, seqlen)) if flat else zxbcdt
+        if cp is not None:
+            out = self._forward_cp(zxbcdt, cp)
+            return self._reduce(out.flatten(0, 1) if flat else out)
+        if cu_seqlens is not None and seq_idx is None:
+            seq_idx = _states.seq_idx_from_cu_seqlens(cu_seqlens, zxbcdt.shape[1])
         if self.use_mem_eff_path and inference_params is None:
             out = self._forward_fused(zxbcdt, seq_idx)
         else:
             out = self._forward_unfused(zxbcdt, seq_idx, cu_seqlens, conv_state, ssm_state, continuing)
-        return out.flatten(0, 1) if flat else out
+        return self._reduce(out.flatten(0, 1) if flat else out)
 
-    def _check_single_process(self):
-        if self.process_group is not None:
-            raise ValueError("process_group: ssm.modules.Mamba2 runs as a single process; tensor parallelism "
-                             "over a process_group is not available in this version (pass process_group=None)")
+    def _check_decodable(self):
+        if self.process_group is not None and self.sequence_parallel:
+            raise ValueError("sequence_parallel: decoding (inference_params, step) needs the input on every rank; "
+                             "build the layer with sequence_parallel=False")
+
+    def _out_bias(self):
+        """out_proj's bias; under tensor parallelism it is added after the reduction (_reduce)."""
+        return self.out_proj.bias if self.process_group is None else None
+
+    def _reduce(self, out):
+        """Tensor parallelism: sum the ranks' partial out_proj products (reduce-scatter along the
+        first dimension with sequence_parallel) and add the bias."""
+        return out if self.process_group is None else self.out_proj.reduce(out)
 
     def _dt_limit_kwargs(self):
         return {} if self.dt_limit == _NO_LIMIT else {"dt_limit": self.dt_limit}
@@ -145,7 +170,7 @@ class Mamba2(nn.Module):
             chunk_size=self.chunk_size, seq_idx=seq_idx, activation=self.activation,
             rmsnorm_weight=self.norm.weight if self.rmsnorm else None,
             rmsnorm_eps=self.norm.eps if self.rmsnorm else 1e-6,
-            outproj_weight=self.out_proj.weight, outproj_bias=self.out_proj.bias,
+            outproj_weight=self.out_proj.weight, outproj_bias=self._out_bias(),
             headdim=None if self.D_has_hdim else self.headdim, ngroups=self.ngroups,
             norm_before_gate=self.norm_before_gate, **self._dt_limit_kwargs())
 
@@ -188,20 +213,45 @@ class Mamba2(nn.Module):
             ssm_state.copy_(last)
         return self._output(y.flatten(-2), z, z0, x0)
 
+    def _forward_cp(self, zxbcdt, cp):
+        """This rank's slice (B, Ls, d_in_proj) of a sequence split across ranks: the conv and SSM
+        states of the slices before come through ``cp`` (ssm.distributed.context_parallel)."""
+        z0, x0, z, xBC, dt = self._split(zxbcdt)
+        # xBC (B, conv_dim, Ls) raw conv input
+        xBC = xBC.transpose(1, 2)
+        xBC = ops.dw_causal_conv(xBC, self.conv1d.weight, self.conv1d.bias, self.activation,
+                                 initial_states=cp.conv_states(xBC, self.d_conv - 1)).transpose(1, 2)
+        gn, h, p, n = self.ngroups * self.d_state, self.nheads, self.headdim, self.d_state
+        x, B, C = torch.split(xBC, [self.d_ssm, gn, gn], dim=-1)
+        A = -torch.exp(self.A_log.float())
+
+        def run(initial_states):
+            return ops.mamba_chunk_scan_combined(
+                x.unflatten(-1, (h, p)), dt, A, B.unflatten(-1, (self.ngroups, n)),
+                C.unflatten(-1, (self.ngroups, n)), chunk_size=self.chunk_size, D=self._D(),
+                z=None if self.rmsnorm else z.unflatten(-1, (h, p)), dt_bias=self.dt_bias, dt_softplus=True,
+                initial_states=initial_states, return_final_states=True, **self._dt_limit_kwargs())
+
+        def decay():  # (B, nheads, 1, 1): exp(A * sum_t clamp(softplus(dt_t + dt_bias), dt_limit))
+            step = F.softplus(dt.float() + self.dt_bias.float()).clamp(*self.dt_limit)
+            return torch.exp(A * step.sum(1))[..., None, None]
+        y = cp.scan(run, decay, (zxbcdt.shape[0], h, p, n), x)
+        return self._output(y.flatten(-2), z, z0, x0)
+
     def _output(self, y, z, z0, x0):
-        """Gated norm, the gated-MLP channels (if d_ssm < d_inner), out_proj."""
+        """Gated norm, the gated-MLP channels (if d_ssm < d_inner), out_proj (this rank's part)."""
         if self.rmsnorm:
             y = self.norm(y, z)
         if z0.shape[-1] > 0:
             y = torch.cat([F.silu(z0) * x0, y], dim=-1)
-        return self.out_proj(y)
+        return F.linear(y, self.out_proj.weight, self._out_bias())
 
     # ---- decoding ----------------------------------------------------------------------------
 
     def step(self, hidden_states: Tensor, conv_state: Tensor, ssm_state: Tensor):
         """One decode step: hidden_states (B, 1, d_model) -> (out (B, 1, d_model), conv_state, ssm_state);
         both states are updated in place. Honours dt_limit, D_has_hdim and ngroups > 1."""
-        self._check_single_process()
+        self._check_decodable()
         if hidden_states.shape[1] != 1:
             raise ValueError(f"hidden_states: step decodes one token at a time, got shape {tuple(hidden_states.shape)}")
         z0, x0, z, xBC, dt = self._split(self.in_proj(hidden_states.squeeze(1)))
@@ -217,7 +267,8 @@ class Mamba2(nn.Module):
             ssm_state, x.view(Bsz, h, p), dt, _states.decode_A(self), B.view(Bsz, self.ngroups, n),
             C.view(Bsz, self.ngroups, n), D, z=None if self.rmsnorm else z.view(Bsz, h, p),
             dt_bias=dt_bias, dt_softplus=softplus)
-        return self._output(y.reshape(Bsz, self.d_ssm), z, z0, x0).unsqueeze(1), conv_state, ssm_state
+        out = self._reduce(self._output(y.reshape(Bsz, self.d_ssm), z, z0, x0))
+        return out.unsqueeze(1), conv_state, ssm_state
 
     def _step_dt(self, dt):
         """dt for the state update: raw with (dt_bias, softplus) for the kernel, or, with a

@@ -1,6 +1,11 @@
 """The Mamba-1 inner path (``mamba_ssm``'s ``mamba_inner_fn``): conv + silu, x_proj, dt_proj,
-selective scan with z gating, out_proj, composed from the public ops so every backend and
-autograd come with them."""
+selective scan with z gating, out_proj.
+
+The fused path is one custom op pair: the forward calls the conv and scan ops' kernels (whatever
+backend they pick) and torch matmuls; autograd saves only the inputs (checkpoint_lvl >= 1) and the
+backward recomputes the conv output, x_proj, dt and the scan output before calling the ops'
+backward kernels. The composition of the public ops remains for the RMS-normed B/C/dt variant and
+as the reference (:func:`mamba_inner_ref`)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -9,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ssm.ops import _checks
+from ssm.ops import _checks, _library
 from ssm.ops.conv import dw_causal_conv
 from ssm.ops.python import reference
 from ssm.ops.selective_scan import selective_scan
@@ -85,6 +90,178 @@ def _check_inner(xz, conv1d_weight, x_proj_weight, delta_proj_weight, out_proj_w
     _checks.tensor("out_proj_weight", out_proj_weight, shape=(None, dim), device=xz.device)
 
 
+# ---- fused path: one custom op pair; the backward recomputes conv, x_proj, dt and the scan ------
+
+def _conv_silu(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
+    # x (B, D, L) view of xz; w (D, W) float32 -> silu(conv(x)) (B, D, L)
+    return torch.ops.ssm.dw_causal_conv_fwd(x, w, b, None, None, True, False)[0]
+
+
+def _project(xc, x_proj_w, dt_proj_w, A, B, C, B_proj_bias, C_proj_bias):
+    """x_dbl (B*L, rank + 2N) = x_proj(xc^T); delta (B, D, L) = dt_proj(x_dbl[:, :rank])^T (a view of
+    (B*L, D)); B, C (B, 1, N, L) views of x_dbl's columns (+ bias) unless given."""
+    batch, dim, L = xc.shape
+    rank, N = dt_proj_w.shape[1], A.shape[1]
+    # xt (B*L, D): the one copy of the conv output the projections need
+    xt = xc.transpose(1, 2).reshape(batch * L, dim)
+    x_dbl = F.linear(xt, x_proj_w)
+    delta = F.linear(x_dbl[:, :rank], dt_proj_w).view(batch, L, dim).transpose(1, 2)
+
+    def cols(c0, bias):
+        t = x_dbl[:, c0:c0 + N] if bias is None else x_dbl[:, c0:c0 + N] + bias.to(x_dbl.dtype)
+        # (B*L, N) -> (B, 1, N, L)
+        return t.view(batch, L, N).transpose(1, 2).unsqueeze(1)
+    B = cols(rank, B_proj_bias) if B is None else B
+    C = cols(x_dbl.shape[1] - N, C_proj_bias) if C is None else C
+    return xt, x_dbl, delta, B, C
+
+
+def _scan(xc, delta, A, B, C, D, z, delta_bias, softplus):
+    # -> y (B, D, L) gated by silu(z)
+    return torch.ops.ssm.selective_scan_fwd(xc, delta, A, B, C, D, z, delta_bias, None, None, None,
+                                            softplus, False)[0]
+
+
+def _fused_fwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, D, delta_bias,
+               B_proj_bias, C_proj_bias, softplus, keep):
+    # xz (B, 2D, L) -> out (B, L, out_dim); with keep, also the conv and scan outputs (else empty)
+    dim = xz.shape[1] // 2
+    x, z = xz[:, :dim], xz[:, dim:]
+    xc = _conv_silu(x, conv_w, conv_b)
+    _, _, delta, B, C = _project(xc, x_proj_w, dt_proj_w, A, B, C, B_proj_bias, C_proj_bias)
+    y = _scan(xc, delta, A, B, C, D, z, delta_bias, softplus)
+    out = F.linear(y.transpose(1, 2), out_proj_w, out_proj_b)
+    return out, (xc if keep else xz.new_empty(0)), (y if keep else xz.new_empty(0))
+
+
+@_library.custom_op("ssm::mamba_inner_fwd", mutates_args=())
+def _fwd_op(xz: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], x_proj_w: Tensor, dt_proj_w: Tensor,
+            out_proj_w: Tensor, out_proj_b: Optional[Tensor], A: Tensor, B: Optional[Tensor], C: Optional[Tensor],
+            D: Optional[Tensor], delta_bias: Optional[Tensor], B_proj_bias: Optional[Tensor],
+            C_proj_bias: Optional[Tensor], softplus: bool, keep: bool) -> tuple[Tensor, Tensor, Tensor]:
+    return _fused_fwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, D, delta_bias,
+                      B_proj_bias, C_proj_bias, softplus, keep)
+
+
+@_fwd_op.register_fake
+def _(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, D, delta_bias, B_proj_bias,
+      C_proj_bias, softplus, keep):
+    batch, two_d, L = xz.shape
+    inner = xz.new_empty((batch, two_d // 2, L)) if keep else xz.new_empty(0)
+    return xz.new_empty((batch, L, out_proj_w.shape[0])), inner, _library.empty_like(inner)
+
+
+def _out_proj_grads(dout, y, out_proj_w, has_bias):
+    # dout (B, L, O); y (B, D, L) -> dy (B, D, L) view, dW (O, D), db (O,)
+    batch, L, O = dout.shape
+    d2 = dout.reshape(batch * L, O)
+    dy = (d2 @ out_proj_w).view(batch, L, -1).transpose(1, 2)
+    dw = torch.einsum("blo,bdl->od", dout, y)
+    return dy, dw, d2.sum(0) if has_bias else None
+
+
+def _proj_grads(ddelta, dB, dC, xt, x_dbl, x_proj_w, dt_proj_w, N, B_given, C_given):
+    """Gradients through dt_proj and x_proj: d dt_proj_w, d x_proj_w, dxc (B*L, D), and the
+    B / C column gradients (B*L, N) (None for a B / C given explicitly)."""
+    batch, dim, L = ddelta.shape
+    rank = dt_proj_w.shape[1]
+    # ddt (B*L, D)
+    ddt = ddelta.transpose(1, 2).reshape(batch * L, dim)
+    d_dt_w = ddt.t() @ x_dbl[:, :rank]
+    dx_dbl = torch.zeros_like(x_dbl)
+    dx_dbl[:, :rank] = ddt @ dt_proj_w
+    dBc = None if B_given else dB[:, 0].transpose(1, 2).reshape(batch * L, N)
+    dCc = None if C_given else dC[:, 0].transpose(1, 2).reshape(batch * L, N)
+    if dBc is not None:
+        dx_dbl[:, rank:rank + N] = dBc
+    if dCc is not None:
+        dx_dbl[:, x_dbl.shape[1] - N:] += dCc
+    return d_dt_w, dx_dbl.t() @ xt, dx_dbl @ x_proj_w, dBc, dCc
+
+
+def _fused_bwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, D, delta_bias,
+               B_proj_bias, C_proj_bias, xc, y, dout, softplus):
+    batch, two_d, L = xz.shape
+    dim = two_d // 2
+    x, z = xz[:, :dim], xz[:, dim:]
+    xc = xc if xc.numel() else _conv_silu(x, conv_w, conv_b)
+    xt, x_dbl, delta, Bs, Cs = _project(xc, x_proj_w, dt_proj_w, A, B, C, B_proj_bias, C_proj_bias)
+    y = y if y.numel() else _scan(xc, delta, A, Bs, Cs, D, z, delta_bias, softplus)
+    dy, d_out_w, d_out_b = _out_proj_grads(dout, y, out_proj_w, out_proj_b is not None)
+    du, ddelta, dA, dB, dC, dD, dz, d_delta_bias, _ = torch.ops.ssm.selective_scan_bwd(
+        xc, delta, A, Bs, Cs, D, z, delta_bias, None, None, None, dy, xz.new_empty(0), softplus, False)
+    d_dt_w, d_x_proj_w, dxt, dBc, dCc = _proj_grads(ddelta, dB, dC, xt, x_dbl, x_proj_w, dt_proj_w,
+                                                    A.shape[1], B is not None, C is not None)
+    dxc = du + dxt.view(batch, L, dim).transpose(1, 2)
+    dx, d_conv_w, d_conv_b, _ = torch.ops.ssm.dw_causal_conv_bwd(x, conv_w, conv_b, None, None, dxc,
+                                                                 xz.new_empty(0), True, False)
+    grads = (torch.cat([dx, dz], 1), d_conv_w, d_conv_b, d_x_proj_w, d_dt_w, d_out_w, d_out_b, dA,
+             dB if B is not None else None, dC if C is not None else None, dD, d_delta_bias,
+             None if B_proj_bias is None else dBc.sum(0), None if C_proj_bias is None else dCc.sum(0))
+    return tuple(_library.empty_if_none(g, xz) for g in grads)
+
+
+@_library.custom_op("ssm::mamba_inner_bwd", mutates_args=())
+def _bwd_op(xz: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], x_proj_w: Tensor, dt_proj_w: Tensor,
+            out_proj_w: Tensor, out_proj_b: Optional[Tensor], A: Tensor, B: Optional[Tensor], C: Optional[Tensor],
+            D: Optional[Tensor], delta_bias: Optional[Tensor], B_proj_bias: Optional[Tensor],
+            C_proj_bias: Optional[Tensor], xc: Tensor, y: Tensor, dout: Tensor, softplus: bool) -> list[Tensor]:
+    return list(_library._unalias(list(_fused_bwd(
+        xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, D, delta_bias, B_proj_bias,
+        C_proj_bias, xc, y, dout, softplus)), (xz, dout)))
+
+
+@_bwd_op.register_fake
+def _(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, D, delta_bias, B_proj_bias,
+      C_proj_bias, xc, y, dout, softplus):
+    def like(t):
+        return xz.new_empty(0) if t is None else _library.empty_like(t)
+    return [like(t) for t in (xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, D,
+                              delta_bias, B_proj_bias, C_proj_bias)]
+
+
+def _setup_context(ctx, inputs, output):
+    *tensors, softplus, keep = inputs
+    _, xc, y = output
+    ctx.save_for_backward(*tensors, xc, y)
+    ctx.mark_non_differentiable(xc, y)
+    ctx.softplus = softplus
+
+
+def _backward(ctx, dout, _dxc, _dy):
+    saved = ctx.saved_tensors
+    grads = _bwd_op(*saved, dout.contiguous(), ctx.softplus)
+    return (*(None if t is None else g for t, g in zip(saved[:14], grads)), None, None)
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---- public ----------------------------------------------------------------------------------
+
+def _prepare(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight,
+             out_proj_bias, A, B, C, D, delta_bias, B_proj_bias, C_proj_bias):
+    """The fused op's arguments: projection weights in the autocast dtype when autocast is on (xz
+    too), small parameters and constant B/C in float32 (float64 with float64 xz), variable B/C
+    (B, G, N, L) in xz's dtype."""
+    weights = _autocast(x_proj_weight, delta_proj_weight, out_proj_weight, out_proj_bias)
+    if torch.is_autocast_enabled(xz.device.type):
+        xz = xz.to(weights[0].dtype)
+    par = torch.float64 if xz.dtype == torch.float64 else torch.float32
+
+    def param(t):
+        return None if t is None else t.to(par).contiguous()
+
+    def bc(t):
+        if t is None:
+            return None
+        t = t.unsqueeze(1) if t.dim() == 3 else t
+        return t.to(xz.dtype) if t.dim() == 4 else param(t)
+    conv_w = conv1d_weight.reshape(conv1d_weight.shape[0], conv1d_weight.shape[-1])
+    return (xz, param(conv_w), param(conv1d_bias), *weights[:3], weights[3], param(A), bc(B), bc(C), param(D),
+            param(delta_bias), param(B_proj_bias), param(C_proj_bias))
+
+
 def mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight,
                    out_proj_bias, A, B=None, C=None, D=None, delta_bias=None, B_proj_bias=None, C_proj_bias=None,
                    delta_softplus=True, checkpoint_lvl=1, b_rms_weight=None, c_rms_weight=None,
@@ -93,13 +270,21 @@ def mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_wei
 
     x, z = halves of xz; x = silu(conv(x)); x_dbl = x_proj(x); delta = delta_proj(x_dbl[:, :rank]);
     B, C from x_dbl unless given (+ B/C_proj_bias), optional RMSNorm of B, C, delta; selective scan
-    with z, D, delta_bias, softplus; out_proj. ``checkpoint_lvl`` is accepted for compatibility:
-    the ops' backwards recompute what they need."""
+    with z, D, delta_bias, softplus; out_proj. ``checkpoint_lvl`` 0 keeps the conv and scan outputs
+    for the backward, >= 1 (default) keeps only the inputs and recomputes them. With any of the
+    RMS weights the path is the composition of the public ops (each with its own autograd)."""
     _check_inner(xz, conv1d_weight, x_proj_weight, delta_proj_weight, out_proj_weight, A)
-    rms = (b_rms_weight, c_rms_weight, dt_rms_weight, b_c_dt_rms_eps)
-    return _inner(dw_causal_conv, selective_scan, xz, conv1d_weight, conv1d_bias, x_proj_weight,
-                  delta_proj_weight, out_proj_weight, out_proj_bias, A, B, C, D, delta_bias, B_proj_bias,
-                  C_proj_bias, delta_softplus, rms)
+    if b_rms_weight is not None or c_rms_weight is not None or dt_rms_weight is not None:
+        rms = (b_rms_weight, c_rms_weight, dt_rms_weight, b_c_dt_rms_eps)
+        return _inner(dw_causal_conv, selective_scan, xz, conv1d_weight, conv1d_bias, x_proj_weight,
+                      delta_proj_weight, out_proj_weight, out_proj_bias, A, B, C, D, delta_bias, B_proj_bias,
+                      C_proj_bias, delta_softplus, rms)
+    args = _prepare(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight,
+                    out_proj_bias, A, B, C, D, delta_bias, B_proj_bias, C_proj_bias)
+    with torch.autocast(xz.device.type, enabled=False):
+        if _library.use_custom_op(*args):
+            return _fwd_op(*args, bool(delta_softplus), checkpoint_lvl < 1)[0]
+        return _fused_fwd(*args, bool(delta_softplus), False)[0]
 
 
 def mamba_inner_ref(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight,

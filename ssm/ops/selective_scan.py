@@ -41,18 +41,28 @@ def _reason(backend, kernel, u, delta, B, C, z, N=None):
     reason = _kernels.kernel_reason(backend, kernel, u, delta, B if B.dim() == 4 else None,
                                     C if C.dim() == 4 else None, z)
     if reason is None and backend == "cuda":
-        reason = _cuda_limit(kernel, u.shape[-1], N)
+        reason = _cuda_limit(kernel, N)
     return reason
 
 
-def _cuda_limit(kernel: str, L: int, N: Optional[int]) -> Optional[str]:
-    """Sizes the CUDA kernels do not take: N > 256 (forward), N > 32 or L > 24576 (backward,
-    whose state checkpoints live in shared memory)."""
-    if N is not None and N > (256 if kernel == "selective_scan_fwd" else 32):
-        return f"the CUDA {kernel} kernel takes N <= {256 if kernel == 'selective_scan_fwd' else 32}, got {N}"
-    if kernel == "selective_scan_bwd" and L > 24576:
-        return f"the CUDA selective_scan_bwd kernel takes L <= 24576, got {L}"
+def _cuda_limit(kernel: str, N: Optional[int]) -> Optional[str]:
+    """Sizes the CUDA kernels do not take: N > 256."""
+    if N is not None and N > 256:
+        return f"the CUDA {kernel} kernel takes N <= 256, got {N}"
     return None
+
+
+# Steps per chunk of the CUDA backward (selective_scan_bwd.cuh: 32 lanes * kItems); longer
+# sequences need the (B, D, nchunks, N) float32 workspace of the states at chunk starts.
+_CUDA_BWD_CHUNK = 256
+
+
+def _chunk_states(backend: str, u: Tensor, N: int) -> Optional[Tensor]:
+    batch, dim, L = u.shape
+    nchunks = -(-L // _CUDA_BWD_CHUNK)
+    if backend != "cuda" or nchunks <= 1:
+        return None
+    return _kernels.empty((batch, dim, nchunks, N), u, torch.float32)
 
 
 def _fwd_impl(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens, softplus, return_last_state):
@@ -125,12 +135,13 @@ def _bwd_kernel(backend, u, delta, A, B, C, D, z, dt_bias, initial_state, seq_id
     dC = _kernels.empty((slices, *C.shape) if C.dim() == 4 else (batch, dim, N), u, f32)
     dinit = None if initial_state is None else _kernels.empty(initial_state.shape, u, f32)
     dlast = dlast if dlast.numel() else None
+    chunk_states = _chunk_states(backend, u, N)
     r = _kernels.ref
     _kernels.module(backend).selective_scan_bwd(
         _kernels.dtype_code(u), batch, dim, L, N, groups, slices, r(u), r(delta), r(A), r(B), r(C), r(D), r(z),
         r(dt_bias), r(initial_state), r(seq_idx), r(cu_seqlens), _nrows(u, cu_seqlens), r(dy),
         r(dlast), r(du), r(ddelta), r(dA), r(_slices_as_rows(dB)), r(_slices_as_rows(dC)), r(dD), r(dz),
-        r(ddt_bias), r(dinit), softplus, nthreads)
+        r(ddt_bias), r(dinit), r(chunk_states), softplus, nthreads)
     dB = dB.sum(0).to(B.dtype)
     dC = dC.sum(0).to(C.dtype)
     grads = (du, ddelta, dA.sum(0), dB, dC, None if dD is None else dD.sum(0), dz,

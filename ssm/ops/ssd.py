@@ -6,12 +6,13 @@ H_t = exp(Δ_t A) H_{t-1} + Δ_t x_t ⊗ B_t,  y_t = H_t C_t + D x_t,  y *= silu
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from ssm.ops import _checks, _kernels, _library
+from ssm.ops import _checks, _kernels, _library, ssd_bwd
 from ssm.ops.python import reference
 from ssm.utils import dispatch
 
@@ -40,7 +41,7 @@ def _fwd_impl(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optiona
               return_final: bool, return_varlen: bool):
     # x (B, L, H, P); dt (B, L, H); A (H,); B, C (B, L, G, N); D (H, P); z like x; dt_bias (H,)
     backend = dispatch.select_backend("ssd_chunk_scan", x.device,
-                                      lambda b: _kernels.kernel_reason(b, "ssd_chunk_scan_fwd", x, B, C, z))
+                                      lambda b: _kernel_reason(b, "ssd_chunk_scan_fwd", x, B, C, z))
     if backend == "reference":
         y, final, varlen = _reference_forward(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens,
                                               chunk_size, dt_softplus, dt_lo, dt_hi, return_final, return_varlen)
@@ -52,7 +53,7 @@ def _fwd_impl(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optiona
     y = _kernels.empty((batch, L, H, P), x)
     final = _kernels.empty((batch, H, P, N), x, torch.float32) if return_final else None
     varlen = _kernels.empty((nseq, H, P, N), x, torch.float32) if return_varlen else None
-    sizes, ws, ws_floats = _kernel_sizes(backend, x, B, nseq, _fwd_workspace_floats)
+    sizes, ws, ws_floats = _kernel_sizes(backend, x, B, nseq, _fwd_workspace_floats, chunk_size)
     _kernels.module(backend).ssd_chunk_scan_fwd(
         _kernels.dtype_code(x), sizes, *_input_refs(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx,
                                                     cu_seqlens),
@@ -76,9 +77,38 @@ def _bwd_workspace_floats(P, Np, L):
             + r16(block * P) + 2 * r16(block * Np) + r16(block * 8) + r16(2 * nblocks))
 
 
-def _kernel_sizes(backend, x, B, nseq, workspace_fn):
+# The CUDA kernels' chunk: the caller's chunk_size rounded up to a multiple of 64, at most 256
+# (the result does not depend on it beyond rounding).
+def _cuda_chunk(chunk_size):
+    return min(256, max(64, (chunk_size + 63) // 64 * 64))
+
+
+# The CUDA workspace (one row of float32): chunk records, float32 chunk states and the entering
+# states in the element type; mirrors ssd::layout in ssm/ops/cuda/ssd_chunk_scan.cuh.
+def _r64(n):
+    return (n + 63) // 64 * 64
+
+
+def _cuda_workspace_floats(batch, L, H, P, N, chunk, elem_bytes):
+    bhc = batch * H * ((L + chunk - 1) // chunk)
+    spn = bhc * P * N
+    return _r64(bhc * 8) + _r64(spn) + _r64((spn * elem_bytes + 3) // 4)
+
+
+def _kernel_reason(backend, kernel, x, B, C, *more):
+    if backend == "cuda" and B.shape[-1] > 256:
+        return f"the CUDA SSD kernels take state sizes N <= 256, got {B.shape[-1]}"
+    return _kernels.kernel_reason(backend, kernel, x, B, C, *more)
+
+
+def _kernel_sizes(backend, x, B, nseq, workspace_fn, chunk_size=0):
     batch, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
+    if backend == "cuda":
+        chunk = _cuda_chunk(chunk_size)
+        ws_floats = _cuda_workspace_floats(batch, L, H, P, N, chunk, x.element_size())
+        ws = torch.empty((1, ws_floats), dtype=torch.float32, device=x.device)
+        return [batch, L, H, P, G, N, nseq, 1, chunk], ws, ws_floats
     threads = max(1, min(_kernels.exec_arg(backend, x), batch * H)) if backend == "cpu" else 1
     ws_floats = workspace_fn(P, (N + 7) // 8 * 8, L)
     ws = torch.empty((threads, ws_floats), dtype=torch.float32, device=x.device)
@@ -154,6 +184,50 @@ def _bwd_kernel(backend, x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx,
     return tuple(_library.empty_if_none(g, x) for g in grads)
 
 
+def _cuda_scan(chunk_size):
+    """The CUDA forward as the primitive of the composed backward (ssm/ops/ssd_bwd.py): processed
+    Δ in, no D / z; ``unit`` injects x_t B_t^T without the Δ_t factor."""
+    def scan(x, delta, A, B, C, init, seq_idx, unit, want_final):
+        # -> y, final states, the chunk states entering each chunk (B, nchunks, H, P, N) (workspace view)
+        batch, L, H, P = x.shape
+        N = B.shape[-1]
+        y = _kernels.empty((batch, L, H, P), x)
+        final = _kernels.empty((batch, H, P, N), x, torch.float32) if want_final else None
+        sizes, ws, ws_floats = _kernel_sizes("cuda", x, B, 0, None, chunk_size)
+        _kernels.module("cuda").ssd_chunk_scan_fwd(
+            _kernels.dtype_code(x), sizes + [int(unit)],
+            *_input_refs(x, delta, A, B, C, None, None, None, init, seq_idx, None),
+            _kernels.ref(y), _kernels.ref(final), None, _kernels.ref(ws), ws_floats,
+            False, -_INF, _INF, _kernels.exec_arg("cuda", x))
+        nc = (L + sizes[8] - 1) // sizes[8]
+        # the entering states H_in in x's dtype, after the chunk records and the float32 chunk states
+        count = batch * nc * H * P * N
+        start = _r64(batch * H * nc * 8) + _r64(count)
+        h_in = ws[0, start:start + (count * x.element_size() + 3) // 4].view(x.dtype)[:count]
+        return y, final, h_in.view(batch, nc, H, P, N)
+    return scan
+
+
+def _bwd_composed(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dy, dfinal, chunk_size, dt_softplus,
+                  dt_lo, dt_hi):
+    grads = ssd_bwd.backward(_cuda_scan(chunk_size), _cuda_chunk(chunk_size), x, dt, A, B, C, D, z, dt_bias,
+                             initial_states, _int32(seq_idx), dy, dfinal, dt_softplus, dt_lo, dt_hi)
+    return tuple(_library.empty_if_none(g, x) for g in grads)
+
+
+def _bwd_reason(backend, x, B, C, z, dy, cu_seqlens):
+    # CUDA: the backward composed of forward scans (ssd_bwd.py); SSM_SSD_COMPOSED_BWD=0 opts out
+    if backend == "cuda":
+        if os.environ.get("SSM_SSD_COMPOSED_BWD", "1") == "0":
+            return "SSM_SSD_COMPOSED_BWD=0 selects the reference backward"
+        if cu_seqlens is not None:
+            return "the composed CUDA backward takes no cu_seqlens (varlen batches use the reference backward)"
+        if x.shape[1] == 0 or x.shape[-1] > 256:
+            return f"the composed CUDA backward takes L >= 1 and P <= 256, got L={x.shape[1]}, P={x.shape[-1]}"
+        return _kernel_reason(backend, "ssd_chunk_scan_fwd", x, B, C, z, dy)
+    return _kernel_reason(backend, "ssd_chunk_scan_bwd", x, B, C, z, dy)
+
+
 @_library.custom_op("ssm::ssd_chunk_scan_bwd", mutates_args=())
 def _bwd_op(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
             dt_bias: Optional[Tensor], initial_states: Optional[Tensor], seq_idx: Optional[Tensor],
@@ -161,7 +235,10 @@ def _bwd_op(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[
             dt_softplus: bool, dt_lo: float, dt_hi: float, return_final: bool,
             return_varlen: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     backend = dispatch.select_backend("ssd_chunk_scan_bwd", x.device,
-                                      lambda b: _kernels.kernel_reason(b, "ssd_chunk_scan_bwd", x, B, C, z, dy))
+                                      lambda b: _bwd_reason(b, x, B, C, z, dy, cu_seqlens))
+    if backend == "cuda":
+        return _bwd_composed(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dy,
+                             _library.none_if_empty(dfinal), chunk_size, dt_softplus, dt_lo, dt_hi)
     if backend != "reference":
         return _bwd_kernel(backend, x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dy,
                            _library.none_if_empty(dfinal), _library.none_if_empty(dvarlen), dt_softplus, dt_lo, dt_hi)
@@ -260,6 +337,11 @@ def _kernel_dtype(x, B, C, z) -> torch.dtype:
     return dtype
 
 
+def _as(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    """t in dtype (itself when it already is: no dispatcher round trip)."""
+    return t if t is None or t.dtype == dtype else t.to(dtype)
+
+
 # ---- public ----------------------------------------------------------------------------------
 
 def ssd_chunk_scan(X: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int,
@@ -285,17 +367,16 @@ def ssd_chunk_scan(X: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk
     H, P = X.shape[2], X.shape[3]
     dtype = _kernel_dtype(X, B, C, z)
     acc = torch.float64 if dtype == torch.float64 else torch.float32
-    x, Bk, Ck = X.to(dtype), B.to(dtype), C.to(dtype)
-    zk = None if z is None else z.to(dtype)
-    Dk = None if D is None else D.to(acc).reshape(H, -1).expand(H, P)
-    params = [None if t is None else t.to(acc) for t in (dt, A, dt_bias, initial_states)]
+    x, Bk, Ck, zk = (_as(t, dtype) for t in (X, B, C, z))
+    Dk = None if D is None else _as(D, acc).reshape(H, -1).expand(H, P)
+    params = [_as(t, acc) for t in (dt, A, dt_bias, initial_states)]
     args = (x, params[0], params[1], Bk, Ck, Dk, zk, params[2], params[3], seq_idx, cu_seqlens, chunk_size,
             bool(dt_softplus), dt_lo, dt_hi, bool(return_final_states), bool(return_varlen_states))
     if _library.use_custom_op(x, *params, Bk, Ck, Dk, zk):
         y, final, varlen = _fwd_op(*args)
     else:
         y, final, varlen = _fwd_impl(*args)
-    y = y.to(X.dtype)
+    y = _as(y, X.dtype)
     outs = (y,) + ((final,) if return_final_states else ()) + ((varlen,) if return_varlen_states else ())
     return outs[0] if len(outs) == 1 else outs
 

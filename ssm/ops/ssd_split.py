@@ -1,7 +1,9 @@
 """Mamba-2's fused block path, ``mamba_split_conv1d_scan_combined``: split the in-projection
-output, causal conv on xBC, SSD scan, gated RMSNorm, out-projection. Built from the public
-ops (dw_causal_conv, ssd_chunk_scan, the gated RMSNorm, F.linear), so every backend and the
-autograd of each piece carry over; no channel-count restriction."""
+output, causal conv on xBC, SSD scan, gated RMSNorm, out-projection; no channel-count restriction.
+
+One custom op pair: the forward calls the conv, SSD scan and gated-norm custom ops (so whatever
+kernel each backend has) and torch matmuls; autograd saves only the inputs, and the backward
+recomputes the conv output, the scan output and the norm before calling the ops' backwards."""
 from __future__ import annotations
 
 from typing import Optional
@@ -10,11 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ssm.ops import _checks
-from ssm.ops.conv import dw_causal_conv
-from ssm.ops.gated_norm import rmsnorm_fn
+from ssm.ops import _checks, _library
 from ssm.ops.python import reference
-from ssm.ops.ssd import ssd_chunk_scan
+from ssm.ops.ssd import _check_dt_limit
 
 _INF = float("inf")
 _ACTIVATIONS = (None, "silu", "swish")
@@ -52,62 +52,246 @@ def _swiglu_prepend(zx0: Tensor, out: Tensor, d_nonssm: int) -> Tensor:
     return torch.cat([F.silu(zx0[..., :d_nonssm]) * zx0[..., d_nonssm:], out], dim=-1)
 
 
+# ---- fused path: one custom op pair; the backward recomputes the conv, the scan and the norm ----
+
+def _split(zxbcdt, sizes):
+    """zxbcdt (B, L, T) -> views zx0 (2 d_nonssm), z (dim), xBC (dim + 2 G N), dt (H)."""
+    d_nonssm, dim, gn, nheads = sizes
+    return torch.split(zxbcdt, [2 * d_nonssm, dim, dim + 2 * gn, nheads], dim=-1)
+
+
+def _conv(xBC, w, b, seq_idx, silu):
+    # xBC (B, L, channels) -> conv over L, as a (B, L, channels) view of the (B, channels, L) output
+    return torch.ops.ssm.dw_causal_conv_fwd(xBC.transpose(1, 2).contiguous(), w, b, seq_idx, None, silu,
+                                            False)[0].transpose(1, 2)
+
+
+def _scan_args(xBCc, z, dt, sizes, headdim, ngroups, gated):
+    """x (B, L, H, P), dt float32 (B, L, H), B, C (B, L, G, N), z (B, L, H, P) or None: views."""
+    _, dim, gn, nheads = sizes
+    batch, L, _ = xBCc.shape
+    x, B, C = torch.split(xBCc, [dim, gn, gn], dim=-1)
+    acc = torch.float64 if xBCc.dtype == torch.float64 else torch.float32
+    return (x.reshape(batch, L, nheads, headdim), dt.to(acc), B.reshape(batch, L, ngroups, -1),
+            C.reshape(batch, L, ngroups, -1), z.reshape(batch, L, nheads, headdim) if gated else None)
+
+
+def _ssm_out(zxbcdt, conv_w, conv_b, dt_bias, A, D, initial_states, seq_idx, norm_w, sizes, cfg, return_final):
+    """Recomputable part of the forward: (xBC conv input, conv output, scan args, scan output y
+    (B, L, dim), normed output or y, final states)."""
+    chunk_size, dt_lo, dt_hi, silu, eps, headdim, ngroups, norm_before_gate = cfg
+    zx0, z, xBC, dt = _split(zxbcdt, sizes)
+    xBCc = _conv(xBC, conv_w, conv_b, seq_idx, silu)
+    sargs = _scan_args(xBCc, z, dt, sizes, headdim, ngroups, norm_w is None)
+    x, dt32, B, C, zs = sargs
+    y, final, _ = torch.ops.ssm.ssd_chunk_scan_fwd(x, dt32, A, B, C, D, zs, dt_bias, initial_states, seq_idx,
+                                                   None, chunk_size, True, dt_lo, dt_hi, return_final, False)
+    y = y.reshape(zxbcdt.shape[0], zxbcdt.shape[1], -1)
+    yn = y if norm_w is None else _norm(y, z, norm_w, sizes, cfg)
+    return xBC, xBCc, sargs, y, yn, final
+
+
+def _norm(y, z, norm_w, sizes, cfg):
+    # y, z (B, L, dim) -> gated RMSNorm over groups of dim / G
+    eps, ngroups, norm_before_gate = cfg[4], cfg[6], cfg[7]
+    dim = sizes[1]
+    out = torch.ops.ssm.gated_norm_fwd(y.reshape(-1, dim), norm_w, None, z.reshape(-1, dim), eps, dim // ngroups,
+                                       norm_before_gate, True)
+    return out.view(y.shape)
+
+
+def _with_swiglu(zx0, yn, d_nonssm):
+    # [silu(zx0[:d]) * zx0[d:], yn] along the last dim
+    if d_nonssm == 0:
+        return yn
+    return torch.cat([F.silu(zx0[..., :d_nonssm]) * zx0[..., d_nonssm:], yn], dim=-1)
+
+
+def _fused_fwd(zxbcdt, conv_w, conv_b, dt_bias, A, D, initial_states, seq_idx, norm_w, out_w, out_b, sizes, cfg,
+               return_final):
+    _, _, _, _, yn, final = _ssm_out(zxbcdt, conv_w, conv_b, dt_bias, A, D, initial_states, seq_idx, norm_w,
+                                     sizes, cfg, return_final)
+    out = _with_swiglu(zxbcdt[..., :2 * sizes[0]], yn, sizes[0])
+    out = out if out_w is None else F.linear(out, out_w, out_b)
+    return out.contiguous(), _library.empty_if_none(final if return_final else None, zxbcdt)
+
+
+@_library.custom_op("ssm::split_conv1d_scan_fwd", mutates_args=())
+def _fwd_op(zxbcdt: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], dt_bias: Optional[Tensor], A: Tensor,
+            D: Tensor, initial_states: Optional[Tensor], seq_idx: Optional[Tensor], norm_w: Optional[Tensor],
+            out_w: Optional[Tensor], out_b: Optional[Tensor], sizes: list[int], chunk_size: int, dt_lo: float,
+            dt_hi: float, silu: bool, eps: float, headdim: int, ngroups: int, norm_before_gate: bool,
+            return_final: bool) -> tuple[Tensor, Tensor]:
+    cfg = (chunk_size, dt_lo, dt_hi, silu, eps, headdim, ngroups, norm_before_gate)
+    return _fused_fwd(zxbcdt, conv_w, conv_b, dt_bias, A, D, initial_states, seq_idx, norm_w, out_w, out_b,
+                      tuple(sizes), cfg, return_final)
+
+
+@_fwd_op.register_fake
+def _(zxbcdt, conv_w, conv_b, dt_bias, A, D, initial_states, seq_idx, norm_w, out_w, out_b, sizes, chunk_size,
+      dt_lo, dt_hi, silu, eps, headdim, ngroups, norm_before_gate, return_final):
+    batch, L, _ = zxbcdt.shape
+    d_nonssm, dim, gn, nheads = sizes
+    width = d_nonssm + dim if out_w is None else out_w.shape[0]
+    final = (zxbcdt.new_empty((batch, nheads, headdim, gn // ngroups), dtype=A.dtype) if return_final
+             else zxbcdt.new_empty(0))
+    return zxbcdt.new_empty((batch, L, width)), final
+
+
+def _swiglu_bwd(zx0, dsw, d_nonssm):
+    # d of silu(a) * b with a, b the halves of zx0 (B, L, 2 d_nonssm)
+    a, b = zx0[..., :d_nonssm], zx0[..., d_nonssm:]
+    sig = torch.sigmoid(a)
+    return torch.cat([dsw * b * sig * (1 + a * (1 - sig)), dsw * a * sig], dim=-1)
+
+
+def _out_grads(dout, cat, out_w, out_b):
+    """Through out_proj: d cat (B, L, width), d out_w, d out_b (None when absent)."""
+    if out_w is None:
+        return dout, None, None
+    d2 = dout.reshape(-1, dout.shape[-1])
+    dw = d2.t() @ cat.reshape(-1, cat.shape[-1])
+    return (d2 @ out_w).view(cat.shape), dw, None if out_b is None else d2.sum(0)
+
+
+def _fused_bwd(zxbcdt, conv_w, conv_b, dt_bias, A, D, initial_states, seq_idx, norm_w, out_w, out_b, sizes, cfg,
+               return_final, dout, dfinal):
+    d_nonssm, dim, gn, nheads = sizes
+    chunk_size, dt_lo, dt_hi, silu, eps, _, ngroups, norm_before_gate = cfg
+    batch, L, _ = zxbcdt.shape
+    zx0, z, _, dt = _split(zxbcdt, sizes)
+    xBC, xBCc, (x, dt32, B, C, zs), y, yn, _ = _ssm_out(zxbcdt, conv_w, conv_b, dt_bias, A, D, initial_states,
+                                                         seq_idx, norm_w, sizes, cfg, False)
+    dcat, d_out_w, d_out_b = _out_grads(dout, _with_swiglu(zx0, yn, d_nonssm), out_w, out_b)
+    dzx0 = _swiglu_bwd(zx0, dcat[..., :d_nonssm], d_nonssm)
+    dy, d_norm_w, dz = dcat[..., d_nonssm:], None, None
+    if norm_w is not None:
+        dy, d_norm_w, _, dz = torch.ops.ssm.gated_norm_bwd(y.reshape(-1, dim), norm_w, None, z.reshape(-1, dim),
+                                                           dy.reshape(-1, dim), eps, dim // ngroups,
+                                                           norm_before_gate, True)
+    dx, ddt, dA, dB, dC, dD, dzs, d_dt_bias, dinit = torch.ops.ssm.ssd_chunk_scan_bwd(
+        x, dt32, A, B, C, D, zs, dt_bias, initial_states, seq_idx, None, dy.reshape(x.shape), dfinal,
+        zxbcdt.new_empty(0), chunk_size, True, dt_lo, dt_hi, return_final, False)
+    # d conv output (B, channels, L)
+    dxBCc = torch.cat([dx.reshape(batch, L, dim), dB.reshape(batch, L, gn), dC.reshape(batch, L, gn)], -1)
+    dxBC, d_conv_w, d_conv_b, _ = torch.ops.ssm.dw_causal_conv_bwd(
+        xBC.transpose(1, 2).contiguous(), conv_w, conv_b, seq_idx, None, dxBCc.transpose(1, 2).contiguous(),
+        zxbcdt.new_empty(0), silu, False)
+    dz = dzs.reshape(batch, L, dim) if norm_w is None else dz.view(batch, L, dim)
+    dzxbcdt = torch.cat([dzx0, dz.to(zxbcdt.dtype), dxBC.transpose(1, 2), ddt.to(zxbcdt.dtype)], -1)
+    grads = (dzxbcdt, d_conv_w, d_conv_b, d_dt_bias, dA, dD, dinit, d_norm_w, d_out_w, d_out_b)
+    return [_library.empty_if_none(g, zxbcdt) for g in grads]
+
+
+@_library.custom_op("ssm::split_conv1d_scan_bwd", mutates_args=())
+def _bwd_op(zxbcdt: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], dt_bias: Optional[Tensor], A: Tensor,
+            D: Tensor, initial_states: Optional[Tensor], seq_idx: Optional[Tensor], norm_w: Optional[Tensor],
+            out_w: Optional[Tensor], out_b: Optional[Tensor], sizes: list[int], chunk_size: int, dt_lo: float,
+            dt_hi: float, silu: bool, eps: float, headdim: int, ngroups: int, norm_before_gate: bool,
+            return_final: bool, dout: Tensor, dfinal: Tensor) -> list[Tensor]:
+    cfg = (chunk_size, dt_lo, dt_hi, silu, eps, headdim, ngroups, norm_before_gate)
+    grads = _fused_bwd(zxbcdt, conv_w, conv_b, dt_bias, A, D, initial_states, seq_idx, norm_w, out_w, out_b,
+                       tuple(sizes), cfg, return_final, dout, dfinal)
+    return list(_library._unalias(grads, (zxbcdt, dout, dfinal)))
+
+
+@_bwd_op.register_fake
+def _(zxbcdt, conv_w, conv_b, dt_bias, A, D, initial_states, seq_idx, norm_w, out_w, out_b, *rest):
+    def like(t):
+        return zxbcdt.new_empty(0) if t is None else _library.empty_like(t)
+    return [like(t) for t in (zxbcdt, conv_w, conv_b, dt_bias, A, D, initial_states, norm_w, out_w, out_b)]
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:11])
+    ctx.flags = inputs[11:]
+
+
+def _backward(ctx, dout, dfinal):
+    saved = ctx.saved_tensors
+    dfinal = saved[0].new_empty(0) if dfinal is None or not ctx.flags[-1] else dfinal.contiguous()
+    grads = _bwd_op(*saved, *ctx.flags, dout.contiguous(), dfinal)
+    tensors = saved[:7] + saved[8:11]
+    grads = [None if t is None else g for t, g in zip(tensors, grads)]
+    return (*grads[:7], None, *grads[7:]) + (None,) * len(ctx.flags)
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---- public ----------------------------------------------------------------------------------
+
+def _autocast_out(zxbcdt, out_w, out_b):
+    """Under autocast, out_proj (and so the path) runs in the autocast dtype, as F.linear would."""
+    if out_w is None or not torch.is_autocast_enabled(zxbcdt.device.type):
+        return zxbcdt, out_w, out_b
+    dtype = torch.get_autocast_dtype(zxbcdt.device.type)
+    return zxbcdt.to(dtype), out_w.to(dtype), None if out_b is None else out_b.to(dtype)
+
+
 def mamba_split_conv1d_scan_combined(zxbcdt, conv1d_weight, conv1d_bias, dt_bias, A, D, chunk_size,
                                      initial_states=None, seq_idx=None, dt_limit=(0.0, _INF),
                                      return_final_states=False, activation="silu", rmsnorm_weight=None,
                                      rmsnorm_eps=1e-6, outproj_weight=None, outproj_bias=None, headdim=None,
                                      ngroups=1, norm_before_gate=True, state_dtype=None):
     """``mamba_ssm``'s fused Mamba-2 path. zxbcdt (B, L, 2 d_nonssm + 2 dim + 2 G N + H) ->
-    out (B, L, d_out) [, final_states (B, H, P, N) float32]. ``state_dtype`` is accepted for
+    out (B, L, d_out) [, final_states (B, H, P, N) float32]. ``initial_states`` (B, H, P, N),
+    ``seq_idx`` (B, L) as in :func:`ssd_chunk_scan`. ``state_dtype`` is accepted for
     compatibility: states stay float32 here."""
     _checks.choice("activation", activation, _ACTIVATIONS)
     d_nonssm, dim, dstate, nheads, headdim = _split_sizes(zxbcdt, conv1d_weight, A, D, headdim, ngroups)
     batch, L, _ = zxbcdt.shape
-    gn = ngroups * dstate
-    zx0, z, xBC, dt = torch.split(zxbcdt, [2 * d_nonssm, dim, dim + 2 * gn, nheads], dim=-1)
-    # xBC (B, L, dim + 2 G N) -> conv over L in (B, channels, L), made contiguous along L for the
-    # conv kernel (and because the conv's fake output is laid out like its input)
-    weight = conv1d_weight.reshape(conv1d_weight.shape[0], -1)
-    xBC = xBC.transpose(1, 2).contiguous()
-    xBC = dw_causal_conv(xBC, weight, conv1d_bias, activation, seq_idx=seq_idx).transpose(1, 2)
-    x, B, C = torch.split(xBC, [dim, gn, gn], dim=-1)
-    out = ssd_chunk_scan(x.reshape(batch, L, nheads, headdim), dt, A, B.reshape(batch, L, ngroups, dstate),
-                         C.reshape(batch, L, ngroups, dstate), chunk_size, D=D,
-                         z=z.reshape(batch, L, nheads, headdim) if rmsnorm_weight is None else None,
-                         initial_states=initial_states, dt_bias=dt_bias, dt_softplus=True, dt_limit=dt_limit,
-                         seq_idx=seq_idx, return_final_states=return_final_states)
-    out, final = out if return_final_states else (out, None)
-    out = out.reshape(batch, L, dim)
-    if rmsnorm_weight is not None:
-        out = rmsnorm_fn(out, rmsnorm_weight, None, z=z, eps=rmsnorm_eps, group_size=dim // ngroups,
-                         norm_before_gate=norm_before_gate)
-    out = _swiglu_prepend(zx0, out, d_nonssm)
-    if outproj_weight is not None:
-        out = F.linear(out, outproj_weight, outproj_bias)
+    _checks.positive_int("chunk_size", chunk_size)
+    _checks.tensor("initial_states", initial_states, shape=(batch, nheads, headdim, dstate), device=zxbcdt.device,
+                   optional=True)
+    _checks.seq_idx(seq_idx, batch, L, zxbcdt.device)
+    dt_lo, dt_hi = _check_dt_limit(dt_limit)
+    zxbcdt, outproj_weight, outproj_bias = _autocast_out(zxbcdt, outproj_weight, outproj_bias)
+    par = torch.float64 if zxbcdt.dtype == torch.float64 else torch.float32
+
+    def param(t):
+        return None if t is None else t.to(par).contiguous()
+    tensors = (zxbcdt, param(conv1d_weight.reshape(conv1d_weight.shape[0], -1)), param(conv1d_bias),
+               param(dt_bias), param(A), param(D).reshape(nheads, -1).expand(nheads, headdim),
+               param(initial_states), seq_idx, param(rmsnorm_weight), outproj_weight, outproj_bias)
+    flags = ([d_nonssm, dim, ngroups * dstate, nheads], int(chunk_size), dt_lo, dt_hi, activation is not None,
+             float(rmsnorm_eps), headdim, ngroups, bool(norm_before_gate), bool(return_final_states))
+    with torch.autocast(zxbcdt.device.type, enabled=False):
+        if _library.use_custom_op(*tensors):
+            out, final = _fwd_op(*tensors, *flags)
+        else:
+            cfg = flags[1:-1]
+            out, final = _fused_fwd(*tensors, tuple(flags[0]), cfg, flags[-1])
     return (out, final) if return_final_states else out
 
 
 def mamba_split_conv1d_scan_ref(zxbcdt, conv1d_weight, conv1d_bias, dt_bias, A, D, chunk_size,
                                 dt_limit=(0.0, _INF), activation="silu", rmsnorm_weight=None, rmsnorm_eps=1e-6,
                                 outproj_weight=None, outproj_bias=None, headdim=None, ngroups=1,
-                                norm_before_gate=True):
-    """``mamba_ssm``'s unfused reference of the same path, from the reference ops only."""
+                                norm_before_gate=True, *, initial_states=None, seq_idx=None,
+                                return_final_states=False):
+    """``mamba_ssm``'s unfused reference of the same path, from the reference ops only (plus, beyond
+    it, ``initial_states``, ``seq_idx`` and ``return_final_states``)."""
     _checks.choice("activation", activation, _ACTIVATIONS)
     d_nonssm, dim, dstate, nheads, headdim = _split_sizes(zxbcdt, conv1d_weight, A, D, headdim, ngroups)
     batch, L, _ = zxbcdt.shape
     gn = ngroups * dstate
     zx0, z, xBC, dt = torch.split(zxbcdt, [2 * d_nonssm, dim, dim + 2 * gn, nheads], dim=-1)
     weight = conv1d_weight.reshape(conv1d_weight.shape[0], -1)
-    xBC = reference.dw_causal_conv(xBC.transpose(1, 2), weight, conv1d_bias,
-                                   "silu" if activation else None).transpose(1, 2)
+    xBC = reference.dw_causal_conv(xBC.transpose(1, 2), weight, conv1d_bias, "silu" if activation else None,
+                                   seq_idx=seq_idx).transpose(1, 2)
     x, B, C = torch.split(xBC, [dim, gn, gn], dim=-1)
     out = reference.ssd_chunk_scan(x.reshape(batch, L, nheads, headdim), dt, A,
                                    B.reshape(batch, L, ngroups, dstate), C.reshape(batch, L, ngroups, dstate),
                                    chunk_size, D=D, z=z.reshape(batch, L, nheads, headdim)
-                                   if rmsnorm_weight is None else None, dt_bias=dt_bias, dt_softplus=True,
-                                   dt_limit=dt_limit).reshape(batch, L, dim)
+                                   if rmsnorm_weight is None else None, initial_states=initial_states,
+                                   dt_bias=dt_bias, dt_softplus=True, dt_limit=dt_limit, seq_idx=seq_idx,
+                                   return_final_states=return_final_states)
+    out, final = out if return_final_states else (out, None)
+    out = out.reshape(batch, L, dim)
     if rmsnorm_weight is not None:
         out = reference.gated_rms_norm(out, rmsnorm_weight, None, z=z, eps=rmsnorm_eps,
                                        group_size=dim // ngroups, norm_before_gate=norm_before_gate)
     out = _swiglu_prepend(zx0, out, d_nonssm)
-    return out if outproj_weight is None else F.linear(out, outproj_weight, outproj_bias)
+    out = out if outproj_weight is None else F.linear(out, outproj_weight, outproj_bias)
+    return (out, final) if return_final_states else out

@@ -123,6 +123,9 @@ def save_pretrained(model, save_directory, safe_serialization: bool = True, max_
 
 def save_hf(model, save_directory) -> None:
     """Write a transformers MambaForCausalLM / Mamba2ForCausalLM directory (config.json + model.safetensors)."""
+    if getattr(model, "process_group", None) is not None:
+        raise ValueError("model: save_hf takes a single-process model; save a tensor-parallel one with "
+                         "save_pretrained (a full checkpoint) and convert that")
     directory = Path(save_directory)
     mixer = model.backbone.layers[0].mixer
     vocab_rows = model.backbone.embedding.weight.shape[0]

@@ -1,16 +1,18 @@
-"""mamba_inner_fn (composed from the public ops) against mamba_inner_ref in float64, with
-gradients, the RMS-normed variant and given B/C."""
+"""mamba_inner_fn (the fused custom op pair) against mamba_inner_ref in float64 on every backend:
+outputs and the gradient of every input, each optional argument, B/C given, checkpoint levels,
+what autograd saves, torch.compile; the RMS-normed variant (composition) and bad input."""
 import pytest
 import torch
 
 import ssm.ops as ops
+from ssm.ops import mamba_inner
 from tests.ops.harness import assert_close, backends, device_of, rand, rel_err, use_backend
 
 
-def make_inner(batch, D, L, N, rank, W, device, dtype=torch.float32):
+def make_inner(batch, D, L, N, rank, W, device, dtype=torch.float32, noncontig=False):
     """Inputs and parameters of one mixer, all in ``dtype`` (a model cast to bf16)."""
     inp = dict(
-        xz=rand(batch, 2 * D, L, device=device),
+        xz=rand(batch, 2 * D, L, device=device, noncontig=noncontig),
         conv1d_weight=rand(D, 1, W, device=device, scale=0.5), conv1d_bias=rand(D, device=device),
         x_proj_weight=rand(rank + 2 * N, D, device=device, scale=D ** -0.5),
         delta_proj_weight=rand(D, rank, device=device, scale=rank ** -0.5),
@@ -20,38 +22,143 @@ def make_inner(batch, D, L, N, rank, W, device, dtype=torch.float32):
     return {k: v.to(dtype) for k, v in inp.items()}
 
 
-@pytest.mark.parametrize("backend", backends())
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_inner_matches_reference_with_gradients(backend, dtype):
-    inp = make_inner(2, 6, 13, 4, 3, 4, device_of(backend), dtype)
-    leaves = {k: v.detach().clone().requires_grad_() for k, v in inp.items()}
-    ref = {k: v.detach().double().requires_grad_() for k, v in inp.items()}
-    with use_backend(backend):
-        out = ops.mamba_inner_fn(**leaves)
-    # Backward on the default backends: not every op in the path has a backward kernel everywhere.
-    dout = torch.randn_like(out)
-    out.backward(dout)
-    want = ops.mamba_inner_ref(**ref)
-    want.backward(dout.double())
-    assert out.shape == (2, 13, 7)
-    # In bf16 every projection rounds: the bound is the error of the reference run in bf16 itself.
-    lowp = {k: v.detach().clone().requires_grad_() for k, v in inp.items()}
-    lowp_out = ops.mamba_inner_ref(**lowp)
-    lowp_out.backward(dout)
-    check_inner(out, want, lowp_out, dtype, "out")
-    for k in inp:
-        check_inner(leaves[k].grad, ref[k].grad, lowp[k].grad, dtype, f"d{k}")
+def run_both(backend, inp, dtype, **flags):
+    """(out, grads) of mamba_inner_fn on ``backend``, of the float64 reference and (low precision
+    only) of the reference run in ``dtype`` itself, the bound for low precision."""
+    ref_flags = {k: v for k, v in flags.items() if k != "checkpoint_lvl"}
+
+    def run(fn, cast, ctx, fl):
+        leaves = {k: None if v is None else cast(v).requires_grad_() for k, v in inp.items()}
+        with ctx:
+            out = fn(**leaves, **fl)
+        out.backward(dout.to(out.dtype))
+        return out, {k: v.grad for k, v in leaves.items() if v is not None}
+    xz = inp["xz"]
+    dout = torch.randn(xz.shape[0], xz.shape[2], inp["out_proj_weight"].shape[0], device=xz.device)
+    got = run(ops.mamba_inner_fn, lambda v: v.detach().clone(), use_backend(backend), flags)
+    want = run(ops.mamba_inner_ref, lambda v: v.detach().double(), use_backend("reference"), ref_flags)
+    lowp = None if dtype == torch.float32 else run(ops.mamba_inner_ref, lambda v: v.detach().clone(),
+                                                   use_backend("reference"), ref_flags)
+    return got, want, lowp
 
 
-def check_inner(got, want, lowp, dtype, name):
-    if dtype == torch.float32:
+def check(got, want, lowp, dtype, name):
+    if lowp is None:
         assert_close(got, want, dtype, name, factor=2.0)
     else:
         err, bound = rel_err(got, want), 2 * rel_err(lowp, want) + 1e-3
-        assert err <= bound, f"{name}: relative error {err:.3g} > {bound:.3g} (twice the bf16 reference's)"
+        assert err <= bound, f"{name}: relative error {err:.3g} > {bound:.3g} (twice the {dtype} reference's)"
 
 
-def test_inner_rms_and_given_bc():
+def check_all(got, want, lowp, dtype):
+    check(got[0], want[0], lowp and lowp[0], dtype, "out")
+    for k in want[1]:
+        check(got[1][k], want[1][k], lowp and lowp[1][k], dtype, f"d{k}")
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("checkpoint_lvl", [0, 1])
+def test_matches_reference_with_gradients(backend, dtype, checkpoint_lvl):
+    inp = make_inner(2, 6, 13, 4, 3, 4, device_of(backend), dtype)
+    check_all(*run_both(backend, inp, dtype, checkpoint_lvl=checkpoint_lvl), dtype)
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("shape", [(1, 5, 1, 3, 2, 4), (3, 17, 70, 5, 4, 3)], ids=["L1", "odd"])
+def test_shapes_noncontiguous(backend, shape):
+    inp = make_inner(*shape, device_of(backend), noncontig=True)
+    check_all(*run_both(backend, inp, torch.float32), torch.float32)
+
+
+@pytest.mark.parametrize("backend", [b for b in backends() if b.values[0] != "reference"])
+def test_long_sequence_matches_composition(backend):
+    """L = 4100 against the composition of the public ops on the same backend (each op is checked
+    against the float64 reference at long lengths in its own tests; the reference itself is too
+    slow here)."""
+    inp = make_inner(1, 8, 4100, 4, 2, 4, device_of(backend), noncontig=True)
+    dout = torch.randn(1, 4100, 7, device=inp["xz"].device)
+    results = []
+    for fused in (True, False):
+        leaves = {k: v.detach().clone().requires_grad_() for k, v in inp.items()}
+        with use_backend(backend):
+            out = ops.mamba_inner_fn(**leaves) if fused else composed(**leaves)
+            out.backward(dout)
+        results.append((out, {k: v.grad for k, v in leaves.items()}))
+    (out, grads), (want, want_grads) = results
+    assert_close(out, want.double(), torch.float32, "out")
+    for k in grads:
+        assert_close(grads[k], want_grads[k].double(), torch.float32, f"d{k}", factor=3.0)
+
+
+def composed(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight, out_proj_bias, A,
+             D, delta_bias):
+    return mamba_inner._inner(ops.dw_causal_conv, ops.selective_scan, xz, conv1d_weight, conv1d_bias,
+                              x_proj_weight, delta_proj_weight, out_proj_weight, out_proj_bias, A, None, None, D,
+                              delta_bias, None, None, True, None)
+
+
+def drop(inp, *names):
+    return {k: v for k, v in inp.items() if k not in names}
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("variant", ["no_D", "no_biases", "no_softplus", "proj_bias"])
+def test_optional_arguments(backend, variant):
+    dev = device_of(backend)
+    inp = make_inner(2, 6, 11, 4, 3, 4, dev)
+    flags = {}
+    if variant == "no_D":
+        inp = drop(inp, "D", "delta_bias")
+    elif variant == "no_biases":
+        inp.update(conv1d_bias=None, out_proj_bias=None)
+    elif variant == "no_softplus":
+        flags["delta_softplus"] = False
+        inp["delta_bias"] = inp["delta_bias"].abs() + 0.5
+    else:
+        inp.update(B_proj_bias=rand(4, device=dev), C_proj_bias=rand(4, device=dev))
+    check_all(*run_both(backend, inp, torch.float32, **flags), torch.float32)
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("form", ["variable", "grouped", "constant"])
+def test_given_B_C(backend, form):
+    dev = device_of(backend)
+    inp = make_inner(2, 6, 11, 4, 3, 4, dev)
+    shape = {"variable": (2, 4, 11), "grouped": (2, 2, 4, 11), "constant": (6, 4)}[form]
+    inp.update(B=rand(*shape, device=dev), C=rand(*shape, device=dev))
+    check_all(*run_both(backend, inp, torch.float32), torch.float32)
+
+
+def saved_bytes(fn):
+    """Storages autograd saves while running fn(): {data_ptr: (nbytes, shape)}."""
+    saved = {}
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = (t.untyped_storage().nbytes(), tuple(t.shape))
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return saved
+
+
+@pytest.mark.parametrize("checkpoint_lvl", [0, 1])
+def test_saves_only_inputs(checkpoint_lvl):
+    """checkpoint_lvl >= 1: autograd keeps xz, the parameters and nothing (B, D, L)-sized besides
+    (no conv output, dt or scan output); level 0 keeps the conv and scan outputs too."""
+    batch, D, L = 2, 32, 256
+    inp = {k: v.requires_grad_() for k, v in make_inner(batch, D, L, 4, 3, 4, "cpu").items()}
+    saved = saved_bytes(lambda: ops.mamba_inner_fn(**inp, checkpoint_lvl=checkpoint_lvl))
+    inputs = {v.untyped_storage().data_ptr() for v in inp.values()}
+    extra = {p: s for p, s in saved.items() if p not in inputs and s[0] >= batch * D * L}
+    if checkpoint_lvl == 0:
+        assert sorted(s[1] for s in extra.values()) == [(batch, D, L)] * 2, extra
+    else:
+        assert not extra, f"saved beyond the inputs: {extra}"
+        assert sum(s[0] for s in saved.values()) < 1.1 * inp["xz"].nbytes + 65536
+
+
+def test_rms_and_given_bc():
     inp = make_inner(1, 4, 9, 3, 2, 3, "cpu")
     B, C = rand(1, 1, 3, 9), rand(1, 1, 3, 9)
     out = ops.mamba_inner_fn(**inp, B=B, C=C)
@@ -61,6 +168,22 @@ def test_inner_rms_and_given_bc():
     normed = ops.mamba_inner_fn(**inp, b_rms_weight=w, c_rms_weight=w, dt_rms_weight=rand(4))
     assert normed.shape == out.shape and not torch.isnan(normed).any()
     assert (normed - ops.mamba_inner_fn(**inp)).abs().max() > 1e-3, "rms weights must change the output"
+
+
+def test_torch_compile_matches_eager():
+    inp = make_inner(2, 6, 13, 4, 3, 4, "cpu")
+    compiled = torch.compile(ops.mamba_inner_fn, fullgraph=True, dynamic=True)
+    for L in (13, 21):
+        inp = make_inner(2, 6, L, 4, 3, 4, "cpu")
+        leaves = {k: v.clone().requires_grad_() for k, v in inp.items()}
+        out = compiled(**leaves)
+        out.sum().backward()
+        want = {k: v.clone().requires_grad_() for k, v in inp.items()}
+        ref = ops.mamba_inner_fn(**want)
+        ref.sum().backward()
+        assert_close(out, ref.detach().double(), torch.float32, "compiled out")
+        for k in inp:
+            assert_close(leaves[k].grad, want[k].grad.double(), torch.float32, f"compiled d{k}")
 
 
 def test_bad_input_is_named():

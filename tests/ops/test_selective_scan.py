@@ -118,6 +118,55 @@ def test_gradients_match_reference(backend, dtype, option, shape):
         assert_close(got, ref_leaves[k].grad, dtype, f"d{k}", factor=2.0)
 
 
+def grads_vs_reference(backend, inp, softplus, dtype, cu_seqlens=None, factor=2.0):
+    """(y, last state) and their gradients through ``backend`` against float64 reference autograd."""
+    names = [k for k, v in inp.items() if v is not None and v.is_floating_point()]
+    leaves = {k: (v.detach().clone().requires_grad_() if k in names else v) for k, v in inp.items()}
+    with use_backend(backend):
+        y, last = run(ops.selective_scan, leaves, softplus, True, cu_seqlens=cu_seqlens)
+        dy, dlast = torch.randn_like(y), torch.randn_like(last)
+        torch.autograd.backward([y, last], [dy, dlast])
+    ref_leaves = {k: (v.detach().double().requires_grad_() if k in names else v) for k, v in inp.items()}
+    ry, rlast = run(reference.selective_scan, ref_leaves, softplus, True, cu_seqlens=cu_seqlens)
+    torch.autograd.backward([ry, rlast], [dy.double(), dlast.double()])
+    check((y, last), (ry, rlast), dtype, True)
+    for k in names:
+        got = leaves[k].grad
+        assert got is not None and got.dtype == inp[k].dtype, k
+        assert_close(got, ref_leaves[k].grad, dtype, f"d{k}", factor=factor)
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("option", ["plain", "constant_BC", "all"])
+@pytest.mark.parametrize("N", [64, 256])
+def test_gradients_large_state(backend, option, N):
+    inp = make_inputs(2, 3, 45, N, 1, torch.float32, device_of(backend), {option})
+    grads_vs_reference(backend, inp, option == "all", torch.float32)
+
+
+@pytest.mark.parametrize("backend", [p for p in backends() if p.id != "reference"])
+@pytest.mark.parametrize("option", ["plain", "all"])
+def test_gradients_across_chunks(backend, option):
+    # 2085 steps: nine chunks of the CUDA kernels (256 steps), the last one partial
+    inp = make_inputs(1, 3, 2085, 5, 0, torch.bfloat16, device_of(backend), {option})
+    grads_vs_reference(backend, inp, option == "all", torch.bfloat16)
+
+
+@pytest.mark.parametrize("backend", [p for p in backends() if p.id != "reference"])
+def test_gradients_cu_seqlens_across_chunks(backend):
+    lengths = [0, 700, 1500, 0, 1, 299]  # sequences spanning and ending at chunk boundaries, empty ones
+    cu = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), dtype=torch.int32, device=device_of(backend))
+    inp = make_inputs(1, 2, sum(lengths), 4, 1, torch.float32, device_of(backend), {"all"}, nrows=len(lengths))
+    inp["seq_idx"] = None
+    grads_vs_reference(backend, inp, True, torch.float32, cu_seqlens=cu)
+
+
+@pytest.mark.cuda
+def test_gradients_long_sequence_cuda():
+    inp = make_inputs(1, 2, 16384, 4, 0, torch.bfloat16, torch.device("cuda"), {"all"})
+    grads_vs_reference("cuda", inp, True, torch.bfloat16)
+
+
 @pytest.mark.parametrize("backend", backends())
 def test_long_sequence(backend):
     inp = make_inputs(1, 3, 4099, 4, 0, torch.bfloat16, device_of(backend), {"softplus+bias"})

@@ -60,6 +60,8 @@ struct SsdParams {
   TensorArg dB, dC;          // (rows * B, L, G, N) float32, per thread, accumulated (start at zero)
   TensorArg dD;              // (B, H, P)         float32, optional
   TensorArg dinitial;        // like initial_states, float32, optional
+  int64_t chunk = 0;         // CUDA: tokens per chunk of the chunked algorithm (64, 128, 192 or 256)
+  bool inject_unit = false;  // CUDA: inject x_t B_t^T without the Δ_t factor (the backward's adjoint scans)
 };
 
 }  // namespace ssm
@@ -181,6 +183,7 @@ struct SelectiveScanParams {
   TensorArg dB, dC;            // (S*B, G, N, L) float32 per slice when variable, else (B, D, N) float32
   TensorArg dD, ddt_bias;      // (B, D)             float32, per batch, optional
   TensorArg dinitial_state;    // (rows, D, N)       float32, optional
+  TensorArg chunk_states;      // (B, D, nchunks, N) float32 workspace of the CUDA backward (L > its chunk)
 };
 
 // One decode step, Mamba-2 layout (Mamba-1: H = D heads of size P = 1), state updated in place:

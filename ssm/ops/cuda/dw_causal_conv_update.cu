@@ -58,6 +58,7 @@ __global__ void __launch_bounds__(kThreads) conv_update_kernel(ConvUpdateParams 
 
 void dw_causal_conv_update(const ConvUpdateParams& p, cudaStream_t stream) {
   const char* op = "dw_causal_conv_update";
+  SSM_CHECK(p.width >= 1 && p.width <= 64, op, "width must be in [1, 64], got ", p.width);  // as on the CPU
   SSM_CHECK(p.width >= 1 && p.state_len >= p.width - 1, op, "conv_state length ", p.state_len,
             " must be at least width - 1 = ", p.width - 1);
   if (p.batch * p.dim == 0) return;

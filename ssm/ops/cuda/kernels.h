@@ -28,4 +28,6 @@ void layer_norm_bwd(const LayerNormBwdParams& p, cudaStream_t stream);
 void gated_norm_fwd(const GatedNormParams& p, cudaStream_t stream);
 void gated_norm_bwd(const GatedNormParams& p, cudaStream_t stream);
 
+void ssd_chunk_scan_fwd(const SsdParams& p, cudaStream_t stream);
+
 }  // namespace ssm::cuda

@@ -6,7 +6,7 @@ namespace ssm::cuda {
 
 void selective_scan_bwd(const SelectiveScanParams& p, cudaStream_t stream) {
   const char* op = "selective_scan_bwd";
-  SSM_CHECK(p.dstate >= 1 && p.dstate <= 32, op, "the CUDA backward takes N in [1, 32], got ", p.dstate);
+  SSM_CHECK(p.dstate >= 1 && p.dstate <= 256, op, "the CUDA backward takes N in [1, 256], got ", p.dstate);
   SSM_CHECK(p.ngroups >= 1 && p.dim % p.ngroups == 0, op, "dim ", p.dim, " is not a multiple of ngroups ", p.ngroups);
   SSM_CHECK(!has(p.cu_seqlens) || p.batch == 1, op, "cu_seqlens needs batch 1, got ", p.batch);
   SSM_CHECK(p.batch <= 65535, op, "batch must be at most 65535, got ", p.batch);

@@ -5,7 +5,7 @@ namespace ssm::cuda {
 
 template <>
 void selective_scan_bwd_typed<bfloat16_t>(const SelectiveScanParams& p, cudaStream_t stream) {
-  scan::launch_bwd<bfloat16_t>(p, stream);
+  scan_bwd::launch_bwd<bfloat16_t>(p, stream);
 }
 
 }  // namespace ssm::cuda

@@ -5,7 +5,7 @@ namespace ssm::cuda {
 
 template <>
 void selective_scan_bwd_typed<half_t>(const SelectiveScanParams& p, cudaStream_t stream) {
-  scan::launch_bwd<half_t>(p, stream);
+  scan_bwd::launch_bwd<half_t>(p, stream);
 }
 
 }  // namespace ssm::cuda

@@ -5,7 +5,7 @@ namespace ssm::cuda {
 
 template <>
 void selective_scan_bwd_typed<float>(const SelectiveScanParams& p, cudaStream_t stream) {
-  scan::launch_bwd<float>(p, stream);
+  scan_bwd::launch_bwd<float>(p, stream);
 }
 
 }  // namespace ssm::cuda

@@ -1,4 +1,5 @@
-// Selective scan forward: checks and the dtype dispatch (kernels in selective_scan_fwd.cuh).
+// Selective scan forward: checks and the dtype dispatch (kernels in selective_scan_fwd.cuh for N <= 16,
+// selective_scan_fwd_warp.cuh above).
 #include "cuda/common.cuh"
 #include "cuda/kernels.h"
 

@@ -1,4 +1,4 @@
-// Selective scan (Mamba-1), forward, on the GPU; included once per dtype by
+// Selective scan (Mamba-1), forward for N <= 16, on the GPU; included once per dtype by
 // selective_scan_fwd_<dtype>.cu. A block takes kCh channels of one batch row and one B/C group
 // and walks L in tiles of kLT steps: u, delta and z tiles (and the group's B/C tiles) are loaded
 // coalesced into shared memory, each channel's state (N values, split over kTPC lanes of kNT
@@ -10,12 +10,12 @@
 
 namespace ssm::cuda::scan {
 
-constexpr int kThreads = 128, kLT = 64, kPad = 1;
+constexpr int kThreads = 128, kPad = 1;
 constexpr float kLog2e = 1.4426950408889634f;
 
-template <int kNT_, int kTPC_>
+template <int kNT_, int kTPC_, int kLT_ = 64>
 struct Cfg {
-  static constexpr int kNT = kNT_, kTPC = kTPC_, kCh = kThreads / kTPC, kNP = kNT * kTPC;
+  static constexpr int kNT = kNT_, kTPC = kTPC_, kCh = kThreads / kTPC, kNP = kNT * kTPC, kLT = kLT_;
   static constexpr int kRow = kLT + kPad;        // u/delta/z tile row stride (floats)
   static constexpr int kBRow = kNP + 4;          // B/C tile row stride: [step][n], 16-byte aligned
   static constexpr int kSmemFloats = 3 * kCh * kRow + 2 * kLT * kBRow;
@@ -29,7 +29,7 @@ enum class Xform { kNone, kDt, kSilu };
 template <typename T, typename C, Xform kX = Xform::kNone>
 __device__ void load_rows(float* dst, const TensorArg& src, int64_t b, int64_t c0, int nch, int64_t t0,
                           int64_t L, bool vec, const SelectiveScanParams* p = nullptr) {
-  constexpr int kChunks = kLT / 8;
+  constexpr int kChunks = C::kLT / 8;
   for (int i = threadIdx.x; i < C::kCh * kChunks; i += kThreads) {
     const int c = i / kChunks, tc = (i % kChunks) * 8;
     float* d = dst + c * C::kRow + tc;
@@ -58,8 +58,8 @@ __device__ void load_rows(float* dst, const TensorArg& src, int64_t b, int64_t c
 // dst[i * kBRow + n] = B[b, g, n, t0 + i] (transposed to step-major), zeros past N or L.
 template <typename T, typename C>
 __device__ void load_bc(float* dst, const TensorArg& src, int64_t b, int64_t g, int64_t N, int64_t t0, int64_t L) {
-  for (int i = threadIdx.x; i < C::kNP * kLT; i += kThreads) {
-    const int n = i / kLT, tt = i % kLT;
+  for (int i = threadIdx.x; i < C::kNP * C::kLT; i += kThreads) {
+    const int n = i / C::kLT, tt = i % C::kLT;
     const int64_t t = t0 + tt;
     float v = 0.f;
     if (n < N && t < L)
@@ -72,7 +72,7 @@ __device__ void load_bc(float* dst, const TensorArg& src, int64_t b, int64_t g, 
 template <typename T, typename C>
 __device__ void store_rows(const TensorArg& dst, const float* src, int64_t b, int64_t c0, int nch, int64_t t0,
                            int64_t L, bool vec) {
-  constexpr int kChunks = kLT / 8;
+  constexpr int kChunks = C::kLT / 8;
   for (int i = threadIdx.x; i < C::kCh * kChunks; i += kThreads) {
     const int c = i / kChunks, tc = (i % kChunks) * 8;
     if (c >= nch) continue;
@@ -149,8 +149,8 @@ __global__ void __launch_bounds__(kThreads) scan_fwd_kernel(SelectiveScanParams 
   float* ds = us + C::kCh * C::kRow;
   float* zs = ds + C::kCh * C::kRow;
   float* Bs = zs + C::kCh * C::kRow;
-  float* Cs = Bs + kLT * C::kBRow;
-  int* seqs = reinterpret_cast<int*>(Cs + kLT * C::kBRow);
+  float* Cs = Bs + C::kLT * C::kBRow;
+  int* seqs = reinterpret_cast<int*>(Cs + C::kLT * C::kBRow);
 
   const int64_t Dg = p.dim / p.ngroups, bpg = (Dg + C::kCh - 1) / C::kCh;
   const int64_t b = blockIdx.y, g = blockIdx.x / bpg;
@@ -174,19 +174,19 @@ __global__ void __launch_bounds__(kThreads) scan_fwd_kernel(SelectiveScanParams 
   if (varlen) vl.next = ptr<int>(p.cu_seqlens)[p.cu_seqlens.stride[0]];
   const float Dd = has(p.D) ? ptr<float>(p.D)[d * p.D.stride[0]] : 0.f;
 
-  for (int64_t t0 = 0; t0 < L; t0 += kLT) {
+  for (int64_t t0 = 0; t0 < L; t0 += C::kLT) {
     load_rows<T, C>(us, p.u, b, c0, nch, t0, L, vec_in);
     load_rows<T, C, Xform::kDt>(ds, p.delta, b, c0, nch, t0, L, vec_in, &p);
     if (has(p.z)) load_rows<T, C, Xform::kSilu>(zs, p.z, b, c0, nch, t0, L, vec_z);
     if (p.B_var) load_bc<T, C>(Bs, p.B, b, g, p.dstate, t0, L);
     if (p.C_var) load_bc<T, C>(Cs, p.C, b, g, p.dstate, t0, L);
     if (seqidx)
-      for (int i = threadIdx.x; i <= kLT; i += kThreads) {
+      for (int i = threadIdx.x; i <= C::kLT; i += kThreads) {
         const int64_t t = t0 - 1 + i < 0 ? 0 : (t0 - 1 + i < L ? t0 - 1 + i : L - 1);
         seqs[i] = ptr<int>(p.seq_idx)[b * p.seq_idx.stride[0] + t * p.seq_idx.stride[1]];
       }
     __syncthreads();
-    const int steps = int(L - t0 < kLT ? L - t0 : kLT);
+    const int steps = int(L - t0 < C::kLT ? L - t0 : C::kLT);
     for (int tt = 0; tt < steps; ++tt) {
       if (varlen && t0 + tt >= vl.next) vl.advance(p, st, t0 + tt, d, n0, valid);
       if (seqidx && seqs[tt + 1] != seqs[tt]) {
@@ -219,16 +219,15 @@ __global__ void __launch_bounds__(kThreads) scan_fwd_kernel(SelectiveScanParams 
   else st.store(p, b, d, n0, valid);
 }
 
-// N up to 256: kNT states per lane, kTPC lanes per channel (more lanes: more warps to hide latency).
+// N up to 16 (larger N: the warp-per-channel kernel of selective_scan_fwd_warp.cuh): kNT states
+// per lane, kTPC lanes per channel; N in (8, 16]: a channel per thread (no shuffles per step),
+// 32-step tiles to keep 3 blocks per SM.
+constexpr int kMaxN = 16;
 #define SSM_SCAN_N_SWITCH(N, C, ...)                                        \
   [&] {                                                                     \
     if (N <= 4) { using C = Cfg<4, 1>; return __VA_ARGS__(); }              \
     if (N <= 8) { using C = Cfg<4, 2>; return __VA_ARGS__(); }              \
-    if (N <= 16) { using C = Cfg<4, 4>; return __VA_ARGS__(); }             \
-    if (N <= 32) { using C = Cfg<8, 4>; return __VA_ARGS__(); }             \
-    if (N <= 64) { using C = Cfg<8, 8>; return __VA_ARGS__(); }             \
-    if (N <= 128) { using C = Cfg<8, 16>; return __VA_ARGS__(); }           \
-    using C = Cfg<8, 32>; return __VA_ARGS__();                             \
+    using C = Cfg<16, 1, 32>; return __VA_ARGS__();                         \
   }()
 
 template <typename T>

@@ -128,14 +128,15 @@ __global__ void __launch_bounds__(kThreads) state_step_kernel(StateStepParams p,
   *out = from_float<T>(y);
 }
 
-// Lanes per row from N: four packs of 8 entries per lane in one pass (N <= 32 kTPR), more
-// passes past N = 256.
-#define SSM_STEP_TPR_SWITCH(N, K, ...)                              \
-  [&] {                                                             \
-    if (N <= 32) { constexpr int K = 1; return __VA_ARGS__(); }     \
-    if (N <= 64) { constexpr int K = 2; return __VA_ARGS__(); }     \
-    if (N <= 128) { constexpr int K = 4; return __VA_ARGS__(); }    \
-    constexpr int K = 8; return __VA_ARGS__();                      \
+// Lanes per row (K) and packs per lane (KP) from N: four packs of 8 entries per lane in one pass
+// (N <= 32 K), more passes past N = 256; two packs for N <= 16 (fewer registers, more rows in flight).
+#define SSM_STEP_TPR_SWITCH(N, K, KP, ...)                                                  \
+  [&] {                                                                                     \
+    if (N <= 16) { constexpr int K = 1, KP = 2; return __VA_ARGS__(); }                     \
+    if (N <= 32) { constexpr int K = 1, KP = 4; return __VA_ARGS__(); }                     \
+    if (N <= 64) { constexpr int K = 2, KP = 4; return __VA_ARGS__(); }                     \
+    if (N <= 128) { constexpr int K = 4, KP = 4; return __VA_ARGS__(); }                    \
+    constexpr int K = 8, KP = 4; return __VA_ARGS__();                                      \
   }()
 
 template <typename TS>
@@ -143,9 +144,9 @@ void launch(const StateStepParams& p, cudaStream_t stream) {
   SSM_DTYPE_SWITCH(p.dtype, T, "selective_state_step", [&] {
     const bool vec = p.dstate % 8 == 0 && rows_vectorizable<TS>(p.state, 3) && rows_vectorizable<T>(p.B, 2) &&
                      rows_vectorizable<T>(p.C, 2);
-    SSM_STEP_TPR_SWITCH(p.dstate, kTPR, [&] {
+    SSM_STEP_TPR_SWITCH(p.dstate, kTPR, kPacks, [&] {
       const int64_t threads = p.batch * p.nheads * p.headdim * kTPR;
-      state_step_kernel<TS, T, kTPR, 4><<<ceil_div(threads, kThreads), kThreads, 0, stream>>>(p, vec);
+      state_step_kernel<TS, T, kTPR, kPacks><<<ceil_div(threads, kThreads), kThreads, 0, stream>>>(p, vec);
     });
   });
 }

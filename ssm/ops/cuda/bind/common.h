@@ -1,9 +1,10 @@
-// CUDA binding helpers: the tensor-reference helpers shared with the CPU module, the stream
-// argument, and the bind_<op> functions of this module.
+// CUDA binding helpers: the stream argument and the bind_<op> functions of this module. The helpers
+// shared with the CPU module (tensor references, def_kernel, each op's param builder) are in common/bind/.
 #pragma once
 #include <cuda_runtime.h>
 
-#include "cpu/bind/common.h"
+#include "common/bind/def_kernel.h"
+#include "common/bind/ref.h"
 
 namespace ssm::bind::cuda {
 
@@ -16,5 +17,6 @@ void bind_dw_causal_conv_update(nb::module_& m);
 void bind_selective_scan(nb::module_& m);
 void bind_selective_state_step(nb::module_& m);
 void bind_norms(nb::module_& m);
+void bind_ssd_chunk_scan(nb::module_& m);
 
 }  // namespace ssm::bind::cuda

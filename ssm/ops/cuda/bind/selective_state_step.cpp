@@ -1,34 +1,14 @@
+#include "common/bind/selective_state_step_params.h"
 #include "cuda/bind/common.h"
 #include "cuda/kernels.h"
 
 namespace ssm::bind::cuda {
 
 void bind_selective_state_step(nb::module_& m) {
-  m.def("selective_state_step",
-        [](int state_dtype, int dtype, int64_t batch, int64_t nheads, int64_t headdim, int64_t dstate,
-           int64_t ngroups, const Ref& state, const Ref& x, const Ref& dt, const Ref& A, const Ref& B,
-           const Ref& C, const OptRef& D, const OptRef& z, const OptRef& dt_bias,
-           const OptRef& state_batch_indices, const Ref& out, bool softplus, int64_t stream) {
-          const char* op = "selective_state_step: ";
-          SSM_CHECK(batch >= 0 && nheads >= 0 && headdim >= 0, op, "negative size");
-          StateStepParams p;
-          p.batch = batch, p.nheads = nheads, p.headdim = headdim, p.dstate = dstate, p.ngroups = ngroups;
-          p.state_dtype = dtype_arg(op, state_dtype), p.dtype = dtype_arg(op, dtype);
-          p.state = tensor_arg(op, "state", state, 4);
-          p.x = tensor_arg(op, "x", x, 3);
-          p.dt = tensor_arg(op, "dt", dt, 3);
-          p.A = tensor_arg(op, "A", A, 3);
-          p.B = tensor_arg(op, "B", B, 3);
-          p.C = tensor_arg(op, "C", C, 3);
-          p.D = tensor_arg(op, "D", D, 2);
-          p.dt_bias = tensor_arg(op, "dt_bias", dt_bias, 2);
-          p.z = tensor_arg(op, "z", z, 3);
-          p.state_batch_indices = tensor_arg(op, "state_batch_indices", state_batch_indices, 1);
-          p.out = tensor_arg(op, "out", out, 3);
-          p.softplus = softplus;
-          nb::gil_scoped_release release;
-          ssm::cuda::selective_state_step(p, stream_arg(stream));
-        });
+  def_kernel<int64_t>(m, "selective_state_step", &selective_state_step_params,
+                      [](const StateStepParams& p, int64_t stream) {
+                        ssm::cuda::selective_state_step(p, stream_arg(stream));
+                      });
 }
 
 }  // namespace ssm::bind::cuda

@@ -1,0 +1,140 @@
+"""End-to-end GPU benchmark of MambaLMHeadModel (random weights, bfloat16) in the conditions of
+issue 6's table:
+
+- prefill: forward of B x L tokens with full-vocabulary logits (8 x 2048),
+- train step: forward + cross-entropy over all logits + backward, no optimizer (8 x 2048; 130m only),
+- decode with ``cg=True``, greedy, prompt 16: latency per token =
+  (time for 128 new tokens - time for 1) / 127, at batch 1 and 64.
+
+Models are shaped like state-spaces/mamba2-130m, mamba2-1.3b, mamba-130m and mamba-1.4b. The
+prefill of the 130m shapes is also run on the reference path (SSM_BACKEND=reference) in the same
+run. Prints a table and writes JSON.
+
+Usage: python benchmarks/bench_models_cuda.py [--models mamba2-130m,...] [--out PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_cuda import backend, time_ms  # noqa: E402
+from ssm.models.config import MambaConfig  # noqa: E402
+from ssm.models.lm import MambaLMHeadModel  # noqa: E402
+
+DEV = torch.device("cuda")
+VOCAB = 50277
+PROMPT, NEW = 16, 128
+# name -> (layer, d_model, n_layer, issue-6 targets in ms: prefill, train, decode b1, decode b64)
+MODELS = {
+    "mamba2-130m": ("Mamba2", 768, 24, (20.0, 100.0, 0.35, 1.0)),
+    "mamba2-1.3b": ("Mamba2", 2048, 48, (80.0, None, 1.2, 5.0)),
+    "mamba-130m": ("Mamba1", 768, 24, (16.0, 80.0, 0.35, 0.7)),
+    "mamba-1.4b": ("Mamba1", 2048, 48, (100.0, None, 1.2, 2.5)),
+}
+
+
+def make_model(name: str) -> MambaLMHeadModel:
+    layer, d_model, n_layer, _ = MODELS[name]
+    torch.manual_seed(0)
+    cfg = MambaConfig(d_model=d_model, n_layer=n_layer, vocab_size=VOCAB, ssm_cfg={"layer": layer})
+    return MambaLMHeadModel(cfg, device=DEV, dtype=torch.bfloat16).eval()
+
+
+def prefill_ms(model, batch=8, L=2048, reps=10) -> float:
+    ids = torch.randint(0, VOCAB, (batch, L), device=DEV)
+    with torch.inference_mode():
+        return time_ms(lambda: model(ids), reps=reps, warmup=min(2, reps), flush=False)
+
+
+def train_ms(model, batch=8, L=2048) -> float:
+    ids = torch.randint(0, VOCAB, (batch, L + 1), device=DEV)
+    model.train()
+
+    def step():
+        logits = model(ids[:, :-1]).logits
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
+        loss.backward()
+    try:
+        return time_ms(step, reps=5, warmup=2, flush=False)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.eval()
+
+
+def _generate_s(model, ids, new_tokens: int) -> float:
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    model.generate(ids, max_length=PROMPT + new_tokens, cg=True)
+    torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def decode_ms_per_token(model, batch: int) -> float:
+    """(t(128 new) - t(1 new)) / 127 with cg=True; the longer run first so one graph serves both."""
+    ids = torch.randint(0, VOCAB, (batch, PROMPT), device=DEV)
+    _generate_s(model, ids, NEW)  # captures the graph and warms up
+    _generate_s(model, ids, 1)
+    long = statistics.median(_generate_s(model, ids, NEW) for _ in range(3))
+    short = statistics.median(_generate_s(model, ids, 1) for _ in range(3))
+    return (long - short) / (NEW - 1) * 1e3
+
+
+def bench_model(name: str, rows: list) -> None:
+    model = make_model(name)
+    targets = MODELS[name][3]
+    small = name.endswith("130m")
+
+    def add(work, ms, target, ref_ms=None):
+        row = dict(model=name, work=work, ms=ms, target_ms=target, met=None if target is None else ms <= target,
+                   ref_ms=ref_ms, speedup_vs_ref=None if ref_ms is None else ref_ms / ms)
+        if "prefill" in work or "train" in work:
+            row["tokens_per_s"] = 8 * 2048 / ms * 1e3
+        else:
+            row["tokens_per_s"] = (64 if "b64" in work else 1) / ms * 1e3
+        rows.append(row)
+        print(f"  {name:12s} {work:22s} {ms:9.3f} ms  {row['tokens_per_s']:12.0f} tok/s"
+              + (f"  ref {ref_ms:9.2f} ms ({ref_ms / ms:5.1f}x)" if ref_ms else "")
+              + (f"  target {target} ms {'met' if ms <= target else 'MISSED'}" if target else ""), flush=True)
+
+    ref = None
+    if small:
+        with backend("reference"):
+            ref = prefill_ms(model, reps=1)  # the reference path is slow: one timed rep
+    add("prefill 8x2048", prefill_ms(model), targets[0], ref)
+    if small:
+        add("train step 8x2048", train_ms(model), targets[1])
+    add("decode b1 per token", decode_ms_per_token(model, 1), targets[2])
+    add("decode b64 per step", decode_ms_per_token(model, 64), targets[3])
+    del model
+    torch.cuda.empty_cache()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--out", default="bench_models_cuda.json")
+    args = ap.parse_args()
+    rows: list = []
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
+    for name in args.models.split(","):
+        try:
+            bench_model(name, rows)
+        except Exception as e:  # one model's failure is reported, the others still run
+            print(f"  {name}: FAILED {type(e).__name__}: {e}", flush=True)
+            rows.append(dict(model=name, error=f"{type(e).__name__}: {e}"))
+        Path(args.out).write_text(json.dumps(dict(device=torch.cuda.get_device_name(),
+                                                  torch=torch.__version__, rows=rows), indent=1))
+
+
+if __name__ == "__main__":
+    main()

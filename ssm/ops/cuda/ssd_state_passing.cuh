@@ -1,0 +1,89 @@
+// SSD steps 2 and 3: the state entering each chunk (a short sequential loop over chunks,
+// elementwise over P x N), the final states, and the per-sequence states of cu_seqlens batches.
+#pragma once
+#include "cuda/ssd_common.cuh"
+
+namespace ssm::cuda::ssd {
+
+// The state a sequence starts from: its initial state with cu_seqlens, else zero.
+__device__ __forceinline__ float fresh(const SsdParams& p, int seg, int h, int pp, int nn) {
+  if (!has(p.cu_seqlens) || !has(p.initial_states)) return 0.f;
+  return at4<float>(p.initial_states, seg, h, pp, nn);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) state_passing_kernel(SsdParams p, Layout w) {
+  const int64_t PN = p.headdim * p.dstate, e = int64_t(blockIdx.x) * kThreads + threadIdx.x;
+  if (e >= PN) return;
+  const int h = blockIdx.y, pp = int(e / p.dstate), nn = int(e % p.dstate);
+  const int64_t b = blockIdx.z, nc = w.nchunks;
+  const bool cu = has(p.cu_seqlens), keep_fp32 = has(p.varlen_states);
+  float* ws = ptr<float>(p.workspace);
+  const float* rec = ws + w.record + (b * p.nheads + h) * nc * kRecord;
+  float* states = ws + w.states + h * PN + e;
+  T* hin = reinterpret_cast<T*>(ws + w.hin) + h * PN + e;
+  // state after the previous chunk's last token
+  float H = !cu && has(p.initial_states) ? at4<float>(p.initial_states, b, h, pp, nn) : 0.f;
+  const int64_t step = p.nheads * PN;  // from one chunk's state to the next
+  float S_next = nc > 0 ? states[b * nc * step] : 0.f;
+  for (int64_t c = 0; c < nc; ++c, rec += kRecord) {
+    const int64_t off = (b * nc + c) * step;
+    const float S = S_next;
+    if (c + 1 < nc) S_next = states[off + step];  // in flight during this step
+    const bool continues = c == 0 ? !cu : __float_as_int(rec[kContinues]) != 0;
+    const float h_in = continues ? H : fresh(p, __float_as_int(rec[kSegFirst]), h, pp, nn);
+    hin[off] = from_float<T>(h_in);
+    if (keep_fp32) states[off] = h_in;
+    H = S + (__float_as_int(rec[kHasReset]) ? fresh(p, __float_as_int(rec[kSegLast]), h, pp, nn) * rec[kDecayLastRun]
+                                            : h_in * rec[kDecayAll]);
+  }
+  if (has(p.final_states)) ptr<float>(p.final_states)[b * p.final_states.stride[0] + h * p.final_states.stride[1] +
+                                                       pp * p.final_states.stride[2] + nn * p.final_states.stride[3]] = H;
+}
+
+template <typename T>
+void launch_state_passing(const SsdParams& p, const Layout& w, cudaStream_t s) {
+  const dim3 grid(ceil_div(p.headdim * p.dstate, kThreads), unsigned(p.nheads), unsigned(p.batch));
+  launch(state_passing_kernel<T>, grid, 0, s, p, w);
+}
+
+// The state at the last token of cu_seqlens sequence blockIdx.x (its initial state or zero when
+// empty): the state entering its last chunk decayed, plus that chunk's partial sum.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) varlen_states_kernel(SsdParams p, Layout w) {
+  __shared__ ChunkTokens tok;
+  const int s = blockIdx.x, h = blockIdx.y, g = h / int(p.nheads / p.ngroups);
+  const int64_t PN = p.headdim * p.dstate, e = int64_t(blockIdx.z) * kThreads + threadIdx.x;
+  const int pp = int(e / p.dstate), nn = int(e % p.dstate);
+  const int* cu = ptr<int>(p.cu_seqlens);
+  const int64_t start = cu[s * p.cu_seqlens.stride[0]], end = cu[(s + 1) * p.cu_seqlens.stride[0]];
+  const TensorArg& out = p.varlen_states;
+  float* dst = ptr<float>(out) + s * out.stride[0] + h * out.stride[1] + pp * out.stride[2] + nn * out.stride[3];
+  if (start == end) {
+    if (e < PN) *dst = has(p.initial_states) ? at4<float>(p.initial_states, s, h, pp, nn) : 0.f;
+    return;
+  }
+  const int64_t c = (end - 1) / p.chunk, c0 = c * p.chunk;
+  load_chunk(p, 0, h, c0, int(p.chunk), tok);
+  if (e >= PN) return;
+  const int last = int(end - 1 - c0), first = int(max(start - c0, int64_t(0)));
+  float v;
+  if (start < c0)  // H_in(c) in float32 (the state pass kept it)
+    v = ptr<float>(p.workspace)[w.states + (c * p.nheads + h) * PN + e] * __expf(tok.cs[last]);
+  else
+    v = fresh(p, s, h, pp, nn) * __expf(tok.cs[last] - cs_before(tok, first));
+  for (int i = first; i <= last; ++i)
+    v += __expf(tok.cs[last] - tok.cs[i]) * tok.dt[i] * at4<T>(p.x, 0, c0 + i, h, pp) * at4<T>(p.B, 0, c0 + i, g, nn);
+  *dst = v;
+  if (end == p.seqlen && has(p.final_states))  // the same figure as the last sequence's state
+    ptr<float>(p.final_states)[h * p.final_states.stride[1] + pp * p.final_states.stride[2] +
+                               nn * p.final_states.stride[3]] = v;
+}
+
+template <typename T>
+void launch_varlen_states(const SsdParams& p, const Layout& w, cudaStream_t s) {
+  const dim3 grid(unsigned(p.nseq), unsigned(p.nheads), ceil_div(p.headdim * p.dstate, kThreads));
+  launch(varlen_states_kernel<T>, grid, 0, s, p, w);
+}
+
+}  // namespace ssm::cuda::ssd

@@ -1,0 +1,154 @@
+"""ssd_chunk_scan on the CUDA kernels at the sizes of real models: chunk 64/128/256, head dims
+32/64/128, state sizes 16..256, every dtype, varlen batches whose sequences cross chunks, a long
+sequence, CUDA-graph capture and bitwise reproducibility. The small-shape grid runs for every
+backend in test_ssd.py."""
+import pytest
+import torch
+
+from ssm.ops.python import reference
+from tests.ops.harness import DTYPES, assert_close
+from tests.ops.test_ssd import GRAD_NAMES, make_inputs, packed_batch, reference64, run
+
+pytestmark = pytest.mark.cuda
+
+SIZES = [  # (chunk, P, N, G)
+    (64, 32, 16, 1),
+    (128, 64, 64, 2),
+    (256, 64, 128, 1),
+    (256, 128, 256, 4),
+    (128, 32, 200, 2),
+    (64, 128, 48, 4),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f16", "bf16"])
+@pytest.mark.parametrize("sizes", SIZES, ids=[f"c{c}_p{p}_n{n}_g{g}" for c, p, n, g in SIZES])
+def test_model_sizes_match_reference(dtype, sizes):
+    chunk, P, N, G = sizes
+    # L not a multiple of the chunk; every optional input on
+    args = make_inputs(2, 3 * chunk + 37, 4, P, G, N, dtype, "cuda", D="full", z=True, bias=True, init=True)
+    call = dict(dt_softplus=True, dt_limit=(0.05, 0.9), return_final_states=True)
+    y, final = run("cuda", args, chunk, **call)
+    ref_y, ref_final = reference64(args, chunk, **call)
+    assert_close(y, ref_y, dtype, "y")
+    assert_close(final, ref_final, dtype, "final_states")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f16", "bf16"])
+@pytest.mark.parametrize("chunk", [64, 256])
+def test_small_seq_idx_runs_across_chunks(dtype, chunk):
+    args = make_inputs(2, 2 * chunk + 5, 4, 64, 1, 64, dtype, "cuda", D="head", z=True, init=True)
+    # runs of several lengths, some ending inside a chunk, some at its edge
+    args["seq_idx"] = torch.sort(torch.randint(0, 6, (2, 2 * chunk + 5), device="cuda"), 1).values.int()
+    args["seq_idx"][:, chunk:] += 6
+    call = dict(dt_softplus=False, return_final_states=True)
+    y, final = run("cuda", args, chunk, **call)
+    ref_y, ref_final = reference64(args, chunk, **call)
+    assert_close(y, ref_y, dtype, "y")
+    assert_close(final, ref_final, dtype, "final_states")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("init", [False, True])
+def test_varlen_sequences_crossing_chunks(dtype, init):
+    lengths = [100, 0, 300, 1, 64, 200, 0]
+    args, cu = packed_batch(lengths, 4, 32, 2, 32, dtype, "cuda", init=init)
+    call = dict(dt_softplus=True, cu_seqlens=cu, return_final_states=True, return_varlen_states=True)
+    y, final, varlen = run("cuda", args, 128, **call)
+    ref_y, ref_final, ref_varlen = reference64(args, 128, **call)
+    assert_close(y, ref_y, dtype, "y")
+    assert_close(final, ref_final, dtype, "final_states")
+    assert_close(varlen, ref_varlen, dtype, "varlen_states")
+
+
+def test_length_one_and_32k():
+    for L, chunk in ((1, 256), (32768, 256)):
+        args = make_inputs(1, L, 2, 64, 1, 128, torch.bfloat16, "cuda", D="head", bias=True)
+        y = run("cuda", args, chunk, dt_softplus=True)
+        assert_close(y, reference64(args, chunk, dt_softplus=True), torch.bfloat16, f"y at L={L}")
+
+
+def test_cuda_graph_capture_replays_the_eager_result():
+    args = make_inputs(2, 300, 4, 64, 2, 64, torch.bfloat16, "cuda", D="head", z=True, bias=True, init=True)
+    call = dict(dt_softplus=True, return_final_states=True)
+    want_y, want_final = run("cuda", args, 128, **call)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture
+        run("cuda", args, 128, **call)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y, final = run("cuda", args, 128, **call)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(y, want_y) and torch.equal(final, want_final)
+
+
+@pytest.mark.parametrize("composed", [False, True], ids=["reference_bwd", "composed_bwd"])
+def test_forward_and_backward_are_bitwise_reproducible(composed, monkeypatch):
+    monkeypatch.setenv("SSM_SSD_COMPOSED_BWD", "1" if composed else "0")
+    args = make_inputs(2, 300, 4, 32, 2, 64, torch.bfloat16, "cuda", D="full", z=True, bias=True, init=True)
+    call = dict(dt_softplus=True, return_final_states=True)
+    names = [k for k in GRAD_NAMES if args[k] is not None]
+    dy = torch.randn(2, 300, 4, 32, device="cuda", dtype=torch.bfloat16)
+    dfinal = torch.randn(2, 4, 32, 64, device="cuda")
+    results = []
+    old = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        for _ in range(2):
+            leaves = dict(args, **{k: args[k].detach().clone().requires_grad_() for k in names})
+            y, final = run("cuda", leaves, 128, **call)
+            torch.autograd.backward([y, final], [dy, dfinal])
+            results.append([y, final] + [leaves[k].grad for k in names])
+    finally:
+        torch.use_deterministic_algorithms(old)
+    for name, a, b in zip(["y", "final"] + [f"d{k}" for k in names], *results):
+        assert torch.equal(a, b), f"{name} differs between two identical runs"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_gradients_at_model_sizes(dtype):
+    args = make_inputs(1, 300, 4, 64, 2, 64, dtype, "cuda", D="head", z=True, bias=True, init=True)
+    call = dict(dt_softplus=True, dt_limit=(0.05, 0.9), return_final_states=True)
+    names = [k for k in GRAD_NAMES if args[k] is not None]
+    leaves = dict(args, **{k: args[k].detach().clone().requires_grad_() for k in names})
+    y, final = run("cuda", leaves, 128, **call)
+    dy, dfinal = torch.randn_like(y), torch.randn_like(final)
+    torch.autograd.backward([y, final], [dy, dfinal])
+    ref_leaves = dict(args, **{k: args[k].detach().double().requires_grad_() for k in names})
+    ry, rfinal = reference.ssd_chunk_scan(*(ref_leaves[k] for k in ("X", "dt", "A", "B", "C")), 128,
+                                          D=ref_leaves["D"], z=ref_leaves["z"], dt_bias=ref_leaves["dt_bias"],
+                                          initial_states=ref_leaves["initial_states"], **call)
+    torch.autograd.backward([ry, rfinal], [dy.double(), dfinal.double()])
+    for name in names:
+        assert_close(leaves[name].grad, ref_leaves[name].grad, dtype, f"d{name}", factor=2.0)
+
+
+def composed_backward_grads(dtype, seq, monkeypatch):
+    """Gradients of the CUDA backward composed of forward scans (SSM_SSD_COMPOSED_BWD=1, the default;
+    ssm/ops/ssd_bwd.py) and of the float64 reference, per input name."""
+    monkeypatch.setenv("SSM_SSD_COMPOSED_BWD", "1")
+    args = make_inputs(2, 300, 4, 64, 2, 64, dtype, "cuda", D="full", z=True, bias=True, init=True, seq=seq)
+    call = dict(dt_softplus=True, dt_limit=(0.05, 0.9), return_final_states=True)
+    names = [k for k in GRAD_NAMES if args[k] is not None]
+    leaves = dict(args, **{k: args[k].detach().clone().requires_grad_() for k in names})
+    y, final = run("cuda", leaves, 128, **call)
+    dy, dfinal = torch.randn_like(y), torch.randn_like(final)
+    torch.autograd.backward([y, final], [dy, dfinal])
+    ref_leaves = dict(args, **{k: args[k].detach().double().requires_grad_() for k in names})
+    ry, rfinal = reference.ssd_chunk_scan(*(ref_leaves[k] for k in ("X", "dt", "A", "B", "C")), 128,
+                                          D=ref_leaves["D"], z=ref_leaves["z"], dt_bias=ref_leaves["dt_bias"],
+                                          initial_states=ref_leaves["initial_states"], seq_idx=args["seq_idx"],
+                                          **call)
+    torch.autograd.backward([ry, rfinal], [dy.double(), dfinal.double()])
+    return {k: (leaves[k].grad, ref_leaves[k].grad) for k in names}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("seq", [False, True], ids=["rows", "seq_idx"])
+def test_composed_backward_matches_reference(dtype, seq, monkeypatch):
+    grads = composed_backward_grads(dtype, seq, monkeypatch)
+    for name, (got, want) in grads.items():
+        assert_close(got, want, dtype, f"d{name}", factor=2.0)

@@ -1,0 +1,160 @@
+"""mamba_split_conv1d_scan_combined (the fused custom op pair) against mamba_split_conv1d_scan_ref in
+float64 on every backend: outputs, final states and the gradient of every input, dtypes, each
+optional argument, initial_states / seq_idx / return_final_states, what autograd saves, compile."""
+import pytest
+import torch
+
+import ssm.ops as ops
+from tests.ops.harness import assert_close, backends, device_of, rand, rel_err, use_backend
+
+P, W = 4, 4
+
+
+def make_split(batch, L, H, G, N, d_nonssm, device, dtype=torch.float32, out_dim=7, noncontig=False):
+    """Inputs of one Mamba-2 block path with an RMSNorm and an out_proj with bias."""
+    dim, conv_dim = H * P, H * P + 2 * G * N
+    width = 2 * d_nonssm + 2 * dim + 2 * G * N + H
+    inp = dict(zxbcdt=rand(batch, L, width, device=device, noncontig=noncontig),
+               conv1d_weight=rand(conv_dim, 1, W, device=device, scale=0.5), conv1d_bias=rand(conv_dim, device=device),
+               dt_bias=rand(H, device=device, scale=0.5), A=-torch.rand(H, device=device) - 0.1,
+               D=rand(H, device=device), rmsnorm_weight=rand(dim, device=device),
+               outproj_weight=rand(out_dim, d_nonssm + dim, device=device, scale=0.3),
+               outproj_bias=rand(out_dim, device=device))
+    return {k: v.to(dtype) for k, v in inp.items()}
+
+
+def run(fn, inp, cast, backend, dout, dfinal, **kw):
+    leaves = {k: v if v is None or not v.is_floating_point() else cast(v).requires_grad_() for k, v in inp.items()}
+    with use_backend(backend):
+        res = fn(**leaves, chunk_size=8, **kw)
+        out, final = res if kw.get("return_final_states") else (res, None)
+        loss = (out * dout.to(out.dtype)).sum() + (0 if final is None else (final * dfinal.to(final.dtype)).sum())
+        loss.backward()
+    grads = {k: v.grad for k, v in leaves.items() if v is not None and v.is_floating_point()}
+    return out, final, grads
+
+
+def compare(backend, inp, dtype, **kw):
+    """Fused on ``backend`` vs the float64 reference (and, in low precision, the bound of twice
+    the reference's own error run in ``dtype``)."""
+    z = inp["zxbcdt"]
+    H = inp["A"].shape[0]
+    width = inp["outproj_weight"].shape[0] if inp.get("outproj_weight") is not None else None
+    dout = torch.randn(*z.shape[:2], width or kw["_width"], device=z.device)
+    dfinal = torch.randn(z.shape[0], H, P, (inp["conv1d_weight"].shape[0] - H * P) // (2 * kw.get("ngroups", 1)),
+                         device=z.device)
+    kw = {k: v for k, v in kw.items() if k != "_width"}
+    got = run(ops.mamba_split_conv1d_scan_combined, inp, lambda v: v.detach().clone(), backend, dout, dfinal, **kw)
+    want = run(ops.mamba_split_conv1d_scan_ref, inp, lambda v: v.detach().double(), "reference", dout, dfinal, **kw)
+    lowp = None if dtype == torch.float32 else run(ops.mamba_split_conv1d_scan_ref, inp, lambda v: v.detach().clone(),
+                                                   "reference", dout, dfinal, **kw)
+    check(got[0], want[0], lowp and lowp[0], dtype, "out")
+    if want[1] is not None:
+        assert got[1].dtype == torch.float32
+        check(got[1], want[1], lowp and lowp[1], dtype, "final_states")
+    for k in want[2]:
+        check(got[2][k], want[2][k], lowp and lowp[2][k], dtype, f"d{k}")
+
+
+def check(got, want, lowp, dtype, name):
+    if lowp is None:
+        assert_close(got, want, dtype, name, factor=4.0)
+    else:
+        err, bound = rel_err(got, want), 2 * rel_err(lowp, want) + 2e-3
+        assert err <= bound, f"{name}: relative error {err:.3g} > {bound:.3g} (twice the {dtype} reference's)"
+
+
+def state_args(inp, batch, L, H, N, device):
+    return dict(initial_states=rand(batch, H, P, N, device=device),
+                seq_idx=torch.sort(torch.randint(0, 3, (batch, L), device=device), dim=1).values.to(torch.int32))
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("norm_before_gate", [True, False])
+def test_matches_reference_with_gradients(backend, dtype, norm_before_gate):
+    dev = device_of(backend)
+    inp = make_split(2, 21, 4, 2, 5, 3, dev, dtype)
+    inp.update(state_args(inp, 2, 21, 4, 5, dev))
+    compare(backend, inp, dtype, headdim=P, ngroups=2, norm_before_gate=norm_before_gate, return_final_states=True)
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("shape", [(1, 1, 3, 1, 3, 0), (3, 45, 5, 1, 7, 2), (1, 4100, 2, 1, 4, 0)],
+                         ids=["L1", "odd", "long"])
+def test_shapes_noncontiguous(backend, shape):
+    batch, L, H, G, N, d_nonssm = shape
+    inp = make_split(batch, L, H, G, N, d_nonssm, device_of(backend), noncontig=True)
+    compare(backend, inp, torch.float32, headdim=P, ngroups=G)
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("variant", ["no_norm_z_gate", "no_outproj", "D_hdim_limit", "no_act_no_bias", "states"])
+def test_optional_arguments(backend, variant):
+    dev = device_of(backend)
+    inp = make_split(2, 19, 3, 1, 4, 2, dev)
+    kw = dict(headdim=P, ngroups=1)
+    if variant == "no_norm_z_gate":
+        inp["rmsnorm_weight"] = None
+    elif variant == "no_outproj":
+        inp.update(outproj_weight=None, outproj_bias=None)
+        kw["_width"] = 2 + 3 * P
+    elif variant == "D_hdim_limit":
+        inp["D"] = rand(3, P, device=dev)
+        kw.update(headdim=None, dt_limit=(0.05, 0.6))
+    elif variant == "no_act_no_bias":
+        inp.update(conv1d_bias=None, outproj_bias=None)
+        kw["activation"] = None
+    else:
+        inp.update(state_args(inp, 2, 19, 3, 4, dev))
+        inp["seq_idx"] = None
+        kw["return_final_states"] = True
+    compare(backend, inp, torch.float32, **kw)
+
+
+def test_saves_only_inputs():
+    """Autograd keeps zxbcdt, the parameters and nothing (B, L, dim)-sized besides: no conv output,
+    scan output or norm output."""
+    batch, L, H = 2, 256, 8
+    inp = {k: v.requires_grad_() for k, v in make_split(batch, L, H, 1, 8, 0, "cpu").items()}
+    saved = {}
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = (t.untyped_storage().nbytes(), tuple(t.shape))
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        ops.mamba_split_conv1d_scan_combined(**inp, chunk_size=64, headdim=P)
+    inputs = {v.untyped_storage().data_ptr() for v in inp.values()}
+    extra = {p: s for p, s in saved.items() if p not in inputs and s[0] >= batch * L * H * P}
+    assert not extra, f"saved beyond the inputs: {extra}"
+    assert sum(s[0] for s in saved.values()) < 1.1 * inp["zxbcdt"].nbytes + 65536
+
+
+def test_torch_compile_matches_eager():
+    def fn(inp, init, seq_idx):
+        return ops.mamba_split_conv1d_scan_combined(**inp, chunk_size=8, headdim=P, ngroups=2, initial_states=init,
+                                                    seq_idx=seq_idx, return_final_states=True)
+    compiled = torch.compile(fn, fullgraph=True, dynamic=True)
+    for L in (13, 30):
+        inp = make_split(2, L, 4, 2, 5, 3, "cpu")
+        extra = state_args(inp, 2, L, 4, 5, "cpu")
+        results = []
+        for f in (compiled, fn):
+            leaves = {k: v.clone().requires_grad_() for k, v in inp.items()}
+            out, final = f(leaves, extra["initial_states"], extra["seq_idx"])
+            (out.sum() + final.sum()).backward()
+            results.append((out, final, {k: v.grad for k, v in leaves.items()}))
+        (out, final, grads), (want, want_final, want_grads) = results
+        assert_close(out, want.detach().double(), torch.float32, "compiled out")
+        assert_close(final, want_final.double(), torch.float32, "compiled final")
+        for k in grads:
+            assert_close(grads[k], want_grads[k].double(), torch.float32, f"compiled d{k}")
+
+
+def test_bad_input_is_named():
+    inp = make_split(1, 9, 2, 1, 4, 0, "cpu")
+    with pytest.raises(ValueError, match="initial_states"):
+        ops.mamba_split_conv1d_scan_combined(**inp, chunk_size=8, headdim=P, initial_states=torch.randn(1, 2, P, 3))
+    with pytest.raises(ValueError, match="seq_idx"):
+        ops.mamba_split_conv1d_scan_combined(**inp, chunk_size=8, headdim=P,
+                                             seq_idx=torch.zeros(1, 8, dtype=torch.int32))
