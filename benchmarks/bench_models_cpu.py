@@ -3,7 +3,8 @@ mamba2-130m (Mamba-2), random weights, float32 and bfloat16:
 
 - prefill tokens/s (1 x 2048 and 8 x 512; last-token logits only, as generation's prefill),
 - decode tokens/s (batch 1 and 16; greedy generate after an 8-token prompt, the time of
-  ``steps`` extra tokens = generate(8 + 1 + steps) - generate(8 + 1)),
+  ``steps`` extra tokens = generate(8 + 1 + steps) - the least of two generate(8 + 1); not reported
+  when the prefill's noise swamps the steps),
 - training step tokens/s (4 x 512; forward + cross-entropy over all logits + backward, no optimizer),
 
 for ``ssm`` with its C++ CPU kernels, the same model on the reference path (SSM_BACKEND=reference)
@@ -18,7 +19,7 @@ length). The slow paths get one repeat.
 Prints a table and writes JSON to benchmarks/results/cpu/models.json.
 
 Usage: python benchmarks/bench_models_cpu.py [--models mamba1,mamba2] [--dtypes float32,bfloat16]
-       [--impls ssm,reference,hf] [--budget 60] [--out PATH]
+       [--impls ssm,reference,hf] [--workloads NAMES] [--budget 60] [--threads N] [--out PATH]
 """
 from __future__ import annotations
 
@@ -100,15 +101,20 @@ def decode_fn(impl, model, batch, steps):
     ids = torch.randint(0, VOCAB, (batch, PROMPT))
 
     def run(scale=1):
-        n = max(2, steps // scale)
+        n = max(8, steps // scale)  # a probe of fewer steps drowns in the prefill's noise
         with torch.no_grad():
+            base = []
+            for _ in range(2):  # the prefill's time, at its least noisy
+                t0 = time.perf_counter()
+                generate(impl, model, ids, 1)
+                base.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            generate(impl, model, ids, 1)
-            t1 = time.perf_counter()
             generate(impl, model, ids, 1 + n)
-            t2 = time.perf_counter()
+            full = time.perf_counter() - t0
+        if full <= min(base):  # the prefill's noise swamped the steps: no honest number
+            return float("nan")
         # time of the n extra steps, normalized to steps / scale (the work a probe stands for)
-        return ((t2 - t1) - (t1 - t0)) * steps / scale / n
+        return (full - min(base)) * steps / scale / n
     return run, batch * steps
 
 
@@ -136,6 +142,8 @@ def measure(run, tokens: int, reps: int, budget: float, scale: int) -> dict:
     if reps > 1 or scale == 8:
         timed(run, scale)  # the fast path's first call carries one-time costs: warm up first
     probe = timed(run, scale)
+    if probe != probe:  # NaN: see decode_fn
+        return {"skipped": "not measurable: generate(1 + n) took no longer than generate(1) (a busy machine)"}
     predicted = probe * scale
     if predicted > budget:
         return {"skipped": f"full size predicted {predicted:.0f} s > {budget:.0f} s budget",
@@ -143,7 +151,9 @@ def measure(run, tokens: int, reps: int, budget: float, scale: int) -> dict:
     reps = max(1, min(reps, int(budget // max(predicted, 1e-3))))
     if reps > 1:
         timed(run)  # full-size warm-up for the fast path
-    times = [timed(run) for _ in range(reps)]
+    times = [t for t in (timed(run) for _ in range(reps)) if t == t]
+    if not times:
+        return {"skipped": "not measurable: generate(1 + n) took no longer than generate(1) (a busy machine)"}
     t = statistics.median(times)
     return {"tokens_per_s": tokens / t, "seconds": t, "reps": reps}
 
@@ -242,8 +252,13 @@ def main() -> None:
     parser.add_argument("--workloads", default="", help="comma-separated names (default: all)")
     parser.add_argument("--budget", type=float, default=30.0, help="seconds per measurement")
     parser.add_argument("--reps", type=int, default=2, help="repeats of the ssm path")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads for every path (default: torch's). On a busy shared machine 1 is "
+                             "the fair choice: a 2-thread matmul waits for a second core that is rarely free")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/cpu/models.json"))
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     machine = machine_info()
     print(f"{machine['cpu']}, {machine['logical_cpus']} cpus, torch {machine['torch']} "
           f"({machine['torch_threads']} threads), load avg {machine['load_avg']}", flush=True)

@@ -1,20 +1,26 @@
 """Per-call overhead of the op layer on the CPU, and where a decode step's time goes.
 
 1. Small op calls (dw_causal_conv on (1, 8, 1), the conv decode update, selective_state_step on a
-   tiny Mamba-1 state): median time of the public op, of the bare kernel binding with prepared
+   tiny Mamba-1 and Mamba-2 state, fused_layer_norm of one 768-wide token with a residual), eager,
+   without autograd: median time of the public op, of the bare kernel binding with prepared
    arguments (the C++ work plus nanobind's crossing), and of an empty torch op (``x.view(-1)``)
-   and a tiny ``torch.add`` as baselines. Overhead of the op layer = public - binding.
-2. A decode step of a mamba-130m-shaped model (random weights, batch 1, float32): torch.profiler
-   time inside the matrix products (aten::mm / addmm / matmul / linear / bmm, self CPU time) vs
-   the whole step, i.e. the share spent outside them.
+   and a tiny ``torch.add`` as baselines. Overhead of the op layer = public - binding. Each is
+   timed by the wall clock and by the calling thread's CPU time (``time.thread_time``), which a
+   busy shared machine inflates less (time spent descheduled is not counted).
+2. A decode step of mamba-130m-shaped models (Mamba-1 and Mamba-2, random weights, batch 1,
+   float32): the step's median wall time, and the median time of the same matrix products alone
+   (every nn.Linear call of a step, replayed with the same weights and input shapes, timed in
+   alternation with the steps), so that the share outside the matrix products is
+   1 - matmuls / step; plus torch.profiler's top self-CPU ops of a few steps.
 
 Prints a table and writes JSON to benchmarks/results/cpu/overhead.json.
-Usage: python benchmarks/bench_overhead.py [--calls N] [--out PATH]
+Usage: python benchmarks/bench_overhead.py [--calls N] [--steps N] [--threads N] [--out PATH]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -29,19 +35,17 @@ import ssm.ops as ops  # noqa: E402
 from ssm.ops import _kernels  # noqa: E402
 from bench_norm_conv import machine_info  # noqa: E402
 
-MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "aten::_mkl_linear")
 
-
-def median_us(fn, calls: int, batches: int = 15) -> float:
-    """Median over batches of the mean time of one call (in microseconds)."""
+def median_us(fn, calls: int, batches: int = 15, clock=time.perf_counter) -> float:
+    """Median over batches of the mean time of one call (in microseconds) on ``clock``."""
     for _ in range(200):
         fn()
     per_call = []
     for _ in range(batches):
-        t0 = time.perf_counter()
+        t0 = clock()
         for _ in range(calls):
             fn()
-        per_call.append((time.perf_counter() - t0) / calls)
+        per_call.append((clock() - t0) / calls)
     return statistics.median(per_call) * 1e6
 
 
@@ -91,32 +95,100 @@ def state_step_case():
     return public, binding(mod.selective_state_step, args, (s4, x4, dt4, z4, A3, B3, C3, D2, db2, out))
 
 
+def state_step_m2_case():
+    # Mamba-2 per-head forms: state (1, 2, 4, 8); x (1, 2, 4); dt (1, 2); A, D, dt_bias (2,); B, C (1, 1, 8)
+    state, x, dt = torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4), torch.randn(1, 2)
+    A, D, dt_bias = -torch.rand(2), torch.randn(2), torch.randn(2)
+    B, C = torch.randn(1, 1, 8), torch.randn(1, 1, 8)
+    out = torch.empty_like(x)
+    mod, r = _kernels.module("cpu"), _kernels.ref
+    head = lambda t: (t.data_ptr(), t.stride(0), 0)  # noqa: E731  (H,) as a tied (H, P)
+    args = (0, 0, 1, 2, 4, 8, 1, r(state), r(x), (dt.data_ptr(), *dt.stride(), 0), (A.data_ptr(), 1, 0, 0),
+            r(B), r(C), head(D), None, head(dt_bias), None, r(out), True, 1)
+    public = lambda: ops.selective_state_update(state, x, dt, A, B, C, D, dt_bias=dt_bias, dt_softplus=True)  # noqa: E731
+    return public, binding(mod.selective_state_step, args, (state, x, dt, A, B, C, D, dt_bias, out))
+
+
+def layer_norm_case():
+    # x, residual (1, 1, 768); weight, bias (768,); residual_out in float32
+    x, res, w, b = torch.randn(1, 1, 768), torch.randn(1, 1, 768), torch.randn(768), torch.randn(768)
+    y, res_out = torch.empty_like(x), torch.empty_like(x)
+    mod = _kernels.module("cpu")
+    rows = lambda t: (t.data_ptr(), 768, 1)  # noqa: E731
+    args = (1, 768, 0, rows(x), (w.data_ptr(), 1), (b.data_ptr(), 1), 0, rows(res), 0, rows(y), rows(res_out),
+            1e-5, False, 1)
+    public = lambda: ops.layer_norm_fn(x, w, b, residual=res, prenorm=True, residual_in_fp32=True, eps=1e-5)  # noqa: E731
+    return public, binding(mod.layer_norm_fwd, args, (x, res, w, b, y, res_out))
+
+
+SMALL_OPS = (("dw_causal_conv (1,8,1)", conv_case), ("causal_conv1d_update (1,8) W4", conv_update_case),
+             ("selective_state_step Mamba-1 (1,8,N4)", state_step_case),
+             ("selective_state_step Mamba-2 (1,2,4,N8)", state_step_m2_case),
+             ("layer_norm_fn+residual (1,1,768)", layer_norm_case))
+
+
 def small_op_rows(calls: int) -> list[dict]:
     t = torch.randn(8)
-    empty_us = median_us(lambda: t.view(-1), calls)
-    add_us = median_us(lambda: torch.add(t, t), calls)
+    base = {name: {"wall": median_us(fn, calls), "cpu": median_us(fn, calls, clock=time.thread_time)}
+            for name, fn in (("view", lambda: t.view(-1)), ("add", lambda: torch.add(t, t)))}
     rows = []
-    for name, case in (("dw_causal_conv (1,8,1)", conv_case), ("causal_conv1d_update (1,8) W4", conv_update_case),
-                       ("selective_state_step (1,8,N4)", state_step_case)):
-        public, binding = case()
-        with torch.no_grad():
-            pub = median_us(public, calls)
-        bind = median_us(binding, calls)
-        rows.append({"op": name, "public_us": pub, "binding_us": bind, "op_layer_overhead_us": pub - bind,
-                     "empty_torch_op_us": empty_us, "tiny_torch_add_us": add_us})
+    for name, case in SMALL_OPS:
+        public, binding_fn = case()
+        row = {"op": name}
+        for clock_name, clock in (("", time.perf_counter), ("cpu_", time.thread_time)):
+            with torch.no_grad():
+                pub = median_us(public, calls, clock=clock)
+            bind = median_us(binding_fn, calls, clock=clock)
+            key = clock_name.rstrip("_") or "wall"
+            row.update({f"{clock_name}public_us": pub, f"{clock_name}binding_us": bind,
+                        f"{clock_name}op_layer_overhead_us": pub - bind,
+                        f"{clock_name}empty_torch_op_us": base["view"][key], f"{clock_name}tiny_torch_add_us": base["add"][key]})
+        rows.append(row)
     return rows
 
 
 # ---- decode step ---------------------------------------------------------------------------------
 
-def decode_profile(steps: int) -> dict:
+def _decode_model(layer: str):
     from ssm.models.config import MambaConfig
     from ssm.models.lm import MambaLMHeadModel
-    from ssm.utils.inference import InferenceParams
     torch.manual_seed(0)
-    model = MambaLMHeadModel(MambaConfig(d_model=768, n_layer=24, vocab_size=50277, ssm_cfg={"layer": "Mamba1"})).eval()
+    return MambaLMHeadModel(MambaConfig(d_model=768, n_layer=24, vocab_size=50277, ssm_cfg={"layer": layer})).eval()
+
+
+class _RecordLinear(torch.overrides.TorchFunctionMode):
+    """Records (weight, bias, input shape) of every F.linear call (nn.Linear or functional)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.linear:
+            x, w = args[0], args[1]
+            b = args[2] if len(args) > 2 else kwargs.get("bias")
+            self.calls.append((w, b, torch.randn(x.shape, dtype=x.dtype)))
+        return func(*args, **kwargs)
+
+
+def _matmul_replay(step):
+    """A function running every linear call of one decode step again (same weights, inputs of
+    the same shapes): the step's matrix products alone."""
+    with _RecordLinear() as rec:
+        step()
+
+    def replay():
+        for w, b, x in rec.calls:
+            torch.nn.functional.linear(x, w, b)
+    return replay, len(rec.calls)
+
+
+def decode_profile(layer: str, steps: int) -> dict:
+    from ssm.utils.inference import InferenceParams
+    model = _decode_model(layer)
     prompt = torch.randint(0, 50277, (1, 8))
-    params = InferenceParams(max_seqlen=8 + steps + 20, max_batch_size=1)
+    params = InferenceParams(max_seqlen=8 + 4 * steps + 40, max_batch_size=1)
     with torch.no_grad():
         model(prompt, inference_params=params, num_last_tokens=1)
         params.seqlen_offset = prompt.shape[1]
@@ -125,50 +197,59 @@ def decode_profile(steps: int) -> dict:
         def step():
             model(token, inference_params=params, num_last_tokens=1)
             params.seqlen_offset += 1
+        replay, n_linear = _matmul_replay(step)
         for _ in range(5):
             step()
-        t0 = time.perf_counter()
-        for _ in range(steps):
+            replay()
+        step_s, mm_s = [], []
+        for _ in range(steps):  # alternating, so that both see the same machine load
+            t0 = time.perf_counter()
             step()
-        plain_ms = (time.perf_counter() - t0) / steps * 1e3
+            t1 = time.perf_counter()
+            replay()
+            step_s.append(t1 - t0)
+            mm_s.append(time.perf_counter() - t1)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            for _ in range(steps):
+            for _ in range(5):
                 step()
-    events = prof.key_averages()
-    # self time of the matmul family (nested: linear -> addmm, each counts only its own share)
-    mm_us = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS)
-    total_us = prof.profiler.self_cpu_time_total if hasattr(prof.profiler, "self_cpu_time_total") else \
-        sum(e.self_cpu_time_total for e in events)
-    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]
-    return {"steps": steps, "step_ms_unprofiled": plain_ms,
-            "profiled_step_ms": total_us / steps / 1e3, "matmul_ms_per_step": mm_us / steps / 1e3,
-            "outside_matmul_share": 1 - mm_us / total_us,
-            "outside_matmul_share_of_unprofiled_step": 1 - (mm_us / steps / 1e3) / plain_ms,
-            "top_self_cpu": [{"op": e.key, "ms_per_step": e.self_cpu_time_total / steps / 1e3, "calls": e.count}
-                             for e in top]}
+    step_ms, mm_ms = statistics.median(step_s) * 1e3, statistics.median(mm_s) * 1e3
+    top = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:12]
+    return {"layer": layer, "steps": steps, "step_ms": step_ms, "matmul_ms": mm_ms, "linear_calls": n_linear,
+            "outside_matmul_share": 1 - mm_ms / step_ms,
+            "profiled_top_self_cpu": [{"op": e.key, "ms_per_step": e.self_cpu_time_total / 5 / 1e3,
+                                       "calls_per_step": e.count // 5} for e in top]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/cpu/overhead.json"))
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = small_op_rows(args.calls)
-    print(f"{'op':34s} {'public us':>10s} {'binding us':>11s} {'op layer us':>12s}")
+    print(f"{'op':42s} {'public us':>10s} {'binding us':>11s} {'op layer us':>12s} {'(thread CPU time)':>18s}")
     for r in rows:
-        print(f"{r['op']:34s} {r['public_us']:10.2f} {r['binding_us']:11.2f} {r['op_layer_overhead_us']:12.2f}")
-    print(f"baselines: empty torch op (view) {rows[0]['empty_torch_op_us']:.2f} us, "
-          f"torch.add on 8 floats {rows[0]['tiny_torch_add_us']:.2f} us")
-    dec = decode_profile(args.steps)
-    print(f"decode step mamba-130m shape, batch 1, fp32: {dec['step_ms_unprofiled']:.2f} ms/step unprofiled; "
-          f"matmuls {dec['matmul_ms_per_step']:.2f} ms; outside matmuls {100 * dec['outside_matmul_share']:.1f}% "
-          f"of profiled time, {100 * dec['outside_matmul_share_of_unprofiled_step']:.1f}% of the unprofiled step")
-    for e in dec["top_self_cpu"]:
-        print(f"  {e['op']:36s} {e['ms_per_step']:8.3f} ms/step  {e['calls'] // args.steps:5d} calls/step")
+        print(f"{r['op']:42s} {r['public_us']:10.2f} {r['binding_us']:11.2f} {r['op_layer_overhead_us']:12.2f} "
+              f"{r['cpu_op_layer_overhead_us']:18.2f}")
+    print(f"baselines: empty torch op (view) {rows[0]['empty_torch_op_us']:.2f} us "
+          f"({rows[0]['cpu_empty_torch_op_us']:.2f} thread CPU), torch.add on 8 floats "
+          f"{rows[0]['tiny_torch_add_us']:.2f} us ({rows[0]['cpu_tiny_torch_add_us']:.2f})")
+    decode = []
+    for layer in ("Mamba1", "Mamba2"):
+        dec = decode_profile(layer, args.steps)
+        decode.append(dec)
+        print(f"decode step {layer} mamba-130m shape, batch 1, fp32: {dec['step_ms']:.2f} ms/step, its "
+              f"{dec['linear_calls']} matmuls alone {dec['matmul_ms']:.2f} ms: outside matmuls "
+              f"{100 * dec['outside_matmul_share']:.1f}%")
+        for e in dec["profiled_top_self_cpu"][:8]:
+            print(f"  {e['op']:36s} {e['ms_per_step']:8.3f} ms/step  {e['calls_per_step']:5d} calls/step (profiled)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine_info(), "small_ops": rows, "decode": dec}, indent=1))
+    machine = {**machine_info(), "load_avg_end": list(os.getloadavg())}
+    out.write_text(json.dumps({"machine": machine, "small_ops": rows, "decode": decode}, indent=1))
     print(f"wrote {out}")
 
 

@@ -9,7 +9,8 @@ a full-size tensor), so by default its forward+backward is timed at L 512 only; 
 then gives the kernel times alone. Prints a table and writes JSON (machine, versions, threads, shapes, dtype,
 times, speedups, and the kernel's share of the machine's copy bandwidth).
 
-    python benchmarks/bench_selective_scan.py [--repeats 5] [--ref-repeats 1] [--out PATH]
+    python benchmarks/bench_selective_scan.py [--repeats 5] [--ref-repeats 1] [--lengths 512 2048]
+        [--modes fwd fwd+bwd] [--dtypes fp32 bf16] [--ref-max-len L] [--no-step] [--out PATH]
 """
 from __future__ import annotations
 
@@ -116,7 +117,8 @@ def machine() -> dict:
     copy_s = median_time(lambda: dst.copy_(src), 5)
     a = torch.randn(1024, 1024)
     mm_s = median_time(lambda: a @ a, 5)
-    return {"cpu": model, "logical_cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+    return {"cpu": model, "logical_cpus": os.cpu_count(), "load_avg_start": list(os.getloadavg()),
+            "torch": torch.__version__, "python": platform.python_version(),
             "threads": torch.get_num_threads(), "isa": dispatch.cpu_module().active_isa(),
             "copy_GBps": 2 * src.numel() * 4 / copy_s / 1e9, "matmul_fp32_GFLOPs": 2 * 1024**3 / mm_s / 1e9}
 
@@ -133,26 +135,34 @@ def main():
     ap.add_argument("--ref-repeats", type=int, default=1, help="timed runs of the reference path (median)")
     ap.add_argument("--ref-bwd-max-len", type=int, default=512,
                     help="longest L at which the reference forward+backward is timed")
+    ap.add_argument("--ref-max-len", type=int, default=1 << 30, help="longest L at which the reference is timed")
+    ap.add_argument("--lengths", type=int, nargs="+", default=list(SCAN_LENGTHS))
+    ap.add_argument("--modes", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
+    ap.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
+    ap.add_argument("--no-step", action="store_true", help="skip the decode step rows")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/cpu/selective_scan.json"))
     args = ap.parse_args()
     info = machine()
     nt = info["threads"]
     rows = []
-    for mode in ("fwd", "fwd+bwd"):
-        for name, dtype in DTYPES.items():
-            for L in SCAN_LENGTHS:
-                skip_ref = mode == "fwd+bwd" and L > args.ref_bwd_max_len
+    for mode in args.modes:
+        for name in args.dtypes:
+            dtype = DTYPES[name]
+            for L in args.lengths:
+                skip_ref = L > args.ref_max_len or (mode == "fwd+bwd" and L > args.ref_bwd_max_len)
                 ref = None if skip_ref else scan_case("reference", L, dtype, mode, args.ref_repeats, 1)
                 cpu = scan_case("cpu", L, dtype, mode, args.repeats, nt)
                 cpu1 = scan_case("cpu", L, dtype, mode, args.repeats, 1)
                 rows.append(row("selective_scan", mode, name, f"B1 D{D} L{L} N{N}", ref, cpu, cpu1, nt))
                 rows[-1]["cpu_copy_bw_fraction"] = scan_bytes(L, dtype, mode) / cpu / 1e9 / info["copy_GBps"]
-    for batch in STEP_BATCHES:
+    for batch in () if args.no_step else STEP_BATCHES:
         ref = step_case("reference", batch, torch.float32, args.repeats, 1)
         cpu = step_case("cpu", batch, torch.float32, args.repeats, nt)
         cpu1 = step_case("cpu", batch, torch.float32, args.repeats, 1)
         rows.append(row("selective_state_step", "step", "fp32", f"B{batch} D{D} N{N}", ref, cpu, cpu1, nt))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    info["load_avg_end"] = list(os.getloadavg())
+    info["thp_mem_alloc"] = os.environ.get("THP_MEM_ALLOC_ENABLE")
     Path(args.out).write_text(json.dumps({"machine": info, "results": rows}, indent=2) + "\n")
     print(f"machine: {info}\nwritten: {args.out}")
 

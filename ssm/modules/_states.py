@@ -48,3 +48,17 @@ def cache_rows(states: tuple, batch_size: int, layer_idx) -> tuple:
         raise ValueError(f"inference cache of layer {layer_idx} holds {have} sequences but the input has "
                          f"{batch_size}; allocate the cache with max_batch_size >= {batch_size}")
     return tuple(s if s is None or have == batch_size else s[:batch_size] for s in states)
+
+
+def decode_A(mixer) -> Tensor:
+    """-exp(mixer.A_log) in float32 for forward and step(); without autograd it is kept until A_log
+    changes (in-place updates bump its version, .to() moves its data), not recomputed per call."""
+    A_log = mixer.A_log
+    if torch.is_grad_enabled() and A_log.requires_grad:
+        return -torch.exp(A_log.float())
+    key = (A_log.data_ptr(), A_log._version, A_log.dtype, A_log.device)
+    cached = mixer.__dict__.get("_decode_A_cache")
+    if cached is None or cached[0] is not A_log or cached[1] != key:
+        cached = (A_log, key, -torch.exp(A_log.detach().float()))
+        mixer.__dict__["_decode_A_cache"] = cached
+    return cached[2]

@@ -108,7 +108,7 @@ class Mamba1(nn.Module):
         xz = (self.in_proj.weight @ u.reshape(Bsz * L, -1).t()).view(-1, Bsz, L).permute(1, 0, 2)
         if self.in_proj.bias is not None:
             xz = xz + self.in_proj.bias.to(dtype=xz.dtype)[:, None]
-        A = self._decode_A()
+        A = _states.decode_A(self)
         plain = (seq_idx is None and initial_state is None and initial_conv_state is None and conv_state is None)
         if self.use_fast_path and plain:
             return ops.mamba_inner_fn(xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
@@ -181,25 +181,12 @@ class Mamba1(nn.Module):
             raise ValueError(f"hidden_states: step decodes one token at a time, got shape {tuple(hidden_states.shape)}")
         xz = self.in_proj(hidden_states.squeeze(1))
         x, z = xz.chunk(2, dim=-1)
-        x = ops.causal_conv1d_update(x, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.activation)
+        x = ops.causal_conv1d_update(x, conv_state, self.conv1d.weight, self.conv1d.bias, self.activation)
         dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight)
-        A = self._decode_A()
-        y = ops.selective_state_update(ssm_state, x, dt, A, B, C, self.D, z=z, dt_bias=self.dt_proj.bias,
-                                       dt_softplus=True)
+        y = ops.selective_state_update(ssm_state, x, dt, _states.decode_A(self), B, C, self.D, z=z,
+                                       dt_bias=self.dt_proj.bias, dt_softplus=True)
         return self.out_proj(y).unsqueeze(1), conv_state, ssm_state
-
-    def _decode_A(self) -> Tensor:
-        """-exp(A_log) in float32 for forward and step(); without autograd it is kept until A_log
-        changes (in-place updates bump its version, .to() moves its data), not recomputed per call."""
-        if torch.is_grad_enabled() and self.A_log.requires_grad:
-            return -torch.exp(self.A_log.float())
-        key = (self.A_log.data_ptr(), self.A_log._version, self.A_log.dtype, self.A_log.device)
-        cached = self.__dict__.get("_decode_A_cache")
-        if cached is None or cached[0] is not self.A_log or cached[1] != key:
-            cached = (self.A_log, key, -torch.exp(self.A_log.float()))
-            self.__dict__["_decode_A_cache"] = cached
-        return cached[2]
 
     def allocate_inference_cache(self, batch_size, max_seqlen, dtype=None, **kwargs):
         """(conv_state (B, d_inner, d_conv), ssm_state (B, d_inner, d_state)), zeros; dtypes of

@@ -255,17 +255,16 @@ class Mamba2(nn.Module):
         if hidden_states.shape[1] != 1:
             raise ValueError(f"hidden_states: step decodes one token at a time, got shape {tuple(hidden_states.shape)}")
         z0, x0, z, xBC, dt = self._split(self.in_proj(hidden_states.squeeze(1)))
-        xBC = ops.causal_conv1d_update(xBC, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias,
+        xBC = ops.causal_conv1d_update(xBC, conv_state, self.conv1d.weight, self.conv1d.bias,
                                        self.activation)
         gn = self.ngroups * self.d_state
         x, B, C = torch.split(xBC, [self.d_ssm, gn, gn], dim=-1)
         Bsz, h, p, n = x.shape[0], self.nheads, self.headdim, self.d_state
-        # per-head scalars broadcast over (p, n) as stride-0 views
-        A = (-torch.exp(self.A_log.float()))[:, None, None].expand(h, p, n)
+        # per-head forms (dt (B, h); A, D, dt_bias (h,)): the op reads them tied across the head
         dt, dt_bias, softplus = self._step_dt(dt)
-        D = self.D.view(h, p) if self.D_has_hdim else self.D[:, None].expand(h, p)
+        D = self.D.view(h, p) if self.D_has_hdim else self.D
         y = ops.selective_state_update(
-            ssm_state, x.view(Bsz, h, p), dt[:, :, None].expand(Bsz, h, p), A, B.view(Bsz, self.ngroups, n),
+            ssm_state, x.view(Bsz, h, p), dt, _states.decode_A(self), B.view(Bsz, self.ngroups, n),
             C.view(Bsz, self.ngroups, n), D, z=None if self.rmsnorm else z.view(Bsz, h, p),
             dt_bias=dt_bias, dt_softplus=softplus)
         out = self._reduce(self._output(y.reshape(Bsz, self.d_ssm), z, z0, x0))
@@ -275,7 +274,7 @@ class Mamba2(nn.Module):
         """dt for the state update: raw with (dt_bias, softplus) for the kernel, or, with a
         dt_limit, already biased, softplus-ed (float32) and clamped here, in the activation dtype."""
         if self.dt_limit == _NO_LIMIT:
-            return dt, self.dt_bias[:, None].expand(self.nheads, self.headdim), True
+            return dt, self.dt_bias, True
         limited = F.softplus(dt.float() + self.dt_bias.float(), threshold=20.0).clamp(*self.dt_limit)
         return limited.to(dt.dtype), None, False
 

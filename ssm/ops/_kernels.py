@@ -3,6 +3,9 @@
 and the CPU thread count comes from torch."""
 from __future__ import annotations
 
+import os
+import weakref
+
 import torch
 
 from ssm.utils import dispatch
@@ -17,7 +20,9 @@ POISON_OUTPUTS = False
 
 def empty(shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """A kernel output buffer (contiguous), NaN-poisoned when POISON_OUTPUTS is set."""
-    t = torch.empty(shape, dtype=dtype or like.dtype, device=like.device)
+    # sizes unpacked: torch parses ints faster than a sequence (a few us per call otherwise)
+    t = torch.empty(*shape, dtype=dtype or like.dtype, device=like.device) if len(shape) else \
+        torch.empty((), dtype=dtype or like.dtype, device=like.device)
     if POISON_OUTPUTS and t.is_floating_point():
         t.fill_(float("nan"))
     return t
@@ -38,6 +43,69 @@ def ref(t: torch.Tensor | None):
     return (t.data_ptr(), *t.stride())
 
 
+# Kernel-side views made as strides, without a torch view: UNIT_LAST appends a size-1 dimension
+# of stride 0 (``t.unsqueeze(-1)``), UNIT_MID puts it before the last dimension, UNIT_HEAD makes
+# a (H,) tensor a tied (H, 1, 1), DROP_MID drops the middle (size-1) dimension of a 3-d tensor,
+# ROWS views a (..., N) tensor whose leading dimensions collapse (contiguous) as (M, N).
+AS_IS, UNIT_LAST, UNIT_MID, UNIT_HEAD, DROP_MID, ROWS = range(6)
+
+
+def refs(modes: tuple, tensors: tuple) -> list:
+    """ref() of each tensor (None stays None), reshaped as its mode says."""
+    out = []
+    for mode, t in zip(modes, tensors):
+        if t is None:
+            out.append(None)
+            continue
+        s = t.stride()
+        if mode == AS_IS:
+            out.append((t.data_ptr(), *s))
+        elif mode == UNIT_LAST:
+            out.append((t.data_ptr(), *s, 0))
+        elif mode == UNIT_MID:
+            out.append((t.data_ptr(), *s[:-1], 0, s[-1]))
+        elif mode == DROP_MID:
+            out.append((t.data_ptr(), s[0], s[2]))
+        elif mode == ROWS:
+            out.append((t.data_ptr(), s[-2], s[-1]))
+        else:
+            out.append((t.data_ptr(), s[0], 0, 0))
+    return out
+
+
+# id(param) -> (weak reference, (version, data_ptr, shape, strides), float32 contiguous copy)
+_float32_copies: dict[int, tuple] = {}
+
+
+def float32_param(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A small parameter in float32 contiguous for a kernel, without autograd: t itself when it
+    already is, else a copy kept while t is alive and unchanged (an in-place update bumps its
+    version; ``.data =`` or ``.to()`` changes its data pointer), so decoding in bf16 does not
+    convert the same weights on every token."""
+    if t is None or (t.dtype == torch.float32 and t.is_contiguous()):
+        return t
+    if (t.requires_grad and torch.is_grad_enabled()) or t.is_inference():  # (no version counter)
+        return t.float().contiguous()
+    key = (t._version, t.data_ptr(), t.shape, t.stride(), t.dtype, t.device)
+    entry = _float32_copies.get(id(t))
+    if entry is not None and entry[0]() is t and entry[1] == key:
+        return entry[2]
+    copy = t.detach().float().contiguous()
+    ident = id(t)
+    _float32_copies[ident] = (weakref.ref(t, lambda _, i=ident: _float32_copies.pop(i, None)), key, copy)
+    return copy
+
+
+# os.environ's backing dict on POSIX (bytes keys; os.environ writes go through it): reading it
+# directly costs 0.1 us where os.environ.get costs 1-2 us, on every op call
+_ENVIRON = os.environ._data if os.name == "posix" and isinstance(getattr(os.environ, "_data", None), dict) else None
+
+
+def forced_backend_value():
+    """SSM_BACKEND as set (unparsed, str or bytes): part of the eager fast paths' cache keys."""
+    return _ENVIRON.get(b"SSM_BACKEND") if _ENVIRON is not None else os.environ.get("SSM_BACKEND")
+
+
 def dtype_code(t: torch.Tensor) -> int:
     return DTYPE_CODES[t.dtype]
 
@@ -45,6 +113,11 @@ def dtype_code(t: torch.Tensor) -> int:
 # Below this many elements of work a CPU kernel runs on the calling thread: waking a pool worker
 # costs 5-100 us (the more the busier the machine), more than such a call's whole work.
 PARALLEL_MIN_WORK = 1 << 15
+
+
+def cpu_threads(work: int) -> int:
+    """The CPU thread count for a call with ``work`` elements of work (see exec_arg)."""
+    return 1 if work < PARALLEL_MIN_WORK else torch.get_num_threads()
 
 
 def exec_arg(backend: str, like: torch.Tensor, work: int | None = None) -> int:

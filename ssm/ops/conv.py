@@ -279,6 +279,51 @@ def _check_update_args(x, conv_state, weight, bias, activation, conv_state_indic
     return W
 
 
+# ---- eager fast path of the decode update (see state_step.py: plans kept per metadata signature) --
+
+_update_plans: dict = {}
+
+
+def _update_signature(x, conv_state, weight, bias, activation, conv_state_indices, cache_seqlens):
+    """The call's metadata key (weight's strides too: the kernel reads it contiguous along the
+    width), or None when an argument is not a tensor (the checks will say)."""
+    try:
+        sig = (_kernels.forced_backend_value(), type(activation), activation, weight.stride(), *[
+            None if t is None else (type(t), t.shape, t.dtype, t.device)
+            for t in (x, conv_state, weight, bias, conv_state_indices, cache_seqlens)])
+        hash(sig)
+        return sig
+    except (AttributeError, TypeError):
+        return None
+
+
+def _make_update_plan(x, conv_state, weight, bias, activation, conv_state_indices, cache_seqlens):
+    """The plan of a call that passed the checks, or False for the general path (the reference,
+    int64 indices, a weight not float32 contiguous along the width, an empty batch)."""
+    if x.numel() == 0 or any(t is not None and t.dtype != torch.int32 for t in (conv_state_indices, cache_seqlens)):
+        return False
+    if weight.dtype != torch.float32 or weight.stride(-1) != 1:
+        return False
+    backend = dispatch.select_backend("dw_causal_conv_update", x.device, lambda b: _update_reason(b, x, conv_state))
+    if backend == "reference":
+        return False
+    k = _kernels
+    B, D, L = x.shape if x.dim() == 3 else (*x.shape, 1)
+    sizes = (B, D, L, weight.shape[-1], conv_state.shape[0], conv_state.shape[2])
+    x_mode = k.AS_IS if x.dim() == 3 else k.UNIT_LAST
+    modes = (x_mode, k.AS_IS, k.AS_IS if weight.dim() == 2 else k.DROP_MID, k.AS_IS, k.AS_IS, k.AS_IS, x_mode)
+    return backend, k.module(backend).dw_causal_conv_update, k.dtype_code(x), sizes, modes, B * D * L
+
+
+def _run_update_plan(plan, x, conv_state, weight, bias, activation, conv_state_indices, cache_seqlens):
+    backend, kernel, code, sizes, modes, work = plan
+    bias = bias if bias is None or bias.dtype == torch.float32 else _kernels.float32_param(bias)
+    y = _kernels.empty(x.shape, x)
+    kernel(code, *sizes, *_kernels.refs(modes, (x, conv_state, weight, bias, conv_state_indices, cache_seqlens, y)),
+           activation is not None, _kernels.cpu_threads(work) if backend == "cpu" else _kernels.exec_arg(backend, x))
+    return y
+
+
 def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
                          activation: Optional[str] = None, cache_seqlens: Optional[Tensor] = None,
                          conv_state_indices: Optional[Tensor] = None) -> Tensor:
@@ -292,13 +337,21 @@ def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Op
     ``conv_state_indices[b]``; a negative index is a padding row (y zero, no state touched).
     No host synchronization (CUDA-graph capturable).
     """
-    W = _check_update_args(x, conv_state, weight, bias, activation, conv_state_indices, cache_seqlens)
+    compiling = torch.compiler.is_compiling()
+    call = (x, conv_state, weight, bias, activation, conv_state_indices, cache_seqlens)
+    sig = None if compiling else _update_signature(*call)
+    plan = _update_plans.get(sig) if sig is not None else None
+    if plan:
+        return _run_update_plan(plan, *call)
+    W = _check_update_args(*call)
+    if sig is not None:
+        _update_plans[sig] = _make_update_plan(*call)
     # x3 (B, D, L)
     x3 = x.unsqueeze(-1) if x.dim() == 2 else x
     w = _kernels.float32_contiguous(weight if weight.dim() == 2 else weight.reshape(weight.shape[0], W))
     b = _kernels.float32_contiguous(bias)
     args = (x3, conv_state, w, b, activation is not None, conv_state_indices, cache_seqlens)
-    y = _update_op(*args) if torch.compiler.is_compiling() else _update_impl(*args)
+    y = _update_op(*args) if compiling else _update_impl(*args)
     return y[..., 0] if x.dim() == 2 else y
 
 

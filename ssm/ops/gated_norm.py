@@ -118,11 +118,68 @@ def _check_gated_args(x, weight, bias, z, group_size):
     return group_size
 
 
+# ---- eager fast path without autograd (see state_step.py: plans kept per metadata signature) ----
+
+_plans: dict = {}
+
+
+def _signature(x, weight, bias, z, group_size, norm_before_gate, is_rms_norm):
+    """The call's metadata key (strides too: the fast path needs x and z as (M, N) rows), or None
+    when an argument is not a tensor or group_size is unhashable (the checks will say)."""
+    try:
+        sig = (_kernels.forced_backend_value(), type(group_size), group_size, bool(norm_before_gate),
+               bool(is_rms_norm), *[None if t is None else (type(t), t.shape, t.stride(), t.dtype, t.device)
+                                    for t in (x, weight, bias, z)])
+        hash(sig)
+        return sig
+    except (AttributeError, TypeError):
+        return None
+
+
+def _rows(t: Optional[Tensor]) -> bool:
+    """t (..., N) can be handed over as (M, N) rows of one stride, without a copy."""
+    return t is None or t.dim() == 2 or (t.dim() > 2 and t.is_contiguous())
+
+
+def _make_plan(x, weight, bias, z, group):
+    """The plan of a call that passed the checks, or False for the general path (the reference,
+    float64, rows that need a copy, non-contiguous weights, an empty x)."""
+    if x.numel() == 0 or x.dtype == torch.float64 or not (_rows(x) and _rows(z)):
+        return False
+    if any(t is not None and (t.dtype == torch.float64 or not t.is_contiguous()) for t in (weight, bias)):
+        return False
+    backend = dispatch.select_backend("gated_norm", x.device,
+                                      lambda b: _kernels.kernel_reason(b, "gated_norm_fwd", x, z))
+    if backend == "reference":
+        return False
+    k = _kernels
+    return (backend, k.module(backend).gated_norm_fwd, x.numel() // x.shape[-1], x.shape[-1], group,
+            k.dtype_code(x), None if z is None else k.dtype_code(z), x.numel())
+
+
+def _run_plan(plan, x, weight, bias, z, eps, norm_before_gate, is_rms_norm):
+    backend, kernel, M, N, group, code, z_code, work = plan
+    weight, bias = (t if t is None or t.dtype == torch.float32 else _kernels.float32_param(t) for t in (weight, bias))
+    y = _kernels.empty(x.shape, x)
+    k = _kernels
+    xr, wr, br, zr, yr = k.refs((k.ROWS, k.AS_IS, k.AS_IS, k.ROWS, k.ROWS), (x, weight, bias, z, y))
+    kernel(M, N, group, code, xr, wr, br, z_code, zr, yr, float(eps), bool(norm_before_gate), bool(is_rms_norm),
+           k.cpu_threads(work) if backend == "cpu" else k.exec_arg(backend, x))
+    return y
+
+
 def gated_rms_norm(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, z: Optional[Tensor] = None,
                    eps: float = 1e-6, group_size: Optional[int] = None, norm_before_gate: bool = True,
                    is_rms_norm: bool = True) -> Tensor:
     """Gated RMSNorm (LayerNorm when ``is_rms_norm`` is False) of x (..., N) with gate z (..., N)."""
+    eager = not torch.compiler.is_compiling() and not _library.needs_autograd(x, weight, bias, z)
+    sig = _signature(x, weight, bias, z, group_size, norm_before_gate, is_rms_norm) if eager else None
+    plan = _plans.get(sig) if sig is not None else None
+    if plan:
+        return _run_plan(plan, x, weight, bias, z, eps, norm_before_gate, is_rms_norm)
     group = _check_gated_args(x, weight, bias, z, group_size)
+    if sig is not None:
+        _plans[sig] = _make_plan(x, weight, bias, z, group)
     N = x.shape[-1]
     # x, z (M, N)
     x2 = x.reshape(-1, N)

@@ -150,6 +150,57 @@ def _residual_dtype(x: Tensor, residual: Optional[Tensor], residual_in_fp32: boo
     return torch.float32 if residual_in_fp32 else x.dtype
 
 
+# ---- eager fast path without autograd (see state_step.py: plans kept per metadata signature) ----
+
+_plans: dict = {}
+
+
+def _signature(x, weight, bias, residual, is_rms, prenorm, residual_in_fp32):
+    """The call's metadata key (strides too: the fast path needs collapsible rows), or None when
+    an argument is not a tensor (the checks will say)."""
+    try:
+        return (_kernels.forced_backend_value(), bool(is_rms), bool(prenorm), bool(residual_in_fp32), *[
+            None if t is None else (type(t), t.shape, t.stride(), t.dtype, t.device)
+            for t in (x, weight, bias, residual)])
+    except (AttributeError, TypeError):
+        return None
+
+
+def _make_plan(x, weight, bias, residual, residual_in_fp32):
+    """The plan of a call that passed the checks, or False for the general path (the reference,
+    float64, 1-d or non-contiguous x / residual, non-contiguous weights, an empty x)."""
+    if x.dim() < 2 or x.numel() == 0 or not x.is_contiguous() or (residual is not None and not residual.is_contiguous()):
+        return False
+    if any(t is not None and not t.is_contiguous() for t in (weight, bias)):
+        return False
+    residual_dtype = _residual_dtype(x, residual, residual_in_fp32)
+    if x.dtype == torch.float64 or weight.dtype == torch.float64:
+        return False
+    backend = dispatch.select_backend("fused_layer_norm", x.device,
+                                      lambda b: _fwd_reason(b, x, residual, residual_dtype))
+    if backend == "reference":
+        return False
+    k = _kernels
+    store = residual is not None or residual_dtype != x.dtype
+    return (backend, k.module(backend).layer_norm_fwd, x.numel() // x.shape[-1], x.shape[-1], k.dtype_code(x),
+            None if residual is None else k.dtype_code(residual), residual_dtype, k.DTYPE_CODES[residual_dtype],
+            store, x.numel())
+
+
+def _run_plan(plan, x, weight, bias, residual, is_rms, eps, prenorm):
+    backend, kernel, M, N, code, res_code, res_dtype, res_dtype_code, store, work = plan
+    weight, bias = (t if t is None or t.dtype == torch.float32 else _kernels.float32_param(t) for t in (weight, bias))
+    y = _kernels.empty(x.shape, x)
+    res = _kernels.empty(x.shape, x, res_dtype) if store else None
+    k = _kernels
+    xr, wr, br, rr, yr, resr = k.refs((k.ROWS, k.AS_IS, k.AS_IS, k.ROWS, k.ROWS, k.ROWS), (x, weight, bias, residual, y, res))
+    kernel(M, N, code, xr, wr, br, res_code, rr, res_dtype_code, yr, resr, float(eps), bool(is_rms),
+           k.cpu_threads(work) if backend == "cpu" else k.exec_arg(backend, x))
+    if not prenorm:
+        return y
+    return y, res if store else x
+
+
 def fused_layer_norm(x: Tensor, weight: Tensor, bias: Optional[Tensor], residual: Optional[Tensor] = None,
                      is_rms: bool = False, eps: float = 1e-5, prenorm: bool = True, residual_in_fp32: bool = True):
     """Residual add + LayerNorm (RMSNorm with ``is_rms``) over the last dim of x (..., N).
@@ -158,7 +209,14 @@ def fused_layer_norm(x: Tensor, weight: Tensor, bias: Optional[Tensor], residual
     in residual's dtype when given, else float32 with ``residual_in_fp32``, else x's dtype
     (then it is x itself).
     """
+    eager = not torch.compiler.is_compiling() and not _library.needs_autograd(x, weight, bias, residual)
+    sig = _signature(x, weight, bias, residual, is_rms, prenorm, residual_in_fp32) if eager else None
+    plan = _plans.get(sig) if sig is not None else None
+    if plan:
+        return _run_plan(plan, x, weight, bias, residual, is_rms, eps, prenorm)
     _check_norm_args(x, weight, bias, residual)
+    if sig is not None:
+        _plans[sig] = _make_plan(x, weight, bias, residual, residual_in_fp32)
     N = x.shape[-1]
     residual_dtype = _residual_dtype(x, residual, residual_in_fp32)
     store = residual is not None or residual_dtype != x.dtype
@@ -237,9 +295,11 @@ def layer_norm_fn(x, weight, bias, residual=None, x1=None, weight1=None, bias1=N
                   return_dropout_mask=False):
     """``mamba_ssm.ops.triton.layer_norm.layer_norm_fn``: returns y | (y, residual) | (y, y1) |
     (y, y1, residual), followed by (dropout_mask, dropout_mask1) with ``return_dropout_mask``."""
-    _check_norm_args(x, weight, bias, residual)
-    _check_extras(x, x1, weight1, bias1, rowscale, dropout_p)
-    if x1 is None and weight1 is None and rowscale is None and dropout_p == 0.0:
+    plain = x1 is None and weight1 is None and bias1 is None and rowscale is None and dropout_p == 0.0
+    if not plain:  # (fused_layer_norm checks the plain call's arguments)
+        _check_norm_args(x, weight, bias, residual)
+        _check_extras(x, x1, weight1, bias1, rowscale, dropout_p)
+    if plain:
         out = fused_layer_norm(x, weight, bias, residual, is_rms_norm, eps, prenorm, residual_in_fp32)
         y, res = out if prenorm else (out, None)
         y1 = mask = mask1 = None

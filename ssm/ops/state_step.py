@@ -83,6 +83,70 @@ def _(state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices, softplus):
     return _library.empty_like(x)
 
 
+# ---- eager fast path ---------------------------------------------------------------------------
+# Whatever the arguments' metadata (type, shape, dtype, device: all the checks look at) decides is
+# kept per signature once a call passed the checks: validation, the backend, the kernel's sizes
+# and how each argument maps onto the kernel's (B, H, P, N) layout. A repeated decode call then
+# costs its kernel-side views, one output allocation and the kernel call.
+
+_plans: dict = {}
+
+
+def _signature(state, x, dt, A, B, C, D, z, dt_bias, idx, softplus):
+    """The call's metadata key, or None when an argument is not a tensor (the checks will say)."""
+    try:
+        return (_kernels.forced_backend_value(), bool(softplus), *[
+            None if t is None else (type(t), t.shape, t.dtype, t.device)
+            for t in (state, x, dt, A, B, C, D, z, dt_bias, idx)])
+    except AttributeError:
+        return None
+
+
+def _arg_modes(state, x, dt, A, B, D, dt_bias):
+    """How each of state, x, dt, A, B, C, D, z, dt_bias reaches the kernel's (B, H, P, N) layout:
+    the views of _as_heads and _broadcast_heads, made as strides (see _kernels.refs)."""
+    k = _kernels
+    if state.dim() == 3:  # Mamba-1: channels are heads of size 1
+        bc = k.UNIT_MID if B.dim() == 2 else k.AS_IS
+        return (k.UNIT_MID, k.UNIT_LAST, k.UNIT_LAST, k.UNIT_MID, bc, bc, k.UNIT_LAST, k.UNIT_LAST, k.UNIT_LAST)
+
+    def head(t, mode):
+        return mode if t is not None and t.dim() == 1 else k.AS_IS
+    return (k.AS_IS, k.AS_IS, k.UNIT_LAST if dt.dim() == 2 else k.AS_IS, head(A, k.UNIT_HEAD), k.AS_IS,
+            k.AS_IS, head(D, k.UNIT_LAST), k.AS_IS, head(dt_bias, k.UNIT_LAST))
+
+
+def _make_plan(state, x, dt, A, B, C, D, z, dt_bias, idx):
+    """The plan of a call that passed the checks, or False when it takes the general path
+    (the reference, mixed activation dtypes, int64 indices, an empty batch)."""
+    if x.numel() == 0 or state.numel() == 0 or (idx is not None and idx.dtype != torch.int32):
+        return False
+    if len({t.dtype for t in (x, dt, B, C, z) if t is not None}) != 1:
+        return False
+    backend = dispatch.select_backend(
+        "selective_state_step", state.device,
+        lambda b: _kernels.kernel_reason(b, "selective_state_step", state, x, dt, B, C, z))
+    if backend == "reference":
+        return False
+    H, P = (x.shape[1], 1) if state.dim() == 3 else x.shape[1:]
+    sizes = (x.shape[0], H, P, state.shape[-1], 1 if B.dim() == 2 else B.shape[1])
+    out_mode = _kernels.UNIT_LAST if state.dim() == 3 else _kernels.AS_IS
+    return (backend, _kernels.module(backend).selective_state_step, _kernels.dtype_code(state),
+            _kernels.dtype_code(x), sizes, _arg_modes(state, x, dt, A, B, D, dt_bias) + (_kernels.AS_IS, out_mode),
+            x.numel() * state.shape[-1])
+
+
+def _run_plan(plan, state, x, dt, A, B, C, D, z, dt_bias, idx, softplus):
+    backend, kernel, state_code, code, sizes, modes, work = plan
+    f32 = _kernels.float32_param
+    A, D, dt_bias = (t if t is None or t.dtype == torch.float32 else f32(t) for t in (A, D, dt_bias))
+    out = _kernels.empty(x.shape, x)
+    refs = _kernels.refs(modes, (state, x, dt, A, B, C, D, z, dt_bias, idx, out))
+    kernel(state_code, code, *sizes, *refs, softplus,
+           _kernels.cpu_threads(work) if backend == "cpu" else _kernels.exec_arg(backend, x))
+    return out
+
+
 # ---- public ----------------------------------------------------------------------------------
 
 def _check_mamba1(state, x, dt, A, B, C, D, z, dt_bias):
@@ -159,13 +223,21 @@ def selective_state_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Ten
     y = C . state + D x, times silu(z). ``state_batch_indices`` (B,) picks the state row of each
     batch element; a negative index marks padding (y = 0, no state touched). Returns y like x.
     """
+    compiling = torch.compiler.is_compiling()
+    sig = None if compiling else _signature(state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices, softplus)
+    plan = _plans.get(sig) if sig is not None else None
+    if plan:
+        return _run_plan(plan, state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices, softplus)
     _checks.tensor("state", state, ndim=(3, 4))
     _checks.tensor("x", x, ndim=(2, 3))
+    dt_h, A_h, D_h, dt_bias_h = dt, A, D, dt_bias
     dt, A, D, dt_bias = _broadcast_heads(state, x, dt, A, D, dt_bias)
     _check_step_args(state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices)
     args = (state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices, softplus)
-    if torch.compiler.is_compiling():
+    if compiling:
         return _step_op(*args)
+    if sig is not None:
+        _plans[sig] = _make_plan(state, x, dt_h, A_h, B, C, D_h, z, dt_bias_h, state_batch_indices)
     return _step_impl(*args)
 
 

@@ -1,10 +1,13 @@
 // One decode step of the selective SSM on the CPU, state updated in place (float32 compute from
 // the stored state, written back in the state's dtype). Mamba-2 layout: one task per (batch, head)
-// row, each of the head's P channels updating its N states in vectors of 8. Mamba-1 layout (P = 1):
-// 8 channels per vector, lanes across channels, so dt's softplus and the gate vectorize too.
+// row, each of the head's P channels updating its N states in vectors of 8 (in place when float32;
+// the decay exp(dt A) once per head when A and dt are tied across it). Mamba-1 layout (P = 1):
+// 8 channels per vector, lanes across channels, so dt's softplus and the gate vectorize too (a
+// float32 state contiguous along N is then updated row by row in place, vectorized along N).
 // Strides are read as given: tied per-head A / dt / D / dt_bias (stride-0 views) work as they are.
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/kernels.h"
@@ -21,8 +24,9 @@ float softplus_scalar(float x) { return x > 20.f ? x : std::log1p(std::exp(x)); 
 // Scratch for one row, N rounded up to whole vectors (padding lanes hold zeros).
 struct StepScratch {
   int64_t npad;
-  std::vector<float> B, C, A, h;
-  explicit StepScratch(int64_t N) : npad((N + kLanes - 1) / kLanes * kLanes), B(npad), C(npad), A(npad), h(npad) {}
+  std::vector<float> B, C, A, h, dA;
+  explicit StepScratch(int64_t N)
+      : npad((N + kLanes - 1) / kLanes * kLanes), B(npad), C(npad), A(npad), h(npad), dA(npad) {}
 };
 
 template <typename E>
@@ -35,21 +39,43 @@ float at2(const TensorArg& t, int64_t i, int64_t j, float absent) {
   return t.present() ? ptr<float>(t)[i * t.stride[0] + j * t.stride[1]] : absent;
 }
 
-// One channel: h = exp(dt A) h + dt x B (in s.h), returns C . h.
-float update_channel(StepScratch& s, float dt, float dtx) {
+// A, dt and dt_bias tied across a head's P channels (Mamba-2's per-head forms, stride 0 along P):
+// the decay exp(dt A) is then the same for every channel of the head, computed once per head.
+bool tied_heads(const StateStepParams& p) {
+  return p.headdim > 1 && p.A.stride[1] == 0 && p.dt.stride[2] == 0 &&
+         (!p.dt_bias.present() || p.dt_bias.stride[1] == 0);
+}
+
+// One channel: h = decay h + dt x B in place (npad entries), returns C . h; decay = exp(dt A), or
+// s.dA when the head is tied.
+float update_channel(float* hp, const StepScratch& s, float dt, float dtx, bool tied) {
   vf acc = splat(0.f);
   const vf dtv = splat(dt), dtxv = splat(dtx);
   for (int64_t n = 0; n < s.npad; n += kLanes) {
-    const vf h = exp2v(dtv * vload(&s.A[n])) * vload(&s.h[n]) + dtxv * vload(&s.B[n]);
-    vstore(&s.h[n], h);
+    const vf decay = tied ? vload(&s.dA[n]) : exp2v(dtv * vload(&s.A[n]));
+    const vf h = decay * vload(hp + n) + dtxv * vload(&s.B[n]);
+    vstore(hp + n, h);
     acc += h * vload(&s.C[n]);
   }
   return hsum(acc);
 }
 
+// The state row of one channel, updated in place when it is float32, unit-stride and whole vectors.
+template <typename S>
+float update_state(S* st, int64_t ss, StepScratch& s, int64_t N, float dt, float dtx, bool tied) {
+  if constexpr (std::is_same_v<S, float>) {
+    if (ss == 1 && N == s.npad) return update_channel(st, s, dt, dtx, tied);
+  }
+  load_padded(s.h.data(), st, ss, N, s.npad);
+  const float y = update_channel(s.h.data(), s, dt, dtx, tied);
+  for (int64_t n = 0; n < N; ++n) st[n * ss] = from_float<S>(s.h[n]);
+  return y;
+}
+
 template <typename S, typename T>
 void step_row(const StateStepParams& p, StepScratch& s, int64_t b, int64_t h) {
   const int64_t N = p.dstate, P = p.headdim, g = h / (p.nheads / p.ngroups);
+  const bool tied = tied_heads(p);
   T* out = mut_ptr<T>(p.out) + b * p.out.stride[0] + h * p.out.stride[1];
   const int32_t row = p.state_batch_indices.present()
                           ? ptr<int32_t>(p.state_batch_indices)[b * p.state_batch_indices.stride[0]] : int32_t(b);
@@ -66,10 +92,10 @@ void step_row(const StateStepParams& p, StepScratch& s, int64_t b, int64_t h) {
     if (p.softplus) dt = softplus_scalar(dt);
     if (i == 0 || p.A.stride[1] != 0)
       load_padded(s.A.data(), ptr<float>(p.A) + h * p.A.stride[0] + i * p.A.stride[1], p.A.stride[2], N, s.npad, kLog2e);
+    if (tied && i == 0)
+      for (int64_t n = 0; n < s.npad; n += kLanes) vstore(&s.dA[n], exp2v(splat(dt) * vload(&s.A[n])));
     S* st = mut_ptr<S>(p.state) + row * p.state.stride[0] + h * p.state.stride[1] + i * p.state.stride[2];
-    load_padded(s.h.data(), st, p.state.stride[3], N, s.npad);
-    float y = update_channel(s, dt, dt * x) + at2(p.D, h, i, 0.f) * x;
-    for (int64_t n = 0; n < N; ++n) st[n * p.state.stride[3]] = from_float<S>(s.h[n]);
+    float y = update_state(st, p.state.stride[3], s, N, dt, dt * x, tied) + at2(p.D, h, i, 0.f) * x;
     if (p.z.present()) {
       const float z = to_float(ptr<T>(p.z)[b * p.z.stride[0] + h * p.z.stride[1] + i * p.z.stride[2]]);
       y *= z / (1.f + std::exp(-z));
@@ -89,6 +115,40 @@ float lane_value(const TensorArg& t, int64_t b, int64_t h, float absent) {
   return t.present() ? to_float(ptr<E>(t)[b * t.stride[0] + h * t.stride[1]]) : absent;
 }
 
+// The P = 1 state rows are float32 and unit-stride along N, like A, in whole vectors: each lane's
+// row is then updated in place, vectorized along N, without the lane-transposed gather and scatter.
+template <typename S>
+bool rows_in_place(const StateStepParams& p) {
+  return std::is_same_v<S, float> && p.state.stride[3] == 1 && p.A.stride[2] == 1 && p.dstate % kLanes == 0;
+}
+
+// C . h of each lane after h = exp(dt A) h + dt x B, updating the lanes' state rows in place.
+template <typename T>
+vf update_rows(const StateStepParams& p, LaneScratch& s, int64_t b, int64_t row, int64_t h0, int nl, vf dt, vf dtx) {
+  const int64_t N = p.dstate, hpg = p.nheads / p.ngroups;
+  vf y = splat(0.f);
+  int64_t loaded = -1;  // the group whose B and C sit in s.B, s.C
+  for (int l = 0; l < nl; ++l) {
+    const int64_t h = h0 + l, g = h / hpg;
+    if (g != loaded) {
+      load_padded(s.B.data(), ptr<T>(p.B) + b * p.B.stride[0] + g * p.B.stride[1], p.B.stride[2], N, N);
+      load_padded(s.C.data(), ptr<T>(p.C) + b * p.C.stride[0] + g * p.C.stride[1], p.C.stride[2], N, N);
+      loaded = g;
+    }
+    float* st = mut_ptr<float>(p.state) + row * p.state.stride[0] + h * p.state.stride[1];
+    const float* A = ptr<float>(p.A) + h * p.A.stride[0];
+    const vf dtl = splat(dt[l] * kLog2e), dtxl = splat(dtx[l]);
+    vf acc = splat(0.f);
+    for (int64_t n = 0; n < N; n += kLanes) {
+      const vf hv = exp2v(dtl * vload(A + n)) * vload(st + n) + dtxl * vload(&s.B[n]);
+      vstore(st + n, hv);
+      acc += hv * vload(&s.C[n]);
+    }
+    y[l] = hsum(acc);
+  }
+  return y;
+}
+
 // Channels (heads of size 1) h0 .. h0 + 7 of batch row b.
 template <typename S, typename T>
 void step_lanes(const StateStepParams& p, LaneScratch& s, int64_t b, int64_t h0) {
@@ -101,6 +161,7 @@ void step_lanes(const StateStepParams& p, LaneScratch& s, int64_t b, int64_t h0)
     for (int l = 0; l < nl; ++l) out[(h0 + l) * p.out.stride[1]] = from_float<T>(0.f);
     return;
   }
+  const bool in_place = rows_in_place<S>(p);
   vf x = splat(0.f), dt = splat(0.f), z = splat(0.f), D = splat(0.f);
   for (int l = 0; l < nl; ++l) {
     const int64_t h = h0 + l, g = h / hpg;
@@ -108,6 +169,7 @@ void step_lanes(const StateStepParams& p, LaneScratch& s, int64_t b, int64_t h0)
     dt[l] = lane_value<T>(p.dt, b, h, 0.f) + at2(p.dt_bias, h, 0, 0.f);
     z[l] = lane_value<T>(p.z, b, h, 0.f);
     D[l] = at2(p.D, h, 0, 0.f);
+    if (in_place) continue;
     const S* st = ptr<S>(p.state) + row * p.state.stride[0] + h * p.state.stride[1];
     const float* A = ptr<float>(p.A) + h * p.A.stride[0];
     const T* Bp = ptr<T>(p.B) + b * p.B.stride[0] + g * p.B.stride[1];
@@ -122,16 +184,21 @@ void step_lanes(const StateStepParams& p, LaneScratch& s, int64_t b, int64_t h0)
   if (p.softplus) dt = softplusv(dt);
   const vf dtx = dt * x;
   vf acc = splat(0.f);
-  for (int64_t n = 0; n < N; ++n) {
-    const vf h = exp2v(dt * vload(&s.A[n * kLanes])) * vload(&s.h[n * kLanes]) + dtx * vload(&s.B[n * kLanes]);
-    vstore(&s.h[n * kLanes], h);
-    acc += h * vload(&s.C[n * kLanes]);
+  if (in_place) {
+    acc = update_rows<T>(p, s, b, row, h0, nl, dt, dtx);
+  } else {
+    for (int64_t n = 0; n < N; ++n) {
+      const vf h = exp2v(dt * vload(&s.A[n * kLanes])) * vload(&s.h[n * kLanes]) + dtx * vload(&s.B[n * kLanes]);
+      vstore(&s.h[n * kLanes], h);
+      acc += h * vload(&s.C[n * kLanes]);
+    }
   }
   vf y = acc + D * x;
   if (p.z.present()) y *= z * sigmoidv(z);
   for (int l = 0; l < nl; ++l) {
     S* st = mut_ptr<S>(p.state) + row * p.state.stride[0] + (h0 + l) * p.state.stride[1];
-    for (int64_t n = 0; n < N; ++n) st[n * p.state.stride[3]] = from_float<S>(s.h[n * kLanes + l]);
+    if (!in_place)
+      for (int64_t n = 0; n < N; ++n) st[n * p.state.stride[3]] = from_float<S>(s.h[n * kLanes + l]);
     out[(h0 + l) * p.out.stride[1]] = from_float<T>(y[l]);
   }
 }

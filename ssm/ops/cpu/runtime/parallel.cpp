@@ -1,6 +1,7 @@
 #include "cpu/runtime/parallel.h"
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
@@ -9,8 +10,13 @@
 namespace ssm::cpu {
 namespace {
 
-// Workers sleep on a condition variable; each job hands worker i the range i+1
-// (range 0 runs on the calling thread).
+// Workers sleep on a condition variable. A job is cut into up to kChunksPerThread x nthreads
+// contiguous chunks that the calling thread and the woken workers claim from an atomic counter,
+// so a worker that the OS has not scheduled yet (a busy or oversubscribed machine: torch's own
+// threads spinning after a matmul) delays nothing: the others take its chunks. A worker that
+// wakes after the caller finished finds the job closed and goes back to sleep.
+constexpr int64_t kChunksPerThread = 4;
+
 class Pool {
  public:
   void run(int64_t n, int nthreads, const std::function<void(int64_t, int64_t)>& fn) {
@@ -20,14 +26,17 @@ class Pool {
       std::lock_guard<std::mutex> lk(m_);
       fn_ = &fn;
       n_ = n;
-      parts_ = nthreads;
-      pending_ = nthreads - 1;
+      chunks_ = std::min<int64_t>(n, kChunksPerThread * nthreads);
+      next_.store(0, std::memory_order_relaxed);
+      helpers_wanted_ = nthreads - 1;
+      open_ = true;
       ++generation_;
     }
     cv_.notify_all();
-    run_part(0);
+    work();
     std::unique_lock<std::mutex> lk(m_);
-    done_cv_.wait(lk, [&] { return pending_ == 0; });
+    open_ = false;  // every chunk is claimed; wait for the workers still running theirs
+    done_cv_.wait(lk, [&] { return active_ == 0; });
     fn_ = nullptr;
   }
 
@@ -41,31 +50,31 @@ class Pool {
   }
 
  private:
-  void run_part(int part) {
-    int64_t chunk = (n_ + parts_ - 1) / parts_;
-    int64_t begin = std::min<int64_t>(n_, part * chunk), end = std::min<int64_t>(n_, begin + chunk);
-    if (begin < end) (*fn_)(begin, end);
-  }
-
-  void grow(int count) {
-    while (int(workers_.size()) < count) {
-      int index = int(workers_.size());
-      workers_.emplace_back([this, index] { loop(index + 1); });
+  void work() {
+    for (int64_t c = next_.fetch_add(1); c < chunks_; c = next_.fetch_add(1)) {
+      const int64_t begin = c * n_ / chunks_, end = (c + 1) * n_ / chunks_;
+      if (begin < end) (*fn_)(begin, end);
     }
   }
 
-  void loop(int part) {
+  void grow(int count) {
+    while (int(workers_.size()) < count) workers_.emplace_back([this] { loop(); });
+  }
+
+  void loop() {
     uint64_t seen = 0;
     for (;;) {
       std::unique_lock<std::mutex> lk(m_);
       cv_.wait(lk, [&] { return stop_ || generation_ != seen; });
       if (stop_) return;
       seen = generation_;
-      if (part >= parts_) continue;
+      if (!open_ || helpers_wanted_ == 0) continue;
+      --helpers_wanted_;
+      ++active_;
       lk.unlock();
-      run_part(part);
+      work();
       lk.lock();
-      if (--pending_ == 0) done_cv_.notify_one();
+      if (--active_ == 0) done_cv_.notify_one();
     }
   }
 
@@ -73,10 +82,11 @@ class Pool {
   std::condition_variable cv_, done_cv_;
   std::vector<std::thread> workers_;
   const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
-  int64_t n_ = 0;
-  int parts_ = 0, pending_ = 0;
+  int64_t n_ = 0, chunks_ = 0;
+  std::atomic<int64_t> next_{0};
+  int helpers_wanted_ = 0, active_ = 0;
   uint64_t generation_ = 0;
-  bool stop_ = false;
+  bool open_ = false, stop_ = false;
 };
 
 Pool& pool() {

@@ -1,0 +1,159 @@
+"""The eager fast paths of the small ops (plans cached per argument metadata) and the cached
+float32 copies of small parameters: same results as the general path, checks still enforced,
+caches invalidated when what they depend on changes."""
+import pytest
+import torch
+
+import ssm.ops as ops
+from ssm.ops import _kernels, conv, norm, state_step
+from ssm.ops.python import reference
+from tests.ops.harness import assert_close, to64, use_backend
+
+
+def _step_args(dtype=torch.float32):
+    # Mamba-2 per-head forms: state (2, 3, 4, 8); x (2, 3, 4); dt (2, 3); A, D, dt_bias (3,); B, C (2, 1, 8)
+    state = torch.randn(2, 3, 4, 8).to(dtype)
+    x, dt = torch.randn(2, 3, 4).to(dtype), torch.randn(2, 3).to(dtype)
+    A, D, dt_bias = -torch.rand(3) - 0.1, torch.randn(3).to(dtype), torch.randn(3).to(dtype)
+    B, C = torch.randn(2, 1, 8).to(dtype), torch.randn(2, 1, 8).to(dtype)
+    return state, x, dt, A, B, C, D, dt_bias
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_state_step_repeated_calls_match_reference(dtype):
+    state, x, dt, A, B, C, D, dt_bias = _step_args(dtype)
+    expect_state = state.double()
+    with torch.no_grad():
+        for _ in range(3):  # the first call makes the plan, the next ones run it
+            y = ops.selective_state_update(state, x, dt, A, B, C, D, dt_bias=dt_bias, dt_softplus=True)
+            s64, x64, dt64, A64, B64, C64, D64, db64 = to64(expect_state, x, dt, A, B, C, D, dt_bias)
+            ref = state_step.selective_state_update_ref(s64, x64, dt64, A64, B64, C64, D64, dt_bias=db64,
+                                                        dt_softplus=True)
+            expect_state = s64
+            assert_close(y, ref, dtype)
+            assert_close(state, expect_state, dtype)
+
+
+def test_state_step_checks_still_run_after_a_cached_plan():
+    state, x, dt, A, B, C, D, dt_bias = _step_args()
+    with torch.no_grad():
+        ops.selective_state_update(state, x, dt, A, B, C, D, dt_bias=dt_bias, dt_softplus=True)
+        with pytest.raises(ValueError, match="B"):
+            ops.selective_state_update(state, x, dt, A, B[:, :, :5], C, D, dt_bias=dt_bias, dt_softplus=True)
+        with pytest.raises(TypeError, match="dt"):
+            ops.selective_state_update(state, x, dt.long(), A, B, C, D, dt_bias=dt_bias, dt_softplus=True)
+
+
+def test_forced_backend_is_honoured_after_a_cached_plan(monkeypatch):
+    state, x, dt, A, B, C, D, dt_bias = _step_args()
+    calls = []
+    real = reference.selective_state_step
+    monkeypatch.setattr(reference, "selective_state_step", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.no_grad():
+        ops.selective_state_update(state, x, dt, A, B, C, D, dt_bias=dt_bias, dt_softplus=True)
+        assert not calls  # the C++ kernel ran
+        with use_backend("reference"):
+            ops.selective_state_update(state, x, dt, A, B, C, D, dt_bias=dt_bias, dt_softplus=True)
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("weight_3d", [False, True])
+def test_conv_update_repeated_calls_match_reference(weight_3d):
+    # x (2, 6); conv_state (2, 6, 4); weight (6, 4) or (6, 1, 4); bias (6,) in bfloat16 (cached float32 copy)
+    x_all = torch.randn(3, 2, 6)
+    state = torch.randn(2, 6, 4)
+    weight, bias = torch.randn(6, 1, 4) if weight_3d else torch.randn(6, 4), torch.randn(6).to(torch.bfloat16)
+    expect = state.double()
+    with torch.no_grad():
+        for x in x_all:
+            y = ops.causal_conv1d_update(x, state, weight, bias, "silu")
+            ref = reference.dw_causal_conv_update(x.double(), expect, weight.reshape(6, 4).double(),
+                                                  bias.double(), "silu")
+            assert_close(y, ref, torch.float32)
+            assert_close(state, expect, torch.float32)
+    with pytest.raises(ValueError, match="conv_state"):
+        ops.causal_conv1d_update(x_all[0], state[:, :, :2], weight, bias, "silu")
+
+
+def test_norm_fast_path_matches_general_path_and_checks():
+    x, res = torch.randn(1, 3, 16), torch.randn(1, 3, 16)
+    weight, bias = torch.randn(16), torch.randn(16)
+    with torch.no_grad():
+        for _ in range(2):
+            y, r = ops.layer_norm_fn(x, weight, bias, residual=res, prenorm=True, residual_in_fp32=True)
+            ref = reference.fused_layer_norm(x.double(), weight.double(), bias.double(), res.double(),
+                                             prenorm=True)
+            assert_close(y, ref[0], torch.float32)
+            assert_close(r, ref[1], torch.float32)
+        with pytest.raises(ValueError, match="residual"):
+            ops.layer_norm_fn(x, weight, bias, residual=res[:, :2], prenorm=True)
+    # with autograd the custom op runs (gradients flow)
+    xg = x.clone().requires_grad_()
+    ops.layer_norm_fn(xg, weight, bias, residual=res).sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
+
+
+def test_plans_are_cached_per_signature():
+    x, weight = torch.randn(2, 8), torch.randn(8)
+    with torch.no_grad():
+        ops.rms_norm_fn(x, weight, None)
+        assert norm._plans[norm._signature(x, weight, None, None, True, False, False)]
+        other = torch.randn(3, 8)
+        assert norm._signature(other, weight, None, None, True, False, False) not in norm._plans
+        ops.rms_norm_fn(other, weight, None)
+        assert norm._plans[norm._signature(other, weight, None, None, True, False, False)]
+    # a non-contiguous x takes the general path (no plan), with the same result
+    wide = torch.randn(2, 16)[:, ::2]
+    with torch.no_grad():
+        y = ops.rms_norm_fn(wide, weight, None)
+        assert norm._plans[norm._signature(wide, weight, None, None, True, False, False)] is False
+    assert_close(y, reference.fused_layer_norm(wide.double(), weight.double(), None, is_rms=True, eps=1e-6,
+                                               prenorm=False),
+                 torch.float32)
+
+
+def test_float32_copy_follows_in_place_updates():
+    p = torch.nn.Parameter(torch.randn(5).to(torch.bfloat16))
+    with torch.no_grad():
+        first = _kernels.float32_param(p)
+        assert first.dtype == torch.float32 and torch.equal(first, p.float())
+        assert _kernels.float32_param(p) is first  # unchanged: the cached copy
+        p.mul_(2)  # in place: the version counter moves
+        second = _kernels.float32_param(p)
+        assert second is not first and torch.equal(second, p.float())
+        p.data = torch.randn(5).to(torch.bfloat16)  # new data
+        third = _kernels.float32_param(p)
+        assert torch.equal(third, p.float())
+
+
+def test_float32_copy_not_cached_under_autograd():
+    p = torch.nn.Parameter(torch.randn(5).to(torch.bfloat16))
+    out = _kernels.float32_param(p)
+    assert out.requires_grad  # the cast is recorded: gradients reach p
+    out.sum().backward()
+    assert p.grad is not None
+
+
+def test_float32_copy_dropped_with_its_parameter():
+    p = torch.randn(5).to(torch.bfloat16)
+    with torch.no_grad():
+        _kernels.float32_param(p)
+    ident = id(p)
+    assert ident in _kernels._float32_copies
+    del p
+    assert ident not in _kernels._float32_copies
+
+
+def test_float32_params_in_bf16_decode_follow_weight_updates():
+    # Mamba-1 decode in bfloat16: D is converted once, and again after it changes in place
+    state = torch.zeros(1, 6, 4, dtype=torch.bfloat16)
+    x, dt, z = (torch.randn(1, 6).to(torch.bfloat16) for _ in range(3))
+    A, B, C = -torch.rand(6, 4) - 0.1, torch.randn(1, 4).to(torch.bfloat16), torch.randn(1, 4).to(torch.bfloat16)
+    D = torch.randn(6).to(torch.bfloat16)
+    with torch.no_grad():
+        y1 = ops.selective_state_step(state.clone(), x, dt, A, B, C, D, z)
+        D.add_(1.0)
+        y2 = ops.selective_state_step(state.clone(), x, dt, A, B, C, D, z)
+    ref = reference.selective_state_step(*to64(state, x, dt, A, B, C, D, z), softplus=True)
+    assert_close(y2, ref, torch.bfloat16)
+    assert not torch.equal(y1, y2)
