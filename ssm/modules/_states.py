@@ -41,6 +41,21 @@ def varlen_conv_windows(x: Tensor, cu_seqlens: Tensor, width: int) -> Tensor:
     return windows.permute(1, 0, 2)
 
 
+def layer_states(mixer, inference_params, batch_size: int, initialize_states: bool = False) -> tuple:
+    """The mixer's (conv_state, ssm_state) rows in ``inference_params``, allocated on first use with
+    ``mixer.allocate_inference_cache``; zeroed when ``initialize_states``."""
+    if mixer.layer_idx is None:
+        raise ValueError(f"layer_idx: a {type(mixer).__name__} layer needs a layer_idx to use an inference cache")
+    cache = inference_params.key_value_memory_dict
+    if mixer.layer_idx not in cache:
+        cache[mixer.layer_idx] = mixer.allocate_inference_cache(batch_size, inference_params.max_seqlen)
+    states = cache_rows(cache[mixer.layer_idx], batch_size, mixer.layer_idx)
+    if initialize_states:
+        for state in states:
+            state.zero_()
+    return states
+
+
 def cache_rows(states: tuple, batch_size: int, layer_idx) -> tuple:
     """The first ``batch_size`` rows of cached states (views, so in-place updates reach the cache)."""
     have = states[0].shape[0]

@@ -199,17 +199,4 @@ class Mamba1(nn.Module):
         return conv_state, ssm_state
 
     def _get_states_from_cache(self, inference_params, batch_size, initialize_states=False):
-        if self.layer_idx is None:
-            raise ValueError("layer_idx: a Mamba1 layer needs a layer_idx to use an inference cache")
-        cache = inference_params.key_value_memory_dict
-        if self.layer_idx not in cache:
-            conv_state = torch.zeros(batch_size, self.d_inner, self.d_conv, device=self.conv1d.weight.device,
-                                     dtype=self.conv1d.weight.dtype)
-            ssm_state = torch.zeros(batch_size, self.d_inner, self.d_state, device=self.dt_proj.weight.device,
-                                    dtype=self.dt_proj.weight.dtype)
-            cache[self.layer_idx] = (conv_state, ssm_state)
-        conv_state, ssm_state = _states.cache_rows(cache[self.layer_idx], batch_size, self.layer_idx)
-        if initialize_states:
-            conv_state.zero_()
-            ssm_state.zero_()
-        return conv_state, ssm_state
+        return _states.layer_states(self, inference_params, batch_size, initialize_states)

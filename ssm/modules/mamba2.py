@@ -289,17 +289,4 @@ class Mamba2(nn.Module):
         return conv_state, ssm_state
 
     def _get_states_from_cache(self, inference_params, batch_size, initialize_states=False):
-        if self.layer_idx is None:
-            raise ValueError("layer_idx: a Mamba2 layer needs a layer_idx to use an inference cache")
-        cache = inference_params.key_value_memory_dict
-        if self.layer_idx not in cache:
-            conv_state = torch.zeros(batch_size, self.d_conv, self.conv1d.weight.shape[0],
-                                     device=self.conv1d.weight.device, dtype=self.conv1d.weight.dtype).transpose(1, 2)
-            ssm_state = torch.zeros(batch_size, self.nheads, self.headdim, self.d_state,
-                                    device=self.in_proj.weight.device, dtype=self.in_proj.weight.dtype)
-            cache[self.layer_idx] = (conv_state, ssm_state)
-        conv_state, ssm_state = _states.cache_rows(cache[self.layer_idx], batch_size, self.layer_idx)
-        if initialize_states:
-            conv_state.zero_()
-            ssm_state.zero_()
-        return conv_state, ssm_state
+        return _states.layer_states(self, inference_params, batch_size, initialize_states)
