@@ -106,6 +106,20 @@ def forced_backend_value():
     return _ENVIRON.get(b"SSM_BACKEND") if _ENVIRON is not None else os.environ.get("SSM_BACKEND")
 
 
+def call_signature(flags: tuple, tensors: tuple, strides: bool = True):
+    """The eager fast paths' plan key: SSM_BACKEND, the call's flags and each tensor's type, shape,
+    (strides,) dtype and device; None when an argument is not a tensor or a flag is unhashable
+    (the op's checks will say)."""
+    try:
+        sig = (forced_backend_value(), *flags, *[
+            None if t is None else (type(t), t.shape, t.stride() if strides else None, t.dtype, t.device)
+            for t in tensors])
+        hash(sig)
+        return sig
+    except (AttributeError, TypeError):
+        return None
+
+
 def dtype_code(t: torch.Tensor) -> int:
     return DTYPE_CODES[t.dtype]
 

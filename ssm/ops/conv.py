@@ -287,14 +287,11 @@ _update_plans: dict = {}
 def _update_signature(x, conv_state, weight, bias, activation, conv_state_indices, cache_seqlens):
     """The call's metadata key (weight's strides too: the kernel reads it contiguous along the
     width), or None when an argument is not a tensor (the checks will say)."""
-    try:
-        sig = (_kernels.forced_backend_value(), type(activation), activation, weight.stride(), *[
-            None if t is None else (type(t), t.shape, t.dtype, t.device)
-            for t in (x, conv_state, weight, bias, conv_state_indices, cache_seqlens)])
-        hash(sig)
-        return sig
-    except (AttributeError, TypeError):
+    stride = getattr(weight, "stride", None)
+    if stride is None:
         return None
+    return _kernels.call_signature((type(activation), activation, stride()),
+                                   (x, conv_state, weight, bias, conv_state_indices, cache_seqlens), strides=False)
 
 
 def _make_update_plan(x, conv_state, weight, bias, activation, conv_state_indices, cache_seqlens):

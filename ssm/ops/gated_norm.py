@@ -126,14 +126,8 @@ _plans: dict = {}
 def _signature(x, weight, bias, z, group_size, norm_before_gate, is_rms_norm):
     """The call's metadata key (strides too: the fast path needs x and z as (M, N) rows), or None
     when an argument is not a tensor or group_size is unhashable (the checks will say)."""
-    try:
-        sig = (_kernels.forced_backend_value(), type(group_size), group_size, bool(norm_before_gate),
-               bool(is_rms_norm), *[None if t is None else (type(t), t.shape, t.stride(), t.dtype, t.device)
-                                    for t in (x, weight, bias, z)])
-        hash(sig)
-        return sig
-    except (AttributeError, TypeError):
-        return None
+    return _kernels.call_signature((type(group_size), group_size, bool(norm_before_gate), bool(is_rms_norm)),
+                                   (x, weight, bias, z))
 
 
 def _rows(t: Optional[Tensor]) -> bool:

@@ -158,12 +158,8 @@ _plans: dict = {}
 def _signature(x, weight, bias, residual, is_rms, prenorm, residual_in_fp32):
     """The call's metadata key (strides too: the fast path needs collapsible rows), or None when
     an argument is not a tensor (the checks will say)."""
-    try:
-        return (_kernels.forced_backend_value(), bool(is_rms), bool(prenorm), bool(residual_in_fp32), *[
-            None if t is None else (type(t), t.shape, t.stride(), t.dtype, t.device)
-            for t in (x, weight, bias, residual)])
-    except (AttributeError, TypeError):
-        return None
+    return _kernels.call_signature((bool(is_rms), bool(prenorm), bool(residual_in_fp32)),
+                                   (x, weight, bias, residual))
 
 
 def _make_plan(x, weight, bias, residual, residual_in_fp32):
