@@ -247,7 +247,18 @@ def bench_norm(copy_gbs):
         ms = time_ms(fwd)
         with backend("reference"):
             ref_ms = time_ms(fwd, reps=5)
-        record(f"gated rmsnorm fwd w{width} g{width // 8}", f"{M}x{width} bf16", ms, 3 * nbytes(x), copy_gbs, ref_ms)
+        record(f"gated rmsnorm fwd w{width} g{width // 8}", f"{M}x{width} bf16", ms, 3 * nbytes(x), copy_gbs, ref_ms,
+               kms=kernel_ms(fwd))
+        xg, zg, gwg = (t.clone().requires_grad_() for t in (x, z, gw))
+
+        def gated_fwd_bwd():
+            xg.grad = zg.grad = gwg.grad = None
+            y = ops.gated_rms_norm(xg, gwg, None, zg, 1e-6, width // 8, False, True)
+            torch.autograd.backward(y, dy)
+        ms = time_ms(gated_fwd_bwd, inner=5)
+        # fwd: x, z in, y out; bwd: x, z, dy in, dx, dz out
+        record(f"gated rmsnorm fwd+bwd w{width} g{width // 8}", f"{M}x{width} bf16", ms, 8 * nbytes(x), copy_gbs,
+               kms=kernel_ms(gated_fwd_bwd))
 
 
 def main():

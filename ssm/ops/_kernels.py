@@ -167,3 +167,15 @@ def dtype_reason(*tensors: torch.Tensor | None) -> str | None:
         if t is not None and t.dtype not in DTYPE_CODES:
             return f"no kernel for dtype {t.dtype}"
     return None
+
+
+# The CUDA norm backwards write one partial dweight / dbias row per row block (ssm/ops/cuda/bind/norms.cpp).
+CUDA_NORM_PARTS = 1024
+
+
+def norm_parts(backend: str, rows: int, exec_value: int) -> int:
+    """Rows of the norm backwards' partial dweight / dbias workspaces: one per CPU thread, or
+    min(rows, CUDA_NORM_PARTS) on CUDA (at least 1)."""
+    if backend == "cpu":
+        return max(1, exec_value)
+    return max(1, min(rows, CUDA_NORM_PARTS))

@@ -61,7 +61,7 @@ def _bwd_impl(x, weight, bias, z, dy, eps, group_size, norm_before_gate, is_rms)
     nthreads = _kernels.exec_arg(backend, x)
     dx = _kernels.empty((M, N), x)
     dz = None if z is None else _kernels.empty((M, N), z)
-    dw_parts = _kernels.empty((max(1, nthreads) if backend == "cpu" else 1, N), weight)
+    dw_parts = _kernels.empty((_kernels.norm_parts(backend, M, nthreads), N), weight)
     db_parts = None if bias is None else _kernels.empty(dw_parts.shape, weight)
     _kernels.module(backend).gated_norm_bwd(
         M, N, group_size, _kernels.dtype_code(x), _kernels.ref(x), _kernels.ref(weight), _kernels.ref(bias),

@@ -88,7 +88,7 @@ def _bwd_impl(s, weight, bias, dy, dres, eps, is_rms, x_dtype, residual_dtype, h
     dx = _kernels.empty((M, N), s, x_dtype)
     dresidual = _kernels.empty((M, N), s, residual_dtype) if has_residual else None
     nthreads = _kernels.exec_arg(backend, s)
-    dw_parts = _kernels.empty((max(1, nthreads) if backend == "cpu" else 1, N), weight)
+    dw_parts = _kernels.empty((_kernels.norm_parts(backend, M, nthreads), N), weight)
     db_parts = _kernels.empty(dw_parts.shape, weight) if bias is not None else None
     _kernels.module(backend).layer_norm_bwd(
         M, N, _kernels.dtype_code(s), _kernels.ref(s), _kernels.ref(weight), _kernels.ref(bias),

@@ -86,6 +86,28 @@ def test_gradients_match_reference(backend, dtype, option, is_rms, prenorm):
 
 
 @pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(3, 700, 1000), (1, 33, 4096), (1, 5, 8192), (1, 3, 8200)])  # (B, L, N)
+@pytest.mark.parametrize("option", ["residual+fp32", "no-bias"])
+@pytest.mark.parametrize("is_rms", [False, True], ids=["ln", "rms"])
+def test_gradients_wide_rows(backend, dtype, shape, option, is_rms):
+    """Rows of 8-feature packs (a partly used last warp, more rows than partial sums, the widest
+    row in registers) and one wider than that."""
+    x, w, b, residual = make(shape, dtype, device_of(backend), option)
+    leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, w, b, residual)]
+    with use_backend(backend):
+        y, res = ops.fused_layer_norm(*leaves, is_rms=is_rms, prenorm=True, residual_in_fp32=True)
+        grads = [torch.randn_like(y), torch.randn_like(res)]
+        torch.autograd.backward([y, res], grads)
+    ref_leaves = [t.detach().double().requires_grad_() if t is not None else None for t in (x, w, b, residual)]
+    ry, rs = independent(*ref_leaves, is_rms, 1e-5)
+    torch.autograd.backward([ry, rs], [g.double() for g in grads])
+    for name, got, want in zip(("dx", "dweight", "dbias", "dresidual"), leaves, ref_leaves):
+        if got is not None:
+            assert_close(got.grad, want.grad, dtype, name, factor=2.0)
+
+
+@pytest.mark.parametrize("backend", backends())
 def test_long_rows_many_tokens(backend):
     x, w, b, residual = make((1, 4097, 96), torch.bfloat16, device_of(backend), "residual")
     leaves = [t.clone().requires_grad_() for t in (x, w, b, residual)]

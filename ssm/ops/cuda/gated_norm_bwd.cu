@@ -2,7 +2,8 @@
 // the normalized input (recomputed from x and z) and dy go to shared memory, then
 //   ds = rstd * (g - mean(g) - n * mean(g * n)), g = dy0 * w, n = norm(s),
 // with dy0 = dy * silu(z) when the gate follows the norm; dx and dz follow by the chain rule.
-// dweight / dbias accumulate per column over the block's rows and are added once per block.
+// dweight / dbias accumulate per column over the block's rows and are added once per block into
+// partial row 0 (the other partial rows are zeroed).
 #include "cuda/norm_common.cuh"
 
 namespace ssm::cuda {
@@ -91,7 +92,8 @@ void gated_norm_bwd(const GatedNormParams& p, cudaStream_t stream) {
   SSM_CHECK(p.group >= 1 && p.cols % p.group == 0, op, "group size ", p.group, " must divide ", p.cols);
   const size_t smem = 4 * size_t(p.group) * sizeof(float);
   SSM_CHECK(smem <= 200 * 1024, op, "the CUDA kernel takes groups of at most 12800 features, got ", p.group);
-  norm::zero_rows<<<ceil_div(p.cols, 256), 256, 0, stream>>>(p.dweight_parts, p.dbias_parts, 1, p.cols);
+  norm::zero_rows<<<ceil_div(p.parts * p.cols, 256), 256, 0, stream>>>(p.dweight_parts, p.dbias_parts, p.parts,
+                                                                          p.cols);
   const int64_t ngroups = p.cols / p.group;
   if (p.rows > 0) {
     int sms = 0, dev = 0;

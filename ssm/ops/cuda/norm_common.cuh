@@ -62,6 +62,46 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
   return s;
 }
 
+// Sums of up to 4 values over the block, every thread gets them (blockDim.x a multiple of 32).
+// buf: 32 float4 of shared memory; two consecutive calls must use different buffers (a call
+// rewrites its buffer after only one barrier).
+__device__ __forceinline__ float4 block_sum4(float4 v, float4* buf) {
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) {
+    v.x += __shfl_xor_sync(0xffffffffu, v.x, off), v.y += __shfl_xor_sync(0xffffffffu, v.y, off);
+    v.z += __shfl_xor_sync(0xffffffffu, v.z, off), v.w += __shfl_xor_sync(0xffffffffu, v.w, off);
+  }
+  if (blockDim.x == 32) return v;
+  if (threadIdx.x % 32 == 0) buf[threadIdx.x / 32] = v;
+  __syncthreads();
+  float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
+  for (int i = 0; i < int(blockDim.x / 32); ++i) {
+    const float4 b = buf[i];
+    s.x += b.x, s.y += b.y, s.z += b.z, s.w += b.w;
+  }
+  return s;
+}
+
+// Writes a block's partial column sums v (8 columns from col) into row `part` of parts, and
+// zeroes the rows part + k * gridDim.x < rows_total that no block computes.
+__device__ __forceinline__ void store_partial(const TensorArg& parts, int64_t rows_total, int64_t part,
+                                              int64_t col, const float* v) {
+  store<8>(parts, DType::f32, part, col, v);
+  const float zero[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  for (int64_t r = part + gridDim.x; r < rows_total; r += gridDim.x) store<8>(parts, DType::f32, r, col, zero);
+}
+
+// Blocks of `threads` that fill the GPU once (occupancy x SMs), at most `parts`.
+template <typename Kernel>
+int64_t resident_blocks(Kernel kernel, int threads, int64_t parts) {
+  int sms = 0, dev = 0, per_sm = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0);
+  const int64_t n = int64_t(per_sm > 0 ? per_sm : 1) * sms;
+  return n < parts ? n : parts;
+}
+
 // Threads for a block over `n` features read 8 (or 1) at a time: enough for one pass, a multiple
 // of 32, at most kThreads.
 inline int threads_for(int64_t n, bool packed) {

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Device round (norms): the CUDA norm / gated norm / conv tests (-x), then the norm rows and the
+# conv rows of bench_cuda.py, with each figure's share of the copy bandwidth on kernel time.
+# Usage: benchmarks/device/norms.sh OUT_DIR   (runs from the repo root after the build; < 50 s)
+set -uo pipefail
+OUT=${1:-results/norms}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+timeout 24 python3 -m pytest tests/ops/test_norm.py tests/ops/test_gated_norm.py tests/ops/test_dw_causal_conv.py \
+  -q -x -m cuda -p no:cacheprovider > "$OUT/pytest.log" 2>&1
+echo "tests rc=$?: $(grep -E "^FAILED|^ERROR|passed|failed" "$OUT/pytest.log" | cut -c1-240 | tail -4 | tr '\n' ' ')"
+timeout 22 python3 benchmarks/bench_cuda.py --only norm,conv --out "$OUT/bench.json" > "$OUT/bench.log" 2>&1
+echo "bench rc=$?"
+python3 - "$OUT/bench.json" <<'PY' || tail -5 "$OUT/bench.log"
+import json, re, sys
+d = json.load(open(sys.argv[1]))
+copy = d["meta"]["copy_gbs"]
+print(f"{d['meta']['device']}: copy {copy:.0f} GB/s")
+for r in d["results"]:
+    m = re.search(r"kernels alone ([0-9.]+) us", r["note"] or "")
+    k = f"kernels {float(m.group(1)):7.1f} us = {100 * r['bytes'] / (float(m.group(1)) * 1e-6) / 1e9 / copy:5.1f}% copy" if m else ""
+    print(f"  {r['name']:34s} event {r['ms'] * 1e3:7.1f} us = {100 * r['frac_copy']:5.1f}% copy  {k}")
+PY
