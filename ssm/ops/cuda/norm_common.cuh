@@ -82,6 +82,26 @@ __device__ __forceinline__ float4 block_sum4(float4 v, float4* buf) {
   return s;
 }
 
+// Sums of up to 4 values over the `warps` warps of one segment (threadIdx.y) of the block, every
+// thread of the segment gets them. buf: this segment's `warps` float4 of shared memory, used as in
+// block_sum4 (all segments of the block call it together).
+__device__ __forceinline__ float4 segment_sum4(float4 v, float4* buf, int warps) {
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) {
+    v.x += __shfl_xor_sync(0xffffffffu, v.x, off), v.y += __shfl_xor_sync(0xffffffffu, v.y, off);
+    v.z += __shfl_xor_sync(0xffffffffu, v.z, off), v.w += __shfl_xor_sync(0xffffffffu, v.w, off);
+  }
+  if (warps == 1) return v;
+  if (threadIdx.x % 32 == 0) buf[threadIdx.x / 32] = v;
+  __syncthreads();
+  float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
+  for (int i = 0; i < warps; ++i) {
+    const float4 b = buf[i];
+    s.x += b.x, s.y += b.y, s.z += b.z, s.w += b.w;
+  }
+  return s;
+}
+
 // Writes a block's partial column sums v (8 columns from col) into row `part` of parts, and
 // zeroes the rows part + k * gridDim.x < rows_total that no block computes.
 __device__ __forceinline__ void store_partial(const TensorArg& parts, int64_t rows_total, int64_t part,
