@@ -91,8 +91,8 @@ def test_gradients_match_reference(backend, dtype, option, is_rms, prenorm):
 @pytest.mark.parametrize("option", ["residual+fp32", "no-bias"])
 @pytest.mark.parametrize("is_rms", [False, True], ids=["ln", "rms"])
 def test_gradients_wide_rows(backend, dtype, shape, option, is_rms):
-    """Rows of 8-feature packs (a partly used last warp, more rows than partial sums, the widest
-    row in registers) and one wider than that."""
+    """Rows of 8-feature packs (a partly used last warp, more rows than resident blocks and than
+    partial sums, the widest row in registers) and one wider than that, forward and backward."""
     x, w, b, residual = make(shape, dtype, device_of(backend), option)
     leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, w, b, residual)]
     with use_backend(backend):
@@ -102,6 +102,8 @@ def test_gradients_wide_rows(backend, dtype, shape, option, is_rms):
     ref_leaves = [t.detach().double().requires_grad_() if t is not None else None for t in (x, w, b, residual)]
     ry, rs = independent(*ref_leaves, is_rms, 1e-5)
     torch.autograd.backward([ry, rs], [g.double() for g in grads])
+    assert_close(y, ry.detach(), dtype, "y")
+    assert_close(res, rs.detach(), torch.float32, "residual_out")
     for name, got, want in zip(("dx", "dweight", "dbias", "dresidual"), leaves, ref_leaves):
         if got is not None:
             assert_close(got.grad, want.grad, dtype, name, factor=2.0)
