@@ -1,8 +1,9 @@
 """Glue between public ops and torch.library custom ops.
 
 Every op is a ``torch.library`` custom op with a fake implementation, so ``torch.compile``
-and ``torch.export`` see one opaque node. In eager mode without autograd the public op
-calls the implementation directly, which skips the dispatcher's per-call cost.
+and ``torch.export`` see one opaque node. In eager mode the op's calls skip the dispatcher's
+per-call cost: without autograd they run the implementation, with autograd an equivalent
+``autograd.Function`` (:class:`EagerCustomOp`).
 """
 from __future__ import annotations
 
@@ -93,7 +94,8 @@ def none_if_empty(t: torch.Tensor) -> torch.Tensor | None:
 def custom_op(name: str, mutates_args=()):
     """``torch.library.custom_op`` whose outputs are always contiguous, so that fake
     implementations (which allocate contiguous outputs with :func:`empty_like`) describe
-    the real ones exactly, whatever path (kernel or reference) produced them."""
+    the real ones exactly, whatever path (kernel or reference) produced them. Eager calls
+    skip the dispatcher (see :class:`EagerCustomOp`)."""
     def register(fn):
         @functools.wraps(fn)
         def contiguous_outputs(*args, **kwargs):
@@ -104,8 +106,56 @@ def custom_op(name: str, mutates_args=()):
                 return type(out)(o.contiguous() if isinstance(o, torch.Tensor) else o for o in out)
             return out
         schema = torch.library.infer_schema(fn, mutates_args=mutates_args)
-        return torch.library.custom_op(name, contiguous_outputs, mutates_args=mutates_args, schema=schema)
+        op = torch.library.custom_op(name, contiguous_outputs, mutates_args=mutates_args, schema=schema)
+        return EagerCustomOp(name, op, contiguous_outputs)
     return register
+
+
+# Switch: False sends every call through the registered custom ops (the dispatcher path).
+EAGER_DIRECT = True
+
+
+class EagerCustomOp:
+    """A custom op whose eager calls skip the dispatcher and torch.library's autograd wrapper
+    (about 100 us of Python per call): with autograd, an ``autograd.Function`` built from the
+    op's own setup_context / backward runs the implementation; without, the implementation
+    runs directly. Compiling, exporting, keyword arguments, or autograd on an op without a
+    backward go through the registered op, as do the fake and autograd registrations."""
+
+    def __init__(self, name: str, op, impl):
+        self._name, self._op, self._impl, self._function = name, op, impl, None
+
+    def __getattr__(self, name):
+        return getattr(self._op, name)
+
+    def register_fake(self, fn):
+        return self._op.register_fake(fn)
+
+    def register_autograd(self, backward, *, setup_context=None):
+        self._op.register_autograd(backward, setup_context=setup_context)
+        self._function = _eager_function(self._name, self._impl, backward, setup_context)
+
+    def __call__(self, *args, **kwargs):
+        if kwargs or not EAGER_DIRECT or torch.compiler.is_compiling():
+            return self._op(*args, **kwargs)
+        if not needs_autograd(*args):
+            return self._impl(*args)
+        if self._function is None:
+            return self._op(*args)
+        return self._function.apply(*args)
+
+
+def _eager_function(name: str, impl, backward, setup_context):
+    """The autograd.Function of an op's eager path: same forward, context and backward as the
+    op's registered autograd (grads of absent outputs materialized as zeros, as there)."""
+    def forward(ctx, *args):
+        out = impl(*args)
+        if setup_context is not None:
+            setup_context(ctx=ctx, inputs=args, output=out)
+        return out
+
+    return type(f"Eager_{name.replace('::', '_')}", (torch.autograd.Function,),
+                {"forward": staticmethod(forward), "backward": staticmethod(backward)})
 
 
 def empty_like(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
