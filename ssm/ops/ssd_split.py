@@ -13,8 +13,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssm.ops import _checks, _library
+from ssm.ops.conv import _bwd_op as _conv_bwd, _fwd_op as _conv_fwd
+from ssm.ops.gated_norm import _bwd_op as _gated_norm_bwd, _fwd_op as _gated_norm_fwd
 from ssm.ops.python import reference
-from ssm.ops.ssd import _check_dt_limit
+from ssm.ops.ssd import _bwd_op as _ssd_bwd, _check_dt_limit, _fwd_op as _ssd_fwd
 
 _INF = float("inf")
 _ACTIVATIONS = (None, "silu", "swish")
@@ -62,8 +64,7 @@ def _split(zxbcdt, sizes):
 
 def _conv(xBC, w, b, seq_idx, silu):
     # xBC (B, L, channels) -> conv over L, as a (B, L, channels) view of the (B, channels, L) output
-    return torch.ops.ssm.dw_causal_conv_fwd(xBC.transpose(1, 2).contiguous(), w, b, seq_idx, None, silu,
-                                            False)[0].transpose(1, 2)
+    return _conv_fwd(xBC.transpose(1, 2).contiguous(), w, b, seq_idx, None, silu, False)[0].transpose(1, 2)
 
 
 def _scan_args(xBCc, z, dt, sizes, headdim, ngroups, gated):
@@ -84,8 +85,8 @@ def _ssm_out(zxbcdt, conv_w, conv_b, dt_bias, A, D, initial_states, seq_idx, nor
     xBCc = _conv(xBC, conv_w, conv_b, seq_idx, silu)
     sargs = _scan_args(xBCc, z, dt, sizes, headdim, ngroups, norm_w is None)
     x, dt32, B, C, zs = sargs
-    y, final, _ = torch.ops.ssm.ssd_chunk_scan_fwd(x, dt32, A, B, C, D, zs, dt_bias, initial_states, seq_idx,
-                                                   None, chunk_size, True, dt_lo, dt_hi, return_final, False)
+    y, final, _ = _ssd_fwd(x, dt32, A, B, C, D, zs, dt_bias, initial_states, seq_idx, None, chunk_size, True,
+                           dt_lo, dt_hi, return_final, False)
     y = y.reshape(zxbcdt.shape[0], zxbcdt.shape[1], -1)
     yn = y if norm_w is None else _norm(y, z, norm_w, sizes, cfg)
     return xBC, xBCc, sargs, y, yn, final
@@ -95,8 +96,8 @@ def _norm(y, z, norm_w, sizes, cfg):
     # y, z (B, L, dim) -> gated RMSNorm over groups of dim / G
     eps, ngroups, norm_before_gate = cfg[4], cfg[6], cfg[7]
     dim = sizes[1]
-    out = torch.ops.ssm.gated_norm_fwd(y.reshape(-1, dim), norm_w, None, z.reshape(-1, dim), eps, dim // ngroups,
-                                       norm_before_gate, True)
+    out = _gated_norm_fwd(y.reshape(-1, dim), norm_w, None, z.reshape(-1, dim), eps, dim // ngroups,
+                          norm_before_gate, True)
     return out.view(y.shape)
 
 
@@ -166,15 +167,14 @@ def _fused_bwd(zxbcdt, conv_w, conv_b, dt_bias, A, D, initial_states, seq_idx, n
     dzx0 = _swiglu_bwd(zx0, dcat[..., :d_nonssm], d_nonssm)
     dy, d_norm_w, dz = dcat[..., d_nonssm:], None, None
     if norm_w is not None:
-        dy, d_norm_w, _, dz = torch.ops.ssm.gated_norm_bwd(y.reshape(-1, dim), norm_w, None, z.reshape(-1, dim),
-                                                           dy.reshape(-1, dim), eps, dim // ngroups,
-                                                           norm_before_gate, True)
-    dx, ddt, dA, dB, dC, dD, dzs, d_dt_bias, dinit = torch.ops.ssm.ssd_chunk_scan_bwd(
+        dy, d_norm_w, _, dz = _gated_norm_bwd(y.reshape(-1, dim), norm_w, None, z.reshape(-1, dim),
+                                              dy.reshape(-1, dim), eps, dim // ngroups, norm_before_gate, True)
+    dx, ddt, dA, dB, dC, dD, dzs, d_dt_bias, dinit = _ssd_bwd(
         x, dt32, A, B, C, D, zs, dt_bias, initial_states, seq_idx, None, dy.reshape(x.shape), dfinal,
         zxbcdt.new_empty(0), chunk_size, True, dt_lo, dt_hi, return_final, False)
     # d conv output (B, channels, L)
     dxBCc = torch.cat([dx.reshape(batch, L, dim), dB.reshape(batch, L, gn), dC.reshape(batch, L, gn)], -1)
-    dxBC, d_conv_w, d_conv_b, _ = torch.ops.ssm.dw_causal_conv_bwd(
+    dxBC, d_conv_w, d_conv_b, _ = _conv_bwd(
         xBC.transpose(1, 2).contiguous(), conv_w, conv_b, seq_idx, None, dxBCc.transpose(1, 2).contiguous(),
         zxbcdt.new_empty(0), silu, False)
     dz = dzs.reshape(batch, L, dim) if norm_w is None else dz.view(batch, L, dim)
