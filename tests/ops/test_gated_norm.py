@@ -80,12 +80,13 @@ def test_gradients_match_reference(backend, dtype, group, option, is_rms):
 
 @pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(2, 520, 1536, None), (1, 1100, 512, 64), (1, 33, 384, 96), (1, 5, 4096, None)])
+@pytest.mark.parametrize("shape", [(2, 520, 1536, None), (1, 1101, 1024, 512), (1, 33, 384, 96), (1, 5, 4096, None)])
 @pytest.mark.parametrize("option", ["no-z", "z-before", "z-after+bias"])
 @pytest.mark.parametrize("is_rms", [True, False], ids=["rms", "ln"])
 def test_gradients_packed_groups(backend, dtype, shape, option, is_rms):
-    """Groups of 8-feature packs: several rows of one group per block, a partly used warp, more
-    rows than partial sums, and a group wider than the register kernel takes."""
+    """Groups of 8-feature packs: several rows of one group per block (the last block partly
+    used), a partly used warp, more rows than partial sums, and a group wider than the register
+    kernels take; forward and backward."""
     nbg = option != "z-after+bias"
     x, w, b, z = make(shape, dtype, device_of(backend), z=option != "no-z", bias="bias" in option, noncontig=False)
     leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, w, b, z)]
@@ -94,7 +95,9 @@ def test_gradients_packed_groups(backend, dtype, shape, option, is_rms):
         dy = torch.randn_like(y)
         y.backward(dy)
     ref_leaves = [t.detach().double().requires_grad_() if t is not None else None for t in (x, w, b, z)]
-    explicit(*ref_leaves, shape[3], nbg, is_rms, 1e-6).backward(dy.double())
+    ref = explicit(*ref_leaves, shape[3], nbg, is_rms, 1e-6)
+    ref.backward(dy.double())
+    assert_close(y, ref.detach(), dtype, "y")
     for name, got, want in zip(("dx", "dweight", "dbias", "dz"), leaves, ref_leaves):
         if got is not None:
             assert_close(got.grad, want.grad, dtype, name, factor=2.0)

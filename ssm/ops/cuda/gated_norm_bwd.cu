@@ -103,11 +103,14 @@ __global__ void __launch_bounds__(kSegThreads, 3) gated_norm_bwd_row_kernel(Gate
   for (int e = 0; e < 8; ++e) w[e] = 0.f, dw[e] = 0.f, db[e] = 0.f;
   if (active) load_floats<float, 8>(w, ptr<float>(p.weight) + col);
   int k = 0;  // reductions so far (buffer parity)
-  for (int64_t row = seg; row < p.rows; row += nseg) {
+  // the loop bound is the block's (its barriers need every segment), rows past the end idle
+  for (int64_t base = int64_t(blockIdx.y) * R; base < p.rows; base += nseg) {
+    const int64_t row = base + threadIdx.y;
+    const bool live = active && row < p.rows;
     float x[8], z[8], dy[8], s[8];
 #pragma unroll
     for (int e = 0; e < 8; ++e) x[e] = 0.f, z[e] = 0.f, dy[e] = 0.f;
-    if (active) {
+    if (live) {
       load<8>(x, p.x, p.dtype, row, col);
       load<8>(dy, p.dout, p.dout_dtype, row, col);
       if (gate) load<8>(z, p.z, p.z_dtype, row, col);
@@ -124,7 +127,7 @@ __global__ void __launch_bounds__(kSegThreads, 3) gated_norm_bwd_row_kernel(Gate
     float4 t = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
-      const float d = active ? s[e] - mean : 0.f;
+      const float d = live ? s[e] - mean : 0.f;
       t.x += d * d;
     }
     const float rstd = rsqrtf(segment_sum4(t, buf[k++ & 1] + threadIdx.y * warps, warps).x * inv_g + p.eps);
@@ -133,9 +136,9 @@ __global__ void __launch_bounds__(kSegThreads, 3) gated_norm_bwd_row_kernel(Gate
     t = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
-      n[e] = active ? (s[e] - mean) * rstd : 0.f;
+      n[e] = live ? (s[e] - mean) * rstd : 0.f;
       if (post_gate) {
-        const float y0 = n[e] * w[e] + (bias && active ? ptr<float>(p.bias)[col + e] : 0.f);
+        const float y0 = n[e] * w[e] + (bias && live ? ptr<float>(p.bias)[col + e] : 0.f);
         dz[e] = dy[e] * y0 * dsilu(z[e]);
         dy[e] *= silu(z[e]);
       }
@@ -145,7 +148,7 @@ __global__ void __launch_bounds__(kSegThreads, 3) gated_norm_bwd_row_kernel(Gate
     }
     t = segment_sum4(t, buf[k++ & 1] + threadIdx.y * warps, warps);
     const float mg = p.is_rms ? 0.f : t.y * inv_g, mgn = t.z * inv_g;
-    if (!active) continue;
+    if (!live) continue;
     float dx[8];
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
