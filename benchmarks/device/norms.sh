@@ -6,14 +6,16 @@ set -uo pipefail
 OUT=${1:-results/norms}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-for part in "norm:14:tests/ops/test_norm.py tests/ops/test_gated_norm.py" "conv:10:tests/ops/test_dw_causal_conv.py"; do
+for part in "norm:13:tests/ops/test_norm.py tests/ops/test_gated_norm.py" "conv:9:tests/ops/test_dw_causal_conv.py"; do
   IFS=: read -r name limit files <<< "$part"
   timeout "$limit" python3 -m pytest $files -q -x -m cuda -p no:cacheprovider > "$OUT/pytest_$name.log" 2>&1
   rc=$?
   progress=$(grep -E '^[.sFE]+( |$)' "$OUT/pytest_$name.log" | tr -cd '.F' | wc -c)
   echo "$name tests rc=$rc (124 = time limit; $progress run): $(grep -E "^FAILED|^ERROR|passed|failed" "$OUT/pytest_$name.log" | cut -c1-240 | tail -3 | tr '\n' ' ')"
 done
-timeout 20 python3 benchmarks/bench_cuda.py --only norm,conv --out "$OUT/bench.json" > "$OUT/bench.log" 2>&1
+timeout 7 python3 benchmarks/device/norms_kernels.py > "$OUT/kernels.log" 2>&1
+echo "kernels rc=$?"; head -20 "$OUT/kernels.log"
+timeout 19 python3 benchmarks/bench_cuda.py --only norm,conv --out "$OUT/bench.json" > "$OUT/bench.log" 2>&1
 echo "bench rc=$?"
 python3 - "$OUT/bench.json" <<'PY' || tail -14 "$OUT/bench.log"
 import json, re, sys
