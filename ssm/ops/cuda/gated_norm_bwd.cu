@@ -107,14 +107,10 @@ __global__ void __launch_bounds__(kSegThreads, 3) gated_norm_bwd_row_kernel(Gate
   for (int64_t base = int64_t(blockIdx.y) * R; base < p.rows; base += nseg) {
     const int64_t row = base + threadIdx.y;
     const bool live = active && row < p.rows;
+    const Raw8 rx = load_raw(p.x, p.dtype, row, col, live), rdy = load_raw(p.dout, p.dout_dtype, row, col, live);
+    const Raw8 rz = load_raw(p.z, p.z_dtype, row, col, live && gate);
     float x[8], z[8], dy[8], s[8];
-#pragma unroll
-    for (int e = 0; e < 8; ++e) x[e] = 0.f, z[e] = 0.f, dy[e] = 0.f;
-    if (live) {
-      load<8>(x, p.x, p.dtype, row, col);
-      load<8>(dy, p.dout, p.dout_dtype, row, col);
-      if (gate) load<8>(z, p.z, p.z_dtype, row, col);
-    }
+    to_floats(x, rx, p.dtype), to_floats(dy, rdy, p.dout_dtype), to_floats(z, rz, p.z_dtype);
 #pragma unroll
     for (int e = 0; e < 8; ++e) s[e] = pre_gate ? x[e] * silu(z[e]) : x[e];
     float mean = 0.f;

@@ -70,13 +70,9 @@ __global__ void __launch_bounds__(kSegThreads) gated_norm_fwd_row_kernel(GatedNo
   for (int64_t base = int64_t(blockIdx.y) * R; base < p.rows; base += nseg) {
     const int64_t row = base + threadIdx.y;
     const bool live = active && row < p.rows;
+    const Raw8 rx = load_raw(p.x, p.dtype, row, col, live), rz = load_raw(p.z, p.z_dtype, row, col, live && kGate);
     float v[8], z[8];
-#pragma unroll
-    for (int e = 0; e < 8; ++e) v[e] = 0.f, z[e] = 0.f;
-    if (live) {
-      load<8>(v, p.x, p.dtype, row, col);
-      if (kGate) load<8>(z, p.z, p.z_dtype, row, col);
-    }
+    to_floats(v, rx, p.dtype), to_floats(z, rz, p.z_dtype);
     if (kPreGate)
 #pragma unroll
       for (int e = 0; e < 8; ++e) v[e] *= silu(z[e]);

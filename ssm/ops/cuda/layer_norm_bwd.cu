@@ -82,14 +82,10 @@ __global__ void __launch_bounds__(kRowThreads) layer_norm_bwd_row_kernel(LayerNo
   if (active) load_floats<float, 8>(w, ptr<float>(p.weight) + c);
   int k = 0;  // reductions so far (buffer parity)
   for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
+    const Raw8 rs = load_raw(p.s, p.dtype, row, c, active), rdy = load_raw(p.dout, p.dout_dtype, row, c, active);
+    const Raw8 rdr = load_raw(p.dresidual_out, p.dres_dtype, row, c, active && dres);
     float s[8], dy[8], dr[8];
-#pragma unroll
-    for (int e = 0; e < 8; ++e) s[e] = 0.f, dy[e] = 0.f, dr[e] = 0.f;
-    if (active) {
-      load<8>(s, p.s, p.dtype, row, c);
-      load<8>(dy, p.dout, p.dout_dtype, row, c);
-      if (dres) load<8>(dr, p.dresidual_out, p.dres_dtype, row, c);
-    }
+    to_floats(s, rs, p.dtype), to_floats(dy, rdy, p.dout_dtype), to_floats(dr, rdr, p.dres_dtype);
     float mean = 0.f;
     if (!p.is_rms) {
       float4 t = make_float4(0.f, 0.f, 0.f, 0.f);

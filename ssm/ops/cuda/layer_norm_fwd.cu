@@ -57,22 +57,19 @@ __global__ void __launch_bounds__(kRowThreads) layer_norm_fwd_row_kernel(LayerNo
   for (int64_t row = blockIdx.x; row < p.rows; row += 2 * int64_t(gridDim.x)) {
     const int64_t rows[2] = {row, row + gridDim.x};
     const bool live[2] = {active, active && rows[1] < p.rows};
+    Raw8 rx[2], rr[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      rx[i] = load_raw(p.x, p.dtype, rows[i], c, live[i]);
+      rr[i] = load_raw(p.residual, p.residual_dtype, rows[i], c, live[i] && residual);
+    }
     float v[2][8];
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
+      float r[8];
+      to_floats(v[i], rx[i], p.dtype), to_floats(r, rr[i], p.residual_dtype);
 #pragma unroll
-      for (int e = 0; e < 8; ++e) v[i][e] = 0.f;
-      if (live[i]) load<8>(v[i], p.x, p.dtype, rows[i], c);
-    }
-    if (residual) {
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        float r[8];
-        if (!live[i]) continue;
-        load<8>(r, p.residual, p.residual_dtype, rows[i], c);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) v[i][e] += r[e];
-      }
+      for (int e = 0; e < 8; ++e) v[i][e] += r[e];
     }
 #pragma unroll
     for (int i = 0; i < 2; ++i)

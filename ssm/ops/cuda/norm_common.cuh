@@ -42,6 +42,48 @@ __device__ __forceinline__ void store(const TensorArg& t, DType dt, int64_t row,
   }
 }
 
+// 8 features as loaded (32 bytes of float32, or 16 bytes of a 16-bit type in lo): loads issued
+// as raw words and converted later, so that the loads of several tensors are all in flight
+// before the first conversion waits for its data.
+struct Raw8 {
+  uint4 lo, hi;
+};
+
+// The raw 8 features t[row, col .. col + 7] of a packable tensor (read-only, cached load), or
+// zeros when `live` is false.
+__device__ __forceinline__ Raw8 load_raw(const TensorArg& t, DType dt, int64_t row, int64_t col, bool live) {
+  Raw8 r = {make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0)};
+  if (!live) return r;
+  if (dt == DType::f32) {
+    const uint4* q = reinterpret_cast<const uint4*>(ptr<float>(t) + row * t.stride[0] + col);
+    r.lo = __ldg(q), r.hi = __ldg(q + 1);
+  } else {
+    r.lo = __ldg(reinterpret_cast<const uint4*>(ptr<uint16_t>(t) + row * t.stride[0] + col));
+  }
+  return r;
+}
+
+// v[e] = the float value of feature e of r.
+__device__ __forceinline__ void to_floats(float* v, const Raw8& r, DType dt) {
+  const uint32_t w[8] = {r.lo.x, r.lo.y, r.lo.z, r.lo.w, r.hi.x, r.hi.y, r.hi.z, r.hi.w};
+  if (dt == DType::f32) {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) v[e] = __uint_as_float(w[e]);
+    return;
+  }
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    // a bf16's bits are the top half of the float32 of the same value
+    const uint32_t lo16 = w[e] & 0xffffu, hi16 = w[e] >> 16;
+    if (dt == DType::bf16) {
+      v[2 * e] = __uint_as_float(lo16 << 16), v[2 * e + 1] = __uint_as_float(hi16 << 16);
+    } else {
+      v[2 * e] = __half2float(__ushort_as_half((unsigned short)lo16));
+      v[2 * e + 1] = __half2float(__ushort_as_half((unsigned short)hi16));
+    }
+  }
+}
+
 // True when t's rows can be read 8 features at a time from column `col0` in steps of `cols`.
 inline bool packable(const TensorArg& t, DType dt) {
   const int64_t n = dt == DType::f32 ? 4 : 8;  // elements per 16 bytes
