@@ -1,8 +1,11 @@
 // Row helpers of the norm kernels: loads and stores of 8 consecutive features (one 16-byte
-// access when the layout allows, else 1 element) in a dtype known at run time, and block sums.
+// access when the layout allows, else 1 element) in a dtype known at run time, raw 16-byte loads
+// converted later, block and segment sums, and the grid size of the register kernels.
 #pragma once
 #include "cuda/kernels.h"
 #include "cuda/vec.cuh"
+
+#include <vector>
 
 namespace ssm::cuda::norm {
 
@@ -153,14 +156,29 @@ __device__ __forceinline__ void store_partial(const TensorArg& parts, int64_t ro
   for (int64_t r = part + gridDim.x; r < rows_total; r += gridDim.x) store<8>(parts, DType::f32, r, col, zero);
 }
 
-// Blocks of `threads` that fill the GPU once (occupancy x SMs), at most `parts`.
+// Blocks of `threads` that fill the GPU once (occupancy x SMs), at most `parts`; the queries are
+// cached per (kernel, block size, device) and thread.
 template <typename Kernel>
 int64_t resident_blocks(Kernel kernel, int threads, int64_t parts) {
-  int sms = 0, dev = 0, per_sm = 0;
+  struct Entry {
+    const void* kernel;
+    int threads, dev;
+    int64_t blocks;
+  };
+  thread_local std::vector<Entry> cache;
+  int dev = 0;
   cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0);
-  const int64_t n = int64_t(per_sm > 0 ? per_sm : 1) * sms;
+  const void* key = reinterpret_cast<const void*>(kernel);
+  int64_t n = 0;
+  for (const Entry& e : cache)
+    if (e.kernel == key && e.threads == threads && e.dev == dev) n = e.blocks;
+  if (n == 0) {
+    int sms = 0, per_sm = 0;
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0);
+    n = int64_t(per_sm > 0 ? per_sm : 1) * (sms > 0 ? sms : 1);
+    cache.push_back({key, threads, dev, n});
+  }
   return n < parts ? n : parts;
 }
 
