@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssm.ops import _checks, _library
-from ssm.ops.conv import _bwd_op as _conv_bwd, _fwd_op as _conv_fwd, dw_causal_conv
+from ssm.ops.conv import dw_causal_conv
 from ssm.ops.python import reference
-from ssm.ops.selective_scan import _bwd_op as _scan_bwd, _fwd_op as _scan_fwd, selective_scan
+from ssm.ops.selective_scan import selective_scan
 
 
 def _rms(x: Tensor, weight: Optional[Tensor], eps: float) -> Tensor:
@@ -94,7 +94,7 @@ def _check_inner(xz, conv1d_weight, x_proj_weight, delta_proj_weight, out_proj_w
 
 def _conv_silu(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
     # x (B, D, L) view of xz; w (D, W) float32 -> silu(conv(x)) (B, D, L)
-    return _conv_fwd(x, w, b, None, None, True, False)[0]
+    return torch.ops.ssm.dw_causal_conv_fwd(x, w, b, None, None, True, False)[0]
 
 
 def _project(xc, x_proj_w, dt_proj_w, A, B, C, B_proj_bias, C_proj_bias):
@@ -118,7 +118,8 @@ def _project(xc, x_proj_w, dt_proj_w, A, B, C, B_proj_bias, C_proj_bias):
 
 def _scan(xc, delta, A, B, C, D, z, delta_bias, softplus):
     # -> y (B, D, L) gated by silu(z)
-    return _scan_fwd(xc, delta, A, B, C, D, z, delta_bias, None, None, None, softplus, False)[0]
+    return torch.ops.ssm.selective_scan_fwd(xc, delta, A, B, C, D, z, delta_bias, None, None, None,
+                                            softplus, False)[0]
 
 
 def _fused_fwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, D, delta_bias,
@@ -187,12 +188,13 @@ def _fused_bwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, 
     xt, x_dbl, delta, Bs, Cs = _project(xc, x_proj_w, dt_proj_w, A, B, C, B_proj_bias, C_proj_bias)
     y = y if y.numel() else _scan(xc, delta, A, Bs, Cs, D, z, delta_bias, softplus)
     dy, d_out_w, d_out_b = _out_proj_grads(dout, y, out_proj_w, out_proj_b is not None)
-    du, ddelta, dA, dB, dC, dD, dz, d_delta_bias, _ = _scan_bwd(
+    du, ddelta, dA, dB, dC, dD, dz, d_delta_bias, _ = torch.ops.ssm.selective_scan_bwd(
         xc, delta, A, Bs, Cs, D, z, delta_bias, None, None, None, dy, xz.new_empty(0), softplus, False)
     d_dt_w, d_x_proj_w, dxt, dBc, dCc = _proj_grads(ddelta, dB, dC, xt, x_dbl, x_proj_w, dt_proj_w,
                                                     A.shape[1], B is not None, C is not None)
     dxc = du + dxt.view(batch, L, dim).transpose(1, 2)
-    dx, d_conv_w, d_conv_b, _ = _conv_bwd(x, conv_w, conv_b, None, None, dxc, xz.new_empty(0), True, False)
+    dx, d_conv_w, d_conv_b, _ = torch.ops.ssm.dw_causal_conv_bwd(x, conv_w, conv_b, None, None, dxc,
+                                                                 xz.new_empty(0), True, False)
     grads = (torch.cat([dx, dz], 1), d_conv_w, d_conv_b, d_x_proj_w, d_dt_w, d_out_w, d_out_b, dA,
              dB if B is not None else None, dC if C is not None else None, dD, d_delta_bias,
              None if B_proj_bias is None else dBc.sum(0), None if C_proj_bias is None else dCc.sum(0))
