@@ -1,0 +1,164 @@
+// Selective scan (Mamba-1) forward for N <= 16 on the GPU, a thread per (batch, channel): the
+// thread's N states stay in registers while it walks L in groups of kSteps steps. A block is one
+// warp of 32 channels of one B/C group (small blocks: B*D threads spread evenly over the SMs).
+// Software pipeline: the next group's u, delta, z and B/C are loaded into registers while the
+// current group computes; B/C go to a double-buffered shared tile (float) read with broadcast
+// 16-byte loads. Per (n, t): one ex2 (A pre-scaled by log2 e), two FMA, one FMUL.
+// The checkpoint mode (kCk) writes no output but the state before each group g >= 1 into
+// chunk_states (B, D, nchunks, N): the backward's pre-pass.
+#pragma once
+#include "cuda/selective_scan_thread.cuh"
+
+namespace ssm::cuda::scan_thread {
+
+constexpr int kFwdThreads = 32;
+
+struct FwdFlags {
+  bool vec_u, vec_delta, vec_z, vec_out;
+};
+
+template <typename T, int kN>
+struct FwdShared {
+  float B[2][kSteps][kN], C[2][kSteps][kN];
+};
+
+// The next group's raw inputs (registers).
+template <typename T, int kN>
+struct FwdRaw {
+  static constexpr int kPer = kSteps * kN / kFwdThreads;  // B (and C) elements per thread
+  T u[kSteps], d[kSteps], z[kSteps], b[kPer], c[kPer];
+};
+
+template <typename T, int kN, bool kCk>
+struct FwdWalk {
+  const SelectiveScanParams& p;
+  Row<T> u, delta, z, out;
+  BcSrc<T, kN> Bs, Cs;
+  int64_t L;
+  bool has_z;
+
+  __device__ void load(FwdRaw<T, kN>& r, int64_t t0) const {
+    u.load(r.u, t0, L);
+    delta.load(r.d, t0, L);
+    if (!kCk && has_z) z.load(r.z, t0, L);
+#pragma unroll
+    for (int k = 0; k < FwdRaw<T, kN>::kPer; ++k) {
+      const int e = threadIdx.x + k * kFwdThreads;
+      r.b[k] = Bs.load(e, t0, L, p.dstate);
+      if (!kCk) r.c[k] = Cs.load(e, t0, L, p.dstate);
+    }
+  }
+  __device__ void stage(FwdShared<T, kN>& sh, const FwdRaw<T, kN>& r, int buf) const {
+#pragma unroll
+    for (int k = 0; k < FwdRaw<T, kN>::kPer; ++k) {
+      const int e = threadIdx.x + k * kFwdThreads, i = Bs.step_of(e), n = Bs.state_of(e);
+      sh.B[buf][i][n] = to_float(r.b[k]);
+      if (!kCk) sh.C[buf][Cs.step_of(e)][Cs.state_of(e)] = to_float(r.c[k]);
+    }
+  }
+};
+
+template <typename T, int kN, bool kCk>
+__global__ void __launch_bounds__(kFwdThreads) fwd_kernel(SelectiveScanParams p, FwdFlags f) {
+  __shared__ __align__(16) FwdShared<T, kN> sh;
+  const int64_t Dg = p.dim / p.ngroups, bpg = (Dg + kFwdThreads - 1) / kFwdThreads;
+  const int64_t b = blockIdx.y, g = blockIdx.x / bpg, c = (blockIdx.x % bpg) * kFwdThreads + threadIdx.x;
+  const bool valid = c < Dg;
+  const int64_t d = g * Dg + (valid ? c : Dg - 1), L = p.seqlen, N = p.dstate;
+
+  FwdWalk<T, kN, kCk> w{p};
+  w.L = L, w.has_z = has(p.z);
+  w.u.init(p.u, b, d, f.vec_u);
+  w.delta.init(p.delta, b, d, f.vec_delta);
+  if (!kCk && w.has_z) w.z.init(p.z, b, d, f.vec_z);
+  if (!kCk) w.out.init(p.out, b, d, f.vec_out);
+  w.Bs.init(p.B, b, g);
+  if (!kCk) w.Cs.init(p.C, b, g);
+
+  float s[kN], A2[kN];
+#pragma unroll
+  for (int n = 0; n < kN; ++n) {
+    A2[n] = n < N ? ptr<float>(p.A)[d * p.A.stride[0] + n * p.A.stride[1]] * kLog2e : 0.f;
+    const TensorArg& h0 = p.initial_state;
+    s[n] = n < N && has(h0) ? ptr<float>(h0)[b * h0.stride[0] + d * h0.stride[1] + n * h0.stride[2]] : 0.f;
+  }
+  const float Dd = has(p.D) ? ptr<float>(p.D)[d * p.D.stride[0]] : 0.f;
+  const float bias = has(p.dt_bias) ? ptr<float>(p.dt_bias)[d * p.dt_bias.stride[0]] : 0.f;
+
+  FwdRaw<T, kN> cur, nxt;
+  w.load(cur, 0);
+  w.stage(sh, cur, 0);
+  __syncwarp();
+  int buf = 0;
+  for (int64_t t0 = 0; t0 < L; t0 += kSteps, buf ^= 1) {
+    const bool more = t0 + kSteps < L;
+    if (more) w.load(nxt, t0 + kSteps);
+    float y[kSteps];
+#pragma unroll
+    for (int i = 0; i < kSteps; ++i) {
+      float dt = to_float(cur.d[i]) + bias;
+      if (p.softplus) dt = softplus(dt);
+      if (t0 + i >= L) dt = 0.f;  // past L: the state stays (u is zero there)
+      const float uu = to_float(cur.u[i]), dtu = dt * uu;
+      const float4* Bq = reinterpret_cast<const float4*>(sh.B[buf][i]);
+      const float4* Cq = reinterpret_cast<const float4*>(sh.C[buf][i]);
+      float acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int q = 0; q < kN / 4; ++q) {
+        const float4 bq = Bq[q];
+        const float bv[4] = {bq.x, bq.y, bq.z, bq.w};
+        float cv[4] = {0.f, 0.f, 0.f, 0.f};
+        if (!kCk) {
+          const float4 cq = Cq[q];
+          cv[0] = cq.x, cv[1] = cq.y, cv[2] = cq.z, cv[3] = cq.w;
+        }
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int n = 4 * q + e;
+          s[n] = fmaf(ex2(dt * A2[n]), s[n], dtu * bv[e]);
+          if (!kCk) acc[e] = fmaf(s[n], cv[e], acc[e]);
+        }
+      }
+      if (!kCk) {
+        float o = fmaf(Dd, uu, (acc[0] + acc[1]) + (acc[2] + acc[3]));
+        if (w.has_z) o *= silu(to_float(cur.z[i]));
+        y[i] = o;
+      }
+    }
+    if (!kCk && valid) w.out.store(y, t0, L);
+    if (kCk && more && valid) {
+      const TensorArg& ck = p.chunk_states;
+      float* dst = ptr<float>(ck) + b * ck.stride[0] + d * ck.stride[1] + (t0 / kSteps + 1) * ck.stride[2];
+#pragma unroll
+      for (int n = 0; n < kN; ++n)
+        if (n < N) dst[n * ck.stride[3]] = s[n];
+    }
+    if (more) {
+      w.stage(sh, nxt, buf ^ 1);
+      cur = nxt;
+    }
+    __syncwarp();
+  }
+  if (!kCk && valid && has(p.last_state)) {
+    const TensorArg& o = p.last_state;
+#pragma unroll
+    for (int n = 0; n < kN; ++n)
+      if (n < N) ptr<float>(o)[b * o.stride[0] + d * o.stride[1] + n * o.stride[2]] = s[n];
+  }
+}
+
+template <typename T>
+void launch_fwd(const SelectiveScanParams& p, bool checkpoints, cudaStream_t stream) {
+  FwdFlags f;
+  f.vec_u = rows_vectorizable<T>(p.u, 2), f.vec_delta = rows_vectorizable<T>(p.delta, 2);
+  f.vec_z = has(p.z) && rows_vectorizable<T>(p.z, 2);
+  f.vec_out = !checkpoints && rows_vectorizable<T>(p.out, 2);
+  const int64_t Dg = p.dim / p.ngroups;
+  const dim3 grid(unsigned(p.ngroups * ((Dg + kFwdThreads - 1) / kFwdThreads)), unsigned(p.batch));
+  SSM_SCAN_THREAD_N_SWITCH(p.dstate, KN, [&] {
+    if (checkpoints) fwd_kernel<T, KN, true><<<grid, kFwdThreads, 0, stream>>>(p, f);
+    else fwd_kernel<T, KN, false><<<grid, kFwdThreads, 0, stream>>>(p, f);
+  });
+}
+
+}  // namespace ssm::cuda::scan_thread
