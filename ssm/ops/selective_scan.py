@@ -52,17 +52,43 @@ def _cuda_limit(kernel: str, N: Optional[int]) -> Optional[str]:
     return None
 
 
-# Steps per chunk of the CUDA backward (selective_scan_bwd.cuh: 32 lanes * kItems); longer
-# sequences need the (B, D, nchunks, N) float32 workspace of the states at chunk starts.
-_CUDA_BWD_CHUNK = 256
+# Steps per chunk of the CUDA backwards; longer sequences need a (B, D, nchunks, N) float32
+# workspace of the states at chunk starts. The thread-per-channel kernel (selective_scan_bwd_thread.cuh:
+# N <= 16, variable B and C, no seq_idx / cu_seqlens) takes chunks of 16 steps and its workspace
+# with D fastest (how the kernel tells it apart); the warp kernel (selective_scan_bwd.cuh) 256.
+_CUDA_BWD_CHUNK, _CUDA_THREAD_BWD_CHUNK = 256, 16
 
 
-def _chunk_states(backend: str, u: Tensor, N: int) -> Optional[Tensor]:
+def _thread_bwd(N: int, B: Tensor, C: Tensor, seq_idx, cu_seqlens) -> bool:
+    return N <= 16 and B.dim() == 4 and C.dim() == 4 and seq_idx is None and cu_seqlens is None
+
+
+def _chunk_states(backend: str, u: Tensor, N: int, thread: bool) -> Optional[Tensor]:
     batch, dim, L = u.shape
-    nchunks = -(-L // _CUDA_BWD_CHUNK)
+    chunk = _CUDA_THREAD_BWD_CHUNK if thread else _CUDA_BWD_CHUNK
+    nchunks = -(-L // chunk)
     if backend != "cuda" or nchunks <= 1:
         return None
+    if thread:
+        # (B, D, nchunks, N) with D fastest
+        return _kernels.empty((batch, nchunks, N, dim), u, torch.float32).permute(0, 3, 1, 2)
     return _kernels.empty((batch, dim, nchunks, N), u, torch.float32)
+
+
+def _rows_like(t: Tensor, like: Tensor) -> Tensor:
+    """A (B, D, L) kernel buffer of like's dtype and t's layout when t is channels-last (stride 1 along
+    D, as the Mamba-1 projections give), else contiguous: the kernels' outputs and gradients keep
+    their input's layout (the custom ops still return contiguous tensors; the fused Mamba-1 path
+    calls the implementations directly and keeps these layouts)."""
+    batch, dim, L = t.shape
+    if _channels_last(t):
+        return _kernels.empty((batch, L, dim), like).transpose(1, 2)
+    return _kernels.empty((batch, dim, L), like)
+
+
+def _channels_last(t: Tensor) -> bool:
+    batch, dim, L = t.shape
+    return dim > 1 and L > 1 and t.stride(1) == 1 and t.stride(2) == dim and t.stride(0) == dim * L
 
 
 def _fwd_impl(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens, softplus, return_last_state):
@@ -79,7 +105,7 @@ def _fwd_impl(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqle
     N = A.shape[1]
     nthreads = _kernels.exec_arg(backend, u, work=u.numel() * N)
     groups, slices = _layout(u, B, C, nthreads if backend == "cpu" else 1)
-    y = _kernels.empty((batch, dim, L), u)
+    y = _rows_like(delta, u)
     last = _kernels.empty((_nrows(u, cu_seqlens), dim, N), u, torch.float32) if return_last_state else None
     seq_idx, cu_seqlens = _int32(seq_idx), _int32(cu_seqlens)
     r = _kernels.ref
@@ -126,8 +152,8 @@ def _bwd_kernel(backend, u, delta, A, B, C, D, z, dt_bias, initial_state, seq_id
     nthreads = _kernels.exec_arg(backend, u, work=u.numel() * N)
     groups, slices = _layout(u, B, C, nthreads if backend == "cpu" else 1)
     f32 = torch.float32
-    du, ddelta = _kernels.empty(u.shape, u), _kernels.empty(u.shape, u)
-    dz = None if z is None else _kernels.empty(u.shape, u)
+    du, ddelta = _rows_like(u, u), _rows_like(delta, u)
+    dz = None if z is None else _rows_like(z, u)
     dA = _kernels.empty((batch, dim, N), u, f32)
     dD = None if D is None else _kernels.empty((batch, dim), u, f32)
     ddt_bias = None if dt_bias is None else _kernels.empty((batch, dim), u, f32)
@@ -135,7 +161,7 @@ def _bwd_kernel(backend, u, delta, A, B, C, D, z, dt_bias, initial_state, seq_id
     dC = _kernels.empty((slices, *C.shape) if C.dim() == 4 else (batch, dim, N), u, f32)
     dinit = None if initial_state is None else _kernels.empty(initial_state.shape, u, f32)
     dlast = dlast if dlast.numel() else None
-    chunk_states = _chunk_states(backend, u, N)
+    chunk_states = _chunk_states(backend, u, N, _thread_bwd(N, B, C, seq_idx, cu_seqlens))
     r = _kernels.ref
     _kernels.module(backend).selective_scan_bwd(
         _kernels.dtype_code(u), batch, dim, L, N, groups, slices, r(u), r(delta), r(A), r(B), r(C), r(D), r(z),
