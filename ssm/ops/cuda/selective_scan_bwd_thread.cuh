@@ -109,9 +109,14 @@ struct BwdThread {
   __device__ __forceinline__ void state_bwd(Steps& s, int n) const {
     const int threads = W * 32;
     const float An = sm.A[n * threads + tid], A2 = An * kLog2e, h0 = sm.h0[n * threads + tid];
-    const float* Bn = sm.Bt + n * kSteps;
-    const float* Cn = sm.Ct + n * kSteps;
-    float a[kSteps], h[kSteps];
+    float Bn[kSteps], Cn[kSteps], a[kSteps], h[kSteps];
+#pragma unroll
+    for (int q = 0; q < kSteps / 4; ++q) {  // 16-byte broadcast reads
+      const float4 bq = reinterpret_cast<const float4*>(sm.Bt + n * kSteps)[q];
+      const float4 cq = reinterpret_cast<const float4*>(sm.Ct + n * kSteps)[q];
+      Bn[4 * q] = bq.x, Bn[4 * q + 1] = bq.y, Bn[4 * q + 2] = bq.z, Bn[4 * q + 3] = bq.w;
+      Cn[4 * q] = cq.x, Cn[4 * q + 1] = cq.y, Cn[4 * q + 2] = cq.z, Cn[4 * q + 3] = cq.w;
+    }
     float* xw = sm.x + w * 32 * kXRow;
     float hp = h0;
 #pragma unroll
