@@ -120,9 +120,11 @@ def _project(xc, x_proj_w, dt_proj_w, A, B, C, B_proj_bias, C_proj_bias):
     return x_dbl, delta, B, C
 
 
-def _scan(xc, delta, A, B, C, D, z, delta_bias, softplus):
-    # -> y (B, D, L) gated by silu(z), channels-last like delta
-    return _scan_impl._fwd_impl(xc, delta, A, B, C, D, z, delta_bias, None, None, None, softplus, False)[0]
+def _scan(xc, delta, A, B, C, D, z, delta_bias, softplus, checkpoints=False):
+    # -> y (B, D, L) gated by silu(z), channels-last like delta; the backward's checkpoints or None
+    y, _, chunk_states = _scan_impl._fwd_run(xc, delta, A, B, C, D, z, delta_bias, None, None, None, softplus,
+                                             False, checkpoints)
+    return y, chunk_states
 
 
 def _fused_fwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, D, delta_bias,
@@ -132,7 +134,7 @@ def _fused_fwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, 
     x, z = xz[:, :dim], xz[:, dim:]
     xc = _conv_silu(x, conv_w, conv_b)
     _, delta, B, C = _project(xc, x_proj_w, dt_proj_w, A, B, C, B_proj_bias, C_proj_bias)
-    y = _scan(xc, delta, A, B, C, D, z, delta_bias, softplus)
+    y, _ = _scan(xc, delta, A, B, C, D, z, delta_bias, softplus)
     out = F.linear(y.transpose(1, 2), out_proj_w, out_proj_b)
     return out, (xc if keep else xz.new_empty(0)), (y if keep else xz.new_empty(0))
 
@@ -194,10 +196,10 @@ def _fused_bwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, 
     x, z = xz[:, :dim], xz[:, dim:]
     xc = xc if xc.numel() else _conv_silu(x, conv_w, conv_b)
     x_dbl, delta, Bs, Cs = _project(xc, x_proj_w, dt_proj_w, A, B, C, B_proj_bias, C_proj_bias)
-    y = y if y.numel() else _scan(xc, delta, A, Bs, Cs, D, z, delta_bias, softplus)
+    y, chunk_states = (y, None) if y.numel() else _scan(xc, delta, A, Bs, Cs, D, z, delta_bias, softplus, True)
     dy, d_out_w, d_out_b = _out_proj_grads(dout, y, out_proj_w, out_proj_b is not None)
     du, ddelta, dA, dB, dC, dD, dz, d_delta_bias, _ = _scan_impl._bwd_impl(
-        xc, delta, A, Bs, Cs, D, z, delta_bias, None, None, None, dy, xz.new_empty(0), softplus, False)
+        xc, delta, A, Bs, Cs, D, z, delta_bias, None, None, None, dy, xz.new_empty(0), softplus, False, chunk_states)
     d_dt_w, d_x_proj_w, dxc, dBc, dCc = _proj_grads(ddelta, dB, dC, xc, du, x_dbl, x_proj_w, dt_proj_w,
                                                     A.shape[1], B is not None, C is not None)
     dx, d_conv_w, d_conv_b, _ = torch.ops.ssm.dw_causal_conv_bwd(x, conv_w, conv_b, None, None, dxc,

@@ -99,3 +99,19 @@ def test_initial_state_across_chunks(backend):
 def test_model_widths_cuda(D):
     inp = make(8, D, 37, 16, torch.bfloat16, torch.device("cuda"))
     check_grads("cuda", inp, torch.bfloat16)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("L", [16, 17, 300])
+def test_forward_checkpoints_equal_the_backward_prepass_cuda(L):
+    # the fused Mamba-1 backward hands the recomputed forward's checkpoints to the scan backward
+    inp = make(2, 70, L, 16, torch.bfloat16, torch.device("cuda"))
+    args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "dt_bias")]
+    y, _, chunk_states = scan_module._fwd_run(*args, None, None, None, True, False, True)
+    assert (chunk_states is None) == (L <= 16)
+    dy = torch.randn_like(y)
+    with_ck = scan_module._bwd_impl(*args, None, None, None, dy, dy.new_empty(0), True, False, chunk_states)
+    plain = scan_module._bwd_impl(*args, None, None, None, dy, dy.new_empty(0), True, False)
+    torch.testing.assert_close(y, scan_module._fwd_impl(*args, None, None, None, True, False)[0], rtol=0, atol=0)
+    for name, a, b in zip(["du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddt_bias"], with_ck, plain):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=name)

@@ -184,6 +184,7 @@ struct SelectiveScanParams {
   TensorArg dD, ddt_bias;      // (B, D)             float32, per batch, optional
   TensorArg dinitial_state;    // (rows, D, N)       float32, optional
   TensorArg chunk_states;      // (B, D, nchunks, N) float32 workspace of the CUDA backward (L > its chunk)
+  bool chunk_states_filled = false;  // backward: the forward already wrote chunk_states (CUDA thread kernels)
 };
 
 // One decode step, Mamba-2 layout (Mamba-1: H = D heads of size P = 1), state updated in place:

@@ -1,6 +1,7 @@
 // Selective scan (Mamba-1) backward for N <= 16 on the GPU, a thread per (batch, channel).
 // Pre-pass: the forward kernel in checkpoint mode stores the state before every kSteps-step chunk
-// (chunk_states (B, D, nchunks, N) float32, D fastest). Then each thread walks the chunks in
+// (chunk_states (B, D, nchunks, N) float32, D fastest), unless the forward wrote them already
+// (chunk_states_filled: the fused Mamba-1 backward recomputes y with them). Then each thread walks the chunks in
 // reverse; per chunk the steps' u, dt, dy = dout silu(z) sit in registers and, one state entry n
 // at a time, the thread recomputes the chunk's kSteps states from the checkpoint (registers),
 // walks them back with the adjoint e (dL/dh entering from the later steps, kept per n in shared
@@ -252,7 +253,7 @@ inline int sm_count() {
 // Whether the backward runs here: takes(p), and a workspace of this kernel's layout (D fastest)
 // when L needs more than one chunk (the op layer allocates it for this kernel or the older one).
 inline bool takes_bwd(const SelectiveScanParams& p) {
-  return takes(p) && (p.seqlen <= kSteps || (p.chunk_states.present() && p.chunk_states.stride[1] == 1));
+  return takes(p) && (p.seqlen <= kSteps || checkpoint_layout(p));
 }
 
 // Warps per block: the most (up to 4) that still give every SM two blocks.
@@ -267,7 +268,7 @@ template <typename T>
 void launch_bwd(const SelectiveScanParams& p, cudaStream_t stream) {
   const int64_t total = p.nslices * p.batch * p.ngroups * p.dstate * p.seqlen;
   if (total > 0) scan_bwd::zero_bc<<<ceil_div(total, 256), 256, 0, stream>>>(p);
-  if (p.seqlen > kSteps) launch_fwd<T>(p, true, stream);
+  if (p.seqlen > kSteps && !p.chunk_states_filled) launch_fwd<T>(p, true, stream);
   BwdFlags f;
   f.vec_u = rows_vectorizable<T>(p.u, 2), f.vec_delta = rows_vectorizable<T>(p.delta, 2);
   f.vec_z = has(p.z) && rows_vectorizable<T>(p.z, 2), f.vec_dout = rows_vectorizable<T>(p.dout, 2);

@@ -4,8 +4,8 @@
 // Software pipeline: the next group's u, delta, z and B/C are loaded into registers while the
 // current group computes; B/C go to a double-buffered shared tile (float) read with broadcast
 // 16-byte loads. Per (n, t): one ex2 (A pre-scaled by log2 e), two FMA, one FMUL.
-// The checkpoint mode (kCk) writes no output but the state before each group g >= 1 into
-// chunk_states (B, D, nchunks, N): the backward's pre-pass.
+// With kCk it also writes the state before each group g >= 1 into chunk_states (B, D, nchunks, N),
+// the backward's checkpoints; without kOut it writes only those (the backward's pre-pass).
 #pragma once
 #include "cuda/selective_scan_thread.cuh"
 
@@ -29,7 +29,7 @@ struct FwdRaw {
   T u[kSteps], d[kSteps], z[kSteps], b[kPer], c[kPer];
 };
 
-template <typename T, int kN, bool kCk>
+template <typename T, int kN, bool kOut>
 struct FwdWalk {
   const SelectiveScanParams& p;
   Row<T> u, delta, z, out;
@@ -40,12 +40,12 @@ struct FwdWalk {
   __device__ void load(FwdRaw<T, kN>& r, int64_t t0) const {
     u.load(r.u, t0, L);
     delta.load(r.d, t0, L);
-    if (!kCk && has_z) z.load(r.z, t0, L);
+    if (kOut && has_z) z.load(r.z, t0, L);
 #pragma unroll
     for (int k = 0; k < FwdRaw<T, kN>::kPer; ++k) {
       const int e = threadIdx.x + k * kFwdThreads;
       r.b[k] = Bs.load(e, t0, L, p.dstate);
-      if (!kCk) r.c[k] = Cs.load(e, t0, L, p.dstate);
+      if (kOut) r.c[k] = Cs.load(e, t0, L, p.dstate);
     }
   }
   __device__ void stage(FwdShared<T, kN>& sh, const FwdRaw<T, kN>& r, int buf) const {
@@ -53,12 +53,12 @@ struct FwdWalk {
     for (int k = 0; k < FwdRaw<T, kN>::kPer; ++k) {
       const int e = threadIdx.x + k * kFwdThreads, i = Bs.step_of(e), n = Bs.state_of(e);
       sh.B[buf][i][n] = to_float(r.b[k]);
-      if (!kCk) sh.C[buf][Cs.step_of(e)][Cs.state_of(e)] = to_float(r.c[k]);
+      if (kOut) sh.C[buf][Cs.step_of(e)][Cs.state_of(e)] = to_float(r.c[k]);
     }
   }
 };
 
-template <typename T, int kN, bool kCk>
+template <typename T, int kN, bool kOut, bool kCk>
 __global__ void __launch_bounds__(kFwdThreads) fwd_kernel(SelectiveScanParams p, FwdFlags f) {
   __shared__ __align__(16) FwdShared<T, kN> sh;
   const int64_t Dg = p.dim / p.ngroups, bpg = (Dg + kFwdThreads - 1) / kFwdThreads;
@@ -66,14 +66,14 @@ __global__ void __launch_bounds__(kFwdThreads) fwd_kernel(SelectiveScanParams p,
   const bool valid = c < Dg;
   const int64_t d = g * Dg + (valid ? c : Dg - 1), L = p.seqlen, N = p.dstate;
 
-  FwdWalk<T, kN, kCk> w{p};
+  FwdWalk<T, kN, kOut> w{p};
   w.L = L, w.has_z = has(p.z);
   w.u.init(p.u, b, d, f.vec_u);
   w.delta.init(p.delta, b, d, f.vec_delta);
-  if (!kCk && w.has_z) w.z.init(p.z, b, d, f.vec_z);
-  if (!kCk) w.out.init(p.out, b, d, f.vec_out);
+  if (kOut && w.has_z) w.z.init(p.z, b, d, f.vec_z);
+  if (kOut) w.out.init(p.out, b, d, f.vec_out);
   w.Bs.init(p.B, b, g);
-  if (!kCk) w.Cs.init(p.C, b, g);
+  if (kOut) w.Cs.init(p.C, b, g);
 
   float s[kN], A2[kN];
 #pragma unroll
@@ -108,7 +108,7 @@ __global__ void __launch_bounds__(kFwdThreads) fwd_kernel(SelectiveScanParams p,
         const float4 bq = Bq[q];
         const float bv[4] = {bq.x, bq.y, bq.z, bq.w};
         float cv[4] = {0.f, 0.f, 0.f, 0.f};
-        if (!kCk) {
+        if (kOut) {
           const float4 cq = Cq[q];
           cv[0] = cq.x, cv[1] = cq.y, cv[2] = cq.z, cv[3] = cq.w;
         }
@@ -116,16 +116,16 @@ __global__ void __launch_bounds__(kFwdThreads) fwd_kernel(SelectiveScanParams p,
         for (int e = 0; e < 4; ++e) {
           const int n = 4 * q + e;
           s[n] = fmaf(ex2(dt * A2[n]), s[n], dtu * bv[e]);
-          if (!kCk) acc[e] = fmaf(s[n], cv[e], acc[e]);
+          if (kOut) acc[e] = fmaf(s[n], cv[e], acc[e]);
         }
       }
-      if (!kCk) {
+      if (kOut) {
         float o = fmaf(Dd, uu, (acc[0] + acc[1]) + (acc[2] + acc[3]));
         if (w.has_z) o *= silu(to_float(cur.z[i]));
         y[i] = o;
       }
     }
-    if (!kCk && valid) w.out.store(y, t0, L);
+    if (kOut && valid) w.out.store(y, t0, L);
     if (kCk && more && valid) {
       const TensorArg& ck = p.chunk_states;
       float* dst = ptr<float>(ck) + b * ck.stride[0] + d * ck.stride[1] + (t0 / kSteps + 1) * ck.stride[2];
@@ -139,7 +139,7 @@ __global__ void __launch_bounds__(kFwdThreads) fwd_kernel(SelectiveScanParams p,
     }
     __syncwarp();
   }
-  if (!kCk && valid && has(p.last_state)) {
+  if (kOut && valid && has(p.last_state)) {
     const TensorArg& o = p.last_state;
 #pragma unroll
     for (int n = 0; n < kN; ++n)
@@ -147,17 +147,25 @@ __global__ void __launch_bounds__(kFwdThreads) fwd_kernel(SelectiveScanParams p,
   }
 }
 
+// Whether chunk_states is this kernel's workspace (D fastest) and L needs it.
+inline bool checkpoint_layout(const SelectiveScanParams& p) {
+  return p.seqlen > kSteps && p.chunk_states.present() && p.chunk_states.stride[1] == 1;
+}
+
+// only_checkpoints: the backward's pre-pass; else the forward, writing the checkpoints as well
+// when the op layer passes their workspace.
 template <typename T>
-void launch_fwd(const SelectiveScanParams& p, bool checkpoints, cudaStream_t stream) {
+void launch_fwd(const SelectiveScanParams& p, bool only_checkpoints, cudaStream_t stream) {
   FwdFlags f;
   f.vec_u = rows_vectorizable<T>(p.u, 2), f.vec_delta = rows_vectorizable<T>(p.delta, 2);
   f.vec_z = has(p.z) && rows_vectorizable<T>(p.z, 2);
-  f.vec_out = !checkpoints && rows_vectorizable<T>(p.out, 2);
+  f.vec_out = !only_checkpoints && rows_vectorizable<T>(p.out, 2);
   const int64_t Dg = p.dim / p.ngroups;
   const dim3 grid(unsigned(p.ngroups * ((Dg + kFwdThreads - 1) / kFwdThreads)), unsigned(p.batch));
   SSM_SCAN_THREAD_N_SWITCH(p.dstate, KN, [&] {
-    if (checkpoints) fwd_kernel<T, KN, true><<<grid, kFwdThreads, 0, stream>>>(p, f);
-    else fwd_kernel<T, KN, false><<<grid, kFwdThreads, 0, stream>>>(p, f);
+    if (only_checkpoints) fwd_kernel<T, KN, false, true><<<grid, kFwdThreads, 0, stream>>>(p, f);
+    else if (checkpoint_layout(p)) fwd_kernel<T, KN, true, true><<<grid, kFwdThreads, 0, stream>>>(p, f);
+    else fwd_kernel<T, KN, true, false><<<grid, kFwdThreads, 0, stream>>>(p, f);
   });
 }
 
