@@ -114,4 +114,4 @@ def test_forward_checkpoints_equal_the_backward_prepass_cuda(L):
     plain = scan_module._bwd_impl(*args, None, None, None, dy, dy.new_empty(0), True, False)
     torch.testing.assert_close(y, scan_module._fwd_impl(*args, None, None, None, True, False)[0], rtol=0, atol=0)
     for name, a, b in zip(["du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddt_bias"], with_ck, plain):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=name)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=name)  # dB, dC: atomics in any order
