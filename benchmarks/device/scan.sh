@@ -6,11 +6,11 @@ OUT=${1:-scan_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-timeout -k 4 -s INT 38 $PY -m pytest -q --maxfail=5 -m cuda -p no:cacheprovider -rf \
+timeout -k 4 -s INT 35 $PY -m pytest -q --maxfail=5 -m cuda -p no:cacheprovider -rf \
   tests/ops/test_selective_scan_layouts.py tests/ops/test_selective_scan.py tests/ops/test_mamba_inner.py \
   > "$OUT/pytest.log" 2>&1
 echo "pytest rc=$?: $(grep -E "passed|failed|error" "$OUT/pytest.log" | tail -1)"
 grep -E "^(FAILED|ERROR)|Error:|error " "$OUT/pytest.log" | head -8 | cut -c1-300
-timeout -k 2 28 $PY benchmarks/bench_scan_layouts_cuda.py --out "$OUT/scan_layouts.json" > "$OUT/bench.log" 2>&1
+timeout -k 2 27 $PY benchmarks/bench_scan_layouts_cuda.py --out "$OUT/scan_layouts.json" > "$OUT/bench.log" 2>&1
 echo "bench rc=$?"
 cut -c1-130 "$OUT/bench.log" | head -60
