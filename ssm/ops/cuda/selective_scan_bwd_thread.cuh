@@ -67,7 +67,7 @@ struct BwdThread {
 #pragma unroll
     for (int i = 0; i < kSteps; ++i) {
       float dt = to_float(rd[i]) + bias;
-      if (p.softplus) dt = softplus(dt);
+      if (p.softplus) dt = softplus_fast(dt);
       const bool in = valid && t0 + i < L;  // idle threads and steps past L contribute nothing
       s.dt[i] = in ? dt : 0.f;
       const float uu = to_float(ru[i]);
@@ -75,7 +75,7 @@ struct BwdThread {
       sm.u[i * threads + tid] = uu;
       float dy = in ? to_float(ro[i]) : 0.f, dzf = 0.f;
       if (has(p.z)) {
-        const float zz = to_float(rz[i]), sg = sigmoid(zz);
+        const float zz = to_float(rz[i]), sg = sigmoid_of<T>(zz);
         dzf = dy * sg * (1.f + zz * (1.f - sg));
         dy *= zz * sg;
       }

@@ -19,7 +19,10 @@ struct FwdFlags {
 
 template <typename T, int kN>
 struct FwdShared {
-  float B[2][kSteps][kN], C[2][kSteps][kN];
+  float B[2][kSteps][kN], C[2][kSteps][kN];  // the group's B/C, double-buffered
+  // per-step values of the group, a column per thread: dt, dt u, u, silu(z) (1 without z), y
+  float dt[kSteps][kFwdThreads], dtu[kSteps][kFwdThreads], u[kSteps][kFwdThreads];
+  float zs[kSteps][kFwdThreads], y[kSteps][kFwdThreads];
 };
 
 // The next group's raw inputs (registers).
@@ -36,8 +39,9 @@ struct FwdWalk {
   BcSrc<T, kN> Bs, Cs;
   int64_t L;
   bool has_z;
+  float bias;
 
-  __device__ void load(FwdRaw<T, kN>& r, int64_t t0) const {
+  __device__ __forceinline__ void load(FwdRaw<T, kN>& r, int64_t t0) const {
     u.load(r.u, t0, L);
     delta.load(r.d, t0, L);
     if (kOut && has_z) z.load(r.z, t0, L);
@@ -48,12 +52,26 @@ struct FwdWalk {
       if (kOut) r.c[k] = Cs.load(e, t0, L, p.dstate);
     }
   }
-  __device__ void stage(FwdShared<T, kN>& sh, const FwdRaw<T, kN>& r, int buf) const {
+  // B/C into the shared tile buf; the per-step values into this thread's columns.
+  __device__ __forceinline__ void stage(FwdShared<T, kN>& sh, const FwdRaw<T, kN>& r, int buf, int64_t t0) const {
 #pragma unroll
     for (int k = 0; k < FwdRaw<T, kN>::kPer; ++k) {
       const int e = threadIdx.x + k * kFwdThreads, i = Bs.step_of(e), n = Bs.state_of(e);
       sh.B[buf][i][n] = to_float(r.b[k]);
       if (kOut) sh.C[buf][Cs.step_of(e)][Cs.state_of(e)] = to_float(r.c[k]);
+    }
+    const int lane = threadIdx.x;
+#pragma unroll
+    for (int i = 0; i < kSteps; ++i) {
+      float dt = to_float(r.d[i]) + bias;
+      if (p.softplus) dt = softplus_fast(dt);
+      dt = t0 + i < L ? dt : 0.f;  // past L: the state stays (u is zero there)
+      const float uu = to_float(r.u[i]);
+      sh.dt[i][lane] = dt, sh.dtu[i][lane] = dt * uu, sh.u[i][lane] = uu;
+      if (kOut) {
+        const float zz = to_float(r.z[i]);
+        sh.zs[i][lane] = has_z ? zz * sigmoid_of<T>(zz) : 1.f;
+      }
     }
   }
 };
@@ -65,9 +83,11 @@ __global__ void __launch_bounds__(kFwdThreads) fwd_kernel(SelectiveScanParams p,
   const int64_t b = blockIdx.y, g = blockIdx.x / bpg, c = (blockIdx.x % bpg) * kFwdThreads + threadIdx.x;
   const bool valid = c < Dg;
   const int64_t d = g * Dg + (valid ? c : Dg - 1), L = p.seqlen, N = p.dstate;
+  const int lane = threadIdx.x;
 
   FwdWalk<T, kN, kOut> w{p};
   w.L = L, w.has_z = has(p.z);
+  w.bias = has(p.dt_bias) ? ptr<float>(p.dt_bias)[d * p.dt_bias.stride[0]] : 0.f;
   w.u.init(p.u, b, d, f.vec_u);
   w.delta.init(p.delta, b, d, f.vec_delta);
   if (kOut && w.has_z) w.z.init(p.z, b, d, f.vec_z);
@@ -83,23 +103,19 @@ __global__ void __launch_bounds__(kFwdThreads) fwd_kernel(SelectiveScanParams p,
     s[n] = n < N && has(h0) ? ptr<float>(h0)[b * h0.stride[0] + d * h0.stride[1] + n * h0.stride[2]] : 0.f;
   }
   const float Dd = has(p.D) ? ptr<float>(p.D)[d * p.D.stride[0]] : 0.f;
-  const float bias = has(p.dt_bias) ? ptr<float>(p.dt_bias)[d * p.dt_bias.stride[0]] : 0.f;
 
-  FwdRaw<T, kN> cur, nxt;
-  w.load(cur, 0);
-  w.stage(sh, cur, 0);
+  FwdRaw<T, kN> nxt;
+  w.load(nxt, 0);
+  w.stage(sh, nxt, 0, 0);
   __syncwarp();
   int buf = 0;
   for (int64_t t0 = 0; t0 < L; t0 += kSteps, buf ^= 1) {
     const bool more = t0 + kSteps < L;
-    if (more) w.load(nxt, t0 + kSteps);
-    float y[kSteps];
-#pragma unroll
+    if (more) w.load(nxt, t0 + kSteps);  // in flight during the steps
+    // the steps: a small rolled loop (the unrolled group overflowed the instruction cache)
+#pragma unroll 1
     for (int i = 0; i < kSteps; ++i) {
-      float dt = to_float(cur.d[i]) + bias;
-      if (p.softplus) dt = softplus(dt);
-      if (t0 + i >= L) dt = 0.f;  // past L: the state stays (u is zero there)
-      const float uu = to_float(cur.u[i]), dtu = dt * uu;
+      const float dt = sh.dt[i][lane], dtu = sh.dtu[i][lane];
       const float4* Bq = reinterpret_cast<const float4*>(sh.B[buf][i]);
       const float4* Cq = reinterpret_cast<const float4*>(sh.C[buf][i]);
       float acc[4] = {0.f, 0.f, 0.f, 0.f};
@@ -119,13 +135,14 @@ __global__ void __launch_bounds__(kFwdThreads) fwd_kernel(SelectiveScanParams p,
           if (kOut) acc[e] = fmaf(s[n], cv[e], acc[e]);
         }
       }
-      if (kOut) {
-        float o = fmaf(Dd, uu, (acc[0] + acc[1]) + (acc[2] + acc[3]));
-        if (w.has_z) o *= silu(to_float(cur.z[i]));
-        y[i] = o;
-      }
+      if (kOut) sh.y[i][lane] = fmaf(Dd, sh.u[i][lane], (acc[0] + acc[1]) + (acc[2] + acc[3])) * sh.zs[i][lane];
     }
-    if (kOut && valid) w.out.store(y, t0, L);
+    if (kOut && valid) {
+      float y[kSteps];
+#pragma unroll
+      for (int i = 0; i < kSteps; ++i) y[i] = sh.y[i][lane];
+      w.out.store(y, t0, L);
+    }
     if (kCk && more && valid) {
       const TensorArg& ck = p.chunk_states;
       float* dst = ptr<float>(ck) + b * ck.stride[0] + d * ck.stride[1] + (t0 / kSteps + 1) * ck.stride[2];
@@ -133,10 +150,8 @@ __global__ void __launch_bounds__(kFwdThreads) fwd_kernel(SelectiveScanParams p,
       for (int n = 0; n < kN; ++n)
         if (n < N) dst[n * ck.stride[3]] = s[n];
     }
-    if (more) {
-      w.stage(sh, nxt, buf ^ 1);
-      cur = nxt;
-    }
+    __syncwarp();  // every lane done with tile buf before it is refilled two groups on
+    if (more) w.stage(sh, nxt, buf ^ 1, t0 + kSteps);
     __syncwarp();
   }
   if (kOut && valid && has(p.last_state)) {
