@@ -5,6 +5,8 @@
 // warp when the channel stride is 1, the channels-last layout of the Mamba-1 projections).
 // B/C of a group are staged in shared memory as float for the block's channels.
 #pragma once
+#include <type_traits>
+
 #include "cuda/kernels.h"
 #include "cuda/vec.cuh"
 
@@ -37,11 +39,11 @@ __device__ __forceinline__ float softplus_fast(float v) {
   return v > 20.f ? v : fmaxf(v, 0.f) + t * q;
 }
 
-// sigmoid: for 16-bit activations one tanh.approx (abs error ~2^-12, below their rounding),
-// float32 keeps the accurate form.
+// sigmoid: for bfloat16 activations one tanh.approx (abs error ~2^-12, below their rounding);
+// float16 and float32 keep the accurate form.
 template <typename T>
 __device__ __forceinline__ float sigmoid_of(float z) {
-  if constexpr (sizeof(T) == 4) {
+  if constexpr (!std::is_same_v<T, bfloat16_t>) {
     return sigmoid(z);
   } else {
     float th;
