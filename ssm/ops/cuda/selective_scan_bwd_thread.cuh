@@ -8,8 +8,11 @@
 // memory across chunks) and accumulates du, ddelta, y (for dz) per step and dA per n. The
 // per-(n, t) gradients of B and C are sums over the group's channels: each warp sums its 32
 // channels through a shared transpose, the block sums its warps, and one atomic add per block
-// and (n, t) goes to the zeroed float32 dB / dC.
+// and (n, t) goes to the zeroed float32 dB / dC. When the grid leaves room, two warps share 32
+// channels, each walking half of the state entries; the second hands its sums over n to the first.
 #pragma once
+#include <utility>
+
 #include "cuda/selective_scan_bwd.cuh"
 #include "cuda/selective_scan_fwd_thread.cuh"
 
@@ -29,13 +32,16 @@ struct BwdSmem {
   float *Bt, *Ct;          // [kN][kSteps]: the chunk's B, C
   float *x;                // [W][32][kXRow]: a warp's dB (rows 0..15) and dC (rows 16..31) by lane
   float *red;              // [W][kN][32]: per warp sums, row j of x
+  float *sums;             // [W][3][kSteps][32]: S, R, y of the warps holding other state entries
   __device__ BwdSmem(float* s, int threads, int W) {
     A = s, h0 = A + kN * threads, e = h0 + kN * threads, dA = e + kN * threads;
     u = dA + kN * threads, dzf = u + kSteps * threads;
     Bt = dzf + kSteps * threads, Ct = Bt + kN * kSteps, x = Ct + kN * kSteps, red = x + W * 32 * kXRow;
+    sums = red + W * kN * 32;
   }
   static size_t bytes(int threads, int W) {
-    return sizeof(float) * (4 * kN * threads + 2 * kSteps * threads + 2 * kN * kSteps + W * 32 * kXRow + W * kN * 32);
+    return sizeof(float) * (4 * kN * threads + 2 * kSteps * threads + 2 * kN * kSteps + W * 32 * kXRow + W * kN * 32 +
+                            W * 3 * kSteps * 32);
   }
 };
 
@@ -54,6 +60,7 @@ struct BwdThread {
   BcSrc<T, kN> Bs, Cs;
   int64_t b, g, d, L;
   int tid, lane, w, W;
+  int P, part, nlo, nhi;  // P warps share 32 channels, warp part taking state entries [nlo, nhi)
   bool valid;
   float Dd, bias;
 
@@ -93,7 +100,7 @@ struct BwdThread {
 #pragma unroll
     for (int n = 0; n < kN; ++n) {
       float h = 0.f;
-      if (n < p.dstate) {
+      if (n < p.dstate && n >= nlo && n < nhi) {
         if (c > 0) {
           const TensorArg& ck = p.chunk_states;
           h = ptr<float>(ck)[b * ck.stride[0] + d * ck.stride[1] + c * ck.stride[2] + n * ck.stride[3]];
@@ -159,9 +166,26 @@ struct BwdThread {
       const int n = q / 32, j = q % 32, i = j % kSteps;
       if (n >= p.dstate || t0 + i >= L) continue;
       float v = 0.f;
-      for (int k = 0; k < W; ++k) v += sm.red[(k * kN + n) * 32 + j];
+      for (int k = 0; k < W / P; ++k) v += sm.red[((k * P + n / (kN / P)) * kN + n) * 32 + j];
       const TensorArg o = j < kSteps ? p.dB : p.dC;  // by value: no local copy of the params
       atomicAdd(ptr<float>(o) + b * o.stride[0] + g * o.stride[1] + n * o.stride[2] + (t0 + i) * o.stride[3], v);
+    }
+  }
+
+  // Warps of part > 0 hand their sums over n to part 0 (before the block barrier)...
+  __device__ __forceinline__ void give_sums(const Steps& s) const {
+    float* o = sm.sums + w * 3 * kSteps * 32 + lane;
+#pragma unroll
+    for (int i = 0; i < kSteps; ++i)
+      o[i * 32] = s.S[i], o[(kSteps + i) * 32] = s.R[i], o[(2 * kSteps + i) * 32] = s.y[i];
+  }
+  // ... which adds them after it.
+  __device__ __forceinline__ void take_sums(Steps& s) const {
+    for (int q = 1; q < P; ++q) {
+      const float* o = sm.sums + (w + q) * 3 * kSteps * 32 + lane;
+#pragma unroll
+      for (int i = 0; i < kSteps; ++i)
+        s.S[i] += o[i * 32], s.R[i] += o[(kSteps + i) * 32], s.y[i] += o[(2 * kSteps + i) * 32];
     }
   }
 
@@ -187,16 +211,17 @@ struct BwdThread {
 };
 
 template <typename T, int kN>
-__global__ void __launch_bounds__(128) bwd_kernel(SelectiveScanParams p, BwdFlags f) {
+__global__ void __launch_bounds__(128) bwd_kernel(SelectiveScanParams p, BwdFlags f, int P) {
   extern __shared__ __align__(16) float smem[];
-  const int W = blockDim.x / 32, threads = blockDim.x;
+  const int W = blockDim.x / 32, threads = blockDim.x, chans = threads / P;  // warp w = channel warp * P + part
   BwdThread<T, kN> t{p, BwdSmem<kN>(smem, threads, W)};
-  const int64_t Dg = p.dim / p.ngroups, bpg = (Dg + threads - 1) / threads;
+  const int64_t Dg = p.dim / p.ngroups, bpg = (Dg + chans - 1) / chans;
   t.b = blockIdx.y, t.g = blockIdx.x / bpg, t.L = p.seqlen;
-  const int64_t c = (blockIdx.x % bpg) * threads + threadIdx.x;
+  t.tid = threadIdx.x, t.lane = threadIdx.x % 32, t.w = threadIdx.x / 32, t.W = W;
+  t.P = P, t.part = t.w % P, t.nlo = t.part * (kN / P), t.nhi = t.nlo + kN / P;
+  const int64_t c = (blockIdx.x % bpg) * chans + (t.w / P) * 32 + t.lane;
   t.valid = c < Dg;
   t.d = t.g * Dg + (t.valid ? c : Dg - 1);
-  t.tid = threadIdx.x, t.lane = threadIdx.x % 32, t.w = threadIdx.x / 32, t.W = W;
   t.Dd = has(p.D) ? ptr<float>(p.D)[t.d * p.D.stride[0]] : 0.f;
   t.bias = has(p.dt_bias) ? ptr<float>(p.dt_bias)[t.d * p.dt_bias.stride[0]] : 0.f;
   t.u.init(p.u, t.b, t.d, f.vec_u);
@@ -224,18 +249,23 @@ __global__ void __launch_bounds__(128) bwd_kernel(SelectiveScanParams p, BwdFlag
     t.stage(ch, t0);
     __syncthreads();
 #pragma unroll 1
-    for (int n = 0; n < kN; ++n) t.state_bwd(s, n);
+    for (int n = t.nlo; n < t.nhi; ++n) t.state_bwd(s, n);
+    if (t.part > 0) t.give_sums(s);
     __syncthreads();
     t.add_bc(t0);
-    t.finish(s, t0, dDp, dbp);
+    if (t.part == 0) {
+      t.take_sums(s);
+      t.finish(s, t0, dDp, dbp);
+    }
   }
   if (!t.valid) return;
-  for (int n = 0; n < p.dstate; ++n) {
+  for (int n = t.nlo; n < t.nhi && n < p.dstate; ++n) {
     const int64_t b = t.b, d = t.d;
     ptr<float>(p.dA)[b * p.dA.stride[0] + d * p.dA.stride[1] + n * p.dA.stride[2]] = t.sm.dA[n * threads + t.tid];
     const TensorArg& di = p.dinitial_state;
     if (has(di)) ptr<float>(di)[b * di.stride[0] + d * di.stride[1] + n * di.stride[2]] = t.sm.e[n * threads + t.tid];
   }
+  if (t.part > 0) return;
   if (has(p.dD)) ptr<float>(p.dD)[t.b * p.dD.stride[0] + t.d * p.dD.stride[1]] = dDp;
   if (has(p.ddt_bias)) ptr<float>(p.ddt_bias)[t.b * p.ddt_bias.stride[0] + t.d * p.ddt_bias.stride[1]] = dbp;
 }
@@ -256,12 +286,18 @@ inline bool takes_bwd(const SelectiveScanParams& p) {
   return takes(p) && (p.seqlen <= kSteps || checkpoint_layout(p));
 }
 
-// Warps per block: the most (up to 4) that still give every SM two blocks.
-inline int bwd_warps(const SelectiveScanParams& p) {
-  const int64_t Dg = p.dim / p.ngroups;
+// Switch: false keeps one warp per 32 channels (every state entry in one thread).
+constexpr bool kSplitN = true;
+
+// (warps per block, warps per 32 channels): when one warp per 32 channels leaves room for twice
+// as many (8 warps per SM at 255 registers), two warps split the state entries (each thread's
+// serial walk halves); else the most warps (up to 4) that still give every SM two blocks.
+inline std::pair<int, int> bwd_shape(const SelectiveScanParams& p) {
+  const int64_t Dg = p.dim / p.ngroups, warps = p.batch * p.ngroups * ((Dg + 31) / 32);
+  if (kSplitN && 2 * warps <= 8 * sm_count()) return {2, 2};
   for (int W = 4; W > 1; W /= 2)
-    if (p.batch * p.ngroups * ((Dg + 32 * W - 1) / (32 * W)) >= 2 * sm_count()) return W;
-  return 1;
+    if (p.batch * p.ngroups * ((Dg + 32 * W - 1) / (32 * W)) >= 2 * sm_count()) return {W, 1};
+  return {1, 1};
 }
 
 template <typename T>
@@ -274,14 +310,15 @@ void launch_bwd(const SelectiveScanParams& p, cudaStream_t stream) {
   f.vec_z = has(p.z) && rows_vectorizable<T>(p.z, 2), f.vec_dout = rows_vectorizable<T>(p.dout, 2);
   f.vec_du = rows_vectorizable<T>(p.du, 2), f.vec_ddelta = rows_vectorizable<T>(p.ddelta, 2);
   f.vec_dz = has(p.dz) && rows_vectorizable<T>(p.dz, 2);
-  const int W = bwd_warps(p);
-  const int64_t Dg = p.dim / p.ngroups;
-  const dim3 grid(unsigned(p.ngroups * ((Dg + 32 * W - 1) / (32 * W))), unsigned(p.batch));
+  const std::pair<int, int> shape = bwd_shape(p);
+  const int W = shape.first, P = shape.second;
+  const int64_t Dg = p.dim / p.ngroups, chans = 32 * W / P;
+  const dim3 grid(unsigned(p.ngroups * ((Dg + chans - 1) / chans)), unsigned(p.batch));
   SSM_SCAN_THREAD_N_SWITCH(p.dstate, KN, [&] {
     const size_t bytes = BwdSmem<KN>::bytes(32 * W, W);
     auto kernel = bwd_kernel<T, KN>;
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
-    kernel<<<grid, 32 * W, bytes, stream>>>(p, f);
+    kernel<<<grid, 32 * W, bytes, stream>>>(p, f, P);
   });
 }
 
