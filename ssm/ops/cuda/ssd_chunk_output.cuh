@@ -2,7 +2,8 @@
 // Y = sum over key tiles up to the diagonal of ((C_q B_k^T) ∘ mask) X_k   (mask[t, s] =
 // exp(cs_t - cs_s) Δ_s for s <= t in the same run) + diag(exp(cs)) C_q H_in^T on the first run,
 // + D x, then y·silu(z). Runs starting inside the chunk with a cu_seqlens initial state add
-// exp(cs_t - cs_before_run) C_t · init (FMA; only that case).
+// exp(cs_t - cs_before_run) C_t · init (FMA; only that case). Float32 runs this kernel; half and
+// bfloat16 the register-fragment one of ssd_chunk_output_mma.cuh, which holds the launcher.
 #pragma once
 #include "cuda/ssd_chunk_state.cuh"
 
@@ -99,13 +100,6 @@ __global__ void __launch_bounds__(kThreads) chunk_scan_kernel(SsdParams p, Layou
     if (t0 + i < rows_left && p0 + j < P)
       write_y<T>(p, tok, b, h, g, c0, t0 + i, p0 + j, sf[i * kLdF + j], to_float(xk[i * kLd + j]));
   }
-}
-
-template <typename T>
-void launch_chunk_scan(const SsdParams& p, const Layout& w, cudaStream_t s) {
-  const int64_t blocks = w.nchunks * ((p.headdim + kTile - 1) / kTile) * (p.chunk / kTile);
-  const dim3 grid(unsigned(blocks), unsigned(p.nheads), unsigned(p.batch));
-  launch(chunk_scan_kernel<T>, grid, chunk_scan_smem<T>(int(p.dstate)), s, p, w);
 }
 
 }  // namespace ssm::cuda::ssd

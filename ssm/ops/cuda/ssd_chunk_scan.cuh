@@ -55,7 +55,7 @@ inline Layout layout(const SsdParams& p, int elem_bytes) {
   return w;
 }
 
-// Launchers (ssd_chunk_state.cuh, ssd_state_passing.cuh, ssd_chunk_output.cuh), one
+// Launchers (ssd_chunk_state.cuh, ssd_state_passing.cuh, ssd_chunk_output_mma.cuh), one
 // instantiation per element type; each checks nothing (ssd_chunk_scan_fwd.cu does).
 template <typename T> void launch_chunk_state(const SsdParams& p, const Layout& w, cudaStream_t s);
 template <typename T> void launch_state_passing(const SsdParams& p, const Layout& w, cudaStream_t s);

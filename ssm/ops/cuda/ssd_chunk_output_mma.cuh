@@ -1,0 +1,191 @@
+// SSD step 4 for half / bfloat16 on tensor cores with register fragments: per (chunk, 64-token
+// query tile, head, 64-wide P tile) warp w owns query rows 16w..16w+15 and all 64 P columns.
+//   acc  = diag(exp(cs) on the first run) · C_q H_in^T
+//   per key tile k <= q (B_k, X_k double-buffered by cp.async):
+//     S  = C_q B_k^T (mma, the upper triangle of the diagonal tile skipped),
+//     S  = S ∘ exp(cs_t - cs_s) Δ_s on s <= t in the same run (in registers),
+//     acc += S X_k (S's accumulators repacked as A fragments; no shared-memory round trip).
+// The epilogue (D x, cu_seqlens initial states, z gate) is write_y. SSM_SSD_FWD_MMA=0 selects the
+// shared-memory wmma kernel of ssd_chunk_output.cuh instead.
+#pragma once
+#include <cstdlib>
+#include <cstring>
+#include <type_traits>
+
+#include "cuda/ssd_chunk_output.cuh"
+#include "cuda/ssd_mma.cuh"
+
+namespace ssm::cuda::ssd {
+
+template <typename T>
+size_t chunk_scan_mma_smem(int N) {
+  const int ldn = round16(N) + 8;
+  return align128(sizeof(ChunkTokens)) + 4 * align128(kTile * ldn * sizeof(T)) + 2 * align128(kTile * kLd * sizeof(T));
+}
+
+// acc (16 x 64 per warp) += A (rows r0.., K = Np, stored [row][k]) · Bt^T (Bt stored [n][k], 64 rows);
+// n-tile pairs jp > jp_max are skipped.
+template <typename T>
+__device__ __forceinline__ void mma_rows_nk(float (&acc)[8][4], const T* A, const T* Bt, int ld, int r0, int Np,
+                                            int jp_max) {
+  for (int k0 = 0; k0 < Np; k0 += 16) {
+    unsigned a[4];
+    load_a(a, A, ld, r0, k0);
+#pragma unroll
+    for (int jp = 0; jp < 4; ++jp) {
+      if (jp > jp_max) continue;
+      unsigned bb[4];
+      load_b_nk(bb, Bt, ld, jp * 16, k0);
+      mma16816<T>(acc[2 * jp], a, bb[0], bb[1]);
+      mma16816<T>(acc[2 * jp + 1], a, bb[2], bb[3]);
+    }
+  }
+}
+
+// acc += S (16 x 64 key columns, accumulators) · X (stored [s][p], ld kLd); key steps kk > kk_max skipped.
+template <typename T>
+__device__ __forceinline__ void mma_sx(float (&acc)[8][4], const float (&s)[8][4], const T* X, int kk_max) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    if (kk > kk_max) continue;
+    const unsigned a[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
+                           pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                           pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+    for (int jp = 0; jp < 4; ++jp) {
+      unsigned bb[4];
+      load_b_kn(bb, X, kLd, jp * 16, kk * 16);
+      mma16816<T>(acc[2 * jp], a, bb[0], bb[1]);
+      mma16816<T>(acc[2 * jp + 1], a, bb[2], bb[3]);
+    }
+  }
+}
+
+// s(t, s') *= exp(cs_t - cs_s') Δ_s' where s' <= t in the same run and t is valid, else 0.
+// rows: the thread's two query tokens (chunk indices) t[0], t[1]; s0: the key tile's first token.
+__device__ __forceinline__ void decay_mask(float (&s)[8][4], const ChunkTokens& tok, const int (&t)[2], int s0,
+                                           int rows_left) {
+  const int c4 = threadIdx.x & 3;
+  float cs_t[2];
+  int run_t[2];
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    cs_t[hf] = tok.cs[t[hf]];
+    run_t[hf] = t[hf] < rows_left ? tok.run[t[hf]] : -1;
+  }
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int sj = s0 + j * 8 + 2 * c4 + e;
+      const float cs_s = tok.cs[sj], dt_s = tok.dt[sj];
+      const int run_s = tok.run[sj];
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const bool keep = sj <= t[hf] && run_s == run_t[hf];
+        s[j][2 * hf + e] = keep ? s[j][2 * hf + e] * __expf(cs_t[hf] - cs_s) * dt_s : 0.f;
+      }
+    }
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) chunk_scan_mma_kernel(SsdParams p, Layout w) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Np = round16(N), ldn = Np + 8;
+  const size_t nb = align128(kTile * ldn * sizeof(T)), xb = align128(kTile * kLd * sizeof(T));
+  ChunkTokens& tok = *reinterpret_cast<ChunkTokens*>(smem);
+  unsigned char* at = smem + align128(sizeof(ChunkTokens));
+  T* cq = reinterpret_cast<T*>(at);
+  T* hs = reinterpret_cast<T*>(at + nb);
+  T* bk0 = reinterpret_cast<T*>(at + 2 * nb);
+  T* bk1 = reinterpret_cast<T*>(at + 3 * nb);
+  T* xk0 = reinterpret_cast<T*>(at + 4 * nb);
+  T* xk1 = reinterpret_cast<T*>(at + 4 * nb + xb);
+  const int nq = Q / kTile, ntp = (P + kTile - 1) / kTile;
+  const int qt = blockIdx.x % nq, pt = blockIdx.x / nq % ntp, p0 = pt * kTile;
+  const int64_t c = blockIdx.x / nq / ntp, b = blockIdx.z, c0 = c * Q, L = p.seqlen;
+  const int h = blockIdx.y, g = h / int(p.nheads / p.ngroups), t0 = qt * kTile;
+  if (c0 + t0 >= L) return;
+  const int rows_left = int(min(int64_t(Q), L - c0));  // valid tokens of the chunk
+  const int64_t bs1 = p.B.stride[1], xs1 = p.x.stride[1];
+  const T* bsrc = ptr<T>(p.B) + b * p.B.stride[0] + g * p.B.stride[2] + c0 * bs1;
+  const T* xsrc = ptr<T>(p.x) + b * p.x.stride[0] + h * p.x.stride[2] + p0 * p.x.stride[3] + c0 * xs1;
+  const T* csrc = ptr<T>(p.C) + b * p.C.stride[0] + g * p.C.stride[2] + (c0 + t0) * p.C.stride[1];
+  const T* hin = reinterpret_cast<const T*>(ptr<float>(p.workspace) + w.hin) +
+                 ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + int64_t(p0) * N;
+  issue_tile<T>(cq, ldn, Np, csrc, p.C.stride[1], p.C.stride[3], rows_left - t0, N);
+  issue_tile<T>(hs, ldn, Np, hin, N, 1, P - p0, N);  // hs[p][n] = H_in[p0 + p][n]
+  cp_async_commit();
+  issue_tile<T>(bk0, ldn, Np, bsrc, bs1, p.B.stride[3], rows_left, N);
+  issue_tile<T>(xk0, kLd, kTile, xsrc, xs1, p.x.stride[3], rows_left, P - p0);
+  cp_async_commit();
+  load_chunk(p, b, h, c0, Q, tok);
+  cp_async_wait<1>();
+  __syncthreads();
+
+  const int warp = int(threadIdx.x >> 5), r0 = warp * 16, g8 = int(threadIdx.x & 31) >> 2;
+  const int trow[2] = {t0 + r0 + g8, t0 + r0 + g8 + 8};  // the thread's two query tokens
+  float acc[8][4] = {};
+  mma_rows_nk<T>(acc, cq, hs, ldn, r0, Np, 3);  // C_q H_in^T
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const float scale = trow[hf] < rows_left && tok.run[trow[hf]] == 0 ? __expf(tok.cs[trow[hf]]) : 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) acc[j][2 * hf] *= scale, acc[j][2 * hf + 1] *= scale;
+  }
+  for (int kt = 0; kt <= qt; ++kt) {
+    const T* bcur = kt & 1 ? bk1 : bk0;
+    const T* xcur = kt & 1 ? xk1 : xk0;
+    if (kt < qt) {  // the next key tile into the other buffers
+      const int s1 = (kt + 1) * kTile;
+      issue_tile<T>(kt & 1 ? bk0 : bk1, ldn, Np, bsrc + s1 * bs1, bs1, p.B.stride[3], rows_left - s1, N);
+      issue_tile<T>(kt & 1 ? xk0 : xk1, kLd, kTile, xsrc + s1 * xs1, xs1, p.x.stride[3], rows_left - s1, P - p0);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    const int lim = kt == qt ? warp : 3;  // the diagonal tile: keys up to the warp's last row
+    float s[8][4] = {};
+    mma_rows_nk<T>(s, cq, bcur, ldn, r0, Np, lim);
+    decay_mask(s, tok, trow, kt * kTile, rows_left);
+    mma_sx<T>(acc, s, xcur, lim);
+    if (kt < qt) __syncthreads();  // before the next issue overwrites this key tile's buffers
+  }
+  const T* xq = qt & 1 ? xk1 : xk0;  // the query tokens' x
+  const int lc = 2 * (threadIdx.x & 3);
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int i = trow[hf] - t0, pl = j * 8 + lc + e;
+        if (trow[hf] < rows_left && p0 + pl < P)
+          write_y<T>(p, tok, b, h, g, c0, trow[hf], p0 + pl, acc[j][2 * hf + e], to_float(xq[i * kLd + pl]));
+      }
+}
+
+// SSM_SSD_FWD_MMA=0 falls back to the wmma kernel (read once).
+inline bool chunk_scan_mma_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("SSM_SSD_FWD_MMA");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }();
+  return on;
+}
+
+template <typename T>
+void launch_chunk_scan(const SsdParams& p, const Layout& w, cudaStream_t s) {
+  const int64_t blocks = w.nchunks * ((p.headdim + kTile - 1) / kTile) * (p.chunk / kTile);
+  const dim3 grid(unsigned(blocks), unsigned(p.nheads), unsigned(p.batch));
+  if constexpr (!std::is_same<T, float>::value) {
+    if (chunk_scan_mma_enabled()) {
+      launch(chunk_scan_mma_kernel<T>, grid, chunk_scan_mma_smem<T>(int(p.dstate)), s, p, w);
+      return;
+    }
+  }
+  launch(chunk_scan_kernel<T>, grid, chunk_scan_smem<T>(int(p.dstate)), s, p, w);
+}
+
+}  // namespace ssm::cuda::ssd
