@@ -18,10 +18,10 @@ size_t chunk_scan_smem(int N) {
          2 * align128(kTile * kLd * sizeof(T)) + kTile * kLdF * sizeof(float);
 }
 
-// The y epilogue of element (t, p) given the accumulated scan output `acc`.
+// The y epilogue of element (t, p) given the accumulated scan output `acc`: the value stored.
 template <typename T>
-__device__ void write_y(const SsdParams& p, const ChunkTokens& tok, int64_t b, int h, int g, int64_t c0, int i_chunk,
-                        int pp, float acc, float xv) {
+__device__ float y_out(const SsdParams& p, const ChunkTokens& tok, int64_t b, int h, int g, int64_t c0, int i_chunk,
+                       int pp, float acc, float xv) {
   const int64_t t = c0 + i_chunk;
   float y = acc;
   if (has(p.D)) y += ptr<float>(p.D)[h * p.D.stride[0] + pp * p.D.stride[1]] * xv;
@@ -33,8 +33,18 @@ __device__ void write_y(const SsdParams& p, const ChunkTokens& tok, int64_t b, i
     y += __expf(tok.cs[i_chunk] - cs_before(tok, tok.runstart[run])) * dot;
   }
   if (has(p.z)) y *= silu(at4<T>(p.z, b, t, h, pp));
-  ptr<T>(p.out)[b * p.out.stride[0] + t * p.out.stride[1] + h * p.out.stride[2] + pp * p.out.stride[3]] =
-      from_float<T>(y);
+  return y;
+}
+
+template <typename T>
+__device__ T* y_ptr(const SsdParams& p, int64_t b, int64_t t, int h, int pp) {
+  return ptr<T>(p.out) + b * p.out.stride[0] + t * p.out.stride[1] + h * p.out.stride[2] + pp * p.out.stride[3];
+}
+
+template <typename T>
+__device__ void write_y(const SsdParams& p, const ChunkTokens& tok, int64_t b, int h, int g, int64_t c0, int i_chunk,
+                        int pp, float acc, float xv) {
+  *y_ptr<T>(p, b, c0 + i_chunk, h, pp) = from_float<T>(y_out<T>(p, tok, b, h, g, c0, i_chunk, pp, acc, xv));
 }
 
 template <typename T>

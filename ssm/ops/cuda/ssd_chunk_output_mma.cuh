@@ -5,15 +5,13 @@
 //     S  = C_q B_k^T (mma, the upper triangle of the diagonal tile skipped),
 //     S  = S ∘ exp(cs_t - cs_s) Δ_s on s <= t in the same run (in registers),
 //     acc += S X_k (S's accumulators repacked as A fragments; no shared-memory round trip).
-// The epilogue (D x, cu_seqlens initial states, z gate) is write_y. SSM_SSD_FWD_MMA=0 selects the
-// shared-memory wmma kernel of ssd_chunk_output.cuh instead.
+// The epilogue (D x, cu_seqlens initial states, z gate) is y_out's, stored in pairs.
+// SSM_SSD_FWD_MMA=0 selects the shared-memory wmma kernel of ssd_chunk_output.cuh instead.
 #pragma once
-#include <cstdlib>
-#include <cstring>
 #include <type_traits>
 
 #include "cuda/ssd_chunk_output.cuh"
-#include "cuda/ssd_mma.cuh"
+#include "cuda/ssd_chunk_state_mma.cuh"
 
 namespace ssm::cuda::ssd {
 
@@ -155,24 +153,29 @@ __global__ void __launch_bounds__(kThreads) chunk_scan_mma_kernel(SsdParams p, L
   const T* xq = qt & 1 ? xk1 : xk0;  // the query tokens' x
   const int lc = 2 * (threadIdx.x & 3);
 #pragma unroll
-  for (int j = 0; j < 8; ++j)
+  for (int hf = 0; hf < 2; ++hf) {
+    const int i = trow[hf] - t0;
+    if (trow[hf] >= rows_left) continue;
 #pragma unroll
-    for (int hf = 0; hf < 2; ++hf)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int i = trow[hf] - t0, pl = j * 8 + lc + e;
-        if (trow[hf] < rows_left && p0 + pl < P)
-          write_y<T>(p, tok, b, h, g, c0, trow[hf], p0 + pl, acc[j][2 * hf + e], to_float(xq[i * kLd + pl]));
+    for (int j = 0; j < 8; ++j) {
+      const int pl = j * 8 + lc, pp = p0 + pl;
+      if (pp >= P) continue;
+      const float y0 = y_out<T>(p, tok, b, h, g, c0, trow[hf], pp, acc[j][2 * hf], to_float(xq[i * kLd + pl]));
+      T* dst = y_ptr<T>(p, b, c0 + trow[hf], h, pp);
+      if (pp + 1 >= P) {
+        *dst = from_float<T>(y0);
+        continue;
       }
-}
-
-// SSM_SSD_FWD_MMA=0 falls back to the wmma kernel (read once).
-inline bool chunk_scan_mma_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("SSM_SSD_FWD_MMA");
-    return v == nullptr || std::strcmp(v, "0") != 0;
-  }();
-  return on;
+      const float y1 =
+          y_out<T>(p, tok, b, h, g, c0, trow[hf], pp + 1, acc[j][2 * hf + 1], to_float(xq[i * kLd + pl + 1]));
+      if (p.out.stride[3] == 1 && (reinterpret_cast<uintptr_t>(dst) & 3) == 0) {
+        *reinterpret_cast<unsigned*>(dst) = pack2<T>(y0, y1);  // the pair in one store
+      } else {
+        dst[0] = from_float<T>(y0);
+        dst[p.out.stride[3]] = from_float<T>(y1);
+      }
+    }
+  }
 }
 
 template <typename T>
@@ -180,7 +183,7 @@ void launch_chunk_scan(const SsdParams& p, const Layout& w, cudaStream_t s) {
   const int64_t blocks = w.nchunks * ((p.headdim + kTile - 1) / kTile) * (p.chunk / kTile);
   const dim3 grid(unsigned(blocks), unsigned(p.nheads), unsigned(p.batch));
   if constexpr (!std::is_same<T, float>::value) {
-    if (chunk_scan_mma_enabled()) {
+    if (fwd_mma_enabled()) {
       launch(chunk_scan_mma_kernel<T>, grid, chunk_scan_mma_smem<T>(int(p.dstate)), s, p, w);
       return;
     }

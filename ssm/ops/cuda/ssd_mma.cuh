@@ -3,6 +3,9 @@
 // c = lane % 4): A (16 x 16) a0 (g, 2c..2c+1), a1 (g+8, 2c..), a2 (g, 2c+8..), a3 (g+8, 2c+8..);
 // B (16 x 8) b0 (2c..2c+1, g), b1 (2c+8.., g); C (16 x 8) c0 c1 (g, 2c..2c+1), c2 c3 (g+8, 2c..).
 #pragma once
+#include <cstdlib>
+#include <cstring>
+
 #include "cuda/common.cuh"
 
 namespace ssm::cuda::ssd {
@@ -27,6 +30,13 @@ template <typename T>
 __device__ __forceinline__ void load_a(unsigned (&a)[4], const T* s, int ld, int r0, int k0) {
   const int l = threadIdx.x & 31;
   ldsm_x4(a, s + (r0 + (l & 15)) * ld + k0 + (l >> 4) * 8);
+}
+
+// The same from a tile stored [k][row] (the transpose of the operand).
+template <typename T>
+__device__ __forceinline__ void load_a_kr(unsigned (&a)[4], const T* s, int ld, int r0, int k0) {
+  const int l = threadIdx.x & 31;
+  ldsm_x4_trans(a, s + (k0 + (l >> 4) * 8 + (l & 7)) * ld + r0 + ((l >> 3) & 1) * 8);
 }
 
 // B fragments of two n-tiles (n0..n0+7, n0+8..n0+15), k0..k0+15, from a tile stored [n][k]:
@@ -74,6 +84,23 @@ __device__ __forceinline__ unsigned pack2(float lo, float hi) {
   const unsigned short ul = *reinterpret_cast<const unsigned short*>(&l);
   const unsigned short uh = *reinterpret_cast<const unsigned short*>(&h);
   return unsigned(ul) | (unsigned(uh) << 16);
+}
+
+// A packed pair of T scaled by (lo, hi).
+template <typename T>
+__device__ __forceinline__ unsigned scale2(unsigned v, float lo, float hi) {
+  const unsigned short ul = static_cast<unsigned short>(v & 0xffffu), uh = static_cast<unsigned short>(v >> 16);
+  return pack2<T>(to_float(*reinterpret_cast<const T*>(&ul)) * lo, to_float(*reinterpret_cast<const T*>(&uh)) * hi);
+}
+
+// The register-fragment forward kernels (chunk state, chunk output) for half / bfloat16;
+// SSM_SSD_FWD_MMA=0 selects the shared-memory wmma ones (read once).
+inline bool fwd_mma_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("SSM_SSD_FWD_MMA");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }();
+  return on;
 }
 
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
