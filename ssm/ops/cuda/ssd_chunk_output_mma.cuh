@@ -18,7 +18,7 @@ namespace ssm::cuda::ssd {
 template <typename T>
 size_t chunk_scan_mma_smem(int N) {
   const int ldn = round16(N) + 8;
-  return align128(sizeof(ChunkTokens)) + 4 * align128(kTile * ldn * sizeof(T)) + 2 * align128(kTile * kLd * sizeof(T));
+  return align128(sizeof(ChunkTokens)) + 3 * align128(kTile * ldn * sizeof(T)) + 2 * align128(kTile * kLd * sizeof(T));
 }
 
 // acc (16 x 64 per warp) += A (rows r0.., K = Np, stored [row][k]) · Bt^T (Bt stored [n][k], 64 rows);
@@ -95,11 +95,10 @@ __global__ void __launch_bounds__(kThreads) chunk_scan_mma_kernel(SsdParams p, L
   ChunkTokens& tok = *reinterpret_cast<ChunkTokens*>(smem);
   unsigned char* at = smem + align128(sizeof(ChunkTokens));
   T* cq = reinterpret_cast<T*>(at);
-  T* hs = reinterpret_cast<T*>(at + nb);
-  T* bk0 = reinterpret_cast<T*>(at + 2 * nb);
-  T* bk1 = reinterpret_cast<T*>(at + 3 * nb);
-  T* xk0 = reinterpret_cast<T*>(at + 4 * nb);
-  T* xk1 = reinterpret_cast<T*>(at + 4 * nb + xb);
+  T* bk0 = reinterpret_cast<T*>(at + nb);
+  T* bk1 = reinterpret_cast<T*>(at + 2 * nb);  // first holds H_in
+  T* xk0 = reinterpret_cast<T*>(at + 3 * nb);
+  T* xk1 = reinterpret_cast<T*>(at + 3 * nb + xb);
   const int nq = Q / kTile, ntp = (P + kTile - 1) / kTile;
   const int qt = blockIdx.x % nq, pt = blockIdx.x / nq % ntp, p0 = pt * kTile;
   const int64_t c = blockIdx.x / nq / ntp, b = blockIdx.z, c0 = c * Q, L = p.seqlen;
@@ -113,7 +112,7 @@ __global__ void __launch_bounds__(kThreads) chunk_scan_mma_kernel(SsdParams p, L
   const T* hin = reinterpret_cast<const T*>(ptr<float>(p.workspace) + w.hin) +
                  ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + int64_t(p0) * N;
   issue_tile<T>(cq, ldn, Np, csrc, p.C.stride[1], p.C.stride[3], rows_left - t0, N);
-  issue_tile<T>(hs, ldn, Np, hin, N, 1, P - p0, N);  // hs[p][n] = H_in[p0 + p][n]
+  issue_tile<T>(bk1, ldn, Np, hin, N, 1, P - p0, N);  // bk1[p][n] = H_in[p0 + p][n]
   cp_async_commit();
   issue_tile<T>(bk0, ldn, Np, bsrc, bs1, p.B.stride[3], rows_left, N);
   issue_tile<T>(xk0, kLd, kTile, xsrc, xs1, p.x.stride[3], rows_left, P - p0);
@@ -125,13 +124,14 @@ __global__ void __launch_bounds__(kThreads) chunk_scan_mma_kernel(SsdParams p, L
   const int warp = int(threadIdx.x >> 5), r0 = warp * 16, g8 = int(threadIdx.x & 31) >> 2;
   const int trow[2] = {t0 + r0 + g8, t0 + r0 + g8 + 8};  // the thread's two query tokens
   float acc[8][4] = {};
-  mma_rows_nk<T>(acc, cq, hs, ldn, r0, Np, 3);  // C_q H_in^T
+  mma_rows_nk<T>(acc, cq, bk1, ldn, r0, Np, 3);  // C_q H_in^T
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {
     const float scale = trow[hf] < rows_left && tok.run[trow[hf]] == 0 ? __expf(tok.cs[trow[hf]]) : 0.f;
 #pragma unroll
     for (int j = 0; j < 8; ++j) acc[j][2 * hf] *= scale, acc[j][2 * hf + 1] *= scale;
   }
+  __syncthreads();  // H_in read: bk1 takes the second key tile
   for (int kt = 0; kt <= qt; ++kt) {
     const T* bcur = kt & 1 ? bk1 : bk0;
     const T* xcur = kt & 1 ? xk1 : xk0;
