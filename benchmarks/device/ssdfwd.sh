@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
 # Device round for ssdfwd (issue 6, CUDA SSD forward): the GPU SSD tests (-x), then the forward
-# timings (new kernel; the old wmma one with SSM_SSD_FWD_MMA=0). Usage: ssdfwd.sh OUT_DIR
-# (runs from the repo root after the lead's build; at most ~60 s).
+# timings: default kernels (mma chunk state / output with the precomputed C B^T), then the B8 case
+# with C B^T per head (SSM_SSD_FWD_CB=0). Usage: ssdfwd.sh OUT_DIR (repo root, after the build; ~60 s).
 set -uo pipefail
 OUT=${1:-/tmp/ssdfwd}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-timeout 30 $PY -m pytest tests/ops/test_ssd_cuda.py -x -q -p no:cacheprovider --durations=12 > "$OUT/pytest.log" 2>&1
-echo "test_ssd_cuda.py (whole file, -x, 30 s cap) rc=$?: $(grep -E "passed|failed|error" "$OUT/pytest.log" | tail -1)"
-grep -E "^FAILED|^E  " "$OUT/pytest.log" | head -8 | cut -c1-300
-timeout 20 $PY benchmarks/device/ssdfwd_time.py "$OUT/time.json" > "$OUT/time.log" 2>&1
-echo "timing rc=$?"; cut -c1-160 "$OUT/time.log" | tail -24
+timeout 27 $PY -m pytest tests/ops/test_ssd_cuda.py -x -q -p no:cacheprovider --durations=15 > "$OUT/pytest.log" 2>&1
+rc=$?
+echo "test_ssd_cuda.py (whole file in order, -x, 27 s cap) rc=$rc: $(grep -E "passed|failed|error" "$OUT/pytest.log" | tail -1)"
+grep -E "^FAILED|^E  " "$OUT/pytest.log" | head -6 | cut -c1-300
+if [ $rc -eq 1 ]; then  # a failure: is it the precomputed C B^T or the mma kernels?
+  SSM_SSD_FWD_CB=0 timeout 10 $PY -m pytest tests/ops/test_ssd_cuda.py -x -q -p no:cacheprovider \
+    -k "model_sizes or token_major" > "$OUT/pytest_cb0.log" 2>&1
+  echo "  with SSM_SSD_FWD_CB=0 (model_sizes, token_major) rc=$?: $(tail -1 "$OUT/pytest_cb0.log")"
+fi
+timeout 17 $PY benchmarks/device/ssdfwd_time.py "$OUT/time.json" > "$OUT/time.log" 2>&1
+echo "timing rc=$?"; cut -c1-150 "$OUT/time.log" | tail -21
+SSM_SSD_FWD_CB=0 timeout 10 $PY benchmarks/device/ssdfwd_time.py "$OUT/time_cb0.json" --quick > "$OUT/time_cb0.log" 2>&1
+echo "timing SSM_SSD_FWD_CB=0 rc=$?"; cut -c1-150 "$OUT/time_cb0.log" | tail -7

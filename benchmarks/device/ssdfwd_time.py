@@ -2,7 +2,7 @@
 (B8, L2048) and (B1, L8192) (H32 P64 N128 chunk 256 bf16, D, dt_bias, softplus), and the Mamba2
 layer forward at the mamba2-130m shape (H24, B8 L2048; the fused split path's strided views).
 
-    python benchmarks/device/ssdfwd_time.py OUT.json
+    python benchmarks/device/ssdfwd_time.py OUT.json [--quick]   (--quick: the B8 case only)
 """
 from __future__ import annotations
 
@@ -53,7 +53,8 @@ def layer_case():
 
 def main():
     rows = []
-    for fn in (lambda: op_case(8, 2048), lambda: op_case(1, 8192), layer_case):
+    cases = (lambda: op_case(8, 2048), lambda: op_case(1, 8192), layer_case)
+    for fn in cases[:1] if "--quick" in sys.argv else cases:
         row = fn()
         rows.append(row)
         print(f"{row['case']}: gpu {row['gpu_ms']:.3f} ms, eager {row['eager_ms']:.3f} ms", flush=True)
@@ -62,7 +63,7 @@ def main():
     if len(sys.argv) > 1:
         with open(sys.argv[1], "w") as f:
             json.dump(dict(device=torch.cuda.get_device_name(), mma=os.environ.get("SSM_SSD_FWD_MMA", "1"),
-                           rows=rows), f, indent=1)
+                           cb=os.environ.get("SSM_SSD_FWD_CB", "1"), rows=rows), f, indent=1)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,13 @@
 
 namespace ssm::cuda::ssd {
 
+// Shared memory: tokens, C_q, H_in / the two B_k buffers (H_in in the second) or H_in alone with
+// the precomputed C B^T, the two X_k buffers.
 template <typename T>
-size_t chunk_scan_mma_smem(int N) {
+size_t chunk_scan_mma_smem(int N, bool pre_cb) {
   const int ldn = round16(N) + 8;
-  return align128(sizeof(ChunkTokens)) + 3 * align128(kTile * ldn * sizeof(T)) + 2 * align128(kTile * kLd * sizeof(T));
+  return align128(sizeof(ChunkTokens)) + (pre_cb ? 2 : 3) * align128(kTile * ldn * sizeof(T)) +
+         2 * align128(kTile * kLd * sizeof(T));
 }
 
 // acc (16 x 64 per warp) += A (rows r0.., K = Np, stored [row][k]) · Bt^T (Bt stored [n][k], 64 rows);
@@ -87,7 +90,54 @@ __device__ __forceinline__ void decay_mask(float (&s)[8][4], const ChunkTokens& 
   }
 }
 
+// C B^T of one 64 x 64 tile (query tile qt, key tile kt <= qt) of a chunk for one group, in float32:
+// cb[((b nc + c) G + g) Q^2 + t Q + s] for chunk-local t, s; shared by the group's heads.
 template <typename T>
+__global__ void __launch_bounds__(kThreads) chunk_cb_kernel(SsdParams p, Layout w) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int N = int(p.dstate), Q = int(p.chunk), Np = round16(N), ldn = Np + 8, nq = Q / kTile;
+  T* cs = reinterpret_cast<T*>(smem);
+  T* bs = reinterpret_cast<T*>(smem + align128(kTile * ldn * sizeof(T)));
+  const int qt = blockIdx.x % nq, kt = blockIdx.x / nq % nq, g = blockIdx.y;
+  const int64_t c = blockIdx.x / (nq * nq), b = blockIdx.z, c0 = c * Q;
+  if (kt > qt || c0 + qt * kTile >= p.seqlen) return;
+  const int rows_left = int(min(int64_t(Q), p.seqlen - c0));
+  const T* C = ptr<T>(p.C) + b * p.C.stride[0] + g * p.C.stride[2] + (c0 + qt * kTile) * p.C.stride[1];
+  const T* B = ptr<T>(p.B) + b * p.B.stride[0] + g * p.B.stride[2] + (c0 + kt * kTile) * p.B.stride[1];
+  issue_tile<T>(cs, ldn, Np, C, p.C.stride[1], p.C.stride[3], rows_left - qt * kTile, N);
+  issue_tile<T>(bs, ldn, Np, B, p.B.stride[1], p.B.stride[3], rows_left - kt * kTile, N);
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+  const int r0 = int(threadIdx.x >> 5) * 16, g8 = int(threadIdx.x & 31) >> 2, c2 = 2 * int(threadIdx.x & 3);
+  float acc[8][4] = {};
+  mma_rows_nk<T>(acc, cs, bs, ldn, r0, Np, 3);
+  float* out = ptr<float>(p.workspace) + w.cb + ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q +
+               int64_t(qt * kTile) * Q + kt * kTile;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf)
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+      *reinterpret_cast<float2*>(out + (r0 + g8 + 8 * hf) * Q + 8 * j + c2) =
+          make_float2(acc[j][2 * hf], acc[j][2 * hf + 1]);
+}
+
+// s = the precomputed C B^T of the thread's rows t[0], t[1] and key tile s0 (n-tile pairs > jp_max zero).
+__device__ __forceinline__ void load_cb(float (&s)[8][4], const float* cb, int Q, const int (&t)[2], int s0,
+                                        int jp_max) {
+  const int c2 = 2 * int(threadIdx.x & 3);
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const float2 v = j / 2 <= jp_max ? *reinterpret_cast<const float2*>(cb + t[hf] * Q + s0 + 8 * j + c2)
+                                       : make_float2(0.f, 0.f);
+      s[j][2 * hf] = v.x;
+      s[j][2 * hf + 1] = v.y;
+    }
+}
+
+template <typename T, bool kPreCB>
 __global__ void __launch_bounds__(kThreads) chunk_scan_mma_kernel(SsdParams p, Layout w) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Np = round16(N), ldn = Np + 8;
@@ -95,10 +145,10 @@ __global__ void __launch_bounds__(kThreads) chunk_scan_mma_kernel(SsdParams p, L
   ChunkTokens& tok = *reinterpret_cast<ChunkTokens*>(smem);
   unsigned char* at = smem + align128(sizeof(ChunkTokens));
   T* cq = reinterpret_cast<T*>(at);
-  T* bk0 = reinterpret_cast<T*>(at + nb);
-  T* bk1 = reinterpret_cast<T*>(at + 2 * nb);  // first holds H_in
-  T* xk0 = reinterpret_cast<T*>(at + 3 * nb);
-  T* xk1 = reinterpret_cast<T*>(at + 3 * nb + xb);
+  T* bk0 = reinterpret_cast<T*>(at + nb);            // B_k buffers (without kPreCB)
+  T* bk1 = reinterpret_cast<T*>(at + (kPreCB ? 1 : 2) * nb);  // first holds H_in
+  T* xk0 = reinterpret_cast<T*>(at + (kPreCB ? 2 : 3) * nb);
+  T* xk1 = reinterpret_cast<T*>(at + (kPreCB ? 2 : 3) * nb + xb);
   const int nq = Q / kTile, ntp = (P + kTile - 1) / kTile;
   const int qt = blockIdx.x % nq, pt = blockIdx.x / nq % ntp, p0 = pt * kTile;
   const int64_t c = blockIdx.x / nq / ntp, b = blockIdx.z, c0 = c * Q, L = p.seqlen;
@@ -114,7 +164,7 @@ __global__ void __launch_bounds__(kThreads) chunk_scan_mma_kernel(SsdParams p, L
   issue_tile<T>(cq, ldn, Np, csrc, p.C.stride[1], p.C.stride[3], rows_left - t0, N);
   issue_tile<T>(bk1, ldn, Np, hin, N, 1, P - p0, N);  // bk1[p][n] = H_in[p0 + p][n]
   cp_async_commit();
-  issue_tile<T>(bk0, ldn, Np, bsrc, bs1, p.B.stride[3], rows_left, N);
+  if (!kPreCB) issue_tile<T>(bk0, ldn, Np, bsrc, bs1, p.B.stride[3], rows_left, N);
   issue_tile<T>(xk0, kLd, kTile, xsrc, xs1, p.x.stride[3], rows_left, P - p0);
   cp_async_commit();
   load_chunk(p, b, h, c0, Q, tok);
@@ -131,21 +181,23 @@ __global__ void __launch_bounds__(kThreads) chunk_scan_mma_kernel(SsdParams p, L
 #pragma unroll
     for (int j = 0; j < 8; ++j) acc[j][2 * hf] *= scale, acc[j][2 * hf + 1] *= scale;
   }
-  __syncthreads();  // H_in read: bk1 takes the second key tile
+  if (!kPreCB) __syncthreads();  // H_in read: bk1 takes the second key tile
+  const float* cb = ptr<float>(p.workspace) + w.cb + ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q;
   for (int kt = 0; kt <= qt; ++kt) {
     const T* bcur = kt & 1 ? bk1 : bk0;
     const T* xcur = kt & 1 ? xk1 : xk0;
+    const int lim = kt == qt ? warp : 3;  // the diagonal tile: keys up to the warp's last row
+    float s[8][4] = {};
+    if (kPreCB) load_cb(s, cb, Q, trow, kt * kTile, lim);  // in flight across the barrier
     if (kt < qt) {  // the next key tile into the other buffers
       const int s1 = (kt + 1) * kTile;
-      issue_tile<T>(kt & 1 ? bk0 : bk1, ldn, Np, bsrc + s1 * bs1, bs1, p.B.stride[3], rows_left - s1, N);
+      if (!kPreCB) issue_tile<T>(kt & 1 ? bk0 : bk1, ldn, Np, bsrc + s1 * bs1, bs1, p.B.stride[3], rows_left - s1, N);
       issue_tile<T>(kt & 1 ? xk0 : xk1, kLd, kTile, xsrc + s1 * xs1, xs1, p.x.stride[3], rows_left - s1, P - p0);
     }
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
-    const int lim = kt == qt ? warp : 3;  // the diagonal tile: keys up to the warp's last row
-    float s[8][4] = {};
-    mma_rows_nk<T>(s, cq, bcur, ldn, r0, Np, lim);
+    if (!kPreCB) mma_rows_nk<T>(s, cq, bcur, ldn, r0, Np, lim);
     decay_mask(s, tok, trow, kt * kTile, rows_left);
     mma_sx<T>(acc, s, xcur, lim);
     if (kt < qt) __syncthreads();  // before the next issue overwrites this key tile's buffers
@@ -178,17 +230,34 @@ __global__ void __launch_bounds__(kThreads) chunk_scan_mma_kernel(SsdParams p, L
   }
 }
 
+// The precomputed C B^T (SSM_SSD_FWD_CB=0: per head inside the chunk-output kernel), read once.
+inline bool pre_cb_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("SSM_SSD_FWD_CB");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }();
+  return on;
+}
+
 template <typename T>
 void launch_chunk_scan(const SsdParams& p, const Layout& w, cudaStream_t s) {
   const int64_t blocks = w.nchunks * ((p.headdim + kTile - 1) / kTile) * (p.chunk / kTile);
   const dim3 grid(unsigned(blocks), unsigned(p.nheads), unsigned(p.batch));
+  const int N = int(p.dstate);
   if constexpr (!std::is_same<T, float>::value) {
+    if (fwd_mma_enabled() && pre_cb_enabled()) {
+      const int nq = int(p.chunk / kTile);
+      const dim3 cb_grid(unsigned(w.nchunks * nq * nq), unsigned(p.ngroups), unsigned(p.batch));
+      launch(chunk_cb_kernel<T>, cb_grid, 2 * align128(kTile * (round16(N) + 8) * sizeof(T)), s, p, w);
+      launch(chunk_scan_mma_kernel<T, true>, grid, chunk_scan_mma_smem<T>(N, true), s, p, w);
+      return;
+    }
     if (fwd_mma_enabled()) {
-      launch(chunk_scan_mma_kernel<T>, grid, chunk_scan_mma_smem<T>(int(p.dstate)), s, p, w);
+      launch(chunk_scan_mma_kernel<T, false>, grid, chunk_scan_mma_smem<T>(N, false), s, p, w);
       return;
     }
   }
-  launch(chunk_scan_kernel<T>, grid, chunk_scan_smem<T>(int(p.dstate)), s, p, w);
+  launch(chunk_scan_kernel<T>, grid, chunk_scan_smem<T>(N), s, p, w);
 }
 
 }  // namespace ssm::cuda::ssd
