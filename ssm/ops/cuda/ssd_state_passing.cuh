@@ -25,17 +25,23 @@ __global__ void __launch_bounds__(kThreads) state_passing_kernel(SsdParams p, La
   // state after the previous chunk's last token
   float H = !cu && has(p.initial_states) ? at4<float>(p.initial_states, b, h, pp, nn) : 0.f;
   const int64_t step = p.nheads * PN;  // from one chunk's state to the next
-  float S_next = nc > 0 ? states[b * nc * step] : 0.f;
-  for (int64_t c = 0; c < nc; ++c, rec += kRecord) {
-    const int64_t off = (b * nc + c) * step;
-    const float S = S_next;
-    if (c + 1 < nc) S_next = states[off + step];  // in flight during this step
-    const bool continues = c == 0 ? !cu : __float_as_int(rec[kContinues]) != 0;
-    const float h_in = continues ? H : fresh(p, __float_as_int(rec[kSegFirst]), h, pp, nn);
-    hin[off] = from_float<T>(h_in);
-    if (keep_fp32) states[off] = h_in;
-    H = S + (__float_as_int(rec[kHasReset]) ? fresh(p, __float_as_int(rec[kSegLast]), h, pp, nn) * rec[kDecayLastRun]
-                                            : h_in * rec[kDecayAll]);
+  constexpr int kAhead = 4;            // chunk states loaded together (in flight at once)
+  for (int64_t c0 = 0; c0 < nc; c0 += kAhead) {
+    float S[kAhead];
+#pragma unroll
+    for (int u = 0; u < kAhead; ++u) S[u] = c0 + u < nc ? states[(b * nc + c0 + u) * step] : 0.f;
+#pragma unroll
+    for (int u = 0; u < kAhead; ++u) {
+      const int64_t c = c0 + u, off = (b * nc + c) * step;
+      if (c >= nc) break;
+      const float* r = rec + c * kRecord;
+      const bool continues = c == 0 ? !cu : __float_as_int(r[kContinues]) != 0;
+      const float h_in = continues ? H : fresh(p, __float_as_int(r[kSegFirst]), h, pp, nn);
+      hin[off] = from_float<T>(h_in);
+      if (keep_fp32) states[off] = h_in;
+      H = S[u] + (__float_as_int(r[kHasReset]) ? fresh(p, __float_as_int(r[kSegLast]), h, pp, nn) * r[kDecayLastRun]
+                                               : h_in * r[kDecayAll]);
+    }
   }
   if (has(p.final_states)) ptr<float>(p.final_states)[b * p.final_states.stride[0] + h * p.final_states.stride[1] +
                                                        pp * p.final_states.stride[2] + nn * p.final_states.stride[3]] = H;
