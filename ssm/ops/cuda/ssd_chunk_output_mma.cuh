@@ -1,5 +1,6 @@
-// SSD step 4 for half / bfloat16 on tensor cores with register fragments: per (chunk, 64-token
-// query tile, head, 64-wide P tile) warp w owns query rows 16w..16w+15 and all 64 P columns.
+// SSD step 4 for half / bfloat16 on tensor cores with register fragments: per (chunk, head, 64-wide
+// P tile) and a pair of 64-token query tiles (q and nq-1-q: equal work per block), warp w owns query
+// rows 16w..16w+15 of the tile and all 64 P columns.
 //   acc  = diag(exp(cs) on the first run) · C_q H_in^T
 //   per key tile k <= q (B_k, X_k double-buffered by cp.async):
 //     S  = C_q B_k^T (mma, the upper triangle of the diagonal tile skipped),
@@ -138,7 +139,7 @@ __device__ __forceinline__ void load_cb(float (&s)[8][4], const float* cb, int Q
 }
 
 template <typename T, bool kPreCB>
-__global__ void __launch_bounds__(kThreads) chunk_scan_mma_kernel(SsdParams p, Layout w) {
+__global__ void __launch_bounds__(kThreads, 3) chunk_scan_mma_kernel(SsdParams p, Layout w) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Np = round16(N), ldn = Np + 8;
   const size_t nb = align128(kTile * ldn * sizeof(T)), xb = align128(kTile * kLd * sizeof(T));
@@ -149,82 +150,90 @@ __global__ void __launch_bounds__(kThreads) chunk_scan_mma_kernel(SsdParams p, L
   T* bk1 = reinterpret_cast<T*>(at + (kPreCB ? 1 : 2) * nb);  // first holds H_in
   T* xk0 = reinterpret_cast<T*>(at + (kPreCB ? 2 : 3) * nb);
   T* xk1 = reinterpret_cast<T*>(at + (kPreCB ? 2 : 3) * nb + xb);
-  const int nq = Q / kTile, ntp = (P + kTile - 1) / kTile;
-  const int qt = blockIdx.x % nq, pt = blockIdx.x / nq % ntp, p0 = pt * kTile;
-  const int64_t c = blockIdx.x / nq / ntp, b = blockIdx.z, c0 = c * Q, L = p.seqlen;
-  const int h = blockIdx.y, g = h / int(p.nheads / p.ngroups), t0 = qt * kTile;
-  if (c0 + t0 >= L) return;
+  const int nq = Q / kTile, nqp = (nq + 1) / 2, ntp = (P + kTile - 1) / kTile;
+  const int qp = blockIdx.x % nqp, pt = blockIdx.x / nqp % ntp, p0 = pt * kTile;
+  const int64_t c = blockIdx.x / nqp / ntp, b = blockIdx.z, c0 = c * Q, L = p.seqlen;
+  const int h = blockIdx.y, g = h / int(p.nheads / p.ngroups);
+  if (c0 + qp * kTile >= L) return;
   const int rows_left = int(min(int64_t(Q), L - c0));  // valid tokens of the chunk
+  // the block's query tiles: qp and nq - 1 - qp (nq + 1 key tiles together: balanced blocks)
+  const int q_last = nq - 1 - qp, npass = q_last != qp && c0 + q_last * kTile < L ? 2 : 1;
   const int64_t bs1 = p.B.stride[1], xs1 = p.x.stride[1];
   const T* bsrc = ptr<T>(p.B) + b * p.B.stride[0] + g * p.B.stride[2] + c0 * bs1;
   const T* xsrc = ptr<T>(p.x) + b * p.x.stride[0] + h * p.x.stride[2] + p0 * p.x.stride[3] + c0 * xs1;
-  const T* csrc = ptr<T>(p.C) + b * p.C.stride[0] + g * p.C.stride[2] + (c0 + t0) * p.C.stride[1];
+  const T* csrc = ptr<T>(p.C) + b * p.C.stride[0] + g * p.C.stride[2] + c0 * p.C.stride[1];
   const T* hin = reinterpret_cast<const T*>(ptr<float>(p.workspace) + w.hin) +
                  ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + int64_t(p0) * N;
-  issue_tile<T>(cq, ldn, Np, csrc, p.C.stride[1], p.C.stride[3], rows_left - t0, N);
-  issue_tile<T>(bk1, ldn, Np, hin, N, 1, P - p0, N);  // bk1[p][n] = H_in[p0 + p][n]
-  cp_async_commit();
-  if (!kPreCB) issue_tile<T>(bk0, ldn, Np, bsrc, bs1, p.B.stride[3], rows_left, N);
-  issue_tile<T>(xk0, kLd, kTile, xsrc, xs1, p.x.stride[3], rows_left, P - p0);
-  cp_async_commit();
-  load_chunk(p, b, h, c0, Q, tok);
-  cp_async_wait<1>();
-  __syncthreads();
-
-  const int warp = int(threadIdx.x >> 5), r0 = warp * 16, g8 = int(threadIdx.x & 31) >> 2;
-  const int trow[2] = {t0 + r0 + g8, t0 + r0 + g8 + 8};  // the thread's two query tokens
-  float acc[8][4] = {};
-  mma_rows_nk<T>(acc, cq, bk1, ldn, r0, Np, 3);  // C_q H_in^T
-#pragma unroll
-  for (int hf = 0; hf < 2; ++hf) {
-    const float scale = trow[hf] < rows_left && tok.run[trow[hf]] == 0 ? __expf(tok.cs[trow[hf]]) : 0.f;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) acc[j][2 * hf] *= scale, acc[j][2 * hf + 1] *= scale;
-  }
-  if (!kPreCB) __syncthreads();  // H_in read: bk1 takes the second key tile
   const float* cb = ptr<float>(p.workspace) + w.cb + ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q;
-  for (int kt = 0; kt <= qt; ++kt) {
-    const T* bcur = kt & 1 ? bk1 : bk0;
-    const T* xcur = kt & 1 ? xk1 : xk0;
-    const int lim = kt == qt ? warp : 3;  // the diagonal tile: keys up to the warp's last row
-    float s[8][4] = {};
-    if (kPreCB) load_cb(s, cb, Q, trow, kt * kTile, lim);  // in flight across the barrier
-    if (kt < qt) {  // the next key tile into the other buffers
-      const int s1 = (kt + 1) * kTile;
-      if (!kPreCB) issue_tile<T>(kt & 1 ? bk0 : bk1, ldn, Np, bsrc + s1 * bs1, bs1, p.B.stride[3], rows_left - s1, N);
-      issue_tile<T>(kt & 1 ? xk0 : xk1, kLd, kTile, xsrc + s1 * xs1, xs1, p.x.stride[3], rows_left - s1, P - p0);
-    }
+#pragma unroll 1
+  for (int pass = 0; pass < npass; ++pass) {
+    const int qt = pass == 0 ? qp : q_last, t0 = qt * kTile;
+    if (pass > 0) __syncthreads();  // the first tile's buffers are free
+    issue_tile<T>(cq, ldn, Np, csrc + t0 * p.C.stride[1], p.C.stride[1], p.C.stride[3], rows_left - t0, N);
+    issue_tile<T>(bk1, ldn, Np, hin, N, 1, P - p0, N);  // bk1[p][n] = H_in[p0 + p][n]
     cp_async_commit();
+    if (!kPreCB) issue_tile<T>(bk0, ldn, Np, bsrc, bs1, p.B.stride[3], rows_left, N);
+    issue_tile<T>(xk0, kLd, kTile, xsrc, xs1, p.x.stride[3], rows_left, P - p0);
+    cp_async_commit();
+    if (pass == 0) load_chunk(p, b, h, c0, Q, tok);
     cp_async_wait<1>();
     __syncthreads();
-    if (!kPreCB) mma_rows_nk<T>(s, cq, bcur, ldn, r0, Np, lim);
-    decay_mask(s, tok, trow, kt * kTile, rows_left);
-    mma_sx<T>(acc, s, xcur, lim);
-    if (kt < qt) __syncthreads();  // before the next issue overwrites this key tile's buffers
-  }
-  const T* xq = qt & 1 ? xk1 : xk0;  // the query tokens' x
-  const int lc = 2 * (threadIdx.x & 3);
+
+    const int warp = int(threadIdx.x >> 5), r0 = warp * 16, g8 = int(threadIdx.x & 31) >> 2;
+    const int trow[2] = {t0 + r0 + g8, t0 + r0 + g8 + 8};  // the thread's two query tokens
+    float acc[8][4] = {};
+    mma_rows_nk<T>(acc, cq, bk1, ldn, r0, Np, 3);  // C_q H_in^T
 #pragma unroll
-  for (int hf = 0; hf < 2; ++hf) {
-    const int i = trow[hf] - t0;
-    if (trow[hf] >= rows_left) continue;
+    for (int hf = 0; hf < 2; ++hf) {
+      const float scale = trow[hf] < rows_left && tok.run[trow[hf]] == 0 ? __expf(tok.cs[trow[hf]]) : 0.f;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const int pl = j * 8 + lc, pp = p0 + pl;
-      if (pp >= P) continue;
-      const float y0 = y_out<T>(p, tok, b, h, g, c0, trow[hf], pp, acc[j][2 * hf], to_float(xq[i * kLd + pl]));
-      T* dst = y_ptr<T>(p, b, c0 + trow[hf], h, pp);
-      if (pp + 1 >= P) {
-        *dst = from_float<T>(y0);
-        continue;
+      for (int j = 0; j < 8; ++j) acc[j][2 * hf] *= scale, acc[j][2 * hf + 1] *= scale;
+    }
+    if (!kPreCB) __syncthreads();  // H_in read: bk1 takes the second key tile
+    for (int kt = 0; kt <= qt; ++kt) {
+      const T* bcur = kt & 1 ? bk1 : bk0;
+      const T* xcur = kt & 1 ? xk1 : xk0;
+      const int lim = kt == qt ? warp : 3;  // the diagonal tile: keys up to the warp's last row
+      float s[8][4] = {};
+      if (kPreCB) load_cb(s, cb, Q, trow, kt * kTile, lim);  // in flight across the barrier
+      if (kt < qt) {  // the next key tile into the other buffers
+        const int s1 = (kt + 1) * kTile;
+        if (!kPreCB)
+          issue_tile<T>(kt & 1 ? bk0 : bk1, ldn, Np, bsrc + s1 * bs1, bs1, p.B.stride[3], rows_left - s1, N);
+        issue_tile<T>(kt & 1 ? xk0 : xk1, kLd, kTile, xsrc + s1 * xs1, xs1, p.x.stride[3], rows_left - s1, P - p0);
       }
-      const float y1 =
-          y_out<T>(p, tok, b, h, g, c0, trow[hf], pp + 1, acc[j][2 * hf + 1], to_float(xq[i * kLd + pl + 1]));
-      if (p.out.stride[3] == 1 && (reinterpret_cast<uintptr_t>(dst) & 3) == 0) {
-        *reinterpret_cast<unsigned*>(dst) = pack2<T>(y0, y1);  // the pair in one store
-      } else {
-        dst[0] = from_float<T>(y0);
-        dst[p.out.stride[3]] = from_float<T>(y1);
+      cp_async_commit();
+      cp_async_wait<1>();
+      __syncthreads();
+      if (!kPreCB) mma_rows_nk<T>(s, cq, bcur, ldn, r0, Np, lim);
+      decay_mask(s, tok, trow, kt * kTile, rows_left);
+      mma_sx<T>(acc, s, xcur, lim);
+      if (kt < qt) __syncthreads();  // before the next issue overwrites this key tile's buffers
+    }
+    const T* xq = qt & 1 ? xk1 : xk0;  // the query tokens' x
+    const int lc = 2 * (threadIdx.x & 3);
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int i = trow[hf] - t0;
+      if (trow[hf] >= rows_left) continue;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int pl = j * 8 + lc, pp = p0 + pl;
+        if (pp >= P) continue;
+        const float y0 = y_out<T>(p, tok, b, h, g, c0, trow[hf], pp, acc[j][2 * hf], to_float(xq[i * kLd + pl]));
+        T* dst = y_ptr<T>(p, b, c0 + trow[hf], h, pp);
+        if (pp + 1 >= P) {
+          *dst = from_float<T>(y0);
+          continue;
+        }
+        const float y1 =
+            y_out<T>(p, tok, b, h, g, c0, trow[hf], pp + 1, acc[j][2 * hf + 1], to_float(xq[i * kLd + pl + 1]));
+        if (p.out.stride[3] == 1 && (reinterpret_cast<uintptr_t>(dst) & 3) == 0) {
+          *reinterpret_cast<unsigned*>(dst) = pack2<T>(y0, y1);  // the pair in one store
+        } else {
+          dst[0] = from_float<T>(y0);
+          dst[p.out.stride[3]] = from_float<T>(y1);
+        }
       }
     }
   }
@@ -241,19 +250,20 @@ inline bool pre_cb_enabled() {
 
 template <typename T>
 void launch_chunk_scan(const SsdParams& p, const Layout& w, cudaStream_t s) {
-  const int64_t blocks = w.nchunks * ((p.headdim + kTile - 1) / kTile) * (p.chunk / kTile);
-  const dim3 grid(unsigned(blocks), unsigned(p.nheads), unsigned(p.batch));
+  const int64_t ptiles = (p.headdim + kTile - 1) / kTile, nq = p.chunk / kTile;
+  const dim3 grid(unsigned(w.nchunks * ptiles * nq), unsigned(p.nheads), unsigned(p.batch));
+  const dim3 paired(unsigned(w.nchunks * ptiles * ((nq + 1) / 2)), unsigned(p.nheads), unsigned(p.batch));
   const int N = int(p.dstate);
   if constexpr (!std::is_same<T, float>::value) {
     if (fwd_mma_enabled() && pre_cb_enabled()) {
       const int nq = int(p.chunk / kTile);
       const dim3 cb_grid(unsigned(w.nchunks * nq * nq), unsigned(p.ngroups), unsigned(p.batch));
       launch(chunk_cb_kernel<T>, cb_grid, 2 * align128(kTile * (round16(N) + 8) * sizeof(T)), s, p, w);
-      launch(chunk_scan_mma_kernel<T, true>, grid, chunk_scan_mma_smem<T>(N, true), s, p, w);
+      launch(chunk_scan_mma_kernel<T, true>, paired, chunk_scan_mma_smem<T>(N, true), s, p, w);
       return;
     }
     if (fwd_mma_enabled()) {
-      launch(chunk_scan_mma_kernel<T, false>, grid, chunk_scan_mma_smem<T>(N, false), s, p, w);
+      launch(chunk_scan_mma_kernel<T, false>, paired, chunk_scan_mma_smem<T>(N, false), s, p, w);
       return;
     }
   }

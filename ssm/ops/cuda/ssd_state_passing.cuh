@@ -39,8 +39,8 @@ __global__ void __launch_bounds__(kThreads) state_passing_kernel(SsdParams p, La
       const float h_in = continues ? H : fresh(p, __float_as_int(r[kSegFirst]), h, pp, nn);
       hin[off] = from_float<T>(h_in);
       if (keep_fp32) states[off] = h_in;
-      H = S[u] + (__float_as_int(r[kHasReset]) ? fresh(p, __float_as_int(r[kSegLast]), h, pp, nn) * r[kDecayLastRun]
-                                               : h_in * r[kDecayAll]);
+      const bool reset = __float_as_int(r[kHasReset]) != 0;
+      H = S[u] + (reset ? fresh(p, __float_as_int(r[kSegLast]), h, pp, nn) * r[kDecayLastRun] : h_in * r[kDecayAll]);
     }
   }
   if (has(p.final_states)) ptr<float>(p.final_states)[b * p.final_states.stride[0] + h * p.final_states.stride[1] +
