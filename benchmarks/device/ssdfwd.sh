@@ -7,9 +7,10 @@ OUT=${1:-/tmp/ssdfwd}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-timeout 27 $PY -m pytest tests/ops/test_ssd_cuda.py -x -q -p no:cacheprovider --durations=15 > "$OUT/pytest.log" 2>&1
+timeout 27 $PY -m pytest tests/ops/test_ssd_cuda.py -x -v -p no:cacheprovider --durations=15 > "$OUT/pytest.log" 2>&1
 rc=$?
-echo "test_ssd_cuda.py (whole file in order, -x, 27 s cap) rc=$rc: $(grep -E "passed|failed|error" "$OUT/pytest.log" | tail -1)"
+echo "test_ssd_cuda.py (whole file in order, -x, 27 s cap) rc=$rc: $(grep -c " PASSED" "$OUT/pytest.log") passed," \
+  "$(grep -c " FAILED" "$OUT/pytest.log") failed; last: $(grep -E "PASSED|FAILED" "$OUT/pytest.log" | tail -1 | cut -c1-120)"
 grep -E "^FAILED|^E  " "$OUT/pytest.log" | head -6 | cut -c1-300
 if [ $rc -eq 1 ]; then  # a failure: is it the precomputed C B^T or the mma kernels?
   SSM_SSD_FWD_CB=0 timeout 10 $PY -m pytest tests/ops/test_ssd_cuda.py -x -q -p no:cacheprovider \
