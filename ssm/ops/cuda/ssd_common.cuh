@@ -107,11 +107,13 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool pred
 
 // issue_tile's case of tokens contiguous in memory (rs == 1, e.g. the channels-first conv output
 // of the fused Mamba-2 path): 16-byte loads of 8 tokens of one column, scattered into the rows.
+// Lane pairs read two neighbouring token groups (a full 32-byte sector) of 16 consecutive columns,
+// so that the scattered 2-byte stores hit distinct banks.
 template <typename T>
 __device__ void tile_by_tokens(T* dst, int ld, int width, const T* src, int64_t cs, int rows, int cols) {
   constexpr int kV = 16 / sizeof(T), kGroups = kTile / kV;
   for (int e = threadIdx.x; e < width * kGroups; e += kThreads) {
-    const int j = e / kGroups, i = e % kGroups * kV;
+    const int j = (e >> 1) % width, i = (e / (2 * width) * 2 + (e & 1)) * kV;
     T v[kV];
     if (j < cols && i + kV <= rows) {
       *reinterpret_cast<uint4*>(v) = __ldg(reinterpret_cast<const uint4*>(src + j * cs + i));
