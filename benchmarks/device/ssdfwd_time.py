@@ -37,7 +37,7 @@ def kernels(fn, iters=3):
 def op_case(B, L):
     fwd = fwd_fn(inputs(B, L))
     total, table = kernels(fwd)
-    return dict(case=f"ssd fwd B{B} L{L}", gpu_ms=total, eager_ms=time_ms(fwd, reps=20), kernels=table)
+    return dict(case=f"ssd fwd B{B} L{L}", gpu_ms=total, eager_ms=time_ms(fwd, reps=10), kernels=table)
 
 
 def layer_case():

@@ -76,6 +76,7 @@ __device__ void block_scan(V* v, V* warp_tot) {
 // Fills `s` for the chunk of row b, head h, starting at token c0 (Q tokens). Block-wide (syncs).
 __device__ inline void load_chunk(const SsdParams& p, int64_t b, int h, int64_t c0, int Q, ChunkTokens& s) {
   const float A = ptr<float>(p.A)[h * p.A.stride[0]];
+#pragma unroll  // both tokens' loads in flight together
   for (int i = threadIdx.x; i < kMaxChunk; i += kThreads) {
     const int64_t t = c0 + i;
     const bool valid = i < Q && t < p.seqlen;
