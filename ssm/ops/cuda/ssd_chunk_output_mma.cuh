@@ -241,7 +241,7 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_mma_kernel(SsdParams p
 
 // The chunk output with the precomputed C B^T, pipelined (the round-1 kernel above waited on each key
 // tile's loads in turn): X tiles three buffers deep (two tiles in flight), and the next key tile's
-// C B^T loaded into registers while this tile's S X runs. SSM_SSD_FWD_PIPE=0 selects the kernel above.
+// C B^T loaded into registers while this tile's S X runs. Opt-in: SSM_SSD_FWD_PIPE=1.
 template <typename T>
 size_t chunk_scan_pipe_smem(int N) {
   return align128(sizeof(ChunkTokens)) + 2 * align128(kTile * (round16(N) + 8) * sizeof(T)) +
@@ -382,11 +382,11 @@ inline bool pre_cb_enabled() {
   return on;
 }
 
-// The pipelined chunk output (SSM_SSD_FWD_PIPE=0: the round-1 one), read once.
+// The pipelined chunk output, opt-in (SSM_SSD_FWD_PIPE=1): no faster on the device, read once.
 inline bool pipe_enabled() {
   static const bool on = [] {
     const char* v = std::getenv("SSM_SSD_FWD_PIPE");
-    return v == nullptr || std::strcmp(v, "0") != 0;
+    return v != nullptr && std::strcmp(v, "1") == 0;
   }();
   return on;
 }
