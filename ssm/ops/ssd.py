@@ -83,16 +83,19 @@ def _cuda_chunk(chunk_size):
     return min(256, max(64, (chunk_size + 63) // 64 * 64))
 
 
-# The CUDA workspace (one row of float32): chunk records, float32 chunk states and the entering
-# states in the element type; mirrors ssd::layout in ssm/ops/cuda/ssd_chunk_scan.cuh.
+# The CUDA workspace (one row of float32): chunk records, float32 chunk states, the entering
+# states in the element type and, for 2-byte types, the float32 C B^T of each chunk and group;
+# mirrors ssd::layout in ssm/ops/cuda/ssd_chunk_scan.cuh.
 def _r64(n):
     return (n + 63) // 64 * 64
 
 
-def _cuda_workspace_floats(batch, L, H, P, N, chunk, elem_bytes):
-    bhc = batch * H * ((L + chunk - 1) // chunk)
+def _cuda_workspace_floats(batch, L, H, P, N, chunk, elem_bytes, G):
+    nc = (L + chunk - 1) // chunk
+    bhc = batch * H * nc
     spn = bhc * P * N
-    return _r64(bhc * 8) + _r64(spn) + _r64((spn * elem_bytes + 3) // 4)
+    cb = _r64(batch * nc * G * chunk * chunk) if elem_bytes == 2 else 0
+    return _r64(bhc * 8) + _r64(spn) + _r64((spn * elem_bytes + 3) // 4) + cb
 
 
 def _kernel_reason(backend, kernel, x, B, C, *more):
@@ -106,7 +109,7 @@ def _kernel_sizes(backend, x, B, nseq, workspace_fn, chunk_size=0):
     G, N = B.shape[2], B.shape[3]
     if backend == "cuda":
         chunk = _cuda_chunk(chunk_size)
-        ws_floats = _cuda_workspace_floats(batch, L, H, P, N, chunk, x.element_size())
+        ws_floats = _cuda_workspace_floats(batch, L, H, P, N, chunk, x.element_size(), G)
         ws = torch.empty((1, ws_floats), dtype=torch.float32, device=x.device)
         return [batch, L, H, P, G, N, nseq, 1, chunk], ws, ws_floats
     threads = max(1, min(_kernels.exec_arg(backend, x), batch * H)) if backend == "cpu" else 1
