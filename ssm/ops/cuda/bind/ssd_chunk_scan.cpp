@@ -9,6 +9,8 @@ namespace ssm::bind::cuda {
 void bind_ssd_chunk_scan(nb::module_& m) {
   def_kernel<int64_t>(m, "ssd_chunk_scan_fwd", &ssd_chunk_scan_fwd_params,
                       [](const SsdParams& p, int64_t stream) { ssm::cuda::ssd_chunk_scan_fwd(p, stream_arg(stream)); });
+  def_kernel<int64_t>(m, "ssd_chunk_scan_bwd", &ssd_chunk_scan_bwd_params,
+                      [](const SsdParams& p, int64_t stream) { ssm::cuda::ssd_chunk_scan_bwd(p, stream_arg(stream)); });
 }
 
 }  // namespace ssm::bind::cuda
