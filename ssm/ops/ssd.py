@@ -209,31 +209,32 @@ def _cuda_scan(chunk_size):
 
 
 # The CUDA backward's workspace: the forward's, then dS_c / dH_out (float32 states), the decay-pair sums
-# per target tile, and three per-token sums; mirrors ssd::bwd_layout in ssm/ops/cuda/ssd_bwd_common.cuh.
-def _cuda_bwd_workspace_floats(batch, L, H, P, N, chunk, elem_bytes):
-    bhc = batch * H * ((L + chunk - 1) // chunk)
+# per target tile, three per-token sums and C B^T per (chunk, group) twice; mirrors ssd::bwd_layout in
+# ssm/ops/cuda/ssd_bwd_common.cuh.
+def _cuda_bwd_workspace_floats(batch, L, H, P, G, N, chunk, elem_bytes):
+    nc = (L + chunk - 1) // chunk
+    bhc = batch * H * nc
     return (_cuda_workspace_floats(batch, L, H, P, N, chunk, elem_bytes) + _r64(bhc * P * N)
-            + _r64(bhc * (chunk // 64) * chunk) + 3 * _r64(bhc * chunk))
+            + _r64(bhc * (chunk // 64) * chunk) + 3 * _r64(bhc * chunk) + 2 * _r64(batch * nc * G * chunk * chunk))
 
 
 def _bwd_cuda(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dy, dfinal, chunk_size, dt_softplus,
               dt_lo, dt_hi):
-    """The dedicated CUDA backward (ssm/ops/cuda/ssd_chunk_scan_bwd.cu); the gate, dD and the sums over
-    a group's heads and over chunks are done here."""
+    """The dedicated CUDA backward (ssm/ops/cuda/ssd_chunk_scan_bwd.cu); the gate and the sums of the
+    kernel's partials (a group's heads, chunks, tiles) are done here."""
     batch, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     f32, chunk = torch.float32, _cuda_chunk(chunk_size)
-    dz = dD = None
+    dz = None
     if z is not None:  # the gate needs the scan's output: y = (ŷ + D x) silu(z)
         y_hat = _fwd_impl(x, dt, A, B, C, None, None, dt_bias, initial_states, seq_idx, None, chunk_size,
                           dt_softplus, dt_lo, dt_hi, False, False)[0]
-        dyf, dz, dD = ssd_bwd._gate_grads(y_hat.float(), x, D, z, dy)
+        dyf, dz, _ = ssd_bwd._gate_grads(y_hat.float(), x, D, z, dy)
         dy = dyf.to(x.dtype)
         dz = dz.to(z.dtype)
-    elif D is not None:
-        dD = (dy.float() * x.float()).sum((0, 1))
-    nc = (L + chunk - 1) // chunk
-    ws_floats = _cuda_bwd_workspace_floats(batch, L, H, P, N, chunk, x.element_size())
+    nc, nq = (L + chunk - 1) // chunk, chunk // 64
+    dD = None if D is None else _kernels.empty((batch * nc * nq, H, P), x, f32)
+    ws_floats = _cuda_bwd_workspace_floats(batch, L, H, P, G, N, chunk, x.element_size())
     ws = torch.empty((1, ws_floats), dtype=f32, device=x.device)
     dx = _kernels.empty(x.shape, x)
     ddt, dA = _kernels.empty((batch, L, H), x, f32), _kernels.empty((batch * H, nc), x, f32)
@@ -242,12 +243,13 @@ def _bwd_cuda(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dy, dfinal
     _kernels.module("cuda").ssd_chunk_scan_bwd(
         _kernels.dtype_code(x), [batch, L, H, P, G, N, 0, 1, chunk],
         *_input_refs(x, dt, A, B, C, D, None, dt_bias, initial_states, _int32(seq_idx), None),
-        *_input_refs(dy, dfinal, None, dx, None, ddt, dA, dBh, dCh, None, dinit, ws), ws_floats,
+        *_input_refs(dy, dfinal, None, dx, None, ddt, dA, dBh, dCh, dD, dinit, ws), ws_floats,
         dt_softplus, dt_lo, dt_hi, _kernels.exec_arg("cuda", x))
     # (B, L, H, N) -> (B, L, G, N): the sum over each group's heads
     dB, dC = (t.view(batch, L, G, H // G, N).sum(3) for t in (dBh, dCh))
     grads = (dx, ddt.to(dt.dtype), dA.view(batch, H, nc).sum((0, 2)).to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
-             dD, dz, None if dt_bias is None else ddt.sum((0, 1)).to(dt_bias.dtype), dinit)
+             None if dD is None else dD.sum(0), dz, None if dt_bias is None else ddt.sum((0, 1)).to(dt_bias.dtype),
+             dinit)
     return tuple(_library.empty_if_none(g, x) for g in grads)
 
 

@@ -1,7 +1,8 @@
-// SSD backward steps 3 and 4, per (chunk, 64-token tile, head): the gradients of C (target tiles)
-// and of x and B (source tiles), from 64 x 64 products on tensor cores. Each block first builds the
-// masked products of its tile against every partner tile of the chunk into a 64 x Q strip in shared
-// memory, then multiplies the strip by the partners' 64-wide slices of B / dY / C.
+// SSD backward steps 0, 3 and 4: C B^T per (chunk, group) once for all its heads; then per (chunk,
+// 64-token tile, head) the gradients of C (target tiles) and of x and B (source tiles), from 64 x 64
+// products on tensor cores. The dC and dB blocks first build the masked products of their tile against
+// every partner tile of the chunk into a 64 x Q strip in shared memory, then multiply the strip by the
+// partners' 64-wide slices of B / C; the dx block builds each 64 x 64 masked tile from the C B^T cache.
 #pragma once
 #include "cuda/ssd_bwd_common.cuh"
 
@@ -22,6 +23,38 @@ struct ChunkSmem {
     return r;
   }
 };
+
+// C_t · B_s for the tile pair (t-tile i, s-tile j <= i) of chunk c and group g, into cb and (transposed) cbt.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) bwd_cb_kernel(SsdParams p, Layout w, BwdLayout v) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int N = int(p.dstate), Q = int(p.chunk), nq = Q / kTile, npairs = nq * (nq + 1) / 2;
+  ChunkSmem sm{smem};
+  T* sa = sm.take<T>(kTile * kLdT * sizeof(T));
+  T* sb = sm.take<T>(kTile * kLdT * sizeof(T));
+  float* f1 = sm.take<float>(kTile * kLdS * sizeof(float));
+  int pair = blockIdx.x % npairs, i = 0;
+  while (pair > i) pair -= ++i;
+  const int j = pair, g = blockIdx.y, t0 = i * kTile, s0 = j * kTile;
+  const int64_t c = blockIdx.x / npairs, b = blockIdx.z, c0 = c * Q;
+  const int nv = int(min(int64_t(Q), p.seqlen - c0));
+  if (t0 >= nv) return;
+  const TensorArg &Bt = p.B, &Ct = p.C;
+  const T* cq = ptr<T>(Ct) + b * Ct.stride[0] + g * Ct.stride[2] + (c0 + t0) * Ct.stride[1];
+  const T* bk = ptr<T>(Bt) + b * Bt.stride[0] + g * Bt.stride[2] + (c0 + s0) * Bt.stride[1];
+  Tile<T> cb;
+  cb.zero();
+  gemm_nt<T>(cb, sa, sb, cq, Ct.stride[1], Ct.stride[3], nv - t0, bk, Bt.stride[1], Bt.stride[3], nv - s0, N);
+  cb.store(f1, kLdS);
+  __syncthreads();
+  const int64_t base = ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q;
+  float* ws = ptr<float>(p.workspace);
+  for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
+    const int r = e / kTile, q = e % kTile;
+    ws[v.cb + base + int64_t(t0 + r) * Q + s0 + q] = f1[r * kLdS + q];
+    ws[v.cbt + base + int64_t(s0 + r) * Q + t0 + q] = f1[q * kLdS + r];
+  }
+}
 
 // Per target tile i of chunk c: dC (per head), the decay-pair sums over s < k <= t for t in the tile,
 // and Y_t = Σ_n C_t[n] (e0_t dY_t H_in)[n].
@@ -50,13 +83,10 @@ __global__ void __launch_bounds__(kThreads) bwd_dc_kernel(SsdParams p, Layout w,
   const T* bk = ptr<T>(Bt) + b * Bt.stride[0] + g * Bt.stride[2] + c0 * Bt.stride[1];
   const T* xk = ptr<T>(X) + b * X.stride[0] + h * X.stride[2] + c0 * X.stride[1];
   float* pairs = ptr<float>(p.workspace) + v.pairs + (((b * p.nheads + h) * w.nchunks + c) * nq + i) * Q;
+  const float* cbg = ptr<float>(p.workspace) + v.cb + ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q;
   for (int j = 0; j <= i; ++j) {
     const int s0 = j * kTile;
-    Tile<T> cb, dx;
-    cb.zero();
-    gemm_nt<T>(cb, sa, sb, cq, Ct.stride[1], Ct.stride[3], nv - t0, bk + s0 * Bt.stride[1], Bt.stride[1],
-               Bt.stride[3], nv - s0, N);
-    cb.store(f1, kLdS);
+    Tile<T> dx;
     dx.zero();
     gemm_nt<T>(dx, sa, sb, dyq, dY.stride[1], dY.stride[3], nv - t0, xk + s0 * X.stride[1], X.stride[1],
                X.stride[3], nv - s0, P);
@@ -68,7 +98,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dc_kernel(SsdParams p, Layout w,
       const bool keep = s <= t && t < nv && tok.run[s] == tok.run[t];
       const float m = keep ? __expf(tok.cs[t] - tok.cs[s]) * tok.dt[s] : 0.f, d = f2[r * kLdS + q] * m;
       strip[r * ldq + s] = from_float<T>(d);
-      f1[r * kLdS + q] *= d;
+      f1[r * kLdS + q] = keep ? cbg[int64_t(t) * Q + s] * d : 0.f;
     }
     __syncthreads();
     // f1[r][q] = carry_r + Σ_{q' < q} pair(r, q'): the pairs of target t0 + r with a source before s0 + q
@@ -148,15 +178,19 @@ __global__ void __launch_bounds__(kThreads) bwd_dc_kernel(SsdParams p, Layout w,
     ptr<float>(p.workspace)[v.ysum + ((b * p.nheads + h) * w.nchunks + c) * Q + t0 + threadIdx.x] = ysum[threadIdx.x];
 }
 
-// Per source tile j of chunk c: dx = Δ o + D dY, x·o, dB (per head) and X_s.
+// The state-leaving weight e_s = exp(cs_last - cs_s) of source s on the chunk's last run, else 0.
+__device__ __forceinline__ float leave_weight(const ChunkTokens& tok, int s, int nv) {
+  return s < nv && tok.run[s] == tok.run[nv - 1] ? __expf(tok.cs[nv - 1] - tok.cs[s]) : 0.f;
+}
+
+// Per source tile j of chunk c: o = (C B^T ∘ L)^T dY + diag(e) B dH_out^T, dx = Δ o + D dY, x·o, the
+// source's pairs into the leaving state X_s = Δ_s e_s x_s·(B_s dH_out^T), and the tile's share of dD.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) bwd_dx_kernel(SsdParams p, Layout w, BwdLayout v) {
   extern __shared__ __align__(128) unsigned char smem[];
-  const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), ldq = Q + 8, nq = Q / kTile;
+  const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), nq = Q / kTile;
   ChunkSmem sm{smem};
   ChunkTokens& tok = *sm.take<ChunkTokens>(sizeof(ChunkTokens));
-  T* s1 = sm.take<T>(kTile * ldq * sizeof(T));
-  T* s3 = sm.take<T>(kTile * ldq * sizeof(T));
   T* sa = sm.take<T>(kTile * kLdT * sizeof(T));
   T* sb = sm.take<T>(kTile * kLdT * sizeof(T));
   float* f1 = sm.take<float>(kTile * kLdS * sizeof(float));
@@ -165,54 +199,41 @@ __global__ void __launch_bounds__(kThreads) bwd_dx_kernel(SsdParams p, Layout w,
   float* xsum = sm.take<float>(kTile * sizeof(float));
   const int j = blockIdx.x % nq, h = blockIdx.y, g = h / int(p.nheads / p.ngroups), s0 = j * kTile;
   const int64_t c = blockIdx.x / nq, b = blockIdx.z, c0 = c * Q, L = p.seqlen;
-  if (c0 + s0 >= L) return;
-  load_chunk(p, b, h, c0, Q, tok);
-  const int nv = int(min(int64_t(Q), L - c0)), last = nv - 1, lr = tok.run[last];
-  if (threadIdx.x < kTile) xo[threadIdx.x] = 0.f, xsum[threadIdx.x] = 0.f;
-  const TensorArg &X = p.x, &Bt = p.B, &Ct = p.C, &dY = p.dout;
-  const T* bs = ptr<T>(Bt) + b * Bt.stride[0] + g * Bt.stride[2] + (c0 + s0) * Bt.stride[1];
-  const T* xs = ptr<T>(X) + b * X.stride[0] + h * X.stride[2] + (c0 + s0) * X.stride[1];
-  const T* ct = ptr<T>(Ct) + b * Ct.stride[0] + g * Ct.stride[2] + c0 * Ct.stride[1];
-  const T* dyt = ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] + c0 * dY.stride[1];
-  const int ni = (nv + kTile - 1) / kTile;  // target tiles with valid tokens
-  for (int i = j; i < ni; ++i) {
-    const int t0 = i * kTile;
-    Tile<T> cb, dx;
-    cb.zero();
-    gemm_nt<T>(cb, sa, sb, bs, Bt.stride[1], Bt.stride[3], nv - s0, ct + t0 * Ct.stride[1], Ct.stride[1],
-               Ct.stride[3], nv - t0, N);
-    cb.store(f1, kLdS);
-    dx.zero();
-    gemm_nt<T>(dx, sa, sb, xs, X.stride[1], X.stride[3], nv - s0, dyt + t0 * dY.stride[1], dY.stride[1],
-               dY.stride[3], nv - t0, P);
-    dx.store(f2, kLdS);
-    __syncthreads();
-    // s1 = (C B^T ∘ L)^T, s3 = (dY X^T ∘ L)^T, rows s, columns t
-    for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
-      const int r = e / kTile, q = e % kTile, s = s0 + r, t = t0 + q;
-      const bool keep = s <= t && t < nv && tok.run[s] == tok.run[t];
-      const float m = keep ? __expf(tok.cs[t] - tok.cs[s]) : 0.f;
-      s1[r * ldq + t] = from_float<T>(f1[r * kLdS + q] * m);
-      s3[r * ldq + t] = from_float<T>(f2[r * kLdS + q] * m);
-    }
-    __syncthreads();
+  // this tile's share of dD = Σ dY x (zero for a tile past the end)
+  float* dD = has(p.dD) ? ptr<float>(p.dD) + ((b * w.nchunks + c) * nq + j) * p.dD.stride[0] + h * p.dD.stride[1]
+                        : nullptr;
+  if (c0 + s0 >= L) {
+    for (int pp = threadIdx.x; dD && pp < P; pp += kThreads) dD[pp] = 0.f;
+    return;
   }
+  load_chunk(p, b, h, c0, Q, tok);
+  const int nv = int(min(int64_t(Q), L - c0)), ni = (nv + kTile - 1) / kTile;
+  if (threadIdx.x < kTile) xo[threadIdx.x] = 0.f, xsum[threadIdx.x] = 0.f;
+  const TensorArg &X = p.x, &Bt = p.B, &dY = p.dout;
+  for (int pp = threadIdx.x; dD && pp < P; pp += kThreads) {
+    float sum = 0.f;
+    for (int s = s0; s < min(s0 + kTile, nv); ++s) sum += at4<T>(dY, b, c0 + s, h, pp) * at4<T>(X, b, c0 + s, h, pp);
+    dD[pp] = sum;
+  }
+  const T* bs = ptr<T>(Bt) + b * Bt.stride[0] + g * Bt.stride[2] + (c0 + s0) * Bt.stride[1];
+  const T* dyt = ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] + c0 * dY.stride[1];
+  const float* cbt = ptr<float>(p.workspace) + v.cbt + ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q;
   const float* dHout = ptr<float>(p.workspace) + v.dstate + ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N;
-  // e_s: the weight of source s in the state leaving the chunk
-  auto e_out = [&](int r) {
-    const int s = s0 + r;
-    return s < nv && tok.run[s] == lr ? __expf(tok.cs[last] - tok.cs[s]) : 0.f;
-  };
-  // o by 64-wide slices of P: s1 dY + diag(e) B dH_out^T
   for (int p0 = 0; p0 < P; p0 += kTile) {
     Tile<T> acc, st;
     acc.zero();
     for (int i = j; i < ni; ++i) {
       const int t0 = i * kTile;
+      // sa = (C B^T ∘ L)^T on (s, t); sb = dY on (t, p)
+      for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
+        const int r = e / kTile, q = e % kTile, s = s0 + r, t = t0 + q;
+        const bool keep = s <= t && t < nv && tok.run[s] == tok.run[t];
+        sa[r * kLdT + q] = from_float<T>(keep ? cbt[int64_t(s) * Q + t] * __expf(tok.cs[t] - tok.cs[s]) : 0.f);
+      }
       load_tile<T>(sb, kLdT, kTile, dyt + t0 * dY.stride[1] + p0 * dY.stride[3], dY.stride[1], dY.stride[3], nv - t0,
                    P - p0);
       __syncthreads();
-      acc.template mma<true, true>(s1 + t0, ldq, sb, kLdT, kTile);
+      acc.template mma<true, true>(sa, kLdT, sb, kLdT, kTile);
       __syncthreads();
     }
     st.zero();
@@ -228,27 +249,72 @@ __global__ void __launch_bounds__(kThreads) bwd_dx_kernel(SsdParams p, Layout w,
     __syncthreads();
     for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
       const int r = e / kTile, q = e % kTile, s = s0 + r, pp = p0 + q;
-      float o = 0.f;
+      float o = 0.f, xv = 0.f;
       if (s < nv && pp < P) {
-        o = f1[r * kLdS + q] + e_out(r) * f2[r * kLdS + q];
+        o = f1[r * kLdS + q] + leave_weight(tok, s, nv) * f2[r * kLdS + q];
         float d = tok.dt[s] * o;
         if (has(p.D)) d += ptr<float>(p.D)[h * p.D.stride[0] + pp * p.D.stride[1]] * at4<T>(dY, b, c0 + s, h, pp);
         ptr<T>(p.dx)[b * p.dx.stride[0] + (c0 + s) * p.dx.stride[1] + h * p.dx.stride[2] + pp * p.dx.stride[3]] =
             from_float<T>(d);
+        xv = at4<T>(X, b, c0 + s, h, pp);
       }
-      f1[r * kLdS + q] = o;
+      f1[r * kLdS + q] = o * xv;
+      f2[r * kLdS + q] *= xv;
     }
     __syncthreads();
-    row_sums(xo, [&](int r, int q) {
-      const int s = s0 + r, pp = p0 + q;
-      return s < nv && pp < P ? f1[r * kLdS + q] * at4<T>(X, b, c0 + s, h, pp) : 0.f;
-    });
+    row_sums(xo, [&](int r, int q) { return f1[r * kLdS + q]; });
+    row_sums(xsum, [&](int r, int q) { return f2[r * kLdS + q]; });
     __syncthreads();
   }
-  // dB by 64-wide slices of N: Δ (s3 C + diag(e) X dH_out)
+  if (threadIdx.x < kTile && s0 + threadIdx.x < nv) {
+    const int s = s0 + threadIdx.x;
+    const int64_t at = ((b * p.nheads + h) * w.nchunks + c) * Q + s;
+    float* ws = ptr<float>(p.workspace);
+    ws[v.xo + at] = xo[threadIdx.x];
+    ws[v.xsum + at] = tok.dt[s] * leave_weight(tok, s, nv) * xsum[threadIdx.x];
+  }
+}
+
+// Per source tile j of chunk c: dB (per head) = Δ ((dY X^T ∘ L)^T C + diag(e) X dH_out).
+template <typename T>
+__global__ void __launch_bounds__(kThreads) bwd_db_kernel(SsdParams p, Layout w, BwdLayout v) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), ldq = Q + 8, nq = Q / kTile;
+  ChunkSmem sm{smem};
+  ChunkTokens& tok = *sm.take<ChunkTokens>(sizeof(ChunkTokens));
+  T* s3 = sm.take<T>(kTile * ldq * sizeof(T));
+  T* sa = sm.take<T>(kTile * kLdT * sizeof(T));
+  T* sb = sm.take<T>(kTile * kLdT * sizeof(T));
+  float* f1 = sm.take<float>(kTile * kLdS * sizeof(float));
+  const int j = blockIdx.x % nq, h = blockIdx.y, g = h / int(p.nheads / p.ngroups), s0 = j * kTile;
+  const int64_t c = blockIdx.x / nq, b = blockIdx.z, c0 = c * Q, L = p.seqlen;
+  if (c0 + s0 >= L) return;
+  load_chunk(p, b, h, c0, Q, tok);
+  const int nv = int(min(int64_t(Q), L - c0)), ni = (nv + kTile - 1) / kTile;
+  const TensorArg &X = p.x, &Ct = p.C, &dY = p.dout;
+  const T* xs = ptr<T>(X) + b * X.stride[0] + h * X.stride[2] + (c0 + s0) * X.stride[1];
+  const T* ct = ptr<T>(Ct) + b * Ct.stride[0] + g * Ct.stride[2] + c0 * Ct.stride[1];
+  const T* dyt = ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] + c0 * dY.stride[1];
+  for (int i = j; i < ni; ++i) {
+    const int t0 = i * kTile;
+    Tile<T> dx;
+    dx.zero();
+    gemm_nt<T>(dx, sa, sb, xs, X.stride[1], X.stride[3], nv - s0, dyt + t0 * dY.stride[1], dY.stride[1],
+               dY.stride[3], nv - t0, P);
+    dx.store(f1, kLdS);
+    __syncthreads();
+    // s3 = (dY X^T ∘ L)^T, rows s, columns t
+    for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
+      const int r = e / kTile, q = e % kTile, s = s0 + r, t = t0 + q;
+      const bool keep = s <= t && t < nv && tok.run[s] == tok.run[t];
+      s3[r * ldq + t] = from_float<T>(keep ? f1[r * kLdS + q] * __expf(tok.cs[t] - tok.cs[s]) : 0.f);
+    }
+    __syncthreads();
+  }
+  const float* dHout = ptr<float>(p.workspace) + v.dstate + ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N;
   float* dB = ptr<float>(p.dB);
   for (int n0 = 0; n0 < N; n0 += kTile) {
-    Tile<T> acc, st;
+    Tile<T> acc;
     acc.zero();
     for (int i = j; i < ni; ++i) {
       const int t0 = i * kTile;
@@ -258,34 +324,27 @@ __global__ void __launch_bounds__(kThreads) bwd_dx_kernel(SsdParams p, Layout w,
       acc.template mma<true, true>(s3 + t0, ldq, sb, kLdT, kTile);
       __syncthreads();
     }
-    st.zero();
     for (int p0 = 0; p0 < P; p0 += kTile) {
       load_tile<T>(sa, kLdT, kTile, xs + p0 * X.stride[3], X.stride[1], X.stride[3], nv - s0, P - p0);
       load_tile_f<T>(sb, dHout + int64_t(p0) * N + n0, N, P - p0, N - n0);
       __syncthreads();
-      st.template mma<true, true>(sa, kLdT, sb, kLdT, kTile);
+      for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
+        const int r = e / kTile;
+        sa[r * kLdT + e % kTile] = from_float<T>(to_float(sa[r * kLdT + e % kTile]) * leave_weight(tok, s0 + r, nv));
+      }
+      __syncthreads();
+      acc.template mma<true, true>(sa, kLdT, sb, kLdT, kTile);
       __syncthreads();
     }
     acc.store(f1, kLdS);
-    st.store(f2, kLdS);
-    load_tile<T>(sa, kLdT, kTile, bs + n0 * Bt.stride[3], Bt.stride[1], Bt.stride[3], nv - s0, N - n0);
     __syncthreads();
     for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
       const int r = e / kTile, q = e % kTile, s = s0 + r;
-      f2[r * kLdS + q] *= e_out(r);
       if (s < nv && n0 + q < N)
         dB[b * p.dB.stride[0] + (c0 + s) * p.dB.stride[1] + h * p.dB.stride[2] + (n0 + q) * p.dB.stride[3]] =
-            tok.dt[s] * (f1[r * kLdS + q] + f2[r * kLdS + q]);
+            tok.dt[s] * f1[r * kLdS + q];
     }
     __syncthreads();
-    row_sums(xsum, [&](int r, int q) { return f2[r * kLdS + q] * to_float(sa[r * kLdT + q]); });
-    __syncthreads();
-  }
-  if (threadIdx.x < kTile && s0 + threadIdx.x < nv) {
-    const int64_t at = ((b * p.nheads + h) * w.nchunks + c) * Q + s0 + threadIdx.x;
-    float* ws = ptr<float>(p.workspace);
-    ws[v.xo + at] = xo[threadIdx.x];
-    ws[v.xsum + at] = tok.dt[s0 + threadIdx.x] * xsum[threadIdx.x];
   }
 }
 
@@ -298,6 +357,14 @@ void launch_bwd(Kernel kernel, dim3 grid, size_t smem, cudaStream_t s, const Ssd
 }
 
 template <typename T>
+void launch_bwd_cb(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s) {
+  const int64_t nq = p.chunk / kTile;
+  const dim3 grid(unsigned(w.nchunks * nq * (nq + 1) / 2), unsigned(p.ngroups), unsigned(p.batch));
+  const size_t smem = 2 * align128(kTile * kLdT * sizeof(T)) + align128(kTile * kLdS * sizeof(float));
+  launch_bwd(bwd_cb_kernel<T>, grid, smem, s, p, w, v);
+}
+
+template <typename T>
 void launch_bwd_dc(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s) {
   const dim3 grid(unsigned(w.nchunks * (p.chunk / kTile)), unsigned(p.nheads), unsigned(p.batch));
   launch_bwd(bwd_dc_kernel<T>, grid, bwd_chunk_smem<T>(int(p.chunk), 1), s, p, w, v);
@@ -306,7 +373,8 @@ void launch_bwd_dc(const SsdParams& p, const Layout& w, const BwdLayout& v, cuda
 template <typename T>
 void launch_bwd_dx(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s) {
   const dim3 grid(unsigned(w.nchunks * (p.chunk / kTile)), unsigned(p.nheads), unsigned(p.batch));
-  launch_bwd(bwd_dx_kernel<T>, grid, bwd_chunk_smem<T>(int(p.chunk), 2), s, p, w, v);
+  launch_bwd(bwd_dx_kernel<T>, grid, bwd_chunk_smem<T>(int(p.chunk), 0), s, p, w, v);
+  launch_bwd(bwd_db_kernel<T>, grid, bwd_chunk_smem<T>(int(p.chunk), 1), s, p, w, v);
 }
 
 }  // namespace ssm::cuda::ssd

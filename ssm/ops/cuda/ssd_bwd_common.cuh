@@ -5,6 +5,7 @@
 // gradient (after the gate), L_ts = exp(cs_t - cs_s) on same-run pairs s <= t of a chunk,
 // e0_t = exp(cs_t) on the chunk's first run and e_s = exp(cs_last - cs_s) on its last run:
 //
+//   0. cb          C B^T per (chunk, group) on the causal tile pairs, and its transpose  (tensor cores)
 //   1. dstate      dS_c = dY^T diag(e0) C per chunk                              (tensor cores)
 //   2. state_bwd   reverse over chunks: dH_out(c) = dH_in(c + 1) where the sequence continues,
 //                  dH_in(c) = dS_c + exp(cs_last) dH_out(c) (no reset in c); dinitial = dH_in(0)
@@ -14,8 +15,8 @@
 //                  dB = Δ ((dY X^T ∘ L)^T C + diag(e) X dH_out), x·o and X_s = Δ e dB_state,s · B_s
 //   5. finalize    per (b, h): d(Δ_k A) = pairs + Σ_{t>=k} Y_t + Σ_{s<k} X_s + exp(cs_last)<H_in, dH_out>,
 //                  ddt through clamp / softplus, dA
-// dB and dC come out per head (float32, (B, L, H, N)) and dA per chunk (float32, (B * H, nchunks));
-// the caller sums each group's heads and the chunks.
+// dB and dC come out per head (float32, (B, L, H, N)), dA per chunk (float32, (B * H, nchunks)) and dD
+// per source tile (float32, (B * nchunks * Q / 64, H, P)); the caller sums each group's heads and the partials.
 // No atomics: every sum has one fixed order.
 #pragma once
 #include "cuda/ssd_common.cuh"
@@ -27,9 +28,11 @@ namespace ssm::cuda::ssd {
 //   dstate[(((b * nchunks + c) * H + h) * P + p) * N + n]   dS_c, then dH_out(c) (float32)
 //   pairs [(((b * H + h) * nchunks + c) * nq + i) * Q + k]   decay-pair sums of target tile i
 //   ysum, xsum, xo [((b * H + h) * nchunks + c) * Q + k]     Y_t, X_s, x_s·o_s
+//   cb    [((b * nchunks + c) * G + g) * Q * Q + t * Q + s]   C_t · B_s on the tile pairs s-tile <= t-tile,
+//   cbt   [((b * nchunks + c) * G + g) * Q * Q + s * Q + t]   and its transpose (shared by a group's heads)
 // Mirrored by ssm/ops/ssd.py (_cuda_bwd_workspace_floats).
 struct BwdLayout {
-  int64_t dstate = 0, pairs = 0, ysum = 0, xsum = 0, xo = 0, floats = 0;
+  int64_t dstate = 0, pairs = 0, ysum = 0, xsum = 0, xo = 0, cb = 0, cbt = 0, floats = 0;
 };
 
 inline BwdLayout bwd_layout(const SsdParams& p, const Layout& w) {
@@ -40,12 +43,16 @@ inline BwdLayout bwd_layout(const SsdParams& p, const Layout& w) {
   v.ysum = v.pairs + round64(bhc * nq * p.chunk);
   v.xsum = v.ysum + round64(bhc * p.chunk);
   v.xo = v.xsum + round64(bhc * p.chunk);
-  v.floats = v.xo + round64(bhc * p.chunk);
+  const int64_t qq = p.batch * w.nchunks * p.ngroups * p.chunk * p.chunk;
+  v.cb = v.xo + round64(bhc * p.chunk);
+  v.cbt = v.cb + round64(qq);
+  v.floats = v.cbt + round64(qq);
   return v;
 }
 
 template <typename T> void launch_bwd_dstate(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s);
 template <typename T> void launch_bwd_state(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s);
+template <typename T> void launch_bwd_cb(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s);
 template <typename T> void launch_bwd_dc(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s);
 template <typename T> void launch_bwd_dx(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s);
 template <typename T> void launch_bwd_finalize(const SsdParams& p, const Layout& w, const BwdLayout& v,

@@ -12,7 +12,7 @@ void ssd_chunk_scan_bwd(const SsdParams& p, cudaStream_t stream) {
   SSM_CHECK(p.headdim >= 1 && p.headdim <= 256, op, "the CUDA backward takes P in [1, 256], got ", p.headdim);
   SSM_CHECK(p.batch <= 65535 && p.nheads <= 65535, op, "batch and nheads must be at most 65535");
   SSM_CHECK(!has(p.cu_seqlens) && !has(p.dvarlen), op, "the CUDA backward takes no cu_seqlens");
-  SSM_CHECK(!has(p.z) && !has(p.dz) && !has(p.dD), op, "the CUDA backward takes the gate and dD outside");
+  SSM_CHECK(!has(p.z) && !has(p.dz), op, "the CUDA backward takes the gate outside");
   SSM_CHECK(!p.inject_unit, op, "the CUDA backward takes no inject_unit flag");
   SSM_CHECK(has(p.dout) && has(p.dx) && has(p.ddt) && has(p.dA) && has(p.dB) && has(p.dC), op, "missing gradient buffers");
   SSM_CHECK(!has(p.dinitial) || has(p.initial_states), op, "dinitial needs initial_states");
@@ -24,6 +24,7 @@ void ssd_chunk_scan_bwd(const SsdParams& p, cudaStream_t stream) {
   SSM_DTYPE_SWITCH(p.dtype, T, op, [&] {
     ssd::launch_chunk_state<T>(p, w, stream);
     ssd::launch_state_passing<T>(p, w, stream);
+    ssd::launch_bwd_cb<T>(p, w, v, stream);
     ssd::launch_bwd_dstate<T>(p, w, v, stream);
     ssd::launch_bwd_state<T>(p, w, v, stream);
     ssd::launch_bwd_dc<T>(p, w, v, stream);

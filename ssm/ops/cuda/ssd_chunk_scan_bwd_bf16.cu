@@ -7,6 +7,7 @@ namespace ssm::cuda::ssd {
 
 template void launch_bwd_dstate<bfloat16_t>(const SsdParams&, const Layout&, const BwdLayout&, cudaStream_t);
 template void launch_bwd_state<bfloat16_t>(const SsdParams&, const Layout&, const BwdLayout&, cudaStream_t);
+template void launch_bwd_cb<bfloat16_t>(const SsdParams&, const Layout&, const BwdLayout&, cudaStream_t);
 template void launch_bwd_dc<bfloat16_t>(const SsdParams&, const Layout&, const BwdLayout&, cudaStream_t);
 template void launch_bwd_dx<bfloat16_t>(const SsdParams&, const Layout&, const BwdLayout&, cudaStream_t);
 template void launch_bwd_finalize<bfloat16_t>(const SsdParams&, const Layout&, const BwdLayout&, cudaStream_t);

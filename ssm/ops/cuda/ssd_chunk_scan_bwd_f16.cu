@@ -7,6 +7,7 @@ namespace ssm::cuda::ssd {
 
 template void launch_bwd_dstate<half_t>(const SsdParams&, const Layout&, const BwdLayout&, cudaStream_t);
 template void launch_bwd_state<half_t>(const SsdParams&, const Layout&, const BwdLayout&, cudaStream_t);
+template void launch_bwd_cb<half_t>(const SsdParams&, const Layout&, const BwdLayout&, cudaStream_t);
 template void launch_bwd_dc<half_t>(const SsdParams&, const Layout&, const BwdLayout&, cudaStream_t);
 template void launch_bwd_dx<half_t>(const SsdParams&, const Layout&, const BwdLayout&, cudaStream_t);
 template void launch_bwd_finalize<half_t>(const SsdParams&, const Layout&, const BwdLayout&, cudaStream_t);

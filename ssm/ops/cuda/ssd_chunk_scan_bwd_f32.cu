@@ -7,6 +7,7 @@ namespace ssm::cuda::ssd {
 
 template void launch_bwd_dstate<float>(const SsdParams&, const Layout&, const BwdLayout&, cudaStream_t);
 template void launch_bwd_state<float>(const SsdParams&, const Layout&, const BwdLayout&, cudaStream_t);
+template void launch_bwd_cb<float>(const SsdParams&, const Layout&, const BwdLayout&, cudaStream_t);
 template void launch_bwd_dc<float>(const SsdParams&, const Layout&, const BwdLayout&, cudaStream_t);
 template void launch_bwd_dx<float>(const SsdParams&, const Layout&, const BwdLayout&, cudaStream_t);
 template void launch_bwd_finalize<float>(const SsdParams&, const Layout&, const BwdLayout&, cudaStream_t);
