@@ -208,16 +208,6 @@ def _cuda_scan(chunk_size):
     return scan
 
 
-# The CUDA backward's workspace: the forward's, then dS_c / dH_out (float32 states), the decay-pair sums
-# per target tile, three per-token sums and C B^T per (chunk, group) twice; mirrors ssd::bwd_layout in
-# ssm/ops/cuda/ssd_bwd_common.cuh.
-def _cuda_bwd_workspace_floats(batch, L, H, P, G, N, chunk, elem_bytes):
-    nc = (L + chunk - 1) // chunk
-    bhc = batch * H * nc
-    return (_cuda_workspace_floats(batch, L, H, P, N, chunk, elem_bytes) + _r64(bhc * P * N)
-            + _r64(bhc * (chunk // 64) * chunk) + 3 * _r64(bhc * chunk) + 2 * _r64(batch * nc * G * chunk * chunk))
-
-
 def _bwd_cuda(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dy, dfinal, chunk_size, dt_softplus,
               dt_lo, dt_hi):
     """The dedicated CUDA backward (ssm/ops/cuda/ssd_chunk_scan_bwd.cu); the gate and the sums of the
@@ -234,7 +224,9 @@ def _bwd_cuda(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dy, dfinal
         dz = dz.to(z.dtype)
     nc, nq = (L + chunk - 1) // chunk, chunk // 64
     dD = None if D is None else _kernels.empty((batch * nc * nq, H, P), x, f32)
-    ws_floats = _cuda_bwd_workspace_floats(batch, L, H, P, G, N, chunk, x.element_size())
+    # the backward's workspace row follows the forward's layout: its size comes from the CUDA module
+    ws_floats = _kernels.module("cuda").ssd_chunk_scan_bwd_workspace_floats(_kernels.dtype_code(x),
+                                                                            [batch, L, H, P, G, N, chunk])
     ws = torch.empty((1, ws_floats), dtype=f32, device=x.device)
     dx = _kernels.empty(x.shape, x)
     ddt, dA = _kernels.empty((batch, L, H), x, f32), _kernels.empty((batch * H, nc), x, f32)

@@ -30,7 +30,7 @@ namespace ssm::cuda::ssd {
 //   ysum, xsum, xo [((b * H + h) * nchunks + c) * Q + k]     Y_t, X_s, x_s·o_s
 //   cb    [((b * nchunks + c) * G + g) * Q * Q + t * Q + s]   C_t · B_s on the tile pairs s-tile <= t-tile,
 //   cbt   [((b * nchunks + c) * G + g) * Q * Q + s * Q + t]   and its transpose (shared by a group's heads)
-// Mirrored by ssm/ops/ssd.py (_cuda_bwd_workspace_floats).
+// Its size comes to Python from ssd_chunk_scan_bwd_workspace_floats (the binding).
 struct BwdLayout {
   int64_t dstate = 0, pairs = 0, ysum = 0, xsum = 0, xo = 0, cb = 0, cbt = 0, floats = 0;
 };

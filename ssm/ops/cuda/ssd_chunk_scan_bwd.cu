@@ -4,6 +4,10 @@
 
 namespace ssm::cuda {
 
+int64_t ssd_chunk_scan_bwd_workspace_floats(const SsdParams& p) {
+  return ssd::bwd_layout(p, ssd::layout(p, p.dtype == DType::f32 ? 4 : 2)).floats;
+}
+
 void ssd_chunk_scan_bwd(const SsdParams& p, cudaStream_t stream) {
   const char* op = "ssd_chunk_scan_bwd";
   SSM_CHECK(p.chunk >= ssd::kTile && p.chunk <= ssd::kMaxChunk && p.chunk % ssd::kTile == 0, op,
