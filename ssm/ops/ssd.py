@@ -246,8 +246,8 @@ def _bwd_cuda(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dy, dfinal
 
 
 def _use_bwd_kernel(x, B, C):
-    """SSM_SSD_BWD_KERNEL=1 selects the dedicated CUDA backward (else the composed one)."""
-    if os.environ.get("SSM_SSD_BWD_KERNEL", "0") != "1":
+    """The dedicated CUDA backward, unless SSM_SSD_BWD_KERNEL=0 selects the composed one."""
+    if os.environ.get("SSM_SSD_BWD_KERNEL", "1") == "0":
         return False
     return _kernels.kernel_reason("cuda", "ssd_chunk_scan_bwd", x, B, C) is None
 
@@ -260,7 +260,7 @@ def _bwd_composed(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dy, df
 
 
 def _bwd_reason(backend, x, B, C, z, dy, cu_seqlens):
-    # CUDA: the dedicated kernel (SSM_SSD_BWD_KERNEL=1) or the backward composed of forward scans
+    # CUDA: the dedicated kernel, or with SSM_SSD_BWD_KERNEL=0 the backward composed of forward scans
     # (ssd_bwd.py); SSM_SSD_COMPOSED_BWD=0 opts out of both
     if backend == "cuda":
         if os.environ.get("SSM_SSD_COMPOSED_BWD", "1") == "0":

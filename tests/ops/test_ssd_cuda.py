@@ -129,8 +129,8 @@ def test_gradients_at_model_sizes(dtype):
 
 
 def composed_backward_grads(dtype, seq, monkeypatch):
-    """Gradients of the CUDA backward composed of forward scans (SSM_SSD_COMPOSED_BWD=1, the default;
-    ssm/ops/ssd_bwd.py) and of the float64 reference, per input name."""
+    """Gradients of the CUDA backward composed of forward scans (SSM_SSD_BWD_KERNEL=0; ssm/ops/ssd_bwd.py)
+    and of the float64 reference, per input name."""
     monkeypatch.setenv("SSM_SSD_COMPOSED_BWD", "1")
     monkeypatch.setenv("SSM_SSD_BWD_KERNEL", "0")
     return cuda_backward_grads(dtype, (2, 300, 4, 64, 2, 64, 128), seq, True)
@@ -177,7 +177,7 @@ KERNEL_CASES = [  # (batch, L, H, P, G, N, chunk): L not a multiple of the chunk
 @pytest.mark.parametrize("seq", [False, True], ids=["rows", "seq_idx"])
 @pytest.mark.parametrize("gate", [False, True], ids=["nogate", "gate"])
 def test_kernel_backward_matches_reference(dtype, case, seq, gate, monkeypatch):
-    """The dedicated CUDA backward (SSM_SSD_BWD_KERNEL=1; ssm/ops/cuda/ssd_chunk_scan_bwd.cu)."""
+    """The dedicated CUDA backward (the default; ssm/ops/cuda/ssd_chunk_scan_bwd.cu)."""
     monkeypatch.setenv("SSM_SSD_COMPOSED_BWD", "1")
     monkeypatch.setenv("SSM_SSD_BWD_KERNEL", "1")
     calls = []

@@ -12,7 +12,7 @@ template <typename T>
 size_t bwd_chunk_smem(int Q, int strips) {
   return align128(sizeof(ChunkTokens)) + strips * align128(kTile * (Q + 8) * sizeof(T)) +
          2 * align128(kTile * kLdT * sizeof(T)) + 2 * align128(kTile * kLdS * sizeof(float)) +
-         2 * align128(kTile * sizeof(float));
+         4 * align128(kTile * sizeof(float));
 }
 
 struct ChunkSmem {
@@ -23,6 +23,23 @@ struct ChunkSmem {
     return r;
   }
 };
+
+// f[r * kLdS + q] = src[r * rs + q] for a 64 x 64 float32 tile (16-byte aligned rows), asynchronously:
+// the next load_tile's wait (or cp.async.wait_all) completes it.
+__device__ __forceinline__ void issue_tile_f(float* f, const float* src, int64_t rs) {
+  for (int e = threadIdx.x; e < kTile * kTile / 4; e += kThreads) {
+    const int r = e / (kTile / 4), c4 = e % (kTile / 4) * 4;
+    cp_async16(f + r * kLdS + c4, src + r * rs + c4, true);
+  }
+}
+
+// Decay factors of the pairs of a target tile t0.. after a source tile s0.. (t0 > s0): exp(cs_t - cs_s) =
+// late[t - t0] · early[s - s0] about the source tile's last token, both factors <= 1 for a decaying A.
+__device__ __forceinline__ void pair_factors(const ChunkTokens& tok, int t0, int s0, float* late, float* early) {
+  const float ref = tok.cs[s0 + kTile - 1];
+  if (threadIdx.x < kTile) late[threadIdx.x] = __expf(tok.cs[t0 + threadIdx.x] - ref);
+  else early[threadIdx.x - kTile] = __expf(ref - tok.cs[s0 + threadIdx.x - kTile]);
+}
 
 // C_t · B_s for the tile pair (t-tile i, s-tile j <= i) of chunk c and group g, into cb and (transposed) cbt.
 template <typename T>
@@ -71,6 +88,8 @@ __global__ void __launch_bounds__(kThreads) bwd_dc_kernel(SsdParams p, Layout w,
   float* f2 = sm.take<float>(kTile * kLdS * sizeof(float));
   float* carry = sm.take<float>(kTile * sizeof(float));
   float* ysum = sm.take<float>(kTile * sizeof(float));
+  float* late = sm.take<float>(kTile * sizeof(float));
+  float* early = sm.take<float>(kTile * sizeof(float));
   const int i = blockIdx.x % nq, h = blockIdx.y, g = h / int(p.nheads / p.ngroups), t0 = i * kTile;
   const int64_t c = blockIdx.x / nq, b = blockIdx.z, c0 = c * Q, L = p.seqlen;
   if (c0 + t0 >= L) return;
@@ -86,6 +105,8 @@ __global__ void __launch_bounds__(kThreads) bwd_dc_kernel(SsdParams p, Layout w,
   const float* cbg = ptr<float>(p.workspace) + v.cb + ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q;
   for (int j = 0; j <= i; ++j) {
     const int s0 = j * kTile;
+    issue_tile_f(f1, cbg + int64_t(t0) * Q + s0, Q);  // C B^T on (t, s), waited for by gemm_nt's loads
+    if (j < i) pair_factors(tok, t0, s0, late, early);
     Tile<T> dx;
     dx.zero();
     gemm_nt<T>(dx, sa, sb, dyq, dY.stride[1], dY.stride[3], nv - t0, xk + s0 * X.stride[1], X.stride[1],
@@ -96,9 +117,10 @@ __global__ void __launch_bounds__(kThreads) bwd_dc_kernel(SsdParams p, Layout w,
     for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
       const int r = e / kTile, q = e % kTile, t = t0 + r, s = s0 + q;
       const bool keep = s <= t && t < nv && tok.run[s] == tok.run[t];
-      const float m = keep ? __expf(tok.cs[t] - tok.cs[s]) * tok.dt[s] : 0.f, d = f2[r * kLdS + q] * m;
+      const float decay = j < i ? late[r] * early[q] : __expf(tok.cs[t] - tok.cs[s]);
+      const float d = keep ? f2[r * kLdS + q] * decay * tok.dt[s] : 0.f;
       strip[r * ldq + s] = from_float<T>(d);
-      f1[r * kLdS + q] = keep ? cbg[int64_t(t) * Q + s] * d : 0.f;
+      f1[r * kLdS + q] = keep ? f1[r * kLdS + q] * d : 0.f;
     }
     __syncthreads();
     // f1[r][q] = carry_r + Σ_{q' < q} pair(r, q'): the pairs of target t0 + r with a source before s0 + q
@@ -197,6 +219,8 @@ __global__ void __launch_bounds__(kThreads) bwd_dx_kernel(SsdParams p, Layout w,
   float* f2 = sm.take<float>(kTile * kLdS * sizeof(float));
   float* xo = sm.take<float>(kTile * sizeof(float));
   float* xsum = sm.take<float>(kTile * sizeof(float));
+  float* late = sm.take<float>(kTile * sizeof(float));
+  float* early = sm.take<float>(kTile * sizeof(float));
   const int j = blockIdx.x % nq, h = blockIdx.y, g = h / int(p.nheads / p.ngroups), s0 = j * kTile;
   const int64_t c = blockIdx.x / nq, b = blockIdx.z, c0 = c * Q, L = p.seqlen;
   // this tile's share of dD = Σ dY x (zero for a tile past the end)
@@ -210,28 +234,29 @@ __global__ void __launch_bounds__(kThreads) bwd_dx_kernel(SsdParams p, Layout w,
   const int nv = int(min(int64_t(Q), L - c0)), ni = (nv + kTile - 1) / kTile;
   if (threadIdx.x < kTile) xo[threadIdx.x] = 0.f, xsum[threadIdx.x] = 0.f;
   const TensorArg &X = p.x, &Bt = p.B, &dY = p.dout;
-  for (int pp = threadIdx.x; dD && pp < P; pp += kThreads) {
-    float sum = 0.f;
-    for (int s = s0; s < min(s0 + kTile, nv); ++s) sum += at4<T>(dY, b, c0 + s, h, pp) * at4<T>(X, b, c0 + s, h, pp);
-    dD[pp] = sum;
-  }
   const T* bs = ptr<T>(Bt) + b * Bt.stride[0] + g * Bt.stride[2] + (c0 + s0) * Bt.stride[1];
   const T* dyt = ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] + c0 * dY.stride[1];
   const float* cbt = ptr<float>(p.workspace) + v.cbt + ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q;
-  const float* dHout = ptr<float>(p.workspace) + v.dstate + ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N;
+  const T* dHout = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhout) +
+                   ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N;
+  const T* xs = ptr<T>(X) + b * X.stride[0] + h * X.stride[2] + (c0 + s0) * X.stride[1];
   for (int p0 = 0; p0 < P; p0 += kTile) {
     Tile<T> acc, st;
     acc.zero();
     for (int i = j; i < ni; ++i) {
       const int t0 = i * kTile;
-      // sa = (C B^T ∘ L)^T on (s, t); sb = dY on (t, p)
+      // sa = (C B^T ∘ L)^T on (s, t) from the cached transpose (f2); sb = dY on (t, p)
+      issue_tile_f(f2, cbt + int64_t(s0) * Q + t0, Q);
+      if (i > j) pair_factors(tok, t0, s0, late, early);
+      load_tile<T>(sb, kLdT, kTile, dyt + t0 * dY.stride[1] + p0 * dY.stride[3], dY.stride[1], dY.stride[3], nv - t0,
+                   P - p0);
+      __syncthreads();
       for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
         const int r = e / kTile, q = e % kTile, s = s0 + r, t = t0 + q;
         const bool keep = s <= t && t < nv && tok.run[s] == tok.run[t];
-        sa[r * kLdT + q] = from_float<T>(keep ? cbt[int64_t(s) * Q + t] * __expf(tok.cs[t] - tok.cs[s]) : 0.f);
+        const float decay = i > j ? late[q] * early[r] : __expf(tok.cs[t] - tok.cs[s]);
+        sa[r * kLdT + q] = from_float<T>(keep ? f2[r * kLdS + q] * decay : 0.f);
       }
-      load_tile<T>(sb, kLdT, kTile, dyt + t0 * dY.stride[1] + p0 * dY.stride[3], dY.stride[1], dY.stride[3], nv - t0,
-                   P - p0);
       __syncthreads();
       acc.template mma<true, true>(sa, kLdT, sb, kLdT, kTile);
       __syncthreads();
@@ -239,24 +264,33 @@ __global__ void __launch_bounds__(kThreads) bwd_dx_kernel(SsdParams p, Layout w,
     st.zero();
     for (int n0 = 0; n0 < N; n0 += kTile) {
       load_tile<T>(sa, kLdT, kTile, bs + n0 * Bt.stride[3], Bt.stride[1], Bt.stride[3], nv - s0, N - n0);
-      load_tile_f<T>(sb, dHout + int64_t(p0) * N + n0, N, P - p0, N - n0);
+      load_tile<T>(sb, kLdT, kTile, dHout + int64_t(p0) * N + n0, N, 1, P - p0, N - n0);
       __syncthreads();
       st.template mma<true, false>(sa, kLdT, sb, kLdT, kTile);  // (dH_out^T)(n, p) = sb[p][n]
       __syncthreads();
     }
     acc.store(f1, kLdS);
     st.store(f2, kLdS);
+    // the source tile's x and dY on (s, p)
+    load_tile<T>(sa, kLdT, kTile, xs + p0 * X.stride[3], X.stride[1], X.stride[3], nv - s0, P - p0);
+    load_tile<T>(sb, kLdT, kTile, dyt + s0 * dY.stride[1] + p0 * dY.stride[3], dY.stride[1], dY.stride[3], nv - s0,
+                 P - p0);
     __syncthreads();
+    if (dD && threadIdx.x < kTile && p0 + threadIdx.x < P) {
+      float sum = 0.f;
+      for (int r = 0; r < kTile; ++r) sum += to_float(sa[r * kLdT + threadIdx.x]) * to_float(sb[r * kLdT + threadIdx.x]);
+      dD[p0 + threadIdx.x] = sum;
+    }
     for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
       const int r = e / kTile, q = e % kTile, s = s0 + r, pp = p0 + q;
       float o = 0.f, xv = 0.f;
       if (s < nv && pp < P) {
         o = f1[r * kLdS + q] + leave_weight(tok, s, nv) * f2[r * kLdS + q];
         float d = tok.dt[s] * o;
-        if (has(p.D)) d += ptr<float>(p.D)[h * p.D.stride[0] + pp * p.D.stride[1]] * at4<T>(dY, b, c0 + s, h, pp);
+        if (has(p.D)) d += ptr<float>(p.D)[h * p.D.stride[0] + pp * p.D.stride[1]] * to_float(sb[r * kLdT + q]);
         ptr<T>(p.dx)[b * p.dx.stride[0] + (c0 + s) * p.dx.stride[1] + h * p.dx.stride[2] + pp * p.dx.stride[3]] =
             from_float<T>(d);
-        xv = at4<T>(X, b, c0 + s, h, pp);
+        xv = to_float(sa[r * kLdT + q]);
       }
       f1[r * kLdS + q] = o * xv;
       f2[r * kLdS + q] *= xv;
@@ -286,6 +320,9 @@ __global__ void __launch_bounds__(kThreads) bwd_db_kernel(SsdParams p, Layout w,
   T* sa = sm.take<T>(kTile * kLdT * sizeof(T));
   T* sb = sm.take<T>(kTile * kLdT * sizeof(T));
   float* f1 = sm.take<float>(kTile * kLdS * sizeof(float));
+  sm.take<float>(kTile * kLdS * sizeof(float));
+  float* late = sm.take<float>(kTile * sizeof(float));
+  float* early = sm.take<float>(kTile * sizeof(float));
   const int j = blockIdx.x % nq, h = blockIdx.y, g = h / int(p.nheads / p.ngroups), s0 = j * kTile;
   const int64_t c = blockIdx.x / nq, b = blockIdx.z, c0 = c * Q, L = p.seqlen;
   if (c0 + s0 >= L) return;
@@ -297,6 +334,7 @@ __global__ void __launch_bounds__(kThreads) bwd_db_kernel(SsdParams p, Layout w,
   const T* dyt = ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] + c0 * dY.stride[1];
   for (int i = j; i < ni; ++i) {
     const int t0 = i * kTile;
+    if (i > j) pair_factors(tok, t0, s0, late, early);
     Tile<T> dx;
     dx.zero();
     gemm_nt<T>(dx, sa, sb, xs, X.stride[1], X.stride[3], nv - s0, dyt + t0 * dY.stride[1], dY.stride[1],
@@ -307,11 +345,13 @@ __global__ void __launch_bounds__(kThreads) bwd_db_kernel(SsdParams p, Layout w,
     for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
       const int r = e / kTile, q = e % kTile, s = s0 + r, t = t0 + q;
       const bool keep = s <= t && t < nv && tok.run[s] == tok.run[t];
-      s3[r * ldq + t] = from_float<T>(keep ? f1[r * kLdS + q] * __expf(tok.cs[t] - tok.cs[s]) : 0.f);
+      const float decay = i > j ? late[q] * early[r] : __expf(tok.cs[t] - tok.cs[s]);
+      s3[r * ldq + t] = from_float<T>(keep ? f1[r * kLdS + q] * decay : 0.f);
     }
     __syncthreads();
   }
-  const float* dHout = ptr<float>(p.workspace) + v.dstate + ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N;
+  const T* dHout = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhout) +
+                   ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N;
   float* dB = ptr<float>(p.dB);
   for (int n0 = 0; n0 < N; n0 += kTile) {
     Tile<T> acc;
@@ -326,7 +366,7 @@ __global__ void __launch_bounds__(kThreads) bwd_db_kernel(SsdParams p, Layout w,
     }
     for (int p0 = 0; p0 < P; p0 += kTile) {
       load_tile<T>(sa, kLdT, kTile, xs + p0 * X.stride[3], X.stride[1], X.stride[3], nv - s0, P - p0);
-      load_tile_f<T>(sb, dHout + int64_t(p0) * N + n0, N, P - p0, N - n0);
+      load_tile<T>(sb, kLdT, kTile, dHout + int64_t(p0) * N + n0, N, 1, P - p0, N - n0);
       __syncthreads();
       for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
         const int r = e / kTile;

@@ -26,20 +26,23 @@ namespace ssm::cuda::ssd {
 
 // Backward workspace after the forward's (floats, each region at a multiple of 64):
 //   dstate[(((b * nchunks + c) * H + h) * P + p) * N + n]   dS_c, then dH_out(c) (float32)
+//   dhout [(((b * nchunks + c) * H + h) * P + p) * N + n]   dH_out(c) in the element type T
 //   pairs [(((b * H + h) * nchunks + c) * nq + i) * Q + k]   decay-pair sums of target tile i
 //   ysum, xsum, xo [((b * H + h) * nchunks + c) * Q + k]     Y_t, X_s, x_s·o_s
 //   cb    [((b * nchunks + c) * G + g) * Q * Q + t * Q + s]   C_t · B_s on the tile pairs s-tile <= t-tile,
 //   cbt   [((b * nchunks + c) * G + g) * Q * Q + s * Q + t]   and its transpose (shared by a group's heads)
 // Its size comes to Python from ssd_chunk_scan_bwd_workspace_floats (the binding).
 struct BwdLayout {
-  int64_t dstate = 0, pairs = 0, ysum = 0, xsum = 0, xo = 0, cb = 0, cbt = 0, floats = 0;
+  int64_t dstate = 0, dhout = 0, pairs = 0, ysum = 0, xsum = 0, xo = 0, cb = 0, cbt = 0, floats = 0;
 };
 
 inline BwdLayout bwd_layout(const SsdParams& p, const Layout& w) {
   BwdLayout v;
   const int64_t bhc = p.batch * p.nheads * w.nchunks, nq = p.chunk / kTile;
   v.dstate = w.floats;
-  v.pairs = v.dstate + round64(bhc * p.headdim * p.dstate);
+  const int64_t spn = bhc * p.headdim * p.dstate;
+  v.dhout = v.dstate + round64(spn);
+  v.pairs = v.dhout + round64((spn * (p.dtype == DType::f32 ? 4 : 2) + 3) / 4);
   v.ysum = v.pairs + round64(bhc * nq * p.chunk);
   v.xsum = v.ysum + round64(bhc * p.chunk);
   v.xo = v.xsum + round64(bhc * p.chunk);
@@ -72,15 +75,6 @@ __device__ void gemm_nt(Tile<T>& acc, T* sa, T* sb, const T* a, int64_t ars, int
     __syncthreads();
     acc.template mma<true, false>(sa, kLdT, sb, kLdT, kTile);
     __syncthreads();
-  }
-}
-
-// dst[i * kLdT + j] = T(src[i * rs + j]) for i < rows, j < cols, else 0 (64 x 64; float32 source).
-template <typename T>
-__device__ void load_tile_f(T* dst, const float* src, int64_t rs, int rows, int cols) {
-  for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
-    const int i = e / kTile, j = e % kTile;
-    dst[i * kLdT + j] = from_float<T>(i < rows && j < cols ? src[i * rs + j] : 0.f);
   }
 }
 

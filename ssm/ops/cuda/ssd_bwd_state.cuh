@@ -54,7 +54,8 @@ __global__ void __launch_bounds__(kThreads) bwd_dstate_kernel(SsdParams p, Layou
   }
 }
 
-// Reverse over chunks: the slot of dS_c receives dH_out(c); dinitial = dH_in(0).
+// Reverse over chunks: the slot of dS_c receives dH_out(c) (also kept in T for the tensor-core
+// products); dinitial = dH_in(0). The chunks' dS_c are loaded a few at a time (in flight together).
 template <typename T>
 __global__ void __launch_bounds__(kThreads) bwd_state_kernel(SsdParams p, Layout w, BwdLayout v) {
   const int64_t PN = p.headdim * p.dstate, e = int64_t(blockIdx.x) * kThreads + threadIdx.x;
@@ -64,18 +65,28 @@ __global__ void __launch_bounds__(kThreads) bwd_state_kernel(SsdParams p, Layout
   float* ws = ptr<float>(p.workspace);
   const float* rec = ws + w.record + (b * p.nheads + h) * nc * kRecord;
   float* slot = ws + v.dstate + b * nc * step + h * PN + e;
+  T* slot_t = reinterpret_cast<T*>(ws + v.dhout) + b * nc * step + h * PN + e;
   float dH = has(p.dfinal) ? at4<float>(p.dfinal, b, h, pp, nn) : 0.f;
-  for (int64_t c = nc - 1; c >= 0; --c) {
-    const float* r = rec + c * kRecord;
-    const float dS = slot[c * step];
-    slot[c * step] = dH;
-    const float dH_in = dS + (__float_as_int(r[kHasReset]) ? 0.f : r[kDecayAll] * dH);
-    if (c == 0) {
-      if (has(p.dinitial))
-        ptr<float>(p.dinitial)[b * p.dinitial.stride[0] + h * p.dinitial.stride[1] + pp * p.dinitial.stride[2] +
-                               nn * p.dinitial.stride[3]] = dH_in;
-    } else {
-      dH = __float_as_int(r[kContinues]) ? dH_in : 0.f;
+  constexpr int kAhead = 4;
+  for (int64_t top = nc - 1; top >= 0; top -= kAhead) {
+    float dS[kAhead];
+#pragma unroll
+    for (int u = 0; u < kAhead; ++u) dS[u] = top - u >= 0 ? slot[(top - u) * step] : 0.f;
+#pragma unroll
+    for (int u = 0; u < kAhead; ++u) {
+      const int64_t c = top - u;
+      if (c < 0) break;
+      const float* r = rec + c * kRecord;
+      slot[c * step] = dH;
+      slot_t[c * step] = from_float<T>(dH);
+      const float dH_in = dS[u] + (__float_as_int(r[kHasReset]) ? 0.f : r[kDecayAll] * dH);
+      if (c == 0) {
+        if (has(p.dinitial))
+          ptr<float>(p.dinitial)[b * p.dinitial.stride[0] + h * p.dinitial.stride[1] + pp * p.dinitial.stride[2] +
+                                 nn * p.dinitial.stride[3]] = dH_in;
+      } else {
+        dH = __float_as_int(r[kContinues]) ? dH_in : 0.f;
+      }
     }
   }
 }
