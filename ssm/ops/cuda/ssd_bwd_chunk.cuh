@@ -12,7 +12,7 @@ template <typename T>
 size_t bwd_chunk_smem(int Q, int strips) {
   return align128(sizeof(ChunkTokens)) + strips * align128(kTile * (Q + 8) * sizeof(T)) +
          2 * align128(kTile * kLdT * sizeof(T)) + 2 * align128(kTile * kLdS * sizeof(float)) +
-         4 * align128(kTile * sizeof(float));
+         5 * align128(kTile * sizeof(float));
 }
 
 struct ChunkSmem {
@@ -157,6 +157,11 @@ __global__ void __launch_bounds__(kThreads) bwd_dc_kernel(SsdParams p, Layout w,
   // dC by 64-wide slices of N: Σ_j strip_j B_j + diag(e0) dY H_in
   const T* hin = reinterpret_cast<const T*>(ptr<float>(p.workspace) + w.hin) +
                  ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N;
+  // e0_t: the weight of the entering state in target t (late is free after the pairs)
+  if (threadIdx.x < kTile) {
+    const int t = t0 + threadIdx.x;
+    late[threadIdx.x] = t < nv && tok.run[t] == 0 ? __expf(tok.cs[t]) : 0.f;
+  }
   for (int n0 = 0; n0 < N; n0 += kTile) {
     Tile<T> acc, st;
     acc.zero();
@@ -174,9 +179,8 @@ __global__ void __launch_bounds__(kThreads) bwd_dc_kernel(SsdParams p, Layout w,
       load_tile<T>(sb, kLdT, kTile, hin + int64_t(p0) * N + n0, N, 1, P - p0, N - n0);
       __syncthreads();
       for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
-        const int r = e / kTile, t = t0 + r;
-        const float e0 = t < nv && tok.run[t] == 0 ? __expf(tok.cs[t]) : 0.f;
-        sa[r * kLdT + e % kTile] = from_float<T>(to_float(sa[r * kLdT + e % kTile]) * e0);
+        const int r = e / kTile;
+        sa[r * kLdT + e % kTile] = from_float<T>(to_float(sa[r * kLdT + e % kTile]) * late[r]);
       }
       __syncthreads();
       st.template mma<true, true>(sa, kLdT, sb, kLdT, kTile);
@@ -221,6 +225,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dx_kernel(SsdParams p, Layout w,
   float* xsum = sm.take<float>(kTile * sizeof(float));
   float* late = sm.take<float>(kTile * sizeof(float));
   float* early = sm.take<float>(kTile * sizeof(float));
+  float* leave = sm.take<float>(kTile * sizeof(float));
   const int j = blockIdx.x % nq, h = blockIdx.y, g = h / int(p.nheads / p.ngroups), s0 = j * kTile;
   const int64_t c = blockIdx.x / nq, b = blockIdx.z, c0 = c * Q, L = p.seqlen;
   // this tile's share of dD = Σ dY x (zero for a tile past the end)
@@ -232,7 +237,10 @@ __global__ void __launch_bounds__(kThreads) bwd_dx_kernel(SsdParams p, Layout w,
   }
   load_chunk(p, b, h, c0, Q, tok);
   const int nv = int(min(int64_t(Q), L - c0)), ni = (nv + kTile - 1) / kTile;
-  if (threadIdx.x < kTile) xo[threadIdx.x] = 0.f, xsum[threadIdx.x] = 0.f;
+  if (threadIdx.x < kTile) {
+    xo[threadIdx.x] = 0.f, xsum[threadIdx.x] = 0.f;
+    leave[threadIdx.x] = leave_weight(tok, s0 + threadIdx.x, nv);
+  }
   const TensorArg &X = p.x, &Bt = p.B, &dY = p.dout;
   const T* bs = ptr<T>(Bt) + b * Bt.stride[0] + g * Bt.stride[2] + (c0 + s0) * Bt.stride[1];
   const T* dyt = ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] + c0 * dY.stride[1];
@@ -285,7 +293,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dx_kernel(SsdParams p, Layout w,
       const int r = e / kTile, q = e % kTile, s = s0 + r, pp = p0 + q;
       float o = 0.f, xv = 0.f;
       if (s < nv && pp < P) {
-        o = f1[r * kLdS + q] + leave_weight(tok, s, nv) * f2[r * kLdS + q];
+        o = f1[r * kLdS + q] + leave[r] * f2[r * kLdS + q];
         float d = tok.dt[s] * o;
         if (has(p.D)) d += ptr<float>(p.D)[h * p.D.stride[0] + pp * p.D.stride[1]] * to_float(sb[r * kLdT + q]);
         ptr<T>(p.dx)[b * p.dx.stride[0] + (c0 + s) * p.dx.stride[1] + h * p.dx.stride[2] + pp * p.dx.stride[3]] =
@@ -305,7 +313,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dx_kernel(SsdParams p, Layout w,
     const int64_t at = ((b * p.nheads + h) * w.nchunks + c) * Q + s;
     float* ws = ptr<float>(p.workspace);
     ws[v.xo + at] = xo[threadIdx.x];
-    ws[v.xsum + at] = tok.dt[s] * leave_weight(tok, s, nv) * xsum[threadIdx.x];
+    ws[v.xsum + at] = tok.dt[s] * leave[threadIdx.x] * xsum[threadIdx.x];
   }
 }
 
@@ -353,6 +361,7 @@ __global__ void __launch_bounds__(kThreads) bwd_db_kernel(SsdParams p, Layout w,
   const T* dHout = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhout) +
                    ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N;
   float* dB = ptr<float>(p.dB);
+  if (threadIdx.x < kTile) late[threadIdx.x] = leave_weight(tok, s0 + threadIdx.x, nv);  // free after the strip
   for (int n0 = 0; n0 < N; n0 += kTile) {
     Tile<T> acc;
     acc.zero();
@@ -370,7 +379,7 @@ __global__ void __launch_bounds__(kThreads) bwd_db_kernel(SsdParams p, Layout w,
       __syncthreads();
       for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
         const int r = e / kTile;
-        sa[r * kLdT + e % kTile] = from_float<T>(to_float(sa[r * kLdT + e % kTile]) * leave_weight(tok, s0 + r, nv));
+        sa[r * kLdT + e % kTile] = from_float<T>(to_float(sa[r * kLdT + e % kTile]) * late[r]);
       }
       __syncthreads();
       acc.template mma<true, true>(sa, kLdT, sb, kLdT, kTile);
