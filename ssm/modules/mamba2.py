@@ -17,6 +17,7 @@ from torch import Tensor
 from ssm import ops
 from ssm.distributed.tensor_parallel import check_divisible, column_linear, row_linear
 from ssm.modules import _states
+from ssm.ops.conv_state_step import conv_state_step
 
 _NO_LIMIT = (0.0, float("inf"))
 
@@ -255,18 +256,13 @@ class Mamba2(nn.Module):
         if hidden_states.shape[1] != 1:
             raise ValueError(f"hidden_states: step decodes one token at a time, got shape {tuple(hidden_states.shape)}")
         z0, x0, z, xBC, dt = self._split(self.in_proj(hidden_states.squeeze(1)))
-        xBC = ops.causal_conv1d_update(xBC, conv_state, self.conv1d.weight, self.conv1d.bias,
-                                       self.activation)
-        gn = self.ngroups * self.d_state
-        x, B, C = torch.split(xBC, [self.d_ssm, gn, gn], dim=-1)
-        Bsz, h, p, n = x.shape[0], self.nheads, self.headdim, self.d_state
-        # per-head forms (dt (B, h); A, D, dt_bias (h,)): the op reads them tied across the head
+        Bsz, h, p = xBC.shape[0], self.nheads, self.headdim
+        # conv update + state step (one kernel on CUDA); per-head dt (B, h), A, D, dt_bias (h,)
         dt, dt_bias, softplus = self._step_dt(dt)
         D = self.D.view(h, p) if self.D_has_hdim else self.D
-        y = ops.selective_state_update(
-            ssm_state, x.view(Bsz, h, p), dt, _states.decode_A(self), B.view(Bsz, self.ngroups, n),
-            C.view(Bsz, self.ngroups, n), D, z=None if self.rmsnorm else z.view(Bsz, h, p),
-            dt_bias=dt_bias, dt_softplus=softplus)
+        y = conv_state_step(xBC, conv_state, self.conv1d.weight, self.conv1d.bias, ssm_state, dt,
+                            _states.decode_A(self), D, dt_bias, z=None if self.rmsnorm else z.view(Bsz, h, p),
+                            ngroups=self.ngroups, activation=self.activation, dt_softplus=softplus)
         out = self._reduce(self._output(y.reshape(Bsz, self.d_ssm), z, z0, x0))
         return out.unsqueeze(1), conv_state, ssm_state
 

@@ -204,3 +204,30 @@ struct StateStepParams {
 };
 
 }  // namespace ssm
+
+namespace ssm {
+
+// One fused decode step of a Mamba-2 layer (CUDA only): the depthwise conv update of the raw
+// xBC row (channels [x (H*P), B (G*N), C (G*N)]) on its rolling conv_state, then the state step
+// of StateStepParams with per-head dt, dt_bias and A. Blocks of one (batch row, group) meet at
+// counters[b * G + g] (zero between launches; the last block writes the B/C conv states and
+// resets it), so every block reads the B/C history before any block rewrites it.
+struct ConvStateStepParams {
+  int64_t batch = 0, nheads = 0, headdim = 0, dstate = 0, ngroups = 1, width = 0, state_len = 0;
+  DType state_dtype = DType::f32, dtype = DType::f32;
+  TensorArg xbc;          // (B, H*P + 2*G*N)     dtype, raw conv input
+  TensorArg conv_state;   // (B, H*P + 2*G*N, S)  dtype, any strides, S >= W - 1
+  TensorArg conv_weight;  // (H*P + 2*G*N, W)     float32
+  TensorArg conv_bias;    // (H*P + 2*G*N,)       float32, optional
+  TensorArg state;        // (B, H, P, N)         state_dtype, contiguous along N, 16-byte aligned rows
+  TensorArg dt;           // (B, H)               dtype
+  TensorArg A;            // (H,)                 float32
+  TensorArg D;            // (H, P)               float32, optional (stride 0 along P: per head)
+  TensorArg dt_bias;      // (H,)                 float32, optional
+  TensorArg z;            // (B, H, P)            dtype, optional
+  TensorArg counters;     // (B * G,)             int32, zero
+  TensorArg out;          // (B, H, P)            dtype
+  bool softplus = false, silu = false;
+};
+
+}  // namespace ssm

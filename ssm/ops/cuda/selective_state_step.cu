@@ -10,7 +10,7 @@ void selective_state_step(const StateStepParams& p, cudaStream_t stream) {
   SSM_CHECK(p.ngroups >= 1 && p.nheads % p.ngroups == 0, op, "nheads ", p.nheads, " is not a multiple of ngroups ",
             p.ngroups);
   if (p.batch * p.nheads * p.headdim == 0) return;
-  SSM_CHECK(p.batch * p.nheads * p.headdim * 16 < (int64_t(1) << 32), op, "too many rows");
+  SSM_CHECK(p.batch * p.nheads * p.headdim * 32 < (int64_t(1) << 32), op, "too many rows");
   SSM_DTYPE_SWITCH(p.state_dtype, TS, op, [&] { selective_state_step_typed<TS>(p, stream); });
   check_launch(op);
 }

@@ -4,6 +4,8 @@
 // (16-byte state loads and stores when the layout allows), so the state streams through once.
 // A tied per head (stride 0 along N) costs one exp per row instead of one per entry.
 #pragma once
+#include <cstdlib>
+
 #include "cuda/kernels.h"
 #include "cuda/vec.cuh"
 
@@ -128,23 +130,47 @@ __global__ void __launch_bounds__(kThreads) state_step_kernel(StateStepParams p,
   *out = from_float<T>(y);
 }
 
-// Lanes per row (K) and packs per lane (KP) from N: four packs of 8 entries per lane in one pass
-// (N <= 32 K), more passes past N = 256; two packs for N <= 16 (fewer registers, more rows in flight).
-#define SSM_STEP_TPR_SWITCH(N, K, KP, ...)                                                  \
+// Lanes per row (K) and packs per lane (KP) from N. Narrow rows: four packs of 8 entries per
+// lane in one pass (N <= 32 K), more passes past N = 256; two packs for N <= 16. Wide rows: one
+// pack per lane (K = N / 8, at most 32): four times the threads, for grids that would otherwise
+// leave most SMs idle (batch-1 decoding) and for N <= 16 (two lanes a row: more loads in flight).
+#define SSM_STEP_TPR_SWITCH(N, wide, K, KP, ...)                                            \
   [&] {                                                                                     \
-    if (N <= 16) { constexpr int K = 1, KP = 2; return __VA_ARGS__(); }                     \
-    if (N <= 32) { constexpr int K = 1, KP = 4; return __VA_ARGS__(); }                     \
-    if (N <= 64) { constexpr int K = 2, KP = 4; return __VA_ARGS__(); }                     \
-    if (N <= 128) { constexpr int K = 4, KP = 4; return __VA_ARGS__(); }                    \
+    if (N <= 16) {                                                                          \
+      if (wide) { constexpr int K = 2, KP = 1; return __VA_ARGS__(); }                      \
+      constexpr int K = 1, KP = 2; return __VA_ARGS__();                                    \
+    }                                                                                       \
+    if (N <= 32) {                                                                          \
+      if (wide) { constexpr int K = 4, KP = 1; return __VA_ARGS__(); }                      \
+      constexpr int K = 1, KP = 4; return __VA_ARGS__();                                    \
+    }                                                                                       \
+    if (N <= 64) {                                                                          \
+      if (wide) { constexpr int K = 8, KP = 1; return __VA_ARGS__(); }                      \
+      constexpr int K = 2, KP = 4; return __VA_ARGS__();                                    \
+    }                                                                                       \
+    if (N <= 128) {                                                                         \
+      if (wide) { constexpr int K = 16, KP = 1; return __VA_ARGS__(); }                     \
+      constexpr int K = 4, KP = 4; return __VA_ARGS__();                                    \
+    }                                                                                       \
+    if (wide) { constexpr int K = 32, KP = 1; return __VA_ARGS__(); }                       \
     constexpr int K = 8, KP = 4; return __VA_ARGS__();                                      \
   }()
+
+// Wide rows when the narrow grid has fewer than two blocks per SM of an H100 (SSM_STEP_WIDE=0/1
+// forces either, for benchmarks and tests).
+inline bool use_wide(const StateStepParams& p) {
+  const char* env = std::getenv("SSM_STEP_WIDE");
+  if (env != nullptr && (env[0] == '0' || env[0] == '1')) return env[0] == '1';
+  const int64_t narrow_lanes = p.dstate <= 32 ? 1 : p.dstate <= 64 ? 2 : p.dstate <= 128 ? 4 : 8;
+  return p.batch * p.nheads * p.headdim * narrow_lanes < 264 * kThreads;
+}
 
 template <typename TS>
 void launch(const StateStepParams& p, cudaStream_t stream) {
   SSM_DTYPE_SWITCH(p.dtype, T, "selective_state_step", [&] {
     const bool vec = p.dstate % 8 == 0 && rows_vectorizable<TS>(p.state, 3) && rows_vectorizable<T>(p.B, 2) &&
                      rows_vectorizable<T>(p.C, 2);
-    SSM_STEP_TPR_SWITCH(p.dstate, kTPR, kPacks, [&] {
+    SSM_STEP_TPR_SWITCH(p.dstate, use_wide(p), kTPR, kPacks, [&] {
       const int64_t threads = p.batch * p.nheads * p.headdim * kTPR;
       state_step_kernel<TS, T, kTPR, kPacks><<<ceil_div(threads, kThreads), kThreads, 0, stream>>>(p, vec);
     });
