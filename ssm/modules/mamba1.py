@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ssm import ops
 from ssm.modules import _states
+from ssm.ops.proj_state_step import proj_state_step
 
 
 class Mamba1(nn.Module):
@@ -183,9 +184,9 @@ class Mamba1(nn.Module):
         x, z = xz.chunk(2, dim=-1)
         x = ops.causal_conv1d_update(x, conv_state, self.conv1d.weight, self.conv1d.bias, self.activation)
         dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.linear(dt, self.dt_proj.weight)
-        y = ops.selective_state_update(ssm_state, x, dt, _states.decode_A(self), B, C, self.D, z=z,
-                                       dt_bias=self.dt_proj.bias, dt_softplus=True)
+        # dt_proj folded into the state step (one kernel on CUDA)
+        y = proj_state_step(ssm_state, x, dt, self.dt_proj.weight, _states.decode_A(self), B, C, self.D, z=z,
+                            dt_bias=self.dt_proj.bias, softplus=True)
         return self.out_proj(y).unsqueeze(1), conv_state, ssm_state
 
     def allocate_inference_cache(self, batch_size, max_seqlen, dtype=None, **kwargs):

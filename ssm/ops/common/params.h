@@ -201,6 +201,11 @@ struct StateStepParams {
   TensorArg state_batch_indices; // (B,)             int32, optional
   TensorArg out;                 // (B, H, P)        dtype
   bool softplus = false;
+  // CUDA only, Mamba-1 layout (P = 1): with dt_proj, dt is the low-rank dt_in (B, R) (strides of
+  // its batch and rank dims in dt.stride[0], [1]) and dt[b, h] = dot(dt_proj[h, :], dt_in[b, :]),
+  // rounded to dtype as a separate projection's output is.
+  int64_t dt_rank = 0;
+  TensorArg dt_proj;             // (H, R)           dtype, optional
 };
 
 }  // namespace ssm

@@ -61,7 +61,7 @@ __device__ __forceinline__ int64_t bc_channel(const ConvStateStepParams& p, int6
 }
 
 template <typename TS, typename T, int kTPR, int kPacks>
-__global__ void __launch_bounds__(kThreads) conv_state_step_kernel(ConvStateStepParams p) {
+__global__ void __launch_bounds__(kThreads, kPacks == 1 ? 4 : 1) conv_state_step_kernel(ConvStateStepParams p) {
   constexpr int kRows = kThreads / kTPR;
   __shared__ float sBC[2 * kMaxN];  // conv outputs of the group's B (first N) and C
   __shared__ float sx[kRows];       // conv outputs of this block's x channels

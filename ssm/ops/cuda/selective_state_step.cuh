@@ -31,6 +31,23 @@ __device__ __forceinline__ void load8(float* v, const TensorArg& M, int64_t b, i
   }
 }
 
+// dt[b, h] = dot(dt_proj[h, :], dt_in[b, :]) in float32, rounded to T (Mamba-1's dt_proj folded in).
+template <typename T>
+__device__ __forceinline__ float projected_dt(const StateStepParams& p, int64_t b, int64_t h) {
+  const T* w = ptr<T>(p.dt_proj) + h * p.dt_proj.stride[0];
+  const T* v = ptr<T>(p.dt) + b * p.dt.stride[0];
+  const int64_t ws = p.dt_proj.stride[1], vs = p.dt.stride[1];
+  // 16 products per iteration: their 32 loads are in flight together
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  int64_t r = 0;
+  for (; r + 16 <= p.dt_rank; r += 16) {
+#pragma unroll
+    for (int i = 0; i < 16; ++i) acc[i % 4] += to_float(w[(r + i) * ws]) * to_float(v[(r + i) * vs]);
+  }
+  for (; r < p.dt_rank; ++r) acc[0] += to_float(w[r * ws]) * to_float(v[r * vs]);
+  return to_float(from_float<T>((acc[0] + acc[1]) + (acc[2] + acc[3])));
+}
+
 // One lane's packs of s, B, C (kPacks packs of 8 entries, kTPR lanes apart) at a pass over N,
 // kept as raw 16-byte words until used (few registers per byte in flight). Layouts that are not
 // vectorizable read element by element when the pack is used.
@@ -81,7 +98,7 @@ __global__ void __launch_bounds__(kThreads) state_step_kernel(StateStepParams p,
   // the state stream first: every load of the pass is in flight before the first use
   Packs<TS, T, kTPR, kPacks> pk;
   if (vec) pk.load(st, p, b, g, 0, lane);
-  float dt = at<T>(p.dt, b, h, hp) + (has(p.dt_bias) ? ptr<float>(p.dt_bias)[h * p.dt_bias.stride[0] + hp * p.dt_bias.stride[1]] : 0.f);
+  float dt = (has(p.dt_proj) ? projected_dt<T>(p, b, h) : at<T>(p.dt, b, h, hp)) + (has(p.dt_bias) ? ptr<float>(p.dt_bias)[h * p.dt_bias.stride[0] + hp * p.dt_bias.stride[1]] : 0.f);
   const float xv = at<T>(p.x, b, h, hp);
   const float Dv = has(p.D) ? ptr<float>(p.D)[h * p.D.stride[0] + hp * p.D.stride[1]] : 0.f;
   const float zv = has(p.z) ? at<T>(p.z, b, h, hp) : 0.f;
