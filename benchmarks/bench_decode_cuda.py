@@ -24,6 +24,7 @@ from bench_models_cuda import decode_ms_per_token, make_model  # noqa: E402
 
 import ssm.ops as ops  # noqa: E402
 from ssm.ops import conv_state_step as css  # noqa: E402
+from ssm.ops import norm_gemv as ng  # noqa: E402
 
 DEV, BF16 = torch.device("cuda"), torch.bfloat16
 ROWS: list = []
@@ -92,12 +93,24 @@ def bench_fused():
     css.FUSED = True
 
 
+def _variant(name):
+    """Set the decode switches: 'fused' (default), 'gemv' (+ small-batch kernel for every
+    projection), 'unfused' (the separate ops: the path before this work, less the weight casts)."""
+    css.FUSED = name != "unfused"
+    ng.PLAIN = name == "gemv"
+
+
 def bench_e2e(names, batches, profile):
     for name in names:
         model = make_model(name)
-        for batch in batches:
-            emit(part="decode", model=name, batch=batch, ms_per_token=decode_ms_per_token(model, batch))
+        for variant, batch in [("fused", b) for b in batches] + [("gemv", 1), ("unfused", 1)]:
+            _variant(variant)
+            model.__dict__.pop("_decoding_cache", None)  # recapture the graph with these switches
+            emit(part="decode", model=name, variant=variant, batch=batch,
+                 ms_per_token=decode_ms_per_token(model, batch))
+        _variant("fused")
         if profile:
+            model.__dict__.pop("_decoding_cache", None)
             profile_token(model, name)
         del model
         torch.cuda.empty_cache()

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ssm import ops
 from ssm.modules import _states
+from ssm.ops.norm_gemv import small_linear
 from ssm.ops.proj_state_step import proj_state_step
 
 
@@ -180,14 +181,14 @@ class Mamba1(nn.Module):
         both states are updated in place."""
         if hidden_states.shape[1] != 1:
             raise ValueError(f"hidden_states: step decodes one token at a time, got shape {tuple(hidden_states.shape)}")
-        xz = self.in_proj(hidden_states.squeeze(1))
+        xz = small_linear(self.in_proj, hidden_states.squeeze(1))
         x, z = xz.chunk(2, dim=-1)
         x = ops.causal_conv1d_update(x, conv_state, self.conv1d.weight, self.conv1d.bias, self.activation)
-        dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt, B, C = torch.split(small_linear(self.x_proj, x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         # dt_proj folded into the state step (one kernel on CUDA)
         y = proj_state_step(ssm_state, x, dt, self.dt_proj.weight, _states.decode_A(self), B, C, self.D, z=z,
                             dt_bias=self.dt_proj.bias, softplus=True)
-        return self.out_proj(y).unsqueeze(1), conv_state, ssm_state
+        return small_linear(self.out_proj, y).unsqueeze(1), conv_state, ssm_state
 
     def allocate_inference_cache(self, batch_size, max_seqlen, dtype=None, **kwargs):
         """(conv_state (B, d_inner, d_conv), ssm_state (B, d_inner, d_state)), zeros; dtypes of

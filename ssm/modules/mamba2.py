@@ -18,6 +18,7 @@ from ssm import ops
 from ssm.distributed.tensor_parallel import check_divisible, column_linear, row_linear
 from ssm.modules import _states
 from ssm.ops.conv_state_step import conv_state_step
+from ssm.ops.norm_gemv import gated_norm_linear, small_linear
 
 _NO_LIMIT = (0.0, float("inf"))
 
@@ -255,7 +256,7 @@ class Mamba2(nn.Module):
         self._check_decodable()
         if hidden_states.shape[1] != 1:
             raise ValueError(f"hidden_states: step decodes one token at a time, got shape {tuple(hidden_states.shape)}")
-        z0, x0, z, xBC, dt = self._split(self.in_proj(hidden_states.squeeze(1)))
+        z0, x0, z, xBC, dt = self._split(small_linear(self.in_proj, hidden_states.squeeze(1)))
         Bsz, h, p = xBC.shape[0], self.nheads, self.headdim
         # conv update + state step (one kernel on CUDA); per-head dt (B, h), A, D, dt_bias (h,)
         dt, dt_bias, softplus = self._step_dt(dt)
@@ -263,8 +264,17 @@ class Mamba2(nn.Module):
         y = conv_state_step(xBC, conv_state, self.conv1d.weight, self.conv1d.bias, ssm_state, dt,
                             _states.decode_A(self), D, dt_bias, z=None if self.rmsnorm else z.view(Bsz, h, p),
                             ngroups=self.ngroups, activation=self.activation, dt_softplus=softplus)
-        out = self._reduce(self._output(y.reshape(Bsz, self.d_ssm), z, z0, x0))
+        out = self._reduce(self._step_output(y.reshape(Bsz, self.d_ssm), z, z0, x0))
         return out.unsqueeze(1), conv_state, ssm_state
+
+    def _step_output(self, y, z, z0, x0):
+        """_output for one token: the gated norm and out_proj in one kernel on CUDA when nothing else
+        (gated-MLP channels, tensor parallelism) sits between them."""
+        if not self.rmsnorm or z0.shape[-1] > 0 or type(self.out_proj) is not nn.Linear:
+            return self._output(y, z, z0, x0)
+        return gated_norm_linear(y, z, self.norm.weight, self.out_proj.weight, self.out_proj.bias,
+                                 group_size=self.norm.group_size, eps=self.norm.eps,
+                                 norm_before_gate=self.norm_before_gate)
 
     def _step_dt(self, dt):
         """dt for the state update: raw with (dt_bias, softplus) for the kernel, or, with a

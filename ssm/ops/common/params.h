@@ -236,3 +236,25 @@ struct ConvStateStepParams {
 };
 
 }  // namespace ssm
+
+namespace ssm {
+
+// Small-batch linear layer with an optional gated RMSNorm on its input (CUDA only; decoding):
+//   mode 0: in = x;  mode 1: in = rmsnorm_g(x * silu(z)) * norm_weight;
+//   mode 2: in = rmsnorm_g(x) * norm_weight * silu(z)   (rmsnorm_g over groups of group_size)
+//   out[b, m] = sum_k weight[m, k] * in[b, k] (+ bias[m]); `in` rounded to dtype first, as the
+//   separate gated norm's output is.
+struct NormGemvParams {
+  int64_t batch = 0, in_features = 0, out_features = 0, group_size = 0;
+  int mode = 0;
+  float eps = 0.f;
+  DType dtype = DType::f32;
+  TensorArg x;            // (B, K)  dtype
+  TensorArg z;            // (B, K)  dtype, modes 1 and 2
+  TensorArg norm_weight;  // (K,)    float32, modes 1 and 2
+  TensorArg weight;       // (M, K)  dtype, contiguous along K, 16-byte aligned rows
+  TensorArg bias;         // (M,)    float32, optional
+  TensorArg out;          // (B, M)  dtype
+};
+
+}  // namespace ssm

@@ -31,5 +31,6 @@ void gated_norm_bwd(const GatedNormParams& p, cudaStream_t stream);
 void ssd_chunk_scan_fwd(const SsdParams& p, cudaStream_t stream);
 
 void conv_state_step(const ConvStateStepParams& p, cudaStream_t stream);
+void norm_gemv(const NormGemvParams& p, cudaStream_t stream);
 
 }  // namespace ssm::cuda

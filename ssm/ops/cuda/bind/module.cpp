@@ -18,4 +18,5 @@ NB_MODULE(_cuda, m) {
   ssm::bind::cuda::bind_norms(m);
   ssm::bind::cuda::bind_ssd_chunk_scan(m);
   ssm::bind::cuda::bind_conv_state_step(m);
+  ssm::bind::cuda::bind_norm_gemv(m);
 }

@@ -1,0 +1,37 @@
+// Binding of the small-batch linear layer with a gated RMSNorm prologue (CUDA only: the op layer
+// composes the gated norm and F.linear elsewhere).
+#include "common/bind/ref.h"
+#include "cuda/bind/common.h"
+#include "cuda/kernels.h"
+
+namespace ssm::bind::cuda {
+namespace {
+
+NormGemvParams norm_gemv_params(int dtype, int64_t batch, int64_t in_features, int64_t out_features,
+                                int64_t group_size, int mode, double eps, const Ref& x, const OptRef& z,
+                                const OptRef& norm_weight, const Ref& weight, const OptRef& bias, const Ref& out) {
+  const char* op = "norm_gemv";
+  SSM_CHECK(batch >= 0 && in_features >= 1 && out_features >= 0, op, "bad sizes");
+  SSM_CHECK(mode == 0 || (z && norm_weight), op, "modes 1 and 2 need z and norm_weight");
+  NormGemvParams p;
+  p.batch = batch, p.in_features = in_features, p.out_features = out_features, p.group_size = group_size;
+  p.mode = mode, p.eps = float(eps);
+  p.dtype = dtype_arg(op, dtype);
+  p.x = tensor_arg(op, "x", x, 2);
+  p.z = tensor_arg(op, "z", z, 2);
+  p.norm_weight = tensor_arg(op, "norm_weight", norm_weight, 1);
+  p.weight = tensor_arg(op, "weight", weight, 2);
+  p.bias = tensor_arg(op, "bias", bias, 1);
+  p.out = tensor_arg(op, "out", out, 2);
+  return p;
+}
+
+}  // namespace
+
+void bind_norm_gemv(nb::module_& m) {
+  def_kernel<int64_t>(m, "norm_gemv", &norm_gemv_params, [](const NormGemvParams& p, int64_t stream) {
+    ssm::cuda::norm_gemv(p, stream_arg(stream));
+  });
+}
+
+}  // namespace ssm::bind::cuda

@@ -1,0 +1,130 @@
+// Small-batch linear layer with an optional gated RMSNorm prologue (NormGemvParams): one warp per
+// output row. Each warp's first 16-byte chunks of its weight row are loaded before the prologue
+// (they do not depend on it); every block normalizes the B input rows into shared memory itself
+// (a few KB from L2), so the norm needs no kernel of its own.
+#include "cuda/kernels.h"
+#include "cuda/vec.cuh"
+
+namespace ssm::cuda {
+namespace {
+
+constexpr int kWarps = 8, kThreads = kWarps * 32, kMaxB = 4, kMaxSegments = 64, kRegChunks = 8;
+
+// The prologue: xs (B, K) <- the linear layer's input rows (see NormGemvParams).
+template <typename T, int kMode>
+__device__ void load_inputs(const NormGemvParams& p, float* xs, float* rstd) {
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int64_t K = p.in_features, BK = p.batch * K;
+  for (int64_t i = tid; i < BK; i += kThreads) {
+    const int64_t b = i / K, k = i % K;
+    float v = to_float(ptr<T>(p.x)[b * p.x.stride[0] + k * p.x.stride[1]]);
+    if (kMode == 1) v *= silu(to_float(ptr<T>(p.z)[b * p.z.stride[0] + k * p.z.stride[1]]));
+    xs[i] = v;
+  }
+  if (kMode == 0) return;
+  __syncthreads();
+  // one warp per (row, group) segment: a fixed summation order (deterministic)
+  const int64_t gs = p.group_size, groups = K / gs;
+  for (int64_t s = warp; s < p.batch * groups; s += kWarps) {
+    const float* seg = xs + (s / groups) * K + (s % groups) * gs;
+    float sum = 0.f;
+    for (int64_t k = lane; k < gs; k += 32) sum += seg[k] * seg[k];
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    if (lane == 0) rstd[s] = rsqrtf(sum / float(gs) + p.eps);
+  }
+  __syncthreads();
+  for (int64_t i = tid; i < BK; i += kThreads) {
+    const int64_t b = i / K, k = i % K;
+    float v = xs[i] * rstd[b * groups + k / gs] * ptr<float>(p.norm_weight)[k * p.norm_weight.stride[0]];
+    if (kMode == 2) v *= silu(to_float(ptr<T>(p.z)[b * p.z.stride[0] + k * p.z.stride[1]]));
+    xs[i] = to_float(from_float<T>(v));
+  }
+}
+
+// acc[b] += dot(w chunk c of this lane, xs[b] at the chunk's columns).
+template <typename T>
+__device__ __forceinline__ void fma_chunk(float* acc, const Pack<T>& w, const float* xs, int64_t K, int64_t batch,
+                                          int64_t col) {
+  constexpr int kN = Pack<T>::kN;
+#pragma unroll
+  for (int b = 0; b < kMaxB; ++b) {
+    if (b >= batch) break;
+    const float4* xv = reinterpret_cast<const float4*>(xs + b * K + col);
+#pragma unroll
+    for (int q = 0; q < kN / 4; ++q) {
+      const float4 v = xv[q];
+      acc[b] += to_float(w.e[4 * q]) * v.x + to_float(w.e[4 * q + 1]) * v.y + to_float(w.e[4 * q + 2]) * v.z +
+                to_float(w.e[4 * q + 3]) * v.w;
+    }
+  }
+}
+
+template <typename T, int kMode>
+__global__ void __launch_bounds__(kThreads) norm_gemv_kernel(NormGemvParams p) {
+  extern __shared__ float4 smem4[];
+  float* xs = reinterpret_cast<float*>(smem4);  // (B, K)
+  __shared__ float rstd[kMaxSegments];
+  constexpr int kN = Pack<T>::kN;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t K = p.in_features, nchunks = K / kN, m = int64_t(blockIdx.x) * kWarps + warp;
+  const bool row_ok = m < p.out_features;
+  const T* wrow = ptr<T>(p.weight) + (row_ok ? m : 0) * p.weight.stride[0];
+  Pack<T> wr[kRegChunks];
+#pragma unroll
+  for (int c = 0; c < kRegChunks; ++c) {
+    const int64_t idx = int64_t(c) * 32 + lane;
+    if (row_ok && idx < nchunks) wr[c].load(wrow + idx * kN);
+  }
+  load_inputs<T, kMode>(p, xs, rstd);
+  __syncthreads();
+  if (!row_ok) return;
+  float acc[kMaxB] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+  for (int c = 0; c < kRegChunks; ++c) {
+    const int64_t idx = int64_t(c) * 32 + lane;
+    if (idx < nchunks) fma_chunk<T>(acc, wr[c], xs, K, p.batch, idx * kN);
+  }
+  for (int64_t idx = int64_t(kRegChunks) * 32 + lane; idx < nchunks; idx += 32) {
+    Pack<T> w;
+    w.load(wrow + idx * kN);
+    fma_chunk<T>(acc, w, xs, K, p.batch, idx * kN);
+  }
+#pragma unroll
+  for (int b = 0; b < kMaxB; ++b) {
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) acc[b] += __shfl_xor_sync(0xffffffffu, acc[b], off);
+  }
+  if (lane != 0) return;
+  const float bias = has(p.bias) ? ptr<float>(p.bias)[m * p.bias.stride[0]] : 0.f;
+  for (int64_t b = 0; b < p.batch && b < kMaxB; ++b)
+    ptr<T>(p.out)[b * p.out.stride[0] + m * p.out.stride[1]] = from_float<T>(acc[b] + bias);
+}
+
+}  // namespace
+
+void norm_gemv(const NormGemvParams& p, cudaStream_t stream) {
+  const char* op = "norm_gemv";
+  SSM_CHECK(p.batch >= 0 && p.batch <= kMaxB, op, "batch must be at most ", kMaxB, ", got ", p.batch);
+  SSM_CHECK(p.mode >= 0 && p.mode <= 2, op, "unknown mode ", p.mode);
+  SSM_CHECK(p.in_features >= 1 && p.in_features * p.batch * 4 <= 48 * 1024, op, "batch x in_features ",
+            p.batch * p.in_features, " over the shared-memory row buffer");
+  SSM_CHECK(p.mode == 0 || (p.group_size >= 1 && p.in_features % p.group_size == 0 &&
+                            p.batch * (p.in_features / p.group_size) <= kMaxSegments),
+            op, "group_size must divide in_features into at most ", kMaxSegments, " groups per batch");
+  if (p.batch == 0 || p.out_features == 0) return;
+  SSM_DTYPE_SWITCH(p.dtype, T, op, [&] {
+    constexpr int64_t kN = Pack<T>::kN;
+    SSM_CHECK(p.in_features % kN == 0 && p.weight.stride[1] == 1 && p.weight.stride[0] % kN == 0 &&
+                  aligned(p.weight.data, 16),
+              op, "weight rows must be contiguous and 16-byte aligned, in_features a multiple of ", kN);
+    const unsigned grid = ceil_div(p.out_features, kWarps);
+    const size_t smem = size_t(p.batch * p.in_features) * sizeof(float);
+    if (p.mode == 0) norm_gemv_kernel<T, 0><<<grid, kThreads, smem, stream>>>(p);
+    else if (p.mode == 1) norm_gemv_kernel<T, 1><<<grid, kThreads, smem, stream>>>(p);
+    else norm_gemv_kernel<T, 2><<<grid, kThreads, smem, stream>>>(p);
+  });
+  check_launch(op);
+}
+
+}  // namespace ssm::cuda

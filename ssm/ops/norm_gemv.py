@@ -1,0 +1,85 @@
+"""Small-batch linear layers for decoding, optionally with the gated RMSNorm of Mamba-2 on their
+input: ``gated_norm_linear`` = F.linear(rmsnorm_fn(x, norm_weight, z=z, ...), weight, bias) and
+``small_linear(linear, x)`` = linear(x).
+
+On CUDA, for batches up to 4, one kernel (ssm/ops/cuda/norm_gemv.cu: a warp per output row, every
+block normalizing the input rows itself) instead of the norm kernel and a cuBLAS GEMV; elsewhere,
+when compiling, or for arguments the kernel does not take, the composition, with the same
+results. ``Mamba2.step`` uses ``gated_norm_linear`` for its out_proj (SSM_FUSED_DECODE=0 turns it
+off); ``small_linear`` replaces the other decode projections only with SSM_DECODE_GEMV=1."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from ssm.ops import _checks, _kernels
+from ssm.ops import conv_state_step as _css
+from ssm.ops.gated_norm import rmsnorm_fn
+from ssm.utils import dispatch
+
+PLAIN = os.environ.get("SSM_DECODE_GEMV", "0") == "1"
+_MAX_BATCH, _MAX_SEGMENTS, _SMEM_FLOATS = 4, 64, 12 * 1024
+
+
+def _fusable(x, z, weight, groups) -> bool:
+    if not _css.FUSED or x.device.type != "cuda" or dispatch.forced_backend() not in (None, "cuda"):
+        return False
+    if not dispatch.has_cuda_kernels() or not hasattr(dispatch.cuda_module(), "norm_gemv"):
+        return False
+    act, (batch, K) = x.dtype, x.shape
+    per = 16 // weight.element_size()
+    return (act in _kernels.KERNEL_DTYPES and weight.dtype == act and (z is None or z.dtype == act)
+            and 1 <= batch <= _MAX_BATCH and batch * K <= _SMEM_FLOATS and batch * groups <= _MAX_SEGMENTS
+            and K % per == 0 and weight.stride(1) == 1 and weight.stride(0) % per == 0
+            and weight.data_ptr() % 16 == 0)
+
+
+def _fused(mode, x, z, norm_weight, weight, bias, group_size, eps):
+    batch, K = x.shape
+    f32 = _kernels.float32_param
+    norm_weight, bias = (t if t is None or t.dtype == torch.float32 else f32(t) for t in (norm_weight, bias))
+    out = _kernels.empty((batch, weight.shape[0]), x)
+    r = _kernels.ref
+    dispatch.cuda_module().norm_gemv(
+        _kernels.dtype_code(x), batch, K, weight.shape[0], group_size, mode, float(eps), r(x), r(z), r(norm_weight),
+        r(weight), r(bias), r(out), _kernels.exec_arg("cuda", x))
+    return out
+
+
+def _check_linear(x, weight, bias):
+    _checks.tensor("x", x, ndim=2)
+    _checks.tensor("weight", weight, shape=(None, x.shape[1]), device=x.device)
+    _checks.tensor("bias", bias, shape=(weight.shape[0],), device=x.device, optional=True)
+
+
+def gated_norm_linear(x: Tensor, z: Tensor, norm_weight: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                      *, group_size: Optional[int] = None, eps: float = 1e-5,
+                      norm_before_gate: bool = False) -> Tensor:
+    """x, z (B, K); norm_weight (K,); weight (M, K); bias (M,) -> (B, M) like x:
+    F.linear(rmsnorm_fn(x, norm_weight, None, z, eps, group_size, norm_before_gate), weight, bias)."""
+    _check_linear(x, weight, bias)
+    K = x.shape[1]
+    _checks.tensor("z", z, shape=tuple(x.shape), device=x.device)
+    _checks.tensor("norm_weight", norm_weight, shape=(K,), device=x.device)
+    gs = K if group_size is None else group_size
+    if not isinstance(gs, int) or gs < 1 or K % gs:
+        raise ValueError(f"group_size: expected a positive divisor of {K}, got {group_size!r}")
+    if torch.compiler.is_compiling() or not _fusable(x, z, weight, K // gs):
+        y = rmsnorm_fn(x, norm_weight, None, z=z, eps=eps, group_size=group_size, norm_before_gate=norm_before_gate)
+        return F.linear(y, weight, bias)
+    return _fused(2 if norm_before_gate else 1, x, z, norm_weight, weight, bias, gs, eps)
+
+
+def small_linear(linear: nn.Module, x: Tensor) -> Tensor:
+    """linear(x) for x (B, K); through the small-batch kernel when PLAIN is set and ``linear`` is a
+    plain nn.Linear (a wrapped or adapted layer keeps its own forward)."""
+    if (not PLAIN or type(linear) is not nn.Linear or torch.compiler.is_compiling() or x.dim() != 2
+            or not _fusable(x, None, linear.weight, 0)):
+        return linear(x)
+    _check_linear(x, linear.weight, linear.bias)
+    return _fused(0, x, None, None, linear.weight, linear.bias, 1, 0.0)

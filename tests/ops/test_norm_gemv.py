@@ -1,0 +1,107 @@
+"""gated_norm_linear / small_linear (decode projections, optionally with Mamba-2's gated RMSNorm
+folded in) on every backend against the float64 reference, the CUDA kernel against the composition
+of the separate ops (long rows past the register-held weight chunks, groups, batch up to 4), the
+switches, bad input."""
+import pytest
+import torch
+import torch.nn as nn
+
+from ssm.ops import conv_state_step as css
+from ssm.ops import norm_gemv as ng
+from ssm.ops.gated_norm import rmsnorm_fn
+from ssm.ops.python import reference
+from tests.ops.harness import DTYPES, assert_close, backends, device_of, rand, use_backend
+
+CASES = [  # (batch, K, M, group_size)
+    (1, 64, 24, None),
+    (3, 96, 40, 32),
+    (4, 256, 7, 64),
+    (2, 1536, 77, 768),
+]
+
+
+def make(batch, K, M, gs, dtype, device, bias=True):
+    xz = rand(batch, 2 * K + 8, dtype=dtype, device=device)  # strided views, as in Mamba2.step
+    return dict(x=xz[:, :K], z=xz[:, K + 8:], nw=1.0 + rand(K, dtype=dtype, device=device, scale=0.1),
+                W=rand(M, K, dtype=dtype, device=device, scale=K ** -0.5),
+                b=rand(M, dtype=dtype, device=device) if bias else None, gs=gs)
+
+
+def ref_out(inp, before):
+    x, z, nw, W, b = (None if t is None else t.double() for t in (inp["x"], inp["z"], inp["nw"], inp["W"], inp["b"]))
+    y = reference.gated_rms_norm(x, nw, None, z, 1e-5, inp["gs"], before)
+    return y @ W.t() + (0 if b is None else b)
+
+
+def run(inp, before):
+    return ng.gated_norm_linear(inp["x"], inp["z"], inp["nw"], inp["W"], inp["b"], group_size=inp["gs"], eps=1e-5,
+                                norm_before_gate=before)
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("before", [False, True])
+def test_gated_norm_linear_matches_reference(backend, dtype, case, before):
+    inp = make(*case, dtype, device_of(backend), bias=case[0] != 3)
+    with use_backend(backend):
+        out = run(inp, before)
+    assert out.dtype == dtype and out.shape == (case[0], case[2])
+    assert_close(out, ref_out(inp, before), dtype, "out")
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES)
+def test_small_linear_matches_reference(backend, dtype, case, monkeypatch):
+    monkeypatch.setattr(ng, "PLAIN", True)
+    batch, K, M, _ = case
+    dev = device_of(backend)
+    lin = nn.Linear(K, M, bias=batch != 3, device=dev, dtype=dtype)
+    x = rand(batch, K + 8, dtype=dtype, device=dev)[:, 8:]
+    with use_backend(backend), torch.no_grad():
+        out = ng.small_linear(lin, x)
+    ref = x.double() @ lin.weight.double().t() + (0 if lin.bias is None else lin.bias.double())
+    assert out.dtype == dtype and out.shape == (batch, M)
+    assert_close(out, ref, dtype, "out")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", CASES + [(1, 4096, 300, 512), (2, 3072, 65, None), (1, 1536, 768, None)])
+@pytest.mark.parametrize("before", [False, True])
+def test_cuda_kernel_equals_separate_ops(dtype, case, before):
+    inp = make(*case, dtype, torch.device("cuda"))
+    groups = case[1] // (case[3] or case[1])
+    assert ng._fusable(inp["x"], inp["z"], inp["W"], groups)
+    out = run(inp, before)
+    y = rmsnorm_fn(inp["x"], inp["nw"], None, z=inp["z"], eps=1e-5, group_size=inp["gs"], norm_before_gate=before)
+    assert_close(out, torch.nn.functional.linear(y, inp["W"], inp["b"]), dtype, "out", factor=0.25)
+
+
+def test_switches_fall_back_to_the_separate_ops(monkeypatch):
+    monkeypatch.setattr(css, "FUSED", False)
+    inp = make(1, 64, 24, None, torch.float32, torch.device("cpu"))
+    assert not ng._fusable(inp["x"], inp["z"], inp["W"], 1)
+    assert_close(run(inp, False), ref_out(inp, False), torch.float32, "out")
+    lin = nn.Linear(64, 24)
+    monkeypatch.setattr(ng, "PLAIN", False)
+    with torch.no_grad():
+        assert torch.equal(ng.small_linear(lin, inp["x"]), lin(inp["x"]))
+
+
+@pytest.mark.parametrize("bad, error, words", [
+    (dict(x=torch.randn(2, 63)), ValueError, ["weight", "(*, 63)"]),
+    (dict(z=torch.randn(2, 60)), ValueError, ["z", "(2, 64)"]),
+    (dict(nw=torch.randn(63)), ValueError, ["norm_weight", "(64)"]),
+    (dict(b=torch.randn(5)), ValueError, ["bias", "(24)"]),
+    (dict(gs=48), ValueError, ["group_size", "48"]),
+    (dict(x=torch.randint(0, 3, (2, 64))), TypeError, ["x", "dtype"]),
+])
+def test_bad_input_is_named(bad, error, words):
+    inp = make(2, 64, 24, None, torch.float32, torch.device("cpu"))
+    inp.update(bad)
+    with pytest.raises(error) as info:
+        run(inp, False)
+    for word in words:
+        assert word in str(info.value), f"{word!r} not in {info.value}"
