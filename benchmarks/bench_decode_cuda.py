@@ -3,7 +3,7 @@ buffers) in both row shapes, the fused Mamba-2 conv + state step against the two
 and end-to-end decode latency per token with cg=True (issue 6's conditions, bench_models_cuda's
 decode_ms_per_token) with a profile of the kernels of one decoded token.
 
-Usage: python benchmarks/bench_decode_cuda.py [--parts steps,fused,e2e,profile] [--out PATH]
+Usage: python benchmarks/bench_decode_cuda.py [--parts e2e,profile,steps,fused] [--out PATH]
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from bench_models_cuda import decode_ms_per_token, make_model  # noqa: E402
 import ssm.ops as ops  # noqa: E402
 from ssm.ops import conv_state_step as css  # noqa: E402
 from ssm.ops import norm_gemv as ng  # noqa: E402
+from ssm.modules import block  # noqa: E402
 
 DEV, BF16 = torch.device("cuda"), torch.bfloat16
 ROWS: list = []
@@ -84,8 +85,7 @@ def fused_fns(batch, H, P, N, G=1, W=4):
 
 
 def bench_fused():
-    for name, batch, H, P, N in [("mamba2-130m layer b1", 1, 24, 64, 128), ("mamba2-130m layer b64", 64, 24, 64, 128),
-                                 ("mamba2-1.3b layer b1", 1, 64, 64, 128), ("mamba2-1.3b layer b64", 64, 64, 64, 128)]:
+    for name, batch, H, P, N in [("mamba2-130m layer b1", 1, 24, 64, 128), ("mamba2-130m layer b64", 64, 24, 64, 128)]:
         for fused in (True, False):
             css.FUSED = fused
             us = graph_time_ms(fused_fns(batch, H, P, N)) * 1e3
@@ -94,16 +94,19 @@ def bench_fused():
 
 
 def _variant(name):
-    """Set the decode switches: 'fused' (default), 'gemv' (+ small-batch kernel for every
-    projection), 'unfused' (the separate ops: the path before this work, less the weight casts)."""
+    """Set the decode switches: 'fused' (default), 'gemv' (+ the small-batch kernel for every other
+    projection), 'noprenorm' (the blocks' add + norm as its own kernel, in_proj by cuBLAS),
+    'unfused' (the separate ops: the path before this work, less the weight casts)."""
     css.FUSED = name != "unfused"
     ng.PLAIN = name == "gemv"
+    block.PRENORM_DECODE = name not in ("noprenorm", "unfused")
 
 
 def bench_e2e(names, batches, profile):
     for name in names:
         model = make_model(name)
-        for variant, batch in [("fused", b) for b in batches] + [("gemv", 1), ("unfused", 1)]:
+        runs = [(v, b) for b in batches for v in ("fused", "unfused")] + [("noprenorm", 1), ("gemv", 1)]
+        for variant, batch in runs:
             _variant(variant)
             model.__dict__.pop("_decoding_cache", None)  # recapture the graph with these switches
             emit(part="decode", model=name, variant=variant, batch=batch,
@@ -148,12 +151,12 @@ def main():
     parts = args.parts.split(",")
     names, batches = args.models.split(","), [int(b) for b in args.batches.split(",")]
     try:
+        if "e2e" in parts:
+            bench_e2e(names, batches, "profile" in parts)
         if "steps" in parts:
             bench_steps()
         if "fused" in parts:
             bench_fused()
-        if "e2e" in parts:
-            bench_e2e(names, batches, "profile" in parts)
     finally:
         Path(args.out).write_text(json.dumps(dict(device=torch.cuda.get_device_name(), rows=ROWS), indent=1))
 

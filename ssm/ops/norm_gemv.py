@@ -1,12 +1,14 @@
 """Small-batch linear layers for decoding, optionally with the gated RMSNorm of Mamba-2 on their
 input: ``gated_norm_linear`` = F.linear(rmsnorm_fn(x, norm_weight, z=z, ...), weight, bias) and
-``small_linear(linear, x)`` = linear(x).
+``small_linear(linear, x)`` = linear(x), and ``norm_linear``: a prenorm block's residual add + norm
+feeding the next layer's input projection.
 
 On CUDA, for batches up to 4, one kernel (ssm/ops/cuda/norm_gemv.cu: a warp per output row, every
 block normalizing the input rows itself) instead of the norm kernel and a cuBLAS GEMV; elsewhere,
 when compiling, or for arguments the kernel does not take, the composition, with the same
 results. ``Mamba2.step`` uses ``gated_norm_linear`` for its out_proj (SSM_FUSED_DECODE=0 turns it
-off); ``small_linear`` replaces the other decode projections only with SSM_DECODE_GEMV=1."""
+off), the blocks' add + norm with the mixers' in_proj go through ``norm_linear``; ``small_linear``
+replaces the other decode projections only with SSM_DECODE_GEMV=1."""
 from __future__ import annotations
 
 import os
@@ -20,6 +22,7 @@ from torch import Tensor
 from ssm.ops import _checks, _kernels
 from ssm.ops import conv_state_step as _css
 from ssm.ops.gated_norm import rmsnorm_fn
+from ssm.ops.norm import fused_layer_norm
 from ssm.utils import dispatch
 
 PLAIN = os.environ.get("SSM_DECODE_GEMV", "0") == "1"
@@ -39,15 +42,17 @@ def _fusable(x, z, weight, groups) -> bool:
             and weight.data_ptr() % 16 == 0)
 
 
-def _fused(mode, x, z, norm_weight, weight, bias, group_size, eps):
+def _fused(mode, x, z, norm_weight, weight, bias, group_size, eps, residual=None, residual_out=None,
+           norm_bias=None):
     batch, K = x.shape
     f32 = _kernels.float32_param
-    norm_weight, bias = (t if t is None or t.dtype == torch.float32 else f32(t) for t in (norm_weight, bias))
+    norm_weight, bias, norm_bias = (t if t is None or t.dtype == torch.float32 else f32(t)
+                                    for t in (norm_weight, bias, norm_bias))
     out = _kernels.empty((batch, weight.shape[0]), x)
     r = _kernels.ref
     dispatch.cuda_module().norm_gemv(
         _kernels.dtype_code(x), batch, K, weight.shape[0], group_size, mode, float(eps), r(x), r(z), r(norm_weight),
-        r(weight), r(bias), r(out), _kernels.exec_arg("cuda", x))
+        r(weight), r(bias), r(out), r(residual), r(residual_out), r(norm_bias), _kernels.exec_arg("cuda", x))
     return out
 
 
@@ -83,3 +88,25 @@ def small_linear(linear: nn.Module, x: Tensor) -> Tensor:
         return linear(x)
     _check_linear(x, linear.weight, linear.bias)
     return _fused(0, x, None, None, linear.weight, linear.bias, 1, 0.0)
+
+
+def norm_linear(x: Tensor, residual: Optional[Tensor], norm_weight: Tensor, norm_bias: Optional[Tensor],
+                linear: nn.Module, *, is_rms: bool = True, eps: float = 1e-5) -> tuple[Tensor, Tensor]:
+    """A prenorm block's residual add + norm feeding a linear layer, for one decoded token:
+    x (B, K), residual (B, K) float32 or None -> (linear(norm(x + residual)), residual_out (B, K) float32).
+    Same as fused_layer_norm(x, norm_weight, norm_bias, residual, is_rms, eps, prenorm=True,
+    residual_in_fp32=True) then linear(y); one kernel on CUDA for a plain nn.Linear."""
+    _checks.tensor("x", x, ndim=2)
+    _checks.tensor("residual", residual, shape=tuple(x.shape), device=x.device, optional=True)
+    fusable = (type(linear) is nn.Linear and (residual is None or residual.dtype == torch.float32)
+               and not torch.compiler.is_compiling() and _fusable(x, None, linear.weight, 1))
+    if not fusable:
+        y, res = fused_layer_norm(x, norm_weight, norm_bias, residual, is_rms, eps, True, True)
+        return linear(y), res
+    _check_linear(x, linear.weight, linear.bias)
+    _checks.tensor("norm_weight", norm_weight, shape=(x.shape[1],), device=x.device)
+    _checks.tensor("norm_bias", norm_bias, shape=(x.shape[1],), device=x.device, optional=True)
+    res = _kernels.empty(tuple(x.shape), x, dtype=torch.float32)
+    out = _fused(3 if is_rms else 4, x, None, norm_weight, linear.weight, linear.bias, x.shape[1], eps,
+                 residual=residual, residual_out=res, norm_bias=None if is_rms else norm_bias)
+    return out, res

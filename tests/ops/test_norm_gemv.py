@@ -105,3 +105,78 @@ def test_bad_input_is_named(bad, error, words):
         run(inp, False)
     for word in words:
         assert word in str(info.value), f"{word!r} not in {info.value}"
+
+
+def make_prenorm(batch, K, M, dtype, device, with_residual, is_rms):
+    return dict(x=rand(batch, K, dtype=dtype, device=device),
+                res=rand(batch, K, device=device) if with_residual else None,
+                nw=1.0 + rand(K, dtype=dtype, device=device, scale=0.1),
+                nb=None if is_rms else rand(K, dtype=dtype, device=device, scale=0.1),
+                lin=nn.Linear(K, M, bias=not is_rms, device=device, dtype=dtype))
+
+
+def run_prenorm(inp, is_rms):
+    with torch.no_grad():
+        return ng.norm_linear(inp["x"], inp["res"], inp["nw"], inp["nb"], inp["lin"], is_rms=is_rms, eps=1e-5)
+
+
+def ref_prenorm(inp, is_rms):
+    x, res, nw, nb = (None if t is None else t.double() for t in (inp["x"], inp["res"], inp["nw"], inp["nb"]))
+    y, res_out = reference.fused_layer_norm(x, nw, nb, res, is_rms, 1e-5, True, True)
+    lin = inp["lin"]
+    return y @ lin.weight.double().t() + (0 if lin.bias is None else lin.bias.double()), res_out
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", [(1, 64, 24), (3, 768, 100), (4, 256, 9)])
+@pytest.mark.parametrize("with_residual", [False, True])
+@pytest.mark.parametrize("is_rms", [True, False])
+def test_norm_linear_matches_reference(backend, dtype, case, with_residual, is_rms):
+    inp = make_prenorm(*case, dtype, device_of(backend), with_residual, is_rms)
+    with use_backend(backend):
+        out, res = run_prenorm(inp, is_rms)
+    ref, ref_res = ref_prenorm(inp, is_rms)
+    assert out.dtype == dtype and out.shape == (case[0], case[2]) and res.dtype == torch.float32
+    assert_close(out, ref, dtype, "out")
+    assert_close(res, ref_res, torch.float32 if with_residual or dtype == torch.float32 else dtype, "residual")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", [(1, 768, 3352), (2, 2048, 300), (4, 64, 5)])
+@pytest.mark.parametrize("with_residual", [False, True])
+@pytest.mark.parametrize("is_rms", [True, False])
+def test_norm_linear_cuda_kernel_equals_separate_ops(dtype, case, with_residual, is_rms):
+    inp = make_prenorm(*case, dtype, torch.device("cuda"), with_residual, is_rms)
+    assert ng._fusable(inp["x"], None, inp["lin"].weight, 1)
+    out, res = run_prenorm(inp, is_rms)
+    with torch.no_grad():
+        y, res_sep = ng.fused_layer_norm(inp["x"], inp["nw"], inp["nb"], inp["res"], is_rms, 1e-5, True, True)
+        out_sep = inp["lin"](y)
+    assert torch.equal(res, res_sep), "residual_out"
+    assert_close(out, out_sep, dtype, "out", factor=0.25)
+
+
+@pytest.mark.parametrize("device", [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("layer", ["Mamba1", "Mamba2"])
+def test_block_prenorm_decode_equals_separate_norm(device, layer, monkeypatch):
+    """A decode step through Block's folded add + norm gives the logits of the unfolded step."""
+    from ssm.models.config import MambaConfig
+    from ssm.models.lm import MambaLMHeadModel
+    from ssm.modules import block
+    from ssm.utils.inference import InferenceParams
+    cfg = MambaConfig(d_model=64, n_layer=2, vocab_size=97, ssm_cfg={"layer": layer, "d_state": 16}
+                      | ({"headdim": 16} if layer == "Mamba2" else {}))
+    model = MambaLMHeadModel(cfg, device=device, dtype=torch.bfloat16 if device == "cuda" else torch.float32).eval()
+    ids = torch.randint(0, 97, (2, 6), device=device)
+    logits = []
+    for prenorm in (True, False):
+        monkeypatch.setattr(block, "PRENORM_DECODE", prenorm)
+        params = InferenceParams(max_seqlen=16, max_batch_size=2)
+        with torch.inference_mode():
+            model(ids[:, :5], inference_params=params)
+            params.seqlen_offset = 5
+            logits.append(model(ids[:, 5:], inference_params=params).logits.float())
+    tol = 2e-2 if device == "cuda" else 1e-5
+    torch.testing.assert_close(logits[0], logits[1], rtol=tol, atol=tol)

@@ -242,6 +242,7 @@ namespace ssm {
 // Small-batch linear layer with an optional gated RMSNorm on its input (CUDA only; decoding):
 //   mode 0: in = x;  mode 1: in = rmsnorm_g(x * silu(z)) * norm_weight;
 //   mode 2: in = rmsnorm_g(x) * norm_weight * silu(z)   (rmsnorm_g over groups of group_size)
+//   modes 3, 4: in = rmsnorm / layernorm(x + residual) * norm_weight (+ norm_bias) (see below)
 //   out[b, m] = sum_k weight[m, k] * in[b, k] (+ bias[m]); `in` rounded to dtype first, as the
 //   separate gated norm's output is.
 struct NormGemvParams {
@@ -255,6 +256,11 @@ struct NormGemvParams {
   TensorArg weight;       // (M, K)  dtype, contiguous along K, 16-byte aligned rows
   TensorArg bias;         // (M,)    float32, optional
   TensorArg out;          // (B, M)  dtype
+  // modes 3 (RMSNorm) and 4 (LayerNorm): s = x + residual, residual_out = s (written by block 0),
+  // in = norm(s) * norm_weight (+ norm_bias) over the whole row (a prenorm block's add + norm)
+  TensorArg residual;      // (B, K)  float32, optional
+  TensorArg residual_out;  // (B, K)  float32, modes 3 and 4
+  TensorArg norm_bias;     // (K,)    float32, optional (mode 4)
 };
 
 }  // namespace ssm

@@ -8,36 +8,51 @@
 namespace ssm::cuda {
 namespace {
 
-constexpr int kWarps = 8, kThreads = kWarps * 32, kMaxB = 4, kMaxSegments = 64, kRegChunks = 8;
+constexpr int kWarps = 8, kThreads = kWarps * 32, kMaxB = 4, kMaxSegments = 64;
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
 
 // The prologue: xs (B, K) <- the linear layer's input rows (see NormGemvParams).
 template <typename T, int kMode>
-__device__ void load_inputs(const NormGemvParams& p, float* xs, float* rstd) {
+__device__ void load_inputs(const NormGemvParams& p, float* xs, float* mean, float* rstd) {
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int64_t K = p.in_features, BK = p.batch * K;
   for (int64_t i = tid; i < BK; i += kThreads) {
     const int64_t b = i / K, k = i % K;
     float v = to_float(ptr<T>(p.x)[b * p.x.stride[0] + k * p.x.stride[1]]);
     if (kMode == 1) v *= silu(to_float(ptr<T>(p.z)[b * p.z.stride[0] + k * p.z.stride[1]]));
+    if (kMode >= 3) {
+      if (has(p.residual)) v += ptr<float>(p.residual)[b * p.residual.stride[0] + k * p.residual.stride[1]];
+      if (blockIdx.x == 0) ptr<float>(p.residual_out)[b * p.residual_out.stride[0] + k * p.residual_out.stride[1]] = v;
+    }
     xs[i] = v;
   }
   if (kMode == 0) return;
   __syncthreads();
   // one warp per (row, group) segment: a fixed summation order (deterministic)
-  const int64_t gs = p.group_size, groups = K / gs;
+  const int64_t gs = kMode >= 3 ? K : p.group_size, groups = K / gs;
   for (int64_t s = warp; s < p.batch * groups; s += kWarps) {
     const float* seg = xs + (s / groups) * K + (s % groups) * gs;
+    float mu = 0.f;
+    if (kMode == 4) {
+      for (int64_t k = lane; k < gs; k += 32) mu += seg[k];
+      mu = warp_sum(mu) / float(gs);
+    }
     float sum = 0.f;
-    for (int64_t k = lane; k < gs; k += 32) sum += seg[k] * seg[k];
-#pragma unroll
-    for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-    if (lane == 0) rstd[s] = rsqrtf(sum / float(gs) + p.eps);
+    for (int64_t k = lane; k < gs; k += 32) sum += (seg[k] - mu) * (seg[k] - mu);
+    sum = warp_sum(sum);
+    if (lane == 0) mean[s] = mu, rstd[s] = rsqrtf(sum / float(gs) + p.eps);
   }
   __syncthreads();
   for (int64_t i = tid; i < BK; i += kThreads) {
-    const int64_t b = i / K, k = i % K;
-    float v = xs[i] * rstd[b * groups + k / gs] * ptr<float>(p.norm_weight)[k * p.norm_weight.stride[0]];
+    const int64_t b = i / K, k = i % K, s = b * groups + k / gs;
+    float v = (xs[i] - mean[s]) * rstd[s] * ptr<float>(p.norm_weight)[k * p.norm_weight.stride[0]];
     if (kMode == 2) v *= silu(to_float(ptr<T>(p.z)[b * p.z.stride[0] + k * p.z.stride[1]]));
+    if (kMode == 4 && has(p.norm_bias)) v += ptr<float>(p.norm_bias)[k * p.norm_bias.stride[0]];
     xs[i] = to_float(from_float<T>(v));
   }
 }
@@ -60,11 +75,13 @@ __device__ __forceinline__ void fma_chunk(float* acc, const Pack<T>& w, const fl
   }
 }
 
-template <typename T, int kMode>
-__global__ void __launch_bounds__(kThreads) norm_gemv_kernel(NormGemvParams p) {
+// kRegChunks: the 16-byte weight chunks per lane held in registers across the prologue (4 for
+// rows of up to 128 chunks, at 4 blocks per SM; 8 above); later chunks are loaded as used.
+template <typename T, int kMode, int kRegChunks>
+__global__ void __launch_bounds__(kThreads, kRegChunks == 4 ? 4 : 1) norm_gemv_kernel(NormGemvParams p) {
   extern __shared__ float4 smem4[];
   float* xs = reinterpret_cast<float*>(smem4);  // (B, K)
-  __shared__ float rstd[kMaxSegments];
+  __shared__ float mean[kMaxSegments], rstd[kMaxSegments];
   constexpr int kN = Pack<T>::kN;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t K = p.in_features, nchunks = K / kN, m = int64_t(blockIdx.x) * kWarps + warp;
@@ -76,7 +93,7 @@ __global__ void __launch_bounds__(kThreads) norm_gemv_kernel(NormGemvParams p) {
     const int64_t idx = int64_t(c) * 32 + lane;
     if (row_ok && idx < nchunks) wr[c].load(wrow + idx * kN);
   }
-  load_inputs<T, kMode>(p, xs, rstd);
+  load_inputs<T, kMode>(p, xs, mean, rstd);
   __syncthreads();
   if (!row_ok) return;
   float acc[kMaxB] = {0.f, 0.f, 0.f, 0.f};
@@ -106,10 +123,11 @@ __global__ void __launch_bounds__(kThreads) norm_gemv_kernel(NormGemvParams p) {
 void norm_gemv(const NormGemvParams& p, cudaStream_t stream) {
   const char* op = "norm_gemv";
   SSM_CHECK(p.batch >= 0 && p.batch <= kMaxB, op, "batch must be at most ", kMaxB, ", got ", p.batch);
-  SSM_CHECK(p.mode >= 0 && p.mode <= 2, op, "unknown mode ", p.mode);
+  SSM_CHECK(p.mode >= 0 && p.mode <= 4, op, "unknown mode ", p.mode);
+  SSM_CHECK(p.mode < 3 || has(p.residual_out), op, "modes 3 and 4 need residual_out");
   SSM_CHECK(p.in_features >= 1 && p.in_features * p.batch * 4 <= 48 * 1024, op, "batch x in_features ",
             p.batch * p.in_features, " over the shared-memory row buffer");
-  SSM_CHECK(p.mode == 0 || (p.group_size >= 1 && p.in_features % p.group_size == 0 &&
+  SSM_CHECK(p.mode == 0 || p.mode >= 3 || (p.group_size >= 1 && p.in_features % p.group_size == 0 &&
                             p.batch * (p.in_features / p.group_size) <= kMaxSegments),
             op, "group_size must divide in_features into at most ", kMaxSegments, " groups per batch");
   if (p.batch == 0 || p.out_features == 0) return;
@@ -120,9 +138,14 @@ void norm_gemv(const NormGemvParams& p, cudaStream_t stream) {
               op, "weight rows must be contiguous and 16-byte aligned, in_features a multiple of ", kN);
     const unsigned grid = ceil_div(p.out_features, kWarps);
     const size_t smem = size_t(p.batch * p.in_features) * sizeof(float);
-    if (p.mode == 0) norm_gemv_kernel<T, 0><<<grid, kThreads, smem, stream>>>(p);
-    else if (p.mode == 1) norm_gemv_kernel<T, 1><<<grid, kThreads, smem, stream>>>(p);
-    else norm_gemv_kernel<T, 2><<<grid, kThreads, smem, stream>>>(p);
+    SSM_BOOL_SWITCH(p.in_features / kN <= 4 * 32, kShort, [&] {
+      constexpr int kChunks = kShort ? 4 : 8;
+      if (p.mode == 0) norm_gemv_kernel<T, 0, kChunks><<<grid, kThreads, smem, stream>>>(p);
+      else if (p.mode == 1) norm_gemv_kernel<T, 1, kChunks><<<grid, kThreads, smem, stream>>>(p);
+      else if (p.mode == 2) norm_gemv_kernel<T, 2, kChunks><<<grid, kThreads, smem, stream>>>(p);
+      else if (p.mode == 3) norm_gemv_kernel<T, 3, kChunks><<<grid, kThreads, smem, stream>>>(p);
+      else norm_gemv_kernel<T, 4, kChunks><<<grid, kThreads, smem, stream>>>(p);
+    });
   });
   check_launch(op);
 }

@@ -9,10 +9,12 @@ namespace {
 
 NormGemvParams norm_gemv_params(int dtype, int64_t batch, int64_t in_features, int64_t out_features,
                                 int64_t group_size, int mode, double eps, const Ref& x, const OptRef& z,
-                                const OptRef& norm_weight, const Ref& weight, const OptRef& bias, const Ref& out) {
+                                const OptRef& norm_weight, const Ref& weight, const OptRef& bias, const Ref& out,
+                                const OptRef& residual, const OptRef& residual_out, const OptRef& norm_bias) {
   const char* op = "norm_gemv";
   SSM_CHECK(batch >= 0 && in_features >= 1 && out_features >= 0, op, "bad sizes");
-  SSM_CHECK(mode == 0 || (z && norm_weight), op, "modes 1 and 2 need z and norm_weight");
+  SSM_CHECK(mode == 0 || mode >= 3 || (z && norm_weight), op, "modes 1 and 2 need z and norm_weight");
+  SSM_CHECK(mode < 3 || (residual_out && norm_weight), op, "modes 3 and 4 need residual_out and norm_weight");
   NormGemvParams p;
   p.batch = batch, p.in_features = in_features, p.out_features = out_features, p.group_size = group_size;
   p.mode = mode, p.eps = float(eps);
@@ -23,6 +25,9 @@ NormGemvParams norm_gemv_params(int dtype, int64_t batch, int64_t in_features, i
   p.weight = tensor_arg(op, "weight", weight, 2);
   p.bias = tensor_arg(op, "bias", bias, 1);
   p.out = tensor_arg(op, "out", out, 2);
+  p.residual = tensor_arg(op, "residual", residual, 2);
+  p.residual_out = tensor_arg(op, "residual_out", residual_out, 2);
+  p.norm_bias = tensor_arg(op, "norm_bias", norm_bias, 1);
   return p;
 }
 
