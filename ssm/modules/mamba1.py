@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ssm import ops
 from ssm.modules import _states
-from ssm.ops.norm_gemv import norm_linear, small_linear
+from ssm.ops.norm_gemv import conv_linear, norm_linear, small_linear
 from ssm.ops.proj_state_step import proj_state_step
 
 
@@ -197,8 +197,9 @@ class Mamba1(nn.Module):
     def _step_projected(self, xz, conv_state, ssm_state):
         """One token from its in_proj output (B, 2 * d_inner) -> out (B, d_model)."""
         x, z = xz.chunk(2, dim=-1)
-        x = ops.causal_conv1d_update(x, conv_state, self.conv1d.weight, self.conv1d.bias, self.activation)
-        dt, B, C = torch.split(small_linear(self.x_proj, x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        # conv update + x_proj (one kernel on CUDA); x_dbl (B, dt_rank + 2 d_state), x (B, d_inner) the conv output
+        x_dbl, x = conv_linear(x, conv_state, self.conv1d.weight, self.conv1d.bias, self.x_proj, self.activation)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         # dt_proj folded into the state step (one kernel on CUDA)
         y = proj_state_step(ssm_state, x, dt, self.dt_proj.weight, _states.decode_A(self), B, C, self.D, z=z,
                             dt_bias=self.dt_proj.bias, softplus=True)

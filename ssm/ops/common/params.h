@@ -261,6 +261,16 @@ struct NormGemvParams {
   TensorArg residual;      // (B, K)  float32, optional
   TensorArg residual_out;  // (B, K)  float32, modes 3 and 4
   TensorArg norm_bias;     // (K,)    float32, optional (mode 4)
+  // mode 5 (Mamba-1's conv update feeding x_proj): in = silu?(depthwise conv of x on its rolling
+  // conv_state), rounded to dtype and written to conv_out by block 0; the last block to take a
+  // ticket on counters[0] (zero between launches) shifts the conv states and resets it
+  int64_t width = 0, state_len = 0;
+  bool silu = false;
+  TensorArg conv_state;    // (B, K, S) dtype, any strides, S >= W - 1
+  TensorArg conv_weight;   // (K, W)    float32
+  TensorArg conv_bias;     // (K,)      float32, optional
+  TensorArg conv_out;      // (B, K)    dtype
+  TensorArg counters;      // (1,)      int32
 };
 
 }  // namespace ssm

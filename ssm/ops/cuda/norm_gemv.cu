@@ -16,11 +16,70 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// Mode 5: the conv output of channel k of row b from the conv_state's last W-1 entries and x.
+template <typename T>
+__device__ __forceinline__ float conv_input(const NormGemvParams& p, int64_t b, int64_t k) {
+  const T* st = ptr<T>(p.conv_state) + b * p.conv_state.stride[0] + k * p.conv_state.stride[1];
+  const float* w = ptr<float>(p.conv_weight) + k * p.conv_weight.stride[0];
+  const int64_t W = p.width, first = p.state_len - (W - 1), ss = p.conv_state.stride[2], ws = p.conv_weight.stride[1];
+  float v[4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) v[j] = j < W - 1 ? to_float(st[(first + j) * ss]) : 0.f;
+  float acc = has(p.conv_bias) ? ptr<float>(p.conv_bias)[k * p.conv_bias.stride[0]] : 0.f;
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+    if (j < W - 1) acc += w[j * ws] * v[j];
+  for (int64_t j = 4; j < W - 1; ++j) acc += w[j * ws] * to_float(st[(first + j) * ss]);
+  acc += w[(W - 1) * ws] * to_float(ptr<T>(p.x)[b * p.x.stride[0] + k * p.x.stride[1]]);
+  return to_float(from_float<T>(p.silu ? silu(acc) : acc));
+}
+
+// Mode 5: shift channel k's conv state of row b left by one and append x (loads before stores).
+template <typename T>
+__device__ __forceinline__ void conv_shift_in(const NormGemvParams& p, int64_t b, int64_t k) {
+  T* st = ptr<T>(p.conv_state) + b * p.conv_state.stride[0] + k * p.conv_state.stride[1];
+  const int64_t S = p.state_len, ss = p.conv_state.stride[2];
+  const T xin = ptr<T>(p.x)[b * p.x.stride[0] + k * p.x.stride[1]];
+  T v[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+    if (j + 1 < S) v[j] = st[(j + 1) * ss];
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+    if (j + 1 < S) st[j * ss] = v[j];
+  for (int64_t j = 8; j + 1 < S; ++j) st[j * ss] = st[(j + 1) * ss];
+  st[(S - 1) * ss] = xin;
+}
+
+// Mode 5 prologue: xs <- conv outputs (block 0 also writes them to conv_out); after every block has
+// read the conv history, the last one shifts the states.
+template <typename T>
+__device__ void conv_inputs(const NormGemvParams& p, float* xs) {
+  __shared__ bool s_last;
+  const int64_t K = p.in_features, BK = p.batch * K;
+  for (int64_t i = threadIdx.x; i < BK; i += kThreads) {
+    const int64_t b = i / K, k = i % K;
+    xs[i] = conv_input<T>(p, b, k);
+    if (blockIdx.x == 0) ptr<T>(p.conv_out)[b * p.conv_out.stride[0] + k * p.conv_out.stride[1]] = from_float<T>(xs[i]);
+  }
+  __syncthreads();
+  int* counter = ptr<int>(p.counters);
+  if (threadIdx.x == 0) {
+    __threadfence();
+    s_last = atomicAdd(counter, 1) == int(gridDim.x) - 1;
+  }
+  __syncthreads();
+  if (!s_last) return;
+  for (int64_t i = threadIdx.x; i < BK; i += kThreads) conv_shift_in<T>(p, i / K, i % K);
+  if (threadIdx.x == 0) *counter = 0;
+}
+
 // The prologue: xs (B, K) <- the linear layer's input rows (see NormGemvParams).
 template <typename T, int kMode>
 __device__ void load_inputs(const NormGemvParams& p, float* xs, float* mean, float* rstd) {
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int64_t K = p.in_features, BK = p.batch * K;
+  if (kMode == 5) return conv_inputs<T>(p, xs);
   for (int64_t i = tid; i < BK; i += kThreads) {
     const int64_t b = i / K, k = i % K;
     float v = to_float(ptr<T>(p.x)[b * p.x.stride[0] + k * p.x.stride[1]]);
@@ -123,7 +182,10 @@ __global__ void __launch_bounds__(kThreads, kRegChunks == 4 ? 4 : 1) norm_gemv_k
 void norm_gemv(const NormGemvParams& p, cudaStream_t stream) {
   const char* op = "norm_gemv";
   SSM_CHECK(p.batch >= 0 && p.batch <= kMaxB, op, "batch must be at most ", kMaxB, ", got ", p.batch);
-  SSM_CHECK(p.mode >= 0 && p.mode <= 4, op, "unknown mode ", p.mode);
+  SSM_CHECK(p.mode >= 0 && p.mode <= 5, op, "unknown mode ", p.mode);
+  SSM_CHECK(p.mode != 5 || (has(p.conv_state) && has(p.conv_weight) && has(p.conv_out) && has(p.counters) &&
+                            p.width >= 1 && p.state_len >= 1 && p.state_len >= p.width - 1),
+            op, "mode 5 needs conv_state (length >= width - 1 >= 0), conv_weight, conv_out and counters");
   SSM_CHECK(p.mode < 3 || has(p.residual_out), op, "modes 3 and 4 need residual_out");
   SSM_CHECK(p.in_features >= 1 && p.in_features * p.batch * 4 <= 48 * 1024, op, "batch x in_features ",
             p.batch * p.in_features, " over the shared-memory row buffer");
@@ -144,7 +206,8 @@ void norm_gemv(const NormGemvParams& p, cudaStream_t stream) {
       else if (p.mode == 1) norm_gemv_kernel<T, 1, kChunks><<<grid, kThreads, smem, stream>>>(p);
       else if (p.mode == 2) norm_gemv_kernel<T, 2, kChunks><<<grid, kThreads, smem, stream>>>(p);
       else if (p.mode == 3) norm_gemv_kernel<T, 3, kChunks><<<grid, kThreads, smem, stream>>>(p);
-      else norm_gemv_kernel<T, 4, kChunks><<<grid, kThreads, smem, stream>>>(p);
+      else if (p.mode == 4) norm_gemv_kernel<T, 4, kChunks><<<grid, kThreads, smem, stream>>>(p);
+      else norm_gemv_kernel<T, 5, kChunks><<<grid, kThreads, smem, stream>>>(p);
     });
   });
   check_launch(op);
