@@ -93,11 +93,12 @@ __global__ void __launch_bounds__(kThreads, kPacks == 1 ? 4 : 1) conv_state_step
   const float dA = __expf(dt * ptr<float>(p.A)[h * p.A.stride[0]]);
   __syncthreads();
   // every read of this block's B/C conv history is done: take a ticket
+  // (its result is first needed after the step: the atomic's round trip overlaps the step's math)
   int* counter = ptr<int>(p.counters) + (b * p.ngroups + g) * p.counters.stride[0];
+  int ticket = 0;
   if (tid == 0) {
     __threadfence();
-    const int participants = int(p.nheads / p.ngroups) * int(gridDim.x);
-    s_last = atomicAdd(counter, 1) == participants - 1;
+    ticket = atomicAdd(counter, 1);
   }
   float y = 0.f, xv = 0.f;
   if (row_ok) {
@@ -124,6 +125,7 @@ __global__ void __launch_bounds__(kThreads, kPacks == 1 ? 4 : 1) conv_state_step
     if (has(p.z)) y *= silu(to_float(ptr<T>(p.z)[b * p.z.stride[0] + h * p.z.stride[1] + hp * p.z.stride[2]]));
     ptr<T>(p.out)[b * p.out.stride[0] + h * p.out.stride[1] + hp * p.out.stride[2]] = from_float<T>(y);
   }
+  if (tid == 0) s_last = ticket == int(p.nheads / p.ngroups) * int(gridDim.x) - 1;
   __syncthreads();
   if (!s_last) return;
   // the last block of the (batch row, group): every other has read the B/C history

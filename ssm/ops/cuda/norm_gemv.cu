@@ -56,12 +56,13 @@ __device__ __forceinline__ void conv_shift_in(const NormGemvParams& p, int64_t b
 template <typename T>
 __device__ void conv_inputs(const NormGemvParams& p, float* xs) {
   __shared__ bool s_last;
-  const int64_t K = p.in_features, BK = p.batch * K;
-  for (int64_t i = threadIdx.x; i < BK; i += kThreads) {
-    const int64_t b = i / K, k = i % K;
-    xs[i] = conv_input<T>(p, b, k);
-    if (blockIdx.x == 0) ptr<T>(p.conv_out)[b * p.conv_out.stride[0] + k * p.conv_out.stride[1]] = from_float<T>(xs[i]);
-  }
+  const int K = int(p.in_features), B = int(p.batch);
+  for (int b = 0; b < B; ++b)
+    for (int k = threadIdx.x; k < K; k += kThreads) {
+      const float v = conv_input<T>(p, b, k);
+      xs[b * K + k] = v;
+      if (blockIdx.x == 0) ptr<T>(p.conv_out)[b * p.conv_out.stride[0] + k * p.conv_out.stride[1]] = from_float<T>(v);
+    }
   __syncthreads();
   int* counter = ptr<int>(p.counters);
   if (threadIdx.x == 0) {
@@ -70,50 +71,74 @@ __device__ void conv_inputs(const NormGemvParams& p, float* xs) {
   }
   __syncthreads();
   if (!s_last) return;
-  for (int64_t i = threadIdx.x; i < BK; i += kThreads) conv_shift_in<T>(p, i / K, i % K);
+  for (int b = 0; b < B; ++b)
+    for (int k = threadIdx.x; k < K; k += kThreads) conv_shift_in<T>(p, b, k);
   if (threadIdx.x == 0) *counter = 0;
+}
+
+// totals[s] = sum over the contiguous segments s < segments (of gs floats) of xs, or of
+// (xs - center[s])^2 with kSquare: per thread, then per warp, then the warps' partials in a fixed
+// order (deterministic, every warp busy whatever the segment count).
+template <bool kSquare>
+__device__ void segment_sums(const float* xs, int gs, int segments, const float* center, float* totals) {
+  __shared__ float part[kWarps][kMaxSegments];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int s = 0; s < segments; ++s) {
+    const float* seg = xs + s * gs;
+    const float c = center != nullptr ? center[s] : 0.f;
+    float acc = 0.f;
+    for (int k = threadIdx.x; k < gs; k += kThreads) acc += kSquare ? (seg[k] - c) * (seg[k] - c) : seg[k];
+    acc = warp_sum(acc);
+    if (lane == 0) part[warp][s] = acc;
+  }
+  __syncthreads();
+  if (threadIdx.x < segments) {
+    float t = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) t += part[w][threadIdx.x];
+    totals[threadIdx.x] = t;
+  }
+  __syncthreads();
 }
 
 // The prologue: xs (B, K) <- the linear layer's input rows (see NormGemvParams).
 template <typename T, int kMode>
 __device__ void load_inputs(const NormGemvParams& p, float* xs, float* mean, float* rstd) {
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int64_t K = p.in_features, BK = p.batch * K;
+  const int K = int(p.in_features), B = int(p.batch);
   if (kMode == 5) return conv_inputs<T>(p, xs);
-  for (int64_t i = tid; i < BK; i += kThreads) {
-    const int64_t b = i / K, k = i % K;
-    float v = to_float(ptr<T>(p.x)[b * p.x.stride[0] + k * p.x.stride[1]]);
-    if (kMode == 1) v *= silu(to_float(ptr<T>(p.z)[b * p.z.stride[0] + k * p.z.stride[1]]));
-    if (kMode >= 3) {
-      if (has(p.residual)) v += ptr<float>(p.residual)[b * p.residual.stride[0] + k * p.residual.stride[1]];
-      if (blockIdx.x == 0) ptr<float>(p.residual_out)[b * p.residual_out.stride[0] + k * p.residual_out.stride[1]] = v;
+  for (int b = 0; b < B; ++b)
+    for (int k = threadIdx.x; k < K; k += kThreads) {
+      float v = to_float(ptr<T>(p.x)[b * p.x.stride[0] + k * p.x.stride[1]]);
+      if (kMode == 1) v *= silu(to_float(ptr<T>(p.z)[b * p.z.stride[0] + k * p.z.stride[1]]));
+      if (kMode >= 3) {
+        if (has(p.residual)) v += ptr<float>(p.residual)[b * p.residual.stride[0] + k * p.residual.stride[1]];
+        if (blockIdx.x == 0)
+          ptr<float>(p.residual_out)[b * p.residual_out.stride[0] + k * p.residual_out.stride[1]] = v;
+      }
+      xs[b * K + k] = v;
     }
-    xs[i] = v;
-  }
   if (kMode == 0) return;
   __syncthreads();
-  // one warp per (row, group) segment: a fixed summation order (deterministic)
-  const int64_t gs = kMode >= 3 ? K : p.group_size, groups = K / gs;
-  for (int64_t s = warp; s < p.batch * groups; s += kWarps) {
-    const float* seg = xs + (s / groups) * K + (s % groups) * gs;
-    float mu = 0.f;
-    if (kMode == 4) {
-      for (int64_t k = lane; k < gs; k += 32) mu += seg[k];
-      mu = warp_sum(mu) / float(gs);
-    }
-    float sum = 0.f;
-    for (int64_t k = lane; k < gs; k += 32) sum += (seg[k] - mu) * (seg[k] - mu);
-    sum = warp_sum(sum);
-    if (lane == 0) mean[s] = mu, rstd[s] = rsqrtf(sum / float(gs) + p.eps);
+  // segments: (row, group) pairs, contiguous in xs (groups of gs features; the whole row in modes 3, 4)
+  const int gs = kMode >= 3 ? K : int(p.group_size), groups = K / gs, segments = B * groups;
+  if (kMode == 4) {
+    segment_sums<false>(xs, gs, segments, nullptr, mean);
+    if (threadIdx.x < segments) mean[threadIdx.x] /= float(gs);
+    __syncthreads();
+  } else if (threadIdx.x < segments) {
+    mean[threadIdx.x] = 0.f;
   }
+  segment_sums<true>(xs, gs, segments, kMode == 4 ? mean : nullptr, rstd);
+  if (threadIdx.x < segments) rstd[threadIdx.x] = rsqrtf(rstd[threadIdx.x] / float(gs) + p.eps);
   __syncthreads();
-  for (int64_t i = tid; i < BK; i += kThreads) {
-    const int64_t b = i / K, k = i % K, s = b * groups + k / gs;
-    float v = (xs[i] - mean[s]) * rstd[s] * ptr<float>(p.norm_weight)[k * p.norm_weight.stride[0]];
-    if (kMode == 2) v *= silu(to_float(ptr<T>(p.z)[b * p.z.stride[0] + k * p.z.stride[1]]));
-    if (kMode == 4 && has(p.norm_bias)) v += ptr<float>(p.norm_bias)[k * p.norm_bias.stride[0]];
-    xs[i] = to_float(from_float<T>(v));
-  }
+  for (int b = 0; b < B; ++b)
+    for (int k = threadIdx.x; k < K; k += kThreads) {
+      const int s = b * groups + (groups == 1 ? 0 : k / gs);
+      float v = (xs[b * K + k] - mean[s]) * rstd[s] * ptr<float>(p.norm_weight)[k * p.norm_weight.stride[0]];
+      if (kMode == 2) v *= silu(to_float(ptr<T>(p.z)[b * p.z.stride[0] + k * p.z.stride[1]]));
+      if (kMode == 4 && has(p.norm_bias)) v += ptr<float>(p.norm_bias)[k * p.norm_bias.stride[0]];
+      xs[b * K + k] = to_float(from_float<T>(v));
+    }
 }
 
 // acc[b] += dot(w chunk c of this lane, xs[b] at the chunk's columns).
@@ -186,7 +211,7 @@ void norm_gemv(const NormGemvParams& p, cudaStream_t stream) {
   SSM_CHECK(p.mode != 5 || (has(p.conv_state) && has(p.conv_weight) && has(p.conv_out) && has(p.counters) &&
                             p.width >= 1 && p.state_len >= 1 && p.state_len >= p.width - 1),
             op, "mode 5 needs conv_state (length >= width - 1 >= 0), conv_weight, conv_out and counters");
-  SSM_CHECK(p.mode < 3 || has(p.residual_out), op, "modes 3 and 4 need residual_out");
+  SSM_CHECK(p.mode < 3 || p.mode > 4 || has(p.residual_out), op, "modes 3 and 4 need residual_out");
   SSM_CHECK(p.in_features >= 1 && p.in_features * p.batch * 4 <= 48 * 1024, op, "batch x in_features ",
             p.batch * p.in_features, " over the shared-memory row buffer");
   SSM_CHECK(p.mode == 0 || p.mode >= 3 || (p.group_size >= 1 && p.in_features % p.group_size == 0 &&

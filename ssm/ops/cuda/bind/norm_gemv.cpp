@@ -17,7 +17,8 @@ NormGemvParams norm_gemv_params(int dtype, int64_t batch, int64_t in_features, i
   const char* op = "norm_gemv";
   SSM_CHECK(batch >= 0 && in_features >= 1 && out_features >= 0, op, "bad sizes");
   SSM_CHECK(mode == 0 || mode >= 3 || (z && norm_weight), op, "modes 1 and 2 need z and norm_weight");
-  SSM_CHECK(mode < 3 || (residual_out && norm_weight), op, "modes 3 and 4 need residual_out and norm_weight");
+  SSM_CHECK(mode < 3 || mode > 4 || (residual_out && norm_weight), op,
+            "modes 3 and 4 need residual_out and norm_weight");
   NormGemvParams p;
   p.batch = batch, p.in_features = in_features, p.out_features = out_features, p.group_size = group_size;
   p.mode = mode, p.eps = float(eps);
