@@ -296,11 +296,10 @@ def _update_signature(x, conv_state, weight, bias, activation, conv_state_indice
 
 def _make_update_plan(x, conv_state, weight, bias, activation, conv_state_indices, cache_seqlens):
     """The plan of a call that passed the checks, or False for the general path (the reference,
-    int64 indices, a float32 weight not contiguous along the width, an empty batch). A weight in
-    another dtype goes to the kernel as its cached float32 copy (no cast kernel per decode step)."""
+    int64 indices, a weight not float32 contiguous along the width, an empty batch)."""
     if x.numel() == 0 or any(t is not None and t.dtype != torch.int32 for t in (conv_state_indices, cache_seqlens)):
         return False
-    if weight.dtype == torch.float32 and weight.stride(-1) != 1:
+    if weight.dtype != torch.float32 or weight.stride(-1) != 1:
         return False
     backend = dispatch.select_backend("dw_causal_conv_update", x.device, lambda b: _update_reason(b, x, conv_state))
     if backend == "reference":
@@ -315,9 +314,7 @@ def _make_update_plan(x, conv_state, weight, bias, activation, conv_state_indice
 
 def _run_update_plan(plan, x, conv_state, weight, bias, activation, conv_state_indices, cache_seqlens):
     backend, kernel, code, sizes, modes, work = plan
-    f32 = _kernels.float32_param
-    weight = weight if weight.dtype == torch.float32 else f32(weight)
-    bias = bias if bias is None or bias.dtype == torch.float32 else f32(bias)
+    bias = bias if bias is None or bias.dtype == torch.float32 else _kernels.float32_param(bias)
     y = _kernels.empty(x.shape, x)
     kernel(code, *sizes, *_kernels.refs(modes, (x, conv_state, weight, bias, conv_state_indices, cache_seqlens, y)),
            activation is not None, _kernels.cpu_threads(work) if backend == "cpu" else _kernels.exec_arg(backend, x))
@@ -348,8 +345,11 @@ def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Op
         _update_plans[sig] = _make_update_plan(*call)
     # x3 (B, D, L)
     x3 = x.unsqueeze(-1) if x.dim() == 2 else x
-    w = _kernels.float32_contiguous(weight if weight.dim() == 2 else weight.reshape(weight.shape[0], W))
-    b = _kernels.float32_contiguous(bias)
+    # eager: a bf16/fp16 weight and bias as their cached float32 copies (no cast kernels per decode step)
+    f32 = _kernels.float32_contiguous if compiling else _kernels.float32_param
+    w = f32(weight)
+    w = w if w.dim() == 2 else w.reshape(w.shape[0], W)
+    b = f32(bias)
     args = (x3, conv_state, w, b, activation is not None, conv_state_indices, cache_seqlens)
     y = _update_op(*args) if compiling else _update_impl(*args)
     return y[..., 0] if x.dim() == 2 else y
