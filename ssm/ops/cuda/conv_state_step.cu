@@ -15,19 +15,24 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kMaxN = 256;
 
+// The W-1 history entries (up to 4) and the new input of one channel, as read for its conv.
+struct Window {
+  float v[4], xin;
+};
+
 // The conv output of channel c of batch row b from the conv_state's last W-1 entries and the new
 // input: silu?(bias + sum_k w[k] window[k]), rounded to T as the separate conv op's output is.
 template <typename T>
-__device__ __forceinline__ float conv_at(const ConvStateStepParams& p, int64_t b, int64_t c) {
+__device__ __forceinline__ float conv_at(const ConvStateStepParams& p, int64_t b, int64_t c, Window& win) {
   const T* st = ptr<T>(p.conv_state) + b * p.conv_state.stride[0] + c * p.conv_state.stride[1];
   const float* w = ptr<float>(p.conv_weight) + c * p.conv_weight.stride[0];
   const int64_t W = p.width, first = p.state_len - (W - 1), ss = p.conv_state.stride[2];
   const int64_t ws = p.conv_weight.stride[1];
   // the window's loads issued together (W <= 5 unrolled, wider ones by a loop)
-  float v[4];
+  float* v = win.v;
 #pragma unroll
   for (int k = 0; k < 4; ++k) v[k] = k < W - 1 ? to_float(st[(first + k) * ss]) : 0.f;
-  const float xin = to_float(ptr<T>(p.xbc)[b * p.xbc.stride[0] + c * p.xbc.stride[1]]);
+  const float xin = win.xin = to_float(ptr<T>(p.xbc)[b * p.xbc.stride[0] + c * p.xbc.stride[1]]);
   float acc = has(p.conv_bias) ? ptr<float>(p.conv_bias)[c * p.conv_bias.stride[0]] : 0.f;
 #pragma unroll
   for (int k = 0; k < 4; ++k)
@@ -81,10 +86,17 @@ __global__ void __launch_bounds__(kThreads, kPacks == 1 ? 4 : 1) conv_state_step
       for (int w = 0; w < int(sizeof(TS) / 2); ++w) s[j][w].load(st + n0 + w * Pack<TS>::kN);
     }
   }
-  for (int64_t i = tid; i < 2 * N; i += kThreads) sBC[i] = conv_at<T>(p, b, bc_channel(p, g, i));
+  // this thread's B/C channels tid and tid + kThreads: their windows kept for the last block's shift
+  Window win[2 * kMaxN / kThreads];
+#pragma unroll
+  for (int j = 0; j < 2 * kMaxN / kThreads; ++j) {
+    const int64_t i = tid + int64_t(j) * kThreads;
+    if (i < 2 * N) sBC[i] = conv_at<T>(p, b, bc_channel(p, g, i), win[j]);
+  }
   if (tid < kRows && p0 + tid < P) {
     const int64_t c = h * P + p0 + tid;
-    sx[tid] = conv_at<T>(p, b, c);
+    Window xw;
+    sx[tid] = conv_at<T>(p, b, c, xw);
     shift_in<T>(p, b, c);
   }
   float dt = to_float(ptr<T>(p.dt)[b * p.dt.stride[0] + h * p.dt.stride[1]]) +
@@ -128,8 +140,25 @@ __global__ void __launch_bounds__(kThreads, kPacks == 1 ? 4 : 1) conv_state_step
   if (tid == 0) s_last = ticket == int(p.nheads / p.ngroups) * int(gridDim.x) - 1;
   __syncthreads();
   if (!s_last) return;
-  // the last block of the (batch row, group): every other has read the B/C history
-  for (int64_t i = tid; i < 2 * N; i += kThreads) shift_in<T>(p, b, bc_channel(p, g, i));
+  // the last block of the (batch row, group): every other has read the B/C history. A state of
+  // exactly W entries becomes [window, new input], which this thread holds: stores only.
+  const bool held = p.state_len == p.width && p.width <= 5;
+#pragma unroll
+  for (int j = 0; j < 2 * kMaxN / kThreads; ++j) {
+    const int64_t i = tid + int64_t(j) * kThreads;
+    if (i >= 2 * N) continue;
+    const int64_t c = bc_channel(p, g, i);
+    if (!held) {
+      shift_in<T>(p, b, c);
+      continue;
+    }
+    T* st = ptr<T>(p.conv_state) + b * p.conv_state.stride[0] + c * p.conv_state.stride[1];
+    const int64_t ss = p.conv_state.stride[2];
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+      if (k < p.width - 1) st[k * ss] = from_float<T>(win[j].v[k]);
+    st[(p.width - 1) * ss] = from_float<T>(win[j].xin);
+  }
   if (tid == 0) *counter = 0;
 }
 
