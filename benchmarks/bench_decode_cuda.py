@@ -103,7 +103,7 @@ def _variant(name):
     block.PRENORM_DECODE = name not in ("noprenorm", "unfused")
 
 
-def bench_e2e(names, batches, profile):
+def bench_e2e(names, batches):
     for name in names:
         model = make_model(name)
         runs = [("fused", b) for b in batches] + [("unfused", 1), ("noprenorm", 1), ("gemv", 1)]
@@ -113,10 +113,13 @@ def bench_e2e(names, batches, profile):
             emit(part="decode", model=name, variant=variant, batch=batch,
                  ms_per_token=decode_ms_per_token(model, batch))
         _variant("fused")
-        if profile:
-            model.__dict__.pop("_decoding_cache", None)
-            profile_token(model, name)
         del model
+        torch.cuda.empty_cache()
+
+
+def bench_profiles(names):
+    for name in names:
+        profile_token(make_model(name), name)
         torch.cuda.empty_cache()
 
 
@@ -153,11 +156,13 @@ def main():
     names, batches = args.models.split(","), [int(b) for b in args.batches.split(",")]
     try:
         if "e2e" in parts:
-            bench_e2e(names, batches, "profile" in parts)
+            bench_e2e(names, batches)
         if "steps" in parts:
             bench_steps()
         if "fused" in parts:
             bench_fused()
+        if "profile" in parts:
+            bench_profiles(names)
     finally:
         Path(args.out).write_text(json.dumps(dict(device=torch.cuda.get_device_name(), rows=ROWS), indent=1))
 
