@@ -106,7 +106,7 @@ def _variant(name):
 def bench_e2e(names, batches):
     for name in names:
         model = make_model(name)
-        runs = [("fused", b) for b in batches] + [("unfused", 1), ("noprenorm", 1), ("gemv", 1)]
+        runs = [(v, b) for b in batches for v in ("fused", "unfused")] + [("noprenorm", 1), ("gemv", 1)]
         for variant, batch in runs:
             _variant(variant)
             model.__dict__.pop("_decoding_cache", None)  # recapture the graph with these switches
