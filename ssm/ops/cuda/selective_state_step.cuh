@@ -104,6 +104,7 @@ __global__ void __launch_bounds__(kThreads) state_step_kernel(StateStepParams p,
   const float zv = has(p.z) ? at<T>(p.z, b, h, hp) : 0.f;
   const float* A = ptr<float>(p.A) + h * p.A.stride[0] + hp * p.A.stride[1];
   const bool a_tied = p.A.stride[2] == 0;
+  const bool a_vec = vec && !a_tied && p.A.stride[2] == 1 && reinterpret_cast<uintptr_t>(A) % 16 == 0;
   const float A0 = A[0];
   if (p.softplus) dt = softplus(dt);
   const float dx = dt * xv, dA_tied = __expf(dt * A0);
@@ -125,9 +126,18 @@ __global__ void __launch_bounds__(kThreads) state_step_kernel(StateStepParams p,
         load8<T>(Bv, p.B, b, g, n0, N, false);
         load8<T>(Cv, p.C, b, g, n0, N, false);
       }
+      // A's 8 entries: two 16-byte loads when its row is contiguous and aligned (Mamba-1: one A row per
+      // channel, re-read by every batch row: scalar loads made the load instructions the bottleneck)
+      float Av[8];
+      if (a_vec) {
+        load_floats<float, 8>(Av, A + n0);
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) Av[e] = a_tied || n0 + e >= N ? 0.f : A[(n0 + e) * p.A.stride[2]];
+      }
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
-        const float dA = a_tied ? dA_tied : __expf(dt * (n0 + e < N ? A[(n0 + e) * p.A.stride[2]] : 0.f));
+        const float dA = a_tied ? dA_tied : __expf(dt * Av[e]);
         sv[e] = sv[e] * dA + dx * Bv[e];
         y += sv[e] * Cv[e];
       }
