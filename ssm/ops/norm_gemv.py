@@ -27,6 +27,8 @@ from ssm.ops.norm import fused_layer_norm
 from ssm.utils import dispatch
 
 PLAIN = os.environ.get("SSM_DECODE_GEMV", "0") == "1"
+# one switch per fused form (each can be turned off alone; SSM_FUSED_DECODE=0 turns off all)
+GATED, PRENORM, CONV = True, True, True
 _MAX_BATCH, _MAX_SEGMENTS, _SMEM_FLOATS = 4, 64, 12 * 1024
 
 
@@ -85,7 +87,7 @@ def gated_norm_linear(x: Tensor, z: Tensor, norm_weight: Tensor, weight: Tensor,
     gs = K if group_size is None else group_size
     if not isinstance(gs, int) or gs < 1 or K % gs:
         raise ValueError(f"group_size: expected a positive divisor of {K}, got {group_size!r}")
-    if torch.compiler.is_compiling() or not _fusable(x, z, weight, K // gs):
+    if not GATED or torch.compiler.is_compiling() or not _fusable(x, z, weight, K // gs):
         y = rmsnorm_fn(x, norm_weight, None, z=z, eps=eps, group_size=group_size, norm_before_gate=norm_before_gate)
         return F.linear(y, weight, bias)
     return _fused(2 if norm_before_gate else 1, x, z, norm_weight, weight, bias, gs, eps)
@@ -109,7 +111,7 @@ def norm_linear(x: Tensor, residual: Optional[Tensor], norm_weight: Tensor, norm
     residual_in_fp32=True) then linear(y); one kernel on CUDA for a plain nn.Linear."""
     _checks.tensor("x", x, ndim=2)
     _checks.tensor("residual", residual, shape=tuple(x.shape), device=x.device, optional=True)
-    fusable = (type(linear) is nn.Linear and (residual is None or residual.dtype == torch.float32)
+    fusable = (PRENORM and type(linear) is nn.Linear and (residual is None or residual.dtype == torch.float32)
                and not torch.compiler.is_compiling() and _fusable(x, None, linear.weight, 1))
     if not fusable:
         y, res = fused_layer_norm(x, norm_weight, norm_bias, residual, is_rms, eps, True, True)
@@ -129,7 +131,7 @@ def conv_linear(x: Tensor, conv_state: Tensor, conv_weight: Tensor, conv_bias: O
     in place -> (linear(x_conv), x_conv (B, K)), x_conv = causal_conv1d_update(x, conv_state, ...).
     One kernel on CUDA for a plain nn.Linear."""
     W = conv_weight.shape[-1]
-    fusable = (type(linear) is nn.Linear and not torch.compiler.is_compiling() and x.dim() == 2
+    fusable = (CONV and type(linear) is nn.Linear and not torch.compiler.is_compiling() and x.dim() == 2
                and conv_state.dim() == 3 and conv_state.shape[0] == x.shape[0] and conv_state.shape[1] == x.shape[1]
                and conv_state.dtype == x.dtype and conv_state.shape[-1] >= max(W - 1, 1)
                and conv_weight.shape[0] == x.shape[1] and _fusable(x, None, linear.weight, 1))

@@ -35,8 +35,11 @@ def _check_args(state, x, dt_in, dt_proj_weight, A, B, C, D, z, dt_bias):
     _checks.tensor("z", z, shape=(batch, dim), device=dev, optional=True)
 
 
+ENABLED = True  # this fused form alone (SSM_FUSED_DECODE=0 turns off every fused decode form)
+
+
 def _fusable(state, x, dt_in, dt_proj_weight, B, C, z) -> bool:
-    if not _css.FUSED or x.device.type != "cuda" or dispatch.forced_backend() not in (None, "cuda"):
+    if not ENABLED or not _css.FUSED or x.device.type != "cuda" or dispatch.forced_backend() not in (None, "cuda"):
         return False
     if not dispatch.has_cuda_kernels() or not hasattr(dispatch.cuda_module(), "selective_state_step_proj"):
         return False
