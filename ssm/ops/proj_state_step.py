@@ -43,8 +43,10 @@ def _fusable(state, x, dt_in, dt_proj_weight, B, C, z) -> bool:
         return False
     if not dispatch.has_cuda_kernels() or not hasattr(dispatch.cuda_module(), "selective_state_step_proj"):
         return False
+    # large batches keep cuBLAS's dt_proj (H200, mamba-130m b64: 0.980 fused vs 0.861 ms per token)
     act = x.dtype
-    return (act in _kernels.KERNEL_DTYPES and state.dtype in _kernels.KERNEL_DTYPES and x.shape[0] > 0
+    return (act in _kernels.KERNEL_DTYPES and state.dtype in _kernels.KERNEL_DTYPES
+            and 0 < x.shape[0] <= _css.MAX_BATCH
             and dt_in.shape[1] > 0 and all(t is None or t.dtype == act for t in (dt_in, dt_proj_weight, B, C, z)))
 
 

@@ -197,7 +197,8 @@ def run_conv(inp):
 @pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", [(1, 64, 24, 4, 4), (3, 96, 40, 3, 5), (4, 256, 9, 2, 1)])
-def test_conv_linear_matches_reference(backend, dtype, case):
+def test_conv_linear_matches_reference(backend, dtype, case, monkeypatch):
+    monkeypatch.setattr(ng, "CONV", True)  # the kernel, switched off in the modules
     inp = make_conv(*case[:3], *case[3:], dtype, device_of(backend))
     state64 = inp["state"].double()
     with use_backend(backend):
@@ -213,8 +214,9 @@ def test_conv_linear_matches_reference(backend, dtype, case):
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("case", [(1, 1536, 80, 4, 4), (2, 2048, 96, 4, 4), (4, 64, 5, 3, 6)])
-def test_conv_linear_cuda_kernel_equals_separate_ops(dtype, case):
+def test_conv_linear_cuda_kernel_equals_separate_ops(dtype, case, monkeypatch):
     """Several consecutive steps (the conv states are shifted once per step by the last block)."""
+    monkeypatch.setattr(ng, "CONV", True)
     inp = make_conv(*case, dtype, torch.device("cuda"))
     state = inp["state"].clone()
     assert ng._fusable(inp["x"], None, inp["lin"].weight, 1)
