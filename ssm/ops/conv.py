@@ -345,8 +345,11 @@ def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Op
         _update_plans[sig] = _make_update_plan(*call)
     # x3 (B, D, L)
     x3 = x.unsqueeze(-1) if x.dim() == 2 else x
-    w = _kernels.float32_contiguous(weight if weight.dim() == 2 else weight.reshape(weight.shape[0], W))
-    b = _kernels.float32_contiguous(bias)
+    # eager: a bf16/fp16 weight and bias as their cached float32 copies (no cast kernels per decode step)
+    f32 = _kernels.float32_contiguous if compiling else _kernels.float32_param
+    w = f32(weight)
+    w = w if w.dim() == 2 else w.reshape(w.shape[0], W)
+    b = f32(bias)
     args = (x3, conv_state, w, b, activation is not None, conv_state_indices, cache_seqlens)
     y = _update_op(*args) if compiling else _update_impl(*args)
     return y[..., 0] if x.dim() == 2 else y
