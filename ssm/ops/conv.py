@@ -284,16 +284,6 @@ def _check_update_args(x, conv_state, weight, bias, activation, conv_state_indic
 _update_plans: dict = {}
 
 
-def _update_signature(x, conv_state, weight, bias, activation, conv_state_indices, cache_seqlens):
-    """The call's metadata key (weight's strides too: the kernel reads it contiguous along the
-    width), or None when an argument is not a tensor (the checks will say)."""
-    stride = getattr(weight, "stride", None)
-    if stride is None:
-        return None
-    return _kernels.call_signature((type(activation), activation, stride()),
-                                   (x, conv_state, weight, bias, conv_state_indices, cache_seqlens), strides=False)
-
-
 def _make_update_plan(x, conv_state, weight, bias, activation, conv_state_indices, cache_seqlens):
     """The plan of a call that passed the checks, or False for the general path (the reference,
     int64 indices, a weight not float32 contiguous along the width, an empty batch)."""
@@ -309,14 +299,18 @@ def _make_update_plan(x, conv_state, weight, bias, activation, conv_state_indice
     sizes = (B, D, L, weight.shape[-1], conv_state.shape[0], conv_state.shape[2])
     x_mode = k.AS_IS if x.dim() == 3 else k.UNIT_LAST
     modes = (x_mode, k.AS_IS, k.AS_IS if weight.dim() == 2 else k.DROP_MID, k.AS_IS, k.AS_IS, k.AS_IS, x_mode)
-    return backend, k.module(backend).dw_causal_conv_update, k.dtype_code(x), sizes, modes, B * D * L
+    convert = bias is not None and bias.dtype != torch.float32
+    b = k.float32_param(bias) if convert else bias
+    tails = k.ref_tails(modes, (x, conv_state, weight, b, conv_state_indices, cache_seqlens, k.empty(x.shape, x)))
+    return (backend, k.module(backend).dw_causal_conv_update, (k.dtype_code(x), *sizes), tails, convert,
+            k.output_spec(x), B * D * L)
 
 
 def _run_update_plan(plan, x, conv_state, weight, bias, activation, conv_state_indices, cache_seqlens):
-    backend, kernel, code, sizes, modes, work = plan
-    bias = bias if bias is None or bias.dtype == torch.float32 else _kernels.float32_param(bias)
-    y = _kernels.empty(x.shape, x)
-    kernel(code, *sizes, *_kernels.refs(modes, (x, conv_state, weight, bias, conv_state_indices, cache_seqlens, y)),
+    backend, kernel, head, tails, convert, out_like, work = plan
+    bias = _kernels.float32_param(bias) if convert else bias
+    y = _kernels.planned_output(x, out_like)
+    kernel(*head, *_kernels.planned_refs(tails, (x, conv_state, weight, bias, conv_state_indices, cache_seqlens, y)),
            activation is not None, _kernels.cpu_threads(work) if backend == "cpu" else _kernels.exec_arg(backend, x))
     return y
 
@@ -336,8 +330,8 @@ def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Op
     """
     compiling = torch.compiler.is_compiling()
     call = (x, conv_state, weight, bias, activation, conv_state_indices, cache_seqlens)
-    sig = None if compiling else _update_signature(*call)
-    plan = _update_plans.get(sig) if sig is not None else None
+    sig, plan = (None, None) if compiling else _kernels.find_plan(
+        _update_plans, (type(activation), activation), (x, conv_state, weight, bias, conv_state_indices, cache_seqlens))
     if plan:
         return _run_update_plan(plan, *call)
     W = _check_update_args(*call)

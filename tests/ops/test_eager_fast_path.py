@@ -34,6 +34,22 @@ def test_state_step_repeated_calls_match_reference(dtype):
             assert_close(state, expect_state, dtype)
 
 
+def test_state_step_plan_of_other_strides_is_its_own():
+    # a plan keeps each argument's kernel-side strides: x and B of the same shapes but other strides
+    state, x, dt, A, B, C, D, dt_bias = _step_args()
+    x_t = torch.randn(4, 3, 2).permute(2, 1, 0)  # (2, 3, 4), strides (1, 2, 6)
+    B_t = torch.randn(8, 1, 2).permute(2, 1, 0)
+    with torch.no_grad():
+        for xs, Bs in ((x, B), (x_t, B_t), (x_t.contiguous(), B_t.contiguous())):
+            s = state.clone()
+            y = ops.selective_state_update(s, xs, dt, A, Bs, C, D, dt_bias=dt_bias, dt_softplus=True)
+            s64 = state.double()
+            ref = state_step.selective_state_update_ref(s64, *to64(xs, dt, A, Bs, C, D), dt_bias=dt_bias.double(),
+                                                        dt_softplus=True)
+            assert_close(y, ref, torch.float32)
+            assert_close(s, s64, torch.float32)
+
+
 def test_state_step_checks_still_run_after_a_cached_plan():
     state, x, dt, A, B, C, D, dt_bias = _step_args()
     with torch.no_grad():
