@@ -305,6 +305,8 @@ def layer_norm_fn(x, weight, bias, residual=None, x1=None, weight1=None, bias1=N
     """``mamba_ssm.ops.triton.layer_norm.layer_norm_fn``: returns y | (y, residual) | (y, y1) |
     (y, y1, residual), followed by (dropout_mask, dropout_mask1) with ``return_dropout_mask``."""
     plain = x1 is None and weight1 is None and bias1 is None and rowscale is None and dropout_p == 0.0
+    if plain and not return_dropout_mask:  # (fused_layer_norm returns y or (y, residual) as this does)
+        return fused_layer_norm(x, weight, bias, residual, is_rms_norm, eps, prenorm, residual_in_fp32)
     if not plain:  # (fused_layer_norm checks the plain call's arguments)
         _check_norm_args(x, weight, bias, residual)
         _check_extras(x, x1, weight1, bias1, rowscale, dropout_p)

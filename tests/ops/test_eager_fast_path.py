@@ -91,6 +91,25 @@ def test_conv_update_repeated_calls_match_reference(weight_3d):
         ops.causal_conv1d_update(x_all[0], state[:, :, :2], weight, bias, "silu")
 
 
+@pytest.mark.parametrize("weight_3d", [False, True])
+def test_conv_forward_repeated_calls_match_reference(weight_3d):
+    # x (2, 6, 5); weight (6, 4) or (6, 1, 4); bias (6,); initial_states (2, 6, 3)
+    weight, bias = torch.randn(6, 1, 4) if weight_3d else torch.randn(6, 4), torch.randn(6)
+    init = torch.randn(2, 6, 3)
+    with torch.no_grad():
+        for _ in range(3):  # the first call makes the plan, the next ones run it
+            x = torch.randn(2, 6, 5)
+            y, final = ops.dw_causal_conv(x, weight, bias, "silu", initial_states=init, return_final_states=True)
+            ref = reference.dw_causal_conv(x.double(), weight.reshape(6, 4).double(), bias.double(), "silu",
+                                           initial_states=init.double(), return_final_states=True)
+            assert_close(y, ref[0], torch.float32)
+            assert_close(final, ref[1], torch.float32)
+            assert_close(ops.dw_causal_conv(x, weight, None, None), reference.dw_causal_conv(
+                x.double(), weight.reshape(6, 4).double(), None, None), torch.float32)
+        with pytest.raises(ValueError, match="initial_states"):
+            ops.dw_causal_conv(x, weight, bias, "silu", initial_states=init[:, :, :2], return_final_states=True)
+
+
 def test_norm_fast_path_matches_general_path_and_checks():
     x, res = torch.randn(1, 3, 16), torch.randn(1, 3, 16)
     weight, bias = torch.randn(16), torch.randn(16)
