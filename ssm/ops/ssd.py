@@ -70,11 +70,14 @@ def _fwd_workspace_floats(P, Np, L):
 
 
 def _bwd_workspace_floats(P, Np, L):
-    # ssd::Workspace::floats + BwdWorkspace::floats (ssm/ops/cpu/ssd_chunk_scan_bwd.cpp)
-    block, r16 = 16, lambda n: (n + 15) // 16 * 16
+    # ssd::Workspace::floats + BwdWorkspace::floats (ssm/ops/cpu/ssd_chunk_scan_bwd.cpp): two-level
+    # checkpoints, one state per segment of 32 blocks and one per block of the current segment
+    block, seg, r16 = 16, 32, lambda n: (n + 15) // 16 * 16
     nblocks = (L + block - 1) // block
-    return (_fwd_workspace_floats(P, Np, L) + r16(nblocks * P * Np) + r16((block + 1) * P * Np) + r16(P * Np)
-            + r16(block * P) + 2 * r16(block * Np) + r16(block * 8) + r16(2 * nblocks))
+    nsegs = (nblocks + seg - 1) // seg
+    return (_fwd_workspace_floats(P, Np, L) + r16(nsegs * P * Np) + r16(min(nblocks, seg) * P * Np)
+            + r16((block + 1) * P * Np) + r16(P * Np) + r16(block * P) + 2 * r16(block * Np) + r16(block * 8)
+            + r16(2 * nsegs) + r16(2 * seg))
 
 
 # The CUDA kernels' chunk: the caller's chunk_size rounded up to a multiple of 64, at most 256
