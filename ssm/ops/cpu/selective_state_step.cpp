@@ -153,14 +153,7 @@ vf update_rows(const StateStepParams& p, LaneScratch& s, int64_t b, int64_t row,
     }
     float* st = mut_ptr<float>(p.state) + row * p.state.stride[0] + h * p.state.stride[1];
     const float* A = ptr<float>(p.A) + h * p.A.stride[0];
-    const vf dtl = splat(dt[l] * kLog2e), dtxl = splat(dtx[l]);
-    vf acc = splat(0.f);
-    for (int64_t n = 0; n < N; n += kLanes) {
-      const vf hv = exp2v(dtl * vload(A + n)) * vload(st + n) + dtxl * vload(&s.B[n]);
-      vstore(st + n, hv);
-      acc += hv * vload(&s.C[n]);
-    }
-    y[l] = hsum(acc);
+    y[l] = update_lanes<false>(st, A, s.B.data(), s.C.data(), N, dt[l] * kLog2e, dtx[l]);
   }
   return y;
 }
