@@ -202,24 +202,27 @@ def floor_rows(kind: str, dname: str, model, rows: list[dict], workloads: list[s
         if w not in workloads:
             continue
         mine = [r for r in rows if r["model"] == kind and r["dtype"] == dname]
-        floor = model_floors.workload_floor(model, DTYPES[dname], w, limits)
-        v = model_floors.verdict(kind, w, floor, seconds_of(mine, w, "hf"), seconds_of(mine, w, "ssm"))
+        raw = model_floors.workload_floor(model, DTYPES[dname], w, limits)
+        v = model_floors.verdict(kind, w, raw, limits, seconds_of(mine, w, "hf"), seconds_of(mine, w, "ssm"))
         out.append({"model": kind, "dtype": dname, "workload": w, **v})
         print(format_floor(out[-1]), flush=True)
     return out
 
 
 def format_floor(f: dict) -> str:
-    head = (f"{f['model']:7s} {f['dtype']:9s} {f['workload']:15s} floor {f['floor_s']:8.3f} s (FLOPs "
-            f"{f['flop_floor_s']:.3f}, bytes {f['byte_floor_s']:.3f}), torch matmuls {f['torch_matmul_s']:8.3f} s")
-    if "max_x_hf_any" not in f:
+    head = (f"{f['model']:7s} {f['dtype']:9s} {f['workload']:15s} floor {f['floor_measured_s']:8.3f} s at measured "
+            f"rates ({f.get('floor_fma_peak_s', float('nan')):.3f} s at the FMA peak), torch matmuls "
+            f"{f['torch_matmul_s']:8.3f} s")
+    if "max_x_hf_measured_rates" not in f:
         return head
     x = f"{f['x_hf']:.2f}x" if f.get("x_hf") else "-"
     verdict = ""
     if f.get("target_x_hf") is not None:
-        verdict = (f"; target {f['target_x_hf']:.0f}x "
-                   f"{'reachable' if f['target_physically_possible'] else 'PHYSICALLY IMPOSSIBLE'}")
-    return (f"{head}; hf {f['hf_s']:.3f} s, ssm {x} hf; at most {f['max_x_hf_any']:.2f}x hf for any implementation, "
+        verdict = f"; target {f['target_x_hf']:.0f}x: " + (
+            "IMPOSSIBLE on this machine" if not f.get("target_reachable_at_fma_peak", True) else
+            "not reachable with torch's matmuls" if not f["target_reachable_with_torch_matmul"] else "reachable")
+    return (f"{head}; hf {f['hf_s']:.3f} s, ssm {x} hf; at most {f['max_x_hf_measured_rates']:.2f}x hf at measured "
+            f"rates, {f.get('max_x_hf_fma_peak', float('nan')):.2f}x at the FMA peak, "
             f"{f['max_x_hf_torch_matmul']:.2f}x with torch's matmuls{verdict}")
 
 
