@@ -59,8 +59,9 @@ def _inner(conv, scan, xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj
     w = conv1d_weight.reshape(conv1d_weight.shape[0], conv1d_weight.shape[-1])
     xc = conv(x, w, conv1d_bias, "silu")
     # x_dbl (B*L, rank + 2N)
-    x_dbl = F.linear(xc.transpose(1, 2).reshape(batch * L, -1), x_proj_weight)
-    dt = F.linear(x_dbl[:, :rank], delta_proj_weight)  # (B*L, D)
+    # contiguous inputs: a bf16 matmul of a transposed or column-sliced input takes torch's slow CPU path
+    x_dbl = F.linear(xc.transpose(1, 2).reshape(batch * L, -1).contiguous(), x_proj_weight)
+    dt = F.linear(x_dbl[:, :rank].contiguous(), delta_proj_weight)  # (B*L, D)
     B, C = _split_bc(x_dbl, rank, N, L, B, C, B_proj_bias, C_proj_bias)
     if rms is not None:
         b_w, c_w, dt_w, eps = rms
@@ -69,7 +70,7 @@ def _inner(conv, scan, xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj
         dt = _rms(dt, dt_w, eps)
     delta = dt.reshape(batch, L, -1).transpose(1, 2)
     y = scan(xc, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    return F.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)
+    return F.linear(y.transpose(1, 2).contiguous(), out_proj_weight, out_proj_bias)
 
 
 def _check_inner(xz, conv1d_weight, x_proj_weight, delta_proj_weight, out_proj_weight, A):
@@ -102,10 +103,12 @@ def _project(xc, x_proj_w, dt_proj_w, A, B, C, B_proj_bias, C_proj_bias):
     (B*L, D)); B, C (B, 1, N, L) views of x_dbl's columns (+ bias) unless given."""
     batch, dim, L = xc.shape
     rank, N = dt_proj_w.shape[1], A.shape[1]
-    # xt (B*L, D): the one copy of the conv output the projections need
-    xt = xc.transpose(1, 2).reshape(batch * L, dim)
+    # xt (B*L, D): the one copy of the conv output the projections need (a copy at batch 1 too, and
+    # x_dbl's dt columns copied: a bf16 matmul of a transposed or column-sliced input takes torch's
+    # slow CPU path, 10x slower at 256 x 1536 x 80)
+    xt = xc.transpose(1, 2).reshape(batch * L, dim).contiguous()
     x_dbl = F.linear(xt, x_proj_w)
-    delta = F.linear(x_dbl[:, :rank], dt_proj_w).view(batch, L, dim).transpose(1, 2)
+    delta = F.linear(x_dbl[:, :rank].contiguous(), dt_proj_w).view(batch, L, dim).transpose(1, 2)
 
     def cols(c0, bias):
         t = x_dbl[:, c0:c0 + N] if bias is None else x_dbl[:, c0:c0 + N] + bias.to(x_dbl.dtype)
@@ -130,7 +133,7 @@ def _fused_fwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, 
     xc = _conv_silu(x, conv_w, conv_b)
     _, _, delta, B, C = _project(xc, x_proj_w, dt_proj_w, A, B, C, B_proj_bias, C_proj_bias)
     y = _scan(xc, delta, A, B, C, D, z, delta_bias, softplus)
-    out = F.linear(y.transpose(1, 2), out_proj_w, out_proj_b)
+    out = F.linear(y.transpose(1, 2).contiguous(), out_proj_w, out_proj_b)  # (see _project)
     return out, (xc if keep else xz.new_empty(0)), (y if keep else xz.new_empty(0))
 
 
