@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import ssm.ops as ops
+import ssm.ops.ssd as ssd_op
 from ssm.ops.python import reference
 from tests.ops.harness import DTYPES, assert_close, backends, device_of, rand, to64, use_backend
 
@@ -193,9 +194,11 @@ def test_gradients_match_reference(backend, dtype, options):
 
 @pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("varlen", [False, True])
-def test_gradients_over_several_checkpoint_segments(backend, varlen):
-    # L 1100: the CPU backward's two-level checkpoints (segments of 512 tokens) see 3 segments, the
-    # last partial; sequences (seq_idx or cu_seqlens) and their states cross the segment edges
+def test_gradients_over_several_checkpoint_segments(backend, varlen, monkeypatch):
+    # L 1100 with two-level checkpoints forced on the CPU backward (its workspace then holds segments
+    # of 512 tokens): 3 segments, the last partial; sequences (seq_idx or cu_seqlens) and their states
+    # cross the segment edges
+    monkeypatch.setattr(ssd_op, "SINGLE_LEVEL_CHECKPOINT_BYTES", 0)
     dev = device_of(backend)
     if varlen:
         args, cu = packed_batch([300, 0, 530, 270], 2, 3, 1, 8, torch.float32, dev, init=True)

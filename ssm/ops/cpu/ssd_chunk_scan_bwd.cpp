@@ -1,12 +1,14 @@
 // Mamba-2 SSD scan, backward, on the CPU. One task per (batch, head):
-//  1. a forward pass keeps the state entering every segment of kSegBlocks blocks of kBlock tokens;
+//  1. a forward pass keeps the state entering every segment of `seg` blocks of kBlock tokens;
 //  2. segments are visited last to first: a forward pass over the segment keeps the state entering
-//     each of its blocks (two-level checkpoints: the workspace holds L / (kSegBlocks kBlock) + kSegBlocks
-//     states, not one per block, for one more forward pass over all but the last segment);
+//     each of its blocks;
 //  3. the segment's blocks are visited last to first: the block's states are recomputed from its
 //     checkpoint, then the state gradient S_t = a_{t+1} S_{t+1} + g_t ⊗ C_t (+ dfinal, dvarlen) runs
 //     back over the block, row by row in column groups held in registers, accumulating each token's
 //     dx, dΔ, dB, dC and dA (through Σ S_t ⊙ H_{t-1}) on the way.
+// When the workspace holds a state per block (Python gives it that up to a size), the whole sequence
+// is one segment and step 1 is empty; else segments of kSegBlocks (two-level checkpoints: L / 512 + 32
+// states instead of L / 16, for one more forward pass over all but the last segment).
 // g_t = dy_t silu(z_t) is the gradient of the ungated output. dA, dD are per head and dB, dC per
 // thread (accumulated over its heads); Python sums them.
 #include "cpu/ssd_common.h"
@@ -17,37 +19,44 @@ using namespace ssd;
 
 constexpr int64_t kSegBlocks = 32;  // blocks per segment of the two-level checkpoints (512 tokens)
 
-// Slices of the workspace beyond the forward's (Workspace::extra).
+// Slices of the workspace beyond the forward's (Workspace::extra), for segments of `seg` blocks.
 struct BwdWorkspace {
-  float* seg_ckpt;  // (nseg, P, Np): state entering each segment
-  float* ckpt;      // (min(nblocks, kSegBlocks), P, Np): state entering each block of the current segment
+  float* seg_ckpt;  // (nsegs, P, Np): state entering each segment
+  float* ckpt;      // (min(nblocks, seg), P, Np): state entering each block of the current segment
   float* states;    // (kBlock + 1, P, Np): state before the block, then after each token
   float* dstate;    // (P, Np): the running state gradient S
   float* g;         // (kBlock, P): gradient of the ungated output
   float* dB;        // (kBlock, Np): Σ_q S[q, :] u[q]
   float* dC;        // (kBlock, Np): Σ_q g[q] H[q, :]
   float* acc_da;    // (kBlock, kVec): Σ S_t ⊙ H_{t-1}
-  int32_t* seg_cursor;  // (nseg, 2): HeadCursor (prev_seq, next_end) at each segment start
-  int32_t* cursor;      // (kSegBlocks, 2): the same at each block start of the current segment
+  int32_t* seg_cursor;  // (nsegs, 2): HeadCursor (prev_seq, next_end) at each segment start
+  int32_t* cursor;      // (seg, 2): the same at each block start of the current segment
+  int64_t seg;
 
   static int64_t nblocks(int64_t L) { return (L + kBlock - 1) / kBlock; }
-  static int64_t nsegs(int64_t L) { return (nblocks(L) + kSegBlocks - 1) / kSegBlocks; }
+  static int64_t nsegs(int64_t L, int64_t seg) { return (nblocks(L) + seg - 1) / seg; }
 
-  static int64_t floats(int64_t P, int64_t Np, int64_t L) {
-    const int64_t fine = std::min(nblocks(L), kSegBlocks);
-    return round_up(nsegs(L) * P * Np, 16) + round_up(fine * P * Np, 16) + round_up((kBlock + 1) * P * Np, 16) +
+  static int64_t floats(int64_t P, int64_t Np, int64_t L, int64_t seg) {
+    const int64_t fine = std::min(nblocks(L), seg);
+    return round_up(nsegs(L, seg) * P * Np, 16) + round_up(fine * P * Np, 16) + round_up((kBlock + 1) * P * Np, 16) +
            round_up(P * Np, 16) + round_up(kBlock * P, 16) + 2 * round_up(kBlock * Np, 16) +
-           round_up(kBlock * kVec, 16) + round_up(2 * nsegs(L), 16) + round_up(2 * kSegBlocks, 16);
+           round_up(kBlock * kVec, 16) + round_up(2 * nsegs(L, seg), 16) + round_up(2 * seg, 16);
   }
 
-  BwdWorkspace(float* base, int64_t P, int64_t Np, int64_t L) {
+  // One segment (a checkpoint per block) when the workspace after the forward's has room for it.
+  static int64_t segment_blocks(int64_t P, int64_t Np, int64_t L, int64_t floats_given) {
+    const int64_t one = std::max<int64_t>(1, nblocks(L));
+    return floats_given >= floats(P, Np, L, one) ? one : kSegBlocks;
+  }
+
+  BwdWorkspace(float* base, int64_t P, int64_t Np, int64_t L, int64_t seg_blocks) : seg(seg_blocks) {
     float* p = base;
     auto take = [&](int64_t n) { float* r = p; p += round_up(n, 16); return r; };
-    seg_ckpt = take(nsegs(L) * P * Np), ckpt = take(std::min(nblocks(L), kSegBlocks) * P * Np);
+    seg_ckpt = take(nsegs(L, seg) * P * Np), ckpt = take(std::min(nblocks(L), seg) * P * Np);
     states = take((kBlock + 1) * P * Np), dstate = take(P * Np);
     g = take(kBlock * P), dB = take(kBlock * Np), dC = take(kBlock * Np), acc_da = take(kBlock * kVec);
-    seg_cursor = reinterpret_cast<int32_t*>(take(2 * nsegs(L)));
-    cursor = reinterpret_cast<int32_t*>(take(2 * kSegBlocks));
+    seg_cursor = reinterpret_cast<int32_t*>(take(2 * nsegs(L, seg)));
+    cursor = reinterpret_cast<int32_t*>(take(2 * seg));
   }
 };
 
@@ -234,17 +243,17 @@ template <typename T>
 void backward_head(const SsdParams& p, int64_t task, float* ws, int64_t part) {
   const int64_t P = p.headdim, N = p.dstate, Np = round_up(N, kVec), PN = P * Np;
   Workspace w(ws, P, Np);
-  BwdWorkspace bw(w.extra, P, Np, p.seqlen);
+  BwdWorkspace bw(w.extra, P, Np, p.seqlen,
+                  BwdWorkspace::segment_blocks(P, Np, p.seqlen, p.workspace_floats - Workspace::floats(P, Np)));
   const HeadCursor start(p, task);
   const TensorArg& is = p.initial_states;
   if (is.present() && !p.cu_seqlens.present())
     load_state(w.state, ptr<float>(is) + start.b * is.stride[0] + start.h * is.stride[1], is.stride[2], is.stride[3], P, N, Np);
   else
     std::fill(w.state, w.state + PN, 0.f);
-  const int64_t nblocks = BwdWorkspace::nblocks(p.seqlen), nsegs = BwdWorkspace::nsegs(p.seqlen);
+  const int64_t seg = bw.seg, nblocks = BwdWorkspace::nblocks(p.seqlen), nsegs = BwdWorkspace::nsegs(p.seqlen, seg);
   // (up to the last segment's first block: its blocks are advanced over by the segment's own pass)
-  checkpoint_pass<T>(p, start, w, bw.seg_ckpt, bw.seg_cursor, 0, std::min(nblocks, (nsegs - 1) * kSegBlocks + 1),
-                     kSegBlocks, Np);
+  checkpoint_pass<T>(p, start, w, bw.seg_ckpt, bw.seg_cursor, 0, std::min(nblocks, (nsegs - 1) * seg + 1), seg, Np);
 
   const TensorArg& df = p.dfinal;
   if (df.present())
@@ -256,7 +265,7 @@ void backward_head(const SsdParams& p, int64_t task, float* ws, int64_t part) {
   if (p.dinitial.present() && p.cu_seqlens.present()) empty_sequence_grads(p, start.h);
   float dA = 0.f, next_carry = 1.f;
   for (int64_t s = nsegs - 1; s >= 0; --s) {
-    const int64_t j0 = s * kSegBlocks, j1 = std::min(nblocks, j0 + kSegBlocks);
+    const int64_t j0 = s * seg, j1 = std::min(nblocks, j0 + seg);
     HeadCursor seg = start;
     seg.prev_seq = bw.seg_cursor[2 * s], seg.next_end = bw.seg_cursor[2 * s + 1];
     std::copy(bw.seg_ckpt + s * PN, bw.seg_ckpt + (s + 1) * PN, w.state);
@@ -288,7 +297,10 @@ void backward_head(const SsdParams& p, int64_t task, float* ws, int64_t part) {
 
 void ssd_chunk_scan_bwd(const SsdParams& p, int nthreads) {
   const int64_t Np = ssd::round_up(p.dstate, ssd::kVec);
-  SSM_CHECK(p.workspace_floats >= ssd::Workspace::floats(p.headdim, Np) + BwdWorkspace::floats(p.headdim, Np, p.seqlen),
+  const int64_t one = std::max<int64_t>(1, BwdWorkspace::nblocks(p.seqlen));  // (see segment_blocks)
+  SSM_CHECK(p.workspace_floats >= ssd::Workspace::floats(p.headdim, Np) +
+                std::min(BwdWorkspace::floats(p.headdim, Np, p.seqlen, one),
+                         BwdWorkspace::floats(p.headdim, Np, p.seqlen, kSegBlocks)),
             "ssd_chunk_scan_bwd", "workspace too small");
   SSM_DTYPE_SWITCH(p.dtype, T, "ssd_chunk_scan_bwd", [&] {
     ssd::for_each_task(p, p.batch * p.nheads, nthreads, [&](int64_t task, float* ws, int64_t part) { backward_head<T>(p, task, ws, part); });
