@@ -216,11 +216,7 @@ def format_floor(f: dict) -> str:
     if "max_x_hf_measured_rates" not in f:
         return head
     x = f"{f['x_hf']:.2f}x" if f.get("x_hf") else "-"
-    verdict = ""
-    if f.get("target_x_hf") is not None:
-        verdict = f"; target {f['target_x_hf']:.0f}x: " + (
-            "IMPOSSIBLE on this machine" if not f.get("target_reachable_at_fma_peak", True) else
-            "not reachable with torch's matmuls" if not f["target_reachable_with_torch_matmul"] else "reachable")
+    verdict = f"; target {model_floors.label(f)}" if f.get("target_x_hf") is not None else ""
     return (f"{head}; hf {f['hf_s']:.3f} s, ssm {x} hf; at most {f['max_x_hf_measured_rates']:.2f}x hf at measured "
             f"rates, {f.get('max_x_hf_fma_peak', float('nan')):.2f}x at the FMA peak, "
             f"{f['max_x_hf_torch_matmul']:.2f}x with torch's matmuls{verdict}")

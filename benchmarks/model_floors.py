@@ -124,13 +124,17 @@ def workload_floor(model, dtype, workload: str, limits: dict, reps: int = 3) -> 
             else "replayed per step, x steps"}
 
 
-def floors(raw: dict, limits: dict) -> dict:
-    """Lower bounds on the workload's time: at the highest rates measured in this run (torch's best
-    matmul, or the replay's own; the best copy or read bandwidth) and with the FLOPs at the ISA's
-    theoretical FMA peak instead (a rate no load can raise; no theoretical bandwidth is known)."""
+def floors(raw: dict, limits: dict, observed_s: tuple = ()) -> dict:
+    """Lower bounds on the workload's time: at the highest rates seen in this run (torch's best
+    matmul, the replay's own, the best copy or read bandwidth, and the FLOP and byte rates the
+    measured implementations themselves reached: ``observed_s``, so that a floor never exceeds a
+    time measured on the same machine when the load changed between measurements) and with the
+    FLOPs at the ISA's theoretical FMA peak instead (a rate no load can raise; no theoretical
+    bandwidth is known)."""
     flops, nbytes = raw["linear_GFLOP"] * 1e9, raw["weight_GB_read"] * 1e9
-    measured = max(max(limits["matmul_GFLOPs"].values()) * 1e9, flops / raw["torch_matmul_s"])
-    bandwidth = max(limits["copy_GBps"], limits["read_GBps"]) * 1e9
+    times = [raw["torch_matmul_s"], *(t for t in observed_s if t)]
+    measured = max(max(limits["matmul_GFLOPs"].values()) * 1e9, *(flops / t for t in times))
+    bandwidth = max(limits["copy_GBps"] * 1e9, limits["read_GBps"] * 1e9, *(nbytes / t for t in times))
     byte_s = nbytes / bandwidth
     out = {"byte_floor_s": byte_s, "flop_floor_measured_s": flops / measured,
            "floor_measured_s": max(flops / measured, byte_s)}
@@ -151,7 +155,7 @@ def target_of(model: str, workload: str) -> float | None:
 def verdict(model: str, workload: str, raw: dict, limits: dict, hf_s: float | None, ssm_s: float | None) -> dict:
     """transformers' time over the floors: the largest speed-up over it that any implementation can
     reach (at this run's measured rates; at the FMA peak) and any that runs torch's matmuls."""
-    out = {**raw, **floors(raw, limits), "target_x_hf": target_of(model, workload)}
+    out = {**raw, **floors(raw, limits, (hf_s, ssm_s)), "target_x_hf": target_of(model, workload)}
     if hf_s is None:
         return out
     out.update(hf_s=hf_s, ssm_s=ssm_s, x_hf=hf_s / ssm_s if ssm_s else None,
@@ -161,8 +165,27 @@ def verdict(model: str, workload: str, raw: dict, limits: dict, hf_s: float | No
         out["max_x_hf_fma_peak"] = hf_s / out["floor_fma_peak_s"]
     target = out["target_x_hf"]
     if target is not None:
+        out["target_met"] = out["x_hf"] is not None and out["x_hf"] >= target
+        # the GFLOP/s the linear layers alone would need for the target (FLOPs over hf_s / target)
+        out["GFLOPs_needed_for_target"] = raw["linear_GFLOP"] * target / hf_s
         out["target_reachable_at_measured_rates"] = out["max_x_hf_measured_rates"] >= target
         out["target_reachable_with_torch_matmul"] = out["max_x_hf_torch_matmul"] >= target
         if "max_x_hf_fma_peak" in out:  # False: impossible for any implementation on this machine
             out["target_reachable_at_fma_peak"] = out["max_x_hf_fma_peak"] >= target
     return out
+
+
+def label(f: dict) -> str:
+    """One phrase for a verdict: met, or the tightest bound that rules the target out."""
+    if f.get("target_x_hf") is None or "hf_s" not in f:
+        return ""
+    head = f"{f['target_x_hf']:.0f}x: "
+    if f["target_met"]:
+        return head + "met"
+    if not f.get("target_reachable_at_fma_peak", True):
+        return head + "impossible on this machine (even at the FMA peak)"
+    if not f["target_reachable_at_measured_rates"]:
+        return head + "not reachable at this run's measured rates"
+    if not f["target_reachable_with_torch_matmul"]:
+        return head + "not reachable with torch's matmuls"
+    return head + "reachable, not reached"
