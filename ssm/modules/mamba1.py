@@ -121,9 +121,10 @@ class Mamba1(nn.Module):
         if conv_state is not None:
             self._save_conv_state(x, conv_state, cu_seqlens, initial_conv_state)
         # x_dbl (B, L, dt_rank + 2N); dt (B, d_inner, L); B, C (B, N, L)
-        x_dbl = F.linear(x_conv.transpose(1, 2), self.x_proj.weight)
+        # contiguous matmul inputs: a bf16 matmul of a transposed or column-sliced input is ~10x slower
+        x_dbl = F.linear(x_conv.transpose(1, 2).contiguous(), self.x_proj.weight)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)
+        dt = F.linear(dt.contiguous(), self.dt_proj.weight).transpose(1, 2)
         y = ops.selective_scan(x_conv, dt, A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z=z,
                                dt_bias=self.dt_proj.bias.float(), softplus=True,
                                return_last_state=ssm_state is not None, initial_state=initial_state,
@@ -131,7 +132,7 @@ class Mamba1(nn.Module):
         if ssm_state is not None:
             y, last_state = y
             ssm_state.copy_(last_state)
-        return self.out_proj(y.transpose(1, 2))
+        return self.out_proj(y.transpose(1, 2).contiguous())
 
     def _forward_cp(self, u, cp):
         """This rank's slice u (B, Ls, d_model) of a sequence split across ranks: the conv and SSM

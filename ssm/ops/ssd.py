@@ -69,12 +69,22 @@ def _fwd_workspace_floats(P, Np, L):
     return r16(P * Np) + 2 * r16(block * Np) + 3 * r16(block * P) + 4 * 16 + r16(8 * block * 8)
 
 
+# The CPU backward keeps the state entering every 16-token block while those states take at most
+# this many bytes a thread (then one forward pass suffices); beyond, two-level checkpoints (a state
+# per 512-token segment and per block of one segment) bound them, for one more forward pass.
+SINGLE_LEVEL_CHECKPOINT_BYTES = 8 << 20
+
+
 def _bwd_workspace_floats(P, Np, L):
-    # ssd::Workspace::floats + BwdWorkspace::floats (ssm/ops/cpu/ssd_chunk_scan_bwd.cpp)
+    # ssd::Workspace::floats + BwdWorkspace::floats (ssm/ops/cpu/ssd_chunk_scan_bwd.cpp), whose
+    # kernel takes one segment when this workspace has room for it
     block, r16 = 16, lambda n: (n + 15) // 16 * 16
     nblocks = (L + block - 1) // block
-    return (_fwd_workspace_floats(P, Np, L) + r16(nblocks * P * Np) + r16((block + 1) * P * Np) + r16(P * Np)
-            + r16(block * P) + 2 * r16(block * Np) + r16(block * 8) + r16(2 * nblocks))
+    seg = max(1, nblocks) if nblocks * P * Np * 4 <= SINGLE_LEVEL_CHECKPOINT_BYTES else 32
+    nsegs = (nblocks + seg - 1) // seg
+    return (_fwd_workspace_floats(P, Np, L) + r16(nsegs * P * Np) + r16(min(nblocks, seg) * P * Np)
+            + r16((block + 1) * P * Np) + r16(P * Np) + r16(block * P) + 2 * r16(block * Np) + r16(block * 8)
+            + r16(2 * nsegs) + r16(2 * seg))
 
 
 # The CUDA kernels' chunk: the caller's chunk_size rounded up to a multiple of 64, at most 256

@@ -14,6 +14,7 @@ LAYOUTS = [  # (layout, batch, heads or channels, head dim, N, G)
     ("mamba1", 2, 12, 1, 5, 3),
     ("mamba2", 2, 4, 8, 16, 2),
     ("mamba2", 3, 3, 5, 7, 1),
+    ("mamba2", 1, 2, 3, 40, 1),  # N of 5 vectors: the two-sum loop and its odd vector
 ]
 OPTIONS = ["plain", "softplus+bias", "z+D", "indices", "tied", "fp32_state", "fp32_dt", "noncontig", "all"]
 
