@@ -18,6 +18,9 @@ tokens/s is reported instead, marked with * (the slow paths' per-token cost bare
 length). The slow paths get one repeat.
 Prints a table and writes JSON to benchmarks/results/cpu/models.json.
 
+With model_floors (unless --no-floors): the machine's limits measured first, then per (model, dtype)
+the floor of prefill and decode and transformers' time over it (the largest reachable speed-up).
+
 Usage: python benchmarks/bench_models_cpu.py [--models mamba1,mamba2] [--dtypes float32,bfloat16]
        [--impls ssm,reference,hf] [--workloads NAMES] [--budget 60] [--threads N] [--out PATH]
 """
@@ -38,6 +41,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+import model_floors  # noqa: E402
 from bench_norm_conv import machine_info  # noqa: E402
 from ssm.models.config import MambaConfig  # noqa: E402
 from ssm.models.lm import MambaLMHeadModel  # noqa: E402
@@ -178,15 +182,56 @@ WORKLOADS = [("prefill 1x2048", prefill_fn, 1, 2048), ("prefill 8x512", prefill_
              ("decode b1", decode_fn, 1, 32), ("decode b16", decode_fn, 16, 32), ("train 4x512", train_fn, 4, 512)]
 
 
+FLOOR_WORKLOADS = ("prefill 1x2048", "prefill 8x512", "decode b1", "decode b16")
+
+
+def seconds_of(rows: list[dict], workload: str, impl: str) -> float | None:
+    """The time of a workload's whole work from its row's tokens/s (a probe's when time-boxed)."""
+    tokens = next(batch * size for name, _, batch, size in WORKLOADS if name == workload)
+    for r in rows:
+        if r.get("workload") == workload and r.get("impl") == impl:
+            tok_s = r.get("tokens_per_s", r.get("probe_tokens_per_s"))
+            return tokens / tok_s if tok_s else None
+    return None
+
+
+def floor_rows(kind: str, dname: str, model, rows: list[dict], workloads: list[str], limits: dict) -> list[dict]:
+    """model_floors' verdicts for this (model, dtype), against the times of the rows just measured."""
+    out = []
+    for w in FLOOR_WORKLOADS:
+        if w not in workloads:
+            continue
+        mine = [r for r in rows if r["model"] == kind and r["dtype"] == dname]
+        raw = model_floors.workload_floor(model, DTYPES[dname], w, limits)
+        v = model_floors.verdict(kind, w, raw, limits, seconds_of(mine, w, "hf"), seconds_of(mine, w, "ssm"))
+        out.append({"model": kind, "dtype": dname, "workload": w, **v})
+        print(format_floor(out[-1]), flush=True)
+    return out
+
+
+def format_floor(f: dict) -> str:
+    head = (f"{f['model']:7s} {f['dtype']:9s} {f['workload']:15s} floor {f['floor_measured_s']:8.3f} s at measured "
+            f"rates ({f.get('floor_fma_peak_s', float('nan')):.3f} s at the FMA peak), torch matmuls "
+            f"{f['torch_matmul_s']:8.3f} s")
+    if "max_x_hf_measured_rates" not in f:
+        return head
+    x = f"{f['x_hf']:.2f}x" if f.get("x_hf") else "-"
+    verdict = f"; target {model_floors.label(f)}" if f.get("target_x_hf") is not None else ""
+    return (f"{head}; hf {f['hf_s']:.3f} s, ssm {x} hf; at most {f['max_x_hf_measured_rates']:.2f}x hf at measured "
+            f"rates, {f.get('max_x_hf_fma_peak', float('nan')):.2f}x at the FMA peak, "
+            f"{f['max_x_hf_torch_matmul']:.2f}x with torch's matmuls{verdict}")
+
+
 def run_model(kind: str, dtypes: list[str], impls: list[str], budget: float, reps: int, workloads: list[str],
-              save) -> list[dict]:
+              save, limits: dict | None) -> list[dict]:
     model = make_ssm(kind)
     hf, hf_note = make_hf(model) if "hf" in impls else (None, "not requested")
     check = logits_agree(model, hf) if hf is not None else None
     if check is not None:
         print(f"{kind}: ssm vs {hf_note} logits (float32, 2x24): max |diff| {check['max_abs_diff']:.2e} "
               f"(max |logit| {check['max_abs_logit']:.2f}) -> {'agree' if check['agree'] else 'DISAGREE'}", flush=True)
-    rows = []
+    rows, floors = [], []
+    header = {"hf_check": check, "hf": hf_note, "floors": floors}
     for dname in dtypes:
         dtype = DTYPES[dname]
         models = {"ssm": model.to(dtype), "reference": model.to(dtype)}
@@ -206,8 +251,11 @@ def run_model(kind: str, dtypes: list[str], impls: list[str], budget: float, rep
                 row = {"model": kind, "dtype": dname, "workload": name, "impl": impl, **res}
                 rows.append(row)
                 print(format_row(row), flush=True)
-                save([{"hf_check": check, "hf": hf_note}] + rows)
-    return [{"hf_check": check, "hf": hf_note}] + rows
+                save([header] + rows)
+        if limits is not None:
+            floors += floor_rows(kind, dname, models["ssm"], rows, workloads, limits)
+            save([header] + rows)
+    return [header] + rows
 
 
 def format_row(r: dict) -> str:
@@ -234,13 +282,15 @@ def ratio_table(rows: list[dict]) -> list[dict]:
     return out
 
 
-def write(out: Path, machine: dict, started: float, results: dict) -> list[dict]:
+def write(out: Path, machine: dict, started: float, results: dict, limits: dict | None) -> list[dict]:
     rows = [r for kind in results for r in results[kind][1:]]
     ratios = ratio_table(rows)
     machine = {**machine, "load_avg_now": os.getloadavg()}
-    out.write_text(json.dumps({"machine": machine, "wall_s": time.time() - started,
-                               "hf_checks": {k: v[0] for k, v in results.items()}, "rows": rows,
-                               "ratios": ratios}, indent=1))
+    checks = {k: {n: v for n, v in results[k][0].items() if n != "floors"} for k in results}
+    floors = [f for kind in results for f in results[kind][0]["floors"]]
+    out.write_text(json.dumps({"machine": machine, "wall_s": time.time() - started, "hf_checks": checks,
+                               "rows": rows, "ratios": ratios, "machine_limits": limits, "floors": floors},
+                              indent=1))
     return ratios
 
 
@@ -255,6 +305,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads for every path (default: torch's). On a busy shared machine 1 is "
                              "the fair choice: a 2-thread matmul waits for a second core that is rarely free")
+    parser.add_argument("--no-floors", action="store_true", help="skip the machine limits and floors (model_floors)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/cpu/models.json"))
     args = parser.parse_args()
     if args.threads:
@@ -262,24 +313,33 @@ def main() -> None:
     machine = machine_info()
     print(f"{machine['cpu']}, {machine['logical_cpus']} cpus, torch {machine['torch']} "
           f"({machine['torch_threads']} threads), load avg {machine['load_avg']}", flush=True)
+    limits = None if args.no_floors else model_floors.machine_limits(machine["ssm_isa"])
+    if limits is not None:
+        print(f"limits: matmul GFLOP/s {limits['matmul_GFLOPs']}, FMA peak {limits['fma_peak_GFLOPs']} "
+              f"({limits['fma_peak_basis']}), copy {limits['copy_GBps']:.1f} GB/s, read {limits['read_GBps']:.1f} GB/s",
+              flush=True)
     results, started = {}, time.time()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def save(kind, partial):  # after every row, so an interrupted run keeps what it measured
         results[kind] = partial
-        write(out, machine, started, results)
+        write(out, machine, started, results, limits)
     workloads = args.workloads.split(",") if args.workloads else [w[0] for w in WORKLOADS]
     for kind in args.models.split(","):
         run_model(kind, args.dtypes.split(","), args.impls.split(","), args.budget, args.reps, workloads,
-                  lambda partial, kind=kind: save(kind, partial))
-    ratios = write(out, machine, started, results)
+                  lambda partial, kind=kind: save(kind, partial), limits)
+    ratios = write(out, machine, started, results, limits)
     print("\n* = over the time box: tokens/s of a probe at 1/8 (ssm) or 1/32 (reference, hf) of the work")
     print(f"\n{'model':7s} {'dtype':9s} {'workload':15s} {'ssm tok/s':>10s} {'x ref':>7s} {'x hf':>7s}")
     for r in ratios:
         fmt = lambda x: f"{x:7.1f}" if x is not None else "      -"  # noqa: E731
         print(f"{r['model']:7s} {r['dtype']:9s} {r['workload']:15s} {r['ssm_tok_s']:10.1f} "
               f"{fmt(r['x_reference'])} {fmt(r['x_hf'])}")
+    if limits is not None:
+        print("\nfloors (model_floors): the least time of any implementation, and of torch's matmuls alone")
+        for f in (f for kind in results for f in results[kind][0]["floors"]):
+            print(format_floor(f))
     print(f"wrote {out}")
 
 

@@ -36,8 +36,8 @@ from ssm.ops import _kernels  # noqa: E402
 from bench_norm_conv import machine_info  # noqa: E402
 
 
-def median_us(fn, calls: int, batches: int = 15, clock=time.perf_counter) -> float:
-    """Median over batches of the mean time of one call (in microseconds) on ``clock``."""
+def batch_us(fn, calls: int, batches: int = 15, clock=time.perf_counter) -> list[float]:
+    """The mean time of one call (in microseconds) on ``clock`` in each of ``batches`` batches."""
     for _ in range(200):
         fn()
     per_call = []
@@ -45,8 +45,13 @@ def median_us(fn, calls: int, batches: int = 15, clock=time.perf_counter) -> flo
         t0 = clock()
         for _ in range(calls):
             fn()
-        per_call.append((clock() - t0) / calls)
-    return statistics.median(per_call) * 1e6
+        per_call.append((clock() - t0) / calls * 1e6)
+    return per_call
+
+
+def median_us(fn, calls: int, batches: int = 15, clock=time.perf_counter) -> float:
+    """Median over batches of the mean time of one call (in microseconds) on ``clock``."""
+    return statistics.median(batch_us(fn, calls, batches, clock))
 
 
 # ---- small op calls --------------------------------------------------------------------------------
@@ -137,11 +142,14 @@ def small_op_rows(calls: int) -> list[dict]:
         row = {"op": name}
         for clock_name, clock in (("", time.perf_counter), ("cpu_", time.thread_time)):
             with torch.no_grad():
-                pub = median_us(public, calls, clock=clock)
-            bind = median_us(binding_fn, calls, clock=clock)
+                pubs = batch_us(public, calls, clock=clock)
+            binds = batch_us(binding_fn, calls, clock=clock)
+            pub, bind = statistics.median(pubs), statistics.median(binds)
             key = clock_name.rstrip("_") or "wall"
+            # the least batch: what a call costs when no other process got in the way
             row.update({f"{clock_name}public_us": pub, f"{clock_name}binding_us": bind,
                         f"{clock_name}op_layer_overhead_us": pub - bind,
+                        f"{clock_name}least_batch_op_layer_overhead_us": min(pubs) - min(binds),
                         f"{clock_name}empty_torch_op_us": base["view"][key], f"{clock_name}tiny_torch_add_us": base["add"][key]})
         rows.append(row)
     return rows
@@ -201,21 +209,24 @@ def decode_profile(layer: str, steps: int) -> dict:
         for _ in range(5):
             step()
             replay()
-        step_s, mm_s = [], []
+        step_s, mm_s, step_cpu, mm_cpu = [], [], [], []
         for _ in range(steps):  # alternating, so that both see the same machine load
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             step()
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.thread_time()
             replay()
             step_s.append(t1 - t0)
             mm_s.append(time.perf_counter() - t1)
+            step_cpu.append(c1 - c0)
+            mm_cpu.append(time.thread_time() - c1)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             for _ in range(5):
                 step()
     step_ms, mm_ms = statistics.median(step_s) * 1e3, statistics.median(mm_s) * 1e3
     top = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:12]
+    cpu_share = 1 - statistics.median(mm_cpu) / statistics.median(step_cpu)
     return {"layer": layer, "steps": steps, "step_ms": step_ms, "matmul_ms": mm_ms, "linear_calls": n_linear,
-            "outside_matmul_share": 1 - mm_ms / step_ms,
+            "outside_matmul_share": 1 - mm_ms / step_ms, "outside_matmul_share_thread_cpu": cpu_share,
             "profiled_top_self_cpu": [{"op": e.key, "ms_per_step": e.self_cpu_time_total / 5 / 1e3,
                                        "calls_per_step": e.count // 5} for e in top]}
 
@@ -230,10 +241,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = small_op_rows(args.calls)
-    print(f"{'op':42s} {'public us':>10s} {'binding us':>11s} {'op layer us':>12s} {'(thread CPU time)':>18s}")
+    print(f"{'op':42s} {'public us':>10s} {'binding us':>11s} {'op layer us':>12s} {'(thread CPU time)':>18s} "
+          f"{'(least batch, CPU)':>19s}")
     for r in rows:
         print(f"{r['op']:42s} {r['public_us']:10.2f} {r['binding_us']:11.2f} {r['op_layer_overhead_us']:12.2f} "
-              f"{r['cpu_op_layer_overhead_us']:18.2f}")
+              f"{r['cpu_op_layer_overhead_us']:18.2f} {r['cpu_least_batch_op_layer_overhead_us']:19.2f}")
     print(f"baselines: empty torch op (view) {rows[0]['empty_torch_op_us']:.2f} us "
           f"({rows[0]['cpu_empty_torch_op_us']:.2f} thread CPU), torch.add on 8 floats "
           f"{rows[0]['tiny_torch_add_us']:.2f} us ({rows[0]['cpu_tiny_torch_add_us']:.2f})")
@@ -243,7 +255,8 @@ def main() -> None:
         decode.append(dec)
         print(f"decode step {layer} mamba-130m shape, batch 1, fp32: {dec['step_ms']:.2f} ms/step, its "
               f"{dec['linear_calls']} matmuls alone {dec['matmul_ms']:.2f} ms: outside matmuls "
-              f"{100 * dec['outside_matmul_share']:.1f}%")
+              f"{100 * dec['outside_matmul_share']:.1f}% ({100 * dec['outside_matmul_share_thread_cpu']:.1f}% "
+              f"in thread CPU time)")
         for e in dec["profiled_top_self_cpu"][:8]:
             print(f"  {e['op']:36s} {e['ms_per_step']:8.3f} ms/step  {e['calls_per_step']:5d} calls/step (profiled)")
     out = Path(args.out)

@@ -4,11 +4,17 @@ The residual stream travels beside the hidden states; with ``fused_add_norm`` th
 norm are one ``ssm.ops.layer_norm_fn`` call (LayerNorm or RMSNorm)."""
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn as nn
 from torch import Tensor
 
 from ssm import ops
+
+
+# Decode steps fold the block's add + norm into the mixer's in_proj (SSM_DECODE_PRENORM=0: off).
+PRENORM_DECODE = os.environ.get("SSM_DECODE_PRENORM", "1") != "0"
 
 
 def is_rms_norm(norm: nn.Module) -> bool:
@@ -47,14 +53,26 @@ class Block(nn.Module):
 
     def forward(self, hidden_states: Tensor, residual: Tensor | None = None, inference_params=None, **mixer_kwargs):
         """hidden_states (B, L, D), residual (B, L, D) or None -> (hidden_states, residual)."""
-        hidden_states, residual = add_norm(self.norm, hidden_states, residual, self.fused_add_norm,
-                                           self.residual_in_fp32)
-        hidden_states = self.mixer(hidden_states, inference_params=inference_params, **mixer_kwargs)
+        if self._decodes_prenorm(hidden_states, residual, inference_params, mixer_kwargs):
+            # one decoded token: the add + norm folded into the mixer's in_proj (one kernel on CUDA)
+            hidden_states, residual = self.mixer.step_prenorm(hidden_states, residual, self.norm, inference_params)
+        else:
+            hidden_states, residual = add_norm(self.norm, hidden_states, residual, self.fused_add_norm,
+                                               self.residual_in_fp32)
+            hidden_states = self.mixer(hidden_states, inference_params=inference_params, **mixer_kwargs)
         if self.mlp is not None:
             hidden_states, residual = add_norm(self.norm2, hidden_states, residual, self.fused_add_norm,
                                                self.residual_in_fp32)
             hidden_states = self.mlp(hidden_states)
         return hidden_states, residual
+
+    def _decodes_prenorm(self, hidden_states, residual, inference_params, mixer_kwargs) -> bool:
+        """A plain decode step (one token past a cached prefix, float32 residual stream) of a mixer
+        with ``step_prenorm`` (Mamba1, Mamba2); PRENORM_DECODE = False turns it off."""
+        return (PRENORM_DECODE and self.fused_add_norm and self.residual_in_fp32 and not mixer_kwargs
+                and inference_params is not None and inference_params.seqlen_offset > 0
+                and hidden_states.dim() == 3 and hidden_states.shape[1] == 1
+                and (residual is None or residual.dtype == torch.float32) and hasattr(self.mixer, "step_prenorm"))
 
     def allocate_inference_cache(self, batch_size, max_seqlen, dtype=None, **kwargs):
         return self.mixer.allocate_inference_cache(batch_size, max_seqlen, dtype=dtype, **kwargs)

@@ -15,6 +15,8 @@ from torch import Tensor
 
 from ssm import ops
 from ssm.modules import _states
+from ssm.ops.norm_gemv import conv_linear, norm_linear, small_linear
+from ssm.ops.proj_state_step import proj_state_step
 
 
 class Mamba1(nn.Module):
@@ -119,9 +121,10 @@ class Mamba1(nn.Module):
         if conv_state is not None:
             self._save_conv_state(x, conv_state, cu_seqlens, initial_conv_state)
         # x_dbl (B, L, dt_rank + 2N); dt (B, d_inner, L); B, C (B, N, L)
-        x_dbl = F.linear(x_conv.transpose(1, 2), self.x_proj.weight)
+        # contiguous matmul inputs: a bf16 matmul of a transposed or column-sliced input is ~10x slower
+        x_dbl = F.linear(x_conv.transpose(1, 2).contiguous(), self.x_proj.weight)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)
+        dt = F.linear(dt.contiguous(), self.dt_proj.weight).transpose(1, 2)
         y = ops.selective_scan(x_conv, dt, A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z=z,
                                dt_bias=self.dt_proj.bias.float(), softplus=True,
                                return_last_state=ssm_state is not None, initial_state=initial_state,
@@ -129,7 +132,7 @@ class Mamba1(nn.Module):
         if ssm_state is not None:
             y, last_state = y
             ssm_state.copy_(last_state)
-        return self.out_proj(y.transpose(1, 2))
+        return self.out_proj(y.transpose(1, 2).contiguous())
 
     def _forward_cp(self, u, cp):
         """This rank's slice u (B, Ls, d_model) of a sequence split across ranks: the conv and SSM
@@ -179,14 +182,29 @@ class Mamba1(nn.Module):
         both states are updated in place."""
         if hidden_states.shape[1] != 1:
             raise ValueError(f"hidden_states: step decodes one token at a time, got shape {tuple(hidden_states.shape)}")
-        xz = self.in_proj(hidden_states.squeeze(1))
+        out = self._step_projected(small_linear(self.in_proj, hidden_states.squeeze(1)), conv_state, ssm_state)
+        return out.unsqueeze(1), conv_state, ssm_state
+
+    def step_prenorm(self, hidden_states: Tensor, residual: Tensor | None, norm: nn.Module, inference_params):
+        """The decode step of a prenorm Block (ssm.modules.block) with its residual add + norm folded
+        into in_proj: hidden_states, residual (B, 1, d_model) (residual float32 or None) ->
+        (out (B, 1, d_model), residual_out (B, 1, d_model) float32); the cached states updated in place."""
+        conv_state, ssm_state = self._get_states_from_cache(inference_params, hidden_states.shape[0])
+        xz, residual = norm_linear(hidden_states.squeeze(1), None if residual is None else residual.squeeze(1),
+                                   norm.weight, norm.bias, self.in_proj, is_rms=isinstance(norm, ops.RMSNorm),
+                                   eps=norm.eps)
+        return self._step_projected(xz, conv_state, ssm_state).unsqueeze(1), residual.unsqueeze(1)
+
+    def _step_projected(self, xz, conv_state, ssm_state):
+        """One token from its in_proj output (B, 2 * d_inner) -> out (B, d_model)."""
         x, z = xz.chunk(2, dim=-1)
-        x = ops.causal_conv1d_update(x, conv_state, self.conv1d.weight, self.conv1d.bias, self.activation)
-        dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.linear(dt, self.dt_proj.weight)
-        y = ops.selective_state_update(ssm_state, x, dt, _states.decode_A(self), B, C, self.D, z=z,
-                                       dt_bias=self.dt_proj.bias, dt_softplus=True)
-        return self.out_proj(y).unsqueeze(1), conv_state, ssm_state
+        # conv update + x_proj (one kernel on CUDA); x_dbl (B, dt_rank + 2 d_state), x (B, d_inner) the conv output
+        x_dbl, x = conv_linear(x, conv_state, self.conv1d.weight, self.conv1d.bias, self.x_proj, self.activation)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        # dt_proj folded into the state step (one kernel on CUDA)
+        y = proj_state_step(ssm_state, x, dt, self.dt_proj.weight, _states.decode_A(self), B, C, self.D, z=z,
+                            dt_bias=self.dt_proj.bias, softplus=True)
+        return small_linear(self.out_proj, y)
 
     def allocate_inference_cache(self, batch_size, max_seqlen, dtype=None, **kwargs):
         """(conv_state (B, d_inner, d_conv), ssm_state (B, d_inner, d_state)), zeros; dtypes of

@@ -17,6 +17,8 @@ from torch import Tensor
 from ssm import ops
 from ssm.distributed.tensor_parallel import check_divisible, column_linear, row_linear
 from ssm.modules import _states
+from ssm.ops.conv_state_step import conv_state_step
+from ssm.ops.norm_gemv import gated_norm_linear, norm_linear, small_linear
 
 _NO_LIMIT = (0.0, float("inf"))
 
@@ -254,21 +256,40 @@ class Mamba2(nn.Module):
         self._check_decodable()
         if hidden_states.shape[1] != 1:
             raise ValueError(f"hidden_states: step decodes one token at a time, got shape {tuple(hidden_states.shape)}")
-        z0, x0, z, xBC, dt = self._split(self.in_proj(hidden_states.squeeze(1)))
-        xBC = ops.causal_conv1d_update(xBC, conv_state, self.conv1d.weight, self.conv1d.bias,
-                                       self.activation)
-        gn = self.ngroups * self.d_state
-        x, B, C = torch.split(xBC, [self.d_ssm, gn, gn], dim=-1)
-        Bsz, h, p, n = x.shape[0], self.nheads, self.headdim, self.d_state
-        # per-head forms (dt (B, h); A, D, dt_bias (h,)): the op reads them tied across the head
+        out = self._step_projected(small_linear(self.in_proj, hidden_states.squeeze(1)), conv_state, ssm_state)
+        return out.unsqueeze(1), conv_state, ssm_state
+
+    def step_prenorm(self, hidden_states: Tensor, residual: Tensor | None, norm: nn.Module, inference_params):
+        """The decode step of a prenorm Block (ssm.modules.block) with its residual add + norm folded
+        into in_proj: hidden_states, residual (B, 1, d_model) (residual float32 or None) ->
+        (out (B, 1, d_model), residual_out (B, 1, d_model) float32); the cached states updated in place."""
+        self._check_decodable()
+        conv_state, ssm_state = self._get_states_from_cache(inference_params, hidden_states.shape[0])
+        zxbcdt, residual = norm_linear(hidden_states.squeeze(1), None if residual is None else residual.squeeze(1),
+                                       norm.weight, norm.bias, self.in_proj, is_rms=isinstance(norm, ops.RMSNorm),
+                                       eps=norm.eps)
+        return self._step_projected(zxbcdt, conv_state, ssm_state).unsqueeze(1), residual.unsqueeze(1)
+
+    def _step_projected(self, zxbcdt, conv_state, ssm_state):
+        """One token from its in_proj output (B, d_in_proj) -> out (B, d_model)."""
+        z0, x0, z, xBC, dt = self._split(zxbcdt)
+        Bsz, h, p = xBC.shape[0], self.nheads, self.headdim
+        # conv update + state step (one kernel on CUDA); per-head dt (B, h), A, D, dt_bias (h,)
         dt, dt_bias, softplus = self._step_dt(dt)
         D = self.D.view(h, p) if self.D_has_hdim else self.D
-        y = ops.selective_state_update(
-            ssm_state, x.view(Bsz, h, p), dt, _states.decode_A(self), B.view(Bsz, self.ngroups, n),
-            C.view(Bsz, self.ngroups, n), D, z=None if self.rmsnorm else z.view(Bsz, h, p),
-            dt_bias=dt_bias, dt_softplus=softplus)
-        out = self._reduce(self._output(y.reshape(Bsz, self.d_ssm), z, z0, x0))
-        return out.unsqueeze(1), conv_state, ssm_state
+        y = conv_state_step(xBC, conv_state, self.conv1d.weight, self.conv1d.bias, ssm_state, dt,
+                            _states.decode_A(self), D, dt_bias, z=None if self.rmsnorm else z.view(Bsz, h, p),
+                            ngroups=self.ngroups, activation=self.activation, dt_softplus=softplus)
+        return self._reduce(self._step_output(y.reshape(Bsz, self.d_ssm), z, z0, x0))
+
+    def _step_output(self, y, z, z0, x0):
+        """_output for one token: the gated norm and out_proj in one kernel on CUDA when nothing else
+        (gated-MLP channels, tensor parallelism) sits between them."""
+        if not self.rmsnorm or z0.shape[-1] > 0 or type(self.out_proj) is not nn.Linear:
+            return self._output(y, z, z0, x0)
+        return gated_norm_linear(y, z, self.norm.weight, self.out_proj.weight, self.out_proj.bias,
+                                 group_size=self.norm.group_size, eps=self.norm.eps,
+                                 norm_before_gate=self.norm_before_gate)
 
     def _step_dt(self, dt):
         """dt for the state update: raw with (dt_bias, softplus) for the kernel, or, with a

@@ -20,9 +20,13 @@ POISON_OUTPUTS = False
 
 def empty(shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """A kernel output buffer (contiguous), NaN-poisoned when POISON_OUTPUTS is set."""
+    return new_empty(shape, dtype or like.dtype, like.device)
+
+
+def new_empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """empty() of a dtype and device (what a plan keeps of its outputs)."""
     # sizes unpacked: torch parses ints faster than a sequence (a few us per call otherwise)
-    t = torch.empty(*shape, dtype=dtype or like.dtype, device=like.device) if len(shape) else \
-        torch.empty((), dtype=dtype or like.dtype, device=like.device)
+    t = torch.empty(*shape, dtype=dtype, device=device) if len(shape) else torch.empty((), dtype=dtype, device=device)
     if POISON_OUTPUTS and t.is_floating_point():
         t.fill_(float("nan"))
     return t
@@ -106,18 +110,59 @@ def forced_backend_value():
     return _ENVIRON.get(b"SSM_BACKEND") if _ENVIRON is not None else os.environ.get("SSM_BACKEND")
 
 
-def call_signature(flags: tuple, tensors: tuple, strides: bool = True):
+def _metadata(flags: tuple, tensors: tuple) -> tuple:
+    # raises AttributeError when an argument is not a tensor
+    return (forced_backend_value(), *flags, *[
+        None if t is None else (type(t), t.shape, t.stride(), t.dtype, t.device) for t in tensors])
+
+
+def call_signature(flags: tuple, tensors: tuple):
     """The eager fast paths' plan key: SSM_BACKEND, the call's flags and each tensor's type, shape,
-    (strides,) dtype and device; None when an argument is not a tensor or a flag is unhashable
+    strides, dtype and device; None when an argument is not a tensor or a flag is unhashable
     (the op's checks will say)."""
     try:
-        sig = (forced_backend_value(), *flags, *[
-            None if t is None else (type(t), t.shape, t.stride() if strides else None, t.dtype, t.device)
-            for t in tensors])
+        sig = _metadata(flags, tensors)
         hash(sig)
         return sig
     except (AttributeError, TypeError):
         return None
+
+
+def find_plan(plans: dict, flags: tuple, tensors: tuple):
+    """(key, plan) of an eager call: its call_signature and the plan kept for it (None when none
+    yet), with the key hashed once; (None, None) when call_signature would be None."""
+    try:
+        sig = _metadata(flags, tensors)
+        return sig, plans.get(sig)
+    except (AttributeError, TypeError):
+        return None, None
+
+
+def ref_tails(modes: tuple, tensors: tuple) -> tuple:
+    """What a plan keeps of refs(modes, tensors): each view without its data pointer (None stays
+    None). A plan's key fixes every stride, so a planned call only adds the data pointers."""
+    return tuple(None if r is None else r[1:] for r in refs(modes, tensors))
+
+
+def planned_refs(tails: tuple, tensors: tuple) -> list:
+    """The kernel-side views of a planned call: each tensor's data pointer before its planned strides."""
+    return [None if tail is None else (t.data_ptr(),) + tail for tail, t in zip(tails, tensors)]
+
+
+def output_spec(x: torch.Tensor):
+    """What a plan keeps to allocate an output of x's shape and dtype (see planned_output)."""
+    return None if x.is_contiguous() else (tuple(x.shape), x.dtype, x.device)
+
+
+def planned_output(x: torch.Tensor, spec) -> torch.Tensor:
+    """empty() of x's shape and dtype in a planned call: empty_like(x) (the cheapest allocation)
+    when the plan saw x contiguous (its key fixes x's strides), else new_empty(*spec)."""
+    if spec is not None:
+        return new_empty(*spec)
+    t = torch.empty_like(x)
+    if POISON_OUTPUTS:
+        t.fill_(float("nan"))
+    return t
 
 
 def dtype_code(t: torch.Tensor) -> int:

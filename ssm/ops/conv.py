@@ -138,6 +138,43 @@ def _check_conv_args(x, weight, bias, activation, seq_idx, initial_states):
     return W
 
 
+# ---- eager fast path of the forward without autograd (see state_step.py: plans per signature) --
+
+_fwd_plans: dict = {}
+
+
+def _make_fwd_plan(x, weight, bias, seq_idx, initial_states, return_final_states):
+    """The plan of a call that passed the checks, or False for the general path (the reference,
+    int64 seq_idx, weights that are not float32 contiguous, an empty x)."""
+    if x.numel() == 0 or (seq_idx is not None and seq_idx.dtype != torch.int32):
+        return False
+    if any(t is not None and (t.dtype != torch.float32 or not t.is_contiguous()) for t in (weight, bias)):
+        return False
+    backend = dispatch.select_backend("dw_causal_conv", x.device,
+                                      lambda b: _kernels.kernel_reason(b, "dw_causal_conv_fwd", x))
+    if backend == "reference":
+        return False
+    k = _kernels
+    B, D, L = x.shape
+    W = weight.shape[-1]
+    final = (B, D, W - 1) if return_final_states else None
+    modes = (k.AS_IS, k.AS_IS if weight.dim() == 2 else k.DROP_MID, k.AS_IS, k.AS_IS, k.AS_IS, k.AS_IS, k.AS_IS)
+    tails = k.ref_tails(modes, (x, weight, bias, seq_idx, initial_states, k.empty(x.shape, x),
+                                None if final is None else k.empty(final, x)))
+    return (backend, k.module(backend).dw_causal_conv_fwd, (k.dtype_code(x), B, D, L, W), tails,
+            k.output_spec(x), None if final is None else (final, x.dtype, x.device))
+
+
+def _run_fwd_plan(plan, x, weight, bias, activation, seq_idx, initial_states):
+    backend, kernel, head, tails, y_spec, final_spec = plan
+    k = _kernels
+    y = k.planned_output(x, y_spec)
+    final = None if final_spec is None else k.new_empty(*final_spec)
+    kernel(*head, *k.planned_refs(tails, (x, weight, bias, seq_idx, initial_states, y, final)),
+           activation is not None, k.exec_arg(backend, x))
+    return y if final is None else (y, final)
+
+
 def dw_causal_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, activation: Optional[str] = "silu",
                    *, seq_idx: Optional[Tensor] = None, initial_states: Optional[Tensor] = None,
                    return_final_states: bool = False):
@@ -148,7 +185,14 @@ def dw_causal_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, act
     ``initial_states`` (B, D, W-1) are the inputs before token 0. With
     ``return_final_states`` returns (y, final_states (B, D, W-1)), the window a next call needs.
     """
+    eager = not torch.compiler.is_compiling() and not _library.needs_autograd(x, weight, bias, initial_states)
+    sig, plan = _kernels.find_plan(_fwd_plans, (type(activation), activation, bool(return_final_states)),
+                                   (x, weight, bias, seq_idx, initial_states)) if eager else (None, None)
+    if plan:
+        return _run_fwd_plan(plan, x, weight, bias, activation, seq_idx, initial_states)
     W = _check_conv_args(x, weight, bias, activation, seq_idx, initial_states)
+    if sig is not None:
+        _fwd_plans[sig] = _make_fwd_plan(x, weight, bias, seq_idx, initial_states, return_final_states)
     w = _kernels.float32_contiguous(weight if weight.dim() == 2 else weight.reshape(weight.shape[0], W))
     b = _kernels.float32_contiguous(bias)
     silu = activation is not None
@@ -284,16 +328,6 @@ def _check_update_args(x, conv_state, weight, bias, activation, conv_state_indic
 _update_plans: dict = {}
 
 
-def _update_signature(x, conv_state, weight, bias, activation, conv_state_indices, cache_seqlens):
-    """The call's metadata key (weight's strides too: the kernel reads it contiguous along the
-    width), or None when an argument is not a tensor (the checks will say)."""
-    stride = getattr(weight, "stride", None)
-    if stride is None:
-        return None
-    return _kernels.call_signature((type(activation), activation, stride()),
-                                   (x, conv_state, weight, bias, conv_state_indices, cache_seqlens), strides=False)
-
-
 def _make_update_plan(x, conv_state, weight, bias, activation, conv_state_indices, cache_seqlens):
     """The plan of a call that passed the checks, or False for the general path (the reference,
     int64 indices, a weight not float32 contiguous along the width, an empty batch)."""
@@ -309,14 +343,18 @@ def _make_update_plan(x, conv_state, weight, bias, activation, conv_state_indice
     sizes = (B, D, L, weight.shape[-1], conv_state.shape[0], conv_state.shape[2])
     x_mode = k.AS_IS if x.dim() == 3 else k.UNIT_LAST
     modes = (x_mode, k.AS_IS, k.AS_IS if weight.dim() == 2 else k.DROP_MID, k.AS_IS, k.AS_IS, k.AS_IS, x_mode)
-    return backend, k.module(backend).dw_causal_conv_update, k.dtype_code(x), sizes, modes, B * D * L
+    convert = bias is not None and bias.dtype != torch.float32
+    b = k.float32_param(bias) if convert else bias
+    tails = k.ref_tails(modes, (x, conv_state, weight, b, conv_state_indices, cache_seqlens, k.empty(x.shape, x)))
+    return (backend, k.module(backend).dw_causal_conv_update, (k.dtype_code(x), *sizes), tails, convert,
+            k.output_spec(x), B * D * L)
 
 
 def _run_update_plan(plan, x, conv_state, weight, bias, activation, conv_state_indices, cache_seqlens):
-    backend, kernel, code, sizes, modes, work = plan
-    bias = bias if bias is None or bias.dtype == torch.float32 else _kernels.float32_param(bias)
-    y = _kernels.empty(x.shape, x)
-    kernel(code, *sizes, *_kernels.refs(modes, (x, conv_state, weight, bias, conv_state_indices, cache_seqlens, y)),
+    backend, kernel, head, tails, convert, out_like, work = plan
+    bias = _kernels.float32_param(bias) if convert else bias
+    y = _kernels.planned_output(x, out_like)
+    kernel(*head, *_kernels.planned_refs(tails, (x, conv_state, weight, bias, conv_state_indices, cache_seqlens, y)),
            activation is not None, _kernels.cpu_threads(work) if backend == "cpu" else _kernels.exec_arg(backend, x))
     return y
 
@@ -336,8 +374,8 @@ def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Op
     """
     compiling = torch.compiler.is_compiling()
     call = (x, conv_state, weight, bias, activation, conv_state_indices, cache_seqlens)
-    sig = None if compiling else _update_signature(*call)
-    plan = _update_plans.get(sig) if sig is not None else None
+    sig, plan = (None, None) if compiling else _kernels.find_plan(
+        _update_plans, (type(activation), activation), (x, conv_state, weight, bias, conv_state_indices, cache_seqlens))
     if plan:
         return _run_update_plan(plan, *call)
     W = _check_update_args(*call)
@@ -345,8 +383,11 @@ def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Op
         _update_plans[sig] = _make_update_plan(*call)
     # x3 (B, D, L)
     x3 = x.unsqueeze(-1) if x.dim() == 2 else x
-    w = _kernels.float32_contiguous(weight if weight.dim() == 2 else weight.reshape(weight.shape[0], W))
-    b = _kernels.float32_contiguous(bias)
+    # eager: a bf16/fp16 weight and bias as their cached float32 copies (no cast kernels per decode step)
+    f32 = _kernels.float32_contiguous if compiling else _kernels.float32_param
+    w = f32(weight)
+    w = w if w.dim() == 2 else w.reshape(w.shape[0], W)
+    b = f32(bias)
     args = (x3, conv_state, w, b, activation is not None, conv_state_indices, cache_seqlens)
     y = _update_op(*args) if compiling else _update_impl(*args)
     return y[..., 0] if x.dim() == 2 else y

@@ -123,11 +123,8 @@ def _check_gated_args(x, weight, bias, z, group_size):
 _plans: dict = {}
 
 
-def _signature(x, weight, bias, z, group_size, norm_before_gate, is_rms_norm):
-    """The call's metadata key (strides too: the fast path needs x and z as (M, N) rows), or None
-    when an argument is not a tensor or group_size is unhashable (the checks will say)."""
-    return _kernels.call_signature((type(group_size), group_size, bool(norm_before_gate), bool(is_rms_norm)),
-                                   (x, weight, bias, z))
+def _flags(group_size, norm_before_gate, is_rms_norm):
+    return (type(group_size), group_size, bool(norm_before_gate), bool(is_rms_norm))
 
 
 def _rows(t: Optional[Tensor]) -> bool:
@@ -147,17 +144,27 @@ def _make_plan(x, weight, bias, z, group):
     if backend == "reference":
         return False
     k = _kernels
-    return (backend, k.module(backend).gated_norm_fwd, x.numel() // x.shape[-1], x.shape[-1], group,
-            k.dtype_code(x), None if z is None else k.dtype_code(z), x.numel())
+    convert = tuple(t is not None and t.dtype != torch.float32 for t in (weight, bias))
+    w, b = _float32_params((weight, bias), convert)
+    tails = k.ref_tails((k.ROWS, k.AS_IS, k.AS_IS, k.ROWS, k.ROWS), (x, w, b, z, k.empty(x.shape, x)))
+    return (backend, k.module(backend).gated_norm_fwd, (x.numel() // x.shape[-1], x.shape[-1], group, k.dtype_code(x)),
+            None if z is None else k.dtype_code(z), tails, convert if any(convert) else None,
+            k.output_spec(x), x.numel())
+
+
+def _float32_params(params, convert):
+    """weight, bias as the plan takes them: the ones it converts as cached float32 copies."""
+    return [_kernels.float32_param(t) if c else t for t, c in zip(params, convert)]
 
 
 def _run_plan(plan, x, weight, bias, z, eps, norm_before_gate, is_rms_norm):
-    backend, kernel, M, N, group, code, z_code, work = plan
-    weight, bias = (t if t is None or t.dtype == torch.float32 else _kernels.float32_param(t) for t in (weight, bias))
-    y = _kernels.empty(x.shape, x)
+    backend, kernel, head, z_code, tails, convert, out_like, work = plan
+    if convert:
+        weight, bias = _float32_params((weight, bias), convert)
     k = _kernels
-    xr, wr, br, zr, yr = k.refs((k.ROWS, k.AS_IS, k.AS_IS, k.ROWS, k.ROWS), (x, weight, bias, z, y))
-    kernel(M, N, group, code, xr, wr, br, z_code, zr, yr, float(eps), bool(norm_before_gate), bool(is_rms_norm),
+    y = k.planned_output(x, out_like)
+    xr, wr, br, zr, yr = k.planned_refs(tails, (x, weight, bias, z, y))
+    kernel(*head, xr, wr, br, z_code, zr, yr, float(eps), bool(norm_before_gate), bool(is_rms_norm),
            k.cpu_threads(work) if backend == "cpu" else k.exec_arg(backend, x))
     return y
 
@@ -167,8 +174,8 @@ def gated_rms_norm(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, z: 
                    is_rms_norm: bool = True) -> Tensor:
     """Gated RMSNorm (LayerNorm when ``is_rms_norm`` is False) of x (..., N) with gate z (..., N)."""
     eager = not torch.compiler.is_compiling() and not _library.needs_autograd(x, weight, bias, z)
-    sig = _signature(x, weight, bias, z, group_size, norm_before_gate, is_rms_norm) if eager else None
-    plan = _plans.get(sig) if sig is not None else None
+    sig, plan = _kernels.find_plan(_plans, _flags(group_size, norm_before_gate, is_rms_norm),
+                                   (x, weight, bias, z)) if eager else (None, None)
     if plan:
         return _run_plan(plan, x, weight, bias, z, eps, norm_before_gate, is_rms_norm)
     group = _check_gated_args(x, weight, bias, z, group_size)

@@ -8,6 +8,7 @@ backward kernels. The composition of the public ops remains for the RMS-normed B
 as the reference (:func:`mamba_inner_ref`)."""
 from __future__ import annotations
 
+import importlib
 from typing import Optional
 
 import torch
@@ -18,6 +19,10 @@ from ssm.ops import _checks, _library
 from ssm.ops.conv import dw_causal_conv
 from ssm.ops.python import reference
 from ssm.ops.selective_scan import selective_scan
+
+# the scan's implementations, called directly inside the fused op: they keep the layouts their
+# inputs come in (channels-last delta gives a channels-last y), which the custom ops would not
+_scan_impl = importlib.import_module("ssm.ops.selective_scan")
 
 
 def _rms(x: Tensor, weight: Optional[Tensor], eps: float) -> Tensor:
@@ -59,8 +64,9 @@ def _inner(conv, scan, xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj
     w = conv1d_weight.reshape(conv1d_weight.shape[0], conv1d_weight.shape[-1])
     xc = conv(x, w, conv1d_bias, "silu")
     # x_dbl (B*L, rank + 2N)
-    x_dbl = F.linear(xc.transpose(1, 2).reshape(batch * L, -1), x_proj_weight)
-    dt = F.linear(x_dbl[:, :rank], delta_proj_weight)  # (B*L, D)
+    # contiguous inputs: a bf16 matmul of a transposed or column-sliced input takes torch's slow CPU path
+    x_dbl = F.linear(xc.transpose(1, 2).reshape(batch * L, -1).contiguous(), x_proj_weight)
+    dt = F.linear(x_dbl[:, :rank].contiguous(), delta_proj_weight)  # (B*L, D)
     B, C = _split_bc(x_dbl, rank, N, L, B, C, B_proj_bias, C_proj_bias)
     if rms is not None:
         b_w, c_w, dt_w, eps = rms
@@ -69,7 +75,7 @@ def _inner(conv, scan, xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj
         dt = _rms(dt, dt_w, eps)
     delta = dt.reshape(batch, L, -1).transpose(1, 2)
     y = scan(xc, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    return F.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)
+    return F.linear(y.transpose(1, 2).contiguous(), out_proj_weight, out_proj_bias)
 
 
 def _check_inner(xz, conv1d_weight, x_proj_weight, delta_proj_weight, out_proj_weight, A):
@@ -102,10 +108,14 @@ def _project(xc, x_proj_w, dt_proj_w, A, B, C, B_proj_bias, C_proj_bias):
     (B*L, D)); B, C (B, 1, N, L) views of x_dbl's columns (+ bias) unless given."""
     batch, dim, L = xc.shape
     rank, N = dt_proj_w.shape[1], A.shape[1]
-    # xt (B*L, D): the one copy of the conv output the projections need
-    xt = xc.transpose(1, 2).reshape(batch * L, dim)
-    x_dbl = F.linear(xt, x_proj_w)
-    delta = F.linear(x_dbl[:, :rank], dt_proj_w).view(batch, L, dim).transpose(1, 2)
+    if xc.is_cuda:
+        # x_dbl (B, L, rank + 2N) = xc^T W^T per batch: the GEMM reads the transposed xc in place
+        x_dbl = torch.bmm(xc.transpose(1, 2), x_proj_w.t().expand(batch, -1, -1)).view(batch * L, -1)
+    else:
+        # CPU: a bf16 matmul of a transposed or column-sliced input takes torch's slow path (10x at
+        # 256 x 1536 x 80), so the conv output and x_dbl's dt columns are copied contiguous
+        x_dbl = F.linear(xc.transpose(1, 2).reshape(batch * L, dim).contiguous(), x_proj_w)
+    delta = F.linear(_cpu_contiguous(x_dbl[:, :rank]), dt_proj_w).view(batch, L, dim).transpose(1, 2)
 
     def cols(c0, bias):
         t = x_dbl[:, c0:c0 + N] if bias is None else x_dbl[:, c0:c0 + N] + bias.to(x_dbl.dtype)
@@ -113,13 +123,19 @@ def _project(xc, x_proj_w, dt_proj_w, A, B, C, B_proj_bias, C_proj_bias):
         return t.view(batch, L, N).transpose(1, 2).unsqueeze(1)
     B = cols(rank, B_proj_bias) if B is None else B
     C = cols(x_dbl.shape[1] - N, C_proj_bias) if C is None else C
-    return xt, x_dbl, delta, B, C
+    return x_dbl, delta, B, C
 
 
-def _scan(xc, delta, A, B, C, D, z, delta_bias, softplus):
-    # -> y (B, D, L) gated by silu(z)
-    return torch.ops.ssm.selective_scan_fwd(xc, delta, A, B, C, D, z, delta_bias, None, None, None,
-                                            softplus, False)[0]
+def _cpu_contiguous(t: Tensor) -> Tensor:
+    """t itself on the GPU (cuBLAS reads strided operands in place); a contiguous copy on the CPU."""
+    return t if t.is_cuda else t.contiguous()
+
+
+def _scan(xc, delta, A, B, C, D, z, delta_bias, softplus, checkpoints=False):
+    # -> y (B, D, L) gated by silu(z), channels-last like delta; the backward's checkpoints or None
+    y, _, chunk_states = _scan_impl._fwd_run(xc, delta, A, B, C, D, z, delta_bias, None, None, None, softplus,
+                                             False, checkpoints)
+    return y, chunk_states
 
 
 def _fused_fwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, D, delta_bias,
@@ -128,9 +144,9 @@ def _fused_fwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, 
     dim = xz.shape[1] // 2
     x, z = xz[:, :dim], xz[:, dim:]
     xc = _conv_silu(x, conv_w, conv_b)
-    _, _, delta, B, C = _project(xc, x_proj_w, dt_proj_w, A, B, C, B_proj_bias, C_proj_bias)
-    y = _scan(xc, delta, A, B, C, D, z, delta_bias, softplus)
-    out = F.linear(y.transpose(1, 2), out_proj_w, out_proj_b)
+    _, delta, B, C = _project(xc, x_proj_w, dt_proj_w, A, B, C, B_proj_bias, C_proj_bias)
+    y, _ = _scan(xc, delta, A, B, C, D, z, delta_bias, softplus)
+    out = F.linear(_cpu_contiguous(y.transpose(1, 2)), out_proj_w, out_proj_b)  # y channels-last on the GPU
     return out, (xc if keep else xz.new_empty(0)), (y if keep else xz.new_empty(0))
 
 
@@ -160,9 +176,9 @@ def _out_proj_grads(dout, y, out_proj_w, has_bias):
     return dy, dw, d2.sum(0) if has_bias else None
 
 
-def _proj_grads(ddelta, dB, dC, xt, x_dbl, x_proj_w, dt_proj_w, N, B_given, C_given):
-    """Gradients through dt_proj and x_proj: d dt_proj_w, d x_proj_w, dxc (B*L, D), and the
-    B / C column gradients (B*L, N) (None for a B / C given explicitly)."""
+def _proj_grads(ddelta, dB, dC, xc, du, x_dbl, x_proj_w, dt_proj_w, N, B_given, C_given):
+    """Gradients through dt_proj and x_proj: d dt_proj_w, d x_proj_w, dxc = du + the x_proj path
+    (B, D, L), and the B / C column gradients (B*L, N) (None for a B / C given explicitly)."""
     batch, dim, L = ddelta.shape
     rank = dt_proj_w.shape[1]
     # ddt (B*L, D)
@@ -176,7 +192,12 @@ def _proj_grads(ddelta, dB, dC, xt, x_dbl, x_proj_w, dt_proj_w, N, B_given, C_gi
         dx_dbl[:, rank:rank + N] = dBc
     if dCc is not None:
         dx_dbl[:, x_dbl.shape[1] - N:] += dCc
-    return d_dt_w, dx_dbl.t() @ xt, dx_dbl @ x_proj_w, dBc, dCc
+    # per batch: d x_proj_w^T = xc dx_dbl (B, D, rank + 2N) summed; dxc = du + x_proj_w^T dx_dbl^T
+    dx_dbl = dx_dbl.view(batch, L, -1)
+    acc = torch.float64 if xc.dtype == torch.float64 else torch.float32
+    d_x_w = torch.bmm(xc, dx_dbl).sum(0, dtype=acc).t().to(xc.dtype)
+    dxc = torch.baddbmm(du, x_proj_w.t().expand(batch, -1, -1), dx_dbl.transpose(1, 2))
+    return d_dt_w, d_x_w, dxc, dBc, dCc
 
 
 def _fused_bwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, D, delta_bias,
@@ -185,14 +206,13 @@ def _fused_bwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, 
     dim = two_d // 2
     x, z = xz[:, :dim], xz[:, dim:]
     xc = xc if xc.numel() else _conv_silu(x, conv_w, conv_b)
-    xt, x_dbl, delta, Bs, Cs = _project(xc, x_proj_w, dt_proj_w, A, B, C, B_proj_bias, C_proj_bias)
-    y = y if y.numel() else _scan(xc, delta, A, Bs, Cs, D, z, delta_bias, softplus)
+    x_dbl, delta, Bs, Cs = _project(xc, x_proj_w, dt_proj_w, A, B, C, B_proj_bias, C_proj_bias)
+    y, chunk_states = (y, None) if y.numel() else _scan(xc, delta, A, Bs, Cs, D, z, delta_bias, softplus, True)
     dy, d_out_w, d_out_b = _out_proj_grads(dout, y, out_proj_w, out_proj_b is not None)
-    du, ddelta, dA, dB, dC, dD, dz, d_delta_bias, _ = torch.ops.ssm.selective_scan_bwd(
-        xc, delta, A, Bs, Cs, D, z, delta_bias, None, None, None, dy, xz.new_empty(0), softplus, False)
-    d_dt_w, d_x_proj_w, dxt, dBc, dCc = _proj_grads(ddelta, dB, dC, xt, x_dbl, x_proj_w, dt_proj_w,
+    du, ddelta, dA, dB, dC, dD, dz, d_delta_bias, _ = _scan_impl._bwd_impl(
+        xc, delta, A, Bs, Cs, D, z, delta_bias, None, None, None, dy, xz.new_empty(0), softplus, False, chunk_states)
+    d_dt_w, d_x_proj_w, dxc, dBc, dCc = _proj_grads(ddelta, dB, dC, xc, du, x_dbl, x_proj_w, dt_proj_w,
                                                     A.shape[1], B is not None, C is not None)
-    dxc = du + dxt.view(batch, L, dim).transpose(1, 2)
     dx, d_conv_w, d_conv_b, _ = torch.ops.ssm.dw_causal_conv_bwd(x, conv_w, conv_b, None, None, dxc,
                                                                  xz.new_empty(0), True, False)
     grads = (torch.cat([dx, dz], 1), d_conv_w, d_conv_b, d_x_proj_w, d_dt_w, d_out_w, d_out_b, dA,

@@ -155,11 +155,14 @@ def _residual_dtype(x: Tensor, residual: Optional[Tensor], residual_in_fp32: boo
 _plans: dict = {}
 
 
+def _flags(is_rms, prenorm, residual_in_fp32):
+    return bool(is_rms), bool(prenorm), bool(residual_in_fp32)
+
+
 def _signature(x, weight, bias, residual, is_rms, prenorm, residual_in_fp32):
-    """The call's metadata key (strides too: the fast path needs collapsible rows), or None when
-    an argument is not a tensor (the checks will say)."""
-    return _kernels.call_signature((bool(is_rms), bool(prenorm), bool(residual_in_fp32)),
-                                   (x, weight, bias, residual))
+    """The call's metadata key (what find_plan looks up), or None when an argument is not a tensor
+    (the checks will say)."""
+    return _kernels.call_signature(_flags(is_rms, prenorm, residual_in_fp32), (x, weight, bias, residual))
 
 
 def _make_plan(x, weight, bias, residual, residual_in_fp32):
@@ -178,23 +181,33 @@ def _make_plan(x, weight, bias, residual, residual_in_fp32):
         return False
     k = _kernels
     store = residual is not None or residual_dtype != x.dtype
-    return (backend, k.module(backend).layer_norm_fwd, x.numel() // x.shape[-1], x.shape[-1], k.dtype_code(x),
-            None if residual is None else k.dtype_code(residual), residual_dtype, k.DTYPE_CODES[residual_dtype],
-            store, x.numel())
+    convert = weight.dtype != torch.float32 or (bias is not None and bias.dtype != torch.float32)
+    w, b = (_float32_params(weight, bias) if convert else (weight, bias))
+    y, res = k.empty(x.shape, x), k.empty(x.shape, x, residual_dtype) if store else None
+    tails = k.ref_tails((k.ROWS, k.AS_IS, k.AS_IS, k.ROWS, k.ROWS, k.ROWS), (x, w, b, residual, y, res))
+    M, N = x.numel() // x.shape[-1], x.shape[-1]
+    codes = (k.dtype_code(x), None if residual is None else k.dtype_code(residual), k.DTYPE_CODES[residual_dtype])
+    return (backend, k.module(backend).layer_norm_fwd, (M, N, codes[0]), tails, codes[1:], convert,
+            (tuple(x.shape), residual_dtype, x.device) if store else None, x.numel())
+
+
+def _float32_params(weight, bias):
+    return tuple(t if t is None or t.dtype == torch.float32 else _kernels.float32_param(t) for t in (weight, bias))
 
 
 def _run_plan(plan, x, weight, bias, residual, is_rms, eps, prenorm):
-    backend, kernel, M, N, code, res_code, res_dtype, res_dtype_code, store, work = plan
-    weight, bias = (t if t is None or t.dtype == torch.float32 else _kernels.float32_param(t) for t in (weight, bias))
-    y = _kernels.empty(x.shape, x)
-    res = _kernels.empty(x.shape, x, res_dtype) if store else None
+    backend, kernel, head, tails, (res_code, res_dtype_code), convert, res_spec, work = plan
+    if convert:
+        weight, bias = _float32_params(weight, bias)
     k = _kernels
-    xr, wr, br, rr, yr, resr = k.refs((k.ROWS, k.AS_IS, k.AS_IS, k.ROWS, k.ROWS, k.ROWS), (x, weight, bias, residual, y, res))
-    kernel(M, N, code, xr, wr, br, res_code, rr, res_dtype_code, yr, resr, float(eps), bool(is_rms),
+    y = k.planned_output(x, None)  # (x is contiguous)
+    res = None if res_spec is None else k.new_empty(*res_spec)
+    xr, wr, br, rr, yr, resr = k.planned_refs(tails, (x, weight, bias, residual, y, res))
+    kernel(*head, xr, wr, br, res_code, rr, res_dtype_code, yr, resr, float(eps), bool(is_rms),
            k.cpu_threads(work) if backend == "cpu" else k.exec_arg(backend, x))
     if not prenorm:
         return y
-    return y, res if store else x
+    return y, x if res is None else res
 
 
 def fused_layer_norm(x: Tensor, weight: Tensor, bias: Optional[Tensor], residual: Optional[Tensor] = None,
@@ -206,8 +219,8 @@ def fused_layer_norm(x: Tensor, weight: Tensor, bias: Optional[Tensor], residual
     (then it is x itself).
     """
     eager = not torch.compiler.is_compiling() and not _library.needs_autograd(x, weight, bias, residual)
-    sig = _signature(x, weight, bias, residual, is_rms, prenorm, residual_in_fp32) if eager else None
-    plan = _plans.get(sig) if sig is not None else None
+    sig, plan = _kernels.find_plan(_plans, _flags(is_rms, prenorm, residual_in_fp32),
+                                   (x, weight, bias, residual)) if eager else (None, None)
     if plan:
         return _run_plan(plan, x, weight, bias, residual, is_rms, eps, prenorm)
     _check_norm_args(x, weight, bias, residual)
@@ -292,6 +305,8 @@ def layer_norm_fn(x, weight, bias, residual=None, x1=None, weight1=None, bias1=N
     """``mamba_ssm.ops.triton.layer_norm.layer_norm_fn``: returns y | (y, residual) | (y, y1) |
     (y, y1, residual), followed by (dropout_mask, dropout_mask1) with ``return_dropout_mask``."""
     plain = x1 is None and weight1 is None and bias1 is None and rowscale is None and dropout_p == 0.0
+    if plain and not return_dropout_mask:  # (fused_layer_norm returns y or (y, residual) as this does)
+        return fused_layer_norm(x, weight, bias, residual, is_rms_norm, eps, prenorm, residual_in_fp32)
     if not plain:  # (fused_layer_norm checks the plain call's arguments)
         _check_norm_args(x, weight, bias, residual)
         _check_extras(x, x1, weight1, bias1, rowscale, dropout_p)

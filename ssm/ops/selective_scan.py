@@ -52,21 +52,56 @@ def _cuda_limit(kernel: str, N: Optional[int]) -> Optional[str]:
     return None
 
 
-# Steps per chunk of the CUDA backward (selective_scan_bwd.cuh: 32 lanes * kItems); longer
-# sequences need the (B, D, nchunks, N) float32 workspace of the states at chunk starts.
-_CUDA_BWD_CHUNK = 256
+# Steps per chunk of the CUDA backwards; longer sequences need a (B, D, nchunks, N) float32
+# workspace of the states at chunk starts. The thread-per-channel kernel (selective_scan_bwd_thread.cuh:
+# N <= 16, variable B and C, no seq_idx / cu_seqlens) takes chunks of 16 steps and its workspace
+# with D fastest (how the kernel tells it apart); the warp kernel (selective_scan_bwd.cuh) 256.
+_CUDA_BWD_CHUNK, _CUDA_THREAD_BWD_CHUNK = 256, 16
 
 
-def _chunk_states(backend: str, u: Tensor, N: int) -> Optional[Tensor]:
+def _thread_bwd(N: int, B: Tensor, C: Tensor, seq_idx, cu_seqlens) -> bool:
+    return N <= 16 and B.dim() == 4 and C.dim() == 4 and seq_idx is None and cu_seqlens is None
+
+
+def _chunk_states(backend: str, u: Tensor, N: int, thread: bool) -> Optional[Tensor]:
     batch, dim, L = u.shape
-    nchunks = -(-L // _CUDA_BWD_CHUNK)
+    chunk = _CUDA_THREAD_BWD_CHUNK if thread else _CUDA_BWD_CHUNK
+    nchunks = -(-L // chunk)
     if backend != "cuda" or nchunks <= 1:
         return None
+    if thread:
+        # (B, D, nchunks, N) with D fastest
+        return _kernels.empty((batch, nchunks, N, dim), u, torch.float32).permute(0, 3, 1, 2)
     return _kernels.empty((batch, dim, nchunks, N), u, torch.float32)
+
+
+def _rows_like(t: Tensor, like: Tensor) -> Tensor:
+    """A (B, D, L) kernel buffer of like's dtype and t's layout when t is channels-last (stride 1 along
+    D, as the Mamba-1 projections give), else contiguous: the kernels' outputs and gradients keep
+    their input's layout (the custom ops still return contiguous tensors; the fused Mamba-1 path
+    calls the implementations directly and keeps these layouts)."""
+    batch, dim, L = t.shape
+    if _channels_last(t):
+        return _kernels.empty((batch, L, dim), like).transpose(1, 2)
+    return _kernels.empty((batch, dim, L), like)
+
+
+def _channels_last(t: Tensor) -> bool:
+    batch, dim, L = t.shape
+    return dim > 1 and L > 1 and t.stride(1) == 1 and t.stride(2) == dim and t.stride(0) == dim * L
 
 
 def _fwd_impl(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens, softplus, return_last_state):
     # u, delta, z (B, D, L); A (D, N); B/C (D, N) or (B, G, N, L); initial/last (rows, D, N) float32
+    y, last, _ = _fwd_run(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens, softplus,
+                          return_last_state)
+    return y, last
+
+
+def _fwd_run(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens, softplus, return_last_state,
+             checkpoints=False):
+    """(y, last, chunk_states): with checkpoints, the CUDA thread kernel also writes the backward's
+    chunk-start states, handed to _bwd_impl (None where no kernel writes them)."""
     # An empty input has no work for a kernel (and no data pointer to give it).
     backend = "reference" if u.numel() == 0 else dispatch.select_backend(
         "selective_scan", u.device, lambda b: _reason(b, "selective_scan_fwd", u, delta, B, C, z, A.shape[1]))
@@ -74,20 +109,22 @@ def _fwd_impl(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqle
         out = reference.selective_scan(u, delta, A, B, C, D, z, dt_bias, softplus, return_last_state,
                                        initial_state=initial_state, seq_idx=seq_idx, cu_seqlens=cu_seqlens)
         y, last = out if return_last_state else (out, None)
-        return y, _library.empty_if_none(last, u)
+        return y, _library.empty_if_none(last, u), None
     batch, dim, L = u.shape
     N = A.shape[1]
     nthreads = _kernels.exec_arg(backend, u, work=u.numel() * N)
     groups, slices = _layout(u, B, C, nthreads if backend == "cpu" else 1)
-    y = _kernels.empty((batch, dim, L), u)
+    y = _rows_like(delta, u)
     last = _kernels.empty((_nrows(u, cu_seqlens), dim, N), u, torch.float32) if return_last_state else None
+    thread = _thread_bwd(N, B, C, seq_idx, cu_seqlens)
+    chunk_states = _chunk_states(backend, u, N, thread) if checkpoints and thread else None
     seq_idx, cu_seqlens = _int32(seq_idx), _int32(cu_seqlens)
     r = _kernels.ref
     _kernels.module(backend).selective_scan_fwd(
         _kernels.dtype_code(u), batch, dim, L, N, groups, slices, r(u), r(delta), r(A), r(B), r(C), r(D), r(z),
         r(dt_bias), r(initial_state), r(seq_idx), r(cu_seqlens), _nrows(u, cu_seqlens), r(y), r(last),
-        softplus, nthreads)
-    return y, _library.empty_if_none(last, u)
+        r(chunk_states), softplus, nthreads)
+    return y, _library.empty_if_none(last, u), chunk_states
 
 
 @_library.custom_op("ssm::selective_scan_fwd", mutates_args=())
@@ -118,7 +155,7 @@ def _bwd_reference(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_
 
 
 def _bwd_kernel(backend, u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens, dy, dlast,
-                softplus):
+                softplus, chunk_states=None):
     # Per-slice / per-batch float32 partial sums, reduced here: dA, dD, ddt_bias (B, D[, N]);
     # variable dB/dC (S, B, G, N, L); constant dB/dC (B, D, N).
     batch, dim, L = u.shape
@@ -126,8 +163,8 @@ def _bwd_kernel(backend, u, delta, A, B, C, D, z, dt_bias, initial_state, seq_id
     nthreads = _kernels.exec_arg(backend, u, work=u.numel() * N)
     groups, slices = _layout(u, B, C, nthreads if backend == "cpu" else 1)
     f32 = torch.float32
-    du, ddelta = _kernels.empty(u.shape, u), _kernels.empty(u.shape, u)
-    dz = None if z is None else _kernels.empty(u.shape, u)
+    du, ddelta = _rows_like(u, u), _rows_like(delta, u)
+    dz = None if z is None else _rows_like(z, u)
     dA = _kernels.empty((batch, dim, N), u, f32)
     dD = None if D is None else _kernels.empty((batch, dim), u, f32)
     ddt_bias = None if dt_bias is None else _kernels.empty((batch, dim), u, f32)
@@ -135,13 +172,15 @@ def _bwd_kernel(backend, u, delta, A, B, C, D, z, dt_bias, initial_state, seq_id
     dC = _kernels.empty((slices, *C.shape) if C.dim() == 4 else (batch, dim, N), u, f32)
     dinit = None if initial_state is None else _kernels.empty(initial_state.shape, u, f32)
     dlast = dlast if dlast.numel() else None
-    chunk_states = _chunk_states(backend, u, N)
+    filled = chunk_states is not None
+    if not filled:
+        chunk_states = _chunk_states(backend, u, N, _thread_bwd(N, B, C, seq_idx, cu_seqlens))
     r = _kernels.ref
     _kernels.module(backend).selective_scan_bwd(
         _kernels.dtype_code(u), batch, dim, L, N, groups, slices, r(u), r(delta), r(A), r(B), r(C), r(D), r(z),
         r(dt_bias), r(initial_state), r(seq_idx), r(cu_seqlens), _nrows(u, cu_seqlens), r(dy),
         r(dlast), r(du), r(ddelta), r(dA), r(_slices_as_rows(dB)), r(_slices_as_rows(dC)), r(dD), r(dz),
-        r(ddt_bias), r(dinit), r(chunk_states), softplus, nthreads)
+        r(ddt_bias), r(dinit), r(chunk_states), filled, softplus, nthreads)
     dB = dB.sum(0).to(B.dtype)
     dC = dC.sum(0).to(C.dtype)
     grads = (du, ddelta, dA.sum(0), dB, dC, None if dD is None else dD.sum(0), dz,
@@ -155,14 +194,15 @@ def _slices_as_rows(t: Tensor) -> Tensor:
 
 
 def _bwd_impl(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens, dy, dlast, softplus,
-              return_last_state):
+              return_last_state, chunk_states=None):
+    """Gradients; chunk_states: the checkpoints _fwd_run wrote for these inputs (None: computed here)."""
     backend = "reference" if u.numel() == 0 else dispatch.select_backend(
         "selective_scan_bwd", u.device, lambda b: _reason(b, "selective_scan_bwd", u, delta, B, C, z, A.shape[1]))
     if backend == "reference":
         return _bwd_reference(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens, dy, dlast,
                               softplus, return_last_state)
     return _bwd_kernel(backend, u, delta, A, B, C, D, z, dt_bias, initial_state, _int32(seq_idx),
-                       _int32(cu_seqlens), dy, dlast, softplus)
+                       _int32(cu_seqlens), dy, dlast, softplus, chunk_states if backend == "cuda" else None)
 
 
 @_library.custom_op("ssm::selective_scan_bwd", mutates_args=())

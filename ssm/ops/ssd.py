@@ -69,12 +69,22 @@ def _fwd_workspace_floats(P, Np, L):
     return r16(P * Np) + 2 * r16(block * Np) + 3 * r16(block * P) + 4 * 16 + r16(8 * block * 8)
 
 
+# The CPU backward keeps the state entering every 16-token block while those states take at most
+# this many bytes a thread (then one forward pass suffices); beyond, two-level checkpoints (a state
+# per 512-token segment and per block of one segment) bound them, for one more forward pass.
+SINGLE_LEVEL_CHECKPOINT_BYTES = 8 << 20
+
+
 def _bwd_workspace_floats(P, Np, L):
-    # ssd::Workspace::floats + BwdWorkspace::floats (ssm/ops/cpu/ssd_chunk_scan_bwd.cpp)
+    # ssd::Workspace::floats + BwdWorkspace::floats (ssm/ops/cpu/ssd_chunk_scan_bwd.cpp), whose
+    # kernel takes one segment when this workspace has room for it
     block, r16 = 16, lambda n: (n + 15) // 16 * 16
     nblocks = (L + block - 1) // block
-    return (_fwd_workspace_floats(P, Np, L) + r16(nblocks * P * Np) + r16((block + 1) * P * Np) + r16(P * Np)
-            + r16(block * P) + 2 * r16(block * Np) + r16(block * 8) + r16(2 * nblocks))
+    seg = max(1, nblocks) if nblocks * P * Np * 4 <= SINGLE_LEVEL_CHECKPOINT_BYTES else 32
+    nsegs = (nblocks + seg - 1) // seg
+    return (_fwd_workspace_floats(P, Np, L) + r16(nsegs * P * Np) + r16(min(nblocks, seg) * P * Np)
+            + r16((block + 1) * P * Np) + r16(P * Np) + r16(block * P) + 2 * r16(block * Np) + r16(block * 8)
+            + r16(2 * nsegs) + r16(2 * seg))
 
 
 # The CUDA kernels' chunk: the caller's chunk_size rounded up to a multiple of 64, at most 256
@@ -83,16 +93,19 @@ def _cuda_chunk(chunk_size):
     return min(256, max(64, (chunk_size + 63) // 64 * 64))
 
 
-# The CUDA workspace (one row of float32): chunk records, float32 chunk states and the entering
-# states in the element type; mirrors ssd::layout in ssm/ops/cuda/ssd_chunk_scan.cuh.
+# The CUDA workspace (one row of float32): chunk records, float32 chunk states, the entering
+# states in the element type and, for 2-byte types, the float32 C B^T of each chunk and group;
+# mirrors ssd::layout in ssm/ops/cuda/ssd_chunk_scan.cuh.
 def _r64(n):
     return (n + 63) // 64 * 64
 
 
-def _cuda_workspace_floats(batch, L, H, P, N, chunk, elem_bytes):
-    bhc = batch * H * ((L + chunk - 1) // chunk)
+def _cuda_workspace_floats(batch, L, H, P, N, chunk, elem_bytes, G):
+    nc = (L + chunk - 1) // chunk
+    bhc = batch * H * nc
     spn = bhc * P * N
-    return _r64(bhc * 8) + _r64(spn) + _r64((spn * elem_bytes + 3) // 4)
+    cb = _r64(batch * nc * G * chunk * chunk) if elem_bytes == 2 else 0
+    return _r64(bhc * 8) + _r64(spn) + _r64((spn * elem_bytes + 3) // 4) + cb
 
 
 def _kernel_reason(backend, kernel, x, B, C, *more):
@@ -106,7 +119,7 @@ def _kernel_sizes(backend, x, B, nseq, workspace_fn, chunk_size=0):
     G, N = B.shape[2], B.shape[3]
     if backend == "cuda":
         chunk = _cuda_chunk(chunk_size)
-        ws_floats = _cuda_workspace_floats(batch, L, H, P, N, chunk, x.element_size())
+        ws_floats = _cuda_workspace_floats(batch, L, H, P, N, chunk, x.element_size(), G)
         ws = torch.empty((1, ws_floats), dtype=torch.float32, device=x.device)
         return [batch, L, H, P, G, N, nseq, 1, chunk], ws, ws_floats
     threads = max(1, min(_kernels.exec_arg(backend, x), batch * H)) if backend == "cpu" else 1
@@ -208,6 +221,50 @@ def _cuda_scan(chunk_size):
     return scan
 
 
+def _bwd_cuda(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dy, dfinal, chunk_size, dt_softplus,
+              dt_lo, dt_hi):
+    """The dedicated CUDA backward (ssm/ops/cuda/ssd_chunk_scan_bwd.cu); the gate and the sums of the
+    kernel's partials (a group's heads, chunks, tiles) are done here."""
+    batch, L, H, P = x.shape
+    G, N = B.shape[2], B.shape[3]
+    f32, chunk = torch.float32, _cuda_chunk(chunk_size)
+    dz = None
+    if z is not None:  # the gate needs the scan's output: y = (ŷ + D x) silu(z)
+        y_hat = _fwd_impl(x, dt, A, B, C, None, None, dt_bias, initial_states, seq_idx, None, chunk_size,
+                          dt_softplus, dt_lo, dt_hi, False, False)[0]
+        dyf, dz, _ = ssd_bwd._gate_grads(y_hat.float(), x, D, z, dy)
+        dy = dyf.to(x.dtype)
+        dz = dz.to(z.dtype)
+    nc, nq = (L + chunk - 1) // chunk, chunk // 64
+    dD = None if D is None else _kernels.empty((batch * nc * nq, H, P), x, f32)
+    # the backward's workspace row follows the forward's layout: its size comes from the CUDA module
+    ws_floats = _kernels.module("cuda").ssd_chunk_scan_bwd_workspace_floats(_kernels.dtype_code(x),
+                                                                            [batch, L, H, P, G, N, chunk])
+    ws = torch.empty((1, ws_floats), dtype=f32, device=x.device)
+    dx = _kernels.empty(x.shape, x)
+    ddt, dA = _kernels.empty((batch, L, H), x, f32), _kernels.empty((batch * H, nc), x, f32)
+    dBh, dCh = _kernels.empty((batch, L, H, N), x, f32), _kernels.empty((batch, L, H, N), x, f32)
+    dinit = None if initial_states is None else _kernels.empty(initial_states.shape, x, f32)
+    _kernels.module("cuda").ssd_chunk_scan_bwd(
+        _kernels.dtype_code(x), [batch, L, H, P, G, N, 0, 1, chunk],
+        *_input_refs(x, dt, A, B, C, D, None, dt_bias, initial_states, _int32(seq_idx), None),
+        *_input_refs(dy, dfinal, None, dx, None, ddt, dA, dBh, dCh, dD, dinit, ws), ws_floats,
+        dt_softplus, dt_lo, dt_hi, _kernels.exec_arg("cuda", x))
+    # (B, L, H, N) -> (B, L, G, N): the sum over each group's heads
+    dB, dC = (t.view(batch, L, G, H // G, N).sum(3) for t in (dBh, dCh))
+    grads = (dx, ddt.to(dt.dtype), dA.view(batch, H, nc).sum((0, 2)).to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
+             None if dD is None else dD.sum(0), dz, None if dt_bias is None else ddt.sum((0, 1)).to(dt_bias.dtype),
+             dinit)
+    return tuple(_library.empty_if_none(g, x) for g in grads)
+
+
+def _use_bwd_kernel(x, B, C):
+    """The dedicated CUDA backward, unless SSM_SSD_BWD_KERNEL=0 selects the composed one."""
+    if os.environ.get("SSM_SSD_BWD_KERNEL", "1") == "0":
+        return False
+    return _kernels.kernel_reason("cuda", "ssd_chunk_scan_bwd", x, B, C) is None
+
+
 def _bwd_composed(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dy, dfinal, chunk_size, dt_softplus,
                   dt_lo, dt_hi):
     grads = ssd_bwd.backward(_cuda_scan(chunk_size), _cuda_chunk(chunk_size), x, dt, A, B, C, D, z, dt_bias,
@@ -216,7 +273,8 @@ def _bwd_composed(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dy, df
 
 
 def _bwd_reason(backend, x, B, C, z, dy, cu_seqlens):
-    # CUDA: the backward composed of forward scans (ssd_bwd.py); SSM_SSD_COMPOSED_BWD=0 opts out
+    # CUDA: the dedicated kernel, or with SSM_SSD_BWD_KERNEL=0 the backward composed of forward scans
+    # (ssd_bwd.py); SSM_SSD_COMPOSED_BWD=0 opts out of both
     if backend == "cuda":
         if os.environ.get("SSM_SSD_COMPOSED_BWD", "1") == "0":
             return "SSM_SSD_COMPOSED_BWD=0 selects the reference backward"
@@ -237,7 +295,8 @@ def _bwd_op(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[
     backend = dispatch.select_backend("ssd_chunk_scan_bwd", x.device,
                                       lambda b: _bwd_reason(b, x, B, C, z, dy, cu_seqlens))
     if backend == "cuda":
-        return _bwd_composed(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dy,
+        bwd = _bwd_cuda if _use_bwd_kernel(x, B, C) else _bwd_composed
+        return bwd(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dy,
                              _library.none_if_empty(dfinal), chunk_size, dt_softplus, dt_lo, dt_hi)
     if backend != "reference":
         return _bwd_kernel(backend, x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dy,

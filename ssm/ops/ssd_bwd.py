@@ -1,5 +1,6 @@
-"""Backward of ``ssd_chunk_scan`` composed of forward scans (the CUDA backward; rows with
-optional seq_idx, not cu_seqlens).
+"""Backward of ``ssd_chunk_scan`` composed of forward scans (the CUDA fallback with
+SSM_SSD_BWD_KERNEL=0; the default is ssm/ops/cuda/ssd_chunk_scan_bwd.cu; rows with optional
+seq_idx, not cu_seqlens).
 
 With Δ the processed dt, a_t = exp(Δ_t A), H_t = a_t H_{t-1} + Δ_t x_t B_t^T and y_t = H_t C_t,
 the adjoint state dH_t = a_{t+1} dH_{t+1} + dy_t C_t^T is the same recurrence run backwards in

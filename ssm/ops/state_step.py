@@ -84,17 +84,12 @@ def _(state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices, softplus):
 
 
 # ---- eager fast path ---------------------------------------------------------------------------
-# Whatever the arguments' metadata (type, shape, dtype, device: all the checks look at) decides is
-# kept per signature once a call passed the checks: validation, the backend, the kernel's sizes
-# and how each argument maps onto the kernel's (B, H, P, N) layout. A repeated decode call then
-# costs its kernel-side views, one output allocation and the kernel call.
+# Whatever the arguments' metadata (type, shape, strides, dtype, device: all the checks look at)
+# decides is kept per signature once a call passed the checks: validation, the backend, the
+# kernel's sizes and each argument's kernel-side strides in the (B, H, P, N) layout. A repeated
+# decode call then costs its metadata key, the data pointers, one output allocation and the kernel.
 
 _plans: dict = {}
-
-
-def _signature(state, x, dt, A, B, C, D, z, dt_bias, idx, softplus):
-    """The call's metadata key (no strides: the kernel takes any), or None (see call_signature)."""
-    return _kernels.call_signature((bool(softplus),), (state, x, dt, A, B, C, D, z, dt_bias, idx), strides=False)
 
 
 def _arg_modes(state, x, dt, A, B, D, dt_bias):
@@ -111,6 +106,11 @@ def _arg_modes(state, x, dt, A, B, D, dt_bias):
             k.AS_IS, head(D, k.UNIT_LAST), k.AS_IS, head(dt_bias, k.UNIT_LAST))
 
 
+def _float32_params(params, convert):
+    """A, D, dt_bias as the plan takes them: the ones it converts as cached float32 copies."""
+    return [_kernels.float32_param(t) if c else t for t, c in zip(params, convert)]
+
+
 def _make_plan(state, x, dt, A, B, C, D, z, dt_bias, idx):
     """The plan of a call that passed the checks, or False when it takes the general path
     (the reference, mixed activation dtypes, int64 indices, an empty batch)."""
@@ -123,21 +123,23 @@ def _make_plan(state, x, dt, A, B, C, D, z, dt_bias, idx):
         lambda b: _kernels.kernel_reason(b, "selective_state_step", state, x, dt, B, C, z))
     if backend == "reference":
         return False
+    k = _kernels
     H, P = (x.shape[1], 1) if state.dim() == 3 else x.shape[1:]
     sizes = (x.shape[0], H, P, state.shape[-1], 1 if B.dim() == 2 else B.shape[1])
-    out_mode = _kernels.UNIT_LAST if state.dim() == 3 else _kernels.AS_IS
-    return (backend, _kernels.module(backend).selective_state_step, _kernels.dtype_code(state),
-            _kernels.dtype_code(x), sizes, _arg_modes(state, x, dt, A, B, D, dt_bias) + (_kernels.AS_IS, out_mode),
-            x.numel() * state.shape[-1])
+    convert = tuple(t is not None and t.dtype != torch.float32 for t in (A, D, dt_bias))
+    A, D, dt_bias = _float32_params((A, D, dt_bias), convert)
+    modes = _arg_modes(state, x, dt, A, B, D, dt_bias) + (k.AS_IS, k.UNIT_LAST if state.dim() == 3 else k.AS_IS)
+    tails = k.ref_tails(modes, (state, x, dt, A, B, C, D, z, dt_bias, idx, k.empty(x.shape, x)))
+    return (backend, k.module(backend).selective_state_step, (k.dtype_code(state), k.dtype_code(x), *sizes),
+            tails, convert if any(convert) else None, k.output_spec(x), x.numel() * state.shape[-1])
 
 
 def _run_plan(plan, state, x, dt, A, B, C, D, z, dt_bias, idx, softplus):
-    backend, kernel, state_code, code, sizes, modes, work = plan
-    f32 = _kernels.float32_param
-    A, D, dt_bias = (t if t is None or t.dtype == torch.float32 else f32(t) for t in (A, D, dt_bias))
-    out = _kernels.empty(x.shape, x)
-    refs = _kernels.refs(modes, (state, x, dt, A, B, C, D, z, dt_bias, idx, out))
-    kernel(state_code, code, *sizes, *refs, softplus,
+    backend, kernel, head, tails, convert, out_like, work = plan
+    if convert:
+        A, D, dt_bias = _float32_params((A, D, dt_bias), convert)
+    out = _kernels.planned_output(x, out_like)
+    kernel(*head, *_kernels.planned_refs(tails, (state, x, dt, A, B, C, D, z, dt_bias, idx, out)), softplus,
            _kernels.cpu_threads(work) if backend == "cpu" else _kernels.exec_arg(backend, x))
     return out
 
@@ -219,8 +221,8 @@ def selective_state_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Ten
     batch element; a negative index marks padding (y = 0, no state touched). Returns y like x.
     """
     compiling = torch.compiler.is_compiling()
-    sig = None if compiling else _signature(state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices, softplus)
-    plan = _plans.get(sig) if sig is not None else None
+    sig, plan = (None, None) if compiling else _kernels.find_plan(
+        _plans, (bool(softplus),), (state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices))
     if plan:
         return _run_plan(plan, state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices, softplus)
     _checks.tensor("state", state, ndim=(3, 4))

@@ -147,7 +147,8 @@ def make_state(Bs, D, S, dtype, device, channels_last):
 
 @pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(1, 3, 1, 4, 3), (2, 5, 1, 4, 6), (3, 8, 3, 3, 2), (2, 7, 5, 2, 4)])  # B,D,L,W,S
+# B,D,L,W,S; D 70 with L 1: the one-token path's channel blocks of 64 and a partial one
+@pytest.mark.parametrize("shape", [(1, 3, 1, 4, 3), (2, 5, 1, 4, 6), (3, 8, 3, 3, 2), (2, 7, 5, 2, 4), (2, 70, 1, 4, 5)])
 @pytest.mark.parametrize("options", ["plain", "bias+silu", "indices", "channels_last", "x2d", "all"])
 def test_update_matches_reference(backend, dtype, shape, options):
     B, D, L, W, S = shape

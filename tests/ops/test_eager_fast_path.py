@@ -34,6 +34,22 @@ def test_state_step_repeated_calls_match_reference(dtype):
             assert_close(state, expect_state, dtype)
 
 
+def test_state_step_plan_of_other_strides_is_its_own():
+    # a plan keeps each argument's kernel-side strides: x and B of the same shapes but other strides
+    state, x, dt, A, B, C, D, dt_bias = _step_args()
+    x_t = torch.randn(4, 3, 2).permute(2, 1, 0)  # (2, 3, 4), strides (1, 2, 6)
+    B_t = torch.randn(8, 1, 2).permute(2, 1, 0)
+    with torch.no_grad():
+        for xs, Bs in ((x, B), (x_t, B_t), (x_t.contiguous(), B_t.contiguous())):
+            s = state.clone()
+            y = ops.selective_state_update(s, xs, dt, A, Bs, C, D, dt_bias=dt_bias, dt_softplus=True)
+            s64 = state.double()
+            ref = state_step.selective_state_update_ref(s64, *to64(xs, dt, A, Bs, C, D), dt_bias=dt_bias.double(),
+                                                        dt_softplus=True)
+            assert_close(y, ref, torch.float32)
+            assert_close(s, s64, torch.float32)
+
+
 def test_state_step_checks_still_run_after_a_cached_plan():
     state, x, dt, A, B, C, D, dt_bias = _step_args()
     with torch.no_grad():
@@ -73,6 +89,25 @@ def test_conv_update_repeated_calls_match_reference(weight_3d):
             assert_close(state, expect, torch.float32)
     with pytest.raises(ValueError, match="conv_state"):
         ops.causal_conv1d_update(x_all[0], state[:, :, :2], weight, bias, "silu")
+
+
+@pytest.mark.parametrize("weight_3d", [False, True])
+def test_conv_forward_repeated_calls_match_reference(weight_3d):
+    # x (2, 6, 5); weight (6, 4) or (6, 1, 4); bias (6,); initial_states (2, 6, 3)
+    weight, bias = torch.randn(6, 1, 4) if weight_3d else torch.randn(6, 4), torch.randn(6)
+    init = torch.randn(2, 6, 3)
+    with torch.no_grad():
+        for _ in range(3):  # the first call makes the plan, the next ones run it
+            x = torch.randn(2, 6, 5)
+            y, final = ops.dw_causal_conv(x, weight, bias, "silu", initial_states=init, return_final_states=True)
+            ref = reference.dw_causal_conv(x.double(), weight.reshape(6, 4).double(), bias.double(), "silu",
+                                           initial_states=init.double(), return_final_states=True)
+            assert_close(y, ref[0], torch.float32)
+            assert_close(final, ref[1], torch.float32)
+            assert_close(ops.dw_causal_conv(x, weight, None, None), reference.dw_causal_conv(
+                x.double(), weight.reshape(6, 4).double(), None, None), torch.float32)
+        with pytest.raises(ValueError, match="initial_states"):
+            ops.dw_causal_conv(x, weight, bias, "silu", initial_states=init[:, :, :2], return_final_states=True)
 
 
 def test_norm_fast_path_matches_general_path_and_checks():

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import ssm.ops as ops
+import ssm.ops.ssd as ssd_op
 from ssm.ops.python import reference
 from tests.ops.harness import DTYPES, assert_close, backends, device_of, rand, to64, use_backend
 
@@ -189,6 +190,38 @@ def test_gradients_match_reference(backend, dtype, options):
         if got is not None:
             assert got.grad is not None and got.grad.dtype == got.dtype, name
             assert_close(got.grad, want.grad, dtype, f"d{name}", factor=2.0)
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("varlen", [False, True])
+def test_gradients_over_several_checkpoint_segments(backend, varlen, monkeypatch):
+    # L 1100 with two-level checkpoints forced on the CPU backward (its workspace then holds segments
+    # of 512 tokens): 3 segments, the last partial; sequences (seq_idx or cu_seqlens) and their states
+    # cross the segment edges
+    monkeypatch.setattr(ssd_op, "SINGLE_LEVEL_CHECKPOINT_BYTES", 0)
+    dev = device_of(backend)
+    if varlen:
+        args, cu = packed_batch([300, 0, 530, 270], 2, 3, 1, 8, torch.float32, dev, init=True)
+        call = dict(cu_seqlens=cu, return_varlen_states=True)
+    else:
+        args, cu = make_inputs(2, 1100, 2, 3, 1, 8, torch.float32, dev, D="full", z=True, bias=True, init=True,
+                               seq=True), None
+        call = dict(return_final_states=True, dt_limit=(0.05, 0.8))
+    leaves = {k: (v.detach().clone().requires_grad_() if k in GRAD_NAMES and v is not None else v)
+              for k, v in args.items()}
+    out = run(backend, leaves, 64, dt_softplus=True, **call)
+    douts = [torch.randn_like(o) for o in out]
+    torch.autograd.backward(list(out), douts)
+    ref_leaves = {k: (v.detach().double().requires_grad_() if k in GRAD_NAMES and v is not None else v)
+                  for k, v in args.items()}
+    ref = reference.ssd_chunk_scan(*(ref_leaves[k] for k in ("X", "dt", "A", "B", "C")), 64, D=ref_leaves["D"],
+                                   z=ref_leaves["z"], dt_bias=ref_leaves["dt_bias"],
+                                   initial_states=ref_leaves["initial_states"], seq_idx=ref_leaves["seq_idx"],
+                                   dt_softplus=True, **call)
+    torch.autograd.backward(list(ref), [d.double() for d in douts])
+    for name in GRAD_NAMES:
+        if leaves[name] is not None:
+            assert_close(leaves[name].grad, ref_leaves[name].grad, torch.float32, f"d{name}", factor=2.0)
 
 
 @pytest.mark.parametrize("backend", backends())

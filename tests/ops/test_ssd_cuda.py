@@ -5,6 +5,7 @@ backend in test_ssd.py."""
 import pytest
 import torch
 
+from ssm.ops import ssd
 from ssm.ops.python import reference
 from tests.ops.harness import DTYPES, assert_close
 from tests.ops.test_ssd import GRAD_NAMES, make_inputs, packed_batch, reference64, run
@@ -48,6 +49,25 @@ def test_small_seq_idx_runs_across_chunks(dtype, chunk):
     assert_close(final, ref_final, dtype, "final_states")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f16", "bf16"])
+@pytest.mark.parametrize("L", [2 * 128 + 40, 2 * 128 + 37], ids=["L_mult8", "L_odd"])
+def test_token_major_views_match_reference(dtype, L):
+    # x, B, C as views of one channels-first (batch, channels, L) buffer with tokens contiguous, as
+    # the fused Mamba-2 path passes its conv output (vector loads along tokens when L % 8 == 0)
+    batch, H, P, G, N = 2, 4, 64, 2, 64
+    args = make_inputs(batch, L, H, P, G, N, dtype, "cuda", D="head", bias=True, init=True)
+    parts = [args[k].reshape(batch, L, -1) for k in ("X", "B", "C")]
+    buf = torch.cat(parts, -1).transpose(1, 2).contiguous().transpose(1, 2)
+    x, Bm, Cm = torch.split(buf, [H * P, G * N, G * N], dim=-1)
+    args.update(X=x.view(batch, L, H, P), B=Bm.view(batch, L, G, N), C=Cm.view(batch, L, G, N))
+    assert args["X"].stride(1) == 1 and args["B"].stride(1) == 1
+    call = dict(dt_softplus=True, return_final_states=True)
+    y, final = run("cuda", args, 128, **call)
+    ref_y, ref_final = reference64(args, 128, **call)
+    assert_close(y, ref_y, dtype, "y")
+    assert_close(final, ref_final, dtype, "final_states")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("init", [False, True])
 def test_varlen_sequences_crossing_chunks(dtype, init):
@@ -85,9 +105,10 @@ def test_cuda_graph_capture_replays_the_eager_result():
     assert torch.equal(y, want_y) and torch.equal(final, want_final)
 
 
-@pytest.mark.parametrize("composed", [False, True], ids=["reference_bwd", "composed_bwd"])
-def test_forward_and_backward_are_bitwise_reproducible(composed, monkeypatch):
-    monkeypatch.setenv("SSM_SSD_COMPOSED_BWD", "1" if composed else "0")
+@pytest.mark.parametrize("mode", ["reference", "composed", "kernel"], ids=lambda m: f"{m}_bwd")
+def test_forward_and_backward_are_bitwise_reproducible(mode, monkeypatch):
+    monkeypatch.setenv("SSM_SSD_COMPOSED_BWD", "0" if mode == "reference" else "1")
+    monkeypatch.setenv("SSM_SSD_BWD_KERNEL", "1" if mode == "kernel" else "0")
     args = make_inputs(2, 300, 4, 32, 2, 64, torch.bfloat16, "cuda", D="full", z=True, bias=True, init=True)
     call = dict(dt_softplus=True, return_final_states=True)
     names = [k for k in GRAD_NAMES if args[k] is not None]
@@ -127,18 +148,26 @@ def test_gradients_at_model_sizes(dtype):
 
 
 def composed_backward_grads(dtype, seq, monkeypatch):
-    """Gradients of the CUDA backward composed of forward scans (SSM_SSD_COMPOSED_BWD=1, the default;
-    ssm/ops/ssd_bwd.py) and of the float64 reference, per input name."""
+    """Gradients of the CUDA backward composed of forward scans (SSM_SSD_BWD_KERNEL=0; ssm/ops/ssd_bwd.py)
+    and of the float64 reference, per input name."""
     monkeypatch.setenv("SSM_SSD_COMPOSED_BWD", "1")
-    args = make_inputs(2, 300, 4, 64, 2, 64, dtype, "cuda", D="full", z=True, bias=True, init=True, seq=seq)
+    monkeypatch.setenv("SSM_SSD_BWD_KERNEL", "0")
+    return cuda_backward_grads(dtype, (2, 300, 4, 64, 2, 64, 128), seq, True)
+
+
+def cuda_backward_grads(dtype, case, seq, gate):
+    """Gradients of ssd_chunk_scan on CUDA (the backward the environment selects) and of the float64
+    reference, per input name; case = (batch, L, H, P, G, N, chunk)."""
+    batch, L, H, P, G, N, chunk = case
+    args = make_inputs(batch, L, H, P, G, N, dtype, "cuda", D="full", z=gate, bias=True, init=True, seq=seq)
     call = dict(dt_softplus=True, dt_limit=(0.05, 0.9), return_final_states=True)
     names = [k for k in GRAD_NAMES if args[k] is not None]
     leaves = dict(args, **{k: args[k].detach().clone().requires_grad_() for k in names})
-    y, final = run("cuda", leaves, 128, **call)
+    y, final = run("cuda", leaves, chunk, **call)
     dy, dfinal = torch.randn_like(y), torch.randn_like(final)
     torch.autograd.backward([y, final], [dy, dfinal])
     ref_leaves = dict(args, **{k: args[k].detach().double().requires_grad_() for k in names})
-    ry, rfinal = reference.ssd_chunk_scan(*(ref_leaves[k] for k in ("X", "dt", "A", "B", "C")), 128,
+    ry, rfinal = reference.ssd_chunk_scan(*(ref_leaves[k] for k in ("X", "dt", "A", "B", "C")), chunk,
                                           D=ref_leaves["D"], z=ref_leaves["z"], dt_bias=ref_leaves["dt_bias"],
                                           initial_states=ref_leaves["initial_states"], seq_idx=args["seq_idx"],
                                           **call)
@@ -150,5 +179,30 @@ def composed_backward_grads(dtype, seq, monkeypatch):
 @pytest.mark.parametrize("seq", [False, True], ids=["rows", "seq_idx"])
 def test_composed_backward_matches_reference(dtype, seq, monkeypatch):
     grads = composed_backward_grads(dtype, seq, monkeypatch)
+    for name, (got, want) in grads.items():
+        assert_close(got, want, dtype, f"d{name}", factor=2.0)
+
+
+KERNEL_CASES = [  # (batch, L, H, P, G, N, chunk): L not a multiple of the chunk, L = 1, G > 1, odd N
+    (2, 300, 4, 64, 2, 64, 128),
+    (1, 1, 2, 32, 1, 16, 64),
+    (2, 3 * 256 + 37, 4, 32, 4, 128, 256),
+    (1, 200, 6, 128, 3, 200, 64),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f16", "bf16"])
+@pytest.mark.parametrize("case", KERNEL_CASES, ids=lambda c: "b{}_l{}_h{}_p{}_g{}_n{}_c{}".format(*c))
+@pytest.mark.parametrize("seq", [False, True], ids=["rows", "seq_idx"])
+@pytest.mark.parametrize("gate", [False, True], ids=["nogate", "gate"])
+def test_kernel_backward_matches_reference(dtype, case, seq, gate, monkeypatch):
+    """The dedicated CUDA backward (the default; ssm/ops/cuda/ssd_chunk_scan_bwd.cu)."""
+    monkeypatch.setenv("SSM_SSD_COMPOSED_BWD", "1")
+    monkeypatch.setenv("SSM_SSD_BWD_KERNEL", "1")
+    calls = []
+    kernel = ssd._bwd_cuda
+    monkeypatch.setattr(ssd, "_bwd_cuda", lambda *a: calls.append(1) or kernel(*a))
+    grads = cuda_backward_grads(dtype, case, seq, gate)
+    assert calls, "the dedicated CUDA backward did not run"
     for name, (got, want) in grads.items():
         assert_close(got, want, dtype, f"d{name}", factor=2.0)

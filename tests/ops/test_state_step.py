@@ -14,6 +14,7 @@ LAYOUTS = [  # (layout, batch, heads or channels, head dim, N, G)
     ("mamba1", 2, 12, 1, 5, 3),
     ("mamba2", 2, 4, 8, 16, 2),
     ("mamba2", 3, 3, 5, 7, 1),
+    ("mamba2", 1, 2, 3, 40, 1),  # N of 5 vectors: the two-sum loop and its odd vector
 ]
 OPTIONS = ["plain", "softplus+bias", "z+D", "indices", "tied", "fp32_state", "fp32_dt", "noncontig", "all"]
 
@@ -150,3 +151,20 @@ def test_bad_input_is_named(bad, error, words):
                                  args["z"], args["dt_bias"], state_batch_indices=args["state_batch_indices"])
     for word in words:
         assert word in str(info.value), f"{word!r} not in {info.value}"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("wide", ["0", "1"])
+@pytest.mark.parametrize("layout", LAYOUTS + [("mamba1", 4, 64, 1, 16, 1), ("mamba2", 2, 3, 16, 128, 1),
+                                              ("mamba2", 1, 2, 4, 256, 2)])
+@pytest.mark.parametrize("option", ["plain", "all"])
+def test_cuda_row_shapes_match_reference(wide, layout, option, monkeypatch):
+    """Both row shapes of the CUDA kernel (narrow: few lanes a row, several packs each; wide: one
+    pack a lane), whichever the grid size would pick."""
+    monkeypatch.setenv("SSM_STEP_WIDE", wide)
+    inp = make_step(*layout, torch.bfloat16, torch.device("cuda"), {option})
+    ref = as64(inp)
+    with use_backend("cuda"):
+        y = step(ops.selective_state_step, inp, option == "all")
+    assert_close(y, step(reference.selective_state_step, ref, option == "all"), torch.bfloat16, "y")
+    assert_close(inp["state"], ref["state"], inp["state"].dtype, "state")

@@ -184,6 +184,7 @@ struct SelectiveScanParams {
   TensorArg dD, ddt_bias;      // (B, D)             float32, per batch, optional
   TensorArg dinitial_state;    // (rows, D, N)       float32, optional
   TensorArg chunk_states;      // (B, D, nchunks, N) float32 workspace of the CUDA backward (L > its chunk)
+  bool chunk_states_filled = false;  // backward: the forward already wrote chunk_states (CUDA thread kernels)
 };
 
 // One decode step, Mamba-2 layout (Mamba-1: H = D heads of size P = 1), state updated in place:
@@ -201,6 +202,76 @@ struct StateStepParams {
   TensorArg state_batch_indices; // (B,)             int32, optional
   TensorArg out;                 // (B, H, P)        dtype
   bool softplus = false;
+  // CUDA only, Mamba-1 layout (P = 1): with dt_proj, dt is the low-rank dt_in (B, R) (strides of
+  // its batch and rank dims in dt.stride[0], [1]) and dt[b, h] = dot(dt_proj[h, :], dt_in[b, :]),
+  // rounded to dtype as a separate projection's output is.
+  int64_t dt_rank = 0;
+  TensorArg dt_proj;             // (H, R)           dtype, optional
+};
+
+}  // namespace ssm
+
+namespace ssm {
+
+// One fused decode step of a Mamba-2 layer (CUDA only): the depthwise conv update of the raw
+// xBC row (channels [x (H*P), B (G*N), C (G*N)]) on its rolling conv_state, then the state step
+// of StateStepParams with per-head dt, dt_bias and A. Blocks of one (batch row, group) meet at
+// counters[b * G + g] (zero between launches; the last block writes the B/C conv states and
+// resets it), so every block reads the B/C history before any block rewrites it.
+struct ConvStateStepParams {
+  int64_t batch = 0, nheads = 0, headdim = 0, dstate = 0, ngroups = 1, width = 0, state_len = 0;
+  DType state_dtype = DType::f32, dtype = DType::f32;
+  TensorArg xbc;          // (B, H*P + 2*G*N)     dtype, raw conv input
+  TensorArg conv_state;   // (B, H*P + 2*G*N, S)  dtype, any strides, S >= W - 1
+  TensorArg conv_weight;  // (H*P + 2*G*N, W)     float32
+  TensorArg conv_bias;    // (H*P + 2*G*N,)       float32, optional
+  TensorArg state;        // (B, H, P, N)         state_dtype, contiguous along N, 16-byte aligned rows
+  TensorArg dt;           // (B, H)               dtype
+  TensorArg A;            // (H,)                 float32
+  TensorArg D;            // (H, P)               float32, optional (stride 0 along P: per head)
+  TensorArg dt_bias;      // (H,)                 float32, optional
+  TensorArg z;            // (B, H, P)            dtype, optional
+  TensorArg counters;     // (B * G,)             int32, zero
+  TensorArg out;          // (B, H, P)            dtype
+  bool softplus = false, silu = false;
+};
+
+}  // namespace ssm
+
+namespace ssm {
+
+// Small-batch linear layer with an optional gated RMSNorm on its input (CUDA only; decoding):
+//   mode 0: in = x;  mode 1: in = rmsnorm_g(x * silu(z)) * norm_weight;
+//   mode 2: in = rmsnorm_g(x) * norm_weight * silu(z)   (rmsnorm_g over groups of group_size)
+//   modes 3, 4: in = rmsnorm / layernorm(x + residual) * norm_weight (+ norm_bias) (see below)
+//   out[b, m] = sum_k weight[m, k] * in[b, k] (+ bias[m]); `in` rounded to dtype first, as the
+//   separate gated norm's output is.
+struct NormGemvParams {
+  int64_t batch = 0, in_features = 0, out_features = 0, group_size = 0;
+  int mode = 0;
+  float eps = 0.f;
+  DType dtype = DType::f32;
+  TensorArg x;            // (B, K)  dtype
+  TensorArg z;            // (B, K)  dtype, modes 1 and 2
+  TensorArg norm_weight;  // (K,)    float32, modes 1 and 2
+  TensorArg weight;       // (M, K)  dtype, contiguous along K, 16-byte aligned rows
+  TensorArg bias;         // (M,)    float32, optional
+  TensorArg out;          // (B, M)  dtype
+  // modes 3 (RMSNorm) and 4 (LayerNorm): s = x + residual, residual_out = s (written by block 0),
+  // in = norm(s) * norm_weight (+ norm_bias) over the whole row (a prenorm block's add + norm)
+  TensorArg residual;      // (B, K)  float32, optional
+  TensorArg residual_out;  // (B, K)  float32, modes 3 and 4
+  TensorArg norm_bias;     // (K,)    float32, optional (mode 4)
+  // mode 5 (Mamba-1's conv update feeding x_proj): in = silu?(depthwise conv of x on its rolling
+  // conv_state), rounded to dtype and written to conv_out by block 0; the last block to take a
+  // ticket on counters[0] (zero between launches) shifts the conv states and resets it
+  int64_t width = 0, state_len = 0;
+  bool silu = false;
+  TensorArg conv_state;    // (B, K, S) dtype, any strides, S >= W - 1
+  TensorArg conv_weight;   // (K, W)    float32
+  TensorArg conv_bias;     // (K,)      float32, optional
+  TensorArg conv_out;      // (B, K)    dtype
+  TensorArg counters;      // (1,)      int32
 };
 
 }  // namespace ssm

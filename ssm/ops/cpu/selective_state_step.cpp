@@ -47,17 +47,30 @@ bool tied_heads(const StateStepParams& p) {
 }
 
 // One channel: h = decay h + dt x B in place (npad entries), returns C . h; decay = exp(dt A), or
-// s.dA when the head is tied.
-float update_channel(float* hp, const StepScratch& s, float dt, float dtx, bool tied) {
-  vf acc = splat(0.f);
+// the head's decays dA when it is tied. Restrict pointers: the loop keeps its bases in registers.
+template <bool kTied>
+float update_lanes(float* __restrict hp, const float* __restrict decay_or_A, const float* __restrict B,
+                   const float* __restrict C, int64_t npad, float dt, float dtx) {
   const vf dtv = splat(dt), dtxv = splat(dtx);
-  for (int64_t n = 0; n < s.npad; n += kLanes) {
-    const vf decay = tied ? vload(&s.dA[n]) : exp2v(dtv * vload(&s.A[n]));
-    const vf h = decay * vload(hp + n) + dtxv * vload(&s.B[n]);
+  auto step = [&](int64_t n) {
+    const vf decay = kTied ? vload(decay_or_A + n) : exp2v(dtv * vload(decay_or_A + n));
+    const vf h = decay * vload(hp + n) + dtxv * vload(B + n);
     vstore(hp + n, h);
-    acc += h * vload(&s.C[n]);
+    return h * vload(C + n);
+  };
+  vf acc0 = splat(0.f), acc1 = splat(0.f);  // two sums: the adds do not wait on each other
+  int64_t n = 0;
+  for (; n + 2 * kLanes <= npad; n += 2 * kLanes) {
+    acc0 += step(n);
+    acc1 += step(n + kLanes);
   }
-  return hsum(acc);
+  if (n < npad) acc0 += step(n);
+  return hsum(acc0 + acc1);
+}
+
+float update_channel(float* hp, const StepScratch& s, float dt, float dtx, bool tied) {
+  return tied ? update_lanes<true>(hp, s.dA.data(), s.B.data(), s.C.data(), s.npad, dt, dtx)
+              : update_lanes<false>(hp, s.A.data(), s.B.data(), s.C.data(), s.npad, dt, dtx);
 }
 
 // The state row of one channel, updated in place when it is float32, unit-stride and whole vectors.
@@ -85,11 +98,14 @@ void step_row(const StateStepParams& p, StepScratch& s, int64_t b, int64_t h) {
   }
   load_padded(s.B.data(), ptr<T>(p.B) + b * p.B.stride[0] + g * p.B.stride[1], p.B.stride[2], N, s.npad);
   load_padded(s.C.data(), ptr<T>(p.C) + b * p.C.stride[0] + g * p.C.stride[1], p.C.stride[2], N, s.npad);
+  float dt = 0.f;
   for (int64_t i = 0; i < P; ++i) {
     const float x = to_float(ptr<T>(p.x)[b * p.x.stride[0] + h * p.x.stride[1] + i * p.x.stride[2]]);
-    float dt = to_float(ptr<T>(p.dt)[b * p.dt.stride[0] + h * p.dt.stride[1] + i * p.dt.stride[2]]);
-    dt += at2(p.dt_bias, h, i, 0.f);
-    if (p.softplus) dt = softplus_scalar(dt);
+    if (i == 0 || !tied) {  // a tied head's dt (and its softplus) once for its P channels
+      dt = to_float(ptr<T>(p.dt)[b * p.dt.stride[0] + h * p.dt.stride[1] + i * p.dt.stride[2]]);
+      dt += at2(p.dt_bias, h, i, 0.f);
+      if (p.softplus) dt = softplus_scalar(dt);
+    }
     if (i == 0 || p.A.stride[1] != 0)
       load_padded(s.A.data(), ptr<float>(p.A) + h * p.A.stride[0] + i * p.A.stride[1], p.A.stride[2], N, s.npad, kLog2e);
     if (tied && i == 0)
@@ -137,14 +153,7 @@ vf update_rows(const StateStepParams& p, LaneScratch& s, int64_t b, int64_t row,
     }
     float* st = mut_ptr<float>(p.state) + row * p.state.stride[0] + h * p.state.stride[1];
     const float* A = ptr<float>(p.A) + h * p.A.stride[0];
-    const vf dtl = splat(dt[l] * kLog2e), dtxl = splat(dtx[l]);
-    vf acc = splat(0.f);
-    for (int64_t n = 0; n < N; n += kLanes) {
-      const vf hv = exp2v(dtl * vload(A + n)) * vload(st + n) + dtxl * vload(&s.B[n]);
-      vstore(st + n, hv);
-      acc += hv * vload(&s.C[n]);
-    }
-    y[l] = hsum(acc);
+    y[l] = update_lanes<false>(st, A, s.B.data(), s.C.data(), N, dt[l] * kLog2e, dtx[l]);
   }
   return y;
 }

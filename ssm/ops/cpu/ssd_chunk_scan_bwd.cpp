@@ -1,9 +1,14 @@
 // Mamba-2 SSD scan, backward, on the CPU. One task per (batch, head):
-//  1. a forward pass keeps the state entering every block of kBlock tokens (checkpoints);
-//  2. blocks are visited last to first: the block's states are recomputed from its checkpoint,
-//     then the state gradient S_t = a_{t+1} S_{t+1} + g_t ⊗ C_t (+ dfinal, dvarlen) runs back over
-//     the block, row by row in column groups held in registers, accumulating each token's dx, dΔ,
-//     dB, dC and dA (through Σ S_t ⊙ H_{t-1}) on the way.
+//  1. a forward pass keeps the state entering every segment of `seg` blocks of kBlock tokens;
+//  2. segments are visited last to first: a forward pass over the segment keeps the state entering
+//     each of its blocks;
+//  3. the segment's blocks are visited last to first: the block's states are recomputed from its
+//     checkpoint, then the state gradient S_t = a_{t+1} S_{t+1} + g_t ⊗ C_t (+ dfinal, dvarlen) runs
+//     back over the block, row by row in column groups held in registers, accumulating each token's
+//     dx, dΔ, dB, dC and dA (through Σ S_t ⊙ H_{t-1}) on the way.
+// When the workspace holds a state per block (Python gives it that up to a size), the whole sequence
+// is one segment and step 1 is empty; else segments of kSegBlocks (two-level checkpoints: L / 512 + 32
+// states instead of L / 16, for one more forward pass over all but the last segment).
 // g_t = dy_t silu(z_t) is the gradient of the ungated output. dA, dD are per head and dB, dC per
 // thread (accumulated over its heads); Python sums them.
 #include "cpu/ssd_common.h"
@@ -12,42 +17,64 @@ namespace ssm::cpu::SSM_ISA {
 namespace {
 using namespace ssd;
 
-// Slices of the workspace beyond the forward's (Workspace::extra).
+constexpr int64_t kSegBlocks = 32;  // blocks per segment of the two-level checkpoints (512 tokens)
+
+// Slices of the workspace beyond the forward's (Workspace::extra), for segments of `seg` blocks.
 struct BwdWorkspace {
-  float* ckpt;      // (nblocks, P, Np): state entering each block
+  float* seg_ckpt;  // (nsegs, P, Np): state entering each segment
+  float* ckpt;      // (min(nblocks, seg), P, Np): state entering each block of the current segment
   float* states;    // (kBlock + 1, P, Np): state before the block, then after each token
   float* dstate;    // (P, Np): the running state gradient S
   float* g;         // (kBlock, P): gradient of the ungated output
   float* dB;        // (kBlock, Np): Σ_q S[q, :] u[q]
   float* dC;        // (kBlock, Np): Σ_q g[q] H[q, :]
   float* acc_da;    // (kBlock, kVec): Σ S_t ⊙ H_{t-1}
-  int32_t* cursor;  // (nblocks, 2): HeadCursor (prev_seq, next_end) at each block start
+  int32_t* seg_cursor;  // (nsegs, 2): HeadCursor (prev_seq, next_end) at each segment start
+  int32_t* cursor;      // (seg, 2): the same at each block start of the current segment
+  int64_t seg;
 
-  static int64_t floats(int64_t P, int64_t Np, int64_t L) {
-    const int64_t nblocks = (L + kBlock - 1) / kBlock;
-    return round_up(nblocks * P * Np, 16) + round_up((kBlock + 1) * P * Np, 16) + round_up(P * Np, 16) +
-           round_up(kBlock * P, 16) + 2 * round_up(kBlock * Np, 16) + round_up(kBlock * kVec, 16) +
-           round_up(2 * nblocks, 16);
+  static int64_t nblocks(int64_t L) { return (L + kBlock - 1) / kBlock; }
+  static int64_t nsegs(int64_t L, int64_t seg) { return (nblocks(L) + seg - 1) / seg; }
+
+  static int64_t floats(int64_t P, int64_t Np, int64_t L, int64_t seg) {
+    const int64_t fine = std::min(nblocks(L), seg);
+    return round_up(nsegs(L, seg) * P * Np, 16) + round_up(fine * P * Np, 16) + round_up((kBlock + 1) * P * Np, 16) +
+           round_up(P * Np, 16) + round_up(kBlock * P, 16) + 2 * round_up(kBlock * Np, 16) +
+           round_up(kBlock * kVec, 16) + round_up(2 * nsegs(L, seg), 16) + round_up(2 * seg, 16);
   }
 
-  BwdWorkspace(float* base, int64_t P, int64_t Np, int64_t L) {
-    const int64_t nblocks = (L + kBlock - 1) / kBlock;
+  // One segment (a checkpoint per block) when the workspace after the forward's has room for it.
+  static int64_t segment_blocks(int64_t P, int64_t Np, int64_t L, int64_t floats_given) {
+    const int64_t one = std::max<int64_t>(1, nblocks(L));
+    return floats_given >= floats(P, Np, L, one) ? one : kSegBlocks;
+  }
+
+  BwdWorkspace(float* base, int64_t P, int64_t Np, int64_t L, int64_t seg_blocks) : seg(seg_blocks) {
     float* p = base;
     auto take = [&](int64_t n) { float* r = p; p += round_up(n, 16); return r; };
-    ckpt = take(nblocks * P * Np), states = take((kBlock + 1) * P * Np), dstate = take(P * Np);
+    seg_ckpt = take(nsegs(L, seg) * P * Np), ckpt = take(std::min(nblocks(L), seg) * P * Np);
+    states = take((kBlock + 1) * P * Np), dstate = take(P * Np);
     g = take(kBlock * P), dB = take(kBlock * Np), dC = take(kBlock * Np), acc_da = take(kBlock * kVec);
-    cursor = reinterpret_cast<int32_t*>(take(2 * nblocks));
+    seg_cursor = reinterpret_cast<int32_t*>(take(2 * nsegs(L, seg)));
+    cursor = reinterpret_cast<int32_t*>(take(2 * seg));
   }
 };
 
-// Pass 1: the state entering each block, and the cursor there.
+// Advances w.state over blocks [j0, j1), keeping the state and cursor entering every block whose
+// index is a multiple of `every` at ckpt / cursor[(j - j0) / every] (the last block is not advanced
+// over: nothing needs the state after it).
 template <typename T>
-void checkpoint_pass(const SsdParams& p, HeadCursor cur, Workspace& w, BwdWorkspace& bw, int64_t Np) {
-  const int64_t P = p.headdim;
-  for (int64_t t0 = 0, j = 0; t0 < p.seqlen; t0 += kBlock, ++j) {
-    const int64_t k = std::min(kBlock, p.seqlen - t0);
-    std::copy(w.state, w.state + P * Np, bw.ckpt + j * P * Np);
-    bw.cursor[2 * j] = cur.prev_seq, bw.cursor[2 * j + 1] = int32_t(cur.next_end);
+void checkpoint_pass(const SsdParams& p, HeadCursor cur, Workspace& w, float* ckpt, int32_t* cursor, int64_t j0,
+                     int64_t j1, int64_t every, int64_t Np) {
+  const int64_t PN = p.headdim * Np;
+  for (int64_t j = j0; j < j1; ++j) {
+    if ((j - j0) % every == 0) {
+      const int64_t slot = (j - j0) / every;
+      std::copy(w.state, w.state + PN, ckpt + slot * PN);
+      cursor[2 * slot] = cur.prev_seq, cursor[2 * slot + 1] = int32_t(cur.next_end);
+    }
+    if (j + 1 == j1) break;
+    const int64_t t0 = j * kBlock, k = std::min(kBlock, p.seqlen - t0);
     prepare_block<T>(p, cur, t0, k, Np, w);
     scan_block<ScanMode::advance>(p, w, cur.h, k, Np, nullptr);
   }
@@ -216,14 +243,17 @@ template <typename T>
 void backward_head(const SsdParams& p, int64_t task, float* ws, int64_t part) {
   const int64_t P = p.headdim, N = p.dstate, Np = round_up(N, kVec), PN = P * Np;
   Workspace w(ws, P, Np);
-  BwdWorkspace bw(w.extra, P, Np, p.seqlen);
+  BwdWorkspace bw(w.extra, P, Np, p.seqlen,
+                  BwdWorkspace::segment_blocks(P, Np, p.seqlen, p.workspace_floats - Workspace::floats(P, Np)));
   const HeadCursor start(p, task);
   const TensorArg& is = p.initial_states;
   if (is.present() && !p.cu_seqlens.present())
     load_state(w.state, ptr<float>(is) + start.b * is.stride[0] + start.h * is.stride[1], is.stride[2], is.stride[3], P, N, Np);
   else
     std::fill(w.state, w.state + PN, 0.f);
-  checkpoint_pass<T>(p, start, w, bw, Np);
+  const int64_t seg = bw.seg, nblocks = BwdWorkspace::nblocks(p.seqlen), nsegs = BwdWorkspace::nsegs(p.seqlen, seg);
+  // (up to the last segment's first block: its blocks are advanced over by the segment's own pass)
+  checkpoint_pass<T>(p, start, w, bw.seg_ckpt, bw.seg_cursor, 0, std::min(nblocks, (nsegs - 1) * seg + 1), seg, Np);
 
   const TensorArg& df = p.dfinal;
   if (df.present())
@@ -234,19 +264,25 @@ void backward_head(const SsdParams& p, int64_t task, float* ws, int64_t part) {
   if (dD) std::fill(dD, dD + P, 0.f);
   if (p.dinitial.present() && p.cu_seqlens.present()) empty_sequence_grads(p, start.h);
   float dA = 0.f, next_carry = 1.f;
-  const int64_t nblocks = (p.seqlen + kBlock - 1) / kBlock;
-  for (int64_t j = nblocks - 1; j >= 0; --j) {
-    const int64_t t0 = j * kBlock, k = std::min(kBlock, p.seqlen - t0);
-    HeadCursor cur = start;
-    cur.prev_seq = bw.cursor[2 * j], cur.next_end = bw.cursor[2 * j + 1];
-    prepare_block<T>(p, cur, t0, k, Np, w);
-    std::copy(bw.ckpt + j * PN, bw.ckpt + (j + 1) * PN, w.state);
-    std::copy(bw.ckpt + j * PN, bw.ckpt + (j + 1) * PN, bw.states);
-    scan_block<ScanMode::states>(p, w, start.h, k, Np, bw.states);
-    output_grads<T>(p, w, bw, start, t0, k, dD);
-    reverse_block(p, w, bw, start.h, k, Np, next_carry);
-    dA += write_block_grads<T>(p, w, bw, start, t0, k, part);
-    next_carry = w.reset[0] >= 0 ? 0.f : w.decay[0];
+  for (int64_t s = nsegs - 1; s >= 0; --s) {
+    const int64_t j0 = s * seg, j1 = std::min(nblocks, j0 + seg);
+    HeadCursor seg = start;
+    seg.prev_seq = bw.seg_cursor[2 * s], seg.next_end = bw.seg_cursor[2 * s + 1];
+    std::copy(bw.seg_ckpt + s * PN, bw.seg_ckpt + (s + 1) * PN, w.state);
+    checkpoint_pass<T>(p, seg, w, bw.ckpt, bw.cursor, j0, j1, 1, Np);
+    for (int64_t j = j1 - 1; j >= j0; --j) {
+      const int64_t t0 = j * kBlock, k = std::min(kBlock, p.seqlen - t0), slot = j - j0;
+      HeadCursor cur = start;
+      cur.prev_seq = bw.cursor[2 * slot], cur.next_end = bw.cursor[2 * slot + 1];
+      prepare_block<T>(p, cur, t0, k, Np, w);
+      std::copy(bw.ckpt + slot * PN, bw.ckpt + (slot + 1) * PN, w.state);
+      std::copy(bw.ckpt + slot * PN, bw.ckpt + (slot + 1) * PN, bw.states);
+      scan_block<ScanMode::states>(p, w, start.h, k, Np, bw.states);
+      output_grads<T>(p, w, bw, start, t0, k, dD);
+      reverse_block(p, w, bw, start.h, k, Np, next_carry);
+      dA += write_block_grads<T>(p, w, bw, start, t0, k, part);
+      next_carry = w.reset[0] >= 0 ? 0.f : w.decay[0];
+    }
   }
   mut_ptr<float>(p.dA)[start.b * p.dA.stride[0] + start.h * p.dA.stride[1]] = dA;
   const TensorArg& di = p.dinitial;
@@ -261,7 +297,10 @@ void backward_head(const SsdParams& p, int64_t task, float* ws, int64_t part) {
 
 void ssd_chunk_scan_bwd(const SsdParams& p, int nthreads) {
   const int64_t Np = ssd::round_up(p.dstate, ssd::kVec);
-  SSM_CHECK(p.workspace_floats >= ssd::Workspace::floats(p.headdim, Np) + BwdWorkspace::floats(p.headdim, Np, p.seqlen),
+  const int64_t one = std::max<int64_t>(1, BwdWorkspace::nblocks(p.seqlen));  // (see segment_blocks)
+  SSM_CHECK(p.workspace_floats >= ssd::Workspace::floats(p.headdim, Np) +
+                std::min(BwdWorkspace::floats(p.headdim, Np, p.seqlen, one),
+                         BwdWorkspace::floats(p.headdim, Np, p.seqlen, kSegBlocks)),
             "ssd_chunk_scan_bwd", "workspace too small");
   SSM_DTYPE_SWITCH(p.dtype, T, "ssd_chunk_scan_bwd", [&] {
     ssd::for_each_task(p, p.batch * p.nheads, nthreads, [&](int64_t task, float* ws, int64_t part) { backward_head<T>(p, task, ws, part); });

@@ -4,6 +4,8 @@
 // (16-byte state loads and stores when the layout allows), so the state streams through once.
 // A tied per head (stride 0 along N) costs one exp per row instead of one per entry.
 #pragma once
+#include <cstdlib>
+
 #include "cuda/kernels.h"
 #include "cuda/vec.cuh"
 
@@ -27,6 +29,23 @@ __device__ __forceinline__ void load8(float* v, const TensorArg& M, int64_t b, i
 #pragma unroll
     for (int e = 0; e < 8; ++e) v[e] = n0 + e < N ? to_float(row[(n0 + e) * M.stride[2]]) : 0.f;
   }
+}
+
+// dt[b, h] = dot(dt_proj[h, :], dt_in[b, :]) in float32, rounded to T (Mamba-1's dt_proj folded in).
+template <typename T>
+__device__ __forceinline__ float projected_dt(const StateStepParams& p, int64_t b, int64_t h) {
+  const T* w = ptr<T>(p.dt_proj) + h * p.dt_proj.stride[0];
+  const T* v = ptr<T>(p.dt) + b * p.dt.stride[0];
+  const int64_t ws = p.dt_proj.stride[1], vs = p.dt.stride[1];
+  // 16 products per iteration: their 32 loads are in flight together
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  int64_t r = 0;
+  for (; r + 16 <= p.dt_rank; r += 16) {
+#pragma unroll
+    for (int i = 0; i < 16; ++i) acc[i % 4] += to_float(w[(r + i) * ws]) * to_float(v[(r + i) * vs]);
+  }
+  for (; r < p.dt_rank; ++r) acc[0] += to_float(w[r * ws]) * to_float(v[r * vs]);
+  return to_float(from_float<T>((acc[0] + acc[1]) + (acc[2] + acc[3])));
 }
 
 // One lane's packs of s, B, C (kPacks packs of 8 entries, kTPR lanes apart) at a pass over N,
@@ -79,12 +98,13 @@ __global__ void __launch_bounds__(kThreads) state_step_kernel(StateStepParams p,
   // the state stream first: every load of the pass is in flight before the first use
   Packs<TS, T, kTPR, kPacks> pk;
   if (vec) pk.load(st, p, b, g, 0, lane);
-  float dt = at<T>(p.dt, b, h, hp) + (has(p.dt_bias) ? ptr<float>(p.dt_bias)[h * p.dt_bias.stride[0] + hp * p.dt_bias.stride[1]] : 0.f);
+  float dt = (has(p.dt_proj) ? projected_dt<T>(p, b, h) : at<T>(p.dt, b, h, hp)) + (has(p.dt_bias) ? ptr<float>(p.dt_bias)[h * p.dt_bias.stride[0] + hp * p.dt_bias.stride[1]] : 0.f);
   const float xv = at<T>(p.x, b, h, hp);
   const float Dv = has(p.D) ? ptr<float>(p.D)[h * p.D.stride[0] + hp * p.D.stride[1]] : 0.f;
   const float zv = has(p.z) ? at<T>(p.z, b, h, hp) : 0.f;
   const float* A = ptr<float>(p.A) + h * p.A.stride[0] + hp * p.A.stride[1];
   const bool a_tied = p.A.stride[2] == 0;
+  const bool a_vec = vec && !a_tied && p.A.stride[2] == 1 && reinterpret_cast<uintptr_t>(A) % 16 == 0;
   const float A0 = A[0];
   if (p.softplus) dt = softplus(dt);
   const float dx = dt * xv, dA_tied = __expf(dt * A0);
@@ -106,9 +126,18 @@ __global__ void __launch_bounds__(kThreads) state_step_kernel(StateStepParams p,
         load8<T>(Bv, p.B, b, g, n0, N, false);
         load8<T>(Cv, p.C, b, g, n0, N, false);
       }
+      // A's 8 entries: two 16-byte loads when its row is contiguous and aligned (Mamba-1: one A row per
+      // channel, re-read by every batch row: scalar loads made the load instructions the bottleneck)
+      float Av[8];
+      if (a_vec) {
+        load_floats<float, 8>(Av, A + n0);
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) Av[e] = a_tied || n0 + e >= N ? 0.f : A[(n0 + e) * p.A.stride[2]];
+      }
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
-        const float dA = a_tied ? dA_tied : __expf(dt * (n0 + e < N ? A[(n0 + e) * p.A.stride[2]] : 0.f));
+        const float dA = a_tied ? dA_tied : __expf(dt * Av[e]);
         sv[e] = sv[e] * dA + dx * Bv[e];
         y += sv[e] * Cv[e];
       }
@@ -128,23 +157,47 @@ __global__ void __launch_bounds__(kThreads) state_step_kernel(StateStepParams p,
   *out = from_float<T>(y);
 }
 
-// Lanes per row (K) and packs per lane (KP) from N: four packs of 8 entries per lane in one pass
-// (N <= 32 K), more passes past N = 256; two packs for N <= 16 (fewer registers, more rows in flight).
-#define SSM_STEP_TPR_SWITCH(N, K, KP, ...)                                                  \
+// Lanes per row (K) and packs per lane (KP) from N. Narrow rows: four packs of 8 entries per
+// lane in one pass (N <= 32 K), more passes past N = 256; two packs for N <= 16. Wide rows: one
+// pack per lane (K = N / 8, at most 32): four times the threads, for grids that would otherwise
+// leave most SMs idle (batch-1 decoding) and for N <= 16 (two lanes a row: more loads in flight).
+#define SSM_STEP_TPR_SWITCH(N, wide, K, KP, ...)                                            \
   [&] {                                                                                     \
-    if (N <= 16) { constexpr int K = 1, KP = 2; return __VA_ARGS__(); }                     \
-    if (N <= 32) { constexpr int K = 1, KP = 4; return __VA_ARGS__(); }                     \
-    if (N <= 64) { constexpr int K = 2, KP = 4; return __VA_ARGS__(); }                     \
-    if (N <= 128) { constexpr int K = 4, KP = 4; return __VA_ARGS__(); }                    \
+    if (N <= 16) {                                                                          \
+      if (wide) { constexpr int K = 2, KP = 1; return __VA_ARGS__(); }                      \
+      constexpr int K = 1, KP = 2; return __VA_ARGS__();                                    \
+    }                                                                                       \
+    if (N <= 32) {                                                                          \
+      if (wide) { constexpr int K = 4, KP = 1; return __VA_ARGS__(); }                      \
+      constexpr int K = 1, KP = 4; return __VA_ARGS__();                                    \
+    }                                                                                       \
+    if (N <= 64) {                                                                          \
+      if (wide) { constexpr int K = 8, KP = 1; return __VA_ARGS__(); }                      \
+      constexpr int K = 2, KP = 4; return __VA_ARGS__();                                    \
+    }                                                                                       \
+    if (N <= 128) {                                                                         \
+      if (wide) { constexpr int K = 16, KP = 1; return __VA_ARGS__(); }                     \
+      constexpr int K = 4, KP = 4; return __VA_ARGS__();                                    \
+    }                                                                                       \
+    if (wide) { constexpr int K = 32, KP = 1; return __VA_ARGS__(); }                       \
     constexpr int K = 8, KP = 4; return __VA_ARGS__();                                      \
   }()
+
+// Wide rows when the narrow grid has fewer than two blocks per SM of an H100 (SSM_STEP_WIDE=0/1
+// forces either, for benchmarks and tests).
+inline bool use_wide(const StateStepParams& p) {
+  const char* env = std::getenv("SSM_STEP_WIDE");
+  if (env != nullptr && (env[0] == '0' || env[0] == '1')) return env[0] == '1';
+  const int64_t narrow_lanes = p.dstate <= 32 ? 1 : p.dstate <= 64 ? 2 : p.dstate <= 128 ? 4 : 8;
+  return p.batch * p.nheads * p.headdim * narrow_lanes < 264 * kThreads;
+}
 
 template <typename TS>
 void launch(const StateStepParams& p, cudaStream_t stream) {
   SSM_DTYPE_SWITCH(p.dtype, T, "selective_state_step", [&] {
     const bool vec = p.dstate % 8 == 0 && rows_vectorizable<TS>(p.state, 3) && rows_vectorizable<T>(p.B, 2) &&
                      rows_vectorizable<T>(p.C, 2);
-    SSM_STEP_TPR_SWITCH(p.dstate, kTPR, kPacks, [&] {
+    SSM_STEP_TPR_SWITCH(p.dstate, use_wide(p), kTPR, kPacks, [&] {
       const int64_t threads = p.batch * p.nheads * p.headdim * kTPR;
       state_step_kernel<TS, T, kTPR, kPacks><<<ceil_div(threads, kThreads), kThreads, 0, stream>>>(p, vec);
     });

@@ -2,7 +2,8 @@
 // Y = sum over key tiles up to the diagonal of ((C_q B_k^T) ∘ mask) X_k   (mask[t, s] =
 // exp(cs_t - cs_s) Δ_s for s <= t in the same run) + diag(exp(cs)) C_q H_in^T on the first run,
 // + D x, then y·silu(z). Runs starting inside the chunk with a cu_seqlens initial state add
-// exp(cs_t - cs_before_run) C_t · init (FMA; only that case).
+// exp(cs_t - cs_before_run) C_t · init (FMA; only that case). Float32 runs this kernel; half and
+// bfloat16 the register-fragment one of ssd_chunk_output_mma.cuh, which holds the launcher.
 #pragma once
 #include "cuda/ssd_chunk_state.cuh"
 
@@ -17,10 +18,10 @@ size_t chunk_scan_smem(int N) {
          2 * align128(kTile * kLd * sizeof(T)) + kTile * kLdF * sizeof(float);
 }
 
-// The y epilogue of element (t, p) given the accumulated scan output `acc`.
+// The y epilogue of element (t, p) given the accumulated scan output `acc`: the value stored.
 template <typename T>
-__device__ void write_y(const SsdParams& p, const ChunkTokens& tok, int64_t b, int h, int g, int64_t c0, int i_chunk,
-                        int pp, float acc, float xv) {
+__device__ float y_out(const SsdParams& p, const ChunkTokens& tok, int64_t b, int h, int g, int64_t c0, int i_chunk,
+                       int pp, float acc, float xv) {
   const int64_t t = c0 + i_chunk;
   float y = acc;
   if (has(p.D)) y += ptr<float>(p.D)[h * p.D.stride[0] + pp * p.D.stride[1]] * xv;
@@ -32,8 +33,18 @@ __device__ void write_y(const SsdParams& p, const ChunkTokens& tok, int64_t b, i
     y += __expf(tok.cs[i_chunk] - cs_before(tok, tok.runstart[run])) * dot;
   }
   if (has(p.z)) y *= silu(at4<T>(p.z, b, t, h, pp));
-  ptr<T>(p.out)[b * p.out.stride[0] + t * p.out.stride[1] + h * p.out.stride[2] + pp * p.out.stride[3]] =
-      from_float<T>(y);
+  return y;
+}
+
+template <typename T>
+__device__ T* y_ptr(const SsdParams& p, int64_t b, int64_t t, int h, int pp) {
+  return ptr<T>(p.out) + b * p.out.stride[0] + t * p.out.stride[1] + h * p.out.stride[2] + pp * p.out.stride[3];
+}
+
+template <typename T>
+__device__ void write_y(const SsdParams& p, const ChunkTokens& tok, int64_t b, int h, int g, int64_t c0, int i_chunk,
+                        int pp, float acc, float xv) {
+  *y_ptr<T>(p, b, c0 + i_chunk, h, pp) = from_float<T>(y_out<T>(p, tok, b, h, g, c0, i_chunk, pp, acc, xv));
 }
 
 template <typename T>
@@ -99,13 +110,6 @@ __global__ void __launch_bounds__(kThreads) chunk_scan_kernel(SsdParams p, Layou
     if (t0 + i < rows_left && p0 + j < P)
       write_y<T>(p, tok, b, h, g, c0, t0 + i, p0 + j, sf[i * kLdF + j], to_float(xk[i * kLd + j]));
   }
-}
-
-template <typename T>
-void launch_chunk_scan(const SsdParams& p, const Layout& w, cudaStream_t s) {
-  const int64_t blocks = w.nchunks * ((p.headdim + kTile - 1) / kTile) * (p.chunk / kTile);
-  const dim3 grid(unsigned(blocks), unsigned(p.nheads), unsigned(p.batch));
-  launch(chunk_scan_kernel<T>, grid, chunk_scan_smem<T>(int(p.dstate)), s, p, w);
 }
 
 }  // namespace ssm::cuda::ssd

@@ -37,9 +37,11 @@ enum Rec : int { kDecayAll = 0, kDecayLastRun = 1, kHasReset = 2, kContinues = 3
 //   states[(((b * nchunks + c) * H + h) * P + p) * N + n]        float32 S_c; with varlen states the
 //                                                                 state pass overwrites it with H_in(c)
 //   hin   [(((b * nchunks + c) * H + h) * P + p) * N + n]        H_in(c) in the element type T
+//   cb    [(((b * nchunks + c) * G + g) * Q + t) * Q + s]        half / bfloat16 only: float32 C_t B_s^T
+//                                                                 within each chunk (chunk output)
 // Mirrored by ssm/ops/ssd.py (_cuda_workspace_floats); the binding checks the size.
 struct Layout {
-  int64_t nchunks = 0, record = 0, states = 0, hin = 0, floats = 0;
+  int64_t nchunks = 0, record = 0, states = 0, hin = 0, cb = 0, floats = 0;
 };
 
 __host__ __device__ inline int64_t round64(int64_t n) { return (n + 63) / 64 * 64; }
@@ -51,11 +53,12 @@ inline Layout layout(const SsdParams& p, int elem_bytes) {
   w.record = 0;
   w.states = round64(bhc * kRecord);
   w.hin = w.states + round64(spn);
-  w.floats = w.hin + round64((spn * elem_bytes + 3) / 4);
+  w.cb = w.hin + round64((spn * elem_bytes + 3) / 4);
+  w.floats = w.cb + (elem_bytes == 2 ? round64(p.batch * w.nchunks * p.ngroups * p.chunk * p.chunk) : 0);
   return w;
 }
 
-// Launchers (ssd_chunk_state.cuh, ssd_state_passing.cuh, ssd_chunk_output.cuh), one
+// Launchers (ssd_chunk_state.cuh, ssd_state_passing.cuh, ssd_chunk_output_mma.cuh), one
 // instantiation per element type; each checks nothing (ssd_chunk_scan_fwd.cu does).
 template <typename T> void launch_chunk_state(const SsdParams& p, const Layout& w, cudaStream_t s);
 template <typename T> void launch_state_passing(const SsdParams& p, const Layout& w, cudaStream_t s);

@@ -1,6 +1,7 @@
 // SSD step 1: per (chunk, head, 64 x 64 tile of P x N) the chunk's own state
 // S_c[p, n] = sum over the chunk's last run of x_t[p] · Δ_t exp(cs_last - cs_t) B_t[n]
-// (a 64 x Q by Q x 64 product on tensor cores), and the chunk record for the state pass.
+// (a 64 x Q by Q x 64 product on tensor cores), and the chunk record for the state pass. Float32
+// runs this kernel; half and bfloat16 the one of ssd_chunk_state_mma.cuh, which holds the launcher.
 #pragma once
 #include "cuda/ssd_common.cuh"
 #include "cuda/ssd_tile.cuh"
@@ -71,13 +72,6 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(SsdParams p, Layo
     const int i = e / kTile, j = e % kTile;
     if (p0 + i < P && n0 + j < N) states[int64_t(p0 + i) * N + n0 + j] = stage[i * kLdF + j];
   }
-}
-
-template <typename T>
-void launch_chunk_state(const SsdParams& p, const Layout& w, cudaStream_t s) {
-  const int64_t tiles = ((p.headdim + kTile - 1) / kTile) * ((p.dstate + kTile - 1) / kTile);
-  const dim3 grid(unsigned(w.nchunks * tiles), unsigned(p.nheads), unsigned(p.batch));
-  launch(chunk_state_kernel<T>, grid, chunk_state_smem<T>(), s, p, w);
 }
 
 }  // namespace ssm::cuda::ssd

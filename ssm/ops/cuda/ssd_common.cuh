@@ -76,6 +76,7 @@ __device__ void block_scan(V* v, V* warp_tot) {
 // Fills `s` for the chunk of row b, head h, starting at token c0 (Q tokens). Block-wide (syncs).
 __device__ inline void load_chunk(const SsdParams& p, int64_t b, int h, int64_t c0, int Q, ChunkTokens& s) {
   const float A = ptr<float>(p.A)[h * p.A.stride[0]];
+#pragma unroll  // both tokens' loads in flight together
   for (int i = threadIdx.x; i < kMaxChunk; i += kThreads) {
     const int64_t t = c0 + i;
     const bool valid = i < Q && t < p.seqlen;
@@ -105,11 +106,33 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool pred
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(pred ? 16 : 0));
 }
 
-// dst[i * ld + j] = src[i * rs + j * cs] for i < rows and j < cols, else 0, for 64 rows and `width`
-// columns (a multiple of 16 bytes). 16-byte asynchronous copies when the rows allow it, else
-// element loads; the caller syncs the block before reading dst.
+// issue_tile's case of tokens contiguous in memory (rs == 1, e.g. the channels-first conv output
+// of the fused Mamba-2 path): 16-byte loads of 8 tokens of one column, scattered into the rows.
+// Lane pairs read two neighbouring token groups (a full 32-byte sector) of 16 consecutive columns,
+// so that the scattered 2-byte stores hit distinct banks.
 template <typename T>
-__device__ void load_tile(T* dst, int ld, int width, const T* src, int64_t rs, int64_t cs, int rows, int cols) {
+__device__ void tile_by_tokens(T* dst, int ld, int width, const T* src, int64_t cs, int rows, int cols) {
+  constexpr int kV = 16 / sizeof(T), kGroups = kTile / kV;
+  for (int e = threadIdx.x; e < width * kGroups; e += kThreads) {
+    const int j = (e >> 1) % width, i = (e / (2 * width) * 2 + (e & 1)) * kV;
+    T v[kV];
+    if (j < cols && i + kV <= rows) {
+      *reinterpret_cast<uint4*>(v) = __ldg(reinterpret_cast<const uint4*>(src + j * cs + i));
+    } else {
+#pragma unroll
+      for (int u = 0; u < kV; ++u) v[u] = j < cols && i + u < rows ? src[j * cs + i + u] : from_float<T>(0.f);
+    }
+#pragma unroll
+    for (int u = 0; u < kV; ++u) dst[(i + u) * ld + j] = v[u];
+  }
+}
+
+// dst[i * ld + j] = src[i * rs + j * cs] for i < rows and j < cols, else 0, for 64 rows and `width`
+// columns (a multiple of 16 bytes). Issues 16-byte asynchronous copies when the rows allow it (the
+// caller commits / waits), else 16-byte loads along tokens when those are contiguous, else element
+// loads; the caller syncs the block before reading dst.
+template <typename T>
+__device__ void issue_tile(T* dst, int ld, int width, const T* src, int64_t rs, int64_t cs, int rows, int cols) {
   constexpr int kV = 16 / sizeof(T);
   const bool vec = cs == 1 && rs % kV == 0 && cols % kV == 0 && (reinterpret_cast<uintptr_t>(src) & 15) == 0;
   if (vec) {
@@ -119,13 +142,24 @@ __device__ void load_tile(T* dst, int ld, int width, const T* src, int64_t rs, i
       const bool ok = i < rows && j < cols;
       cp_async16(dst + i * ld + j, ok ? src + i * rs + j : src, ok);
     }
-    asm volatile("cp.async.wait_all;\n" ::);
     return;
   }
+  if (rs == 1 && cs % kV == 0 && (reinterpret_cast<uintptr_t>(src) & 15) == 0) {
+    tile_by_tokens(dst, ld, width, src, cs, rows, cols);
+    return;
+  }
+  const bool by_token = rs == 1;  // consecutive threads read consecutive tokens
   for (int e = threadIdx.x; e < kTile * width; e += kThreads) {
-    const int i = e / width, j = e % width;
+    const int i = by_token ? e % kTile : e / width, j = by_token ? e / kTile : e % width;
     dst[i * ld + j] = i < rows && j < cols ? src[i * rs + j * cs] : from_float<T>(0.f);
   }
+}
+
+// issue_tile, then waits for every asynchronous copy of the thread.
+template <typename T>
+__device__ void load_tile(T* dst, int ld, int width, const T* src, int64_t rs, int64_t cs, int rows, int cols) {
+  issue_tile(dst, ld, width, src, rs, cs, rows, cols);
+  asm volatile("cp.async.wait_all;\n" ::);
 }
 
 // Sets the kernel's dynamic shared-memory limit and launches it on `grid` (nothing when empty).

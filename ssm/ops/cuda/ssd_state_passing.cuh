@@ -1,6 +1,9 @@
 // SSD steps 2 and 3: the state entering each chunk (a short sequential loop over chunks,
 // elementwise over P x N), the final states, and the per-sequence states of cu_seqlens batches.
 #pragma once
+#include <cstdlib>
+#include <cstring>
+
 #include "cuda/ssd_common.cuh"
 
 namespace ssm::cuda::ssd {
@@ -11,40 +14,84 @@ __device__ __forceinline__ float fresh(const SsdParams& p, int seg, int h, int p
   return at4<float>(p.initial_states, seg, h, pp, nn);
 }
 
-template <typename T>
+// V values of T as one vector access.
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Pack {
+  T v[V];
+};
+
+// V consecutive elements e0.. of one head's P x N state per thread (V = 4 when P N allows).
+template <typename T, int V>
 __global__ void __launch_bounds__(kThreads) state_passing_kernel(SsdParams p, Layout w) {
-  const int64_t PN = p.headdim * p.dstate, e = int64_t(blockIdx.x) * kThreads + threadIdx.x;
-  if (e >= PN) return;
-  const int h = blockIdx.y, pp = int(e / p.dstate), nn = int(e % p.dstate);
+  const int64_t PN = p.headdim * p.dstate, e0 = (int64_t(blockIdx.x) * kThreads + threadIdx.x) * V;
+  if (e0 >= PN) return;
+  const int h = blockIdx.y;
   const int64_t b = blockIdx.z, nc = w.nchunks;
   const bool cu = has(p.cu_seqlens), keep_fp32 = has(p.varlen_states);
   float* ws = ptr<float>(p.workspace);
   const float* rec = ws + w.record + (b * p.nheads + h) * nc * kRecord;
-  float* states = ws + w.states + h * PN + e;
-  T* hin = reinterpret_cast<T*>(ws + w.hin) + h * PN + e;
-  // state after the previous chunk's last token
-  float H = !cu && has(p.initial_states) ? at4<float>(p.initial_states, b, h, pp, nn) : 0.f;
-  const int64_t step = p.nheads * PN;  // from one chunk's state to the next
-  float S_next = nc > 0 ? states[b * nc * step] : 0.f;
-  for (int64_t c = 0; c < nc; ++c, rec += kRecord) {
-    const int64_t off = (b * nc + c) * step;
-    const float S = S_next;
-    if (c + 1 < nc) S_next = states[off + step];  // in flight during this step
-    const bool continues = c == 0 ? !cu : __float_as_int(rec[kContinues]) != 0;
-    const float h_in = continues ? H : fresh(p, __float_as_int(rec[kSegFirst]), h, pp, nn);
-    hin[off] = from_float<T>(h_in);
-    if (keep_fp32) states[off] = h_in;
-    H = S + (__float_as_int(rec[kHasReset]) ? fresh(p, __float_as_int(rec[kSegLast]), h, pp, nn) * rec[kDecayLastRun]
-                                            : h_in * rec[kDecayAll]);
+  float* states = ws + w.states + h * PN + e0;
+  T* hin = reinterpret_cast<T*>(ws + w.hin) + h * PN + e0;
+  int pp[V], nn[V];
+  float H[V];  // the state after the previous chunk's last token
+#pragma unroll
+  for (int v = 0; v < V; ++v) {
+    pp[v] = int((e0 + v) / p.dstate), nn[v] = int((e0 + v) % p.dstate);
+    H[v] = !cu && has(p.initial_states) ? at4<float>(p.initial_states, b, h, pp[v], nn[v]) : 0.f;
   }
-  if (has(p.final_states)) ptr<float>(p.final_states)[b * p.final_states.stride[0] + h * p.final_states.stride[1] +
-                                                       pp * p.final_states.stride[2] + nn * p.final_states.stride[3]] = H;
+  const int64_t step = p.nheads * PN;  // from one chunk's state to the next
+  constexpr int kAhead = 4;            // chunk states loaded together (in flight at once)
+  for (int64_t c0 = 0; c0 < nc; c0 += kAhead) {
+    Pack<float, V> S[kAhead];
+#pragma unroll
+    for (int u = 0; u < kAhead; ++u)
+      if (c0 + u < nc) S[u] = *reinterpret_cast<const Pack<float, V>*>(states + (b * nc + c0 + u) * step);
+#pragma unroll
+    for (int u = 0; u < kAhead; ++u) {
+      const int64_t c = c0 + u, off = (b * nc + c) * step;
+      if (c >= nc) break;
+      const float* r = rec + c * kRecord;
+      const bool continues = c == 0 ? !cu : __float_as_int(r[kContinues]) != 0;
+      const bool reset = __float_as_int(r[kHasReset]) != 0;
+      Pack<float, V> h_in;
+      Pack<T, V> h_out;
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        h_in.v[v] = continues ? H[v] : fresh(p, __float_as_int(r[kSegFirst]), h, pp[v], nn[v]);
+        h_out.v[v] = from_float<T>(h_in.v[v]);
+        H[v] = S[u].v[v] + (reset ? fresh(p, __float_as_int(r[kSegLast]), h, pp[v], nn[v]) * r[kDecayLastRun]
+                                  : h_in.v[v] * r[kDecayAll]);
+      }
+      *reinterpret_cast<Pack<T, V>*>(hin + off) = h_out;
+      if (keep_fp32) *reinterpret_cast<Pack<float, V>*>(states + off) = h_in;
+    }
+  }
+  if (!has(p.final_states)) return;
+  const TensorArg& f = p.final_states;
+#pragma unroll
+  for (int v = 0; v < V; ++v)
+    ptr<float>(f)[b * f.stride[0] + h * f.stride[1] + pp[v] * f.stride[2] + nn[v] * f.stride[3]] = H[v];
+}
+
+// Four elements per thread (SSM_SSD_FWD_PASS4=0: one), read once.
+inline bool pass4_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("SSM_SSD_FWD_PASS4");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }();
+  return on;
 }
 
 template <typename T>
 void launch_state_passing(const SsdParams& p, const Layout& w, cudaStream_t s) {
-  const dim3 grid(ceil_div(p.headdim * p.dstate, kThreads), unsigned(p.nheads), unsigned(p.batch));
-  launch(state_passing_kernel<T>, grid, 0, s, p, w);
+  const int64_t PN = p.headdim * p.dstate;
+  if (PN % 4 == 0 && pass4_enabled()) {  // four elements per thread: 16-byte state loads
+    const dim3 grid(ceil_div(PN, 4 * kThreads), unsigned(p.nheads), unsigned(p.batch));
+    launch(state_passing_kernel<T, 4>, grid, 0, s, p, w);
+    return;
+  }
+  const dim3 grid(ceil_div(PN, kThreads), unsigned(p.nheads), unsigned(p.batch));
+  launch(state_passing_kernel<T, 1>, grid, 0, s, p, w);
 }
 
 // The state at the last token of cu_seqlens sequence blockIdx.x (its initial state or zero when

@@ -43,12 +43,13 @@ inline SelectiveScanParams selective_scan_fwd_params(
     int dtype, int64_t batch, int64_t dim, int64_t seqlen, int64_t dstate, int64_t ngroups, int64_t nslices,
     const Ref& u, const Ref& delta, const Ref& A, const Ref& B, const Ref& C, const OptRef& D, const OptRef& z,
     const OptRef& dt_bias, const OptRef& initial_state, const OptRef& seq_idx, const OptRef& cu_seqlens,
-    int64_t nrows, const Ref& out, const OptRef& last_state, bool softplus) {
+    int64_t nrows, const Ref& out, const OptRef& last_state, const OptRef& chunk_states, bool softplus) {
   const char* op = "selective_scan_fwd";
   SelectiveScanParams p = scan_sizes(op, dtype, batch, dim, seqlen, dstate, ngroups, nslices, nrows, softplus);
   scan_inputs(op, p, u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens);
   p.out = tensor_arg(op, "out", out, 3);
   p.last_state = tensor_arg(op, "last_state", last_state, 3);
+  p.chunk_states = tensor_arg(op, "chunk_states", chunk_states, 4);  // CUDA: also write the backward's checkpoints
   return p;
 }
 
@@ -77,7 +78,7 @@ inline SelectiveScanParams selective_scan_bwd_params(
     const OptRef& dt_bias, const OptRef& initial_state, const OptRef& seq_idx, const OptRef& cu_seqlens,
     int64_t nrows, const Ref& dout, const OptRef& dlast, const Ref& du, const Ref& ddelta, const Ref& dA,
     const Ref& dB, const Ref& dC, const OptRef& dD, const OptRef& dz, const OptRef& ddt_bias,
-    const OptRef& dinitial_state, const OptRef& chunk_states, bool softplus) {
+    const OptRef& dinitial_state, const OptRef& chunk_states, bool chunk_states_filled, bool softplus) {
   const char* op = "selective_scan_bwd";
   SelectiveScanParams p = scan_sizes(op, dtype, batch, dim, seqlen, dstate, ngroups, nslices, nrows, softplus);
   scan_inputs(op, p, u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens);
@@ -85,6 +86,7 @@ inline SelectiveScanParams selective_scan_bwd_params(
   p.dlast = tensor_arg(op, "dlast", dlast, 3);
   scan_grads(op, p, du, ddelta, dA, dB, dC, dD, dz, ddt_bias, dinitial_state);
   p.chunk_states = tensor_arg(op, "chunk_states", chunk_states, 4);  // used by the CUDA backward only
+  p.chunk_states_filled = chunk_states_filled && p.chunk_states.present();
   return p;
 }
 

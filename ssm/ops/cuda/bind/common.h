@@ -18,5 +18,7 @@ void bind_selective_scan(nb::module_& m);
 void bind_selective_state_step(nb::module_& m);
 void bind_norms(nb::module_& m);
 void bind_ssd_chunk_scan(nb::module_& m);
+void bind_conv_state_step(nb::module_& m);
+void bind_norm_gemv(nb::module_& m);
 
 }  // namespace ssm::bind::cuda

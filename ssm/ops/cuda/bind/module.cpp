@@ -17,4 +17,6 @@ NB_MODULE(_cuda, m) {
   ssm::bind::cuda::bind_selective_state_step(m);
   ssm::bind::cuda::bind_norms(m);
   ssm::bind::cuda::bind_ssd_chunk_scan(m);
+  ssm::bind::cuda::bind_conv_state_step(m);
+  ssm::bind::cuda::bind_norm_gemv(m);
 }

@@ -9,6 +9,20 @@ namespace ssm::bind::cuda {
 void bind_ssd_chunk_scan(nb::module_& m) {
   def_kernel<int64_t>(m, "ssd_chunk_scan_fwd", &ssd_chunk_scan_fwd_params,
                       [](const SsdParams& p, int64_t stream) { ssm::cuda::ssd_chunk_scan_fwd(p, stream_arg(stream)); });
+  def_kernel<int64_t>(m, "ssd_chunk_scan_bwd", &ssd_chunk_scan_bwd_params,
+                      [](const SsdParams& p, int64_t stream) { ssm::cuda::ssd_chunk_scan_bwd(p, stream_arg(stream)); });
+  // floats of the backward's workspace row for sizes (batch, seqlen, nheads, headdim, ngroups, dstate, chunk)
+  m.def("ssd_chunk_scan_bwd_workspace_floats", [](int dtype, const SsdSizes& sizes) {
+    const char* op = "ssd_chunk_scan_bwd_workspace_floats";
+    SSM_CHECK(sizes.size() == 7, op, "expected 7 sizes, got ", sizes.size());
+    for (int64_t s : sizes) SSM_CHECK(s >= 0, op, "negative size");
+    SSM_CHECK(sizes[6] > 0, op, "the chunk must be positive");
+    SsdParams p;
+    p.batch = sizes[0], p.seqlen = sizes[1], p.nheads = sizes[2], p.headdim = sizes[3];
+    p.ngroups = sizes[4], p.dstate = sizes[5], p.chunk = sizes[6];
+    p.dtype = dtype_arg(op, dtype);
+    return ssm::cuda::ssd_chunk_scan_bwd_workspace_floats(p);
+  });
 }
 
 }  // namespace ssm::bind::cuda

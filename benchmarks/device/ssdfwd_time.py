@@ -1,0 +1,70 @@
+"""Device-round timing of the SSD forward (issue 6): profiler kernel sums and eager event times at
+(B8, L2048) and (B1, L8192) (H32 P64 N128 chunk 256 bf16, D, dt_bias, softplus), and the Mamba2
+layer forward at the mamba2-130m shape (H24, B8 L2048; the fused split path's strided views).
+
+    python benchmarks/device/ssdfwd_time.py OUT.json [--quick]   (--quick: the B8 case only)
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import ssm.ops as ops  # noqa: E402
+from bench_cuda import time_ms  # noqa: E402
+from bench_ssd_cuda import fwd_fn, inputs  # noqa: E402
+from ssm.modules import Mamba2  # noqa: E402
+
+
+def kernels(fn, iters=3):
+    """Per-call device time of each kernel fn launches (profiler), and their sum, in ms."""
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    rows = {e.key[:90]: e.self_device_time_total / iters / 1e3 for e in prof.key_averages()
+            if e.self_device_time_total > 0 and e.device_type == torch.autograd.DeviceType.CUDA}
+    return sum(rows.values()), dict(sorted(rows.items(), key=lambda kv: -kv[1])[:6])
+
+
+def op_case(B, L):
+    fwd = fwd_fn(inputs(B, L))
+    total, table = kernels(fwd)
+    return dict(case=f"ssd fwd B{B} L{L}", gpu_ms=total, eager_ms=time_ms(fwd, reps=10), kernels=table)
+
+
+def layer_case():
+    layer = Mamba2(768, d_state=128, headdim=64, chunk_size=256, device="cuda", dtype=torch.bfloat16)
+    u = torch.randn(8, 2048, 768, device="cuda", dtype=torch.bfloat16)
+
+    def fwd():
+        with torch.inference_mode():
+            layer(u)
+    total, table = kernels(fwd)
+    return dict(case="Mamba2 layer fwd H24 B8 L2048", gpu_ms=total, eager_ms=time_ms(fwd, reps=10), kernels=table)
+
+
+def main():
+    rows = []
+    cases = (lambda: op_case(8, 2048), lambda: op_case(1, 8192), layer_case)
+    for fn in cases[:1] if "--quick" in sys.argv else cases:
+        row = fn()
+        rows.append(row)
+        print(f"{row['case']}: gpu {row['gpu_ms']:.3f} ms, eager {row['eager_ms']:.3f} ms", flush=True)
+        for k, v in row["kernels"].items():
+            print(f"    {v:8.4f} ms  {k}", flush=True)
+    if len(sys.argv) > 1:
+        with open(sys.argv[1], "w") as f:
+            json.dump(dict(device=torch.cuda.get_device_name(), mma=os.environ.get("SSM_SSD_FWD_MMA", "1"),
+                           cb=os.environ.get("SSM_SSD_FWD_CB", "1"), rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

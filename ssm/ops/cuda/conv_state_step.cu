@@ -1,0 +1,226 @@
+// Fused Mamba-2 decode step on the GPU (ConvStateStepParams): the depthwise conv update of the
+// raw xBC row and the selective state step in one launch. Block (row slice, head, batch row):
+// rows of kTPR lanes, each lane owning kPacks packs of 8 state entries (as state_step_kernel);
+// the conv outputs the block needs (its x channels, its group's B and C) pass through shared
+// memory. A block owns the conv states of its x channels; the B/C conv states are shared by every
+// block of the (batch row, group) and rewritten by the last of them to arrive (counters).
+#include <cstdlib>
+
+#include "cuda/kernels.h"
+#include "cuda/vec.cuh"
+
+namespace ssm::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kMaxN = 256;
+
+// The W-1 history entries (up to 4) and the new input of one channel, as read for its conv.
+struct Window {
+  float v[4], xin;
+};
+
+// The conv output of channel c of batch row b from the conv_state's last W-1 entries and the new
+// input: silu?(bias + sum_k w[k] window[k]), rounded to T as the separate conv op's output is.
+template <typename T>
+__device__ __forceinline__ float conv_at(const ConvStateStepParams& p, int64_t b, int64_t c, Window& win) {
+  const T* st = ptr<T>(p.conv_state) + b * p.conv_state.stride[0] + c * p.conv_state.stride[1];
+  const float* w = ptr<float>(p.conv_weight) + c * p.conv_weight.stride[0];
+  const int64_t W = p.width, first = p.state_len - (W - 1), ss = p.conv_state.stride[2];
+  const int64_t ws = p.conv_weight.stride[1];
+  // the window's loads issued together (W <= 5 unrolled, wider ones by a loop)
+  float* v = win.v;
+#pragma unroll
+  for (int k = 0; k < 4; ++k) v[k] = k < W - 1 ? to_float(st[(first + k) * ss]) : 0.f;
+  const float xin = win.xin = to_float(ptr<T>(p.xbc)[b * p.xbc.stride[0] + c * p.xbc.stride[1]]);
+  float acc = has(p.conv_bias) ? ptr<float>(p.conv_bias)[c * p.conv_bias.stride[0]] : 0.f;
+#pragma unroll
+  for (int k = 0; k < 4; ++k)
+    if (k < W - 1) acc += w[k * ws] * v[k];
+  for (int64_t k = 4; k < W - 1; ++k) acc += w[k * ws] * to_float(st[(first + k) * ss]);
+  acc += w[(W - 1) * ws] * xin;
+  return to_float(from_float<T>(p.silu ? silu(acc) : acc));
+}
+
+// Shift channel c's conv state left by one and append the new input (loads before stores).
+template <typename T>
+__device__ __forceinline__ void shift_in(const ConvStateStepParams& p, int64_t b, int64_t c) {
+  T* st = ptr<T>(p.conv_state) + b * p.conv_state.stride[0] + c * p.conv_state.stride[1];
+  const int64_t S = p.state_len, ss = p.conv_state.stride[2];
+  const T xin = ptr<T>(p.xbc)[b * p.xbc.stride[0] + c * p.xbc.stride[1]];
+  T v[8];
+#pragma unroll
+  for (int s = 0; s < 8; ++s)
+    if (s + 1 < S) v[s] = st[(s + 1) * ss];
+#pragma unroll
+  for (int s = 0; s < 8; ++s)
+    if (s + 1 < S) st[s * ss] = v[s];
+  for (int64_t s = 8; s + 1 < S; ++s) st[s * ss] = st[(s + 1) * ss];
+  st[(S - 1) * ss] = xin;
+}
+
+// Channel of entry i < 2N of group g's conv outputs [B (N), C (N)] in the xBC row.
+__device__ __forceinline__ int64_t bc_channel(const ConvStateStepParams& p, int64_t g, int64_t i) {
+  const int64_t N = p.dstate, base = p.nheads * p.headdim;
+  return i < N ? base + g * N + i : base + (p.ngroups + g) * N + (i - N);
+}
+
+template <typename TS, typename T, int kTPR, int kPacks>
+__global__ void __launch_bounds__(kThreads, kPacks == 1 ? 4 : 1) conv_state_step_kernel(ConvStateStepParams p) {
+  constexpr int kRows = kThreads / kTPR;
+  __shared__ float sBC[2 * kMaxN];  // conv outputs of the group's B (first N) and C
+  __shared__ float sx[kRows];       // conv outputs of this block's x channels
+  __shared__ bool s_last;
+  const int tid = threadIdx.x, r = tid / kTPR, lane = tid % kTPR;
+  const int64_t b = blockIdx.z, h = blockIdx.y, P = p.headdim, N = p.dstate;
+  const int64_t g = h / (p.nheads / p.ngroups), p0 = int64_t(blockIdx.x) * kRows, hp = p0 + r;
+  const bool row_ok = hp < P;
+  // the state stream first: every load in flight before the conv work
+  TS* st = ptr<TS>(p.state) + b * p.state.stride[0] + h * p.state.stride[1] + (row_ok ? hp : 0) * p.state.stride[2];
+  Pack<TS> s[kPacks][sizeof(TS) / 2];
+#pragma unroll
+  for (int j = 0; j < kPacks; ++j) {
+    const int64_t n0 = (int64_t(j) * kTPR + lane) * 8;
+    if (row_ok && n0 < N) {
+#pragma unroll
+      for (int w = 0; w < int(sizeof(TS) / 2); ++w) s[j][w].load(st + n0 + w * Pack<TS>::kN);
+    }
+  }
+  // this thread's B/C channels tid and tid + kThreads: their windows kept for the last block's shift
+  Window win[2 * kMaxN / kThreads];
+#pragma unroll
+  for (int j = 0; j < 2 * kMaxN / kThreads; ++j) {
+    const int64_t i = tid + int64_t(j) * kThreads;
+    if (i < 2 * N) sBC[i] = conv_at<T>(p, b, bc_channel(p, g, i), win[j]);
+  }
+  if (tid < kRows && p0 + tid < P) {
+    const int64_t c = h * P + p0 + tid;
+    Window xw;
+    sx[tid] = conv_at<T>(p, b, c, xw);
+    shift_in<T>(p, b, c);
+  }
+  float dt = to_float(ptr<T>(p.dt)[b * p.dt.stride[0] + h * p.dt.stride[1]]) +
+             (has(p.dt_bias) ? ptr<float>(p.dt_bias)[h * p.dt_bias.stride[0]] : 0.f);
+  if (p.softplus) dt = softplus(dt);
+  const float dA = __expf(dt * ptr<float>(p.A)[h * p.A.stride[0]]);
+  __syncthreads();
+  // every read of this block's B/C conv history is done: take a ticket
+  // (its result is first needed after the step: the atomic's round trip overlaps the step's math)
+  int* counter = ptr<int>(p.counters) + (b * p.ngroups + g) * p.counters.stride[0];
+  int ticket = 0;
+  if (tid == 0) {
+    __threadfence();
+    ticket = atomicAdd(counter, 1);
+  }
+  float y = 0.f, xv = 0.f;
+  if (row_ok) {
+    xv = sx[r];
+    const float dx = dt * xv;
+#pragma unroll
+    for (int j = 0; j < kPacks; ++j) {
+      const int64_t n0 = (int64_t(j) * kTPR + lane) * 8;
+      if (n0 >= N) continue;
+      float sv[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        sv[e] = to_float(s[j][e / Pack<TS>::kN].e[e % Pack<TS>::kN]) * dA + dx * sBC[n0 + e];
+        y += sv[e] * sBC[N + n0 + e];
+      }
+      store_floats<TS, 8>(st + n0, sv);
+    }
+  }
+  const unsigned group = kTPR == 32 ? 0xffffffffu : ((1u << kTPR) - 1) << (threadIdx.x % 32 / kTPR * kTPR);
+#pragma unroll
+  for (int off = kTPR / 2; off > 0; off /= 2) y += __shfl_xor_sync(group, y, off, kTPR);
+  if (row_ok && lane == 0) {
+    if (has(p.D)) y += ptr<float>(p.D)[h * p.D.stride[0] + hp * p.D.stride[1]] * xv;
+    if (has(p.z)) y *= silu(to_float(ptr<T>(p.z)[b * p.z.stride[0] + h * p.z.stride[1] + hp * p.z.stride[2]]));
+    ptr<T>(p.out)[b * p.out.stride[0] + h * p.out.stride[1] + hp * p.out.stride[2]] = from_float<T>(y);
+  }
+  if (tid == 0) s_last = ticket == int(p.nheads / p.ngroups) * int(gridDim.x) - 1;
+  __syncthreads();
+  if (!s_last) return;
+  // the last block of the (batch row, group): every other has read the B/C history. A state of
+  // exactly W entries becomes [window, new input], which this thread holds: stores only.
+  const bool held = p.state_len == p.width && p.width <= 5;
+#pragma unroll
+  for (int j = 0; j < 2 * kMaxN / kThreads; ++j) {
+    const int64_t i = tid + int64_t(j) * kThreads;
+    if (i >= 2 * N) continue;
+    const int64_t c = bc_channel(p, g, i);
+    if (!held) {
+      shift_in<T>(p, b, c);
+      continue;
+    }
+    T* st = ptr<T>(p.conv_state) + b * p.conv_state.stride[0] + c * p.conv_state.stride[1];
+    const int64_t ss = p.conv_state.stride[2];
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+      if (k < p.width - 1) st[k * ss] = from_float<T>(win[j].v[k]);
+    st[(p.width - 1) * ss] = from_float<T>(win[j].xin);
+  }
+  if (tid == 0) *counter = 0;
+}
+
+// Lanes per row and packs per lane: "narrow" rows (few lanes, four packs each: fewer blocks, each
+// recomputing the group's B/C conv once) for large batches, "wide" rows (one pack per lane: four
+// times the blocks) when the narrow grid would leave most SMs idle. SSM_CONV_STEP_WIDE=0/1 forces one.
+#define SSM_CONV_STEP_CFG_SWITCH(N, wide, K, KP, ...)                              \
+  [&] {                                                                            \
+    if (N <= 64) {                                                                 \
+      if (wide) { constexpr int K = 8, KP = 1; return __VA_ARGS__(); }             \
+      constexpr int K = 2, KP = 4; return __VA_ARGS__();                           \
+    }                                                                              \
+    if (N <= 128) {                                                                \
+      if (wide) { constexpr int K = 16, KP = 1; return __VA_ARGS__(); }            \
+      constexpr int K = 4, KP = 4; return __VA_ARGS__();                           \
+    }                                                                              \
+    if (wide) { constexpr int K = 32, KP = 1; return __VA_ARGS__(); }              \
+    constexpr int K = 8, KP = 4; return __VA_ARGS__();                             \
+  }()
+
+bool use_wide(const ConvStateStepParams& p) {
+  const char* env = std::getenv("SSM_CONV_STEP_WIDE");
+  if (env != nullptr && (env[0] == '0' || env[0] == '1')) return env[0] == '1';
+  const int64_t narrow_rows = kThreads / (p.dstate <= 64 ? 2 : p.dstate <= 128 ? 4 : 8);
+  return p.batch * p.nheads * ((p.headdim + narrow_rows - 1) / narrow_rows) < 256;
+}
+
+template <typename TS, typename T>
+void launch(const ConvStateStepParams& p, cudaStream_t stream) {
+  SSM_CONV_STEP_CFG_SWITCH(p.dstate, use_wide(p), kTPR, kPacks, [&] {
+    constexpr int kRows = kThreads / kTPR;
+    const dim3 grid(ceil_div(p.headdim, kRows), unsigned(p.nheads), unsigned(p.batch));
+    conv_state_step_kernel<TS, T, kTPR, kPacks><<<grid, kThreads, 0, stream>>>(p);
+  });
+}
+
+}  // namespace
+
+void conv_state_step(const ConvStateStepParams& p, cudaStream_t stream) {
+  const char* op = "conv_state_step";
+  SSM_CHECK(p.dstate >= 8 && p.dstate <= kMaxN && p.dstate % 8 == 0, op, "dstate must be a multiple of 8 in [8, ",
+            kMaxN, "], got ", p.dstate);
+  SSM_CHECK(p.ngroups >= 1 && p.nheads % p.ngroups == 0, op, "nheads ", p.nheads, " is not a multiple of ngroups ",
+            p.ngroups);
+  SSM_CHECK(p.width >= 1 && p.state_len >= p.width - 1 && p.state_len >= 1, op, "conv_state length ", p.state_len,
+            " must be at least width - 1 = ", p.width - 1);
+  SSM_CHECK(p.batch <= 65535 && p.nheads <= 65535, op, "batch and nheads must be at most 65535");
+  SSM_CHECK(p.state.stride[3] == 1 && aligned(p.state.data, 16), op, "state must be contiguous along N and aligned");
+  if (p.batch * p.nheads * p.headdim == 0) return;
+  SSM_DTYPE_SWITCH(p.dtype, T, op, [&] {
+    if (p.state_dtype == DType::f32) {
+      SSM_CHECK(p.state.stride[0] % 4 == 0 && p.state.stride[1] % 4 == 0 && p.state.stride[2] % 4 == 0, op,
+                "state rows must be 16-byte aligned");
+      launch<float, T>(p, stream);
+    } else {
+      SSM_CHECK(p.state_dtype == p.dtype, op, "state dtype must be float32 or the activations' dtype");
+      SSM_CHECK(p.state.stride[0] % 8 == 0 && p.state.stride[1] % 8 == 0 && p.state.stride[2] % 8 == 0, op,
+                "state rows must be 16-byte aligned");
+      launch<T, T>(p, stream);
+    }
+  });
+  check_launch(op);
+}
+
+}  // namespace ssm::cuda

@@ -1,0 +1,241 @@
+// Small-batch linear layer with an optional gated RMSNorm prologue (NormGemvParams): one warp per
+// output row. Each warp's first 16-byte chunks of its weight row are loaded before the prologue
+// (they do not depend on it); every block normalizes the B input rows into shared memory itself
+// (a few KB from L2), so the norm needs no kernel of its own.
+#include "cuda/kernels.h"
+#include "cuda/vec.cuh"
+
+namespace ssm::cuda {
+namespace {
+
+constexpr int kWarps = 8, kThreads = kWarps * 32, kMaxB = 4, kMaxSegments = 64;
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
+// Mode 5: the conv output of channel k of row b from the conv_state's last W-1 entries and x.
+template <typename T>
+__device__ __forceinline__ float conv_input(const NormGemvParams& p, int64_t b, int64_t k) {
+  const T* st = ptr<T>(p.conv_state) + b * p.conv_state.stride[0] + k * p.conv_state.stride[1];
+  const float* w = ptr<float>(p.conv_weight) + k * p.conv_weight.stride[0];
+  const int64_t W = p.width, first = p.state_len - (W - 1), ss = p.conv_state.stride[2], ws = p.conv_weight.stride[1];
+  float v[4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) v[j] = j < W - 1 ? to_float(st[(first + j) * ss]) : 0.f;
+  float acc = has(p.conv_bias) ? ptr<float>(p.conv_bias)[k * p.conv_bias.stride[0]] : 0.f;
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+    if (j < W - 1) acc += w[j * ws] * v[j];
+  for (int64_t j = 4; j < W - 1; ++j) acc += w[j * ws] * to_float(st[(first + j) * ss]);
+  acc += w[(W - 1) * ws] * to_float(ptr<T>(p.x)[b * p.x.stride[0] + k * p.x.stride[1]]);
+  return to_float(from_float<T>(p.silu ? silu(acc) : acc));
+}
+
+// Mode 5: shift channel k's conv state of row b left by one and append x (loads before stores).
+template <typename T>
+__device__ __forceinline__ void conv_shift_in(const NormGemvParams& p, int64_t b, int64_t k) {
+  T* st = ptr<T>(p.conv_state) + b * p.conv_state.stride[0] + k * p.conv_state.stride[1];
+  const int64_t S = p.state_len, ss = p.conv_state.stride[2];
+  const T xin = ptr<T>(p.x)[b * p.x.stride[0] + k * p.x.stride[1]];
+  T v[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+    if (j + 1 < S) v[j] = st[(j + 1) * ss];
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+    if (j + 1 < S) st[j * ss] = v[j];
+  for (int64_t j = 8; j + 1 < S; ++j) st[j * ss] = st[(j + 1) * ss];
+  st[(S - 1) * ss] = xin;
+}
+
+// Mode 5 prologue: xs <- conv outputs (block 0 also writes them to conv_out); after every block has
+// read the conv history, the last one shifts the states.
+template <typename T>
+__device__ void conv_inputs(const NormGemvParams& p, float* xs) {
+  __shared__ bool s_last;
+  const int K = int(p.in_features), B = int(p.batch);
+  for (int b = 0; b < B; ++b)
+    for (int k = threadIdx.x; k < K; k += kThreads) {
+      const float v = conv_input<T>(p, b, k);
+      xs[b * K + k] = v;
+      if (blockIdx.x == 0) ptr<T>(p.conv_out)[b * p.conv_out.stride[0] + k * p.conv_out.stride[1]] = from_float<T>(v);
+    }
+  __syncthreads();
+  int* counter = ptr<int>(p.counters);
+  if (threadIdx.x == 0) {
+    __threadfence();
+    s_last = atomicAdd(counter, 1) == int(gridDim.x) - 1;
+  }
+  __syncthreads();
+  if (!s_last) return;
+  for (int b = 0; b < B; ++b)
+    for (int k = threadIdx.x; k < K; k += kThreads) conv_shift_in<T>(p, b, k);
+  if (threadIdx.x == 0) *counter = 0;
+}
+
+// totals[s] = sum over the contiguous segments s < segments (of gs floats) of xs, or of
+// (xs - center[s])^2 with kSquare: per thread, then per warp, then the warps' partials in a fixed
+// order (deterministic, every warp busy whatever the segment count).
+template <bool kSquare>
+__device__ void segment_sums(const float* xs, int gs, int segments, const float* center, float* totals) {
+  __shared__ float part[kWarps][kMaxSegments];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int s = 0; s < segments; ++s) {
+    const float* seg = xs + s * gs;
+    const float c = center != nullptr ? center[s] : 0.f;
+    float acc = 0.f;
+    for (int k = threadIdx.x; k < gs; k += kThreads) acc += kSquare ? (seg[k] - c) * (seg[k] - c) : seg[k];
+    acc = warp_sum(acc);
+    if (lane == 0) part[warp][s] = acc;
+  }
+  __syncthreads();
+  if (threadIdx.x < segments) {
+    float t = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) t += part[w][threadIdx.x];
+    totals[threadIdx.x] = t;
+  }
+  __syncthreads();
+}
+
+// The prologue: xs (B, K) <- the linear layer's input rows (see NormGemvParams).
+template <typename T, int kMode>
+__device__ void load_inputs(const NormGemvParams& p, float* xs, float* mean, float* rstd) {
+  const int K = int(p.in_features), B = int(p.batch);
+  if (kMode == 5) return conv_inputs<T>(p, xs);
+  for (int b = 0; b < B; ++b)
+    for (int k = threadIdx.x; k < K; k += kThreads) {
+      float v = to_float(ptr<T>(p.x)[b * p.x.stride[0] + k * p.x.stride[1]]);
+      if (kMode == 1) v *= silu(to_float(ptr<T>(p.z)[b * p.z.stride[0] + k * p.z.stride[1]]));
+      if (kMode >= 3) {
+        if (has(p.residual)) v += ptr<float>(p.residual)[b * p.residual.stride[0] + k * p.residual.stride[1]];
+        if (blockIdx.x == 0)
+          ptr<float>(p.residual_out)[b * p.residual_out.stride[0] + k * p.residual_out.stride[1]] = v;
+      }
+      xs[b * K + k] = v;
+    }
+  if (kMode == 0) return;
+  __syncthreads();
+  // segments: (row, group) pairs, contiguous in xs (groups of gs features; the whole row in modes 3, 4)
+  const int gs = kMode >= 3 ? K : int(p.group_size), groups = K / gs, segments = B * groups;
+  if (kMode == 4) {
+    segment_sums<false>(xs, gs, segments, nullptr, mean);
+    if (threadIdx.x < segments) mean[threadIdx.x] /= float(gs);
+    __syncthreads();
+  } else if (threadIdx.x < segments) {
+    mean[threadIdx.x] = 0.f;
+  }
+  segment_sums<true>(xs, gs, segments, kMode == 4 ? mean : nullptr, rstd);
+  if (threadIdx.x < segments) rstd[threadIdx.x] = rsqrtf(rstd[threadIdx.x] / float(gs) + p.eps);
+  __syncthreads();
+  for (int b = 0; b < B; ++b)
+    for (int k = threadIdx.x; k < K; k += kThreads) {
+      const int s = b * groups + (groups == 1 ? 0 : k / gs);
+      float v = (xs[b * K + k] - mean[s]) * rstd[s] * ptr<float>(p.norm_weight)[k * p.norm_weight.stride[0]];
+      if (kMode == 2) v *= silu(to_float(ptr<T>(p.z)[b * p.z.stride[0] + k * p.z.stride[1]]));
+      if (kMode == 4 && has(p.norm_bias)) v += ptr<float>(p.norm_bias)[k * p.norm_bias.stride[0]];
+      xs[b * K + k] = to_float(from_float<T>(v));
+    }
+}
+
+// acc[b] += dot(w chunk c of this lane, xs[b] at the chunk's columns).
+template <typename T>
+__device__ __forceinline__ void fma_chunk(float* acc, const Pack<T>& w, const float* xs, int64_t K, int64_t batch,
+                                          int64_t col) {
+  constexpr int kN = Pack<T>::kN;
+#pragma unroll
+  for (int b = 0; b < kMaxB; ++b) {
+    if (b >= batch) break;
+    const float4* xv = reinterpret_cast<const float4*>(xs + b * K + col);
+#pragma unroll
+    for (int q = 0; q < kN / 4; ++q) {
+      const float4 v = xv[q];
+      acc[b] += to_float(w.e[4 * q]) * v.x + to_float(w.e[4 * q + 1]) * v.y + to_float(w.e[4 * q + 2]) * v.z +
+                to_float(w.e[4 * q + 3]) * v.w;
+    }
+  }
+}
+
+// kRegChunks: the 16-byte weight chunks per lane held in registers across the prologue (4 for
+// rows of up to 128 chunks, at 4 blocks per SM; 8 above); later chunks are loaded as used.
+template <typename T, int kMode, int kRegChunks>
+__global__ void __launch_bounds__(kThreads, kRegChunks == 4 ? 4 : 1) norm_gemv_kernel(NormGemvParams p) {
+  extern __shared__ float4 smem4[];
+  float* xs = reinterpret_cast<float*>(smem4);  // (B, K)
+  __shared__ float mean[kMaxSegments], rstd[kMaxSegments];
+  constexpr int kN = Pack<T>::kN;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t K = p.in_features, nchunks = K / kN, m = int64_t(blockIdx.x) * kWarps + warp;
+  const bool row_ok = m < p.out_features;
+  const T* wrow = ptr<T>(p.weight) + (row_ok ? m : 0) * p.weight.stride[0];
+  Pack<T> wr[kRegChunks];
+#pragma unroll
+  for (int c = 0; c < kRegChunks; ++c) {
+    const int64_t idx = int64_t(c) * 32 + lane;
+    if (row_ok && idx < nchunks) wr[c].load(wrow + idx * kN);
+  }
+  load_inputs<T, kMode>(p, xs, mean, rstd);
+  __syncthreads();
+  if (!row_ok) return;
+  float acc[kMaxB] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+  for (int c = 0; c < kRegChunks; ++c) {
+    const int64_t idx = int64_t(c) * 32 + lane;
+    if (idx < nchunks) fma_chunk<T>(acc, wr[c], xs, K, p.batch, idx * kN);
+  }
+  for (int64_t idx = int64_t(kRegChunks) * 32 + lane; idx < nchunks; idx += 32) {
+    Pack<T> w;
+    w.load(wrow + idx * kN);
+    fma_chunk<T>(acc, w, xs, K, p.batch, idx * kN);
+  }
+#pragma unroll
+  for (int b = 0; b < kMaxB; ++b) {
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) acc[b] += __shfl_xor_sync(0xffffffffu, acc[b], off);
+  }
+  if (lane != 0) return;
+  const float bias = has(p.bias) ? ptr<float>(p.bias)[m * p.bias.stride[0]] : 0.f;
+  for (int64_t b = 0; b < p.batch && b < kMaxB; ++b)
+    ptr<T>(p.out)[b * p.out.stride[0] + m * p.out.stride[1]] = from_float<T>(acc[b] + bias);
+}
+
+}  // namespace
+
+void norm_gemv(const NormGemvParams& p, cudaStream_t stream) {
+  const char* op = "norm_gemv";
+  SSM_CHECK(p.batch >= 0 && p.batch <= kMaxB, op, "batch must be at most ", kMaxB, ", got ", p.batch);
+  SSM_CHECK(p.mode >= 0 && p.mode <= 5, op, "unknown mode ", p.mode);
+  SSM_CHECK(p.mode != 5 || (has(p.conv_state) && has(p.conv_weight) && has(p.conv_out) && has(p.counters) &&
+                            p.width >= 1 && p.state_len >= 1 && p.state_len >= p.width - 1),
+            op, "mode 5 needs conv_state (length >= width - 1 >= 0), conv_weight, conv_out and counters");
+  SSM_CHECK(p.mode < 3 || p.mode > 4 || has(p.residual_out), op, "modes 3 and 4 need residual_out");
+  SSM_CHECK(p.in_features >= 1 && p.in_features * p.batch * 4 <= 48 * 1024, op, "batch x in_features ",
+            p.batch * p.in_features, " over the shared-memory row buffer");
+  SSM_CHECK(p.mode == 0 || p.mode >= 3 || (p.group_size >= 1 && p.in_features % p.group_size == 0 &&
+                            p.batch * (p.in_features / p.group_size) <= kMaxSegments),
+            op, "group_size must divide in_features into at most ", kMaxSegments, " groups per batch");
+  if (p.batch == 0 || p.out_features == 0) return;
+  SSM_DTYPE_SWITCH(p.dtype, T, op, [&] {
+    constexpr int64_t kN = Pack<T>::kN;
+    SSM_CHECK(p.in_features % kN == 0 && p.weight.stride[1] == 1 && p.weight.stride[0] % kN == 0 &&
+                  aligned(p.weight.data, 16),
+              op, "weight rows must be contiguous and 16-byte aligned, in_features a multiple of ", kN);
+    const unsigned grid = ceil_div(p.out_features, kWarps);
+    const size_t smem = size_t(p.batch * p.in_features) * sizeof(float);
+    SSM_BOOL_SWITCH(p.in_features / kN <= 4 * 32, kShort, [&] {
+      constexpr int kChunks = kShort ? 4 : 8;
+      if (p.mode == 0) norm_gemv_kernel<T, 0, kChunks><<<grid, kThreads, smem, stream>>>(p);
+      else if (p.mode == 1) norm_gemv_kernel<T, 1, kChunks><<<grid, kThreads, smem, stream>>>(p);
+      else if (p.mode == 2) norm_gemv_kernel<T, 2, kChunks><<<grid, kThreads, smem, stream>>>(p);
+      else if (p.mode == 3) norm_gemv_kernel<T, 3, kChunks><<<grid, kThreads, smem, stream>>>(p);
+      else if (p.mode == 4) norm_gemv_kernel<T, 4, kChunks><<<grid, kThreads, smem, stream>>>(p);
+      else norm_gemv_kernel<T, 5, kChunks><<<grid, kThreads, smem, stream>>>(p);
+    });
+  });
+  check_launch(op);
+}
+
+}  // namespace ssm::cuda

@@ -1,0 +1,95 @@
+// Mamba-2 SSD chunked scan backward on the GPU: the workspace layout and the helpers shared by the
+// backward kernels (ssd_bwd_state.cuh, ssd_bwd_chunk.cuh, ssd_bwd_finalize.cuh). The forward's
+// chunk_state and state_passing kernels recompute the chunk records and the entering states H_in
+// first (their part of the workspace, ssd::Layout); then, per (b, h), with dY the scan's output
+// gradient (after the gate), L_ts = exp(cs_t - cs_s) on same-run pairs s <= t of a chunk,
+// e0_t = exp(cs_t) on the chunk's first run and e_s = exp(cs_last - cs_s) on its last run:
+//
+//   0. cb          C B^T per (chunk, group) on the causal tile pairs, and its transpose  (tensor cores)
+//   1. dstate      dS_c = dY^T diag(e0) C per chunk                              (tensor cores)
+//   2. state_bwd   reverse over chunks: dH_out(c) = dH_in(c + 1) where the sequence continues,
+//                  dH_in(c) = dS_c + exp(cs_last) dH_out(c) (no reset in c); dinitial = dH_in(0)
+//   3. dc          per target tile: dC = (dY X^T ∘ L ∘ Δ_s) B + diag(e0) dY H_in, the decay pairs
+//                  P_ts = (C B^T)(dY X^T) L Δ_s summed over s < k <= t, and Y_t = dC_state,t · C_t
+//   4. dx          per source tile: o = (C B^T ∘ L)^T dY + diag(e) B dH_out^T, dx = Δ o + D dY,
+//                  dB = Δ ((dY X^T ∘ L)^T C + diag(e) X dH_out), x·o and X_s = Δ e dB_state,s · B_s
+//   5. finalize    per (b, h): d(Δ_k A) = pairs + Σ_{t>=k} Y_t + Σ_{s<k} X_s + exp(cs_last)<H_in, dH_out>,
+//                  ddt through clamp / softplus, dA
+// dB and dC come out per head (float32, (B, L, H, N)), dA per chunk (float32, (B * H, nchunks)) and dD
+// per source tile (float32, (B * nchunks * Q / 64, H, P)); the caller sums each group's heads and the partials.
+// No atomics: every sum has one fixed order.
+#pragma once
+#include "cuda/ssd_common.cuh"
+#include "cuda/ssd_tile.cuh"
+
+namespace ssm::cuda::ssd {
+
+// Backward workspace after the forward's (floats, each region at a multiple of 64):
+//   dstate[(((b * nchunks + c) * H + h) * P + p) * N + n]   dS_c, then dH_out(c) (float32)
+//   dhout [(((b * nchunks + c) * H + h) * P + p) * N + n]   dH_out(c) in the element type T
+//   pairs [(((b * H + h) * nchunks + c) * nq + i) * Q + k]   decay-pair sums of target tile i
+//   ysum, xsum, xo [((b * H + h) * nchunks + c) * Q + k]     Y_t, X_s, x_s·o_s
+//   cb    [((b * nchunks + c) * G + g) * Q * Q + t * Q + s]   C_t · B_s on the tile pairs s-tile <= t-tile,
+//   cbt   [((b * nchunks + c) * G + g) * Q * Q + s * Q + t]   and its transpose (shared by a group's heads)
+// Its size comes to Python from ssd_chunk_scan_bwd_workspace_floats (the binding).
+struct BwdLayout {
+  int64_t dstate = 0, dhout = 0, pairs = 0, ysum = 0, xsum = 0, xo = 0, cb = 0, cbt = 0, floats = 0;
+};
+
+inline BwdLayout bwd_layout(const SsdParams& p, const Layout& w) {
+  BwdLayout v;
+  const int64_t bhc = p.batch * p.nheads * w.nchunks, nq = p.chunk / kTile;
+  v.dstate = w.floats;
+  const int64_t spn = bhc * p.headdim * p.dstate;
+  v.dhout = v.dstate + round64(spn);
+  v.pairs = v.dhout + round64((spn * (p.dtype == DType::f32 ? 4 : 2) + 3) / 4);
+  v.ysum = v.pairs + round64(bhc * nq * p.chunk);
+  v.xsum = v.ysum + round64(bhc * p.chunk);
+  v.xo = v.xsum + round64(bhc * p.chunk);
+  const int64_t qq = p.batch * w.nchunks * p.ngroups * p.chunk * p.chunk;
+  v.cb = v.xo + round64(bhc * p.chunk);
+  v.cbt = v.cb + round64(qq);
+  v.floats = v.cbt + round64(qq);
+  return v;
+}
+
+template <typename T> void launch_bwd_dstate(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s);
+template <typename T> void launch_bwd_state(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s);
+template <typename T> void launch_bwd_cb(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s);
+template <typename T> void launch_bwd_dc(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s);
+template <typename T> void launch_bwd_dx(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s);
+template <typename T> void launch_bwd_finalize(const SsdParams& p, const Layout& w, const BwdLayout& v,
+                                               cudaStream_t s);
+
+constexpr int kLdT = kTile + 8;   // row stride of 64-wide element tiles
+constexpr int kLdS = kTile + 4;   // row stride of 64-wide float staging tiles
+
+// acc += A · Bm^T with A, Bm 64-row (row stride rs, column stride cs) global matrices of K columns,
+// streamed through the 64 x 64 shared tiles sa, sb. Block-wide (syncs).
+template <typename T>
+__device__ void gemm_nt(Tile<T>& acc, T* sa, T* sb, const T* a, int64_t ars, int64_t acs, int arows, const T* b,
+                        int64_t brs, int64_t bcs, int brows, int K) {
+  for (int k0 = 0; k0 < K; k0 += kTile) {
+    load_tile<T>(sa, kLdT, kTile, a + k0 * acs, ars, acs, arows, K - k0);
+    load_tile<T>(sb, kLdT, kTile, b + k0 * bcs, brs, bcs, brows, K - k0);
+    __syncthreads();
+    acc.template mma<true, false>(sa, kLdT, sb, kLdT, kTile);
+    __syncthreads();
+  }
+}
+
+// Sum over the 64 columns of row r of a kLdS float tile weighted by w(r, j), per row, by warps
+// (warp w: rows 16w..16w+15, two columns per lane); out[r] += the sum. Block-wide (no sync).
+template <typename F>
+__device__ void row_sums(float* out, F w) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int rr = 0; rr < 16; ++rr) {
+    const int r = warp * 16 + rr;
+    float s = w(r, 2 * lane) + w(r, 2 * lane + 1);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (lane == 0) out[r] += s;
+  }
+}
+
+}  // namespace ssm::cuda::ssd

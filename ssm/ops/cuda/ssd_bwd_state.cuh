@@ -1,0 +1,111 @@
+// SSD backward steps 1 and 2: the output gradient's pull on the state entering each chunk,
+// dS_c = Σ_{t in the first run} exp(cs_t) dY_t ⊗ C_t (a 64 x Q by Q x 64 product per P x N tile, on
+// tensor cores), then the adjoint states passed backwards over the chunks (elementwise over P x N).
+#pragma once
+#include "cuda/ssd_bwd_common.cuh"
+
+namespace ssm::cuda::ssd {
+
+template <typename T>
+size_t bwd_dstate_smem() {
+  return align128(sizeof(ChunkTokens)) + 2 * align128(kTile * kLdT * sizeof(T)) + align128(kMaxChunk * sizeof(float));
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) bwd_dstate_kernel(SsdParams p, Layout w, BwdLayout v) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  unsigned char* at = smem;
+  ChunkTokens& tok = *reinterpret_cast<ChunkTokens*>(at);
+  T* ys = reinterpret_cast<T*>(at += align128(sizeof(ChunkTokens)));
+  T* cs = reinterpret_cast<T*>(at += align128(kTile * kLdT * sizeof(T)));
+  float* wt = reinterpret_cast<float*>(at += align128(kTile * kLdT * sizeof(T)));
+  const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk);
+  const int ntn = (N + kTile - 1) / kTile, ntiles = (P + kTile - 1) / kTile * ntn;
+  const int64_t c = blockIdx.x / ntiles, b = blockIdx.z, c0 = c * Q;
+  const int tile = blockIdx.x % ntiles, p0 = tile / ntn * kTile, n0 = tile % ntn * kTile;
+  const int h = blockIdx.y, g = h / int(p.nheads / p.ngroups);
+  load_chunk(p, b, h, c0, Q, tok);
+  const int nvalid = int(min(int64_t(Q), p.seqlen - c0));
+  // weight of token t: exp(cs_t) on the first run (the one that sees H_in)
+  for (int t = threadIdx.x; t < Q; t += kThreads) wt[t] = t < nvalid && tok.run[t] == 0 ? __expf(tok.cs[t]) : 0.f;
+  const T* ysrc = ptr<T>(p.dout) + b * p.dout.stride[0] + h * p.dout.stride[2] + p0 * p.dout.stride[3];
+  const T* csrc = ptr<T>(p.C) + b * p.C.stride[0] + g * p.C.stride[2] + n0 * p.C.stride[3];
+  Tile<T> acc;
+  acc.zero();
+  for (int k0 = 0; k0 < nvalid; k0 += kTile) {
+    const int64_t t = c0 + k0;
+    load_tile<T>(ys, kLdT, kTile, ysrc + t * p.dout.stride[1], p.dout.stride[1], p.dout.stride[3], nvalid - k0, P - p0);
+    load_tile<T>(cs, kLdT, kTile, csrc + t * p.C.stride[1], p.C.stride[1], p.C.stride[3], nvalid - k0, N - n0);
+    __syncthreads();
+    for (int e = threadIdx.x; e < kTile * kTile; e += kThreads)
+      cs[e / kTile * kLdT + e % kTile] = from_float<T>(to_float(cs[e / kTile * kLdT + e % kTile]) * wt[k0 + e / kTile]);
+    __syncthreads();
+    acc.template mma<false, true>(ys, kLdT, cs, kLdT, kTile);  // (dY^T)(p, t) = ys[t][p]
+    __syncthreads();
+  }
+  // stage through the (now free) element tiles' space as float
+  float* stage = reinterpret_cast<float*>(ys);
+  acc.store(stage, kLdS);
+  __syncthreads();
+  float* dst = ptr<float>(p.workspace) + v.dstate + ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N;
+  for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
+    const int i = e / kTile, j = e % kTile;
+    if (p0 + i < P && n0 + j < N) dst[int64_t(p0 + i) * N + n0 + j] = stage[i * kLdS + j];
+  }
+}
+
+// Reverse over chunks: the slot of dS_c receives dH_out(c) (also kept in T for the tensor-core
+// products); dinitial = dH_in(0). The chunks' dS_c are loaded a few at a time (in flight together).
+template <typename T>
+__global__ void __launch_bounds__(kThreads) bwd_state_kernel(SsdParams p, Layout w, BwdLayout v) {
+  const int64_t PN = p.headdim * p.dstate, e = int64_t(blockIdx.x) * kThreads + threadIdx.x;
+  if (e >= PN) return;
+  const int h = blockIdx.y, pp = int(e / p.dstate), nn = int(e % p.dstate);
+  const int64_t b = blockIdx.z, nc = w.nchunks, step = p.nheads * PN;
+  float* ws = ptr<float>(p.workspace);
+  const float* rec = ws + w.record + (b * p.nheads + h) * nc * kRecord;
+  float* slot = ws + v.dstate + b * nc * step + h * PN + e;
+  T* slot_t = reinterpret_cast<T*>(ws + v.dhout) + b * nc * step + h * PN + e;
+  float dH = has(p.dfinal) ? at4<float>(p.dfinal, b, h, pp, nn) : 0.f;
+  constexpr int kAhead = 4;
+  for (int64_t top = nc - 1; top >= 0; top -= kAhead) {
+    float dS[kAhead];
+#pragma unroll
+    for (int u = 0; u < kAhead; ++u) dS[u] = top - u >= 0 ? slot[(top - u) * step] : 0.f;
+#pragma unroll
+    for (int u = 0; u < kAhead; ++u) {
+      const int64_t c = top - u;
+      if (c < 0) break;
+      const float* r = rec + c * kRecord;
+      slot[c * step] = dH;
+      slot_t[c * step] = from_float<T>(dH);
+      const float dH_in = dS[u] + (__float_as_int(r[kHasReset]) ? 0.f : r[kDecayAll] * dH);
+      if (c == 0) {
+        if (has(p.dinitial))
+          ptr<float>(p.dinitial)[b * p.dinitial.stride[0] + h * p.dinitial.stride[1] + pp * p.dinitial.stride[2] +
+                                 nn * p.dinitial.stride[3]] = dH_in;
+      } else {
+        dH = __float_as_int(r[kContinues]) ? dH_in : 0.f;
+      }
+    }
+  }
+}
+
+template <typename T>
+void launch_bwd_dstate(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s) {
+  const int64_t tiles = ((p.headdim + kTile - 1) / kTile) * ((p.dstate + kTile - 1) / kTile);
+  const dim3 grid(unsigned(w.nchunks * tiles), unsigned(p.nheads), unsigned(p.batch));
+  const size_t smem = bwd_dstate_smem<T>();
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
+  if (smem > 48 * 1024) cudaFuncSetAttribute(bwd_dstate_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  bwd_dstate_kernel<T><<<grid, kThreads, smem, s>>>(p, w, v);
+}
+
+template <typename T>
+void launch_bwd_state(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s) {
+  const dim3 grid(ceil_div(p.headdim * p.dstate, kThreads), unsigned(p.nheads), unsigned(p.batch));
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
+  bwd_state_kernel<T><<<grid, kThreads, 0, s>>>(p, w, v);
+}
+
+}  // namespace ssm::cuda::ssd

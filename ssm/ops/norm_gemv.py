@@ -1,0 +1,148 @@
+"""Small-batch linear layers for decoding, optionally with the gated RMSNorm of Mamba-2 on their
+input: ``gated_norm_linear`` = F.linear(rmsnorm_fn(x, norm_weight, z=z, ...), weight, bias) and
+``small_linear(linear, x)`` = linear(x), and ``norm_linear``: a prenorm block's residual add + norm
+feeding the next layer's input projection, and ``conv_linear``: Mamba-1's conv update feeding x_proj.
+
+On CUDA, for batches up to 4, one kernel (ssm/ops/cuda/norm_gemv.cu: a warp per output row, every
+block normalizing the input rows itself) instead of the norm kernel and a cuBLAS GEMV; elsewhere,
+when compiling, or for arguments the kernel does not take, the composition, with the same
+results. ``Mamba2.step`` uses ``gated_norm_linear`` for its out_proj (SSM_FUSED_DECODE=0 turns it
+off), the blocks' add + norm with the mixers' in_proj go through ``norm_linear``; ``small_linear``
+replaces the other decode projections (SSM_DECODE_GEMV=0: cuBLAS)."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from ssm.ops import _checks, _kernels
+from ssm.ops import conv_state_step as _css
+from ssm.ops.conv import causal_conv1d_update
+from ssm.ops.gated_norm import rmsnorm_fn
+from ssm.ops.norm import fused_layer_norm
+from ssm.utils import dispatch
+
+# H200 round 2: the plain small-batch kernel beat cuBLAS for Mamba-1's out_proj (b1 0.671 vs 0.724 ms
+# per token); the conv + x_proj form cost 10.3 us per call against ~6-7 for the two kernels: off
+PLAIN = os.environ.get("SSM_DECODE_GEMV", "1") == "1"
+# one switch per fused form (each can be turned off alone; SSM_FUSED_DECODE=0 turns off all)
+GATED, PRENORM, CONV = True, True, False
+_MAX_BATCH, _MAX_SEGMENTS, _SMEM_FLOATS = 4, 64, 12 * 1024
+
+
+def _fusable(x, z, weight, groups) -> bool:
+    if not _css.FUSED or x.device.type != "cuda" or dispatch.forced_backend() not in (None, "cuda"):
+        return False
+    if not dispatch.has_cuda_kernels() or not hasattr(dispatch.cuda_module(), "norm_gemv"):
+        return False
+    act, (batch, K) = x.dtype, x.shape
+    per = 16 // weight.element_size()
+    return (act in _kernels.KERNEL_DTYPES and weight.dtype == act and (z is None or z.dtype == act)
+            and 1 <= batch <= _MAX_BATCH and batch * K <= _SMEM_FLOATS and batch * groups <= _MAX_SEGMENTS
+            and K % per == 0 and weight.stride(1) == 1 and weight.stride(0) % per == 0
+            and weight.data_ptr() % 16 == 0)
+
+
+def _fused(mode, x, z, norm_weight, weight, bias, group_size, eps, residual=None, residual_out=None,
+           norm_bias=None, conv=None):
+    """The kernel call; ``conv`` = (conv_state, conv_weight (K, W) or (K, 1, W), conv_bias, conv_out, silu)."""
+    batch, K = x.shape
+    f32 = _kernels.float32_param
+    norm_weight, bias, norm_bias = (t if t is None or t.dtype == torch.float32 else f32(t)
+                                    for t in (norm_weight, bias, norm_bias))
+    out = _kernels.empty((batch, weight.shape[0]), x)
+    r = _kernels.ref
+    conv_args = (0, 0, False, None, None, None, None, None)
+    if conv is not None:
+        state, w, b, conv_out, silu = conv
+        w = w if w.dtype == torch.float32 else f32(w)
+        b = b if b is None or b.dtype == torch.float32 else f32(b)
+        stream = torch.cuda.current_stream(x.device).cuda_stream
+        conv_args = (w.shape[-1], state.shape[-1], silu, r(state), (w.data_ptr(), w.stride(0), w.stride(-1)), r(b),
+                     r(conv_out), r(_css._counter_buffer(x.device, stream, 1)))
+    dispatch.cuda_module().norm_gemv(
+        _kernels.dtype_code(x), batch, K, weight.shape[0], group_size, mode, float(eps), r(x), r(z), r(norm_weight),
+        r(weight), r(bias), r(out), r(residual), r(residual_out), r(norm_bias), *conv_args,
+        _kernels.exec_arg("cuda", x))
+    return out
+
+
+def _check_linear(x, weight, bias):
+    _checks.tensor("x", x, ndim=2)
+    _checks.tensor("weight", weight, shape=(None, x.shape[1]), device=x.device)
+    _checks.tensor("bias", bias, shape=(weight.shape[0],), device=x.device, optional=True)
+
+
+def gated_norm_linear(x: Tensor, z: Tensor, norm_weight: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                      *, group_size: Optional[int] = None, eps: float = 1e-5,
+                      norm_before_gate: bool = False) -> Tensor:
+    """x, z (B, K); norm_weight (K,); weight (M, K); bias (M,) -> (B, M) like x:
+    F.linear(rmsnorm_fn(x, norm_weight, None, z, eps, group_size, norm_before_gate), weight, bias)."""
+    _check_linear(x, weight, bias)
+    K = x.shape[1]
+    _checks.tensor("z", z, shape=tuple(x.shape), device=x.device)
+    _checks.tensor("norm_weight", norm_weight, shape=(K,), device=x.device)
+    gs = K if group_size is None else group_size
+    if not isinstance(gs, int) or gs < 1 or K % gs:
+        raise ValueError(f"group_size: expected a positive divisor of {K}, got {group_size!r}")
+    if not GATED or torch.compiler.is_compiling() or not _fusable(x, z, weight, K // gs):
+        y = rmsnorm_fn(x, norm_weight, None, z=z, eps=eps, group_size=group_size, norm_before_gate=norm_before_gate)
+        return F.linear(y, weight, bias)
+    return _fused(2 if norm_before_gate else 1, x, z, norm_weight, weight, bias, gs, eps)
+
+
+def small_linear(linear: nn.Module, x: Tensor) -> Tensor:
+    """linear(x) for x (B, K); through the small-batch kernel when PLAIN is set and ``linear`` is a
+    plain nn.Linear (a wrapped or adapted layer keeps its own forward)."""
+    if (not PLAIN or type(linear) is not nn.Linear or torch.compiler.is_compiling() or x.dim() != 2
+            or not _fusable(x, None, linear.weight, 0)):
+        return linear(x)
+    _check_linear(x, linear.weight, linear.bias)
+    return _fused(0, x, None, None, linear.weight, linear.bias, 1, 0.0)
+
+
+def norm_linear(x: Tensor, residual: Optional[Tensor], norm_weight: Tensor, norm_bias: Optional[Tensor],
+                linear: nn.Module, *, is_rms: bool = True, eps: float = 1e-5) -> tuple[Tensor, Tensor]:
+    """A prenorm block's residual add + norm feeding a linear layer, for one decoded token:
+    x (B, K), residual (B, K) float32 or None -> (linear(norm(x + residual)), residual_out (B, K) float32).
+    Same as fused_layer_norm(x, norm_weight, norm_bias, residual, is_rms, eps, prenorm=True,
+    residual_in_fp32=True) then linear(y); one kernel on CUDA for a plain nn.Linear."""
+    _checks.tensor("x", x, ndim=2)
+    _checks.tensor("residual", residual, shape=tuple(x.shape), device=x.device, optional=True)
+    fusable = (PRENORM and type(linear) is nn.Linear and (residual is None or residual.dtype == torch.float32)
+               and not torch.compiler.is_compiling() and _fusable(x, None, linear.weight, 1))
+    if not fusable:
+        y, res = fused_layer_norm(x, norm_weight, norm_bias, residual, is_rms, eps, True, True)
+        return linear(y), res
+    _check_linear(x, linear.weight, linear.bias)
+    _checks.tensor("norm_weight", norm_weight, shape=(x.shape[1],), device=x.device)
+    _checks.tensor("norm_bias", norm_bias, shape=(x.shape[1],), device=x.device, optional=True)
+    res = _kernels.empty(tuple(x.shape), x, dtype=torch.float32)
+    out = _fused(3 if is_rms else 4, x, None, norm_weight, linear.weight, linear.bias, x.shape[1], eps,
+                 residual=residual, residual_out=res, norm_bias=None if is_rms else norm_bias)
+    return out, res
+
+
+def conv_linear(x: Tensor, conv_state: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor], linear: nn.Module,
+                activation: Optional[str] = "silu") -> tuple[Tensor, Tensor]:
+    """Mamba-1's decode conv update feeding x_proj: x (B, K) new inputs, conv_state (B, K, S) updated
+    in place -> (linear(x_conv), x_conv (B, K)), x_conv = causal_conv1d_update(x, conv_state, ...).
+    One kernel on CUDA for a plain nn.Linear."""
+    W = conv_weight.shape[-1]
+    fusable = (CONV and type(linear) is nn.Linear and not torch.compiler.is_compiling() and x.dim() == 2
+               and conv_state.dim() == 3 and conv_state.shape[0] == x.shape[0] and conv_state.shape[1] == x.shape[1]
+               and conv_state.dtype == x.dtype and conv_state.shape[-1] >= max(W - 1, 1)
+               and conv_weight.shape[0] == x.shape[1] and _fusable(x, None, linear.weight, 1))
+    if not fusable or activation not in (None, "silu", "swish"):
+        x_conv = causal_conv1d_update(x, conv_state, conv_weight, conv_bias, activation)
+        return linear(x_conv), x_conv
+    _check_linear(x, linear.weight, linear.bias)
+    _checks.tensor("conv_bias", conv_bias, shape=(x.shape[1],), device=x.device, optional=True)
+    x_conv = _kernels.empty(tuple(x.shape), x)
+    out = _fused(5, x, None, None, linear.weight, linear.bias, 1, 0.0,
+                 conv=(conv_state, conv_weight, conv_bias, x_conv, activation is not None))
+    return out, x_conv

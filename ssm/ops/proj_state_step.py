@@ -1,0 +1,78 @@
+"""One Mamba-1 decode step with the dt projection folded into the state step:
+dt = dt_in @ dt_proj_weight^T, then selective_state_step (Mamba-1 layout).
+
+On CUDA this is one kernel (the state step kernel with its dt_proj mode) instead of a GEMV and
+the step; elsewhere, when compiling, or for arguments that mode does not take, it is F.linear then
+the public op ``selective_state_step``, with the same results. ``Mamba1.step`` uses it;
+``SSM_FUSED_DECODE=0`` turns the fused kernel off (ssm.ops.conv_state_step.FUSED)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ssm.ops import _checks, _kernels
+from ssm.ops import conv_state_step as _css
+from ssm.ops.state_step import selective_state_step
+from ssm.utils import dispatch
+
+
+def _check_args(state, x, dt_in, dt_proj_weight, A, B, C, D, z, dt_bias):
+    _checks.tensor("state", state, ndim=3)
+    batch, dim, N = state.shape
+    dev = state.device
+    _checks.tensor("x", x, shape=(batch, dim), device=dev)
+    _checks.tensor("dt_in", dt_in, ndim=2, device=dev)
+    _checks.tensor("dt_in", dt_in, shape=(batch, None))
+    _checks.tensor("dt_proj_weight", dt_proj_weight, shape=(dim, dt_in.shape[1]), device=dev)
+    _checks.tensor("A", A, shape=(dim, N), device=dev)
+    _checks.tensor("B", B, shape=(batch, N), device=dev)
+    _checks.tensor("C", C, shape=(batch, N), device=dev)
+    for name, t in (("D", D), ("dt_bias", dt_bias)):
+        _checks.tensor(name, t, shape=(dim,), device=dev, optional=True)
+    _checks.tensor("z", z, shape=(batch, dim), device=dev, optional=True)
+
+
+ENABLED = True  # this fused form alone (SSM_FUSED_DECODE=0 turns off every fused decode form)
+
+
+def _fusable(state, x, dt_in, dt_proj_weight, B, C, z) -> bool:
+    if not ENABLED or not _css.FUSED or x.device.type != "cuda" or dispatch.forced_backend() not in (None, "cuda"):
+        return False
+    if not dispatch.has_cuda_kernels() or not hasattr(dispatch.cuda_module(), "selective_state_step_proj"):
+        return False
+    # large batches keep cuBLAS's dt_proj (H200, mamba-130m b64: 0.980 fused vs 0.861 ms per token)
+    act = x.dtype
+    return (act in _kernels.KERNEL_DTYPES and state.dtype in _kernels.KERNEL_DTYPES
+            and 0 < x.shape[0] <= _css.MAX_BATCH
+            and dt_in.shape[1] > 0 and all(t is None or t.dtype == act for t in (dt_in, dt_proj_weight, B, C, z)))
+
+
+def _fused(state, x, dt_in, dt_proj_weight, A, B, C, D, z, dt_bias, softplus):
+    batch, dim, N = state.shape
+    f32 = _kernels.float32_param
+    A, D, dt_bias = (t if t is None or t.dtype == torch.float32 else f32(t) for t in (A, D, dt_bias))
+    out = _kernels.empty((batch, dim), x)
+    k = _kernels
+    # the kernel's (B, H, P, N) view with H = dim channels of size P = 1
+    modes = (k.UNIT_MID, k.UNIT_LAST, k.UNIT_LAST, k.UNIT_MID, k.UNIT_MID, k.UNIT_MID, k.UNIT_LAST, k.UNIT_LAST,
+             k.UNIT_LAST, k.AS_IS, k.UNIT_LAST, k.AS_IS)
+    refs = k.refs(modes, (state, x, dt_in, A, B, C, D, z, dt_bias, None, out, dt_proj_weight))
+    dispatch.cuda_module().selective_state_step_proj(
+        k.dtype_code(state), k.dtype_code(x), batch, dim, 1, N, 1, *refs[:11], softplus, dt_in.shape[1], refs[11],
+        k.exec_arg("cuda", x))
+    return out
+
+
+def proj_state_step(state: Tensor, x: Tensor, dt_in: Tensor, dt_proj_weight: Tensor, A: Tensor, B: Tensor,
+                    C: Tensor, D: Optional[Tensor] = None, z: Optional[Tensor] = None,
+                    dt_bias: Optional[Tensor] = None, softplus: bool = True) -> Tensor:
+    """One Mamba-1 decode step: state (B, D, N) updated in place; x, z (B, D); dt_in (B, R);
+    dt_proj_weight (D, R); A (D, N); B, C (B, N); D, dt_bias (D,) -> y (B, D) like x.
+    Same as selective_state_step(state, x, F.linear(dt_in, dt_proj_weight), A, B, C, D, z, dt_bias, softplus)."""
+    _check_args(state, x, dt_in, dt_proj_weight, A, B, C, D, z, dt_bias)
+    if torch.compiler.is_compiling() or not _fusable(state, x, dt_in, dt_proj_weight, B, C, z):
+        return selective_state_step(state, x, F.linear(dt_in, dt_proj_weight), A, B, C, D, z, dt_bias, softplus)
+    return _fused(state, x, dt_in, dt_proj_weight, A, B, C, D, z, dt_bias, softplus)

@@ -1,0 +1,231 @@
+"""gated_norm_linear / small_linear (decode projections, optionally with Mamba-2's gated RMSNorm
+folded in) on every backend against the float64 reference, the CUDA kernel against the composition
+of the separate ops (long rows past the register-held weight chunks, groups, batch up to 4), the
+switches, bad input."""
+import pytest
+import torch
+import torch.nn as nn
+
+from ssm.ops import conv_state_step as css
+from ssm.ops import norm_gemv as ng
+from ssm.ops.gated_norm import rmsnorm_fn
+from ssm.ops.python import reference
+from tests.ops.harness import DTYPES, assert_close, backends, device_of, rand, use_backend
+
+CASES = [  # (batch, K, M, group_size)
+    (1, 64, 24, None),
+    (3, 96, 40, 32),
+    (4, 256, 7, 64),
+    (2, 1536, 77, 768),
+]
+
+
+def make(batch, K, M, gs, dtype, device, bias=True):
+    xz = rand(batch, 2 * K + 8, dtype=dtype, device=device)  # strided views, as in Mamba2.step
+    return dict(x=xz[:, :K], z=xz[:, K + 8:], nw=1.0 + rand(K, dtype=dtype, device=device, scale=0.1),
+                W=rand(M, K, dtype=dtype, device=device, scale=K ** -0.5),
+                b=rand(M, dtype=dtype, device=device) if bias else None, gs=gs)
+
+
+def ref_out(inp, before):
+    x, z, nw, W, b = (None if t is None else t.double() for t in (inp["x"], inp["z"], inp["nw"], inp["W"], inp["b"]))
+    y = reference.gated_rms_norm(x, nw, None, z, 1e-5, inp["gs"], before)
+    return y @ W.t() + (0 if b is None else b)
+
+
+def run(inp, before):
+    return ng.gated_norm_linear(inp["x"], inp["z"], inp["nw"], inp["W"], inp["b"], group_size=inp["gs"], eps=1e-5,
+                                norm_before_gate=before)
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("before", [False, True])
+def test_gated_norm_linear_matches_reference(backend, dtype, case, before):
+    inp = make(*case, dtype, device_of(backend), bias=case[0] != 3)
+    with use_backend(backend):
+        out = run(inp, before)
+    assert out.dtype == dtype and out.shape == (case[0], case[2])
+    assert_close(out, ref_out(inp, before), dtype, "out")
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES)
+def test_small_linear_matches_reference(backend, dtype, case, monkeypatch):
+    monkeypatch.setattr(ng, "PLAIN", True)
+    batch, K, M, _ = case
+    dev = device_of(backend)
+    lin = nn.Linear(K, M, bias=batch != 3, device=dev, dtype=dtype)
+    x = rand(batch, K + 8, dtype=dtype, device=dev)[:, 8:]
+    with use_backend(backend), torch.no_grad():
+        out = ng.small_linear(lin, x)
+    ref = x.double() @ lin.weight.double().t() + (0 if lin.bias is None else lin.bias.double())
+    assert out.dtype == dtype and out.shape == (batch, M)
+    assert_close(out, ref, dtype, "out")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", CASES + [(1, 4096, 300, 512), (2, 3072, 65, None), (1, 1536, 768, None)])
+@pytest.mark.parametrize("before", [False, True])
+def test_cuda_kernel_equals_separate_ops(dtype, case, before):
+    inp = make(*case, dtype, torch.device("cuda"))
+    groups = case[1] // (case[3] or case[1])
+    assert ng._fusable(inp["x"], inp["z"], inp["W"], groups)
+    out = run(inp, before)
+    y = rmsnorm_fn(inp["x"], inp["nw"], None, z=inp["z"], eps=1e-5, group_size=inp["gs"], norm_before_gate=before)
+    assert_close(out, torch.nn.functional.linear(y, inp["W"], inp["b"]), dtype, "out", factor=0.25)
+
+
+def test_switches_fall_back_to_the_separate_ops(monkeypatch):
+    monkeypatch.setattr(css, "FUSED", False)
+    inp = make(1, 64, 24, None, torch.float32, torch.device("cpu"))
+    assert not ng._fusable(inp["x"], inp["z"], inp["W"], 1)
+    assert_close(run(inp, False), ref_out(inp, False), torch.float32, "out")
+    lin = nn.Linear(64, 24)
+    monkeypatch.setattr(ng, "PLAIN", False)
+    with torch.no_grad():
+        assert torch.equal(ng.small_linear(lin, inp["x"]), lin(inp["x"]))
+
+
+@pytest.mark.parametrize("bad, error, words", [
+    (dict(x=torch.randn(2, 63)), ValueError, ["weight", "(*, 63)"]),
+    (dict(z=torch.randn(2, 60)), ValueError, ["z", "(2, 64)"]),
+    (dict(nw=torch.randn(63)), ValueError, ["norm_weight", "(64)"]),
+    (dict(b=torch.randn(5)), ValueError, ["bias", "(24)"]),
+    (dict(gs=48), ValueError, ["group_size", "48"]),
+    (dict(x=torch.randint(0, 3, (2, 64))), TypeError, ["x", "dtype"]),
+])
+def test_bad_input_is_named(bad, error, words):
+    inp = make(2, 64, 24, None, torch.float32, torch.device("cpu"))
+    inp.update(bad)
+    with pytest.raises(error) as info:
+        run(inp, False)
+    for word in words:
+        assert word in str(info.value), f"{word!r} not in {info.value}"
+
+
+def make_prenorm(batch, K, M, dtype, device, with_residual, is_rms):
+    return dict(x=rand(batch, K, dtype=dtype, device=device),
+                res=rand(batch, K, device=device) if with_residual else None,
+                nw=1.0 + rand(K, dtype=dtype, device=device, scale=0.1),
+                nb=None if is_rms else rand(K, dtype=dtype, device=device, scale=0.1),
+                lin=nn.Linear(K, M, bias=not is_rms, device=device, dtype=dtype))
+
+
+def run_prenorm(inp, is_rms):
+    with torch.no_grad():
+        return ng.norm_linear(inp["x"], inp["res"], inp["nw"], inp["nb"], inp["lin"], is_rms=is_rms, eps=1e-5)
+
+
+def ref_prenorm(inp, is_rms):
+    x, res, nw, nb = (None if t is None else t.double() for t in (inp["x"], inp["res"], inp["nw"], inp["nb"]))
+    y, res_out = reference.fused_layer_norm(x, nw, nb, res, is_rms, 1e-5, True, True)
+    lin = inp["lin"]
+    return y @ lin.weight.double().t() + (0 if lin.bias is None else lin.bias.double()), res_out
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", [(1, 64, 24), (3, 768, 100), (4, 256, 9)])
+@pytest.mark.parametrize("with_residual", [False, True])
+@pytest.mark.parametrize("is_rms", [True, False])
+def test_norm_linear_matches_reference(backend, dtype, case, with_residual, is_rms):
+    inp = make_prenorm(*case, dtype, device_of(backend), with_residual, is_rms)
+    with use_backend(backend):
+        out, res = run_prenorm(inp, is_rms)
+    ref, ref_res = ref_prenorm(inp, is_rms)
+    assert out.dtype == dtype and out.shape == (case[0], case[2]) and res.dtype == torch.float32
+    assert_close(out, ref, dtype, "out")
+    assert_close(res, ref_res, torch.float32 if with_residual or dtype == torch.float32 else dtype, "residual")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", [(1, 768, 3352), (2, 2048, 300), (4, 64, 5)])
+@pytest.mark.parametrize("with_residual", [False, True])
+@pytest.mark.parametrize("is_rms", [True, False])
+def test_norm_linear_cuda_kernel_equals_separate_ops(dtype, case, with_residual, is_rms):
+    inp = make_prenorm(*case, dtype, torch.device("cuda"), with_residual, is_rms)
+    assert ng._fusable(inp["x"], None, inp["lin"].weight, 1)
+    out, res = run_prenorm(inp, is_rms)
+    with torch.no_grad():
+        y, res_sep = ng.fused_layer_norm(inp["x"], inp["nw"], inp["nb"], inp["res"], is_rms, 1e-5, True, True)
+        out_sep = inp["lin"](y)
+    assert torch.equal(res, res_sep), "residual_out"
+    assert_close(out, out_sep, dtype, "out", factor=0.25)
+
+
+@pytest.mark.parametrize("device", [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("layer", ["Mamba1", "Mamba2"])
+def test_block_prenorm_decode_equals_separate_norm(device, layer, monkeypatch):
+    """A decode step through Block's folded add + norm gives the logits of the unfolded step."""
+    from ssm.models.config import MambaConfig
+    from ssm.models.lm import MambaLMHeadModel
+    from ssm.modules import block
+    from ssm.utils.inference import InferenceParams
+    cfg = MambaConfig(d_model=64, n_layer=2, vocab_size=97, ssm_cfg={"layer": layer, "d_state": 16}
+                      | ({"headdim": 16} if layer == "Mamba2" else {}))
+    model = MambaLMHeadModel(cfg, device=device, dtype=torch.bfloat16 if device == "cuda" else torch.float32).eval()
+    ids = torch.randint(0, 97, (2, 6), device=device)
+    logits = []
+    for prenorm in (True, False):
+        monkeypatch.setattr(block, "PRENORM_DECODE", prenorm)
+        params = InferenceParams(max_seqlen=16, max_batch_size=2)
+        with torch.inference_mode():
+            model(ids[:, :5], inference_params=params)
+            params.seqlen_offset = 5
+            logits.append(model(ids[:, 5:], inference_params=params).logits.float())
+    tol = 2e-2 if device == "cuda" else 1e-5
+    torch.testing.assert_close(logits[0], logits[1], rtol=tol, atol=tol)
+
+
+def make_conv(batch, K, M, W, S, dtype, device):
+    xz = rand(batch, 2 * K, dtype=dtype, device=device)  # x is a strided view, as in Mamba1.step
+    return dict(x=xz[:, :K], state=rand(batch, K, S, dtype=dtype, device=device),
+                w=rand(K, 1, W, dtype=dtype, device=device, scale=0.5), b=rand(K, dtype=dtype, device=device),
+                lin=nn.Linear(K, M, bias=False, device=device, dtype=dtype))
+
+
+def run_conv(inp):
+    with torch.no_grad():
+        return ng.conv_linear(inp["x"], inp["state"], inp["w"], inp["b"], inp["lin"], "silu")
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", [(1, 64, 24, 4, 4), (3, 96, 40, 3, 5), (4, 256, 9, 2, 1)])
+def test_conv_linear_matches_reference(backend, dtype, case, monkeypatch):
+    monkeypatch.setattr(ng, "CONV", True)  # the kernel, switched off in the modules
+    inp = make_conv(*case[:3], *case[3:], dtype, device_of(backend))
+    state64 = inp["state"].double()
+    with use_backend(backend):
+        out, x_conv = run_conv(inp)
+    xc_ref = reference.dw_causal_conv_update(inp["x"].double(), state64, inp["w"].double().squeeze(1),
+                                             inp["b"].double(), "silu")
+    assert out.dtype == dtype and out.shape == (case[0], case[2]) and x_conv.shape == inp["x"].shape
+    assert_close(x_conv, xc_ref, dtype, "x_conv")
+    assert_close(out, xc_ref @ inp["lin"].weight.double().t(), dtype, "out")
+    assert torch.equal(inp["state"].double(), state64), "conv_state"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", [(1, 1536, 80, 4, 4), (2, 2048, 96, 4, 4), (4, 64, 5, 3, 6)])
+def test_conv_linear_cuda_kernel_equals_separate_ops(dtype, case, monkeypatch):
+    """Several consecutive steps (the conv states are shifted once per step by the last block)."""
+    monkeypatch.setattr(ng, "CONV", True)
+    inp = make_conv(*case, dtype, torch.device("cuda"))
+    state = inp["state"].clone()
+    assert ng._fusable(inp["x"], None, inp["lin"].weight, 1)
+    for t in range(3):
+        out, x_conv = run_conv(inp)
+        with torch.no_grad():
+            xc_sep = ng.causal_conv1d_update(inp["x"], state, inp["w"], inp["b"], "silu")
+            out_sep = inp["lin"](xc_sep)
+        assert torch.equal(inp["state"], state), f"conv_state at step {t}"
+        assert_close(x_conv, xc_sep, dtype, f"x_conv at step {t}", factor=0.1)
+        assert_close(out, out_sep, dtype, f"out at step {t}", factor=0.25)
+        inp["x"].copy_(rand(*inp["x"].shape, dtype=dtype, device="cuda"))

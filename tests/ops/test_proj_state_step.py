@@ -1,0 +1,109 @@
+"""proj_state_step (Mamba-1 decode step with dt_proj folded in) on every backend against the
+float64 reference (dt_in @ W^T, then the reference state step), the CUDA kernel against F.linear +
+the separate CUDA op in both row shapes, the switch, bad input."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ssm.ops import conv_state_step as css
+from ssm.ops import proj_state_step as pss
+from ssm.ops.python import reference
+from tests.ops.harness import DTYPES, assert_close, backends, device_of, rand, use_backend
+
+CASES = [  # (batch, channels, N, rank)
+    (1, 8, 16, 3),
+    (3, 10, 5, 17),
+    (2, 64, 16, 48),
+    (4, 33, 32, 1),
+]
+OPTIONS = ["plain", "z+D", "fp32_state", "all"]
+
+
+def make(batch, dim, N, R, dtype, device, opts):
+    full = "all" in opts
+    # x_proj-like row: dt_in, B, C are strided views of one row, as in Mamba1.step
+    row = rand(batch, R + 2 * N + 3, dtype=dtype, device=device)
+    dt_in, B, C = row[:, :R], row[:, R:R + N], row[:, R + N:R + 2 * N]
+    xz = rand(batch, 2 * dim, dtype=dtype, device=device)
+    x, z = xz[:, :dim], xz[:, dim:] if "z+D" in opts or full else None
+    sdtype = torch.float32 if "fp32_state" in opts or full else dtype
+    return dict(state=rand(batch, dim, N, dtype=sdtype, device=device), x=x, dt_in=dt_in,
+                W=rand(dim, R, dtype=dtype, device=device, scale=R ** -0.5),
+                A=-torch.exp(rand(dim, N, device=device, scale=0.5)), B=B, C=C,
+                D=rand(dim, device=device) if "z+D" in opts or full else None, z=z,
+                dt_bias=rand(dim, dtype=dtype, device=device, scale=0.3) - 1.0)
+
+
+def run(fn, inp):
+    return fn(inp["state"], inp["x"], inp["dt_in"], inp["W"], inp["A"], inp["B"], inp["C"], inp["D"], inp["z"],
+              inp["dt_bias"], True)
+
+
+def reference_step(state, x, dt_in, W, A, B, C, D, z, dt_bias, softplus):
+    return reference.selective_state_step(state, x, dt_in @ W.t(), A, B, C, D, z, dt_bias, softplus)
+
+
+def as64(inp):
+    return {k: (v.detach().double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+            for k, v in inp.items()}
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("option", OPTIONS)
+def test_matches_reference(backend, dtype, case, option):
+    inp = make(*case, dtype, device_of(backend), {option})
+    ref = as64(inp)
+    with use_backend(backend):
+        y = run(pss.proj_state_step, inp)
+    assert y.dtype == dtype and y.shape == case[:2]
+    assert_close(y, run(reference_step, ref), dtype, "y")
+    # dt is rounded to the activations' dtype (as a separate projection's output), whatever the state's
+    assert_close(inp["state"], ref["state"], dtype, "state")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("wide", ["0", "1"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", CASES + [(64, 1536, 16, 48)])
+def test_cuda_kernel_equals_separate_ops(wide, dtype, case, monkeypatch):
+    monkeypatch.setenv("SSM_STEP_WIDE", wide)
+    monkeypatch.setattr(css, "MAX_BATCH", 65535)  # the kernel, whatever batch the modules hand it
+    inp = make(*case, dtype, torch.device("cuda"), {"all"})
+    state = inp["state"].clone()
+    assert pss._fusable(inp["state"], inp["x"], inp["dt_in"], inp["W"], inp["B"], inp["C"], inp["z"])
+    y = run(pss.proj_state_step, inp)
+    dt = F.linear(inp["dt_in"], inp["W"])
+    y_sep = pss.selective_state_step(state, inp["x"], dt, inp["A"], inp["B"], inp["C"], inp["D"], inp["z"],
+                                     inp["dt_bias"], True)
+    assert_close(y, y_sep, dtype, "y", factor=0.1)
+    assert_close(inp["state"], state, torch.float32, "state", factor=10)
+
+
+def test_falls_back_to_the_separate_ops_when_switched_off(monkeypatch):
+    monkeypatch.setattr(css, "FUSED", False)
+    inp = make(2, 8, 16, 3, torch.float32, torch.device("cpu"), {"all"})
+    assert not pss._fusable(inp["state"], inp["x"], inp["dt_in"], inp["W"], inp["B"], inp["C"], inp["z"])
+    ref = as64(inp)
+    assert_close(run(pss.proj_state_step, inp), run(reference_step, ref), torch.float32, "y")
+
+
+@pytest.mark.parametrize("bad, error, words", [
+    (dict(state=torch.randn(2, 8)), ValueError, ["state", "3-d"]),
+    (dict(x=torch.randn(2, 7)), ValueError, ["x", "(2, 8)"]),
+    (dict(dt_in=torch.randn(3, 3)), ValueError, ["dt_in", "(2, *)"]),
+    (dict(W=torch.randn(8, 4)), ValueError, ["dt_proj_weight", "(8, 3)"]),
+    (dict(A=torch.randn(8, 5)), ValueError, ["A", "(8, 16)"]),
+    (dict(B=torch.randn(2, 15)), ValueError, ["B", "(2, 16)"]),
+    (dict(D=torch.randn(7)), ValueError, ["D", "(8)"]),
+    (dict(z=torch.randn(2, 9)), ValueError, ["z", "(2, 8)"]),
+    (dict(x=torch.randint(0, 3, (2, 8))), TypeError, ["x", "dtype"]),
+])
+def test_bad_input_is_named(bad, error, words):
+    inp = make(2, 8, 16, 3, torch.float32, torch.device("cpu"), {"z+D"})
+    inp.update(bad)
+    with pytest.raises(error) as info:
+        run(pss.proj_state_step, inp)
+    for word in words:
+        assert word in str(info.value), f"{word!r} not in {info.value}"

@@ -1,0 +1,117 @@
+"""selective_scan with the layouts of the Mamba-1 projections (delta, z, u channels-last: stride 1
+along D; B/C views of x_proj's output with stride 1 along N), forward and gradients against the
+float64 reference; outputs and gradients keep their input's layout; the CUDA kernels' boundaries
+(N 16 / 17, chunks of 16 steps, blocks of several warps)."""
+import importlib
+
+import pytest
+import torch
+
+import ssm.ops as ops
+from ssm.ops.python import reference
+from tests.ops.harness import assert_close, backends, device_of, use_backend
+
+scan_module = importlib.import_module("ssm.ops.selective_scan")
+
+
+def channels_last(batch, D, L, dtype, device, scale=1.0, shift=0.0):
+    # (B, L, D) transposed: stride 1 along D
+    return (torch.randn(batch, L, D, device=device) * scale + shift).to(dtype).transpose(1, 2)
+
+
+def projected_bc(batch, N, L, dtype, device):
+    # B, C (B, 1, N, L) as column slices of an x_proj output (B, L, rank + 2N)
+    x_dbl = torch.randn(batch, L, 3 + 2 * N, device=device).to(dtype)
+    return tuple(x_dbl[..., c:c + N].transpose(1, 2).unsqueeze(1) for c in (3, 3 + N))
+
+
+def make(batch, D, L, N, dtype, device, u_last=True):
+    u = channels_last(batch, D, L, dtype, device) if u_last else torch.randn(batch, D, L, device=device).to(dtype)
+    B, C = projected_bc(batch, N, L, dtype, device)
+    A = -torch.exp(torch.randn(D, N, device=device) * 0.5)
+    return dict(u=u, delta=channels_last(batch, D, L, dtype, device, 0.5, -1.0), A=A, B=B, C=C,
+                D=torch.randn(D, device=device), z=channels_last(batch, D, L, dtype, device),
+                dt_bias=torch.randn(D, device=device) * 0.3)
+
+
+def run(fn, inp, init=None):
+    return fn(inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], inp["D"], inp["z"], inp["dt_bias"], True, True,
+              initial_state=init)
+
+
+def check_grads(backend, inp, dtype, init=None, factor=2.0):
+    names = [k for k, v in inp.items() if v is not None]
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in inp.items()}
+    init_leaf = None if init is None else init.clone().requires_grad_()
+    with use_backend(backend):
+        y, last = run(ops.selective_scan, leaves, init_leaf)
+        dy, dlast = torch.randn_like(y), torch.randn_like(last)
+        torch.autograd.backward([y, last], [dy, dlast])
+    ref = {k: v.detach().double().requires_grad_() for k, v in inp.items()}
+    ref_init = None if init is None else init.double().requires_grad_()
+    ry, rlast = run(reference.selective_scan, ref, ref_init)
+    torch.autograd.backward([ry, rlast], [dy.double(), dlast.double()])
+    assert_close(y, ry, dtype, "y")
+    assert_close(last, rlast, dtype, "last_state")
+    for k in names:
+        assert_close(leaves[k].grad, ref[k].grad, dtype, f"d{k}", factor=factor)
+    if backend != "reference":
+        check_kernel_layouts(backend, inp, dy)
+    if init is not None:
+        assert_close(init_leaf.grad, ref_init.grad, dtype, "dinitial_state", factor=factor)
+
+
+def check_kernel_layouts(backend, inp, dy):
+    # the kernel path's buffers (what the fused Mamba-1 path gets): y like delta, du / ddelta / dz like u / delta / z
+    with use_backend(backend):
+        y = run(ops.selective_scan, inp)[0]
+        grads = scan_module._bwd_impl(inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], inp["D"], inp["z"],
+                                      inp["dt_bias"], None, None, None, dy, dy.new_empty(0), True, False)
+    for g, k in ((y, "delta"), (grads[0], "u"), (grads[1], "delta"), (grads[6], "z")):
+        same = all(x == y for x, y, n in zip(g.stride(), inp[k].stride(), g.shape) if n > 1)
+        assert same, f"d{k} strides {g.stride()}, {k} {inp[k].stride()}"
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("L", [1, 17, 50])  # one step; odd; chunks of 16 and a partial one
+@pytest.mark.parametrize("N", [1, 16])
+def test_channels_last_matches_reference(backend, dtype, L, N):
+    inp = make(2, 40, L, N, dtype, device_of(backend), u_last=L != 17)
+    check_grads(backend, inp, dtype)
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("N", [17, 64, 256])  # past the thread kernels: the warp kernels
+def test_channels_last_large_state(backend, N):
+    inp = make(1, 5, 37, N, torch.float32, device_of(backend))
+    check_grads(backend, inp, torch.float32)
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_initial_state_across_chunks(backend):
+    inp = make(2, 7, 45, 8, torch.float32, device_of(backend), u_last=False)
+    check_grads(backend, inp, torch.float32, init=torch.randn(2, 7, 8, device=device_of(backend)))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("D", [1536, 4352])  # blocks of one warp; of four (B x D / 128 >= 2 per SM)
+def test_model_widths_cuda(D):
+    inp = make(8, D, 37, 16, torch.bfloat16, torch.device("cuda"))
+    check_grads("cuda", inp, torch.bfloat16)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("L", [16, 17, 300])
+def test_forward_checkpoints_equal_the_backward_prepass_cuda(L):
+    # the fused Mamba-1 backward hands the recomputed forward's checkpoints to the scan backward
+    inp = make(2, 70, L, 16, torch.bfloat16, torch.device("cuda"))
+    args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "dt_bias")]
+    y, _, chunk_states = scan_module._fwd_run(*args, None, None, None, True, False, True)
+    assert (chunk_states is None) == (L <= 16)
+    dy = torch.randn_like(y)
+    with_ck = scan_module._bwd_impl(*args, None, None, None, dy, dy.new_empty(0), True, False, chunk_states)
+    plain = scan_module._bwd_impl(*args, None, None, None, dy, dy.new_empty(0), True, False)
+    torch.testing.assert_close(y, scan_module._fwd_impl(*args, None, None, None, True, False)[0], rtol=0, atol=0)
+    for name, a, b in zip(["du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddt_bias"], with_ck, plain):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=name)  # dB, dC: atomics in any order
