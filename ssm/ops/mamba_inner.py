@@ -196,7 +196,10 @@ def _proj_grads(ddelta, dB, dC, xc, du, x_dbl, x_proj_w, dt_proj_w, N, B_given, 
     dx_dbl = dx_dbl.view(batch, L, -1)
     acc = torch.float64 if xc.dtype == torch.float64 else torch.float32
     d_x_w = torch.bmm(xc, dx_dbl).sum(0, dtype=acc).t().to(xc.dtype)
-    dxc = torch.baddbmm(du, x_proj_w.t().expand(batch, -1, -1), dx_dbl.transpose(1, 2))
+    if xc.is_cuda:
+        dxc = torch.baddbmm(du, x_proj_w.t().expand(batch, -1, -1), dx_dbl.transpose(1, 2))
+    else:  # CPU: torch's bf16 baddbmm of transposed operands loses precision; a plain matmul does not
+        dxc = du + (dx_dbl.view(batch * L, -1) @ x_proj_w).view(batch, L, dim).transpose(1, 2)
     return d_dt_w, d_x_w, dxc, dBc, dCc
 
 
