@@ -78,7 +78,9 @@ struct Packs {
   }
 };
 
-template <typename TS, typename T, int kTPR, int kPacks>
+// kTied: A tied per head (stride 0 along N; Mamba-2), one exp per row and no A or dt_proj loads in the
+// loop: a compile-time flag, so the Mamba-2 kernel carries none of the untied path's registers.
+template <typename TS, typename T, int kTPR, int kPacks, bool kTied>
 __global__ void __launch_bounds__(kThreads) state_step_kernel(StateStepParams p, bool vec) {
   // 32-bit index arithmetic (the launcher checks the row count): 64-bit division is slow
   const uint32_t gid = blockIdx.x * kThreads + threadIdx.x, row = gid / kTPR;
@@ -98,12 +100,12 @@ __global__ void __launch_bounds__(kThreads) state_step_kernel(StateStepParams p,
   // the state stream first: every load of the pass is in flight before the first use
   Packs<TS, T, kTPR, kPacks> pk;
   if (vec) pk.load(st, p, b, g, 0, lane);
-  float dt = (has(p.dt_proj) ? projected_dt<T>(p, b, h) : at<T>(p.dt, b, h, hp)) + (has(p.dt_bias) ? ptr<float>(p.dt_bias)[h * p.dt_bias.stride[0] + hp * p.dt_bias.stride[1]] : 0.f);
+  float dt = (!kTied && has(p.dt_proj) ? projected_dt<T>(p, b, h) : at<T>(p.dt, b, h, hp)) + (has(p.dt_bias) ? ptr<float>(p.dt_bias)[h * p.dt_bias.stride[0] + hp * p.dt_bias.stride[1]] : 0.f);
   const float xv = at<T>(p.x, b, h, hp);
   const float Dv = has(p.D) ? ptr<float>(p.D)[h * p.D.stride[0] + hp * p.D.stride[1]] : 0.f;
   const float zv = has(p.z) ? at<T>(p.z, b, h, hp) : 0.f;
   const float* A = ptr<float>(p.A) + h * p.A.stride[0] + hp * p.A.stride[1];
-  const bool a_tied = p.A.stride[2] == 0;
+  constexpr bool a_tied = kTied;
   const bool a_vec = vec && !a_tied && p.A.stride[2] == 1 && reinterpret_cast<uintptr_t>(A) % 16 == 0;
   const float A0 = A[0];
   if (p.softplus) dt = softplus(dt);
@@ -129,11 +131,14 @@ __global__ void __launch_bounds__(kThreads) state_step_kernel(StateStepParams p,
       // A's 8 entries: two 16-byte loads when its row is contiguous and aligned (Mamba-1: one A row per
       // channel, re-read by every batch row: scalar loads made the load instructions the bottleneck)
       float Av[8];
-      if (a_vec) {
+      if (a_tied) {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) Av[e] = 0.f;
+      } else if (a_vec) {
         load_floats<float, 8>(Av, A + n0);
       } else {
 #pragma unroll
-        for (int e = 0; e < 8; ++e) Av[e] = a_tied || n0 + e >= N ? 0.f : A[(n0 + e) * p.A.stride[2]];
+        for (int e = 0; e < 8; ++e) Av[e] = n0 + e >= N ? 0.f : A[(n0 + e) * p.A.stride[2]];
       }
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
@@ -199,7 +204,10 @@ void launch(const StateStepParams& p, cudaStream_t stream) {
                      rows_vectorizable<T>(p.C, 2);
     SSM_STEP_TPR_SWITCH(p.dstate, use_wide(p), kTPR, kPacks, [&] {
       const int64_t threads = p.batch * p.nheads * p.headdim * kTPR;
-      state_step_kernel<TS, T, kTPR, kPacks><<<ceil_div(threads, kThreads), kThreads, 0, stream>>>(p, vec);
+      if (p.A.stride[2] == 0)
+        state_step_kernel<TS, T, kTPR, kPacks, true><<<ceil_div(threads, kThreads), kThreads, 0, stream>>>(p, vec);
+      else
+        state_step_kernel<TS, T, kTPR, kPacks, false><<<ceil_div(threads, kThreads), kThreads, 0, stream>>>(p, vec);
     });
   });
 }
