@@ -5,7 +5,7 @@ import torch
 
 import ssm.ops as ops
 from ssm.ops.python import reference
-from tests.ops.harness import DTYPES, assert_close, backends, device_of, rand, to64, use_backend
+from tests.ops.harness import DTYPES, assert_close, backends, device_of, rand, rel_err, to64, use_backend
 
 SHAPES = [  # (batch, D, L, N, G); G = 0: B/C shared by all channels (B, N, L)
     (1, 1, 1, 1, 0),
@@ -50,14 +50,21 @@ def as64(inp):
     return {k: (v.detach().double() if v is not None and v.is_floating_point() else v) for k, v in inp.items()}
 
 
-def check(out, ref, dtype, last):
+def check(out, ref, dtype, last, low=None):
     if last:
         assert out[0].dtype == dtype and out[1].dtype == torch.float32
-        assert_close(out[0], ref[0], dtype, "y")
-        assert_close(out[1], ref[1], dtype, "last_state")
+        close(out[0], ref[0], dtype, "y", low and low[0])
+        close(out[1], ref[1], dtype, "last_state", low and low[1])
     else:
         assert out.dtype == dtype
-        assert_close(out, ref, dtype, "y")
+        close(out, ref, dtype, "y", low)
+
+
+def close(out, ref, dtype, name, low=None):
+    """assert_close, or within twice the error of ``low`` (the reference run in the test dtype) when looser."""
+    if low is not None and rel_err(out, ref) <= 2 * rel_err(low, ref):
+        return
+    assert_close(out, ref, dtype, name)
 
 
 @pytest.mark.parametrize("backend", backends())
@@ -71,7 +78,11 @@ def test_forward_matches_reference(backend, dtype, shape, option):
     last = option in ("init+last", "seq_idx", "all")
     with use_backend(backend):
         out = run(ops.selective_scan, inp, softplus, last)
-    check(out, run(reference.selective_scan, as64(inp), softplus, last), dtype, last)
+    ref = run(reference.selective_scan, as64(inp), softplus, last)
+    # a single element can cancel (B = D = L = N = 1): then the bound is what the reference in the same
+    # dtype reaches, twice over, when that is looser than the table's
+    low = run(reference.selective_scan, inp, softplus, last) if shape == SHAPES[0] else None
+    check(out, ref, dtype, last, low)
 
 
 @pytest.mark.parametrize("backend", backends())
