@@ -239,154 +239,11 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_mma_kernel(SsdParams p
   }
 }
 
-// The chunk output with the precomputed C B^T, pipelined (the round-1 kernel above waited on each key
-// tile's loads in turn): X tiles three buffers deep (two tiles in flight), and the next key tile's
-// C B^T loaded into registers while this tile's S X runs. Opt-in: SSM_SSD_FWD_PIPE=1.
-template <typename T>
-size_t chunk_scan_pipe_smem(int N) {
-  return align128(sizeof(ChunkTokens)) + 2 * align128(kTile * (round16(N) + 8) * sizeof(T)) +
-         3 * align128(kTile * kLd * sizeof(T));
-}
-
-// S's accumulators as the A fragments of the four 16-key steps.
-template <typename T>
-__device__ __forceinline__ void pack_s(unsigned (&a)[4][4], const float (&s)[8][4]) {
-#pragma unroll
-  for (int kk = 0; kk < 4; ++kk) {
-    a[kk][0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
-    a[kk][1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
-    a[kk][2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-    a[kk][3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-  }
-}
-
-// acc += S X from packed A fragments; key steps kk > kk_max skipped.
-template <typename T>
-__device__ __forceinline__ void mma_ax(float (&acc)[8][4], const unsigned (&a)[4][4], const T* X, int kk_max) {
-#pragma unroll
-  for (int kk = 0; kk < 4; ++kk) {
-    if (kk > kk_max) continue;
-#pragma unroll
-    for (int jp = 0; jp < 4; ++jp) {
-      unsigned bb[4];
-      load_b_kn(bb, X, kLd, jp * 16, kk * 16);
-      mma16816<T>(acc[2 * jp], a[kk], bb[0], bb[1]);
-      mma16816<T>(acc[2 * jp + 1], a[kk], bb[2], bb[3]);
-    }
-  }
-}
-
-template <typename T>
-__global__ void __launch_bounds__(kThreads, 3) chunk_scan_pipe_kernel(SsdParams p, Layout w) {
-  extern __shared__ __align__(128) unsigned char smem[];
-  const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Np = round16(N), ldn = Np + 8;
-  const size_t nb = align128(kTile * ldn * sizeof(T)), xb = align128(kTile * kLd * sizeof(T));
-  ChunkTokens& tok = *reinterpret_cast<ChunkTokens*>(smem);
-  unsigned char* at = smem + align128(sizeof(ChunkTokens));
-  T* cq = reinterpret_cast<T*>(at);
-  T* hs = reinterpret_cast<T*>(at + nb);
-  T* xk = reinterpret_cast<T*>(at + 2 * nb);  // three buffers of xb bytes
-  const int xstride = int(xb / sizeof(T));
-  const int nq = Q / kTile, nqp = (nq + 1) / 2, ntp = (P + kTile - 1) / kTile;
-  const int qp = blockIdx.x % nqp, pt = blockIdx.x / nqp % ntp, p0 = pt * kTile;
-  const int64_t c = blockIdx.x / nqp / ntp, b = blockIdx.z, c0 = c * Q, L = p.seqlen;
-  const int h = blockIdx.y, g = h / int(p.nheads / p.ngroups);
-  if (c0 + qp * kTile >= L) return;
-  const int rows_left = int(min(int64_t(Q), L - c0));  // valid tokens of the chunk
-  // the block's query tiles: qp and nq - 1 - qp (nq + 1 key tiles together: balanced blocks)
-  const int q_last = nq - 1 - qp, npass = q_last != qp && c0 + q_last * kTile < L ? 2 : 1;
-  const int64_t xs1 = p.x.stride[1];
-  const T* xsrc = ptr<T>(p.x) + b * p.x.stride[0] + h * p.x.stride[2] + p0 * p.x.stride[3] + c0 * xs1;
-  const T* csrc = ptr<T>(p.C) + b * p.C.stride[0] + g * p.C.stride[2] + c0 * p.C.stride[1];
-  const T* hin = reinterpret_cast<const T*>(ptr<float>(p.workspace) + w.hin) +
-                 ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + int64_t(p0) * N;
-  const float* cb = ptr<float>(p.workspace) + w.cb + ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q;
-  // X tile k of the chunk into buffer k % 3, one commit group per tile (empty past the pass's last)
-  auto issue_x = [&](int k, int last) {
-    if (k <= last)
-      issue_tile<T>(xk + (k % 3) * xstride, kLd, kTile, xsrc + k * kTile * xs1, xs1, p.x.stride[3],
-                    rows_left - k * kTile, P - p0);
-    cp_async_commit();
-  };
-  const int warp = int(threadIdx.x >> 5), r0 = warp * 16, g8 = int(threadIdx.x & 31) >> 2;
-#pragma unroll 1
-  for (int pass = 0; pass < npass; ++pass) {
-    const int qt = pass == 0 ? qp : q_last, t0 = qt * kTile;
-    if (pass > 0) __syncthreads();  // the first tile's buffers are free
-    issue_tile<T>(cq, ldn, Np, csrc + t0 * p.C.stride[1], p.C.stride[1], p.C.stride[3], rows_left - t0, N);
-    if (pass == 0) issue_tile<T>(hs, ldn, Np, hin, N, 1, P - p0, N);  // hs[p][n] = H_in[p0 + p][n], kept
-    cp_async_commit();
-    issue_x(0, qt);
-    issue_x(1, qt);
-    const int trow[2] = {t0 + r0 + g8, t0 + r0 + g8 + 8};  // the thread's two query tokens
-    float s[8][4];
-    load_cb(s, cb, Q, trow, 0, qt == 0 ? warp : 3);  // the first key tile's C B^T, in flight
-    if (pass == 0) load_chunk(p, b, h, c0, Q, tok);
-    cp_async_wait<2>();
-    __syncthreads();
-    float acc[8][4] = {};
-    mma_rows_nk<T>(acc, cq, hs, ldn, r0, Np, 3);  // C_q H_in^T
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const float scale = trow[hf] < rows_left && tok.run[trow[hf]] == 0 ? __expf(tok.cs[trow[hf]]) : 0.f;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) acc[j][2 * hf] *= scale, acc[j][2 * hf + 1] *= scale;
-    }
-    for (int kt = 0; kt <= qt; ++kt) {
-      issue_x(kt + 2, qt);
-      cp_async_wait<2>();  // X tile kt is in
-      __syncthreads();
-      const int lim = kt == qt ? warp : 3;  // the diagonal tile: keys up to the warp's last row
-      decay_mask(s, tok, trow, kt * kTile, rows_left);
-      unsigned a[4][4];
-      pack_s<T>(a, s);
-      if (kt < qt) load_cb(s, cb, Q, trow, (kt + 1) * kTile, kt + 1 == qt ? warp : 3);  // next tile, in flight
-      mma_ax<T>(acc, a, xk + (kt % 3) * xstride, lim);
-      __syncthreads();  // before buffer kt % 3 takes tile kt + 3
-    }
-    const T* xq = xk + (qt % 3) * xstride;  // the query tokens' x
-    const int lc = 2 * (threadIdx.x & 3);
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const int i = trow[hf] - t0;
-      if (trow[hf] >= rows_left) continue;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const int pl = j * 8 + lc, pp = p0 + pl;
-        if (pp >= P) continue;
-        const float y0 = y_out<T>(p, tok, b, h, g, c0, trow[hf], pp, acc[j][2 * hf], to_float(xq[i * kLd + pl]));
-        T* dst = y_ptr<T>(p, b, c0 + trow[hf], h, pp);
-        if (pp + 1 >= P) {
-          *dst = from_float<T>(y0);
-          continue;
-        }
-        const float y1 =
-            y_out<T>(p, tok, b, h, g, c0, trow[hf], pp + 1, acc[j][2 * hf + 1], to_float(xq[i * kLd + pl + 1]));
-        if (p.out.stride[3] == 1 && (reinterpret_cast<uintptr_t>(dst) & 3) == 0) {
-          *reinterpret_cast<unsigned*>(dst) = pack2<T>(y0, y1);  // the pair in one store
-        } else {
-          dst[0] = from_float<T>(y0);
-          dst[p.out.stride[3]] = from_float<T>(y1);
-        }
-      }
-    }
-  }
-}
-
 // The precomputed C B^T (SSM_SSD_FWD_CB=0: per head inside the chunk-output kernel), read once.
 inline bool pre_cb_enabled() {
   static const bool on = [] {
     const char* v = std::getenv("SSM_SSD_FWD_CB");
     return v == nullptr || std::strcmp(v, "0") != 0;
-  }();
-  return on;
-}
-
-// The pipelined chunk output, opt-in (SSM_SSD_FWD_PIPE=1): no faster on the device, read once.
-inline bool pipe_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("SSM_SSD_FWD_PIPE");
-    return v != nullptr && std::strcmp(v, "1") == 0;
   }();
   return on;
 }
@@ -402,10 +259,7 @@ void launch_chunk_scan(const SsdParams& p, const Layout& w, cudaStream_t s) {
       const int nq = int(p.chunk / kTile);
       const dim3 cb_grid(unsigned(w.nchunks * nq * nq), unsigned(p.ngroups), unsigned(p.batch));
       launch(chunk_cb_kernel<T>, cb_grid, 2 * align128(kTile * (round16(N) + 8) * sizeof(T)), s, p, w);
-      if (pipe_enabled())
-        launch(chunk_scan_pipe_kernel<T>, paired, chunk_scan_pipe_smem<T>(N), s, p, w);
-      else
-        launch(chunk_scan_mma_kernel<T, true>, paired, chunk_scan_mma_smem<T>(N, true), s, p, w);
+      launch(chunk_scan_mma_kernel<T, true>, paired, chunk_scan_mma_smem<T>(N, true), s, p, w);
       return;
     }
     if (fwd_mma_enabled()) {
