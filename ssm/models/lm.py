@@ -22,6 +22,7 @@ from ssm.modules.block import Block, add_norm
 from ssm.modules.mamba1 import Mamba1
 from ssm.modules.mamba2 import Mamba2
 from ssm.modules.mlp import GatedMLP
+from ssm.ops import cpu_matmul
 from ssm.ops.norm_gemv import CPU_MAX_BATCH, cpu_linear
 from ssm.utils import weights
 from ssm.utils.generation import GenerationMixin
@@ -150,7 +151,7 @@ class MambaLMHeadModel(nn.Module, GenerationMixin):
     def _logits(self, hidden_states):
         """lm_head of (B, L, d_model); a decode step's few rows through the CPU small-batch kernel."""
         if hidden_states.dim() != 3 or hidden_states.shape[0] * hidden_states.shape[1] > CPU_MAX_BATCH:
-            return self.lm_head(hidden_states)
+            return cpu_matmul.linear(hidden_states, self.lm_head.weight, self.lm_head.bias)
         return cpu_linear(self.lm_head, hidden_states.flatten(0, 1)).unflatten(0, hidden_states.shape[:2])
 
     @classmethod
