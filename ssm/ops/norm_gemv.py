@@ -44,7 +44,7 @@ CPU_MAX_BATCH = 4
 def _cpu_gemv_ok(x, weight, bias) -> bool:
     """The CPU small-batch kernel takes F.linear(x, weight, bias): x (B <= CPU_MAX_BATCH, K) and
     weight (M, K) of one kernel dtype, unit stride along K, no autograd, no other backend forced."""
-    if not PLAIN or x.device.type != "cpu" or x.dim() != 2 or not 0 < x.shape[0] <= CPU_MAX_BATCH:
+    if not PLAIN or not x.is_cpu or x.dim() != 2 or not 0 < x.shape[0] <= CPU_MAX_BATCH:
         return False
     if (x.dtype not in _kernels.DTYPE_CODES or weight.dtype != x.dtype or weight.dim() != 2
             or weight.shape[1] != x.shape[1] or (weight.stride(1) != 1 and x.shape[1] > 1)):
@@ -54,7 +54,9 @@ def _cpu_gemv_ok(x, weight, bias) -> bool:
         return False
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != weight.shape[0] or bias.device != x.device):
         return False
-    return (dispatch.forced_backend() in (None, "cpu") and dispatch.has_cpu_kernels()
+    # SSM_BACKEND read raw first (parsing it costs 1 us, a decode step makes ~100 of these calls)
+    forced = _kernels.forced_backend_value()
+    return ((forced is None or dispatch.forced_backend() in (None, "cpu")) and dispatch.has_cpu_kernels()
             and not torch.compiler.is_compiling())
 
 
