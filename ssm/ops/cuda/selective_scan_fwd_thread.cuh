@@ -7,6 +7,9 @@
 // With kCk it also writes the state before each group g >= 1 into chunk_states (B, D, nchunks, N),
 // the backward's checkpoints; without kOut it writes only those (the backward's pre-pass).
 #pragma once
+#include <cstdlib>
+#include <cstring>
+
 #include "cuda/selective_scan_thread.cuh"
 
 namespace ssm::cuda::scan_thread {
@@ -162,10 +165,261 @@ __global__ void __launch_bounds__(kFwdThreads) fwd_kernel(SelectiveScanParams p,
   }
 }
 
+// ---- Block form: 32 channels per block, the N states split over kW warps ----
+// Warp w owns states w*kNT .. w*kNT+kNT-1 of every channel of the block (lane = channel), so a
+// thread keeps kNT states in registers and the SM holds many warps. Per group of kSteps steps the
+// block stages the per-step values (dt, dt u, D u, silu(z)) once in shared memory, each thread
+// kE = kSteps / kW steps of one channel; the warps' partial y sums meet in shared memory and one
+// thread per (channel, step) finishes and stores y. Rows are read and written in their own layout:
+// kE-element vectors along L when L is contiguous, else one element per step (channel fastest).
+constexpr int kLanes = 32;    // channels per block
+constexpr int kRowPad = 34;   // [step][channel] rows: conflict-free from either thread mapping
+
+template <typename T, int kE>
+struct alignas(kE * sizeof(T) < 16 ? kE * sizeof(T) : 16) Elems {
+  T e[kE];
+};
+
+// One (B, D, L) tensor's rows of the block's channels: this thread's kE steps of channel c.
+template <typename T, int kW>
+struct RowTile {
+  static constexpr int kE = kSteps / kW;
+  T* base = nullptr;
+  int sL = 0, c = 0, i0 = 0;
+  bool vec = false, valid = false;
+
+  __device__ void init(const TensorArg& t, int64_t b, int64_t d0, int nch, bool v) {
+    const int tid = threadIdx.x;
+    vec = v;
+    c = v ? tid / kW : tid % kLanes;
+    i0 = (v ? tid % kW : tid / kLanes) * kE;
+    valid = c < nch;
+    base = ptr<T>(t) + b * t.stride[0] + (d0 + (valid ? c : nch - 1)) * t.stride[1];
+    sL = int(t.stride[2]);
+  }
+  __device__ __forceinline__ void load(Elems<T, kE>& r, int64_t t0, int64_t L) const {
+    const T* q = base + (t0 + i0) * sL;
+    if (vec && t0 + kSteps <= L) {
+      r = *reinterpret_cast<const Elems<T, kE>*>(q);
+      return;
+    }
+#pragma unroll
+    for (int k = 0; k < kE; ++k) r.e[k] = t0 + i0 + k < L ? q[k * sL] : zero<T>();
+  }
+  // raw[i][c] = float(r) (raw: [kSteps][kRowPad])
+  __device__ __forceinline__ void put(float* raw, const Elems<T, kE>& r) const {
+#pragma unroll
+    for (int k = 0; k < kE; ++k) raw[(i0 + k) * kRowPad + c] = to_float(r.e[k]);
+  }
+  __device__ __forceinline__ void store(const float (&y)[kE], int64_t t0, int64_t L) const {
+    if (!valid) return;
+    T* q = base + (t0 + i0) * sL;
+    if (vec && t0 + kSteps <= L) {
+      Elems<T, kE> r;
+#pragma unroll
+      for (int k = 0; k < kE; ++k) r.e[k] = from_float<T>(y[k]);
+      *reinterpret_cast<Elems<T, kE>*>(q) = r;
+      return;
+    }
+#pragma unroll
+    for (int k = 0; k < kE; ++k)
+      if (t0 + i0 + k < L) q[k * sL] = from_float<T>(y[k]);
+  }
+};
+
+template <int kN, int kW>
+struct BlkShared {
+  float raw[3][kSteps][kRowPad];   // the next group's u, delta, z as float
+  float2 dtu[kSteps][kLanes];      // (dt, dt u) per step and channel
+  float B[kSteps][kN], C[kSteps][kN];
+  float yp[kW][kSteps][kLanes];    // each warp's partial y
+  float yo[kSteps][kRowPad];       // finished y, for an L-contiguous output
+};
+
+template <typename T, int kN, int kW, bool kOut>
+struct BlkWalk {
+  static constexpr int kE = kSteps / kW, kNT = kN / kW, kPer = kSteps * kN / (kLanes * kW);
+  const SelectiveScanParams& p;
+  BlkShared<kN, kW>& sh;
+  RowTile<T, kW> u, delta, z, out;
+  BcSrc<T, kN> Bs, Cs;
+  int64_t L;
+  bool has_z;
+  float bias, Dd;            // this lane's channel
+  float Du[kE], zs[kE];      // the current group's D u and silu(z) at this thread's steps
+  Elems<T, kE> ru, rd, rz;   // the next group's raw rows
+  T rb[kPer], rc[kPer];
+
+  __device__ __forceinline__ void load(int64_t t0) {
+    u.load(ru, t0, L);
+    delta.load(rd, t0, L);
+    if (kOut && has_z) z.load(rz, t0, L);
+#pragma unroll
+    for (int k = 0; k < kPer; ++k) {
+      const int e = threadIdx.x + k * kLanes * kW;
+      rb[k] = Bs.load(e, t0, L, p.dstate);
+      if (kOut) rc[k] = Cs.load(e, t0, L, p.dstate);
+    }
+  }
+  // The loaded rows into shared memory (each in its own mapping).
+  __device__ __forceinline__ void put() {
+    u.put(&sh.raw[0][0][0], ru);
+    delta.put(&sh.raw[1][0][0], rd);
+    if (kOut && has_z) z.put(&sh.raw[2][0][0], rz);
+#pragma unroll
+    for (int k = 0; k < kPer; ++k) {
+      const int e = threadIdx.x + k * kLanes * kW;
+      sh.B[Bs.step_of(e)][Bs.state_of(e)] = to_float(rb[k]);
+      if (kOut) sh.C[Cs.step_of(e)][Cs.state_of(e)] = to_float(rc[k]);
+    }
+  }
+  // Per-step values of this thread's kE steps (lane = channel, warp w: steps w kE ..).
+  __device__ __forceinline__ void compute(int64_t t0) {
+    const int lane = threadIdx.x % kLanes, i0 = threadIdx.x / kLanes * kE;
+    const int steps = L - t0 < kSteps ? int(L - t0) : kSteps;
+#pragma unroll
+    for (int k = 0; k < kE; ++k) {
+      const int i = i0 + k;
+      float dt = sh.raw[1][i][lane] + bias;
+      if (p.softplus) dt = softplus_fast(dt);
+      dt = i < steps ? dt : 0.f;  // past L: the state stays (u is zero there)
+      const float uu = sh.raw[0][i][lane];
+      sh.dtu[i][lane] = make_float2(dt, dt * uu);
+      if (kOut) {
+        const float zz = sh.raw[2][i][lane];
+        Du[k] = Dd * uu;
+        zs[k] = has_z ? zz * sigmoid_of<T>(zz) : 1.f;
+      }
+    }
+  }
+  // y at this thread's steps from the warps' partial sums: stored, or into yo for an L-contiguous out.
+  __device__ __forceinline__ void finish(int64_t t0) {
+    const int lane = threadIdx.x % kLanes, i0 = threadIdx.x / kLanes * kE;
+    float y[kE];
+#pragma unroll
+    for (int k = 0; k < kE; ++k) {
+      float a = Du[k];
+#pragma unroll
+      for (int w = 0; w < kW; ++w) a += sh.yp[w][i0 + k][lane];
+      y[k] = a * zs[k];
+      if (out.vec) sh.yo[i0 + k][lane] = y[k];
+    }
+    if (!out.vec) out.store(y, t0, L);
+  }
+  __device__ __forceinline__ void store_vec(int64_t t0) {
+    float y[kE];
+#pragma unroll
+    for (int k = 0; k < kE; ++k) y[k] = sh.yo[out.i0 + k][out.c];
+    out.store(y, t0, L);
+  }
+};
+
+// kNT floats of a shared row (16-byte aligned row, kNT-aligned offset).
+template <int kNT>
+__device__ __forceinline__ void lds(float (&v)[kNT], const float* src) {
+  const Elems<float, kNT> e = *reinterpret_cast<const Elems<float, kNT>*>(src);
+#pragma unroll
+  for (int j = 0; j < kNT; ++j) v[j] = e.e[j];
+}
+
+template <typename T, int kN, int kW, bool kOut, bool kCk>
+__global__ void __launch_bounds__(kLanes * kW, 8) fwd_block_kernel(SelectiveScanParams p, FwdFlags f) {
+  constexpr int kNT = kN / kW;
+  __shared__ __align__(16) BlkShared<kN, kW> sh;
+  const int64_t Dg = p.dim / p.ngroups, bpg = (Dg + kLanes - 1) / kLanes;
+  const int64_t b = blockIdx.y, g = blockIdx.x / bpg, cg = (blockIdx.x % bpg) * kLanes, d0 = g * Dg + cg;
+  const int nch = int(Dg - cg < kLanes ? Dg - cg : kLanes);
+  const int lane = threadIdx.x % kLanes, w = threadIdx.x / kLanes, n0 = w * kNT;
+  const bool valid = lane < nch;
+  const int64_t d = d0 + (valid ? lane : nch - 1), L = p.seqlen, N = p.dstate;
+
+  BlkWalk<T, kN, kW, kOut> wk{p, sh};
+  wk.L = L, wk.has_z = has(p.z);
+  wk.bias = has(p.dt_bias) ? ptr<float>(p.dt_bias)[d * p.dt_bias.stride[0]] : 0.f;
+  wk.Dd = kOut && has(p.D) ? ptr<float>(p.D)[d * p.D.stride[0]] : 0.f;
+  wk.u.init(p.u, b, d0, nch, f.vec_u);
+  wk.delta.init(p.delta, b, d0, nch, f.vec_delta);
+  if (kOut && wk.has_z) wk.z.init(p.z, b, d0, nch, f.vec_z);
+  if (kOut) wk.out.init(p.out, b, d0, nch, f.vec_out);
+  wk.Bs.init(p.B, b, g);
+  if (kOut) wk.Cs.init(p.C, b, g);
+
+  float s[kNT], A2[kNT];
+#pragma unroll
+  for (int j = 0; j < kNT; ++j) {
+    const int64_t n = n0 + j;
+    A2[j] = n < N ? ptr<float>(p.A)[d * p.A.stride[0] + n * p.A.stride[1]] * kLog2e : 0.f;
+    const TensorArg& h0 = p.initial_state;
+    s[j] = n < N && has(h0) ? ptr<float>(h0)[b * h0.stride[0] + d * h0.stride[1] + n * h0.stride[2]] : 0.f;
+  }
+
+  wk.load(0);
+  wk.put();
+  __syncthreads();
+  wk.compute(0);
+  __syncthreads();
+  for (int64_t t0 = 0; t0 < L; t0 += kSteps) {
+    const bool more = t0 + kSteps < L;
+    if (more) wk.load(t0 + kSteps);  // in flight during the steps
+#pragma unroll
+    for (int i = 0; i < kSteps; ++i) {
+      const float2 dd = sh.dtu[i][lane];
+      float bv[kNT], cv[kNT];
+      lds(bv, &sh.B[i][n0]);
+      if (kOut) lds(cv, &sh.C[i][n0]);
+      float acc = 0.f;
+#pragma unroll
+      for (int j = 0; j < kNT; ++j) {
+        s[j] = fmaf(ex2(dd.x * A2[j]), s[j], dd.y * bv[j]);
+        if (kOut) acc = fmaf(s[j], cv[j], acc);
+      }
+      if (kOut) sh.yp[w][i][lane] = acc;
+    }
+    if (kCk && more && valid) {
+      const TensorArg& ck = p.chunk_states;
+      float* dst = ptr<float>(ck) + b * ck.stride[0] + d * ck.stride[1] + (t0 / kSteps + 1) * ck.stride[2];
+#pragma unroll
+      for (int j = 0; j < kNT; ++j)
+        if (n0 + j < N) dst[(n0 + j) * ck.stride[3]] = s[j];
+    }
+    __syncthreads();  // partial sums complete; the step values and B/C tiles free
+    if (kOut) wk.finish(t0);
+    if (more) wk.put();
+    __syncthreads();
+    if (kOut && wk.out.vec) wk.store_vec(t0);
+    if (more) wk.compute(t0 + kSteps);
+    __syncthreads();
+  }
+  if (kOut && valid && has(p.last_state)) {
+    const TensorArg& o = p.last_state;
+#pragma unroll
+    for (int j = 0; j < kNT; ++j)
+      if (n0 + j < N) ptr<float>(o)[b * o.stride[0] + d * o.stride[1] + (n0 + j) * o.stride[2]] = s[j];
+  }
+}
+
+// Switch: SSM_SCAN_FWD_BLOCK=0 sends the N <= 16 forward and pre-pass to the one-warp kernel
+// above (fwd_kernel; for A/B timings).
+inline bool fwd_block_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("SSM_SCAN_FWD_BLOCK");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }();
+  return on;
+}
+
 // Whether chunk_states is this kernel's workspace (D fastest) and L needs it.
 inline bool checkpoint_layout(const SelectiveScanParams& p) {
   return p.seqlen > kSteps && p.chunk_states.present() && p.chunk_states.stride[1] == 1;
 }
+
+// Block form: N <= 4 one warp, <= 8 two, <= 16 four (4 states per thread).
+#define SSM_SCAN_BLOCK_N_SWITCH(N, KN, KW, ...)                                      \
+  [&] {                                                                              \
+    if (N <= 4) { constexpr int KN = 4, KW = 1; return __VA_ARGS__(); }              \
+    if (N <= 8) { constexpr int KN = 8, KW = 2; return __VA_ARGS__(); }              \
+    constexpr int KN = 16, KW = 4; return __VA_ARGS__();                             \
+  }()
 
 // only_checkpoints: the backward's pre-pass; else the forward, writing the checkpoints as well
 // when the op layer passes their workspace.
@@ -177,6 +431,15 @@ void launch_fwd(const SelectiveScanParams& p, bool only_checkpoints, cudaStream_
   f.vec_out = !only_checkpoints && rows_vectorizable<T>(p.out, 2);
   const int64_t Dg = p.dim / p.ngroups;
   const dim3 grid(unsigned(p.ngroups * ((Dg + kFwdThreads - 1) / kFwdThreads)), unsigned(p.batch));
+  if (fwd_block_enabled()) {
+    SSM_SCAN_BLOCK_N_SWITCH(p.dstate, KN, KW, [&] {
+      const dim3 block(kLanes * KW);
+      if (only_checkpoints) fwd_block_kernel<T, KN, KW, false, true><<<grid, block, 0, stream>>>(p, f);
+      else if (checkpoint_layout(p)) fwd_block_kernel<T, KN, KW, true, true><<<grid, block, 0, stream>>>(p, f);
+      else fwd_block_kernel<T, KN, KW, true, false><<<grid, block, 0, stream>>>(p, f);
+    });
+    return;
+  }
   SSM_SCAN_THREAD_N_SWITCH(p.dstate, KN, [&] {
     if (only_checkpoints) fwd_kernel<T, KN, false, true><<<grid, kFwdThreads, 0, stream>>>(p, f);
     else if (checkpoint_layout(p)) fwd_kernel<T, KN, true, true><<<grid, kFwdThreads, 0, stream>>>(p, f);
