@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Device round for the CUDA selective-scan forward (issue 5, engineer scanfwd): the CUDA-marked
 # scan / layout / mamba_inner tests, forward and pre-pass kernel times at the bench and model
-# shapes, a short ncu of the new forward and pre-pass, then the one-warp kernel's times
-# (SSM_SCAN_FWD_BLOCK=0) while time is left. Runs from the repo root after the lead's build;
+# shapes, a short ncu of the new forward and pre-pass, then the forward's per-instruction stall
+# samples while time is left (SSM_SCAN_FWD_BLOCK=0 selects the one-warp kernel for A/B runs). Runs from the repo root after the lead's build;
 # logs and JSON into $1. At most ~68 s.
 OUT=${1:-scanfwd_out}
 mkdir -p "$OUT"
@@ -33,8 +33,10 @@ if [ "$T" -gt 8 ]; then
     "$OUT/ncu.txt" | sed 's/^ *//; s/ \{2,\}/ /g' | cut -c1-110 | head -40
 fi
 T=$(left 67)
-if [ "$T" -gt 6 ]; then
-  SSM_SCAN_FWD_BLOCK=0 timeout -k 1 $T $PY benchmarks/device/scanfwd_time.py --out "$OUT/time_warp.json" --tag warp1 \
-    > "$OUT/time_warp.log" 2>&1
-  echo "time warp1 rc=$? at ${SECONDS}s"; cut -c1-170 "$OUT/time_warp.log" | tail -3
+if [ "$T" -gt 8 ]; then  # per-instruction stall samples of the forward (SASS source page)
+  timeout -k 1 $T ncu --clock-control none -k regex:fwd_block_kernel --launch-count 1 --section SourceCounters \
+    --section WarpStateStats -f -o "$OUT/fwd_src" $PY benchmarks/device/ncu_driver.py scan > "$OUT/ncu_src.log" 2>&1
+  echo "ncu source rc=$? at ${SECONDS}s"
+  T=$(left 69); [ "$T" -gt 1 ] && timeout -k 1 $T ncu --import "$OUT/fwd_src.ncu-rep" --page source --print-source sass \
+    --csv > "$OUT/fwd_src_sass.csv" 2>&1; echo "source page rc=$? $(wc -l < "$OUT/fwd_src_sass.csv") lines"
 fi

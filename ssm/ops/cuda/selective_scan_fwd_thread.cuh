@@ -199,11 +199,11 @@ struct RowTile {
   __device__ __forceinline__ int c() const { return vec ? threadIdx.x / kW : threadIdx.x % kLanes; }
   __device__ __forceinline__ int i0() const { return (vec ? threadIdx.x % kW : threadIdx.x / kLanes) * kE; }
   __device__ __forceinline__ bool valid() const { return c() < nch; }
-  __device__ __forceinline__ T* at(int64_t t0) const {
+  __device__ __forceinline__ T* at(int t0) const {
     const int cc = c() < nch ? c() : nch - 1;
-    return root + cc * sD + (t0 + i0()) * sL;
+    return root + cc * sD + int64_t(t0 + i0()) * sL;
   }
-  __device__ __forceinline__ void load(Elems<T, kE>& r, int64_t t0, int64_t L) const {
+  __device__ __forceinline__ void load(Elems<T, kE>& r, int t0, int L) const {
     const T* q = at(t0);
     if (vec && t0 + kSteps <= L) {
       r = *reinterpret_cast<const Elems<T, kE>*>(q);
@@ -217,7 +217,7 @@ struct RowTile {
 #pragma unroll
     for (int k = 0; k < kE; ++k) raw[(i0() + k) * kRowPad + c()] = to_float(r.e[k]);
   }
-  __device__ __forceinline__ void store(const float (&y)[kE], int64_t t0, int64_t L) const {
+  __device__ __forceinline__ void store(const float (&y)[kE], int t0, int L) const {
     if (!valid()) return;
     T* q = at(t0);
     if (vec && t0 + kSteps <= L) {
@@ -253,8 +253,8 @@ struct BcTile {
     else i = j / (kN / kP), n = j % (kN / kP) * kP;
     return j >= 0 && j < kPacks;
   }
-  __device__ __forceinline__ void load(Pack<T>& r, int64_t t0, int steps) const {
-    const T* q = src.base + t0 * src.sL;
+  __device__ __forceinline__ void load(Pack<T>& r, int t0, int steps) const {
+    const T* q = src.base + int64_t(t0) * src.sL;
     if (packed && steps == kSteps) {
       int i, n;
       if (pack_of(i, n)) r.load(q + (n * src.sN + i * src.sL));
@@ -301,6 +301,7 @@ struct BlkShared {
   float B[kSteps][kN], C[kSteps][kN];
   float yp[kW][kSteps][kRowPad];     // each warp's partial y
   float yo[kSteps][kRowPad];         // finished y when out's mapping differs from delta's
+  float du[kSteps][kRowPad], zs[kSteps][kRowPad];  // D u and silu(z), from compute to finish
 };
 
 // The per-step work of a group runs in delta's thread mapping (channel delta.c, steps delta.i0 ..);
@@ -312,15 +313,14 @@ struct BlkWalk {
   BlkShared<kN, kW>& sh;
   RowTile<T, kW> u, delta, z, out;
   BcTile<T, kN, kPer, kLanes * kW> Bs, Cs;
-  int64_t L;
+  int L;
   bool has_z, u_t, z_t, out_t;  // u, z, out transposed through shared memory
   float bias, Dd;               // delta.c's channel
-  float Du[kE], zs[kE];         // the current group's D u and silu(z) at delta's steps
   Elems<T, kE> ru, rd, rz;      // the next group's rows
   Pack<T> rb, rc;               // and B/C tile shares
 
   __device__ __forceinline__ bool transposed() const { return u_t || (kOut && (z_t || out_t)); }
-  __device__ __forceinline__ void load(int64_t t0) {
+  __device__ __forceinline__ void load(int t0) {
     u.load(ru, t0, L);
     delta.load(rd, t0, L);
     if (kOut && has_z) z.load(rz, t0, L);
@@ -329,7 +329,7 @@ struct BlkWalk {
     if (kOut) Cs.load(rc, t0, steps);
   }
   // B/C tiles and the transposed rows of the group at t0 into shared memory.
-  __device__ __forceinline__ void put(int64_t t0) {
+  __device__ __forceinline__ void put(int t0) {
     const int steps = L - t0 < kSteps ? int(L - t0) : kSteps;
     if (u_t) u.put(&sh.raw[0][0][0], ru);
     if (kOut && has_z && z_t) z.put(&sh.raw[1][0][0], rz);
@@ -337,7 +337,7 @@ struct BlkWalk {
     if (kOut) Cs.put(sh.C, rc, steps);
   }
   // Per-step values at delta's kE steps: (dt, dt u) to shared memory, D u and silu(z) kept.
-  __device__ __forceinline__ void compute(int64_t t0) {
+  __device__ __forceinline__ void compute(int t0) {
     const int c = delta.c(), i0 = delta.i0();
     const int steps = L - t0 < kSteps ? int(L - t0) : kSteps;
 #pragma unroll
@@ -350,26 +350,26 @@ struct BlkWalk {
       sh.dtu[i][c] = make_float2(dt, dt * uu);
       if (kOut) {
         const float zz = z_t ? sh.raw[1][i][c] : to_float(rz.e[k]);
-        Du[k] = Dd * uu;
-        zs[k] = has_z ? zz * sigmoid_of<T>(zz) : 1.f;
+        sh.du[i][c] = Dd * uu;
+        sh.zs[i][c] = has_z ? zz * sigmoid_of<T>(zz) : 1.f;
       }
     }
   }
   // y at delta's steps from the warps' partial sums: stored, or into yo when out is transposed.
-  __device__ __forceinline__ void finish(int64_t t0) {
+  __device__ __forceinline__ void finish(int t0) {
     const int c = delta.c(), i0 = delta.i0();
     float y[kE];
 #pragma unroll
     for (int k = 0; k < kE; ++k) {
-      float a = Du[k];
+      float a = sh.du[i0 + k][c];
 #pragma unroll
       for (int w = 0; w < kW; ++w) a += sh.yp[w][i0 + k][c];
-      y[k] = a * zs[k];
+      y[k] = a * sh.zs[i0 + k][c];
       if (out_t) sh.yo[i0 + k][c] = y[k];
     }
     if (!out_t) out.store(y, t0, L);
   }
-  __device__ __forceinline__ void store_transposed(int64_t t0) {
+  __device__ __forceinline__ void store_transposed(int t0) {
     float y[kE];
 #pragma unroll
     for (int k = 0; k < kE; ++k) y[k] = sh.yo[out.i0() + k][out.c()];
@@ -394,7 +394,8 @@ __global__ void __launch_bounds__(kLanes * kW, 8) fwd_block_kernel(SelectiveScan
   const int nch = int(Dg - cg < kLanes ? Dg - cg : kLanes);
   const int lane = threadIdx.x % kLanes, w = threadIdx.x / kLanes, n0 = w * kNT;
   const bool valid = lane < nch;
-  const int64_t d = d0 + (valid ? lane : nch - 1), L = p.seqlen, N = p.dstate;
+  const int64_t d = d0 + (valid ? lane : nch - 1), N = p.dstate;
+  const int L = int(p.seqlen);  // launch_fwd: L < 2^30
 
   BlkWalk<T, kN, kW, kOut> wk{p, sh};
   wk.L = L, wk.has_z = has(p.z);
@@ -423,7 +424,7 @@ __global__ void __launch_bounds__(kLanes * kW, 8) fwd_block_kernel(SelectiveScan
   __syncthreads();
   wk.compute(0);
   __syncthreads();
-  for (int64_t t0 = 0; t0 < L; t0 += kSteps) {
+  for (int t0 = 0; t0 < L; t0 += kSteps) {
     const bool more = t0 + kSteps < L;
     if (more) wk.load(t0 + kSteps);  // in flight during the steps
 #pragma unroll
@@ -496,7 +497,7 @@ void launch_fwd(const SelectiveScanParams& p, bool only_checkpoints, cudaStream_
   f.vec_out = !only_checkpoints && rows_vectorizable<T>(p.out, 2);
   const int64_t Dg = p.dim / p.ngroups;
   const dim3 grid(unsigned(p.ngroups * ((Dg + kFwdThreads - 1) / kFwdThreads)), unsigned(p.batch));
-  if (fwd_block_enabled()) {
+  if (fwd_block_enabled() && p.seqlen < (int64_t(1) << 30)) {
     SSM_SCAN_BLOCK_N_SWITCH(p.dstate, KN, KW, [&] {
       const dim3 block(kLanes * KW);
       f.pack_B = bc_packable<T>(p.B, p.dstate, KN), f.pack_C = !only_checkpoints && bc_packable<T>(p.C, p.dstate, KN);
