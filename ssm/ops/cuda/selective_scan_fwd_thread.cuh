@@ -168,12 +168,13 @@ __global__ void __launch_bounds__(kFwdThreads) fwd_kernel(SelectiveScanParams p,
 
 // ---- Block form: 32 channels per block, the N states split over kW warps ----
 // Warp w owns states w*kNT .. w*kNT+kNT-1 of every channel of the block (lane = channel), so a
-// thread keeps kNT states in registers and the SM holds many warps. Per group of kSteps steps the
-// block computes the per-step values (dt, dt u, D u, silu(z)) once, each thread kE = kSteps / kW
-// steps of one channel in delta's thread mapping: kE-element vectors along L when L is contiguous,
-// else one element per step with the channel fastest (channels-last rows). u, z and out in the
-// other mapping pass through [step][channel] rows of shared memory. The warps' partial y sums meet
-// in shared memory; the thread that computed a step's values finishes and stores its y.
+// thread keeps kNT states in registers and the SM holds many warps. The next group's u, delta, z
+// rows and B/C tiles reach shared memory during the current group's steps (cp.async). Per group of
+// kSteps steps the block computes the per-step values (dt, dt u, D u, silu(z)) once, each thread
+// kE = kSteps / kW steps of one channel in delta's thread mapping (kE consecutive steps when L is
+// contiguous, else one step per warp-row with the channel fastest: channels-last rows). The warps'
+// partial y sums meet in shared memory; the thread that computed a step's values finishes and
+// stores its y (through shared memory when out's layout differs from delta's).
 constexpr int kLanes = 32;    // channels per block
 constexpr int kRowPad = 34;   // [step][channel] rows: conflict-free from either thread mapping
 
@@ -182,11 +183,27 @@ struct alignas(kE * sizeof(T) < 16 ? kE * sizeof(T) : 16) Elems {
   T e[kE];
 };
 
+// kBytes (8, or a multiple of 16) global -> shared without registers; cp_async_wait() before use.
+template <int kBytes>
+__device__ __forceinline__ void cp_async(void* dst, const void* src) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  if constexpr (kBytes < 16) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(s), "l"(src), "n"(kBytes));
+  } else {
+#pragma unroll
+    for (int k = 0; k < kBytes / 16; ++k)
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s + 16 * k),
+                   "l"(static_cast<const char*>(src) + 16 * k));
+  }
+}
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+
 // One (B, D, L) tensor's rows of the block's channels: this thread's kE steps i0() .. of channel
 // c(). Only block-uniform values are kept (uniform registers); the thread's part is derived.
 template <typename T, int kW>
 struct RowTile {
   static constexpr int kE = kSteps / kW;
+  static constexpr int kPitch = kSteps + 16 / int(sizeof(T));  // [c][i] rows in shared memory
   T* root = nullptr;  // at (b, d0, 0)
   int64_t sD = 0;
   int sL = 0, nch = 0;
@@ -212,10 +229,20 @@ struct RowTile {
 #pragma unroll
     for (int k = 0; k < kE; ++k) r.e[k] = t0 + i0() + k < L ? q[k * sL] : zero<T>();
   }
-  // raw[i][c] = float(r) (raw: [kSteps][kRowPad])
-  __device__ __forceinline__ void put(float* raw, const Elems<T, kE>& r) const {
+  // The group at t0 into raw: [c][kPitch] when L is contiguous (cp.async for a full group), else
+  // [i][kLanes] (loads).
+  __device__ __forceinline__ void fetch(T* raw, int t0, int L) const {
+    if (vec && t0 + kSteps <= L) {
+      cp_async<kE * int(sizeof(T))>(raw + c() * kPitch + i0(), at(t0));
+      return;
+    }
+    Elems<T, kE> r;
+    load(r, t0, L);
 #pragma unroll
-    for (int k = 0; k < kE; ++k) raw[(i0() + k) * kRowPad + c()] = to_float(r.e[k]);
+    for (int k = 0; k < kE; ++k) raw[vec ? c() * kPitch + i0() + k : (i0() + k) * kLanes + c()] = r.e[k];
+  }
+  __device__ __forceinline__ float get(const T* raw, int cc, int i) const {
+    return to_float(vec ? raw[cc * kPitch + i] : raw[i * kLanes + cc]);
   }
   __device__ __forceinline__ void store(const float (&y)[kE], int t0, int L) const {
     if (!valid()) return;
@@ -234,11 +261,12 @@ struct RowTile {
 };
 
 // This thread's share of a group's B (or C) tile. Packed (N == kN, 16-byte packs along the
-// contiguous dim L or N, aligned): threads [lo, lo + kPacks) load one pack each; else kPer
-// elements in BcSrc's order (zero past N and L). Either way the values sit in one Pack.
+// contiguous dim L or N, aligned, full group): threads [lo, lo + kPacks) copy one pack each with
+// cp.async; else kPer elements in BcSrc's order (zero past N and L). Either way element e of the
+// tile (BcSrc's order) lands at raw[e].
 template <typename T, int kN, int kPer, int kThreads>
 struct BcTile {
-  static constexpr int kP = Pack<T>::kN, kPacks = kSteps * kN / kP;
+  static constexpr int kP = Pack<T>::kN, kPacks = kSteps * kN / kP, kPn = kN >= kP ? kN / kP : 1;
   BcSrc<T, kN> src;
   int N = 0, lo = 0;
   bool packed = false;
@@ -250,37 +278,29 @@ struct BcTile {
   __device__ __forceinline__ bool pack_of(int& i, int& n) const {  // this thread's pack
     const int j = int(threadIdx.x) - lo;
     if (src.lfast) n = j / (kSteps / kP), i = j % (kSteps / kP) * kP;
-    else i = j / (kN / kP), n = j % (kN / kP) * kP;
+    else i = j / kPn, n = j % kPn * kP;
     return j >= 0 && j < kPacks;
   }
-  __device__ __forceinline__ void load(Pack<T>& r, int t0, int steps) const {
+  // The group's tile at t0 into raw (element e at raw[e]): cp.async per pack, or loads.
+  __device__ __forceinline__ void fetch(T* raw, int t0, int steps) const {
     const T* q = src.base + int64_t(t0) * src.sL;
     if (packed && steps == kSteps) {
       int i, n;
-      if (pack_of(i, n)) r.load(q + (n * src.sN + i * src.sL));
+      if (pack_of(i, n)) cp_async<16>(raw + (src.lfast ? n * kSteps + i : i * kN + n), q + (n * src.sN + i * src.sL));
       return;
     }
 #pragma unroll
     for (int k = 0; k < kPer; ++k) {
       const int e = threadIdx.x + k * kThreads, i = src.step_of(e), n = src.state_of(e);
-      r.e[k] = n < N && i < steps ? q[n * src.sN + i * src.sL] : zero<T>();
+      raw[e] = n < N && i < steps ? q[n * src.sN + i * src.sL] : zero<T>();
     }
   }
-  __device__ __forceinline__ void put(float (*dst)[kN], const Pack<T>& r, int steps) const {
-    if (packed && steps == kSteps) {
-      int i, n;
-      if (!pack_of(i, n)) return;
+  // raw tile -> float [step][n] tile
+  __device__ __forceinline__ void put(float (*dst)[kN], const T* raw) const {
 #pragma unroll
-      for (int e = 0; e < kP; ++e) {
-        if (src.lfast) dst[i + e][n] = to_float(r.e[e]);
-        else dst[i][n + e] = to_float(r.e[e]);
-      }
-      return;
-    }
-#pragma unroll
-    for (int k = 0; k < kPer; ++k) {
+    for (int k = 0; k < kSteps * kN / kThreads; ++k) {
       const int e = threadIdx.x + k * kThreads;
-      dst[src.step_of(e)][src.state_of(e)] = to_float(r.e[k]);
+      dst[src.step_of(e)][src.state_of(e)] = to_float(raw[e]);
     }
   }
 };
@@ -294,9 +314,10 @@ bool bc_packable(const TensorArg& t, int64_t N, int kN) {
   return t.stride[2] == 1 && kN % kP == 0 && t.stride[3] % kP == 0;
 }
 
-template <int kN, int kW>
+template <typename T, int kN, int kW>
 struct BlkShared {
-  float raw[2][kSteps][kRowPad];     // u and z when their thread mapping differs from delta's
+  T rows[3][kLanes * RowTile<T, kW>::kPitch];  // the next group's u, delta, z (RowTile::fetch)
+  T bc[2][kSteps * kN];                        // and B, C (BcTile::fetch)
   float2 dtu[kSteps][kLanes + 1];    // (dt, dt u) per step and channel (padded: conflict-free both ways)
   float B[kSteps][kN], C[kSteps][kN];
   float yp[kW][kSteps][kRowPad];     // each warp's partial y
@@ -304,54 +325,53 @@ struct BlkShared {
   float du[kSteps][kRowPad], zs[kSteps][kRowPad];  // D u and silu(z), from compute to finish
 };
 
-// The per-step work of a group runs in delta's thread mapping (channel delta.c, steps delta.i0 ..);
-// rows in the other mapping (u, z, out) pass through [step][channel] rows of shared memory.
+// The next group's rows and B/C tiles travel to shared memory during the current group's steps
+// (cp.async where aligned and full, else loads); the per-step work of a group runs in delta's
+// thread mapping (channel delta.c(), steps delta.i0() ..).
 template <typename T, int kN, int kW, bool kOut>
 struct BlkWalk {
   static constexpr int kE = kSteps / kW, kNT = kN / kW, kPer = kSteps * kN / (kLanes * kW);
   const SelectiveScanParams& p;
-  BlkShared<kN, kW>& sh;
+  BlkShared<T, kN, kW>& sh;
   RowTile<T, kW> u, delta, z, out;
   BcTile<T, kN, kPer, kLanes * kW> Bs, Cs;
   int L;
-  bool has_z, u_t, z_t, out_t;  // u, z, out transposed through shared memory
-  float bias, Dd;               // delta.c's channel
-  Elems<T, kE> ru, rd, rz;      // the next group's rows
-  Pack<T> rb, rc;               // and B/C tile shares
+  bool has_z, out_t;  // out transposed through shared memory (layout unlike delta's)
+  float bias, Dd;     // delta.c()'s channel
 
-  __device__ __forceinline__ bool transposed() const { return u_t || (kOut && (z_t || out_t)); }
-  __device__ __forceinline__ void load(int t0) {
-    u.load(ru, t0, L);
-    delta.load(rd, t0, L);
-    if (kOut && has_z) z.load(rz, t0, L);
-    const int steps = L - t0 < kSteps ? int(L - t0) : kSteps;
-    Bs.load(rb, t0, steps);
-    if (kOut) Cs.load(rc, t0, steps);
+  __device__ __forceinline__ void fetch(int t0) {
+    u.fetch(sh.rows[0], t0, L);
+    delta.fetch(sh.rows[1], t0, L);
+    if (kOut && has_z) z.fetch(sh.rows[2], t0, L);
+    const int steps = L - t0 < kSteps ? L - t0 : kSteps;
+    Bs.fetch(sh.bc[0], t0, steps);
+    if (kOut) Cs.fetch(sh.bc[1], t0, steps);
   }
-  // B/C tiles and the transposed rows of the group at t0 into shared memory.
-  __device__ __forceinline__ void put(int t0) {
-    const int steps = L - t0 < kSteps ? int(L - t0) : kSteps;
-    if (u_t) u.put(&sh.raw[0][0][0], ru);
-    if (kOut && has_z && z_t) z.put(&sh.raw[1][0][0], rz);
-    Bs.put(sh.B, rb, steps);
-    if (kOut) Cs.put(sh.C, rc, steps);
+  // The fetched B/C tiles as float (after cp_async_wait and a barrier).
+  __device__ __forceinline__ void put() {
+    Bs.put(sh.B, sh.bc[0]);
+    if (kOut) Cs.put(sh.C, sh.bc[1]);
   }
-  // Per-step values at delta's kE steps: (dt, dt u) to shared memory, D u and silu(z) kept.
+  // Per-step values at delta's kE steps: (dt, dt u), D u and silu(z) to shared memory.
   __device__ __forceinline__ void compute(int t0) {
     const int c = delta.c(), i0 = delta.i0();
-    const int steps = L - t0 < kSteps ? int(L - t0) : kSteps;
+    const int steps = L - t0 < kSteps ? L - t0 : kSteps;
 #pragma unroll
     for (int k = 0; k < kE; ++k) {
       const int i = i0 + k;
-      float dt = to_float(rd.e[k]) + bias;
+      float dt = delta.get(sh.rows[1], c, i) + bias;
       if (p.softplus) dt = softplus_fast(dt);
       dt = i < steps ? dt : 0.f;  // past L: the state stays (u is zero there)
-      const float uu = u_t ? sh.raw[0][i][c] : to_float(ru.e[k]);
+      const float uu = u.get(sh.rows[0], c, i);
       sh.dtu[i][c] = make_float2(dt, dt * uu);
       if (kOut) {
-        const float zz = z_t ? sh.raw[1][i][c] : to_float(rz.e[k]);
         sh.du[i][c] = Dd * uu;
-        sh.zs[i][c] = has_z ? zz * sigmoid_of<T>(zz) : 1.f;
+        if (has_z) {
+          const float zz = z.get(sh.rows[2], c, i);
+          sh.zs[i][c] = zz * sigmoid_of<T>(zz);
+        } else {
+          sh.zs[i][c] = 1.f;
+        }
       }
     }
   }
@@ -388,7 +408,7 @@ __device__ __forceinline__ void lds(float (&v)[kNT], const float* src) {
 template <typename T, int kN, int kW, bool kOut, bool kCk>
 __global__ void __launch_bounds__(kLanes * kW, 8) fwd_block_kernel(SelectiveScanParams p, FwdFlags f) {
   constexpr int kNT = kN / kW;
-  __shared__ __align__(16) BlkShared<kN, kW> sh;
+  __shared__ __align__(16) BlkShared<T, kN, kW> sh;
   const int64_t Dg = p.dim / p.ngroups, bpg = (Dg + kLanes - 1) / kLanes;
   const int64_t b = blockIdx.y, g = blockIdx.x / bpg, cg = (blockIdx.x % bpg) * kLanes, d0 = g * Dg + cg;
   const int nch = int(Dg - cg < kLanes ? Dg - cg : kLanes);
@@ -403,7 +423,7 @@ __global__ void __launch_bounds__(kLanes * kW, 8) fwd_block_kernel(SelectiveScan
   wk.delta.init(p.delta, b, d0, nch, f.vec_delta);
   if (kOut && wk.has_z) wk.z.init(p.z, b, d0, nch, f.vec_z);
   if (kOut) wk.out.init(p.out, b, d0, nch, f.vec_out);
-  wk.u_t = f.vec_u != f.vec_delta, wk.z_t = wk.has_z && f.vec_z != f.vec_delta, wk.out_t = f.vec_out != f.vec_delta;
+  wk.out_t = f.vec_out != f.vec_delta;
   const int64_t dc = d0 + (wk.delta.valid() ? wk.delta.c() : nch - 1);  // delta's channel
   wk.bias = has(p.dt_bias) ? ptr<float>(p.dt_bias)[dc * p.dt_bias.stride[0]] : 0.f;
   wk.Dd = kOut && has(p.D) ? ptr<float>(p.D)[dc * p.D.stride[0]] : 0.f;
@@ -419,14 +439,15 @@ __global__ void __launch_bounds__(kLanes * kW, 8) fwd_block_kernel(SelectiveScan
     s[j] = n < N && has(h0) ? ptr<float>(h0)[b * h0.stride[0] + d * h0.stride[1] + n * h0.stride[2]] : 0.f;
   }
 
-  wk.load(0);
-  wk.put(0);
+  wk.fetch(0);
+  cp_async_wait();
   __syncthreads();
+  wk.put();
   wk.compute(0);
   __syncthreads();
   for (int t0 = 0; t0 < L; t0 += kSteps) {
     const bool more = t0 + kSteps < L;
-    if (more) wk.load(t0 + kSteps);  // in flight during the steps
+    if (more) wk.fetch(t0 + kSteps);  // in flight during the steps
 #pragma unroll
     for (int i = 0; i < kSteps; ++i) {
       const float2 dd = sh.dtu[i][lane];
@@ -448,11 +469,14 @@ __global__ void __launch_bounds__(kLanes * kW, 8) fwd_block_kernel(SelectiveScan
       for (int j = 0; j < kNT; ++j)
         if (n0 + j < N) dst[(n0 + j) * ck.stride[3]] = s[j];
     }
-    __syncthreads();  // partial sums complete; the step values and B/C tiles free
+    cp_async_wait();
+    __syncthreads();  // partial sums complete, the next group fetched; step values and tiles free
     if (kOut) wk.finish(t0);
-    if (more) wk.put(t0 + kSteps);
-    if (wk.transposed()) __syncthreads();
-    if (kOut && wk.out_t) wk.store_transposed(t0);
+    if (more) wk.put();
+    if (kOut && wk.out_t) {
+      __syncthreads();
+      wk.store_transposed(t0);
+    }
     if (more) wk.compute(t0 + kSteps);
     __syncthreads();
   }
@@ -501,9 +525,12 @@ void launch_fwd(const SelectiveScanParams& p, bool only_checkpoints, cudaStream_
     SSM_SCAN_BLOCK_N_SWITCH(p.dstate, KN, KW, [&] {
       const dim3 block(kLanes * KW);
       f.pack_B = bc_packable<T>(p.B, p.dstate, KN), f.pack_C = !only_checkpoints && bc_packable<T>(p.C, p.dstate, KN);
-      if (only_checkpoints) fwd_block_kernel<T, KN, KW, false, true><<<grid, block, 0, stream>>>(p, f);
-      else if (checkpoint_layout(p)) fwd_block_kernel<T, KN, KW, true, true><<<grid, block, 0, stream>>>(p, f);
-      else fwd_block_kernel<T, KN, KW, true, false><<<grid, block, 0, stream>>>(p, f);
+      auto kernel = only_checkpoints       ? fwd_block_kernel<T, KN, KW, false, true>
+                    : checkpoint_layout(p) ? fwd_block_kernel<T, KN, KW, true, true>
+                                           : fwd_block_kernel<T, KN, KW, true, false>;
+      // 8 blocks of ~27 KB per SM: the largest shared-memory carveout
+      cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
+      kernel<<<grid, block, 0, stream>>>(p, f);
     });
     return;
   }
