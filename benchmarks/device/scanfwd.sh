@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Device round for the CUDA selective-scan forward (issue 5, engineer scanfwd): the CUDA-marked
 # scan / layout / mamba_inner tests, forward and pre-pass kernel times at the bench and model
-# shapes, a short ncu of the new forward and pre-pass, then the forward's per-instruction stall
-# samples while time is left (SSM_SCAN_FWD_BLOCK=0 selects the one-warp kernel for A/B runs). Runs from the repo root after the lead's build;
+# shapes, a short ncu of the forward and pre-pass, then the forward's per-instruction stall
+# samples while time is left. Runs from the repo root after the lead's build;
 # logs and JSON into $1. At most ~68 s.
 OUT=${1:-scanfwd_out}
 mkdir -p "$OUT"
@@ -16,7 +16,7 @@ timeout -k 3 -s INT 33 $PY -m pytest -q -x -m cuda -p no:cacheprovider -rf -k "n
   > "$OUT/pytest.log" 2>&1
 echo "pytest rc=$? at ${SECONDS}s: $(grep -E "passed|failed|error" "$OUT/pytest.log" | tail -1)"
 grep -E "^(FAILED|ERROR)|Error:|error |assert" "$OUT/pytest.log" | head -8 | cut -c1-300
-timeout -k 2 12 $PY benchmarks/device/scanfwd_time.py --out "$OUT/time_block.json" --tag block > "$OUT/time_block.log" 2>&1
+timeout -k 2 14 $PY benchmarks/device/scanfwd_time.py --out "$OUT/time_block.json" --tag block > "$OUT/time_block.log" 2>&1
 echo "time block rc=$? at ${SECONDS}s"; cut -c1-170 "$OUT/time_block.log" | tail -3
 T=$(left 62); [ "$T" -gt 20 ] && T=20
 if [ "$T" -gt 8 ]; then

@@ -1,7 +1,7 @@
 """Kernel times of the CUDA selective-scan forward (N <= 16) and of the backward's checkpoint
 pre-pass (profiler device time per call) at issue 5's bench shape (B8 D4096 L2048 N16 bf16, z, D,
-dt_bias, softplus) and at the mamba-130m channels-last shape (D 1536). SSM_SCAN_FWD_BLOCK=0 selects
-the one-warp kernel, for A/B runs in separate processes. One line per shape; JSON to --out.
+dt_bias, softplus) and at the mamba-130m channels-last shape (D 1536). One line per shape; JSON to
+--out.
 
     python3 benchmarks/device/scanfwd_time.py --out scanfwd.json --tag block
 """
