@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Device round for the split-state CUDA selective-scan backward (issue 5, selective_scan_bwd_pair.cuh):
+# the CUDA scan / mamba_inner gradient tests, then the backward kernel's time and fwd+bwd at the
+# bench shape and the mamba-130m shape against the previous kernel (SSM_SCAN_BWD_PAIR=0, same run),
+# then a short ncu of the new kernel. Runs from the repo root after the lead's build; logs into $1.
+OUT=${1:-scanbwd_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+# the L = 16384 gradient test (a 16384-step float64 reference loop) does not fit the time limit
+timeout -k 3 -s INT 33 $PY -m pytest -q --maxfail=5 -m cuda -p no:cacheprovider -rf -k "not long_sequence_cuda" \
+  tests/ops/test_selective_scan.py tests/ops/test_selective_scan_layouts.py tests/ops/test_mamba_inner.py \
+  > "$OUT/pytest.log" 2>&1
+echo "pytest rc=$?: $(grep -E "passed|failed|error" "$OUT/pytest.log" | tail -1)"
+grep -E "^(FAILED|ERROR)|Error:|error " "$OUT/pytest.log" | head -8 | cut -c1-300
+timeout -k 2 20 $PY benchmarks/device/scanbwd_bench.py --out "$OUT/scanbwd.json" > "$OUT/bench.log" 2>&1
+echo "bench rc=$?"
+cut -c1-120 "$OUT/bench.log" | head -30
+timeout -k 2 13 ncu --clock-control none -k regex:pair_bwd_kernel --launch-count 1 --section SpeedOfLight \
+  --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \
+  --section ComputeWorkloadAnalysis $PY benchmarks/device/ncu_driver.py scan > "$OUT/ncu.txt" 2>&1
+echo "ncu rc=$?"
+grep -E "Duration|Registers Per|Achieved Active Warps|Issue Slots Busy|Executed Ipc Active|Eligible Warps|No Eligible" \
+  "$OUT/ncu.txt" | cut -c1-110 | head -10
