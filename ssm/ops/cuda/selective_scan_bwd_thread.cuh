@@ -314,7 +314,7 @@ void launch_bwd(const SelectiveScanParams& p, cudaStream_t stream) {
   const int64_t total = p.nslices * p.batch * p.ngroups * p.dstate * p.seqlen;
   if (total > 0) scan_bwd::zero_bc<<<ceil_div(total, 256), 256, 0, stream>>>(p);
   if (p.seqlen > kSteps && !p.chunk_states_filled) launch_fwd<T>(p, true, stream);
-  if (pair_bwd()) return scan_pair::launch_bwd<T>(p, stream);
+  if (pair_bwd() && scan_pair::takes(p)) return scan_pair::launch_bwd<T>(p, stream);
   BwdFlags f;
   f.vec_u = rows_vectorizable<T>(p.u, 2), f.vec_delta = rows_vectorizable<T>(p.delta, 2);
   f.vec_z = has(p.z) && rows_vectorizable<T>(p.z, 2), f.vec_dout = rows_vectorizable<T>(p.dout, 2);
