@@ -13,10 +13,10 @@ timeout -k 3 -s INT 33 $PY -m pytest -q --maxfail=5 -m cuda -p no:cacheprovider 
   > "$OUT/pytest.log" 2>&1
 echo "pytest rc=$?: $(grep -E "passed|failed|error" "$OUT/pytest.log" | tail -1)"
 grep -E "^(FAILED|ERROR)|Error:|error " "$OUT/pytest.log" | head -8 | cut -c1-300
-timeout -k 2 20 $PY benchmarks/device/scanbwd_bench.py --out "$OUT/scanbwd.json" > "$OUT/bench.log" 2>&1
+timeout -k 2 19 $PY benchmarks/device/scanbwd_bench.py --out "$OUT/scanbwd.json" > "$OUT/bench.log" 2>&1
 echo "bench rc=$?"
 cut -c1-120 "$OUT/bench.log" | head -30
-timeout -k 2 13 ncu --clock-control none -k regex:pair_bwd_kernel --launch-count 1 --section SpeedOfLight \
+timeout -k 2 14 ncu --clock-control none -k regex:pair_bwd_kernel --launch-count 1 --section SpeedOfLight \
   --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \
   --section ComputeWorkloadAnalysis $PY benchmarks/device/ncu_driver.py scan > "$OUT/ncu.txt" 2>&1
 echo "ncu rc=$?"

@@ -172,8 +172,15 @@ struct Pair {
   }
 
   // One half (kH = 1: steps 8..15, kH = 0: 0..7) of chunk ch for every entry of this warp.
+  // Entry nlo's state before chunk ch (loaded once per chunk, early: both halves start from it).
+  __device__ __forceinline__ float first_start(int64_t ch) const {
+    int64_t hsn;
+    const float* hq = start_states(ch, hsn);
+    return hq && nlo < nhi ? hq[nlo * hsn] : 0.f;
+  }
+
   template <int kH>
-  __device__ __forceinline__ void half(int64_t ch, int64_t t0, Sums& s) const {
+  __device__ __forceinline__ void half(int64_t ch, int64_t t0, Sums& s, float hfirst) const {
     constexpr int kPre = kH * kHalf, kEnd = kPre + kHalf;  // steps [0, kPre) rerun, [kPre, kEnd) walked
     float dt[kEnd], dtu[kEnd], dy[kHalf];
 #pragma unroll
@@ -191,7 +198,7 @@ struct Pair {
     float* bc = ptr<float>(o) + b * o.stride[0] + g * o.stride[1] + t * o.stride[3] + nlo * bcn;
     const bool adds = !(lane & 1) && t < L;
     if (hq) hq += nlo * hstep;
-    float hnext = hq && nlo < nhi ? *hq : 0.f;
+    float hnext = hfirst;
 #pragma unroll 1
     for (int n = nlo; n < nhi; ++n, bc += bcn) {
       const int k = n - nlo;
@@ -321,13 +328,14 @@ __global__ void __launch_bounds__(kThreads, 8) pair_bwd_kernel(SelectiveScanPara
   for (int64_t ch = nchunks - 1; ch >= 0; --ch) {
     const int64_t t0 = ch * kSteps;
     Sums s;
+    const float hfirst = t.first_start(ch);
     t.prepare(t0);
     __syncthreads();
-    t.template half<1>(ch, t0, s);
+    t.template half<1>(ch, t0, s, hfirst);
     if (t.w == 0) t.template give<1>(s);
     __syncthreads();
     if (t.w == 1) t.template finish<1>(s, t0, dDp, dbp);
-    t.template half<0>(ch, t0, s);
+    t.template half<0>(ch, t0, s, hfirst);
     if (t.w == 1) t.template give<0>(s);
     __syncthreads();
     if (t.w == 0) t.template finish<0>(s, t0, dDp, dbp);
