@@ -23,7 +23,7 @@ timeout -k 2 14 ncu --clock-control none -k regex:pair_bwd_kernel --launch-count
 echo "ncu rc=$?" >> "$OUT/ncu.txt"
 # summary
 grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -4 | cut -c1-200
-echo "$(tail -1 "$OUT/pytest.log"): $(grep -E "passed|failed|error" "$OUT/pytest.log" | tail -1)"
+echo "$(tail -1 "$OUT/pytest.log"): $(grep -E "passed|failed|error|skipped" "$OUT/pytest.log" | tail -1)"
 grep -E "fwd\+bwd event|rc=" "$OUT/bench.log" | cut -c1-110
 grep -E "ncu rc|Duration|Executed Ipc Active|Achieved Active Warps|inst_executed.sum" "$OUT/ncu.txt" | cut -c1-90 | tr -s ' '
 grep -E "issue_stalled" "$OUT/ncu.txt" | awk '{print $NF, $1}' | sort -rn | head -4 |
