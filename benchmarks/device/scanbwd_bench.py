@@ -1,6 +1,8 @@
 """Times the CUDA selective-scan backward (issue 5's bench shape: B8 D4096 L2048 N16 bf16, z, D,
-dt_bias, softplus; and the mamba-130m layer shape, D 1536 channels-last): the profiler's per-kernel
-device time of one forward+backward, and the event median of fwd+bwd. Writes JSON to --out.
+dt_bias, softplus; and the mamba-130m layer shape, D 1536 channels-last) with the split-state kernel
+(selective_scan_bwd_pair.cuh) and, in the same process, the previous one (SSM_SCAN_BWD_PAIR=0):
+the profiler's per-kernel device time of one forward+backward, and the event median of fwd+bwd.
+Writes JSON to --out.
 
     python3 benchmarks/device/scanbwd_bench.py --out scanbwd.json
 """
@@ -30,14 +32,19 @@ def case(name, B, D, L, N, layout, rows):
         y = ops.selective_scan(*leaves[:7], leaves[7], True)
         torch.autograd.backward(y, dy)
 
-    parts = kernels_by_time(fwd_bwd, iters=3)
-    ms = time_ms(fwd_bwd, reps=10)
-    kms = sum(t for t, _ in parts)
-    bwd = sum(t for t, k in parts if "bwd_kernel" in k)
-    rows.append(dict(case=name, event_ms=ms, kernels_ms=kms, bwd_kernel_ms=bwd, parts=parts[:8]))
-    print(f"{name:10s} fwd+bwd event {ms:7.3f} ms kernels {kms:7.3f} ms  bwd kernel {bwd:7.3f} ms", flush=True)
-    for t, k in parts[:5]:
-        print(f"      {t:7.3f} ms  {k[:90]}", flush=True)
+    for mode in ("1", "0"):
+        os.environ["SSM_SCAN_BWD_PAIR"] = mode
+        parts = kernels_by_time(fwd_bwd, iters=3)
+        ms = time_ms(fwd_bwd, reps=10)
+        kms = sum(t for t, _ in parts)
+        bwd = sum(t for t, k in parts if "bwd_kernel" in k)
+        label = "pair" if mode == "1" else "old"
+        rows.append(dict(case=name, kernel=label, event_ms=ms, kernels_ms=kms, bwd_kernel_ms=bwd, parts=parts[:8]))
+        print(f"{name:10s} {label:4s} fwd+bwd event {ms:7.3f} ms kernels {kms:7.3f} ms  bwd kernel {bwd:7.3f} ms",
+              flush=True)
+        for t, k in parts[:5]:
+            print(f"      {t:7.3f} ms  {k[:90]}", flush=True)
+    os.environ.pop("SSM_SCAN_BWD_PAIR", None)
 
 
 def main():
