@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Device round for ssdfwd (issue 6, CUDA SSD forward): the GPU SSD tests on the default kernels, a
-# forward subset on the round-1 kernels (SSM_SSD_FWD_PASS4=0), the fused Mamba-2
-# path's CUDA rows, then the forward timings (default; then the round-1 kernels at B8).
-# Usage: ssdfwd.sh OUT_DIR (repo root, after the build; ~55 s).
+# Device round for ssdfwd (issue 6, CUDA SSD forward, session 4): the GPU SSD tests on the default
+# (lean chunk-output) kernels, the fused Mamba-2 path's CUDA rows, the forward timings (lean, then
+# SSM_SSD_FWD_LEAN=0 at B8 in the same run), and an ncu stall / source profile of the lean kernel.
+# Usage: ssdfwd.sh OUT_DIR (repo root, after the build; ~65 s).
 set -uo pipefail
 OUT=${1:-/tmp/ssdfwd}
 mkdir -p "$OUT"
@@ -11,18 +11,21 @@ PY=${PYTHON:-python3}
 summary() {  # counts of a verbose pytest log
   echo "$(grep -c " PASSED" "$1") passed, $(grep -c " FAILED" "$1") failed; last: $(grep -E "PASSED|FAILED" "$1" | tail -1 | cut -c1-100)"
 }
-timeout 12 $PY -m pytest tests/ops/test_ssd_cuda.py -x -v -p no:cacheprovider > "$OUT/pytest.log" 2>&1
+timeout 14 $PY -m pytest tests/ops/test_ssd_cuda.py -x -v -p no:cacheprovider > "$OUT/pytest.log" 2>&1
 echo "test_ssd_cuda.py (whole file, -x) rc=$?: $(summary "$OUT/pytest.log")"
 grep -E "^FAILED|^E  " "$OUT/pytest.log" | head -5 | cut -c1-250
-SSM_SSD_FWD_PASS4=0 timeout 9 $PY -m pytest tests/ops/test_ssd_cuda.py -x -v -p no:cacheprovider \
-  -k "model_sizes or token_major or seq_idx or varlen or graph" > "$OUT/pytest_r1kernels.log" 2>&1
-echo "  round-1 kernels (PASS4=0) forward subset rc=$?: $(summary "$OUT/pytest_r1kernels.log")"
-timeout 10 $PY -m pytest tests/ops/test_ssd_split.py -x -v -p no:cacheprovider -k "cuda and not compile" \
-  > "$OUT/pytest_split.log" 2>&1
-echo "test_ssd_split.py -k 'cuda and not compile' (-x, 10 s cap) rc=$?: $(summary "$OUT/pytest_split.log")"
+timeout 10 $PY -m pytest tests/ops/test_ssd_split.py tests/ops/test_ssd.py -x -v -p no:cacheprovider \
+  -k "cuda and not compile" > "$OUT/pytest_split.log" 2>&1
+echo "test_ssd_split.py + test_ssd.py -k 'cuda and not compile' (-x, 10 s cap) rc=$?: $(summary "$OUT/pytest_split.log")"
 grep -E "^FAILED|^E  " "$OUT/pytest_split.log" | head -4 | cut -c1-250
-timeout 17 $PY benchmarks/device/ssdfwd_time.py "$OUT/time.json" > "$OUT/time.log" 2>&1
+timeout 16 $PY benchmarks/device/ssdfwd_time.py "$OUT/time.json" > "$OUT/time.log" 2>&1
 echo "timing rc=$?"; grep -vE "Warning|_warn_once" "$OUT/time.log" | cut -c1-140 | tail -20
-SSM_SSD_FWD_PASS4=0 timeout 9 $PY benchmarks/device/ssdfwd_time.py "$OUT/time_r1.json" --quick \
-  > "$OUT/time_r1.log" 2>&1
-echo "timing round-1 kernels rc=$?"; grep -vE "Warning|_warn_once" "$OUT/time_r1.log" | cut -c1-140 | tail -6
+SSM_SSD_FWD_LEAN=0 timeout 8 $PY benchmarks/device/ssdfwd_time.py "$OUT/time_old.json" --quick \
+  > "$OUT/time_old.log" 2>&1
+echo "timing SSM_SSD_FWD_LEAN=0 rc=$?"; grep -vE "Warning|_warn_once" "$OUT/time_old.log" | cut -c1-140 | tail -6
+timeout -k 2 14 ncu --clock-control none -k regex:chunk_scan_lean --launch-count 1 --section SpeedOfLight \
+  --section Occupancy --section WarpStateStats --section SourceCounters --section InstructionStats \
+  $PY benchmarks/device/ncu_driver.py ssd > "$OUT/ncu_lean.txt" 2>&1
+echo "ncu rc=$?"; grep -E "Duration|Registers Per|Achieved Occupancy|Issue Slots Busy|Warp Cycles Per Issued|Executed Ipc A" \
+  "$OUT/ncu_lean.txt" | cut -c1-120 | head -8
+grep -E "^ +(OPT|WRN).*(stall|Stall)|cycles being stalled" "$OUT/ncu_lean.txt" | cut -c1-200 | head -6

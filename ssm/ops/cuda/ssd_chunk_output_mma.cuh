@@ -7,7 +7,8 @@
 //     S  = S ∘ exp(cs_t - cs_s) Δ_s on s <= t in the same run (in registers),
 //     acc += S X_k (S's accumulators repacked as A fragments; no shared-memory round trip).
 // The epilogue (D x, cu_seqlens initial states, z gate) is y_out's, stored in pairs.
-// SSM_SSD_FWD_MMA=0 selects the shared-memory wmma kernel of ssd_chunk_output.cuh instead.
+// SSM_SSD_FWD_MMA=0 selects the shared-memory wmma kernel of ssd_chunk_output.cuh instead; the
+// default with the precomputed C B^T is the lean form in ssd_chunk_output_lean.cuh (the launcher).
 #pragma once
 #include <type_traits>
 
@@ -246,28 +247,6 @@ inline bool pre_cb_enabled() {
     return v == nullptr || std::strcmp(v, "0") != 0;
   }();
   return on;
-}
-
-template <typename T>
-void launch_chunk_scan(const SsdParams& p, const Layout& w, cudaStream_t s) {
-  const int64_t ptiles = (p.headdim + kTile - 1) / kTile, nq = p.chunk / kTile;
-  const dim3 grid(unsigned(w.nchunks * ptiles * nq), unsigned(p.nheads), unsigned(p.batch));
-  const dim3 paired(unsigned(w.nchunks * ptiles * ((nq + 1) / 2)), unsigned(p.nheads), unsigned(p.batch));
-  const int N = int(p.dstate);
-  if constexpr (!std::is_same<T, float>::value) {
-    if (fwd_mma_enabled() && pre_cb_enabled()) {
-      const int nq = int(p.chunk / kTile);
-      const dim3 cb_grid(unsigned(w.nchunks * nq * nq), unsigned(p.ngroups), unsigned(p.batch));
-      launch(chunk_cb_kernel<T>, cb_grid, 2 * align128(kTile * (round16(N) + 8) * sizeof(T)), s, p, w);
-      launch(chunk_scan_mma_kernel<T, true>, paired, chunk_scan_mma_smem<T>(N, true), s, p, w);
-      return;
-    }
-    if (fwd_mma_enabled()) {
-      launch(chunk_scan_mma_kernel<T, false>, paired, chunk_scan_mma_smem<T>(N, false), s, p, w);
-      return;
-    }
-  }
-  launch(chunk_scan_kernel<T>, grid, chunk_scan_smem<T>(N), s, p, w);
 }
 
 }  // namespace ssm::cuda::ssd
