@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Device round for ssdfwd (issue 6, CUDA SSD forward, session 4): the GPU SSD tests on the default
-# (lean chunk-output) kernels, the fused Mamba-2 path's CUDA rows, the forward timings (lean, then
-# SSM_SSD_FWD_LEAN=0 at B8 in the same run), and an ncu stall / source profile of the lean kernel.
+# kernels (lean chunk output, multi-head chunk state); on a failure the same file once per switch
+# (SSM_SSD_FWD_LEAN=0, SSM_SSD_FWD_HEADS=0) to tell which kernel; the fused Mamba-2 path's CUDA rows,
+# the forward timings (new, then both switches off at B8 in the same run: main's kernels), and an
+# ncu stall / source profile of the lean kernel.
 # Usage: ssdfwd.sh OUT_DIR (repo root, after the build; ~65 s).
 set -uo pipefail
 OUT=${1:-/tmp/ssdfwd}
@@ -14,15 +16,24 @@ summary() {  # counts of a verbose pytest log
 timeout 14 $PY -m pytest tests/ops/test_ssd_cuda.py -x -v -p no:cacheprovider > "$OUT/pytest.log" 2>&1
 echo "test_ssd_cuda.py (whole file, -x) rc=$?: $(summary "$OUT/pytest.log")"
 grep -E "^FAILED|^E  " "$OUT/pytest.log" | head -5 | cut -c1-250
+FAILED=0
+if grep -q " FAILED" "$OUT/pytest.log"; then
+  FAILED=1
+  for sw in SSM_SSD_FWD_LEAN SSM_SSD_FWD_HEADS; do
+    env $sw=0 timeout 8 $PY -m pytest tests/ops/test_ssd_cuda.py -x -v -p no:cacheprovider > "$OUT/pytest_$sw.log" 2>&1
+    echo "  with $sw=0 rc=$?: $(summary "$OUT/pytest_$sw.log")"
+  done
+fi
 timeout 10 $PY -m pytest tests/ops/test_ssd_split.py tests/ops/test_ssd.py -x -v -p no:cacheprovider \
   -k "cuda and not compile" > "$OUT/pytest_split.log" 2>&1
 echo "test_ssd_split.py + test_ssd.py -k 'cuda and not compile' (-x, 10 s cap) rc=$?: $(summary "$OUT/pytest_split.log")"
 grep -E "^FAILED|^E  " "$OUT/pytest_split.log" | head -4 | cut -c1-250
 timeout 16 $PY benchmarks/device/ssdfwd_time.py "$OUT/time.json" > "$OUT/time.log" 2>&1
 echo "timing rc=$?"; grep -vE "Warning|_warn_once" "$OUT/time.log" | cut -c1-140 | tail -20
-SSM_SSD_FWD_LEAN=0 timeout 8 $PY benchmarks/device/ssdfwd_time.py "$OUT/time_old.json" --quick \
-  > "$OUT/time_old.log" 2>&1
-echo "timing SSM_SSD_FWD_LEAN=0 rc=$?"; grep -vE "Warning|_warn_once" "$OUT/time_old.log" | cut -c1-140 | tail -6
+SSM_SSD_FWD_LEAN=0 SSM_SSD_FWD_HEADS=0 timeout 8 $PY benchmarks/device/ssdfwd_time.py "$OUT/time_old.json" \
+  --quick > "$OUT/time_old.log" 2>&1
+echo "timing SSM_SSD_FWD_LEAN=0 SSM_SSD_FWD_HEADS=0 rc=$?"; grep -vE "Warning|_warn_once" "$OUT/time_old.log" | cut -c1-140 | tail -6
+[ $FAILED = 1 ] && exit 0  # no time left for the profile
 timeout -k 2 14 ncu --clock-control none -k regex:chunk_scan_lean --launch-count 1 --section SpeedOfLight \
   --section Occupancy --section WarpStateStats --section SourceCounters --section InstructionStats \
   $PY benchmarks/device/ncu_driver.py ssd > "$OUT/ncu_lean.txt" 2>&1
