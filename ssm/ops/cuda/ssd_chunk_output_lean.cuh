@@ -1,9 +1,14 @@
 // SSD step 4 for half / bfloat16 with the precomputed C B^T, the lean form of chunk_scan_mma_kernel
 // (same blocks, tiles and pipeline; ncu showed that kernel issue-bound on integer and branch work):
 //   - H_in is loaded once for the block's two query tiles;
-//   - the decay mask is ex2(cs_t log2e - cs_s log2e) · Δ_s per element (ex2.approx, no range
-//     fix-ups), with the causal mask on the diagonal tile only, and the run mask only in chunks
-//     where a sequence changes (the general decay_mask then);
+//   - off the diagonal (keys s before the query tile's first token t0) the decay factors as
+//     exp(cs_t - cs_s) = exp(cs_t - r) exp(r - cs_s), r = cs before t0, both factors between 1 and the
+//     product since cs is monotonic (Δ >= 0): the key factor exp(r - cs_s) Δ_s is computed once per
+//     key (shared memory) and scales S's columns, the row factor scales the accumulators once before
+//     the diagonal tile (C H_in^T enters scaled by exp(r));
+//   - on the diagonal tile the mask is ex2(cs_t log2e - cs_s log2e) · Δ_s per element (ex2.approx,
+//     no range fix-ups) with the causal select; chunks where a sequence changes (runs), or Δ that may
+//     be negative, take the general per-element decay_mask;
 //   - the epilogue hoists D, the y / z row pointers and the flag tests out of the element loop;
 //     chunks with cu_seqlens initial states inside them keep y_out.
 // SSM_SSD_FWD_LEAN=0 selects chunk_scan_mma_kernel. This file holds the chunk-output launcher.
@@ -112,13 +117,30 @@ __device__ __forceinline__ void store_y_general(const SsdParams& p, const ChunkT
   }
 }
 
+// s(t, s') *= kf[s'] (the key factors of the off-diagonal tiles)
+__device__ __forceinline__ void scale_keys(float (&s)[8][4], const float* kf, int s0) {
+  const int c2 = 2 * int(threadIdx.x & 3);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const float2 k = *reinterpret_cast<const float2*>(kf + s0 + 8 * j + c2);
+    s[j][0] *= k.x, s[j][1] *= k.y, s[j][2] *= k.x, s[j][3] *= k.y;
+  }
+}
+
+// Shared memory: tokens, the key factors, C_q, H_in, the two X_k buffers.
+template <typename T>
+size_t chunk_scan_lean_smem(int N) {
+  return chunk_scan_mma_smem<T>(N, true) + align128(kMaxChunk * sizeof(float));
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 3) chunk_scan_lean_kernel(SsdParams p, Layout w) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Np = round16(N), ldn = Np + 8;
   const size_t nb = align128(kTile * ldn * sizeof(T)), xb = align128(kTile * kLd * sizeof(T));
   ChunkTokens& tok = *reinterpret_cast<ChunkTokens*>(smem);
-  unsigned char* at = smem + align128(sizeof(ChunkTokens));
+  float* kf = reinterpret_cast<float*>(smem + align128(sizeof(ChunkTokens)));  // key factors
+  unsigned char* at = smem + align128(sizeof(ChunkTokens)) + align128(kMaxChunk * sizeof(float));
   T* cq = reinterpret_cast<T*>(at);
   T* hs = reinterpret_cast<T*>(at + nb);  // hs[p][n] = H_in[p0 + p][n]
   T* xk0 = reinterpret_cast<T*>(at + 2 * nb);
@@ -153,6 +175,10 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_lean_kernel(SsdParams 
     __syncthreads();
 
     const bool runs = tok.run[rows_left - 1] != 0;  // a sequence changes inside the chunk
+    const bool factored = !runs && p.dt_lo >= 0.f;
+    const float ref = cs_before(tok, t0) * kLog2e;  // r, in log2 units
+    if (factored)  // read after the key loop's first barrier
+      for (int k = threadIdx.x; k < t0; k += kThreads) kf[k] = ex2(ref - tok.cs[k] * kLog2e) * tok.dt[k];
     const int trow[2] = {t0 + r0 + g8, t0 + r0 + g8 + 8};  // the thread's two query tokens
     float q2[2];
     float acc[8][4] = {};
@@ -160,7 +186,7 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_lean_kernel(SsdParams 
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
       q2[hf] = tok.cs[trow[hf]] * kLog2e;
-      const float scale = trow[hf] < rows_left && tok.run[trow[hf]] == 0 ? ex2(q2[hf]) : 0.f;
+      const float scale = trow[hf] < rows_left && tok.run[trow[hf]] == 0 ? ex2(factored ? ref : q2[hf]) : 0.f;
 #pragma unroll
       for (int j = 0; j < 8; ++j) acc[j][2 * hf] *= scale, acc[j][2 * hf + 1] *= scale;
     }
@@ -176,12 +202,22 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_lean_kernel(SsdParams 
       cp_async_commit();
       cp_async_wait<1>();
       __syncthreads();
-      if (runs)
+      if (runs) {
         decay_mask(s, tok, trow, kt * kTile, rows_left);
-      else if (kt == qt)
+      } else if (kt == qt) {
         decay_lean<true>(s, tok, q2, trow, kt * kTile, lim);
-      else
+        if (factored)  // the row factors exp(cs_t - r) of everything so far
+#pragma unroll
+          for (int hf = 0; hf < 2; ++hf) {
+            const float rf = ex2(q2[hf] - ref);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) acc[j][2 * hf] *= rf, acc[j][2 * hf + 1] *= rf;
+          }
+      } else if (factored) {
+        scale_keys(s, kf, kt * kTile);
+      } else {
         decay_lean<false>(s, tok, q2, trow, kt * kTile, lim);
+      }
       mma_sx<T>(acc, s, xcur, lim);
       if (kt < qt) __syncthreads();  // before the next issue overwrites this key tile's buffer
     }
@@ -213,7 +249,7 @@ void launch_chunk_scan(const SsdParams& p, const Layout& w, cudaStream_t s) {
       const dim3 cb_grid(unsigned(w.nchunks * nq * nq), unsigned(p.ngroups), unsigned(p.batch));
       launch(chunk_cb_kernel<T>, cb_grid, 2 * align128(kTile * (round16(N) + 8) * sizeof(T)), s, p, w);
       if (lean_enabled())
-        launch(chunk_scan_lean_kernel<T>, paired, chunk_scan_mma_smem<T>(N, true), s, p, w);
+        launch(chunk_scan_lean_kernel<T>, paired, chunk_scan_lean_smem<T>(N), s, p, w);
       else
         launch(chunk_scan_mma_kernel<T, true>, paired, chunk_scan_mma_smem<T>(N, true), s, p, w);
       return;
