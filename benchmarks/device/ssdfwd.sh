@@ -3,7 +3,7 @@
 # kernels (lean chunk output, multi-head chunk state); on a failure the same file once per switch
 # (SSM_SSD_FWD_LEAN=0, SSM_SSD_FWD_HEADS=0) to tell which kernel; the fused Mamba-2 path's CUDA rows,
 # the forward timings (new, then both switches off at B8 in the same run: main's kernels), and an
-# ncu stall / source profile of the lean kernel.
+# ncu stall / source profile of the two new kernels.
 # Usage: ssdfwd.sh OUT_DIR (repo root, after the build; ~65 s).
 set -uo pipefail
 OUT=${1:-/tmp/ssdfwd}
@@ -34,9 +34,9 @@ SSM_SSD_FWD_LEAN=0 SSM_SSD_FWD_HEADS=0 timeout 8 $PY benchmarks/device/ssdfwd_ti
   --quick > "$OUT/time_old.log" 2>&1
 echo "timing SSM_SSD_FWD_LEAN=0 SSM_SSD_FWD_HEADS=0 rc=$?"; grep -vE "Warning|_warn_once" "$OUT/time_old.log" | cut -c1-140 | tail -6
 [ $FAILED = 1 ] && exit 0  # no time left for the profile
-timeout -k 2 14 ncu --clock-control none -k regex:chunk_scan_lean --launch-count 1 --section SpeedOfLight \
+timeout -k 2 15 ncu --clock-control none -k regex:'chunk_scan_lean|chunk_state_heads' --launch-count 2 --section SpeedOfLight \
   --section Occupancy --section WarpStateStats --section SourceCounters --section InstructionStats \
   $PY benchmarks/device/ncu_driver.py ssd > "$OUT/ncu_lean.txt" 2>&1
-echo "ncu rc=$?"; grep -E "Duration|Registers Per|Achieved Occupancy|Issue Slots Busy|Warp Cycles Per Issued|Executed Ipc A" \
-  "$OUT/ncu_lean.txt" | cut -c1-120 | head -8
-grep -E "^ +(OPT|WRN).*(stall|Stall)|cycles being stalled" "$OUT/ncu_lean.txt" | cut -c1-200 | head -6
+echo "ncu rc=$?"; grep -E "^  [a-z].*\)x\(|Duration|Registers Per|Achieved Occupancy|Issue Slots Busy|Warp Cycles Per Issued|Executed Ipc A" \
+  "$OUT/ncu_lean.txt" | cut -c1-120 | head -16
+grep -E "^ +(OPT|WRN).*(stall|Stall)|cycles being stalled" "$OUT/ncu_lean.txt" | cut -c1-200 | head -10
