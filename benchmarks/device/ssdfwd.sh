@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Device round for ssdfwd (issue 6, CUDA SSD forward, session 4): the GPU SSD tests on the default
 # kernels (lean chunk output, multi-head chunk state); on a failure the same file once per switch
-# (SSM_SSD_FWD_LEAN=0, SSM_SSD_FWD_HEADS=0) to tell which kernel; the fused Mamba-2 path's CUDA rows,
-# the forward timings (new, then both switches off at B8 in the same run: main's kernels), and an
+# (SSM_SSD_FWD_LEAN=0, _CB16=0, _HEADS=0) to tell which kernel; the fused Mamba-2 path's CUDA rows,
+# the forward timings (new; then at B8 both switches off, main's kernels, and float32 C B^T), and an
 # ncu stall / source profile of the two new kernels.
 # Usage: ssdfwd.sh OUT_DIR (repo root, after the build; ~65 s).
 set -uo pipefail
@@ -19,22 +19,24 @@ grep -E "^FAILED|^E  " "$OUT/pytest.log" | head -5 | cut -c1-250
 FAILED=0
 if grep -q " FAILED" "$OUT/pytest.log"; then
   FAILED=1
-  for sw in SSM_SSD_FWD_LEAN SSM_SSD_FWD_HEADS; do
-    env $sw=0 timeout 8 $PY -m pytest tests/ops/test_ssd_cuda.py -x -v -p no:cacheprovider > "$OUT/pytest_$sw.log" 2>&1
+  for sw in SSM_SSD_FWD_LEAN SSM_SSD_FWD_CB16 SSM_SSD_FWD_HEADS; do
+    env $sw=0 timeout 6 $PY -m pytest tests/ops/test_ssd_cuda.py -x -v -p no:cacheprovider > "$OUT/pytest_$sw.log" 2>&1
     echo "  with $sw=0 rc=$?: $(summary "$OUT/pytest_$sw.log")"
   done
 fi
-timeout 10 $PY -m pytest tests/ops/test_ssd_split.py tests/ops/test_ssd.py -x -v -p no:cacheprovider \
+timeout 8 $PY -m pytest tests/ops/test_ssd_split.py tests/ops/test_ssd.py -x -v -p no:cacheprovider \
   -k "cuda and not compile" > "$OUT/pytest_split.log" 2>&1
-echo "test_ssd_split.py + test_ssd.py -k 'cuda and not compile' (-x, 10 s cap) rc=$?: $(summary "$OUT/pytest_split.log")"
+echo "test_ssd_split.py + test_ssd.py -k 'cuda and not compile' (-x, 8 s cap) rc=$?: $(summary "$OUT/pytest_split.log")"
 grep -E "^FAILED|^E  " "$OUT/pytest_split.log" | head -4 | cut -c1-250
 timeout 16 $PY benchmarks/device/ssdfwd_time.py "$OUT/time.json" > "$OUT/time.log" 2>&1
 echo "timing rc=$?"; grep -vE "Warning|_warn_once" "$OUT/time.log" | cut -c1-140 | tail -20
-SSM_SSD_FWD_LEAN=0 SSM_SSD_FWD_HEADS=0 timeout 8 $PY benchmarks/device/ssdfwd_time.py "$OUT/time_old.json" \
+SSM_SSD_FWD_LEAN=0 SSM_SSD_FWD_HEADS=0 timeout 7 $PY benchmarks/device/ssdfwd_time.py "$OUT/time_old.json" \
   --quick > "$OUT/time_old.log" 2>&1
 echo "timing SSM_SSD_FWD_LEAN=0 SSM_SSD_FWD_HEADS=0 rc=$?"; grep -vE "Warning|_warn_once" "$OUT/time_old.log" | cut -c1-140 | tail -6
+SSM_SSD_FWD_CB16=0 timeout 7 $PY benchmarks/device/ssdfwd_time.py "$OUT/time_cb32.json" --quick > "$OUT/time_cb32.log" 2>&1
+echo "timing SSM_SSD_FWD_CB16=0 rc=$?"; grep -vE "Warning|_warn_once" "$OUT/time_cb32.log" | cut -c1-140 | tail -6
 [ $FAILED = 1 ] && exit 0  # no time left for the profile
-timeout -k 2 15 ncu --clock-control none -k regex:'chunk_scan_lean|chunk_state_heads' --launch-count 2 --section SpeedOfLight \
+timeout -k 2 14 ncu --clock-control none -k regex:'chunk_scan_lean|chunk_state_heads' --launch-count 2 --section SpeedOfLight \
   --section Occupancy --section WarpStateStats --section SourceCounters --section InstructionStats \
   $PY benchmarks/device/ncu_driver.py ssd > "$OUT/ncu_lean.txt" 2>&1
 echo "ncu rc=$?"; grep -E "^  [a-z].*\)x\(|Duration|Registers Per|Achieved Occupancy|Issue Slots Busy|Warp Cycles Per Issued|Executed Ipc A" \

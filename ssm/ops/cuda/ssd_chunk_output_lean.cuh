@@ -11,7 +11,9 @@
 //     be negative, take the general per-element decay_mask;
 //   - the epilogue hoists D, the y / z row pointers and the flag tests out of the element loop;
 //     chunks with cu_seqlens initial states inside them keep y_out.
-// SSM_SSD_FWD_LEAN=0 selects chunk_scan_mma_kernel. This file holds the chunk-output launcher.
+// For bfloat16 inputs C B^T is kept in bfloat16 (SSM_SSD_FWD_CB16=0: float32): it is the largest stream
+// the kernel reads from L2 (a 64 x 64 tile per key tile and block). SSM_SSD_FWD_LEAN=0 selects
+// chunk_scan_mma_kernel (float32 C B^T). This file holds the chunk-output launcher.
 #pragma once
 #include "cuda/ssd_chunk_output_mma.cuh"
 
@@ -133,7 +135,7 @@ size_t chunk_scan_lean_smem(int N) {
   return chunk_scan_mma_smem<T>(N, true) + align128(kMaxChunk * sizeof(float));
 }
 
-template <typename T>
+template <typename T, typename Cb>
 __global__ void __launch_bounds__(kThreads, 3) chunk_scan_lean_kernel(SsdParams p, Layout w) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Np = round16(N), ldn = Np + 8;
@@ -158,7 +160,8 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_lean_kernel(SsdParams 
   const T* csrc = ptr<T>(p.C) + b * p.C.stride[0] + g * p.C.stride[2] + c0 * p.C.stride[1];
   const T* hin = reinterpret_cast<const T*>(ptr<float>(p.workspace) + w.hin) +
                  ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + int64_t(p0) * N;
-  const float* cb = ptr<float>(p.workspace) + w.cb + ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q;
+  const Cb* cb = reinterpret_cast<const Cb*>(ptr<float>(p.workspace) + w.cb) +
+                 ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q;
   const int warp = int(threadIdx.x >> 5), r0 = warp * 16, g8 = int(threadIdx.x & 31) >> 2;
   const bool pairs = P % 2 == 0 && pair_rows(p.out) && (!has(p.z) || pair_rows(p.z));
 #pragma unroll 1
@@ -238,6 +241,15 @@ inline bool lean_enabled() {
   return on;
 }
 
+// C B^T in bfloat16 for bfloat16 inputs (SSM_SSD_FWD_CB16=0: float32), read once.
+inline bool cb16_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("SSM_SSD_FWD_CB16");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }();
+  return on;
+}
+
 template <typename T>
 void launch_chunk_scan(const SsdParams& p, const Layout& w, cudaStream_t s) {
   const int64_t ptiles = (p.headdim + kTile - 1) / kTile, nq = p.chunk / kTile;
@@ -247,9 +259,17 @@ void launch_chunk_scan(const SsdParams& p, const Layout& w, cudaStream_t s) {
   if constexpr (!std::is_same<T, float>::value) {
     if (fwd_mma_enabled() && pre_cb_enabled()) {
       const dim3 cb_grid(unsigned(w.nchunks * nq * nq), unsigned(p.ngroups), unsigned(p.batch));
-      launch(chunk_cb_kernel<T>, cb_grid, 2 * align128(kTile * (round16(N) + 8) * sizeof(T)), s, p, w);
+      const size_t cb_smem = 2 * align128(kTile * (round16(N) + 8) * sizeof(T));
+      if constexpr (std::is_same<T, bfloat16_t>::value) {
+        if (lean_enabled() && cb16_enabled()) {
+          launch(chunk_cb_kernel<T, bfloat16_t>, cb_grid, cb_smem, s, p, w);
+          launch(chunk_scan_lean_kernel<T, bfloat16_t>, paired, chunk_scan_lean_smem<T>(N), s, p, w);
+          return;
+        }
+      }
+      launch(chunk_cb_kernel<T, float>, cb_grid, cb_smem, s, p, w);
       if (lean_enabled())
-        launch(chunk_scan_lean_kernel<T>, paired, chunk_scan_lean_smem<T>(N), s, p, w);
+        launch(chunk_scan_lean_kernel<T, float>, paired, chunk_scan_lean_smem<T>(N), s, p, w);
       else
         launch(chunk_scan_mma_kernel<T, true>, paired, chunk_scan_mma_smem<T>(N, true), s, p, w);
       return;
