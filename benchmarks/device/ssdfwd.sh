@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Device round for ssdfwd (issue 6, CUDA SSD forward, session 4): the GPU SSD tests on the default
 # kernels (lean chunk output, multi-head chunk state); on a failure the same file once per switch
-# (SSM_SSD_FWD_LEAN=0, _CB16=0, _HEADS=0) to tell which kernel; the fused Mamba-2 path's CUDA rows,
+# (SSM_SSD_FWD_LEAN=0, _CB16=0, _HEADS=0) to tell which kernel; the Mamba-2 module consistency tests
+# and the fused Mamba-2 path's CUDA rows,
 # the forward timings (new; then at B8 both switches off, main's kernels, and float32 C B^T), and an
 # ncu stall / source profile of the two new kernels.
 # Usage: ssdfwd.sh OUT_DIR (repo root, after the build; ~65 s).
@@ -24,9 +25,9 @@ if grep -q " FAILED" "$OUT/pytest.log"; then
     echo "  with $sw=0 rc=$?: $(summary "$OUT/pytest_$sw.log")"
   done
 fi
-timeout 8 $PY -m pytest tests/ops/test_ssd_split.py tests/ops/test_ssd.py -x -v -p no:cacheprovider \
-  -k "cuda and not compile" > "$OUT/pytest_split.log" 2>&1
-echo "test_ssd_split.py + test_ssd.py -k 'cuda and not compile' (-x, 8 s cap) rc=$?: $(summary "$OUT/pytest_split.log")"
+timeout 10 $PY -m pytest tests/modules/test_consistency_cuda.py tests/ops/test_ssd_split.py tests/ops/test_ssd.py -x -v \
+  -p no:cacheprovider -k "mamba2 or (cuda and not compile)" > "$OUT/pytest_split.log" 2>&1
+echo "test_consistency_cuda.py -k mamba2, test_ssd_split.py + test_ssd.py -k 'cuda and not compile' (-x, 10 s cap) rc=$?: $(summary "$OUT/pytest_split.log")"
 grep -E "^FAILED|^E  " "$OUT/pytest_split.log" | head -4 | cut -c1-250
 timeout 16 $PY benchmarks/device/ssdfwd_time.py "$OUT/time.json" > "$OUT/time.log" 2>&1
 echo "timing rc=$?"; grep -vE "Warning|_warn_once" "$OUT/time.log" | cut -c1-140 | tail -20
@@ -36,7 +37,7 @@ echo "timing SSM_SSD_FWD_LEAN=0 SSM_SSD_FWD_HEADS=0 rc=$?"; grep -vE "Warning|_w
 SSM_SSD_FWD_CB16=0 timeout 7 $PY benchmarks/device/ssdfwd_time.py "$OUT/time_cb32.json" --quick > "$OUT/time_cb32.log" 2>&1
 echo "timing SSM_SSD_FWD_CB16=0 rc=$?"; grep -vE "Warning|_warn_once" "$OUT/time_cb32.log" | cut -c1-140 | tail -6
 [ $FAILED = 1 ] && exit 0  # no time left for the profile
-timeout -k 2 14 ncu --clock-control none -k regex:'chunk_scan_lean|chunk_state_heads' --launch-count 2 --section SpeedOfLight \
+timeout -k 2 12 ncu --clock-control none -k regex:'chunk_scan_lean|chunk_state_heads' --launch-count 2 --section SpeedOfLight \
   --section Occupancy --section WarpStateStats --section SourceCounters --section InstructionStats \
   $PY benchmarks/device/ncu_driver.py ssd > "$OUT/ncu_lean.txt" 2>&1
 echo "ncu rc=$?"; grep -E "^  [a-z].*\)x\(|Duration|Registers Per|Achieved Occupancy|Issue Slots Busy|Warp Cycles Per Issued|Executed Ipc A" \
