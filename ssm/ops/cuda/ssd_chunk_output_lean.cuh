@@ -346,32 +346,14 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_scan_full_kernel(SsdParams 
   }
 }
 
-// The whole-chunk form of the lean kernel (SSM_SSD_FWD_FULL=1), read once.
-inline bool full_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("SSM_SSD_FWD_FULL");
-    return v != nullptr && std::strcmp(v, "1") == 0;
-  }();
-  return on;
-}
+// The whole-chunk form of the lean kernel (SSM_SSD_FWD_FULL=1).
+inline bool full_enabled() { return ssd_switch("SSM_SSD_FWD_FULL", false); }
 
-// The lean chunk-output kernel (SSM_SSD_FWD_LEAN=0: chunk_scan_mma_kernel), read once.
-inline bool lean_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("SSM_SSD_FWD_LEAN");
-    return v == nullptr || std::strcmp(v, "0") != 0;
-  }();
-  return on;
-}
+// The lean chunk-output kernel (SSM_SSD_FWD_LEAN=0: chunk_scan_mma_kernel).
+inline bool lean_enabled() { return ssd_switch("SSM_SSD_FWD_LEAN", true); }
 
-// C B^T in bfloat16 for bfloat16 inputs (SSM_SSD_FWD_CB16=0: float32), read once.
-inline bool cb16_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("SSM_SSD_FWD_CB16");
-    return v == nullptr || std::strcmp(v, "0") != 0;
-  }();
-  return on;
-}
+// C B^T in bfloat16 for bfloat16 inputs (SSM_SSD_FWD_CB16=0: float32).
+inline bool cb16_enabled() { return ssd_switch("SSM_SSD_FWD_CB16", true); }
 
 template <typename T>
 void launch_chunk_scan(const SsdParams& p, const Layout& w, cudaStream_t s) {

@@ -127,14 +127,8 @@ __global__ void __launch_bounds__(kThreads) chunk_state_heads_kernel(SsdParams p
   }
 }
 
-// The multi-head chunk-state kernel (SSM_SSD_FWD_HEADS=0: one block per head and 64 x 64 tile), read once.
-inline bool state_heads_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("SSM_SSD_FWD_HEADS");
-    return v == nullptr || std::strcmp(v, "0") != 0;
-  }();
-  return on;
-}
+// The multi-head chunk-state kernel (SSM_SSD_FWD_HEADS=0: one block per head and 64 x 64 tile).
+inline bool state_heads_enabled() { return ssd_switch("SSM_SSD_FWD_HEADS", true); }
 
 template <typename T>
 void launch_chunk_state(const SsdParams& p, const Layout& w, cudaStream_t s) {

@@ -40,7 +40,7 @@ __global__ void __launch_bounds__(kThreads) state_passing_kernel(SsdParams p, La
     H[v] = !cu && has(p.initial_states) ? at4<float>(p.initial_states, b, h, pp[v], nn[v]) : 0.f;
   }
   const int64_t step = p.nheads * PN;  // from one chunk's state to the next
-  constexpr int kAhead = 8;            // chunk states loaded together (in flight at once)
+  constexpr int kAhead = 4;            // chunk states loaded together (in flight at once)
   for (int64_t c0 = 0; c0 < nc; c0 += kAhead) {
     Pack<float, V> S[kAhead];
 #pragma unroll
