@@ -14,7 +14,7 @@ timeout 33 $PY benchmarks/device/ssdfwd_tests.py > "$OUT/pytest.log" 2> "$OUT/py
 echo "tests rc=$?"; grep SUMMARY "$OUT/pytest.err" | cut -c1-400
 grep -E "^FAILED|^E  " "$OUT/pytest.log" | head -6 | cut -c1-250
 timeout 23 $PY benchmarks/device/ssdfwd_time.py "$OUT/time.json" > "$OUT/time.log" 2>&1
-echo "timing rc=$?"; grep -vE "Warning|_warn_once" "$OUT/time.log" | cut -c1-140 | grep -v "at::native" | tail -40
+echo "timing rc=$?"; grep -vE "Warning|_warn_once|at::native|nvjet|conv_cl|gated_norm" "$OUT/time.log" | cut -c1-110 | tail -60
 timeout -k 1 11 ncu --clock-control none -k regex:chunk_scan_lean --launch-count 1 --section SpeedOfLight \
   --section WarpStateStats --section SourceCounters $PY benchmarks/device/ncu_driver.py ssd > "$OUT/ncu_lean.txt" 2>&1
 echo "ncu rc=$?"; grep -E "Duration|L2 Cache Throughput|Issue Slots Busy|Warp Cycles Per Issued" "$OUT/ncu_lean.txt" | cut -c1-120
