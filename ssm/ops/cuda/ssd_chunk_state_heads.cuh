@@ -10,7 +10,7 @@
 
 namespace ssm::cuda::ssd {
 
-constexpr int kStateHeads = 4, kXStages = 3;
+constexpr int kStateHeads = 4, kXStages = 4;
 
 template <typename T>
 size_t chunk_state_heads_smem(int Q, int N) {
@@ -94,10 +94,11 @@ __global__ void __launch_bounds__(kThreads) chunk_state_heads_kernel(SsdParams p
   };
   for (int kt = 0; kt < nk; ++kt)
     issue_tile<T>(bs + kt * kTile * ldb, ldb, Np, bsrc + kt * kTile * br, br, p.B.stride[3], nvalid - kt * kTile, N);
-  issue_x(0);
-  cp_async_commit();
-  if (nt > 1) issue_x(1);
-  cp_async_commit();
+#pragma unroll
+  for (int f = 0; f < kXStages - 1; ++f) {  // one group each; the first also holds B
+    if (f < nt) issue_x(f);
+    cp_async_commit();
+  }
   float* ws = ptr<float>(p.workspace);
   const int r0 = int(threadIdx.x >> 5) * 16, npair = Np / 16;
   float acc[16][4];
@@ -114,9 +115,9 @@ __global__ void __launch_bounds__(kThreads) chunk_state_heads_kernel(SsdParams p
 #pragma unroll
       for (int j = 0; j < 16; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
     }
-    if (f + 2 < nt) issue_x(f + 2);
+    if (f + kXStages - 1 < nt) issue_x(f + kXStages - 1);
     cp_async_commit();
-    cp_async_wait<2>();  // tile f (and B) landed
+    cp_async_wait<kXStages - 1>();  // tile f (and B) landed
     __syncthreads();
     state_tile_wide<T>(acc, reinterpret_cast<const T*>(xbase + (f % kXStages) * xb), bs + kt * kTile * ldb, ldb,
                        wt + kt * kTile, r0, npair);
