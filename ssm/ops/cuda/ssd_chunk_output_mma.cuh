@@ -93,7 +93,9 @@ __device__ __forceinline__ void decay_mask(float (&s)[8][4], const ChunkTokens& 
 }
 
 // Two floats stored as a pair of Cb (float or bfloat16) at dst.
-__device__ __forceinline__ void store2(float* dst, float a, float b) { *reinterpret_cast<float2*>(dst) = make_float2(a, b); }
+__device__ __forceinline__ void store2(float* dst, float a, float b) {
+  *reinterpret_cast<float2*>(dst) = make_float2(a, b);
+}
 __device__ __forceinline__ void store2(__nv_bfloat16* dst, float a, float b) {
   *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn(a, b);
 }
