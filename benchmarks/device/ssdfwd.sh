@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Device round for ssdfwd (issue 6, CUDA SSD forward, session 4), three Python processes (each takes
 # seconds to start there): the GPU SSD tests on the default kernels (lean chunk output, multi-head
-# chunk state, bf16 C B^T) with the Mamba-2 module consistency and fused-path CUDA rows, then the
+# chunk state, float32 C B^T) with the Mamba-2 module consistency and fused-path CUDA rows, then the
 # forward tests on the whole-chunk chunk output (ssdfwd_tests.py); the forward timings with every
 # kernel switch at B8 / B1 (ssdfwd_time.py); an ncu stall / source profile of the whole-chunk chunk
 # output (SSM_SSD_FWD_FULL=1).

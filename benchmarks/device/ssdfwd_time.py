@@ -53,14 +53,14 @@ def layer_case():
 
 
 # Kernel variants timed at B8 after the defaults (the switches are read at each launch).
-VARIANTS = [(8, {"SSM_SSD_FWD_FULL": "1"}), (8, {"SSM_SSD_FWD_HEADS": "0"}), (8, {"SSM_SSD_FWD_CB16": "0"}),
+VARIANTS = [(8, {"SSM_SSD_FWD_FULL": "1"}), (8, {"SSM_SSD_FWD_HEADS": "0"}), (8, {"SSM_SSD_FWD_CB16": "1"}),
             (8, {"SSM_SSD_FWD_LEAN": "0", "SSM_SSD_FWD_HEADS": "0"}), (1, {"SSM_SSD_FWD_FULL": "1"}),
             (1, {"SSM_SSD_FWD_HEADS": "0"})]
 
 
 def variant_case(B, env):
     os.environ.update(env)
-    row = op_case(B, 16384 // B)
+    row = op_case(B, 2048 if B == 8 else 8192)
     for k in env:
         del os.environ[k]
     row["case"] += " " + " ".join(f"{k}={v}" for k, v in env.items())
