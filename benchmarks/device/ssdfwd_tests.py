@@ -1,6 +1,5 @@
 """Device-round tests of the SSD forward (ssdfwd), in one process (a Python process with torch takes
-seconds to start there): the GPU SSD tests on the default kernels (-x), then the forward tests with
-the whole-chunk chunk output (SSM_SSD_FWD_FULL=1; the switches are read at each launch).
+seconds to start there): the GPU SSD tests on the default kernels (-x).
 
     python benchmarks/device/ssdfwd_tests.py   (a summary line per run on stdout)
 """
@@ -12,8 +11,6 @@ import pytest
 RUNS = [  # (name, environment, files, -k)
     ("default", {}, ["tests/ops/test_ssd_cuda.py", "tests/modules/test_consistency_cuda.py",
                      "tests/ops/test_ssd_split.py", "tests/ops/test_ssd.py"], "cuda and not compile and not mamba1"),
-    ("SSM_SSD_FWD_FULL=1", {"SSM_SSD_FWD_FULL": "1"}, ["tests/ops/test_ssd_cuda.py"],
-     "not backward and not gradients and not bitwise"),
 ]
 
 

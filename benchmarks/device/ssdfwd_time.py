@@ -53,8 +53,7 @@ def layer_case():
 
 
 # Kernel variants timed at B8 after the defaults (the switches are read at each launch).
-VARIANTS = [(8, {"SSM_SSD_FWD_FULL": "1"}), (8, {"SSM_SSD_FWD_HEADS": "0"}), (8, {"SSM_SSD_FWD_CB16": "1"}),
-            (8, {"SSM_SSD_FWD_LEAN": "0", "SSM_SSD_FWD_HEADS": "0"}), (1, {"SSM_SSD_FWD_FULL": "1"}),
+VARIANTS = [(8, {"SSM_SSD_FWD_HEADS": "0"}), (8, {"SSM_SSD_FWD_LEAN": "0", "SSM_SSD_FWD_HEADS": "0"}),
             (1, {"SSM_SSD_FWD_HEADS": "0"})]
 
 

@@ -11,9 +11,7 @@
 //     be negative, take the general per-element decay_mask;
 //   - the epilogue hoists D, the y / z row pointers and the flag tests out of the element loop;
 //     chunks with cu_seqlens initial states inside them keep y_out.
-// For bfloat16 inputs C B^T can be kept in bfloat16 (SSM_SSD_FWD_CB16=1; default float32), the largest
-// stream the kernel reads from L2 (a 64 x 64 tile per key tile and block). SSM_SSD_FWD_LEAN=0 selects
-// chunk_scan_mma_kernel (float32 C B^T). This file holds the chunk-output launcher.
+// SSM_SSD_FWD_LEAN=0 selects chunk_scan_mma_kernel. This file holds the chunk-output launcher.
 #pragma once
 #include "cuda/ssd_chunk_output_mma.cuh"
 
@@ -256,105 +254,8 @@ __device__ __forceinline__ void masked_sx(float (&acc)[8][4], float (&s)[8][4], 
   mma_sx<T>(acc, s, xk, lim);
 }
 
-// Shared memory of the whole-chunk form: tokens, key factors, two C_q buffers, H_in, every X_k.
-template <typename T>
-size_t chunk_scan_full_smem(int Q, int N) {
-  const int ldn = round16(N) + 8;
-  return align128(sizeof(ChunkTokens)) + align128(kMaxChunk * sizeof(float)) + 3 * align128(kTile * ldn * sizeof(T)) +
-         (Q / kTile) * align128(kTile * kLd * sizeof(T));
-}
-
-// The lean kernel's work for a whole chunk per block (every query tile of one head and 64-wide P
-// tile): each X_k and H_in leave L2 once per block instead of once per query tile that needs them
-// (X ~2.5x, H_in 2x fewer bytes), X stays resident (no barrier per key tile), the next C_q is loaded
-// during a pass and the next key tile's C B^T during a tile's products. Two blocks per SM (shared
-// memory). SSM_SSD_FWD_FULL=1 selects it.
-template <typename T, typename Cb>
-__global__ void __launch_bounds__(kThreads, 2) chunk_scan_full_kernel(SsdParams p, Layout w) {
-  extern __shared__ __align__(128) unsigned char smem[];
-  const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Np = round16(N), ldn = Np + 8;
-  const size_t nb = align128(kTile * ldn * sizeof(T)), xb = align128(kTile * kLd * sizeof(T));
-  ChunkTokens& tok = *reinterpret_cast<ChunkTokens*>(smem);
-  float* kf = reinterpret_cast<float*>(smem + align128(sizeof(ChunkTokens)));  // key factors
-  unsigned char* at = smem + align128(sizeof(ChunkTokens)) + align128(kMaxChunk * sizeof(float));
-  T* hs = reinterpret_cast<T*>(at + 2 * nb);  // hs[p][n] = H_in[p0 + p][n]; C_q buffers at at, at + nb
-  unsigned char* xbase = at + 3 * nb;         // X_k at xbase + k xb
-  const int ntp = (P + kTile - 1) / kTile, pt = blockIdx.x % ntp, p0 = pt * kTile;
-  const int64_t c = blockIdx.x / ntp, b = blockIdx.z, c0 = c * Q, L = p.seqlen;
-  const int h = blockIdx.y, g = h / int(p.nheads / p.ngroups);
-  const int rows_left = int(min(int64_t(Q), L - c0)), nqv = (rows_left + kTile - 1) / kTile;
-  const int64_t xs1 = p.x.stride[1], cs1 = p.C.stride[1];
-  const T* xsrc = ptr<T>(p.x) + b * p.x.stride[0] + h * p.x.stride[2] + p0 * p.x.stride[3] + c0 * xs1;
-  const T* csrc = ptr<T>(p.C) + b * p.C.stride[0] + g * p.C.stride[2] + c0 * cs1;
-  const T* hin = reinterpret_cast<const T*>(ptr<float>(p.workspace) + w.hin) +
-                 ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + int64_t(p0) * N;
-  const Cb* cb = reinterpret_cast<const Cb*>(ptr<float>(p.workspace) + w.cb) +
-                 ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q;
-  const int warp = int(threadIdx.x >> 5), r0 = warp * 16, g8 = int(threadIdx.x & 31) >> 2;
-  const bool pairs = P % 2 == 0 && pair_rows(p.out) && (!has(p.z) || pair_rows(p.z));
-  issue_tile<T>(reinterpret_cast<T*>(at), ldn, Np, csrc, cs1, p.C.stride[3], rows_left, N);
-  issue_tile<T>(hs, ldn, Np, hin, N, 1, P - p0, N);
-  for (int k = 0; k < nqv; ++k)
-    issue_tile<T>(reinterpret_cast<T*>(xbase + k * xb), kLd, kTile, xsrc + k * kTile * xs1, xs1, p.x.stride[3],
-                  rows_left - k * kTile, P - p0);
-  cp_async_commit();
-  load_chunk(p, b, h, c0, Q, tok);
-  const bool runs = tok.run[rows_left - 1] != 0;  // a sequence changes inside the chunk
-  const bool factored = !runs && p.dt_lo >= 0.f;
-#pragma unroll 1
-  for (int qt = 0; qt < nqv; ++qt) {
-    const int t0 = qt * kTile;
-    const T* cq = reinterpret_cast<const T*>(at + (qt & 1) * nb);
-    __syncthreads();  // the previous pass is done with the other C_q buffer and the key factors
-    if (qt + 1 < nqv)
-      issue_tile<T>(reinterpret_cast<T*>(at + ((qt + 1) & 1) * nb), ldn, Np, csrc + (t0 + kTile) * cs1, cs1,
-                    p.C.stride[3], rows_left - t0 - kTile, N);
-    cp_async_commit();
-    const float ref = cs_before(tok, t0) * kLog2e;  // r, in log2 units
-    if (factored)
-      for (int k = threadIdx.x; k < t0; k += kThreads) kf[k] = ex2(ref - tok.cs[k] * kLog2e) * tok.dt[k];
-    cp_async_wait<1>();  // everything but the next C_q
-    __syncthreads();
-    const int trow[2] = {t0 + r0 + g8, t0 + r0 + g8 + 8};  // the thread's two query tokens
-    float q2[2], s[8][4], sn[8][4];
-    load_cb(s, cb, Q, trow, 0, qt == 0 ? warp : 3);  // in flight during C_q H_in^T
-    float acc[8][4] = {};
-    mma_rows_nk<T>(acc, cq, hs, ldn, r0, Np, 3);  // C_q H_in^T
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      q2[hf] = tok.cs[trow[hf]] * kLog2e;
-      const float scale = trow[hf] < rows_left && tok.run[trow[hf]] == 0 ? ex2(factored ? ref : q2[hf]) : 0.f;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) acc[j][2 * hf] *= scale, acc[j][2 * hf + 1] *= scale;
-    }
-    // key tiles in pairs: the second's C B^T loads while the first's products run, and so on
-    for (int kt = 0; kt <= qt; kt += 2) {
-      const int lim0 = kt == qt ? warp : 3, lim1 = kt + 1 == qt ? warp : 3;
-      if (kt + 1 <= qt) load_cb(sn, cb, Q, trow, (kt + 1) * kTile, lim1);
-      masked_sx<T>(acc, s, reinterpret_cast<const T*>(xbase + kt * xb), tok, kf, q2, trow, ref, kt, qt, lim0,
-                   rows_left, runs, factored);
-      if (kt + 1 > qt) break;
-      if (kt + 2 <= qt) load_cb(s, cb, Q, trow, (kt + 2) * kTile, kt + 2 == qt ? warp : 3);
-      masked_sx<T>(acc, sn, reinterpret_cast<const T*>(xbase + (kt + 1) * xb), tok, kf, q2, trow, ref, kt + 1, qt,
-                   lim1, rows_left, runs, factored);
-    }
-    const T* xq = reinterpret_cast<const T*>(xbase + qt * xb);  // the query tokens' x
-    if (!pairs || (runs && has(p.cu_seqlens) && has(p.initial_states)))
-      store_y_general<T>(p, tok, acc, xq, b, h, g, c0, trow, t0, rows_left, p0);
-    else
-      store_y_lean<T>(p, acc, xq, b, h, c0, trow, t0, rows_left, p0);
-  }
-}
-
-// The whole-chunk form of the lean kernel (SSM_SSD_FWD_FULL=1).
-inline bool full_enabled() { return ssd_switch("SSM_SSD_FWD_FULL", false); }
-
 // The lean chunk-output kernel (SSM_SSD_FWD_LEAN=0: chunk_scan_mma_kernel).
 inline bool lean_enabled() { return ssd_switch("SSM_SSD_FWD_LEAN", true); }
-
-// C B^T in bfloat16 for bfloat16 inputs (SSM_SSD_FWD_CB16=1; float32 by default: round 2 measured it
-// no slower, 252 against 258 us at B8, and it is one rounding fewer).
-inline bool cb16_enabled() { return ssd_switch("SSM_SSD_FWD_CB16", false); }
 
 template <typename T>
 void launch_chunk_scan(const SsdParams& p, const Layout& w, cudaStream_t s) {
@@ -366,17 +267,6 @@ void launch_chunk_scan(const SsdParams& p, const Layout& w, cudaStream_t s) {
     if (fwd_mma_enabled() && pre_cb_enabled()) {
       const dim3 cb_grid(unsigned(w.nchunks * nq * nq), unsigned(p.ngroups), unsigned(p.batch));
       const size_t cb_smem = 2 * align128(kTile * (round16(N) + 8) * sizeof(T));
-      if constexpr (std::is_same<T, bfloat16_t>::value) {
-        if (lean_enabled() && cb16_enabled()) {
-          launch(chunk_cb_kernel<T, bfloat16_t>, cb_grid, cb_smem, s, p, w);
-          if (full_enabled())
-            launch(chunk_scan_full_kernel<T, bfloat16_t>, dim3(unsigned(w.nchunks * ptiles), unsigned(p.nheads),
-                   unsigned(p.batch)), chunk_scan_full_smem<T>(int(p.chunk), N), s, p, w);
-          else
-            launch(chunk_scan_lean_kernel<T, bfloat16_t>, paired, chunk_scan_lean_smem<T>(N), s, p, w);
-          return;
-        }
-      }
       launch(chunk_cb_kernel<T, float>, cb_grid, cb_smem, s, p, w);
       if (lean_enabled())
         launch(chunk_scan_lean_kernel<T, float>, paired, chunk_scan_lean_smem<T>(N), s, p, w);
