@@ -1,0 +1,174 @@
+// One decoded token through a Mamba-1 layer's inner part on the CPU, in one call (three passes,
+// each threaded): (1) the conv update + silu, 8 channels per vector, conv_state shifted in place;
+// (2) x_proj, blocks of 4 weight rows each read once for the whole batch; (3) per 8 channels: dt_proj
+// rows dotted with x_dbl's first R entries, + dt_bias, softplus across lanes, then each channel's
+// state row h = exp(dt A) h + dt x B updated in place (vectorized along N), y = (C . h + D x) silu(z).
+// xc, x_dbl and dt are rounded to dtype between passes, as the separate ops' outputs are.
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+#include "cpu/dot_rows.h"
+#include "cpu/kernels.h"
+#include "cpu/runtime/parallel.h"
+#include "cpu/scan_math.h"
+#include "cpu/vec.h"
+
+namespace ssm::cpu::SSM_ISA {
+namespace {
+using namespace scan;
+using rowdot::dot_rows;
+
+template <typename T>
+inline float round_to(float v) { return to_float(from_float<T>(v)); }
+
+inline int threads_for(int nthreads, int64_t work) {
+  return int(std::max<int64_t>(1, std::min<int64_t>(nthreads, work / 16384)));
+}
+
+// Pass 1, channels d0 .. d0 + nl - 1 of batch row b: xc = silu?(conv(window)), state shifted in place.
+template <typename T>
+void conv_lanes(const Mamba1DecodeParams& p, int64_t b, int64_t d0, int nl, float* xc) {
+  const int64_t W = p.width, S = p.state_len, sd = p.conv_state.stride[1], ss = p.conv_state.stride[2];
+  T* st = mut_ptr<T>(p.conv_state) + b * p.conv_state.stride[0] + d0 * sd;
+  const T* x = ptr<T>(p.x) + b * p.x.stride[0] + d0 * p.x.stride[1];
+  const float* w = ptr<float>(p.conv_weight) + d0 * p.conv_weight.stride[0];
+  vf acc = splat(0.f);
+  for (int l = 0; l < nl; ++l) acc[l] = p.conv_bias.present() ? ptr<float>(p.conv_bias)[(d0 + l) * p.conv_bias.stride[0]] : 0.f;
+  for (int64_t k = 0; k < W; ++k) {  // tap k: state entry S - W + 1 + k, the new input last
+    vf v = splat(0.f), wk = splat(0.f);
+    for (int l = 0; l < nl; ++l) {
+      v[l] = k + 1 < W ? to_float(st[l * sd + (S - W + 1 + k) * ss]) : to_float(x[l * p.x.stride[1]]);
+      wk[l] = w[l * p.conv_weight.stride[0] + k * p.conv_weight.stride[1]];
+    }
+    acc += wk * v;
+  }
+  if (p.silu) acc *= sigmoidv(acc);
+  for (int l = 0; l < nl; ++l) {
+    xc[d0 + l] = round_to<T>(acc[l]);
+    T* row = st + l * sd;
+    for (int64_t i = 0; i + 1 < S; ++i) row[i * ss] = row[(i + 1) * ss];
+    row[(S - 1) * ss] = x[l * p.x.stride[1]];
+  }
+}
+
+// Pass 2: x_dbl rows m0 .. m0 + R - 1 of every batch row.
+template <typename T, int R>
+void xproj_block(const Mamba1DecodeParams& p, const float* xc, float* xdbl, int64_t M, int64_t m0) {
+  const T* w = ptr<T>(p.x_proj_weight) + m0 * p.x_proj_weight.stride[0];
+  for (int64_t b = 0; b < p.batch; ++b) {
+    float s[R];
+    dot_rows<T, R>(w, p.x_proj_weight.stride[0], xc + b * p.dim, p.dim, s);
+    for (int r = 0; r < R; ++r) xdbl[b * M + m0 + r] = round_to<T>(s[r]);
+  }
+}
+
+// Scratch of pass 3: B, C, one state row and A (scaled by log2 e), N rounded up to whole vectors.
+struct RowScratch {
+  int64_t npad;
+  std::vector<float> B, C, h, A;
+  explicit RowScratch(int64_t N)
+      : npad((N + kLanes - 1) / kLanes * kLanes), B(npad, 0.f), C(npad, 0.f), h(npad, 0.f), A(npad, 0.f) {}
+};
+
+// h = exp2(dt A) h + dtx B in place over npad entries; returns C . h.
+inline float update_row(float* __restrict h, const float* __restrict A, const float* __restrict B,
+                        const float* __restrict C, int64_t npad, float dt, float dtx) {
+  const vf dtv = splat(dt), dtxv = splat(dtx);
+  vf acc = splat(0.f);
+  for (int64_t n = 0; n < npad; n += kLanes) {
+    const vf v = exp2v(dtv * vload(A + n)) * vload(h + n) + dtxv * vload(B + n);
+    vstore(h + n, v);
+    acc += v * vload(C + n);
+  }
+  return hsum(acc);
+}
+
+// One channel's state row (stride ss, N entries) in the state's dtype; returns C . h.
+template <typename S>
+float step_channel(S* st, int64_t ss, const float* A, int64_t as, RowScratch& s, int64_t N, float dt, float dtx) {
+  for (int64_t n = 0; n < N; ++n) s.A[n] = kLog2e * A[n * as];
+  if constexpr (std::is_same_v<S, float>) {
+    if (ss == 1 && N == s.npad) return update_row(st, s.A.data(), s.B.data(), s.C.data(), N, dt, dtx);
+  }
+  for (int64_t n = 0; n < N; ++n) s.h[n] = to_float(st[n * ss]);
+  const float y = update_row(s.h.data(), s.A.data(), s.B.data(), s.C.data(), s.npad, dt, dtx);
+  for (int64_t n = 0; n < N; ++n) st[n * ss] = from_float<S>(s.h[n]);
+  return y;
+}
+
+// Pass 3, channels d0 .. d0 + nl - 1 of batch row b (s.B, s.C hold the row's B and C).
+template <typename S, typename T>
+void step_lanes(const Mamba1DecodeParams& p, RowScratch& s, const float* xc, const float* xdbl, int64_t b,
+                int64_t d0, int nl) {
+  const int64_t N = p.dstate, R = p.dt_rank, ldw = p.dt_proj_weight.stride[0];
+  vf dt = splat(0.f), x = splat(0.f), z = splat(0.f), D = splat(0.f);
+  for (int l = 0; l < nl; ++l) {
+    const int64_t d = d0 + l;
+    float v;
+    dot_rows<T, 1>(ptr<T>(p.dt_proj_weight) + d * ldw, ldw, xdbl, R, &v);
+    dt[l] = round_to<T>(v) + (p.dt_bias.present() ? ptr<float>(p.dt_bias)[d * p.dt_bias.stride[0]] : 0.f);
+    x[l] = xc[d];
+    z[l] = p.z.present() ? to_float(ptr<T>(p.z)[b * p.z.stride[0] + d * p.z.stride[1]]) : 0.f;
+    D[l] = p.D.present() ? ptr<float>(p.D)[d * p.D.stride[0]] : 0.f;
+  }
+  dt = softplusv(dt);
+  const vf dtx = dt * x;
+  vf y = D * x;
+  for (int l = 0; l < nl; ++l) {
+    const int64_t d = d0 + l;
+    S* st = mut_ptr<S>(p.ssm_state) + b * p.ssm_state.stride[0] + d * p.ssm_state.stride[1];
+    const float* A = ptr<float>(p.A) + d * p.A.stride[0];
+    y[l] += step_channel(st, p.ssm_state.stride[2], A, p.A.stride[1], s, N, dt[l], dtx[l]);
+  }
+  if (p.z.present()) y *= z * sigmoidv(z);
+  T* out = mut_ptr<T>(p.out) + b * p.out.stride[0];
+  for (int l = 0; l < nl; ++l) out[(d0 + l) * p.out.stride[1]] = from_float<T>(y[l]);
+}
+
+template <typename S, typename T>
+void decode(const Mamba1DecodeParams& p, int nthreads) {
+  const int64_t Dm = p.dim, N = p.dstate, M = p.dt_rank + 2 * N, vecs = (Dm + kLanes - 1) / kLanes;
+  std::vector<float> xc(p.batch * Dm), xdbl(p.batch * M);  // once per call: the passes' float32 outputs
+  parallel_for(p.batch * vecs, threads_for(nthreads, p.batch * Dm * (p.width + p.state_len)), [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      const int64_t b = r / vecs, d0 = r % vecs * kLanes;
+      conv_lanes<T>(p, b, d0, int(std::min<int64_t>(kLanes, Dm - d0)), xc.data() + b * Dm);
+    }
+  });
+  const int64_t blocks = (M + 3) / 4;
+  parallel_for(blocks, threads_for(nthreads, p.batch * M * Dm), [&](int64_t lo, int64_t hi) {
+    for (int64_t blk = lo; blk < hi; ++blk) {
+      if (blk * 4 + 4 <= M) {
+        xproj_block<T, 4>(p, xc.data(), xdbl.data(), M, blk * 4);
+      } else {
+        for (int64_t m = blk * 4; m < M; ++m) xproj_block<T, 1>(p, xc.data(), xdbl.data(), M, m);
+      }
+    }
+  });
+  parallel_for(p.batch * vecs, threads_for(nthreads, p.batch * Dm * (p.dt_rank + 4 * N)), [&](int64_t lo, int64_t hi) {
+    RowScratch s(N);
+    int64_t loaded = -1;  // the batch row whose B and C sit in s
+    for (int64_t r = lo; r < hi; ++r) {
+      const int64_t b = r / vecs, d0 = r % vecs * kLanes;
+      const float* row = xdbl.data() + b * M;
+      if (b != loaded) {
+        std::copy(row + p.dt_rank, row + p.dt_rank + N, s.B.begin());
+        std::copy(row + p.dt_rank + N, row + M, s.C.begin());
+        loaded = b;
+      }
+      step_lanes<S, T>(p, s, xc.data() + b * Dm, row, b, d0, int(std::min<int64_t>(kLanes, Dm - d0)));
+    }
+  });
+}
+
+}  // namespace
+
+void mamba1_decode(const Mamba1DecodeParams& p, int nthreads) {
+  if (p.batch == 0) return;
+  SSM_DTYPE_SWITCH(p.state_dtype, S, "mamba1_decode", [&] {
+    SSM_DTYPE_SWITCH(p.dtype, T, "mamba1_decode", [&] { decode<S, T>(p, nthreads); });
+  });
+}
+
+}  // namespace ssm::cpu::SSM_ISA
