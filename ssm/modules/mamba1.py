@@ -203,7 +203,7 @@ class Mamba1(nn.Module):
     def _step_projected(self, xz, conv_state, ssm_state):
         """One token from its in_proj output (B, 2 * d_inner) -> out (B, d_model)."""
         x, z = xz.chunk(2, dim=-1)
-        if xz.is_cpu and self._cpu_decode_ok(x, z, conv_state, ssm_state):  # the inner part in one C++ call
+        if xz.is_cpu and self._plain_projections():  # the inner part in one C++ call (batch <= 4, no autograd)
             y = _m1d.mamba1_decode(x, z, conv_state, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
                                    self.dt_proj.weight, self.dt_proj.bias, _states.decode_A(self), self.D,
                                    ssm_state, self.activation)
@@ -216,10 +216,9 @@ class Mamba1(nn.Module):
                             dt_bias=self.dt_proj.bias, softplus=True)
         return small_linear(self.out_proj, y)
 
-    def _cpu_decode_ok(self, x, z, conv_state, ssm_state) -> bool:
-        """ssm.ops.mamba1_decode's CPU kernel takes this step (plain x_proj / dt_proj layers)."""
-        return (type(self.x_proj) is nn.Linear and self.x_proj.bias is None and type(self.dt_proj) is nn.Linear
-                and _m1d._kernel_ok(x, z, conv_state, self.x_proj.weight, self.dt_proj.weight, ssm_state))
+    def _plain_projections(self) -> bool:
+        """x_proj and dt_proj are plain nn.Linear layers (x_proj without bias), as mamba1_decode takes them."""
+        return type(self.x_proj) is nn.Linear and self.x_proj.bias is None and type(self.dt_proj) is nn.Linear
 
     def allocate_inference_cache(self, batch_size, max_seqlen, dtype=None, **kwargs):
         """(conv_state (B, d_inner, d_conv), ssm_state (B, d_inner, d_state)), zeros; dtypes of

@@ -48,23 +48,36 @@ def _check(x, z, conv_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weig
     _checks.choice("activation", activation, (None, "silu", "swish"))
 
 
-def _kernel_ok(x, z, conv_state, x_proj_weight, dt_proj_weight, ssm_state) -> bool:
-    """The CPU kernel takes the call: batch <= CPU_MAX_BATCH, one kernel dtype for the activations,
-    the conv state and the projections, a kernel dtype for the SSM state, no autograd, no other backend."""
+def _static_ok(x, z, conv_state, x_proj_weight, dt_proj_weight, ssm_state) -> bool:
+    """What a call's metadata decides (kept per signature): the CPU, batch <= CPU_MAX_BATCH, one kernel
+    dtype for the activations, the conv state and the projections, a kernel dtype for the SSM state,
+    projections contiguous along their inputs, the CPU kernel built and not another backend forced."""
     act = x.dtype
-    if not ENABLED or not x.is_cpu or not 0 < x.shape[0] <= CPU_MAX_BATCH or act not in _kernels.DTYPE_CODES:
+    if not x.is_cpu or not 0 < x.shape[0] <= CPU_MAX_BATCH or act not in _kernels.DTYPE_CODES:
         return False
     if (conv_state.dtype != act or x_proj_weight.dtype != act or dt_proj_weight.dtype != act
             or (z is not None and z.dtype != act) or ssm_state.dtype not in _kernels.DTYPE_CODES):
         return False
     if x_proj_weight.stride(1) != 1 or dt_proj_weight.stride(1) != 1:
         return False
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                       for t in (x, z, conv_state, x_proj_weight, dt_proj_weight, ssm_state)):
+    return (dispatch.forced_backend() in (None, "cpu") and dispatch.has_cpu_kernels()
+            and hasattr(dispatch.cpu_module(), "mamba1_decode"))
+
+
+def _dynamic_ok(tensors) -> bool:
+    """What the metadata does not say: the switch, autograd, torch.compile."""
+    if not ENABLED or torch.compiler.is_compiling():
         return False
-    forced = _kernels.forced_backend_value()
-    return ((forced is None or dispatch.forced_backend() in (None, "cpu")) and dispatch.has_cpu_kernels()
-            and hasattr(dispatch.cpu_module(), "mamba1_decode") and not torch.compiler.is_compiling())
+    return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
+
+
+def _kernel_ok(x, z, conv_state, x_proj_weight, dt_proj_weight, ssm_state) -> bool:
+    """The CPU kernel takes the call (see _static_ok and _dynamic_ok)."""
+    return (_static_ok(x, z, conv_state, x_proj_weight, dt_proj_weight, ssm_state)
+            and _dynamic_ok((x, z, conv_state, x_proj_weight, dt_proj_weight, ssm_state)))
+
+
+_plans: dict = {}  # call signature -> _static_ok of a call that passed the checks
 
 
 def _composed(x, z, conv_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A, D, ssm_state,
@@ -99,7 +112,16 @@ def mamba1_decode(x: Tensor, z: Optional[Tensor], conv_state: Tensor, conv_weigh
     conv_bias, dt_bias, D (D,); A (D, N) -> y (B, D) like x (softplus on dt always, as Mamba-1 has it)."""
     args = (x, z, conv_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A, D, ssm_state,
             activation)
-    _check(*args)
-    if _kernel_ok(x, z, conv_state, x_proj_weight, dt_proj_weight, ssm_state):
+    if torch.compiler.is_compiling():
+        _check(*args)
+        return _composed(*args)
+    # the checks and the metadata's verdict once per signature (they cost ~30 us, a token makes a call per layer)
+    sig, plan = _kernels.find_plan(_plans, (activation,), args[:-1])
+    if plan is None:
+        _check(*args)
+        plan = _static_ok(x, z, conv_state, x_proj_weight, dt_proj_weight, ssm_state)
+        if sig is not None:
+            _plans[sig] = plan
+    if plan and _dynamic_ok((x, z, conv_state, x_proj_weight, dt_proj_weight, ssm_state)):
         return _kernel(*args)
     return _composed(*args)

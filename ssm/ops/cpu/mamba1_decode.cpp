@@ -63,7 +63,7 @@ void xproj_block(const Mamba1DecodeParams& p, const float* xc, float* xdbl, int6
   }
 }
 
-// Scratch of pass 3: B, C, one state row and A (scaled by log2 e), N rounded up to whole vectors.
+// Scratch of pass 3: B, C, one state row and A, N rounded up to whole vectors (zero padding).
 struct RowScratch {
   int64_t npad;
   std::vector<float> B, C, h, A;
@@ -71,56 +71,88 @@ struct RowScratch {
       : npad((N + kLanes - 1) / kLanes * kLanes), B(npad, 0.f), C(npad, 0.f), h(npad, 0.f), A(npad, 0.f) {}
 };
 
-// h = exp2(dt A) h + dtx B in place over npad entries; returns C . h.
-inline float update_row(float* __restrict h, const float* __restrict A, const float* __restrict B,
-                        const float* __restrict C, int64_t npad, float dt, float dtx) {
-  const vf dtv = splat(dt), dtxv = splat(dtx);
+static_assert(kLanes == 8, "hsum8 reduces 8 vectors of 8 lanes");
+
+// The 8 sums of a[0..7]'s lanes, as one vector (a transpose-and-add tree instead of 8 scalar sums).
+inline vf hsum8(const vf* a) {
+  auto pair = [](vf u, vf v) {
+    return __builtin_shufflevector(u, v, 0, 8, 2, 10, 4, 12, 6, 14) + __builtin_shufflevector(u, v, 1, 9, 3, 11, 5, 13, 7, 15);
+  };
+  auto quad = [](vf u, vf v) {
+    return __builtin_shufflevector(u, v, 0, 1, 8, 9, 4, 5, 12, 13) + __builtin_shufflevector(u, v, 2, 3, 10, 11, 6, 7, 14, 15);
+  };
+  const vf lo = quad(pair(a[0], a[1]), pair(a[2], a[3])), hi = quad(pair(a[4], a[5]), pair(a[6], a[7]));
+  return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 8, 9, 10, 11) + __builtin_shufflevector(lo, hi, 4, 5, 6, 7, 12, 13, 14, 15);
+}
+
+// h = exp2(dt2 A) h + dtx B in place over npad entries; returns the lanes of C * h summed over vectors.
+inline vf update_row(float* __restrict h, const float* __restrict A, const float* __restrict B,
+                     const float* __restrict C, int64_t npad, float dt2, float dtx) {
+  const vf dtv = splat(dt2), dtxv = splat(dtx);
   vf acc = splat(0.f);
   for (int64_t n = 0; n < npad; n += kLanes) {
     const vf v = exp2v(dtv * vload(A + n)) * vload(h + n) + dtxv * vload(B + n);
     vstore(h + n, v);
     acc += v * vload(C + n);
   }
-  return hsum(acc);
+  return acc;
 }
 
-// One channel's state row (stride ss, N entries) in the state's dtype; returns C . h.
+// One channel's state row (stride ss, N entries) in the state's dtype; dt2 = dt log2(e).
 template <typename S>
-float step_channel(S* st, int64_t ss, const float* A, int64_t as, RowScratch& s, int64_t N, float dt, float dtx) {
-  for (int64_t n = 0; n < N; ++n) s.A[n] = kLog2e * A[n * as];
+vf step_channel(S* st, int64_t ss, const float* A, int64_t as, RowScratch& s, int64_t N, float dt2, float dtx) {
+  const bool whole = as == 1 && N == s.npad;  // A read in place
+  if (!whole)
+    for (int64_t n = 0; n < N; ++n) s.A[n] = A[n * as];
+  const float* a = whole ? A : s.A.data();
   if constexpr (std::is_same_v<S, float>) {
-    if (ss == 1 && N == s.npad) return update_row(st, s.A.data(), s.B.data(), s.C.data(), N, dt, dtx);
+    if (ss == 1 && N == s.npad) return update_row(st, a, s.B.data(), s.C.data(), N, dt2, dtx);
   }
   for (int64_t n = 0; n < N; ++n) s.h[n] = to_float(st[n * ss]);
-  const float y = update_row(s.h.data(), s.A.data(), s.B.data(), s.C.data(), s.npad, dt, dtx);
+  const vf y = update_row(s.h.data(), a, s.B.data(), s.C.data(), s.npad, dt2, dtx);
   for (int64_t n = 0; n < N; ++n) st[n * ss] = from_float<S>(s.h[n]);
   return y;
+}
+
+// dt_proj rows d0 .. d0 + nl - 1 dotted with x_dbl's first R entries, one lane each.
+template <typename T>
+vf dt_lanes(const Mamba1DecodeParams& p, const float* xdbl, int64_t d0, int nl) {
+  const int64_t R = p.dt_rank, ldw = p.dt_proj_weight.stride[0], Rv = R / kLanes * kLanes;
+  vf acc[kLanes], tail = splat(0.f);
+  for (int l = 0; l < kLanes; ++l) {
+    acc[l] = splat(0.f);
+    if (l >= nl) continue;
+    const T* w = ptr<T>(p.dt_proj_weight) + (d0 + l) * ldw;
+    for (int64_t k = 0; k < Rv; k += kLanes) acc[l] += rowdot::load_lanes(w + k) * vload(xdbl + k);
+    for (int64_t k = Rv; k < R; ++k) tail[l] += to_float(w[k]) * xdbl[k];
+  }
+  return hsum8(acc) + tail;
 }
 
 // Pass 3, channels d0 .. d0 + nl - 1 of batch row b (s.B, s.C hold the row's B and C).
 template <typename S, typename T>
 void step_lanes(const Mamba1DecodeParams& p, RowScratch& s, const float* xc, const float* xdbl, int64_t b,
                 int64_t d0, int nl) {
-  const int64_t N = p.dstate, R = p.dt_rank, ldw = p.dt_proj_weight.stride[0];
-  vf dt = splat(0.f), x = splat(0.f), z = splat(0.f), D = splat(0.f);
+  vf dt = dt_lanes<T>(p, xdbl, d0, nl), x = splat(0.f), z = splat(0.f), D = splat(0.f);
   for (int l = 0; l < nl; ++l) {
     const int64_t d = d0 + l;
-    float v;
-    dot_rows<T, 1>(ptr<T>(p.dt_proj_weight) + d * ldw, ldw, xdbl, R, &v);
-    dt[l] = round_to<T>(v) + (p.dt_bias.present() ? ptr<float>(p.dt_bias)[d * p.dt_bias.stride[0]] : 0.f);
+    dt[l] = round_to<T>(dt[l]) + (p.dt_bias.present() ? ptr<float>(p.dt_bias)[d * p.dt_bias.stride[0]] : 0.f);
     x[l] = xc[d];
     z[l] = p.z.present() ? to_float(ptr<T>(p.z)[b * p.z.stride[0] + d * p.z.stride[1]]) : 0.f;
     D[l] = p.D.present() ? ptr<float>(p.D)[d * p.D.stride[0]] : 0.f;
   }
   dt = softplusv(dt);
-  const vf dtx = dt * x;
-  vf y = D * x;
-  for (int l = 0; l < nl; ++l) {
+  const vf dtx = dt * x, dt2 = dt * kLog2e;
+  vf acc[kLanes];
+  for (int l = 0; l < kLanes; ++l) {
+    acc[l] = splat(0.f);
+    if (l >= nl) continue;
     const int64_t d = d0 + l;
     S* st = mut_ptr<S>(p.ssm_state) + b * p.ssm_state.stride[0] + d * p.ssm_state.stride[1];
-    const float* A = ptr<float>(p.A) + d * p.A.stride[0];
-    y[l] += step_channel(st, p.ssm_state.stride[2], A, p.A.stride[1], s, N, dt[l], dtx[l]);
+    acc[l] = step_channel(st, p.ssm_state.stride[2], ptr<float>(p.A) + d * p.A.stride[0], p.A.stride[1], s,
+                          p.dstate, dt2[l], dtx[l]);
   }
+  vf y = hsum8(acc) + D * x;
   if (p.z.present()) y *= z * sigmoidv(z);
   T* out = mut_ptr<T>(p.out) + b * p.out.stride[0];
   for (int l = 0; l < nl; ++l) out[(d0 + l) * p.out.stride[1]] = from_float<T>(y[l]);
