@@ -27,29 +27,29 @@ inline int threads_for(int nthreads, int64_t work) {
 }
 
 // Pass 1, channels d0 .. d0 + nl - 1 of batch row b: xc = silu?(conv(window)), state shifted in place.
+// Scalar taps per channel into a float array, then silu across the lanes (no per-lane vector inserts).
 template <typename T>
 void conv_lanes(const Mamba1DecodeParams& p, int64_t b, int64_t d0, int nl, float* xc) {
   const int64_t W = p.width, S = p.state_len, sd = p.conv_state.stride[1], ss = p.conv_state.stride[2];
+  const int64_t xd = p.x.stride[1], wd = p.conv_weight.stride[0], wk = p.conv_weight.stride[1];
   T* st = mut_ptr<T>(p.conv_state) + b * p.conv_state.stride[0] + d0 * sd;
-  const T* x = ptr<T>(p.x) + b * p.x.stride[0] + d0 * p.x.stride[1];
-  const float* w = ptr<float>(p.conv_weight) + d0 * p.conv_weight.stride[0];
-  vf acc = splat(0.f);
-  for (int l = 0; l < nl; ++l) acc[l] = p.conv_bias.present() ? ptr<float>(p.conv_bias)[(d0 + l) * p.conv_bias.stride[0]] : 0.f;
-  for (int64_t k = 0; k < W; ++k) {  // tap k: state entry S - W + 1 + k, the new input last
-    vf v = splat(0.f), wk = splat(0.f);
-    for (int l = 0; l < nl; ++l) {
-      v[l] = k + 1 < W ? to_float(st[l * sd + (S - W + 1 + k) * ss]) : to_float(x[l * p.x.stride[1]]);
-      wk[l] = w[l * p.conv_weight.stride[0] + k * p.conv_weight.stride[1]];
-    }
-    acc += wk * v;
-  }
-  if (p.silu) acc *= sigmoidv(acc);
+  const T* x = ptr<T>(p.x) + b * p.x.stride[0] + d0 * xd;
+  const float* w = ptr<float>(p.conv_weight) + d0 * wd;
+  alignas(32) float out[kLanes] = {};
   for (int l = 0; l < nl; ++l) {
-    xc[d0 + l] = round_to<T>(acc[l]);
     T* row = st + l * sd;
-    for (int64_t i = 0; i + 1 < S; ++i) row[i * ss] = row[(i + 1) * ss];
-    row[(S - 1) * ss] = x[l * p.x.stride[1]];
+    const float* wl = w + l * wd;
+    float acc = p.conv_bias.present() ? ptr<float>(p.conv_bias)[(d0 + l) * p.conv_bias.stride[0]] : 0.f;
+    for (int64_t k = 0; k + 1 < W; ++k) acc += wl[k * wk] * to_float(row[(S - W + 1 + k) * ss]);
+    acc += wl[(W - 1) * wk] * to_float(x[l * xd]);
+    out[l] = acc;
+    for (int64_t i = 0; i + 1 < S; ++i) row[i * ss] = row[(i + 1) * ss];  // the token enters last
+    row[(S - 1) * ss] = x[l * xd];
   }
+  vf v = vload(out);
+  if (p.silu) v *= sigmoidv(v);
+  vstore(out, v);
+  for (int l = 0; l < nl; ++l) xc[d0 + l] = round_to<T>(out[l]);
 }
 
 // Pass 2: x_dbl rows m0 .. m0 + R - 1 of every batch row.
@@ -133,16 +133,21 @@ vf dt_lanes(const Mamba1DecodeParams& p, const float* xdbl, int64_t d0, int nl) 
 template <typename S, typename T>
 void step_lanes(const Mamba1DecodeParams& p, RowScratch& s, const float* xc, const float* xdbl, int64_t b,
                 int64_t d0, int nl) {
-  vf dt = dt_lanes<T>(p, xdbl, d0, nl), x = splat(0.f), z = splat(0.f), D = splat(0.f);
-  for (int l = 0; l < nl; ++l) {
+  alignas(32) float dtb[kLanes], xb[kLanes] = {}, zb[kLanes] = {}, Db[kLanes] = {};
+  vstore(dtb, dt_lanes<T>(p, xdbl, d0, nl));
+  for (int l = 0; l < nl; ++l) {  // per-lane values through arrays (no per-lane vector inserts)
     const int64_t d = d0 + l;
-    dt[l] = round_to<T>(dt[l]) + (p.dt_bias.present() ? ptr<float>(p.dt_bias)[d * p.dt_bias.stride[0]] : 0.f);
-    x[l] = xc[d];
-    z[l] = p.z.present() ? to_float(ptr<T>(p.z)[b * p.z.stride[0] + d * p.z.stride[1]]) : 0.f;
-    D[l] = p.D.present() ? ptr<float>(p.D)[d * p.D.stride[0]] : 0.f;
+    dtb[l] = round_to<T>(dtb[l]) + (p.dt_bias.present() ? ptr<float>(p.dt_bias)[d * p.dt_bias.stride[0]] : 0.f);
+    xb[l] = xc[d];
+    if (p.z.present()) zb[l] = to_float(ptr<T>(p.z)[b * p.z.stride[0] + d * p.z.stride[1]]);
+    if (p.D.present()) Db[l] = ptr<float>(p.D)[d * p.D.stride[0]];
   }
+  vf dt = vload(dtb);
+  const vf x = vload(xb), z = vload(zb), D = vload(Db);
   dt = softplusv(dt);
-  const vf dtx = dt * x, dt2 = dt * kLog2e;
+  alignas(32) float dtx[kLanes], dt2[kLanes];
+  vstore(dtx, dt * x);
+  vstore(dt2, dt * kLog2e);
   vf acc[kLanes];
   for (int l = 0; l < kLanes; ++l) {
     acc[l] = splat(0.f);
