@@ -4,7 +4,8 @@ in alternation in one process (a shared machine's load then falls on every path 
 - ssm: MambaLMHeadModel.generate (its decode projections through the CPU small-batch kernel);
 - ssm, torch matmuls: the same with that kernel off (ssm.ops.norm_gemv.PLAIN = False): torch's GEMV;
 - ssm, layer unfused (Mamba-1): ssm with the one-call Mamba-1 decode layer off (ssm.ops.mamba1_decode.ENABLED
-  = False): the conv update, x_proj, dt_proj and state step as separate ops;
+  = False): the conv update, x_proj, dt_proj and state step as separate ops (Mamba-2 does not use that
+  kernel: there it runs the same code as ssm, an A/A pair that shows the run's noise);
 - transformers: MambaForCausalLM / Mamba2ForCausalLM.generate, greedy;
 - weights read: one pass over every weight a step reads (a sum per tensor): the floor of a step.
 

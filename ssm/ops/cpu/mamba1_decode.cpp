@@ -129,10 +129,31 @@ vf dt_lanes(const Mamba1DecodeParams& p, const float* xdbl, int64_t d0, int nl) 
   return hsum8(acc) + tail;
 }
 
+// Requests the cache lines of [p, p + bytes) (a read that overlaps the arithmetic of the blocks before).
+inline void prefetch_bytes(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(c + i);
+}
+
+constexpr int64_t kAhead = 2 * kLanes;  // pass 3 prefetches the rows of the block 2 blocks on
+
+// The dt_proj, A and state rows of channels d .. d + kLanes - 1 (those that exist) of batch row b.
+template <typename S, typename T>
+void prefetch_rows(const Mamba1DecodeParams& p, int64_t b, int64_t d) {
+  for (int64_t e = d; e < std::min(d + kLanes, p.dim); ++e) {
+    prefetch_bytes(ptr<T>(p.dt_proj_weight) + e * p.dt_proj_weight.stride[0], p.dt_rank * int64_t(sizeof(T)));
+    if (p.A.stride[1] == 1) prefetch_bytes(ptr<float>(p.A) + e * p.A.stride[0], p.dstate * 4);
+    if (p.ssm_state.stride[2] == 1)
+      prefetch_bytes(ptr<S>(p.ssm_state) + b * p.ssm_state.stride[0] + e * p.ssm_state.stride[1],
+                     p.dstate * int64_t(sizeof(S)));
+  }
+}
+
 // Pass 3, channels d0 .. d0 + nl - 1 of batch row b (s.B, s.C hold the row's B and C).
 template <typename S, typename T>
 void step_lanes(const Mamba1DecodeParams& p, RowScratch& s, const float* xc, const float* xdbl, int64_t b,
                 int64_t d0, int nl) {
+  prefetch_rows<S, T>(p, b, d0 + kAhead);
   alignas(32) float dtb[kLanes], xb[kLanes] = {}, zb[kLanes] = {}, Db[kLanes] = {};
   vstore(dtb, dt_lanes<T>(p, xdbl, d0, nl));
   for (int l = 0; l < nl; ++l) {  // per-lane values through arrays (no per-lane vector inserts)
