@@ -3,6 +3,9 @@ in alternation in one process (a shared machine's load then falls on every path 
 
 - ssm: MambaLMHeadModel.generate (its decode projections through the CPU small-batch kernel);
 - ssm, torch matmuls: the same with that kernel off (ssm.ops.norm_gemv.PLAIN = False): torch's GEMV;
+- ssm, layer unfused (Mamba-1): ssm with the one-call Mamba-1 decode layer off (ssm.ops.mamba1_decode.ENABLED
+  = False): the conv update, x_proj, dt_proj and state step as separate ops (Mamba-2 does not use that
+  kernel: there it runs the same code as ssm, an A/A pair that shows the run's noise);
 - transformers: MambaForCausalLM / Mamba2ForCausalLM.generate, greedy;
 - weights read: one pass over every weight a step reads (a sum per tensor): the floor of a step.
 
@@ -27,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_models_cpu as bm  # noqa: E402
 from bench_norm_conv import machine_info  # noqa: E402
-from ssm.ops import norm_gemv  # noqa: E402
+from ssm.ops import mamba1_decode, norm_gemv  # noqa: E402
 
 
 def step_seconds(impl, model, ids, steps) -> tuple[float, float]:
@@ -50,6 +53,16 @@ def with_plain(value, fn):
     return run
 
 
+def with_layer_kernel(value, fn):
+    def run():
+        mamba1_decode.ENABLED = value
+        try:
+            return fn()
+        finally:
+            mamba1_decode.ENABLED = True
+    return run
+
+
 def measure(kind: str, dtype: torch.dtype, reps: int, steps: int) -> dict:
     model = bm.make_ssm(kind)
     hf, note = bm.make_hf(model)
@@ -62,6 +75,7 @@ def measure(kind: str, dtype: torch.dtype, reps: int, steps: int) -> dict:
             w.sum()
     paths = {"ssm": with_plain(True, lambda: step_seconds("ssm", model, ids, steps)),
              "ssm_torch_matmuls": with_plain(False, lambda: step_seconds("ssm", model, ids, steps)),
+             "ssm_layer_unfused": with_layer_kernel(False, lambda: step_seconds("ssm", model, ids, steps)),
              "hf": lambda: step_seconds("hf", hf, ids, steps),
              "weights_read": lambda: min((bm.clocks(read_all) for _ in range(3)), key=lambda p: p[0])}
     for fn in paths.values():

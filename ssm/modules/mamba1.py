@@ -16,6 +16,7 @@ from torch import Tensor
 from ssm import ops
 from ssm.modules import _states
 from ssm.ops import cpu_matmul
+from ssm.ops import mamba1_decode as _m1d
 from ssm.ops.norm_gemv import conv_linear, norm_linear, small_linear
 from ssm.ops.proj_state_step import proj_state_step
 
@@ -202,6 +203,11 @@ class Mamba1(nn.Module):
     def _step_projected(self, xz, conv_state, ssm_state):
         """One token from its in_proj output (B, 2 * d_inner) -> out (B, d_model)."""
         x, z = xz.chunk(2, dim=-1)
+        if xz.is_cpu and self._plain_projections():  # the inner part in one C++ call (batch <= 4, no autograd)
+            y = _m1d.mamba1_decode(x, z, conv_state, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
+                                   self.dt_proj.weight, self.dt_proj.bias, _states.decode_A(self), self.D,
+                                   ssm_state, self.activation)
+            return small_linear(self.out_proj, y)
         # conv update + x_proj (one kernel on CUDA); x_dbl (B, dt_rank + 2 d_state), x (B, d_inner) the conv output
         x_dbl, x = conv_linear(x, conv_state, self.conv1d.weight, self.conv1d.bias, self.x_proj, self.activation)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
@@ -209,6 +215,10 @@ class Mamba1(nn.Module):
         y = proj_state_step(ssm_state, x, dt, self.dt_proj.weight, _states.decode_A(self), B, C, self.D, z=z,
                             dt_bias=self.dt_proj.bias, softplus=True)
         return small_linear(self.out_proj, y)
+
+    def _plain_projections(self) -> bool:
+        """x_proj and dt_proj are plain nn.Linear layers (x_proj without bias), as mamba1_decode takes them."""
+        return type(self.x_proj) is nn.Linear and self.x_proj.bias is None and type(self.dt_proj) is nn.Linear
 
     def allocate_inference_cache(self, batch_size, max_seqlen, dtype=None, **kwargs):
         """(conv_state (B, d_inner, d_conv), ssm_state (B, d_inner, d_state)), zeros; dtypes of

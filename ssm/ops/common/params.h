@@ -290,3 +290,28 @@ struct GemvParams {
 };
 
 }  // namespace ssm
+
+namespace ssm {
+
+// One decoded token through a Mamba-1 layer's inner part on the CPU (between in_proj and out_proj):
+// xc = silu?(depthwise conv of x on the rolling conv_state), x_dbl = x_proj_weight @ xc,
+// dt = softplus(dt_proj_weight @ x_dbl[:R] + dt_bias), the selective state step with B = x_dbl[R:R+N],
+// C = x_dbl[R+N:], out = (C . h + D xc) * silu(z). xc, x_dbl and dt are rounded to dtype as the
+// separate ops' outputs are; both states are updated in place (float32 compute).
+struct Mamba1DecodeParams {
+  int64_t batch = 0, dim = 0, dstate = 0, dt_rank = 0, width = 0, state_len = 0;
+  DType dtype = DType::f32, state_dtype = DType::f32;
+  bool silu = true;
+  TensorArg x, z;            // (B, D)        dtype (z optional)
+  TensorArg conv_state;      // (B, D, S)     dtype, any strides, S >= W - 1
+  TensorArg conv_weight;     // (D, W)        float32
+  TensorArg conv_bias;       // (D,)          float32, optional
+  TensorArg x_proj_weight;   // (R + 2N, D)   dtype, unit stride along D
+  TensorArg dt_proj_weight;  // (D, R)        dtype, unit stride along R
+  TensorArg dt_bias, D;      // (D,)          float32, optional
+  TensorArg A;               // (D, N)        float32
+  TensorArg ssm_state;       // (B, D, N)     state_dtype, any strides
+  TensorArg out;             // (B, D)        dtype
+};
+
+}  // namespace ssm

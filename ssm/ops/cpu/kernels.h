@@ -23,6 +23,7 @@ SSM_CPU_DECLARE(selective_scan_fwd, SelectiveScanParams)
 SSM_CPU_DECLARE(selective_scan_bwd, SelectiveScanParams)
 SSM_CPU_DECLARE(selective_state_step, StateStepParams)
 SSM_CPU_DECLARE(gemv, GemvParams)
+SSM_CPU_DECLARE(mamba1_decode, Mamba1DecodeParams)
 
 }  // namespace ssm::cpu
 

@@ -16,5 +16,6 @@ void bind_ssd_chunk_scan(nb::module_& m);
 void bind_selective_scan(nb::module_& m);
 void bind_selective_state_step(nb::module_& m);
 void bind_gemv(nb::module_& m);
+void bind_mamba1_decode(nb::module_& m);
 
 }  // namespace ssm::bind
