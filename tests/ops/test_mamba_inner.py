@@ -113,8 +113,9 @@ def test_optional_arguments(backend, variant):
     elif variant == "no_biases":
         inp.update(conv1d_bias=None, out_proj_bias=None)
     elif variant == "no_softplus":
-        flags["delta_softplus"] = False
+        flags["delta_softplus"] = False  # delta used raw: kept positive (a small projection on a bias >= 0.5)
         inp["delta_bias"] = inp["delta_bias"].abs() + 0.5
+        inp["delta_proj_weight"] = inp["delta_proj_weight"] * 0.1
     else:
         inp.update(B_proj_bias=rand(4, device=dev), C_proj_bias=rand(4, device=dev))
     check_all(*run_both(backend, inp, torch.float32, **flags), torch.float32)
