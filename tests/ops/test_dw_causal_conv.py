@@ -13,6 +13,8 @@ SHAPES = [  # (B, D, L, W)
     (2, 8, 33, 3),
     (1, 3, 64, 2),
     (3, 7, 19, 5),
+    (2, 3, 1000, 4),  # 16-byte rows over several warps: the vector halo loads at warp edges
+    (1, 2, 2200, 3),  # two tiles of the register kernels
 ]
 
 
