@@ -1,0 +1,149 @@
+// Lean selective-state decode step for vectorizable layouts (included by selective_state_step.cuh).
+// Grid: x = tiles of kLeanThreads / K rows (a row: one (head, headdim) pair of a batch entry),
+// y = groups of R batch entries. K lanes share a row, each lane owning KP packs of 8 state entries;
+// a thread walks R batch entries, so its A row and per-row parameters are read once for R rows
+// (Mamba-1: A (D, N) is otherwise re-read by every batch row). Order: every state load of the
+// thread first (the DRAM round trip), then the per-row inputs, the math, and all stores last.
+// 32-bit index math, one division (by P) per thread, none when P = 1 or G = 1.
+#pragma once
+
+namespace ssm::cuda::step {
+
+constexpr int kLeanThreads = 128;
+
+// 8 consecutive elements of T as raw 16-byte words (one for 16-bit types, two for float32).
+template <typename T>
+struct Raw8 {
+  Pack<T> w[sizeof(T) / 2];
+  __device__ __forceinline__ void load(const T* src) {
+#pragma unroll
+    for (int i = 0; i < int(sizeof(T) / 2); ++i) w[i].load(src + i * Pack<T>::kN);
+  }
+  __device__ __forceinline__ void store(T* dst) const {
+#pragma unroll
+    for (int i = 0; i < int(sizeof(T) / 2); ++i) w[i].store(dst + i * Pack<T>::kN);
+  }
+  __device__ __forceinline__ float get(int e) const { return to_float(w[e / Pack<T>::kN].e[e % Pack<T>::kN]); }
+  __device__ __forceinline__ void set(int e, float v) { w[e / Pack<T>::kN].e[e % Pack<T>::kN] = from_float<T>(v); }
+};
+
+template <typename TS, typename T, int K, int KP, int R, bool kTied>
+__global__ void __launch_bounds__(kLeanThreads, R > 1 ? 5 : 1) lean_kernel(StateStepParams p) {
+  constexpr float kLog2e = 1.4426950408889634f;
+  const uint32_t P = uint32_t(p.headdim), row = blockIdx.x * (kLeanThreads / K) + threadIdx.x / K;
+  if (row >= uint32_t(p.nheads) * P) return;  // whole lane groups leave together (kLeanThreads % K == 0)
+  const int lane = int(threadIdx.x % K);
+  const uint32_t h = P == 1 ? row : row / P, hp = row - h * P;
+  const uint32_t g = p.ngroups == 1 ? 0u : h / (uint32_t(p.nheads) / uint32_t(p.ngroups));
+  // the lanes of this row (rows past the end left above: a partial warp shuffles within its groups)
+  const unsigned group = K == 32 ? 0xffffffffu : ((1u << K) - 1) << (threadIdx.x % 32 / K * K);
+  const int64_t b0 = int64_t(blockIdx.y) * R;
+  // state rows of the R batch entries (-1: padding row; entries past the batch are skipped)
+  int64_t srow[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int64_t b = b0 + r;
+    srow[r] = b >= p.batch ? -1
+            : has(p.state_batch_indices) ? ptr<int>(p.state_batch_indices)[b * p.state_batch_indices.stride[0]] : b;
+  }
+  TS* st = ptr<TS>(p.state) + h * p.state.stride[1] + hp * p.state.stride[2] + lane * 8;
+  Raw8<TS> s[R][KP];
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int j = 0; j < KP; ++j)
+      if (srow[r] >= 0) s[r][j].load(st + srow[r] * p.state.stride[0] + j * K * 8);
+  // per-(head, headdim) parameters, read once for the R rows
+  const float* A = ptr<float>(p.A) + h * p.A.stride[0] + hp * p.A.stride[1];
+  float A2[kTied ? 1 : KP * 8];
+  if (kTied) {
+    A2[0] = A[0] * kLog2e;
+  } else {
+#pragma unroll
+    for (int j = 0; j < KP; ++j) {
+      load_floats<float, 8>(A2 + j * 8, A + lane * 8 + j * K * 8);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) A2[j * 8 + e] *= kLog2e;
+    }
+  }
+  const float Dv = has(p.D) ? ptr<float>(p.D)[h * p.D.stride[0] + hp * p.D.stride[1]] : 0.f;
+  const float bias = has(p.dt_bias) ? ptr<float>(p.dt_bias)[h * p.dt_bias.stride[0] + hp * p.dt_bias.stride[1]] : 0.f;
+  const int64_t xo = h * p.x.stride[1] + hp * p.x.stride[2], dto = h * p.dt.stride[1] + hp * p.dt.stride[2];
+  const int64_t zo = h * p.z.stride[1] + hp * p.z.stride[2], oo = h * p.out.stride[1] + hp * p.out.stride[2];
+  const T* Bg = ptr<T>(p.B) + g * p.B.stride[1] + lane * 8;
+  const T* Cg = ptr<T>(p.C) + g * p.C.stride[1] + lane * 8;
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int64_t b = b0 + r;
+    if (b >= p.batch) break;
+    if (srow[r] < 0) {
+      if (lane == 0) ptr<T>(p.out)[b * p.out.stride[0] + oo] = from_float<T>(0.f);
+      continue;
+    }
+    Raw8<T> Bv[KP], Cv[KP];
+#pragma unroll
+    for (int j = 0; j < KP; ++j) {
+      Bv[j].load(Bg + b * p.B.stride[0] + j * K * 8);
+      Cv[j].load(Cg + b * p.C.stride[0] + j * K * 8);
+    }
+    const float xv = to_float(ptr<T>(p.x)[b * p.x.stride[0] + xo]);
+    const float zv = has(p.z) ? to_float(ptr<T>(p.z)[b * p.z.stride[0] + zo]) : 0.f;
+    float dt = to_float(ptr<T>(p.dt)[b * p.dt.stride[0] + dto]) + bias;
+    if (p.softplus) dt = softplus(dt);
+    const float dx = dt * xv, dA_tied = kTied ? exp2f(dt * A2[0]) : 0.f;
+    float y = 0.f;
+#pragma unroll
+    for (int j = 0; j < KP; ++j)
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const float dA = kTied ? dA_tied : exp2f(dt * A2[kTied ? 0 : j * 8 + e]);
+        const float sv = s[r][j].get(e) * dA + dx * Bv[j].get(e);
+        y += sv * Cv[j].get(e);
+        s[r][j].set(e, sv);
+      }
+#pragma unroll
+    for (int off = K / 2; off > 0; off /= 2) y += __shfl_xor_sync(group, y, off, K);
+    if (lane == 0) {
+      y += Dv * xv;
+      if (has(p.z)) y *= silu(zv);
+      ptr<T>(p.out)[b * p.out.stride[0] + oo] = from_float<T>(y);
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int j = 0; j < KP; ++j)
+      if (srow[r] >= 0) s[r][j].store(st + srow[r] * p.state.stride[0] + j * K * 8);
+}
+
+// The lean kernel's form for this call, or false (the general kernel runs): Mamba-1 rows
+// (P = 1, A per entry, N = 16, 16-bit state and inputs: one lane, two packs, four batch rows per thread) and the
+// wide Mamba-2 rows of small batches (A tied, N in {64, 128, 256}: N / 8 lanes, one pack each).
+// SSM_STEP_LEAN=0 switches it off.
+inline bool use_lean(const StateStepParams& p, bool vec, bool wide) {
+  const char* env = std::getenv("SSM_STEP_LEAN");
+  if ((env != nullptr && env[0] == '0') || !vec || has(p.dt_proj)) return false;
+  if (p.batch > 65535 || p.nheads * p.headdim > (int64_t(1) << 30)) return false;
+  const bool tied = p.A.stride[2] == 0;
+  if (!tied) {
+    return p.headdim == 1 && p.dstate == 16 && p.state_dtype != DType::f32 && p.dtype != DType::f32 &&
+           rows_vectorizable<float>(p.A, 2);
+  }
+  return wide && (p.dstate == 64 || p.dstate == 128 || p.dstate == 256);
+}
+
+template <typename TS, typename T>
+void launch_lean(const StateStepParams& p, cudaStream_t stream) {
+  const uint32_t rows = uint32_t(p.nheads * p.headdim);
+  auto go = [&](auto kernel, int K, int R) {
+    kernel<<<dim3(ceil_div(int64_t(rows) * K, kLeanThreads), ceil_div(p.batch, R)), kLeanThreads, 0, stream>>>(p);
+  };
+  if constexpr (sizeof(TS) == 2 && sizeof(T) == 2) {  // float32 rows of four packs would not fit in registers
+    if (p.A.stride[2] != 0) return go(lean_kernel<TS, T, 1, 2, 4, false>, 1, 4);
+  }
+  if (p.dstate == 64) return go(lean_kernel<TS, T, 8, 1, 1, true>, 8, 1);
+  if (p.dstate == 128) return go(lean_kernel<TS, T, 16, 1, 1, true>, 16, 1);
+  go(lean_kernel<TS, T, 32, 1, 1, true>, 32, 1);
+}
+
+}  // namespace ssm::cuda::step
