@@ -195,6 +195,12 @@ __global__ void __launch_bounds__(kThreads, kSeq || sizeof(T) == 4 ? 1 : 8) conv
   const int64_t sx = p.x.stride[2], sy = q.dout.stride[2];
   // xv[i] = x at j0 - H + i (i < E + 2H); gv[i] = dy, then g, at j0 + i (i < E + H)
   float xv[E + 2 * H], gv[E + H];
+  // warp-edge halos as one 16-byte pack each, loaded with the lane's own rows (not a round trip later)
+  constexpr int kP = Pack<T>::kN;
+  const bool left_vec = kVec && lane == 0 && j0 >= kP && j0 <= L, right_vec = kVec && lane == 31 && j0 + E + kP <= L;
+  Pack<T> xl, xr, gr;
+  if (left_vec) xl.load(x + j0 - kP);
+  if (right_vec) xr.load(x + j0 + E), gr.load(dyp + j0 + E);
   if (kVec && j0 + E <= L) {
     load_floats<T, 8>(xv + H, x + j0);
     load_floats<T, 8>(xv + H + 8, x + j0 + 8);
@@ -213,13 +219,10 @@ __global__ void __launch_bounds__(kThreads, kSeq || sizeof(T) == 4 ? 1 : 8) conv
     xv[H + E + k] = __shfl_down_sync(0xffffffffu, xv[H + k], 1);
     gv[E + k] = __shfl_down_sync(0xffffffffu, gv[k], 1);
   }
-  // warp-edge halos: one 16-byte load where the 8 steps around are inside the row, else element-wise
   if (lane == 0) {
-    if (kVec && j0 >= 8 && j0 <= L) {
-      float v[8];
-      load_floats<T, 8>(v, x + j0 - 8);
+    if (left_vec) {
 #pragma unroll
-      for (int k = 0; k < H; ++k) xv[k] = v[8 - H + k];
+      for (int k = 0; k < H; ++k) xv[k] = to_float(xl.e[kP - H + k]);
     } else {
       const T* init = has(p.initial_states) ? row_of<T>(p.initial_states, r) : nullptr;
 #pragma unroll
@@ -230,12 +233,9 @@ __global__ void __launch_bounds__(kThreads, kSeq || sizeof(T) == 4 ? 1 : 8) conv
     }
   }
   if (lane == 31) {
-    if (kVec && j0 + E + 8 <= L) {
-      float v[8], g[8];
-      load_floats<T, 8>(v, x + j0 + E);
-      load_floats<T, 8>(g, dyp + j0 + E);
+    if (right_vec) {
 #pragma unroll
-      for (int k = 0; k < H; ++k) xv[H + E + k] = v[k], gv[E + k] = g[k];
+      for (int k = 0; k < H; ++k) xv[H + E + k] = to_float(xr.e[k]), gv[E + k] = to_float(gr.e[k]);
     } else {
 #pragma unroll
       for (int k = 0; k < H; ++k) {
