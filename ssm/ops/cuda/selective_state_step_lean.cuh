@@ -1,10 +1,11 @@
 // Lean selective-state decode step for vectorizable layouts (included by selective_state_step.cuh).
-// Grid: x = tiles of kLeanThreads / K rows (a row: one (head, headdim) pair of a batch entry),
-// y = groups of R batch entries. K lanes share a row, each lane owning KP packs of 8 state entries;
-// a thread walks R batch entries, so its A row and per-row parameters are read once for R rows
-// (Mamba-1: A (D, N) is otherwise re-read by every batch row). Order: every state load of the
-// thread first (the DRAM round trip), then the per-row inputs, the math, and all stores last.
-// 32-bit index math, one division (by P) per thread, none when P = 1 or G = 1.
+// Grid: x = tiles of kLeanThreads / K rows (a row: one (head, headdim) pair of a batch entry; the
+// heads when P = 1, else the headdim rows of head y), z = groups of R batch entries. K lanes share
+// a row, each lane owning KP packs of 8 state entries; a thread walks R batch entries, so its A row
+// and per-row parameters are read once for R rows (Mamba-1: A (D, N) is otherwise re-read by every
+// batch row). Order: every state load of the thread first (the DRAM round trip), then the per-row
+// inputs, the math, and all stores last.
+// 32-bit index math, no division on the state's address (one for B/C's group when G > 1).
 #pragma once
 
 namespace ssm::cuda::step {
@@ -30,16 +31,17 @@ struct Raw8 {
 template <typename TS, typename T, int K, int KP, int R, bool kTied>
 __global__ void __launch_bounds__(kLeanThreads, R > 1 ? 5 : 1) lean_kernel(StateStepParams p) {
   constexpr float kLog2e = 1.4426950408889634f;
-  const uint32_t P = uint32_t(p.headdim), row = blockIdx.x * (kLeanThreads / K) + threadIdx.x / K;
-  if (row >= uint32_t(p.nheads) * P) return;  // whole lane groups leave together (kLeanThreads % K == 0)
+  // rows of a tile: heads when P = 1 (Mamba-1), else the headdim rows of head blockIdx.y
+  const uint32_t P = uint32_t(p.headdim), i = blockIdx.x * (kLeanThreads / K) + threadIdx.x / K;
+  const uint32_t h = P == 1 ? i : blockIdx.y, hp = P == 1 ? 0u : i;
+  if (P == 1 ? h >= uint32_t(p.nheads) : hp >= P) return;  // whole lane groups leave together
   const int lane = int(threadIdx.x % K);
-  const uint32_t h = P == 1 ? row : row / P, hp = row - h * P;
   const uint32_t g = p.ngroups == 1 ? 0u : h / (uint32_t(p.nheads) / uint32_t(p.ngroups));
   // the lanes of this row (rows past the end left above: a partial warp shuffles within its groups)
   const unsigned group = K == 32 ? 0xffffffffu : ((1u << K) - 1) << (threadIdx.x % 32 / K * K);
-  const int64_t b0 = int64_t(blockIdx.y) * R;
+  const int64_t b0 = int64_t(blockIdx.z) * R;
   // state rows of the R batch entries (-1: padding row; entries past the batch are skipped)
-  int64_t srow[R];
+  int srow[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     const int64_t b = b0 + r;
@@ -123,7 +125,7 @@ __global__ void __launch_bounds__(kLeanThreads, R > 1 ? 5 : 1) lean_kernel(State
 inline bool use_lean(const StateStepParams& p, bool vec, bool wide) {
   const char* env = std::getenv("SSM_STEP_LEAN");
   if ((env != nullptr && env[0] == '0') || !vec || has(p.dt_proj)) return false;
-  if (p.batch > 65535 || p.nheads * p.headdim > (int64_t(1) << 30)) return false;
+  if (p.batch > 65535 || p.nheads > (p.headdim == 1 ? int64_t(1) << 30 : 65535) || p.headdim > (1 << 20)) return false;
   const bool tied = p.A.stride[2] == 0;
   if (!tied) {
     return p.headdim == 1 && p.dstate == 16 && p.state_dtype != DType::f32 && p.dtype != DType::f32 &&
@@ -134,9 +136,11 @@ inline bool use_lean(const StateStepParams& p, bool vec, bool wide) {
 
 template <typename TS, typename T>
 void launch_lean(const StateStepParams& p, cudaStream_t stream) {
-  const uint32_t rows = uint32_t(p.nheads * p.headdim);
+  // grid: (row tiles, heads (P > 1) or 1, batch groups)
   auto go = [&](auto kernel, int K, int R) {
-    kernel<<<dim3(ceil_div(int64_t(rows) * K, kLeanThreads), ceil_div(p.batch, R)), kLeanThreads, 0, stream>>>(p);
+    const int64_t rows = p.headdim == 1 ? p.nheads : p.headdim;
+    const dim3 grid(ceil_div(rows * K, kLeanThreads), p.headdim == 1 ? 1 : unsigned(p.nheads), ceil_div(p.batch, R));
+    kernel<<<grid, kLeanThreads, 0, stream>>>(p);
   };
   if constexpr (sizeof(TS) == 2 && sizeof(T) == 2) {  // float32 rows of four packs would not fit in registers
     if (p.A.stride[2] != 0) return go(lean_kernel<TS, T, 1, 2, 4, false>, 1, 4);
