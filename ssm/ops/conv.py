@@ -195,8 +195,9 @@ def _run_bwd_plan(plan, x, weight, bias, dy, silu):
     (backend, _, head, tails, y_spec, _), kernel = plan
     k = _kernels
     dy = dy if dy.dtype == x.dtype else dy.to(x.dtype)
-    dx, dw = k.planned_output(x, y_spec), k.empty(weight.shape, weight)
-    db = None if bias is None else k.empty(bias.shape, bias)
+    # weight and bias are float32 contiguous (the plan's condition): empty_like is the cheapest allocation
+    dx, dw = k.planned_output(x, y_spec), k.planned_output(weight, None)
+    db = None if bias is None else k.planned_output(bias, None)
     x_ref, w_ref, b_ref = k.planned_refs(tails[:3], (x, weight, bias))
     kernel(*head, x_ref, w_ref, b_ref, None, None, k.ref(dy), None, (dx.data_ptr(),) + tails[5],
            (dw.data_ptr(),) + tails[1], None if db is None else (db.data_ptr(),) + tails[2], None, silu,

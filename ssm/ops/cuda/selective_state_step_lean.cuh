@@ -72,50 +72,58 @@ __global__ void __launch_bounds__(kLeanThreads, R > 1 ? 5 : 1) lean_kernel(State
   const float bias = has(p.dt_bias) ? ptr<float>(p.dt_bias)[h * p.dt_bias.stride[0] + hp * p.dt_bias.stride[1]] : 0.f;
   const int64_t xo = h * p.x.stride[1] + hp * p.x.stride[2], dto = h * p.dt.stride[1] + hp * p.dt.stride[2];
   const int64_t zo = h * p.z.stride[1] + hp * p.z.stride[2], oo = h * p.out.stride[1] + hp * p.out.stride[2];
-  const T* Bg = ptr<T>(p.B) + g * p.B.stride[1] + lane * 8;
-  const T* Cg = ptr<T>(p.C) + g * p.C.stride[1] + lane * 8;
+  // every row's x, z and dt before any math or store (no store in between: the loads go out together),
+  // then the rows' softplus chains side by side
+  float xv[R], zv[R], dt[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) {
+    const int64_t b = srow[r] >= 0 ? b0 + r : b0;  // padding rows read row b0's (unused) inputs
+    xv[r] = to_float(ptr<T>(p.x)[b * p.x.stride[0] + xo]);
+    zv[r] = has(p.z) ? to_float(ptr<T>(p.z)[b * p.z.stride[0] + zo]) : 0.f;
+    dt[r] = to_float(ptr<T>(p.dt)[b * p.dt.stride[0] + dto]) + bias;
+  }
+  if (p.softplus)
+#pragma unroll
+    for (int r = 0; r < R; ++r) dt[r] = softplus(dt[r]);
+  const T* Bg = ptr<T>(p.B) + g * p.B.stride[1] + lane * 8;
+  const T* Cg = ptr<T>(p.C) + g * p.C.stride[1] + lane * 8;
+  float y[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    y[r] = 0.f;
+    if (srow[r] < 0) continue;
     const int64_t b = b0 + r;
-    if (b >= p.batch) break;
-    if (srow[r] < 0) {
-      if (lane == 0) ptr<T>(p.out)[b * p.out.stride[0] + oo] = from_float<T>(0.f);
-      continue;
-    }
     Raw8<T> Bv[KP], Cv[KP];
 #pragma unroll
     for (int j = 0; j < KP; ++j) {
       Bv[j].load(Bg + b * p.B.stride[0] + j * K * 8);
       Cv[j].load(Cg + b * p.C.stride[0] + j * K * 8);
     }
-    const float xv = to_float(ptr<T>(p.x)[b * p.x.stride[0] + xo]);
-    const float zv = has(p.z) ? to_float(ptr<T>(p.z)[b * p.z.stride[0] + zo]) : 0.f;
-    float dt = to_float(ptr<T>(p.dt)[b * p.dt.stride[0] + dto]) + bias;
-    if (p.softplus) dt = softplus(dt);
-    const float dx = dt * xv, dA_tied = kTied ? exp2f(dt * A2[0]) : 0.f;
-    float y = 0.f;
+    const float dx = dt[r] * xv[r], dA_tied = kTied ? exp2f(dt[r] * A2[0]) : 0.f;
 #pragma unroll
     for (int j = 0; j < KP; ++j)
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
-        const float dA = kTied ? dA_tied : exp2f(dt * A2[kTied ? 0 : j * 8 + e]);
+        const float dA = kTied ? dA_tied : exp2f(dt[r] * A2[kTied ? 0 : j * 8 + e]);
         const float sv = s[r][j].get(e) * dA + dx * Bv[j].get(e);
-        y += sv * Cv[j].get(e);
+        y[r] += sv * Cv[j].get(e);
         s[r][j].set(e, sv);
       }
 #pragma unroll
-    for (int off = K / 2; off > 0; off /= 2) y += __shfl_xor_sync(group, y, off, K);
-    if (lane == 0) {
-      y += Dv * xv;
-      if (has(p.z)) y *= silu(zv);
-      ptr<T>(p.out)[b * p.out.stride[0] + oo] = from_float<T>(y);
-    }
+    for (int off = K / 2; off > 0; off /= 2) y[r] += __shfl_xor_sync(group, y[r], off, K);
+    y[r] += Dv * xv[r];
+    if (has(p.z)) y[r] *= silu(zv[r]);
   }
+  // stores last: the states, then y (zero for padding rows; none for entries past the batch)
 #pragma unroll
   for (int r = 0; r < R; ++r)
 #pragma unroll
     for (int j = 0; j < KP; ++j)
       if (srow[r] >= 0) s[r][j].store(st + srow[r] * p.state.stride[0] + j * K * 8);
+  if (lane == 0)
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+      if (b0 + r < p.batch) ptr<T>(p.out)[(b0 + r) * p.out.stride[0] + oo] = from_float<T>(y[r]);
 }
 
 // The lean kernel's form for this call, or false (the general kernel runs): Mamba-1 rows
@@ -144,6 +152,13 @@ void launch_lean(const StateStepParams& p, cudaStream_t stream) {
   };
   if constexpr (sizeof(TS) == 2 && sizeof(T) == 2) {  // float32 rows of four packs would not fit in registers
     if (p.A.stride[2] != 0) return go(lean_kernel<TS, T, 1, 2, 4, false>, 1, 4);
+  }
+  // SSM_STEP_LEAN_PACKS=2: two packs per lane, half the lanes (the experiment of session 4, round 2)
+  const char* packs = std::getenv("SSM_STEP_LEAN_PACKS");
+  if (packs != nullptr && packs[0] == '2') {
+    if (p.dstate == 64) return go(lean_kernel<TS, T, 4, 2, 1, true>, 4, 1);
+    if (p.dstate == 128) return go(lean_kernel<TS, T, 8, 2, 1, true>, 8, 1);
+    return go(lean_kernel<TS, T, 16, 2, 1, true>, 16, 1);
   }
   if (p.dstate == 64) return go(lean_kernel<TS, T, 8, 1, 1, true>, 8, 1);
   if (p.dstate == 128) return go(lean_kernel<TS, T, 16, 1, 1, true>, 16, 1);
