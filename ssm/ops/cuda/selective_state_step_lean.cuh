@@ -20,6 +20,12 @@ struct Raw8 {
 #pragma unroll
     for (int i = 0; i < int(sizeof(T) / 2); ++i) w[i].load(src + i * Pack<T>::kN);
   }
+  // through the read-only path: the compiler may issue it ahead of earlier stores
+  __device__ __forceinline__ void load_nc(const T* src) {
+#pragma unroll
+    for (int i = 0; i < int(sizeof(T) / 2); ++i)
+      *reinterpret_cast<uint4*>(w[i].e) = __ldg(reinterpret_cast<const uint4*>(src + i * Pack<T>::kN));
+  }
   __device__ __forceinline__ void store(T* dst) const {
 #pragma unroll
     for (int i = 0; i < int(sizeof(T) / 2); ++i) w[i].store(dst + i * Pack<T>::kN);
@@ -29,7 +35,7 @@ struct Raw8 {
 };
 
 template <typename TS, typename T, int K, int KP, int R, bool kTied>
-__global__ void __launch_bounds__(kLeanThreads, R > 1 ? 5 : 1) lean_kernel(StateStepParams p) {
+__global__ void __launch_bounds__(kLeanThreads, R > 1 ? 5 : 1) lean_kernel(StateStepParams p, bool row_stores) {
   constexpr float kLog2e = 1.4426950408889634f;
   // rows of a tile: heads when P = 1 (Mamba-1), else the headdim rows of head blockIdx.y
   const uint32_t P = uint32_t(p.headdim), i = blockIdx.x * (kLeanThreads / K) + threadIdx.x / K;
@@ -96,8 +102,8 @@ __global__ void __launch_bounds__(kLeanThreads, R > 1 ? 5 : 1) lean_kernel(State
     Raw8<T> Bv[KP], Cv[KP];
 #pragma unroll
     for (int j = 0; j < KP; ++j) {
-      Bv[j].load(Bg + b * p.B.stride[0] + j * K * 8);
-      Cv[j].load(Cg + b * p.C.stride[0] + j * K * 8);
+      Bv[j].load_nc(Bg + b * p.B.stride[0] + j * K * 8);
+      Cv[j].load_nc(Cg + b * p.C.stride[0] + j * K * 8);
     }
     const float dx = dt[r] * xv[r], dA_tied = kTied ? exp2f(dt[r] * A2[0]) : 0.f;
 #pragma unroll
@@ -113,13 +119,17 @@ __global__ void __launch_bounds__(kLeanThreads, R > 1 ? 5 : 1) lean_kernel(State
     for (int off = K / 2; off > 0; off /= 2) y[r] += __shfl_xor_sync(group, y[r], off, K);
     y[r] += Dv * xv[r];
     if (has(p.z)) y[r] *= silu(zv[r]);
+    if (row_stores)  // the row's state now: its stores overlap the next rows' math
+#pragma unroll
+      for (int j = 0; j < KP; ++j) s[r][j].store(st + srow[r] * p.state.stride[0] + j * K * 8);
   }
-  // stores last: the states, then y (zero for padding rows; none for entries past the batch)
+  // stores last: the states (unless stored by row), then y (zero for padding rows; none past the batch)
+  if (!row_stores)
 #pragma unroll
-  for (int r = 0; r < R; ++r)
+    for (int r = 0; r < R; ++r)
 #pragma unroll
-    for (int j = 0; j < KP; ++j)
-      if (srow[r] >= 0) s[r][j].store(st + srow[r] * p.state.stride[0] + j * K * 8);
+      for (int j = 0; j < KP; ++j)
+        if (srow[r] >= 0) s[r][j].store(st + srow[r] * p.state.stride[0] + j * K * 8);
   if (lane == 0)
 #pragma unroll
     for (int r = 0; r < R; ++r)
@@ -144,11 +154,14 @@ inline bool use_lean(const StateStepParams& p, bool vec, bool wide) {
 
 template <typename TS, typename T>
 void launch_lean(const StateStepParams& p, cudaStream_t stream) {
+  // SSM_STEP_LEAN_STORE=row: each row's state stored after its math (several rows a thread; measured beside)
+  const char* store = std::getenv("SSM_STEP_LEAN_STORE");
+  const bool row_stores = store != nullptr && store[0] == 'r';
   // grid: (row tiles, heads (P > 1) or 1, batch groups)
   auto go = [&](auto kernel, int K, int R) {
     const int64_t rows = p.headdim == 1 ? p.nheads : p.headdim;
     const dim3 grid(ceil_div(rows * K, kLeanThreads), p.headdim == 1 ? 1 : unsigned(p.nheads), ceil_div(p.batch, R));
-    kernel<<<grid, kLeanThreads, 0, stream>>>(p);
+    kernel<<<grid, kLeanThreads, 0, stream>>>(p, row_stores);
   };
   if constexpr (sizeof(TS) == 2 && sizeof(T) == 2) {  // float32 rows of four packs would not fit in registers
     if (p.A.stride[2] != 0) return go(lean_kernel<TS, T, 1, 2, 4, false>, 1, 4);
