@@ -31,16 +31,11 @@ def steps(copy_gbs, variants):
     cases = [("state step Mamba-1 b64", 64, 5120, 1, 16, True, 0.010),
              ("state step Mamba-2 b1", 1, 80, 64, 128, False, 0.003),
              ("state step Mamba-2 b64", 64, 80, 64, 128, False, 0.070)]
-    # lean=2: two packs a lane (the wide Mamba-2 rows); lean=row: each row's state stored after its math (Mamba-1)
-    picks = {"0": cases, "1": cases, "2": cases[1:2], "row": cases[:1]}
-    for lean, picked in ((v, picks[v]) for v in variants):
-        os.environ["SSM_STEP_LEAN"] = "0" if lean == "0" else "1"
-        os.environ["SSM_STEP_LEAN_PACKS"] = "2" if lean == "2" else "1"
-        os.environ["SSM_STEP_LEAN_STORE"] = "row" if lean == "row" else "end"
-        for case in picked:
+    for lean in variants:
+        os.environ["SSM_STEP_LEAN"] = lean
+        for case in cases:
             bc.step_case(f"{case[0]} lean={lean}", *case[1:6], copy_gbs, case[6])
-    for name in ("SSM_STEP_LEAN", "SSM_STEP_LEAN_PACKS", "SSM_STEP_LEAN_STORE"):
-        os.environ.pop(name)
+    os.environ.pop("SSM_STEP_LEAN")
 
 
 def conv(copy_gbs, out_dir):
@@ -106,7 +101,7 @@ def main():
     print(f"{torch.cuda.get_device_name()}: copy {copy_gbs:.0f} GB/s", flush=True)
     # the new forms first, the baselines last (a time cap then cuts the least needed figures)
     if "step" in args.only:
-        steps(copy_gbs, ("1", "row", "2"))
+        steps(copy_gbs, ("1",))
     if "conv" in args.only:
         conv(copy_gbs, args.out)
     if "step" in args.only:

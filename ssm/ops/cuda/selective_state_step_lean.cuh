@@ -3,8 +3,8 @@
 // heads when P = 1, else the headdim rows of head y), z = groups of R batch entries. K lanes share
 // a row, each lane owning KP packs of 8 state entries; a thread walks R batch entries, so its A row
 // and per-row parameters are read once for R rows (Mamba-1: A (D, N) is otherwise re-read by every
-// batch row). Order: every state load of the thread first (the DRAM round trip), then the per-row
-// inputs, the math, and all stores last.
+// batch row). Order: every state load of the thread first (the DRAM round trip), then every row's
+// x, z, dt, then row by row the math and the row's state store (overlapping the next rows' math), y last.
 // 32-bit index math, no division on the state's address (one for B/C's group when G > 1).
 #pragma once
 
@@ -35,7 +35,7 @@ struct Raw8 {
 };
 
 template <typename TS, typename T, int K, int KP, int R, bool kTied>
-__global__ void __launch_bounds__(kLeanThreads, R > 1 ? 5 : 1) lean_kernel(StateStepParams p, bool row_stores) {
+__global__ void __launch_bounds__(kLeanThreads, R > 1 ? 5 : 1) lean_kernel(StateStepParams p) {
   constexpr float kLog2e = 1.4426950408889634f;
   // rows of a tile: heads when P = 1 (Mamba-1), else the headdim rows of head blockIdx.y
   const uint32_t P = uint32_t(p.headdim), i = blockIdx.x * (kLeanThreads / K) + threadIdx.x / K;
@@ -119,26 +119,20 @@ __global__ void __launch_bounds__(kLeanThreads, R > 1 ? 5 : 1) lean_kernel(State
     for (int off = K / 2; off > 0; off /= 2) y[r] += __shfl_xor_sync(group, y[r], off, K);
     y[r] += Dv * xv[r];
     if (has(p.z)) y[r] *= silu(zv[r]);
-    if (row_stores)  // the row's state now: its stores overlap the next rows' math
+    // the row's state now: its stores overlap the next rows' math
 #pragma unroll
-      for (int j = 0; j < KP; ++j) s[r][j].store(st + srow[r] * p.state.stride[0] + j * K * 8);
+    for (int j = 0; j < KP; ++j) s[r][j].store(st + srow[r] * p.state.stride[0] + j * K * 8);
   }
-  // stores last: the states (unless stored by row), then y (zero for padding rows; none past the batch)
-  if (!row_stores)
-#pragma unroll
-    for (int r = 0; r < R; ++r)
-#pragma unroll
-      for (int j = 0; j < KP; ++j)
-        if (srow[r] >= 0) s[r][j].store(st + srow[r] * p.state.stride[0] + j * K * 8);
+  // y last (zero for padding rows; none past the batch)
   if (lane == 0)
 #pragma unroll
     for (int r = 0; r < R; ++r)
       if (b0 + r < p.batch) ptr<T>(p.out)[(b0 + r) * p.out.stride[0] + oo] = from_float<T>(y[r]);
 }
 
-// The lean kernel's form for this call, or false (the general kernel runs): Mamba-1 rows
-// (P = 1, A per entry, N = 16, 16-bit state and inputs: one lane, two packs, four batch rows per thread) and the
-// wide Mamba-2 rows of small batches (A tied, N in {64, 128, 256}: N / 8 lanes, one pack each).
+// The lean kernel's form for this call, or false (the general kernel runs): Mamba-1 rows (P = 1, A per
+// entry, N = 16, 16-bit state and inputs: one lane, two packs, four batch rows per thread) and the wide
+// Mamba-2 rows of small batches (A tied, N in {64, 128, 256}: N / 16 lanes, two packs each).
 // SSM_STEP_LEAN=0 switches it off.
 inline bool use_lean(const StateStepParams& p, bool vec, bool wide) {
   const char* env = std::getenv("SSM_STEP_LEAN");
@@ -154,28 +148,19 @@ inline bool use_lean(const StateStepParams& p, bool vec, bool wide) {
 
 template <typename TS, typename T>
 void launch_lean(const StateStepParams& p, cudaStream_t stream) {
-  // SSM_STEP_LEAN_STORE=row: each row's state stored after its math (several rows a thread; measured beside)
-  const char* store = std::getenv("SSM_STEP_LEAN_STORE");
-  const bool row_stores = store != nullptr && store[0] == 'r';
   // grid: (row tiles, heads (P > 1) or 1, batch groups)
   auto go = [&](auto kernel, int K, int R) {
     const int64_t rows = p.headdim == 1 ? p.nheads : p.headdim;
     const dim3 grid(ceil_div(rows * K, kLeanThreads), p.headdim == 1 ? 1 : unsigned(p.nheads), ceil_div(p.batch, R));
-    kernel<<<grid, kLeanThreads, 0, stream>>>(p, row_stores);
+    kernel<<<grid, kLeanThreads, 0, stream>>>(p);
   };
   if constexpr (sizeof(TS) == 2 && sizeof(T) == 2) {  // float32 rows of four packs would not fit in registers
     if (p.A.stride[2] != 0) return go(lean_kernel<TS, T, 1, 2, 4, false>, 1, 4);
   }
-  // SSM_STEP_LEAN_PACKS=2: two packs per lane, half the lanes (the experiment of session 4, round 2)
-  const char* packs = std::getenv("SSM_STEP_LEAN_PACKS");
-  if (packs != nullptr && packs[0] == '2') {
-    if (p.dstate == 64) return go(lean_kernel<TS, T, 4, 2, 1, true>, 4, 1);
-    if (p.dstate == 128) return go(lean_kernel<TS, T, 8, 2, 1, true>, 8, 1);
-    return go(lean_kernel<TS, T, 16, 2, 1, true>, 16, 1);
-  }
-  if (p.dstate == 64) return go(lean_kernel<TS, T, 8, 1, 1, true>, 8, 1);
-  if (p.dstate == 128) return go(lean_kernel<TS, T, 16, 1, 1, true>, 16, 1);
-  go(lean_kernel<TS, T, 32, 1, 1, true>, 32, 1);
+  // wide rows: two packs a lane, N / 16 lanes (faster than one pack a lane, session 4 round 2)
+  if (p.dstate == 64) return go(lean_kernel<TS, T, 4, 2, 1, true>, 4, 1);
+  if (p.dstate == 128) return go(lean_kernel<TS, T, 8, 2, 1, true>, 8, 1);
+  go(lean_kernel<TS, T, 16, 2, 1, true>, 16, 1);
 }
 
 }  // namespace ssm::cuda::step
