@@ -185,7 +185,19 @@ def exec_arg(backend: str, like: torch.Tensor, work: int | None = None) -> int:
     stream of the tensor's device (so graph capture and streams work)."""
     if backend == "cpu":
         return 1 if (like.numel() if work is None else work) < PARALLEL_MIN_WORK else torch.get_num_threads()
+    global _raw_stream
+    if _raw_stream is not None:
+        try:
+            return _raw_stream(like.device.index)
+        except (TypeError, RuntimeError):  # a build whose getter differs: the public form from now on
+            _raw_stream = None
     return torch.cuda.current_stream(like.device).cuda_stream
+
+
+# The current stream's handle by device index: torch's raw getter (what torch.compile's generated code
+# calls), a C call where torch.cuda.current_stream(device) builds a Stream object (~25 us per eager
+# conv fwd+bwd on the device's host, session 4); the public form where a build lacks it.
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
 
 
 def module(backend: str):

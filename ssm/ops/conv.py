@@ -175,6 +175,52 @@ def _run_fwd_plan(plan, x, weight, bias, activation, seq_idx, initial_states):
     return y if final is None else (y, final)
 
 
+# ---- eager fast path with autograd: the plain call (no seq_idx, initial or final states) with the
+# forward plan and a backward launched straight from it, in one autograd.Function (the general path
+# costs the checks, the custom op's layers and their backend and dtype lookups on every call) --------
+
+def _make_grad_plan(x, weight, bias, seq_idx, initial_states, return_final_states):
+    """(forward plan, backward kernel) of a plain call with autograd, or False for the general path."""
+    if seq_idx is not None or initial_states is not None or return_final_states:
+        return False
+    fwd = _make_fwd_plan(x, weight, bias, None, None, False)
+    if not fwd or dispatch.select_backend("dw_causal_conv_bwd", x.device,
+                                          lambda b: _kernels.kernel_reason(b, "dw_causal_conv_bwd", x)) != fwd[0]:
+        return False
+    return fwd, _kernels.module(fwd[0]).dw_causal_conv_bwd
+
+
+def _run_bwd_plan(plan, x, weight, bias, dy, silu):
+    # dy (B, D, L) -> dx like the forward's y, dweight like weight ((D, W) or (D, 1, W)), dbias (D,) float32
+    (backend, _, head, tails, y_spec, _), kernel = plan
+    k = _kernels
+    dy = dy if dy.dtype == x.dtype else dy.to(x.dtype)
+    # weight and bias are float32 contiguous (the plan's condition): empty_like is the cheapest allocation
+    dx, dw = k.planned_output(x, y_spec), k.planned_output(weight, None)
+    db = None if bias is None else k.planned_output(bias, None)
+    x_ref, w_ref, b_ref = k.planned_refs(tails[:3], (x, weight, bias))
+    kernel(*head, x_ref, w_ref, b_ref, None, None, k.ref(dy), None, (dx.data_ptr(),) + tails[5],
+           (dw.data_ptr(),) + tails[1], None if db is None else (db.data_ptr(),) + tails[2], None, silu,
+           k.exec_arg(backend, x))
+    return dx, dw, db
+
+
+def _planned_forward(ctx, x, weight, bias, plan, activation):
+    ctx.save_for_backward(x, weight, bias)
+    ctx.plan, ctx.silu = plan, activation is not None
+    return _run_fwd_plan(plan[0], x, weight, bias, activation, None, None)
+
+
+def _planned_backward(ctx, dy):
+    x, weight, bias = ctx.saved_tensors
+    return (*_run_bwd_plan(ctx.plan, x, weight, bias, dy, ctx.silu), None, None)
+
+
+# named like the op's eager Function (_library): the same kernels, the same gradients
+_PlannedConv = type("Eager_ssm_dw_causal_conv_planned", (torch.autograd.Function,),
+                    {"forward": staticmethod(_planned_forward), "backward": staticmethod(_planned_backward)})
+
+
 def dw_causal_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, activation: Optional[str] = "silu",
                    *, seq_idx: Optional[Tensor] = None, initial_states: Optional[Tensor] = None,
                    return_final_states: bool = False):
@@ -185,14 +231,18 @@ def dw_causal_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, act
     ``initial_states`` (B, D, W-1) are the inputs before token 0. With
     ``return_final_states`` returns (y, final_states (B, D, W-1)), the window a next call needs.
     """
-    eager = not torch.compiler.is_compiling() and not _library.needs_autograd(x, weight, bias, initial_states)
-    sig, plan = _kernels.find_plan(_fwd_plans, (type(activation), activation, bool(return_final_states)),
+    grad = _library.needs_autograd(x, weight, bias, initial_states)
+    eager = not torch.compiler.is_compiling() and (not grad or _library.EAGER_DIRECT)
+    sig, plan = _kernels.find_plan(_fwd_plans, (type(activation), activation, bool(return_final_states), grad),
                                    (x, weight, bias, seq_idx, initial_states)) if eager else (None, None)
     if plan:
+        if grad:
+            return _PlannedConv.apply(x, weight, bias, plan, activation)
         return _run_fwd_plan(plan, x, weight, bias, activation, seq_idx, initial_states)
     W = _check_conv_args(x, weight, bias, activation, seq_idx, initial_states)
     if sig is not None:
-        _fwd_plans[sig] = _make_fwd_plan(x, weight, bias, seq_idx, initial_states, return_final_states)
+        make = _make_grad_plan if grad else _make_fwd_plan
+        _fwd_plans[sig] = make(x, weight, bias, seq_idx, initial_states, return_final_states)
     w = _kernels.float32_contiguous(weight if weight.dim() == 2 else weight.reshape(weight.shape[0], W))
     b = _kernels.float32_contiguous(bias)
     silu = activation is not None

@@ -13,6 +13,8 @@ SHAPES = [  # (B, D, L, W)
     (2, 8, 33, 3),
     (1, 3, 64, 2),
     (3, 7, 19, 5),
+    (2, 3, 1000, 4),  # 16-byte rows over several warps: the vector halo loads at warp edges
+    (1, 2, 2200, 3),  # two tiles of the register kernels
 ]
 
 
@@ -82,6 +84,29 @@ def test_gradients_match_reference(backend, dtype, shape, options):
         if got is not None:
             assert got.grad is not None and got.grad.dtype == got.dtype, name
             assert_close(got.grad, want.grad, dtype, name, factor=2.0)
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[5], SHAPES[6]])
+@pytest.mark.parametrize("unit_mid", [False, True])
+def test_repeated_call_gradients_match_reference(backend, dtype, shape, unit_mid):
+    """The second call of a signature takes the planned autograd path (conv._make_grad_plan)."""
+    x, w, b, _, _ = make_inputs(*shape, dtype, device_of(backend), bias=True, seq=False, init=False, noncontig=False)
+    w = w[:, None, :] if unit_mid else w
+    for _ in range(2):
+        leaves = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+        with use_backend(backend):
+            out = ops.dw_causal_conv(*leaves, "silu")
+            dy = torch.randn_like(out)
+            out.backward(dy)
+    ref_leaves = [t.detach().double().requires_grad_() for t in (x, w, b)]
+    ref = reference.dw_causal_conv(ref_leaves[0], ref_leaves[1].reshape(w.shape[0], -1), ref_leaves[2], "silu")
+    ref.backward(dy.double())
+    assert_close(out, ref.detach(), dtype, "y")
+    for name, got, want in zip(("dx", "dweight", "dbias"), leaves, ref_leaves):
+        assert got.grad.shape == got.shape and got.grad.dtype == got.dtype, name
+        assert_close(got.grad, want.grad, dtype, name, factor=2.0)
 
 
 @pytest.mark.parametrize("backend", backends())

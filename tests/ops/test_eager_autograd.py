@@ -20,6 +20,11 @@ def _conv():
     return lambda x, w, b: ops.dw_causal_conv(x, w, b, "silu"), dict(x=x, w=w, b=b)
 
 
+def _conv_unit_mid():
+    x, w, b = rand(2, 6, 11, dtype=torch.bfloat16), rand(6, 1, 4), rand(6)
+    return lambda x, w, b: ops.dw_causal_conv(x, w, b, "silu"), dict(x=x, w=w, b=b)
+
+
 def _norm():
     x, w, b, r = rand(3, 5, 16, dtype=torch.bfloat16), rand(16), rand(16), rand(3, 5, 16, dtype=torch.bfloat16)
     return lambda x, w, b, r: ops.fused_layer_norm(x, w, b, r, False, 1e-5, True, True), dict(x=x, w=w, b=b, r=r)
@@ -53,7 +58,7 @@ def _split():
     return lambda **kw: ops.mamba_split_conv1d_scan_combined(chunk_size=8, headdim=4, **kw), inp
 
 
-CASES = dict(conv=_conv, norm=_norm, gated_norm=_gated_norm, scan=_scan, ssd=_ssd, mamba_inner=_inner,
+CASES = dict(conv=_conv, conv_unit_mid=_conv_unit_mid, norm=_norm, gated_norm=_gated_norm, scan=_scan, ssd=_ssd, mamba_inner=_inner,
              ssd_split=_split)
 
 
@@ -81,6 +86,7 @@ def _run(fn, inputs, seed):
 @pytest.mark.parametrize("case", list(CASES))
 def test_eager_function_equals_custom_op_path(case, monkeypatch):
     fn, inputs = CASES[case]()
+    _run(fn, inputs, 1)  # a repeated call takes the op's planned path where it has one (conv)
     outs, grads = _run(fn, inputs, 0)
     names = _graph_names(outs)
     assert any(n.startswith("Eager_ssm_") for n in names) and not any(n.startswith("Generated") for n in names)
@@ -92,6 +98,16 @@ def test_eager_function_equals_custom_op_path(case, monkeypatch):
         assert torch.equal(got, want)
     for name, got in grads.items():
         assert got is not None and torch.equal(got, want_grads[name]), name
+
+
+@pytest.mark.parametrize("case", ["conv", "conv_unit_mid"])
+def test_repeated_conv_call_takes_the_planned_function(case, monkeypatch):
+    monkeypatch.setattr(conv, "_fwd_plans", {})
+    fn, inputs = CASES[case]()
+    first, _ = _run(fn, inputs, 0)
+    again, _ = _run(fn, inputs, 0)
+    assert "Eager_ssm_dw_causal_conv_fwdBackward" in _graph_names(first)
+    assert "Eager_ssm_dw_causal_conv_plannedBackward" in _graph_names(again)
 
 
 def test_every_forward_op_with_a_backward_has_an_eager_function():

@@ -192,3 +192,15 @@ def test_float32_params_in_bf16_decode_follow_weight_updates():
     ref = reference.selective_state_step(*to64(state, x, dt, A, B, C, D, z), softplus=True)
     assert_close(y2, ref, torch.bfloat16)
     assert not torch.equal(y1, y2)
+
+
+@pytest.mark.cuda
+def test_cuda_kernel_stream_is_the_current_stream():
+    """exec_arg's raw stream getter gives torch's current stream, on the default and on a side stream."""
+    x = torch.zeros(1, device="cuda")
+    assert _kernels.exec_arg("cuda", x) == torch.cuda.current_stream().cuda_stream
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        assert _kernels.exec_arg("cuda", x) == side.cuda_stream != torch.cuda.default_stream().cuda_stream
+    # the raw getter stays in use where torch has it (a failing call would have switched it off)
+    assert (_kernels._raw_stream is not None) == hasattr(torch._C, "_cuda_getCurrentRawStream")

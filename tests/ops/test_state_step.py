@@ -20,8 +20,8 @@ OPTIONS = ["plain", "softplus+bias", "z+D", "indices", "tied", "fp32_state", "fp
 
 
 def make_step(layout, batch, H, P, N, G, dtype, device, opts):
-    full = "all" in opts
-    nc = "noncontig" in opts or full
+    full = "all" in opts or "all_contig" in opts
+    nc = "noncontig" in opts or "all" in opts
     lead = (H,) if layout == "mamba1" else (H, P)
     rows = batch + 2 if {"indices"} & opts or full else batch
     sdtype = torch.float32 if {"fp32_state"} & opts or full else dtype
@@ -168,3 +168,31 @@ def test_cuda_row_shapes_match_reference(wide, layout, option, monkeypatch):
         y = step(ops.selective_state_step, inp, option == "all")
     assert_close(y, step(reference.selective_state_step, ref, option == "all"), torch.bfloat16, "y")
     assert_close(inp["state"], ref["state"], inp["state"].dtype, "state")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("lean", ["0", "1"])
+@pytest.mark.parametrize("layout", [("mamba1", 9, 40, 1, 16, 1), ("mamba1", 6, 24, 1, 16, 3), ("mamba1", 1, 200, 1, 16, 1),
+                                    ("mamba2", 1, 4, 8, 64, 2), ("mamba2", 2, 3, 16, 128, 1), ("mamba2", 1, 6, 4, 256, 3)])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("option", ["plain", "softplus+bias", "z+D", "indices", "fp32_state", "all_contig"])
+def test_cuda_lean_kernel_matches_reference(lean, layout, dtype, option, monkeypatch):
+    """The lean kernel (contiguous rows: Mamba-1 N = 16, several batch rows per thread; Mamba-2
+    wide rows with A tied) and the general kernel it replaces (SSM_STEP_LEAN=0), same inputs."""
+    monkeypatch.setenv("SSM_STEP_LEAN", lean)
+    monkeypatch.setenv("SSM_STEP_WIDE", "1")
+    opts = {option} | ({"tied"} if layout[0] == "mamba2" else set())
+    inp = make_step(*layout, dtype, torch.device("cuda"), opts)
+    softplus = option in ("softplus+bias", "all_contig")
+    ref = as64(inp)
+    before = inp["state"].clone()
+    with use_backend("cuda"):
+        y = step(ops.selective_state_step, inp, softplus)
+    assert_close(y, step(reference.selective_state_step, ref, softplus), dtype, "y")
+    assert_close(inp["state"], ref["state"], inp["state"].dtype, "state")
+    idx = inp["state_batch_indices"]
+    if idx is not None:
+        untouched = torch.ones(before.shape[0], dtype=torch.bool)
+        untouched[idx[idx >= 0].long().cpu()] = False
+        assert torch.equal(inp["state"][untouched.to(before.device)], before[untouched.to(before.device)])
+        assert (y[idx < 0] == 0).all(), "padding rows must give zeros"

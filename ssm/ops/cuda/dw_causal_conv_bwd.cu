@@ -184,10 +184,9 @@ __global__ void zero_dweight_kernel(ConvBwdParams q) {
 constexpr int kRegElems = 16, kRegTile = kThreads * kRegElems;
 
 template <typename T, int kW, bool kSilu, bool kSeq, bool kVec>
-__global__ void __launch_bounds__(kThreads) conv_bwd_reg_kernel(ConvBwdParams q) {
+__global__ void __launch_bounds__(kThreads, kSeq || sizeof(T) == 4 ? 1 : 8) conv_bwd_reg_kernel(ConvBwdParams q) {
   constexpr int H = kW - 1, E = kRegElems;
   const ConvParams& p = q.fwd;
-  __shared__ float scratch[kThreads / 32];
   const Row r(p);
   const int64_t L = p.seqlen, j0 = int64_t(blockIdx.y) * kRegTile + threadIdx.x * E;
   const int lane = threadIdx.x % 32;
@@ -196,6 +195,12 @@ __global__ void __launch_bounds__(kThreads) conv_bwd_reg_kernel(ConvBwdParams q)
   const int64_t sx = p.x.stride[2], sy = q.dout.stride[2];
   // xv[i] = x at j0 - H + i (i < E + 2H); gv[i] = dy, then g, at j0 + i (i < E + H)
   float xv[E + 2 * H], gv[E + H];
+  // warp-edge halos as one 16-byte pack each, loaded with the lane's own rows (not a round trip later)
+  constexpr int kP = Pack<T>::kN;
+  const bool left_vec = kVec && lane == 0 && j0 >= kP && j0 <= L, right_vec = kVec && lane == 31 && j0 + E + kP <= L;
+  Pack<T> xl, xr, gr;
+  if (left_vec) xl.load(x + j0 - kP);
+  if (right_vec) xr.load(x + j0 + E), gr.load(dyp + j0 + E);
   if (kVec && j0 + E <= L) {
     load_floats<T, 8>(xv + H, x + j0);
     load_floats<T, 8>(xv + H + 8, x + j0 + 8);
@@ -215,19 +220,29 @@ __global__ void __launch_bounds__(kThreads) conv_bwd_reg_kernel(ConvBwdParams q)
     gv[E + k] = __shfl_down_sync(0xffffffffu, gv[k], 1);
   }
   if (lane == 0) {
-    const T* init = has(p.initial_states) ? row_of<T>(p.initial_states, r) : nullptr;
+    if (left_vec) {
 #pragma unroll
-    for (int k = 0; k < H; ++k) {
-      const int64_t s = j0 - H + k;
-      xv[k] = s >= 0 && s < L ? to_float(x[s * sx]) : (s < 0 && init) ? to_float(init[(H + s) * p.initial_states.stride[2]]) : 0.f;
+      for (int k = 0; k < H; ++k) xv[k] = to_float(xl.e[kP - H + k]);
+    } else {
+      const T* init = has(p.initial_states) ? row_of<T>(p.initial_states, r) : nullptr;
+#pragma unroll
+      for (int k = 0; k < H; ++k) {
+        const int64_t s = j0 - H + k;
+        xv[k] = s >= 0 && s < L ? to_float(x[s * sx]) : (s < 0 && init) ? to_float(init[(H + s) * p.initial_states.stride[2]]) : 0.f;
+      }
     }
   }
   if (lane == 31) {
+    if (right_vec) {
 #pragma unroll
-    for (int k = 0; k < H; ++k) {
-      const int64_t s = j0 + E + k;
-      xv[H + E + k] = s < L ? to_float(x[s * sx]) : 0.f;
-      gv[E + k] = s < L ? to_float(dyp[s * sy]) : 0.f;
+      for (int k = 0; k < H; ++k) xv[H + E + k] = to_float(xr.e[k]), gv[E + k] = to_float(gr.e[k]);
+    } else {
+#pragma unroll
+      for (int k = 0; k < H; ++k) {
+        const int64_t s = j0 + E + k;
+        xv[H + E + k] = s < L ? to_float(x[s * sx]) : 0.f;
+        gv[E + k] = s < L ? to_float(dyp[s * sy]) : 0.f;
+      }
     }
   }
   // sq[i] = seq id at j0 - H + i (history: token 0's; past L: -1)
@@ -264,14 +279,20 @@ __global__ void __launch_bounds__(kThreads) conv_bwd_reg_kernel(ConvBwdParams q)
 #pragma unroll
     for (int k = 0; k < kW; ++k)
       if (!kSeq || sq[H + i] == sq[2 * H + i - k]) acc += w[k] * gv[i + H - k];
-    const int64_t j = j0 + i;
-    if (has(q.dfinal_states) && j < L && j >= L - H && (!kSeq || sq[H + i] == last_seq))
-      acc += to_float(row_of<T>(q.dfinal_states, r)[(j - (L - H)) * q.dfinal_states.stride[2]]);
     dx[i] = acc;
 #pragma unroll
     for (int k = 0; k < kW; ++k)
       if (!kSeq || sq[i + k] == sq[i + H]) dw[k] += gv[i] * xv[i + k];
     db += gv[i];
+  }
+  // the final-state gradient reaches the last W-1 steps only: one test per thread
+  if (has(q.dfinal_states) && j0 + E > L - H) {
+#pragma unroll
+    for (int i = 0; i < E; ++i) {
+      const int64_t j = j0 + i;
+      if (j < L && j >= L - H && (!kSeq || sq[H + i] == last_seq))
+        dx[i] += to_float(row_of<T>(q.dfinal_states, r)[(j - (L - H)) * q.dfinal_states.stride[2]]);
+    }
   }
   T* dxp = ptr<T>(q.dx) + r.b * q.dx.stride[0] + r.d * q.dx.stride[1];
   if (kVec && j0 + E <= L) {
@@ -297,10 +318,27 @@ __global__ void __launch_bounds__(kThreads) conv_bwd_reg_kernel(ConvBwdParams q)
                                 i * q.dinitial_states.stride[2]] = from_float<T>(acc);
     }
   }
-  float* dweight = ptr<float>(q.dweight) + r.d * q.dweight.stride[0];
+  // dweight (kW taps) and dbias over the block: warp sums, one barrier, one atomic per tap
+  float part[kW + 1];
 #pragma unroll
-  for (int k = 0; k < kW; ++k) block_atomic_add(dweight + k * q.dweight.stride[1], dw[k], scratch);
-  if (has(q.dbias)) block_atomic_add(ptr<float>(q.dbias) + r.d * q.dbias.stride[0], db, scratch);
+  for (int k = 0; k < kW; ++k) part[k] = dw[k];
+  part[kW] = db;
+#pragma unroll
+  for (int k = 0; k <= kW; ++k)
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) part[k] += __shfl_xor_sync(0xffffffffu, part[k], off);
+  __shared__ float sums[kW + 1][kThreads / 32];
+  if (lane == 0)
+#pragma unroll
+    for (int k = 0; k <= kW; ++k) sums[k][threadIdx.x / 32] = part[k];
+  __syncthreads();
+  if (threadIdx.x <= kW && (threadIdx.x < kW || has(q.dbias))) {
+    float v = 0.f;
+#pragma unroll
+    for (int w = 0; w < kThreads / 32; ++w) v += sums[threadIdx.x][w];
+    atomicAdd(threadIdx.x < kW ? ptr<float>(q.dweight) + r.d * q.dweight.stride[0] + threadIdx.x * q.dweight.stride[1]
+                               : ptr<float>(q.dbias) + r.d * q.dbias.stride[0], v);
+  }
 }
 
 template <typename T>

@@ -113,6 +113,11 @@ __global__ void __launch_bounds__(kThreads) conv_fwd_reg_kernel(ConvParams p) {
   const T* x = ptr<T>(p.x) + r.b * p.x.stride[0] + r.d * p.x.stride[1];
   const int lane = threadIdx.x % 32;
   float v[H + E];
+  // lane 0's history as one 16-byte pack, loaded with the lane's own inputs (not a round trip later)
+  constexpr int kP = Pack<T>::kN;
+  const bool left_vec = kVec && lane == 0 && t0 >= kP && t0 <= L;
+  Pack<T> xl;
+  if (left_vec) xl.load(x + t0 - kP);
   if (kVec && t0 + E <= L) {
     load_floats<T, 8>(v + H, x + t0);
     load_floats<T, 8>(v + H + 8, x + t0 + 8);
@@ -122,7 +127,10 @@ __global__ void __launch_bounds__(kThreads) conv_fwd_reg_kernel(ConvParams p) {
   }
 #pragma unroll
   for (int k = 0; k < H; ++k) v[k] = __shfl_up_sync(0xffffffffu, v[E + k], 1);
-  if (lane == 0) {
+  if (left_vec) {
+#pragma unroll
+    for (int k = 0; k < H; ++k) v[k] = to_float(xl.e[kP - H + k]);
+  } else if (lane == 0) {
     const T* init = has(p.initial_states)
         ? ptr<T>(p.initial_states) + r.b * p.initial_states.stride[0] + r.d * p.initial_states.stride[1] : nullptr;
 #pragma unroll

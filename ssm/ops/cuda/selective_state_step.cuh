@@ -197,11 +197,18 @@ inline bool use_wide(const StateStepParams& p) {
   return p.batch * p.nheads * p.headdim * narrow_lanes < 264 * kThreads;
 }
 
+}  // namespace ssm::cuda::step
+
+#include "cuda/selective_state_step_lean.cuh"
+
+namespace ssm::cuda::step {
+
 template <typename TS>
 void launch(const StateStepParams& p, cudaStream_t stream) {
   SSM_DTYPE_SWITCH(p.dtype, T, "selective_state_step", [&] {
     const bool vec = p.dstate % 8 == 0 && rows_vectorizable<TS>(p.state, 3) && rows_vectorizable<T>(p.B, 2) &&
                      rows_vectorizable<T>(p.C, 2);
+    if (use_lean(p, vec, use_wide(p))) return launch_lean<TS, T>(p, stream);
     SSM_STEP_TPR_SWITCH(p.dstate, use_wide(p), kTPR, kPacks, [&] {
       const int64_t threads = p.batch * p.nheads * p.headdim * kTPR;
       if (p.A.stride[2] == 0)
