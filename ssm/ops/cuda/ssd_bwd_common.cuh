@@ -19,6 +19,9 @@
 // per source tile (float32, (B * nchunks * Q / 64, H, P)); the caller sums each group's heads and the partials.
 // No atomics: every sum has one fixed order.
 #pragma once
+#include <cstdlib>
+#include <cstring>
+
 #include "cuda/ssd_common.cuh"
 #include "cuda/ssd_tile.cuh"
 
@@ -28,26 +31,39 @@ namespace ssm::cuda::ssd {
 //   dstate[(((b * nchunks + c) * H + h) * P + p) * N + n]   dS_c, then dH_out(c) (float32)
 //   dhout [(((b * nchunks + c) * H + h) * P + p) * N + n]   dH_out(c) in the element type T
 //   pairs [(((b * H + h) * nchunks + c) * nq + i) * Q + k]   decay-pair sums of target tile i
-//   ysum, xsum, xo [((b * H + h) * nchunks + c) * Q + k]     Y_t, X_s, x_s·o_s
+//   ysum  [(((b * H + h) * nchunks + c) * ny + slice) * Q + k]  Y_t, partial per N slice
+//   xsum, xo [(((b * H + h) * nchunks + c) * nx + slice) * Q + k]  X_s, x_s·o_s, partial per P slice
 //   cb    [((b * nchunks + c) * G + g) * Q * Q + t * Q + s]   C_t · B_s on the tile pairs s-tile <= t-tile,
 //   cbt   [((b * nchunks + c) * G + g) * Q * Q + s * Q + t]   and its transpose (shared by a group's heads)
 // Its size comes to Python from ssd_chunk_scan_bwd_workspace_floats (the binding).
 struct BwdLayout {
   int64_t dstate = 0, dhout = 0, pairs = 0, ysum = 0, xsum = 0, xo = 0, cb = 0, cbt = 0, floats = 0;
+  int64_t ny = 1, nx = 1;  // slices of the Y and X / x·o partial sums (64-wide N and P slices, register kernels)
 };
+
+// The register-fragment kernels of steps 3 and 4 (ssd_bwd_mma.cuh) for half / bfloat16;
+// SSM_SSD_BWD_MMA=0 selects the wmma ones (ssd_bwd_chunk.cuh).
+inline bool bwd_mma_enabled(const SsdParams& p) {
+  static const bool on = [] {
+    const char* e = std::getenv("SSM_SSD_BWD_MMA");
+    return e == nullptr || std::strcmp(e, "0") != 0;
+  }();
+  return on && p.dtype != DType::f32;
+}
 
 inline BwdLayout bwd_layout(const SsdParams& p, const Layout& w) {
   BwdLayout v;
   const int64_t bhc = p.batch * p.nheads * w.nchunks, nq = p.chunk / kTile;
+  if (bwd_mma_enabled(p)) v.ny = (p.dstate + kTile - 1) / kTile, v.nx = (p.headdim + kTile - 1) / kTile;
   v.dstate = w.floats;
   const int64_t spn = bhc * p.headdim * p.dstate;
   v.dhout = v.dstate + round64(spn);
   v.pairs = v.dhout + round64((spn * (p.dtype == DType::f32 ? 4 : 2) + 3) / 4);
   v.ysum = v.pairs + round64(bhc * nq * p.chunk);
-  v.xsum = v.ysum + round64(bhc * p.chunk);
-  v.xo = v.xsum + round64(bhc * p.chunk);
+  v.xsum = v.ysum + round64(bhc * v.ny * p.chunk);
+  v.xo = v.xsum + round64(bhc * v.nx * p.chunk);
   const int64_t qq = p.batch * w.nchunks * p.ngroups * p.chunk * p.chunk;
-  v.cb = v.xo + round64(bhc * p.chunk);
+  v.cb = v.xo + round64(bhc * v.nx * p.chunk);
   v.cbt = v.cb + round64(qq);
   v.floats = v.cbt + round64(qq);
   return v;
@@ -58,6 +74,7 @@ template <typename T> void launch_bwd_state(const SsdParams& p, const Layout& w,
 template <typename T> void launch_bwd_cb(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s);
 template <typename T> void launch_bwd_dc(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s);
 template <typename T> void launch_bwd_dx(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s);
+template <typename T> void launch_bwd_tiles_mma(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s);
 template <typename T> void launch_bwd_finalize(const SsdParams& p, const Layout& w, const BwdLayout& v,
                                                cudaStream_t s);
 

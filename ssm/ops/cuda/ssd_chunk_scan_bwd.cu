@@ -1,5 +1,7 @@
 // SSD chunked scan backward: checks and the dtype dispatch (kernels in ssd_bwd_*.cuh). The forward's
 // chunk_state and state_passing kernels recompute the chunk records and entering states first.
+#include <type_traits>
+
 #include "cuda/ssd_bwd_common.cuh"
 
 namespace ssm::cuda {
@@ -31,8 +33,13 @@ void ssd_chunk_scan_bwd(const SsdParams& p, cudaStream_t stream) {
     ssd::launch_bwd_cb<T>(p, w, v, stream);
     ssd::launch_bwd_dstate<T>(p, w, v, stream);
     ssd::launch_bwd_state<T>(p, w, v, stream);
-    ssd::launch_bwd_dc<T>(p, w, v, stream);
-    ssd::launch_bwd_dx<T>(p, w, v, stream);
+    if constexpr (!std::is_same<T, float>::value) {
+      if (ssd::bwd_mma_enabled(p)) ssd::launch_bwd_tiles_mma<T>(p, w, v, stream);
+    }
+    if (!ssd::bwd_mma_enabled(p)) {
+      ssd::launch_bwd_dc<T>(p, w, v, stream);
+      ssd::launch_bwd_dx<T>(p, w, v, stream);
+    }
     ssd::launch_bwd_finalize<T>(p, w, v, stream);
   });
   check_launch(op);

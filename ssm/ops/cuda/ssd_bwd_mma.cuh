@@ -1,0 +1,495 @@
+// SSD backward steps 3 and 4 for half / bfloat16 on register fragments (mma.sync m16n8k16, ldmatrix),
+// FlashAttention-2 style: each block owns one 64-token tile of a chunk and one 64-wide slice of the
+// output's columns, warp w its rows 16w..16w+15, and walks the tile's partner tiles with their inputs
+// double-buffered by cp.async; the masked products stay in registers (accumulators repacked as A
+// fragments), nothing goes through shared memory as float.
+//   dc (target tile t, N slice):  dC = diag(e0) dY H_in + Σ_s (dY X_s^T ∘ L ∘ Δ_s) B_s; Y_t partials;
+//                                 the N-slice-0 block also sums the decay pairs (C B^T)(dY X^T) L Δ_s.
+//   dx (source tile s, P slice):  o = diag(e) B dH_out^T + Σ_t (C B^T ∘ L)^T_st dY_t; dx = Δ o + D dY,
+//                                 x·o and X_s partials, the tile's dD share.
+//   db (source tile s, N slice):  dB = Δ (diag(e) X dH_out + Σ_t (X dY_t^T ∘ L^T) C_t).
+// Row / column partial sums per slice go to the workspace (BwdLayout: ny, nx slices), summed by finalize.
+// SSM_SSD_BWD_MMA=0 selects the wmma kernels of ssd_bwd_chunk.cuh.
+#pragma once
+#include "cuda/ssd_bwd_chunk.cuh"
+#include "cuda/ssd_chunk_output_mma.cuh"
+
+namespace ssm::cuda::ssd {
+
+// Shared-memory carve-up of the three kernels (tokens first).
+struct MmaSmem {
+  unsigned char* at;
+  template <typename V> __device__ V* take(int64_t elems) {
+    V* r = reinterpret_cast<V*>(at);
+    at += align128(elems * int64_t(sizeof(V)));
+    return r;
+  }
+};
+
+// acc (16 x 64 per warp) += A (rows r0.., stored [row][k], K = Kp) · Bt^T (Bt stored [n][k]); only the
+// n-tile pairs jp_min..jp_max.
+template <typename T>
+__device__ __forceinline__ void mma_nk_range(float (&acc)[8][4], const T* A, const T* Bt, int ld, int r0, int Kp,
+                                             int jp_min, int jp_max) {
+  for (int k0 = 0; k0 < Kp; k0 += 16) {
+    unsigned a[4];
+    load_a(a, A, ld, r0, k0);
+#pragma unroll
+    for (int jp = 0; jp < 4; ++jp) {
+      if (jp < jp_min || jp > jp_max) continue;
+      unsigned bb[4];
+      load_b_nk(bb, Bt, ld, jp * 16, k0);
+      mma16816<T>(acc[2 * jp], a, bb[0], bb[1]);
+      mma16816<T>(acc[2 * jp + 1], a, bb[2], bb[3]);
+    }
+  }
+}
+
+// acc (16 x 64) += A (rows r0.., stored [row][k], k from ka0, 64 wide) · Bm (stored [k][n], ld ldb, rows from 0).
+template <typename T>
+__device__ __forceinline__ void mma_kn64(float (&acc)[8][4], const T* A, int lda, int ka0, const T* Bm, int ldb,
+                                         int r0, int kmax) {
+  for (int k0 = 0; k0 < kmax; k0 += 16) {
+    unsigned a[4];
+    load_a(a, A, lda, r0, ka0 + k0);
+#pragma unroll
+    for (int jp = 0; jp < 4; ++jp) {
+      unsigned bb[4];
+      load_b_kn(bb, Bm, ldb, jp * 16, k0);
+      mma16816<T>(acc[2 * jp], a, bb[0], bb[1]);
+      mma16816<T>(acc[2 * jp + 1], a, bb[2], bb[3]);
+    }
+  }
+}
+
+// acc += S (16 x 64 accumulators, as A fragments) · X (stored [k][n], ld kLd); key steps kk_min.. only.
+template <typename T>
+__device__ __forceinline__ void mma_sx_from(float (&acc)[8][4], const float (&s)[8][4], const T* X, int kk_min) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    if (kk < kk_min) continue;
+    const unsigned a[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
+                           pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                           pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+    for (int jp = 0; jp < 4; ++jp) {
+      unsigned bb[4];
+      load_b_kn(bb, X, kLd, jp * 16, kk * 16);
+      mma16816<T>(acc[2 * jp], a, bb[0], bb[1]);
+      mma16816<T>(acc[2 * jp + 1], a, bb[2], bb[3]);
+    }
+  }
+}
+
+// The transposed mask (rows: the thread's source tokens srow, columns: target tile t0..):
+// s(s', t) *= exp(cs_t - cs_s') where s' <= t < nv in the same run, else 0.
+__device__ __forceinline__ void decay_mask_t(float (&s)[8][4], const ChunkTokens& tok, const int (&srow)[2], int t0,
+                                             int nv) {
+  const int c2 = 2 * int(threadIdx.x & 3);
+  float cs_s[2];
+  int run_s[2];
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) cs_s[hf] = tok.cs[srow[hf]], run_s[hf] = tok.run[srow[hf]];
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int t = t0 + j * 8 + c2 + e;
+      const float cs_t = tok.cs[t];
+      const int run_t = t < nv ? tok.run[t] : -1;
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const bool keep = srow[hf] <= t && run_t == run_s[hf];
+        s[j][2 * hf + e] = keep ? s[j][2 * hf + e] * __expf(cs_t - cs_s[hf]) : 0.f;
+      }
+    }
+}
+
+// Sum over the quad (the four lanes sharing an accumulator row).
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// Decay pairs of target tile t0.. (rows of pr: the thread's trow) with source tile s0.. (pr = C B^T ∘ the
+// masked dY X^T, overwritten): out[k] = Σ_{t in the tile, t >= k} (carry_t + Σ_{s0 <= s < k} pr_ts) for
+// k = s0.. s0 + 63, carry_t += the row's sum. red: 4 x 64 floats. Block-wide (syncs).
+__device__ __forceinline__ void pair_sums(float (&pr)[8][4], float (&carry)[2], bool diag, float* red, float* out) {
+  const int lane = int(threadIdx.x & 31), warp = int(threadIdx.x >> 5), c4 = lane & 3, g8 = lane >> 2;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    float run = carry[hf];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const float a0 = pr[j][2 * hf], a1 = pr[j][2 * hf + 1], sum = a0 + a1;
+      float x = sum, y = __shfl_up_sync(0xffffffffu, x, 1, 4);
+      if (c4 >= 1) x += y;
+      y = __shfl_up_sync(0xffffffffu, x, 2, 4);
+      if (c4 >= 2) x += y;
+      float ex = __shfl_up_sync(0xffffffffu, x, 1, 4);  // Σ of the lanes before in the quad
+      if (c4 == 0) ex = 0.f;
+      const float tot = __shfl_sync(0xffffffffu, x, 3, 4);
+      pr[j][2 * hf] = run + ex;
+      pr[j][2 * hf + 1] = run + ex + a0;
+      run += tot;
+    }
+    carry[hf] = run;
+  }
+  const int rl = warp * 16 + g8;  // the thread's first row within the tile
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int k = j * 8 + 2 * c4 + e;
+      float col = (!diag || rl >= k ? pr[j][e] : 0.f) + (!diag || rl + 8 >= k ? pr[j][2 + e] : 0.f);
+      col += __shfl_xor_sync(0xffffffffu, col, 4);
+      col += __shfl_xor_sync(0xffffffffu, col, 8);
+      col += __shfl_xor_sync(0xffffffffu, col, 16);
+      if (g8 == 0) red[warp * kTile + k] = col;
+    }
+  __syncthreads();
+  if (threadIdx.x < kTile)
+    out[threadIdx.x] = red[threadIdx.x] + red[kTile + threadIdx.x] + red[2 * kTile + threadIdx.x] +
+                       red[3 * kTile + threadIdx.x];
+}
+
+template <typename T>
+size_t bwd_dc_mma_smem(int P) {
+  const int ldp = round16(P) + 8;
+  return align128(sizeof(ChunkTokens)) + 3 * align128(kTile * ldp * sizeof(T)) +
+         3 * align128(kTile * kLd * sizeof(T)) + align128(4 * kTile * sizeof(float));
+}
+
+// Per (target tile i, 64-wide N slice, head): dC, Y partials, and (slice 0) the decay-pair sums.
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 3) bwd_dc_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), nq = Q / kTile, Pp = round16(P), ldp = Pp + 8;
+  const int nns = (N + kTile - 1) / kTile;
+  MmaSmem sm{smem};
+  ChunkTokens& tok = *sm.take<ChunkTokens>(1);
+  T* dys = sm.take<T>(kTile * ldp);
+  T* xb0 = sm.take<T>(kTile * ldp);
+  T* xb1 = sm.take<T>(kTile * ldp);
+  T* bb0 = sm.take<T>(kTile * kLd);
+  T* bb1 = sm.take<T>(kTile * kLd);
+  T* hb = sm.take<T>(kTile * kLd);
+  float* red = sm.take<float>(4 * kTile);
+  const int ns = int(blockIdx.x % nns), i = nq - 1 - int(blockIdx.x / nns % nq), n0 = ns * kTile, t0 = i * kTile;
+  const int h = blockIdx.y, g = h / int(p.nheads / p.ngroups);
+  const int64_t c = blockIdx.x / (nns * nq), b = blockIdx.z, c0 = c * Q, L = p.seqlen;
+  if (c0 + t0 >= L) return;
+  const int nv = int(min(int64_t(Q), L - c0));
+  const TensorArg &X = p.x, &Bt = p.B, &Ct = p.C, &dY = p.dout;
+  const T* dyq = ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] + (c0 + t0) * dY.stride[1];
+  const T* xk = ptr<T>(X) + b * X.stride[0] + h * X.stride[2] + c0 * X.stride[1];
+  const T* bk = ptr<T>(Bt) + b * Bt.stride[0] + g * Bt.stride[2] + c0 * Bt.stride[1] + n0 * Bt.stride[3];
+  const T* cq = ptr<T>(Ct) + b * Ct.stride[0] + g * Ct.stride[2] + (c0 + t0) * Ct.stride[1] + n0 * Ct.stride[3];
+  const T* hin = reinterpret_cast<const T*>(ptr<float>(p.workspace) + w.hin) +
+                 ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + n0;
+  issue_tile<T>(dys, ldp, Pp, dyq, dY.stride[1], dY.stride[3], nv - t0, P);
+  issue_tile<T>(bb1, kLd, kTile, cq, Ct.stride[1], Ct.stride[3], nv - t0, N - n0);  // C_t slice (for Y)
+  cp_async_commit();
+  load_chunk(p, b, h, c0, Q, tok);
+  const int warp = int(threadIdx.x >> 5), r0 = warp * 16, g8 = int(threadIdx.x & 31) >> 2;
+  const int c2 = 2 * int(threadIdx.x & 3);
+  const int trow[2] = {t0 + r0 + g8, t0 + r0 + g8 + 8};
+  // the entering state's part: diag(e0) dY H_in over 64-row pieces of H_in
+  float acc[8][4] = {};
+  for (int p0 = 0; p0 < P; p0 += kTile) {
+    issue_tile<T>(hb, kLd, kTile, hin + int64_t(p0) * N, N, 1, P - p0, N - n0);  // hb[p][n]
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    mma_kn64<T>(acc, dys, ldp, p0, hb, kLd, r0, min(kTile, Pp - p0));
+    __syncthreads();
+  }
+  float ypart[2];
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const int t = trow[hf], rl = r0 + g8 + 8 * hf;
+    const float e0 = t < nv && tok.run[t] == 0 ? __expf(tok.cs[t]) : 0.f;
+    float y = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        acc[j][2 * hf + e] *= e0;
+        y += acc[j][2 * hf + e] * to_float(bb1[rl * kLd + j * 8 + c2 + e]);
+      }
+    ypart[hf] = quad_sum(y);
+  }
+  const int64_t bhc = (b * p.nheads + h) * w.nchunks + c;
+  float* ws = ptr<float>(p.workspace);
+  if ((threadIdx.x & 3) == 0)
+    for (int hf = 0; hf < 2; ++hf)
+      if (trow[hf] < nv) ws[v.ysum + (bhc * v.ny + ns) * Q + trow[hf]] = ypart[hf];
+  __syncthreads();  // C_t read: bb1 takes a key tile
+  // the source tiles s <= t, double-buffered
+  issue_tile<T>(xb0, ldp, Pp, xk, X.stride[1], X.stride[3], nv, P);
+  issue_tile<T>(bb0, kLd, kTile, bk, Bt.stride[1], Bt.stride[3], nv, N - n0);
+  cp_async_commit();
+  const float* cbg = ws + v.cb + ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q;
+  float* pairs = ws + v.pairs + (bhc * nq + i) * Q;
+  float carry[2] = {0.f, 0.f};
+  for (int j = 0; j <= i; ++j) {
+    const int s0 = j * kTile, lim = j == i ? warp : 3;
+    float cbv[8][4];
+    if (ns == 0) load_cb(cbv, cbg, Q, trow, s0, 3);
+    if (j < i) {
+      const int s1 = s0 + kTile;
+      issue_tile<T>((j & 1 ? xb0 : xb1), ldp, Pp, xk + s1 * X.stride[1], X.stride[1], X.stride[3], nv - s1, P);
+      issue_tile<T>((j & 1 ? bb0 : bb1), kLd, kTile, bk + s1 * Bt.stride[1], Bt.stride[1], Bt.stride[3], nv - s1, N - n0);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    float s[8][4] = {};
+    mma_nk_range<T>(s, dys, (j & 1 ? xb1 : xb0), ldp, r0, Pp, 0, lim);  // dY_t X_s^T
+    decay_mask(s, tok, trow, s0, nv);                          // ∘ L ∘ Δ_s
+    if (ns == 0) {
+#pragma unroll
+      for (int jj = 0; jj < 8; ++jj)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) cbv[jj][e] *= s[jj][e];
+      pair_sums(cbv, carry, j == i, red, pairs + s0);
+    }
+    mma_sx<T>(acc, s, (j & 1 ? bb1 : bb0), lim);
+    __syncthreads();  // before the next issue overwrites this tile's buffers
+  }
+  float* dC = ptr<float>(p.dC);
+  const TensorArg& o = p.dC;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    if (trow[hf] >= nv) continue;
+    float* row = dC + b * o.stride[0] + (c0 + trow[hf]) * o.stride[1] + h * o.stride[2];
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int n = n0 + j * 8 + c2 + e;
+        if (n < N) row[n * o.stride[3]] = acc[j][2 * hf + e];
+      }
+  }
+}
+
+template <typename T>
+size_t bwd_dx_mma_smem(int N) {
+  const int ldn = round16(N) + 8;
+  return align128(sizeof(ChunkTokens)) + 2 * align128(kTile * ldn * sizeof(T)) +
+         2 * align128(kTile * kLd * sizeof(T)) + align128(4 * kTile * sizeof(float));
+}
+
+// Per (source tile j, 64-wide P slice, head): o, dx, the x·o and X_s partials, the dD share.
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), nq = Q / kTile, Np = round16(N), ldn = Np + 8;
+  const int npt = (P + kTile - 1) / kTile;
+  MmaSmem sm{smem};
+  ChunkTokens& tok = *sm.take<ChunkTokens>(1);
+  T* bs = sm.take<T>(kTile * ldn);
+  T* hb = sm.take<T>(kTile * ldn);
+  T* db0 = sm.take<T>(kTile * kLd);
+  T* db1 = sm.take<T>(kTile * kLd);
+  float* red = sm.take<float>(4 * kTile);
+  const int pt = int(blockIdx.x % npt), j = int(blockIdx.x / npt % nq), p0 = pt * kTile, s0 = j * kTile;
+  const int h = blockIdx.y, g = h / int(p.nheads / p.ngroups);
+  const int64_t c = blockIdx.x / (npt * nq), b = blockIdx.z, c0 = c * Q, L = p.seqlen;
+  float* dD = has(p.dD) ? ptr<float>(p.dD) + ((b * w.nchunks + c) * nq + j) * p.dD.stride[0] + h * p.dD.stride[1]
+                        : nullptr;
+  if (c0 + s0 >= L) {  // this tile's share of dD is zero
+    if (dD && threadIdx.x < kTile && p0 + int(threadIdx.x) < P) dD[p0 + threadIdx.x] = 0.f;
+    return;
+  }
+  const int nv = int(min(int64_t(Q), L - c0)), ni = (nv + kTile - 1) / kTile;
+  const TensorArg &X = p.x, &Bt = p.B, &dY = p.dout;
+  const T* bsrc = ptr<T>(Bt) + b * Bt.stride[0] + g * Bt.stride[2] + (c0 + s0) * Bt.stride[1];
+  const T* dyt = ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] + c0 * dY.stride[1] + p0 * dY.stride[3];
+  const T* dHout = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhout) +
+                   ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + int64_t(p0) * N;
+  issue_tile<T>(bs, ldn, Np, bsrc, Bt.stride[1], Bt.stride[3], nv - s0, N);
+  issue_tile<T>(hb, ldn, Np, dHout, N, 1, P - p0, N);  // hb[p][n]
+  cp_async_commit();
+  issue_tile<T>((j & 1 ? db1 : db0), kLd, kTile, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0, P - p0);
+  cp_async_commit();
+  load_chunk(p, b, h, c0, Q, tok);
+  cp_async_wait<1>();
+  __syncthreads();
+  const int warp = int(threadIdx.x >> 5), r0 = warp * 16, g8 = int(threadIdx.x & 31) >> 2;
+  const int c2 = 2 * int(threadIdx.x & 3);
+  const int srow[2] = {s0 + r0 + g8, s0 + r0 + g8 + 8};
+  float ost[8][4] = {};
+  mma_nk_range<T>(ost, bs, hb, ldn, r0, Np, 0, 3);  // B_s dH_out^T
+  const float* cbt = ptr<float>(p.workspace) + v.cbt + ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q;
+  float acc[8][4] = {};
+  for (int i = j; i < ni; ++i) {
+    const int t0 = i * kTile;
+    float cv[8][4];
+    load_cb(cv, cbt, Q, srow, t0, 3);  // C B^T transposed: rows s, columns t
+    if (i + 1 < ni) {
+      const int t1 = t0 + kTile;
+      issue_tile<T>((i & 1 ? db0 : db1), kLd, kTile, dyt + t1 * dY.stride[1], dY.stride[1], dY.stride[3], nv - t1, P - p0);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    decay_mask_t(cv, tok, srow, t0, nv);
+    mma_sx_from<T>(acc, cv, (i & 1 ? db1 : db0), i == j ? warp : 0);
+    __syncthreads();
+  }
+  // epilogue: o = acc + e_s ost; dx = Δ o + D dY; x·o, x·ost per row; dY·x per column
+  float dcol[8][2] = {};
+  const float* Dp = has(p.D) ? ptr<float>(p.D) + h * p.D.stride[0] : nullptr;
+  const int64_t bhc = (b * p.nheads + h) * w.nchunks + c;
+  float* ws = ptr<float>(p.workspace);
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const int s = srow[hf];
+    float xo = 0.f, xs = 0.f;
+    const bool valid = s < nv;
+    const float lv = leave_weight(tok, s, nv), dts = tok.dt[s];
+    const int64_t t = c0 + s;
+#pragma unroll
+    for (int jj = 0; jj < 8; ++jj)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int pp = p0 + jj * 8 + c2 + e;
+        if (!valid || pp >= P) continue;
+        const float o = acc[jj][2 * hf + e] + lv * ost[jj][2 * hf + e];
+        const float xv = at4<T>(X, b, t, h, pp), dyv = at4<T>(dY, b, t, h, pp);
+        float d = dts * o;
+        if (Dp) d += Dp[pp * p.D.stride[1]] * dyv;
+        ptr<T>(p.dx)[b * p.dx.stride[0] + t * p.dx.stride[1] + h * p.dx.stride[2] + pp * p.dx.stride[3]] =
+            from_float<T>(d);
+        xo += o * xv;
+        xs += ost[jj][2 * hf + e] * xv;
+        dcol[jj][e] += dyv * xv;
+      }
+    xo = quad_sum(xo);
+    xs = quad_sum(xs);
+    if (valid && (threadIdx.x & 3) == 0) {
+      ws[v.xo + (bhc * v.nx + pt) * Q + s] = xo;
+      ws[v.xsum + (bhc * v.nx + pt) * Q + s] = dts * lv * xs;
+    }
+  }
+  if (!dD) return;
+#pragma unroll
+  for (int jj = 0; jj < 8; ++jj)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      float col = dcol[jj][e];
+      col += __shfl_xor_sync(0xffffffffu, col, 4);
+      col += __shfl_xor_sync(0xffffffffu, col, 8);
+      col += __shfl_xor_sync(0xffffffffu, col, 16);
+      if (g8 == 0) red[warp * kTile + jj * 8 + c2 + e] = col;
+    }
+  __syncthreads();
+  if (threadIdx.x < kTile && p0 + int(threadIdx.x) < P)
+    dD[p0 + threadIdx.x] = red[threadIdx.x] + red[kTile + threadIdx.x] + red[2 * kTile + threadIdx.x] +
+                           red[3 * kTile + threadIdx.x];
+}
+
+template <typename T>
+size_t bwd_db_mma_smem(int P) {
+  const int ldp = round16(P) + 8;
+  return align128(sizeof(ChunkTokens)) + 3 * align128(kTile * ldp * sizeof(T)) + 3 * align128(kTile * kLd * sizeof(T));
+}
+
+// Per (source tile j, 64-wide N slice, head): dB = Δ (diag(e) X dH_out + Σ_t (X dY_t^T ∘ L^T) C_t).
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 3) bwd_db_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), nq = Q / kTile, Pp = round16(P), ldp = Pp + 8;
+  const int nns = (N + kTile - 1) / kTile;
+  MmaSmem sm{smem};
+  ChunkTokens& tok = *sm.take<ChunkTokens>(1);
+  T* xs = sm.take<T>(kTile * ldp);
+  T* dyb0 = sm.take<T>(kTile * ldp);
+  T* dyb1 = sm.take<T>(kTile * ldp);
+  T* cb0 = sm.take<T>(kTile * kLd);
+  T* cb1 = sm.take<T>(kTile * kLd);
+  T* hb = sm.take<T>(kTile * kLd);
+  const int ns = int(blockIdx.x % nns), j = int(blockIdx.x / nns % nq), n0 = ns * kTile, s0 = j * kTile;
+  const int h = blockIdx.y, g = h / int(p.nheads / p.ngroups);
+  const int64_t c = blockIdx.x / (nns * nq), b = blockIdx.z, c0 = c * Q, L = p.seqlen;
+  if (c0 + s0 >= L) return;
+  const int nv = int(min(int64_t(Q), L - c0)), ni = (nv + kTile - 1) / kTile;
+  const TensorArg &X = p.x, &Ct = p.C, &dY = p.dout;
+  const T* xsrc = ptr<T>(X) + b * X.stride[0] + h * X.stride[2] + (c0 + s0) * X.stride[1];
+  const T* ct = ptr<T>(Ct) + b * Ct.stride[0] + g * Ct.stride[2] + c0 * Ct.stride[1] + n0 * Ct.stride[3];
+  const T* dyt = ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] + c0 * dY.stride[1];
+  const T* dHout = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhout) +
+                   ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + n0;
+  issue_tile<T>(xs, ldp, Pp, xsrc, X.stride[1], X.stride[3], nv - s0, P);
+  cp_async_commit();
+  load_chunk(p, b, h, c0, Q, tok);
+  const int warp = int(threadIdx.x >> 5), r0 = warp * 16, g8 = int(threadIdx.x & 31) >> 2;
+  const int c2 = 2 * int(threadIdx.x & 3);
+  const int srow[2] = {s0 + r0 + g8, s0 + r0 + g8 + 8};
+  // the leaving state's part: diag(e) X dH_out over 64-row pieces of dH_out
+  float acc[8][4] = {};
+  for (int p0 = 0; p0 < P; p0 += kTile) {
+    issue_tile<T>(hb, kLd, kTile, dHout + int64_t(p0) * N, N, 1, P - p0, N - n0);  // hb[p][n]
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    mma_kn64<T>(acc, xs, ldp, p0, hb, kLd, r0, min(kTile, Pp - p0));
+    __syncthreads();
+  }
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const float lv = leave_weight(tok, srow[hf], nv);
+#pragma unroll
+    for (int jj = 0; jj < 8; ++jj) acc[jj][2 * hf] *= lv, acc[jj][2 * hf + 1] *= lv;
+  }
+  issue_tile<T>((j & 1 ? dyb1 : dyb0), ldp, Pp, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0, P);
+  issue_tile<T>((j & 1 ? cb1 : cb0), kLd, kTile, ct + s0 * Ct.stride[1], Ct.stride[1], Ct.stride[3], nv - s0, N - n0);
+  cp_async_commit();
+  for (int i = j; i < ni; ++i) {
+    const int t0 = i * kTile;
+    if (i + 1 < ni) {
+      const int t1 = t0 + kTile;
+      issue_tile<T>((i & 1 ? dyb0 : dyb1), ldp, Pp, dyt + t1 * dY.stride[1], dY.stride[1], dY.stride[3], nv - t1, P);
+      issue_tile<T>((i & 1 ? cb0 : cb1), kLd, kTile, ct + t1 * Ct.stride[1], Ct.stride[1], Ct.stride[3], nv - t1, N - n0);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    float st[8][4] = {};
+    const int lo = i == j ? warp : 0;
+    mma_nk_range<T>(st, xs, (i & 1 ? dyb1 : dyb0), ldp, r0, Pp, lo, 3);  // X_s dY_t^T
+    decay_mask_t(st, tok, srow, t0, nv);
+    mma_sx_from<T>(acc, st, (i & 1 ? cb1 : cb0), lo);
+    __syncthreads();
+  }
+  float* dB = ptr<float>(p.dB);
+  const TensorArg& o = p.dB;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const int s = srow[hf];
+    if (s >= nv) continue;
+    const float dts = tok.dt[s];
+    float* row = dB + b * o.stride[0] + (c0 + s) * o.stride[1] + h * o.stride[2];
+#pragma unroll
+    for (int jj = 0; jj < 8; ++jj)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int n = n0 + jj * 8 + c2 + e;
+        if (n < N) row[n * o.stride[3]] = dts * acc[jj][2 * hf + e];
+      }
+  }
+}
+
+// Steps 3 and 4 on register fragments (half / bfloat16).
+template <typename T>
+void launch_bwd_tiles_mma(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s) {
+  const unsigned nq = unsigned(p.chunk / kTile), nc = unsigned(w.nchunks), H = unsigned(p.nheads);
+  const unsigned nns = unsigned((p.dstate + kTile - 1) / kTile), npt = unsigned((p.headdim + kTile - 1) / kTile);
+  const int P = int(p.headdim), N = int(p.dstate);
+  launch_bwd(bwd_dc_mma_kernel<T>, dim3(nc * nq * nns, H, unsigned(p.batch)), bwd_dc_mma_smem<T>(P), s, p, w, v);
+  launch_bwd(bwd_dx_mma_kernel<T>, dim3(nc * nq * npt, H, unsigned(p.batch)), bwd_dx_mma_smem<T>(N), s, p, w, v);
+  launch_bwd(bwd_db_mma_kernel<T>, dim3(nc * nq * nns, H, unsigned(p.batch)), bwd_db_mma_smem<T>(P), s, p, w, v);
+}
+
+}  // namespace ssm::cuda::ssd
