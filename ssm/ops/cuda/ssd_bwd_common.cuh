@@ -15,7 +15,7 @@
 //                  dB = Δ ((dY X^T ∘ L)^T C + diag(e) X dH_out), x·o and X_s = Δ e dB_state,s · B_s
 //   5. finalize    per (b, h): d(Δ_k A) = pairs + Σ_{t>=k} Y_t + Σ_{s<k} X_s + exp(cs_last)<H_in, dH_out>,
 //                  ddt through clamp / softplus, dA
-// dB and dC come out per head (float32, (B, L, H, N)), dA per chunk (float32, (B * H, nchunks)) and dD
+// dB and dC come out per head set (float32, (B, L, hsets, N): per head, or summed over sets of a group's heads), dA per chunk (float32, (B * H, nchunks)) and dD
 // per source tile (float32, (B * nchunks * Q / 64, H, P)); the caller sums each group's heads and the partials.
 // No atomics: every sum has one fixed order.
 #pragma once
@@ -39,22 +39,37 @@ namespace ssm::cuda::ssd {
 struct BwdLayout {
   int64_t dstate = 0, dhout = 0, pairs = 0, ysum = 0, xsum = 0, xo = 0, cb = 0, cbt = 0, floats = 0;
   int64_t ny = 1, nx = 1;  // slices of the Y and X / x·o partial sums (64-wide N and P slices, register kernels)
+  int64_t hsets = 0;       // dB / dC partial sums per batch row: one per head, or per set of a group's heads
 };
 
 // The register-fragment kernels of steps 3 and 4 (ssd_bwd_mma.cuh) for half / bfloat16;
-// SSM_SSD_BWD_MMA=0 selects the wmma ones (ssd_bwd_chunk.cuh).
+// SSM_SSD_BWD_MMA=0 selects the wmma ones (ssd_bwd_chunk.cuh). Read at each call (tests switch it).
 inline bool bwd_mma_enabled(const SsdParams& p) {
-  static const bool on = [] {
-    const char* e = std::getenv("SSM_SSD_BWD_MMA");
-    return e == nullptr || std::strcmp(e, "0") != 0;
-  }();
-  return on && p.dtype != DType::f32;
+  const char* e = std::getenv("SSM_SSD_BWD_MMA");
+  return p.dtype != DType::f32 && (e == nullptr || std::strcmp(e, "0") != 0);
+}
+
+// The register kernels sum dB / dC over sets of a group's heads: the fewest sets per group that still give
+// the dc / db grids about 1024 blocks. SSM_SSD_BWD_HEADSUM=0: one set per head; =group: one set per group.
+inline int64_t bwd_head_sets(const SsdParams& p, const Layout& w) {
+  const char* e = std::getenv("SSM_SSD_BWD_HEADSUM");
+  if ((e != nullptr && std::strcmp(e, "0") == 0) || !bwd_mma_enabled(p) || p.ngroups < 1) return p.nheads;
+  const int64_t hg = p.nheads / p.ngroups;
+  const int64_t blocks = p.batch * w.nchunks * (p.chunk / kTile) * ((p.dstate + kTile - 1) / kTile) * p.ngroups;
+  const int64_t want = e != nullptr && std::strcmp(e, "group") == 0 ? 0 : 1024;
+  int64_t split = 1;
+  while (split < hg && blocks * split < want) {
+    ++split;
+    while (hg % split) ++split;
+  }
+  return p.ngroups * split;
 }
 
 inline BwdLayout bwd_layout(const SsdParams& p, const Layout& w) {
   BwdLayout v;
   const int64_t bhc = p.batch * p.nheads * w.nchunks, nq = p.chunk / kTile;
   if (bwd_mma_enabled(p)) v.ny = (p.dstate + kTile - 1) / kTile, v.nx = (p.headdim + kTile - 1) / kTile;
+  v.hsets = bwd_head_sets(p, w);
   v.dstate = w.floats;
   const int64_t spn = bhc * p.headdim * p.dstate;
   v.dhout = v.dstate + round64(spn);

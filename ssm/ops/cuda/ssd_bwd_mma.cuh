@@ -160,7 +160,8 @@ size_t bwd_dc_mma_smem(int P) {
          3 * align128(kTile * kLd * sizeof(T)) + align128(4 * kTile * sizeof(float));
 }
 
-// Per (target tile i, 64-wide N slice, head): dC, Y partials, and (slice 0) the decay-pair sums.
+// Per (target tile i, 64-wide N slice, head set): dC summed over the set's heads (one group), per head the Y
+// partials and (slice 0) the decay-pair sums.
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 3) bwd_dc_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
   extern __shared__ __align__(128) unsigned char smem[];
@@ -176,93 +177,99 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dc_mma_kernel(SsdParams p, La
   T* hb = sm.take<T>(kTile * kLd);
   float* red = sm.take<float>(4 * kTile);
   const int ns = int(blockIdx.x % nns), i = nq - 1 - int(blockIdx.x / nns % nq), n0 = ns * kTile, t0 = i * kTile;
-  const int h = blockIdx.y, g = h / int(p.nheads / p.ngroups);
+  const int hs = int(p.nheads / v.hsets), set = blockIdx.y, h0 = set * hs, g = h0 / int(p.nheads / p.ngroups);
   const int64_t c = blockIdx.x / (nns * nq), b = blockIdx.z, c0 = c * Q, L = p.seqlen;
   if (c0 + t0 >= L) return;
   const int nv = int(min(int64_t(Q), L - c0));
   const TensorArg &X = p.x, &Bt = p.B, &Ct = p.C, &dY = p.dout;
-  const T* dyq = ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] + (c0 + t0) * dY.stride[1];
-  const T* xk = ptr<T>(X) + b * X.stride[0] + h * X.stride[2] + c0 * X.stride[1];
   const T* bk = ptr<T>(Bt) + b * Bt.stride[0] + g * Bt.stride[2] + c0 * Bt.stride[1] + n0 * Bt.stride[3];
   const T* cq = ptr<T>(Ct) + b * Ct.stride[0] + g * Ct.stride[2] + (c0 + t0) * Ct.stride[1] + n0 * Ct.stride[3];
-  const T* hin = reinterpret_cast<const T*>(ptr<float>(p.workspace) + w.hin) +
-                 ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + n0;
-  issue_tile<T>(dys, ldp, Pp, dyq, dY.stride[1], dY.stride[3], nv - t0, P);
-  issue_tile<T>(bb1, kLd, kTile, cq, Ct.stride[1], Ct.stride[3], nv - t0, N - n0);  // C_t slice (for Y)
-  cp_async_commit();
-  load_chunk(p, b, h, c0, Q, tok);
   const int warp = int(threadIdx.x >> 5), r0 = warp * 16, g8 = int(threadIdx.x & 31) >> 2;
   const int c2 = 2 * int(threadIdx.x & 3);
   const int trow[2] = {t0 + r0 + g8, t0 + r0 + g8 + 8};
-  // the entering state's part: diag(e0) dY H_in over 64-row pieces of H_in
-  float acc[8][4] = {};
-  for (int p0 = 0; p0 < P; p0 += kTile) {
-    issue_tile<T>(hb, kLd, kTile, hin + int64_t(p0) * N, N, 1, P - p0, N - n0);  // hb[p][n]
-    cp_async_commit();
-    cp_async_wait<0>();
-    __syncthreads();
-    mma_kn64<T>(acc, dys, ldp, p0, hb, kLd, r0, min(kTile, Pp - p0));
-    __syncthreads();
-  }
-  float ypart[2];
-#pragma unroll
-  for (int hf = 0; hf < 2; ++hf) {
-    const int t = trow[hf], rl = r0 + g8 + 8 * hf;
-    const float e0 = t < nv && tok.run[t] == 0 ? __expf(tok.cs[t]) : 0.f;
-    float y = 0.f;
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        acc[j][2 * hf + e] *= e0;
-        y += acc[j][2 * hf + e] * to_float(bb1[rl * kLd + j * 8 + c2 + e]);
-      }
-    ypart[hf] = quad_sum(y);
-  }
-  const int64_t bhc = (b * p.nheads + h) * w.nchunks + c;
   float* ws = ptr<float>(p.workspace);
-  if ((threadIdx.x & 3) == 0)
-    for (int hf = 0; hf < 2; ++hf)
-      if (trow[hf] < nv) ws[v.ysum + (bhc * v.ny + ns) * Q + trow[hf]] = ypart[hf];
-  __syncthreads();  // C_t read: bb1 takes a key tile
-  // the source tiles s <= t, double-buffered
-  issue_tile<T>(xb0, ldp, Pp, xk, X.stride[1], X.stride[3], nv, P);
-  issue_tile<T>(bb0, kLd, kTile, bk, Bt.stride[1], Bt.stride[3], nv, N - n0);
-  cp_async_commit();
   const float* cbg = ws + v.cb + ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q;
-  float* pairs = ws + v.pairs + (bhc * nq + i) * Q;
-  float carry[2] = {0.f, 0.f};
-  for (int j = 0; j <= i; ++j) {
-    const int s0 = j * kTile, lim = j == i ? warp : 3;
-    float cbv[8][4];
-    if (ns == 0) load_cb(cbv, cbg, Q, trow, s0, 3);
-    if (j < i) {
-      const int s1 = s0 + kTile;
-      issue_tile<T>((j & 1 ? xb0 : xb1), ldp, Pp, xk + s1 * X.stride[1], X.stride[1], X.stride[3], nv - s1, P);
-      issue_tile<T>((j & 1 ? bb0 : bb1), kLd, kTile, bk + s1 * Bt.stride[1], Bt.stride[1], Bt.stride[3], nv - s1, N - n0);
-    }
+  float acc[8][4] = {};  // dC summed over the set's heads
+  for (int h = h0; h < h0 + hs; ++h) {
+    if (h > h0) __syncthreads();  // the previous head's tiles and tokens are read
+    const T* dyq = ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] + (c0 + t0) * dY.stride[1];
+    const T* xk = ptr<T>(X) + b * X.stride[0] + h * X.stride[2] + c0 * X.stride[1];
+    const T* hin = reinterpret_cast<const T*>(ws + w.hin) + ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + n0;
+    issue_tile<T>(dys, ldp, Pp, dyq, dY.stride[1], dY.stride[3], nv - t0, P);
+    issue_tile<T>(bb1, kLd, kTile, cq, Ct.stride[1], Ct.stride[3], nv - t0, N - n0);  // C_t slice (for Y)
     cp_async_commit();
-    cp_async_wait<1>();
-    __syncthreads();
-    float s[8][4] = {};
-    mma_nk_range<T>(s, dys, (j & 1 ? xb1 : xb0), ldp, r0, Pp, 0, lim);  // dY_t X_s^T
-    decay_mask(s, tok, trow, s0, nv);                          // ∘ L ∘ Δ_s
-    if (ns == 0) {
+    load_chunk(p, b, h, c0, Q, tok);
+    {  // the entering state's part: diag(e0) dY H_in over 64-row pieces of H_in
+      float st[8][4] = {};
+      for (int p0 = 0; p0 < P; p0 += kTile) {
+        issue_tile<T>(hb, kLd, kTile, hin + int64_t(p0) * N, N, 1, P - p0, N - n0);  // hb[p][n]
+        cp_async_commit();
+        cp_async_wait<0>();
+        __syncthreads();
+        mma_kn64<T>(st, dys, ldp, p0, hb, kLd, r0, min(kTile, Pp - p0));
+        __syncthreads();
+      }
+      float ypart[2];
 #pragma unroll
-      for (int jj = 0; jj < 8; ++jj)
+      for (int hf = 0; hf < 2; ++hf) {
+        const int t = trow[hf], rl = r0 + g8 + 8 * hf;
+        const float e0 = t < nv && tok.run[t] == 0 ? __expf(tok.cs[t]) : 0.f;
+        float y = 0.f;
 #pragma unroll
-        for (int e = 0; e < 4; ++e) cbv[jj][e] *= s[jj][e];
-      pair_sums(cbv, carry, j == i, red, pairs + s0);
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            st[j][2 * hf + e] *= e0;
+            y += st[j][2 * hf + e] * to_float(bb1[rl * kLd + j * 8 + c2 + e]);
+            acc[j][2 * hf + e] += st[j][2 * hf + e];
+          }
+        ypart[hf] = quad_sum(y);
+      }
+      const int64_t bhc = (b * p.nheads + h) * w.nchunks + c;
+      if ((threadIdx.x & 3) == 0)
+        for (int hf = 0; hf < 2; ++hf)
+          if (trow[hf] < nv) ws[v.ysum + (bhc * v.ny + ns) * Q + trow[hf]] = ypart[hf];
     }
-    mma_sx<T>(acc, s, (j & 1 ? bb1 : bb0), lim);
-    __syncthreads();  // before the next issue overwrites this tile's buffers
+    __syncthreads();  // C_t read: bb1 takes a key tile
+    // the source tiles s <= t, double-buffered
+    issue_tile<T>(xb0, ldp, Pp, xk, X.stride[1], X.stride[3], nv, P);
+    issue_tile<T>(bb0, kLd, kTile, bk, Bt.stride[1], Bt.stride[3], nv, N - n0);
+    cp_async_commit();
+    float* pairs = ws + v.pairs + (((b * p.nheads + h) * w.nchunks + c) * nq + i) * Q;
+    float carry[2] = {0.f, 0.f};
+    for (int j = 0; j <= i; ++j) {
+      const int s0 = j * kTile, lim = j == i ? warp : 3;
+      if (j < i) {
+        const int s1 = s0 + kTile;
+        issue_tile<T>((j & 1 ? xb0 : xb1), ldp, Pp, xk + s1 * X.stride[1], X.stride[1], X.stride[3], nv - s1, P);
+        issue_tile<T>((j & 1 ? bb0 : bb1), kLd, kTile, bk + s1 * Bt.stride[1], Bt.stride[1], Bt.stride[3], nv - s1,
+                      N - n0);
+      }
+      cp_async_commit();
+      cp_async_wait<1>();
+      __syncthreads();
+      float s[8][4] = {};
+      mma_nk_range<T>(s, dys, (j & 1 ? xb1 : xb0), ldp, r0, Pp, 0, lim);  // dY_t X_s^T
+      decay_mask(s, tok, trow, s0, nv);                                    // ∘ L ∘ Δ_s
+      if (ns == 0) {
+        float cbv[8][4];
+        load_cb(cbv, cbg, Q, trow, s0, 3);
+#pragma unroll
+        for (int jj = 0; jj < 8; ++jj)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) cbv[jj][e] *= s[jj][e];
+        pair_sums(cbv, carry, j == i, red, pairs + s0);
+      }
+      mma_sx<T>(acc, s, (j & 1 ? bb1 : bb0), lim);
+      __syncthreads();  // before the next issue overwrites this tile's buffers
+    }
   }
   float* dC = ptr<float>(p.dC);
   const TensorArg& o = p.dC;
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {
     if (trow[hf] >= nv) continue;
-    float* row = dC + b * o.stride[0] + (c0 + trow[hf]) * o.stride[1] + h * o.stride[2];
+    float* row = dC + b * o.stride[0] + (c0 + trow[hf]) * o.stride[1] + set * o.stride[2];
 #pragma unroll
     for (int j = 0; j < 8; ++j)
 #pragma unroll
@@ -396,7 +403,8 @@ size_t bwd_db_mma_smem(int P) {
   return align128(sizeof(ChunkTokens)) + 3 * align128(kTile * ldp * sizeof(T)) + 3 * align128(kTile * kLd * sizeof(T));
 }
 
-// Per (source tile j, 64-wide N slice, head): dB = Δ (diag(e) X dH_out + Σ_t (X dY_t^T ∘ L^T) C_t).
+// Per (source tile j, 64-wide N slice, head set): dB = Σ over the set's heads of
+// Δ (diag(e) X dH_out + Σ_t (X dY_t^T ∘ L^T) C_t).
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 3) bwd_db_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
   extern __shared__ __align__(128) unsigned char smem[];
@@ -411,57 +419,72 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_db_mma_kernel(SsdParams p, La
   T* cb1 = sm.take<T>(kTile * kLd);
   T* hb = sm.take<T>(kTile * kLd);
   const int ns = int(blockIdx.x % nns), j = int(blockIdx.x / nns % nq), n0 = ns * kTile, s0 = j * kTile;
-  const int h = blockIdx.y, g = h / int(p.nheads / p.ngroups);
+  const int hs = int(p.nheads / v.hsets), set = blockIdx.y, h0 = set * hs, g = h0 / int(p.nheads / p.ngroups);
   const int64_t c = blockIdx.x / (nns * nq), b = blockIdx.z, c0 = c * Q, L = p.seqlen;
   if (c0 + s0 >= L) return;
   const int nv = int(min(int64_t(Q), L - c0)), ni = (nv + kTile - 1) / kTile;
   const TensorArg &X = p.x, &Ct = p.C, &dY = p.dout;
-  const T* xsrc = ptr<T>(X) + b * X.stride[0] + h * X.stride[2] + (c0 + s0) * X.stride[1];
   const T* ct = ptr<T>(Ct) + b * Ct.stride[0] + g * Ct.stride[2] + c0 * Ct.stride[1] + n0 * Ct.stride[3];
-  const T* dyt = ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] + c0 * dY.stride[1];
-  const T* dHout = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhout) +
-                   ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + n0;
-  issue_tile<T>(xs, ldp, Pp, xsrc, X.stride[1], X.stride[3], nv - s0, P);
-  cp_async_commit();
-  load_chunk(p, b, h, c0, Q, tok);
   const int warp = int(threadIdx.x >> 5), r0 = warp * 16, g8 = int(threadIdx.x & 31) >> 2;
   const int c2 = 2 * int(threadIdx.x & 3);
   const int srow[2] = {s0 + r0 + g8, s0 + r0 + g8 + 8};
-  // the leaving state's part: diag(e) X dH_out over 64-row pieces of dH_out
-  float acc[8][4] = {};
-  for (int p0 = 0; p0 < P; p0 += kTile) {
-    issue_tile<T>(hb, kLd, kTile, dHout + int64_t(p0) * N, N, 1, P - p0, N - n0);  // hb[p][n]
+  float acc[8][4] = {};  // dB summed over the set's heads (Δ applied per head)
+  for (int h = h0; h < h0 + hs; ++h) {
+    if (h > h0) __syncthreads();  // the previous head's tiles and tokens are read
+    const T* xsrc = ptr<T>(X) + b * X.stride[0] + h * X.stride[2] + (c0 + s0) * X.stride[1];
+    const T* dyt = ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] + c0 * dY.stride[1];
+    const T* dHout = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhout) +
+                     ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + n0;
+    issue_tile<T>(xs, ldp, Pp, xsrc, X.stride[1], X.stride[3], nv - s0, P);
     cp_async_commit();
-    cp_async_wait<0>();
-    __syncthreads();
-    mma_kn64<T>(acc, xs, ldp, p0, hb, kLd, r0, min(kTile, Pp - p0));
-    __syncthreads();
-  }
+    load_chunk(p, b, h, c0, Q, tok);
+    float dts[2];
+    {  // the leaving state's part: diag(Δ e) X dH_out over 64-row pieces of dH_out
+      float st[8][4] = {};
+      for (int p0 = 0; p0 < P; p0 += kTile) {
+        issue_tile<T>(hb, kLd, kTile, dHout + int64_t(p0) * N, N, 1, P - p0, N - n0);  // hb[p][n]
+        cp_async_commit();
+        cp_async_wait<0>();
+        __syncthreads();
+        mma_kn64<T>(st, xs, ldp, p0, hb, kLd, r0, min(kTile, Pp - p0));
+        __syncthreads();
+      }
 #pragma unroll
-  for (int hf = 0; hf < 2; ++hf) {
-    const float lv = leave_weight(tok, srow[hf], nv);
+      for (int hf = 0; hf < 2; ++hf) {
+        dts[hf] = tok.dt[srow[hf]];
+        const float lv = dts[hf] * leave_weight(tok, srow[hf], nv);
 #pragma unroll
-    for (int jj = 0; jj < 8; ++jj) acc[jj][2 * hf] *= lv, acc[jj][2 * hf + 1] *= lv;
-  }
-  issue_tile<T>((j & 1 ? dyb1 : dyb0), ldp, Pp, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0, P);
-  issue_tile<T>((j & 1 ? cb1 : cb0), kLd, kTile, ct + s0 * Ct.stride[1], Ct.stride[1], Ct.stride[3], nv - s0, N - n0);
-  cp_async_commit();
-  for (int i = j; i < ni; ++i) {
-    const int t0 = i * kTile;
-    if (i + 1 < ni) {
-      const int t1 = t0 + kTile;
-      issue_tile<T>((i & 1 ? dyb0 : dyb1), ldp, Pp, dyt + t1 * dY.stride[1], dY.stride[1], dY.stride[3], nv - t1, P);
-      issue_tile<T>((i & 1 ? cb0 : cb1), kLd, kTile, ct + t1 * Ct.stride[1], Ct.stride[1], Ct.stride[3], nv - t1, N - n0);
+        for (int jj = 0; jj < 8; ++jj)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) acc[jj][2 * hf + e] += lv * st[jj][2 * hf + e];
+      }
     }
+    issue_tile<T>((j & 1 ? dyb1 : dyb0), ldp, Pp, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0, P);
+    issue_tile<T>((j & 1 ? cb1 : cb0), kLd, kTile, ct + s0 * Ct.stride[1], Ct.stride[1], Ct.stride[3], nv - s0,
+                  N - n0);
     cp_async_commit();
-    cp_async_wait<1>();
-    __syncthreads();
-    float st[8][4] = {};
-    const int lo = i == j ? warp : 0;
-    mma_nk_range<T>(st, xs, (i & 1 ? dyb1 : dyb0), ldp, r0, Pp, lo, 3);  // X_s dY_t^T
-    decay_mask_t(st, tok, srow, t0, nv);
-    mma_sx_from<T>(acc, st, (i & 1 ? cb1 : cb0), lo);
-    __syncthreads();
+    for (int i = j; i < ni; ++i) {
+      const int t0 = i * kTile;
+      if (i + 1 < ni) {
+        const int t1 = t0 + kTile;
+        issue_tile<T>((i & 1 ? dyb0 : dyb1), ldp, Pp, dyt + t1 * dY.stride[1], dY.stride[1], dY.stride[3], nv - t1, P);
+        issue_tile<T>((i & 1 ? cb0 : cb1), kLd, kTile, ct + t1 * Ct.stride[1], Ct.stride[1], Ct.stride[3], nv - t1,
+                      N - n0);
+      }
+      cp_async_commit();
+      cp_async_wait<1>();
+      __syncthreads();
+      float st[8][4] = {};
+      const int lo = i == j ? warp : 0;
+      mma_nk_range<T>(st, xs, (i & 1 ? dyb1 : dyb0), ldp, r0, Pp, lo, 3);  // X_s dY_t^T
+      decay_mask_t(st, tok, srow, t0, nv);
+#pragma unroll
+      for (int jj = 0; jj < 8; ++jj)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) st[jj][e] *= dts[e >> 1];
+      mma_sx_from<T>(acc, st, (i & 1 ? cb1 : cb0), lo);
+      __syncthreads();
+    }
   }
   float* dB = ptr<float>(p.dB);
   const TensorArg& o = p.dB;
@@ -469,14 +492,13 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_db_mma_kernel(SsdParams p, La
   for (int hf = 0; hf < 2; ++hf) {
     const int s = srow[hf];
     if (s >= nv) continue;
-    const float dts = tok.dt[s];
-    float* row = dB + b * o.stride[0] + (c0 + s) * o.stride[1] + h * o.stride[2];
+    float* row = dB + b * o.stride[0] + (c0 + s) * o.stride[1] + set * o.stride[2];
 #pragma unroll
     for (int jj = 0; jj < 8; ++jj)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int n = n0 + jj * 8 + c2 + e;
-        if (n < N) row[n * o.stride[3]] = dts * acc[jj][2 * hf + e];
+        if (n < N) row[n * o.stride[3]] = acc[jj][2 * hf + e];
       }
   }
 }
@@ -487,9 +509,10 @@ void launch_bwd_tiles_mma(const SsdParams& p, const Layout& w, const BwdLayout& 
   const unsigned nq = unsigned(p.chunk / kTile), nc = unsigned(w.nchunks), H = unsigned(p.nheads);
   const unsigned nns = unsigned((p.dstate + kTile - 1) / kTile), npt = unsigned((p.headdim + kTile - 1) / kTile);
   const int P = int(p.headdim), N = int(p.dstate);
-  launch_bwd(bwd_dc_mma_kernel<T>, dim3(nc * nq * nns, H, unsigned(p.batch)), bwd_dc_mma_smem<T>(P), s, p, w, v);
+  const unsigned sets = unsigned(v.hsets);
+  launch_bwd(bwd_dc_mma_kernel<T>, dim3(nc * nq * nns, sets, unsigned(p.batch)), bwd_dc_mma_smem<T>(P), s, p, w, v);
   launch_bwd(bwd_dx_mma_kernel<T>, dim3(nc * nq * npt, H, unsigned(p.batch)), bwd_dx_mma_smem<T>(N), s, p, w, v);
-  launch_bwd(bwd_db_mma_kernel<T>, dim3(nc * nq * nns, H, unsigned(p.batch)), bwd_db_mma_smem<T>(P), s, p, w, v);
+  launch_bwd(bwd_db_mma_kernel<T>, dim3(nc * nq * nns, sets, unsigned(p.batch)), bwd_db_mma_smem<T>(P), s, p, w, v);
 }
 
 }  // namespace ssm::cuda::ssd

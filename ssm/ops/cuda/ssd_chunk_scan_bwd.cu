@@ -10,6 +10,10 @@ int64_t ssd_chunk_scan_bwd_workspace_floats(const SsdParams& p) {
   return ssd::bwd_layout(p, ssd::layout(p, p.dtype == DType::f32 ? 4 : 2)).floats;
 }
 
+int64_t ssd_chunk_scan_bwd_head_sets(const SsdParams& p) {
+  return ssd::bwd_layout(p, ssd::layout(p, p.dtype == DType::f32 ? 4 : 2)).hsets;
+}
+
 void ssd_chunk_scan_bwd(const SsdParams& p, cudaStream_t stream) {
   const char* op = "ssd_chunk_scan_bwd";
   SSM_CHECK(p.chunk >= ssd::kTile && p.chunk <= ssd::kMaxChunk && p.chunk % ssd::kTile == 0, op,
