@@ -89,6 +89,7 @@ template <typename T> void launch_bwd_state(const SsdParams& p, const Layout& w,
 template <typename T> void launch_bwd_cb(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s);
 template <typename T> void launch_bwd_dc(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s);
 template <typename T> void launch_bwd_dx(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s);
+template <typename T> void launch_bwd_dstate_mma(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s);
 template <typename T> void launch_bwd_tiles_mma(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s);
 template <typename T> void launch_bwd_finalize(const SsdParams& p, const Layout& w, const BwdLayout& v,
                                                cudaStream_t s);

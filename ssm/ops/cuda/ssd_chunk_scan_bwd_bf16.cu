@@ -12,6 +12,7 @@ template void launch_bwd_cb<bfloat16_t>(const SsdParams&, const Layout&, const B
 template void launch_bwd_dc<bfloat16_t>(const SsdParams&, const Layout&, const BwdLayout&, cudaStream_t);
 template void launch_bwd_dx<bfloat16_t>(const SsdParams&, const Layout&, const BwdLayout&, cudaStream_t);
 template void launch_bwd_tiles_mma<bfloat16_t>(const SsdParams&, const Layout&, const BwdLayout&, cudaStream_t);
+template void launch_bwd_dstate_mma<bfloat16_t>(const SsdParams&, const Layout&, const BwdLayout&, cudaStream_t);
 template void launch_bwd_finalize<bfloat16_t>(const SsdParams&, const Layout&, const BwdLayout&, cudaStream_t);
 
 }  // namespace ssm::cuda::ssd

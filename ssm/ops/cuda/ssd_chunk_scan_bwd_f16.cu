@@ -12,6 +12,7 @@ template void launch_bwd_cb<half_t>(const SsdParams&, const Layout&, const BwdLa
 template void launch_bwd_dc<half_t>(const SsdParams&, const Layout&, const BwdLayout&, cudaStream_t);
 template void launch_bwd_dx<half_t>(const SsdParams&, const Layout&, const BwdLayout&, cudaStream_t);
 template void launch_bwd_tiles_mma<half_t>(const SsdParams&, const Layout&, const BwdLayout&, cudaStream_t);
+template void launch_bwd_dstate_mma<half_t>(const SsdParams&, const Layout&, const BwdLayout&, cudaStream_t);
 template void launch_bwd_finalize<half_t>(const SsdParams&, const Layout&, const BwdLayout&, cudaStream_t);
 
 }  // namespace ssm::cuda::ssd
