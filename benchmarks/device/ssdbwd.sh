@@ -19,7 +19,8 @@ echo "split/test_ssd gradient rows rc=$? ($(grep -c PASSED "$OUT/tests_rows.log"
 summary "$OUT/tests_rows.log" 4
 timeout 15 python3 benchmarks/bench_ssd_bwd_cuda.py --modes kernel --out "$OUT/bench.json" > "$OUT/bench.log" 2>&1
 echo "bench rc=$?"
-grep -E "^\{|H100|H200|bwd_|chunk_|state" "$OUT/bench.log" | cut -c1-160 | head -30
+grep -E "^\{|H100|H200" "$OUT/bench.log" | cut -c1-200
+grep -A12 "top kernels" "$OUT/bench.log" | cut -c1-100 | head -28
 timeout -k 3 20 ncu --clock-control none -k 'regex:bwd_d(c|b|x|state)_mma_kernel' --launch-count 4 --section LaunchStats \
   --section Occupancy --section SpeedOfLight --section WarpStateStats --section SourceCounters \
   python3 benchmarks/device/ncu_driver.py ssd > "$OUT/ncu.txt" 2>&1
