@@ -83,26 +83,40 @@ __device__ __forceinline__ void mma_sx_from(float (&acc)[8][4], const float (&s)
   }
 }
 
-// The transposed mask (rows: the thread's source tokens srow, columns: target tile t0..):
-// s(s', t) *= exp(cs_t - cs_s') where s' <= t < nv in the same run, else 0.
-__device__ __forceinline__ void decay_mask_t(float (&s)[8][4], const ChunkTokens& tok, const int (&srow)[2], int t0,
-                                             int nv) {
+// The decay mask of one tile pair in the accumulator layout: rows are the thread's tokens row[0], row[1],
+// columns the tile col0.. ; with kRowsTarget rows are targets t and columns sources s, else the reverse.
+// v(s, t) *= exp(cs_t - cs_s) (· Δ_s with kDelta) where s <= t < nv in the same run, else 0. Off the diagonal
+// exp(cs_t - cs_s) = exp(cs_t - ref) · exp(ref - cs_s) about the source tile's last token (both <= 1 for a
+// decaying A): 18 exponentials per thread instead of 32.
+template <bool kRowsTarget, bool kDelta>
+__device__ __forceinline__ void tile_decay(float (&v)[8][4], const ChunkTokens& tok, const int (&row)[2], int col0,
+                                           int nv, bool diag) {
   const int c2 = 2 * int(threadIdx.x & 3);
-  float cs_s[2];
-  int run_s[2];
+  const int src0 = kRowsTarget ? col0 : row[0] / kTile * kTile;
+  const float ref = tok.cs[src0 + kTile - 1];
+  float cs_r[2], f_r[2];
+  int run_r[2];
 #pragma unroll
-  for (int hf = 0; hf < 2; ++hf) cs_s[hf] = tok.cs[srow[hf]], run_s[hf] = tok.run[srow[hf]];
+  for (int hf = 0; hf < 2; ++hf) {
+    cs_r[hf] = tok.cs[row[hf]];
+    run_r[hf] = kRowsTarget && row[hf] >= nv ? -1 : tok.run[row[hf]];
+    f_r[hf] = diag ? 1.f : __expf(kRowsTarget ? cs_r[hf] - ref : ref - cs_r[hf]);
+  }
 #pragma unroll
   for (int j = 0; j < 8; ++j)
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
-      const int t = t0 + j * 8 + c2 + e;
-      const float cs_t = tok.cs[t];
-      const int run_t = t < nv ? tok.run[t] : -1;
+      const int col = col0 + j * 8 + c2 + e;
+      const float cs_c = tok.cs[col];
+      const int run_c = !kRowsTarget && col >= nv ? -1 : tok.run[col];
+      const float w = kDelta && kRowsTarget ? tok.dt[col] : 1.f;
+      const float f_c = diag ? w : w * __expf(kRowsTarget ? ref - cs_c : cs_c - ref);
 #pragma unroll
       for (int hf = 0; hf < 2; ++hf) {
-        const bool keep = srow[hf] <= t && run_t == run_s[hf];
-        s[j][2 * hf + e] = keep ? s[j][2 * hf + e] * __expf(cs_t - cs_s[hf]) : 0.f;
+        const int sv = kRowsTarget ? col : row[hf], tv = kRowsTarget ? row[hf] : col;
+        const bool keep = run_c == run_r[hf] && (!diag || sv <= tv);
+        const float d = diag ? __expf(kRowsTarget ? cs_r[hf] - cs_c : cs_c - cs_r[hf]) * f_c : f_r[hf] * f_c;
+        v[j][2 * hf + e] = keep ? v[j][2 * hf + e] * d : 0.f;
       }
     }
 }
@@ -252,7 +266,7 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dc_mma_kernel(SsdParams p, La
       __syncthreads();
       float s[8][4] = {};
       mma_nk_range<T>(s, dys, (j & 1 ? xb1 : xb0), ldp, r0, Pp, 0, lim);  // dY_t X_s^T
-      decay_mask(s, tok, trow, s0, nv);                                    // ∘ L ∘ Δ_s
+      tile_decay<true, true>(s, tok, trow, s0, nv, j == i);               // ∘ L ∘ Δ_s
       if (ns == 0) {
         float cbv[8][4];
         load_cb(cbv, cbg, Q, trow, s0, 3);
@@ -343,7 +357,7 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, La
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
-    decay_mask_t(cv, tok, srow, t0, nv);
+    tile_decay<false, false>(cv, tok, srow, t0, nv, i == j);
     mma_sx_from<T>(acc, cv, (i & 1 ? db1 : db0), i == j ? warp : 0);
     __syncthreads();
   }
@@ -479,7 +493,7 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_db_mma_kernel(SsdParams p, La
       float st[8][4] = {};
       const int lo = i == j ? warp : 0;
       mma_nk_range<T>(st, xs, (i & 1 ? dyb1 : dyb0), ldp, r0, Pp, lo, 3);  // X_s dY_t^T
-      decay_mask_t(st, tok, srow, t0, nv);
+      tile_decay<false, false>(st, tok, srow, t0, nv, i == j);
 #pragma unroll
       for (int jj = 0; jj < 8; ++jj)
 #pragma unroll
