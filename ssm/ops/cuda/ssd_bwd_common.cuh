@@ -35,11 +35,14 @@ namespace ssm::cuda::ssd {
 //   xsum, xo [(((b * H + h) * nchunks + c) * nx + slice) * Q + k]  X_s, x_s·o_s, partial per P slice
 //   cb    [((b * nchunks + c) * G + g) * Q * Q + t * Q + s]   C_t · B_s on the tile pairs s-tile <= t-tile,
 //   cbt   [((b * nchunks + c) * G + g) * Q * Q + s * Q + t]   and its transpose (shared by a group's heads)
+//   tok   [((b * H + h) * nchunks + c) * 3 * kMaxChunk + f * kMaxChunk + k]  ChunkTokens' dt, cs, run (register kernels)
 // Its size comes to Python from ssd_chunk_scan_bwd_workspace_floats (the binding).
 struct BwdLayout {
   int64_t dstate = 0, dhout = 0, pairs = 0, ysum = 0, xsum = 0, xo = 0, cb = 0, cbt = 0, floats = 0;
   int64_t ny = 1, nx = 1;  // slices of the Y and X / x·o partial sums (64-wide N and P slices, register kernels)
   int64_t hsets = 0;       // dB / dC partial sums per batch row: one per head, or per set of a group's heads
+  int64_t tok = 0;         // register kernels: each chunk's token data (Δ, cs, run; 3 x kMaxChunk floats per
+                           // (b, h, chunk)) written by dstate and copied by the tile kernels; 0 when off
 };
 
 // The register-fragment kernels of steps 3 and 4 (ssd_bwd_mma.cuh) for half / bfloat16;
@@ -81,6 +84,11 @@ inline BwdLayout bwd_layout(const SsdParams& p, const Layout& w) {
   v.cb = v.xo + round64(bhc * v.nx * p.chunk);
   v.cbt = v.cb + round64(qq);
   v.floats = v.cbt + round64(qq);
+  const char* e = std::getenv("SSM_SSD_BWD_TOKENS");  // =0: the tile kernels rebuild the token data themselves
+  if (bwd_mma_enabled(p) && (e == nullptr || std::strcmp(e, "0") != 0)) {
+    v.tok = v.floats;
+    v.floats = v.tok + round64(bhc * 3 * kMaxChunk);
+  }
   return v;
 }
 

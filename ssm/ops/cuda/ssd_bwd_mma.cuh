@@ -121,6 +121,19 @@ __device__ __forceinline__ void tile_decay(float (&v)[8][4], const ChunkTokens& 
     }
 }
 
+// The chunk's token data (Δ, cs, run: the first three arrays of ChunkTokens) for row b, head h, chunk c:
+// copied asynchronously from the workspace copy that dstate wrote (v.tok), else rebuilt (load_chunk, syncs).
+// With the copy the caller commits and waits before reading tok.
+__device__ __forceinline__ void chunk_tokens(const SsdParams& p, const Layout& w, const BwdLayout& v, int64_t b, int h,
+                                             int64_t c, ChunkTokens& tok) {
+  if (v.tok == 0) {
+    load_chunk(p, b, h, c * p.chunk, int(p.chunk), tok);
+    return;
+  }
+  const float* src = ptr<float>(p.workspace) + v.tok + ((b * p.nheads + h) * w.nchunks + c) * 3 * kMaxChunk;
+  for (int e = threadIdx.x; e < 3 * kMaxChunk / 4; e += kThreads) cp_async16(tok.dt + 4 * e, src + 4 * e, true);
+}
+
 // Sum over the quad (the four lanes sharing an accumulator row).
 __device__ __forceinline__ float quad_sum(float v) {
   v += __shfl_xor_sync(0xffffffffu, v, 1);
@@ -214,7 +227,7 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dc_mma_kernel(SsdParams p, La
     issue_tile<T>(dys, ldp, Pp, dyq, dY.stride[1], dY.stride[3], nv - t0, P);
     issue_tile<T>(bb1, kLd, kTile, cq, Ct.stride[1], Ct.stride[3], nv - t0, N - n0);  // C_t slice (for Y)
     cp_async_commit();
-    load_chunk(p, b, h, c0, Q, tok);
+    chunk_tokens(p, w, v, b, h, c, tok);
     {  // the entering state's part: diag(e0) dY H_in over 64-row pieces of H_in
       float st[8][4] = {};
       for (int p0 = 0; p0 < P; p0 += kTile) {
@@ -333,10 +346,10 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, La
                    ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + int64_t(p0) * N;
   issue_tile<T>(bs, ldn, Np, bsrc, Bt.stride[1], Bt.stride[3], nv - s0, N);
   issue_tile<T>(hb, ldn, Np, dHout, N, 1, P - p0, N);  // hb[p][n]
+  chunk_tokens(p, w, v, b, h, c, tok);
   cp_async_commit();
   issue_tile<T>((j & 1 ? db1 : db0), kLd, kTile, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0, P - p0);
   cp_async_commit();
-  load_chunk(p, b, h, c0, Q, tok);
   cp_async_wait<1>();
   __syncthreads();
   const int warp = int(threadIdx.x >> 5), r0 = warp * 16, g8 = int(threadIdx.x & 31) >> 2;
@@ -453,7 +466,7 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_db_mma_kernel(SsdParams p, La
                      ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + n0;
     issue_tile<T>(xs, ldp, Pp, xsrc, X.stride[1], X.stride[3], nv - s0, P);
     cp_async_commit();
-    load_chunk(p, b, h, c0, Q, tok);
+    chunk_tokens(p, w, v, b, h, c, tok);
     float dts[2];
     {  // the leaving state's part: diag(Δ e) X dH_out over 64-row pieces of dH_out
       float st[8][4] = {};
@@ -547,6 +560,11 @@ __global__ void __launch_bounds__(kThreads) bwd_dstate_mma_kernel(SsdParams p, L
   load_chunk(p, b, h, c0, Q, tok);
   for (int k = threadIdx.x; k < kMaxChunk; k += kThreads)
     wt[k] = k < nv && tok.run[k] == 0 ? __expf(tok.cs[k]) : 0.f;
+  if (v.tok != 0 && tile == 0) {  // the token data for the tile kernels
+    float* dst = ptr<float>(p.workspace) + v.tok + ((b * p.nheads + h) * w.nchunks + c) * 3 * kMaxChunk;
+    for (int k = threadIdx.x; k < kMaxChunk; k += kThreads)
+      dst[k] = tok.dt[k], dst[kMaxChunk + k] = tok.cs[k], dst[2 * kMaxChunk + k] = __int_as_float(tok.run[k]);
+  }
   const int r0 = int(threadIdx.x >> 5) * 16;
   float acc[8][4] = {};
   for (int kt = 0; kt < nk; ++kt) {
