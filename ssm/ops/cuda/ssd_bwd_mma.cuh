@@ -226,14 +226,23 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dc_mma_kernel(SsdParams p, La
     const T* hin = reinterpret_cast<const T*>(ws + w.hin) + ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + n0;
     issue_tile<T>(dys, ldp, Pp, dyq, dY.stride[1], dY.stride[3], nv - t0, P);
     issue_tile<T>(bb1, kLd, kTile, cq, Ct.stride[1], Ct.stride[3], nv - t0, N - n0);  // C_t slice (for Y)
-    cp_async_commit();
     chunk_tokens(p, w, v, b, h, c, tok);
+    issue_tile<T>(hb, kLd, kTile, hin, N, 1, P, N - n0);  // hb[p][n], the first 64 rows of H_in
+    cp_async_commit();
+    // the first source tile, in flight during the state's part
+    issue_tile<T>(xb0, ldp, Pp, xk, X.stride[1], X.stride[3], nv, P);
+    issue_tile<T>(bb0, kLd, kTile, bk, Bt.stride[1], Bt.stride[3], nv, N - n0);
+    cp_async_commit();
     {  // the entering state's part: diag(e0) dY H_in over 64-row pieces of H_in
       float st[8][4] = {};
       for (int p0 = 0; p0 < P; p0 += kTile) {
-        issue_tile<T>(hb, kLd, kTile, hin + int64_t(p0) * N, N, 1, P - p0, N - n0);  // hb[p][n]
-        cp_async_commit();
-        cp_async_wait<0>();
+        if (p0 > 0) {
+          issue_tile<T>(hb, kLd, kTile, hin + int64_t(p0) * N, N, 1, P - p0, N - n0);
+          cp_async_commit();
+          cp_async_wait<0>();
+        } else {
+          cp_async_wait<1>();
+        }
         __syncthreads();
         mma_kn64<T>(st, dys, ldp, p0, hb, kLd, r0, min(kTile, Pp - p0));
         __syncthreads();
@@ -261,9 +270,6 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dc_mma_kernel(SsdParams p, La
     }
     __syncthreads();  // C_t read: bb1 takes a key tile
     // the source tiles s <= t, double-buffered
-    issue_tile<T>(xb0, ldp, Pp, xk, X.stride[1], X.stride[3], nv, P);
-    issue_tile<T>(bb0, kLd, kTile, bk, Bt.stride[1], Bt.stride[3], nv, N - n0);
-    cp_async_commit();
     float* pairs = ws + v.pairs + (((b * p.nheads + h) * w.nchunks + c) * nq + i) * Q;
     float carry[2] = {0.f, 0.f};
     for (int j = 0; j <= i; ++j) {
@@ -465,15 +471,25 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_db_mma_kernel(SsdParams p, La
     const T* dHout = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhout) +
                      ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + n0;
     issue_tile<T>(xs, ldp, Pp, xsrc, X.stride[1], X.stride[3], nv - s0, P);
-    cp_async_commit();
     chunk_tokens(p, w, v, b, h, c, tok);
+    issue_tile<T>(hb, kLd, kTile, dHout, N, 1, P, N - n0);  // hb[p][n], the first 64 rows of dH_out
+    cp_async_commit();
+    // the first target tile (the source tile itself), in flight during the state's part
+    issue_tile<T>((j & 1 ? dyb1 : dyb0), ldp, Pp, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0, P);
+    issue_tile<T>((j & 1 ? cb1 : cb0), kLd, kTile, ct + s0 * Ct.stride[1], Ct.stride[1], Ct.stride[3], nv - s0,
+                  N - n0);
+    cp_async_commit();
     float dts[2];
     {  // the leaving state's part: diag(Δ e) X dH_out over 64-row pieces of dH_out
       float st[8][4] = {};
       for (int p0 = 0; p0 < P; p0 += kTile) {
-        issue_tile<T>(hb, kLd, kTile, dHout + int64_t(p0) * N, N, 1, P - p0, N - n0);  // hb[p][n]
-        cp_async_commit();
-        cp_async_wait<0>();
+        if (p0 > 0) {
+          issue_tile<T>(hb, kLd, kTile, dHout + int64_t(p0) * N, N, 1, P - p0, N - n0);
+          cp_async_commit();
+          cp_async_wait<0>();
+        } else {
+          cp_async_wait<1>();
+        }
         __syncthreads();
         mma_kn64<T>(st, xs, ldp, p0, hb, kLd, r0, min(kTile, Pp - p0));
         __syncthreads();
@@ -488,10 +504,6 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_db_mma_kernel(SsdParams p, La
           for (int e = 0; e < 2; ++e) acc[jj][2 * hf + e] += lv * st[jj][2 * hf + e];
       }
     }
-    issue_tile<T>((j & 1 ? dyb1 : dyb0), ldp, Pp, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0, P);
-    issue_tile<T>((j & 1 ? cb1 : cb0), kLd, kTile, ct + s0 * Ct.stride[1], Ct.stride[1], Ct.stride[3], nv - s0,
-                  N - n0);
-    cp_async_commit();
     for (int i = j; i < ni; ++i) {
       const int t0 = i * kTile;
       if (i + 1 < ni) {
