@@ -134,6 +134,28 @@ __device__ __forceinline__ void chunk_tokens(const SsdParams& p, const Layout& w
   for (int e = threadIdx.x; e < 3 * kMaxChunk / 4; e += kThreads) cp_async16(tok.dt + 4 * e, src + 4 * e, true);
 }
 
+// The block of the 1-d dc / db grids: tile rank slowest (all of the grid's blocks of one rank before the next,
+// so that the longest run first), then row, head set, chunk, 64-wide slice.
+struct TileBlock {
+  int tile, slice, set;
+  int64_t c, b;
+};
+
+__device__ __forceinline__ TileBlock tile_block(const SsdParams& p, const Layout& w, const BwdLayout& v, int nslices) {
+  const int64_t rest = w.nchunks * nslices * v.hsets * p.batch;
+  int64_t r = blockIdx.x;
+  TileBlock t;
+  t.tile = int(r / rest);
+  r %= rest;
+  t.slice = int(r % nslices);
+  r /= nslices;
+  t.c = r % w.nchunks;
+  r /= w.nchunks;
+  t.set = int(r % v.hsets);
+  t.b = r / v.hsets;
+  return t;
+}
+
 // Sum over the quad (the four lanes sharing an accumulator row).
 __device__ __forceinline__ float quad_sum(float v) {
   v += __shfl_xor_sync(0xffffffffu, v, 1);
@@ -205,9 +227,10 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dc_mma_kernel(SsdParams p, La
   T* bb1 = sm.take<T>(kTile * kLd);
   T* hb = sm.take<T>(kTile * kLd);
   float* red = sm.take<float>(4 * kTile);
-  const int ns = int(blockIdx.x % nns), i = nq - 1 - int(blockIdx.x / nns % nq), n0 = ns * kTile, t0 = i * kTile;
-  const int hs = int(p.nheads / v.hsets), set = blockIdx.y, h0 = set * hs, g = h0 / int(p.nheads / p.ngroups);
-  const int64_t c = blockIdx.x / (nns * nq), b = blockIdx.z, c0 = c * Q, L = p.seqlen;
+  const TileBlock tb = tile_block(p, w, v, nns);
+  const int ns = tb.slice, i = nq - 1 - tb.tile, n0 = ns * kTile, t0 = i * kTile;  // the heaviest tiles first
+  const int hs = int(p.nheads / v.hsets), set = tb.set, h0 = set * hs, g = h0 / int(p.nheads / p.ngroups);
+  const int64_t c = tb.c, b = tb.b, c0 = c * Q, L = p.seqlen;
   if (c0 + t0 >= L) return;
   const int nv = int(min(int64_t(Q), L - c0));
   const TensorArg &X = p.x, &Bt = p.B, &Ct = p.C, &dY = p.dout;
@@ -443,7 +466,7 @@ size_t bwd_db_mma_smem(int P) {
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 3) bwd_db_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
   extern __shared__ __align__(128) unsigned char smem[];
-  const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), nq = Q / kTile, Pp = round16(P), ldp = Pp + 8;
+  const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Pp = round16(P), ldp = Pp + 8;
   const int nns = (N + kTile - 1) / kTile;
   MmaSmem sm{smem};
   ChunkTokens& tok = *sm.take<ChunkTokens>(1);
@@ -453,9 +476,10 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_db_mma_kernel(SsdParams p, La
   T* cb0 = sm.take<T>(kTile * kLd);
   T* cb1 = sm.take<T>(kTile * kLd);
   T* hb = sm.take<T>(kTile * kLd);
-  const int ns = int(blockIdx.x % nns), j = int(blockIdx.x / nns % nq), n0 = ns * kTile, s0 = j * kTile;
-  const int hs = int(p.nheads / v.hsets), set = blockIdx.y, h0 = set * hs, g = h0 / int(p.nheads / p.ngroups);
-  const int64_t c = blockIdx.x / (nns * nq), b = blockIdx.z, c0 = c * Q, L = p.seqlen;
+  const TileBlock tb = tile_block(p, w, v, nns);
+  const int ns = tb.slice, j = tb.tile, n0 = ns * kTile, s0 = j * kTile;  // the heaviest tiles first
+  const int hs = int(p.nheads / v.hsets), set = tb.set, h0 = set * hs, g = h0 / int(p.nheads / p.ngroups);
+  const int64_t c = tb.c, b = tb.b, c0 = c * Q, L = p.seqlen;
   if (c0 + s0 >= L) return;
   const int nv = int(min(int64_t(Q), L - c0)), ni = (nv + kTile - 1) / kTile;
   const TensorArg &X = p.x, &Ct = p.C, &dY = p.dout;
@@ -622,9 +646,10 @@ void launch_bwd_tiles_mma(const SsdParams& p, const Layout& w, const BwdLayout& 
   const unsigned nns = unsigned((p.dstate + kTile - 1) / kTile), npt = unsigned((p.headdim + kTile - 1) / kTile);
   const int P = int(p.headdim), N = int(p.dstate);
   const unsigned sets = unsigned(v.hsets);
-  launch_bwd(bwd_dc_mma_kernel<T>, dim3(nc * nq * nns, sets, unsigned(p.batch)), bwd_dc_mma_smem<T>(P), s, p, w, v);
+  const unsigned tiles = nq * nc * nns * sets * unsigned(p.batch);  // 1-d: tile_block
+  launch_bwd(bwd_dc_mma_kernel<T>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
   launch_bwd(bwd_dx_mma_kernel<T>, dim3(nc * nq * npt, H, unsigned(p.batch)), bwd_dx_mma_smem<T>(N), s, p, w, v);
-  launch_bwd(bwd_db_mma_kernel<T>, dim3(nc * nq * nns, sets, unsigned(p.batch)), bwd_db_mma_smem<T>(P), s, p, w, v);
+  launch_bwd(bwd_db_mma_kernel<T>, dim3(tiles), bwd_db_mma_smem<T>(P), s, p, w, v);
 }
 
 }  // namespace ssm::cuda::ssd
