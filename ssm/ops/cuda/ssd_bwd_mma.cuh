@@ -341,7 +341,7 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dc_mma_kernel(SsdParams p, La
 template <typename T>
 size_t bwd_dx_mma_smem(int N) {
   const int ldn = round16(N) + 8;
-  return align128(sizeof(ChunkTokens)) + 2 * align128(kTile * ldn * sizeof(T)) +
+  return align128(sizeof(ChunkTokens)) + 2 * align128(kTile * max(ldn, kLd) * sizeof(T)) +
          2 * align128(kTile * kLd * sizeof(T)) + align128(4 * kTile * sizeof(float));
 }
 
@@ -353,8 +353,8 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, La
   const int npt = (P + kTile - 1) / kTile;
   MmaSmem sm{smem};
   ChunkTokens& tok = *sm.take<ChunkTokens>(1);
-  T* bs = sm.take<T>(kTile * ldn);
-  T* hb = sm.take<T>(kTile * ldn);
+  T* bs = sm.take<T>(kTile * max(ldn, kLd));  // B_s, then the source tile's x (P slice)
+  T* hb = sm.take<T>(kTile * max(ldn, kLd));  // dH_out (P slice), then the source tile's dY
   T* db0 = sm.take<T>(kTile * kLd);
   T* db1 = sm.take<T>(kTile * kLd);
   float* red = sm.take<float>(4 * kTile);
@@ -386,6 +386,11 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, La
   const int srow[2] = {s0 + r0 + g8, s0 + r0 + g8 + 8};
   float ost[8][4] = {};
   mma_nk_range<T>(ost, bs, hb, ldn, r0, Np, 0, 3);  // B_s dH_out^T
+  __syncthreads();  // bs, hb read: they take the source tile's x and dY for the epilogue
+  const T* xsrc = ptr<T>(X) + b * X.stride[0] + h * X.stride[2] + (c0 + s0) * X.stride[1] + p0 * X.stride[3];
+  issue_tile<T>(bs, kLd, kTile, xsrc, X.stride[1], X.stride[3], nv - s0, P - p0);
+  issue_tile<T>(hb, kLd, kTile, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0, P - p0);
+  cp_async_commit();
   const float* cbt = ptr<float>(p.workspace) + v.cbt + ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q;
   float acc[8][4] = {};
   for (int i = j; i < ni; ++i) {
@@ -408,29 +413,38 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, La
   const float* Dp = has(p.D) ? ptr<float>(p.D) + h * p.D.stride[0] : nullptr;
   const int64_t bhc = (b * p.nheads + h) * w.nchunks + c;
   float* ws = ptr<float>(p.workspace);
+  const int64_t dxs = p.dx.stride[3];
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {
-    const int s = srow[hf];
+    const int s = srow[hf], rl = r0 + g8 + 8 * hf;
     float xo = 0.f, xs = 0.f;
     const bool valid = s < nv;
     const float lv = leave_weight(tok, s, nv), dts = tok.dt[s];
-    const int64_t t = c0 + s;
+    T* dxrow = ptr<T>(p.dx) + b * p.dx.stride[0] + (c0 + s) * p.dx.stride[1] + h * p.dx.stride[2];
 #pragma unroll
-    for (int jj = 0; jj < 8; ++jj)
+    for (int jj = 0; jj < 8; ++jj) {
+      const int q = jj * 8 + c2, pp = p0 + q;
+      if (!valid || pp >= P) continue;
+      float d[2] = {0.f, 0.f};
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        const int pp = p0 + jj * 8 + c2 + e;
-        if (!valid || pp >= P) continue;
+        if (pp + e >= P) continue;
         const float o = acc[jj][2 * hf + e] + lv * ost[jj][2 * hf + e];
-        const float xv = at4<T>(X, b, t, h, pp), dyv = at4<T>(dY, b, t, h, pp);
-        float d = dts * o;
-        if (Dp) d += Dp[pp * p.D.stride[1]] * dyv;
-        ptr<T>(p.dx)[b * p.dx.stride[0] + t * p.dx.stride[1] + h * p.dx.stride[2] + pp * p.dx.stride[3]] =
-            from_float<T>(d);
+        const float xv = to_float(bs[rl * kLd + q + e]), dyv = to_float(hb[rl * kLd + q + e]);
+        d[e] = dts * o;
+        if (Dp) d[e] += Dp[(pp + e) * p.D.stride[1]] * dyv;
         xo += o * xv;
         xs += ost[jj][2 * hf + e] * xv;
         dcol[jj][e] += dyv * xv;
       }
+      T* dst = dxrow + pp * dxs;
+      if (pp + 1 < P && dxs == 1 && (reinterpret_cast<uintptr_t>(dst) & 3) == 0) {
+        *reinterpret_cast<unsigned*>(dst) = pack2<T>(d[0], d[1]);  // the pair in one store
+      } else {
+        dst[0] = from_float<T>(d[0]);
+        if (pp + 1 < P) dst[dxs] = from_float<T>(d[1]);
+      }
+    }
     xo = quad_sum(xo);
     xs = quad_sum(xs);
     if (valid && (threadIdx.x & 3) == 0) {
