@@ -42,15 +42,12 @@ struct BwdLayout {
   int64_t ny = 1, nx = 1;  // slices of the Y and X / x·o partial sums (64-wide N and P slices, register kernels)
   int64_t hsets = 0;       // dB / dC partial sums per batch row: one per head, or per set of a group's heads
   int64_t tok = 0;         // register kernels: each chunk's token data (Δ, cs, run; 3 x kMaxChunk floats per
-                           // (b, h, chunk)) written by dstate and copied by the tile kernels; 0 when off
+                           // (b, h, chunk)) written by dstate and copied by the tile kernels
 };
 
-// The register-fragment kernels of steps 3 and 4 (ssd_bwd_mma.cuh) for half / bfloat16;
-// SSM_SSD_BWD_MMA=0 selects the wmma ones (ssd_bwd_chunk.cuh). Read at each call (tests switch it).
-inline bool bwd_mma_enabled(const SsdParams& p) {
-  const char* e = std::getenv("SSM_SSD_BWD_MMA");
-  return p.dtype != DType::f32 && (e == nullptr || std::strcmp(e, "0") != 0);
-}
+// Half / bfloat16 run steps 1, 3 and 4 on register fragments (ssd_bwd_mma.cuh); float32 keeps the FMA tiles
+// of ssd_bwd_chunk.cuh / ssd_bwd_state.cuh (tensor-core float32 would miss the float32 tolerance).
+inline bool bwd_mma_enabled(const SsdParams& p) { return p.dtype != DType::f32; }
 
 // The register kernels sum dB / dC over sets of a group's heads: the fewest sets per group that still give
 // the dc / db grids about 1024 blocks. SSM_SSD_BWD_HEADSUM=0: one set per head; =group: one set per group.
@@ -84,8 +81,7 @@ inline BwdLayout bwd_layout(const SsdParams& p, const Layout& w) {
   v.cb = v.xo + round64(bhc * v.nx * p.chunk);
   v.cbt = v.cb + round64(qq);
   v.floats = v.cbt + round64(qq);
-  const char* e = std::getenv("SSM_SSD_BWD_TOKENS");  // =0: the tile kernels rebuild the token data themselves
-  if (bwd_mma_enabled(p) && (e == nullptr || std::strcmp(e, "0") != 0)) {
+  if (bwd_mma_enabled(p)) {
     v.tok = v.floats;
     v.floats = v.tok + round64(bhc * 3 * kMaxChunk);
   }

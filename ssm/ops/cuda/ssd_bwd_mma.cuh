@@ -10,7 +10,7 @@
 //   db (source tile s, N slice):  dB = Δ (diag(e) X dH_out + Σ_t (X dY_t^T ∘ L^T) C_t).
 //   dstate (chunk, P x N tile):   dS_c = dY^T diag(e0) C (the chunk-state product).
 // Row / column partial sums per slice go to the workspace (BwdLayout: ny, nx slices), summed by finalize.
-// SSM_SSD_BWD_MMA=0 selects the wmma kernels of ssd_bwd_chunk.cuh.
+// float32 keeps the FMA tiles of ssd_bwd_chunk.cuh.
 #pragma once
 #include "cuda/ssd_bwd_chunk.cuh"
 #include "cuda/ssd_chunk_output_mma.cuh"
@@ -121,15 +121,10 @@ __device__ __forceinline__ void tile_decay(float (&v)[8][4], const ChunkTokens& 
     }
 }
 
-// The chunk's token data (Δ, cs, run: the first three arrays of ChunkTokens) for row b, head h, chunk c:
-// copied asynchronously from the workspace copy that dstate wrote (v.tok), else rebuilt (load_chunk, syncs).
-// With the copy the caller commits and waits before reading tok.
+// The chunk's token data (Δ, cs, run: the first three arrays of ChunkTokens) for row b, head h, chunk c,
+// copied asynchronously from the workspace copy that dstate wrote (v.tok); the caller commits and waits.
 __device__ __forceinline__ void chunk_tokens(const SsdParams& p, const Layout& w, const BwdLayout& v, int64_t b, int h,
                                              int64_t c, ChunkTokens& tok) {
-  if (v.tok == 0) {
-    load_chunk(p, b, h, c * p.chunk, int(p.chunk), tok);
-    return;
-  }
   const float* src = ptr<float>(p.workspace) + v.tok + ((b * p.nheads + h) * w.nchunks + c) * 3 * kMaxChunk;
   for (int e = threadIdx.x; e < 3 * kMaxChunk / 4; e += kThreads) cp_async16(tok.dt + 4 * e, src + 4 * e, true);
 }
@@ -155,6 +150,9 @@ __device__ __forceinline__ TileBlock tile_block(const SsdParams& p, const Layout
   t.b = r / v.hsets;
   return t;
 }
+
+// Brings the 128-byte line at p into L1 (a hint: the load that follows waits on L1, not on L2).
+__device__ __forceinline__ void prefetch_l1(const void* p) { asm volatile("prefetch.global.L1 [%0];\n" ::"l"(p)); }
 
 // Sum over the quad (the four lanes sharing an accumulator row).
 __device__ __forceinline__ float quad_sum(float v) {
@@ -213,7 +211,7 @@ size_t bwd_dc_mma_smem(int P) {
 
 // Per (target tile i, 64-wide N slice, head set): dC summed over the set's heads (one group), per head the Y
 // partials and (slice 0) the decay-pair sums.
-template <typename T>
+template <typename T, bool kPrefetch>
 __global__ void __launch_bounds__(kThreads, 3) bwd_dc_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), nq = Q / kTile, Pp = round16(P), ldp = Pp + 8;
@@ -295,8 +293,11 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dc_mma_kernel(SsdParams p, La
     // the source tiles s <= t, double-buffered
     float* pairs = ws + v.pairs + (((b * p.nheads + h) * w.nchunks + c) * nq + i) * Q;
     float carry[2] = {0.f, 0.f};
+    // the lane's line of the C B^T tile: its quad's rows trow[0] / trow[1], the first or second 32 columns
+    const int64_t pf_row = int64_t(trow[0] + 8 * ((threadIdx.x >> 1) & 1)) * Q + (threadIdx.x & 1) * 32;
     for (int j = 0; j <= i; ++j) {
       const int s0 = j * kTile, lim = j == i ? warp : 3;
+      if (kPrefetch && ns == 0) prefetch_l1(cbg + pf_row + s0);  // the C B^T tile of this step into L1
       if (j < i) {
         const int s1 = s0 + kTile;
         issue_tile<T>((j & 1 ? xb0 : xb1), ldp, Pp, xk + s1 * X.stride[1], X.stride[1], X.stride[3], nv - s1, P);
@@ -610,7 +611,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dstate_mma_kernel(SsdParams p, L
   load_chunk(p, b, h, c0, Q, tok);
   for (int k = threadIdx.x; k < kMaxChunk; k += kThreads)
     wt[k] = k < nv && tok.run[k] == 0 ? __expf(tok.cs[k]) : 0.f;
-  if (v.tok != 0 && tile == 0) {  // the token data for the tile kernels
+  if (tile == 0) {  // the token data for the tile kernels
     float* dst = ptr<float>(p.workspace) + v.tok + ((b * p.nheads + h) * w.nchunks + c) * 3 * kMaxChunk;
     for (int k = threadIdx.x; k < kMaxChunk; k += kThreads)
       dst[k] = tok.dt[k], dst[kMaxChunk + k] = tok.cs[k], dst[2 * kMaxChunk + k] = __int_as_float(tok.run[k]);
@@ -661,7 +662,11 @@ void launch_bwd_tiles_mma(const SsdParams& p, const Layout& w, const BwdLayout& 
   const int P = int(p.headdim), N = int(p.dstate);
   const unsigned sets = unsigned(v.hsets);
   const unsigned tiles = nq * nc * nns * sets * unsigned(p.batch);  // 1-d: tile_block
-  launch_bwd(bwd_dc_mma_kernel<T>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
+  const char* e = std::getenv("SSM_SSD_BWD_PREFETCH");  // =0: the C B^T tiles of dc not prefetched into L1
+  if (e != nullptr && std::strcmp(e, "0") == 0)
+    launch_bwd(bwd_dc_mma_kernel<T, false>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
+  else
+    launch_bwd(bwd_dc_mma_kernel<T, true>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
   launch_bwd(bwd_dx_mma_kernel<T>, dim3(nc * nq * npt, H, unsigned(p.batch)), bwd_dx_mma_smem<T>(N), s, p, w, v);
   launch_bwd(bwd_db_mma_kernel<T>, dim3(tiles), bwd_db_mma_smem<T>(P), s, p, w, v);
 }

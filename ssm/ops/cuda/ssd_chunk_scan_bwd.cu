@@ -35,17 +35,14 @@ void ssd_chunk_scan_bwd(const SsdParams& p, cudaStream_t stream) {
     ssd::launch_chunk_state<T>(p, w, stream);
     ssd::launch_state_passing<T>(p, w, stream);
     ssd::launch_bwd_cb<T>(p, w, v, stream);
-    if constexpr (!std::is_same<T, float>::value) {
-      if (ssd::bwd_mma_enabled(p)) ssd::launch_bwd_dstate_mma<T>(p, w, v, stream);
-    }
-    if (!ssd::bwd_mma_enabled(p)) ssd::launch_bwd_dstate<T>(p, w, v, stream);
+    if constexpr (std::is_same<T, float>::value) ssd::launch_bwd_dstate<T>(p, w, v, stream);
+    else ssd::launch_bwd_dstate_mma<T>(p, w, v, stream);
     ssd::launch_bwd_state<T>(p, w, v, stream);
-    if constexpr (!std::is_same<T, float>::value) {
-      if (ssd::bwd_mma_enabled(p)) ssd::launch_bwd_tiles_mma<T>(p, w, v, stream);
-    }
-    if (!ssd::bwd_mma_enabled(p)) {
+    if constexpr (std::is_same<T, float>::value) {
       ssd::launch_bwd_dc<T>(p, w, v, stream);
       ssd::launch_bwd_dx<T>(p, w, v, stream);
+    } else {
+      ssd::launch_bwd_tiles_mma<T>(p, w, v, stream);
     }
     ssd::launch_bwd_finalize<T>(p, w, v, stream);
   });
