@@ -4,7 +4,7 @@
 // double-buffered by cp.async; the masked products stay in registers (accumulators repacked as A
 // fragments), nothing goes through shared memory as float.
 //   dc (target tile t, N slice):  dC = diag(e0) dY H_in + Σ_s (dY X_s^T ∘ L ∘ Δ_s) B_s; Y_t partials;
-//                                 the N-slice-0 block also sums the decay pairs (C B^T)(dY X^T) L Δ_s.
+//                                 each head's decay pairs (C B^T)(dY X^T) L Δ_s summed by one of the slices.
 //   dx (source tile s, P slice):  o = diag(e) B dH_out^T + Σ_t (C B^T ∘ L)^T_st dY_t; dx = Δ o + D dY,
 //                                 x·o and X_s partials, the tile's dD share.
 //   db (source tile s, N slice):  dB = Δ (diag(e) X dH_out + Σ_t (X dY_t^T ∘ L^T) C_t).
@@ -210,7 +210,7 @@ size_t bwd_dc_mma_smem(int P) {
 }
 
 // Per (target tile i, 64-wide N slice, head set): dC summed over the set's heads (one group), per head the Y
-// partials and (slice 0) the decay-pair sums.
+// partials and (slice (head - first head) mod slices) the decay-pair sums.
 template <typename T, bool kPrefetch>
 __global__ void __launch_bounds__(kThreads, 3) bwd_dc_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
   extern __shared__ __align__(128) unsigned char smem[];
@@ -293,11 +293,12 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dc_mma_kernel(SsdParams p, La
     // the source tiles s <= t, double-buffered
     float* pairs = ws + v.pairs + (((b * p.nheads + h) * w.nchunks + c) * nq + i) * Q;
     float carry[2] = {0.f, 0.f};
+    const bool pairs_here = (h - h0) % nns == ns;  // the N-slice blocks take turns with the heads' decay pairs
     // the lane's line of the C B^T tile: its quad's rows trow[0] / trow[1], the first or second 32 columns
     const int64_t pf_row = int64_t(trow[0] + 8 * ((threadIdx.x >> 1) & 1)) * Q + (threadIdx.x & 1) * 32;
     for (int j = 0; j <= i; ++j) {
       const int s0 = j * kTile, lim = j == i ? warp : 3;
-      if (kPrefetch && ns == 0) prefetch_l1(cbg + pf_row + s0);  // the C B^T tile of this step into L1
+      if (kPrefetch && pairs_here) prefetch_l1(cbg + pf_row + s0);  // the C B^T tile of this step into L1
       if (j < i) {
         const int s1 = s0 + kTile;
         issue_tile<T>((j & 1 ? xb0 : xb1), ldp, Pp, xk + s1 * X.stride[1], X.stride[1], X.stride[3], nv - s1, P);
@@ -310,7 +311,7 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dc_mma_kernel(SsdParams p, La
       float s[8][4] = {};
       mma_nk_range<T>(s, dys, (j & 1 ? xb1 : xb0), ldp, r0, Pp, 0, lim);  // dY_t X_s^T
       tile_decay<true, true>(s, tok, trow, s0, nv, j == i);               // ∘ L ∘ Δ_s
-      if (ns == 0) {
+      if (pairs_here) {
         float cbv[8][4];
         load_cb(cbv, cbg, Q, trow, s0, 3);
 #pragma unroll
