@@ -107,18 +107,13 @@ def decode_fn(impl, model, batch, steps):
     def run(scale=1):
         n = max(8, steps // scale)  # a probe of fewer steps drowns in the prefill's noise
         with torch.no_grad():
-            base = []
-            for _ in range(2):  # the prefill's time, at its least noisy
-                t0 = time.perf_counter()
-                generate(impl, model, ids, 1)
-                base.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            generate(impl, model, ids, 1 + n)
-            full = time.perf_counter() - t0
-        if full <= min(base):  # the prefill's noise swamped the steps: no honest number
-            return float("nan")
-        # time of the n extra steps, normalized to steps / scale (the work a probe stands for)
-        return (full - min(base)) * steps / scale / n
+            # the prefill's time, at its least noisy (wall, CPU)
+            base = [clocks(lambda: generate(impl, model, ids, 1)) for _ in range(2)]
+            full = clocks(lambda: generate(impl, model, ids, 1 + n))
+        # time of the n extra steps, normalized to steps / scale (the work a probe stands for); NaN
+        # when the prefill's noise swamped the steps: no honest number
+        return tuple((f - b) * steps / scale / n if f > b else float("nan")
+                     for f, b in zip(full, (min(c[0] for c in base), min(c[1] for c in base))))
     return run, batch * steps
 
 
@@ -134,10 +129,23 @@ def train_fn(impl, model, batch, seqlen):
 
 # ---- timing --------------------------------------------------------------------------------------
 
-def timed(run, scale=1) -> float:
-    t0 = time.perf_counter()
-    measured = run(scale)
-    return measured if measured is not None else time.perf_counter() - t0
+def clocks(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the process's threads) of fn(): on a machine shared with other
+    processes the wall clock counts the time others held the core, the CPU clock does not."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def timed(run, scale=1) -> tuple[float, float]:
+    """(wall, CPU) seconds of run(scale), or the pair it measured itself (decode_fn)."""
+    measured = None
+
+    def call():
+        nonlocal measured
+        measured = run(scale)
+    both = clocks(call)
+    return measured if measured is not None else both
 
 
 def measure(run, tokens: int, reps: int, budget: float, scale: int) -> dict:
@@ -145,21 +153,25 @@ def measure(run, tokens: int, reps: int, budget: float, scale: int) -> dict:
     Over budget, the full size is skipped and the probe's own tokens/s is reported, marked."""
     if reps > 1 or scale == 8:
         timed(run, scale)  # the fast path's first call carries one-time costs: warm up first
-    probe = timed(run, scale)
+    probe, probe_cpu = timed(run, scale)
     if probe != probe:  # NaN: see decode_fn
         return {"skipped": "not measurable: generate(1 + n) took no longer than generate(1) (a busy machine)"}
     predicted = probe * scale
     if predicted > budget:
         return {"skipped": f"full size predicted {predicted:.0f} s > {budget:.0f} s budget",
-                "probe_tokens_per_s": tokens / scale / probe, "probe_note": f"measured at 1/{scale} of the work"}
+                "probe_tokens_per_s": tokens / scale / probe, "probe_note": f"measured at 1/{scale} of the work",
+                "probe_tokens_per_cpu_s": tokens / scale / probe_cpu if probe_cpu > 0 else None}
     reps = max(1, min(reps, int(budget // max(predicted, 1e-3))))
     if reps > 1:
         timed(run)  # full-size warm-up for the fast path
-    times = [t for t in (timed(run) for _ in range(reps)) if t == t]
-    if not times:
+    pairs = [p for p in (timed(run) for _ in range(reps)) if p[0] == p[0]]
+    if not pairs:
         return {"skipped": "not measurable: generate(1 + n) took no longer than generate(1) (a busy machine)"}
-    t = statistics.median(times)
-    return {"tokens_per_s": tokens / t, "seconds": t, "reps": reps}
+    t = statistics.median(p[0] for p in pairs)
+    cpu = [p[1] for p in pairs if p[1] == p[1] and p[1] > 0]
+    c = statistics.median(cpu) if cpu else None
+    return {"tokens_per_s": tokens / t, "seconds": t, "reps": reps, "cpu_seconds": c,
+            "tokens_per_cpu_s": tokens / c if c else None}
 
 
 class Backend:
@@ -185,12 +197,14 @@ WORKLOADS = [("prefill 1x2048", prefill_fn, 1, 2048), ("prefill 8x512", prefill_
 FLOOR_WORKLOADS = ("prefill 1x2048", "prefill 8x512", "decode b1", "decode b16")
 
 
-def seconds_of(rows: list[dict], workload: str, impl: str) -> float | None:
-    """The time of a workload's whole work from its row's tokens/s (a probe's when time-boxed)."""
+def seconds_of(rows: list[dict], workload: str, impl: str, cpu: bool = False) -> float | None:
+    """The time of a workload's whole work from its row's tokens/s (a probe's when time-boxed);
+    with ``cpu`` its CPU time."""
     tokens = next(batch * size for name, _, batch, size in WORKLOADS if name == workload)
+    keys = ("tokens_per_cpu_s", "probe_tokens_per_cpu_s") if cpu else ("tokens_per_s", "probe_tokens_per_s")
     for r in rows:
         if r.get("workload") == workload and r.get("impl") == impl:
-            tok_s = r.get("tokens_per_s", r.get("probe_tokens_per_s"))
+            tok_s = r.get(keys[0], r.get(keys[1]))
             return tokens / tok_s if tok_s else None
     return None
 
@@ -203,7 +217,8 @@ def floor_rows(kind: str, dname: str, model, rows: list[dict], workloads: list[s
             continue
         mine = [r for r in rows if r["model"] == kind and r["dtype"] == dname]
         raw = model_floors.workload_floor(model, DTYPES[dname], w, limits)
-        v = model_floors.verdict(kind, w, raw, limits, seconds_of(mine, w, "hf"), seconds_of(mine, w, "ssm"))
+        v = model_floors.verdict(kind, w, raw, limits, seconds_of(mine, w, "hf"), seconds_of(mine, w, "ssm"),
+                                 seconds_of(mine, w, "hf", cpu=True), seconds_of(mine, w, "ssm", cpu=True))
         out.append({"model": kind, "dtype": dname, "workload": w, **v})
         print(format_floor(out[-1]), flush=True)
     return out
@@ -217,9 +232,14 @@ def format_floor(f: dict) -> str:
         return head
     x = f"{f['x_hf']:.2f}x" if f.get("x_hf") else "-"
     verdict = f"; target {model_floors.label(f)}" if f.get("target_x_hf") is not None else ""
+    cpu = ""
+    if "max_x_hf_cpu" in f:
+        xc = f"{f['x_hf_cpu']:.2f}x" if f.get("x_hf_cpu") else "-"
+        cpu = (f"; CPU seconds: floor {f['floor_cpu_s']:.3f} s, hf {f['hf_cpu_s']:.3f} s, ssm {xc} hf, "
+               f"at most {f['max_x_hf_cpu']:.2f}x hf")
     return (f"{head}; hf {f['hf_s']:.3f} s, ssm {x} hf; at most {f['max_x_hf_measured_rates']:.2f}x hf at measured "
             f"rates, {f.get('max_x_hf_fma_peak', float('nan')):.2f}x at the FMA peak, "
-            f"{f['max_x_hf_torch_matmul']:.2f}x with torch's matmuls{verdict}")
+            f"{f['max_x_hf_torch_matmul']:.2f}x with torch's matmuls{cpu}{verdict}")
 
 
 def run_model(kind: str, dtypes: list[str], impls: list[str], budget: float, reps: int, workloads: list[str],
@@ -316,8 +336,8 @@ def main() -> None:
     limits = None if args.no_floors else model_floors.machine_limits(machine["ssm_isa"])
     if limits is not None:
         print(f"limits: matmul GFLOP/s {limits['matmul_GFLOPs']}, FMA peak {limits['fma_peak_GFLOPs']} "
-              f"({limits['fma_peak_basis']}), copy {limits['copy_GBps']:.1f} GB/s, read {limits['read_GBps']:.1f} GB/s",
-              flush=True)
+              f"({limits['fma_peak_basis']}), copy {limits['copy_GBps']:.1f} GB/s, read {limits['read_GBps']:.1f} GB/s "
+              f"({limits['read_per_cpu_s_GBps']:.1f} per CPU second)", flush=True)
     results, started = {}, time.time()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,10 @@
    alternation with the steps), so that the share outside the matrix products is
    1 - matmuls / step; plus torch.profiler's top self-CPU ops of a few steps.
 
+3. The floor of one call: what each piece of a call costs alone (attribute reads, a tensor's kernel
+   view, its part of a plan key, an allocation, the crossing into C++ of a kernel with no work),
+   and from them the least a call with N tensors can cost.
+
 Prints a table and writes JSON to benchmarks/results/cpu/overhead.json.
 Usage: python benchmarks/bench_overhead.py [--calls N] [--steps N] [--threads N] [--out PATH]
 """
@@ -155,6 +159,35 @@ def small_op_rows(calls: int) -> list[dict]:
     return rows
 
 
+# ---- the floor of one call ------------------------------------------------------------------------
+
+def call_floor_rows(calls: int) -> dict:
+    """What the pieces of an op call cost alone (thread CPU us, median of batches): attribute reads
+    of one tensor, its kernel-side view, its part of a plan key, one output allocation, and the
+    crossing into C++ of a kernel with no work (gemv of 1 x 1, 3 tensors + 1 None); from them the
+    floor of a call with N tensors and one output that checks nothing (crossing + N views + 1
+    allocation). A key part timed alone carries a call of its own, so it is not added in: the eager
+    paths' plan keys cost what their measured overhead shows beyond this floor."""
+    t = torch.randn(1, 1)
+    w, out = torch.randn(1, 1), torch.empty(1, 1)
+    mod, r = _kernels.module("cpu"), _kernels.ref
+    rt, rw, ro = r(t), r(w), r(out)
+    pieces = {
+        "python call of 4 args": lambda: (lambda a, b, c, d: None)(1, 2, 3, 4),
+        "t.data_ptr()": lambda: t.data_ptr(), "t.stride()": lambda: t.stride(), "t.shape": lambda: t.shape,
+        "t.dtype": lambda: t.dtype, "t.device": lambda: t.device,
+        "kernel view _kernels.ref(t)": lambda: r(t),
+        "plan key part (type, shape, strides, dtype, device)": lambda: _kernels._metadata((), (t,)),
+        "torch.empty_like(t)": lambda: torch.empty_like(t),
+        "binding crossing, 3 prepared views": lambda: mod.gemv(0, 1, 1, 1, rt, rw, None, ro, 1),
+    }
+    us = {k: median_us(fn, calls, clock=time.thread_time) for k, fn in pieces.items()}
+    view = us["kernel view _kernels.ref(t)"]
+    cross, alloc = us["binding crossing, 3 prepared views"], us["torch.empty_like(t)"]
+    floors = {n: cross + n * view + alloc for n in (4, 6, 9, 11)}
+    return {"pieces_thread_cpu_us": us, "floor_thread_cpu_us_by_tensors": floors}
+
+
 # ---- decode step ---------------------------------------------------------------------------------
 
 def _decode_model(layer: str):
@@ -182,14 +215,27 @@ class _RecordLinear(torch.overrides.TorchFunctionMode):
 
 def _matmul_replay(step):
     """A function running every linear call of one decode step again (same weights, inputs of
-    the same shapes): the step's matrix products alone."""
-    with _RecordLinear() as rec:
-        step()
+    the same shapes, through the same code: torch's F.linear or the CPU small-batch kernel of
+    ssm.ops.norm_gemv): the step's matrix products alone."""
+    from ssm.ops import norm_gemv
+    kernel, gemv_calls = norm_gemv._cpu_gemv, []
+
+    def record(x, w, b):
+        gemv_calls.append((w, b, torch.randn(x.shape, dtype=x.dtype)))
+        return kernel(x, w, b)
+    norm_gemv._cpu_gemv = record
+    try:
+        with _RecordLinear() as rec:
+            step()
+    finally:
+        norm_gemv._cpu_gemv = kernel
 
     def replay():
         for w, b, x in rec.calls:
             torch.nn.functional.linear(x, w, b)
-    return replay, len(rec.calls)
+        for w, b, x in gemv_calls:
+            kernel(x, w, b)
+    return replay, len(rec.calls) + len(gemv_calls)
 
 
 def decode_profile(layer: str, steps: int) -> dict:
@@ -249,6 +295,10 @@ def main() -> None:
     print(f"baselines: empty torch op (view) {rows[0]['empty_torch_op_us']:.2f} us "
           f"({rows[0]['cpu_empty_torch_op_us']:.2f} thread CPU), torch.add on 8 floats "
           f"{rows[0]['tiny_torch_add_us']:.2f} us ({rows[0]['cpu_tiny_torch_add_us']:.2f})")
+    floor = call_floor_rows(args.calls)
+    print("pieces of a call (thread CPU us): " + ", ".join(f"{k} {v:.2f}" for k, v in floor["pieces_thread_cpu_us"].items()))
+    print("floor of a call with N tensors + 1 output, no checks (thread CPU us): " + ", ".join(
+        f"N={n}: {f:.1f}" for n, f in floor["floor_thread_cpu_us_by_tensors"].items()))
     decode = []
     for layer in ("Mamba1", "Mamba2"):
         dec = decode_profile(layer, args.steps)
@@ -262,7 +312,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     machine = {**machine_info(), "load_avg_end": list(os.getloadavg())}
-    out.write_text(json.dumps({"machine": machine, "small_ops": rows, "decode": decode}, indent=1))
+    out.write_text(json.dumps({"machine": machine, "small_ops": rows, "call_floor": floor, "decode": decode}, indent=1))
     print(f"wrote {out}")
 
 

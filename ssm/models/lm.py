@@ -22,6 +22,8 @@ from ssm.modules.block import Block, add_norm
 from ssm.modules.mamba1 import Mamba1
 from ssm.modules.mamba2 import Mamba2
 from ssm.modules.mlp import GatedMLP
+from ssm.ops import cpu_matmul
+from ssm.ops.norm_gemv import CPU_MAX_BATCH, cpu_linear
 from ssm.utils import weights
 from ssm.utils.generation import GenerationMixin
 
@@ -144,7 +146,15 @@ class MambaLMHeadModel(nn.Module, GenerationMixin):
         hidden_states = self.backbone(input_ids, inference_params=inference_params, **mixer_kwargs)
         if num_last_tokens > 0:
             hidden_states = hidden_states[:, -num_last_tokens:]
-        return CausalLMOutput(logits=self.lm_head(hidden_states))
+        return CausalLMOutput(logits=self._logits(hidden_states))
+
+    def _logits(self, hidden_states):
+        """lm_head of (B, L, d_model); a decode step's few rows through the CPU small-batch kernel."""
+        if hidden_states.dim() != 3 or hidden_states.shape[0] * hidden_states.shape[1] > CPU_MAX_BATCH:
+            if type(self.lm_head) is not nn.Linear:  # a wrapped or adapted head keeps its own forward
+                return self.lm_head(hidden_states)
+            return cpu_matmul.linear(hidden_states, self.lm_head.weight, self.lm_head.bias)
+        return cpu_linear(self.lm_head, hidden_states.flatten(0, 1)).unflatten(0, hidden_states.shape[:2])
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name, device=None, dtype=None, process_group=None, **kwargs):

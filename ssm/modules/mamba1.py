@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ssm import ops
 from ssm.modules import _states
+from ssm.ops import cpu_matmul
 from ssm.ops.norm_gemv import conv_linear, norm_linear, small_linear
 from ssm.ops.proj_state_step import proj_state_step
 
@@ -107,7 +108,7 @@ class Mamba1(nn.Module):
     def _forward(self, u, conv_state, ssm_state, seq_idx, cu_seqlens, initial_state, initial_conv_state):
         # xz (B, 2*d_inner, L), computed as W @ u^T so that L is the contiguous dimension
         Bsz, L, _ = u.shape
-        xz = (self.in_proj.weight @ u.reshape(Bsz * L, -1).t()).view(-1, Bsz, L).permute(1, 0, 2)
+        xz = cpu_matmul.matmul(self.in_proj.weight, u.reshape(Bsz * L, -1).t()).view(-1, Bsz, L).permute(1, 0, 2)
         if self.in_proj.bias is not None:
             xz = xz + self.in_proj.bias.to(dtype=xz.dtype)[:, None]
         A = _states.decode_A(self)
@@ -122,9 +123,9 @@ class Mamba1(nn.Module):
             self._save_conv_state(x, conv_state, cu_seqlens, initial_conv_state)
         # x_dbl (B, L, dt_rank + 2N); dt (B, d_inner, L); B, C (B, N, L)
         # contiguous matmul inputs: a bf16 matmul of a transposed or column-sliced input is ~10x slower
-        x_dbl = F.linear(x_conv.transpose(1, 2).contiguous(), self.x_proj.weight)
+        x_dbl = cpu_matmul.linear(x_conv.transpose(1, 2).contiguous(), self.x_proj.weight)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.linear(dt.contiguous(), self.dt_proj.weight).transpose(1, 2)
+        dt = cpu_matmul.linear(dt.contiguous(), self.dt_proj.weight).transpose(1, 2)
         y = ops.selective_scan(x_conv, dt, A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z=z,
                                dt_bias=self.dt_proj.bias.float(), softplus=True,
                                return_last_state=ssm_state is not None, initial_state=initial_state,
@@ -132,7 +133,10 @@ class Mamba1(nn.Module):
         if ssm_state is not None:
             y, last_state = y
             ssm_state.copy_(last_state)
-        return self.out_proj(y.transpose(1, 2).contiguous())
+        y = y.transpose(1, 2).contiguous()
+        if type(self.out_proj) is not nn.Linear:  # a wrapped or adapted layer keeps its own forward
+            return self.out_proj(y)
+        return cpu_matmul.linear(y, self.out_proj.weight, self.out_proj.bias)
 
     def _forward_cp(self, u, cp):
         """This rank's slice u (B, Ls, d_model) of a sequence split across ranks: the conv and SSM

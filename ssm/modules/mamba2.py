@@ -17,6 +17,7 @@ from torch import Tensor
 from ssm import ops
 from ssm.distributed.tensor_parallel import check_divisible, column_linear, row_linear
 from ssm.modules import _states
+from ssm.ops import cpu_matmul
 from ssm.ops.conv_state_step import conv_state_step
 from ssm.ops.norm_gemv import gated_norm_linear, norm_linear, small_linear
 
@@ -132,7 +133,8 @@ class Mamba2(nn.Module):
                     return out.flatten(0, 1) if flat else out
                 continuing = True
         # with sequence_parallel, in_proj gathers u along its first dimension
-        zxbcdt = self.in_proj(u)
+        zxbcdt = (cpu_matmul.linear(u, self.in_proj.weight, self.in_proj.bias) if type(self.in_proj) is nn.Linear
+                  else self.in_proj(u))
         zxbcdt = zxbcdt.unflatten(0, (-1, seqlen)) if flat else zxbcdt
         if cp is not None:
             out = self._forward_cp(zxbcdt, cp)

@@ -12,10 +12,9 @@ import importlib
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from ssm.ops import _checks, _library
+from ssm.ops import _checks, _library, cpu_matmul
 from ssm.ops.conv import dw_causal_conv
 from ssm.ops.python import reference
 from ssm.ops.selective_scan import selective_scan
@@ -65,8 +64,8 @@ def _inner(conv, scan, xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj
     xc = conv(x, w, conv1d_bias, "silu")
     # x_dbl (B*L, rank + 2N)
     # contiguous inputs: a bf16 matmul of a transposed or column-sliced input takes torch's slow CPU path
-    x_dbl = F.linear(xc.transpose(1, 2).reshape(batch * L, -1).contiguous(), x_proj_weight)
-    dt = F.linear(x_dbl[:, :rank].contiguous(), delta_proj_weight)  # (B*L, D)
+    x_dbl = cpu_matmul.linear(xc.transpose(1, 2).reshape(batch * L, -1).contiguous(), x_proj_weight)
+    dt = cpu_matmul.linear(x_dbl[:, :rank].contiguous(), delta_proj_weight)  # (B*L, D)
     B, C = _split_bc(x_dbl, rank, N, L, B, C, B_proj_bias, C_proj_bias)
     if rms is not None:
         b_w, c_w, dt_w, eps = rms
@@ -75,7 +74,7 @@ def _inner(conv, scan, xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj
         dt = _rms(dt, dt_w, eps)
     delta = dt.reshape(batch, L, -1).transpose(1, 2)
     y = scan(xc, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    return F.linear(y.transpose(1, 2).contiguous(), out_proj_weight, out_proj_bias)
+    return cpu_matmul.linear(y.transpose(1, 2).contiguous(), out_proj_weight, out_proj_bias)
 
 
 def _check_inner(xz, conv1d_weight, x_proj_weight, delta_proj_weight, out_proj_weight, A):
@@ -114,8 +113,8 @@ def _project(xc, x_proj_w, dt_proj_w, A, B, C, B_proj_bias, C_proj_bias):
     else:
         # CPU: a bf16 matmul of a transposed or column-sliced input takes torch's slow path (10x at
         # 256 x 1536 x 80), so the conv output and x_dbl's dt columns are copied contiguous
-        x_dbl = F.linear(xc.transpose(1, 2).reshape(batch * L, dim).contiguous(), x_proj_w)
-    delta = F.linear(_cpu_contiguous(x_dbl[:, :rank]), dt_proj_w).view(batch, L, dim).transpose(1, 2)
+        x_dbl = cpu_matmul.linear(xc.transpose(1, 2).reshape(batch * L, dim).contiguous(), x_proj_w)
+    delta = cpu_matmul.linear(_cpu_contiguous(x_dbl[:, :rank]), dt_proj_w).view(batch, L, dim).transpose(1, 2)
 
     def cols(c0, bias):
         t = x_dbl[:, c0:c0 + N] if bias is None else x_dbl[:, c0:c0 + N] + bias.to(x_dbl.dtype)
@@ -146,7 +145,7 @@ def _fused_fwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, 
     xc = _conv_silu(x, conv_w, conv_b)
     _, delta, B, C = _project(xc, x_proj_w, dt_proj_w, A, B, C, B_proj_bias, C_proj_bias)
     y, _ = _scan(xc, delta, A, B, C, D, z, delta_bias, softplus)
-    out = F.linear(_cpu_contiguous(y.transpose(1, 2)), out_proj_w, out_proj_b)  # y channels-last on the GPU
+    out = cpu_matmul.linear(_cpu_contiguous(y.transpose(1, 2)), out_proj_w, out_proj_b)  # y channels-last on the GPU
     return out, (xc if keep else xz.new_empty(0)), (y if keep else xz.new_empty(0))
 
 
@@ -171,7 +170,7 @@ def _out_proj_grads(dout, y, out_proj_w, has_bias):
     # dout (B, L, O); y (B, D, L) -> dy (B, D, L) view, dW (O, D), db (O,)
     batch, L, O = dout.shape
     d2 = dout.reshape(batch * L, O)
-    dy = (d2 @ out_proj_w).view(batch, L, -1).transpose(1, 2)
+    dy = cpu_matmul.matmul(d2, out_proj_w).view(batch, L, -1).transpose(1, 2)
     dw = torch.einsum("blo,bdl->od", dout, y)
     return dy, dw, d2.sum(0) if has_bias else None
 
@@ -183,9 +182,9 @@ def _proj_grads(ddelta, dB, dC, xc, du, x_dbl, x_proj_w, dt_proj_w, N, B_given, 
     rank = dt_proj_w.shape[1]
     # ddt (B*L, D)
     ddt = ddelta.transpose(1, 2).reshape(batch * L, dim)
-    d_dt_w = ddt.t() @ x_dbl[:, :rank]
+    d_dt_w = cpu_matmul.matmul(ddt.t(), x_dbl[:, :rank])
     dx_dbl = torch.zeros_like(x_dbl)
-    dx_dbl[:, :rank] = ddt @ dt_proj_w
+    dx_dbl[:, :rank] = cpu_matmul.matmul(ddt, dt_proj_w)
     dBc = None if B_given else dB[:, 0].transpose(1, 2).reshape(batch * L, N)
     dCc = None if C_given else dC[:, 0].transpose(1, 2).reshape(batch * L, N)
     if dBc is not None:
@@ -199,7 +198,7 @@ def _proj_grads(ddelta, dB, dC, xc, du, x_dbl, x_proj_w, dt_proj_w, N, B_given, 
     if xc.is_cuda:
         dxc = torch.baddbmm(du, x_proj_w.t().expand(batch, -1, -1), dx_dbl.transpose(1, 2))
     else:  # CPU: torch's bf16 baddbmm of transposed operands loses precision; a plain matmul does not
-        dxc = du + (dx_dbl.view(batch * L, -1) @ x_proj_w).view(batch, L, dim).transpose(1, 2)
+        dxc = du + cpu_matmul.matmul(dx_dbl.view(batch * L, -1), x_proj_w).view(batch, L, dim).transpose(1, 2)
     return d_dt_w, d_x_w, dxc, dBc, dCc
 
 

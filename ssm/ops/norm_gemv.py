@@ -8,7 +8,12 @@ block normalizing the input rows itself) instead of the norm kernel and a cuBLAS
 when compiling, or for arguments the kernel does not take, the composition, with the same
 results. ``Mamba2.step`` uses ``gated_norm_linear`` for its out_proj (SSM_FUSED_DECODE=0 turns it
 off), the blocks' add + norm with the mixers' in_proj go through ``norm_linear``; ``small_linear``
-replaces the other decode projections (SSM_DECODE_GEMV=0: cuBLAS)."""
+replaces the other decode projections (SSM_DECODE_GEMV=0: cuBLAS).
+
+On the CPU, every one of them (and ``gemv_linear``, F.linear's drop-in) runs its linear layer through
+the C++ small-batch kernel (ssm/ops/cpu/gemv.cpp) for batches up to 4 without autograd: one pass
+over the weights, at the machine's read bandwidth (torch's float32 GEMV reached ~80% of it, its
+bfloat16 one far less); SSM_DECODE_GEMV=0 turns it off too."""
 from __future__ import annotations
 
 import os
@@ -32,6 +37,44 @@ PLAIN = os.environ.get("SSM_DECODE_GEMV", "1") == "1"
 # one switch per fused form (each can be turned off alone; SSM_FUSED_DECODE=0 turns off all)
 GATED, PRENORM, CONV = True, True, False
 _MAX_BATCH, _MAX_SEGMENTS, _SMEM_FLOATS = 4, 64, 12 * 1024
+# past 4 rows torch's GEMM wins: the kernel reuses each weight vector for at most 4 rows of x
+CPU_MAX_BATCH = 4
+
+
+def _cpu_gemv_ok(x, weight, bias) -> bool:
+    """The CPU small-batch kernel takes F.linear(x, weight, bias): x (B <= CPU_MAX_BATCH, K) and
+    weight (M, K) of one kernel dtype, unit stride along K, no autograd, no other backend forced."""
+    if not PLAIN or not x.is_cpu or x.dim() != 2 or not 0 < x.shape[0] <= CPU_MAX_BATCH:
+        return False
+    if (x.dtype not in _kernels.DTYPE_CODES or weight.dtype != x.dtype or weight.dim() != 2
+            or weight.shape[1] != x.shape[1] or (weight.stride(1) != 1 and x.shape[1] > 1)):
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
+        return False
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != weight.shape[0] or bias.device != x.device):
+        return False
+    # SSM_BACKEND read raw first (parsing it costs 1 us, a decode step makes ~100 of these calls)
+    forced = _kernels.forced_backend_value()
+    return ((forced is None or dispatch.forced_backend() in (None, "cpu")) and dispatch.has_cpu_kernels()
+            and not torch.compiler.is_compiling())
+
+
+def _cpu_gemv(x, weight, bias):
+    batch, K = x.shape
+    out = _kernels.empty((batch, weight.shape[0]), x)
+    r = _kernels.ref
+    dispatch.cpu_module().gemv(_kernels.dtype_code(x), batch, K, weight.shape[0], r(x), r(weight),
+                               r(_kernels.float32_param(bias)), r(out), _kernels.exec_arg("cpu", weight))
+    return out
+
+
+def gemv_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """F.linear(x, weight, bias); x (B, K) with B <= CPU_MAX_BATCH on the CPU through the small-batch
+    kernel (no autograd), everything else through F.linear."""
+    if _cpu_gemv_ok(x, weight, bias):
+        return _cpu_gemv(x, weight, bias)
+    return F.linear(x, weight, bias)
 
 
 def _fusable(x, z, weight, groups) -> bool:
@@ -91,13 +134,22 @@ def gated_norm_linear(x: Tensor, z: Tensor, norm_weight: Tensor, weight: Tensor,
         raise ValueError(f"group_size: expected a positive divisor of {K}, got {group_size!r}")
     if not GATED or torch.compiler.is_compiling() or not _fusable(x, z, weight, K // gs):
         y = rmsnorm_fn(x, norm_weight, None, z=z, eps=eps, group_size=group_size, norm_before_gate=norm_before_gate)
-        return F.linear(y, weight, bias)
+        return gemv_linear(y, weight, bias)
     return _fused(2 if norm_before_gate else 1, x, z, norm_weight, weight, bias, gs, eps)
+
+
+def cpu_linear(linear: nn.Module, x: Tensor) -> Tensor:
+    """linear(x), through the CPU small-batch kernel when it takes a plain nn.Linear's call."""
+    if type(linear) is nn.Linear and _cpu_gemv_ok(x, linear.weight, linear.bias):
+        return _cpu_gemv(x, linear.weight, linear.bias)
+    return linear(x)
 
 
 def small_linear(linear: nn.Module, x: Tensor) -> Tensor:
     """linear(x) for x (B, K); through the small-batch kernel when PLAIN is set and ``linear`` is a
     plain nn.Linear (a wrapped or adapted layer keeps its own forward)."""
+    if type(linear) is nn.Linear and _cpu_gemv_ok(x, linear.weight, linear.bias):
+        return _cpu_gemv(x, linear.weight, linear.bias)
     if (not PLAIN or type(linear) is not nn.Linear or torch.compiler.is_compiling() or x.dim() != 2
             or not _fusable(x, None, linear.weight, 0)):
         return linear(x)
@@ -117,7 +169,7 @@ def norm_linear(x: Tensor, residual: Optional[Tensor], norm_weight: Tensor, norm
                and not torch.compiler.is_compiling() and _fusable(x, None, linear.weight, 1))
     if not fusable:
         y, res = fused_layer_norm(x, norm_weight, norm_bias, residual, is_rms, eps, True, True)
-        return linear(y), res
+        return cpu_linear(linear, y), res
     _check_linear(x, linear.weight, linear.bias)
     _checks.tensor("norm_weight", norm_weight, shape=(x.shape[1],), device=x.device)
     _checks.tensor("norm_bias", norm_bias, shape=(x.shape[1],), device=x.device, optional=True)
@@ -139,7 +191,7 @@ def conv_linear(x: Tensor, conv_state: Tensor, conv_weight: Tensor, conv_bias: O
                and conv_weight.shape[0] == x.shape[1] and _fusable(x, None, linear.weight, 1))
     if not fusable or activation not in (None, "silu", "swish"):
         x_conv = causal_conv1d_update(x, conv_state, conv_weight, conv_bias, activation)
-        return linear(x_conv), x_conv
+        return cpu_linear(linear, x_conv), x_conv
     _check_linear(x, linear.weight, linear.bias)
     _checks.tensor("conv_bias", conv_bias, shape=(x.shape[1],), device=x.device, optional=True)
     x_conv = _kernels.empty(tuple(x.shape), x)

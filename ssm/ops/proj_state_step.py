@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ssm.ops import _checks, _kernels
 from ssm.ops import conv_state_step as _css
+from ssm.ops.norm_gemv import gemv_linear
 from ssm.ops.state_step import selective_state_step
 from ssm.utils import dispatch
 
@@ -74,5 +74,5 @@ def proj_state_step(state: Tensor, x: Tensor, dt_in: Tensor, dt_proj_weight: Ten
     Same as selective_state_step(state, x, F.linear(dt_in, dt_proj_weight), A, B, C, D, z, dt_bias, softplus)."""
     _check_args(state, x, dt_in, dt_proj_weight, A, B, C, D, z, dt_bias)
     if torch.compiler.is_compiling() or not _fusable(state, x, dt_in, dt_proj_weight, B, C, z):
-        return selective_state_step(state, x, F.linear(dt_in, dt_proj_weight), A, B, C, D, z, dt_bias, softplus)
+        return selective_state_step(state, x, gemv_linear(dt_in, dt_proj_weight), A, B, C, D, z, dt_bias, softplus)
     return _fused(state, x, dt_in, dt_proj_weight, A, B, C, D, z, dt_bias, softplus)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ssm.ops import _checks, _library
+from ssm.ops import _checks, _library, cpu_matmul
 from ssm.ops.conv import _bwd_op as _conv_bwd, _fwd_op as _conv_fwd
 from ssm.ops.gated_norm import _bwd_op as _gated_norm_bwd, _fwd_op as _gated_norm_fwd
 from ssm.ops.python import reference
@@ -113,7 +113,7 @@ def _fused_fwd(zxbcdt, conv_w, conv_b, dt_bias, A, D, initial_states, seq_idx, n
     _, _, _, _, yn, final = _ssm_out(zxbcdt, conv_w, conv_b, dt_bias, A, D, initial_states, seq_idx, norm_w,
                                      sizes, cfg, return_final)
     out = _with_swiglu(zxbcdt[..., :2 * sizes[0]], yn, sizes[0])
-    out = out if out_w is None else F.linear(out, out_w, out_b)
+    out = out if out_w is None else cpu_matmul.linear(out, out_w, out_b)
     return out.contiguous(), _library.empty_if_none(final if return_final else None, zxbcdt)
 
 
@@ -151,8 +151,8 @@ def _out_grads(dout, cat, out_w, out_b):
     if out_w is None:
         return dout, None, None
     d2 = dout.reshape(-1, dout.shape[-1])
-    dw = d2.t() @ cat.reshape(-1, cat.shape[-1])
-    return (d2 @ out_w).view(cat.shape), dw, None if out_b is None else d2.sum(0)
+    dw = cpu_matmul.matmul(d2.t(), cat.reshape(-1, cat.shape[-1]))
+    return cpu_matmul.matmul(d2, out_w).view(cat.shape), dw, None if out_b is None else d2.sum(0)
 
 
 def _fused_bwd(zxbcdt, conv_w, conv_b, dt_bias, A, D, initial_states, seq_idx, norm_w, out_w, out_b, sizes, cfg,
@@ -293,5 +293,5 @@ def mamba_split_conv1d_scan_ref(zxbcdt, conv1d_weight, conv1d_bias, dt_bias, A, 
         out = reference.gated_rms_norm(out, rmsnorm_weight, None, z=z, eps=rmsnorm_eps,
                                        group_size=dim // ngroups, norm_before_gate=norm_before_gate)
     out = _swiglu_prepend(zx0, out, d_nonssm)
-    out = out if outproj_weight is None else F.linear(out, outproj_weight, outproj_bias)
+    out = out if outproj_weight is None else cpu_matmul.linear(out, outproj_weight, outproj_bias)
     return (out, final) if return_final_states else out

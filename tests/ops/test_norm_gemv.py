@@ -229,3 +229,57 @@ def test_conv_linear_cuda_kernel_equals_separate_ops(dtype, case, monkeypatch):
         assert_close(x_conv, xc_sep, dtype, f"x_conv at step {t}", factor=0.1)
         assert_close(out, out_sep, dtype, f"out at step {t}", factor=0.25)
         inp["x"].copy_(rand(*inp["x"].shape, dtype=dtype, device="cuda"))
+
+
+GEMV_CASES = [  # (batch, K, M): K past / short of whole 16- and 8-wide vectors, M short of 4-row blocks
+    (1, 768, 64), (2, 48, 7), (3, 1537, 81), (4, 5, 3), (1, 16, 1), (4, 200, 130),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", GEMV_CASES)
+@pytest.mark.parametrize("bias", [False, True])
+def test_cpu_gemv_linear_matches_reference(dtype, case, bias, monkeypatch):
+    batch, K, M = case
+    calls = []
+    monkeypatch.setattr(ng, "_cpu_gemv", lambda *a, f=ng._cpu_gemv: calls.append(1) or f(*a))
+    x = rand(batch, K, dtype=dtype, noncontig=batch > 1)
+    W = rand(M, K, dtype=dtype, scale=K ** -0.5)
+    b = rand(M, dtype=dtype) if bias else None
+    with use_backend("cpu"), torch.no_grad():
+        out = ng.gemv_linear(x, W, b)
+    assert calls, "the CPU small-batch kernel did not run"
+    ref = x.double() @ W.double().t() + (0 if b is None else b.double())
+    assert out.dtype == dtype and out.shape == (batch, M) and out.is_contiguous()
+    assert_close(out, ref, dtype, "out")
+
+
+def test_cpu_gemv_leaves_autograd_and_large_batches_to_torch(monkeypatch):
+    monkeypatch.setattr(ng, "_cpu_gemv", lambda *a: pytest.fail("kernel called"))
+    W = torch.randn(6, 32, requires_grad=True)
+    x = torch.randn(2, 32)
+    out = ng.gemv_linear(x, W)  # autograd needed: F.linear
+    out.sum().backward()
+    assert torch.equal(W.grad, x.sum(0).expand(6, 32))
+    with torch.no_grad():
+        x5 = torch.randn(ng.CPU_MAX_BATCH + 1, 32)
+        assert torch.equal(ng.gemv_linear(x5, W), torch.nn.functional.linear(x5, W))
+        with use_backend("reference"):
+            assert torch.equal(ng.gemv_linear(x, W), torch.nn.functional.linear(x, W))
+
+
+def test_lm_head_of_a_decode_step_through_the_kernel(monkeypatch):
+    from ssm.models.config import MambaConfig
+    from ssm.models.lm import MambaLMHeadModel
+    cfg = MambaConfig(d_model=32, n_layer=1, vocab_size=50, ssm_cfg={"layer": "Mamba1"})
+    model = MambaLMHeadModel(cfg).eval()
+    calls = []
+    monkeypatch.setattr(ng, "_cpu_gemv", lambda *a, f=ng._cpu_gemv: calls.append(1) or f(*a))
+    hidden = torch.randn(3, 4, 32)[:, -1:]
+    with torch.no_grad():
+        out = model._logits(hidden)
+        assert_close(out, model.lm_head(hidden).double(), torch.float32, "logits")
+        assert calls and out.shape == (3, 1, model.lm_head.out_features)
+        calls.clear()
+        model._logits(torch.randn(1, 5, 32))  # a prefill's rows: torch's GEMM
+        assert not calls

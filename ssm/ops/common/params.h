@@ -275,3 +275,18 @@ struct NormGemvParams {
 };
 
 }  // namespace ssm
+
+namespace ssm {
+
+// Small-batch linear layer on the CPU (decoding): out[b, m] = sum_k weight[m, k] * x[b, k] (+ bias[m]),
+// float32 accumulation; weight rows are read once for the whole batch.
+struct GemvParams {
+  int64_t batch = 0, in_features = 0, out_features = 0;
+  DType dtype = DType::f32;
+  TensorArg x;       // (B, K)  dtype
+  TensorArg weight;  // (M, K)  dtype, unit stride along K
+  TensorArg bias;    // (M,)    float32, optional
+  TensorArg out;     // (B, M)  dtype
+};
+
+}  // namespace ssm

@@ -22,6 +22,7 @@ SSM_CPU_DECLARE(ssd_chunk_scan_bwd, SsdParams)
 SSM_CPU_DECLARE(selective_scan_fwd, SelectiveScanParams)
 SSM_CPU_DECLARE(selective_scan_bwd, SelectiveScanParams)
 SSM_CPU_DECLARE(selective_state_step, StateStepParams)
+SSM_CPU_DECLARE(gemv, GemvParams)
 
 }  // namespace ssm::cpu
 

@@ -15,5 +15,6 @@ void bind_gated_norm(nb::module_& m);
 void bind_ssd_chunk_scan(nb::module_& m);
 void bind_selective_scan(nb::module_& m);
 void bind_selective_state_step(nb::module_& m);
+void bind_gemv(nb::module_& m);
 
 }  // namespace ssm::bind

@@ -12,4 +12,5 @@ NB_MODULE(_cpu, m) {
   ssm::bind::bind_ssd_chunk_scan(m);
   ssm::bind::bind_selective_scan(m);
   ssm::bind::bind_selective_state_step(m);
+  ssm::bind::bind_gemv(m);
 }
