@@ -1,28 +1,21 @@
 #!/usr/bin/env bash
-# Device round for ssdfwd (issue 6, CUDA SSD forward): the GPU SSD tests on the default kernels, a
-# forward subset on the round-1 kernels (SSM_SSD_FWD_PASS4=0), the fused Mamba-2
-# path's CUDA rows, then the forward timings (default; then the round-1 kernels at B8).
-# Usage: ssdfwd.sh OUT_DIR (repo root, after the build; ~55 s).
+# Device round for ssdfwd (issue 6, CUDA SSD forward, session 4), three Python processes (each takes
+# seconds to start there): the GPU SSD tests on the default kernels (lean chunk output, multi-head
+# chunk state, float32 C B^T) with the Mamba-2 module consistency and fused-path CUDA rows
+# (ssdfwd_tests.py); the forward timings with every kernel switch at B8 / B1 (ssdfwd_time.py); an ncu
+# stall / source profile of the lean chunk output.
+# Usage: ssdfwd.sh OUT_DIR (repo root, after the build; ~68 s).
 set -uo pipefail
 OUT=${1:-/tmp/ssdfwd}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-summary() {  # counts of a verbose pytest log
-  echo "$(grep -c " PASSED" "$1") passed, $(grep -c " FAILED" "$1") failed; last: $(grep -E "PASSED|FAILED" "$1" | tail -1 | cut -c1-100)"
-}
-timeout 12 $PY -m pytest tests/ops/test_ssd_cuda.py -x -v -p no:cacheprovider > "$OUT/pytest.log" 2>&1
-echo "test_ssd_cuda.py (whole file, -x) rc=$?: $(summary "$OUT/pytest.log")"
-grep -E "^FAILED|^E  " "$OUT/pytest.log" | head -5 | cut -c1-250
-SSM_SSD_FWD_PASS4=0 timeout 9 $PY -m pytest tests/ops/test_ssd_cuda.py -x -v -p no:cacheprovider \
-  -k "model_sizes or token_major or seq_idx or varlen or graph" > "$OUT/pytest_r1kernels.log" 2>&1
-echo "  round-1 kernels (PASS4=0) forward subset rc=$?: $(summary "$OUT/pytest_r1kernels.log")"
-timeout 10 $PY -m pytest tests/ops/test_ssd_split.py -x -v -p no:cacheprovider -k "cuda and not compile" \
-  > "$OUT/pytest_split.log" 2>&1
-echo "test_ssd_split.py -k 'cuda and not compile' (-x, 10 s cap) rc=$?: $(summary "$OUT/pytest_split.log")"
-grep -E "^FAILED|^E  " "$OUT/pytest_split.log" | head -4 | cut -c1-250
-timeout 17 $PY benchmarks/device/ssdfwd_time.py "$OUT/time.json" > "$OUT/time.log" 2>&1
-echo "timing rc=$?"; grep -vE "Warning|_warn_once" "$OUT/time.log" | cut -c1-140 | tail -20
-SSM_SSD_FWD_PASS4=0 timeout 9 $PY benchmarks/device/ssdfwd_time.py "$OUT/time_r1.json" --quick \
-  > "$OUT/time_r1.log" 2>&1
-echo "timing round-1 kernels rc=$?"; grep -vE "Warning|_warn_once" "$OUT/time_r1.log" | cut -c1-140 | tail -6
+timeout 33 $PY benchmarks/device/ssdfwd_tests.py > "$OUT/pytest.log" 2> "$OUT/pytest.err"
+echo "tests rc=$?"; grep SUMMARY "$OUT/pytest.err" | cut -c1-400
+grep -E "^FAILED|^E  " "$OUT/pytest.log" | head -6 | cut -c1-250
+timeout 23 $PY benchmarks/device/ssdfwd_time.py "$OUT/time.json" > "$OUT/time.log" 2>&1
+echo "timing rc=$?"; grep -vE "Warning|_warn_once|at::native|nvjet|conv_cl|gated_norm" "$OUT/time.log" | cut -c1-110 | tail -60
+timeout -k 1 11 ncu --clock-control none -k regex:chunk_scan_lean --launch-count 1 --section SpeedOfLight \
+  --section WarpStateStats --section SourceCounters $PY benchmarks/device/ncu_driver.py ssd > "$OUT/ncu_lean.txt" 2>&1
+echo "ncu rc=$?"; grep -E "Duration|L2 Cache Throughput|Issue Slots Busy|Warp Cycles Per Issued" "$OUT/ncu_lean.txt" | cut -c1-120
+grep -E "cycles being stalled|stall" "$OUT/ncu_lean.txt" | cut -c1-200 | head -8

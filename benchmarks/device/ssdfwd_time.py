@@ -1,6 +1,7 @@
 """Device-round timing of the SSD forward (issue 6): profiler kernel sums and eager event times at
-(B8, L2048) and (B1, L8192) (H32 P64 N128 chunk 256 bf16, D, dt_bias, softplus), and the Mamba2
-layer forward at the mamba2-130m shape (H24, B8 L2048; the fused split path's strided views).
+(B8, L2048) and (B1, L8192) (H32 P64 N128 chunk 256 bf16, D, dt_bias, softplus), the Mamba2
+layer forward at the mamba2-130m shape (H24, B8 L2048; the fused split path's strided views), then
+B8 (and B1) under the kernel switches of VARIANTS.
 
     python benchmarks/device/ssdfwd_time.py OUT.json [--quick]   (--quick: the B8 case only)
 """
@@ -51,9 +52,24 @@ def layer_case():
     return dict(case="Mamba2 layer fwd H24 B8 L2048", gpu_ms=total, eager_ms=time_ms(fwd, reps=10), kernels=table)
 
 
+# Kernel variants timed at B8 after the defaults (the switches are read at each launch).
+VARIANTS = [(8, {"SSM_SSD_FWD_HEADS": "0"}), (8, {"SSM_SSD_FWD_LEAN": "0", "SSM_SSD_FWD_HEADS": "0"}),
+            (1, {"SSM_SSD_FWD_HEADS": "0"})]
+
+
+def variant_case(B, env):
+    os.environ.update(env)
+    row = op_case(B, 2048 if B == 8 else 8192)
+    for k in env:
+        del os.environ[k]
+    row["case"] += " " + " ".join(f"{k}={v}" for k, v in env.items())
+    return row
+
+
 def main():
     rows = []
-    cases = (lambda: op_case(8, 2048), lambda: op_case(1, 8192), layer_case)
+    cases = [lambda: op_case(8, 2048), lambda: op_case(1, 8192), layer_case]
+    cases += [lambda B=B, env=env: variant_case(B, env) for B, env in VARIANTS]
     for fn in cases[:1] if "--quick" in sys.argv else cases:
         row = fn()
         rows.append(row)

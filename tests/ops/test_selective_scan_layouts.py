@@ -115,3 +115,21 @@ def test_forward_checkpoints_equal_the_backward_prepass_cuda(L):
     torch.testing.assert_close(y, scan_module._fwd_impl(*args, None, None, None, True, False)[0], rtol=0, atol=0)
     for name, a, b in zip(["du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddt_bias"], with_ck, plain):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=name)  # dB, dC: atomics in any order
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bc", ["rows", "projected"])
+@pytest.mark.parametrize("N", [8, 16])
+def test_aligned_bc_tiles(backend, dtype, bc, N):
+    # B/C whose 16-step tiles the CUDA forward reads in 16-byte packs: contiguous (B, 1, N, L) rows
+    # (L a multiple of 8), or x_proj columns at 8-aligned offsets (rank 48, as mamba-130m); L = 40
+    # ends in a partial group, read element by element
+    dev = device_of(backend)
+    inp = make(2, 40, 40, N, dtype, dev, u_last=False)
+    if bc == "rows":
+        inp["B"], inp["C"] = (torch.randn(2, 1, N, 40, device=dev).to(dtype) for _ in range(2))
+    else:
+        x_dbl = torch.randn(2, 40, 48 + 2 * N, device=dev).to(dtype)
+        inp["B"], inp["C"] = (x_dbl[..., c:c + N].transpose(1, 2).unsqueeze(1) for c in (48, 48 + N))
+    check_grads(backend, inp, dtype)

@@ -11,9 +11,11 @@
 // and (n, t) goes to the zeroed float32 dB / dC. When the grid leaves room, two warps share 32
 // channels, each walking half of the state entries; the second hands its sums over n to the first.
 #pragma once
+#include <cstdlib>
 #include <utility>
 
 #include "cuda/selective_scan_bwd.cuh"
+#include "cuda/selective_scan_bwd_pair.cuh"
 #include "cuda/selective_scan_fwd_thread.cuh"
 
 namespace ssm::cuda::scan_thread {
@@ -286,6 +288,13 @@ inline bool takes_bwd(const SelectiveScanParams& p) {
   return takes(p) && (p.seqlen <= kSteps || checkpoint_layout(p));
 }
 
+// Switch: SSM_SCAN_BWD_PAIR=0 sends the backward to the kernel below instead of
+// selective_scan_bwd_pair.cuh's (read per call, so one process can time both).
+inline bool pair_bwd() {
+  const char* v = std::getenv("SSM_SCAN_BWD_PAIR");
+  return !v || v[0] != '0';
+}
+
 // Switch: false keeps one warp per 32 channels (every state entry in one thread).
 constexpr bool kSplitN = true;
 
@@ -305,6 +314,7 @@ void launch_bwd(const SelectiveScanParams& p, cudaStream_t stream) {
   const int64_t total = p.nslices * p.batch * p.ngroups * p.dstate * p.seqlen;
   if (total > 0) scan_bwd::zero_bc<<<ceil_div(total, 256), 256, 0, stream>>>(p);
   if (p.seqlen > kSteps && !p.chunk_states_filled) launch_fwd<T>(p, true, stream);
+  if (pair_bwd() && scan_pair::takes(p)) return scan_pair::launch_bwd<T>(p, stream);
   BwdFlags f;
   f.vec_u = rows_vectorizable<T>(p.u, 2), f.vec_delta = rows_vectorizable<T>(p.delta, 2);
   f.vec_z = has(p.z) && rows_vectorizable<T>(p.z, 2), f.vec_dout = rows_vectorizable<T>(p.dout, 2);

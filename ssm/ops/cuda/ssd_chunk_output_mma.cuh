@@ -7,7 +7,8 @@
 //     S  = S ∘ exp(cs_t - cs_s) Δ_s on s <= t in the same run (in registers),
 //     acc += S X_k (S's accumulators repacked as A fragments; no shared-memory round trip).
 // The epilogue (D x, cu_seqlens initial states, z gate) is y_out's, stored in pairs.
-// SSM_SSD_FWD_MMA=0 selects the shared-memory wmma kernel of ssd_chunk_output.cuh instead.
+// SSM_SSD_FWD_MMA=0 selects the shared-memory wmma kernel of ssd_chunk_output.cuh instead; the
+// default with the precomputed C B^T is the lean form in ssd_chunk_output_lean.cuh (the launcher).
 #pragma once
 #include <type_traits>
 
@@ -91,9 +92,18 @@ __device__ __forceinline__ void decay_mask(float (&s)[8][4], const ChunkTokens& 
   }
 }
 
-// C B^T of one 64 x 64 tile (query tile qt, key tile kt <= qt) of a chunk for one group, in float32:
-// cb[((b nc + c) G + g) Q^2 + t Q + s] for chunk-local t, s; shared by the group's heads.
-template <typename T>
+// Two floats stored as a pair of Cb (float or bfloat16) at dst.
+__device__ __forceinline__ void store2(float* dst, float a, float b) {
+  *reinterpret_cast<float2*>(dst) = make_float2(a, b);
+}
+__device__ __forceinline__ void store2(__nv_bfloat16* dst, float a, float b) {
+  *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn(a, b);
+}
+
+// C B^T of one 64 x 64 tile (query tile qt, key tile kt <= qt) of a chunk for one group, in Cb (float32,
+// or bfloat16 for bfloat16 inputs): cb[((b nc + c) G + g) Q^2 + t Q + s] for chunk-local t, s, counted
+// in Cb elements from the region's start; shared by the group's heads.
+template <typename T, typename Cb = float>
 __global__ void __launch_bounds__(kThreads) chunk_cb_kernel(SsdParams p, Layout w) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int N = int(p.dstate), Q = int(p.chunk), Np = round16(N), ldn = Np + 8, nq = Q / kTile;
@@ -113,14 +123,12 @@ __global__ void __launch_bounds__(kThreads) chunk_cb_kernel(SsdParams p, Layout 
   const int r0 = int(threadIdx.x >> 5) * 16, g8 = int(threadIdx.x & 31) >> 2, c2 = 2 * int(threadIdx.x & 3);
   float acc[8][4] = {};
   mma_rows_nk<T>(acc, cs, bs, ldn, r0, Np, 3);
-  float* out = ptr<float>(p.workspace) + w.cb + ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q +
-               int64_t(qt * kTile) * Q + kt * kTile;
+  Cb* out = reinterpret_cast<Cb*>(ptr<float>(p.workspace) + w.cb) +
+            ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q + int64_t(qt * kTile) * Q + kt * kTile;
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf)
 #pragma unroll
-    for (int j = 0; j < 8; ++j)
-      *reinterpret_cast<float2*>(out + (r0 + g8 + 8 * hf) * Q + 8 * j + c2) =
-          make_float2(acc[j][2 * hf], acc[j][2 * hf + 1]);
+    for (int j = 0; j < 8; ++j) store2(out + (r0 + g8 + 8 * hf) * Q + 8 * j + c2, acc[j][2 * hf], acc[j][2 * hf + 1]);
 }
 
 // s = the precomputed C B^T of the thread's rows t[0], t[1] and key tile s0 (n-tile pairs > jp_max zero).
@@ -132,6 +140,22 @@ __device__ __forceinline__ void load_cb(float (&s)[8][4], const float* cb, int Q
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
       const float2 v = j / 2 <= jp_max ? *reinterpret_cast<const float2*>(cb + t[hf] * Q + s0 + 8 * j + c2)
+                                       : make_float2(0.f, 0.f);
+      s[j][2 * hf] = v.x;
+      s[j][2 * hf + 1] = v.y;
+    }
+}
+
+// The same from a bfloat16 C B^T.
+__device__ __forceinline__ void load_cb(float (&s)[8][4], const __nv_bfloat16* cb, int Q, const int (&t)[2], int s0,
+                                        int jp_max) {
+  const int c2 = 2 * int(threadIdx.x & 3);
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const float2 v = j / 2 <= jp_max ? __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(
+                                             cb + t[hf] * Q + s0 + 8 * j + c2))
                                        : make_float2(0.f, 0.f);
       s[j][2 * hf] = v.x;
       s[j][2 * hf + 1] = v.y;
@@ -246,28 +270,6 @@ inline bool pre_cb_enabled() {
     return v == nullptr || std::strcmp(v, "0") != 0;
   }();
   return on;
-}
-
-template <typename T>
-void launch_chunk_scan(const SsdParams& p, const Layout& w, cudaStream_t s) {
-  const int64_t ptiles = (p.headdim + kTile - 1) / kTile, nq = p.chunk / kTile;
-  const dim3 grid(unsigned(w.nchunks * ptiles * nq), unsigned(p.nheads), unsigned(p.batch));
-  const dim3 paired(unsigned(w.nchunks * ptiles * ((nq + 1) / 2)), unsigned(p.nheads), unsigned(p.batch));
-  const int N = int(p.dstate);
-  if constexpr (!std::is_same<T, float>::value) {
-    if (fwd_mma_enabled() && pre_cb_enabled()) {
-      const int nq = int(p.chunk / kTile);
-      const dim3 cb_grid(unsigned(w.nchunks * nq * nq), unsigned(p.ngroups), unsigned(p.batch));
-      launch(chunk_cb_kernel<T>, cb_grid, 2 * align128(kTile * (round16(N) + 8) * sizeof(T)), s, p, w);
-      launch(chunk_scan_mma_kernel<T, true>, paired, chunk_scan_mma_smem<T>(N, true), s, p, w);
-      return;
-    }
-    if (fwd_mma_enabled()) {
-      launch(chunk_scan_mma_kernel<T, false>, paired, chunk_scan_mma_smem<T>(N, false), s, p, w);
-      return;
-    }
-  }
-  launch(chunk_scan_kernel<T>, grid, chunk_scan_smem<T>(N), s, p, w);
 }
 
 }  // namespace ssm::cuda::ssd

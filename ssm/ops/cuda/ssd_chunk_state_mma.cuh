@@ -107,17 +107,4 @@ __global__ void __launch_bounds__(kThreads) chunk_state_mma_kernel(SsdParams p, 
   }
 }
 
-template <typename T>
-void launch_chunk_state(const SsdParams& p, const Layout& w, cudaStream_t s) {
-  const int64_t tiles = ((p.headdim + kTile - 1) / kTile) * ((p.dstate + kTile - 1) / kTile);
-  const dim3 grid(unsigned(w.nchunks * tiles), unsigned(p.nheads), unsigned(p.batch));
-  if constexpr (!std::is_same<T, float>::value) {
-    if (fwd_mma_enabled()) {
-      launch(chunk_state_mma_kernel<T>, grid, chunk_state_mma_smem<T>(), s, p, w);
-      return;
-    }
-  }
-  launch(chunk_state_kernel<T>, grid, chunk_state_smem<T>(), s, p, w);
-}
-
 }  // namespace ssm::cuda::ssd

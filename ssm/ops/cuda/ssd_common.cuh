@@ -136,11 +136,15 @@ __device__ void issue_tile(T* dst, int ld, int width, const T* src, int64_t rs, 
   constexpr int kV = 16 / sizeof(T);
   const bool vec = cs == 1 && rs % kV == 0 && cols % kV == 0 && (reinterpret_cast<uintptr_t>(src) & 15) == 0;
   if (vec) {
-    const int per_row = width / kV;
-    for (int e = threadIdx.x; e < kTile * per_row; e += kThreads) {
-      const int i = e / per_row, j = e % per_row * kV;
-      const bool ok = i < rows && j < cols;
-      cp_async16(dst + i * ld + j, ok ? src + i * rs + j : src, ok);
+    // element e = threadIdx.x + k kThreads is (i, j / kV) = (e / per_row, e % per_row): one division,
+    // then the step by kThreads in place
+    const int per_row = width / kV, di = kThreads / per_row, dj = kThreads % per_row;
+    int i = int(threadIdx.x) / per_row, j = int(threadIdx.x) % per_row;
+    while (i < kTile) {
+      const bool ok = i < rows && j * kV < cols;
+      cp_async16(dst + i * ld + j * kV, ok ? src + i * rs + j * kV : src, ok);
+      i += di, j += dj;
+      if (j >= per_row) j -= per_row, ++i;
     }
     return;
   }

@@ -93,6 +93,13 @@ __device__ __forceinline__ unsigned scale2(unsigned v, float lo, float hi) {
   return pack2<T>(to_float(*reinterpret_cast<const T*>(&ul)) * lo, to_float(*reinterpret_cast<const T*>(&uh)) * hi);
 }
 
+// A session-4 SSD forward switch: the environment variable `name` (0 = off), read at each launch so
+// that one process can time the variants; `dflt` when unset.
+inline bool ssd_switch(const char* name, bool dflt) {
+  const char* v = std::getenv(name);
+  return v == nullptr ? dflt : std::strcmp(v, "0") != 0;
+}
+
 // The register-fragment forward kernels (chunk state, chunk output) for half / bfloat16;
 // SSM_SSD_FWD_MMA=0 selects the shared-memory wmma ones (read once).
 inline bool fwd_mma_enabled() {

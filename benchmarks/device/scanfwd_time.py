@@ -1,0 +1,62 @@
+"""Kernel times of the CUDA selective-scan forward (N <= 16) and of the backward's checkpoint
+pre-pass (profiler device time per call) at issue 5's bench shape (B8 D4096 L2048 N16 bf16, z, D,
+dt_bias, softplus) and at the mamba-130m channels-last shape (D 1536). One line per shape; JSON to
+--out.
+
+    python3 benchmarks/device/scanfwd_time.py --out scanfwd.json --tag block
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+import ssm.ops as ops  # noqa: E402
+from benchmarks.bench_cuda import time_ms  # noqa: E402
+from benchmarks.bench_scan_layouts_cuda import kernels_by_time, scan_inputs  # noqa: E402
+
+PREPASS = re.compile(r"fwd(_block)?_kernel<.*false, true>")
+FWD = re.compile(r"fwd(_block)?_kernel<.*true, (false|true)>")
+
+
+def shape_times(B, D, L, N, layout):
+    args = scan_inputs(B, D, L, N, layout)
+    fwd = lambda: ops.selective_scan(*args[:7], args[7], True)
+    fparts = kernels_by_time(fwd, iters=5)
+    leaves = [t.detach().clone().requires_grad_() for t in args]
+    dy = torch.randn(B, D, L, device="cuda", dtype=torch.bfloat16)
+
+    def fwd_bwd():
+        for t in leaves:
+            t.grad = None
+        torch.autograd.backward(ops.selective_scan(*leaves[:7], leaves[7], True), dy)
+    bparts = kernels_by_time(fwd_bwd, iters=2)
+    return dict(fwd_kernel_ms=sum(t for t, k in fparts if FWD.search(k)),
+                fwd_event_ms=time_ms(fwd, reps=10, inner=3),
+                prepass_ms=sum(t for t, k in bparts if PREPASS.search(k)),
+                fwd_bwd_kernels_ms=sum(t for t, k in bparts),
+                kernels=[(round(t, 4), k[:90]) for t, k in bparts[:6]])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="scanfwd.json")
+    ap.add_argument("--tag", default="block")
+    a = ap.parse_args()
+    rows = {}
+    for label, B, D, layout in (("bench B8 D4096 (B,D,L)", 8, 4096, "rows"),
+                                ("model B8 D1536 channels-last", 8, 1536, "channels_last")):
+        r = rows[label] = shape_times(B, D, 2048, 16, layout)
+        print(f"{a.tag:6s} {label:30s} fwd kernel {r['fwd_kernel_ms']:.3f} ms (event {r['fwd_event_ms']:.3f})  "
+              f"pre-pass {r['prepass_ms']:.3f} ms  fwd+bwd kernels {r['fwd_bwd_kernels_ms']:.3f} ms", flush=True)
+    with open(a.out, "w") as f:
+        json.dump(dict(device=torch.cuda.get_device_name(), tag=a.tag, rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

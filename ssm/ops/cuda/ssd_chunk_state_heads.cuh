@@ -1,0 +1,154 @@
+// SSD step 1 for half / bfloat16 with N <= 128, several heads of one group per block: the chunk's B
+// (every token, every n) stays in shared memory for kStateHeads heads, so B leaves L2 once per
+// (group, head quad) instead of once per (head, 64 x 64 tile), and x once per head instead of once
+// per N tile (chunk_state_mma_kernel moved ~2.7x these bytes from L2 and was L2-bound). Warp w owns
+// P rows 16w..16w+15 and all N columns (64 accumulators per thread); the x tiles (64 tokens x 64 P)
+// stream through kXStages cp.async buffers across the heads. SSM_SSD_FWD_HEADS=0 selects
+// chunk_state_mma_kernel. This file holds the chunk-state launcher.
+#pragma once
+#include "cuda/ssd_chunk_state_mma.cuh"
+
+namespace ssm::cuda::ssd {
+
+constexpr int kStateHeads = 4, kXStages = 4;
+
+template <typename T>
+size_t chunk_state_heads_smem(int Q, int N) {
+  const int ldb = (N + 15) / 16 * 16 + 8;
+  return align128(sizeof(ChunkTokens)) + align128(kMaxChunk * sizeof(float)) + align128(Q * ldb * sizeof(T)) +
+         kXStages * align128(kTile * kLd * sizeof(T));
+}
+
+// acc (16 P rows x 16 npair N columns) += X^T diag(w) B over one 64-token tile (xs [t][p] with ld kLd,
+// bs [t][n] with ld ldb).
+template <typename T>
+__device__ __forceinline__ void state_tile_wide(float (&acc)[16][4], const T* xs, const T* bs, int ldb,
+                                                const float* wt, int r0, int npair) {
+  const int c2 = 2 * (threadIdx.x & 3);
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    const int k0 = kk * 16;
+    unsigned a[4];
+    load_a_kr(a, xs, kLd, r0, k0);
+    const float w0 = wt[k0 + c2], w1 = wt[k0 + c2 + 1], w8 = wt[k0 + c2 + 8], w9 = wt[k0 + c2 + 9];
+    a[0] = scale2<T>(a[0], w0, w1);
+    a[1] = scale2<T>(a[1], w0, w1);
+    a[2] = scale2<T>(a[2], w8, w9);
+    a[3] = scale2<T>(a[3], w8, w9);
+#pragma unroll
+    for (int jp = 0; jp < 8; ++jp) {
+      if (jp >= npair) continue;
+      unsigned bb[4];
+      load_b_kn(bb, bs, ldb, jp * 16, k0);
+      mma16816<T>(acc[2 * jp], a, bb[0], bb[1]);
+      mma16816<T>(acc[2 * jp + 1], a, bb[2], bb[3]);
+    }
+  }
+}
+
+// S_c rows p0 + r0 + lane / 4 (+ 8) of head h from the accumulators, as float2 where N allows.
+__device__ __forceinline__ void store_state(float* states, const float (&acc)[16][4], int P, int N, int prow) {
+  const int c2 = 2 * int(threadIdx.x & 3);
+  const bool pairs = N % 2 == 0;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const int pp = prow + 8 * hf;
+    if (pp >= P) continue;
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      const int nn = 8 * j + c2;
+      float* dst = states + int64_t(pp) * N + nn;
+      if (pairs && nn + 1 < N) {
+        *reinterpret_cast<float2*>(dst) = make_float2(acc[j][2 * hf], acc[j][2 * hf + 1]);
+      } else {
+        if (nn < N) dst[0] = acc[j][2 * hf];
+        if (nn + 1 < N) dst[1] = acc[j][2 * hf + 1];
+      }
+    }
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) chunk_state_heads_kernel(SsdParams p, Layout w) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Np = (N + 15) / 16 * 16, ldb = Np + 8;
+  const size_t xb = align128(kTile * kLd * sizeof(T));
+  ChunkTokens& tok = *reinterpret_cast<ChunkTokens*>(smem);
+  float* wt = reinterpret_cast<float*>(smem + align128(sizeof(ChunkTokens)));
+  T* bs = reinterpret_cast<T*>(smem + align128(sizeof(ChunkTokens)) + align128(kMaxChunk * sizeof(float)));
+  unsigned char* xbase = reinterpret_cast<unsigned char*>(bs) + align128(Q * ldb * sizeof(T));
+  const int ntp = (P + kTile - 1) / kTile, hg = int(p.nheads / p.ngroups), nquad = (hg + kStateHeads - 1) / kStateHeads;
+  const int64_t c = blockIdx.x / ntp, b = blockIdx.z, c0 = c * Q;
+  const int pt = blockIdx.x % ntp, p0 = pt * kTile;
+  const int g = blockIdx.y / nquad, h0 = g * hg + blockIdx.y % nquad * kStateHeads;
+  const int nh = min(kStateHeads, (g + 1) * hg - h0);
+  const int nvalid = int(min(int64_t(Q), p.seqlen - c0)), last = nvalid - 1, nk = (nvalid + kTile - 1) / kTile;
+  const int nt = nh * nk;  // x tiles in stream order (head, token tile)
+  const int64_t xr = p.x.stride[1], br = p.B.stride[1];
+  const T* xrow = ptr<T>(p.x) + b * p.x.stride[0] + p0 * p.x.stride[3] + c0 * xr;
+  const T* bsrc = ptr<T>(p.B) + b * p.B.stride[0] + g * p.B.stride[2] + c0 * br;
+  auto issue_x = [&](int f) {  // x tile f into buffer f % kXStages
+    const int hi = f / nk, kt = f % nk;
+    issue_tile<T>(reinterpret_cast<T*>(xbase + (f % kXStages) * xb), kLd, kTile,
+                  xrow + (h0 + hi) * p.x.stride[2] + kt * kTile * xr, xr, p.x.stride[3], nvalid - kt * kTile, P - p0);
+  };
+  for (int kt = 0; kt < nk; ++kt)
+    issue_tile<T>(bs + kt * kTile * ldb, ldb, Np, bsrc + kt * kTile * br, br, p.B.stride[3], nvalid - kt * kTile, N);
+#pragma unroll
+  for (int f = 0; f < kXStages - 1; ++f) {  // one group each; the first also holds B
+    if (f < nt) issue_x(f);
+    cp_async_commit();
+  }
+  float* ws = ptr<float>(p.workspace);
+  const int r0 = int(threadIdx.x >> 5) * 16, npair = Np / 16;
+  float acc[16][4];
+#pragma unroll 1
+  for (int f = 0; f < nt; ++f) {
+    const int hi = f / nk, kt = f % nk, h = h0 + hi;
+    if (kt == 0) {  // the head's tokens, record and weights; its accumulators from zero
+      load_chunk(p, b, h, c0, Q, tok);
+      const int lr = tok.run[last];
+      if (pt == 0 && threadIdx.x == 0)
+        write_record(ws + w.record + ((b * p.nheads + h) * w.nchunks + c) * kRecord, tok, last);
+      for (int k = threadIdx.x; k < kMaxChunk; k += kThreads)
+        wt[k] = k < nvalid && tok.run[k] == lr ? tok.dt[k] * __expf(tok.cs[last] - tok.cs[k]) : 0.f;
+#pragma unroll
+      for (int j = 0; j < 16; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+    }
+    if (f + kXStages - 1 < nt) issue_x(f + kXStages - 1);
+    cp_async_commit();
+    cp_async_wait<kXStages - 1>();  // tile f (and B) landed
+    __syncthreads();
+    state_tile_wide<T>(acc, reinterpret_cast<const T*>(xbase + (f % kXStages) * xb), bs + kt * kTile * ldb, ldb,
+                       wt + kt * kTile, r0, npair);
+    if (kt == nk - 1)
+      store_state(ws + w.states + ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N, acc, P, N,
+                  p0 + r0 + (int(threadIdx.x & 31) >> 2));
+    __syncthreads();  // buffer f % kXStages, tok and wt free again
+  }
+}
+
+// The multi-head chunk-state kernel (SSM_SSD_FWD_HEADS=0: one block per head and 64 x 64 tile).
+inline bool state_heads_enabled() { return ssd_switch("SSM_SSD_FWD_HEADS", true); }
+
+template <typename T>
+void launch_chunk_state(const SsdParams& p, const Layout& w, cudaStream_t s) {
+  const int64_t ptiles = (p.headdim + kTile - 1) / kTile;
+  const int64_t tiles = ptiles * ((p.dstate + kTile - 1) / kTile);
+  const dim3 grid(unsigned(w.nchunks * tiles), unsigned(p.nheads), unsigned(p.batch));
+  if constexpr (!std::is_same<T, float>::value) {
+    if (fwd_mma_enabled() && state_heads_enabled() && p.dstate <= 2 * kTile) {
+      const int64_t hg = p.nheads / p.ngroups, quads = (hg + kStateHeads - 1) / kStateHeads;
+      const dim3 hgrid(unsigned(w.nchunks * ptiles), unsigned(p.ngroups * quads), unsigned(p.batch));
+      launch(chunk_state_heads_kernel<T>, hgrid, chunk_state_heads_smem<T>(int(p.chunk), int(p.dstate)), s, p, w);
+      return;
+    }
+    if (fwd_mma_enabled()) {
+      launch(chunk_state_mma_kernel<T>, grid, chunk_state_mma_smem<T>(), s, p, w);
+      return;
+    }
+  }
+  launch(chunk_state_kernel<T>, grid, chunk_state_smem<T>(), s, p, w);
+}
+
+}  // namespace ssm::cuda::ssd
