@@ -238,20 +238,21 @@ def _bwd_cuda(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dy, dfinal
     nc, nq = (L + chunk - 1) // chunk, chunk // 64
     dD = None if D is None else _kernels.empty((batch * nc * nq, H, P), x, f32)
     # the backward's workspace row follows the forward's layout: its size comes from the CUDA module
-    ws_floats = _kernels.module("cuda").ssd_chunk_scan_bwd_workspace_floats(_kernels.dtype_code(x),
-                                                                            [batch, L, H, P, G, N, chunk])
+    cuda, sizes = _kernels.module("cuda"), [batch, L, H, P, G, N, chunk]
+    ws_floats = cuda.ssd_chunk_scan_bwd_workspace_floats(_kernels.dtype_code(x), sizes)
+    sets = cuda.ssd_chunk_scan_bwd_head_sets(_kernels.dtype_code(x), sizes)  # dB / dC partial sums per row
     ws = torch.empty((1, ws_floats), dtype=f32, device=x.device)
     dx = _kernels.empty(x.shape, x)
     ddt, dA = _kernels.empty((batch, L, H), x, f32), _kernels.empty((batch * H, nc), x, f32)
-    dBh, dCh = _kernels.empty((batch, L, H, N), x, f32), _kernels.empty((batch, L, H, N), x, f32)
+    dBh, dCh = _kernels.empty((batch, L, sets, N), x, f32), _kernels.empty((batch, L, sets, N), x, f32)
     dinit = None if initial_states is None else _kernels.empty(initial_states.shape, x, f32)
     _kernels.module("cuda").ssd_chunk_scan_bwd(
         _kernels.dtype_code(x), [batch, L, H, P, G, N, 0, 1, chunk],
         *_input_refs(x, dt, A, B, C, D, None, dt_bias, initial_states, _int32(seq_idx), None),
         *_input_refs(dy, dfinal, None, dx, None, ddt, dA, dBh, dCh, dD, dinit, ws), ws_floats,
         dt_softplus, dt_lo, dt_hi, _kernels.exec_arg("cuda", x))
-    # (B, L, H, N) -> (B, L, G, N): the sum over each group's heads
-    dB, dC = (t.view(batch, L, G, H // G, N).sum(3) for t in (dBh, dCh))
+    # (B, L, sets, N) -> (B, L, G, N): the sum over each group's head sets (none when one set per group)
+    dB, dC = (t if sets == G else t.view(batch, L, G, sets // G, N).sum(3) for t in (dBh, dCh))
     grads = (dx, ddt.to(dt.dtype), dA.view(batch, H, nc).sum((0, 2)).to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
              None if dD is None else dD.sum(0), dz, None if dt_bias is None else ddt.sum((0, 1)).to(dt_bias.dtype),
              dinit)

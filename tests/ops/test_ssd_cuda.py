@@ -5,7 +5,7 @@ backend in test_ssd.py."""
 import pytest
 import torch
 
-from ssm.ops import ssd
+from ssm.ops import _kernels, ssd
 from ssm.ops.python import reference
 from tests.ops.harness import DTYPES, assert_close
 from tests.ops.test_ssd import GRAD_NAMES, make_inputs, packed_batch, reference64, run
@@ -204,5 +204,27 @@ def test_kernel_backward_matches_reference(dtype, case, seq, gate, monkeypatch):
     monkeypatch.setattr(ssd, "_bwd_cuda", lambda *a: calls.append(1) or kernel(*a))
     grads = cuda_backward_grads(dtype, case, seq, gate)
     assert calls, "the dedicated CUDA backward did not run"
+    for name, (got, want) in grads.items():
+        assert_close(got, want, dtype, f"d{name}", factor=2.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("case", [(2, 300, 4, 64, 2, 64, 128), (1, 2 * 256 + 37, 6, 32, 1, 200, 256)],
+                         ids=lambda c: "b{}_l{}_h{}_p{}_g{}_n{}_c{}".format(*c))
+@pytest.mark.parametrize("mode", ["group", "noprefetch"])
+def test_kernel_backward_variants_match_reference(dtype, case, mode, monkeypatch):
+    """The register kernels summing dB / dC over all of a group's heads in one block (SSM_SSD_BWD_HEADSUM=group;
+    the small grids above get one set per head), and dc without its L1 prefetch (SSM_SSD_BWD_PREFETCH=0)."""
+    monkeypatch.setenv("SSM_SSD_COMPOSED_BWD", "1")
+    monkeypatch.setenv("SSM_SSD_BWD_KERNEL", "1")
+    if mode == "group":
+        monkeypatch.setenv("SSM_SSD_BWD_HEADSUM", "group")
+    else:
+        monkeypatch.setenv("SSM_SSD_BWD_PREFETCH", "0")
+    batch, L, H, P, G, N, chunk = case
+    code = _kernels.dtype_code(torch.empty(0, dtype=dtype))
+    sets = _kernels.module("cuda").ssd_chunk_scan_bwd_head_sets(code, [batch, L, H, P, G, N, chunk])
+    assert sets == (G if mode == "group" else H)
+    grads = cuda_backward_grads(dtype, case, True, mode == "group")
     for name, (got, want) in grads.items():
         assert_close(got, want, dtype, f"d{name}", factor=2.0)

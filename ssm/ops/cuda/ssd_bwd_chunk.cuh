@@ -1,6 +1,6 @@
-// SSD backward steps 0, 3 and 4: C B^T per (chunk, group) once for all its heads; then per (chunk,
-// 64-token tile, head) the gradients of C (target tiles) and of x and B (source tiles), from 64 x 64
-// products on tensor cores. The dC and dB blocks first build the masked products of their tile against
+// SSD backward steps 0, 3 and 4: C B^T per (chunk, group) once for all its heads (every dtype); then, for
+// float32 (half / bfloat16: ssd_bwd_mma.cuh), per (chunk, 64-token tile, head) the gradients of C (target
+// tiles) and of x and B (source tiles), from 64 x 64 FMA tile products. The dC and dB blocks first build the masked products of their tile against
 // every partner tile of the chunk into a 64 x Q strip in shared memory, then multiply the strip by the
 // partners' 64-wide slices of B / C; the dx block builds each 64 x 64 masked tile from the C B^T cache.
 #pragma once

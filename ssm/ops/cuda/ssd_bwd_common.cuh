@@ -15,10 +15,13 @@
 //                  dB = Δ ((dY X^T ∘ L)^T C + diag(e) X dH_out), x·o and X_s = Δ e dB_state,s · B_s
 //   5. finalize    per (b, h): d(Δ_k A) = pairs + Σ_{t>=k} Y_t + Σ_{s<k} X_s + exp(cs_last)<H_in, dH_out>,
 //                  ddt through clamp / softplus, dA
-// dB and dC come out per head (float32, (B, L, H, N)), dA per chunk (float32, (B * H, nchunks)) and dD
+// dB and dC come out per head set (float32, (B, L, hsets, N): per head, or summed over sets of a group's heads), dA per chunk (float32, (B * H, nchunks)) and dD
 // per source tile (float32, (B * nchunks * Q / 64, H, P)); the caller sums each group's heads and the partials.
 // No atomics: every sum has one fixed order.
 #pragma once
+#include <cstdlib>
+#include <cstring>
+
 #include "cuda/ssd_common.cuh"
 #include "cuda/ssd_tile.cuh"
 
@@ -28,28 +31,60 @@ namespace ssm::cuda::ssd {
 //   dstate[(((b * nchunks + c) * H + h) * P + p) * N + n]   dS_c, then dH_out(c) (float32)
 //   dhout [(((b * nchunks + c) * H + h) * P + p) * N + n]   dH_out(c) in the element type T
 //   pairs [(((b * H + h) * nchunks + c) * nq + i) * Q + k]   decay-pair sums of target tile i
-//   ysum, xsum, xo [((b * H + h) * nchunks + c) * Q + k]     Y_t, X_s, x_s·o_s
+//   ysum  [(((b * H + h) * nchunks + c) * ny + slice) * Q + k]  Y_t, partial per N slice
+//   xsum, xo [(((b * H + h) * nchunks + c) * nx + slice) * Q + k]  X_s, x_s·o_s, partial per P slice
 //   cb    [((b * nchunks + c) * G + g) * Q * Q + t * Q + s]   C_t · B_s on the tile pairs s-tile <= t-tile,
 //   cbt   [((b * nchunks + c) * G + g) * Q * Q + s * Q + t]   and its transpose (shared by a group's heads)
+//   tok   [((b * H + h) * nchunks + c) * 3 * kMaxChunk + f * kMaxChunk + k]  ChunkTokens' dt, cs, run (register kernels)
 // Its size comes to Python from ssd_chunk_scan_bwd_workspace_floats (the binding).
 struct BwdLayout {
   int64_t dstate = 0, dhout = 0, pairs = 0, ysum = 0, xsum = 0, xo = 0, cb = 0, cbt = 0, floats = 0;
+  int64_t ny = 1, nx = 1;  // slices of the Y and X / x·o partial sums (64-wide N and P slices, register kernels)
+  int64_t hsets = 0;       // dB / dC partial sums per batch row: one per head, or per set of a group's heads
+  int64_t tok = 0;         // register kernels: each chunk's token data (Δ, cs, run; 3 x kMaxChunk floats per
+                           // (b, h, chunk)) written by dstate and copied by the tile kernels
 };
+
+// Half / bfloat16 run steps 1, 3 and 4 on register fragments (ssd_bwd_mma.cuh); float32 keeps the FMA tiles
+// of ssd_bwd_chunk.cuh / ssd_bwd_state.cuh (tensor-core float32 would miss the float32 tolerance).
+inline bool bwd_mma_enabled(const SsdParams& p) { return p.dtype != DType::f32; }
+
+// The register kernels sum dB / dC over sets of a group's heads: the fewest sets per group that still give
+// the dc / db grids about 1024 blocks. SSM_SSD_BWD_HEADSUM=0: one set per head; =group: one set per group.
+inline int64_t bwd_head_sets(const SsdParams& p, const Layout& w) {
+  const char* e = std::getenv("SSM_SSD_BWD_HEADSUM");
+  if ((e != nullptr && std::strcmp(e, "0") == 0) || !bwd_mma_enabled(p) || p.ngroups < 1) return p.nheads;
+  const int64_t hg = p.nheads / p.ngroups;
+  const int64_t blocks = p.batch * w.nchunks * (p.chunk / kTile) * ((p.dstate + kTile - 1) / kTile) * p.ngroups;
+  const int64_t want = e != nullptr && std::strcmp(e, "group") == 0 ? 0 : 1024;
+  int64_t split = 1;
+  while (split < hg && blocks * split < want) {
+    ++split;
+    while (hg % split) ++split;
+  }
+  return p.ngroups * split;
+}
 
 inline BwdLayout bwd_layout(const SsdParams& p, const Layout& w) {
   BwdLayout v;
   const int64_t bhc = p.batch * p.nheads * w.nchunks, nq = p.chunk / kTile;
+  if (bwd_mma_enabled(p)) v.ny = (p.dstate + kTile - 1) / kTile, v.nx = (p.headdim + kTile - 1) / kTile;
+  v.hsets = bwd_head_sets(p, w);
   v.dstate = w.floats;
   const int64_t spn = bhc * p.headdim * p.dstate;
   v.dhout = v.dstate + round64(spn);
   v.pairs = v.dhout + round64((spn * (p.dtype == DType::f32 ? 4 : 2) + 3) / 4);
   v.ysum = v.pairs + round64(bhc * nq * p.chunk);
-  v.xsum = v.ysum + round64(bhc * p.chunk);
-  v.xo = v.xsum + round64(bhc * p.chunk);
+  v.xsum = v.ysum + round64(bhc * v.ny * p.chunk);
+  v.xo = v.xsum + round64(bhc * v.nx * p.chunk);
   const int64_t qq = p.batch * w.nchunks * p.ngroups * p.chunk * p.chunk;
-  v.cb = v.xo + round64(bhc * p.chunk);
+  v.cb = v.xo + round64(bhc * v.nx * p.chunk);
   v.cbt = v.cb + round64(qq);
   v.floats = v.cbt + round64(qq);
+  if (bwd_mma_enabled(p)) {
+    v.tok = v.floats;
+    v.floats = v.tok + round64(bhc * 3 * kMaxChunk);
+  }
   return v;
 }
 
@@ -58,6 +93,8 @@ template <typename T> void launch_bwd_state(const SsdParams& p, const Layout& w,
 template <typename T> void launch_bwd_cb(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s);
 template <typename T> void launch_bwd_dc(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s);
 template <typename T> void launch_bwd_dx(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s);
+template <typename T> void launch_bwd_dstate_mma(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s);
+template <typename T> void launch_bwd_tiles_mma(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s);
 template <typename T> void launch_bwd_finalize(const SsdParams& p, const Layout& w, const BwdLayout& v,
                                                cudaStream_t s);
 

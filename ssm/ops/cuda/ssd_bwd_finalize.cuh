@@ -27,12 +27,15 @@ __global__ void __launch_bounds__(kThreads) bwd_finalize_kernel(SsdParams p, Lay
   const int64_t c = blockIdx.x, b = blockIdx.z, c0 = c * Q, PN = p.headdim * p.dstate;
   load_chunk(p, b, h, c0, Q, tok);
   const int nv = int(min(int64_t(Q), p.seqlen - c0)), last = nv - 1, ni = (nv + kTile - 1) / kTile;
-  const int64_t bhc = (b * p.nheads + h) * w.nchunks + c, base = bhc * Q;
+  const int64_t bhc = (b * p.nheads + h) * w.nchunks + c;
   const float* ws = ptr<float>(p.workspace);
   // ry: Y reversed (its inclusive scan gives Σ_{t >= k}); rx: X shifted by one (Σ_{s < k})
   for (int k = threadIdx.x; k < kMaxChunk; k += kThreads) {
-    ry[kMaxChunk - 1 - k] = k < nv ? ws[v.ysum + base + k] : 0.f;
-    rx[k] = k > 0 && k - 1 < nv ? ws[v.xsum + base + k - 1] : 0.f;
+    float y = 0.f, x = 0.f;
+    for (int sl = 0; k < nv && sl < v.ny; ++sl) y += ws[v.ysum + (bhc * v.ny + sl) * Q + k];
+    for (int sl = 0; k > 0 && k - 1 < nv && sl < v.nx; ++sl) x += ws[v.xsum + (bhc * v.nx + sl) * Q + k - 1];
+    ry[kMaxChunk - 1 - k] = y;
+    rx[k] = x;
   }
   // pairs through the chunk: exp(cs_last) <H_in, dH_out> when no sequence starts inside it
   float th = 0.f;
@@ -52,7 +55,8 @@ __global__ void __launch_bounds__(kThreads) bwd_finalize_kernel(SsdParams p, Lay
     for (int i = k / kTile; i < ni; ++i) intra += ws[v.pairs + (bhc * nq + i) * Q + k];
     const float dl = intra + ry[kMaxChunk - 1 - k] + rx[k] + through, d = tok.dt[k];
     da += d * dl;
-    float g = A * dl + ws[v.xo + base + k];
+    float g = A * dl;
+    for (int sl = 0; sl < v.nx; ++sl) g += ws[v.xo + (bhc * v.nx + sl) * Q + k];
     // through the clamp and softplus of dt + dt_bias
     const int64_t t = c0 + k;
     float raw = ptr<float>(p.dt)[b * p.dt.stride[0] + t * p.dt.stride[1] + h * p.dt.stride[2]];

@@ -1,6 +1,6 @@
 // SSD backward steps 1 and 2: the output gradient's pull on the state entering each chunk,
-// dS_c = Σ_{t in the first run} exp(cs_t) dY_t ⊗ C_t (a 64 x Q by Q x 64 product per P x N tile, on
-// tensor cores), then the adjoint states passed backwards over the chunks (elementwise over P x N).
+// dS_c = Σ_{t in the first run} exp(cs_t) dY_t ⊗ C_t (a 64 x Q by Q x 64 product per P x N tile; this kernel
+// for float32, ssd_bwd_mma.cuh's for half / bfloat16), then the adjoint states passed backwards over the chunks (elementwise over P x N).
 #pragma once
 #include "cuda/ssd_bwd_common.cuh"
 

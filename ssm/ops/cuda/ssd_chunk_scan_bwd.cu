@@ -1,11 +1,17 @@
 // SSD chunked scan backward: checks and the dtype dispatch (kernels in ssd_bwd_*.cuh). The forward's
 // chunk_state and state_passing kernels recompute the chunk records and entering states first.
+#include <type_traits>
+
 #include "cuda/ssd_bwd_common.cuh"
 
 namespace ssm::cuda {
 
 int64_t ssd_chunk_scan_bwd_workspace_floats(const SsdParams& p) {
   return ssd::bwd_layout(p, ssd::layout(p, p.dtype == DType::f32 ? 4 : 2)).floats;
+}
+
+int64_t ssd_chunk_scan_bwd_head_sets(const SsdParams& p) {
+  return ssd::bwd_layout(p, ssd::layout(p, p.dtype == DType::f32 ? 4 : 2)).hsets;
 }
 
 void ssd_chunk_scan_bwd(const SsdParams& p, cudaStream_t stream) {
@@ -29,10 +35,15 @@ void ssd_chunk_scan_bwd(const SsdParams& p, cudaStream_t stream) {
     ssd::launch_chunk_state<T>(p, w, stream);
     ssd::launch_state_passing<T>(p, w, stream);
     ssd::launch_bwd_cb<T>(p, w, v, stream);
-    ssd::launch_bwd_dstate<T>(p, w, v, stream);
+    if constexpr (std::is_same<T, float>::value) ssd::launch_bwd_dstate<T>(p, w, v, stream);
+    else ssd::launch_bwd_dstate_mma<T>(p, w, v, stream);
     ssd::launch_bwd_state<T>(p, w, v, stream);
-    ssd::launch_bwd_dc<T>(p, w, v, stream);
-    ssd::launch_bwd_dx<T>(p, w, v, stream);
+    if constexpr (std::is_same<T, float>::value) {
+      ssd::launch_bwd_dc<T>(p, w, v, stream);
+      ssd::launch_bwd_dx<T>(p, w, v, stream);
+    } else {
+      ssd::launch_bwd_tiles_mma<T>(p, w, v, stream);
+    }
     ssd::launch_bwd_finalize<T>(p, w, v, stream);
   });
   check_launch(op);

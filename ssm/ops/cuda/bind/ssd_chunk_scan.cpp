@@ -23,6 +23,18 @@ void bind_ssd_chunk_scan(nb::module_& m) {
     p.dtype = dtype_arg(op, dtype);
     return ssm::cuda::ssd_chunk_scan_bwd_workspace_floats(p);
   });
+  // dB / dC partial sums per batch row the backward writes ((B, L, sets, N); sets a multiple of ngroups), same sizes
+  m.def("ssd_chunk_scan_bwd_head_sets", [](int dtype, const SsdSizes& sizes) {
+    const char* op = "ssd_chunk_scan_bwd_head_sets";
+    SSM_CHECK(sizes.size() == 7, op, "expected 7 sizes, got ", sizes.size());
+    for (int64_t s : sizes) SSM_CHECK(s >= 0, op, "negative size");
+    SSM_CHECK(sizes[6] > 0, op, "the chunk must be positive");
+    SsdParams p;
+    p.batch = sizes[0], p.seqlen = sizes[1], p.nheads = sizes[2], p.headdim = sizes[3];
+    p.ngroups = sizes[4], p.dstate = sizes[5], p.chunk = sizes[6];
+    p.dtype = dtype_arg(op, dtype);
+    return ssm::cuda::ssd_chunk_scan_bwd_head_sets(p);
+  });
 }
 
 }  // namespace ssm::bind::cuda

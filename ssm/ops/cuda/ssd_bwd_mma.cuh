@@ -1,0 +1,675 @@
+// SSD backward steps 3 and 4 for half / bfloat16 on register fragments (mma.sync m16n8k16, ldmatrix),
+// FlashAttention-2 style: each block owns one 64-token tile of a chunk and one 64-wide slice of the
+// output's columns, warp w its rows 16w..16w+15, and walks the tile's partner tiles with their inputs
+// double-buffered by cp.async; the masked products stay in registers (accumulators repacked as A
+// fragments), nothing goes through shared memory as float.
+//   dc (target tile t, N slice):  dC = diag(e0) dY H_in + Σ_s (dY X_s^T ∘ L ∘ Δ_s) B_s; Y_t partials;
+//                                 each head's decay pairs (C B^T)(dY X^T) L Δ_s summed by one of the slices.
+//   dx (source tile s, P slice):  o = diag(e) B dH_out^T + Σ_t (C B^T ∘ L)^T_st dY_t; dx = Δ o + D dY,
+//                                 x·o and X_s partials, the tile's dD share.
+//   db (source tile s, N slice):  dB = Δ (diag(e) X dH_out + Σ_t (X dY_t^T ∘ L^T) C_t).
+//   dstate (chunk, P x N tile):   dS_c = dY^T diag(e0) C (the chunk-state product).
+// Row / column partial sums per slice go to the workspace (BwdLayout: ny, nx slices), summed by finalize.
+// float32 keeps the FMA tiles of ssd_bwd_chunk.cuh.
+#pragma once
+#include "cuda/ssd_bwd_chunk.cuh"
+#include "cuda/ssd_chunk_output_mma.cuh"
+#include "cuda/ssd_chunk_state_mma.cuh"
+
+namespace ssm::cuda::ssd {
+
+// Shared-memory carve-up of the three kernels (tokens first).
+struct MmaSmem {
+  unsigned char* at;
+  template <typename V> __device__ V* take(int64_t elems) {
+    V* r = reinterpret_cast<V*>(at);
+    at += align128(elems * int64_t(sizeof(V)));
+    return r;
+  }
+};
+
+// acc (16 x 64 per warp) += A (rows r0.., stored [row][k], K = Kp) · Bt^T (Bt stored [n][k]); only the
+// n-tile pairs jp_min..jp_max.
+template <typename T>
+__device__ __forceinline__ void mma_nk_range(float (&acc)[8][4], const T* A, const T* Bt, int ld, int r0, int Kp,
+                                             int jp_min, int jp_max) {
+  for (int k0 = 0; k0 < Kp; k0 += 16) {
+    unsigned a[4];
+    load_a(a, A, ld, r0, k0);
+#pragma unroll
+    for (int jp = 0; jp < 4; ++jp) {
+      if (jp < jp_min || jp > jp_max) continue;
+      unsigned bb[4];
+      load_b_nk(bb, Bt, ld, jp * 16, k0);
+      mma16816<T>(acc[2 * jp], a, bb[0], bb[1]);
+      mma16816<T>(acc[2 * jp + 1], a, bb[2], bb[3]);
+    }
+  }
+}
+
+// acc (16 x 64) += A (rows r0.., stored [row][k], k from ka0, 64 wide) · Bm (stored [k][n], ld ldb, rows from 0).
+template <typename T>
+__device__ __forceinline__ void mma_kn64(float (&acc)[8][4], const T* A, int lda, int ka0, const T* Bm, int ldb,
+                                         int r0, int kmax) {
+  for (int k0 = 0; k0 < kmax; k0 += 16) {
+    unsigned a[4];
+    load_a(a, A, lda, r0, ka0 + k0);
+#pragma unroll
+    for (int jp = 0; jp < 4; ++jp) {
+      unsigned bb[4];
+      load_b_kn(bb, Bm, ldb, jp * 16, k0);
+      mma16816<T>(acc[2 * jp], a, bb[0], bb[1]);
+      mma16816<T>(acc[2 * jp + 1], a, bb[2], bb[3]);
+    }
+  }
+}
+
+// acc += S (16 x 64 accumulators, as A fragments) · X (stored [k][n], ld kLd); key steps kk_min.. only.
+template <typename T>
+__device__ __forceinline__ void mma_sx_from(float (&acc)[8][4], const float (&s)[8][4], const T* X, int kk_min) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    if (kk < kk_min) continue;
+    const unsigned a[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
+                           pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                           pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+    for (int jp = 0; jp < 4; ++jp) {
+      unsigned bb[4];
+      load_b_kn(bb, X, kLd, jp * 16, kk * 16);
+      mma16816<T>(acc[2 * jp], a, bb[0], bb[1]);
+      mma16816<T>(acc[2 * jp + 1], a, bb[2], bb[3]);
+    }
+  }
+}
+
+// The decay mask of one tile pair in the accumulator layout: rows are the thread's tokens row[0], row[1],
+// columns the tile col0.. ; with kRowsTarget rows are targets t and columns sources s, else the reverse.
+// v(s, t) *= exp(cs_t - cs_s) (· Δ_s with kDelta) where s <= t < nv in the same run, else 0. Off the diagonal
+// exp(cs_t - cs_s) = exp(cs_t - ref) · exp(ref - cs_s) about the source tile's last token (both <= 1 for a
+// decaying A): 18 exponentials per thread instead of 32.
+template <bool kRowsTarget, bool kDelta>
+__device__ __forceinline__ void tile_decay(float (&v)[8][4], const ChunkTokens& tok, const int (&row)[2], int col0,
+                                           int nv, bool diag) {
+  const int c2 = 2 * int(threadIdx.x & 3);
+  const int src0 = kRowsTarget ? col0 : row[0] / kTile * kTile;
+  const float ref = tok.cs[src0 + kTile - 1];
+  float cs_r[2], f_r[2];
+  int run_r[2];
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    cs_r[hf] = tok.cs[row[hf]];
+    run_r[hf] = kRowsTarget && row[hf] >= nv ? -1 : tok.run[row[hf]];
+    f_r[hf] = diag ? 1.f : __expf(kRowsTarget ? cs_r[hf] - ref : ref - cs_r[hf]);
+  }
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int col = col0 + j * 8 + c2 + e;
+      const float cs_c = tok.cs[col];
+      const int run_c = !kRowsTarget && col >= nv ? -1 : tok.run[col];
+      const float w = kDelta && kRowsTarget ? tok.dt[col] : 1.f;
+      const float f_c = diag ? w : w * __expf(kRowsTarget ? ref - cs_c : cs_c - ref);
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const int sv = kRowsTarget ? col : row[hf], tv = kRowsTarget ? row[hf] : col;
+        const bool keep = run_c == run_r[hf] && (!diag || sv <= tv);
+        const float d = diag ? __expf(kRowsTarget ? cs_r[hf] - cs_c : cs_c - cs_r[hf]) * f_c : f_r[hf] * f_c;
+        v[j][2 * hf + e] = keep ? v[j][2 * hf + e] * d : 0.f;
+      }
+    }
+}
+
+// The chunk's token data (Δ, cs, run: the first three arrays of ChunkTokens) for row b, head h, chunk c,
+// copied asynchronously from the workspace copy that dstate wrote (v.tok); the caller commits and waits.
+__device__ __forceinline__ void chunk_tokens(const SsdParams& p, const Layout& w, const BwdLayout& v, int64_t b, int h,
+                                             int64_t c, ChunkTokens& tok) {
+  const float* src = ptr<float>(p.workspace) + v.tok + ((b * p.nheads + h) * w.nchunks + c) * 3 * kMaxChunk;
+  for (int e = threadIdx.x; e < 3 * kMaxChunk / 4; e += kThreads) cp_async16(tok.dt + 4 * e, src + 4 * e, true);
+}
+
+// The block of the 1-d dc / db grids: tile rank slowest (all of the grid's blocks of one rank before the next,
+// so that the longest run first), then row, head set, chunk, 64-wide slice.
+struct TileBlock {
+  int tile, slice, set;
+  int64_t c, b;
+};
+
+__device__ __forceinline__ TileBlock tile_block(const SsdParams& p, const Layout& w, const BwdLayout& v, int nslices) {
+  const int64_t rest = w.nchunks * nslices * v.hsets * p.batch;
+  int64_t r = blockIdx.x;
+  TileBlock t;
+  t.tile = int(r / rest);
+  r %= rest;
+  t.slice = int(r % nslices);
+  r /= nslices;
+  t.c = r % w.nchunks;
+  r /= w.nchunks;
+  t.set = int(r % v.hsets);
+  t.b = r / v.hsets;
+  return t;
+}
+
+// Brings the 128-byte line at p into L1 (a hint: the load that follows waits on L1, not on L2).
+__device__ __forceinline__ void prefetch_l1(const void* p) { asm volatile("prefetch.global.L1 [%0];\n" ::"l"(p)); }
+
+// Sum over the quad (the four lanes sharing an accumulator row).
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// Decay pairs of target tile t0.. (rows of pr: the thread's trow) with source tile s0.. (pr = C B^T ∘ the
+// masked dY X^T, overwritten): out[k] = Σ_{t in the tile, t >= k} (carry_t + Σ_{s0 <= s < k} pr_ts) for
+// k = s0.. s0 + 63, carry_t += the row's sum. red: 4 x 64 floats. Block-wide (syncs).
+__device__ __forceinline__ void pair_sums(float (&pr)[8][4], float (&carry)[2], bool diag, float* red, float* out) {
+  const int lane = int(threadIdx.x & 31), warp = int(threadIdx.x >> 5), c4 = lane & 3, g8 = lane >> 2;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    float run = carry[hf];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const float a0 = pr[j][2 * hf], a1 = pr[j][2 * hf + 1], sum = a0 + a1;
+      float x = sum, y = __shfl_up_sync(0xffffffffu, x, 1, 4);
+      if (c4 >= 1) x += y;
+      y = __shfl_up_sync(0xffffffffu, x, 2, 4);
+      if (c4 >= 2) x += y;
+      float ex = __shfl_up_sync(0xffffffffu, x, 1, 4);  // Σ of the lanes before in the quad
+      if (c4 == 0) ex = 0.f;
+      const float tot = __shfl_sync(0xffffffffu, x, 3, 4);
+      pr[j][2 * hf] = run + ex;
+      pr[j][2 * hf + 1] = run + ex + a0;
+      run += tot;
+    }
+    carry[hf] = run;
+  }
+  const int rl = warp * 16 + g8;  // the thread's first row within the tile
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int k = j * 8 + 2 * c4 + e;
+      float col = (!diag || rl >= k ? pr[j][e] : 0.f) + (!diag || rl + 8 >= k ? pr[j][2 + e] : 0.f);
+      col += __shfl_xor_sync(0xffffffffu, col, 4);
+      col += __shfl_xor_sync(0xffffffffu, col, 8);
+      col += __shfl_xor_sync(0xffffffffu, col, 16);
+      if (g8 == 0) red[warp * kTile + k] = col;
+    }
+  __syncthreads();
+  if (threadIdx.x < kTile)
+    out[threadIdx.x] = red[threadIdx.x] + red[kTile + threadIdx.x] + red[2 * kTile + threadIdx.x] +
+                       red[3 * kTile + threadIdx.x];
+}
+
+template <typename T>
+size_t bwd_dc_mma_smem(int P) {
+  const int ldp = round16(P) + 8;
+  return align128(sizeof(ChunkTokens)) + 3 * align128(kTile * ldp * sizeof(T)) +
+         3 * align128(kTile * kLd * sizeof(T)) + align128(4 * kTile * sizeof(float));
+}
+
+// Per (target tile i, 64-wide N slice, head set): dC summed over the set's heads (one group), per head the Y
+// partials and (slice (head - first head) mod slices) the decay-pair sums.
+template <typename T, bool kPrefetch>
+__global__ void __launch_bounds__(kThreads, 3) bwd_dc_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), nq = Q / kTile, Pp = round16(P), ldp = Pp + 8;
+  const int nns = (N + kTile - 1) / kTile;
+  MmaSmem sm{smem};
+  ChunkTokens& tok = *sm.take<ChunkTokens>(1);
+  T* dys = sm.take<T>(kTile * ldp);
+  T* xb0 = sm.take<T>(kTile * ldp);
+  T* xb1 = sm.take<T>(kTile * ldp);
+  T* bb0 = sm.take<T>(kTile * kLd);
+  T* bb1 = sm.take<T>(kTile * kLd);
+  T* hb = sm.take<T>(kTile * kLd);
+  float* red = sm.take<float>(4 * kTile);
+  const TileBlock tb = tile_block(p, w, v, nns);
+  const int ns = tb.slice, i = nq - 1 - tb.tile, n0 = ns * kTile, t0 = i * kTile;  // the heaviest tiles first
+  const int hs = int(p.nheads / v.hsets), set = tb.set, h0 = set * hs, g = h0 / int(p.nheads / p.ngroups);
+  const int64_t c = tb.c, b = tb.b, c0 = c * Q, L = p.seqlen;
+  if (c0 + t0 >= L) return;
+  const int nv = int(min(int64_t(Q), L - c0));
+  const TensorArg &X = p.x, &Bt = p.B, &Ct = p.C, &dY = p.dout;
+  const T* bk = ptr<T>(Bt) + b * Bt.stride[0] + g * Bt.stride[2] + c0 * Bt.stride[1] + n0 * Bt.stride[3];
+  const T* cq = ptr<T>(Ct) + b * Ct.stride[0] + g * Ct.stride[2] + (c0 + t0) * Ct.stride[1] + n0 * Ct.stride[3];
+  const int warp = int(threadIdx.x >> 5), r0 = warp * 16, g8 = int(threadIdx.x & 31) >> 2;
+  const int c2 = 2 * int(threadIdx.x & 3);
+  const int trow[2] = {t0 + r0 + g8, t0 + r0 + g8 + 8};
+  float* ws = ptr<float>(p.workspace);
+  const float* cbg = ws + v.cb + ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q;
+  float acc[8][4] = {};  // dC summed over the set's heads
+  for (int h = h0; h < h0 + hs; ++h) {
+    if (h > h0) __syncthreads();  // the previous head's tiles and tokens are read
+    const T* dyq = ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] + (c0 + t0) * dY.stride[1];
+    const T* xk = ptr<T>(X) + b * X.stride[0] + h * X.stride[2] + c0 * X.stride[1];
+    const T* hin = reinterpret_cast<const T*>(ws + w.hin) + ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + n0;
+    issue_tile<T>(dys, ldp, Pp, dyq, dY.stride[1], dY.stride[3], nv - t0, P);
+    issue_tile<T>(bb1, kLd, kTile, cq, Ct.stride[1], Ct.stride[3], nv - t0, N - n0);  // C_t slice (for Y)
+    chunk_tokens(p, w, v, b, h, c, tok);
+    issue_tile<T>(hb, kLd, kTile, hin, N, 1, P, N - n0);  // hb[p][n], the first 64 rows of H_in
+    cp_async_commit();
+    // the first source tile, in flight during the state's part
+    issue_tile<T>(xb0, ldp, Pp, xk, X.stride[1], X.stride[3], nv, P);
+    issue_tile<T>(bb0, kLd, kTile, bk, Bt.stride[1], Bt.stride[3], nv, N - n0);
+    cp_async_commit();
+    {  // the entering state's part: diag(e0) dY H_in over 64-row pieces of H_in
+      float st[8][4] = {};
+      for (int p0 = 0; p0 < P; p0 += kTile) {
+        if (p0 > 0) {
+          issue_tile<T>(hb, kLd, kTile, hin + int64_t(p0) * N, N, 1, P - p0, N - n0);
+          cp_async_commit();
+          cp_async_wait<0>();
+        } else {
+          cp_async_wait<1>();
+        }
+        __syncthreads();
+        mma_kn64<T>(st, dys, ldp, p0, hb, kLd, r0, min(kTile, Pp - p0));
+        __syncthreads();
+      }
+      float ypart[2];
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const int t = trow[hf], rl = r0 + g8 + 8 * hf;
+        const float e0 = t < nv && tok.run[t] == 0 ? __expf(tok.cs[t]) : 0.f;
+        float y = 0.f;
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            st[j][2 * hf + e] *= e0;
+            y += st[j][2 * hf + e] * to_float(bb1[rl * kLd + j * 8 + c2 + e]);
+            acc[j][2 * hf + e] += st[j][2 * hf + e];
+          }
+        ypart[hf] = quad_sum(y);
+      }
+      const int64_t bhc = (b * p.nheads + h) * w.nchunks + c;
+      if ((threadIdx.x & 3) == 0)
+        for (int hf = 0; hf < 2; ++hf)
+          if (trow[hf] < nv) ws[v.ysum + (bhc * v.ny + ns) * Q + trow[hf]] = ypart[hf];
+    }
+    __syncthreads();  // C_t read: bb1 takes a key tile
+    // the source tiles s <= t, double-buffered
+    float* pairs = ws + v.pairs + (((b * p.nheads + h) * w.nchunks + c) * nq + i) * Q;
+    float carry[2] = {0.f, 0.f};
+    const bool pairs_here = (h - h0) % nns == ns;  // the N-slice blocks take turns with the heads' decay pairs
+    // the lane's line of the C B^T tile: its quad's rows trow[0] / trow[1], the first or second 32 columns
+    const int64_t pf_row = int64_t(trow[0] + 8 * ((threadIdx.x >> 1) & 1)) * Q + (threadIdx.x & 1) * 32;
+    for (int j = 0; j <= i; ++j) {
+      const int s0 = j * kTile, lim = j == i ? warp : 3;
+      if (kPrefetch && pairs_here) prefetch_l1(cbg + pf_row + s0);  // the C B^T tile of this step into L1
+      if (j < i) {
+        const int s1 = s0 + kTile;
+        issue_tile<T>((j & 1 ? xb0 : xb1), ldp, Pp, xk + s1 * X.stride[1], X.stride[1], X.stride[3], nv - s1, P);
+        issue_tile<T>((j & 1 ? bb0 : bb1), kLd, kTile, bk + s1 * Bt.stride[1], Bt.stride[1], Bt.stride[3], nv - s1,
+                      N - n0);
+      }
+      cp_async_commit();
+      cp_async_wait<1>();
+      __syncthreads();
+      float s[8][4] = {};
+      mma_nk_range<T>(s, dys, (j & 1 ? xb1 : xb0), ldp, r0, Pp, 0, lim);  // dY_t X_s^T
+      tile_decay<true, true>(s, tok, trow, s0, nv, j == i);               // ∘ L ∘ Δ_s
+      if (pairs_here) {
+        float cbv[8][4];
+        load_cb(cbv, cbg, Q, trow, s0, 3);
+#pragma unroll
+        for (int jj = 0; jj < 8; ++jj)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) cbv[jj][e] *= s[jj][e];
+        pair_sums(cbv, carry, j == i, red, pairs + s0);
+      }
+      mma_sx<T>(acc, s, (j & 1 ? bb1 : bb0), lim);
+      __syncthreads();  // before the next issue overwrites this tile's buffers
+    }
+  }
+  float* dC = ptr<float>(p.dC);
+  const TensorArg& o = p.dC;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    if (trow[hf] >= nv) continue;
+    float* row = dC + b * o.stride[0] + (c0 + trow[hf]) * o.stride[1] + set * o.stride[2];
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int n = n0 + j * 8 + c2 + e;
+        if (n < N) row[n * o.stride[3]] = acc[j][2 * hf + e];
+      }
+  }
+}
+
+template <typename T>
+size_t bwd_dx_mma_smem(int N) {
+  const int ldn = round16(N) + 8;
+  return align128(sizeof(ChunkTokens)) + 2 * align128(kTile * max(ldn, kLd) * sizeof(T)) +
+         2 * align128(kTile * kLd * sizeof(T)) + align128(4 * kTile * sizeof(float));
+}
+
+// Per (source tile j, 64-wide P slice, head): o, dx, the x·o and X_s partials, the dD share.
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), nq = Q / kTile, Np = round16(N), ldn = Np + 8;
+  const int npt = (P + kTile - 1) / kTile;
+  MmaSmem sm{smem};
+  ChunkTokens& tok = *sm.take<ChunkTokens>(1);
+  T* bs = sm.take<T>(kTile * max(ldn, kLd));  // B_s, then the source tile's x (P slice)
+  T* hb = sm.take<T>(kTile * max(ldn, kLd));  // dH_out (P slice), then the source tile's dY
+  T* db0 = sm.take<T>(kTile * kLd);
+  T* db1 = sm.take<T>(kTile * kLd);
+  float* red = sm.take<float>(4 * kTile);
+  const int pt = int(blockIdx.x % npt), j = int(blockIdx.x / npt % nq), p0 = pt * kTile, s0 = j * kTile;
+  const int h = blockIdx.y, g = h / int(p.nheads / p.ngroups);
+  const int64_t c = blockIdx.x / (npt * nq), b = blockIdx.z, c0 = c * Q, L = p.seqlen;
+  float* dD = has(p.dD) ? ptr<float>(p.dD) + ((b * w.nchunks + c) * nq + j) * p.dD.stride[0] + h * p.dD.stride[1]
+                        : nullptr;
+  if (c0 + s0 >= L) {  // this tile's share of dD is zero
+    if (dD && threadIdx.x < kTile && p0 + int(threadIdx.x) < P) dD[p0 + threadIdx.x] = 0.f;
+    return;
+  }
+  const int nv = int(min(int64_t(Q), L - c0)), ni = (nv + kTile - 1) / kTile;
+  const TensorArg &X = p.x, &Bt = p.B, &dY = p.dout;
+  const T* bsrc = ptr<T>(Bt) + b * Bt.stride[0] + g * Bt.stride[2] + (c0 + s0) * Bt.stride[1];
+  const T* dyt = ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] + c0 * dY.stride[1] + p0 * dY.stride[3];
+  const T* dHout = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhout) +
+                   ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + int64_t(p0) * N;
+  issue_tile<T>(bs, ldn, Np, bsrc, Bt.stride[1], Bt.stride[3], nv - s0, N);
+  issue_tile<T>(hb, ldn, Np, dHout, N, 1, P - p0, N);  // hb[p][n]
+  chunk_tokens(p, w, v, b, h, c, tok);
+  cp_async_commit();
+  issue_tile<T>((j & 1 ? db1 : db0), kLd, kTile, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0, P - p0);
+  cp_async_commit();
+  cp_async_wait<1>();
+  __syncthreads();
+  const int warp = int(threadIdx.x >> 5), r0 = warp * 16, g8 = int(threadIdx.x & 31) >> 2;
+  const int c2 = 2 * int(threadIdx.x & 3);
+  const int srow[2] = {s0 + r0 + g8, s0 + r0 + g8 + 8};
+  float ost[8][4] = {};
+  mma_nk_range<T>(ost, bs, hb, ldn, r0, Np, 0, 3);  // B_s dH_out^T
+  __syncthreads();  // bs, hb read: they take the source tile's x and dY for the epilogue
+  const T* xsrc = ptr<T>(X) + b * X.stride[0] + h * X.stride[2] + (c0 + s0) * X.stride[1] + p0 * X.stride[3];
+  issue_tile<T>(bs, kLd, kTile, xsrc, X.stride[1], X.stride[3], nv - s0, P - p0);
+  issue_tile<T>(hb, kLd, kTile, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0, P - p0);
+  cp_async_commit();
+  const float* cbt = ptr<float>(p.workspace) + v.cbt + ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q;
+  float acc[8][4] = {};
+  for (int i = j; i < ni; ++i) {
+    const int t0 = i * kTile;
+    float cv[8][4];
+    load_cb(cv, cbt, Q, srow, t0, 3);  // C B^T transposed: rows s, columns t
+    if (i + 1 < ni) {
+      const int t1 = t0 + kTile;
+      issue_tile<T>((i & 1 ? db0 : db1), kLd, kTile, dyt + t1 * dY.stride[1], dY.stride[1], dY.stride[3], nv - t1, P - p0);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    tile_decay<false, false>(cv, tok, srow, t0, nv, i == j);
+    mma_sx_from<T>(acc, cv, (i & 1 ? db1 : db0), i == j ? warp : 0);
+    __syncthreads();
+  }
+  // epilogue: o = acc + e_s ost; dx = Δ o + D dY; x·o, x·ost per row; dY·x per column
+  float dcol[8][2] = {};
+  const float* Dp = has(p.D) ? ptr<float>(p.D) + h * p.D.stride[0] : nullptr;
+  const int64_t bhc = (b * p.nheads + h) * w.nchunks + c;
+  float* ws = ptr<float>(p.workspace);
+  const int64_t dxs = p.dx.stride[3];
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const int s = srow[hf], rl = r0 + g8 + 8 * hf;
+    float xo = 0.f, xs = 0.f;
+    const bool valid = s < nv;
+    const float lv = leave_weight(tok, s, nv), dts = tok.dt[s];
+    T* dxrow = ptr<T>(p.dx) + b * p.dx.stride[0] + (c0 + s) * p.dx.stride[1] + h * p.dx.stride[2];
+#pragma unroll
+    for (int jj = 0; jj < 8; ++jj) {
+      const int q = jj * 8 + c2, pp = p0 + q;
+      if (!valid || pp >= P) continue;
+      float d[2] = {0.f, 0.f};
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        if (pp + e >= P) continue;
+        const float o = acc[jj][2 * hf + e] + lv * ost[jj][2 * hf + e];
+        const float xv = to_float(bs[rl * kLd + q + e]), dyv = to_float(hb[rl * kLd + q + e]);
+        d[e] = dts * o;
+        if (Dp) d[e] += Dp[(pp + e) * p.D.stride[1]] * dyv;
+        xo += o * xv;
+        xs += ost[jj][2 * hf + e] * xv;
+        dcol[jj][e] += dyv * xv;
+      }
+      T* dst = dxrow + pp * dxs;
+      if (pp + 1 < P && dxs == 1 && (reinterpret_cast<uintptr_t>(dst) & 3) == 0) {
+        *reinterpret_cast<unsigned*>(dst) = pack2<T>(d[0], d[1]);  // the pair in one store
+      } else {
+        dst[0] = from_float<T>(d[0]);
+        if (pp + 1 < P) dst[dxs] = from_float<T>(d[1]);
+      }
+    }
+    xo = quad_sum(xo);
+    xs = quad_sum(xs);
+    if (valid && (threadIdx.x & 3) == 0) {
+      ws[v.xo + (bhc * v.nx + pt) * Q + s] = xo;
+      ws[v.xsum + (bhc * v.nx + pt) * Q + s] = dts * lv * xs;
+    }
+  }
+  if (!dD) return;
+#pragma unroll
+  for (int jj = 0; jj < 8; ++jj)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      float col = dcol[jj][e];
+      col += __shfl_xor_sync(0xffffffffu, col, 4);
+      col += __shfl_xor_sync(0xffffffffu, col, 8);
+      col += __shfl_xor_sync(0xffffffffu, col, 16);
+      if (g8 == 0) red[warp * kTile + jj * 8 + c2 + e] = col;
+    }
+  __syncthreads();
+  if (threadIdx.x < kTile && p0 + int(threadIdx.x) < P)
+    dD[p0 + threadIdx.x] = red[threadIdx.x] + red[kTile + threadIdx.x] + red[2 * kTile + threadIdx.x] +
+                           red[3 * kTile + threadIdx.x];
+}
+
+template <typename T>
+size_t bwd_db_mma_smem(int P) {
+  const int ldp = round16(P) + 8;
+  return align128(sizeof(ChunkTokens)) + 3 * align128(kTile * ldp * sizeof(T)) + 3 * align128(kTile * kLd * sizeof(T));
+}
+
+// Per (source tile j, 64-wide N slice, head set): dB = Σ over the set's heads of
+// Δ (diag(e) X dH_out + Σ_t (X dY_t^T ∘ L^T) C_t).
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 3) bwd_db_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Pp = round16(P), ldp = Pp + 8;
+  const int nns = (N + kTile - 1) / kTile;
+  MmaSmem sm{smem};
+  ChunkTokens& tok = *sm.take<ChunkTokens>(1);
+  T* xs = sm.take<T>(kTile * ldp);
+  T* dyb0 = sm.take<T>(kTile * ldp);
+  T* dyb1 = sm.take<T>(kTile * ldp);
+  T* cb0 = sm.take<T>(kTile * kLd);
+  T* cb1 = sm.take<T>(kTile * kLd);
+  T* hb = sm.take<T>(kTile * kLd);
+  const TileBlock tb = tile_block(p, w, v, nns);
+  const int ns = tb.slice, j = tb.tile, n0 = ns * kTile, s0 = j * kTile;  // the heaviest tiles first
+  const int hs = int(p.nheads / v.hsets), set = tb.set, h0 = set * hs, g = h0 / int(p.nheads / p.ngroups);
+  const int64_t c = tb.c, b = tb.b, c0 = c * Q, L = p.seqlen;
+  if (c0 + s0 >= L) return;
+  const int nv = int(min(int64_t(Q), L - c0)), ni = (nv + kTile - 1) / kTile;
+  const TensorArg &X = p.x, &Ct = p.C, &dY = p.dout;
+  const T* ct = ptr<T>(Ct) + b * Ct.stride[0] + g * Ct.stride[2] + c0 * Ct.stride[1] + n0 * Ct.stride[3];
+  const int warp = int(threadIdx.x >> 5), r0 = warp * 16, g8 = int(threadIdx.x & 31) >> 2;
+  const int c2 = 2 * int(threadIdx.x & 3);
+  const int srow[2] = {s0 + r0 + g8, s0 + r0 + g8 + 8};
+  float acc[8][4] = {};  // dB summed over the set's heads (Δ applied per head)
+  for (int h = h0; h < h0 + hs; ++h) {
+    if (h > h0) __syncthreads();  // the previous head's tiles and tokens are read
+    const T* xsrc = ptr<T>(X) + b * X.stride[0] + h * X.stride[2] + (c0 + s0) * X.stride[1];
+    const T* dyt = ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] + c0 * dY.stride[1];
+    const T* dHout = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhout) +
+                     ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + n0;
+    issue_tile<T>(xs, ldp, Pp, xsrc, X.stride[1], X.stride[3], nv - s0, P);
+    chunk_tokens(p, w, v, b, h, c, tok);
+    issue_tile<T>(hb, kLd, kTile, dHout, N, 1, P, N - n0);  // hb[p][n], the first 64 rows of dH_out
+    cp_async_commit();
+    // the first target tile (the source tile itself), in flight during the state's part
+    issue_tile<T>((j & 1 ? dyb1 : dyb0), ldp, Pp, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0, P);
+    issue_tile<T>((j & 1 ? cb1 : cb0), kLd, kTile, ct + s0 * Ct.stride[1], Ct.stride[1], Ct.stride[3], nv - s0,
+                  N - n0);
+    cp_async_commit();
+    float dts[2];
+    {  // the leaving state's part: diag(Δ e) X dH_out over 64-row pieces of dH_out
+      float st[8][4] = {};
+      for (int p0 = 0; p0 < P; p0 += kTile) {
+        if (p0 > 0) {
+          issue_tile<T>(hb, kLd, kTile, dHout + int64_t(p0) * N, N, 1, P - p0, N - n0);
+          cp_async_commit();
+          cp_async_wait<0>();
+        } else {
+          cp_async_wait<1>();
+        }
+        __syncthreads();
+        mma_kn64<T>(st, xs, ldp, p0, hb, kLd, r0, min(kTile, Pp - p0));
+        __syncthreads();
+      }
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        dts[hf] = tok.dt[srow[hf]];
+        const float lv = dts[hf] * leave_weight(tok, srow[hf], nv);
+#pragma unroll
+        for (int jj = 0; jj < 8; ++jj)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) acc[jj][2 * hf + e] += lv * st[jj][2 * hf + e];
+      }
+    }
+    for (int i = j; i < ni; ++i) {
+      const int t0 = i * kTile;
+      if (i + 1 < ni) {
+        const int t1 = t0 + kTile;
+        issue_tile<T>((i & 1 ? dyb0 : dyb1), ldp, Pp, dyt + t1 * dY.stride[1], dY.stride[1], dY.stride[3], nv - t1, P);
+        issue_tile<T>((i & 1 ? cb0 : cb1), kLd, kTile, ct + t1 * Ct.stride[1], Ct.stride[1], Ct.stride[3], nv - t1,
+                      N - n0);
+      }
+      cp_async_commit();
+      cp_async_wait<1>();
+      __syncthreads();
+      float st[8][4] = {};
+      const int lo = i == j ? warp : 0;
+      mma_nk_range<T>(st, xs, (i & 1 ? dyb1 : dyb0), ldp, r0, Pp, lo, 3);  // X_s dY_t^T
+      tile_decay<false, false>(st, tok, srow, t0, nv, i == j);
+#pragma unroll
+      for (int jj = 0; jj < 8; ++jj)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) st[jj][e] *= dts[e >> 1];
+      mma_sx_from<T>(acc, st, (i & 1 ? cb1 : cb0), lo);
+      __syncthreads();
+    }
+  }
+  float* dB = ptr<float>(p.dB);
+  const TensorArg& o = p.dB;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const int s = srow[hf];
+    if (s >= nv) continue;
+    float* row = dB + b * o.stride[0] + (c0 + s) * o.stride[1] + set * o.stride[2];
+#pragma unroll
+    for (int jj = 0; jj < 8; ++jj)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int n = n0 + jj * 8 + c2 + e;
+        if (n < N) row[n * o.stride[3]] = acc[jj][2 * hf + e];
+      }
+  }
+}
+
+// Step 1 on register fragments: per (chunk, head, 64 x 64 tile of P x N) dS_c = dY^T diag(e0) C over the
+// chunk's tokens, e0_t = exp(cs_t) on the first run (the forward's chunk-state product with dY, C, e0).
+template <typename T>
+__global__ void __launch_bounds__(kThreads) bwd_dstate_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  MmaSmem sm{smem};
+  ChunkTokens& tok = *sm.take<ChunkTokens>(1);
+  float* wt = sm.take<float>(kMaxChunk);
+  T* ys0 = sm.take<T>(kTile * kLd);
+  T* ys1 = sm.take<T>(kTile * kLd);
+  T* cs0 = sm.take<T>(kTile * kLd);
+  T* cs1 = sm.take<T>(kTile * kLd);
+  const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk);
+  const int ntn = (N + kTile - 1) / kTile, ntiles = (P + kTile - 1) / kTile * ntn;
+  const int64_t c = blockIdx.x / ntiles, b = blockIdx.z, c0 = c * Q;
+  const int tile = int(blockIdx.x % ntiles), p0 = tile / ntn * kTile, n0 = tile % ntn * kTile;
+  const int h = blockIdx.y, g = h / int(p.nheads / p.ngroups);
+  const int nv = int(min(int64_t(Q), p.seqlen - c0)), nk = (nv + kTile - 1) / kTile;
+  const TensorArg &dY = p.dout, &Ct = p.C;
+  const int64_t yr = dY.stride[1], cr = Ct.stride[1];
+  const T* ysrc = ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] + p0 * dY.stride[3] + c0 * yr;
+  const T* csrc = ptr<T>(Ct) + b * Ct.stride[0] + g * Ct.stride[2] + n0 * Ct.stride[3] + c0 * cr;
+  issue_tile<T>(ys0, kLd, kTile, ysrc, yr, dY.stride[3], nv, P - p0);
+  issue_tile<T>(cs0, kLd, kTile, csrc, cr, Ct.stride[3], nv, N - n0);
+  cp_async_commit();
+  load_chunk(p, b, h, c0, Q, tok);
+  for (int k = threadIdx.x; k < kMaxChunk; k += kThreads)
+    wt[k] = k < nv && tok.run[k] == 0 ? __expf(tok.cs[k]) : 0.f;
+  if (tile == 0) {  // the token data for the tile kernels
+    float* dst = ptr<float>(p.workspace) + v.tok + ((b * p.nheads + h) * w.nchunks + c) * 3 * kMaxChunk;
+    for (int k = threadIdx.x; k < kMaxChunk; k += kThreads)
+      dst[k] = tok.dt[k], dst[kMaxChunk + k] = tok.cs[k], dst[2 * kMaxChunk + k] = __int_as_float(tok.run[k]);
+  }
+  const int r0 = int(threadIdx.x >> 5) * 16;
+  float acc[8][4] = {};
+  for (int kt = 0; kt < nk; ++kt) {
+    if (kt + 1 < nk) {
+      const int s1 = (kt + 1) * kTile;
+      issue_tile<T>(kt & 1 ? ys0 : ys1, kLd, kTile, ysrc + s1 * yr, yr, dY.stride[3], nv - s1, P - p0);
+      issue_tile<T>(kt & 1 ? cs0 : cs1, kLd, kTile, csrc + s1 * cr, cr, Ct.stride[3], nv - s1, N - n0);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    state_tile_mma<T>(acc, kt & 1 ? ys1 : ys0, kt & 1 ? cs1 : cs0, wt + kt * kTile, r0);
+    if (kt + 1 < nk) __syncthreads();
+  }
+  float* dst = ptr<float>(p.workspace) + v.dstate + ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N;
+  const int g8 = int(threadIdx.x & 31) >> 2, c2 = 2 * int(threadIdx.x & 3);
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const int pp = p0 + r0 + g8 + 8 * hf;
+    if (pp >= P) continue;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const int nn = n0 + 8 * j + c2;
+      if (nn < N) dst[int64_t(pp) * N + nn] = acc[j][2 * hf];
+      if (nn + 1 < N) dst[int64_t(pp) * N + nn + 1] = acc[j][2 * hf + 1];
+    }
+  }
+}
+
+template <typename T>
+void launch_bwd_dstate_mma(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s) {
+  const int64_t tiles = ((p.headdim + kTile - 1) / kTile) * ((p.dstate + kTile - 1) / kTile);
+  const size_t smem = align128(sizeof(ChunkTokens)) + align128(kMaxChunk * sizeof(float)) +
+                      4 * align128(kTile * kLd * sizeof(T));
+  launch_bwd(bwd_dstate_mma_kernel<T>, dim3(unsigned(w.nchunks * tiles), unsigned(p.nheads), unsigned(p.batch)), smem,
+             s, p, w, v);
+}
+
+// Steps 3 and 4 on register fragments (half / bfloat16).
+template <typename T>
+void launch_bwd_tiles_mma(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s) {
+  const unsigned nq = unsigned(p.chunk / kTile), nc = unsigned(w.nchunks), H = unsigned(p.nheads);
+  const unsigned nns = unsigned((p.dstate + kTile - 1) / kTile), npt = unsigned((p.headdim + kTile - 1) / kTile);
+  const int P = int(p.headdim), N = int(p.dstate);
+  const unsigned sets = unsigned(v.hsets);
+  const unsigned tiles = nq * nc * nns * sets * unsigned(p.batch);  // 1-d: tile_block
+  const char* e = std::getenv("SSM_SSD_BWD_PREFETCH");  // =0: the C B^T tiles of dc not prefetched into L1
+  if (e != nullptr && std::strcmp(e, "0") == 0)
+    launch_bwd(bwd_dc_mma_kernel<T, false>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
+  else
+    launch_bwd(bwd_dc_mma_kernel<T, true>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
+  launch_bwd(bwd_dx_mma_kernel<T>, dim3(nc * nq * npt, H, unsigned(p.batch)), bwd_dx_mma_smem<T>(N), s, p, w, v);
+  launch_bwd(bwd_db_mma_kernel<T>, dim3(tiles), bwd_db_mma_smem<T>(P), s, p, w, v);
+}
+
+}  // namespace ssm::cuda::ssd
