@@ -1,0 +1,109 @@
+// Shared pieces of the channels-last depthwise causal conv (x, y, dy, dx as (B, D, L) views with
+// stride 1 along D, mamba_ssm's xBC slice of zxbcdt): a thread owns N consecutive channels of one
+// batch row over kSteps steps, a block is 32 such threads along D by kSub along L.
+#pragma once
+#include <type_traits>
+
+#include "cuda/kernels.h"
+#include "cuda/vec.cuh"
+
+namespace ssm::cuda::conv_cl {
+
+constexpr int kSteps = 32, kSub = 4, kLanes = 32, kTileL = kSteps * kSub;
+
+// Where a thread works: batch b, channels c0 .. c0 + n - 1 (n <= N), steps t0 .. t0 + kSteps - 1.
+template <int N>
+struct Slot {
+  int64_t b, c0, t0;
+  int n;
+  __device__ explicit Slot(int64_t dim)
+      : b(blockIdx.z), c0((int64_t(blockIdx.x) * kLanes + threadIdx.x) * N),
+        t0((int64_t(blockIdx.y) * kSub + threadIdx.y) * kSteps),
+        n(c0 < dim ? int(dim - c0 < N ? dim - c0 : N) : 0) {}
+};
+
+// v[i] = src[i] (channel i of a row, stride 1), zero for i >= n; whole words (16, 8 or 4 bytes)
+// when vec (the view's base and strides allow it: a run-time flag, to halve the instantiations).
+template <typename T, int N>
+__device__ __forceinline__ void load_row(float (&v)[N], const T* src, int n, bool vec) {
+  constexpr int kBytes = N * int(sizeof(T));
+  using Word = std::conditional_t<kBytes % 16 == 0, uint4, std::conditional_t<kBytes % 8 == 0, uint2, uint32_t>>;
+  if (vec && n == N) {
+    Word raw[kBytes / sizeof(Word)];
+#pragma unroll
+    for (int j = 0; j < int(kBytes / sizeof(Word)); ++j) raw[j] = reinterpret_cast<const Word*>(src)[j];
+    const T* e = reinterpret_cast<const T*>(raw);
+#pragma unroll
+    for (int i = 0; i < N; ++i) v[i] = to_float(e[i]);
+  } else {
+#pragma unroll
+    for (int i = 0; i < N; ++i) v[i] = i < n ? to_float(src[i]) : 0.f;
+  }
+}
+
+template <typename T, int N>
+__device__ __forceinline__ void store_row(T* dst, const float (&v)[N], int n, bool vec) {
+  constexpr int kBytes = N * int(sizeof(T));
+  using Word = std::conditional_t<kBytes % 16 == 0, uint4, std::conditional_t<kBytes % 8 == 0, uint2, uint32_t>>;
+  if (vec && n == N) {
+    Word raw[kBytes / sizeof(Word)];
+    T* e = reinterpret_cast<T*>(raw);
+#pragma unroll
+    for (int i = 0; i < N; ++i) e[i] = from_float<T>(v[i]);
+#pragma unroll
+    for (int j = 0; j < int(kBytes / sizeof(Word)); ++j) reinterpret_cast<Word*>(dst)[j] = raw[j];
+  } else {
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+      if (i < n) dst[i] = from_float<T>(v[i]);
+  }
+}
+
+// w[k][i] = weight[c0 + i, k], bias[i] (zero past the last channel).
+template <int kW, int N>
+__device__ __forceinline__ void load_params(float (&w)[kW][N], float (&bias)[N], const ConvParams& p, const Slot<N>& s) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    const float* wr = ptr<float>(p.weight) + (s.c0 + i) * p.weight.stride[0];
+#pragma unroll
+    for (int k = 0; k < kW; ++k) w[k][i] = i < s.n ? wr[k] : 0.f;
+    bias[i] = i < s.n && has(p.bias) ? ptr<float>(p.bias)[(s.c0 + i) * p.bias.stride[0]] : 0.f;
+  }
+}
+
+// Input row at step t of the thread's channels: x for 0 <= t < L, initial_states for t < 0
+// (zeros without them), zeros past L.
+template <typename T, int N>
+__device__ __forceinline__ void input_row(float (&v)[N], const ConvParams& p, const Slot<N>& s, int64_t t, bool vec) {
+  if (t >= 0 && t < p.seqlen) {
+    load_row<T, N>(v, ptr<T>(p.x) + s.b * p.x.stride[0] + t * p.x.stride[2] + s.c0, s.n, vec);
+  } else {
+    const TensorArg& is = p.initial_states;
+    const int64_t j = p.width - 1 + t;  // slot of step t in the (W-1) history
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+      v[i] = t < 0 && has(is) && i < s.n
+                 ? to_float(ptr<T>(is)[s.b * is.stride[0] + (s.c0 + i) * is.stride[1] + j * is.stride[2]]) : 0.f;
+  }
+}
+
+// seq id at step t (history steps take token 0's, steps past L -1).
+__device__ __forceinline__ int seq_at(const ConvParams& p, int64_t b, int64_t t) {
+  if (t >= p.seqlen) return -1;
+  return ptr<int>(p.seq_idx)[b * p.seq_idx.stride[0] + (t < 0 ? 0 : t) * p.seq_idx.stride[1]];
+}
+
+// True when a (B, D, L) view's rows start on 16-byte boundaries (c0 is a multiple of N, so each
+// thread's N channels then lie in whole words).
+template <typename T>
+bool words_ok(const TensorArg& t) {
+  constexpr int64_t n = 16 / sizeof(T);
+  return aligned(t.data, 16) && t.stride[0] % n == 0 && t.stride[2] % n == 0;
+}
+
+template <int N>
+dim3 grid_of(const ConvParams& p) {
+  return dim3(ceil_div(p.dim, kLanes * N), ceil_div(p.seqlen, kTileL), unsigned(p.batch));
+}
+
+}  // namespace ssm::cuda::conv_cl
