@@ -1,7 +1,7 @@
 """Device-round timing of the channels-last causal conv (issues 5, 6): conv fwd and fwd+bwd on the
 xBC slice of zxbcdt at the mamba2-130m and mamba2-1.3b shapes (B8 L2048, C 1792 / 4352, W4, silu,
 bias, bf16), channels-last kernels vs the old copy + L-contiguous conv; then one Mamba2 layer
-(130m shape) fwd and fwd+bwd with conv.CHANNELS_LAST on and off.
+(130m shape) fwd and fwd+bwd with conv.CHANNELS_LAST_DEVICES ("cuda",) and ().
 
     python benchmarks/device/convcl_time.py OUT.json [--no-layer]
 """
@@ -93,14 +93,14 @@ def main():
                   + ", ".join(f"{v:.1f} {n[:28]}" for n, v in table.items()), flush=True)
     if "--no-layer" not in sys.argv:
         for cl in (True, False):
-            conv.CHANNELS_LAST = cl
+            conv.CHANNELS_LAST_DEVICES = ("cuda",) if cl else ()
             for k, fn in layer_fns().items():
                 gpu, table = kernels(fn)
                 row = dict(case=f"Mamba2-130m {k} B8 L2048 channels_last={cl}", gpu_us=gpu,
                            eager_us=1e3 * time_ms(fn, reps=5), kernels=table)
                 rows.append(row)
                 print(f"  {k:13s} cl={cl:d} gpu {gpu / 1e3:7.3f} ms  eager {row['eager_us'] / 1e3:7.3f} ms", flush=True)
-        conv.CHANNELS_LAST = True
+        conv.CHANNELS_LAST_DEVICES = ("cuda",)
     with open(sys.argv[1], "w") as f:
         json.dump(dict(device=torch.cuda.get_device_name(), rows=rows), f, indent=1)
 

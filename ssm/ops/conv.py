@@ -14,14 +14,14 @@ from ssm.utils import dispatch
 
 _ACTIVATIONS = (None, "silu", "swish")
 
-# A channels-last x (stride 1 along D, e.g. the fused Mamba-2 path's xBC slice) gets y and dx in
-# its layout, which the CUDA module convolves with its channels-last kernels; SSM_CONV_CHANNELS_LAST=0
-# allocates them contiguous instead (the general kernels, as before).
-CHANNELS_LAST = os.environ.get("SSM_CONV_CHANNELS_LAST", "1") != "0"
+# Devices where a channels-last x (stride 1 along D, e.g. the fused Mamba-2 path's xBC slice) gets
+# y and dx in its layout: CUDA, whose module has kernels for it (the CPU kernels run along L, so
+# outputs stay contiguous there). SSM_CONV_CHANNELS_LAST=0 empties it (the general kernels, as before).
+CHANNELS_LAST_DEVICES = ("cuda",) if os.environ.get("SSM_CONV_CHANNELS_LAST", "1") != "0" else ()
 
 
 def _channels_last(x: Tensor) -> bool:
-    return CHANNELS_LAST and x.stride(1) == 1 and x.stride(2) != 1
+    return x.device.type in CHANNELS_LAST_DEVICES and x.stride(1) == 1 and x.stride(2) != 1
 
 
 def _like_x(x: Tensor, fake: bool = False) -> Tensor:
@@ -43,7 +43,7 @@ def _in_layout(t: Tensor, x: Tensor) -> Tensor:
 def _cl_bwd_workspace(backend: str, x: Tensor, W: int):
     """The channels-last backward's workspace (batch * ceil(L / 128) rows of (W+1, D) float32
     partials; ssm/ops/cuda/dw_causal_conv_cl.cuh) when that kernel applies, else None."""
-    if not _channels_last(x) or _kernels.kernel_reason(backend, "dw_causal_conv_bwd_cl", x) is not None:
+    if not _channels_last(x) or x.numel() == 0 or _kernels.kernel_reason(backend, "dw_causal_conv_bwd_cl", x):
         return None
     B, D, L = x.shape
     parts = B * ((L + 127) // 128)

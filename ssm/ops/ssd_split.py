@@ -62,15 +62,11 @@ def _split(zxbcdt, sizes):
     return torch.split(zxbcdt, [2 * d_nonssm, dim, dim + 2 * gn, nheads], dim=-1)
 
 
-# Devices whose conv takes xBC channels-last as is (CUDA: kernels for that layout, outputs in it);
-# elsewhere a contiguous copy (the CPU kernels run along L).
-CHANNELS_LAST_DEVICES = ("cuda",)
-
-
 def _conv_view(t):
-    # (B, L, channels) -> the (B, channels, L) view the conv takes
+    # (B, L, channels) -> the (B, channels, L) view the conv takes: as is where the conv keeps the
+    # channels-last layout (CUDA, conv.CHANNELS_LAST_DEVICES), else a contiguous copy (the CPU kernels run along L)
     v = t.transpose(1, 2)
-    return v if conv.CHANNELS_LAST and t.device.type in CHANNELS_LAST_DEVICES else v.contiguous()
+    return v if t.device.type in conv.CHANNELS_LAST_DEVICES else v.contiguous()
 
 
 def _conv(xBC, w, b, seq_idx, silu):

@@ -20,6 +20,12 @@ SHAPES = [  # (B, D, L, W): L = 1, odd sizes, several channel blocks and L tiles
 OPTIONS = ["plain", "bias+silu", "seq_idx", "init+final", "all", "odd_offset"]
 
 
+@pytest.fixture(autouse=True)
+def channels_last_everywhere(monkeypatch):
+    """Outputs channels-last on the CPU too (CUDA only by default): the CPU kernels take strides."""
+    monkeypatch.setattr(conv, "CHANNELS_LAST_DEVICES", ("cuda", "cpu"))
+
+
 def channels_last(B, D, L, dtype, device, offset):
     """x (B, D, L) as the channels [offset, offset + D) of a (B, L, T) buffer."""
     T = (offset + D + 15) // 8 * 8 + 8
@@ -106,14 +112,16 @@ def test_long_sequence_through_autograd(backend):
     assert torch.all(buf.grad[..., :8] == 0) and torch.all(buf.grad[..., 48:] == 0)
 
 
-def test_contiguous_layout_switch(monkeypatch):
-    """SSM_CONV_CHANNELS_LAST=0 (conv.CHANNELS_LAST False): outputs contiguous, values unchanged."""
-    x, w, b, seq_idx, init, activation, final = make_inputs((2, 12, 20, 4), torch.float32, "cpu", "all")
-    y_cl = conv._fwd_op(x, w, b, seq_idx, init, True, final)[0]
-    monkeypatch.setattr(conv, "CHANNELS_LAST", False)
-    y = conv._fwd_op(x, w, b, seq_idx, init, True, final)[0]
+@pytest.mark.parametrize("backend", backends())
+def test_contiguous_layout_switch(backend, monkeypatch):
+    """SSM_CONV_CHANNELS_LAST=0 (no conv.CHANNELS_LAST_DEVICES): outputs contiguous, values unchanged."""
+    x, w, b, seq_idx, init, activation, final = make_inputs((2, 12, 20, 4), torch.float32, device_of(backend), "all")
+    with use_backend(backend):
+        y_cl = conv._fwd_op(x, w, b, seq_idx, init, True, final)[0]
+        monkeypatch.setattr(conv, "CHANNELS_LAST_DEVICES", ())
+        y = conv._fwd_op(x, w, b, seq_idx, init, True, final)[0]
     assert y.is_contiguous() and y_cl.stride(1) == 1
-    assert torch.equal(y, y_cl)
+    assert_close(y, y_cl.double(), torch.float32, "y contiguous vs channels-last")
 
 
 def test_torch_compile_matches_eager():

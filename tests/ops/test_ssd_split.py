@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import ssm.ops as ops
-from ssm.ops import ssd_split
+from ssm.ops import conv, ssd_split
 from tests.ops.harness import assert_close, backends, device_of, rand, rel_err, use_backend
 
 P, W = 4, 4
@@ -119,7 +119,7 @@ def test_optional_arguments(backend, variant):
 def test_channels_last_conv(backend, dtype, shape, monkeypatch):
     """The conv takes xBC as the channels-last slice of zxbcdt (no copy) on every backend when its
     device is listed (CUDA by default; the CPU here too): widths of 16-byte words and odd ones."""
-    monkeypatch.setattr(ssd_split, "CHANNELS_LAST_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(conv, "CHANNELS_LAST_DEVICES", ("cuda", "cpu"))
     batch, L, H, G, N, d_nonssm = shape
     dev = device_of(backend)
     inp = make_split(batch, L, H, G, N, d_nonssm, dev, dtype)

@@ -1,6 +1,6 @@
 // Shared pieces of the channels-last depthwise causal conv (x, y, dy, dx as (B, D, L) views with
 // stride 1 along D, mamba_ssm's xBC slice of zxbcdt): a thread owns N consecutive channels of one
-// batch row over kSteps steps, a block is 32 such threads along D by kSub along L.
+// batch row over S steps, a block is 32 such threads along D by kSub along L.
 #pragma once
 #include <type_traits>
 
@@ -9,16 +9,16 @@
 
 namespace ssm::cuda::conv_cl {
 
-constexpr int kSteps = 32, kSub = 4, kLanes = 32, kTileL = kSteps * kSub;
+constexpr int kSub = 4, kLanes = 32;
 
-// Where a thread works: batch b, channels c0 .. c0 + n - 1 (n <= N), steps t0 .. t0 + kSteps - 1.
-template <int N>
+// Where a thread works: batch b, channels c0 .. c0 + n - 1 (n <= N), steps t0 .. t0 + S - 1.
+template <int N, int S>
 struct Slot {
   int64_t b, c0, t0;
   int n;
   __device__ explicit Slot(int64_t dim)
       : b(blockIdx.z), c0((int64_t(blockIdx.x) * kLanes + threadIdx.x) * N),
-        t0((int64_t(blockIdx.y) * kSub + threadIdx.y) * kSteps),
+        t0((int64_t(blockIdx.y) * kSub + threadIdx.y) * S),
         n(c0 < dim ? int(dim - c0 < N ? dim - c0 : N) : 0) {}
 };
 
@@ -59,9 +59,36 @@ __device__ __forceinline__ void store_row(T* dst, const float (&v)[N], int n, bo
   }
 }
 
+// N channels of one row kept raw (half the registers of floats in bf16/f16) until used: loaded
+// as whole words when vec and full, element by element (zeros past n) otherwise.
+template <typename T, int N>
+struct RawRow {
+  static constexpr int kBytes = N * int(sizeof(T));
+  using Word = std::conditional_t<kBytes % 16 == 0, uint4, std::conditional_t<kBytes % 8 == 0, uint2, uint32_t>>;
+  Word w[kBytes / sizeof(Word)];
+
+  __device__ __forceinline__ void load(const T* src, int n, bool vec) {
+    if (vec && n == N) {
+#pragma unroll
+      for (int j = 0; j < int(kBytes / sizeof(Word)); ++j) w[j] = reinterpret_cast<const Word*>(src)[j];
+    } else {
+      T* e = reinterpret_cast<T*>(w);
+#pragma unroll
+      for (int i = 0; i < N; ++i) e[i] = i < n ? src[i] : from_float<T>(0.f);
+    }
+  }
+  __device__ __forceinline__ void zero() {
+    T* e = reinterpret_cast<T*>(w);
+#pragma unroll
+    for (int i = 0; i < N; ++i) e[i] = from_float<T>(0.f);
+  }
+  __device__ __forceinline__ float operator[](int i) const { return to_float(reinterpret_cast<const T*>(w)[i]); }
+};
+
 // w[k][i] = weight[c0 + i, k], bias[i] (zero past the last channel).
-template <int kW, int N>
-__device__ __forceinline__ void load_params(float (&w)[kW][N], float (&bias)[N], const ConvParams& p, const Slot<N>& s) {
+template <int kW, int N, int S>
+__device__ __forceinline__ void load_params(float (&w)[kW][N], float (&bias)[N], const ConvParams& p,
+                                            const Slot<N, S>& s) {
 #pragma unroll
   for (int i = 0; i < N; ++i) {
     const float* wr = ptr<float>(p.weight) + (s.c0 + i) * p.weight.stride[0];
@@ -73,8 +100,9 @@ __device__ __forceinline__ void load_params(float (&w)[kW][N], float (&bias)[N],
 
 // Input row at step t of the thread's channels: x for 0 <= t < L, initial_states for t < 0
 // (zeros without them), zeros past L.
-template <typename T, int N>
-__device__ __forceinline__ void input_row(float (&v)[N], const ConvParams& p, const Slot<N>& s, int64_t t, bool vec) {
+template <typename T, int N, int S>
+__device__ __forceinline__ void input_row(float (&v)[N], const ConvParams& p, const Slot<N, S>& s, int64_t t,
+                                          bool vec) {
   if (t >= 0 && t < p.seqlen) {
     load_row<T, N>(v, ptr<T>(p.x) + s.b * p.x.stride[0] + t * p.x.stride[2] + s.c0, s.n, vec);
   } else {
@@ -101,9 +129,9 @@ bool words_ok(const TensorArg& t) {
   return aligned(t.data, 16) && t.stride[0] % n == 0 && t.stride[2] % n == 0;
 }
 
-template <int N>
+template <int N, int S>
 dim3 grid_of(const ConvParams& p) {
-  return dim3(ceil_div(p.dim, kLanes * N), ceil_div(p.seqlen, kTileL), unsigned(p.batch));
+  return dim3(ceil_div(p.dim, kLanes * N), ceil_div(p.seqlen, kSub * S), unsigned(p.batch));
 }
 
 }  // namespace ssm::cuda::conv_cl

@@ -10,7 +10,8 @@ namespace ssm::cuda {
 namespace conv_cl {
 namespace {
 
-constexpr int kU = 4, N = 4;  // rows loaded per group, channels per thread
+constexpr int kU = 4, N = 4, S = 32;  // rows loaded per group, channels and steps per thread
+constexpr int kTileL = kSub * S;  // steps per block (a workspace part per batch row and tile)
 
 template <int kW, bool kSilu>
 __device__ __forceinline__ float grad_of(float dy, float pre) {
@@ -21,7 +22,7 @@ __device__ __forceinline__ float grad_of(float dy, float pre) {
 
 // g at step t (0 <= t < L) from memory, for the first steps' history gradient.
 template <typename T, int kW, bool kSilu, bool kSeq>
-__device__ void g_at(float (&g)[N], const ConvBwdParams& q, const Slot<N>& s, const float (&w)[kW][N],
+__device__ void g_at(float (&g)[N], const ConvBwdParams& q, const Slot<N, S>& s, const float (&w)[kW][N],
                      const float (&bias)[N], int64_t t) {
   const ConvParams& p = q.fwd;
   const int st = kSeq ? seq_at(p, s.b, t) : 0;
@@ -30,7 +31,7 @@ __device__ void g_at(float (&g)[N], const ConvBwdParams& q, const Slot<N>& s, co
   for (int i = 0; i < N; ++i) pre[i] = bias[i];
 #pragma unroll
   for (int k = 0; k < kW; ++k) {
-    input_row<T, N>(v, p, s, t - (kW - 1) + k, false);
+    input_row<T, N, S>(v, p, s, t - (kW - 1) + k, false);
     const bool on = !kSeq || seq_at(p, s.b, t - (kW - 1) + k) == st;
 #pragma unroll
     for (int i = 0; i < N; ++i) pre[i] += on ? w[k][i] * v[i] : 0.f;
@@ -43,7 +44,7 @@ __device__ void g_at(float (&g)[N], const ConvBwdParams& q, const Slot<N>& s, co
 // Gradient of the W-1 history inputs (steps -(W-1) .. -1): from the first outputs and from dfinal
 // where L < W-1. By the thread of the row's first steps.
 template <typename T, int kW, bool kSilu, bool kSeq>
-__device__ void write_dinitial(const ConvBwdParams& q, const Slot<N>& s, const float (&w)[kW][N],
+__device__ void write_dinitial(const ConvBwdParams& q, const Slot<N, S>& s, const float (&w)[kW][N],
                                const float (&bias)[N]) {
   constexpr int H = kW - 1;
   const ConvParams& p = q.fwd;
@@ -76,11 +77,11 @@ __device__ void write_dinitial(const ConvBwdParams& q, const Slot<N>& s, const f
 
 // The thread's walk: dx over its steps, its partial dweight (taps 0..W-1) and dbias.
 template <typename T, int kW, bool kSilu, bool kSeq>
-__device__ void walk(const ConvBwdParams& q, const Slot<N>& s, bool vec, const float (&w)[kW][N],
+__device__ void walk(const ConvBwdParams& q, const Slot<N, S>& s, bool vec, const float (&w)[kW][N],
                      const float (&bias)[N], float (&dw)[kW][N], float (&db)[N]) {
   constexpr int H = kW - 1;
   const ConvParams& p = q.fwd;
-  const int64_t L = p.seqlen, own_end = s.t0 + kSteps < L ? s.t0 + kSteps : L, end = own_end + H;
+  const int64_t L = p.seqlen, own_end = s.t0 + S < L ? s.t0 + S : L, end = own_end + H;
   const int64_t L_hist = L - H;  // first step whose input the final states hold
   const int last = kSeq ? seq_at(p, s.b, L - 1) : 0;
   // xw[k], gw[k], sw[k]: input, g, seq id at step u - H + k, for the next step u
@@ -88,7 +89,7 @@ __device__ void walk(const ConvBwdParams& q, const Slot<N>& s, bool vec, const f
   int sw[H];
 #pragma unroll
   for (int k = 0; k < H; ++k) {
-    input_row<T, N>(xw[k], p, s, s.t0 - H + k, vec);
+    input_row<T, N, S>(xw[k], p, s, s.t0 - H + k, vec);
     sw[k] = kSeq ? seq_at(p, s.b, s.t0 - H + k) : 0;
   }
   const T* x = ptr<T>(p.x) + s.b * p.x.stride[0] + s.c0;
@@ -96,17 +97,17 @@ __device__ void walk(const ConvBwdParams& q, const Slot<N>& s, bool vec, const f
   T* dx = ptr<T>(q.dx) + s.b * q.dx.stride[0] + s.c0;
   const TensorArg& df = q.dfinal_states;
   for (int64_t ug = s.t0; ug < end; ug += kU) {
-    float xr[kU][N], gr[kU][N];
+    RawRow<T, N> xraw[kU], graw[kU];
     int sr[kU];
 #pragma unroll
     for (int r = 0; r < kU; ++r) {
       const int64_t u = ug + r;
       if (u < L) {
-        load_row<T, N>(xr[r], x + u * p.x.stride[2], s.n, vec);
-        load_row<T, N>(gr[r], dy + u * q.dout.stride[2], s.n, vec);
+        xraw[r].load(x + u * p.x.stride[2], s.n, vec);
+        graw[r].load(dy + u * q.dout.stride[2], s.n, vec);
       } else {
-#pragma unroll
-        for (int i = 0; i < N; ++i) xr[r][i] = gr[r][i] = 0.f;
+        xraw[r].zero();
+        graw[r].zero();
       }
       sr[r] = kSeq ? seq_at(p, s.b, u) : 0;
     }
@@ -116,20 +117,22 @@ __device__ void walk(const ConvBwdParams& q, const Slot<N>& s, bool vec, const f
       bool on[H];
 #pragma unroll
       for (int k = 0; k < H; ++k) on[k] = !kSeq || sw[k] == sr[r];
+      float xr[N], gr[N];
 #pragma unroll
       for (int i = 0; i < N; ++i) {
-        float pre = bias[i] + w[H][i] * xr[r][i];
+        xr[i] = xraw[r][i];
+        float pre = bias[i] + w[H][i] * xr[i];
 #pragma unroll
         for (int k = 0; k < H; ++k) pre += on[k] ? w[k][i] * xw[k][i] : 0.f;
-        gr[r][i] = grad_of<kW, kSilu>(gr[r][i], pre);
+        gr[i] = grad_of<kW, kSilu>(graw[r][i], pre);
       }
       if (u < own_end) {
 #pragma unroll
         for (int i = 0; i < N; ++i) {
-          dw[H][i] += gr[r][i] * xr[r][i];
+          dw[H][i] += gr[i] * xr[i];
 #pragma unroll
-          for (int k = 0; k < H; ++k) dw[k][i] += on[k] ? gr[r][i] * xw[k][i] : 0.f;
-          db[i] += gr[r][i];
+          for (int k = 0; k < H; ++k) dw[k][i] += on[k] ? gr[i] * xw[k][i] : 0.f;
+          db[i] += gr[i];
         }
       }
       const int64_t j = u - H;  // dx at j takes g at j .. u: w[0] g[u] + sum_k w[k] g[u - k]
@@ -137,7 +140,7 @@ __device__ void walk(const ConvBwdParams& q, const Slot<N>& s, bool vec, const f
         float d[N];
 #pragma unroll
         for (int i = 0; i < N; ++i) {
-          float a = on[0] ? w[0][i] * gr[r][i] : 0.f;
+          float a = on[0] ? w[0][i] * gr[i] : 0.f;
 #pragma unroll
           for (int k = 1; k <= H; ++k) a += (!kSeq || sw[0] == sw[H - k]) ? w[k][i] * gw[H - k][i] : 0.f;
           d[i] = a;
@@ -153,8 +156,8 @@ __device__ void walk(const ConvBwdParams& q, const Slot<N>& s, bool vec, const f
       for (int k = 0; k < H; ++k) {
 #pragma unroll
         for (int i = 0; i < N; ++i) {
-          xw[k][i] = k + 1 < H ? xw[k + 1][i] : xr[r][i];
-          gw[k][i] = k + 1 < H ? gw[k + 1][i] : gr[r][i];
+          xw[k][i] = k + 1 < H ? xw[k + 1][i] : xr[i];
+          gw[k][i] = k + 1 < H ? gw[k + 1][i] : gr[i];
         }
         sw[k] = k + 1 < H ? sw[k + 1] : sr[r];
       }
@@ -165,7 +168,7 @@ __device__ void walk(const ConvBwdParams& q, const Slot<N>& s, bool vec, const f
 // red[y][k][c]: thread (c / N, y)'s partial of tap k (k = W: dbias) for channel c of the block;
 // summed over y in order into workspace row (b, blockIdx.y).
 template <int kW>
-__device__ void write_partials(const ConvBwdClParams& q, const Slot<N>& s, const float (&dw)[kW][N],
+__device__ void write_partials(const ConvBwdClParams& q, const Slot<N, S>& s, const float (&dw)[kW][N],
                                const float (&db)[N]) {
   constexpr int kCols = kLanes * N;
   __shared__ float red[kSub][kW + 1][kCols];
@@ -191,11 +194,11 @@ __device__ void write_partials(const ConvBwdClParams& q, const Slot<N>& s, const
 template <typename T, int kW, bool kSilu, bool kSeq>
 __global__ void __launch_bounds__(kLanes * kSub) conv_cl_bwd_kernel(ConvBwdClParams q, bool vec) {
   const ConvBwdParams& qb = q.bwd;
-  const Slot<N> s(qb.fwd.dim);
+  const Slot<N, S> s(qb.fwd.dim);
   float dw[kW][N] = {}, db[N] = {};
   if (s.n > 0 && s.t0 < qb.fwd.seqlen) {
     float w[kW][N], bias[N];
-    load_params<kW, N>(w, bias, qb.fwd, s);
+    load_params<kW, N, S>(w, bias, qb.fwd, s);
     walk<T, kW, kSilu, kSeq>(qb, s, vec, w, bias, dw, db);
     if (has(qb.dinitial_states) && s.t0 == 0) write_dinitial<T, kW, kSilu, kSeq>(qb, s, w, bias);
   }
@@ -237,7 +240,7 @@ void launch(const ConvBwdClParams& q, cudaStream_t stream) {
     if constexpr (KW >= 2) {
       SSM_BOOL_SWITCH(p.silu, kSilu, [&] {
         SSM_BOOL_SWITCH(has(p.seq_idx), kSeq, [&] {
-          conv_cl_bwd_kernel<T, KW, kSilu, kSeq><<<grid_of<N>(p), dim3(kLanes, kSub), 0, stream>>>(q, vec);
+          conv_cl_bwd_kernel<T, KW, kSilu, kSeq><<<grid_of<N, S>(p), dim3(kLanes, kSub), 0, stream>>>(q, vec);
         });
       });
     }

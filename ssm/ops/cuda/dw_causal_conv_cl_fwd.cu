@@ -1,18 +1,19 @@
-// Depthwise causal conv, forward, channels-last (see dw_causal_conv_cl.cuh): each thread walks its
-// 32 steps keeping the W-1 previous input rows of its 8 channels in registers, reading and writing
-// one 16-byte word per row (bf16/f16), kU rows loaded ahead of the arithmetic.
+// Depthwise causal conv, forward, channels-last (see dw_causal_conv_cl.cuh): each thread loads its
+// 8 steps of 8 channels (one 16-byte word per row in bf16/f16) and the W-1 rows before them (the
+// previous thread's along L: L1 hits), convolves them in registers and stores 8 rows. Short
+// threads make many blocks (9 waves at the mamba2-130m xBC shape), so the last wave's tail is small.
 #include "cuda/dw_causal_conv_cl.cuh"
 
 namespace ssm::cuda {
 namespace conv_cl {
 namespace {
 
-constexpr int kU = 8, N = 8;  // rows loaded per group, channels per thread
+constexpr int kU = 8, N = 8, S = 8;  // rows loaded per group, channels and steps per thread
 
 // The last W-1 inputs of the row (zero where not in the last token's sequence), by the thread
 // whose steps hold L-1.
 template <typename T, int kW, bool kSeq>
-__device__ void write_final_states(const ConvParams& p, const Slot<N>& s) {
+__device__ void write_final_states(const ConvParams& p, const Slot<N, S>& s) {
   const int64_t L = p.seqlen;
   const int last = kSeq ? seq_at(p, s.b, L - 1) : 0;
   const TensorArg& f = p.final_states;
@@ -20,7 +21,7 @@ __device__ void write_final_states(const ConvParams& p, const Slot<N>& s) {
   for (int k = 0; k < kW - 1; ++k) {
     const int64_t j = L - (kW - 1) + k;
     float v[N];
-    input_row<T, N>(v, p, s, j, false);
+    input_row<T, N, S>(v, p, s, j, false);
     const bool keep = !kSeq || seq_at(p, s.b, j) == last;
 #pragma unroll
     for (int i = 0; i < N; ++i)
@@ -31,28 +32,28 @@ __device__ void write_final_states(const ConvParams& p, const Slot<N>& s) {
 template <typename T, int kW, bool kSilu, bool kSeq>
 __global__ void __launch_bounds__(kLanes * kSub) conv_cl_fwd_kernel(ConvParams p, bool vec) {
   constexpr int H = kW - 1;
-  const Slot<N> s(p.dim);
+  const Slot<N, S> s(p.dim);
   const int64_t L = p.seqlen;
   if (s.n == 0 || s.t0 >= L) return;
   float w[kW][N], bias[N];
-  load_params<kW, N>(w, bias, p, s);
+  load_params<kW, N, S>(w, bias, p, s);
   // xw[k] = input at step t - H + k, sw[k] its seq id, for the next step t
   float xw[H][N];
   int sw[H];
 #pragma unroll
   for (int k = 0; k < H; ++k) {
-    input_row<T, N>(xw[k], p, s, s.t0 - H + k, vec);
+    input_row<T, N, S>(xw[k], p, s, s.t0 - H + k, vec);
     sw[k] = kSeq ? seq_at(p, s.b, s.t0 - H + k) : 0;
   }
   const T* x = ptr<T>(p.x) + s.b * p.x.stride[0] + s.c0;
   T* y = ptr<T>(p.out) + s.b * p.out.stride[0] + s.c0;
-  const int64_t end = s.t0 + kSteps < L ? s.t0 + kSteps : L;
+  const int64_t end = s.t0 + S < L ? s.t0 + S : L;
   for (int64_t tg = s.t0; tg < end; tg += kU) {
-    float xr[kU][N];
+    RawRow<T, N> xr[kU];
     int sr[kU];
 #pragma unroll
     for (int u = 0; u < kU; ++u) {
-      if (tg + u < end) load_row<T, N>(xr[u], x + (tg + u) * p.x.stride[2], s.n, vec);
+      if (tg + u < end) xr[u].load(x + (tg + u) * p.x.stride[2], s.n, vec);
       sr[u] = kSeq && tg + u < end ? seq_at(p, s.b, tg + u) : 0;
     }
 #pragma unroll
@@ -85,7 +86,7 @@ void launch(const ConvParams& p, cudaStream_t stream) {
     if constexpr (KW >= 2) {
       SSM_BOOL_SWITCH(p.silu, kSilu, [&] {
         SSM_BOOL_SWITCH(has(p.seq_idx), kSeq, [&] {
-          conv_cl_fwd_kernel<T, KW, kSilu, kSeq><<<grid_of<N>(p), dim3(kLanes, kSub), 0, stream>>>(p, vec);
+          conv_cl_fwd_kernel<T, KW, kSilu, kSeq><<<grid_of<N, S>(p), dim3(kLanes, kSub), 0, stream>>>(p, vec);
         });
       });
     }
@@ -97,7 +98,7 @@ void launch(const ConvParams& p, cudaStream_t stream) {
 
 bool dw_causal_conv_cl_fits(const ConvParams& p, const TensorArg& y) {
   return p.x.stride[1] == 1 && y.stride[1] == 1 && p.width >= 2 && p.width <= 4 && p.batch > 0 && p.dim > 0 &&
-         p.seqlen > 0 && p.batch <= 65535 && p.seqlen <= int64_t(conv_cl::kTileL) * 65535;
+         p.seqlen > 0 && p.batch <= 65535 && p.seqlen <= int64_t(conv_cl::kSub) * 32 * 65535;
 }
 
 void dw_causal_conv_cl_fwd(const ConvParams& p, cudaStream_t stream) {
