@@ -83,14 +83,19 @@ def main():
     rows = []
     for name, dim, C in (("130m", 1536, 1792), ("1.3b", 4096, 4352)):
         err, fns = conv_fns(dim, C)
-        print(f"conv {name} C{C}: max |new - old| {err:.3g}", flush=True)
+        print(f"conv {name} C{C}: max |cl - copy| {err:.3g}", flush=True)
         for k, fn in fns.items():
             gpu, table = kernels(fn)
             row = dict(case=f"conv {k} {name} B8 L2048 C{C}", gpu_us=gpu, eager_us=1e3 * time_ms(fn, reps=10),
                        kernels=table)
             rows.append(row)
             print(f"  {k:12s} gpu {gpu:8.1f} us  eager {row['eager_us']:8.1f} us  "
-                  + ", ".join(f"{v:.1f} {n[:28]}" for n, v in table.items()), flush=True)
+                  + ", ".join(f"{v:.1f} {n[:28]}" for n, v in table.items()), file=sys.stderr, flush=True)
+        got = {r["case"].split()[1]: r for r in rows[-4:]}
+        print(f"conv {name} C{C} (gpu / eager us): fwd cl {got['fwd_cl']['gpu_us']:.1f} / {got['fwd_cl']['eager_us']:.1f}"
+              f" vs copy {got['fwd_copy']['gpu_us']:.1f} / {got['fwd_copy']['eager_us']:.1f}; fwd+bwd cl "
+              f"{got['fwdbwd_cl']['gpu_us']:.1f} / {got['fwdbwd_cl']['eager_us']:.1f} vs copy "
+              f"{got['fwdbwd_copy']['gpu_us']:.1f} / {got['fwdbwd_copy']['eager_us']:.1f}", flush=True)
     if "--no-layer" not in sys.argv:
         for cl in (True, False):
             conv.CHANNELS_LAST_DEVICES = ("cuda",) if cl else ()
@@ -99,7 +104,8 @@ def main():
                 row = dict(case=f"Mamba2-130m {k} B8 L2048 channels_last={cl}", gpu_us=gpu,
                            eager_us=1e3 * time_ms(fn, reps=5), kernels=table)
                 rows.append(row)
-                print(f"  {k:13s} cl={cl:d} gpu {gpu / 1e3:7.3f} ms  eager {row['eager_us'] / 1e3:7.3f} ms", flush=True)
+                print(f"{k} channels_last={cl:d}: gpu {gpu / 1e3:.3f} ms, eager {row['eager_us'] / 1e3:.3f} ms",
+                      flush=True)
         conv.CHANNELS_LAST_DEVICES = ("cuda",)
     with open(sys.argv[1], "w") as f:
         json.dump(dict(device=torch.cuda.get_device_name(), rows=rows), f, indent=1)
