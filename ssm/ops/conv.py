@@ -114,8 +114,9 @@ def _bwd_impl(x, weight, bias, seq_idx, initial_states, dy, dfinal, silu, return
     dinit = None if initial_states is None else _kernels.empty((B, D, W - 1), x)
     seq_idx = None if seq_idx is None else seq_idx.to(torch.int32)
     dfinal = dfinal.to(x.dtype) if return_final_states else None
+    dy = dy.to(x.dtype)  # kept alive until the kernel runs (refs hold only its address)
     refs = (_kernels.dtype_code(x), B, D, L, W, _kernels.ref(x), _kernels.ref(weight), _kernels.ref(bias),
-            _kernels.ref(seq_idx), _kernels.ref(initial_states), _kernels.ref(dy.to(x.dtype)), _kernels.ref(dfinal),
+            _kernels.ref(seq_idx), _kernels.ref(initial_states), _kernels.ref(dy), _kernels.ref(dfinal),
             _kernels.ref(dx), _kernels.ref(dw), _kernels.ref(db), _kernels.ref(dinit))
     ws = _cl_bwd_workspace(backend, x, W)
     if ws is None:
