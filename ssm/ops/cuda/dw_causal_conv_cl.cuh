@@ -60,15 +60,17 @@ __device__ __forceinline__ void store_row(T* dst, const float (&v)[N], int n, bo
 }
 
 // N channels of one row kept raw (half the registers of floats in bf16/f16) until used: loaded
-// as whole words when vec and full, element by element (zeros past n) otherwise.
+// as whole words when kFull (vec and n == N, fixed per thread, so the loop has no branches),
+// element by element (zeros past n) otherwise.
 template <typename T, int N>
 struct RawRow {
   static constexpr int kBytes = N * int(sizeof(T));
   using Word = std::conditional_t<kBytes % 16 == 0, uint4, std::conditional_t<kBytes % 8 == 0, uint2, uint32_t>>;
   Word w[kBytes / sizeof(Word)];
 
-  __device__ __forceinline__ void load(const T* src, int n, bool vec) {
-    if (vec && n == N) {
+  template <bool kFull>
+  __device__ __forceinline__ void load(const T* src, int n) {
+    if (kFull) {
 #pragma unroll
       for (int j = 0; j < int(kBytes / sizeof(Word)); ++j) w[j] = reinterpret_cast<const Word*>(src)[j];
     } else {

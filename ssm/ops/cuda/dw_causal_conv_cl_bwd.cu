@@ -75,8 +75,9 @@ __device__ void write_dinitial(const ConvBwdParams& q, const Slot<N, S>& s, cons
     }
 }
 
-// The thread's walk: dx over its steps, its partial dweight (taps 0..W-1) and dbias.
-template <typename T, int kW, bool kSilu, bool kSeq>
+// The thread's walk: dx over its steps, its partial dweight (taps 0..W-1) and dbias. kFull: its N
+// channels are whole words (vec and not the last partial pack).
+template <typename T, int kW, bool kSilu, bool kSeq, bool kFull>
 __device__ void walk(const ConvBwdParams& q, const Slot<N, S>& s, bool vec, const float (&w)[kW][N],
                      const float (&bias)[N], float (&dw)[kW][N], float (&db)[N]) {
   constexpr int H = kW - 1;
@@ -103,8 +104,8 @@ __device__ void walk(const ConvBwdParams& q, const Slot<N, S>& s, bool vec, cons
     for (int r = 0; r < kU; ++r) {
       const int64_t u = ug + r;
       if (u < L) {
-        xraw[r].load(x + u * p.x.stride[2], s.n, vec);
-        graw[r].load(dy + u * q.dout.stride[2], s.n, vec);
+        xraw[r].template load<kFull>(x + u * p.x.stride[2], s.n);
+        graw[r].template load<kFull>(dy + u * q.dout.stride[2], s.n);
       } else {
         xraw[r].zero();
         graw[r].zero();
@@ -150,7 +151,7 @@ __device__ void walk(const ConvBwdParams& q, const Slot<N, S>& s, bool vec, cons
           for (int i = 0; i < N; ++i)
             if (i < s.n) d[i] += to_float(ptr<T>(df)[s.b * df.stride[0] + (s.c0 + i) * df.stride[1] + (j - L_hist) * df.stride[2]]);
         }
-        store_row<T, N>(dx + j * q.dx.stride[2], d, s.n, vec);
+        store_row<T, N>(dx + j * q.dx.stride[2], d, s.n, kFull);
       }
 #pragma unroll
       for (int k = 0; k < H; ++k) {
@@ -199,7 +200,8 @@ __global__ void __launch_bounds__(kLanes * kSub) conv_cl_bwd_kernel(ConvBwdClPar
   if (s.n > 0 && s.t0 < qb.fwd.seqlen) {
     float w[kW][N], bias[N];
     load_params<kW, N, S>(w, bias, qb.fwd, s);
-    walk<T, kW, kSilu, kSeq>(qb, s, vec, w, bias, dw, db);
+    if (vec && s.n == N) walk<T, kW, kSilu, kSeq, true>(qb, s, vec, w, bias, dw, db);
+    else walk<T, kW, kSilu, kSeq, false>(qb, s, vec, w, bias, dw, db);
     if (has(qb.dinitial_states) && s.t0 == 0) write_dinitial<T, kW, kSilu, kSeq>(qb, s, w, bias);
   }
   write_partials<kW>(q, s, dw, db);

@@ -29,12 +29,11 @@ __device__ void write_final_states(const ConvParams& p, const Slot<N, S>& s) {
   }
 }
 
-template <typename T, int kW, bool kSilu, bool kSeq>
-__global__ void __launch_bounds__(kLanes * kSub) conv_cl_fwd_kernel(ConvParams p, bool vec) {
+// The thread's steps; kFull: its N channels are whole words (vec and not the last partial pack).
+template <typename T, int kW, bool kSilu, bool kSeq, bool kFull>
+__device__ void convolve(const ConvParams& p, const Slot<N, S>& s, bool vec) {
   constexpr int H = kW - 1;
-  const Slot<N, S> s(p.dim);
   const int64_t L = p.seqlen;
-  if (s.n == 0 || s.t0 >= L) return;
   float w[kW][N], bias[N];
   load_params<kW, N, S>(w, bias, p, s);
   // xw[k] = input at step t - H + k, sw[k] its seq id, for the next step t
@@ -53,7 +52,7 @@ __global__ void __launch_bounds__(kLanes * kSub) conv_cl_fwd_kernel(ConvParams p
     int sr[kU];
 #pragma unroll
     for (int u = 0; u < kU; ++u) {
-      if (tg + u < end) xr[u].load(x + (tg + u) * p.x.stride[2], s.n, vec);
+      if (tg + u < end) xr[u].template load<kFull>(x + (tg + u) * p.x.stride[2], s.n);
       sr[u] = kSeq && tg + u < end ? seq_at(p, s.b, tg + u) : 0;
     }
 #pragma unroll
@@ -67,7 +66,7 @@ __global__ void __launch_bounds__(kLanes * kSub) conv_cl_fwd_kernel(ConvParams p
           if (!kSeq || sw[k] == sr[u]) a += w[k][i] * xw[k][i];
         acc[i] = kSilu ? silu(a) : a;
       }
-      if (tg + u < end) store_row<T, N>(y + (tg + u) * p.out.stride[2], acc, s.n, vec);
+      if (tg + u < end) store_row<T, N>(y + (tg + u) * p.out.stride[2], acc, s.n, kFull);
 #pragma unroll
       for (int k = 0; k < H; ++k) {
 #pragma unroll
@@ -77,6 +76,14 @@ __global__ void __launch_bounds__(kLanes * kSub) conv_cl_fwd_kernel(ConvParams p
     }
   }
   if (has(p.final_states) && end == L) write_final_states<T, kW, kSeq>(p, s);
+}
+
+template <typename T, int kW, bool kSilu, bool kSeq>
+__global__ void __launch_bounds__(kLanes * kSub) conv_cl_fwd_kernel(ConvParams p, bool vec) {
+  const Slot<N, S> s(p.dim);
+  if (s.n == 0 || s.t0 >= p.seqlen) return;
+  if (vec && s.n == N) convolve<T, kW, kSilu, kSeq, true>(p, s, vec);
+  else convolve<T, kW, kSilu, kSeq, false>(p, s, vec);
 }
 
 template <typename T>
