@@ -41,17 +41,36 @@ __device__ __forceinline__ void load_row(float (&v)[N], const T* src, int n, boo
   }
 }
 
+__device__ __forceinline__ uint32_t bits_of(float v) { return __float_as_uint(v); }
+__device__ __forceinline__ uint32_t bits_of(__half v) { return __half_as_ushort(v); }
+__device__ __forceinline__ uint32_t bits_of(__nv_bfloat16 v) { return __bfloat16_as_ushort(v); }
+
+// u[j] = the j-th 32-bit word of v's N elements in T (two per word for 2-byte types).
+template <typename T, int N>
+__device__ __forceinline__ void pack_words(uint32_t (&u)[N * sizeof(T) / 4], const float (&v)[N]) {
+#pragma unroll
+  for (int j = 0; j < int(N * sizeof(T) / 4); ++j) {
+    if constexpr (sizeof(T) == 4) u[j] = bits_of(v[j]);
+    else u[j] = bits_of(from_float<T>(v[2 * j])) | bits_of(from_float<T>(v[2 * j + 1])) << 16;
+  }
+}
+
 template <typename T, int N>
 __device__ __forceinline__ void store_row(T* dst, const float (&v)[N], int n, bool vec) {
-  constexpr int kBytes = N * int(sizeof(T));
-  using Word = std::conditional_t<kBytes % 16 == 0, uint4, std::conditional_t<kBytes % 8 == 0, uint2, uint32_t>>;
-  if (vec && n == N) {
-    Word raw[kBytes / sizeof(Word)];
-    T* e = reinterpret_cast<T*>(raw);
+  constexpr int kWords = N * int(sizeof(T)) / 4;
+  if (vec && n == N) {  // 16- or 8-byte stores of packed words
+    uint32_t u[kWords];
+    pack_words<T, N>(u, v);
+    if constexpr (kWords % 4 == 0) {
 #pragma unroll
-    for (int i = 0; i < N; ++i) e[i] = from_float<T>(v[i]);
+      for (int j = 0; j < kWords; j += 4) reinterpret_cast<uint4*>(dst)[j / 4] = make_uint4(u[j], u[j + 1], u[j + 2], u[j + 3]);
+    } else if constexpr (kWords % 2 == 0) {
 #pragma unroll
-    for (int j = 0; j < int(kBytes / sizeof(Word)); ++j) reinterpret_cast<Word*>(dst)[j] = raw[j];
+      for (int j = 0; j < kWords; j += 2) reinterpret_cast<uint2*>(dst)[j / 2] = make_uint2(u[j], u[j + 1]);
+    } else {
+#pragma unroll
+      for (int j = 0; j < kWords; ++j) reinterpret_cast<uint32_t*>(dst)[j] = u[j];
+    }
   } else {
 #pragma unroll
     for (int i = 0; i < N; ++i)

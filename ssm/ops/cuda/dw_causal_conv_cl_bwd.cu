@@ -193,7 +193,7 @@ __device__ void write_partials(const ConvBwdClParams& q, const Slot<N, S>& s, co
 }
 
 template <typename T, int kW, bool kSilu, bool kSeq>
-__global__ void __launch_bounds__(kLanes * kSub) conv_cl_bwd_kernel(ConvBwdClParams q, bool vec) {
+__global__ void __launch_bounds__(kLanes * kSub, 3) conv_cl_bwd_kernel(ConvBwdClParams q, bool vec) {
   const ConvBwdParams& qb = q.bwd;
   const Slot<N, S> s(qb.fwd.dim);
   float dw[kW][N] = {}, db[N] = {};
