@@ -61,12 +61,17 @@ __device__ __forceinline__ void store_row(T* dst, const float (&v)[N], int n, bo
   if (vec && n == N) {  // 16- or 8-byte stores of packed words
     uint32_t u[kWords];
     pack_words<T, N>(u, v);
+    // inline PTX: left to itself the compiler splits these into 4-byte stores
     if constexpr (kWords % 4 == 0) {
 #pragma unroll
-      for (int j = 0; j < kWords; j += 4) reinterpret_cast<uint4*>(dst)[j / 4] = make_uint4(u[j], u[j + 1], u[j + 2], u[j + 3]);
+      for (int j = 0; j < kWords; j += 4)
+        asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(dst + j * 4 / sizeof(T)), "r"(u[j]),
+                     "r"(u[j + 1]), "r"(u[j + 2]), "r"(u[j + 3]) : "memory");
     } else if constexpr (kWords % 2 == 0) {
 #pragma unroll
-      for (int j = 0; j < kWords; j += 2) reinterpret_cast<uint2*>(dst)[j / 2] = make_uint2(u[j], u[j + 1]);
+      for (int j = 0; j < kWords; j += 2)
+        asm volatile("st.global.v2.b32 [%0], {%1, %2};" ::"l"(dst + j * 4 / sizeof(T)), "r"(u[j]), "r"(u[j + 1])
+                     : "memory");
     } else {
 #pragma unroll
       for (int j = 0; j < kWords; ++j) reinterpret_cast<uint32_t*>(dst)[j] = u[j];
