@@ -75,43 +75,59 @@ __device__ void write_dinitial(const ConvBwdParams& q, const Slot<N, S>& s, cons
     }
 }
 
+// Rows u0 .. u0 + kU - 1 of x and dy (zeros past L).
+template <typename T, bool kFull>
+__device__ __forceinline__ void load_group(RawRow<T, N> (&xr)[kU], RawRow<T, N> (&gr)[kU], const T* x, const T* dy,
+                                           int64_t sx, int64_t sy, int64_t u0, int64_t L, int n) {
+#pragma unroll
+  for (int r = 0; r < kU; ++r) {
+    xr[r].zero();
+    gr[r].zero();
+    if (u0 + r < L) {
+      xr[r].template load<kFull>(x + (u0 + r) * sx, n);
+      gr[r].template load<kFull>(dy + (u0 + r) * sy, n);
+    }
+  }
+}
+
 // The thread's walk: dx over its steps, its partial dweight (taps 0..W-1) and dbias. kFull: its N
 // channels are whole words (vec and not the last partial pack).
 template <typename T, int kW, bool kSilu, bool kSeq, bool kFull>
-__device__ void walk(const ConvBwdParams& q, const Slot<N, S>& s, bool vec, const float (&w)[kW][N],
+__device__ void walk(const ConvBwdParams& q, const Slot<N, S>& s, const float (&w)[kW][N],
                      const float (&bias)[N], float (&dw)[kW][N], float (&db)[N]) {
   constexpr int H = kW - 1;
   const ConvParams& p = q.fwd;
   const int64_t L = p.seqlen, own_end = s.t0 + S < L ? s.t0 + S : L, end = own_end + H;
   const int64_t L_hist = L - H;  // first step whose input the final states hold
   const int last = kSeq ? seq_at(p, s.b, L - 1) : 0;
+  const T* x = ptr<T>(p.x) + s.b * p.x.stride[0] + s.c0;
+  const T* dy = ptr<T>(q.dout) + s.b * q.dout.stride[0] + s.c0;
+  T* dx = ptr<T>(q.dx) + s.b * q.dx.stride[0] + s.c0;
+  const TensorArg& df = q.dfinal_states;
+  // the halo rows (steps t0 - H .. t0 - 1 >= 0) and the first group, issued together
+  RawRow<T, N> halo[H], xraw[kU], graw[kU];
+#pragma unroll
+  for (int k = 0; k < H; ++k)
+    if (s.t0 - H + k >= 0) halo[k].template load<kFull>(x + (s.t0 - H + k) * p.x.stride[2], s.n);
+  load_group<T, kFull>(xraw, graw, x, dy, p.x.stride[2], q.dout.stride[2], s.t0, L, s.n);
   // xw[k], gw[k], sw[k]: input, g, seq id at step u - H + k, for the next step u
   float xw[H][N], gw[H][N] = {};
   int sw[H];
 #pragma unroll
   for (int k = 0; k < H; ++k) {
-    input_row<T, N, S>(xw[k], p, s, s.t0 - H + k, vec);
+    if (s.t0 - H + k < 0) input_row<T, N, S>(xw[k], p, s, s.t0 - H + k, false);
+    else
+#pragma unroll
+      for (int i = 0; i < N; ++i) xw[k][i] = halo[k][i];
     sw[k] = kSeq ? seq_at(p, s.b, s.t0 - H + k) : 0;
   }
-  const T* x = ptr<T>(p.x) + s.b * p.x.stride[0] + s.c0;
-  const T* dy = ptr<T>(q.dout) + s.b * q.dout.stride[0] + s.c0;
-  T* dx = ptr<T>(q.dx) + s.b * q.dx.stride[0] + s.c0;
-  const TensorArg& df = q.dfinal_states;
   for (int64_t ug = s.t0; ug < end; ug += kU) {
-    RawRow<T, N> xraw[kU], graw[kU];
+    // the next group's rows load while this one computes
+    RawRow<T, N> xnext[kU], gnext[kU];
+    if (ug + kU < end) load_group<T, kFull>(xnext, gnext, x, dy, p.x.stride[2], q.dout.stride[2], ug + kU, L, s.n);
     int sr[kU];
 #pragma unroll
-    for (int r = 0; r < kU; ++r) {
-      const int64_t u = ug + r;
-      if (u < L) {
-        xraw[r].template load<kFull>(x + u * p.x.stride[2], s.n);
-        graw[r].template load<kFull>(dy + u * q.dout.stride[2], s.n);
-      } else {
-        xraw[r].zero();
-        graw[r].zero();
-      }
-      sr[r] = kSeq ? seq_at(p, s.b, u) : 0;
-    }
+    for (int r = 0; r < kU; ++r) sr[r] = kSeq ? seq_at(p, s.b, ug + r) : 0;
 #pragma unroll
     for (int r = 0; r < kU; ++r) {
       const int64_t u = ug + r;
@@ -163,6 +179,8 @@ __device__ void walk(const ConvBwdParams& q, const Slot<N, S>& s, bool vec, cons
         sw[k] = k + 1 < H ? sw[k + 1] : sr[r];
       }
     }
+#pragma unroll
+    for (int r = 0; r < kU; ++r) xraw[r] = xnext[r], graw[r] = gnext[r];
   }
 }
 
@@ -200,8 +218,8 @@ __global__ void __launch_bounds__(kLanes * kSub, 3) conv_cl_bwd_kernel(ConvBwdCl
   if (s.n > 0 && s.t0 < qb.fwd.seqlen) {
     float w[kW][N], bias[N];
     load_params<kW, N, S>(w, bias, qb.fwd, s);
-    if (vec && s.n == N) walk<T, kW, kSilu, kSeq, true>(qb, s, vec, w, bias, dw, db);
-    else walk<T, kW, kSilu, kSeq, false>(qb, s, vec, w, bias, dw, db);
+    if (vec && s.n == N) walk<T, kW, kSilu, kSeq, true>(qb, s, w, bias, dw, db);
+    else walk<T, kW, kSilu, kSeq, false>(qb, s, w, bias, dw, db);
     if (has(qb.dinitial_states) && s.t0 == 0) write_dinitial<T, kW, kSilu, kSeq>(qb, s, w, bias);
   }
   write_partials<kW>(q, s, dw, db);

@@ -8,7 +8,7 @@ namespace ssm::cuda {
 namespace conv_cl {
 namespace {
 
-constexpr int kU = 8, N = 8, S = 8;  // rows loaded per group, channels and steps per thread
+constexpr int N = 8, S = 8;  // channels and steps per thread
 
 // The last W-1 inputs of the row (zero where not in the last token's sequence), by the thread
 // whose steps hold L-1.
@@ -30,50 +30,52 @@ __device__ void write_final_states(const ConvParams& p, const Slot<N, S>& s) {
 }
 
 // The thread's steps; kFull: its N channels are whole words (vec and not the last partial pack).
+// Every row load (the W-1 halo rows and the S own rows) is issued before any is used, with no
+// branch between them: one memory latency per thread.
 template <typename T, int kW, bool kSilu, bool kSeq, bool kFull>
-__device__ void convolve(const ConvParams& p, const Slot<N, S>& s, bool vec) {
+__device__ void convolve(const ConvParams& p, const Slot<N, S>& s) {
   constexpr int H = kW - 1;
-  const int64_t L = p.seqlen;
+  const int64_t L = p.seqlen, end = s.t0 + S < L ? s.t0 + S : L;
+  const T* x = ptr<T>(p.x) + s.b * p.x.stride[0] + s.c0;
+  // rows[r]: input at step t0 - H + r
+  RawRow<T, N> rows[H + S];
+#pragma unroll
+  for (int r = 0; r < H + S; ++r) {
+    const int64_t t = s.t0 - H + r;
+    if (t >= 0 && t < end) rows[r].template load<kFull>(x + t * p.x.stride[2], s.n);
+  }
+  int sq[H + S];
+#pragma unroll
+  for (int r = 0; r < H + S; ++r) sq[r] = kSeq ? seq_at(p, s.b, s.t0 - H + r) : 0;
   float w[kW][N], bias[N];
   load_params<kW, N, S>(w, bias, p, s);
-  // xw[k] = input at step t - H + k, sw[k] its seq id, for the next step t
+  // xw[k] = input at step t - H + k for the next step t; before step 0 the initial states (or zeros)
   float xw[H][N];
-  int sw[H];
 #pragma unroll
   for (int k = 0; k < H; ++k) {
-    input_row<T, N, S>(xw[k], p, s, s.t0 - H + k, vec);
-    sw[k] = kSeq ? seq_at(p, s.b, s.t0 - H + k) : 0;
+    if (s.t0 - H + k < 0) input_row<T, N, S>(xw[k], p, s, s.t0 - H + k, false);
+    else
+#pragma unroll
+      for (int i = 0; i < N; ++i) xw[k][i] = rows[k][i];
   }
-  const T* x = ptr<T>(p.x) + s.b * p.x.stride[0] + s.c0;
   T* y = ptr<T>(p.out) + s.b * p.out.stride[0] + s.c0;
-  const int64_t end = s.t0 + S < L ? s.t0 + S : L;
-  for (int64_t tg = s.t0; tg < end; tg += kU) {
-    RawRow<T, N> xr[kU];
-    int sr[kU];
 #pragma unroll
-    for (int u = 0; u < kU; ++u) {
-      if (tg + u < end) xr[u].template load<kFull>(x + (tg + u) * p.x.stride[2], s.n);
-      sr[u] = kSeq && tg + u < end ? seq_at(p, s.b, tg + u) : 0;
+  for (int u = 0; u < S; ++u) {
+    float cur[N], acc[N];
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      cur[i] = rows[H + u][i];
+      float a = bias[i] + w[H][i] * cur[i];
+#pragma unroll
+      for (int k = 0; k < H; ++k)
+        if (!kSeq || sq[u + k] == sq[u + H]) a += w[k][i] * xw[k][i];
+      acc[i] = kSilu ? silu(a) : a;
     }
+    if (s.t0 + u < end) store_row<T, N>(y + (s.t0 + u) * p.out.stride[2], acc, s.n, kFull);
 #pragma unroll
-    for (int u = 0; u < kU; ++u) {
-      float acc[N];
+    for (int k = 0; k < H; ++k)
 #pragma unroll
-      for (int i = 0; i < N; ++i) {
-        float a = bias[i] + w[H][i] * xr[u][i];
-#pragma unroll
-        for (int k = 0; k < H; ++k)
-          if (!kSeq || sw[k] == sr[u]) a += w[k][i] * xw[k][i];
-        acc[i] = kSilu ? silu(a) : a;
-      }
-      if (tg + u < end) store_row<T, N>(y + (tg + u) * p.out.stride[2], acc, s.n, kFull);
-#pragma unroll
-      for (int k = 0; k < H; ++k) {
-#pragma unroll
-        for (int i = 0; i < N; ++i) xw[k][i] = k + 1 < H ? xw[k + 1][i] : xr[u][i];
-        sw[k] = k + 1 < H ? sw[k + 1] : sr[u];
-      }
-    }
+      for (int i = 0; i < N; ++i) xw[k][i] = k + 1 < H ? xw[k + 1][i] : cur[i];
   }
   if (has(p.final_states) && end == L) write_final_states<T, kW, kSeq>(p, s);
 }
@@ -82,8 +84,8 @@ template <typename T, int kW, bool kSilu, bool kSeq>
 __global__ void __launch_bounds__(kLanes * kSub) conv_cl_fwd_kernel(ConvParams p, bool vec) {
   const Slot<N, S> s(p.dim);
   if (s.n == 0 || s.t0 >= p.seqlen) return;
-  if (vec && s.n == N) convolve<T, kW, kSilu, kSeq, true>(p, s, vec);
-  else convolve<T, kW, kSilu, kSeq, false>(p, s, vec);
+  if (vec && s.n == N) convolve<T, kW, kSilu, kSeq, true>(p, s);
+  else convolve<T, kW, kSilu, kSeq, false>(p, s);
 }
 
 template <typename T>
