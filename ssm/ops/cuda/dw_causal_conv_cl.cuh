@@ -111,10 +111,32 @@ struct RawRow {
   __device__ __forceinline__ float operator[](int i) const { return to_float(reinterpret_cast<const T*>(w)[i]); }
 };
 
-// w[k][i] = weight[c0 + i, k], bias[i] (zero past the last channel).
+// w[k][i] = weight[c0 + i, k], bias[i] (zero past the last channel). wvec: weight (D, W) and bias
+// contiguous and 16-byte aligned, so a full thread's kW * N taps (and N biases) are whole float4s
+// (a quarter of the load instructions and L1 wavefronts of scalar loads).
 template <int kW, int N, int S>
 __device__ __forceinline__ void load_params(float (&w)[kW][N], float (&bias)[N], const ConvParams& p,
-                                            const Slot<N, S>& s) {
+                                            const Slot<N, S>& s, bool wvec) {
+  if (wvec && s.n == N) {
+    float tap[kW * N];
+    const float4* src = reinterpret_cast<const float4*>(ptr<float>(p.weight) + s.c0 * kW);
+#pragma unroll
+    for (int j = 0; j < kW * N / 4; ++j) {
+      const float4 v = src[j];
+      tap[4 * j] = v.x, tap[4 * j + 1] = v.y, tap[4 * j + 2] = v.z, tap[4 * j + 3] = v.w;
+    }
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+#pragma unroll
+      for (int k = 0; k < kW; ++k) w[k][i] = tap[i * kW + k];
+    const float4* bsrc = reinterpret_cast<const float4*>(ptr<float>(p.bias) + s.c0);
+#pragma unroll
+    for (int j = 0; j < N / 4; ++j) {
+      const float4 v = has(p.bias) ? bsrc[j] : make_float4(0.f, 0.f, 0.f, 0.f);
+      bias[4 * j] = v.x, bias[4 * j + 1] = v.y, bias[4 * j + 2] = v.z, bias[4 * j + 3] = v.w;
+    }
+    return;
+  }
 #pragma unroll
   for (int i = 0; i < N; ++i) {
     const float* wr = ptr<float>(p.weight) + (s.c0 + i) * p.weight.stride[0];
@@ -122,6 +144,12 @@ __device__ __forceinline__ void load_params(float (&w)[kW][N], float (&bias)[N],
     for (int k = 0; k < kW; ++k) w[k][i] = i < s.n ? wr[k] : 0.f;
     bias[i] = i < s.n && has(p.bias) ? ptr<float>(p.bias)[(s.c0 + i) * p.bias.stride[0]] : 0.f;
   }
+}
+
+// Host: the wvec flag of load_params.
+inline bool params_vectorizable(const ConvParams& p) {
+  return p.weight.stride[0] == p.width && p.weight.stride[1] == 1 && aligned(p.weight.data, 16) &&
+         (!has(p.bias) || (p.bias.stride[0] == 1 && aligned(p.bias.data, 16)));
 }
 
 // Input row at step t of the thread's channels: x for 0 <= t < L, initial_states for t < 0

@@ -211,13 +211,13 @@ __device__ void write_partials(const ConvBwdClParams& q, const Slot<N, S>& s, co
 }
 
 template <typename T, int kW, bool kSilu, bool kSeq>
-__global__ void __launch_bounds__(kLanes * kSub, 3) conv_cl_bwd_kernel(ConvBwdClParams q, bool vec) {
+__global__ void __launch_bounds__(kLanes * kSub, 3) conv_cl_bwd_kernel(ConvBwdClParams q, bool vec, bool wvec) {
   const ConvBwdParams& qb = q.bwd;
   const Slot<N, S> s(qb.fwd.dim);
   float dw[kW][N] = {}, db[N] = {};
   if (s.n > 0 && s.t0 < qb.fwd.seqlen) {
     float w[kW][N], bias[N];
-    load_params<kW, N, S>(w, bias, qb.fwd, s);
+    load_params<kW, N, S>(w, bias, qb.fwd, s, wvec);
     if (vec && s.n == N) walk<T, kW, kSilu, kSeq, true>(qb, s, w, bias, dw, db);
     else walk<T, kW, kSilu, kSeq, false>(qb, s, w, bias, dw, db);
     if (has(qb.dinitial_states) && s.t0 == 0) write_dinitial<T, kW, kSilu, kSeq>(qb, s, w, bias);
@@ -260,7 +260,7 @@ void launch(const ConvBwdClParams& q, cudaStream_t stream) {
     if constexpr (KW >= 2) {
       SSM_BOOL_SWITCH(p.silu, kSilu, [&] {
         SSM_BOOL_SWITCH(has(p.seq_idx), kSeq, [&] {
-          conv_cl_bwd_kernel<T, KW, kSilu, kSeq><<<grid_of<N, S>(p), dim3(kLanes, kSub), 0, stream>>>(q, vec);
+          conv_cl_bwd_kernel<T, KW, kSilu, kSeq><<<grid_of<N, S>(p), dim3(kLanes, kSub), 0, stream>>>(q, vec, params_vectorizable(p));
         });
       });
     }

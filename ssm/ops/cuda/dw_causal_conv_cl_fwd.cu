@@ -33,7 +33,7 @@ __device__ void write_final_states(const ConvParams& p, const Slot<N, S>& s) {
 // Every row load (the W-1 halo rows and the S own rows) is issued before any is used, with no
 // branch between them: one memory latency per thread.
 template <typename T, int kW, bool kSilu, bool kSeq, bool kFull>
-__device__ void convolve(const ConvParams& p, const Slot<N, S>& s) {
+__device__ void convolve(const ConvParams& p, const Slot<N, S>& s, bool wvec) {
   constexpr int H = kW - 1;
   const int64_t L = p.seqlen, end = s.t0 + S < L ? s.t0 + S : L;
   const T* x = ptr<T>(p.x) + s.b * p.x.stride[0] + s.c0;
@@ -48,7 +48,7 @@ __device__ void convolve(const ConvParams& p, const Slot<N, S>& s) {
 #pragma unroll
   for (int r = 0; r < H + S; ++r) sq[r] = kSeq ? seq_at(p, s.b, s.t0 - H + r) : 0;
   float w[kW][N], bias[N];
-  load_params<kW, N, S>(w, bias, p, s);
+  load_params<kW, N, S>(w, bias, p, s, wvec);
   // xw[k] = input at step t - H + k for the next step t; before step 0 the initial states (or zeros)
   float xw[H][N];
 #pragma unroll
@@ -81,11 +81,11 @@ __device__ void convolve(const ConvParams& p, const Slot<N, S>& s) {
 }
 
 template <typename T, int kW, bool kSilu, bool kSeq>
-__global__ void __launch_bounds__(kLanes * kSub) conv_cl_fwd_kernel(ConvParams p, bool vec) {
+__global__ void __launch_bounds__(kLanes * kSub) conv_cl_fwd_kernel(ConvParams p, bool vec, bool wvec) {
   const Slot<N, S> s(p.dim);
   if (s.n == 0 || s.t0 >= p.seqlen) return;
-  if (vec && s.n == N) convolve<T, kW, kSilu, kSeq, true>(p, s);
-  else convolve<T, kW, kSilu, kSeq, false>(p, s);
+  if (vec && s.n == N) convolve<T, kW, kSilu, kSeq, true>(p, s, wvec);
+  else convolve<T, kW, kSilu, kSeq, false>(p, s, wvec);
 }
 
 template <typename T>
@@ -95,7 +95,7 @@ void launch(const ConvParams& p, cudaStream_t stream) {
     if constexpr (KW >= 2) {
       SSM_BOOL_SWITCH(p.silu, kSilu, [&] {
         SSM_BOOL_SWITCH(has(p.seq_idx), kSeq, [&] {
-          conv_cl_fwd_kernel<T, KW, kSilu, kSeq><<<grid_of<N, S>(p), dim3(kLanes, kSub), 0, stream>>>(p, vec);
+          conv_cl_fwd_kernel<T, KW, kSilu, kSeq><<<grid_of<N, S>(p), dim3(kLanes, kSub), 0, stream>>>(p, vec, params_vectorizable(p));
         });
       });
     }
