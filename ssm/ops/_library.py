@@ -91,15 +91,18 @@ def none_if_empty(t: torch.Tensor) -> torch.Tensor | None:
     return None if t.numel() == 0 else t
 
 
-def custom_op(name: str, mutates_args=()):
+def custom_op(name: str, mutates_args=(), exact_layout: bool = False):
     """``torch.library.custom_op`` whose outputs are always contiguous, so that fake
     implementations (which allocate contiguous outputs with :func:`empty_like`) describe
-    the real ones exactly, whatever path (kernel or reference) produced them. Eager calls
-    skip the dispatcher (see :class:`EagerCustomOp`)."""
+    the real ones exactly, whatever path (kernel or reference) produced them. With
+    ``exact_layout`` the outputs keep the implementation's strides (its fake gives the same
+    ones on every path). Eager calls skip the dispatcher (see :class:`EagerCustomOp`)."""
     def register(fn):
         @functools.wraps(fn)
         def contiguous_outputs(*args, **kwargs):
             out = fn(*args, **kwargs)
+            if exact_layout:
+                return out
             if isinstance(out, torch.Tensor):
                 return out.contiguous()
             if isinstance(out, (tuple, list)):

@@ -2,6 +2,7 @@
 one-step decode update. Names of the ``causal_conv1d`` package are provided too."""
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -12,6 +13,41 @@ from ssm.ops.python import reference
 from ssm.utils import dispatch
 
 _ACTIVATIONS = (None, "silu", "swish")
+
+# Devices where a channels-last x (stride 1 along D, e.g. the fused Mamba-2 path's xBC slice) gets
+# y and dx in its layout: CUDA, whose module has kernels for it (the CPU kernels run along L, so
+# outputs stay contiguous there). SSM_CONV_CHANNELS_LAST=0 empties it (the general kernels, as before).
+CHANNELS_LAST_DEVICES = ("cuda",) if os.environ.get("SSM_CONV_CHANNELS_LAST", "1") != "0" else ()
+
+
+def _channels_last(x: Tensor) -> bool:
+    return x.device.type in CHANNELS_LAST_DEVICES and x.stride(1) == 1 and x.stride(2) != 1
+
+
+def _like_x(x: Tensor, fake: bool = False) -> Tensor:
+    """An output of x's (B, D, L) shape, channels-last when x is (a kernel buffer, or a fake's)."""
+    B, D, L = x.shape
+    if not _channels_last(x):
+        return _library.empty_like(x) if fake else _kernels.empty((B, D, L), x)
+    return (x.new_empty((B, L, D)) if fake else _kernels.empty((B, L, D), x)).transpose(1, 2)
+
+
+def _in_layout(t: Tensor, x: Tensor) -> Tensor:
+    """t (x's shape) in the layout _like_x gives (the reference path's outputs)."""
+    B, D, L = x.shape
+    if t.stride() == ((L * D, 1, D) if _channels_last(x) else (D * L, L, 1)):
+        return t
+    return _like_x(x).copy_(t)
+
+
+def _cl_bwd_workspace(backend: str, x: Tensor, W: int):
+    """The channels-last backward's workspace (batch * ceil(L / 128) rows of (W+1, D) float32
+    partials; ssm/ops/cuda/dw_causal_conv_cl.cuh) when that kernel applies, else None."""
+    if not _channels_last(x) or x.numel() == 0 or _kernels.kernel_reason(backend, "dw_causal_conv_bwd_cl", x):
+        return None
+    B, D, L = x.shape
+    parts = B * ((L + 127) // 128)
+    return _kernels.empty((parts, W + 1, D), x, torch.float32)
 
 
 # ---- forward ---------------------------------------------------------------------------------
@@ -24,10 +60,10 @@ def _fwd_impl(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Option
         out = reference.dw_causal_conv(x, weight, bias, "silu" if silu else None, seq_idx=seq_idx,
                                        initial_states=initial_states, return_final_states=return_final_states)
         y, final = out if return_final_states else (out, None)
-        return y, _library.empty_if_none(final, x)
+        return _in_layout(y, x), _library.empty_if_none(None if final is None else final.contiguous(), x)
     B, D, L = x.shape
     W = weight.shape[1]
-    y = _kernels.empty((B, D, L), x)
+    y = _like_x(x)
     final = _kernels.empty((B, D, W - 1), x) if return_final_states else None
     seq_idx = None if seq_idx is None else seq_idx.to(torch.int32)
     _kernels.module(backend).dw_causal_conv_fwd(
@@ -37,7 +73,7 @@ def _fwd_impl(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Option
     return y, _library.empty_if_none(final, x)
 
 
-@_library.custom_op("ssm::dw_causal_conv_fwd", mutates_args=())
+@_library.custom_op("ssm::dw_causal_conv_fwd", mutates_args=(), exact_layout=True)
 def _fwd_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Optional[Tensor],
             initial_states: Optional[Tensor], silu: bool, return_final_states: bool) -> tuple[Tensor, Tensor]:
     return _fwd_impl(x, weight, bias, seq_idx, initial_states, silu, return_final_states)
@@ -46,7 +82,7 @@ def _fwd_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Optional
 @_fwd_op.register_fake
 def _(x, weight, bias, seq_idx, initial_states, silu, return_final_states):
     B, D, _ = x.shape
-    return _library.empty_like(x), x.new_empty((B, D, weight.shape[1] - 1) if return_final_states else (0,))
+    return _like_x(x, fake=True), x.new_empty((B, D, weight.shape[1] - 1) if return_final_states else (0,))
 
 
 # ---- backward --------------------------------------------------------------------------------
@@ -58,6 +94,7 @@ def _bwd_reference(x, weight, bias, seq_idx, initial_states, dy, dfinal, silu, r
         return out if return_final_states else (out,)
     grads = _library.reference_vjp(forward, (x, weight, bias, initial_states),
                                    (dy, dfinal if return_final_states else None))
+    grads = (_in_layout(grads[0], x), *(None if g is None else g.contiguous() for g in grads[1:]))
     # reference gradients can be views of one buffer, which a custom op may not return
     return tuple(_library.empty_if_none(g, x).clone() if g is not None and g._base is not None
                  else _library.empty_if_none(g, x) for g in grads)
@@ -71,21 +108,26 @@ def _bwd_impl(x, weight, bias, seq_idx, initial_states, dy, dfinal, silu, return
         return _bwd_reference(x, weight, bias, seq_idx, initial_states, dy, dfinal, silu, return_final_states)
     B, D, L = x.shape
     W = weight.shape[1]
-    dx = _kernels.empty((B, D, L), x)
+    dx = _like_x(x)
     dw = _kernels.empty((D, W), weight)
     db = None if bias is None else _kernels.empty((D,), bias)
     dinit = None if initial_states is None else _kernels.empty((B, D, W - 1), x)
     seq_idx = None if seq_idx is None else seq_idx.to(torch.int32)
     dfinal = dfinal.to(x.dtype) if return_final_states else None
-    _kernels.module(backend).dw_causal_conv_bwd(
-        _kernels.dtype_code(x), B, D, L, W, _kernels.ref(x), _kernels.ref(weight), _kernels.ref(bias),
-        _kernels.ref(seq_idx), _kernels.ref(initial_states), _kernels.ref(dy.to(x.dtype)), _kernels.ref(dfinal),
-        _kernels.ref(dx), _kernels.ref(dw), _kernels.ref(db), _kernels.ref(dinit), silu,
-        _kernels.exec_arg(backend, x))
+    dy = dy.to(x.dtype)  # kept alive until the kernel runs (refs hold only its address)
+    refs = (_kernels.dtype_code(x), B, D, L, W, _kernels.ref(x), _kernels.ref(weight), _kernels.ref(bias),
+            _kernels.ref(seq_idx), _kernels.ref(initial_states), _kernels.ref(dy), _kernels.ref(dfinal),
+            _kernels.ref(dx), _kernels.ref(dw), _kernels.ref(db), _kernels.ref(dinit))
+    ws = _cl_bwd_workspace(backend, x, W)
+    if ws is None:
+        _kernels.module(backend).dw_causal_conv_bwd(*refs, silu, _kernels.exec_arg(backend, x))
+    else:
+        _kernels.module(backend).dw_causal_conv_bwd_cl(*refs, _kernels.ref(ws), ws.shape[0], silu,
+                                                       _kernels.exec_arg(backend, x))
     return dx, dw, _library.empty_if_none(db, x), _library.empty_if_none(dinit, x)
 
 
-@_library.custom_op("ssm::dw_causal_conv_bwd", mutates_args=())
+@_library.custom_op("ssm::dw_causal_conv_bwd", mutates_args=(), exact_layout=True)
 def _bwd_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Optional[Tensor],
             initial_states: Optional[Tensor], dy: Tensor, dfinal: Tensor, silu: bool,
             return_final_states: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -95,7 +137,7 @@ def _bwd_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Optional
 @_bwd_op.register_fake
 def _(x, weight, bias, seq_idx, initial_states, dy, dfinal, silu, return_final_states):
     empty = x.new_empty(0)
-    return (_library.empty_like(x), _library.empty_like(weight),
+    return (_like_x(x, fake=True), _library.empty_like(weight),
             empty if bias is None else _library.empty_like(bias),
             empty if initial_states is None else _library.empty_like(initial_states))
 
@@ -145,8 +187,8 @@ _fwd_plans: dict = {}
 
 def _make_fwd_plan(x, weight, bias, seq_idx, initial_states, return_final_states):
     """The plan of a call that passed the checks, or False for the general path (the reference,
-    int64 seq_idx, weights that are not float32 contiguous, an empty x)."""
-    if x.numel() == 0 or (seq_idx is not None and seq_idx.dtype != torch.int32):
+    int64 seq_idx, weights that are not float32 contiguous, an empty or channels-last x)."""
+    if x.numel() == 0 or (seq_idx is not None and seq_idx.dtype != torch.int32) or _channels_last(x):
         return False
     if any(t is not None and (t.dtype != torch.float32 or not t.is_contiguous()) for t in (weight, bias)):
         return False

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ssm.ops import _checks, _library, cpu_matmul
+from ssm.ops import _checks, _library, conv, cpu_matmul
 from ssm.ops.conv import _bwd_op as _conv_bwd, _fwd_op as _conv_fwd
 from ssm.ops.gated_norm import _bwd_op as _gated_norm_bwd, _fwd_op as _gated_norm_fwd
 from ssm.ops.python import reference
@@ -62,9 +62,16 @@ def _split(zxbcdt, sizes):
     return torch.split(zxbcdt, [2 * d_nonssm, dim, dim + 2 * gn, nheads], dim=-1)
 
 
+def _conv_view(t):
+    # (B, L, channels) -> the (B, channels, L) view the conv takes: as is where the conv keeps the
+    # channels-last layout (CUDA, conv.CHANNELS_LAST_DEVICES), else a contiguous copy (the CPU kernels run along L)
+    v = t.transpose(1, 2)
+    return v if t.device.type in conv.CHANNELS_LAST_DEVICES else v.contiguous()
+
+
 def _conv(xBC, w, b, seq_idx, silu):
     # xBC (B, L, channels) -> conv over L, as a (B, L, channels) view of the (B, channels, L) output
-    return _conv_fwd(xBC.transpose(1, 2).contiguous(), w, b, seq_idx, None, silu, False)[0].transpose(1, 2)
+    return _conv_fwd(_conv_view(xBC), w, b, seq_idx, None, silu, False)[0].transpose(1, 2)
 
 
 def _scan_args(xBCc, z, dt, sizes, headdim, ngroups, gated):
@@ -172,11 +179,10 @@ def _fused_bwd(zxbcdt, conv_w, conv_b, dt_bias, A, D, initial_states, seq_idx, n
     dx, ddt, dA, dB, dC, dD, dzs, d_dt_bias, dinit = _ssd_bwd(
         x, dt32, A, B, C, D, zs, dt_bias, initial_states, seq_idx, None, dy.reshape(x.shape), dfinal,
         zxbcdt.new_empty(0), chunk_size, True, dt_lo, dt_hi, return_final, False)
-    # d conv output (B, channels, L)
+    # d conv output (B, L, channels)
     dxBCc = torch.cat([dx.reshape(batch, L, dim), dB.reshape(batch, L, gn), dC.reshape(batch, L, gn)], -1)
-    dxBC, d_conv_w, d_conv_b, _ = _conv_bwd(
-        xBC.transpose(1, 2).contiguous(), conv_w, conv_b, seq_idx, None, dxBCc.transpose(1, 2).contiguous(),
-        zxbcdt.new_empty(0), silu, False)
+    dxBC, d_conv_w, d_conv_b, _ = _conv_bwd(_conv_view(xBC), conv_w, conv_b, seq_idx, None, _conv_view(dxBCc),
+                                            zxbcdt.new_empty(0), silu, False)
     dz = dzs.reshape(batch, L, dim) if norm_w is None else dz.view(batch, L, dim)
     dzxbcdt = torch.cat([dzx0, dz.to(zxbcdt.dtype), dxBC.transpose(1, 2), ddt.to(zxbcdt.dtype)], -1)
     grads = (dzxbcdt, d_conv_w, d_conv_b, d_dt_bias, dA, dD, dinit, d_norm_w, d_out_w, d_out_b)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import ssm.ops as ops
+from ssm.ops import conv, ssd_split
 from tests.ops.harness import assert_close, backends, device_of, rand, rel_err, use_backend
 
 P, W = 4, 4
@@ -110,6 +111,28 @@ def test_optional_arguments(backend, variant):
         inp["seq_idx"] = None
         kw["return_final_states"] = True
     compare(backend, inp, torch.float32, **kw)
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(2, 300, 8, 1, 8, 0), (3, 45, 5, 1, 7, 2)], ids=["aligned", "odd"])
+def test_channels_last_conv(backend, dtype, shape, monkeypatch):
+    """The conv takes xBC as the channels-last slice of zxbcdt (no copy) on every backend when its
+    device is listed (CUDA by default; the CPU here too): widths of 16-byte words and odd ones."""
+    monkeypatch.setattr(conv, "CHANNELS_LAST_DEVICES", ("cuda", "cpu"))
+    batch, L, H, G, N, d_nonssm = shape
+    dev = device_of(backend)
+    inp = make_split(batch, L, H, G, N, d_nonssm, dev, dtype)
+    inp.update(state_args(inp, batch, L, H, N, dev))
+    conv_calls = []
+    real_fwd = ssd_split._conv_fwd
+
+    def spy(x, *args):
+        conv_calls.append(x.stride(1))
+        return real_fwd(x, *args)
+    monkeypatch.setattr(ssd_split, "_conv_fwd", spy)
+    compare(backend, inp, dtype, headdim=P, ngroups=G, return_final_states=True)
+    assert conv_calls and all(s == 1 for s in conv_calls), f"conv inputs not channels-last: strides {conv_calls}"
 
 
 def test_saves_only_inputs():

@@ -314,4 +314,12 @@ struct Mamba1DecodeParams {
   TensorArg out;             // (B, D)        dtype
 };
 
+// The channels-last conv backward (CUDA): each block writes its partial dweight / dbias rows to
+// the workspace, which a second kernel reduces over the parts in a fixed order (no atomics).
+struct ConvBwdClParams {
+  ConvBwdParams bwd;
+  TensorArg workspace;       // (parts, W+1, D)    float32: dweight taps, then dbias
+  int64_t parts = 0;         // batch * ceil(L / 128)
+};
+
 }  // namespace ssm

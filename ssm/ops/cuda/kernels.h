@@ -36,4 +36,10 @@ int64_t ssd_chunk_scan_bwd_head_sets(const SsdParams& p);  // dB / dC come out a
 void conv_state_step(const ConvStateStepParams& p, cudaStream_t stream);
 void norm_gemv(const NormGemvParams& p, cudaStream_t stream);
 
+// Channels-last conv (dw_causal_conv_cl_fwd.cu / _bwd.cu): x and y (dy and dx) with stride 1 along
+// D, widths 2-4, nonempty; the bindings route the calls that fit here and the rest to the kernels above.
+bool dw_causal_conv_cl_fits(const ConvParams& p, const TensorArg& y);
+void dw_causal_conv_cl_fwd(const ConvParams& p, cudaStream_t stream);
+void dw_causal_conv_cl_bwd(const ConvBwdClParams& p, cudaStream_t stream);
+
 }  // namespace ssm::cuda
