@@ -7,7 +7,7 @@ import torch
 from ssm.models import MambaConfig, MambaLMHeadModel
 from ssm.ops import mamba1_decode as m1d
 from ssm.ops.python import reference
-from tests.ops.harness import DTYPES, assert_close, backends, rand, use_backend
+from tests.ops.harness import DTYPES, assert_close, backends, device_of, rand, use_backend
 
 CASES = [  # (batch, d_inner, d_state, dt_rank, d_conv)
     (1, 8, 16, 3, 4),
@@ -18,25 +18,28 @@ CASES = [  # (batch, d_inner, d_state, dt_rank, d_conv)
 OPTIONS = ["plain", "no_dt_bias", "state_f32", "state_bf16", "conv_cache_view", "conv_channels_last"]
 
 
-def conv_cache(batch, dim, W, dtype, option):
+def conv_cache(batch, dim, W, dtype, option, device):
     """The Mamba-1 conv cache (B, D, W), or a strided view of a larger / channels-last buffer."""
     if option == "conv_cache_view":
-        return rand(batch + 1, dim, W + 3, dtype=dtype)[1:, :, 3:]
+        return rand(batch + 1, dim, W + 3, dtype=dtype, device=device)[1:, :, 3:]
     if option == "conv_channels_last":
-        return rand(batch, W, dim, dtype=dtype).transpose(1, 2)
-    return rand(batch, dim, W, dtype=dtype)
+        return rand(batch, W, dim, dtype=dtype, device=device).transpose(1, 2)
+    return rand(batch, dim, W, dtype=dtype, device=device)
 
 
-def make(batch, dim, N, R, W, dtype, option):
+def make(batch, dim, N, R, W, dtype, option, device="cpu"):
     sdtype = {"state_f32": torch.float32, "state_bf16": torch.bfloat16}.get(option, dtype)
-    xz = rand(batch, 2 * dim, dtype=dtype)  # x and z: the halves of in_proj's output row, as in Mamba1.step
-    ssm_state = rand(batch, dim, N, dtype=sdtype) if batch == 1 else rand(batch * 2, dim, N, dtype=sdtype)[::2]
-    return dict(x=xz[:, :dim], z=xz[:, dim:], conv_state=conv_cache(batch, dim, W, dtype, option),
-                conv_weight=rand(dim, 1, W, scale=W ** -0.5), conv_bias=rand(dim),
-                x_proj_weight=rand(R + 2 * N, dim, dtype=dtype, scale=dim ** -0.5),
-                dt_proj_weight=rand(dim, R, dtype=dtype, scale=R ** -0.5),
-                dt_bias=None if option == "no_dt_bias" else rand(dim, scale=0.3) - 1.0,
-                A=-torch.exp(rand(dim, N, scale=0.5)), D=rand(dim), ssm_state=ssm_state, activation="silu")
+    dev = dict(device=device)
+    xz = rand(batch, 2 * dim, dtype=dtype, **dev)  # x and z: the halves of in_proj's output row, as in Mamba1.step
+    ssm_state = (rand(batch, dim, N, dtype=sdtype, **dev) if batch == 1
+                 else rand(batch * 2, dim, N, dtype=sdtype, **dev)[::2])
+    return dict(x=xz[:, :dim], z=xz[:, dim:], conv_state=conv_cache(batch, dim, W, dtype, option, device),
+                conv_weight=rand(dim, 1, W, scale=W ** -0.5, **dev), conv_bias=rand(dim, **dev),
+                x_proj_weight=rand(R + 2 * N, dim, dtype=dtype, scale=dim ** -0.5, **dev),
+                dt_proj_weight=rand(dim, R, dtype=dtype, scale=R ** -0.5, **dev),
+                dt_bias=None if option == "no_dt_bias" else rand(dim, scale=0.3, **dev) - 1.0,
+                A=-torch.exp(rand(dim, N, scale=0.5, **dev)), D=rand(dim, **dev), ssm_state=ssm_state,
+                activation="silu")
 
 
 def reference_decode(x, z, conv_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A, D,
@@ -61,7 +64,7 @@ def kernel_takes(inp):
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("option", OPTIONS)
 def test_matches_reference(backend, dtype, case, option):
-    inp = make(*case, dtype, option)
+    inp = make(*case, dtype, option, device_of(backend))
     ref = as64(inp)
     with use_backend(backend):
         assert kernel_takes(inp) == (backend == "cpu")
