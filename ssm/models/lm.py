@@ -151,9 +151,7 @@ class MambaLMHeadModel(nn.Module, GenerationMixin):
     def _logits(self, hidden_states):
         """lm_head of (B, L, d_model); a decode step's few rows through the CPU small-batch kernel."""
         if hidden_states.dim() != 3 or hidden_states.shape[0] * hidden_states.shape[1] > CPU_MAX_BATCH:
-            if type(self.lm_head) is not nn.Linear:  # a wrapped or adapted head keeps its own forward
-                return self.lm_head(hidden_states)
-            return cpu_matmul.linear(hidden_states, self.lm_head.weight, self.lm_head.bias)
+            return cpu_matmul.module_linear(self.lm_head, hidden_states)
         return cpu_linear(self.lm_head, hidden_states.flatten(0, 1)).unflatten(0, hidden_states.shape[:2])
 
     @classmethod

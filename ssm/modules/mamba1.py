@@ -134,10 +134,7 @@ class Mamba1(nn.Module):
         if ssm_state is not None:
             y, last_state = y
             ssm_state.copy_(last_state)
-        y = y.transpose(1, 2).contiguous()
-        if type(self.out_proj) is not nn.Linear:  # a wrapped or adapted layer keeps its own forward
-            return self.out_proj(y)
-        return cpu_matmul.linear(y, self.out_proj.weight, self.out_proj.bias)
+        return cpu_matmul.module_linear(self.out_proj, y.transpose(1, 2).contiguous())
 
     def _forward_cp(self, u, cp):
         """This rank's slice u (B, Ls, d_model) of a sequence split across ranks: the conv and SSM

@@ -133,8 +133,7 @@ class Mamba2(nn.Module):
                     return out.flatten(0, 1) if flat else out
                 continuing = True
         # with sequence_parallel, in_proj gathers u along its first dimension
-        zxbcdt = (cpu_matmul.linear(u, self.in_proj.weight, self.in_proj.bias) if type(self.in_proj) is nn.Linear
-                  else self.in_proj(u))
+        zxbcdt = cpu_matmul.module_linear(self.in_proj, u)
         zxbcdt = zxbcdt.unflatten(0, (-1, seqlen)) if flat else zxbcdt
         if cp is not None:
             out = self._forward_cp(zxbcdt, cp)

@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 _HALF = (torch.bfloat16, torch.float16)
 
@@ -42,3 +42,10 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
     if _widen(a, b):
         return (a.float() @ b.float()).to(a.dtype)
     return a @ b
+
+
+def module_linear(layer: nn.Module, x: Tensor) -> Tensor:
+    """layer(x); a plain nn.Linear through linear() (a wrapped or adapted layer keeps its own forward)."""
+    if type(layer) is nn.Linear:
+        return linear(x, layer.weight, layer.bias)
+    return layer(x)

@@ -139,17 +139,17 @@ def gated_norm_linear(x: Tensor, z: Tensor, norm_weight: Tensor, weight: Tensor,
 
 
 def cpu_linear(linear: nn.Module, x: Tensor) -> Tensor:
-    """linear(x), through the CPU small-batch kernel when it takes a plain nn.Linear's call."""
-    if type(linear) is nn.Linear and _cpu_gemv_ok(x, linear.weight, linear.bias):
-        return _cpu_gemv(x, linear.weight, linear.bias)
+    """linear(x); a plain nn.Linear's call through gemv_linear (the CPU small-batch kernel when it takes it)."""
+    if type(linear) is nn.Linear:
+        return gemv_linear(x, linear.weight, linear.bias)
     return linear(x)
 
 
 def small_linear(linear: nn.Module, x: Tensor) -> Tensor:
     """linear(x) for x (B, K); through the small-batch kernel when PLAIN is set and ``linear`` is a
     plain nn.Linear (a wrapped or adapted layer keeps its own forward)."""
-    if type(linear) is nn.Linear and _cpu_gemv_ok(x, linear.weight, linear.bias):
-        return _cpu_gemv(x, linear.weight, linear.bias)
+    if x.is_cpu:
+        return cpu_linear(linear, x)
     if (not PLAIN or type(linear) is not nn.Linear or torch.compiler.is_compiling() or x.dim() != 2
             or not _fusable(x, None, linear.weight, 0)):
         return linear(x)
