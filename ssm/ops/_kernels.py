@@ -111,31 +111,78 @@ def forced_backend_value():
 
 
 def _metadata(flags: tuple, tensors: tuple) -> tuple:
-    # raises AttributeError when an argument is not a tensor
+    """The eager fast paths' plan key without torch's guard: SSM_BACKEND, the call's flags and each
+    tensor's type, shape, strides, dtype and device (AttributeError when an argument is not a tensor)."""
     return (forced_backend_value(), *flags, *[
         None if t is None else (type(t), t.shape, t.stride(), t.dtype, t.device) for t in tensors])
 
 
-def call_signature(flags: tuple, tensors: tuple):
-    """The eager fast paths' plan key: SSM_BACKEND, the call's flags and each tensor's type, shape,
-    strides, dtype and device; None when an argument is not a tensor or a flag is unhashable
-    (the op's checks will say)."""
-    try:
-        sig = _metadata(flags, tensors)
-        hash(sig)
-        return sig
-    except (AttributeError, TypeError):
-        return None
+try:  # torch.compile's C++ tensor guard: type, dtype, device, sizes, strides, requires_grad in one call
+    from torch._C._dynamo.guards import TensorGuards as _TensorGuards
+except ImportError:  # a torch without it: plans are found by their Python metadata key
+    _TensorGuards = None
 
 
-def find_plan(plans: dict, flags: tuple, tensors: tuple):
-    """(key, plan) of an eager call: its call_signature and the plan kept for it (None when none
-    yet), with the key hashed once; (None, None) when call_signature would be None."""
-    try:
-        sig = _metadata(flags, tensors)
-        return sig, plans.get(sig)
-    except (AttributeError, TypeError):
-        return None, None
+class PlanCache:
+    """The eager fast paths' plans, found by a call's metadata (what _metadata holds).
+
+    With torch's C++ tensor guard a lookup is a small key (SSM_BACKEND, the flags, which tensors
+    are absent) and one guard check over the present tensors per plan kept under it (~1 us for
+    nine tensors, where building and hashing the Python metadata key costs ~5 us); the guard is
+    at least as strict as that key. Without it, the Python key. At most MAX_PER_KEY plans a small
+    key (the last used first), so a lookup stays short when shapes keep changing."""
+
+    MAX_PER_KEY = 8
+
+    def __init__(self):
+        self._plans: dict = {}
+
+    def find(self, flags: tuple, tensors: tuple):
+        """(signature, plan) as find_plan returns them."""
+        if _TensorGuards is None:
+            try:
+                sig = _metadata(flags, tensors)
+                return sig, self._plans.get(sig)
+            except (AttributeError, TypeError):
+                return None, None
+        present = [t for t in tensors if t is not None]
+        key = (forced_backend_value(), *flags, *[t is None for t in tensors])
+        try:
+            entries = self._plans.get(key)
+        except TypeError:  # an unhashable flag: the op's checks will say
+            return None, None
+        if entries:
+            if entries[0][0].check(*present):  # (the plan used last)
+                return (key, present), entries[0][1]
+            for i in range(1, len(entries)):
+                if entries[i][0].check(*present):
+                    entries.insert(0, entries.pop(i))
+                    return (key, present), entries[0][1]
+        return (key, present), None
+
+    def __setitem__(self, sig, plan) -> None:
+        if _TensorGuards is None:
+            self._plans[sig] = plan
+            return
+        key, present = sig
+        try:
+            guard = _TensorGuards(*present, dynamic_dims_sizes=[list(t.shape) for t in present],
+                                  dynamic_dims_strides=[list(t.stride()) for t in present])
+        except (TypeError, AttributeError, RuntimeError):  # not all tensors: no plan to keep
+            return
+        entries = self._plans.setdefault(key, [])
+        entries.insert(0, (guard, plan))
+        del entries[self.MAX_PER_KEY:]
+
+    def lookup(self, flags: tuple, tensors: tuple):
+        """The plan kept for a call's metadata (None when none)."""
+        return self.find(flags, tensors)[1]
+
+
+def find_plan(plans: PlanCache, flags: tuple, tensors: tuple):
+    """(signature, plan) of an eager call: the plan kept for its metadata (None when none yet), and
+    what ``plans[signature] = plan`` takes to keep one; (None, None) when a flag is unhashable."""
+    return plans.find(flags, tensors)
 
 
 def ref_tails(modes: tuple, tensors: tuple) -> tuple:

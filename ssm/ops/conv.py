@@ -182,7 +182,7 @@ def _check_conv_args(x, weight, bias, activation, seq_idx, initial_states):
 
 # ---- eager fast path of the forward without autograd (see state_step.py: plans per signature) --
 
-_fwd_plans: dict = {}
+_fwd_plans = _kernels.PlanCache()
 
 
 def _make_fwd_plan(x, weight, bias, seq_idx, initial_states, return_final_states):
@@ -417,7 +417,7 @@ def _check_update_args(x, conv_state, weight, bias, activation, conv_state_indic
 
 # ---- eager fast path of the decode update (see state_step.py: plans kept per metadata signature) --
 
-_update_plans: dict = {}
+_update_plans = _kernels.PlanCache()
 
 
 def _make_update_plan(x, conv_state, weight, bias, activation, conv_state_indices, cache_seqlens):

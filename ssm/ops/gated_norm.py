@@ -120,7 +120,7 @@ def _check_gated_args(x, weight, bias, z, group_size):
 
 # ---- eager fast path without autograd (see state_step.py: plans kept per metadata signature) ----
 
-_plans: dict = {}
+_plans = _kernels.PlanCache()
 
 
 def _flags(group_size, norm_before_gate, is_rms_norm):

@@ -77,7 +77,7 @@ def _kernel_ok(x, z, conv_state, x_proj_weight, dt_proj_weight, ssm_state) -> bo
             and _dynamic_ok((x, z, conv_state, x_proj_weight, dt_proj_weight, ssm_state)))
 
 
-_plans: dict = {}  # call signature -> _static_ok of a call that passed the checks
+_plans = _kernels.PlanCache()  # a call's metadata -> _static_ok of a call that passed the checks
 
 
 def _composed(x, z, conv_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A, D, ssm_state,

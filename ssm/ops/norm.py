@@ -152,17 +152,11 @@ def _residual_dtype(x: Tensor, residual: Optional[Tensor], residual_in_fp32: boo
 
 # ---- eager fast path without autograd (see state_step.py: plans kept per metadata signature) ----
 
-_plans: dict = {}
+_plans = _kernels.PlanCache()
 
 
 def _flags(is_rms, prenorm, residual_in_fp32):
     return bool(is_rms), bool(prenorm), bool(residual_in_fp32)
-
-
-def _signature(x, weight, bias, residual, is_rms, prenorm, residual_in_fp32):
-    """The call's metadata key (what find_plan looks up), or None when an argument is not a tensor
-    (the checks will say)."""
-    return _kernels.call_signature(_flags(is_rms, prenorm, residual_in_fp32), (x, weight, bias, residual))
 
 
 def _make_plan(x, weight, bias, residual, residual_in_fp32):
@@ -201,7 +195,7 @@ def _run_plan(plan, x, weight, bias, residual, is_rms, eps, prenorm):
         weight, bias = _float32_params(weight, bias)
     k = _kernels
     y = k.planned_output(x, None)  # (x is contiguous)
-    res = None if res_spec is None else k.new_empty(*res_spec)
+    res = None if res_spec is None else k.planned_output(x, None) if res_spec[1] == x.dtype else k.new_empty(*res_spec)
     xr, wr, br, rr, yr, resr = k.planned_refs(tails, (x, weight, bias, residual, y, res))
     kernel(*head, xr, wr, br, res_code, rr, res_dtype_code, yr, resr, float(eps), bool(is_rms),
            k.cpu_threads(work) if backend == "cpu" else k.exec_arg(backend, x))
@@ -218,13 +212,14 @@ def fused_layer_norm(x: Tensor, weight: Tensor, bias: Optional[Tensor], residual
     in residual's dtype when given, else float32 with ``residual_in_fp32``, else x's dtype
     (then it is x itself).
     """
-    eager = not torch.compiler.is_compiling() and not _library.needs_autograd(x, weight, bias, residual)
-    sig, plan = _kernels.find_plan(_plans, _flags(is_rms, prenorm, residual_in_fp32),
-                                   (x, weight, bias, residual)) if eager else (None, None)
+    # A plan is kept only for calls without autograd; its key holds the grad mode and its guard each
+    # tensor's requires_grad, so a call that finds one needs no autograd either.
+    sig, plan = (None, None) if torch.compiler.is_compiling() else _kernels.find_plan(
+        _plans, _flags(is_rms, prenorm, residual_in_fp32) + (torch.is_grad_enabled(),), (x, weight, bias, residual))
     if plan:
         return _run_plan(plan, x, weight, bias, residual, is_rms, eps, prenorm)
     _check_norm_args(x, weight, bias, residual)
-    if sig is not None:
+    if sig is not None and not _library.needs_autograd(x, weight, bias, residual):
         _plans[sig] = _make_plan(x, weight, bias, residual, residual_in_fp32)
     N = x.shape[-1]
     residual_dtype = _residual_dtype(x, residual, residual_in_fp32)

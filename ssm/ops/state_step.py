@@ -89,7 +89,7 @@ def _(state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices, softplus):
 # kernel's sizes and each argument's kernel-side strides in the (B, H, P, N) layout. A repeated
 # decode call then costs its metadata key, the data pointers, one output allocation and the kernel.
 
-_plans: dict = {}
+_plans = _kernels.PlanCache()
 
 
 def _arg_modes(state, x, dt, A, B, D, dt_bias):

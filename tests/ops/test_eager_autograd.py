@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import ssm.ops as ops
-from ssm.ops import _library, conv
+from ssm.ops import _kernels, _library, conv
 from tests.ops.harness import rand
 from tests.ops.test_mamba_inner import make_inner
 from tests.ops.test_ssd import make_inputs
@@ -102,7 +102,7 @@ def test_eager_function_equals_custom_op_path(case, monkeypatch):
 
 @pytest.mark.parametrize("case", ["conv", "conv_unit_mid"])
 def test_repeated_conv_call_takes_the_planned_function(case, monkeypatch):
-    monkeypatch.setattr(conv, "_fwd_plans", {})
+    monkeypatch.setattr(conv, "_fwd_plans", _kernels.PlanCache())
     fn, inputs = CASES[case]()
     first, _ = _run(fn, inputs, 0)
     again, _ = _run(fn, inputs, 0)

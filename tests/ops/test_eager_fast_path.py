@@ -128,20 +128,25 @@ def test_norm_fast_path_matches_general_path_and_checks():
     assert xg.grad is not None and torch.isfinite(xg.grad).all()
 
 
+def _rms_plan(x, weight):
+    # the plan kept for an RMSNorm call without bias or residual, prenorm off
+    return norm._plans.lookup(norm._flags(True, False, False) + (torch.is_grad_enabled(),), (x, weight, None, None))
+
+
 def test_plans_are_cached_per_signature():
     x, weight = torch.randn(2, 8), torch.randn(8)
     with torch.no_grad():
         ops.rms_norm_fn(x, weight, None)
-        assert norm._plans[norm._signature(x, weight, None, None, True, False, False)]
+        assert _rms_plan(x, weight)
         other = torch.randn(3, 8)
-        assert norm._signature(other, weight, None, None, True, False, False) not in norm._plans
+        assert _rms_plan(other, weight) is None
         ops.rms_norm_fn(other, weight, None)
-        assert norm._plans[norm._signature(other, weight, None, None, True, False, False)]
+        assert _rms_plan(other, weight) and _rms_plan(x, weight)
     # a non-contiguous x takes the general path (no plan), with the same result
     wide = torch.randn(2, 16)[:, ::2]
     with torch.no_grad():
         y = ops.rms_norm_fn(wide, weight, None)
-        assert norm._plans[norm._signature(wide, weight, None, None, True, False, False)] is False
+        assert _rms_plan(wide, weight) is False
     assert_close(y, reference.fused_layer_norm(wide.double(), weight.double(), None, is_rms=True, eps=1e-6,
                                                prenorm=False),
                  torch.float32)
@@ -204,3 +209,31 @@ def test_cuda_kernel_stream_is_the_current_stream():
         assert _kernels.exec_arg("cuda", x) == side.cuda_stream != torch.cuda.default_stream().cuda_stream
     # the raw getter stays in use where torch has it (a failing call would have switched it off)
     assert (_kernels._raw_stream is not None) == hasattr(torch._C, "_cuda_getCurrentRawStream")
+
+
+def test_plan_made_under_no_grad_is_not_used_with_autograd():
+    # parameters that require grad, planned under no_grad: with grad enabled the call must still
+    # go through autograd (the plan's key holds the grad mode)
+    x, residual = torch.randn(3, 8), torch.randn(3, 8)
+    weight, bias = torch.nn.Parameter(torch.randn(8)), torch.nn.Parameter(torch.randn(8))
+    with torch.no_grad():
+        for _ in range(2):
+            y = ops.layer_norm_fn(x, weight, bias, residual=residual, eps=1e-5)
+            assert not y.requires_grad
+    y = ops.layer_norm_fn(x, weight, bias, residual=residual, eps=1e-5)
+    assert y.requires_grad
+    y.sum().backward()
+    assert weight.grad is not None and torch.isfinite(weight.grad).all()
+
+
+def test_plan_cache_tells_strides_dtypes_and_types_apart():
+    cache, x = _kernels.PlanCache(), torch.randn(4, 6)
+    sig, plan = cache.find((True,), (x, None))
+    assert plan is None
+    cache[sig] = "plan"
+    assert cache.lookup((True,), (torch.randn(4, 6), None)) == "plan"
+    for other in (torch.randn(6, 4).t(), torch.randn(4, 6).double(), torch.nn.Parameter(torch.randn(4, 6)),
+                  torch.randn(4, 7)):
+        assert cache.lookup((True,), (other, None)) is None
+    assert cache.lookup((False,), (x, None)) is None
+    assert cache.lookup((True,), (None, x)) is None
