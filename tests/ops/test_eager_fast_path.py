@@ -237,3 +237,15 @@ def test_plan_cache_tells_strides_dtypes_and_types_apart():
         assert cache.lookup((True,), (other, None)) is None
     assert cache.lookup((False,), (x, None)) is None
     assert cache.lookup((True,), (None, x)) is None
+
+
+def test_one_tensor_passed_twice_still_gives_the_right_result():
+    # torch's guard rejects a tensor passed twice (aliasing): those calls take the checked path
+    x, weight = torch.randn(4, 8), torch.randn(8)
+    with torch.no_grad():
+        for _ in range(3):
+            y, res = ops.layer_norm_fn(x, weight, None, residual=x, prenorm=True, eps=1e-5)
+            ref = reference.fused_layer_norm(x.double(), weight.double(), None, residual=x.double(), eps=1e-5,
+                                             prenorm=True)
+            assert_close(y, ref[0], torch.float32)
+            assert_close(res, ref[1], torch.float32)
