@@ -213,7 +213,22 @@ class _RecordLinear(torch.overrides.TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _matmul_replay(step):
+def _plan_projections(model, params) -> list:
+    """(weight, bias, x) of the in_proj and out_proj of every block when the step ran through the CPU
+    stack plan (ssm.models.cpu_decode), whose kernels make those products inside C++: the same
+    products the per-block path hands to the small-batch kernel (x_proj and dt_proj stay inside the
+    Mamba-1 layer kernel on both paths, as before)."""
+    from ssm.models import cpu_decode
+    if params.__dict__.get(cpu_decode._ATTR) is None or params.__dict__[cpu_decode._ATTR].steps is None:
+        return []
+    calls = []
+    for layer in model.backbone.layers:
+        for lin in (layer.mixer.in_proj, layer.mixer.out_proj):
+            calls.append((lin.weight, lin.bias, torch.randn(1, lin.weight.shape[1], dtype=lin.weight.dtype)))
+    return calls
+
+
+def _matmul_replay(step, model, params):
     """A function running every linear call of one decode step again (same weights, inputs of
     the same shapes, through the same code: torch's F.linear or the CPU small-batch kernel of
     ssm.ops.norm_gemv): the step's matrix products alone."""
@@ -229,6 +244,7 @@ def _matmul_replay(step):
             step()
     finally:
         norm_gemv._cpu_gemv = kernel
+    gemv_calls += _plan_projections(model, params)
 
     def replay():
         for w, b, x in rec.calls:
@@ -251,7 +267,7 @@ def decode_profile(layer: str, steps: int) -> dict:
         def step():
             model(token, inference_params=params, num_last_tokens=1)
             params.seqlen_offset += 1
-        replay, n_linear = _matmul_replay(step)
+        replay, n_linear = _matmul_replay(step, model, params)
         for _ in range(5):
             step()
             replay()
