@@ -6,8 +6,8 @@ The plan (kept on the InferenceParams it decodes with, so it lives as long as th
 binds every block's weights, cached states and scratch once on two buffers that carry the hidden
 states and the float32 residual stream from block to block; a step is then the embedding row, the
 blocks' binding calls and the final norm, with none of the ops' Python. Before each step it
-checks that nothing it bound moved (data pointers, parameters' versions, the cache's entries, the
-thread count) and builds itself again if something did. Models it does not take (other mixers,
+checks that nothing it bound moved (data pointers, the versions of what it reads through copies, the
+cache's entries, the thread count) and builds itself again if something did. Models it does not take (other mixers,
 MLPs, batches over 4, autograd, a residual stream not in float32, ...) keep the per-block path."""
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from ssm.modules.mamba1 import Mamba1
 from ssm.ops import _kernels
 from ssm.ops import mamba1_block_decode as _m1b
 from ssm.ops.norm_gemv import CPU_MAX_BATCH
+from ssm.utils import dispatch
 
 _ATTR = "_cpu_mamba1_stack_plan"
 
@@ -49,6 +50,8 @@ def _applies(model, input_ids: Tensor, inference_params, mixer_kwargs: dict) -> 
     if inference_params.seqlen_offset <= 0 or input_ids.dim() != 2 or input_ids.shape[1] != 1:
         return False
     if not input_ids.is_cpu or not 0 < input_ids.shape[0] <= CPU_MAX_BATCH or torch.compiler.is_compiling():
+        return False
+    if not (model.fused_add_norm and model.residual_in_fp32 and isinstance(model.norm_f, (nn.LayerNorm, ops.RMSNorm))):
         return False
     emb = model.embedding
     if type(emb) is not nn.Embedding or emb.max_norm is not None or not emb.weight.is_cpu:
@@ -79,9 +82,14 @@ class StackPlan:
             self.keep += block[1]
             watched += [p for p in layer.parameters()]
         watched += list(model.norm_f.parameters())
+        self.final_norm = self._final_norm(model.norm_f)
         self.cache_entries = [(cache, idx, cache[idx]) for idx in cache]
-        self.states = [s for _, _, entry in self.cache_entries for s in _states_of(entry)]
-        self.params = watched
+        states = [s for _, _, entry in self.cache_entries for s in _states_of(entry)]
+        # moved data: every weight's and state's pointer; changed values: the versions of what the
+        # plan reads through a copy (bf16 parameters' float32 copies, A from A_log); the rest it reads in place
+        self.pointers = watched + states
+        copied = [p for p in watched if p.dtype != torch.float32 or not p.is_contiguous()]
+        self.versioned = [p for p in copied + [layer.mixer.A_log for layer in model.layers] if not p.is_inference()]
         self.key = self._key()
 
     def _block_steps(self, layer, inference_params, add_residual: bool) -> Optional[tuple[list, list]]:
@@ -99,11 +107,20 @@ class StackPlan:
             m.out_proj.weight, m.out_proj.bias, m.activation)
         return [(call.fn, call.args)], [call]
 
+    def _final_norm(self, norm):
+        """(kernel, args before the output's view, its threads): norm_f(hidden + residual) as the
+        layer_norm_fwd call of ops.layer_norm_fn(..., prenorm=False, residual_in_fp32=True)."""
+        f32, r = _kernels.float32_param, _kernels.ref
+        w, b = f32(norm.weight), f32(getattr(norm, "bias", None))
+        self.keep += [w, b]
+        B, D = self.hidden.shape
+        return (dispatch.cpu_module().layer_norm_fwd,
+                (B, D, _kernels.dtype_code(self.hidden), r(self.hidden), r(w), r(b), 0, r(self.residual), 0),
+                (None, float(norm.eps), _block.is_rms_norm(norm), _kernels.cpu_threads(B * D)))
+
     def _key(self) -> tuple:
-        return (torch.get_num_threads(), _kernels.forced_backend_value(),
-                tuple(p.data_ptr() for p in self.params),
-                tuple(None if p.is_inference() else p._version for p in self.params),
-                tuple(s.data_ptr() for s in self.states))
+        return (torch.get_num_threads(), _kernels.forced_backend_value(), [p.data_ptr() for p in self.pointers],
+                [p._version for p in self.versioned])
 
     def valid(self, model, batch: int) -> bool:
         """Built for this model and batch, and nothing it bound moved since."""
@@ -118,8 +135,10 @@ class StackPlan:
         torch.index_select(self.model.embedding.weight, 0, input_ids.view(-1), out=self.hidden)
         for kernel, args in self.steps:
             kernel(*args)
-        return _block.add_norm(self.model.norm_f, self.hidden.unsqueeze(1), self.residual.unsqueeze(1), True, True,
-                               prenorm=False)
+        kernel, head, tail = self.final_norm
+        out = _kernels.empty((self.batch, 1, self.hidden.shape[1]), self.hidden)
+        kernel(*head, (out.data_ptr(), out.stride(0), out.stride(2)), *tail)
+        return out
 
 
 def _states_of(entry) -> list:

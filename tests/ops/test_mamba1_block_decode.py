@@ -1,16 +1,12 @@
 """mamba1_block_decode (one decode token through a prenorm Mamba-1 block: add + norm, in_proj, the
 decode layer, out_proj) on every backend against the float64 reference composition (states in
-place too), the kernel's eligibility, the switch, and the CPU stack plan of MambaLMHeadModel
-(ssm.models.cpu_decode): greedy generation and logits equal to the per-block path, rebuilt when
-what it bound moves."""
+place too), against the composition of the separate ops over steps, the kernel's eligibility, the
+switch, bad input."""
 import pytest
 import torch
 
-from ssm.models import MambaConfig, MambaLMHeadModel
-from ssm.models import cpu_decode
 from ssm.ops import mamba1_block_decode as m1b
 from ssm.ops.python import reference
-from ssm.utils.generation import InferenceParams
 from tests.ops.harness import DTYPES, assert_close, backends, device_of, rand, use_backend
 from tests.ops.test_mamba1_decode import as64, conv_cache, reference_decode
 
@@ -140,79 +136,3 @@ def test_bad_input_is_named(bad, error, words):
         m1b.mamba1_block_decode(**inp)
     for word in words:
         assert word in str(info.value), f"{word!r} not in {info.value}"
-
-
-SSM_CFGS = {"mamba1": dict(d_state=8),
-            "mamba2": dict(layer="Mamba2", d_state=8, headdim=8, ngroups=2, chunk_size=4),
-            "mamba2_hdim": dict(layer="Mamba2", d_state=16, headdim=16, D_has_hdim=True)}
-
-
-def small_model(dtype, rms_norm=False, kind="mamba1"):
-    cfg = MambaConfig(d_model=48, n_layer=3, vocab_size=101, rms_norm=rms_norm, ssm_cfg=SSM_CFGS[kind])
-    return MambaLMHeadModel(cfg, dtype=dtype)
-
-
-def _greedy(model, ids, monkeypatch, enabled):
-    monkeypatch.setattr(m1b, "ENABLED", enabled)
-    runs = []
-    run = cpu_decode.StackPlan.run
-    monkeypatch.setattr(cpu_decode.StackPlan, "run", lambda self, i: runs.append(1) or run(self, i))
-    out = model.generate(ids, max_length=ids.shape[1] + 10, output_scores=True, return_dict_in_generate=True)
-    assert len(runs) == (9 if enabled else 0)
-    return out
-
-
-@pytest.mark.parametrize("kind", list(SSM_CFGS))
-@pytest.mark.parametrize("dtype, rms_norm", [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False)])
-def test_generation_equal_with_and_without_the_plan(kind, dtype, rms_norm, monkeypatch):
-    """Greedy tokens and every step's logits: through the plan's kernel calls as through the blocks' ops
-    (Mamba-2: the same kernels with the same arguments, so the same logits bit for bit)."""
-    model = small_model(dtype, rms_norm, kind)
-    ids = torch.randint(0, 101, (3, 5))
-    on, off = _greedy(model, ids, monkeypatch, True), _greedy(model, ids, monkeypatch, False)
-    assert torch.equal(on.sequences, off.sequences)
-    for a, b in zip(on.scores, off.scores):
-        if kind == "mamba1":
-            assert_close(a, b, dtype, "logits", factor=0.1)
-        else:
-            assert torch.equal(a, b)
-
-
-def _step_logits(model, params, token):
-    out = model(token, inference_params=params, num_last_tokens=1).logits[:, -1]
-    params.seqlen_offset += 1
-    return out
-
-
-def test_plan_rebuilt_when_what_it_bound_moves():
-    torch.manual_seed(0)
-    model = small_model(torch.float32)
-    ids = torch.randint(0, 101, (2, 4))
-    token = ids[:, -1:]
-    with torch.no_grad():
-        params = InferenceParams(max_seqlen=16, max_batch_size=2)
-        model(ids, inference_params=params)
-        params.seqlen_offset = 4
-        _step_logits(model, params, token)
-        plan = params.__dict__[cpu_decode._ATTR]
-        assert plan.steps is not None and len(plan.steps) == 3
-        _step_logits(model, params, token)
-        assert params.__dict__[cpu_decode._ATTR] is plan  # nothing moved: reused
-        model.backbone.layers[1].mixer.conv1d.bias.add_(1.0)  # in place: its version moves
-        _step_logits(model, params, token)
-        plan2 = params.__dict__[cpu_decode._ATTR]
-        assert plan2 is not plan
-        model.backbone.layers[0].mixer.out_proj.weight.data = model.backbone.layers[0].mixer.out_proj.weight.clone()
-        _step_logits(model, params, token)
-        assert params.__dict__[cpu_decode._ATTR] is not plan2
-        # the same steps from the same states through the per-block path give the same logits
-        states = {k: tuple(s.clone() for s in v) for k, v in params.key_value_memory_dict.items()}
-        with_plan = _step_logits(model, params, token)
-        params.key_value_memory_dict.update(states)
-        params.__dict__.pop(cpu_decode._ATTR)
-        m1b.ENABLED = False
-        try:
-            without = _step_logits(model, params, token)
-        finally:
-            m1b.ENABLED = True
-    assert_close(with_plan, without, torch.float32, "logits", factor=0.1)
