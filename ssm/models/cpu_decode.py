@@ -51,7 +51,9 @@ def _applies(model, input_ids: Tensor, inference_params, mixer_kwargs: dict) -> 
         return False
     if not input_ids.is_cpu or not 0 < input_ids.shape[0] <= CPU_MAX_BATCH or torch.compiler.is_compiling():
         return False
-    if not (model.fused_add_norm and model.residual_in_fp32 and isinstance(model.norm_f, (nn.LayerNorm, ops.RMSNorm))):
+    norm_f = model.norm_f
+    if not (model.fused_add_norm and model.residual_in_fp32 and isinstance(norm_f, (nn.LayerNorm, ops.RMSNorm))
+            and norm_f.weight is not None):
         return False
     emb = model.embedding
     if type(emb) is not nn.Embedding or emb.max_norm is not None or not emb.weight.is_cpu:
@@ -119,8 +121,9 @@ class StackPlan:
                 (None, float(norm.eps), _block.is_rms_norm(norm), _kernels.cpu_threads(B * D)))
 
     def _key(self) -> tuple:
-        return (torch.get_num_threads(), _kernels.forced_backend_value(), [p.data_ptr() for p in self.pointers],
-                [p._version for p in self.versioned])
+        # (buffers made under inference mode cannot be written outside it: a change of mode rebuilds)
+        return (torch.get_num_threads(), _kernels.forced_backend_value(), torch.is_inference_mode_enabled(),
+                [p.data_ptr() for p in self.pointers], [p._version for p in self.versioned])
 
     def valid(self, model, batch: int) -> bool:
         """Built for this model and batch, and nothing it bound moved since."""

@@ -140,3 +140,17 @@ def test_bfloat16_parameters_read_through_copies_rebuild_the_plan():
         finally:
             m1b.ENABLED = True
     assert_close(with_plan, without, torch.bfloat16, "logits", factor=0.1)
+
+
+def test_steps_inside_and_outside_inference_mode_share_a_cache():
+    model = small_model(torch.float32)
+    ids = torch.randint(0, 101, (1, 4))
+    params = InferenceParams(max_seqlen=16, max_batch_size=1)
+    with torch.no_grad():
+        model(ids, inference_params=params)
+    params.seqlen_offset = 4
+    with torch.inference_mode():
+        _step_logits(model, params, ids[:, -1:])
+    with torch.no_grad():
+        _step_logits(model, params, ids[:, -1:])  # the plan's buffers were made in inference mode: rebuilt
+    assert params.__dict__[cpu_decode._ATTR].steps is not None
