@@ -1,18 +1,19 @@
 """Decode at batch 1 on the CPU, ssm against Hugging Face transformers on the same weights, measured
 in alternation in one process (a shared machine's load then falls on every path alike):
 
-- ssm: MambaLMHeadModel.generate (its decode projections through the CPU small-batch kernel);
-- ssm, torch matmuls: the same with that kernel off (ssm.ops.norm_gemv.PLAIN = False): torch's GEMV;
-- ssm, layer unfused (Mamba-1): ssm with the one-call Mamba-1 decode layer off (ssm.ops.mamba1_decode.ENABLED
-  = False): the conv update, x_proj, dt_proj and state step as separate ops (Mamba-2 does not use that
-  kernel: there it runs the same code as ssm, an A/A pair that shows the run's noise);
+- ssm: MambaLMHeadModel.generate (a step through the CPU stack plan, ssm.models.cpu_decode: one C++ call
+  per Mamba-1 block, six prepared kernel calls per Mamba-2 block);
+- ssm, per block: the same with the stack plan off (ssm.ops.mamba1_block_decode.ENABLED = False): each
+  block's step through its ops (session 4's path: the decode projections through the small-batch kernel,
+  Mamba-1's conv update .. state step in one C++ call);
+- ssm, torch matmuls (--all): the per-block path with the small-batch kernel off too (norm_gemv.PLAIN = False);
 - transformers: MambaForCausalLM / Mamba2ForCausalLM.generate, greedy;
 - weights read: one pass over every weight a step reads (a sum per tensor): the floor of a step.
 
 Per-token time = (generate(1 + n) - the least of two generate(1)) / n, on the wall clock and in the
 process's CPU seconds (which a busy machine does not inflate by the time others held the core).
 Prints medians and ratios and writes JSON to benchmarks/results/cpu/decode.json.
-Usage: python benchmarks/bench_decode_cpu.py [--models mamba1,mamba2] [--dtypes float32] [--reps 5] [--steps 16]
+Usage: python benchmarks/bench_decode_cpu.py [--models mamba1,mamba2] [--dtypes float32] [--reps 5] [--steps 16] [--all]
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_models_cpu as bm  # noqa: E402
 from bench_norm_conv import machine_info  # noqa: E402
-from ssm.ops import mamba1_decode, norm_gemv  # noqa: E402
+from ssm.ops import mamba1_block_decode, norm_gemv  # noqa: E402
 
 
 def step_seconds(impl, model, ids, steps) -> tuple[float, float]:
@@ -53,17 +54,17 @@ def with_plain(value, fn):
     return run
 
 
-def with_layer_kernel(value, fn):
+def with_stack_plan(value, fn):
     def run():
-        mamba1_decode.ENABLED = value
+        mamba1_block_decode.ENABLED = value
         try:
             return fn()
         finally:
-            mamba1_decode.ENABLED = True
+            mamba1_block_decode.ENABLED = True
     return run
 
 
-def measure(kind: str, dtype: torch.dtype, reps: int, steps: int) -> dict:
+def measure(kind: str, dtype: torch.dtype, reps: int, steps: int, everything: bool = False) -> dict:
     model = bm.make_ssm(kind)
     hf, note = bm.make_hf(model)
     model, hf = model.to(dtype), hf.to(dtype)
@@ -73,11 +74,13 @@ def measure(kind: str, dtype: torch.dtype, reps: int, steps: int) -> dict:
     def read_all():
         for w in weights:
             w.sum()
-    paths = {"ssm": with_plain(True, lambda: step_seconds("ssm", model, ids, steps)),
-             "ssm_torch_matmuls": with_plain(False, lambda: step_seconds("ssm", model, ids, steps)),
-             "ssm_layer_unfused": with_layer_kernel(False, lambda: step_seconds("ssm", model, ids, steps)),
+    paths = {"ssm": lambda: step_seconds("ssm", model, ids, steps),
+             "ssm_per_block": with_stack_plan(False, lambda: step_seconds("ssm", model, ids, steps)),
              "hf": lambda: step_seconds("hf", hf, ids, steps),
              "weights_read": lambda: min((bm.clocks(read_all) for _ in range(3)), key=lambda p: p[0])}
+    if everything:
+        paths["ssm_torch_matmuls"] = with_stack_plan(False, with_plain(False, lambda: step_seconds("ssm", model, ids,
+                                                                                                    steps)))
     for fn in paths.values():
         fn()  # warm-up
     runs = {k: [] for k in paths}
@@ -100,6 +103,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--all", action="store_true", help="also the per-block path with torch's matmuls")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/cpu/decode.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -108,7 +112,7 @@ def main() -> None:
     rows = []
     for kind in args.models.split(","):
         for dname in args.dtypes.split(","):
-            r = measure(kind, bm.DTYPES[dname], args.reps, args.steps)
+            r = measure(kind, bm.DTYPES[dname], args.reps, args.steps, args.all)
             rows.append(r)
             for k, v in r["median"].items():
                 print(f"{kind} {dname} {k:18s} {v['wall_ms']:8.1f} ms wall {v['cpu_ms']:8.1f} ms CPU per token")

@@ -1,7 +1,8 @@
 """The Mamba-1 decode layer with and without the one-call CPU kernel (ssm.ops.mamba1_decode), inside
 MambaLMHeadModel.generate (mamba-130m shape, random weights, batch 1, torch 1 thread), alternating in one
 process: the thread CPU time of Mamba1._step_projected (conv update .. state step, plus out_proj, the same
-in both) and of a whole decode step, per token, median over rounds.
+in both) and of a whole decode step, per token, median over rounds. Both run the per-block path (the
+stack plan of ssm.models.cpu_decode, which bypasses _step_projected, is turned off here).
 Usage: python benchmarks/bench_mamba1_decode_layer.py [--rounds 8] [--steps 16] [--dtypes float32,bfloat16]"""
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_models_cpu as bm  # noqa: E402
 from ssm.modules.mamba1 import Mamba1  # noqa: E402
-from ssm.ops import mamba1_decode  # noqa: E402
+from ssm.ops import mamba1_block_decode, mamba1_decode  # noqa: E402
 
 _spent = [0.0]
 
@@ -59,6 +60,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/cpu/mamba1_decode_layer.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
+    mamba1_block_decode.ENABLED = False
     timed_step_projected()
     rows = []
     load0 = os.getloadavg()

@@ -19,6 +19,7 @@
 
 Prints a table and writes JSON to benchmarks/results/cpu/overhead.json.
 Usage: python benchmarks/bench_overhead.py [--calls N] [--steps N] [--threads N] [--out PATH]
+       [--decode-only] [--repeats N]
 """
 from __future__ import annotations
 
@@ -213,7 +214,22 @@ class _RecordLinear(torch.overrides.TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _matmul_replay(step):
+def _plan_projections(model, params) -> list:
+    """(weight, bias, x) of the in_proj and out_proj of every block when the step ran through the CPU
+    stack plan (ssm.models.cpu_decode), whose kernels make those products inside C++: the same
+    products the per-block path hands to the small-batch kernel (x_proj and dt_proj stay inside the
+    Mamba-1 layer kernel on both paths, as before)."""
+    from ssm.models import cpu_decode
+    if params.__dict__.get(cpu_decode._ATTR) is None or params.__dict__[cpu_decode._ATTR].steps is None:
+        return []
+    calls = []
+    for layer in model.backbone.layers:
+        for lin in (layer.mixer.in_proj, layer.mixer.out_proj):
+            calls.append((lin.weight, lin.bias, torch.randn(1, lin.weight.shape[1], dtype=lin.weight.dtype)))
+    return calls
+
+
+def _matmul_replay(step, model, params):
     """A function running every linear call of one decode step again (same weights, inputs of
     the same shapes, through the same code: torch's F.linear or the CPU small-batch kernel of
     ssm.ops.norm_gemv): the step's matrix products alone."""
@@ -229,6 +245,7 @@ def _matmul_replay(step):
             step()
     finally:
         norm_gemv._cpu_gemv = kernel
+    gemv_calls += _plan_projections(model, params)
 
     def replay():
         for w, b, x in rec.calls:
@@ -251,7 +268,7 @@ def decode_profile(layer: str, steps: int) -> dict:
         def step():
             model(token, inference_params=params, num_last_tokens=1)
             params.seqlen_offset += 1
-        replay, n_linear = _matmul_replay(step)
+        replay, n_linear = _matmul_replay(step, model, params)
         for _ in range(5):
             step()
             replay()
@@ -277,15 +294,43 @@ def decode_profile(layer: str, steps: int) -> dict:
                                        "calls_per_step": e.count // 5} for e in top]}
 
 
+def decode_rows(steps: int, repeats: int) -> list:
+    decode = []
+    for _ in range(repeats):
+        for layer in ("Mamba1", "Mamba2"):
+            dec = decode_profile(layer, steps)
+            decode.append(dec)
+            print(f"decode step {layer} mamba-130m shape, batch 1, fp32: {dec['step_ms']:.2f} ms/step, its "
+                  f"{dec['linear_calls']} matmuls alone {dec['matmul_ms']:.2f} ms: outside matmuls "
+                  f"{100 * dec['outside_matmul_share']:.1f}% ({100 * dec['outside_matmul_share_thread_cpu']:.1f}% "
+                  f"in thread CPU time)", flush=True)
+            for e in dec["profiled_top_self_cpu"][:8]:
+                print(f"  {e['op']:36s} {e['ms_per_step']:8.3f} ms/step  {e['calls_per_step']:5d} calls/step (profiled)")
+    return decode
+
+
+def decode_only(args) -> None:
+    decode = decode_rows(args.steps, args.repeats)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    machine = {**machine_info(), "load_avg_end": list(os.getloadavg())}
+    out.write_text(json.dumps({"machine": machine, "decode": decode}, indent=1))
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/cpu/overhead.json"))
+    parser.add_argument("--decode-only", action="store_true", help="only the decode steps' share outside matmuls")
+    parser.add_argument("--repeats", type=int, default=1, help="decode measurements per model, alternating models")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.decode_only:
+        return decode_only(args)
     rows = small_op_rows(args.calls)
     print(f"{'op':42s} {'public us':>10s} {'binding us':>11s} {'op layer us':>12s} {'(thread CPU time)':>18s} "
           f"{'(least batch, CPU)':>19s}")
@@ -299,16 +344,7 @@ def main() -> None:
     print("pieces of a call (thread CPU us): " + ", ".join(f"{k} {v:.2f}" for k, v in floor["pieces_thread_cpu_us"].items()))
     print("floor of a call with N tensors + 1 output, no checks (thread CPU us): " + ", ".join(
         f"N={n}: {f:.1f}" for n, f in floor["floor_thread_cpu_us_by_tensors"].items()))
-    decode = []
-    for layer in ("Mamba1", "Mamba2"):
-        dec = decode_profile(layer, args.steps)
-        decode.append(dec)
-        print(f"decode step {layer} mamba-130m shape, batch 1, fp32: {dec['step_ms']:.2f} ms/step, its "
-              f"{dec['linear_calls']} matmuls alone {dec['matmul_ms']:.2f} ms: outside matmuls "
-              f"{100 * dec['outside_matmul_share']:.1f}% ({100 * dec['outside_matmul_share_thread_cpu']:.1f}% "
-              f"in thread CPU time)")
-        for e in dec["profiled_top_self_cpu"][:8]:
-            print(f"  {e['op']:36s} {e['ms_per_step']:8.3f} ms/step  {e['calls_per_step']:5d} calls/step (profiled)")
+    decode = decode_rows(args.steps, args.repeats)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     machine = {**machine_info(), "load_avg_end": list(os.getloadavg())}

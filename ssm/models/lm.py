@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from ssm import ops
 from ssm.distributed import sharding
+from ssm.models import cpu_decode
 from ssm.models.config import MambaConfig
 from ssm.modules.attention import MHA
 from ssm.modules.block import Block, add_norm
@@ -101,6 +102,9 @@ class MixerModel(nn.Module):
 
     def forward(self, input_ids, inference_params=None, **mixer_kwargs):
         """input_ids (B, L) -> final normed hidden states (B, L, d_model)."""
+        plan = cpu_decode.stack_plan(self, input_ids, inference_params, mixer_kwargs)
+        if plan is not None:  # a CPU decode step of Mamba-1 blocks: one C++ call per block
+            return plan.run(input_ids)
         hidden_states = self.embedding(input_ids)
         residual = None
         for layer in self.layers:

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from ssm.models import MambaConfig, MambaLMHeadModel
+from ssm.ops import mamba1_block_decode as m1b
 from ssm.ops import mamba1_decode as m1d
 from ssm.ops.python import reference
 from tests.ops.harness import DTYPES, assert_close, backends, device_of, rand, use_backend
@@ -108,6 +109,7 @@ def test_ineligible_calls_take_the_composition(monkeypatch):
 
 
 def _greedy(model, ids, monkeypatch, enabled):
+    monkeypatch.setattr(m1b, "ENABLED", False)  # the per-block path (the stack plan would bypass mamba1_decode)
     monkeypatch.setattr(m1d, "ENABLED", enabled)
     calls = []
     kernel = m1d._kernel

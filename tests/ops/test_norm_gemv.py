@@ -231,8 +231,9 @@ def test_conv_linear_cuda_kernel_equals_separate_ops(dtype, case, monkeypatch):
         inp["x"].copy_(rand(*inp["x"].shape, dtype=dtype, device="cuda"))
 
 
-GEMV_CASES = [  # (batch, K, M): K past / short of whole 16- and 8-wide vectors, M short of 4-row blocks
-    (1, 768, 64), (2, 48, 7), (3, 1537, 81), (4, 5, 3), (1, 16, 1), (4, 200, 130),
+GEMV_CASES = [  # (batch, K, M): K past / short of whole 16- and 8-wide vectors, M short of 4-row blocks;
+    # rows of up to 4 KB go one at a time, longer ones (K 1537 float32, K 2100 in every dtype) in blocks of 4
+    (1, 768, 64), (2, 48, 7), (3, 1537, 81), (4, 5, 3), (1, 16, 1), (4, 200, 130), (4, 2100, 9),
 ]
 
 

@@ -323,3 +323,29 @@ struct ConvBwdClParams {
 };
 
 }  // namespace ssm
+
+namespace ssm {
+
+// One decoded token through a whole prenorm Mamba-1 block on the CPU (add + norm, in_proj, the
+// inner part of Mamba1DecodeParams, out_proj) in one call: s = hidden (+ residual), residual = s,
+// normed = norm(s) rounded to dtype, xz = in_proj(normed), y = inner(xz[:, :D], xz[:, D:]),
+// hidden = out_proj(y). normed, xz and y are scratch the caller owns (inner.x, inner.z, inner.out
+// point into xz and y); hidden and residual are updated in place.
+struct Mamba1BlockDecodeParams {
+  Mamba1DecodeParams inner;
+  int64_t d_model = 0;
+  bool add_residual = true, is_rms = false;
+  float eps = 1e-5f;
+  TensorArg hidden;           // (B, d_model)   dtype: the block's input, then its output
+  TensorArg residual;         // (B, d_model)   float32
+  TensorArg norm_weight;      // (d_model,)     float32
+  TensorArg norm_bias;        // (d_model,)     float32, optional
+  TensorArg normed;           // (B, d_model)   dtype
+  TensorArg in_proj_weight;   // (2D, d_model)  dtype, unit stride along d_model
+  TensorArg in_proj_bias;     // (2D,)          float32, optional
+  TensorArg xz;               // (B, 2D)        dtype
+  TensorArg out_proj_weight;  // (d_model, D)   dtype, unit stride along D
+  TensorArg out_proj_bias;    // (d_model,)     float32, optional
+};
+
+}  // namespace ssm

@@ -24,6 +24,7 @@ SSM_CPU_DECLARE(selective_scan_bwd, SelectiveScanParams)
 SSM_CPU_DECLARE(selective_state_step, StateStepParams)
 SSM_CPU_DECLARE(gemv, GemvParams)
 SSM_CPU_DECLARE(mamba1_decode, Mamba1DecodeParams)
+SSM_CPU_DECLARE(mamba1_block_decode, Mamba1BlockDecodeParams)
 
 }  // namespace ssm::cpu
 

@@ -73,6 +73,11 @@ struct Segments {
 // dst[t * 8 + l] = float(src[l * ld + t * st]) for t < len; lanes l >= nl are zero.
 template <typename E>
 inline void load_lanes(float* dst, const E* src, int64_t ld, int64_t st, int nl, int64_t len) {
+  if (ld == 1 && nl == kLanes) {  // channels contiguous (e.g. delta from a projection): 8 lanes per step
+    for (int64_t t = 0; t < len; ++t)
+      for (int l = 0; l < kLanes; ++l) dst[t * kLanes + l] = to_float(src[t * st + l]);
+    return;
+  }
   for (int l = 0; l < kLanes; ++l) {
     const E* s = src + l * ld;
     if (l < nl) {
@@ -86,6 +91,11 @@ inline void load_lanes(float* dst, const E* src, int64_t ld, int64_t st, int nl,
 // dst[l * ld + t * st] = E(src[t * 8 + l]) for lanes l < nl, t < len.
 template <typename E>
 inline void store_lanes(E* dst, int64_t ld, int64_t st, const float* src, int nl, int64_t len) {
+  if (ld == 1 && nl == kLanes) {  // channels contiguous (an output like delta): 8 lanes per step
+    for (int64_t t = 0; t < len; ++t)
+      for (int l = 0; l < kLanes; ++l) dst[t * st + l] = from_float<E>(src[t * kLanes + l]);
+    return;
+  }
   for (int l = 0; l < nl; ++l)
     for (int64_t t = 0; t < len; ++t) dst[l * ld + t * st] = from_float<E>(src[t * kLanes + l]);
 }

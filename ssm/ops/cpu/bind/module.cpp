@@ -14,4 +14,5 @@ NB_MODULE(_cpu, m) {
   ssm::bind::bind_selective_state_step(m);
   ssm::bind::bind_gemv(m);
   ssm::bind::bind_mamba1_decode(m);
+  ssm::bind::bind_mamba1_block_decode(m);
 }
