@@ -88,8 +88,8 @@ __device__ __forceinline__ void mma_sx_from(float (&acc)[8][4], const float (&s)
 // v(s, t) *= exp(cs_t - cs_s) (· Δ_s with kDelta) where s <= t < nv in the same run, else 0. Off the diagonal
 // exp(cs_t - cs_s) = exp(cs_t - ref) · exp(ref - cs_s) about the source tile's last token (both <= 1 for a
 // decaying A): 18 exponentials per thread instead of 32.
-template <bool kRowsTarget, bool kDelta>
-__device__ __forceinline__ void tile_decay(float (&v)[8][4], const ChunkTokens& tok, const int (&row)[2], int col0,
+template <bool kRowsTarget, bool kDelta, typename Tok>
+__device__ __forceinline__ void tile_decay(float (&v)[8][4], const Tok& tok, const int (&row)[2], int col0,
                                            int nv, bool diag) {
   const int c2 = 2 * int(threadIdx.x & 3);
   const int src0 = kRowsTarget ? col0 : row[0] / kTile * kTile;
@@ -121,10 +121,18 @@ __device__ __forceinline__ void tile_decay(float (&v)[8][4], const ChunkTokens& 
     }
 }
 
-// The chunk's token data (Δ, cs, run: the first three arrays of ChunkTokens) for row b, head h, chunk c,
-// copied asynchronously from the workspace copy that dstate wrote (v.tok); the caller commits and waits.
+// The token data the tile kernels read: the first three arrays of ChunkTokens, as dstate writes them.
+struct TileTokens {
+  float dt[kMaxChunk];
+  float cs[kMaxChunk];
+  int run[kMaxChunk];
+};
+
+// The chunk's token data (Δ, cs, run: the first three arrays of ChunkTokens or TileTokens) for row b, head h,
+// chunk c, copied asynchronously from the workspace copy that dstate wrote (v.tok); the caller commits and waits.
+template <typename Tok>
 __device__ __forceinline__ void chunk_tokens(const SsdParams& p, const Layout& w, const BwdLayout& v, int64_t b, int h,
-                                             int64_t c, ChunkTokens& tok) {
+                                             int64_t c, Tok& tok) {
   const float* src = ptr<float>(p.workspace) + v.tok + ((b * p.nheads + h) * w.nchunks + c) * 3 * kMaxChunk;
   for (int e = threadIdx.x; e < 3 * kMaxChunk / 4; e += kThreads) cp_async16(tok.dt + 4 * e, src + 4 * e, true);
 }
@@ -336,6 +344,167 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dc_mma_kernel(SsdParams p, La
       for (int e = 0; e < 2; ++e) {
         const int n = n0 + j * 8 + c2 + e;
         if (n < N) row[n * o.stride[3]] = acc[j][2 * hf + e];
+      }
+  }
+}
+
+template <typename T>
+size_t bwd_dc_sum_smem(int P, int hs) {
+  const int ldp = round16(P) + 8, ldx = max(ldp, kLd);
+  return 2 * align128(sizeof(TileTokens)) + 2 * align128(kTile * ldp * sizeof(T)) +
+         2 * align128(kTile * ldx * sizeof(T)) + 2 * align128(kTile * kLd * sizeof(T)) +
+         align128(4 * kTile * sizeof(float)) + align128(int64_t(hs) * kTile * sizeof(float));
+}
+
+// Per (target tile i, 64-wide N slice, head set), the heads summed before the product with B_s (the group's B_s
+// is the same for every head of the set): dC = Σ_h diag(e0_h) dY_h H_in,h + Σ_{s <= i} M_s B_s with
+// M_s = Σ_h (dY_h X_h,s^T ∘ L_h ∘ Δ_h,s); per head the Y partials and (slice (head - first head) mod slices) the
+// decay-pair sums, whose row carries across source tiles wait in shared memory. Stages (one per head for the
+// entering state, then one per (source tile, head)) use two slots {tokens, dY_t, X_s or H_in} filled one stage
+// ahead by cp.async; B_s alternates between two buffers (C_t, for Y, sits in the second during the state stages).
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 3) bwd_dc_sum_kernel(SsdParams p, Layout w, BwdLayout v) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), nq = Q / kTile, Pp = round16(P), ldp = Pp + 8;
+  const int nns = (N + kTile - 1) / kTile, ldx = max(ldp, kLd);
+  const int hs = int(p.nheads / v.hsets);
+  MmaSmem sm{smem};
+  TileTokens* tkb = sm.take<TileTokens>(2);
+  T* ysb = sm.take<T>(2 * kTile * ldp);
+  T* xsb = sm.take<T>(2 * kTile * ldx);
+  T* bbb = sm.take<T>(2 * kTile * kLd);
+  float* red = sm.take<float>(4 * kTile);
+  float* carries = sm.take<float>(int64_t(hs) * kTile);  // per head, the decay pairs' row carries
+  const TileBlock tb = tile_block(p, w, v, nns);
+  const int ns = tb.slice, i = nq - 1 - tb.tile, n0 = ns * kTile, t0 = i * kTile;  // the heaviest tiles first
+  const int set = tb.set, h0 = set * hs, g = h0 / int(p.nheads / p.ngroups);
+  const int64_t c = tb.c, b = tb.b, c0 = c * Q, L = p.seqlen;
+  if (c0 + t0 >= L) return;
+  const int nv = int(min(int64_t(Q), L - c0)), nstages = hs * (i + 2);
+  const TensorArg &X = p.x, &Bt = p.B, &Ct = p.C, &dY = p.dout;
+  const T* bk = ptr<T>(Bt) + b * Bt.stride[0] + g * Bt.stride[2] + c0 * Bt.stride[1] + n0 * Bt.stride[3];
+  float* ws = ptr<float>(p.workspace);
+  const T* hin = reinterpret_cast<const T*>(ws + w.hin) + (b * w.nchunks + c) * p.nheads * int64_t(P) * N + n0;
+  // stage n: head h0 + n % hs; n < hs the entering state's part (H_in's first 64 rows; C_t with the first head),
+  // else source tile (n - hs) / hs (X_s, and B_s with the first head)
+  auto issue = [&](int n) {
+    const int k = n & 1, h = h0 + n % hs;
+    chunk_tokens(p, w, v, b, h, c, tkb[k]);
+    issue_tile<T>(ysb + k * kTile * ldp, ldp, Pp, ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] +
+                  (c0 + t0) * dY.stride[1], dY.stride[1], dY.stride[3], nv - t0, P);
+    T* x = xsb + k * kTile * ldx;
+    if (n < hs) {
+      issue_tile<T>(x, kLd, kTile, hin + h * int64_t(P) * N, N, 1, P, N - n0);
+      if (n == 0)
+        issue_tile<T>(bbb + kTile * kLd, kLd, kTile, ptr<T>(Ct) + b * Ct.stride[0] + g * Ct.stride[2] +
+                      (c0 + t0) * Ct.stride[1] + n0 * Ct.stride[3], Ct.stride[1], Ct.stride[3], nv - t0, N - n0);
+      return;
+    }
+    const int s0 = (n - hs) / hs * kTile;
+    issue_tile<T>(x, ldp, Pp, ptr<T>(X) + b * X.stride[0] + h * X.stride[2] + (c0 + s0) * X.stride[1], X.stride[1],
+                  X.stride[3], nv - s0, P);
+    if (h == h0)
+      issue_tile<T>(bbb + (s0 / kTile & 1) * kTile * kLd, kLd, kTile, bk + s0 * Bt.stride[1], Bt.stride[1],
+                    Bt.stride[3], nv - s0, N - n0);
+  };
+  const int warp = int(threadIdx.x >> 5), r0 = warp * 16, g8 = int(threadIdx.x & 31) >> 2;
+  const int c2 = 2 * int(threadIdx.x & 3);
+  const int trow[2] = {t0 + r0 + g8, t0 + r0 + g8 + 8};
+  const float* cbg = ws + v.cb + ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q;
+  // the lane's line of the C B^T tile: its quad's rows trow[0] / trow[1], the first or second 32 columns
+  const int64_t pf_row = int64_t(trow[0] + 8 * ((threadIdx.x >> 1) & 1)) * Q + (threadIdx.x & 1) * 32;
+  float acc[8][4] = {}, m[8][4] = {};  // dC summed over the set's heads; M_s of the current source tile
+  issue(0);
+  cp_async_commit();
+  for (int n = 0; n < nstages; ++n) {
+    if (n + 1 < nstages) issue(n + 1);
+    cp_async_commit();
+    const int h = h0 + n % hs, jt = n < hs ? -1 : (n - hs) / hs, s0 = jt * kTile;
+    const bool pairs_here = jt >= 0 && (h - h0) % nns == ns;  // the N-slice blocks take turns with the pairs
+    if (pairs_here) prefetch_l1(cbg + pf_row + s0);  // this step's C B^T tile into L1
+    cp_async_wait<1>();
+    __syncthreads();
+    const int k = n & 1;
+    const TileTokens& tok = tkb[k];
+    const T* yk = ysb + k * kTile * ldp;
+    T* xk = xsb + k * kTile * ldx;
+    float st[8][4] = {};
+    if (jt < 0) {  // diag(e0) dY H_in over 64-row pieces of H_in (the pieces after the first loaded here)
+      for (int p0 = 0; p0 < P; p0 += kTile) {
+        if (p0 > 0) {
+          __syncthreads();
+          issue_tile<T>(xk, kLd, kTile, hin + h * int64_t(P) * N + int64_t(p0) * N, N, 1, P - p0, N - n0);
+          cp_async_commit();
+          cp_async_wait<0>();
+          __syncthreads();
+        }
+        mma_kn64<T>(st, yk, ldp, p0, xk, kLd, r0, min(kTile, Pp - p0));
+      }
+      const T* cq = bbb + kTile * kLd;  // C_t
+      float ypart[2];
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const int t = trow[hf], rl = r0 + g8 + 8 * hf;
+        const float e0 = t < nv && tok.run[t] == 0 ? __expf(tok.cs[t]) : 0.f;
+        float y = 0.f;
+#pragma unroll
+        for (int jj = 0; jj < 8; ++jj)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            st[jj][2 * hf + e] *= e0;
+            y += st[jj][2 * hf + e] * to_float(cq[rl * kLd + jj * 8 + c2 + e]);
+            acc[jj][2 * hf + e] += st[jj][2 * hf + e];
+          }
+        ypart[hf] = quad_sum(y);
+      }
+      const int64_t bhc = (b * p.nheads + h) * w.nchunks + c;
+      if ((threadIdx.x & 3) == 0)
+        for (int hf = 0; hf < 2; ++hf)
+          if (trow[hf] < nv) ws[v.ysum + (bhc * v.ny + ns) * Q + trow[hf]] = ypart[hf];
+    } else {  // M_s += dY_t X_s^T ∘ L ∘ Δ_s; the pairs; after the set's last head dC += M_s B_s
+      const int lim = jt == i ? warp : 3;
+      mma_nk_range<T>(st, yk, xk, ldp, r0, Pp, 0, lim);  // dY_t X_s^T
+      tile_decay<true, true>(st, tok, trow, s0, nv, jt == i);
+#pragma unroll
+      for (int jj = 0; jj < 8; ++jj)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) m[jj][e] += st[jj][e];
+      if (pairs_here) {
+        float* cr = carries + (h - h0) * kTile + r0 + g8;
+        float carry[2] = {jt > 0 ? cr[0] : 0.f, jt > 0 ? cr[8] : 0.f};
+#pragma unroll
+        for (int jj = 0; jj < 8; ++jj)
+#pragma unroll
+          for (int hf = 0; hf < 2; ++hf) {  // ∘ C B^T
+            const float2 cb = *reinterpret_cast<const float2*>(cbg + trow[hf] * Q + s0 + 8 * jj + c2);
+            st[jj][2 * hf] *= cb.x;
+            st[jj][2 * hf + 1] *= cb.y;
+          }
+        pair_sums(st, carry, jt == i, red, ws + v.pairs + (((b * p.nheads + h) * w.nchunks + c) * nq + i) * Q + s0);
+        if ((threadIdx.x & 3) == 0) cr[0] = carry[0], cr[8] = carry[1];
+      }
+      if (n % hs == hs - 1) {
+        mma_sx<T>(acc, m, bbb + (jt & 1) * kTile * kLd, lim);
+#pragma unroll
+        for (int jj = 0; jj < 8; ++jj)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) m[jj][e] = 0.f;
+      }
+    }
+    __syncthreads();  // before the next issue overwrites this stage's slot
+  }
+  float* dC = ptr<float>(p.dC);
+  const TensorArg& o = p.dC;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    if (trow[hf] >= nv) continue;
+    float* row = dC + b * o.stride[0] + (c0 + trow[hf]) * o.stride[1] + set * o.stride[2];
+#pragma unroll
+    for (int jj = 0; jj < 8; ++jj)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int n = n0 + jj * 8 + c2 + e;
+        if (n < N) row[n * o.stride[3]] = acc[jj][2 * hf + e];
       }
   }
 }
@@ -584,6 +753,129 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_db_mma_kernel(SsdParams p, La
   }
 }
 
+template <typename T>
+size_t bwd_db_sum_smem(int P) {
+  const int ldp = round16(P) + 8, ldy = max(ldp, kLd);
+  return 2 * align128(sizeof(TileTokens)) + 2 * align128(kTile * ldp * sizeof(T)) +
+         2 * align128(kTile * ldy * sizeof(T)) + 2 * align128(kTile * kLd * sizeof(T));
+}
+
+// Per (source tile j, 64-wide N slice, head set), the heads summed before the product with C_t (the group's C_t
+// is the same for every head of the set): dB = Σ_h Δ_h diag(e_h) X_h dH_out,h + Σ_{t >= j} M_t C_t with
+// M_t = Σ_h diag(Δ_h) (X_h dY_h,t^T ∘ L_h^T): one C_t product per target tile, not one per head. Stages (one per
+// head for the leaving state, then one per (target tile, head)) use two slots {tokens, X_s, dY_t or dH_out}
+// filled one stage ahead by cp.async, so the next head's tiles are in flight while this one computes; C_t
+// alternates between two buffers, issued with the target tile's first head.
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 3) bwd_db_sum_kernel(SsdParams p, Layout w, BwdLayout v) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Pp = round16(P), ldp = Pp + 8;
+  const int nns = (N + kTile - 1) / kTile, ldy = max(ldp, kLd);
+  MmaSmem sm{smem};
+  TileTokens* tkb = sm.take<TileTokens>(2);
+  T* xsb = sm.take<T>(2 * kTile * ldp);
+  T* ysb = sm.take<T>(2 * kTile * ldy);
+  T* ctb = sm.take<T>(2 * kTile * kLd);
+  const TileBlock tb = tile_block(p, w, v, nns);
+  const int ns = tb.slice, j = tb.tile, n0 = ns * kTile, s0 = j * kTile;
+  const int hs = int(p.nheads / v.hsets), h0 = tb.set * hs, g = h0 / int(p.nheads / p.ngroups);
+  const int64_t c = tb.c, b = tb.b, c0 = c * Q, L = p.seqlen;
+  if (c0 + s0 >= L) return;
+  const int nv = int(min(int64_t(Q), L - c0)), ni = (nv + kTile - 1) / kTile, nstages = hs * (1 + ni - j);
+  const TensorArg &X = p.x, &Ct = p.C, &dY = p.dout;
+  const T* ct = ptr<T>(Ct) + b * Ct.stride[0] + g * Ct.stride[2] + c0 * Ct.stride[1] + n0 * Ct.stride[3];
+  const T* dh = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhout) +
+                (b * w.nchunks + c) * p.nheads * int64_t(P) * N + n0;  // + h P N: dH_out of head h, N slice
+  // stage n: head h0 + n % hs; n < hs the leaving state's part (dH_out's first 64 rows), else target tile
+  // j + (n - hs) / hs (dY_t, and C_t with the first head)
+  auto issue = [&](int n) {
+    const int k = n & 1, h = h0 + n % hs;
+    chunk_tokens(p, w, v, b, h, c, tkb[k]);
+    issue_tile<T>(xsb + k * kTile * ldp, ldp, Pp, ptr<T>(X) + b * X.stride[0] + h * X.stride[2] + (c0 + s0) * X.stride[1],
+                  X.stride[1], X.stride[3], nv - s0, P);
+    T* y = ysb + k * kTile * ldy;
+    if (n < hs) {
+      issue_tile<T>(y, kLd, kTile, dh + h * int64_t(P) * N, N, 1, P, N - n0);
+      return;
+    }
+    const int t = j + (n - hs) / hs, t0 = t * kTile;
+    issue_tile<T>(y, ldp, Pp, ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] + (c0 + t0) * dY.stride[1],
+                  dY.stride[1], dY.stride[3], nv - t0, P);
+    if (h == h0)
+      issue_tile<T>(ctb + (t & 1) * kTile * kLd, kLd, kTile, ct + t0 * Ct.stride[1], Ct.stride[1], Ct.stride[3],
+                    nv - t0, N - n0);
+  };
+  const int warp = int(threadIdx.x >> 5), r0 = warp * 16, g8 = int(threadIdx.x & 31) >> 2;
+  const int c2 = 2 * int(threadIdx.x & 3);
+  const int srow[2] = {s0 + r0 + g8, s0 + r0 + g8 + 8};
+  float acc[8][4] = {}, m[8][4] = {};  // dB summed over the set's heads; M_t of the current target tile
+  issue(0);
+  cp_async_commit();
+  for (int n = 0; n < nstages; ++n) {
+    if (n + 1 < nstages) issue(n + 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    const int k = n & 1;
+    const TileTokens& tok = tkb[k];
+    const T* xk = xsb + k * kTile * ldp;
+    T* yk = ysb + k * kTile * ldy;
+    const float dts[2] = {tok.dt[srow[0]], tok.dt[srow[1]]};
+    float st[8][4] = {};
+    if (n < hs) {  // diag(Δ e) X dH_out over 64-row pieces of dH_out (the pieces after the first loaded here)
+      for (int p0 = 0; p0 < P; p0 += kTile) {
+        if (p0 > 0) {
+          __syncthreads();
+          issue_tile<T>(yk, kLd, kTile, dh + (h0 + n) * int64_t(P) * N + int64_t(p0) * N, N, 1, P - p0, N - n0);
+          cp_async_commit();
+          cp_async_wait<0>();
+          __syncthreads();
+        }
+        mma_kn64<T>(st, xk, ldp, p0, yk, kLd, r0, min(kTile, Pp - p0));
+      }
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const float lv = dts[hf] * leave_weight(tok, srow[hf], nv);
+#pragma unroll
+        for (int jj = 0; jj < 8; ++jj)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) acc[jj][2 * hf + e] += lv * st[jj][2 * hf + e];
+      }
+    } else {  // M_t += diag(Δ) (X_s dY_t^T ∘ L^T); after the set's last head dB += M_t C_t
+      const int t = j + (n - hs) / hs, lo = t == j ? warp : 0;
+      mma_nk_range<T>(st, xk, yk, ldp, r0, Pp, lo, 3);
+      tile_decay<false, false>(st, tok, srow, t * kTile, nv, t == j);
+#pragma unroll
+      for (int jj = 0; jj < 8; ++jj)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) m[jj][e] += dts[e >> 1] * st[jj][e];
+      if (n % hs == hs - 1) {
+        mma_sx_from<T>(acc, m, ctb + (t & 1) * kTile * kLd, lo);
+#pragma unroll
+        for (int jj = 0; jj < 8; ++jj)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) m[jj][e] = 0.f;
+      }
+    }
+    __syncthreads();  // before the next issue overwrites this stage's slot
+  }
+  float* dB = ptr<float>(p.dB);
+  const TensorArg& o = p.dB;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const int s = srow[hf];
+    if (s >= nv) continue;
+    float* row = dB + b * o.stride[0] + (c0 + s) * o.stride[1] + tb.set * o.stride[2];
+#pragma unroll
+    for (int jj = 0; jj < 8; ++jj)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int n = n0 + jj * 8 + c2 + e;
+        if (n < N) row[n * o.stride[3]] = acc[jj][2 * hf + e];
+      }
+  }
+}
+
 // Step 1 on register fragments: per (chunk, head, 64 x 64 tile of P x N) dS_c = dY^T diag(e0) C over the
 // chunk's tokens, e0_t = exp(cs_t) on the first run (the forward's chunk-state product with dY, C, e0).
 template <typename T>
@@ -664,12 +956,19 @@ void launch_bwd_tiles_mma(const SsdParams& p, const Layout& w, const BwdLayout& 
   const unsigned sets = unsigned(v.hsets);
   const unsigned tiles = nq * nc * nns * sets * unsigned(p.batch);  // 1-d: tile_block
   const char* e = std::getenv("SSM_SSD_BWD_PREFETCH");  // =0: the C B^T tiles of dc not prefetched into L1
-  if (e != nullptr && std::strcmp(e, "0") == 0)
+  const char* dcs = std::getenv("SSM_SSD_BWD_DCSUM");   // =0: dC with one B_s product per head (bwd_dc_mma_kernel)
+  if (dcs == nullptr || std::strcmp(dcs, "0") != 0)
+    launch_bwd(bwd_dc_sum_kernel<T>, dim3(tiles), bwd_dc_sum_smem<T>(P, int(p.nheads / v.hsets)), s, p, w, v);
+  else if (e != nullptr && std::strcmp(e, "0") == 0)
     launch_bwd(bwd_dc_mma_kernel<T, false>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
   else
     launch_bwd(bwd_dc_mma_kernel<T, true>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
   launch_bwd(bwd_dx_mma_kernel<T>, dim3(nc * nq * npt, H, unsigned(p.batch)), bwd_dx_mma_smem<T>(N), s, p, w, v);
-  launch_bwd(bwd_db_mma_kernel<T>, dim3(tiles), bwd_db_mma_smem<T>(P), s, p, w, v);
+  const char* d = std::getenv("SSM_SSD_BWD_DBSUM");  // =0: dB with one C_t product per head (bwd_db_mma_kernel)
+  if (d != nullptr && std::strcmp(d, "0") == 0)
+    launch_bwd(bwd_db_mma_kernel<T>, dim3(tiles), bwd_db_mma_smem<T>(P), s, p, w, v);
+  else
+    launch_bwd(bwd_db_sum_kernel<T>, dim3(tiles), bwd_db_sum_smem<T>(P), s, p, w, v);
 }
 
 }  // namespace ssm::cuda::ssd
