@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Device round of the dedicated CUDA SSD backward (session 5): one Python process for the GPU gradient tests
-# (bf16 kernel grid, the kernel variants incl. SSM_SSD_BWD_DBSUM=0, model sizes, the test_ssd / test_ssd_split
+# (bf16 kernel grid, the kernel variants incl. the session-4 dc / db, model sizes, the test_ssd / test_ssd_split
 # CUDA gradient rows) and the fwd+bwd timings / host profile (ssdbwd_round.py), then an ncu profile of the dc and
 # db kernels (speed of light, occupancy, warp states, source counters).
 # Usage: benchmarks/device/ssdbwd.sh OUT_DIR (repo root, after the build; ~48 s)
@@ -14,7 +14,7 @@ timeout -k 1 31 $PY benchmarks/device/ssdbwd_round.py "$OUT" 27 > "$OUT/round.lo
 echo "round rc=$?"; grep -E "^TESTS" "$OUT/round.err" | cut -c1-300
 grep -E "^FAILED|^E  " "$OUT/round.log" | head -4 | cut -c1-220
 grep -E "^\{|H100|H200|budget|^-- host" "$OUT/round.log" | cut -c1-260
-timeout -k 1 16 ncu --clock-control none -k "regex:bwd_dc_mma|bwd_db_sum" --launch-count 2 --section SpeedOfLight \
+timeout -k 1 16 ncu --clock-control none -k "regex:bwd_dc_sum|bwd_db_sum" --launch-count 2 --section SpeedOfLight \
   --section Occupancy --section LaunchStats --section WarpStateStats --section SourceCounters \
   $PY benchmarks/device/ncu_driver.py ssd > "$OUT/ncu.txt" 2>&1
 echo "ncu rc=$?"; grep -E "bwd_d[cb]_|Duration|Issue Slots Busy|Warp Cycles Per Issued|Achieved Occupancy|Registers Per" \
