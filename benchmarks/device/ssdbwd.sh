@@ -13,7 +13,7 @@ PY=${PYTHON:-python3}
 timeout -k 1 31 $PY benchmarks/device/ssdbwd_round.py "$OUT" 27 > "$OUT/round.log" 2> "$OUT/round.err"
 echo "round rc=$?"; grep -E "^TESTS" "$OUT/round.err" | cut -c1-300
 grep -E "^FAILED|^E  " "$OUT/round.log" | head -4 | cut -c1-220
-grep -E "^\{|H100|H200|budget|^-- host" "$OUT/round.log" | cut -c1-260
+grep -E "^\{|H100|H200|budget|^-- host|^-- flake" "$OUT/round.log" | cut -c1-260
 timeout -k 1 16 ncu --clock-control none -k "regex:bwd_dc_sum|bwd_db_sum" --launch-count 2 --section SpeedOfLight \
   --section Occupancy --section LaunchStats --section WarpStateStats --section SourceCounters \
   $PY benchmarks/device/ncu_driver.py ssd > "$OUT/ncu.txt" 2>&1

@@ -2,7 +2,8 @@
 ~10 s to start on the round machine): the GPU gradient tests of the half / bfloat16 register kernels first
 (-x), then fwd+bwd at issue 6's shapes (bf16; D, dt_bias, softplus; chunk 256): profiler kernel sums and top
 kernels, eager event time, host time per call (no sync: what Python and the launches cost), the backward's
-kernel variants at B8, and the host profile's top CPU ops at B1 L8192 (the eager gap).
+kernel variants at B8, the host profile's top CPU ops at B1 L8192 (the eager gap), and the forward's y error
+behind the bf16 ssd_split gradient flake.
 
     python benchmarks/device/ssdbwd_round.py OUT_DIR [SECONDS]   (stops starting new parts after SECONDS)
 """
@@ -21,6 +22,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 from bench_cuda import kernel_ms, time_ms  # noqa: E402
 from bench_ssd_cuda import fwd_bwd_fn, inputs  # noqa: E402
+import ssm.ops as ops  # noqa: E402
 
 START = time.time()
 TESTS = [  # (name, files, -k)
@@ -111,6 +113,34 @@ def cpu_ops(B, L, n=14):
     return out
 
 
+def flake_y(seeds=30):
+    """The bf16 ssd_split flake's hypothesis: the CUDA forward's y (masked C B^T and H_in rounded to bf16 as mma
+    operands) is further from the float64 reference than the bf16 reference path's y. The SSD call of
+    test_ssd_split (B2 L21 H4 P4 G2 N5, D, dt_bias, softplus, initial states, seq_idx, bf16); relative errors."""
+    from ssm.ops.python import reference
+    from tests.ops.harness import rel_err
+    errs = {"cuda": [], "ref_bf16": []}
+    for seed in range(seeds):
+        torch.manual_seed(seed)
+        x = torch.randn(2, 21, 4, 4, device="cuda")
+        dt, A = torch.randn(2, 21, 4, device="cuda"), -torch.rand(4, device="cuda") - 0.1
+        Bm, Cm = torch.randn(2, 21, 2, 5, device="cuda"), torch.randn(2, 21, 2, 5, device="cuda")
+        D, bias, init = torch.randn(4, device="cuda"), torch.randn(4, device="cuda") * 0.5, torch.randn(2, 4, 4, 5,
+                                                                                                   device="cuda")
+        seq = torch.sort(torch.randint(0, 3, (2, 21), device="cuda"), dim=1).values.to(torch.int32)
+        bf = [t.bfloat16() for t in (x, dt, Bm, Cm)]
+        kw = dict(D=D, dt_bias=bias, dt_softplus=True, initial_states=init, seq_idx=seq)
+        want = reference.ssd_chunk_scan(*(t.double() for t in (bf[0], bf[1], A, bf[2], bf[3])), 8,
+                                        **{k: v.double() if torch.is_floating_point(v) else v for k, v in kw.items()
+                                           if torch.is_tensor(v)}, dt_softplus=True)
+        errs["cuda"].append(rel_err(ops.ssd_chunk_scan(bf[0], bf[1], A, bf[2], bf[3], 8, **kw), want))
+        errs["ref_bf16"].append(rel_err(reference.ssd_chunk_scan(bf[0], bf[1], A, bf[2], bf[3], 8, **kw), want))
+    out = {k: dict(median=sorted(v)[len(v) // 2], max=max(v)) for k, v in errs.items()}
+    print(f"-- flake y rel err vs float64 over {seeds} seeds: " +
+          ", ".join(f"{k} median {v['median']:.2e} max {v['max']:.2e}" for k, v in out.items()), flush=True)
+    return out
+
+
 def main():
     out_dir, budget = sys.argv[1], float(sys.argv[2]) if len(sys.argv) > 2 else 1e9
     os.makedirs(out_dir, exist_ok=True)
@@ -125,10 +155,11 @@ def main():
         res["rows"].append(part())
         with open(os.path.join(out_dir, "time.json"), "w") as f:
             json.dump(res, f, indent=1)
-    if time.time() - START < budget:
-        res["host_ops_b1"] = cpu_ops(1, 8192)
-        with open(os.path.join(out_dir, "time.json"), "w") as f:
-            json.dump(res, f, indent=1)
+    for name, part in (("host_ops_b1", lambda: cpu_ops(1, 8192)), ("flake_y", flake_y)):
+        if time.time() - START < budget:
+            res[name] = part()
+            with open(os.path.join(out_dir, "time.json"), "w") as f:
+                json.dump(res, f, indent=1)
 
 
 if __name__ == "__main__":
