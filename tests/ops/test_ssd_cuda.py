@@ -214,14 +214,15 @@ def test_kernel_backward_matches_reference(dtype, case, seq, gate, monkeypatch):
 @pytest.mark.parametrize("mode", ["group", "noprefetch", "per_head"])
 def test_kernel_backward_variants_match_reference(dtype, case, mode, monkeypatch):
     """The register kernels summing dB / dC over all of a group's heads in one block (SSM_SSD_BWD_HEADSUM=group;
-    the small grids above get one set per head), and the kernels before the head-summed products
-    (SSM_SSD_BWD_DCSUM=0, SSM_SSD_BWD_DBSUM=0: one B_s / C_t product per head), dc with and without its L1
+    the small grids above get one set per head) with two heads per dx block (SSM_SSD_BWD_DXSET=2), and the kernels
+    before the head-summed products and the dx head sets (SSM_SSD_BWD_DCSUM=0, SSM_SSD_BWD_DBSUM=0,
+    SSM_SSD_BWD_DXSET=0: one B_s / C_t product per head, one head per dx block), dc with and without its L1
     prefetch (SSM_SSD_BWD_PREFETCH=0)."""
     monkeypatch.setenv("SSM_SSD_COMPOSED_BWD", "1")
     monkeypatch.setenv("SSM_SSD_BWD_KERNEL", "1")
-    env = {"group": {"SSM_SSD_BWD_HEADSUM": "group"},
+    env = {"group": {"SSM_SSD_BWD_HEADSUM": "group", "SSM_SSD_BWD_DXSET": "2"},
            "noprefetch": {"SSM_SSD_BWD_DCSUM": "0", "SSM_SSD_BWD_PREFETCH": "0"},
-           "per_head": {"SSM_SSD_BWD_DCSUM": "0", "SSM_SSD_BWD_DBSUM": "0"}}[mode]
+           "per_head": {"SSM_SSD_BWD_DCSUM": "0", "SSM_SSD_BWD_DBSUM": "0", "SSM_SSD_BWD_DXSET": "0"}}[mode]
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     batch, L, H, P, G, N, chunk = case

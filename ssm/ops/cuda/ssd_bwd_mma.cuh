@@ -640,6 +640,188 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, La
                            red[3 * kTile + threadIdx.x];
 }
 
+// acc (16 x 64) += A (rows r0.., stored [row][k], ld lda, k from ka0) · Bt^T (Bt stored [n][k], ld ldb); K = Kp.
+template <typename T>
+__device__ __forceinline__ void mma_nk_lds(float (&acc)[8][4], const T* A, int lda, int ka0, const T* Bt, int ldb,
+                                           int r0, int Kp) {
+  for (int k0 = 0; k0 < Kp; k0 += 16) {
+    unsigned a[4];
+    load_a(a, A, lda, r0, ka0 + k0);
+#pragma unroll
+    for (int jp = 0; jp < 4; ++jp) {
+      unsigned bb[4];
+      load_b_nk(bb, Bt, ldb, jp * 16, k0);
+      mma16816<T>(acc[2 * jp], a, bb[0], bb[1]);
+      mma16816<T>(acc[2 * jp + 1], a, bb[2], bb[3]);
+    }
+  }
+}
+
+// Heads per block of the dx kernel with head sets (one group's, so that B_s is shared): SSM_SSD_BWD_DXSET=k
+// (k divides H / G), else the most (a power of two dividing H / G) that keep the grid at 2048 blocks or more.
+inline int bwd_dx_heads(const SsdParams& p, int64_t blocks_per_head) {
+  const int64_t hg = p.nheads / p.ngroups;
+  const char* e = std::getenv("SSM_SSD_BWD_DXSET");
+  if (e != nullptr && std::atoi(e) > 0 && hg % std::atoi(e) == 0) return std::atoi(e);
+  int hx = 1;
+  while (hg % (2 * hx) == 0 && blocks_per_head * p.nheads / (2 * hx) >= 2048) hx *= 2;
+  return hx;
+}
+
+template <typename T>
+size_t bwd_dx_set_smem(int N) {
+  const int ldn = round16(N) + 8;
+  return 2 * align128(sizeof(TileTokens)) + align128(kTile * ldn * sizeof(T)) + 4 * align128(kTile * kLd * sizeof(T)) +
+         align128(4 * kTile * sizeof(float));
+}
+
+// Per (source tile j, 64-wide P slice, set of hx heads): per head o = diag(e) B_s dH_out^T + Σ_t (C B^T ∘ L)^T dY_t,
+// dx = Δ o + D dY, the x·o and X_s partials, the tile's dD share. B_s (the group's) is loaded once; each head's
+// stages (64-wide N pieces of dH_out, then the target tiles' dY_t) use two slots filled one stage ahead by
+// cp.async, so the next head's first tiles are in flight while this head ends; its x_s and dY_s (epilogue) come
+// with its first target tile.
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 3) bwd_dx_set_kernel(SsdParams p, Layout w, BwdLayout v, int hx) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), nq = Q / kTile, Np = round16(N), ldn = Np + 8;
+  const int npt = (P + kTile - 1) / kTile, nks = Np / kTile + (Np % kTile ? 1 : 0);
+  MmaSmem sm{smem};
+  TileTokens* tkb = sm.take<TileTokens>(2);
+  T* bs = sm.take<T>(kTile * ldn);
+  T* slb = sm.take<T>(2 * kTile * kLd);
+  T* ex = sm.take<T>(kTile * kLd);  // the source tile's x (P slice), for the epilogue
+  T* ey = sm.take<T>(kTile * kLd);  // and its dY
+  float* red = sm.take<float>(4 * kTile);
+  const int pt = int(blockIdx.x % npt), j = int(blockIdx.x / npt % nq), p0 = pt * kTile, s0 = j * kTile;
+  const int h0 = int(blockIdx.y) * hx, g = h0 / int(p.nheads / p.ngroups);
+  const int64_t c = blockIdx.x / (npt * nq), b = blockIdx.z, c0 = c * Q, L = p.seqlen;
+  const int64_t dds = ((b * w.nchunks + c) * nq + j) * p.dD.stride[0];
+  if (c0 + s0 >= L) {  // this tile's share of dD is zero
+    if (has(p.dD) && threadIdx.x < kTile && p0 + int(threadIdx.x) < P)
+      for (int h = h0; h < h0 + hx; ++h) ptr<float>(p.dD)[dds + h * p.dD.stride[1] + p0 + threadIdx.x] = 0.f;
+    return;
+  }
+  const int nv = int(min(int64_t(Q), L - c0)), ni = (nv + kTile - 1) / kTile, nsh = nks + ni - j, nstages = hx * nsh;
+  const TensorArg &X = p.x, &Bt = p.B, &dY = p.dout;
+  const T* dHout = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhout) +
+                   (b * w.nchunks + c) * p.nheads * int64_t(P) * N + int64_t(p0) * N;  // + h P N
+  const T* dyb = ptr<T>(dY) + b * dY.stride[0] + c0 * dY.stride[1] + p0 * dY.stride[3];  // + h stride 2
+  issue_tile<T>(bs, ldn, Np, ptr<T>(Bt) + b * Bt.stride[0] + g * Bt.stride[2] + (c0 + s0) * Bt.stride[1], Bt.stride[1],
+                Bt.stride[3], nv - s0, N);
+  // stage n: head h0 + n / nsh; r = n % nsh < nks the 64-wide N piece r of dH_out (with the head's tokens at
+  // r = 0), else target tile j + r - nks (dY_t; with x_s and dY_s at the first)
+  auto issue = [&](int n) {
+    const int hl = n / nsh, r = n % nsh, h = h0 + hl;
+    T* slot = slb + (n & 1) * kTile * kLd;
+    if (r == 0) chunk_tokens(p, w, v, b, h, c, tkb[hl & 1]);
+    if (r < nks) {
+      issue_tile<T>(slot, kLd, kTile, dHout + h * int64_t(P) * N + r * kTile, N, 1, P - p0, N - r * kTile);
+      return;
+    }
+    const int t0 = (j + r - nks) * kTile;
+    const T* dyh = dyb + h * dY.stride[2];
+    issue_tile<T>(slot, kLd, kTile, dyh + t0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - t0, P - p0);
+    if (r == nks) {
+      issue_tile<T>(ex, kLd, kTile, ptr<T>(X) + b * X.stride[0] + h * X.stride[2] + (c0 + s0) * X.stride[1] +
+                    p0 * X.stride[3], X.stride[1], X.stride[3], nv - s0, P - p0);
+      issue_tile<T>(ey, kLd, kTile, dyh + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0, P - p0);
+    }
+  };
+  const int warp = int(threadIdx.x >> 5), r0 = warp * 16, g8 = int(threadIdx.x & 31) >> 2;
+  const int c2 = 2 * int(threadIdx.x & 3);
+  const int srow[2] = {s0 + r0 + g8, s0 + r0 + g8 + 8};
+  const float* cbt = ptr<float>(p.workspace) + v.cbt + ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q;
+  float* ws = ptr<float>(p.workspace);
+  float ost[8][4] = {}, acc[8][4] = {};  // per head: B_s dH_out^T (P slice), and the target tiles' sum
+  issue(0);
+  cp_async_commit();
+  for (int n = 0; n < nstages; ++n) {
+    if (n + 1 < nstages) issue(n + 1);
+    cp_async_commit();
+    const int hl = n / nsh, r = n % nsh, h = h0 + hl;
+    const int t = j + r - nks, t0 = t * kTile;
+    float cv[8][4];
+    if (r >= nks) load_cb(cv, cbt, Q, srow, t0, 3);  // C B^T transposed: rows s, columns t
+    cp_async_wait<1>();
+    __syncthreads();
+    const T* slot = slb + (n & 1) * kTile * kLd;
+    const TileTokens& tok = tkb[hl & 1];
+    if (r == 0) {
+#pragma unroll
+      for (int jj = 0; jj < 8; ++jj)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) ost[jj][e] = 0.f, acc[jj][e] = 0.f;
+    }
+    if (r < nks) {
+      mma_nk_lds<T>(ost, bs, ldn, r * kTile, slot, kLd, r0, min(kTile, Np - r * kTile));  // B_s dH_out^T
+    } else {
+      tile_decay<false, false>(cv, tok, srow, t0, nv, t == j);
+      mma_sx_from<T>(acc, cv, slot, t == j ? warp : 0);
+    }
+    if (r == nsh - 1) {  // epilogue: o = acc + e_s ost; dx = Δ o + D dY; x·o, x·ost per row; dY·x per column
+      float dcol[8][2] = {};
+      const float* Dp = has(p.D) ? ptr<float>(p.D) + h * p.D.stride[0] : nullptr;
+      const int64_t bhc = (b * p.nheads + h) * w.nchunks + c;
+      const int64_t dxs = p.dx.stride[3];
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const int s = srow[hf], rl = r0 + g8 + 8 * hf;
+        float xo = 0.f, xs = 0.f;
+        const bool valid = s < nv;
+        const float lv = leave_weight(tok, s, nv), dts = tok.dt[s];
+        T* dxrow = ptr<T>(p.dx) + b * p.dx.stride[0] + (c0 + s) * p.dx.stride[1] + h * p.dx.stride[2];
+#pragma unroll
+        for (int jj = 0; jj < 8; ++jj) {
+          const int q = jj * 8 + c2, pp = p0 + q;
+          if (!valid || pp >= P) continue;
+          float d[2] = {0.f, 0.f};
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            if (pp + e >= P) continue;
+            const float o = acc[jj][2 * hf + e] + lv * ost[jj][2 * hf + e];
+            const float xv = to_float(ex[rl * kLd + q + e]), dyv = to_float(ey[rl * kLd + q + e]);
+            d[e] = dts * o;
+            if (Dp) d[e] += Dp[(pp + e) * p.D.stride[1]] * dyv;
+            xo += o * xv;
+            xs += ost[jj][2 * hf + e] * xv;
+            dcol[jj][e] += dyv * xv;
+          }
+          T* dst = dxrow + pp * dxs;
+          if (pp + 1 < P && dxs == 1 && (reinterpret_cast<uintptr_t>(dst) & 3) == 0) {
+            *reinterpret_cast<unsigned*>(dst) = pack2<T>(d[0], d[1]);  // the pair in one store
+          } else {
+            dst[0] = from_float<T>(d[0]);
+            if (pp + 1 < P) dst[dxs] = from_float<T>(d[1]);
+          }
+        }
+        xo = quad_sum(xo);
+        xs = quad_sum(xs);
+        if (valid && (threadIdx.x & 3) == 0) {
+          ws[v.xo + (bhc * v.nx + pt) * Q + s] = xo;
+          ws[v.xsum + (bhc * v.nx + pt) * Q + s] = dts * lv * xs;
+        }
+      }
+      if (has(p.dD)) {
+#pragma unroll
+        for (int jj = 0; jj < 8; ++jj)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            float col = dcol[jj][e];
+            col += __shfl_xor_sync(0xffffffffu, col, 4);
+            col += __shfl_xor_sync(0xffffffffu, col, 8);
+            col += __shfl_xor_sync(0xffffffffu, col, 16);
+            if (g8 == 0) red[warp * kTile + jj * 8 + c2 + e] = col;
+          }
+        __syncthreads();
+        if (threadIdx.x < kTile && p0 + int(threadIdx.x) < P)
+          ptr<float>(p.dD)[dds + h * p.dD.stride[1] + p0 + threadIdx.x] =
+              red[threadIdx.x] + red[kTile + threadIdx.x] + red[2 * kTile + threadIdx.x] + red[3 * kTile + threadIdx.x];
+      }
+    }
+    __syncthreads();  // before the next issue overwrites this stage's slot
+  }
+}
+
 template <typename T>
 size_t bwd_db_mma_smem(int P) {
   const int ldp = round16(P) + 8;
@@ -963,7 +1145,15 @@ void launch_bwd_tiles_mma(const SsdParams& p, const Layout& w, const BwdLayout& 
     launch_bwd(bwd_dc_mma_kernel<T, false>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
   else
     launch_bwd(bwd_dc_mma_kernel<T, true>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
-  launch_bwd(bwd_dx_mma_kernel<T>, dim3(nc * nq * npt, H, unsigned(p.batch)), bwd_dx_mma_smem<T>(N), s, p, w, v);
+  const char* dxs = std::getenv("SSM_SSD_BWD_DXSET");  // =0: one head per dx block (bwd_dx_mma_kernel)
+  if (dxs != nullptr && std::strcmp(dxs, "0") == 0) {
+    launch_bwd(bwd_dx_mma_kernel<T>, dim3(nc * nq * npt, H, unsigned(p.batch)), bwd_dx_mma_smem<T>(N), s, p, w, v);
+  } else {
+    const int hx = bwd_dx_heads(p, int64_t(nc) * nq * npt * p.batch);
+    const size_t smem = bwd_dx_set_smem<T>(N);
+    cudaFuncSetAttribute(bwd_dx_set_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    bwd_dx_set_kernel<T><<<dim3(nc * nq * npt, H / unsigned(hx), unsigned(p.batch)), kThreads, smem, s>>>(p, w, v, hx);
+  }
   const char* d = std::getenv("SSM_SSD_BWD_DBSUM");  // =0: dB with one C_t product per head (bwd_db_mma_kernel)
   if (d != nullptr && std::strcmp(d, "0") == 0)
     launch_bwd(bwd_db_mma_kernel<T>, dim3(tiles), bwd_db_mma_smem<T>(P), s, p, w, v);
