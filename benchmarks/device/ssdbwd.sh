@@ -18,4 +18,6 @@ timeout -k 1 16 ncu --clock-control none -k "regex:bwd_dc_sum|bwd_db_sum" --laun
   --section Occupancy --section LaunchStats --section WarpStateStats --section SourceCounters \
   $PY benchmarks/device/ncu_driver.py ssd > "$OUT/ncu.txt" 2>&1
 echo "ncu rc=$?"; grep -E "bwd_d[cb]_|Duration|Issue Slots Busy|Warp Cycles Per Issued|Achieved Occupancy|Registers Per" \
-  "$OUT/ncu.txt" | cut -c1-110 | head -14
+  "$OUT/ncu.txt" | cut -c1-110 | head -10
+echo "SUMMARY $(grep -E '^TESTS' "$OUT/round.err" | sed -E 's/.*TESTS ([^:]*): rc=([0-9]+) \{.passed.: ([0-9]+), .failed.: ([0-9]+).*/\1 rc=\2 p=\3 f=\4;/' | tr '\n' ' ')"
+grep -E '^\{' "$OUT/round.log" | sed -E 's/.*"case": "([^"]*)", "env": ([^,]*\}?), "kernels_ms": ([0-9.]+), "eager_ms": ([0-9.]+), "host_ms": ([0-9.]+).*/\1 \2 kernels \3 eager \4 host \5 ms/'
