@@ -211,20 +211,16 @@ def test_kernel_backward_matches_reference(dtype, case, seq, gate, monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
 @pytest.mark.parametrize("case", [(2, 300, 4, 64, 2, 64, 128), (1, 2 * 256 + 37, 6, 32, 1, 200, 256)],
                          ids=lambda c: "b{}_l{}_h{}_p{}_g{}_n{}_c{}".format(*c))
-@pytest.mark.parametrize("mode", ["group", "noprefetch", "per_head"])
+@pytest.mark.parametrize("mode", ["group", "noprefetch"])
 def test_kernel_backward_variants_match_reference(dtype, case, mode, monkeypatch):
     """The register kernels summing dB / dC over all of a group's heads in one block (SSM_SSD_BWD_HEADSUM=group;
-    the small grids above get one set per head) with two heads per dx block (SSM_SSD_BWD_DXSET=2), and the kernels
-    before the head-summed products and the dx head sets (SSM_SSD_BWD_DCSUM=0, SSM_SSD_BWD_DBSUM=0,
-    SSM_SSD_BWD_DXSET=0: one B_s / C_t product per head, one head per dx block), dc with and without its L1
-    prefetch (SSM_SSD_BWD_PREFETCH=0)."""
+    the small grids above get one set per head), and dc without its L1 prefetch (SSM_SSD_BWD_PREFETCH=0)."""
     monkeypatch.setenv("SSM_SSD_COMPOSED_BWD", "1")
     monkeypatch.setenv("SSM_SSD_BWD_KERNEL", "1")
-    env = {"group": {"SSM_SSD_BWD_HEADSUM": "group", "SSM_SSD_BWD_DXSET": "2"},
-           "noprefetch": {"SSM_SSD_BWD_DCSUM": "0", "SSM_SSD_BWD_PREFETCH": "0"},
-           "per_head": {"SSM_SSD_BWD_DCSUM": "0", "SSM_SSD_BWD_DBSUM": "0", "SSM_SSD_BWD_DXSET": "0"}}[mode]
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
+    if mode == "group":
+        monkeypatch.setenv("SSM_SSD_BWD_HEADSUM", "group")
+    else:
+        monkeypatch.setenv("SSM_SSD_BWD_PREFETCH", "0")
     batch, L, H, P, G, N, chunk = case
     code = _kernels.dtype_code(torch.empty(0, dtype=dtype))
     sets = _kernels.module("cuda").ssd_chunk_scan_bwd_head_sets(code, [batch, L, H, P, G, N, chunk])

@@ -205,8 +205,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dc_kernel(SsdParams p, Layout w,
 }
 
 // The state-leaving weight e_s = exp(cs_last - cs_s) of source s on the chunk's last run, else 0.
-template <typename Tok>
-__device__ __forceinline__ float leave_weight(const Tok& tok, int s, int nv) {
+__device__ __forceinline__ float leave_weight(const ChunkTokens& tok, int s, int nv) {
   return s < nv && tok.run[s] == tok.run[nv - 1] ? __expf(tok.cs[nv - 1] - tok.cs[s]) : 0.f;
 }
 
