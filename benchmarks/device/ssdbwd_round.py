@@ -2,7 +2,7 @@
 ~10 s to start on the round machine): the GPU gradient tests of the half / bfloat16 register kernels first
 (-x), then fwd+bwd at issue 6's shapes (bf16; D, dt_bias, softplus; chunk 256): profiler kernel sums and top
 kernels, eager event time, host time per call (no sync: what Python and the launches cost), the backward's
-kernel variants at B8, the host profile's top CPU ops at B1 L8192 (the eager gap), and the forward's y error
+kernel variants, the host profile's top CPU ops at B1 L8192 (the eager gap), and the forward's y error
 behind the bf16 ssd_split gradient flake.
 
     python benchmarks/device/ssdbwd_round.py OUT_DIR [SECONDS]   (stops starting new parts after SECONDS)
@@ -30,7 +30,8 @@ TESTS = [  # (name, files, -k)
      "(kernel_backward and bf16) or gradients_at_model_sizes"),
     ("ssd / ssd_split gradient rows", ["tests/ops/test_ssd_split.py", "tests/ops/test_ssd.py"], "gradients and cuda"),
 ]
-VARIANTS = [{"SSM_SSD_BWD_HEADSUM": "4"}, {"SSM_SSD_BWD_HEADSUM": "group"}, {"SSM_SSD_BWD_PREFETCH": "0"}]
+VARIANTS = [(8, 2048, {"SSM_SSD_BWD_HEADSUM": "4"}), (8, 2048, {"SSM_SSD_BWD_HEADSUM": "group"}),
+            (8, 2048, {"SSM_SSD_BWD_PREFETCH": "0"}), (1, 8192, {"SSM_SSD_BWD_HEADSUM": "8"})]  # (B, L, env)
 
 
 class Count:
@@ -151,7 +152,7 @@ def main():
     run_tests()
     print(torch.cuda.get_device_name(), f"tests done at {time.time() - START:.1f} s", flush=True)
     res = dict(device=torch.cuda.get_device_name(), rows=[])
-    parts = [lambda: case(8, 2048), lambda: case(1, 8192)] + [lambda e=e: case(8, 2048, e) for e in VARIANTS]
+    parts = [lambda: case(8, 2048), lambda: case(1, 8192)] + [lambda v=v: case(*v) for v in VARIANTS]
     for part in parts:
         if time.time() - START > budget:
             print("time budget reached", flush=True)
