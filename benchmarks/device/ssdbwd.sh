@@ -1,24 +1,22 @@
 #!/usr/bin/env bash
-# Device round of the dedicated CUDA SSD backward (session 4: the register-fragment kernels of ssd_bwd_mma.cuh
-# for half / bfloat16; SSM_SSD_BWD_PREFETCH=0 dc without its L1 prefetch, SSM_SSD_BWD_HEADSUM=0 dB / dC per head):
-# the gradient tests of test_ssd_cuda against the float64 reference (kernel grid, variants, composed, bitwise),
-# the CUDA gradient rows of test_ssd / test_ssd_split, the fwd+bwd timings at issue 6's two shapes (limits allow
-# ~10 s of Python start-up per process, as on the round-2 machine).
-# Usage: benchmarks/device/ssdbwd.sh OUT_DIR (70 s in all)
+# Device round of the dedicated CUDA SSD backward (session 5): one Python process for the GPU gradient tests
+# (bf16 kernel grid, the kernel variants, model sizes, the test_ssd / test_ssd_split CUDA gradient rows) and the
+# fwd+bwd timings (head-set variants, dc without its prefetch) / host profile / flake check (ssdbwd_round.py),
+# then an ncu profile of the dc, dx and db kernels (speed of light, warp states, instruction mix, scheduler).
+# Usage: benchmarks/device/ssdbwd.sh OUT_DIR (repo root, after the build; ~48 s)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-/tmp/ssdbwd}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-summary() { grep -E "^FAILED|^E  |passed|failed|error" "$1" | cut -c1-240 | head -${2:-8}; }
-timeout 26 python3 -m pytest tests/ops/test_ssd_cuda.py --maxfail=6 -q -p no:cacheprovider -rf \
-  -k "gradients or backward or bitwise" > "$OUT/tests_kernel.log" 2>&1
-echo "test_ssd_cuda -k 'gradients or backward or bitwise' rc=$?"; summary "$OUT/tests_kernel.log"
-timeout 20 python3 -m pytest tests/ops/test_ssd_split.py tests/ops/test_ssd.py \
-  -v -p no:cacheprovider -rf -k "gradients and cuda" > "$OUT/tests_rows.log" 2>&1
-echo "test_ssd/split gradient rows rc=$? ($(grep -c PASSED "$OUT/tests_rows.log") passed)"
-summary "$OUT/tests_rows.log" 4
-timeout 20 python3 benchmarks/bench_ssd_bwd_cuda.py --modes kernel --out "$OUT/bench.json" > "$OUT/bench.log" 2>&1
-echo "bench rc=$?"
-grep -E "^\{|H100|H200" "$OUT/bench.log" | cut -c1-200
-grep -A9 "top kernels" "$OUT/bench.log" | cut -c1-100 | head -20
+PY=${PYTHON:-python3}
+timeout -k 1 31 $PY benchmarks/device/ssdbwd_round.py "$OUT" 27 > "$OUT/round.log" 2> "$OUT/round.err"
+echo "round rc=$?"; grep -E "^TESTS" "$OUT/round.err" | cut -c1-300
+grep -E "^FAILED|^E  " "$OUT/round.log" | head -4 | cut -c1-220
+grep -E "^\{|H100|H200|budget|^-- host|^-- flake" "$OUT/round.log" | cut -c1-260
+timeout -k 1 16 ncu --clock-control none -k "regex:bwd_d[cbx]_mma" --launch-count 3 --section SpeedOfLight \
+  --section WarpStateStats --section InstructionStats --section SchedulerStats \
+  $PY benchmarks/device/ncu_driver.py ssd > "$OUT/ncu.txt" 2>&1
+echo "ncu rc=$?"; grep -E "bwd_d[cbx]_mma|Duration|Issued Ipc|Warp Cycles Per Issued|No Eligible" "$OUT/ncu.txt" | cut -c1-110 | head -15
+echo "SUMMARY $(grep -E '^TESTS' "$OUT/round.err" | sed -E 's/.*TESTS ([^:]*): rc=([0-9]+) \{.passed.: ([0-9]+), .failed.: ([0-9]+).*/\1 rc=\2 p=\3 f=\4;/' | tr '\n' ' ')"
+grep -E '^\{' "$OUT/round.log" | sed -E 's/.*"case": "([^"]*)", "env": ([^,]*\}?), "kernels_ms": ([0-9.]+), "eager_ms": ([0-9.]+), "host_ms": ([0-9.]+).*/\1 \2 kernels \3 eager \4 host \5 ms/'

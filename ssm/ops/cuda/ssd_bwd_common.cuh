@@ -50,11 +50,13 @@ struct BwdLayout {
 inline bool bwd_mma_enabled(const SsdParams& p) { return p.dtype != DType::f32; }
 
 // The register kernels sum dB / dC over sets of a group's heads: the fewest sets per group that still give
-// the dc / db grids about 1024 blocks. SSM_SSD_BWD_HEADSUM=0: one set per head; =group: one set per group.
+// the dc / db grids about 1024 blocks. SSM_SSD_BWD_HEADSUM=0: one set per head; =group: one set per group;
+// =k: k sets per group (k divides the group's heads).
 inline int64_t bwd_head_sets(const SsdParams& p, const Layout& w) {
   const char* e = std::getenv("SSM_SSD_BWD_HEADSUM");
   if ((e != nullptr && std::strcmp(e, "0") == 0) || !bwd_mma_enabled(p) || p.ngroups < 1) return p.nheads;
   const int64_t hg = p.nheads / p.ngroups;
+  if (e != nullptr && std::atoi(e) > 0 && hg % std::atoi(e) == 0) return p.ngroups * std::atoi(e);
   const int64_t blocks = p.batch * w.nchunks * (p.chunk / kTile) * ((p.dstate + kTile - 1) / kTile) * p.ngroups;
   const int64_t want = e != nullptr && std::strcmp(e, "group") == 0 ? 0 : 1024;
   int64_t split = 1;
