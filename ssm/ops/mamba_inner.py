@@ -272,11 +272,16 @@ def _setup_context(ctx, inputs, output):
     _, xc, y_t, states = output
     ctx.save_for_backward(*tensors, xc, y_t, states)
     ctx.mark_non_differentiable(xc, y_t, states)
+    # the kept outputs get no gradient: no zero tensors of their size materialized for them
+    ctx.set_materialize_grads(False)
     ctx.softplus = softplus
 
 
 def _backward(ctx, dout, _dxc, _dy, _dstates):
     saved = ctx.saved_tensors
+    if dout is None:  # out unused: (B, L, out_dim) zeros
+        xz, out_w = saved[0], saved[5]
+        dout = xz.new_zeros(xz.shape[0], xz.shape[2], out_w.shape[0])
     grads = _bwd_op(*saved, dout.contiguous(), ctx.softplus)
     return (*(None if t is None else g for t, g in zip(saved[:14], grads)), None, None, None)
 

@@ -221,13 +221,17 @@ def _(zxbcdt, conv_w, conv_b, dt_bias, A, D, initial_states, seq_idx, norm_w, ou
 def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs[:11], output[2])
     ctx.mark_non_differentiable(output[2])
+    # y gets no gradient: no zero tensor of its size materialized (an absent dout or dfinal is None)
+    ctx.set_materialize_grads(False)
     ctx.flags = inputs[11:]
+    ctx.out_shape = output[0].shape
 
 
 def _backward(ctx, dout, dfinal, _dy):
     *saved, y_saved = ctx.saved_tensors
     dfinal = saved[0].new_empty(0) if dfinal is None or not ctx.flags[-2] else dfinal.contiguous()
-    grads = _bwd_op(*saved, *ctx.flags, y_saved, dout.contiguous(), dfinal)
+    dout = saved[0].new_zeros(ctx.out_shape) if dout is None else dout.contiguous()
+    grads = _bwd_op(*saved, *ctx.flags, y_saved, dout, dfinal)
     tensors = saved[:7] + saved[8:11]
     grads = [None if t is None else g for t, g in zip(tensors, grads)]
     return (*grads[:7], None, *grads[7:]) + (None,) * len(ctx.flags)
