@@ -123,7 +123,7 @@ class Mamba1(nn.Module):
         if self.use_fast_path and plain:
             return ops.mamba_inner_fn(xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
                                       self.dt_proj.weight, self.out_proj.weight, self.out_proj.bias, A, None, None,
-                                      self.D.float(), delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+                                      self.D, delta_bias=self.dt_proj.bias, delta_softplus=True,
                                       checkpoint_lvl=CHECKPOINT_LVL)
         x, z = xz.chunk(2, dim=1)
         x_conv = self._conv(x, seq_idx, cu_seqlens, initial_conv_state)

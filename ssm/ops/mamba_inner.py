@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ssm.ops import _checks, _library, cpu_matmul
+from ssm.ops import _checks, _kernels, _library, cpu_matmul
 from ssm.ops.conv import dw_causal_conv
 from ssm.ops.python import reference
 from ssm.ops.selective_scan import selective_scan
@@ -302,15 +302,15 @@ def _prepare(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, o
     par = torch.float64 if xz.dtype == torch.float64 else torch.float32
 
     def param(t):
-        return None if t is None else t.to(par).contiguous()
+        return _kernels.small_param(t, par)
 
     def bc(t):
         if t is None:
             return None
         t = t.unsqueeze(1) if t.dim() == 3 else t
         return t.to(xz.dtype) if t.dim() == 4 else param(t)
-    conv_w = conv1d_weight.reshape(conv1d_weight.shape[0], conv1d_weight.shape[-1])
-    return (xz, param(conv_w), param(conv1d_bias), *weights[:3], weights[3], param(A), bc(B), bc(C), param(D),
+    conv_w = param(conv1d_weight).reshape(conv1d_weight.shape[0], conv1d_weight.shape[-1])
+    return (xz, conv_w, param(conv1d_bias), *weights[:3], weights[3], param(A), bc(B), bc(C), param(D),
             param(delta_bias), param(B_proj_bias), param(C_proj_bias))
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ssm.ops import _checks, _library, conv, cpu_matmul
+from ssm.ops import _checks, _kernels, _library, conv, cpu_matmul
 from ssm.ops.conv import _bwd_op as _conv_bwd, _fwd_op as _conv_fwd
 from ssm.ops.gated_norm import _bwd_op as _gated_norm_bwd, _fwd_op as _gated_norm_fwd
 from ssm.ops.python import reference
@@ -271,10 +271,11 @@ def mamba_split_conv1d_scan_combined(zxbcdt, conv1d_weight, conv1d_bias, dt_bias
     par = torch.float64 if zxbcdt.dtype == torch.float64 else torch.float32
 
     def param(t):
-        return None if t is None else t.to(par).contiguous()
-    tensors = (zxbcdt, param(conv1d_weight.reshape(conv1d_weight.shape[0], -1)), param(conv1d_bias),
+        return _kernels.small_param(t, par)
+    init = None if initial_states is None else initial_states.to(par).contiguous()
+    tensors = (zxbcdt, param(conv1d_weight).reshape(conv1d_weight.shape[0], -1), param(conv1d_bias),
                param(dt_bias), param(A), param(D).reshape(nheads, -1).expand(nheads, headdim),
-               param(initial_states), seq_idx, param(rmsnorm_weight), outproj_weight, outproj_bias)
+               init, seq_idx, param(rmsnorm_weight), outproj_weight, outproj_bias)
     flags = ([d_nonssm, dim, ngroups * dstate, nheads], int(chunk_size), dt_lo, dt_hi, activation is not None,
              float(rmsnorm_eps), headdim, ngroups, bool(norm_before_gate), bool(return_final_states), KEEP_Y)
     with torch.autocast(zxbcdt.device.type, enabled=False):
