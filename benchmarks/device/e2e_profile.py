@@ -175,6 +175,24 @@ def run_model(name, out: Path, rows: list, summary: list, budget: float):
     torch.cuda.empty_cache()
 
 
+# (name, M, K, N): the models' big GEMMs, out (M, N) = a (M, K) @ w (N, K)^T as F.linear runs them
+GEMMS = (("m1-130m in_proj", 16384, 768, 3072), ("m2-130m in_proj", 16384, 768, 3352),
+         ("130m out_proj", 16384, 1536, 768), ("130m lm_head", 16384, 768, 50280),
+         ("m2-1.3b in_proj", 16384, 2048, 8512), ("1.3b out_proj", 16384, 4096, 2048),
+         ("1.3b lm_head", 16384, 2048, 50280))
+
+
+def gemm_check(rows: list):
+    """cuBLAS's own rate on the models' GEMM shapes (bf16, event median), beside the profile's GEMM totals."""
+    for label, M, K, N in GEMMS:
+        a = torch.randn(M, K, device=DEV, dtype=torch.bfloat16)
+        w = torch.randn(N, K, device=DEV, dtype=torch.bfloat16)
+        ms = event_ms(lambda: F.linear(a, w), 10, 3)
+        tflops = 2 * M * K * N / ms / 1e9
+        rows.append(dict(work="gemm " + label, M=M, K=K, N=N, ms=ms, tflops=tflops))
+        print(f"  gemm {label:16s} {M}x{K}x{N}: {ms:7.3f} ms {tflops:6.0f} TFLOP/s", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
@@ -195,6 +213,10 @@ def main():
         except Exception as e:  # one model's failure is reported, the others still run
             print(f"{name}: FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
             rows.append(dict(model=name, error=f"{type(e).__name__}: {e}"))
+        (out / "e2e_profile.json").write_text(json.dumps(dict(device=torch.cuda.get_device_name(), rows=rows),
+                                                         indent=1))
+    if time.perf_counter() - START < args.budget + 3:
+        gemm_check(rows)
         (out / "e2e_profile.json").write_text(json.dumps(dict(device=torch.cuda.get_device_name(), rows=rows),
                                                          indent=1))
     print(f"done in {time.perf_counter() - START:.1f} s")
