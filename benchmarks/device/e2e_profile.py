@@ -120,7 +120,8 @@ def train_fn(model, ids):
 def measure(name, work, fn, out: Path, reps: int, summary: list) -> dict:
     ms = event_ms(fn, reps)
     host = statistics.median(host_ms(fn) for _ in range(2))
-    prof = profile(fn, out / f"kernels_{name}_{work.split()[0]}.txt")
+    tag = "".join(c if c.isalnum() else "_" for c in work.replace(" 8x2048", "")).strip("_")
+    prof = profile(fn, out / f"kernels_{name}_{tag}.txt")
     torch.cuda.reset_peak_memory_stats()
     fn()
     torch.cuda.synchronize()
