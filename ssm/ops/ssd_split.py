@@ -157,6 +157,8 @@ def _(zxbcdt, conv_w, conv_b, dt_bias, A, D, initial_states, seq_idx, norm_w, ou
 
 def _swiglu_bwd(zx0, dsw, d_nonssm):
     # d of silu(a) * b with a, b the halves of zx0 (B, L, 2 d_nonssm)
+    if d_nonssm == 0:
+        return zx0
     a, b = zx0[..., :d_nonssm], zx0[..., d_nonssm:]
     sig = torch.sigmoid(a)
     return torch.cat([dsw * b * sig * (1 + a * (1 - sig)), dsw * a * sig], dim=-1)
