@@ -5,8 +5,8 @@ The fused path is one custom op pair: the forward calls the conv and scan ops' k
 backend they pick) and torch matmuls; autograd saves only the inputs (checkpoint_lvl >= 1) and the
 backward recomputes the conv output, x_proj, dt and the scan output before calling the ops'
 backward kernels; checkpoint_lvl 0 keeps the conv and scan outputs and the scan's chunk-start
-states (CUDA), so that the backward runs no forward scan. The composition of the public ops remains for the RMS-normed B/C/dt variant and
-as the reference (:func:`mamba_inner_ref`)."""
+states (CUDA), so that the backward runs no forward scan. The composition of the public ops
+remains for the RMS-normed B/C/dt variant and as the reference (:func:`mamba_inner_ref`)."""
 from __future__ import annotations
 
 import importlib
