@@ -10,11 +10,13 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 summary() { echo "$1 rc=$2 at ${SECONDS}s: $(grep -E "passed|failed|error" "$3" | tail -1 | cut -c1-200)"
-            grep -E "^(FAILED|ERROR)|Error:|^E  " "$3" | head -4 | cut -c1-250; }
-timeout -k 2 -s INT 17 $PY -m pytest -x -q -p no:cacheprovider -rf -k "cuda and not compile and not long" \
+            grep -E "^(FAILED|ERROR)|Error:|^E  " "$3" | head -8 | cut -c1-200; }
+# no -x: a known bf16 flake (test_mamba_inner's [1-dtype2-cuda] gradient bound, seen in session 4 too) must
+# not hide the other cases
+timeout -k 2 -s INT 20 $PY -m pytest -q -p no:cacheprovider -rf -k "cuda and not compile and not long" \
   tests/ops/test_mamba_inner.py tests/ops/test_ssd_split.py tests/modules/test_consistency_cuda.py > "$OUT/pytest.log" 2>&1
 summary "tests (inner, split, consistency)" $? "$OUT/pytest.log"
-T=$((47 - SECONDS)); [ "$T" -gt 32 ] && T=32
+T=$((47 - SECONDS)); [ "$T" -gt 30 ] && T=30
 # the budget counts from after the imports (~10 s): no new model or variant starts past it
 timeout -k 2 $T $PY benchmarks/device/e2e_profile.py "$OUT" --budget $((T - 13)) > "$OUT/profile.log" 2> "$OUT/profile.err"
 echo "profile rc=$? at ${SECONDS}s"

@@ -102,6 +102,27 @@ def profile(fn, path: Path, top: int = 12) -> dict:
                 categories=dict(cats), top=[(round(ms, 3), n, name[:160]) for ms, n, name in rows[:top]])
 
 
+def host_profile(fn, path: Path, top: int = 30) -> list:
+    """cProfile of one call (where the host's time goes: Python, launches, waits); table into path."""
+    import cProfile
+    import io
+    import pstats
+    torch.cuda.synchronize()
+    prof = cProfile.Profile()
+    prof.enable()
+    fn()
+    torch.cuda.synchronize()
+    prof.disable()
+    buf = io.StringIO()
+    stats = pstats.Stats(prof, stream=buf).sort_stats("tottime")
+    stats.print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
+    path.write_text(buf.getvalue())
+    rows = sorted(((st[2], st[1], f"{fn_[0].split('/')[-1]}:{fn_[1]}({fn_[2]})")
+                   for fn_, st in stats.stats.items()), reverse=True)[:6]
+    return [(round(t * 1e3, 2), n, name[:90]) for t, n, name in rows]
+
+
 def prefill_fn(model, ids):
     def run():
         with torch.inference_mode():
@@ -134,6 +155,10 @@ def measure(name, work, fn, out: Path, reps: int, summary: list) -> dict:
     summary.append(line)
     for ms_, n, kname in prof["top"][:6]:
         print(f"      {ms_:8.3f} ms {n:5d}x  {kname[:120]}", flush=True)
+    if work == "train 8x2048":  # the host side of the plain training step (idle GPU gaps)
+        row["host_top"] = host_profile(fn, out / f"host_{name}_{tag}.txt")
+        print("      host (cProfile tottime ms, calls): "
+              + "; ".join(f"{t} {n}x {f}" for t, n, f in row["host_top"]), flush=True)
     return row
 
 
@@ -151,7 +176,7 @@ def variants(name: str):
     from ssm.ops import ssd_split
     if name.startswith("mamba2"):
         return [("split KEEP_Y=0", _switch(ssd_split, "KEEP_Y", False))]
-    return [("mamba1 CHECKPOINT_LVL=0", _switch(mamba1, "CHECKPOINT_LVL", 0))]
+    return [("mamba1 CHECKPOINT_LVL=1", _switch(mamba1, "CHECKPOINT_LVL", 1))]
 
 
 def run_model(name, out: Path, rows: list, summary: list, budget: float):
@@ -171,6 +196,9 @@ def run_model(name, out: Path, rows: list, summary: list, budget: float):
                 rows.append(measure(name, f"train 8x2048 [{label}]", train_fn(model, ids), out, 3, summary))
             finally:
                 undo()
+            again = event_ms(train_fn(model, ids), 3, 1)  # the default again: the variants' noise
+            rows.append(dict(model=name, work="train 8x2048 (again)", event_ms=again))
+            print(f"{name:11s} train 8x2048 (default again)  event {again:8.2f} ms", flush=True)
         model.zero_grad(set_to_none=True)
     del model
     torch.cuda.empty_cache()
