@@ -199,6 +199,10 @@ def run_model(name, out: Path, rows: list, summary: list, budget: float):
             again = event_ms(train_fn(model, ids), 3, 1)  # the default again: the variants' noise
             rows.append(dict(model=name, work="train 8x2048 (again)", event_ms=again))
             print(f"{name:11s} train 8x2048 (default again)  event {again:8.2f} ms", flush=True)
+        fwd = lambda: model(ids[:, :-1])  # noqa: E731  (the training forward alone: autograd's host cost)
+        fwd_ms, fwd_host = event_ms(fwd, 3, 1), statistics.median(host_ms(fwd) for _ in range(2))
+        rows.append(dict(model=name, work="train forward only", event_ms=fwd_ms, host_issue_ms=fwd_host))
+        print(f"{name:11s} train forward only          event {fwd_ms:8.2f} ms  host {fwd_host:7.2f}", flush=True)
         model.zero_grad(set_to_none=True)
     del model
     torch.cuda.empty_cache()
