@@ -167,9 +167,9 @@ class Mamba2(nn.Module):
         return self.D.view(self.nheads, self.headdim) if self.D_has_hdim else self.D
 
     def _forward_fused(self, zxbcdt, seq_idx):
-        A = -torch.exp(self.A_log.float())
+        A = _states.decode_A(self)
         return ops.mamba_split_conv1d_scan_combined(
-            zxbcdt, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias, A, D=self._D(),
+            zxbcdt, self.conv1d.weight, self.conv1d.bias, self.dt_bias, A, D=self._D(),
             chunk_size=self.chunk_size, seq_idx=seq_idx, activation=self.activation,
             rmsnorm_weight=self.norm.weight if self.rmsnorm else None,
             rmsnorm_eps=self.norm.eps if self.rmsnorm else 1e-6,

@@ -284,3 +284,14 @@ def norm_parts(backend: str, rows: int, exec_value: int) -> int:
     if backend == "cpu":
         return max(1, exec_value)
     return max(1, min(rows, CUDA_NORM_PARTS))
+
+
+def small_param(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """A small parameter (weight, bias, A, D) in ``dtype``, contiguous, for the fused paths: float32
+    through float32_param (without autograd a copy kept per parameter, not one cast kernel per call;
+    a plain cast when compiling), any other dtype by a plain cast."""
+    if t is None:
+        return None
+    if dtype == torch.float32:
+        return float32_contiguous(t) if torch.compiler.is_compiling() else float32_param(t)
+    return t.to(dtype).contiguous()

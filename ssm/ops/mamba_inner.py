@@ -4,8 +4,9 @@ selective scan with z gating, out_proj.
 The fused path is one custom op pair: the forward calls the conv and scan ops' kernels (whatever
 backend they pick) and torch matmuls; autograd saves only the inputs (checkpoint_lvl >= 1) and the
 backward recomputes the conv output, x_proj, dt and the scan output before calling the ops'
-backward kernels. The composition of the public ops remains for the RMS-normed B/C/dt variant and
-as the reference (:func:`mamba_inner_ref`)."""
+backward kernels; checkpoint_lvl 0 keeps the conv and scan outputs and the scan's chunk-start
+states (CUDA), so that the backward runs no forward scan. The composition of the public ops
+remains for the RMS-normed B/C/dt variant and as the reference (:func:`mamba_inner_ref`)."""
 from __future__ import annotations
 
 import importlib
@@ -14,7 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ssm.ops import _checks, _library, cpu_matmul
+from ssm.ops import _checks, _kernels, _library, cpu_matmul
 from ssm.ops.conv import dw_causal_conv
 from ssm.ops.python import reference
 from ssm.ops.selective_scan import selective_scan
@@ -138,32 +139,40 @@ def _scan(xc, delta, A, B, C, D, z, delta_bias, softplus, checkpoints=False):
 
 
 def _fused_fwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, D, delta_bias,
-               B_proj_bias, C_proj_bias, softplus, keep):
-    # xz (B, 2D, L) -> out (B, L, out_dim); with keep, also the conv and scan outputs (else empty)
+               B_proj_bias, C_proj_bias, softplus, keep, checkpoints=False):
+    """xz (B, 2D, L) -> out (B, L, out_dim); with keep, also the conv output (B, D, L) and the scan
+    output as y^T (B, L, D), else empty; with checkpoints also the scan's chunk-start states, where
+    the CUDA kernel writes them (else empty), as (B, nchunks, N, D) (the backward's permuted view)."""
     dim = xz.shape[1] // 2
     x, z = xz[:, :dim], xz[:, dim:]
     xc = _conv_silu(x, conv_w, conv_b)
     _, delta, B, C = _project(xc, x_proj_w, dt_proj_w, A, B, C, B_proj_bias, C_proj_bias)
-    y, _ = _scan(xc, delta, A, B, C, D, z, delta_bias, softplus)
-    out = cpu_matmul.linear(_cpu_contiguous(y.transpose(1, 2)), out_proj_w, out_proj_b)  # y channels-last on the GPU
-    return out, (xc if keep else xz.new_empty(0)), (y if keep else xz.new_empty(0))
+    y, states = _scan(xc, delta, A, B, C, D, z, delta_bias, softplus, keep and checkpoints)
+    y_t = y.transpose(1, 2)  # (B, L, D): contiguous where y is channels-last (the GPU path)
+    out = cpu_matmul.linear(_cpu_contiguous(y_t), out_proj_w, out_proj_b)
+    if not keep:
+        return out, xz.new_empty(0), xz.new_empty(0), xz.new_empty(0)
+    return out, xc, y_t, (xz.new_empty(0) if states is None else states.permute(0, 2, 3, 1))
 
 
 @_library.custom_op("ssm::mamba_inner_fwd", mutates_args=())
 def _fwd_op(xz: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], x_proj_w: Tensor, dt_proj_w: Tensor,
             out_proj_w: Tensor, out_proj_b: Optional[Tensor], A: Tensor, B: Optional[Tensor], C: Optional[Tensor],
             D: Optional[Tensor], delta_bias: Optional[Tensor], B_proj_bias: Optional[Tensor],
-            C_proj_bias: Optional[Tensor], softplus: bool, keep: bool) -> tuple[Tensor, Tensor, Tensor]:
+            C_proj_bias: Optional[Tensor], softplus: bool, keep: bool,
+            checkpoints: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return _fused_fwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, D, delta_bias,
-                      B_proj_bias, C_proj_bias, softplus, keep)
+                      B_proj_bias, C_proj_bias, softplus, keep, checkpoints)
 
 
 @_fwd_op.register_fake
 def _(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, D, delta_bias, B_proj_bias,
-      C_proj_bias, softplus, keep):
+      C_proj_bias, softplus, keep, checkpoints):
+    # (checkpoints is False when compiling: their shape depends on the backend)
     batch, two_d, L = xz.shape
-    inner = xz.new_empty((batch, two_d // 2, L)) if keep else xz.new_empty(0)
-    return xz.new_empty((batch, L, out_proj_w.shape[0])), inner, _library.empty_like(inner)
+    xc = xz.new_empty((batch, two_d // 2, L)) if keep else xz.new_empty(0)
+    y_t = xz.new_empty((batch, L, two_d // 2)) if keep else xz.new_empty(0)
+    return xz.new_empty((batch, L, out_proj_w.shape[0])), xc, y_t, xz.new_empty(0)
 
 
 def _out_proj_grads(dout, y, out_proj_w, has_bias):
@@ -203,13 +212,17 @@ def _proj_grads(ddelta, dB, dC, xc, du, x_dbl, x_proj_w, dt_proj_w, N, B_given, 
 
 
 def _fused_bwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, D, delta_bias,
-               B_proj_bias, C_proj_bias, xc, y, dout, softplus):
+               B_proj_bias, C_proj_bias, xc, y_t, states, dout, softplus):
+    """Gradients of every input; xc, y_t, states: what the forward kept (empty: recomputed here)."""
     batch, two_d, L = xz.shape
     dim = two_d // 2
     x, z = xz[:, :dim], xz[:, dim:]
     xc = xc if xc.numel() else _conv_silu(x, conv_w, conv_b)
     x_dbl, delta, Bs, Cs = _project(xc, x_proj_w, dt_proj_w, A, B, C, B_proj_bias, C_proj_bias)
-    y, chunk_states = (y, None) if y.numel() else _scan(xc, delta, A, Bs, Cs, D, z, delta_bias, softplus, True)
+    if y_t.numel():  # y (B, D, L) and the chunk-start states (B, D, nchunks, N) as the scan gave them
+        y, chunk_states = y_t.transpose(1, 2), (states.permute(0, 3, 1, 2) if states.numel() else None)
+    else:
+        y, chunk_states = _scan(xc, delta, A, Bs, Cs, D, z, delta_bias, softplus, True)
     dy, d_out_w, d_out_b = _out_proj_grads(dout, y, out_proj_w, out_proj_b is not None)
     du, ddelta, dA, dB, dC, dD, dz, d_delta_bias, _ = _scan_impl._bwd_impl(
         xc, delta, A, Bs, Cs, D, z, delta_bias, None, None, None, dy, xz.new_empty(0), softplus, False, chunk_states)
@@ -217,43 +230,60 @@ def _fused_bwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, 
                                                     A.shape[1], B is not None, C is not None)
     dx, d_conv_w, d_conv_b, _ = torch.ops.ssm.dw_causal_conv_bwd(x, conv_w, conv_b, None, None, dxc,
                                                                  xz.new_empty(0), True, False)
-    grads = (torch.cat([dx, dz], 1), d_conv_w, d_conv_b, d_x_proj_w, d_dt_w, d_out_w, d_out_b, dA,
+    grads = (d_conv_w, d_conv_b, d_x_proj_w, d_dt_w, d_out_w, d_out_b, dA,
              dB if B is not None else None, dC if C is not None else None, dD, d_delta_bias,
              None if B_proj_bias is None else dBc.sum(0), None if C_proj_bias is None else dCc.sum(0))
-    return tuple(_library.empty_if_none(g, xz) for g in grads)
+    return (_like_xz(xz, dx, dz), *(_library.empty_if_none(g, xz).contiguous() for g in grads))
 
 
-@_library.custom_op("ssm::mamba_inner_bwd", mutates_args=())
+def _like_xz(xz: Tensor, dx: Tensor, dz: Tensor) -> Tensor:
+    """d xz = [dx, dz] in xz's own strides (empty_like keeps a dense layout): the model's xz is a
+    view of in_proj's (2D, B*L) output, whose backward then reads it without another copy."""
+    dxz = torch.empty_like(xz)
+    dim = dx.shape[1]
+    dxz[:, :dim].copy_(dx)
+    dxz[:, dim:].copy_(dz)
+    return dxz
+
+
+# exact_layout: d xz comes in xz's strides (see _like_xz; the fake gives the same), the rest contiguous
+@_library.custom_op("ssm::mamba_inner_bwd", mutates_args=(), exact_layout=True)
 def _bwd_op(xz: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], x_proj_w: Tensor, dt_proj_w: Tensor,
             out_proj_w: Tensor, out_proj_b: Optional[Tensor], A: Tensor, B: Optional[Tensor], C: Optional[Tensor],
             D: Optional[Tensor], delta_bias: Optional[Tensor], B_proj_bias: Optional[Tensor],
-            C_proj_bias: Optional[Tensor], xc: Tensor, y: Tensor, dout: Tensor, softplus: bool) -> list[Tensor]:
+            C_proj_bias: Optional[Tensor], xc: Tensor, y_t: Tensor, states: Tensor, dout: Tensor,
+            softplus: bool) -> list[Tensor]:
     return list(_library._unalias(list(_fused_bwd(
         xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, D, delta_bias, B_proj_bias,
-        C_proj_bias, xc, y, dout, softplus)), (xz, dout)))
+        C_proj_bias, xc, y_t, states, dout, softplus)), (xz, dout)))
 
 
 @_bwd_op.register_fake
 def _(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, D, delta_bias, B_proj_bias,
-      C_proj_bias, xc, y, dout, softplus):
+      C_proj_bias, xc, y_t, states, dout, softplus):
     def like(t):
         return xz.new_empty(0) if t is None else _library.empty_like(t)
-    return [like(t) for t in (xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, D,
-                              delta_bias, B_proj_bias, C_proj_bias)]
+    return [torch.empty_like(xz)] + [like(t) for t in (conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b,
+                                                        A, B, C, D, delta_bias, B_proj_bias, C_proj_bias)]
 
 
 def _setup_context(ctx, inputs, output):
-    *tensors, softplus, keep = inputs
-    _, xc, y = output
-    ctx.save_for_backward(*tensors, xc, y)
-    ctx.mark_non_differentiable(xc, y)
+    *tensors, softplus, keep, checkpoints = inputs
+    _, xc, y_t, states = output
+    ctx.save_for_backward(*tensors, xc, y_t, states)
+    ctx.mark_non_differentiable(xc, y_t, states)
+    # the kept outputs get no gradient: no zero tensors of their size materialized for them
+    ctx.set_materialize_grads(False)
     ctx.softplus = softplus
 
 
-def _backward(ctx, dout, _dxc, _dy):
+def _backward(ctx, dout, _dxc, _dy, _dstates):
     saved = ctx.saved_tensors
+    if dout is None:  # out unused: (B, L, out_dim) zeros
+        xz, out_w = saved[0], saved[5]
+        dout = xz.new_zeros(xz.shape[0], xz.shape[2], out_w.shape[0])
     grads = _bwd_op(*saved, dout.contiguous(), ctx.softplus)
-    return (*(None if t is None else g for t, g in zip(saved[:14], grads)), None, None)
+    return (*(None if t is None else g for t, g in zip(saved[:14], grads)), None, None, None)
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -272,15 +302,15 @@ def _prepare(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, o
     par = torch.float64 if xz.dtype == torch.float64 else torch.float32
 
     def param(t):
-        return None if t is None else t.to(par).contiguous()
+        return _kernels.small_param(t, par)
 
     def bc(t):
         if t is None:
             return None
         t = t.unsqueeze(1) if t.dim() == 3 else t
         return t.to(xz.dtype) if t.dim() == 4 else param(t)
-    conv_w = conv1d_weight.reshape(conv1d_weight.shape[0], conv1d_weight.shape[-1])
-    return (xz, param(conv_w), param(conv1d_bias), *weights[:3], weights[3], param(A), bc(B), bc(C), param(D),
+    conv_w = param(conv1d_weight).reshape(conv1d_weight.shape[0], conv1d_weight.shape[-1])
+    return (xz, conv_w, param(conv1d_bias), *weights[:3], weights[3], param(A), bc(B), bc(C), param(D),
             param(delta_bias), param(B_proj_bias), param(C_proj_bias))
 
 
@@ -293,7 +323,8 @@ def mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_wei
     x, z = halves of xz; x = silu(conv(x)); x_dbl = x_proj(x); delta = delta_proj(x_dbl[:, :rank]);
     B, C from x_dbl unless given (+ B/C_proj_bias), optional RMSNorm of B, C, delta; selective scan
     with z, D, delta_bias, softplus; out_proj. ``checkpoint_lvl`` 0 keeps the conv and scan outputs
-    for the backward, >= 1 (default) keeps only the inputs and recomputes them. With any of the
+    (and the CUDA scan's chunk-start states) for the backward, >= 1 (default) keeps only the inputs
+    and recomputes them. With any of the
     RMS weights the path is the composition of the public ops (each with its own autograd)."""
     _check_inner(xz, conv1d_weight, x_proj_weight, delta_proj_weight, out_proj_weight, A)
     if b_rms_weight is not None or c_rms_weight is not None or dt_rms_weight is not None:
@@ -305,7 +336,8 @@ def mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_wei
                     out_proj_bias, A, B, C, D, delta_bias, B_proj_bias, C_proj_bias)
     with torch.autocast(xz.device.type, enabled=False):
         if _library.use_custom_op(*args):
-            return _fwd_op(*args, bool(delta_softplus), checkpoint_lvl < 1)[0]
+            keep = checkpoint_lvl < 1
+            return _fwd_op(*args, bool(delta_softplus), keep, keep and not torch.compiler.is_compiling())[0]
         return _fused_fwd(*args, bool(delta_softplus), False)[0]
 
 

@@ -6,19 +6,23 @@ kernel each backend has) and torch matmuls; autograd saves only the inputs, and 
 recomputes the conv output, the scan output and the norm before calling the ops' backwards."""
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ssm.ops import _checks, _library, conv, cpu_matmul
+from ssm.ops import _checks, _kernels, _library, conv, cpu_matmul
 from ssm.ops.conv import _bwd_op as _conv_bwd, _fwd_op as _conv_fwd
 from ssm.ops.gated_norm import _bwd_op as _gated_norm_bwd, _fwd_op as _gated_norm_fwd
 from ssm.ops.python import reference
 from ssm.ops.ssd import _bwd_op as _ssd_bwd, _check_dt_limit, _fwd_op as _ssd_fwd
 
 _INF = float("inf")
+# Under autograd the forward keeps the scan output y (B, L, dim) for the backward, as mamba_ssm
+# keeps out_x: the backward then runs no forward scan (SSM_SPLIT_KEEP_Y=0: recompute it).
+KEEP_Y = os.environ.get("SSM_SPLIT_KEEP_Y", "1") != "0"
 _ACTIVATIONS = (None, "silu", "swish")
 
 
@@ -84,17 +88,20 @@ def _scan_args(xBCc, z, dt, sizes, headdim, ngroups, gated):
             C.reshape(batch, L, ngroups, -1), z.reshape(batch, L, nheads, headdim) if gated else None)
 
 
-def _ssm_out(zxbcdt, conv_w, conv_b, dt_bias, A, D, initial_states, seq_idx, norm_w, sizes, cfg, return_final):
+def _ssm_out(zxbcdt, conv_w, conv_b, dt_bias, A, D, initial_states, seq_idx, norm_w, sizes, cfg, return_final,
+             y=None):
     """Recomputable part of the forward: (xBC conv input, conv output, scan args, scan output y
-    (B, L, dim), normed output or y, final states)."""
+    (B, L, dim), normed output or y, final states); a given y (the forward's) skips the scan."""
     chunk_size, dt_lo, dt_hi, silu, eps, headdim, ngroups, norm_before_gate = cfg
     zx0, z, xBC, dt = _split(zxbcdt, sizes)
     xBCc = _conv(xBC, conv_w, conv_b, seq_idx, silu)
     sargs = _scan_args(xBCc, z, dt, sizes, headdim, ngroups, norm_w is None)
     x, dt32, B, C, zs = sargs
-    y, final, _ = _ssd_fwd(x, dt32, A, B, C, D, zs, dt_bias, initial_states, seq_idx, None, chunk_size, True,
-                           dt_lo, dt_hi, return_final, False)
-    y = y.reshape(zxbcdt.shape[0], zxbcdt.shape[1], -1)
+    final = None
+    if y is None:
+        y, final, _ = _ssd_fwd(x, dt32, A, B, C, D, zs, dt_bias, initial_states, seq_idx, None, chunk_size, True,
+                               dt_lo, dt_hi, return_final, False)
+        y = y.reshape(zxbcdt.shape[0], zxbcdt.shape[1], -1)
     yn = y if norm_w is None else _norm(y, z, norm_w, sizes, cfg)
     return xBC, xBCc, sargs, y, yn, final
 
@@ -116,12 +123,14 @@ def _with_swiglu(zx0, yn, d_nonssm):
 
 
 def _fused_fwd(zxbcdt, conv_w, conv_b, dt_bias, A, D, initial_states, seq_idx, norm_w, out_w, out_b, sizes, cfg,
-               return_final):
-    _, _, _, _, yn, final = _ssm_out(zxbcdt, conv_w, conv_b, dt_bias, A, D, initial_states, seq_idx, norm_w,
+               return_final, keep_y=False):
+    """(out, final states or empty, the scan output y (B, L, dim) for the backward with keep_y, else empty)."""
+    _, _, _, y, yn, final = _ssm_out(zxbcdt, conv_w, conv_b, dt_bias, A, D, initial_states, seq_idx, norm_w,
                                      sizes, cfg, return_final)
     out = _with_swiglu(zxbcdt[..., :2 * sizes[0]], yn, sizes[0])
     out = out if out_w is None else cpu_matmul.linear(out, out_w, out_b)
-    return out.contiguous(), _library.empty_if_none(final if return_final else None, zxbcdt)
+    return (out.contiguous(), _library.empty_if_none(final if return_final else None, zxbcdt),
+            y if keep_y else zxbcdt.new_empty(0))
 
 
 @_library.custom_op("ssm::split_conv1d_scan_fwd", mutates_args=())
@@ -129,25 +138,27 @@ def _fwd_op(zxbcdt: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], dt_bias: O
             D: Tensor, initial_states: Optional[Tensor], seq_idx: Optional[Tensor], norm_w: Optional[Tensor],
             out_w: Optional[Tensor], out_b: Optional[Tensor], sizes: list[int], chunk_size: int, dt_lo: float,
             dt_hi: float, silu: bool, eps: float, headdim: int, ngroups: int, norm_before_gate: bool,
-            return_final: bool) -> tuple[Tensor, Tensor]:
+            return_final: bool, keep_y: bool) -> tuple[Tensor, Tensor, Tensor]:
     cfg = (chunk_size, dt_lo, dt_hi, silu, eps, headdim, ngroups, norm_before_gate)
     return _fused_fwd(zxbcdt, conv_w, conv_b, dt_bias, A, D, initial_states, seq_idx, norm_w, out_w, out_b,
-                      tuple(sizes), cfg, return_final)
+                      tuple(sizes), cfg, return_final, keep_y)
 
 
 @_fwd_op.register_fake
 def _(zxbcdt, conv_w, conv_b, dt_bias, A, D, initial_states, seq_idx, norm_w, out_w, out_b, sizes, chunk_size,
-      dt_lo, dt_hi, silu, eps, headdim, ngroups, norm_before_gate, return_final):
+      dt_lo, dt_hi, silu, eps, headdim, ngroups, norm_before_gate, return_final, keep_y):
     batch, L, _ = zxbcdt.shape
     d_nonssm, dim, gn, nheads = sizes
     width = d_nonssm + dim if out_w is None else out_w.shape[0]
     final = (zxbcdt.new_empty((batch, nheads, headdim, gn // ngroups), dtype=A.dtype) if return_final
              else zxbcdt.new_empty(0))
-    return zxbcdt.new_empty((batch, L, width)), final
+    return zxbcdt.new_empty((batch, L, width)), final, zxbcdt.new_empty((batch, L, dim) if keep_y else 0)
 
 
 def _swiglu_bwd(zx0, dsw, d_nonssm):
     # d of silu(a) * b with a, b the halves of zx0 (B, L, 2 d_nonssm)
+    if d_nonssm == 0:
+        return zx0
     a, b = zx0[..., :d_nonssm], zx0[..., d_nonssm:]
     sig = torch.sigmoid(a)
     return torch.cat([dsw * b * sig * (1 + a * (1 - sig)), dsw * a * sig], dim=-1)
@@ -163,13 +174,14 @@ def _out_grads(dout, cat, out_w, out_b):
 
 
 def _fused_bwd(zxbcdt, conv_w, conv_b, dt_bias, A, D, initial_states, seq_idx, norm_w, out_w, out_b, sizes, cfg,
-               return_final, dout, dfinal):
+               return_final, y_saved, dout, dfinal):
     d_nonssm, dim, gn, nheads = sizes
     chunk_size, dt_lo, dt_hi, silu, eps, _, ngroups, norm_before_gate = cfg
     batch, L, _ = zxbcdt.shape
     zx0, z, _, dt = _split(zxbcdt, sizes)
     xBC, xBCc, (x, dt32, B, C, zs), y, yn, _ = _ssm_out(zxbcdt, conv_w, conv_b, dt_bias, A, D, initial_states,
-                                                         seq_idx, norm_w, sizes, cfg, False)
+                                                         seq_idx, norm_w, sizes, cfg, False,
+                                                         y_saved if y_saved.numel() else None)
     dcat, d_out_w, d_out_b = _out_grads(dout, _with_swiglu(zx0, yn, d_nonssm), out_w, out_b)
     dzx0 = _swiglu_bwd(zx0, dcat[..., :d_nonssm], d_nonssm)
     dy, d_norm_w, dz = dcat[..., d_nonssm:], None, None
@@ -194,11 +206,11 @@ def _bwd_op(zxbcdt: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], dt_bias: O
             D: Tensor, initial_states: Optional[Tensor], seq_idx: Optional[Tensor], norm_w: Optional[Tensor],
             out_w: Optional[Tensor], out_b: Optional[Tensor], sizes: list[int], chunk_size: int, dt_lo: float,
             dt_hi: float, silu: bool, eps: float, headdim: int, ngroups: int, norm_before_gate: bool,
-            return_final: bool, dout: Tensor, dfinal: Tensor) -> list[Tensor]:
+            return_final: bool, keep_y: bool, y_saved: Tensor, dout: Tensor, dfinal: Tensor) -> list[Tensor]:
     cfg = (chunk_size, dt_lo, dt_hi, silu, eps, headdim, ngroups, norm_before_gate)
     grads = _fused_bwd(zxbcdt, conv_w, conv_b, dt_bias, A, D, initial_states, seq_idx, norm_w, out_w, out_b,
-                       tuple(sizes), cfg, return_final, dout, dfinal)
-    return list(_library._unalias(grads, (zxbcdt, dout, dfinal)))
+                       tuple(sizes), cfg, return_final, y_saved, dout, dfinal)
+    return list(_library._unalias(grads, (zxbcdt, y_saved, dout, dfinal)))
 
 
 @_bwd_op.register_fake
@@ -209,14 +221,19 @@ def _(zxbcdt, conv_w, conv_b, dt_bias, A, D, initial_states, seq_idx, norm_w, ou
 
 
 def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:11])
+    ctx.save_for_backward(*inputs[:11], output[2])
+    ctx.mark_non_differentiable(output[2])
+    # y gets no gradient: no zero tensor of its size materialized (an absent dout or dfinal is None)
+    ctx.set_materialize_grads(False)
     ctx.flags = inputs[11:]
+    ctx.out_shape = output[0].shape
 
 
-def _backward(ctx, dout, dfinal):
-    saved = ctx.saved_tensors
-    dfinal = saved[0].new_empty(0) if dfinal is None or not ctx.flags[-1] else dfinal.contiguous()
-    grads = _bwd_op(*saved, *ctx.flags, dout.contiguous(), dfinal)
+def _backward(ctx, dout, dfinal, _dy):
+    *saved, y_saved = ctx.saved_tensors
+    dfinal = saved[0].new_empty(0) if dfinal is None or not ctx.flags[-2] else dfinal.contiguous()
+    dout = saved[0].new_zeros(ctx.out_shape) if dout is None else dout.contiguous()
+    grads = _bwd_op(*saved, *ctx.flags, y_saved, dout, dfinal)
     tensors = saved[:7] + saved[8:11]
     grads = [None if t is None else g for t, g in zip(tensors, grads)]
     return (*grads[:7], None, *grads[7:]) + (None,) * len(ctx.flags)
@@ -256,18 +273,19 @@ def mamba_split_conv1d_scan_combined(zxbcdt, conv1d_weight, conv1d_bias, dt_bias
     par = torch.float64 if zxbcdt.dtype == torch.float64 else torch.float32
 
     def param(t):
-        return None if t is None else t.to(par).contiguous()
-    tensors = (zxbcdt, param(conv1d_weight.reshape(conv1d_weight.shape[0], -1)), param(conv1d_bias),
+        return _kernels.small_param(t, par)
+    init = None if initial_states is None else initial_states.to(par).contiguous()
+    tensors = (zxbcdt, param(conv1d_weight).reshape(conv1d_weight.shape[0], -1), param(conv1d_bias),
                param(dt_bias), param(A), param(D).reshape(nheads, -1).expand(nheads, headdim),
-               param(initial_states), seq_idx, param(rmsnorm_weight), outproj_weight, outproj_bias)
+               init, seq_idx, param(rmsnorm_weight), outproj_weight, outproj_bias)
     flags = ([d_nonssm, dim, ngroups * dstate, nheads], int(chunk_size), dt_lo, dt_hi, activation is not None,
-             float(rmsnorm_eps), headdim, ngroups, bool(norm_before_gate), bool(return_final_states))
+             float(rmsnorm_eps), headdim, ngroups, bool(norm_before_gate), bool(return_final_states), KEEP_Y)
     with torch.autocast(zxbcdt.device.type, enabled=False):
         if _library.use_custom_op(*tensors):
-            out, final = _fwd_op(*tensors, *flags)
+            out, final, _ = _fwd_op(*tensors, *flags)
         else:
-            cfg = flags[1:-1]
-            out, final = _fused_fwd(*tensors, tuple(flags[0]), cfg, flags[-1])
+            cfg = flags[1:-2]
+            out, final, _ = _fused_fwd(*tensors, tuple(flags[0]), cfg, flags[-2])
     return (out, final) if return_final_states else out
 
 

@@ -73,7 +73,10 @@ def state_args(inp, batch, L, H, N, device):
 @pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("norm_before_gate", [True, False])
-def test_matches_reference_with_gradients(backend, dtype, norm_before_gate):
+@pytest.mark.parametrize("keep_y", [True, False])
+def test_matches_reference_with_gradients(backend, dtype, norm_before_gate, keep_y, monkeypatch):
+    """keep_y: the backward takes the forward's scan output (ssd_split.KEEP_Y) or recomputes it."""
+    monkeypatch.setattr(ssd_split, "KEEP_Y", keep_y)
     dev = device_of(backend)
     inp = make_split(2, 21, 4, 2, 5, 3, dev, dtype)
     inp.update(state_args(inp, 2, 21, 4, 5, dev))
@@ -135,9 +138,11 @@ def test_channels_last_conv(backend, dtype, shape, monkeypatch):
     assert conv_calls and all(s == 1 for s in conv_calls), f"conv inputs not channels-last: strides {conv_calls}"
 
 
-def test_saves_only_inputs():
-    """Autograd keeps zxbcdt, the parameters and nothing (B, L, dim)-sized besides: no conv output,
-    scan output or norm output."""
+@pytest.mark.parametrize("keep_y", [True, False])
+def test_saves_only_inputs(keep_y, monkeypatch):
+    """Autograd keeps zxbcdt, the parameters, the scan output y (B, L, dim) with ssd_split.KEEP_Y
+    (as mamba_ssm keeps out_x) and nothing (B, L, dim)-sized besides: no conv or norm output."""
+    monkeypatch.setattr(ssd_split, "KEEP_Y", keep_y)
     batch, L, H = 2, 256, 8
     inp = {k: v.requires_grad_() for k, v in make_split(batch, L, H, 1, 8, 0, "cpu").items()}
     saved = {}
@@ -149,8 +154,9 @@ def test_saves_only_inputs():
         ops.mamba_split_conv1d_scan_combined(**inp, chunk_size=64, headdim=P)
     inputs = {v.untyped_storage().data_ptr() for v in inp.values()}
     extra = {p: s for p, s in saved.items() if p not in inputs and s[0] >= batch * L * H * P}
-    assert not extra, f"saved beyond the inputs: {extra}"
-    assert sum(s[0] for s in saved.values()) < 1.1 * inp["zxbcdt"].nbytes + 65536
+    y_bytes = batch * L * H * P * inp["zxbcdt"].element_size()
+    assert sorted(s for s in extra.values()) == ([(y_bytes, (batch, L, H * P))] if keep_y else []), extra
+    assert sum(s[0] for s in saved.values()) < 1.1 * inp["zxbcdt"].nbytes + keep_y * y_bytes + 65536
 
 
 def test_torch_compile_matches_eager():
