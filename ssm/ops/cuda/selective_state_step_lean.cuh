@@ -11,6 +11,17 @@
 namespace ssm::cuda::step {
 
 constexpr int kLeanThreads = 128;
+constexpr int kMaxProjRank = 256;  // mamba1_step_kernel's dt_in rows in shared memory
+
+// Programmatic dependent launch: a kernel launched with it (launch_lean_kernel) may start while the
+// previous kernel of the stream drains; it waits here for that grid's memory before touching global
+// memory, then lets the next kernel of the stream launch early (a no-op when launched without it).
+__device__ __forceinline__ void grid_dependency_begin() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
 
 // 8 consecutive elements of T as raw 16-byte words (one for 16-bit types, two for float32).
 template <typename T>
@@ -37,6 +48,7 @@ struct Raw8 {
 template <typename TS, typename T, int K, int KP, int R, bool kTied>
 __global__ void __launch_bounds__(kLeanThreads, R > 1 ? 5 : 1) lean_kernel(StateStepParams p) {
   constexpr float kLog2e = 1.4426950408889634f;
+  grid_dependency_begin();
   // rows of a tile: heads when P = 1 (Mamba-1), else the headdim rows of head blockIdx.y
   const uint32_t P = uint32_t(p.headdim), i = blockIdx.x * (kLeanThreads / K) + threadIdx.x / K;
   const uint32_t h = P == 1 ? i : blockIdx.y, hp = P == 1 ? 0u : i;
@@ -61,6 +73,16 @@ __global__ void __launch_bounds__(kLeanThreads, R > 1 ? 5 : 1) lean_kernel(State
 #pragma unroll
     for (int j = 0; j < KP; ++j)
       if (srow[r] >= 0) s[r][j].load(st + srow[r] * p.state.stride[0] + j * K * 8);
+  const T* Bg = ptr<T>(p.B) + g * p.B.stride[1] + lane * 8;
+  const T* Cg = ptr<T>(p.C) + g * p.C.stride[1] + lane * 8;
+  // one row a thread: its B, C with the state loads (one memory round trip before the math)
+  Raw8<T> B1[R == 1 ? KP : 1], C1[R == 1 ? KP : 1];
+  if (R == 1 && srow[0] >= 0)
+#pragma unroll
+    for (int j = 0; j < KP; ++j) {
+      B1[j].load_nc(Bg + b0 * p.B.stride[0] + j * K * 8);
+      C1[j].load_nc(Cg + b0 * p.C.stride[0] + j * K * 8);
+    }
   // per-(head, headdim) parameters, read once for the R rows
   const float* A = ptr<float>(p.A) + h * p.A.stride[0] + hp * p.A.stride[1];
   float A2[kTied ? 1 : KP * 8];
@@ -91,8 +113,6 @@ __global__ void __launch_bounds__(kLeanThreads, R > 1 ? 5 : 1) lean_kernel(State
   if (p.softplus)
 #pragma unroll
     for (int r = 0; r < R; ++r) dt[r] = softplus(dt[r]);
-  const T* Bg = ptr<T>(p.B) + g * p.B.stride[1] + lane * 8;
-  const T* Cg = ptr<T>(p.C) + g * p.C.stride[1] + lane * 8;
   float y[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) {
@@ -102,8 +122,12 @@ __global__ void __launch_bounds__(kLeanThreads, R > 1 ? 5 : 1) lean_kernel(State
     Raw8<T> Bv[KP], Cv[KP];
 #pragma unroll
     for (int j = 0; j < KP; ++j) {
-      Bv[j].load_nc(Bg + b * p.B.stride[0] + j * K * 8);
-      Cv[j].load_nc(Cg + b * p.C.stride[0] + j * K * 8);
+      if (R == 1) {
+        Bv[j] = B1[j], Cv[j] = C1[j];
+      } else {
+        Bv[j].load_nc(Bg + b * p.B.stride[0] + j * K * 8);
+        Cv[j].load_nc(Cg + b * p.C.stride[0] + j * K * 8);
+      }
     }
     const float dx = dt[r] * xv[r], dA_tied = kTied ? exp2f(dt[r] * A2[0]) : 0.f;
 #pragma unroll
@@ -130,20 +154,166 @@ __global__ void __launch_bounds__(kLeanThreads, R > 1 ? 5 : 1) lean_kernel(State
       if (b0 + r < p.batch) ptr<T>(p.out)[(b0 + r) * p.out.stride[0] + oo] = from_float<T>(y[r]);
 }
 
-// The lean kernel's form for this call, or false (the general kernel runs): Mamba-1 rows (P = 1, A per
-// entry, N = 16, 16-bit state and inputs: one lane, two packs, four batch rows per thread) and the wide
-// Mamba-2 rows of small batches (A tied, N in {64, 128, 256}: N / 16 lanes, two packs each).
-// SSM_STEP_LEAN=0 switches it off.
+// Mamba-1 rows (P = 1, A per entry, N = 16, 16-bit state and inputs, one group): a thread per channel
+// walking R batch rows (its A row read once for R rows, copied into shared memory by cp.async); the
+// block's R rows of B and C converted once into shared memory: no A or B/C registers, no loads between a
+// row's math and the next row's. Every global load is issued before the barrier; then row by row the math
+// and the row's state store, y last. kProj: dt = dot(dt_proj[h, :], dt_in[b, :]) (rounded to T), the block's
+// dt_in rows in shared memory, each thread reading its dt_proj row once for its R rows.
+template <typename TS, typename T, int R, bool kProj>
+__global__ void __launch_bounds__(kLeanThreads, R == 4 ? 5 : 1) mamba1_step_kernel(StateStepParams p) {
+  constexpr float kLog2e = 1.4426950408889634f;
+  constexpr int N = 16;
+  __shared__ float4 bc[R][2][N / 4];  // [row][B, C][n / 4]
+  // A rows of the block's channels, quad q of thread t at [t][(q + t / 2) % 4]: the 16-byte reads of 8
+  // consecutive threads hit 32 different banks
+  __shared__ float4 As[kLeanThreads][N / 4];
+  __shared__ float4 dti[kProj ? R : 1][kProj ? kMaxProjRank / 4 : 1];  // [row][k / 4]: dt_in rows (kProj)
+  grid_dependency_begin();
+  const uint32_t h = blockIdx.x * kLeanThreads + threadIdx.x;
+  const bool live = h < uint32_t(p.nheads);  // no early exit: every thread reaches the barrier
+  const int64_t b0 = int64_t(blockIdx.z) * R;
+  int srow[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int64_t b = b0 + r;
+    srow[r] = b >= p.batch ? -1
+            : has(p.state_batch_indices) ? ptr<int>(p.state_batch_indices)[b * p.state_batch_indices.stride[0]] : b;
+  }
+  TS* st = ptr<TS>(p.state) + h * p.state.stride[1];
+  Raw8<TS> s[R][2];
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+      if (live && srow[r] >= 0) s[r][j].load(st + srow[r] * p.state.stride[0] + j * 8);
+  // B, C: thread t < 32 R converts entry t % 16 of row t / 32's B (t / 16 even) or C
+  if (threadIdx.x < 32 * R) {
+    const int r = threadIdx.x / 32, n = threadIdx.x % N, c = threadIdx.x / N % 2;
+    const TensorArg& M = c ? p.C : p.B;
+    const int64_t b = b0 + r;
+    reinterpret_cast<float*>(bc[r][c])[n] = b < p.batch ? to_float(ptr<T>(M)[b * M.stride[0] + n]) : 0.f;
+  }
+  const int t = threadIdx.x, rank = int(p.dt_rank);
+  if (kProj)
+    for (int i = t; i < R * rank; i += kLeanThreads) {
+      const int r = i / rank, k = i - r * rank;
+      const int64_t b = b0 + r < p.batch ? b0 + r : b0;
+      reinterpret_cast<float*>(dti[r])[k] = to_float(ptr<T>(p.dt)[b * p.dt.stride[0] + k * p.dt.stride[1]]);
+    }
+  float xv[R], zv[R], dt[R], Dv = 0.f, bias = 0.f;
+  if (live) {
+    const float* A = ptr<float>(p.A) + h * p.A.stride[0];
+#pragma unroll
+    for (int q = 0; q < N / 4; ++q) {
+      const uint32_t dst = uint32_t(__cvta_generic_to_shared(&As[t][(q + t / 2) % 4]));
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(A + 4 * q) : "memory");
+    }
+    Dv = has(p.D) ? ptr<float>(p.D)[h * p.D.stride[0]] : 0.f;
+    bias = has(p.dt_bias) ? ptr<float>(p.dt_bias)[h * p.dt_bias.stride[0]] : 0.f;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const int64_t b = srow[r] >= 0 ? b0 + r : b0;  // padding rows read row b0's (unused) inputs
+      xv[r] = to_float(ptr<T>(p.x)[b * p.x.stride[0] + h * p.x.stride[1]]);
+      zv[r] = has(p.z) ? to_float(ptr<T>(p.z)[b * p.z.stride[0] + h * p.z.stride[1]]) : 0.f;
+      dt[r] = kProj ? 0.f : to_float(ptr<T>(p.dt)[b * p.dt.stride[0] + h * p.dt.stride[1]]) + bias;
+    }
+  }
+  asm volatile("cp.async.wait_all;" ::: "memory");
+  __syncthreads();
+  if (!live) return;
+  if (kProj) {
+    const T* w = ptr<T>(p.dt_proj) + h * p.dt_proj.stride[0];
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[r] = 0.f;
+#pragma unroll 4
+    for (int k = 0; k < rank; k += 8) {
+      Raw8<T> wk;
+      wk.load_nc(w + k);
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const float4 lo = dti[r][k / 4], hi = dti[r][k / 4 + 1];
+        acc[r] += wk.get(0) * lo.x + wk.get(1) * lo.y + wk.get(2) * lo.z + wk.get(3) * lo.w +
+                  wk.get(4) * hi.x + wk.get(5) * hi.y + wk.get(6) * hi.z + wk.get(7) * hi.w;
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) dt[r] = to_float(from_float<T>(acc[r])) + bias;
+  }
+  float y[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    y[r] = 0.f;
+    if (srow[r] < 0) continue;
+    const float d = p.softplus ? softplus(dt[r]) : dt[r], dx = d * xv[r], dl = d * kLog2e;
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      float Bv[8], Cv[8], Av[8];
+      *reinterpret_cast<float4*>(Bv) = bc[r][0][2 * j], *reinterpret_cast<float4*>(Bv + 4) = bc[r][0][2 * j + 1];
+      *reinterpret_cast<float4*>(Cv) = bc[r][1][2 * j], *reinterpret_cast<float4*>(Cv + 4) = bc[r][1][2 * j + 1];
+      *reinterpret_cast<float4*>(Av) = As[t][(2 * j + t / 2) % 4], *reinterpret_cast<float4*>(Av + 4) = As[t][(2 * j + 1 + t / 2) % 4];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const float sv = s[r][j].get(e) * exp2f(dl * Av[e]) + dx * Bv[e];
+        y[r] += sv * Cv[e];
+        s[r][j].set(e, sv);
+      }
+      s[r][j].store(st + srow[r] * p.state.stride[0] + j * 8);
+    }
+    y[r] += Dv * xv[r];
+    if (has(p.z)) y[r] *= silu(zv[r]);
+  }
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+    if (b0 + r < p.batch) ptr<T>(p.out)[(b0 + r) * p.out.stride[0] + h * p.out.stride[1]] = from_float<T>(y[r]);
+}
+
+// Mamba-1 form (round-1 experiment; SSM_STEP_M1=old: the four-row lean_kernel, 2 / 8: mamba1_step_kernel
+// with that many batch rows a thread; default four).
+inline char mamba1_form() {
+  const char* env = std::getenv("SSM_STEP_M1");
+  return env == nullptr ? '4' : env[0];
+}
+
+// The lean kernels' form for this call, or false (the general kernel runs): Mamba-1 rows (P = 1, A per
+// entry, N = 16, 16-bit state and inputs, one group, dt_proj optional: mamba1_step_kernel) and the wide Mamba-2 rows of
+// small batches (A tied, N in {64, 128, 256}: N / 16 lanes, two packs each). SSM_STEP_LEAN=0 switches
+// them off.
 inline bool use_lean(const StateStepParams& p, bool vec, bool wide) {
   const char* env = std::getenv("SSM_STEP_LEAN");
-  if ((env != nullptr && env[0] == '0') || !vec || has(p.dt_proj)) return false;
-  if (p.batch > 65535 || p.nheads > (p.headdim == 1 ? int64_t(1) << 30 : 65535) || p.headdim > (1 << 20)) return false;
+  if ((env != nullptr && env[0] == '0') || !vec) return false;
   const bool tied = p.A.stride[2] == 0;
+  // dt_proj folded in: mamba1_step_kernel only (its dt_proj rows read in 16-byte packs), past batch 4 (the
+  // small batches keep the general kernel's dt_proj mode)
+  if (has(p.dt_proj) && (tied || p.batch <= 4 || mamba1_form() == 'o' || p.dt_rank % 8 != 0 || p.dt_rank > kMaxProjRank ||
+                         !rows_vectorizable<uint16_t>(p.dt_proj, 1)))
+    return false;
+  if (p.batch > 65535 || p.nheads > (p.headdim == 1 ? int64_t(1) << 30 : 65535) || p.headdim > (1 << 20)) return false;
   if (!tied) {
     return p.headdim == 1 && p.dstate == 16 && p.state_dtype != DType::f32 && p.dtype != DType::f32 &&
-           rows_vectorizable<float>(p.A, 2);
+           rows_vectorizable<float>(p.A, 2) && (p.ngroups == 1 || mamba1_form() == 'o');
   }
   return wide && (p.dstate == 64 || p.dstate == 128 || p.dstate == 256);
+}
+
+// kernel<<<grid, kLeanThreads>>>(p), with programmatic dependent launch when SSM_STEP_PDL=1 (the kernels
+// wait for the previous grid in grid_dependency_begin).
+inline void launch_lean_kernel(void (*kernel)(StateStepParams), dim3 grid, const StateStepParams& p,
+                               cudaStream_t stream) {
+  const char* env = std::getenv("SSM_STEP_PDL");
+  if (env == nullptr || env[0] != '1') {
+    kernel<<<grid, kLeanThreads, 0, stream>>>(p);
+    return;
+  }
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid, cfg.blockDim = dim3(kLeanThreads), cfg.dynamicSmemBytes = 0, cfg.stream = stream;
+  cfg.attrs = attr, cfg.numAttrs = 1;
+  const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, p);
+  if (e != cudaSuccess) throw std::runtime_error(std::string("selective_state_step: CUDA error: ") + cudaGetErrorString(e));
 }
 
 template <typename TS, typename T>
@@ -152,10 +322,19 @@ void launch_lean(const StateStepParams& p, cudaStream_t stream) {
   auto go = [&](auto kernel, int K, int R) {
     const int64_t rows = p.headdim == 1 ? p.nheads : p.headdim;
     const dim3 grid(ceil_div(rows * K, kLeanThreads), p.headdim == 1 ? 1 : unsigned(p.nheads), ceil_div(p.batch, R));
-    kernel<<<grid, kLeanThreads, 0, stream>>>(p);
+    launch_lean_kernel(kernel, grid, p, stream);
   };
-  if constexpr (sizeof(TS) == 2 && sizeof(T) == 2) {  // float32 rows of four packs would not fit in registers
-    if (p.A.stride[2] != 0) return go(lean_kernel<TS, T, 1, 2, 4, false>, 1, 4);
+  if constexpr (sizeof(TS) == 2 && sizeof(T) == 2) {  // float32 rows would not fit in registers
+    if (p.A.stride[2] != 0) {
+      const char form = mamba1_form();
+      if (form == 'o') return go(lean_kernel<TS, T, 1, 2, 4, false>, 1, 4);
+      SSM_BOOL_SWITCH(has(p.dt_proj), kProj, [&] {
+        if (form == '2') return go(mamba1_step_kernel<TS, T, 2, kProj>, 1, 2);
+        if (form == '8') return go(mamba1_step_kernel<TS, T, 8, kProj>, 1, 8);
+        go(mamba1_step_kernel<TS, T, 4, kProj>, 1, 4);
+      });
+      return;
+    }
   }
   // wide rows: two packs a lane, N / 16 lanes (faster than one pack a lane, session 4 round 2)
   if (p.dstate == 64) return go(lean_kernel<TS, T, 4, 2, 1, true>, 4, 1);
