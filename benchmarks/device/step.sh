@@ -7,7 +7,7 @@ set -uo pipefail
 OUT=${1:-step_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-STEPS=m1:lean,m1:m1_r2,m1:m1_r8,m1:m1_old,m2b1:lean,m2b1:pdl,m1:pdl,m1:m1_r2_pdl,m1:general,m2b1:general,m2b64:lean,m1:lean
+STEPS=m1:lean,m1:m1_r2,m1:m1_r8,m1:m1_old,m2b1:lean,m2b1:pdl,m1:pdl,m1:m1_r2_pdl,m1:general,m2b1:general,m2b64:lean,m2b64:wide,m2b64:wide_pdl,m1:lean
 timeout -k 3 46 python3 benchmarks/device/step_bench.py "$OUT" --steps "$STEPS" \
   --models mamba-130m,mamba2-130m,mamba-1.4b > "$OUT/bench.log" 2>&1
 echo "bench rc=$?"

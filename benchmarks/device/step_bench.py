@@ -26,7 +26,8 @@ from ssm.utils.inference import InferenceParams  # noqa: E402
 
 # form -> environment (tests/ops/test_state_step.py FORMS)
 FORMS = {"general": {"SSM_STEP_LEAN": "0"}, "lean": {}, "m1_old": {"SSM_STEP_M1": "old"}, "m1_r2": {"SSM_STEP_M1": "2"},
-         "m1_r8": {"SSM_STEP_M1": "8"}, "pdl": {"SSM_STEP_PDL": "1"}, "m1_r2_pdl": {"SSM_STEP_M1": "2", "SSM_STEP_PDL": "1"}}
+         "m1_r8": {"SSM_STEP_M1": "8"}, "pdl": {"SSM_STEP_PDL": "1"}, "m1_r2_pdl": {"SSM_STEP_M1": "2", "SSM_STEP_PDL": "1"},
+         "wide": {"SSM_STEP_WIDE": "1"}, "wide_pdl": {"SSM_STEP_WIDE": "1", "SSM_STEP_PDL": "1"}}
 STEP_CASES = {"m1": ("state step Mamba-1 b64", 64, 5120, 1, 16, True, 0.010),
               "m2b1": ("state step Mamba-2 b1", 1, 80, 64, 128, False, 0.003),
               "m2b64": ("state step Mamba-2 b64", 64, 80, 64, 128, False, 0.070)}
@@ -60,7 +61,7 @@ def run_tests(out_dir, files):
 def with_env(env):
     @contextlib.contextmanager
     def ctx():
-        old = {k: os.environ.get(k) for k in ("SSM_STEP_LEAN", "SSM_STEP_M1", "SSM_STEP_PDL")}
+        old = {k: os.environ.get(k) for k in ("SSM_STEP_LEAN", "SSM_STEP_M1", "SSM_STEP_PDL", "SSM_STEP_WIDE")}
         for k in old:
             os.environ.pop(k, None)
         os.environ.update(env)

@@ -13,6 +13,19 @@ namespace ssm::cuda::step {
 constexpr int kLeanThreads = 128;
 constexpr int kMaxProjRank = 256;  // mamba1_step_kernel's dt_in rows in shared memory
 
+// 2^x by one MUFU instruction (exp2f adds a range fix-up of 4 instructions; results below 2^-126 flush to 0).
+__device__ __forceinline__ float ex2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// 16 bytes global -> shared, asynchronous (cp.async; completed by cp.async.wait_all).
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const uint32_t dst = uint32_t(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(gmem) : "memory");
+}
+
 // Programmatic dependent launch: a kernel launched with it (launch_lean_kernel) may start while the
 // previous kernel of the stream drains; it waits here for that grid's memory before touching global
 // memory, then lets the next kernel of the stream launch early (a no-op when launched without it).
@@ -155,10 +168,11 @@ __global__ void __launch_bounds__(kLeanThreads, R > 1 ? 5 : 1) lean_kernel(State
 }
 
 // Mamba-1 rows (P = 1, A per entry, N = 16, 16-bit state and inputs, one group): a thread per channel
-// walking R batch rows (its A row read once for R rows, copied into shared memory by cp.async); the
-// block's R rows of B and C converted once into shared memory: no A or B/C registers, no loads between a
-// row's math and the next row's. Every global load is issued before the barrier; then row by row the math
-// and the row's state store, y last. kProj: dt = dot(dt_proj[h, :], dt_in[b, :]) (rounded to T), the block's
+// walking R batch rows (its A row read once for R rows). The thread's state packs and A row are copied into
+// shared memory by cp.async (no registers held while they are in flight: ptxas otherwise delays register
+// loads past earlier waits to fit 96 registers), the block's R rows of B and C converted once into shared
+// memory. Every global load is issued before the barrier; then row by row the math and the row's state
+// store, y last. kProj: dt = dot(dt_proj[h, :], dt_in[b, :]) (rounded to T), the block's
 // dt_in rows in shared memory, each thread reading its dt_proj row once for its R rows.
 template <typename TS, typename T, int R, bool kProj>
 __global__ void __launch_bounds__(kLeanThreads, R == 4 ? 5 : 1) mamba1_step_kernel(StateStepParams p) {
@@ -168,6 +182,7 @@ __global__ void __launch_bounds__(kLeanThreads, R == 4 ? 5 : 1) mamba1_step_kern
   // A rows of the block's channels, quad q of thread t at [t][(q + t / 2) % 4]: the 16-byte reads of 8
   // consecutive threads hit 32 different banks
   __shared__ float4 As[kLeanThreads][N / 4];
+  __shared__ uint4 S[R][2][kLeanThreads];  // the state packs of thread t at [r][j][t]
   __shared__ float4 dti[kProj ? R : 1][kProj ? kMaxProjRank / 4 : 1];  // [row][k / 4]: dt_in rows (kProj)
   grid_dependency_begin();
   const uint32_t h = blockIdx.x * kLeanThreads + threadIdx.x;
@@ -181,12 +196,12 @@ __global__ void __launch_bounds__(kLeanThreads, R == 4 ? 5 : 1) mamba1_step_kern
             : has(p.state_batch_indices) ? ptr<int>(p.state_batch_indices)[b * p.state_batch_indices.stride[0]] : b;
   }
   TS* st = ptr<TS>(p.state) + h * p.state.stride[1];
-  Raw8<TS> s[R][2];
+  const int t = threadIdx.x, rank = int(p.dt_rank);
 #pragma unroll
   for (int r = 0; r < R; ++r)
 #pragma unroll
     for (int j = 0; j < 2; ++j)
-      if (live && srow[r] >= 0) s[r][j].load(st + srow[r] * p.state.stride[0] + j * 8);
+      if (live && srow[r] >= 0) cp_async16(&S[r][j][t], st + srow[r] * p.state.stride[0] + j * 8);
   // B, C: thread t < 32 R converts entry t % 16 of row t / 32's B (t / 16 even) or C
   if (threadIdx.x < 32 * R) {
     const int r = threadIdx.x / 32, n = threadIdx.x % N, c = threadIdx.x / N % 2;
@@ -194,7 +209,6 @@ __global__ void __launch_bounds__(kLeanThreads, R == 4 ? 5 : 1) mamba1_step_kern
     const int64_t b = b0 + r;
     reinterpret_cast<float*>(bc[r][c])[n] = b < p.batch ? to_float(ptr<T>(M)[b * M.stride[0] + n]) : 0.f;
   }
-  const int t = threadIdx.x, rank = int(p.dt_rank);
   if (kProj)
     for (int i = t; i < R * rank; i += kLeanThreads) {
       const int r = i / rank, k = i - r * rank;
@@ -205,10 +219,7 @@ __global__ void __launch_bounds__(kLeanThreads, R == 4 ? 5 : 1) mamba1_step_kern
   if (live) {
     const float* A = ptr<float>(p.A) + h * p.A.stride[0];
 #pragma unroll
-    for (int q = 0; q < N / 4; ++q) {
-      const uint32_t dst = uint32_t(__cvta_generic_to_shared(&As[t][(q + t / 2) % 4]));
-      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(A + 4 * q) : "memory");
-    }
+    for (int q = 0; q < N / 4; ++q) cp_async16(&As[t][(q + t / 2) % 4], A + 4 * q);
     Dv = has(p.D) ? ptr<float>(p.D)[h * p.D.stride[0]] : 0.f;
     bias = has(p.dt_bias) ? ptr<float>(p.dt_bias)[h * p.dt_bias.stride[0]] : 0.f;
 #pragma unroll
@@ -249,17 +260,19 @@ __global__ void __launch_bounds__(kLeanThreads, R == 4 ? 5 : 1) mamba1_step_kern
     const float d = p.softplus ? softplus(dt[r]) : dt[r], dx = d * xv[r], dl = d * kLog2e;
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
+      Raw8<TS> sp;
+      *reinterpret_cast<uint4*>(sp.w[0].e) = S[r][j][t];
       float Bv[8], Cv[8], Av[8];
       *reinterpret_cast<float4*>(Bv) = bc[r][0][2 * j], *reinterpret_cast<float4*>(Bv + 4) = bc[r][0][2 * j + 1];
       *reinterpret_cast<float4*>(Cv) = bc[r][1][2 * j], *reinterpret_cast<float4*>(Cv + 4) = bc[r][1][2 * j + 1];
       *reinterpret_cast<float4*>(Av) = As[t][(2 * j + t / 2) % 4], *reinterpret_cast<float4*>(Av + 4) = As[t][(2 * j + 1 + t / 2) % 4];
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
-        const float sv = s[r][j].get(e) * exp2f(dl * Av[e]) + dx * Bv[e];
+        const float sv = sp.get(e) * ex2_approx(dl * Av[e]) + dx * Bv[e];
         y[r] += sv * Cv[e];
-        s[r][j].set(e, sv);
+        sp.set(e, sv);
       }
-      s[r][j].store(st + srow[r] * p.state.stride[0] + j * 8);
+      sp.store(st + srow[r] * p.state.stride[0] + j * 8);
     }
     y[r] += Dv * xv[r];
     if (has(p.z)) y[r] *= silu(zv[r]);
