@@ -20,10 +20,24 @@ __device__ __forceinline__ float ex2_approx(float x) {
   return y;
 }
 
-// 16 bytes global -> shared, asynchronous (cp.async; completed by cp.async.wait_all).
+// 16 bytes global -> shared, asynchronous (cp.async; completed by cp_async_wait).
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
   const uint32_t dst = uint32_t(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(gmem) : "memory");
+}
+
+// Wait until at most n of this thread's cp.async groups are pending (n <= 7, constant after unrolling).
+__device__ __forceinline__ void cp_async_wait(int n) {
+  switch (n) {
+    case 0: asm volatile("cp.async.wait_group 0;" ::: "memory"); break;
+    case 1: asm volatile("cp.async.wait_group 1;" ::: "memory"); break;
+    case 2: asm volatile("cp.async.wait_group 2;" ::: "memory"); break;
+    case 3: asm volatile("cp.async.wait_group 3;" ::: "memory"); break;
+    case 4: asm volatile("cp.async.wait_group 4;" ::: "memory"); break;
+    case 5: asm volatile("cp.async.wait_group 5;" ::: "memory"); break;
+    case 6: asm volatile("cp.async.wait_group 6;" ::: "memory"); break;
+    default: asm volatile("cp.async.wait_group 7;" ::: "memory"); break;
+  }
 }
 
 // Programmatic dependent launch: a kernel launched with it (launch_lean_kernel) may start while the
@@ -197,11 +211,17 @@ __global__ void __launch_bounds__(kLeanThreads, R == 4 ? 5 : 1) mamba1_step_kern
   }
   TS* st = ptr<TS>(p.state) + h * p.state.stride[1];
   const int t = threadIdx.x, rank = int(p.dt_rank);
+  // one cp.async group per row (the A row with row 0's): the math of a row starts once its group is in
 #pragma unroll
-  for (int r = 0; r < R; ++r)
+  for (int q = 0; q < N / 4; ++q)
+    if (live) cp_async16(&As[t][(q + t / 2) % 4], ptr<float>(p.A) + h * p.A.stride[0] + 4 * q);
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
 #pragma unroll
     for (int j = 0; j < 2; ++j)
       if (live && srow[r] >= 0) cp_async16(&S[r][j][t], st + srow[r] * p.state.stride[0] + j * 8);
+    asm volatile("cp.async.commit_group;" ::: "memory");
+  }
   // B, C: thread t < 32 R converts entry t % 16 of row t / 32's B (t / 16 even) or C
   if (threadIdx.x < 32 * R) {
     const int r = threadIdx.x / 32, n = threadIdx.x % N, c = threadIdx.x / N % 2;
@@ -217,9 +237,6 @@ __global__ void __launch_bounds__(kLeanThreads, R == 4 ? 5 : 1) mamba1_step_kern
     }
   float xv[R], zv[R], dt[R], Dv = 0.f, bias = 0.f;
   if (live) {
-    const float* A = ptr<float>(p.A) + h * p.A.stride[0];
-#pragma unroll
-    for (int q = 0; q < N / 4; ++q) cp_async16(&As[t][(q + t / 2) % 4], A + 4 * q);
     Dv = has(p.D) ? ptr<float>(p.D)[h * p.D.stride[0]] : 0.f;
     bias = has(p.dt_bias) ? ptr<float>(p.dt_bias)[h * p.dt_bias.stride[0]] : 0.f;
 #pragma unroll
@@ -230,8 +247,7 @@ __global__ void __launch_bounds__(kLeanThreads, R == 4 ? 5 : 1) mamba1_step_kern
       dt[r] = kProj ? 0.f : to_float(ptr<T>(p.dt)[b * p.dt.stride[0] + h * p.dt.stride[1]]) + bias;
     }
   }
-  asm volatile("cp.async.wait_all;" ::: "memory");
-  __syncthreads();
+  __syncthreads();  // B, C (and dt_in) rows in shared memory
   if (!live) return;
   if (kProj) {
     const T* w = ptr<T>(p.dt_proj) + h * p.dt_proj.stride[0];
@@ -256,6 +272,7 @@ __global__ void __launch_bounds__(kLeanThreads, R == 4 ? 5 : 1) mamba1_step_kern
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     y[r] = 0.f;
+    cp_async_wait(R - 1 - r);  // this row's state (and A) in shared memory
     if (srow[r] < 0) continue;
     const float d = p.softplus ? softplus(dt[r]) : dt[r], dx = d * xv[r], dl = d * kLog2e;
 #pragma unroll
