@@ -222,9 +222,9 @@ __global__ void __launch_bounds__(kLeanThreads, R == 4 ? 5 : 1) mamba1_step_kern
       if (live && srow[r] >= 0) cp_async16(&S[r][j][t], st + srow[r] * p.state.stride[0] + j * 8);
     asm volatile("cp.async.commit_group;" ::: "memory");
   }
-  // B, C: thread t < 32 R converts entry t % 16 of row t / 32's B (t / 16 even) or C
-  if (threadIdx.x < 32 * R) {
-    const int r = threadIdx.x / 32, n = threadIdx.x % N, c = threadIdx.x / N % 2;
+  // B, C: item i < 32 R is entry i % 16 of row i / 32's B (i / 16 even) or C
+  for (int i = t; i < 32 * R; i += kLeanThreads) {
+    const int r = i / 32, n = i % N, c = i / N % 2;
     const TensorArg& M = c ? p.C : p.B;
     const int64_t b = b0 + r;
     reinterpret_cast<float*>(bc[r][c])[n] = b < p.batch ? to_float(ptr<T>(M)[b * M.stride[0] + n]) : 0.f;
