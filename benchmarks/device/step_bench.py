@@ -27,7 +27,8 @@ from ssm.utils.inference import InferenceParams  # noqa: E402
 # form -> environment (tests/ops/test_state_step.py FORMS)
 FORMS = {"general": {"SSM_STEP_LEAN": "0"}, "lean": {}, "m1_old": {"SSM_STEP_M1": "old"}, "m1_r2": {"SSM_STEP_M1": "2"},
          "m1_r8": {"SSM_STEP_M1": "8"}, "pdl": {"SSM_STEP_PDL": "1"}, "m1_r2_pdl": {"SSM_STEP_M1": "2", "SSM_STEP_PDL": "1"},
-         "wide": {"SSM_STEP_WIDE": "1"}, "wide_pdl": {"SSM_STEP_WIDE": "1", "SSM_STEP_PDL": "1"}}
+         "wide": {"SSM_STEP_WIDE": "1"}, "wide_pdl": {"SSM_STEP_WIDE": "1", "SSM_STEP_PDL": "1"},
+         "m2": {"SSM_STEP_M2": "1"}, "m2_pdl": {"SSM_STEP_M2": "1", "SSM_STEP_PDL": "1"}}
 STEP_CASES = {"m1": ("state step Mamba-1 b64", 64, 5120, 1, 16, True, 0.010),
               "m2b1": ("state step Mamba-2 b1", 1, 80, 64, 128, False, 0.003),
               "m2b64": ("state step Mamba-2 b64", 64, 80, 64, 128, False, 0.070)}
@@ -61,7 +62,7 @@ def run_tests(out_dir, files):
 def with_env(env):
     @contextlib.contextmanager
     def ctx():
-        old = {k: os.environ.get(k) for k in ("SSM_STEP_LEAN", "SSM_STEP_M1", "SSM_STEP_PDL", "SSM_STEP_WIDE")}
+        old = {k: os.environ.get(k) for k in ("SSM_STEP_LEAN", "SSM_STEP_M1", "SSM_STEP_PDL", "SSM_STEP_WIDE", "SSM_STEP_M2")}
         for k in old:
             os.environ.pop(k, None)
         os.environ.update(env)
@@ -126,16 +127,17 @@ def main():
     ap.add_argument("--tests", default="tests/ops/test_state_step.py,tests/ops/test_proj_state_step.py")
     ap.add_argument("--steps", default="")
     ap.add_argument("--models", default="mamba-130m,mamba2-130m,mamba-1.4b")
+    ap.add_argument("--steps2", default="", help="state steps timed after the models")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     if args.tests:
         run_tests(args.out, args.tests.split(","))
     copy_gbs = bc.copy_bandwidth()
     print(f"{torch.cuda.get_device_name()}: copy {copy_gbs:.0f} GB/s", flush=True)
-    plan = [tuple(x.split(":")) for x in args.steps.split(",") if x]
-    run_steps(copy_gbs, plan)
+    run_steps(copy_gbs, [tuple(x.split(":")) for x in args.steps.split(",") if x])
     models: list = []
     run_models([m for m in args.models.split(",") if m], args.out, models)
+    run_steps(copy_gbs, [tuple(x.split(":")) for x in args.steps2.split(",") if x])
     with open(os.path.join(args.out, "step_bench.json"), "w") as f:
         json.dump(dict(device=torch.cuda.get_device_name(), copy_gbs=copy_gbs, steps=bc.RESULTS, models=models), f,
                   indent=1)

@@ -173,11 +173,12 @@ def test_cuda_row_shapes_match_reference(wide, layout, option, monkeypatch):
 # kernel forms: the general kernel (SSM_STEP_LEAN=0), the lean kernels, the Mamba-1 forms (SSM_STEP_M1), the lean
 # kernels launched with programmatic dependent launch (SSM_STEP_PDL=1)
 FORMS = {"general": {"SSM_STEP_LEAN": "0"}, "lean": {}, "m1_old": {"SSM_STEP_M1": "old"}, "m1_r2": {"SSM_STEP_M1": "2"},
-         "m1_r8": {"SSM_STEP_M1": "8"}, "pdl": {"SSM_STEP_PDL": "1"}}
+         "m1_r8": {"SSM_STEP_M1": "8"}, "pdl": {"SSM_STEP_PDL": "1"}, "m2": {"SSM_STEP_M2": "1"},
+         "m2_pdl": {"SSM_STEP_M2": "1", "SSM_STEP_PDL": "1"}}
 
 
 def use_form(monkeypatch, form):
-    for name in ("SSM_STEP_LEAN", "SSM_STEP_M1", "SSM_STEP_PDL"):
+    for name in ("SSM_STEP_LEAN", "SSM_STEP_M1", "SSM_STEP_PDL", "SSM_STEP_M2"):
         monkeypatch.delenv(name, raising=False)
     for name, value in FORMS[form].items():
         monkeypatch.setenv(name, value)
@@ -239,3 +240,30 @@ def test_cuda_steps_in_a_graph_follow_each_other(form, layout, monkeypatch):
         y_ref = step(reference.selective_state_step, {**as64(inp), "state": ref_state}, True)
         assert_close(ys[i], y_ref, torch.bfloat16, f"y of step {i}")
     assert_close(state, ref_state, torch.bfloat16, "state")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("form", ["m2", "m2_pdl", "general"])
+@pytest.mark.parametrize("layout", [("mamba2", 3, 4, 8, 64, 2), ("mamba2", 2, 3, 16, 128, 1), ("mamba2", 2, 6, 4, 256, 3),
+                                    ("mamba2", 5, 2, 64, 128, 1), ("mamba2", 3, 2, 5, 64, 1)])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("option", ["plain", "softplus+bias", "z+D", "indices", "fp32_state", "all_contig"])
+def test_cuda_large_batch_tiles_match_reference(form, layout, dtype, option, monkeypatch):
+    """Mamba-2 rows of large batches (narrow grids, SSM_STEP_WIDE=0): the head tiles streamed through shared
+    memory (SSM_STEP_M2=1) and the general kernel, same inputs."""
+    use_form(monkeypatch, form)
+    monkeypatch.setenv("SSM_STEP_WIDE", "0")
+    inp = make_step(*layout, dtype, torch.device("cuda"), {option, "tied"})
+    softplus = option in ("softplus+bias", "all_contig")
+    ref = as64(inp)
+    before = inp["state"].clone()
+    with use_backend("cuda"):
+        y = step(ops.selective_state_step, inp, softplus)
+    assert_close(y, step(reference.selective_state_step, ref, softplus), dtype, "y")
+    assert_close(inp["state"], ref["state"], inp["state"].dtype, "state")
+    idx = inp["state_batch_indices"]
+    if idx is not None:
+        untouched = torch.ones(before.shape[0], dtype=torch.bool)
+        untouched[idx[idx >= 0].long().cpu()] = False
+        assert torch.equal(inp["state"][untouched.to(before.device)], before[untouched.to(before.device)])
+        assert (y[idx < 0] == 0).all(), "padding rows must give zeros"

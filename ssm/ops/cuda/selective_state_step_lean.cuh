@@ -299,6 +299,91 @@ __global__ void __launch_bounds__(kLeanThreads, R == 4 ? 5 : 1) mamba1_step_kern
     if (b0 + r < p.batch) ptr<T>(p.out)[(b0 + r) * p.out.stride[0] + h * p.out.stride[1]] = from_float<T>(y[r]);
 }
 
+// Mamba-2 rows of large batches (A tied along N, N in {64, 128, 256}, the (b, h) state tile of P rows
+// contiguous): a block per (head, batch row) streams its P x N tile through shared memory by cp.async, the
+// 8-entry pack u = t + 128 i copied and then updated by thread t (no barrier on the state; nothing held in
+// registers while it is in flight); the N / 8 lanes of a row are consecutive threads. The rows' dt x, dA,
+// D x, gate and the group's B / C rows pass through shared memory (one barrier). Shared memory: the tile,
+// then B, C (N floats each), then the four row values (P floats each).
+template <typename TS, typename T, int N>
+__global__ void __launch_bounds__(kLeanThreads) mamba2_step_kernel(StateStepParams p) {
+  constexpr float kLog2e = 1.4426950408889634f;
+  constexpr int kLanes = N / 8;
+  extern __shared__ uint4 smem[];
+  grid_dependency_begin();
+  const int t = threadIdx.x, P = int(p.headdim), packs = P * kLanes;
+  Raw8<TS>* tile = reinterpret_cast<Raw8<TS>*>(smem);
+  float* BC = reinterpret_cast<float*>(tile + packs);  // B then C
+  float* rv = BC + 2 * N;                               // [dt x, dA, D x, gate][P]
+  const uint32_t h = blockIdx.x;
+  const int64_t b = blockIdx.y;
+  const int64_t srow = has(p.state_batch_indices) ? ptr<int>(p.state_batch_indices)[b * p.state_batch_indices.stride[0]] : b;
+  TS* st = ptr<TS>(p.state) + (srow < 0 ? 0 : srow) * p.state.stride[0] + h * p.state.stride[1];
+  if (srow >= 0)
+    for (int u = t; u < packs; u += kLeanThreads)
+#pragma unroll
+      for (int w = 0; w < int(sizeof(TS) / 2); ++w) cp_async16(&tile[u].w[w], st + u * 8 + w * Pack<TS>::kN);
+  const uint32_t g = p.ngroups == 1 ? 0u : h / (uint32_t(p.nheads) / uint32_t(p.ngroups));
+  for (int i = t; i < 2 * N; i += kLeanThreads) {
+    const TensorArg& M = i < N ? p.B : p.C;
+    BC[i] = to_float(ptr<T>(M)[b * M.stride[0] + g * M.stride[1] + (i % N) * M.stride[2]]);
+  }
+  for (int r = t; r < P; r += kLeanThreads) {
+    float dt = to_float(ptr<T>(p.dt)[b * p.dt.stride[0] + h * p.dt.stride[1] + r * p.dt.stride[2]]) +
+               (has(p.dt_bias) ? ptr<float>(p.dt_bias)[h * p.dt_bias.stride[0] + r * p.dt_bias.stride[1]] : 0.f);
+    if (p.softplus) dt = softplus(dt);
+    const float xv = to_float(ptr<T>(p.x)[b * p.x.stride[0] + h * p.x.stride[1] + r * p.x.stride[2]]);
+    const float A = ptr<float>(p.A)[h * p.A.stride[0] + r * p.A.stride[1]];
+    rv[r] = dt * xv;
+    rv[P + r] = exp2f(dt * A * kLog2e);
+    rv[2 * P + r] = has(p.D) ? ptr<float>(p.D)[h * p.D.stride[0] + r * p.D.stride[1]] * xv : 0.f;
+    rv[3 * P + r] = has(p.z) ? silu(to_float(ptr<T>(p.z)[b * p.z.stride[0] + h * p.z.stride[1] + r * p.z.stride[2]])) : 1.f;
+  }
+  __syncthreads();
+  T* out = ptr<T>(p.out) + b * p.out.stride[0] + h * p.out.stride[1];
+  if (srow < 0) {  // padding row: y = 0, state untouched
+    for (int r = t; r < P; r += kLeanThreads) out[r * p.out.stride[2]] = from_float<T>(0.f);
+    return;
+  }
+  asm volatile("cp.async.wait_all;" ::: "memory");
+  // this thread's lane of every row it visits: the same B, C entries in every pass
+  const int lane = t % kLanes;
+  float Bv[8], Cv[8];
+#pragma unroll
+  for (int e = 0; e < 8; ++e) Bv[e] = BC[lane * 8 + e], Cv[e] = BC[N + lane * 8 + e];
+  // the lanes of a row (whole rows leave the loop together)
+  const unsigned group = kLanes == 32 ? 0xffffffffu : ((1u << kLanes) - 1) << (t % 32 / kLanes * kLanes);
+  for (int u = t; u < packs; u += kLeanThreads) {
+    const int row = u / kLanes;
+    Raw8<TS> sp = tile[u];
+    const float dx = rv[row], dA = rv[P + row];
+    float y = 0.f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const float sv = sp.get(e) * dA + dx * Bv[e];
+      y += sv * Cv[e];
+      sp.set(e, sv);
+    }
+    sp.store(st + u * 8);
+#pragma unroll
+    for (int off = kLanes / 2; off > 0; off /= 2) y += __shfl_xor_sync(group, y, off, kLanes);
+    if (lane == 0) out[row * p.out.stride[2]] = from_float<T>((y + rv[2 * P + row]) * rv[3 * P + row]);
+  }
+}
+
+// Shared memory of mamba2_step_kernel for this call, or 0 when it does not take it (SSM_STEP_M2=1 selects it
+// for large batches: a round-1 experiment): A tied, N in {64, 128, 256}, state tiles contiguous and 16-byte
+// aligned, at most 48 KB.
+inline size_t mamba2_smem(const StateStepParams& p, bool vec, bool wide) {
+  const char* env = std::getenv("SSM_STEP_M2");
+  if (env == nullptr || env[0] != '1' || wide || !vec || has(p.dt_proj) || p.A.stride[2] != 0) return 0;
+  if (!(p.dstate == 64 || p.dstate == 128 || p.dstate == 256) || p.state.stride[2] != p.dstate) return 0;
+  if (p.batch > 65535 || p.nheads > (int64_t(1) << 30)) return 0;
+  const int64_t tile = p.headdim * p.dstate * (p.state_dtype == DType::f32 ? 4 : 2);
+  const int64_t bytes = tile + (2 * p.dstate + 4 * p.headdim) * 4;
+  return bytes <= 48 * 1024 ? size_t(bytes) : 0;
+}
+
 // Mamba-1 form (round-1 experiment; SSM_STEP_M1=old: the four-row lean_kernel, 2 / 8: mamba1_step_kernel
 // with that many batch rows a thread; default four).
 inline char mamba1_form() {
@@ -330,17 +415,17 @@ inline bool use_lean(const StateStepParams& p, bool vec, bool wide) {
 // kernel<<<grid, kLeanThreads>>>(p), with programmatic dependent launch when SSM_STEP_PDL=1 (the kernels
 // wait for the previous grid in grid_dependency_begin).
 inline void launch_lean_kernel(void (*kernel)(StateStepParams), dim3 grid, const StateStepParams& p,
-                               cudaStream_t stream) {
+                               cudaStream_t stream, size_t smem = 0) {
   const char* env = std::getenv("SSM_STEP_PDL");
   if (env == nullptr || env[0] != '1') {
-    kernel<<<grid, kLeanThreads, 0, stream>>>(p);
+    kernel<<<grid, kLeanThreads, smem, stream>>>(p);
     return;
   }
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid, cfg.blockDim = dim3(kLeanThreads), cfg.dynamicSmemBytes = 0, cfg.stream = stream;
+  cfg.gridDim = grid, cfg.blockDim = dim3(kLeanThreads), cfg.dynamicSmemBytes = smem, cfg.stream = stream;
   cfg.attrs = attr, cfg.numAttrs = 1;
   const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, p);
   if (e != cudaSuccess) throw std::runtime_error(std::string("selective_state_step: CUDA error: ") + cudaGetErrorString(e));
@@ -370,6 +455,18 @@ void launch_lean(const StateStepParams& p, cudaStream_t stream) {
   if (p.dstate == 64) return go(lean_kernel<TS, T, 4, 2, 1, true>, 4, 1);
   if (p.dstate == 128) return go(lean_kernel<TS, T, 8, 2, 1, true>, 8, 1);
   go(lean_kernel<TS, T, 16, 2, 1, true>, 16, 1);
+}
+
+}  // namespace ssm::cuda::step
+
+namespace ssm::cuda::step {
+
+template <typename TS, typename T>
+void launch_mamba2(const StateStepParams& p, size_t smem, cudaStream_t stream) {
+  const dim3 grid(unsigned(p.nheads), unsigned(p.batch));
+  if (p.dstate == 64) return launch_lean_kernel(mamba2_step_kernel<TS, T, 64>, grid, p, stream, smem);
+  if (p.dstate == 128) return launch_lean_kernel(mamba2_step_kernel<TS, T, 128>, grid, p, stream, smem);
+  launch_lean_kernel(mamba2_step_kernel<TS, T, 256>, grid, p, stream, smem);
 }
 
 }  // namespace ssm::cuda::step
