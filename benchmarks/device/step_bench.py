@@ -103,22 +103,29 @@ def decode_profile(model, batch=64):
 
 
 def run_models(names, out_dir, results):
-    for name in names:
-        t = time.time()
-        model = bm.make_model(name)
-        ms = bm.decode_ms_per_token(model, 64)
-        target = bm.MODELS[name][3][3]
-        kernels = decode_profile(model)
-        total = sum(r[2] for r in kernels)
-        print(f"  {name:12s} decode b64 per step {ms:7.3f} ms (target {target}); eager step kernels {total / 1e3:.3f} ms"
-              f" ({time.time() - t:.1f} s)", flush=True)
-        for key, count, us in kernels[:12]:
-            print(f"    {us:8.1f} us x{count:<4d} {key[:90]}", flush=True)
-        results.append(dict(model=name, decode_b64_ms=ms, target_ms=target, kernels=kernels))
-        with open(os.path.join(out_dir, f"kernels_{name}.txt"), "w") as f:
-            f.writelines(f"{us:10.1f} us x{count:<4d} {key}\n" for key, count, us in kernels)
-        del model
-        torch.cuda.empty_cache()
+    # name or name@form (the form's environment while the model decodes: the graph captures its kernels)
+    for spec in names:
+        name, _, form = spec.partition("@")
+        with with_env(FORMS[form] if form else {}):
+            run_model(spec, name, out_dir, results)
+
+
+def run_model(spec, name, out_dir, results):
+    t = time.time()
+    model = bm.make_model(name)
+    ms = bm.decode_ms_per_token(model, 64)
+    target = bm.MODELS[name][3][3]
+    kernels = decode_profile(model)
+    total = sum(r[2] for r in kernels)
+    print(f"  {spec:12s} decode b64 per step {ms:7.3f} ms (target {target}); eager step kernels {total / 1e3:.3f} ms"
+          f" ({time.time() - t:.1f} s)", flush=True)
+    for key, count, us in kernels[:12]:
+        print(f"    {us:8.1f} us x{count:<4d} {key[:90]}", flush=True)
+    results.append(dict(model=spec, decode_b64_ms=ms, target_ms=target, kernels=kernels))
+    with open(os.path.join(out_dir, f"kernels_{spec}.txt"), "w") as f:
+        f.writelines(f"{us:10.1f} us x{count:<4d} {key}\n" for key, count, us in kernels)
+    del model
+    torch.cuda.empty_cache()
 
 
 def main():
@@ -128,6 +135,7 @@ def main():
     ap.add_argument("--steps", default="")
     ap.add_argument("--models", default="mamba-130m,mamba2-130m,mamba-1.4b")
     ap.add_argument("--steps2", default="", help="state steps timed after the models")
+    ap.add_argument("--models2", default="", help="models (name@form) decoded last")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     if args.tests:
@@ -138,6 +146,7 @@ def main():
     models: list = []
     run_models([m for m in args.models.split(",") if m], args.out, models)
     run_steps(copy_gbs, [tuple(x.split(":")) for x in args.steps2.split(",") if x])
+    run_models([m for m in args.models2.split(",") if m], args.out, models)
     with open(os.path.join(args.out, "step_bench.json"), "w") as f:
         json.dump(dict(device=torch.cuda.get_device_name(), copy_gbs=copy_gbs, steps=bc.RESULTS, models=models), f,
                   indent=1)
