@@ -22,13 +22,15 @@ sys.path.insert(0, os.path.join(HERE, "..", ".."))
 import bench_cuda as bc  # noqa: E402
 import bench_models_cuda as bm  # noqa: E402
 
+from ssm.ops import _kernels  # noqa: E402
+from ssm.ops import proj_state_step as pss  # noqa: E402
 from ssm.utils.inference import InferenceParams  # noqa: E402
 
-# form -> environment (tests/ops/test_state_step.py FORMS)
-FORMS = {"general": {"SSM_STEP_LEAN": "0"}, "lean": {}, "m1_old": {"SSM_STEP_M1": "old"}, "m1_r2": {"SSM_STEP_M1": "2"},
-         "m1_r8": {"SSM_STEP_M1": "8"}, "pdl": {"SSM_STEP_PDL": "1"}, "m1_r2_pdl": {"SSM_STEP_M1": "2", "SSM_STEP_PDL": "1"},
-         "wide": {"SSM_STEP_WIDE": "1"}, "wide_pdl": {"SSM_STEP_WIDE": "1", "SSM_STEP_PDL": "1"},
-         "m2": {"SSM_STEP_M2": "1"}, "m2_pdl": {"SSM_STEP_M2": "1", "SSM_STEP_PDL": "1"}}
+# form -> environment (tests/ops/test_state_step.py FORMS); "nofold": proj_state_step leaves dt_proj to cuBLAS
+# past batch 8 (ssm.ops.proj_state_step.LARGE = False)
+FORMS = {"general": {"SSM_STEP_LEAN": "0"}, "lean": {}, "m1_r2": {"SSM_STEP_M1": "2"}, "m1_r4": {"SSM_STEP_M1": "4"},
+         "wide": {"SSM_STEP_WIDE": "1"}, "nofold": {"nofold": "1"}}
+ENV = ("SSM_STEP_LEAN", "SSM_STEP_M1", "SSM_STEP_WIDE")
 STEP_CASES = {"m1": ("state step Mamba-1 b64", 64, 5120, 1, 16, True, 0.010),
               "m2b1": ("state step Mamba-2 b1", 1, 80, 64, 128, False, 0.003),
               "m2b64": ("state step Mamba-2 b64", 64, 80, 64, 128, False, 0.070)}
@@ -62,13 +64,15 @@ def run_tests(out_dir, files):
 def with_env(env):
     @contextlib.contextmanager
     def ctx():
-        old = {k: os.environ.get(k) for k in ("SSM_STEP_LEAN", "SSM_STEP_M1", "SSM_STEP_PDL", "SSM_STEP_WIDE", "SSM_STEP_M2")}
+        old = {k: os.environ.get(k) for k in ENV}
         for k in old:
             os.environ.pop(k, None)
-        os.environ.update(env)
+        os.environ.update({k: v for k, v in env.items() if k in ENV})
+        pss.LARGE = "nofold" not in env
         try:
             yield
         finally:
+            pss.LARGE = True
             for k, v in old.items():
                 os.environ.pop(k, None)
                 if v is not None:
@@ -140,6 +144,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     if args.tests:
         run_tests(args.out, args.tests.split(","))
+        _kernels.POISON_OUTPUTS = False  # the tests' conftest NaN-poisons every kernel output (a fill kernel each)
     copy_gbs = bc.copy_bandwidth()
     print(f"{torch.cuda.get_device_name()}: copy {copy_gbs:.0f} GB/s", flush=True)
     run_steps(copy_gbs, [tuple(x.split(":")) for x in args.steps.split(",") if x])

@@ -170,15 +170,12 @@ def test_cuda_row_shapes_match_reference(wide, layout, option, monkeypatch):
     assert_close(inp["state"], ref["state"], inp["state"].dtype, "state")
 
 
-# kernel forms: the general kernel (SSM_STEP_LEAN=0), the lean kernels, the Mamba-1 forms (SSM_STEP_M1), the lean
-# kernels launched with programmatic dependent launch (SSM_STEP_PDL=1)
-FORMS = {"general": {"SSM_STEP_LEAN": "0"}, "lean": {}, "m1_old": {"SSM_STEP_M1": "old"}, "m1_r2": {"SSM_STEP_M1": "2"},
-         "m1_r8": {"SSM_STEP_M1": "8"}, "pdl": {"SSM_STEP_PDL": "1"}, "m2": {"SSM_STEP_M2": "1"},
-         "m2_pdl": {"SSM_STEP_M2": "1", "SSM_STEP_PDL": "1"}}
+# kernel forms: the general kernel (SSM_STEP_LEAN=0), the lean kernels, Mamba-1 with two batch rows a thread
+FORMS = {"general": {"SSM_STEP_LEAN": "0"}, "lean": {}, "m1_r2": {"SSM_STEP_M1": "2"}, "m1_r4": {"SSM_STEP_M1": "4"}}
 
 
 def use_form(monkeypatch, form):
-    for name in ("SSM_STEP_LEAN", "SSM_STEP_M1", "SSM_STEP_PDL", "SSM_STEP_M2"):
+    for name in ("SSM_STEP_LEAN", "SSM_STEP_M1"):
         monkeypatch.delenv(name, raising=False)
     for name, value in FORMS[form].items():
         monkeypatch.setenv(name, value)
@@ -214,11 +211,10 @@ def test_cuda_lean_kernel_matches_reference(form, layout, dtype, option, monkeyp
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("form", ["lean", "pdl", "general"])
+@pytest.mark.parametrize("form", ["lean", "general"])
 @pytest.mark.parametrize("layout", [("mamba1", 8, 300, 1, 16, 1), ("mamba2", 1, 6, 16, 128, 1)])
 def test_cuda_steps_in_a_graph_follow_each_other(form, layout, monkeypatch):
-    """Three steps on one state captured in a CUDA graph (with programmatic dependent launch, the next
-    kernel may start before the previous one ends: it must still read the state that one wrote)."""
+    """Three steps on one state captured in a CUDA graph: each reads the state the previous one wrote."""
     use_form(monkeypatch, form)
     monkeypatch.setenv("SSM_STEP_WIDE", "1")
     dev = torch.device("cuda")
@@ -243,14 +239,14 @@ def test_cuda_steps_in_a_graph_follow_each_other(form, layout, monkeypatch):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("form", ["m2", "m2_pdl", "general"])
+@pytest.mark.parametrize("form", ["lean", "general"])
 @pytest.mark.parametrize("layout", [("mamba2", 3, 4, 8, 64, 2), ("mamba2", 2, 3, 16, 128, 1), ("mamba2", 2, 6, 4, 256, 3),
                                     ("mamba2", 5, 2, 64, 128, 1), ("mamba2", 3, 2, 5, 64, 1)])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("option", ["plain", "softplus+bias", "z+D", "indices", "fp32_state", "all_contig"])
 def test_cuda_large_batch_tiles_match_reference(form, layout, dtype, option, monkeypatch):
     """Mamba-2 rows of large batches (narrow grids, SSM_STEP_WIDE=0): the head tiles streamed through shared
-    memory (SSM_STEP_M2=1) and the general kernel, same inputs."""
+    memory (mamba2_step_kernel) and the general kernel, same inputs."""
     use_form(monkeypatch, form)
     monkeypatch.setenv("SSM_STEP_WIDE", "0")
     inp = make_step(*layout, dtype, torch.device("cuda"), {option, "tied"})

@@ -40,16 +40,6 @@ __device__ __forceinline__ void cp_async_wait(int n) {
   }
 }
 
-// Programmatic dependent launch: a kernel launched with it (launch_lean_kernel) may start while the
-// previous kernel of the stream drains; it waits here for that grid's memory before touching global
-// memory, then lets the next kernel of the stream launch early (a no-op when launched without it).
-__device__ __forceinline__ void grid_dependency_begin() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
 // 8 consecutive elements of T as raw 16-byte words (one for 16-bit types, two for float32).
 template <typename T>
 struct Raw8 {
@@ -75,7 +65,6 @@ struct Raw8 {
 template <typename TS, typename T, int K, int KP, int R, bool kTied>
 __global__ void __launch_bounds__(kLeanThreads, R > 1 ? 5 : 1) lean_kernel(StateStepParams p) {
   constexpr float kLog2e = 1.4426950408889634f;
-  grid_dependency_begin();
   // rows of a tile: heads when P = 1 (Mamba-1), else the headdim rows of head blockIdx.y
   const uint32_t P = uint32_t(p.headdim), i = blockIdx.x * (kLeanThreads / K) + threadIdx.x / K;
   const uint32_t h = P == 1 ? i : blockIdx.y, hp = P == 1 ? 0u : i;
@@ -198,7 +187,6 @@ __global__ void __launch_bounds__(kLeanThreads, R == 4 ? 5 : 1) mamba1_step_kern
   __shared__ float4 As[kLeanThreads][N / 4];
   __shared__ uint4 S[R][2][kLeanThreads];  // the state packs of thread t at [r][j][t]
   __shared__ float4 dti[kProj ? R : 1][kProj ? kMaxProjRank / 4 : 1];  // [row][k / 4]: dt_in rows (kProj)
-  grid_dependency_begin();
   const uint32_t h = blockIdx.x * kLeanThreads + threadIdx.x;
   const bool live = h < uint32_t(p.nheads);  // no early exit: every thread reaches the barrier
   const int64_t b0 = int64_t(blockIdx.z) * R;
@@ -310,7 +298,6 @@ __global__ void __launch_bounds__(kLeanThreads) mamba2_step_kernel(StateStepPara
   constexpr float kLog2e = 1.4426950408889634f;
   constexpr int kLanes = N / 8;
   extern __shared__ uint4 smem[];
-  grid_dependency_begin();
   const int t = threadIdx.x, P = int(p.headdim), packs = P * kLanes;
   Raw8<TS>* tile = reinterpret_cast<Raw8<TS>*>(smem);
   float* BC = reinterpret_cast<float*>(tile + packs);  // B then C
@@ -371,12 +358,12 @@ __global__ void __launch_bounds__(kLeanThreads) mamba2_step_kernel(StateStepPara
   }
 }
 
-// Shared memory of mamba2_step_kernel for this call, or 0 when it does not take it (SSM_STEP_M2=1 selects it
-// for large batches: a round-1 experiment): A tied, N in {64, 128, 256}, state tiles contiguous and 16-byte
-// aligned, at most 48 KB.
+// Shared memory of mamba2_step_kernel for this call, or 0 when it does not take it (the general kernel runs):
+// the narrow grids of large batches, A tied, N in {64, 128, 256}, state tiles contiguous and 16-byte aligned,
+// at most 48 KB. SSM_STEP_LEAN=0 switches it off (session 5 round 1, H200: Mamba-2 b64 52.5 us vs 59.0).
 inline size_t mamba2_smem(const StateStepParams& p, bool vec, bool wide) {
-  const char* env = std::getenv("SSM_STEP_M2");
-  if (env == nullptr || env[0] != '1' || wide || !vec || has(p.dt_proj) || p.A.stride[2] != 0) return 0;
+  const char* env = std::getenv("SSM_STEP_LEAN");
+  if ((env != nullptr && env[0] == '0') || wide || !vec || has(p.dt_proj) || p.A.stride[2] != 0) return 0;
   if (!(p.dstate == 64 || p.dstate == 128 || p.dstate == 256) || p.state.stride[2] != p.dstate) return 0;
   if (p.batch > 65535 || p.nheads > (int64_t(1) << 30)) return 0;
   const int64_t tile = p.headdim * p.dstate * (p.state_dtype == DType::f32 ? 4 : 2);
@@ -384,11 +371,13 @@ inline size_t mamba2_smem(const StateStepParams& p, bool vec, bool wide) {
   return bytes <= 48 * 1024 ? size_t(bytes) : 0;
 }
 
-// Mamba-1 form (round-1 experiment; SSM_STEP_M1=old: the four-row lean_kernel, 2 / 8: mamba1_step_kernel
-// with that many batch rows a thread; default four).
-inline char mamba1_form() {
+// Batch rows a thread of mamba1_step_kernel: four, or two when four leave fewer than two blocks per SM
+// (session 5 round 1, H200: four 14.1 us at b64 D5120, two 15.3; mamba-130m b64 decode, D1536: two 166 us a step
+// for 24 calls, four 181). SSM_STEP_M1=2 / 4 forces either (measurements).
+inline int mamba1_rows(const StateStepParams& p) {
   const char* env = std::getenv("SSM_STEP_M1");
-  return env == nullptr ? '4' : env[0];
+  if (env != nullptr && (env[0] == '2' || env[0] == '4')) return env[0] - '0';
+  return int64_t(ceil_div(p.nheads, kLeanThreads)) * ceil_div(p.batch, 4) < 264 ? 2 : 4;
 }
 
 // The lean kernels' form for this call, or false (the general kernel runs): Mamba-1 rows (P = 1, A per
@@ -401,34 +390,15 @@ inline bool use_lean(const StateStepParams& p, bool vec, bool wide) {
   const bool tied = p.A.stride[2] == 0;
   // dt_proj folded in: mamba1_step_kernel only (its dt_proj rows read in 16-byte packs), past batch 4 (the
   // small batches keep the general kernel's dt_proj mode)
-  if (has(p.dt_proj) && (tied || p.batch <= 4 || mamba1_form() == 'o' || p.dt_rank % 8 != 0 || p.dt_rank > kMaxProjRank ||
+  if (has(p.dt_proj) && (tied || p.batch <= 4 || p.dt_rank % 8 != 0 || p.dt_rank > kMaxProjRank ||
                          !rows_vectorizable<uint16_t>(p.dt_proj, 1)))
     return false;
   if (p.batch > 65535 || p.nheads > (p.headdim == 1 ? int64_t(1) << 30 : 65535) || p.headdim > (1 << 20)) return false;
   if (!tied) {
     return p.headdim == 1 && p.dstate == 16 && p.state_dtype != DType::f32 && p.dtype != DType::f32 &&
-           rows_vectorizable<float>(p.A, 2) && (p.ngroups == 1 || mamba1_form() == 'o');
+           rows_vectorizable<float>(p.A, 2) && p.ngroups == 1;
   }
   return wide && (p.dstate == 64 || p.dstate == 128 || p.dstate == 256);
-}
-
-// kernel<<<grid, kLeanThreads>>>(p), with programmatic dependent launch when SSM_STEP_PDL=1 (the kernels
-// wait for the previous grid in grid_dependency_begin).
-inline void launch_lean_kernel(void (*kernel)(StateStepParams), dim3 grid, const StateStepParams& p,
-                               cudaStream_t stream, size_t smem = 0) {
-  const char* env = std::getenv("SSM_STEP_PDL");
-  if (env == nullptr || env[0] != '1') {
-    kernel<<<grid, kLeanThreads, smem, stream>>>(p);
-    return;
-  }
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid, cfg.blockDim = dim3(kLeanThreads), cfg.dynamicSmemBytes = smem, cfg.stream = stream;
-  cfg.attrs = attr, cfg.numAttrs = 1;
-  const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, p);
-  if (e != cudaSuccess) throw std::runtime_error(std::string("selective_state_step: CUDA error: ") + cudaGetErrorString(e));
 }
 
 template <typename TS, typename T>
@@ -437,15 +407,12 @@ void launch_lean(const StateStepParams& p, cudaStream_t stream) {
   auto go = [&](auto kernel, int K, int R) {
     const int64_t rows = p.headdim == 1 ? p.nheads : p.headdim;
     const dim3 grid(ceil_div(rows * K, kLeanThreads), p.headdim == 1 ? 1 : unsigned(p.nheads), ceil_div(p.batch, R));
-    launch_lean_kernel(kernel, grid, p, stream);
+    kernel<<<grid, kLeanThreads, 0, stream>>>(p);
   };
   if constexpr (sizeof(TS) == 2 && sizeof(T) == 2) {  // float32 rows would not fit in registers
     if (p.A.stride[2] != 0) {
-      const char form = mamba1_form();
-      if (form == 'o') return go(lean_kernel<TS, T, 1, 2, 4, false>, 1, 4);
       SSM_BOOL_SWITCH(has(p.dt_proj), kProj, [&] {
-        if (form == '2') return go(mamba1_step_kernel<TS, T, 2, kProj>, 1, 2);
-        if (form == '8') return go(mamba1_step_kernel<TS, T, 8, kProj>, 1, 8);
+        if (mamba1_rows(p) == 2) return go(mamba1_step_kernel<TS, T, 2, kProj>, 1, 2);
         go(mamba1_step_kernel<TS, T, 4, kProj>, 1, 4);
       });
       return;
@@ -464,9 +431,9 @@ namespace ssm::cuda::step {
 template <typename TS, typename T>
 void launch_mamba2(const StateStepParams& p, size_t smem, cudaStream_t stream) {
   const dim3 grid(unsigned(p.nheads), unsigned(p.batch));
-  if (p.dstate == 64) return launch_lean_kernel(mamba2_step_kernel<TS, T, 64>, grid, p, stream, smem);
-  if (p.dstate == 128) return launch_lean_kernel(mamba2_step_kernel<TS, T, 128>, grid, p, stream, smem);
-  launch_lean_kernel(mamba2_step_kernel<TS, T, 256>, grid, p, stream, smem);
+  if (p.dstate == 64) return mamba2_step_kernel<TS, T, 64><<<grid, kLeanThreads, smem, stream>>>(p);
+  if (p.dstate == 128) return mamba2_step_kernel<TS, T, 128><<<grid, kLeanThreads, smem, stream>>>(p);
+  mamba2_step_kernel<TS, T, 256><<<grid, kLeanThreads, smem, stream>>>(p);
 }
 
 }  // namespace ssm::cuda::step
