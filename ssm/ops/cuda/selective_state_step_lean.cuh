@@ -1,11 +1,7 @@
-// Lean selective-state decode step for vectorizable layouts (included by selective_state_step.cuh).
-// Grid: x = tiles of kLeanThreads / K rows (a row: one (head, headdim) pair of a batch entry; the
-// heads when P = 1, else the headdim rows of head y), z = groups of R batch entries. K lanes share
-// a row, each lane owning KP packs of 8 state entries; a thread walks R batch entries, so its A row
-// and per-row parameters are read once for R rows (Mamba-1: A (D, N) is otherwise re-read by every
-// batch row). Order: every state load of the thread first (the DRAM round trip), then every row's
-// x, z, dt, then row by row the math and the row's state store (overlapping the next rows' math), y last.
-// 32-bit index math, no division on the state's address (one for B/C's group when G > 1).
+// Lean selective-state decode steps for vectorizable layouts (included by selective_state_step.cuh), each
+// issuing all of a thread's loads before its math, 32-bit index math, no division on the state's address:
+// lean_kernel (wide Mamba-2 rows of small batches), mamba1_step_kernel (Mamba-1 rows, N = 16, several batch
+// rows a thread, dt_proj optional), mamba2_step_kernel (Mamba-2 head tiles of large batches).
 #pragma once
 
 namespace ssm::cuda::step {
@@ -62,112 +58,58 @@ struct Raw8 {
   __device__ __forceinline__ void set(int e, float v) { w[e / Pack<T>::kN].e[e % Pack<T>::kN] = from_float<T>(v); }
 };
 
-template <typename TS, typename T, int K, int KP, int R, bool kTied>
-__global__ void __launch_bounds__(kLeanThreads, R > 1 ? 5 : 1) lean_kernel(StateStepParams p) {
+// Wide Mamba-2 rows of small batches (A tied along N): K lanes a row of head blockIdx.y, each lane owning
+// KP packs of 8 state entries; batch row blockIdx.z. The state, B and C loads are issued first (one memory
+// round trip before the math), then x, z, dt; the state stored after the math, y last.
+template <typename TS, typename T, int K, int KP>
+__global__ void __launch_bounds__(kLeanThreads) lean_kernel(StateStepParams p) {
   constexpr float kLog2e = 1.4426950408889634f;
-  // rows of a tile: heads when P = 1 (Mamba-1), else the headdim rows of head blockIdx.y
-  const uint32_t P = uint32_t(p.headdim), i = blockIdx.x * (kLeanThreads / K) + threadIdx.x / K;
-  const uint32_t h = P == 1 ? i : blockIdx.y, hp = P == 1 ? 0u : i;
-  if (P == 1 ? h >= uint32_t(p.nheads) : hp >= P) return;  // whole lane groups leave together
+  const uint32_t hp = blockIdx.x * (kLeanThreads / K) + threadIdx.x / K, h = blockIdx.y;
+  if (hp >= uint32_t(p.headdim)) return;  // whole lane groups leave together
   const int lane = int(threadIdx.x % K);
   const uint32_t g = p.ngroups == 1 ? 0u : h / (uint32_t(p.nheads) / uint32_t(p.ngroups));
   // the lanes of this row (rows past the end left above: a partial warp shuffles within its groups)
   const unsigned group = K == 32 ? 0xffffffffu : ((1u << K) - 1) << (threadIdx.x % 32 / K * K);
-  const int64_t b0 = int64_t(blockIdx.z) * R;
-  // state rows of the R batch entries (-1: padding row; entries past the batch are skipped)
-  int srow[R];
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-    const int64_t b = b0 + r;
-    srow[r] = b >= p.batch ? -1
-            : has(p.state_batch_indices) ? ptr<int>(p.state_batch_indices)[b * p.state_batch_indices.stride[0]] : b;
-  }
-  TS* st = ptr<TS>(p.state) + h * p.state.stride[1] + hp * p.state.stride[2] + lane * 8;
-  Raw8<TS> s[R][KP];
-#pragma unroll
-  for (int r = 0; r < R; ++r)
-#pragma unroll
-    for (int j = 0; j < KP; ++j)
-      if (srow[r] >= 0) s[r][j].load(st + srow[r] * p.state.stride[0] + j * K * 8);
-  const T* Bg = ptr<T>(p.B) + g * p.B.stride[1] + lane * 8;
-  const T* Cg = ptr<T>(p.C) + g * p.C.stride[1] + lane * 8;
-  // one row a thread: its B, C with the state loads (one memory round trip before the math)
-  Raw8<T> B1[R == 1 ? KP : 1], C1[R == 1 ? KP : 1];
-  if (R == 1 && srow[0] >= 0)
+  const int64_t b = blockIdx.z;
+  // the state row (-1: padding row)
+  const int srow = has(p.state_batch_indices) ? ptr<int>(p.state_batch_indices)[b * p.state_batch_indices.stride[0]] : int(b);
+  TS* st = ptr<TS>(p.state) + h * p.state.stride[1] + hp * p.state.stride[2] + lane * 8 + (srow < 0 ? 0 : srow) * p.state.stride[0];
+  Raw8<TS> s[KP];
+  Raw8<T> Bv[KP], Cv[KP];
+  if (srow >= 0)
 #pragma unroll
     for (int j = 0; j < KP; ++j) {
-      B1[j].load_nc(Bg + b0 * p.B.stride[0] + j * K * 8);
-      C1[j].load_nc(Cg + b0 * p.C.stride[0] + j * K * 8);
+      s[j].load(st + j * K * 8);
+      Bv[j].load_nc(ptr<T>(p.B) + b * p.B.stride[0] + g * p.B.stride[1] + lane * 8 + j * K * 8);
+      Cv[j].load_nc(ptr<T>(p.C) + b * p.C.stride[0] + g * p.C.stride[1] + lane * 8 + j * K * 8);
     }
-  // per-(head, headdim) parameters, read once for the R rows
-  const float* A = ptr<float>(p.A) + h * p.A.stride[0] + hp * p.A.stride[1];
-  float A2[kTied ? 1 : KP * 8];
-  if (kTied) {
-    A2[0] = A[0] * kLog2e;
-  } else {
-#pragma unroll
-    for (int j = 0; j < KP; ++j) {
-      load_floats<float, 8>(A2 + j * 8, A + lane * 8 + j * K * 8);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) A2[j * 8 + e] *= kLog2e;
-    }
-  }
+  const float A2 = ptr<float>(p.A)[h * p.A.stride[0] + hp * p.A.stride[1]] * kLog2e;
   const float Dv = has(p.D) ? ptr<float>(p.D)[h * p.D.stride[0] + hp * p.D.stride[1]] : 0.f;
   const float bias = has(p.dt_bias) ? ptr<float>(p.dt_bias)[h * p.dt_bias.stride[0] + hp * p.dt_bias.stride[1]] : 0.f;
-  const int64_t xo = h * p.x.stride[1] + hp * p.x.stride[2], dto = h * p.dt.stride[1] + hp * p.dt.stride[2];
-  const int64_t zo = h * p.z.stride[1] + hp * p.z.stride[2], oo = h * p.out.stride[1] + hp * p.out.stride[2];
-  // every row's x, z and dt before any math or store (no store in between: the loads go out together),
-  // then the rows' softplus chains side by side
-  float xv[R], zv[R], dt[R];
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-    const int64_t b = srow[r] >= 0 ? b0 + r : b0;  // padding rows read row b0's (unused) inputs
-    xv[r] = to_float(ptr<T>(p.x)[b * p.x.stride[0] + xo]);
-    zv[r] = has(p.z) ? to_float(ptr<T>(p.z)[b * p.z.stride[0] + zo]) : 0.f;
-    dt[r] = to_float(ptr<T>(p.dt)[b * p.dt.stride[0] + dto]) + bias;
-  }
-  if (p.softplus)
-#pragma unroll
-    for (int r = 0; r < R; ++r) dt[r] = softplus(dt[r]);
-  float y[R];
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-    y[r] = 0.f;
-    if (srow[r] < 0) continue;
-    const int64_t b = b0 + r;
-    Raw8<T> Bv[KP], Cv[KP];
-#pragma unroll
-    for (int j = 0; j < KP; ++j) {
-      if (R == 1) {
-        Bv[j] = B1[j], Cv[j] = C1[j];
-      } else {
-        Bv[j].load_nc(Bg + b * p.B.stride[0] + j * K * 8);
-        Cv[j].load_nc(Cg + b * p.C.stride[0] + j * K * 8);
-      }
-    }
-    const float dx = dt[r] * xv[r], dA_tied = kTied ? exp2f(dt[r] * A2[0]) : 0.f;
+  const float xv = to_float(ptr<T>(p.x)[b * p.x.stride[0] + h * p.x.stride[1] + hp * p.x.stride[2]]);
+  const float zv = has(p.z) ? to_float(ptr<T>(p.z)[b * p.z.stride[0] + h * p.z.stride[1] + hp * p.z.stride[2]]) : 0.f;
+  float dt = to_float(ptr<T>(p.dt)[b * p.dt.stride[0] + h * p.dt.stride[1] + hp * p.dt.stride[2]]) + bias;
+  if (p.softplus) dt = softplus(dt);
+  float y = 0.f;
+  if (srow >= 0) {
+    const float dx = dt * xv, dA = exp2f(dt * A2);
 #pragma unroll
     for (int j = 0; j < KP; ++j)
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
-        const float dA = kTied ? dA_tied : exp2f(dt[r] * A2[kTied ? 0 : j * 8 + e]);
-        const float sv = s[r][j].get(e) * dA + dx * Bv[j].get(e);
-        y[r] += sv * Cv[j].get(e);
-        s[r][j].set(e, sv);
+        const float sv = s[j].get(e) * dA + dx * Bv[j].get(e);
+        y += sv * Cv[j].get(e);
+        s[j].set(e, sv);
       }
 #pragma unroll
-    for (int off = K / 2; off > 0; off /= 2) y[r] += __shfl_xor_sync(group, y[r], off, K);
-    y[r] += Dv * xv[r];
-    if (has(p.z)) y[r] *= silu(zv[r]);
-    // the row's state now: its stores overlap the next rows' math
+    for (int off = K / 2; off > 0; off /= 2) y += __shfl_xor_sync(group, y, off, K);
+    y += Dv * xv;
+    if (has(p.z)) y *= silu(zv);
 #pragma unroll
-    for (int j = 0; j < KP; ++j) s[r][j].store(st + srow[r] * p.state.stride[0] + j * K * 8);
+    for (int j = 0; j < KP; ++j) s[j].store(st + j * K * 8);
   }
-  // y last (zero for padding rows; none past the batch)
-  if (lane == 0)
-#pragma unroll
-    for (int r = 0; r < R; ++r)
-      if (b0 + r < p.batch) ptr<T>(p.out)[(b0 + r) * p.out.stride[0] + oo] = from_float<T>(y[r]);
+  // y (zero for padding rows)
+  if (lane == 0) ptr<T>(p.out)[b * p.out.stride[0] + h * p.out.stride[1] + hp * p.out.stride[2]] = from_float<T>(y);
 }
 
 // Mamba-1 rows (P = 1, A per entry, N = 16, 16-bit state and inputs, one group): a thread per channel
@@ -398,12 +340,12 @@ inline bool use_lean(const StateStepParams& p, bool vec, bool wide) {
     return p.headdim == 1 && p.dstate == 16 && p.state_dtype != DType::f32 && p.dtype != DType::f32 &&
            rows_vectorizable<float>(p.A, 2) && p.ngroups == 1;
   }
-  return wide && (p.dstate == 64 || p.dstate == 128 || p.dstate == 256);
+  return wide && p.headdim > 1 && (p.dstate == 64 || p.dstate == 128 || p.dstate == 256);
 }
 
 template <typename TS, typename T>
 void launch_lean(const StateStepParams& p, cudaStream_t stream) {
-  // grid: (row tiles, heads (P > 1) or 1, batch groups)
+  // grid: (row tiles, heads (P > 1) or 1, batch groups of R)
   auto go = [&](auto kernel, int K, int R) {
     const int64_t rows = p.headdim == 1 ? p.nheads : p.headdim;
     const dim3 grid(ceil_div(rows * K, kLeanThreads), p.headdim == 1 ? 1 : unsigned(p.nheads), ceil_div(p.batch, R));
@@ -419,9 +361,9 @@ void launch_lean(const StateStepParams& p, cudaStream_t stream) {
     }
   }
   // wide rows: two packs a lane, N / 16 lanes (faster than one pack a lane, session 4 round 2)
-  if (p.dstate == 64) return go(lean_kernel<TS, T, 4, 2, 1, true>, 4, 1);
-  if (p.dstate == 128) return go(lean_kernel<TS, T, 8, 2, 1, true>, 8, 1);
-  go(lean_kernel<TS, T, 16, 2, 1, true>, 16, 1);
+  if (p.dstate == 64) return go(lean_kernel<TS, T, 4, 2>, 4, 1);
+  if (p.dstate == 128) return go(lean_kernel<TS, T, 8, 2>, 8, 1);
+  go(lean_kernel<TS, T, 16, 2>, 16, 1);
 }
 
 }  // namespace ssm::cuda::step
