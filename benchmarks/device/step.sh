@@ -10,7 +10,7 @@ export PYTHONUNBUFFERED=1
 STEPS=m1:lean,m1:general,m2b1:lean,m2b1:general,m2b64:lean,m2b64:general
 STEPS2=m1:m1_r2,m1:lean
 timeout -k 3 46 python3 benchmarks/device/step_bench.py "$OUT" --steps "$STEPS" --steps2 "$STEPS2" \
-  --models mamba-130m,mamba-130m@nofold,mamba-1.4b,mamba-1.4b@nofold \
-  --models2 mamba2-130m,mamba-1.4b@m1_r2 > "$OUT/bench.log" 2>&1
+  --models mamba-130m,mamba-130m@nofold,mamba2-130m,mamba-1.4b,mamba-1.4b@nofold \
+  --models2 mamba2-130m@general,mamba-1.4b@m1_r2 > "$OUT/bench.log" 2>&1
 echo "bench rc=$?"
 grep -vE "^\s+[0-9.]+ us x" "$OUT/bench.log" | cut -c1-200 | head -40
