@@ -7,6 +7,7 @@ the public op ``selective_state_step``, with the same results. ``Mamba1.step`` u
 ``SSM_FUSED_DECODE=0`` turns the fused kernel off (ssm.ops.conv_state_step.FUSED)."""
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -43,11 +44,24 @@ def _fusable(state, x, dt_in, dt_proj_weight, B, C, z) -> bool:
         return False
     if not dispatch.has_cuda_kernels() or not hasattr(dispatch.cuda_module(), "selective_state_step_proj"):
         return False
-    # large batches keep cuBLAS's dt_proj (H200, mamba-130m b64: 0.980 fused vs 0.861 ms per token)
+    # large batches: the kernel only in its lean Mamba-1 form (the general kernel's dt_proj mode lost to cuBLAS's
+    # dt_proj there: H200, mamba-130m b64, 0.980 vs 0.861 ms per token)
     act = x.dtype
     return (act in _kernels.KERNEL_DTYPES and state.dtype in _kernels.KERNEL_DTYPES
-            and 0 < x.shape[0] <= _css.MAX_BATCH
+            and (0 < x.shape[0] <= _css.MAX_BATCH or _lean_large(state, x, dt_proj_weight))
             and dt_in.shape[1] > 0 and all(t is None or t.dtype == act for t in (dt_in, dt_proj_weight, B, C, z)))
+
+
+LARGE = os.environ.get("SSM_STEP_PROJ_LARGE", "1") == "1"  # the fused kernel past MAX_BATCH (0: cuBLAS's dt_proj)
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _lean_large(state, x, w) -> bool:
+    """The lean Mamba-1 kernel takes this dt_proj call (selective_state_step_lean.cuh use_lean): N = 16, 16-bit
+    state and inputs, dt_proj rows of a multiple of 8 in 16-byte packs, rank <= 64 (H200, b64 decode per step:
+    mamba-130m, rank 48, 0.786 ms folded vs 0.890 with cuBLAS's dt_proj; mamba-1.4b, rank 128, 3.035 vs 2.868)."""
+    return (LARGE and state.shape[-1] == 16 and state.dtype in _HALF and x.dtype in _HALF and w.shape[1] % 8 == 0
+            and w.shape[1] <= 64 and w.stride(1) == 1 and w.stride(0) % 8 == 0 and w.data_ptr() % 16 == 0)
 
 
 def _fused(state, x, dt_in, dt_proj_weight, A, B, C, D, z, dt_bias, softplus):

@@ -21,8 +21,9 @@ OPTIONS = ["plain", "z+D", "fp32_state", "all"]
 
 def make(batch, dim, N, R, dtype, device, opts):
     full = "all" in opts
-    # x_proj-like row: dt_in, B, C are strided views of one row, as in Mamba1.step
-    row = rand(batch, R + 2 * N + 3, dtype=dtype, device=device)
+    # x_proj-like row: dt_in, B, C are strided views of one row, as in Mamba1.step ("aligned": the row exactly
+    # dt_in, B, C, as there: 16-byte rows when R + 2N is a multiple of 8)
+    row = rand(batch, R + 2 * N + (0 if "aligned" in opts else 3), dtype=dtype, device=device)
     dt_in, B, C = row[:, :R], row[:, R:R + N], row[:, R + N:R + 2 * N]
     xz = rand(batch, 2 * dim, dtype=dtype, device=device)
     x, z = xz[:, :dim], xz[:, dim:] if "z+D" in opts or full else None
@@ -79,6 +80,44 @@ def test_cuda_kernel_equals_separate_ops(wide, dtype, case, monkeypatch):
                                      inp["dt_bias"], True)
     assert_close(y, y_sep, dtype, "y", factor=0.1)
     assert_close(inp["state"], state, torch.float32, "state", factor=10)
+
+
+# past batch 8 the fused kernel takes ranks up to 64; up to batch 8 any rank (larger ranks at batches 5-8 here)
+LARGE_CASES = [(9, 200, 16, 48), (64, 1536, 16, 48), (8, 300, 16, 128), (6, 130, 16, 256), (5, 64, 16, 8), (12, 72, 16, 64)]
+# kernel forms (tests/ops/test_state_step.py FORMS): the lean Mamba-1 kernel with dt_proj in each row count and
+# the general kernel's dt_proj mode
+FORMS = {"general": {"SSM_STEP_LEAN": "0"}, "lean": {}, "m1_r2": {"SSM_STEP_M1": "2"}, "m1_r4": {"SSM_STEP_M1": "4"}}
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("form", list(FORMS))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", LARGE_CASES)
+@pytest.mark.parametrize("option", ["plain", "z+D"])
+def test_cuda_large_batches_match_reference(form, dtype, case, option, monkeypatch):
+    """Past batch 4 with N = 16 and 16-bit states the fused kernel is the lean Mamba-1 kernel with dt_proj."""
+    for name in ("SSM_STEP_LEAN", "SSM_STEP_M1"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in FORMS[form].items():
+        monkeypatch.setenv(name, value)
+    inp = make(*case, dtype, torch.device("cuda"), {option, "aligned"})
+    assert pss._fusable(inp["state"], inp["x"], inp["dt_in"], inp["W"], inp["B"], inp["C"], inp["z"])
+    ref = as64(inp)
+    y = run(pss.proj_state_step, inp)
+    assert_close(y, run(reference_step, ref), dtype, "y")
+    assert_close(inp["state"], ref["state"], dtype, "state")
+
+
+@pytest.mark.cuda
+def test_cuda_large_batch_runs_the_lean_kernel():
+    inp = make(64, 1536, 16, 48, torch.bfloat16, torch.device("cuda"), {"z+D", "aligned"})
+    run(pss.proj_state_step, inp)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        run(pss.proj_state_step, inp)
+        torch.cuda.synchronize()
+    names = [e.key for e in prof.key_averages()]
+    assert any("mamba1_step_kernel" in n for n in names), names
+    assert not any("gemm" in n.lower() or "gemv" in n.lower() for n in names), names
 
 
 def test_falls_back_to_the_separate_ops_when_switched_off(monkeypatch):

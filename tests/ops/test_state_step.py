@@ -170,19 +170,86 @@ def test_cuda_row_shapes_match_reference(wide, layout, option, monkeypatch):
     assert_close(inp["state"], ref["state"], inp["state"].dtype, "state")
 
 
+# kernel forms: the general kernel (SSM_STEP_LEAN=0), the lean kernels, Mamba-1 with two batch rows a thread
+FORMS = {"general": {"SSM_STEP_LEAN": "0"}, "lean": {}, "m1_r2": {"SSM_STEP_M1": "2"}, "m1_r4": {"SSM_STEP_M1": "4"}}
+
+
+def use_form(monkeypatch, form):
+    for name in ("SSM_STEP_LEAN", "SSM_STEP_M1"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in FORMS[form].items():
+        monkeypatch.setenv(name, value)
+
+
 @pytest.mark.cuda
-@pytest.mark.parametrize("lean", ["0", "1"])
+@pytest.mark.parametrize("form", list(FORMS))
 @pytest.mark.parametrize("layout", [("mamba1", 9, 40, 1, 16, 1), ("mamba1", 6, 24, 1, 16, 3), ("mamba1", 1, 200, 1, 16, 1),
+                                    ("mamba1", 13, 300, 1, 16, 1),
                                     ("mamba2", 1, 4, 8, 64, 2), ("mamba2", 2, 3, 16, 128, 1), ("mamba2", 1, 6, 4, 256, 3)])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("option", ["plain", "softplus+bias", "z+D", "indices", "fp32_state", "all_contig"])
-def test_cuda_lean_kernel_matches_reference(lean, layout, dtype, option, monkeypatch):
-    """The lean kernel (contiguous rows: Mamba-1 N = 16, several batch rows per thread; Mamba-2
-    wide rows with A tied) and the general kernel it replaces (SSM_STEP_LEAN=0), same inputs."""
-    monkeypatch.setenv("SSM_STEP_LEAN", lean)
+def test_cuda_lean_kernel_matches_reference(form, layout, dtype, option, monkeypatch):
+    """The lean kernels (contiguous rows: Mamba-1 N = 16, several batch rows per thread; Mamba-2
+    wide rows with A tied) in each form and the general kernel they replace, same inputs."""
+    use_form(monkeypatch, form)
     monkeypatch.setenv("SSM_STEP_WIDE", "1")
     opts = {option} | ({"tied"} if layout[0] == "mamba2" else set())
     inp = make_step(*layout, dtype, torch.device("cuda"), opts)
+    softplus = option in ("softplus+bias", "all_contig")
+    ref = as64(inp)
+    before = inp["state"].clone()
+    with use_backend("cuda"):
+        y = step(ops.selective_state_step, inp, softplus)
+    assert_close(y, step(reference.selective_state_step, ref, softplus), dtype, "y")
+    assert_close(inp["state"], ref["state"], inp["state"].dtype, "state")
+    idx = inp["state_batch_indices"]
+    if idx is not None:
+        untouched = torch.ones(before.shape[0], dtype=torch.bool)
+        untouched[idx[idx >= 0].long().cpu()] = False
+        assert torch.equal(inp["state"][untouched.to(before.device)], before[untouched.to(before.device)])
+        assert (y[idx < 0] == 0).all(), "padding rows must give zeros"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("form", ["lean", "general"])
+@pytest.mark.parametrize("layout", [("mamba1", 8, 300, 1, 16, 1), ("mamba2", 1, 6, 16, 128, 1)])
+def test_cuda_steps_in_a_graph_follow_each_other(form, layout, monkeypatch):
+    """Three steps on one state captured in a CUDA graph: each reads the state the previous one wrote."""
+    use_form(monkeypatch, form)
+    monkeypatch.setenv("SSM_STEP_WIDE", "1")
+    dev = torch.device("cuda")
+    steps = [make_step(*layout, torch.bfloat16, dev, {"z+D", "softplus+bias"} | ({"tied"} if layout[0] == "mamba2" else set()))
+             for _ in range(3)]
+    state = steps[0]["state"]
+    ref_state = state.detach().double()
+    start = state.clone()
+    with use_backend("cuda"):
+        graph_steps = lambda: [step(ops.selective_state_step, {**inp, "state": state}, True) for inp in steps]  # noqa: E731
+        graph_steps()  # warm-up (compiles nothing; checks the call)
+        state.copy_(start)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            ys = graph_steps()
+        graph.replay()
+    torch.cuda.synchronize()
+    for i, inp in enumerate(steps):
+        y_ref = step(reference.selective_state_step, {**as64(inp), "state": ref_state}, True)
+        assert_close(ys[i], y_ref, torch.bfloat16, f"y of step {i}")
+    assert_close(state, ref_state, torch.bfloat16, "state")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("form", ["lean", "general"])
+@pytest.mark.parametrize("layout", [("mamba2", 3, 4, 8, 64, 2), ("mamba2", 2, 3, 16, 128, 1), ("mamba2", 2, 6, 4, 256, 3),
+                                    ("mamba2", 5, 2, 64, 128, 1), ("mamba2", 3, 2, 5, 64, 1)])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("option", ["plain", "softplus+bias", "z+D", "indices", "fp32_state", "all_contig"])
+def test_cuda_large_batch_tiles_match_reference(form, layout, dtype, option, monkeypatch):
+    """Mamba-2 rows of large batches (narrow grids, SSM_STEP_WIDE=0): the head tiles streamed through shared
+    memory (mamba2_step_kernel) and the general kernel, same inputs."""
+    use_form(monkeypatch, form)
+    monkeypatch.setenv("SSM_STEP_WIDE", "0")
+    inp = make_step(*layout, dtype, torch.device("cuda"), {option, "tied"})
     softplus = option in ("softplus+bias", "all_contig")
     ref = as64(inp)
     before = inp["state"].clone()

@@ -209,6 +209,7 @@ void launch(const StateStepParams& p, cudaStream_t stream) {
     const bool vec = p.dstate % 8 == 0 && rows_vectorizable<TS>(p.state, 3) && rows_vectorizable<T>(p.B, 2) &&
                      rows_vectorizable<T>(p.C, 2);
     if (use_lean(p, vec, use_wide(p))) return launch_lean<TS, T>(p, stream);
+    if (const size_t smem = mamba2_smem(p, vec, use_wide(p))) return launch_mamba2<TS, T>(p, smem, stream);
     SSM_STEP_TPR_SWITCH(p.dstate, use_wide(p), kTPR, kPacks, [&] {
       const int64_t threads = p.batch * p.nheads * p.headdim * kTPR;
       if (p.A.stride[2] == 0)

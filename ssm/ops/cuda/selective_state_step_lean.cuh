@@ -1,16 +1,40 @@
-// Lean selective-state decode step for vectorizable layouts (included by selective_state_step.cuh).
-// Grid: x = tiles of kLeanThreads / K rows (a row: one (head, headdim) pair of a batch entry; the
-// heads when P = 1, else the headdim rows of head y), z = groups of R batch entries. K lanes share
-// a row, each lane owning KP packs of 8 state entries; a thread walks R batch entries, so its A row
-// and per-row parameters are read once for R rows (Mamba-1: A (D, N) is otherwise re-read by every
-// batch row). Order: every state load of the thread first (the DRAM round trip), then every row's
-// x, z, dt, then row by row the math and the row's state store (overlapping the next rows' math), y last.
-// 32-bit index math, no division on the state's address (one for B/C's group when G > 1).
+// Lean selective-state decode steps for vectorizable layouts (included by selective_state_step.cuh), each
+// issuing all of a thread's loads before its math, 32-bit index math, no division on the state's address:
+// lean_kernel (wide Mamba-2 rows of small batches), mamba1_step_kernel (Mamba-1 rows, N = 16, several batch
+// rows a thread, dt_proj optional), mamba2_step_kernel (Mamba-2 head tiles of large batches).
 #pragma once
 
 namespace ssm::cuda::step {
 
 constexpr int kLeanThreads = 128;
+constexpr int kMaxProjRank = 256;  // mamba1_step_kernel's dt_in rows in shared memory
+
+// 2^x by one MUFU instruction (exp2f adds a range fix-up of 4 instructions; results below 2^-126 flush to 0).
+__device__ __forceinline__ float ex2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// 16 bytes global -> shared, asynchronous (cp.async; completed by cp_async_wait).
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const uint32_t dst = uint32_t(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(gmem) : "memory");
+}
+
+// Wait until at most n of this thread's cp.async groups are pending (n <= 7, constant after unrolling).
+__device__ __forceinline__ void cp_async_wait(int n) {
+  switch (n) {
+    case 0: asm volatile("cp.async.wait_group 0;" ::: "memory"); break;
+    case 1: asm volatile("cp.async.wait_group 1;" ::: "memory"); break;
+    case 2: asm volatile("cp.async.wait_group 2;" ::: "memory"); break;
+    case 3: asm volatile("cp.async.wait_group 3;" ::: "memory"); break;
+    case 4: asm volatile("cp.async.wait_group 4;" ::: "memory"); break;
+    case 5: asm volatile("cp.async.wait_group 5;" ::: "memory"); break;
+    case 6: asm volatile("cp.async.wait_group 6;" ::: "memory"); break;
+    default: asm volatile("cp.async.wait_group 7;" ::: "memory"); break;
+  }
+}
 
 // 8 consecutive elements of T as raw 16-byte words (one for 16-bit types, two for float32).
 template <typename T>
@@ -34,19 +58,80 @@ struct Raw8 {
   __device__ __forceinline__ void set(int e, float v) { w[e / Pack<T>::kN].e[e % Pack<T>::kN] = from_float<T>(v); }
 };
 
-template <typename TS, typename T, int K, int KP, int R, bool kTied>
-__global__ void __launch_bounds__(kLeanThreads, R > 1 ? 5 : 1) lean_kernel(StateStepParams p) {
+// Wide Mamba-2 rows of small batches (A tied along N): K lanes a row of head blockIdx.y, each lane owning
+// KP packs of 8 state entries; batch row blockIdx.z. The state, B and C loads are issued first (one memory
+// round trip before the math), then x, z, dt; the state stored after the math, y last.
+template <typename TS, typename T, int K, int KP>
+__global__ void __launch_bounds__(kLeanThreads) lean_kernel(StateStepParams p) {
   constexpr float kLog2e = 1.4426950408889634f;
-  // rows of a tile: heads when P = 1 (Mamba-1), else the headdim rows of head blockIdx.y
-  const uint32_t P = uint32_t(p.headdim), i = blockIdx.x * (kLeanThreads / K) + threadIdx.x / K;
-  const uint32_t h = P == 1 ? i : blockIdx.y, hp = P == 1 ? 0u : i;
-  if (P == 1 ? h >= uint32_t(p.nheads) : hp >= P) return;  // whole lane groups leave together
+  const uint32_t hp = blockIdx.x * (kLeanThreads / K) + threadIdx.x / K, h = blockIdx.y;
+  if (hp >= uint32_t(p.headdim)) return;  // whole lane groups leave together
   const int lane = int(threadIdx.x % K);
   const uint32_t g = p.ngroups == 1 ? 0u : h / (uint32_t(p.nheads) / uint32_t(p.ngroups));
   // the lanes of this row (rows past the end left above: a partial warp shuffles within its groups)
   const unsigned group = K == 32 ? 0xffffffffu : ((1u << K) - 1) << (threadIdx.x % 32 / K * K);
+  const int64_t b = blockIdx.z;
+  // the state row (-1: padding row)
+  const int srow = has(p.state_batch_indices) ? ptr<int>(p.state_batch_indices)[b * p.state_batch_indices.stride[0]] : int(b);
+  TS* st = ptr<TS>(p.state) + h * p.state.stride[1] + hp * p.state.stride[2] + lane * 8 + (srow < 0 ? 0 : srow) * p.state.stride[0];
+  Raw8<TS> s[KP];
+  Raw8<T> Bv[KP], Cv[KP];
+  if (srow >= 0)
+#pragma unroll
+    for (int j = 0; j < KP; ++j) {
+      s[j].load(st + j * K * 8);
+      Bv[j].load_nc(ptr<T>(p.B) + b * p.B.stride[0] + g * p.B.stride[1] + lane * 8 + j * K * 8);
+      Cv[j].load_nc(ptr<T>(p.C) + b * p.C.stride[0] + g * p.C.stride[1] + lane * 8 + j * K * 8);
+    }
+  const float A2 = ptr<float>(p.A)[h * p.A.stride[0] + hp * p.A.stride[1]] * kLog2e;
+  const float Dv = has(p.D) ? ptr<float>(p.D)[h * p.D.stride[0] + hp * p.D.stride[1]] : 0.f;
+  const float bias = has(p.dt_bias) ? ptr<float>(p.dt_bias)[h * p.dt_bias.stride[0] + hp * p.dt_bias.stride[1]] : 0.f;
+  const float xv = to_float(ptr<T>(p.x)[b * p.x.stride[0] + h * p.x.stride[1] + hp * p.x.stride[2]]);
+  const float zv = has(p.z) ? to_float(ptr<T>(p.z)[b * p.z.stride[0] + h * p.z.stride[1] + hp * p.z.stride[2]]) : 0.f;
+  float dt = to_float(ptr<T>(p.dt)[b * p.dt.stride[0] + h * p.dt.stride[1] + hp * p.dt.stride[2]]) + bias;
+  if (p.softplus) dt = softplus(dt);
+  float y = 0.f;
+  if (srow >= 0) {
+    const float dx = dt * xv, dA = exp2f(dt * A2);
+#pragma unroll
+    for (int j = 0; j < KP; ++j)
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const float sv = s[j].get(e) * dA + dx * Bv[j].get(e);
+        y += sv * Cv[j].get(e);
+        s[j].set(e, sv);
+      }
+#pragma unroll
+    for (int off = K / 2; off > 0; off /= 2) y += __shfl_xor_sync(group, y, off, K);
+    y += Dv * xv;
+    if (has(p.z)) y *= silu(zv);
+#pragma unroll
+    for (int j = 0; j < KP; ++j) s[j].store(st + j * K * 8);
+  }
+  // y (zero for padding rows)
+  if (lane == 0) ptr<T>(p.out)[b * p.out.stride[0] + h * p.out.stride[1] + hp * p.out.stride[2]] = from_float<T>(y);
+}
+
+// Mamba-1 rows (P = 1, A per entry, N = 16, 16-bit state and inputs, one group): a thread per channel
+// walking R batch rows (its A row read once for R rows). The thread's state packs and A row are copied into
+// shared memory by cp.async (no registers held while they are in flight: ptxas otherwise delays register
+// loads past earlier waits to fit 96 registers), the block's R rows of B and C converted once into shared
+// memory. Every global load is issued before the barrier; then row by row the math and the row's state
+// store, y last. kProj: dt = dot(dt_proj[h, :], dt_in[b, :]) (rounded to T), the block's
+// dt_in rows in shared memory, each thread reading its dt_proj row once for its R rows.
+template <typename TS, typename T, int R, bool kProj>
+__global__ void __launch_bounds__(kLeanThreads, R == 4 ? 5 : 1) mamba1_step_kernel(StateStepParams p) {
+  constexpr float kLog2e = 1.4426950408889634f;
+  constexpr int N = 16;
+  __shared__ float4 bc[R][2][N / 4];  // [row][B, C][n / 4]
+  // A rows of the block's channels, quad q of thread t at [t][(q + t / 2) % 4]: the 16-byte reads of 8
+  // consecutive threads hit 32 different banks
+  __shared__ float4 As[kLeanThreads][N / 4];
+  __shared__ uint4 S[R][2][kLeanThreads];  // the state packs of thread t at [r][j][t]
+  __shared__ float4 dti[kProj ? R : 1][kProj ? kMaxProjRank / 4 : 1];  // [row][k / 4]: dt_in rows (kProj)
+  const uint32_t h = blockIdx.x * kLeanThreads + threadIdx.x;
+  const bool live = h < uint32_t(p.nheads);  // no early exit: every thread reaches the barrier
   const int64_t b0 = int64_t(blockIdx.z) * R;
-  // state rows of the R batch entries (-1: padding row; entries past the batch are skipped)
   int srow[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) {
@@ -54,113 +139,243 @@ __global__ void __launch_bounds__(kLeanThreads, R > 1 ? 5 : 1) lean_kernel(State
     srow[r] = b >= p.batch ? -1
             : has(p.state_batch_indices) ? ptr<int>(p.state_batch_indices)[b * p.state_batch_indices.stride[0]] : b;
   }
-  TS* st = ptr<TS>(p.state) + h * p.state.stride[1] + hp * p.state.stride[2] + lane * 8;
-  Raw8<TS> s[R][KP];
+  TS* st = ptr<TS>(p.state) + h * p.state.stride[1];
+  const int t = threadIdx.x, rank = int(p.dt_rank);
+  // one cp.async group per row (the A row with row 0's): the math of a row starts once its group is in
 #pragma unroll
-  for (int r = 0; r < R; ++r)
-#pragma unroll
-    for (int j = 0; j < KP; ++j)
-      if (srow[r] >= 0) s[r][j].load(st + srow[r] * p.state.stride[0] + j * K * 8);
-  // per-(head, headdim) parameters, read once for the R rows
-  const float* A = ptr<float>(p.A) + h * p.A.stride[0] + hp * p.A.stride[1];
-  float A2[kTied ? 1 : KP * 8];
-  if (kTied) {
-    A2[0] = A[0] * kLog2e;
-  } else {
-#pragma unroll
-    for (int j = 0; j < KP; ++j) {
-      load_floats<float, 8>(A2 + j * 8, A + lane * 8 + j * K * 8);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) A2[j * 8 + e] *= kLog2e;
-    }
-  }
-  const float Dv = has(p.D) ? ptr<float>(p.D)[h * p.D.stride[0] + hp * p.D.stride[1]] : 0.f;
-  const float bias = has(p.dt_bias) ? ptr<float>(p.dt_bias)[h * p.dt_bias.stride[0] + hp * p.dt_bias.stride[1]] : 0.f;
-  const int64_t xo = h * p.x.stride[1] + hp * p.x.stride[2], dto = h * p.dt.stride[1] + hp * p.dt.stride[2];
-  const int64_t zo = h * p.z.stride[1] + hp * p.z.stride[2], oo = h * p.out.stride[1] + hp * p.out.stride[2];
-  // every row's x, z and dt before any math or store (no store in between: the loads go out together),
-  // then the rows' softplus chains side by side
-  float xv[R], zv[R], dt[R];
+  for (int q = 0; q < N / 4; ++q)
+    if (live) cp_async16(&As[t][(q + t / 2) % 4], ptr<float>(p.A) + h * p.A.stride[0] + 4 * q);
 #pragma unroll
   for (int r = 0; r < R; ++r) {
-    const int64_t b = srow[r] >= 0 ? b0 + r : b0;  // padding rows read row b0's (unused) inputs
-    xv[r] = to_float(ptr<T>(p.x)[b * p.x.stride[0] + xo]);
-    zv[r] = has(p.z) ? to_float(ptr<T>(p.z)[b * p.z.stride[0] + zo]) : 0.f;
-    dt[r] = to_float(ptr<T>(p.dt)[b * p.dt.stride[0] + dto]) + bias;
-  }
-  if (p.softplus)
 #pragma unroll
-    for (int r = 0; r < R; ++r) dt[r] = softplus(dt[r]);
-  const T* Bg = ptr<T>(p.B) + g * p.B.stride[1] + lane * 8;
-  const T* Cg = ptr<T>(p.C) + g * p.C.stride[1] + lane * 8;
+    for (int j = 0; j < 2; ++j)
+      if (live && srow[r] >= 0) cp_async16(&S[r][j][t], st + srow[r] * p.state.stride[0] + j * 8);
+    asm volatile("cp.async.commit_group;" ::: "memory");
+  }
+  // B, C: item i < 32 R is entry i % 16 of row i / 32's B (i / 16 even) or C
+  for (int i = t; i < 32 * R; i += kLeanThreads) {
+    const int r = i / 32, n = i % N, c = i / N % 2;
+    const TensorArg& M = c ? p.C : p.B;
+    const int64_t b = b0 + r;
+    reinterpret_cast<float*>(bc[r][c])[n] = b < p.batch ? to_float(ptr<T>(M)[b * M.stride[0] + n]) : 0.f;
+  }
+  if (kProj)
+    for (int i = t; i < R * rank; i += kLeanThreads) {
+      const int r = i / rank, k = i - r * rank;
+      const int64_t b = b0 + r < p.batch ? b0 + r : b0;
+      reinterpret_cast<float*>(dti[r])[k] = to_float(ptr<T>(p.dt)[b * p.dt.stride[0] + k * p.dt.stride[1]]);
+    }
+  float xv[R], zv[R], dt[R], Dv = 0.f, bias = 0.f;
+  if (live) {
+    Dv = has(p.D) ? ptr<float>(p.D)[h * p.D.stride[0]] : 0.f;
+    bias = has(p.dt_bias) ? ptr<float>(p.dt_bias)[h * p.dt_bias.stride[0]] : 0.f;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const int64_t b = srow[r] >= 0 ? b0 + r : b0;  // padding rows read row b0's (unused) inputs
+      xv[r] = to_float(ptr<T>(p.x)[b * p.x.stride[0] + h * p.x.stride[1]]);
+      zv[r] = has(p.z) ? to_float(ptr<T>(p.z)[b * p.z.stride[0] + h * p.z.stride[1]]) : 0.f;
+      dt[r] = kProj ? 0.f : to_float(ptr<T>(p.dt)[b * p.dt.stride[0] + h * p.dt.stride[1]]) + bias;
+    }
+  }
+  __syncthreads();  // B, C (and dt_in) rows in shared memory
+  if (!live) return;
+  if (kProj) {
+    const T* w = ptr<T>(p.dt_proj) + h * p.dt_proj.stride[0];
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[r] = 0.f;
+#pragma unroll 4
+    for (int k = 0; k < rank; k += 8) {
+      Raw8<T> wk;
+      wk.load_nc(w + k);
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const float4 lo = dti[r][k / 4], hi = dti[r][k / 4 + 1];
+        acc[r] += wk.get(0) * lo.x + wk.get(1) * lo.y + wk.get(2) * lo.z + wk.get(3) * lo.w +
+                  wk.get(4) * hi.x + wk.get(5) * hi.y + wk.get(6) * hi.z + wk.get(7) * hi.w;
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) dt[r] = to_float(from_float<T>(acc[r])) + bias;
+  }
   float y[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     y[r] = 0.f;
+    cp_async_wait(R - 1 - r);  // this row's state (and A) in shared memory
     if (srow[r] < 0) continue;
-    const int64_t b = b0 + r;
-    Raw8<T> Bv[KP], Cv[KP];
+    const float d = p.softplus ? softplus(dt[r]) : dt[r], dx = d * xv[r], dl = d * kLog2e;
 #pragma unroll
-    for (int j = 0; j < KP; ++j) {
-      Bv[j].load_nc(Bg + b * p.B.stride[0] + j * K * 8);
-      Cv[j].load_nc(Cg + b * p.C.stride[0] + j * K * 8);
-    }
-    const float dx = dt[r] * xv[r], dA_tied = kTied ? exp2f(dt[r] * A2[0]) : 0.f;
-#pragma unroll
-    for (int j = 0; j < KP; ++j)
+    for (int j = 0; j < 2; ++j) {
+      Raw8<TS> sp;
+      *reinterpret_cast<uint4*>(sp.w[0].e) = S[r][j][t];
+      float Bv[8], Cv[8], Av[8];
+      *reinterpret_cast<float4*>(Bv) = bc[r][0][2 * j], *reinterpret_cast<float4*>(Bv + 4) = bc[r][0][2 * j + 1];
+      *reinterpret_cast<float4*>(Cv) = bc[r][1][2 * j], *reinterpret_cast<float4*>(Cv + 4) = bc[r][1][2 * j + 1];
+      *reinterpret_cast<float4*>(Av) = As[t][(2 * j + t / 2) % 4], *reinterpret_cast<float4*>(Av + 4) = As[t][(2 * j + 1 + t / 2) % 4];
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
-        const float dA = kTied ? dA_tied : exp2f(dt[r] * A2[kTied ? 0 : j * 8 + e]);
-        const float sv = s[r][j].get(e) * dA + dx * Bv[j].get(e);
-        y[r] += sv * Cv[j].get(e);
-        s[r][j].set(e, sv);
+        const float sv = sp.get(e) * ex2_approx(dl * Av[e]) + dx * Bv[e];
+        y[r] += sv * Cv[e];
+        sp.set(e, sv);
       }
-#pragma unroll
-    for (int off = K / 2; off > 0; off /= 2) y[r] += __shfl_xor_sync(group, y[r], off, K);
+      sp.store(st + srow[r] * p.state.stride[0] + j * 8);
+    }
     y[r] += Dv * xv[r];
     if (has(p.z)) y[r] *= silu(zv[r]);
-    // the row's state now: its stores overlap the next rows' math
-#pragma unroll
-    for (int j = 0; j < KP; ++j) s[r][j].store(st + srow[r] * p.state.stride[0] + j * K * 8);
   }
-  // y last (zero for padding rows; none past the batch)
-  if (lane == 0)
 #pragma unroll
-    for (int r = 0; r < R; ++r)
-      if (b0 + r < p.batch) ptr<T>(p.out)[(b0 + r) * p.out.stride[0] + oo] = from_float<T>(y[r]);
+  for (int r = 0; r < R; ++r)
+    if (b0 + r < p.batch) ptr<T>(p.out)[(b0 + r) * p.out.stride[0] + h * p.out.stride[1]] = from_float<T>(y[r]);
 }
 
-// The lean kernel's form for this call, or false (the general kernel runs): Mamba-1 rows (P = 1, A per
-// entry, N = 16, 16-bit state and inputs: one lane, two packs, four batch rows per thread) and the wide
-// Mamba-2 rows of small batches (A tied, N in {64, 128, 256}: N / 16 lanes, two packs each).
-// SSM_STEP_LEAN=0 switches it off.
+// Mamba-2 rows of large batches (A tied along N, N in {64, 128, 256}, the (b, h) state tile of P rows
+// contiguous): a block per (head, batch row) streams its P x N tile through shared memory by cp.async, the
+// 8-entry pack u = t + 128 i copied and then updated by thread t (no barrier on the state; nothing held in
+// registers while it is in flight); the N / 8 lanes of a row are consecutive threads. The rows' dt x, dA,
+// D x, gate and the group's B / C rows pass through shared memory (one barrier). Shared memory: the tile,
+// then B, C (N floats each), then the four row values (P floats each).
+template <typename TS, typename T, int N>
+__global__ void __launch_bounds__(kLeanThreads) mamba2_step_kernel(StateStepParams p) {
+  constexpr float kLog2e = 1.4426950408889634f;
+  constexpr int kLanes = N / 8;
+  extern __shared__ uint4 smem[];
+  const int t = threadIdx.x, P = int(p.headdim), packs = P * kLanes;
+  Raw8<TS>* tile = reinterpret_cast<Raw8<TS>*>(smem);
+  float* BC = reinterpret_cast<float*>(tile + packs);  // B then C
+  float* rv = BC + 2 * N;                               // [dt x, dA, D x, gate][P]
+  const uint32_t h = blockIdx.x;
+  const int64_t b = blockIdx.y;
+  const int64_t srow = has(p.state_batch_indices) ? ptr<int>(p.state_batch_indices)[b * p.state_batch_indices.stride[0]] : b;
+  TS* st = ptr<TS>(p.state) + (srow < 0 ? 0 : srow) * p.state.stride[0] + h * p.state.stride[1];
+  if (srow >= 0)
+    for (int u = t; u < packs; u += kLeanThreads)
+#pragma unroll
+      for (int w = 0; w < int(sizeof(TS) / 2); ++w) cp_async16(&tile[u].w[w], st + u * 8 + w * Pack<TS>::kN);
+  const uint32_t g = p.ngroups == 1 ? 0u : h / (uint32_t(p.nheads) / uint32_t(p.ngroups));
+  for (int i = t; i < 2 * N; i += kLeanThreads) {
+    const TensorArg& M = i < N ? p.B : p.C;
+    BC[i] = to_float(ptr<T>(M)[b * M.stride[0] + g * M.stride[1] + (i % N) * M.stride[2]]);
+  }
+  for (int r = t; r < P; r += kLeanThreads) {
+    float dt = to_float(ptr<T>(p.dt)[b * p.dt.stride[0] + h * p.dt.stride[1] + r * p.dt.stride[2]]) +
+               (has(p.dt_bias) ? ptr<float>(p.dt_bias)[h * p.dt_bias.stride[0] + r * p.dt_bias.stride[1]] : 0.f);
+    if (p.softplus) dt = softplus(dt);
+    const float xv = to_float(ptr<T>(p.x)[b * p.x.stride[0] + h * p.x.stride[1] + r * p.x.stride[2]]);
+    const float A = ptr<float>(p.A)[h * p.A.stride[0] + r * p.A.stride[1]];
+    rv[r] = dt * xv;
+    rv[P + r] = exp2f(dt * A * kLog2e);
+    rv[2 * P + r] = has(p.D) ? ptr<float>(p.D)[h * p.D.stride[0] + r * p.D.stride[1]] * xv : 0.f;
+    rv[3 * P + r] = has(p.z) ? silu(to_float(ptr<T>(p.z)[b * p.z.stride[0] + h * p.z.stride[1] + r * p.z.stride[2]])) : 1.f;
+  }
+  __syncthreads();
+  T* out = ptr<T>(p.out) + b * p.out.stride[0] + h * p.out.stride[1];
+  if (srow < 0) {  // padding row: y = 0, state untouched
+    for (int r = t; r < P; r += kLeanThreads) out[r * p.out.stride[2]] = from_float<T>(0.f);
+    return;
+  }
+  asm volatile("cp.async.wait_all;" ::: "memory");
+  // this thread's lane of every row it visits: the same B, C entries in every pass
+  const int lane = t % kLanes;
+  float Bv[8], Cv[8];
+#pragma unroll
+  for (int e = 0; e < 8; ++e) Bv[e] = BC[lane * 8 + e], Cv[e] = BC[N + lane * 8 + e];
+  // the lanes of a row (whole rows leave the loop together)
+  const unsigned group = kLanes == 32 ? 0xffffffffu : ((1u << kLanes) - 1) << (t % 32 / kLanes * kLanes);
+  for (int u = t; u < packs; u += kLeanThreads) {
+    const int row = u / kLanes;
+    Raw8<TS> sp = tile[u];
+    const float dx = rv[row], dA = rv[P + row];
+    float y = 0.f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const float sv = sp.get(e) * dA + dx * Bv[e];
+      y += sv * Cv[e];
+      sp.set(e, sv);
+    }
+    sp.store(st + u * 8);
+#pragma unroll
+    for (int off = kLanes / 2; off > 0; off /= 2) y += __shfl_xor_sync(group, y, off, kLanes);
+    if (lane == 0) out[row * p.out.stride[2]] = from_float<T>((y + rv[2 * P + row]) * rv[3 * P + row]);
+  }
+}
+
+// Shared memory of mamba2_step_kernel for this call, or 0 when it does not take it (the general kernel runs):
+// the narrow grids of large batches, A tied, N in {64, 128, 256}, state tiles contiguous and 16-byte aligned,
+// at most 48 KB. SSM_STEP_LEAN=0 switches it off (session 5 round 1, H200: Mamba-2 b64 52.5 us vs 59.0).
+inline size_t mamba2_smem(const StateStepParams& p, bool vec, bool wide) {
+  const char* env = std::getenv("SSM_STEP_LEAN");
+  if ((env != nullptr && env[0] == '0') || wide || !vec || has(p.dt_proj) || p.A.stride[2] != 0) return 0;
+  if (!(p.dstate == 64 || p.dstate == 128 || p.dstate == 256) || p.state.stride[2] != p.dstate) return 0;
+  if (p.batch > 65535 || p.nheads > (int64_t(1) << 30)) return 0;
+  const int64_t tile = p.headdim * p.dstate * (p.state_dtype == DType::f32 ? 4 : 2);
+  const int64_t bytes = tile + (2 * p.dstate + 4 * p.headdim) * 4;
+  return bytes <= 48 * 1024 ? size_t(bytes) : 0;
+}
+
+// Batch rows a thread of mamba1_step_kernel: four, or two when four leave fewer than two blocks per SM
+// (session 5 round 1, H200: four 14.1 us at b64 D5120, two 15.3; mamba-130m b64 decode, D1536: two 166 us a step
+// for 24 calls, four 181). SSM_STEP_M1=2 / 4 forces either (measurements).
+inline int mamba1_rows(const StateStepParams& p) {
+  const char* env = std::getenv("SSM_STEP_M1");
+  if (env != nullptr && (env[0] == '2' || env[0] == '4')) return env[0] - '0';
+  return int64_t(ceil_div(p.nheads, kLeanThreads)) * ceil_div(p.batch, 4) < 264 ? 2 : 4;
+}
+
+// The lean kernels' form for this call, or false (the general kernel runs): Mamba-1 rows (P = 1, A per
+// entry, N = 16, 16-bit state and inputs, one group, dt_proj optional: mamba1_step_kernel) and the wide Mamba-2 rows of
+// small batches (A tied, N in {64, 128, 256}: N / 16 lanes, two packs each). SSM_STEP_LEAN=0 switches
+// them off.
 inline bool use_lean(const StateStepParams& p, bool vec, bool wide) {
   const char* env = std::getenv("SSM_STEP_LEAN");
-  if ((env != nullptr && env[0] == '0') || !vec || has(p.dt_proj)) return false;
-  if (p.batch > 65535 || p.nheads > (p.headdim == 1 ? int64_t(1) << 30 : 65535) || p.headdim > (1 << 20)) return false;
+  if ((env != nullptr && env[0] == '0') || !vec) return false;
   const bool tied = p.A.stride[2] == 0;
+  // dt_proj folded in: mamba1_step_kernel only (its dt_proj rows read in 16-byte packs), past batch 4 (the
+  // small batches keep the general kernel's dt_proj mode)
+  if (has(p.dt_proj) && (tied || p.batch <= 4 || p.dt_rank % 8 != 0 || p.dt_rank > kMaxProjRank ||
+                         !rows_vectorizable<uint16_t>(p.dt_proj, 1)))
+    return false;
+  if (p.batch > 65535 || p.nheads > (p.headdim == 1 ? int64_t(1) << 30 : 65535) || p.headdim > (1 << 20)) return false;
   if (!tied) {
     return p.headdim == 1 && p.dstate == 16 && p.state_dtype != DType::f32 && p.dtype != DType::f32 &&
-           rows_vectorizable<float>(p.A, 2);
+           rows_vectorizable<float>(p.A, 2) && p.ngroups == 1;
   }
-  return wide && (p.dstate == 64 || p.dstate == 128 || p.dstate == 256);
+  return wide && p.headdim > 1 && (p.dstate == 64 || p.dstate == 128 || p.dstate == 256);
 }
 
 template <typename TS, typename T>
 void launch_lean(const StateStepParams& p, cudaStream_t stream) {
-  // grid: (row tiles, heads (P > 1) or 1, batch groups)
+  // grid: (row tiles, heads (P > 1) or 1, batch groups of R)
   auto go = [&](auto kernel, int K, int R) {
     const int64_t rows = p.headdim == 1 ? p.nheads : p.headdim;
     const dim3 grid(ceil_div(rows * K, kLeanThreads), p.headdim == 1 ? 1 : unsigned(p.nheads), ceil_div(p.batch, R));
     kernel<<<grid, kLeanThreads, 0, stream>>>(p);
   };
-  if constexpr (sizeof(TS) == 2 && sizeof(T) == 2) {  // float32 rows of four packs would not fit in registers
-    if (p.A.stride[2] != 0) return go(lean_kernel<TS, T, 1, 2, 4, false>, 1, 4);
+  if constexpr (sizeof(TS) == 2 && sizeof(T) == 2) {  // float32 rows would not fit in registers
+    if (p.A.stride[2] != 0) {
+      SSM_BOOL_SWITCH(has(p.dt_proj), kProj, [&] {
+        if (mamba1_rows(p) == 2) return go(mamba1_step_kernel<TS, T, 2, kProj>, 1, 2);
+        go(mamba1_step_kernel<TS, T, 4, kProj>, 1, 4);
+      });
+      return;
+    }
   }
   // wide rows: two packs a lane, N / 16 lanes (faster than one pack a lane, session 4 round 2)
-  if (p.dstate == 64) return go(lean_kernel<TS, T, 4, 2, 1, true>, 4, 1);
-  if (p.dstate == 128) return go(lean_kernel<TS, T, 8, 2, 1, true>, 8, 1);
-  go(lean_kernel<TS, T, 16, 2, 1, true>, 16, 1);
+  if (p.dstate == 64) return go(lean_kernel<TS, T, 4, 2>, 4, 1);
+  if (p.dstate == 128) return go(lean_kernel<TS, T, 8, 2>, 8, 1);
+  go(lean_kernel<TS, T, 16, 2>, 16, 1);
+}
+
+}  // namespace ssm::cuda::step
+
+namespace ssm::cuda::step {
+
+template <typename TS, typename T>
+void launch_mamba2(const StateStepParams& p, size_t smem, cudaStream_t stream) {
+  const dim3 grid(unsigned(p.nheads), unsigned(p.batch));
+  if (p.dstate == 64) return mamba2_step_kernel<TS, T, 64><<<grid, kLeanThreads, smem, stream>>>(p);
+  if (p.dstate == 128) return mamba2_step_kernel<TS, T, 128><<<grid, kLeanThreads, smem, stream>>>(p);
+  mamba2_step_kernel<TS, T, 256><<<grid, kLeanThreads, smem, stream>>>(p);
 }
 
 }  // namespace ssm::cuda::step
