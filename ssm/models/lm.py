@@ -23,7 +23,7 @@ from ssm.modules.mamba1 import Mamba1
 from ssm.modules.mamba2 import Mamba2
 from ssm.modules.mlp import GatedMLP
 from ssm.ops import cpu_matmul
-from ssm.ops.norm_gemv import CPU_MAX_BATCH, cpu_linear
+from ssm.ops.norm_gemv import CPU_MAX_BATCH, small_linear
 from ssm.utils import weights
 from ssm.utils.generation import GenerationMixin
 
@@ -149,10 +149,10 @@ class MambaLMHeadModel(nn.Module, GenerationMixin):
         return CausalLMOutput(logits=self._logits(hidden_states))
 
     def _logits(self, hidden_states):
-        """lm_head of (B, L, d_model); a decode step's few rows through the CPU small-batch kernel."""
+        """lm_head of (B, L, d_model); a decode step's few rows through the small-batch kernel (CPU or CUDA)."""
         if hidden_states.dim() != 3 or hidden_states.shape[0] * hidden_states.shape[1] > CPU_MAX_BATCH:
             return cpu_matmul.module_linear(self.lm_head, hidden_states)
-        return cpu_linear(self.lm_head, hidden_states.flatten(0, 1)).unflatten(0, hidden_states.shape[:2])
+        return small_linear(self.lm_head, hidden_states.flatten(0, 1)).unflatten(0, hidden_states.shape[:2])
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name, device=None, dtype=None, process_group=None, **kwargs):

@@ -191,7 +191,7 @@ def conv_linear(x: Tensor, conv_state: Tensor, conv_weight: Tensor, conv_bias: O
                and conv_weight.shape[0] == x.shape[1] and _fusable(x, None, linear.weight, 1))
     if not fusable or activation not in (None, "silu", "swish"):
         x_conv = causal_conv1d_update(x, conv_state, conv_weight, conv_bias, activation)
-        return cpu_linear(linear, x_conv), x_conv
+        return small_linear(linear, x_conv), x_conv
     _check_linear(x, linear.weight, linear.bias)
     _checks.tensor("conv_bias", conv_bias, shape=(x.shape[1],), device=x.device, optional=True)
     x_conv = _kernels.empty(tuple(x.shape), x)
