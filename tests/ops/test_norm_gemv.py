@@ -103,6 +103,16 @@ def test_streamed_kernel_many_rows_per_warp(dtype, case, monkeypatch):
     assert_close(rowwise, ref, dtype, "rowwise")
 
 
+@pytest.mark.cuda
+def test_small_linear_under_autograd_keeps_the_graph(monkeypatch):
+    """The kernel has no backward: with autograd on, small_linear is the layer's own call."""
+    monkeypatch.setattr(ng, "PLAIN", True)
+    lin = nn.Linear(64, 24, device="cuda")
+    x = torch.randn(2, 64, device="cuda", requires_grad=True)
+    ng.small_linear(lin, x).square().sum().backward()
+    assert x.grad is not None and lin.weight.grad is not None
+
+
 def test_switches_fall_back_to_the_separate_ops(monkeypatch):
     monkeypatch.setattr(css, "FUSED", False)
     inp = make(1, 64, 24, None, torch.float32, torch.device("cpu"))
