@@ -30,7 +30,8 @@ from ssm.ops import norm_gemv as ng  # noqa: E402
 
 DEV, BF16 = bc.DEV, bc.BF16
 OUT: dict = {"e2e": [], "gemv": [], "profile": {}}
-VARIANTS = {"default": {}, "no_pdl": {"SSM_PDL": "0"}, "s4": {"SSM_GEMV_STREAM": "0", "SSM_PDL": "0"}}
+VARIANTS = {"default": {}, "no_pdl": {"SSM_PDL": "0"}, "s4": {"SSM_GEMV_STREAM": "0", "SSM_PDL": "0"},
+            "conv_xproj": {}}
 
 
 def save(path):
@@ -150,6 +151,13 @@ def main():
             for name, model in models.items():
                 e2e(model, name, "no_pdl")
                 save(path)
+            # Mamba-1: the conv update folded into x_proj (norm_gemv mode 5; off since session 3)
+            ng.CONV = True
+            for name, model in models.items():
+                if name.startswith("mamba-"):
+                    e2e(model, name, "conv_xproj")
+                    save(path)
+            ng.CONV = False
     set_env({})
 
 

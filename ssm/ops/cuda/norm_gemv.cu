@@ -260,6 +260,14 @@ __device__ __forceinline__ void store_rows(float (&acc)[kG][kMaxB], const NormGe
   }
 }
 
+// Pulls a float32 parameter vector (unit stride) into L2 without waiting for it (a 128-byte line a thread).
+__device__ __forceinline__ void prefetch_l2(const TensorArg& t, int64_t n) {
+  if (!has(t) || t.stride[0] != 1) return;
+  const float* v = ptr<float>(t);
+  for (int64_t i = int64_t(threadIdx.x) * 32; i < n; i += int64_t(kThreads) * 32)
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(v + i));
+}
+
 template <typename T, int kMode, int kG>
 __global__ void __launch_bounds__(kThreads, 2) norm_gemv_stream_kernel(NormGemvParams p) {
   extern __shared__ float4 smem4[];
@@ -274,6 +282,7 @@ __global__ void __launch_bounds__(kThreads, 2) norm_gemv_stream_kernel(NormGemvP
   Pack<T> b0[kSlots], b1[kSlots];
   Cursor a{int(blockIdx.x) * kWarps + int(threadIdx.x) / 32, 0};
   if (a.q < groups) load_unit<T, kG>(b0, w, ldw, M, nchunks, a, lane);
+  if (kMode >= 1 && kMode <= 4) prefetch_l2(p.norm_weight, K);  // the prologue's constants, meanwhile
   pdl_wait();
   pdl_release();
   load_inputs<T, kMode>(p, xs, mean, rstd);
