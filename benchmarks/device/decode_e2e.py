@@ -85,10 +85,19 @@ def profile_tokens(model, name, n=4):
             per[key][0] += 1
             per[key][1] += e.device_time_total
     rows = sorted(((k, c / n, us / n) for k, (c, us) in per.items()), key=lambda r: -r[2])
+    # wall time of back-to-back replays (with run's input copies and logits clone; no sampling)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(50):
+        cache.run(ids, pos, bm.PROMPT)
+    end.record()
+    end.synchronize()
     OUT["profile"][name] = dict(kernels_per_token=sum(r[1] for r in rows), kernel_us_per_token=sum(r[2] for r in rows),
+                                replay_us=start.elapsed_time(end) / 50 * 1e3,
                                 top=[dict(name=k, count=c, us=u) for k, c, u in rows[:14]])
     p = OUT["profile"][name]
-    print(f"  profile {name}: {p['kernels_per_token']:.0f} kernels/token, {p['kernel_us_per_token']:.0f} us kernels/token")
+    print(f"  profile {name}: {p['kernels_per_token']:.0f} kernels/token, {p['kernel_us_per_token']:.0f} us kernels/token,"
+          f" replay {p['replay_us']:.0f} us")
     for r in p["top"][:8]:
         print(f"     {r['count']:5.1f} x {r['us'] / max(r['count'], 1):6.1f} us  {r['name'][:70]}")
 
