@@ -34,6 +34,19 @@ VARIANTS = {"default": {}, "no_pdl": {"SSM_PDL": "0"}, "s4": {"SSM_GEMV_STREAM":
             "conv_xproj": {}}
 
 
+def guarded(fn):
+    """Runs fn(*args); an error is printed and recorded, and the next item runs."""
+    def run(*args):
+        try:
+            return fn(*args)
+        except Exception as e:  # noqa: BLE001 - a diagnostic run: report and go on
+            msg = f"{fn.__name__}{tuple(a for a in args if isinstance(a, str))}: {type(e).__name__}: {e}"
+            OUT.setdefault("errors", []).append(msg[:400])
+            print("  Error " + msg[:300], flush=True)
+            set_env({})
+    return run
+
+
 def save(path):
     with open(path, "w") as f:
         json.dump(OUT, f, indent=1)
@@ -67,6 +80,7 @@ def per_token_ms(model, reps=2):
     return (long - short) / (bm.NEW - 1) * 1e3
 
 
+@guarded
 def profile_tokens(model, name, n=4):
     """Kernels of n graph replays (one token each): per token count, total and per-name device time."""
     cache = model._decoding_cache
@@ -102,6 +116,7 @@ def profile_tokens(model, name, n=4):
         print(f"     {r['count']:5.1f} x {r['us'] / max(r['count'], 1):6.1f} us  {r['name'][:70]}")
 
 
+@guarded
 def gemv_case(label, M, K, copy_gbs, variants=True):
     """One linear layer (1, K) -> (1, M) bf16 in a CUDA graph over weight copies > 150 MB (no L2 reuse)."""
     nbytes = M * K * 2
@@ -153,7 +168,7 @@ def main():
         if "profile" not in skip:
             for name in ("mamba2-130m", "mamba2-1.3b", "mamba-130m"):
                 if name in models:
-                    per_token_ms(models[name], reps=0)  # this variant's graph (the defaults)
+                    guarded(per_token_ms)(models[name], 0)  # this variant's graph (the defaults)
                     profile_tokens(models[name], name)
                     save(path)
         if "variants" not in skip:
@@ -170,6 +185,7 @@ def main():
     set_env({})
 
 
+@guarded
 def e2e(model, name, variant):
     set_env(VARIANTS[variant])
     ms = per_token_ms(model)
