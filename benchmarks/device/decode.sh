@@ -12,7 +12,7 @@ summary() { echo "$1 rc=$2: $(grep -E "^FAILED|^ERROR|passed|failed" "$3" | cut 
 timeout 17 python3 -m pytest -q -p no:cacheprovider -rf -k cuda \
   tests/ops/test_norm_gemv.py tests/ops/test_conv_state_step.py "tests/ops/test_dw_causal_conv.py::test_update_matches_reference" \
   tests/ops/test_dw_causal_conv.py::test_update_is_cuda_graph_capturable tests/ops/test_dw_causal_conv.py::test_circular_update_with_cache_seqlens \
-  tests/utils/test_generation.py::test_cuda_graph_decode_equals_eager \
+  tests/utils/test_generation.py::test_cuda_graph_decode_equals_eager tests/models/test_lm.py::test_decode_with_final_norm_folded_into_lm_head \
   tests/modules/test_consistency_cuda.py::test_step_matches_forward > "$OUT/pytest.log" 2>&1
 summary "decode tests" $? "$OUT/pytest.log"
 timeout 31 python3 benchmarks/device/decode_e2e.py --out "$OUT" > "$OUT/bench.log" 2>&1

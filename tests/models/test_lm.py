@@ -139,6 +139,23 @@ def test_decoding_matches_forward(name):
     assert_close(_decode_in_pieces(model, ids, [3, 4, 1, 4]), ref)
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", list(SMALL))
+def test_decode_with_final_norm_folded_into_lm_head(name, monkeypatch):
+    """A CUDA decode step folds the final add + norm into lm_head (norm_linear): the unfolded logits."""
+    model = small(name).cuda().eval()
+    ids = torch.randint(0, 101, (2, 12), device="cuda")
+    calls = []
+    monkeypatch.setattr(lm_module, "norm_linear", lambda *a, f=lm_module.norm_linear, **k: calls.append(1) or f(*a, **k))
+    with torch.no_grad():
+        folded = _decode_in_pieces(model, ids, [5] + [1] * 7)
+        assert len(calls) == 7
+        monkeypatch.setattr(lm_module, "FOLD_FINAL_NORM", False)
+        unfolded = _decode_in_pieces(model, ids, [5] + [1] * 7)
+    assert len(calls) == 7
+    assert_close(folded, unfolded)
+
+
 def test_unfused_add_norm_matches_fused():
     fused = small("hybrid")
     unfused = small("hybrid", fused_add_norm=False)
