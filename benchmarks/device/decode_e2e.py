@@ -172,9 +172,6 @@ def main():
                     profile_tokens(models[name], name)
                     save(path)
         if "variants" not in skip:
-            for name, model in models.items():
-                e2e(model, name, "no_pdl")
-                save(path)
             # Mamba-1: the conv update folded into x_proj (norm_gemv mode 5; off since session 3)
             ng.CONV = True
             for name, model in models.items():
@@ -182,6 +179,9 @@ def main():
                     e2e(model, name, "conv_xproj")
                     save(path)
             ng.CONV = False
+            for name, model in models.items():
+                e2e(model, name, "no_pdl")
+                save(path)
     set_env({})
 
 
