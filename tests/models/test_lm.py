@@ -139,6 +139,22 @@ def test_decoding_matches_forward(name):
     assert_close(_decode_in_pieces(model, ids, [3, 4, 1, 4]), ref)
 
 
+@pytest.mark.parametrize("name", ["mamba1", "mamba2"])
+def test_model_built_under_inference_mode_decodes(name):
+    """Parameters that are inference tensors (no version counter for the cached -exp(A_log)) decode
+    like ordinary ones."""
+    model = small(name)
+    ids = torch.randint(0, 101, (2, 8))
+    with torch.no_grad():
+        ref = _decode_in_pieces(model, ids, [4, 1, 1, 1, 1])
+    with torch.inference_mode():
+        built = small(name)
+        built.load_state_dict(model.state_dict())
+        assert built.backbone.layers[0].mixer.A_log.is_inference()
+        out = _decode_in_pieces(built, ids, [4, 1, 1, 1, 1])
+    assert_close(out, ref)
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("name", list(SMALL))
 def test_decode_with_final_norm_folded_into_lm_head(name, monkeypatch):
