@@ -279,9 +279,12 @@ __global__ void __launch_bounds__(kThreads, 2) norm_gemv_stream_kernel(NormGemvP
   const int groups = (M + kG - 1) / kG, units = (nchunks + kUnitChunks - 1) / kUnitChunks;
   const T* w = ptr<T>(p.weight);
   const int64_t ldw = p.weight.stride[0];
+  const auto next = [&](Cursor c) { return c.u + 1 < units ? Cursor{c.q, c.u + 1} : Cursor{c.q + nwarps, 0}; };
+  // both buffers' loads issued before the prologue (and the previous kernel's end)
   Pack<T> b0[kSlots], b1[kSlots];
-  Cursor a{int(blockIdx.x) * kWarps + int(threadIdx.x) / 32, 0};
+  Cursor a{int(blockIdx.x) * kWarps + int(threadIdx.x) / 32, 0}, c = next(a);
   if (a.q < groups) load_unit<T, kG>(b0, w, ldw, M, nchunks, a, lane);
+  if (c.q < groups) load_unit<T, kG>(b1, w, ldw, M, nchunks, c, lane);
   if (kMode >= 1 && kMode <= 4) prefetch_l2(p.norm_weight, K);  // the prologue's constants, meanwhile
   pdl_wait();
   pdl_release();
@@ -292,10 +295,8 @@ __global__ void __launch_bounds__(kThreads, 2) norm_gemv_stream_kernel(NormGemvP
   for (int g = 0; g < kG; ++g)
 #pragma unroll
     for (int b = 0; b < kMaxB; ++b) acc[g][b] = 0.f;
-  const auto next = [&](Cursor c) { return c.u + 1 < units ? Cursor{c.q, c.u + 1} : Cursor{c.q + nwarps, 0}; };
+  // b0 holds unit a, b1 unit c = next(a); each buffer is refilled right after it is used
   while (a.q < groups) {
-    const Cursor c = next(a);
-    if (c.q < groups) load_unit<T, kG>(b1, w, ldw, M, nchunks, c, lane);
     use_unit<T, kG>(acc, b0, xs, K, batch, M, nchunks, a, lane);
     if (a.u == units - 1) store_rows<T, kG>(acc, p, a.q, lane);
     if (c.q >= groups) break;
@@ -303,6 +304,8 @@ __global__ void __launch_bounds__(kThreads, 2) norm_gemv_stream_kernel(NormGemvP
     if (a.q < groups) load_unit<T, kG>(b0, w, ldw, M, nchunks, a, lane);
     use_unit<T, kG>(acc, b1, xs, K, batch, M, nchunks, c, lane);
     if (c.u == units - 1) store_rows<T, kG>(acc, p, c.q, lane);
+    c = next(a);
+    if (c.q < groups) load_unit<T, kG>(b1, w, ldw, M, nchunks, c, lane);
   }
 }
 
@@ -337,8 +340,10 @@ int64_t resident(Kernel kernel, size_t smem) {
 template <typename T, int kMode, int kG>
 void launch_stream(const NormGemvParams& p, size_t smem, cudaStream_t stream) {
   const auto kernel = norm_gemv_stream_kernel<T, kMode, kG>;
-  const int64_t groups = (p.out_features + kG - 1) / kG, full = resident(kernel, smem);
-  const int64_t blocks = std::min<int64_t>(full, (groups + kWarps - 1) / kWarps);
+  // as many warps as leave every warp the same number of row groups (no tail of a few warps)
+  const int64_t groups = (p.out_features + kG - 1) / kG, full = resident(kernel, smem) * kWarps;
+  const int64_t per_warp = (groups + full - 1) / full, warps = (groups + per_warp - 1) / per_warp;
+  const int64_t blocks = (warps + kWarps - 1) / kWarps;
   pdl_launch(kernel, dim3(unsigned(blocks)), dim3(kThreads), smem, stream, p);
 }
 
