@@ -1,8 +1,8 @@
 """Device-round timings of batch-1 decoding (issues 5 and 6), in one process:
 1. decode latency per token with cg=True for the four model shapes (bench_models_cuda's method),
-   with the defaults (streamed GEMV + PDL) and the session-4 kernels (SSM_GEMV_STREAM=0 SSM_PDL=0);
-2. the small-batch GEMV alone at the 1.3b / 130m shapes (streamed kernel with PDL on and off, the
-   warp-per-row kernel, cuBLAS) in a CUDA graph over weight copies larger than L2, against copy bandwidth;
+   with the defaults (streamed GEMV + PDL) and PDL off (SSM_PDL=0);
+2. the small-batch GEMV alone at the 1.3b / 130m shapes (streamed kernel with PDL on and off, cuBLAS)
+   in a CUDA graph over weight copies larger than L2, against copy bandwidth;
 3. a profile of graph-replayed tokens: kernels per token, their names and device times.
 Writes OUT/decode_e2e.json after every item (a timeout keeps what finished).
 
@@ -30,8 +30,7 @@ from ssm.ops import norm_gemv as ng  # noqa: E402
 
 DEV, BF16 = bc.DEV, bc.BF16
 OUT: dict = {"e2e": [], "gemv": [], "profile": {}}
-VARIANTS = {"default": {}, "no_pdl": {"SSM_PDL": "0"}, "s4": {"SSM_GEMV_STREAM": "0", "SSM_PDL": "0"},
-            "conv_xproj": {}}
+VARIANTS = {"default": {}, "no_pdl": {"SSM_PDL": "0"}, "conv_xproj": {}}
 
 
 def guarded(fn):
@@ -53,7 +52,7 @@ def save(path):
 
 
 def set_env(env):
-    for k in ("SSM_PDL", "SSM_GEMV_STREAM"):
+    for k in ("SSM_PDL",):
         os.environ.pop(k, None)
     os.environ.update(env)
 
@@ -125,7 +124,7 @@ def gemv_case(label, M, K, copy_gbs, variants=True):
     x = torch.randn(1, K, device=DEV, dtype=BF16)
     forms = [("stream+pdl", {}, True), ("cublas", {}, False)]
     if variants:
-        forms += [("stream", {"SSM_PDL": "0"}, True), ("rowwise", {"SSM_GEMV_STREAM": "0", "SSM_PDL": "0"}, True)]
+        forms += [("stream", {"SSM_PDL": "0"}, True)]
     row = dict(name=label, M=M, K=K, bytes=nbytes)
     with torch.no_grad():
         for form, env, ours in forms:
@@ -155,7 +154,7 @@ def main():
     models = {}
     for name in a.models.split(","):
         models[name] = model = bm.make_model(name)  # outside inference_mode: ordinary parameters
-        for variant in ("default", "s4"):
+        for variant in ("default", "no_pdl"):
             e2e(model, name, variant)
             save(path)
     if "micro" not in skip:
@@ -163,7 +162,7 @@ def main():
                             ("130m in_proj", 3352, 768), ("130m lm_head", 50280, 768)]:
             gemv_case(label, M, K, copy_gbs, "gemv_variants" not in skip)
             save(path)
-    with torch.no_grad():
+    with torch.inference_mode():  # the graph cache's tensors are inference tensors
         if "profile" not in skip:
             for name in ("mamba2-130m", "mamba2-1.3b", "mamba-130m"):
                 if name in models:
@@ -178,9 +177,6 @@ def main():
                     e2e(model, name, "conv_xproj")
                     save(path)
             ng.CONV = False
-            for name, model in models.items():
-                e2e(model, name, "no_pdl")
-                save(path)
     set_env({})
 
 

@@ -1,10 +1,9 @@
 // Small-batch linear layer with an optional gated RMSNorm prologue (NormGemvParams). Every block
 // normalizes the B input rows into shared memory itself (a few KB from L2), so the norm needs no
-// kernel of its own; the weights stream through registers, their first 16-byte chunks loaded before
-// the prologue (they do not depend on it). Two forms: the streamed kernel (default: a grid that
-// fills the GPU once, each warp walking its rows with the next weights in flight while the current
-// ones are used, launched with PDL) and, with SSM_GEMV_STREAM=0, one warp per output row.
-#include <cstdlib>
+// kernel of its own. The weights stream through registers: a grid that fills the GPU once, each warp
+// walking its rows with the next weights in flight while the current ones are used, the first ones
+// loaded before the prologue (they do not depend on it), launched with PDL (pdl.cuh).
+#include <algorithm>
 #include <vector>
 
 #include "cuda/kernels.h"
@@ -165,50 +164,6 @@ __device__ __forceinline__ void fma_chunk(float* acc, const Pack<T>& w, const fl
   }
 }
 
-// kRegChunks: the 16-byte weight chunks per lane held in registers across the prologue (4 for
-// rows of up to 128 chunks, at 4 blocks per SM; 8 above); later chunks are loaded as used.
-template <typename T, int kMode, int kRegChunks>
-__global__ void __launch_bounds__(kThreads, kRegChunks == 4 ? 4 : 1) norm_gemv_kernel(NormGemvParams p) {
-  extern __shared__ float4 smem4[];
-  float* xs = reinterpret_cast<float*>(smem4);  // (B, K)
-  __shared__ float mean[kMaxSegments], rstd[kMaxSegments];
-  constexpr int kN = Pack<T>::kN;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t K = p.in_features, nchunks = K / kN, m = int64_t(blockIdx.x) * kWarps + warp;
-  const bool row_ok = m < p.out_features;
-  const T* wrow = ptr<T>(p.weight) + (row_ok ? m : 0) * p.weight.stride[0];
-  Pack<T> wr[kRegChunks];
-#pragma unroll
-  for (int c = 0; c < kRegChunks; ++c) {
-    const int64_t idx = int64_t(c) * 32 + lane;
-    if (row_ok && idx < nchunks) wr[c].load(wrow + idx * kN);
-  }
-  load_inputs<T, kMode>(p, xs, mean, rstd);
-  __syncthreads();
-  if (!row_ok) return;
-  float acc[kMaxB] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-  for (int c = 0; c < kRegChunks; ++c) {
-    const int64_t idx = int64_t(c) * 32 + lane;
-    if (idx < nchunks) fma_chunk<T>(acc, wr[c], xs, K, p.batch, idx * kN);
-  }
-  for (int64_t idx = int64_t(kRegChunks) * 32 + lane; idx < nchunks; idx += 32) {
-    Pack<T> w;
-    w.load(wrow + idx * kN);
-    fma_chunk<T>(acc, w, xs, K, p.batch, idx * kN);
-  }
-#pragma unroll
-  for (int b = 0; b < kMaxB; ++b) {
-#pragma unroll
-    for (int off = 16; off > 0; off /= 2) acc[b] += __shfl_xor_sync(0xffffffffu, acc[b], off);
-  }
-  if (lane != 0) return;
-  const float bias = has(p.bias) ? ptr<float>(p.bias)[m * p.bias.stride[0]] : 0.f;
-  for (int64_t b = 0; b < p.batch && b < kMaxB; ++b)
-    ptr<T>(p.out)[b * p.out.stride[0] + m * p.out.stride[1]] = from_float<T>(acc[b] + bias);
-}
-
-// ---- the streamed form ----
 // Warp w of W takes the row groups q = w, w + W, ... (kG consecutive rows each) and walks their
 // units: unit u holds, for each row of the group, the 16-byte chunks [u, u + 1) * 32 * kJ of it,
 // kJ = kSlots / kG per lane. The next unit is loaded while the current one is used (two register
@@ -309,11 +264,6 @@ __global__ void __launch_bounds__(kThreads, 2) norm_gemv_stream_kernel(NormGemvP
   }
 }
 
-bool stream_enabled() {
-  const char* env = std::getenv("SSM_GEMV_STREAM");
-  return env == nullptr || env[0] != '0';
-}
-
 // Blocks of the kernel resident on the whole GPU at once (cached per kernel, smem and device).
 template <typename Kernel>
 int64_t resident(Kernel kernel, size_t smem) {
@@ -383,22 +333,9 @@ void norm_gemv(const NormGemvParams& p, cudaStream_t stream) {
     const size_t smem = size_t(p.batch * p.in_features) * sizeof(float);
     SSM_CHECK(p.out_features < (int64_t(1) << 30) && p.weight.stride[0] < (int64_t(1) << 31), op,
               "out_features must be below 2^30");
-    if (stream_enabled()) {
-      // two rows a unit when a row has at most half a unit's chunks
-      SSM_BOOL_SWITCH(p.in_features / kN <= 32 * kSlots / 2, kTwo, [&] {
-        launch_stream_mode<T, kTwo ? 2 : 1>(p, smem, stream);
-      });
-      return;
-    }
-    const unsigned grid = ceil_div(p.out_features, kWarps);
-    SSM_BOOL_SWITCH(p.in_features / kN <= 4 * 32, kShort, [&] {
-      constexpr int kChunks = kShort ? 4 : 8;
-      if (p.mode == 0) norm_gemv_kernel<T, 0, kChunks><<<grid, kThreads, smem, stream>>>(p);
-      else if (p.mode == 1) norm_gemv_kernel<T, 1, kChunks><<<grid, kThreads, smem, stream>>>(p);
-      else if (p.mode == 2) norm_gemv_kernel<T, 2, kChunks><<<grid, kThreads, smem, stream>>>(p);
-      else if (p.mode == 3) norm_gemv_kernel<T, 3, kChunks><<<grid, kThreads, smem, stream>>>(p);
-      else if (p.mode == 4) norm_gemv_kernel<T, 4, kChunks><<<grid, kThreads, smem, stream>>>(p);
-      else norm_gemv_kernel<T, 5, kChunks><<<grid, kThreads, smem, stream>>>(p);
+    // two rows a unit when a row has at most half a unit's chunks
+    SSM_BOOL_SWITCH(p.in_features / kN <= 32 * kSlots / 2, kTwo, [&] {
+      launch_stream_mode<T, kTwo ? 2 : 1>(p, smem, stream);
     });
   });
   check_launch(op);
