@@ -19,18 +19,21 @@ from ssm.distributed import sharding
 from ssm.models import cpu_decode
 from ssm.models.config import MambaConfig
 from ssm.modules.attention import MHA
+from ssm.modules import block
 from ssm.modules.block import Block, add_norm
 from ssm.modules.mamba1 import Mamba1
 from ssm.modules.mamba2 import Mamba2
 from ssm.modules.mlp import GatedMLP
 from ssm.ops import cpu_matmul
-from ssm.ops.norm_gemv import CPU_MAX_BATCH, cpu_linear
+from ssm.ops.norm_gemv import CPU_MAX_BATCH, norm_linear, small_linear
 from ssm.utils import weights
 from ssm.utils.generation import GenerationMixin
 
 CausalLMOutput = namedtuple("CausalLMOutput", ["logits"])
 
 _MIXERS = {"Mamba1": Mamba1, "Mamba2": Mamba2}
+# a CUDA decode step's final add + norm folded into lm_head (norm_gemv's add + norm prologue)
+FOLD_FINAL_NORM = True
 
 
 def create_block(d_model, d_intermediate, ssm_cfg=None, attn_layer_idx=None, attn_cfg=None, norm_epsilon=1e-5,
@@ -105,12 +108,17 @@ class MixerModel(nn.Module):
         plan = cpu_decode.stack_plan(self, input_ids, inference_params, mixer_kwargs)
         if plan is not None:  # a CPU decode step of Mamba-1 blocks: one C++ call per block
             return plan.run(input_ids)
+        hidden_states, residual = self.forward_layers(input_ids, inference_params, **mixer_kwargs)
+        return add_norm(self.norm_f, hidden_states, residual, self.fused_add_norm, self.residual_in_fp32,
+                        prenorm=False)
+
+    def forward_layers(self, input_ids, inference_params=None, **mixer_kwargs):
+        """input_ids (B, L) -> (hidden_states, residual) of the last block, before the final norm."""
         hidden_states = self.embedding(input_ids)
         residual = None
         for layer in self.layers:
             hidden_states, residual = layer(hidden_states, residual, inference_params=inference_params, **mixer_kwargs)
-        return add_norm(self.norm_f, hidden_states, residual, self.fused_add_norm, self.residual_in_fp32,
-                        prenorm=False)
+        return hidden_states, residual
 
 
 class MambaLMHeadModel(nn.Module, GenerationMixin):
@@ -147,16 +155,37 @@ class MambaLMHeadModel(nn.Module, GenerationMixin):
     def forward(self, input_ids, position_ids=None, inference_params=None, num_last_tokens=0, **mixer_kwargs):
         """input_ids (B, L) -> CausalLMOutput(logits (B, L or num_last_tokens, padded vocab)).
         position_ids is accepted and ignored (positions come from the inference cache)."""
+        if self._folds_final_norm(input_ids, inference_params, num_last_tokens, mixer_kwargs):
+            return CausalLMOutput(logits=self._decode_logits(input_ids, inference_params))
         hidden_states = self.backbone(input_ids, inference_params=inference_params, **mixer_kwargs)
         if num_last_tokens > 0:
             hidden_states = hidden_states[:, -num_last_tokens:]
         return CausalLMOutput(logits=self._logits(hidden_states))
 
+    def _folds_final_norm(self, input_ids, inference_params, num_last_tokens, mixer_kwargs) -> bool:
+        """A CUDA decode step of one token for at most CPU_MAX_BATCH rows without autograd: the final
+        add + norm folds into lm_head (one kernel; FOLD_FINAL_NORM = False turns it off)."""
+        bb = self.backbone
+        return (FOLD_FINAL_NORM and block.PRENORM_DECODE and input_ids.is_cuda and input_ids.dim() == 2
+                and input_ids.shape[1] == 1 and input_ids.shape[0] <= CPU_MAX_BATCH and num_last_tokens <= 1
+                and not mixer_kwargs and inference_params is not None and inference_params.seqlen_offset > 0
+                and bb.fused_add_norm and bb.residual_in_fp32 and type(self.lm_head) is nn.Linear
+                and isinstance(bb.norm_f, (nn.LayerNorm, ops.RMSNorm)) and not torch.is_grad_enabled())
+
+    def _decode_logits(self, input_ids, inference_params):
+        """logits (B, 1, V) of one decoded token: lm_head(norm_f(hidden + residual)) by norm_linear."""
+        hidden_states, residual = self.backbone.forward_layers(input_ids, inference_params)
+        norm = self.backbone.norm_f
+        logits, _ = norm_linear(hidden_states[:, -1], None if residual is None else residual[:, -1].float(),
+                                norm.weight, norm.bias, self.lm_head, is_rms=isinstance(norm, ops.RMSNorm),
+                                eps=norm.eps)
+        return logits.unsqueeze(1)
+
     def _logits(self, hidden_states):
-        """lm_head of (B, L, d_model); a decode step's few rows through the CPU small-batch kernel."""
+        """lm_head of (B, L, d_model); a decode step's few rows through the small-batch kernel (CPU or CUDA)."""
         if hidden_states.dim() != 3 or hidden_states.shape[0] * hidden_states.shape[1] > CPU_MAX_BATCH:
             return cpu_matmul.module_linear(self.lm_head, hidden_states)
-        return cpu_linear(self.lm_head, hidden_states.flatten(0, 1)).unflatten(0, hidden_states.shape[:2])
+        return small_linear(self.lm_head, hidden_states.flatten(0, 1)).unflatten(0, hidden_states.shape[:2])
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name, device=None, dtype=None, process_group=None, **kwargs):

@@ -3,12 +3,14 @@ input: ``gated_norm_linear`` = F.linear(rmsnorm_fn(x, norm_weight, z=z, ...), we
 ``small_linear(linear, x)`` = linear(x), and ``norm_linear``: a prenorm block's residual add + norm
 feeding the next layer's input projection, and ``conv_linear``: Mamba-1's conv update feeding x_proj.
 
-On CUDA, for batches up to 4, one kernel (ssm/ops/cuda/norm_gemv.cu: a warp per output row, every
-block normalizing the input rows itself) instead of the norm kernel and a cuBLAS GEMV; elsewhere,
-when compiling, or for arguments the kernel does not take, the composition, with the same
-results. ``Mamba2.step`` uses ``gated_norm_linear`` for its out_proj (SSM_FUSED_DECODE=0 turns it
-off), the blocks' add + norm with the mixers' in_proj go through ``norm_linear``; ``small_linear``
-replaces the other decode projections (SSM_DECODE_GEMV=0: cuBLAS).
+On CUDA, for batches up to 4, one kernel (ssm/ops/cuda/norm_gemv.cu: every block normalizing the
+input rows itself, the weights streamed by a grid that fills the GPU once and launched with
+programmatic dependent launch) instead of the norm kernel and a cuBLAS GEMV; elsewhere, when
+compiling, under autograd (small_linear), or for arguments the kernel does not take, the
+composition, with the same results. ``Mamba2.step`` uses ``gated_norm_linear`` for its out_proj
+(SSM_FUSED_DECODE=0 turns it off), the blocks' add + norm with the mixers' in_proj go through
+``norm_linear``; ``small_linear`` replaces the other decode projections and the model's lm_head
+(SSM_DECODE_GEMV=0: cuBLAS).
 
 On the CPU, every one of them (and ``gemv_linear``, F.linear's drop-in) runs its linear layer through
 the C++ small-batch kernel (ssm/ops/cpu/gemv.cpp) for batches up to 4 without autograd: one pass
@@ -145,13 +147,18 @@ def cpu_linear(linear: nn.Module, x: Tensor) -> Tensor:
     return linear(x)
 
 
+def _needs_grad(x: Tensor, linear: nn.Module) -> bool:
+    """Autograd would track linear(x) (the kernel has no backward: a tiny training batch takes linear)."""
+    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in linear.parameters()))
+
+
 def small_linear(linear: nn.Module, x: Tensor) -> Tensor:
     """linear(x) for x (B, K); through the small-batch kernel when PLAIN is set and ``linear`` is a
     plain nn.Linear (a wrapped or adapted layer keeps its own forward)."""
     if x.is_cpu:
         return cpu_linear(linear, x)
     if (not PLAIN or type(linear) is not nn.Linear or torch.compiler.is_compiling() or x.dim() != 2
-            or not _fusable(x, None, linear.weight, 0)):
+            or not _fusable(x, None, linear.weight, 0) or _needs_grad(x, linear)):
         return linear(x)
     _check_linear(x, linear.weight, linear.bias)
     return _fused(0, x, None, None, linear.weight, linear.bias, 1, 0.0)
@@ -191,7 +198,7 @@ def conv_linear(x: Tensor, conv_state: Tensor, conv_weight: Tensor, conv_bias: O
                and conv_weight.shape[0] == x.shape[1] and _fusable(x, None, linear.weight, 1))
     if not fusable or activation not in (None, "silu", "swish"):
         x_conv = causal_conv1d_update(x, conv_state, conv_weight, conv_bias, activation)
-        return cpu_linear(linear, x_conv), x_conv
+        return small_linear(linear, x_conv), x_conv
     _check_linear(x, linear.weight, linear.bias)
     _checks.tensor("conv_bias", conv_bias, shape=(x.shape[1],), device=x.device, optional=True)
     x_conv = _kernels.empty(tuple(x.shape), x)

@@ -139,6 +139,39 @@ def test_decoding_matches_forward(name):
     assert_close(_decode_in_pieces(model, ids, [3, 4, 1, 4]), ref)
 
 
+@pytest.mark.parametrize("name", ["mamba1", "mamba2"])
+def test_model_built_under_inference_mode_decodes(name):
+    """Parameters that are inference tensors (no version counter for the cached -exp(A_log)) decode
+    like ordinary ones."""
+    model = small(name)
+    ids = torch.randint(0, 101, (2, 8))
+    with torch.no_grad():
+        ref = _decode_in_pieces(model, ids, [4, 1, 1, 1, 1])
+    with torch.inference_mode():
+        built = small(name)
+        built.load_state_dict(model.state_dict())
+        assert built.backbone.layers[0].mixer.A_log.is_inference()
+        out = _decode_in_pieces(built, ids, [4, 1, 1, 1, 1])
+    assert_close(out, ref)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", list(SMALL))
+def test_decode_with_final_norm_folded_into_lm_head(name, monkeypatch):
+    """A CUDA decode step folds the final add + norm into lm_head (norm_linear): the unfolded logits."""
+    model = small(name).cuda().eval()
+    ids = torch.randint(0, 101, (2, 12), device="cuda")
+    calls = []
+    monkeypatch.setattr(lm_module, "norm_linear", lambda *a, f=lm_module.norm_linear, **k: calls.append(1) or f(*a, **k))
+    with torch.no_grad():
+        folded = _decode_in_pieces(model, ids, [5] + [1] * 7)
+        assert len(calls) == 7
+        monkeypatch.setattr(lm_module, "FOLD_FINAL_NORM", False)
+        unfolded = _decode_in_pieces(model, ids, [5] + [1] * 7)
+    assert len(calls) == 7
+    assert_close(folded, unfolded)
+
+
 def test_unfused_add_norm_matches_fused():
     fused = small("hybrid")
     unfused = small("hybrid", fused_add_norm=False)

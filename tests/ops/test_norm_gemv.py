@@ -79,6 +79,37 @@ def test_cuda_kernel_equals_separate_ops(dtype, case, before):
     assert_close(out, torch.nn.functional.linear(y, inp["W"], inp["b"]), dtype, "out", factor=0.25)
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", [(1, 768, 50280), (2, 2048, 8513), (3, 4096, 2049), (4, 1536, 161)])
+def test_streamed_kernel_many_rows_per_warp(dtype, case, monkeypatch):
+    """More row groups than resident warps, rows of several units, odd M (lm_head, in_proj, out_proj,
+    x_proj shapes): against float64, and bitwise the same run to run and with programmatic dependent
+    launch off (SSM_PDL=0)."""
+    monkeypatch.setattr(ng, "PLAIN", True)
+    batch, K, M = case
+    dev = torch.device("cuda")
+    lin = nn.Linear(K, M, bias=batch == 3, device=dev, dtype=dtype)
+    x = rand(batch, K + 8, dtype=dtype, device=dev)[:, 8:]
+    with torch.no_grad():
+        out, again = ng.small_linear(lin, x), ng.small_linear(lin, x)
+        monkeypatch.setenv("SSM_PDL", "0")
+        no_pdl = ng.small_linear(lin, x)
+    ref = x.double() @ lin.weight.double().t() + (0 if lin.bias is None else lin.bias.double())
+    assert out.shape == (batch, M) and torch.equal(out, again) and torch.equal(out, no_pdl)
+    assert_close(out, ref, dtype, "out")
+
+
+@pytest.mark.cuda
+def test_small_linear_under_autograd_keeps_the_graph(monkeypatch):
+    """The kernel has no backward: with autograd on, small_linear is the layer's own call."""
+    monkeypatch.setattr(ng, "PLAIN", True)
+    lin = nn.Linear(64, 24, device="cuda")
+    x = torch.randn(2, 64, device="cuda", requires_grad=True)
+    ng.small_linear(lin, x).square().sum().backward()
+    assert x.grad is not None and lin.weight.grad is not None
+
+
 def test_switches_fall_back_to_the_separate_ops(monkeypatch):
     monkeypatch.setattr(css, "FUSED", False)
     inp = make(1, 64, 24, None, torch.float32, torch.device("cpu"))

@@ -4,9 +4,11 @@
 // the conv outputs the block needs (its x channels, its group's B and C) pass through shared
 // memory. A block owns the conv states of its x channels; the B/C conv states are shared by every
 // block of the (batch row, group) and rewritten by the last of them to arrive (counters).
+// Launched with PDL (pdl.cuh): its blocks start while in_proj ends.
 #include <cstdlib>
 
 #include "cuda/kernels.h"
+#include "cuda/pdl.cuh"
 #include "cuda/vec.cuh"
 
 namespace ssm::cuda {
@@ -75,6 +77,9 @@ __global__ void __launch_bounds__(kThreads, kPacks == 1 ? 4 : 1) conv_state_step
   const int64_t b = blockIdx.z, h = blockIdx.y, P = p.headdim, N = p.dstate;
   const int64_t g = h / (p.nheads / p.ngroups), p0 = int64_t(blockIdx.x) * kRows, hp = p0 + r;
   const bool row_ok = hp < P;
+  // launched with PDL: everything below may depend on the previous kernel (in_proj's output)
+  pdl_wait();
+  pdl_release();
   // the state stream first: every load in flight before the conv work
   TS* st = ptr<TS>(p.state) + b * p.state.stride[0] + h * p.state.stride[1] + (row_ok ? hp : 0) * p.state.stride[2];
   Pack<TS> s[kPacks][sizeof(TS) / 2];
@@ -191,7 +196,7 @@ void launch(const ConvStateStepParams& p, cudaStream_t stream) {
   SSM_CONV_STEP_CFG_SWITCH(p.dstate, use_wide(p), kTPR, kPacks, [&] {
     constexpr int kRows = kThreads / kTPR;
     const dim3 grid(ceil_div(p.headdim, kRows), unsigned(p.nheads), unsigned(p.batch));
-    conv_state_step_kernel<TS, T, kTPR, kPacks><<<grid, kThreads, 0, stream>>>(p);
+    pdl_launch(conv_state_step_kernel<TS, T, kTPR, kPacks>, grid, dim3(kThreads), 0, stream, p);
   });
 }
 

@@ -1,8 +1,10 @@
 // Depthwise causal conv decode update on the GPU: one thread per (batch row, channel), channels
 // adjacent so a channels-last conv_state (Mamba-2) is read coalesced. The W-1 inputs before the
 // new tokens come from the state (its tail, or a ring at cache_seqlens); every output is computed
-// before the state row is rewritten in place.
+// before the state row is rewritten in place. Launched with PDL (pdl.cuh): a decode step's blocks
+// start while the previous kernel (in_proj) ends.
 #include "cuda/kernels.h"
+#include "cuda/pdl.cuh"
 #include "cuda/vec.cuh"
 
 namespace ssm::cuda {
@@ -27,6 +29,8 @@ __device__ __forceinline__ float input_at(const ConvUpdateParams& p, const T* x,
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) conv_update_kernel(ConvUpdateParams p) {
+  pdl_wait();  // everything below may depend on the previous kernel
+  pdl_release();
   const int64_t gid = int64_t(blockIdx.x) * kThreads + threadIdx.x;
   if (gid >= p.batch * p.dim) return;
   const int64_t b = gid / p.dim, d = gid % p.dim, L = p.seqlen, W = p.width, S = p.state_len;
@@ -63,7 +67,7 @@ void dw_causal_conv_update(const ConvUpdateParams& p, cudaStream_t stream) {
             " must be at least width - 1 = ", p.width - 1);
   if (p.batch * p.dim == 0) return;
   SSM_DTYPE_SWITCH(p.dtype, T, op, [&] {
-    conv_update_kernel<T><<<ceil_div(p.batch * p.dim, kThreads), kThreads, 0, stream>>>(p);
+    pdl_launch(conv_update_kernel<T>, dim3(ceil_div(p.batch * p.dim, kThreads)), dim3(kThreads), 0, stream, p);
   });
   check_launch(op);
 }

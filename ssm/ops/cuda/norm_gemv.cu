@@ -1,8 +1,13 @@
-// Small-batch linear layer with an optional gated RMSNorm prologue (NormGemvParams): one warp per
-// output row. Each warp's first 16-byte chunks of its weight row are loaded before the prologue
-// (they do not depend on it); every block normalizes the B input rows into shared memory itself
-// (a few KB from L2), so the norm needs no kernel of its own.
+// Small-batch linear layer with an optional gated RMSNorm prologue (NormGemvParams). Every block
+// normalizes the B input rows into shared memory itself (a few KB from L2), so the norm needs no
+// kernel of its own. The weights stream through registers: a grid that fills the GPU once, each warp
+// walking its rows with the next weights in flight while the current ones are used, the first ones
+// loaded before the prologue (they do not depend on it), launched with PDL (pdl.cuh).
+#include <algorithm>
+#include <vector>
+
 #include "cuda/kernels.h"
+#include "cuda/pdl.cuh"
 #include "cuda/vec.cuh"
 
 namespace ssm::cuda {
@@ -159,47 +164,149 @@ __device__ __forceinline__ void fma_chunk(float* acc, const Pack<T>& w, const fl
   }
 }
 
-// kRegChunks: the 16-byte weight chunks per lane held in registers across the prologue (4 for
-// rows of up to 128 chunks, at 4 blocks per SM; 8 above); later chunks are loaded as used.
-template <typename T, int kMode, int kRegChunks>
-__global__ void __launch_bounds__(kThreads, kRegChunks == 4 ? 4 : 1) norm_gemv_kernel(NormGemvParams p) {
+// Warp w of W takes the row groups q = w, w + W, ... (kG consecutive rows each) and walks their
+// units: unit u holds, for each row of the group, the 16-byte chunks [u, u + 1) * 32 * kJ of it,
+// kJ = kSlots / kG per lane. The next unit is loaded while the current one is used (two register
+// buffers); the first before the prologue and before the previous kernel ends (PDL).
+constexpr int kSlots = 8;
+
+struct Cursor {
+  int q, u;  // row group, unit within the group's rows
+};
+
+template <typename T, int kG>
+__device__ __forceinline__ void load_unit(Pack<T> (&buf)[kSlots], const T* w, int64_t ldw, int M, int nchunks,
+                                          Cursor c, int lane) {
+  constexpr int kJ = kSlots / kG;
+#pragma unroll
+  for (int s = 0; s < kSlots; ++s) {
+    const int row = c.q * kG + s / kJ, idx = (c.u * kJ + s % kJ) * 32 + lane;
+    if (row < M && idx < nchunks) buf[s].load(w + int64_t(row) * ldw + int64_t(idx) * Pack<T>::kN);
+  }
+}
+
+template <typename T, int kG>
+__device__ __forceinline__ void use_unit(float (&acc)[kG][kMaxB], const Pack<T> (&buf)[kSlots], const float* xs,
+                                         int K, int batch, int M, int nchunks, Cursor c, int lane) {
+  constexpr int kJ = kSlots / kG;
+#pragma unroll
+  for (int s = 0; s < kSlots; ++s) {
+    const int row = c.q * kG + s / kJ, idx = (c.u * kJ + s % kJ) * 32 + lane;
+    if (row < M && idx < nchunks) fma_chunk<T>(acc[s / kJ], buf[s], xs, K, batch, int64_t(idx) * Pack<T>::kN);
+  }
+}
+
+// The group's rows done: out[b, m] = the warp's sum (+ bias); the accumulators reset.
+template <typename T, int kG>
+__device__ __forceinline__ void store_rows(float (&acc)[kG][kMaxB], const NormGemvParams& p, int q, int lane) {
+#pragma unroll
+  for (int g = 0; g < kG; ++g) {
+    const int64_t m = int64_t(q) * kG + g;
+#pragma unroll
+    for (int b = 0; b < kMaxB; ++b) {
+      if (b >= p.batch) break;
+      const float v = warp_sum(acc[g][b]);
+      acc[g][b] = 0.f;
+      if (lane == 0 && m < p.out_features) {
+        const float bias = has(p.bias) ? ptr<float>(p.bias)[m * p.bias.stride[0]] : 0.f;
+        ptr<T>(p.out)[b * p.out.stride[0] + m * p.out.stride[1]] = from_float<T>(v + bias);
+      }
+    }
+  }
+}
+
+// Pulls a float32 parameter vector (unit stride) into L2 without waiting for it (a 128-byte line a thread).
+__device__ __forceinline__ void prefetch_l2(const TensorArg& t, int64_t n) {
+  if (!has(t) || t.stride[0] != 1) return;
+  const float* v = ptr<float>(t);
+  for (int64_t i = int64_t(threadIdx.x) * 32; i < n; i += int64_t(kThreads) * 32)
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(v + i));
+}
+
+template <typename T, int kMode, int kG>
+__global__ void __launch_bounds__(kThreads, 2) norm_gemv_stream_kernel(NormGemvParams p) {
   extern __shared__ float4 smem4[];
   float* xs = reinterpret_cast<float*>(smem4);  // (B, K)
   __shared__ float mean[kMaxSegments], rstd[kMaxSegments];
-  constexpr int kN = Pack<T>::kN;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t K = p.in_features, nchunks = K / kN, m = int64_t(blockIdx.x) * kWarps + warp;
-  const bool row_ok = m < p.out_features;
-  const T* wrow = ptr<T>(p.weight) + (row_ok ? m : 0) * p.weight.stride[0];
-  Pack<T> wr[kRegChunks];
-#pragma unroll
-  for (int c = 0; c < kRegChunks; ++c) {
-    const int64_t idx = int64_t(c) * 32 + lane;
-    if (row_ok && idx < nchunks) wr[c].load(wrow + idx * kN);
-  }
+  constexpr int kUnitChunks = 32 * (kSlots / kG);
+  const int lane = threadIdx.x % 32, nwarps = int(gridDim.x) * kWarps, batch = int(p.batch);
+  const int M = int(p.out_features), K = int(p.in_features), nchunks = K / Pack<T>::kN;
+  const int groups = (M + kG - 1) / kG, units = (nchunks + kUnitChunks - 1) / kUnitChunks;
+  const T* w = ptr<T>(p.weight);
+  const int64_t ldw = p.weight.stride[0];
+  const auto next = [&](Cursor c) { return c.u + 1 < units ? Cursor{c.q, c.u + 1} : Cursor{c.q + nwarps, 0}; };
+  // both buffers' loads issued before the prologue (and the previous kernel's end)
+  Pack<T> b0[kSlots], b1[kSlots];
+  Cursor a{int(blockIdx.x) * kWarps + int(threadIdx.x) / 32, 0}, c = next(a);
+  if (a.q < groups) load_unit<T, kG>(b0, w, ldw, M, nchunks, a, lane);
+  if (c.q < groups) load_unit<T, kG>(b1, w, ldw, M, nchunks, c, lane);
+  if (kMode >= 1 && kMode <= 4) prefetch_l2(p.norm_weight, K);  // the prologue's constants, meanwhile
+  pdl_wait();
+  pdl_release();
   load_inputs<T, kMode>(p, xs, mean, rstd);
   __syncthreads();
-  if (!row_ok) return;
-  float acc[kMaxB] = {0.f, 0.f, 0.f, 0.f};
+  float acc[kG][kMaxB];
 #pragma unroll
-  for (int c = 0; c < kRegChunks; ++c) {
-    const int64_t idx = int64_t(c) * 32 + lane;
-    if (idx < nchunks) fma_chunk<T>(acc, wr[c], xs, K, p.batch, idx * kN);
-  }
-  for (int64_t idx = int64_t(kRegChunks) * 32 + lane; idx < nchunks; idx += 32) {
-    Pack<T> w;
-    w.load(wrow + idx * kN);
-    fma_chunk<T>(acc, w, xs, K, p.batch, idx * kN);
-  }
+  for (int g = 0; g < kG; ++g)
 #pragma unroll
-  for (int b = 0; b < kMaxB; ++b) {
-#pragma unroll
-    for (int off = 16; off > 0; off /= 2) acc[b] += __shfl_xor_sync(0xffffffffu, acc[b], off);
+    for (int b = 0; b < kMaxB; ++b) acc[g][b] = 0.f;
+  // b0 holds unit a, b1 unit c = next(a); each buffer is refilled right after it is used
+  while (a.q < groups) {
+    use_unit<T, kG>(acc, b0, xs, K, batch, M, nchunks, a, lane);
+    if (a.u == units - 1) store_rows<T, kG>(acc, p, a.q, lane);
+    if (c.q >= groups) break;
+    a = next(c);
+    if (a.q < groups) load_unit<T, kG>(b0, w, ldw, M, nchunks, a, lane);
+    use_unit<T, kG>(acc, b1, xs, K, batch, M, nchunks, c, lane);
+    if (c.u == units - 1) store_rows<T, kG>(acc, p, c.q, lane);
+    c = next(a);
+    if (c.q < groups) load_unit<T, kG>(b1, w, ldw, M, nchunks, c, lane);
   }
-  if (lane != 0) return;
-  const float bias = has(p.bias) ? ptr<float>(p.bias)[m * p.bias.stride[0]] : 0.f;
-  for (int64_t b = 0; b < p.batch && b < kMaxB; ++b)
-    ptr<T>(p.out)[b * p.out.stride[0] + m * p.out.stride[1]] = from_float<T>(acc[b] + bias);
+}
+
+// Blocks of the kernel resident on the whole GPU at once (cached per kernel, smem and device).
+template <typename Kernel>
+int64_t resident(Kernel kernel, size_t smem) {
+  struct Entry {
+    const void* kernel;
+    size_t smem;
+    int dev;
+    int64_t blocks;
+  };
+  thread_local std::vector<Entry> cache;
+  int dev = 0;
+  cudaGetDevice(&dev);
+  const void* key = reinterpret_cast<const void*>(kernel);
+  for (const Entry& e : cache)
+    if (e.kernel == key && e.smem == smem && e.dev == dev) return e.blocks;
+  int sms = 0, per_sm = 0;
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem);
+  const int64_t n = int64_t(per_sm > 0 ? per_sm : 1) * (sms > 0 ? sms : 1);
+  cache.push_back({key, smem, dev, n});
+  return n;
+}
+
+template <typename T, int kMode, int kG>
+void launch_stream(const NormGemvParams& p, size_t smem, cudaStream_t stream) {
+  const auto kernel = norm_gemv_stream_kernel<T, kMode, kG>;
+  // as many warps as leave every warp the same number of row groups (no tail of a few warps)
+  const int64_t groups = (p.out_features + kG - 1) / kG, full = resident(kernel, smem) * kWarps;
+  const int64_t per_warp = (groups + full - 1) / full, warps = (groups + per_warp - 1) / per_warp;
+  const int64_t blocks = (warps + kWarps - 1) / kWarps;
+  pdl_launch(kernel, dim3(unsigned(blocks)), dim3(kThreads), smem, stream, p);
+}
+
+template <typename T, int kG>
+void launch_stream_mode(const NormGemvParams& p, size_t smem, cudaStream_t stream) {
+  switch (p.mode) {
+    case 0: return launch_stream<T, 0, kG>(p, smem, stream);
+    case 1: return launch_stream<T, 1, kG>(p, smem, stream);
+    case 2: return launch_stream<T, 2, kG>(p, smem, stream);
+    case 3: return launch_stream<T, 3, kG>(p, smem, stream);
+    case 4: return launch_stream<T, 4, kG>(p, smem, stream);
+    default: return launch_stream<T, 5, kG>(p, smem, stream);
+  }
 }
 
 }  // namespace
@@ -223,16 +330,12 @@ void norm_gemv(const NormGemvParams& p, cudaStream_t stream) {
     SSM_CHECK(p.in_features % kN == 0 && p.weight.stride[1] == 1 && p.weight.stride[0] % kN == 0 &&
                   aligned(p.weight.data, 16),
               op, "weight rows must be contiguous and 16-byte aligned, in_features a multiple of ", kN);
-    const unsigned grid = ceil_div(p.out_features, kWarps);
     const size_t smem = size_t(p.batch * p.in_features) * sizeof(float);
-    SSM_BOOL_SWITCH(p.in_features / kN <= 4 * 32, kShort, [&] {
-      constexpr int kChunks = kShort ? 4 : 8;
-      if (p.mode == 0) norm_gemv_kernel<T, 0, kChunks><<<grid, kThreads, smem, stream>>>(p);
-      else if (p.mode == 1) norm_gemv_kernel<T, 1, kChunks><<<grid, kThreads, smem, stream>>>(p);
-      else if (p.mode == 2) norm_gemv_kernel<T, 2, kChunks><<<grid, kThreads, smem, stream>>>(p);
-      else if (p.mode == 3) norm_gemv_kernel<T, 3, kChunks><<<grid, kThreads, smem, stream>>>(p);
-      else if (p.mode == 4) norm_gemv_kernel<T, 4, kChunks><<<grid, kThreads, smem, stream>>>(p);
-      else norm_gemv_kernel<T, 5, kChunks><<<grid, kThreads, smem, stream>>>(p);
+    SSM_CHECK(p.out_features < (int64_t(1) << 30) && p.weight.stride[0] < (int64_t(1) << 31), op,
+              "out_features must be below 2^30");
+    // two rows a unit when a row has at most half a unit's chunks
+    SSM_BOOL_SWITCH(p.in_features / kN <= 32 * kSlots / 2, kTwo, [&] {
+      launch_stream_mode<T, kTwo ? 2 : 1>(p, smem, stream);
     });
   });
   check_launch(op);
