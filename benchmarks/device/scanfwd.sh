@@ -23,7 +23,6 @@ if [ "$T" -gt 8 ]; then
   M=$M,$R"_math_pipe_throttle_per_issue_active.ratio,"$R"_mio_throttle_per_issue_active.ratio,"$R"_wait_per_issue_active.ratio"
   M=$M,$R"_not_selected_per_issue_active.ratio,"$R"_dispatch_stall_per_issue_active.ratio,"$R"_lg_throttle_per_issue_active.ratio"
   M=$M,smsp__inst_executed.sum,smsp__inst_executed_pipe_xu.sum,smsp__sass_inst_executed_op_local_ld.sum
-  M=$M,smsp__pipe_xu_cycles_active.avg.pct_of_peak_sustained_active,smsp__issue_active.avg.pct_of_peak_sustained_active
   timeout -k 1 $T ncu --clock-control none -k regex:fwd_rows_kernel --launch-count 1 --section SpeedOfLight \
     --section Occupancy --section SchedulerStats --section WarpStateStats --metrics "$M" \
     $PY benchmarks/device/ncu_driver.py scan > "$OUT/ncu.txt" 2>&1
