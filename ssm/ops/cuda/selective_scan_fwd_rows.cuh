@@ -342,7 +342,7 @@ bool takes(const SelectiveScanParams& p, bool only_checkpoints) {
 
 template <typename T, bool kOut, bool kCk, int kMinBlocks, int kCh>
 void launch_kernel(const SelectiveScanParams& p, cudaStream_t stream) {
-  // 8 blocks of ~26 KB per SM: the largest shared-memory carveout
+  // 8 blocks of 26 KB (one channel per thread) or 4 of 48 KB (two) per SM: the largest carveout
   static const bool carveout = cudaFuncSetAttribute(fwd_rows_kernel<T, kOut, kCk, kMinBlocks, kCh>,
       cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared) == cudaSuccess;
   (void)carveout;
