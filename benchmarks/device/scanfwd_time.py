@@ -1,6 +1,6 @@
 """Kernel times of the CUDA selective-scan forward (N <= 16) and of the backward's checkpoint
 pre-pass (profiler device time per call) at issue 5's bench shape (B8 D4096 L2048 N16 bf16, z, D,
-dt_bias, softplus), with the row kernel (SSM_SCAN_ROWS=1; =2 its two-channels-per-thread form) and with the
+dt_bias, softplus), with the row kernel (SSM_SCAN_ROWS=1) and with the
 block kernel (=0) in the same process, their outputs compared; optionally the mamba-130m channels-last shape (D 1536). JSON to --out.
 
     python3 benchmarks/device/scanfwd_time.py --out scanfwd.json [--model]
@@ -55,17 +55,14 @@ def main():
         shapes.append(("model B8 D1536 channels-last", 8, 1536, "channels_last"))
     for label, B, D, layout in shapes:
         args = scan_inputs(B, D, 2048, 16, layout)
-        for tag in ("rows", "rows2", "block"):
-            os.environ["SSM_SCAN_ROWS"] = {"rows": "1", "rows2": "2", "block": "0"}[tag]
+        for tag in ("rows", "block"):
+            os.environ["SSM_SCAN_ROWS"] = "1" if tag == "rows" else "0"
             r, outs[tag], dd = shape_times(args, B, D, 2048)
             rows[f"{tag} {label}"] = r
             print(f"{tag:6s} {label:24s} fwd kernel {r['fwd_kernel_ms']:.3f} ms (event {r['fwd_event_ms']:.3f})  "
                   f"pre-pass {r['prepass_ms']:.3f} ms  fwd+bwd kernels {r['fwd_bwd_kernels_ms']:.3f} ms", flush=True)
             outs[tag] = (*outs[tag], dd)
         diff = [float((x.float() - y.float()).abs().max()) for x, y in zip(outs["rows"], outs["block"])]
-        diff2 = [float((x.float() - y.float()).abs().max()) for x, y in zip(outs["rows2"], outs["block"])]
-        rows[f"diff2 {label}"] = diff2
-        print(f"rows2 vs block: y, last, ddelta {diff2}", flush=True)
         scale = [float(y.float().abs().max()) for y in outs["block"]]
         rows[f"diff {label}"] = dict(max_abs_diff_y_last_ddelta=diff, max_abs=scale)
         print(f"rows vs block {label}: max |diff| y {diff[0]:.3g} (max |y| {scale[0]:.3g}), last {diff[1]:.3g} "

@@ -148,20 +148,15 @@ def test_aligned_bc_tiles(backend, dtype, bc, N):
     check_grads(backend, inp, dtype)
 
 
-# the CUDA row kernel's forms while both exist (SSM_SCAN_ROWS: 1 one channel per thread, 2 two)
-ROW_FORMS = backends() + [pytest.param("cuda", id="cuda-2ch", marks=pytest.mark.cuda)]
-
-
-@pytest.mark.parametrize("backend", ROW_FORMS)
+@pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("batch, D, L, G, pad, z", [
     (2, 40, 40, 1, 0, True),     # two blocks of channels, the second partial; a partial group of 8 steps
     (1, 70, 77, 2, 3, True),     # y rows not 16-byte aligned: the forward elsewhere, the pre-pass here
     (1, 33, 56, 1, 8, False),    # padded rows, no z
 ])
-def test_rows_layout_matches_reference(backend, dtype, batch, D, L, G, pad, z, request, monkeypatch):
+def test_rows_layout_matches_reference(backend, dtype, batch, D, L, G, pad, z):
     # (B, D, L) rows and (B, G, N, L) B/C at N = 16: the CUDA forward's row kernel (and pre-pass)
-    monkeypatch.setenv("SSM_SCAN_ROWS", "2" if request.node.callspec.id.endswith("cuda-2ch") else "1")
     inp = make_rows(batch, D, L, 16, G, dtype, device_of(backend), pad=pad, z=z)
     check_grads(backend, inp, dtype, init=torch.randn(batch, D, 16, device=device_of(backend)))
 

@@ -2,14 +2,13 @@
 // (B, D, L) layout, B/C (B, G, N, L)): fwd_rows_kernel, the layout-specialized form of
 // fwd_block_kernel (selective_scan_fwd_thread.cuh), also the backward's checkpoint pre-pass.
 // 32 x kCh channels x 4 warps per block, warp w owning states 4w..4w+3 of channel lane of each
-// half of 32 channels (kCh = 2 for 2-byte types behind SSM_SCAN_ROWS=2, under trial). The next
+// half of 32 channels (kCh = 2 for 2-byte types: a B/C load serves two channels). The next
 // group's rows and B/C tiles go global -> shared with cp.async during the steps (no prefetch
 // registers, no runtime layout flags); offsets inside a block's rows are 32-bit. Per (n, t): FMUL,
 // ex2, FMUL, 2 FFMA and half a 16-byte shared load; (dt, dt u) of 2 steps in one 16-byte load,
 // the warp's partial y of 4 steps in one 16-byte store.
 #pragma once
 #include <cstdlib>
-#include <type_traits>
 
 #include "cuda/selective_scan_thread.cuh"
 
@@ -351,26 +350,19 @@ void launch_kernel(const SelectiveScanParams& p, cudaStream_t stream) {
   fwd_rows_kernel<T, kOut, kCk, kMinBlocks, kCh><<<grid, kThreads, 0, stream>>>(p);
 }
 
-// Round-2 timing variant (SSM_SCAN_ROWS=2, 2-byte types): two channels per thread, 4 blocks per SM.
-inline bool two_channels() {
-  const char* e = std::getenv("SSM_SCAN_ROWS");
-  return e && e[0] == '2';
-}
-
-// ck: write the checkpoints (chunk_states in fwd_block_kernel's layout) besides y.
+// ck: write the checkpoints (chunk_states in fwd_block_kernel's layout) besides y. 2-byte types:
+// two channels per thread (4 blocks per SM); float32 (twice the staging bytes): one.
 template <typename T>
 void launch(const SelectiveScanParams& p, bool only_checkpoints, bool ck, cudaStream_t stream) {
   if constexpr (sizeof(T) == 2) {
-    if (two_channels()) {
-      if (only_checkpoints) launch_kernel<T, false, true, 4, 2>(p, stream);
-      else if (ck) launch_kernel<T, true, true, 4, 2>(p, stream);
-      else launch_kernel<T, true, false, 4, 2>(p, stream);
-      return;
-    }
+    if (only_checkpoints) launch_kernel<T, false, true, 4, 2>(p, stream);
+    else if (ck) launch_kernel<T, true, true, 4, 2>(p, stream);
+    else launch_kernel<T, true, false, 4, 2>(p, stream);
+  } else {
+    if (only_checkpoints) launch_kernel<T, false, true, 8, 1>(p, stream);
+    else if (ck) launch_kernel<T, true, true, 8, 1>(p, stream);
+    else launch_kernel<T, true, false, 8, 1>(p, stream);
   }
-  if (only_checkpoints) launch_kernel<T, false, true, 8, 1>(p, stream);
-  else if (ck) launch_kernel<T, true, true, 8, 1>(p, stream);
-  else launch_kernel<T, true, false, 8, 1>(p, stream);
 }
 
 }  // namespace ssm::cuda::scan_rows
