@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Device round for the CUDA selective-scan forward (issue 5, engineer scanfwd, session 5): the CUDA
-# cases of the layout and scan tests (the row kernel's first, both its forms), then the forward /
-# pre-pass kernel times at the bench shape with the row kernel's two forms and the block kernel in
+# cases of the layout and scan tests (the row kernel's first), then the forward /
+# pre-pass kernel times at the bench shape with the row kernel and the block kernel in
 # one process (outputs compared). Runs from the repo root after the lead's build; logs and JSON
 # into $1. At most ~50 s.
 OUT=${1:-scanfwd_out}
