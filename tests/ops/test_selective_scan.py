@@ -13,6 +13,7 @@ SHAPES = [  # (batch, D, L, N, G); G = 0: B/C shared by all channels (B, N, L)
     (2, 8, 33, 16, 2),
     (1, 6, 64, 4, 3),
     (3, 17, 19, 5, 1),
+    (2, 40, 48, 16, 1),  # N 16, rows 16-byte aligned: the CUDA forward's row kernel (two blocks of channels)
 ]
 OPTIONS = ["plain", "softplus+bias", "z+D", "init+last", "seq_idx", "constant_BC", "constant_B", "noncontig", "all"]
 

@@ -39,15 +39,25 @@ def run(fn, inp, init=None):
               initial_state=init)
 
 
+def make_rows(batch, D, L, N, G, dtype, device, pad=0, z=True):
+    # every row contiguous along L ((B, D, L); B/C (B, G, N, L)), rows padded by `pad` steps
+    def rows(*shape, scale=1.0, shift=0.0):
+        return (torch.randn(*shape[:-1], L + pad, device=device) * scale + shift).to(dtype)[..., :L]
+    return dict(u=rows(batch, D, L), delta=rows(batch, D, L, scale=0.5, shift=-1.0),
+                A=-torch.exp(torch.randn(D, N, device=device) * 0.5), B=rows(batch, G, N, L), C=rows(batch, G, N, L),
+                D=torch.randn(D, device=device), z=rows(batch, D, L) if z else None,
+                dt_bias=torch.randn(D, device=device) * 0.3)
+
+
 def check_grads(backend, inp, dtype, init=None, factor=2.0):
     names = [k for k, v in inp.items() if v is not None]
-    leaves = {k: v.detach().clone().requires_grad_() for k, v in inp.items()}
+    leaves = {k: v if v is None else v.detach().clone().requires_grad_() for k, v in inp.items()}
     init_leaf = None if init is None else init.clone().requires_grad_()
     with use_backend(backend):
         y, last = run(ops.selective_scan, leaves, init_leaf)
         dy, dlast = torch.randn_like(y), torch.randn_like(last)
         torch.autograd.backward([y, last], [dy, dlast])
-    ref = {k: v.detach().double().requires_grad_() for k, v in inp.items()}
+    ref = {k: v if v is None else v.detach().double().requires_grad_() for k, v in inp.items()}
     ref_init = None if init is None else init.double().requires_grad_()
     ry, rlast = run(reference.selective_scan, ref, ref_init)
     torch.autograd.backward([ry, rlast], [dy.double(), dlast.double()])
@@ -55,7 +65,7 @@ def check_grads(backend, inp, dtype, init=None, factor=2.0):
     assert_close(last, rlast, dtype, "last_state")
     for k in names:
         assert_close(leaves[k].grad, ref[k].grad, dtype, f"d{k}", factor=factor)
-    if backend != "reference":
+    if backend != "reference" and inp["u"].is_contiguous():
         check_kernel_layouts(backend, inp, dy)
     if init is not None:
         assert_close(init_leaf.grad, ref_init.grad, dtype, "dinitial_state", factor=factor)
@@ -103,9 +113,12 @@ def test_model_widths_cuda(D):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("L", [16, 17, 300])
-def test_forward_checkpoints_equal_the_backward_prepass_cuda(L):
+@pytest.mark.parametrize("layout", ["channels_last", "rows"])
+def test_forward_checkpoints_equal_the_backward_prepass_cuda(L, layout):
     # the fused Mamba-1 backward hands the recomputed forward's checkpoints to the scan backward
-    inp = make(2, 70, L, 16, torch.bfloat16, torch.device("cuda"))
+    dev = torch.device("cuda")
+    inp = make(2, 70, L, 16, torch.bfloat16, dev) if layout == "channels_last" else \
+        make_rows(2, 70, L, 16, 2, torch.bfloat16, dev, pad=-L % 8)
     args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "dt_bias")]
     y, _, chunk_states = scan_module._fwd_run(*args, None, None, None, True, False, True)
     assert (chunk_states is None) == (L <= 16)
@@ -133,3 +146,17 @@ def test_aligned_bc_tiles(backend, dtype, bc, N):
         x_dbl = torch.randn(2, 40, 48 + 2 * N, device=dev).to(dtype)
         inp["B"], inp["C"] = (x_dbl[..., c:c + N].transpose(1, 2).unsqueeze(1) for c in (48, 48 + N))
     check_grads(backend, inp, dtype)
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch, D, L, G, pad, z", [
+    (2, 40, 40, 1, 0, True),     # two blocks of channels, the second partial; a partial group of 8 steps
+    (1, 70, 77, 2, 3, True),     # y rows not 16-byte aligned: the forward elsewhere, the pre-pass here
+    (1, 33, 56, 1, 8, False),    # padded rows, no z
+])
+def test_rows_layout_matches_reference(backend, dtype, batch, D, L, G, pad, z):
+    # (B, D, L) rows and (B, G, N, L) B/C at N = 16: the CUDA forward's row kernel (and pre-pass)
+    inp = make_rows(batch, D, L, 16, G, dtype, device_of(backend), pad=pad, z=z)
+    check_grads(backend, inp, dtype, init=torch.randn(batch, D, 16, device=device_of(backend)))
+

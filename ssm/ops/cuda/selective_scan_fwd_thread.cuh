@@ -4,6 +4,7 @@
 // state before each group g >= 1 of kSteps steps into chunk_states (B, D, nchunks, N), the
 // backward's checkpoints; without kOut it writes only those (the backward's pre-pass).
 #pragma once
+#include "cuda/selective_scan_fwd_rows.cuh"
 #include "cuda/selective_scan_thread.cuh"
 
 namespace ssm::cuda::scan_thread {
@@ -327,6 +328,8 @@ inline bool checkpoint_layout(const SelectiveScanParams& p) {
 // when the op layer passes their workspace.
 template <typename T>
 void launch_fwd(const SelectiveScanParams& p, bool only_checkpoints, cudaStream_t stream) {
+  if (scan_rows::takes<T>(p, only_checkpoints))
+    return scan_rows::launch<T>(p, only_checkpoints, checkpoint_layout(p), stream);
   FwdFlags f;
   f.vec_u = rows_vectorizable<T>(p.u, 2), f.vec_delta = rows_vectorizable<T>(p.delta, 2);
   f.vec_z = has(p.z) && rows_vectorizable<T>(p.z, 2);
