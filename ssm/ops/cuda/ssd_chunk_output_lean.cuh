@@ -11,7 +11,7 @@
 //     be negative, take the general per-element decay_mask;
 //   - the epilogue hoists D, the y / z row pointers and the flag tests out of the element loop;
 //     chunks with cu_seqlens initial states inside them keep y_out.
-// SSM_SSD_FWD_LEAN=0 selects chunk_scan_mma_kernel. This file holds the chunk-output launcher.
+// SSM_SSD_FWD_LEAN=0 selects chunk_scan_mma_kernel (launcher in ssd_chunk_output_staged.cuh).
 #pragma once
 #include "cuda/ssd_chunk_output_mma.cuh"
 
@@ -230,56 +230,7 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_lean_kernel(SsdParams 
   }
 }
 
-// The decay mask of key tile kt for query tile qt (see chunk_scan_lean_kernel), then acc += S X_k.
-template <typename T>
-__device__ __forceinline__ void masked_sx(float (&acc)[8][4], float (&s)[8][4], const T* xk, const ChunkTokens& tok,
-                                          const float* kf, const float (&q2)[2], const int (&trow)[2], float ref,
-                                          int kt, int qt, int lim, int rows_left, bool runs, bool factored) {
-  if (runs) {
-    decay_mask(s, tok, trow, kt * kTile, rows_left);
-  } else if (kt == qt) {
-    decay_lean<true>(s, tok, q2, trow, kt * kTile, lim);
-    if (factored)  // the row factors exp(cs_t - r) of everything so far
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        const float rf = ex2(q2[hf] - ref);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) acc[j][2 * hf] *= rf, acc[j][2 * hf + 1] *= rf;
-      }
-  } else if (factored) {
-    scale_keys(s, kf, kt * kTile);
-  } else {
-    decay_lean<false>(s, tok, q2, trow, kt * kTile, lim);
-  }
-  mma_sx<T>(acc, s, xk, lim);
-}
-
 // The lean chunk-output kernel (SSM_SSD_FWD_LEAN=0: chunk_scan_mma_kernel).
 inline bool lean_enabled() { return ssd_switch("SSM_SSD_FWD_LEAN", true); }
-
-template <typename T>
-void launch_chunk_scan(const SsdParams& p, const Layout& w, cudaStream_t s) {
-  const int64_t ptiles = (p.headdim + kTile - 1) / kTile, nq = p.chunk / kTile;
-  const dim3 grid(unsigned(w.nchunks * ptiles * nq), unsigned(p.nheads), unsigned(p.batch));
-  const dim3 paired(unsigned(w.nchunks * ptiles * ((nq + 1) / 2)), unsigned(p.nheads), unsigned(p.batch));
-  const int N = int(p.dstate);
-  if constexpr (!std::is_same<T, float>::value) {
-    if (fwd_mma_enabled() && pre_cb_enabled()) {
-      const dim3 cb_grid(unsigned(w.nchunks * nq * nq), unsigned(p.ngroups), unsigned(p.batch));
-      const size_t cb_smem = 2 * align128(kTile * (round16(N) + 8) * sizeof(T));
-      launch(chunk_cb_kernel<T, float>, cb_grid, cb_smem, s, p, w);
-      if (lean_enabled())
-        launch(chunk_scan_lean_kernel<T, float>, paired, chunk_scan_lean_smem<T>(N), s, p, w);
-      else
-        launch(chunk_scan_mma_kernel<T, true>, paired, chunk_scan_mma_smem<T>(N, true), s, p, w);
-      return;
-    }
-    if (fwd_mma_enabled()) {
-      launch(chunk_scan_mma_kernel<T, false>, paired, chunk_scan_mma_smem<T>(N, false), s, p, w);
-      return;
-    }
-  }
-  launch(chunk_scan_kernel<T>, grid, chunk_scan_smem<T>(N), s, p, w);
-}
 
 }  // namespace ssm::cuda::ssd
