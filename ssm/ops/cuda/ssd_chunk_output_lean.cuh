@@ -1,5 +1,7 @@
-// SSD step 4 for half / bfloat16 with the precomputed C B^T, the lean form of chunk_scan_mma_kernel
-// (same blocks, tiles and pipeline; ncu showed that kernel issue-bound on integer and branch work):
+// SSD step 4 for half / bfloat16 with the precomputed C B^T (chunk_cb_kernel) on register fragments: per
+// (chunk, head, 64-wide P tile) and a pair of 64-token query tiles (q and nq-1-q: equal work per block),
+// warp w owns query rows 16w..16w+15 of the tile and all 64 P columns; the lean form of session 3's
+// kernel (ncu had that one issue-bound on integer and branch work):
 //   - H_in is loaded once for the block's two query tiles;
 //   - off the diagonal (keys s before the query tile's first token t0) the decay factors as
 //     exp(cs_t - cs_s) = exp(cs_t - r) exp(r - cs_s), r = cs before t0, both factors between 1 and the
@@ -11,7 +13,7 @@
 //     be negative, take the general per-element decay_mask;
 //   - the epilogue hoists D, the y / z row pointers and the flag tests out of the element loop;
 //     chunks with cu_seqlens initial states inside them keep y_out.
-// SSM_SSD_FWD_LEAN=0 selects chunk_scan_mma_kernel (launcher in ssd_chunk_output_staged.cuh).
+// Runs for N > 128 (the launcher is in ssd_chunk_output_staged.cuh).
 #pragma once
 #include "cuda/ssd_chunk_output_mma.cuh"
 
@@ -130,7 +132,8 @@ __device__ __forceinline__ void scale_keys(float (&s)[8][4], const float* kf, in
 // Shared memory: tokens, the key factors, C_q, H_in, the two X_k buffers.
 template <typename T>
 size_t chunk_scan_lean_smem(int N) {
-  return chunk_scan_mma_smem<T>(N, true) + align128(kMaxChunk * sizeof(float));
+  return align128(sizeof(ChunkTokens)) + align128(kMaxChunk * sizeof(float)) +
+         2 * align128(kTile * (round16(N) + 8) * sizeof(T)) + 2 * align128(kTile * kLd * sizeof(T));
 }
 
 template <typename T, typename Cb>
@@ -229,8 +232,5 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_lean_kernel(SsdParams 
       store_y_lean<T>(p, acc, xq, b, h, c0, trow, t0, rows_left, p0);
   }
 }
-
-// The lean chunk-output kernel (SSM_SSD_FWD_LEAN=0: chunk_scan_mma_kernel).
-inline bool lean_enabled() { return ssd_switch("SSM_SSD_FWD_LEAN", true); }
 
 }  // namespace ssm::cuda::ssd

@@ -191,26 +191,17 @@ void launch_chunk_scan(const SsdParams& p, const Layout& w, cudaStream_t s) {
   if constexpr (!std::is_same<T, float>::value) {
     const dim3 cb_grid(unsigned(w.nchunks * nq * nq), unsigned(p.ngroups), unsigned(p.batch));
     const size_t cb_smem = 2 * align128(kTile * (round16(N) + 8) * sizeof(T));
-    if (fwd_mma_enabled() && pre_cb_enabled() && staged_enabled() && N <= 2 * kTile) {
+    if (staged_enabled() && N <= 2 * kTile) {
       using Cb = StagedCb<T>;
       launch(chunk_cb_kernel<T, Cb>, cb_grid, cb_smem, s, p, w);
       launch(chunk_scan_staged_kernel<T, Cb>, paired, chunk_scan_staged_smem<T, Cb>(N), s, p, w);
-      return;
-    }
-    if (fwd_mma_enabled() && pre_cb_enabled()) {
+    } else {
       launch(chunk_cb_kernel<T, float>, cb_grid, cb_smem, s, p, w);
-      if (lean_enabled())
-        launch(chunk_scan_lean_kernel<T, float>, paired, chunk_scan_lean_smem<T>(N), s, p, w);
-      else
-        launch(chunk_scan_mma_kernel<T, true>, paired, chunk_scan_mma_smem<T>(N, true), s, p, w);
-      return;
+      launch(chunk_scan_lean_kernel<T, float>, paired, chunk_scan_lean_smem<T>(N), s, p, w);
     }
-    if (fwd_mma_enabled()) {
-      launch(chunk_scan_mma_kernel<T, false>, paired, chunk_scan_mma_smem<T>(N, false), s, p, w);
-      return;
-    }
+    return;
   }
-  launch(chunk_scan_kernel<T>, grid, chunk_scan_smem<T>(N), s, p, w);
+  launch(chunk_scan_kernel<T>, grid, chunk_scan_smem<T>(N), s, p, w);  // float32: FMA
 }
 
 }  // namespace ssm::cuda::ssd

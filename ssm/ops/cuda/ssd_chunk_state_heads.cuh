@@ -137,18 +137,16 @@ void launch_chunk_state(const SsdParams& p, const Layout& w, cudaStream_t s) {
   const int64_t tiles = ptiles * ((p.dstate + kTile - 1) / kTile);
   const dim3 grid(unsigned(w.nchunks * tiles), unsigned(p.nheads), unsigned(p.batch));
   if constexpr (!std::is_same<T, float>::value) {
-    if (fwd_mma_enabled() && state_heads_enabled() && p.dstate <= 2 * kTile) {
+    if (state_heads_enabled() && p.dstate <= 2 * kTile) {
       const int64_t hg = p.nheads / p.ngroups, quads = (hg + kStateHeads - 1) / kStateHeads;
       const dim3 hgrid(unsigned(w.nchunks * ptiles), unsigned(p.ngroups * quads), unsigned(p.batch));
       launch(chunk_state_heads_kernel<T>, hgrid, chunk_state_heads_smem<T>(int(p.chunk), int(p.dstate)), s, p, w);
       return;
     }
-    if (fwd_mma_enabled()) {
-      launch(chunk_state_mma_kernel<T>, grid, chunk_state_mma_smem<T>(), s, p, w);
-      return;
-    }
+    launch(chunk_state_mma_kernel<T>, grid, chunk_state_mma_smem<T>(), s, p, w);  // N > 128
+    return;
   }
-  launch(chunk_state_kernel<T>, grid, chunk_state_smem<T>(), s, p, w);
+  launch(chunk_state_kernel<T>, grid, chunk_state_smem<T>(), s, p, w);  // float32: FMA
 }
 
 }  // namespace ssm::cuda::ssd
