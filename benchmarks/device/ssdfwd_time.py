@@ -53,7 +53,7 @@ def layer_case():
 
 
 # Kernel variants timed after the defaults (the switches are read at each launch).
-VARIANTS = [(8, {"SSM_SSD_FWD_STAGED": "1"}), (1, {"SSM_SSD_FWD_STAGED": "1"})]
+VARIANTS = [(8, {"SSM_SSD_FWD_STAGED": "1"}), (1, {"SSM_SSD_FWD_STAGED": "1"}), (1, {"SSM_SSD_FWD_HEADS": "0"})]
 
 
 def variant_case(B, env):
