@@ -1,6 +1,6 @@
 """Device-round tests and timing of the SSD forward (ssdfwd) in one process (a Python process with
 torch takes seconds to start there): the forward GPU SSD tests under each RUNS environment (the
-staged chunk output switched on), then, with --time OUT.json, ssdfwd_time.py's timings.
+staged chunk output switched on, then its cross-pass form), then, with --time OUT.json, ssdfwd_time.py's timings.
 
     python benchmarks/device/ssdfwd_tests.py [--time OUT.json]   (a summary line per run on stderr)
 """
@@ -14,6 +14,7 @@ FWD_GRID = "cuda and (forward_matches or chunked_prefill or long_sequence or var
 RUNS = [  # (name, environment, [(file, -k)])
     ("staged", {"SSM_SSD_FWD_STAGED": "1"},
      [("tests/ops/test_ssd_cuda.py", FWD_CUDA), ("tests/ops/test_ssd.py", FWD_GRID)]),
+    ("cross", {"SSM_SSD_FWD_STAGED": "1", "SSM_SSD_FWD_CROSS": "1"}, [("tests/ops/test_ssd_cuda.py", FWD_CUDA)]),
 ]
 
 

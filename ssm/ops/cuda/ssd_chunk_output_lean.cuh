@@ -103,6 +103,7 @@ __device__ __forceinline__ void store_y_lean(const SsdParams& p, const float (&a
 
 // The general epilogue (y_out per element): runs with cu_seqlens initial states inside the chunk, odd
 // P, strided y or z. A rolled loop (y_out is long) picks the accumulator by selects (no local copy).
+// xq null: D x is in acc already.
 template <typename T>
 __device__ __forceinline__ void store_y_general(const SsdParams& p, const ChunkTokens& tok, const float (&acc)[8][4],
                                                 const T* xq, int64_t b, int h, int g, int64_t c0, const int (&t)[2],
@@ -115,7 +116,7 @@ __device__ __forceinline__ void store_y_general(const SsdParams& p, const ChunkT
 #pragma unroll
     for (int u = 0; u < 32; ++u) a = u == k ? acc[u >> 2][u & 3] : a;
     if (t[hf] < rows_left && pp < P)
-      write_y<T>(p, tok, b, h, g, c0, t[hf], pp, a, to_float(xq[(t[hf] - t0) * kLd + pl]));
+      write_y<T>(p, tok, b, h, g, c0, t[hf], pp, a, xq ? to_float(xq[(t[hf] - t0) * kLd + pl]) : 0.f);
   }
 }
 
