@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Device round for ssdfwd (issue 6, CUDA SSD forward, session 5): one Python process runs the forward
-# GPU SSD tests with the staged chunk output switched on (SSM_SSD_FWD_STAGED=1; then its cross-pass
-# form, SSM_SSD_FWD_CROSS=1, on test_ssd_cuda.py), then the forward timings at B8 L2048 / B1 L8192,
-# defaults and variants (ssdfwd_tests.py --time); then ncu of the lean and both staged chunk outputs
-# and the multi-head chunk state (stall reasons per issued instruction).
+# GPU SSD tests with the staged chunk output switched on (SSM_SSD_FWD_STAGED=1), the forward timings at
+# B8 L2048 / B1 L8192, defaults and variants, then the cross-pass form's tests (SSM_SSD_FWD_CROSS=1) on
+# test_ssd_cuda.py (ssdfwd_tests.py --time); then ncu of the lean and the cross-pass staged chunk
+# outputs and the multi-head chunk state (stall reasons per issued instruction).
 # Usage: ssdfwd.sh OUT_DIR (repo root, after the build; at most ~49 s).
 set -uo pipefail
 OUT=${1:-/tmp/ssdfwd}
@@ -11,7 +11,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 left() { echo $((${1} - SECONDS)); }
-timeout -k 2 30 $PY benchmarks/device/ssdfwd_tests.py --time "$OUT/time.json" > "$OUT/run.log" 2> "$OUT/run.err"
+timeout -k 2 31 $PY benchmarks/device/ssdfwd_tests.py --time "$OUT/time.json" > "$OUT/run.log" 2> "$OUT/run.err"
 echo "tests+timing rc=$? at ${SECONDS}s"
 grep SUMMARY "$OUT/run.err" | cut -c1-700
 grep -E "gpu .* ms, eager| ms  void" "$OUT/run.log" | sed 's/void ssm::cuda::ssd:://; s/(ssm::SsdParams.*//' | cut -c1-100
@@ -23,7 +23,7 @@ if [ "$T" -gt 8 ]; then
   M=$M,$R"_not_selected_per_issue_active.ratio,"$R"_dispatch_stall_per_issue_active.ratio,"$R"_lg_throttle_per_issue_active.ratio"
   M=$M,$R"_selected_per_issue_active.ratio,"$R"_no_instruction_per_issue_active.ratio,"$R"_drain_per_issue_active.ratio"
   M=$M,smsp__inst_executed.sum,smsp__inst_executed_pipe_tensor.sum,lts__t_bytes.sum,dram__bytes.sum
-  timeout -k 1 $T ncu --clock-control none -k 'regex:chunk_scan_(lean|staged)|chunk_state_heads' --launch-count 4 \
+  timeout -k 1 $T ncu --clock-control none -k 'regex:chunk_scan_(lean|staged)|chunk_state_heads' --launch-count 3 \
     --section SpeedOfLight --section LaunchStats --section Occupancy --section SchedulerStats \
     --section WarpStateStats --metrics "$M" $PY benchmarks/device/ssdfwd_ncu.py > "$OUT/ncu.txt" 2>&1
   echo "ncu rc=$? at ${SECONDS}s"
