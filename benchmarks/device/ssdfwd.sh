@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Device round for ssdfwd (issue 6, CUDA SSD forward, session 5): one Python process runs the forward
 # GPU SSD tests with the staged chunk output switched on (SSM_SSD_FWD_STAGED=1), the forward timings at
-# B8 L2048 / B1 L8192, defaults and variants, then the cross-pass form's tests (SSM_SSD_FWD_CROSS=1) on
-# test_ssd_cuda.py (ssdfwd_tests.py --time); then ncu of the lean and the cross-pass staged chunk
+# B8 L2048 / B1 L8192, defaults and variants, then the tests of the fused state scan
+# (SSM_SSD_FWD_FUSED=1) and of the cross-pass form (SSM_SSD_FWD_CROSS=1) on test_ssd_cuda.py
+# (ssdfwd_tests.py --time); then ncu of the lean and the cross-pass staged chunk
 # outputs and the multi-head chunk state (stall reasons per issued instruction).
 # Usage: ssdfwd.sh OUT_DIR (repo root, after the build; at most ~49 s).
 set -uo pipefail

@@ -1,6 +1,6 @@
 """Device-round tests and timing of the SSD forward (ssdfwd) in one process (a Python process with
 torch takes seconds to start there): the forward GPU SSD tests under each RUNS environment (the
-staged chunk output switched on, then its cross-pass form; with --time OUT.json, ssdfwd_time.py's
+staged chunk output switched on, then the fused state scan, then the staged output's cross-pass form; with --time OUT.json, ssdfwd_time.py's
 timings run between the first run and the others).
 
     python benchmarks/device/ssdfwd_tests.py [--time OUT.json]   (a summary line per run on stderr)
@@ -11,10 +11,11 @@ import sys
 import pytest
 
 FWD_CUDA = "model_sizes or seq_idx_runs or token_major or varlen_sequences or length_one or graph or bitwise"
-FWD_GRID = "cuda and (forward_matches or chunked_prefill or long_sequence or varlen_states)"
+FWD_GRID = "cuda and (forward_matches or chunked_prefill or long_sequence or varlen_states) and not dtype0"
 RUNS = [  # (name, environment, [(file, -k)])
     ("staged", {"SSM_SSD_FWD_STAGED": "1"},
      [("tests/ops/test_ssd_cuda.py", FWD_CUDA), ("tests/ops/test_ssd.py", FWD_GRID)]),
+    ("fused", {"SSM_SSD_FWD_FUSED": "1"}, [("tests/ops/test_ssd_cuda.py", FWD_CUDA)]),
     ("cross", {"SSM_SSD_FWD_STAGED": "1", "SSM_SSD_FWD_CROSS": "1"}, [("tests/ops/test_ssd_cuda.py", FWD_CUDA)]),
 ]
 

@@ -54,7 +54,8 @@ def layer_case():
 
 # Kernel variants timed after the defaults (the switches are read at each launch).
 STAGED, CROSS = {"SSM_SSD_FWD_STAGED": "1"}, {"SSM_SSD_FWD_STAGED": "1", "SSM_SSD_FWD_CROSS": "1"}
-VARIANTS = [(8, STAGED), (8, CROSS), (1, STAGED), (1, CROSS), (1, {"SSM_SSD_FWD_HEADS": "0"})]
+FUSED = {"SSM_SSD_FWD_FUSED": "1"}
+VARIANTS = [(8, STAGED), (8, CROSS), (8, FUSED), (1, STAGED), (1, CROSS), (1, FUSED), (1, {"SSM_SSD_FWD_HEADS": "0"})]
 
 
 def variant_case(B, env):
