@@ -12,7 +12,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 left() { echo $((${1} - SECONDS)); }
-timeout -k 2 31 $PY benchmarks/device/ssdfwd_tests.py --time "$OUT/time.json" > "$OUT/run.log" 2> "$OUT/run.err"
+timeout -k 2 28 $PY benchmarks/device/ssdfwd_tests.py --time "$OUT/time.json" > "$OUT/run.log" 2> "$OUT/run.err"
 echo "tests+timing rc=$? at ${SECONDS}s"
 grep SUMMARY "$OUT/run.err" | cut -c1-700
 grep -E "gpu .* ms, eager| ms  void" "$OUT/run.log" | sed 's/void ssm::cuda::ssd:://; s/(ssm::SsdParams.*//' | cut -c1-100
