@@ -1,6 +1,6 @@
 """Device-round tests and timing of the SSD forward (ssdfwd) in one process (a Python process with
 torch takes seconds to start there): the forward GPU SSD tests under each RUNS environment (the
-staged chunk output switched on, then the fused state scan, then the staged output's cross-pass form; with --time OUT.json, ssdfwd_time.py's
+staged chunk output switched on; with --time OUT.json, ssdfwd_time.py's
 timings run between the first run and the others).
 
     python benchmarks/device/ssdfwd_tests.py [--time OUT.json]   (a summary line per run on stderr)
@@ -15,8 +15,6 @@ FWD_GRID = "cuda and (forward_matches or chunked_prefill or long_sequence or var
 RUNS = [  # (name, environment, [(file, -k)])
     ("staged", {"SSM_SSD_FWD_STAGED": "1"},
      [("tests/ops/test_ssd_cuda.py", FWD_CUDA), ("tests/ops/test_ssd.py", FWD_GRID)]),
-    ("fused", {"SSM_SSD_FWD_FUSED": "1"}, [("tests/ops/test_ssd_cuda.py", FWD_CUDA)]),
-    ("cross", {"SSM_SSD_FWD_STAGED": "1", "SSM_SSD_FWD_CROSS": "1"}, [("tests/ops/test_ssd_cuda.py", FWD_CUDA)]),
 ]
 
 
@@ -53,7 +51,7 @@ def main():
     if "--time" in sys.argv:  # before the later runs (the time limit)
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         import ssdfwd_time
-        ssdfwd_time.main(sys.argv[sys.argv.index("--time") + 1])
+        ssdfwd_time.main(sys.argv[sys.argv.index("--time") + 1], layer=True)
     for r in RUNS[1:]:
         run(*r)
 

@@ -150,9 +150,7 @@ __device__ __forceinline__ void masked_sx(float (&acc)[8][4], float (&s)[8][4], 
   mma_sx<T>(acc, s, xk, lim);
 }
 
-// kCross: D x on the diagonal tile and the stages running on across the two passes (else each pass
-// starts its own stages and the epilogue adds D x).
-template <typename T, typename Cb, bool kCross>
+template <typename T, typename Cb>
 __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParams p, Layout w) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Np = round16(N), ldn = Np + 8;
@@ -202,12 +200,6 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
 #pragma unroll 1
   for (int pass = 0; pass < npass; ++pass) {
     const int qt = pass == 0 ? qp : q_last, t0 = qt * kTile;
-    if (!kCross && pass > 0) {
-      __syncthreads();  // C_q and both buffer pairs are free
-      issue_c(qt);
-      issue_key(0, qt, 0);
-      cp_async_commit();
-    }
     const float ref = cs_before(tok, t0) * kLog2e;  // r, in log2 units
     if (factored)  // read after the key loop's first barrier (the previous pass's reads are done)
       for (int k = threadIdx.x; k < t0; k += kThreads) kf[k] = ex2(ref - tok.cs[k] * kLog2e) * tok.dt[k];
@@ -219,7 +211,7 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
       __syncthreads();  // key tile kt landed; every warp is done with the previous stage's buffers and C_q
       if (kt < qt) {
         issue_key(base + kt + 1, qt, kt + 1);
-        if (kCross && kt == 0 && pass > 0) issue_c(qt);
+        if (kt == 0 && pass > 0) issue_c(qt);
       } else {  // the H_in half tiles ([p][n], n < 64 and n >= 64) into the free pair
         issue_tile<T>(xbuf(base + qt + 1), kLd, kTile, hin, N, 1, P - p0, min(N, kTile));
         if (N > kTile)
@@ -231,10 +223,10 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
       cb_from_smem(s, cbuf(base + kt), r0, lim);
       masked_sx<T>(acc, s, xbuf(base + kt), tok, kf, q2, trow, ref, kt, qt, lim, rows_left, runs, factored);
     }
-    if (kCross) add_dx<T>(acc, ds, xbuf(base + qt), r0);  // the diagonal key tile is the query tile
+    add_dx<T>(acc, ds, xbuf(base + qt), r0);  // the diagonal key tile is the query tile
     cp_async_wait<0>();
-    __syncthreads();  // H_in landed; with kCross the diagonal tile's pair is free
-    if (kCross && pass + 1 < npass) {  // the next pass's first key tile
+    __syncthreads();  // H_in landed; the diagonal tile's pair is free
+    if (pass + 1 < npass) {  // the next pass's first key tile
       issue_key(base + qt, q_last, 0);
       cp_async_commit();
     }
@@ -242,21 +234,16 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) e[hf] = trow[hf] < rows_left && tok.run[trow[hf]] == 0 ? ex2(q2[hf]) : 0.f;
     mma_c_hin<T>(acc, cq, ldn, xbuf(base + qt + 1), reinterpret_cast<const T*>(cbuf(base + qt + 1)), e, r0, Np);
-    const T* xq = kCross ? nullptr : xbuf(base + qt);  // the query tokens' x, unless D x is in acc
     if (!pairs || (runs && has(p.cu_seqlens) && has(p.initial_states)))
-      store_y_general<T>(p, tok, acc, xq, b, h, g, c0, trow, t0, rows_left, p0);
-    else if (kCross)
-      store_y_staged<T>(p, acc, b, h, c0, trow, rows_left, p0);
+      store_y_general<T>(p, tok, acc, nullptr, b, h, g, c0, trow, t0, rows_left, p0);
     else
-      store_y_lean<T>(p, acc, xq, b, h, c0, trow, t0, rows_left, p0);
-    if (kCross) base += qt;
+      store_y_staged<T>(p, acc, b, h, c0, trow, rows_left, p0);
+    base += qt;
   }
 }
 
-// The staged chunk output (SSM_SSD_FWD_STAGED=0: the lean kernel; N > 128 always takes the lean one);
-// SSM_SSD_FWD_CROSS=1: its kCross form.
+// The staged chunk output (SSM_SSD_FWD_STAGED=0: the lean kernel; N > 128 always takes the lean one).
 inline bool staged_enabled() { return ssd_switch("SSM_SSD_FWD_STAGED", false); }
-inline bool cross_enabled() { return ssd_switch("SSM_SSD_FWD_CROSS", false); }
 
 // C B^T in bfloat16 for bfloat16 inputs (the staged kernel's shared tiles), float32 otherwise.
 template <typename T>
@@ -274,10 +261,7 @@ void launch_chunk_scan(const SsdParams& p, const Layout& w, cudaStream_t s) {
     if (staged_enabled() && N <= 2 * kTile) {
       using Cb = StagedCb<T>;
       launch(chunk_cb_kernel<T, Cb>, cb_grid, cb_smem, s, p, w);
-      if (cross_enabled())
-        launch(chunk_scan_staged_kernel<T, Cb, true>, paired, chunk_scan_staged_smem<T, Cb>(N), s, p, w);
-      else
-        launch(chunk_scan_staged_kernel<T, Cb, false>, paired, chunk_scan_staged_smem<T, Cb>(N), s, p, w);
+      launch(chunk_scan_staged_kernel<T, Cb>, paired, chunk_scan_staged_smem<T, Cb>(N), s, p, w);
     } else {
       launch(chunk_cb_kernel<T, float>, cb_grid, cb_smem, s, p, w);
       launch(chunk_scan_lean_kernel<T, float>, paired, chunk_scan_lean_smem<T>(N), s, p, w);

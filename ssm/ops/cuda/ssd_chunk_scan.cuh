@@ -64,8 +64,5 @@ template <typename T> void launch_chunk_state(const SsdParams& p, const Layout& 
 template <typename T> void launch_state_passing(const SsdParams& p, const Layout& w, cudaStream_t s);
 template <typename T> void launch_varlen_states(const SsdParams& p, const Layout& w, cudaStream_t s);
 template <typename T> void launch_chunk_scan(const SsdParams& p, const Layout& w, cudaStream_t s);
-// Steps 1 and 2 fused (ssd_state_scan.cuh; H_in and the final states only, no float32 chunk states or
-// records) where that kernel applies: returns false, launching nothing, elsewhere.
-template <typename T> bool launch_fused_states(const SsdParams& p, const Layout& w, cudaStream_t s);
 
 }  // namespace ssm::cuda::ssd

@@ -17,10 +17,8 @@ void ssd_chunk_scan_fwd(const SsdParams& p, cudaStream_t stream) {
   SSM_CHECK(p.workspace_floats >= w.floats, op, "workspace of ", p.workspace_floats, " floats, need ", w.floats);
   if (p.batch * p.nheads == 0) return;
   SSM_DTYPE_SWITCH(p.dtype, T, op, [&] {
-    if (!ssd::launch_fused_states<T>(p, w, stream)) {
-      ssd::launch_chunk_state<T>(p, w, stream);
-      ssd::launch_state_passing<T>(p, w, stream);
-    }
+    ssd::launch_chunk_state<T>(p, w, stream);
+    ssd::launch_state_passing<T>(p, w, stream);
     if (has(p.varlen_states)) ssd::launch_varlen_states<T>(p, w, stream);
     ssd::launch_chunk_scan<T>(p, w, stream);
   });
