@@ -33,4 +33,5 @@ if [ "$T" -gt 8 ]; then  # stall reasons and per-instruction source counters (SA
   T=$(left 50)
   [ "$T" -gt 1 ] && timeout -k 1 $T ncu --import "$OUT/src.ncu-rep" --page source --print-source sass --csv \
     > "$OUT/src_sass.csv" 2>&1; echo "source page rc=$? $(wc -l < "$OUT/src_sass.csv") lines"
+  gzip -f "$OUT/src_sass.csv"; rm -f "$OUT/src.ncu-rep"  # keep what comes back small
 fi
