@@ -243,7 +243,7 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
 }
 
 // The staged chunk output (SSM_SSD_FWD_STAGED=0: the lean kernel; N > 128 always takes the lean one).
-inline bool staged_enabled() { return ssd_switch("SSM_SSD_FWD_STAGED", false); }
+inline bool staged_enabled() { return ssd_switch("SSM_SSD_FWD_STAGED", true); }
 
 // C B^T in bfloat16 for bfloat16 inputs (the staged kernel's shared tiles), float32 otherwise.
 template <typename T>
