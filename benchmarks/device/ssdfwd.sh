@@ -1,21 +1,37 @@
 #!/usr/bin/env bash
-# Device round for ssdfwd (issue 6, CUDA SSD forward, session 4), three Python processes (each takes
-# seconds to start there): the GPU SSD tests on the default kernels (lean chunk output, multi-head
-# chunk state, float32 C B^T) with the Mamba-2 module consistency and fused-path CUDA rows
-# (ssdfwd_tests.py); the forward timings with every kernel switch at B8 / B1 (ssdfwd_time.py); an ncu
-# stall / source profile of the lean chunk output.
-# Usage: ssdfwd.sh OUT_DIR (repo root, after the build; ~68 s).
+# Device round for ssdfwd (issue 6, CUDA SSD forward, session 5): one Python process runs the forward
+# GPU SSD tests with the staged chunk output switched on (SSM_SSD_FWD_STAGED=1), then the forward
+# timings at B8 L2048 / B1 L8192 and the Mamba2 layer, defaults and staged (ssdfwd_tests.py --time);
+# then ncu of the multi-head chunk state, the lean and the staged chunk outputs: stall reasons and the
+# per-instruction source counters (SASS page as CSV, for the next session's instruction diet).
+# Usage: ssdfwd.sh OUT_DIR (repo root, after the build; at most ~49 s).
 set -uo pipefail
 OUT=${1:-/tmp/ssdfwd}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-timeout 33 $PY benchmarks/device/ssdfwd_tests.py > "$OUT/pytest.log" 2> "$OUT/pytest.err"
-echo "tests rc=$?"; grep SUMMARY "$OUT/pytest.err" | cut -c1-400
-grep -E "^FAILED|^E  " "$OUT/pytest.log" | head -6 | cut -c1-250
-timeout 23 $PY benchmarks/device/ssdfwd_time.py "$OUT/time.json" > "$OUT/time.log" 2>&1
-echo "timing rc=$?"; grep -vE "Warning|_warn_once|at::native|nvjet|conv_cl|gated_norm" "$OUT/time.log" | cut -c1-110 | tail -60
-timeout -k 1 11 ncu --clock-control none -k regex:chunk_scan_lean --launch-count 1 --section SpeedOfLight \
-  --section WarpStateStats --section SourceCounters $PY benchmarks/device/ncu_driver.py ssd > "$OUT/ncu_lean.txt" 2>&1
-echo "ncu rc=$?"; grep -E "Duration|L2 Cache Throughput|Issue Slots Busy|Warp Cycles Per Issued" "$OUT/ncu_lean.txt" | cut -c1-120
-grep -E "cycles being stalled|stall" "$OUT/ncu_lean.txt" | cut -c1-200 | head -8
+left() { echo $((${1} - SECONDS)); }
+timeout -k 2 26 $PY benchmarks/device/ssdfwd_tests.py --time "$OUT/time.json" > "$OUT/run.log" 2> "$OUT/run.err"
+echo "tests+timing rc=$? at ${SECONDS}s"
+grep SUMMARY "$OUT/run.err" | cut -c1-700
+grep -E "gpu .* ms, eager| ms  void" "$OUT/run.log" | sed 's/void ssm::cuda::ssd:://; s/(ssm::SsdParams.*//' | cut -c1-100
+T=$(left 43)
+if [ "$T" -gt 8 ]; then  # stall reasons and per-instruction source counters (SASS page as CSV)
+  R=smsp__average_warps_issue_stalled
+  M=$R"_barrier_per_issue_active.ratio,"$R"_long_scoreboard_per_issue_active.ratio,"$R"_short_scoreboard_per_issue_active.ratio"
+  M=$M,$R"_math_pipe_throttle_per_issue_active.ratio,"$R"_mio_throttle_per_issue_active.ratio,"$R"_wait_per_issue_active.ratio"
+  M=$M,$R"_not_selected_per_issue_active.ratio,"$R"_no_instruction_per_issue_active.ratio,"$R"_selected_per_issue_active.ratio"
+  M=$M,smsp__inst_executed.sum,smsp__inst_executed_pipe_tensor.sum
+  timeout -k 1 $T ncu --clock-control none -k 'regex:chunk_scan_(lean|staged)|chunk_state_heads' --launch-count 3 \
+    --section SpeedOfLight --section WarpStateStats --section SourceCounters --metrics "$M" -f -o "$OUT/src" \
+    $PY benchmarks/device/ssdfwd_ncu.py > "$OUT/ncu.log" 2>&1
+  echo "ncu rc=$? at ${SECONDS}s"
+  T=$(left 49)
+  [ "$T" -gt 1 ] && timeout -k 1 $T ncu --import "$OUT/src.ncu-rep" > "$OUT/ncu.txt" 2>&1
+  grep -E "^  [^ ].*\([0-9]+, [0-9]+, [0-9]+\)x\(|Duration|Warp Cycles Per Issued|smsp__" "$OUT/ncu.txt" | \
+    sed 's/^ *//; s/smsp__average_warps_issue_stalled_//; s/_per_issue_active.ratio//; s/ \{2,\}/ /g' | cut -c1-90
+  T=$(left 50)
+  [ "$T" -gt 1 ] && timeout -k 1 $T ncu --import "$OUT/src.ncu-rep" --page source --print-source sass --csv \
+    > "$OUT/src_sass.csv" 2>&1; echo "source page rc=$? $(wc -l < "$OUT/src_sass.csv") lines"
+  gzip -f "$OUT/src_sass.csv"; rm -f "$OUT/src.ncu-rep"  # keep what comes back small
+fi

@@ -3,7 +3,7 @@
 // exp(cs_t - cs_s) Δ_s for s <= t in the same run) + diag(exp(cs)) C_q H_in^T on the first run,
 // + D x, then y·silu(z). Runs starting inside the chunk with a cu_seqlens initial state add
 // exp(cs_t - cs_before_run) C_t · init (FMA; only that case). Float32 runs this kernel; half and
-// bfloat16 the register-fragment one of ssd_chunk_output_mma.cuh, which holds the launcher.
+// bfloat16 the register-fragment ones (ssd_chunk_output_staged.cuh holds the launcher).
 #pragma once
 #include "cuda/ssd_chunk_state.cuh"
 

@@ -1,5 +1,7 @@
-// SSD step 4 for half / bfloat16 with the precomputed C B^T, the lean form of chunk_scan_mma_kernel
-// (same blocks, tiles and pipeline; ncu showed that kernel issue-bound on integer and branch work):
+// SSD step 4 for half / bfloat16 with the precomputed C B^T (chunk_cb_kernel) on register fragments: per
+// (chunk, head, 64-wide P tile) and a pair of 64-token query tiles (q and nq-1-q: equal work per block),
+// warp w owns query rows 16w..16w+15 of the tile and all 64 P columns; the lean form of session 3's
+// kernel (ncu had that one issue-bound on integer and branch work):
 //   - H_in is loaded once for the block's two query tiles;
 //   - off the diagonal (keys s before the query tile's first token t0) the decay factors as
 //     exp(cs_t - cs_s) = exp(cs_t - r) exp(r - cs_s), r = cs before t0, both factors between 1 and the
@@ -11,7 +13,7 @@
 //     be negative, take the general per-element decay_mask;
 //   - the epilogue hoists D, the y / z row pointers and the flag tests out of the element loop;
 //     chunks with cu_seqlens initial states inside them keep y_out.
-// SSM_SSD_FWD_LEAN=0 selects chunk_scan_mma_kernel. This file holds the chunk-output launcher.
+// Runs for N > 128 (the launcher is in ssd_chunk_output_staged.cuh).
 #pragma once
 #include "cuda/ssd_chunk_output_mma.cuh"
 
@@ -101,6 +103,7 @@ __device__ __forceinline__ void store_y_lean(const SsdParams& p, const float (&a
 
 // The general epilogue (y_out per element): runs with cu_seqlens initial states inside the chunk, odd
 // P, strided y or z. A rolled loop (y_out is long) picks the accumulator by selects (no local copy).
+// xq null: D x is in acc already.
 template <typename T>
 __device__ __forceinline__ void store_y_general(const SsdParams& p, const ChunkTokens& tok, const float (&acc)[8][4],
                                                 const T* xq, int64_t b, int h, int g, int64_t c0, const int (&t)[2],
@@ -113,7 +116,7 @@ __device__ __forceinline__ void store_y_general(const SsdParams& p, const ChunkT
 #pragma unroll
     for (int u = 0; u < 32; ++u) a = u == k ? acc[u >> 2][u & 3] : a;
     if (t[hf] < rows_left && pp < P)
-      write_y<T>(p, tok, b, h, g, c0, t[hf], pp, a, to_float(xq[(t[hf] - t0) * kLd + pl]));
+      write_y<T>(p, tok, b, h, g, c0, t[hf], pp, a, xq ? to_float(xq[(t[hf] - t0) * kLd + pl]) : 0.f);
   }
 }
 
@@ -130,7 +133,8 @@ __device__ __forceinline__ void scale_keys(float (&s)[8][4], const float* kf, in
 // Shared memory: tokens, the key factors, C_q, H_in, the two X_k buffers.
 template <typename T>
 size_t chunk_scan_lean_smem(int N) {
-  return chunk_scan_mma_smem<T>(N, true) + align128(kMaxChunk * sizeof(float));
+  return align128(sizeof(ChunkTokens)) + align128(kMaxChunk * sizeof(float)) +
+         2 * align128(kTile * (round16(N) + 8) * sizeof(T)) + 2 * align128(kTile * kLd * sizeof(T));
 }
 
 template <typename T, typename Cb>
@@ -228,58 +232,6 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_lean_kernel(SsdParams 
     else
       store_y_lean<T>(p, acc, xq, b, h, c0, trow, t0, rows_left, p0);
   }
-}
-
-// The decay mask of key tile kt for query tile qt (see chunk_scan_lean_kernel), then acc += S X_k.
-template <typename T>
-__device__ __forceinline__ void masked_sx(float (&acc)[8][4], float (&s)[8][4], const T* xk, const ChunkTokens& tok,
-                                          const float* kf, const float (&q2)[2], const int (&trow)[2], float ref,
-                                          int kt, int qt, int lim, int rows_left, bool runs, bool factored) {
-  if (runs) {
-    decay_mask(s, tok, trow, kt * kTile, rows_left);
-  } else if (kt == qt) {
-    decay_lean<true>(s, tok, q2, trow, kt * kTile, lim);
-    if (factored)  // the row factors exp(cs_t - r) of everything so far
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        const float rf = ex2(q2[hf] - ref);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) acc[j][2 * hf] *= rf, acc[j][2 * hf + 1] *= rf;
-      }
-  } else if (factored) {
-    scale_keys(s, kf, kt * kTile);
-  } else {
-    decay_lean<false>(s, tok, q2, trow, kt * kTile, lim);
-  }
-  mma_sx<T>(acc, s, xk, lim);
-}
-
-// The lean chunk-output kernel (SSM_SSD_FWD_LEAN=0: chunk_scan_mma_kernel).
-inline bool lean_enabled() { return ssd_switch("SSM_SSD_FWD_LEAN", true); }
-
-template <typename T>
-void launch_chunk_scan(const SsdParams& p, const Layout& w, cudaStream_t s) {
-  const int64_t ptiles = (p.headdim + kTile - 1) / kTile, nq = p.chunk / kTile;
-  const dim3 grid(unsigned(w.nchunks * ptiles * nq), unsigned(p.nheads), unsigned(p.batch));
-  const dim3 paired(unsigned(w.nchunks * ptiles * ((nq + 1) / 2)), unsigned(p.nheads), unsigned(p.batch));
-  const int N = int(p.dstate);
-  if constexpr (!std::is_same<T, float>::value) {
-    if (fwd_mma_enabled() && pre_cb_enabled()) {
-      const dim3 cb_grid(unsigned(w.nchunks * nq * nq), unsigned(p.ngroups), unsigned(p.batch));
-      const size_t cb_smem = 2 * align128(kTile * (round16(N) + 8) * sizeof(T));
-      launch(chunk_cb_kernel<T, float>, cb_grid, cb_smem, s, p, w);
-      if (lean_enabled())
-        launch(chunk_scan_lean_kernel<T, float>, paired, chunk_scan_lean_smem<T>(N), s, p, w);
-      else
-        launch(chunk_scan_mma_kernel<T, true>, paired, chunk_scan_mma_smem<T>(N, true), s, p, w);
-      return;
-    }
-    if (fwd_mma_enabled()) {
-      launch(chunk_scan_mma_kernel<T, false>, paired, chunk_scan_mma_smem<T>(N, false), s, p, w);
-      return;
-    }
-  }
-  launch(chunk_scan_kernel<T>, grid, chunk_scan_smem<T>(N), s, p, w);
 }
 
 }  // namespace ssm::cuda::ssd

@@ -1,14 +1,8 @@
-// SSD step 4 for half / bfloat16 on tensor cores with register fragments: per (chunk, head, 64-wide
-// P tile) and a pair of 64-token query tiles (q and nq-1-q: equal work per block), warp w owns query
-// rows 16w..16w+15 of the tile and all 64 P columns.
-//   acc  = diag(exp(cs) on the first run) · C_q H_in^T
-//   per key tile k <= q (B_k, X_k double-buffered by cp.async):
-//     S  = C_q B_k^T (mma, the upper triangle of the diagonal tile skipped),
-//     S  = S ∘ exp(cs_t - cs_s) Δ_s on s <= t in the same run (in registers),
-//     acc += S X_k (S's accumulators repacked as A fragments; no shared-memory round trip).
-// The epilogue (D x, cu_seqlens initial states, z gate) is y_out's, stored in pairs.
-// SSM_SSD_FWD_MMA=0 selects the shared-memory wmma kernel of ssd_chunk_output.cuh instead; the
-// default with the precomputed C B^T is the lean form in ssd_chunk_output_lean.cuh (the launcher).
+// Register-fragment pieces of the SSD chunk output for half / bfloat16 (kernels in
+// ssd_chunk_output_lean.cuh and ssd_chunk_output_staged.cuh; the backward uses mma_sx and load_cb):
+// C B^T of a chunk once per group (chunk_cb_kernel), S X_k with S's accumulators repacked as A
+// fragments (no shared-memory round trip), and the general decay mask exp(cs_t - cs_s) Δ_s on s <= t
+// in the same run.
 #pragma once
 #include <type_traits>
 
@@ -16,15 +10,6 @@
 #include "cuda/ssd_chunk_state_mma.cuh"
 
 namespace ssm::cuda::ssd {
-
-// Shared memory: tokens, C_q, H_in / the two B_k buffers (H_in in the second) or H_in alone with
-// the precomputed C B^T, the two X_k buffers.
-template <typename T>
-size_t chunk_scan_mma_smem(int N, bool pre_cb) {
-  const int ldn = round16(N) + 8;
-  return align128(sizeof(ChunkTokens)) + (pre_cb ? 2 : 3) * align128(kTile * ldn * sizeof(T)) +
-         2 * align128(kTile * kLd * sizeof(T));
-}
 
 // acc (16 x 64 per warp) += A (rows r0.., K = Np, stored [row][k]) · Bt^T (Bt stored [n][k], 64 rows);
 // n-tile pairs jp > jp_max are skipped.
@@ -144,132 +129,6 @@ __device__ __forceinline__ void load_cb(float (&s)[8][4], const float* cb, int Q
       s[j][2 * hf] = v.x;
       s[j][2 * hf + 1] = v.y;
     }
-}
-
-// The same from a bfloat16 C B^T.
-__device__ __forceinline__ void load_cb(float (&s)[8][4], const __nv_bfloat16* cb, int Q, const int (&t)[2], int s0,
-                                        int jp_max) {
-  const int c2 = 2 * int(threadIdx.x & 3);
-#pragma unroll
-  for (int j = 0; j < 8; ++j)
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const float2 v = j / 2 <= jp_max ? __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(
-                                             cb + t[hf] * Q + s0 + 8 * j + c2))
-                                       : make_float2(0.f, 0.f);
-      s[j][2 * hf] = v.x;
-      s[j][2 * hf + 1] = v.y;
-    }
-}
-
-template <typename T, bool kPreCB>
-__global__ void __launch_bounds__(kThreads, 3) chunk_scan_mma_kernel(SsdParams p, Layout w) {
-  extern __shared__ __align__(128) unsigned char smem[];
-  const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Np = round16(N), ldn = Np + 8;
-  const size_t nb = align128(kTile * ldn * sizeof(T)), xb = align128(kTile * kLd * sizeof(T));
-  ChunkTokens& tok = *reinterpret_cast<ChunkTokens*>(smem);
-  unsigned char* at = smem + align128(sizeof(ChunkTokens));
-  T* cq = reinterpret_cast<T*>(at);
-  T* bk0 = reinterpret_cast<T*>(at + nb);            // B_k buffers (without kPreCB)
-  T* bk1 = reinterpret_cast<T*>(at + (kPreCB ? 1 : 2) * nb);  // first holds H_in
-  T* xk0 = reinterpret_cast<T*>(at + (kPreCB ? 2 : 3) * nb);
-  T* xk1 = reinterpret_cast<T*>(at + (kPreCB ? 2 : 3) * nb + xb);
-  const int nq = Q / kTile, nqp = (nq + 1) / 2, ntp = (P + kTile - 1) / kTile;
-  const int qp = blockIdx.x % nqp, pt = blockIdx.x / nqp % ntp, p0 = pt * kTile;
-  const int64_t c = blockIdx.x / nqp / ntp, b = blockIdx.z, c0 = c * Q, L = p.seqlen;
-  const int h = blockIdx.y, g = h / int(p.nheads / p.ngroups);
-  if (c0 + qp * kTile >= L) return;
-  const int rows_left = int(min(int64_t(Q), L - c0));  // valid tokens of the chunk
-  // the block's query tiles: qp and nq - 1 - qp (nq + 1 key tiles together: balanced blocks)
-  const int q_last = nq - 1 - qp, npass = q_last != qp && c0 + q_last * kTile < L ? 2 : 1;
-  const int64_t bs1 = p.B.stride[1], xs1 = p.x.stride[1];
-  const T* bsrc = ptr<T>(p.B) + b * p.B.stride[0] + g * p.B.stride[2] + c0 * bs1;
-  const T* xsrc = ptr<T>(p.x) + b * p.x.stride[0] + h * p.x.stride[2] + p0 * p.x.stride[3] + c0 * xs1;
-  const T* csrc = ptr<T>(p.C) + b * p.C.stride[0] + g * p.C.stride[2] + c0 * p.C.stride[1];
-  const T* hin = reinterpret_cast<const T*>(ptr<float>(p.workspace) + w.hin) +
-                 ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + int64_t(p0) * N;
-  const float* cb = ptr<float>(p.workspace) + w.cb + ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q;
-#pragma unroll 1
-  for (int pass = 0; pass < npass; ++pass) {
-    const int qt = pass == 0 ? qp : q_last, t0 = qt * kTile;
-    if (pass > 0) __syncthreads();  // the first tile's buffers are free
-    issue_tile<T>(cq, ldn, Np, csrc + t0 * p.C.stride[1], p.C.stride[1], p.C.stride[3], rows_left - t0, N);
-    issue_tile<T>(bk1, ldn, Np, hin, N, 1, P - p0, N);  // bk1[p][n] = H_in[p0 + p][n]
-    cp_async_commit();
-    if (!kPreCB) issue_tile<T>(bk0, ldn, Np, bsrc, bs1, p.B.stride[3], rows_left, N);
-    issue_tile<T>(xk0, kLd, kTile, xsrc, xs1, p.x.stride[3], rows_left, P - p0);
-    cp_async_commit();
-    if (pass == 0) load_chunk(p, b, h, c0, Q, tok);
-    cp_async_wait<1>();
-    __syncthreads();
-
-    const int warp = int(threadIdx.x >> 5), r0 = warp * 16, g8 = int(threadIdx.x & 31) >> 2;
-    const int trow[2] = {t0 + r0 + g8, t0 + r0 + g8 + 8};  // the thread's two query tokens
-    float acc[8][4] = {};
-    mma_rows_nk<T>(acc, cq, bk1, ldn, r0, Np, 3);  // C_q H_in^T
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const float scale = trow[hf] < rows_left && tok.run[trow[hf]] == 0 ? __expf(tok.cs[trow[hf]]) : 0.f;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) acc[j][2 * hf] *= scale, acc[j][2 * hf + 1] *= scale;
-    }
-    if (!kPreCB) __syncthreads();  // H_in read: bk1 takes the second key tile
-    for (int kt = 0; kt <= qt; ++kt) {
-      const T* bcur = kt & 1 ? bk1 : bk0;
-      const T* xcur = kt & 1 ? xk1 : xk0;
-      const int lim = kt == qt ? warp : 3;  // the diagonal tile: keys up to the warp's last row
-      float s[8][4] = {};
-      if (kPreCB) load_cb(s, cb, Q, trow, kt * kTile, lim);  // in flight across the barrier
-      if (kt < qt) {  // the next key tile into the other buffers
-        const int s1 = (kt + 1) * kTile;
-        if (!kPreCB)
-          issue_tile<T>(kt & 1 ? bk0 : bk1, ldn, Np, bsrc + s1 * bs1, bs1, p.B.stride[3], rows_left - s1, N);
-        issue_tile<T>(kt & 1 ? xk0 : xk1, kLd, kTile, xsrc + s1 * xs1, xs1, p.x.stride[3], rows_left - s1, P - p0);
-      }
-      cp_async_commit();
-      cp_async_wait<1>();
-      __syncthreads();
-      if (!kPreCB) mma_rows_nk<T>(s, cq, bcur, ldn, r0, Np, lim);
-      decay_mask(s, tok, trow, kt * kTile, rows_left);
-      mma_sx<T>(acc, s, xcur, lim);
-      if (kt < qt) __syncthreads();  // before the next issue overwrites this key tile's buffers
-    }
-    const T* xq = qt & 1 ? xk1 : xk0;  // the query tokens' x
-    const int lc = 2 * (threadIdx.x & 3);
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const int i = trow[hf] - t0;
-      if (trow[hf] >= rows_left) continue;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const int pl = j * 8 + lc, pp = p0 + pl;
-        if (pp >= P) continue;
-        const float y0 = y_out<T>(p, tok, b, h, g, c0, trow[hf], pp, acc[j][2 * hf], to_float(xq[i * kLd + pl]));
-        T* dst = y_ptr<T>(p, b, c0 + trow[hf], h, pp);
-        if (pp + 1 >= P) {
-          *dst = from_float<T>(y0);
-          continue;
-        }
-        const float y1 =
-            y_out<T>(p, tok, b, h, g, c0, trow[hf], pp + 1, acc[j][2 * hf + 1], to_float(xq[i * kLd + pl + 1]));
-        if (p.out.stride[3] == 1 && (reinterpret_cast<uintptr_t>(dst) & 3) == 0) {
-          *reinterpret_cast<unsigned*>(dst) = pack2<T>(y0, y1);  // the pair in one store
-        } else {
-          dst[0] = from_float<T>(y0);
-          dst[p.out.stride[3]] = from_float<T>(y1);
-        }
-      }
-    }
-  }
-}
-
-// The precomputed C B^T (SSM_SSD_FWD_CB=0: per head inside the chunk-output kernel), read once.
-inline bool pre_cb_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("SSM_SSD_FWD_CB");
-    return v == nullptr || std::strcmp(v, "0") != 0;
-  }();
-  return on;
 }
 
 }  // namespace ssm::cuda::ssd

@@ -68,7 +68,8 @@ __device__ __forceinline__ void store_state(float* states, const float (&acc)[16
   }
 }
 
-template <typename T>
+// kFull: N rounds up to 128 (all eight n-tile pairs, fixed at compile time: no per-pair predicates).
+template <typename T, bool kFull>
 __global__ void __launch_bounds__(kThreads) chunk_state_heads_kernel(SsdParams p, Layout w) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Np = (N + 15) / 16 * 16, ldb = Np + 8;
@@ -100,7 +101,7 @@ __global__ void __launch_bounds__(kThreads) chunk_state_heads_kernel(SsdParams p
     cp_async_commit();
   }
   float* ws = ptr<float>(p.workspace);
-  const int r0 = int(threadIdx.x >> 5) * 16, npair = Np / 16;
+  const int r0 = int(threadIdx.x >> 5) * 16, npair = kFull ? 8 : Np / 16;
   float acc[16][4];
 #pragma unroll 1
   for (int f = 0; f < nt; ++f) {
@@ -137,18 +138,20 @@ void launch_chunk_state(const SsdParams& p, const Layout& w, cudaStream_t s) {
   const int64_t tiles = ptiles * ((p.dstate + kTile - 1) / kTile);
   const dim3 grid(unsigned(w.nchunks * tiles), unsigned(p.nheads), unsigned(p.batch));
   if constexpr (!std::is_same<T, float>::value) {
-    if (fwd_mma_enabled() && state_heads_enabled() && p.dstate <= 2 * kTile) {
+    if (state_heads_enabled() && p.dstate <= 2 * kTile) {
       const int64_t hg = p.nheads / p.ngroups, quads = (hg + kStateHeads - 1) / kStateHeads;
       const dim3 hgrid(unsigned(w.nchunks * ptiles), unsigned(p.ngroups * quads), unsigned(p.batch));
-      launch(chunk_state_heads_kernel<T>, hgrid, chunk_state_heads_smem<T>(int(p.chunk), int(p.dstate)), s, p, w);
+      const size_t smem = chunk_state_heads_smem<T>(int(p.chunk), int(p.dstate));
+      if ((p.dstate + 15) / 16 == 8)
+        launch(chunk_state_heads_kernel<T, true>, hgrid, smem, s, p, w);
+      else
+        launch(chunk_state_heads_kernel<T, false>, hgrid, smem, s, p, w);
       return;
     }
-    if (fwd_mma_enabled()) {
-      launch(chunk_state_mma_kernel<T>, grid, chunk_state_mma_smem<T>(), s, p, w);
-      return;
-    }
+    launch(chunk_state_mma_kernel<T>, grid, chunk_state_mma_smem<T>(), s, p, w);  // N > 128
+    return;
   }
-  launch(chunk_state_kernel<T>, grid, chunk_state_smem<T>(), s, p, w);
+  launch(chunk_state_kernel<T>, grid, chunk_state_smem<T>(), s, p, w);  // float32: FMA
 }
 
 }  // namespace ssm::cuda::ssd

@@ -100,16 +100,6 @@ inline bool ssd_switch(const char* name, bool dflt) {
   return v == nullptr ? dflt : std::strcmp(v, "0") != 0;
 }
 
-// The register-fragment forward kernels (chunk state, chunk output) for half / bfloat16;
-// SSM_SSD_FWD_MMA=0 selects the shared-memory wmma ones (read once).
-inline bool fwd_mma_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("SSM_SSD_FWD_MMA");
-    return v == nullptr || std::strcmp(v, "0") != 0;
-  }();
-  return on;
-}
-
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 
 template <int kPending>

@@ -1,9 +1,6 @@
 // SSD steps 2 and 3: the state entering each chunk (a short sequential loop over chunks,
 // elementwise over P x N), the final states, and the per-sequence states of cu_seqlens batches.
 #pragma once
-#include <cstdlib>
-#include <cstring>
-
 #include "cuda/ssd_common.cuh"
 
 namespace ssm::cuda::ssd {
@@ -73,19 +70,10 @@ __global__ void __launch_bounds__(kThreads) state_passing_kernel(SsdParams p, La
     ptr<float>(f)[b * f.stride[0] + h * f.stride[1] + pp[v] * f.stride[2] + nn[v] * f.stride[3]] = H[v];
 }
 
-// Four elements per thread (SSM_SSD_FWD_PASS4=0: one), read once.
-inline bool pass4_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("SSM_SSD_FWD_PASS4");
-    return v == nullptr || std::strcmp(v, "0") != 0;
-  }();
-  return on;
-}
-
 template <typename T>
 void launch_state_passing(const SsdParams& p, const Layout& w, cudaStream_t s) {
   const int64_t PN = p.headdim * p.dstate;
-  if (PN % 4 == 0 && pass4_enabled()) {  // four elements per thread: 16-byte state loads
+  if (PN % 4 == 0) {  // four elements per thread: 16-byte state loads
     const dim3 grid(ceil_div(PN, 4 * kThreads), unsigned(p.nheads), unsigned(p.batch));
     launch(state_passing_kernel<T, 4>, grid, 0, s, p, w);
     return;

@@ -1,0 +1,274 @@
+// SSD step 4 for half / bfloat16 with N <= 128, the staged form of chunk_scan_lean_kernel (same blocks,
+// warps and decay mask). Each key tile's precomputed C B^T comes through shared memory by cp.async
+// together with its X tile, both one stage ahead (the lean kernel loaded C B^T into registers right
+// before its use: one exposed L2 round trip per key tile). C_q H_in^T runs last, once the key tiles
+// are done: its A fragments are scaled by exp(cs_t) per row (one more bf16 / f16 rounding, as S has)
+// and H_in streams into the then free buffer pair as one more stage, so that no shared buffer is held
+// for H_in during the key loop (three blocks per SM with the two C B^T buffers). D x enters the
+// accumulators on the diagonal tile (x of the query rows is that tile's X), so the epilogue reads no
+// shared memory and the second query tile's first key tile streams in during the first one's C_q H_in^T
+// and epilogue (the stages run on through both passes, alternating buffer pairs).
+// SSM_SSD_FWD_STAGED=0 selects the lean kernel. This file holds the chunk-output launcher.
+#pragma once
+#include "cuda/ssd_chunk_output_lean.cuh"
+
+namespace ssm::cuda::ssd {
+
+// Row stride of a shared C B^T tile: 64 + 16 bytes of padding (ldmatrix / float2 reads conflict-free).
+template <typename Cb>
+__host__ __device__ constexpr int cb_ld() { return kTile + 16 / int(sizeof(Cb)); }
+
+// Bytes of one stage's buffer pair: the X_k tile, then the C B^T tile (or the H_in half tiles).
+template <typename T, typename Cb>
+__host__ __device__ inline size_t staged_pair_bytes() {
+  return align128(kTile * kLd * sizeof(T)) + align128(kTile * cb_ld<Cb>() * sizeof(Cb));
+}
+
+// Shared memory: tokens, the key factors, D of the P tile, C_q, two buffer pairs.
+template <typename T, typename Cb>
+size_t chunk_scan_staged_smem(int N) {
+  return align128(sizeof(ChunkTokens)) + align128((kMaxChunk + kTile) * sizeof(float)) +
+         align128(kTile * (round16(N) + 8) * sizeof(T)) + 2 * staged_pair_bytes<T, Cb>();
+}
+
+// s = the C B^T tile in shared memory (rows r0.. of the warp, key steps kk > kk_max zero), float32 tiles.
+__device__ __forceinline__ void cb_from_smem(float (&s)[8][4], const float* cbs, int r0, int kk_max) {
+  const int g8 = int(threadIdx.x & 31) >> 2, c2 = 2 * int(threadIdx.x & 3);
+  constexpr int ld = cb_ld<float>();
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const float2 v = j / 2 <= kk_max ? *reinterpret_cast<const float2*>(cbs + (r0 + g8 + 8 * hf) * ld + 8 * j + c2)
+                                       : make_float2(0.f, 0.f);
+      s[j][2 * hf] = v.x, s[j][2 * hf + 1] = v.y;
+    }
+}
+
+// The same from a bfloat16 tile: one ldmatrix per 16-key step (the A-fragment layout is the accumulators').
+__device__ __forceinline__ void cb_from_smem(float (&s)[8][4], const __nv_bfloat16* cbs, int r0, int kk_max) {
+  constexpr int ld = cb_ld<__nv_bfloat16>();
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    unsigned a[4] = {0u, 0u, 0u, 0u};
+    if (kk <= kk_max) load_a(a, cbs, ld, r0, kk * 16);
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {  // a[u]: rows g (u even) or g + 8, key columns 16 kk + 8 (u / 2) + 2c
+      const float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&a[u]));
+      s[2 * kk + u / 2][2 * (u & 1)] = v.x, s[2 * kk + u / 2][2 * (u & 1) + 1] = v.y;
+    }
+  }
+}
+
+// acc += diag(e) C_q H^T over K = Np (<= 128): C_q [row][n] (ld ldn), H [p][n] in two 64-column halves
+// (ld kLd); e[hf]: the scale of the thread's rows g, g + 8, applied to the A fragments.
+template <typename T>
+__device__ __forceinline__ void mma_c_hin(float (&acc)[8][4], const T* cq, int ldn, const T* h0, const T* h1,
+                                          const float (&e)[2], int r0, int Np) {
+  for (int k0 = 0; k0 < Np; k0 += 16) {
+    unsigned a[4];
+    load_a(a, cq, ldn, r0, k0);
+    a[0] = scale2<T>(a[0], e[0], e[0]), a[2] = scale2<T>(a[2], e[0], e[0]);
+    a[1] = scale2<T>(a[1], e[1], e[1]), a[3] = scale2<T>(a[3], e[1], e[1]);
+    const T* hs = k0 < kTile ? h0 : h1;
+#pragma unroll
+    for (int jp = 0; jp < 4; ++jp) {
+      unsigned bb[4];
+      load_b_nk(bb, hs, kLd, jp * 16, k0 & (kTile - 1));
+      mma16816<T>(acc[2 * jp], a, bb[0], bb[1]);
+      mma16816<T>(acc[2 * jp + 1], a, bb[2], bb[3]);
+    }
+  }
+}
+
+// acc(t, p) += D_p x(t, p) for the thread's rows (t - t0 = r0 + lane / 4 (+ 8)) from the query tile's x
+// (xq [t - t0][p], ld kLd; ds: D of the P tile).
+template <typename T>
+__device__ __forceinline__ void add_dx(float (&acc)[8][4], const float* ds, const T* xq, int r0) {
+  const int g8 = int(threadIdx.x & 31) >> 2, lc = 2 * int(threadIdx.x & 3);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const float2 d = *reinterpret_cast<const float2*>(ds + 8 * j + lc);
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const unsigned xv = *reinterpret_cast<const unsigned*>(xq + (r0 + g8 + 8 * hf) * kLd + 8 * j + lc);
+      acc[j][2 * hf] += d.x * to_float(reinterpret_cast<const T*>(&xv)[0]);
+      acc[j][2 * hf + 1] += d.y * to_float(reinterpret_cast<const T*>(&xv)[1]);
+    }
+  }
+}
+
+// y = acc (D x included) times silu(z), stored in pairs for the thread's rows t (chunk-local) and P
+// columns p0 + 8 j + 2 (lane % 4) + e (y and z with unit stride along P, P even: the caller checks).
+template <typename T>
+__device__ __forceinline__ void store_y_staged(const SsdParams& p, const float (&acc)[8][4], int64_t b, int h,
+                                               int64_t c0, const int (&t)[2], int rows_left, int p0) {
+  const int lc = 2 * int(threadIdx.x & 3), ncol = min(int(p.headdim) - p0, kTile);
+  const bool gate = has(p.z);
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    if (t[hf] >= rows_left) continue;
+    const int64_t tt = c0 + t[hf];
+    T* yrow = ptr<T>(p.out) + b * p.out.stride[0] + tt * p.out.stride[1] + h * p.out.stride[2] + p0;
+    const T* zrow = ptr<T>(p.z) + b * p.z.stride[0] + tt * p.z.stride[1] + h * p.z.stride[2] + p0;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const int pl = 8 * j + lc;
+      if (pl >= ncol) continue;
+      float y0 = acc[j][2 * hf], y1 = acc[j][2 * hf + 1];
+      if (gate) {
+        const unsigned zv = __ldg(reinterpret_cast<const unsigned*>(zrow + pl));
+        y0 *= silu_fast(to_float(reinterpret_cast<const T*>(&zv)[0]));
+        y1 *= silu_fast(to_float(reinterpret_cast<const T*>(&zv)[1]));
+      }
+      *reinterpret_cast<unsigned*>(yrow + pl) = pack2<T>(y0, y1);
+    }
+  }
+}
+
+// The decay mask of key tile kt for query tile qt (see chunk_scan_lean_kernel), then acc += S X_k.
+template <typename T>
+__device__ __forceinline__ void masked_sx(float (&acc)[8][4], float (&s)[8][4], const T* xk, const ChunkTokens& tok,
+                                          const float* kf, const float (&q2)[2], const int (&trow)[2], float ref,
+                                          int kt, int qt, int lim, int rows_left, bool runs, bool factored) {
+  if (runs) {
+    decay_mask(s, tok, trow, kt * kTile, rows_left);
+  } else if (kt == qt) {
+    decay_lean<true>(s, tok, q2, trow, kt * kTile, lim);
+    if (factored)  // the row factors exp(cs_t - r) of everything so far
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const float rf = ex2(q2[hf] - ref);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[j][2 * hf] *= rf, acc[j][2 * hf + 1] *= rf;
+      }
+  } else if (factored) {
+    scale_keys(s, kf, kt * kTile);
+  } else {
+    decay_lean<false>(s, tok, q2, trow, kt * kTile, lim);
+  }
+  mma_sx<T>(acc, s, xk, lim);
+}
+
+template <typename T, typename Cb>
+__global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParams p, Layout w) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Np = round16(N), ldn = Np + 8;
+  const size_t xb = align128(kTile * kLd * sizeof(T)), pb = staged_pair_bytes<T, Cb>();
+  ChunkTokens& tok = *reinterpret_cast<ChunkTokens*>(smem);
+  float* kf = reinterpret_cast<float*>(smem + align128(sizeof(ChunkTokens)));  // key factors
+  float* ds = kf + kMaxChunk;                                                   // D of the P tile
+  T* cq = reinterpret_cast<T*>(smem + align128(sizeof(ChunkTokens)) + align128((kMaxChunk + kTile) * sizeof(float)));
+  unsigned char* pairs0 = reinterpret_cast<unsigned char*>(cq) + align128(kTile * ldn * sizeof(T));
+  auto xbuf = [&](int i) { return reinterpret_cast<T*>(pairs0 + (i & 1) * pb); };
+  auto cbuf = [&](int i) { return reinterpret_cast<Cb*>(pairs0 + (i & 1) * pb + xb); };
+  const int nq = Q / kTile, nqp = (nq + 1) / 2, ntp = (P + kTile - 1) / kTile;
+  const int qp = blockIdx.x % nqp, pt = blockIdx.x / nqp % ntp, p0 = pt * kTile;
+  const int64_t c = blockIdx.x / nqp / ntp, b = blockIdx.z, c0 = c * Q, L = p.seqlen;
+  const int h = blockIdx.y, g = h / int(p.nheads / p.ngroups);
+  if (c0 + qp * kTile >= L) return;
+  const int rows_left = int(min(int64_t(Q), L - c0));  // valid tokens of the chunk
+  // the block's query tiles: qp and nq - 1 - qp (nq + 1 key tiles together: balanced blocks)
+  const int q_last = nq - 1 - qp, npass = q_last != qp && c0 + q_last * kTile < L ? 2 : 1;
+  const int64_t xs1 = p.x.stride[1];
+  const T* xsrc = ptr<T>(p.x) + b * p.x.stride[0] + h * p.x.stride[2] + p0 * p.x.stride[3] + c0 * xs1;
+  const T* csrc = ptr<T>(p.C) + b * p.C.stride[0] + g * p.C.stride[2] + c0 * p.C.stride[1];
+  const T* hin = reinterpret_cast<const T*>(ptr<float>(p.workspace) + w.hin) +
+                 ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + int64_t(p0) * N;
+  const Cb* cb = reinterpret_cast<const Cb*>(ptr<float>(p.workspace) + w.cb) +
+                 ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q;
+  const int warp = int(threadIdx.x >> 5), r0 = warp * 16, g8 = int(threadIdx.x & 31) >> 2;
+  const bool pairs = P % 2 == 0 && pair_rows(p.out) && (!has(p.z) || pair_rows(p.z));
+  // key tile k of query tile q's pass (X_k and the C B^T rows of q) into buffer pair i
+  auto issue_key = [&](int i, int q, int k) {
+    const int s1 = k * kTile;
+    issue_tile<T>(xbuf(i), kLd, kTile, xsrc + s1 * xs1, xs1, p.x.stride[3], rows_left - s1, P - p0);
+    issue_tile<Cb>(cbuf(i), cb_ld<Cb>(), kTile, cb + int64_t(q) * kTile * Q + s1, Q, 1, kTile, kTile);
+  };
+  auto issue_c = [&](int q) {  // C_q, read by the pass's last stage
+    issue_tile<T>(cq, ldn, Np, csrc + q * kTile * p.C.stride[1], p.C.stride[1], p.C.stride[3], rows_left - q * kTile, N);
+  };
+  issue_c(qp);
+  issue_key(0, qp, 0);
+  cp_async_commit();
+  for (int k = threadIdx.x; k < kTile; k += kThreads)  // read after load_chunk's barriers
+    ds[k] = has(p.D) && p0 + k < P ? ptr<float>(p.D)[h * p.D.stride[0] + (p0 + k) * p.D.stride[1]] : 0.f;
+  load_chunk(p, b, h, c0, Q, tok);
+  const bool runs = tok.run[rows_left - 1] != 0;  // a sequence changes inside the chunk
+  const bool factored = !runs && p.dt_lo >= 0.f;
+  int base = 0;  // the buffer pair of the pass's first key tile
+#pragma unroll 1
+  for (int pass = 0; pass < npass; ++pass) {
+    const int qt = pass == 0 ? qp : q_last, t0 = qt * kTile;
+    const float ref = cs_before(tok, t0) * kLog2e;  // r, in log2 units
+    if (factored)  // read after the key loop's first barrier (the previous pass's reads are done)
+      for (int k = threadIdx.x; k < t0; k += kThreads) kf[k] = ex2(ref - tok.cs[k] * kLog2e) * tok.dt[k];
+    const int trow[2] = {t0 + r0 + g8, t0 + r0 + g8 + 8};  // the thread's two query tokens
+    const float q2[2] = {tok.cs[trow[0]] * kLog2e, tok.cs[trow[1]] * kLog2e};
+    float acc[8][4] = {};
+    for (int kt = 0; kt <= qt; ++kt) {
+      cp_async_wait<0>();
+      __syncthreads();  // key tile kt landed; every warp is done with the previous stage's buffers and C_q
+      if (kt < qt) {
+        issue_key(base + kt + 1, qt, kt + 1);
+        if (kt == 0 && pass > 0) issue_c(qt);
+      } else {  // the H_in half tiles ([p][n], n < 64 and n >= 64) into the free pair
+        issue_tile<T>(xbuf(base + qt + 1), kLd, kTile, hin, N, 1, P - p0, min(N, kTile));
+        if (N > kTile)
+          issue_tile<T>(reinterpret_cast<T*>(cbuf(base + qt + 1)), kLd, kTile, hin + kTile, N, 1, P - p0, N - kTile);
+      }
+      cp_async_commit();
+      const int lim = kt == qt ? warp : 3;  // the diagonal tile: keys up to the warp's last row
+      float s[8][4];
+      cb_from_smem(s, cbuf(base + kt), r0, lim);
+      masked_sx<T>(acc, s, xbuf(base + kt), tok, kf, q2, trow, ref, kt, qt, lim, rows_left, runs, factored);
+    }
+    add_dx<T>(acc, ds, xbuf(base + qt), r0);  // the diagonal key tile is the query tile
+    cp_async_wait<0>();
+    __syncthreads();  // H_in landed; the diagonal tile's pair is free
+    if (pass + 1 < npass) {  // the next pass's first key tile
+      issue_key(base + qt, q_last, 0);
+      cp_async_commit();
+    }
+    float e[2];  // exp(cs_t) on the chunk's first run, else 0
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) e[hf] = trow[hf] < rows_left && tok.run[trow[hf]] == 0 ? ex2(q2[hf]) : 0.f;
+    mma_c_hin<T>(acc, cq, ldn, xbuf(base + qt + 1), reinterpret_cast<const T*>(cbuf(base + qt + 1)), e, r0, Np);
+    if (!pairs || (runs && has(p.cu_seqlens) && has(p.initial_states)))
+      store_y_general<T>(p, tok, acc, nullptr, b, h, g, c0, trow, t0, rows_left, p0);
+    else
+      store_y_staged<T>(p, acc, b, h, c0, trow, rows_left, p0);
+    base += qt;
+  }
+}
+
+// The staged chunk output (SSM_SSD_FWD_STAGED=0: the lean kernel; N > 128 always takes the lean one).
+inline bool staged_enabled() { return ssd_switch("SSM_SSD_FWD_STAGED", true); }
+
+// C B^T in bfloat16 for bfloat16 inputs (the staged kernel's shared tiles), float32 otherwise.
+template <typename T>
+using StagedCb = typename std::conditional<std::is_same<T, __nv_bfloat16>::value, __nv_bfloat16, float>::type;
+
+template <typename T>
+void launch_chunk_scan(const SsdParams& p, const Layout& w, cudaStream_t s) {
+  const int64_t ptiles = (p.headdim + kTile - 1) / kTile, nq = p.chunk / kTile;
+  const dim3 grid(unsigned(w.nchunks * ptiles * nq), unsigned(p.nheads), unsigned(p.batch));
+  const dim3 paired(unsigned(w.nchunks * ptiles * ((nq + 1) / 2)), unsigned(p.nheads), unsigned(p.batch));
+  const int N = int(p.dstate);
+  if constexpr (!std::is_same<T, float>::value) {
+    const dim3 cb_grid(unsigned(w.nchunks * nq * nq), unsigned(p.ngroups), unsigned(p.batch));
+    const size_t cb_smem = 2 * align128(kTile * (round16(N) + 8) * sizeof(T));
+    if (staged_enabled() && N <= 2 * kTile) {
+      using Cb = StagedCb<T>;
+      launch(chunk_cb_kernel<T, Cb>, cb_grid, cb_smem, s, p, w);
+      launch(chunk_scan_staged_kernel<T, Cb>, paired, chunk_scan_staged_smem<T, Cb>(N), s, p, w);
+    } else {
+      launch(chunk_cb_kernel<T, float>, cb_grid, cb_smem, s, p, w);
+      launch(chunk_scan_lean_kernel<T, float>, paired, chunk_scan_lean_smem<T>(N), s, p, w);
+    }
+    return;
+  }
+  launch(chunk_scan_kernel<T>, grid, chunk_scan_smem<T>(N), s, p, w);  // float32: FMA
+}
+
+}  // namespace ssm::cuda::ssd
