@@ -91,11 +91,13 @@ def _channels_last(t: Tensor) -> bool:
     return dim > 1 and L > 1 and t.stride(1) == 1 and t.stride(2) == dim and t.stride(0) == dim * L
 
 
-def _fwd_impl(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens, softplus, return_last_state):
-    # u, delta, z (B, D, L); A (D, N); B/C (D, N) or (B, G, N, L); initial/last (rows, D, N) float32
-    y, last, _ = _fwd_run(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens, softplus,
-                          return_last_state)
-    return y, last
+def _fwd_impl(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens, softplus, return_last_state,
+              checkpoints=False):
+    # u, delta, z (B, D, L); A (D, N); B/C (D, N) or (B, G, N, L); initial/last (rows, D, N) float32;
+    # with checkpoints also the backward's chunk-start states as their (B, nchunks, N, D) buffer (or empty)
+    y, last, chunk_states = _fwd_run(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens,
+                                     softplus, return_last_state, checkpoints)
+    return y, last, _library.empty_if_none(None if chunk_states is None else chunk_states.permute(0, 2, 3, 1), u)
 
 
 def _fwd_run(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens, softplus, return_last_state,
@@ -130,15 +132,19 @@ def _fwd_run(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlen
 @_library.custom_op("ssm::selective_scan_fwd", mutates_args=())
 def _fwd_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
             dt_bias: Optional[Tensor], initial_state: Optional[Tensor], seq_idx: Optional[Tensor],
-            cu_seqlens: Optional[Tensor], softplus: bool, return_last_state: bool) -> tuple[Tensor, Tensor]:
+            cu_seqlens: Optional[Tensor], softplus: bool, return_last_state: bool,
+            checkpoints: bool) -> tuple[Tensor, Tensor, Tensor]:
     return _fwd_impl(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens, softplus,
-                     return_last_state)
+                     return_last_state, checkpoints)
 
 
 @_fwd_op.register_fake
-def _(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens, softplus, return_last_state):
+def _(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens, softplus, return_last_state,
+      checkpoints):
     shape = (_nrows(u, cu_seqlens), u.shape[1], A.shape[1]) if return_last_state else (0,)
-    return _library.empty_like(u), u.new_empty(shape, dtype=A.dtype if A.dtype == torch.float64 else torch.float32)
+    # checkpoints are asked for in eager calls only (the compiled backward computes its own)
+    return (_library.empty_like(u), u.new_empty(shape, dtype=A.dtype if A.dtype == torch.float64 else torch.float32),
+            u.new_empty(0))
 
 
 # ---- backward --------------------------------------------------------------------------------
@@ -208,14 +214,16 @@ def _bwd_impl(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqle
 @_library.custom_op("ssm::selective_scan_bwd", mutates_args=())
 def _bwd_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
             dt_bias: Optional[Tensor], initial_state: Optional[Tensor], seq_idx: Optional[Tensor],
-            cu_seqlens: Optional[Tensor], dy: Tensor, dlast: Tensor, softplus: bool,
+            cu_seqlens: Optional[Tensor], dy: Tensor, dlast: Tensor, chunk_states: Tensor, softplus: bool,
             return_last_state: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    # chunk_states: the forward's (B, nchunks, N, D) checkpoint buffer, or empty
+    ck = chunk_states.permute(0, 3, 1, 2) if chunk_states.numel() else None
     return _bwd_impl(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens, dy, dlast, softplus,
-                     return_last_state)
+                     return_last_state, ck)
 
 
 @_bwd_op.register_fake
-def _(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens, dy, dlast, softplus,
+def _(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens, dy, dlast, chunk_states, softplus,
       return_last_state):
     def like(t):
         return u.new_empty(0) if t is None else _library.empty_like(t)
@@ -223,20 +231,30 @@ def _(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens, dy, 
 
 
 def _setup_context(ctx, inputs, output):
-    *tensors, softplus, return_last_state = inputs
-    ctx.save_for_backward(*tensors)
+    *tensors, softplus, return_last_state, _ = inputs
+    ctx.save_for_backward(*tensors, output[2])
     ctx.flags = (softplus, return_last_state)
+    # the checkpoints have no gradient; no zero gradients materialized for them (or for unused outputs)
+    ctx.mark_non_differentiable(output[2])
+    ctx.set_materialize_grads(False)
 
 
-def _backward(ctx, dy, dlast):
-    tensors = ctx.saved_tensors
-    grads = _bwd_op(*tensors, dy, dlast, *ctx.flags)
-    # Inputs: u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens, softplus, flag.
+def _backward(ctx, dy, dlast, _):
+    *tensors, chunk_states = ctx.saved_tensors
+    u = tensors[0]
+    dy = torch.zeros_like(u) if dy is None else dy
+    dlast = u.new_empty(0) if dlast is None else dlast
+    grads = _bwd_op(*tensors, dy, dlast, chunk_states, *ctx.flags)
+    # Inputs: u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens, softplus, 2 flags.
     present = [t is not None for t in tensors[:9]]
-    return (*(g if p else None for g, p in zip(grads, present)), None, None, None, None)
+    return (*(g if p else None for g, p in zip(grads, present)), None, None, None, None, None)
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# Switch: False leaves the checkpoints to the backward's own forward pass (session 5 round 1 compares both).
+FWD_CHECKPOINTS = True
 
 
 # ---- public ----------------------------------------------------------------------------------
@@ -313,9 +331,12 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     _check_scan_args(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens)
     args = _prepare(u, delta, A, B, C, D, z, dt_bias, initial_state)
     if _library.use_custom_op(*args):
-        y, last = _fwd_op(*args, seq_idx, cu_seqlens, softplus, return_last_state)
+        # eager autograd: the forward also writes the backward's checkpoints (CUDA, N <= 16: the states
+        # before every 16 steps, float32, twice the bytes of a bf16 u), sparing the backward a forward pass
+        grad = FWD_CHECKPOINTS and not torch.compiler.is_compiling() and _library.needs_autograd(*args)
+        y, last, _ = _fwd_op(*args, seq_idx, cu_seqlens, softplus, return_last_state, grad)
     else:
-        y, last = _fwd_impl(*args, seq_idx, cu_seqlens, softplus, return_last_state)
+        y, last, _ = _fwd_impl(*args, seq_idx, cu_seqlens, softplus, return_last_state)
     y = y.to(u.dtype)
     return (y, last) if return_last_state else y
 
