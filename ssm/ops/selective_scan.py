@@ -59,8 +59,11 @@ def _cuda_limit(kernel: str, N: Optional[int]) -> Optional[str]:
 _CUDA_BWD_CHUNK, _CUDA_THREAD_BWD_CHUNK = 256, 16
 
 
-def _thread_bwd(N: int, B: Tensor, C: Tensor, seq_idx, cu_seqlens) -> bool:
-    return N <= 16 and B.dim() == 4 and C.dim() == 4 and seq_idx is None and cu_seqlens is None
+def _thread_bwd(u: Tensor, N: int, B: Tensor, C: Tensor, initial_state, seq_idx, cu_seqlens) -> bool:
+    # the thread kernel steps through L, D and the initial state's N with 32-bit offsets
+    small = u.shape[1] < 2**26 and u.shape[2] < 2**26 and (initial_state is None or
+                                                            abs(initial_state.stride(2)) < 2**26)
+    return N <= 16 and B.dim() == 4 and C.dim() == 4 and seq_idx is None and cu_seqlens is None and small
 
 
 def _chunk_states(backend: str, u: Tensor, N: int, thread: bool) -> Optional[Tensor]:
@@ -118,7 +121,7 @@ def _fwd_run(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlen
     groups, slices = _layout(u, B, C, nthreads if backend == "cpu" else 1)
     y = _rows_like(delta, u)
     last = _kernels.empty((_nrows(u, cu_seqlens), dim, N), u, torch.float32) if return_last_state else None
-    thread = _thread_bwd(N, B, C, seq_idx, cu_seqlens)
+    thread = _thread_bwd(u, N, B, C, initial_state, seq_idx, cu_seqlens)
     chunk_states = _chunk_states(backend, u, N, thread) if checkpoints and thread else None
     seq_idx, cu_seqlens = _int32(seq_idx), _int32(cu_seqlens)
     r = _kernels.ref
@@ -180,7 +183,7 @@ def _bwd_kernel(backend, u, delta, A, B, C, D, z, dt_bias, initial_state, seq_id
     dlast = dlast if dlast.numel() else None
     filled = chunk_states is not None
     if not filled:
-        chunk_states = _chunk_states(backend, u, N, _thread_bwd(N, B, C, seq_idx, cu_seqlens))
+        chunk_states = _chunk_states(backend, u, N, _thread_bwd(u, N, B, C, initial_state, seq_idx, cu_seqlens))
     r = _kernels.ref
     _kernels.module(backend).selective_scan_bwd(
         _kernels.dtype_code(u), batch, dim, L, N, groups, slices, r(u), r(delta), r(A), r(B), r(C), r(D), r(z),

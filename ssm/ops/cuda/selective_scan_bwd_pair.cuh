@@ -171,6 +171,25 @@ struct Pair {
     }
   }
 
+  // Chunk ch's rows, B / C pieces and this warp's checkpoints into L2 (issued a chunk ahead).
+  __device__ __forceinline__ void prefetch(int64_t ch) const {
+    const int64_t t0 = ch * kSteps, ts = t0 + w * kHalf;
+    auto pf = [](const void* q) { asm volatile("prefetch.global.L2 [%0];" ::"l"(q)); };
+    auto pf_row = [&](const TensorArg& t, int bit) {
+      if (has(t) && (vec & bit)) pf(row(t, bit).base + ts);
+    };
+    pf_row(p.u, kVecU), pf_row(p.delta, kVecDelta), pf_row(p.dout, kVecDout), pf_row(p.z, kVecZ);
+    if (vec & kVecBC) {
+      const int which = tid / (2 * kN), n = tid / 2 % kN, hf = tid % 2;
+      const TensorArg& src = which ? p.C : p.B;
+      if (n < p.dstate) pf(ptr<T>(src) + b * src.stride[0] + g * src.stride[1] + n * src.stride[2] + t0 + kHalf * hf);
+    }
+    int64_t hsn;
+    const float* hq = start_states(ch, hsn);
+    if (hq)
+      for (int n = nlo; n < nhi; ++n) pf(hq + n * hsn);
+  }
+
   // One half (kH = 1: steps 8..15, kH = 0: 0..7) of chunk ch for every entry of this warp.
   // Entry nlo's state before chunk ch (loaded once per chunk, early: both halves start from it).
   __device__ __forceinline__ float first_start(int64_t ch) const {
@@ -194,7 +213,7 @@ struct Pair {
     const int row = lane >> 1;
     const int64_t t = t0 + kPre + row % kHalf;
     const TensorArg& o = row < kHalf ? p.dB : p.dC;
-    const int bcn = int(o.stride[2]), hstep = int(hsn);  // |kN x stride| < 2^31 (host-checked)
+    const int bcn = int(o.stride[2]), hstep = int(hsn);  // |kN x stride| < 2^31 (takes)
     float* bc = ptr<float>(o) + b * o.stride[0] + g * o.stride[1] + t * o.stride[3] + nlo * bcn;
     const bool adds = !(lane & 1) && t < L;
     if (hq) hq += nlo * hstep;
@@ -308,7 +327,8 @@ struct Pair {
   }
 };
 
-template <typename T, int kN>
+// kPf: L2 prefetches of the next chunk's inputs during each chunk (session 5 round 1 times both).
+template <typename T, int kN, bool kPf>
 __global__ void __launch_bounds__(kThreads, 8) pair_bwd_kernel(SelectiveScanParams p, int vec) {
   __shared__ __align__(16) Smem<kN> sm;
   Pair<T, kN> t{p, sm};
@@ -329,6 +349,7 @@ __global__ void __launch_bounds__(kThreads, 8) pair_bwd_kernel(SelectiveScanPara
     const int64_t t0 = ch * kSteps;
     Sums s;
     const float hfirst = t.first_start(ch);
+    if (kPf && ch > 0) t.prefetch(ch - 1);
     t.prepare(t0);
     __syncthreads();
     t.template half<1>(ch, t0, s, hfirst);
@@ -343,10 +364,17 @@ __global__ void __launch_bounds__(kThreads, 8) pair_bwd_kernel(SelectiveScanPara
   t.write_params(dDp, dbp);
 }
 
-// Host: 32-bit steps of n through the start states and dB / dC (the kernel's pointer increments).
+// Host: 32-bit steps of n through the start states and dB / dC (the kernel's pointer increments);
+// the op layer's _thread_bwd asks the same of L, D and the initial state.
 inline bool takes(const SelectiveScanParams& p) {
   auto fits = [](const TensorArg& t, int dim) { return !t.present() || std::abs(t.stride[dim]) * 16 < (int64_t(1) << 31); };
   return fits(p.chunk_states, 3) && fits(p.initial_state, 2) && fits(p.dB, 2) && fits(p.dC, 2);
+}
+
+// Switch: SSM_SCAN_BWD_PREFETCH=1 takes the kPf kernel (read per call, so one process can time both).
+inline bool prefetch_bwd() {
+  const char* v = std::getenv("SSM_SCAN_BWD_PREFETCH");
+  return v && v[0] == '1';
 }
 
 template <typename T>
@@ -358,7 +386,7 @@ void launch_bwd(const SelectiveScanParams& p, cudaStream_t stream) {
   const int64_t Dg = p.dim / p.ngroups;
   const dim3 grid(unsigned(p.ngroups * ((Dg + 31) / 32)), unsigned(p.batch));
   SSM_SCAN_THREAD_N_SWITCH(p.dstate, KN, [&] {
-    auto kernel = pair_bwd_kernel<T, KN>;
+    auto kernel = prefetch_bwd() ? pair_bwd_kernel<T, KN, true> : pair_bwd_kernel<T, KN, false>;
     cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, int(cudaSharedmemCarveoutMaxShared));
     kernel<<<grid, kThreads, 0, stream>>>(p, vec);
   });
