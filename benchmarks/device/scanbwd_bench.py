@@ -11,6 +11,7 @@ on the host). Writes JSON (and the timeline's Chrome trace) next to --out.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -21,7 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 import ssm.ops as ops  # noqa: E402
 from benchmarks.bench_cuda import _flush, time_ms  # noqa: E402
 from benchmarks.bench_scan_layouts_cuda import kernels_by_time, scan_inputs  # noqa: E402
-from ssm.ops import selective_scan as scan_mod  # noqa: E402
+scan_mod = importlib.import_module("ssm.ops.selective_scan")  # the module (ssm.ops.selective_scan is the function)
 
 VARIANTS = {"default": (True, "0"), "recompute": (False, "0"), "prefetch": (True, "1")}
 
