@@ -190,11 +190,15 @@ def _bwd_kernel(backend, u, delta, A, B, C, D, z, dt_bias, initial_state, seq_id
         r(dt_bias), r(initial_state), r(seq_idx), r(cu_seqlens), _nrows(u, cu_seqlens), r(dy),
         r(dlast), r(du), r(ddelta), r(dA), r(_slices_as_rows(dB)), r(_slices_as_rows(dC)), r(dD), r(dz),
         r(ddt_bias), r(dinit), r(chunk_states), filled, softplus, nthreads)
-    dB = dB.sum(0).to(B.dtype)
-    dC = dC.sum(0).to(C.dtype)
-    grads = (du, ddelta, dA.sum(0), dB, dC, None if dD is None else dD.sum(0), dz,
-             None if ddt_bias is None else ddt_bias.sum(0), dinit)
+    grads = (du, ddelta, _sum0(dA), _sum0(dB).to(B.dtype), _sum0(dC).to(C.dtype), _sum0(dD), dz, _sum0(ddt_bias),
+             dinit)
     return tuple(_library.empty_if_none(g, u) for g in grads)
+
+
+def _sum0(t: Optional[Tensor]) -> Optional[Tensor]:
+    """A partial-sum workspace summed over its first dimension (no reduction kernel when it has one row:
+    the CUDA kernels' variable dB / dC)."""
+    return None if t is None else t[0] if t.shape[0] == 1 else t.sum(0)
 
 
 def _slices_as_rows(t: Tensor) -> Tensor:
