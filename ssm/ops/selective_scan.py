@@ -337,11 +337,12 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     """
     _check_scan_args(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens)
     args = _prepare(u, delta, A, B, C, D, z, dt_bias, initial_state)
-    if _library.use_custom_op(*args):
+    compiling, grad = torch.compiler.is_compiling(), _library.needs_autograd(*args)
+    if compiling or grad:
         # eager autograd: the forward also writes the backward's checkpoints (CUDA, N <= 16: the states
         # before every 16 steps, float32, twice the bytes of a bf16 u), sparing the backward a forward pass
-        grad = FWD_CHECKPOINTS and not torch.compiler.is_compiling() and _library.needs_autograd(*args)
-        y, last, _ = _fwd_op(*args, seq_idx, cu_seqlens, softplus, return_last_state, grad)
+        ck = FWD_CHECKPOINTS and grad and not compiling
+        y, last, _ = _fwd_op(*args, seq_idx, cu_seqlens, softplus, return_last_state, ck)
     else:
         y, last, _ = _fwd_impl(*args, seq_idx, cu_seqlens, softplus, return_last_state)
     y = y.to(u.dtype)
