@@ -260,7 +260,8 @@ def _backward(ctx, dy, dlast, _):
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-# Switch: False leaves the checkpoints to the backward's own forward pass (session 5 round 1 compares both).
+# Switch: False leaves the checkpoints to the backward's own forward pass, as compiled graphs do (session 5
+# round 1, H200: fwd+bwd 3.00 ms event with the forward's checkpoints, 3.34 ms with the pre-pass).
 FWD_CHECKPOINTS = True
 
 
@@ -309,13 +310,15 @@ def _prepare(u, delta, A, B, C, D, z, dt_bias, initial_state):
     acts = [t for t in (u, delta, z, B if B.dim() > 2 else None, C if C.dim() > 2 else None) if t is not None]
     act = acts[0].dtype
     for t in acts[1:]:
-        act = torch.promote_types(act, t.dtype)
+        if t.dtype != act:
+            act = torch.promote_types(act, t.dtype)
     par = torch.float64 if act == torch.float64 else torch.float32
 
-    def cast(t, var):
+    def cast(t, var):  # (a dtype test is cheaper than a no-op .to() through the dispatcher)
         if t is None:
             return None
-        return t.to(act if var else par)
+        want = act if var else par
+        return t if t.dtype == want else t.to(want)
     B = B.unsqueeze(1) if B.dim() == 3 else B
     C = C.unsqueeze(1) if C.dim() == 3 else C
     return (cast(u, True), cast(delta, True), cast(A, False), cast(B, B.dim() == 4), cast(C, C.dim() == 4),

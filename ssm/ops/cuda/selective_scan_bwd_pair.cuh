@@ -21,18 +21,17 @@ namespace ssm::cuda::scan_pair {
 using scan_thread::kLog2e;
 using scan_thread::kSteps;
 constexpr int kHalf = kSteps / 2;  // the reverse walk's unit and a warp's share of the per-step work
-constexpr int kThreads = 64;
 constexpr int kXR = 36;  // transpose row: 32 lanes + pad (conflict-free 16-byte reads)
 
-template <int kN>
+template <int kN, int kW>
 struct Smem {
-  static constexpr int kS = kN / 2;  // state entries per thread
+  static constexpr int kS = kN / kW, kT = 32 * kW;  // state entries per thread, threads
   float dt[kSteps][32], u[kSteps][32], dy[kSteps][32], dzf[kSteps][32];  // the chunk's steps by lane
   float B[kN][kSteps], C[kN][kSteps];                                    // the chunk's B, C
-  float A[kS][kThreads], e[kS][kThreads], dA[kS][kThreads];              // per (entry, thread)
-  float x[2][2 * kHalf][kXR];   // per warp: one n's dB (rows 0..7) and dC (8..15) by lane
-  float part[2][3][kHalf][32];  // per half: S, R, y of the warp that does not finish it
-  float dpar[2][32];            // the end: warp 1's dD and d dt_bias sums
+  float A[kS][kT], e[kS][kT], dA[kS][kT];                                // per (entry, thread)
+  float x[kW][2 * kHalf][kXR];        // per warp: one n's dB (rows 0..7) and dC (8..15) by lane
+  float part[2][kW - 1][3][kHalf][32];  // per half: S, R, y of the warps that do not finish it
+  float dpar[2][32];                  // the end: warp 1's dD and d dt_bias sums
 };
 
 // 8 steps of one row from t0 (zero past L).
@@ -89,11 +88,11 @@ __device__ __forceinline__ float softplus_grad(float dt) {
   return dt < 0.25f ? dt * q : 1.f - scan_thread::ex2(-dt * kLog2e);
 }
 
-template <typename T, int kN>
+template <typename T, int kN, int kW>
 struct Pair {
-  static constexpr int kS = kN / 2;
+  static constexpr int kS = kN / kW, kThreads = 32 * kW;
   const SelectiveScanParams& p;
-  Smem<kN>& sm;
+  Smem<kN, kW>& sm;
   int64_t b, g, d, L;
   int tid, lane, w, nlo, nhi, vec;
   bool valid;
@@ -145,8 +144,9 @@ struct Pair {
     }
   }
 
-  // This warp's 8 steps of the chunk into the shared per-step columns; the chunk's B / C tiles.
+  // The chunk's B / C tiles; warps 0 and 1: their 8 steps of the chunk into the shared per-step columns.
   __device__ __forceinline__ void prepare(int64_t t0) const {
+    if (kW > 2 && w >= 2) return stage_bc(t0);
     const int64_t ts = t0 + w * kHalf;
     T ru[kHalf], rd[kHalf], ro[kHalf], rz[kHalf];
     load_half(row(p.u, kVecU), ru, ts, L);
@@ -169,25 +169,6 @@ struct Pair {
       sm.dt[s][lane] = in ? dt : 0.f, sm.u[s][lane] = to_float(ru[i]);
       sm.dy[s][lane] = dy, sm.dzf[s][lane] = dzf;
     }
-  }
-
-  // Chunk ch's rows, B / C pieces and this warp's checkpoints into L2 (issued a chunk ahead).
-  __device__ __forceinline__ void prefetch(int64_t ch) const {
-    const int64_t t0 = ch * kSteps, ts = t0 + w * kHalf;
-    auto pf = [](const void* q) { asm volatile("prefetch.global.L2 [%0];" ::"l"(q)); };
-    auto pf_row = [&](const TensorArg& t, int bit) {
-      if (has(t) && (vec & bit)) pf(row(t, bit).base + ts);
-    };
-    pf_row(p.u, kVecU), pf_row(p.delta, kVecDelta), pf_row(p.dout, kVecDout), pf_row(p.z, kVecZ);
-    if (vec & kVecBC) {
-      const int which = tid / (2 * kN), n = tid / 2 % kN, hf = tid % 2;
-      const TensorArg& src = which ? p.C : p.B;
-      if (n < p.dstate) pf(ptr<T>(src) + b * src.stride[0] + g * src.stride[1] + n * src.stride[2] + t0 + kHalf * hf);
-    }
-    int64_t hsn;
-    const float* hq = start_states(ch, hsn);
-    if (hq)
-      for (int n = nlo; n < nhi; ++n) pf(hq + n * hsn);
   }
 
   // One half (kH = 1: steps 8..15, kH = 0: 0..7) of chunk ch for every entry of this warp.
@@ -267,12 +248,12 @@ struct Pair {
     }
   }
 
-  // The other warp's sums of half kH into shared memory (before the block barrier)...
+  // The other warps' sums of half kH into shared memory (before the block barrier; warp kH finishes it)...
   template <int kH>
   __device__ __forceinline__ void give(const Sums& s) const {
+    float (*o)[kHalf][32] = sm.part[kH][kW == 2 ? 0 : w < kH ? w : w - 1];
 #pragma unroll
-    for (int i = 0; i < kHalf; ++i)
-      sm.part[kH][0][i][lane] = s.S[i], sm.part[kH][1][i][lane] = s.R[i], sm.part[kH][2][i][lane] = s.y[i];
+    for (int i = 0; i < kHalf; ++i) o[0][i][lane] = s.S[i], o[1][i][lane] = s.R[i], o[2][i][lane] = s.y[i];
   }
 
   // ... which warp kH adds after it, writing du, ddelta, dz of the half; dD, d dt_bias partial sums.
@@ -282,8 +263,11 @@ struct Pair {
 #pragma unroll
     for (int i = 0; i < kHalf; ++i) {
       const int st = kH * kHalf + i;
-      const float S = s.S[i] + sm.part[kH][0][i][lane], R = s.R[i] + sm.part[kH][1][i][lane];
-      const float y = s.y[i] + sm.part[kH][2][i][lane];
+      float S = s.S[i] + sm.part[kH][0][0][i][lane], R = s.R[i] + sm.part[kH][0][1][i][lane];
+      float y = s.y[i] + sm.part[kH][0][2][i][lane];
+#pragma unroll
+      for (int q = 1; q < kW - 1; ++q)
+        S += sm.part[kH][q][0][i][lane], R += sm.part[kH][q][1][i][lane], y += sm.part[kH][q][2][i][lane];
       const float dt = sm.dt[st][lane], uu = sm.u[st][lane], dy = sm.dy[st][lane];
       dus[i] = fmaf(dt, S, Dd * dy);
       ddt[i] = fmaf(uu, S, R);
@@ -327,19 +311,19 @@ struct Pair {
   }
 };
 
-// kPf: L2 prefetches of the next chunk's inputs during each chunk (session 5 round 1 times both).
-template <typename T, int kN, bool kPf>
-__global__ void __launch_bounds__(kThreads, 8) pair_bwd_kernel(SelectiveScanParams p, int vec) {
-  __shared__ __align__(16) Smem<kN> sm;
-  Pair<T, kN> t{p, sm};
+// kW warps over 32 channels (2 or 4; 4: twice the warps for grids too small to fill the GPU).
+template <typename T, int kN, int kW>
+__global__ void __launch_bounds__(32 * kW, 16 / kW) pair_bwd_kernel(SelectiveScanParams p, int vec) {
+  __shared__ __align__(16) Smem<kN, kW> sm;
+  Pair<T, kN, kW> t{p, sm};
   const int64_t Dg = p.dim / p.ngroups, bpg = (Dg + 31) / 32;
   t.tid = threadIdx.x, t.lane = threadIdx.x % 32, t.w = threadIdx.x / 32, t.vec = vec;
   const int64_t c = (blockIdx.x % bpg) * 32 + t.lane;
   t.b = blockIdx.y, t.g = blockIdx.x / bpg, t.L = p.seqlen;
   t.valid = c < Dg;
   t.d = t.g * Dg + (t.valid ? c : Dg - 1);  // idle lanes shadow the group's last channel, writing nothing
-  t.nlo = t.w * Pair<T, kN>::kS;
-  t.nhi = min(int64_t(t.nlo + Pair<T, kN>::kS), p.dstate);
+  t.nlo = t.w * Pair<T, kN, kW>::kS;
+  t.nhi = min(int64_t(t.nlo + Pair<T, kN, kW>::kS), p.dstate);
   t.Dd = has(p.D) ? ptr<float>(p.D)[t.d * p.D.stride[0]] : 0.f;
   t.bias = has(p.dt_bias) ? ptr<float>(p.dt_bias)[t.d * p.dt_bias.stride[0]] : 0.f;
   t.init_entries();
@@ -349,15 +333,14 @@ __global__ void __launch_bounds__(kThreads, 8) pair_bwd_kernel(SelectiveScanPara
     const int64_t t0 = ch * kSteps;
     Sums s;
     const float hfirst = t.first_start(ch);
-    if (kPf && ch > 0) t.prefetch(ch - 1);
     t.prepare(t0);
     __syncthreads();
     t.template half<1>(ch, t0, s, hfirst);
-    if (t.w == 0) t.template give<1>(s);
+    if (t.w != 1) t.template give<1>(s);
     __syncthreads();
     if (t.w == 1) t.template finish<1>(s, t0, dDp, dbp);
     t.template half<0>(ch, t0, s, hfirst);
-    if (t.w == 1) t.template give<0>(s);
+    if (t.w != 0) t.template give<0>(s);
     __syncthreads();
     if (t.w == 0) t.template finish<0>(s, t0, dDp, dbp);
   }
@@ -371,10 +354,10 @@ inline bool takes(const SelectiveScanParams& p) {
   return fits(p.chunk_states, 3) && fits(p.initial_state, 2) && fits(p.dB, 2) && fits(p.dC, 2);
 }
 
-// Switch: SSM_SCAN_BWD_PREFETCH=1 takes the kPf kernel (read per call, so one process can time both).
-inline bool prefetch_bwd() {
-  const char* v = std::getenv("SSM_SCAN_BWD_PREFETCH");
-  return v && v[0] == '1';
+// Switch: SSM_SCAN_BWD_WARPS=4 takes four warps per 32 channels (read per call, so one process can time both).
+inline bool four_warps() {
+  const char* v = std::getenv("SSM_SCAN_BWD_WARPS");
+  return v && v[0] == '4';
 }
 
 template <typename T>
@@ -386,9 +369,10 @@ void launch_bwd(const SelectiveScanParams& p, cudaStream_t stream) {
   const int64_t Dg = p.dim / p.ngroups;
   const dim3 grid(unsigned(p.ngroups * ((Dg + 31) / 32)), unsigned(p.batch));
   SSM_SCAN_THREAD_N_SWITCH(p.dstate, KN, [&] {
-    auto kernel = prefetch_bwd() ? pair_bwd_kernel<T, KN, true> : pair_bwd_kernel<T, KN, false>;
+    const bool four = four_warps();
+    auto kernel = four ? pair_bwd_kernel<T, KN, 4> : pair_bwd_kernel<T, KN, 2>;
     cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, int(cudaSharedmemCarveoutMaxShared));
-    kernel<<<grid, kThreads, 0, stream>>>(p, vec);
+    kernel<<<grid, four ? 128 : 64, 0, stream>>>(p, vec);
   });
 }
 
