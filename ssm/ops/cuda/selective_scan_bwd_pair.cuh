@@ -1,13 +1,14 @@
-// Selective scan (Mamba-1) backward for N <= 16: a block of two warps over 32 channels of one
-// (batch, B/C group), warp w owning state entries [w kN/2, (w + 1) kN/2) of every channel (lane).
-// Registers stay under 128 (8 blocks, 16 warps per SM) because a thread walks one 16-step chunk
+// Selective scan (Mamba-1) backward for N <= 16: a block of kW = 2 (or 4, for grids too small to
+// fill the GPU) warps over 32 channels of one (batch, B/C group), warp w owning state entries
+// [w kN/kW, (w + 1) kN/kW) of every channel (lane).
+// Registers stay under 128 (16 warps per SM) because a thread walks one 16-step chunk
 // as two 8-step halves, later half first: per half and state entry it recomputes the states from
 // the chunk's checkpoint (the later half re-runs the earlier half's 8 steps without storing
 // them), walks the half back with the adjoint e (kept per (n, thread) in shared memory across
 // halves and chunks) and accumulates the half's per-step sums over its entries (S = sum g B,
 // R = sum A g a h_prev, y = sum C h) in registers. Per chunk each warp prepares the per-step
-// values (dt, u, dy = dout silu(z), dz per unit y) of 8 steps for the block; per half one warp
-// adds the other's sums and writes du, ddelta, dz of the half. dB / dC of (n, t) are sums over
+// values (dt, u, dy = dout silu(z), dz per unit y) of 8 steps for the block (warps 0 and 1); per
+// half one of them adds the other warps' sums and writes du, ddelta, dz of the half. dB / dC of (n, t) are sums over
 // the 32 channels: a shared transpose per warp and n, then one atomic add per (n, t) and block
 // into the zeroed float32 outputs (not bitwise reproducible across runs, as before).
 #pragma once
