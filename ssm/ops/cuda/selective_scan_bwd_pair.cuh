@@ -355,10 +355,20 @@ inline bool takes(const SelectiveScanParams& p) {
   return fits(p.chunk_states, 3) && fits(p.initial_state, 2) && fits(p.dB, 2) && fits(p.dC, 2);
 }
 
-// Switch: SSM_SCAN_BWD_WARPS=4 takes four warps per 32 channels (read per call, so one process can time both).
-inline bool four_warps() {
+// Four warps per 32 channels when that grid still fits in one wave (4 blocks per SM): small grids get
+// twice the warps (session 5 round 2, H200: 1.50 ms against 1.83 at the mamba-130m shape, D 1536;
+// 2.98 against 2.24 at D 4096, where two warps fill the GPU). SSM_SCAN_BWD_WARPS=2 or 4 forces one
+// (read per call, so one process can time both).
+inline bool four_warps(int64_t blocks) {
   const char* v = std::getenv("SSM_SCAN_BWD_WARPS");
-  return v && v[0] == '4';
+  if (v && (v[0] == '2' || v[0] == '4')) return v[0] == '4';
+  static const int sms = [] {
+    int dev = 0, n = 132;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
+    return n;
+  }();
+  return blocks <= 4 * int64_t(sms);
 }
 
 template <typename T>
@@ -370,7 +380,7 @@ void launch_bwd(const SelectiveScanParams& p, cudaStream_t stream) {
   const int64_t Dg = p.dim / p.ngroups;
   const dim3 grid(unsigned(p.ngroups * ((Dg + 31) / 32)), unsigned(p.batch));
   SSM_SCAN_THREAD_N_SWITCH(p.dstate, KN, [&] {
-    const bool four = four_warps();
+    const bool four = four_warps(int64_t(grid.x) * grid.y);
     auto kernel = four ? pair_bwd_kernel<T, KN, 4> : pair_bwd_kernel<T, KN, 2>;
     cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, int(cudaSharedmemCarveoutMaxShared));
     kernel<<<grid, four ? 128 : 64, 0, stream>>>(p, vec);
