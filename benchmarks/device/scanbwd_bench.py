@@ -1,8 +1,8 @@
 """Times the CUDA selective-scan backward in one process: fwd+bwd (event median and the profiler's
 per-kernel device time) and the backward alone (event median) at issue 5's bench shape (B8 D4096
 L2048 N16 bf16, z, D, dt_bias, softplus) and the mamba-130m layer shape (D 1536, channels-last delta
-and z, B/C x_proj column slices), with two warps per 32 channels (default) and four
-(SSM_SCAN_BWD_WARPS=4, after checking that its gradients match the default's); then one fwd+bwd call
+and z, B/C x_proj column slices), with two and four warps per 32 channels forced by
+SSM_SCAN_BWD_WARPS ("default" = two; four after checking that its gradients match); then one fwd+bwd call
 after an L2 flush on a host + device timeline (where the GPU waits on the host). Writes JSON after
 each step (and the timeline's Chrome trace) next to --out.
 
