@@ -1,11 +1,15 @@
 """selective_scan on every backend against the float64 reference: forward over a grid of shapes
 and options, varlen, gradients, a long sequence, torch.compile, bad input."""
+import importlib
+
 import pytest
 import torch
 
 import ssm.ops as ops
 from ssm.ops.python import reference
 from tests.ops.harness import DTYPES, assert_close, backends, device_of, rand, rel_err, to64, use_backend
+
+scan_op = importlib.import_module("ssm.ops.selective_scan")  # the module (ssm.ops.selective_scan is the function)
 
 SHAPES = [  # (batch, D, L, N, G); G = 0: B/C shared by all channels (B, N, L)
     (1, 1, 1, 1, 0),
@@ -171,6 +175,24 @@ def test_gradients_cu_seqlens_across_chunks(backend):
     inp = make_inputs(1, 2, sum(lengths), 4, 1, torch.float32, device_of(backend), {"all"}, nrows=len(lengths))
     inp["seq_idx"] = None
     grads_vs_reference(backend, inp, True, torch.float32, cu_seqlens=cu)
+
+
+@pytest.mark.parametrize("backend", [p for p in backends() if p.id != "reference"])
+@pytest.mark.parametrize("forward_checkpoints", [True, False])
+def test_gradients_with_and_without_forward_checkpoints(backend, forward_checkpoints, monkeypatch):
+    # eager autograd: the CUDA forward writes the backward's checkpoints; without, the backward's pre-pass does
+    monkeypatch.setattr(scan_op, "FWD_CHECKPOINTS", forward_checkpoints)
+    inp = make_inputs(2, 40, 100, 16, 1, torch.bfloat16, device_of(backend), {"all"})
+    inp["seq_idx"] = None
+    grads_vs_reference(backend, inp, True, torch.bfloat16)
+
+
+@pytest.mark.cuda
+def test_forward_writes_checkpoints_cuda():
+    inp = make_inputs(2, 40, 100, 16, 1, torch.bfloat16, torch.device("cuda"), {"plain"})
+    args = (inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"])
+    _, _, ck = scan_op._fwd_impl(*args, None, None, None, None, None, None, False, False, True)
+    assert ck.shape == (2, 7, 16, 40) and ck[:, 1:].isfinite().all()  # (B, chunks of 16 steps, N, D); chunk 0 unused
 
 
 @pytest.mark.cuda

@@ -1,13 +1,14 @@
-// Selective scan (Mamba-1) backward for N <= 16: a block of two warps over 32 channels of one
-// (batch, B/C group), warp w owning state entries [w kN/2, (w + 1) kN/2) of every channel (lane).
-// Registers stay under 128 (8 blocks, 16 warps per SM) because a thread walks one 16-step chunk
+// Selective scan (Mamba-1) backward for N <= 16: a block of kW = 2 (or 4, for grids too small to
+// fill the GPU) warps over 32 channels of one (batch, B/C group), warp w owning state entries
+// [w kN/kW, (w + 1) kN/kW) of every channel (lane).
+// Registers stay under 128 (16 warps per SM) because a thread walks one 16-step chunk
 // as two 8-step halves, later half first: per half and state entry it recomputes the states from
 // the chunk's checkpoint (the later half re-runs the earlier half's 8 steps without storing
 // them), walks the half back with the adjoint e (kept per (n, thread) in shared memory across
 // halves and chunks) and accumulates the half's per-step sums over its entries (S = sum g B,
 // R = sum A g a h_prev, y = sum C h) in registers. Per chunk each warp prepares the per-step
-// values (dt, u, dy = dout silu(z), dz per unit y) of 8 steps for the block; per half one warp
-// adds the other's sums and writes du, ddelta, dz of the half. dB / dC of (n, t) are sums over
+// values (dt, u, dy = dout silu(z), dz per unit y) of 8 steps for the block (warps 0 and 1); per
+// half one of them adds the other warps' sums and writes du, ddelta, dz of the half. dB / dC of (n, t) are sums over
 // the 32 channels: a shared transpose per warp and n, then one atomic add per (n, t) and block
 // into the zeroed float32 outputs (not bitwise reproducible across runs, as before).
 #pragma once
@@ -21,18 +22,17 @@ namespace ssm::cuda::scan_pair {
 using scan_thread::kLog2e;
 using scan_thread::kSteps;
 constexpr int kHalf = kSteps / 2;  // the reverse walk's unit and a warp's share of the per-step work
-constexpr int kThreads = 64;
 constexpr int kXR = 36;  // transpose row: 32 lanes + pad (conflict-free 16-byte reads)
 
-template <int kN>
+template <int kN, int kW>
 struct Smem {
-  static constexpr int kS = kN / 2;  // state entries per thread
+  static constexpr int kS = kN / kW, kT = 32 * kW;  // state entries per thread, threads
   float dt[kSteps][32], u[kSteps][32], dy[kSteps][32], dzf[kSteps][32];  // the chunk's steps by lane
   float B[kN][kSteps], C[kN][kSteps];                                    // the chunk's B, C
-  float A[kS][kThreads], e[kS][kThreads], dA[kS][kThreads];              // per (entry, thread)
-  float x[2][2 * kHalf][kXR];   // per warp: one n's dB (rows 0..7) and dC (8..15) by lane
-  float part[2][3][kHalf][32];  // per half: S, R, y of the warp that does not finish it
-  float dpar[2][32];            // the end: warp 1's dD and d dt_bias sums
+  float A[kS][kT], e[kS][kT], dA[kS][kT];                                // per (entry, thread)
+  float x[kW][2 * kHalf][kXR];        // per warp: one n's dB (rows 0..7) and dC (8..15) by lane
+  float part[2][kW - 1][3][kHalf][32];  // per half: S, R, y of the warps that do not finish it
+  float dpar[2][32];                  // the end: warp 1's dD and d dt_bias sums
 };
 
 // 8 steps of one row from t0 (zero past L).
@@ -89,11 +89,11 @@ __device__ __forceinline__ float softplus_grad(float dt) {
   return dt < 0.25f ? dt * q : 1.f - scan_thread::ex2(-dt * kLog2e);
 }
 
-template <typename T, int kN>
+template <typename T, int kN, int kW>
 struct Pair {
-  static constexpr int kS = kN / 2;
+  static constexpr int kS = kN / kW, kThreads = 32 * kW;
   const SelectiveScanParams& p;
-  Smem<kN>& sm;
+  Smem<kN, kW>& sm;
   int64_t b, g, d, L;
   int tid, lane, w, nlo, nhi, vec;
   bool valid;
@@ -145,8 +145,9 @@ struct Pair {
     }
   }
 
-  // This warp's 8 steps of the chunk into the shared per-step columns; the chunk's B / C tiles.
+  // The chunk's B / C tiles; warps 0 and 1: their 8 steps of the chunk into the shared per-step columns.
   __device__ __forceinline__ void prepare(int64_t t0) const {
+    if (kW > 2 && w >= 2) return stage_bc(t0);
     const int64_t ts = t0 + w * kHalf;
     T ru[kHalf], rd[kHalf], ro[kHalf], rz[kHalf];
     load_half(row(p.u, kVecU), ru, ts, L);
@@ -194,7 +195,7 @@ struct Pair {
     const int row = lane >> 1;
     const int64_t t = t0 + kPre + row % kHalf;
     const TensorArg& o = row < kHalf ? p.dB : p.dC;
-    const int bcn = int(o.stride[2]), hstep = int(hsn);  // |kN x stride| < 2^31 (host-checked)
+    const int bcn = int(o.stride[2]), hstep = int(hsn);  // |kN x stride| < 2^31 (takes)
     float* bc = ptr<float>(o) + b * o.stride[0] + g * o.stride[1] + t * o.stride[3] + nlo * bcn;
     const bool adds = !(lane & 1) && t < L;
     if (hq) hq += nlo * hstep;
@@ -248,12 +249,12 @@ struct Pair {
     }
   }
 
-  // The other warp's sums of half kH into shared memory (before the block barrier)...
+  // The other warps' sums of half kH into shared memory (before the block barrier; warp kH finishes it)...
   template <int kH>
   __device__ __forceinline__ void give(const Sums& s) const {
+    float (*o)[kHalf][32] = sm.part[kH][kW == 2 ? 0 : w < kH ? w : w - 1];
 #pragma unroll
-    for (int i = 0; i < kHalf; ++i)
-      sm.part[kH][0][i][lane] = s.S[i], sm.part[kH][1][i][lane] = s.R[i], sm.part[kH][2][i][lane] = s.y[i];
+    for (int i = 0; i < kHalf; ++i) o[0][i][lane] = s.S[i], o[1][i][lane] = s.R[i], o[2][i][lane] = s.y[i];
   }
 
   // ... which warp kH adds after it, writing du, ddelta, dz of the half; dD, d dt_bias partial sums.
@@ -263,8 +264,11 @@ struct Pair {
 #pragma unroll
     for (int i = 0; i < kHalf; ++i) {
       const int st = kH * kHalf + i;
-      const float S = s.S[i] + sm.part[kH][0][i][lane], R = s.R[i] + sm.part[kH][1][i][lane];
-      const float y = s.y[i] + sm.part[kH][2][i][lane];
+      float S = s.S[i] + sm.part[kH][0][0][i][lane], R = s.R[i] + sm.part[kH][0][1][i][lane];
+      float y = s.y[i] + sm.part[kH][0][2][i][lane];
+#pragma unroll
+      for (int q = 1; q < kW - 1; ++q)
+        S += sm.part[kH][q][0][i][lane], R += sm.part[kH][q][1][i][lane], y += sm.part[kH][q][2][i][lane];
       const float dt = sm.dt[st][lane], uu = sm.u[st][lane], dy = sm.dy[st][lane];
       dus[i] = fmaf(dt, S, Dd * dy);
       ddt[i] = fmaf(uu, S, R);
@@ -308,18 +312,19 @@ struct Pair {
   }
 };
 
-template <typename T, int kN>
-__global__ void __launch_bounds__(kThreads, 8) pair_bwd_kernel(SelectiveScanParams p, int vec) {
-  __shared__ __align__(16) Smem<kN> sm;
-  Pair<T, kN> t{p, sm};
+// kW warps over 32 channels (2 or 4; 4: twice the warps for grids too small to fill the GPU).
+template <typename T, int kN, int kW>
+__global__ void __launch_bounds__(32 * kW, 16 / kW) pair_bwd_kernel(SelectiveScanParams p, int vec) {
+  __shared__ __align__(16) Smem<kN, kW> sm;
+  Pair<T, kN, kW> t{p, sm};
   const int64_t Dg = p.dim / p.ngroups, bpg = (Dg + 31) / 32;
   t.tid = threadIdx.x, t.lane = threadIdx.x % 32, t.w = threadIdx.x / 32, t.vec = vec;
   const int64_t c = (blockIdx.x % bpg) * 32 + t.lane;
   t.b = blockIdx.y, t.g = blockIdx.x / bpg, t.L = p.seqlen;
   t.valid = c < Dg;
   t.d = t.g * Dg + (t.valid ? c : Dg - 1);  // idle lanes shadow the group's last channel, writing nothing
-  t.nlo = t.w * Pair<T, kN>::kS;
-  t.nhi = min(int64_t(t.nlo + Pair<T, kN>::kS), p.dstate);
+  t.nlo = t.w * Pair<T, kN, kW>::kS;
+  t.nhi = min(int64_t(t.nlo + Pair<T, kN, kW>::kS), p.dstate);
   t.Dd = has(p.D) ? ptr<float>(p.D)[t.d * p.D.stride[0]] : 0.f;
   t.bias = has(p.dt_bias) ? ptr<float>(p.dt_bias)[t.d * p.dt_bias.stride[0]] : 0.f;
   t.init_entries();
@@ -332,21 +337,38 @@ __global__ void __launch_bounds__(kThreads, 8) pair_bwd_kernel(SelectiveScanPara
     t.prepare(t0);
     __syncthreads();
     t.template half<1>(ch, t0, s, hfirst);
-    if (t.w == 0) t.template give<1>(s);
+    if (t.w != 1) t.template give<1>(s);
     __syncthreads();
     if (t.w == 1) t.template finish<1>(s, t0, dDp, dbp);
     t.template half<0>(ch, t0, s, hfirst);
-    if (t.w == 1) t.template give<0>(s);
+    if (t.w != 0) t.template give<0>(s);
     __syncthreads();
     if (t.w == 0) t.template finish<0>(s, t0, dDp, dbp);
   }
   t.write_params(dDp, dbp);
 }
 
-// Host: 32-bit steps of n through the start states and dB / dC (the kernel's pointer increments).
+// Host: 32-bit steps of n through the start states and dB / dC (the kernel's pointer increments);
+// the op layer's _thread_bwd asks the same of L, D and the initial state.
 inline bool takes(const SelectiveScanParams& p) {
   auto fits = [](const TensorArg& t, int dim) { return !t.present() || std::abs(t.stride[dim]) * 16 < (int64_t(1) << 31); };
   return fits(p.chunk_states, 3) && fits(p.initial_state, 2) && fits(p.dB, 2) && fits(p.dC, 2);
+}
+
+// Four warps per 32 channels when that grid still fits in one wave (4 blocks per SM): small grids get
+// twice the warps (session 5 round 2, H200: 1.50 ms against 1.83 at the mamba-130m shape, D 1536;
+// 2.98 against 2.24 at D 4096, where two warps fill the GPU). SSM_SCAN_BWD_WARPS=2 or 4 forces one
+// (read per call, so one process can time both).
+inline bool four_warps(int64_t blocks) {
+  const char* v = std::getenv("SSM_SCAN_BWD_WARPS");
+  if (v && (v[0] == '2' || v[0] == '4')) return v[0] == '4';
+  static const int sms = [] {
+    int dev = 0, n = 132;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
+    return n;
+  }();
+  return blocks <= 4 * int64_t(sms);
 }
 
 template <typename T>
@@ -358,9 +380,10 @@ void launch_bwd(const SelectiveScanParams& p, cudaStream_t stream) {
   const int64_t Dg = p.dim / p.ngroups;
   const dim3 grid(unsigned(p.ngroups * ((Dg + 31) / 32)), unsigned(p.batch));
   SSM_SCAN_THREAD_N_SWITCH(p.dstate, KN, [&] {
-    auto kernel = pair_bwd_kernel<T, KN>;
+    const bool four = four_warps(int64_t(grid.x) * grid.y);
+    auto kernel = four ? pair_bwd_kernel<T, KN, 4> : pair_bwd_kernel<T, KN, 2>;
     cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, int(cudaSharedmemCarveoutMaxShared));
-    kernel<<<grid, kThreads, 0, stream>>>(p, vec);
+    kernel<<<grid, four ? 128 : 64, 0, stream>>>(p, vec);
   });
 }
 
