@@ -1,6 +1,6 @@
 """Runs every CUDA kernel family once at small shapes, for compute-sanitizer (memcheck, racecheck):
 small Mamba-1 and Mamba-2 models (prefill, forward+backward, decode with the fused step kernels),
-then the ops the models do not reach (selective scan with N > 16 and f32, SSD in f32 with states)."""
+then the ops the models do not reach (selective scan with N > 16, f32 and aligned rows, SSD in f32 with states)."""
 import os
 import sys
 from pathlib import Path
@@ -27,11 +27,12 @@ for layer in ("Mamba1", "Mamba2"):
         model.generate(ids[:, :8], max_length=12)
         model.generate(ids[:1, :8], max_length=12)
     print(layer, "model done", flush=True)
-# selective scan: N 64 (the older kernels) and f32 N 16, with gradients
-for N, dt in ((64, torch.bfloat16), (16, torch.float32)):
-    u, d, z = (torch.randn(2, 96, 77, device=DEV, dtype=dt) for _ in range(3))
-    lv = [t.requires_grad_() for t in (u, d * 0.5, -torch.rand(96, N, device=DEV), torch.randn(2, 1, N, 77, device=DEV, dtype=dt),
-                                       torch.randn(2, 1, N, 77, device=DEV, dtype=dt), torch.randn(96, device=DEV), z)]
+# selective scan with gradients: N 64 (the older kernels), f32 N 16, and 16-byte aligned rows of L 200 (the
+# rows kernel, bf16 and f32; partial step groups and channel blocks)
+for N, dt, L in ((64, torch.bfloat16, 77), (16, torch.float32, 77), (16, torch.bfloat16, 200), (16, torch.float32, 200)):
+    u, d, z = (torch.randn(2, 96, L, device=DEV, dtype=dt) for _ in range(3))
+    lv = [t.requires_grad_() for t in (u, d * 0.5, -torch.rand(96, N, device=DEV), torch.randn(2, 1, N, L, device=DEV, dtype=dt),
+                                       torch.randn(2, 1, N, L, device=DEV, dtype=dt), torch.randn(96, device=DEV), z)]
     y = ops.selective_scan(*lv, None, True)
     y.sum().backward()
 # SSD f32 with initial and final states
