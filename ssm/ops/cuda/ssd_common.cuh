@@ -140,17 +140,6 @@ __device__ void issue_tile(T* dst, int ld, int width, const T* src, int64_t rs, 
     // then the step by kThreads in place
     const int per_row = width / kV, di = kThreads / per_row, dj = kThreads % per_row;
     int i = int(threadIdx.x) / per_row, j = int(threadIdx.x) % per_row;
-    if (dj == 0) {  // whole rows per step (the usual widths): the column is fixed, the pointers step
-      const bool col_ok = j * kV < cols;
-      const T* s = src + i * rs + j * kV;
-      T* d = dst + i * ld + j * kV;
-      const int64_t s_step = int64_t(di) * rs;
-      for (; i < kTile; i += di, s += s_step, d += di * ld) {
-        const bool ok = col_ok && i < rows;
-        cp_async16(d, ok ? s : src, ok);
-      }
-      return;
-    }
     while (i < kTile) {
       const bool ok = i < rows && j * kV < cols;
       cp_async16(dst + i * ld + j * kV, ok ? src + i * rs + j * kV : src, ok);
