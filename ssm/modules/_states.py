@@ -68,9 +68,10 @@ def cache_rows(states: tuple, batch_size: int, layer_idx) -> tuple:
 def decode_A(mixer) -> Tensor:
     """-exp(mixer.A_log) in float32 for forward and step(); without autograd it is kept until A_log
     changes (in-place updates bump its version, .to() moves its data), not recomputed per call. An
-    inference tensor (a model built under torch.inference_mode) has no version: computed per call."""
+    inference tensor (a model built under torch.inference_mode) has no version: computed per call, as
+    under torch.compile (which cannot trace is_inference; the graph computes it)."""
     A_log = mixer.A_log
-    if (torch.is_grad_enabled() and A_log.requires_grad) or A_log.is_inference():  # (no version counter)
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and A_log.requires_grad) or A_log.is_inference():
         return -torch.exp(A_log.float())
     key = (A_log.data_ptr(), A_log._version, A_log.dtype, A_log.device)
     cached = mixer.__dict__.get("_decode_A_cache")
