@@ -24,7 +24,7 @@ from ssm.modules.block import Block, add_norm
 from ssm.modules.mamba1 import Mamba1
 from ssm.modules.mamba2 import Mamba2
 from ssm.modules.mlp import GatedMLP
-from ssm.ops import cpu_matmul
+from ssm.ops import cpu_matmul, norm_gemv
 from ssm.ops.norm_gemv import CPU_MAX_BATCH, norm_linear, small_linear
 from ssm.utils import weights
 from ssm.utils.generation import GenerationMixin
@@ -34,6 +34,8 @@ CausalLMOutput = namedtuple("CausalLMOutput", ["logits"])
 _MIXERS = {"Mamba1": Mamba1, "Mamba2": Mamba2}
 # a CUDA decode step's final add + norm folded into lm_head (norm_gemv's add + norm prologue)
 FOLD_FINAL_NORM = True
+# a CPU prefill's logits of up to LOGIT_GROUPS * CPU_MAX_BATCH rows through the small-batch kernel
+LOGIT_GROUPS = 8
 
 
 def create_block(d_model, d_intermediate, ssm_cfg=None, attn_layer_idx=None, attn_cfg=None, norm_epsilon=1e-5,
@@ -116,8 +118,10 @@ class MixerModel(nn.Module):
         """input_ids (B, L) -> (hidden_states, residual) of the last block, before the final norm."""
         hidden_states = self.embedding(input_ids)
         residual = None
-        for layer in self.layers:
-            hidden_states, residual = layer(hidden_states, residual, inference_params=inference_params, **mixer_kwargs)
+        with cpu_matmul.buffers_for(input_ids):  # the layers' float32 product buffers, reused
+            for layer in self.layers:
+                hidden_states, residual = layer(hidden_states, residual, inference_params=inference_params,
+                                                **mixer_kwargs)
         return hidden_states, residual
 
 
@@ -182,10 +186,19 @@ class MambaLMHeadModel(nn.Module, GenerationMixin):
         return logits.unsqueeze(1)
 
     def _logits(self, hidden_states):
-        """lm_head of (B, L, d_model); a decode step's few rows through the small-batch kernel (CPU or CUDA)."""
-        if hidden_states.dim() != 3 or hidden_states.shape[0] * hidden_states.shape[1] > CPU_MAX_BATCH:
+        """lm_head of (B, L, d_model); a decode step's few rows through the small-batch kernel (CPU or
+        CUDA), and on the CPU a prefill's last tokens in groups of its batch (each group one read of
+        the weights; a half-precision product would first widen all 50k rows of them)."""
+        if hidden_states.dim() != 3:
             return cpu_matmul.module_linear(self.lm_head, hidden_states)
-        return small_linear(self.lm_head, hidden_states.flatten(0, 1)).unflatten(0, hidden_states.shape[:2])
+        rows = hidden_states.flatten(0, 1)
+        if rows.shape[0] <= CPU_MAX_BATCH:
+            return small_linear(self.lm_head, rows).unflatten(0, hidden_states.shape[:2])
+        if (rows.shape[0] > LOGIT_GROUPS * CPU_MAX_BATCH or type(self.lm_head) is not nn.Linear
+                or not norm_gemv._cpu_gemv_ok(rows[:1], self.lm_head.weight, self.lm_head.bias)):
+            return cpu_matmul.module_linear(self.lm_head, hidden_states)
+        groups = [small_linear(self.lm_head, group) for group in rows.split(CPU_MAX_BATCH)]
+        return torch.cat(groups).unflatten(0, hidden_states.shape[:2])
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name, device=None, dtype=None, process_group=None, **kwargs):

@@ -4,10 +4,18 @@ half-precision GEMM runs 5-10x slower than its float32 one (512 x 768 x 3072: 25
 32 ms through float32, on the 2-core AMD EPYC of benchmarks/results/cpu). Widened, the product has
 the same float32 accumulation and one rounding of the result, as torch's own half GEMM; autograd
 follows the casts (its gradients' products run in float32 too). Everything else is F.linear / @.
-WIDEN_HALF = False (SSM_CPU_HALF_MATMUL=native) keeps torch's half GEMM."""
+WIDEN_HALF = False (SSM_CPU_HALF_MATMUL=native) keeps torch's half GEMM.
+
+Inside :func:`reuse_buffers` (a model's forward), a product without autograd widens its operands
+and writes its float32 result into buffers kept until the scope ends, instead of fresh ones: a
+fresh buffer above glibc's 32 MiB mmap limit (in_proj's float32 output at 8 x 512 tokens: 50 MB)
+is mapped anew and zeroed by the kernel on every call (~10% of a bf16 prefill's CPU time)."""
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+import threading
 from typing import Optional
 
 import torch
@@ -30,18 +38,81 @@ def _widen(a: Tensor, b: Tensor) -> bool:
     return WIDEN_HALF and a.dtype in _HALF and b.dtype == a.dtype and a.device.type == "cpu"
 
 
+_SCOPE = threading.local()  # depth of reuse_buffers and its buffers: {role: flat float32 tensor}
+
+
+@contextlib.contextmanager
+def reuse_buffers():
+    """Products without autograd inside reuse one float32 buffer per role (operands, result) of
+    this thread, grown to the largest size asked; they are freed when the outermost scope ends."""
+    depth = getattr(_SCOPE, "depth", 0)
+    if depth == 0:
+        _SCOPE.buffers = {}
+    _SCOPE.depth = depth + 1
+    try:
+        yield
+    finally:
+        _SCOPE.depth = depth
+        if depth == 0:
+            _SCOPE.buffers = {}
+
+
+def buffers_for(t: Tensor):
+    """reuse_buffers() for a forward on the CPU (``t`` its input), a no-op scope elsewhere or when compiling."""
+    if t.device.type != "cpu" or torch.compiler.is_compiling():
+        return contextlib.nullcontext()
+    return reuse_buffers()
+
+
+def _buffer(role: str, shape) -> Tensor:
+    """A float32 tensor of ``shape`` viewing this scope's buffer for ``role``."""
+    n = math.prod(shape)
+    buf = _SCOPE.buffers.get(role)
+    if buf is None or buf.numel() < n:
+        buf = _SCOPE.buffers[role] = torch.empty(n, dtype=torch.float32)
+    return buf[:n].view(shape)
+
+
+def _reusing(*tensors: Optional[Tensor]) -> bool:
+    """Inside reuse_buffers, no autograd, not compiling: the buffers may be used."""
+    if not getattr(_SCOPE, "depth", 0) or torch.compiler.is_compiling():
+        return False
+    return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
+
+
+def _widened(role: str, t: Tensor) -> Tensor:
+    """t (2-D) widened into role's buffer, a transposed view kept transposed (no transposing copy)."""
+    if not t.is_contiguous() and t.t().is_contiguous():
+        return _buffer(role, t.t().shape).copy_(t.t()).t()
+    return _buffer(role, t.shape).copy_(t)
+
+
 def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """F.linear(x, weight, bias); half precision on the CPU through float32, rounded back."""
-    if _widen(x, weight):
+    if not _widen(x, weight):
+        return F.linear(x, weight, bias)
+    if weight.dim() != 2 or not _reusing(x, weight, bias):
         return F.linear(x.float(), weight.float(), None if bias is None else bias.float()).to(x.dtype)
-    return F.linear(x, weight, bias)
+    # x2 (M, K) float32; out (M, N) float32
+    x2 = _widened("a", x.reshape(-1, x.shape[-1]))
+    out = _buffer("out", (x2.shape[0], weight.shape[0]))
+    if bias is None:
+        torch.mm(x2, _widened("b", weight).t(), out=out)
+    else:
+        torch.addmm(bias.float(), x2, _widened("b", weight).t(), out=out)
+    return out.to(x.dtype).view(*x.shape[:-1], weight.shape[0])
 
 
 def matmul(a: Tensor, b: Tensor) -> Tensor:
     """a @ b; half precision on the CPU through float32, rounded back."""
-    if _widen(a, b):
+    if not _widen(a, b):
+        return a @ b
+    if a.dim() != 2 or b.dim() not in (2, 3) or not _reusing(a, b):
         return (a.float() @ b.float()).to(a.dtype)
-    return a @ b
+    # out (M, N) or (batch, M, N) float32
+    out = _buffer("out", (*b.shape[:-2], a.shape[0], b.shape[-1]))
+    wide = _widened("b", b) if b.dim() == 2 else _buffer("b", b.shape).copy_(b)
+    return torch.matmul(_widened("a", a), wide, out=out).to(a.dtype)
 
 
 def module_linear(layer: nn.Module, x: Tensor) -> Tensor:

@@ -112,9 +112,9 @@ def _project(xc, x_proj_w, dt_proj_w, A, B, C, B_proj_bias, C_proj_bias):
         # x_dbl (B, L, rank + 2N) = xc^T W^T per batch: the GEMM reads the transposed xc in place
         x_dbl = torch.bmm(xc.transpose(1, 2), x_proj_w.t().expand(batch, -1, -1)).view(batch * L, -1)
     else:
-        # CPU: a bf16 matmul of a transposed or column-sliced input takes torch's slow path (10x at
-        # 256 x 1536 x 80), so the conv output and x_dbl's dt columns are copied contiguous
-        x_dbl = cpu_matmul.linear(xc.transpose(1, 2).reshape(batch * L, dim).contiguous(), x_proj_w)
+        # CPU: x_dbl^T (B, rank + 2N, L) = W xc per batch reads the conv output in place (copying it
+        # transposed for x_dbl = xc^T W^T cost as much as the product); x_dbl, its transpose, is narrow
+        x_dbl = cpu_matmul.matmul(x_proj_w, xc).transpose(1, 2).reshape(batch * L, -1)
     delta = cpu_matmul.linear(_cpu_contiguous(x_dbl[:, :rank]), dt_proj_w).view(batch, L, dim).transpose(1, 2)
 
     def cols(c0, bias):

@@ -1,3 +1,4 @@
+import contextlib
 import dataclasses
 import json
 import math
@@ -170,6 +171,32 @@ def test_decode_with_final_norm_folded_into_lm_head(name, monkeypatch):
         unfolded = _decode_in_pieces(model, ids, [5] + [1] * 7)
     assert len(calls) == 7
     assert_close(folded, unfolded)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_prefill_last_token_logits_in_groups(dtype, monkeypatch):
+    """A CPU prefill's last tokens of 6 rows (> CPU_MAX_BATCH) go through the small-batch kernel in
+    groups: the logits of lm_head's own product (float64 check), the layers' products inside
+    reuse_buffers, the whole forward as with both off."""
+    model = small("mamba1").to(dtype).eval()
+    ids = torch.randint(0, 101, (6, 10))
+    groups, scopes = [], []
+    monkeypatch.setattr(lm_module, "small_linear", lambda lin, x, f=lm_module.small_linear: groups.append(len(x)) or f(lin, x))
+    buffers_for = lm_module.cpu_matmul.buffers_for
+    monkeypatch.setattr(lm_module.cpu_matmul, "buffers_for", lambda t: scopes.append(1) or buffers_for(t))
+    with torch.no_grad():
+        out = model(ids, num_last_tokens=1).logits
+        hidden = model.backbone(ids)[:, -1:]
+        kernel = lm_module.norm_gemv._cpu_gemv_ok(hidden[:1, 0], model.lm_head.weight, None)
+        assert groups == ([4, 2] if kernel else []) and len(scopes) == 2
+        ref = hidden.double() @ model.lm_head.weight.double().t()
+        assert out.dtype == dtype and out.shape == ref.shape
+        assert (out.double() - ref).abs().max() <= (2e-2 if dtype == torch.bfloat16 else 1e-4) * ref.abs().max()
+        monkeypatch.setattr(lm_module, "LOGIT_GROUPS", 0)
+        monkeypatch.setattr(lm_module.cpu_matmul, "buffers_for", lambda t: contextlib.nullcontext())
+        plain = model(ids, num_last_tokens=1).logits
+    assert len(groups) == (2 if kernel else 0)
+    assert_close(out, plain, 1e-2 if dtype == torch.bfloat16 else 2e-4)
 
 
 def test_unfused_add_norm_matches_fused():

@@ -40,3 +40,34 @@ def test_half_products_run_in_float32_unless_switched_off(monkeypatch):
     monkeypatch.setattr(cpu_matmul, "WIDEN_HALF", False)
     cpu_matmul.linear(x, w)
     assert seen == [torch.float32, torch.bfloat16]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reused_buffers_give_the_same_products(dtype, monkeypatch):
+    monkeypatch.setattr(cpu_matmul, "WIDEN_HALF", True)
+    x = rand(2, 37, 96, dtype=dtype, noncontig=True)
+    w = rand(53, 96, dtype=dtype, scale=96 ** -0.5)
+    b = rand(53, dtype=dtype)
+    u = rand(40, 96, dtype=dtype)
+    fresh = [cpu_matmul.linear(x, w, b), cpu_matmul.linear(x, w), cpu_matmul.matmul(w, u.t())]
+    with cpu_matmul.reuse_buffers():
+        with cpu_matmul.reuse_buffers():  # nested: the outer scope keeps the buffers
+            first = cpu_matmul.linear(x, w, b)
+        reused = [first, cpu_matmul.linear(x, w), cpu_matmul.matmul(w, u.t())]
+        assert cpu_matmul._SCOPE.buffers, "no buffer was reused"
+    assert not cpu_matmul._SCOPE.buffers  # freed with the outermost scope
+    # bit for bit the products outside the scope, and no result aliases a buffer (later calls left `first` alone)
+    for a, r in zip(fresh, reused):
+        assert r.dtype == dtype and r.shape == a.shape and torch.equal(a, r)
+    assert_close(first, x.double() @ w.double().t() + b.double(), dtype, "out")
+
+
+def test_reused_buffers_leave_autograd_alone(monkeypatch):
+    monkeypatch.setattr(cpu_matmul, "WIDEN_HALF", True)
+    x = rand(6, 16, dtype=torch.bfloat16).requires_grad_()
+    w = rand(5, 16, dtype=torch.bfloat16)
+    with cpu_matmul.reuse_buffers():
+        out = cpu_matmul.linear(x, w)
+        assert not cpu_matmul._SCOPE.buffers
+    out.sum().backward()
+    assert_close(x.grad, w.double().sum(0).expand(6, 16), torch.bfloat16, "dx")

@@ -4,6 +4,9 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#ifdef __AVX__
+#include <immintrin.h>
+#endif
 
 #ifndef SSM_ISA
 #error "CPU kernel sources are compiled once per instruction set with -DSSM_ISA=<name>"
@@ -21,8 +24,17 @@ typedef int32_t vi __attribute__((vector_size(kLanes * sizeof(int32_t))));
 inline vf splat(float x) { return vf{} + x; }
 inline vf vload(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
 inline void vstore(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+#ifdef __AVX__
+inline vf bcast(const float* p) { return (vf)_mm256_broadcast_ss(p); }
+// vmaxps / vminps give b where a is NaN, as the selects of the portable build (which GCC compiles
+// to a compare and a blend each)
+inline vf vmax(vf a, vf b) { return (vf)_mm256_max_ps((__m256)a, (__m256)b); }
+inline vf vmin(vf a, vf b) { return (vf)_mm256_min_ps((__m256)a, (__m256)b); }
+#else
+inline vf bcast(const float* p) { return splat(*p); }
 inline vf vmax(vf a, vf b) { return a > b ? a : b; }
 inline vf vmin(vf a, vf b) { return a < b ? a : b; }
+#endif
 inline float hsum(vf v) {
   float s = 0.f;
   for (int l = 0; l < kLanes; ++l) s += v[l];
