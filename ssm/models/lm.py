@@ -34,7 +34,7 @@ CausalLMOutput = namedtuple("CausalLMOutput", ["logits"])
 _MIXERS = {"Mamba1": Mamba1, "Mamba2": Mamba2}
 # a CUDA decode step's final add + norm folded into lm_head (norm_gemv's add + norm prologue)
 FOLD_FINAL_NORM = True
-# a CPU prefill's logits of up to LOGIT_GROUPS * CPU_MAX_BATCH rows through the small-batch kernel
+# a half-precision CPU prefill's logits of up to LOGIT_GROUPS * CPU_MAX_BATCH rows through the small-batch kernel
 LOGIT_GROUPS = 8
 
 
@@ -187,14 +187,15 @@ class MambaLMHeadModel(nn.Module, GenerationMixin):
 
     def _logits(self, hidden_states):
         """lm_head of (B, L, d_model); a decode step's few rows through the small-batch kernel (CPU or
-        CUDA), and on the CPU a prefill's last tokens in groups of its batch (each group one read of
-        the weights; a half-precision product would first widen all 50k rows of them)."""
+        CUDA), and a half-precision prefill's last tokens on the CPU in groups of its batch (each
+        group one read of the weights; the product would first widen all 50k rows of them)."""
         if hidden_states.dim() != 3:
             return cpu_matmul.module_linear(self.lm_head, hidden_states)
         rows = hidden_states.flatten(0, 1)
         if rows.shape[0] <= CPU_MAX_BATCH:
             return small_linear(self.lm_head, rows).unflatten(0, hidden_states.shape[:2])
         if (rows.shape[0] > LOGIT_GROUPS * CPU_MAX_BATCH or type(self.lm_head) is not nn.Linear
+                or not cpu_matmul.widens(rows, self.lm_head.weight)
                 or not norm_gemv._cpu_gemv_ok(rows[:1], self.lm_head.weight, self.lm_head.bias)):
             return cpu_matmul.module_linear(self.lm_head, hidden_states)
         groups = [small_linear(self.lm_head, group) for group in rows.split(CPU_MAX_BATCH)]

@@ -38,6 +38,11 @@ def _widen(a: Tensor, b: Tensor) -> bool:
     return WIDEN_HALF and a.dtype in _HALF and b.dtype == a.dtype and a.device.type == "cpu"
 
 
+def widens(a: Tensor, b: Tensor) -> bool:
+    """A product of a and b here goes through float32 (half precision on the CPU)."""
+    return _widen(a, b)
+
+
 _SCOPE = threading.local()  # depth of reuse_buffers and its buffers: {role: flat float32 tensor}
 
 
