@@ -54,15 +54,21 @@ def product_name(k: int, n: int) -> str:
 
 
 def instrument():
-    linear, matmul = cpu_matmul.linear, cpu_matmul.matmul
-    cpu_matmul.linear = lambda x, w, b=None: timed(product_name(w.shape[1], w.shape[0]), linear)(x, w, b)
-    cpu_matmul.matmul = lambda a, b: timed(product_name(a.shape[1], a.shape[0]), matmul)(a, b)
-    lm.MambaLMHeadModel._logits = timed("lm_head", lm.MambaLMHeadModel._logits)
-    ops.layer_norm_fn = timed("layer norms", ops.layer_norm_fn)
-    mamba_inner._conv_silu = timed("conv", mamba_inner._conv_silu)
-    mamba_inner._project = timed("projections", mamba_inner._project)
-    mamba_inner._scan = timed("scan", mamba_inner._scan)
-    mamba_inner._cpu_contiguous = timed("copies", mamba_inner._cpu_contiguous)
+    """Wrap the forward's parts in timers; returns the function that puts the originals back."""
+    def product(f, shape):  # the layer of a product from its weight's (N, K) shape
+        return lambda *a: timed(product_name(*shape(a)), f)(*a)
+    patches = [(cpu_matmul, "linear", lambda f: product(f, lambda a: (a[1].shape[1], a[1].shape[0]))),
+               (cpu_matmul, "matmul", lambda f: product(f, lambda a: (a[0].shape[1], a[0].shape[0]))),
+               (lm.MambaLMHeadModel, "_logits", lambda f: timed("lm_head", f)),
+               (ops, "layer_norm_fn", lambda f: timed("layer norms", f)),
+               (mamba_inner, "_conv_silu", lambda f: timed("conv", f)),
+               (mamba_inner, "_project", lambda f: timed("projections", f)),
+               (mamba_inner, "_scan", lambda f: timed("scan", f)),
+               (mamba_inner, "_cpu_contiguous", lambda f: timed("copies", f))]
+    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+    for owner, name, wrap in patches:
+        setattr(owner, name, wrap(getattr(owner, name)))
+    return lambda: [setattr(owner, name, f) for owner, name, f in originals]
 
 
 def table(totals: list, parts: list) -> list:
@@ -87,25 +93,33 @@ def main():
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="8 x 64 tokens, one forward")
     parser.add_argument("--root", default=str(ROOT), help="checkout whose ssm is timed")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    if args.quick:
+        args.seqlen, args.reps = 64, 1
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     print(f"ssm from {Path(ops.__file__).parents[1]}")
     model = make_ssm("mamba1").to(getattr(torch, args.dtype))
-    instrument()
+    restore = instrument()
     ids = torch.randint(0, VOCAB, (args.batch, args.seqlen))
     totals, parts = [], []
     load = [os.getloadavg()]
-    with torch.no_grad():
-        model(ids[:, :16], num_last_tokens=1)  # warm-up
-        for rep in range(args.reps):
-            TIMES.clear()
-            t0 = time.thread_time()
-            model(ids, num_last_tokens=1)
-            totals.append(time.thread_time() - t0)
-            parts.append(dict(TIMES))
-            print(f"rep {rep}: {totals[-1]:.3f} CPU s", flush=True)
+    try:
+        with torch.no_grad():
+            model(ids[:, :16], num_last_tokens=1)  # warm-up
+            for rep in range(args.reps):
+                TIMES.clear()
+                t0 = time.thread_time()
+                model(ids, num_last_tokens=1)
+                totals.append(time.thread_time() - t0)
+                parts.append(dict(TIMES))
+                print(f"rep {rep}: {totals[-1]:.3f} CPU s", flush=True)
+    finally:
+        restore()
+        torch.set_num_threads(threads)
     load.append(os.getloadavg())
     rows = table(totals, parts)
     for r in rows:
