@@ -134,10 +134,10 @@ class PlanCache:
     With torch's C++ tensor guard a lookup is a small key (SSM_BACKEND, the flags, each argument's
     type, so which tensors are absent) and one guard check over the present tensors per plan kept
     under it (~1 us for nine tensors, where building and hashing the Python metadata key costs
-    ~5 us); the guard is
-    at least as strict as that key. Without it, the Python key. At most MAX_PER_KEY plans a small
-    key (the last used first), so a lookup stays short when shapes keep changing. The guard never
-    matches a call that passes one tensor twice (its aliasing check): such calls take the checked path."""
+    ~5 us); the guard is at least as strict as that key. Without it, the Python key. At most
+    MAX_PER_KEY plans a small key (the last used first), so a lookup stays short when shapes keep
+    changing. The guard never matches a call that passes one tensor twice (its aliasing check):
+    such calls take the checked path."""
 
     MAX_PER_KEY = 8
 
