@@ -2,9 +2,9 @@
 // a few rows this is a read of the weights: each thread's rows stream once as kStreams far-apart
 // sequential streams (rows m, m + q, m + 2q, m + 3q of its q * kStreams rows dotted in one loop),
 // each dotted with every batch row (float32, 2 accumulators per row so the adds overlap). One core
-// reads several distant streams faster than one (2-core EPYC, float32, 24 in_proj-shaped 3072 x 768
-// matrices: 23.9 GB/s against 16.6 for rows one at a time; 768 x 1536: 21.7 against 17.7 for blocks
-// of 4 adjacent rows, 13.3 one at a time). bfloat16 / float16 weights widen to float32 in registers.
+// reads several distant streams faster than one (benchmarks/read_streams_probe.cpp, 2-core EPYC,
+// float32: 24 in_proj-shaped 3072 x 768 matrices 22.6 GB/s against 11.7 for rows one at a time; 768 x
+// 1536: 21.5 against 16.5 in blocks of 4 adjacent rows). bfloat16 / float16 weights widen to float32.
 #include <algorithm>
 #include <type_traits>
 #include <vector>
