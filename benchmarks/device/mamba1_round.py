@@ -1,0 +1,130 @@
+"""Device round of engineer mamba1 (issue 6: Mamba-1 prefill and training end to end).
+
+In one process, without NaN poisoning: for mamba-130m (prefill 8x2048 and the training step) and
+mamba-1.4b (prefill) the event time of the fused path with the transposed projections (rows layout,
+mamba_inner.ROWS_DEVICES = ("cuda",)) and with the channels-last ones of session 5 (ROWS_DEVICES = ()),
+the rows layout timed again after (noise), and one profiled call of each rows-layout workload (kernel
+table: does fwd_rows_kernel run, which copies are left). Then, while the budget lasts, the error
+distribution over seeds of test_mamba_inner's bf16 gradient case (error / bound per gradient; the
+dconv1d_bias flake) in both layouts.
+
+Usage: python benchmarks/device/mamba1_round.py OUT_DIR [--budget SECONDS] [--seeds N]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks" / "device"))
+from e2e_profile import DEV, START, VOCAB, event_ms, make_model, prefill_fn, profile, train_fn  # noqa: E402
+from ssm.ops import _kernels, mamba_inner  # noqa: E402
+
+LAYOUTS = (("rows", ("cuda",)), ("channels-last", ()))
+
+
+def timed(label, fn, reps, rows, out, name, work):
+    ms = event_ms(fn, reps)
+    rows.append(dict(model=name, work=work, layout=label, event_ms=ms))
+    print(f"{name:11s} {work:8s} {label:14s} event {ms:8.2f} ms", flush=True)
+    return ms
+
+
+def run_model(name, out: Path, rows: list, budget: float):
+    model = make_model(name)
+    torch.manual_seed(1)
+    ids = torch.randint(0, VOCAB, (8, 2049), device=DEV)
+    small = name.endswith("130m")
+    works = [("prefill", prefill_fn(model, ids[:, :-1]), 5 if small else 3)]
+    if small:
+        works.append(("train", train_fn(model, ids), 3))
+    for work, fn, reps in works:
+        if time.perf_counter() - START > budget:
+            break
+        model.train(work == "train")
+        for label, devices in LAYOUTS + LAYOUTS[:1]:
+            mamba_inner.ROWS_DEVICES = devices
+            timed(label, fn, reps, rows, out, name, work)
+        mamba_inner.ROWS_DEVICES = LAYOUTS[0][1]
+        prof = profile(fn, out / f"kernels_{name}_{work}_rows.txt")
+        rows.append(dict(model=name, work=work, layout="rows", profile=prof))
+        cats = ", ".join(f"{k} {v:.2f}" for k, v in sorted(prof["categories"].items(), key=lambda x: -x[1]))
+        print(f"    profiled: kernels {prof['kernels_ms']:.2f} ms ({prof['launches']} launches) | {cats}", flush=True)
+        for ms, n, kname in prof["top"][:5]:
+            print(f"      {ms:8.3f} ms {n:5d}x  {kname[:110]}", flush=True)
+        model.zero_grad(set_to_none=True)
+    del model
+    torch.cuda.empty_cache()
+
+
+def sweep(seeds: int, budget: float, rows: list):
+    """err / bound (bound = 2 x the bf16 reference's error + 1e-3, as test_mamba_inner checks) per
+    gradient over seeds, at the test's shape (L 13) and the model layout (N 16, L 80), both layouts
+    (interleaved: each combination gets the same seeds when the budget cuts the sweep)."""
+    from tests.ops.harness import rel_err
+    from tests.ops.test_mamba_inner import make_inner, model_layout, run_both
+    shapes = (("L13", (2, 6, 13, 4, 3, 4), False), ("model", (2, 64, 80, 16, 4, 4), True))
+    ratios = defaultdict(lambda: defaultdict(list))
+    for seed in range(seeds):
+        if time.perf_counter() - START > budget:
+            break
+        for label, devices in LAYOUTS:
+            mamba_inner.ROWS_DEVICES = devices
+            for tag, shape, as_model in shapes:
+                torch.manual_seed(seed)
+                inp = make_inner(*shape, DEV, torch.bfloat16)
+                inp = model_layout(inp, shape[0], shape[1], shape[2]) if as_model else inp
+                got, want, lowp = run_both("cuda", inp, torch.bfloat16, checkpoint_lvl=1)
+                pairs = [("out", got[0], want[0], lowp[0])] + [(k, got[1][k], want[1][k], lowp[1][k])
+                                                              for k in want[1]]
+                for k, g, w, lp in pairs:
+                    ratios[(tag, label)][k].append(rel_err(g, w) / (2 * rel_err(lp, w) + 1e-3))
+    mamba_inner.ROWS_DEVICES = LAYOUTS[0][1]
+    for (tag, label), per_grad in ratios.items():
+        worst = sorted(((max(v), statistics.median(v), sum(r > 1 for r in v), k) for k, v in per_grad.items()),
+                       reverse=True)[:4]
+        n = len(per_grad["out"])
+        rows.append(dict(sweep=tag, layout=label, seeds=n, ratios={k: v for k, v in per_grad.items()}))
+        print(f"sweep {tag:5s} {label:14s} {n} seeds, err/bound (max, median, >1): "
+              + "; ".join(f"{k} {mx:.2f} {md:.2f} {c}" for mx, md, c, k in worst), flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--budget", type=float, default=30.0, help="seconds after which no new work starts")
+    ap.add_argument("--seeds", type=int, default=30)
+    args = ap.parse_args()
+    _kernels.POISON_OUTPUTS = False
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list = []
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
+    for name in ("mamba-130m", "mamba-1.4b"):
+        if time.perf_counter() - START > args.budget:
+            print(f"{name}: skipped (budget)")
+            continue
+        try:
+            run_model(name, out, rows, args.budget)
+        except Exception as e:  # reported; the rest still runs
+            print(f"{name}: FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
+            rows.append(dict(model=name, error=f"{type(e).__name__}: {e}"))
+        (out / "mamba1_round.json").write_text(json.dumps(dict(device=torch.cuda.get_device_name(), rows=rows)))
+    try:
+        sweep(args.seeds, args.budget + 6, rows)
+    except Exception as e:
+        print(f"sweep: FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
+    (out / "mamba1_round.json").write_text(json.dumps(dict(device=torch.cuda.get_device_name(), rows=rows)))
+    print(f"done in {time.perf_counter() - START:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
