@@ -28,6 +28,7 @@ from ssm.ops.selective_scan import selective_scan
 # the scan's implementations, called directly inside the fused op: they keep the layouts their
 # inputs come in (channels-last delta gives a channels-last y), which the custom ops would not
 _scan_impl = importlib.import_module("ssm.ops.selective_scan")
+_conv_impl = importlib.import_module("ssm.ops.conv")
 
 # Switch: the devices whose fused path computes the projections transposed (L-contiguous scan rows);
 # () keeps every device on the channels-last projections of session 5 (A/B timing in one process).
@@ -313,30 +314,40 @@ def _fused_bwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, 
         y, chunk_states = _scan(xc, delta, A, Bs, Cs, D, z, delta_bias, softplus, True)
     dy, d_out_w, d_out_b = (_out_proj_grads_rows if rows else _out_proj_grads)(dout, y, out_proj_w,
                                                                                out_proj_b is not None)
+    dxz = _grad_like(xz)
+    # rows devices: the scan and conv kernels write dz and dx straight into d xz's halves
+    dx_buf, dz_buf = (dxz[:, :dim], dxz[:, dim:]) if rows else (None, None)
     du, ddelta, dA, dB, dC, dD, dz, d_delta_bias, _ = _scan_impl._bwd_impl(
-        xc, delta, A, Bs, Cs, D, z, delta_bias, None, None, None, dy, xz.new_empty(0), softplus, False, chunk_states)
+        xc, delta, A, Bs, Cs, D, z, delta_bias, None, None, None, dy, xz.new_empty(0), softplus, False, chunk_states,
+        dz_buf)
     d_dt_w, d_x_proj_w, dxc, dBc, dCc = (_proj_grads_rows if rows else _proj_grads)(
         ddelta, dB, dC, xc, du, x_dbl, x_proj_w, dt_proj_w, A.shape[1], B is not None, C is not None)
-    dx, d_conv_w, d_conv_b, _ = torch.ops.ssm.dw_causal_conv_bwd(x, conv_w, conv_b, None, None, dxc,
-                                                                 xz.new_empty(0), True, False)
+    dx, d_conv_w, d_conv_b, _ = _conv_impl._bwd_impl(x, conv_w, conv_b, None, None, dxc, xz.new_empty(0), True,
+                                                     False, dx_buf)
     grads = (d_conv_w, d_conv_b, d_x_proj_w, d_dt_w, d_out_w, d_out_b, dA,
              dB if B is not None else None, dC if C is not None else None, dD, d_delta_bias,
              None if B_proj_bias is None else _proj_bias_grad(dBc),
              None if C_proj_bias is None else _proj_bias_grad(dCc))
-    return (_like_xz(xz, dx, dz), *(_library.empty_if_none(g, xz).contiguous() for g in grads))
+    return (_into_halves(dxz, dx, dz), *(_library.empty_if_none(g, xz).contiguous() for g in grads))
 
 
-def _like_xz(xz: Tensor, dx: Tensor, dz: Tensor) -> Tensor:
-    """d xz = [dx, dz] in xz's own strides (empty_like keeps a dense layout): the model's xz is a
-    view of in_proj's (2D, B*L) output, whose backward then reads it without another copy."""
+def _grad_like(xz: Tensor) -> Tensor:
+    """A d xz buffer in xz's own strides (empty_like keeps a dense layout; NaN-poisoned in tests): the
+    model's xz is a view of in_proj's (2D, B*L) output, whose backward then reads it without a copy."""
     dxz = torch.empty_like(xz)
+    return dxz.fill_(float("nan")) if _kernels.POISON_OUTPUTS else dxz
+
+
+def _into_halves(dxz: Tensor, dx: Tensor, dz: Tensor) -> Tensor:
+    """d xz = [dx, dz]: halves the kernels did not write in place are copied in."""
     dim = dx.shape[1]
-    dxz[:, :dim].copy_(dx)
-    dxz[:, dim:].copy_(dz)
+    for half, g in ((dxz[:, :dim], dx), (dxz[:, dim:], dz)):
+        if g.data_ptr() != half.data_ptr() or g.stride() != half.stride():
+            half.copy_(g)
     return dxz
 
 
-# exact_layout: d xz comes in xz's strides (see _like_xz; the fake gives the same), the rest contiguous
+# exact_layout: d xz comes in xz's strides (see _grad_like; the fake gives the same), the rest contiguous
 @_library.custom_op("ssm::mamba_inner_bwd", mutates_args=(), exact_layout=True)
 def _bwd_op(xz: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], x_proj_w: Tensor, dt_proj_w: Tensor,
             out_proj_w: Tensor, out_proj_b: Optional[Tensor], A: Tensor, B: Optional[Tensor], C: Optional[Tensor],

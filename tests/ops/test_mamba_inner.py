@@ -139,6 +139,27 @@ def test_rows_layout_on_cpu(rows_on_cpu, variant, checkpoint_lvl):
     check_all(*run_both("cpu", inp, torch.float32, checkpoint_lvl=checkpoint_lvl), torch.float32)
 
 
+def test_rows_layout_backward_copies_nothing(rows_on_cpu):
+    """The rows-layout backward writes dx and dz into d xz's halves (in xz's strides) and computes
+    dxc in place: no (B, D, L)-sized copy_ besides y^T for d out_proj_w (a clone, not a copy_)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    batch, D, L = 2, 6, 16
+    inp = {k: v.requires_grad_() for k, v in model_layout(make_inner(batch, D, L, 4, 3, 4, "cpu"),
+                                                          batch, D, L).items()}
+    out = ops.mamba_inner_fn(**inp)
+    copies = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten.copy_.default, torch.ops.aten.add.Tensor) and args[0].numel() >= batch * D * L:
+                copies.append((str(func), tuple(args[0].shape)))
+            return func(*args, **(kwargs or {}))
+    with Record():
+        out.backward(torch.randn_like(out))
+    assert copies == [], copies
+    assert inp["xz"].grad.stride() == inp["xz"].stride()
+
+
 @pytest.mark.parametrize("checkpoint_lvl", [0, 1])
 def test_rows_layout_on_cpu_bf16(rows_on_cpu, checkpoint_lvl):
     inp = model_layout(make_inner(2, 8, 24, 16, 4, 4, "cpu", torch.bfloat16), 2, 8, 24)
