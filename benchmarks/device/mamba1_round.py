@@ -38,6 +38,34 @@ def timed(label, fn, reps, rows, out, name, work):
     return ms
 
 
+def copy_origins(fn, path: Path, top: int = 10) -> list:
+    """Where the copies / casts / cats / fills of one call come from: (count, op, shape, dtype, the
+    innermost ssm frames (C++ autograd nodes: the caller's)) for tensors of >= 1M elements; the whole
+    table into path. A dispatch mode sees the backward's ops too (the engine carries it over)."""
+    import traceback
+    from torch.utils._python_dispatch import TorchDispatchMode
+    watch = ("copy", "clone", "cat", "fill", "zero", "contiguous")
+    counts: dict = defaultdict(int)
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            name = func.__name__
+            t = out if isinstance(out, torch.Tensor) else args[0] if args and isinstance(args[0], torch.Tensor) else None
+            if t is not None and t.numel() >= 1 << 20 and any(w in name for w in watch):
+                frames = [f for f in traceback.extract_stack()[:-1] if "/ssm/" in f.filename]
+                where = " <- ".join(f"{f.filename.split('/ssm/')[-1]}:{f.lineno}" for f in reversed(frames[-2:]))
+                counts[(name, str(tuple(t.shape)), str(t.dtype).replace("torch.", ""), where or "-")] += 1
+            return out
+    torch.cuda.synchronize()
+    with Record():
+        fn()
+    torch.cuda.synchronize()
+    table = sorted(((n, *k) for k, n in counts.items()), reverse=True)
+    path.write_text("".join(f"{n:5d}  {op:16s} {shape:22s} {dt:9s} {where}\n" for n, op, shape, dt, where in table))
+    return table[:top]
+
+
 def run_model(name, out: Path, rows: list, budget: float):
     model = make_model(name)
     torch.manual_seed(1)
@@ -60,6 +88,11 @@ def run_model(name, out: Path, rows: list, budget: float):
         print(f"    profiled: kernels {prof['kernels_ms']:.2f} ms ({prof['launches']} launches) | {cats}", flush=True)
         for ms, n, kname in prof["top"][:5]:
             print(f"      {ms:8.3f} ms {n:5d}x  {kname[:110]}", flush=True)
+        if work == "train" and time.perf_counter() - START < budget:
+            origins = copy_origins(fn, out / f"copies_{name}_{work}_rows.txt")
+            rows.append(dict(model=name, work=work, copies=origins))
+            for n, op, shape, dt, where in origins[:8]:
+                print(f"    copy {n:4d}x {op:14s} {shape:20s} {dt:8s} {where[:100]}", flush=True)
         model.zero_grad(set_to_none=True)
     del model
     torch.cuda.empty_cache()
