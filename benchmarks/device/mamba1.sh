@@ -15,7 +15,7 @@ timeout -k 2 -s INT 17 $PY -m pytest -q -p no:cacheprovider -rf -k "cuda and not
 summary "tests (mamba_inner, consistency)" $? "$OUT/pytest.log"
 T=$((48 - SECONDS)); [ "$T" -gt 31 ] && T=31
 # the budget counts from the script's imports (~10 s): no new model or sweep seed starts past it
-timeout -k 2 $T $PY benchmarks/device/mamba1_round.py "$OUT" --budget $((T - 9)) > "$OUT/round.log" 2> "$OUT/round.err"
+timeout -k 2 $T $PY benchmarks/device/mamba1_round.py "$OUT" --budget $((T - 12)) > "$OUT/round.log" 2> "$OUT/round.err"
 echo "round rc=$? at ${SECONDS}s"
 cut -c1-200 "$OUT/round.log"
 grep -vE "Warn|warn" "$OUT/round.err" | tail -3 | cut -c1-200

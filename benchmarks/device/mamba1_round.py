@@ -152,7 +152,7 @@ def main():
             rows.append(dict(model=name, error=f"{type(e).__name__}: {e}"))
         (out / "mamba1_round.json").write_text(json.dumps(dict(device=torch.cuda.get_device_name(), rows=rows)))
     try:
-        sweep(args.seeds, args.budget + 6, rows)
+        sweep(args.seeds, args.budget + 1, rows)
     except Exception as e:
         print(f"sweep: FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
     (out / "mamba1_round.json").write_text(json.dumps(dict(device=torch.cuda.get_device_name(), rows=rows)))
