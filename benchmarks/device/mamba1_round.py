@@ -98,6 +98,26 @@ def run_model(name, out: Path, rows: list, budget: float):
     torch.cuda.empty_cache()
 
 
+def dw_probe(rows: list):
+    """d out_proj_w at the 130m shape three ways: y^T copied + one GEMM (this branch), per-batch bf16
+    products summed in float32, and (if this torch has it on CUDA) per-batch float32 products
+    (torch.bmm out_dtype): time and error against a float64 product."""
+    dout = torch.randn(8, 2048, 768, device=DEV, dtype=torch.bfloat16)
+    y = torch.randn(8, 1536, 2048, device=DEV, dtype=torch.bfloat16)
+    want = torch.einsum("blo,bdl->od", dout.double(), y.double())
+    ways = {"copy+mm": lambda: dout.reshape(-1, 768).t() @ y.transpose(1, 2).reshape(-1, 1536),
+            "bmm bf16+sum": lambda: torch.bmm(dout.transpose(1, 2), y.transpose(1, 2)).sum(0, dtype=torch.float32),
+            "bmm f32+sum": lambda: torch.bmm(dout.transpose(1, 2), y.transpose(1, 2), out_dtype=torch.float32).sum(0)}
+    for label, fn in ways.items():
+        try:
+            ms = event_ms(fn, 10, 2)
+            err = ((fn().double() - want).norm() / want.norm()).item()
+            rows.append(dict(probe="d out_proj_w", way=label, ms=ms, rel_err=err))
+            print(f"probe dW {label:13s} {ms * 1e3:7.1f} us  rel err {err:.2e}", flush=True)
+        except Exception as e:  # out_dtype may be missing
+            print(f"probe dW {label:13s} FAILED {type(e).__name__}: {str(e)[:120]}", flush=True)
+
+
 def sweep(seeds: int, budget: float, rows: list):
     """err / bound (bound = 2 x the bf16 reference's error + 1e-3, as test_mamba_inner checks) per
     gradient over seeds, at the test's shape (L 13) and the model layout (N 16, L 80), both layouts
@@ -152,6 +172,7 @@ def main():
             rows.append(dict(model=name, error=f"{type(e).__name__}: {e}"))
         (out / "mamba1_round.json").write_text(json.dumps(dict(device=torch.cuda.get_device_name(), rows=rows)))
     try:
+        dw_probe(rows)
         sweep(args.seeds, args.budget + 1, rows)
     except Exception as e:
         print(f"sweep: FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
