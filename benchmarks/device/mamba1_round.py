@@ -111,7 +111,7 @@ def dw_probe(rows: list):
     for label, fn in ways.items():
         try:
             ms = event_ms(fn, 10, 2)
-            err = ((fn().double() - want).norm() / want.norm()).item()
+            err = ((fn().to(torch.bfloat16).double() - want).norm() / want.norm()).item()
             rows.append(dict(probe="d out_proj_w", way=label, ms=ms, rel_err=err))
             print(f"probe dW {label:13s} {ms * 1e3:7.1f} us  rel err {err:.2e}", flush=True)
         except Exception as e:  # out_dtype may be missing
