@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Device round of engineer mamba1 (issue 6: Mamba-1 prefill / training end to end): the CUDA tests of
-# the fused Mamba-1 path first, then benchmarks/device/mamba1_round.py (rows vs channels-last
-# projections timed in one process, kernel tables, the bf16 gradient error over seeds). <= 50 s.
+# the fused Mamba-1 path first, then benchmarks/device/mamba1_round.py (prefill / train timed in one
+# process, kernel tables, where the copies come from, the bf16 gradient error over seeds). <= 50 s.
 # Usage: benchmarks/device/mamba1.sh OUT_DIR
 set -uo pipefail
 OUT=${1:-mamba1_out}

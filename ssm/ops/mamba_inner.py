@@ -30,8 +30,9 @@ from ssm.ops.selective_scan import selective_scan
 _scan_impl = importlib.import_module("ssm.ops.selective_scan")
 _conv_impl = importlib.import_module("ssm.ops.conv")
 
-# Switch: the devices whose fused path computes the projections transposed (L-contiguous scan rows);
-# () keeps every device on the channels-last projections of session 5 (A/B timing in one process).
+# The devices whose fused path computes the projections transposed (L-contiguous scan rows; session 6,
+# H200: mamba-130m prefill 8x2048 24.6 -> 15.0 ms, train step 113.8 -> 95.8 ms). The others (the CPU,
+# its kernels and bf16 GEMM workarounds) keep them channels-last; the tests force the rows form there too.
 ROWS_DEVICES = ("cuda",)
 
 
@@ -122,14 +123,10 @@ def _project(xc, x_proj_w, dt_proj_w, A, B, C, B_proj_bias, C_proj_bias):
     (B*L, D)); B, C (B, 1, N, L) views of x_dbl's columns (+ bias) unless given."""
     batch, dim, L = xc.shape
     rank, N = dt_proj_w.shape[1], A.shape[1]
-    if xc.is_cuda:
-        # x_dbl (B, L, rank + 2N) = xc^T W^T per batch: the GEMM reads the transposed xc in place
-        x_dbl = torch.bmm(xc.transpose(1, 2), x_proj_w.t().expand(batch, -1, -1)).view(batch * L, -1)
-    else:
-        # CPU: a bf16 matmul of a transposed or column-sliced input takes torch's slow path (10x at
-        # 256 x 1536 x 80), so the conv output and x_dbl's dt columns are copied contiguous
-        x_dbl = cpu_matmul.linear(xc.transpose(1, 2).reshape(batch * L, dim).contiguous(), x_proj_w)
-    delta = cpu_matmul.linear(_cpu_contiguous(x_dbl[:, :rank]), dt_proj_w).view(batch, L, dim).transpose(1, 2)
+    # CPU: a bf16 matmul of a transposed or column-sliced input takes torch's slow path (10x at
+    # 256 x 1536 x 80), so the conv output and x_dbl's dt columns are copied contiguous
+    x_dbl = cpu_matmul.linear(xc.transpose(1, 2).reshape(batch * L, dim).contiguous(), x_proj_w)
+    delta = cpu_matmul.linear(x_dbl[:, :rank].contiguous(), dt_proj_w).view(batch, L, dim).transpose(1, 2)
 
     def cols(c0, bias):
         t = x_dbl[:, c0:c0 + N] if bias is None else x_dbl[:, c0:c0 + N] + bias.to(x_dbl.dtype)
@@ -138,11 +135,6 @@ def _project(xc, x_proj_w, dt_proj_w, A, B, C, B_proj_bias, C_proj_bias):
     B = cols(rank, B_proj_bias) if B is None else B
     C = cols(x_dbl.shape[1] - N, C_proj_bias) if C is None else C
     return x_dbl, delta, B, C
-
-
-def _cpu_contiguous(t: Tensor) -> Tensor:
-    """t itself on the GPU (cuBLAS reads strided operands in place); a contiguous copy on the CPU."""
-    return t if t.is_cuda else t.contiguous()
 
 
 def _project_rows(xc, x_proj_w, dt_proj_w, A, B, C, B_proj_bias, C_proj_bias):
@@ -167,13 +159,13 @@ def _out_proj(y: Tensor, out_proj_w: Tensor, out_proj_b: Optional[Tensor]) -> Te
     """out (B, L, O) from the scan output y (B, D, L): channels-last y (the CPU path) as y^T rows,
     L-contiguous y read transposed in place by one batched GEMM."""
     if not _rows(y):
-        return cpu_matmul.linear(_cpu_contiguous(y.transpose(1, 2)), out_proj_w, out_proj_b)
+        return cpu_matmul.linear(y.transpose(1, 2).contiguous(), out_proj_w, out_proj_b)
     out = torch.bmm(y.transpose(1, 2), out_proj_w.t().expand(y.shape[0], -1, -1))
     return out if out_proj_b is None else out.add_(out_proj_b.to(out.dtype))
 
 
 def _scan(xc, delta, A, B, C, D, z, delta_bias, softplus, checkpoints=False):
-    # -> y (B, D, L) gated by silu(z), channels-last like delta; the backward's checkpoints or None
+    # -> y (B, D, L) gated by silu(z), in delta's layout; the backward's checkpoints or None
     y, _, chunk_states = _scan_impl._fwd_run(xc, delta, A, B, C, D, z, delta_bias, None, None, None, softplus,
                                              False, checkpoints)
     return y, chunk_states
@@ -302,10 +294,8 @@ def _proj_grads(ddelta, dB, dC, xc, du, x_dbl, x_proj_w, dt_proj_w, N, B_given, 
     dx_dbl = dx_dbl.view(batch, L, -1)
     acc = torch.float64 if xc.dtype == torch.float64 else torch.float32
     d_x_w = torch.bmm(xc, dx_dbl).sum(0, dtype=acc).t().to(xc.dtype)
-    if xc.is_cuda:
-        dxc = torch.baddbmm(du, x_proj_w.t().expand(batch, -1, -1), dx_dbl.transpose(1, 2))
-    else:  # CPU: torch's bf16 baddbmm of transposed operands loses precision; a plain matmul does not
-        dxc = du + cpu_matmul.matmul(dx_dbl.view(batch * L, -1), x_proj_w).view(batch, L, dim).transpose(1, 2)
+    # (torch's CPU bf16 baddbmm of transposed operands loses precision; a plain matmul does not)
+    dxc = du + cpu_matmul.matmul(dx_dbl.view(batch * L, -1), x_proj_w).view(batch, L, dim).transpose(1, 2)
     return d_dt_w, d_x_w, dxc, dBc, dCc
 
 
