@@ -100,15 +100,16 @@ def _bwd_reference(x, weight, bias, seq_idx, initial_states, dy, dfinal, silu, r
                  else _library.empty_if_none(g, x) for g in grads)
 
 
-def _bwd_impl(x, weight, bias, seq_idx, initial_states, dy, dfinal, silu, return_final_states):
-    # x, dy (B, D, L); dfinal (B, D, W-1) -> dx, dweight (D, W) float32, dbias, dinitial_states
+def _bwd_impl(x, weight, bias, seq_idx, initial_states, dy, dfinal, silu, return_final_states, dx_out=None):
+    # x, dy (B, D, L); dfinal (B, D, W-1) -> dx, dweight (D, W) float32, dbias, dinitial_states;
+    # dx_out: a (B, D, L) buffer the kernels write dx into (the reference path returns its own)
     backend = dispatch.select_backend("dw_causal_conv_bwd", x.device,
                                       lambda b: _kernels.kernel_reason(b, "dw_causal_conv_bwd", x, dy))
     if backend == "reference":
         return _bwd_reference(x, weight, bias, seq_idx, initial_states, dy, dfinal, silu, return_final_states)
     B, D, L = x.shape
     W = weight.shape[1]
-    dx = _like_x(x)
+    dx = _like_x(x) if dx_out is None else dx_out
     dw = _kernels.empty((D, W), weight)
     db = None if bias is None else _kernels.empty((D,), bias)
     dinit = None if initial_states is None else _kernels.empty((B, D, W - 1), x)

@@ -6,7 +6,12 @@ backend they pick) and torch matmuls; autograd saves only the inputs (checkpoint
 backward recomputes the conv output, x_proj, dt and the scan output before calling the ops'
 backward kernels; checkpoint_lvl 0 keeps the conv and scan outputs and the scan's chunk-start
 states (CUDA), so that the backward runs no forward scan. The composition of the public ops
-remains for the RMS-normed B/C/dt variant and as the reference (:func:`mamba_inner_ref`)."""
+remains for the RMS-normed B/C/dt variant and as the reference (:func:`mamba_inner_ref`).
+
+On the devices of ROWS_DEVICES (CUDA) the projections run transposed, as mamba_ssm's do: x_dbl^T
+(B, rank + 2N, L) = x_proj_w @ xc and delta = dt_proj_w @ x_dbl^T[:, :rank] per batch, so that u,
+delta, z, y and B/C (B, 1, N, L) reach the scan as L-contiguous rows (its rows kernels); out_proj
+reads y (B, D, L) transposed in place. Elsewhere (the CPU) the projections stay channels-last."""
 from __future__ import annotations
 
 import importlib
@@ -23,6 +28,16 @@ from ssm.ops.selective_scan import selective_scan
 # the scan's implementations, called directly inside the fused op: they keep the layouts their
 # inputs come in (channels-last delta gives a channels-last y), which the custom ops would not
 _scan_impl = importlib.import_module("ssm.ops.selective_scan")
+_conv_impl = importlib.import_module("ssm.ops.conv")
+
+# The devices whose fused path computes the projections transposed (L-contiguous scan rows; session 6,
+# H200: mamba-130m prefill 8x2048 24.6 -> 15.0 ms, train step 113.8 -> 95.8 ms). The others (the CPU,
+# its kernels and bf16 GEMM workarounds) keep them channels-last; the tests force the rows form there too.
+ROWS_DEVICES = ("cuda",)
+
+
+def _rows(t: Tensor) -> bool:
+    return t.device.type in ROWS_DEVICES
 
 
 def _rms(x: Tensor, weight: Optional[Tensor], eps: float) -> Tensor:
@@ -108,14 +123,10 @@ def _project(xc, x_proj_w, dt_proj_w, A, B, C, B_proj_bias, C_proj_bias):
     (B*L, D)); B, C (B, 1, N, L) views of x_dbl's columns (+ bias) unless given."""
     batch, dim, L = xc.shape
     rank, N = dt_proj_w.shape[1], A.shape[1]
-    if xc.is_cuda:
-        # x_dbl (B, L, rank + 2N) = xc^T W^T per batch: the GEMM reads the transposed xc in place
-        x_dbl = torch.bmm(xc.transpose(1, 2), x_proj_w.t().expand(batch, -1, -1)).view(batch * L, -1)
-    else:
-        # CPU: x_dbl^T (B, rank + 2N, L) = W xc per batch reads the conv output in place (copying it
-        # transposed for x_dbl = xc^T W^T cost as much as the product); x_dbl, its transpose, is narrow
-        x_dbl = cpu_matmul.matmul(x_proj_w, xc).transpose(1, 2).reshape(batch * L, -1)
-    delta = cpu_matmul.linear(_cpu_contiguous(x_dbl[:, :rank]), dt_proj_w).view(batch, L, dim).transpose(1, 2)
+    # CPU: x_dbl^T (B, rank + 2N, L) = W xc per batch reads the conv output in place (copying it
+    # transposed for x_dbl = xc^T W^T cost as much as the product); x_dbl, its transpose, is narrow
+    x_dbl = cpu_matmul.matmul(x_proj_w, xc).transpose(1, 2).reshape(batch * L, -1)
+    delta = cpu_matmul.linear(x_dbl[:, :rank].contiguous(), dt_proj_w).view(batch, L, dim).transpose(1, 2)
 
     def cols(c0, bias):
         t = x_dbl[:, c0:c0 + N] if bias is None else x_dbl[:, c0:c0 + N] + bias.to(x_dbl.dtype)
@@ -126,13 +137,35 @@ def _project(xc, x_proj_w, dt_proj_w, A, B, C, B_proj_bias, C_proj_bias):
     return x_dbl, delta, B, C
 
 
-def _cpu_contiguous(t: Tensor) -> Tensor:
-    """t itself on the GPU (cuBLAS reads strided operands in place); a contiguous copy on the CPU."""
-    return t if t.is_cuda else t.contiguous()
+def _project_rows(xc, x_proj_w, dt_proj_w, A, B, C, B_proj_bias, C_proj_bias):
+    """The transposed projections: x_dbl^T (B, rank + 2N, L) = x_proj_w @ xc and delta (B, D, L) =
+    dt_proj_w @ x_dbl^T[:, :rank] per batch (L-contiguous); B, C (B, 1, N, L) row views of x_dbl^T
+    (+ bias) unless given."""
+    batch = xc.shape[0]
+    rank, N = dt_proj_w.shape[1], A.shape[1]
+    x_dbl = torch.bmm(x_proj_w.expand(batch, -1, -1), xc)
+    delta = torch.bmm(dt_proj_w.expand(batch, -1, -1), x_dbl[:, :rank])
+
+    def rows(r0, bias):
+        # (B, N, L) -> (B, 1, N, L)
+        t = x_dbl[:, r0:r0 + N]
+        return (t if bias is None else t + bias.to(t.dtype)[:, None]).unsqueeze(1)
+    B = rows(rank, B_proj_bias) if B is None else B
+    C = rows(x_dbl.shape[1] - N, C_proj_bias) if C is None else C
+    return x_dbl, delta, B, C
+
+
+def _out_proj(y: Tensor, out_proj_w: Tensor, out_proj_b: Optional[Tensor]) -> Tensor:
+    """out (B, L, O) from the scan output y (B, D, L): channels-last y (the CPU path) as y^T rows,
+    L-contiguous y read transposed in place by one batched GEMM."""
+    if not _rows(y):
+        return cpu_matmul.linear(y.transpose(1, 2).contiguous(), out_proj_w, out_proj_b)
+    out = torch.bmm(y.transpose(1, 2), out_proj_w.t().expand(y.shape[0], -1, -1))
+    return out if out_proj_b is None else out.add_(out_proj_b.to(out.dtype))
 
 
 def _scan(xc, delta, A, B, C, D, z, delta_bias, softplus, checkpoints=False):
-    # -> y (B, D, L) gated by silu(z), channels-last like delta; the backward's checkpoints or None
+    # -> y (B, D, L) gated by silu(z), in delta's layout; the backward's checkpoints or None
     y, _, chunk_states = _scan_impl._fwd_run(xc, delta, A, B, C, D, z, delta_bias, None, None, None, softplus,
                                              False, checkpoints)
     return y, chunk_states
@@ -146,16 +179,24 @@ def _fused_fwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, 
     dim = xz.shape[1] // 2
     x, z = xz[:, :dim], xz[:, dim:]
     xc = _conv_silu(x, conv_w, conv_b)
-    _, delta, B, C = _project(xc, x_proj_w, dt_proj_w, A, B, C, B_proj_bias, C_proj_bias)
+    project = _project_rows if _rows(xz) else _project
+    _, delta, B, C = project(xc, x_proj_w, dt_proj_w, A, B, C, B_proj_bias, C_proj_bias)
     y, states = _scan(xc, delta, A, B, C, D, z, delta_bias, softplus, keep and checkpoints)
-    y_t = y.transpose(1, 2)  # (B, L, D): contiguous where y is channels-last (the GPU path)
-    out = cpu_matmul.linear(_cpu_contiguous(y_t), out_proj_w, out_proj_b)
+    out = _out_proj(y, out_proj_w, out_proj_b)
     if not keep:
         return out, xz.new_empty(0), xz.new_empty(0), xz.new_empty(0)
-    return out, xc, y_t, (xz.new_empty(0) if states is None else states.permute(0, 2, 3, 1))
+    states = xz.new_empty(0) if states is None else states.permute(0, 2, 3, 1)
+    return out, xc.contiguous(), _kept_y(y, _rows(xz)), states
 
 
-@_library.custom_op("ssm::mamba_inner_fwd", mutates_args=())
+def _kept_y(y: Tensor, rows: bool) -> Tensor:
+    """y (B, D, L) kept as y^T (B, L, D) in the layout the fake gives: a transposed L-contiguous y
+    (rows layout) or contiguous (channels-last y, no copy)."""
+    return y.contiguous().transpose(1, 2) if rows else y.transpose(1, 2).contiguous()
+
+
+# exact_layout: the kept y^T is a transposed view in the rows layout (the fake gives the same)
+@_library.custom_op("ssm::mamba_inner_fwd", mutates_args=(), exact_layout=True)
 def _fwd_op(xz: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], x_proj_w: Tensor, dt_proj_w: Tensor,
             out_proj_w: Tensor, out_proj_b: Optional[Tensor], A: Tensor, B: Optional[Tensor], C: Optional[Tensor],
             D: Optional[Tensor], delta_bias: Optional[Tensor], B_proj_bias: Optional[Tensor],
@@ -171,7 +212,8 @@ def _(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, 
     # (checkpoints is False when compiling: their shape depends on the backend)
     batch, two_d, L = xz.shape
     xc = xz.new_empty((batch, two_d // 2, L)) if keep else xz.new_empty(0)
-    y_t = xz.new_empty((batch, L, two_d // 2)) if keep else xz.new_empty(0)
+    y = xz.new_empty((batch, two_d // 2, L)) if keep else xz.new_empty(0)
+    y_t = (y.transpose(1, 2) if _rows(xz) else y.transpose(1, 2).contiguous()) if keep else y
     return xz.new_empty((batch, L, out_proj_w.shape[0])), xc, y_t, xz.new_empty(0)
 
 
@@ -182,6 +224,54 @@ def _out_proj_grads(dout, y, out_proj_w, has_bias):
     dy = cpu_matmul.matmul(d2, out_proj_w).view(batch, L, -1).transpose(1, 2)
     dw = torch.einsum("blo,bdl->od", dout, y)
     return dy, dw, d2.sum(0) if has_bias else None
+
+
+def _out_proj_grads_rows(dout, y, out_proj_w, has_bias):
+    # dout (B, L, O); y (B, D, L) L-contiguous -> dy (B, D, L) L-contiguous, dW (O, D), db (O,)
+    batch = dout.shape[0]
+    dout_t = dout.transpose(1, 2)
+    dy = torch.bmm(out_proj_w.t().expand(batch, -1, -1), dout_t)
+    return dy, _product_sum(dout_t, y.transpose(1, 2)), dout.sum((0, 1)) if has_bias else None
+
+
+# torch.bmm(..., out_dtype=torch.float32): half inputs, float32 products (CUDA; torch >= 2.8)
+_BMM_OUT_DTYPE = hasattr(torch.ops.aten.bmm, "dtype")
+
+
+def _product_sum(a: Tensor, b: Tensor) -> Tensor:
+    """sum over the batch of a_i @ b_i, (B, M, K) x (B, K, N) -> (M, N) in a's dtype: the per-batch
+    products in float32 (float64 for float64), so that the result is rounded once. Half inputs: float32
+    products from cuBLAS (H200, 130m out_proj: 120 us against 242 for copying y^T and one GEMM), or
+    widened operands elsewhere."""
+    if a.dtype in (torch.float16, torch.bfloat16):
+        prods = (torch.bmm(a, b, out_dtype=torch.float32) if a.is_cuda and _BMM_OUT_DTYPE
+                 else torch.bmm(a.float(), b.float()))
+    else:
+        prods = torch.bmm(a, b)
+    return prods.sum(0).to(a.dtype)
+
+
+def _proj_grads_rows(ddelta, dB, dC, xc, du, x_dbl, x_proj_w, dt_proj_w, N, B_given, C_given):
+    """_proj_grads of the transposed projections: x_dbl^T (B, rank + 2N, L); du, the result dxc and
+    the B / C row gradients (B, N, L) L-contiguous (dxc is du, updated in place)."""
+    batch, _, L = ddelta.shape
+    rank = dt_proj_w.shape[1]
+    d_dt_w = _product_sum(ddelta, x_dbl[:, :rank].transpose(1, 2))
+    # dx_dbl^T (B, rank + 2N, L): dt rows through dt_proj, B / C rows from the scan, zeros elsewhere
+    dBc = None if B_given else dB[:, 0]
+    dCc = None if C_given else dC[:, 0]
+    mid = x_dbl.shape[1] - rank - 2 * N
+    parts = [torch.bmm(dt_proj_w.t().expand(batch, -1, -1), ddelta), dBc, x_dbl.new_zeros(batch, mid, L), dCc]
+    parts = [x_dbl.new_zeros(batch, N, L) if p is None else p for p in parts if p is None or p.shape[1]]
+    dx_dbl = torch.cat(parts, dim=1)
+    d_x_w = _product_sum(dx_dbl, xc.transpose(1, 2))
+    dxc = du.baddbmm_(x_proj_w.t().expand(batch, -1, -1), dx_dbl)
+    return d_dt_w, d_x_w, dxc, dBc, dCc
+
+
+def _proj_bias_grad(g: Optional[Tensor]) -> Optional[Tensor]:
+    """d B/C_proj_bias (N,) from the column (B*L, N) or row (B, N, L) gradients of x_dbl."""
+    return None if g is None else g.sum(0) if g.dim() == 2 else g.sum((0, 2))
 
 
 def _proj_grads(ddelta, dB, dC, xc, du, x_dbl, x_proj_w, dt_proj_w, N, B_given, C_given):
@@ -204,10 +294,8 @@ def _proj_grads(ddelta, dB, dC, xc, du, x_dbl, x_proj_w, dt_proj_w, N, B_given, 
     dx_dbl = dx_dbl.view(batch, L, -1)
     acc = torch.float64 if xc.dtype == torch.float64 else torch.float32
     d_x_w = torch.bmm(xc, dx_dbl).sum(0, dtype=acc).t().to(xc.dtype)
-    if xc.is_cuda:
-        dxc = torch.baddbmm(du, x_proj_w.t().expand(batch, -1, -1), dx_dbl.transpose(1, 2))
-    else:  # CPU: torch's bf16 baddbmm of transposed operands loses precision; a plain matmul does not
-        dxc = du + cpu_matmul.matmul(dx_dbl.view(batch * L, -1), x_proj_w).view(batch, L, dim).transpose(1, 2)
+    # (torch's CPU bf16 baddbmm of transposed operands loses precision; a plain matmul does not)
+    dxc = du + cpu_matmul.matmul(dx_dbl.view(batch * L, -1), x_proj_w).view(batch, L, dim).transpose(1, 2)
     return d_dt_w, d_x_w, dxc, dBc, dCc
 
 
@@ -217,36 +305,50 @@ def _fused_bwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, 
     batch, two_d, L = xz.shape
     dim = two_d // 2
     x, z = xz[:, :dim], xz[:, dim:]
+    rows = _rows(xz)
     xc = xc if xc.numel() else _conv_silu(x, conv_w, conv_b)
-    x_dbl, delta, Bs, Cs = _project(xc, x_proj_w, dt_proj_w, A, B, C, B_proj_bias, C_proj_bias)
+    x_dbl, delta, Bs, Cs = (_project_rows if rows else _project)(xc, x_proj_w, dt_proj_w, A, B, C, B_proj_bias,
+                                                                 C_proj_bias)
     if y_t.numel():  # y (B, D, L) and the chunk-start states (B, D, nchunks, N) as the scan gave them
         y, chunk_states = y_t.transpose(1, 2), (states.permute(0, 3, 1, 2) if states.numel() else None)
     else:
         y, chunk_states = _scan(xc, delta, A, Bs, Cs, D, z, delta_bias, softplus, True)
-    dy, d_out_w, d_out_b = _out_proj_grads(dout, y, out_proj_w, out_proj_b is not None)
+    dy, d_out_w, d_out_b = (_out_proj_grads_rows if rows else _out_proj_grads)(dout, y, out_proj_w,
+                                                                               out_proj_b is not None)
+    dxz = _grad_like(xz)
+    # rows devices: the scan and conv kernels write dz and dx straight into d xz's halves
+    dx_buf, dz_buf = (dxz[:, :dim], dxz[:, dim:]) if rows else (None, None)
     du, ddelta, dA, dB, dC, dD, dz, d_delta_bias, _ = _scan_impl._bwd_impl(
-        xc, delta, A, Bs, Cs, D, z, delta_bias, None, None, None, dy, xz.new_empty(0), softplus, False, chunk_states)
-    d_dt_w, d_x_proj_w, dxc, dBc, dCc = _proj_grads(ddelta, dB, dC, xc, du, x_dbl, x_proj_w, dt_proj_w,
-                                                    A.shape[1], B is not None, C is not None)
-    dx, d_conv_w, d_conv_b, _ = torch.ops.ssm.dw_causal_conv_bwd(x, conv_w, conv_b, None, None, dxc,
-                                                                 xz.new_empty(0), True, False)
+        xc, delta, A, Bs, Cs, D, z, delta_bias, None, None, None, dy, xz.new_empty(0), softplus, False, chunk_states,
+        dz_buf)
+    d_dt_w, d_x_proj_w, dxc, dBc, dCc = (_proj_grads_rows if rows else _proj_grads)(
+        ddelta, dB, dC, xc, du, x_dbl, x_proj_w, dt_proj_w, A.shape[1], B is not None, C is not None)
+    dx, d_conv_w, d_conv_b, _ = _conv_impl._bwd_impl(x, conv_w, conv_b, None, None, dxc, xz.new_empty(0), True,
+                                                     False, dx_buf)
     grads = (d_conv_w, d_conv_b, d_x_proj_w, d_dt_w, d_out_w, d_out_b, dA,
              dB if B is not None else None, dC if C is not None else None, dD, d_delta_bias,
-             None if B_proj_bias is None else dBc.sum(0), None if C_proj_bias is None else dCc.sum(0))
-    return (_like_xz(xz, dx, dz), *(_library.empty_if_none(g, xz).contiguous() for g in grads))
+             None if B_proj_bias is None else _proj_bias_grad(dBc),
+             None if C_proj_bias is None else _proj_bias_grad(dCc))
+    return (_into_halves(dxz, dx, dz), *(_library.empty_if_none(g, xz).contiguous() for g in grads))
 
 
-def _like_xz(xz: Tensor, dx: Tensor, dz: Tensor) -> Tensor:
-    """d xz = [dx, dz] in xz's own strides (empty_like keeps a dense layout): the model's xz is a
-    view of in_proj's (2D, B*L) output, whose backward then reads it without another copy."""
+def _grad_like(xz: Tensor) -> Tensor:
+    """A d xz buffer in xz's own strides (empty_like keeps a dense layout; NaN-poisoned in tests): the
+    model's xz is a view of in_proj's (2D, B*L) output, whose backward then reads it without a copy."""
     dxz = torch.empty_like(xz)
+    return dxz.fill_(float("nan")) if _kernels.POISON_OUTPUTS else dxz
+
+
+def _into_halves(dxz: Tensor, dx: Tensor, dz: Tensor) -> Tensor:
+    """d xz = [dx, dz]: halves the kernels did not write in place are copied in."""
     dim = dx.shape[1]
-    dxz[:, :dim].copy_(dx)
-    dxz[:, dim:].copy_(dz)
+    for half, g in ((dxz[:, :dim], dx), (dxz[:, dim:], dz)):
+        if g.data_ptr() != half.data_ptr() or g.stride() != half.stride():
+            half.copy_(g)
     return dxz
 
 
-# exact_layout: d xz comes in xz's strides (see _like_xz; the fake gives the same), the rest contiguous
+# exact_layout: d xz comes in xz's strides (see _grad_like; the fake gives the same), the rest contiguous
 @_library.custom_op("ssm::mamba_inner_bwd", mutates_args=(), exact_layout=True)
 def _bwd_op(xz: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], x_proj_w: Tensor, dt_proj_w: Tensor,
             out_proj_w: Tensor, out_proj_b: Optional[Tensor], A: Tensor, B: Optional[Tensor], C: Optional[Tensor],

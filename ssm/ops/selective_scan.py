@@ -164,16 +164,16 @@ def _bwd_reference(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_
 
 
 def _bwd_kernel(backend, u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens, dy, dlast,
-                softplus, chunk_states=None):
+                softplus, chunk_states=None, dz_out=None):
     # Per-slice / per-batch float32 partial sums, reduced here: dA, dD, ddt_bias (B, D[, N]);
-    # variable dB/dC (S, B, G, N, L); constant dB/dC (B, D, N).
+    # variable dB/dC (S, B, G, N, L); constant dB/dC (B, D, N). dz_out: a buffer for dz (or None).
     batch, dim, L = u.shape
     N = A.shape[1]
     nthreads = _kernels.exec_arg(backend, u, work=u.numel() * N)
     groups, slices = _layout(u, B, C, nthreads if backend == "cpu" else 1)
     f32 = torch.float32
     du, ddelta = _rows_like(u, u), _rows_like(delta, u)
-    dz = None if z is None else _rows_like(z, u)
+    dz = None if z is None else _rows_like(z, u) if dz_out is None else dz_out
     dA = _kernels.empty((batch, dim, N), u, f32)
     dD = None if D is None else _kernels.empty((batch, dim), u, f32)
     ddt_bias = None if dt_bias is None else _kernels.empty((batch, dim), u, f32)
@@ -207,15 +207,16 @@ def _slices_as_rows(t: Tensor) -> Tensor:
 
 
 def _bwd_impl(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens, dy, dlast, softplus,
-              return_last_state, chunk_states=None):
-    """Gradients; chunk_states: the checkpoints _fwd_run wrote for these inputs (None: computed here)."""
+              return_last_state, chunk_states=None, dz_out=None):
+    """Gradients; chunk_states: the checkpoints _fwd_run wrote for these inputs (None: computed here);
+    dz_out: a (B, D, L) buffer the kernels write dz into (the reference path returns its own)."""
     backend = "reference" if u.numel() == 0 else dispatch.select_backend(
         "selective_scan_bwd", u.device, lambda b: _reason(b, "selective_scan_bwd", u, delta, B, C, z, A.shape[1]))
     if backend == "reference":
         return _bwd_reference(u, delta, A, B, C, D, z, dt_bias, initial_state, seq_idx, cu_seqlens, dy, dlast,
                               softplus, return_last_state)
     return _bwd_kernel(backend, u, delta, A, B, C, D, z, dt_bias, initial_state, _int32(seq_idx),
-                       _int32(cu_seqlens), dy, dlast, softplus, chunk_states if backend == "cuda" else None)
+                       _int32(cu_seqlens), dy, dlast, softplus, chunk_states if backend == "cuda" else None, dz_out)
 
 
 @_library.custom_op("ssm::selective_scan_bwd", mutates_args=())

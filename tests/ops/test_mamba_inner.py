@@ -100,6 +100,72 @@ def composed(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, o
                               delta_bias, None, None, True, None)
 
 
+def model_layout(inp, batch, D, L):
+    """xz as the module makes it: a (B, 2D, L) view of in_proj's (2D, B*L) output."""
+    buf = inp["xz"].permute(1, 0, 2).contiguous().view(2 * D, batch * L)
+    return {**inp, "xz": buf.view(2 * D, batch, L).permute(1, 0, 2)}
+
+
+@pytest.mark.parametrize("backend", [b for b in backends() if b.values[0] == "cuda"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("checkpoint_lvl", [0, 1])
+def test_model_layout(backend, dtype, checkpoint_lvl):
+    """N = 16, L a multiple of 8, xz a view of in_proj's output: on CUDA the scan takes its rows
+    kernels (forward and backward) through the transposed projections, as in the model (the CPU
+    paths of this layout: test_rows_layout_on_cpu)."""
+    batch, D, L = 2, 64, 80
+    inp = model_layout(make_inner(batch, D, L, 16, 4, 4, device_of(backend), dtype), batch, D, L)
+    check_all(*run_both(backend, inp, dtype, checkpoint_lvl=checkpoint_lvl), dtype)
+
+
+@pytest.fixture
+def rows_on_cpu(monkeypatch):
+    """The transposed (rows layout) projections on the CPU too, to check them without a GPU."""
+    monkeypatch.setattr(mamba_inner, "ROWS_DEVICES", ("cpu", "cuda"))
+
+
+@pytest.mark.parametrize("variant", ["plain", "proj_bias", "given_B", "extra_rows", "no_biases"])
+@pytest.mark.parametrize("checkpoint_lvl", [0, 1])
+def test_rows_layout_on_cpu(rows_on_cpu, variant, checkpoint_lvl):
+    inp = model_layout(make_inner(2, 6, 16, 4, 3, 4, "cpu"), 2, 6, 16)
+    if variant == "proj_bias":
+        inp.update(B_proj_bias=rand(4), C_proj_bias=rand(4))
+    elif variant == "given_B":
+        inp.update(B=rand(2, 4, 16))
+    elif variant == "extra_rows":  # x_proj with rows past dt_rank + 2 d_state: C is the last N
+        inp["x_proj_weight"] = rand(3 + 2 * 4 + 2, 6, scale=6 ** -0.5)
+    elif variant == "no_biases":
+        inp.update(conv1d_bias=None, out_proj_bias=None)
+    check_all(*run_both("cpu", inp, torch.float32, checkpoint_lvl=checkpoint_lvl), torch.float32)
+
+
+def test_rows_layout_backward_copies_nothing(rows_on_cpu):
+    """The rows-layout backward writes dx and dz into d xz's halves (in xz's strides) and computes
+    dxc in place: no (B, D, L)-sized copy_ besides y^T for d out_proj_w (a clone, not a copy_)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    batch, D, L = 2, 6, 16
+    inp = {k: v.requires_grad_() for k, v in model_layout(make_inner(batch, D, L, 4, 3, 4, "cpu"),
+                                                          batch, D, L).items()}
+    out = ops.mamba_inner_fn(**inp)
+    copies = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten.copy_.default, torch.ops.aten.add.Tensor) and args[0].numel() >= batch * D * L:
+                copies.append((str(func), tuple(args[0].shape)))
+            return func(*args, **(kwargs or {}))
+    with Record():
+        out.backward(torch.randn_like(out))
+    assert copies == [], copies
+    assert inp["xz"].grad.stride() == inp["xz"].stride()
+
+
+@pytest.mark.parametrize("checkpoint_lvl", [0, 1])
+def test_rows_layout_on_cpu_bf16(rows_on_cpu, checkpoint_lvl):
+    inp = model_layout(make_inner(2, 8, 24, 16, 4, 4, "cpu", torch.bfloat16), 2, 8, 24)
+    check_all(*run_both("cpu", inp, torch.bfloat16, checkpoint_lvl=checkpoint_lvl), torch.bfloat16)
+
+
 def drop(inp, *names):
     return {k: v for k, v in inp.items() if k not in names}
 
