@@ -1,21 +1,25 @@
-"""Device-round tests and timing of the SSD forward (ssdfwd) in one process (a Python process with
-torch takes seconds to start there): the forward GPU SSD tests under each RUNS environment (the
-staged chunk output switched on; with --time OUT.json, ssdfwd_time.py's
-timings run between the first run and the others).
+"""Device-round tests of the SSD forward (ssdfwd, session 6) in one process (a Python process with torch
+takes seconds to start there): the GPU SSD tests with the exact staged chunk output (the default), then
+the error distribution of y over seeds (ssdfwd_seeds.py, with --seeds OUT.json), then repeated runs of
+test_ssd_split's low-precision gradient cases (their failure rate), while the time budget lasts.
 
-    python benchmarks/device/ssdfwd_tests.py [--time OUT.json]   (a summary line per run on stderr)
+    python benchmarks/device/ssdfwd_tests.py [--seeds OUT.json] [--budget S]   (summary lines on stderr)
 """
 import os
 import sys
+import time
 
 import pytest
 
-FWD_CUDA = "model_sizes or seq_idx_runs or token_major or varlen_sequences or length_one or graph or bitwise"
+FWD_CUDA = ("model_sizes or seq_idx_runs or token_major or varlen_sequences or length_one or graph or bitwise or "
+            "(kernel_backward_matches and bf16)")
 FWD_GRID = "cuda and (forward_matches or chunked_prefill or long_sequence or varlen_states) and not dtype0"
+SPLIT_LOWP = "cuda and gradients and (dtype1 or dtype2)"
 RUNS = [  # (name, environment, [(file, -k)])
-    ("staged", {"SSM_SSD_FWD_STAGED": "1"},
-     [("tests/ops/test_ssd_cuda.py", FWD_CUDA), ("tests/ops/test_ssd.py", FWD_GRID)]),
+    ("exact", {}, [("tests/ops/test_ssd_split.py", "cuda and not compile"), ("tests/ops/test_ssd_cuda.py", FWD_CUDA),
+                   ("tests/ops/test_ssd.py", FWD_GRID)]),
 ]
+START = time.time()
 
 
 class Count:
@@ -47,13 +51,16 @@ def run(name, env, selections):
 
 
 def main():
+    budget = float(sys.argv[sys.argv.index("--budget") + 1]) if "--budget" in sys.argv else 1e9
     run(*RUNS[0])
-    if "--time" in sys.argv:  # before the later runs (the time limit)
+    if "--seeds" in sys.argv:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        import ssdfwd_time
-        ssdfwd_time.main(sys.argv[sys.argv.index("--time") + 1], layer=True)
-    for r in RUNS[1:]:
-        run(*r)
+        import ssdfwd_seeds
+        ssdfwd_seeds.main(sys.argv[sys.argv.index("--seeds") + 1], 40)
+    for rep in range(8):  # the split file's low-precision gradient rows again (fresh random inputs each)
+        if time.time() - START > budget:
+            break
+        run(f"split-repeat{rep}", {}, [("tests/ops/test_ssd_split.py", SPLIT_LOWP)])
 
 
 if __name__ == "__main__":
