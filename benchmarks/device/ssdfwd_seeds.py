@@ -87,7 +87,8 @@ def main(out=None, seeds=40):
                 f"; ref med {res['ref']['median']:.2e}", flush=True)
             if out:
                 with open(out, "w") as f:
-                    json.dump(dict(device=torch.cuda.get_device_name() if DEV == "cuda" else "cpu", rows=rows), f, indent=1)
+                    device = torch.cuda.get_device_name() if DEV == "cuda" else "cpu"
+                    json.dump(dict(device=device, rows=rows), f, indent=1)
     return rows
 
 
