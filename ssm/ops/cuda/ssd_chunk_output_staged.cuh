@@ -178,37 +178,6 @@ __device__ __forceinline__ void store_y_staged(const SsdParams& p, const float (
   }
 }
 
-// hi = the pair (a, b) in T, lo = the pair's rounding residues (a - hi.x, b - hi.y) in T.
-template <typename T>
-__device__ __forceinline__ void split2(float a, float b, unsigned& hi, unsigned& lo) {
-  hi = pack2<T>(a, b);
-  const T* h = reinterpret_cast<const T*>(&hi);
-  lo = pack2<T>(a - to_float(h[0]), b - to_float(h[1]));
-}
-
-// acc += S X as mma_sx does, with S = S_hi + S_lo (two element-type operands: S itself not rounded).
-template <typename T>
-__device__ __forceinline__ void mma_sx_split(float (&acc)[8][4], const float (&s)[8][4], const T* X, int kk_max) {
-#pragma unroll
-  for (int kk = 0; kk < 4; ++kk) {
-    if (kk > kk_max) continue;
-    unsigned hi[4], lo[4];
-    split2<T>(s[2 * kk][0], s[2 * kk][1], hi[0], lo[0]);
-    split2<T>(s[2 * kk][2], s[2 * kk][3], hi[1], lo[1]);
-    split2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1], hi[2], lo[2]);
-    split2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3], hi[3], lo[3]);
-#pragma unroll
-    for (int jp = 0; jp < 4; ++jp) {
-      unsigned bb[4];
-      load_b_kn(bb, X, kLd, jp * 16, kk * 16);
-      mma16816<T>(acc[2 * jp], lo, bb[0], bb[1]);
-      mma16816<T>(acc[2 * jp + 1], lo, bb[2], bb[3]);
-      mma16816<T>(acc[2 * jp], hi, bb[0], bb[1]);
-      mma16816<T>(acc[2 * jp + 1], hi, bb[2], bb[3]);
-    }
-  }
-}
-
 // The decay mask of key tile kt for query tile qt (see chunk_scan_lean_kernel), then acc += S X_k
 // (kSplit: S as S_hi + S_lo).
 template <typename T, bool kSplit>
@@ -336,7 +305,8 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
 // The staged chunk output (SSM_SSD_FWD_STAGED=0: the lean kernel; N > 128 always takes the lean one).
 inline bool staged_enabled() { return ssd_switch("SSM_SSD_FWD_STAGED", true); }
 
-// Its exact form (SSM_SSD_FWD_EXACT=0: bfloat16 C B^T for bfloat16 inputs and S rounded once).
+// The exact forms (SSM_SSD_FWD_EXACT=0: bfloat16 C B^T for bfloat16 inputs and S rounded once, in the staged
+// and the lean kernel).
 inline bool exact_enabled() { return ssd_switch("SSM_SSD_FWD_EXACT", true); }
 
 // C B^T in bfloat16 for bfloat16 inputs (the inexact staged kernel's shared tiles), float32 otherwise.
@@ -361,7 +331,10 @@ void launch_chunk_scan(const SsdParams& p, const Layout& w, cudaStream_t s) {
       launch(chunk_scan_staged_kernel<T, Cb, false>, paired, chunk_scan_staged_smem<T, Cb>(N), s, p, w);
     } else {
       launch(chunk_cb_kernel<T, float>, cb_grid, cb_smem, s, p, w);
-      launch(chunk_scan_lean_kernel<T, float>, paired, chunk_scan_lean_smem<T>(N), s, p, w);
+      if (exact_enabled())
+        launch(chunk_scan_lean_kernel<T, float, true>, paired, chunk_scan_lean_smem<T>(N), s, p, w);
+      else
+        launch(chunk_scan_lean_kernel<T, float, false>, paired, chunk_scan_lean_smem<T>(N), s, p, w);
     }
     return;
   }
