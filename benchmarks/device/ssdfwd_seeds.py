@@ -4,7 +4,8 @@ error): the exact staged chunk output (default) and SSM_SSD_FWD_EXACT=0 (session
 
 Shapes: "split", the SSD call of test_ssd_split (B2 L21 H4 P4 G2 N5, D, dt_bias, softplus, float32 initial
 states, seq_idx; one chunk); "chunks", B2 L700 H4 P64 G1 N64 chunk 64 with initial states (several chunks: the
-chunk state and H_in roundings as well); "model", B1 L1024 H8 P64 N128 chunk 256 (the benchmark's head shape).
+chunk state and H_in roundings as well); "model", B1 L1024 H8 P64 N128 chunk 256 (the benchmark's head shape);
+"lean", B1 L600 H4 P64 N200 chunk 128 (N > 128: the lean chunk output).
 
     python benchmarks/device/ssdfwd_seeds.py [OUT.json] [SEEDS]   (importable: main(out, seeds))
 """
@@ -26,6 +27,7 @@ SHAPES = {  # name: (B, L, H, P, G, N, chunk, seq_idx)
     "split": (2, 21, 4, 4, 2, 5, 8, True),
     "chunks": (2, 700, 4, 64, 1, 64, 64, False),
     "model": (1, 1024, 8, 64, 1, 128, 256, False),
+    "lean": (1, 600, 4, 64, 1, 200, 128, False),
 }
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU: a dry run of the driver
 KERNELS = {"exact": {}, "session5": {"SSM_SSD_FWD_EXACT": "0"}}
