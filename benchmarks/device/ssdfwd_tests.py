@@ -1,9 +1,11 @@
 """Device-round tests of the SSD forward (ssdfwd, session 6) in one process (a Python process with torch
 takes seconds to start there): the GPU SSD tests with the exact staged chunk output (the default), then
-the error distribution of y over seeds (ssdfwd_seeds.py, with --seeds OUT.json), then repeated runs of
-test_ssd_split's low-precision gradient cases (their failure rate), while the time budget lasts.
+the error distribution of y over seeds (ssdfwd_seeds.py, with --seeds OUT.json [N]), then repeated runs of
+test_ssd_split's low-precision gradient cases (their failure rate) while the time budget lasts, alternately
+with the dedicated CUDA backward (the default) and with the reference backward (SSM_SSD_BWD_KERNEL=0,
+SSM_SSD_COMPOSED_BWD=0), which tells the SSD backward's share of the failures from the rest.
 
-    python benchmarks/device/ssdfwd_tests.py [--seeds OUT.json] [--budget S]   (summary lines on stderr)
+    python benchmarks/device/ssdfwd_tests.py [--seeds OUT.json [N]] [--budget S]   (summary lines on stderr)
 """
 import os
 import sys
@@ -17,8 +19,9 @@ FWD_GRID = "cuda and (forward_matches or chunked_prefill or long_sequence or var
 SPLIT_LOWP = "cuda and gradients and (dtype1 or dtype2)"
 RUNS = [  # (name, environment, [(file, -k)])
     ("exact", {}, [("tests/ops/test_ssd_split.py", "cuda and not compile"), ("tests/ops/test_ssd_cuda.py", FWD_CUDA),
-                   ("tests/ops/test_ssd.py", FWD_GRID)]),
+                   ("tests/ops/test_eager_fast_path.py", "cuda or ssd"), ("tests/ops/test_ssd.py", FWD_GRID)]),
 ]
+REPEATS = [("kernel-bwd", {}), ("reference-bwd", {"SSM_SSD_BWD_KERNEL": "0", "SSM_SSD_COMPOSED_BWD": "0"})]
 START = time.time()
 
 
@@ -41,13 +44,15 @@ class Count:
 
 
 def run(name, env, selections):
+    """Counts of the last selection."""
     os.environ.update(env)
     for path, expr in selections:
         count = Count()
-        rc = pytest.main([path, "--maxfail=3", "-q", "-p", "no:cacheprovider", "-k", expr], plugins=[count])
+        rc = pytest.main([path, "--maxfail=9", "-q", "-p", "no:cacheprovider", "-k", expr], plugins=[count])
         print(f"SUMMARY {name} {path}: rc={int(rc)} {count.n} {count.first}", file=sys.stderr, flush=True)
     for k in env:
         del os.environ[k]
+    return count.n
 
 
 def main():
@@ -56,11 +61,19 @@ def main():
     if "--seeds" in sys.argv:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         import ssdfwd_seeds
-        ssdfwd_seeds.main(sys.argv[sys.argv.index("--seeds") + 1], 40)
-    for rep in range(8):  # the split file's low-precision gradient rows again (fresh random inputs each)
+        at = sys.argv.index("--seeds")
+        n = int(sys.argv[at + 2]) if len(sys.argv) > at + 2 and sys.argv[at + 2].isdigit() else 40
+        ssdfwd_seeds.main(sys.argv[at + 1], n)
+    tally = {name: [0, 0] for name, _ in REPEATS}  # failed, run
+    for rep in range(40):  # the split file's low-precision gradient rows again (fresh random inputs each)
         if time.time() - START > budget:
             break
-        run(f"split-repeat{rep}", {}, [("tests/ops/test_ssd_split.py", SPLIT_LOWP)])
+        name, env = REPEATS[rep % len(REPEATS)]
+        n = run(f"split-repeat{rep} {name}", env, [("tests/ops/test_ssd_split.py", SPLIT_LOWP)])
+        tally[name][0] += n["failed"]
+        tally[name][1] += n["failed"] + n["passed"]
+    print("REPEATS " + "; ".join(f"{k}: {v[0]} failed of {v[1]}" for k, v in tally.items()), file=sys.stderr,
+          flush=True)
 
 
 if __name__ == "__main__":
