@@ -138,12 +138,26 @@ size_t chunk_scan_lean_smem(int N) {
          2 * align128(kTile * (round16(N) + 8) * sizeof(T)) + 2 * align128(kTile * kLd * sizeof(T));
 }
 
-// hi = the pair (a, b) in T, lo = the pair's rounding residues (a - hi.x, b - hi.y) in T.
+// hi = the pair (a, b) in T (a in the low half), lo = the pair's rounding residues (a - hi.x, b - hi.y) in T:
+// one packed conversion each, hi unpacked by a shift and a mask (bfloat16) or one conversion (half).
 template <typename T>
-__device__ __forceinline__ void split2(float a, float b, unsigned& hi, unsigned& lo) {
-  hi = pack2<T>(a, b);
-  const T* h = reinterpret_cast<const T*>(&hi);
-  lo = pack2<T>(a - to_float(h[0]), b - to_float(h[1]));
+__device__ __forceinline__ void split2(float a, float b, unsigned& hi, unsigned& lo);
+
+template <>
+__device__ __forceinline__ void split2<__nv_bfloat16>(float a, float b, unsigned& hi, unsigned& lo) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+  hi = *reinterpret_cast<const unsigned*>(&h);
+  const __nv_bfloat162 l = __floats2bfloat162_rn(a - __uint_as_float(hi << 16), b - __uint_as_float(hi & 0xffff0000u));
+  lo = *reinterpret_cast<const unsigned*>(&l);
+}
+
+template <>
+__device__ __forceinline__ void split2<__half>(float a, float b, unsigned& hi, unsigned& lo) {
+  const __half2 h = __floats2half2_rn(a, b);
+  hi = *reinterpret_cast<const unsigned*>(&h);
+  const float2 hf = __half22float2(h);
+  const __half2 l = __floats2half2_rn(a - hf.x, b - hf.y);
+  lo = *reinterpret_cast<const unsigned*>(&l);
 }
 
 // acc += S X as mma_sx does, with S = S_hi + S_lo (two element-type operands: S itself not rounded).
