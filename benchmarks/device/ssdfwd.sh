@@ -3,8 +3,7 @@
 # exact staged chunk output (test_ssd_split's CUDA rows first, then the forward rows of test_ssd_cuda /
 # test_ssd, the bf16 kernel-backward grid and the eager plans), the error distribution of y over 10 seeds
 # (ssdfwd_seeds.py: exact vs session 5's kernel vs the low-precision reference), then repeats of the split
-# file's f16 / bf16 gradient rows while its budget lasts, alternately with the CUDA backward kernels and the
-# reference backward (whose failures are not the SSD backward's). Process 2 (no NaN poisoning): forward
+# file's f16 / bf16 gradient rows while its budget lasts. Process 2 (no NaN poisoning): forward
 # timings at B8 L2048 / B1 L8192, exact and SSM_SSD_FWD_EXACT=0, and without the eager plan (host time too).
 # (Round 1 also ran ncu of both staged outputs: /work/rounds/s6r1/ssdfwd/ncu.txt.)
 # Usage: ssdfwd.sh OUT_DIR (repo root, after the build; at most ~49 s).
