@@ -1,21 +1,27 @@
-"""Device-round tests and timing of the SSD forward (ssdfwd) in one process (a Python process with
-torch takes seconds to start there): the forward GPU SSD tests under each RUNS environment (the
-staged chunk output switched on; with --time OUT.json, ssdfwd_time.py's
-timings run between the first run and the others).
+"""Device-round tests of the SSD forward (ssdfwd, session 6) in one process (a Python process with torch
+takes seconds to start there): the GPU SSD tests with the exact staged chunk output (the default), then
+the error distribution of y over seeds (ssdfwd_seeds.py, with --seeds OUT.json [N]), then repeated runs of
+test_ssd_split's low-precision gradient cases (their failure rate) while the time budget lasts.
 
-    python benchmarks/device/ssdfwd_tests.py [--time OUT.json]   (a summary line per run on stderr)
+    python benchmarks/device/ssdfwd_tests.py [--seeds OUT.json [N]] [--budget S]   (summary lines on stderr)
 """
 import os
 import sys
+import time
 
 import pytest
 
-FWD_CUDA = "model_sizes or seq_idx_runs or token_major or varlen_sequences or length_one or graph or bitwise"
+FWD_CUDA = ("model_sizes or seq_idx_runs or token_major or varlen_sequences or length_one or graph or bitwise or "
+            "(kernel_backward_matches and bf16)")
 FWD_GRID = "cuda and (forward_matches or chunked_prefill or long_sequence or varlen_states) and not dtype0"
+SPLIT_LOWP = "cuda and gradients and (dtype1 or dtype2)"
 RUNS = [  # (name, environment, [(file, -k)])
-    ("staged", {"SSM_SSD_FWD_STAGED": "1"},
-     [("tests/ops/test_ssd_cuda.py", FWD_CUDA), ("tests/ops/test_ssd.py", FWD_GRID)]),
+    ("exact", {}, [("tests/ops/test_ssd_split.py", "cuda and not compile"), ("tests/ops/test_ssd_cuda.py", FWD_CUDA),
+                   ("tests/ops/test_eager_fast_path.py", "cuda or ssd"), ("tests/ops/test_ssd.py", FWD_GRID)]),
 ]
+# (a reference-backward repeat cannot run here: the tests force SSM_BACKEND=cuda, which refuses the fallback)
+REPEATS = [("kernel-bwd", {})]
+START = time.time()
 
 
 class Count:
@@ -37,23 +43,36 @@ class Count:
 
 
 def run(name, env, selections):
+    """Counts of the last selection."""
     os.environ.update(env)
     for path, expr in selections:
         count = Count()
-        rc = pytest.main([path, "--maxfail=3", "-q", "-p", "no:cacheprovider", "-k", expr], plugins=[count])
+        rc = pytest.main([path, "--maxfail=9", "-q", "-p", "no:cacheprovider", "-k", expr], plugins=[count])
         print(f"SUMMARY {name} {path}: rc={int(rc)} {count.n} {count.first}", file=sys.stderr, flush=True)
     for k in env:
         del os.environ[k]
+    return count.n
 
 
 def main():
+    budget = float(sys.argv[sys.argv.index("--budget") + 1]) if "--budget" in sys.argv else 1e9
     run(*RUNS[0])
-    if "--time" in sys.argv:  # before the later runs (the time limit)
+    if "--seeds" in sys.argv:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        import ssdfwd_time
-        ssdfwd_time.main(sys.argv[sys.argv.index("--time") + 1], layer=True)
-    for r in RUNS[1:]:
-        run(*r)
+        import ssdfwd_seeds
+        at = sys.argv.index("--seeds")
+        n = int(sys.argv[at + 2]) if len(sys.argv) > at + 2 and sys.argv[at + 2].isdigit() else 40
+        ssdfwd_seeds.main(sys.argv[at + 1], n)
+    tally = {name: [0, 0] for name, _ in REPEATS}  # failed, run
+    for rep in range(40):  # the split file's low-precision gradient rows again (fresh random inputs each)
+        if time.time() - START > budget:
+            break
+        name, env = REPEATS[rep % len(REPEATS)]
+        n = run(f"split-repeat{rep} {name}", env, [("tests/ops/test_ssd_split.py", SPLIT_LOWP)])
+        tally[name][0] += n["failed"]
+        tally[name][1] += n["failed"] + n["passed"]
+    print("REPEATS " + "; ".join(f"{k}: {v[0]} failed of {v[1]}" for k, v in tally.items()), file=sys.stderr,
+          flush=True)
 
 
 if __name__ == "__main__":

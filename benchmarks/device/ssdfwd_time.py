@@ -1,7 +1,8 @@
 """Device-round timing of the SSD forward (issue 6): profiler kernel sums and eager event times at
 (B8, L2048) and (B1, L8192) (H32 P64 N128 chunk 256 bf16, D, dt_bias, softplus), optionally the
 Mamba2 layer forward at the mamba2-130m shape (H24, B8 L2048; the fused split path's strided views), then
-B8 and B1 under the kernel switches of VARIANTS (the layer with --layer).
+B8 and B1 under the kernel switches of VARIANTS (the layer with --layer), then B1 and B8 without the eager
+plan (ssd._plans: every call checked); host_ms is the host time per call without synchronisation.
 
     python benchmarks/device/ssdfwd_time.py [OUT.json] [--layer]
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 import torch
 
@@ -20,6 +22,7 @@ import ssm.ops as ops  # noqa: E402
 from bench_cuda import time_ms  # noqa: E402
 from bench_ssd_cuda import fwd_fn, inputs  # noqa: E402
 from ssm.modules import Mamba2  # noqa: E402
+from ssm.ops import ssd  # noqa: E402
 
 
 def kernels(fn, iters=3):
@@ -35,10 +38,34 @@ def kernels(fn, iters=3):
     return sum(rows.values()), dict(sorted(rows.items(), key=lambda kv: -kv[1])[:6])
 
 
+def host_ms(fn, n=20):
+    """Host time per call (no synchronisation inside the loop), in ms."""
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    return (t1 - t0) / n * 1e3
+
+
 def op_case(B, L):
     fwd = fwd_fn(inputs(B, L))
     total, table = kernels(fwd)
-    return dict(case=f"ssd fwd B{B} L{L}", gpu_ms=total, eager_ms=time_ms(fwd, reps=10), kernels=table)
+    return dict(case=f"ssd fwd B{B} L{L}", gpu_ms=total, eager_ms=time_ms(fwd, reps=10), host_ms=host_ms(fwd),
+                kernels=table)
+
+
+def checked_case(B):
+    """The forward without its eager plan (every call checked, through the custom op's layers)."""
+    find, ssd._plans.find = ssd._plans.find, lambda *a: (None, None)
+    try:
+        row = op_case(B, 2048 if B == 8 else 8192)
+    finally:
+        ssd._plans.find = find
+    row["case"] += " without the eager plan"
+    return row
 
 
 def layer_case():
@@ -52,8 +79,8 @@ def layer_case():
     return dict(case="Mamba2 layer fwd H24 B8 L2048", gpu_ms=total, eager_ms=time_ms(fwd, reps=10), kernels=table)
 
 
-# Kernel variants timed after the defaults (the switches are read at each launch).
-STAGED = {"SSM_SSD_FWD_STAGED": "1"}
+# Kernel variants timed after the defaults (the switches are read at each launch): session 5's staged output.
+STAGED = {"SSM_SSD_FWD_EXACT": "0"}
 VARIANTS = [(8, STAGED), (1, STAGED)]  # B 0: the Mamba2 layer (with --layer)
 
 
@@ -71,10 +98,12 @@ def main(out=None, layer=False):
     rows = []
     cases = [lambda: op_case(8, 2048), lambda: op_case(1, 8192)] + ([layer_case] if layer else [])
     cases += [lambda B=B, env=env: variant_case(B, env) for B, env in VARIANTS + ([(0, STAGED)] if layer else [])]
+    cases += [lambda: checked_case(1), lambda: checked_case(8)]
     for fn in cases:
         row = fn()
         rows.append(row)
-        print(f"{row['case']}: gpu {row['gpu_ms']:.3f} ms, eager {row['eager_ms']:.3f} ms", flush=True)
+        print(f"{row['case']}: gpu {row['gpu_ms']:.3f} ms, eager {row['eager_ms']:.3f} ms, host "
+              f"{row.get('host_ms', 0):.3f} ms", flush=True)
         for k, v in row["kernels"].items():
             print(f"    {v:8.4f} ms  {k}", flush=True)
         if out:

@@ -402,6 +402,61 @@ def _as(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
     return t if t is None or t.dtype == dtype else t.to(dtype)
 
 
+# ---- eager fast path of the forward without autograd (see state_step.py: plans per signature) --
+# A repeated call with the same metadata skips the checks, the custom op's layers, the backend and
+# dtype lookups: it converts dt when it is not float32, allocates y, the final states and the
+# workspace, and launches the kernels with the strides kept in the plan.
+
+_plans = _kernels.PlanCache()
+
+
+def _make_plan(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, chunk_size, return_final):
+    """The plan of a call that passed the checks, or False for the general path (the reference,
+    autograd, mixed or float64 dtypes, parameters or states not in float32, int64 seq_idx, no work)."""
+    if x.numel() == 0 or B.numel() == 0 or x.dtype == torch.float64:
+        return False
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                       for t in (x, dt, A, B, C, D, z, dt_bias, initial_states)):
+        return False
+    if len({t.dtype for t in (x, B, C, z) if t is not None}) != 1 or \
+            any(t is not None and t.dtype != torch.float32 for t in (A, D, dt_bias, initial_states)):
+        return False
+    if seq_idx is not None and seq_idx.dtype != torch.int32:
+        return False
+    backend = dispatch.select_backend("ssd_chunk_scan", x.device,
+                                      lambda b: _kernel_reason(b, "ssd_chunk_scan_fwd", x, B, C, z))
+    if backend == "reference":
+        return False
+    k = _kernels
+    batch, L, H, P = x.shape
+    N = B.shape[-1]
+    sizes, ws, ws_floats = _kernel_sizes(backend, x, B, 0, _fwd_workspace_floats, chunk_size)
+    final = (batch, H, P, N) if return_final else None
+    # D (H,) or (H, P) as the kernel's (H, P) view; dt as float32 (a contiguous copy when converted)
+    views = (x, _as(dt, torch.float32), A, B, C, None if D is None else D.reshape(H, -1).expand(H, P), z, dt_bias,
+             initial_states, seq_idx, None, k.empty(x.shape, x),
+             None if final is None else k.empty(final, x, torch.float32), None)  # cu_seqlens, varlen: None
+    tails = k.ref_tails((k.AS_IS,) * len(views), views)
+    kernel = k.module(backend).ssd_chunk_scan_fwd
+    return backend, kernel, k.dtype_code(x), sizes, tails, ws_floats, k.output_spec(x), final
+
+
+def _run_plan(plan, x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, softplus, lo, hi):
+    backend, kernel, code, sizes, tails, ws_floats, y_spec, final_shape = plan
+    k = _kernels
+    ex = k.exec_arg(backend, x)
+    if backend == "cpu":  # the thread count of this call (the workspace has a row per thread)
+        sizes = sizes[:7] + [max(1, min(ex, sizes[0] * sizes[2]))]
+    ws = torch.empty((sizes[7] if backend == "cpu" else 1, ws_floats), dtype=torch.float32, device=x.device)
+    y = k.planned_output(x, y_spec)
+    final = None if final_shape is None else k.new_empty(final_shape, torch.float32, x.device)
+    dt32 = _as(dt, torch.float32)  # held until the kernels are launched (their pointer is all they get)
+    kernel(code, sizes, *k.planned_refs(tails, (x, dt32, A, B, C, D, z, dt_bias, initial_states, seq_idx, None, y,
+                                                final, None)),
+           k.ref(ws), ws_floats, softplus, lo, hi, ex)
+    return y if final is None else (y, final)
+
+
 # ---- public ----------------------------------------------------------------------------------
 
 def ssd_chunk_scan(X: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int,
@@ -420,6 +475,13 @@ def ssd_chunk_scan(X: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk
     varlen_states (nseq, H, P, N), both float32. ``chunk_size`` is the reference's chunk length;
     the CPU kernel runs the recurrence token by token, so its result does not depend on it.
     """
+    plain = seq_meta is None and cu_seqlens is None and not return_varlen_states
+    sig, plan = (None, None) if torch.compiler.is_compiling() or not plain else _kernels.find_plan(
+        _plans, (type(chunk_size), chunk_size, bool(dt_softplus), dt_limit, bool(return_final_states),
+                 torch.is_grad_enabled()), (X, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx))
+    if plan:
+        return _run_plan(plan, X, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, bool(dt_softplus),
+                         float(dt_limit[0]), float(dt_limit[1]))
     seq_idx, cu_seqlens = _seq_meta(seq_meta, seq_idx, cu_seqlens)
     _check_args(X, dt, A, B, C, chunk_size, D, z, initial_states, dt_bias, seq_idx, cu_seqlens,
                 return_varlen_states)
@@ -435,6 +497,9 @@ def ssd_chunk_scan(X: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk
     if _library.use_custom_op(x, *params, Bk, Ck, Dk, zk):
         y, final, varlen = _fwd_op(*args)
     else:
+        if sig is not None:
+            _plans[sig] = _make_plan(X, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, chunk_size,
+                                     bool(return_final_states))
         y, final, varlen = _fwd_impl(*args)
     y = _as(y, X.dtype)
     outs = (y,) + ((final,) if return_final_states else ()) + ((varlen,) if return_varlen_states else ())

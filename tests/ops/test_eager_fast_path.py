@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import ssm.ops as ops
-from ssm.ops import _kernels, conv, norm, state_step
+from ssm.ops import _kernels, conv, norm, ssd, state_step
 from ssm.ops.python import reference
 from tests.ops.harness import assert_close, to64, use_backend
 
@@ -249,3 +249,68 @@ def test_one_tensor_passed_twice_still_gives_the_right_result():
                                              prenorm=True)
             assert_close(y, ref[0], torch.float32)
             assert_close(res, ref[1], torch.float32)
+
+
+def _ssd_args(dtype=torch.float32, D_heads=True):
+    # x (2, 37, 3, 4); dt (2, 37, 3) in x's dtype; A, dt_bias (3,), D (3,) or (3, 4) float32; B, C (2, 37, 1, 8);
+    # initial_states (2, 3, 4, 8) float32; seq_idx (2, 37) int32
+    x, dt = torch.randn(2, 37, 3, 4).to(dtype), torch.randn(2, 37, 3).to(dtype)
+    A, dt_bias = -torch.rand(3) - 0.1, torch.randn(3) * 0.5
+    D = torch.randn(3) if D_heads else torch.randn(3, 4)
+    B, C = torch.randn(2, 37, 1, 8).to(dtype), torch.randn(2, 37, 1, 8).to(dtype)
+    init = torch.randn(2, 3, 4, 8)
+    seq_idx = torch.sort(torch.randint(0, 3, (2, 37)), dim=1).values.to(torch.int32)
+    return x, dt, A, B, C, D, dt_bias, init, seq_idx
+
+
+def _ssd_plan(x, dt, A, B, C, D, dt_bias, init, seq_idx, final=True):
+    flags = (int, 16, True, (0.0, float("inf")), final, torch.is_grad_enabled())
+    return ssd._plans.lookup(flags, (x, dt, A, B, C, D, None, dt_bias, init, seq_idx))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("D_heads", [True, False])
+def test_ssd_repeated_calls_match_reference(dtype, D_heads, monkeypatch):
+    runs, run_plan = [], ssd._run_plan
+    monkeypatch.setattr(ssd, "_run_plan", lambda *a: runs.append(1) or run_plan(*a))
+    args = _ssd_args(dtype, D_heads)
+    x, dt, A, B, C, D, dt_bias, init, seq_idx = args
+    with torch.no_grad():
+        for i in range(3):  # the first call makes the plan, the next ones run it
+            y, final = ops.ssd_chunk_scan(x, dt, A, B, C, 16, D, dt_bias=dt_bias, dt_softplus=True,
+                                          initial_states=init, seq_idx=seq_idx, return_final_states=True)
+            assert _ssd_plan(*args) and len(runs) == i
+            want = reference.ssd_chunk_scan(*to64(x, dt, A, B, C), 16, D.double(), dt_bias=dt_bias.double(),
+                                            dt_softplus=True, initial_states=init.double(), seq_idx=seq_idx,
+                                            return_final_states=True)
+            assert_close(y, want[0], dtype)
+            assert_close(final, want[1], dtype)
+            assert y.dtype == dtype and final.dtype == torch.float32
+            x = torch.randn_like(x, dtype=torch.float32).to(dtype)  # new data, same metadata: the plan
+            args = (x,) + args[1:]
+        y = ops.ssd_chunk_scan(x, dt, A, B, C, 16, D, dt_bias=dt_bias, dt_softplus=True)  # other flags: checked
+        assert len(runs) == 2
+        want = reference.ssd_chunk_scan(*to64(x, dt, A, B, C), 16, D.double(), dt_bias=dt_bias.double(),
+                                        dt_softplus=True)
+        assert_close(y, want, dtype)
+
+
+def test_ssd_checks_and_autograd_after_a_cached_plan():
+    x, dt, A, B, C, D, dt_bias, init, seq_idx = _ssd_args()
+    kw = dict(dt_bias=dt_bias, dt_softplus=True, initial_states=init, seq_idx=seq_idx, return_final_states=True)
+    with torch.no_grad():
+        ops.ssd_chunk_scan(x, dt, A, B, C, 16, D, **kw)
+        ops.ssd_chunk_scan(x, dt, A, B, C, 16, D, **kw)
+        with pytest.raises(ValueError, match="C"):
+            ops.ssd_chunk_scan(x, dt, A, B, C[:, :, :, :5], 16, D, **kw)
+        with pytest.raises(ValueError, match="initial_states"):
+            ops.ssd_chunk_scan(x, dt, A, B, C, 16, D, **{**kw, "initial_states": init[:1]})
+        with pytest.raises(ValueError, match="dt_limit"):
+            ops.ssd_chunk_scan(x, dt, A, B, C, 16, D, **kw, dt_limit=(1.0, 0.0))
+    ops.ssd_chunk_scan(x, dt, A, B, C, 16, D, **kw)  # grad mode on, nothing requires grad: a plan of its own
+    assert _ssd_plan(x, dt, A, B, C, D, dt_bias, init, seq_idx)
+    xg = x.clone().requires_grad_()
+    y, final = ops.ssd_chunk_scan(xg, dt, A, B, C, 16, D, **kw)  # autograd: the custom op, not the plan
+    assert y.requires_grad
+    (y.sum() + final.sum()).backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()

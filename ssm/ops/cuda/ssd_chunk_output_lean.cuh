@@ -13,7 +13,8 @@
 //     be negative, take the general per-element decay_mask;
 //   - the epilogue hoists D, the y / z row pointers and the flag tests out of the element loop;
 //     chunks with cu_seqlens initial states inside them keep y_out.
-// Runs for N > 128 (the launcher is in ssd_chunk_output_staged.cuh).
+// Runs for N > 128 (the launcher is in ssd_chunk_output_staged.cuh). kSplit: S enters the mma as S_hi + S_lo
+// (no rounding of S; see the staged kernel's exact form).
 #pragma once
 #include "cuda/ssd_chunk_output_mma.cuh"
 
@@ -137,7 +138,52 @@ size_t chunk_scan_lean_smem(int N) {
          2 * align128(kTile * (round16(N) + 8) * sizeof(T)) + 2 * align128(kTile * kLd * sizeof(T));
 }
 
-template <typename T, typename Cb>
+// hi = the pair (a, b) in T (a in the low half), lo = the pair's rounding residues (a - hi.x, b - hi.y) in T:
+// one packed conversion each, hi unpacked by a shift and a mask (bfloat16) or one conversion (half).
+template <typename T>
+__device__ __forceinline__ void split2(float a, float b, unsigned& hi, unsigned& lo);
+
+template <>
+__device__ __forceinline__ void split2<__nv_bfloat16>(float a, float b, unsigned& hi, unsigned& lo) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+  hi = *reinterpret_cast<const unsigned*>(&h);
+  const __nv_bfloat162 l = __floats2bfloat162_rn(a - __uint_as_float(hi << 16), b - __uint_as_float(hi & 0xffff0000u));
+  lo = *reinterpret_cast<const unsigned*>(&l);
+}
+
+template <>
+__device__ __forceinline__ void split2<__half>(float a, float b, unsigned& hi, unsigned& lo) {
+  const __half2 h = __floats2half2_rn(a, b);
+  hi = *reinterpret_cast<const unsigned*>(&h);
+  const float2 hf = __half22float2(h);
+  const __half2 l = __floats2half2_rn(a - hf.x, b - hf.y);
+  lo = *reinterpret_cast<const unsigned*>(&l);
+}
+
+// acc += S X as mma_sx does, with S = S_hi + S_lo (two element-type operands: S itself not rounded).
+template <typename T>
+__device__ __forceinline__ void mma_sx_split(float (&acc)[8][4], const float (&s)[8][4], const T* X, int kk_max) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    if (kk > kk_max) continue;
+    unsigned hi[4], lo[4];
+    split2<T>(s[2 * kk][0], s[2 * kk][1], hi[0], lo[0]);
+    split2<T>(s[2 * kk][2], s[2 * kk][3], hi[1], lo[1]);
+    split2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1], hi[2], lo[2]);
+    split2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3], hi[3], lo[3]);
+#pragma unroll
+    for (int jp = 0; jp < 4; ++jp) {
+      unsigned bb[4];
+      load_b_kn(bb, X, kLd, jp * 16, kk * 16);
+      mma16816<T>(acc[2 * jp], lo, bb[0], bb[1]);
+      mma16816<T>(acc[2 * jp + 1], lo, bb[2], bb[3]);
+      mma16816<T>(acc[2 * jp], hi, bb[0], bb[1]);
+      mma16816<T>(acc[2 * jp + 1], hi, bb[2], bb[3]);
+    }
+  }
+}
+
+template <typename T, typename Cb, bool kSplit>
 __global__ void __launch_bounds__(kThreads, 3) chunk_scan_lean_kernel(SsdParams p, Layout w) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Np = round16(N), ldn = Np + 8;
@@ -223,7 +269,10 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_lean_kernel(SsdParams 
       } else {
         decay_lean<false>(s, tok, q2, trow, kt * kTile, lim);
       }
-      mma_sx<T>(acc, s, xcur, lim);
+      if (kSplit)
+        mma_sx_split<T>(acc, s, xcur, lim);
+      else
+        mma_sx<T>(acc, s, xcur, lim);
       if (kt < qt) __syncthreads();  // before the next issue overwrites this key tile's buffer
     }
     const T* xq = qt & 1 ? xk1 : xk0;  // the query tokens' x

@@ -8,15 +8,40 @@
 // accumulators on the diagonal tile (x of the query rows is that tile's X), so the epilogue reads no
 // shared memory and the second query tile's first key tile streams in during the first one's C_q H_in^T
 // and epilogue (the stages run on through both passes, alternating buffer pairs).
+// Exact form (the default, session 6): C B^T stays float32 (an unpadded, swizzled shared tile) and the
+// masked tile S enters the mma as S_hi + S_lo (two element-type operands, S_lo = S - S_hi), and C_q H_in^T
+// gets float32 accumulators of its own, scaled by exp(cs_t) once: S and C_q exp(cs_t) are not rounded
+// (emulated in float64: y's error ~1.02x the float32-computed reference's, against ~1.6x with one rounding
+// each of C B^T and S). SSM_SSD_FWD_EXACT=0: bfloat16 C B^T for bfloat16 inputs, S rounded once, C_q scaled
+// in the A fragments (the session-5 kernel).
 // SSM_SSD_FWD_STAGED=0 selects the lean kernel. This file holds the chunk-output launcher.
 #pragma once
 #include "cuda/ssd_chunk_output_lean.cuh"
 
 namespace ssm::cuda::ssd {
 
-// Row stride of a shared C B^T tile: 64 + 16 bytes of padding (ldmatrix / float2 reads conflict-free).
+// Row stride of a shared C B^T tile: bfloat16 64 + 8 (padding: ldmatrix reads conflict-free); float 64
+// (no padding: the 16-byte chunks of a row are swizzled, see issue_cb).
 template <typename Cb>
-__host__ __device__ constexpr int cb_ld() { return kTile + 16 / int(sizeof(Cb)); }
+__host__ __device__ constexpr int cb_ld() { return sizeof(Cb) == 4 ? kTile : kTile + 8; }
+
+// The 16-byte chunk ch (4 floats) of row r of a float C B^T tile sits at chunk ch ^ 2 (r % 4): the
+// float2 reads of cb_from_smem (rows g, columns 8 j + 2 c) then hit 32 distinct banks per half warp.
+__device__ __forceinline__ int cb_swizzle(int r, int ch) { return ch ^ ((r & 3) << 1); }
+
+// dst = the 64 x 64 float tile src[i * rs + j] (swizzled), by 16-byte asynchronous copies.
+__device__ __forceinline__ void issue_cb(float* dst, const float* src, int64_t rs) {
+#pragma unroll
+  for (int k = 0; k < kTile * kTile / 4 / kThreads; ++k) {
+    const int e = int(threadIdx.x) + k * kThreads, r = e >> 4, ch = e & 15;
+    cp_async16(dst + r * kTile + 4 * cb_swizzle(r, ch), src + r * rs + 4 * ch, true);
+  }
+}
+
+// The bfloat16 tile by issue_tile (padded rows).
+__device__ __forceinline__ void issue_cb(__nv_bfloat16* dst, const __nv_bfloat16* src, int64_t rs) {
+  issue_tile<__nv_bfloat16>(dst, cb_ld<__nv_bfloat16>(), kTile, src, rs, 1, kTile, kTile);
+}
 
 // Bytes of one stage's buffer pair: the X_k tile, then the C B^T tile (or the H_in half tiles).
 template <typename T, typename Cb>
@@ -31,18 +56,21 @@ size_t chunk_scan_staged_smem(int N) {
          align128(kTile * (round16(N) + 8) * sizeof(T)) + 2 * staged_pair_bytes<T, Cb>();
 }
 
-// s = the C B^T tile in shared memory (rows r0.. of the warp, key steps kk > kk_max zero), float32 tiles.
+// s = the C B^T tile in shared memory (rows r0.. of the warp, key steps kk > kk_max zero), float32 tiles
+// (swizzled: column 8 j + 2 c of row r at chunk cb_swizzle(r, 2 j + c / 2), offset 2 (c % 2)).
 __device__ __forceinline__ void cb_from_smem(float (&s)[8][4], const float* cbs, int r0, int kk_max) {
-  const int g8 = int(threadIdx.x & 31) >> 2, c2 = 2 * int(threadIdx.x & 3);
-  constexpr int ld = cb_ld<float>();
+  const int g8 = int(threadIdx.x & 31) >> 2, c4 = int(threadIdx.x & 3), sw = (g8 & 3) << 1;
+  const float* row = cbs + (r0 + g8) * kTile + 2 * (c4 & 1);
 #pragma unroll
-  for (int j = 0; j < 8; ++j)
+  for (int j = 0; j < 8; ++j) {
+    const int col = 4 * (((2 * j) ^ sw) + (c4 >> 1));
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
-      const float2 v = j / 2 <= kk_max ? *reinterpret_cast<const float2*>(cbs + (r0 + g8 + 8 * hf) * ld + 8 * j + c2)
+      const float2 v = j / 2 <= kk_max ? *reinterpret_cast<const float2*>(row + 8 * hf * kTile + col)
                                        : make_float2(0.f, 0.f);
       s[j][2 * hf] = v.x, s[j][2 * hf + 1] = v.y;
     }
+  }
 }
 
 // The same from a bfloat16 tile: one ldmatrix per 16-key step (the A-fragment layout is the accumulators').
@@ -79,6 +107,30 @@ __device__ __forceinline__ void mma_c_hin(float (&acc)[8][4], const T* cq, int l
       mma16816<T>(acc[2 * jp + 1], a, bb[2], bb[3]);
     }
   }
+}
+
+// acc += diag(e) C_q H^T as mma_c_hin computes it, with C_q H^T in float32 accumulators of its own,
+// scaled by e once (no rounding of C_q e; no per-step scaling of the A fragments).
+template <typename T>
+__device__ __forceinline__ void mma_c_hin_exact(float (&acc)[8][4], const T* cq, int ldn, const T* h0, const T* h1,
+                                                const float (&e)[2], int r0, int Np) {
+  float hc[8][4] = {};
+  for (int k0 = 0; k0 < Np; k0 += 16) {
+    unsigned a[4];
+    load_a(a, cq, ldn, r0, k0);
+    const T* hs = k0 < kTile ? h0 : h1;
+#pragma unroll
+    for (int jp = 0; jp < 4; ++jp) {
+      unsigned bb[4];
+      load_b_nk(bb, hs, kLd, jp * 16, k0 & (kTile - 1));
+      mma16816<T>(hc[2 * jp], a, bb[0], bb[1]);
+      mma16816<T>(hc[2 * jp + 1], a, bb[2], bb[3]);
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int u = 0; u < 4; ++u) acc[j][u] = fmaf(hc[j][u], e[u / 2], acc[j][u]);
 }
 
 // acc(t, p) += D_p x(t, p) for the thread's rows (t - t0 = r0 + lane / 4 (+ 8)) from the query tile's x
@@ -126,8 +178,9 @@ __device__ __forceinline__ void store_y_staged(const SsdParams& p, const float (
   }
 }
 
-// The decay mask of key tile kt for query tile qt (see chunk_scan_lean_kernel), then acc += S X_k.
-template <typename T>
+// The decay mask of key tile kt for query tile qt (see chunk_scan_lean_kernel), then acc += S X_k
+// (kSplit: S as S_hi + S_lo).
+template <typename T, bool kSplit>
 __device__ __forceinline__ void masked_sx(float (&acc)[8][4], float (&s)[8][4], const T* xk, const ChunkTokens& tok,
                                           const float* kf, const float (&q2)[2], const int (&trow)[2], float ref,
                                           int kt, int qt, int lim, int rows_left, bool runs, bool factored) {
@@ -147,10 +200,13 @@ __device__ __forceinline__ void masked_sx(float (&acc)[8][4], float (&s)[8][4], 
   } else {
     decay_lean<false>(s, tok, q2, trow, kt * kTile, lim);
   }
-  mma_sx<T>(acc, s, xk, lim);
+  if (kSplit)
+    mma_sx_split<T>(acc, s, xk, lim);
+  else
+    mma_sx<T>(acc, s, xk, lim);
 }
 
-template <typename T, typename Cb>
+template <typename T, typename Cb, bool kSplit>
 __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParams p, Layout w) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Np = round16(N), ldn = Np + 8;
@@ -183,7 +239,7 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
   auto issue_key = [&](int i, int q, int k) {
     const int s1 = k * kTile;
     issue_tile<T>(xbuf(i), kLd, kTile, xsrc + s1 * xs1, xs1, p.x.stride[3], rows_left - s1, P - p0);
-    issue_tile<Cb>(cbuf(i), cb_ld<Cb>(), kTile, cb + int64_t(q) * kTile * Q + s1, Q, 1, kTile, kTile);
+    issue_cb(cbuf(i), cb + int64_t(q) * kTile * Q + s1, Q);
   };
   auto issue_c = [&](int q) {  // C_q, read by the pass's last stage
     issue_tile<T>(cq, ldn, Np, csrc + q * kTile * p.C.stride[1], p.C.stride[1], p.C.stride[3], rows_left - q * kTile, N);
@@ -221,7 +277,7 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
       const int lim = kt == qt ? warp : 3;  // the diagonal tile: keys up to the warp's last row
       float s[8][4];
       cb_from_smem(s, cbuf(base + kt), r0, lim);
-      masked_sx<T>(acc, s, xbuf(base + kt), tok, kf, q2, trow, ref, kt, qt, lim, rows_left, runs, factored);
+      masked_sx<T, kSplit>(acc, s, xbuf(base + kt), tok, kf, q2, trow, ref, kt, qt, lim, rows_left, runs, factored);
     }
     add_dx<T>(acc, ds, xbuf(base + qt), r0);  // the diagonal key tile is the query tile
     cp_async_wait<0>();
@@ -233,7 +289,11 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
     float e[2];  // exp(cs_t) on the chunk's first run, else 0
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) e[hf] = trow[hf] < rows_left && tok.run[trow[hf]] == 0 ? ex2(q2[hf]) : 0.f;
-    mma_c_hin<T>(acc, cq, ldn, xbuf(base + qt + 1), reinterpret_cast<const T*>(cbuf(base + qt + 1)), e, r0, Np);
+    const T* h1 = reinterpret_cast<const T*>(cbuf(base + qt + 1));
+    if (kSplit)
+      mma_c_hin_exact<T>(acc, cq, ldn, xbuf(base + qt + 1), h1, e, r0, Np);
+    else
+      mma_c_hin<T>(acc, cq, ldn, xbuf(base + qt + 1), h1, e, r0, Np);
     if (!pairs || (runs && has(p.cu_seqlens) && has(p.initial_states)))
       store_y_general<T>(p, tok, acc, nullptr, b, h, g, c0, trow, t0, rows_left, p0);
     else
@@ -245,7 +305,11 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
 // The staged chunk output (SSM_SSD_FWD_STAGED=0: the lean kernel; N > 128 always takes the lean one).
 inline bool staged_enabled() { return ssd_switch("SSM_SSD_FWD_STAGED", true); }
 
-// C B^T in bfloat16 for bfloat16 inputs (the staged kernel's shared tiles), float32 otherwise.
+// The exact forms (SSM_SSD_FWD_EXACT=0: bfloat16 C B^T for bfloat16 inputs and S rounded once, in the staged
+// and the lean kernel).
+inline bool exact_enabled() { return ssd_switch("SSM_SSD_FWD_EXACT", true); }
+
+// C B^T in bfloat16 for bfloat16 inputs (the inexact staged kernel's shared tiles), float32 otherwise.
 template <typename T>
 using StagedCb = typename std::conditional<std::is_same<T, __nv_bfloat16>::value, __nv_bfloat16, float>::type;
 
@@ -258,13 +322,19 @@ void launch_chunk_scan(const SsdParams& p, const Layout& w, cudaStream_t s) {
   if constexpr (!std::is_same<T, float>::value) {
     const dim3 cb_grid(unsigned(w.nchunks * nq * nq), unsigned(p.ngroups), unsigned(p.batch));
     const size_t cb_smem = 2 * align128(kTile * (round16(N) + 8) * sizeof(T));
-    if (staged_enabled() && N <= 2 * kTile) {
+    if (staged_enabled() && N <= 2 * kTile && exact_enabled()) {
+      launch(chunk_cb_kernel<T, float>, cb_grid, cb_smem, s, p, w);
+      launch(chunk_scan_staged_kernel<T, float, true>, paired, chunk_scan_staged_smem<T, float>(N), s, p, w);
+    } else if (staged_enabled() && N <= 2 * kTile) {
       using Cb = StagedCb<T>;
       launch(chunk_cb_kernel<T, Cb>, cb_grid, cb_smem, s, p, w);
-      launch(chunk_scan_staged_kernel<T, Cb>, paired, chunk_scan_staged_smem<T, Cb>(N), s, p, w);
+      launch(chunk_scan_staged_kernel<T, Cb, false>, paired, chunk_scan_staged_smem<T, Cb>(N), s, p, w);
     } else {
       launch(chunk_cb_kernel<T, float>, cb_grid, cb_smem, s, p, w);
-      launch(chunk_scan_lean_kernel<T, float>, paired, chunk_scan_lean_smem<T>(N), s, p, w);
+      if (exact_enabled())
+        launch(chunk_scan_lean_kernel<T, float, true>, paired, chunk_scan_lean_smem<T>(N), s, p, w);
+      else
+        launch(chunk_scan_lean_kernel<T, float, false>, paired, chunk_scan_lean_smem<T>(N), s, p, w);
     }
     return;
   }
