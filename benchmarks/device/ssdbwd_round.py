@@ -26,13 +26,12 @@ import ssm.ops as ops  # noqa: E402
 
 START = time.time()
 TESTS = [  # (name, files, -k)
-    ("kernel grid f16/bf16 + variants + sums + bitwise", ["tests/ops/test_ssd_cuda.py"],
-     "((kernel_backward or gradients_at_model_sizes) and not f32) or sums_kernel or (bitwise and kernel)"),
+    ("kernel grid + variants + sums + bitwise", ["tests/ops/test_ssd_cuda.py"],
+     "kernel_backward or (gradients_at_model_sizes and not f32) or sums_kernel or (bitwise and kernel)"),
     ("ssd / ssd_split gradient rows", ["tests/ops/test_ssd_split.py", "tests/ops/test_ssd.py"], "gradients and cuda"),
 ]
-VARIANTS = [(8, 2048, {"SSM_SSD_BWD_BLOCKS": "3"}), (8, 2048, {"SSM_SSD_BWD_REDUCE": "0"}),
-            (1, 8192, {"SSM_SSD_BWD_BLOCKS": "3"}), (1, 8192, {"SSM_SSD_BWD_REDUCE": "0"})]  # (B, L, env)
-FLAKE_S = 7.0  # seconds of the ddt_bias seed driver
+VARIANTS = [(8, 2048, {"SSM_SSD_BWD_REDUCE": "0"}), (1, 8192, {"SSM_SSD_BWD_REDUCE": "0"})]  # (B, L, env)
+FLAKE_S = 6.0  # seconds of the ddt_bias seed driver
 
 
 class Count:
@@ -142,14 +141,13 @@ def flake_ddt(budget_s):
     """The whole-suite flake (test_ssd_cuda kernel backward bf16 gate-seq_idx: ddt_bias 0.0498 > 0.04): the kernel's
     gradient errors against float64 over seeds (the test's inputs), gate on / off; the bf16 reference's own
     ddt_bias / dA error is ~1e-7 (CPU, 30 seeds: it sums in float32 from the same bf16 inputs)."""
-    from tests.ops.test_ssd_cuda import cuda_backward_grads
+    from tests.ops.test_ssd_cuda import bias_grad_error, cuda_backward_grads
     from tests.ops.test_ssd import make_inputs
     from tests.ops.harness import rel_err
     os.environ.update(SSM_SSD_COMPOSED_BWD="1", SSM_SSD_BWD_KERNEL="1")
-    # (shape, gate, dtype): float16 on the same seeds tells operand rounding (8x finer than bfloat16's) from a bug
-    cases = [((2, 300, 4, 64, 2, 64, 128), True, torch.bfloat16), ((2, 300, 4, 64, 2, 64, 128), True, torch.float16),
-             ((2, 3 * 256 + 37, 4, 32, 4, 128, 256), True, torch.bfloat16),
-             ((2, 300, 4, 64, 2, 64, 128), False, torch.bfloat16)]
+    # (shape, gate, dtype); round 1 also ran float16 (errors 8x smaller: operand rounding) and gate off
+    cases = [((2, 300, 4, 64, 2, 64, 128), True, torch.bfloat16),
+             ((2, 3 * 256 + 37, 4, 32, 4, 128, 256), True, torch.bfloat16)]
     out, t_end = {}, time.time() + budget_s
     for k, (shape, gate, dtype) in enumerate(cases):
         errs, stop = [], time.time() + (t_end - time.time()) / (len(cases) - k)
@@ -167,12 +165,13 @@ def flake_ddt(budget_s):
             seed += 1
             # the sum's conditioning: |Σ_t |ddt_t|| / |Σ_t ddt_t| per head (1 without cancellation)
             want = grads["dt"][1].double()
-            e["kappa"] = (want.abs().sum((0, 1)).norm() / want.sum((0, 1)).norm().clamp_min(1e-300)).item()
+            e["kappa"] = max((want.abs().sum((0, 1)).norm() / want.sum((0, 1)).norm().clamp_min(1e-300)).item(), 1e-30)
+            e["bias_rss"] = bias_grad_error(*grads["dt_bias"], grads["dt"][1])  # what the tests now bound
             errs.append(e)
         if not errs:
             continue
         row = {}
-        for n in ("dt", "dt_bias", "A", "D", "X"):
+        for n in ("dt", "dt_bias", "bias_rss", "A", "D", "X"):
             v = sorted(e[n] for e in errs)
             row[n] = dict(median=v[len(v) // 2], p90=v[int(0.9 * len(v))], max=v[-1], over=sum(x > 0.04 for x in v))
         ratio = sorted(e["dt_bias"] / max(e["dt"], 1e-30) for e in errs)
@@ -197,25 +196,29 @@ def flake_ddt(budget_s):
 
 
 def main():
-    """Tests, then (budget permitting, in this order) the default timings, the flake's seeds (FLAKE_S seconds), the
-    variants, the host profile; time.json rewritten after each part."""
+    """Tests, then (budget permitting, in this order) the default timings, a trace, the flake's seeds (FLAKE_S
+    seconds), the variants, the host profile; time.json rewritten after each part."""
     out_dir, budget = sys.argv[1], float(sys.argv[2]) if len(sys.argv) > 2 else 1e9
     os.makedirs(out_dir, exist_ok=True)
     run_tests()
     print(torch.cuda.get_device_name(), f"tests done at {time.time() - START:.1f} s", flush=True)
     res = dict(device=torch.cuda.get_device_name(), rows=[])
     parts = [("rows", lambda: case(8, 2048)), ("rows", lambda: case(1, 8192)), ("rows", lambda: case(*VARIANTS[0])),
-             ("flake_ddt", lambda: flake_ddt(min(FLAKE_S, budget - (time.time() - START))))]
-    parts += [("trace_b1", lambda: trace(1, 8192, out_dir)), ("trace_b8", lambda: trace(8, 2048, out_dir))]
+             ("trace_b1", lambda: trace(1, 8192, out_dir)),
+             ("flake_ddt", lambda: flake_ddt(min(FLAKE_S, budget - (time.time() - START)))),
+             ("trace_b8", lambda: trace(8, 2048, out_dir))]
     parts += [("rows", lambda v=v: case(*v)) for v in VARIANTS[1:]] + [("host_ops_b1", lambda: cpu_ops(1, 8192))]
     for name, part in parts:
         if time.time() - START > budget - 1:
             print("time budget reached", flush=True)
             break
-        if name == "rows":
-            res["rows"].append(part())
-        else:
-            res[name] = part()
+        try:
+            if name == "rows":
+                res["rows"].append(part())
+            else:
+                res[name] = part()
+        except Exception as e:  # a part's failure leaves the others
+            print(f"-- {name} failed: {type(e).__name__}: {e}", flush=True)
         with open(os.path.join(out_dir, "time.json"), "w") as f:
             json.dump(res, f, indent=1)
 
