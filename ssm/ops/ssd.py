@@ -251,12 +251,42 @@ def _bwd_cuda(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dy, dfinal
         *_input_refs(x, dt, A, B, C, D, None, dt_bias, initial_states, _int32(seq_idx), None),
         *_input_refs(dy, dfinal, None, dx, None, ddt, dA, dBh, dCh, dD, dinit, ws), ws_floats,
         dt_softplus, dt_lo, dt_hi, _kernels.exec_arg("cuda", x))
+    if _BWD_REDUCE:
+        sums = _reduce_kernel(cuda, x, B, D, dt_bias, sets, dBh, dCh, dA, dD, ddt)
+    else:
+        sums = _reduce_torch(x, B, C, A, D, dt_bias, sets, dBh, dCh, dA, dD, ddt)
+    dB, dC, dA, dD, ddt_bias = sums
+    grads = (dx, ddt.to(dt.dtype), dA, dB, dC, dD, dz, ddt_bias, dinit)
+    return tuple(_library.empty_if_none(g, x) for g in grads)
+
+
+# SSM_SSD_BWD_REDUCE=0: the backward's last sums by torch ops instead of one kernel
+_BWD_REDUCE = os.environ.get("SSM_SSD_BWD_REDUCE", "1") != "0"
+
+
+def _reduce_kernel(cuda, x, B, D, dt_bias, sets, dBh, dCh, dA, dD, ddt):
+    """(dB, dC, dA, dD, ddt_bias) from the kernel's partials in one launch (ssd_chunk_scan_bwd_reduce.cu)."""
+    batch, L, H, P = x.shape
+    G, N = B.shape[2], B.shape[3]
+    f32 = torch.float32
+    dB, dC = _kernels.empty((batch, L, G, N), x), _kernels.empty((batch, L, G, N), x)
+    dA_h = _kernels.empty((H,), x, f32)
+    dD_h = None if dD is None else _kernels.empty((H, P), x, f32)
+    dbias = None if dt_bias is None else _kernels.empty((H,), x, f32)
+    cuda.ssd_chunk_scan_bwd_reduce(
+        _kernels.dtype_code(x), [batch, L, H, P, G, N, sets, dA.shape[1], 0 if dD is None else dD.shape[0]],
+        *_input_refs(dBh, dCh, dB, dC, dA, dA_h, dD, dD_h, ddt, dbias), _kernels.exec_arg("cuda", x))
+    return dB, dC, dA_h, dD_h, dbias
+
+
+def _reduce_torch(x, B, C, A, D, dt_bias, sets, dBh, dCh, dA, dD, ddt):
+    """_reduce_kernel by torch ops."""
+    batch, L, H, _ = x.shape
+    G, N = B.shape[2], B.shape[3]
     # (B, L, sets, N) -> (B, L, G, N): the sum over each group's head sets (none when one set per group)
     dB, dC = (t if sets == G else t.view(batch, L, G, sets // G, N).sum(3) for t in (dBh, dCh))
-    grads = (dx, ddt.to(dt.dtype), dA.view(batch, H, nc).sum((0, 2)).to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
-             None if dD is None else dD.sum(0), dz, None if dt_bias is None else ddt.sum((0, 1)).to(dt_bias.dtype),
-             dinit)
-    return tuple(_library.empty_if_none(g, x) for g in grads)
+    return (dB.to(B.dtype), dC.to(C.dtype), dA.view(batch, H, -1).sum((0, 2)).to(A.dtype),
+            None if dD is None else dD.sum(0), None if dt_bias is None else ddt.sum((0, 1)).to(dt_bias.dtype))
 
 
 def _use_bwd_kernel(x, B, C):

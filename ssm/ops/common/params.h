@@ -349,3 +349,26 @@ struct Mamba1BlockDecodeParams {
 };
 
 }  // namespace ssm
+
+namespace ssm {
+
+// The SSD backward's last sums (CUDA, after ssd_chunk_scan_bwd), in a fixed order (no atomics):
+// dB / dC = the sum of a group's head-set partials, in the input dtype; dA, dD, ddt_bias the sums
+// over rows, chunks and tokens of the kernel's float32 partials.
+struct SsdBwdReduceParams {
+  int64_t batch = 0, seqlen = 0, nheads = 0, headdim = 0, ngroups = 0, dstate = 0;
+  int64_t sets = 0;          // head sets (a multiple of ngroups)
+  int64_t dA_parts = 0;      // partials of dA per (batch, head)
+  int64_t dD_rows = 0;       // partial rows of dD
+  DType dtype = DType::f32;  // dB, dC
+  TensorArg dB_sets, dC_sets;  // (B, L, sets, N)        float32
+  TensorArg dB, dC;            // (B, L, G, N)           dtype
+  TensorArg dA_part;           // (B * H, dA_parts)      float32
+  TensorArg dA;                // (H,)                   float32
+  TensorArg dD_part;           // (dD_rows, H, P)        float32, optional
+  TensorArg dD;                // (H, P)                 float32, with dD_part
+  TensorArg ddt;               // (B, L, H)              float32
+  TensorArg ddt_bias;          // (H,)                   float32, optional
+};
+
+}  // namespace ssm

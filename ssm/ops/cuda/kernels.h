@@ -32,6 +32,7 @@ void ssd_chunk_scan_fwd(const SsdParams& p, cudaStream_t stream);
 void ssd_chunk_scan_bwd(const SsdParams& p, cudaStream_t stream);  // dB, dC per head (B, L, H, N); dA (B * H, nchunks)
 int64_t ssd_chunk_scan_bwd_workspace_floats(const SsdParams& p);  // the forward's layout, then the backward's
 int64_t ssd_chunk_scan_bwd_head_sets(const SsdParams& p);  // dB / dC come out as (B, L, head sets, N) partial sums
+void ssd_chunk_scan_bwd_reduce(const SsdBwdReduceParams& p, cudaStream_t stream);  // the partials' sums
 
 void conv_state_step(const ConvStateStepParams& p, cudaStream_t stream);
 void norm_gemv(const NormGemvParams& p, cudaStream_t stream);

@@ -204,8 +204,10 @@ __global__ void __launch_bounds__(kThreads) bwd_dc_kernel(SsdParams p, Layout w,
     ptr<float>(p.workspace)[v.ysum + ((b * p.nheads + h) * w.nchunks + c) * Q + t0 + threadIdx.x] = ysum[threadIdx.x];
 }
 
-// The state-leaving weight e_s = exp(cs_last - cs_s) of source s on the chunk's last run, else 0.
-__device__ __forceinline__ float leave_weight(const ChunkTokens& tok, int s, int nv) {
+// The state-leaving weight e_s = exp(cs_last - cs_s) of source s on the chunk's last run, else 0 (Tok: ChunkTokens
+// or the tile kernels' TileTokens).
+template <typename Tok>
+__device__ __forceinline__ float leave_weight(const Tok& tok, int s, int nv) {
   return s < nv && tok.run[s] == tok.run[nv - 1] ? __expf(tok.cs[nv - 1] - tok.cs[s]) : 0.f;
 }
 
@@ -401,7 +403,10 @@ template <typename Kernel>
 void launch_bwd(Kernel kernel, dim3 grid, size_t smem, cudaStream_t s, const SsdParams& p, const Layout& w,
                 const BwdLayout& v) {
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
-  if (smem > 48 * 1024) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  if (smem > 48 * 1024) {  // and the largest shared-memory carveout: the tile kernels fit 3-4 blocks of 50-65 KB
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, int(cudaSharedmemCarveoutMaxShared));
+  }
   kernel<<<grid, kThreads, smem, s>>>(p, w, v);
 }
 

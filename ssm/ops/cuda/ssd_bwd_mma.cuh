@@ -28,6 +28,14 @@ struct MmaSmem {
   }
 };
 
+// What the tile kernels keep of a chunk's token data (the first three arrays of ChunkTokens, 3 KB of shared
+// memory instead of 5 KB): as dstate writes it to the workspace (v.tok) and chunk_tokens copies it back.
+struct TileTokens {
+  float dt[kMaxChunk];
+  float cs[kMaxChunk];
+  int run[kMaxChunk];
+};
+
 // acc (16 x 64 per warp) += A (rows r0.., stored [row][k], K = Kp) · Bt^T (Bt stored [n][k]); only the
 // n-tile pairs jp_min..jp_max.
 template <typename T>
@@ -89,7 +97,7 @@ __device__ __forceinline__ void mma_sx_from(float (&acc)[8][4], const float (&s)
 // exp(cs_t - cs_s) = exp(cs_t - ref) · exp(ref - cs_s) about the source tile's last token (both <= 1 for a
 // decaying A): 18 exponentials per thread instead of 32.
 template <bool kRowsTarget, bool kDelta>
-__device__ __forceinline__ void tile_decay(float (&v)[8][4], const ChunkTokens& tok, const int (&row)[2], int col0,
+__device__ __forceinline__ void tile_decay(float (&v)[8][4], const TileTokens& tok, const int (&row)[2], int col0,
                                            int nv, bool diag) {
   const int c2 = 2 * int(threadIdx.x & 3);
   const int src0 = kRowsTarget ? col0 : row[0] / kTile * kTile;
@@ -121,10 +129,10 @@ __device__ __forceinline__ void tile_decay(float (&v)[8][4], const ChunkTokens& 
     }
 }
 
-// The chunk's token data (Δ, cs, run: the first three arrays of ChunkTokens) for row b, head h, chunk c,
+// The chunk's token data (Δ, cs, run) for row b, head h, chunk c,
 // copied asynchronously from the workspace copy that dstate wrote (v.tok); the caller commits and waits.
 __device__ __forceinline__ void chunk_tokens(const SsdParams& p, const Layout& w, const BwdLayout& v, int64_t b, int h,
-                                             int64_t c, ChunkTokens& tok) {
+                                             int64_t c, TileTokens& tok) {
   const float* src = ptr<float>(p.workspace) + v.tok + ((b * p.nheads + h) * w.nchunks + c) * 3 * kMaxChunk;
   for (int e = threadIdx.x; e < 3 * kMaxChunk / 4; e += kThreads) cp_async16(tok.dt + 4 * e, src + 4 * e, true);
 }
@@ -205,25 +213,31 @@ __device__ __forceinline__ void pair_sums(float (&pr)[8][4], float (&carry)[2], 
 template <typename T>
 size_t bwd_dc_mma_smem(int P) {
   const int ldp = round16(P) + 8;
-  return align128(sizeof(ChunkTokens)) + 3 * align128(kTile * ldp * sizeof(T)) +
-         3 * align128(kTile * kLd * sizeof(T)) + align128(4 * kTile * sizeof(float));
+  return align128(sizeof(TileTokens)) + 2 * align128(kTile * ldp * sizeof(T)) +
+         align128(kTile * max(ldp, kLd) * sizeof(T)) + 2 * align128(kTile * kLd * sizeof(T)) +
+         align128(4 * kTile * sizeof(float));
 }
+
+// Blocks per SM the tile kernels dc / db are built for (the register cap: 4 -> 128 registers, 3 -> 168): four when
+// four fit the SM's 228 KB of shared memory (1 KB reserved per block; P 64: ~50 KB each), else three. (dx stays at
+// three: 336 us with four against 321 with three on an H200, its 24 B of spills; dc, db 517 / 381 against 564 / 440.)
+inline int bwd_tile_blocks(size_t smem) { return 4 * (smem + 1024) <= 228 * 1024 ? 4 : 3; }
 
 // Per (target tile i, 64-wide N slice, head set): dC summed over the set's heads (one group), per head the Y
 // partials and (slice (head - first head) mod slices) the decay-pair sums.
-template <typename T, bool kPrefetch>
-__global__ void __launch_bounds__(kThreads, 3) bwd_dc_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
+template <typename T, int kBlocks>
+__global__ void __launch_bounds__(kThreads, kBlocks) bwd_dc_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), nq = Q / kTile, Pp = round16(P), ldp = Pp + 8;
   const int nns = (N + kTile - 1) / kTile;
   MmaSmem sm{smem};
-  ChunkTokens& tok = *sm.take<ChunkTokens>(1);
+  TileTokens& tok = *sm.take<TileTokens>(1);
   T* dys = sm.take<T>(kTile * ldp);
   T* xb0 = sm.take<T>(kTile * ldp);
-  T* xb1 = sm.take<T>(kTile * ldp);
+  T* xb1 = sm.take<T>(kTile * max(ldp, kLd));
   T* bb0 = sm.take<T>(kTile * kLd);
   T* bb1 = sm.take<T>(kTile * kLd);
-  T* hb = sm.take<T>(kTile * kLd);
+  T* hb = xb1;  // H_in pieces in the state's part, before the source loop's first copy into xb1
   float* red = sm.take<float>(4 * kTile);
   const TileBlock tb = tile_block(p, w, v, nns);
   const int ns = tb.slice, i = nq - 1 - tb.tile, n0 = ns * kTile, t0 = i * kTile;  // the heaviest tiles first
@@ -298,7 +312,7 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dc_mma_kernel(SsdParams p, La
     const int64_t pf_row = int64_t(trow[0] + 8 * ((threadIdx.x >> 1) & 1)) * Q + (threadIdx.x & 1) * 32;
     for (int j = 0; j <= i; ++j) {
       const int s0 = j * kTile, lim = j == i ? warp : 3;
-      if (kPrefetch && pairs_here) prefetch_l1(cbg + pf_row + s0);  // the C B^T tile of this step into L1
+      if (pairs_here) prefetch_l1(cbg + pf_row + s0);  // the C B^T tile of this step into L1
       if (j < i) {
         const int s1 = s0 + kTile;
         issue_tile<T>((j & 1 ? xb0 : xb1), ldp, Pp, xk + s1 * X.stride[1], X.stride[1], X.stride[3], nv - s1, P);
@@ -343,8 +357,8 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dc_mma_kernel(SsdParams p, La
 template <typename T>
 size_t bwd_dx_mma_smem(int N) {
   const int ldn = round16(N) + 8;
-  return align128(sizeof(ChunkTokens)) + 2 * align128(kTile * max(ldn, kLd) * sizeof(T)) +
-         2 * align128(kTile * kLd * sizeof(T)) + align128(4 * kTile * sizeof(float));
+  return align128(sizeof(TileTokens)) + 2 * align128(kTile * max(ldn, kLd) * sizeof(T)) +
+         2 * align128(kTile * kLd * sizeof(T));
 }
 
 // Per (source tile j, 64-wide P slice, head): o, dx, the x·o and X_s partials, the dD share.
@@ -354,12 +368,12 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, La
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), nq = Q / kTile, Np = round16(N), ldn = Np + 8;
   const int npt = (P + kTile - 1) / kTile;
   MmaSmem sm{smem};
-  ChunkTokens& tok = *sm.take<ChunkTokens>(1);
+  TileTokens& tok = *sm.take<TileTokens>(1);
   T* bs = sm.take<T>(kTile * max(ldn, kLd));  // B_s, then the source tile's x (P slice)
   T* hb = sm.take<T>(kTile * max(ldn, kLd));  // dH_out (P slice), then the source tile's dY
   T* db0 = sm.take<T>(kTile * kLd);
   T* db1 = sm.take<T>(kTile * kLd);
-  float* red = sm.take<float>(4 * kTile);
+  float* red = reinterpret_cast<float*>(db0);  // the dD column sums, after the target loop
   const int pt = int(blockIdx.x % npt), j = int(blockIdx.x / npt % nq), p0 = pt * kTile, s0 = j * kTile;
   const int h = blockIdx.y, g = h / int(p.nheads / p.ngroups);
   const int64_t c = blockIdx.x / (npt * nq), b = blockIdx.z, c0 = c * Q, L = p.seqlen;
@@ -474,26 +488,28 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, La
 template <typename T>
 size_t bwd_db_mma_smem(int P) {
   const int ldp = round16(P) + 8;
-  return align128(sizeof(ChunkTokens)) + 3 * align128(kTile * ldp * sizeof(T)) + 3 * align128(kTile * kLd * sizeof(T));
+  return align128(sizeof(TileTokens)) + 3 * align128(kTile * ldp * sizeof(T)) + 2 * align128(kTile * kLd * sizeof(T));
 }
 
 // Per (source tile j, 64-wide N slice, head set): dB = Σ over the set's heads of
 // Δ (diag(e) X dH_out + Σ_t (X dY_t^T ∘ L^T) C_t).
-template <typename T>
-__global__ void __launch_bounds__(kThreads, 3) bwd_db_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
+template <typename T, int kBlocks>
+__global__ void __launch_bounds__(kThreads, kBlocks) bwd_db_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Pp = round16(P), ldp = Pp + 8;
   const int nns = (N + kTile - 1) / kTile;
   MmaSmem sm{smem};
-  ChunkTokens& tok = *sm.take<ChunkTokens>(1);
+  TileTokens& tok = *sm.take<TileTokens>(1);
   T* xs = sm.take<T>(kTile * ldp);
   T* dyb0 = sm.take<T>(kTile * ldp);
   T* dyb1 = sm.take<T>(kTile * ldp);
   T* cb0 = sm.take<T>(kTile * kLd);
   T* cb1 = sm.take<T>(kTile * kLd);
-  T* hb = sm.take<T>(kTile * kLd);
   const TileBlock tb = tile_block(p, w, v, nns);
   const int ns = tb.slice, j = tb.tile, n0 = ns * kTile, s0 = j * kTile;  // the heaviest tiles first
+  // dH_out pieces in the leaving state's part: the C buffer that the first target tile does not take (the
+  // target loop's first copy into it comes after that part)
+  T* hb = j & 1 ? cb0 : cb1;
   const int hs = int(p.nheads / v.hsets), set = tb.set, h0 = set * hs, g = h0 / int(p.nheads / p.ngroups);
   const int64_t c = tb.c, b = tb.b, c0 = c * Q, L = p.seqlen;
   if (c0 + s0 >= L) return;
@@ -663,13 +679,15 @@ void launch_bwd_tiles_mma(const SsdParams& p, const Layout& w, const BwdLayout& 
   const int P = int(p.headdim), N = int(p.dstate);
   const unsigned sets = unsigned(v.hsets);
   const unsigned tiles = nq * nc * nns * sets * unsigned(p.batch);  // 1-d: tile_block
-  const char* e = std::getenv("SSM_SSD_BWD_PREFETCH");  // =0: the C B^T tiles of dc not prefetched into L1
-  if (e != nullptr && std::strcmp(e, "0") == 0)
-    launch_bwd(bwd_dc_mma_kernel<T, false>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
+  if (bwd_tile_blocks(bwd_dc_mma_smem<T>(P)) == 3)
+    launch_bwd(bwd_dc_mma_kernel<T, 3>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
   else
-    launch_bwd(bwd_dc_mma_kernel<T, true>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
+    launch_bwd(bwd_dc_mma_kernel<T, 4>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
   launch_bwd(bwd_dx_mma_kernel<T>, dim3(nc * nq * npt, H, unsigned(p.batch)), bwd_dx_mma_smem<T>(N), s, p, w, v);
-  launch_bwd(bwd_db_mma_kernel<T>, dim3(tiles), bwd_db_mma_smem<T>(P), s, p, w, v);
+  if (bwd_tile_blocks(bwd_db_mma_smem<T>(P)) == 3)
+    launch_bwd(bwd_db_mma_kernel<T, 3>, dim3(tiles), bwd_db_mma_smem<T>(P), s, p, w, v);
+  else
+    launch_bwd(bwd_db_mma_kernel<T, 4>, dim3(tiles), bwd_db_mma_smem<T>(P), s, p, w, v);
 }
 
 }  // namespace ssm::cuda::ssd
