@@ -2,6 +2,7 @@
 poisoning of kernel outputs):
 1. decode latency per token with cg=True for the four model shapes (bench_models_cuda's method),
    with the defaults and each variant of VARIANTS (environment switches read per launch);
+   (the defaults and the timeline of each model first, then the variants);
 2. a timeline of one graph-replayed token per model (torch.profiler over the replays): every
    kernel's start and duration; per kernel name its count, mean duration and mean critical-path
    share (how far the token's end-to-end time advanced while it was the last kernel to finish).
@@ -30,8 +31,9 @@ import bench_models_cuda as bm  # noqa: E402
 
 DEV = bc.DEV
 OUT: dict = {"e2e": [], "profile": {}}
-VARIANTS = {"default": {}, "scalar_prologue": {"SSM_GEMV_VEC": "0"}, "no_pdl": {"SSM_PDL": "0"}}
-SWITCHES = ("SSM_PDL", "SSM_GEMV_VEC")
+VARIANTS = {"default": {}, "scalar_prologue": {"SSM_GEMV_VEC": "0"}, "old_conv_step": {"SSM_CONV_STEP_EARLY": "0"},
+            "session5": {"SSM_GEMV_VEC": "0", "SSM_CONV_STEP_EARLY": "0"}, "no_pdl": {"SSM_PDL": "0"}}
+SWITCHES = ("SSM_PDL", "SSM_GEMV_VEC", "SSM_CONV_STEP_EARLY")
 
 
 def guarded(fn):
@@ -153,8 +155,8 @@ def profile_tokens(model, name, n=3):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=".")
-    ap.add_argument("--models", default="mamba2-130m,mamba-130m,mamba2-1.3b,mamba-1.4b")
-    ap.add_argument("--variants", default="default,scalar_prologue")
+    ap.add_argument("--models", default="mamba2-1.3b,mamba-1.4b,mamba2-130m,mamba-130m")
+    ap.add_argument("--variants", default="scalar_prologue,old_conv_step")
     ap.add_argument("--skip", default="")
     a = ap.parse_args()
     path = os.path.join(a.out, "decode_e2e.json")
@@ -163,18 +165,19 @@ def main():
     OUT["copy_gbs"] = bc.copy_bandwidth()
     print(f"{OUT['device']}, copy {OUT['copy_gbs']:.0f} GB/s", flush=True)
     models = {}
-    for name in a.models.split(","):
+    for name in a.models.split(","):  # the defaults and one token's kernels first, then the variants
         models[name] = model = bm.make_model(name)  # outside inference_mode: ordinary parameters
+        e2e(model, name, "default")
+        if "profile" not in skip:
+            with torch.inference_mode():  # the graph cache's tensors are inference tensors
+                guarded(per_token_ms)(model, 0)  # a graph of the defaults
+                profile_tokens(model, name)
+        save(path)
+    for name, model in models.items():
         for variant in a.variants.split(","):
-            e2e(model, name, variant)
-            save(path)
-    if "profile" not in skip:
-        with torch.inference_mode():  # the graph cache's tensors are inference tensors
-            for name in ("mamba2-1.3b", "mamba-1.4b", "mamba2-130m", "mamba-130m"):
-                if name in models:
-                    guarded(per_token_ms)(models[name], 0)  # this variant's graph (the defaults)
-                    profile_tokens(models[name], name)
-                    save(path)
+            if variant != "default" and (name.startswith("mamba2") or variant != "old_conv_step"):
+                e2e(model, name, variant)
+                save(path)
     set_env({})
 
 
