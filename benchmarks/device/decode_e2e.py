@@ -32,8 +32,9 @@ import bench_models_cuda as bm  # noqa: E402
 DEV = bc.DEV
 OUT: dict = {"e2e": [], "profile": {}}
 VARIANTS = {"default": {}, "scalar_prologue": {"SSM_GEMV_VEC": "0"}, "old_conv_step": {"SSM_CONV_STEP_EARLY": "0"},
-            "session5": {"SSM_GEMV_VEC": "0", "SSM_CONV_STEP_EARLY": "0"}, "no_pdl": {"SSM_PDL": "0"}}
-SWITCHES = ("SSM_PDL", "SSM_GEMV_VEC", "SSM_CONV_STEP_EARLY")
+            "session5": {"SSM_GEMV_VEC": "0", "SSM_CONV_STEP_EARLY": "0"}, "no_pdl": {"SSM_PDL": "0"},
+            "gemv_1_block_per_sm": {"SSM_GEMV_BLOCKS_PER_SM": "1"}}
+SWITCHES = ("SSM_PDL", "SSM_GEMV_VEC", "SSM_CONV_STEP_EARLY", "SSM_GEMV_BLOCKS_PER_SM")
 
 
 def guarded(fn):
@@ -156,7 +157,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=".")
     ap.add_argument("--models", default="mamba2-1.3b,mamba-1.4b,mamba2-130m,mamba-130m")
-    ap.add_argument("--variants", default="scalar_prologue,old_conv_step")
+    ap.add_argument("--variants", default="scalar_prologue,old_conv_step,gemv_1_block_per_sm")
     ap.add_argument("--skip", default="")
     a = ap.parse_args()
     path = os.path.join(a.out, "decode_e2e.json")
