@@ -74,7 +74,7 @@ def per_token_ms(model, reps=2):
     reps=0: only capture the graph."""
     model._decoding_cache = None
     ids = torch.randint(0, bm.VOCAB, (1, bm.PROMPT), device=DEV)
-    gen_s(model, ids, bm.NEW)
+    gen_s(model, ids, bm.NEW if reps else 2)
     if reps == 0:
         return None
     gen_s(model, ids, 1)
@@ -157,7 +157,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=".")
     ap.add_argument("--models", default="mamba2-1.3b,mamba-1.4b,mamba2-130m,mamba-130m")
-    ap.add_argument("--variants", default="scalar_prologue,old_conv_step,gemv_1_block_per_sm")
+    ap.add_argument("--variants", default="scalar_prologue,gemv_1_block_per_sm,old_conv_step")
     ap.add_argument("--skip", default="")
     a = ap.parse_args()
     path = os.path.join(a.out, "decode_e2e.json")
