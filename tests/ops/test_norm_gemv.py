@@ -201,12 +201,13 @@ def test_vector_and_scalar_prologues_agree(dtype, case, monkeypatch):
     monkeypatch.setattr(ng, "PLAIN", True)
     batch, K, M, gs = case
     dev = torch.device("cuda")
-    inp, pre = make(batch, K, M, gs, dtype, dev), make_prenorm(batch, K, M, dtype, dev, True, False)
+    inp = make(batch, K, M, gs, dtype, dev)
+    pre = {r: make_prenorm(batch, K, M, dtype, dev, True, r) for r in (True, False)}  # RMS: no norm bias
     y_sep = {b: rmsnorm_fn(inp["x"], inp["nw"], None, z=inp["z"], eps=1e-5, group_size=gs, norm_before_gate=b)
              for b in (False, True)}
     with torch.no_grad():
-        pre_sep = {r: ng.fused_layer_norm(pre["x"], pre["nw"], pre["nb"], pre["res"], r, 1e-5, True, True)
-                   for r in (True, False)}
+        pre_sep = {r: ng.fused_layer_norm(p["x"], p["nw"], p["nb"], p["res"], r, 1e-5, True, True)
+                   for r, p in pre.items()}
         for vec in ("1", "0"):
             monkeypatch.setenv("SSM_GEMV_VEC", vec)
             for before in (False, True):
@@ -214,11 +215,11 @@ def test_vector_and_scalar_prologues_agree(dtype, case, monkeypatch):
                 assert_close(out, torch.nn.functional.linear(y_sep[before], inp["W"], inp["b"]), dtype,
                              f"gated out (vec {vec}, before {before})", factor=0.25)
             for is_rms in (True, False):
-                out, res = run_prenorm(pre, is_rms)
+                out, res = run_prenorm(pre[is_rms], is_rms)
                 y, res_sep = pre_sep[is_rms]
                 assert torch.equal(res, res_sep), f"residual_out (vec {vec}, rms {is_rms})"
-                assert_close(out, pre["lin"](y), dtype, f"prenorm out (vec {vec}, rms {is_rms})", factor=0.25)
-            lin = pre["lin"]
+                assert_close(out, pre[is_rms]["lin"](y), dtype, f"prenorm out (vec {vec}, rms {is_rms})", factor=0.25)
+            lin = pre[False]["lin"]
             assert_close(ng.small_linear(lin, inp["x"]), lin(inp["x"]), dtype, f"plain (vec {vec})", factor=0.25)
         # one element off 16-byte alignment: the element-wise prologue whatever the switch
         monkeypatch.delenv("SSM_GEMV_VEC")

@@ -67,23 +67,7 @@ __device__ __forceinline__ int64_t bc_channel(const ConvStateStepParams& p, int6
   return i < N ? base + g * N + i : base + (p.ngroups + g) * N + (i - N);
 }
 
-// Stores the new conv state of a channel whose window this thread read: [window, new input] when the
-// state holds exactly W entries (stores only), else a shift (loads before stores).
-template <typename T>
-__device__ __forceinline__ void store_window(const ConvStateStepParams& p, int64_t b, int64_t c, const Window& win) {
-  if (p.state_len != p.width || p.width > 5) return shift_in<T>(p, b, c);
-  T* st = ptr<T>(p.conv_state) + b * p.conv_state.stride[0] + c * p.conv_state.stride[1];
-  const int64_t ss = p.conv_state.stride[2];
-#pragma unroll
-  for (int k = 0; k < 4; ++k)
-    if (k < p.width - 1) st[k * ss] = from_float<T>(win.v[k]);
-  st[(p.width - 1) * ss] = from_float<T>(win.xin);
-}
-
-// kEarly: every global load of the block (state, conv windows, dt, D, z) issued before its first
-// global store (the x channels' conv states are rewritten after the output): one dependent round
-// trip after the previous kernel instead of three. !kEarly: the session-5 order (SSM_CONV_STEP_EARLY=0).
-template <typename TS, typename T, int kTPR, int kPacks, bool kEarly>
+template <typename TS, typename T, int kTPR, int kPacks>
 __global__ void __launch_bounds__(kThreads, kPacks == 1 ? 4 : 1) conv_state_step_kernel(ConvStateStepParams p) {
   constexpr int kRows = kThreads / kTPR;
   __shared__ float sBC[2 * kMaxN];  // conv outputs of the group's B (first N) and C
@@ -114,17 +98,11 @@ __global__ void __launch_bounds__(kThreads, kPacks == 1 ? 4 : 1) conv_state_step
     const int64_t i = tid + int64_t(j) * kThreads;
     if (i < 2 * N) sBC[i] = conv_at<T>(p, b, bc_channel(p, g, i), win[j]);
   }
-  const bool own_x = tid < kRows && p0 + tid < P;
-  Window xw;
-  if (own_x) {
-    sx[tid] = conv_at<T>(p, b, h * P + p0 + tid, xw);
-    if (!kEarly) shift_in<T>(p, b, h * P + p0 + tid);
-  }
-  // this row's D and gate, with the other loads (kEarly)
-  float d_row = 0.f, gate = 1.f;
-  if (kEarly && row_ok) {
-    if (has(p.D)) d_row = ptr<float>(p.D)[h * p.D.stride[0] + hp * p.D.stride[1]];
-    if (has(p.z)) gate = silu(to_float(ptr<T>(p.z)[b * p.z.stride[0] + h * p.z.stride[1] + hp * p.z.stride[2]]));
+  if (tid < kRows && p0 + tid < P) {
+    const int64_t c = h * P + p0 + tid;
+    Window xw;
+    sx[tid] = conv_at<T>(p, b, c, xw);
+    shift_in<T>(p, b, c);
   }
   float dt = to_float(ptr<T>(p.dt)[b * p.dt.stride[0] + h * p.dt.stride[1]]) +
              (has(p.dt_bias) ? ptr<float>(p.dt_bias)[h * p.dt_bias.stride[0]] : 0.f);
@@ -160,23 +138,31 @@ __global__ void __launch_bounds__(kThreads, kPacks == 1 ? 4 : 1) conv_state_step
 #pragma unroll
   for (int off = kTPR / 2; off > 0; off /= 2) y += __shfl_xor_sync(group, y, off, kTPR);
   if (row_ok && lane == 0) {
-    if (kEarly) {
-      y = (y + d_row * xv) * gate;
-    } else {
-      if (has(p.D)) y += ptr<float>(p.D)[h * p.D.stride[0] + hp * p.D.stride[1]] * xv;
-      if (has(p.z)) y *= silu(to_float(ptr<T>(p.z)[b * p.z.stride[0] + h * p.z.stride[1] + hp * p.z.stride[2]]));
-    }
+    if (has(p.D)) y += ptr<float>(p.D)[h * p.D.stride[0] + hp * p.D.stride[1]] * xv;
+    if (has(p.z)) y *= silu(to_float(ptr<T>(p.z)[b * p.z.stride[0] + h * p.z.stride[1] + hp * p.z.stride[2]]));
     ptr<T>(p.out)[b * p.out.stride[0] + h * p.out.stride[1] + hp * p.out.stride[2]] = from_float<T>(y);
   }
-  if (kEarly && own_x) store_window<T>(p, b, h * P + p0 + tid, xw);
   if (tid == 0) s_last = ticket == int(p.nheads / p.ngroups) * int(gridDim.x) - 1;
   __syncthreads();
   if (!s_last) return;
-  // the last block of the (batch row, group): every other has read the B/C history
+  // the last block of the (batch row, group): every other has read the B/C history. A state of
+  // exactly W entries becomes [window, new input], which this thread holds: stores only.
+  const bool held = p.state_len == p.width && p.width <= 5;
 #pragma unroll
   for (int j = 0; j < 2 * kMaxN / kThreads; ++j) {
     const int64_t i = tid + int64_t(j) * kThreads;
-    if (i < 2 * N) store_window<T>(p, b, bc_channel(p, g, i), win[j]);
+    if (i >= 2 * N) continue;
+    const int64_t c = bc_channel(p, g, i);
+    if (!held) {
+      shift_in<T>(p, b, c);
+      continue;
+    }
+    T* st = ptr<T>(p.conv_state) + b * p.conv_state.stride[0] + c * p.conv_state.stride[1];
+    const int64_t ss = p.conv_state.stride[2];
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+      if (k < p.width - 1) st[k * ss] = from_float<T>(win[j].v[k]);
+    st[(p.width - 1) * ss] = from_float<T>(win[j].xin);
   }
   if (tid == 0) *counter = 0;
 }
@@ -205,20 +191,12 @@ bool use_wide(const ConvStateStepParams& p) {
   return p.batch * p.nheads * ((p.headdim + narrow_rows - 1) / narrow_rows) < 256;
 }
 
-// SSM_CONV_STEP_EARLY=0: the session-5 load order (read per launch).
-bool use_early() {
-  const char* env = std::getenv("SSM_CONV_STEP_EARLY");
-  return env == nullptr || env[0] != '0';
-}
-
 template <typename TS, typename T>
 void launch(const ConvStateStepParams& p, cudaStream_t stream) {
   SSM_CONV_STEP_CFG_SWITCH(p.dstate, use_wide(p), kTPR, kPacks, [&] {
-    SSM_BOOL_SWITCH(use_early(), kEarly, [&] {
-      constexpr int kRows = kThreads / kTPR;
-      const dim3 grid(ceil_div(p.headdim, kRows), unsigned(p.nheads), unsigned(p.batch));
-      pdl_launch(conv_state_step_kernel<TS, T, kTPR, kPacks, kEarly>, grid, dim3(kThreads), 0, stream, p);
-    });
+    constexpr int kRows = kThreads / kTPR;
+    const dim3 grid(ceil_div(p.headdim, kRows), unsigned(p.nheads), unsigned(p.batch));
+    pdl_launch(conv_state_step_kernel<TS, T, kTPR, kPacks>, grid, dim3(kThreads), 0, stream, p);
   });
 }
 

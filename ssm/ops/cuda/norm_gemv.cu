@@ -350,33 +350,27 @@ __global__ void __launch_bounds__(kThreads, 2) norm_gemv_stream_kernel(NormGemvP
   }
 }
 
-// Blocks of the kernel resident on the whole GPU at once (cached per kernel, smem and device), at
-// most SSM_GEMV_BLOCKS_PER_SM a multiprocessor when set (room for the next kernel's blocks to start
-// and load their weights while this one runs).
+// Blocks of the kernel resident on the whole GPU at once (cached per kernel, smem and device).
 template <typename Kernel>
 int64_t resident(Kernel kernel, size_t smem) {
   struct Entry {
     const void* kernel;
     size_t smem;
-    int dev, sms, per_sm;
+    int dev;
+    int64_t blocks;
   };
   thread_local std::vector<Entry> cache;
   int dev = 0;
   cudaGetDevice(&dev);
   const void* key = reinterpret_cast<const void*>(kernel);
-  const Entry* hit = nullptr;
   for (const Entry& e : cache)
-    if (e.kernel == key && e.smem == smem && e.dev == dev) hit = &e;
-  if (hit == nullptr) {
-    int sms = 0, per_sm = 0;
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem);
-    cache.push_back({key, smem, dev, sms > 0 ? sms : 1, per_sm > 0 ? per_sm : 1});
-    hit = &cache.back();
-  }
-  const char* env = std::getenv("SSM_GEMV_BLOCKS_PER_SM");
-  const int cap = env != nullptr ? std::atoi(env) : 0;
-  return int64_t(cap > 0 ? std::min(cap, hit->per_sm) : hit->per_sm) * hit->sms;
+    if (e.kernel == key && e.smem == smem && e.dev == dev) return e.blocks;
+  int sms = 0, per_sm = 0;
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem);
+  const int64_t n = int64_t(per_sm > 0 ? per_sm : 1) * (sms > 0 ? sms : 1);
+  cache.push_back({key, smem, dev, n});
+  return n;
 }
 
 // The vector prologue takes the inputs (SSM_GEMV_VEC=0: never; read per launch, so a benchmark can
