@@ -186,6 +186,11 @@ def main():
             with torch.inference_mode():  # the graph cache's tensors are inference tensors
                 guarded(per_token_ms)(model, 0)  # a graph of the defaults
                 profile_tokens(model, name)
+                if name.startswith("mamba2"):  # without PDL: each kernel's own duration, no early start
+                    set_env(VARIANTS["no_pdl"])
+                    guarded(per_token_ms)(model, 0)
+                    profile_tokens(model, name + "/no_pdl")
+                    set_env({})
         save(path)
     for name, model in models.items():
         for variant in a.variants.split(","):
