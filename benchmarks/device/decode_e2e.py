@@ -29,17 +29,28 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import bench_cuda as bc  # noqa: E402
 import bench_models_cuda as bm  # noqa: E402
 from ssm.ops import conv_state_step as css  # noqa: E402
+from ssm.ops import norm_gemv as ng  # noqa: E402
 from ssm.ops import proj_state_step as pss  # noqa: E402
 
 DEV = bc.DEV
 OUT: dict = {"e2e": [], "profile": {}}
 VARIANTS = {"default": {}, "scalar_prologue": {"SSM_GEMV_VEC": "0"}, "narrow_conv_step": {"SSM_CONV_STEP_WIDE": "0"},
-            "no_pdl": {"SSM_PDL": "0"}, "no_dt_fold": {}, "separate_conv_step": {}}
+            "no_pdl": {"SSM_PDL": "0"}, "no_dt_fold": {}, "separate_conv_step": {}, "dt_gemv": {}}
 SWITCHES = ("SSM_PDL", "SSM_GEMV_VEC", "SSM_CONV_STEP_WIDE")
 # variants that set a module attribute: name -> (module, attribute, value); Mamba-1 (dt_proj) or Mamba-2
 # (conv) only. separate_conv_step: the conv update and state step kernels instead of conv_state_step.
-FLAGS = {"no_dt_fold": (pss, "ENABLED", False), "separate_conv_step": (css, "_fusable", lambda *a: False)}
-ONLY = {"no_dt_fold": "mamba-", "narrow_conv_step": "mamba2-", "separate_conv_step": "mamba2-"}
+
+
+def _dt_gemv(x, w, bias=None):
+    """dt_proj through the small-batch GEMV kernel (the variant dt_gemv)."""
+    if ng._fusable(x, None, w, 0):
+        return ng._fused(0, x, None, None, w, bias, 1, 0.0)
+    return torch.nn.functional.linear(x, w, bias)
+
+
+FLAGS = {"no_dt_fold": [(pss, "ENABLED", False)], "separate_conv_step": [(css, "_fusable", lambda *a: False)],
+         "dt_gemv": [(pss, "ENABLED", False), (pss, "gemv_linear", _dt_gemv)]}
+ONLY = {"no_dt_fold": "mamba-", "dt_gemv": "mamba-", "narrow_conv_step": "mamba2-", "separate_conv_step": "mamba2-"}
 
 
 def guarded(fn):
@@ -91,15 +102,15 @@ def per_token_ms(model, reps=2):
 @guarded
 def e2e(model, name, variant):
     set_env(VARIANTS[variant])
-    mod, attr, value = FLAGS.get(variant, (None, None, None))
-    before = getattr(mod, attr) if mod else None
-    if mod:
+    flags = FLAGS.get(variant, [])
+    before = [getattr(mod, attr) for mod, attr, _ in flags]
+    for mod, attr, value in flags:
         setattr(mod, attr, value)
     try:
         ms = per_token_ms(model)
     finally:
-        if mod:
-            setattr(mod, attr, before)
+        for (mod, attr, _), value in zip(flags, before):
+            setattr(mod, attr, value)
     target = bm.MODELS[name][3][2]
     OUT["e2e"].append(dict(model=name, variant=variant, ms=ms, target_ms=target))
     print(f"  {name:12s} decode b1 {ms:.3f} ms/token ({variant}; target {target})", flush=True)
@@ -170,7 +181,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=".")
     ap.add_argument("--models", default="mamba2-1.3b,mamba-1.4b,mamba2-130m,mamba-130m")
-    ap.add_argument("--variants", default="separate_conv_step,no_dt_fold,narrow_conv_step,scalar_prologue")
+    ap.add_argument("--variants", default="separate_conv_step,dt_gemv,no_dt_fold,narrow_conv_step,scalar_prologue")
     ap.add_argument("--skip", default="")
     a = ap.parse_args()
     path = os.path.join(a.out, "decode_e2e.json")
