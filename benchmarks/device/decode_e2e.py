@@ -1,36 +1,56 @@
-"""Device-round timings of batch-1 decoding (issues 5 and 6), in one process:
+"""Device-round timings of batch-1 decoding (issues 5 and 6), in one process (no pytest, so no NaN
+poisoning of kernel outputs):
 1. decode latency per token with cg=True for the four model shapes (bench_models_cuda's method),
-   with the defaults (streamed GEMV + PDL) and PDL off (SSM_PDL=0);
-2. the small-batch GEMV alone at the 1.3b / 130m shapes (streamed kernel with PDL on and off, cuBLAS)
-   in a CUDA graph over weight copies larger than L2, against copy bandwidth;
-3. a profile of graph-replayed tokens: kernels per token, their names and device times.
+   with the defaults and each variant of VARIANTS (environment switches read per launch);
+   (the defaults and the timeline of each model first, then the variants);
+2. a timeline of one graph-replayed token per model (torch.profiler over the replays): every
+   kernel's start and duration; per kernel name its count, mean duration and mean critical-path
+   share (how far the token's end-to-end time advanced while it was the last kernel to finish).
 Writes OUT/decode_e2e.json after every item (a timeout keeps what finished).
 
-    python3 benchmarks/device/decode_e2e.py --out OUT_DIR [--models a,b] [--skip micro,profile,variants]
+    python3 benchmarks/device/decode_e2e.py --out OUT_DIR [--models a,b] [--variants a,b] [--skip profile]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import time
 from collections import defaultdict
 
 import torch
-import torch.nn as nn
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import bench_cuda as bc  # noqa: E402
 import bench_models_cuda as bm  # noqa: E402
+from ssm.ops import conv_state_step as css  # noqa: E402
 from ssm.ops import norm_gemv as ng  # noqa: E402
+from ssm.ops import proj_state_step as pss  # noqa: E402
 
-DEV, BF16 = bc.DEV, bc.BF16
-OUT: dict = {"e2e": [], "gemv": [], "profile": {}}
-VARIANTS = {"default": {}, "no_pdl": {"SSM_PDL": "0"}, "conv_xproj": {}}
+DEV = bc.DEV
+OUT: dict = {"e2e": [], "profile": {}}
+VARIANTS = {"default": {}, "scalar_prologue": {"SSM_GEMV_VEC": "0"}, "narrow_conv_step": {"SSM_CONV_STEP_WIDE": "0"},
+            "no_pdl": {"SSM_PDL": "0"}, "no_dt_fold": {}, "separate_conv_step": {}, "dt_gemv": {}}
+SWITCHES = ("SSM_PDL", "SSM_GEMV_VEC", "SSM_CONV_STEP_WIDE")
+# variants that set a module attribute: name -> (module, attribute, value); Mamba-1 (dt_proj) or Mamba-2
+# (conv) only. separate_conv_step: the conv update and state step kernels instead of conv_state_step.
+
+
+def _dt_gemv(x, w, bias=None):
+    """dt_proj through the small-batch GEMV kernel (the variant dt_gemv)."""
+    if ng._fusable(x, None, w, 0):
+        return ng._fused(0, x, None, None, w, bias, 1, 0.0)
+    return torch.nn.functional.linear(x, w, bias)
+
+
+FLAGS = {"no_dt_fold": [(pss, "ENABLED", False)], "separate_conv_step": [(css, "_fusable", lambda *a: False)],
+         "dt_gemv": [(pss, "ENABLED", False), (pss, "gemv_linear", _dt_gemv)]}
+ONLY = {"no_dt_fold": "mamba-", "dt_gemv": "mamba-", "narrow_conv_step": "mamba2-", "separate_conv_step": "mamba2-"}
 
 
 def guarded(fn):
@@ -52,7 +72,7 @@ def save(path):
 
 
 def set_env(env):
-    for k in ("SSM_PDL",):
+    for k in SWITCHES:
         os.environ.pop(k, None)
     os.environ.update(env)
 
@@ -70,7 +90,7 @@ def per_token_ms(model, reps=2):
     reps=0: only capture the graph."""
     model._decoding_cache = None
     ids = torch.randint(0, bm.VOCAB, (1, bm.PROMPT), device=DEV)
-    gen_s(model, ids, bm.NEW)
+    gen_s(model, ids, bm.NEW if reps else 2)
     if reps == 0:
         return None
     gen_s(model, ids, 1)
@@ -80,113 +100,114 @@ def per_token_ms(model, reps=2):
 
 
 @guarded
-def profile_tokens(model, name, n=4):
-    """Kernels of n graph replays (one token each): per token count, total and per-name device time."""
-    cache = model._decoding_cache
-    ids = torch.randint(0, bm.VOCAB, (1, 1), device=DEV)
-    pos = torch.full_like(ids, bm.PROMPT)
-    cache.run(ids, pos, bm.PROMPT)
-    torch.cuda.synchronize()
+def e2e(model, name, variant):
+    set_env(VARIANTS[variant])
+    flags = FLAGS.get(variant, [])
+    before = [getattr(mod, attr) for mod, attr, _ in flags]
+    for mod, attr, value in flags:
+        setattr(mod, attr, value)
+    try:
+        ms = per_token_ms(model)
+    finally:
+        for (mod, attr, _), value in zip(flags, before):
+            setattr(mod, attr, value)
+    target = bm.MODELS[name][3][2]
+    OUT["e2e"].append(dict(model=name, variant=variant, ms=ms, target_ms=target))
+    print(f"  {name:12s} decode b1 {ms:.3f} ms/token ({variant}; target {target})", flush=True)
+    set_env({})
+
+
+def short_name(name: str) -> str:
+    """A kernel's name without namespaces and argument lists, its template arguments kept short."""
+    name = re.sub(r"\([^()]*\)$", "", name)
+    name = re.sub(r"(void )?(ssm::cuda::)?(\(anonymous namespace\)::)?", "", name)
+    name = name.replace("__nv_bfloat16", "bf16").replace("at::native::", "").replace("(anonymous namespace)::", "")
+    return name[:80]
+
+
+def token_kernels(n: int):
+    """(name, start us, duration us) of every kernel of n graph replays, by start time."""
+    ks = []
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(n):
-            cache.run(ids, pos, bm.PROMPT)
+            RUN[0]()
         torch.cuda.synchronize()
-    per = defaultdict(lambda: [0, 0.0])
     for e in prof.events():
-        if e.device_type == torch.autograd.DeviceType.CUDA and e.device_time_total > 0:
-            key = e.name[:90]
-            per[key][0] += 1
-            per[key][1] += e.device_time_total
-    rows = sorted(((k, c / n, us / n) for k, (c, us) in per.items()), key=lambda r: -r[2])
-    # wall time of back-to-back replays (with run's input copies and logits clone; no sampling)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(50):
-        cache.run(ids, pos, bm.PROMPT)
-    end.record()
-    end.synchronize()
-    OUT["profile"][name] = dict(kernels_per_token=sum(r[1] for r in rows), kernel_us_per_token=sum(r[2] for r in rows),
-                                replay_us=start.elapsed_time(end) / 50 * 1e3,
-                                top=[dict(name=k, count=c, us=u) for k, c, u in rows[:14]])
-    p = OUT["profile"][name]
-    print(f"  profile {name}: {p['kernels_per_token']:.0f} kernels/token, {p['kernel_us_per_token']:.0f} us kernels/token,"
-          f" replay {p['replay_us']:.0f} us")
-    for r in p["top"][:8]:
-        print(f"     {r['count']:5.1f} x {r['us'] / max(r['count'], 1):6.1f} us  {r['name'][:70]}")
+        if e.device_type == torch.autograd.DeviceType.CUDA and e.time_range.end > e.time_range.start:
+            ks.append((short_name(e.name), e.time_range.start, e.time_range.end - e.time_range.start))
+    return sorted(ks, key=lambda k: k[1])
+
+
+RUN = [None]
 
 
 @guarded
-def gemv_case(label, M, K, copy_gbs, variants=True):
-    """One linear layer (1, K) -> (1, M) bf16 in a CUDA graph over weight copies > 150 MB (no L2 reuse)."""
-    nbytes = M * K * 2
-    copies = max(2, -(-150_000_000 // nbytes))
-    lins = [nn.Linear(K, M, bias=False, device=DEV, dtype=BF16) for _ in range(copies)]
-    x = torch.randn(1, K, device=DEV, dtype=BF16)
-    forms = [("stream+pdl", {}, True), ("cublas", {}, False)]
-    if variants:
-        forms += [("stream", {"SSM_PDL": "0"}, True)]
-    row = dict(name=label, M=M, K=K, bytes=nbytes)
-    with torch.no_grad():
-        for form, env, ours in forms:
-            set_env(env)
-            fns = [(lambda lin=lin: ng.small_linear(lin, x)) if ours else (lambda lin=lin: lin(x)) for lin in lins]
-            ms = bc.graph_time_ms(fns, reps=10)
-            row[form + "_us"] = ms * 1e3
-            row[form + "_frac_copy"] = nbytes / ms / 1e6 / copy_gbs
-    set_env({})
-    OUT["gemv"].append(row)
-    print(f"  gemv {label:22s} {M}x{K}: " + ", ".join(
-        f"{f} {row[f + '_us']:.1f} us ({row[f + '_frac_copy']:.0%})" for f, _, _ in forms), flush=True)
+def profile_tokens(model, name, n=3):
+    """One token's kernels (the middle of n replays): the timeline and a per-name summary."""
+    cache = model._decoding_cache
+    ids = torch.randint(0, bm.VOCAB, (1, 1), device=DEV)
+    pos = torch.full_like(ids, bm.PROMPT)
+    RUN[0] = lambda: cache.run(ids, pos, bm.PROMPT)
+    RUN[0]()
+    torch.cuda.synchronize()
+    ks = token_kernels(n)
+    per = len(ks) // n
+    tok = ks[per:2 * per]
+    t0 = tok[0][1]
+    summary = defaultdict(lambda: [0, 0.0, 0.0])  # name -> count, duration, critical-path share
+    end = t0
+    for k, start, dur in tok:
+        share = max(0.0, start + dur - max(end, start)) if start + dur > end else 0.0
+        end = max(end, start + dur)
+        s = summary[k]
+        s[0] += 1
+        s[1] += dur
+        s[2] += share
+    span = end - t0
+    rows = sorted(summary.items(), key=lambda kv: -kv[1][2])
+    OUT["profile"][name] = dict(
+        kernels_per_token=per, span_us=span, busy_us=sum(d for _, _, d in tok),
+        summary=[dict(name=k, count=c, mean_us=d / c, path_us=p) for k, (c, d, p) in rows],
+        timeline=[(k[:48], round(s - t0, 2), round(d, 2)) for k, s, d in tok])
+    print(f"  profile {name}: {per} kernels/token, span {span:.0f} us, kernel time {OUT['profile'][name]['busy_us']:.0f} us")
+    for k, (c, d, p) in rows[:9]:
+        print(f"     {c:3d} x {d / c:6.2f} us (path {p:7.1f} us)  {k[:72]}")
+    # two middle layers, in order: start relative to the first, duration
+    mid = next((i for i in range(per // 2, per) if ", 3, " in tok[i][0]), per // 2)
+    print("     layers: " + " | ".join(f"{k[:26]} @{s - tok[mid][1]:.1f} +{d:.1f}" for k, s, d in tok[mid:mid + 10]))
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=".")
-    ap.add_argument("--models", default="mamba2-130m,mamba-130m,mamba2-1.3b,mamba-1.4b")
+    ap.add_argument("--models", default="mamba2-1.3b,mamba-1.4b,mamba2-130m,mamba-130m")
+    ap.add_argument("--variants", default="separate_conv_step,dt_gemv,no_dt_fold,narrow_conv_step,scalar_prologue")
     ap.add_argument("--skip", default="")
     a = ap.parse_args()
     path = os.path.join(a.out, "decode_e2e.json")
     skip = set(a.skip.split(","))
     OUT["device"] = torch.cuda.get_device_name()
-    copy_gbs = bc.copy_bandwidth()
-    OUT["copy_gbs"] = copy_gbs
-    print(f"{OUT['device']}, copy {copy_gbs:.0f} GB/s", flush=True)
+    OUT["copy_gbs"] = bc.copy_bandwidth()
+    print(f"{OUT['device']}, copy {OUT['copy_gbs']:.0f} GB/s", flush=True)
     models = {}
-    for name in a.models.split(","):
+    for name in a.models.split(","):  # the defaults and one token's kernels first, then the variants
         models[name] = model = bm.make_model(name)  # outside inference_mode: ordinary parameters
-        for variant in ("default", "no_pdl"):
-            e2e(model, name, variant)
-            save(path)
-    if "micro" not in skip:
-        for label, M, K in [("1.3b in_proj", 8512, 2048), ("1.3b out_proj", 2048, 4096), ("1.3b lm_head", 50280, 2048),
-                            ("130m in_proj", 3352, 768), ("130m lm_head", 50280, 768)]:
-            gemv_case(label, M, K, copy_gbs, "gemv_variants" not in skip)
-            save(path)
-    with torch.inference_mode():  # the graph cache's tensors are inference tensors
+        e2e(model, name, "default")
         if "profile" not in skip:
-            for name in ("mamba2-130m", "mamba2-1.3b", "mamba-130m"):
-                if name in models:
-                    guarded(per_token_ms)(models[name], 0)  # this variant's graph (the defaults)
-                    profile_tokens(models[name], name)
-                    save(path)
-        if "variants" not in skip:
-            # Mamba-1: the conv update folded into x_proj (norm_gemv mode 5; off since session 3)
-            ng.CONV = True
-            for name, model in models.items():
-                if name.startswith("mamba-"):
-                    e2e(model, name, "conv_xproj")
-                    save(path)
-            ng.CONV = False
-    set_env({})
-
-
-@guarded
-def e2e(model, name, variant):
-    set_env(VARIANTS[variant])
-    ms = per_token_ms(model)
-    target = bm.MODELS[name][3][2]
-    OUT["e2e"].append(dict(model=name, variant=variant, ms=ms, target_ms=target))
-    print(f"  {name:12s} decode b1 {ms:.3f} ms/token ({variant}; target {target})", flush=True)
+            with torch.inference_mode():  # the graph cache's tensors are inference tensors
+                guarded(per_token_ms)(model, 0)  # a graph of the defaults
+                profile_tokens(model, name)
+                if name.startswith("mamba2"):  # without PDL: each kernel's own duration, no early start
+                    set_env(VARIANTS["no_pdl"])
+                    guarded(per_token_ms)(model, 0)
+                    profile_tokens(model, name + "/no_pdl")
+                    set_env({})
+        save(path)
+    for name, model in models.items():
+        for variant in a.variants.split(","):
+            if variant != "default" and name.startswith(ONLY.get(variant, "")):
+                e2e(model, name, variant)
+                save(path)
     set_env({})
 
 

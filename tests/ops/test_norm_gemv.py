@@ -189,6 +189,44 @@ def test_norm_linear_cuda_kernel_equals_separate_ops(dtype, case, with_residual,
     assert_close(out, out_sep, dtype, "out", factor=0.25)
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", [(1, 4096, 300, None), (1, 4096, 77, 512), (2, 1024, 65, 256), (4, 768, 33, 96),
+                                  (4, 1536, 40, None), (3, 97 * 8, 50, None)])
+def test_vector_and_scalar_prologues_agree(dtype, case, monkeypatch):
+    """The 16-byte prologue (contiguous rows up to 2 chunks a thread) and the element-wise one
+    (SSM_GEMV_VEC=0; also every input past the chunk limit or misaligned) against the separate ops,
+    in every mode: the gated norm before and after the gate, the prenorm RMS and LayerNorm with a
+    residual, the plain GEMV; then an input misaligned by one element (element-wise path)."""
+    monkeypatch.setattr(ng, "PLAIN", True)
+    batch, K, M, gs = case
+    dev = torch.device("cuda")
+    inp = make(batch, K, M, gs, dtype, dev)
+    pre = {r: make_prenorm(batch, K, M, dtype, dev, True, r) for r in (True, False)}  # RMS: no norm bias
+    y_sep = {b: rmsnorm_fn(inp["x"], inp["nw"], None, z=inp["z"], eps=1e-5, group_size=gs, norm_before_gate=b)
+             for b in (False, True)}
+    with torch.no_grad():
+        pre_sep = {r: ng.fused_layer_norm(p["x"], p["nw"], p["nb"], p["res"], r, 1e-5, True, True)
+                   for r, p in pre.items()}
+        for vec in ("1", "0"):
+            monkeypatch.setenv("SSM_GEMV_VEC", vec)
+            for before in (False, True):
+                out = run(inp, before)
+                assert_close(out, torch.nn.functional.linear(y_sep[before], inp["W"], inp["b"]), dtype,
+                             f"gated out (vec {vec}, before {before})", factor=0.25)
+            for is_rms in (True, False):
+                out, res = run_prenorm(pre[is_rms], is_rms)
+                y, res_sep = pre_sep[is_rms]
+                assert torch.equal(res, res_sep), f"residual_out (vec {vec}, rms {is_rms})"
+                assert_close(out, pre[is_rms]["lin"](y), dtype, f"prenorm out (vec {vec}, rms {is_rms})", factor=0.25)
+            lin = pre[False]["lin"]
+            assert_close(ng.small_linear(lin, inp["x"]), lin(inp["x"]), dtype, f"plain (vec {vec})", factor=0.25)
+        # one element off 16-byte alignment: the element-wise prologue whatever the switch
+        monkeypatch.delenv("SSM_GEMV_VEC")
+        xs = rand(batch, K + 1, dtype=dtype, device=dev)[:, 1:]
+        assert_close(ng.small_linear(lin, xs), lin(xs), dtype, "misaligned x", factor=0.25)
+
+
 @pytest.mark.parametrize("device", [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("layer", ["Mamba1", "Mamba2"])
 def test_block_prenorm_decode_equals_separate_norm(device, layer, monkeypatch):

@@ -4,6 +4,7 @@
 // walking its rows with the next weights in flight while the current ones are used, the first ones
 // loaded before the prologue (they do not depend on it), launched with PDL (pdl.cuh).
 #include <algorithm>
+#include <cstdlib>
 #include <vector>
 
 #include "cuda/kernels.h"
@@ -106,7 +107,24 @@ __device__ void segment_sums(const float* xs, int gs, int segments, const float*
   __syncthreads();
 }
 
-// The prologue: xs (B, K) <- the linear layer's input rows (see NormGemvParams).
+// mean, rstd of the segments of xs: (row, group) pairs, contiguous in xs (groups of gs features;
+// the whole row in modes 3, 4). Ends with a barrier.
+template <int kMode>
+__device__ void norm_stats(const NormGemvParams& p, const float* xs, int gs, int segments, float* mean, float* rstd) {
+  if (kMode == 4) {
+    segment_sums<false>(xs, gs, segments, nullptr, mean);
+    if (threadIdx.x < segments) mean[threadIdx.x] /= float(gs);
+    __syncthreads();
+  } else if (threadIdx.x < segments) {
+    mean[threadIdx.x] = 0.f;
+  }
+  segment_sums<true>(xs, gs, segments, kMode == 4 ? mean : nullptr, rstd);
+  if (threadIdx.x < segments) rstd[threadIdx.x] = rsqrtf(rstd[threadIdx.x] / float(gs) + p.eps);
+  __syncthreads();
+}
+
+// The prologue, one element a thread at a time: xs (B, K) <- the linear layer's input rows (see
+// NormGemvParams). Any strides; the path of inputs the vector prologue does not take.
 template <typename T, int kMode>
 __device__ void load_inputs(const NormGemvParams& p, float* xs, float* mean, float* rstd) {
   const int K = int(p.in_features), B = int(p.batch);
@@ -124,18 +142,8 @@ __device__ void load_inputs(const NormGemvParams& p, float* xs, float* mean, flo
     }
   if (kMode == 0) return;
   __syncthreads();
-  // segments: (row, group) pairs, contiguous in xs (groups of gs features; the whole row in modes 3, 4)
-  const int gs = kMode >= 3 ? K : int(p.group_size), groups = K / gs, segments = B * groups;
-  if (kMode == 4) {
-    segment_sums<false>(xs, gs, segments, nullptr, mean);
-    if (threadIdx.x < segments) mean[threadIdx.x] /= float(gs);
-    __syncthreads();
-  } else if (threadIdx.x < segments) {
-    mean[threadIdx.x] = 0.f;
-  }
-  segment_sums<true>(xs, gs, segments, kMode == 4 ? mean : nullptr, rstd);
-  if (threadIdx.x < segments) rstd[threadIdx.x] = rsqrtf(rstd[threadIdx.x] / float(gs) + p.eps);
-  __syncthreads();
+  const int gs = kMode >= 3 ? K : int(p.group_size), groups = K / gs;
+  norm_stats<kMode>(p, xs, gs, B * groups, mean, rstd);
   for (int b = 0; b < B; ++b)
     for (int k = threadIdx.x; k < K; k += kThreads) {
       const int s = b * groups + (groups == 1 ? 0 : k / gs);
@@ -144,6 +152,81 @@ __device__ void load_inputs(const NormGemvParams& p, float* xs, float* mean, flo
       if (kMode == 4 && has(p.norm_bias)) v += ptr<float>(p.norm_bias)[k * p.norm_bias.stride[0]];
       xs[b * K + k] = to_float(from_float<T>(v));
     }
+}
+
+// 16-byte chunks of the input rows a thread takes in the vector prologue (B x K <= 2 x 256 x kN).
+constexpr int kVecChunks = 2;
+
+template <int kN>
+__device__ __forceinline__ void load_f32(float (&v)[kN], const float* src) {
+#pragma unroll
+  for (int q = 0; q < kN / 4; ++q) *reinterpret_cast<float4*>(v + 4 * q) = reinterpret_cast<const float4*>(src)[q];
+}
+
+template <int kN>
+__device__ __forceinline__ void store_f32(float* dst, const float (&v)[kN]) {
+#pragma unroll
+  for (int q = 0; q < kN / 4; ++q) reinterpret_cast<float4*>(dst)[q] = *reinterpret_cast<const float4*>(v + 4 * q);
+}
+
+// The prologue with 16-byte accesses (rows contiguous and aligned, at most kVecChunks chunks a
+// thread, groups a multiple of a chunk): every global load of a thread issued before any use, so
+// the inputs cost one round trip after the previous kernel (the scalar loop paid one per element).
+template <typename T, int kMode>
+__device__ void load_inputs_vec(const NormGemvParams& p, float* xs, float* mean, float* rstd) {
+  constexpr int kN = Pack<T>::kN;
+  constexpr bool kGate = kMode == 1 || kMode == 2, kRes = kMode == 3 || kMode == 4;
+  const int K = int(p.in_features), cpr = K / kN, total = int(p.batch) * cpr;
+  Pack<T> xv[kVecChunks], zv[kVecChunks];
+  float res[kVecChunks][kN], nw[kVecChunks][kN];
+  // chunk j of this thread: row b, columns [k0, k0 + kN)
+  int row[kVecChunks], col[kVecChunks];
+#pragma unroll
+  for (int j = 0; j < kVecChunks; ++j) {
+    const int i = int(threadIdx.x) + j * kThreads;
+    row[j] = i < total ? i / cpr : -1;
+    col[j] = i < total ? (i - row[j] * cpr) * kN : 0;
+    if (row[j] < 0) continue;
+    const int64_t b = row[j];
+    xv[j].load(ptr<T>(p.x) + b * p.x.stride[0] + col[j]);
+    if (kGate) zv[j].load(ptr<T>(p.z) + b * p.z.stride[0] + col[j]);
+    if (kRes && has(p.residual)) load_f32<kN>(res[j], ptr<float>(p.residual) + b * p.residual.stride[0] + col[j]);
+    if (kMode >= 1) load_f32<kN>(nw[j], ptr<float>(p.norm_weight) + col[j]);
+  }
+#pragma unroll
+  for (int j = 0; j < kVecChunks; ++j) {
+    if (row[j] < 0) continue;
+    float v[kN];
+#pragma unroll
+    for (int e = 0; e < kN; ++e) {
+      v[e] = to_float(xv[j].e[e]);
+      if (kMode == 1) v[e] *= silu(to_float(zv[j].e[e]));
+      if (kRes && has(p.residual)) v[e] += res[j][e];
+    }
+    if (kRes && blockIdx.x == 0)
+      store_f32<kN>(ptr<float>(p.residual_out) + row[j] * p.residual_out.stride[0] + col[j], v);
+    store_f32<kN>(xs + row[j] * K + col[j], v);
+  }
+  if (kMode == 0) return;
+  __syncthreads();
+  const int gs = kRes ? K : int(p.group_size), groups = K / gs;
+  norm_stats<kMode>(p, xs, gs, int(p.batch) * groups, mean, rstd);
+#pragma unroll
+  for (int j = 0; j < kVecChunks; ++j) {
+    if (row[j] < 0) continue;
+    const int s = row[j] * groups + (groups == 1 ? 0 : col[j] / gs);
+    float v[kN], nb[kN];
+    load_f32<kN>(v, xs + row[j] * K + col[j]);
+    if (kMode == 4 && has(p.norm_bias)) load_f32<kN>(nb, ptr<float>(p.norm_bias) + col[j]);
+#pragma unroll
+    for (int e = 0; e < kN; ++e) {
+      v[e] = (v[e] - mean[s]) * rstd[s] * nw[j][e];
+      if (kMode == 2) v[e] *= silu(to_float(zv[j].e[e]));
+      if (kMode == 4 && has(p.norm_bias)) v[e] += nb[e];
+      v[e] = to_float(from_float<T>(v[e]));
+    }
+    store_f32<kN>(xs + row[j] * K + col[j], v);
+  }
 }
 
 // acc[b] += dot(w chunk c of this lane, xs[b] at the chunk's columns).
@@ -224,7 +307,7 @@ __device__ __forceinline__ void prefetch_l2(const TensorArg& t, int64_t n) {
 }
 
 template <typename T, int kMode, int kG>
-__global__ void __launch_bounds__(kThreads, 2) norm_gemv_stream_kernel(NormGemvParams p) {
+__global__ void __launch_bounds__(kThreads, 2) norm_gemv_stream_kernel(NormGemvParams p, bool vec) {
   extern __shared__ float4 smem4[];
   float* xs = reinterpret_cast<float*>(smem4);  // (B, K)
   __shared__ float mean[kMaxSegments], rstd[kMaxSegments];
@@ -243,7 +326,10 @@ __global__ void __launch_bounds__(kThreads, 2) norm_gemv_stream_kernel(NormGemvP
   if (kMode >= 1 && kMode <= 4) prefetch_l2(p.norm_weight, K);  // the prologue's constants, meanwhile
   pdl_wait();
   pdl_release();
-  load_inputs<T, kMode>(p, xs, mean, rstd);
+  if (kMode != 5 && vec)
+    load_inputs_vec<T, kMode == 5 ? 0 : kMode>(p, xs, mean, rstd);
+  else
+    load_inputs<T, kMode>(p, xs, mean, rstd);
   __syncthreads();
   float acc[kG][kMaxB];
 #pragma unroll
@@ -287,6 +373,23 @@ int64_t resident(Kernel kernel, size_t smem) {
   return n;
 }
 
+// The vector prologue takes the inputs (SSM_GEMV_VEC=0: never; read per launch, so a benchmark can
+// compare both forms in one process): 16-byte aligned rows contiguous along K, at most kVecChunks
+// chunks a thread, norm groups a multiple of a chunk.
+template <typename T>
+bool vector_prologue(const NormGemvParams& p) {
+  const char* env = std::getenv("SSM_GEMV_VEC");
+  if ((env != nullptr && env[0] == '0') || p.mode == 5) return false;
+  constexpr int64_t kN = Pack<T>::kN;
+  const bool gate = p.mode == 1 || p.mode == 2, res = p.mode == 3 || p.mode == 4;
+  const auto f32_vec = [](const TensorArg& t) { return !has(t) || (t.stride[0] == 1 && aligned(t.data, 16)); };
+  return p.batch * p.in_features <= kVecChunks * kThreads * kN && rows_vectorizable<T>(p.x, 1) &&
+         (!gate || (rows_vectorizable<T>(p.z, 1) && p.group_size % kN == 0)) &&
+         (!res || ((!has(p.residual) || rows_vectorizable<float>(p.residual, 1)) &&
+                   rows_vectorizable<float>(p.residual_out, 1))) &&
+         (p.mode == 0 || f32_vec(p.norm_weight)) && (p.mode != 4 || f32_vec(p.norm_bias));
+}
+
 template <typename T, int kMode, int kG>
 void launch_stream(const NormGemvParams& p, size_t smem, cudaStream_t stream) {
   const auto kernel = norm_gemv_stream_kernel<T, kMode, kG>;
@@ -294,7 +397,7 @@ void launch_stream(const NormGemvParams& p, size_t smem, cudaStream_t stream) {
   const int64_t groups = (p.out_features + kG - 1) / kG, full = resident(kernel, smem) * kWarps;
   const int64_t per_warp = (groups + full - 1) / full, warps = (groups + per_warp - 1) / per_warp;
   const int64_t blocks = (warps + kWarps - 1) / kWarps;
-  pdl_launch(kernel, dim3(unsigned(blocks)), dim3(kThreads), smem, stream, p);
+  pdl_launch(kernel, dim3(unsigned(blocks)), dim3(kThreads), smem, stream, p, vector_prologue<T>(p));
 }
 
 template <typename T, int kG>
