@@ -22,12 +22,13 @@ constexpr int kYRow = kSteps + 4;        // floats per channel of a warp's parti
 constexpr int kBcRow = kN + 4;           // floats per step of the float B / C tiles
 
 // Switch: false (or SSM_SCAN_ROWS=0 in the environment, for A/B timing) sends every call to
-// fwd_block_kernel.
+// fwd_block_kernel; SSM_SCAN_ROWS=1 or 2 forces one or two channels per thread (2-byte types).
 constexpr bool kEnabled = true;
-inline bool enabled() {
+inline char env_rows() {
   const char* e = std::getenv("SSM_SCAN_ROWS");
-  return kEnabled && !(e && e[0] == '0');
+  return e ? e[0] : '\0';
 }
+inline bool enabled() { return kEnabled && env_rows() != '0'; }
 
 // softplus_fast (selective_scan_thread.cuh) without branches or denormal handling: max(v, 0) +
 // log1p(exp(-|v|)), the log1p a degree-9 polynomial; identity above 20.
@@ -350,19 +351,37 @@ void launch_kernel(const SelectiveScanParams& p, cudaStream_t stream) {
   fwd_rows_kernel<T, kOut, kCk, kMinBlocks, kCh><<<grid, kThreads, 0, stream>>>(p);
 }
 
+// Two channels per thread (4 blocks per SM) where that grid still gives every SM three blocks, else
+// one (8 blocks per SM; twice the blocks for small grids: Mamba-1's D 1536 at batch 8 has 192 blocks
+// of 64 channels for 132 SMs).
+inline bool two_channels(const SelectiveScanParams& p) {
+  const char e = env_rows();
+  if (e == '1' || e == '2') return e == '2';
+  static const int sms = [] {
+    int dev = 0, n = 132;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
+    return n;
+  }();
+  const int64_t blocks = p.batch * p.ngroups * ((p.dim / p.ngroups + 2 * kLanes - 1) / (2 * kLanes));
+  return blocks >= 3 * int64_t(sms);
+}
+
 // ck: write the checkpoints (chunk_states in fwd_block_kernel's layout) besides y. 2-byte types:
-// two channels per thread (4 blocks per SM); float32 (twice the staging bytes): one.
+// two channels per thread where the grid is large (two_channels); float32 (twice the staging bytes): one.
 template <typename T>
 void launch(const SelectiveScanParams& p, bool only_checkpoints, bool ck, cudaStream_t stream) {
   if constexpr (sizeof(T) == 2) {
-    if (only_checkpoints) launch_kernel<T, false, true, 4, 2>(p, stream);
-    else if (ck) launch_kernel<T, true, true, 4, 2>(p, stream);
-    else launch_kernel<T, true, false, 4, 2>(p, stream);
-  } else {
-    if (only_checkpoints) launch_kernel<T, false, true, 8, 1>(p, stream);
-    else if (ck) launch_kernel<T, true, true, 8, 1>(p, stream);
-    else launch_kernel<T, true, false, 8, 1>(p, stream);
+    if (two_channels(p)) {
+      if (only_checkpoints) launch_kernel<T, false, true, 4, 2>(p, stream);
+      else if (ck) launch_kernel<T, true, true, 4, 2>(p, stream);
+      else launch_kernel<T, true, false, 4, 2>(p, stream);
+      return;
+    }
   }
+  if (only_checkpoints) launch_kernel<T, false, true, 8, 1>(p, stream);
+  else if (ck) launch_kernel<T, true, true, 8, 1>(p, stream);
+  else launch_kernel<T, true, false, 8, 1>(p, stream);
 }
 
 }  // namespace ssm::cuda::scan_rows
