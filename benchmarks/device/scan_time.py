@@ -46,7 +46,7 @@ def inputs(B, D, L, N, model):
 
 
 def set_env(form):
-    for k in ("SSM_SCAN_ROWS", "SSM_SCAN_BWD_ILP"):
+    for k in ("SSM_SCAN_ROWS", "SSM_SCAN_BWD_ILP", "SSM_SCAN_ROWS_PACK"):
         os.environ.pop(k, None)
     os.environ.update(form)
 
@@ -91,11 +91,12 @@ def main():
     a = ap.parse_args()
     _kernels.POISON_OUTPUTS = False
     out = dict(device=torch.cuda.get_device_name(), rows={})
-    cases = [("bench D4096", 4096, False, [{}], False),
+    cases = [("bench D4096", 4096, False, [{}, {"SSM_SCAN_ROWS_PACK": "1"}], False),
              ("model D1536", 1536, True, [{"SSM_SCAN_ROWS": "1", "SSM_SCAN_BWD_ILP": "0"},
                                           {"SSM_SCAN_ROWS": "2", "SSM_SCAN_BWD_ILP": "1"}], True),
              ("model D4096", 4096, True, [{"SSM_SCAN_ROWS": "2", "SSM_SCAN_BWD_ILP": "0"},
-                                          {"SSM_SCAN_ROWS": "1", "SSM_SCAN_BWD_ILP": "1"}], True)]
+                                          {"SSM_SCAN_ROWS": "2", "SSM_SCAN_BWD_ILP": "1", "SSM_SCAN_ROWS_PACK": "1"}],
+              True)]
     for label, D, model, forms, do_bwd in cases:
         args = inputs(8, D, 2048, 16, model)
         base = None

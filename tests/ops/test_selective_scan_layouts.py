@@ -91,10 +91,10 @@ def make_model_rows(batch, D, L, N, rank, dtype, device):
     return inp
 
 
-# Kernel forms picked by grid size, each forced: the row forward with one or two channels per thread; the
-# backward with two state entries per pass (two and four warps per 32 channels)
-FORMS = [{"SSM_SCAN_ROWS": "1"}, {"SSM_SCAN_ROWS": "2"}, {"SSM_SCAN_BWD_ILP": "1", "SSM_SCAN_BWD_WARPS": "2"},
-         {"SSM_SCAN_BWD_ILP": "1", "SSM_SCAN_BWD_WARPS": "4"}]
+# Kernel forms picked by grid size or a switch, each forced: the row forward with one or two channels per
+# thread, two with packed bfloat16 B/C; the backward with two state entries per pass (two and four warps)
+FORMS = [{"SSM_SCAN_ROWS": "1"}, {"SSM_SCAN_ROWS": "2"}, {"SSM_SCAN_ROWS": "2", "SSM_SCAN_ROWS_PACK": "1"},
+         {"SSM_SCAN_BWD_ILP": "1", "SSM_SCAN_BWD_WARPS": "2"}, {"SSM_SCAN_BWD_ILP": "1", "SSM_SCAN_BWD_WARPS": "4"}]
 
 
 @pytest.mark.cuda
