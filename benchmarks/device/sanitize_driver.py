@@ -29,8 +29,9 @@ for layer in ("Mamba1", "Mamba2"):
     print(layer, "model done", flush=True)
 # selective scan with gradients: N 64 (the older kernels), f32 N 16, and 16-byte aligned rows of L 200 (the
 # rows kernel, bf16 and f32; partial step groups and channel blocks); then the forced kernel forms (row forward with
-# two channels per thread and packed B/C, backward with two state entries per pass, N 16 and 13)
-FORMS = [{}] * 4 + [{"SSM_SCAN_ROWS": "2", "SSM_SCAN_ROWS_PACK": "1"}, {"SSM_SCAN_BWD_ILP": "1"}, {"SSM_SCAN_BWD_ILP": "1"}]
+# two channels per thread, backward with two state entries per pass with two and four warps, N 16 and 13)
+FORMS = [{}] * 4 + [{"SSM_SCAN_ROWS": "2", "SSM_SCAN_BWD_WARPS": "2"}, {"SSM_SCAN_BWD_ILP": "1", "SSM_SCAN_BWD_WARPS": "2"},
+                    {"SSM_SCAN_BWD_WARPS": "4"}]
 for form, (N, dt, L) in zip(FORMS, ((64, torch.bfloat16, 77), (16, torch.float32, 77), (16, torch.bfloat16, 200),
                                     (16, torch.float32, 200), (16, torch.bfloat16, 200), (16, torch.bfloat16, 200),
                                     (13, torch.bfloat16, 77))):

@@ -18,7 +18,6 @@ using scan_thread::kSteps;
 constexpr int kN = 16, kW = 4, kNT = kN / kW, kLanes = 32, kThreads = kLanes * kW;
 constexpr int kE = kSteps / kW;        // steps per thread when staging a group (4)
 constexpr int kDtuRow = 2 * kSteps + 4;  // floats per channel of (dt, dt u): 16-byte reads conflict-free
-constexpr int kYRow = kSteps + 4;        // floats per channel of a warp's partial y
 constexpr int kBcRow = kN + 4;           // floats per step of the float B / C tiles
 
 // Switch: false (or SSM_SCAN_ROWS=0 in the environment, for A/B timing) sends every call to
@@ -61,24 +60,23 @@ __device__ __forceinline__ void cp_async(void* dst, const void* src, int valid) 
 }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
-// The 16 bits of a bfloat16 value.
-__device__ __forceinline__ unsigned short bits16(bfloat16_t v) { return __bfloat16_as_ushort(v); }
-__device__ __forceinline__ unsigned short bits16(float) { return 0; }  // (kPk is bfloat16 only)
-__device__ __forceinline__ unsigned short bits16(half_t) { return 0; }
+// A warp's partial y of channel c at the 4-step block starting at step i: block (i / 4 + c / 2) % 4 of
+// the row, so that both the steps' stores (8 lanes, one block) and the finish's loads (2 channels, 4
+// blocks) of a quarter-warp touch 32 different banks.
+__device__ __forceinline__ int yp_at(int c, int i) { return c * kSteps + 4 * ((i / 4 + (c >> 1)) & 3); }
 
 // One half of the block's channels (32; a thread's lane is one channel of each half).
 template <typename T>
 struct HalfShared {
   Quad<T> raw[3][kLanes][kW];           // u, delta, z of a group as loaded ([channel][step])
   float dtu[kLanes][kDtuRow];           // (dt, dt u) per channel and step
-  float yp[kW][kLanes][kYRow];          // each warp's partial y
+  float yp[kW][kLanes][kSteps];         // each warp's partial y, 4-step blocks swizzled (yp_at)
   float4 dz[2][kThreads];               // D u and silu(z) at each thread's staging steps
 };
 template <typename T>
 struct BcShared {
   T bc_raw[2][kN][kSteps];              // B, C tiles as loaded ([n][step])
   float bc[2][kSteps][kBcRow];          // as float, step-major
-  unsigned bcp[kSteps][kN];             // packed form (kPk): bfloat16 B in the low half, C in the high half
 };
 template <typename T, int kCh>
 struct RowsShared {
@@ -97,7 +95,7 @@ struct Rows {
   }
 };
 
-template <typename T, bool kOut, bool kPk>
+template <typename T, bool kOut>
 struct RowsWalk {
   static constexpr int kChunk = 16 / int(sizeof(T));          // elements per 16-byte chunk
   static constexpr int kTileChunks = kN * kSteps / kChunk;     // chunks per B or C tile
@@ -137,13 +135,7 @@ struct RowsWalk {
   __device__ __forceinline__ void compute(int t0) {
     {
       const int tl = threadIdx.x / (kThreads / 2), n = threadIdx.x % kN, i = threadIdx.x / kN % kW * kE;
-      if (kPk && bc_owner && tl == 0) {  // (B, C) bits of (step, n) in one word
-        const Quad<T> qb = *reinterpret_cast<const Quad<T>*>(&bs->bc_raw[0][n][i]);
-        const Quad<T> qc = *reinterpret_cast<const Quad<T>*>(&bs->bc_raw[1][n][i]);
-#pragma unroll
-        for (int k = 0; k < kE; ++k)
-          bs->bcp[i + k][n] = unsigned(bits16(qb.e[k])) | (kOut ? unsigned(bits16(qc.e[k])) << 16 : 0u);
-      } else if (!kPk && bc_owner && (kOut || tl == 0)) {
+      if (bc_owner && (kOut || tl == 0)) {
         const Quad<T> q = *reinterpret_cast<const Quad<T>*>(&bs->bc_raw[tl][n][i]);
 #pragma unroll
         for (int k = 0; k < kE; ++k) bs->bc[tl][i + k][n] = to_float(q.e[k]);
@@ -184,7 +176,7 @@ struct RowsWalk {
     float4 y = sh->dz[0][threadIdx.x];
 #pragma unroll
     for (int w = 0; w < kW; ++w) {
-      const float4 q = *reinterpret_cast<const float4*>(&sh->yp[w][sc][si]);
+      const float4 q = *reinterpret_cast<const float4*>(&sh->yp[w][0][0] + yp_at(sc, si));
       y.x += q.x, y.y += q.y, y.z += q.z, y.w += q.w;
     }
     const float4 zs = sh->dz[1][threadIdx.x];
@@ -206,9 +198,7 @@ struct RowsWalk {
 
 // kCh halves of 32 channels per block: each thread walks channel lane of every half (kCh = 2:
 // the B/C values a shared load brings serve two channels).
-// kPk (bfloat16): B and C of a step and 4 entries in one 16-byte shared load (the packed bits), half the
-// shared-memory wavefronts of the two float loads for 8 more ALU instructions per step.
-template <typename T, bool kOut, bool kCk, int kMinBlocks, int kCh, bool kPk>
+template <typename T, bool kOut, bool kCk, int kMinBlocks, int kCh>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) fwd_rows_kernel(SelectiveScanParams p) {
   constexpr int kBlockCh = kLanes * kCh;
   __shared__ __align__(16) RowsShared<T, kCh> sh;
@@ -218,7 +208,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) fwd_rows_kernel(Selectiv
   const int64_t d0 = g * Dg + cg;
   const int nch = Dg - cg < kBlockCh ? Dg - cg : kBlockCh;
   const int lane = threadIdx.x % kLanes, w = threadIdx.x / kLanes, n0 = w * kNT;
-  using W = RowsWalk<T, kOut, kPk>;
+  using W = RowsWalk<T, kOut>;
   W wk[kCh];
 #pragma unroll
   for (int q = 0; q < kCh; ++q) {
@@ -282,22 +272,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) fwd_rows_kernel(Selectiv
       float acc[kCh][4];
 #pragma unroll
       for (int h = 0; h < 4; ++h) {
-        float bb[kNT], cc[kNT] = {0.f, 0.f, 0.f, 0.f};
-        if (kPk) {
-          const uint4 w4 = *reinterpret_cast<const uint4*>(&sh.b.bcp[i + h][n0]);
-          const unsigned wv[kNT] = {w4.x, w4.y, w4.z, w4.w};
-#pragma unroll
-          for (int j = 0; j < kNT; ++j) {
-            bb[j] = __uint_as_float(wv[j] << 16);
-            if (kOut) cc[j] = __uint_as_float(wv[j] & 0xffff0000u);
-          }
-        } else {
-          const float4 bv = *reinterpret_cast<const float4*>(&sh.b.bc[0][i + h][n0]);
-          bb[0] = bv.x, bb[1] = bv.y, bb[2] = bv.z, bb[3] = bv.w;
-          if (kOut) {
-            const float4 cv = *reinterpret_cast<const float4*>(&sh.b.bc[1][i + h][n0]);
-            cc[0] = cv.x, cc[1] = cv.y, cc[2] = cv.z, cc[3] = cv.w;
-          }
+        const float4 bv = *reinterpret_cast<const float4*>(&sh.b.bc[0][i + h][n0]);
+        const float bb[kNT] = {bv.x, bv.y, bv.z, bv.w};
+        float cc[kNT] = {0.f, 0.f, 0.f, 0.f};
+        if (kOut) {
+          const float4 cv = *reinterpret_cast<const float4*>(&sh.b.bc[1][i + h][n0]);
+          cc[0] = cv.x, cc[1] = cv.y, cc[2] = cv.z, cc[3] = cv.w;
         }
 #pragma unroll
         for (int q = 0; q < kCh; ++q) {
@@ -314,7 +294,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) fwd_rows_kernel(Selectiv
       if (kOut) {
 #pragma unroll
         for (int q = 0; q < kCh; ++q)
-          *reinterpret_cast<float4*>(&sh.h[q].yp[w][lane][i]) = make_float4(acc[q][0], acc[q][1], acc[q][2], acc[q][3]);
+          *reinterpret_cast<float4*>(&sh.h[q].yp[w][0][0] + yp_at(lane, i)) = make_float4(acc[q][0], acc[q][1], acc[q][2], acc[q][3]);
       }
     }
     if (kCk && more) {
@@ -364,15 +344,15 @@ bool takes(const SelectiveScanParams& p, bool only_checkpoints) {
   return only_checkpoints || (row(p.out) && bc(p.C) && (!p.z.present() || row(p.z)));
 }
 
-template <typename T, bool kOut, bool kCk, int kMinBlocks, int kCh, bool kPk = false>
+template <typename T, bool kOut, bool kCk, int kMinBlocks, int kCh>
 void launch_kernel(const SelectiveScanParams& p, cudaStream_t stream) {
   // 8 blocks of 26 KB (one channel per thread) or 4 of 48 KB (two) per SM: the largest carveout
-  static const bool carveout = cudaFuncSetAttribute(fwd_rows_kernel<T, kOut, kCk, kMinBlocks, kCh, kPk>,
+  static const bool carveout = cudaFuncSetAttribute(fwd_rows_kernel<T, kOut, kCk, kMinBlocks, kCh>,
       cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared) == cudaSuccess;
   (void)carveout;
   const int64_t Dg = p.dim / p.ngroups;
   const dim3 grid(unsigned(p.ngroups * ((Dg + kLanes * kCh - 1) / (kLanes * kCh))), unsigned(p.batch));
-  fwd_rows_kernel<T, kOut, kCk, kMinBlocks, kCh, kPk><<<grid, kThreads, 0, stream>>>(p);
+  fwd_rows_kernel<T, kOut, kCk, kMinBlocks, kCh><<<grid, kThreads, 0, stream>>>(p);
 }
 
 // Two channels per thread (4 blocks per SM) where that grid still gives every SM three blocks, else
@@ -391,24 +371,10 @@ inline bool two_channels(const SelectiveScanParams& p) {
   return blocks >= 3 * int64_t(sms);
 }
 
-// Switch: the packed B/C form (kPk, bfloat16, two channels per thread) with SSM_SCAN_ROWS_PACK=1.
-inline bool packed_bc() {
-  const char* e = std::getenv("SSM_SCAN_ROWS_PACK");
-  return e && e[0] == '1';
-}
-
 // ck: write the checkpoints (chunk_states in fwd_block_kernel's layout) besides y. 2-byte types:
 // two channels per thread where the grid is large (two_channels); float32 (twice the staging bytes): one.
 template <typename T>
 void launch(const SelectiveScanParams& p, bool only_checkpoints, bool ck, cudaStream_t stream) {
-  if constexpr (std::is_same_v<T, bfloat16_t>) {
-    if (two_channels(p) && packed_bc()) {
-      if (only_checkpoints) launch_kernel<T, false, true, 4, 2, true>(p, stream);
-      else if (ck) launch_kernel<T, true, true, 4, 2, true>(p, stream);
-      else launch_kernel<T, true, false, 4, 2, true>(p, stream);
-      return;
-    }
-  }
   if constexpr (sizeof(T) == 2) {
     if (two_channels(p)) {
       if (only_checkpoints) launch_kernel<T, false, true, 4, 2>(p, stream);
