@@ -8,7 +8,9 @@ issue 6's table:
 
 Models are shaped like state-spaces/mamba2-130m, mamba2-1.3b, mamba-130m and mamba-1.4b. The
 prefill of the 130m shapes is also run on the reference path (SSM_BACKEND=reference) in the same
-run. Prints a table and writes JSON.
+run. Each row also carries the work's floors on this card and at the issue's H100 rates
+(model_floors_cuda.py: the strict one, and the one of a design that runs norms, conv and scan as separate
+passes), from the copy and matmul rates measured first. Prints a table and writes JSON.
 
 Usage: python benchmarks/bench_models_cuda.py [--models mamba2-130m,...] [--out PATH]
 """
@@ -27,12 +29,16 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_cuda import backend, time_ms  # noqa: E402
+from bench_cuda import backend, copy_bandwidth, time_ms  # noqa: E402
+from bench_ssd_cuda import matmul_tflops  # noqa: E402
+from model_floors_cuda import floors  # noqa: E402
 from ssm.models.config import MambaConfig  # noqa: E402
 from ssm.models.lm import MambaLMHeadModel  # noqa: E402
 
 DEV = torch.device("cuda")
 VOCAB = 50277
+H100 = dict(copy_gbs=3010.0, matmul_tflops=710.0)  # the issue's H100, for floors at its rates
+CLOCK_GHZ = 1.98  # H100 / H200 SXM boost clock: the MUFU rate of the scan's floor
 PROMPT, NEW = 16, 128
 # name -> (layer, d_model, n_layer, issue-6 targets in ms: prefill, train, decode b1, decode b64)
 MODELS = {
@@ -89,14 +95,19 @@ def decode_ms_per_token(model, batch: int) -> float:
     return (long - short) / (NEW - 1) * 1e3
 
 
-def bench_model(name: str, rows: list) -> None:
+def bench_model(name: str, rows: list, limits: dict) -> None:
     model = make_model(name)
     targets = MODELS[name][3]
     small = name.endswith("130m")
+    sms = torch.cuda.get_device_properties(DEV).multi_processor_count
+    here = floors(model, limits["copy_gbs"], limits["matmul_tflops"], CLOCK_GHZ, sms)
+    h100 = floors(model, H100["copy_gbs"], H100["matmul_tflops"], CLOCK_GHZ, 132)
 
     def add(work, ms, target, ref_ms=None):
         row = dict(model=name, work=work, ms=ms, target_ms=target, met=None if target is None else ms <= target,
-                   ref_ms=ref_ms, speedup_vs_ref=None if ref_ms is None else ref_ms / ms)
+                   ref_ms=ref_ms, speedup_vs_ref=None if ref_ms is None else ref_ms / ms,
+                   floor_ms=here[work]["strict"], floor_passes_ms=here[work]["passes"],
+                   h100_floor_ms=h100[work]["strict"], h100_floor_passes_ms=h100[work]["passes"])
         if "prefill" in work or "train" in work:
             row["tokens_per_s"] = 8 * 2048 / ms * 1e3
         else:
@@ -104,7 +115,9 @@ def bench_model(name: str, rows: list) -> None:
         rows.append(row)
         print(f"  {name:12s} {work:22s} {ms:9.3f} ms  {row['tokens_per_s']:12.0f} tok/s"
               + (f"  ref {ref_ms:9.2f} ms ({ref_ms / ms:5.1f}x)" if ref_ms else "")
-              + (f"  target {target} ms {'met' if ms <= target else 'MISSED'}" if target else ""), flush=True)
+              + (f"  target {target} ms {'met' if ms <= target else 'MISSED'}" if target else "")
+              + f"  floors {row['floor_ms']:.3f} / {row['floor_passes_ms']:.3f} ms"
+              + f" (H100 rates {row['h100_floor_ms']:.3f} / {row['h100_floor_passes_ms']:.3f})", flush=True)
 
     ref = None
     if small:
@@ -125,15 +138,17 @@ def main():
     ap.add_argument("--out", default="bench_models_cuda.json")
     args = ap.parse_args()
     rows: list = []
-    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
+    limits = dict(copy_gbs=copy_bandwidth(), matmul_tflops=matmul_tflops())
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}: copy {limits['copy_gbs']:.0f} GB/s, "
+          f"bf16 matmul {limits['matmul_tflops']:.0f} TFLOP/s (floors: strict / separate passes, model_floors_cuda)")
     for name in args.models.split(","):
         try:
-            bench_model(name, rows)
+            bench_model(name, rows, limits)
         except Exception as e:  # one model's failure is reported, the others still run
             print(f"  {name}: FAILED {type(e).__name__}: {e}", flush=True)
             rows.append(dict(model=name, error=f"{type(e).__name__}: {e}"))
-        Path(args.out).write_text(json.dumps(dict(device=torch.cuda.get_device_name(),
-                                                  torch=torch.__version__, rows=rows), indent=1))
+        Path(args.out).write_text(json.dumps(dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
+                                                  **limits, rows=rows), indent=1))
 
 
 if __name__ == "__main__":

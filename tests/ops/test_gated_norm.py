@@ -80,13 +80,15 @@ def test_gradients_match_reference(backend, dtype, group, option, is_rms):
 
 @pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(2, 520, 1536, None), (1, 1101, 1024, 512), (1, 33, 384, 96), (1, 5, 4096, None)])
+@pytest.mark.parametrize("shape", [(2, 520, 1536, None), (1, 1101, 1024, 512), (1, 33, 384, 96), (1, 5, 4096, None),
+                                   (2, 3, 4112, 2056), (1, 3, 8200, None)])
 @pytest.mark.parametrize("option", ["no-z", "z-before", "z-after+bias"])
 @pytest.mark.parametrize("is_rms", [True, False], ids=["rms", "ln"])
 def test_gradients_packed_groups(backend, dtype, shape, option, is_rms):
     """Groups of 8-feature packs: several rows of one group per block (the last block partly
-    used), a partly used warp, more rows than partial sums, and a group wider than the register
-    kernels take; forward and backward."""
+    used), a partly used warp, more rows than partial sums, groups of two packs a thread in the
+    forward (4096; 2056: the second pack partly used), and groups wider than the register kernels
+    take (8200); forward and backward."""
     nbg = option != "z-after+bias"
     x, w, b, z = make(shape, dtype, device_of(backend), z=option != "no-z", bias="bias" in option, noncontig=False)
     leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, w, b, z)]
