@@ -95,7 +95,7 @@ def make_model_rows(batch, D, L, N, rank, dtype, device):
     return inp
 
 
-# Kernel forms picked by grid size, each forced: the row forward with one or two channels per thread; the
+# Kernel forms picked by grid size or a switch, each forced: the row forward with one or two channels per thread; the
 # backward with two warps per 32 channels and one or two state entries per pass, four warps and one or two
 FORMS = [{"SSM_SCAN_ROWS": "1"}, {"SSM_SCAN_ROWS": "2"},
          *({"SSM_SCAN_BWD_ILP": i, "SSM_SCAN_BWD_WARPS": w} for w in "24" for i in "01")]
