@@ -71,6 +71,11 @@ def check_grads(backend, inp, dtype, init=None, factor=2.0):
         assert_close(init_leaf.grad, ref_init.grad, dtype, "dinitial_state", factor=factor)
 
 
+def order(t):
+    # the dims of size > 1 from the smallest stride up: the layout, whatever the gaps (a channel slice of xz)
+    return [d for s, d in sorted((s, d) for d, (s, n) in enumerate(zip(t.stride(), t.shape)) if n > 1)]
+
+
 def check_kernel_layouts(backend, inp, dy):
     # the kernel path's buffers (what the fused Mamba-1 path gets): y like delta, du / ddelta / dz like u / delta / z
     with use_backend(backend):
@@ -78,8 +83,38 @@ def check_kernel_layouts(backend, inp, dy):
         grads = scan_module._bwd_impl(inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], inp["D"], inp["z"],
                                       inp["dt_bias"], None, None, None, dy, dy.new_empty(0), True, False)
     for g, k in ((y, "delta"), (grads[0], "u"), (grads[1], "delta"), (grads[6], "z")):
-        same = all(x == y for x, y, n in zip(g.stride(), inp[k].stride(), g.shape) if n > 1)
-        assert same, f"d{k} strides {g.stride()}, {k} {inp[k].stride()}"
+        assert order(g) == order(inp[k]), f"d{k} strides {g.stride()}, {k} {inp[k].stride()}"
+
+
+def make_model_rows(batch, D, L, N, rank, dtype, device):
+    # mamba_ssm's layout: z a channel slice of xz (B, 2D, L), B / C row slices of x_dbl^T (B, rank + 2N, L)
+    inp = make_rows(batch, D, L, N, 1, dtype, device)
+    inp["z"] = torch.randn(batch, 2 * D, L, device=device).to(dtype)[:, D:]
+    x_dbl = torch.randn(batch, rank + 2 * N, L, device=device).to(dtype)
+    inp["B"], inp["C"] = (x_dbl[:, c:c + N].unsqueeze(1) for c in (rank, rank + N))
+    return inp
+
+
+# Kernel forms picked by grid size or a switch, each forced: the row forward with one or two channels per thread; the
+# backward with two warps per 32 channels and one or two state entries per pass, four warps and one or two
+FORMS = [{"SSM_SCAN_ROWS": "1"}, {"SSM_SCAN_ROWS": "2"},
+         *({"SSM_SCAN_BWD_ILP": i, "SSM_SCAN_BWD_WARPS": w} for w in "24" for i in "01")]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("form", FORMS, ids=lambda f: "-".join(f"{k[9:]}{v}" for k, v in f.items()))
+@pytest.mark.parametrize("case", ["rows", "model", "odd_n"])
+def test_kernel_forms_cuda(monkeypatch, form, case):
+    # odd_n: N 13, an odd number of state entries for the last warp (the two-entry pass's idle second entry)
+    for k, v in form.items():
+        monkeypatch.setenv(k, v)
+    dev, dt = torch.device("cuda"), torch.bfloat16
+    if case == "model":
+        inp = make_model_rows(3, 96, 72, 16, 6, dt, dev)
+    else:
+        inp = make_rows(2, 40, 40 if case == "rows" else 45, 13 if case == "odd_n" else 16, 1, dt, dev)
+    check_grads("cuda", inp, dt, init=torch.randn(inp["u"].shape[0], 96 if case == "model" else 40,
+                                                   inp["A"].shape[1], device=dev))
 
 
 @pytest.mark.parametrize("backend", backends())
@@ -159,4 +194,5 @@ def test_rows_layout_matches_reference(backend, dtype, batch, D, L, G, pad, z):
     # (B, D, L) rows and (B, G, N, L) B/C at N = 16: the CUDA forward's row kernel (and pre-pass)
     inp = make_rows(batch, D, L, 16, G, dtype, device_of(backend), pad=pad, z=z)
     check_grads(backend, inp, dtype, init=torch.randn(batch, D, 16, device=device_of(backend)))
+
 

@@ -18,16 +18,16 @@ using scan_thread::kSteps;
 constexpr int kN = 16, kW = 4, kNT = kN / kW, kLanes = 32, kThreads = kLanes * kW;
 constexpr int kE = kSteps / kW;        // steps per thread when staging a group (4)
 constexpr int kDtuRow = 2 * kSteps + 4;  // floats per channel of (dt, dt u): 16-byte reads conflict-free
-constexpr int kYRow = kSteps + 4;        // floats per channel of a warp's partial y
 constexpr int kBcRow = kN + 4;           // floats per step of the float B / C tiles
 
 // Switch: false (or SSM_SCAN_ROWS=0 in the environment, for A/B timing) sends every call to
-// fwd_block_kernel.
+// fwd_block_kernel; SSM_SCAN_ROWS=1 or 2 forces one or two channels per thread (2-byte types).
 constexpr bool kEnabled = true;
-inline bool enabled() {
+inline char env_rows() {
   const char* e = std::getenv("SSM_SCAN_ROWS");
-  return kEnabled && !(e && e[0] == '0');
+  return e ? e[0] : '\0';
 }
+inline bool enabled() { return kEnabled && env_rows() != '0'; }
 
 // softplus_fast (selective_scan_thread.cuh) without branches or denormal handling: max(v, 0) +
 // log1p(exp(-|v|)), the log1p a degree-9 polynomial; identity above 20.
@@ -60,12 +60,17 @@ __device__ __forceinline__ void cp_async(void* dst, const void* src, int valid) 
 }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
+// A warp's partial y of channel c at the 4-step block starting at step i: block (i / 4 + c / 2) % 4 of
+// the row, so that both the steps' stores (8 lanes, one block) and the finish's loads (2 channels, 4
+// blocks) of a quarter-warp touch 32 different banks.
+__device__ __forceinline__ int yp_at(int c, int i) { return c * kSteps + 4 * ((i / 4 + (c >> 1)) & 3); }
+
 // One half of the block's channels (32; a thread's lane is one channel of each half).
 template <typename T>
 struct HalfShared {
   Quad<T> raw[3][kLanes][kW];           // u, delta, z of a group as loaded ([channel][step])
   float dtu[kLanes][kDtuRow];           // (dt, dt u) per channel and step
-  float yp[kW][kLanes][kYRow];          // each warp's partial y
+  float yp[kW][kLanes][kSteps];         // each warp's partial y, 4-step blocks swizzled (yp_at)
   float4 dz[2][kThreads];               // D u and silu(z) at each thread's staging steps
 };
 template <typename T>
@@ -171,7 +176,7 @@ struct RowsWalk {
     float4 y = sh->dz[0][threadIdx.x];
 #pragma unroll
     for (int w = 0; w < kW; ++w) {
-      const float4 q = *reinterpret_cast<const float4*>(&sh->yp[w][sc][si]);
+      const float4 q = *reinterpret_cast<const float4*>(&sh->yp[w][0][0] + yp_at(sc, si));
       y.x += q.x, y.y += q.y, y.z += q.z, y.w += q.w;
     }
     const float4 zs = sh->dz[1][threadIdx.x];
@@ -289,7 +294,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) fwd_rows_kernel(Selectiv
       if (kOut) {
 #pragma unroll
         for (int q = 0; q < kCh; ++q)
-          *reinterpret_cast<float4*>(&sh.h[q].yp[w][lane][i]) = make_float4(acc[q][0], acc[q][1], acc[q][2], acc[q][3]);
+          *reinterpret_cast<float4*>(&sh.h[q].yp[w][0][0] + yp_at(lane, i)) = make_float4(acc[q][0], acc[q][1], acc[q][2], acc[q][3]);
       }
     }
     if (kCk && more) {
@@ -350,19 +355,37 @@ void launch_kernel(const SelectiveScanParams& p, cudaStream_t stream) {
   fwd_rows_kernel<T, kOut, kCk, kMinBlocks, kCh><<<grid, kThreads, 0, stream>>>(p);
 }
 
+// Two channels per thread (4 blocks per SM) where that grid still gives every SM three blocks, else
+// one (8 blocks per SM; twice the blocks for small grids: Mamba-1's D 1536 at batch 8 has 192 blocks
+// of 64 channels for 132 SMs).
+inline bool two_channels(const SelectiveScanParams& p) {
+  const char e = env_rows();
+  if (e == '1' || e == '2') return e == '2';
+  static const int sms = [] {
+    int dev = 0, n = 132;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
+    return n;
+  }();
+  const int64_t blocks = p.batch * p.ngroups * ((p.dim / p.ngroups + 2 * kLanes - 1) / (2 * kLanes));
+  return blocks >= 3 * int64_t(sms);
+}
+
 // ck: write the checkpoints (chunk_states in fwd_block_kernel's layout) besides y. 2-byte types:
-// two channels per thread (4 blocks per SM); float32 (twice the staging bytes): one.
+// two channels per thread where the grid is large (two_channels); float32 (twice the staging bytes): one.
 template <typename T>
 void launch(const SelectiveScanParams& p, bool only_checkpoints, bool ck, cudaStream_t stream) {
   if constexpr (sizeof(T) == 2) {
-    if (only_checkpoints) launch_kernel<T, false, true, 4, 2>(p, stream);
-    else if (ck) launch_kernel<T, true, true, 4, 2>(p, stream);
-    else launch_kernel<T, true, false, 4, 2>(p, stream);
-  } else {
-    if (only_checkpoints) launch_kernel<T, false, true, 8, 1>(p, stream);
-    else if (ck) launch_kernel<T, true, true, 8, 1>(p, stream);
-    else launch_kernel<T, true, false, 8, 1>(p, stream);
+    if (two_channels(p)) {
+      if (only_checkpoints) launch_kernel<T, false, true, 4, 2>(p, stream);
+      else if (ck) launch_kernel<T, true, true, 4, 2>(p, stream);
+      else launch_kernel<T, true, false, 4, 2>(p, stream);
+      return;
+    }
   }
+  if (only_checkpoints) launch_kernel<T, false, true, 8, 1>(p, stream);
+  else if (ck) launch_kernel<T, true, true, 8, 1>(p, stream);
+  else launch_kernel<T, true, false, 8, 1>(p, stream);
 }
 
 }  // namespace ssm::cuda::scan_rows
