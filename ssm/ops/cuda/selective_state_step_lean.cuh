@@ -3,6 +3,7 @@
 // lean_kernel (wide Mamba-2 rows of small batches), mamba1_step_kernel (Mamba-1 rows, N = 16, several batch
 // rows a thread, dt_proj optional), mamba2_step_kernel (Mamba-2 head tiles of large batches).
 #pragma once
+#include "cuda/ssd_mma.cuh"
 
 namespace ssm::cuda::step {
 
@@ -143,6 +144,45 @@ __global__ void __launch_bounds__(kLeanThreads) lean_kernel(StateStepParams p) {
 // math starts when its own group has arrived, overlapping the later rows' arrival; the row's state stored
 // from registers, y last. softplus and silu by MUFU approximations. kProj: dt = dot(dt_proj[h, :], dt_in[b, :])
 // (rounded to T), each thread reading its dt_proj row once for its R rows.
+// kProj of mamba1_step_kernel: dt[h, r] = dot(dt_proj[h, :], dt_in[b0 + r, :]) for the warp's 32 channels from
+// h0 and the block's R rows, by mma.sync m16n8k16 (A: two 16-channel tiles of dt_proj rows read from global
+// memory in 32-bit pairs; B: the dt_in rows in shared memory, columns R..7 zero; k past the rank zero), exact
+// products of T values summed in float32. The warp's results go to dto[channel - h0 + warp * 32][r].
+template <typename T, int R>
+__device__ __forceinline__ void project_dt(const StateStepParams& p, const T (*dti)[kMaxProjRank], float (*dto)[R],
+                                           int64_t h0) {
+  const int lane = threadIdx.x % 32, g = lane / 4, c = lane % 4, rank = int(p.dt_rank);
+  const T* w = ptr<T>(p.dt_proj);
+  float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+  for (int k0 = 0; k0 < rank; k0 += 16) {
+    unsigned b[2], a[4];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int k = k0 + 2 * c + 8 * i;
+      b[i] = g < R && k < rank ? *reinterpret_cast<const unsigned*>(&dti[g][k]) : 0u;
+    }
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int64_t row = h0 + 16 * mt + g + 8 * (q & 1);
+        const int k = k0 + 2 * c + 8 * (q >> 1);
+        a[q] = row < p.nheads && k < rank ? __ldg(reinterpret_cast<const unsigned*>(w + row * p.dt_proj.stride[0] + k)) : 0u;
+      }
+      ssd::mma16816<T>(acc[mt], a, b[0], b[1]);
+    }
+  }
+  float(*out)[R] = dto + threadIdx.x / 32 * 32;
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int row = 16 * mt + g + 8 * (q >> 1), n = 2 * c + (q & 1);
+      if (n < R) out[row][n] = acc[mt][q];
+    }
+  __syncwarp();
+}
+
 template <typename TS, typename T, int R, bool kProj>
 __global__ void __launch_bounds__(kLeanThreads, R == 4 ? 5 : 1) mamba1_step_kernel(StateStepParams p) {
   constexpr float kLog2e = 1.4426950408889634f;
@@ -151,7 +191,8 @@ __global__ void __launch_bounds__(kLeanThreads, R == 4 ? 5 : 1) mamba1_step_kern
   __shared__ float4 bc[R][2][N / 4];  // [row][B, C][n / 4]
   __shared__ float4 As[kLeanThreads][N / 4];  // A row of thread t, quad q at [t][(q + t / 2) % 4] (no bank conflict)
   __shared__ uint4 S[R][2][kLeanThreads];  // the state packs of thread t at [r][j][t]
-  __shared__ float4 dti[kProj ? R : 1][kProj ? kMaxProjRank / 4 : 1];  // [row][k / 4]: dt_in rows (kProj)
+  __shared__ __align__(16) T dti[kProj ? R : 1][kProj ? kMaxProjRank : 2];  // [row][k]: dt_in rows (kProj)
+  __shared__ float dto[kProj ? kLeanThreads : 1][R];  // [t][row]: the projected dt of thread t's channel (kProj)
   const uint32_t h = blockIdx.x * kLeanThreads + threadIdx.x;
   const bool live = h < uint32_t(p.nheads);  // no early exit: every thread reaches the barrier
   const int64_t b0 = int64_t(blockIdx.z) * R;
@@ -171,13 +212,13 @@ __global__ void __launch_bounds__(kLeanThreads, R == 4 ? 5 : 1) mamba1_step_kern
     const TensorArg& M = i / N % 2 ? p.C : p.B;
     bcv[j] = i < 32 * R && b0 + r < p.batch ? to_float(ptr<T>(M)[(b0 + r) * M.stride[0] + n]) : 0.f;
   }
-  float dtv[kDti];
+  T dtv[kDti];
   if (kProj)
 #pragma unroll
     for (int j = 0; j < kDti; ++j) {
       const int i = t + j * kLeanThreads, r = rank > 0 ? i / rank : 0, k = i - r * rank;
       const int64_t b = b0 + r < p.batch ? b0 + r : b0;
-      dtv[j] = i < R * rank ? to_float(ptr<T>(p.dt)[b * p.dt.stride[0] + k * p.dt.stride[1]]) : 0.f;
+      dtv[j] = i < R * rank ? ptr<T>(p.dt)[b * p.dt.stride[0] + k * p.dt.stride[1]] : from_float<T>(0.f);
     }
   float xv[R], zv[R], dt[R], Dv = 0.f, bias = 0.f;
   if (live) {
@@ -218,29 +259,15 @@ __global__ void __launch_bounds__(kLeanThreads, R == 4 ? 5 : 1) mamba1_step_kern
 #pragma unroll
     for (int j = 0; j < kDti; ++j) {
       const int i = t + j * kLeanThreads, r = rank > 0 ? i / rank : 0;
-      if (i < R * rank) reinterpret_cast<float*>(dti[r])[i - r * rank] = dtv[j];
+      if (i < R * rank) dti[r][i - r * rank] = dtv[j];
     }
   __syncthreads();  // B, C (and dt_in) rows in shared memory
-  if (!live) return;
-  if (kProj) {
-    const T* w = ptr<T>(p.dt_proj) + h * p.dt_proj.stride[0];
-    float acc[R];
+  if constexpr (kProj) {  // every lane of the warp (mma.sync), live or not
+    project_dt<T, R>(p, dti, dto, blockIdx.x * kLeanThreads + t / 32 * 32);
 #pragma unroll
-    for (int r = 0; r < R; ++r) acc[r] = 0.f;
-#pragma unroll 4
-    for (int k = 0; k < rank; k += 8) {
-      Raw8<T> wk;
-      wk.load_nc(w + k);
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-        const float4 lo = dti[r][k / 4], hi = dti[r][k / 4 + 1];
-        acc[r] += wk.get(0) * lo.x + wk.get(1) * lo.y + wk.get(2) * lo.z + wk.get(3) * lo.w +
-                  wk.get(4) * hi.x + wk.get(5) * hi.y + wk.get(6) * hi.z + wk.get(7) * hi.w;
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < R; ++r) dt[r] = to_float(from_float<T>(acc[r]));
+    for (int r = 0; r < R; ++r) dt[r] = to_float(from_float<T>(dto[t][r]));
   }
+  if (!live) return;
   // A (times log2 e) in registers once row 0's group (with A) is in
   cp_async_wait(R - 1);
   float A2[N];
