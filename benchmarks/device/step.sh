@@ -17,7 +17,8 @@ STEPS=m1:lean,m1:m1old,m2b1:lean,m2b1:kp1,m2b1:kp4,m2b1:general,m2b64:lean
   --section SpeedOfLight --section WarpStateStats --section SourceCounters \
   python3 benchmarks/device/step_ncu.py new,old > "$OUT/ncu.txt" 2>&1; echo "ncu rc=$?" > "$OUT/ncu.done") &
 timeout -k 2 45 python3 benchmarks/device/step_bench.py "$OUT" --tests "$TESTS" -k "$SEL" --wait "$OUT/ncu.done" \
-  --floors --gemms --deadline 38 --steps "$STEPS" --models mamba-1.4b,mamba-130m,mamba-1.4b@fold > "$OUT/bench.log" 2>&1
+  --floors --gemms --deadline 39 --steps "$STEPS" --models mamba-1.4b,mamba-130m \
+  --models2 mamba-1.4b@fold > "$OUT/bench.log" 2>&1
 echo "bench rc=$?"
 wait
 cat "$OUT/ncu.done" 2>/dev/null
