@@ -73,7 +73,8 @@ template <typename T, int KW>
 __global__ void __launch_bounds__(kThreads) conv_update_row4_kernel(ConvUpdateParams p) {
   pdl_wait();
   pdl_release();
-  const uint32_t d = blockIdx.x * kThreads + threadIdx.x, b = blockIdx.y;
+  const uint32_t d = blockIdx.x * kThreads + threadIdx.x;
+  const int64_t b = blockIdx.y;  // signed: the ternary below keeps a padding index (-1) negative
   if (d >= uint32_t(p.dim)) return;
   const int64_t srow = has(p.conv_state_indices) ? ptr<int>(p.conv_state_indices)[b * p.conv_state_indices.stride[0]] : b;
   T& out = ptr<T>(p.out)[b * p.out.stride[0] + d * p.out.stride[1]];

@@ -184,7 +184,7 @@ __device__ __forceinline__ void project_dt(const StateStepParams& p, const T (*d
   __syncwarp();
 }
 
-template <typename TS, typename T, int R, bool kProj>
+template <typename TS, typename T, int R, bool kProj, bool kCoal>
 __global__ void __launch_bounds__(kLeanThreads, R == 4 ? 5 : 1) mamba1_step_kernel(StateStepParams p) {
   constexpr float kLog2e = 1.4426950408889634f;
   constexpr int N = 16, kBC = (32 * R + kLeanThreads - 1) / kLeanThreads;
@@ -221,7 +221,7 @@ __global__ void __launch_bounds__(kLeanThreads, R == 4 ? 5 : 1) mamba1_step_kern
       const int64_t b = b0 + r < p.batch ? b0 + r : b0;
       dtv[j] = i < R * rank ? ptr<T>(p.dt)[b * p.dt.stride[0] + k * p.dt.stride[1]] : from_float<T>(0.f);
     }
-  float xv[R], zv[R], dt[R], Dv = 0.f, bias = 0.f;
+  float xv[R] = {}, zv[R] = {}, dt[R] = {}, Dv = 0.f, bias = 0.f;
   if (live) {
     Dv = has(p.D) ? ptr<float>(p.D)[h * p.D.stride[0]] : 0.f;
     bias = has(p.dt_bias) ? ptr<float>(p.dt_bias)[h * p.dt_bias.stride[0]] : 0.f;
@@ -244,11 +244,17 @@ __global__ void __launch_bounds__(kLeanThreads, R == 4 ? 5 : 1) mamba1_step_kern
 #pragma unroll
   for (int q = 0; q < N / 4; ++q)
     if (live) cp_async16(&As[t][(q + t / 2) % 4], ptr<float>(p.A) + h * p.A.stride[0] + 4 * q);
+  // kCoal: lane l of the warp copies item u = 32 i + l (pack u % 2 of the warp's channel u / 2): one instruction
+  // covers 16 whole 32-byte rows (contiguous when the rows are), not half of each of 32 rows
+  const int w0 = t / 32 * 32, lane = t % 32;
 #pragma unroll
   for (int r = 0; r < R; ++r) {
 #pragma unroll
-    for (int j = 0; j < 2; ++j)
-      if (live && srow[r] >= 0) cp_async16(&S[r][j][t], st + srow[r] * p.state.stride[0] + j * 8);
+    for (int j = 0; j < 2; ++j) {
+      const int c = kCoal ? w0 + (32 * j + lane) / 2 : t, jj = kCoal ? lane % 2 : j;
+      const TS* src = ptr<TS>(p.state) + srow[r] * p.state.stride[0] + (blockIdx.x * kLeanThreads + c) * p.state.stride[1];
+      if (blockIdx.x * kLeanThreads + c < uint32_t(p.nheads) && srow[r] >= 0) cp_async16(&S[r][jj][c], src + jj * 8);
+    }
     asm volatile("cp.async.commit_group;" ::: "memory");
   }
 #pragma unroll
@@ -268,7 +274,7 @@ __global__ void __launch_bounds__(kLeanThreads, R == 4 ? 5 : 1) mamba1_step_kern
 #pragma unroll
     for (int r = 0; r < R; ++r) dt[r] = to_float(from_float<T>(dto[t][r]));
   }
-  if (!live) return;
+  if (!kCoal && !live) return;  // kCoal: every lane stays for the warp's copies
   // A (times log2 e) in registers once row 0's group (with A) is in
   cp_async_wait(R - 1);
   float A2[N];
@@ -282,6 +288,7 @@ __global__ void __launch_bounds__(kLeanThreads, R == 4 ? 5 : 1) mamba1_step_kern
   for (int r = 0; r < R; ++r) {
     y[r] = 0.f;
     cp_async_wait(R - 1 - r);  // this row's state in shared memory
+    if (kCoal) __syncwarp();    // (copied by other lanes)
     if (srow[r] < 0) continue;
     const float d = p.softplus ? softplus_approx(dt[r] + bias) : dt[r] + bias, dx = d * xv[r];
 #pragma unroll
@@ -297,11 +304,22 @@ __global__ void __launch_bounds__(kLeanThreads, R == 4 ? 5 : 1) mamba1_step_kern
         y[r] += sv * Cv[e];
         sp.set(e, sv);
       }
-      sp.store(st + srow[r] * p.state.stride[0] + j * 8);
+      if (kCoal) S[r][j][t] = *reinterpret_cast<const uint4*>(sp.w[0].e);
+      else sp.store(st + srow[r] * p.state.stride[0] + j * 8);
+    }
+    if (kCoal) {  // the warp's rows stored as they were copied
+      __syncwarp();
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int c = w0 + (32 * j + lane) / 2, jj = lane % 2;
+        TS* dst = ptr<TS>(p.state) + srow[r] * p.state.stride[0] + (blockIdx.x * kLeanThreads + c) * p.state.stride[1];
+        if (blockIdx.x * kLeanThreads + c < uint32_t(p.nheads)) *reinterpret_cast<uint4*>(dst + jj * 8) = S[r][jj][c];
+      }
     }
     y[r] += Dv * xv[r];
     if (has(p.z)) y[r] *= silu_approx(zv[r]);
   }
+  if (!live) return;
 #pragma unroll
   for (int r = 0; r < R; ++r)
     if (b0 + r < p.batch) ptr<T>(p.out)[(b0 + r) * p.out.stride[0] + h * p.out.stride[1]] = from_float<T>(y[r]);
@@ -530,6 +548,12 @@ inline bool mamba1_old() {
   return env != nullptr && env[0] == 'o';
 }
 
+// SSM_STEP_M1_FORM=coal: mamba1_step_kernel copying and storing the state rows warp-coalesced (kCoal).
+inline bool mamba1_coal() {
+  const char* env = std::getenv("SSM_STEP_M1_FORM");
+  return env != nullptr && env[0] == 'c';
+}
+
 // The lean kernels' form for this call, or false (the general kernel runs): Mamba-1 rows (P = 1, A per
 // entry, N = 16, 16-bit state and inputs, one group, dt_proj optional: mamba1_step_kernel) and the wide Mamba-2 rows of
 // small batches (A tied, N in {64, 128, 256}: N / 16 lanes, two packs each). SSM_STEP_LEAN=0 switches
@@ -566,8 +590,12 @@ void launch_lean(const StateStepParams& p, cudaStream_t stream) {
           if (mamba1_rows(p) == 2) return go(mamba1_step_kernel_s5<TS, T, 2, kProj>, 1, 2);
           return go(mamba1_step_kernel_s5<TS, T, 4, kProj>, 1, 4);
         }
-        if (mamba1_rows(p) == 2) return go(mamba1_step_kernel<TS, T, 2, kProj>, 1, 2);
-        go(mamba1_step_kernel<TS, T, 4, kProj>, 1, 4);
+        if (mamba1_coal()) {
+          if (mamba1_rows(p) == 2) return go(mamba1_step_kernel<TS, T, 2, kProj, true>, 1, 2);
+          return go(mamba1_step_kernel<TS, T, 4, kProj, true>, 1, 4);
+        }
+        if (mamba1_rows(p) == 2) return go(mamba1_step_kernel<TS, T, 2, kProj, false>, 1, 2);
+        go(mamba1_step_kernel<TS, T, 4, kProj, false>, 1, 4);
       });
       return;
     }
