@@ -215,16 +215,21 @@ def main():
     print(f"{torch.cuda.get_device_name()}: copy {copy_gbs:.0f} GB/s", flush=True)
     if args.floors:
         run_floors(copy_gbs)
-    run_steps(copy_gbs, [tuple(x.split(":")) for x in args.steps.split(",") if x])
     models: list = []
+
+    def dump():  # after each part: a run cut by its time limit keeps what it measured
+        with open(os.path.join(args.out, "step_bench.json"), "w") as f:
+            json.dump(dict(device=torch.cuda.get_device_name(), copy_gbs=copy_gbs, steps=bc.RESULTS, models=models), f,
+                      indent=1)
+    run_steps(copy_gbs, [tuple(x.split(":")) for x in args.steps.split(",") if x])
+    dump()
     run_models([m for m in args.models.split(",") if m], args.out, models)
+    dump()
     if args.gemms:
         run_gemms(copy_gbs)
     run_steps(copy_gbs, [tuple(x.split(":")) for x in args.steps2.split(",") if x])
     run_models([m for m in args.models2.split(",") if m], args.out, models)
-    with open(os.path.join(args.out, "step_bench.json"), "w") as f:
-        json.dump(dict(device=torch.cuda.get_device_name(), copy_gbs=copy_gbs, steps=bc.RESULTS, models=models), f,
-                  indent=1)
+    dump()
 
 
 if __name__ == "__main__":
