@@ -13,10 +13,10 @@ export PYTHONUNBUFFERED=1
 TESTS=tests/ops/test_state_step.py,tests/ops/test_proj_state_step.py,tests/ops/test_dw_causal_conv.py
 # round 2: the tests round 1 ran before its conv failure minus the unchanged kernels' (general, Mamba-2 tiles)
 SEL="cuda and (update or lean_kernel or variants or softplus or large_batches or runs_the or graph) and not general"
-STEPS=m1:lean,m1:coal,m1:m1old,m1:coal_r2,m2b1:lean,m2b1:kp1,m2b1:kp4,m2b1:general,m2b64:lean
-(timeout -k 2 22 ncu --clock-control none -k regex:"mamba1_step" --launch-count 3 \
+STEPS=m1:lean,m1:coal,m1:all,m1:m1old,m1:coal_r2,m2b1:lean,m2b1:kp1,m2b1:kp4,m2b1:general,m2b64:lean
+(timeout -k 2 22 ncu --clock-control none -k regex:"mamba1_step" --launch-count 4 \
   --section SpeedOfLight --section WarpStateStats --section SchedulerStats --print-details all \
-  python3 benchmarks/device/step_ncu.py new,coal,old > "$OUT/ncu.txt" 2>&1; echo "ncu rc=$?" > "$OUT/ncu.done") &
+  python3 benchmarks/device/step_ncu.py new,coal,all,old > "$OUT/ncu.txt" 2>&1; echo "ncu rc=$?" > "$OUT/ncu.done") &
 timeout -k 2 46 python3 benchmarks/device/step_bench.py "$OUT" --tests "$TESTS" -k "$SEL" --wait "$OUT/ncu.done" \
   --floors --gemms --deadline 40 --steps "$STEPS" --models mamba-1.4b,mamba-130m \
   --models2 mamba-1.4b@fold,mamba-130m@convold > "$OUT/bench.log" 2>&1

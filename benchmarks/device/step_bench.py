@@ -33,6 +33,7 @@ from ssm.utils.inference import InferenceParams  # noqa: E402
 FORMS = {"general": {"SSM_STEP_LEAN": "0"}, "lean": {}, "m1_r2": {"SSM_STEP_M1": "2"}, "m1_r4": {"SSM_STEP_M1": "4"},
          "wide": {"SSM_STEP_WIDE": "1"}, "nofold": {"nofold": "1"}, "m1old": {"SSM_STEP_M1_FORM": "old"},
          "coal": {"SSM_STEP_M1_FORM": "coal"}, "coal_r2": {"SSM_STEP_M1_FORM": "coal", "SSM_STEP_M1": "2"},
+         "all": {"SSM_STEP_M1_FORM": "all"},
          "kp1": {"SSM_STEP_KP": "1"}, "kp4": {"SSM_STEP_KP": "4"}, "convold": {"SSM_CONV_UPDATE_ROW4": "0"},
          "fold": {"fold": "1"}}
 ENV = ("SSM_STEP_LEAN", "SSM_STEP_M1", "SSM_STEP_WIDE", "SSM_STEP_M1_FORM", "SSM_STEP_KP", "SSM_CONV_UPDATE_ROW4")

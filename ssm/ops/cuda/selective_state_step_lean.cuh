@@ -184,7 +184,7 @@ __device__ __forceinline__ void project_dt(const StateStepParams& p, const T (*d
   __syncwarp();
 }
 
-template <typename TS, typename T, int R, bool kProj, bool kCoal>
+template <typename TS, typename T, int R, bool kProj, bool kCoal, bool kAll>
 __global__ void __launch_bounds__(kLeanThreads, R == 4 ? 5 : 1) mamba1_step_kernel(StateStepParams p) {
   constexpr float kLog2e = 1.4426950408889634f;
   constexpr int N = 16, kBC = (32 * R + kLeanThreads - 1) / kLeanThreads;
@@ -283,18 +283,26 @@ __global__ void __launch_bounds__(kLeanThreads, R == 4 ? 5 : 1) mamba1_step_kern
     const float4 a = As[t][(q + t / 2) % 4];
     A2[4 * q] = a.x * kLog2e, A2[4 * q + 1] = a.y * kLog2e, A2[4 * q + 2] = a.z * kLog2e, A2[4 * q + 3] = a.w * kLog2e;
   }
+  // kAll: one wait for every row, their packs in registers, then the rows' math free to interleave (no
+  // ordering point between rows: more independent instructions in flight a warp)
+  uint4 sreg[kAll ? R : 1][2];
+  if (kAll) {
+    cp_async_wait(0);
+#pragma unroll
+    for (int r = 0; r < (kAll ? R : 1); ++r) sreg[r][0] = S[r][0][t], sreg[r][1] = S[r][1][t];
+  }
   float y[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     y[r] = 0.f;
-    cp_async_wait(R - 1 - r);  // this row's state in shared memory
+    if (!kAll) cp_async_wait(R - 1 - r);  // this row's state in shared memory
     if (kCoal) __syncwarp();    // (copied by other lanes)
     if (srow[r] < 0) continue;
     const float d = p.softplus ? softplus_approx(dt[r] + bias) : dt[r] + bias, dx = d * xv[r];
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       Raw8<TS> sp;
-      *reinterpret_cast<uint4*>(sp.w[0].e) = S[r][j][t];
+      *reinterpret_cast<uint4*>(sp.w[0].e) = kAll ? sreg[kAll ? r : 0][j] : S[r][j][t];
       float Bv[8], Cv[8];
       *reinterpret_cast<float4*>(Bv) = bc[r][0][2 * j], *reinterpret_cast<float4*>(Bv + 4) = bc[r][0][2 * j + 1];
       *reinterpret_cast<float4*>(Cv) = bc[r][1][2 * j], *reinterpret_cast<float4*>(Cv + 4) = bc[r][1][2 * j + 1];
@@ -542,17 +550,15 @@ inline int lean_packs() {
   return env != nullptr && (env[0] == '1' || env[0] == '4') ? env[0] - '0' : 2;
 }
 
-// SSM_STEP_M1_FORM=old: the session-5 form of mamba1_step_kernel (mamba1_step_kernel_s5).
-inline bool mamba1_old() {
+// SSM_STEP_M1_FORM=coal: mamba1_step_kernel copying and storing the state rows warp-coalesced (kCoal); =all: one
+// wait for every row's state, the rows' math interleaved (kAll); =old: the session-5 kernel. 0 when unset.
+inline char mamba1_form() {
   const char* env = std::getenv("SSM_STEP_M1_FORM");
-  return env != nullptr && env[0] == 'o';
+  return env == nullptr ? '\0' : env[0];
 }
 
-// SSM_STEP_M1_FORM=coal: mamba1_step_kernel copying and storing the state rows warp-coalesced (kCoal).
-inline bool mamba1_coal() {
-  const char* env = std::getenv("SSM_STEP_M1_FORM");
-  return env != nullptr && env[0] == 'c';
-}
+// SSM_STEP_M1_FORM=old: the session-5 form of mamba1_step_kernel (mamba1_step_kernel_s5).
+inline bool mamba1_old() { return mamba1_form() == 'o'; }
 
 // The lean kernels' form for this call, or false (the general kernel runs): Mamba-1 rows (P = 1, A per
 // entry, N = 16, 16-bit state and inputs, one group, dt_proj optional: mamba1_step_kernel) and the wide Mamba-2 rows of
@@ -590,12 +596,16 @@ void launch_lean(const StateStepParams& p, cudaStream_t stream) {
           if (mamba1_rows(p) == 2) return go(mamba1_step_kernel_s5<TS, T, 2, kProj>, 1, 2);
           return go(mamba1_step_kernel_s5<TS, T, 4, kProj>, 1, 4);
         }
-        if (mamba1_coal()) {
-          if (mamba1_rows(p) == 2) return go(mamba1_step_kernel<TS, T, 2, kProj, true>, 1, 2);
-          return go(mamba1_step_kernel<TS, T, 4, kProj, true>, 1, 4);
+        if (mamba1_form() == 'c') {
+          if (mamba1_rows(p) == 2) return go(mamba1_step_kernel<TS, T, 2, kProj, true, false>, 1, 2);
+          return go(mamba1_step_kernel<TS, T, 4, kProj, true, false>, 1, 4);
         }
-        if (mamba1_rows(p) == 2) return go(mamba1_step_kernel<TS, T, 2, kProj, false>, 1, 2);
-        go(mamba1_step_kernel<TS, T, 4, kProj, false>, 1, 4);
+        if (mamba1_form() == 'a') {
+          if (mamba1_rows(p) == 2) return go(mamba1_step_kernel<TS, T, 2, kProj, false, true>, 1, 2);
+          return go(mamba1_step_kernel<TS, T, 4, kProj, false, true>, 1, 4);
+        }
+        if (mamba1_rows(p) == 2) return go(mamba1_step_kernel<TS, T, 2, kProj, false, false>, 1, 2);
+        go(mamba1_step_kernel<TS, T, 4, kProj, false, false>, 1, 4);
       });
       return;
     }
