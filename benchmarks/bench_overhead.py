@@ -15,11 +15,11 @@
 
 3. The floor of one call: what each piece of a call costs alone (attribute reads, a tensor's kernel
    view, its part of a plan key, an allocation, the crossing into C++ of a kernel with no work),
-   and from them the least a call with N tensors can cost.
+   and from them the least a call with N tensors can cost; and the pieces of a planned state step call.
 
 Prints a table and writes JSON to benchmarks/results/cpu/overhead.json.
 Usage: python benchmarks/bench_overhead.py [--calls N] [--steps N] [--threads N] [--out PATH]
-       [--decode-only] [--repeats N]
+       [--decode-only] [--no-decode] [--repeats N]
 """
 from __future__ import annotations
 
@@ -189,6 +189,44 @@ def call_floor_rows(calls: int) -> dict:
     return {"pieces_thread_cpu_us": us, "floor_thread_cpu_us_by_tensors": floors}
 
 
+def planned_call_pieces(calls: int) -> dict:
+    """Where a planned call of selective_state_step spends its time (Mamba-1 (1, 8, N4): 9 tensors,
+    no indices; thread CPU us, median of batches): the whole public call, and each piece of it timed
+    alone: the compile check, the plan lookup (small key + torch's tensor guard), the guard alone,
+    the output allocation, the prepared kernel call (crossing, data pointers read in C++, kernel);
+    "Python glue" = the whole - those pieces. Beside them, the plain binding of the same call with
+    its per-tensor view tuples built in Python (the planned call before the prepared calls)."""
+    from ssm.ops import state_step
+    Dm, N = 8, 4
+    state, x, dt, z = torch.randn(1, Dm, N), torch.randn(1, Dm), torch.randn(1, Dm), torch.randn(1, Dm)
+    A, B, C, D, dt_bias = -torch.rand(Dm, N), torch.randn(1, N), torch.randn(1, N), torch.randn(Dm), torch.randn(Dm)
+    args = (state, x, dt, A, B, C, D, z, dt_bias, None)
+    with torch.no_grad():
+        ops.selective_state_step(*args[:9], True)  # makes the plan
+    sig, plan = _kernels.find_plan(state_step._plans, (True,), args)
+    if _kernels._TensorGuards is None or not plan or plan[7] is None:
+        return {}
+    _, kernel, head, tails, _, out_like, _, prepared, _ = plan
+    guard, present, out = state_step._plans._plans[sig[0]][0][0], sig[1], torch.empty_like(x)
+    pieces = {
+        "torch.compiler.is_compiling()": torch.compiler.is_compiling,
+        "plan lookup (key + guard)": lambda: _kernels.find_plan(state_step._plans, (True,), args),
+        "output allocation": lambda: _kernels.planned_output(x, out_like),
+        "prepared kernel call": lambda: prepared(*args, out, 1),
+    }
+    with torch.no_grad():
+        whole = median_us(lambda: ops.selective_state_step(*args[:9], True), calls, clock=time.thread_time)
+    us = {k: median_us(fn, calls, clock=time.thread_time) for k, fn in pieces.items()}
+    us["Python glue"] = whole - sum(us.values())
+    aside = {
+        "torch's tensor guard alone (9 tensors)": lambda: guard.check(*present),
+        "plain binding, views built per call": lambda: kernel(
+            *head, *_kernels.planned_refs(tails, (*args, out)), True, 1),
+    }
+    return {"public_call_thread_cpu_us": whole, "pieces_thread_cpu_us": us,
+            "aside_thread_cpu_us": {k: median_us(fn, calls, clock=time.thread_time) for k, fn in aside.items()}}
+
+
 # ---- decode step ---------------------------------------------------------------------------------
 
 def _decode_model(layer: str):
@@ -326,6 +364,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/cpu/overhead.json"))
     parser.add_argument("--decode-only", action="store_true", help="only the decode steps' share outside matmuls")
     parser.add_argument("--repeats", type=int, default=1, help="decode measurements per model, alternating models")
+    parser.add_argument("--no-decode", action="store_true", help="only the small op calls and their pieces")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -344,11 +383,17 @@ def main() -> None:
     print("pieces of a call (thread CPU us): " + ", ".join(f"{k} {v:.2f}" for k, v in floor["pieces_thread_cpu_us"].items()))
     print("floor of a call with N tensors + 1 output, no checks (thread CPU us): " + ", ".join(
         f"N={n}: {f:.1f}" for n, f in floor["floor_thread_cpu_us_by_tensors"].items()))
-    decode = decode_rows(args.steps, args.repeats)
+    pieces = planned_call_pieces(args.calls)
+    if pieces:
+        parts = {**pieces["pieces_thread_cpu_us"], **pieces["aside_thread_cpu_us"]}
+        print(f"a planned selective_state_step call, {pieces['public_call_thread_cpu_us']:.2f} thread CPU us: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
+    decode = [] if args.no_decode else decode_rows(args.steps, args.repeats)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     machine = {**machine_info(), "load_avg_end": list(os.getloadavg())}
-    out.write_text(json.dumps({"machine": machine, "small_ops": rows, "call_floor": floor, "decode": decode}, indent=1))
+    out.write_text(json.dumps({"machine": machine, "small_ops": rows, "call_floor": floor, "planned_call": pieces,
+                               "decode": decode}, indent=1))
     print(f"wrote {out}")
 
 

@@ -3,6 +3,7 @@
 and the CPU thread count comes from torch."""
 from __future__ import annotations
 
+import functools
 import os
 import weakref
 
@@ -105,9 +106,13 @@ def float32_param(t: torch.Tensor | None) -> torch.Tensor | None:
 _ENVIRON = os.environ._data if os.name == "posix" and isinstance(getattr(os.environ, "_data", None), dict) else None
 
 
-def forced_backend_value():
-    """SSM_BACKEND as set (unparsed, str or bytes): part of the eager fast paths' cache keys."""
-    return _ENVIRON.get(b"SSM_BACKEND") if _ENVIRON is not None else os.environ.get("SSM_BACKEND")
+def _forced_backend_os():
+    return os.environ.get("SSM_BACKEND")
+
+
+# SSM_BACKEND as set (unparsed, str or bytes): part of the eager fast paths' cache keys. Called on
+# every op call: a partial of the backing dict's get (no Python frame) where there is one.
+forced_backend_value = functools.partial(_ENVIRON.get, b"SSM_BACKEND") if _ENVIRON is not None else _forced_backend_os
 
 
 def _metadata(flags: tuple, tensors: tuple) -> tuple:
@@ -126,12 +131,13 @@ except ImportError:  # a torch without it: plans are found by their Python metad
 class PlanCache:
     """The eager fast paths' plans, found by a call's metadata (what _metadata holds).
 
-    With torch's C++ tensor guard a lookup is a small key (SSM_BACKEND, the flags, which tensors
-    are absent) and one guard check over the present tensors per plan kept under it (~1 us for
-    nine tensors, where building and hashing the Python metadata key costs ~5 us); the guard is
-    at least as strict as that key. Without it, the Python key. At most MAX_PER_KEY plans a small
-    key (the last used first), so a lookup stays short when shapes keep changing. The guard never
-    matches a call that passes one tensor twice (its aliasing check): such calls take the checked path."""
+    With torch's C++ tensor guard a lookup is a small key (SSM_BACKEND, the flags, each argument's
+    type, so which tensors are absent) and one guard check over the present tensors per plan kept
+    under it (~1 us for nine tensors, where building and hashing the Python metadata key costs
+    ~5 us); the guard is at least as strict as that key. Without it, the Python key. At most
+    MAX_PER_KEY plans a small key (the last used first), so a lookup stays short when shapes keep
+    changing. The guard never matches a call that passes one tensor twice (its aliasing check):
+    such calls take the checked path."""
 
     MAX_PER_KEY = 8
 
@@ -147,7 +153,8 @@ class PlanCache:
             except (AttributeError, TypeError):
                 return None, None
         present = [t for t in tensors if t is not None]
-        key = (forced_backend_value(), *flags, *[t is None for t in tensors])
+        # which arguments are absent by their types (built in C; the guard checks each type too)
+        key = (forced_backend_value(), flags, *map(type, tensors))
         try:
             entries = self._plans.get(key)
         except TypeError:  # an unhashable flag: the op's checks will say
@@ -195,6 +202,38 @@ def ref_tails(modes: tuple, tensors: tuple) -> tuple:
 def planned_refs(tails: tuple, tensors: tuple) -> list:
     """The kernel-side views of a planned call: each tensor's data pointer before its planned strides."""
     return [None if tail is None else (t.data_ptr(),) + tail for tail, t in zip(tails, tensors)]
+
+
+# Switch: False keeps every plan on its kernel's plain binding (one view tuple per tensor per call).
+PREPARED = True
+
+
+def prepare(backend: str, kernel: str, tails: tuple, arrange):
+    """A plan's kernel call prepared once (CPU module, ssm/ops/cpu/bind/prepared.h): the binding
+    builds and checks ``kernel(*arrange(views), nthreads)`` once, each view a tensor's tail (as
+    ref_tails makes them, None for an absent tensor) after a marker pointer, and the returned
+    callable takes the call's tensors in the order of tails (None where absent), then the thread
+    count, and fills in their data pointers. None where there is no prepared form (the CUDA
+    module, PREPARED off, a call the binding cannot prepare): the plan keeps the plain binding."""
+    fn = getattr(module(backend), "prepare_" + kernel, None) if backend == "cpu" and PREPARED else None
+    if fn is None:
+        return None
+    mod, views, slot = module(backend), [], 0
+    for tail in tails:
+        if tail is None:
+            views.append(None)
+            continue
+        slot += 1
+        views.append((mod.PREPARED_MARK_TAG + slot * mod.PREPARED_MARK_STEP,) + tail)
+    try:
+        return fn(slot, *arrange(views))
+    except (TypeError, ValueError):  # (a build without PreparedCall, a struct it cannot prepare)
+        return None
+
+
+def planned_threads(work: int) -> int | None:
+    """A plan's CPU thread count: 1 below PARALLEL_MIN_WORK, else None (torch's, read per call)."""
+    return 1 if work < PARALLEL_MIN_WORK else None
 
 
 def output_spec(x: torch.Tensor):

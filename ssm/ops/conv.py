@@ -185,7 +185,7 @@ def _check_conv_args(x, weight, bias, activation, seq_idx, initial_states):
 _fwd_plans = _kernels.PlanCache()
 
 
-def _make_fwd_plan(x, weight, bias, seq_idx, initial_states, return_final_states):
+def _make_fwd_plan(x, weight, bias, seq_idx, initial_states, return_final_states, activation):
     """The plan of a call that passed the checks, or False for the general path (the reference,
     int64 seq_idx, weights that are not float32 contiguous, an empty or channels-last x)."""
     if x.numel() == 0 or (seq_idx is not None and seq_idx.dtype != torch.int32) or _channels_last(x):
@@ -203,17 +203,23 @@ def _make_fwd_plan(x, weight, bias, seq_idx, initial_states, return_final_states
     modes = (k.AS_IS, k.AS_IS if weight.dim() == 2 else k.DROP_MID, k.AS_IS, k.AS_IS, k.AS_IS, k.AS_IS, k.AS_IS)
     tails = k.ref_tails(modes, (x, weight, bias, seq_idx, initial_states, k.empty(x.shape, x),
                                 None if final is None else k.empty(final, x)))
-    return (backend, k.module(backend).dw_causal_conv_fwd, (k.dtype_code(x), B, D, L, W), tails,
-            k.output_spec(x), None if final is None else (final, x.dtype, x.device))
+    head = (k.dtype_code(x), B, D, L, W)
+    return (backend, k.module(backend).dw_causal_conv_fwd, head, tails, k.output_spec(x),
+            None if final is None else (final, x.dtype, x.device),
+            k.prepare(backend, "dw_causal_conv_fwd", tails, lambda v: (*head, *v, activation is not None)),
+            k.planned_threads(x.numel()))
 
 
 def _run_fwd_plan(plan, x, weight, bias, activation, seq_idx, initial_states):
-    backend, kernel, head, tails, y_spec, final_spec = plan
+    backend, kernel, head, tails, y_spec, final_spec, prepared, threads = plan
     k = _kernels
     y = k.planned_output(x, y_spec)
     final = None if final_spec is None else k.new_empty(*final_spec)
-    kernel(*head, *k.planned_refs(tails, (x, weight, bias, seq_idx, initial_states, y, final)),
-           activation is not None, k.exec_arg(backend, x))
+    if prepared is not None:  # (the plan's key holds the activation)
+        prepared(x, weight, bias, seq_idx, initial_states, y, final, threads or torch.get_num_threads())
+    else:
+        kernel(*head, *k.planned_refs(tails, (x, weight, bias, seq_idx, initial_states, y, final)),
+               activation is not None, k.exec_arg(backend, x))
     return y if final is None else (y, final)
 
 
@@ -221,11 +227,11 @@ def _run_fwd_plan(plan, x, weight, bias, activation, seq_idx, initial_states):
 # forward plan and a backward launched straight from it, in one autograd.Function (the general path
 # costs the checks, the custom op's layers and their backend and dtype lookups on every call) --------
 
-def _make_grad_plan(x, weight, bias, seq_idx, initial_states, return_final_states):
+def _make_grad_plan(x, weight, bias, seq_idx, initial_states, return_final_states, activation):
     """(forward plan, backward kernel) of a plain call with autograd, or False for the general path."""
     if seq_idx is not None or initial_states is not None or return_final_states:
         return False
-    fwd = _make_fwd_plan(x, weight, bias, None, None, False)
+    fwd = _make_fwd_plan(x, weight, bias, None, None, False, activation)
     if not fwd or dispatch.select_backend("dw_causal_conv_bwd", x.device,
                                           lambda b: _kernels.kernel_reason(b, "dw_causal_conv_bwd", x)) != fwd[0]:
         return False
@@ -234,7 +240,7 @@ def _make_grad_plan(x, weight, bias, seq_idx, initial_states, return_final_state
 
 def _run_bwd_plan(plan, x, weight, bias, dy, silu):
     # dy (B, D, L) -> dx like the forward's y, dweight like weight ((D, W) or (D, 1, W)), dbias (D,) float32
-    (backend, _, head, tails, y_spec, _), kernel = plan
+    (backend, _, head, tails, y_spec, *_), kernel = plan
     k = _kernels
     dy = dy if dy.dtype == x.dtype else dy.to(x.dtype)
     # weight and bias are float32 contiguous (the plan's condition): empty_like is the cheapest allocation
@@ -275,8 +281,8 @@ def dw_causal_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, act
     """
     grad = _library.needs_autograd(x, weight, bias, initial_states)
     eager = not torch.compiler.is_compiling() and (not grad or _library.EAGER_DIRECT)
-    sig, plan = _kernels.find_plan(_fwd_plans, (type(activation), activation, bool(return_final_states), grad),
-                                   (x, weight, bias, seq_idx, initial_states)) if eager else (None, None)
+    sig, plan = _fwd_plans.find((type(activation), activation, bool(return_final_states), grad),
+                                (x, weight, bias, seq_idx, initial_states)) if eager else (None, None)
     if plan:
         if grad:
             return _PlannedConv.apply(x, weight, bias, plan, activation)
@@ -284,7 +290,7 @@ def dw_causal_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, act
     W = _check_conv_args(x, weight, bias, activation, seq_idx, initial_states)
     if sig is not None:
         make = _make_grad_plan if grad else _make_fwd_plan
-        _fwd_plans[sig] = make(x, weight, bias, seq_idx, initial_states, return_final_states)
+        _fwd_plans[sig] = make(x, weight, bias, seq_idx, initial_states, return_final_states, activation)
     w = _kernels.float32_contiguous(weight if weight.dim() == 2 else weight.reshape(weight.shape[0], W))
     b = _kernels.float32_contiguous(bias)
     silu = activation is not None
@@ -438,14 +444,19 @@ def _make_update_plan(x, conv_state, weight, bias, activation, conv_state_indice
     convert = bias is not None and bias.dtype != torch.float32
     b = k.float32_param(bias) if convert else bias
     tails = k.ref_tails(modes, (x, conv_state, weight, b, conv_state_indices, cache_seqlens, k.empty(x.shape, x)))
-    return (backend, k.module(backend).dw_causal_conv_update, (k.dtype_code(x), *sizes), tails, convert,
-            k.output_spec(x), B * D * L)
+    head = (k.dtype_code(x), *sizes)
+    return (backend, k.module(backend).dw_causal_conv_update, head, tails, convert, k.output_spec(x), B * D * L,
+            k.prepare(backend, "dw_causal_conv_update", tails, lambda v: (*head, *v, activation is not None)),
+            k.planned_threads(B * D * L))
 
 
 def _run_update_plan(plan, x, conv_state, weight, bias, activation, conv_state_indices, cache_seqlens):
-    backend, kernel, head, tails, convert, out_like, work = plan
+    backend, kernel, head, tails, convert, out_like, work, prepared, threads = plan
     bias = _kernels.float32_param(bias) if convert else bias
     y = _kernels.planned_output(x, out_like)
+    if prepared is not None:  # (the plan's key holds the activation)
+        prepared(x, conv_state, weight, bias, conv_state_indices, cache_seqlens, y, threads or torch.get_num_threads())
+        return y
     kernel(*head, *_kernels.planned_refs(tails, (x, conv_state, weight, bias, conv_state_indices, cache_seqlens, y)),
            activation is not None, _kernels.cpu_threads(work) if backend == "cpu" else _kernels.exec_arg(backend, x))
     return y
@@ -466,8 +477,8 @@ def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Op
     """
     compiling = torch.compiler.is_compiling()
     call = (x, conv_state, weight, bias, activation, conv_state_indices, cache_seqlens)
-    sig, plan = (None, None) if compiling else _kernels.find_plan(
-        _update_plans, (type(activation), activation), (x, conv_state, weight, bias, conv_state_indices, cache_seqlens))
+    sig, plan = (None, None) if compiling else _update_plans.find(
+        (type(activation), activation), (x, conv_state, weight, bias, conv_state_indices, cache_seqlens))
     if plan:
         return _run_update_plan(plan, *call)
     W = _check_update_args(*call)

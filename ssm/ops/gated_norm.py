@@ -132,7 +132,7 @@ def _rows(t: Optional[Tensor]) -> bool:
     return t is None or t.dim() == 2 or (t.dim() > 2 and t.is_contiguous())
 
 
-def _make_plan(x, weight, bias, z, group):
+def _make_plan(x, weight, bias, z, group, eps, norm_before_gate, is_rms_norm):
     """The plan of a call that passed the checks, or False for the general path (the reference,
     float64, rows that need a copy, non-contiguous weights, an empty x)."""
     if x.numel() == 0 or x.dtype == torch.float64 or not (_rows(x) and _rows(z)):
@@ -147,9 +147,13 @@ def _make_plan(x, weight, bias, z, group):
     convert = tuple(t is not None and t.dtype != torch.float32 for t in (weight, bias))
     w, b = _float32_params((weight, bias), convert)
     tails = k.ref_tails((k.ROWS, k.AS_IS, k.AS_IS, k.ROWS, k.ROWS), (x, w, b, z, k.empty(x.shape, x)))
-    return (backend, k.module(backend).gated_norm_fwd, (x.numel() // x.shape[-1], x.shape[-1], group, k.dtype_code(x)),
-            None if z is None else k.dtype_code(z), tails, convert if any(convert) else None,
-            k.output_spec(x), x.numel())
+    head = (x.numel() // x.shape[-1], x.shape[-1], group, k.dtype_code(x))
+    z_code = None if z is None else k.dtype_code(z)
+    # prepared with the plan's eps (the flags are in its key); a call with another eps takes the plain binding
+    prepared = k.prepare(backend, "gated_norm_fwd", tails, lambda v: (
+        *head, v[0], v[1], v[2], z_code, v[3], v[4], float(eps), bool(norm_before_gate), bool(is_rms_norm)))
+    return (backend, k.module(backend).gated_norm_fwd, head, z_code, tails, convert if any(convert) else None,
+            k.output_spec(x), x.numel(), prepared, float(eps), k.planned_threads(x.numel()))
 
 
 def _float32_params(params, convert):
@@ -158,11 +162,14 @@ def _float32_params(params, convert):
 
 
 def _run_plan(plan, x, weight, bias, z, eps, norm_before_gate, is_rms_norm):
-    backend, kernel, head, z_code, tails, convert, out_like, work = plan
+    backend, kernel, head, z_code, tails, convert, out_like, work, prepared, plan_eps, threads = plan
     if convert:
         weight, bias = _float32_params((weight, bias), convert)
     k = _kernels
     y = k.planned_output(x, out_like)
+    if prepared is not None and eps == plan_eps:
+        prepared(x, weight, bias, z, y, threads or torch.get_num_threads())
+        return y
     xr, wr, br, zr, yr = k.planned_refs(tails, (x, weight, bias, z, y))
     kernel(*head, xr, wr, br, z_code, zr, yr, float(eps), bool(norm_before_gate), bool(is_rms_norm),
            k.cpu_threads(work) if backend == "cpu" else k.exec_arg(backend, x))
@@ -174,13 +181,13 @@ def gated_rms_norm(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, z: 
                    is_rms_norm: bool = True) -> Tensor:
     """Gated RMSNorm (LayerNorm when ``is_rms_norm`` is False) of x (..., N) with gate z (..., N)."""
     eager = not torch.compiler.is_compiling() and not _library.needs_autograd(x, weight, bias, z)
-    sig, plan = _kernels.find_plan(_plans, _flags(group_size, norm_before_gate, is_rms_norm),
-                                   (x, weight, bias, z)) if eager else (None, None)
+    sig, plan = _plans.find(_flags(group_size, norm_before_gate, is_rms_norm),
+                            (x, weight, bias, z)) if eager else (None, None)
     if plan:
         return _run_plan(plan, x, weight, bias, z, eps, norm_before_gate, is_rms_norm)
     group = _check_gated_args(x, weight, bias, z, group_size)
     if sig is not None:
-        _plans[sig] = _make_plan(x, weight, bias, z, group)
+        _plans[sig] = _make_plan(x, weight, bias, z, group, eps, norm_before_gate, is_rms_norm)
     N = x.shape[-1]
     # x, z (M, N)
     x2 = x.reshape(-1, N)

@@ -159,7 +159,7 @@ def _flags(is_rms, prenorm, residual_in_fp32):
     return bool(is_rms), bool(prenorm), bool(residual_in_fp32)
 
 
-def _make_plan(x, weight, bias, residual, residual_in_fp32):
+def _make_plan(x, weight, bias, residual, residual_in_fp32, is_rms, eps):
     """The plan of a call that passed the checks, or False for the general path (the reference,
     float64, 1-d or non-contiguous x / residual, non-contiguous weights, an empty x)."""
     if x.dim() < 2 or x.numel() == 0 or not x.is_contiguous() or (residual is not None and not residual.is_contiguous()):
@@ -181,8 +181,12 @@ def _make_plan(x, weight, bias, residual, residual_in_fp32):
     tails = k.ref_tails((k.ROWS, k.AS_IS, k.AS_IS, k.ROWS, k.ROWS, k.ROWS), (x, w, b, residual, y, res))
     M, N = x.numel() // x.shape[-1], x.shape[-1]
     codes = (k.dtype_code(x), None if residual is None else k.dtype_code(residual), k.DTYPE_CODES[residual_dtype])
+    # prepared with the plan's eps (is_rms is in its key); a call with another eps takes the plain binding
+    prepared = k.prepare(backend, "layer_norm_fwd", tails, lambda v: (
+        M, N, codes[0], v[0], v[1], v[2], codes[1], v[3], codes[2], v[4], v[5], float(eps), bool(is_rms)))
     return (backend, k.module(backend).layer_norm_fwd, (M, N, codes[0]), tails, codes[1:], convert,
-            (tuple(x.shape), residual_dtype, x.device) if store else None, x.numel())
+            (tuple(x.shape), residual_dtype, x.device) if store else None, x.numel(), prepared, float(eps),
+            k.planned_threads(x.numel()))
 
 
 def _float32_params(weight, bias):
@@ -190,15 +194,18 @@ def _float32_params(weight, bias):
 
 
 def _run_plan(plan, x, weight, bias, residual, is_rms, eps, prenorm):
-    backend, kernel, head, tails, (res_code, res_dtype_code), convert, res_spec, work = plan
+    backend, kernel, head, tails, codes, convert, res_spec, work, prepared, plan_eps, threads = plan
     if convert:
         weight, bias = _float32_params(weight, bias)
     k = _kernels
     y = k.planned_output(x, None)  # (x is contiguous)
     res = None if res_spec is None else k.planned_output(x, None) if res_spec[1] == x.dtype else k.new_empty(*res_spec)
-    xr, wr, br, rr, yr, resr = k.planned_refs(tails, (x, weight, bias, residual, y, res))
-    kernel(*head, xr, wr, br, res_code, rr, res_dtype_code, yr, resr, float(eps), bool(is_rms),
-           k.cpu_threads(work) if backend == "cpu" else k.exec_arg(backend, x))
+    if prepared is not None and eps == plan_eps:
+        prepared(x, weight, bias, residual, y, res, threads or torch.get_num_threads())
+    else:
+        xr, wr, br, rr, yr, resr = k.planned_refs(tails, (x, weight, bias, residual, y, res))
+        kernel(*head, xr, wr, br, codes[0], rr, codes[1], yr, resr, float(eps), bool(is_rms),
+               k.cpu_threads(work) if backend == "cpu" else k.exec_arg(backend, x))
     if not prenorm:
         return y
     return y, x if res is None else res
@@ -214,13 +221,13 @@ def fused_layer_norm(x: Tensor, weight: Tensor, bias: Optional[Tensor], residual
     """
     # A plan is kept only for calls without autograd; its key holds the grad mode and its guard each
     # tensor's requires_grad, so a call that finds one needs no autograd either.
-    sig, plan = (None, None) if torch.compiler.is_compiling() else _kernels.find_plan(
-        _plans, _flags(is_rms, prenorm, residual_in_fp32) + (torch.is_grad_enabled(),), (x, weight, bias, residual))
+    sig, plan = (None, None) if torch.compiler.is_compiling() else _plans.find(
+        _flags(is_rms, prenorm, residual_in_fp32) + (torch.is_grad_enabled(),), (x, weight, bias, residual))
     if plan:
         return _run_plan(plan, x, weight, bias, residual, is_rms, eps, prenorm)
     _check_norm_args(x, weight, bias, residual)
     if sig is not None and not _library.needs_autograd(x, weight, bias, residual):
-        _plans[sig] = _make_plan(x, weight, bias, residual, residual_in_fp32)
+        _plans[sig] = _make_plan(x, weight, bias, residual, residual_in_fp32, is_rms, eps)
     N = x.shape[-1]
     residual_dtype = _residual_dtype(x, residual, residual_in_fp32)
     store = residual is not None or residual_dtype != x.dtype

@@ -111,7 +111,7 @@ def _float32_params(params, convert):
     return [_kernels.float32_param(t) if c else t for t, c in zip(params, convert)]
 
 
-def _make_plan(state, x, dt, A, B, C, D, z, dt_bias, idx):
+def _make_plan(state, x, dt, A, B, C, D, z, dt_bias, idx, softplus):
     """The plan of a call that passed the checks, or False when it takes the general path
     (the reference, mixed activation dtypes, int64 indices, an empty batch)."""
     if x.numel() == 0 or state.numel() == 0 or (idx is not None and idx.dtype != torch.int32):
@@ -130,15 +130,20 @@ def _make_plan(state, x, dt, A, B, C, D, z, dt_bias, idx):
     A, D, dt_bias = _float32_params((A, D, dt_bias), convert)
     modes = _arg_modes(state, x, dt, A, B, D, dt_bias) + (k.AS_IS, k.UNIT_LAST if state.dim() == 3 else k.AS_IS)
     tails = k.ref_tails(modes, (state, x, dt, A, B, C, D, z, dt_bias, idx, k.empty(x.shape, x)))
-    return (backend, k.module(backend).selective_state_step, (k.dtype_code(state), k.dtype_code(x), *sizes),
-            tails, convert if any(convert) else None, k.output_spec(x), x.numel() * state.shape[-1])
+    head, work = (k.dtype_code(state), k.dtype_code(x), *sizes), x.numel() * state.shape[-1]
+    prepared = k.prepare(backend, "selective_state_step", tails, lambda v: (*head, *v, bool(softplus)))
+    return (backend, k.module(backend).selective_state_step, head, tails, convert if any(convert) else None,
+            k.output_spec(x), work, prepared, k.planned_threads(work))
 
 
 def _run_plan(plan, state, x, dt, A, B, C, D, z, dt_bias, idx, softplus):
-    backend, kernel, head, tails, convert, out_like, work = plan
+    backend, kernel, head, tails, convert, out_like, work, prepared, threads = plan
     if convert:
         A, D, dt_bias = _float32_params((A, D, dt_bias), convert)
     out = _kernels.planned_output(x, out_like)
+    if prepared is not None:  # (the plan's key holds softplus)
+        prepared(state, x, dt, A, B, C, D, z, dt_bias, idx, out, threads or torch.get_num_threads())
+        return out
     kernel(*head, *_kernels.planned_refs(tails, (state, x, dt, A, B, C, D, z, dt_bias, idx, out)), softplus,
            _kernels.cpu_threads(work) if backend == "cpu" else _kernels.exec_arg(backend, x))
     return out
@@ -221,8 +226,8 @@ def selective_state_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Ten
     batch element; a negative index marks padding (y = 0, no state touched). Returns y like x.
     """
     compiling = torch.compiler.is_compiling()
-    sig, plan = (None, None) if compiling else _kernels.find_plan(
-        _plans, (bool(softplus),), (state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices))
+    sig, plan = (None, None) if compiling else _plans.find(
+        (bool(softplus),), (state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices))
     if plan:
         return _run_plan(plan, state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices, softplus)
     _checks.tensor("state", state, ndim=(3, 4))
@@ -234,7 +239,7 @@ def selective_state_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Ten
     if compiling:
         return _step_op(*args)
     if sig is not None:
-        _plans[sig] = _make_plan(state, x, dt_h, A_h, B, C, D_h, z, dt_bias_h, state_batch_indices)
+        _plans[sig] = _make_plan(state, x, dt_h, A_h, B, C, D_h, z, dt_bias_h, state_batch_indices, softplus)
     return _step_impl(*args)
 
 

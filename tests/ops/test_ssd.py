@@ -9,8 +9,10 @@ from ssm.ops.python import reference
 from tests.ops.harness import DTYPES, assert_close, backends, device_of, rand, rel_err, to64, use_backend
 
 GRAD_NAMES = ("X", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
+# L = 1 with two groups: with one, all of y is dt x (C . B) for one 8-term dot, whose cancellation
+# (about 1 draw in 1000) leaves float32's rounding above the relative tolerance
 SHAPES = [  # (batch, L, H, P, G, N, chunk_size)
-    (1, 1, 2, 4, 1, 8, 16),
+    (1, 1, 2, 4, 2, 8, 16),
     (2, 37, 4, 5, 2, 7, 16),
     (1, 64, 3, 8, 1, 16, 32),
     (2, 50, 4, 3, 4, 5, 64),

@@ -1,5 +1,6 @@
 // The ssm._cpu extension module: one bind_<op> per op file in this folder.
 #include "cpu/bind/common.h"
+#include "cpu/bind/prepared.h"
 
 NB_MODULE(_cpu, m) {
   m.doc() = "ssm C++ CPU kernels";
@@ -15,4 +16,5 @@ NB_MODULE(_cpu, m) {
   ssm::bind::bind_gemv(m);
   ssm::bind::bind_mamba1_decode(m);
   ssm::bind::bind_mamba1_block_decode(m);
+  ssm::bind::bind_prepared(m);
 }
