@@ -88,7 +88,8 @@ LARGE_CASES = [(9, 200, 16, 48), (64, 1536, 16, 48), (8, 300, 16, 128), (6, 130,
 # the general kernel's dt_proj mode
 FORMS = {"general": {"SSM_STEP_LEAN": "0"}, "lean": {}, "m1_r2": {"SSM_STEP_M1": "2"}, "m1_r4": {"SSM_STEP_M1": "4"},
          "m1_old": {"SSM_STEP_M1_FORM": "old"}, "m1_coal": {"SSM_STEP_M1_FORM": "coal"},
-         "m1_coal_r2": {"SSM_STEP_M1_FORM": "coal", "SSM_STEP_M1": "2"}, "m1_all": {"SSM_STEP_M1_FORM": "all"}}
+         "m1_coal_r2": {"SSM_STEP_M1_FORM": "coal", "SSM_STEP_M1": "2"}, "m1_all": {"SSM_STEP_M1_FORM": "all"},
+         "m1_new": {"SSM_STEP_M1_FORM": "new"}}
 
 
 @pytest.mark.cuda

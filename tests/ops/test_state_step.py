@@ -178,7 +178,7 @@ FORMS = {"general": {"SSM_STEP_LEAN": "0"}, "lean": {}, "m1_r2": {"SSM_STEP_M1":
 # copied and stored warp-coalesced or with one wait for all rows, lean_kernel with 1 or 4 packs a lane
 VARIANT_FORMS = {"m1_old": {"SSM_STEP_M1_FORM": "old"}, "m1_old_r2": {"SSM_STEP_M1_FORM": "old", "SSM_STEP_M1": "2"},
                  "m1_coal": {"SSM_STEP_M1_FORM": "coal"}, "m1_coal_r2": {"SSM_STEP_M1_FORM": "coal", "SSM_STEP_M1": "2"},
-                 "m1_all": {"SSM_STEP_M1_FORM": "all"}, "m1_all_r2": {"SSM_STEP_M1_FORM": "all", "SSM_STEP_M1": "2"},
+                 "m1_all": {"SSM_STEP_M1_FORM": "all"}, "m1_new": {"SSM_STEP_M1_FORM": "new"}, "m1_all_r2": {"SSM_STEP_M1_FORM": "all", "SSM_STEP_M1": "2"},
                  "kp1": {"SSM_STEP_KP": "1"}, "kp4": {"SSM_STEP_KP": "4"}}
 FORMS.update(VARIANT_FORMS)
 M1_LAYOUTS = [("mamba1", 9, 40, 1, 16, 1), ("mamba1", 6, 24, 1, 16, 3), ("mamba1", 1, 200, 1, 16, 1),
@@ -205,7 +205,7 @@ def test_cuda_lean_kernel_matches_reference(form, layout, dtype, option, monkeyp
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("form, layout", [(f, m1) for f in ("m1_old", "m1_old_r2", "m1_coal", "m1_coal_r2", "m1_all", "m1_all_r2") for m1 in M1_LAYOUTS]
+@pytest.mark.parametrize("form, layout", [(f, m1) for f in ("m1_old", "m1_old_r2", "m1_coal", "m1_coal_r2", "m1_all", "m1_all_r2", "m1_new") for m1 in M1_LAYOUTS]
                          + [(f, ("mamba2", 2, 3, 16, 128, 1)) for f in ("kp1", "kp4")])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("option", ["plain", "softplus+bias", "z+D", "indices", "all_contig"])

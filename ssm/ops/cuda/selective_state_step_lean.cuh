@@ -550,8 +550,9 @@ inline int lean_packs() {
   return env != nullptr && (env[0] == '1' || env[0] == '4') ? env[0] - '0' : 2;
 }
 
-// SSM_STEP_M1_FORM=coal: mamba1_step_kernel copying and storing the state rows warp-coalesced (kCoal); =all: one
-// wait for every row's state, the rows' math interleaved (kAll); =old: the session-5 kernel. 0 when unset.
+// SSM_STEP_M1_FORM=coal: mamba1_step_kernel copying and storing the state rows warp-coalesced (kCoal, the default
+// without dt_proj); =all: one wait for every row's state, the rows' math interleaved (kAll); =new: neither;
+// =old: the session-5 kernel (the default with dt_proj). 0 when unset.
 inline char mamba1_form() {
   const char* env = std::getenv("SSM_STEP_M1_FORM");
   return env == nullptr ? '\0' : env[0];
@@ -592,15 +593,19 @@ void launch_lean(const StateStepParams& p, cudaStream_t stream) {
   if constexpr (sizeof(TS) == 2 && sizeof(T) == 2) {  // float32 rows would not fit in registers
     if (p.A.stride[2] != 0) {
       SSM_BOOL_SWITCH(has(p.dt_proj), kProj, [&] {
-        if (mamba1_old()) {
+        // defaults (session 6 round 2, H200): Mamba-1 b64 step coal 12.4 us (new 13.2, all 13.7, session-5 12.8);
+        // with dt_proj the session-5 kernel's FFMA dot (mamba-130m b64: 6.9 us a call in session 5, the tensor-core
+        // dot of the new form 8.0 in this round)
+        const char form = mamba1_form();
+        if (mamba1_old() || (kProj && form == '\0')) {
           if (mamba1_rows(p) == 2) return go(mamba1_step_kernel_s5<TS, T, 2, kProj>, 1, 2);
           return go(mamba1_step_kernel_s5<TS, T, 4, kProj>, 1, 4);
         }
-        if (mamba1_form() == 'c') {
+        if (form == 'c' || form == '\0') {
           if (mamba1_rows(p) == 2) return go(mamba1_step_kernel<TS, T, 2, kProj, true, false>, 1, 2);
           return go(mamba1_step_kernel<TS, T, 4, kProj, true, false>, 1, 4);
         }
-        if (mamba1_form() == 'a') {
+        if (form == 'a') {
           if (mamba1_rows(p) == 2) return go(mamba1_step_kernel<TS, T, 2, kProj, false, true>, 1, 2);
           return go(mamba1_step_kernel<TS, T, 4, kProj, false, true>, 1, 4);
         }
