@@ -53,6 +53,7 @@ def _fusable(state, x, dt_in, dt_proj_weight, B, C, z) -> bool:
 
 
 LARGE = os.environ.get("SSM_STEP_PROJ_LARGE", "1") == "1"  # the fused kernel past MAX_BATCH (0: cuBLAS's dt_proj)
+LARGE_MAX_RANK = 64  # the largest dt_proj rank folded past MAX_BATCH
 _HALF = (torch.float16, torch.bfloat16)
 
 
@@ -61,7 +62,7 @@ def _lean_large(state, x, w) -> bool:
     state and inputs, dt_proj rows of a multiple of 8 in 16-byte packs, rank <= 64 (H200, b64 decode per step:
     mamba-130m, rank 48, 0.786 ms folded vs 0.890 with cuBLAS's dt_proj; mamba-1.4b, rank 128, 3.035 vs 2.868)."""
     return (LARGE and state.shape[-1] == 16 and state.dtype in _HALF and x.dtype in _HALF and w.shape[1] % 8 == 0
-            and w.shape[1] <= 64 and w.stride(1) == 1 and w.stride(0) % 8 == 0 and w.data_ptr() % 16 == 0)
+            and w.shape[1] <= LARGE_MAX_RANK and w.stride(1) == 1 and w.stride(0) % 8 == 0 and w.data_ptr() % 16 == 0)
 
 
 def _fused(state, x, dt_in, dt_proj_weight, A, B, C, D, z, dt_bias, softplus):

@@ -172,8 +172,10 @@ def make_state(Bs, D, S, dtype, device, channels_last):
 
 @pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("dtype", DTYPES)
-# B,D,L,W,S; D 70 with L 1: the one-token path's channel blocks of 64 and a partial one
-@pytest.mark.parametrize("shape", [(1, 3, 1, 4, 3), (2, 5, 1, 4, 6), (3, 8, 3, 3, 2), (2, 7, 5, 2, 4), (2, 70, 1, 4, 5)])
+# B,D,L,W,S; D 70 with L 1: the one-token path's channel blocks of 64 and a partial one; S 4 with L 1: Mamba-1's
+# cache rows (the CUDA row4 kernel: W 4, 3, 2; 130 channels: a partial second block of 128)
+@pytest.mark.parametrize("shape", [(1, 3, 1, 4, 3), (2, 5, 1, 4, 6), (3, 8, 3, 3, 2), (2, 7, 5, 2, 4), (2, 70, 1, 4, 5),
+                                   (3, 130, 1, 4, 4), (2, 9, 1, 3, 4), (4, 5, 1, 2, 4)])
 @pytest.mark.parametrize("options", ["plain", "bias+silu", "indices", "channels_last", "x2d", "all"])
 def test_update_matches_reference(backend, dtype, shape, options):
     B, D, L, W, S = shape
@@ -326,3 +328,19 @@ def test_update_is_cuda_graph_capturable(ring):
     torch.cuda.synchronize()
     assert_close(y, want.double(), torch.float16, "replayed y")
     assert torch.equal(state, eager_state), "the replay updates conv_state like the eager call"
+
+
+@pytest.mark.cuda
+def test_mamba1_cache_update_runs_the_row4_kernel():
+    """One token on Mamba-1's cache rows (B, D, 4) takes conv_update_row4_kernel, and it matches the reference."""
+    B, D, W = 64, 1536, 4
+    state = rand(B, D, W, dtype=torch.bfloat16, device="cuda")
+    w, b, x = rand(D, W, device="cuda", scale=0.5), rand(D, device="cuda"), rand(B, D, dtype=torch.bfloat16, device="cuda")
+    ref_state = state.double().clone()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        y = ops.causal_conv1d_update(x, state, w, b, "silu")
+        torch.cuda.synchronize()
+    assert any("conv_update_row4_kernel" in e.key for e in prof.key_averages())
+    ref = reference.dw_causal_conv_update(x.double(), ref_state, w.double(), b.double(), "silu")
+    assert_close(y, ref, torch.bfloat16, "y")
+    assert_close(state, ref_state, torch.bfloat16, "conv_state")

@@ -86,7 +86,10 @@ def test_cuda_kernel_equals_separate_ops(wide, dtype, case, monkeypatch):
 LARGE_CASES = [(9, 200, 16, 48), (64, 1536, 16, 48), (8, 300, 16, 128), (6, 130, 16, 256), (5, 64, 16, 8), (12, 72, 16, 64)]
 # kernel forms (tests/ops/test_state_step.py FORMS): the lean Mamba-1 kernel with dt_proj in each row count and
 # the general kernel's dt_proj mode
-FORMS = {"general": {"SSM_STEP_LEAN": "0"}, "lean": {}, "m1_r2": {"SSM_STEP_M1": "2"}, "m1_r4": {"SSM_STEP_M1": "4"}}
+FORMS = {"general": {"SSM_STEP_LEAN": "0"}, "lean": {}, "m1_r2": {"SSM_STEP_M1": "2"}, "m1_r4": {"SSM_STEP_M1": "4"},
+         "m1_old": {"SSM_STEP_M1_FORM": "old"}, "m1_coal": {"SSM_STEP_M1_FORM": "coal"},
+         "m1_coal_r2": {"SSM_STEP_M1_FORM": "coal", "SSM_STEP_M1": "2"}, "m1_all": {"SSM_STEP_M1_FORM": "all"},
+         "m1_new": {"SSM_STEP_M1_FORM": "new"}}
 
 
 @pytest.mark.cuda
@@ -96,7 +99,7 @@ FORMS = {"general": {"SSM_STEP_LEAN": "0"}, "lean": {}, "m1_r2": {"SSM_STEP_M1":
 @pytest.mark.parametrize("option", ["plain", "z+D"])
 def test_cuda_large_batches_match_reference(form, dtype, case, option, monkeypatch):
     """Past batch 4 with N = 16 and 16-bit states the fused kernel is the lean Mamba-1 kernel with dt_proj."""
-    for name in ("SSM_STEP_LEAN", "SSM_STEP_M1"):
+    for name in ("SSM_STEP_LEAN", "SSM_STEP_M1", "SSM_STEP_M1_FORM"):
         monkeypatch.delenv(name, raising=False)
     for name, value in FORMS[form].items():
         monkeypatch.setenv(name, value)

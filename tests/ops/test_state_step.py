@@ -174,23 +174,63 @@ def test_cuda_row_shapes_match_reference(wide, layout, option, monkeypatch):
 FORMS = {"general": {"SSM_STEP_LEAN": "0"}, "lean": {}, "m1_r2": {"SSM_STEP_M1": "2"}, "m1_r4": {"SSM_STEP_M1": "4"}}
 
 
+# session-6 variants, measured beside the defaults: the session-5 Mamba-1 kernel, mamba1_step_kernel with the state
+# copied and stored warp-coalesced or with one wait for all rows, lean_kernel with 1 or 4 packs a lane
+VARIANT_FORMS = {"m1_old": {"SSM_STEP_M1_FORM": "old"}, "m1_old_r2": {"SSM_STEP_M1_FORM": "old", "SSM_STEP_M1": "2"},
+                 "m1_coal": {"SSM_STEP_M1_FORM": "coal"}, "m1_coal_r2": {"SSM_STEP_M1_FORM": "coal", "SSM_STEP_M1": "2"},
+                 "m1_all": {"SSM_STEP_M1_FORM": "all"}, "m1_new": {"SSM_STEP_M1_FORM": "new"}, "m1_all_r2": {"SSM_STEP_M1_FORM": "all", "SSM_STEP_M1": "2"},
+                 "kp1": {"SSM_STEP_KP": "1"}, "kp4": {"SSM_STEP_KP": "4"}}
+FORMS.update(VARIANT_FORMS)
+M1_LAYOUTS = [("mamba1", 9, 40, 1, 16, 1), ("mamba1", 6, 24, 1, 16, 3), ("mamba1", 1, 200, 1, 16, 1),
+              ("mamba1", 13, 300, 1, 16, 1)]
+
+
 def use_form(monkeypatch, form):
-    for name in ("SSM_STEP_LEAN", "SSM_STEP_M1"):
+    for name in ("SSM_STEP_LEAN", "SSM_STEP_M1", "SSM_STEP_M1_FORM", "SSM_STEP_KP"):
         monkeypatch.delenv(name, raising=False)
     for name, value in FORMS[form].items():
         monkeypatch.setenv(name, value)
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("form", list(FORMS))
-@pytest.mark.parametrize("layout", [("mamba1", 9, 40, 1, 16, 1), ("mamba1", 6, 24, 1, 16, 3), ("mamba1", 1, 200, 1, 16, 1),
-                                    ("mamba1", 13, 300, 1, 16, 1),
-                                    ("mamba2", 1, 4, 8, 64, 2), ("mamba2", 2, 3, 16, 128, 1), ("mamba2", 1, 6, 4, 256, 3)])
+@pytest.mark.parametrize("form", [f for f in FORMS if f not in VARIANT_FORMS])
+@pytest.mark.parametrize("layout", M1_LAYOUTS + [("mamba2", 1, 4, 8, 64, 2), ("mamba2", 2, 3, 16, 128, 1),
+                                                 ("mamba2", 1, 6, 4, 256, 3)])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("option", ["plain", "softplus+bias", "z+D", "indices", "fp32_state", "all_contig"])
 def test_cuda_lean_kernel_matches_reference(form, layout, dtype, option, monkeypatch):
     """The lean kernels (contiguous rows: Mamba-1 N = 16, several batch rows per thread; Mamba-2
     wide rows with A tied) in each form and the general kernel they replace, same inputs."""
+    check_lean(form, layout, dtype, option, monkeypatch)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("form, layout", [(f, m1) for f in ("m1_old", "m1_old_r2", "m1_coal", "m1_coal_r2", "m1_all", "m1_all_r2", "m1_new") for m1 in M1_LAYOUTS]
+                         + [(f, ("mamba2", 2, 3, 16, 128, 1)) for f in ("kp1", "kp4")])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("option", ["plain", "softplus+bias", "z+D", "indices", "all_contig"])
+def test_cuda_step_variants_match_reference(form, layout, dtype, option, monkeypatch):
+    check_lean(form, layout, dtype, option, monkeypatch)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("rows", ["2", "4"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_mamba1_softplus_over_its_range(rows, dtype, monkeypatch):
+    """dt + dt_bias from -14 to 24 over the channels: mamba1_step_kernel's softplus by its series (e^v < 2^-5),
+    by lg2 (up to 20) and the identity above 20, against the reference."""
+    use_form(monkeypatch, "lean")
+    monkeypatch.setenv("SSM_STEP_M1", rows)
+    inp = make_step("mamba1", 9, 300, 1, 16, 1, dtype, torch.device("cuda"), {"z+D"})
+    inp["dt_bias"] = torch.linspace(-14.0, 24.0, 300, device="cuda")
+    ref = as64(inp)
+    with use_backend("cuda"):
+        y = step(ops.selective_state_step, inp, True)
+    assert_close(y, step(reference.selective_state_step, ref, True), dtype, "y")
+    assert_close(inp["state"], ref["state"], dtype, "state")
+
+
+def check_lean(form, layout, dtype, option, monkeypatch):
     use_form(monkeypatch, form)
     monkeypatch.setenv("SSM_STEP_WIDE", "1")
     opts = {option} | ({"tied"} if layout[0] == "mamba2" else set())

@@ -3,6 +3,8 @@
 // new tokens come from the state (its tail, or a ring at cache_seqlens); every output is computed
 // before the state row is rewritten in place. Launched with PDL (pdl.cuh): a decode step's blocks
 // start while the previous kernel (in_proj) ends.
+#include <cstdlib>
+
 #include "cuda/kernels.h"
 #include "cuda/pdl.cuh"
 #include "cuda/vec.cuh"
@@ -58,6 +60,55 @@ __global__ void __launch_bounds__(kThreads) conv_update_kernel(ConvUpdateParams 
   }
 }
 
+// One token on rows of exactly four contiguous state entries (Mamba-1's cache: S = d_conv = 4), no ring: a
+// thread per (channel, batch row blockIdx.y), its state row read and written as one 8- or 16-byte word, the
+// weights as one float4, every load issued before any math (the general kernel above: 64-bit index division,
+// per-entry loads serialized behind its stores).
+template <typename T>
+struct alignas(4 * sizeof(T)) Row4 {
+  T e[4];
+};
+
+template <typename T, int KW>
+__global__ void __launch_bounds__(kThreads) conv_update_row4_kernel(ConvUpdateParams p) {
+  pdl_wait();
+  pdl_release();
+  const uint32_t d = blockIdx.x * kThreads + threadIdx.x;
+  const int64_t b = blockIdx.y;  // signed: the ternary below keeps a padding index (-1) negative
+  if (d >= uint32_t(p.dim)) return;
+  const int64_t srow = has(p.conv_state_indices) ? ptr<int>(p.conv_state_indices)[b * p.conv_state_indices.stride[0]] : b;
+  T& out = ptr<T>(p.out)[b * p.out.stride[0] + d * p.out.stride[1]];
+  if (srow < 0) {
+    out = from_float<T>(0.f);
+    return;
+  }
+  Row4<T>* row = reinterpret_cast<Row4<T>*>(ptr<T>(p.conv_state) + srow * p.conv_state.stride[0] + d * p.conv_state.stride[1]);
+  Row4<T> s = *row;
+  const T xv = ptr<T>(p.x)[b * p.x.stride[0] + d * p.x.stride[1]];
+  const float* wp = ptr<float>(p.weight) + d * p.weight.stride[0];
+  float w[KW];
+#pragma unroll
+  for (int k = 0; k < KW; ++k) w[k] = wp[k * p.weight.stride[1]];
+  float acc = has(p.bias) ? ptr<float>(p.bias)[d * p.bias.stride[0]] : 0.f;
+  // inputs: the state's last KW - 1 entries, then x
+#pragma unroll
+  for (int k = 0; k < KW - 1; ++k) acc += w[k] * to_float(s.e[4 - (KW - 1) + k]);
+  acc += w[KW - 1] * to_float(xv);
+  out = from_float<T>(p.silu ? silu(acc) : acc);
+  *row = Row4<T>{{s.e[1], s.e[2], s.e[3], xv}};
+}
+
+// The row4 kernel takes this call: one token, no ring, state rows of four contiguous entries aligned as one
+// word, W <= 4, 32-bit channel and 16-bit batch grid. SSM_CONV_UPDATE_ROW4=0 switches it off.
+bool use_row4(const ConvUpdateParams& p, int64_t elem) {
+  const char* env = std::getenv("SSM_CONV_UPDATE_ROW4");
+  if (env != nullptr && env[0] == '0') return false;
+  const TensorArg& s = p.conv_state;
+  return p.seqlen == 1 && !has(p.cache_seqlens) && p.state_len == 4 && p.width >= 2 && p.width <= 4 &&
+         s.stride[2] == 1 && s.stride[0] % 4 == 0 && s.stride[1] % 4 == 0 && aligned(s.data, 4 * elem) &&
+         p.batch <= 65535 && p.dim < (int64_t(1) << 31);
+}
+
 }  // namespace
 
 void dw_causal_conv_update(const ConvUpdateParams& p, cudaStream_t stream) {
@@ -67,6 +118,12 @@ void dw_causal_conv_update(const ConvUpdateParams& p, cudaStream_t stream) {
             " must be at least width - 1 = ", p.width - 1);
   if (p.batch * p.dim == 0) return;
   SSM_DTYPE_SWITCH(p.dtype, T, op, [&] {
+    if (use_row4(p, sizeof(T))) {
+      const dim3 grid(unsigned(ceil_div(p.dim, kThreads)), unsigned(p.batch));
+      auto kernel = p.width == 2 ? conv_update_row4_kernel<T, 2>
+                  : p.width == 3 ? conv_update_row4_kernel<T, 3> : conv_update_row4_kernel<T, 4>;
+      return pdl_launch(kernel, grid, dim3(kThreads), 0, stream, p);
+    }
     pdl_launch(conv_update_kernel<T>, dim3(ceil_div(p.batch * p.dim, kThreads)), dim3(kThreads), 0, stream, p);
   });
   check_launch(op);

@@ -3,6 +3,7 @@
 // lean_kernel (wide Mamba-2 rows of small batches), mamba1_step_kernel (Mamba-1 rows, N = 16, several batch
 // rows a thread, dt_proj optional), mamba2_step_kernel (Mamba-2 head tiles of large batches).
 #pragma once
+#include "cuda/ssd_mma.cuh"
 
 namespace ssm::cuda::step {
 
@@ -15,6 +16,29 @@ __device__ __forceinline__ float ex2_approx(float x) {
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
 }
+
+// log2(x) and 1 / x by one MUFU instruction each.
+__device__ __forceinline__ float lg2_approx(float x) {
+  float y;
+  asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ __forceinline__ float rcp_approx(float x) {
+  float y;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// softplus with mamba_ssm's threshold (identity above 20) from MUFU instructions: log1p(u), u = e^v, by lg2 of
+// 1 + u, or below u = 2^-5 by u (1 - u / 2 + u^2 / 3) (relative error < 1e-5 either way).
+__device__ __forceinline__ float softplus_approx(float v) {
+  const float u = ex2_approx(v * 1.4426950408889634f);
+  const float r = u < 0.03125f ? u * (1.f - u * (0.5f - u * 0.33333333f)) : lg2_approx(1.f + u) * 0.6931471805599453f;
+  return v > 20.f ? v : r;
+}
+
+// v / (1 + e^-v) without a division (v * 0 = 0 where e^-v overflows).
+__device__ __forceinline__ float silu_approx(float v) { return v * rcp_approx(1.f + ex2_approx(-v * 1.4426950408889634f)); }
 
 // 16 bytes global -> shared, asynchronous (cp.async; completed by cp_async_wait).
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
@@ -60,7 +84,8 @@ struct Raw8 {
 
 // Wide Mamba-2 rows of small batches (A tied along N): K lanes a row of head blockIdx.y, each lane owning
 // KP packs of 8 state entries; batch row blockIdx.z. The state, B and C loads are issued first (one memory
-// round trip before the math), then x, z, dt; the state stored after the math, y last.
+// round trip before the math), then x, z, dt; the state stored after the math, y last. softplus and silu by
+// MUFU approximations for 16-bit inputs.
 template <typename TS, typename T, int K, int KP>
 __global__ void __launch_bounds__(kLeanThreads) lean_kernel(StateStepParams p) {
   constexpr float kLog2e = 1.4426950408889634f;
@@ -89,10 +114,10 @@ __global__ void __launch_bounds__(kLeanThreads) lean_kernel(StateStepParams p) {
   const float xv = to_float(ptr<T>(p.x)[b * p.x.stride[0] + h * p.x.stride[1] + hp * p.x.stride[2]]);
   const float zv = has(p.z) ? to_float(ptr<T>(p.z)[b * p.z.stride[0] + h * p.z.stride[1] + hp * p.z.stride[2]]) : 0.f;
   float dt = to_float(ptr<T>(p.dt)[b * p.dt.stride[0] + h * p.dt.stride[1] + hp * p.dt.stride[2]]) + bias;
-  if (p.softplus) dt = softplus(dt);
+  if (p.softplus) dt = sizeof(T) == 2 ? softplus_approx(dt) : softplus(dt);  // float32 inputs: exact
   float y = 0.f;
   if (srow >= 0) {
-    const float dx = dt * xv, dA = exp2f(dt * A2);
+    const float dx = dt * xv, dA = ex2_approx(dt * A2);
 #pragma unroll
     for (int j = 0; j < KP; ++j)
 #pragma unroll
@@ -104,7 +129,7 @@ __global__ void __launch_bounds__(kLeanThreads) lean_kernel(StateStepParams p) {
 #pragma unroll
     for (int off = K / 2; off > 0; off /= 2) y += __shfl_xor_sync(group, y, off, K);
     y += Dv * xv;
-    if (has(p.z)) y *= silu(zv);
+    if (has(p.z)) y *= sizeof(T) == 2 ? silu_approx(zv) : silu(zv);
 #pragma unroll
     for (int j = 0; j < KP; ++j) s[j].store(st + j * K * 8);
   }
@@ -113,6 +138,203 @@ __global__ void __launch_bounds__(kLeanThreads) lean_kernel(StateStepParams p) {
 }
 
 // Mamba-1 rows (P = 1, A per entry, N = 16, 16-bit state and inputs, one group): a thread per channel
+// walking R batch rows (its A row read once for R rows). The small loads first: the block's R rows of B and C
+// (and dt_in rows, kProj) into registers, the thread's x, z, dt; then the thread's A row and state packs copied
+// into shared memory by cp.async (one group a row; no registers held while they are in flight), then B, C
+// (dt_in) to shared memory and the one barrier, which passes once the small loads are in, not the state: row r's
+// math starts when its own group has arrived, overlapping the later rows' arrival; the row's state stored
+// from registers, y last. softplus and silu by MUFU approximations. kProj: dt = dot(dt_proj[h, :], dt_in[b, :])
+// (rounded to T), each thread reading its dt_proj row once for its R rows.
+// kProj of mamba1_step_kernel: dt[h, r] = dot(dt_proj[h, :], dt_in[b0 + r, :]) for the warp's 32 channels from
+// h0 and the block's R rows, by mma.sync m16n8k16 (A: two 16-channel tiles of dt_proj rows read from global
+// memory in 32-bit pairs; B: the dt_in rows in shared memory, columns R..7 zero; k past the rank zero), exact
+// products of T values summed in float32. The warp's results go to dto[channel - h0 + warp * 32][r].
+template <typename T, int R>
+__device__ __forceinline__ void project_dt(const StateStepParams& p, const T (*dti)[kMaxProjRank], float (*dto)[R],
+                                           int64_t h0) {
+  const int lane = threadIdx.x % 32, g = lane / 4, c = lane % 4, rank = int(p.dt_rank);
+  const T* w = ptr<T>(p.dt_proj);
+  float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+  for (int k0 = 0; k0 < rank; k0 += 16) {
+    unsigned b[2], a[4];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int k = k0 + 2 * c + 8 * i;
+      b[i] = g < R && k < rank ? *reinterpret_cast<const unsigned*>(&dti[g][k]) : 0u;
+    }
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int64_t row = h0 + 16 * mt + g + 8 * (q & 1);
+        const int k = k0 + 2 * c + 8 * (q >> 1);
+        a[q] = row < p.nheads && k < rank ? __ldg(reinterpret_cast<const unsigned*>(w + row * p.dt_proj.stride[0] + k)) : 0u;
+      }
+      ssd::mma16816<T>(acc[mt], a, b[0], b[1]);
+    }
+  }
+  float(*out)[R] = dto + threadIdx.x / 32 * 32;
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int row = 16 * mt + g + 8 * (q >> 1), n = 2 * c + (q & 1);
+      if (n < R) out[row][n] = acc[mt][q];
+    }
+  __syncwarp();
+}
+
+template <typename TS, typename T, int R, bool kProj, bool kCoal, bool kAll>
+__global__ void __launch_bounds__(kLeanThreads, R == 4 ? 5 : 1) mamba1_step_kernel(StateStepParams p) {
+  constexpr float kLog2e = 1.4426950408889634f;
+  constexpr int N = 16, kBC = (32 * R + kLeanThreads - 1) / kLeanThreads;
+  constexpr int kDti = kProj ? R * kMaxProjRank / kLeanThreads : 1;  // dt_in items a thread at most
+  __shared__ float4 bc[R][2][N / 4];  // [row][B, C][n / 4]
+  __shared__ float4 As[kLeanThreads][N / 4];  // A row of thread t, quad q at [t][(q + t / 2) % 4] (no bank conflict)
+  __shared__ uint4 S[R][2][kLeanThreads];  // the state packs of thread t at [r][j][t]
+  __shared__ __align__(16) T dti[kProj ? R : 1][kProj ? kMaxProjRank : 2];  // [row][k]: dt_in rows (kProj)
+  __shared__ float dto[kProj ? kLeanThreads : 1][R];  // [t][row]: the projected dt of thread t's channel (kProj)
+  const uint32_t h = blockIdx.x * kLeanThreads + threadIdx.x;
+  const bool live = h < uint32_t(p.nheads);  // no early exit: every thread reaches the barrier
+  const int64_t b0 = int64_t(blockIdx.z) * R;
+  const int t = threadIdx.x, rank = int(p.dt_rank);
+  int srow[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int64_t b = b0 + r;
+    srow[r] = b >= p.batch ? -1
+            : has(p.state_batch_indices) ? ptr<int>(p.state_batch_indices)[b * p.state_batch_indices.stride[0]] : b;
+  }
+  // B, C: item i < 32 R is entry i % 16 of row i / 32's B (i / 16 even) or C
+  float bcv[kBC];
+#pragma unroll
+  for (int j = 0; j < kBC; ++j) {
+    const int i = t + j * kLeanThreads, r = i / 32, n = i % N;
+    const TensorArg& M = i / N % 2 ? p.C : p.B;
+    bcv[j] = i < 32 * R && b0 + r < p.batch ? to_float(ptr<T>(M)[(b0 + r) * M.stride[0] + n]) : 0.f;
+  }
+  T dtv[kDti];
+  if (kProj)
+#pragma unroll
+    for (int j = 0; j < kDti; ++j) {
+      const int i = t + j * kLeanThreads, r = rank > 0 ? i / rank : 0, k = i - r * rank;
+      const int64_t b = b0 + r < p.batch ? b0 + r : b0;
+      dtv[j] = i < R * rank ? ptr<T>(p.dt)[b * p.dt.stride[0] + k * p.dt.stride[1]] : from_float<T>(0.f);
+    }
+  float xv[R] = {}, zv[R] = {}, dt[R] = {}, Dv = 0.f, bias = 0.f;
+  if (live) {
+    Dv = has(p.D) ? ptr<float>(p.D)[h * p.D.stride[0]] : 0.f;
+    bias = has(p.dt_bias) ? ptr<float>(p.dt_bias)[h * p.dt_bias.stride[0]] : 0.f;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const int64_t b = srow[r] >= 0 ? b0 + r : b0;  // padding rows read row b0's (unused) inputs
+      xv[r] = to_float(ptr<T>(p.x)[b * p.x.stride[0] + h * p.x.stride[1]]);
+      zv[r] = has(p.z) ? to_float(ptr<T>(p.z)[b * p.z.stride[0] + h * p.z.stride[1]]) : 0.f;
+      dt[r] = kProj ? 0.f : to_float(ptr<T>(p.dt)[b * p.dt.stride[0] + h * p.dt.stride[1]]);
+    }
+  }
+  TS* st = ptr<TS>(p.state) + h * p.state.stride[1];
+  // the thread's dt_proj row (read after the barrier) fetched into L2 now: its first and last bytes' lines
+  if (kProj && live) {
+    const T* w = ptr<T>(p.dt_proj) + h * p.dt_proj.stride[0];
+    for (int k = 0; k < rank; k += 64) asm volatile("prefetch.global.L2 [%0];" ::"l"(w + k));
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(w + rank - 1));
+  }
+  // one cp.async group per row (the A row with row 0's)
+#pragma unroll
+  for (int q = 0; q < N / 4; ++q)
+    if (live) cp_async16(&As[t][(q + t / 2) % 4], ptr<float>(p.A) + h * p.A.stride[0] + 4 * q);
+  // kCoal: lane l of the warp copies item u = 32 i + l (pack u % 2 of the warp's channel u / 2): one instruction
+  // covers 16 whole 32-byte rows (contiguous when the rows are), not half of each of 32 rows
+  const int w0 = t / 32 * 32, lane = t % 32;
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int c = kCoal ? w0 + (32 * j + lane) / 2 : t, jj = kCoal ? lane % 2 : j;
+      const TS* src = ptr<TS>(p.state) + srow[r] * p.state.stride[0] + (blockIdx.x * kLeanThreads + c) * p.state.stride[1];
+      if (blockIdx.x * kLeanThreads + c < uint32_t(p.nheads) && srow[r] >= 0) cp_async16(&S[r][jj][c], src + jj * 8);
+    }
+    asm volatile("cp.async.commit_group;" ::: "memory");
+  }
+#pragma unroll
+  for (int j = 0; j < kBC; ++j) {
+    const int i = t + j * kLeanThreads;
+    if (i < 32 * R) reinterpret_cast<float*>(bc[i / 32][i / N % 2])[i % N] = bcv[j];
+  }
+  if (kProj)
+#pragma unroll
+    for (int j = 0; j < kDti; ++j) {
+      const int i = t + j * kLeanThreads, r = rank > 0 ? i / rank : 0;
+      if (i < R * rank) dti[r][i - r * rank] = dtv[j];
+    }
+  __syncthreads();  // B, C (and dt_in) rows in shared memory
+  if constexpr (kProj) {  // every lane of the warp (mma.sync), live or not
+    project_dt<T, R>(p, dti, dto, blockIdx.x * kLeanThreads + t / 32 * 32);
+#pragma unroll
+    for (int r = 0; r < R; ++r) dt[r] = to_float(from_float<T>(dto[t][r]));
+  }
+  if (!kCoal && !live) return;  // kCoal: every lane stays for the warp's copies
+  // A (times log2 e) in registers once row 0's group (with A) is in
+  cp_async_wait(R - 1);
+  float A2[N];
+#pragma unroll
+  for (int q = 0; q < N / 4; ++q) {
+    const float4 a = As[t][(q + t / 2) % 4];
+    A2[4 * q] = a.x * kLog2e, A2[4 * q + 1] = a.y * kLog2e, A2[4 * q + 2] = a.z * kLog2e, A2[4 * q + 3] = a.w * kLog2e;
+  }
+  // kAll: one wait for every row, their packs in registers, then the rows' math free to interleave (no
+  // ordering point between rows: more independent instructions in flight a warp)
+  uint4 sreg[kAll ? R : 1][2];
+  if (kAll) {
+    cp_async_wait(0);
+#pragma unroll
+    for (int r = 0; r < (kAll ? R : 1); ++r) sreg[r][0] = S[r][0][t], sreg[r][1] = S[r][1][t];
+  }
+  float y[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    y[r] = 0.f;
+    if (!kAll) cp_async_wait(R - 1 - r);  // this row's state in shared memory
+    if (kCoal) __syncwarp();    // (copied by other lanes)
+    if (srow[r] < 0) continue;
+    const float d = p.softplus ? softplus_approx(dt[r] + bias) : dt[r] + bias, dx = d * xv[r];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      Raw8<TS> sp;
+      *reinterpret_cast<uint4*>(sp.w[0].e) = kAll ? sreg[kAll ? r : 0][j] : S[r][j][t];
+      float Bv[8], Cv[8];
+      *reinterpret_cast<float4*>(Bv) = bc[r][0][2 * j], *reinterpret_cast<float4*>(Bv + 4) = bc[r][0][2 * j + 1];
+      *reinterpret_cast<float4*>(Cv) = bc[r][1][2 * j], *reinterpret_cast<float4*>(Cv + 4) = bc[r][1][2 * j + 1];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const float sv = sp.get(e) * ex2_approx(d * A2[8 * j + e]) + dx * Bv[e];
+        y[r] += sv * Cv[e];
+        sp.set(e, sv);
+      }
+      if (kCoal) S[r][j][t] = *reinterpret_cast<const uint4*>(sp.w[0].e);
+      else sp.store(st + srow[r] * p.state.stride[0] + j * 8);
+    }
+    if (kCoal) {  // the warp's rows stored as they were copied
+      __syncwarp();
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int c = w0 + (32 * j + lane) / 2, jj = lane % 2;
+        TS* dst = ptr<TS>(p.state) + srow[r] * p.state.stride[0] + (blockIdx.x * kLeanThreads + c) * p.state.stride[1];
+        if (blockIdx.x * kLeanThreads + c < uint32_t(p.nheads)) *reinterpret_cast<uint4*>(dst + jj * 8) = S[r][jj][c];
+      }
+    }
+    y[r] += Dv * xv[r];
+    if (has(p.z)) y[r] *= silu_approx(zv[r]);
+  }
+  if (!live) return;
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+    if (b0 + r < p.batch) ptr<T>(p.out)[(b0 + r) * p.out.stride[0] + h * p.out.stride[1]] = from_float<T>(y[r]);
+}
+
+// The session-5 form of mamba1_step_kernel (SSM_STEP_M1_FORM=old), kept until the new form passes on the GPU.
+// Mamba-1 rows (P = 1, A per entry, N = 16, 16-bit state and inputs, one group): a thread per channel
 // walking R batch rows (its A row read once for R rows). The thread's state packs and A row are copied into
 // shared memory by cp.async (no registers held while they are in flight: ptxas otherwise delays register
 // loads past earlier waits to fit 96 registers), the block's R rows of B and C converted once into shared
@@ -120,7 +342,7 @@ __global__ void __launch_bounds__(kLeanThreads) lean_kernel(StateStepParams p) {
 // store, y last. kProj: dt = dot(dt_proj[h, :], dt_in[b, :]) (rounded to T), the block's
 // dt_in rows in shared memory, each thread reading its dt_proj row once for its R rows.
 template <typename TS, typename T, int R, bool kProj>
-__global__ void __launch_bounds__(kLeanThreads, R == 4 ? 5 : 1) mamba1_step_kernel(StateStepParams p) {
+__global__ void __launch_bounds__(kLeanThreads, R == 4 ? 5 : 1) mamba1_step_kernel_s5(StateStepParams p) {
   constexpr float kLog2e = 1.4426950408889634f;
   constexpr int N = 16;
   __shared__ float4 bc[R][2][N / 4];  // [row][B, C][n / 4]
@@ -322,6 +544,23 @@ inline int mamba1_rows(const StateStepParams& p) {
   return int64_t(ceil_div(p.nheads, kLeanThreads)) * ceil_div(p.batch, 4) < 264 ? 2 : 4;
 }
 
+// Packs a lane of lean_kernel at N = 128: two, or SSM_STEP_KP=1 / 4 (measurements, session 6).
+inline int lean_packs() {
+  const char* env = std::getenv("SSM_STEP_KP");
+  return env != nullptr && (env[0] == '1' || env[0] == '4') ? env[0] - '0' : 2;
+}
+
+// SSM_STEP_M1_FORM=coal: mamba1_step_kernel copying and storing the state rows warp-coalesced (kCoal, the default
+// without dt_proj); =all: one wait for every row's state, the rows' math interleaved (kAll); =new: neither;
+// =old: the session-5 kernel (the default with dt_proj). 0 when unset.
+inline char mamba1_form() {
+  const char* env = std::getenv("SSM_STEP_M1_FORM");
+  return env == nullptr ? '\0' : env[0];
+}
+
+// SSM_STEP_M1_FORM=old: the session-5 form of mamba1_step_kernel (mamba1_step_kernel_s5).
+inline bool mamba1_old() { return mamba1_form() == 'o'; }
+
 // The lean kernels' form for this call, or false (the general kernel runs): Mamba-1 rows (P = 1, A per
 // entry, N = 16, 16-bit state and inputs, one group, dt_proj optional: mamba1_step_kernel) and the wide Mamba-2 rows of
 // small batches (A tied, N in {64, 128, 256}: N / 16 lanes, two packs each). SSM_STEP_LEAN=0 switches
@@ -354,15 +593,36 @@ void launch_lean(const StateStepParams& p, cudaStream_t stream) {
   if constexpr (sizeof(TS) == 2 && sizeof(T) == 2) {  // float32 rows would not fit in registers
     if (p.A.stride[2] != 0) {
       SSM_BOOL_SWITCH(has(p.dt_proj), kProj, [&] {
-        if (mamba1_rows(p) == 2) return go(mamba1_step_kernel<TS, T, 2, kProj>, 1, 2);
-        go(mamba1_step_kernel<TS, T, 4, kProj>, 1, 4);
+        // defaults (session 6 round 2, H200): Mamba-1 b64 step coal 12.4 us (new 13.2, all 13.7, session-5 12.8);
+        // with dt_proj the session-5 kernel's FFMA dot (mamba-130m b64: 6.9 us a call in session 5, the tensor-core
+        // dot of the new form 8.0 in this round)
+        const char form = mamba1_form();
+        if (mamba1_old() || (kProj && form == '\0')) {
+          if (mamba1_rows(p) == 2) return go(mamba1_step_kernel_s5<TS, T, 2, kProj>, 1, 2);
+          return go(mamba1_step_kernel_s5<TS, T, 4, kProj>, 1, 4);
+        }
+        if (form == 'c' || form == '\0') {
+          if (mamba1_rows(p) == 2) return go(mamba1_step_kernel<TS, T, 2, kProj, true, false>, 1, 2);
+          return go(mamba1_step_kernel<TS, T, 4, kProj, true, false>, 1, 4);
+        }
+        if (form == 'a') {
+          if (mamba1_rows(p) == 2) return go(mamba1_step_kernel<TS, T, 2, kProj, false, true>, 1, 2);
+          return go(mamba1_step_kernel<TS, T, 4, kProj, false, true>, 1, 4);
+        }
+        if (mamba1_rows(p) == 2) return go(mamba1_step_kernel<TS, T, 2, kProj, false, false>, 1, 2);
+        go(mamba1_step_kernel<TS, T, 4, kProj, false, false>, 1, 4);
       });
       return;
     }
   }
   // wide rows: two packs a lane, N / 16 lanes (faster than one pack a lane, session 4 round 2)
   if (p.dstate == 64) return go(lean_kernel<TS, T, 4, 2>, 4, 1);
-  if (p.dstate == 128) return go(lean_kernel<TS, T, 8, 2>, 8, 1);
+  if (p.dstate == 128) {
+    const int kp = lean_packs();
+    if (kp == 1) return go(lean_kernel<TS, T, 16, 1>, 16, 1);
+    if (kp == 4) return go(lean_kernel<TS, T, 4, 4>, 4, 1);
+    return go(lean_kernel<TS, T, 8, 2>, 8, 1);
+  }
   go(lean_kernel<TS, T, 16, 2>, 16, 1);
 }
 
