@@ -230,11 +230,8 @@ def test_cuda_mamba1_softplus_over_its_range(rows, dtype, monkeypatch):
     assert_close(inp["state"], ref["state"], dtype, "state")
 
 
-def check_lean(form, layout, dtype, option, monkeypatch):
-    use_form(monkeypatch, form)
-    monkeypatch.setenv("SSM_STEP_WIDE", "1")
-    opts = {option} | ({"tied"} if layout[0] == "mamba2" else set())
-    inp = make_step(*layout, dtype, torch.device("cuda"), opts)
+def check_cuda_step(inp, option, dtype):
+    """One CUDA step against the float64 reference: y, the state, rows a padding index leaves untouched."""
     softplus = option in ("softplus+bias", "all_contig")
     ref = as64(inp)
     before = inp["state"].clone()
@@ -248,6 +245,14 @@ def check_lean(form, layout, dtype, option, monkeypatch):
         untouched[idx[idx >= 0].long().cpu()] = False
         assert torch.equal(inp["state"][untouched.to(before.device)], before[untouched.to(before.device)])
         assert (y[idx < 0] == 0).all(), "padding rows must give zeros"
+
+
+def check_lean(form, layout, dtype, option, monkeypatch):
+    use_form(monkeypatch, form)
+    monkeypatch.setenv("SSM_STEP_WIDE", "1")
+    opts = {option} | ({"tied"} if layout[0] == "mamba2" else set())
+    inp = make_step(*layout, dtype, torch.device("cuda"), opts)
+    check_cuda_step(inp, option, dtype)
 
 
 @pytest.mark.cuda
@@ -290,16 +295,4 @@ def test_cuda_large_batch_tiles_match_reference(form, layout, dtype, option, mon
     use_form(monkeypatch, form)
     monkeypatch.setenv("SSM_STEP_WIDE", "0")
     inp = make_step(*layout, dtype, torch.device("cuda"), {option, "tied"})
-    softplus = option in ("softplus+bias", "all_contig")
-    ref = as64(inp)
-    before = inp["state"].clone()
-    with use_backend("cuda"):
-        y = step(ops.selective_state_step, inp, softplus)
-    assert_close(y, step(reference.selective_state_step, ref, softplus), dtype, "y")
-    assert_close(inp["state"], ref["state"], inp["state"].dtype, "state")
-    idx = inp["state_batch_indices"]
-    if idx is not None:
-        untouched = torch.ones(before.shape[0], dtype=torch.bool)
-        untouched[idx[idx >= 0].long().cpu()] = False
-        assert torch.equal(inp["state"][untouched.to(before.device)], before[untouched.to(before.device)])
-        assert (y[idx < 0] == 0).all(), "padding rows must give zeros"
+    check_cuda_step(inp, option, dtype)

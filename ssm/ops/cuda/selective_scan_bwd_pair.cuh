@@ -84,6 +84,18 @@ struct Sums {
 // Bits of Pair::vec: which rows take 16-byte packs.
 enum VecBit { kVecU = 1, kVecDelta = 2, kVecZ = 4, kVecDout = 8, kVecDu = 16, kVecDdelta = 32, kVecDz = 64, kVecBC = 128 };
 
+// Lane j's half (j & 1) of a 32-channel row, summed with its pair's half: the row's sum in both lanes.
+__device__ __forceinline__ float row_sum(const float* row, int lane) {
+  const float4* q = reinterpret_cast<const float4*>(row + 16 * (lane & 1));
+  float v = 0.f;
+#pragma unroll
+  for (int c = 0; c < 4; ++c) {
+    const float4 x = q[c];
+    v += (x.x + x.y) + (x.z + x.w);
+  }
+  return v + __shfl_xor_sync(0xffffffffu, v, 1);
+}
+
 // softplus'(x) = 1 - exp(-softplus(x)) = -expm1(-dt): below 0.25 its Taylor series to degree 7
 // (relative error < 2e-9), above 1 - exp(-dt) (< 1e-6); a third of expm1f's instructions.
 __device__ __forceinline__ float softplus_grad(float dt) {
@@ -242,14 +254,7 @@ struct Pair {
       sm.dA[k][tid] += dAn;
       // the row's sum over the warp's 32 channels: lane j takes half j & 1 of it, its pair the other
       __syncwarp();
-      const float4* q = reinterpret_cast<const float4*>(xw[row] + 16 * (lane & 1));
-      float v = 0.f;
-#pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const float4 x = q[c];
-        v += (x.x + x.y) + (x.z + x.w);
-      }
-      v += __shfl_xor_sync(0xffffffffu, v, 1);
+      const float v = row_sum(xw[row], lane);
       if (adds) atomicAdd(bc, v);
       __syncwarp();
     }
@@ -332,14 +337,7 @@ struct Pair {
           for (int i = 0; i < 2 * kHalf; ++i) xw[i][lane] = x1[1][i];
         }
         __syncwarp();
-        const float4* q = reinterpret_cast<const float4*>(xw[row] + 16 * (lane & 1));
-        float v = 0.f;
-#pragma unroll
-        for (int c = 0; c < 4; ++c) {
-          const float4 x = q[c];
-          v += (x.x + x.y) + (x.z + x.w);
-        }
-        v += __shfl_xor_sync(0xffffffffu, v, 1);
+        const float v = row_sum(xw[row], lane);
         if (adds && (j == 0 || second)) atomicAdd(bc + j * bcn, v);
         __syncwarp();
       }

@@ -183,6 +183,34 @@ __device__ __forceinline__ void mma_sx_split(float (&acc)[8][4], const float (&s
   }
 }
 
+// The decay mask of key tile kt for query tile qt (for the lean and the staged chunk output kernels), then acc += S X_k
+// (kSplit: S as S_hi + S_lo).
+template <typename T, bool kSplit>
+__device__ __forceinline__ void masked_sx(float (&acc)[8][4], float (&s)[8][4], const T* xk, const ChunkTokens& tok,
+                                          const float* kf, const float (&q2)[2], const int (&trow)[2], float ref,
+                                          int kt, int qt, int lim, int rows_left, bool runs, bool factored) {
+  if (runs) {
+    decay_mask(s, tok, trow, kt * kTile, rows_left);
+  } else if (kt == qt) {
+    decay_lean<true>(s, tok, q2, trow, kt * kTile, lim);
+    if (factored)  // the row factors exp(cs_t - r) of everything so far
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const float rf = ex2(q2[hf] - ref);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[j][2 * hf] *= rf, acc[j][2 * hf + 1] *= rf;
+      }
+  } else if (factored) {
+    scale_keys(s, kf, kt * kTile);
+  } else {
+    decay_lean<false>(s, tok, q2, trow, kt * kTile, lim);
+  }
+  if (kSplit)
+    mma_sx_split<T>(acc, s, xk, lim);
+  else
+    mma_sx<T>(acc, s, xk, lim);
+}
+
 template <typename T, typename Cb, bool kSplit>
 __global__ void __launch_bounds__(kThreads, 3) chunk_scan_lean_kernel(SsdParams p, Layout w) {
   extern __shared__ __align__(128) unsigned char smem[];
@@ -253,26 +281,7 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_lean_kernel(SsdParams 
       cp_async_commit();
       cp_async_wait<1>();
       __syncthreads();
-      if (runs) {
-        decay_mask(s, tok, trow, kt * kTile, rows_left);
-      } else if (kt == qt) {
-        decay_lean<true>(s, tok, q2, trow, kt * kTile, lim);
-        if (factored)  // the row factors exp(cs_t - r) of everything so far
-#pragma unroll
-          for (int hf = 0; hf < 2; ++hf) {
-            const float rf = ex2(q2[hf] - ref);
-#pragma unroll
-            for (int j = 0; j < 8; ++j) acc[j][2 * hf] *= rf, acc[j][2 * hf + 1] *= rf;
-          }
-      } else if (factored) {
-        scale_keys(s, kf, kt * kTile);
-      } else {
-        decay_lean<false>(s, tok, q2, trow, kt * kTile, lim);
-      }
-      if (kSplit)
-        mma_sx_split<T>(acc, s, xcur, lim);
-      else
-        mma_sx<T>(acc, s, xcur, lim);
+      masked_sx<T, kSplit>(acc, s, xcur, tok, kf, q2, trow, ref, kt, qt, lim, rows_left, runs, factored);
       if (kt < qt) __syncthreads();  // before the next issue overwrites this key tile's buffer
     }
     const T* xq = qt & 1 ? xk1 : xk0;  // the query tokens' x

@@ -178,34 +178,6 @@ __device__ __forceinline__ void store_y_staged(const SsdParams& p, const float (
   }
 }
 
-// The decay mask of key tile kt for query tile qt (see chunk_scan_lean_kernel), then acc += S X_k
-// (kSplit: S as S_hi + S_lo).
-template <typename T, bool kSplit>
-__device__ __forceinline__ void masked_sx(float (&acc)[8][4], float (&s)[8][4], const T* xk, const ChunkTokens& tok,
-                                          const float* kf, const float (&q2)[2], const int (&trow)[2], float ref,
-                                          int kt, int qt, int lim, int rows_left, bool runs, bool factored) {
-  if (runs) {
-    decay_mask(s, tok, trow, kt * kTile, rows_left);
-  } else if (kt == qt) {
-    decay_lean<true>(s, tok, q2, trow, kt * kTile, lim);
-    if (factored)  // the row factors exp(cs_t - r) of everything so far
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        const float rf = ex2(q2[hf] - ref);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) acc[j][2 * hf] *= rf, acc[j][2 * hf + 1] *= rf;
-      }
-  } else if (factored) {
-    scale_keys(s, kf, kt * kTile);
-  } else {
-    decay_lean<false>(s, tok, q2, trow, kt * kTile, lim);
-  }
-  if (kSplit)
-    mma_sx_split<T>(acc, s, xk, lim);
-  else
-    mma_sx<T>(acc, s, xk, lim);
-}
-
 template <typename T, typename Cb, bool kSplit>
 __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParams p, Layout w) {
   extern __shared__ __align__(128) unsigned char smem[];
