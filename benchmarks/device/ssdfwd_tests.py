@@ -1,5 +1,6 @@
-"""Device-round tests of the SSD forward (ssdfwd, session 6) in one process (a Python process with torch
-takes seconds to start there): the GPU SSD tests with the exact staged chunk output (the default), then
+"""Device-round tests of the SSD forward (ssdfwd, sessions 6-7) in one process (a Python process with torch
+takes seconds to start there): the GPU SSD tests with the recompute chunk output forced (SSM_SSD_FWD_RECOMPUTE=1,
+session 7; the cases with N 64 / 128 and unit-stride B take it, the others the default), then
 the error distribution of y over seeds (ssdfwd_seeds.py, with --seeds OUT.json [N]), then repeated runs of
 test_ssd_split's low-precision gradient cases (their failure rate) while the time budget lasts.
 
@@ -16,8 +17,9 @@ FWD_CUDA = ("model_sizes or seq_idx_runs or token_major or varlen_sequences or l
 FWD_GRID = "cuda and (forward_matches or chunked_prefill or long_sequence or varlen_states) and not dtype0"
 SPLIT_LOWP = "cuda and gradients and (dtype1 or dtype2)"
 RUNS = [  # (name, environment, [(file, -k)])
-    ("exact", {}, [("tests/ops/test_ssd_split.py", "cuda and not compile"), ("tests/ops/test_ssd_cuda.py", FWD_CUDA),
-                   ("tests/ops/test_eager_fast_path.py", "cuda or ssd"), ("tests/ops/test_ssd.py", FWD_GRID)]),
+    ("recompute", {"SSM_SSD_FWD_RECOMPUTE": "1"},
+     [("tests/ops/test_ssd_split.py", "cuda and not compile"), ("tests/ops/test_ssd_cuda.py", FWD_CUDA),
+      ("tests/ops/test_ssd.py", FWD_GRID)]),
 ]
 # (a reference-backward repeat cannot run here: the tests force SSM_BACKEND=cuda, which refuses the fallback)
 REPEATS = [("kernel-bwd", {})]
