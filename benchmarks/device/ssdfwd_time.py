@@ -2,7 +2,8 @@
 (B8, L2048) and (B1, L8192) (H32 P64 N128 chunk 256 bf16, D, dt_bias, softplus), optionally the
 Mamba2 layer forward at the mamba2-130m shape (H24, B8 L2048; the fused split path's strided views), then
 B8 and B1 under the kernel switches of VARIANTS (the layer with --layer), then B1 without the eager plan
-(--checked; ssd._plans: every call checked); host_ms is the host time per call without synchronisation.
+(--checked; ssd._plans: every call checked); host_ms is the host time per call without synchronisation; last,
+B1 timed as bench_ssd_cuda times it (eager first; graph replay for gpu).
 
     python benchmarks/device/ssdfwd_time.py [OUT.json] [--layer] [--checked]
 """
@@ -19,7 +20,7 @@ ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import ssm.ops as ops  # noqa: E402
-from bench_cuda import time_ms  # noqa: E402
+from bench_cuda import graph_time_ms, time_ms  # noqa: E402
 from bench_ssd_cuda import fwd_fn, inputs  # noqa: E402
 from ssm.modules import Mamba2  # noqa: E402
 from ssm.ops import ssd  # noqa: E402
@@ -68,6 +69,13 @@ def checked_case(B):
     return row
 
 
+def bench_case(B):
+    """bench_ssd_cuda's eager and graph figures (its order: eager first, no profiler before), fresh inputs."""
+    fwd = fwd_fn(inputs(B, 2048 if B == 8 else 8192))
+    eager = time_ms(fwd)
+    return dict(case=f"bench_ssd_cuda order B{B}", gpu_ms=graph_time_ms([fwd]), eager_ms=eager, kernels={})
+
+
 def layer_case():
     layer = Mamba2(768, d_state=128, headdim=64, chunk_size=256, device="cuda", dtype=torch.bfloat16)
     u = torch.randn(8, 2048, 768, device="cuda", dtype=torch.bfloat16)
@@ -95,12 +103,29 @@ def variant_case(B, env):
     return row
 
 
+def same_as_default(env, B=2, L=1100):
+    """Max |y - y_default| of the forward under env (the recompute form computes S bitwise as the default)."""
+    for dtype in (torch.bfloat16, torch.float16):
+        t = inputs(B, L)
+        t = {k: v.to(dtype) if v.dtype == torch.bfloat16 else v for k, v in t.items()}
+        fwd = fwd_fn(t)
+        want = fwd()
+        os.environ.update(env)
+        got = fwd()
+        for k in env:
+            del os.environ[k]
+        diff = (got.float() - want.float()).abs().max().item()
+        print(f"{' '.join(f'{k}={v}' for k, v in env.items())} vs default, {dtype}: max |dy| {diff:.3g}, "
+              f"bitwise {torch.equal(got, want)}", flush=True)
+
+
 def main(out=None, layer=False):
     ops._kernels.POISON_OUTPUTS = False  # the test harness poisons kernel outputs (NaN fills); not here
+    same_as_default(RECOMPUTE)
     rows = []
     cases = [lambda: op_case(8, 2048), lambda: op_case(1, 8192)] + ([layer_case] if layer else [])
     cases += [lambda B=B, env=env: variant_case(B, env) for B, env in VARIANTS + ([(0, STAGED)] if layer else [])]
-    cases += [lambda: checked_case(1)] if "--checked" in sys.argv else []
+    cases += [lambda: bench_case(1)] + ([lambda: checked_case(1)] if "--checked" in sys.argv else [])
     for fn in cases:
         row = fn()
         rows.append(row)

@@ -203,6 +203,7 @@ __device__ __forceinline__ void cb_by_mma(float (&s)[8][4], const T* cq, int ldn
   const int l = int(threadIdx.x & 31), brow = (l >> 4) * 8 + (l & 7), bhalf = (l >> 3) & 1;
 #pragma unroll
   for (int j = 0; j < 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
   for (int k0 = 0; k0 < N; k0 += 16) {
     unsigned a[4];
     load_a(a, cq, ldn, r0, k0);
@@ -218,10 +219,12 @@ __device__ __forceinline__ void cb_by_mma(float (&s)[8][4], const T* cq, int ldn
   }
 }
 
-template <typename T, typename Cb, bool kSplit, bool kRecompute>
+// kRecN: 0, or the recompute form for N = kRecN (64 or 128; the N loops then unroll with fixed offsets).
+template <typename T, typename Cb, bool kSplit, int kRecN>
 __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParams p, Layout w) {
   extern __shared__ __align__(128) unsigned char smem[];
-  const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Np = round16(N), ldn = Np + 8;
+  constexpr bool kRecompute = kRecN > 0;
+  const int P = int(p.headdim), N = kRecompute ? kRecN : int(p.dstate), Q = int(p.chunk), Np = round16(N), ldn = Np + 8;
   const size_t xb = align128(kTile * kLd * sizeof(T)), pb = staged_pair_bytes<T, Cb>();
   ChunkTokens& tok = *reinterpret_cast<ChunkTokens*>(smem);
   float* kf = reinterpret_cast<float*>(smem + align128(sizeof(ChunkTokens)));  // key factors
@@ -359,16 +362,20 @@ void launch_chunk_scan(const SsdParams& p, const Layout& w, cudaStream_t s) {
     const size_t rec_smem = chunk_scan_staged_smem<T, float>(N);
     if (staged_enabled() && recompute_enabled(p)) {
       if (exact_enabled())
-        launch(chunk_scan_staged_kernel<T, float, true, true>, paired, rec_smem, s, p, w);
+        launch(N == kTile ? chunk_scan_staged_kernel<T, float, true, kTile>
+                          : chunk_scan_staged_kernel<T, float, true, 2 * kTile>,
+               paired, rec_smem, s, p, w);
       else
-        launch(chunk_scan_staged_kernel<T, float, false, true>, paired, rec_smem, s, p, w);
+        launch(N == kTile ? chunk_scan_staged_kernel<T, float, false, kTile>
+                          : chunk_scan_staged_kernel<T, float, false, 2 * kTile>,
+               paired, rec_smem, s, p, w);
     } else if (staged_enabled() && N <= 2 * kTile && exact_enabled()) {
       launch(chunk_cb_kernel<T, float>, cb_grid, cb_smem, s, p, w);
-      launch(chunk_scan_staged_kernel<T, float, true, false>, paired, chunk_scan_staged_smem<T, float>(N), s, p, w);
+      launch(chunk_scan_staged_kernel<T, float, true, 0>, paired, chunk_scan_staged_smem<T, float>(N), s, p, w);
     } else if (staged_enabled() && N <= 2 * kTile) {
       using Cb = StagedCb<T>;
       launch(chunk_cb_kernel<T, Cb>, cb_grid, cb_smem, s, p, w);
-      launch(chunk_scan_staged_kernel<T, Cb, false, false>, paired, chunk_scan_staged_smem<T, Cb>(N), s, p, w);
+      launch(chunk_scan_staged_kernel<T, Cb, false, 0>, paired, chunk_scan_staged_smem<T, Cb>(N), s, p, w);
     } else {
       launch(chunk_cb_kernel<T, float>, cb_grid, cb_smem, s, p, w);
       if (exact_enabled())
