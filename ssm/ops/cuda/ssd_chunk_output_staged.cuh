@@ -293,7 +293,9 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
           issue_tile<T>(reinterpret_cast<T*>(cbuf(base + qt + 1)), kLd, kTile, hin + kTile, N, 1, P - p0, N - kTile);
       }
       cp_async_commit();
-      const int lim = kt == qt ? warp : 3;  // the diagonal tile: keys up to the warp's last row
+      // the diagonal tile: keys up to the warp's last row; the recompute form takes every key there too (the causal
+      // mask zeroes the rest; no per-pair branches: the last warp, with nothing to skip, sets the pace)
+      const int lim = kt == qt && !kRecompute ? warp : 3;
       float s[8][4];
       if constexpr (kRecompute)
         cb_by_mma<T>(s, cq, ldn, reinterpret_cast<const T*>(cbuf(base + kt)), N, r0, lim);
