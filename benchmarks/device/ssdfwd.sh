@@ -13,11 +13,11 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 left() { echo $((${1} - SECONDS)); }
-timeout -k 2 22 $PY benchmarks/device/ssdfwd_tests.py --seeds "$OUT/seeds.json" 4 --budget 0 > "$OUT/run.log" 2> "$OUT/run.err"
+timeout -k 2 21 $PY benchmarks/device/ssdfwd_tests.py --seeds "$OUT/seeds.json" 4 --budget 0 > "$OUT/run.log" 2> "$OUT/run.err"
 echo "tests+seeds rc=$? at ${SECONDS}s"
 grep -E "SUMMARY|failed.: [1-9]" "$OUT/run.err" | cut -c1-600
 grep -- "-- y err" "$OUT/run.log" | cut -c1-500
-T=$(left 35)
+T=$(left 33)
 timeout -k 1 $T $PY benchmarks/device/ssdfwd_time.py "$OUT/time.json" > "$OUT/time.log" 2>&1
 echo "timing rc=$? at ${SECONDS}s"
 grep -E "vs default|gpu .* ms, eager| ms  (void|chunk|state)" "$OUT/time.log" | \
