@@ -88,10 +88,12 @@ def layer_case():
 
 
 # Kernel variants timed after the defaults (the switches are read at each launch): the recompute chunk output
-# (session 7), with S split (exact) and rounded once (EXACT=0); session 5's staged output.
+# (session 7), with S split (exact) and rounded once (EXACT=0); session 5's staged output; the chunk state that
+# prefetches the next head's dt (session 7).
 RECOMPUTE = {"SSM_SSD_FWD_RECOMPUTE": "1"}
 STAGED = {"SSM_SSD_FWD_EXACT": "0"}
-VARIANTS = [(8, RECOMPUTE), (1, RECOMPUTE), (8, {**RECOMPUTE, **STAGED}), (8, STAGED)]  # B 0: the Mamba2 layer (with --layer)
+STATE_PRE = {"SSM_SSD_FWD_STATE_PRE": "1"}
+VARIANTS = [(8, RECOMPUTE), (1, RECOMPUTE), (8, {**RECOMPUTE, **STAGED}), (8, STAGED), (8, STATE_PRE), (1, STATE_PRE)]  # B 0: the Mamba2 layer (with --layer)
 
 
 def variant_case(B, env):
@@ -122,6 +124,7 @@ def same_as_default(env, B=2, L=1100):
 def main(out=None, layer=False):
     ops._kernels.POISON_OUTPUTS = False  # the test harness poisons kernel outputs (NaN fills); not here
     same_as_default(RECOMPUTE)
+    same_as_default(STATE_PRE)
     rows = []
     cases = [lambda: op_case(8, 2048), lambda: op_case(1, 8192)] + ([layer_case] if layer else [])
     cases += [lambda B=B, env=env: variant_case(B, env) for B, env in VARIANTS + ([(0, STAGED)] if layer else [])]
