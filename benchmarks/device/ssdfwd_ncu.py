@@ -10,8 +10,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_ssd_cuda import fwd_fn, inputs  # noqa: E402
 
-# the exact staged chunk output (default), then its recompute form (session 7)
-ENVS = [{}, {"SSM_SSD_FWD_RECOMPUTE": "1"}]
+# the default kernels
+ENVS = [{}]
 fwd = fwd_fn(inputs(8, 2048))
 for env in ENVS:
     os.environ.update(env)

@@ -1,11 +1,12 @@
 """Device-round tests of the SSD forward (ssdfwd, sessions 6-7) in one process (a Python process with torch
-takes seconds to start there): the GPU SSD tests with the recompute chunk output forced (SSM_SSD_FWD_RECOMPUTE=1,
-session 7; the cases with N 64 / 128 and unit-stride B take it, the others the default), then
+takes seconds to start there): the GPU SSD tests with the default kernels (or the switches in SSD_FWD_ENV, JSON:
+e.g. {"SSM_SSD_FWD_RECOMPUTE": "1"}), then
 the error distribution of y over seeds (ssdfwd_seeds.py, with --seeds OUT.json [N]), then repeated runs of
 test_ssd_split's low-precision gradient cases (their failure rate) while the time budget lasts.
 
     python benchmarks/device/ssdfwd_tests.py [--seeds OUT.json [N]] [--budget S]   (summary lines on stderr)
 """
+import json
 import os
 import sys
 import time
@@ -16,8 +17,8 @@ FWD_CUDA = ("model_sizes or seq_idx_runs or token_major or varlen_sequences or l
             "(kernel_backward_matches and bf16)")
 FWD_GRID = "cuda and (forward_matches or chunked_prefill or long_sequence or varlen_states) and not dtype0"
 SPLIT_LOWP = "cuda and gradients and (dtype1 or dtype2)"
-RUNS = [  # (name, environment, [(file, -k)])
-    ("recompute", {"SSM_SSD_FWD_RECOMPUTE": "1"},
+RUNS = [  # (name, environment, [(file, -k)]); SSD_FWD_ENV (JSON) overrides the first run's environment
+    ("default", json.loads(os.environ.get("SSD_FWD_ENV", "{}")),
      [("tests/ops/test_ssd_split.py", "cuda and not compile"), ("tests/ops/test_ssd_cuda.py", FWD_CUDA),
       ("tests/ops/test_ssd.py", FWD_GRID)]),
 ]

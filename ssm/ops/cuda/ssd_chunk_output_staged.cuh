@@ -22,6 +22,7 @@
 // SSM_SSD_FWD_STAGED=0 selects the lean kernel. This file holds the chunk-output launcher.
 #pragma once
 #include "cuda/ssd_chunk_output_lean.cuh"
+#include "cuda/ssd_tile_issue.cuh"
 
 namespace ssm::cuda::ssd {
 
@@ -36,11 +37,12 @@ __device__ __forceinline__ int cb_swizzle(int r, int ch) { return ch ^ ((r & 3) 
 
 // dst = the 64 x 64 float tile src[i * rs + j] (swizzled), by 16-byte asynchronous copies.
 __device__ __forceinline__ void issue_cb(float* dst, const float* src, int64_t rs) {
-#pragma unroll
-  for (int k = 0; k < kTile * kTile / 4 / kThreads; ++k) {
-    const int e = int(threadIdx.x) + k * kThreads, r = e >> 4, ch = e & 15;
-    cp_async16(dst + r * kTile + 4 * cb_swizzle(r, ch), src + r * rs + 4 * ch, true);
-  }
+  constexpr int kStep = kThreads / 16;  // rows per step; r % 4, so the swizzle, stays
+  const int r = int(threadIdx.x) >> 4, ch = int(threadIdx.x) & 15;
+  const float* s = src + r * rs + 4 * ch;
+  float* d = dst + r * kTile + 4 * cb_swizzle(r, ch);
+#pragma unroll 1
+  for (int k = 0; k < kTile / kStep; ++k, s += kStep * rs) cp_async16(d + k * kStep * kTile, s, true);
 }
 
 // The bfloat16 tile by issue_tile (padded rows).
@@ -224,7 +226,8 @@ template <typename T, typename Cb, bool kSplit, int kRecN>
 __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParams p, Layout w) {
   extern __shared__ __align__(128) unsigned char smem[];
   constexpr bool kRecompute = kRecN > 0;
-  const int P = int(p.headdim), N = kRecompute ? kRecN : int(p.dstate), Q = int(p.chunk), Np = round16(N), ldn = Np + 8;
+  const int P = int(p.headdim), N = kRecompute ? kRecN : int(p.dstate), Q = int(p.chunk), Np = round16(N);
+  const int ldn = Np + 8;
   const size_t xb = align128(kTile * kLd * sizeof(T)), pb = staged_pair_bytes<T, Cb>();
   ChunkTokens& tok = *reinterpret_cast<ChunkTokens*>(smem);
   float* kf = reinterpret_cast<float*>(smem + align128(sizeof(ChunkTokens)));  // key factors
@@ -254,14 +257,18 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
   // key tile k of query tile q's pass (X_k and the C B^T rows of q) into buffer pair i
   auto issue_key = [&](int i, int q, int k) {
     const int s1 = k * kTile;
-    issue_tile<T>(xbuf(i), kLd, kTile, xsrc + s1 * xs1, xs1, p.x.stride[3], rows_left - s1, P - p0);
+    issue_rows<T, kTile>(xbuf(i), kLd, xsrc + s1 * xs1, xs1, p.x.stride[3], rows_left - s1, P - p0);
     if constexpr (kRecompute)
       issue_b_swz<T>(reinterpret_cast<T*>(cbuf(i)), bsrc + s1 * p.B.stride[1], p.B.stride[1], rows_left - s1, N);
     else
       issue_cb(cbuf(i), cb + int64_t(q) * kTile * Q + s1, Q);
   };
   auto issue_c = [&](int q) {  // C_q, read by the pass's last stage
-    issue_tile<T>(cq, ldn, Np, csrc + q * kTile * p.C.stride[1], p.C.stride[1], p.C.stride[3], rows_left - q * kTile, N);
+    const T* src = csrc + q * kTile * p.C.stride[1];
+    if (Np == 2 * kTile)
+      issue_rows<T, 2 * kTile>(cq, ldn, src, p.C.stride[1], p.C.stride[3], rows_left - q * kTile, N);
+    else
+      issue_tile<T>(cq, ldn, Np, src, p.C.stride[1], p.C.stride[3], rows_left - q * kTile, N);
   };
   issue_c(qp);
   issue_key(0, qp, 0);
@@ -288,9 +295,9 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
         issue_key(base + kt + 1, qt, kt + 1);
         if (kt == 0 && pass > 0 && !kRecompute) issue_c(qt);
       } else {  // the H_in half tiles ([p][n], n < 64 and n >= 64) into the free pair
-        issue_tile<T>(xbuf(base + qt + 1), kLd, kTile, hin, N, 1, P - p0, min(N, kTile));
+        issue_rows<T, kTile>(xbuf(base + qt + 1), kLd, hin, N, 1, P - p0, min(N, kTile));
         if (N > kTile)
-          issue_tile<T>(reinterpret_cast<T*>(cbuf(base + qt + 1)), kLd, kTile, hin + kTile, N, 1, P - p0, N - kTile);
+          issue_rows<T, kTile>(reinterpret_cast<T*>(cbuf(base + qt + 1)), kLd, hin + kTile, N, 1, P - p0, N - kTile);
       }
       cp_async_commit();
       // the diagonal tile: keys up to the warp's last row; the recompute form takes every key there too (the causal

@@ -10,6 +10,7 @@
 // launcher.
 #pragma once
 #include "cuda/ssd_chunk_state_mma.cuh"
+#include "cuda/ssd_tile_issue.cuh"
 #include "cuda/ssd_tokens_pre.cuh"
 
 namespace ssm::cuda::ssd {
@@ -93,8 +94,9 @@ __global__ void __launch_bounds__(kThreads) chunk_state_heads_kernel(SsdParams p
   const T* xrow = ptr<T>(p.x) + b * p.x.stride[0] + p0 * p.x.stride[3] + c0 * xr;
   const T* bsrc = ptr<T>(p.B) + b * p.B.stride[0] + g * p.B.stride[2] + c0 * br;
   auto issue_hk = [&](int f, int hi, int kt) {  // x tile f = (head hi, token tile kt) into buffer f % kXStages
-    issue_tile<T>(reinterpret_cast<T*>(xbase + (f % kXStages) * xb), kLd, kTile,
-                  xrow + (h0 + hi) * p.x.stride[2] + kt * kTile * xr, xr, p.x.stride[3], nvalid - kt * kTile, P - p0);
+    issue_rows<T, kTile>(reinterpret_cast<T*>(xbase + (f % kXStages) * xb), kLd,
+                         xrow + (h0 + hi) * p.x.stride[2] + kt * kTile * xr, xr, p.x.stride[3], nvalid - kt * kTile,
+                         P - p0);
   };
   auto issue_x = [&](int f) { issue_hk(f, f / nk, f % nk); };
   int ih = 0, ik = 0;  // kPre: (head, tile) of the next x tile to issue

@@ -1,0 +1,33 @@
+// issue_tile (ssd_common.cuh) with the address arithmetic out of the copy loop, for the forward kernels: where
+// the rows allow 16-byte copies, each thread keeps one column chunk and steps its source pointer by a fixed
+// number of rows (session 7: ncu counted ~34 instructions per cp.async in issue_tile's loop, which recomputes
+// the 64-bit source address per copy, ~30% of the chunk output's instructions), else issue_tile itself.
+#pragma once
+#include "cuda/ssd_common.cuh"
+
+namespace ssm::cuda::ssd {
+
+// dst[i * ld + j] = src[i * rs + j * cs] for i < rows and j < cols, else 0, for 64 rows and kW columns (kW
+// elements a multiple of 16 bytes dividing kThreads 16-byte chunks); the caller commits / waits / syncs.
+template <typename T, int kW>
+__device__ __forceinline__ void issue_rows(T* dst, int ld, const T* src, int64_t rs, int64_t cs, int rows, int cols) {
+  constexpr int kV = 16 / sizeof(T), kPer = kW / kV, kStep = kThreads / kPer;
+  static_assert(kW % kV == 0 && kThreads % kPer == 0, "whole 16-byte chunks, whole rows per step");
+  const bool vec = cs == 1 && rs % kV == 0 && cols % kV == 0 && (reinterpret_cast<uintptr_t>(src) & 15) == 0;
+  if (!vec) {
+    issue_tile<T>(dst, ld, kW, src, rs, cs, rows, cols);
+    return;
+  }
+  const int r = int(threadIdx.x) / kPer, ch = int(threadIdx.x) % kPer;
+  const bool col_ok = ch * kV < cols;
+  const T* s = src + r * rs + ch * kV;
+  T* d = dst + r * ld + ch * kV;
+#pragma unroll 1  // (unrolled, the copies' addresses stay live across the caller's loops: spills)
+  for (int k = 0; k < kTile / kStep; ++k) {
+    const bool ok = col_ok && r + k * kStep < rows;
+    cp_async16(d + k * kStep * ld, ok ? s : src, ok);
+    s += kStep * rs;
+  }
+}
+
+}  // namespace ssm::cuda::ssd
