@@ -1,7 +1,6 @@
 """Error distribution of the CUDA SSD forward's y against the float64 reference over many seeds, beside the
 reference run in the same low precision (the bound of test_ssd_split: twice the low-precision reference's
-error): the exact staged chunk output (default) and its recompute form (SSM_SSD_FWD_RECOMPUTE=1: the shapes with N
-64 / 128; session 6 compared SSM_SSD_FWD_EXACT=0, session 5's kernel, here).
+error): the exact staged chunk output (default; session 6 compared SSM_SSD_FWD_EXACT=0, session 5's kernel, here).
 
 Shapes: "split", the SSD call of test_ssd_split (B2 L21 H4 P4 G2 N5, D, dt_bias, softplus, float32 initial
 states, seq_idx; one chunk); "chunks", B2 L700 H4 P64 G1 N64 chunk 64 with initial states (several chunks: the
@@ -31,7 +30,7 @@ SHAPES = {  # name: (B, L, H, P, G, N, chunk, seq_idx)
     "lean": (1, 600, 4, 64, 1, 200, 128, False),
 }
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU: a dry run of the driver
-KERNELS = {"exact": {}, "recompute": {"SSM_SSD_FWD_RECOMPUTE": "1"}}
+KERNELS = {"exact": {}}
 
 
 def case(shape, seed, dtype):

@@ -14,11 +14,6 @@
 // (emulated in float64: y's error ~1.02x the float32-computed reference's, against ~1.6x with one rounding
 // each of C B^T and S). SSM_SSD_FWD_EXACT=0: bfloat16 C B^T for bfloat16 inputs, S rounded once, C_q scaled
 // in the A fragments (the session-5 kernel).
-// Recompute form (session 7, SSM_SSD_FWD_RECOMPUTE=1; N = 64 or 128 with 16-byte rows of B): no chunk_cb_kernel
-// and no C B^T in the workspace; each stage streams the key tile's B_k (an unpadded, swizzled shared tile of the
-// same 16 KB as the float C B^T tile) and each warp computes S = C_q B_k^T by mma.sync into the float32
-// fragments that masked_sx takes as the A operand of S X_k (FlashAttention-2's register reuse). The products run
-// in the order chunk_cb_kernel's do, so S is bitwise the same.
 // SSM_SSD_FWD_STAGED=0 selects the lean kernel. This file holds the chunk-output launcher.
 #pragma once
 #include "cuda/ssd_chunk_output_lean.cuh"
@@ -36,16 +31,27 @@ __host__ __device__ constexpr int cb_ld() { return sizeof(Cb) == 4 ? kTile : kTi
 __device__ __forceinline__ int cb_swizzle(int r, int ch) { return ch ^ ((r & 3) << 1); }
 
 // dst = the 64 x 64 float tile src[i * rs + j] (swizzled), by 16-byte asynchronous copies.
+// kRows: the source pointer steps by a fixed row count (session 7), else each copy's address from scratch.
+template <bool kRows>
 __device__ __forceinline__ void issue_cb(float* dst, const float* src, int64_t rs) {
-  constexpr int kStep = kThreads / 16;  // rows per step; r % 4, so the swizzle, stays
-  const int r = int(threadIdx.x) >> 4, ch = int(threadIdx.x) & 15;
-  const float* s = src + r * rs + 4 * ch;
-  float* d = dst + r * kTile + 4 * cb_swizzle(r, ch);
+  if constexpr (kRows) {
+    constexpr int kStep = kThreads / 16;  // rows per step; r % 4, so the swizzle, stays
+    const int r = int(threadIdx.x) >> 4, ch = int(threadIdx.x) & 15;
+    const float* s = src + r * rs + 4 * ch;
+    float* d = dst + r * kTile + 4 * cb_swizzle(r, ch);
 #pragma unroll 1
-  for (int k = 0; k < kTile / kStep; ++k, s += kStep * rs) cp_async16(d + k * kStep * kTile, s, true);
+    for (int k = 0; k < kTile / kStep; ++k, s += kStep * rs) cp_async16(d + k * kStep * kTile, s, true);
+  } else {
+#pragma unroll
+    for (int k = 0; k < kTile * kTile / 4 / kThreads; ++k) {
+      const int e = int(threadIdx.x) + k * kThreads, r = e >> 4, ch = e & 15;
+      cp_async16(dst + r * kTile + 4 * cb_swizzle(r, ch), src + r * rs + 4 * ch, true);
+    }
+  }
 }
 
 // The bfloat16 tile by issue_tile (padded rows).
+template <bool kRows>
 __device__ __forceinline__ void issue_cb(__nv_bfloat16* dst, const __nv_bfloat16* src, int64_t rs) {
   issue_tile<__nv_bfloat16>(dst, cb_ld<__nv_bfloat16>(), kTile, src, rs, 1, kTile, kTile);
 }
@@ -185,49 +191,11 @@ __device__ __forceinline__ void store_y_staged(const SsdParams& p, const float (
   }
 }
 
-// dst = the 64 x N tile src[i * rs + n] (rows >= `rows` zero), N = 64 or 128 unpadded: the 16-byte chunk ch of
-// row r sits at chunk ch ^ (r % 8), so that ldmatrix's eight row addresses hit distinct banks.
-template <typename T>
-__device__ __forceinline__ void issue_b_swz(T* dst, const T* src, int64_t rs, int rows, int N) {
-  const int shift = N == 2 * kTile ? 4 : 3;  // log2 of the 16-byte chunks per row
-  for (int e = threadIdx.x; e < kTile << shift; e += kThreads) {
-    const int r = e >> shift, ch = e & ((1 << shift) - 1);
-    const bool ok = r < rows;
-    cp_async16(dst + r * N + 8 * (ch ^ (r & 7)), ok ? src + r * rs + 8 * ch : src, ok);
-  }
-}
-
-// s = C_q B_k^T for the warp's rows r0.. (C_q [row][n], ld ldn; B_k swizzled by issue_b_swz), n-tile pairs past
-// jp_max zero; the k-step / n-tile order of chunk_cb_kernel's mma_rows_nk.
-template <typename T>
-__device__ __forceinline__ void cb_by_mma(float (&s)[8][4], const T* cq, int ldn, const T* bk, int N, int r0,
-                                          int jp_max) {
-  const int l = int(threadIdx.x & 31), brow = (l >> 4) * 8 + (l & 7), bhalf = (l >> 3) & 1;
-#pragma unroll
-  for (int j = 0; j < 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
-#pragma unroll
-  for (int k0 = 0; k0 < N; k0 += 16) {
-    unsigned a[4];
-    load_a(a, cq, ldn, r0, k0);
-    const int ch = ((k0 >> 3) + bhalf) ^ (l & 7);  // rows jp 16 + brow have row % 8 = l % 8
-#pragma unroll
-    for (int jp = 0; jp < 4; ++jp) {
-      if (jp > jp_max) continue;
-      unsigned bb[4];
-      ldsm_x4(bb, bk + (jp * 16 + brow) * N + 8 * ch);
-      mma16816<T>(s[2 * jp], a, bb[0], bb[1]);
-      mma16816<T>(s[2 * jp + 1], a, bb[2], bb[3]);
-    }
-  }
-}
-
-// kRecN: 0, or the recompute form for N = kRecN (64 or 128; the N loops then unroll with fixed offsets).
-template <typename T, typename Cb, bool kSplit, int kRecN>
+// kRows: issue_rows' copies (session 7; SSM_SSD_FWD_ISSUE_ROWS=0: issue_tile's).
+template <typename T, typename Cb, bool kSplit, bool kRows>
 __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParams p, Layout w) {
   extern __shared__ __align__(128) unsigned char smem[];
-  constexpr bool kRecompute = kRecN > 0;
-  const int P = int(p.headdim), N = kRecompute ? kRecN : int(p.dstate), Q = int(p.chunk), Np = round16(N);
-  const int ldn = Np + 8;
+  const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Np = round16(N), ldn = Np + 8;
   const size_t xb = align128(kTile * kLd * sizeof(T)), pb = staged_pair_bytes<T, Cb>();
   ChunkTokens& tok = *reinterpret_cast<ChunkTokens*>(smem);
   float* kf = reinterpret_cast<float*>(smem + align128(sizeof(ChunkTokens)));  // key factors
@@ -249,7 +217,6 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
   const T* csrc = ptr<T>(p.C) + b * p.C.stride[0] + g * p.C.stride[2] + c0 * p.C.stride[1];
   const T* hin = reinterpret_cast<const T*>(ptr<float>(p.workspace) + w.hin) +
                  ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + int64_t(p0) * N;
-  const T* bsrc = ptr<T>(p.B) + b * p.B.stride[0] + g * p.B.stride[2] + c0 * p.B.stride[1];
   const Cb* cb = reinterpret_cast<const Cb*>(ptr<float>(p.workspace) + w.cb) +
                  ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q;
   const int warp = int(threadIdx.x >> 5), r0 = warp * 16, g8 = int(threadIdx.x & 31) >> 2;
@@ -257,16 +224,13 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
   // key tile k of query tile q's pass (X_k and the C B^T rows of q) into buffer pair i
   auto issue_key = [&](int i, int q, int k) {
     const int s1 = k * kTile;
-    issue_rows<T, kTile>(xbuf(i), kLd, xsrc + s1 * xs1, xs1, p.x.stride[3], rows_left - s1, P - p0);
-    if constexpr (kRecompute)
-      issue_b_swz<T>(reinterpret_cast<T*>(cbuf(i)), bsrc + s1 * p.B.stride[1], p.B.stride[1], rows_left - s1, N);
-    else
-      issue_cb(cbuf(i), cb + int64_t(q) * kTile * Q + s1, Q);
+    issue_rows<T, kTile, kRows>(xbuf(i), kLd, xsrc + s1 * xs1, xs1, p.x.stride[3], rows_left - s1, P - p0);
+    issue_cb<kRows>(cbuf(i), cb + int64_t(q) * kTile * Q + s1, Q);
   };
   auto issue_c = [&](int q) {  // C_q, read by the pass's last stage
     const T* src = csrc + q * kTile * p.C.stride[1];
-    if (Np == 2 * kTile)
-      issue_rows<T, 2 * kTile>(cq, ldn, src, p.C.stride[1], p.C.stride[3], rows_left - q * kTile, N);
+    if (kRows && Np == 2 * kTile)
+      issue_rows<T, 2 * kTile, kRows>(cq, ldn, src, p.C.stride[1], p.C.stride[3], rows_left - q * kTile, N);
     else
       issue_tile<T>(cq, ldn, Np, src, p.C.stride[1], p.C.stride[3], rows_left - q * kTile, N);
   };
@@ -293,21 +257,17 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
       __syncthreads();  // key tile kt landed; every warp is done with the previous stage's buffers and C_q
       if (kt < qt) {
         issue_key(base + kt + 1, qt, kt + 1);
-        if (kt == 0 && pass > 0 && !kRecompute) issue_c(qt);
+        if (kt == 0 && pass > 0) issue_c(qt);
       } else {  // the H_in half tiles ([p][n], n < 64 and n >= 64) into the free pair
-        issue_rows<T, kTile>(xbuf(base + qt + 1), kLd, hin, N, 1, P - p0, min(N, kTile));
+        issue_rows<T, kTile, kRows>(xbuf(base + qt + 1), kLd, hin, N, 1, P - p0, min(N, kTile));
         if (N > kTile)
-          issue_rows<T, kTile>(reinterpret_cast<T*>(cbuf(base + qt + 1)), kLd, hin + kTile, N, 1, P - p0, N - kTile);
+          issue_rows<T, kTile, kRows>(reinterpret_cast<T*>(cbuf(base + qt + 1)), kLd, hin + kTile, N, 1, P - p0,
+                                      N - kTile);
       }
       cp_async_commit();
-      // the diagonal tile: keys up to the warp's last row; the recompute form takes every key there too (the causal
-      // mask zeroes the rest; no per-pair branches: the last warp, with nothing to skip, sets the pace)
-      const int lim = kt == qt && !kRecompute ? warp : 3;
+      const int lim = kt == qt ? warp : 3;  // the diagonal tile: keys up to the warp's last row
       float s[8][4];
-      if constexpr (kRecompute)
-        cb_by_mma<T>(s, cq, ldn, reinterpret_cast<const T*>(cbuf(base + kt)), N, r0, lim);
-      else
-        cb_from_smem(s, cbuf(base + kt), r0, lim);
+      cb_from_smem(s, cbuf(base + kt), r0, lim);
       masked_sx<T, kSplit>(acc, s, xbuf(base + kt), tok, kf, q2, trow, ref, kt, qt, lim, rows_left, runs, factored);
     }
     add_dx<T>(acc, ds, xbuf(base + qt), r0);  // the diagonal key tile is the query tile
@@ -329,26 +289,12 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
       store_y_general<T>(p, tok, acc, nullptr, b, h, g, c0, trow, t0, rows_left, p0);
     else
       store_y_staged<T>(p, acc, b, h, c0, trow, rows_left, p0);
-    if (kRecompute && pass + 1 < npass) {  // the next pass's C_q, read from its first key tile on
-      __syncthreads();  // every warp is done with this pass's C_q
-      issue_c(q_last);
-      cp_async_commit();
-    }
     base += qt;
   }
 }
 
 // The staged chunk output (SSM_SSD_FWD_STAGED=0: the lean kernel; N > 128 always takes the lean one).
 inline bool staged_enabled() { return ssd_switch("SSM_SSD_FWD_STAGED", true); }
-
-// The recompute form of the staged kernel (SSM_SSD_FWD_RECOMPUTE=1), where B allows it: N = 64 or 128 and
-// 16-byte aligned rows of unit stride along N (issue_b_swz's copies).
-inline bool recompute_enabled(const SsdParams& p) {
-  const TensorArg& B = p.B;
-  return ssd_switch("SSM_SSD_FWD_RECOMPUTE", false) && (p.dstate == kTile || p.dstate == 2 * kTile) &&
-         B.stride[3] == 1 && B.stride[0] % 8 == 0 && B.stride[1] % 8 == 0 && B.stride[2] % 8 == 0 &&
-         (reinterpret_cast<uintptr_t>(B.data) & 15) == 0;
-}
 
 // The exact forms (SSM_SSD_FWD_EXACT=0: bfloat16 C B^T for bfloat16 inputs and S rounded once, in the staged
 // and the lean kernel).
@@ -367,24 +313,16 @@ void launch_chunk_scan(const SsdParams& p, const Layout& w, cudaStream_t s) {
   if constexpr (!std::is_same<T, float>::value) {
     const dim3 cb_grid(unsigned(w.nchunks * nq * nq), unsigned(p.ngroups), unsigned(p.batch));
     const size_t cb_smem = 2 * align128(kTile * (round16(N) + 8) * sizeof(T));
-    // the recompute form's B_k tile (64 x N <= 128 elements) fits the float C B^T tile's buffer
-    const size_t rec_smem = chunk_scan_staged_smem<T, float>(N);
-    if (staged_enabled() && recompute_enabled(p)) {
-      if (exact_enabled())
-        launch(N == kTile ? chunk_scan_staged_kernel<T, float, true, kTile>
-                          : chunk_scan_staged_kernel<T, float, true, 2 * kTile>,
-               paired, rec_smem, s, p, w);
-      else
-        launch(N == kTile ? chunk_scan_staged_kernel<T, float, false, kTile>
-                          : chunk_scan_staged_kernel<T, float, false, 2 * kTile>,
-               paired, rec_smem, s, p, w);
-    } else if (staged_enabled() && N <= 2 * kTile && exact_enabled()) {
+    const bool rows = issue_rows_enabled();
+    if (staged_enabled() && N <= 2 * kTile && exact_enabled()) {
       launch(chunk_cb_kernel<T, float>, cb_grid, cb_smem, s, p, w);
-      launch(chunk_scan_staged_kernel<T, float, true, 0>, paired, chunk_scan_staged_smem<T, float>(N), s, p, w);
+      launch(rows ? chunk_scan_staged_kernel<T, float, true, true> : chunk_scan_staged_kernel<T, float, true, false>,
+             paired, chunk_scan_staged_smem<T, float>(N), s, p, w);
     } else if (staged_enabled() && N <= 2 * kTile) {
       using Cb = StagedCb<T>;
       launch(chunk_cb_kernel<T, Cb>, cb_grid, cb_smem, s, p, w);
-      launch(chunk_scan_staged_kernel<T, Cb, false, 0>, paired, chunk_scan_staged_smem<T, Cb>(N), s, p, w);
+      launch(rows ? chunk_scan_staged_kernel<T, Cb, false, true> : chunk_scan_staged_kernel<T, Cb, false, false>,
+             paired, chunk_scan_staged_smem<T, Cb>(N), s, p, w);
     } else {
       launch(chunk_cb_kernel<T, float>, cb_grid, cb_smem, s, p, w);
       if (exact_enabled())

@@ -4,14 +4,10 @@
 // per N tile (chunk_state_mma_kernel moved ~2.7x these bytes from L2 and was L2-bound). Warp w owns
 // P rows 16w..16w+15 and all N columns (64 accumulators per thread); the x tiles (64 tokens x 64 P)
 // stream through kXStages cp.async buffers across the heads. SSM_SSD_FWD_HEADS=0 selects
-// chunk_state_mma_kernel. kPre (session 7, SSM_SSD_FWD_STATE_PRE=1): the next head's dt is fetched into
-// registers while the current head's tiles run (ncu had ~15% of this kernel's stall samples on those loads),
-// and the tile / head counters step instead of dividing by the tile count. This file holds the chunk-state
-// launcher.
+// chunk_state_mma_kernel. This file holds the chunk-state launcher.
 #pragma once
 #include "cuda/ssd_chunk_state_mma.cuh"
 #include "cuda/ssd_tile_issue.cuh"
-#include "cuda/ssd_tokens_pre.cuh"
 
 namespace ssm::cuda::ssd {
 
@@ -74,7 +70,8 @@ __device__ __forceinline__ void store_state(float* states, const float (&acc)[16
 }
 
 // kFull: N rounds up to 128 (all eight n-tile pairs, fixed at compile time: no per-pair predicates).
-template <typename T, bool kFull, bool kPre>
+// kRows: issue_rows' copies of the x tiles (session 7; SSM_SSD_FWD_ISSUE_ROWS=0: issue_tile's).
+template <typename T, bool kFull, bool kRows>
 __global__ void __launch_bounds__(kThreads) chunk_state_heads_kernel(SsdParams p, Layout w) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Np = (N + 15) / 16 * 16, ldb = Np + 8;
@@ -93,42 +90,27 @@ __global__ void __launch_bounds__(kThreads) chunk_state_heads_kernel(SsdParams p
   const int64_t xr = p.x.stride[1], br = p.B.stride[1];
   const T* xrow = ptr<T>(p.x) + b * p.x.stride[0] + p0 * p.x.stride[3] + c0 * xr;
   const T* bsrc = ptr<T>(p.B) + b * p.B.stride[0] + g * p.B.stride[2] + c0 * br;
-  auto issue_hk = [&](int f, int hi, int kt) {  // x tile f = (head hi, token tile kt) into buffer f % kXStages
-    issue_rows<T, kTile>(reinterpret_cast<T*>(xbase + (f % kXStages) * xb), kLd,
-                         xrow + (h0 + hi) * p.x.stride[2] + kt * kTile * xr, xr, p.x.stride[3], nvalid - kt * kTile,
-                         P - p0);
-  };
-  auto issue_x = [&](int f) { issue_hk(f, f / nk, f % nk); };
-  int ih = 0, ik = 0;  // kPre: (head, tile) of the next x tile to issue
-  auto issue_next = [&](int f) {
-    issue_hk(f, ih, ik);
-    if (++ik == nk) ik = 0, ++ih;
+  auto issue_x = [&](int f) {  // x tile f into buffer f % kXStages
+    const int hi = f / nk, kt = f % nk;
+    issue_rows<T, kTile, kRows>(reinterpret_cast<T*>(xbase + (f % kXStages) * xb), kLd,
+                                xrow + (h0 + hi) * p.x.stride[2] + kt * kTile * xr, xr, p.x.stride[3],
+                                nvalid - kt * kTile, P - p0);
   };
   for (int kt = 0; kt < nk; ++kt)
     issue_tile<T>(bs + kt * kTile * ldb, ldb, Np, bsrc + kt * kTile * br, br, p.B.stride[3], nvalid - kt * kTile, N);
 #pragma unroll
   for (int f = 0; f < kXStages - 1; ++f) {  // one group each; the first also holds B
-    if (f < nt) {
-      if constexpr (kPre) issue_next(f); else issue_x(f);
-    }
+    if (f < nt) issue_x(f);
     cp_async_commit();
   }
-  float dtn[kTokPerThread];  // kPre: the raw dt of the next head to load
-  if (kPre) dt_fetch(p, b, h0, c0, Q, dtn);
   float* ws = ptr<float>(p.workspace);
   const int r0 = int(threadIdx.x >> 5) * 16, npair = kFull ? 8 : Np / 16;
   float acc[16][4];
 #pragma unroll 1
-  for (int f = 0, hi = 0, kt = 0; f < nt; ++f) {
-    if (!kPre) hi = f / nk, kt = f % nk;
-    const int h = h0 + hi;
+  for (int f = 0; f < nt; ++f) {
+    const int hi = f / nk, kt = f % nk, h = h0 + hi;
     if (kt == 0) {  // the head's tokens, record and weights; its accumulators from zero
-      if constexpr (kPre) {
-        load_chunk_pre(p, b, h, c0, Q, tok, dtn);
-        if (hi + 1 < nh) dt_fetch(p, b, h + 1, c0, Q, dtn);  // in flight during this head's tiles
-      } else {
-        load_chunk(p, b, h, c0, Q, tok);
-      }
+      load_chunk(p, b, h, c0, Q, tok);
       const int lr = tok.run[last];
       if (pt == 0 && threadIdx.x == 0)
         write_record(ws + w.record + ((b * p.nheads + h) * w.nchunks + c) * kRecord, tok, last);
@@ -137,9 +119,7 @@ __global__ void __launch_bounds__(kThreads) chunk_state_heads_kernel(SsdParams p
 #pragma unroll
       for (int j = 0; j < 16; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
     }
-    if (f + kXStages - 1 < nt) {
-      if constexpr (kPre) issue_next(f + kXStages - 1); else issue_x(f + kXStages - 1);
-    }
+    if (f + kXStages - 1 < nt) issue_x(f + kXStages - 1);
     cp_async_commit();
     cp_async_wait<kXStages - 1>();  // tile f (and B) landed
     __syncthreads();
@@ -149,15 +129,11 @@ __global__ void __launch_bounds__(kThreads) chunk_state_heads_kernel(SsdParams p
       store_state(ws + w.states + ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N, acc, P, N,
                   p0 + r0 + (int(threadIdx.x & 31) >> 2));
     __syncthreads();  // buffer f % kXStages, tok and wt free again
-    if (kPre && ++kt == nk) kt = 0, ++hi;
   }
 }
 
 // The multi-head chunk-state kernel (SSM_SSD_FWD_HEADS=0: one block per head and 64 x 64 tile).
 inline bool state_heads_enabled() { return ssd_switch("SSM_SSD_FWD_HEADS", true); }
-
-// Its prefetching form (SSM_SSD_FWD_STATE_PRE=1).
-inline bool state_pre_enabled() { return ssd_switch("SSM_SSD_FWD_STATE_PRE", false); }
 
 template <typename T>
 void launch_chunk_state(const SsdParams& p, const Layout& w, cudaStream_t s) {
@@ -169,8 +145,8 @@ void launch_chunk_state(const SsdParams& p, const Layout& w, cudaStream_t s) {
       const int64_t hg = p.nheads / p.ngroups, quads = (hg + kStateHeads - 1) / kStateHeads;
       const dim3 hgrid(unsigned(w.nchunks * ptiles), unsigned(p.ngroups * quads), unsigned(p.batch));
       const size_t smem = chunk_state_heads_smem<T>(int(p.chunk), int(p.dstate));
-      const bool full = (p.dstate + 15) / 16 == 8, pre = state_pre_enabled();
-      if (pre)
+      const bool full = (p.dstate + 15) / 16 == 8;
+      if (issue_rows_enabled())
         launch(full ? chunk_state_heads_kernel<T, true, true> : chunk_state_heads_kernel<T, false, true>, hgrid, smem,
                s, p, w);
       else
