@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Device round for ssdfwd (issue 6, CUDA SSD forward, session 7). Process 1: the GPU SSD tests on the default kernels
 # (test_ssd_split's CUDA rows, the forward rows of test_ssd_cuda / test_ssd, the bf16 kernel-backward grid), then the
-# error distribution of y over a few seeds (ssdfwd_seeds.py). Process 2 (no NaN poisoning): y with issue_tile's
-# copies (SSM_SSD_FWD_ISSUE_ROWS=0) against the default's (bitwise expected), forward timings at B8 L2048 / B1 L8192,
-# default and the switches' forms. Then, with the time left, ncu of the chunk output and chunk state, both forms.
+# error distribution of y over a few seeds (ssdfwd_seeds.py). Process 2 (no NaN poisoning): forward timings at B8
+# L2048 / B1 L8192 and the Mamba2 layer, default and session 5's staged output (SSM_SSD_FWD_EXACT=0). Then, with the
+# time left, ncu of the chunk output and the chunk state.
 # Usage: ssdfwd.sh OUT_DIR (repo root, after the build; at most ~49 s).
 set -uo pipefail
 OUT=${1:-/tmp/ssdfwd}
@@ -17,14 +17,14 @@ grep -E "SUMMARY|failed.: [1-9]" "$OUT/run.err" | cut -c1-600
 grep -E "^FAILED|Error" "$OUT/run.log" | head -5 | cut -c1-300
 grep -- "-- y err" "$OUT/run.log" | cut -c1-500
 T=$(left 42)
-timeout -k 1 $T $PY benchmarks/device/ssdfwd_time.py "$OUT/time.json" > "$OUT/time.log" 2>&1
+timeout -k 1 $T $PY benchmarks/device/ssdfwd_time.py "$OUT/time.json" --layer > "$OUT/time.log" 2>&1
 echo "timing rc=$? at ${SECONDS}s"
-grep -E "vs default|gpu .* ms, eager| ms  (void|chunk|state)" "$OUT/time.log" | \
+grep -E "gpu .* ms, eager| ms  (void|chunk|state)" "$OUT/time.log" | \
   sed 's/void ssm::cuda::ssd:://; s/(ssm::SsdParams.*//' | cut -c1-100
 T=$(left 49)
 if [ "$T" -gt 7 ]; then
   M=smsp__inst_executed.sum,smsp__inst_executed_pipe_tensor.sum,lts__t_bytes.sum
-  timeout -k 1 $T ncu --clock-control none -k 'regex:chunk_scan_staged|chunk_state_heads' --launch-count 4 \
+  timeout -k 1 $T ncu --clock-control none -k 'regex:chunk_scan_staged|chunk_state_heads' --launch-count 2 \
     --section SpeedOfLight --section WarpStateStats --metrics "$M" $PY benchmarks/device/ssdfwd_ncu.py \
     > "$OUT/ncu.txt" 2>&1
   echo "ncu rc=$? at ${SECONDS}s"

@@ -10,8 +10,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_ssd_cuda import fwd_fn, inputs  # noqa: E402
 
-# the default kernels, then with issue_tile's copies
-ENVS = [{}, {"SSM_SSD_FWD_ISSUE_ROWS": "0"}]
+# the default kernels
+ENVS = [{}]
 fwd = fwd_fn(inputs(8, 2048))
 for env in ENVS:
     os.environ.update(env)

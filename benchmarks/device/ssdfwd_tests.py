@@ -1,6 +1,6 @@
 """Device-round tests of the SSD forward (ssdfwd, sessions 6-7) in one process (a Python process with torch
 takes seconds to start there): the GPU SSD tests with the default kernels (or the switches in SSD_FWD_ENV, JSON:
-e.g. {"SSM_SSD_FWD_ISSUE_ROWS": "0"}), then
+e.g. {"SSM_SSD_FWD_EXACT": "0"}), then
 the error distribution of y over seeds (ssdfwd_seeds.py, with --seeds OUT.json [N]), then repeated runs of
 test_ssd_split's low-precision gradient cases (their failure rate) while the time budget lasts.
 

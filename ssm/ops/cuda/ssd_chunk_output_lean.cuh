@@ -17,6 +17,7 @@
 // (no rounding of S; see the staged kernel's exact form).
 #pragma once
 #include "cuda/ssd_chunk_output_mma.cuh"
+#include "cuda/ssd_tile_issue.cuh"
 
 namespace ssm::cuda::ssd {
 
@@ -247,7 +248,7 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_lean_kernel(SsdParams 
     issue_tile<T>(cq, ldn, Np, csrc + t0 * p.C.stride[1], p.C.stride[1], p.C.stride[3], rows_left - t0, N);
     if (pass == 0) issue_tile<T>(hs, ldn, Np, hin, N, 1, P - p0, N);
     cp_async_commit();
-    issue_tile<T>(xk0, kLd, kTile, xsrc, xs1, p.x.stride[3], rows_left, P - p0);
+    issue_rows<T, kTile>(xk0, kLd, xsrc, xs1, p.x.stride[3], rows_left, P - p0);
     cp_async_commit();
     if (pass == 0) load_chunk(p, b, h, c0, Q, tok);
     cp_async_wait<1>();
@@ -276,7 +277,7 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_lean_kernel(SsdParams 
       load_cb(s, cb, Q, trow, kt * kTile, lim);  // in flight across the barrier
       if (kt < qt) {  // the next key tile's X into the other buffer
         const int s1 = (kt + 1) * kTile;
-        issue_tile<T>(kt & 1 ? xk0 : xk1, kLd, kTile, xsrc + s1 * xs1, xs1, p.x.stride[3], rows_left - s1, P - p0);
+        issue_rows<T, kTile>(kt & 1 ? xk0 : xk1, kLd, xsrc + s1 * xs1, xs1, p.x.stride[3], rows_left - s1, P - p0);
       }
       cp_async_commit();
       cp_async_wait<1>();

@@ -31,27 +31,17 @@ __host__ __device__ constexpr int cb_ld() { return sizeof(Cb) == 4 ? kTile : kTi
 __device__ __forceinline__ int cb_swizzle(int r, int ch) { return ch ^ ((r & 3) << 1); }
 
 // dst = the 64 x 64 float tile src[i * rs + j] (swizzled), by 16-byte asynchronous copies.
-// kRows: the source pointer steps by a fixed row count (session 7), else each copy's address from scratch.
-template <bool kRows>
+// Each thread keeps one 16-byte column chunk and steps its source pointer by 8 rows (r % 4, so the swizzle, stays).
 __device__ __forceinline__ void issue_cb(float* dst, const float* src, int64_t rs) {
-  if constexpr (kRows) {
-    constexpr int kStep = kThreads / 16;  // rows per step; r % 4, so the swizzle, stays
-    const int r = int(threadIdx.x) >> 4, ch = int(threadIdx.x) & 15;
-    const float* s = src + r * rs + 4 * ch;
-    float* d = dst + r * kTile + 4 * cb_swizzle(r, ch);
+  constexpr int kStep = kThreads / 16;
+  const int r = int(threadIdx.x) >> 4, ch = int(threadIdx.x) & 15;
+  const float* s = src + r * rs + 4 * ch;
+  float* d = dst + r * kTile + 4 * cb_swizzle(r, ch);
 #pragma unroll 1
-    for (int k = 0; k < kTile / kStep; ++k, s += kStep * rs) cp_async16(d + k * kStep * kTile, s, true);
-  } else {
-#pragma unroll
-    for (int k = 0; k < kTile * kTile / 4 / kThreads; ++k) {
-      const int e = int(threadIdx.x) + k * kThreads, r = e >> 4, ch = e & 15;
-      cp_async16(dst + r * kTile + 4 * cb_swizzle(r, ch), src + r * rs + 4 * ch, true);
-    }
-  }
+  for (int k = 0; k < kTile / kStep; ++k, s += kStep * rs) cp_async16(d + k * kStep * kTile, s, true);
 }
 
 // The bfloat16 tile by issue_tile (padded rows).
-template <bool kRows>
 __device__ __forceinline__ void issue_cb(__nv_bfloat16* dst, const __nv_bfloat16* src, int64_t rs) {
   issue_tile<__nv_bfloat16>(dst, cb_ld<__nv_bfloat16>(), kTile, src, rs, 1, kTile, kTile);
 }
@@ -191,8 +181,7 @@ __device__ __forceinline__ void store_y_staged(const SsdParams& p, const float (
   }
 }
 
-// kRows: issue_rows' copies (session 7; SSM_SSD_FWD_ISSUE_ROWS=0: issue_tile's).
-template <typename T, typename Cb, bool kSplit, bool kRows>
+template <typename T, typename Cb, bool kSplit>
 __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParams p, Layout w) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Np = round16(N), ldn = Np + 8;
@@ -224,15 +213,12 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
   // key tile k of query tile q's pass (X_k and the C B^T rows of q) into buffer pair i
   auto issue_key = [&](int i, int q, int k) {
     const int s1 = k * kTile;
-    issue_rows<T, kTile, kRows>(xbuf(i), kLd, xsrc + s1 * xs1, xs1, p.x.stride[3], rows_left - s1, P - p0);
-    issue_cb<kRows>(cbuf(i), cb + int64_t(q) * kTile * Q + s1, Q);
+    issue_rows<T, kTile>(xbuf(i), kLd, xsrc + s1 * xs1, xs1, p.x.stride[3], rows_left - s1, P - p0);
+    issue_cb(cbuf(i), cb + int64_t(q) * kTile * Q + s1, Q);
   };
   auto issue_c = [&](int q) {  // C_q, read by the pass's last stage
-    const T* src = csrc + q * kTile * p.C.stride[1];
-    if (kRows && Np == 2 * kTile)
-      issue_rows<T, 2 * kTile, kRows>(cq, ldn, src, p.C.stride[1], p.C.stride[3], rows_left - q * kTile, N);
-    else
-      issue_tile<T>(cq, ldn, Np, src, p.C.stride[1], p.C.stride[3], rows_left - q * kTile, N);
+    issue_rows_n<T>(cq, ldn, Np, csrc + q * kTile * p.C.stride[1], p.C.stride[1], p.C.stride[3], rows_left - q * kTile,
+                    N);
   };
   issue_c(qp);
   issue_key(0, qp, 0);
@@ -259,10 +245,9 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
         issue_key(base + kt + 1, qt, kt + 1);
         if (kt == 0 && pass > 0) issue_c(qt);
       } else {  // the H_in half tiles ([p][n], n < 64 and n >= 64) into the free pair
-        issue_rows<T, kTile, kRows>(xbuf(base + qt + 1), kLd, hin, N, 1, P - p0, min(N, kTile));
+        issue_rows<T, kTile>(xbuf(base + qt + 1), kLd, hin, N, 1, P - p0, min(N, kTile));
         if (N > kTile)
-          issue_rows<T, kTile, kRows>(reinterpret_cast<T*>(cbuf(base + qt + 1)), kLd, hin + kTile, N, 1, P - p0,
-                                      N - kTile);
+          issue_rows<T, kTile>(reinterpret_cast<T*>(cbuf(base + qt + 1)), kLd, hin + kTile, N, 1, P - p0, N - kTile);
       }
       cp_async_commit();
       const int lim = kt == qt ? warp : 3;  // the diagonal tile: keys up to the warp's last row
@@ -313,16 +298,13 @@ void launch_chunk_scan(const SsdParams& p, const Layout& w, cudaStream_t s) {
   if constexpr (!std::is_same<T, float>::value) {
     const dim3 cb_grid(unsigned(w.nchunks * nq * nq), unsigned(p.ngroups), unsigned(p.batch));
     const size_t cb_smem = 2 * align128(kTile * (round16(N) + 8) * sizeof(T));
-    const bool rows = issue_rows_enabled();
     if (staged_enabled() && N <= 2 * kTile && exact_enabled()) {
       launch(chunk_cb_kernel<T, float>, cb_grid, cb_smem, s, p, w);
-      launch(rows ? chunk_scan_staged_kernel<T, float, true, true> : chunk_scan_staged_kernel<T, float, true, false>,
-             paired, chunk_scan_staged_smem<T, float>(N), s, p, w);
+      launch(chunk_scan_staged_kernel<T, float, true>, paired, chunk_scan_staged_smem<T, float>(N), s, p, w);
     } else if (staged_enabled() && N <= 2 * kTile) {
       using Cb = StagedCb<T>;
       launch(chunk_cb_kernel<T, Cb>, cb_grid, cb_smem, s, p, w);
-      launch(rows ? chunk_scan_staged_kernel<T, Cb, false, true> : chunk_scan_staged_kernel<T, Cb, false, false>,
-             paired, chunk_scan_staged_smem<T, Cb>(N), s, p, w);
+      launch(chunk_scan_staged_kernel<T, Cb, false>, paired, chunk_scan_staged_smem<T, Cb>(N), s, p, w);
     } else {
       launch(chunk_cb_kernel<T, float>, cb_grid, cb_smem, s, p, w);
       if (exact_enabled())

@@ -70,8 +70,7 @@ __device__ __forceinline__ void store_state(float* states, const float (&acc)[16
 }
 
 // kFull: N rounds up to 128 (all eight n-tile pairs, fixed at compile time: no per-pair predicates).
-// kRows: issue_rows' copies of the x tiles (session 7; SSM_SSD_FWD_ISSUE_ROWS=0: issue_tile's).
-template <typename T, bool kFull, bool kRows>
+template <typename T, bool kFull>
 __global__ void __launch_bounds__(kThreads) chunk_state_heads_kernel(SsdParams p, Layout w) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Np = (N + 15) / 16 * 16, ldb = Np + 8;
@@ -92,12 +91,12 @@ __global__ void __launch_bounds__(kThreads) chunk_state_heads_kernel(SsdParams p
   const T* bsrc = ptr<T>(p.B) + b * p.B.stride[0] + g * p.B.stride[2] + c0 * br;
   auto issue_x = [&](int f) {  // x tile f into buffer f % kXStages
     const int hi = f / nk, kt = f % nk;
-    issue_rows<T, kTile, kRows>(reinterpret_cast<T*>(xbase + (f % kXStages) * xb), kLd,
-                                xrow + (h0 + hi) * p.x.stride[2] + kt * kTile * xr, xr, p.x.stride[3],
-                                nvalid - kt * kTile, P - p0);
+    issue_rows<T, kTile>(reinterpret_cast<T*>(xbase + (f % kXStages) * xb), kLd,
+                         xrow + (h0 + hi) * p.x.stride[2] + kt * kTile * xr, xr, p.x.stride[3], nvalid - kt * kTile,
+                         P - p0);
   };
   for (int kt = 0; kt < nk; ++kt)
-    issue_tile<T>(bs + kt * kTile * ldb, ldb, Np, bsrc + kt * kTile * br, br, p.B.stride[3], nvalid - kt * kTile, N);
+    issue_rows_n<T>(bs + kt * kTile * ldb, ldb, Np, bsrc + kt * kTile * br, br, p.B.stride[3], nvalid - kt * kTile, N);
 #pragma unroll
   for (int f = 0; f < kXStages - 1; ++f) {  // one group each; the first also holds B
     if (f < nt) issue_x(f);
@@ -145,13 +144,10 @@ void launch_chunk_state(const SsdParams& p, const Layout& w, cudaStream_t s) {
       const int64_t hg = p.nheads / p.ngroups, quads = (hg + kStateHeads - 1) / kStateHeads;
       const dim3 hgrid(unsigned(w.nchunks * ptiles), unsigned(p.ngroups * quads), unsigned(p.batch));
       const size_t smem = chunk_state_heads_smem<T>(int(p.chunk), int(p.dstate));
-      const bool full = (p.dstate + 15) / 16 == 8;
-      if (issue_rows_enabled())
-        launch(full ? chunk_state_heads_kernel<T, true, true> : chunk_state_heads_kernel<T, false, true>, hgrid, smem,
-               s, p, w);
+      if ((p.dstate + 15) / 16 == 8)
+        launch(chunk_state_heads_kernel<T, true>, hgrid, smem, s, p, w);
       else
-        launch(full ? chunk_state_heads_kernel<T, true, false> : chunk_state_heads_kernel<T, false, false>, hgrid,
-               smem, s, p, w);
+        launch(chunk_state_heads_kernel<T, false>, hgrid, smem, s, p, w);
       return;
     }
     launch(chunk_state_mma_kernel<T>, grid, chunk_state_mma_smem<T>(), s, p, w);  // N > 128

@@ -4,19 +4,17 @@
 // the 64-bit source address per copy, ~30% of the chunk output's instructions), else issue_tile itself.
 #pragma once
 #include "cuda/ssd_common.cuh"
-#include "cuda/ssd_mma.cuh"
 
 namespace ssm::cuda::ssd {
 
 // dst[i * ld + j] = src[i * rs + j * cs] for i < rows and j < cols, else 0, for 64 rows and kW columns (kW
 // elements a multiple of 16 bytes dividing kThreads 16-byte chunks); the caller commits / waits / syncs.
-// !kFast: issue_tile's copies (SSM_SSD_FWD_ISSUE_ROWS=0).
-template <typename T, int kW, bool kFast>
+template <typename T, int kW>
 __device__ __forceinline__ void issue_rows(T* dst, int ld, const T* src, int64_t rs, int64_t cs, int rows, int cols) {
   constexpr int kV = 16 / sizeof(T), kPer = kW / kV, kStep = kThreads / kPer;
   static_assert(kW % kV == 0 && kThreads % kPer == 0, "whole 16-byte chunks, whole rows per step");
   const bool vec = cs == 1 && rs % kV == 0 && cols % kV == 0 && (reinterpret_cast<uintptr_t>(src) & 15) == 0;
-  if (!kFast || !vec) {
+  if (!vec) {
     issue_tile<T>(dst, ld, kW, src, rs, cs, rows, cols);
     return;
   }
@@ -32,7 +30,16 @@ __device__ __forceinline__ void issue_rows(T* dst, int ld, const T* src, int64_t
   }
 }
 
-// issue_rows' copies in the forward kernels (SSM_SSD_FWD_ISSUE_ROWS=0: issue_tile's).
-inline bool issue_rows_enabled() { return ssd_switch("SSM_SSD_FWD_ISSUE_ROWS", true); }
+// The same for a tile `width` (Np) elements wide: issue_rows where width is 64 or 128, else issue_tile.
+template <typename T>
+__device__ __forceinline__ void issue_rows_n(T* dst, int ld, int width, const T* src, int64_t rs, int64_t cs, int rows,
+                                             int cols) {
+  if (width == 2 * kTile)
+    issue_rows<T, 2 * kTile>(dst, ld, src, rs, cs, rows, cols);
+  else if (width == kTile)
+    issue_rows<T, kTile>(dst, ld, src, rs, cs, rows, cols);
+  else
+    issue_tile<T>(dst, ld, width, src, rs, cs, rows, cols);
+}
 
 }  // namespace ssm::cuda::ssd
