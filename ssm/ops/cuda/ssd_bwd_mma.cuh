@@ -387,8 +387,8 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, La
   const TensorArg &X = p.x, &Bt = p.B, &dY = p.dout;
   const T* bsrc = ptr<T>(Bt) + b * Bt.stride[0] + g * Bt.stride[2] + (c0 + s0) * Bt.stride[1];
   const T* dyt = ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] + c0 * dY.stride[1] + p0 * dY.stride[3];
-  const T* dHout = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhout) +
-                   ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + int64_t(p0) * N;
+  const int64_t hoff = ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + int64_t(p0) * N;
+  const T* dHout = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhout) + hoff;
   issue_tile<T>(bs, ldn, Np, bsrc, Bt.stride[1], Bt.stride[3], nv - s0, N);
   issue_tile<T>(hb, ldn, Np, dHout, N, 1, P - p0, N);  // hb[p][n]
   chunk_tokens(p, w, v, b, h, c, tok);
@@ -403,6 +403,15 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, La
   float ost[8][4] = {};
   mma_nk_range<T>(ost, bs, hb, ldn, r0, Np, 0, 3);  // B_s dH_out^T
   __syncthreads();  // bs, hb read: they take the source tile's x and dY for the epilogue
+  if (v.dhlo) {  // + B_s dH_lo^T: dH_out not rounded
+    const T* dHlo = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhlo) + hoff;
+    issue_tile<T>(hb, ldn, Np, dHlo, N, 1, P - p0, N);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    mma_nk_range<T>(ost, bs, hb, ldn, r0, Np, 0, 3);
+    __syncthreads();
+  }
   const T* xsrc = ptr<T>(X) + b * X.stride[0] + h * X.stride[2] + (c0 + s0) * X.stride[1] + p0 * X.stride[3];
   issue_tile<T>(bs, kLd, kTile, xsrc, X.stride[1], X.stride[3], nv - s0, P - p0);
   issue_tile<T>(hb, kLd, kTile, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0, P - p0);
@@ -524,8 +533,9 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_db_mma_kernel(SsdParams
     if (h > h0) __syncthreads();  // the previous head's tiles and tokens are read
     const T* xsrc = ptr<T>(X) + b * X.stride[0] + h * X.stride[2] + (c0 + s0) * X.stride[1];
     const T* dyt = ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] + c0 * dY.stride[1];
-    const T* dHout = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhout) +
-                     ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + n0;
+    const int64_t hoff = ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + n0;
+    const T* dHout = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhout) + hoff;
+    const T* dHlo = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhlo) + hoff;
     issue_tile<T>(xs, ldp, Pp, xsrc, X.stride[1], X.stride[3], nv - s0, P);
     chunk_tokens(p, w, v, b, h, c, tok);
     issue_tile<T>(hb, kLd, kTile, dHout, N, 1, P, N - n0);  // hb[p][n], the first 64 rows of dH_out
@@ -538,9 +548,11 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_db_mma_kernel(SsdParams
     float dts[2];
     {  // the leaving state's part: diag(Δ e) X dH_out over 64-row pieces of dH_out
       float st[8][4] = {};
-      for (int p0 = 0; p0 < P; p0 += kTile) {
-        if (p0 > 0) {
-          issue_tile<T>(hb, kLd, kTile, dHout + int64_t(p0) * N, N, 1, P - p0, N - n0);
+      const int npc = (P + kTile - 1) / kTile;  // 64-row pieces of dH_out, then (split) of its residue
+      for (int pc = 0; pc < (v.dhlo ? 2 : 1) * npc; ++pc) {
+        const int p0 = pc % npc * kTile;
+        if (pc > 0) {
+          issue_tile<T>(hb, kLd, kTile, (pc < npc ? dHout : dHlo) + int64_t(p0) * N, N, 1, P - p0, N - n0);
           cp_async_commit();
           cp_async_wait<0>();
         } else {

@@ -66,6 +66,7 @@ __global__ void __launch_bounds__(kThreads) bwd_state_kernel(SsdParams p, Layout
   const float* rec = ws + w.record + (b * p.nheads + h) * nc * kRecord;
   float* slot = ws + v.dstate + b * nc * step + h * PN + e;
   T* slot_t = reinterpret_cast<T*>(ws + v.dhout) + b * nc * step + h * PN + e;
+  T* slot_lo = v.dhlo ? reinterpret_cast<T*>(ws + v.dhlo) + b * nc * step + h * PN + e : nullptr;
   float dH = has(p.dfinal) ? at4<float>(p.dfinal, b, h, pp, nn) : 0.f;
   constexpr int kAhead = 4;
   for (int64_t top = nc - 1; top >= 0; top -= kAhead) {
@@ -78,7 +79,9 @@ __global__ void __launch_bounds__(kThreads) bwd_state_kernel(SsdParams p, Layout
       if (c < 0) break;
       const float* r = rec + c * kRecord;
       slot[c * step] = dH;
-      slot_t[c * step] = from_float<T>(dH);
+      const T hi = from_float<T>(dH);
+      slot_t[c * step] = hi;
+      if (slot_lo) slot_lo[c * step] = from_float<T>(dH - to_float(hi));  // the rounding residue
       const float dH_in = dS[u] + (__float_as_int(r[kHasReset]) ? 0.f : r[kDecayAll] * dH);
       if (c == 0) {
         if (has(p.dinitial))
