@@ -258,7 +258,9 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_dc_mma_kernel(SsdParams
     if (h > h0) __syncthreads();  // the previous head's tiles and tokens are read
     const T* dyq = ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] + (c0 + t0) * dY.stride[1];
     const T* xk = ptr<T>(X) + b * X.stride[0] + h * X.stride[2] + c0 * X.stride[1];
-    const T* hin = reinterpret_cast<const T*>(ws + w.hin) + ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + n0;
+    const int64_t hoff = ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + n0;
+    const T* hin = reinterpret_cast<const T*>(ws + w.hin) + hoff;
+    const T* hinlo = reinterpret_cast<const T*>(ws + v.hinlo) + hoff;
     issue_tile<T>(dys, ldp, Pp, dyq, dY.stride[1], dY.stride[3], nv - t0, P);
     issue_tile<T>(bb1, kLd, kTile, cq, Ct.stride[1], Ct.stride[3], nv - t0, N - n0);  // C_t slice (for Y)
     chunk_tokens(p, w, v, b, h, c, tok);
@@ -270,9 +272,11 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_dc_mma_kernel(SsdParams
     cp_async_commit();
     {  // the entering state's part: diag(e0) dY H_in over 64-row pieces of H_in
       float st[8][4] = {};
-      for (int p0 = 0; p0 < P; p0 += kTile) {
-        if (p0 > 0) {
-          issue_tile<T>(hb, kLd, kTile, hin + int64_t(p0) * N, N, 1, P - p0, N - n0);
+      const int npc = (P + kTile - 1) / kTile;  // 64-row pieces of H_in, then (split) of its residue
+      for (int pc = 0; pc < (v.hinlo ? 2 : 1) * npc; ++pc) {
+        const int p0 = pc % npc * kTile;
+        if (pc > 0) {
+          issue_tile<T>(hb, kLd, kTile, (pc < npc ? hin : hinlo) + int64_t(p0) * N, N, 1, P - p0, N - n0);
           cp_async_commit();
           cp_async_wait<0>();
         } else {

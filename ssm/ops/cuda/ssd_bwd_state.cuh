@@ -67,6 +67,10 @@ __global__ void __launch_bounds__(kThreads) bwd_state_kernel(SsdParams p, Layout
   float* slot = ws + v.dstate + b * nc * step + h * PN + e;
   T* slot_t = reinterpret_cast<T*>(ws + v.dhout) + b * nc * step + h * PN + e;
   T* slot_lo = v.dhlo ? reinterpret_cast<T*>(ws + v.dhlo) + b * nc * step + h * PN + e : nullptr;
+  // split: H_in's residue from the float32 H_in the state pass kept
+  const float* hin32 = ws + w.states + b * nc * step + h * PN + e;
+  const T* hin = reinterpret_cast<const T*>(ws + w.hin) + b * nc * step + h * PN + e;
+  T* hin_lo = v.hinlo ? reinterpret_cast<T*>(ws + v.hinlo) + b * nc * step + h * PN + e : nullptr;
   float dH = has(p.dfinal) ? at4<float>(p.dfinal, b, h, pp, nn) : 0.f;
   constexpr int kAhead = 4;
   for (int64_t top = nc - 1; top >= 0; top -= kAhead) {
@@ -82,6 +86,7 @@ __global__ void __launch_bounds__(kThreads) bwd_state_kernel(SsdParams p, Layout
       const T hi = from_float<T>(dH);
       slot_t[c * step] = hi;
       if (slot_lo) slot_lo[c * step] = from_float<T>(dH - to_float(hi));  // the rounding residue
+      if (hin_lo) hin_lo[c * step] = from_float<T>(hin32[c * step] - to_float(hin[c * step]));
       const float dH_in = dS[u] + (__float_as_int(r[kHasReset]) ? 0.f : r[kDecayAll] * dH);
       if (c == 0) {
         if (has(p.dinitial))
