@@ -82,7 +82,7 @@ __global__ void __launch_bounds__(kThreads) bwd_state_kernel(SsdParams p, Layout
       const int64_t c = top - u;
       if (c < 0) break;
       const float* r = rec + c * kRecord;
-      slot[c * step] = dH;
+      if (!slot_lo) slot[c * step] = dH;  // split: finalize reads dH_out as hi + lo
       const T hi = from_float<T>(dH);
       slot_t[c * step] = hi;
       if (slot_lo) slot_lo[c * step] = from_float<T>(dH - to_float(hi));  // the rounding residue
