@@ -166,8 +166,6 @@ def case(B, L, env):
     import ssm.ops._kernels as kernels
     from bench_cuda import time_ms
     from bench_ssd_cuda import fwd_bwd_fn, inputs
-    for k in ("SSM_SSD_BWD_SPLIT", "SSM_SSD_BWD_DSTATE2"):
-        os.environ.pop(k, None)
     os.environ.update(env)
     fb = fwd_bwd_fn(inputs(B, L))
     table = kernel_table(fb)
@@ -187,7 +185,6 @@ def main():
     print(res["device"], f"tests done at {time.time() - START:.1f} s", flush=True)
     parts = [("rows", lambda e=e, b=b: case(b[0], b[1], e)) for b in ((8, 2048), (1, 8192))
              for e in ({"SSM_SSD_BWD_SPLIT": "1"}, {"SSM_SSD_BWD_SPLIT": "0"})]
-    parts.insert(2, ("rows", lambda: case(8, 2048, {"SSM_SSD_BWD_SPLIT": "1", "SSM_SSD_BWD_DSTATE2": "0"})))
     parts += [("l1", lambda: seeds_l1(0.4 * (budget - (time.time() - START)))),
               ("split", lambda: seeds_split(budget - 1 - (time.time() - START)))]
     for name, part in parts:

@@ -366,7 +366,7 @@ size_t bwd_dx_mma_smem(int N) {
 }
 
 // Per (source tile j, 64-wide P slice, head): o, dx, the x·o and X_s partials, the dD share.
-template <typename T>
+template <typename T, bool kSplit>
 __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), nq = Q / kTile, Np = round16(N), ldn = Np + 8;
@@ -407,7 +407,7 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, La
   float ost[8][4] = {};
   mma_nk_range<T>(ost, bs, hb, ldn, r0, Np, 0, 3);  // B_s dH_out^T
   __syncthreads();  // bs, hb read: they take the source tile's x and dY for the epilogue
-  if (v.dhlo) {  // + B_s dH_lo^T: dH_out not rounded
+  if (kSplit) {  // + B_s dH_lo^T: dH_out not rounded
     const T* dHlo = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhlo) + hoff;
     issue_tile<T>(hb, ldn, Np, dHlo, N, 1, P - p0, N);
     cp_async_commit();
@@ -616,9 +616,55 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_db_mma_kernel(SsdParams
   }
 }
 
-// Stores one 64 x 64 tile of dS_c (acc as state_tile_mma leaves it) at (p0, n0) of the P x N row-major dst.
-__device__ __forceinline__ void store_state_tile(float* dst, const float (&acc)[8][4], int p0, int n0, int P, int N) {
-  const int r0 = int(threadIdx.x >> 5) * 16, g8 = int(threadIdx.x & 31) >> 2, c2 = 2 * int(threadIdx.x & 3);
+// Step 1 on register fragments: per (chunk, head, 64 x 64 tile of P x N) dS_c = dY^T diag(e0) C over the
+// chunk's tokens, e0_t = exp(cs_t) on the first run (the forward's chunk-state product with dY, C, e0).
+template <typename T>
+__global__ void __launch_bounds__(kThreads) bwd_dstate_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  MmaSmem sm{smem};
+  ChunkTokens& tok = *sm.take<ChunkTokens>(1);
+  float* wt = sm.take<float>(kMaxChunk);
+  T* ys0 = sm.take<T>(kTile * kLd);
+  T* ys1 = sm.take<T>(kTile * kLd);
+  T* cs0 = sm.take<T>(kTile * kLd);
+  T* cs1 = sm.take<T>(kTile * kLd);
+  const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk);
+  const int ntn = (N + kTile - 1) / kTile, ntiles = (P + kTile - 1) / kTile * ntn;
+  const int64_t c = blockIdx.x / ntiles, b = blockIdx.z, c0 = c * Q;
+  const int tile = int(blockIdx.x % ntiles), p0 = tile / ntn * kTile, n0 = tile % ntn * kTile;
+  const int h = blockIdx.y, g = h / int(p.nheads / p.ngroups);
+  const int nv = int(min(int64_t(Q), p.seqlen - c0)), nk = (nv + kTile - 1) / kTile;
+  const TensorArg &dY = p.dout, &Ct = p.C;
+  const int64_t yr = dY.stride[1], cr = Ct.stride[1];
+  const T* ysrc = ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] + p0 * dY.stride[3] + c0 * yr;
+  const T* csrc = ptr<T>(Ct) + b * Ct.stride[0] + g * Ct.stride[2] + n0 * Ct.stride[3] + c0 * cr;
+  issue_tile<T>(ys0, kLd, kTile, ysrc, yr, dY.stride[3], nv, P - p0);
+  issue_tile<T>(cs0, kLd, kTile, csrc, cr, Ct.stride[3], nv, N - n0);
+  cp_async_commit();
+  load_chunk(p, b, h, c0, Q, tok);
+  for (int k = threadIdx.x; k < kMaxChunk; k += kThreads)
+    wt[k] = k < nv && tok.run[k] == 0 ? __expf(tok.cs[k]) : 0.f;
+  if (tile == 0) {  // the token data for the tile kernels
+    float* dst = ptr<float>(p.workspace) + v.tok + ((b * p.nheads + h) * w.nchunks + c) * 3 * kMaxChunk;
+    for (int k = threadIdx.x; k < kMaxChunk; k += kThreads)
+      dst[k] = tok.dt[k], dst[kMaxChunk + k] = tok.cs[k], dst[2 * kMaxChunk + k] = __int_as_float(tok.run[k]);
+  }
+  const int r0 = int(threadIdx.x >> 5) * 16;
+  float acc[8][4] = {};
+  for (int kt = 0; kt < nk; ++kt) {
+    if (kt + 1 < nk) {
+      const int s1 = (kt + 1) * kTile;
+      issue_tile<T>(kt & 1 ? ys0 : ys1, kLd, kTile, ysrc + s1 * yr, yr, dY.stride[3], nv - s1, P - p0);
+      issue_tile<T>(kt & 1 ? cs0 : cs1, kLd, kTile, csrc + s1 * cr, cr, Ct.stride[3], nv - s1, N - n0);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    state_tile_mma<T>(acc, kt & 1 ? ys1 : ys0, kt & 1 ? cs1 : cs0, wt + kt * kTile, r0);
+    if (kt + 1 < nk) __syncthreads();
+  }
+  float* dst = ptr<float>(p.workspace) + v.dstate + ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N;
+  const int g8 = int(threadIdx.x & 31) >> 2, c2 = 2 * int(threadIdx.x & 3);
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {
     const int pp = p0 + r0 + g8 + 8 * hf;
@@ -632,77 +678,13 @@ __device__ __forceinline__ void store_state_tile(float* dst, const float (&acc)[
   }
 }
 
-// Step 1 on register fragments: per (chunk, head, 64 x 64 kNT tile of P x N: kNT 64-wide N tiles sharing the dY
-// tiles and the token data) dS_c = dY^T diag(e0) C over the chunk's tokens, e0_t = exp(cs_t) on the first run
-// (the forward's chunk-state product with dY, C, e0).
-template <typename T, int kNT>
-__global__ void __launch_bounds__(kThreads) bwd_dstate_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
-  extern __shared__ __align__(128) unsigned char smem[];
-  MmaSmem sm{smem};
-  ChunkTokens& tok = *sm.take<ChunkTokens>(1);
-  float* wt = sm.take<float>(kMaxChunk);
-  T* ys0 = sm.take<T>(kTile * kLd);  // double-buffered dY and C tiles (C: kNT N tiles, a then b)
-  T* ys1 = sm.take<T>(kTile * kLd);
-  T* ca0 = sm.take<T>(kTile * kLd);
-  T* ca1 = sm.take<T>(kTile * kLd);
-  T* cb0 = kNT == 2 ? sm.take<T>(kTile * kLd) : nullptr;
-  T* cb1 = kNT == 2 ? sm.take<T>(kTile * kLd) : nullptr;
-  const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk);
-  const int npair = (N + kNT * kTile - 1) / (kNT * kTile), ntiles = (P + kTile - 1) / kTile * npair;
-  const int64_t c = blockIdx.x / ntiles, b = blockIdx.z, c0 = c * Q;
-  const int tile = int(blockIdx.x % ntiles), p0 = tile / npair * kTile, n0 = tile % npair * kNT * kTile;
-  const bool two = kNT == 2 && n0 + kTile < N;  // the second N tile (n0 + 64..)
-  const int h = blockIdx.y, g = h / int(p.nheads / p.ngroups);
-  const int nv = int(min(int64_t(Q), p.seqlen - c0)), nk = (nv + kTile - 1) / kTile;
-  const TensorArg &dY = p.dout, &Ct = p.C;
-  const int64_t yr = dY.stride[1], cr = Ct.stride[1];
-  const T* ysrc = ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] + p0 * dY.stride[3] + c0 * yr;
-  const T* csrc = ptr<T>(Ct) + b * Ct.stride[0] + g * Ct.stride[2] + n0 * Ct.stride[3] + c0 * cr;
-  auto issue = [&](int kt) {  // token tile kt of dY and of C's one or two N tiles into buffer kt & 1
-    const int s1 = kt * kTile;
-    issue_tile<T>(kt & 1 ? ys1 : ys0, kLd, kTile, ysrc + s1 * yr, yr, dY.stride[3], nv - s1, P - p0);
-    issue_tile<T>(kt & 1 ? ca1 : ca0, kLd, kTile, csrc + s1 * cr, cr, Ct.stride[3], nv - s1, N - n0);
-    if (two)
-      issue_tile<T>(kt & 1 ? cb1 : cb0, kLd, kTile, csrc + s1 * cr + kTile * Ct.stride[3], cr, Ct.stride[3], nv - s1,
-                    N - n0 - kTile);
-  };
-  issue(0);
-  cp_async_commit();
-  load_chunk(p, b, h, c0, Q, tok);
-  for (int k = threadIdx.x; k < kMaxChunk; k += kThreads)
-    wt[k] = k < nv && tok.run[k] == 0 ? __expf(tok.cs[k]) : 0.f;
-  if (tile == 0) {  // the token data for the tile kernels
-    float* dst = ptr<float>(p.workspace) + v.tok + ((b * p.nheads + h) * w.nchunks + c) * 3 * kMaxChunk;
-    for (int k = threadIdx.x; k < kMaxChunk; k += kThreads)
-      dst[k] = tok.dt[k], dst[kMaxChunk + k] = tok.cs[k], dst[2 * kMaxChunk + k] = __int_as_float(tok.run[k]);
-  }
-  const int r0 = int(threadIdx.x >> 5) * 16;
-  float acc[kNT][8][4] = {};
-  for (int kt = 0; kt < nk; ++kt) {
-    if (kt + 1 < nk) issue(kt + 1);
-    cp_async_commit();
-    cp_async_wait<1>();
-    __syncthreads();
-    const T* yk = kt & 1 ? ys1 : ys0;
-    state_tile_mma<T>(acc[0], yk, kt & 1 ? ca1 : ca0, wt + kt * kTile, r0);
-    if (two) state_tile_mma<T>(acc[kNT - 1], yk, kt & 1 ? cb1 : cb0, wt + kt * kTile, r0);
-    if (kt + 1 < nk) __syncthreads();
-  }
-  float* dst = ptr<float>(p.workspace) + v.dstate + ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N;
-  store_state_tile(dst, acc[0], p0, n0, P, N);
-  if (two) store_state_tile(dst, acc[kNT - 1], p0, n0 + kTile, P, N);
-}
-
-// SSM_SSD_BWD_DSTATE2=0: one 64-wide N tile per block (each block rebuilds the chunk's tokens and reads dY).
 template <typename T>
 void launch_bwd_dstate_mma(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s) {
-  const int nt = ssd_switch("SSM_SSD_BWD_DSTATE2", true) ? 2 : 1;
-  const int64_t tiles = ((p.headdim + kTile - 1) / kTile) * ((p.dstate + nt * kTile - 1) / (nt * kTile));
+  const int64_t tiles = ((p.headdim + kTile - 1) / kTile) * ((p.dstate + kTile - 1) / kTile);
   const size_t smem = align128(sizeof(ChunkTokens)) + align128(kMaxChunk * sizeof(float)) +
-                      (2 + 2 * nt) * align128(kTile * kLd * sizeof(T));
-  const dim3 grid(unsigned(w.nchunks * tiles), unsigned(p.nheads), unsigned(p.batch));
-  if (nt == 2) launch_bwd(bwd_dstate_mma_kernel<T, 2>, grid, smem, s, p, w, v);
-  else launch_bwd(bwd_dstate_mma_kernel<T, 1>, grid, smem, s, p, w, v);
+                      4 * align128(kTile * kLd * sizeof(T));
+  launch_bwd(bwd_dstate_mma_kernel<T>, dim3(unsigned(w.nchunks * tiles), unsigned(p.nheads), unsigned(p.batch)), smem,
+             s, p, w, v);
 }
 
 // Steps 3 and 4 on register fragments (half / bfloat16).
@@ -717,7 +699,9 @@ void launch_bwd_tiles_mma(const SsdParams& p, const Layout& w, const BwdLayout& 
     launch_bwd(bwd_dc_mma_kernel<T, 3>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
   else
     launch_bwd(bwd_dc_mma_kernel<T, 4>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
-  launch_bwd(bwd_dx_mma_kernel<T>, dim3(nc * nq * npt, H, unsigned(p.batch)), bwd_dx_mma_smem<T>(N), s, p, w, v);
+  const dim3 dx_grid(nc * nq * npt, H, unsigned(p.batch));
+  if (v.dhlo) launch_bwd(bwd_dx_mma_kernel<T, true>, dx_grid, bwd_dx_mma_smem<T>(N), s, p, w, v);
+  else launch_bwd(bwd_dx_mma_kernel<T, false>, dx_grid, bwd_dx_mma_smem<T>(N), s, p, w, v);
   if (bwd_tile_blocks(bwd_db_mma_smem<T>(P)) == 3)
     launch_bwd(bwd_db_mma_kernel<T, 3>, dim3(tiles), bwd_db_mma_smem<T>(P), s, p, w, v);
   else
