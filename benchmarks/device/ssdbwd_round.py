@@ -30,9 +30,11 @@ TESTS = [  # (name, files, -k)
      "kernel_backward or sums_kernel or (bitwise and kernel)"),
     ("ssd / ssd_split gradient rows", ["tests/ops/test_ssd_split.py", "tests/ops/test_ssd.py"], "gradients and cuda"),
 ]
+L1_SEED0 = 6000  # round 1 / 1b: 5000
+SPLIT_SEED0 = 9000  # round 1 / 1b: 7000 (seeds 7000..7299)
 L1_RUNS = [  # (name, (batch, L, H, P, G, N, chunk), SSM_SSD_BWD_SPLIT)
-    ("b1_l1_h2_g1 split", (1, 1, 2, 32, 1, 16, 64), "1"),
     ("b2_l1_h8_g2 split", (2, 1, 8, 32, 2, 16, 64), "1"),
+    ("b2_l1_h8_g2 nosplit", (2, 1, 8, 32, 2, 16, 64), "0"),
 ]
 
 
@@ -93,7 +95,7 @@ def seeds_l1(budget_s):
     while time.time() < stop and seed < 1000:
         for name, shape, env in L1_RUNS:
             os.environ["SSM_SSD_BWD_SPLIT"] = env
-            torch.manual_seed(5000 + seed)
+            torch.manual_seed(L1_SEED0 + seed)
             grads = cuda_backward_grads(torch.bfloat16, shape, True, True)
             for k, (got, want) in grads.items():
                 e = bias_grad_error(got, want, grads["dt"][1]) if k == "dt_bias" else rel_err(got, want)
@@ -112,7 +114,7 @@ def seeds_split(budget_s):
     from tests.ops.test_ssd_split import P, make_split, run, state_args
     ratios, stop, seed = {"split": {}, "nosplit": {}, "ref_over_f64": {}}, time.time() + budget_s, 0
     while time.time() < stop and seed < 300:
-        torch.manual_seed(7000 + seed)
+        torch.manual_seed(SPLIT_SEED0 + seed)
         inp = make_split(2, 21, 4, 2, 5, 3, "cuda", torch.bfloat16)
         inp.update(state_args(inp, 2, 21, 4, 5, "cuda"))
         H = inp["A"].shape[0]
