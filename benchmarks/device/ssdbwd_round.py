@@ -1,11 +1,15 @@
-"""Device round of the dedicated CUDA SSD backward (ssdbwd), in one process (a Python process with torch takes
-~10 s to start on the round machine): the GPU gradient tests of the backward kernels first (-x), then fwd+bwd
-at issue 6's shapes (bf16; D, dt_bias, softplus; chunk 256): profiler kernel sums and top kernels, eager event
-time, host time per call (no sync: what Python and the launches cost), the backward's last sums by one kernel
-vs torch ops (SSM_SSD_BWD_REDUCE), the host profile's top CPU ops at B1 L8192 (the eager gap), and the error
-distribution over seeds of the kernel's ddt_bias / ddt / dA (the whole-suite flake: ddt_bias 0.0498 > 0.04).
+"""Device round of the dedicated CUDA SSD backward (ssdbwd, session 7), in one process (a Python process with
+torch takes ~10 s to start on the round machine): the GPU gradient tests, then (NaN poisoning of kernel outputs
+switched back off, printed with each row) fwd+bwd timings at issue 6's shapes, then the seed drivers.
 
-    python benchmarks/device/ssdbwd_round.py OUT_DIR [SECONDS]   (stops starting new parts after SECONDS)
+    python benchmarks/device/ssdbwd_round.py OUT_DIR SECONDS   (stops starting new parts after SECONDS)
+
+Seed drivers (the two bf16 flakes), each seed run with dH_out entering the dx / db state products as hi + lo
+(SSM_SSD_BWD_SPLIT=1, the default) and rounded once (=0), on the same inputs:
+- l1: test_ssd_cuda's kernel backward bf16 gate-seq_idx b1 L1 H2 P32 G1 N16 c64: each gradient's error over the
+  test's bound (2 x REL_TOL; d dt_bias by bias_grad_error), max / p99 / count over 1.
+- split: test_ssd_split's bf16 gradient case (CUDA fused path vs float64; bound 2 x the bf16 reference's
+  error + 2e-3): each gradient's err / bound, max and count over 1.
 """
 from __future__ import annotations
 
@@ -14,37 +18,38 @@ import os
 import sys
 import time
 
-import pytest
 import torch
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-from bench_cuda import kernel_ms, time_ms  # noqa: E402
-from bench_ssd_cuda import fwd_bwd_fn, inputs  # noqa: E402
-import ssm.ops as ops  # noqa: E402
 
 START = time.time()
 TESTS = [  # (name, files, -k)
     ("kernel grid + variants + sums + bitwise", ["tests/ops/test_ssd_cuda.py"],
-     "kernel_backward or (gradients_at_model_sizes and not f32) or sums_kernel or (bitwise and kernel)"),
+     "kernel_backward or sums_kernel or (bitwise and kernel)"),
     ("ssd / ssd_split gradient rows", ["tests/ops/test_ssd_split.py", "tests/ops/test_ssd.py"], "gradients and cuda"),
 ]
-VARIANTS = [(8, 2048, {"SSM_SSD_BWD_REDUCE": "0"}), (1, 8192, {"SSM_SSD_BWD_REDUCE": "0"})]  # (B, L, env)
-FLAKE_S = 6.0  # seconds of the ddt_bias seed driver
+L1_SEED0 = 6000  # round 1 / 1b: 5000
+SPLIT_SEED0 = 9000  # round 1 / 1b: 7000 (seeds 7000..7299)
+L1_RUNS = [  # (name, (batch, L, H, P, G, N, chunk), SSM_SSD_BWD_SPLIT)
+    ("b2_l1_h8_g2 split", (2, 1, 8, 32, 2, 16, 64), "1"),
+    ("b2_l1_h8_g2 nosplit", (2, 1, 8, 32, 2, 16, 64), "0"),
+]
 
 
 class Count:
-    """Passed / failed counts and the first failure."""
+    """Passed / failed counts and the first failures."""
 
     def __init__(self):
         self.n = {"passed": 0, "failed": 0, "skipped": 0}
-        self.first = ""
+        self.first = []
 
     def pytest_runtest_logreport(self, report):
         if report.failed:
             self.n["failed"] += 1
-            self.first = self.first or f"{report.nodeid}: {str(report.longrepr).splitlines()[-1][:200]}"
+            if len(self.first) < 4:
+                self.first.append(f"{report.nodeid}: {str(report.longrepr).splitlines()[-1][:200]}")
         elif report.when == "call" and report.passed:
             self.n["passed"] += 1
         elif report.skipped and report.when == "setup":
@@ -52,13 +57,86 @@ class Count:
 
 
 def run_tests():
+    import pytest
     import ssm.ops._kernels as kernels
-    saved = kernels.POISON_OUTPUTS, kernels.PARALLEL_MIN_WORK
+    saved, out = kernels.POISON_OUTPUTS, {}
     for name, files, expr in TESTS:
         count = Count()
-        rc = pytest.main([*files, "-x", "-q", "-p", "no:cacheprovider", "-k", expr], plugins=[count])
+        rc = pytest.main([*files, "-q", "-p", "no:cacheprovider", "-k", expr], plugins=[count])
         print(f"TESTS {name}: rc={int(rc)} {count.n} {count.first}", file=sys.stderr, flush=True)
-    kernels.POISON_OUTPUTS, kernels.PARALLEL_MIN_WORK = saved  # tests/conftest.py poisons every output
+        out[name] = dict(rc=int(rc), **count.n, first=count.first)
+    kernels.POISON_OUTPUTS = saved  # tests/conftest.py poisons every output
+    return out
+
+
+def stats(ratios):
+    """{grad: median / p99 / max of err/bound, count over 1}."""
+    out = {}
+    for k, v in ratios.items():
+        v = sorted(v)
+        out[k] = dict(med=round(v[len(v) // 2], 3), p99=round(v[int(0.99 * (len(v) - 1))], 3), max=round(v[-1], 3),
+                      over=sum(x > 1 for x in v))
+    return out
+
+
+def show(name, n, res):
+    for mode, st in res.items():
+        print(f"-- {name} ({n} seeds) {mode}: " + ", ".join(
+            f"d{k} {s['med']}/{s['p99']}/{s['max']} x{s['over']}" for k, s in st.items()), flush=True)
+
+
+def seeds_l1(budget_s):
+    """The L = 1 kernel-test flake: per gradient err / bound over seeds, per (shape, split) of L1_RUNS."""
+    from tests.ops.harness import REL_TOL, rel_err
+    from tests.ops.test_ssd_cuda import bias_grad_error, cuda_backward_grads
+    os.environ.update(SSM_SSD_COMPOSED_BWD="1", SSM_SSD_BWD_KERNEL="1")
+    tol = 2.0 * REL_TOL[torch.bfloat16]
+    ratios, stop, seed = {name: {} for name, _, _ in L1_RUNS}, time.time() + budget_s, 0
+    while time.time() < stop and seed < 1000:
+        for name, shape, env in L1_RUNS:
+            os.environ["SSM_SSD_BWD_SPLIT"] = env
+            torch.manual_seed(L1_SEED0 + seed)
+            grads = cuda_backward_grads(torch.bfloat16, shape, True, True)
+            for k, (got, want) in grads.items():
+                e = bias_grad_error(got, want, grads["dt"][1]) if k == "dt_bias" else rel_err(got, want)
+                ratios[name].setdefault(k, []).append(e / tol)
+        seed += 1
+    os.environ["SSM_SSD_BWD_SPLIT"] = "1"
+    res = {m: stats(r) for m, r in ratios.items() if r}
+    show("l1 bf16 gate seq_idx (med/p99/max of err/bound, x = over)", seed, res)
+    return dict(seeds=seed, runs=[(n, s, e) for n, s, e in L1_RUNS], **res)
+
+
+def seeds_split(budget_s):
+    """test_ssd_split's bf16 gradient case: per gradient err / bound (2 x the bf16 reference's + 2e-3)."""
+    import ssm.ops as ops
+    from tests.ops.harness import rel_err
+    from tests.ops.test_ssd_split import P, make_split, run, state_args
+    ratios, stop, seed = {"split": {}, "nosplit": {}, "ref_over_f64": {}}, time.time() + budget_s, 0
+    while time.time() < stop and seed < 300:
+        torch.manual_seed(SPLIT_SEED0 + seed)
+        inp = make_split(2, 21, 4, 2, 5, 3, "cuda", torch.bfloat16)
+        inp.update(state_args(inp, 2, 21, 4, 5, "cuda"))
+        H = inp["A"].shape[0]
+        dout = torch.randn(2, 21, inp["outproj_weight"].shape[0], device="cuda")
+        dfinal = torch.randn(2, H, P, 5, device="cuda")
+        kw = dict(headdim=P, ngroups=2, norm_before_gate=bool(seed % 2), return_final_states=True)
+        f, ref = ops.mamba_split_conv1d_scan_combined, ops.mamba_split_conv1d_scan_ref
+        want = run(ref, inp, lambda v: v.detach().double(), "reference", dout, dfinal, **kw)[2]
+        lowp = run(ref, inp, lambda v: v.detach().clone(), "reference", dout, dfinal, **kw)[2]
+        for mode, env in (("split", "1"), ("nosplit", "0")):
+            os.environ["SSM_SSD_BWD_SPLIT"] = env
+            got = run(f, inp, lambda v: v.detach().clone(), "cuda", dout, dfinal, **kw)[2]
+            for k in want:
+                e, lo = rel_err(got[k], want[k]), rel_err(lowp[k], want[k])
+                ratios[mode].setdefault(k, []).append(e / (2 * lo + 2e-3))
+                if mode == "split":
+                    ratios["ref_over_f64"].setdefault(k, []).append(lo)
+        seed += 1
+    os.environ["SSM_SSD_BWD_SPLIT"] = "1"
+    res = {m: stats(r) for m, r in ratios.items() if r}
+    show("split bf16 b2 L21 H4 G2 N5 (med/p99/max of err/bound; ref_over_f64: the bf16 reference's error)", seed, res)
+    return dict(seeds=seed, **res)
 
 
 def kernel_table(fn, iters=3):
@@ -86,18 +164,15 @@ def host_ms(fn, reps=10):
     return host
 
 
-def case(B, L, env=None):
-    from ssm.ops import ssd
-    os.environ.update(env or {})
-    ssd._BWD_REDUCE = os.environ.get("SSM_SSD_BWD_REDUCE", "1") != "0"  # read at import
+def case(B, L, env):
+    import ssm.ops._kernels as kernels
+    from bench_cuda import time_ms
+    from bench_ssd_cuda import fwd_bwd_fn, inputs
+    os.environ.update(env)
     fb = fwd_bwd_fn(inputs(B, L))
     table = kernel_table(fb)
-    row = dict(case=f"B{B} L{L}", env=env or {}, kernels_ms=sum(table.values()) / 1e3,
-               eager_ms=time_ms(fb, reps=10), host_ms=host_ms(fb), top_us={k: round(v, 1) for k, v in
-                                                                             list(table.items())[:10]})
-    for k in env or {}:
-        del os.environ[k]
-    ssd._BWD_REDUCE = True
+    row = dict(case=f"B{B} L{L}", env=env, poison=kernels.POISON_OUTPUTS, kernels_ms=sum(table.values()) / 1e3, eager_ms=time_ms(fb, reps=10),
+               host_ms=host_ms(fb), top_us={k: round(v, 1) for k, v in list(table.items())[:10]})
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items() if k != "top_us"}),
           flush=True)
     for k, v in list(table.items())[:9]:
@@ -105,121 +180,28 @@ def case(B, L, env=None):
     return row
 
 
-def cpu_ops(B, L, n=14):
-    """The host profile of fwd+bwd (4 calls): top CPU ops by self time (us per call)."""
-    fb = fwd_bwd_fn(inputs(B, L))
-    fb()
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        for _ in range(4):
-            fb()
-        torch.cuda.synchronize()
-    rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:n]
-    out = [dict(op=e.key[:60], us=round(e.self_cpu_time_total / 4, 1), count=e.count // 4) for e in rows]
-    print(f"-- host ops B{B} L{L} (self CPU us): " +
-          ", ".join(f"{r['op']} {r['us']:.0f} x{r['count']}" for r in out), flush=True)
-    return out
-
-
-def trace(B, L, out_dir):
-    """A host + device timeline (chrome trace JSON) of two fwd+bwd calls: where the GPU waits for the host."""
-    fb = fwd_bwd_fn(inputs(B, L))
-    fb()
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
-                                            torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(2):
-            fb()
-        torch.cuda.synchronize()
-    path = os.path.join(out_dir, f"trace_b{B}_l{L}.json")
-    prof.export_chrome_trace(path)
-    print(f"-- trace B{B} L{L}: {path}", flush=True)
-    return path
-
-
-def flake_ddt(budget_s):
-    """The whole-suite flake (test_ssd_cuda kernel backward bf16 gate-seq_idx: ddt_bias 0.0498 > 0.04): the kernel's
-    gradient errors against float64 over seeds (the test's inputs), gate on / off; the bf16 reference's own
-    ddt_bias / dA error is ~1e-7 (CPU, 30 seeds: it sums in float32 from the same bf16 inputs)."""
-    from tests.ops.test_ssd_cuda import bias_grad_error, cuda_backward_grads
-    from tests.ops.test_ssd import make_inputs
-    from tests.ops.harness import rel_err
-    os.environ.update(SSM_SSD_COMPOSED_BWD="1", SSM_SSD_BWD_KERNEL="1")
-    # (shape, gate, dtype); round 1 also ran float16 (errors 8x smaller: operand rounding) and gate off
-    cases = [((2, 300, 4, 64, 2, 64, 128), True, torch.bfloat16),
-             ((2, 3 * 256 + 37, 4, 32, 4, 128, 256), True, torch.bfloat16)]
-    out, t_end = {}, time.time() + budget_s
-    for k, (shape, gate, dtype) in enumerate(cases):
-        errs, stop = [], time.time() + (t_end - time.time()) / (len(cases) - k)
-        seed = 0
-        while time.time() < stop and seed < 200:
-            torch.manual_seed(1000 + seed)
-            grads = cuda_backward_grads(dtype, shape, True, gate)
-            e = {n: rel_err(g, w) for n, (g, w) in grads.items()}
-            # tokens whose Δ lies within 1e-5 of a dt_limit bound (0.05, 0.9): there the float32 kernel's clamp mask
-            # and the float64 reference's may differ (a kink, not a precision loss)
-            torch.manual_seed(1000 + seed)
-            args = make_inputs(*shape[:6], dtype, "cuda", D="full", z=gate, bias=True, init=True, seq=True)
-            sp = torch.nn.functional.softplus(args["dt"].double() + args["dt_bias"].double())
-            e["near"] = int(((sp - 0.9).abs() < 1e-5).sum() + ((sp - 0.05).abs() < 1e-5).sum())
-            seed += 1
-            # the sum's conditioning: |Σ_t |ddt_t|| / |Σ_t ddt_t| per head (1 without cancellation)
-            want = grads["dt"][1].double()
-            e["kappa"] = max((want.abs().sum((0, 1)).norm() / want.sum((0, 1)).norm().clamp_min(1e-300)).item(), 1e-30)
-            e["bias_rss"] = bias_grad_error(*grads["dt_bias"], grads["dt"][1])  # what the tests now bound
-            errs.append(e)
-        if not errs:
-            continue
-        row = {}
-        for n in ("dt", "dt_bias", "bias_rss", "A", "D", "X"):
-            v = sorted(e[n] for e in errs)
-            row[n] = dict(median=v[len(v) // 2], p90=v[int(0.9 * len(v))], max=v[-1], over=sum(x > 0.04 for x in v))
-        ratio = sorted(e["dt_bias"] / max(e["dt"], 1e-30) for e in errs)
-        kappa = sorted(e["kappa"] for e in errs)
-        scaled = sorted(e["dt_bias"] / e["kappa"] for e in errs)  # the error against the summands' size
-        row["seeds"], row["bias_over_ddt_median"] = len(errs), ratio[len(ratio) // 2]
-        row["kappa_median"], row["kappa_max"], row["bias_over_kappa_max"] = kappa[len(kappa) // 2], kappa[-1], scaled[-1]
-        row["worst"] = max(errs, key=lambda e: e["dt_bias"])
-        clean = sorted(e["dt_bias"] for e in errs if e["near"] == 0)
-        row["near_seeds"], row["bias_max_without_near"] = sum(e["near"] > 0 for e in errs), clean[-1] if clean else 0.0
-        key = f"b{shape[0]}_l{shape[1]}_n{shape[5]}_c{shape[6]}_{'gate' if gate else 'nogate'}_{str(dtype)[6:]}"
-        out[key] = row
-        print(f"-- flake {key} ({len(errs)} seeds): " + ", ".join(
-            f"d{n} med {r['median']:.2e} p90 {r['p90']:.2e} max {r['max']:.2e} >0.04 x{r['over']}"
-            for n, r in row.items() if isinstance(r, dict) and n != "worst") +
-            f"; ddt_bias/ddt median {row['bias_over_ddt_median']:.2f}; kappa median {row['kappa_median']:.2f} max "
-            f"{row['kappa_max']:.2f}; max ddt_bias/kappa {row['bias_over_kappa_max']:.2e}; seeds with a token near a bound "
-            f"{row['near_seeds']}, ddt_bias max without {row['bias_max_without_near']:.2e}; worst seed " +
-            " ".join(f"{k} {v:.2e}" for k, v in row["worst"].items()),
-            flush=True)
-    return out
-
-
 def main():
-    """Tests, then (budget permitting, in this order) the default timings, a trace, the flake's seeds (FLAKE_S
-    seconds), the variants, the host profile; time.json rewritten after each part."""
-    out_dir, budget = sys.argv[1], float(sys.argv[2]) if len(sys.argv) > 2 else 1e9
+    out_dir, budget = sys.argv[1], float(sys.argv[2])
     os.makedirs(out_dir, exist_ok=True)
-    run_tests()
-    print(torch.cuda.get_device_name(), f"tests done at {time.time() - START:.1f} s", flush=True)
-    res = dict(device=torch.cuda.get_device_name(), rows=[])
-    parts = [("rows", lambda: case(8, 2048)), ("rows", lambda: case(1, 8192)), ("rows", lambda: case(*VARIANTS[0])),
-             ("trace_b1", lambda: trace(1, 8192, out_dir)),
-             ("flake_ddt", lambda: flake_ddt(min(FLAKE_S, budget - (time.time() - START)))),
-             ("trace_b8", lambda: trace(8, 2048, out_dir))]
-    parts += [("rows", lambda v=v: case(*v)) for v in VARIANTS[1:]] + [("host_ops_b1", lambda: cpu_ops(1, 8192))]
+    res = dict(device=torch.cuda.get_device_name(), tests=run_tests())
+    print(res["device"], f"tests done at {time.time() - START:.1f} s", flush=True)
+    parts = [("rows", lambda e=e, b=b: case(b[0], b[1], e)) for b in ((8, 2048), (1, 8192))
+             for e in ({"SSM_SSD_BWD_SPLIT": "1"}, {"SSM_SSD_BWD_SPLIT": "0"})]
+    parts += [("l1", lambda: seeds_l1(0.4 * (budget - (time.time() - START)))),
+              ("split", lambda: seeds_split(budget - 1 - (time.time() - START)))]
     for name, part in parts:
-        if time.time() - START > budget - 1:
+        if time.time() - START > budget - 2:
             print("time budget reached", flush=True)
             break
         try:
+            r = part()
             if name == "rows":
-                res["rows"].append(part())
+                res.setdefault("rows", []).append(r)
             else:
-                res[name] = part()
+                res[name] = r
         except Exception as e:  # a part's failure leaves the others
             print(f"-- {name} failed: {type(e).__name__}: {e}", flush=True)
-        with open(os.path.join(out_dir, "time.json"), "w") as f:
+        with open(os.path.join(out_dir, "round.json"), "w") as f:
             json.dump(res, f, indent=1)
 
 

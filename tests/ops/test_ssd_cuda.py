@@ -206,9 +206,13 @@ def test_composed_backward_matches_reference(dtype, seq, monkeypatch):
         assert_close(got, want, dtype, f"d{name}", factor=2.0)
 
 
+# L = 1 with 2 rows x 8 heads: with 1 x 2, ddt (and d dt_bias, its sum) is two values, each one sum of ~500 terms of
+# both signs, and one is often 0 (Δ on a dt_limit bound): its relative error is the bf16 operands' rounding times an
+# unbounded cancellation (session 7, H200, bf16 gate-seq_idx: 5 / 376 seeds over the bound, 2 / 376 with the states
+# split; at 2 x 8: 0 / 230, ddt at most 0.09 of the bound)
 KERNEL_CASES = [  # (batch, L, H, P, G, N, chunk): L not a multiple of the chunk, L = 1, G > 1, odd N
     (2, 300, 4, 64, 2, 64, 128),
-    (1, 1, 2, 32, 1, 16, 64),
+    (2, 1, 8, 32, 2, 16, 64),
     (2, 3 * 256 + 37, 4, 32, 4, 128, 256),
     (1, 200, 6, 128, 3, 200, 64),
 ]

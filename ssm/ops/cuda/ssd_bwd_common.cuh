@@ -23,6 +23,7 @@
 #include <cstring>
 
 #include "cuda/ssd_common.cuh"
+#include "cuda/ssd_mma.cuh"
 #include "cuda/ssd_tile.cuh"
 
 namespace ssm::cuda::ssd {
@@ -30,6 +31,9 @@ namespace ssm::cuda::ssd {
 // Backward workspace after the forward's (floats, each region at a multiple of 64):
 //   dstate[(((b * nchunks + c) * H + h) * P + p) * N + n]   dS_c, then dH_out(c) (float32)
 //   dhout [(((b * nchunks + c) * H + h) * P + p) * N + n]   dH_out(c) in the element type T
+//   dhlo  [same]                                             split (register kernels): dH_out(c) - dhout in T
+//   hinlo [same]                                             split: H_in(c) - hin in T (the state pass keeps
+//                                                            H_in(c) float32 in the forward layout's states)
 //   pairs [(((b * H + h) * nchunks + c) * nq + i) * Q + k]   decay-pair sums of target tile i
 //   ysum  [(((b * H + h) * nchunks + c) * ny + slice) * Q + k]  Y_t, partial per N slice
 //   xsum, xo [(((b * H + h) * nchunks + c) * nx + slice) * Q + k]  X_s, x_s·o_s, partial per P slice
@@ -43,7 +47,13 @@ struct BwdLayout {
   int64_t hsets = 0;       // dB / dC partial sums per batch row: one per head, or per set of a group's heads
   int64_t tok = 0;         // register kernels: each chunk's token data (Δ, cs, run; 3 x kMaxChunk floats per
                            // (b, h, chunk)) written by dstate and copied by the tile kernels
+  int64_t dhlo = 0, hinlo = 0;  // split: dH_out's and H_in's residues in T (0: the states rounded once)
 };
+
+// The states (float32) enter the tile kernels' state products as two element-type operands hi + lo, i.e. not
+// rounded (the float32 reference keeps them float32): dH_out in dx / db, H_in in dc, and finalize's pairs through
+// the chunk read H_in in float32. SSM_SSD_BWD_SPLIT=0 rounds them once.
+inline bool bwd_split_enabled() { return ssd_switch("SSM_SSD_BWD_SPLIT", true); }
 
 // Half / bfloat16 run steps 1, 3 and 4 on register fragments (ssd_bwd_mma.cuh); float32 keeps the FMA tiles
 // of ssd_bwd_chunk.cuh / ssd_bwd_state.cuh (tensor-core float32 would miss the float32 tolerance).
@@ -86,6 +96,11 @@ inline BwdLayout bwd_layout(const SsdParams& p, const Layout& w) {
   if (bwd_mma_enabled(p)) {
     v.tok = v.floats;
     v.floats = v.tok + round64(bhc * 3 * kMaxChunk);
+    if (bwd_split_enabled()) {
+      v.dhlo = v.floats;
+      v.hinlo = v.dhlo + round64((spn * 2 + 3) / 4);
+      v.floats = v.hinlo + round64((spn * 2 + 3) / 4);
+    }
   }
   return v;
 }

@@ -42,8 +42,13 @@ __global__ void __launch_bounds__(kThreads) bwd_finalize_kernel(SsdParams p, Lay
   if (tok.run[last] == 0) {
     const int64_t off = ((b * w.nchunks + c) * p.nheads + h) * PN;
     const T* hin = reinterpret_cast<const T*>(ws + w.hin) + off;
-    const float* dh = ws + v.dstate + off;
-    for (int64_t e = threadIdx.x; e < PN; e += kThreads) th += to_float(hin[e]) * dh[e];
+    const float *hin32 = ws + w.states + off, *dh = ws + v.dstate + off;
+    const T* dh_hi = reinterpret_cast<const T*>(ws + v.dhout) + off;
+    const T* dh_lo = reinterpret_cast<const T*>(ws + v.dhlo) + off;
+    if (v.hinlo)  // split: H_in kept in float32 by the state pass, dH_out as hi + lo
+      for (int64_t e = threadIdx.x; e < PN; e += kThreads) th += hin32[e] * (to_float(dh_hi[e]) + to_float(dh_lo[e]));
+    else
+      for (int64_t e = threadIdx.x; e < PN; e += kThreads) th += to_float(hin[e]) * dh[e];
   }
   const float through = block_sum(th, red) * __expf(tok.cs[last]);
   block_scan(ry, tok.ftot);

@@ -258,7 +258,9 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_dc_mma_kernel(SsdParams
     if (h > h0) __syncthreads();  // the previous head's tiles and tokens are read
     const T* dyq = ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] + (c0 + t0) * dY.stride[1];
     const T* xk = ptr<T>(X) + b * X.stride[0] + h * X.stride[2] + c0 * X.stride[1];
-    const T* hin = reinterpret_cast<const T*>(ws + w.hin) + ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + n0;
+    const int64_t hoff = ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + n0;
+    const T* hin = reinterpret_cast<const T*>(ws + w.hin) + hoff;
+    const T* hinlo = reinterpret_cast<const T*>(ws + v.hinlo) + hoff;
     issue_tile<T>(dys, ldp, Pp, dyq, dY.stride[1], dY.stride[3], nv - t0, P);
     issue_tile<T>(bb1, kLd, kTile, cq, Ct.stride[1], Ct.stride[3], nv - t0, N - n0);  // C_t slice (for Y)
     chunk_tokens(p, w, v, b, h, c, tok);
@@ -270,9 +272,11 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_dc_mma_kernel(SsdParams
     cp_async_commit();
     {  // the entering state's part: diag(e0) dY H_in over 64-row pieces of H_in
       float st[8][4] = {};
-      for (int p0 = 0; p0 < P; p0 += kTile) {
-        if (p0 > 0) {
-          issue_tile<T>(hb, kLd, kTile, hin + int64_t(p0) * N, N, 1, P - p0, N - n0);
+      const int npc = (P + kTile - 1) / kTile;  // 64-row pieces of H_in, then (split) of its residue
+      for (int pc = 0; pc < (v.hinlo ? 2 : 1) * npc; ++pc) {
+        const int p0 = pc % npc * kTile;
+        if (pc > 0) {
+          issue_tile<T>(hb, kLd, kTile, (pc < npc ? hin : hinlo) + int64_t(p0) * N, N, 1, P - p0, N - n0);
           cp_async_commit();
           cp_async_wait<0>();
         } else {
@@ -362,7 +366,7 @@ size_t bwd_dx_mma_smem(int N) {
 }
 
 // Per (source tile j, 64-wide P slice, head): o, dx, the x·o and X_s partials, the dD share.
-template <typename T>
+template <typename T, bool kSplit>
 __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), nq = Q / kTile, Np = round16(N), ldn = Np + 8;
@@ -387,8 +391,8 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, La
   const TensorArg &X = p.x, &Bt = p.B, &dY = p.dout;
   const T* bsrc = ptr<T>(Bt) + b * Bt.stride[0] + g * Bt.stride[2] + (c0 + s0) * Bt.stride[1];
   const T* dyt = ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] + c0 * dY.stride[1] + p0 * dY.stride[3];
-  const T* dHout = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhout) +
-                   ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + int64_t(p0) * N;
+  const int64_t hoff = ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + int64_t(p0) * N;
+  const T* dHout = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhout) + hoff;
   issue_tile<T>(bs, ldn, Np, bsrc, Bt.stride[1], Bt.stride[3], nv - s0, N);
   issue_tile<T>(hb, ldn, Np, dHout, N, 1, P - p0, N);  // hb[p][n]
   chunk_tokens(p, w, v, b, h, c, tok);
@@ -403,6 +407,15 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, La
   float ost[8][4] = {};
   mma_nk_range<T>(ost, bs, hb, ldn, r0, Np, 0, 3);  // B_s dH_out^T
   __syncthreads();  // bs, hb read: they take the source tile's x and dY for the epilogue
+  if (kSplit) {  // + B_s dH_lo^T: dH_out not rounded
+    const T* dHlo = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhlo) + hoff;
+    issue_tile<T>(hb, ldn, Np, dHlo, N, 1, P - p0, N);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    mma_nk_range<T>(ost, bs, hb, ldn, r0, Np, 0, 3);
+    __syncthreads();
+  }
   const T* xsrc = ptr<T>(X) + b * X.stride[0] + h * X.stride[2] + (c0 + s0) * X.stride[1] + p0 * X.stride[3];
   issue_tile<T>(bs, kLd, kTile, xsrc, X.stride[1], X.stride[3], nv - s0, P - p0);
   issue_tile<T>(hb, kLd, kTile, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0, P - p0);
@@ -524,8 +537,9 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_db_mma_kernel(SsdParams
     if (h > h0) __syncthreads();  // the previous head's tiles and tokens are read
     const T* xsrc = ptr<T>(X) + b * X.stride[0] + h * X.stride[2] + (c0 + s0) * X.stride[1];
     const T* dyt = ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] + c0 * dY.stride[1];
-    const T* dHout = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhout) +
-                     ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + n0;
+    const int64_t hoff = ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + n0;
+    const T* dHout = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhout) + hoff;
+    const T* dHlo = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhlo) + hoff;
     issue_tile<T>(xs, ldp, Pp, xsrc, X.stride[1], X.stride[3], nv - s0, P);
     chunk_tokens(p, w, v, b, h, c, tok);
     issue_tile<T>(hb, kLd, kTile, dHout, N, 1, P, N - n0);  // hb[p][n], the first 64 rows of dH_out
@@ -538,9 +552,11 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_db_mma_kernel(SsdParams
     float dts[2];
     {  // the leaving state's part: diag(Δ e) X dH_out over 64-row pieces of dH_out
       float st[8][4] = {};
-      for (int p0 = 0; p0 < P; p0 += kTile) {
-        if (p0 > 0) {
-          issue_tile<T>(hb, kLd, kTile, dHout + int64_t(p0) * N, N, 1, P - p0, N - n0);
+      const int npc = (P + kTile - 1) / kTile;  // 64-row pieces of dH_out, then (split) of its residue
+      for (int pc = 0; pc < (v.dhlo ? 2 : 1) * npc; ++pc) {
+        const int p0 = pc % npc * kTile;
+        if (pc > 0) {
+          issue_tile<T>(hb, kLd, kTile, (pc < npc ? dHout : dHlo) + int64_t(p0) * N, N, 1, P - p0, N - n0);
           cp_async_commit();
           cp_async_wait<0>();
         } else {
@@ -683,7 +699,9 @@ void launch_bwd_tiles_mma(const SsdParams& p, const Layout& w, const BwdLayout& 
     launch_bwd(bwd_dc_mma_kernel<T, 3>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
   else
     launch_bwd(bwd_dc_mma_kernel<T, 4>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
-  launch_bwd(bwd_dx_mma_kernel<T>, dim3(nc * nq * npt, H, unsigned(p.batch)), bwd_dx_mma_smem<T>(N), s, p, w, v);
+  const dim3 dx_grid(nc * nq * npt, H, unsigned(p.batch));
+  if (v.dhlo) launch_bwd(bwd_dx_mma_kernel<T, true>, dx_grid, bwd_dx_mma_smem<T>(N), s, p, w, v);
+  else launch_bwd(bwd_dx_mma_kernel<T, false>, dx_grid, bwd_dx_mma_smem<T>(N), s, p, w, v);
   if (bwd_tile_blocks(bwd_db_mma_smem<T>(P)) == 3)
     launch_bwd(bwd_db_mma_kernel<T, 3>, dim3(tiles), bwd_db_mma_smem<T>(P), s, p, w, v);
   else

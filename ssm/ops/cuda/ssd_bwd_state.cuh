@@ -56,7 +56,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dstate_kernel(SsdParams p, Layou
 
 // Reverse over chunks: the slot of dS_c receives dH_out(c) (also kept in T for the tensor-core
 // products); dinitial = dH_in(0). The chunks' dS_c are loaded a few at a time (in flight together).
-template <typename T>
+template <typename T, bool kSplit>
 __global__ void __launch_bounds__(kThreads) bwd_state_kernel(SsdParams p, Layout w, BwdLayout v) {
   const int64_t PN = p.headdim * p.dstate, e = int64_t(blockIdx.x) * kThreads + threadIdx.x;
   if (e >= PN) return;
@@ -66,6 +66,11 @@ __global__ void __launch_bounds__(kThreads) bwd_state_kernel(SsdParams p, Layout
   const float* rec = ws + w.record + (b * p.nheads + h) * nc * kRecord;
   float* slot = ws + v.dstate + b * nc * step + h * PN + e;
   T* slot_t = reinterpret_cast<T*>(ws + v.dhout) + b * nc * step + h * PN + e;
+  T* slot_lo = kSplit ? reinterpret_cast<T*>(ws + v.dhlo) + b * nc * step + h * PN + e : nullptr;
+  // split: H_in's residue from the float32 H_in the state pass kept
+  const float* hin32 = ws + w.states + b * nc * step + h * PN + e;
+  const T* hin = reinterpret_cast<const T*>(ws + w.hin) + b * nc * step + h * PN + e;
+  T* hin_lo = kSplit ? reinterpret_cast<T*>(ws + v.hinlo) + b * nc * step + h * PN + e : nullptr;
   float dH = has(p.dfinal) ? at4<float>(p.dfinal, b, h, pp, nn) : 0.f;
   constexpr int kAhead = 4;
   for (int64_t top = nc - 1; top >= 0; top -= kAhead) {
@@ -77,8 +82,11 @@ __global__ void __launch_bounds__(kThreads) bwd_state_kernel(SsdParams p, Layout
       const int64_t c = top - u;
       if (c < 0) break;
       const float* r = rec + c * kRecord;
-      slot[c * step] = dH;
-      slot_t[c * step] = from_float<T>(dH);
+      if (!kSplit) slot[c * step] = dH;  // split: finalize reads dH_out as hi + lo
+      const T hi = from_float<T>(dH);
+      slot_t[c * step] = hi;
+      if (kSplit) slot_lo[c * step] = from_float<T>(dH - to_float(hi));  // the rounding residue
+      if (kSplit) hin_lo[c * step] = from_float<T>(hin32[c * step] - to_float(hin[c * step]));
       const float dH_in = dS[u] + (__float_as_int(r[kHasReset]) ? 0.f : r[kDecayAll] * dH);
       if (c == 0) {
         if (has(p.dinitial))
@@ -105,7 +113,8 @@ template <typename T>
 void launch_bwd_state(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s) {
   const dim3 grid(ceil_div(p.headdim * p.dstate, kThreads), unsigned(p.nheads), unsigned(p.batch));
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
-  bwd_state_kernel<T><<<grid, kThreads, 0, s>>>(p, w, v);
+  if (v.dhlo) bwd_state_kernel<T, true><<<grid, kThreads, 0, s>>>(p, w, v);
+  else bwd_state_kernel<T, false><<<grid, kThreads, 0, s>>>(p, w, v);
 }
 
 }  // namespace ssm::cuda::ssd

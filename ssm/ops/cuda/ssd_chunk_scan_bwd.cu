@@ -33,7 +33,13 @@ void ssd_chunk_scan_bwd(const SsdParams& p, cudaStream_t stream) {
   if (p.batch * p.nheads * p.seqlen == 0) return;
   SSM_DTYPE_SWITCH(p.dtype, T, op, [&] {
     ssd::launch_chunk_state<T>(p, w, stream);
-    ssd::launch_state_passing<T>(p, w, stream);
+    if (v.hinlo) {  // the state pass keeps H_in in float32 in the states' place when varlen states are asked
+      SsdParams q = p;  // for; none are written (launch_varlen_states is not called): the pointer is a flag
+      q.varlen_states.data = p.workspace.data;
+      ssd::launch_state_passing<T>(q, w, stream);
+    } else {
+      ssd::launch_state_passing<T>(p, w, stream);
+    }
     ssd::launch_bwd_cb<T>(p, w, v, stream);
     if constexpr (std::is_same<T, float>::value) ssd::launch_bwd_dstate<T>(p, w, v, stream);
     else ssd::launch_bwd_dstate_mma<T>(p, w, v, stream);
