@@ -35,8 +35,9 @@ FORMS = {"general": {"SSM_STEP_LEAN": "0"}, "lean": {}, "m1_r2": {"SSM_STEP_M1":
          "coal": {"SSM_STEP_M1_FORM": "coal"}, "coal_r2": {"SSM_STEP_M1_FORM": "coal", "SSM_STEP_M1": "2"},
          "all": {"SSM_STEP_M1_FORM": "all"},
          "kp1": {"SSM_STEP_KP": "1"}, "kp4": {"SSM_STEP_KP": "4"}, "convold": {"SSM_CONV_UPDATE_ROW4": "0"},
-         "fold": {"fold": "1"}}
-ENV = ("SSM_STEP_LEAN", "SSM_STEP_M1", "SSM_STEP_WIDE", "SSM_STEP_M1_FORM", "SSM_STEP_KP", "SSM_CONV_UPDATE_ROW4")
+         "fold": {"fold": "1"}, "pair": {"SSM_STEP_M1_FORM": "pair"}, "pdl": {"SSM_STEP_PDL": "1"}}
+ENV = ("SSM_STEP_LEAN", "SSM_STEP_M1", "SSM_STEP_WIDE", "SSM_STEP_M1_FORM", "SSM_STEP_KP", "SSM_CONV_UPDATE_ROW4",
+       "SSM_STEP_PDL")
 START = time.time()
 DEADLINE = [1e9]
 
@@ -97,13 +98,32 @@ def with_env(env):
 
 
 def run_steps(copy_gbs, plan):
-    # plan: [(case, form)], in order
+    # plan: [(case, form)], in order; "m1proj": the dt_proj-folded Mamba-1 step (proj_state_step_case)
     for case, form in plan:
         if late(f"{case}:{form}"):
             continue
-        name, *shape, target = STEP_CASES[case]
         with with_env(FORMS[form]):
+            if case == "m1proj":
+                proj_state_step_case(f"proj state step Mamba-1 b64 D1536 rank 48 {form}", copy_gbs)
+                continue
+            name, *shape, target = STEP_CASES[case]
             bc.step_case(f"{name} {form}", *shape, copy_gbs, target, with_ref=False)
+
+
+def proj_state_step_case(name, copy_gbs, batch=64, D=1536, rank=48, N=16):
+    """Mamba-1's b64 decode step with dt_proj folded (mamba-130m's shape: the kernel Mamba1.step runs there) in a CUDA
+    graph over rotating states, like bench_cuda.step_case."""
+    dev, bf16 = torch.device("cuda"), torch.bfloat16
+    states = [torch.randn(batch, D, N, device=dev, dtype=bf16) for _ in range(64)]
+    x, z = (torch.randn(batch, D, device=dev, dtype=bf16) for _ in range(2))
+    x_dbl = torch.randn(batch, rank + 2 * N, device=dev, dtype=bf16)  # rows of rank + 2N, as Mamba1.step's x_proj output
+    dt_in, Bm, Cm = x_dbl[:, :rank], x_dbl[:, rank:rank + N], x_dbl[:, rank + N:]
+    w = torch.randn(D, rank, device=dev, dtype=bf16) * rank ** -0.5
+    A, Dp, bias = -torch.rand(D, N, device=dev), torch.randn(D, device=dev), torch.randn(D, device=dev)
+    fns = [lambda s=s: pss.proj_state_step(s, x, dt_in, w, A, Bm, Cm, Dp, z, bias, True) for s in states]
+    io = 2 * bc.nbytes(states[0]) + 2 * bc.nbytes(x) + bc.nbytes(z)
+    bc.record(name, f"batch {batch} D{D} N{N} rank {rank} bf16 state", bc.graph_time_ms(fns), io, copy_gbs,
+              note="CUDA graph, rotating buffers")
 
 
 def run_floors(copy_gbs):

@@ -1,5 +1,5 @@
-"""Runs the Mamba-1 b64 state step (D 5120, N 16, bf16) in each form once, then the Mamba-2 b1 step, for `ncu` to
-profile (benchmarks/device/step.sh). A diagnostic: it times nothing and writes nothing.
+"""Runs the Mamba-1 b64 state step (D 5120, N 16, bf16) in each form (SSM_STEP_M1_FORM: pair, coal, new, old, all)
+once, then the Mamba-2 b1 step, for `ncu` to profile (benchmarks/device/step.sh). A diagnostic: it times nothing and writes nothing.
 
     python3 benchmarks/device/step_ncu.py [forms: new,old]
 """

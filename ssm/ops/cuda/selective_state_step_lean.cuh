@@ -3,6 +3,7 @@
 // lean_kernel (wide Mamba-2 rows of small batches), mamba1_step_kernel (Mamba-1 rows, N = 16, several batch
 // rows a thread, dt_proj optional), mamba2_step_kernel (Mamba-2 head tiles of large batches).
 #pragma once
+#include "cuda/pdl.cuh"
 #include "cuda/ssd_mma.cuh"
 
 namespace ssm::cuda::step {
@@ -86,7 +87,7 @@ struct Raw8 {
 // KP packs of 8 state entries; batch row blockIdx.z. The state, B and C loads are issued first (one memory
 // round trip before the math), then x, z, dt; the state stored after the math, y last. softplus and silu by
 // MUFU approximations for 16-bit inputs.
-template <typename TS, typename T, int K, int KP>
+template <typename TS, typename T, int K, int KP, bool kPdl = false>
 __global__ void __launch_bounds__(kLeanThreads) lean_kernel(StateStepParams p) {
   constexpr float kLog2e = 1.4426950408889634f;
   const uint32_t hp = blockIdx.x * (kLeanThreads / K) + threadIdx.x / K, h = blockIdx.y;
@@ -103,14 +104,25 @@ __global__ void __launch_bounds__(kLeanThreads) lean_kernel(StateStepParams p) {
   Raw8<T> Bv[KP], Cv[KP];
   if (srow >= 0)
 #pragma unroll
-    for (int j = 0; j < KP; ++j) {
-      s[j].load(st + j * K * 8);
-      Bv[j].load_nc(ptr<T>(p.B) + b * p.B.stride[0] + g * p.B.stride[1] + lane * 8 + j * K * 8);
-      Cv[j].load_nc(ptr<T>(p.C) + b * p.C.stride[0] + g * p.C.stride[1] + lane * 8 + j * K * 8);
-    }
+    for (int j = 0; j < KP; ++j) s[j].load(st + j * K * 8);
   const float A2 = ptr<float>(p.A)[h * p.A.stride[0] + hp * p.A.stride[1]] * kLog2e;
   const float Dv = has(p.D) ? ptr<float>(p.D)[h * p.D.stride[0] + hp * p.D.stride[1]] : 0.f;
   const float bias = has(p.dt_bias) ? ptr<float>(p.dt_bias)[h * p.dt_bias.stride[0] + hp * p.dt_bias.stride[1]] : 0.f;
+  // kPdl (launched with programmatic dependent launch, no state_batch_indices): the loads above (the state and the
+  // weights A, D, dt_bias) are issued before the previous kernel of the stream has finished. The condition this
+  // relies on: the previous kernel writes none of them (the state's writer is an earlier kernel, as in the
+  // benchmark's steps over rotating states: never a step on the same state launched right before this one);
+  // nothing is written before the wait. x, dt, z, B, C (written by the previous kernel in a decode chain) after it.
+  if constexpr (kPdl) {
+    pdl_wait();
+    pdl_release();
+  }
+  if (srow >= 0)
+#pragma unroll
+    for (int j = 0; j < KP; ++j) {
+      Bv[j].load_nc(ptr<T>(p.B) + b * p.B.stride[0] + g * p.B.stride[1] + lane * 8 + j * K * 8);
+      Cv[j].load_nc(ptr<T>(p.C) + b * p.C.stride[0] + g * p.C.stride[1] + lane * 8 + j * K * 8);
+    }
   const float xv = to_float(ptr<T>(p.x)[b * p.x.stride[0] + h * p.x.stride[1] + hp * p.x.stride[2]]);
   const float zv = has(p.z) ? to_float(ptr<T>(p.z)[b * p.z.stride[0] + h * p.z.stride[1] + hp * p.z.stride[2]]) : 0.f;
   float dt = to_float(ptr<T>(p.dt)[b * p.dt.stride[0] + h * p.dt.stride[1] + hp * p.dt.stride[2]]) + bias;
@@ -333,6 +345,121 @@ __global__ void __launch_bounds__(kLeanThreads, R == 4 ? 5 : 1) mamba1_step_kern
     if (b0 + r < p.batch) ptr<T>(p.out)[(b0 + r) * p.out.stride[0] + h * p.out.stride[1]] = from_float<T>(y[r]);
 }
 
+// Two floats as one word of two 16-bit values (lo in the low half), rounded to nearest; and back.
+template <typename TS>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi);
+template <>
+__device__ __forceinline__ uint32_t pack2<bfloat16_t>(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+template <>
+__device__ __forceinline__ uint32_t pack2<half_t>(float lo, float hi) {
+  const __half2 v = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+template <typename TS>
+__device__ __forceinline__ float2 unpack2(uint32_t w);
+template <>
+__device__ __forceinline__ float2 unpack2<bfloat16_t>(uint32_t w) {
+  return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
+}
+template <>
+__device__ __forceinline__ float2 unpack2<half_t>(uint32_t w) {
+  return __half22float2(*reinterpret_cast<const __half2*>(&w));
+}
+
+// mamba1_pair_kernel's block (channels x batch rows, threads) and its blocks a SM (registers capped at 48)
+constexpr int kM1Ch = 64, kM1Rows = 4, kM1Threads = 256, kM1MinBlocks = 5;
+
+// One lane's pack of mamba1_pair_kernel: the 8 state entries s (16-bit pairs) of block channel c from entry 8 half,
+// updated in place with 2^(dl A) and dx B; returns their sum of s C. A row quads are stored at [c][q ^ (c / 2 % 2)].
+template <typename TS, typename T>
+__device__ __forceinline__ float pair_update(uint4& s, const float4 (*As)[4], uint32_t c, uint32_t half, float dl, float dx,
+                                             const uint4& Bw, const uint4& Cw) {
+  float A[8];
+  *reinterpret_cast<float4*>(A) = As[c][(2 * half) ^ (c / 2 % 2)];
+  *reinterpret_cast<float4*>(A + 4) = As[c][(2 * half + 1) ^ (c / 2 % 2)];
+  uint32_t w[4] = {s.x, s.y, s.z, s.w};
+  const uint32_t bw[4] = {Bw.x, Bw.y, Bw.z, Bw.w}, cw[4] = {Cw.x, Cw.y, Cw.z, Cw.w};
+  float y = 0.f;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    float2 v = unpack2<TS>(w[i]);
+    const float2 Bv = unpack2<T>(bw[i]), Cv = unpack2<T>(cw[i]);
+    v.x = v.x * ex2_approx(dl * A[2 * i]) + dx * Bv.x;
+    v.y = v.y * ex2_approx(dl * A[2 * i + 1]) + dx * Bv.y;
+    y += v.x * Cv.x + v.y * Cv.y;
+    w[i] = pack2<TS>(v.x, v.y);
+  }
+  s = make_uint4(w[0], w[1], w[2], w[3]);
+  return y;
+}
+
+// Mamba-1 rows without dt_proj (SSM_STEP_M1_FORM=pair; P = 1, A per entry, N = 16, 16-bit state and inputs, one
+// group): a block of kM1Ch channels x kM1Rows batch rows, warp w one batch row (w / 2) of 32 channels, no loop over
+// rows. Lane l owns state pack l % 2 (entries 8 (l % 2) .. + 8) of the warp's channels l / 2 and 16 + l / 2, so each
+// of the warp's two 16-byte state loads and stores covers 512 contiguous bytes (16 whole rows). The state packs and
+// the output channel's x, dt, z, D, dt_bias go to registers first; the block's A rows and B, C rows to shared memory
+// (cp.async, one barrier, which does not wait for the state). Lane l's output channel is l / 2 (even l) or
+// 16 + l / 2 (odd l): its softplus(dt) and dt x reach the partner lane by shuffles, and the two lanes' sums of a
+// channel's y meet by one shuffle. softplus and silu by MUFU approximations.
+template <typename TS, typename T>
+__global__ void __launch_bounds__(kM1Threads, kM1MinBlocks) mamba1_pair_kernel(StateStepParams p) {
+  constexpr float kLog2e = 1.4426950408889634f;
+  __shared__ float4 As[kM1Ch][4];       // A row of block channel c, quad q at [c][q ^ (c / 2 % 2)] (no bank conflict)
+  __shared__ uint4 bcs[kM1Rows][2][2];  // [row][B, C][pack]: the 16-bit entries as loaded
+  const uint32_t t = threadIdx.x, warp = t / 32, lane = t % 32, half = lane % 2;
+  const uint32_t H = uint32_t(p.nheads), c0 = blockIdx.x * kM1Ch, b = blockIdx.y * kM1Rows + warp / 2;
+  const uint32_t lc0 = warp % 2 * 32 + lane / 2, lc1 = lc0 + 16;  // block channels of the lane's packs
+  const uint32_t h0 = c0 + lc0, h1 = c0 + lc1, ho = half ? h1 : h0;  // ho: the lane's output channel
+  const bool row = b < uint32_t(p.batch);
+  const int srow = !row ? -1 : has(p.state_batch_indices) ? ptr<int>(p.state_batch_indices)[b * p.state_batch_indices.stride[0]] : int(b);
+  // the state packs first (srow -1: padding row or past the batch)
+  TS* st = ptr<TS>(p.state) + (srow < 0 ? 0 : srow) * p.state.stride[0] + half * 8;
+  TS* st0 = st + h0 * p.state.stride[1];
+  TS* st1 = st + h1 * p.state.stride[1];
+  const bool ok0 = srow >= 0 && h0 < H, ok1 = srow >= 0 && h1 < H;
+  uint4 s0 = make_uint4(0, 0, 0, 0), s1 = s0;
+  if (ok0) s0 = *reinterpret_cast<const uint4*>(st0);
+  if (ok1) s1 = *reinterpret_cast<const uint4*>(st1);
+  // the output channel's inputs (rows past the batch read row 0's)
+  const uint32_t bi = row ? b : 0;
+  float xo = 0.f, dto = 0.f, zo = 0.f, Do = 0.f;
+  if (ho < H) {
+    xo = to_float(ptr<T>(p.x)[bi * p.x.stride[0] + ho * p.x.stride[1]]);
+    dto = to_float(ptr<T>(p.dt)[bi * p.dt.stride[0] + ho * p.dt.stride[1]]) +
+          (has(p.dt_bias) ? ptr<float>(p.dt_bias)[ho * p.dt_bias.stride[0]] : 0.f);
+    zo = has(p.z) ? to_float(ptr<T>(p.z)[bi * p.z.stride[0] + ho * p.z.stride[1]]) : 0.f;
+    Do = has(p.D) ? ptr<float>(p.D)[ho * p.D.stride[0]] : 0.f;
+  }
+  // the block's A rows (thread t: quad t % 4 of channel t / 4) and B, C rows (threads < 16)
+  {
+    const uint32_t c = t / 4, q = t % 4;
+    if (c0 + c < H) cp_async16(&As[c][q ^ (c / 2 % 2)], ptr<float>(p.A) + (c0 + c) * p.A.stride[0] + 4 * q);
+    const uint32_t r = t / 4, m = t / 2 % 2, k = t % 2, bb = blockIdx.y * kM1Rows + r;
+    const TensorArg& M = m ? p.C : p.B;
+    if (t < kM1Rows * 4 && bb < uint32_t(p.batch)) cp_async16(&bcs[r][m][k], ptr<T>(M) + bb * M.stride[0] + 8 * k);
+    asm volatile("cp.async.commit_group;" ::: "memory");
+  }
+  const float d = p.softplus ? softplus_approx(dto) : dto, dx = d * xo;
+  cp_async_wait(0);
+  __syncthreads();
+  if (!row) return;  // whole warps
+  const float dl0 = __shfl_sync(0xffffffffu, d, lane & ~1u) * kLog2e, dl1 = __shfl_sync(0xffffffffu, d, lane | 1u) * kLog2e;
+  const float dx0 = __shfl_sync(0xffffffffu, dx, lane & ~1u), dx1 = __shfl_sync(0xffffffffu, dx, lane | 1u);
+  const uint4 Bw = bcs[warp / 2][0][half], Cw = bcs[warp / 2][1][half];
+  float y0 = pair_update<TS, T>(s0, As, lc0, half, dl0, dx0, Bw, Cw);
+  float y1 = pair_update<TS, T>(s1, As, lc1, half, dl1, dx1, Bw, Cw);
+  if (ok0) *reinterpret_cast<uint4*>(st0) = s0;
+  if (ok1) *reinterpret_cast<uint4*>(st1) = s1;
+  y0 += __shfl_xor_sync(0xffffffffu, y0, 1);
+  y1 += __shfl_xor_sync(0xffffffffu, y1, 1);
+  float yo = (half ? y1 : y0) + Do * xo;
+  if (has(p.z)) yo *= silu_approx(zo);
+  if (ho < H) ptr<T>(p.out)[b * p.out.stride[0] + ho * p.out.stride[1]] = from_float<T>(srow < 0 ? 0.f : yo);
+}
+
 // The session-5 form of mamba1_step_kernel (SSM_STEP_M1_FORM=old), kept until the new form passes on the GPU.
 // Mamba-1 rows (P = 1, A per entry, N = 16, 16-bit state and inputs, one group): a thread per channel
 // walking R batch rows (its A row read once for R rows). The thread's state packs and A row are copied into
@@ -550,9 +677,17 @@ inline int lean_packs() {
   return env != nullptr && (env[0] == '1' || env[0] == '4') ? env[0] - '0' : 2;
 }
 
+// SSM_STEP_PDL=1 (measurements, session 7): lean_kernel at N = 128 launched with programmatic dependent launch, its
+// state loads issued before the wait on the previous kernel (lean_kernel's kPdl: the caller guarantees that the
+// previous kernel of the stream does not write the state); calls without state_batch_indices only.
+inline bool lean_pdl(const StateStepParams& p) {
+  const char* env = std::getenv("SSM_STEP_PDL");
+  return env != nullptr && env[0] == '1' && !has(p.state_batch_indices);
+}
+
 // SSM_STEP_M1_FORM=coal: mamba1_step_kernel copying and storing the state rows warp-coalesced (kCoal, the default
 // without dt_proj); =all: one wait for every row's state, the rows' math interleaved (kAll); =new: neither;
-// =old: the session-5 kernel (the default with dt_proj). 0 when unset.
+// =old: the session-5 kernel (the default with dt_proj); =pair: mamba1_pair_kernel (without dt_proj). 0 when unset.
 inline char mamba1_form() {
   const char* env = std::getenv("SSM_STEP_M1_FORM");
   return env == nullptr ? '\0' : env[0];
@@ -597,6 +732,10 @@ void launch_lean(const StateStepParams& p, cudaStream_t stream) {
         // with dt_proj the session-5 kernel's FFMA dot (mamba-130m b64: 6.9 us a call in session 5, the tensor-core
         // dot of the new form 8.0 in this round)
         const char form = mamba1_form();
+        if (!kProj && form == 'p') {
+          const dim3 grid(ceil_div(p.nheads, kM1Ch), ceil_div(p.batch, kM1Rows));
+          return mamba1_pair_kernel<TS, T><<<grid, kM1Threads, 0, stream>>>(p);
+        }
         if (mamba1_old() || (kProj && form == '\0')) {
           if (mamba1_rows(p) == 2) return go(mamba1_step_kernel_s5<TS, T, 2, kProj>, 1, 2);
           return go(mamba1_step_kernel_s5<TS, T, 4, kProj>, 1, 4);
@@ -618,6 +757,10 @@ void launch_lean(const StateStepParams& p, cudaStream_t stream) {
   // wide rows: two packs a lane, N / 16 lanes (faster than one pack a lane, session 4 round 2)
   if (p.dstate == 64) return go(lean_kernel<TS, T, 4, 2>, 4, 1);
   if (p.dstate == 128) {
+    if (lean_pdl(p)) {
+      const dim3 grid(ceil_div(p.headdim * 8, kLeanThreads), unsigned(p.nheads), unsigned(p.batch));
+      return pdl_launch(lean_kernel<TS, T, 8, 2, true>, grid, dim3(kLeanThreads), 0, stream, p);
+    }
     const int kp = lean_packs();
     if (kp == 1) return go(lean_kernel<TS, T, 16, 1>, 16, 1);
     if (kp == 4) return go(lean_kernel<TS, T, 4, 4>, 4, 1);
