@@ -11,7 +11,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 TESTS=tests/ops/test_state_step.py,tests/ops/test_proj_state_step.py
 SEL="cuda"
-STEPS=m1:lean,m1:pair,m1:m1old,m1:pair,m1proj:lean,m2b1:lean,m2b1:pdl,m2b1:lean,m2b1:pdl,m2b64:lean
+STEPS=m1:lean,m1:pair,m2b1:lean,m2b1:pdl,m1:pair_pdl,m1:m1old,m1:pair,m1:lean,m2b1:lean,m2b1:pdl,m1proj:lean,m2b64:lean
 (timeout -k 2 24 ncu --clock-control none -k regex:"mamba1_pair|mamba1_step_kernel" --launch-count 2 \
   --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section Occupancy \
   --section LaunchStats --print-details all \

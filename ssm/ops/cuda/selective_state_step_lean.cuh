@@ -404,7 +404,7 @@ __device__ __forceinline__ float pair_update(uint4& s, const float4 (*As)[4], ui
 // (cp.async, one barrier, which does not wait for the state). Lane l's output channel is l / 2 (even l) or
 // 16 + l / 2 (odd l): its softplus(dt) and dt x reach the partner lane by shuffles, and the two lanes' sums of a
 // channel's y meet by one shuffle. softplus and silu by MUFU approximations.
-template <typename TS, typename T>
+template <typename TS, typename T, bool kPdl>
 __global__ void __launch_bounds__(kM1Threads, kM1MinBlocks) mamba1_pair_kernel(StateStepParams p) {
   constexpr float kLog2e = 1.4426950408889634f;
   __shared__ float4 As[kM1Ch][4];       // A row of block channel c, quad q at [c][q ^ (c / 2 % 2)] (no bank conflict)
@@ -423,20 +423,28 @@ __global__ void __launch_bounds__(kM1Threads, kM1MinBlocks) mamba1_pair_kernel(S
   uint4 s0 = make_uint4(0, 0, 0, 0), s1 = s0;
   if (ok0) s0 = *reinterpret_cast<const uint4*>(st0);
   if (ok1) s1 = *reinterpret_cast<const uint4*>(st1);
-  // the output channel's inputs (rows past the batch read row 0's)
+  // the output channel's weights, the block's A rows (thread t: quad t % 4 of channel t / 4)
+  const float bias = has(p.dt_bias) && ho < H ? ptr<float>(p.dt_bias)[ho * p.dt_bias.stride[0]] : 0.f;
+  const float Do = has(p.D) && ho < H ? ptr<float>(p.D)[ho * p.D.stride[0]] : 0.f;
+  if (c0 + t / 4 < H)
+    cp_async16(&As[t / 4][t % 4 ^ (t / 8 % 2)], ptr<float>(p.A) + (c0 + t / 4) * p.A.stride[0] + 4 * (t % 4));
+  // kPdl (programmatic dependent launch, no state_batch_indices): the loads above (the state, the weights) are
+  // issued before the previous kernel of the stream has finished. The condition this relies on: the previous kernel
+  // writes none of them (the state's writer is an earlier kernel: never a step on the same state launched right
+  // before this one); nothing is written before the wait; x, dt, z, B, C are read after it.
+  if constexpr (kPdl) {
+    pdl_wait();
+    pdl_release();
+  }
+  // the output channel's inputs (rows past the batch read row 0's), the block's B, C rows (threads < 16)
   const uint32_t bi = row ? b : 0;
-  float xo = 0.f, dto = 0.f, zo = 0.f, Do = 0.f;
+  float xo = 0.f, dto = 0.f, zo = 0.f;
   if (ho < H) {
     xo = to_float(ptr<T>(p.x)[bi * p.x.stride[0] + ho * p.x.stride[1]]);
-    dto = to_float(ptr<T>(p.dt)[bi * p.dt.stride[0] + ho * p.dt.stride[1]]) +
-          (has(p.dt_bias) ? ptr<float>(p.dt_bias)[ho * p.dt_bias.stride[0]] : 0.f);
+    dto = to_float(ptr<T>(p.dt)[bi * p.dt.stride[0] + ho * p.dt.stride[1]]) + bias;
     zo = has(p.z) ? to_float(ptr<T>(p.z)[bi * p.z.stride[0] + ho * p.z.stride[1]]) : 0.f;
-    Do = has(p.D) ? ptr<float>(p.D)[ho * p.D.stride[0]] : 0.f;
   }
-  // the block's A rows (thread t: quad t % 4 of channel t / 4) and B, C rows (threads < 16)
   {
-    const uint32_t c = t / 4, q = t % 4;
-    if (c0 + c < H) cp_async16(&As[c][q ^ (c / 2 % 2)], ptr<float>(p.A) + (c0 + c) * p.A.stride[0] + 4 * q);
     const uint32_t r = t / 4, m = t / 2 % 2, k = t % 2, bb = blockIdx.y * kM1Rows + r;
     const TensorArg& M = m ? p.C : p.B;
     if (t < kM1Rows * 4 && bb < uint32_t(p.batch)) cp_async16(&bcs[r][m][k], ptr<T>(M) + bb * M.stride[0] + 8 * k);
@@ -677,10 +685,10 @@ inline int lean_packs() {
   return env != nullptr && (env[0] == '1' || env[0] == '4') ? env[0] - '0' : 2;
 }
 
-// SSM_STEP_PDL=1 (measurements, session 7): lean_kernel at N = 128 launched with programmatic dependent launch, its
-// state loads issued before the wait on the previous kernel (lean_kernel's kPdl: the caller guarantees that the
-// previous kernel of the stream does not write the state); calls without state_batch_indices only.
-inline bool lean_pdl(const StateStepParams& p) {
+// SSM_STEP_PDL=1 (measurements, session 7): lean_kernel at N = 128 and mamba1_pair_kernel launched with
+// programmatic dependent launch, their state loads issued before the wait on the previous kernel (kPdl: the caller
+// guarantees that the previous kernel of the stream does not write the state); calls without state_batch_indices.
+inline bool step_pdl(const StateStepParams& p) {
   const char* env = std::getenv("SSM_STEP_PDL");
   return env != nullptr && env[0] == '1' && !has(p.state_batch_indices);
 }
@@ -734,7 +742,8 @@ void launch_lean(const StateStepParams& p, cudaStream_t stream) {
         const char form = mamba1_form();
         if (!kProj && form == 'p') {
           const dim3 grid(ceil_div(p.nheads, kM1Ch), ceil_div(p.batch, kM1Rows));
-          return mamba1_pair_kernel<TS, T><<<grid, kM1Threads, 0, stream>>>(p);
+          if (step_pdl(p)) return pdl_launch(mamba1_pair_kernel<TS, T, true>, grid, dim3(kM1Threads), 0, stream, p);
+          return mamba1_pair_kernel<TS, T, false><<<grid, kM1Threads, 0, stream>>>(p);
         }
         if (mamba1_old() || (kProj && form == '\0')) {
           if (mamba1_rows(p) == 2) return go(mamba1_step_kernel_s5<TS, T, 2, kProj>, 1, 2);
@@ -757,7 +766,7 @@ void launch_lean(const StateStepParams& p, cudaStream_t stream) {
   // wide rows: two packs a lane, N / 16 lanes (faster than one pack a lane, session 4 round 2)
   if (p.dstate == 64) return go(lean_kernel<TS, T, 4, 2>, 4, 1);
   if (p.dstate == 128) {
-    if (lean_pdl(p)) {
+    if (step_pdl(p)) {
       const dim3 grid(ceil_div(p.headdim * 8, kLeanThreads), unsigned(p.nheads), unsigned(p.batch));
       return pdl_launch(lean_kernel<TS, T, 8, 2, true>, grid, dim3(kLeanThreads), 0, stream, p);
     }
