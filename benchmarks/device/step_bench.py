@@ -36,7 +36,8 @@ FORMS = {"general": {"SSM_STEP_LEAN": "0"}, "lean": {}, "m1_r2": {"SSM_STEP_M1":
          "all": {"SSM_STEP_M1_FORM": "all"},
          "kp1": {"SSM_STEP_KP": "1"}, "kp4": {"SSM_STEP_KP": "4"}, "convold": {"SSM_CONV_UPDATE_ROW4": "0"},
          "fold": {"fold": "1"}, "pair": {"SSM_STEP_M1_FORM": "pair"}, "pdl": {"SSM_STEP_PDL": "1"},
-         "pair_pdl": {"SSM_STEP_M1_FORM": "pair", "SSM_STEP_PDL": "1"}}
+         "pair_pdl": {"SSM_STEP_M1_FORM": "pair", "SSM_STEP_PDL": "1"},
+         "pair_r2": {"SSM_STEP_M1_FORM": "pair", "SSM_STEP_M1": "2"}}
 ENV = ("SSM_STEP_LEAN", "SSM_STEP_M1", "SSM_STEP_WIDE", "SSM_STEP_M1_FORM", "SSM_STEP_KP", "SSM_CONV_UPDATE_ROW4",
        "SSM_STEP_PDL")
 START = time.time()

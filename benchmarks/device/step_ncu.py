@@ -19,11 +19,13 @@ s = torch.randn(b, D, N, device=DEV, dtype=BF16)
 x, dt, z = (torch.randn(b, D, device=DEV, dtype=BF16) for _ in range(3))
 Bm, Cm = (torch.randn(b, N, device=DEV, dtype=BF16) for _ in range(2))
 A, Dp, bias = -torch.rand(D, N, device=DEV), torch.randn(D, device=DEV), torch.randn(D, device=DEV)
-for form in forms:
-    os.environ["SSM_STEP_M1_FORM"] = form
+for form in forms:  # name[_r2]: SSM_STEP_M1_FORM=name (and SSM_STEP_M1=2)
+    os.environ["SSM_STEP_M1_FORM"] = form.split("_")[0]
+    os.environ["SSM_STEP_M1"] = "2" if form.endswith("_r2") else ""
     ops.selective_state_step(s, x, dt, A, Bm, Cm, Dp, z, bias, True)
     torch.cuda.synchronize()
 os.environ.pop("SSM_STEP_M1_FORM")
+os.environ.pop("SSM_STEP_M1")
 b, H, P, N = 1, 80, 64, 128
 s = torch.randn(b, H, P, N, device=DEV, dtype=BF16)
 x, z = (torch.randn(b, H, P, device=DEV, dtype=BF16) for _ in range(2))

@@ -183,7 +183,9 @@ VARIANT_FORMS = {"m1_old": {"SSM_STEP_M1_FORM": "old"}, "m1_old_r2": {"SSM_STEP_
                  # session 7: mamba1_pair_kernel (two lanes a channel row, no row loop); lean_kernel with
                  # programmatic dependent launch, its state loads before the wait
                  "m1_pair": {"SSM_STEP_M1_FORM": "pair"}, "pdl": {"SSM_STEP_PDL": "1"},
-                 "m1_pair_pdl": {"SSM_STEP_M1_FORM": "pair", "SSM_STEP_PDL": "1"}}
+                 "m1_pair_pdl": {"SSM_STEP_M1_FORM": "pair", "SSM_STEP_PDL": "1"},
+                 "m1_pair_r2": {"SSM_STEP_M1_FORM": "pair", "SSM_STEP_M1": "2"},
+                 "m1_pair_r2_pdl": {"SSM_STEP_M1_FORM": "pair", "SSM_STEP_M1": "2", "SSM_STEP_PDL": "1"}}
 FORMS.update(VARIANT_FORMS)
 M1_LAYOUTS = [("mamba1", 9, 40, 1, 16, 1), ("mamba1", 6, 24, 1, 16, 3), ("mamba1", 1, 200, 1, 16, 1),
               ("mamba1", 13, 300, 1, 16, 1)]
@@ -209,7 +211,7 @@ def test_cuda_lean_kernel_matches_reference(form, layout, dtype, option, monkeyp
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("form, layout", [(f, m1) for f in ("m1_old", "m1_old_r2", "m1_coal", "m1_coal_r2", "m1_all", "m1_all_r2", "m1_new", "m1_pair", "m1_pair_pdl")
+@pytest.mark.parametrize("form, layout", [(f, m1) for f in ("m1_old", "m1_old_r2", "m1_coal", "m1_coal_r2", "m1_all", "m1_all_r2", "m1_new", "m1_pair", "m1_pair_pdl", "m1_pair_r2", "m1_pair_r2_pdl")
                                            for m1 in M1_LAYOUTS + [("mamba1", 70, 130, 1, 16, 1)]]
                          + [(f, ("mamba2", 2, 3, 16, 128, 1)) for f in ("kp1", "kp4", "pdl")])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -219,7 +221,7 @@ def test_cuda_step_variants_match_reference(form, layout, dtype, option, monkeyp
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("form, rows", [("lean", "2"), ("lean", "4"), ("m1_pair", "4")])
+@pytest.mark.parametrize("form, rows", [("lean", "2"), ("lean", "4"), ("m1_pair", "4"), ("m1_pair", "2")])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cuda_mamba1_softplus_over_its_range(form, rows, dtype, monkeypatch):
     """dt + dt_bias from -14 to 24 over the channels: mamba1_step_kernel's (mamba1_pair_kernel's) softplus by its
@@ -290,7 +292,8 @@ def test_cuda_steps_in_a_graph_follow_each_other(form, layout, monkeypatch):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("form, layout", [("pdl", ("mamba2", 1, 6, 16, 128, 1)), ("m1_pair_pdl", ("mamba1", 8, 300, 1, 16, 1))])
+@pytest.mark.parametrize("form, layout", [("pdl", ("mamba2", 1, 6, 16, 128, 1)), ("m1_pair_pdl", ("mamba1", 8, 300, 1, 16, 1)),
+                                          ("m1_pair_r2_pdl", ("mamba1", 9, 300, 1, 16, 1))])
 def test_cuda_pdl_steps_read_their_inputs_after_the_wait(form, layout, monkeypatch):
     """lean_kernel and mamba1_pair_kernel with programmatic dependent launch (SSM_STEP_PDL=1) in a CUDA graph: six
     steps over two states in turn (the state read before the wait was written two steps earlier), each step's x

@@ -404,25 +404,29 @@ __device__ __forceinline__ float pair_update(uint4& s, const float4 (*As)[4], ui
 // (cp.async, one barrier, which does not wait for the state). Lane l's output channel is l / 2 (even l) or
 // 16 + l / 2 (odd l): its softplus(dt) and dt x reach the partner lane by shuffles, and the two lanes' sums of a
 // channel's y meet by one shuffle. softplus and silu by MUFU approximations.
-template <typename TS, typename T, bool kPdl>
-__global__ void __launch_bounds__(kM1Threads, kM1MinBlocks) mamba1_pair_kernel(StateStepParams p) {
+template <typename TS, typename T, bool kPdl, int kR>
+__global__ void __launch_bounds__(kM1Threads, kR == 1 ? kM1MinBlocks : 4) mamba1_pair_kernel(StateStepParams p) {
   constexpr float kLog2e = 1.4426950408889634f;
-  __shared__ float4 As[kM1Ch][4];       // A row of block channel c, quad q at [c][q ^ (c / 2 % 2)] (no bank conflict)
-  __shared__ uint4 bcs[kM1Rows][2][2];  // [row][B, C][pack]: the 16-bit entries as loaded
+  __shared__ float4 As[kM1Ch][4];            // A row of block channel c, quad q at [c][q ^ (c / 2 % 2)] (no bank conflict)
+  __shared__ uint4 bcs[kM1Rows * kR][2][2];  // [row][B, C][pack]: the 16-bit entries as loaded
   const uint32_t t = threadIdx.x, warp = t / 32, lane = t % 32, half = lane % 2;
-  const uint32_t H = uint32_t(p.nheads), c0 = blockIdx.x * kM1Ch, b = blockIdx.y * kM1Rows + warp / 2;
+  const uint32_t H = uint32_t(p.nheads), c0 = blockIdx.x * kM1Ch, lr = warp / 2 * kR;  // lr: the warp's first block row
+  const uint32_t b0 = blockIdx.y * kM1Rows * kR + lr;  // the warp's batch rows b0 .. b0 + kR - 1
   const uint32_t lc0 = warp % 2 * 32 + lane / 2, lc1 = lc0 + 16;  // block channels of the lane's packs
   const uint32_t h0 = c0 + lc0, h1 = c0 + lc1, ho = half ? h1 : h0;  // ho: the lane's output channel
-  const bool row = b < uint32_t(p.batch);
-  const int srow = !row ? -1 : has(p.state_batch_indices) ? ptr<int>(p.state_batch_indices)[b * p.state_batch_indices.stride[0]] : int(b);
   // the state packs first (srow -1: padding row or past the batch)
-  TS* st = ptr<TS>(p.state) + (srow < 0 ? 0 : srow) * p.state.stride[0] + half * 8;
-  TS* st0 = st + h0 * p.state.stride[1];
-  TS* st1 = st + h1 * p.state.stride[1];
-  const bool ok0 = srow >= 0 && h0 < H, ok1 = srow >= 0 && h1 < H;
-  uint4 s0 = make_uint4(0, 0, 0, 0), s1 = s0;
-  if (ok0) s0 = *reinterpret_cast<const uint4*>(st0);
-  if (ok1) s1 = *reinterpret_cast<const uint4*>(st1);
+  int srow[kR];
+  uint4 s0[kR], s1[kR];
+#pragma unroll
+  for (int i = 0; i < kR; ++i) {
+    const uint32_t b = b0 + i;
+    srow[i] = b >= uint32_t(p.batch) ? -1
+            : has(p.state_batch_indices) ? ptr<int>(p.state_batch_indices)[b * p.state_batch_indices.stride[0]] : int(b);
+    const TS* st = ptr<TS>(p.state) + (srow[i] < 0 ? 0 : srow[i]) * p.state.stride[0] + half * 8;
+    s0[i] = s1[i] = make_uint4(0, 0, 0, 0);
+    if (srow[i] >= 0 && h0 < H) s0[i] = *reinterpret_cast<const uint4*>(st + h0 * p.state.stride[1]);
+    if (srow[i] >= 0 && h1 < H) s1[i] = *reinterpret_cast<const uint4*>(st + h1 * p.state.stride[1]);
+  }
   // the output channel's weights, the block's A rows (thread t: quad t % 4 of channel t / 4)
   const float bias = has(p.dt_bias) && ho < H ? ptr<float>(p.dt_bias)[ho * p.dt_bias.stride[0]] : 0.f;
   const float Do = has(p.D) && ho < H ? ptr<float>(p.D)[ho * p.D.stride[0]] : 0.f;
@@ -436,36 +440,51 @@ __global__ void __launch_bounds__(kM1Threads, kM1MinBlocks) mamba1_pair_kernel(S
     pdl_wait();
     pdl_release();
   }
-  // the output channel's inputs (rows past the batch read row 0's), the block's B, C rows (threads < 16)
-  const uint32_t bi = row ? b : 0;
-  float xo = 0.f, dto = 0.f, zo = 0.f;
-  if (ho < H) {
-    xo = to_float(ptr<T>(p.x)[bi * p.x.stride[0] + ho * p.x.stride[1]]);
-    dto = to_float(ptr<T>(p.dt)[bi * p.dt.stride[0] + ho * p.dt.stride[1]]) + bias;
-    zo = has(p.z) ? to_float(ptr<T>(p.z)[bi * p.z.stride[0] + ho * p.z.stride[1]]) : 0.f;
+  // the output channel's inputs (rows past the batch read row 0's), the block's B, C rows (threads < 16 kR)
+  float xo[kR], d[kR], dx[kR], zo[kR];
+#pragma unroll
+  for (int i = 0; i < kR; ++i) {
+    const uint32_t bi = b0 + i < uint32_t(p.batch) ? b0 + i : 0;
+    float dto = 0.f;
+    xo[i] = zo[i] = 0.f;
+    if (ho < H) {
+      xo[i] = to_float(ptr<T>(p.x)[bi * p.x.stride[0] + ho * p.x.stride[1]]);
+      dto = to_float(ptr<T>(p.dt)[bi * p.dt.stride[0] + ho * p.dt.stride[1]]) + bias;
+      zo[i] = has(p.z) ? to_float(ptr<T>(p.z)[bi * p.z.stride[0] + ho * p.z.stride[1]]) : 0.f;
+    }
+    d[i] = dto;
   }
   {
-    const uint32_t r = t / 4, m = t / 2 % 2, k = t % 2, bb = blockIdx.y * kM1Rows + r;
+    const uint32_t r = t / 4, m = t / 2 % 2, k = t % 2, bb = blockIdx.y * kM1Rows * kR + r;
     const TensorArg& M = m ? p.C : p.B;
-    if (t < kM1Rows * 4 && bb < uint32_t(p.batch)) cp_async16(&bcs[r][m][k], ptr<T>(M) + bb * M.stride[0] + 8 * k);
+    if (t < kM1Rows * kR * 4 && bb < uint32_t(p.batch)) cp_async16(&bcs[r][m][k], ptr<T>(M) + bb * M.stride[0] + 8 * k);
     asm volatile("cp.async.commit_group;" ::: "memory");
   }
-  const float d = p.softplus ? softplus_approx(dto) : dto, dx = d * xo;
+#pragma unroll
+  for (int i = 0; i < kR; ++i) {
+    d[i] = p.softplus ? softplus_approx(d[i]) : d[i];
+    dx[i] = d[i] * xo[i];
+  }
   cp_async_wait(0);
   __syncthreads();
-  if (!row) return;  // whole warps
-  const float dl0 = __shfl_sync(0xffffffffu, d, lane & ~1u) * kLog2e, dl1 = __shfl_sync(0xffffffffu, d, lane | 1u) * kLog2e;
-  const float dx0 = __shfl_sync(0xffffffffu, dx, lane & ~1u), dx1 = __shfl_sync(0xffffffffu, dx, lane | 1u);
-  const uint4 Bw = bcs[warp / 2][0][half], Cw = bcs[warp / 2][1][half];
-  float y0 = pair_update<TS, T>(s0, As, lc0, half, dl0, dx0, Bw, Cw);
-  float y1 = pair_update<TS, T>(s1, As, lc1, half, dl1, dx1, Bw, Cw);
-  if (ok0) *reinterpret_cast<uint4*>(st0) = s0;
-  if (ok1) *reinterpret_cast<uint4*>(st1) = s1;
-  y0 += __shfl_xor_sync(0xffffffffu, y0, 1);
-  y1 += __shfl_xor_sync(0xffffffffu, y1, 1);
-  float yo = (half ? y1 : y0) + Do * xo;
-  if (has(p.z)) yo *= silu_approx(zo);
-  if (ho < H) ptr<T>(p.out)[b * p.out.stride[0] + ho * p.out.stride[1]] = from_float<T>(srow < 0 ? 0.f : yo);
+#pragma unroll
+  for (int i = 0; i < kR; ++i) {
+    if (b0 + i >= uint32_t(p.batch)) return;  // whole warps
+    const float dl0 = __shfl_sync(0xffffffffu, d[i], lane & ~1u) * kLog2e;
+    const float dl1 = __shfl_sync(0xffffffffu, d[i], lane | 1u) * kLog2e;
+    const float dx0 = __shfl_sync(0xffffffffu, dx[i], lane & ~1u), dx1 = __shfl_sync(0xffffffffu, dx[i], lane | 1u);
+    const uint4 Bw = bcs[lr + i][0][half], Cw = bcs[lr + i][1][half];
+    float y0 = pair_update<TS, T>(s0[i], As, lc0, half, dl0, dx0, Bw, Cw);
+    float y1 = pair_update<TS, T>(s1[i], As, lc1, half, dl1, dx1, Bw, Cw);
+    TS* st = ptr<TS>(p.state) + (srow[i] < 0 ? 0 : srow[i]) * p.state.stride[0] + half * 8;
+    if (srow[i] >= 0 && h0 < H) *reinterpret_cast<uint4*>(st + h0 * p.state.stride[1]) = s0[i];
+    if (srow[i] >= 0 && h1 < H) *reinterpret_cast<uint4*>(st + h1 * p.state.stride[1]) = s1[i];
+    y0 += __shfl_xor_sync(0xffffffffu, y0, 1);
+    y1 += __shfl_xor_sync(0xffffffffu, y1, 1);
+    float yo = (half ? y1 : y0) + Do * xo[i];
+    if (has(p.z)) yo *= silu_approx(zo[i]);
+    if (ho < H) ptr<T>(p.out)[(b0 + i) * p.out.stride[0] + ho * p.out.stride[1]] = from_float<T>(srow[i] < 0 ? 0.f : yo);
+  }
 }
 
 // The session-5 form of mamba1_step_kernel (SSM_STEP_M1_FORM=old), kept until the new form passes on the GPU.
@@ -741,9 +760,15 @@ void launch_lean(const StateStepParams& p, cudaStream_t stream) {
         // dot of the new form 8.0 in this round)
         const char form = mamba1_form();
         if (!kProj && form == 'p') {
+          // SSM_STEP_M1=2: two batch rows a warp (measurement, session 7)
+          if (mamba1_rows(p) == 2 && std::getenv("SSM_STEP_M1") != nullptr) {
+            const dim3 grid(ceil_div(p.nheads, kM1Ch), ceil_div(p.batch, 2 * kM1Rows));
+            if (step_pdl(p)) return pdl_launch(mamba1_pair_kernel<TS, T, true, 2>, grid, dim3(kM1Threads), 0, stream, p);
+            return mamba1_pair_kernel<TS, T, false, 2><<<grid, kM1Threads, 0, stream>>>(p);
+          }
           const dim3 grid(ceil_div(p.nheads, kM1Ch), ceil_div(p.batch, kM1Rows));
-          if (step_pdl(p)) return pdl_launch(mamba1_pair_kernel<TS, T, true>, grid, dim3(kM1Threads), 0, stream, p);
-          return mamba1_pair_kernel<TS, T, false><<<grid, kM1Threads, 0, stream>>>(p);
+          if (step_pdl(p)) return pdl_launch(mamba1_pair_kernel<TS, T, true, 1>, grid, dim3(kM1Threads), 0, stream, p);
+          return mamba1_pair_kernel<TS, T, false, 1><<<grid, kM1Threads, 0, stream>>>(p);
         }
         if (mamba1_old() || (kProj && form == '\0')) {
           if (mamba1_rows(p) == 2) return go(mamba1_step_kernel_s5<TS, T, 2, kProj>, 1, 2);
