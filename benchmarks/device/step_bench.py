@@ -223,17 +223,26 @@ def main():
     ap.add_argument("--models2", default="", help="models (name@form) decoded last")
     ap.add_argument("--floors", action="store_true", help="time the graph method's floors first")
     ap.add_argument("--gemms", action="store_true", help="time the b64 decode GEMMs three ways, after the models")
-    ap.add_argument("--wait", default="", help="after the tests, wait (at most 15 s) until this file exists")
+    ap.add_argument("--wait", default="", help="after the tests, wait until these files (comma-separated) exist")
+    ap.add_argument("--wait-max", type=float, default=15, help="seconds to wait for them at most")
+    ap.add_argument("--tests-only", action="store_true", help="run the tests and stop (timing in another process)")
     ap.add_argument("--deadline", type=float, default=1e9, help="skip items started past this many seconds")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     DEADLINE[0] = args.deadline
     if args.tests:
         run_tests(args.out, args.tests.split(","), args.select)
+        if args.tests_only:
+            return
         _kernels.POISON_OUTPUTS = False  # the tests' conftest NaN-poisons every kernel output (a fill kernel each)
+    torch.zeros(1, device="cuda")  # the CUDA context while waiting
     t = time.time()
-    while args.wait and not os.path.exists(args.wait) and time.time() - t < 15:
-        time.sleep(0.2)  # nothing timed while another process (ncu) uses the GPU
+    waits = [w for w in args.wait.split(",") if w]
+    while not all(os.path.exists(w) for w in waits) and time.time() - t < args.wait_max:
+        time.sleep(0.2)  # nothing timed while another process (tests, ncu) uses the GPU
+    if waits:
+        print(f"waited {time.time() - t:.1f} s for {', '.join(w for w in waits if os.path.exists(w))}; poisoning "
+              f"{_kernels.POISON_OUTPUTS}", flush=True)
     copy_gbs = bc.copy_bandwidth()
     print(f"{torch.cuda.get_device_name()}: copy {copy_gbs:.0f} GB/s", flush=True)
     if args.floors:
