@@ -11,11 +11,11 @@ OUT=${1:-step_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 TESTS=tests/ops/test_state_step.py,tests/ops/test_proj_state_step.py
-STEPS=m1:lean,m1:m1reg,m2b1:lean,m2b1:pdl,m1:pdl,m1:m1reg_pdl,m1:m1old,m1:lean,m1:m1reg,m2b1:lean,m2b1:pdl,m1proj:lean,m2b64:lean
-(timeout -k 2 24 ncu --clock-control none -k regex:"mamba1_pair|lean_kernel" --launch-count 3 \
+STEPS=m1:lean,m2b1:lean,m2b1:pdl,m1:pdl,m1:m1old,m1:lean,m2b1:lean,m2b1:pdl,m1:pdl,m1proj:lean,m2b64:lean
+(timeout -k 2 24 ncu --clock-control none -k regex:"mamba1_pair|lean_kernel" --launch-count 2 \
   --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section SourceCounters \
   --print-details all \
-  python3 benchmarks/device/step_ncu.py default,reg > "$OUT/ncu.txt" 2>&1; echo "ncu rc=$?" > "$OUT/ncu.done") &
+  python3 benchmarks/device/step_ncu.py default > "$OUT/ncu.txt" 2>&1; echo "ncu rc=$?" > "$OUT/ncu.done") &
 (timeout -k 2 40 python3 benchmarks/device/step_bench.py "$OUT" --tests "$TESTS" -k cuda --tests-only \
   > "$OUT/tests.log" 2>&1; echo "tests rc=$?" > "$OUT/tests.done") &
 timeout -k 2 47 python3 benchmarks/device/step_bench.py "$OUT" --tests "" --wait "$OUT/tests.done,$OUT/ncu.done" \

@@ -175,11 +175,9 @@ FORMS = {"general": {"SSM_STEP_LEAN": "0"}, "lean": {}}
 
 
 # variants beside the defaults: session 5's Mamba-1 kernel without dt_proj (the fallback, four or two batch rows a
-# thread), mamba1_pair_kernel with register state loads; lean_kernel and mamba1_pair_kernel with programmatic
-# dependent launch, their state loads before the wait
+# thread); lean_kernel and mamba1_pair_kernel with programmatic dependent launch, their state loads before the wait
 VARIANT_FORMS = {"m1_old": {"SSM_STEP_M1_FORM": "old"}, "m1_old_r2": {"SSM_STEP_M1_FORM": "old", "SSM_STEP_M1": "2"},
-                 "m1_reg": {"SSM_STEP_M1_FORM": "reg"}, "pdl": {"SSM_STEP_PDL": "1"},
-                 "m1_reg_pdl": {"SSM_STEP_M1_FORM": "reg", "SSM_STEP_PDL": "1"}}
+                 "pdl": {"SSM_STEP_PDL": "1"}}
 FORMS.update(VARIANT_FORMS)
 M1_LAYOUTS = [("mamba1", 9, 40, 1, 16, 1), ("mamba1", 6, 24, 1, 16, 3), ("mamba1", 1, 200, 1, 16, 1),
               ("mamba1", 13, 300, 1, 16, 1)]
@@ -205,7 +203,7 @@ def test_cuda_lean_kernel_matches_reference(form, layout, dtype, option, monkeyp
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("form, layout", [(f, m1) for f in ("m1_old", "m1_old_r2", "m1_reg", "pdl", "m1_reg_pdl")
+@pytest.mark.parametrize("form, layout", [(f, m1) for f in ("m1_old", "m1_old_r2", "pdl")
                                            for m1 in M1_LAYOUTS + [("mamba1", 70, 130, 1, 16, 1)]]
                          + [("pdl", ("mamba2", 2, 3, 16, 128, 1))])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -215,7 +213,7 @@ def test_cuda_step_variants_match_reference(form, layout, dtype, option, monkeyp
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("form, rows", [("lean", "4"), ("m1_reg", "4"), ("m1_old", "2"), ("m1_old", "4")])
+@pytest.mark.parametrize("form, rows", [("lean", "4"), ("m1_old", "2"), ("m1_old", "4")])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cuda_mamba1_softplus_over_its_range(form, rows, dtype, monkeypatch):
     """dt + dt_bias from -14 to 24 over the channels: mamba1_pair_kernel's (lean) softplus by its series
@@ -285,8 +283,7 @@ def test_cuda_steps_in_a_graph_follow_each_other(form, layout, monkeypatch):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("form, layout", [("pdl", ("mamba2", 1, 6, 16, 128, 1)), ("pdl", ("mamba1", 8, 300, 1, 16, 1)),
-                                          ("m1_reg_pdl", ("mamba1", 8, 300, 1, 16, 1))])
+@pytest.mark.parametrize("form, layout", [("pdl", ("mamba2", 1, 6, 16, 128, 1)), ("pdl", ("mamba1", 8, 300, 1, 16, 1))])
 def test_cuda_pdl_steps_read_their_inputs_after_the_wait(form, layout, monkeypatch):
     """lean_kernel and mamba1_pair_kernel with programmatic dependent launch (SSM_STEP_PDL=1) in a CUDA graph: six
     steps over two states in turn (the state read before the wait was written two steps earlier), each step's x

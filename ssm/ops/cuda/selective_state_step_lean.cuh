@@ -205,20 +205,21 @@ __device__ __forceinline__ float pair_update(uint4& s, const float4 (*As)[4], ui
   return y;
 }
 
-// Mamba-1 rows without dt_proj (P = 1, A per entry, N = 16, 16-bit state and inputs, one group; SSM_STEP_M1_FORM=old
-// runs session 5's kernel instead): a block of kM1Ch channels x kM1Rows batch rows, warp w one batch row (w / 2) of 32 channels, no loop over
-// rows. Lane l owns state pack l % 2 (entries 8 (l % 2) .. + 8) of the warp's channels l / 2 and 16 + l / 2, so each
-// of the warp's two 16-byte state loads and stores covers 512 contiguous bytes (16 whole rows). The state packs and
-// the output channel's x, dt, z, D, dt_bias go to registers first; the block's A rows and B, C rows to shared memory
-// (cp.async, one barrier, which does not wait for the state). Lane l's output channel is l / 2 (even l) or
-// 16 + l / 2 (odd l): its softplus(dt) and dt x reach the partner lane by shuffles, and the two lanes' sums of a
-// channel's y meet by one shuffle. softplus and silu by MUFU approximations.
-template <typename TS, typename T, bool kPdl, bool kAsync>
+// Mamba-1 rows without dt_proj (P = 1, A per entry, N = 16, 16-bit state and inputs, one group;
+// SSM_STEP_M1_FORM=old runs session 5's kernel instead): a block of kM1Ch channels x kM1Rows batch rows, warp w one
+// batch row (w / 2) of 32 channels, no loop over rows. Lane l owns state pack l % 2 (entries 8 (l % 2) .. + 8) of the
+// warp's channels l / 2 and 16 + l / 2, so each of the warp's two 16-byte state loads and stores covers 512
+// contiguous bytes (16 whole rows). The state packs go to shared memory first (cp.async), then the output channel's
+// x, dt, z, D, dt_bias to registers and the block's A rows and B, C rows to shared memory (cp.async; one wait and one
+// barrier; the state stored from registers). Lane l's output channel is l / 2 (even l) or 16 + l / 2 (odd l): its
+// softplus(dt) and dt x reach the partner lane by shuffles, and the two lanes' sums of a channel's y meet by one
+// shuffle. softplus and silu by MUFU approximations.
+template <typename TS, typename T, bool kPdl>
 __global__ void __launch_bounds__(kM1Threads, kM1MinBlocks) mamba1_pair_kernel(StateStepParams p) {
   constexpr float kLog2e = 1.4426950408889634f;
   __shared__ float4 As[kM1Ch][4];       // A row of block channel c, quad q at [c][q ^ (c / 2 % 2)] (no bank conflict)
   __shared__ uint4 bcs[kM1Rows][2][2];  // [row][B, C][pack]: the 16-bit entries as loaded
-  __shared__ uint4 Ss[kAsync ? 2 : 1][kAsync ? kM1Threads : 1];  // kAsync: thread t's state packs at [j][t]
+  __shared__ uint4 Ss[2][kM1Threads];  // thread t's state packs at [j][t]
   const uint32_t t = threadIdx.x, warp = t / 32, lane = t % 32, half = lane % 2;
   const uint32_t H = uint32_t(p.nheads), c0 = blockIdx.x * kM1Ch, b = blockIdx.y * kM1Rows + warp / 2;
   const uint32_t lc0 = warp % 2 * 32 + lane / 2, lc1 = lc0 + 16;  // block channels of the lane's packs
@@ -230,16 +231,10 @@ __global__ void __launch_bounds__(kM1Threads, kM1MinBlocks) mamba1_pair_kernel(S
   TS* st0 = st + h0 * p.state.stride[1];
   TS* st1 = st + h1 * p.state.stride[1];
   const bool ok0 = srow >= 0 && h0 < H, ok1 = srow >= 0 && h1 < H;
-  // kAsync: copied into shared memory by cp.async, issued in this order (ptxas moved the register loads of the
-  // other form after the x, dt, z loads, ~190 instructions into the kernel: session 7 round 1)
-  uint4 s0 = make_uint4(0, 0, 0, 0), s1 = s0;
-  if constexpr (kAsync) {
-    if (ok0) cp_async16(&Ss[0][t], st0);
-    if (ok1) cp_async16(&Ss[1][t], st1);
-  } else {
-    if (ok0) s0 = *reinterpret_cast<const uint4*>(st0);
-    if (ok1) s1 = *reinterpret_cast<const uint4*>(st1);
-  }
+  // copied into shared memory by cp.async, issued in this order (ptxas moved register loads after the x, dt, z
+  // loads, ~190 instructions into the kernel: session 7 rounds 1 and 1b, 9.3 us vs 9.2 this way)
+  if (ok0) cp_async16(&Ss[0][t], st0);
+  if (ok1) cp_async16(&Ss[1][t], st1);
   // the output channel's weights, the block's A rows (thread t: quad t % 4 of channel t / 4)
   const float bias = has(p.dt_bias) && ho < H ? ptr<float>(p.dt_bias)[ho * p.dt_bias.stride[0]] : 0.f;
   const float Do = has(p.D) && ho < H ? ptr<float>(p.D)[ho * p.D.stride[0]] : 0.f;
@@ -271,10 +266,7 @@ __global__ void __launch_bounds__(kM1Threads, kM1MinBlocks) mamba1_pair_kernel(S
   cp_async_wait(0);
   __syncthreads();
   if (!row) return;  // whole warps
-  if constexpr (kAsync) {
-    if (ok0) s0 = Ss[0][t];
-    if (ok1) s1 = Ss[1][t];
-  }
+  uint4 s0 = ok0 ? Ss[0][t] : make_uint4(0, 0, 0, 0), s1 = ok1 ? Ss[1][t] : make_uint4(0, 0, 0, 0);
   const float dl0 = __shfl_sync(0xffffffffu, d, lane & ~1u) * kLog2e, dl1 = __shfl_sync(0xffffffffu, d, lane | 1u) * kLog2e;
   const float dx0 = __shfl_sync(0xffffffffu, dx, lane & ~1u), dx1 = __shfl_sync(0xffffffffu, dx, lane | 1u);
   const uint4 Bw = bcs[warp / 2][0][half], Cw = bcs[warp / 2][1][half];
@@ -516,12 +508,6 @@ inline bool mamba1_old() {
   return env != nullptr && env[0] == 'o';
 }
 
-// SSM_STEP_M1_FORM=reg: mamba1_pair_kernel loading the state packs to registers (round 1's form), not by cp.async.
-inline bool mamba1_reg() {
-  const char* env = std::getenv("SSM_STEP_M1_FORM");
-  return env != nullptr && env[0] == 'r';
-}
-
 // The lean kernels' form for this call, or false (the general kernel runs): Mamba-1 rows (P = 1, A per
 // entry, N = 16, 16-bit state and inputs, one group, dt_proj optional: mamba1_pair_kernel, mamba1_step_kernel_s5)
 // and the wide Mamba-2 rows of
@@ -560,11 +546,8 @@ void launch_lean(const StateStepParams& p, cudaStream_t stream) {
         // kernel's FFMA dot (mamba-130m b64: 6.9 us a call in session 5; session 6's tensor-core dot 8.0)
         if (!kProj && !mamba1_old()) {
           const dim3 grid(ceil_div(p.nheads, kM1Ch), ceil_div(p.batch, kM1Rows));
-          SSM_BOOL_SWITCH(!mamba1_reg(), kAsync, [&] {
-            if (step_pdl(p)) return pdl_launch(mamba1_pair_kernel<TS, T, true, kAsync>, grid, dim3(kM1Threads), 0, stream, p);
-            mamba1_pair_kernel<TS, T, false, kAsync><<<grid, kM1Threads, 0, stream>>>(p);
-          });
-          return;
+          if (step_pdl(p)) return pdl_launch(mamba1_pair_kernel<TS, T, true>, grid, dim3(kM1Threads), 0, stream, p);
+          return mamba1_pair_kernel<TS, T, false><<<grid, kM1Threads, 0, stream>>>(p);
         }
         if (mamba1_rows(p) == 2) return go(mamba1_step_kernel_s5<TS, T, 2, kProj>, 1, 2);
         go(mamba1_step_kernel_s5<TS, T, 4, kProj>, 1, 4);
