@@ -32,11 +32,8 @@ from ssm.utils.inference import InferenceParams  # noqa: E402
 # past batch 8 (ssm.ops.proj_state_step.LARGE = False); "fold": folds it at every rank (LARGE_MAX_RANK = 256)
 FORMS = {"general": {"SSM_STEP_LEAN": "0"}, "lean": {}, "m1_r2": {"SSM_STEP_M1": "2"}, "m1_r4": {"SSM_STEP_M1": "4"},
          "wide": {"SSM_STEP_WIDE": "1"}, "nofold": {"nofold": "1"}, "m1old": {"SSM_STEP_M1_FORM": "old"},
-         "coal": {"SSM_STEP_M1_FORM": "coal"}, "coal_r2": {"SSM_STEP_M1_FORM": "coal", "SSM_STEP_M1": "2"},
-         "all": {"SSM_STEP_M1_FORM": "all"},
-         "kp1": {"SSM_STEP_KP": "1"}, "kp4": {"SSM_STEP_KP": "4"}, "convold": {"SSM_CONV_UPDATE_ROW4": "0"},
-         "fold": {"fold": "1"}}
-ENV = ("SSM_STEP_LEAN", "SSM_STEP_M1", "SSM_STEP_WIDE", "SSM_STEP_M1_FORM", "SSM_STEP_KP", "SSM_CONV_UPDATE_ROW4")
+         "convold": {"SSM_CONV_UPDATE_ROW4": "0"}, "fold": {"fold": "1"}, "pdl": {"SSM_STEP_PDL": "1"}}
+ENV = ("SSM_STEP_LEAN", "SSM_STEP_M1", "SSM_STEP_WIDE", "SSM_STEP_M1_FORM", "SSM_CONV_UPDATE_ROW4", "SSM_STEP_PDL")
 START = time.time()
 DEADLINE = [1e9]
 
@@ -97,13 +94,32 @@ def with_env(env):
 
 
 def run_steps(copy_gbs, plan):
-    # plan: [(case, form)], in order
+    # plan: [(case, form)], in order; "m1proj": the dt_proj-folded Mamba-1 step (proj_state_step_case)
     for case, form in plan:
         if late(f"{case}:{form}"):
             continue
-        name, *shape, target = STEP_CASES[case]
         with with_env(FORMS[form]):
+            if case == "m1proj":
+                proj_state_step_case(f"proj state step Mamba-1 b64 D1536 rank 48 {form}", copy_gbs)
+                continue
+            name, *shape, target = STEP_CASES[case]
             bc.step_case(f"{name} {form}", *shape, copy_gbs, target, with_ref=False)
+
+
+def proj_state_step_case(name, copy_gbs, batch=64, D=1536, rank=48, N=16):
+    """Mamba-1's b64 decode step with dt_proj folded (mamba-130m's shape: the kernel Mamba1.step runs there) in a CUDA
+    graph over rotating states, like bench_cuda.step_case."""
+    dev, bf16 = torch.device("cuda"), torch.bfloat16
+    states = [torch.randn(batch, D, N, device=dev, dtype=bf16) for _ in range(64)]
+    x, z = (torch.randn(batch, D, device=dev, dtype=bf16) for _ in range(2))
+    x_dbl = torch.randn(batch, rank + 2 * N, device=dev, dtype=bf16)  # rows of rank + 2N, as Mamba1.step's x_proj output
+    dt_in, Bm, Cm = x_dbl[:, :rank], x_dbl[:, rank:rank + N], x_dbl[:, rank + N:]
+    w = torch.randn(D, rank, device=dev, dtype=bf16) * rank ** -0.5
+    A, Dp, bias = -torch.rand(D, N, device=dev), torch.randn(D, device=dev), torch.randn(D, device=dev)
+    fns = [lambda s=s: pss.proj_state_step(s, x, dt_in, w, A, Bm, Cm, Dp, z, bias, True) for s in states]
+    io = 2 * bc.nbytes(states[0]) + 2 * bc.nbytes(x) + bc.nbytes(z)
+    bc.record(name, f"batch {batch} D{D} N{N} rank {rank} bf16 state", bc.graph_time_ms(fns), io, copy_gbs,
+              note="CUDA graph, rotating buffers")
 
 
 def run_floors(copy_gbs):
@@ -201,17 +217,26 @@ def main():
     ap.add_argument("--models2", default="", help="models (name@form) decoded last")
     ap.add_argument("--floors", action="store_true", help="time the graph method's floors first")
     ap.add_argument("--gemms", action="store_true", help="time the b64 decode GEMMs three ways, after the models")
-    ap.add_argument("--wait", default="", help="after the tests, wait (at most 15 s) until this file exists")
+    ap.add_argument("--wait", default="", help="after the tests, wait until these files (comma-separated) exist")
+    ap.add_argument("--wait-max", type=float, default=15, help="seconds to wait for them at most")
+    ap.add_argument("--tests-only", action="store_true", help="run the tests and stop (timing in another process)")
     ap.add_argument("--deadline", type=float, default=1e9, help="skip items started past this many seconds")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     DEADLINE[0] = args.deadline
     if args.tests:
         run_tests(args.out, args.tests.split(","), args.select)
+        if args.tests_only:
+            return
         _kernels.POISON_OUTPUTS = False  # the tests' conftest NaN-poisons every kernel output (a fill kernel each)
+    torch.zeros(1, device="cuda")  # the CUDA context while waiting
     t = time.time()
-    while args.wait and not os.path.exists(args.wait) and time.time() - t < 15:
-        time.sleep(0.2)  # nothing timed while another process (ncu) uses the GPU
+    waits = [w for w in args.wait.split(",") if w]
+    while not all(os.path.exists(w) for w in waits) and time.time() - t < args.wait_max:
+        time.sleep(0.2)  # nothing timed while another process (tests, ncu) uses the GPU
+    if waits:
+        print(f"waited {time.time() - t:.1f} s for {', '.join(w for w in waits if os.path.exists(w))}; poisoning "
+              f"{_kernels.POISON_OUTPUTS}", flush=True)
     copy_gbs = bc.copy_bandwidth()
     print(f"{torch.cuda.get_device_name()}: copy {copy_gbs:.0f} GB/s", flush=True)
     if args.floors:

@@ -1,7 +1,7 @@
-"""Runs the Mamba-1 b64 state step (D 5120, N 16, bf16) in each form once, then the Mamba-2 b1 step, for `ncu` to
-profile (benchmarks/device/step.sh). A diagnostic: it times nothing and writes nothing.
+"""Runs the Mamba-1 b64 state step (D 5120, N 16, bf16) in each form (SSM_STEP_M1_FORM: "" the default, old) once,
+then the Mamba-2 b1 step, for `ncu` to profile (benchmarks/device/step.sh). A diagnostic: it times nothing and writes nothing.
 
-    python3 benchmarks/device/step_ncu.py [forms: new,old]
+    python3 benchmarks/device/step_ncu.py [forms: default,old]
 """
 import os
 import sys
@@ -13,14 +13,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import ssm.ops as ops  # noqa: E402
 
 DEV, BF16 = torch.device("cuda"), torch.bfloat16
-forms = sys.argv[1].split(",") if len(sys.argv) > 1 else ["new", "old"]
+forms = sys.argv[1].split(",") if len(sys.argv) > 1 else ["default", "old"]
 b, D, N = 64, 5120, 16
 s = torch.randn(b, D, N, device=DEV, dtype=BF16)
 x, dt, z = (torch.randn(b, D, device=DEV, dtype=BF16) for _ in range(3))
 Bm, Cm = (torch.randn(b, N, device=DEV, dtype=BF16) for _ in range(2))
 A, Dp, bias = -torch.rand(D, N, device=DEV), torch.randn(D, device=DEV), torch.randn(D, device=DEV)
 for form in forms:
-    os.environ["SSM_STEP_M1_FORM"] = form
+    os.environ["SSM_STEP_M1_FORM"] = "" if form == "default" else form
     ops.selective_state_step(s, x, dt, A, Bm, Cm, Dp, z, bias, True)
     torch.cuda.synchronize()
 os.environ.pop("SSM_STEP_M1_FORM")

@@ -84,12 +84,9 @@ def test_cuda_kernel_equals_separate_ops(wide, dtype, case, monkeypatch):
 
 # past batch 8 the fused kernel takes ranks up to 64; up to batch 8 any rank (larger ranks at batches 5-8 here)
 LARGE_CASES = [(9, 200, 16, 48), (64, 1536, 16, 48), (8, 300, 16, 128), (6, 130, 16, 256), (5, 64, 16, 8), (12, 72, 16, 64)]
-# kernel forms (tests/ops/test_state_step.py FORMS): the lean Mamba-1 kernel with dt_proj in each row count and
-# the general kernel's dt_proj mode
-FORMS = {"general": {"SSM_STEP_LEAN": "0"}, "lean": {}, "m1_r2": {"SSM_STEP_M1": "2"}, "m1_r4": {"SSM_STEP_M1": "4"},
-         "m1_old": {"SSM_STEP_M1_FORM": "old"}, "m1_coal": {"SSM_STEP_M1_FORM": "coal"},
-         "m1_coal_r2": {"SSM_STEP_M1_FORM": "coal", "SSM_STEP_M1": "2"}, "m1_all": {"SSM_STEP_M1_FORM": "all"},
-         "m1_new": {"SSM_STEP_M1_FORM": "new"}}
+# kernel forms (tests/ops/test_state_step.py FORMS): the lean Mamba-1 kernel with dt_proj (mamba1_step_kernel_s5) in
+# each row count and the general kernel's dt_proj mode
+FORMS = {"general": {"SSM_STEP_LEAN": "0"}, "lean": {}, "m1_r2": {"SSM_STEP_M1": "2"}, "m1_r4": {"SSM_STEP_M1": "4"}}
 
 
 @pytest.mark.cuda

@@ -170,23 +170,21 @@ def test_cuda_row_shapes_match_reference(wide, layout, option, monkeypatch):
     assert_close(inp["state"], ref["state"], inp["state"].dtype, "state")
 
 
-# kernel forms: the general kernel (SSM_STEP_LEAN=0), the lean kernels, Mamba-1 with two batch rows a thread
-FORMS = {"general": {"SSM_STEP_LEAN": "0"}, "lean": {}, "m1_r2": {"SSM_STEP_M1": "2"}, "m1_r4": {"SSM_STEP_M1": "4"}}
+# kernel forms: the general kernel (SSM_STEP_LEAN=0), the lean kernels (Mamba-1: mamba1_pair_kernel)
+FORMS = {"general": {"SSM_STEP_LEAN": "0"}, "lean": {}}
 
 
-# session-6 variants, measured beside the defaults: the session-5 Mamba-1 kernel, mamba1_step_kernel with the state
-# copied and stored warp-coalesced or with one wait for all rows, lean_kernel with 1 or 4 packs a lane
+# variants beside the defaults: session 5's Mamba-1 kernel without dt_proj (the fallback, four or two batch rows a
+# thread); lean_kernel and mamba1_pair_kernel with programmatic dependent launch, their state loads before the wait
 VARIANT_FORMS = {"m1_old": {"SSM_STEP_M1_FORM": "old"}, "m1_old_r2": {"SSM_STEP_M1_FORM": "old", "SSM_STEP_M1": "2"},
-                 "m1_coal": {"SSM_STEP_M1_FORM": "coal"}, "m1_coal_r2": {"SSM_STEP_M1_FORM": "coal", "SSM_STEP_M1": "2"},
-                 "m1_all": {"SSM_STEP_M1_FORM": "all"}, "m1_new": {"SSM_STEP_M1_FORM": "new"}, "m1_all_r2": {"SSM_STEP_M1_FORM": "all", "SSM_STEP_M1": "2"},
-                 "kp1": {"SSM_STEP_KP": "1"}, "kp4": {"SSM_STEP_KP": "4"}}
+                 "pdl": {"SSM_STEP_PDL": "1"}}
 FORMS.update(VARIANT_FORMS)
 M1_LAYOUTS = [("mamba1", 9, 40, 1, 16, 1), ("mamba1", 6, 24, 1, 16, 3), ("mamba1", 1, 200, 1, 16, 1),
               ("mamba1", 13, 300, 1, 16, 1)]
 
 
 def use_form(monkeypatch, form):
-    for name in ("SSM_STEP_LEAN", "SSM_STEP_M1", "SSM_STEP_M1_FORM", "SSM_STEP_KP"):
+    for name in ("SSM_STEP_LEAN", "SSM_STEP_M1", "SSM_STEP_M1_FORM", "SSM_STEP_PDL"):
         monkeypatch.delenv(name, raising=False)
     for name, value in FORMS[form].items():
         monkeypatch.setenv(name, value)
@@ -205,8 +203,9 @@ def test_cuda_lean_kernel_matches_reference(form, layout, dtype, option, monkeyp
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("form, layout", [(f, m1) for f in ("m1_old", "m1_old_r2", "m1_coal", "m1_coal_r2", "m1_all", "m1_all_r2", "m1_new") for m1 in M1_LAYOUTS]
-                         + [(f, ("mamba2", 2, 3, 16, 128, 1)) for f in ("kp1", "kp4")])
+@pytest.mark.parametrize("form, layout", [(f, m1) for f in ("m1_old", "m1_old_r2", "pdl")
+                                           for m1 in M1_LAYOUTS + [("mamba1", 70, 130, 1, 16, 1)]]
+                         + [("pdl", ("mamba2", 2, 3, 16, 128, 1))])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("option", ["plain", "softplus+bias", "z+D", "indices", "all_contig"])
 def test_cuda_step_variants_match_reference(form, layout, dtype, option, monkeypatch):
@@ -214,12 +213,12 @@ def test_cuda_step_variants_match_reference(form, layout, dtype, option, monkeyp
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("rows", ["2", "4"])
+@pytest.mark.parametrize("form, rows", [("lean", "4"), ("m1_old", "2"), ("m1_old", "4")])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_cuda_mamba1_softplus_over_its_range(rows, dtype, monkeypatch):
-    """dt + dt_bias from -14 to 24 over the channels: mamba1_step_kernel's softplus by its series (e^v < 2^-5),
-    by lg2 (up to 20) and the identity above 20, against the reference."""
-    use_form(monkeypatch, "lean")
+def test_cuda_mamba1_softplus_over_its_range(form, rows, dtype, monkeypatch):
+    """dt + dt_bias from -14 to 24 over the channels: mamba1_pair_kernel's (lean) softplus by its series
+    (e^v < 2^-5), by lg2 (up to 20) and the identity above 20, against the reference; session 5's kernel's exact one."""
+    use_form(monkeypatch, form)
     monkeypatch.setenv("SSM_STEP_M1", rows)
     inp = make_step("mamba1", 9, 300, 1, 16, 1, dtype, torch.device("cuda"), {"z+D"})
     inp["dt_bias"] = torch.linspace(-14.0, 24.0, 300, device="cuda")
@@ -256,8 +255,8 @@ def check_lean(form, layout, dtype, option, monkeypatch):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("form", ["lean", "general"])
-@pytest.mark.parametrize("layout", [("mamba1", 8, 300, 1, 16, 1), ("mamba2", 1, 6, 16, 128, 1)])
+@pytest.mark.parametrize("form, layout", [(f, lay) for f in ("lean", "general") for lay in
+                                          (("mamba1", 8, 300, 1, 16, 1), ("mamba2", 1, 6, 16, 128, 1))])
 def test_cuda_steps_in_a_graph_follow_each_other(form, layout, monkeypatch):
     """Three steps on one state captured in a CUDA graph: each reads the state the previous one wrote."""
     use_form(monkeypatch, form)
@@ -281,6 +280,43 @@ def test_cuda_steps_in_a_graph_follow_each_other(form, layout, monkeypatch):
         y_ref = step(reference.selective_state_step, {**as64(inp), "state": ref_state}, True)
         assert_close(ys[i], y_ref, torch.bfloat16, f"y of step {i}")
     assert_close(state, ref_state, torch.bfloat16, "state")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("form, layout", [("pdl", ("mamba2", 1, 6, 16, 128, 1)), ("pdl", ("mamba1", 8, 300, 1, 16, 1))])
+def test_cuda_pdl_steps_read_their_inputs_after_the_wait(form, layout, monkeypatch):
+    """lean_kernel and mamba1_pair_kernel with programmatic dependent launch (SSM_STEP_PDL=1) in a CUDA graph: six
+    steps over two states in turn (the state read before the wait was written two steps earlier), each step's x
+    written by the kernel launched right before it (read after the wait), against the reference."""
+    use_form(monkeypatch, form)
+    monkeypatch.setenv("SSM_STEP_WIDE", "1")
+    dev = torch.device("cuda")
+    opts = {"z+D", "softplus+bias"} | ({"tied"} if layout[0] == "mamba2" else set())
+    steps = [make_step(*layout, torch.bfloat16, dev, opts) for _ in range(6)]
+    states = [steps[0]["state"], steps[1]["state"]]
+    ref_states = [s.detach().double() for s in states]
+    starts = [s.clone() for s in states]
+    x = torch.empty_like(steps[0]["x"])
+    with use_backend("cuda"):
+        def graph_steps():
+            ys = []
+            for i, inp in enumerate(steps):
+                x.copy_(inp["x"])
+                ys.append(step(ops.selective_state_step, {**inp, "state": states[i % 2], "x": x}, True))
+            return ys
+        graph_steps()  # warm-up
+        for s, s0 in zip(states, starts):
+            s.copy_(s0)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            ys = graph_steps()
+        graph.replay()
+    torch.cuda.synchronize()
+    for i, inp in enumerate(steps):
+        y_ref = step(reference.selective_state_step, {**as64(inp), "state": ref_states[i % 2]}, True)
+        assert_close(ys[i], y_ref, torch.bfloat16, f"y of step {i}")
+    for s, r in zip(states, ref_states):
+        assert_close(s, r, torch.bfloat16, "state")
 
 
 @pytest.mark.cuda

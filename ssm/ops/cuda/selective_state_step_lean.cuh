@@ -1,14 +1,15 @@
 // Lean selective-state decode steps for vectorizable layouts (included by selective_state_step.cuh), each
 // issuing all of a thread's loads before its math, 32-bit index math, no division on the state's address:
-// lean_kernel (wide Mamba-2 rows of small batches), mamba1_step_kernel (Mamba-1 rows, N = 16, several batch
-// rows a thread, dt_proj optional), mamba2_step_kernel (Mamba-2 head tiles of large batches).
+// lean_kernel (wide Mamba-2 rows of small batches), mamba1_pair_kernel (Mamba-1 rows, N = 16, two lanes a channel
+// row), mamba1_step_kernel_s5 (Mamba-1 rows with dt_proj folded, several batch rows a thread), mamba2_step_kernel
+// (Mamba-2 head tiles of large batches).
 #pragma once
-#include "cuda/ssd_mma.cuh"
+#include "cuda/pdl.cuh"
 
 namespace ssm::cuda::step {
 
 constexpr int kLeanThreads = 128;
-constexpr int kMaxProjRank = 256;  // mamba1_step_kernel's dt_in rows in shared memory
+constexpr int kMaxProjRank = 256;  // mamba1_step_kernel_s5's dt_in rows in shared memory
 
 // 2^x by one MUFU instruction (exp2f adds a range fix-up of 4 instructions; results below 2^-126 flush to 0).
 __device__ __forceinline__ float ex2_approx(float x) {
@@ -44,6 +45,11 @@ __device__ __forceinline__ float silu_approx(float v) { return v * rcp_approx(1.
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
   const uint32_t dst = uint32_t(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(gmem) : "memory");
+}
+
+// 16 bytes to global memory in one instruction (NVVM splits a uint4 store through a 16-bit element pointer).
+__device__ __forceinline__ void st_global16(void* dst, const uint4& v) {
+  asm volatile("st.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(dst), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w) : "memory");
 }
 
 // Wait until at most n of this thread's cp.async groups are pending (n <= 7, constant after unrolling).
@@ -86,7 +92,7 @@ struct Raw8 {
 // KP packs of 8 state entries; batch row blockIdx.z. The state, B and C loads are issued first (one memory
 // round trip before the math), then x, z, dt; the state stored after the math, y last. softplus and silu by
 // MUFU approximations for 16-bit inputs.
-template <typename TS, typename T, int K, int KP>
+template <typename TS, typename T, int K, int KP, bool kPdl = false>
 __global__ void __launch_bounds__(kLeanThreads) lean_kernel(StateStepParams p) {
   constexpr float kLog2e = 1.4426950408889634f;
   const uint32_t hp = blockIdx.x * (kLeanThreads / K) + threadIdx.x / K, h = blockIdx.y;
@@ -103,14 +109,25 @@ __global__ void __launch_bounds__(kLeanThreads) lean_kernel(StateStepParams p) {
   Raw8<T> Bv[KP], Cv[KP];
   if (srow >= 0)
 #pragma unroll
-    for (int j = 0; j < KP; ++j) {
-      s[j].load(st + j * K * 8);
-      Bv[j].load_nc(ptr<T>(p.B) + b * p.B.stride[0] + g * p.B.stride[1] + lane * 8 + j * K * 8);
-      Cv[j].load_nc(ptr<T>(p.C) + b * p.C.stride[0] + g * p.C.stride[1] + lane * 8 + j * K * 8);
-    }
+    for (int j = 0; j < KP; ++j) s[j].load(st + j * K * 8);
   const float A2 = ptr<float>(p.A)[h * p.A.stride[0] + hp * p.A.stride[1]] * kLog2e;
   const float Dv = has(p.D) ? ptr<float>(p.D)[h * p.D.stride[0] + hp * p.D.stride[1]] : 0.f;
   const float bias = has(p.dt_bias) ? ptr<float>(p.dt_bias)[h * p.dt_bias.stride[0] + hp * p.dt_bias.stride[1]] : 0.f;
+  // kPdl (launched with programmatic dependent launch, no state_batch_indices): the loads above (the state and the
+  // weights A, D, dt_bias) are issued before the previous kernel of the stream has finished. The condition this
+  // relies on: the previous kernel writes none of them (the state's writer is an earlier kernel, as in the
+  // benchmark's steps over rotating states: never a step on the same state launched right before this one);
+  // nothing is written before the wait. x, dt, z, B, C (written by the previous kernel in a decode chain) after it.
+  if constexpr (kPdl) {
+    pdl_wait();
+    pdl_release();
+  }
+  if (srow >= 0)
+#pragma unroll
+    for (int j = 0; j < KP; ++j) {
+      Bv[j].load_nc(ptr<T>(p.B) + b * p.B.stride[0] + g * p.B.stride[1] + lane * 8 + j * K * 8);
+      Cv[j].load_nc(ptr<T>(p.C) + b * p.C.stride[0] + g * p.C.stride[1] + lane * 8 + j * K * 8);
+    }
   const float xv = to_float(ptr<T>(p.x)[b * p.x.stride[0] + h * p.x.stride[1] + hp * p.x.stride[2]]);
   const float zv = has(p.z) ? to_float(ptr<T>(p.z)[b * p.z.stride[0] + h * p.z.stride[1] + hp * p.z.stride[2]]) : 0.f;
   float dt = to_float(ptr<T>(p.dt)[b * p.dt.stride[0] + h * p.dt.stride[1] + hp * p.dt.stride[2]]) + bias;
@@ -137,203 +154,135 @@ __global__ void __launch_bounds__(kLeanThreads) lean_kernel(StateStepParams p) {
   if (lane == 0) ptr<T>(p.out)[b * p.out.stride[0] + h * p.out.stride[1] + hp * p.out.stride[2]] = from_float<T>(y);
 }
 
-// Mamba-1 rows (P = 1, A per entry, N = 16, 16-bit state and inputs, one group): a thread per channel
-// walking R batch rows (its A row read once for R rows). The small loads first: the block's R rows of B and C
-// (and dt_in rows, kProj) into registers, the thread's x, z, dt; then the thread's A row and state packs copied
-// into shared memory by cp.async (one group a row; no registers held while they are in flight), then B, C
-// (dt_in) to shared memory and the one barrier, which passes once the small loads are in, not the state: row r's
-// math starts when its own group has arrived, overlapping the later rows' arrival; the row's state stored
-// from registers, y last. softplus and silu by MUFU approximations. kProj: dt = dot(dt_proj[h, :], dt_in[b, :])
-// (rounded to T), each thread reading its dt_proj row once for its R rows.
-// kProj of mamba1_step_kernel: dt[h, r] = dot(dt_proj[h, :], dt_in[b0 + r, :]) for the warp's 32 channels from
-// h0 and the block's R rows, by mma.sync m16n8k16 (A: two 16-channel tiles of dt_proj rows read from global
-// memory in 32-bit pairs; B: the dt_in rows in shared memory, columns R..7 zero; k past the rank zero), exact
-// products of T values summed in float32. The warp's results go to dto[channel - h0 + warp * 32][r].
-template <typename T, int R>
-__device__ __forceinline__ void project_dt(const StateStepParams& p, const T (*dti)[kMaxProjRank], float (*dto)[R],
-                                           int64_t h0) {
-  const int lane = threadIdx.x % 32, g = lane / 4, c = lane % 4, rank = int(p.dt_rank);
-  const T* w = ptr<T>(p.dt_proj);
-  float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-  for (int k0 = 0; k0 < rank; k0 += 16) {
-    unsigned b[2], a[4];
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int k = k0 + 2 * c + 8 * i;
-      b[i] = g < R && k < rank ? *reinterpret_cast<const unsigned*>(&dti[g][k]) : 0u;
-    }
-#pragma unroll
-    for (int mt = 0; mt < 2; ++mt) {
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const int64_t row = h0 + 16 * mt + g + 8 * (q & 1);
-        const int k = k0 + 2 * c + 8 * (q >> 1);
-        a[q] = row < p.nheads && k < rank ? __ldg(reinterpret_cast<const unsigned*>(w + row * p.dt_proj.stride[0] + k)) : 0u;
-      }
-      ssd::mma16816<T>(acc[mt], a, b[0], b[1]);
-    }
-  }
-  float(*out)[R] = dto + threadIdx.x / 32 * 32;
-#pragma unroll
-  for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const int row = 16 * mt + g + 8 * (q >> 1), n = 2 * c + (q & 1);
-      if (n < R) out[row][n] = acc[mt][q];
-    }
-  __syncwarp();
+// Two floats as one word of two 16-bit values (lo in the low half), rounded to nearest; and back.
+template <typename TS>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi);
+template <>
+__device__ __forceinline__ uint32_t pack2<bfloat16_t>(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+template <>
+__device__ __forceinline__ uint32_t pack2<half_t>(float lo, float hi) {
+  const __half2 v = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+template <typename TS>
+__device__ __forceinline__ float2 unpack2(uint32_t w);
+template <>
+__device__ __forceinline__ float2 unpack2<bfloat16_t>(uint32_t w) {
+  return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
+}
+template <>
+__device__ __forceinline__ float2 unpack2<half_t>(uint32_t w) {
+  return __half22float2(*reinterpret_cast<const __half2*>(&w));
 }
 
-template <typename TS, typename T, int R, bool kProj, bool kCoal, bool kAll>
-__global__ void __launch_bounds__(kLeanThreads, R == 4 ? 5 : 1) mamba1_step_kernel(StateStepParams p) {
+// mamba1_pair_kernel's block (channels x batch rows, threads) and its blocks a SM (registers capped at 48)
+constexpr int kM1Ch = 64, kM1Rows = 4, kM1Threads = 256, kM1MinBlocks = 5;
+
+// One lane's pack of mamba1_pair_kernel: the 8 state entries s (16-bit pairs) of block channel c from entry 8 half,
+// updated in place with 2^(dl A) and dx B; returns their sum of s C. A row quads are stored at [c][q ^ (c / 2 % 2)].
+template <typename TS, typename T>
+__device__ __forceinline__ float pair_update(uint4& s, const float4 (*As)[4], uint32_t c, uint32_t half, float dl, float dx,
+                                             const uint4& Bw, const uint4& Cw) {
+  float A[8];
+  *reinterpret_cast<float4*>(A) = As[c][(2 * half) ^ (c / 2 % 2)];
+  *reinterpret_cast<float4*>(A + 4) = As[c][(2 * half + 1) ^ (c / 2 % 2)];
+  uint32_t w[4] = {s.x, s.y, s.z, s.w};
+  const uint32_t bw[4] = {Bw.x, Bw.y, Bw.z, Bw.w}, cw[4] = {Cw.x, Cw.y, Cw.z, Cw.w};
+  float y = 0.f;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    float2 v = unpack2<TS>(w[i]);
+    const float2 Bv = unpack2<T>(bw[i]), Cv = unpack2<T>(cw[i]);
+    v.x = v.x * ex2_approx(dl * A[2 * i]) + dx * Bv.x;
+    v.y = v.y * ex2_approx(dl * A[2 * i + 1]) + dx * Bv.y;
+    y += v.x * Cv.x + v.y * Cv.y;
+    w[i] = pack2<TS>(v.x, v.y);
+  }
+  s = make_uint4(w[0], w[1], w[2], w[3]);
+  return y;
+}
+
+// Mamba-1 rows without dt_proj (P = 1, A per entry, N = 16, 16-bit state and inputs, one group;
+// SSM_STEP_M1_FORM=old runs session 5's kernel instead): a block of kM1Ch channels x kM1Rows batch rows, warp w one
+// batch row (w / 2) of 32 channels, no loop over rows. Lane l owns state pack l % 2 (entries 8 (l % 2) .. + 8) of the
+// warp's channels l / 2 and 16 + l / 2, so each of the warp's two 16-byte state loads and stores covers 512
+// contiguous bytes (16 whole rows). The state packs go to shared memory first (cp.async), then the output channel's
+// x, dt, z, D, dt_bias to registers and the block's A rows and B, C rows to shared memory (cp.async; one wait and one
+// barrier; the state stored from registers). Lane l's output channel is l / 2 (even l) or 16 + l / 2 (odd l): its
+// softplus(dt) and dt x reach the partner lane by shuffles, and the two lanes' sums of a channel's y meet by one
+// shuffle. softplus and silu by MUFU approximations.
+template <typename TS, typename T, bool kPdl>
+__global__ void __launch_bounds__(kM1Threads, kM1MinBlocks) mamba1_pair_kernel(StateStepParams p) {
   constexpr float kLog2e = 1.4426950408889634f;
-  constexpr int N = 16, kBC = (32 * R + kLeanThreads - 1) / kLeanThreads;
-  constexpr int kDti = kProj ? R * kMaxProjRank / kLeanThreads : 1;  // dt_in items a thread at most
-  __shared__ float4 bc[R][2][N / 4];  // [row][B, C][n / 4]
-  __shared__ float4 As[kLeanThreads][N / 4];  // A row of thread t, quad q at [t][(q + t / 2) % 4] (no bank conflict)
-  __shared__ uint4 S[R][2][kLeanThreads];  // the state packs of thread t at [r][j][t]
-  __shared__ __align__(16) T dti[kProj ? R : 1][kProj ? kMaxProjRank : 2];  // [row][k]: dt_in rows (kProj)
-  __shared__ float dto[kProj ? kLeanThreads : 1][R];  // [t][row]: the projected dt of thread t's channel (kProj)
-  const uint32_t h = blockIdx.x * kLeanThreads + threadIdx.x;
-  const bool live = h < uint32_t(p.nheads);  // no early exit: every thread reaches the barrier
-  const int64_t b0 = int64_t(blockIdx.z) * R;
-  const int t = threadIdx.x, rank = int(p.dt_rank);
-  int srow[R];
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-    const int64_t b = b0 + r;
-    srow[r] = b >= p.batch ? -1
-            : has(p.state_batch_indices) ? ptr<int>(p.state_batch_indices)[b * p.state_batch_indices.stride[0]] : b;
+  __shared__ float4 As[kM1Ch][4];       // A row of block channel c, quad q at [c][q ^ (c / 2 % 2)] (no bank conflict)
+  __shared__ uint4 bcs[kM1Rows][2][2];  // [row][B, C][pack]: the 16-bit entries as loaded
+  __shared__ uint4 Ss[2][kM1Threads];  // thread t's state packs at [j][t]
+  const uint32_t t = threadIdx.x, warp = t / 32, lane = t % 32, half = lane % 2;
+  const uint32_t H = uint32_t(p.nheads), c0 = blockIdx.x * kM1Ch, b = blockIdx.y * kM1Rows + warp / 2;
+  const uint32_t lc0 = warp % 2 * 32 + lane / 2, lc1 = lc0 + 16;  // block channels of the lane's packs
+  const uint32_t h0 = c0 + lc0, h1 = c0 + lc1, ho = half ? h1 : h0;  // ho: the lane's output channel
+  const bool row = b < uint32_t(p.batch);
+  const int srow = !row ? -1 : has(p.state_batch_indices) ? ptr<int>(p.state_batch_indices)[b * p.state_batch_indices.stride[0]] : int(b);
+  // the state packs first (srow -1: padding row or past the batch)
+  TS* st = ptr<TS>(p.state) + (srow < 0 ? 0 : srow) * p.state.stride[0] + half * 8;
+  TS* st0 = st + h0 * p.state.stride[1];
+  TS* st1 = st + h1 * p.state.stride[1];
+  const bool ok0 = srow >= 0 && h0 < H, ok1 = srow >= 0 && h1 < H;
+  // copied into shared memory by cp.async, issued in this order (ptxas moved register loads after the x, dt, z
+  // loads, ~190 instructions into the kernel: session 7 rounds 1 and 1b, 9.3 us vs 9.2 this way)
+  if (ok0) cp_async16(&Ss[0][t], st0);
+  if (ok1) cp_async16(&Ss[1][t], st1);
+  // the output channel's weights, the block's A rows (thread t: quad t % 4 of channel t / 4)
+  const float bias = has(p.dt_bias) && ho < H ? ptr<float>(p.dt_bias)[ho * p.dt_bias.stride[0]] : 0.f;
+  const float Do = has(p.D) && ho < H ? ptr<float>(p.D)[ho * p.D.stride[0]] : 0.f;
+  if (c0 + t / 4 < H)
+    cp_async16(&As[t / 4][t % 4 ^ (t / 8 % 2)], ptr<float>(p.A) + (c0 + t / 4) * p.A.stride[0] + 4 * (t % 4));
+  // kPdl (programmatic dependent launch, no state_batch_indices): the loads above (the state, the weights) are
+  // issued before the previous kernel of the stream has finished. The condition this relies on: the previous kernel
+  // writes none of them (the state's writer is an earlier kernel: never a step on the same state launched right
+  // before this one); nothing is written before the wait; x, dt, z, B, C are read after it.
+  if constexpr (kPdl) {
+    pdl_wait();
+    pdl_release();
   }
-  // B, C: item i < 32 R is entry i % 16 of row i / 32's B (i / 16 even) or C
-  float bcv[kBC];
-#pragma unroll
-  for (int j = 0; j < kBC; ++j) {
-    const int i = t + j * kLeanThreads, r = i / 32, n = i % N;
-    const TensorArg& M = i / N % 2 ? p.C : p.B;
-    bcv[j] = i < 32 * R && b0 + r < p.batch ? to_float(ptr<T>(M)[(b0 + r) * M.stride[0] + n]) : 0.f;
+  // the output channel's inputs (rows past the batch read row 0's), the block's B, C rows (threads < 16)
+  const uint32_t bi = row ? b : 0;
+  float xo = 0.f, dto = 0.f, zo = 0.f;
+  if (ho < H) {
+    xo = to_float(ptr<T>(p.x)[bi * p.x.stride[0] + ho * p.x.stride[1]]);
+    dto = to_float(ptr<T>(p.dt)[bi * p.dt.stride[0] + ho * p.dt.stride[1]]) + bias;
+    zo = has(p.z) ? to_float(ptr<T>(p.z)[bi * p.z.stride[0] + ho * p.z.stride[1]]) : 0.f;
   }
-  T dtv[kDti];
-  if (kProj)
-#pragma unroll
-    for (int j = 0; j < kDti; ++j) {
-      const int i = t + j * kLeanThreads, r = rank > 0 ? i / rank : 0, k = i - r * rank;
-      const int64_t b = b0 + r < p.batch ? b0 + r : b0;
-      dtv[j] = i < R * rank ? ptr<T>(p.dt)[b * p.dt.stride[0] + k * p.dt.stride[1]] : from_float<T>(0.f);
-    }
-  float xv[R] = {}, zv[R] = {}, dt[R] = {}, Dv = 0.f, bias = 0.f;
-  if (live) {
-    Dv = has(p.D) ? ptr<float>(p.D)[h * p.D.stride[0]] : 0.f;
-    bias = has(p.dt_bias) ? ptr<float>(p.dt_bias)[h * p.dt_bias.stride[0]] : 0.f;
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const int64_t b = srow[r] >= 0 ? b0 + r : b0;  // padding rows read row b0's (unused) inputs
-      xv[r] = to_float(ptr<T>(p.x)[b * p.x.stride[0] + h * p.x.stride[1]]);
-      zv[r] = has(p.z) ? to_float(ptr<T>(p.z)[b * p.z.stride[0] + h * p.z.stride[1]]) : 0.f;
-      dt[r] = kProj ? 0.f : to_float(ptr<T>(p.dt)[b * p.dt.stride[0] + h * p.dt.stride[1]]);
-    }
-  }
-  TS* st = ptr<TS>(p.state) + h * p.state.stride[1];
-  // the thread's dt_proj row (read after the barrier) fetched into L2 now: its first and last bytes' lines
-  if (kProj && live) {
-    const T* w = ptr<T>(p.dt_proj) + h * p.dt_proj.stride[0];
-    for (int k = 0; k < rank; k += 64) asm volatile("prefetch.global.L2 [%0];" ::"l"(w + k));
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(w + rank - 1));
-  }
-  // one cp.async group per row (the A row with row 0's)
-#pragma unroll
-  for (int q = 0; q < N / 4; ++q)
-    if (live) cp_async16(&As[t][(q + t / 2) % 4], ptr<float>(p.A) + h * p.A.stride[0] + 4 * q);
-  // kCoal: lane l of the warp copies item u = 32 i + l (pack u % 2 of the warp's channel u / 2): one instruction
-  // covers 16 whole 32-byte rows (contiguous when the rows are), not half of each of 32 rows
-  const int w0 = t / 32 * 32, lane = t % 32;
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int c = kCoal ? w0 + (32 * j + lane) / 2 : t, jj = kCoal ? lane % 2 : j;
-      const TS* src = ptr<TS>(p.state) + srow[r] * p.state.stride[0] + (blockIdx.x * kLeanThreads + c) * p.state.stride[1];
-      if (blockIdx.x * kLeanThreads + c < uint32_t(p.nheads) && srow[r] >= 0) cp_async16(&S[r][jj][c], src + jj * 8);
-    }
+  {
+    const uint32_t r = t / 4, m = t / 2 % 2, k = t % 2, bb = blockIdx.y * kM1Rows + r;
+    const TensorArg& M = m ? p.C : p.B;
+    if (t < kM1Rows * 4 && bb < uint32_t(p.batch)) cp_async16(&bcs[r][m][k], ptr<T>(M) + bb * M.stride[0] + 8 * k);
     asm volatile("cp.async.commit_group;" ::: "memory");
   }
-#pragma unroll
-  for (int j = 0; j < kBC; ++j) {
-    const int i = t + j * kLeanThreads;
-    if (i < 32 * R) reinterpret_cast<float*>(bc[i / 32][i / N % 2])[i % N] = bcv[j];
-  }
-  if (kProj)
-#pragma unroll
-    for (int j = 0; j < kDti; ++j) {
-      const int i = t + j * kLeanThreads, r = rank > 0 ? i / rank : 0;
-      if (i < R * rank) dti[r][i - r * rank] = dtv[j];
-    }
-  __syncthreads();  // B, C (and dt_in) rows in shared memory
-  if constexpr (kProj) {  // every lane of the warp (mma.sync), live or not
-    project_dt<T, R>(p, dti, dto, blockIdx.x * kLeanThreads + t / 32 * 32);
-#pragma unroll
-    for (int r = 0; r < R; ++r) dt[r] = to_float(from_float<T>(dto[t][r]));
-  }
-  if (!kCoal && !live) return;  // kCoal: every lane stays for the warp's copies
-  // A (times log2 e) in registers once row 0's group (with A) is in
-  cp_async_wait(R - 1);
-  float A2[N];
-#pragma unroll
-  for (int q = 0; q < N / 4; ++q) {
-    const float4 a = As[t][(q + t / 2) % 4];
-    A2[4 * q] = a.x * kLog2e, A2[4 * q + 1] = a.y * kLog2e, A2[4 * q + 2] = a.z * kLog2e, A2[4 * q + 3] = a.w * kLog2e;
-  }
-  // kAll: one wait for every row, their packs in registers, then the rows' math free to interleave (no
-  // ordering point between rows: more independent instructions in flight a warp)
-  uint4 sreg[kAll ? R : 1][2];
-  if (kAll) {
-    cp_async_wait(0);
-#pragma unroll
-    for (int r = 0; r < (kAll ? R : 1); ++r) sreg[r][0] = S[r][0][t], sreg[r][1] = S[r][1][t];
-  }
-  float y[R];
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-    y[r] = 0.f;
-    if (!kAll) cp_async_wait(R - 1 - r);  // this row's state in shared memory
-    if (kCoal) __syncwarp();    // (copied by other lanes)
-    if (srow[r] < 0) continue;
-    const float d = p.softplus ? softplus_approx(dt[r] + bias) : dt[r] + bias, dx = d * xv[r];
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      Raw8<TS> sp;
-      *reinterpret_cast<uint4*>(sp.w[0].e) = kAll ? sreg[kAll ? r : 0][j] : S[r][j][t];
-      float Bv[8], Cv[8];
-      *reinterpret_cast<float4*>(Bv) = bc[r][0][2 * j], *reinterpret_cast<float4*>(Bv + 4) = bc[r][0][2 * j + 1];
-      *reinterpret_cast<float4*>(Cv) = bc[r][1][2 * j], *reinterpret_cast<float4*>(Cv + 4) = bc[r][1][2 * j + 1];
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        const float sv = sp.get(e) * ex2_approx(d * A2[8 * j + e]) + dx * Bv[e];
-        y[r] += sv * Cv[e];
-        sp.set(e, sv);
-      }
-      if (kCoal) S[r][j][t] = *reinterpret_cast<const uint4*>(sp.w[0].e);
-      else sp.store(st + srow[r] * p.state.stride[0] + j * 8);
-    }
-    if (kCoal) {  // the warp's rows stored as they were copied
-      __syncwarp();
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int c = w0 + (32 * j + lane) / 2, jj = lane % 2;
-        TS* dst = ptr<TS>(p.state) + srow[r] * p.state.stride[0] + (blockIdx.x * kLeanThreads + c) * p.state.stride[1];
-        if (blockIdx.x * kLeanThreads + c < uint32_t(p.nheads)) *reinterpret_cast<uint4*>(dst + jj * 8) = S[r][jj][c];
-      }
-    }
-    y[r] += Dv * xv[r];
-    if (has(p.z)) y[r] *= silu_approx(zv[r]);
-  }
-  if (!live) return;
-#pragma unroll
-  for (int r = 0; r < R; ++r)
-    if (b0 + r < p.batch) ptr<T>(p.out)[(b0 + r) * p.out.stride[0] + h * p.out.stride[1]] = from_float<T>(y[r]);
+  const float d = p.softplus ? softplus_approx(dto) : dto, dx = d * xo;
+  cp_async_wait(0);
+  __syncthreads();
+  if (!row) return;  // whole warps
+  uint4 s0 = ok0 ? Ss[0][t] : make_uint4(0, 0, 0, 0), s1 = ok1 ? Ss[1][t] : make_uint4(0, 0, 0, 0);
+  const float dl0 = __shfl_sync(0xffffffffu, d, lane & ~1u) * kLog2e, dl1 = __shfl_sync(0xffffffffu, d, lane | 1u) * kLog2e;
+  const float dx0 = __shfl_sync(0xffffffffu, dx, lane & ~1u), dx1 = __shfl_sync(0xffffffffu, dx, lane | 1u);
+  const uint4 Bw = bcs[warp / 2][0][half], Cw = bcs[warp / 2][1][half];
+  float y0 = pair_update<TS, T>(s0, As, lc0, half, dl0, dx0, Bw, Cw);
+  float y1 = pair_update<TS, T>(s1, As, lc1, half, dl1, dx1, Bw, Cw);
+  if (ok0) st_global16(st0, s0);
+  if (ok1) st_global16(st1, s1);
+  y0 += __shfl_xor_sync(0xffffffffu, y0, 1);
+  y1 += __shfl_xor_sync(0xffffffffu, y1, 1);
+  float yo = (half ? y1 : y0) + Do * xo;
+  if (has(p.z)) yo *= silu_approx(zo);
+  if (ho < H) ptr<T>(p.out)[b * p.out.stride[0] + ho * p.out.stride[1]] = from_float<T>(srow < 0 ? 0.f : yo);
 }
 
-// The session-5 form of mamba1_step_kernel (SSM_STEP_M1_FORM=old), kept until the new form passes on the GPU.
+// Session 5's Mamba-1 kernel: the Mamba-1 rows with dt_proj folded (kProj: the fused proj_state_step past batch 4),
+// and without it the fallback of mamba1_pair_kernel (SSM_STEP_M1_FORM=old).
 // Mamba-1 rows (P = 1, A per entry, N = 16, 16-bit state and inputs, one group): a thread per channel
 // walking R batch rows (its A row read once for R rows). The thread's state packs and A row are copied into
 // shared memory by cp.async (no registers held while they are in flight: ptxas otherwise delays register
@@ -535,7 +484,7 @@ inline size_t mamba2_smem(const StateStepParams& p, bool vec, bool wide) {
   return bytes <= 48 * 1024 ? size_t(bytes) : 0;
 }
 
-// Batch rows a thread of mamba1_step_kernel: four, or two when four leave fewer than two blocks per SM
+// Batch rows a thread of mamba1_step_kernel_s5: four, or two when four leave fewer than two blocks per SM
 // (session 5 round 1, H200: four 14.1 us at b64 D5120, two 15.3; mamba-130m b64 decode, D1536: two 166 us a step
 // for 24 calls, four 181). SSM_STEP_M1=2 / 4 forces either (measurements).
 inline int mamba1_rows(const StateStepParams& p) {
@@ -544,32 +493,31 @@ inline int mamba1_rows(const StateStepParams& p) {
   return int64_t(ceil_div(p.nheads, kLeanThreads)) * ceil_div(p.batch, 4) < 264 ? 2 : 4;
 }
 
-// Packs a lane of lean_kernel at N = 128: two, or SSM_STEP_KP=1 / 4 (measurements, session 6).
-inline int lean_packs() {
-  const char* env = std::getenv("SSM_STEP_KP");
-  return env != nullptr && (env[0] == '1' || env[0] == '4') ? env[0] - '0' : 2;
+// SSM_STEP_PDL=1 (measurements, session 7): lean_kernel at N = 128 and mamba1_pair_kernel launched with
+// programmatic dependent launch, their state loads issued before the wait on the previous kernel (kPdl: the caller
+// guarantees that the previous kernel of the stream does not write the state); calls without state_batch_indices.
+inline bool step_pdl(const StateStepParams& p) {
+  const char* env = std::getenv("SSM_STEP_PDL");
+  return env != nullptr && env[0] == '1' && !has(p.state_batch_indices);
 }
 
-// SSM_STEP_M1_FORM=coal: mamba1_step_kernel copying and storing the state rows warp-coalesced (kCoal, the default
-// without dt_proj); =all: one wait for every row's state, the rows' math interleaved (kAll); =new: neither;
-// =old: the session-5 kernel (the default with dt_proj). 0 when unset.
-inline char mamba1_form() {
+// SSM_STEP_M1_FORM=old: Mamba-1 rows without dt_proj on session 5's kernel (mamba1_step_kernel_s5), not
+// mamba1_pair_kernel (the fallback switch).
+inline bool mamba1_old() {
   const char* env = std::getenv("SSM_STEP_M1_FORM");
-  return env == nullptr ? '\0' : env[0];
+  return env != nullptr && env[0] == 'o';
 }
-
-// SSM_STEP_M1_FORM=old: the session-5 form of mamba1_step_kernel (mamba1_step_kernel_s5).
-inline bool mamba1_old() { return mamba1_form() == 'o'; }
 
 // The lean kernels' form for this call, or false (the general kernel runs): Mamba-1 rows (P = 1, A per
-// entry, N = 16, 16-bit state and inputs, one group, dt_proj optional: mamba1_step_kernel) and the wide Mamba-2 rows of
+// entry, N = 16, 16-bit state and inputs, one group, dt_proj optional: mamba1_pair_kernel, mamba1_step_kernel_s5)
+// and the wide Mamba-2 rows of
 // small batches (A tied, N in {64, 128, 256}: N / 16 lanes, two packs each). SSM_STEP_LEAN=0 switches
 // them off.
 inline bool use_lean(const StateStepParams& p, bool vec, bool wide) {
   const char* env = std::getenv("SSM_STEP_LEAN");
   if ((env != nullptr && env[0] == '0') || !vec) return false;
   const bool tied = p.A.stride[2] == 0;
-  // dt_proj folded in: mamba1_step_kernel only (its dt_proj rows read in 16-byte packs), past batch 4 (the
+  // dt_proj folded in: mamba1_step_kernel_s5 only (its dt_proj rows read in 16-byte packs), past batch 4 (the
   // small batches keep the general kernel's dt_proj mode)
   if (has(p.dt_proj) && (tied || p.batch <= 4 || p.dt_rank % 8 != 0 || p.dt_rank > kMaxProjRank ||
                          !rows_vectorizable<uint16_t>(p.dt_proj, 1)))
@@ -593,24 +541,16 @@ void launch_lean(const StateStepParams& p, cudaStream_t stream) {
   if constexpr (sizeof(TS) == 2 && sizeof(T) == 2) {  // float32 rows would not fit in registers
     if (p.A.stride[2] != 0) {
       SSM_BOOL_SWITCH(has(p.dt_proj), kProj, [&] {
-        // defaults (session 6 round 2, H200): Mamba-1 b64 step coal 12.4 us (new 13.2, all 13.7, session-5 12.8);
-        // with dt_proj the session-5 kernel's FFMA dot (mamba-130m b64: 6.9 us a call in session 5, the tensor-core
-        // dot of the new form 8.0 in this round)
-        const char form = mamba1_form();
-        if (mamba1_old() || (kProj && form == '\0')) {
-          if (mamba1_rows(p) == 2) return go(mamba1_step_kernel_s5<TS, T, 2, kProj>, 1, 2);
-          return go(mamba1_step_kernel_s5<TS, T, 4, kProj>, 1, 4);
+        // defaults (session 7 round 1, H200): without dt_proj mamba1_pair_kernel (Mamba-1 b64 step 9.2 us; session
+        // 6's coal form 11.9, session 5's kernel 12.2, two batch rows a warp 10.4); with dt_proj the session-5
+        // kernel's FFMA dot (mamba-130m b64: 6.9 us a call in session 5; session 6's tensor-core dot 8.0)
+        if (!kProj && !mamba1_old()) {
+          const dim3 grid(ceil_div(p.nheads, kM1Ch), ceil_div(p.batch, kM1Rows));
+          if (step_pdl(p)) return pdl_launch(mamba1_pair_kernel<TS, T, true>, grid, dim3(kM1Threads), 0, stream, p);
+          return mamba1_pair_kernel<TS, T, false><<<grid, kM1Threads, 0, stream>>>(p);
         }
-        if (form == 'c' || form == '\0') {
-          if (mamba1_rows(p) == 2) return go(mamba1_step_kernel<TS, T, 2, kProj, true, false>, 1, 2);
-          return go(mamba1_step_kernel<TS, T, 4, kProj, true, false>, 1, 4);
-        }
-        if (form == 'a') {
-          if (mamba1_rows(p) == 2) return go(mamba1_step_kernel<TS, T, 2, kProj, false, true>, 1, 2);
-          return go(mamba1_step_kernel<TS, T, 4, kProj, false, true>, 1, 4);
-        }
-        if (mamba1_rows(p) == 2) return go(mamba1_step_kernel<TS, T, 2, kProj, false, false>, 1, 2);
-        go(mamba1_step_kernel<TS, T, 4, kProj, false, false>, 1, 4);
+        if (mamba1_rows(p) == 2) return go(mamba1_step_kernel_s5<TS, T, 2, kProj>, 1, 2);
+        go(mamba1_step_kernel_s5<TS, T, 4, kProj>, 1, 4);
       });
       return;
     }
@@ -618,9 +558,10 @@ void launch_lean(const StateStepParams& p, cudaStream_t stream) {
   // wide rows: two packs a lane, N / 16 lanes (faster than one pack a lane, session 4 round 2)
   if (p.dstate == 64) return go(lean_kernel<TS, T, 4, 2>, 4, 1);
   if (p.dstate == 128) {
-    const int kp = lean_packs();
-    if (kp == 1) return go(lean_kernel<TS, T, 16, 1>, 16, 1);
-    if (kp == 4) return go(lean_kernel<TS, T, 4, 4>, 4, 1);
+    if (step_pdl(p)) {
+      const dim3 grid(ceil_div(p.headdim * 8, kLeanThreads), unsigned(p.nheads), unsigned(p.batch));
+      return pdl_launch(lean_kernel<TS, T, 8, 2, true>, grid, dim3(kLeanThreads), 0, stream, p);
+    }
     return go(lean_kernel<TS, T, 8, 2>, 8, 1);
   }
   go(lean_kernel<TS, T, 16, 2>, 16, 1);
