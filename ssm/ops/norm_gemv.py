@@ -164,6 +164,16 @@ def small_linear(linear: nn.Module, x: Tensor) -> Tensor:
     return _fused(0, x, None, None, linear.weight, linear.bias, 1, 0.0)
 
 
+def small_matmul(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """F.linear(x, weight, bias) for x (B, K): through the small-batch kernel on CUDA when it takes the
+    call (PLAIN, no autograd, not compiling), else gemv_linear."""
+    if (x.is_cpu or not PLAIN or torch.compiler.is_compiling() or x.dim() != 2 or not _fusable(x, None, weight, 0)
+            or (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)))):
+        return gemv_linear(x, weight, bias)
+    _check_linear(x, weight, bias)
+    return _fused(0, x, None, None, weight, bias, 1, 0.0)
+
+
 def norm_linear(x: Tensor, residual: Optional[Tensor], norm_weight: Tensor, norm_bias: Optional[Tensor],
                 linear: nn.Module, *, is_rms: bool = True, eps: float = 1e-5) -> tuple[Tensor, Tensor]:
     """A prenorm block's residual add + norm feeding a linear layer, for one decoded token:

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ssm.ops import _checks, _kernels
 from ssm.ops import conv_state_step as _css
-from ssm.ops.norm_gemv import gemv_linear
+from ssm.ops.norm_gemv import small_matmul
 from ssm.ops.state_step import selective_state_step
 from ssm.utils import dispatch
 
@@ -46,12 +46,17 @@ def _fusable(state, x, dt_in, dt_proj_weight, B, C, z) -> bool:
         return False
     # large batches: the kernel only in its lean Mamba-1 form (the general kernel's dt_proj mode lost to cuBLAS's
     # dt_proj there: H200, mamba-130m b64, 0.980 vs 0.861 ms per token)
-    act = x.dtype
+    act, batch, rank = x.dtype, x.shape[0], dt_in.shape[1]
+    small = 0 < batch <= _css.MAX_BATCH and (batch > SMALL_BATCH or rank <= SMALL_MAX_RANK)
     return (act in _kernels.KERNEL_DTYPES and state.dtype in _kernels.KERNEL_DTYPES
-            and (0 < x.shape[0] <= _css.MAX_BATCH or _lean_large(state, x, dt_proj_weight))
+            and (small or _lean_large(state, x, dt_proj_weight))
             and dt_in.shape[1] > 0 and all(t is None or t.dtype == act for t in (dt_in, dt_proj_weight, B, C, z)))
 
 
+# batches up to SMALL_BATCH fold dt_proj ranks up to SMALL_MAX_RANK; larger ranks run it through the small-batch
+# GEMV (H200, b1 decode per token: mamba-1.4b, rank 128, 1.644 ms unfolded vs 2.097 folded into the general step
+# kernel; mamba-130m, rank 48, 0.481 unfolded vs 0.460 folded)
+SMALL_BATCH, SMALL_MAX_RANK = 4, 64
 LARGE = os.environ.get("SSM_STEP_PROJ_LARGE", "1") == "1"  # the fused kernel past MAX_BATCH (0: cuBLAS's dt_proj)
 LARGE_MAX_RANK = 64  # the largest dt_proj rank folded past MAX_BATCH
 _HALF = (torch.float16, torch.bfloat16)
@@ -89,5 +94,5 @@ def proj_state_step(state: Tensor, x: Tensor, dt_in: Tensor, dt_proj_weight: Ten
     Same as selective_state_step(state, x, F.linear(dt_in, dt_proj_weight), A, B, C, D, z, dt_bias, softplus)."""
     _check_args(state, x, dt_in, dt_proj_weight, A, B, C, D, z, dt_bias)
     if torch.compiler.is_compiling() or not _fusable(state, x, dt_in, dt_proj_weight, B, C, z):
-        return selective_state_step(state, x, gemv_linear(dt_in, dt_proj_weight), A, B, C, D, z, dt_bias, softplus)
+        return selective_state_step(state, x, small_matmul(dt_in, dt_proj_weight), A, B, C, D, z, dt_bias, softplus)
     return _fused(state, x, dt_in, dt_proj_weight, A, B, C, D, z, dt_bias, softplus)

@@ -123,6 +123,23 @@ def test_cuda_large_batch_runs_the_lean_kernel():
     assert not any("gemm" in n.lower() or "gemv" in n.lower() for n in names), names
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", [(1, 4096, 16, 128), (4, 200, 16, 96), (2, 64, 16, 256)])
+def test_cuda_small_batch_large_rank_runs_dt_proj_through_the_gemv(dtype, case):
+    """Batches <= 4 with dt_proj ranks > 64: dt_proj through the small-batch GEMV, then the state step."""
+    inp = make(*case, dtype, torch.device("cuda"), {"z+D", "aligned"})
+    assert not pss._fusable(inp["state"], inp["x"], inp["dt_in"], inp["W"], inp["B"], inp["C"], inp["z"])
+    ref = as64(inp)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        y = run(pss.proj_state_step, inp)
+        torch.cuda.synchronize()
+    assert_close(y, run(reference_step, ref), dtype, "y")
+    assert_close(inp["state"], ref["state"], dtype, "state")
+    names = [e.key for e in prof.key_averages()]
+    assert any("norm_gemv" in n for n in names), names
+
+
 def test_falls_back_to_the_separate_ops_when_switched_off(monkeypatch):
     monkeypatch.setattr(css, "FUSED", False)
     inp = make(2, 8, 16, 3, torch.float32, torch.device("cpu"), {"all"})

@@ -234,6 +234,7 @@ struct ConvStateStepParams {
   TensorArg counters;     // (B * G,)             int32, zero
   TensorArg out;          // (B, H, P)            dtype
   bool softplus = false, silu = false;
+  bool early = false;     // the stream's previous kernel writes neither state: read them before it ends (PDL)
 };
 
 }  // namespace ssm
