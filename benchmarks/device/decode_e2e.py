@@ -29,28 +29,17 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import bench_cuda as bc  # noqa: E402
 import bench_models_cuda as bm  # noqa: E402
 from ssm.ops import conv_state_step as css  # noqa: E402
-from ssm.ops import norm_gemv as ng  # noqa: E402
 from ssm.ops import proj_state_step as pss  # noqa: E402
 
 DEV = bc.DEV
 OUT: dict = {"e2e": [], "profile": {}}
-VARIANTS = {"default": {}, "scalar_prologue": {"SSM_GEMV_VEC": "0"}, "narrow_conv_step": {"SSM_CONV_STEP_WIDE": "0"},
-            "no_pdl": {"SSM_PDL": "0"}, "no_dt_fold": {}, "separate_conv_step": {}, "dt_gemv": {}}
+VARIANTS = {"default": {}, "wide_conv_step": {"SSM_CONV_STEP_WIDE": "1"}, "no_pdl": {"SSM_PDL": "0"},
+            "late_states": {}, "dt_fold": {}, "scalar_prologue": {"SSM_GEMV_VEC": "0"}}
 SWITCHES = ("SSM_PDL", "SSM_GEMV_VEC", "SSM_CONV_STEP_WIDE")
-# variants that set a module attribute: name -> (module, attribute, value); Mamba-1 (dt_proj) or Mamba-2
-# (conv) only. separate_conv_step: the conv update and state step kernels instead of conv_state_step.
-
-
-def _dt_gemv(x, w, bias=None):
-    """dt_proj through the small-batch GEMV kernel (the variant dt_gemv)."""
-    if ng._fusable(x, None, w, 0):
-        return ng._fused(0, x, None, None, w, bias, 1, 0.0)
-    return torch.nn.functional.linear(x, w, bias)
-
-
-FLAGS = {"no_dt_fold": [(pss, "ENABLED", False)], "separate_conv_step": [(css, "_fusable", lambda *a: False)],
-         "dt_gemv": [(pss, "ENABLED", False), (pss, "gemv_linear", _dt_gemv)]}
-ONLY = {"no_dt_fold": "mamba-", "dt_gemv": "mamba-", "narrow_conv_step": "mamba2-", "separate_conv_step": "mamba2-"}
+# variants that set a module attribute: name -> [(module, attribute, value)]. late_states: conv_state_step reads
+# the states after the PDL wait; dt_fold: Mamba-1 dt_proj folded into the state step at every rank.
+FLAGS = {"late_states": [(css, "EARLY", False)], "dt_fold": [(pss, "SMALL_MAX_RANK", 1 << 20)]}
+ONLY = {"dt_fold": "mamba-1.4b", "late_states": "mamba2-", "wide_conv_step": "mamba2-"}
 
 
 def guarded(fn):
@@ -181,8 +170,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=".")
     ap.add_argument("--models", default="mamba2-1.3b,mamba-1.4b,mamba2-130m,mamba-130m")
-    ap.add_argument("--variants", default="separate_conv_step,dt_gemv,no_dt_fold,narrow_conv_step,scalar_prologue")
-    ap.add_argument("--skip", default="")
+    ap.add_argument("--variants", default="late_states,dt_fold,wide_conv_step")
+    ap.add_argument("--profile", default="mamba2-130m,mamba-130m", help="models whose token is profiled")
+    ap.add_argument("--skip", default="", help="no_pdl: no profile without PDL")
     a = ap.parse_args()
     path = os.path.join(a.out, "decode_e2e.json")
     skip = set(a.skip.split(","))
@@ -193,11 +183,11 @@ def main():
     for name in a.models.split(","):  # the defaults and one token's kernels first, then the variants
         models[name] = model = bm.make_model(name)  # outside inference_mode: ordinary parameters
         e2e(model, name, "default")
-        if "profile" not in skip:
+        if name in a.profile.split(","):
             with torch.inference_mode():  # the graph cache's tensors are inference tensors
                 guarded(per_token_ms)(model, 0)  # a graph of the defaults
                 profile_tokens(model, name)
-                if name.startswith("mamba2"):  # without PDL: each kernel's own duration, no early start
+                if name.startswith("mamba2") and "no_pdl" not in skip:  # each kernel's own duration
                     set_env(VARIANTS["no_pdl"])
                     guarded(per_token_ms)(model, 0)
                     profile_tokens(model, name + "/no_pdl")
