@@ -31,7 +31,7 @@ def test_step_matches_forward(kind):
 
 
 def test_step_matches_forward_with_dt_proj_past_the_fold():
-    """dt_rank > proj_state_step.SMALL_MAX_RANK at batch <= 4: dt_proj through the small-batch GEMV."""
+    """dt_rank 96 at batch 3: past proj_state_step.SMALL_MAX_RANK, in the small-batch step kernel (m1_decode_step)."""
     m = Mamba1(D_MODEL, d_state=16, dt_rank=96, layer_idx=0).cuda()
     x = torch.randn(3, 150, D_MODEL, device="cuda")
     ref = m(x)

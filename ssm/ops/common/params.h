@@ -373,3 +373,26 @@ struct SsdBwdReduceParams {
 };
 
 }  // namespace ssm
+
+namespace ssm {
+
+// One Mamba-1 decode step with dt_proj folded in, for small batches (CUDA only; proj_state_step):
+// dt = dt_in @ dt_proj^T (rounded to dtype), then the selective state step, state updated in place.
+struct M1DecodeStepParams {
+  int64_t batch = 0, dim = 0, dstate = 0, rank = 0;
+  DType state_dtype = DType::f32, dtype = DType::f32;
+  TensorArg state;    // (B, D, N)  state_dtype, unit stride along N
+  TensorArg x;        // (B, D)     dtype
+  TensorArg dt_in;    // (B, R)     dtype
+  TensorArg dt_proj;  // (D, R)     dtype, rows contiguous and 16-byte aligned
+  TensorArg A;        // (D, N)     float32
+  TensorArg B, C;     // (B, N)     dtype
+  TensorArg D;        // (D,)       float32, optional
+  TensorArg z;        // (B, D)     dtype, optional
+  TensorArg dt_bias;  // (D,)       float32, optional
+  TensorArg out;      // (B, D)     dtype
+  bool softplus = true;
+  bool early = false;  // the stream's previous kernel does not write state: read it before that kernel ends (PDL)
+};
+
+}  // namespace ssm
