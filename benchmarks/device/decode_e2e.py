@@ -34,12 +34,15 @@ from ssm.ops import proj_state_step as pss  # noqa: E402
 DEV = bc.DEV
 OUT: dict = {"e2e": [], "profile": {}}
 VARIANTS = {"default": {}, "wide_conv_step": {"SSM_CONV_STEP_WIDE": "1"}, "no_pdl": {"SSM_PDL": "0"},
-            "late_states": {}, "dt_fold": {}, "scalar_prologue": {"SSM_GEMV_VEC": "0"}}
+            "late_states": {}, "m1_old_step": {}, "m1_old_fold": {}, "scalar_prologue": {"SSM_GEMV_VEC": "0"}}
 SWITCHES = ("SSM_PDL", "SSM_GEMV_VEC", "SSM_CONV_STEP_WIDE")
 # variants that set a module attribute: name -> [(module, attribute, value)]. late_states: conv_state_step reads
-# the states after the PDL wait; dt_fold: Mamba-1 dt_proj folded into the state step at every rank.
-FLAGS = {"late_states": [(css, "EARLY", False)], "dt_fold": [(pss, "SMALL_MAX_RANK", 1 << 20)]}
-ONLY = {"dt_fold": "mamba-1.4b", "late_states": "mamba2-", "wide_conv_step": "mamba2-"}
+# the states after the PDL wait.
+# m1_old_step: Mamba-1 without the small-batch step kernel (the state step kernels with dt_proj folded up to
+# rank 64, the GEMV past it); m1_old_fold: the same with every rank folded (session-6 default).
+FLAGS = {"late_states": [(css, "EARLY", False)], "m1_old_step": [(pss, "SMALL_STEP", False)],
+         "m1_old_fold": [(pss, "SMALL_STEP", False), (pss, "SMALL_MAX_RANK", 1 << 20)]}
+ONLY = {"m1_old_fold": "mamba-1.4b", "m1_old_step": "mamba-", "late_states": "mamba2-", "wide_conv_step": "mamba2-"}
 
 
 def guarded(fn):
@@ -170,7 +173,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=".")
     ap.add_argument("--models", default="mamba2-1.3b,mamba-1.4b,mamba2-130m,mamba-130m")
-    ap.add_argument("--variants", default="late_states,dt_fold,wide_conv_step")
+    ap.add_argument("--variants", default="m1_old_step,late_states,m1_old_fold,wide_conv_step")
     ap.add_argument("--profile", default="mamba2-130m,mamba-130m", help="models whose token is profiled")
     ap.add_argument("--skip", default="", help="no_pdl: no profile without PDL")
     a = ap.parse_args()
