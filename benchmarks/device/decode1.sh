@@ -16,6 +16,7 @@ timeout 20 python3 -m pytest -q -p no:cacheprovider -rf \
   tests/ops/test_proj_state_step.py::test_cuda_small_batch_step_kernel_matches_reference \
   tests/ops/test_proj_state_step.py::test_cuda_small_batch_step_kernel_equals_the_other_path_over_steps \
   tests/ops/test_proj_state_step.py::test_cuda_small_batch_large_rank_runs_dt_proj_through_the_gemv \
+  tests/ops/test_norm_gemv.py::test_norm_linear_conv_equals_separate_ops \
   tests/ops/test_norm_gemv.py::test_streamed_kernel_many_rows_per_warp \
   tests/ops/test_norm_gemv.py::test_norm_linear_cuda_kernel_equals_separate_ops \
   tests/ops/test_conv_state_step.py::test_cuda_kernel_equals_separate_ops \

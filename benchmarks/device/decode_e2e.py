@@ -29,21 +29,26 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import bench_cuda as bc  # noqa: E402
 import bench_models_cuda as bm  # noqa: E402
 from ssm.ops import conv_state_step as css  # noqa: E402
+from ssm.ops import norm_gemv as ng  # noqa: E402
 from ssm.ops import proj_state_step as pss  # noqa: E402
 
 DEV = bc.DEV
 OUT: dict = {"e2e": [], "profile": {}}
 VARIANTS = {"default": {}, "wide_conv_step": {"SSM_CONV_STEP_WIDE": "1"}, "no_pdl": {"SSM_PDL": "0"},
-            "late_states": {}, "m1_old_step": {}, "m1_old_fold": {}, "scalar_prologue": {"SSM_GEMV_VEC": "0"},
+            "late_states": {}, "m1_old_step": {}, "m1_old_fold": {}, "m1_conv_kernel": {},
+            "scalar_prologue": {"SSM_GEMV_VEC": "0"},
             "full_grid": {"SSM_GEMV_HALF_GRID": "0"}}
 SWITCHES = ("SSM_PDL", "SSM_GEMV_VEC", "SSM_CONV_STEP_WIDE", "SSM_GEMV_HALF_GRID")
 # variants that set a module attribute: name -> [(module, attribute, value)]. late_states: conv_state_step reads
 # the states after the PDL wait.
 # m1_old_step: Mamba-1 without the small-batch step kernel (the state step kernels with dt_proj folded up to
-# rank 64, the GEMV past it); m1_old_fold: the same with every rank folded (session-6 default).
+# rank 64, the GEMV past it); m1_old_fold: the same with every rank folded (session-6 default); m1_conv_kernel: the
+# Mamba-1 conv update in its own kernel again (not in in_proj's).
 FLAGS = {"late_states": [(css, "EARLY", False)], "m1_old_step": [(pss, "SMALL_STEP", False)],
+         "m1_conv_kernel": [(ng, "CONV_EPILOGUE", False)],
          "m1_old_fold": [(pss, "SMALL_STEP", False), (pss, "SMALL_MAX_RANK", 1 << 20)]}
-ONLY = {"m1_old_fold": "mamba-1.4b", "m1_old_step": "mamba-", "late_states": "mamba2-", "wide_conv_step": "mamba2-"}
+ONLY = {"m1_old_fold": "mamba-1.4b", "m1_old_step": "mamba-", "m1_conv_kernel": "mamba-", "late_states": "mamba2-",
+        "wide_conv_step": "mamba2-"}
 
 
 def guarded(fn):
@@ -174,7 +179,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=".")
     ap.add_argument("--models", default="mamba2-1.3b,mamba-1.4b,mamba2-130m,mamba-130m")
-    ap.add_argument("--variants", default="m1_old_step,late_states,full_grid,m1_old_fold,wide_conv_step")
+    ap.add_argument("--variants",
+                    default="m1_conv_kernel,m1_old_step,late_states,full_grid,m1_old_fold,wide_conv_step")
     ap.add_argument("--profile", default="mamba2-130m,mamba-130m", help="models whose token is profiled")
     ap.add_argument("--skip", default="", help="no_pdl: no profile without PDL")
     a = ap.parse_args()

@@ -201,13 +201,16 @@ class Mamba1(nn.Module):
         into in_proj: hidden_states, residual (B, 1, d_model) (residual float32 or None) ->
         (out (B, 1, d_model), residual_out (B, 1, d_model) float32); the cached states updated in place."""
         conv_state, ssm_state = self._get_states_from_cache(inference_params, hidden_states.shape[0])
-        xz, residual = norm_linear(hidden_states.squeeze(1), None if residual is None else residual.squeeze(1),
-                                   norm.weight, norm.bias, self.in_proj, is_rms=isinstance(norm, ops.RMSNorm),
-                                   eps=norm.eps)
-        return self._step_projected(xz, conv_state, ssm_state).unsqueeze(1), residual.unsqueeze(1)
+        # on CUDA the conv update goes with in_proj (one kernel when norm_linear takes it)
+        conv = (conv_state, self.conv1d.weight, self.conv1d.bias, self.activation) if hidden_states.is_cuda else None
+        out = norm_linear(hidden_states.squeeze(1), None if residual is None else residual.squeeze(1), norm.weight,
+                          norm.bias, self.in_proj, is_rms=isinstance(norm, ops.RMSNorm), eps=norm.eps, conv=conv)
+        x_conv = out[2] if conv is not None else None
+        return self._step_projected(out[0], conv_state, ssm_state, x_conv).unsqueeze(1), out[1].unsqueeze(1)
 
-    def _step_projected(self, xz, conv_state, ssm_state):
-        """One token from its in_proj output (B, 2 * d_inner) -> out (B, d_model)."""
+    def _step_projected(self, xz, conv_state, ssm_state, x_conv=None):
+        """One token from its in_proj output (B, 2 * d_inner) -> out (B, d_model); x_conv (B, d_inner): the conv
+        update already done (conv_state updated)."""
         x, z = xz.chunk(2, dim=-1)
         if xz.is_cpu and self._plain_projections():  # the inner part in one C++ call (batch <= 4, no autograd)
             y = _m1d.mamba1_decode(x, z, conv_state, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
@@ -215,7 +218,10 @@ class Mamba1(nn.Module):
                                    ssm_state, self.activation)
             return small_linear(self.out_proj, y)
         # conv update + x_proj (one kernel on CUDA); x_dbl (B, dt_rank + 2 d_state), x (B, d_inner) the conv output
-        x_dbl, x = conv_linear(x, conv_state, self.conv1d.weight, self.conv1d.bias, self.x_proj, self.activation)
+        if x_conv is None:
+            x_dbl, x = conv_linear(x, conv_state, self.conv1d.weight, self.conv1d.bias, self.x_proj, self.activation)
+        else:
+            x_dbl, x = small_linear(self.x_proj, x_conv), x_conv
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         # dt_proj folded into the state step (one kernel on CUDA)
         y = proj_state_step(ssm_state, x, dt, self.dt_proj.weight, _states.decode_A(self), B, C, self.D, z=z,

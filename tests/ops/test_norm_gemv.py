@@ -8,6 +8,7 @@ import torch.nn as nn
 
 from ssm.ops import conv_state_step as css
 from ssm.ops import norm_gemv as ng
+from ssm.ops.conv import causal_conv1d_update
 from ssm.ops.gated_norm import rmsnorm_fn
 from ssm.ops.python import reference
 from tests.ops.harness import DTYPES, assert_close, backends, device_of, rand, use_backend
@@ -191,6 +192,35 @@ def test_norm_linear_cuda_kernel_equals_separate_ops(dtype, case, with_residual,
         out_sep = inp["lin"](y)
     assert torch.equal(res, res_sep), "residual_out"
     assert_close(out, out_sep, dtype, "out", factor=0.25)
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", [(1, 768, 3072, 1536, 4, 4), (3, 64, 200, 100, 4, 4), (2, 96, 48, 24, 2, 3),
+                                  (4, 64, 130, 65, 3, 4)])
+@pytest.mark.parametrize("is_rms", [True, False])
+@pytest.mark.parametrize("activation", ["silu", None])
+def test_norm_linear_conv_equals_separate_ops(backend, dtype, case, is_rms, activation):
+    """norm_linear with conv (Mamba-1's in_proj + conv update; one kernel on CUDA): the same outputs, conv
+    outputs and conv states as norm_linear then causal_conv1d_update, over three steps."""
+    batch, K, M, C, W, S = case
+    dev = device_of(backend)
+    inp = make_prenorm(batch, K, M, dtype, dev, True, is_rms)
+    state = rand(batch, C, S, dtype=dtype, device=dev)
+    other = state.clone()
+    w, b = rand(C, 1, W, device=dev, dtype=dtype, scale=0.5), rand(C, device=dev, dtype=dtype)
+    for t in range(3):
+        with use_backend(backend), torch.no_grad():
+            out, res, x_conv = ng.norm_linear(inp["x"], inp["res"], inp["nw"], inp["nb"], inp["lin"], is_rms=is_rms,
+                                              eps=1e-5, conv=(state, w, b, activation))
+            out_sep, res_sep = run_prenorm(inp, is_rms)
+            conv_sep = causal_conv1d_update(out_sep[:, :C], other, w, b, activation)
+        if backend == "cuda":
+            assert ng._conv_epilogue_ok(inp["x"], M, (state, w, b, activation))
+        assert torch.equal(out, out_sep) and torch.equal(res, res_sep), f"out at step {t}"
+        assert_close(x_conv, conv_sep, dtype, f"x_conv at step {t}", factor=0.1)
+        assert torch.equal(state, other), f"conv_state at step {t}"
+        inp["x"] = rand(batch, K, dtype=dtype, device=dev)
 
 
 @pytest.mark.cuda

@@ -273,6 +273,10 @@ struct NormGemvParams {
   TensorArg conv_bias;     // (K,)      float32, optional
   TensorArg conv_out;      // (B, K)    dtype
   TensorArg counters;      // (1,)      int32
+  // modes 3 and 4 with conv_rows > 0 (Mamba-1's in_proj feeding its conv update): the outputs of rows
+  // m < conv_rows (the x half) go on through the conv update of channel m: conv_out (B, conv_rows) and
+  // conv_state (B, conv_rows, S <= 4, S >= W - 1, W <= 4) updated in place; no counters
+  int64_t conv_rows = 0;
 };
 
 }  // namespace ssm

@@ -279,9 +279,66 @@ __device__ __forceinline__ void use_unit(float (&acc)[kG][kMaxB], const Pack<T> 
   }
 }
 
-// The group's rows done: out[b, m] = the warp's sum (+ bias); the accumulators reset.
+// The conv epilogue (conv_rows > 0): lane l of a warp owns the output (row g, batch row b) of the warp's
+// i-th row group, i = l / (B kG), and with it channel m's conv weights, bias and state row (S <= 4).
+template <typename T>
+struct ConvLane {
+  float w[4], cb, lb;  // conv weights and bias of channel m, the linear layer's bias of row m
+  T s[4];              // channel m's conv state row (batch row b)
+  int i, g, b;
+  int64_t m;
+  bool ok;
+};
+
+// Before the wait: the lane's place and its parameters (no kernel writes them).
 template <typename T, int kG>
-__device__ __forceinline__ void store_rows(float (&acc)[kG][kMaxB], const NormGemvParams& p, int q, int lane) {
+__device__ __forceinline__ void conv_lane_params(const NormGemvParams& p, ConvLane<T>& cl, int warp, int nwarps,
+                                                 int lane) {
+  const int per = int(p.batch) * kG, r = lane % per;
+  cl.i = lane / per, cl.g = r / int(p.batch), cl.b = r % int(p.batch);
+  cl.m = (int64_t(warp) + int64_t(cl.i) * nwarps) * kG + cl.g;
+  cl.ok = lane < 32 / per * per && cl.m < p.conv_rows;
+  if (!cl.ok) return;
+  const float* w = ptr<float>(p.conv_weight) + cl.m * p.conv_weight.stride[0];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) cl.w[j] = j < p.width ? w[j * p.conv_weight.stride[1]] : 0.f;
+  cl.cb = has(p.conv_bias) ? ptr<float>(p.conv_bias)[cl.m * p.conv_bias.stride[0]] : 0.f;
+  cl.lb = has(p.bias) ? ptr<float>(p.bias)[cl.m * p.bias.stride[0]] : 0.f;
+}
+
+// After the wait (the state may be the previous kernel's output): the lane's conv state row.
+template <typename T>
+__device__ __forceinline__ void conv_lane_state(const NormGemvParams& p, ConvLane<T>& cl) {
+  if (!cl.ok) return;
+  const T* st = ptr<T>(p.conv_state) + cl.b * p.conv_state.stride[0] + cl.m * p.conv_state.stride[1];
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+    if (j < p.state_len) cl.s[j] = st[j * p.conv_state.stride[2]];
+}
+
+// The lane's output row done (its sum v without bias): the conv output of the rounded input and the shifted state.
+template <typename T>
+__device__ __forceinline__ void conv_lane_finish(const NormGemvParams& p, const ConvLane<T>& cl, float v) {
+  const T xin = from_float<T>(v + cl.lb);
+  const int S = int(p.state_len), W = int(p.width);
+  float acc = cl.cb;
+#pragma unroll
+  for (int j = 0; j < 3; ++j)  // history: the state's last W - 1 entries
+    if (j < W - 1) acc += cl.w[j] * to_float(cl.s[S - (W - 1) + j]);
+  acc += cl.w[W - 1] * to_float(xin);
+  ptr<T>(p.conv_out)[cl.b * p.conv_out.stride[0] + cl.m * p.conv_out.stride[1]] = from_float<T>(p.silu ? silu(acc) : acc);
+  T* st = ptr<T>(p.conv_state) + cl.b * p.conv_state.stride[0] + cl.m * p.conv_state.stride[1];
+#pragma unroll
+  for (int j = 0; j < 3; ++j)
+    if (j < S - 1) st[j * p.conv_state.stride[2]] = cl.s[j + 1];
+  st[(S - 1) * p.conv_state.stride[2]] = xin;
+}
+
+// The group's rows done: out[b, m] = the warp's sum (+ bias); the accumulators reset. i: the group's index
+// among the warp's (the conv epilogue's owner lanes).
+template <typename T, int kG, bool kConv>
+__device__ __forceinline__ void store_rows(float (&acc)[kG][kMaxB], const NormGemvParams& p, int q, int lane,
+                                           const ConvLane<T>& cl, int i) {
 #pragma unroll
   for (int g = 0; g < kG; ++g) {
     const int64_t m = int64_t(q) * kG + g;
@@ -294,6 +351,7 @@ __device__ __forceinline__ void store_rows(float (&acc)[kG][kMaxB], const NormGe
         const float bias = has(p.bias) ? ptr<float>(p.bias)[m * p.bias.stride[0]] : 0.f;
         ptr<T>(p.out)[b * p.out.stride[0] + m * p.out.stride[1]] = from_float<T>(v + bias);
       }
+      if (kConv && cl.ok && cl.i == i && cl.g == g && cl.b == b) conv_lane_finish<T>(p, cl, v);
     }
   }
 }
@@ -306,7 +364,7 @@ __device__ __forceinline__ void prefetch_l2(const TensorArg& t, int64_t n) {
     asm volatile("prefetch.global.L2 [%0];" ::"l"(v + i));
 }
 
-template <typename T, int kMode, int kG>
+template <typename T, int kMode, int kG, bool kConv>
 __global__ void __launch_bounds__(kThreads, 2) norm_gemv_stream_kernel(NormGemvParams p, bool vec) {
   extern __shared__ float4 smem4[];
   float* xs = reinterpret_cast<float*>(smem4);  // (B, K)
@@ -324,8 +382,11 @@ __global__ void __launch_bounds__(kThreads, 2) norm_gemv_stream_kernel(NormGemvP
   if (a.q < groups) load_unit<T, kG>(b0, w, ldw, M, nchunks, a, lane);
   if (c.q < groups) load_unit<T, kG>(b1, w, ldw, M, nchunks, c, lane);
   if (kMode >= 1 && kMode <= 4) prefetch_l2(p.norm_weight, K);  // the prologue's constants, meanwhile
+  ConvLane<T> cl;
+  if (kConv) conv_lane_params<T, kG>(p, cl, a.q, nwarps, lane);
   pdl_wait();
   pdl_release();
+  if (kConv) conv_lane_state<T>(p, cl);
   if (kMode != 5 && vec)
     load_inputs_vec<T, kMode == 5 ? 0 : kMode>(p, xs, mean, rstd);
   else
@@ -337,14 +398,15 @@ __global__ void __launch_bounds__(kThreads, 2) norm_gemv_stream_kernel(NormGemvP
 #pragma unroll
     for (int b = 0; b < kMaxB; ++b) acc[g][b] = 0.f;
   // b0 holds unit a, b1 unit c = next(a); each buffer is refilled right after it is used
+  int done = 0;  // row groups stored by this warp
   while (a.q < groups) {
     use_unit<T, kG>(acc, b0, xs, K, batch, M, nchunks, a, lane);
-    if (a.u == units - 1) store_rows<T, kG>(acc, p, a.q, lane);
+    if (a.u == units - 1) store_rows<T, kG, kConv>(acc, p, a.q, lane, cl, done++);
     if (c.q >= groups) break;
     a = next(c);
     if (a.q < groups) load_unit<T, kG>(b0, w, ldw, M, nchunks, a, lane);
     use_unit<T, kG>(acc, b1, xs, K, batch, M, nchunks, c, lane);
-    if (c.u == units - 1) store_rows<T, kG>(acc, p, c.q, lane);
+    if (c.u == units - 1) store_rows<T, kG, kConv>(acc, p, c.q, lane, cl, done++);
     c = next(a);
     if (c.q < groups) load_unit<T, kG>(b1, w, ldw, M, nchunks, c, lane);
   }
@@ -396,9 +458,9 @@ inline bool half_grid() {
   return env == nullptr || env[0] != '0';
 }
 
-template <typename T, int kMode, int kG>
+template <typename T, int kMode, int kG, bool kConv = false>
 void launch_stream(const NormGemvParams& p, size_t smem, cudaStream_t stream) {
-  const auto kernel = norm_gemv_stream_kernel<T, kMode, kG>;
+  const auto kernel = norm_gemv_stream_kernel<T, kMode, kG, kConv>;
   // as many warps as leave every warp the same number of row groups (no tail of a few warps)
   const int64_t groups = (p.out_features + kG - 1) / kG, res = resident(kernel, smem), full = res * kWarps;
   int64_t per_warp = (groups + full - 1) / full;
@@ -406,6 +468,8 @@ void launch_stream(const NormGemvParams& p, size_t smem, cudaStream_t stream) {
   // the whole grid (half the blocks) fits beside the previous kernel's and loads every weight early (PDL)
   const int64_t units = (p.in_features / Pack<T>::kN + 32 * (kSlots / kG) - 1) / (32 * (kSlots / kG));
   if (per_warp == 1 && units == 1 && groups > res / 2 * kWarps && half_grid()) per_warp = 2;
+  // the conv epilogue: a lane per (row, batch row) of the warp's groups
+  if (kConv) per_warp = std::min<int64_t>(per_warp, 32 / (p.batch * kG));
   const int64_t warps = (groups + per_warp - 1) / per_warp;
   const int64_t blocks = (warps + kWarps - 1) / kWarps;
   pdl_launch(kernel, dim3(unsigned(blocks)), dim3(kThreads), smem, stream, p, vector_prologue<T>(p));
@@ -417,8 +481,10 @@ void launch_stream_mode(const NormGemvParams& p, size_t smem, cudaStream_t strea
     case 0: return launch_stream<T, 0, kG>(p, smem, stream);
     case 1: return launch_stream<T, 1, kG>(p, smem, stream);
     case 2: return launch_stream<T, 2, kG>(p, smem, stream);
-    case 3: return launch_stream<T, 3, kG>(p, smem, stream);
-    case 4: return launch_stream<T, 4, kG>(p, smem, stream);
+    case 3: return p.conv_rows > 0 ? launch_stream<T, 3, kG, true>(p, smem, stream)
+                                   : launch_stream<T, 3, kG>(p, smem, stream);
+    case 4: return p.conv_rows > 0 ? launch_stream<T, 4, kG, true>(p, smem, stream)
+                                   : launch_stream<T, 4, kG>(p, smem, stream);
     default: return launch_stream<T, 5, kG>(p, smem, stream);
   }
 }
@@ -433,6 +499,12 @@ void norm_gemv(const NormGemvParams& p, cudaStream_t stream) {
                             p.width >= 1 && p.state_len >= 1 && p.state_len >= p.width - 1),
             op, "mode 5 needs conv_state (length >= width - 1 >= 0), conv_weight, conv_out and counters");
   SSM_CHECK(p.mode < 3 || p.mode > 4 || has(p.residual_out), op, "modes 3 and 4 need residual_out");
+  SSM_CHECK(p.conv_rows == 0 || ((p.mode == 3 || p.mode == 4) && p.conv_rows <= p.out_features &&
+                                 has(p.conv_state) && has(p.conv_weight) && has(p.conv_out) && p.width >= 1 &&
+                                 p.width <= 4 && p.state_len <= 4 && p.state_len >= 1 &&
+                                 p.state_len >= p.width - 1),
+            op, "the conv epilogue (modes 3, 4) needs conv_state (length 1..4, >= width - 1), conv_weight "
+            "(width <= 4), conv_out and conv_rows <= out_features");
   SSM_CHECK(p.in_features >= 1 && p.in_features * p.batch * 4 <= 48 * 1024, op, "batch x in_features ",
             p.batch * p.in_features, " over the shared-memory row buffer");
   SSM_CHECK(p.mode == 0 || p.mode >= 3 || (p.group_size >= 1 && p.in_features % p.group_size == 0 &&
