@@ -326,7 +326,8 @@ __device__ __forceinline__ void conv_lane_finish(const NormGemvParams& p, const 
   for (int j = 0; j < 3; ++j)  // history: the state's last W - 1 entries
     if (j < W - 1) acc += cl.w[j] * to_float(cl.s[S - (W - 1) + j]);
   acc += cl.w[W - 1] * to_float(xin);
-  ptr<T>(p.conv_out)[cl.b * p.conv_out.stride[0] + cl.m * p.conv_out.stride[1]] = from_float<T>(p.silu ? silu(acc) : acc);
+  T& out = ptr<T>(p.conv_out)[cl.b * p.conv_out.stride[0] + cl.m * p.conv_out.stride[1]];
+  out = from_float<T>(p.silu ? silu(acc) : acc);
   T* st = ptr<T>(p.conv_state) + cl.b * p.conv_state.stride[0] + cl.m * p.conv_state.stride[1];
 #pragma unroll
   for (int j = 0; j < 3; ++j)
