@@ -155,11 +155,8 @@ def test_cuda_small_batch_step_kernel_matches_reference(settled, dtype, case, op
     inp = make(*case, dtype, torch.device("cuda"), {option, "aligned"})
     assert pss._small_step_ok(inp["state"], inp["x"], inp["dt_in"], inp["W"], inp["B"], inp["C"], inp["z"])
     ref = as64(inp)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        y = pss.proj_state_step(inp["state"], inp["x"], inp["dt_in"], inp["W"], inp["A"], inp["B"], inp["C"],
-                                inp["D"], inp["z"], inp["dt_bias"], True, state_settled=settled)
-        torch.cuda.synchronize()
-    assert any("m1_decode_step" in e.key for e in prof.key_averages())
+    y = pss.proj_state_step(inp["state"], inp["x"], inp["dt_in"], inp["W"], inp["A"], inp["B"], inp["C"],
+                            inp["D"], inp["z"], inp["dt_bias"], True, state_settled=settled)
     assert_close(y, run(reference_step, ref), dtype, "y")
     assert_close(inp["state"], ref["state"], dtype, "state")
 
@@ -171,6 +168,10 @@ def test_cuda_small_batch_step_kernel_equals_the_other_path_over_steps(dtype, ca
     """Three consecutive steps (state read after the wait: each step's kernel follows the previous one)."""
     inp = make(*case, dtype, torch.device("cuda"), {"all", "aligned"})
     state = inp["state"].clone()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        run(pss.proj_state_step, make(*case, dtype, torch.device("cuda"), {"all", "aligned"}))
+        torch.cuda.synchronize()
+    assert any("m1_decode_step" in e.key for e in prof.key_averages())
     for t in range(3):
         y = run(pss.proj_state_step, inp)
         monkeypatch.setattr(pss, "SMALL_STEP", False)
