@@ -18,7 +18,8 @@ from ssm import ops
 from ssm.modules import _states
 from ssm.ops import cpu_matmul
 from ssm.ops import mamba1_decode as _m1d
-from ssm.ops.norm_gemv import conv_linear, norm_linear, small_linear
+from ssm.ops.conv import causal_conv1d_update
+from ssm.ops.norm_gemv import norm_linear, small_linear
 from ssm.ops.proj_state_step import proj_state_step
 
 # mamba_inner_fn's checkpoint_lvl in training: 1 (default, as mamba_ssm's Mamba) keeps only the inputs
@@ -217,11 +218,11 @@ class Mamba1(nn.Module):
                                    self.dt_proj.weight, self.dt_proj.bias, _states.decode_A(self), self.D,
                                    ssm_state, self.activation)
             return small_linear(self.out_proj, y)
-        # conv update + x_proj (one kernel on CUDA); x_dbl (B, dt_rank + 2 d_state), x (B, d_inner) the conv output
+        # x (B, d_inner) the conv output; x_dbl (B, dt_rank + 2 d_state)
         if x_conv is None:
-            x_dbl, x = conv_linear(x, conv_state, self.conv1d.weight, self.conv1d.bias, self.x_proj, self.activation)
-        else:
-            x_dbl, x = small_linear(self.x_proj, x_conv), x_conv
+            x_conv = causal_conv1d_update(x, conv_state, self.conv1d.weight, self.conv1d.bias, self.activation)
+        x = x_conv
+        x_dbl = small_linear(self.x_proj, x)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         # dt_proj folded into the state step (one kernel on CUDA)
         y = proj_state_step(ssm_state, x, dt, self.dt_proj.weight, _states.decode_A(self), B, C, self.D, z=z,

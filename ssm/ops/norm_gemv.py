@@ -1,7 +1,7 @@
 """Small-batch linear layers for decoding, optionally with the gated RMSNorm of Mamba-2 on their
 input: ``gated_norm_linear`` = F.linear(rmsnorm_fn(x, norm_weight, z=z, ...), weight, bias) and
 ``small_linear(linear, x)`` = linear(x), and ``norm_linear``: a prenorm block's residual add + norm
-feeding the next layer's input projection, and ``conv_linear``: Mamba-1's conv update feeding x_proj.
+feeding the next layer's input projection (optionally with Mamba-1's conv update on its outputs).
 
 On CUDA, for batches up to 4, one kernel (ssm/ops/cuda/norm_gemv.cu: every block normalizing the
 input rows itself, the weights streamed by a grid that fills the GPU once and launched with
@@ -34,10 +34,10 @@ from ssm.ops.norm import fused_layer_norm
 from ssm.utils import dispatch
 
 # H200 round 2: the plain small-batch kernel beat cuBLAS for Mamba-1's out_proj (b1 0.671 vs 0.724 ms
-# per token); the conv + x_proj form cost 10.3 us per call against ~6-7 for the two kernels: off
+# per token)
 PLAIN = os.environ.get("SSM_DECODE_GEMV", "1") == "1"
 # one switch per fused form (each can be turned off alone; SSM_FUSED_DECODE=0 turns off all)
-GATED, PRENORM, CONV = True, True, False
+GATED, PRENORM = True, True
 # Mamba-1's conv update in in_proj's kernel (norm_linear's conv; SSM_DECODE_CONV_EPILOGUE=0: its own kernel)
 CONV_EPILOGUE = os.environ.get("SSM_DECODE_CONV_EPILOGUE", "1") != "0"
 _MAX_BATCH, _MAX_SEGMENTS, _SMEM_FLOATS = 4, 64, 12 * 1024
@@ -97,23 +97,20 @@ def _fusable(x, z, weight, groups) -> bool:
 def _fused(mode, x, z, norm_weight, weight, bias, group_size, eps, residual=None, residual_out=None,
            norm_bias=None, conv=None, conv_rows=0):
     """The kernel call; ``conv`` = (conv_state, conv_weight (C, W) or (C, 1, W), conv_bias, conv_out, silu):
-    mode 5's conv of the input, or with conv_rows = C > 0 (modes 3, 4) the conv update of the first C outputs."""
+    with conv_rows = C > 0 (modes 3, 4) the conv update of the first C outputs."""
     batch, K = x.shape
     f32 = _kernels.float32_param
     norm_weight, bias, norm_bias = (t if t is None or t.dtype == torch.float32 else f32(t)
                                     for t in (norm_weight, bias, norm_bias))
     out = _kernels.empty((batch, weight.shape[0]), x)
     r = _kernels.ref
-    conv_args = (0, 0, False, None, None, None, None, None)
+    conv_args = (0, 0, False, None, None, None, None)
     if conv is not None:
         state, w, b, conv_out, silu = conv
         w = w if w.dtype == torch.float32 else f32(w)
         b = b if b is None or b.dtype == torch.float32 else f32(b)
-        counters = None
-        if mode == 5:
-            counters = r(_css._counter_buffer(x.device, torch.cuda.current_stream(x.device).cuda_stream, 1))
         conv_args = (w.shape[-1], state.shape[-1], silu, r(state), (w.data_ptr(), w.stride(0), w.stride(-1)), r(b),
-                     r(conv_out), counters)
+                     r(conv_out))
     dispatch.cuda_module().norm_gemv(
         _kernels.dtype_code(x), batch, K, weight.shape[0], group_size, mode, float(eps), r(x), r(z), r(norm_weight),
         r(weight), r(bias), r(out), r(residual), r(residual_out), r(norm_bias), *conv_args, conv_rows,
@@ -236,24 +233,3 @@ def _norm_linear_conv(x, residual, norm_weight, norm_bias, linear, is_rms, eps, 
                  residual=residual, residual_out=res, norm_bias=None if is_rms else norm_bias,
                  conv=(state, conv_weight, conv_bias, x_conv, activation is not None), conv_rows=C)
     return out, res, x_conv
-
-
-def conv_linear(x: Tensor, conv_state: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor], linear: nn.Module,
-                activation: Optional[str] = "silu") -> tuple[Tensor, Tensor]:
-    """Mamba-1's decode conv update feeding x_proj: x (B, K) new inputs, conv_state (B, K, S) updated
-    in place -> (linear(x_conv), x_conv (B, K)), x_conv = causal_conv1d_update(x, conv_state, ...).
-    One kernel on CUDA for a plain nn.Linear."""
-    W = conv_weight.shape[-1]
-    fusable = (CONV and type(linear) is nn.Linear and not torch.compiler.is_compiling() and x.dim() == 2
-               and conv_state.dim() == 3 and conv_state.shape[0] == x.shape[0] and conv_state.shape[1] == x.shape[1]
-               and conv_state.dtype == x.dtype and conv_state.shape[-1] >= max(W - 1, 1)
-               and conv_weight.shape[0] == x.shape[1] and _fusable(x, None, linear.weight, 1))
-    if not fusable or activation not in (None, "silu", "swish"):
-        x_conv = causal_conv1d_update(x, conv_state, conv_weight, conv_bias, activation)
-        return small_linear(linear, x_conv), x_conv
-    _check_linear(x, linear.weight, linear.bias)
-    _checks.tensor("conv_bias", conv_bias, shape=(x.shape[1],), device=x.device, optional=True)
-    x_conv = _kernels.empty(tuple(x.shape), x)
-    out = _fused(5, x, None, None, linear.weight, linear.bias, 1, 0.0,
-                 conv=(conv_state, conv_weight, conv_bias, x_conv, activation is not None))
-    return out, x_conv

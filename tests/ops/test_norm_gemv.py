@@ -285,55 +285,6 @@ def test_block_prenorm_decode_equals_separate_norm(device, layer, monkeypatch):
     torch.testing.assert_close(logits[0], logits[1], rtol=tol, atol=tol)
 
 
-def make_conv(batch, K, M, W, S, dtype, device):
-    xz = rand(batch, 2 * K, dtype=dtype, device=device)  # x is a strided view, as in Mamba1.step
-    return dict(x=xz[:, :K], state=rand(batch, K, S, dtype=dtype, device=device),
-                w=rand(K, 1, W, dtype=dtype, device=device, scale=0.5), b=rand(K, dtype=dtype, device=device),
-                lin=nn.Linear(K, M, bias=False, device=device, dtype=dtype))
-
-
-def run_conv(inp):
-    with torch.no_grad():
-        return ng.conv_linear(inp["x"], inp["state"], inp["w"], inp["b"], inp["lin"], "silu")
-
-
-@pytest.mark.parametrize("backend", backends())
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", [(1, 64, 24, 4, 4), (3, 96, 40, 3, 5), (4, 256, 9, 2, 1)])
-def test_conv_linear_matches_reference(backend, dtype, case, monkeypatch):
-    monkeypatch.setattr(ng, "CONV", True)  # the kernel, switched off in the modules
-    inp = make_conv(*case[:3], *case[3:], dtype, device_of(backend))
-    state64 = inp["state"].double()
-    with use_backend(backend):
-        out, x_conv = run_conv(inp)
-    xc_ref = reference.dw_causal_conv_update(inp["x"].double(), state64, inp["w"].double().squeeze(1),
-                                             inp["b"].double(), "silu")
-    assert out.dtype == dtype and out.shape == (case[0], case[2]) and x_conv.shape == inp["x"].shape
-    assert_close(x_conv, xc_ref, dtype, "x_conv")
-    assert_close(out, xc_ref @ inp["lin"].weight.double().t(), dtype, "out")
-    assert torch.equal(inp["state"].double(), state64), "conv_state"
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("case", [(1, 1536, 80, 4, 4), (2, 2048, 96, 4, 4), (4, 64, 5, 3, 6)])
-def test_conv_linear_cuda_kernel_equals_separate_ops(dtype, case, monkeypatch):
-    """Several consecutive steps (the conv states are shifted once per step by the last block)."""
-    monkeypatch.setattr(ng, "CONV", True)
-    inp = make_conv(*case, dtype, torch.device("cuda"))
-    state = inp["state"].clone()
-    assert ng._fusable(inp["x"], None, inp["lin"].weight, 1)
-    for t in range(3):
-        out, x_conv = run_conv(inp)
-        with torch.no_grad():
-            xc_sep = ng.causal_conv1d_update(inp["x"], state, inp["w"], inp["b"], "silu")
-            out_sep = inp["lin"](xc_sep)
-        assert torch.equal(inp["state"], state), f"conv_state at step {t}"
-        assert_close(x_conv, xc_sep, dtype, f"x_conv at step {t}", factor=0.1)
-        assert_close(out, out_sep, dtype, f"out at step {t}", factor=0.25)
-        inp["x"].copy_(rand(*inp["x"].shape, dtype=dtype, device="cuda"))
-
-
 GEMV_CASES = [  # (batch, K, M): K past / short of whole 16- and 8-wide vectors, M short of 4-row blocks;
     # rows of up to 4 KB go one at a time, longer ones (K 1537 float32, K 2100 in every dtype) in blocks of 4
     (1, 768, 64), (2, 48, 7), (3, 1537, 81), (4, 5, 3), (1, 16, 1), (4, 200, 130), (4, 2100, 9),

@@ -263,20 +263,15 @@ struct NormGemvParams {
   TensorArg residual;      // (B, K)  float32, optional
   TensorArg residual_out;  // (B, K)  float32, modes 3 and 4
   TensorArg norm_bias;     // (K,)    float32, optional (mode 4)
-  // mode 5 (Mamba-1's conv update feeding x_proj): in = silu?(depthwise conv of x on its rolling
-  // conv_state), rounded to dtype and written to conv_out by block 0; the last block to take a
-  // ticket on counters[0] (zero between launches) shifts the conv states and resets it
-  int64_t width = 0, state_len = 0;
+  // modes 3 and 4 with conv_rows = C > 0 (Mamba-1's in_proj feeding its conv update): the outputs of
+  // rows m < C (the x half), rounded to dtype, go on through the depthwise conv update of channel m:
+  // conv_out = silu?(conv), conv_state shifted left by one with the output appended
+  int64_t width = 0, state_len = 0, conv_rows = 0;
   bool silu = false;
-  TensorArg conv_state;    // (B, K, S) dtype, any strides, S >= W - 1
-  TensorArg conv_weight;   // (K, W)    float32
-  TensorArg conv_bias;     // (K,)      float32, optional
-  TensorArg conv_out;      // (B, K)    dtype
-  TensorArg counters;      // (1,)      int32
-  // modes 3 and 4 with conv_rows > 0 (Mamba-1's in_proj feeding its conv update): the outputs of rows
-  // m < conv_rows (the x half) go on through the conv update of channel m: conv_out (B, conv_rows) and
-  // conv_state (B, conv_rows, S <= 4, S >= W - 1, W <= 4) updated in place; no counters
-  int64_t conv_rows = 0;
+  TensorArg conv_state;    // (B, C, S) dtype, any strides, 1 <= S <= 4, S >= W - 1
+  TensorArg conv_weight;   // (C, W)    float32, W <= 4
+  TensorArg conv_bias;     // (C,)      float32, optional
+  TensorArg conv_out;      // (B, C)    dtype
 };
 
 }  // namespace ssm

@@ -2,7 +2,8 @@
 // normalizes the B input rows into shared memory itself (a few KB from L2), so the norm needs no
 // kernel of its own. The weights stream through registers: a grid that fills the GPU once, each warp
 // walking its rows with the next weights in flight while the current ones are used, the first ones
-// loaded before the prologue (they do not depend on it), launched with PDL (pdl.cuh).
+// loaded before the prologue (they do not depend on it), launched with PDL (pdl.cuh). Optionally the
+// outputs go on through a depthwise conv update (Mamba-1's in_proj and conv in one kernel).
 #include <algorithm>
 #include <cstdlib>
 #include <vector>
@@ -20,66 +21,6 @@ __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
   return v;
-}
-
-// Mode 5: the conv output of channel k of row b from the conv_state's last W-1 entries and x.
-template <typename T>
-__device__ __forceinline__ float conv_input(const NormGemvParams& p, int64_t b, int64_t k) {
-  const T* st = ptr<T>(p.conv_state) + b * p.conv_state.stride[0] + k * p.conv_state.stride[1];
-  const float* w = ptr<float>(p.conv_weight) + k * p.conv_weight.stride[0];
-  const int64_t W = p.width, first = p.state_len - (W - 1), ss = p.conv_state.stride[2], ws = p.conv_weight.stride[1];
-  float v[4];
-#pragma unroll
-  for (int j = 0; j < 4; ++j) v[j] = j < W - 1 ? to_float(st[(first + j) * ss]) : 0.f;
-  float acc = has(p.conv_bias) ? ptr<float>(p.conv_bias)[k * p.conv_bias.stride[0]] : 0.f;
-#pragma unroll
-  for (int j = 0; j < 4; ++j)
-    if (j < W - 1) acc += w[j * ws] * v[j];
-  for (int64_t j = 4; j < W - 1; ++j) acc += w[j * ws] * to_float(st[(first + j) * ss]);
-  acc += w[(W - 1) * ws] * to_float(ptr<T>(p.x)[b * p.x.stride[0] + k * p.x.stride[1]]);
-  return to_float(from_float<T>(p.silu ? silu(acc) : acc));
-}
-
-// Mode 5: shift channel k's conv state of row b left by one and append x (loads before stores).
-template <typename T>
-__device__ __forceinline__ void conv_shift_in(const NormGemvParams& p, int64_t b, int64_t k) {
-  T* st = ptr<T>(p.conv_state) + b * p.conv_state.stride[0] + k * p.conv_state.stride[1];
-  const int64_t S = p.state_len, ss = p.conv_state.stride[2];
-  const T xin = ptr<T>(p.x)[b * p.x.stride[0] + k * p.x.stride[1]];
-  T v[8];
-#pragma unroll
-  for (int j = 0; j < 8; ++j)
-    if (j + 1 < S) v[j] = st[(j + 1) * ss];
-#pragma unroll
-  for (int j = 0; j < 8; ++j)
-    if (j + 1 < S) st[j * ss] = v[j];
-  for (int64_t j = 8; j + 1 < S; ++j) st[j * ss] = st[(j + 1) * ss];
-  st[(S - 1) * ss] = xin;
-}
-
-// Mode 5 prologue: xs <- conv outputs (block 0 also writes them to conv_out); after every block has
-// read the conv history, the last one shifts the states.
-template <typename T>
-__device__ void conv_inputs(const NormGemvParams& p, float* xs) {
-  __shared__ bool s_last;
-  const int K = int(p.in_features), B = int(p.batch);
-  for (int b = 0; b < B; ++b)
-    for (int k = threadIdx.x; k < K; k += kThreads) {
-      const float v = conv_input<T>(p, b, k);
-      xs[b * K + k] = v;
-      if (blockIdx.x == 0) ptr<T>(p.conv_out)[b * p.conv_out.stride[0] + k * p.conv_out.stride[1]] = from_float<T>(v);
-    }
-  __syncthreads();
-  int* counter = ptr<int>(p.counters);
-  if (threadIdx.x == 0) {
-    __threadfence();
-    s_last = atomicAdd(counter, 1) == int(gridDim.x) - 1;
-  }
-  __syncthreads();
-  if (!s_last) return;
-  for (int b = 0; b < B; ++b)
-    for (int k = threadIdx.x; k < K; k += kThreads) conv_shift_in<T>(p, b, k);
-  if (threadIdx.x == 0) *counter = 0;
 }
 
 // totals[s] = sum over the contiguous segments s < segments (of gs floats) of xs, or of
@@ -128,7 +69,6 @@ __device__ void norm_stats(const NormGemvParams& p, const float* xs, int gs, int
 template <typename T, int kMode>
 __device__ void load_inputs(const NormGemvParams& p, float* xs, float* mean, float* rstd) {
   const int K = int(p.in_features), B = int(p.batch);
-  if (kMode == 5) return conv_inputs<T>(p, xs);
   for (int b = 0; b < B; ++b)
     for (int k = threadIdx.x; k < K; k += kThreads) {
       float v = to_float(ptr<T>(p.x)[b * p.x.stride[0] + k * p.x.stride[1]]);
@@ -382,14 +322,14 @@ __global__ void __launch_bounds__(kThreads, 2) norm_gemv_stream_kernel(NormGemvP
   Cursor a{int(blockIdx.x) * kWarps + int(threadIdx.x) / 32, 0}, c = next(a);
   if (a.q < groups) load_unit<T, kG>(b0, w, ldw, M, nchunks, a, lane);
   if (c.q < groups) load_unit<T, kG>(b1, w, ldw, M, nchunks, c, lane);
-  if (kMode >= 1 && kMode <= 4) prefetch_l2(p.norm_weight, K);  // the prologue's constants, meanwhile
+  if (kMode >= 1) prefetch_l2(p.norm_weight, K);  // the prologue's constants, meanwhile
   ConvLane<T> cl;
   if (kConv) conv_lane_params<T, kG>(p, cl, a.q, nwarps, lane);
   pdl_wait();
   pdl_release();
   if (kConv) conv_lane_state<T>(p, cl);
-  if (kMode != 5 && vec)
-    load_inputs_vec<T, kMode == 5 ? 0 : kMode>(p, xs, mean, rstd);
+  if (vec)
+    load_inputs_vec<T, kMode>(p, xs, mean, rstd);
   else
     load_inputs<T, kMode>(p, xs, mean, rstd);
   __syncthreads();
@@ -442,7 +382,7 @@ int64_t resident(Kernel kernel, size_t smem) {
 template <typename T>
 bool vector_prologue(const NormGemvParams& p) {
   const char* env = std::getenv("SSM_GEMV_VEC");
-  if ((env != nullptr && env[0] == '0') || p.mode == 5) return false;
+  if (env != nullptr && env[0] == '0') return false;
   constexpr int64_t kN = Pack<T>::kN;
   const bool gate = p.mode == 1 || p.mode == 2, res = p.mode == 3 || p.mode == 4;
   const auto f32_vec = [](const TensorArg& t) { return !has(t) || (t.stride[0] == 1 && aligned(t.data, 16)); };
@@ -484,9 +424,8 @@ void launch_stream_mode(const NormGemvParams& p, size_t smem, cudaStream_t strea
     case 2: return launch_stream<T, 2, kG>(p, smem, stream);
     case 3: return p.conv_rows > 0 ? launch_stream<T, 3, kG, true>(p, smem, stream)
                                    : launch_stream<T, 3, kG>(p, smem, stream);
-    case 4: return p.conv_rows > 0 ? launch_stream<T, 4, kG, true>(p, smem, stream)
-                                   : launch_stream<T, 4, kG>(p, smem, stream);
-    default: return launch_stream<T, 5, kG>(p, smem, stream);
+    default: return p.conv_rows > 0 ? launch_stream<T, 4, kG, true>(p, smem, stream)
+                                      : launch_stream<T, 4, kG>(p, smem, stream);
   }
 }
 
@@ -495,10 +434,7 @@ void launch_stream_mode(const NormGemvParams& p, size_t smem, cudaStream_t strea
 void norm_gemv(const NormGemvParams& p, cudaStream_t stream) {
   const char* op = "norm_gemv";
   SSM_CHECK(p.batch >= 0 && p.batch <= kMaxB, op, "batch must be at most ", kMaxB, ", got ", p.batch);
-  SSM_CHECK(p.mode >= 0 && p.mode <= 5, op, "unknown mode ", p.mode);
-  SSM_CHECK(p.mode != 5 || (has(p.conv_state) && has(p.conv_weight) && has(p.conv_out) && has(p.counters) &&
-                            p.width >= 1 && p.state_len >= 1 && p.state_len >= p.width - 1),
-            op, "mode 5 needs conv_state (length >= width - 1 >= 0), conv_weight, conv_out and counters");
+  SSM_CHECK(p.mode >= 0 && p.mode <= 4, op, "unknown mode ", p.mode);
   SSM_CHECK(p.mode < 3 || p.mode > 4 || has(p.residual_out), op, "modes 3 and 4 need residual_out");
   SSM_CHECK(p.conv_rows == 0 || ((p.mode == 3 || p.mode == 4) && p.conv_rows <= p.out_features &&
                                  has(p.conv_state) && has(p.conv_weight) && has(p.conv_out) && p.width >= 1 &&
