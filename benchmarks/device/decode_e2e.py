@@ -36,9 +36,8 @@ DEV = bc.DEV
 OUT: dict = {"e2e": [], "profile": {}}
 VARIANTS = {"default": {}, "wide_conv_step": {"SSM_CONV_STEP_WIDE": "1"}, "no_pdl": {"SSM_PDL": "0"},
             "late_states": {}, "m1_old_step": {}, "m1_old_fold": {}, "m1_conv_kernel": {},
-            "scalar_prologue": {"SSM_GEMV_VEC": "0"},
-            "full_grid": {"SSM_GEMV_HALF_GRID": "0"}}
-SWITCHES = ("SSM_PDL", "SSM_GEMV_VEC", "SSM_CONV_STEP_WIDE", "SSM_GEMV_HALF_GRID")
+            "scalar_prologue": {"SSM_GEMV_VEC": "0"}}
+SWITCHES = ("SSM_PDL", "SSM_GEMV_VEC", "SSM_CONV_STEP_WIDE")
 # variants that set a module attribute: name -> [(module, attribute, value)]. late_states: conv_state_step reads
 # the states after the PDL wait.
 # m1_old_step: Mamba-1 without the small-batch step kernel (the state step kernels with dt_proj folded up to
@@ -47,7 +46,7 @@ SWITCHES = ("SSM_PDL", "SSM_GEMV_VEC", "SSM_CONV_STEP_WIDE", "SSM_GEMV_HALF_GRID
 FLAGS = {"late_states": [(css, "EARLY", False)], "m1_old_step": [(pss, "SMALL_STEP", False)],
          "m1_conv_kernel": [(ng, "CONV_EPILOGUE", False)],
          "m1_old_fold": [(pss, "SMALL_STEP", False), (pss, "SMALL_MAX_RANK", 1 << 20)]}
-ONLY = {"m1_old_fold": "mamba-1.4b", "m1_old_step": "mamba-", "m1_conv_kernel": "mamba-", "late_states": "mamba2-",
+ONLY = {"m1_old_fold": "mamba-1.4b", "m1_old_step": "mamba-130m", "m1_conv_kernel": "mamba-", "late_states": "mamba2-",
         "wide_conv_step": "mamba2-"}
 
 
@@ -83,9 +82,13 @@ def gen_s(model, ids, new):
     return time.perf_counter() - t
 
 
-def per_token_ms(model, reps=2):
+REPS = [3]
+
+
+def per_token_ms(model, reps=None):
     """(t(128 new) - t(1 new)) / 127, cg=True, batch 1; a fresh graph (the variant's kernels).
     reps=0: only capture the graph."""
+    reps = REPS[0] if reps is None else reps
     model._decoding_cache = None
     ids = torch.randint(0, bm.VOCAB, (1, bm.PROMPT), device=DEV)
     gen_s(model, ids, bm.NEW if reps else 2)
@@ -179,11 +182,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=".")
     ap.add_argument("--models", default="mamba2-1.3b,mamba-1.4b,mamba2-130m,mamba-130m")
-    ap.add_argument("--variants",
-                    default="m1_conv_kernel,m1_old_step,late_states,full_grid,m1_old_fold,wide_conv_step")
+    ap.add_argument("--variants", default="m1_conv_kernel,late_states,m1_old_step,wide_conv_step")
+    ap.add_argument("--reps", type=int, default=3, help="medians of this many generations")
     ap.add_argument("--profile", default="mamba2-130m,mamba-130m", help="models whose token is profiled")
     ap.add_argument("--skip", default="", help="no_pdl: no profile without PDL")
     a = ap.parse_args()
+    REPS[0] = a.reps
     path = os.path.join(a.out, "decode_e2e.json")
     skip = set(a.skip.split(","))
     OUT["device"] = torch.cuda.get_device_name()

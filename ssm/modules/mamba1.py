@@ -18,7 +18,6 @@ from ssm import ops
 from ssm.modules import _states
 from ssm.ops import cpu_matmul
 from ssm.ops import mamba1_decode as _m1d
-from ssm.ops.conv import causal_conv1d_update
 from ssm.ops.norm_gemv import norm_linear, small_linear
 from ssm.ops.proj_state_step import proj_state_step
 
@@ -219,10 +218,11 @@ class Mamba1(nn.Module):
                                    ssm_state, self.activation)
             return small_linear(self.out_proj, y)
         # x (B, d_inner) the conv output; x_dbl (B, dt_rank + 2 d_state)
-        if x_conv is None:
-            x_conv = causal_conv1d_update(x, conv_state, self.conv1d.weight, self.conv1d.bias, self.activation)
-        x = x_conv
-        x_dbl = small_linear(self.x_proj, x)
+        if x_conv is not None:
+            x_dbl, x = small_linear(self.x_proj, x_conv), x_conv
+        else:
+            x = ops.causal_conv1d_update(x, conv_state, self.conv1d.weight, self.conv1d.bias, self.activation)
+            x_dbl = small_linear(self.x_proj, x)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         # dt_proj folded into the state step (one kernel on CUDA)
         y = proj_state_step(ssm_state, x, dt, self.dt_proj.weight, _states.decode_A(self), B, C, self.D, z=z,

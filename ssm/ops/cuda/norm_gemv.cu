@@ -393,22 +393,12 @@ bool vector_prologue(const NormGemvParams& p) {
          (p.mode == 0 || f32_vec(p.norm_weight)) && (p.mode != 4 || f32_vec(p.norm_bias));
 }
 
-// SSM_GEMV_HALF_GRID unset or not "0" (read per launch): see launch_stream.
-inline bool half_grid() {
-  const char* env = std::getenv("SSM_GEMV_HALF_GRID");
-  return env == nullptr || env[0] != '0';
-}
-
 template <typename T, int kMode, int kG, bool kConv = false>
 void launch_stream(const NormGemvParams& p, size_t smem, cudaStream_t stream) {
   const auto kernel = norm_gemv_stream_kernel<T, kMode, kG, kConv>;
   // as many warps as leave every warp the same number of row groups (no tail of a few warps)
-  const int64_t groups = (p.out_features + kG - 1) / kG, res = resident(kernel, smem), full = res * kWarps;
+  const int64_t groups = (p.out_features + kG - 1) / kG, full = resident(kernel, smem) * kWarps;
   int64_t per_warp = (groups + full - 1) / full;
-  // a row group in one unit and a grid past half the GPU: two groups a warp (both register buffers), so that
-  // the whole grid (half the blocks) fits beside the previous kernel's and loads every weight early (PDL)
-  const int64_t units = (p.in_features / Pack<T>::kN + 32 * (kSlots / kG) - 1) / (32 * (kSlots / kG));
-  if (per_warp == 1 && units == 1 && groups > res / 2 * kWarps && half_grid()) per_warp = 2;
   // the conv epilogue: a lane per (row, batch row) of the warp's groups
   if (kConv) per_warp = std::min<int64_t>(per_warp, 32 / (p.batch * kG));
   const int64_t warps = (groups + per_warp - 1) / per_warp;
