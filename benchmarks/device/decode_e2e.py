@@ -8,11 +8,13 @@ poisoning of kernel outputs):
    share (how far the token's end-to-end time advanced while it was the last kernel to finish).
 Writes OUT/decode_e2e.json after every item (a timeout keeps what finished).
 
-    python3 benchmarks/device/decode_e2e.py --out OUT_DIR [--models a,b] [--variants a,b] [--skip profile]
+    python3 benchmarks/device/decode_e2e.py --out OUT_DIR [--models a,b] [--variants a,b] [--profile a,b]
+        [--profile-variants a,b] [--reps n]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -100,22 +102,29 @@ def per_token_ms(model, reps=None):
     return (long - short) / (bm.NEW - 1) * 1e3
 
 
-@guarded
-def e2e(model, name, variant):
+@contextlib.contextmanager
+def variant_set(variant):
+    """The variant's environment switches and module attributes, restored on exit."""
     set_env(VARIANTS[variant])
     flags = FLAGS.get(variant, [])
     before = [getattr(mod, attr) for mod, attr, _ in flags]
     for mod, attr, value in flags:
         setattr(mod, attr, value)
     try:
-        ms = per_token_ms(model)
+        yield
     finally:
         for (mod, attr, _), value in zip(flags, before):
             setattr(mod, attr, value)
+        set_env({})
+
+
+@guarded
+def e2e(model, name, variant):
+    with variant_set(variant):
+        ms = per_token_ms(model)
     target = bm.MODELS[name][3][2]
     OUT["e2e"].append(dict(model=name, variant=variant, ms=ms, target_ms=target))
     print(f"  {name:12s} decode b1 {ms:.3f} ms/token ({variant}; target {target})", flush=True)
-    set_env({})
 
 
 def short_name(name: str) -> str:
@@ -182,14 +191,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=".")
     ap.add_argument("--models", default="mamba2-1.3b,mamba-1.4b,mamba2-130m,mamba-130m")
-    ap.add_argument("--variants", default="m1_conv_kernel,late_states,m1_old_step,wide_conv_step")
+    ap.add_argument("--variants", default="wide_conv_step,m1_conv_kernel,late_states")
     ap.add_argument("--reps", type=int, default=3, help="medians of this many generations")
     ap.add_argument("--profile", default="mamba2-130m,mamba-130m", help="models whose token is profiled")
-    ap.add_argument("--skip", default="", help="no_pdl: no profile without PDL")
+    ap.add_argument("--profile-variants", default="wide_conv_step,m1_conv_kernel",
+                    help="variants whose token is profiled too (models they apply to)")
     a = ap.parse_args()
     REPS[0] = a.reps
     path = os.path.join(a.out, "decode_e2e.json")
-    skip = set(a.skip.split(","))
     OUT["device"] = torch.cuda.get_device_name()
     OUT["copy_gbs"] = bc.copy_bandwidth()
     print(f"{OUT['device']}, copy {OUT['copy_gbs']:.0f} GB/s", flush=True)
@@ -201,11 +210,12 @@ def main():
             with torch.inference_mode():  # the graph cache's tensors are inference tensors
                 guarded(per_token_ms)(model, 0)  # a graph of the defaults
                 profile_tokens(model, name)
-                if name.startswith("mamba2") and "no_pdl" not in skip:  # each kernel's own duration
-                    set_env(VARIANTS["no_pdl"])
-                    guarded(per_token_ms)(model, 0)
-                    profile_tokens(model, name + "/no_pdl")
-                    set_env({})
+                for variant in a.profile_variants.split(","):  # one token's kernels under a variant too
+                    if variant and name.startswith(ONLY.get(variant, "")):
+                        with variant_set(variant):
+                            guarded(per_token_ms)(model, 0)
+                            profile_tokens(model, name + "/" + variant)
+                guarded(per_token_ms)(model, 0)  # the defaults' graph again
         save(path)
     for name, model in models.items():
         for variant in a.variants.split(","):
