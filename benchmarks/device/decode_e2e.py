@@ -8,11 +8,13 @@ poisoning of kernel outputs):
    share (how far the token's end-to-end time advanced while it was the last kernel to finish).
 Writes OUT/decode_e2e.json after every item (a timeout keeps what finished).
 
-    python3 benchmarks/device/decode_e2e.py --out OUT_DIR [--models a,b] [--variants a,b] [--skip profile]
+    python3 benchmarks/device/decode_e2e.py --out OUT_DIR [--models a,b] [--variants a,b] [--profile a,b]
+        [--profile-variants a,b] [--reps n]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -34,23 +36,20 @@ from ssm.ops import proj_state_step as pss  # noqa: E402
 
 DEV = bc.DEV
 OUT: dict = {"e2e": [], "profile": {}}
-VARIANTS = {"default": {}, "scalar_prologue": {"SSM_GEMV_VEC": "0"}, "narrow_conv_step": {"SSM_CONV_STEP_WIDE": "0"},
-            "no_pdl": {"SSM_PDL": "0"}, "no_dt_fold": {}, "separate_conv_step": {}, "dt_gemv": {}}
+VARIANTS = {"default": {}, "wide_conv_step": {"SSM_CONV_STEP_WIDE": "1"}, "no_pdl": {"SSM_PDL": "0"},
+            "late_states": {}, "m1_old_step": {}, "m1_old_fold": {}, "m1_conv_kernel": {},
+            "scalar_prologue": {"SSM_GEMV_VEC": "0"}}
 SWITCHES = ("SSM_PDL", "SSM_GEMV_VEC", "SSM_CONV_STEP_WIDE")
-# variants that set a module attribute: name -> (module, attribute, value); Mamba-1 (dt_proj) or Mamba-2
-# (conv) only. separate_conv_step: the conv update and state step kernels instead of conv_state_step.
-
-
-def _dt_gemv(x, w, bias=None):
-    """dt_proj through the small-batch GEMV kernel (the variant dt_gemv)."""
-    if ng._fusable(x, None, w, 0):
-        return ng._fused(0, x, None, None, w, bias, 1, 0.0)
-    return torch.nn.functional.linear(x, w, bias)
-
-
-FLAGS = {"no_dt_fold": [(pss, "ENABLED", False)], "separate_conv_step": [(css, "_fusable", lambda *a: False)],
-         "dt_gemv": [(pss, "ENABLED", False), (pss, "gemv_linear", _dt_gemv)]}
-ONLY = {"no_dt_fold": "mamba-", "dt_gemv": "mamba-", "narrow_conv_step": "mamba2-", "separate_conv_step": "mamba2-"}
+# variants that set a module attribute: name -> [(module, attribute, value)]. late_states: conv_state_step reads
+# the states after the PDL wait.
+# m1_old_step: Mamba-1 without the small-batch step kernel (the state step kernels with dt_proj folded up to
+# rank 64, the GEMV past it); m1_old_fold: the same with every rank folded (session-6 default); m1_conv_kernel: the
+# Mamba-1 conv update in its own kernel again (not in in_proj's).
+FLAGS = {"late_states": [(css, "EARLY", False)], "m1_old_step": [(pss, "SMALL_STEP", False)],
+         "m1_conv_kernel": [(ng, "CONV_EPILOGUE", False)],
+         "m1_old_fold": [(pss, "SMALL_STEP", False), (pss, "SMALL_MAX_RANK", 1 << 20)]}
+ONLY = {"m1_old_fold": "mamba-1.4b", "m1_old_step": "mamba-130m", "m1_conv_kernel": "mamba-", "late_states": "mamba2-",
+        "wide_conv_step": "mamba2-"}
 
 
 def guarded(fn):
@@ -85,9 +84,13 @@ def gen_s(model, ids, new):
     return time.perf_counter() - t
 
 
-def per_token_ms(model, reps=2):
+REPS = [3]
+
+
+def per_token_ms(model, reps=None):
     """(t(128 new) - t(1 new)) / 127, cg=True, batch 1; a fresh graph (the variant's kernels).
     reps=0: only capture the graph."""
+    reps = REPS[0] if reps is None else reps
     model._decoding_cache = None
     ids = torch.randint(0, bm.VOCAB, (1, bm.PROMPT), device=DEV)
     gen_s(model, ids, bm.NEW if reps else 2)
@@ -99,22 +102,29 @@ def per_token_ms(model, reps=2):
     return (long - short) / (bm.NEW - 1) * 1e3
 
 
-@guarded
-def e2e(model, name, variant):
+@contextlib.contextmanager
+def variant_set(variant):
+    """The variant's environment switches and module attributes, restored on exit."""
     set_env(VARIANTS[variant])
     flags = FLAGS.get(variant, [])
     before = [getattr(mod, attr) for mod, attr, _ in flags]
     for mod, attr, value in flags:
         setattr(mod, attr, value)
     try:
-        ms = per_token_ms(model)
+        yield
     finally:
         for (mod, attr, _), value in zip(flags, before):
             setattr(mod, attr, value)
+        set_env({})
+
+
+@guarded
+def e2e(model, name, variant):
+    with variant_set(variant):
+        ms = per_token_ms(model)
     target = bm.MODELS[name][3][2]
     OUT["e2e"].append(dict(model=name, variant=variant, ms=ms, target_ms=target))
     print(f"  {name:12s} decode b1 {ms:.3f} ms/token ({variant}; target {target})", flush=True)
-    set_env({})
 
 
 def short_name(name: str) -> str:
@@ -181,11 +191,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=".")
     ap.add_argument("--models", default="mamba2-1.3b,mamba-1.4b,mamba2-130m,mamba-130m")
-    ap.add_argument("--variants", default="separate_conv_step,dt_gemv,no_dt_fold,narrow_conv_step,scalar_prologue")
-    ap.add_argument("--skip", default="")
+    ap.add_argument("--variants", default="wide_conv_step,m1_conv_kernel,late_states")
+    ap.add_argument("--reps", type=int, default=3, help="medians of this many generations")
+    ap.add_argument("--profile", default="mamba2-130m,mamba-130m", help="models whose token is profiled")
+    ap.add_argument("--profile-variants", default="wide_conv_step,m1_conv_kernel",
+                    help="variants whose token is profiled too (models they apply to)")
     a = ap.parse_args()
+    REPS[0] = a.reps
     path = os.path.join(a.out, "decode_e2e.json")
-    skip = set(a.skip.split(","))
     OUT["device"] = torch.cuda.get_device_name()
     OUT["copy_gbs"] = bc.copy_bandwidth()
     print(f"{OUT['device']}, copy {OUT['copy_gbs']:.0f} GB/s", flush=True)
@@ -193,15 +206,16 @@ def main():
     for name in a.models.split(","):  # the defaults and one token's kernels first, then the variants
         models[name] = model = bm.make_model(name)  # outside inference_mode: ordinary parameters
         e2e(model, name, "default")
-        if "profile" not in skip:
+        if name in a.profile.split(","):
             with torch.inference_mode():  # the graph cache's tensors are inference tensors
                 guarded(per_token_ms)(model, 0)  # a graph of the defaults
                 profile_tokens(model, name)
-                if name.startswith("mamba2"):  # without PDL: each kernel's own duration, no early start
-                    set_env(VARIANTS["no_pdl"])
-                    guarded(per_token_ms)(model, 0)
-                    profile_tokens(model, name + "/no_pdl")
-                    set_env({})
+                for variant in a.profile_variants.split(","):  # one token's kernels under a variant too
+                    if variant and name.startswith(ONLY.get(variant, "")):
+                        with variant_set(variant):
+                            guarded(per_token_ms)(model, 0)
+                            profile_tokens(model, name + "/" + variant)
+                guarded(per_token_ms)(model, 0)  # the defaults' graph again
         save(path)
     for name, model in models.items():
         for variant in a.variants.split(","):

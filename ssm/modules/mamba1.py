@@ -18,7 +18,7 @@ from ssm import ops
 from ssm.modules import _states
 from ssm.ops import cpu_matmul
 from ssm.ops import mamba1_decode as _m1d
-from ssm.ops.norm_gemv import conv_linear, norm_linear, small_linear
+from ssm.ops.norm_gemv import norm_linear, small_linear
 from ssm.ops.proj_state_step import proj_state_step
 
 # mamba_inner_fn's checkpoint_lvl in training: 1 (default, as mamba_ssm's Mamba) keeps only the inputs
@@ -201,25 +201,32 @@ class Mamba1(nn.Module):
         into in_proj: hidden_states, residual (B, 1, d_model) (residual float32 or None) ->
         (out (B, 1, d_model), residual_out (B, 1, d_model) float32); the cached states updated in place."""
         conv_state, ssm_state = self._get_states_from_cache(inference_params, hidden_states.shape[0])
-        xz, residual = norm_linear(hidden_states.squeeze(1), None if residual is None else residual.squeeze(1),
-                                   norm.weight, norm.bias, self.in_proj, is_rms=isinstance(norm, ops.RMSNorm),
-                                   eps=norm.eps)
-        return self._step_projected(xz, conv_state, ssm_state).unsqueeze(1), residual.unsqueeze(1)
+        # on CUDA the conv update goes with in_proj (one kernel when norm_linear takes it)
+        conv = (conv_state, self.conv1d.weight, self.conv1d.bias, self.activation) if hidden_states.is_cuda else None
+        out = norm_linear(hidden_states.squeeze(1), None if residual is None else residual.squeeze(1), norm.weight,
+                          norm.bias, self.in_proj, is_rms=isinstance(norm, ops.RMSNorm), eps=norm.eps, conv=conv)
+        x_conv = out[2] if conv is not None else None
+        return self._step_projected(out[0], conv_state, ssm_state, x_conv).unsqueeze(1), out[1].unsqueeze(1)
 
-    def _step_projected(self, xz, conv_state, ssm_state):
-        """One token from its in_proj output (B, 2 * d_inner) -> out (B, d_model)."""
+    def _step_projected(self, xz, conv_state, ssm_state, x_conv=None):
+        """One token from its in_proj output (B, 2 * d_inner) -> out (B, d_model); x_conv (B, d_inner): the conv
+        update already done (conv_state updated)."""
         x, z = xz.chunk(2, dim=-1)
         if xz.is_cpu and self._plain_projections():  # the inner part in one C++ call (batch <= 4, no autograd)
             y = _m1d.mamba1_decode(x, z, conv_state, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
                                    self.dt_proj.weight, self.dt_proj.bias, _states.decode_A(self), self.D,
                                    ssm_state, self.activation)
             return small_linear(self.out_proj, y)
-        # conv update + x_proj (one kernel on CUDA); x_dbl (B, dt_rank + 2 d_state), x (B, d_inner) the conv output
-        x_dbl, x = conv_linear(x, conv_state, self.conv1d.weight, self.conv1d.bias, self.x_proj, self.activation)
+        # x (B, d_inner) the conv output; x_dbl (B, dt_rank + 2 d_state)
+        if x_conv is not None:
+            x_dbl, x = small_linear(self.x_proj, x_conv), x_conv
+        else:
+            x = ops.causal_conv1d_update(x, conv_state, self.conv1d.weight, self.conv1d.bias, self.activation)
+            x_dbl = small_linear(self.x_proj, x)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         # dt_proj folded into the state step (one kernel on CUDA)
         y = proj_state_step(ssm_state, x, dt, self.dt_proj.weight, _states.decode_A(self), B, C, self.D, z=z,
-                            dt_bias=self.dt_proj.bias, softplus=True)
+                            dt_bias=self.dt_proj.bias, softplus=True, state_settled=True)  # after x_proj's kernel
         return small_linear(self.out_proj, y)
 
     def _plain_projections(self) -> bool:

@@ -1,7 +1,7 @@
 """Small-batch linear layers for decoding, optionally with the gated RMSNorm of Mamba-2 on their
 input: ``gated_norm_linear`` = F.linear(rmsnorm_fn(x, norm_weight, z=z, ...), weight, bias) and
 ``small_linear(linear, x)`` = linear(x), and ``norm_linear``: a prenorm block's residual add + norm
-feeding the next layer's input projection, and ``conv_linear``: Mamba-1's conv update feeding x_proj.
+feeding the next layer's input projection (optionally with Mamba-1's conv update on its outputs).
 
 On CUDA, for batches up to 4, one kernel (ssm/ops/cuda/norm_gemv.cu: every block normalizing the
 input rows itself, the weights streamed by a grid that fills the GPU once and launched with
@@ -34,10 +34,12 @@ from ssm.ops.norm import fused_layer_norm
 from ssm.utils import dispatch
 
 # H200 round 2: the plain small-batch kernel beat cuBLAS for Mamba-1's out_proj (b1 0.671 vs 0.724 ms
-# per token); the conv + x_proj form cost 10.3 us per call against ~6-7 for the two kernels: off
+# per token)
 PLAIN = os.environ.get("SSM_DECODE_GEMV", "1") == "1"
 # one switch per fused form (each can be turned off alone; SSM_FUSED_DECODE=0 turns off all)
-GATED, PRENORM, CONV = True, True, False
+GATED, PRENORM = True, True
+# Mamba-1's conv update in in_proj's kernel (norm_linear's conv; SSM_DECODE_CONV_EPILOGUE=0: its own kernel)
+CONV_EPILOGUE = os.environ.get("SSM_DECODE_CONV_EPILOGUE", "1") != "0"
 _MAX_BATCH, _MAX_SEGMENTS, _SMEM_FLOATS = 4, 64, 12 * 1024
 # past 4 rows torch's GEMM wins: the kernel reuses each weight vector for at most 4 rows of x
 CPU_MAX_BATCH = 4
@@ -93,25 +95,25 @@ def _fusable(x, z, weight, groups) -> bool:
 
 
 def _fused(mode, x, z, norm_weight, weight, bias, group_size, eps, residual=None, residual_out=None,
-           norm_bias=None, conv=None):
-    """The kernel call; ``conv`` = (conv_state, conv_weight (K, W) or (K, 1, W), conv_bias, conv_out, silu)."""
+           norm_bias=None, conv=None, conv_rows=0):
+    """The kernel call; ``conv`` = (conv_state, conv_weight (C, W) or (C, 1, W), conv_bias, conv_out, silu):
+    with conv_rows = C > 0 (modes 3, 4) the conv update of the first C outputs."""
     batch, K = x.shape
     f32 = _kernels.float32_param
     norm_weight, bias, norm_bias = (t if t is None or t.dtype == torch.float32 else f32(t)
                                     for t in (norm_weight, bias, norm_bias))
     out = _kernels.empty((batch, weight.shape[0]), x)
     r = _kernels.ref
-    conv_args = (0, 0, False, None, None, None, None, None)
+    conv_args = (0, 0, False, None, None, None, None)
     if conv is not None:
         state, w, b, conv_out, silu = conv
         w = w if w.dtype == torch.float32 else f32(w)
         b = b if b is None or b.dtype == torch.float32 else f32(b)
-        stream = torch.cuda.current_stream(x.device).cuda_stream
         conv_args = (w.shape[-1], state.shape[-1], silu, r(state), (w.data_ptr(), w.stride(0), w.stride(-1)), r(b),
-                     r(conv_out), r(_css._counter_buffer(x.device, stream, 1)))
+                     r(conv_out))
     dispatch.cuda_module().norm_gemv(
         _kernels.dtype_code(x), batch, K, weight.shape[0], group_size, mode, float(eps), r(x), r(z), r(norm_weight),
-        r(weight), r(bias), r(out), r(residual), r(residual_out), r(norm_bias), *conv_args,
+        r(weight), r(bias), r(out), r(residual), r(residual_out), r(norm_bias), *conv_args, conv_rows,
         _kernels.exec_arg("cuda", x))
     return out
 
@@ -164,12 +166,37 @@ def small_linear(linear: nn.Module, x: Tensor) -> Tensor:
     return _fused(0, x, None, None, linear.weight, linear.bias, 1, 0.0)
 
 
+def small_matmul(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """F.linear(x, weight, bias) for x (B, K): through the small-batch kernel on CUDA when it takes the
+    call (PLAIN, no autograd, not compiling), else gemv_linear."""
+    if (x.is_cpu or not PLAIN or torch.compiler.is_compiling() or x.dim() != 2 or not _fusable(x, None, weight, 0)
+            or (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)))):
+        return gemv_linear(x, weight, bias)
+    _check_linear(x, weight, bias)
+    return _fused(0, x, None, None, weight, bias, 1, 0.0)
+
+
+def _conv_epilogue_ok(x: Tensor, M: int, conv) -> bool:
+    """The kernel's conv epilogue takes conv = (conv_state, conv_weight, conv_bias, activation) after the first
+    C of M outputs of x (B, K): state (B, C, S <= 4) in x's dtype, W <= 4, S >= W - 1, silu or no activation."""
+    state, w, _, activation = conv
+    W = w.shape[-1]
+    return (CONV_EPILOGUE and state.dim() == 3 and state.shape[0] == x.shape[0] and state.shape[1] <= M
+            and state.dtype == x.dtype and 1 <= W <= 4 and W - 1 <= state.shape[-1] <= 4
+            and w.shape[0] == state.shape[1] and activation in (None, "silu", "swish"))
+
+
 def norm_linear(x: Tensor, residual: Optional[Tensor], norm_weight: Tensor, norm_bias: Optional[Tensor],
-                linear: nn.Module, *, is_rms: bool = True, eps: float = 1e-5) -> tuple[Tensor, Tensor]:
+                linear: nn.Module, *, is_rms: bool = True, eps: float = 1e-5, conv=None):
     """A prenorm block's residual add + norm feeding a linear layer, for one decoded token:
     x (B, K), residual (B, K) float32 or None -> (linear(norm(x + residual)), residual_out (B, K) float32).
     Same as fused_layer_norm(x, norm_weight, norm_bias, residual, is_rms, eps, prenorm=True,
-    residual_in_fp32=True) then linear(y); one kernel on CUDA for a plain nn.Linear."""
+    residual_in_fp32=True) then linear(y); one kernel on CUDA for a plain nn.Linear.
+    conv = (conv_state (B, C, S), conv_weight (C, W) or (C, 1, W), conv_bias, activation): the first C outputs
+    also go through causal_conv1d_update on conv_state (updated in place) -> (out, residual_out, x_conv (B, C));
+    in the same kernel on CUDA when it takes them (Mamba-1's in_proj and conv update)."""
+    if conv is not None:
+        return _norm_linear_conv(x, residual, norm_weight, norm_bias, linear, is_rms, eps, conv)
     _checks.tensor("x", x, ndim=2)
     _checks.tensor("residual", residual, shape=tuple(x.shape), device=x.device, optional=True)
     fusable = (PRENORM and type(linear) is nn.Linear and (residual is None or residual.dtype == torch.float32)
@@ -186,22 +213,23 @@ def norm_linear(x: Tensor, residual: Optional[Tensor], norm_weight: Tensor, norm
     return out, res
 
 
-def conv_linear(x: Tensor, conv_state: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor], linear: nn.Module,
-                activation: Optional[str] = "silu") -> tuple[Tensor, Tensor]:
-    """Mamba-1's decode conv update feeding x_proj: x (B, K) new inputs, conv_state (B, K, S) updated
-    in place -> (linear(x_conv), x_conv (B, K)), x_conv = causal_conv1d_update(x, conv_state, ...).
-    One kernel on CUDA for a plain nn.Linear."""
-    W = conv_weight.shape[-1]
-    fusable = (CONV and type(linear) is nn.Linear and not torch.compiler.is_compiling() and x.dim() == 2
-               and conv_state.dim() == 3 and conv_state.shape[0] == x.shape[0] and conv_state.shape[1] == x.shape[1]
-               and conv_state.dtype == x.dtype and conv_state.shape[-1] >= max(W - 1, 1)
-               and conv_weight.shape[0] == x.shape[1] and _fusable(x, None, linear.weight, 1))
-    if not fusable or activation not in (None, "silu", "swish"):
-        x_conv = causal_conv1d_update(x, conv_state, conv_weight, conv_bias, activation)
-        return small_linear(linear, x_conv), x_conv
+def _norm_linear_conv(x, residual, norm_weight, norm_bias, linear, is_rms, eps, conv):
+    state, conv_weight, conv_bias, activation = conv
+    C = state.shape[1]
+    fusable = (PRENORM and type(linear) is nn.Linear and (residual is None or residual.dtype == torch.float32)
+               and not torch.compiler.is_compiling() and _fusable(x, None, linear.weight, 1)
+               and _conv_epilogue_ok(x, linear.weight.shape[0], conv))
+    if not fusable:
+        out, res = norm_linear(x, residual, norm_weight, norm_bias, linear, is_rms=is_rms, eps=eps)
+        return out, res, causal_conv1d_update(out[:, :C], state, conv_weight, conv_bias, activation)
     _check_linear(x, linear.weight, linear.bias)
-    _checks.tensor("conv_bias", conv_bias, shape=(x.shape[1],), device=x.device, optional=True)
-    x_conv = _kernels.empty(tuple(x.shape), x)
-    out = _fused(5, x, None, None, linear.weight, linear.bias, 1, 0.0,
-                 conv=(conv_state, conv_weight, conv_bias, x_conv, activation is not None))
-    return out, x_conv
+    _checks.tensor("residual", residual, shape=tuple(x.shape), device=x.device, optional=True)
+    _checks.tensor("norm_weight", norm_weight, shape=(x.shape[1],), device=x.device)
+    _checks.tensor("norm_bias", norm_bias, shape=(x.shape[1],), device=x.device, optional=True)
+    _checks.tensor("conv_bias", conv_bias, shape=(C,), device=x.device, optional=True)
+    res = _kernels.empty(tuple(x.shape), x, dtype=torch.float32)
+    x_conv = _kernels.empty((x.shape[0], C), x)
+    out = _fused(3 if is_rms else 4, x, None, norm_weight, linear.weight, linear.bias, x.shape[1], eps,
+                 residual=residual, residual_out=res, norm_bias=None if is_rms else norm_bias,
+                 conv=(state, conv_weight, conv_bias, x_conv, activation is not None), conv_rows=C)
+    return out, res, x_conv

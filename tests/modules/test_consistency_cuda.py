@@ -30,6 +30,15 @@ def test_step_matches_forward(kind):
     assert_close(out, ref, tol=1e-3)
 
 
+def test_step_matches_forward_with_dt_proj_past_the_fold():
+    """dt_rank 96 at batch 3: past proj_state_step.SMALL_MAX_RANK, in the small-batch step kernel (m1_decode_step)."""
+    m = Mamba1(D_MODEL, d_state=16, dt_rank=96, layer_idx=0).cuda()
+    x = torch.randn(3, 150, D_MODEL, device="cuda")
+    ref = m(x)
+    out, _ = run_in_pieces(m, x, [141] + [1] * 9)
+    assert_close(out, ref, tol=1e-3)
+
+
 @pytest.mark.parametrize("kind", list(LAYERS))
 def test_chunked_prefill_matches_one_pass(kind):
     m = make(kind)

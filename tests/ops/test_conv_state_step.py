@@ -44,9 +44,9 @@ def make(batch, H, P, N, G, W, S, dtype, device, opts, noncontig=False):
                 D=D, dt_bias=dt_bias, z=z, G=G)
 
 
-def run(fn, inp):
+def run(fn, inp, **kw):
     return fn(inp["xBC"], inp["conv_state"], inp["conv_weight"], inp["conv_bias"], inp["ssm_state"], inp["dt"],
-              inp["A"], inp["D"], inp["dt_bias"], inp["z"], ngroups=inp["G"])
+              inp["A"], inp["D"], inp["dt_bias"], inp["z"], ngroups=inp["G"], **kw)
 
 
 def reference_step(xBC, conv_state, conv_weight, conv_bias, ssm_state, dt, A, D, dt_bias, z, ngroups):
@@ -90,19 +90,21 @@ def _clone(inp):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("settled", [False, True])
 @pytest.mark.parametrize("wide", ["0", "1"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("case", CASES + [(64, 24, 64, 128, 1, 4, 4), (1, 24, 64, 128, 1, 4, 4)])
-def test_cuda_kernel_equals_separate_ops(wide, dtype, case, monkeypatch):
+def test_cuda_kernel_equals_separate_ops(settled, wide, dtype, case, monkeypatch):
     """Several consecutive steps: the B/C conv states are rewritten once per step by the last
-    block (a counter left non-zero would freeze them from the second step on)."""
+    block (a counter left non-zero would freeze them from the second step on). states_settled:
+    the states read before the previous kernel (here a copy of the next inputs) ends."""
     monkeypatch.setenv("SSM_CONV_STEP_WIDE", wide)
     monkeypatch.setattr(css, "MAX_BATCH", 65535)  # the kernel, whatever batch the modules hand it
     inp = make(*case, dtype, torch.device("cuda"), {"all"})
     other = _clone(inp)
     assert css._fusable(inp["xBC"], inp["conv_state"], inp["conv_weight"], inp["ssm_state"], inp["dt"], inp["z"])
     for t in range(4):
-        y = run(css.conv_state_step, inp)
+        y = run(css.conv_state_step, inp, states_settled=settled)
         y_sep = _composed(other)
         assert_close(y, y_sep, dtype, f"y at step {t}", factor=0.1)
         assert torch.equal(inp["conv_state"], other["conv_state"]), f"conv_state at step {t}"
@@ -120,7 +122,7 @@ def test_cuda_graph_replays_equal_eager():
     run(css.conv_state_step, _clone(inp))  # warm-up: float32 copies of the parameters, counters
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        y = run(css.conv_state_step, inp)
+        y = run(css.conv_state_step, inp, states_settled=True)
     for t in range(3):
         graph.replay()
         y_sep = _composed(other)

@@ -8,6 +8,7 @@ import torch.nn as nn
 
 from ssm.ops import conv_state_step as css
 from ssm.ops import norm_gemv as ng
+from ssm.ops.conv import causal_conv1d_update
 from ssm.ops.gated_norm import rmsnorm_fn
 from ssm.ops.python import reference
 from tests.ops.harness import DTYPES, assert_close, backends, device_of, rand, use_backend
@@ -189,6 +190,35 @@ def test_norm_linear_cuda_kernel_equals_separate_ops(dtype, case, with_residual,
     assert_close(out, out_sep, dtype, "out", factor=0.25)
 
 
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", [(1, 768, 3072, 1536, 4, 4), (3, 64, 200, 100, 4, 4), (2, 96, 48, 24, 2, 3),
+                                  (4, 64, 130, 65, 3, 4)])
+@pytest.mark.parametrize("is_rms", [True, False])
+@pytest.mark.parametrize("activation", ["silu", None])
+def test_norm_linear_conv_equals_separate_ops(backend, dtype, case, is_rms, activation):
+    """norm_linear with conv (Mamba-1's in_proj + conv update; one kernel on CUDA): the same outputs, conv
+    outputs and conv states as norm_linear then causal_conv1d_update, over three steps."""
+    batch, K, M, C, W, S = case
+    dev = device_of(backend)
+    inp = make_prenorm(batch, K, M, dtype, dev, True, is_rms)
+    state = rand(batch, C, S, dtype=dtype, device=dev)
+    other = state.clone()
+    w, b = rand(C, 1, W, device=dev, dtype=dtype, scale=0.5), rand(C, device=dev, dtype=dtype)
+    for t in range(3):
+        with use_backend(backend), torch.no_grad():
+            out, res, x_conv = ng.norm_linear(inp["x"], inp["res"], inp["nw"], inp["nb"], inp["lin"], is_rms=is_rms,
+                                              eps=1e-5, conv=(state, w, b, activation))
+            out_sep, res_sep = run_prenorm(inp, is_rms)
+            conv_sep = causal_conv1d_update(out_sep[:, :C], other, w, b, activation)
+        if backend == "cuda":
+            assert ng._conv_epilogue_ok(inp["x"], M, (state, w, b, activation))
+        assert torch.equal(out, out_sep) and torch.equal(res, res_sep), f"out at step {t}"
+        assert_close(x_conv, conv_sep, dtype, f"x_conv at step {t}", factor=0.1)
+        assert torch.equal(state, other), f"conv_state at step {t}"
+        inp["x"] = rand(batch, K, dtype=dtype, device=dev)
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("case", [(1, 4096, 300, None), (1, 4096, 77, 512), (2, 1024, 65, 256), (4, 768, 33, 96),
@@ -249,55 +279,6 @@ def test_block_prenorm_decode_equals_separate_norm(device, layer, monkeypatch):
             logits.append(model(ids[:, 5:], inference_params=params).logits.float())
     tol = 2e-2 if device == "cuda" else 1e-5
     torch.testing.assert_close(logits[0], logits[1], rtol=tol, atol=tol)
-
-
-def make_conv(batch, K, M, W, S, dtype, device):
-    xz = rand(batch, 2 * K, dtype=dtype, device=device)  # x is a strided view, as in Mamba1.step
-    return dict(x=xz[:, :K], state=rand(batch, K, S, dtype=dtype, device=device),
-                w=rand(K, 1, W, dtype=dtype, device=device, scale=0.5), b=rand(K, dtype=dtype, device=device),
-                lin=nn.Linear(K, M, bias=False, device=device, dtype=dtype))
-
-
-def run_conv(inp):
-    with torch.no_grad():
-        return ng.conv_linear(inp["x"], inp["state"], inp["w"], inp["b"], inp["lin"], "silu")
-
-
-@pytest.mark.parametrize("backend", backends())
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", [(1, 64, 24, 4, 4), (3, 96, 40, 3, 5), (4, 256, 9, 2, 1)])
-def test_conv_linear_matches_reference(backend, dtype, case, monkeypatch):
-    monkeypatch.setattr(ng, "CONV", True)  # the kernel, switched off in the modules
-    inp = make_conv(*case[:3], *case[3:], dtype, device_of(backend))
-    state64 = inp["state"].double()
-    with use_backend(backend):
-        out, x_conv = run_conv(inp)
-    xc_ref = reference.dw_causal_conv_update(inp["x"].double(), state64, inp["w"].double().squeeze(1),
-                                             inp["b"].double(), "silu")
-    assert out.dtype == dtype and out.shape == (case[0], case[2]) and x_conv.shape == inp["x"].shape
-    assert_close(x_conv, xc_ref, dtype, "x_conv")
-    assert_close(out, xc_ref @ inp["lin"].weight.double().t(), dtype, "out")
-    assert torch.equal(inp["state"].double(), state64), "conv_state"
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("case", [(1, 1536, 80, 4, 4), (2, 2048, 96, 4, 4), (4, 64, 5, 3, 6)])
-def test_conv_linear_cuda_kernel_equals_separate_ops(dtype, case, monkeypatch):
-    """Several consecutive steps (the conv states are shifted once per step by the last block)."""
-    monkeypatch.setattr(ng, "CONV", True)
-    inp = make_conv(*case, dtype, torch.device("cuda"))
-    state = inp["state"].clone()
-    assert ng._fusable(inp["x"], None, inp["lin"].weight, 1)
-    for t in range(3):
-        out, x_conv = run_conv(inp)
-        with torch.no_grad():
-            xc_sep = ng.causal_conv1d_update(inp["x"], state, inp["w"], inp["b"], "silu")
-            out_sep = inp["lin"](xc_sep)
-        assert torch.equal(inp["state"], state), f"conv_state at step {t}"
-        assert_close(x_conv, xc_sep, dtype, f"x_conv at step {t}", factor=0.1)
-        assert_close(out, out_sep, dtype, f"out at step {t}", factor=0.25)
-        inp["x"].copy_(rand(*inp["x"].shape, dtype=dtype, device="cuda"))
 
 
 GEMV_CASES = [  # (batch, K, M): K past / short of whole 16- and 8-wide vectors, M short of 4-row blocks;

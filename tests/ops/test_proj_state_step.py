@@ -120,6 +120,65 @@ def test_cuda_large_batch_runs_the_lean_kernel():
     assert not any("gemm" in n.lower() or "gemv" in n.lower() for n in names), names
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", [(1, 4096, 16, 128), (4, 200, 16, 96), (2, 64, 16, 256)])
+def test_cuda_small_batch_large_rank_runs_dt_proj_through_the_gemv(dtype, case, monkeypatch):
+    """Batches <= 4 with dt_proj ranks > 64 outside the small-batch step kernel: dt_proj through the
+    small-batch GEMV, then the state step."""
+    monkeypatch.setattr(pss, "SMALL_STEP", False)
+    inp = make(*case, dtype, torch.device("cuda"), {"z+D", "aligned"})
+    assert not pss._fusable(inp["state"], inp["x"], inp["dt_in"], inp["W"], inp["B"], inp["C"], inp["z"])
+    ref = as64(inp)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        y = run(pss.proj_state_step, inp)
+        torch.cuda.synchronize()
+    assert_close(y, run(reference_step, ref), dtype, "y")
+    assert_close(inp["state"], ref["state"], dtype, "state")
+    names = [e.key for e in prof.key_averages()]
+    assert any("norm_gemv" in n for n in names), names
+
+
+SMALL_CASES = [(1, 1536, 16, 48), (4, 200, 5, 16), (2, 130, 16, 128), (3, 64, 8, 96)]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("settled", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", SMALL_CASES)
+@pytest.mark.parametrize("option", OPTIONS)
+def test_cuda_small_batch_step_kernel_matches_reference(settled, dtype, case, option):
+    """Batches <= 4: the small-batch step kernel (m1_decode_step), its state read before or after the PDL wait."""
+    inp = make(*case, dtype, torch.device("cuda"), {option, "aligned"})
+    assert pss._small_step_ok(inp["state"], inp["x"], inp["dt_in"], inp["W"], inp["B"], inp["C"], inp["z"])
+    ref = as64(inp)
+    y = pss.proj_state_step(inp["state"], inp["x"], inp["dt_in"], inp["W"], inp["A"], inp["B"], inp["C"],
+                            inp["D"], inp["z"], inp["dt_bias"], True, state_settled=settled)
+    assert_close(y, run(reference_step, ref), dtype, "y")
+    assert_close(inp["state"], ref["state"], dtype, "state")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", SMALL_CASES)
+def test_cuda_small_batch_step_kernel_equals_the_other_path_over_steps(dtype, case, monkeypatch):
+    """Three consecutive steps (state read after the wait: each step's kernel follows the previous one)."""
+    inp = make(*case, dtype, torch.device("cuda"), {"all", "aligned"})
+    state = inp["state"].clone()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        run(pss.proj_state_step, make(*case, dtype, torch.device("cuda"), {"all", "aligned"}))
+        torch.cuda.synchronize()
+    assert any("m1_decode_step" in e.key for e in prof.key_averages())
+    for t in range(3):
+        y = run(pss.proj_state_step, inp)
+        monkeypatch.setattr(pss, "SMALL_STEP", False)
+        y_other = pss.proj_state_step(state, inp["x"], inp["dt_in"], inp["W"], inp["A"], inp["B"], inp["C"],
+                                      inp["D"], inp["z"], inp["dt_bias"], True)
+        monkeypatch.setattr(pss, "SMALL_STEP", True)
+        assert_close(y, y_other, dtype, f"y at step {t}", factor=0.1)
+        assert_close(inp["state"], state, torch.float32, f"state at step {t}", factor=10)
+
+
 def test_falls_back_to_the_separate_ops_when_switched_off(monkeypatch):
     monkeypatch.setattr(css, "FUSED", False)
     inp = make(2, 8, 16, 3, torch.float32, torch.device("cpu"), {"all"})

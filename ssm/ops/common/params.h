@@ -234,6 +234,7 @@ struct ConvStateStepParams {
   TensorArg counters;     // (B * G,)             int32, zero
   TensorArg out;          // (B, H, P)            dtype
   bool softplus = false, silu = false;
+  bool early = false;     // the stream's previous kernel writes neither state: read them before it ends (PDL)
 };
 
 }  // namespace ssm
@@ -262,16 +263,15 @@ struct NormGemvParams {
   TensorArg residual;      // (B, K)  float32, optional
   TensorArg residual_out;  // (B, K)  float32, modes 3 and 4
   TensorArg norm_bias;     // (K,)    float32, optional (mode 4)
-  // mode 5 (Mamba-1's conv update feeding x_proj): in = silu?(depthwise conv of x on its rolling
-  // conv_state), rounded to dtype and written to conv_out by block 0; the last block to take a
-  // ticket on counters[0] (zero between launches) shifts the conv states and resets it
-  int64_t width = 0, state_len = 0;
+  // modes 3 and 4 with conv_rows = C > 0 (Mamba-1's in_proj feeding its conv update): the outputs of
+  // rows m < C (the x half), rounded to dtype, go on through the depthwise conv update of channel m:
+  // conv_out = silu?(conv), conv_state shifted left by one with the output appended
+  int64_t width = 0, state_len = 0, conv_rows = 0;
   bool silu = false;
-  TensorArg conv_state;    // (B, K, S) dtype, any strides, S >= W - 1
-  TensorArg conv_weight;   // (K, W)    float32
-  TensorArg conv_bias;     // (K,)      float32, optional
-  TensorArg conv_out;      // (B, K)    dtype
-  TensorArg counters;      // (1,)      int32
+  TensorArg conv_state;    // (B, C, S) dtype, any strides, 1 <= S <= 4, S >= W - 1
+  TensorArg conv_weight;   // (C, W)    float32, W <= 4
+  TensorArg conv_bias;     // (C,)      float32, optional
+  TensorArg conv_out;      // (B, C)    dtype
 };
 
 }  // namespace ssm
@@ -369,6 +369,29 @@ struct SsdBwdReduceParams {
   TensorArg dD;                // (H, P)                 float32, with dD_part
   TensorArg ddt;               // (B, L, H)              float32
   TensorArg ddt_bias;          // (H,)                   float32, optional
+};
+
+}  // namespace ssm
+
+namespace ssm {
+
+// One Mamba-1 decode step with dt_proj folded in, for small batches (CUDA only; proj_state_step):
+// dt = dt_in @ dt_proj^T (rounded to dtype), then the selective state step, state updated in place.
+struct M1DecodeStepParams {
+  int64_t batch = 0, dim = 0, dstate = 0, rank = 0;
+  DType state_dtype = DType::f32, dtype = DType::f32;
+  TensorArg state;    // (B, D, N)  state_dtype, unit stride along N
+  TensorArg x;        // (B, D)     dtype
+  TensorArg dt_in;    // (B, R)     dtype
+  TensorArg dt_proj;  // (D, R)     dtype, rows contiguous and 16-byte aligned
+  TensorArg A;        // (D, N)     float32
+  TensorArg B, C;     // (B, N)     dtype
+  TensorArg D;        // (D,)       float32, optional
+  TensorArg z;        // (B, D)     dtype, optional
+  TensorArg dt_bias;  // (D,)       float32, optional
+  TensorArg out;      // (B, D)     dtype
+  bool softplus = true;
+  bool early = false;  // the stream's previous kernel does not write state: read it before that kernel ends (PDL)
 };
 
 }  // namespace ssm

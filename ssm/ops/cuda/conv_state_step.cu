@@ -22,23 +22,28 @@ struct Window {
   float v[4], xin;
 };
 
-// The conv output of channel c of batch row b from the conv_state's last W-1 entries and the new
-// input: silu?(bias + sum_k w[k] window[k]), rounded to T as the separate conv op's output is.
+// Channel c's history entries (the conv_state's last W-1, up to 4) of batch row b into win.
+template <typename T>
+__device__ __forceinline__ void load_history(const ConvStateStepParams& p, int64_t b, int64_t c, Window& win) {
+  const T* st = ptr<T>(p.conv_state) + b * p.conv_state.stride[0] + c * p.conv_state.stride[1];
+  const int64_t W = p.width, first = p.state_len - (W - 1), ss = p.conv_state.stride[2];
+#pragma unroll
+  for (int k = 0; k < 4; ++k) win.v[k] = k < W - 1 ? to_float(st[(first + k) * ss]) : 0.f;
+}
+
+// The conv output of channel c of batch row b from its history (load_history) and the new input:
+// silu?(bias + sum_k w[k] window[k]), rounded to T as the separate conv op's output is.
 template <typename T>
 __device__ __forceinline__ float conv_at(const ConvStateStepParams& p, int64_t b, int64_t c, Window& win) {
   const T* st = ptr<T>(p.conv_state) + b * p.conv_state.stride[0] + c * p.conv_state.stride[1];
   const float* w = ptr<float>(p.conv_weight) + c * p.conv_weight.stride[0];
   const int64_t W = p.width, first = p.state_len - (W - 1), ss = p.conv_state.stride[2];
   const int64_t ws = p.conv_weight.stride[1];
-  // the window's loads issued together (W <= 5 unrolled, wider ones by a loop)
-  float* v = win.v;
-#pragma unroll
-  for (int k = 0; k < 4; ++k) v[k] = k < W - 1 ? to_float(st[(first + k) * ss]) : 0.f;
   const float xin = win.xin = to_float(ptr<T>(p.xbc)[b * p.xbc.stride[0] + c * p.xbc.stride[1]]);
   float acc = has(p.conv_bias) ? ptr<float>(p.conv_bias)[c * p.conv_bias.stride[0]] : 0.f;
 #pragma unroll
   for (int k = 0; k < 4; ++k)
-    if (k < W - 1) acc += w[k * ws] * v[k];
+    if (k < W - 1) acc += w[k * ws] * win.v[k];
   for (int64_t k = 4; k < W - 1; ++k) acc += w[k * ws] * to_float(st[(first + k) * ss]);
   acc += w[(W - 1) * ws] * xin;
   return to_float(from_float<T>(p.silu ? silu(acc) : acc));
@@ -77,37 +82,56 @@ __global__ void __launch_bounds__(kThreads, kPacks == 1 ? 4 : 1) conv_state_step
   const int64_t b = blockIdx.z, h = blockIdx.y, P = p.headdim, N = p.dstate;
   const int64_t g = h / (p.nheads / p.ngroups), p0 = int64_t(blockIdx.x) * kRows, hp = p0 + r;
   const bool row_ok = hp < P;
-  // launched with PDL: everything below may depend on the previous kernel (in_proj's output)
-  pdl_wait();
-  pdl_release();
-  // the state stream first: every load in flight before the conv work
   TS* st = ptr<TS>(p.state) + b * p.state.stride[0] + h * p.state.stride[1] + (row_ok ? hp : 0) * p.state.stride[2];
   Pack<TS> s[kPacks][sizeof(TS) / 2];
-#pragma unroll
-  for (int j = 0; j < kPacks; ++j) {
-    const int64_t n0 = (int64_t(j) * kTPR + lane) * 8;
-    if (row_ok && n0 < N) {
-#pragma unroll
-      for (int w = 0; w < int(sizeof(TS) / 2); ++w) s[j][w].load(st + n0 + w * Pack<TS>::kN);
-    }
-  }
   // this thread's B/C channels tid and tid + kThreads: their windows kept for the last block's shift
-  Window win[2 * kMaxN / kThreads];
+  Window win[2 * kMaxN / kThreads], xw;
+  const bool own_x = tid < kRows && p0 + tid < P;
+  // the state stream first, then the conv histories: every load in flight before the conv work
+  const auto load_states = [&] {
+#pragma unroll
+    for (int j = 0; j < kPacks; ++j) {
+      const int64_t n0 = (int64_t(j) * kTPR + lane) * 8;
+      if (row_ok && n0 < N) {
+#pragma unroll
+        for (int w = 0; w < int(sizeof(TS) / 2); ++w) s[j][w].load(st + n0 + w * Pack<TS>::kN);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < 2 * kMaxN / kThreads; ++j) {
+      const int64_t i = tid + int64_t(j) * kThreads;
+      if (i < 2 * N) load_history<T>(p, b, bc_channel(p, g, i), win[j]);
+    }
+    if (own_x) load_history<T>(p, b, h * P + p0 + tid, xw);
+  };
+  // p.early: the caller promises that the stream's previous kernel writes neither state, so they are
+  // read before it ends (launched with PDL); everything else may depend on it (in_proj's output)
+  if (p.early) load_states();
+  // parameters (no kernel writes them) before the wait too
+  const float A_h = ptr<float>(p.A)[h * p.A.stride[0]];
+  const float dt_b = has(p.dt_bias) ? ptr<float>(p.dt_bias)[h * p.dt_bias.stride[0]] : 0.f;
+  const float D_hp = has(p.D) && row_ok && lane == 0 ? ptr<float>(p.D)[h * p.D.stride[0] + hp * p.D.stride[1]] : 0.f;
+  pdl_wait();
+  pdl_release();
+  if (!p.early) load_states();
+  // this block's dt and the row's gate, issued with the conv inputs (before any store)
+  const float dt_raw = to_float(ptr<T>(p.dt)[b * p.dt.stride[0] + h * p.dt.stride[1]]);
+  const float zv = has(p.z) && row_ok && lane == 0
+                       ? to_float(ptr<T>(p.z)[b * p.z.stride[0] + h * p.z.stride[1] + hp * p.z.stride[2]])
+                       : 0.f;
 #pragma unroll
   for (int j = 0; j < 2 * kMaxN / kThreads; ++j) {
     const int64_t i = tid + int64_t(j) * kThreads;
     if (i < 2 * N) sBC[i] = conv_at<T>(p, b, bc_channel(p, g, i), win[j]);
   }
-  if (tid < kRows && p0 + tid < P) {
+  if (own_x) {
     const int64_t c = h * P + p0 + tid;
-    Window xw;
     sx[tid] = conv_at<T>(p, b, c, xw);
     shift_in<T>(p, b, c);
   }
-  float dt = to_float(ptr<T>(p.dt)[b * p.dt.stride[0] + h * p.dt.stride[1]]) +
-             (has(p.dt_bias) ? ptr<float>(p.dt_bias)[h * p.dt_bias.stride[0]] : 0.f);
+  float dt = dt_raw + dt_b;
   if (p.softplus) dt = softplus(dt);
-  const float dA = __expf(dt * ptr<float>(p.A)[h * p.A.stride[0]]);
+  const float dA = __expf(dt * A_h);
   __syncthreads();
   // every read of this block's B/C conv history is done: take a ticket
   // (its result is first needed after the step: the atomic's round trip overlaps the step's math)
@@ -138,8 +162,8 @@ __global__ void __launch_bounds__(kThreads, kPacks == 1 ? 4 : 1) conv_state_step
 #pragma unroll
   for (int off = kTPR / 2; off > 0; off /= 2) y += __shfl_xor_sync(group, y, off, kTPR);
   if (row_ok && lane == 0) {
-    if (has(p.D)) y += ptr<float>(p.D)[h * p.D.stride[0] + hp * p.D.stride[1]] * xv;
-    if (has(p.z)) y *= silu(to_float(ptr<T>(p.z)[b * p.z.stride[0] + h * p.z.stride[1] + hp * p.z.stride[2]]));
+    y += D_hp * xv;
+    if (has(p.z)) y *= silu(zv);
     ptr<T>(p.out)[b * p.out.stride[0] + h * p.out.stride[1] + hp * p.out.stride[2]] = from_float<T>(y);
   }
   if (tid == 0) s_last = ticket == int(p.nheads / p.ngroups) * int(gridDim.x) - 1;
@@ -168,8 +192,7 @@ __global__ void __launch_bounds__(kThreads, kPacks == 1 ? 4 : 1) conv_state_step
 }
 
 // Lanes per row and packs per lane: "narrow" rows (few lanes, four packs each: fewer blocks, each
-// recomputing the group's B/C conv once) for large batches, "wide" rows (one pack per lane: four
-// times the blocks) when the narrow grid would leave most SMs idle. SSM_CONV_STEP_WIDE=0/1 forces one.
+// recomputing the group's B/C conv once) or "wide" rows (one pack per lane: four times the blocks).
 #define SSM_CONV_STEP_CFG_SWITCH(N, wide, K, KP, ...)                              \
   [&] {                                                                            \
     if (N <= 64) {                                                                 \
@@ -184,11 +207,11 @@ __global__ void __launch_bounds__(kThreads, kPacks == 1 ? 4 : 1) conv_state_step
     constexpr int K = 8, KP = 4; return __VA_ARGS__();                             \
   }()
 
-bool use_wide(const ConvStateStepParams& p) {
+// Narrow by default (H200, session 6, b1 decode per token: mamba2-1.3b 1.644 ms narrow vs 1.746 wide,
+// mamba2-130m 0.408 vs 0.416); SSM_CONV_STEP_WIDE=1 forces wide rows.
+bool use_wide(const ConvStateStepParams&) {
   const char* env = std::getenv("SSM_CONV_STEP_WIDE");
-  if (env != nullptr && (env[0] == '0' || env[0] == '1')) return env[0] == '1';
-  const int64_t narrow_rows = kThreads / (p.dstate <= 64 ? 2 : p.dstate <= 128 ? 4 : 8);
-  return p.batch * p.nheads * ((p.headdim + narrow_rows - 1) / narrow_rows) < 256;
+  return env != nullptr && env[0] == '1';
 }
 
 template <typename TS, typename T>

@@ -3,8 +3,6 @@
 // new tokens come from the state (its tail, or a ring at cache_seqlens); every output is computed
 // before the state row is rewritten in place. Launched with PDL (pdl.cuh): a decode step's blocks
 // start while the previous kernel (in_proj) ends.
-#include <cstdlib>
-
 #include "cuda/kernels.h"
 #include "cuda/pdl.cuh"
 #include "cuda/vec.cuh"
@@ -99,10 +97,9 @@ __global__ void __launch_bounds__(kThreads) conv_update_row4_kernel(ConvUpdatePa
 }
 
 // The row4 kernel takes this call: one token, no ring, state rows of four contiguous entries aligned as one
-// word, W <= 4, 32-bit channel and 16-bit batch grid. SSM_CONV_UPDATE_ROW4=0 switches it off.
+// word, W <= 4, 32-bit channel and 16-bit batch grid (H200, session 6: b64 conv update 3.4 us a call at 1.4b
+// vs 7.5 on the general kernel, mamba-130m decode b64 0.776 vs 0.822 ms a step).
 bool use_row4(const ConvUpdateParams& p, int64_t elem) {
-  const char* env = std::getenv("SSM_CONV_UPDATE_ROW4");
-  if (env != nullptr && env[0] == '0') return false;
   const TensorArg& s = p.conv_state;
   return p.seqlen == 1 && !has(p.cache_seqlens) && p.state_len == 4 && p.width >= 2 && p.width <= 4 &&
          s.stride[2] == 1 && s.stride[0] % 4 == 0 && s.stride[1] % 4 == 0 && aligned(s.data, 4 * elem) &&

@@ -36,6 +36,7 @@ void ssd_chunk_scan_bwd_reduce(const SsdBwdReduceParams& p, cudaStream_t stream)
 
 void conv_state_step(const ConvStateStepParams& p, cudaStream_t stream);
 void norm_gemv(const NormGemvParams& p, cudaStream_t stream);
+void m1_decode_step(const M1DecodeStepParams& p, cudaStream_t stream);
 
 // Channels-last conv (dw_causal_conv_cl_fwd.cu / _bwd.cu): x and y (dy and dx) with stride 1 along
 // D, widths 2-4, nonempty; the bindings route the calls that fit here and the rest to the kernels above.

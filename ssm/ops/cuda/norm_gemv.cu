@@ -2,7 +2,8 @@
 // normalizes the B input rows into shared memory itself (a few KB from L2), so the norm needs no
 // kernel of its own. The weights stream through registers: a grid that fills the GPU once, each warp
 // walking its rows with the next weights in flight while the current ones are used, the first ones
-// loaded before the prologue (they do not depend on it), launched with PDL (pdl.cuh).
+// loaded before the prologue (they do not depend on it), launched with PDL (pdl.cuh). Optionally the
+// outputs go on through a depthwise conv update (Mamba-1's in_proj and conv in one kernel).
 #include <algorithm>
 #include <cstdlib>
 #include <vector>
@@ -20,66 +21,6 @@ __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
   return v;
-}
-
-// Mode 5: the conv output of channel k of row b from the conv_state's last W-1 entries and x.
-template <typename T>
-__device__ __forceinline__ float conv_input(const NormGemvParams& p, int64_t b, int64_t k) {
-  const T* st = ptr<T>(p.conv_state) + b * p.conv_state.stride[0] + k * p.conv_state.stride[1];
-  const float* w = ptr<float>(p.conv_weight) + k * p.conv_weight.stride[0];
-  const int64_t W = p.width, first = p.state_len - (W - 1), ss = p.conv_state.stride[2], ws = p.conv_weight.stride[1];
-  float v[4];
-#pragma unroll
-  for (int j = 0; j < 4; ++j) v[j] = j < W - 1 ? to_float(st[(first + j) * ss]) : 0.f;
-  float acc = has(p.conv_bias) ? ptr<float>(p.conv_bias)[k * p.conv_bias.stride[0]] : 0.f;
-#pragma unroll
-  for (int j = 0; j < 4; ++j)
-    if (j < W - 1) acc += w[j * ws] * v[j];
-  for (int64_t j = 4; j < W - 1; ++j) acc += w[j * ws] * to_float(st[(first + j) * ss]);
-  acc += w[(W - 1) * ws] * to_float(ptr<T>(p.x)[b * p.x.stride[0] + k * p.x.stride[1]]);
-  return to_float(from_float<T>(p.silu ? silu(acc) : acc));
-}
-
-// Mode 5: shift channel k's conv state of row b left by one and append x (loads before stores).
-template <typename T>
-__device__ __forceinline__ void conv_shift_in(const NormGemvParams& p, int64_t b, int64_t k) {
-  T* st = ptr<T>(p.conv_state) + b * p.conv_state.stride[0] + k * p.conv_state.stride[1];
-  const int64_t S = p.state_len, ss = p.conv_state.stride[2];
-  const T xin = ptr<T>(p.x)[b * p.x.stride[0] + k * p.x.stride[1]];
-  T v[8];
-#pragma unroll
-  for (int j = 0; j < 8; ++j)
-    if (j + 1 < S) v[j] = st[(j + 1) * ss];
-#pragma unroll
-  for (int j = 0; j < 8; ++j)
-    if (j + 1 < S) st[j * ss] = v[j];
-  for (int64_t j = 8; j + 1 < S; ++j) st[j * ss] = st[(j + 1) * ss];
-  st[(S - 1) * ss] = xin;
-}
-
-// Mode 5 prologue: xs <- conv outputs (block 0 also writes them to conv_out); after every block has
-// read the conv history, the last one shifts the states.
-template <typename T>
-__device__ void conv_inputs(const NormGemvParams& p, float* xs) {
-  __shared__ bool s_last;
-  const int K = int(p.in_features), B = int(p.batch);
-  for (int b = 0; b < B; ++b)
-    for (int k = threadIdx.x; k < K; k += kThreads) {
-      const float v = conv_input<T>(p, b, k);
-      xs[b * K + k] = v;
-      if (blockIdx.x == 0) ptr<T>(p.conv_out)[b * p.conv_out.stride[0] + k * p.conv_out.stride[1]] = from_float<T>(v);
-    }
-  __syncthreads();
-  int* counter = ptr<int>(p.counters);
-  if (threadIdx.x == 0) {
-    __threadfence();
-    s_last = atomicAdd(counter, 1) == int(gridDim.x) - 1;
-  }
-  __syncthreads();
-  if (!s_last) return;
-  for (int b = 0; b < B; ++b)
-    for (int k = threadIdx.x; k < K; k += kThreads) conv_shift_in<T>(p, b, k);
-  if (threadIdx.x == 0) *counter = 0;
 }
 
 // totals[s] = sum over the contiguous segments s < segments (of gs floats) of xs, or of
@@ -128,7 +69,6 @@ __device__ void norm_stats(const NormGemvParams& p, const float* xs, int gs, int
 template <typename T, int kMode>
 __device__ void load_inputs(const NormGemvParams& p, float* xs, float* mean, float* rstd) {
   const int K = int(p.in_features), B = int(p.batch);
-  if (kMode == 5) return conv_inputs<T>(p, xs);
   for (int b = 0; b < B; ++b)
     for (int k = threadIdx.x; k < K; k += kThreads) {
       float v = to_float(ptr<T>(p.x)[b * p.x.stride[0] + k * p.x.stride[1]]);
@@ -279,9 +219,67 @@ __device__ __forceinline__ void use_unit(float (&acc)[kG][kMaxB], const Pack<T> 
   }
 }
 
-// The group's rows done: out[b, m] = the warp's sum (+ bias); the accumulators reset.
+// The conv epilogue (conv_rows > 0): lane l of a warp owns the output (row g, batch row b) of the warp's
+// i-th row group, i = l / (B kG), and with it channel m's conv weights, bias and state row (S <= 4).
+template <typename T>
+struct ConvLane {
+  float w[4], cb, lb;  // conv weights and bias of channel m, the linear layer's bias of row m
+  T s[4];              // channel m's conv state row (batch row b)
+  int i, g, b;
+  int64_t m;
+  bool ok;
+};
+
+// Before the wait: the lane's place and its parameters (no kernel writes them).
 template <typename T, int kG>
-__device__ __forceinline__ void store_rows(float (&acc)[kG][kMaxB], const NormGemvParams& p, int q, int lane) {
+__device__ __forceinline__ void conv_lane_params(const NormGemvParams& p, ConvLane<T>& cl, int warp, int nwarps,
+                                                 int lane) {
+  const int per = int(p.batch) * kG, r = lane % per;
+  cl.i = lane / per, cl.g = r / int(p.batch), cl.b = r % int(p.batch);
+  cl.m = (int64_t(warp) + int64_t(cl.i) * nwarps) * kG + cl.g;
+  cl.ok = lane < 32 / per * per && cl.m < p.conv_rows;
+  if (!cl.ok) return;
+  const float* w = ptr<float>(p.conv_weight) + cl.m * p.conv_weight.stride[0];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) cl.w[j] = j < p.width ? w[j * p.conv_weight.stride[1]] : 0.f;
+  cl.cb = has(p.conv_bias) ? ptr<float>(p.conv_bias)[cl.m * p.conv_bias.stride[0]] : 0.f;
+  cl.lb = has(p.bias) ? ptr<float>(p.bias)[cl.m * p.bias.stride[0]] : 0.f;
+}
+
+// After the wait (the state may be the previous kernel's output): the lane's conv state row.
+template <typename T>
+__device__ __forceinline__ void conv_lane_state(const NormGemvParams& p, ConvLane<T>& cl) {
+  if (!cl.ok) return;
+  const T* st = ptr<T>(p.conv_state) + cl.b * p.conv_state.stride[0] + cl.m * p.conv_state.stride[1];
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+    if (j < p.state_len) cl.s[j] = st[j * p.conv_state.stride[2]];
+}
+
+// The lane's output row done (its sum v without bias): the conv output of the rounded input and the shifted state.
+template <typename T>
+__device__ __forceinline__ void conv_lane_finish(const NormGemvParams& p, const ConvLane<T>& cl, float v) {
+  const T xin = from_float<T>(v + cl.lb);
+  const int S = int(p.state_len), W = int(p.width);
+  float acc = cl.cb;
+#pragma unroll
+  for (int j = 0; j < 3; ++j)  // history: the state's last W - 1 entries
+    if (j < W - 1) acc += cl.w[j] * to_float(cl.s[S - (W - 1) + j]);
+  acc += cl.w[W - 1] * to_float(xin);
+  T& out = ptr<T>(p.conv_out)[cl.b * p.conv_out.stride[0] + cl.m * p.conv_out.stride[1]];
+  out = from_float<T>(p.silu ? silu(acc) : acc);
+  T* st = ptr<T>(p.conv_state) + cl.b * p.conv_state.stride[0] + cl.m * p.conv_state.stride[1];
+#pragma unroll
+  for (int j = 0; j < 3; ++j)
+    if (j < S - 1) st[j * p.conv_state.stride[2]] = cl.s[j + 1];
+  st[(S - 1) * p.conv_state.stride[2]] = xin;
+}
+
+// The group's rows done: out[b, m] = the warp's sum (+ bias); the accumulators reset. i: the group's index
+// among the warp's (the conv epilogue's owner lanes).
+template <typename T, int kG, bool kConv>
+__device__ __forceinline__ void store_rows(float (&acc)[kG][kMaxB], const NormGemvParams& p, int q, int lane,
+                                           const ConvLane<T>& cl, int i) {
 #pragma unroll
   for (int g = 0; g < kG; ++g) {
     const int64_t m = int64_t(q) * kG + g;
@@ -294,6 +292,7 @@ __device__ __forceinline__ void store_rows(float (&acc)[kG][kMaxB], const NormGe
         const float bias = has(p.bias) ? ptr<float>(p.bias)[m * p.bias.stride[0]] : 0.f;
         ptr<T>(p.out)[b * p.out.stride[0] + m * p.out.stride[1]] = from_float<T>(v + bias);
       }
+      if (kConv && cl.ok && cl.i == i && cl.g == g && cl.b == b) conv_lane_finish<T>(p, cl, v);
     }
   }
 }
@@ -306,7 +305,7 @@ __device__ __forceinline__ void prefetch_l2(const TensorArg& t, int64_t n) {
     asm volatile("prefetch.global.L2 [%0];" ::"l"(v + i));
 }
 
-template <typename T, int kMode, int kG>
+template <typename T, int kMode, int kG, bool kConv>
 __global__ void __launch_bounds__(kThreads, 2) norm_gemv_stream_kernel(NormGemvParams p, bool vec) {
   extern __shared__ float4 smem4[];
   float* xs = reinterpret_cast<float*>(smem4);  // (B, K)
@@ -323,11 +322,14 @@ __global__ void __launch_bounds__(kThreads, 2) norm_gemv_stream_kernel(NormGemvP
   Cursor a{int(blockIdx.x) * kWarps + int(threadIdx.x) / 32, 0}, c = next(a);
   if (a.q < groups) load_unit<T, kG>(b0, w, ldw, M, nchunks, a, lane);
   if (c.q < groups) load_unit<T, kG>(b1, w, ldw, M, nchunks, c, lane);
-  if (kMode >= 1 && kMode <= 4) prefetch_l2(p.norm_weight, K);  // the prologue's constants, meanwhile
+  if (kMode >= 1) prefetch_l2(p.norm_weight, K);  // the prologue's constants, meanwhile
+  ConvLane<T> cl;
+  if (kConv) conv_lane_params<T, kG>(p, cl, a.q, nwarps, lane);
   pdl_wait();
   pdl_release();
-  if (kMode != 5 && vec)
-    load_inputs_vec<T, kMode == 5 ? 0 : kMode>(p, xs, mean, rstd);
+  if (kConv) conv_lane_state<T>(p, cl);
+  if (vec)
+    load_inputs_vec<T, kMode>(p, xs, mean, rstd);
   else
     load_inputs<T, kMode>(p, xs, mean, rstd);
   __syncthreads();
@@ -337,14 +339,15 @@ __global__ void __launch_bounds__(kThreads, 2) norm_gemv_stream_kernel(NormGemvP
 #pragma unroll
     for (int b = 0; b < kMaxB; ++b) acc[g][b] = 0.f;
   // b0 holds unit a, b1 unit c = next(a); each buffer is refilled right after it is used
+  int done = 0;  // row groups stored by this warp
   while (a.q < groups) {
     use_unit<T, kG>(acc, b0, xs, K, batch, M, nchunks, a, lane);
-    if (a.u == units - 1) store_rows<T, kG>(acc, p, a.q, lane);
+    if (a.u == units - 1) store_rows<T, kG, kConv>(acc, p, a.q, lane, cl, done++);
     if (c.q >= groups) break;
     a = next(c);
     if (a.q < groups) load_unit<T, kG>(b0, w, ldw, M, nchunks, a, lane);
     use_unit<T, kG>(acc, b1, xs, K, batch, M, nchunks, c, lane);
-    if (c.u == units - 1) store_rows<T, kG>(acc, p, c.q, lane);
+    if (c.u == units - 1) store_rows<T, kG, kConv>(acc, p, c.q, lane, cl, done++);
     c = next(a);
     if (c.q < groups) load_unit<T, kG>(b1, w, ldw, M, nchunks, c, lane);
   }
@@ -379,7 +382,7 @@ int64_t resident(Kernel kernel, size_t smem) {
 template <typename T>
 bool vector_prologue(const NormGemvParams& p) {
   const char* env = std::getenv("SSM_GEMV_VEC");
-  if ((env != nullptr && env[0] == '0') || p.mode == 5) return false;
+  if (env != nullptr && env[0] == '0') return false;
   constexpr int64_t kN = Pack<T>::kN;
   const bool gate = p.mode == 1 || p.mode == 2, res = p.mode == 3 || p.mode == 4;
   const auto f32_vec = [](const TensorArg& t) { return !has(t) || (t.stride[0] == 1 && aligned(t.data, 16)); };
@@ -390,12 +393,15 @@ bool vector_prologue(const NormGemvParams& p) {
          (p.mode == 0 || f32_vec(p.norm_weight)) && (p.mode != 4 || f32_vec(p.norm_bias));
 }
 
-template <typename T, int kMode, int kG>
+template <typename T, int kMode, int kG, bool kConv = false>
 void launch_stream(const NormGemvParams& p, size_t smem, cudaStream_t stream) {
-  const auto kernel = norm_gemv_stream_kernel<T, kMode, kG>;
+  const auto kernel = norm_gemv_stream_kernel<T, kMode, kG, kConv>;
   // as many warps as leave every warp the same number of row groups (no tail of a few warps)
   const int64_t groups = (p.out_features + kG - 1) / kG, full = resident(kernel, smem) * kWarps;
-  const int64_t per_warp = (groups + full - 1) / full, warps = (groups + per_warp - 1) / per_warp;
+  int64_t per_warp = (groups + full - 1) / full;
+  // the conv epilogue: a lane per (row, batch row) of the warp's groups
+  if (kConv) per_warp = std::min<int64_t>(per_warp, 32 / (p.batch * kG));
+  const int64_t warps = (groups + per_warp - 1) / per_warp;
   const int64_t blocks = (warps + kWarps - 1) / kWarps;
   pdl_launch(kernel, dim3(unsigned(blocks)), dim3(kThreads), smem, stream, p, vector_prologue<T>(p));
 }
@@ -406,9 +412,10 @@ void launch_stream_mode(const NormGemvParams& p, size_t smem, cudaStream_t strea
     case 0: return launch_stream<T, 0, kG>(p, smem, stream);
     case 1: return launch_stream<T, 1, kG>(p, smem, stream);
     case 2: return launch_stream<T, 2, kG>(p, smem, stream);
-    case 3: return launch_stream<T, 3, kG>(p, smem, stream);
-    case 4: return launch_stream<T, 4, kG>(p, smem, stream);
-    default: return launch_stream<T, 5, kG>(p, smem, stream);
+    case 3: return p.conv_rows > 0 ? launch_stream<T, 3, kG, true>(p, smem, stream)
+                                   : launch_stream<T, 3, kG>(p, smem, stream);
+    default: return p.conv_rows > 0 ? launch_stream<T, 4, kG, true>(p, smem, stream)
+                                      : launch_stream<T, 4, kG>(p, smem, stream);
   }
 }
 
@@ -417,11 +424,14 @@ void launch_stream_mode(const NormGemvParams& p, size_t smem, cudaStream_t strea
 void norm_gemv(const NormGemvParams& p, cudaStream_t stream) {
   const char* op = "norm_gemv";
   SSM_CHECK(p.batch >= 0 && p.batch <= kMaxB, op, "batch must be at most ", kMaxB, ", got ", p.batch);
-  SSM_CHECK(p.mode >= 0 && p.mode <= 5, op, "unknown mode ", p.mode);
-  SSM_CHECK(p.mode != 5 || (has(p.conv_state) && has(p.conv_weight) && has(p.conv_out) && has(p.counters) &&
-                            p.width >= 1 && p.state_len >= 1 && p.state_len >= p.width - 1),
-            op, "mode 5 needs conv_state (length >= width - 1 >= 0), conv_weight, conv_out and counters");
+  SSM_CHECK(p.mode >= 0 && p.mode <= 4, op, "unknown mode ", p.mode);
   SSM_CHECK(p.mode < 3 || p.mode > 4 || has(p.residual_out), op, "modes 3 and 4 need residual_out");
+  SSM_CHECK(p.conv_rows == 0 || ((p.mode == 3 || p.mode == 4) && p.conv_rows <= p.out_features &&
+                                 has(p.conv_state) && has(p.conv_weight) && has(p.conv_out) && p.width >= 1 &&
+                                 p.width <= 4 && p.state_len <= 4 && p.state_len >= 1 &&
+                                 p.state_len >= p.width - 1),
+            op, "the conv epilogue (modes 3, 4) needs conv_state (length 1..4, >= width - 1), conv_weight "
+            "(width <= 4), conv_out and conv_rows <= out_features");
   SSM_CHECK(p.in_features >= 1 && p.in_features * p.batch * 4 <= 48 * 1024, op, "batch x in_features ",
             p.batch * p.in_features, " over the shared-memory row buffer");
   SSM_CHECK(p.mode == 0 || p.mode >= 3 || (p.group_size >= 1 && p.in_features % p.group_size == 0 &&

@@ -13,13 +13,13 @@ ConvStateStepParams conv_state_step_params(int state_dtype, int dtype, int64_t b
                                            const Ref& conv_weight, const OptRef& conv_bias, const Ref& state,
                                            const Ref& dt, const Ref& A, const OptRef& D, const OptRef& dt_bias,
                                            const OptRef& z, const Ref& counters, const Ref& out, bool softplus,
-                                           bool silu) {
+                                           bool silu, bool early) {
   const char* op = "conv_state_step";
   SSM_CHECK(batch >= 0 && nheads >= 1 && headdim >= 1 && dstate >= 1 && width >= 1, op, "bad sizes");
   SSM_CHECK(ngroups >= 1 && nheads % ngroups == 0, op, "groups must divide the heads, got ", ngroups);
   ConvStateStepParams p;
   p.batch = batch, p.nheads = nheads, p.headdim = headdim, p.dstate = dstate, p.ngroups = ngroups;
-  p.width = width, p.state_len = state_len, p.softplus = softplus, p.silu = silu;
+  p.width = width, p.state_len = state_len, p.softplus = softplus, p.silu = silu, p.early = early;
   p.state_dtype = dtype_arg(op, state_dtype);
   p.dtype = dtype_arg(op, dtype);
   p.xbc = tensor_arg(op, "xbc", xbc, 2);

@@ -20,4 +20,5 @@ NB_MODULE(_cuda, m) {
   ssm::bind::cuda::bind_conv_state_step(m);
   ssm::bind::cuda::bind_norm_gemv(m);
   ssm::bind::cuda::bind_dw_causal_conv_cl(m);
+  ssm::bind::cuda::bind_m1_decode_step(m);
 }

@@ -13,7 +13,7 @@ NormGemvParams norm_gemv_params(int dtype, int64_t batch, int64_t in_features, i
                                 const OptRef& residual, const OptRef& residual_out, const OptRef& norm_bias,
                                 int64_t width, int64_t state_len, bool silu, const OptRef& conv_state,
                                 const OptRef& conv_weight, const OptRef& conv_bias, const OptRef& conv_out,
-                                const OptRef& counters) {
+                                int64_t conv_rows) {
   const char* op = "norm_gemv";
   SSM_CHECK(batch >= 0 && in_features >= 1 && out_features >= 0, op, "bad sizes");
   SSM_CHECK(mode == 0 || mode >= 3 || (z && norm_weight), op, "modes 1 and 2 need z and norm_weight");
@@ -37,7 +37,7 @@ NormGemvParams norm_gemv_params(int dtype, int64_t batch, int64_t in_features, i
   p.conv_weight = tensor_arg(op, "conv_weight", conv_weight, 2);
   p.conv_bias = tensor_arg(op, "conv_bias", conv_bias, 1);
   p.conv_out = tensor_arg(op, "conv_out", conv_out, 2);
-  p.counters = tensor_arg(op, "counters", counters, 1);
+  p.conv_rows = conv_rows;
   return p;
 }
 
