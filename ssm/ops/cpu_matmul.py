@@ -22,6 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssm.ops import _kernels
+from ssm.utils import dispatch
+
 _HALF = (torch.bfloat16, torch.float16)
 
 
@@ -125,3 +128,25 @@ def module_linear(layer: nn.Module, x: Tensor) -> Tensor:
     if type(layer) is nn.Linear:
         return linear(x, layer.weight, layer.bias)
     return layer(x)
+
+
+# ---- the C++ GEMM (ssm/ops/cpu/gemm.cpp): bf16 / fp16 operands packed straight into float32 -----
+
+def _batched(t: Tensor) -> Tensor:
+    return t if t.dim() == 3 else t.unsqueeze(0)
+
+
+def gemm(a: Tensor, b: Tensor, out: Tensor, blocks=(0, 0, 0)) -> Tensor:
+    """out = a @ b by the C++ kernel, a (M, K) or (batch, M, K), b (K, N) or (batch, K, N), out (M, N)
+    or (batch, M, N) float32 or a's dtype, any strides (a 2-d operand is shared by every batch item);
+    ``blocks`` the kernel's (kc, mc, nc) cache blocks, 0 for its defaults."""
+    a3, b3, c3 = _batched(a), _batched(b), _batched(out)
+    batch, M, K = c3.shape[0], a3.shape[-2], a3.shape[-1]
+    if a3.shape[0] != batch:
+        a3 = a3.expand(batch, M, K)
+    if b3.shape[0] != batch:
+        b3 = b3.expand(batch, *b3.shape[-2:])
+    refs = [_kernels.ref(t) for t in (a3, b3, c3)]
+    dispatch.cpu_module().gemm(_kernels.dtype_code(a), _kernels.dtype_code(out), batch, M, c3.shape[-1], K, *refs,
+                               *blocks, _kernels.exec_arg("cpu", out, batch * M * c3.shape[-1] * K))
+    return out
