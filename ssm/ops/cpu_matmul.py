@@ -162,6 +162,8 @@ def gemm(a: Tensor, b: Tensor, out: Tensor, blocks=(0, 0, 0)) -> Tensor:
     ``blocks`` the kernel's (kc, mc, nc) cache blocks, 0 for its defaults."""
     a3, b3, c3 = _batched(a), _batched(b), _batched(out)
     batch, M, K = c3.shape[0], a3.shape[-2], a3.shape[-1]
+    if K == 0 or out.numel() == 0:  # an empty sum (empty tensors may have no data pointer)
+        return out.zero_()
     if a3.shape[0] != batch:
         a3 = a3.expand(batch, M, K)
     if b3.shape[0] != batch:

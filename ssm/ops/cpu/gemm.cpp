@@ -168,10 +168,16 @@ void finish_edge(vf acc[MR][2], int64_t mr, int64_t nr, bool first, bool last, c
 template <typename TO>
 void block_tiles(const float* ap, const float* bp, int64_t mc, int64_t nc, int64_t kc, bool first, bool last,
                  const TileOut<TO>& o) {
+  const int64_t tiles = (mc + MR - 1) / MR, lines = kc * NR * 4 / 64;  // a b panel's cache lines
   for (int64_t j = 0; j < nc; j += NR) {
     const int64_t nr = std::min<int64_t>(NR, nc - j);
+    const char* next = reinterpret_cast<const char*>(bp + (j + NR) * kc);  // the next b panel
     for (int64_t i = 0; i < mc; i += MR) {
       const int64_t mr = std::min<int64_t>(MR, mc - i);
+      // a share of the next b panel fetched while these tiles run (it was packed out of the caches)
+      if (j + NR < nc)
+        for (int64_t l = i / MR * lines / tiles; l < (i / MR + 1) * lines / tiles; ++l)
+          __builtin_prefetch(next + l * 64, 0, 2);
       vf acc[MR][2];
       micro_tile(kc, ap + i * kc, bp + j * kc, acc);
       const TileOut<TO> t{o.w ? o.w + i * o.ldw + j : nullptr, o.ldw, o.c + i * o.cm + j * o.cn, o.cm, o.cn};
