@@ -3,7 +3,10 @@
 // widened to float32 as they are packed: no separate widening pass), and a 6 x 16 register tile (12
 // vectors of 8 accumulators, one broadcast of a and two loads of b per step) over each panel pair.
 // Products over K in several kc blocks keep their partial sums in c (float32 output with unit column
-// stride) or in a float32 scratch of the block's rows (other outputs), rounded once at the last block.
+// stride) or in a float32 scratch of the block's rows (other outputs; nc capped so that it stays under
+// 16 MB a thread), rounded once at the last block. While a block's tiles run, the next b panel is
+// prefetched a share per tile (the packed b block, 12.6 MB for in_proj at 8 x 512 tokens, is out of L2).
+// Packing buffers and scratch are kept per thread across calls.
 #include <algorithm>
 #include <type_traits>
 #include <vector>
@@ -22,6 +25,7 @@ using rowdot::load_lanes;
 
 constexpr int MR = 6, NR = 16;
 constexpr int64_t kKc = 768, kMc = 72, kNc = 4096;  // defaults: a block of a (216 KB at kc 768) in L2
+constexpr int64_t kScratch = int64_t(4) << 20;      // floats of partial sums a thread keeps (M x nc at most)
 
 struct Blocks { int64_t kc, mc, nc; };
 
@@ -238,6 +242,9 @@ Blocks blocks(const GemmParams& p, int nthreads) {
   // enough column blocks for every thread
   const int64_t per_thread = (p.N * p.batch + nthreads - 1) / nthreads;
   if (p.batch < nthreads) bl.nc = std::min(bl.nc, std::max<int64_t>(NR, (per_thread + NR - 1) / NR * NR));
+  // partial sums outside c (several kc blocks, a rounded or strided output): M x nc floats, bounded
+  const bool scratch = p.K > bl.kc && !(p.out_dtype == DType::f32 && p.c.stride[2] == 1);
+  if (scratch) bl.nc = std::min(bl.nc, std::max<int64_t>(NR, kScratch / p.M / NR * NR));
   return bl;
 }
 
