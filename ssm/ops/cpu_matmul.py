@@ -10,8 +10,9 @@ Without autograd inside :func:`reuse_buffers` (a model's forward), a half-precis
 bias runs through the C++ GEMM (ssm/ops/cpu/gemm.cpp; ``GEMM`` = SSM_CPU_GEMM, "ssm" by default,
 "torch" for the widened torch path below): it widens the bf16 / fp16 operands as it packs them and
 writes the rounded result where it belongs, with no float32 copies of operands or result. On the
-2-core AMD EPYC it ran the Mamba-1 prefill's products at torch's float32 rate or faster, the widening
-and rounding passes saved (benchmarks/bench_gemm_cpu.py); float32 products stay torch's (as fast).
+2-core AMD EPYC it runs the Mamba-1 prefill's products at about torch's float32 GEMM rate with the
+widening and rounding passes saved: a tie or a small gain over the widened path
+(benchmarks/bench_gemm_cpu.py, README); float32 products stay torch's.
 
 Inside :func:`reuse_buffers` (a model's forward), a product without autograd widens its operands
 and writes its float32 result into buffers kept until the scope ends, instead of fresh ones: a
