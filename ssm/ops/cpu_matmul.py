@@ -6,6 +6,14 @@ the same float32 accumulation and one rounding of the result, as torch's own hal
 follows the casts (its gradients' products run in float32 too). Everything else is F.linear / @.
 WIDEN_HALF = False (SSM_CPU_HALF_MATMUL=native) keeps torch's half GEMM.
 
+Without autograd inside :func:`reuse_buffers` (a model's forward), a half-precision product without
+bias runs through the C++ GEMM (ssm/ops/cpu/gemm.cpp; ``GEMM`` = SSM_CPU_GEMM, "ssm" by default,
+"torch" for the widened torch path below): it widens the bf16 / fp16 operands as it packs them and
+writes the rounded result where it belongs, with no float32 copies of operands or result. On the
+2-core AMD EPYC it runs the Mamba-1 prefill's products at about torch's float32 GEMM rate with the
+widening and rounding passes saved: a tie or a small gain over the widened path
+(benchmarks/bench_gemm_cpu.py, README); float32 products stay torch's.
+
 Inside :func:`reuse_buffers` (a model's forward), a product without autograd widens its operands
 and writes its float32 result into buffers kept until the scope ends, instead of fresh ones: a
 fresh buffer above glibc's 32 MiB mmap limit (in_proj's float32 output at 8 x 512 tokens: 50 MB)
@@ -22,6 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssm.ops import _kernels
+from ssm.utils import dispatch
+
 _HALF = (torch.bfloat16, torch.float16)
 
 
@@ -32,6 +43,7 @@ def _native_half() -> bool:
 
 
 WIDEN_HALF = os.environ.get("SSM_CPU_HALF_MATMUL", "") != "native" and not _native_half()
+GEMM = os.environ.get("SSM_CPU_GEMM", "ssm")
 
 
 def _widen(a: Tensor, b: Tensor) -> bool:
@@ -92,12 +104,21 @@ def _widened(role: str, t: Tensor) -> Tensor:
     return _buffer(role, t.shape).copy_(t)
 
 
+def _own_gemm() -> bool:
+    """The C++ GEMM is built and chosen (SSM_CPU_GEMM, and no other backend forced by SSM_BACKEND)."""
+    return GEMM == "ssm" and dispatch.forced_backend() in (None, "cpu") and dispatch.has_cpu_kernels()
+
+
 def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """F.linear(x, weight, bias); half precision on the CPU through float32, rounded back."""
     if not _widen(x, weight):
         return F.linear(x, weight, bias)
     if weight.dim() != 2 or not _reusing(x, weight, bias):
         return F.linear(x.float(), weight.float(), None if bias is None else bias.float()).to(x.dtype)
+    if bias is None and _own_gemm():
+        # out (..., N) = x (..., K) @ weight^T
+        x2 = x.reshape(-1, x.shape[-1])
+        return gemm(x2, weight.t(), x.new_empty(x2.shape[0], weight.shape[0])).view(*x.shape[:-1], -1)
     # x2 (M, K) float32; out (M, N) float32
     x2 = _widened("a", x.reshape(-1, x.shape[-1]))
     out = _buffer("out", (x2.shape[0], weight.shape[0]))
@@ -114,6 +135,9 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
         return a @ b
     if a.dim() != 2 or b.dim() not in (2, 3) or not _reusing(a, b):
         return (a.float() @ b.float()).to(a.dtype)
+    if _own_gemm():
+        # out (M, N) or (batch, M, N)
+        return gemm(a, b, a.new_empty(*b.shape[:-2], a.shape[0], b.shape[-1]))
     # out (M, N) or (batch, M, N) float32
     out = _buffer("out", (*b.shape[:-2], a.shape[0], b.shape[-1]))
     wide = _widened("b", b) if b.dim() == 2 else _buffer("b", b.shape).copy_(b)
@@ -125,3 +149,27 @@ def module_linear(layer: nn.Module, x: Tensor) -> Tensor:
     if type(layer) is nn.Linear:
         return linear(x, layer.weight, layer.bias)
     return layer(x)
+
+
+# ---- the C++ GEMM (ssm/ops/cpu/gemm.cpp): bf16 / fp16 operands packed straight into float32 -----
+
+def _batched(t: Tensor) -> Tensor:
+    return t if t.dim() == 3 else t.unsqueeze(0)
+
+
+def gemm(a: Tensor, b: Tensor, out: Tensor, blocks=(0, 0, 0)) -> Tensor:
+    """out = a @ b by the C++ kernel, a (M, K) or (batch, M, K), b (K, N) or (batch, K, N), out (M, N)
+    or (batch, M, N) float32 or a's dtype, any strides (a 2-d operand is shared by every batch item);
+    ``blocks`` the kernel's (kc, mc, nc) cache blocks, 0 for its defaults."""
+    a3, b3, c3 = _batched(a), _batched(b), _batched(out)
+    batch, M, K = c3.shape[0], a3.shape[-2], a3.shape[-1]
+    if K == 0 or out.numel() == 0:  # an empty sum (empty tensors may have no data pointer)
+        return out.zero_()
+    if a3.shape[0] != batch:
+        a3 = a3.expand(batch, M, K)
+    if b3.shape[0] != batch:
+        b3 = b3.expand(batch, *b3.shape[-2:])
+    refs = [_kernels.ref(t) for t in (a3, b3, c3)]
+    dispatch.cpu_module().gemm(_kernels.dtype_code(a), _kernels.dtype_code(out), batch, M, c3.shape[-1], K, *refs,
+                               *blocks, _kernels.exec_arg("cpu", out, batch * M * c3.shape[-1] * K))
+    return out

@@ -394,4 +394,18 @@ struct M1DecodeStepParams {
   bool early = false;  // the stream's previous kernel does not write state: read it before that kernel ends (PDL)
 };
 
+// Matrix product on the CPU (ssm/ops/cpu/gemm.cpp): c[b] = a[b] @ b[b] for each batch item, float32
+// accumulation; operands of one dtype (widened to float32 as they are packed), c float32 or that
+// dtype (rounded once). Any strides (a batch stride 0 broadcasts a weight). kc / mc / nc: the cache
+// blocks (0 = the kernel's defaults).
+struct GemmParams {
+  int64_t batch = 0, M = 0, N = 0, K = 0;
+  int64_t kc = 0, mc = 0, nc = 0;
+  DType dtype = DType::f32;      // a, b
+  DType out_dtype = DType::f32;  // c
+  TensorArg a;  // (batch, M, K)
+  TensorArg b;  // (batch, K, N)
+  TensorArg c;  // (batch, M, N)
+};
+
 }  // namespace ssm

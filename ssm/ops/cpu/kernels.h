@@ -25,6 +25,7 @@ SSM_CPU_DECLARE(selective_state_step, StateStepParams)
 SSM_CPU_DECLARE(gemv, GemvParams)
 SSM_CPU_DECLARE(mamba1_decode, Mamba1DecodeParams)
 SSM_CPU_DECLARE(mamba1_block_decode, Mamba1BlockDecodeParams)
+SSM_CPU_DECLARE(gemm, GemmParams)
 
 }  // namespace ssm::cpu
 

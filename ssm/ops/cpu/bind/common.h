@@ -18,5 +18,6 @@ void bind_selective_state_step(nb::module_& m);
 void bind_gemv(nb::module_& m);
 void bind_mamba1_decode(nb::module_& m);
 void bind_mamba1_block_decode(nb::module_& m);
+void bind_gemm(nb::module_& m);
 
 }  // namespace ssm::bind

@@ -16,5 +16,6 @@ NB_MODULE(_cpu, m) {
   ssm::bind::bind_gemv(m);
   ssm::bind::bind_mamba1_decode(m);
   ssm::bind::bind_mamba1_block_decode(m);
+  ssm::bind::bind_gemm(m);
   ssm::bind::bind_prepared(m);
 }
