@@ -2,9 +2,9 @@
 # Device round for the CUDA selective scan in Mamba-1 training and prefill (issues 5, 6; engineer scan,
 # session 7): benchmarks/device/scan_round.py in ONE python process (one torch start-up): the GPU tests of
 # test_selective_scan_layouts (forced kernel forms first), test_mamba_inner and test_selective_scan (stopped
-# after 9 s: they all passed in round 1), then without NaN poisoning the backward handoff check with both backward forms, mamba-130m
-# training (checkpoint levels 1 and 2) and mamba-1.4b prefill (exp_poly off / on), the scan kernels at the
-# model shapes. Runs from the repo root after the lead's build; logs and JSON into $1; at most ~50 s.
+# after 9 s: all 278 that ran passed in round 1), then without NaN poisoning the backward handoff check with
+# each backward form, the scan kernels at D 1536, mamba-130m training (checkpoint levels 1 and 2) and
+# mamba-1.4b prefill (exp_poly off / on), the forward forms at D 4096. Runs from the repo root after the lead's build; logs and JSON into $1; at most ~50 s.
 OUT=${1:-scan_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
