@@ -12,7 +12,10 @@ part skipped once --budget seconds have passed:
 3. (between the two) mamba-130m training step (checkpoint_lvl 1, which now keeps y and the chunk states, against level 2, the
    session-6 level 1) and mamba-1.4b prefill (SSM_SCAN_EXP_POLY off / on), event medians and kernel tables.
 
-Usage: python benchmarks/device/scan_round.py OUT_DIR [--test-budget SECONDS] [--budget SECONDS]
+With --final (round 2): the handoff check, then the defaults alone: mamba-130m training, mamba-1.4b prefill, the
+kernels at D 1536 (model layout) and at issue 5's bench shape.
+
+Usage: python benchmarks/device/scan_round.py OUT_DIR [--test-budget SECONDS] [--budget SECONDS] [--final]
 """
 from __future__ import annotations
 
@@ -87,11 +90,17 @@ D1536 = ("model D1536", 1536, [{}, {"SSM_SCAN_BWD_ILP": "0"}, {"SSM_SCAN_BWD_ILP
          True)
 D4096 = ("model D4096", 4096, [{}, {"SSM_SCAN_EXP_POLY": "1"}, {"SSM_SCAN_ROWS": "1"},
                                {"SSM_SCAN_ROWS": "1", "SSM_SCAN_EXP_POLY": "1"}], False)
+# --final: the defaults alone, at the model shape of the train step and at issue 5's bench shape ((B, D, L) rows)
+FINAL = [("model D1536", 1536, [{}], True), ("bench D4096", 4096, [{}], True)]
+WORK = [("mamba-130m", "train", [("lvl1", {}, 1), ("lvl2", {}, 2), ("lvl1 again", {}, 1)]),
+        ("mamba-1.4b", "prefill", [("default", {}, 1), ("exp_poly", {"SSM_SCAN_EXP_POLY": "1"}, 1),
+                                    ("default again", {}, 1)])]
+WORK_FINAL = [("mamba-130m", "train", [("lvl1", {}, 1)]), ("mamba-1.4b", "prefill", [("default", {}, 1)])]
 
 
 def kernels(cases, budget: float, out: dict, path: Path) -> None:
     for label, D, forms, bwd in cases:
-        args = inputs(8, D, 2048, 16, True)
+        args = inputs(8, D, 2048, 16, label.startswith("model"))
         base = None
         for form in forms:
             if time.perf_counter() - START > budget:
@@ -114,10 +123,7 @@ def kernels(cases, budget: float, out: dict, path: Path) -> None:
     set_env({})
 
 
-def models(budget: float, out: dict, odir: Path, path: Path) -> None:
-    work = [("mamba-130m", "train", [("lvl1", {}, 1), ("lvl2", {}, 2), ("lvl1 again", {}, 1)]),
-            ("mamba-1.4b", "prefill", [("default", {}, 1), ("exp_poly", {"SSM_SCAN_EXP_POLY": "1"}, 1),
-                                        ("default again", {}, 1)])]
+def models(work, budget: float, out: dict, odir: Path, path: Path) -> None:
     for name, kind, variants in work:
         if time.perf_counter() - START > budget:
             return
@@ -189,6 +195,7 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--test-budget", type=float, default=18.0)
     ap.add_argument("--budget", type=float, default=36.0)
+    ap.add_argument("--final", action="store_true", help="time the defaults only (FINAL, WORK_FINAL)")
     a = ap.parse_args()
     odir = Path(a.out)
     odir.mkdir(parents=True, exist_ok=True)
@@ -196,11 +203,15 @@ def main():
     out = dict(device=torch.cuda.get_device_name(), kernels={}, models=[])
     print(f"{out['device']}; imports {time.perf_counter() - START:.1f} s", flush=True)
     out["pytest_rc"] = tests(odir, a.test_budget)
-    out["handoff"] = handoff(24)
+    out["handoff"] = handoff(12 if a.final else 24)
     path.write_text(json.dumps(out, indent=1))
-    kernels([D1536], a.budget * 0.6, out, path)
-    models(a.budget * 0.85, out, odir, path)
-    kernels([D4096], a.budget, out, path)
+    if a.final:
+        models(WORK_FINAL, a.budget * 0.8, out, odir, path)
+        kernels(FINAL, a.budget, out, path)
+    else:
+        kernels([D1536], a.budget * 0.6, out, path)
+        models(WORK, a.budget * 0.85, out, odir, path)
+        kernels([D4096], a.budget, out, path)
     print(f"done at {time.perf_counter() - START:.1f} s", flush=True)
 
 
