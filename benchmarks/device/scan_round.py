@@ -7,13 +7,12 @@ part skipped once --budget seconds have passed:
    difference in bf16 ulps between the gradients of a backward fed the forward's checkpoints and of one that
    computes its own, and between two identical calls (the atomics' order alone);
 2. the scan kernels at the Mamba-1 model shapes (mamba_ssm's layout, B 8, L 2048, N 16, bf16): the backward
-   forms at D 1536 (SSM_SCAN_BWD_ILP 1 (default), 0, 2) and the forward with SSM_SCAN_EXP_POLY; last, at D 4096,
-   the forward with and without SSM_SCAN_EXP_POLY, two / one channels per thread;
-3. (between the two) mamba-130m training step (checkpoint_lvl 1, which now keeps y and the chunk states, against level 2, the
-   session-6 level 1) and mamba-1.4b prefill (SSM_SCAN_EXP_POLY off / on), event medians and kernel tables.
+   forms at D 1536 (SSM_SCAN_BWD_ILP 1 (default), 0); last, the forward at D 4096 with one / two channels per thread;
+3. (between the two) mamba-130m training step (checkpoint_lvl 1, which keeps y and the chunk states, against level
+   2, the session-6 level 1) and mamba-1.4b prefill (one / two channels per thread), event medians and kernel tables.
 
-With --final (round 2): the handoff check, then the defaults alone: mamba-130m training, mamba-1.4b prefill, the
-kernels at D 1536 (model layout) and at issue 5's bench shape.
+With --final (round 2): the handoff check, the models as in 3., then the kernels at issue 5's bench shape and at
+D 1536 / 4096 (model layout), the row forward with one and two channels per thread.
 
 Usage: python benchmarks/device/scan_round.py OUT_DIR [--test-budget SECONDS] [--budget SECONDS] [--final]
 """
@@ -40,7 +39,7 @@ from tests.ops.test_selective_scan_layouts import bf16_ulps, make, make_rows  # 
 
 scan_module = importlib.import_module("ssm.ops.selective_scan")  # (ssm.ops.selective_scan is the function)
 START = time.perf_counter()
-KEYS = ("SSM_SCAN_ROWS", "SSM_SCAN_BWD_ILP", "SSM_SCAN_EXP_POLY")
+KEYS = ("SSM_SCAN_ROWS", "SSM_SCAN_BWD_ILP")
 NAMES = ["du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddt_bias"]
 
 
@@ -59,7 +58,7 @@ def dist(a, b) -> float:
 
 def handoff(reps: int) -> dict:
     res = {}
-    for ilp in "012":
+    for ilp in "01":
         set_env({"SSM_SCAN_BWD_ILP": ilp})
         worst = {"ck": dict.fromkeys(NAMES, 0.0), "again": dict.fromkeys(NAMES, 0.0)}
         over = {"ck": 0, "again": 0}
@@ -86,16 +85,14 @@ def handoff(reps: int) -> dict:
     return res
 
 
-D1536 = ("model D1536", 1536, [{}, {"SSM_SCAN_BWD_ILP": "0"}, {"SSM_SCAN_BWD_ILP": "2"}, {"SSM_SCAN_EXP_POLY": "1"}],
-         True)
-D4096 = ("model D4096", 4096, [{}, {"SSM_SCAN_EXP_POLY": "1"}, {"SSM_SCAN_ROWS": "1"},
-                               {"SSM_SCAN_ROWS": "1", "SSM_SCAN_EXP_POLY": "1"}], False)
-# --final: the defaults alone, at the model shape of the train step and at issue 5's bench shape ((B, D, L) rows)
-FINAL = [("model D1536", 1536, [{}], True), ("bench D4096", 4096, [{}], True)]
+D1536 = ("model D1536", 1536, [{}, {"SSM_SCAN_BWD_ILP": "0"}], True)
+D4096 = ("model D4096", 4096, [{}, {"SSM_SCAN_ROWS": "2"}], False)
+# --final: the defaults (and the two-channel row forward) at the model shapes and issue 5's bench shape ((B, D, L) rows)
+FINAL = [("bench D4096", 4096, [{}, {"SSM_SCAN_ROWS": "2"}], True), D4096, ("model D1536", 1536, [{}], True)]
 WORK = [("mamba-130m", "train", [("lvl1", {}, 1), ("lvl2", {}, 2), ("lvl1 again", {}, 1)]),
-        ("mamba-1.4b", "prefill", [("default", {}, 1), ("exp_poly", {"SSM_SCAN_EXP_POLY": "1"}, 1),
+        ("mamba-1.4b", "prefill", [("default", {}, 1), ("two channels", {"SSM_SCAN_ROWS": "2"}, 1),
                                     ("default again", {}, 1)])]
-WORK_FINAL = [("mamba-130m", "train", [("lvl1", {}, 1)]), ("mamba-1.4b", "prefill", [("default", {}, 1)])]
+
 
 
 def kernels(cases, budget: float, out: dict, path: Path) -> None:
@@ -106,7 +103,7 @@ def kernels(cases, budget: float, out: dict, path: Path) -> None:
             if time.perf_counter() - START > budget:
                 return
             set_env(form)
-            r, y, grads = measure(args, 8, D, 2048, bwd and ("SSM_SCAN_EXP_POLY" not in form))
+            r, y, grads = measure(args, 8, D, 2048, bwd)
             tag = f"{label} {' '.join(f'{k[9:]}={v}' for k, v in form.items()) or 'default'}"
             if base is not None:
                 r["y_rel_diff"] = rel(y, base[0])
@@ -195,7 +192,7 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--test-budget", type=float, default=18.0)
     ap.add_argument("--budget", type=float, default=36.0)
-    ap.add_argument("--final", action="store_true", help="time the defaults only (FINAL, WORK_FINAL)")
+    ap.add_argument("--final", action="store_true", help="round 2: the kernels of FINAL after the models")
     a = ap.parse_args()
     odir = Path(a.out)
     odir.mkdir(parents=True, exist_ok=True)
@@ -206,7 +203,7 @@ def main():
     out["handoff"] = handoff(12 if a.final else 24)
     path.write_text(json.dumps(out, indent=1))
     if a.final:
-        models(WORK_FINAL, a.budget * 0.8, out, odir, path)
+        models(WORK, a.budget * 0.85, out, odir, path)
         kernels(FINAL, a.budget, out, path)
     else:
         kernels([D1536], a.budget * 0.6, out, path)

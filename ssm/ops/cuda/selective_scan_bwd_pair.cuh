@@ -15,7 +15,7 @@
 // shared memory per step instead of held in registers): twice the instruction-level parallelism for
 // the four-warp blocks of small grids (N > 8; session 6 round 1, H200, Mamba-1's D 1536 at batch 8:
 // 1.198 ms against 1.344; with two warps at D 4096 it was slower, 2.677 against 2.227): the four-warp
-// default (entries_form). kX2: both entries' dB / dC transposes in one round (two buffers per warp).
+// default (two_entries).
 #pragma once
 #include <cstdlib>
 
@@ -29,13 +29,13 @@ using scan_thread::kSteps;
 constexpr int kHalf = kSteps / 2;  // the reverse walk's unit and a warp's share of the per-step work
 constexpr int kXR = 36;  // transpose row: 32 lanes + pad (conflict-free 16-byte reads)
 
-template <int kN, int kW, bool kX2>
+template <int kN, int kW>
 struct Smem {
   static constexpr int kS = kN / kW, kT = 32 * kW;  // state entries per thread, threads
   float dt[kSteps][32], u[kSteps][32], dy[kSteps][32], dzf[kSteps][32];  // the chunk's steps by lane
   float B[kN][kSteps], C[kN][kSteps];                                    // the chunk's B, C
   float A[kS][kT], e[kS][kT], dA[kS][kT];                                // per (entry, thread)
-  float x[kW][kX2 ? 2 : 1][2 * kHalf][kXR];  // per warp: one n's (kX2: two n's) dB (rows 0..7) and dC (8..15) by lane
+  float x[kW][2 * kHalf][kXR];        // per warp: one n's dB (rows 0..7) and dC (8..15) by lane
   float part[2][kW - 1][3][kHalf][32];  // per half: S, R, y of the warps that do not finish it
   float dpar[2][32];                  // the end: warp 1's dD and d dt_bias sums
 };
@@ -106,12 +106,12 @@ __device__ __forceinline__ float softplus_grad(float dt) {
   return dt < 0.25f ? dt * q : 1.f - scan_thread::ex2(-dt * kLog2e);
 }
 
-template <typename T, int kN, int kW, int kP, bool kX2>
+template <typename T, int kN, int kW, int kP>
 struct Pair {
   static constexpr int kS = kN / kW, kThreads = 32 * kW;
   static_assert(kS % kP == 0, "entries per thread must be a multiple of the entries per pass");
   const SelectiveScanParams& p;
-  Smem<kN, kW, kX2>& sm;
+  Smem<kN, kW>& sm;
   int64_t b, g, d, L;
   int tid, lane, w, nlo, nhi, vec;
   bool valid;
@@ -206,7 +206,7 @@ struct Pair {
     for (int i = 0; i < kEnd; ++i) dt[i] = sm.dt[i][lane], dtu[i] = dt[i] * sm.u[i][lane];
 #pragma unroll
     for (int i = 0; i < kHalf; ++i) dy[i] = sm.dy[kPre + i][lane], s.S[i] = 0.f, s.R[i] = 0.f, s.y[i] = 0.f;
-    float (*xw)[kXR] = sm.x[w][0];
+    float (*xw)[kXR] = sm.x[w];
     int64_t hsn;
     const float* hq = start_states(ch, hsn);  // entry nlo's start state, then the next ones
     // lane j adds row j >> 1 of the transpose: dB (rows 0..7) or dC (8..15) at step t0 + kPre + row % 8
@@ -267,7 +267,7 @@ struct Pair {
     constexpr int kPre = kH * kHalf;  // steps [0, kPre) rerun, [kPre, kPre + kHalf) walked
 #pragma unroll
     for (int i = 0; i < kHalf; ++i) s.S[i] = 0.f, s.R[i] = 0.f, s.y[i] = 0.f;
-    float (*xw)[kXR] = sm.x[w][0];
+    float (*xw)[kXR] = sm.x[w];
     int64_t hsn;
     const float* hq = start_states(ch, hsn);
     // lane j adds row j >> 1 of each entry's transpose: dB (rows 0..7) or dC (8..15) at step t0 + kPre + row % 8
@@ -322,25 +322,14 @@ struct Pair {
           dAn[j] = fmaf(gah, dt, dAn[j]);
           s.S[i] = fmaf(gn, Bn[j][kPre + i], s.S[i]);
           s.R[i] = fmaf(An[j], gah, s.R[i]);
-          x1[j][i] = gn * dtu, x1[j][kHalf + i] = h[j][i] * dy;  // entry 0's (kX2: both) to shared now, 1's later
-          if (j == 0 || kX2) {
-            float (*xj)[kXR] = sm.x[w][kX2 ? j : 0];
-            xj[i][lane] = x1[j][i], xj[kHalf + i][lane] = x1[j][kHalf + i];
-          }
+          x1[j][i] = gn * dtu, x1[j][kHalf + i] = h[j][i] * dy;  // entry 0's to shared now, entry 1's later
+          if (j == 0) xw[i][lane] = x1[0][i], xw[kHalf + i][lane] = x1[0][kHalf + i];
           e[j] = ga;
         }
       }
 #pragma unroll
       for (int j = 0; j < 2; ++j) sm.e[k + j][tid] = e[j], sm.dA[k + j][tid] += dAn[j];
       // each entry's rows summed over the warp's 32 channels: lane j takes half j & 1 of a row, its pair the other
-      if constexpr (kX2) {  // both transposes in one round: two independent sums between two warp barriers
-        __syncwarp();
-        const float v0 = row_sum(sm.x[w][0][row], lane), v1 = row_sum(sm.x[w][kX2 ? 1 : 0][row], lane);
-        if (adds) atomicAdd(bc, v0);
-        if (adds && second) atomicAdd(bc + bcn, v1);
-        __syncwarp();
-        continue;
-      }
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
         if (j == 1) {
@@ -426,19 +415,18 @@ struct Pair {
 };
 
 // kW warps over 32 channels (2 or 4; 4: twice the warps for grids too small to fill the GPU).
-template <typename T, int kN, int kW, int kP, bool kX2 = false>
+template <typename T, int kN, int kW, int kP>
 __global__ void __launch_bounds__(32 * kW, 16 / kW) pair_bwd_kernel(SelectiveScanParams p, int vec) {
-  __shared__ __align__(16) Smem<kN, kW, kX2> sm;
-  using P = Pair<T, kN, kW, kP, kX2>;
-  P t{p, sm};
+  __shared__ __align__(16) Smem<kN, kW> sm;
+  Pair<T, kN, kW, kP> t{p, sm};
   const int64_t Dg = p.dim / p.ngroups, bpg = (Dg + 31) / 32;
   t.tid = threadIdx.x, t.lane = threadIdx.x % 32, t.w = threadIdx.x / 32, t.vec = vec;
   const int64_t c = (blockIdx.x % bpg) * 32 + t.lane;
   t.b = blockIdx.y, t.g = blockIdx.x / bpg, t.L = p.seqlen;
   t.valid = c < Dg;
   t.d = t.g * Dg + (t.valid ? c : Dg - 1);  // idle lanes shadow the group's last channel, writing nothing
-  t.nlo = t.w * P::kS;
-  t.nhi = min(int64_t(t.nlo + P::kS), p.dstate);
+  t.nlo = t.w * Pair<T, kN, kW, kP>::kS;
+  t.nhi = min(int64_t(t.nlo + Pair<T, kN, kW, kP>::kS), p.dstate);
   t.Dd = has(p.D) ? ptr<float>(p.D)[t.d * p.D.stride[0]] : 0.f;
   t.bias = has(p.dt_bias) ? ptr<float>(p.dt_bias)[t.d * p.dt_bias.stride[0]] : 0.f;
   t.init_entries();
@@ -487,15 +475,13 @@ inline bool four_warps(int64_t blocks) {
   return blocks <= 4 * int64_t(sms);
 }
 
-// Entries per pass: 2 for four-warp blocks (session 6, H200, D 1536: 1.207 ms against 1.354), 1 with two warps
-// (D 4096: 2.677 against 2.227); 3 = two with both entries' transposes in one round (kX2, four warps; session 7
-// round 1 times it). SSM_SCAN_BWD_ILP=0 / 1 / 2 forces one, two, two in one round (read per call). Session 6's
-// dB difference between two backward calls of the handoff test: the atomics' order, rounded to bf16 (being
-// measured in session 7 round 1 with both forms).
-inline int entries_form(bool four) {
+// Two entries per pass for four-warp blocks (H200, D 1536 at batch 8: 1.216 ms against 1.350, session 7 round
+// 1b), one with two warps (D 4096: 2.227 against 2.677, session 6). SSM_SCAN_BWD_ILP=0 / 1 forces one (read per
+// call). Session 6's dB difference between two backward calls was the atomics' order: two identical calls of
+// either form differ by one bf16 ulp in dB / dC (session 7 round 1b, 24 repeats each).
+inline bool two_entries(bool four) {
   const char* v = std::getenv("SSM_SCAN_BWD_ILP");
-  if (v && v[0] >= '0' && v[0] <= '2') return v[0] == '0' ? 1 : v[0] == '1' || !four ? 2 : 3;
-  return four ? 2 : 1;
+  return v && (v[0] == '0' || v[0] == '1') ? v[0] == '1' : four;
 }
 
 template <typename T>
@@ -510,9 +496,7 @@ void launch_bwd(const SelectiveScanParams& p, cudaStream_t stream) {
     const bool four = four_warps(int64_t(grid.x) * grid.y);
     auto kernel = four ? pair_bwd_kernel<T, KN, 4, 1> : pair_bwd_kernel<T, KN, 2, 1>;
     if constexpr (KN > 8) {
-      const int form = entries_form(four);
-      if (form == 2) kernel = four ? pair_bwd_kernel<T, KN, 4, 2> : pair_bwd_kernel<T, KN, 2, 2>;
-      if (form == 3) kernel = pair_bwd_kernel<T, KN, 4, 2, true>;
+      if (two_entries(four)) kernel = four ? pair_bwd_kernel<T, KN, 4, 2> : pair_bwd_kernel<T, KN, 2, 2>;
     }
     cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, int(cudaSharedmemCarveoutMaxShared));
     kernel<<<grid, four ? 128 : 64, 0, stream>>>(p, vec);

@@ -29,30 +29,6 @@ inline char env_rows() {
 }
 inline bool enabled() { return kEnabled && env_rows() != '0'; }
 
-// Switch (session 7, 2-byte types): SSM_SCAN_EXP_POLY=1 computes one state entry's decay in eight
-// (two channels per thread; in the one-channel form one in four on odd steps) with ex2_poly on the
-// FMA pipe instead of the MUFU, which the step loop is bound by (16 ex2 per channel and step).
-inline bool exp_poly() {
-  const char* e = std::getenv("SSM_SCAN_EXP_POLY");
-  return e && e[0] == '1';
-}
-
-// 2^x on the FMA pipe: x = j + f (j integer, |f| <= 1/2), 2^f a degree-5 near-minimax polynomial
-// (relative error 2.3e-7 in float32, as ex2.approx's), 2^j added to its exponent field; x clamped
-// to [-126, 126] (below: 2^-126 for 0, the states' decay there is nil either way).
-__device__ __forceinline__ float ex2_poly(float x) {
-  constexpr float kRound = 12582912.f;  // 1.5 x 2^23: x + kRound rounds x to an integer in the low bits
-  x = fminf(fmaxf(x, -126.f), 126.f);
-  const float t = x + kRound, f = x - (t - kRound);
-  float q = 1.327647129e-03f;
-  q = fmaf(q, f, 9.675540961e-03f);
-  q = fmaf(q, f, 5.550713092e-02f);
-  q = fmaf(q, f, 2.402212024e-01f);
-  q = fmaf(q, f, 6.931469440e-01f);
-  q = fmaf(q, f, 1.000000119e+00f);
-  return __int_as_float(__float_as_int(q) + (__float_as_int(t) << 23));
-}
-
 // softplus_fast (selective_scan_thread.cuh) without branches or denormal handling: max(v, 0) +
 // log1p(exp(-|v|)), the log1p a degree-9 polynomial; identity above 20.
 __device__ __forceinline__ float softplus_ftz(float v) {
@@ -222,8 +198,7 @@ struct RowsWalk {
 
 // kCh halves of 32 channels per block: each thread walks channel lane of every half (kCh = 2:
 // the B/C values a shared load brings serve two channels).
-// kPoly: ex2_poly for one entry of the thread's last channel (every step with two channels, odd steps with one).
-template <typename T, bool kOut, bool kCk, int kMinBlocks, int kCh, bool kPoly = false>
+template <typename T, bool kOut, bool kCk, int kMinBlocks, int kCh>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) fwd_rows_kernel(SelectiveScanParams p) {
   constexpr int kBlockCh = kLanes * kCh;
   __shared__ __align__(16) RowsShared<T, kCh> sh;
@@ -311,9 +286,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) fwd_rows_kernel(Selectiv
           acc[q][h] = 0.f;
 #pragma unroll
           for (int j = 0; j < kNT; ++j) {
-            const bool poly = kPoly && q == kCh - 1 && j == kNT - 1 && (kCh == 2 || (h & 1));
-            const float a = poly ? ex2_poly(dt * A2[q][j]) : scan_thread::ex2(dt * A2[q][j]);
-            s[q][j] = fmaf(a, s[q][j], dtu * bb[j]);
+            s[q][j] = fmaf(scan_thread::ex2(dt * A2[q][j]), s[q][j], dtu * bb[j]);
             if (kOut) acc[q][h] = fmaf(s[q][j], cc[j], acc[q][h]);
           }
         }
@@ -371,39 +344,21 @@ bool takes(const SelectiveScanParams& p, bool only_checkpoints) {
   return only_checkpoints || (row(p.out) && bc(p.C) && (!p.z.present() || row(p.z)));
 }
 
-template <typename T, bool kOut, bool kCk, int kMinBlocks, int kCh, bool kPoly = false>
+template <typename T, bool kOut, bool kCk, int kMinBlocks, int kCh>
 void launch_kernel(const SelectiveScanParams& p, cudaStream_t stream) {
   // 8 blocks of 26 KB (one channel per thread) or 4 of 48 KB (two) per SM: the largest carveout
-  static const bool carveout = cudaFuncSetAttribute(fwd_rows_kernel<T, kOut, kCk, kMinBlocks, kCh, kPoly>,
+  static const bool carveout = cudaFuncSetAttribute(fwd_rows_kernel<T, kOut, kCk, kMinBlocks, kCh>,
       cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared) == cudaSuccess;
   (void)carveout;
   const int64_t Dg = p.dim / p.ngroups;
   const dim3 grid(unsigned(p.ngroups * ((Dg + kLanes * kCh - 1) / (kLanes * kCh))), unsigned(p.batch));
-  fwd_rows_kernel<T, kOut, kCk, kMinBlocks, kCh, kPoly><<<grid, kThreads, 0, stream>>>(p);
+  fwd_rows_kernel<T, kOut, kCk, kMinBlocks, kCh><<<grid, kThreads, 0, stream>>>(p);
 }
 
-// The y forms (kOut) of 2-byte types with or without ex2_poly (exp_poly).
-template <typename T, bool kCk, int kMinBlocks, int kCh>
-void launch_out(const SelectiveScanParams& p, cudaStream_t stream) {
-  if (exp_poly()) launch_kernel<T, true, kCk, kMinBlocks, kCh, true>(p, stream);
-  else launch_kernel<T, true, kCk, kMinBlocks, kCh>(p, stream);
-}
-
-// Two channels per thread (4 blocks per SM) where that grid still gives every SM three blocks, else
-// one (8 blocks per SM; twice the blocks for small grids: Mamba-1's D 1536 at batch 8 has 192 blocks
-// of 64 channels for 132 SMs).
-inline bool two_channels(const SelectiveScanParams& p) {
-  const char e = env_rows();
-  if (e == '1' || e == '2') return e == '2';
-  static const int sms = [] {
-    int dev = 0, n = 132;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
-    return n;
-  }();
-  const int64_t blocks = p.batch * p.ngroups * ((p.dim / p.ngroups + 2 * kLanes - 1) / (2 * kLanes));
-  return blocks >= 3 * int64_t(sms);
-}
+// One channel per thread (8 blocks per SM) by default: in mamba_ssm's model layout at B 8, D 4096 it ran 0.545 ms
+// against 0.573 with two (4 blocks per SM; session 7 round 1b, H200), at D 1536 0.255 against 0.320 (session 6).
+// SSM_SCAN_ROWS=2 forces two channels per thread (session 7 round 2 times both at the bench shape).
+inline bool two_channels(const SelectiveScanParams&) { return env_rows() == '2'; }
 
 // ck: write the checkpoints (chunk_states in fwd_block_kernel's layout) besides y. 2-byte types:
 // two channels per thread where the grid is large (two_channels); float32 (twice the staging bytes): one.
@@ -412,13 +367,8 @@ void launch(const SelectiveScanParams& p, bool only_checkpoints, bool ck, cudaSt
   if constexpr (sizeof(T) == 2) {
     if (two_channels(p)) {
       if (only_checkpoints) launch_kernel<T, false, true, 4, 2>(p, stream);
-      else if (ck) launch_out<T, true, 4, 2>(p, stream);
-      else launch_out<T, false, 4, 2>(p, stream);
-      return;
-    }
-    if (!only_checkpoints) {
-      if (ck) launch_out<T, true, 8, 1>(p, stream);
-      else launch_out<T, false, 8, 1>(p, stream);
+      else if (ck) launch_kernel<T, true, true, 4, 2>(p, stream);
+      else launch_kernel<T, true, false, 4, 2>(p, stream);
       return;
     }
   }
