@@ -360,8 +360,8 @@ void launch_kernel(const SelectiveScanParams& p, cudaStream_t stream) {
 // SSM_SCAN_ROWS=2 forces two channels per thread (session 7 round 2 times both at the bench shape).
 inline bool two_channels(const SelectiveScanParams&) { return env_rows() == '2'; }
 
-// ck: write the checkpoints (chunk_states in fwd_block_kernel's layout) besides y. 2-byte types:
-// two channels per thread where the grid is large (two_channels); float32 (twice the staging bytes): one.
+// ck: write the checkpoints (chunk_states in fwd_block_kernel's layout) besides y. One channel per thread;
+// 2-byte types two with SSM_SCAN_ROWS=2 (two_channels; float32, twice the staging bytes: always one).
 template <typename T>
 void launch(const SelectiveScanParams& p, bool only_checkpoints, bool ck, cudaStream_t stream) {
   if constexpr (sizeof(T) == 2) {
