@@ -355,13 +355,24 @@ void launch_kernel(const SelectiveScanParams& p, cudaStream_t stream) {
   fwd_rows_kernel<T, kOut, kCk, kMinBlocks, kCh><<<grid, kThreads, 0, stream>>>(p);
 }
 
-// One channel per thread (8 blocks per SM) by default: in mamba_ssm's model layout at B 8, D 4096 it ran 0.545 ms
-// against 0.573 with two (4 blocks per SM; session 7 round 1b, H200), at D 1536 0.255 against 0.320 (session 6).
-// SSM_SCAN_ROWS=2 forces two channels per thread (session 7 round 2 times both at the bench shape).
-inline bool two_channels(const SelectiveScanParams&) { return env_rows() == '2'; }
+// Two channels per thread (4 blocks per SM) where that grid still gives every SM three blocks, else
+// one (8 blocks per SM; twice the blocks for small grids: Mamba-1's D 1536 at batch 8 has 192 blocks
+// of 64 channels for 132 SMs).
+inline bool two_channels(const SelectiveScanParams& p) {
+  const char e = env_rows();
+  if (e == '1' || e == '2') return e == '2';
+  static const int sms = [] {
+    int dev = 0, n = 132;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
+    return n;
+  }();
+  const int64_t blocks = p.batch * p.ngroups * ((p.dim / p.ngroups + 2 * kLanes - 1) / (2 * kLanes));
+  return blocks >= 3 * int64_t(sms);
+}
 
-// ck: write the checkpoints (chunk_states in fwd_block_kernel's layout) besides y. One channel per thread;
-// 2-byte types two with SSM_SCAN_ROWS=2 (two_channels; float32, twice the staging bytes: always one).
+// ck: write the checkpoints (chunk_states in fwd_block_kernel's layout) besides y. 2-byte types:
+// two channels per thread where the grid is large (two_channels); float32 (twice the staging bytes): one.
 template <typename T>
 void launch(const SelectiveScanParams& p, bool only_checkpoints, bool ck, cudaStream_t stream) {
   if constexpr (sizeof(T) == 2) {
