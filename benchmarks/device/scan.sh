@@ -1,21 +1,29 @@
 #!/usr/bin/env bash
-# Device round for the CUDA selective scan (issue 5, engineer scan, session 6): the CUDA cases of the
-# layout tests (the forced kernel forms first: row forward with one / two channels per thread, backward
-# with one / two entries per pass and two / four warps) and of the scan grid, then
-# benchmarks/device/scan_time.py (bench shape and the Mamba-1 model shapes in mamba_ssm's layout, fwd and
-# fwd+bwd, event and kernel times). Runs from the repo root after the lead's build; logs and JSON into $1;
-# at most ~50 s.
+# Device round for the CUDA selective scan in Mamba-1 training and prefill (issues 5, 6; engineer scan,
+# session 7), round 2: benchmarks/device/scan_round.py --final in ONE python process: the GPU tests of
+# test_selective_scan_layouts (forced kernel forms first), test_mamba_inner and test_selective_scan (stopped
+# after 17 s), then without NaN poisoning the backward handoff check, mamba-130m training (checkpoint levels 1
+# and 2) and mamba-1.4b prefill (one and two channels per thread), the kernels at the bench shape and the model
+# shapes (row forward with one and two channels per thread); then, in the time left, ncu of pair_bwd_kernel at
+# D 1536 (benchmarks/device/scan_ncu.py). From the repo root after the lead's build;
+# logs and JSON into $1; at most ~50 s.
 OUT=${1:-scan_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 nvidia-smi --query-gpu=name --format=csv,noheader | head -1
-# the L = 16384 gradient test (a 16384-step float64 reference loop) does not fit the time limit
-PT="-m pytest -q -m cuda -p no:cacheprovider -p no:hypothesispytest -rf --maxfail=6"
-timeout -k 2 -s INT 24 $PY $PT -k "not long_sequence_cuda" tests/ops/test_selective_scan_layouts.py \
-  tests/ops/test_selective_scan.py > "$OUT/pytest.log" 2>&1
-echo "pytest rc=$? at ${SECONDS}s: $(grep -E "passed|failed|error" "$OUT/pytest.log" | tail -1)"
-grep -E "^(FAILED|ERROR)|Error:|error |assert" "$OUT/pytest.log" | head -8 | cut -c1-300
-T=$((49 - SECONDS)); [ "$T" -gt 22 ] && T=22
-timeout -k 1 $T $PY benchmarks/device/scan_time.py --out "$OUT/scan_time.json" > "$OUT/time.log" 2>&1
-echo "time rc=$? at ${SECONDS}s"; grep -vE "Warning|warn" "$OUT/time.log" | cut -c1-220 | tail -8
+timeout -k 2 -s INT 37 $PY benchmarks/device/scan_round.py "$OUT" --test-budget 17 --budget 27 --final \
+  > "$OUT/round.log" 2> "$OUT/round.err"
+echo "round rc=$? at ${SECONDS}s"
+grep -E "passed|failed|error" "$OUT/round.log" | grep -vE "^(FAILED|ERROR)" | tail -2 | cut -c1-200
+grep -E "^(FAILED|ERROR)" "$OUT/round.log" | head -8 | cut -c1-240
+grep -E "^(pytest rc|handoff|model |bench |mamba|done|NVIDIA)" "$OUT/round.log" | cut -c1-240
+grep -vE "Warn|warn" "$OUT/round.err" | tail -3 | cut -c1-200
+T=$((48 - SECONDS))
+if [ "$T" -gt 11 ]; then
+  timeout -k 1 $T ncu --clock-control none -k regex:pair_bwd_kernel --launch-count 1 --section SpeedOfLight \
+    --section Occupancy --section WarpStateStats --section SchedulerStats --section SourceCounters \
+    $PY benchmarks/device/scan_ncu.py 1536 > "$OUT/ncu.txt" 2>&1
+  echo "ncu rc=$? at ${SECONDS}s"
+  grep -E "Duration|Issue Slots Busy|Achieved Occupancy|No Eligible|Warp Cycles Per Issued|Stall" "$OUT/ncu.txt" | head -10 | cut -c1-160
+fi

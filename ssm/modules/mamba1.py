@@ -21,11 +21,10 @@ from ssm.ops import mamba1_decode as _m1d
 from ssm.ops.norm_gemv import norm_linear, small_linear
 from ssm.ops.proj_state_step import proj_state_step
 
-# mamba_inner_fn's checkpoint_lvl in training: 1 (default, as mamba_ssm's Mamba) keeps only the inputs
-# and recomputes the conv and the forward scan in the backward; 0 (SSM_MAMBA1_CHECKPOINT_LVL=0) keeps the
-# conv and scan outputs and the CUDA scan's chunk states, so the backward runs no forward scan
-# (mamba-130m 8 x 2048 train step 106 ms instead of 122 on an H200, for ~190 MB more saved per layer:
-# xc and y 50 MB each, states 100 MB).
+# mamba_inner_fn's checkpoint_lvl in training: 1 (default, as mamba_ssm's Mamba) keeps the scan output and
+# the CUDA scan's chunk states (y 50 MB, states 100 MB a layer at mamba-130m 8 x 2048) and recomputes the
+# conv and dt in the backward; 0 (SSM_MAMBA1_CHECKPOINT_LVL=0) keeps the conv output too; 2 keeps only the
+# inputs and reruns the forward scan in the backward.
 CHECKPOINT_LVL = int(os.environ.get("SSM_MAMBA1_CHECKPOINT_LVL", "1"))
 
 

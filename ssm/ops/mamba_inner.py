@@ -2,11 +2,11 @@
 selective scan with z gating, out_proj.
 
 The fused path is one custom op pair: the forward calls the conv and scan ops' kernels (whatever
-backend they pick) and torch matmuls; autograd saves only the inputs (checkpoint_lvl >= 1) and the
-backward recomputes the conv output, x_proj, dt and the scan output before calling the ops'
-backward kernels; checkpoint_lvl 0 keeps the conv and scan outputs and the scan's chunk-start
-states (CUDA), so that the backward runs no forward scan. The composition of the public ops
-remains for the RMS-normed B/C/dt variant and as the reference (:func:`mamba_inner_ref`).
+backend they pick) and torch matmuls. checkpoint_lvl 1 (default) keeps the scan output and the
+scan's chunk-start states (CUDA), as mamba_ssm keeps its scan output and intermediates: the backward
+recomputes the conv output, x_proj and dt (no forward scan); level 0 also keeps the conv output;
+level >= 2 keeps only the inputs and the backward reruns the forward scan too. The composition of
+the public ops remains for the RMS-normed B/C/dt variant and as the reference (:func:`mamba_inner_ref`).
 
 On the devices of ROWS_DEVICES (CUDA) the projections run transposed, as mamba_ssm's do: x_dbl^T
 (B, rank + 2N, L) = x_proj_w @ xc and delta = dt_proj_w @ x_dbl^T[:, :rank] per batch, so that u,
@@ -172,21 +172,22 @@ def _scan(xc, delta, A, B, C, D, z, delta_bias, softplus, checkpoints=False):
 
 
 def _fused_fwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, D, delta_bias,
-               B_proj_bias, C_proj_bias, softplus, keep, checkpoints=False):
-    """xz (B, 2D, L) -> out (B, L, out_dim); with keep, also the conv output (B, D, L) and the scan
-    output as y^T (B, L, D), else empty; with checkpoints also the scan's chunk-start states, where
-    the CUDA kernel writes them (else empty), as (B, nchunks, N, D) (the backward's permuted view)."""
+               B_proj_bias, C_proj_bias, softplus, keep_xc=False, keep_y=False, checkpoints=False):
+    """xz (B, 2D, L) -> out (B, L, out_dim); with keep_xc also the conv output (B, D, L), with keep_y
+    the scan output as y^T (B, L, D) (else empty); with keep_y and checkpoints also the scan's
+    chunk-start states, where the CUDA kernel writes them (else empty), as (B, nchunks, N, D) (the
+    backward's permuted view)."""
     dim = xz.shape[1] // 2
     x, z = xz[:, :dim], xz[:, dim:]
     xc = _conv_silu(x, conv_w, conv_b)
     project = _project_rows if _rows(xz) else _project
     _, delta, B, C = project(xc, x_proj_w, dt_proj_w, A, B, C, B_proj_bias, C_proj_bias)
-    y, states = _scan(xc, delta, A, B, C, D, z, delta_bias, softplus, keep and checkpoints)
+    y, states = _scan(xc, delta, A, B, C, D, z, delta_bias, softplus, keep_y and checkpoints)
     out = _out_proj(y, out_proj_w, out_proj_b)
-    if not keep:
-        return out, xz.new_empty(0), xz.new_empty(0), xz.new_empty(0)
+    # (absent outputs: distinct empty tensors, a custom op's outputs may not alias)
     states = xz.new_empty(0) if states is None else states.permute(0, 2, 3, 1)
-    return out, xc.contiguous(), _kept_y(y, _rows(xz)), states
+    return (out, xc.contiguous() if keep_xc else xz.new_empty(0), _kept_y(y, _rows(xz)) if keep_y else xz.new_empty(0),
+            states)
 
 
 def _kept_y(y: Tensor, rows: bool) -> Tensor:
@@ -200,20 +201,20 @@ def _kept_y(y: Tensor, rows: bool) -> Tensor:
 def _fwd_op(xz: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], x_proj_w: Tensor, dt_proj_w: Tensor,
             out_proj_w: Tensor, out_proj_b: Optional[Tensor], A: Tensor, B: Optional[Tensor], C: Optional[Tensor],
             D: Optional[Tensor], delta_bias: Optional[Tensor], B_proj_bias: Optional[Tensor],
-            C_proj_bias: Optional[Tensor], softplus: bool, keep: bool,
+            C_proj_bias: Optional[Tensor], softplus: bool, keep_xc: bool, keep_y: bool,
             checkpoints: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return _fused_fwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, D, delta_bias,
-                      B_proj_bias, C_proj_bias, softplus, keep, checkpoints)
+                      B_proj_bias, C_proj_bias, softplus, keep_xc, keep_y, checkpoints)
 
 
 @_fwd_op.register_fake
 def _(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, D, delta_bias, B_proj_bias,
-      C_proj_bias, softplus, keep, checkpoints):
+      C_proj_bias, softplus, keep_xc, keep_y, checkpoints):
     # (checkpoints is False when compiling: their shape depends on the backend)
     batch, two_d, L = xz.shape
-    xc = xz.new_empty((batch, two_d // 2, L)) if keep else xz.new_empty(0)
-    y = xz.new_empty((batch, two_d // 2, L)) if keep else xz.new_empty(0)
-    y_t = (y.transpose(1, 2) if _rows(xz) else y.transpose(1, 2).contiguous()) if keep else y
+    xc = xz.new_empty((batch, two_d // 2, L)) if keep_xc else xz.new_empty(0)
+    y = xz.new_empty((batch, two_d // 2, L)) if keep_y else xz.new_empty(0)
+    y_t = (y.transpose(1, 2) if _rows(xz) else y.transpose(1, 2).contiguous()) if keep_y else y
     return xz.new_empty((batch, L, out_proj_w.shape[0])), xc, y_t, xz.new_empty(0)
 
 
@@ -370,7 +371,7 @@ def _(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, 
 
 
 def _setup_context(ctx, inputs, output):
-    *tensors, softplus, keep, checkpoints = inputs
+    *tensors, softplus, keep_xc, keep_y, checkpoints = inputs
     _, xc, y_t, states = output
     ctx.save_for_backward(*tensors, xc, y_t, states)
     ctx.mark_non_differentiable(xc, y_t, states)
@@ -385,7 +386,7 @@ def _backward(ctx, dout, _dxc, _dy, _dstates):
         xz, out_w = saved[0], saved[5]
         dout = xz.new_zeros(xz.shape[0], xz.shape[2], out_w.shape[0])
     grads = _bwd_op(*saved, dout.contiguous(), ctx.softplus)
-    return (*(None if t is None else g for t, g in zip(saved[:14], grads)), None, None, None)
+    return (*(None if t is None else g for t, g in zip(saved[:14], grads)), None, None, None, None)
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -424,9 +425,9 @@ def mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_wei
 
     x, z = halves of xz; x = silu(conv(x)); x_dbl = x_proj(x); delta = delta_proj(x_dbl[:, :rank]);
     B, C from x_dbl unless given (+ B/C_proj_bias), optional RMSNorm of B, C, delta; selective scan
-    with z, D, delta_bias, softplus; out_proj. ``checkpoint_lvl`` 0 keeps the conv and scan outputs
-    (and the CUDA scan's chunk-start states) for the backward, >= 1 (default) keeps only the inputs
-    and recomputes them. With any of the
+    with z, D, delta_bias, softplus; out_proj. ``checkpoint_lvl`` 1 (default) keeps the scan output
+    (and the CUDA scan's chunk-start states) for the backward, which recomputes the conv and dt; 0
+    keeps the conv output too; >= 2 keeps only the inputs (the backward reruns the scan). With any of the
     RMS weights the path is the composition of the public ops (each with its own autograd)."""
     _check_inner(xz, conv1d_weight, x_proj_weight, delta_proj_weight, out_proj_weight, A)
     if b_rms_weight is not None or c_rms_weight is not None or dt_rms_weight is not None:
@@ -438,9 +439,10 @@ def mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_wei
                     out_proj_bias, A, B, C, D, delta_bias, B_proj_bias, C_proj_bias)
     with torch.autocast(xz.device.type, enabled=False):
         if _library.use_custom_op(*args):
-            keep = checkpoint_lvl < 1
-            return _fwd_op(*args, bool(delta_softplus), keep, keep and not torch.compiler.is_compiling())[0]
-        return _fused_fwd(*args, bool(delta_softplus), False)[0]
+            keep_y = checkpoint_lvl < 2  # level 2: session 6's level 1
+            return _fwd_op(*args, bool(delta_softplus), checkpoint_lvl < 1, keep_y,
+                           keep_y and not torch.compiler.is_compiling())[0]
+        return _fused_fwd(*args, bool(delta_softplus))[0]
 
 
 def mamba_inner_ref(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight,

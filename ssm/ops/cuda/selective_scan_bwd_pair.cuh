@@ -14,8 +14,8 @@
 // kP = 2 walks two state entries per pass (two independent chains per thread; dt, u, dy read from
 // shared memory per step instead of held in registers): twice the instruction-level parallelism for
 // the four-warp blocks of small grids (N > 8; session 6 round 1, H200, Mamba-1's D 1536 at batch 8:
-// 1.198 ms against 1.344; with two warps at D 4096 it was slower, 2.677 against 2.227). Off by default
-// (two_entries).
+// 1.198 ms against 1.344; with two warps at D 4096 it was slower, 2.677 against 2.227): the four-warp
+// default (two_entries).
 #pragma once
 #include <cstdlib>
 
@@ -475,12 +475,13 @@ inline bool four_warps(int64_t blocks) {
   return blocks <= 4 * int64_t(sms);
 }
 
-// Switch: two entries per pass with SSM_SCAN_BWD_ILP=1 (read per call). Off by default: in session 6
-// round 2 the handoff test (test_forward_checkpoints_equal_the_backward_prepass_cuda, channels-last L 17)
-// found dB differing between two calls of it (four warps); not explained yet.
-inline bool two_entries() {
+// Two entries per pass for four-warp blocks (H200, D 1536 at batch 8: 1.216 ms against 1.350, session 7 round
+// 1b), one with two warps (D 4096: 2.227 against 2.677, session 6). SSM_SCAN_BWD_ILP=0 / 1 forces one (read per
+// call). Session 6's dB difference between two backward calls was the atomics' order: two identical calls of
+// either form differ by one bf16 ulp in dB / dC (session 7 round 1b, 24 repeats each).
+inline bool two_entries(bool four) {
   const char* v = std::getenv("SSM_SCAN_BWD_ILP");
-  return v && v[0] == '1';
+  return v && (v[0] == '0' || v[0] == '1') ? v[0] == '1' : four;
 }
 
 template <typename T>
@@ -495,7 +496,7 @@ void launch_bwd(const SelectiveScanParams& p, cudaStream_t stream) {
     const bool four = four_warps(int64_t(grid.x) * grid.y);
     auto kernel = four ? pair_bwd_kernel<T, KN, 4, 1> : pair_bwd_kernel<T, KN, 2, 1>;
     if constexpr (KN > 8) {
-      if (two_entries()) kernel = four ? pair_bwd_kernel<T, KN, 4, 2> : pair_bwd_kernel<T, KN, 2, 2>;
+      if (two_entries(four)) kernel = four ? pair_bwd_kernel<T, KN, 4, 2> : pair_bwd_kernel<T, KN, 2, 2>;
     }
     cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, int(cudaSharedmemCarveoutMaxShared));
     kernel<<<grid, four ? 128 : 64, 0, stream>>>(p, vec);
