@@ -211,12 +211,12 @@ def bench_step(copy_gbs):
     step_case("state step Mamba-2 b64", 64, 80, 64, 128, False, copy_gbs, 0.070)
     step_case("state step Mamba-2 b1", 1, 80, 64, 128, False, copy_gbs, 0.003)
     step_case("state step Mamba-1 b64", 64, 5120, 1, 16, True, copy_gbs, 0.010)
-    # the opt-in form (SSM_STEP_PDL=1): state loads issued before the wait on the previous kernel, for callers
-    # whose previous kernel never writes the state (as in a model's decode chain)
-    os.environ["SSM_STEP_PDL"] = "1"
+    # the steps launched plainly (SSM_STEP_PDL=0; by default with programmatic dependent launch, the state prefetched
+    # into L2 before the wait on the previous kernel)
+    os.environ["SSM_STEP_PDL"] = "0"
     try:
-        step_case("state step Mamba-2 b1 (PDL opt-in)", 1, 80, 64, 128, False, copy_gbs, 0.003, with_ref=False)
-        step_case("state step Mamba-1 b64 (PDL opt-in)", 64, 5120, 1, 16, True, copy_gbs, 0.010, with_ref=False)
+        step_case("state step Mamba-2 b1 (plain launch)", 1, 80, 64, 128, False, copy_gbs, 0.003, with_ref=False)
+        step_case("state step Mamba-1 b64 (plain launch)", 64, 5120, 1, 16, True, copy_gbs, 0.010, with_ref=False)
     finally:
         del os.environ["SSM_STEP_PDL"]
 

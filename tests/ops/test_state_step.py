@@ -1,10 +1,13 @@
 """selective_state_step on every backend against the float64 reference (both layouts, grouped
 B/C, tied per-head parameters, padding rows), step-by-step decoding equal to selective_scan,
 torch.compile, bad input."""
+import os
+
 import pytest
 import torch
 
 import ssm.ops as ops
+from ssm.ops import _kernels
 from ssm.ops.python import reference
 from tests.ops.harness import DTYPES, assert_close, backends, device_of, rand, use_backend
 
@@ -153,6 +156,66 @@ def test_bad_input_is_named(bad, error, words):
         assert word in str(info.value), f"{word!r} not in {info.value}"
 
 
+# the race test's forms: the defaults (lean: the PDL forms with the state prefetched into L2) and lean_kernel's bulk
+# prefetch; with SSM_TEST_RACY=1 also session 7's racy opt-in, which must fail it (a device round shows it once)
+RACE_FORMS = ["lean", "bulk"] + (["racy"] if os.environ.get("SSM_TEST_RACY") == "1" else [])
+RACE_LAYOUTS = [("mamba2", 1, 80, 64, 128, 1), ("mamba1", 64, 5120, 1, 16, 1), ("mamba2", 1, 24, 64, 64, 1),
+                ("mamba2", 2, 8, 32, 256, 2), ("mamba1", 3, 200, 1, 16, 1)]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("form, layout", [(f, lay) for f in RACE_FORMS for lay in RACE_LAYOUTS
+                                          if f != "bulk" or lay[0] == "mamba2"])  # bulk: lean_kernel's only
+@pytest.mark.parametrize("writer", ["copy", "step"])
+@pytest.mark.parametrize("graph", [False, True])
+def test_cuda_step_reads_the_state_the_kernel_before_it_wrote(form, layout, writer, graph, monkeypatch):
+    """A kernel that writes the state launched right before each step, 12 times (eagerly, or captured in one CUDA
+    graph): the state overwritten by a copy, or by a step on the same state (a PDL kernel that lets the next one start
+    early). Every step must see the written state (a step that reads it before its wait on the previous kernel does
+    not). Bench shapes (Mamba-2 b1 H80 P64 N128, Mamba-1 b64 D5120) and others; no NaN poisoning (its fill kernel
+    would sit between the writer and the step)."""
+    use_form(monkeypatch, form)
+    monkeypatch.setattr(_kernels, "POISON_OUTPUTS", False)
+    dev, reps = torch.device("cuda"), 12
+    opts = {"z+D", "softplus+bias"} | ({"tied"} if layout[0] == "mamba2" else set())
+    steps = [make_step(*layout, torch.bfloat16, dev, opts) for _ in range(reps)]
+    writers = [make_step(*layout, torch.bfloat16, dev, opts) for _ in range(reps)]
+    state = steps[0]["state"]
+    start = state.clone()
+
+    def run():
+        ys = []
+        for inp, w in zip(steps, writers):
+            if writer == "copy":
+                state.copy_(w["state"])
+            else:
+                ys.append(step(ops.selective_state_step, {**w, "state": state}, True))
+            ys.append(step(ops.selective_state_step, {**inp, "state": state}, True))
+        return ys
+    with use_backend("cuda"):
+        ys = run()  # eager (in the graph case: the warm-up)
+        if graph:
+            state.copy_(start)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                ys = run()
+            state.copy_(start)
+            g.replay()
+    torch.cuda.synchronize()
+    ref = start.double()
+    ys_ref = []
+    for inp, w in zip(steps, writers):
+        if writer == "copy":
+            ref.copy_(w["state"])
+        else:
+            ys_ref.append(step(reference.selective_state_step, {**as64(w), "state": ref}, True))
+        ys_ref.append(step(reference.selective_state_step, {**as64(inp), "state": ref}, True))
+    for i, (y, y_ref) in enumerate(zip(ys, ys_ref)):
+        assert_close(y, y_ref, torch.bfloat16, f"y of step {i}")
+    assert_close(state, ref, torch.bfloat16, "state")
+
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("wide", ["0", "1"])
 @pytest.mark.parametrize("layout", LAYOUTS + [("mamba1", 4, 64, 1, 16, 1), ("mamba2", 2, 3, 16, 128, 1),
@@ -175,9 +238,11 @@ FORMS = {"general": {"SSM_STEP_LEAN": "0"}, "lean": {}}
 
 
 # variants beside the defaults: session 5's Mamba-1 kernel without dt_proj (the fallback, four or two batch rows a
-# thread); lean_kernel and mamba1_pair_kernel with programmatic dependent launch, their state loads before the wait
+# thread); lean_kernel and mamba1_pair_kernel launched plainly (SSM_STEP_PDL=0; by default with programmatic dependent
+# launch, the state prefetched into L2 before the wait), lean_kernel's bulk prefetch, and session 7's racy opt-in (its
+# state loads before the wait: only the race test runs it, with SSM_TEST_RACY=1, and expects it to fail)
 VARIANT_FORMS = {"m1_old": {"SSM_STEP_M1_FORM": "old"}, "m1_old_r2": {"SSM_STEP_M1_FORM": "old", "SSM_STEP_M1": "2"},
-                 "pdl": {"SSM_STEP_PDL": "1"}}
+                 "plain": {"SSM_STEP_PDL": "0"}, "bulk": {"SSM_STEP_PDL": "bulk"}, "racy": {"SSM_STEP_PDL": "racy"}}
 FORMS.update(VARIANT_FORMS)
 M1_LAYOUTS = [("mamba1", 9, 40, 1, 16, 1), ("mamba1", 6, 24, 1, 16, 3), ("mamba1", 1, 200, 1, 16, 1),
               ("mamba1", 13, 300, 1, 16, 1)]
@@ -203,9 +268,10 @@ def test_cuda_lean_kernel_matches_reference(form, layout, dtype, option, monkeyp
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("form, layout", [(f, m1) for f in ("m1_old", "m1_old_r2", "pdl")
+@pytest.mark.parametrize("form, layout", [(f, m1) for f in ("m1_old", "m1_old_r2", "plain")
                                            for m1 in M1_LAYOUTS + [("mamba1", 70, 130, 1, 16, 1)]]
-                         + [("pdl", ("mamba2", 2, 3, 16, 128, 1))])
+                         + [(f, ("mamba2", 2, 3, 16, 128, 1)) for f in ("plain", "bulk")]
+                         + [("bulk", ("mamba2", 1, 5, 20, 128, 1))])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("option", ["plain", "softplus+bias", "z+D", "indices", "all_contig"])
 def test_cuda_step_variants_match_reference(form, layout, dtype, option, monkeypatch):
@@ -256,7 +322,8 @@ def check_lean(form, layout, dtype, option, monkeypatch):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("form, layout", [(f, lay) for f in ("lean", "general") for lay in
-                                          (("mamba1", 8, 300, 1, 16, 1), ("mamba2", 1, 6, 16, 128, 1))])
+                                          (("mamba1", 8, 300, 1, 16, 1), ("mamba2", 1, 6, 16, 128, 1))]
+                         + [("bulk", ("mamba2", 1, 6, 16, 128, 1))])
 def test_cuda_steps_in_a_graph_follow_each_other(form, layout, monkeypatch):
     """Three steps on one state captured in a CUDA graph: each reads the state the previous one wrote."""
     use_form(monkeypatch, form)
@@ -283,9 +350,10 @@ def test_cuda_steps_in_a_graph_follow_each_other(form, layout, monkeypatch):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("form, layout", [("pdl", ("mamba2", 1, 6, 16, 128, 1)), ("pdl", ("mamba1", 8, 300, 1, 16, 1))])
+@pytest.mark.parametrize("form, layout", [("lean", ("mamba2", 1, 6, 16, 128, 1)), ("bulk", ("mamba2", 1, 6, 16, 128, 1)),
+                                          ("lean", ("mamba1", 8, 300, 1, 16, 1))])
 def test_cuda_pdl_steps_read_their_inputs_after_the_wait(form, layout, monkeypatch):
-    """lean_kernel and mamba1_pair_kernel with programmatic dependent launch (SSM_STEP_PDL=1) in a CUDA graph: six
+    """lean_kernel and mamba1_pair_kernel with programmatic dependent launch (the default) in a CUDA graph: six
     steps over two states in turn (the state read before the wait was written two steps earlier), each step's x
     written by the kernel launched right before it (read after the wait), against the reference."""
     use_form(monkeypatch, form)
@@ -332,3 +400,4 @@ def test_cuda_large_batch_tiles_match_reference(form, layout, dtype, option, mon
     monkeypatch.setenv("SSM_STEP_WIDE", "0")
     inp = make_step(*layout, dtype, torch.device("cuda"), {option, "tied"})
     check_cuda_step(inp, option, dtype)
+
