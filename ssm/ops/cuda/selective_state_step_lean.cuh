@@ -110,6 +110,15 @@ __global__ void __launch_bounds__(kLeanThreads) lean_kernel(StateStepParams p) {
   // the lanes of this row (rows past the end left above: a partial warp shuffles within its groups)
   const unsigned group = K == 32 ? 0xffffffffu : ((1u << K) - 1) << (threadIdx.x % 32 / K * K);
   const int64_t b = blockIdx.z;
+  // every address first (arithmetic only: the PDL forms compute them before the wait)
+  const T* Bp = ptr<T>(p.B) + b * p.B.stride[0] + g * p.B.stride[1] + lane * 8;
+  const T* Cp = ptr<T>(p.C) + b * p.C.stride[0] + g * p.C.stride[1] + lane * 8;
+  const T* xp = ptr<T>(p.x) + b * p.x.stride[0] + h * p.x.stride[1] + hp * p.x.stride[2];
+  const T* zp = ptr<T>(p.z) + b * p.z.stride[0] + h * p.z.stride[1] + hp * p.z.stride[2];
+  const T* dtp = ptr<T>(p.dt) + b * p.dt.stride[0] + h * p.dt.stride[1] + hp * p.dt.stride[2];
+  const float* Ap = ptr<float>(p.A) + h * p.A.stride[0] + hp * p.A.stride[1];
+  const float* Dp = ptr<float>(p.D) + h * p.D.stride[0] + hp * p.D.stride[1];
+  const float* biasp = ptr<float>(p.dt_bias) + h * p.dt_bias.stride[0] + hp * p.dt_bias.stride[1];
   TS* row = ptr<TS>(p.state) + h * p.state.stride[1] + hp * p.state.stride[2];
   if constexpr (kPdl == kPdlLine || kPdl == kPdlBulk) {
     // no state_batch_indices (srow = b): the state rows into L2 while the previous kernel runs, nothing read
@@ -122,6 +131,8 @@ __global__ void __launch_bounds__(kLeanThreads) lean_kernel(StateStepParams p) {
       for (int j = 0; j < KP; ++j)
         if ((lane * 8 + j * K * 8) * sizeof(TS) % 128 == 0) prefetch_l2(row + lane * 8 + j * K * 8);
     }
+    // the addresses live before the wait (the compiler would otherwise compute them after it)
+    asm volatile("" ::"l"(Bp), "l"(Cp), "l"(xp), "l"(zp), "l"(dtp), "l"(Ap), "l"(Dp), "l"(biasp), "l"(row));
     pdl_wait();
     pdl_release();
   }
@@ -137,9 +148,9 @@ __global__ void __launch_bounds__(kLeanThreads) lean_kernel(StateStepParams p) {
   if (srow >= 0)
 #pragma unroll
     for (int j = 0; j < KP; ++j) s[j].load(st + j * K * 8);
-  const float A2 = ptr<float>(p.A)[h * p.A.stride[0] + hp * p.A.stride[1]] * kLog2e;
-  const float Dv = has(p.D) ? ptr<float>(p.D)[h * p.D.stride[0] + hp * p.D.stride[1]] : 0.f;
-  const float bias = has(p.dt_bias) ? ptr<float>(p.dt_bias)[h * p.dt_bias.stride[0] + hp * p.dt_bias.stride[1]] : 0.f;
+  const float A2 = *Ap * kLog2e;
+  const float Dv = has(p.D) ? *Dp : 0.f;
+  const float bias = has(p.dt_bias) ? *biasp : 0.f;
   // kPdlRacy: the loads above were issued before the previous kernel of the stream finished (correct only when
   // that kernel writes none of them); x, dt, z, B, C after the wait.
   if constexpr (kPdl == kPdlRacy) {
@@ -149,12 +160,12 @@ __global__ void __launch_bounds__(kLeanThreads) lean_kernel(StateStepParams p) {
   if (srow >= 0)
 #pragma unroll
     for (int j = 0; j < KP; ++j) {
-      Bv[j].load_nc(ptr<T>(p.B) + b * p.B.stride[0] + g * p.B.stride[1] + lane * 8 + j * K * 8);
-      Cv[j].load_nc(ptr<T>(p.C) + b * p.C.stride[0] + g * p.C.stride[1] + lane * 8 + j * K * 8);
+      Bv[j].load_nc(Bp + j * K * 8);
+      Cv[j].load_nc(Cp + j * K * 8);
     }
-  const float xv = to_float(ptr<T>(p.x)[b * p.x.stride[0] + h * p.x.stride[1] + hp * p.x.stride[2]]);
-  const float zv = has(p.z) ? to_float(ptr<T>(p.z)[b * p.z.stride[0] + h * p.z.stride[1] + hp * p.z.stride[2]]) : 0.f;
-  float dt = to_float(ptr<T>(p.dt)[b * p.dt.stride[0] + h * p.dt.stride[1] + hp * p.dt.stride[2]]) + bias;
+  const float xv = to_float(*xp);
+  const float zv = has(p.z) ? to_float(*zp) : 0.f;
+  float dt = to_float(*dtp) + bias;
   if (p.softplus) dt = sizeof(T) == 2 ? softplus_approx(dt) : softplus(dt);  // float32 inputs: exact
   float y = 0.f;
   if (srow >= 0) {
