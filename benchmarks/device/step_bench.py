@@ -32,9 +32,8 @@ from ssm.utils.inference import InferenceParams  # noqa: E402
 # past batch 8 (ssm.ops.proj_state_step.LARGE = False); "fold": folds it at every rank (LARGE_MAX_RANK = 256)
 FORMS = {"general": {"SSM_STEP_LEAN": "0"}, "lean": {}, "m1_r2": {"SSM_STEP_M1": "2"}, "m1_r4": {"SSM_STEP_M1": "4"},
          "wide": {"SSM_STEP_WIDE": "1"}, "nofold": {"nofold": "1"}, "m1old": {"SSM_STEP_M1_FORM": "old"},
-         "fold": {"fold": "1"}, "plain": {"SSM_STEP_PDL": "0"}, "bulk": {"SSM_STEP_PDL": "bulk"},
-         "racy": {"SSM_STEP_PDL": "racy"}}
-ENV = ("SSM_STEP_LEAN", "SSM_STEP_M1", "SSM_STEP_WIDE", "SSM_STEP_M1_FORM", "SSM_STEP_PDL")
+         "fold": {"fold": "1"}, "nopdl": {"SSM_PDL": "0"}, "ahead": {"SSM_STEP_M1_AHEAD": "1"}}
+ENV = ("SSM_STEP_LEAN", "SSM_STEP_M1", "SSM_STEP_WIDE", "SSM_STEP_M1_FORM", "SSM_PDL", "SSM_STEP_M1_AHEAD")
 START = time.time()
 DEADLINE = [1e9]
 
@@ -53,10 +52,9 @@ class Outcomes:
     """pytest plugin: counts of passed / failed / skipped tests and the failed ids."""
 
     def __init__(self):
-        self.passed, self.skipped, self.failed, self.racy = 0, 0, [], 0
+        self.passed, self.skipped, self.failed = 0, 0, []
 
     def pytest_runtest_logreport(self, report):
-        self.racy += report.when == "call" and "racy" in report.nodeid
         if report.failed:
             self.failed.append(report.nodeid)
         elif report.when == "call" and report.passed:
@@ -71,14 +69,8 @@ def run_tests(out_dir, files, select):
     t = time.time()
     with open(os.path.join(out_dir, "pytest_step.log"), "w") as f, contextlib.redirect_stdout(f):
         rc = pytest.main(["-q", "-p", "no:cacheprovider", "-rf", "-k", select, *files], plugins=[res])
-    # the racy form's cases (SSM_TEST_RACY=1) are expected to fail: counted apart
-    racy = [f for f in res.failed if "racy" in f]
-    failed = [f for f in res.failed if "racy" not in f]
-    print(f"tests rc={rc}: {res.passed} passed, {len(failed)} failed, {res.skipped} skipped "
-          f"({time.time() - t:.1f} s) {' '.join(failed[:6])}", flush=True)
-    if os.environ.get("SSM_TEST_RACY") == "1":
-        print(f"racy form (expected to fail): {len(racy)} failed of {res.racy} run: {' '.join(f[f.find('['):] for f in racy[:40])}", flush=True)
-
+    print(f"tests rc={rc}: {res.passed} passed, {len(res.failed)} failed, {res.skipped} skipped "
+          f"({time.time() - t:.1f} s) {' '.join(res.failed[:6])}", flush=True)
 
 def with_env(env):
     @contextlib.contextmanager

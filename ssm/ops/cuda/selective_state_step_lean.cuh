@@ -88,19 +88,16 @@ struct Raw8 {
   __device__ __forceinline__ void set(int e, float v) { w[e / Pack<T>::kN].e[e % Pack<T>::kN] = from_float<T>(v); }
 };
 
-// How a lean kernel meets the previous kernel of the stream. kPlain: launched plainly (the stream orders it).
-// The others are launched with programmatic dependent launch (pdl.cuh; calls without state_batch_indices): kPdlLine
-// and kPdlBulk prefetch the state rows into L2 before griddepcontrol.wait (kPdlLine one lane a 128-byte line, kPdlBulk
-// one bulk prefetch of the block's contiguous rows) and read everything after it: correct whatever the previous
-// kernel writes. kPdlRacy (SSM_STEP_PDL=racy, session 7's opt-in, kept for one device round) loads the state and the
-// weights into registers before the wait: wrong when the previous kernel writes them.
-enum PdlForm : int { kPlain = 0, kPdlLine = 1, kPdlBulk = 2, kPdlRacy = 3 };
-
 // Wide Mamba-2 rows of small batches (A tied along N): K lanes a row of head blockIdx.y, each lane owning
 // KP packs of 8 state entries; batch row blockIdx.z. The state, B and C loads are issued first (one memory
 // round trip before the math), then x, z, dt; the state stored after the math, y last. softplus and silu by
-// MUFU approximations for 16-bit inputs. kPdl: a PdlForm.
-template <typename TS, typename T, int K, int KP, int kPdl = kPlain>
+// MUFU approximations for 16-bit inputs. kPdl (launched with programmatic dependent launch, pdl.cuh; calls without
+// state_batch_indices, which the previous kernel could write): the state rows are prefetched into L2 before
+// griddepcontrol.wait (one lane a 128-byte line) and everything is read after it, so the kernel is correct whatever
+// the previous kernel writes (L2 is the point of coherence: its stores land over the prefetched lines). Session 8
+// round 1 (H200): Mamba-2 b1 1.9-2.0 us, plain launch 3.4-3.5, session 7's state loads before the wait 2.3-2.4 (and
+// wrong after a step on the same state), a bulk prefetch of the block's rows 2.1.
+template <typename TS, typename T, int K, int KP, bool kPdl>
 __global__ void __launch_bounds__(kLeanThreads) lean_kernel(StateStepParams p) {
   constexpr float kLog2e = 1.4426950408889634f;
   const uint32_t hp = blockIdx.x * (kLeanThreads / K) + threadIdx.x / K, h = blockIdx.y;
@@ -120,17 +117,12 @@ __global__ void __launch_bounds__(kLeanThreads) lean_kernel(StateStepParams p) {
   const float* Dp = ptr<float>(p.D) + h * p.D.stride[0] + hp * p.D.stride[1];
   const float* biasp = ptr<float>(p.dt_bias) + h * p.dt_bias.stride[0] + hp * p.dt_bias.stride[1];
   TS* row = ptr<TS>(p.state) + h * p.state.stride[1] + hp * p.state.stride[2];
-  if constexpr (kPdl == kPdlLine || kPdl == kPdlBulk) {
+  if constexpr (kPdl) {
     // no state_batch_indices (srow = b): the state rows into L2 while the previous kernel runs, nothing read
     row += b * p.state.stride[0];
-    if (kPdl == kPdlBulk && p.state.stride[2] == p.dstate) {
-      const uint32_t hp0 = blockIdx.x * (kLeanThreads / K), rows = min(uint32_t(kLeanThreads / K), uint32_t(p.headdim) - hp0);
-      if (threadIdx.x == 0) prefetch_l2_bulk(row, rows * uint32_t(p.dstate) * uint32_t(sizeof(TS)));
-    } else {
 #pragma unroll
-      for (int j = 0; j < KP; ++j)
-        if ((lane * 8 + j * K * 8) * sizeof(TS) % 128 == 0) prefetch_l2(row + lane * 8 + j * K * 8);
-    }
+    for (int j = 0; j < KP; ++j)
+      if ((lane * 8 + j * K * 8) * sizeof(TS) % 128 == 0) prefetch_l2(row + lane * 8 + j * K * 8);
     // the addresses live before the wait (the compiler would otherwise compute them after it)
     asm volatile("" ::"l"(Bp), "l"(Cp), "l"(xp), "l"(zp), "l"(dtp), "l"(Ap), "l"(Dp), "l"(biasp), "l"(row));
     pdl_wait();
@@ -138,7 +130,7 @@ __global__ void __launch_bounds__(kLeanThreads) lean_kernel(StateStepParams p) {
   }
   // the state row (-1: padding row)
   int srow = int(b);
-  if constexpr (kPdl == kPlain || kPdl == kPdlRacy) {
+  if constexpr (!kPdl) {
     srow = has(p.state_batch_indices) ? ptr<int>(p.state_batch_indices)[b * p.state_batch_indices.stride[0]] : int(b);
     row += (srow < 0 ? 0 : srow) * p.state.stride[0];
   }
@@ -151,12 +143,6 @@ __global__ void __launch_bounds__(kLeanThreads) lean_kernel(StateStepParams p) {
   const float A2 = *Ap * kLog2e;
   const float Dv = has(p.D) ? *Dp : 0.f;
   const float bias = has(p.dt_bias) ? *biasp : 0.f;
-  // kPdlRacy: the loads above were issued before the previous kernel of the stream finished (correct only when
-  // that kernel writes none of them); x, dt, z, B, C after the wait.
-  if constexpr (kPdl == kPdlRacy) {
-    pdl_wait();
-    pdl_release();
-  }
   if (srow >= 0)
 #pragma unroll
     for (int j = 0; j < KP; ++j) {
@@ -249,7 +235,7 @@ __device__ __forceinline__ float pair_update(uint4& s, const float4 (*As)[4], ui
 // barrier; the state stored from registers). Lane l's output channel is l / 2 (even l) or 16 + l / 2 (odd l): its
 // softplus(dt) and dt x reach the partner lane by shuffles, and the two lanes' sums of a channel's y meet by one
 // shuffle. softplus and silu by MUFU approximations.
-template <typename TS, typename T, int kPdl>
+template <typename TS, typename T, bool kPdl, bool kAhead>
 __global__ void __launch_bounds__(kM1Threads, kM1MinBlocks) mamba1_pair_kernel(StateStepParams p) {
   constexpr float kLog2e = 1.4426950408889634f;
   __shared__ float4 As[kM1Ch][4];       // A row of block channel c, quad q at [c][q ^ (c / 2 % 2)] (no bank conflict)
@@ -260,9 +246,11 @@ __global__ void __launch_bounds__(kM1Threads, kM1MinBlocks) mamba1_pair_kernel(S
   const uint32_t lc0 = warp % 2 * 32 + lane / 2, lc1 = lc0 + 16;  // block channels of the lane's packs
   const uint32_t h0 = c0 + lc0, h1 = c0 + lc1, ho = half ? h1 : h0;  // ho: the lane's output channel
   const bool row = b < uint32_t(p.batch);
-  // the PDL forms run without state_batch_indices (kPdlLine: their rows and the block's A rows into L2 from one lane
-  // a 128-byte line while the previous kernel runs, nothing read before the wait; see PdlForm)
-  const bool indexed = kPdl == kPlain && has(p.state_batch_indices);
+  // kPdl (launched with PDL, no state_batch_indices; see lean_kernel): the block's state rows and A rows prefetched
+  // into L2 from one lane a 128-byte line while the previous kernel runs, nothing read before the wait. kAhead: also
+  // the state rows of the block half the grid's batch groups later (a block of the second wave starts after the wait
+  // has passed: its rows are then in L2 too)
+  const bool indexed = !kPdl && has(p.state_batch_indices);
   const int srow = !row ? -1 : indexed ? ptr<int>(p.state_batch_indices)[b * p.state_batch_indices.stride[0]] : int(b);
   // the state packs first (srow -1: padding row or past the batch)
   TS* st = ptr<TS>(p.state) + (srow < 0 ? 0 : srow) * p.state.stride[0] + half * 8;
@@ -270,9 +258,16 @@ __global__ void __launch_bounds__(kM1Threads, kM1MinBlocks) mamba1_pair_kernel(S
   TS* st1 = st + h1 * p.state.stride[1];
   const bool ok0 = srow >= 0 && h0 < H, ok1 = srow >= 0 && h1 < H;
   const float* Arow = ptr<float>(p.A) + (c0 + t / 4) * p.A.stride[0] + 4 * (t % 4);  // thread t: quad t % 4 of channel t / 4
-  if constexpr (kPdl == kPdlLine) {
+  if constexpr (kPdl) {
     if (lane % 8 == 0 && ok0) prefetch_l2(st0);
     if (lane % 8 == 0 && ok1) prefetch_l2(st1);
+    if constexpr (kAhead) {
+      const uint32_t ahead = (gridDim.y + 1) / 2 * kM1Rows;  // batch rows to the block half a grid later
+      if (lane % 8 == 0 && blockIdx.y < gridDim.y / 2 && b + ahead < uint32_t(p.batch)) {
+        if (h0 < H) prefetch_l2(st0 + ahead * p.state.stride[0]);
+        if (h1 < H) prefetch_l2(st1 + ahead * p.state.stride[0]);
+      }
+    }
     if (t % 8 == 0 && c0 + t / 4 < H) prefetch_l2(Arow);
     pdl_wait();
     pdl_release();
@@ -285,12 +280,6 @@ __global__ void __launch_bounds__(kM1Threads, kM1MinBlocks) mamba1_pair_kernel(S
   const float bias = has(p.dt_bias) && ho < H ? ptr<float>(p.dt_bias)[ho * p.dt_bias.stride[0]] : 0.f;
   const float Do = has(p.D) && ho < H ? ptr<float>(p.D)[ho * p.D.stride[0]] : 0.f;
   if (c0 + t / 4 < H) cp_async16(&As[t / 4][t % 4 ^ (t / 8 % 2)], Arow);
-  // kPdlRacy: the loads above (the state, the weights) were issued before the previous kernel of the stream finished
-  // (correct only when that kernel writes none of them); x, dt, z, B, C are read after the wait.
-  if constexpr (kPdl == kPdlRacy) {
-    pdl_wait();
-    pdl_release();
-  }
   // the output channel's inputs (rows past the batch read row 0's), the block's B, C rows (threads < 16)
   const uint32_t bi = row ? b : 0;
   float xo = 0.f, dto = 0.f, zo = 0.f;
@@ -536,15 +525,11 @@ inline int mamba1_rows(const StateStepParams& p) {
   return int64_t(ceil_div(p.nheads, kLeanThreads)) * ceil_div(p.batch, 4) < 264 ? 2 : 4;
 }
 
-// How lean_kernel and mamba1_pair_kernel meet the previous kernel (PdlForm): calls with state_batch_indices launch
-// plainly (the indices could be written by the previous kernel); the others with PDL and the state prefetched into L2
-// before the wait (kPdlLine). SSM_STEP_PDL=0: plainly (session 7's default); =bulk: lean_kernel's bulk prefetch;
-// =racy: session 7's opt-in (state loads before the wait). SSM_PDL=0 (pdl.cuh) launches the PDL forms plainly.
-inline int step_pdl_form(const StateStepParams& p) {
-  if (has(p.state_batch_indices)) return kPlain;
-  const char* env = std::getenv("SSM_STEP_PDL");
-  if (env == nullptr) return kPdlLine;
-  return env[0] == '0' ? kPlain : env[0] == 'b' ? kPdlBulk : env[0] == 'r' ? kPdlRacy : kPdlLine;
+// lean_kernel and mamba1_pair_kernel run their PDL form (kPdl) on calls without state_batch_indices.
+// SSM_STEP_M1_AHEAD=1 (session 8 round 1b, a measurement): mamba1_pair_kernel's second-wave prefetch (kAhead).
+inline bool m1_ahead() {
+  const char* env = std::getenv("SSM_STEP_M1_AHEAD");
+  return env != nullptr && env[0] == '1';
 }
 
 // SSM_STEP_M1_FORM=old: Mamba-1 rows without dt_proj on session 5's kernel (mamba1_step_kernel_s5), not
@@ -576,17 +561,12 @@ inline bool use_lean(const StateStepParams& p, bool vec, bool wide) {
   return wide && p.headdim > 1 && (p.dstate == 64 || p.dstate == 128 || p.dstate == 256);
 }
 
-// lean_kernel over wide rows (K lanes a row, two packs each) in the call's PdlForm (the bulk and racy forms at N = 128)
+// lean_kernel over wide rows (K lanes a row, two packs each)
 template <typename TS, typename T, int K>
 void launch_wide(const StateStepParams& p, cudaStream_t stream) {
   const dim3 grid(ceil_div(p.headdim * K, kLeanThreads), unsigned(p.nheads), unsigned(p.batch));
-  const int form = step_pdl_form(p);
-  if (form == kPlain) return lean_kernel<TS, T, K, 2, kPlain><<<grid, kLeanThreads, 0, stream>>>(p);
-  if constexpr (K == 8) {
-    if (form == kPdlBulk) return pdl_launch(lean_kernel<TS, T, K, 2, kPdlBulk>, grid, dim3(kLeanThreads), 0, stream, p);
-    if (form == kPdlRacy) return pdl_launch(lean_kernel<TS, T, K, 2, kPdlRacy>, grid, dim3(kLeanThreads), 0, stream, p);
-  }
-  pdl_launch(lean_kernel<TS, T, K, 2, kPdlLine>, grid, dim3(kLeanThreads), 0, stream, p);
+  if (has(p.state_batch_indices)) return lean_kernel<TS, T, K, 2, false><<<grid, kLeanThreads, 0, stream>>>(p);
+  pdl_launch(lean_kernel<TS, T, K, 2, true>, grid, dim3(kLeanThreads), 0, stream, p);
 }
 
 template <typename TS, typename T>
@@ -605,10 +585,10 @@ void launch_lean(const StateStepParams& p, cudaStream_t stream) {
         // kernel's FFMA dot (mamba-130m b64: 6.9 us a call in session 5; session 6's tensor-core dot 8.0)
         if (!kProj && !mamba1_old()) {
           const dim3 grid(ceil_div(p.nheads, kM1Ch), ceil_div(p.batch, kM1Rows));
-          const int form = step_pdl_form(p);
-          if (form == kPlain) return mamba1_pair_kernel<TS, T, kPlain><<<grid, kM1Threads, 0, stream>>>(p);
-          if (form == kPdlRacy) return pdl_launch(mamba1_pair_kernel<TS, T, kPdlRacy>, grid, dim3(kM1Threads), 0, stream, p);
-          return pdl_launch(mamba1_pair_kernel<TS, T, kPdlLine>, grid, dim3(kM1Threads), 0, stream, p);
+          if (has(p.state_batch_indices))
+            return mamba1_pair_kernel<TS, T, false, false><<<grid, kM1Threads, 0, stream>>>(p);
+          if (m1_ahead()) return pdl_launch(mamba1_pair_kernel<TS, T, true, true>, grid, dim3(kM1Threads), 0, stream, p);
+          return pdl_launch(mamba1_pair_kernel<TS, T, true, false>, grid, dim3(kM1Threads), 0, stream, p);
         }
         if (mamba1_rows(p) == 2) return go(mamba1_step_kernel_s5<TS, T, 2, kProj>, 1, 2);
         go(mamba1_step_kernel_s5<TS, T, 4, kProj>, 1, 4);
