@@ -5,14 +5,14 @@
 # and the Mamba-2 b1 step (lean_kernel), both PDL with the state prefetched into L2 (benchmarks/device/step_ncu.py);
 # 3. once both are done (their .done files), the graph method's floors and the graph-timed state steps in each form,
 # in a process that ran no test (no NaN poisoning; items past --deadline skipped). Forms: lean = default,
-# nopdl = SSM_PDL=0 (launched without PDL), ahead = SSM_STEP_M1_AHEAD=1 (Mamba-1: the second wave's rows prefetched too).
+# nopdl = SSM_PDL=0 (launched without PDL).
 # Usage: benchmarks/device/step.sh OUT_DIR
 set -uo pipefail
 OUT=${1:-step_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 TESTS=tests/ops/test_state_step.py,tests/ops/test_proj_state_step.py
-STEPS=m2b1:lean,m2b1:nopdl,m1:lean,m1:ahead,m1:nopdl,m2b1:lean,m2b1:nopdl,m1:lean,m1:ahead,m2b64:lean
+STEPS=m2b1:lean,m2b1:nopdl,m1:lean,m1:nopdl,m2b1:lean,m2b1:nopdl,m1:lean,m1:nopdl,m2b64:lean
 (timeout -k 2 24 ncu --clock-control none -k regex:"mamba1_pair|lean_kernel" --launch-count 2 \
   --section SpeedOfLight --section WarpStateStats --section MemoryWorkloadAnalysis --section SourceCounters \
   --print-details all \

@@ -32,8 +32,8 @@ from ssm.utils.inference import InferenceParams  # noqa: E402
 # past batch 8 (ssm.ops.proj_state_step.LARGE = False); "fold": folds it at every rank (LARGE_MAX_RANK = 256)
 FORMS = {"general": {"SSM_STEP_LEAN": "0"}, "lean": {}, "m1_r2": {"SSM_STEP_M1": "2"}, "m1_r4": {"SSM_STEP_M1": "4"},
          "wide": {"SSM_STEP_WIDE": "1"}, "nofold": {"nofold": "1"}, "m1old": {"SSM_STEP_M1_FORM": "old"},
-         "fold": {"fold": "1"}, "nopdl": {"SSM_PDL": "0"}, "ahead": {"SSM_STEP_M1_AHEAD": "1"}}
-ENV = ("SSM_STEP_LEAN", "SSM_STEP_M1", "SSM_STEP_WIDE", "SSM_STEP_M1_FORM", "SSM_PDL", "SSM_STEP_M1_AHEAD")
+         "fold": {"fold": "1"}, "nopdl": {"SSM_PDL": "0"}}
+ENV = ("SSM_STEP_LEAN", "SSM_STEP_M1", "SSM_STEP_WIDE", "SSM_STEP_M1_FORM", "SSM_PDL")
 START = time.time()
 DEADLINE = [1e9]
 

@@ -162,7 +162,7 @@ RACE_LAYOUTS = [("mamba2", 1, 80, 64, 128, 1), ("mamba1", 64, 5120, 1, 16, 1), (
 # Session 8 round 1 (H200): session 7's racy opt-in (state loads before the wait) failed this test after a step on the
 # same state in a graph, at the bench's Mamba-2 b1 shape and at Mamba-1 3 x 200.
 @pytest.mark.cuda
-@pytest.mark.parametrize("form, layout", [("lean", lay) for lay in RACE_LAYOUTS] + [("m1_ahead", RACE_LAYOUTS[1])])
+@pytest.mark.parametrize("form, layout", [("lean", lay) for lay in RACE_LAYOUTS])
 @pytest.mark.parametrize("writer", ["copy", "step"])
 @pytest.mark.parametrize("graph", [False, True])
 def test_cuda_step_reads_the_state_the_kernel_before_it_wrote(form, layout, writer, graph, monkeypatch):
@@ -235,17 +235,16 @@ FORMS = {"general": {"SSM_STEP_LEAN": "0"}, "lean": {}}
 
 
 # variants beside the defaults: session 5's Mamba-1 kernel without dt_proj (the fallback, four or two batch rows a
-# thread); lean_kernel and mamba1_pair_kernel launched without PDL (SSM_PDL=0: their wait is then a no-op);
-# mamba1_pair_kernel prefetching the second wave's state rows too (SSM_STEP_M1_AHEAD=1)
+# thread); lean_kernel and mamba1_pair_kernel launched without PDL (SSM_PDL=0: their wait is then a no-op)
 VARIANT_FORMS = {"m1_old": {"SSM_STEP_M1_FORM": "old"}, "m1_old_r2": {"SSM_STEP_M1_FORM": "old", "SSM_STEP_M1": "2"},
-                 "nopdl": {"SSM_PDL": "0"}, "m1_ahead": {"SSM_STEP_M1_AHEAD": "1"}}
+                 "nopdl": {"SSM_PDL": "0"}}
 FORMS.update(VARIANT_FORMS)
 M1_LAYOUTS = [("mamba1", 9, 40, 1, 16, 1), ("mamba1", 6, 24, 1, 16, 3), ("mamba1", 1, 200, 1, 16, 1),
               ("mamba1", 13, 300, 1, 16, 1)]
 
 
 def use_form(monkeypatch, form):
-    for name in ("SSM_STEP_LEAN", "SSM_STEP_M1", "SSM_STEP_M1_FORM", "SSM_PDL", "SSM_STEP_M1_AHEAD"):
+    for name in ("SSM_STEP_LEAN", "SSM_STEP_M1", "SSM_STEP_M1_FORM", "SSM_PDL"):
         monkeypatch.delenv(name, raising=False)
     for name, value in FORMS[form].items():
         monkeypatch.setenv(name, value)
@@ -264,7 +263,7 @@ def test_cuda_lean_kernel_matches_reference(form, layout, dtype, option, monkeyp
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("form, layout", [(f, m1) for f in ("m1_old", "m1_old_r2", "nopdl", "m1_ahead")
+@pytest.mark.parametrize("form, layout", [(f, m1) for f in ("m1_old", "m1_old_r2", "nopdl")
                                            for m1 in M1_LAYOUTS + [("mamba1", 70, 130, 1, 16, 1)]]
                          + [("nopdl", ("mamba2", 2, 3, 16, 128, 1)), ("nopdl", ("mamba2", 1, 5, 20, 128, 1))])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

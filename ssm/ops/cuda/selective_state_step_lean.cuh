@@ -235,7 +235,7 @@ __device__ __forceinline__ float pair_update(uint4& s, const float4 (*As)[4], ui
 // barrier; the state stored from registers). Lane l's output channel is l / 2 (even l) or 16 + l / 2 (odd l): its
 // softplus(dt) and dt x reach the partner lane by shuffles, and the two lanes' sums of a channel's y meet by one
 // shuffle. softplus and silu by MUFU approximations.
-template <typename TS, typename T, bool kPdl, bool kAhead>
+template <typename TS, typename T, bool kPdl>
 __global__ void __launch_bounds__(kM1Threads, kM1MinBlocks) mamba1_pair_kernel(StateStepParams p) {
   constexpr float kLog2e = 1.4426950408889634f;
   __shared__ float4 As[kM1Ch][4];       // A row of block channel c, quad q at [c][q ^ (c / 2 % 2)] (no bank conflict)
@@ -247,9 +247,8 @@ __global__ void __launch_bounds__(kM1Threads, kM1MinBlocks) mamba1_pair_kernel(S
   const uint32_t h0 = c0 + lc0, h1 = c0 + lc1, ho = half ? h1 : h0;  // ho: the lane's output channel
   const bool row = b < uint32_t(p.batch);
   // kPdl (launched with PDL, no state_batch_indices; see lean_kernel): the block's state rows and A rows prefetched
-  // into L2 from one lane a 128-byte line while the previous kernel runs, nothing read before the wait. kAhead: also
-  // the state rows of the block half the grid's batch groups later (a block of the second wave starts after the wait
-  // has passed: its rows are then in L2 too)
+  // into L2 from one lane a 128-byte line while the previous kernel runs, every address computed, nothing read before
+  // the wait (session 8 round 1b, H200: Mamba-1 b64 8.1 us, plain launch 9.1; the next wave's rows prefetched too 8.6)
   const bool indexed = !kPdl && has(p.state_batch_indices);
   const int srow = !row ? -1 : indexed ? ptr<int>(p.state_batch_indices)[b * p.state_batch_indices.stride[0]] : int(b);
   // the state packs first (srow -1: padding row or past the batch)
@@ -258,17 +257,22 @@ __global__ void __launch_bounds__(kM1Threads, kM1MinBlocks) mamba1_pair_kernel(S
   TS* st1 = st + h1 * p.state.stride[1];
   const bool ok0 = srow >= 0 && h0 < H, ok1 = srow >= 0 && h1 < H;
   const float* Arow = ptr<float>(p.A) + (c0 + t / 4) * p.A.stride[0] + 4 * (t % 4);  // thread t: quad t % 4 of channel t / 4
+  // the output channel's inputs (rows past the batch read row 0's) and weights; row t / 4's B (t / 2 % 2 = 0) or C
+  // pack t % 2 (threads < 16)
+  const uint32_t bi = row ? b : 0, bb = blockIdx.y * kM1Rows + t / 4;
+  const T* xp = ptr<T>(p.x) + bi * p.x.stride[0] + ho * p.x.stride[1];
+  const T* dtp = ptr<T>(p.dt) + bi * p.dt.stride[0] + ho * p.dt.stride[1];
+  const T* zp = ptr<T>(p.z) + bi * p.z.stride[0] + ho * p.z.stride[1];
+  const float* biasp = ptr<float>(p.dt_bias) + ho * p.dt_bias.stride[0];
+  const float* Dp = ptr<float>(p.D) + ho * p.D.stride[0];
+  const TensorArg& M = t / 2 % 2 ? p.C : p.B;
+  const T* bcp = ptr<T>(M) + bb * M.stride[0] + 8 * (t % 2);
   if constexpr (kPdl) {
     if (lane % 8 == 0 && ok0) prefetch_l2(st0);
     if (lane % 8 == 0 && ok1) prefetch_l2(st1);
-    if constexpr (kAhead) {
-      const uint32_t ahead = (gridDim.y + 1) / 2 * kM1Rows;  // batch rows to the block half a grid later
-      if (lane % 8 == 0 && blockIdx.y < gridDim.y / 2 && b + ahead < uint32_t(p.batch)) {
-        if (h0 < H) prefetch_l2(st0 + ahead * p.state.stride[0]);
-        if (h1 < H) prefetch_l2(st1 + ahead * p.state.stride[0]);
-      }
-    }
     if (t % 8 == 0 && c0 + t / 4 < H) prefetch_l2(Arow);
+    // the addresses live before the wait (the compiler would otherwise compute them after it)
+    asm volatile("" ::"l"(st0), "l"(st1), "l"(Arow), "l"(xp), "l"(dtp), "l"(zp), "l"(biasp), "l"(Dp), "l"(bcp));
     pdl_wait();
     pdl_release();
   }
@@ -277,23 +281,17 @@ __global__ void __launch_bounds__(kM1Threads, kM1MinBlocks) mamba1_pair_kernel(S
   if (ok0) cp_async16(&Ss[0][t], st0);
   if (ok1) cp_async16(&Ss[1][t], st1);
   // the output channel's weights, the block's A rows
-  const float bias = has(p.dt_bias) && ho < H ? ptr<float>(p.dt_bias)[ho * p.dt_bias.stride[0]] : 0.f;
-  const float Do = has(p.D) && ho < H ? ptr<float>(p.D)[ho * p.D.stride[0]] : 0.f;
+  const float bias = has(p.dt_bias) && ho < H ? *biasp : 0.f;
+  const float Do = has(p.D) && ho < H ? *Dp : 0.f;
   if (c0 + t / 4 < H) cp_async16(&As[t / 4][t % 4 ^ (t / 8 % 2)], Arow);
-  // the output channel's inputs (rows past the batch read row 0's), the block's B, C rows (threads < 16)
-  const uint32_t bi = row ? b : 0;
   float xo = 0.f, dto = 0.f, zo = 0.f;
   if (ho < H) {
-    xo = to_float(ptr<T>(p.x)[bi * p.x.stride[0] + ho * p.x.stride[1]]);
-    dto = to_float(ptr<T>(p.dt)[bi * p.dt.stride[0] + ho * p.dt.stride[1]]) + bias;
-    zo = has(p.z) ? to_float(ptr<T>(p.z)[bi * p.z.stride[0] + ho * p.z.stride[1]]) : 0.f;
+    xo = to_float(*xp);
+    dto = to_float(*dtp) + bias;
+    zo = has(p.z) ? to_float(*zp) : 0.f;
   }
-  {
-    const uint32_t r = t / 4, m = t / 2 % 2, k = t % 2, bb = blockIdx.y * kM1Rows + r;
-    const TensorArg& M = m ? p.C : p.B;
-    if (t < kM1Rows * 4 && bb < uint32_t(p.batch)) cp_async16(&bcs[r][m][k], ptr<T>(M) + bb * M.stride[0] + 8 * k);
-    asm volatile("cp.async.commit_group;" ::: "memory");
-  }
+  if (t < kM1Rows * 4 && bb < uint32_t(p.batch)) cp_async16(&bcs[t / 4][t / 2 % 2][t % 2], bcp);
+  asm volatile("cp.async.commit_group;" ::: "memory");
   const float d = p.softplus ? softplus_approx(dto) : dto, dx = d * xo;
   cp_async_wait(0);
   __syncthreads();
@@ -525,13 +523,6 @@ inline int mamba1_rows(const StateStepParams& p) {
   return int64_t(ceil_div(p.nheads, kLeanThreads)) * ceil_div(p.batch, 4) < 264 ? 2 : 4;
 }
 
-// lean_kernel and mamba1_pair_kernel run their PDL form (kPdl) on calls without state_batch_indices.
-// SSM_STEP_M1_AHEAD=1 (session 8 round 1b, a measurement): mamba1_pair_kernel's second-wave prefetch (kAhead).
-inline bool m1_ahead() {
-  const char* env = std::getenv("SSM_STEP_M1_AHEAD");
-  return env != nullptr && env[0] == '1';
-}
-
 // SSM_STEP_M1_FORM=old: Mamba-1 rows without dt_proj on session 5's kernel (mamba1_step_kernel_s5), not
 // mamba1_pair_kernel (the fallback switch).
 inline bool mamba1_old() {
@@ -585,10 +576,9 @@ void launch_lean(const StateStepParams& p, cudaStream_t stream) {
         // kernel's FFMA dot (mamba-130m b64: 6.9 us a call in session 5; session 6's tensor-core dot 8.0)
         if (!kProj && !mamba1_old()) {
           const dim3 grid(ceil_div(p.nheads, kM1Ch), ceil_div(p.batch, kM1Rows));
-          if (has(p.state_batch_indices))
-            return mamba1_pair_kernel<TS, T, false, false><<<grid, kM1Threads, 0, stream>>>(p);
-          if (m1_ahead()) return pdl_launch(mamba1_pair_kernel<TS, T, true, true>, grid, dim3(kM1Threads), 0, stream, p);
-          return pdl_launch(mamba1_pair_kernel<TS, T, true, false>, grid, dim3(kM1Threads), 0, stream, p);
+          // PDL (kPdl) on calls without state_batch_indices (which the previous kernel could write)
+          if (has(p.state_batch_indices)) return mamba1_pair_kernel<TS, T, false><<<grid, kM1Threads, 0, stream>>>(p);
+          return pdl_launch(mamba1_pair_kernel<TS, T, true>, grid, dim3(kM1Threads), 0, stream, p);
         }
         if (mamba1_rows(p) == 2) return go(mamba1_step_kernel_s5<TS, T, 2, kProj>, 1, 2);
         go(mamba1_step_kernel_s5<TS, T, 4, kProj>, 1, 4);
