@@ -211,14 +211,14 @@ def bench_step(copy_gbs):
     step_case("state step Mamba-2 b64", 64, 80, 64, 128, False, copy_gbs, 0.070)
     step_case("state step Mamba-2 b1", 1, 80, 64, 128, False, copy_gbs, 0.003)
     step_case("state step Mamba-1 b64", 64, 5120, 1, 16, True, copy_gbs, 0.010)
-    # the opt-in form (SSM_STEP_PDL=1): state loads issued before the wait on the previous kernel, for callers
-    # whose previous kernel never writes the state (as in a model's decode chain)
-    os.environ["SSM_STEP_PDL"] = "1"
+    # the steps launched without programmatic dependent launch (SSM_PDL=0; by default with it, the state prefetched
+    # into L2 before the wait on the previous kernel)
+    os.environ["SSM_PDL"] = "0"
     try:
-        step_case("state step Mamba-2 b1 (PDL opt-in)", 1, 80, 64, 128, False, copy_gbs, 0.003, with_ref=False)
-        step_case("state step Mamba-1 b64 (PDL opt-in)", 64, 5120, 1, 16, True, copy_gbs, 0.010, with_ref=False)
+        step_case("state step Mamba-2 b1 (SSM_PDL=0)", 1, 80, 64, 128, False, copy_gbs, 0.003, with_ref=False)
+        step_case("state step Mamba-1 b64 (SSM_PDL=0)", 64, 5120, 1, 16, True, copy_gbs, 0.010, with_ref=False)
     finally:
-        del os.environ["SSM_STEP_PDL"]
+        del os.environ["SSM_PDL"]
 
 
 def bench_norm(copy_gbs):

@@ -32,8 +32,8 @@ from ssm.utils.inference import InferenceParams  # noqa: E402
 # past batch 8 (ssm.ops.proj_state_step.LARGE = False); "fold": folds it at every rank (LARGE_MAX_RANK = 256)
 FORMS = {"general": {"SSM_STEP_LEAN": "0"}, "lean": {}, "m1_r2": {"SSM_STEP_M1": "2"}, "m1_r4": {"SSM_STEP_M1": "4"},
          "wide": {"SSM_STEP_WIDE": "1"}, "nofold": {"nofold": "1"}, "m1old": {"SSM_STEP_M1_FORM": "old"},
-         "fold": {"fold": "1"}, "pdl": {"SSM_STEP_PDL": "1"}}
-ENV = ("SSM_STEP_LEAN", "SSM_STEP_M1", "SSM_STEP_WIDE", "SSM_STEP_M1_FORM", "SSM_STEP_PDL")
+         "fold": {"fold": "1"}, "nopdl": {"SSM_PDL": "0"}}
+ENV = ("SSM_STEP_LEAN", "SSM_STEP_M1", "SSM_STEP_WIDE", "SSM_STEP_M1_FORM", "SSM_PDL")
 START = time.time()
 DEADLINE = [1e9]
 
@@ -71,7 +71,6 @@ def run_tests(out_dir, files, select):
         rc = pytest.main(["-q", "-p", "no:cacheprovider", "-rf", "-k", select, *files], plugins=[res])
     print(f"tests rc={rc}: {res.passed} passed, {len(res.failed)} failed, {res.skipped} skipped "
           f"({time.time() - t:.1f} s) {' '.join(res.failed[:6])}", flush=True)
-
 
 def with_env(env):
     @contextlib.contextmanager

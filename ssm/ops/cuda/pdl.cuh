@@ -4,6 +4,7 @@
 // kernel: before pdl_wait() it reads only tensors no kernel writes (weights) and writes nothing;
 // every thread calls pdl_wait() (so that its grid ends after the previous one: the chain stays
 // ordered). pdl_release() lets the next kernel launch early. SSM_PDL=0 launches them plainly.
+// Data the previous kernel may write can be fetched into L2 before the wait (prefetch_l2, prefetch_l2_bulk).
 #pragma once
 #include <cstdlib>
 #include <utility>
@@ -37,6 +38,26 @@ inline bool pdl_enabled() {
   if (dev < 0 || dev >= 16) return false;
   if (major[dev] == 0) cudaDeviceGetAttribute(&major[dev], cudaDevAttrComputeCapabilityMajor, dev);
   return major[dev] >= 9;
+}
+
+// L2 prefetch for the time before pdl_wait(): data the previous kernel may still write (a decode step's state)
+// must not be READ before the wait, but it may be fetched into L2. L2 is the point of coherence of global memory:
+// whatever the previous kernel stores lands there, merging into (or replacing) a prefetched line, so loads after
+// pdl_wait() see the new data; the prefetch writes no register and fills no L1 line. The loads after the wait
+// then hit L2 (about a third of the DRAM round trip) instead of waiting for DRAM.
+// prefetch_l2: the 128-byte line holding addr (one request a lane: call it from one lane a line).
+__device__ __forceinline__ void prefetch_l2(const void* addr) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(addr));
+#endif
+}
+
+// prefetch_l2_bulk: bytes contiguous bytes from addr in one instruction (one thread; sm_90: addr 16-byte aligned,
+// bytes a multiple of 16).
+__device__ __forceinline__ void prefetch_l2_bulk(const void* addr, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(addr), "r"(bytes) : "memory");
+#endif
 }
 
 template <typename... Params, typename... Args>

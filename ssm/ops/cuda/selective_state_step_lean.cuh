@@ -91,8 +91,13 @@ struct Raw8 {
 // Wide Mamba-2 rows of small batches (A tied along N): K lanes a row of head blockIdx.y, each lane owning
 // KP packs of 8 state entries; batch row blockIdx.z. The state, B and C loads are issued first (one memory
 // round trip before the math), then x, z, dt; the state stored after the math, y last. softplus and silu by
-// MUFU approximations for 16-bit inputs.
-template <typename TS, typename T, int K, int KP, bool kPdl = false>
+// MUFU approximations for 16-bit inputs. kPdl (launched with programmatic dependent launch, pdl.cuh; calls without
+// state_batch_indices, which the previous kernel could write): the state rows are prefetched into L2 before
+// griddepcontrol.wait (one lane a 128-byte line) and everything is read after it, so the kernel is correct whatever
+// the previous kernel writes (L2 is the point of coherence: its stores land over the prefetched lines). Session 8
+// round 1 (H200): Mamba-2 b1 1.9-2.0 us, plain launch 3.4-3.5, session 7's state loads before the wait 2.3-2.4 (and
+// wrong after a step on the same state), a bulk prefetch of the block's rows 2.1.
+template <typename TS, typename T, int K, int KP, bool kPdl>
 __global__ void __launch_bounds__(kLeanThreads) lean_kernel(StateStepParams p) {
   constexpr float kLog2e = 1.4426950408889634f;
   const uint32_t hp = blockIdx.x * (kLeanThreads / K) + threadIdx.x / K, h = blockIdx.y;
@@ -102,35 +107,51 @@ __global__ void __launch_bounds__(kLeanThreads) lean_kernel(StateStepParams p) {
   // the lanes of this row (rows past the end left above: a partial warp shuffles within its groups)
   const unsigned group = K == 32 ? 0xffffffffu : ((1u << K) - 1) << (threadIdx.x % 32 / K * K);
   const int64_t b = blockIdx.z;
+  // every address first (arithmetic only: the PDL forms compute them before the wait)
+  const T* Bp = ptr<T>(p.B) + b * p.B.stride[0] + g * p.B.stride[1] + lane * 8;
+  const T* Cp = ptr<T>(p.C) + b * p.C.stride[0] + g * p.C.stride[1] + lane * 8;
+  const T* xp = ptr<T>(p.x) + b * p.x.stride[0] + h * p.x.stride[1] + hp * p.x.stride[2];
+  const T* zp = ptr<T>(p.z) + b * p.z.stride[0] + h * p.z.stride[1] + hp * p.z.stride[2];
+  const T* dtp = ptr<T>(p.dt) + b * p.dt.stride[0] + h * p.dt.stride[1] + hp * p.dt.stride[2];
+  const float* Ap = ptr<float>(p.A) + h * p.A.stride[0] + hp * p.A.stride[1];
+  const float* Dp = ptr<float>(p.D) + h * p.D.stride[0] + hp * p.D.stride[1];
+  const float* biasp = ptr<float>(p.dt_bias) + h * p.dt_bias.stride[0] + hp * p.dt_bias.stride[1];
+  TS* row = ptr<TS>(p.state) + h * p.state.stride[1] + hp * p.state.stride[2];
+  if constexpr (kPdl) {
+    // no state_batch_indices (srow = b): the state rows into L2 while the previous kernel runs, nothing read
+    row += b * p.state.stride[0];
+#pragma unroll
+    for (int j = 0; j < KP; ++j)
+      if ((lane * 8 + j * K * 8) * sizeof(TS) % 128 == 0) prefetch_l2(row + lane * 8 + j * K * 8);
+    // the addresses live before the wait (the compiler would otherwise compute them after it)
+    asm volatile("" ::"l"(Bp), "l"(Cp), "l"(xp), "l"(zp), "l"(dtp), "l"(Ap), "l"(Dp), "l"(biasp), "l"(row));
+    pdl_wait();
+    pdl_release();
+  }
   // the state row (-1: padding row)
-  const int srow = has(p.state_batch_indices) ? ptr<int>(p.state_batch_indices)[b * p.state_batch_indices.stride[0]] : int(b);
-  TS* st = ptr<TS>(p.state) + h * p.state.stride[1] + hp * p.state.stride[2] + lane * 8 + (srow < 0 ? 0 : srow) * p.state.stride[0];
+  int srow = int(b);
+  if constexpr (!kPdl) {
+    srow = has(p.state_batch_indices) ? ptr<int>(p.state_batch_indices)[b * p.state_batch_indices.stride[0]] : int(b);
+    row += (srow < 0 ? 0 : srow) * p.state.stride[0];
+  }
+  TS* st = row + lane * 8;
   Raw8<TS> s[KP];
   Raw8<T> Bv[KP], Cv[KP];
   if (srow >= 0)
 #pragma unroll
     for (int j = 0; j < KP; ++j) s[j].load(st + j * K * 8);
-  const float A2 = ptr<float>(p.A)[h * p.A.stride[0] + hp * p.A.stride[1]] * kLog2e;
-  const float Dv = has(p.D) ? ptr<float>(p.D)[h * p.D.stride[0] + hp * p.D.stride[1]] : 0.f;
-  const float bias = has(p.dt_bias) ? ptr<float>(p.dt_bias)[h * p.dt_bias.stride[0] + hp * p.dt_bias.stride[1]] : 0.f;
-  // kPdl (launched with programmatic dependent launch, no state_batch_indices): the loads above (the state and the
-  // weights A, D, dt_bias) are issued before the previous kernel of the stream has finished. The condition this
-  // relies on: the previous kernel writes none of them (the state's writer is an earlier kernel, as in the
-  // benchmark's steps over rotating states: never a step on the same state launched right before this one);
-  // nothing is written before the wait. x, dt, z, B, C (written by the previous kernel in a decode chain) after it.
-  if constexpr (kPdl) {
-    pdl_wait();
-    pdl_release();
-  }
+  const float A2 = *Ap * kLog2e;
+  const float Dv = has(p.D) ? *Dp : 0.f;
+  const float bias = has(p.dt_bias) ? *biasp : 0.f;
   if (srow >= 0)
 #pragma unroll
     for (int j = 0; j < KP; ++j) {
-      Bv[j].load_nc(ptr<T>(p.B) + b * p.B.stride[0] + g * p.B.stride[1] + lane * 8 + j * K * 8);
-      Cv[j].load_nc(ptr<T>(p.C) + b * p.C.stride[0] + g * p.C.stride[1] + lane * 8 + j * K * 8);
+      Bv[j].load_nc(Bp + j * K * 8);
+      Cv[j].load_nc(Cp + j * K * 8);
     }
-  const float xv = to_float(ptr<T>(p.x)[b * p.x.stride[0] + h * p.x.stride[1] + hp * p.x.stride[2]]);
-  const float zv = has(p.z) ? to_float(ptr<T>(p.z)[b * p.z.stride[0] + h * p.z.stride[1] + hp * p.z.stride[2]]) : 0.f;
-  float dt = to_float(ptr<T>(p.dt)[b * p.dt.stride[0] + h * p.dt.stride[1] + hp * p.dt.stride[2]]) + bias;
+  const float xv = to_float(*xp);
+  const float zv = has(p.z) ? to_float(*zp) : 0.f;
+  float dt = to_float(*dtp) + bias;
   if (p.softplus) dt = sizeof(T) == 2 ? softplus_approx(dt) : softplus(dt);  // float32 inputs: exact
   float y = 0.f;
   if (srow >= 0) {
@@ -225,43 +246,52 @@ __global__ void __launch_bounds__(kM1Threads, kM1MinBlocks) mamba1_pair_kernel(S
   const uint32_t lc0 = warp % 2 * 32 + lane / 2, lc1 = lc0 + 16;  // block channels of the lane's packs
   const uint32_t h0 = c0 + lc0, h1 = c0 + lc1, ho = half ? h1 : h0;  // ho: the lane's output channel
   const bool row = b < uint32_t(p.batch);
-  const int srow = !row ? -1 : has(p.state_batch_indices) ? ptr<int>(p.state_batch_indices)[b * p.state_batch_indices.stride[0]] : int(b);
+  // kPdl (launched with PDL, no state_batch_indices; see lean_kernel): the block's state rows and A rows prefetched
+  // into L2 from one lane a 128-byte line while the previous kernel runs, every address computed, nothing read before
+  // the wait (session 8 round 1b, H200: Mamba-1 b64 8.1 us, plain launch 9.1; the next wave's rows prefetched too 8.6)
+  const bool indexed = !kPdl && has(p.state_batch_indices);
+  const int srow = !row ? -1 : indexed ? ptr<int>(p.state_batch_indices)[b * p.state_batch_indices.stride[0]] : int(b);
   // the state packs first (srow -1: padding row or past the batch)
   TS* st = ptr<TS>(p.state) + (srow < 0 ? 0 : srow) * p.state.stride[0] + half * 8;
   TS* st0 = st + h0 * p.state.stride[1];
   TS* st1 = st + h1 * p.state.stride[1];
   const bool ok0 = srow >= 0 && h0 < H, ok1 = srow >= 0 && h1 < H;
+  const float* Arow = ptr<float>(p.A) + (c0 + t / 4) * p.A.stride[0] + 4 * (t % 4);  // thread t: quad t % 4 of channel t / 4
+  // the output channel's inputs (rows past the batch read row 0's) and weights; row t / 4's B (t / 2 % 2 = 0) or C
+  // pack t % 2 (threads < 16)
+  const uint32_t bi = row ? b : 0, bb = blockIdx.y * kM1Rows + t / 4;
+  const T* xp = ptr<T>(p.x) + bi * p.x.stride[0] + ho * p.x.stride[1];
+  const T* dtp = ptr<T>(p.dt) + bi * p.dt.stride[0] + ho * p.dt.stride[1];
+  const T* zp = ptr<T>(p.z) + bi * p.z.stride[0] + ho * p.z.stride[1];
+  const float* biasp = ptr<float>(p.dt_bias) + ho * p.dt_bias.stride[0];
+  const float* Dp = ptr<float>(p.D) + ho * p.D.stride[0];
+  const TensorArg& M = t / 2 % 2 ? p.C : p.B;
+  const T* bcp = ptr<T>(M) + bb * M.stride[0] + 8 * (t % 2);
+  if constexpr (kPdl) {
+    if (lane % 8 == 0 && ok0) prefetch_l2(st0);
+    if (lane % 8 == 0 && ok1) prefetch_l2(st1);
+    if (t % 8 == 0 && c0 + t / 4 < H) prefetch_l2(Arow);
+    // the addresses live before the wait (the compiler would otherwise compute them after it)
+    asm volatile("" ::"l"(st0), "l"(st1), "l"(Arow), "l"(xp), "l"(dtp), "l"(zp), "l"(biasp), "l"(Dp), "l"(bcp));
+    pdl_wait();
+    pdl_release();
+  }
   // copied into shared memory by cp.async, issued in this order (ptxas moved register loads after the x, dt, z
   // loads, ~190 instructions into the kernel: session 7 rounds 1 and 1b, 9.3 us vs 9.2 this way)
   if (ok0) cp_async16(&Ss[0][t], st0);
   if (ok1) cp_async16(&Ss[1][t], st1);
-  // the output channel's weights, the block's A rows (thread t: quad t % 4 of channel t / 4)
-  const float bias = has(p.dt_bias) && ho < H ? ptr<float>(p.dt_bias)[ho * p.dt_bias.stride[0]] : 0.f;
-  const float Do = has(p.D) && ho < H ? ptr<float>(p.D)[ho * p.D.stride[0]] : 0.f;
-  if (c0 + t / 4 < H)
-    cp_async16(&As[t / 4][t % 4 ^ (t / 8 % 2)], ptr<float>(p.A) + (c0 + t / 4) * p.A.stride[0] + 4 * (t % 4));
-  // kPdl (programmatic dependent launch, no state_batch_indices): the loads above (the state, the weights) are
-  // issued before the previous kernel of the stream has finished. The condition this relies on: the previous kernel
-  // writes none of them (the state's writer is an earlier kernel: never a step on the same state launched right
-  // before this one); nothing is written before the wait; x, dt, z, B, C are read after it.
-  if constexpr (kPdl) {
-    pdl_wait();
-    pdl_release();
-  }
-  // the output channel's inputs (rows past the batch read row 0's), the block's B, C rows (threads < 16)
-  const uint32_t bi = row ? b : 0;
+  // the output channel's weights, the block's A rows
+  const float bias = has(p.dt_bias) && ho < H ? *biasp : 0.f;
+  const float Do = has(p.D) && ho < H ? *Dp : 0.f;
+  if (c0 + t / 4 < H) cp_async16(&As[t / 4][t % 4 ^ (t / 8 % 2)], Arow);
   float xo = 0.f, dto = 0.f, zo = 0.f;
   if (ho < H) {
-    xo = to_float(ptr<T>(p.x)[bi * p.x.stride[0] + ho * p.x.stride[1]]);
-    dto = to_float(ptr<T>(p.dt)[bi * p.dt.stride[0] + ho * p.dt.stride[1]]) + bias;
-    zo = has(p.z) ? to_float(ptr<T>(p.z)[bi * p.z.stride[0] + ho * p.z.stride[1]]) : 0.f;
+    xo = to_float(*xp);
+    dto = to_float(*dtp) + bias;
+    zo = has(p.z) ? to_float(*zp) : 0.f;
   }
-  {
-    const uint32_t r = t / 4, m = t / 2 % 2, k = t % 2, bb = blockIdx.y * kM1Rows + r;
-    const TensorArg& M = m ? p.C : p.B;
-    if (t < kM1Rows * 4 && bb < uint32_t(p.batch)) cp_async16(&bcs[r][m][k], ptr<T>(M) + bb * M.stride[0] + 8 * k);
-    asm volatile("cp.async.commit_group;" ::: "memory");
-  }
+  if (t < kM1Rows * 4 && bb < uint32_t(p.batch)) cp_async16(&bcs[t / 4][t / 2 % 2][t % 2], bcp);
+  asm volatile("cp.async.commit_group;" ::: "memory");
   const float d = p.softplus ? softplus_approx(dto) : dto, dx = d * xo;
   cp_async_wait(0);
   __syncthreads();
@@ -493,14 +523,6 @@ inline int mamba1_rows(const StateStepParams& p) {
   return int64_t(ceil_div(p.nheads, kLeanThreads)) * ceil_div(p.batch, 4) < 264 ? 2 : 4;
 }
 
-// SSM_STEP_PDL=1 (measurements, session 7): lean_kernel at N = 128 and mamba1_pair_kernel launched with
-// programmatic dependent launch, their state loads issued before the wait on the previous kernel (kPdl: the caller
-// guarantees that the previous kernel of the stream does not write the state); calls without state_batch_indices.
-inline bool step_pdl(const StateStepParams& p) {
-  const char* env = std::getenv("SSM_STEP_PDL");
-  return env != nullptr && env[0] == '1' && !has(p.state_batch_indices);
-}
-
 // SSM_STEP_M1_FORM=old: Mamba-1 rows without dt_proj on session 5's kernel (mamba1_step_kernel_s5), not
 // mamba1_pair_kernel (the fallback switch).
 inline bool mamba1_old() {
@@ -530,6 +552,14 @@ inline bool use_lean(const StateStepParams& p, bool vec, bool wide) {
   return wide && p.headdim > 1 && (p.dstate == 64 || p.dstate == 128 || p.dstate == 256);
 }
 
+// lean_kernel over wide rows (K lanes a row, two packs each)
+template <typename TS, typename T, int K>
+void launch_wide(const StateStepParams& p, cudaStream_t stream) {
+  const dim3 grid(ceil_div(p.headdim * K, kLeanThreads), unsigned(p.nheads), unsigned(p.batch));
+  if (has(p.state_batch_indices)) return lean_kernel<TS, T, K, 2, false><<<grid, kLeanThreads, 0, stream>>>(p);
+  pdl_launch(lean_kernel<TS, T, K, 2, true>, grid, dim3(kLeanThreads), 0, stream, p);
+}
+
 template <typename TS, typename T>
 void launch_lean(const StateStepParams& p, cudaStream_t stream) {
   // grid: (row tiles, heads (P > 1) or 1, batch groups of R)
@@ -546,8 +576,9 @@ void launch_lean(const StateStepParams& p, cudaStream_t stream) {
         // kernel's FFMA dot (mamba-130m b64: 6.9 us a call in session 5; session 6's tensor-core dot 8.0)
         if (!kProj && !mamba1_old()) {
           const dim3 grid(ceil_div(p.nheads, kM1Ch), ceil_div(p.batch, kM1Rows));
-          if (step_pdl(p)) return pdl_launch(mamba1_pair_kernel<TS, T, true>, grid, dim3(kM1Threads), 0, stream, p);
-          return mamba1_pair_kernel<TS, T, false><<<grid, kM1Threads, 0, stream>>>(p);
+          // PDL (kPdl) on calls without state_batch_indices (which the previous kernel could write)
+          if (has(p.state_batch_indices)) return mamba1_pair_kernel<TS, T, false><<<grid, kM1Threads, 0, stream>>>(p);
+          return pdl_launch(mamba1_pair_kernel<TS, T, true>, grid, dim3(kM1Threads), 0, stream, p);
         }
         if (mamba1_rows(p) == 2) return go(mamba1_step_kernel_s5<TS, T, 2, kProj>, 1, 2);
         go(mamba1_step_kernel_s5<TS, T, 4, kProj>, 1, 4);
@@ -556,15 +587,9 @@ void launch_lean(const StateStepParams& p, cudaStream_t stream) {
     }
   }
   // wide rows: two packs a lane, N / 16 lanes (faster than one pack a lane, session 4 round 2)
-  if (p.dstate == 64) return go(lean_kernel<TS, T, 4, 2>, 4, 1);
-  if (p.dstate == 128) {
-    if (step_pdl(p)) {
-      const dim3 grid(ceil_div(p.headdim * 8, kLeanThreads), unsigned(p.nheads), unsigned(p.batch));
-      return pdl_launch(lean_kernel<TS, T, 8, 2, true>, grid, dim3(kLeanThreads), 0, stream, p);
-    }
-    return go(lean_kernel<TS, T, 8, 2>, 8, 1);
-  }
-  go(lean_kernel<TS, T, 16, 2>, 16, 1);
+  if (p.dstate == 64) return launch_wide<TS, T, 4>(p, stream);
+  if (p.dstate == 128) return launch_wide<TS, T, 8>(p, stream);
+  launch_wide<TS, T, 16>(p, stream);
 }
 
 }  // namespace ssm::cuda::step
