@@ -38,8 +38,9 @@ DEV = bc.DEV
 OUT: dict = {"e2e": [], "profile": {}}
 VARIANTS = {"default": {}, "wide_conv_step": {"SSM_CONV_STEP_WIDE": "1"}, "no_pdl": {"SSM_PDL": "0"},
             "late_states": {}, "m1_old_step": {}, "m1_old_fold": {}, "m1_conv_kernel": {},
-            "scalar_prologue": {"SSM_GEMV_VEC": "0"}}
-SWITCHES = ("SSM_PDL", "SSM_GEMV_VEC", "SSM_CONV_STEP_WIDE")
+            "scalar_prologue": {"SSM_GEMV_VEC": "0"}, "late_ticket": {"SSM_CONV_STEP_TICKET": "0"},
+            "gemv_1blk": {"SSM_GEMV_SM_BLOCKS": "1"}}
+SWITCHES = ("SSM_PDL", "SSM_GEMV_VEC", "SSM_CONV_STEP_WIDE", "SSM_CONV_STEP_TICKET", "SSM_GEMV_SM_BLOCKS")
 # variants that set a module attribute: name -> [(module, attribute, value)]. late_states: conv_state_step reads
 # the states after the PDL wait.
 # m1_old_step: Mamba-1 without the small-batch step kernel (the state step kernels with dt_proj folded up to
@@ -49,7 +50,7 @@ FLAGS = {"late_states": [(css, "EARLY", False)], "m1_old_step": [(pss, "SMALL_ST
          "m1_conv_kernel": [(ng, "CONV_EPILOGUE", False)],
          "m1_old_fold": [(pss, "SMALL_STEP", False), (pss, "SMALL_MAX_RANK", 1 << 20)]}
 ONLY = {"m1_old_fold": "mamba-1.4b", "m1_old_step": "mamba-130m", "m1_conv_kernel": "mamba-", "late_states": "mamba2-",
-        "wide_conv_step": "mamba2-"}
+        "wide_conv_step": "mamba2-", "late_ticket": "mamba2-"}
 
 
 def guarded(fn):

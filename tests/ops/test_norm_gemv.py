@@ -86,7 +86,7 @@ def test_cuda_kernel_equals_separate_ops(dtype, case, before):
 def test_streamed_kernel_many_rows_per_warp(dtype, case, monkeypatch):
     """More row groups than resident warps, rows of several units, odd M (lm_head, in_proj, out_proj,
     x_proj shapes): against float64, and bitwise the same run to run and with programmatic dependent
-    launch off (SSM_PDL=0)."""
+    launch off (SSM_PDL=0) and with the grid capped at one block an SM (SSM_GEMV_SM_BLOCKS=1: more rows a warp)."""
     monkeypatch.setattr(ng, "PLAIN", True)
     batch, K, M = case
     dev = torch.device("cuda")
@@ -94,10 +94,14 @@ def test_streamed_kernel_many_rows_per_warp(dtype, case, monkeypatch):
     x = rand(batch, K + 8, dtype=dtype, device=dev)[:, 8:]
     with torch.no_grad():
         out, again = ng.small_linear(lin, x), ng.small_linear(lin, x)
+        monkeypatch.setenv("SSM_GEMV_SM_BLOCKS", "1")
+        capped = ng.small_linear(lin, x)
+        monkeypatch.delenv("SSM_GEMV_SM_BLOCKS")
         monkeypatch.setenv("SSM_PDL", "0")
         no_pdl = ng.small_linear(lin, x)
     ref = x.double() @ lin.weight.double().t() + (0 if lin.bias is None else lin.bias.double())
     assert out.shape == (batch, M) and torch.equal(out, again) and torch.equal(out, no_pdl)
+    assert torch.equal(out, capped)
     assert_close(out, ref, dtype, "out")
 
 

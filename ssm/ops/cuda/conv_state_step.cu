@@ -4,7 +4,10 @@
 // the conv outputs the block needs (its x channels, its group's B and C) pass through shared
 // memory. A block owns the conv states of its x channels; the B/C conv states are shared by every
 // block of the (batch row, group) and rewritten by the last of them to arrive (counters).
-// Launched with PDL (pdl.cuh): its blocks start while in_proj ends.
+// Launched with PDL (pdl.cuh): its blocks start while in_proj ends. With the states read before the
+// wait (p.early), a block also draws its ticket there (once its B/C history has arrived), and the
+// last block resets the counter before it lets the next kernel start: after the wait only the
+// conv, the step and the stores remain (no fence or atomic round trip on the chain).
 #include <cstdlib>
 
 #include "cuda/kernels.h"
@@ -72,8 +75,34 @@ __device__ __forceinline__ int64_t bc_channel(const ConvStateStepParams& p, int6
   return i < N ? base + g * N + i : base + (p.ngroups + g) * N + (i - N);
 }
 
+// Before the wait (the B/C histories read there, p.early): once this thread's B/C windows have arrived
+// (their values used), the block takes its ticket; the last block resets the counter, fenced, so
+// that it is zero before this grid lets the next kernel start (pdl_release comes after). Returns,
+// to every thread, whether this block is the last of its (batch row, group).
+__device__ __forceinline__ bool draw_ticket(const Window (&win)[2 * kMaxN / kThreads], int64_t N, int* counter,
+                                            int total) {
+  __shared__ bool last;
+  float arrived = 0.f;
+#pragma unroll
+  for (int j = 0; j < 2 * kMaxN / kThreads; ++j)
+    if (threadIdx.x + j * kThreads < 2 * N) arrived += win[j].v[0] + win[j].v[1] + win[j].v[2] + win[j].v[3];
+  asm volatile("" ::"f"(arrived) : "memory");
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    last = atomicAdd(counter, 1) == total - 1;
+    if (last) {
+      atomicExch(counter, 0);
+      __threadfence();
+    }
+  }
+  __syncthreads();
+  return last;
+}
+
 template <typename TS, typename T, int kTPR, int kPacks>
-__global__ void __launch_bounds__(kThreads, kPacks == 1 ? 4 : 1) conv_state_step_kernel(ConvStateStepParams p) {
+__global__ void __launch_bounds__(kThreads, kPacks == 1 ? 4 : 1)
+    conv_state_step_kernel(ConvStateStepParams p, bool early_ticket) {
   constexpr int kRows = kThreads / kTPR;
   __shared__ float sBC[2 * kMaxN];  // conv outputs of the group's B (first N) and C
   __shared__ float sx[kRows];       // conv outputs of this block's x channels
@@ -111,6 +140,9 @@ __global__ void __launch_bounds__(kThreads, kPacks == 1 ? 4 : 1) conv_state_step
   const float A_h = ptr<float>(p.A)[h * p.A.stride[0]];
   const float dt_b = has(p.dt_bias) ? ptr<float>(p.dt_bias)[h * p.dt_bias.stride[0]] : 0.f;
   const float D_hp = has(p.D) && row_ok && lane == 0 ? ptr<float>(p.D)[h * p.D.stride[0] + hp * p.D.stride[1]] : 0.f;
+  int* counter = ptr<int>(p.counters) + (b * p.ngroups + g) * p.counters.stride[0];
+  const int total = int(p.nheads / p.ngroups) * int(gridDim.x);  // blocks of the (batch row, group)
+  const bool drawn_last = early_ticket && draw_ticket(win, N, counter, total);
   pdl_wait();
   pdl_release();
   if (!p.early) load_states();
@@ -135,9 +167,8 @@ __global__ void __launch_bounds__(kThreads, kPacks == 1 ? 4 : 1) conv_state_step
   __syncthreads();
   // every read of this block's B/C conv history is done: take a ticket
   // (its result is first needed after the step: the atomic's round trip overlaps the step's math)
-  int* counter = ptr<int>(p.counters) + (b * p.ngroups + g) * p.counters.stride[0];
   int ticket = 0;
-  if (tid == 0) {
+  if (!early_ticket && tid == 0) {
     __threadfence();
     ticket = atomicAdd(counter, 1);
   }
@@ -166,9 +197,11 @@ __global__ void __launch_bounds__(kThreads, kPacks == 1 ? 4 : 1) conv_state_step
     if (has(p.z)) y *= silu(zv);
     ptr<T>(p.out)[b * p.out.stride[0] + h * p.out.stride[1] + hp * p.out.stride[2]] = from_float<T>(y);
   }
-  if (tid == 0) s_last = ticket == int(p.nheads / p.ngroups) * int(gridDim.x) - 1;
-  __syncthreads();
-  if (!s_last) return;
+  if (!early_ticket) {
+    if (tid == 0) s_last = ticket == total - 1;
+    __syncthreads();
+  }
+  if (!(early_ticket ? drawn_last : s_last)) return;
   // the last block of the (batch row, group): every other has read the B/C history. A state of
   // exactly W entries becomes [window, new input], which this thread holds: stores only.
   const bool held = p.state_len == p.width && p.width <= 5;
@@ -188,7 +221,7 @@ __global__ void __launch_bounds__(kThreads, kPacks == 1 ? 4 : 1) conv_state_step
       if (k < p.width - 1) st[k * ss] = from_float<T>(win[j].v[k]);
     st[(p.width - 1) * ss] = from_float<T>(win[j].xin);
   }
-  if (tid == 0) *counter = 0;
+  if (!early_ticket && tid == 0) *counter = 0;
 }
 
 // Lanes per row and packs per lane: "narrow" rows (few lanes, four packs each: fewer blocks, each
@@ -214,12 +247,20 @@ bool use_wide(const ConvStateStepParams&) {
   return env != nullptr && env[0] == '1';
 }
 
+// With the states read before the wait, the ticket drawn there too (SSM_CONV_STEP_TICKET=0: after the
+// wait, as the late form does; read per launch).
+bool early_ticket() {
+  const char* env = std::getenv("SSM_CONV_STEP_TICKET");
+  return env == nullptr || env[0] != '0';
+}
+
 template <typename TS, typename T>
 void launch(const ConvStateStepParams& p, cudaStream_t stream) {
   SSM_CONV_STEP_CFG_SWITCH(p.dstate, use_wide(p), kTPR, kPacks, [&] {
     constexpr int kRows = kThreads / kTPR;
     const dim3 grid(ceil_div(p.headdim, kRows), unsigned(p.nheads), unsigned(p.batch));
-    pdl_launch(conv_state_step_kernel<TS, T, kTPR, kPacks>, grid, dim3(kThreads), 0, stream, p);
+    pdl_launch(conv_state_step_kernel<TS, T, kTPR, kPacks>, grid, dim3(kThreads), 0, stream, p,
+               p.early && early_ticket());
   });
 }
 

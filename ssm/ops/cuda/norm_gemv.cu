@@ -393,11 +393,24 @@ bool vector_prologue(const NormGemvParams& p) {
          (p.mode == 0 || f32_vec(p.norm_weight)) && (p.mode != 4 || f32_vec(p.norm_bias));
 }
 
+// SSM_GEMV_SM_BLOCKS=n (n >= 1; read per launch): the grid sized for at most n blocks an SM, so that
+// the next kernel of the chain finds room to start (PDL) and put its weights in flight meanwhile.
+int64_t sm_block_cap() {
+  const char* env = std::getenv("SSM_GEMV_SM_BLOCKS");
+  const int n = env != nullptr ? std::atoi(env) : 0;
+  if (n < 1) return 0;
+  int dev = 0, sms = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  return int64_t(n) * (sms > 0 ? sms : 1);
+}
+
 template <typename T, int kMode, int kG, bool kConv = false>
 void launch_stream(const NormGemvParams& p, size_t smem, cudaStream_t stream) {
   const auto kernel = norm_gemv_stream_kernel<T, kMode, kG, kConv>;
   // as many warps as leave every warp the same number of row groups (no tail of a few warps)
-  const int64_t groups = (p.out_features + kG - 1) / kG, full = resident(kernel, smem) * kWarps;
+  const int64_t cap = sm_block_cap(), fit = resident(kernel, smem);
+  const int64_t groups = (p.out_features + kG - 1) / kG, full = (cap > 0 ? std::min(cap, fit) : fit) * kWarps;
   int64_t per_warp = (groups + full - 1) / full;
   // the conv epilogue: a lane per (row, batch row) of the warp's groups
   if (kConv) per_warp = std::min<int64_t>(per_warp, 32 / (p.batch * kG));
