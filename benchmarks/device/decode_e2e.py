@@ -39,8 +39,9 @@ OUT: dict = {"e2e": [], "profile": {}}
 VARIANTS = {"default": {}, "wide_conv_step": {"SSM_CONV_STEP_WIDE": "1"}, "no_pdl": {"SSM_PDL": "0"},
             "late_states": {}, "m1_old_step": {}, "m1_old_fold": {}, "m1_conv_kernel": {},
             "scalar_prologue": {"SSM_GEMV_VEC": "0"}, "late_ticket": {"SSM_CONV_STEP_TICKET": "0"},
-            "gemv_1blk": {"SSM_GEMV_SM_BLOCKS": "1"}}
-SWITCHES = ("SSM_PDL", "SSM_GEMV_VEC", "SSM_CONV_STEP_WIDE", "SSM_CONV_STEP_TICKET", "SSM_GEMV_SM_BLOCKS")
+            "gemv_1blk": {"SSM_GEMV_SM_BLOCKS": "1"}, "smem_stats": {"SSM_GEMV_REG_STATS": "0"}}
+SWITCHES = ("SSM_PDL", "SSM_GEMV_VEC", "SSM_CONV_STEP_WIDE", "SSM_CONV_STEP_TICKET", "SSM_GEMV_SM_BLOCKS",
+            "SSM_GEMV_REG_STATS")
 # variants that set a module attribute: name -> [(module, attribute, value)]. late_states: conv_state_step reads
 # the states after the PDL wait.
 # m1_old_step: Mamba-1 without the small-batch step kernel (the state step kernels with dt_proj folded up to

@@ -231,7 +231,8 @@ def test_vector_and_scalar_prologues_agree(dtype, case, monkeypatch):
     """The 16-byte prologue (contiguous rows up to 2 chunks a thread) and the element-wise one
     (SSM_GEMV_VEC=0; also every input past the chunk limit or misaligned) against the separate ops,
     in every mode: the gated norm before and after the gate, the prenorm RMS and LayerNorm with a
-    residual, the plain GEMV; then an input misaligned by one element (element-wise path)."""
+    residual, the plain GEMV; the 16-byte prologue's norm statistics from registers and through shared
+    memory (SSM_GEMV_REG_STATS=0); then an input misaligned by one element (element-wise path)."""
     monkeypatch.setattr(ng, "PLAIN", True)
     batch, K, M, gs = case
     dev = torch.device("cuda")
@@ -242,21 +243,25 @@ def test_vector_and_scalar_prologues_agree(dtype, case, monkeypatch):
     with torch.no_grad():
         pre_sep = {r: ng.fused_layer_norm(p["x"], p["nw"], p["nb"], p["res"], r, 1e-5, True, True)
                    for r, p in pre.items()}
-        for vec in ("1", "0"):
+        for vec, reg in (("1", "1"), ("1", "0"), ("0", "1")):
             monkeypatch.setenv("SSM_GEMV_VEC", vec)
+            monkeypatch.setenv("SSM_GEMV_REG_STATS", reg)
             for before in (False, True):
                 out = run(inp, before)
                 assert_close(out, torch.nn.functional.linear(y_sep[before], inp["W"], inp["b"]), dtype,
-                             f"gated out (vec {vec}, before {before})", factor=0.25)
+                             f"gated out (vec {vec}, reg {reg}, before {before})", factor=0.25)
             for is_rms in (True, False):
                 out, res = run_prenorm(pre[is_rms], is_rms)
                 y, res_sep = pre_sep[is_rms]
-                assert torch.equal(res, res_sep), f"residual_out (vec {vec}, rms {is_rms})"
-                assert_close(out, pre[is_rms]["lin"](y), dtype, f"prenorm out (vec {vec}, rms {is_rms})", factor=0.25)
+                assert torch.equal(res, res_sep), f"residual_out (vec {vec}, reg {reg}, rms {is_rms})"
+                assert_close(out, pre[is_rms]["lin"](y), dtype, f"prenorm out (vec {vec}, reg {reg}, rms {is_rms})",
+                             factor=0.25)
             lin = pre[False]["lin"]
-            assert_close(ng.small_linear(lin, inp["x"]), lin(inp["x"]), dtype, f"plain (vec {vec})", factor=0.25)
+            assert_close(ng.small_linear(lin, inp["x"]), lin(inp["x"]), dtype, f"plain (vec {vec}, reg {reg})",
+                         factor=0.25)
         # one element off 16-byte alignment: the element-wise prologue whatever the switch
         monkeypatch.delenv("SSM_GEMV_VEC")
+        monkeypatch.delenv("SSM_GEMV_REG_STATS")
         xs = rand(batch, K + 1, dtype=dtype, device=dev)[:, 1:]
         assert_close(ng.small_linear(lin, xs), lin(xs), dtype, "misaligned x", factor=0.25)
 
