@@ -56,8 +56,6 @@ def _check_args(xBC, conv_state, conv_weight, conv_bias, ssm_state, dt, A, D, dt
 
 FUSED = os.environ.get("SSM_FUSED_DECODE", "1") != "0"
 MAX_BATCH = 8
-# states_settled honoured (SSM_CONV_STEP_EARLY=0: the states read after the previous kernel ends)
-EARLY = os.environ.get("SSM_CONV_STEP_EARLY", "1") != "0"
 
 # (device, stream, early) -> counter buffers (int32, zero between launches); older, smaller ones are kept
 # alive because captured CUDA graphs may still point at them. The early form (states_settled) draws its
@@ -134,4 +132,4 @@ def conv_state_step(xBC: Tensor, conv_state: Tensor, conv_weight: Tensor, conv_b
     _checks.choice("activation", activation, _ACTIVATIONS)
     if torch.compiler.is_compiling() or not _fusable(xBC, conv_state, conv_weight, ssm_state, dt, z):
         return _composed(*args, ngroups, activation, dt_softplus)
-    return _fused(*args, ngroups, activation is not None, dt_softplus, states_settled and EARLY)
+    return _fused(*args, ngroups, activation is not None, dt_softplus, states_settled)

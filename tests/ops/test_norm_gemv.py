@@ -71,13 +71,17 @@ def test_small_linear_matches_reference(backend, dtype, case, monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("case", CASES + [(1, 4096, 300, 512), (2, 3072, 65, None), (1, 1536, 768, None)])
 @pytest.mark.parametrize("before", [False, True])
-def test_cuda_kernel_equals_separate_ops(dtype, case, before):
+def test_cuda_kernel_equals_separate_ops(dtype, case, before, monkeypatch):
+    """Against the separate ops; with two row groups a warp (SSM_GEMV_GATED_ROWS=2, half the blocks)
+    bitwise the same (a row's sum is one warp's whatever the grid)."""
     inp = make(*case, dtype, torch.device("cuda"))
     groups = case[1] // (case[3] or case[1])
     assert ng._fusable(inp["x"], inp["z"], inp["W"], groups)
     out = run(inp, before)
     y = rmsnorm_fn(inp["x"], inp["nw"], None, z=inp["z"], eps=1e-5, group_size=inp["gs"], norm_before_gate=before)
     assert_close(out, torch.nn.functional.linear(y, inp["W"], inp["b"]), dtype, "out", factor=0.25)
+    monkeypatch.setenv("SSM_GEMV_GATED_ROWS", "2")
+    assert torch.equal(run(inp, before), out)
 
 
 @pytest.mark.cuda
