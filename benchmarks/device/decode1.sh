@@ -2,12 +2,12 @@
 # Device round script of decode1 (session 8; runs after the lead's build, from the repo root, <= 50 s):
 # the GPU tests of what changed (conv_state_step drawing its ticket before the PDL wait, with the
 # settled states, back-to-back calls on other states, graph replays; the GEMV's norm statistics from
-# registers in every mode, its grid capped at one block an SM, the gated GEMV at two rows a warp; the
-# models' cg=True generation against eager, step against forward), then in ONE separate process (no
-# pytest, so no NaN poisoning) the batch-1 decode per token of the four model shapes, one token's
-# kernel timeline of mamba2-130m (defaults, late ticket, shared-memory norm statistics, out_proj at two
-# rows a warp) and mamba2-1.3b (defaults, grid capped at one block an SM, late ticket), the variants'
-# end-to-end figures (benchmarks/device/decode_e2e.py).
+# registers in every mode, its grid capped at one block an SM or at >= 2 rows a warp; the models'
+# cg=True generation against eager, step against forward), then in ONE separate process (no pytest, so
+# no NaN poisoning) the batch-1 decode per token of the four model shapes, one token's kernel timeline
+# of mamba2-130m (defaults, late ticket, shared-memory norm statistics, out_proj / x_proj at two rows a
+# warp), mamba2-1.3b (defaults, grid capped at one block an SM) and mamba-130m (defaults, two rows a
+# warp), the variants' end-to-end figures (benchmarks/device/decode_e2e.py).
 # Usage: benchmarks/device/decode1.sh OUT_DIR
 set -uo pipefail
 OUT=${1:-decode1_out}
@@ -28,8 +28,8 @@ timeout 18 python3 -m pytest -v -p no:cacheprovider -rf \
   tests/ops/test_norm_gemv.py::test_cuda_kernel_equals_separate_ops > "$OUT/pytest.log" 2>&1
 summary "decode1 tests" $? "$OUT/pytest.log"
 timeout 30 python3 benchmarks/device/decode_e2e.py --out "$OUT" \
-  --models mamba2-130m,mamba2-1.3b,mamba-130m,mamba-1.4b --variants late_ticket,gemv_1blk \
-  --profile mamba2-130m,mamba2-1.3b --profile-variants \
-  late_ticket,smem_stats@mamba2-130m,out_proj_2rows@mamba2-130m,gemv_1blk@mamba2-1.3b > "$OUT/bench.log" 2>&1
+  --models mamba2-130m,mamba2-1.3b,mamba-130m,mamba-1.4b --variants late_ticket,gemv_1blk,proj_2rows --reps 2 \
+  --profile mamba2-130m,mamba2-1.3b,mamba-130m --profile-variants late_ticket@mamba2-130m,smem_stats@mamba2-130m,\
+proj_2rows@mamba2-130m,gemv_1blk@mamba2-1.3b,proj_2rows@mamba-130m > "$OUT/bench.log" 2>&1
 echo "bench rc=$?"
 grep -E "GB/s|decode b1|profile |Error|error" "$OUT/bench.log" | cut -c1-200 | head -30

@@ -40,9 +40,9 @@ VARIANTS = {"default": {}, "wide_conv_step": {"SSM_CONV_STEP_WIDE": "1"}, "no_pd
             "m1_old_step": {}, "m1_old_fold": {}, "m1_conv_kernel": {},
             "scalar_prologue": {"SSM_GEMV_VEC": "0"}, "late_ticket": {"SSM_CONV_STEP_TICKET": "0"},
             "gemv_1blk": {"SSM_GEMV_SM_BLOCKS": "1"}, "smem_stats": {"SSM_GEMV_REG_STATS": "0"},
-            "out_proj_2rows": {"SSM_GEMV_GATED_ROWS": "2"}}
+            "proj_2rows": {"SSM_GEMV_MIN_ROWS": "2"}}
 SWITCHES = ("SSM_PDL", "SSM_GEMV_VEC", "SSM_CONV_STEP_WIDE", "SSM_CONV_STEP_TICKET", "SSM_GEMV_SM_BLOCKS",
-            "SSM_GEMV_REG_STATS", "SSM_GEMV_GATED_ROWS")
+            "SSM_GEMV_REG_STATS", "SSM_GEMV_MIN_ROWS")
 # variants that set a module attribute: name -> [(module, attribute, value)].
 # m1_old_step: Mamba-1 without the small-batch step kernel (the state step kernels with dt_proj folded up to
 # rank 64, the GEMV past it); m1_old_fold: the same with every rank folded (session-6 default); m1_conv_kernel: the
@@ -51,8 +51,7 @@ FLAGS = {"m1_old_step": [(pss, "SMALL_STEP", False)],
          "m1_conv_kernel": [(ng, "CONV_EPILOGUE", False)],
          "m1_old_fold": [(pss, "SMALL_STEP", False), (pss, "SMALL_MAX_RANK", 1 << 20)]}
 ONLY = {"m1_old_fold": "mamba-1.4b", "m1_old_step": "mamba-130m", "m1_conv_kernel": "mamba-",
-        "wide_conv_step": "mamba2-", "late_ticket": "mamba2-",
-        "out_proj_2rows": "mamba2-"}
+        "wide_conv_step": "mamba2-", "late_ticket": "mamba2-"}
 
 
 def guarded(fn):

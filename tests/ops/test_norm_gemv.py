@@ -72,7 +72,7 @@ def test_small_linear_matches_reference(backend, dtype, case, monkeypatch):
 @pytest.mark.parametrize("case", CASES + [(1, 4096, 300, 512), (2, 3072, 65, None), (1, 1536, 768, None)])
 @pytest.mark.parametrize("before", [False, True])
 def test_cuda_kernel_equals_separate_ops(dtype, case, before, monkeypatch):
-    """Against the separate ops; with two row groups a warp (SSM_GEMV_GATED_ROWS=2, half the blocks)
+    """Against the separate ops; with two row groups a warp (SSM_GEMV_MIN_ROWS=2, half the blocks)
     bitwise the same (a row's sum is one warp's whatever the grid)."""
     inp = make(*case, dtype, torch.device("cuda"))
     groups = case[1] // (case[3] or case[1])
@@ -80,7 +80,7 @@ def test_cuda_kernel_equals_separate_ops(dtype, case, before, monkeypatch):
     out = run(inp, before)
     y = rmsnorm_fn(inp["x"], inp["nw"], None, z=inp["z"], eps=1e-5, group_size=inp["gs"], norm_before_gate=before)
     assert_close(out, torch.nn.functional.linear(y, inp["W"], inp["b"]), dtype, "out", factor=0.25)
-    monkeypatch.setenv("SSM_GEMV_GATED_ROWS", "2")
+    monkeypatch.setenv("SSM_GEMV_MIN_ROWS", "2")
     assert torch.equal(run(inp, before), out)
 
 
@@ -90,7 +90,8 @@ def test_cuda_kernel_equals_separate_ops(dtype, case, before, monkeypatch):
 def test_streamed_kernel_many_rows_per_warp(dtype, case, monkeypatch):
     """More row groups than resident warps, rows of several units, odd M (lm_head, in_proj, out_proj,
     x_proj shapes): against float64, and bitwise the same run to run and with programmatic dependent
-    launch off (SSM_PDL=0) and with the grid capped at one block an SM (SSM_GEMV_SM_BLOCKS=1: more rows a warp)."""
+    launch off (SSM_PDL=0), with the grid capped at one block an SM (SSM_GEMV_SM_BLOCKS=1: more rows a warp)
+    and with at least three row groups a warp (SSM_GEMV_MIN_ROWS=3)."""
     monkeypatch.setattr(ng, "PLAIN", True)
     batch, K, M = case
     dev = torch.device("cuda")
@@ -101,11 +102,14 @@ def test_streamed_kernel_many_rows_per_warp(dtype, case, monkeypatch):
         monkeypatch.setenv("SSM_GEMV_SM_BLOCKS", "1")
         capped = ng.small_linear(lin, x)
         monkeypatch.delenv("SSM_GEMV_SM_BLOCKS")
+        monkeypatch.setenv("SSM_GEMV_MIN_ROWS", "3")
+        three = ng.small_linear(lin, x)
+        monkeypatch.delenv("SSM_GEMV_MIN_ROWS")
         monkeypatch.setenv("SSM_PDL", "0")
         no_pdl = ng.small_linear(lin, x)
     ref = x.double() @ lin.weight.double().t() + (0 if lin.bias is None else lin.bias.double())
     assert out.shape == (batch, M) and torch.equal(out, again) and torch.equal(out, no_pdl)
-    assert torch.equal(out, capped)
+    assert torch.equal(out, capped) and torch.equal(out, three)
     assert_close(out, ref, dtype, "out")
 
 

@@ -474,10 +474,11 @@ int64_t sm_block_cap() {
   return int64_t(n) * (sms > 0 ? sms : 1);
 }
 
-// SSM_GEMV_GATED_ROWS=n (read per launch): the gated-norm GEMVs (Mamba-2's out_proj) give each warp at
-// least n row groups, fewer blocks, so that the next kernel (in_proj) finds room to start early (PDL).
-int64_t gated_min_rows() {
-  const char* env = std::getenv("SSM_GEMV_GATED_ROWS");
+// SSM_GEMV_MIN_ROWS=n (read per launch): the GEMVs without the prenorm prologue (out_proj, x_proj) give
+// each warp at least n row groups, fewer blocks, so that the next kernel (in_proj) finds room to start
+// early (PDL).
+int64_t min_rows() {
+  const char* env = std::getenv("SSM_GEMV_MIN_ROWS");
   const int n = env != nullptr ? std::atoi(env) : 0;
   return n > 1 ? n : 1;
 }
@@ -489,7 +490,7 @@ void launch_stream(const NormGemvParams& p, size_t smem, cudaStream_t stream) {
   const int64_t cap = sm_block_cap(), fit = resident(kernel, smem);
   const int64_t groups = (p.out_features + kG - 1) / kG, full = (cap > 0 ? std::min(cap, fit) : fit) * kWarps;
   int64_t per_warp = (groups + full - 1) / full;
-  if (kMode == 1 || kMode == 2) per_warp = std::max(per_warp, gated_min_rows());
+  if (kMode <= 2) per_warp = std::max(per_warp, min_rows());
   // the conv epilogue: a lane per (row, batch row) of the warp's groups
   if (kConv) per_warp = std::min<int64_t>(per_warp, 32 / (p.batch * kG));
   const int64_t warps = (groups + per_warp - 1) / per_warp;
