@@ -38,11 +38,8 @@ DEV = bc.DEV
 OUT: dict = {"e2e": [], "profile": {}}
 VARIANTS = {"default": {}, "wide_conv_step": {"SSM_CONV_STEP_WIDE": "1"}, "no_pdl": {"SSM_PDL": "0"},
             "m1_old_step": {}, "m1_old_fold": {}, "m1_conv_kernel": {},
-            "scalar_prologue": {"SSM_GEMV_VEC": "0"}, "late_ticket": {"SSM_CONV_STEP_TICKET": "0"},
-            "gemv_1blk": {"SSM_GEMV_SM_BLOCKS": "1"}, "smem_stats": {"SSM_GEMV_REG_STATS": "0"},
-            "proj_2rows": {"SSM_GEMV_MIN_ROWS": "2"}}
-SWITCHES = ("SSM_PDL", "SSM_GEMV_VEC", "SSM_CONV_STEP_WIDE", "SSM_CONV_STEP_TICKET", "SSM_GEMV_SM_BLOCKS",
-            "SSM_GEMV_REG_STATS", "SSM_GEMV_MIN_ROWS")
+            "scalar_prologue": {"SSM_GEMV_VEC": "0"}, "late_ticket": {"SSM_CONV_STEP_TICKET": "0"}}
+SWITCHES = ("SSM_PDL", "SSM_GEMV_VEC", "SSM_CONV_STEP_WIDE", "SSM_CONV_STEP_TICKET")
 # variants that set a module attribute: name -> [(module, attribute, value)].
 # m1_old_step: Mamba-1 without the small-batch step kernel (the state step kernels with dt_proj folded up to
 # rank 64, the GEMV past it); m1_old_fold: the same with every rank folded (session-6 default); m1_conv_kernel: the

@@ -57,15 +57,20 @@ def _check_args(xBC, conv_state, conv_weight, conv_bias, ssm_state, dt, A, D, dt
 FUSED = os.environ.get("SSM_FUSED_DECODE", "1") != "0"
 MAX_BATCH = 8
 
-# (device, stream, early) -> counter buffers (int32, zero between launches); older, smaller ones are kept
-# alive because captured CUDA graphs may still point at them. The early form (states_settled) draws its
-# tickets before the PDL wait and zeroes the counter before the next kernel may start, the late form
-# after the wait and at its end: one buffer each, so that neither form's kernel meets the other's count.
+# (device, stream, early, slot) -> counter buffers (int32, zero between launches); older, smaller ones are
+# kept alive because captured CUDA graphs may still point at them. The early form (states_settled) draws its
+# tickets before the PDL wait, possibly while the launch before it still zeroes its counter: consecutive
+# early launches alternate between two slots (a launch starts only once every kernel but the one just
+# before it has finished); the late form draws after the wait, when the kernel before has finished.
 _counters: dict = {}
+_slots: dict = {}
 
 
 def _counter_buffer(device: torch.device, stream: int, n: int, early: bool) -> Tensor:
-    bufs = _counters.setdefault((device, stream, early), [])
+    slot = 0
+    if early:
+        slot = _slots[device, stream] = 1 - _slots.get((device, stream), 1)
+    bufs = _counters.setdefault((device, stream, early, slot), [])
     if not bufs or bufs[-1].numel() < n:
         bufs.append(torch.zeros(max(n, 256), dtype=torch.int32, device=device))
     return bufs[-1]

@@ -136,8 +136,8 @@ def test_cuda_graph_replays_equal_eager():
 @pytest.mark.parametrize("ticket", ["0", "1"])
 def test_cuda_back_to_back_calls_on_other_states(ticket, monkeypatch):
     """Two layers' steps launched one right after the other (states_settled holds: neither writes the
-    other's states) share the stream's counters: each launch must find them zero whether its tickets
-    are drawn before the PDL wait (the default) or after it (SSM_CONV_STEP_TICKET=0)."""
+    other's states), three times over: a launch drawing its tickets before the PDL wait (the default;
+    SSM_CONV_STEP_TICKET=0: after it) while the one before still zeroes its counter must not meet it."""
     monkeypatch.setenv("SSM_CONV_STEP_TICKET", ticket)
     dtype = torch.bfloat16
     layers = [make(1, 24, 64, 128, 1, 4, 4, dtype, torch.device("cuda"), {"z+D"}),

@@ -5,9 +5,8 @@
 // memory. A block owns the conv states of its x channels; the B/C conv states are shared by every
 // block of the (batch row, group) and rewritten by the last of them to arrive (counters).
 // Launched with PDL (pdl.cuh): its blocks start while in_proj ends. With the states read before the
-// wait (p.early), a block also draws its ticket there (once its B/C history has arrived), and the
-// last block resets the counter before it lets the next kernel start: after the wait only the
-// conv, the step and the stores remain (no fence or atomic round trip on the chain).
+// wait (p.early), a block also draws its ticket there (once its B/C history has arrived): after the
+// wait no fence or atomic round trip is left on the chain.
 #include <cstdlib>
 
 #include "cuda/kernels.h"
@@ -76,28 +75,23 @@ __device__ __forceinline__ int64_t bc_channel(const ConvStateStepParams& p, int6
 }
 
 // Before the wait (the B/C histories read there, p.early): once this thread's B/C windows have arrived
-// (their values used), the block takes its ticket; the last block resets the counter, fenced, so
-// that it is zero before this grid lets the next kernel start (pdl_release comes after). Returns,
-// to every thread, whether this block is the last of its (batch row, group).
-__device__ __forceinline__ bool draw_ticket(const Window (&win)[2 * kMaxN / kThreads], int64_t N, int* counter,
-                                            int total) {
-  __shared__ bool last;
+// (their values used), thread 0 draws the block's ticket. Its result is first needed at the block's
+// end, so the atomic's round trip is off the path; the last block zeroes the counter at its end, and
+// the next launch may draw before that: consecutive launches take alternate counters (the op layer).
+// Returns the ticket on thread 0.
+__device__ __forceinline__ int draw_ticket(const Window (&win)[2 * kMaxN / kThreads], int64_t N, int* counter) {
   float arrived = 0.f;
 #pragma unroll
   for (int j = 0; j < 2 * kMaxN / kThreads; ++j)
     if (threadIdx.x + j * kThreads < 2 * N) arrived += win[j].v[0] + win[j].v[1] + win[j].v[2] + win[j].v[3];
   asm volatile("" ::"f"(arrived) : "memory");
   __syncthreads();
+  int ticket = 0;
   if (threadIdx.x == 0) {
     __threadfence();
-    last = atomicAdd(counter, 1) == total - 1;
-    if (last) {
-      atomicExch(counter, 0);
-      __threadfence();
-    }
+    ticket = atomicAdd(counter, 1);
   }
-  __syncthreads();
-  return last;
+  return ticket;
 }
 
 template <typename TS, typename T, int kTPR, int kPacks>
@@ -142,7 +136,7 @@ __global__ void __launch_bounds__(kThreads, kPacks == 1 ? 4 : 1)
   const float D_hp = has(p.D) && row_ok && lane == 0 ? ptr<float>(p.D)[h * p.D.stride[0] + hp * p.D.stride[1]] : 0.f;
   int* counter = ptr<int>(p.counters) + (b * p.ngroups + g) * p.counters.stride[0];
   const int total = int(p.nheads / p.ngroups) * int(gridDim.x);  // blocks of the (batch row, group)
-  const bool drawn_last = early_ticket && draw_ticket(win, N, counter, total);
+  int ticket = early_ticket ? draw_ticket(win, N, counter) : 0;
   pdl_wait();
   pdl_release();
   if (!p.early) load_states();
@@ -167,7 +161,6 @@ __global__ void __launch_bounds__(kThreads, kPacks == 1 ? 4 : 1)
   __syncthreads();
   // every read of this block's B/C conv history is done: take a ticket
   // (its result is first needed after the step: the atomic's round trip overlaps the step's math)
-  int ticket = 0;
   if (!early_ticket && tid == 0) {
     __threadfence();
     ticket = atomicAdd(counter, 1);
@@ -197,11 +190,9 @@ __global__ void __launch_bounds__(kThreads, kPacks == 1 ? 4 : 1)
     if (has(p.z)) y *= silu(zv);
     ptr<T>(p.out)[b * p.out.stride[0] + h * p.out.stride[1] + hp * p.out.stride[2]] = from_float<T>(y);
   }
-  if (!early_ticket) {
-    if (tid == 0) s_last = ticket == total - 1;
-    __syncthreads();
-  }
-  if (!(early_ticket ? drawn_last : s_last)) return;
+  if (tid == 0) s_last = ticket == total - 1;
+  __syncthreads();
+  if (!s_last) return;
   // the last block of the (batch row, group): every other has read the B/C history. A state of
   // exactly W entries becomes [window, new input], which this thread holds: stores only.
   const bool held = p.state_len == p.width && p.width <= 5;
@@ -221,7 +212,7 @@ __global__ void __launch_bounds__(kThreads, kPacks == 1 ? 4 : 1)
       if (k < p.width - 1) st[k * ss] = from_float<T>(win[j].v[k]);
     st[(p.width - 1) * ss] = from_float<T>(win[j].xin);
   }
-  if (!early_ticket && tid == 0) *counter = 0;
+  if (tid == 0) *counter = 0;
 }
 
 // Lanes per row and packs per lane: "narrow" rows (few lanes, four packs each: fewer blocks, each

@@ -157,9 +157,10 @@ __device__ void chunk_stats(const float (&v)[kVecChunks][kN], const int (&seg)[k
 
 // The prologue with 16-byte accesses (rows contiguous and aligned, at most kVecChunks chunks a
 // thread, groups a multiple of a chunk): every global load of a thread issued before any use, so
-// the inputs cost one round trip after the previous kernel (the scalar loop paid one per element).
+// the inputs cost one round trip after the previous kernel (the scalar loop paid one per element);
+// the norm statistics from the registers (chunk_stats: two barriers, the scalar form's five).
 template <typename T, int kMode>
-__device__ void load_inputs_vec(const NormGemvParams& p, float* xs, float* mean, float* rstd, bool reg_stats) {
+__device__ void load_inputs_vec(float* xs, const NormGemvParams& p) {
   constexpr int kN = Pack<T>::kN;
   float xr[kVecChunks][kN];  // the chunks' values before the norm
   constexpr bool kGate = kMode == 1 || kMode == 2, kRes = kMode == 3 || kMode == 4;
@@ -194,7 +195,7 @@ __device__ void load_inputs_vec(const NormGemvParams& p, float* xs, float* mean,
       store_f32<kN>(ptr<float>(p.residual_out) + row[j] * p.residual_out.stride[0] + col[j], v);
 #pragma unroll
     for (int e = 0; e < kN; ++e) xr[j][e] = v[e];
-    if (kMode == 0 || !reg_stats) store_f32<kN>(xs + row[j] * K + col[j], v);
+    if (kMode == 0) store_f32<kN>(xs + row[j] * K + col[j], v);
   }
   if (kMode == 0) return;
   const int gs = kRes ? K : int(p.group_size), groups = K / gs;
@@ -202,17 +203,7 @@ __device__ void load_inputs_vec(const NormGemvParams& p, float* xs, float* mean,
 #pragma unroll
   for (int j = 0; j < kVecChunks; ++j) seg[j] = row[j] < 0 ? -1 : row[j] * groups + (groups == 1 ? 0 : col[j] / gs);
   float cmean[kVecChunks], crstd[kVecChunks];
-  if (reg_stats) {
-    chunk_stats<kN, kMode == 4>(xr, seg, int(p.batch) * groups, gs, p.eps, cmean, crstd);
-  } else {
-    __syncthreads();
-    norm_stats<kMode>(p, xs, gs, int(p.batch) * groups, mean, rstd);
-#pragma unroll
-    for (int j = 0; j < kVecChunks; ++j) {
-      cmean[j] = seg[j] < 0 ? 0.f : mean[seg[j]];
-      crstd[j] = seg[j] < 0 ? 0.f : rstd[seg[j]];
-    }
-  }
+  chunk_stats<kN, kMode == 4>(xr, seg, int(p.batch) * groups, gs, p.eps, cmean, crstd);
 #pragma unroll
   for (int j = 0; j < kVecChunks; ++j) {
     if (row[j] < 0) continue;
@@ -368,7 +359,7 @@ __device__ __forceinline__ void prefetch_l2(const TensorArg& t, int64_t n) {
 }
 
 template <typename T, int kMode, int kG, bool kConv>
-__global__ void __launch_bounds__(kThreads, 2) norm_gemv_stream_kernel(NormGemvParams p, int prologue) {
+__global__ void __launch_bounds__(kThreads, 2) norm_gemv_stream_kernel(NormGemvParams p, bool vec) {
   extern __shared__ float4 smem4[];
   float* xs = reinterpret_cast<float*>(smem4);  // (B, K)
   __shared__ float mean[kMaxSegments], rstd[kMaxSegments];
@@ -390,8 +381,8 @@ __global__ void __launch_bounds__(kThreads, 2) norm_gemv_stream_kernel(NormGemvP
   pdl_wait();
   pdl_release();
   if (kConv) conv_lane_state<T>(p, cl);
-  if (prologue > 0)
-    load_inputs_vec<T, kMode>(p, xs, mean, rstd, prologue == 2);
+  if (vec)
+    load_inputs_vec<T, kMode>(xs, p);
   else
     load_inputs<T, kMode>(p, xs, mean, rstd);
   __syncthreads();
@@ -455,48 +446,17 @@ bool vector_prologue(const NormGemvParams& p) {
          (p.mode == 0 || f32_vec(p.norm_weight)) && (p.mode != 4 || f32_vec(p.norm_bias));
 }
 
-// The vector prologue's norm statistics from registers (SSM_GEMV_REG_STATS=0: through the shared row
-// buffer, three more barriers; read per launch).
-bool register_stats() {
-  const char* env = std::getenv("SSM_GEMV_REG_STATS");
-  return env == nullptr || env[0] != '0';
-}
-
-// SSM_GEMV_SM_BLOCKS=n (n >= 1; read per launch): the grid sized for at most n blocks an SM, so that
-// the next kernel of the chain finds room to start (PDL) and put its weights in flight meanwhile.
-int64_t sm_block_cap() {
-  const char* env = std::getenv("SSM_GEMV_SM_BLOCKS");
-  const int n = env != nullptr ? std::atoi(env) : 0;
-  if (n < 1) return 0;
-  int dev = 0, sms = 0;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  return int64_t(n) * (sms > 0 ? sms : 1);
-}
-
-// SSM_GEMV_MIN_ROWS=n (read per launch): the GEMVs without the prenorm prologue (out_proj, x_proj) give
-// each warp at least n row groups, fewer blocks, so that the next kernel (in_proj) finds room to start
-// early (PDL).
-int64_t min_rows() {
-  const char* env = std::getenv("SSM_GEMV_MIN_ROWS");
-  const int n = env != nullptr ? std::atoi(env) : 0;
-  return n > 1 ? n : 1;
-}
-
 template <typename T, int kMode, int kG, bool kConv = false>
 void launch_stream(const NormGemvParams& p, size_t smem, cudaStream_t stream) {
   const auto kernel = norm_gemv_stream_kernel<T, kMode, kG, kConv>;
   // as many warps as leave every warp the same number of row groups (no tail of a few warps)
-  const int64_t cap = sm_block_cap(), fit = resident(kernel, smem);
-  const int64_t groups = (p.out_features + kG - 1) / kG, full = (cap > 0 ? std::min(cap, fit) : fit) * kWarps;
+  const int64_t groups = (p.out_features + kG - 1) / kG, full = resident(kernel, smem) * kWarps;
   int64_t per_warp = (groups + full - 1) / full;
-  if (kMode <= 2) per_warp = std::max(per_warp, min_rows());
   // the conv epilogue: a lane per (row, batch row) of the warp's groups
   if (kConv) per_warp = std::min<int64_t>(per_warp, 32 / (p.batch * kG));
   const int64_t warps = (groups + per_warp - 1) / per_warp;
   const int64_t blocks = (warps + kWarps - 1) / kWarps;
-  const int prologue = vector_prologue<T>(p) ? (register_stats() ? 2 : 1) : 0;
-  pdl_launch(kernel, dim3(unsigned(blocks)), dim3(kThreads), smem, stream, p, prologue);
+  pdl_launch(kernel, dim3(unsigned(blocks)), dim3(kThreads), smem, stream, p, vector_prologue<T>(p));
 }
 
 template <typename T, int kG>
