@@ -5,8 +5,7 @@
 # the GEMV's norm statistics from registers in every prologue mode; the models' cg=True generation
 # against eager, step against forward), then in ONE separate process (no pytest, so no NaN poisoning)
 # the batch-1 decode per token of the four model shapes, one token's kernel timeline of mamba2-130m and
-# mamba2-1.3b (defaults and the ticket after the wait) and mamba-1.4b, the late ticket's end-to-end
-# figures (benchmarks/device/decode_e2e.py).
+# mamba2-1.3b and mamba-1.4b (benchmarks/device/decode_e2e.py).
 # Usage: benchmarks/device/decode1.sh OUT_DIR
 set -uo pipefail
 OUT=${1:-decode1_out}
@@ -26,7 +25,7 @@ timeout 21 python3 -m pytest -v -p no:cacheprovider -rf \
   tests/ops/test_norm_gemv.py::test_norm_linear_cuda_kernel_equals_separate_ops > "$OUT/pytest.log" 2>&1
 summary "decode1 tests" $? "$OUT/pytest.log"
 timeout 28 python3 benchmarks/device/decode_e2e.py --out "$OUT" \
-  --models mamba2-130m,mamba2-1.3b,mamba-130m,mamba-1.4b --variants late_ticket --reps 2 \
-  --profile mamba2-130m,mamba2-1.3b,mamba-1.4b --profile-variants late_ticket > "$OUT/bench.log" 2>&1
+  --models mamba2-130m,mamba2-1.3b,mamba-130m,mamba-1.4b --variants "" --reps 2 \
+  --profile mamba2-130m,mamba2-1.3b,mamba-1.4b --profile-variants "" > "$OUT/bench.log" 2>&1
 echo "bench rc=$?"
 grep -E "GB/s|decode b1|profile |Error|error" "$OUT/bench.log" | cut -c1-200 | head -30

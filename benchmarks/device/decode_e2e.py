@@ -38,8 +38,8 @@ DEV = bc.DEV
 OUT: dict = {"e2e": [], "profile": {}}
 VARIANTS = {"default": {}, "wide_conv_step": {"SSM_CONV_STEP_WIDE": "1"}, "no_pdl": {"SSM_PDL": "0"},
             "m1_old_step": {}, "m1_old_fold": {}, "m1_conv_kernel": {},
-            "scalar_prologue": {"SSM_GEMV_VEC": "0"}, "late_ticket": {"SSM_CONV_STEP_TICKET": "0"}}
-SWITCHES = ("SSM_PDL", "SSM_GEMV_VEC", "SSM_CONV_STEP_WIDE", "SSM_CONV_STEP_TICKET")
+            "scalar_prologue": {"SSM_GEMV_VEC": "0"}}
+SWITCHES = ("SSM_PDL", "SSM_GEMV_VEC", "SSM_CONV_STEP_WIDE")
 # variants that set a module attribute: name -> [(module, attribute, value)].
 # m1_old_step: Mamba-1 without the small-batch step kernel (the state step kernels with dt_proj folded up to
 # rank 64, the GEMV past it); m1_old_fold: the same with every rank folded (session-6 default); m1_conv_kernel: the
@@ -48,7 +48,7 @@ FLAGS = {"m1_old_step": [(pss, "SMALL_STEP", False)],
          "m1_conv_kernel": [(ng, "CONV_EPILOGUE", False)],
          "m1_old_fold": [(pss, "SMALL_STEP", False), (pss, "SMALL_MAX_RANK", 1 << 20)]}
 ONLY = {"m1_old_fold": "mamba-1.4b", "m1_old_step": "mamba-130m", "m1_conv_kernel": "mamba-",
-        "wide_conv_step": "mamba2-", "late_ticket": "mamba2-"}
+        "wide_conv_step": "mamba2-"}
 
 
 def guarded(fn):
@@ -190,7 +190,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=".")
     ap.add_argument("--models", default="mamba2-1.3b,mamba-1.4b,mamba2-130m,mamba-130m")
-    ap.add_argument("--variants", default="wide_conv_step,m1_conv_kernel,late_ticket")
+    ap.add_argument("--variants", default="wide_conv_step,m1_conv_kernel")
     ap.add_argument("--reps", type=int, default=3, help="medians of this many generations")
     ap.add_argument("--profile", default="mamba2-130m,mamba-130m", help="models whose token is profiled")
     ap.add_argument("--profile-variants", default="wide_conv_step,m1_conv_kernel",
@@ -219,7 +219,7 @@ def main():
         save(path)
     for name, model in models.items():
         for variant in a.variants.split(","):
-            if variant != "default" and name.startswith(ONLY.get(variant, "")):
+            if variant not in ("", "default") and name.startswith(ONLY.get(variant, "")):
                 e2e(model, name, variant)
                 save(path)
     set_env({})

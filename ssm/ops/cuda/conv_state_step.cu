@@ -95,8 +95,7 @@ __device__ __forceinline__ int draw_ticket(const Window (&win)[2 * kMaxN / kThre
 }
 
 template <typename TS, typename T, int kTPR, int kPacks>
-__global__ void __launch_bounds__(kThreads, kPacks == 1 ? 4 : 1)
-    conv_state_step_kernel(ConvStateStepParams p, bool early_ticket) {
+__global__ void __launch_bounds__(kThreads, kPacks == 1 ? 4 : 1) conv_state_step_kernel(ConvStateStepParams p) {
   constexpr int kRows = kThreads / kTPR;
   __shared__ float sBC[2 * kMaxN];  // conv outputs of the group's B (first N) and C
   __shared__ float sx[kRows];       // conv outputs of this block's x channels
@@ -136,7 +135,7 @@ __global__ void __launch_bounds__(kThreads, kPacks == 1 ? 4 : 1)
   const float D_hp = has(p.D) && row_ok && lane == 0 ? ptr<float>(p.D)[h * p.D.stride[0] + hp * p.D.stride[1]] : 0.f;
   int* counter = ptr<int>(p.counters) + (b * p.ngroups + g) * p.counters.stride[0];
   const int total = int(p.nheads / p.ngroups) * int(gridDim.x);  // blocks of the (batch row, group)
-  int ticket = early_ticket ? draw_ticket(win, N, counter) : 0;
+  int ticket = p.early ? draw_ticket(win, N, counter) : 0;
   pdl_wait();
   pdl_release();
   if (!p.early) load_states();
@@ -161,7 +160,7 @@ __global__ void __launch_bounds__(kThreads, kPacks == 1 ? 4 : 1)
   __syncthreads();
   // every read of this block's B/C conv history is done: take a ticket
   // (its result is first needed after the step: the atomic's round trip overlaps the step's math)
-  if (!early_ticket && tid == 0) {
+  if (!p.early && tid == 0) {
     __threadfence();
     ticket = atomicAdd(counter, 1);
   }
@@ -238,20 +237,12 @@ bool use_wide(const ConvStateStepParams&) {
   return env != nullptr && env[0] == '1';
 }
 
-// With the states read before the wait, the ticket drawn there too (SSM_CONV_STEP_TICKET=0: after the
-// wait, as the late form does; read per launch).
-bool early_ticket() {
-  const char* env = std::getenv("SSM_CONV_STEP_TICKET");
-  return env == nullptr || env[0] != '0';
-}
-
 template <typename TS, typename T>
 void launch(const ConvStateStepParams& p, cudaStream_t stream) {
   SSM_CONV_STEP_CFG_SWITCH(p.dstate, use_wide(p), kTPR, kPacks, [&] {
     constexpr int kRows = kThreads / kTPR;
     const dim3 grid(ceil_div(p.headdim, kRows), unsigned(p.nheads), unsigned(p.batch));
-    pdl_launch(conv_state_step_kernel<TS, T, kTPR, kPacks>, grid, dim3(kThreads), 0, stream, p,
-               p.early && early_ticket());
+    pdl_launch(conv_state_step_kernel<TS, T, kTPR, kPacks>, grid, dim3(kThreads), 0, stream, p);
   });
 }
 
