@@ -37,18 +37,17 @@ from ssm.ops import proj_state_step as pss  # noqa: E402
 DEV = bc.DEV
 OUT: dict = {"e2e": [], "profile": {}}
 VARIANTS = {"default": {}, "wide_conv_step": {"SSM_CONV_STEP_WIDE": "1"}, "no_pdl": {"SSM_PDL": "0"},
-            "late_states": {}, "m1_old_step": {}, "m1_old_fold": {}, "m1_conv_kernel": {},
+            "m1_old_step": {}, "m1_old_fold": {}, "m1_conv_kernel": {},
             "scalar_prologue": {"SSM_GEMV_VEC": "0"}}
 SWITCHES = ("SSM_PDL", "SSM_GEMV_VEC", "SSM_CONV_STEP_WIDE")
-# variants that set a module attribute: name -> [(module, attribute, value)]. late_states: conv_state_step reads
-# the states after the PDL wait.
+# variants that set a module attribute: name -> [(module, attribute, value)].
 # m1_old_step: Mamba-1 without the small-batch step kernel (the state step kernels with dt_proj folded up to
 # rank 64, the GEMV past it); m1_old_fold: the same with every rank folded (session-6 default); m1_conv_kernel: the
 # Mamba-1 conv update in its own kernel again (not in in_proj's).
-FLAGS = {"late_states": [(css, "EARLY", False)], "m1_old_step": [(pss, "SMALL_STEP", False)],
+FLAGS = {"m1_old_step": [(pss, "SMALL_STEP", False)],
          "m1_conv_kernel": [(ng, "CONV_EPILOGUE", False)],
          "m1_old_fold": [(pss, "SMALL_STEP", False), (pss, "SMALL_MAX_RANK", 1 << 20)]}
-ONLY = {"m1_old_fold": "mamba-1.4b", "m1_old_step": "mamba-130m", "m1_conv_kernel": "mamba-", "late_states": "mamba2-",
+ONLY = {"m1_old_fold": "mamba-1.4b", "m1_old_step": "mamba-130m", "m1_conv_kernel": "mamba-",
         "wide_conv_step": "mamba2-"}
 
 
@@ -191,11 +190,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=".")
     ap.add_argument("--models", default="mamba2-1.3b,mamba-1.4b,mamba2-130m,mamba-130m")
-    ap.add_argument("--variants", default="wide_conv_step,m1_conv_kernel,late_states")
+    ap.add_argument("--variants", default="wide_conv_step,m1_conv_kernel")
     ap.add_argument("--reps", type=int, default=3, help="medians of this many generations")
     ap.add_argument("--profile", default="mamba2-130m,mamba-130m", help="models whose token is profiled")
     ap.add_argument("--profile-variants", default="wide_conv_step,m1_conv_kernel",
-                    help="variants whose token is profiled too (models they apply to)")
+                    help="variants whose token is profiled too (models they apply to; variant@prefix: models named so)")
     a = ap.parse_args()
     REPS[0] = a.reps
     path = os.path.join(a.out, "decode_e2e.json")
@@ -210,8 +209,9 @@ def main():
             with torch.inference_mode():  # the graph cache's tensors are inference tensors
                 guarded(per_token_ms)(model, 0)  # a graph of the defaults
                 profile_tokens(model, name)
-                for variant in a.profile_variants.split(","):  # one token's kernels under a variant too
-                    if variant and name.startswith(ONLY.get(variant, "")):
+                for item in a.profile_variants.split(","):  # one token's kernels under a variant too
+                    variant, _, only = item.partition("@")  # variant@prefix: only for models named so
+                    if variant and name.startswith(ONLY.get(variant, "")) and name.startswith(only):
                         with variant_set(variant):
                             guarded(per_token_ms)(model, 0)
                             profile_tokens(model, name + "/" + variant)
@@ -219,7 +219,7 @@ def main():
         save(path)
     for name, model in models.items():
         for variant in a.variants.split(","):
-            if variant != "default" and name.startswith(ONLY.get(variant, "")):
+            if variant not in ("", "default") and name.startswith(ONLY.get(variant, "")):
                 e2e(model, name, variant)
                 save(path)
     set_env({})

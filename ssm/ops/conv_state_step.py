@@ -56,16 +56,21 @@ def _check_args(xBC, conv_state, conv_weight, conv_bias, ssm_state, dt, A, D, dt
 
 FUSED = os.environ.get("SSM_FUSED_DECODE", "1") != "0"
 MAX_BATCH = 8
-# states_settled honoured (SSM_CONV_STEP_EARLY=0: the states read after the previous kernel ends)
-EARLY = os.environ.get("SSM_CONV_STEP_EARLY", "1") != "0"
 
-# (device, stream) -> counter buffers (int32, zero between launches); older, smaller ones are kept
-# alive because captured CUDA graphs may still point at them
+# (device, stream, early, slot) -> counter buffers (int32, zero between launches); older, smaller ones are
+# kept alive because captured CUDA graphs may still point at them. The early form (states_settled) draws its
+# tickets before the PDL wait, possibly while the launch before it still zeroes its counter: consecutive
+# early launches alternate between two slots (a launch starts only once every kernel but the one just
+# before it has finished); the late form draws after the wait, when the kernel before has finished.
 _counters: dict = {}
+_slots: dict = {}
 
 
-def _counter_buffer(device: torch.device, stream: int, n: int) -> Tensor:
-    bufs = _counters.setdefault((device, stream), [])
+def _counter_buffer(device: torch.device, stream: int, n: int, early: bool) -> Tensor:
+    slot = 0
+    if early:
+        slot = _slots[device, stream] = 1 - _slots.get((device, stream), 1)
+    bufs = _counters.setdefault((device, stream, early, slot), [])
     if not bufs or bufs[-1].numel() < n:
         bufs.append(torch.zeros(max(n, 256), dtype=torch.int32, device=device))
     return bufs[-1]
@@ -101,7 +106,7 @@ def _fused(xBC, conv_state, conv_weight, conv_bias, ssm_state, dt, A, D, dt_bias
     bias, A, D, dt_bias = (t if t is None or t.dtype == torch.float32 else f32(t) for t in (conv_bias, A, D, dt_bias))
     out = _kernels.empty((batch, H, P), xBC)
     stream = torch.cuda.current_stream(xBC.device).cuda_stream
-    counters = _counter_buffer(xBC.device, stream, batch * ngroups)
+    counters = _counter_buffer(xBC.device, stream, batch * ngroups, settled)
     r = _kernels.ref
     w_ref = (w.data_ptr(), w.stride(0), w.stride(-1))
     D_ref = None if D is None else (D.data_ptr(), D.stride(0), D.stride(1) if D.dim() == 2 else 0)
@@ -132,4 +137,4 @@ def conv_state_step(xBC: Tensor, conv_state: Tensor, conv_weight: Tensor, conv_b
     _checks.choice("activation", activation, _ACTIVATIONS)
     if torch.compiler.is_compiling() or not _fusable(xBC, conv_state, conv_weight, ssm_state, dt, z):
         return _composed(*args, ngroups, activation, dt_softplus)
-    return _fused(*args, ngroups, activation is not None, dt_softplus, states_settled and EARLY)
+    return _fused(*args, ngroups, activation is not None, dt_softplus, states_settled)

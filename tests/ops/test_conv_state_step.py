@@ -132,6 +132,28 @@ def test_cuda_graph_replays_equal_eager():
         other["xBC"].copy_(inp["xBC"])
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("settled", [False, True])
+def test_cuda_back_to_back_calls_on_other_states(settled):
+    """Two layers' steps launched one right after the other (states_settled holds: neither writes the
+    other's states), several times over: a launch drawing its tickets before the PDL wait (settled)
+    while the one before still zeroes its counter must not meet it; the late form draws after it."""
+    dtype = torch.bfloat16
+    layers = [make(1, 24, 64, 128, 1, 4, 4, dtype, torch.device("cuda"), {"z+D"}),
+              make(1, 4, 64, 64, 2, 4, 4, dtype, torch.device("cuda"), {"all"})]
+    others = [_clone(inp) for inp in layers]
+    for t in range(4):
+        ys = [run(css.conv_state_step, inp, states_settled=settled) for inp in layers]
+        for i, (y, other) in enumerate(zip(ys, others)):
+            assert_close(y, _composed(other), dtype, f"y of layer {i} at step {t}", factor=0.1)
+            assert torch.equal(layers[i]["conv_state"], other["conv_state"]), f"conv_state of layer {i} at step {t}"
+            assert_close(layers[i]["ssm_state"], other["ssm_state"], torch.float32, f"ssm_state of layer {i}",
+                         factor=10)
+        for inp, other in zip(layers, others):
+            inp["xBC"].copy_(rand(*inp["xBC"].shape, dtype=dtype, device="cuda"))
+            other["xBC"].copy_(inp["xBC"])
+
+
 def test_falls_back_to_the_separate_ops_when_switched_off(monkeypatch):
     monkeypatch.setattr(css, "FUSED", False)
     inp = make(1, 2, 8, 16, 1, 4, 4, torch.float32, torch.device("cpu"), {"all"})

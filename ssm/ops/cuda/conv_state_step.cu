@@ -4,7 +4,9 @@
 // the conv outputs the block needs (its x channels, its group's B and C) pass through shared
 // memory. A block owns the conv states of its x channels; the B/C conv states are shared by every
 // block of the (batch row, group) and rewritten by the last of them to arrive (counters).
-// Launched with PDL (pdl.cuh): its blocks start while in_proj ends.
+// Launched with PDL (pdl.cuh): its blocks start while in_proj ends. With the states read before the
+// wait (p.early), a block also draws its ticket there (once its B/C history has arrived): after the
+// wait no fence or atomic round trip is left on the chain.
 #include <cstdlib>
 
 #include "cuda/kernels.h"
@@ -72,6 +74,26 @@ __device__ __forceinline__ int64_t bc_channel(const ConvStateStepParams& p, int6
   return i < N ? base + g * N + i : base + (p.ngroups + g) * N + (i - N);
 }
 
+// Before the wait (the B/C histories read there, p.early): once this thread's B/C windows have arrived
+// (their values used), thread 0 draws the block's ticket. Its result is first needed at the block's
+// end, so the atomic's round trip is off the path; the last block zeroes the counter at its end, and
+// the next launch may draw before that: consecutive launches take alternate counters (the op layer).
+// Returns the ticket on thread 0.
+__device__ __forceinline__ int draw_ticket(const Window (&win)[2 * kMaxN / kThreads], int64_t N, int* counter) {
+  float arrived = 0.f;
+#pragma unroll
+  for (int j = 0; j < 2 * kMaxN / kThreads; ++j)
+    if (threadIdx.x + j * kThreads < 2 * N) arrived += win[j].v[0] + win[j].v[1] + win[j].v[2] + win[j].v[3];
+  asm volatile("" ::"f"(arrived) : "memory");
+  __syncthreads();
+  int ticket = 0;
+  if (threadIdx.x == 0) {
+    __threadfence();
+    ticket = atomicAdd(counter, 1);
+  }
+  return ticket;
+}
+
 template <typename TS, typename T, int kTPR, int kPacks>
 __global__ void __launch_bounds__(kThreads, kPacks == 1 ? 4 : 1) conv_state_step_kernel(ConvStateStepParams p) {
   constexpr int kRows = kThreads / kTPR;
@@ -111,6 +133,9 @@ __global__ void __launch_bounds__(kThreads, kPacks == 1 ? 4 : 1) conv_state_step
   const float A_h = ptr<float>(p.A)[h * p.A.stride[0]];
   const float dt_b = has(p.dt_bias) ? ptr<float>(p.dt_bias)[h * p.dt_bias.stride[0]] : 0.f;
   const float D_hp = has(p.D) && row_ok && lane == 0 ? ptr<float>(p.D)[h * p.D.stride[0] + hp * p.D.stride[1]] : 0.f;
+  int* counter = ptr<int>(p.counters) + (b * p.ngroups + g) * p.counters.stride[0];
+  const int total = int(p.nheads / p.ngroups) * int(gridDim.x);  // blocks of the (batch row, group)
+  int ticket = p.early ? draw_ticket(win, N, counter) : 0;
   pdl_wait();
   pdl_release();
   if (!p.early) load_states();
@@ -135,9 +160,7 @@ __global__ void __launch_bounds__(kThreads, kPacks == 1 ? 4 : 1) conv_state_step
   __syncthreads();
   // every read of this block's B/C conv history is done: take a ticket
   // (its result is first needed after the step: the atomic's round trip overlaps the step's math)
-  int* counter = ptr<int>(p.counters) + (b * p.ngroups + g) * p.counters.stride[0];
-  int ticket = 0;
-  if (tid == 0) {
+  if (!p.early && tid == 0) {
     __threadfence();
     ticket = atomicAdd(counter, 1);
   }
@@ -166,7 +189,7 @@ __global__ void __launch_bounds__(kThreads, kPacks == 1 ? 4 : 1) conv_state_step
     if (has(p.z)) y *= silu(zv);
     ptr<T>(p.out)[b * p.out.stride[0] + h * p.out.stride[1] + hp * p.out.stride[2]] = from_float<T>(y);
   }
-  if (tid == 0) s_last = ticket == int(p.nheads / p.ngroups) * int(gridDim.x) - 1;
+  if (tid == 0) s_last = ticket == total - 1;
   __syncthreads();
   if (!s_last) return;
   // the last block of the (batch row, group): every other has read the B/C history. A state of
