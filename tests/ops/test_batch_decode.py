@@ -5,7 +5,6 @@ bad input; the Mamba-1 / Mamba-2 decode steps past batch 8 with the kernels equa
 cg=True generation equal to eager in bf16 at batch 12."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 from ssm.ops import batch_decode as bd
 from ssm.ops.python import reference
