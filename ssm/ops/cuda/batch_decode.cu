@@ -18,7 +18,7 @@ namespace {
 namespace cg = cooperative_groups;
 
 constexpr int kThreads = 128;
-constexpr int kCl = 8, kRows = 4, kXThreads = 256, kMaxChunk = 1024, kMaxOut = 256;
+constexpr int kCl = 8, kRows = 4, kXThreads = 512, kMaxChunk = 1024, kMaxOut = 256;
 
 template <typename T, int KW>
 __device__ __forceinline__ float conv_dot(const BatchConvParams& p, int64_t d, const float* s, float xv) {
@@ -94,7 +94,7 @@ __global__ void __launch_bounds__(kXThreads) batch_conv_xproj_kernel(BatchConvPa
     const bool valid = j < nout;
     const T* wrow = ptr<T>(p.xproj) + int64_t(valid ? j : 0) * p.xproj.stride[0] + c0;
     float acc[kRows] = {};
-#pragma unroll 4
+#pragma unroll 8
     for (int v = kg; v < nvec; v += 8) {
       float w[8];
       load8<T>(w, wrow + v * 8);
