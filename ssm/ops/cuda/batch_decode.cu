@@ -51,17 +51,48 @@ struct alignas(4 * sizeof(T)) Row4 {
   T e[4];
 };
 
-// The conv update of (row b, channel d) on a state row of four contiguous entries; returns the rounded output.
+// The conv updates of this block's kRows x chunk (row, channel) items into xs (the rounded outputs; zeros past the
+// batch), on state rows of four contiguous entries: every item's loads issued before any store (the stores
+// would otherwise keep the next item's loads behind them: one memory round trip per item).
 template <typename T, int KW>
-__device__ __forceinline__ float conv_row4(const BatchConvParams& p, int64_t b, int64_t d) {
-  Row4<T>* row = reinterpret_cast<Row4<T>*>(ptr<T>(p.conv_state) + b * p.conv_state.stride[0] + d * p.conv_state.stride[1]);
-  const Row4<T> s = *row;
-  const T xv = ptr<T>(p.x)[b * p.x.stride[0] + d * p.x.stride[1]];
-  const float sf[4] = {0.f, to_float(s.e[1]), to_float(s.e[2]), to_float(s.e[3])};
-  const T o = from_float<T>(conv_dot<T, KW>(p, d, sf, to_float(xv)));
-  ptr<T>(p.out)[b * p.out.stride[0] + d * p.out.stride[1]] = o;
-  *row = Row4<T>{{s.e[1], s.e[2], s.e[3], xv}};
-  return to_float(o);
+__device__ __forceinline__ void conv_rows4(const BatchConvParams& p, int64_t row0, int chunk, int c0,
+                                           float (*xs)[kMaxChunk]) {
+  constexpr int kItems = kRows * kMaxChunk / kXThreads;
+  Row4<T> s[kItems];
+  T xv[kItems];
+  float w[kItems][KW], bias[kItems];
+  int64_t b[kItems];
+  int r[kItems], c[kItems];
+#pragma unroll
+  for (int k = 0; k < kItems; ++k) {
+    const int i = threadIdx.x + k * kXThreads;
+    r[k] = i / chunk, c[k] = i - r[k] * chunk, b[k] = row0 + r[k];
+    if (r[k] >= kRows || b[k] >= p.batch) continue;
+    const int64_t d = c0 + c[k];
+    s[k] = *reinterpret_cast<const Row4<T>*>(ptr<T>(p.conv_state) + b[k] * p.conv_state.stride[0] + d * p.conv_state.stride[1]);
+    xv[k] = ptr<T>(p.x)[b[k] * p.x.stride[0] + d * p.x.stride[1]];
+#pragma unroll
+    for (int q = 0; q < KW; ++q) w[k][q] = ptr<float>(p.weight)[d * p.weight.stride[0] + q * p.weight.stride[1]];
+    bias[k] = has(p.bias) ? ptr<float>(p.bias)[d * p.bias.stride[0]] : 0.f;
+  }
+#pragma unroll
+  for (int k = 0; k < kItems; ++k) {
+    if (r[k] >= kRows) continue;
+    if (b[k] >= p.batch) {
+      xs[r[k]][c[k]] = 0.f;
+      continue;
+    }
+    const int64_t d = c0 + c[k];
+    float acc = bias[k];
+#pragma unroll
+    for (int q = 0; q < KW - 1; ++q) acc += w[k][q] * to_float(s[k].e[4 - (KW - 1) + q]);
+    acc += w[k][KW - 1] * to_float(xv[k]);
+    const T o = from_float<T>(p.silu ? silu(acc) : acc);
+    ptr<T>(p.out)[b[k] * p.out.stride[0] + d * p.out.stride[1]] = o;
+    *reinterpret_cast<Row4<T>*>(ptr<T>(p.conv_state) + b[k] * p.conv_state.stride[0] + d * p.conv_state.stride[1]) =
+        Row4<T>{{s[k].e[1], s[k].e[2], s[k].e[3], xv[k]}};
+    xs[r[k]][c[k]] = to_float(o);
+  }
 }
 
 // dst[0..8) = float(src[0..8)), src 16-byte aligned.
@@ -81,11 +112,7 @@ __global__ void __launch_bounds__(kXThreads) batch_conv_xproj_kernel(BatchConvPa
   const int64_t row0 = int64_t(blockIdx.y) * kRows;
   pdl_wait();
   pdl_release();
-  // conv of this block's channels: xs[r][c] (zeros past the batch)
-  for (int r = 0; r < kRows; ++r) {
-    const int64_t b = row0 + r;
-    for (int c = threadIdx.x; c < chunk; c += kXThreads) xs[r][c] = b < p.batch ? conv_row4<T, KW>(p, b, c0 + c) : 0.f;
-  }
+  conv_rows4<T, KW>(p, row0, chunk, c0, xs);  // this block's channels
   __syncthreads();
   // partial x_proj: lane = jj + 4 kg; a warp takes 4 outputs at a time, kg strides the chunk's 8-vectors
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, jj = lane % 4, kg = lane / 4, nvec = chunk / 8;
