@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Device round script of the batch-64 decode work (session 8, engineer decode64b; runs after the lead's build, from
-# the repo root, <= 50 s). Three processes: 1. pytest: batch_decode's GPU tests (its kernels vs the float64
-# reference at the model shapes and ragged ones, a CUDA graph, the Mamba-1 / Mamba-2 decode steps at batch 64 vs
-# the composition, cg=True vs eager in bf16 at batch 12); 2. ncu on the batch_decode kernels
+# the repo root, <= 50 s). Three processes: 1. pytest: batch_decode's GPU tests (its kernel vs the float64
+# reference at the model shapes and ragged ones, a CUDA graph, the Mamba-2 decode step at batch 64 vs the general
+# conv update, cg=True vs eager in bf16 at batch 12); 2. ncu on the batch_decode kernel
 # (benchmarks/device/decode64b_ncu.py), beside the tests (it times nothing); each writes a flag file when done.
 # 3. benchmarks/device/decode64b_bench.py (no pytest in it: no NaN poisoning) waits for both flags, then times
 # the models' b64 decode per step (cg=True) with the kernel list of one eager step (batch_decode on; @off: off)
@@ -11,12 +11,12 @@
 set -uo pipefail
 OUT=${1:-decode64b_out}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 SSM_BATCH_CONV=1
-MODELS=${DECODE64B_MODELS:-mamba-130m,mamba2-130m,mamba-1.4b,mamba-130m@off,mamba2-130m@off,mamba2-1.3b,gemms,mamba-1.4b@off}
+export PYTHONUNBUFFERED=1
+MODELS=${DECODE64B_MODELS:-mamba2-130m,mamba2-130m@off,mamba-130m,mamba-1.4b,mamba2-1.3b,mamba2-1.3b@off,gemms}
 (timeout -k 2 30 python3 -m pytest -q -p no:cacheprovider -rf -k cuda tests/ops/test_batch_decode.py \
   > "$OUT/pytest.log" 2>&1
  echo "pytest rc=$?" > "$OUT/tests.done") &
-(timeout -k 2 25 ncu --clock-control none -k regex:batch_conv --launch-count 6 --section SpeedOfLight \
+(timeout -k 2 25 ncu --clock-control none -k regex:batch_conv --launch-count 4 --section SpeedOfLight \
   --section WarpStateStats --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
   python3 benchmarks/device/decode64b_ncu.py > "$OUT/ncu.txt" 2>&1
  echo "ncu rc=$?" > "$OUT/ncu.done") &

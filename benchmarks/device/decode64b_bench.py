@@ -3,7 +3,7 @@ no tests (no NaN poisoning): waits for the test and ncu processes' flag files, t
 per step with cg=True (issue 6's method, benchmarks/bench_models_cuda.py) with the kernel list of one eager b64
 step, and the b64 projection shapes on cuBLAS in a CUDA graph (F.linear by default, with cublasLt preferred, and
 as the transposed product W @ x^T). A model spec "name" decodes with ssm.ops.batch_decode on, "name@off" with it
-off (the composition: conv update kernel + cuBLAS x_proj). Items started past --deadline seconds are skipped; the
+off (Mamba-2's conv update on the general kernel). Items started past --deadline seconds are skipped; the
 JSON is rewritten after each.
 
     python3 benchmarks/device/decode64b_bench.py OUT_DIR --wait FLAG --models mamba-130m,gemms,mamba2-130m@off

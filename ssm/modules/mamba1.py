@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ssm import ops
 from ssm.modules import _states
-from ssm.ops import batch_decode, cpu_matmul
+from ssm.ops import cpu_matmul
 from ssm.ops import mamba1_decode as _m1d
 from ssm.ops.norm_gemv import norm_linear, small_linear
 from ssm.ops.proj_state_step import proj_state_step
@@ -201,8 +201,7 @@ class Mamba1(nn.Module):
         (out (B, 1, d_model), residual_out (B, 1, d_model) float32); the cached states updated in place."""
         conv_state, ssm_state = self._get_states_from_cache(inference_params, hidden_states.shape[0])
         # on CUDA the conv update goes with in_proj (one kernel when norm_linear takes it)
-        conv = ((conv_state, self.conv1d.weight, self.conv1d.bias, self.activation)
-                if hidden_states.is_cuda and not self._batch_conv(hidden_states) else None)
+        conv = (conv_state, self.conv1d.weight, self.conv1d.bias, self.activation) if hidden_states.is_cuda else None
         out = norm_linear(hidden_states.squeeze(1), None if residual is None else residual.squeeze(1), norm.weight,
                           norm.bias, self.in_proj, is_rms=isinstance(norm, ops.RMSNorm), eps=norm.eps, conv=conv)
         x_conv = out[2] if conv is not None else None
@@ -220,9 +219,6 @@ class Mamba1(nn.Module):
         # x (B, d_inner) the conv output; x_dbl (B, dt_rank + 2 d_state)
         if x_conv is not None:
             x_dbl, x = small_linear(self.x_proj, x_conv), x_conv
-        elif self._batch_conv(x):  # past batch 4: the conv update and x_proj in one kernel
-            x, x_dbl = batch_decode.conv_xproj(x, conv_state, self.conv1d.weight, self.conv1d.bias, self.activation,
-                                               self.x_proj.weight)
         else:
             x = ops.causal_conv1d_update(x, conv_state, self.conv1d.weight, self.conv1d.bias, self.activation)
             x_dbl = small_linear(self.x_proj, x)
@@ -231,11 +227,6 @@ class Mamba1(nn.Module):
         y = proj_state_step(ssm_state, x, dt, self.dt_proj.weight, _states.decode_A(self), B, C, self.D, z=z,
                             dt_bias=self.dt_proj.bias, softplus=True, state_settled=True)  # after x_proj's kernel
         return small_linear(self.out_proj, y)
-
-    def _batch_conv(self, x: Tensor) -> bool:
-        """Past batch 4 on CUDA, with a plain x_proj: conv update + x_proj through batch_decode.conv_xproj."""
-        return (x.is_cuda and x.shape[0] > 4 and batch_decode.ENABLED and type(self.x_proj) is nn.Linear
-                and self.x_proj.bias is None)
 
     def _plain_projections(self) -> bool:
         """x_proj and dt_proj are plain nn.Linear layers (x_proj without bias), as mamba1_decode takes them."""

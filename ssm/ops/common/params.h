@@ -408,20 +408,16 @@ struct GemmParams {
   TensorArg c;  // (batch, M, N)
 };
 
-// Batch decode conv update (ssm/ops/cuda/batch_decode.cu): one token on a batch of rows whose conv state rows
-// hold four entries (Mamba-1's (B, D, 4) with unit stride along the window, or Mamba-2's channels-last
-// (B, D, 4) with unit stride along D): out = act(bias + sum_k w[k] * [state[1:], x][k]), state <- [state[1:], x].
-// With nout > 0 (Mamba-1's x_proj): xdbl (B, nout) = out @ xproj^T too (float32 sums of the rounded outputs).
+// Batch decode conv update (ssm/ops/cuda/batch_decode.cu): one token on a batch of Mamba-2's channels-last conv
+// cache rows (B, D, 4), unit stride along D: out = act(bias + sum_k w[k] * [state[1:], x][k]), state <- [state[1:], x].
 struct BatchConvParams {
-  int64_t batch = 0, dim = 0, width = 0, nout = 0;
-  DType dtype = DType::f32;  // x, conv_state, out, xproj, xdbl
+  int64_t batch = 0, dim = 0, width = 0;
+  DType dtype = DType::f32;  // x, conv_state, out
   TensorArg x;           // (B, D)
-  TensorArg conv_state;  // (B, D, 4)
+  TensorArg conv_state;  // (B, D, 4)  unit stride along D
   TensorArg weight;      // (D, W)     float32
   TensorArg bias;        // (D,)       float32, optional
   TensorArg out;         // (B, D)
-  TensorArg xproj;       // (nout, D)  rows contiguous and 16-byte aligned, optional
-  TensorArg xdbl;        // (B, nout)  optional
   bool silu = false;
 };
 

@@ -1,5 +1,4 @@
-// Binding of the batch decode conv update (CUDA only: the op layer composes the conv update and x_proj
-// elsewhere).
+// Binding of the batch decode conv update (CUDA only: elsewhere the op layer calls the general conv update).
 #include "common/bind/ref.h"
 #include "cuda/bind/common.h"
 #include "cuda/kernels.h"
@@ -8,22 +7,19 @@ namespace ssm::bind::cuda {
 namespace {
 
 BatchConvParams batch_conv_params(int dtype, int64_t batch, int64_t dim, int64_t width, int64_t state_len,
-                                  int64_t nout, const Ref& x, const Ref& conv_state, const Ref& weight,
-                                  const OptRef& bias, const Ref& out, const OptRef& xproj, const OptRef& xdbl,
-                                  bool silu) {
+                                  const Ref& x, const Ref& conv_state, const Ref& weight, const OptRef& bias,
+                                  const Ref& out, bool silu) {
   const char* op = "batch_conv";
-  SSM_CHECK(batch >= 0 && dim >= 1 && width >= 2 && width <= 4 && nout >= 0, op, "bad sizes");
+  SSM_CHECK(batch >= 0 && dim >= 1 && width >= 2 && width <= 4, op, "bad sizes");
   SSM_CHECK(state_len == 4, op, "conv_state rows must hold 4 entries, got ", state_len);
   BatchConvParams p;
-  p.batch = batch, p.dim = dim, p.width = width, p.nout = nout, p.silu = silu;
+  p.batch = batch, p.dim = dim, p.width = width, p.silu = silu;
   p.dtype = dtype_arg(op, dtype);
   p.x = tensor_arg(op, "x", x, 2);
   p.conv_state = tensor_arg(op, "conv_state", conv_state, 3);
   p.weight = tensor_arg(op, "weight", weight, 2);
   p.bias = tensor_arg(op, "bias", bias, 1);
   p.out = tensor_arg(op, "out", out, 2);
-  p.xproj = tensor_arg(op, "xproj", xproj, 2);
-  p.xdbl = tensor_arg(op, "xdbl", xdbl, 2);
   return p;
 }
 
