@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ssm import ops
 from ssm.modules import _states
-from ssm.ops import cpu_matmul
+from ssm.ops import batch_decode, cpu_matmul
 from ssm.ops import mamba1_decode as _m1d
 from ssm.ops.norm_gemv import norm_linear, small_linear
 from ssm.ops.proj_state_step import proj_state_step
@@ -226,6 +226,8 @@ class Mamba1(nn.Module):
         # dt_proj folded into the state step (one kernel on CUDA)
         y = proj_state_step(ssm_state, x, dt, self.dt_proj.weight, _states.decode_A(self), B, C, self.D, z=z,
                             dt_bias=self.dt_proj.bias, softplus=True, state_settled=True)  # after x_proj's kernel
+        if y.is_cuda and y.shape[0] > 4 and type(self.out_proj) is nn.Linear:  # past batch 4: cublasLt's pick
+            return batch_decode.lt_linear(y, self.out_proj.weight, self.out_proj.bias)
         return small_linear(self.out_proj, y)
 
     def _plain_projections(self) -> bool:

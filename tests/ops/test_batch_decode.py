@@ -130,3 +130,35 @@ def test_cuda_graph_decode_equals_eager_bf16_batch12():
     assert torch.equal(graphed.sequences, eager.sequences)
     for a, b in zip(graphed.scores, eager.scores):
         torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_lt_linear_equals_linear_and_restores_the_library(device):
+    before = torch.backends.cuda.preferred_blas_library()
+    x = rand(64, 4096, dtype=torch.bfloat16, device=device)
+    w = rand(2048, 4096, dtype=torch.bfloat16, device=device, scale=4096 ** -0.5)
+    b = rand(2048, dtype=torch.bfloat16, device=device)
+    out = bd.lt_linear(x, w, b)
+    assert torch.backends.cuda.preferred_blas_library() == before
+    x64, w64, b64 = to64(x, w, b)
+    assert_close(out, x64 @ w64.t() + b64, torch.bfloat16)
+
+
+@pytest.mark.cuda
+@needs_lm
+def test_cuda_mamba1_batch_step_with_lt_equals_default_and_graph(monkeypatch):
+    torch.manual_seed(0)
+    model = real_lm("mamba1", d_model=128, ssm_cfg={"d_state": 16}).to(CUDA, torch.bfloat16)
+    ids = torch.randint(0, 61, (12, 5), device=CUDA)
+    calls = []
+    lt = bd.lt_linear
+    monkeypatch.setattr(bd, "lt_linear", lambda *a: calls.append(1) or lt(*a))
+    eager = model.generate(ids, max_length=14, return_dict_in_generate=True, output_scores=True)
+    assert calls  # out_proj past batch 4
+    graphed = model.generate(ids, max_length=14, cg=True, return_dict_in_generate=True, output_scores=True)
+    assert torch.equal(graphed.sequences, eager.sequences)
+    for a, b in zip(graphed.scores, eager.scores):
+        torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2)
+    monkeypatch.setattr(bd, "LT", False)
+    plain = model.generate(ids, max_length=14, return_dict_in_generate=True, output_scores=True)
+    assert_close(plain.scores[1], eager.scores[1].double(), torch.bfloat16, "first decoded step's scores")
