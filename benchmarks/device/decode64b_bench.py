@@ -3,7 +3,8 @@ no tests (no NaN poisoning): waits for the test and ncu processes' flag files, t
 per step with cg=True (issue 6's method, benchmarks/bench_models_cuda.py) with the kernel list of one eager b64
 step, and the b64 projection shapes on cuBLAS in a CUDA graph (F.linear by default, with cublasLt preferred, and
 as the transposed product W @ x^T). A model spec "name" decodes with ssm.ops.batch_decode on, "name@off" with it
-off (Mamba-2's conv update on the general kernel), "name@nolt" with Mamba-1's out_proj on F.linear's default. Items started past --deadline seconds are skipped; the
+off (Mamba-2's conv update on the general kernel), "name@nolt" with Mamba-1's out_proj on F.linear's default,
+"name@nonarrow" with Mamba-1's x_proj on F.linear, "name@plain" with all three off. Items started past --deadline seconds are skipped; the
 JSON is rewritten after each.
 
     python3 benchmarks/device/decode64b_bench.py OUT_DIR --wait FLAG --models mamba-130m,gemms,mamba2-130m@off
@@ -66,13 +67,14 @@ def run_gemms(copy_gbs, deadline, batch=64):
 def run_model(spec, out_dir, results):
     t = time.time()
     name, _, form = spec.partition("@")
-    bd.ENABLED, bd.LT = form != "off", form != "nolt"
+    bd.ENABLED, bd.LT, bd.NARROW = (form not in ("off", "plain"), form not in ("nolt", "plain"),
+                                    form not in ("nonarrow", "plain"))
     try:
         model = bm.make_model(name)
         ms = bm.decode_ms_per_token(model, 64)
         kernels = decode_profile(model)
     finally:
-        bd.ENABLED, bd.LT = True, True
+        bd.ENABLED, bd.LT, bd.NARROW = True, True, True
     total = sum(r[2] for r in kernels)
     print(f"  {spec:18s} decode b64 per step {ms:7.3f} ms (target {bm.MODELS[name][3][3]}); eager step kernels "
           f"{total / 1e3:.3f} ms ({len(kernels)} kinds), graph - kernels {ms - total / 1e3:.3f} ms "

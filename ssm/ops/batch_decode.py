@@ -8,7 +8,10 @@ Elsewhere (CPU, compiling, autograd, layouts the kernel does not take, SSM_BATCH
 
 ``lt_linear``: F.linear on CUDA with cublasLt's heuristic preferred (torch's preferred_blas_library) for
 Mamba-1's out_proj past batch 4 (H200, b64 4096 -> 2048: 9.8 us instead of 11.1 with a split-K reduce;
-the other b64 projections took the same time either way); SSM_BATCH_LT=0: F.linear as configured."""
+the other b64 projections took the same time either way); SSM_BATCH_LT=0: F.linear as configured.
+
+``narrow_linear``: F.linear(x, weight) for a narrow weight (at most 256 outputs: Mamba-1's x_proj) in one
+kernel on CUDA (a warp an output, 4 rows a block, no split-K); SSM_BATCH_NARROW=0: F.linear."""
 from __future__ import annotations
 
 import os
@@ -24,6 +27,8 @@ from ssm.utils import dispatch
 
 ENABLED = os.environ.get("SSM_BATCH_CONV", "1") != "0"
 LT = os.environ.get("SSM_BATCH_LT", "1") != "0"
+NARROW = os.environ.get("SSM_BATCH_NARROW", "1") != "0"
+_NARROW_MAX_OUT = 256
 
 
 def _check(x, conv_state, weight, bias, activation):
@@ -84,3 +89,32 @@ def lt_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tenso
         return F.linear(x, weight, bias)
     finally:
         torch.backends.cuda.preferred_blas_library(prev)
+
+
+def _narrow_ok(x, weight) -> bool:
+    if not NARROW or not x.is_cuda or dispatch.forced_backend() not in (None, "cuda") or torch.compiler.is_compiling():
+        return False
+    if not dispatch.has_cuda_kernels() or not hasattr(dispatch.cuda_module(), "batch_linear_narrow"):
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return False
+    per = 16 // x.element_size()
+    return (x.dtype in _kernels.KERNEL_DTYPES and weight.dtype == x.dtype and x.dim() == 2
+            and 1 <= weight.shape[0] <= _NARROW_MAX_OUT and x.shape[1] % 8 == 0 and 1 <= x.shape[0] <= 65535 * 4
+            and x.stride(1) == 1 and x.stride(0) % per == 0 and x.data_ptr() % 16 == 0 and weight.stride(1) == 1
+            and weight.stride(0) % per == 0 and weight.data_ptr() % 16 == 0)
+
+
+def narrow_linear(x: Tensor, weight: Tensor) -> Tensor:
+    """F.linear(x, weight) for x (B, K), weight (R, K): one kernel on CUDA for R <= 256, K a multiple of 8 and
+    16-byte aligned rows; F.linear elsewhere."""
+    _checks.tensor("x", x, ndim=2)
+    _checks.tensor("weight", weight, shape=(None, x.shape[1]), device=x.device)
+    if not _narrow_ok(x, weight):
+        return F.linear(x, weight)
+    batch, K = x.shape
+    out = _kernels.empty((batch, weight.shape[0]), x)
+    r = _kernels.ref
+    dispatch.cuda_module().batch_linear_narrow(_kernels.dtype_code(x), batch, K, weight.shape[0], r(x), r(weight),
+                                               r(out), _kernels.exec_arg("cuda", x))
+    return out

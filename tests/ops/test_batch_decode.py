@@ -146,19 +146,48 @@ def test_lt_linear_equals_linear_and_restores_the_library(device):
 
 @pytest.mark.cuda
 @needs_lm
-def test_cuda_mamba1_batch_step_with_lt_equals_default_and_graph(monkeypatch):
+def test_cuda_mamba1_batch_step_equals_default_and_graph(monkeypatch):
     torch.manual_seed(0)
     model = real_lm("mamba1", d_model=128, ssm_cfg={"d_state": 16}).to(CUDA, torch.bfloat16)
     ids = torch.randint(0, 61, (12, 5), device=CUDA)
     calls = []
-    lt = bd.lt_linear
-    monkeypatch.setattr(bd, "lt_linear", lambda *a: calls.append(1) or lt(*a))
+    lt, narrow = bd.lt_linear, bd.narrow_linear
+    monkeypatch.setattr(bd, "lt_linear", lambda *a: calls.append("lt") or lt(*a))
+    monkeypatch.setattr(bd, "narrow_linear", lambda *a: calls.append("narrow") or narrow(*a))
     eager = model.generate(ids, max_length=14, return_dict_in_generate=True, output_scores=True)
-    assert calls  # out_proj past batch 4
+    assert "lt" in calls and "narrow" in calls  # out_proj and x_proj past batch 4
     graphed = model.generate(ids, max_length=14, cg=True, return_dict_in_generate=True, output_scores=True)
     assert torch.equal(graphed.sequences, eager.sequences)
     for a, b in zip(graphed.scores, eager.scores):
         torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2)
     monkeypatch.setattr(bd, "LT", False)
+    monkeypatch.setattr(bd, "NARROW", False)
     plain = model.generate(ids, max_length=14, return_dict_in_generate=True, output_scores=True)
     assert_close(plain.scores[1], eager.scores[1].double(), torch.bfloat16, "first decoded step's scores")
+
+
+NARROW_CASES = [(64, 1536, 80), (64, 4096, 160), (5, 8, 1), (13, 520, 256), (70, 64, 33)]  # (B, K, R)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", NARROW_CASES)
+def test_narrow_linear_matches_reference(device, dtype, case, monkeypatch):
+    batch, K, R = case
+    x = rand(batch, K + 8, dtype=dtype, device=device)[:, 8:]  # a strided view with 16-byte aligned rows
+    w = rand(R, K, dtype=dtype, device=device, scale=K ** -0.5)
+    calls = []
+    monkeypatch.setattr(bd, "_narrow_ok", lambda *a, f=bd._narrow_ok: calls.append(f(*a)) or calls[-1])
+    out = bd.narrow_linear(x, w)
+    assert calls == [device.type == "cuda"]  # the kernel on CUDA
+    x64, w64 = to64(x, w)
+    assert_close(out, x64 @ w64.t(), dtype)
+    if device.type == "cuda":
+        assert torch.equal(out, bd.narrow_linear(x, w))  # deterministic
+
+
+def test_narrow_linear_bad_input_names_argument():
+    with pytest.raises(ValueError, match="weight"):
+        bd.narrow_linear(rand(6, 64), rand(8, 63))
+    with pytest.raises(ValueError, match="x"):
+        bd.narrow_linear(rand(6, 64, 2), rand(8, 64))

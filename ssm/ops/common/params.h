@@ -421,4 +421,14 @@ struct BatchConvParams {
   bool silu = false;
 };
 
+// Narrow projection of a decode batch (ssm/ops/cuda/batch_decode.cu): out (B, nout) = x (B, K) @ weight (nout, K)^T,
+// float32 sums; rows with unit stride along K, 16-byte aligned, K a multiple of 8.
+struct BatchLinearParams {
+  int64_t batch = 0, K = 0, nout = 0;
+  DType dtype = DType::f32;  // x, weight, out
+  TensorArg x;       // (B, K)
+  TensorArg weight;  // (nout, K)
+  TensorArg out;     // (B, nout)
+};
+
 }  // namespace ssm

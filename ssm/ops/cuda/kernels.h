@@ -47,5 +47,7 @@ void dw_causal_conv_cl_bwd(const ConvBwdClParams& p, cudaStream_t stream);
 // Batch decode (batch_decode.cu): the conv update of a batch's token on Mamba-2's channels-last cache.
 bool batch_conv_fits(const BatchConvParams& p);
 void batch_conv(const BatchConvParams& p, cudaStream_t stream);
+bool batch_linear_narrow_fits(const BatchLinearParams& p, int elem);
+void batch_linear_narrow(const BatchLinearParams& p, cudaStream_t stream);
 
 }  // namespace ssm::cuda

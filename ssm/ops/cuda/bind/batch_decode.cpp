@@ -23,12 +23,29 @@ BatchConvParams batch_conv_params(int dtype, int64_t batch, int64_t dim, int64_t
   return p;
 }
 
+BatchLinearParams batch_linear_narrow_params(int dtype, int64_t batch, int64_t K, int64_t nout, const Ref& x,
+                                             const Ref& weight, const Ref& out) {
+  const char* op = "batch_linear_narrow";
+  SSM_CHECK(batch >= 0 && K >= 1 && nout >= 1, op, "bad sizes");
+  BatchLinearParams p;
+  p.batch = batch, p.K = K, p.nout = nout;
+  p.dtype = dtype_arg(op, dtype);
+  p.x = tensor_arg(op, "x", x, 2);
+  p.weight = tensor_arg(op, "weight", weight, 2);
+  p.out = tensor_arg(op, "out", out, 2);
+  return p;
+}
+
 }  // namespace
 
 void bind_batch_conv(nb::module_& m) {
   def_kernel<int64_t>(m, "batch_conv", &batch_conv_params, [](const BatchConvParams& p, int64_t stream) {
     ssm::cuda::batch_conv(p, stream_arg(stream));
   });
+  def_kernel<int64_t>(m, "batch_linear_narrow", &batch_linear_narrow_params,
+                      [](const BatchLinearParams& p, int64_t stream) {
+                        ssm::cuda::batch_linear_narrow(p, stream_arg(stream));
+                      });
 }
 
 }  // namespace ssm::bind::cuda
