@@ -29,6 +29,9 @@ ENABLED = os.environ.get("SSM_BATCH_CONV", "1") != "0"
 LT = os.environ.get("SSM_BATCH_LT", "1") != "0"
 NARROW = os.environ.get("SSM_BATCH_NARROW", "1") != "0"
 _NARROW_MAX_OUT = 256
+# weights past this stay on cuBLAS (H200 round 1b, 1.4b's x_proj 4096 -> 160: 10.4 us on the kernel vs 4.8 + a 1.8 us
+# split-K reduce on cuBLAS; 130m's 1536 -> 80: 4.6 vs 4.4, and the step 0.720 vs 0.744 ms with one kernel fewer)
+_NARROW_MAX_BYTES = 512 << 10
 
 
 def _check(x, conv_state, weight, bias, activation):
@@ -100,14 +103,15 @@ def _narrow_ok(x, weight) -> bool:
         return False
     per = 16 // x.element_size()
     return (x.dtype in _kernels.KERNEL_DTYPES and weight.dtype == x.dtype and x.dim() == 2
-            and 1 <= weight.shape[0] <= _NARROW_MAX_OUT and x.shape[1] % 8 == 0 and 1 <= x.shape[0] <= 65535 * 4
+            and 1 <= weight.shape[0] <= _NARROW_MAX_OUT and weight.numel() * weight.element_size() <= _NARROW_MAX_BYTES
+            and x.shape[1] % 8 == 0 and 1 <= x.shape[0] <= 65535 * 4
             and x.stride(1) == 1 and x.stride(0) % per == 0 and x.data_ptr() % 16 == 0 and weight.stride(1) == 1
             and weight.stride(0) % per == 0 and weight.data_ptr() % 16 == 0)
 
 
 def narrow_linear(x: Tensor, weight: Tensor) -> Tensor:
-    """F.linear(x, weight) for x (B, K), weight (R, K): one kernel on CUDA for R <= 256, K a multiple of 8 and
-    16-byte aligned rows; F.linear elsewhere."""
+    """F.linear(x, weight) for x (B, K), weight (R, K): one kernel on CUDA for R <= 256, weights up to 512 KB,
+    K a multiple of 8 and 16-byte aligned rows; F.linear elsewhere."""
     _checks.tensor("x", x, ndim=2)
     _checks.tensor("weight", weight, shape=(None, x.shape[1]), device=x.device)
     if not _narrow_ok(x, weight):

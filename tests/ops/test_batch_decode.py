@@ -166,7 +166,7 @@ def test_cuda_mamba1_batch_step_equals_default_and_graph(monkeypatch):
     assert_close(plain.scores[1], eager.scores[1].double(), torch.bfloat16, "first decoded step's scores")
 
 
-NARROW_CASES = [(64, 1536, 80), (64, 4096, 160), (5, 8, 1), (13, 520, 256), (70, 64, 33)]  # (B, K, R)
+NARROW_CASES = [(64, 1536, 80), (64, 2048, 128), (5, 8, 1), (13, 520, 256), (70, 64, 33)]  # (B, K, R)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -184,6 +184,16 @@ def test_narrow_linear_matches_reference(device, dtype, case, monkeypatch):
     assert_close(out, x64 @ w64.t(), dtype)
     if device.type == "cuda":
         assert torch.equal(out, bd.narrow_linear(x, w))  # deterministic
+
+
+@pytest.mark.cuda
+def test_narrow_linear_leaves_large_weights_to_cublas(monkeypatch):
+    calls = []
+    monkeypatch.setattr(bd, "_narrow_ok", lambda *a, f=bd._narrow_ok: calls.append(f(*a)) or calls[-1])
+    x = rand(64, 4096, dtype=torch.bfloat16, device=CUDA)
+    w = rand(160, 4096, dtype=torch.bfloat16, device=CUDA, scale=4096 ** -0.5)
+    torch.testing.assert_close(bd.narrow_linear(x, w), torch.nn.functional.linear(x, w))
+    assert calls == [False]
 
 
 def test_narrow_linear_bad_input_names_argument():

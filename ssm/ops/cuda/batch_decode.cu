@@ -49,7 +49,7 @@ __global__ void __launch_bounds__(kLinOuts * 32) batch_linear_narrow_kernel(Batc
   for (int r = 0; r < kLinRows; ++r)  // rows past the batch read the last row (their sums are dropped)
     x[r] = ptr<T>(p.x) + (row0 + r < p.batch ? row0 + r : p.batch - 1) * p.x.stride[0];
   float acc[kLinRows] = {};
-#pragma unroll 2
+#pragma unroll 4
   for (int k = lane * 8; k < p.K; k += 32 * 8) {
     float wv[8], xv[kLinRows][8];
     load_floats<T, 8>(wv, w + k);
