@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ssm import ops
 from ssm.modules import _states
-from ssm.ops import cpu_matmul
+from ssm.ops import batch_decode, cpu_matmul
 from ssm.ops import mamba1_decode as _m1d
 from ssm.ops.norm_gemv import norm_linear, small_linear
 from ssm.ops.proj_state_step import proj_state_step
@@ -218,15 +218,23 @@ class Mamba1(nn.Module):
             return small_linear(self.out_proj, y)
         # x (B, d_inner) the conv output; x_dbl (B, dt_rank + 2 d_state)
         if x_conv is not None:
-            x_dbl, x = small_linear(self.x_proj, x_conv), x_conv
+            x_dbl, x = self._x_proj(x_conv), x_conv
         else:
             x = ops.causal_conv1d_update(x, conv_state, self.conv1d.weight, self.conv1d.bias, self.activation)
-            x_dbl = small_linear(self.x_proj, x)
+            x_dbl = self._x_proj(x)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         # dt_proj folded into the state step (one kernel on CUDA)
         y = proj_state_step(ssm_state, x, dt, self.dt_proj.weight, _states.decode_A(self), B, C, self.D, z=z,
                             dt_bias=self.dt_proj.bias, softplus=True, state_settled=True)  # after x_proj's kernel
+        if y.is_cuda and y.shape[0] > 4 and type(self.out_proj) is nn.Linear:  # past batch 4: cublasLt's pick
+            return batch_decode.lt_linear(y, self.out_proj.weight, self.out_proj.bias)
         return small_linear(self.out_proj, y)
+
+    def _x_proj(self, x: Tensor) -> Tensor:
+        """x_proj(x) for one token; past batch 4 on CUDA (plain x_proj) on batch_decode.narrow_linear's kernel."""
+        if x.is_cuda and x.shape[0] > 4 and type(self.x_proj) is nn.Linear and self.x_proj.bias is None:
+            return batch_decode.narrow_linear(x, self.x_proj.weight)
+        return small_linear(self.x_proj, x)
 
     def _plain_projections(self) -> bool:
         """x_proj and dt_proj are plain nn.Linear layers (x_proj without bias), as mamba1_decode takes them."""

@@ -17,7 +17,8 @@ from torch import Tensor
 from ssm import ops
 from ssm.distributed.tensor_parallel import check_divisible, column_linear, row_linear
 from ssm.modules import _states
-from ssm.ops import cpu_matmul
+from ssm.ops import batch_decode, cpu_matmul
+from ssm.ops import conv_state_step as _css
 from ssm.ops.conv_state_step import conv_state_step
 from ssm.ops.norm_gemv import gated_norm_linear, norm_linear, small_linear
 
@@ -278,11 +279,30 @@ class Mamba2(nn.Module):
         # conv update + state step (one kernel on CUDA); per-head dt (B, h), A, D, dt_bias (h,)
         dt, dt_bias, softplus = self._step_dt(dt)
         D = self.D.view(h, p) if self.D_has_hdim else self.D
+        if self._batch_conv(xBC, conv_state):
+            y = self._step_batch(xBC, conv_state, ssm_state, dt, D, dt_bias, softplus, z)
+            return self._reduce(self._step_output(y.reshape(Bsz, self.d_ssm), z, z0, x0))
         y = conv_state_step(xBC, conv_state, self.conv1d.weight, self.conv1d.bias, ssm_state, dt,
                             _states.decode_A(self), D, dt_bias, z=None if self.rmsnorm else z.view(Bsz, h, p),
                             ngroups=self.ngroups, activation=self.activation, dt_softplus=softplus,
                             states_settled=True)  # the kernel before is in_proj's
         return self._reduce(self._step_output(y.reshape(Bsz, self.d_ssm), z, z0, x0))
+
+    def _batch_conv(self, xBC, conv_state) -> bool:
+        """Past conv_state_step's fused batches on CUDA the conv update runs alone, on the channels-last cache
+        (batch_decode), then the state step."""
+        return (xBC.is_cuda and xBC.shape[0] > _css.MAX_BATCH and batch_decode.ENABLED
+                and conv_state.stride(1) == 1)
+
+    def _step_batch(self, xBC, conv_state, ssm_state, dt, D, dt_bias, softplus, z):
+        """conv_state_step's composition for a large batch: the conv update kernel, then the state step."""
+        Bsz, h, p, gn = xBC.shape[0], self.nheads, self.headdim, self.ngroups * self.d_state
+        xBC = batch_decode.conv_update_cl(xBC, conv_state, self.conv1d.weight, self.conv1d.bias, self.activation)
+        x, B, C = torch.split(xBC, [self.d_ssm, gn, gn], dim=-1)
+        g = self.ngroups
+        return ops.selective_state_step(ssm_state, x.view(Bsz, h, p), dt, _states.decode_A(self), B.view(Bsz, g, -1),
+                                        C.view(Bsz, g, -1), D, None if self.rmsnorm else z.view(Bsz, h, p), dt_bias,
+                                        softplus)
 
     def _step_output(self, y, z, z0, x0):
         """_output for one token: the gated norm and out_proj in one kernel on CUDA when nothing else

@@ -408,4 +408,27 @@ struct GemmParams {
   TensorArg c;  // (batch, M, N)
 };
 
+// Batch decode conv update (ssm/ops/cuda/batch_decode.cu): one token on a batch of Mamba-2's channels-last conv
+// cache rows (B, D, 4), unit stride along D: out = act(bias + sum_k w[k] * [state[1:], x][k]), state <- [state[1:], x].
+struct BatchConvParams {
+  int64_t batch = 0, dim = 0, width = 0;
+  DType dtype = DType::f32;  // x, conv_state, out
+  TensorArg x;           // (B, D)
+  TensorArg conv_state;  // (B, D, 4)  unit stride along D
+  TensorArg weight;      // (D, W)     float32
+  TensorArg bias;        // (D,)       float32, optional
+  TensorArg out;         // (B, D)
+  bool silu = false;
+};
+
+// Narrow projection of a decode batch (ssm/ops/cuda/batch_decode.cu): out (B, nout) = x (B, K) @ weight (nout, K)^T,
+// float32 sums; rows with unit stride along K, 16-byte aligned, K a multiple of 8.
+struct BatchLinearParams {
+  int64_t batch = 0, K = 0, nout = 0;
+  DType dtype = DType::f32;  // x, weight, out
+  TensorArg x;       // (B, K)
+  TensorArg weight;  // (nout, K)
+  TensorArg out;     // (B, nout)
+};
+
 }  // namespace ssm

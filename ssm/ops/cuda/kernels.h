@@ -44,4 +44,10 @@ bool dw_causal_conv_cl_fits(const ConvParams& p, const TensorArg& y);
 void dw_causal_conv_cl_fwd(const ConvParams& p, cudaStream_t stream);
 void dw_causal_conv_cl_bwd(const ConvBwdClParams& p, cudaStream_t stream);
 
+// Batch decode (batch_decode.cu): the conv update of a batch's token on Mamba-2's channels-last cache.
+bool batch_conv_fits(const BatchConvParams& p);
+void batch_conv(const BatchConvParams& p, cudaStream_t stream);
+bool batch_linear_narrow_fits(const BatchLinearParams& p, int elem);
+void batch_linear_narrow(const BatchLinearParams& p, cudaStream_t stream);
+
 }  // namespace ssm::cuda

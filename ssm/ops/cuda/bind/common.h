@@ -22,5 +22,6 @@ void bind_conv_state_step(nb::module_& m);
 void bind_norm_gemv(nb::module_& m);
 void bind_dw_causal_conv_cl(nb::module_& m);
 void bind_m1_decode_step(nb::module_& m);
+void bind_batch_conv(nb::module_& m);
 
 }  // namespace ssm::bind::cuda

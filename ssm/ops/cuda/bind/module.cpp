@@ -21,4 +21,5 @@ NB_MODULE(_cuda, m) {
   ssm::bind::cuda::bind_norm_gemv(m);
   ssm::bind::cuda::bind_dw_causal_conv_cl(m);
   ssm::bind::cuda::bind_m1_decode_step(m);
+  ssm::bind::cuda::bind_batch_conv(m);
 }
