@@ -13,11 +13,38 @@ namespace ssm::cuda::ssd {
 
 constexpr int kStateHeads = 4, kXStages = 4;
 
-template <typename T>
+// Bytes before the B tile: the tokens and one weight row (kTok: the kStateHeads heads' weight rows).
+template <bool kTok>
+__host__ __device__ constexpr size_t heads_token_bytes() {
+  return kTok ? align128(kStateHeads * kMaxChunk * sizeof(float))
+              : align128(sizeof(ChunkTokens)) + align128(kMaxChunk * sizeof(float));
+}
+
+template <typename T, bool kTok>
 size_t chunk_state_heads_smem(int Q, int N) {
   const int ldb = (N + 15) / 16 * 16 + 8;
-  return align128(sizeof(ChunkTokens)) + align128(kMaxChunk * sizeof(float)) + align128(Q * ldb * sizeof(T)) +
-         kXStages * align128(kTile * kLd * sizeof(T));
+  return heads_token_bytes<kTok>() + align128(Q * ldb * sizeof(T)) + kXStages * align128(kTile * kLd * sizeof(T));
+}
+
+// The tokens kernel, one block per (chunk, head, row): load_chunk once, then the chunk record and the chunk's
+// Δ, cs and chunk-state weights (Δ_k exp(cs_last - cs_k) on the last run, else 0) into the workspace's tok rows,
+// for the multi-head chunk state and the staged chunk output (same arithmetic as their own load_chunk).
+template <typename T>
+__global__ void __launch_bounds__(kThreads) chunk_tokens_kernel(SsdParams p, Layout w) {
+  __shared__ ChunkTokens tok;
+  const int64_t c = blockIdx.x, b = blockIdx.z, c0 = c * p.chunk;
+  const int h = blockIdx.y;
+  load_chunk(p, b, h, c0, int(p.chunk), tok);
+  const int nvalid = int(min(p.chunk, p.seqlen - c0)), last = nvalid - 1, lr = tok.run[last];
+  float* ws = ptr<float>(p.workspace);
+  const int64_t row = (b * p.nheads + h) * w.nchunks + c;
+  if (threadIdx.x == 0) write_record(ws + w.record + row * kRecord, tok, last);
+  float* dst = ws + w.tok + row * 3 * kMaxChunk;
+  for (int k = threadIdx.x; k < kMaxChunk; k += kThreads) {
+    dst[k] = tok.dt[k];
+    dst[kMaxChunk + k] = tok.cs[k];
+    dst[2 * kMaxChunk + k] = k < nvalid && tok.run[k] == lr ? tok.dt[k] * __expf(tok.cs[last] - tok.cs[k]) : 0.f;
+  }
 }
 
 // acc (16 P rows x 16 npair N columns) += X^T diag(w) B over one 64-token tile (xs [t][p] with ld kLd,
@@ -70,14 +97,15 @@ __device__ __forceinline__ void store_state(float* states, const float (&acc)[16
 }
 
 // kFull: N rounds up to 128 (all eight n-tile pairs, fixed at compile time: no per-pair predicates).
-template <typename T, bool kFull>
+// kTok: the heads' weights come from the tokens kernel (copied with B at the start), else load_chunk per head.
+template <typename T, bool kFull, bool kTok>
 __global__ void __launch_bounds__(kThreads) chunk_state_heads_kernel(SsdParams p, Layout w) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Np = (N + 15) / 16 * 16, ldb = Np + 8;
   const size_t xb = align128(kTile * kLd * sizeof(T));
-  ChunkTokens& tok = *reinterpret_cast<ChunkTokens*>(smem);
-  float* wt = reinterpret_cast<float*>(smem + align128(sizeof(ChunkTokens)));
-  T* bs = reinterpret_cast<T*>(smem + align128(sizeof(ChunkTokens)) + align128(kMaxChunk * sizeof(float)));
+  ChunkTokens& tok = *reinterpret_cast<ChunkTokens*>(smem);  // !kTok
+  float* wt = reinterpret_cast<float*>(smem + (kTok ? 0 : align128(sizeof(ChunkTokens))));
+  T* bs = reinterpret_cast<T*>(smem + heads_token_bytes<kTok>());
   unsigned char* xbase = reinterpret_cast<unsigned char*>(bs) + align128(Q * ldb * sizeof(T));
   const int ntp = (P + kTile - 1) / kTile, hg = int(p.nheads / p.ngroups), nquad = (hg + kStateHeads - 1) / kStateHeads;
   const int64_t c = blockIdx.x / ntp, b = blockIdx.z, c0 = c * Q;
@@ -97,6 +125,13 @@ __global__ void __launch_bounds__(kThreads) chunk_state_heads_kernel(SsdParams p
   };
   for (int kt = 0; kt < nk; ++kt)
     issue_rows_n<T>(bs + kt * kTile * ldb, ldb, Np, bsrc + kt * kTile * br, br, p.B.stride[3], nvalid - kt * kTile, N);
+  if (kTok) {  // the heads' weight rows (64 16-byte chunks each)
+    const float* src = ptr<float>(p.workspace) + w.tok + ((b * p.nheads + h0) * w.nchunks + c) * 3 * kMaxChunk;
+    for (int e = threadIdx.x; e < nh * kMaxChunk / 4; e += kThreads) {
+      const int hi = e / (kMaxChunk / 4), k4 = e % (kMaxChunk / 4);
+      cp_async16(wt + hi * kMaxChunk + 4 * k4, src + hi * w.nchunks * 3 * kMaxChunk + 2 * kMaxChunk + 4 * k4, true);
+    }
+  }
 #pragma unroll
   for (int f = 0; f < kXStages - 1; ++f) {  // one group each; the first also holds B
     if (f < nt) issue_x(f);
@@ -108,13 +143,15 @@ __global__ void __launch_bounds__(kThreads) chunk_state_heads_kernel(SsdParams p
 #pragma unroll 1
   for (int f = 0; f < nt; ++f) {
     const int hi = f / nk, kt = f % nk, h = h0 + hi;
-    if (kt == 0) {  // the head's tokens, record and weights; its accumulators from zero
-      load_chunk(p, b, h, c0, Q, tok);
-      const int lr = tok.run[last];
-      if (pt == 0 && threadIdx.x == 0)
-        write_record(ws + w.record + ((b * p.nheads + h) * w.nchunks + c) * kRecord, tok, last);
-      for (int k = threadIdx.x; k < kMaxChunk; k += kThreads)
-        wt[k] = k < nvalid && tok.run[k] == lr ? tok.dt[k] * __expf(tok.cs[last] - tok.cs[k]) : 0.f;
+    if (kt == 0) {  // the head's tokens, record and weights (kTok: copied already); its accumulators from zero
+      if (!kTok) {
+        load_chunk(p, b, h, c0, Q, tok);
+        const int lr = tok.run[last];
+        if (pt == 0 && threadIdx.x == 0)
+          write_record(ws + w.record + ((b * p.nheads + h) * w.nchunks + c) * kRecord, tok, last);
+        for (int k = threadIdx.x; k < kMaxChunk; k += kThreads)
+          wt[k] = k < nvalid && tok.run[k] == lr ? tok.dt[k] * __expf(tok.cs[last] - tok.cs[k]) : 0.f;
+      }
 #pragma unroll
       for (int j = 0; j < 16; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
     }
@@ -123,7 +160,7 @@ __global__ void __launch_bounds__(kThreads) chunk_state_heads_kernel(SsdParams p
     cp_async_wait<kXStages - 1>();  // tile f (and B) landed
     __syncthreads();
     state_tile_wide<T>(acc, reinterpret_cast<const T*>(xbase + (f % kXStages) * xb), bs + kt * kTile * ldb, ldb,
-                       wt + kt * kTile, r0, npair);
+                       wt + (kTok ? hi * kMaxChunk : 0) + kt * kTile, r0, npair);
     if (kt == nk - 1)
       store_state(ws + w.states + ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N, acc, P, N,
                   p0 + r0 + (int(threadIdx.x & 31) >> 2));
@@ -134,6 +171,21 @@ __global__ void __launch_bounds__(kThreads) chunk_state_heads_kernel(SsdParams p
 // The multi-head chunk-state kernel (SSM_SSD_FWD_HEADS=0: one block per head and 64 x 64 tile).
 inline bool state_heads_enabled() { return ssd_switch("SSM_SSD_FWD_HEADS", true); }
 
+// The tokens kernel before the multi-head chunk state, for the forward (ssd_chunk_scan_fwd.cu sets Layout::tokens;
+// SSM_SSD_FWD_TOKWS=0: load_chunk in each kernel, session 7).
+inline bool tokens_enabled(const SsdParams& p) {
+  return p.dtype != DType::f32 && p.dstate <= 2 * kTile && state_heads_enabled() && ssd_switch("SSM_SSD_FWD_TOKWS", true);
+}
+
+template <typename T, bool kTok>
+void launch_heads(const SsdParams& p, const Layout& w, dim3 grid, cudaStream_t s) {
+  const size_t smem = chunk_state_heads_smem<T, kTok>(int(p.chunk), int(p.dstate));
+  if ((p.dstate + 15) / 16 == 8)
+    launch(chunk_state_heads_kernel<T, true, kTok>, grid, smem, s, p, w);
+  else
+    launch(chunk_state_heads_kernel<T, false, kTok>, grid, smem, s, p, w);
+}
+
 template <typename T>
 void launch_chunk_state(const SsdParams& p, const Layout& w, cudaStream_t s) {
   const int64_t ptiles = (p.headdim + kTile - 1) / kTile;
@@ -143,11 +195,12 @@ void launch_chunk_state(const SsdParams& p, const Layout& w, cudaStream_t s) {
     if (state_heads_enabled() && p.dstate <= 2 * kTile) {
       const int64_t hg = p.nheads / p.ngroups, quads = (hg + kStateHeads - 1) / kStateHeads;
       const dim3 hgrid(unsigned(w.nchunks * ptiles), unsigned(p.ngroups * quads), unsigned(p.batch));
-      const size_t smem = chunk_state_heads_smem<T>(int(p.chunk), int(p.dstate));
-      if ((p.dstate + 15) / 16 == 8)
-        launch(chunk_state_heads_kernel<T, true>, hgrid, smem, s, p, w);
-      else
-        launch(chunk_state_heads_kernel<T, false>, hgrid, smem, s, p, w);
+      if (w.tokens) {
+        launch(chunk_tokens_kernel<T>, dim3(unsigned(w.nchunks), unsigned(p.nheads), unsigned(p.batch)), 0, s, p, w);
+        launch_heads<T, true>(p, w, hgrid, s);
+      } else {
+        launch_heads<T, false>(p, w, hgrid, s);
+      }
       return;
     }
     launch(chunk_state_mma_kernel<T>, grid, chunk_state_mma_smem<T>(), s, p, w);  // N > 128
