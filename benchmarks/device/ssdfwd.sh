@@ -12,7 +12,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 left() { echo $((${1} - SECONDS)); }
-timeout -k 2 27 $PY benchmarks/device/ssdfwd_tests.py --seeds "$OUT/seeds.json" 4 --budget 24 \
+timeout -k 2 28 $PY benchmarks/device/ssdfwd_tests.py --seeds "$OUT/seeds.json" 4 --budget 25 \
   --flake "$OUT/flake.json" > "$OUT/run.log" 2> "$OUT/run.err"
 echo "tests+seeds+flake rc=$? at ${SECONDS}s"
 grep -E "SUMMARY|BITWISE|failed.: [1-9]" "$OUT/run.err" | cut -c1-600
