@@ -14,6 +14,9 @@
 // (emulated in float64: y's error ~1.02x the float32-computed reference's, against ~1.6x with one rounding
 // each of C B^T and S). SSM_SSD_FWD_EXACT=0: bfloat16 C B^T for bfloat16 inputs, S rounded once, C_q scaled
 // in the A fragments (the session-5 kernel).
+// Session 8: Δ / cs come from the tokens kernel's workspace rows (one 16-byte copy per thread) where no seq_idx /
+// cu_seqlens splits a chunk (load_chunk otherwise), and the exact form takes H_in as hi + lo (the state pass writes
+// lo; its tiles stream into the diagonal key tile's pair during C_q H_hi^T; SSM_SSD_FWD_HIN_SPLIT=0: rounded once).
 // SSM_SSD_FWD_STAGED=0 selects the lean kernel. This file holds the chunk-output launcher.
 #pragma once
 #include "cuda/ssd_chunk_output_lean.cuh"
@@ -112,27 +115,20 @@ __device__ __forceinline__ void mma_c_hin(float (&acc)[8][4], const T* cq, int l
   }
 }
 
-// hc += C_q H^T over K = Np (<= 128), unscaled (the exact form's own float32 accumulators; H as mma_c_hin's);
-// kLo: H = hi + lo, the residue's half tiles in l0, l1 (C_q's fragments loaded once for both).
-template <typename T, bool kLo>
+// hc += C_q H^T over K = Np (<= 128), unscaled (the exact form's own float32 accumulators; H as mma_c_hin's).
+template <typename T>
 __device__ __forceinline__ void mma_c_h(float (&hc)[8][4], const T* cq, int ldn, const T* h0, const T* h1, int r0,
-                                        int Np, const T* l0, const T* l1) {
+                                        int Np) {
   for (int k0 = 0; k0 < Np; k0 += 16) {
     unsigned a[4];
     load_a(a, cq, ldn, r0, k0);
     const T* hs = k0 < kTile ? h0 : h1;
-    const T* ls = k0 < kTile ? l0 : l1;
 #pragma unroll
     for (int jp = 0; jp < 4; ++jp) {
       unsigned bb[4];
       load_b_nk(bb, hs, kLd, jp * 16, k0 & (kTile - 1));
       mma16816<T>(hc[2 * jp], a, bb[0], bb[1]);
       mma16816<T>(hc[2 * jp + 1], a, bb[2], bb[3]);
-      if (kLo) {
-        load_b_nk(bb, ls, kLd, jp * 16, k0 & (kTile - 1));
-        mma16816<T>(hc[2 * jp], a, bb[0], bb[1]);
-        mma16816<T>(hc[2 * jp + 1], a, bb[2], bb[3]);
-      }
     }
   }
 }
@@ -247,7 +243,7 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
     issue_rows_n<T>(cq, ldn, Np, csrc + q * kTile * p.C.stride[1], p.C.stride[1], p.C.stride[3], rows_left - q * kTile,
                     N);
   };
-  const bool copied = w.tokens && !has(p.seq_idx) && !has(p.cu_seqlens);  // Δ / cs from the tokens kernel
+  const bool copied = !has(p.seq_idx) && !has(p.cu_seqlens);  // no runs: Δ / cs from the tokens kernel
   if (copied) {
     issue_tokens(p, w, b, h, c, tok);
     cp_async_commit();
@@ -293,11 +289,9 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
     add_dx<T>(acc, ds, xbuf(base + qt), r0);  // the diagonal key tile is the query tile
     cp_async_wait<0>();
     __syncthreads();  // H_in landed; the diagonal tile's pair is free
-    if (kLo) {  // H_in's residue into it (the next pass's first key tile follows C_q (hi + lo)^T)
+    if (kLo) {  // H_in's residue into it, landing during C_q H_hi^T
       issue_hin(base + qt, hin + (w.hinlo - w.hin) * int64_t(sizeof(float) / sizeof(T)));  // hinlo: as hin
       cp_async_commit();
-      cp_async_wait<0>();
-      __syncthreads();
     } else if (pass + 1 < npass) {  // the next pass's first key tile
       issue_key(base + qt, q_last, 0);
       cp_async_commit();
@@ -308,17 +302,17 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
     const T* h1 = reinterpret_cast<const T*>(cbuf(base + qt + 1));
     if (kSplit) {
       float hc[8][4] = {};
-      if (kLo)  // H_in = hi + lo enters unrounded
-        mma_c_h<T, true>(hc, cq, ldn, xbuf(base + qt + 1), h1, r0, Np, xbuf(base + qt),
-                         reinterpret_cast<const T*>(cbuf(base + qt)));
-      else
-        mma_c_h<T, false>(hc, cq, ldn, xbuf(base + qt + 1), h1, r0, Np, nullptr, nullptr);
-      add_scaled(acc, hc, e);
-      if (kLo && pass + 1 < npass) {  // every warp done with both pairs: the next pass's first key tile
-        __syncthreads();
-        issue_key(base + qt + 1, q_last, 0);
-        cp_async_commit();
+      mma_c_h<T>(hc, cq, ldn, xbuf(base + qt + 1), h1, r0, Np);
+      if (kLo) {  // + C_q H_lo^T: H_in = hi + lo enters unrounded
+        cp_async_wait<0>();
+        __syncthreads();  // H_lo landed; every warp is done with the hi pair
+        if (pass + 1 < npass) {  // the next pass's first key tile, into the hi pair, landing during C_q H_lo^T
+          issue_key(base + qt + 1, q_last, 0);
+          cp_async_commit();
+        }
+        mma_c_h<T>(hc, cq, ldn, xbuf(base + qt), reinterpret_cast<const T*>(cbuf(base + qt)), r0, Np);
       }
+      add_scaled(acc, hc, e);
     } else {
       mma_c_hin<T>(acc, cq, ldn, xbuf(base + qt + 1), h1, e, r0, Np);
     }

@@ -43,12 +43,11 @@ enum Rec : int { kDecayAll = 0, kDecayLastRun = 1, kHasReset = 2, kContinues = 3
 //                                                                 (the state pass, when the H_in split is on)
 //   tok   [((b * H + h) * nchunks + c) * 3 * kMaxChunk + f * kMaxChunk + k]  half / bfloat16 only: the chunk's
 //                                                                 Δ (f 0), cs (f 1) and chunk-state weights (f 2),
-//                                                                 written by the tokens kernel
+//                                                                 written by the tokens kernel (N <= 128)
 // Mirrored by ssm/ops/ssd.py (_cuda_workspace_floats); the binding checks the size.
 struct Layout {
   int64_t nchunks = 0, record = 0, states = 0, hin = 0, cb = 0, hinlo = 0, tok = 0, floats = 0;
-  bool split = false;   // the state pass writes hinlo and the exact staged output reads it
-  bool tokens = false;  // the tokens kernel ran: the staged output may copy Δ / cs from tok
+  bool split = false;  // the state pass writes hinlo and the exact staged output reads it (the forward sets it)
 };
 
 __host__ __device__ inline int64_t round64(int64_t n) { return (n + 63) / 64 * 64; }

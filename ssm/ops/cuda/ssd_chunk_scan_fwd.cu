@@ -1,6 +1,5 @@
 // SSD chunked scan forward: checks and the dtype dispatch (kernels in ssd_*.cuh).
 #include "cuda/ssd_chunk_output_staged.cuh"
-#include "cuda/ssd_chunk_state_heads.cuh"
 
 namespace ssm::cuda {
 
@@ -15,8 +14,7 @@ void ssd_chunk_scan_fwd(const SsdParams& p, cudaStream_t stream) {
   SSM_CHECK(!has(p.varlen_states) || has(p.cu_seqlens), op, "varlen_states need cu_seqlens");
   const int elem = p.dtype == DType::f32 ? 4 : 2;
   ssd::Layout w = ssd::layout(p, elem);
-  w.split = ssd::hin_split_enabled(p);  // the forward's own workspace options (the backward keeps both off)
-  w.tokens = ssd::tokens_enabled(p);
+  w.split = ssd::hin_split_enabled(p);  // the forward's own (the backward's layout keeps it off)
   SSM_CHECK(p.workspace_floats >= w.floats, op, "workspace of ", p.workspace_floats, " floats, need ", w.floats);
   if (p.batch * p.nheads == 0) return;
   SSM_DTYPE_SWITCH(p.dtype, T, op, [&] {
