@@ -1,6 +1,6 @@
 """The ssd_split bf16 gradient flake against the forward's H_in rounding (ssdfwd, session 8): per seed, test_ssd_split's
 bf16 gradient case on CUDA (the fused path, forward + the SSD backward kernels, backward split on) with the forward's
-chunk output taking H_in as hi + lo (SSM_SSD_FWD_HIN_SPLIT=1, the default) and rounded once (=0), on the same inputs;
+chunk output taking H_in as hi + lo (SSM_SSD_FWD_HIN_SPLIT=1) and rounded once (=0, the default), on the same inputs;
 each gradient's err / bound with the test's bound (harness.lowp_bound: 2 x the bf16 reference's error + eps / 2) and
 session 7's (2 x + 2e-3, ssdbwd's driver). Also y's error on a several-chunk shape with large initial states, hi + lo
 against rounded (where H_in's rounding shows in y itself).
@@ -86,7 +86,7 @@ def y_chunks(seeds=3):
     return out
 
 
-def main(budget_s, seed0=12000):  # round 1: 11000
+def main(budget_s, seed0=13000):  # round 1: 11000, 1b: 12000
     import ssm.ops._kernels as kernels
     kernels.POISON_OUTPUTS = False
     start = time.time()
@@ -103,4 +103,4 @@ def main(budget_s, seed0=12000):  # round 1: 11000
 
 
 if __name__ == "__main__":
-    main(float(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 12000)
+    main(float(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 13000)
