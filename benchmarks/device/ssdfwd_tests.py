@@ -1,10 +1,11 @@
-"""Device-round tests of the SSD forward (ssdfwd, sessions 6-7) in one process (a Python process with torch
+"""Device-round tests of the SSD forward (ssdfwd, sessions 6-8) in one process (a Python process with torch
 takes seconds to start there): the GPU SSD tests with the default kernels (or the switches in SSD_FWD_ENV, JSON:
-e.g. {"SSM_SSD_FWD_EXACT": "0"}), then
-the error distribution of y over seeds (ssdfwd_seeds.py, with --seeds OUT.json [N]), then repeated runs of
-test_ssd_split's low-precision gradient cases (their failure rate) while the time budget lasts.
+e.g. {"SSM_SSD_FWD_EXACT": "0"}), then the error distribution of y over seeds (ssdfwd_seeds.py, with
+--seeds OUT.json [N]), then the ssd_split bf16 gradient flake with H_in hi + lo against rounded (ssdfwd_flake.py)
+while the time budget lasts (--budget S, --flake OUT.json).
 
-    python benchmarks/device/ssdfwd_tests.py [--seeds OUT.json [N]] [--budget S]   (summary lines on stderr)
+    python benchmarks/device/ssdfwd_tests.py [--seeds OUT.json [N]] [--budget S] [--flake OUT.json]
+    (summary lines on stderr)
 """
 import json
 import os
@@ -16,14 +17,11 @@ import pytest
 FWD_CUDA = ("model_sizes or seq_idx_runs or token_major or varlen_sequences or length_one or graph or bitwise or "
             "(kernel_backward_matches and bf16)")
 FWD_GRID = "cuda and (forward_matches or chunked_prefill or long_sequence or varlen_states) and not dtype0"
-SPLIT_LOWP = "cuda and gradients and (dtype1 or dtype2)"
 RUNS = [  # (name, environment, [(file, -k)]); SSD_FWD_ENV (JSON) overrides the first run's environment
     ("default", json.loads(os.environ.get("SSD_FWD_ENV", "{}")),
      [("tests/ops/test_ssd_split.py", "cuda and not compile"), ("tests/ops/test_ssd_cuda.py", FWD_CUDA),
       ("tests/ops/test_ssd.py", FWD_GRID)]),
 ]
-# (a reference-backward repeat cannot run here: the tests force SSM_BACKEND=cuda, which refuses the fallback)
-REPEATS = [("kernel-bwd", {})]
 START = time.time()
 
 
@@ -60,22 +58,17 @@ def run(name, env, selections):
 def main():
     budget = float(sys.argv[sys.argv.index("--budget") + 1]) if "--budget" in sys.argv else 1e9
     run(*RUNS[0])
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     if "--seeds" in sys.argv:
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         import ssdfwd_seeds
         at = sys.argv.index("--seeds")
         n = int(sys.argv[at + 2]) if len(sys.argv) > at + 2 and sys.argv[at + 2].isdigit() else 40
         ssdfwd_seeds.main(sys.argv[at + 1], n)
-    tally = {name: [0, 0] for name, _ in REPEATS}  # failed, run
-    for rep in range(40):  # the split file's low-precision gradient rows again (fresh random inputs each)
-        if time.time() - START > budget:
-            break
-        name, env = REPEATS[rep % len(REPEATS)]
-        n = run(f"split-repeat{rep} {name}", env, [("tests/ops/test_ssd_split.py", SPLIT_LOWP)])
-        tally[name][0] += n["failed"]
-        tally[name][1] += n["failed"] + n["passed"]
-    print("REPEATS " + "; ".join(f"{k}: {v[0]} failed of {v[1]}" for k, v in tally.items()), file=sys.stderr,
-          flush=True)
+    if "--flake" in sys.argv and budget - (time.time() - START) > 3:
+        import ssdfwd_flake
+        res = ssdfwd_flake.main(budget - (time.time() - START))
+        with open(sys.argv[sys.argv.index("--flake") + 1], "w") as f:
+            json.dump(res, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -87,9 +87,9 @@ def layer_case():
     return dict(case="Mamba2 layer fwd H24 B8 L2048", gpu_ms=total, eager_ms=time_ms(fwd, reps=10), kernels=table)
 
 
-# Kernel variants timed after the defaults (the switches are read at each launch): session 5's staged output.
-STAGED = {"SSM_SSD_FWD_EXACT": "0"}
-VARIANTS = [(8, STAGED)]  # B 0: the Mamba2 layer (with --layer)
+# Kernel variants timed after the defaults (the switches are read at each launch): H_in as hi + lo.
+STAGED = {"SSM_SSD_FWD_HIN_SPLIT": "1"}
+VARIANTS = [(8, STAGED), (1, STAGED)]  # (B 0: the Mamba2 layer, with --layer)
 
 
 def variant_case(B, env):

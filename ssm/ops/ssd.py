@@ -94,7 +94,8 @@ def _cuda_chunk(chunk_size):
 
 
 # The CUDA workspace (one row of float32): chunk records, float32 chunk states, the entering
-# states in the element type and, for 2-byte types, the float32 C B^T of each chunk and group;
+# states in the element type and, for 2-byte types, the float32 C B^T of each chunk and group,
+# the entering states' residues and the chunk tokens;
 # mirrors ssd::layout in ssm/ops/cuda/ssd_chunk_scan.cuh.
 def _r64(n):
     return (n + 63) // 64 * 64
@@ -104,8 +105,11 @@ def _cuda_workspace_floats(batch, L, H, P, N, chunk, elem_bytes, G):
     nc = (L + chunk - 1) // chunk
     bhc = batch * H * nc
     spn = bhc * P * N
-    cb = _r64(batch * nc * G * chunk * chunk) if elem_bytes == 2 else 0
-    return _r64(bhc * 8) + _r64(spn) + _r64((spn * elem_bytes + 3) // 4) + cb
+    base = _r64(bhc * 8) + _r64(spn) + _r64((spn * elem_bytes + 3) // 4)
+    if elem_bytes != 2:
+        return base
+    # + C B^T, H_in's residue (hinlo) and the chunk tokens (Δ, cs, weights: 3 x 256 floats per chunk)
+    return base + _r64(batch * nc * G * chunk * chunk) + _r64((spn * 2 + 3) // 4) + _r64(bhc * 3 * 256)
 
 
 def _kernel_reason(backend, kernel, x, B, C, *more):

@@ -14,6 +14,9 @@
 // (emulated in float64: y's error ~1.02x the float32-computed reference's, against ~1.6x with one rounding
 // each of C B^T and S). SSM_SSD_FWD_EXACT=0: bfloat16 C B^T for bfloat16 inputs, S rounded once, C_q scaled
 // in the A fragments (the session-5 kernel).
+// Session 8: Δ / cs come from the tokens kernel's workspace rows (one 16-byte copy per thread) where no seq_idx /
+// cu_seqlens splits a chunk (load_chunk otherwise); with SSM_SSD_FWD_HIN_SPLIT=1 the exact form takes H_in as hi + lo
+// (the state pass writes lo; its tiles stream into the diagonal key tile's pair during C_q H_hi^T).
 // SSM_SSD_FWD_STAGED=0 selects the lean kernel. This file holds the chunk-output launcher.
 #pragma once
 #include "cuda/ssd_chunk_output_lean.cuh"
@@ -112,12 +115,10 @@ __device__ __forceinline__ void mma_c_hin(float (&acc)[8][4], const T* cq, int l
   }
 }
 
-// acc += diag(e) C_q H^T as mma_c_hin computes it, with C_q H^T in float32 accumulators of its own,
-// scaled by e once (no rounding of C_q e; no per-step scaling of the A fragments).
+// hc += C_q H^T over K = Np (<= 128), unscaled (the exact form's own float32 accumulators; H as mma_c_hin's).
 template <typename T>
-__device__ __forceinline__ void mma_c_hin_exact(float (&acc)[8][4], const T* cq, int ldn, const T* h0, const T* h1,
-                                                const float (&e)[2], int r0, int Np) {
-  float hc[8][4] = {};
+__device__ __forceinline__ void mma_c_h(float (&hc)[8][4], const T* cq, int ldn, const T* h0, const T* h1, int r0,
+                                        int Np) {
   for (int k0 = 0; k0 < Np; k0 += 16) {
     unsigned a[4];
     load_a(a, cq, ldn, r0, k0);
@@ -130,10 +131,26 @@ __device__ __forceinline__ void mma_c_hin_exact(float (&acc)[8][4], const T* cq,
       mma16816<T>(hc[2 * jp + 1], a, bb[2], bb[3]);
     }
   }
+}
+
+// acc += diag(e) hc (C_q H^T scaled by e once: no rounding of C_q e; no per-step scaling of the A fragments).
+__device__ __forceinline__ void add_scaled(float (&acc)[8][4], const float (&hc)[8][4], const float (&e)[2]) {
 #pragma unroll
   for (int j = 0; j < 8; ++j)
 #pragma unroll
     for (int u = 0; u < 4; ++u) acc[j][u] = fmaf(hc[j][u], e[u / 2], acc[j][u]);
+}
+
+// The chunk's Δ and cs from the tokens kernel's rows (one 16-byte copy per thread; the caller commits, waits
+// and syncs) and run 0 for every token (the caller checks that no seq_idx / cu_seqlens splits the chunk).
+__device__ __forceinline__ void issue_tokens(const SsdParams& p, const Layout& w, int64_t b, int h, int64_t c,
+                                             ChunkTokens& tok) {
+  static_assert(kThreads == kMaxChunk / 2, "one 16-byte copy per thread: Δ by threads 0-63, cs by 64-127");
+  const float* src = ptr<float>(p.workspace) + w.tok + ((b * p.nheads + h) * w.nchunks + c) * 3 * kMaxChunk;
+  const int e = int(threadIdx.x), k4 = 4 * (e % (kMaxChunk / 4));
+  cp_async16((e < kMaxChunk / 4 ? tok.dt : tok.cs) + k4, src + 4 * e, true);
+  tok.run[2 * e] = tok.run[2 * e + 1] = 0;
+  if (e == 0) tok.runstart[0] = 0;
 }
 
 // acc(t, p) += D_p x(t, p) for the thread's rows (t - t0 = r0 + lane / 4 (+ 8)) from the query tile's x
@@ -181,8 +198,10 @@ __device__ __forceinline__ void store_y_staged(const SsdParams& p, const float (
   }
 }
 
-template <typename T, typename Cb, bool kSplit>
+// kLo (exact form, Layout::split): C_q H_in^T as C_q (H_hi + H_lo)^T, H_lo written by the state pass.
+template <typename T, typename Cb, bool kSplit, bool kLo>
 __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParams p, Layout w) {
+  static_assert(kSplit || !kLo, "H_in's residue enters the exact form only");
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Np = round16(N), ldn = Np + 8;
   const size_t xb = align128(kTile * kLd * sizeof(T)), pb = staged_pair_bytes<T, Cb>();
@@ -216,16 +235,30 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
     issue_rows<T, kTile>(xbuf(i), kLd, xsrc + s1 * xs1, xs1, p.x.stride[3], rows_left - s1, P - p0);
     issue_cb(cbuf(i), cb + int64_t(q) * kTile * Q + s1, Q);
   };
+  auto issue_hin = [&](int i, const T* src) {  // H_in's half tiles ([p][n], n < 64 and n >= 64) into pair i
+    issue_rows<T, kTile>(xbuf(i), kLd, src, N, 1, P - p0, min(N, kTile));
+    if (N > kTile) issue_rows<T, kTile>(reinterpret_cast<T*>(cbuf(i)), kLd, src + kTile, N, 1, P - p0, N - kTile);
+  };
   auto issue_c = [&](int q) {  // C_q, read by the pass's last stage
     issue_rows_n<T>(cq, ldn, Np, csrc + q * kTile * p.C.stride[1], p.C.stride[1], p.C.stride[3], rows_left - q * kTile,
                     N);
   };
+  const bool copied = !has(p.seq_idx) && !has(p.cu_seqlens);  // no runs: Δ / cs from the tokens kernel
+  if (copied) {
+    issue_tokens(p, w, b, h, c, tok);
+    cp_async_commit();
+  }
   issue_c(qp);
   issue_key(0, qp, 0);
   cp_async_commit();
   for (int k = threadIdx.x; k < kTile; k += kThreads)  // read after load_chunk's barriers
     ds[k] = has(p.D) && p0 + k < P ? ptr<float>(p.D)[h * p.D.stride[0] + (p0 + k) * p.D.stride[1]] : 0.f;
-  load_chunk(p, b, h, c0, Q, tok);
+  if (copied) {
+    cp_async_wait<1>();  // the tokens (C_q and the first key tile may still be in flight)
+    __syncthreads();
+  } else {
+    load_chunk(p, b, h, c0, Q, tok);
+  }
   const bool runs = tok.run[rows_left - 1] != 0;  // a sequence changes inside the chunk
   const bool factored = !runs && p.dt_lo >= 0.f;
   int base = 0;  // the buffer pair of the pass's first key tile
@@ -244,10 +277,8 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
       if (kt < qt) {
         issue_key(base + kt + 1, qt, kt + 1);
         if (kt == 0 && pass > 0) issue_c(qt);
-      } else {  // the H_in half tiles ([p][n], n < 64 and n >= 64) into the free pair
-        issue_rows<T, kTile>(xbuf(base + qt + 1), kLd, hin, N, 1, P - p0, min(N, kTile));
-        if (N > kTile)
-          issue_rows<T, kTile>(reinterpret_cast<T*>(cbuf(base + qt + 1)), kLd, hin + kTile, N, 1, P - p0, N - kTile);
+      } else {  // H_in into the free pair
+        issue_hin(base + qt + 1, hin);
       }
       cp_async_commit();
       const int lim = kt == qt ? warp : 3;  // the diagonal tile: keys up to the warp's last row
@@ -258,7 +289,10 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
     add_dx<T>(acc, ds, xbuf(base + qt), r0);  // the diagonal key tile is the query tile
     cp_async_wait<0>();
     __syncthreads();  // H_in landed; the diagonal tile's pair is free
-    if (pass + 1 < npass) {  // the next pass's first key tile
+    if (kLo) {  // H_in's residue into it, landing during C_q H_hi^T
+      issue_hin(base + qt, hin + (w.hinlo - w.hin) * int64_t(sizeof(float) / sizeof(T)));  // hinlo: as hin
+      cp_async_commit();
+    } else if (pass + 1 < npass) {  // the next pass's first key tile
       issue_key(base + qt, q_last, 0);
       cp_async_commit();
     }
@@ -266,15 +300,27 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) e[hf] = trow[hf] < rows_left && tok.run[trow[hf]] == 0 ? ex2(q2[hf]) : 0.f;
     const T* h1 = reinterpret_cast<const T*>(cbuf(base + qt + 1));
-    if (kSplit)
-      mma_c_hin_exact<T>(acc, cq, ldn, xbuf(base + qt + 1), h1, e, r0, Np);
-    else
+    if (kSplit) {
+      float hc[8][4] = {};
+      mma_c_h<T>(hc, cq, ldn, xbuf(base + qt + 1), h1, r0, Np);
+      if (kLo) {  // + C_q H_lo^T: H_in = hi + lo enters unrounded
+        cp_async_wait<0>();
+        __syncthreads();  // H_lo landed; every warp is done with the hi pair
+        if (pass + 1 < npass) {  // the next pass's first key tile, into the hi pair, landing during C_q H_lo^T
+          issue_key(base + qt + 1, q_last, 0);
+          cp_async_commit();
+        }
+        mma_c_h<T>(hc, cq, ldn, xbuf(base + qt), reinterpret_cast<const T*>(cbuf(base + qt)), r0, Np);
+      }
+      add_scaled(acc, hc, e);
+    } else {
       mma_c_hin<T>(acc, cq, ldn, xbuf(base + qt + 1), h1, e, r0, Np);
+    }
     if (!pairs || (runs && has(p.cu_seqlens) && has(p.initial_states)))
       store_y_general<T>(p, tok, acc, nullptr, b, h, g, c0, trow, t0, rows_left, p0);
     else
       store_y_staged<T>(p, acc, b, h, c0, trow, rows_left, p0);
-    base += qt;
+    base += kLo ? qt + 1 : qt;  // the next pass's first key tile: the hi pair (lo) or the diagonal one
   }
 }
 
@@ -284,6 +330,15 @@ inline bool staged_enabled() { return ssd_switch("SSM_SSD_FWD_STAGED", true); }
 // The exact forms (SSM_SSD_FWD_EXACT=0: bfloat16 C B^T for bfloat16 inputs and S rounded once, in the staged
 // and the lean kernel).
 inline bool exact_enabled() { return ssd_switch("SSM_SSD_FWD_EXACT", true); }
+
+// SSM_SSD_FWD_HIN_SPLIT=1: the exact staged output takes H_in as hi + lo (the state pass writes lo): y's state term
+// unrounded, the forward's share of the ssd_split bf16 gradient flake gone, but +40 us at B8 L2048 (session 8, H200:
+// 0.386 against 0.338 ms), so H_in is rounded once to the element type by default. ssd_chunk_scan_fwd.cu sets
+// Layout::split from it.
+inline bool hin_split_enabled(const SsdParams& p) {
+  return p.dtype != DType::f32 && p.dstate <= 2 * kTile && staged_enabled() && exact_enabled() &&
+         ssd_switch("SSM_SSD_FWD_HIN_SPLIT", false);
+}
 
 // C B^T in bfloat16 for bfloat16 inputs (the inexact staged kernel's shared tiles), float32 otherwise.
 template <typename T>
@@ -300,11 +355,14 @@ void launch_chunk_scan(const SsdParams& p, const Layout& w, cudaStream_t s) {
     const size_t cb_smem = 2 * align128(kTile * (round16(N) + 8) * sizeof(T));
     if (staged_enabled() && N <= 2 * kTile && exact_enabled()) {
       launch(chunk_cb_kernel<T, float>, cb_grid, cb_smem, s, p, w);
-      launch(chunk_scan_staged_kernel<T, float, true>, paired, chunk_scan_staged_smem<T, float>(N), s, p, w);
+      if (w.split)
+        launch(chunk_scan_staged_kernel<T, float, true, true>, paired, chunk_scan_staged_smem<T, float>(N), s, p, w);
+      else
+        launch(chunk_scan_staged_kernel<T, float, true, false>, paired, chunk_scan_staged_smem<T, float>(N), s, p, w);
     } else if (staged_enabled() && N <= 2 * kTile) {
       using Cb = StagedCb<T>;
       launch(chunk_cb_kernel<T, Cb>, cb_grid, cb_smem, s, p, w);
-      launch(chunk_scan_staged_kernel<T, Cb, false>, paired, chunk_scan_staged_smem<T, Cb>(N), s, p, w);
+      launch(chunk_scan_staged_kernel<T, Cb, false, false>, paired, chunk_scan_staged_smem<T, Cb>(N), s, p, w);
     } else {
       launch(chunk_cb_kernel<T, float>, cb_grid, cb_smem, s, p, w);
       if (exact_enabled())

@@ -39,9 +39,15 @@ enum Rec : int { kDecayAll = 0, kDecayLastRun = 1, kHasReset = 2, kContinues = 3
 //   hin   [(((b * nchunks + c) * H + h) * P + p) * N + n]        H_in(c) in the element type T
 //   cb    [(((b * nchunks + c) * G + g) * Q + t) * Q + s]        half / bfloat16 only: float32 C_t B_s^T
 //                                                                 within each chunk (chunk output)
+//   hinlo [as hin]                                               half / bfloat16 only: H_in(c) - hin in T
+//                                                                 (the state pass, when the H_in split is on)
+//   tok   [((b * H + h) * nchunks + c) * 3 * kMaxChunk + f * kMaxChunk + k]  half / bfloat16 only: the chunk's
+//                                                                 Δ (f 0), cs (f 1) and chunk-state weights (f 2),
+//                                                                 written by the tokens kernel (N <= 128)
 // Mirrored by ssm/ops/ssd.py (_cuda_workspace_floats); the binding checks the size.
 struct Layout {
-  int64_t nchunks = 0, record = 0, states = 0, hin = 0, cb = 0, floats = 0;
+  int64_t nchunks = 0, record = 0, states = 0, hin = 0, cb = 0, hinlo = 0, tok = 0, floats = 0;
+  bool split = false;  // the state pass writes hinlo and the exact staged output reads it (the forward sets it)
 };
 
 __host__ __device__ inline int64_t round64(int64_t n) { return (n + 63) / 64 * 64; }
@@ -54,7 +60,13 @@ inline Layout layout(const SsdParams& p, int elem_bytes) {
   w.states = round64(bhc * kRecord);
   w.hin = w.states + round64(spn);
   w.cb = w.hin + round64((spn * elem_bytes + 3) / 4);
-  w.floats = w.cb + (elem_bytes == 2 ? round64(p.batch * w.nchunks * p.ngroups * p.chunk * p.chunk) : 0);
+  if (elem_bytes != 2) {
+    w.floats = w.cb;
+    return w;
+  }
+  w.hinlo = w.cb + round64(p.batch * w.nchunks * p.ngroups * p.chunk * p.chunk);
+  w.tok = w.hinlo + round64((spn * 2 + 3) / 4);
+  w.floats = w.tok + round64(bhc * 3 * kMaxChunk);
   return w;
 }
 

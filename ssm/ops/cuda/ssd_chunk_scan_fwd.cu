@@ -1,5 +1,5 @@
 // SSD chunked scan forward: checks and the dtype dispatch (kernels in ssd_*.cuh).
-#include "cuda/ssd_chunk_scan.cuh"
+#include "cuda/ssd_chunk_output_staged.cuh"
 
 namespace ssm::cuda {
 
@@ -13,7 +13,8 @@ void ssd_chunk_scan_fwd(const SsdParams& p, cudaStream_t stream) {
   SSM_CHECK(!has(p.cu_seqlens) || p.batch == 1, op, "cu_seqlens needs batch 1, got ", p.batch);
   SSM_CHECK(!has(p.varlen_states) || has(p.cu_seqlens), op, "varlen_states need cu_seqlens");
   const int elem = p.dtype == DType::f32 ? 4 : 2;
-  const ssd::Layout w = ssd::layout(p, elem);
+  ssd::Layout w = ssd::layout(p, elem);
+  w.split = ssd::hin_split_enabled(p);  // the forward's own (the backward's layout keeps it off)
   SSM_CHECK(p.workspace_floats >= w.floats, op, "workspace of ", p.workspace_floats, " floats, need ", w.floats);
   if (p.batch * p.nheads == 0) return;
   SSM_DTYPE_SWITCH(p.dtype, T, op, [&] {

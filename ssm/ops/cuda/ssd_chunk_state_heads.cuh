@@ -3,7 +3,9 @@
 // (group, head quad) instead of once per (head, 64 x 64 tile), and x once per head instead of once
 // per N tile (chunk_state_mma_kernel moved ~2.7x these bytes from L2 and was L2-bound). Warp w owns
 // P rows 16w..16w+15 and all N columns (64 accumulators per thread); the x tiles (64 tokens x 64 P)
-// stream through kXStages cp.async buffers across the heads. SSM_SSD_FWD_HEADS=0 selects
+// stream through kXStages cp.async buffers across the heads. The chunk's token work (Δ, cs, the state weights,
+// the record) runs once per (b, h, chunk) in chunk_tokens_kernel before it (session 8: the per-head load_chunk
+// was this kernel's serial part); the staged chunk output copies its Δ / cs from there too. N > 128 takes
 // chunk_state_mma_kernel. This file holds the chunk-state launcher.
 #pragma once
 #include "cuda/ssd_chunk_state_mma.cuh"
@@ -13,11 +15,33 @@ namespace ssm::cuda::ssd {
 
 constexpr int kStateHeads = 4, kXStages = 4;
 
+// The heads' weight rows, the chunk's B, the x stages.
 template <typename T>
 size_t chunk_state_heads_smem(int Q, int N) {
   const int ldb = (N + 15) / 16 * 16 + 8;
-  return align128(sizeof(ChunkTokens)) + align128(kMaxChunk * sizeof(float)) + align128(Q * ldb * sizeof(T)) +
+  return align128(kStateHeads * kMaxChunk * sizeof(float)) + align128(Q * ldb * sizeof(T)) +
          kXStages * align128(kTile * kLd * sizeof(T));
+}
+
+// The tokens kernel, one block per (chunk, head, row): load_chunk once, then the chunk record and the chunk's
+// Δ, cs and chunk-state weights (Δ_k exp(cs_last - cs_k) on the last run, else 0) into the workspace's tok rows,
+// for the multi-head chunk state and the staged chunk output (same arithmetic as their own load_chunk).
+template <typename T>
+__global__ void __launch_bounds__(kThreads) chunk_tokens_kernel(SsdParams p, Layout w) {
+  __shared__ ChunkTokens tok;
+  const int64_t c = blockIdx.x, b = blockIdx.z, c0 = c * p.chunk;
+  const int h = blockIdx.y;
+  load_chunk(p, b, h, c0, int(p.chunk), tok);
+  const int nvalid = int(min(p.chunk, p.seqlen - c0)), last = nvalid - 1, lr = tok.run[last];
+  float* ws = ptr<float>(p.workspace);
+  const int64_t row = (b * p.nheads + h) * w.nchunks + c;
+  if (threadIdx.x == 0) write_record(ws + w.record + row * kRecord, tok, last);
+  float* dst = ws + w.tok + row * 3 * kMaxChunk;
+  for (int k = threadIdx.x; k < kMaxChunk; k += kThreads) {
+    dst[k] = tok.dt[k];
+    dst[kMaxChunk + k] = tok.cs[k];
+    dst[2 * kMaxChunk + k] = k < nvalid && tok.run[k] == lr ? tok.dt[k] * __expf(tok.cs[last] - tok.cs[k]) : 0.f;
+  }
 }
 
 // acc (16 P rows x 16 npair N columns) += X^T diag(w) B over one 64-token tile (xs [t][p] with ld kLd,
@@ -70,21 +94,21 @@ __device__ __forceinline__ void store_state(float* states, const float (&acc)[16
 }
 
 // kFull: N rounds up to 128 (all eight n-tile pairs, fixed at compile time: no per-pair predicates).
+// The heads' weights come from the tokens kernel (copied with B at the start: no per-head token work).
 template <typename T, bool kFull>
 __global__ void __launch_bounds__(kThreads) chunk_state_heads_kernel(SsdParams p, Layout w) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Np = (N + 15) / 16 * 16, ldb = Np + 8;
   const size_t xb = align128(kTile * kLd * sizeof(T));
-  ChunkTokens& tok = *reinterpret_cast<ChunkTokens*>(smem);
-  float* wt = reinterpret_cast<float*>(smem + align128(sizeof(ChunkTokens)));
-  T* bs = reinterpret_cast<T*>(smem + align128(sizeof(ChunkTokens)) + align128(kMaxChunk * sizeof(float)));
+  float* wt = reinterpret_cast<float*>(smem);  // [head][token]
+  T* bs = reinterpret_cast<T*>(smem + align128(kStateHeads * kMaxChunk * sizeof(float)));
   unsigned char* xbase = reinterpret_cast<unsigned char*>(bs) + align128(Q * ldb * sizeof(T));
   const int ntp = (P + kTile - 1) / kTile, hg = int(p.nheads / p.ngroups), nquad = (hg + kStateHeads - 1) / kStateHeads;
   const int64_t c = blockIdx.x / ntp, b = blockIdx.z, c0 = c * Q;
   const int pt = blockIdx.x % ntp, p0 = pt * kTile;
   const int g = blockIdx.y / nquad, h0 = g * hg + blockIdx.y % nquad * kStateHeads;
   const int nh = min(kStateHeads, (g + 1) * hg - h0);
-  const int nvalid = int(min(int64_t(Q), p.seqlen - c0)), last = nvalid - 1, nk = (nvalid + kTile - 1) / kTile;
+  const int nvalid = int(min(int64_t(Q), p.seqlen - c0)), nk = (nvalid + kTile - 1) / kTile;
   const int nt = nh * nk;  // x tiles in stream order (head, token tile)
   const int64_t xr = p.x.stride[1], br = p.B.stride[1];
   const T* xrow = ptr<T>(p.x) + b * p.x.stride[0] + p0 * p.x.stride[3] + c0 * xr;
@@ -97,6 +121,11 @@ __global__ void __launch_bounds__(kThreads) chunk_state_heads_kernel(SsdParams p
   };
   for (int kt = 0; kt < nk; ++kt)
     issue_rows_n<T>(bs + kt * kTile * ldb, ldb, Np, bsrc + kt * kTile * br, br, p.B.stride[3], nvalid - kt * kTile, N);
+  const float* wsrc = ptr<float>(p.workspace) + w.tok + ((b * p.nheads + h0) * w.nchunks + c) * 3 * kMaxChunk;
+  for (int e = threadIdx.x; e < nh * kMaxChunk / 4; e += kThreads) {  // the heads' weight rows, 64 16-byte chunks each
+    const int hi = e / (kMaxChunk / 4), k4 = e % (kMaxChunk / 4);
+    cp_async16(wt + hi * kMaxChunk + 4 * k4, wsrc + hi * w.nchunks * 3 * kMaxChunk + 2 * kMaxChunk + 4 * k4, true);
+  }
 #pragma unroll
   for (int f = 0; f < kXStages - 1; ++f) {  // one group each; the first also holds B
     if (f < nt) issue_x(f);
@@ -108,31 +137,21 @@ __global__ void __launch_bounds__(kThreads) chunk_state_heads_kernel(SsdParams p
 #pragma unroll 1
   for (int f = 0; f < nt; ++f) {
     const int hi = f / nk, kt = f % nk, h = h0 + hi;
-    if (kt == 0) {  // the head's tokens, record and weights; its accumulators from zero
-      load_chunk(p, b, h, c0, Q, tok);
-      const int lr = tok.run[last];
-      if (pt == 0 && threadIdx.x == 0)
-        write_record(ws + w.record + ((b * p.nheads + h) * w.nchunks + c) * kRecord, tok, last);
-      for (int k = threadIdx.x; k < kMaxChunk; k += kThreads)
-        wt[k] = k < nvalid && tok.run[k] == lr ? tok.dt[k] * __expf(tok.cs[last] - tok.cs[k]) : 0.f;
+    if (kt == 0)  // the head's accumulators from zero
 #pragma unroll
       for (int j = 0; j < 16; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
-    }
     if (f + kXStages - 1 < nt) issue_x(f + kXStages - 1);
     cp_async_commit();
     cp_async_wait<kXStages - 1>();  // tile f (and B) landed
     __syncthreads();
     state_tile_wide<T>(acc, reinterpret_cast<const T*>(xbase + (f % kXStages) * xb), bs + kt * kTile * ldb, ldb,
-                       wt + kt * kTile, r0, npair);
+                       wt + hi * kMaxChunk + kt * kTile, r0, npair);
     if (kt == nk - 1)
       store_state(ws + w.states + ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N, acc, P, N,
                   p0 + r0 + (int(threadIdx.x & 31) >> 2));
-    __syncthreads();  // buffer f % kXStages, tok and wt free again
+    __syncthreads();  // buffer f % kXStages free again
   }
 }
-
-// The multi-head chunk-state kernel (SSM_SSD_FWD_HEADS=0: one block per head and 64 x 64 tile).
-inline bool state_heads_enabled() { return ssd_switch("SSM_SSD_FWD_HEADS", true); }
 
 template <typename T>
 void launch_chunk_state(const SsdParams& p, const Layout& w, cudaStream_t s) {
@@ -140,10 +159,11 @@ void launch_chunk_state(const SsdParams& p, const Layout& w, cudaStream_t s) {
   const int64_t tiles = ptiles * ((p.dstate + kTile - 1) / kTile);
   const dim3 grid(unsigned(w.nchunks * tiles), unsigned(p.nheads), unsigned(p.batch));
   if constexpr (!std::is_same<T, float>::value) {
-    if (state_heads_enabled() && p.dstate <= 2 * kTile) {
+    if (p.dstate <= 2 * kTile) {  // the tokens kernel (records, tok rows), then the heads' states
       const int64_t hg = p.nheads / p.ngroups, quads = (hg + kStateHeads - 1) / kStateHeads;
       const dim3 hgrid(unsigned(w.nchunks * ptiles), unsigned(p.ngroups * quads), unsigned(p.batch));
       const size_t smem = chunk_state_heads_smem<T>(int(p.chunk), int(p.dstate));
+      launch(chunk_tokens_kernel<T>, dim3(unsigned(w.nchunks), unsigned(p.nheads), unsigned(p.batch)), 0, s, p, w);
       if ((p.dstate + 15) / 16 == 8)
         launch(chunk_state_heads_kernel<T, true>, hgrid, smem, s, p, w);
       else

@@ -1,5 +1,6 @@
 // SSD steps 2 and 3: the state entering each chunk (a short sequential loop over chunks,
 // elementwise over P x N), the final states, and the per-sequence states of cu_seqlens batches.
+// With Layout::split the state pass also writes H_in's rounding residue (H_in - hi in T) for the chunk output.
 #pragma once
 #include "cuda/ssd_common.cuh"
 
@@ -29,6 +30,7 @@ __global__ void __launch_bounds__(kThreads) state_passing_kernel(SsdParams p, La
   const float* rec = ws + w.record + (b * p.nheads + h) * nc * kRecord;
   float* states = ws + w.states + h * PN + e0;
   T* hin = reinterpret_cast<T*>(ws + w.hin) + h * PN + e0;
+  T* hinlo = reinterpret_cast<T*>(ws + w.hinlo) + h * PN + e0;  // w.split: H_in's rounding residue
   int pp[V], nn[V];
   float H[V];  // the state after the previous chunk's last token
 #pragma unroll
@@ -51,15 +53,17 @@ __global__ void __launch_bounds__(kThreads) state_passing_kernel(SsdParams p, La
       const bool continues = c == 0 ? !cu : __float_as_int(r[kContinues]) != 0;
       const bool reset = __float_as_int(r[kHasReset]) != 0;
       Pack<float, V> h_in;
-      Pack<T, V> h_out;
+      Pack<T, V> h_out, h_lo;
 #pragma unroll
       for (int v = 0; v < V; ++v) {
         h_in.v[v] = continues ? H[v] : fresh(p, __float_as_int(r[kSegFirst]), h, pp[v], nn[v]);
         h_out.v[v] = from_float<T>(h_in.v[v]);
+        h_lo.v[v] = from_float<T>(h_in.v[v] - to_float(h_out.v[v]));
         H[v] = S[u].v[v] + (reset ? fresh(p, __float_as_int(r[kSegLast]), h, pp[v], nn[v]) * r[kDecayLastRun]
                                   : h_in.v[v] * r[kDecayAll]);
       }
       *reinterpret_cast<Pack<T, V>*>(hin + off) = h_out;
+      if (w.split) *reinterpret_cast<Pack<T, V>*>(hinlo + off) = h_lo;
       if (keep_fp32) *reinterpret_cast<Pack<float, V>*>(states + off) = h_in;
     }
   }
