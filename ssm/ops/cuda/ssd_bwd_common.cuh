@@ -48,12 +48,17 @@ struct BwdLayout {
   int64_t tok = 0;         // register kernels: each chunk's token data (Δ, cs, run; 3 x kMaxChunk floats per
                            // (b, h, chunk)) written by dstate and copied by the tile kernels
   int64_t dhlo = 0, hinlo = 0;  // split: dH_out's and H_in's residues in T (0: the states rounded once)
+  int lobuf = 0;  // db / dx (split): the state's pieces in flight together (db: two buffers, dx: a third)
 };
 
 // The states (float32) enter the tile kernels' state products as two element-type operands hi + lo, i.e. not
 // rounded (the float32 reference keeps them float32): dH_out in dx / db, H_in in dc, and finalize's pairs through
 // the chunk read H_in in float32. SSM_SSD_BWD_SPLIT=0 rounds them once.
 inline bool bwd_split_enabled() { return ssd_switch("SSM_SSD_BWD_SPLIT", true); }
+
+// db / dx load the state's pieces (dH_out's rows, its residue) together instead of one after another's product;
+// SSM_SSD_BWD_LOBUF=0 keeps the serial passes (session 7).
+inline bool bwd_lobuf_enabled() { return ssd_switch("SSM_SSD_BWD_LOBUF", true); }
 
 // Half / bfloat16 run steps 1, 3 and 4 on register fragments (ssd_bwd_mma.cuh); float32 keeps the FMA tiles
 // of ssd_bwd_chunk.cuh / ssd_bwd_state.cuh (tensor-core float32 would miss the float32 tolerance).
@@ -94,6 +99,7 @@ inline BwdLayout bwd_layout(const SsdParams& p, const Layout& w) {
   v.cbt = v.cb + round64(qq);
   v.floats = v.cbt + round64(qq);
   if (bwd_mma_enabled(p)) {
+    v.lobuf = bwd_lobuf_enabled() ? 1 : 0;
     v.tok = v.floats;
     v.floats = v.tok + round64(bhc * 3 * kMaxChunk);
     if (bwd_split_enabled()) {

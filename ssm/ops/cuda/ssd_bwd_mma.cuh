@@ -359,14 +359,16 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_dc_mma_kernel(SsdParams
 }
 
 template <typename T>
-size_t bwd_dx_mma_smem(int N) {
+size_t bwd_dx_mma_smem(int N, bool lobuf) {
   const int ldn = round16(N) + 8;
-  return align128(sizeof(TileTokens)) + 2 * align128(kTile * max(ldn, kLd) * sizeof(T)) +
+  return align128(sizeof(TileTokens)) + (lobuf ? 3 : 2) * align128(kTile * max(ldn, kLd) * sizeof(T)) +
          2 * align128(kTile * kLd * sizeof(T));
 }
 
 // Per (source tile j, 64-wide P slice, head): o, dx, the x·o and X_s partials, the dD share.
-template <typename T, bool kSplit>
+// kSplit: 0 dH_out rounded once, 1 + its residue after dH_out's product (through hb), 2 + the residue loaded with
+// dH_out into its own buffer.
+template <typename T, int kSplit>
 __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), nq = Q / kTile, Np = round16(N), ldn = Np + 8;
@@ -377,6 +379,8 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, La
   T* hb = sm.take<T>(kTile * max(ldn, kLd));  // dH_out (P slice), then the source tile's dY
   T* db0 = sm.take<T>(kTile * kLd);
   T* db1 = sm.take<T>(kTile * kLd);
+  // split with v.lobuf: dH_lo (P slice) in its own buffer, loaded with dH_out (else after dH_out's product)
+  T* lb = kSplit == 2 ? sm.take<T>(kTile * max(ldn, kLd)) : nullptr;
   float* red = reinterpret_cast<float*>(db0);  // the dD column sums, after the target loop
   const int pt = int(blockIdx.x % npt), j = int(blockIdx.x / npt % nq), p0 = pt * kTile, s0 = j * kTile;
   const int h = blockIdx.y, g = h / int(p.nheads / p.ngroups);
@@ -395,6 +399,8 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, La
   const T* dHout = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhout) + hoff;
   issue_tile<T>(bs, ldn, Np, bsrc, Bt.stride[1], Bt.stride[3], nv - s0, N);
   issue_tile<T>(hb, ldn, Np, dHout, N, 1, P - p0, N);  // hb[p][n]
+  const T* dHlo = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhlo) + hoff;
+  if (kSplit == 2) issue_tile<T>(lb, ldn, Np, dHlo, N, 1, P - p0, N);
   chunk_tokens(p, w, v, b, h, c, tok);
   cp_async_commit();
   issue_tile<T>((j & 1 ? db1 : db0), kLd, kTile, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0, P - p0);
@@ -406,9 +412,9 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, La
   const int srow[2] = {s0 + r0 + g8, s0 + r0 + g8 + 8};
   float ost[8][4] = {};
   mma_nk_range<T>(ost, bs, hb, ldn, r0, Np, 0, 3);  // B_s dH_out^T
+  if (kSplit == 2) mma_nk_range<T>(ost, bs, lb, ldn, r0, Np, 0, 3);  // + B_s dH_lo^T: dH_out not rounded
   __syncthreads();  // bs, hb read: they take the source tile's x and dY for the epilogue
-  if (kSplit) {  // + B_s dH_lo^T: dH_out not rounded
-    const T* dHlo = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhlo) + hoff;
+  if (kSplit == 1) {  // + B_s dH_lo^T after dH_out's product, through hb
     issue_tile<T>(hb, ldn, Np, dHlo, N, 1, P - p0, N);
     cp_async_commit();
     cp_async_wait<0>();
@@ -501,12 +507,13 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, La
 template <typename T>
 size_t bwd_db_mma_smem(int P) {
   const int ldp = round16(P) + 8;
-  return align128(sizeof(TileTokens)) + 3 * align128(kTile * ldp * sizeof(T)) + 2 * align128(kTile * kLd * sizeof(T));
+  return align128(sizeof(TileTokens)) + align128(kTile * ldp * sizeof(T)) +
+         2 * align128(kTile * max(ldp, kLd) * sizeof(T)) + 2 * align128(kTile * kLd * sizeof(T));
 }
 
 // Per (source tile j, 64-wide N slice, head set): dB = Σ over the set's heads of
 // Δ (diag(e) X dH_out + Σ_t (X dY_t^T ∘ L^T) C_t).
-template <typename T, int kBlocks>
+template <typename T, int kBlocks, bool kLoBuf>
 __global__ void __launch_bounds__(kThreads, kBlocks) bwd_db_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Pp = round16(P), ldp = Pp + 8;
@@ -514,15 +521,17 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_db_mma_kernel(SsdParams
   MmaSmem sm{smem};
   TileTokens& tok = *sm.take<TileTokens>(1);
   T* xs = sm.take<T>(kTile * ldp);
-  T* dyb0 = sm.take<T>(kTile * ldp);
-  T* dyb1 = sm.take<T>(kTile * ldp);
+  T* dyb0 = sm.take<T>(kTile * max(ldp, kLd));
+  T* dyb1 = sm.take<T>(kTile * max(ldp, kLd));
   T* cb0 = sm.take<T>(kTile * kLd);
   T* cb1 = sm.take<T>(kTile * kLd);
   const TileBlock tb = tile_block(p, w, v, nns);
   const int ns = tb.slice, j = tb.tile, n0 = ns * kTile, s0 = j * kTile;  // the heaviest tiles first
-  // dH_out pieces in the leaving state's part: the C buffer that the first target tile does not take (the
-  // target loop's first copy into it comes after that part)
-  T* hb = j & 1 ? cb0 : cb1;
+  // dH_out pieces in the leaving state's part: the C and dY buffers that the first target tile does not take
+  // (the target loop's first copies into them come after that part); pieces alternate between the two, each
+  // issued two ahead (SSM_SSD_BWD_LOBUF=0: one buffer, each piece loaded after the previous one's product)
+  T* const hb0 = j & 1 ? cb0 : cb1;
+  T* const hb1 = kLoBuf ? (j & 1 ? dyb0 : dyb1) : hb0;
   const int hs = int(p.nheads / v.hsets), set = tb.set, h0 = set * hs, g = h0 / int(p.nheads / p.ngroups);
   const int64_t c = tb.c, b = tb.b, c0 = c * Q, L = p.seqlen;
   if (c0 + s0 >= L) return;
@@ -542,29 +551,38 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_db_mma_kernel(SsdParams
     const T* dHlo = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhlo) + hoff;
     issue_tile<T>(xs, ldp, Pp, xsrc, X.stride[1], X.stride[3], nv - s0, P);
     chunk_tokens(p, w, v, b, h, c, tok);
-    issue_tile<T>(hb, kLd, kTile, dHout, N, 1, P, N - n0);  // hb[p][n], the first 64 rows of dH_out
+    // 64-row pieces of dH_out, then (split) of its residue: piece pc = rows pc % npc of dH_out / dH_lo
+    const int npc = (P + kTile - 1) / kTile, npieces = (v.dhlo ? 2 : 1) * npc;
+    auto piece = [&](int pc, T* dst) {
+      const int p0 = pc % npc * kTile;
+      issue_tile<T>(dst, kLd, kTile, (pc < npc ? dHout : dHlo) + int64_t(p0) * N, N, 1, P - p0, N - n0);
+    };
+    piece(0, hb0);  // hb[p][n]
     cp_async_commit();
     // the first target tile (the source tile itself), in flight during the state's part
     issue_tile<T>((j & 1 ? dyb1 : dyb0), ldp, Pp, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0, P);
     issue_tile<T>((j & 1 ? cb1 : cb0), kLd, kTile, ct + s0 * Ct.stride[1], Ct.stride[1], Ct.stride[3], nv - s0,
                   N - n0);
     cp_async_commit();
+    if (kLoBuf && npieces > 1) piece(1, hb1);
+    cp_async_commit();  // (empty without a second piece in flight)
     float dts[2];
-    {  // the leaving state's part: diag(Δ e) X dH_out over 64-row pieces of dH_out
+    {  // the leaving state's part: diag(Δ e) X dH_out over the pieces
       float st[8][4] = {};
-      const int npc = (P + kTile - 1) / kTile;  // 64-row pieces of dH_out, then (split) of its residue
-      for (int pc = 0; pc < (v.dhlo ? 2 : 1) * npc; ++pc) {
-        const int p0 = pc % npc * kTile;
-        if (pc > 0) {
-          issue_tile<T>(hb, kLd, kTile, (pc < npc ? dHout : dHlo) + int64_t(p0) * N, N, 1, P - p0, N - n0);
+      for (int pc = 0; pc < npieces; ++pc) {
+        if (pc > 0 && !kLoBuf) {
+          piece(pc, hb0);
           cp_async_commit();
-          cp_async_wait<0>();
-        } else {
-          cp_async_wait<1>();
         }
+        if (pc == 0) cp_async_wait<2>();
+        else cp_async_wait<0>();
         __syncthreads();
-        mma_kn64<T>(st, xs, ldp, p0, hb, kLd, r0, min(kTile, Pp - p0));
+        mma_kn64<T>(st, xs, ldp, pc % npc * kTile, pc & 1 ? hb1 : hb0, kLd, r0, min(kTile, Pp - pc % npc * kTile));
         __syncthreads();
+        if (kLoBuf && pc + 2 < npieces) {
+          piece(pc + 2, pc & 1 ? hb1 : hb0);
+          cp_async_commit();
+        }
       }
 #pragma unroll
       for (int hf = 0; hf < 2; ++hf) {
@@ -700,12 +718,16 @@ void launch_bwd_tiles_mma(const SsdParams& p, const Layout& w, const BwdLayout& 
   else
     launch_bwd(bwd_dc_mma_kernel<T, 4>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
   const dim3 dx_grid(nc * nq * npt, H, unsigned(p.batch));
-  if (v.dhlo) launch_bwd(bwd_dx_mma_kernel<T, true>, dx_grid, bwd_dx_mma_smem<T>(N), s, p, w, v);
-  else launch_bwd(bwd_dx_mma_kernel<T, false>, dx_grid, bwd_dx_mma_smem<T>(N), s, p, w, v);
-  if (bwd_tile_blocks(bwd_db_mma_smem<T>(P)) == 3)
-    launch_bwd(bwd_db_mma_kernel<T, 3>, dim3(tiles), bwd_db_mma_smem<T>(P), s, p, w, v);
+  // dx's third buffer (the residue) only where its three blocks per SM still fit (N <= 128)
+  const bool lb = v.dhlo && v.lobuf && 3 * (bwd_dx_mma_smem<T>(N, true) + 1024) <= 228 * 1024;
+  const size_t dx_smem = bwd_dx_mma_smem<T>(N, lb);
+  const auto dx = !v.dhlo ? bwd_dx_mma_kernel<T, 0> : lb ? bwd_dx_mma_kernel<T, 2> : bwd_dx_mma_kernel<T, 1>;
+  launch_bwd(dx, dx_grid, dx_smem, s, p, w, v);
+  const size_t db_smem = bwd_db_mma_smem<T>(P);
+  if (bwd_tile_blocks(db_smem) == 3)
+    launch_bwd(v.lobuf ? bwd_db_mma_kernel<T, 3, true> : bwd_db_mma_kernel<T, 3, false>, dim3(tiles), db_smem, s, p, w, v);
   else
-    launch_bwd(bwd_db_mma_kernel<T, 4>, dim3(tiles), bwd_db_mma_smem<T>(P), s, p, w, v);
+    launch_bwd(v.lobuf ? bwd_db_mma_kernel<T, 4, true> : bwd_db_mma_kernel<T, 4, false>, dim3(tiles), db_smem, s, p, w, v);
 }
 
 }  // namespace ssm::cuda::ssd
