@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Device round of the dedicated CUDA SSD backward (session 8): the GPU gradient tests first (kernel grid f32/f16/bf16
 # + variants + sums + bitwise, the test_ssd / test_ssd_split CUDA gradient rows), then the timings in a second
-# process (ssdbwd_time.py: kernel sums, eager, host, one call's trace; no NaN poisoning), then ncu of dx and db.
+# process (ssdbwd_time.py: kernel sums, eager, host, one call's trace; no NaN poisoning), then ncu of dx.
 # Usage: benchmarks/device/ssdbwd.sh OUT_DIR (repo root, after the build; ~48 s)
 set -uo pipefail
 cd "$(dirname "$0")/../.."

@@ -21,9 +21,10 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 FORMS = [  # (name, environment): the default first
-    ("lobuf", {"SSM_SSD_BWD_SPLIT": "1", "SSM_SSD_BWD_LOBUF": "1"}),
-    ("serial", {"SSM_SSD_BWD_SPLIT": "1", "SSM_SSD_BWD_LOBUF": "0"}),
-    ("nosplit", {"SSM_SSD_BWD_SPLIT": "0", "SSM_SSD_BWD_LOBUF": "1"}),
+    ("default", {"SSM_SSD_BWD_SPLIT": "1", "SSM_SSD_BWD_LOBUF": "1", "SSM_SSD_BWD_ROWS": "1"}),
+    ("lobuf_only", {"SSM_SSD_BWD_SPLIT": "1", "SSM_SSD_BWD_LOBUF": "1", "SSM_SSD_BWD_ROWS": "0"}),
+    ("session7", {"SSM_SSD_BWD_SPLIT": "1", "SSM_SSD_BWD_LOBUF": "0", "SSM_SSD_BWD_ROWS": "0"}),
+    ("nosplit", {"SSM_SSD_BWD_SPLIT": "0", "SSM_SSD_BWD_LOBUF": "1", "SSM_SSD_BWD_ROWS": "1"}),
 ]
 
 
@@ -106,8 +107,8 @@ def main():
     os.makedirs(out_dir, exist_ok=True)
     res = dict(device=torch.cuda.get_device_name(), rows=[])
     print(res["device"], flush=True)
-    parts = [(8, 2048, *FORMS[0], True), (1, 8192, *FORMS[0], True), (8, 2048, *FORMS[1], False),
-             (1, 8192, *FORMS[1], False), (8, 2048, *FORMS[2], False)]
+    parts = [(8, 2048, *FORMS[2], False), (8, 2048, *FORMS[0], True), (8, 2048, *FORMS[1], False),
+             (1, 8192, *FORMS[2], False), (1, 8192, *FORMS[0], True), (8, 2048, *FORMS[3], False)]
     for B, L, name, env, tr in parts:
         try:
             res["rows"].append(case(B, L, name, env, out_dir, tr))

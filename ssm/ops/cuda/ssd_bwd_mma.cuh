@@ -15,6 +15,7 @@
 #include "cuda/ssd_bwd_chunk.cuh"
 #include "cuda/ssd_chunk_output_mma.cuh"
 #include "cuda/ssd_chunk_state_mma.cuh"
+#include "cuda/ssd_tile_issue.cuh"
 
 namespace ssm::cuda::ssd {
 
@@ -225,7 +226,16 @@ inline int bwd_tile_blocks(size_t smem) { return 4 * (smem + 1024) <= 228 * 1024
 
 // Per (target tile i, 64-wide N slice, head set): dC summed over the set's heads (one group), per head the Y
 // partials and (slice (head - first head) mod slices) the decay-pair sums.
-template <typename T, int kBlocks>
+// A tile copy of the tile kernels dc / dx / db: with kRows issue_rows_n (each thread keeps its column chunk and
+// steps its source pointer; ncu counted ~34 instructions per cp.async in issue_tile's loop), else issue_tile.
+template <bool kRows, typename T>
+__device__ __forceinline__ void tile_in(T* dst, int ld, int width, const T* src, int64_t rs, int64_t cs, int rows,
+                                        int cols) {
+  if (kRows) issue_rows_n<T>(dst, ld, width, src, rs, cs, rows, cols);
+  else issue_tile<T>(dst, ld, width, src, rs, cs, rows, cols);
+}
+
+template <typename T, int kBlocks, bool kRows>
 __global__ void __launch_bounds__(kThreads, kBlocks) bwd_dc_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), nq = Q / kTile, Pp = round16(P), ldp = Pp + 8;
@@ -261,14 +271,14 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_dc_mma_kernel(SsdParams
     const int64_t hoff = ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + n0;
     const T* hin = reinterpret_cast<const T*>(ws + w.hin) + hoff;
     const T* hinlo = reinterpret_cast<const T*>(ws + v.hinlo) + hoff;
-    issue_tile<T>(dys, ldp, Pp, dyq, dY.stride[1], dY.stride[3], nv - t0, P);
-    issue_tile<T>(bb1, kLd, kTile, cq, Ct.stride[1], Ct.stride[3], nv - t0, N - n0);  // C_t slice (for Y)
+    tile_in<kRows, T>(dys, ldp, Pp, dyq, dY.stride[1], dY.stride[3], nv - t0, P);
+    tile_in<kRows, T>(bb1, kLd, kTile, cq, Ct.stride[1], Ct.stride[3], nv - t0, N - n0);  // C_t slice (for Y)
     chunk_tokens(p, w, v, b, h, c, tok);
-    issue_tile<T>(hb, kLd, kTile, hin, N, 1, P, N - n0);  // hb[p][n], the first 64 rows of H_in
+    tile_in<kRows, T>(hb, kLd, kTile, hin, N, 1, P, N - n0);  // hb[p][n], the first 64 rows of H_in
     cp_async_commit();
     // the first source tile, in flight during the state's part
-    issue_tile<T>(xb0, ldp, Pp, xk, X.stride[1], X.stride[3], nv, P);
-    issue_tile<T>(bb0, kLd, kTile, bk, Bt.stride[1], Bt.stride[3], nv, N - n0);
+    tile_in<kRows, T>(xb0, ldp, Pp, xk, X.stride[1], X.stride[3], nv, P);
+    tile_in<kRows, T>(bb0, kLd, kTile, bk, Bt.stride[1], Bt.stride[3], nv, N - n0);
     cp_async_commit();
     {  // the entering state's part: diag(e0) dY H_in over 64-row pieces of H_in
       float st[8][4] = {};
@@ -276,7 +286,7 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_dc_mma_kernel(SsdParams
       for (int pc = 0; pc < (v.hinlo ? 2 : 1) * npc; ++pc) {
         const int p0 = pc % npc * kTile;
         if (pc > 0) {
-          issue_tile<T>(hb, kLd, kTile, (pc < npc ? hin : hinlo) + int64_t(p0) * N, N, 1, P - p0, N - n0);
+          tile_in<kRows, T>(hb, kLd, kTile, (pc < npc ? hin : hinlo) + int64_t(p0) * N, N, 1, P - p0, N - n0);
           cp_async_commit();
           cp_async_wait<0>();
         } else {
@@ -319,8 +329,8 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_dc_mma_kernel(SsdParams
       if (pairs_here) prefetch_l1(cbg + pf_row + s0);  // the C B^T tile of this step into L1
       if (j < i) {
         const int s1 = s0 + kTile;
-        issue_tile<T>((j & 1 ? xb0 : xb1), ldp, Pp, xk + s1 * X.stride[1], X.stride[1], X.stride[3], nv - s1, P);
-        issue_tile<T>((j & 1 ? bb0 : bb1), kLd, kTile, bk + s1 * Bt.stride[1], Bt.stride[1], Bt.stride[3], nv - s1,
+        tile_in<kRows, T>((j & 1 ? xb0 : xb1), ldp, Pp, xk + s1 * X.stride[1], X.stride[1], X.stride[3], nv - s1, P);
+        tile_in<kRows, T>((j & 1 ? bb0 : bb1), kLd, kTile, bk + s1 * Bt.stride[1], Bt.stride[1], Bt.stride[3], nv - s1,
                       N - n0);
       }
       cp_async_commit();
@@ -368,7 +378,7 @@ size_t bwd_dx_mma_smem(int N, bool lobuf) {
 // Per (source tile j, 64-wide P slice, head): o, dx, the x·o and X_s partials, the dD share.
 // kSplit: 0 dH_out rounded once, 1 + its residue after dH_out's product (through hb), 2 + the residue loaded with
 // dH_out into its own buffer.
-template <typename T, int kSplit>
+template <typename T, int kSplit, bool kRows>
 __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), nq = Q / kTile, Np = round16(N), ldn = Np + 8;
@@ -397,13 +407,13 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, La
   const T* dyt = ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] + c0 * dY.stride[1] + p0 * dY.stride[3];
   const int64_t hoff = ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + int64_t(p0) * N;
   const T* dHout = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhout) + hoff;
-  issue_tile<T>(bs, ldn, Np, bsrc, Bt.stride[1], Bt.stride[3], nv - s0, N);
-  issue_tile<T>(hb, ldn, Np, dHout, N, 1, P - p0, N);  // hb[p][n]
+  tile_in<kRows, T>(bs, ldn, Np, bsrc, Bt.stride[1], Bt.stride[3], nv - s0, N);
+  tile_in<kRows, T>(hb, ldn, Np, dHout, N, 1, P - p0, N);  // hb[p][n]
   const T* dHlo = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhlo) + hoff;
-  if (kSplit == 2) issue_tile<T>(lb, ldn, Np, dHlo, N, 1, P - p0, N);
+  if (kSplit == 2) tile_in<kRows, T>(lb, ldn, Np, dHlo, N, 1, P - p0, N);
   chunk_tokens(p, w, v, b, h, c, tok);
   cp_async_commit();
-  issue_tile<T>((j & 1 ? db1 : db0), kLd, kTile, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0, P - p0);
+  tile_in<kRows, T>((j & 1 ? db1 : db0), kLd, kTile, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0, P - p0);
   cp_async_commit();
   cp_async_wait<1>();
   __syncthreads();
@@ -415,7 +425,7 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, La
   if (kSplit == 2) mma_nk_range<T>(ost, bs, lb, ldn, r0, Np, 0, 3);  // + B_s dH_lo^T: dH_out not rounded
   __syncthreads();  // bs, hb read: they take the source tile's x and dY for the epilogue
   if (kSplit == 1) {  // + B_s dH_lo^T after dH_out's product, through hb
-    issue_tile<T>(hb, ldn, Np, dHlo, N, 1, P - p0, N);
+    tile_in<kRows, T>(hb, ldn, Np, dHlo, N, 1, P - p0, N);
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
@@ -423,8 +433,8 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, La
     __syncthreads();
   }
   const T* xsrc = ptr<T>(X) + b * X.stride[0] + h * X.stride[2] + (c0 + s0) * X.stride[1] + p0 * X.stride[3];
-  issue_tile<T>(bs, kLd, kTile, xsrc, X.stride[1], X.stride[3], nv - s0, P - p0);
-  issue_tile<T>(hb, kLd, kTile, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0, P - p0);
+  tile_in<kRows, T>(bs, kLd, kTile, xsrc, X.stride[1], X.stride[3], nv - s0, P - p0);
+  tile_in<kRows, T>(hb, kLd, kTile, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0, P - p0);
   cp_async_commit();
   const float* cbt = ptr<float>(p.workspace) + v.cbt + ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q;
   float acc[8][4] = {};
@@ -434,7 +444,7 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, La
     load_cb(cv, cbt, Q, srow, t0, 3);  // C B^T transposed: rows s, columns t
     if (i + 1 < ni) {
       const int t1 = t0 + kTile;
-      issue_tile<T>((i & 1 ? db0 : db1), kLd, kTile, dyt + t1 * dY.stride[1], dY.stride[1], dY.stride[3], nv - t1, P - p0);
+      tile_in<kRows, T>((i & 1 ? db0 : db1), kLd, kTile, dyt + t1 * dY.stride[1], dY.stride[1], dY.stride[3], nv - t1, P - p0);
     }
     cp_async_commit();
     cp_async_wait<1>();
@@ -513,7 +523,7 @@ size_t bwd_db_mma_smem(int P) {
 
 // Per (source tile j, 64-wide N slice, head set): dB = Σ over the set's heads of
 // Δ (diag(e) X dH_out + Σ_t (X dY_t^T ∘ L^T) C_t).
-template <typename T, int kBlocks, bool kLoBuf>
+template <typename T, int kBlocks, bool kLoBuf, bool kRows>
 __global__ void __launch_bounds__(kThreads, kBlocks) bwd_db_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Pp = round16(P), ldp = Pp + 8;
@@ -549,19 +559,19 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_db_mma_kernel(SsdParams
     const int64_t hoff = ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + n0;
     const T* dHout = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhout) + hoff;
     const T* dHlo = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhlo) + hoff;
-    issue_tile<T>(xs, ldp, Pp, xsrc, X.stride[1], X.stride[3], nv - s0, P);
+    tile_in<kRows, T>(xs, ldp, Pp, xsrc, X.stride[1], X.stride[3], nv - s0, P);
     chunk_tokens(p, w, v, b, h, c, tok);
     // 64-row pieces of dH_out, then (split) of its residue: piece pc = rows pc % npc of dH_out / dH_lo
     const int npc = (P + kTile - 1) / kTile, npieces = (v.dhlo ? 2 : 1) * npc;
     auto piece = [&](int pc, T* dst) {
       const int p0 = pc % npc * kTile;
-      issue_tile<T>(dst, kLd, kTile, (pc < npc ? dHout : dHlo) + int64_t(p0) * N, N, 1, P - p0, N - n0);
+      tile_in<kRows, T>(dst, kLd, kTile, (pc < npc ? dHout : dHlo) + int64_t(p0) * N, N, 1, P - p0, N - n0);
     };
     piece(0, hb0);  // hb[p][n]
     cp_async_commit();
     // the first target tile (the source tile itself), in flight during the state's part
-    issue_tile<T>((j & 1 ? dyb1 : dyb0), ldp, Pp, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0, P);
-    issue_tile<T>((j & 1 ? cb1 : cb0), kLd, kTile, ct + s0 * Ct.stride[1], Ct.stride[1], Ct.stride[3], nv - s0,
+    tile_in<kRows, T>((j & 1 ? dyb1 : dyb0), ldp, Pp, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0, P);
+    tile_in<kRows, T>((j & 1 ? cb1 : cb0), kLd, kTile, ct + s0 * Ct.stride[1], Ct.stride[1], Ct.stride[3], nv - s0,
                   N - n0);
     cp_async_commit();
     if (kLoBuf && npieces > 1) piece(1, hb1);
@@ -598,8 +608,8 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_db_mma_kernel(SsdParams
       const int t0 = i * kTile;
       if (i + 1 < ni) {
         const int t1 = t0 + kTile;
-        issue_tile<T>((i & 1 ? dyb0 : dyb1), ldp, Pp, dyt + t1 * dY.stride[1], dY.stride[1], dY.stride[3], nv - t1, P);
-        issue_tile<T>((i & 1 ? cb0 : cb1), kLd, kTile, ct + t1 * Ct.stride[1], Ct.stride[1], Ct.stride[3], nv - t1,
+        tile_in<kRows, T>((i & 1 ? dyb0 : dyb1), ldp, Pp, dyt + t1 * dY.stride[1], dY.stride[1], dY.stride[3], nv - t1, P);
+        tile_in<kRows, T>((i & 1 ? cb0 : cb1), kLd, kTile, ct + t1 * Ct.stride[1], Ct.stride[1], Ct.stride[3], nv - t1,
                       N - n0);
       }
       cp_async_commit();
@@ -705,29 +715,37 @@ void launch_bwd_dstate_mma(const SsdParams& p, const Layout& w, const BwdLayout&
              s, p, w, v);
 }
 
-// Steps 3 and 4 on register fragments (half / bfloat16).
-template <typename T>
-void launch_bwd_tiles_mma(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s) {
+// Steps 3 and 4 on register fragments (half / bfloat16), with the tile copies of tile_in<kRows>.
+template <typename T, bool kRows>
+void launch_bwd_tiles_mma_as(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s) {
   const unsigned nq = unsigned(p.chunk / kTile), nc = unsigned(w.nchunks), H = unsigned(p.nheads);
   const unsigned nns = unsigned((p.dstate + kTile - 1) / kTile), npt = unsigned((p.headdim + kTile - 1) / kTile);
   const int P = int(p.headdim), N = int(p.dstate);
   const unsigned sets = unsigned(v.hsets);
   const unsigned tiles = nq * nc * nns * sets * unsigned(p.batch);  // 1-d: tile_block
   if (bwd_tile_blocks(bwd_dc_mma_smem<T>(P)) == 3)
-    launch_bwd(bwd_dc_mma_kernel<T, 3>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
+    launch_bwd(bwd_dc_mma_kernel<T, 3, kRows>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
   else
-    launch_bwd(bwd_dc_mma_kernel<T, 4>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
+    launch_bwd(bwd_dc_mma_kernel<T, 4, kRows>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
   const dim3 dx_grid(nc * nq * npt, H, unsigned(p.batch));
   // dx's third buffer (the residue) only where its three blocks per SM still fit (N <= 128)
   const bool lb = v.dhlo && v.lobuf && 3 * (bwd_dx_mma_smem<T>(N, true) + 1024) <= 228 * 1024;
   const size_t dx_smem = bwd_dx_mma_smem<T>(N, lb);
-  const auto dx = !v.dhlo ? bwd_dx_mma_kernel<T, 0> : lb ? bwd_dx_mma_kernel<T, 2> : bwd_dx_mma_kernel<T, 1>;
+  const auto dx = !v.dhlo ? bwd_dx_mma_kernel<T, 0, kRows>
+                  : lb    ? bwd_dx_mma_kernel<T, 2, kRows>
+                          : bwd_dx_mma_kernel<T, 1, kRows>;
   launch_bwd(dx, dx_grid, dx_smem, s, p, w, v);
   const size_t db_smem = bwd_db_mma_smem<T>(P);
-  if (bwd_tile_blocks(db_smem) == 3)
-    launch_bwd(v.lobuf ? bwd_db_mma_kernel<T, 3, true> : bwd_db_mma_kernel<T, 3, false>, dim3(tiles), db_smem, s, p, w, v);
-  else
-    launch_bwd(v.lobuf ? bwd_db_mma_kernel<T, 4, true> : bwd_db_mma_kernel<T, 4, false>, dim3(tiles), db_smem, s, p, w, v);
+  const auto db = bwd_tile_blocks(db_smem) == 3
+                     ? (v.lobuf ? bwd_db_mma_kernel<T, 3, true, kRows> : bwd_db_mma_kernel<T, 3, false, kRows>)
+                     : (v.lobuf ? bwd_db_mma_kernel<T, 4, true, kRows> : bwd_db_mma_kernel<T, 4, false, kRows>);
+  launch_bwd(db, dim3(tiles), db_smem, s, p, w, v);
+}
+
+template <typename T>
+void launch_bwd_tiles_mma(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s) {
+  if (v.rows) launch_bwd_tiles_mma_as<T, true>(p, w, v, s);
+  else launch_bwd_tiles_mma_as<T, false>(p, w, v, s);
 }
 
 }  // namespace ssm::cuda::ssd
