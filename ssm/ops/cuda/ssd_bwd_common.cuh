@@ -49,7 +49,7 @@ struct BwdLayout {
                            // (b, h, chunk)) written by dstate and copied by the tile kernels
   int64_t dhlo = 0, hinlo = 0;  // split: dH_out's and H_in's residues in T (0: the states rounded once)
   int lobuf = 0;  // db / dx (split): the state's pieces in flight together (db: two buffers, dx: a third)
-  int rows = 0;   // dc / dx / db copy their tiles with issue_rows (tile_in)
+  int rows = 0;   // dc / dx / db / dstate copy their tiles with issue_rows (tile_in)
 };
 
 // The states (float32) enter the tile kernels' state products as two element-type operands hi + lo, i.e. not
@@ -61,7 +61,8 @@ inline bool bwd_split_enabled() { return ssd_switch("SSM_SSD_BWD_SPLIT", true); 
 // SSM_SSD_BWD_LOBUF=0 keeps the serial passes (session 7).
 inline bool bwd_lobuf_enabled() { return ssd_switch("SSM_SSD_BWD_LOBUF", true); }
 
-// dc / dx / db copy their tiles with issue_rows (the copy loop's addresses stepped); SSM_SSD_BWD_ROWS=0: issue_tile.
+// dc / dx / db / dstate copy their tiles with issue_rows (the copy loop's addresses stepped); SSM_SSD_BWD_ROWS=0:
+// issue_tile.
 inline bool bwd_rows_enabled() { return ssd_switch("SSM_SSD_BWD_ROWS", true); }
 
 // Half / bfloat16 run steps 1, 3 and 4 on register fragments (ssd_bwd_mma.cuh); float32 keeps the FMA tiles

@@ -226,7 +226,7 @@ inline int bwd_tile_blocks(size_t smem) { return 4 * (smem + 1024) <= 228 * 1024
 
 // Per (target tile i, 64-wide N slice, head set): dC summed over the set's heads (one group), per head the Y
 // partials and (slice (head - first head) mod slices) the decay-pair sums.
-// A tile copy of the tile kernels dc / dx / db: with kRows issue_rows_n (each thread keeps its column chunk and
+// A tile copy of the kernels dc / dx / db / dstate: with kRows issue_rows_n (each thread keeps its column chunk and
 // steps its source pointer; ncu counted ~34 instructions per cp.async in issue_tile's loop), else issue_tile.
 template <bool kRows, typename T>
 __device__ __forceinline__ void tile_in(T* dst, int ld, int width, const T* src, int64_t rs, int64_t cs, int rows,
@@ -646,7 +646,7 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_db_mma_kernel(SsdParams
 
 // Step 1 on register fragments: per (chunk, head, 64 x 64 tile of P x N) dS_c = dY^T diag(e0) C over the
 // chunk's tokens, e0_t = exp(cs_t) on the first run (the forward's chunk-state product with dY, C, e0).
-template <typename T>
+template <typename T, bool kRows>
 __global__ void __launch_bounds__(kThreads) bwd_dstate_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
   extern __shared__ __align__(128) unsigned char smem[];
   MmaSmem sm{smem};
@@ -666,8 +666,8 @@ __global__ void __launch_bounds__(kThreads) bwd_dstate_mma_kernel(SsdParams p, L
   const int64_t yr = dY.stride[1], cr = Ct.stride[1];
   const T* ysrc = ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] + p0 * dY.stride[3] + c0 * yr;
   const T* csrc = ptr<T>(Ct) + b * Ct.stride[0] + g * Ct.stride[2] + n0 * Ct.stride[3] + c0 * cr;
-  issue_tile<T>(ys0, kLd, kTile, ysrc, yr, dY.stride[3], nv, P - p0);
-  issue_tile<T>(cs0, kLd, kTile, csrc, cr, Ct.stride[3], nv, N - n0);
+  tile_in<kRows, T>(ys0, kLd, kTile, ysrc, yr, dY.stride[3], nv, P - p0);
+  tile_in<kRows, T>(cs0, kLd, kTile, csrc, cr, Ct.stride[3], nv, N - n0);
   cp_async_commit();
   load_chunk(p, b, h, c0, Q, tok);
   for (int k = threadIdx.x; k < kMaxChunk; k += kThreads)
@@ -682,8 +682,8 @@ __global__ void __launch_bounds__(kThreads) bwd_dstate_mma_kernel(SsdParams p, L
   for (int kt = 0; kt < nk; ++kt) {
     if (kt + 1 < nk) {
       const int s1 = (kt + 1) * kTile;
-      issue_tile<T>(kt & 1 ? ys0 : ys1, kLd, kTile, ysrc + s1 * yr, yr, dY.stride[3], nv - s1, P - p0);
-      issue_tile<T>(kt & 1 ? cs0 : cs1, kLd, kTile, csrc + s1 * cr, cr, Ct.stride[3], nv - s1, N - n0);
+      tile_in<kRows, T>(kt & 1 ? ys0 : ys1, kLd, kTile, ysrc + s1 * yr, yr, dY.stride[3], nv - s1, P - p0);
+      tile_in<kRows, T>(kt & 1 ? cs0 : cs1, kLd, kTile, csrc + s1 * cr, cr, Ct.stride[3], nv - s1, N - n0);
     }
     cp_async_commit();
     cp_async_wait<1>();
@@ -711,8 +711,8 @@ void launch_bwd_dstate_mma(const SsdParams& p, const Layout& w, const BwdLayout&
   const int64_t tiles = ((p.headdim + kTile - 1) / kTile) * ((p.dstate + kTile - 1) / kTile);
   const size_t smem = align128(sizeof(ChunkTokens)) + align128(kMaxChunk * sizeof(float)) +
                       4 * align128(kTile * kLd * sizeof(T));
-  launch_bwd(bwd_dstate_mma_kernel<T>, dim3(unsigned(w.nchunks * tiles), unsigned(p.nheads), unsigned(p.batch)), smem,
-             s, p, w, v);
+  const dim3 grid(unsigned(w.nchunks * tiles), unsigned(p.nheads), unsigned(p.batch));
+  launch_bwd(v.rows ? bwd_dstate_mma_kernel<T, true> : bwd_dstate_mma_kernel<T, false>, grid, smem, s, p, w, v);
 }
 
 // Steps 3 and 4 on register fragments (half / bfloat16), with the tile copies of tile_in<kRows>.
