@@ -9,7 +9,7 @@ OUT=${1:-/tmp/ssdbwd}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-timeout -k 1 17 $PY - "$OUT" > "$OUT/tests.log" 2>&1 <<'PYEOF'
+timeout -k 1 16 $PY - "$OUT" > "$OUT/tests.log" 2>&1 <<'PYEOF'
 import sys, pytest
 runs = [("kernel grid + variants + sums + bitwise", ["tests/ops/test_ssd_cuda.py"],
          "kernel_backward or sums_kernel or (bitwise and kernel)"),
@@ -20,9 +20,9 @@ for name, files, expr in runs:
 PYEOF
 echo "tests rc=$?"; grep -E "^TESTS|passed|failed|skipped|error" "$OUT/tests.log" | cut -c1-200
 grep -E "^FAILED" "$OUT/tests.log" | head -6 | cut -c1-300
-timeout -k 1 17 $PY benchmarks/device/ssdbwd_time.py "$OUT" > "$OUT/time.log" 2> "$OUT/time.err"
+timeout -k 1 18 $PY benchmarks/device/ssdbwd_time.py "$OUT" > "$OUT/time.log" 2> "$OUT/time.err"
 echo "time rc=$?"; grep -E "^\{|us  |^-- |H200|H100" "$OUT/time.log" | cut -c1-700; tail -2 "$OUT/time.err" | cut -c1-300
-timeout -k 1 11 ncu --clock-control none --target-processes all -k "regex:bwd_dx_mma" --launch-count 1 \
+timeout -k 1 12 ncu --clock-control none --target-processes all -k "regex:bwd_dx_mma" --launch-count 1 \
   --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
   $PY benchmarks/device/ncu_driver.py ssd > "$OUT/ncu.txt" 2>&1
 echo "ncu rc=$?"

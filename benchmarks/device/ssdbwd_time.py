@@ -20,12 +20,13 @@ ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-FORMS = [  # (name, environment): the default first
-    ("default", {"SSM_SSD_BWD_SPLIT": "1", "SSM_SSD_BWD_LOBUF": "1", "SSM_SSD_BWD_ROWS": "1"}),
-    ("lobuf_only", {"SSM_SSD_BWD_SPLIT": "1", "SSM_SSD_BWD_LOBUF": "1", "SSM_SSD_BWD_ROWS": "0"}),
-    ("session7", {"SSM_SSD_BWD_SPLIT": "1", "SSM_SSD_BWD_LOBUF": "0", "SSM_SSD_BWD_ROWS": "0"}),
-    ("nosplit", {"SSM_SSD_BWD_SPLIT": "0", "SSM_SSD_BWD_LOBUF": "1", "SSM_SSD_BWD_ROWS": "1"}),
-]
+FORMS = {  # name: environment (each change of session 8 on top of the previous one)
+    "session7": {"SSM_SSD_BWD_SPLIT": "1", "SSM_SSD_BWD_LOBUF": "0", "SSM_SSD_BWD_ROWS": "0", "SSM_SSD_BWD_DB2": "0"},
+    "lobuf": {"SSM_SSD_BWD_SPLIT": "1", "SSM_SSD_BWD_LOBUF": "1", "SSM_SSD_BWD_ROWS": "0", "SSM_SSD_BWD_DB2": "0"},
+    "lobuf_rows": {"SSM_SSD_BWD_SPLIT": "1", "SSM_SSD_BWD_LOBUF": "1", "SSM_SSD_BWD_ROWS": "1", "SSM_SSD_BWD_DB2": "0"},
+    "default": {"SSM_SSD_BWD_SPLIT": "1", "SSM_SSD_BWD_LOBUF": "1", "SSM_SSD_BWD_ROWS": "1", "SSM_SSD_BWD_DB2": "1"},
+    "nosplit": {"SSM_SSD_BWD_SPLIT": "0", "SSM_SSD_BWD_LOBUF": "1", "SSM_SSD_BWD_ROWS": "1", "SSM_SSD_BWD_DB2": "1"},
+}
 
 
 def kernel_table(fn, iters=3):
@@ -107,11 +108,12 @@ def main():
     os.makedirs(out_dir, exist_ok=True)
     res = dict(device=torch.cuda.get_device_name(), rows=[])
     print(res["device"], flush=True)
-    parts = [(8, 2048, *FORMS[2], False), (8, 2048, *FORMS[0], True), (8, 2048, *FORMS[1], False),
-             (1, 8192, *FORMS[2], False), (1, 8192, *FORMS[0], True), (8, 2048, *FORMS[3], False)]
-    for B, L, name, env, tr in parts:
+    parts = [(8, 2048, "session7", False), (8, 2048, "default", True), (8, 2048, "lobuf", False),
+             (8, 2048, "lobuf_rows", False), (1, 8192, "session7", False), (1, 8192, "default", True),
+             (8, 2048, "nosplit", False)]
+    for B, L, name, tr in parts:
         try:
-            res["rows"].append(case(B, L, name, env, out_dir, tr))
+            res["rows"].append(case(B, L, name, FORMS[name], out_dir, tr))
         except Exception as e:  # a part's failure leaves the others
             print(f"-- B{B} L{L} {name} failed: {type(e).__name__}: {e}", flush=True)
         with open(os.path.join(out_dir, "time.json"), "w") as f:

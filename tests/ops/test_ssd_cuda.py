@@ -235,14 +235,16 @@ def test_kernel_backward_matches_reference(dtype, case, seq, gate, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
-@pytest.mark.parametrize("case", [(2, 300, 4, 64, 2, 64, 128), (1, 2 * 256 + 37, 6, 32, 1, 200, 256)],
+@pytest.mark.parametrize("case", [(2, 300, 4, 64, 2, 64, 128), (1, 2 * 256 + 37, 6, 32, 1, 200, 256),
+                                  (1, 300, 4, 64, 1, 128, 128)],
                          ids=lambda c: "b{}_l{}_h{}_p{}_g{}_n{}_c{}".format(*c))
 @pytest.mark.parametrize("mode", ["group", "torch_sums", "session7_copies"])
 def test_kernel_backward_variants_match_reference(dtype, case, mode, monkeypatch):
     """The register kernels summing dB / dC over all of a group's heads in one block (SSM_SSD_BWD_HEADSUM=group;
     the small grids above get one set per head), the last sums by torch ops (SSM_SSD_BWD_REDUCE=0), and the tile
-    kernels' session-7 copies: db / dx load dH_out's residue after dH_out's product instead of with it
-    (SSM_SSD_BWD_LOBUF=0), dc / dx / db copy tiles with issue_tile instead of issue_rows (SSM_SSD_BWD_ROWS=0)."""
+    kernels' session-7 forms: db / dx load dH_out's residue after dH_out's product instead of with it
+    (SSM_SSD_BWD_LOBUF=0), the kernels copy tiles with issue_tile instead of issue_rows (SSM_SSD_BWD_ROWS=0), db
+    takes one 64-wide N slice per block (SSM_SSD_BWD_DB2=0; the kernel grid's N = 128 case runs db2 by default)."""
     monkeypatch.setenv("SSM_SSD_COMPOSED_BWD", "1")
     monkeypatch.setenv("SSM_SSD_BWD_KERNEL", "1")
     if mode == "group":
@@ -250,6 +252,7 @@ def test_kernel_backward_variants_match_reference(dtype, case, mode, monkeypatch
     elif mode == "session7_copies":
         monkeypatch.setenv("SSM_SSD_BWD_LOBUF", "0")
         monkeypatch.setenv("SSM_SSD_BWD_ROWS", "0")
+        monkeypatch.setenv("SSM_SSD_BWD_DB2", "0")
     else:
         monkeypatch.setattr(ssd, "_BWD_REDUCE", False)
     batch, L, H, P, G, N, chunk = case

@@ -50,6 +50,7 @@ struct BwdLayout {
   int64_t dhlo = 0, hinlo = 0;  // split: dH_out's and H_in's residues in T (0: the states rounded once)
   int lobuf = 0;  // db / dx (split): the state's pieces in flight together (db: two buffers, dx: a third)
   int rows = 0;   // dc / dx / db / dstate copy their tiles with issue_rows (tile_in)
+  int db2 = 0;    // db takes both 64-wide N slices in one block (bwd_db2_mma_kernel)
 };
 
 // The states (float32) enter the tile kernels' state products as two element-type operands hi + lo, i.e. not
@@ -69,6 +70,12 @@ inline bool bwd_rows_enabled() { return ssd_switch("SSM_SSD_BWD_ROWS", true); }
 // of ssd_bwd_chunk.cuh / ssd_bwd_state.cuh (tensor-core float32 would miss the float32 tolerance).
 inline bool bwd_mma_enabled(const SsdParams& p) { return p.dtype != DType::f32; }
 
+// db with both 64-wide N slices of 64 < N <= 128 in one block (X dY^T and its mask once for both; half / bfloat16);
+// SSM_SSD_BWD_DB2=0: a block per slice.
+inline bool bwd_db2_enabled(const SsdParams& p) {
+  return p.dtype != DType::f32 && p.dstate > 64 && p.dstate <= 128 && ssd_switch("SSM_SSD_BWD_DB2", true);
+}
+
 // The register kernels sum dB / dC over sets of a group's heads: the fewest sets per group that still give
 // the dc / db grids about 1024 blocks. SSM_SSD_BWD_HEADSUM=0: one set per head; =group: one set per group;
 // =k: k sets per group (k divides the group's heads).
@@ -77,7 +84,9 @@ inline int64_t bwd_head_sets(const SsdParams& p, const Layout& w) {
   if ((e != nullptr && std::strcmp(e, "0") == 0) || !bwd_mma_enabled(p) || p.ngroups < 1) return p.nheads;
   const int64_t hg = p.nheads / p.ngroups;
   if (e != nullptr && std::atoi(e) > 0 && hg % std::atoi(e) == 0) return p.ngroups * std::atoi(e);
-  const int64_t blocks = p.batch * w.nchunks * (p.chunk / kTile) * ((p.dstate + kTile - 1) / kTile) * p.ngroups;
+  // (the grid of db per set: dc's has one block per 64-wide N slice, db's too unless db2 takes both in one)
+  const int64_t slices = bwd_db2_enabled(p) ? 1 : (p.dstate + kTile - 1) / kTile;
+  const int64_t blocks = p.batch * w.nchunks * (p.chunk / kTile) * slices * p.ngroups;
   const int64_t want = e != nullptr && std::strcmp(e, "group") == 0 ? 0 : 1024;
   int64_t split = 1;
   while (split < hg && blocks * split < want) {
@@ -106,6 +115,7 @@ inline BwdLayout bwd_layout(const SsdParams& p, const Layout& w) {
   if (bwd_mma_enabled(p)) {
     v.lobuf = bwd_lobuf_enabled() ? 1 : 0;
     v.rows = bwd_rows_enabled() ? 1 : 0;
+    v.db2 = bwd_db2_enabled(p) ? 1 : 0;
     v.tok = v.floats;
     v.floats = v.tok + round64(bhc * 3 * kMaxChunk);
     if (bwd_split_enabled()) {
