@@ -414,7 +414,8 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, La
   if (kSplit == 2) tile_in<kRows, T>(lb, ldn, Np, dHlo, N, 1, P - p0, N);
   chunk_tokens(p, w, v, b, h, c, tok);
   cp_async_commit();
-  tile_in<kRows, T>((j & 1 ? db1 : db0), kLd, kTile, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0, P - p0);
+  tile_in<kRows, T>((j & 1 ? db1 : db0), kLd, kTile, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0,
+                    P - p0);
   cp_async_commit();
   cp_async_wait<1>();
   __syncthreads();
@@ -445,7 +446,8 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, La
     load_cb(cv, cbt, Q, srow, t0, 3);  // C B^T transposed: rows s, columns t
     if (i + 1 < ni) {
       const int t1 = t0 + kTile;
-      tile_in<kRows, T>((i & 1 ? db0 : db1), kLd, kTile, dyt + t1 * dY.stride[1], dY.stride[1], dY.stride[3], nv - t1, P - p0);
+      tile_in<kRows, T>((i & 1 ? db0 : db1), kLd, kTile, dyt + t1 * dY.stride[1], dY.stride[1], dY.stride[3],
+                        nv - t1, P - p0);
     }
     cp_async_commit();
     cp_async_wait<1>();
@@ -609,7 +611,8 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_db_mma_kernel(SsdParams
       const int t0 = i * kTile;
       if (i + 1 < ni) {
         const int t1 = t0 + kTile;
-        tile_in<kRows, T>((i & 1 ? dyb0 : dyb1), ldp, Pp, dyt + t1 * dY.stride[1], dY.stride[1], dY.stride[3], nv - t1, P);
+        tile_in<kRows, T>((i & 1 ? dyb0 : dyb1), ldp, Pp, dyt + t1 * dY.stride[1], dY.stride[1], dY.stride[3],
+                          nv - t1, P);
         tile_in<kRows, T>((i & 1 ? cb0 : cb1), kLd, kTile, ct + t1 * Ct.stride[1], Ct.stride[1], Ct.stride[3], nv - t1,
                       N - n0);
       }
