@@ -26,7 +26,21 @@ FORMS = {  # name: environment (each change of session 8 on top of the previous 
     "lobuf_rows": {"SSM_SSD_BWD_SPLIT": "1", "SSM_SSD_BWD_LOBUF": "1", "SSM_SSD_BWD_ROWS": "1", "SSM_SSD_BWD_DB2": "0"},
     "default": {"SSM_SSD_BWD_SPLIT": "1", "SSM_SSD_BWD_LOBUF": "1", "SSM_SSD_BWD_ROWS": "1", "SSM_SSD_BWD_DB2": "1"},
     "nosplit": {"SSM_SSD_BWD_SPLIT": "0", "SSM_SSD_BWD_LOBUF": "1", "SSM_SSD_BWD_ROWS": "1", "SSM_SSD_BWD_DB2": "1"},
+    "rows_db2": {"SSM_SSD_BWD_SPLIT": "1", "SSM_SSD_BWD_LOBUF": "0", "SSM_SSD_BWD_ROWS": "1", "SSM_SSD_BWD_DB2": "1"},
 }
+
+
+def host_table(fn, reps=3):
+    """Self CPU microseconds per call of the host ops of fn (profiler, CPU activity), largest first."""
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    rows = {e.key[:50]: (e.self_cpu_time_total / reps, e.count // reps) for e in prof.key_averages()}
+    top = sorted(rows.items(), key=lambda kv: -kv[1][0])[:14]
+    return {k: (round(v[0], 1), v[1]) for k, v in top}
 
 
 def kernel_table(fn, iters=3):
@@ -95,6 +109,9 @@ def case(B, L, name, env, out_dir, with_trace):
     for k, v in list(table.items())[:6]:
         print(f"   {v:8.1f} us  {k}", flush=True)
     if with_trace:
+        row["host_us"] = host_table(fb)
+        print(f"-- host B{B} (self CPU us, count per call): {row['host_us']}", flush=True)
+    if with_trace and os.environ.get("SSDBWD_TRACE") == "1":
         row["trace"] = trace(fb, out_dir, f"b{B}")
         t = row["trace"]
         print(f"-- trace B{B}: {t['kernels']} kernels, span {t['span_us']} us, idle {t['idle_in_call_us']} us, "
@@ -108,9 +125,9 @@ def main():
     os.makedirs(out_dir, exist_ok=True)
     res = dict(device=torch.cuda.get_device_name(), rows=[])
     print(res["device"], flush=True)
-    parts = [(8, 2048, "session7", False), (8, 2048, "default", True), (8, 2048, "lobuf", False),
-             (8, 2048, "lobuf_rows", False), (1, 8192, "session7", False), (1, 8192, "default", True),
-             (8, 2048, "nosplit", False)]
+    parts = [(8, 2048, "default", False), (8, 2048, "rows_db2", False), (8, 2048, "lobuf_rows", False),
+             (1, 8192, "default", True), (1, 8192, "rows_db2", False), (8, 2048, "session7", False),
+             (8, 2048, "default", False)]
     for B, L, name, tr in parts:
         try:
             res["rows"].append(case(B, L, name, FORMS[name], out_dir, tr))
