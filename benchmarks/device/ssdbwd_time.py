@@ -4,8 +4,9 @@ the tests (run by ssdbwd.sh in another process: their conftest poisons kernel ou
     python benchmarks/device/ssdbwd_time.py OUT_DIR
 
 fwd+bwd at issue 6's shapes (bf16; D, dt_bias, softplus; chunk 256) per backward form: the profiler's kernel sum and
-top kernels, the eager wall time (CUDA events, L2 flushed), the host time per call; then one call's trace: kernels
-and CUDA runtime calls per call, the GPU's idle gaps inside the call and the kernels they precede (the eager gap).
+top kernels, the eager wall time (CUDA events, L2 flushed), the host time per call; at B1 the host ops' self CPU
+time per call, and with SSDBWD_TRACE=1 one call's trace: kernels and CUDA runtime calls per call, the GPU's idle
+gaps inside the call and the kernels they precede (the eager gap).
 """
 from __future__ import annotations
 
@@ -20,13 +21,10 @@ ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-FORMS = {  # name: environment (each change of session 8 on top of the previous one)
-    "session7": {"SSM_SSD_BWD_SPLIT": "1", "SSM_SSD_BWD_LOBUF": "0", "SSM_SSD_BWD_ROWS": "0", "SSM_SSD_BWD_DB2": "0"},
-    "lobuf": {"SSM_SSD_BWD_SPLIT": "1", "SSM_SSD_BWD_LOBUF": "1", "SSM_SSD_BWD_ROWS": "0", "SSM_SSD_BWD_DB2": "0"},
-    "lobuf_rows": {"SSM_SSD_BWD_SPLIT": "1", "SSM_SSD_BWD_LOBUF": "1", "SSM_SSD_BWD_ROWS": "1", "SSM_SSD_BWD_DB2": "0"},
-    "default": {"SSM_SSD_BWD_SPLIT": "1", "SSM_SSD_BWD_LOBUF": "1", "SSM_SSD_BWD_ROWS": "1", "SSM_SSD_BWD_DB2": "1"},
-    "nosplit": {"SSM_SSD_BWD_SPLIT": "0", "SSM_SSD_BWD_LOBUF": "1", "SSM_SSD_BWD_ROWS": "1", "SSM_SSD_BWD_DB2": "1"},
-    "rows_db2": {"SSM_SSD_BWD_SPLIT": "1", "SSM_SSD_BWD_LOBUF": "0", "SSM_SSD_BWD_ROWS": "1", "SSM_SSD_BWD_DB2": "1"},
+FORMS = {  # name: environment
+    "default": {"SSM_SSD_BWD_SPLIT": "1"},
+    "nosplit": {"SSM_SSD_BWD_SPLIT": "0"},
+    "heads2": {"SSM_SSD_BWD_SPLIT": "1", "SSM_SSD_BWD_HEADSUM": "2"},  # 2 head sets: dc 1024 blocks as in session 7
 }
 
 
@@ -99,6 +97,8 @@ def case(B, L, name, env, out_dir, with_trace):
     from bench_cuda import time_ms
     from bench_ssd_cuda import fwd_bwd_fn, inputs
     import ssm.ops._kernels as kernels
+    for k in ("SSM_SSD_BWD_SPLIT", "SSM_SSD_BWD_HEADSUM"):
+        os.environ.pop(k, None)
     os.environ.update(env)
     fb = fwd_bwd_fn(inputs(B, L))
     table = kernel_table(fb)
@@ -125,9 +125,8 @@ def main():
     os.makedirs(out_dir, exist_ok=True)
     res = dict(device=torch.cuda.get_device_name(), rows=[])
     print(res["device"], flush=True)
-    parts = [(8, 2048, "default", False), (8, 2048, "rows_db2", False), (8, 2048, "lobuf_rows", False),
-             (1, 8192, "default", True), (1, 8192, "rows_db2", False), (8, 2048, "session7", False),
-             (8, 2048, "default", False)]
+    parts = [(8, 2048, "default", False), (1, 8192, "default", True), (8, 2048, "nosplit", False),
+             (1, 8192, "nosplit", False), (8, 2048, "heads2", False), (8, 2048, "default", False)]
     for B, L, name, tr in parts:
         try:
             res["rows"].append(case(B, L, name, FORMS[name], out_dir, tr))

@@ -238,21 +238,15 @@ def test_kernel_backward_matches_reference(dtype, case, seq, gate, monkeypatch):
 @pytest.mark.parametrize("case", [(2, 300, 4, 64, 2, 64, 128), (1, 2 * 256 + 37, 6, 32, 1, 200, 256),
                                   (1, 300, 4, 64, 1, 128, 128)],
                          ids=lambda c: "b{}_l{}_h{}_p{}_g{}_n{}_c{}".format(*c))
-@pytest.mark.parametrize("mode", ["group", "torch_sums", "session7_copies"])
+@pytest.mark.parametrize("mode", ["group", "torch_sums"])
 def test_kernel_backward_variants_match_reference(dtype, case, mode, monkeypatch):
     """The register kernels summing dB / dC over all of a group's heads in one block (SSM_SSD_BWD_HEADSUM=group;
-    the small grids above get one set per head), the last sums by torch ops (SSM_SSD_BWD_REDUCE=0), and the tile
-    kernels' session-7 forms: db / dx load dH_out's residue after dH_out's product instead of with it
-    (SSM_SSD_BWD_LOBUF=0), the kernels copy tiles with issue_tile instead of issue_rows (SSM_SSD_BWD_ROWS=0), db
-    takes one 64-wide N slice per block (SSM_SSD_BWD_DB2=0; the kernel grid's N = 128 case runs db2 by default)."""
+    the small grids above get one set per head; at N 128 db takes both 64-wide N slices in one block, db2), and the
+    last sums by torch ops (SSM_SSD_BWD_REDUCE=0)."""
     monkeypatch.setenv("SSM_SSD_COMPOSED_BWD", "1")
     monkeypatch.setenv("SSM_SSD_BWD_KERNEL", "1")
     if mode == "group":
         monkeypatch.setenv("SSM_SSD_BWD_HEADSUM", "group")
-    elif mode == "session7_copies":
-        monkeypatch.setenv("SSM_SSD_BWD_LOBUF", "0")
-        monkeypatch.setenv("SSM_SSD_BWD_ROWS", "0")
-        monkeypatch.setenv("SSM_SSD_BWD_DB2", "0")
     else:
         monkeypatch.setattr(ssd, "_BWD_REDUCE", False)
     batch, L, H, P, G, N, chunk = case

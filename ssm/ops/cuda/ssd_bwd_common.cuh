@@ -48,9 +48,6 @@ struct BwdLayout {
   int64_t tok = 0;         // register kernels: each chunk's token data (Δ, cs, run; 3 x kMaxChunk floats per
                            // (b, h, chunk)) written by dstate and copied by the tile kernels
   int64_t dhlo = 0, hinlo = 0;  // split: dH_out's and H_in's residues in T (0: the states rounded once)
-  int lobuf = 0;  // db / dx (split): the state's pieces in flight together (db: two buffers, dx: a third)
-  int rows = 0;   // dc / dx / db / dstate copy their tiles with issue_rows (tile_in)
-  int db2 = 0;    // db takes both 64-wide N slices in one block (bwd_db2_mma_kernel)
 };
 
 // The states (float32) enter the tile kernels' state products as two element-type operands hi + lo, i.e. not
@@ -58,23 +55,13 @@ struct BwdLayout {
 // the chunk read H_in in float32. SSM_SSD_BWD_SPLIT=0 rounds them once.
 inline bool bwd_split_enabled() { return ssd_switch("SSM_SSD_BWD_SPLIT", true); }
 
-// db / dx load the state's pieces (dH_out's rows, its residue) together instead of one after another's product;
-// SSM_SSD_BWD_LOBUF=0 keeps the serial passes (session 7).
-inline bool bwd_lobuf_enabled() { return ssd_switch("SSM_SSD_BWD_LOBUF", true); }
-
-// dc / dx / db / dstate copy their tiles with issue_rows (the copy loop's addresses stepped); SSM_SSD_BWD_ROWS=0:
-// issue_tile.
-inline bool bwd_rows_enabled() { return ssd_switch("SSM_SSD_BWD_ROWS", true); }
-
 // Half / bfloat16 run steps 1, 3 and 4 on register fragments (ssd_bwd_mma.cuh); float32 keeps the FMA tiles
 // of ssd_bwd_chunk.cuh / ssd_bwd_state.cuh (tensor-core float32 would miss the float32 tolerance).
 inline bool bwd_mma_enabled(const SsdParams& p) { return p.dtype != DType::f32; }
 
-// db with both 64-wide N slices of 64 < N <= 128 in one block (X dY^T and its mask once for both; half / bfloat16);
-// SSM_SSD_BWD_DB2=0: a block per slice.
-inline bool bwd_db2_enabled(const SsdParams& p) {
-  return p.dtype != DType::f32 && p.dstate > 64 && p.dstate <= 128 && ssd_switch("SSM_SSD_BWD_DB2", true);
-}
+// db with both 64-wide N slices of 64 < N <= 128 in one block (bwd_db2_mma_kernel: X dY^T and its mask once for
+// both; half / bfloat16), else a block per slice (bwd_db_mma_kernel).
+inline bool bwd_db2(const SsdParams& p) { return p.dtype != DType::f32 && p.dstate > 64 && p.dstate <= 128; }
 
 // The register kernels sum dB / dC over sets of a group's heads: the fewest sets per group that still give
 // the dc / db grids about 1024 blocks. SSM_SSD_BWD_HEADSUM=0: one set per head; =group: one set per group;
@@ -85,7 +72,7 @@ inline int64_t bwd_head_sets(const SsdParams& p, const Layout& w) {
   const int64_t hg = p.nheads / p.ngroups;
   if (e != nullptr && std::atoi(e) > 0 && hg % std::atoi(e) == 0) return p.ngroups * std::atoi(e);
   // (the grid of db per set: dc's has one block per 64-wide N slice, db's too unless db2 takes both in one)
-  const int64_t slices = bwd_db2_enabled(p) ? 1 : (p.dstate + kTile - 1) / kTile;
+  const int64_t slices = bwd_db2(p) ? 1 : (p.dstate + kTile - 1) / kTile;
   const int64_t blocks = p.batch * w.nchunks * (p.chunk / kTile) * slices * p.ngroups;
   const int64_t want = e != nullptr && std::strcmp(e, "group") == 0 ? 0 : 1024;
   int64_t split = 1;
@@ -113,9 +100,6 @@ inline BwdLayout bwd_layout(const SsdParams& p, const Layout& w) {
   v.cbt = v.cb + round64(qq);
   v.floats = v.cbt + round64(qq);
   if (bwd_mma_enabled(p)) {
-    v.lobuf = bwd_lobuf_enabled() ? 1 : 0;
-    v.rows = bwd_rows_enabled() ? 1 : 0;
-    v.db2 = bwd_db2_enabled(p) ? 1 : 0;
     v.tok = v.floats;
     v.floats = v.tok + round64(bhc * 3 * kMaxChunk);
     if (bwd_split_enabled()) {

@@ -227,16 +227,7 @@ inline int bwd_tile_blocks(size_t smem) { return 4 * (smem + 1024) <= 228 * 1024
 
 // Per (target tile i, 64-wide N slice, head set): dC summed over the set's heads (one group), per head the Y
 // partials and (slice (head - first head) mod slices) the decay-pair sums.
-// A tile copy of the kernels dc / dx / db / dstate: with kRows issue_rows_n (each thread keeps its column chunk and
-// steps its source pointer; ncu counted ~34 instructions per cp.async in issue_tile's loop), else issue_tile.
-template <bool kRows, typename T>
-__device__ __forceinline__ void tile_in(T* dst, int ld, int width, const T* src, int64_t rs, int64_t cs, int rows,
-                                        int cols) {
-  if (kRows) issue_rows_n<T>(dst, ld, width, src, rs, cs, rows, cols);
-  else issue_tile<T>(dst, ld, width, src, rs, cs, rows, cols);
-}
-
-template <typename T, int kBlocks, bool kRows>
+template <typename T, int kBlocks>
 __global__ void __launch_bounds__(kThreads, kBlocks) bwd_dc_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), nq = Q / kTile, Pp = round16(P), ldp = Pp + 8;
@@ -272,14 +263,14 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_dc_mma_kernel(SsdParams
     const int64_t hoff = ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + n0;
     const T* hin = reinterpret_cast<const T*>(ws + w.hin) + hoff;
     const T* hinlo = reinterpret_cast<const T*>(ws + v.hinlo) + hoff;
-    tile_in<kRows, T>(dys, ldp, Pp, dyq, dY.stride[1], dY.stride[3], nv - t0, P);
-    tile_in<kRows, T>(bb1, kLd, kTile, cq, Ct.stride[1], Ct.stride[3], nv - t0, N - n0);  // C_t slice (for Y)
+    issue_tile<T>(dys, ldp, Pp, dyq, dY.stride[1], dY.stride[3], nv - t0, P);
+    issue_tile<T>(bb1, kLd, kTile, cq, Ct.stride[1], Ct.stride[3], nv - t0, N - n0);  // C_t slice (for Y)
     chunk_tokens(p, w, v, b, h, c, tok);
-    tile_in<kRows, T>(hb, kLd, kTile, hin, N, 1, P, N - n0);  // hb[p][n], the first 64 rows of H_in
+    issue_tile<T>(hb, kLd, kTile, hin, N, 1, P, N - n0);  // hb[p][n], the first 64 rows of H_in
     cp_async_commit();
     // the first source tile, in flight during the state's part
-    tile_in<kRows, T>(xb0, ldp, Pp, xk, X.stride[1], X.stride[3], nv, P);
-    tile_in<kRows, T>(bb0, kLd, kTile, bk, Bt.stride[1], Bt.stride[3], nv, N - n0);
+    issue_tile<T>(xb0, ldp, Pp, xk, X.stride[1], X.stride[3], nv, P);
+    issue_tile<T>(bb0, kLd, kTile, bk, Bt.stride[1], Bt.stride[3], nv, N - n0);
     cp_async_commit();
     {  // the entering state's part: diag(e0) dY H_in over 64-row pieces of H_in
       float st[8][4] = {};
@@ -287,7 +278,7 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_dc_mma_kernel(SsdParams
       for (int pc = 0; pc < (v.hinlo ? 2 : 1) * npc; ++pc) {
         const int p0 = pc % npc * kTile;
         if (pc > 0) {
-          tile_in<kRows, T>(hb, kLd, kTile, (pc < npc ? hin : hinlo) + int64_t(p0) * N, N, 1, P - p0, N - n0);
+          issue_tile<T>(hb, kLd, kTile, (pc < npc ? hin : hinlo) + int64_t(p0) * N, N, 1, P - p0, N - n0);
           cp_async_commit();
           cp_async_wait<0>();
         } else {
@@ -330,8 +321,8 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_dc_mma_kernel(SsdParams
       if (pairs_here) prefetch_l1(cbg + pf_row + s0);  // the C B^T tile of this step into L1
       if (j < i) {
         const int s1 = s0 + kTile;
-        tile_in<kRows, T>((j & 1 ? xb0 : xb1), ldp, Pp, xk + s1 * X.stride[1], X.stride[1], X.stride[3], nv - s1, P);
-        tile_in<kRows, T>((j & 1 ? bb0 : bb1), kLd, kTile, bk + s1 * Bt.stride[1], Bt.stride[1], Bt.stride[3], nv - s1,
+        issue_tile<T>((j & 1 ? xb0 : xb1), ldp, Pp, xk + s1 * X.stride[1], X.stride[1], X.stride[3], nv - s1, P);
+        issue_tile<T>((j & 1 ? bb0 : bb1), kLd, kTile, bk + s1 * Bt.stride[1], Bt.stride[1], Bt.stride[3], nv - s1,
                       N - n0);
       }
       cp_async_commit();
@@ -370,16 +361,14 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_dc_mma_kernel(SsdParams
 }
 
 template <typename T>
-size_t bwd_dx_mma_smem(int N, bool lobuf) {
+size_t bwd_dx_mma_smem(int N) {
   const int ldn = round16(N) + 8;
-  return align128(sizeof(TileTokens)) + (lobuf ? 3 : 2) * align128(kTile * max(ldn, kLd) * sizeof(T)) +
+  return align128(sizeof(TileTokens)) + 2 * align128(kTile * max(ldn, kLd) * sizeof(T)) +
          2 * align128(kTile * kLd * sizeof(T));
 }
 
 // Per (source tile j, 64-wide P slice, head): o, dx, the x·o and X_s partials, the dD share.
-// kSplit: 0 dH_out rounded once, 1 + its residue after dH_out's product (through hb), 2 + the residue loaded with
-// dH_out into its own buffer.
-template <typename T, int kSplit, bool kRows>
+template <typename T, bool kSplit>
 __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), nq = Q / kTile, Np = round16(N), ldn = Np + 8;
@@ -390,8 +379,6 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, La
   T* hb = sm.take<T>(kTile * max(ldn, kLd));  // dH_out (P slice), then the source tile's dY
   T* db0 = sm.take<T>(kTile * kLd);
   T* db1 = sm.take<T>(kTile * kLd);
-  // split with v.lobuf: dH_lo (P slice) in its own buffer, loaded with dH_out (else after dH_out's product)
-  T* lb = kSplit == 2 ? sm.take<T>(kTile * max(ldn, kLd)) : nullptr;
   float* red = reinterpret_cast<float*>(db0);  // the dD column sums, after the target loop
   const int pt = int(blockIdx.x % npt), j = int(blockIdx.x / npt % nq), p0 = pt * kTile, s0 = j * kTile;
   const int h = blockIdx.y, g = h / int(p.nheads / p.ngroups);
@@ -408,14 +395,12 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, La
   const T* dyt = ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] + c0 * dY.stride[1] + p0 * dY.stride[3];
   const int64_t hoff = ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + int64_t(p0) * N;
   const T* dHout = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhout) + hoff;
-  tile_in<kRows, T>(bs, ldn, Np, bsrc, Bt.stride[1], Bt.stride[3], nv - s0, N);
-  tile_in<kRows, T>(hb, ldn, Np, dHout, N, 1, P - p0, N);  // hb[p][n]
-  const T* dHlo = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhlo) + hoff;
-  if (kSplit == 2) tile_in<kRows, T>(lb, ldn, Np, dHlo, N, 1, P - p0, N);
+  issue_rows_n<T>(bs, ldn, Np, bsrc, Bt.stride[1], Bt.stride[3], nv - s0, N);
+  issue_rows_n<T>(hb, ldn, Np, dHout, N, 1, P - p0, N);  // hb[p][n]
   chunk_tokens(p, w, v, b, h, c, tok);
   cp_async_commit();
-  tile_in<kRows, T>((j & 1 ? db1 : db0), kLd, kTile, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0,
-                    P - p0);
+  issue_rows_n<T>((j & 1 ? db1 : db0), kLd, kTile, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0,
+                  P - p0);
   cp_async_commit();
   cp_async_wait<1>();
   __syncthreads();
@@ -424,10 +409,10 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, La
   const int srow[2] = {s0 + r0 + g8, s0 + r0 + g8 + 8};
   float ost[8][4] = {};
   mma_nk_range<T>(ost, bs, hb, ldn, r0, Np, 0, 3);  // B_s dH_out^T
-  if (kSplit == 2) mma_nk_range<T>(ost, bs, lb, ldn, r0, Np, 0, 3);  // + B_s dH_lo^T: dH_out not rounded
   __syncthreads();  // bs, hb read: they take the source tile's x and dY for the epilogue
-  if (kSplit == 1) {  // + B_s dH_lo^T after dH_out's product, through hb
-    tile_in<kRows, T>(hb, ldn, Np, dHlo, N, 1, P - p0, N);
+  if (kSplit) {  // + B_s dH_lo^T: dH_out not rounded
+    const T* dHlo = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhlo) + hoff;
+    issue_rows_n<T>(hb, ldn, Np, dHlo, N, 1, P - p0, N);
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
@@ -435,8 +420,8 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, La
     __syncthreads();
   }
   const T* xsrc = ptr<T>(X) + b * X.stride[0] + h * X.stride[2] + (c0 + s0) * X.stride[1] + p0 * X.stride[3];
-  tile_in<kRows, T>(bs, kLd, kTile, xsrc, X.stride[1], X.stride[3], nv - s0, P - p0);
-  tile_in<kRows, T>(hb, kLd, kTile, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0, P - p0);
+  issue_rows_n<T>(bs, kLd, kTile, xsrc, X.stride[1], X.stride[3], nv - s0, P - p0);
+  issue_rows_n<T>(hb, kLd, kTile, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0, P - p0);
   cp_async_commit();
   const float* cbt = ptr<float>(p.workspace) + v.cbt + ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q;
   float acc[8][4] = {};
@@ -446,8 +431,8 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, La
     load_cb(cv, cbt, Q, srow, t0, 3);  // C B^T transposed: rows s, columns t
     if (i + 1 < ni) {
       const int t1 = t0 + kTile;
-      tile_in<kRows, T>((i & 1 ? db0 : db1), kLd, kTile, dyt + t1 * dY.stride[1], dY.stride[1], dY.stride[3],
-                        nv - t1, P - p0);
+      issue_rows_n<T>((i & 1 ? db0 : db1), kLd, kTile, dyt + t1 * dY.stride[1], dY.stride[1], dY.stride[3], nv - t1,
+                      P - p0);
     }
     cp_async_commit();
     cp_async_wait<1>();
@@ -520,13 +505,12 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, La
 template <typename T>
 size_t bwd_db_mma_smem(int P) {
   const int ldp = round16(P) + 8;
-  return align128(sizeof(TileTokens)) + align128(kTile * ldp * sizeof(T)) +
-         2 * align128(kTile * max(ldp, kLd) * sizeof(T)) + 2 * align128(kTile * kLd * sizeof(T));
+  return align128(sizeof(TileTokens)) + 3 * align128(kTile * ldp * sizeof(T)) + 2 * align128(kTile * kLd * sizeof(T));
 }
 
 // Per (source tile j, 64-wide N slice, head set): dB = Σ over the set's heads of
 // Δ (diag(e) X dH_out + Σ_t (X dY_t^T ∘ L^T) C_t).
-template <typename T, int kBlocks, bool kLoBuf, bool kRows>
+template <typename T, int kBlocks>
 __global__ void __launch_bounds__(kThreads, kBlocks) bwd_db_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Pp = round16(P), ldp = Pp + 8;
@@ -534,17 +518,15 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_db_mma_kernel(SsdParams
   MmaSmem sm{smem};
   TileTokens& tok = *sm.take<TileTokens>(1);
   T* xs = sm.take<T>(kTile * ldp);
-  T* dyb0 = sm.take<T>(kTile * max(ldp, kLd));
-  T* dyb1 = sm.take<T>(kTile * max(ldp, kLd));
+  T* dyb0 = sm.take<T>(kTile * ldp);
+  T* dyb1 = sm.take<T>(kTile * ldp);
   T* cb0 = sm.take<T>(kTile * kLd);
   T* cb1 = sm.take<T>(kTile * kLd);
   const TileBlock tb = tile_block(p, w, v, nns);
   const int ns = tb.slice, j = tb.tile, n0 = ns * kTile, s0 = j * kTile;  // the heaviest tiles first
-  // dH_out pieces in the leaving state's part: the C and dY buffers that the first target tile does not take
-  // (the target loop's first copies into them come after that part); pieces alternate between the two, each
-  // issued two ahead (SSM_SSD_BWD_LOBUF=0: one buffer, each piece loaded after the previous one's product)
-  T* const hb0 = j & 1 ? cb0 : cb1;
-  T* const hb1 = kLoBuf ? (j & 1 ? dyb0 : dyb1) : hb0;
+  // dH_out pieces in the leaving state's part: the C buffer that the first target tile does not take (the
+  // target loop's first copy into it comes after that part)
+  T* hb = j & 1 ? cb0 : cb1;
   const int hs = int(p.nheads / v.hsets), set = tb.set, h0 = set * hs, g = h0 / int(p.nheads / p.ngroups);
   const int64_t c = tb.c, b = tb.b, c0 = c * Q, L = p.seqlen;
   if (c0 + s0 >= L) return;
@@ -562,40 +544,31 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_db_mma_kernel(SsdParams
     const int64_t hoff = ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + n0;
     const T* dHout = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhout) + hoff;
     const T* dHlo = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhlo) + hoff;
-    tile_in<kRows, T>(xs, ldp, Pp, xsrc, X.stride[1], X.stride[3], nv - s0, P);
+    issue_rows_n<T>(xs, ldp, Pp, xsrc, X.stride[1], X.stride[3], nv - s0, P);
     chunk_tokens(p, w, v, b, h, c, tok);
-    // 64-row pieces of dH_out, then (split) of its residue: piece pc = rows pc % npc of dH_out / dH_lo
-    const int npc = (P + kTile - 1) / kTile, npieces = (v.dhlo ? 2 : 1) * npc;
-    auto piece = [&](int pc, T* dst) {
-      const int p0 = pc % npc * kTile;
-      tile_in<kRows, T>(dst, kLd, kTile, (pc < npc ? dHout : dHlo) + int64_t(p0) * N, N, 1, P - p0, N - n0);
-    };
-    piece(0, hb0);  // hb[p][n]
+    issue_rows_n<T>(hb, kLd, kTile, dHout, N, 1, P, N - n0);  // hb[p][n], the first 64 rows of dH_out
     cp_async_commit();
     // the first target tile (the source tile itself), in flight during the state's part
-    tile_in<kRows, T>((j & 1 ? dyb1 : dyb0), ldp, Pp, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0, P);
-    tile_in<kRows, T>((j & 1 ? cb1 : cb0), kLd, kTile, ct + s0 * Ct.stride[1], Ct.stride[1], Ct.stride[3], nv - s0,
+    issue_rows_n<T>((j & 1 ? dyb1 : dyb0), ldp, Pp, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0, P);
+    issue_rows_n<T>((j & 1 ? cb1 : cb0), kLd, kTile, ct + s0 * Ct.stride[1], Ct.stride[1], Ct.stride[3], nv - s0,
                   N - n0);
     cp_async_commit();
-    if (kLoBuf && npieces > 1) piece(1, hb1);
-    cp_async_commit();  // (empty without a second piece in flight)
     float dts[2];
-    {  // the leaving state's part: diag(Δ e) X dH_out over the pieces
+    {  // the leaving state's part: diag(Δ e) X dH_out over 64-row pieces of dH_out
       float st[8][4] = {};
-      for (int pc = 0; pc < npieces; ++pc) {
-        if (pc > 0 && !kLoBuf) {
-          piece(pc, hb0);
+      const int npc = (P + kTile - 1) / kTile;  // 64-row pieces of dH_out, then (split) of its residue
+      for (int pc = 0; pc < (v.dhlo ? 2 : 1) * npc; ++pc) {
+        const int p0 = pc % npc * kTile;
+        if (pc > 0) {
+          issue_rows_n<T>(hb, kLd, kTile, (pc < npc ? dHout : dHlo) + int64_t(p0) * N, N, 1, P - p0, N - n0);
           cp_async_commit();
+          cp_async_wait<0>();
+        } else {
+          cp_async_wait<1>();
         }
-        if (pc == 0) cp_async_wait<2>();
-        else cp_async_wait<0>();
         __syncthreads();
-        mma_kn64<T>(st, xs, ldp, pc % npc * kTile, pc & 1 ? hb1 : hb0, kLd, r0, min(kTile, Pp - pc % npc * kTile));
+        mma_kn64<T>(st, xs, ldp, p0, hb, kLd, r0, min(kTile, Pp - p0));
         __syncthreads();
-        if (kLoBuf && pc + 2 < npieces) {
-          piece(pc + 2, pc & 1 ? hb1 : hb0);
-          cp_async_commit();
-        }
       }
 #pragma unroll
       for (int hf = 0; hf < 2; ++hf) {
@@ -611,9 +584,9 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_db_mma_kernel(SsdParams
       const int t0 = i * kTile;
       if (i + 1 < ni) {
         const int t1 = t0 + kTile;
-        tile_in<kRows, T>((i & 1 ? dyb0 : dyb1), ldp, Pp, dyt + t1 * dY.stride[1], dY.stride[1], dY.stride[3],
-                          nv - t1, P);
-        tile_in<kRows, T>((i & 1 ? cb0 : cb1), kLd, kTile, ct + t1 * Ct.stride[1], Ct.stride[1], Ct.stride[3], nv - t1,
+        issue_rows_n<T>((i & 1 ? dyb0 : dyb1), ldp, Pp, dyt + t1 * dY.stride[1], dY.stride[1], dY.stride[3], nv - t1,
+                        P);
+        issue_rows_n<T>((i & 1 ? cb0 : cb1), kLd, kTile, ct + t1 * Ct.stride[1], Ct.stride[1], Ct.stride[3], nv - t1,
                       N - n0);
       }
       cp_async_commit();
@@ -660,7 +633,7 @@ size_t bwd_db2_mma_smem(int P) {
 // db with both 64-wide N slices in one block (64 < N <= 128): per (source tile j, head set), X dY_t^T and its decay
 // mask once for the 128 columns of dB (bwd_db_mma_kernel computes them once per slice). The leaving state's part
 // per slice: pieces (dH_out's rows, its residue's) alternate between the free C and dY buffers, two ahead.
-template <typename T, bool kRows>
+template <typename T>
 __global__ void __launch_bounds__(kThreads, 3) bwd_db2_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Pp = round16(P), ldp = Pp + 8;
@@ -692,20 +665,20 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_db2_mma_kernel(SsdParams p, L
     const int64_t hoff = ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N;
     const T* dHout = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhout) + hoff;
     const T* dHlo = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhlo) + hoff;
-    tile_in<kRows, T>(xs, ldp, Pp, xsrc, X.stride[1], X.stride[3], nv - s0, P);
+    issue_rows_n<T>(xs, ldp, Pp, xsrc, X.stride[1], X.stride[3], nv - s0, P);
     chunk_tokens(p, w, v, b, h, c, tok);
     // pieces q = (slice, then dH_out's 64-row pieces, then (split) its residue's): 64 x 64 tiles hb[p][n]
     const int npc = (P + kTile - 1) / kTile, nper = (v.dhlo ? 2 : 1) * npc;
     auto piece = [&](int q, T* dst) {
       const int pc = q % nper, p0 = pc % npc * kTile, n0 = q / nper * kTile;
-      tile_in<kRows, T>(dst, kLd, kTile, (pc < npc ? dHout : dHlo) + int64_t(p0) * N + n0, N, 1, P - p0, N - n0);
+      issue_rows_n<T>(dst, kLd, kTile, (pc < npc ? dHout : dHlo) + int64_t(p0) * N + n0, N, 1, P - p0, N - n0);
     };
     piece(0, hb0);
     cp_async_commit();
     // the first target tile (the source tile itself), in flight during the state's part
-    tile_in<kRows, T>((j & 1 ? dyb1 : dyb0), ldp, Pp, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0,
+    issue_rows_n<T>((j & 1 ? dyb1 : dyb0), ldp, Pp, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0,
                       P);
-    tile_in<kRows, T>((j & 1 ? cb1 : cb0), kLd2, 2 * kTile, ct + s0 * Ct.stride[1], Ct.stride[1], Ct.stride[3],
+    issue_rows_n<T>((j & 1 ? cb1 : cb0), kLd2, 2 * kTile, ct + s0 * Ct.stride[1], Ct.stride[1], Ct.stride[3],
                       nv - s0, N);
     cp_async_commit();
     piece(1, hb1);  // (nper * 2 >= 2 pieces)
@@ -742,9 +715,9 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_db2_mma_kernel(SsdParams p, L
       const int t0 = i * kTile;
       if (i + 1 < ni) {
         const int t1 = t0 + kTile;
-        tile_in<kRows, T>((i & 1 ? dyb0 : dyb1), ldp, Pp, dyt + t1 * dY.stride[1], dY.stride[1], dY.stride[3],
+        issue_rows_n<T>((i & 1 ? dyb0 : dyb1), ldp, Pp, dyt + t1 * dY.stride[1], dY.stride[1], dY.stride[3],
                           nv - t1, P);
-        tile_in<kRows, T>((i & 1 ? cb0 : cb1), kLd2, 2 * kTile, ct + t1 * Ct.stride[1], Ct.stride[1], Ct.stride[3],
+        issue_rows_n<T>((i & 1 ? cb0 : cb1), kLd2, 2 * kTile, ct + t1 * Ct.stride[1], Ct.stride[1], Ct.stride[3],
                           nv - t1, N);
       }
       cp_async_commit();
@@ -784,7 +757,7 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_db2_mma_kernel(SsdParams p, L
 
 // Step 1 on register fragments: per (chunk, head, 64 x 64 tile of P x N) dS_c = dY^T diag(e0) C over the
 // chunk's tokens, e0_t = exp(cs_t) on the first run (the forward's chunk-state product with dY, C, e0).
-template <typename T, bool kRows>
+template <typename T>
 __global__ void __launch_bounds__(kThreads) bwd_dstate_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
   extern __shared__ __align__(128) unsigned char smem[];
   MmaSmem sm{smem};
@@ -804,8 +777,8 @@ __global__ void __launch_bounds__(kThreads) bwd_dstate_mma_kernel(SsdParams p, L
   const int64_t yr = dY.stride[1], cr = Ct.stride[1];
   const T* ysrc = ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] + p0 * dY.stride[3] + c0 * yr;
   const T* csrc = ptr<T>(Ct) + b * Ct.stride[0] + g * Ct.stride[2] + n0 * Ct.stride[3] + c0 * cr;
-  tile_in<kRows, T>(ys0, kLd, kTile, ysrc, yr, dY.stride[3], nv, P - p0);
-  tile_in<kRows, T>(cs0, kLd, kTile, csrc, cr, Ct.stride[3], nv, N - n0);
+  issue_rows_n<T>(ys0, kLd, kTile, ysrc, yr, dY.stride[3], nv, P - p0);
+  issue_rows_n<T>(cs0, kLd, kTile, csrc, cr, Ct.stride[3], nv, N - n0);
   cp_async_commit();
   load_chunk(p, b, h, c0, Q, tok);
   for (int k = threadIdx.x; k < kMaxChunk; k += kThreads)
@@ -820,8 +793,8 @@ __global__ void __launch_bounds__(kThreads) bwd_dstate_mma_kernel(SsdParams p, L
   for (int kt = 0; kt < nk; ++kt) {
     if (kt + 1 < nk) {
       const int s1 = (kt + 1) * kTile;
-      tile_in<kRows, T>(kt & 1 ? ys0 : ys1, kLd, kTile, ysrc + s1 * yr, yr, dY.stride[3], nv - s1, P - p0);
-      tile_in<kRows, T>(kt & 1 ? cs0 : cs1, kLd, kTile, csrc + s1 * cr, cr, Ct.stride[3], nv - s1, N - n0);
+      issue_rows_n<T>(kt & 1 ? ys0 : ys1, kLd, kTile, ysrc + s1 * yr, yr, dY.stride[3], nv - s1, P - p0);
+      issue_rows_n<T>(kt & 1 ? cs0 : cs1, kLd, kTile, csrc + s1 * cr, cr, Ct.stride[3], nv - s1, N - n0);
     }
     cp_async_commit();
     cp_async_wait<1>();
@@ -850,45 +823,30 @@ void launch_bwd_dstate_mma(const SsdParams& p, const Layout& w, const BwdLayout&
   const size_t smem = align128(sizeof(ChunkTokens)) + align128(kMaxChunk * sizeof(float)) +
                       4 * align128(kTile * kLd * sizeof(T));
   const dim3 grid(unsigned(w.nchunks * tiles), unsigned(p.nheads), unsigned(p.batch));
-  launch_bwd(v.rows ? bwd_dstate_mma_kernel<T, true> : bwd_dstate_mma_kernel<T, false>, grid, smem, s, p, w, v);
+  launch_bwd(bwd_dstate_mma_kernel<T>, grid, smem, s, p, w, v);
 }
 
-// Steps 3 and 4 on register fragments (half / bfloat16), with the tile copies of tile_in<kRows>.
-template <typename T, bool kRows>
-void launch_bwd_tiles_mma_as(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s) {
+// Steps 3 and 4 on register fragments (half / bfloat16).
+template <typename T>
+void launch_bwd_tiles_mma(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s) {
   const unsigned nq = unsigned(p.chunk / kTile), nc = unsigned(w.nchunks), H = unsigned(p.nheads);
   const unsigned nns = unsigned((p.dstate + kTile - 1) / kTile), npt = unsigned((p.headdim + kTile - 1) / kTile);
   const int P = int(p.headdim), N = int(p.dstate);
-  const unsigned sets = unsigned(v.hsets);
-  const unsigned tiles = nq * nc * nns * sets * unsigned(p.batch);  // 1-d: tile_block
+  const unsigned sets = unsigned(v.hsets), rows = sets * unsigned(p.batch);
+  const unsigned tiles = nq * nc * nns * rows;  // 1-d: tile_block
   if (bwd_tile_blocks(bwd_dc_mma_smem<T>(P)) == 3)
-    launch_bwd(bwd_dc_mma_kernel<T, 3, kRows>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
+    launch_bwd(bwd_dc_mma_kernel<T, 3>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
   else
-    launch_bwd(bwd_dc_mma_kernel<T, 4, kRows>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
+    launch_bwd(bwd_dc_mma_kernel<T, 4>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
   const dim3 dx_grid(nc * nq * npt, H, unsigned(p.batch));
-  // dx's third buffer (the residue) only where its three blocks per SM still fit (N <= 128)
-  const bool lb = v.dhlo && v.lobuf && 3 * (bwd_dx_mma_smem<T>(N, true) + 1024) <= 228 * 1024;
-  const size_t dx_smem = bwd_dx_mma_smem<T>(N, lb);
-  const auto dx = !v.dhlo ? bwd_dx_mma_kernel<T, 0, kRows>
-                  : lb    ? bwd_dx_mma_kernel<T, 2, kRows>
-                          : bwd_dx_mma_kernel<T, 1, kRows>;
-  launch_bwd(dx, dx_grid, dx_smem, s, p, w, v);
-  if (v.db2) {
-    const unsigned tiles2 = nq * nc * sets * unsigned(p.batch);
-    launch_bwd(bwd_db2_mma_kernel<T, kRows>, dim3(tiles2), bwd_db2_mma_smem<T>(P), s, p, w, v);
-    return;
-  }
-  const size_t db_smem = bwd_db_mma_smem<T>(P);
-  const auto db = bwd_tile_blocks(db_smem) == 3
-                     ? (v.lobuf ? bwd_db_mma_kernel<T, 3, true, kRows> : bwd_db_mma_kernel<T, 3, false, kRows>)
-                     : (v.lobuf ? bwd_db_mma_kernel<T, 4, true, kRows> : bwd_db_mma_kernel<T, 4, false, kRows>);
-  launch_bwd(db, dim3(tiles), db_smem, s, p, w, v);
-}
-
-template <typename T>
-void launch_bwd_tiles_mma(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s) {
-  if (v.rows) launch_bwd_tiles_mma_as<T, true>(p, w, v, s);
-  else launch_bwd_tiles_mma_as<T, false>(p, w, v, s);
+  if (v.dhlo) launch_bwd(bwd_dx_mma_kernel<T, true>, dx_grid, bwd_dx_mma_smem<T>(N), s, p, w, v);
+  else launch_bwd(bwd_dx_mma_kernel<T, false>, dx_grid, bwd_dx_mma_smem<T>(N), s, p, w, v);
+  if (bwd_db2(p))
+    launch_bwd(bwd_db2_mma_kernel<T>, dim3(nq * nc * rows), bwd_db2_mma_smem<T>(P), s, p, w, v);
+  else if (bwd_tile_blocks(bwd_db_mma_smem<T>(P)) == 3)
+    launch_bwd(bwd_db_mma_kernel<T, 3>, dim3(tiles), bwd_db_mma_smem<T>(P), s, p, w, v);
+  else
+    launch_bwd(bwd_db_mma_kernel<T, 4>, dim3(tiles), bwd_db_mma_smem<T>(P), s, p, w, v);
 }
 
 }  // namespace ssm::cuda::ssd
