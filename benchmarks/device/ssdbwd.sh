@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Device round of the dedicated CUDA SSD backward (session 8): the GPU gradient tests first (kernel grid f32/f16/bf16
 # + variants + sums + bitwise, the test_ssd / test_ssd_split CUDA gradient rows), then the timings in a second
-# process (ssdbwd_time.py: kernel sums, eager, host, host ops; no NaN poisoning), then ncu of dc and db2.
+# process (ssdbwd_time.py: kernel sums, eager, host, host ops; no NaN poisoning), then ncu of dx and dstate.
 # Usage: benchmarks/device/ssdbwd.sh OUT_DIR (repo root, after the build; ~48 s)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -22,9 +22,9 @@ echo "tests rc=$?"; grep -E "^TESTS|passed|failed|skipped|error" "$OUT/tests.log
 grep -E "^FAILED" "$OUT/tests.log" | head -6 | cut -c1-300
 timeout -k 1 18 $PY benchmarks/device/ssdbwd_time.py "$OUT" > "$OUT/time.log" 2> "$OUT/time.err"
 echo "time rc=$?"; grep -E "^\{|us  |^-- |H200|H100" "$OUT/time.log" | cut -c1-700; tail -2 "$OUT/time.err" | cut -c1-300
-timeout -k 1 12 ncu --clock-control none --target-processes all -k "regex:bwd_db2_mma|bwd_dc_mma" --launch-count 2 \
+timeout -k 1 12 ncu --clock-control none --target-processes all -k "regex:bwd_dx_mma|bwd_dstate_mma" --launch-count 2 \
   --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
   $PY benchmarks/device/ncu_driver.py ssd > "$OUT/ncu.txt" 2>&1
 echo "ncu rc=$?"
-grep -E "bwd_d[bc]2?_mma.*\(|Duration|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|Compute \(SM\) Throughput" \
+grep -E "bwd_(dx|dstate)_mma.*\(|Duration|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|Compute \(SM\) Throughput" \
   "$OUT/ncu.txt" | cut -c1-140 | head -20
