@@ -59,6 +59,10 @@ inline bool bwd_split_enabled() { return ssd_switch("SSM_SSD_BWD_SPLIT", true); 
 // of ssd_bwd_chunk.cuh / ssd_bwd_state.cuh (tensor-core float32 would miss the float32 tolerance).
 inline bool bwd_mma_enabled(const SsdParams& p) { return p.dtype != DType::f32; }
 
+// db with both 64-wide N slices of 64 < N <= 128 in one block (bwd_db2_mma_kernel: X dY^T and its mask once for
+// both; half / bfloat16), else a block per slice (bwd_db_mma_kernel).
+inline bool bwd_db2(const SsdParams& p) { return p.dtype != DType::f32 && p.dstate > 64 && p.dstate <= 128; }
+
 // The register kernels sum dB / dC over sets of a group's heads: the fewest sets per group that still give
 // the dc / db grids about 1024 blocks. SSM_SSD_BWD_HEADSUM=0: one set per head; =group: one set per group;
 // =k: k sets per group (k divides the group's heads).
@@ -67,7 +71,9 @@ inline int64_t bwd_head_sets(const SsdParams& p, const Layout& w) {
   if ((e != nullptr && std::strcmp(e, "0") == 0) || !bwd_mma_enabled(p) || p.ngroups < 1) return p.nheads;
   const int64_t hg = p.nheads / p.ngroups;
   if (e != nullptr && std::atoi(e) > 0 && hg % std::atoi(e) == 0) return p.ngroups * std::atoi(e);
-  const int64_t blocks = p.batch * w.nchunks * (p.chunk / kTile) * ((p.dstate + kTile - 1) / kTile) * p.ngroups;
+  // (the grid of db per set: dc's has one block per 64-wide N slice, db's too unless db2 takes both in one)
+  const int64_t slices = bwd_db2(p) ? 1 : (p.dstate + kTile - 1) / kTile;
+  const int64_t blocks = p.batch * w.nchunks * (p.chunk / kTile) * slices * p.ngroups;
   const int64_t want = e != nullptr && std::strcmp(e, "group") == 0 ? 0 : 1024;
   int64_t split = 1;
   while (split < hg && blocks * split < want) {

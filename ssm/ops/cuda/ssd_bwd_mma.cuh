@@ -15,6 +15,7 @@
 #include "cuda/ssd_bwd_chunk.cuh"
 #include "cuda/ssd_chunk_output_mma.cuh"
 #include "cuda/ssd_chunk_state_mma.cuh"
+#include "cuda/ssd_tile_issue.cuh"
 
 namespace ssm::cuda::ssd {
 
@@ -72,9 +73,10 @@ __device__ __forceinline__ void mma_kn64(float (&acc)[8][4], const T* A, int lda
   }
 }
 
-// acc += S (16 x 64 accumulators, as A fragments) · X (stored [k][n], ld kLd); key steps kk_min.. only.
+// acc += S (16 x 64 accumulators, as A fragments) · X (stored [k][n], ld); key steps kk_min.. only.
 template <typename T>
-__device__ __forceinline__ void mma_sx_from(float (&acc)[8][4], const float (&s)[8][4], const T* X, int kk_min) {
+__device__ __forceinline__ void mma_sx_from(float (&acc)[8][4], const float (&s)[8][4], const T* X, int kk_min,
+                                            int ld = kLd) {
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk) {
     if (kk < kk_min) continue;
@@ -84,7 +86,7 @@ __device__ __forceinline__ void mma_sx_from(float (&acc)[8][4], const float (&s)
 #pragma unroll
     for (int jp = 0; jp < 4; ++jp) {
       unsigned bb[4];
-      load_b_kn(bb, X, kLd, jp * 16, kk * 16);
+      load_b_kn(bb, X, ld, jp * 16, kk * 16);
       mma16816<T>(acc[2 * jp], a, bb[0], bb[1]);
       mma16816<T>(acc[2 * jp + 1], a, bb[2], bb[3]);
     }
@@ -393,11 +395,12 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, La
   const T* dyt = ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] + c0 * dY.stride[1] + p0 * dY.stride[3];
   const int64_t hoff = ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + int64_t(p0) * N;
   const T* dHout = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhout) + hoff;
-  issue_tile<T>(bs, ldn, Np, bsrc, Bt.stride[1], Bt.stride[3], nv - s0, N);
-  issue_tile<T>(hb, ldn, Np, dHout, N, 1, P - p0, N);  // hb[p][n]
+  issue_rows_n<T>(bs, ldn, Np, bsrc, Bt.stride[1], Bt.stride[3], nv - s0, N);
+  issue_rows_n<T>(hb, ldn, Np, dHout, N, 1, P - p0, N);  // hb[p][n]
   chunk_tokens(p, w, v, b, h, c, tok);
   cp_async_commit();
-  issue_tile<T>((j & 1 ? db1 : db0), kLd, kTile, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0, P - p0);
+  issue_rows_n<T>((j & 1 ? db1 : db0), kLd, kTile, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0,
+                  P - p0);
   cp_async_commit();
   cp_async_wait<1>();
   __syncthreads();
@@ -409,7 +412,7 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, La
   __syncthreads();  // bs, hb read: they take the source tile's x and dY for the epilogue
   if (kSplit) {  // + B_s dH_lo^T: dH_out not rounded
     const T* dHlo = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhlo) + hoff;
-    issue_tile<T>(hb, ldn, Np, dHlo, N, 1, P - p0, N);
+    issue_rows_n<T>(hb, ldn, Np, dHlo, N, 1, P - p0, N);
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
@@ -417,8 +420,8 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, La
     __syncthreads();
   }
   const T* xsrc = ptr<T>(X) + b * X.stride[0] + h * X.stride[2] + (c0 + s0) * X.stride[1] + p0 * X.stride[3];
-  issue_tile<T>(bs, kLd, kTile, xsrc, X.stride[1], X.stride[3], nv - s0, P - p0);
-  issue_tile<T>(hb, kLd, kTile, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0, P - p0);
+  issue_rows_n<T>(bs, kLd, kTile, xsrc, X.stride[1], X.stride[3], nv - s0, P - p0);
+  issue_rows_n<T>(hb, kLd, kTile, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0, P - p0);
   cp_async_commit();
   const float* cbt = ptr<float>(p.workspace) + v.cbt + ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q;
   float acc[8][4] = {};
@@ -428,7 +431,8 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, La
     load_cb(cv, cbt, Q, srow, t0, 3);  // C B^T transposed: rows s, columns t
     if (i + 1 < ni) {
       const int t1 = t0 + kTile;
-      issue_tile<T>((i & 1 ? db0 : db1), kLd, kTile, dyt + t1 * dY.stride[1], dY.stride[1], dY.stride[3], nv - t1, P - p0);
+      issue_rows_n<T>((i & 1 ? db0 : db1), kLd, kTile, dyt + t1 * dY.stride[1], dY.stride[1], dY.stride[3], nv - t1,
+                      P - p0);
     }
     cp_async_commit();
     cp_async_wait<1>();
@@ -540,13 +544,13 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_db_mma_kernel(SsdParams
     const int64_t hoff = ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + n0;
     const T* dHout = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhout) + hoff;
     const T* dHlo = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhlo) + hoff;
-    issue_tile<T>(xs, ldp, Pp, xsrc, X.stride[1], X.stride[3], nv - s0, P);
+    issue_rows_n<T>(xs, ldp, Pp, xsrc, X.stride[1], X.stride[3], nv - s0, P);
     chunk_tokens(p, w, v, b, h, c, tok);
-    issue_tile<T>(hb, kLd, kTile, dHout, N, 1, P, N - n0);  // hb[p][n], the first 64 rows of dH_out
+    issue_rows_n<T>(hb, kLd, kTile, dHout, N, 1, P, N - n0);  // hb[p][n], the first 64 rows of dH_out
     cp_async_commit();
     // the first target tile (the source tile itself), in flight during the state's part
-    issue_tile<T>((j & 1 ? dyb1 : dyb0), ldp, Pp, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0, P);
-    issue_tile<T>((j & 1 ? cb1 : cb0), kLd, kTile, ct + s0 * Ct.stride[1], Ct.stride[1], Ct.stride[3], nv - s0,
+    issue_rows_n<T>((j & 1 ? dyb1 : dyb0), ldp, Pp, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0, P);
+    issue_rows_n<T>((j & 1 ? cb1 : cb0), kLd, kTile, ct + s0 * Ct.stride[1], Ct.stride[1], Ct.stride[3], nv - s0,
                   N - n0);
     cp_async_commit();
     float dts[2];
@@ -556,7 +560,7 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_db_mma_kernel(SsdParams
       for (int pc = 0; pc < (v.dhlo ? 2 : 1) * npc; ++pc) {
         const int p0 = pc % npc * kTile;
         if (pc > 0) {
-          issue_tile<T>(hb, kLd, kTile, (pc < npc ? dHout : dHlo) + int64_t(p0) * N, N, 1, P - p0, N - n0);
+          issue_rows_n<T>(hb, kLd, kTile, (pc < npc ? dHout : dHlo) + int64_t(p0) * N, N, 1, P - p0, N - n0);
           cp_async_commit();
           cp_async_wait<0>();
         } else {
@@ -580,8 +584,9 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_db_mma_kernel(SsdParams
       const int t0 = i * kTile;
       if (i + 1 < ni) {
         const int t1 = t0 + kTile;
-        issue_tile<T>((i & 1 ? dyb0 : dyb1), ldp, Pp, dyt + t1 * dY.stride[1], dY.stride[1], dY.stride[3], nv - t1, P);
-        issue_tile<T>((i & 1 ? cb0 : cb1), kLd, kTile, ct + t1 * Ct.stride[1], Ct.stride[1], Ct.stride[3], nv - t1,
+        issue_rows_n<T>((i & 1 ? dyb0 : dyb1), ldp, Pp, dyt + t1 * dY.stride[1], dY.stride[1], dY.stride[3], nv - t1,
+                        P);
+        issue_rows_n<T>((i & 1 ? cb0 : cb1), kLd, kTile, ct + t1 * Ct.stride[1], Ct.stride[1], Ct.stride[3], nv - t1,
                       N - n0);
       }
       cp_async_commit();
@@ -616,6 +621,140 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_db_mma_kernel(SsdParams
   }
 }
 
+constexpr int kLd2 = 2 * kTile + 8;  // row stride of 128-wide element tiles
+
+template <typename T>
+size_t bwd_db2_mma_smem(int P) {
+  const int ldp = round16(P) + 8;
+  return align128(sizeof(TileTokens)) + align128(kTile * ldp * sizeof(T)) +
+         2 * align128(kTile * max(ldp, kLd) * sizeof(T)) + 2 * align128(kTile * kLd2 * sizeof(T));
+}
+
+// db with both 64-wide N slices in one block (64 < N <= 128): per (source tile j, head set), X dY_t^T and its decay
+// mask once for the 128 columns of dB (bwd_db_mma_kernel computes them once per slice). The leaving state's part
+// per slice: pieces (dH_out's rows, its residue's) alternate between the free C and dY buffers, two ahead.
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 3) bwd_db2_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Pp = round16(P), ldp = Pp + 8;
+  MmaSmem sm{smem};
+  TileTokens& tok = *sm.take<TileTokens>(1);
+  T* xs = sm.take<T>(kTile * ldp);
+  T* dyb0 = sm.take<T>(kTile * max(ldp, kLd));
+  T* dyb1 = sm.take<T>(kTile * max(ldp, kLd));
+  T* cb0 = sm.take<T>(kTile * kLd2);  // C_t, 128 columns
+  T* cb1 = sm.take<T>(kTile * kLd2);
+  const TileBlock tb = tile_block(p, w, v, 1);
+  const int j = tb.tile, s0 = j * kTile;  // the heaviest tiles first
+  T* const hb0 = j & 1 ? cb0 : cb1;  // the buffers the first target tile does not take
+  T* const hb1 = j & 1 ? dyb0 : dyb1;
+  const int hs = int(p.nheads / v.hsets), set = tb.set, h0 = set * hs, g = h0 / int(p.nheads / p.ngroups);
+  const int64_t c = tb.c, b = tb.b, c0 = c * Q, L = p.seqlen;
+  if (c0 + s0 >= L) return;
+  const int nv = int(min(int64_t(Q), L - c0)), ni = (nv + kTile - 1) / kTile;
+  const TensorArg &X = p.x, &Ct = p.C, &dY = p.dout;
+  const T* ct = ptr<T>(Ct) + b * Ct.stride[0] + g * Ct.stride[2] + c0 * Ct.stride[1];
+  const int warp = int(threadIdx.x >> 5), r0 = warp * 16, g8 = int(threadIdx.x & 31) >> 2;
+  const int c2 = 2 * int(threadIdx.x & 3);
+  const int srow[2] = {s0 + r0 + g8, s0 + r0 + g8 + 8};
+  float acc0[8][4] = {}, acc1[8][4] = {};  // dB, columns 0..63 and 64..127, summed over the set's heads
+  for (int h = h0; h < h0 + hs; ++h) {
+    if (h > h0) __syncthreads();  // the previous head's tiles and tokens are read
+    const T* xsrc = ptr<T>(X) + b * X.stride[0] + h * X.stride[2] + (c0 + s0) * X.stride[1];
+    const T* dyt = ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] + c0 * dY.stride[1];
+    const int64_t hoff = ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N;
+    const T* dHout = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhout) + hoff;
+    const T* dHlo = reinterpret_cast<const T*>(ptr<float>(p.workspace) + v.dhlo) + hoff;
+    issue_rows_n<T>(xs, ldp, Pp, xsrc, X.stride[1], X.stride[3], nv - s0, P);
+    chunk_tokens(p, w, v, b, h, c, tok);
+    // pieces q = (slice, then dH_out's 64-row pieces, then (split) its residue's): 64 x 64 tiles hb[p][n]
+    const int npc = (P + kTile - 1) / kTile, nper = (v.dhlo ? 2 : 1) * npc;
+    auto piece = [&](int q, T* dst) {
+      const int pc = q % nper, p0 = pc % npc * kTile, n0 = q / nper * kTile;
+      issue_rows_n<T>(dst, kLd, kTile, (pc < npc ? dHout : dHlo) + int64_t(p0) * N + n0, N, 1, P - p0, N - n0);
+    };
+    piece(0, hb0);
+    cp_async_commit();
+    // the first target tile (the source tile itself), in flight during the state's part
+    issue_rows_n<T>((j & 1 ? dyb1 : dyb0), ldp, Pp, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0,
+                      P);
+    issue_rows_n<T>((j & 1 ? cb1 : cb0), kLd2, 2 * kTile, ct + s0 * Ct.stride[1], Ct.stride[1], Ct.stride[3],
+                      nv - s0, N);
+    cp_async_commit();
+    piece(1, hb1);  // (nper * 2 >= 2 pieces)
+    cp_async_commit();
+    float dts[2], lv[2];
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) dts[hf] = 0.f, lv[hf] = 0.f;
+    for (int q = 0; q < 2 * nper; ++q) {  // the leaving state's part: diag(Δ e) X dH_out per slice
+      if (q == 0) cp_async_wait<2>();
+      else cp_async_wait<0>();
+      __syncthreads();
+      if (q == 0) {
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) dts[hf] = tok.dt[srow[hf]], lv[hf] = dts[hf] * leave_weight(tok, srow[hf], nv);
+      }
+      float st[8][4] = {};
+      const int p0 = q % nper % npc * kTile;
+      mma_kn64<T>(st, xs, ldp, p0, q & 1 ? hb1 : hb0, kLd, r0, min(kTile, Pp - p0));
+      __syncthreads();
+      if (q + 2 < 2 * nper) {
+        piece(q + 2, q & 1 ? hb1 : hb0);
+        cp_async_commit();
+      }
+      auto add = [&](float (&acc)[8][4]) {
+#pragma unroll
+        for (int jj = 0; jj < 8; ++jj)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[jj][e] += lv[e >> 1] * st[jj][e];
+      };
+      if (q < nper) add(acc0);
+      else add(acc1);
+    }
+    for (int i = j; i < ni; ++i) {
+      const int t0 = i * kTile;
+      if (i + 1 < ni) {
+        const int t1 = t0 + kTile;
+        issue_rows_n<T>((i & 1 ? dyb0 : dyb1), ldp, Pp, dyt + t1 * dY.stride[1], dY.stride[1], dY.stride[3],
+                          nv - t1, P);
+        issue_rows_n<T>((i & 1 ? cb0 : cb1), kLd2, 2 * kTile, ct + t1 * Ct.stride[1], Ct.stride[1], Ct.stride[3],
+                          nv - t1, N);
+      }
+      cp_async_commit();
+      cp_async_wait<1>();
+      __syncthreads();
+      float st[8][4] = {};
+      const int lo = i == j ? warp : 0;
+      mma_nk_range<T>(st, xs, (i & 1 ? dyb1 : dyb0), ldp, r0, Pp, lo, 3);  // X_s dY_t^T
+      tile_decay<false, false>(st, tok, srow, t0, nv, i == j);
+#pragma unroll
+      for (int jj = 0; jj < 8; ++jj)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) st[jj][e] *= dts[e >> 1];
+      const T* cbuf = i & 1 ? cb1 : cb0;
+      mma_sx_from<T>(acc0, st, cbuf, lo, kLd2);
+      mma_sx_from<T>(acc1, st, cbuf + kTile, lo, kLd2);
+      __syncthreads();
+    }
+  }
+  float* dB = ptr<float>(p.dB);
+  const TensorArg& o = p.dB;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const int s = srow[hf];
+    if (s >= nv) continue;
+    float* row = dB + b * o.stride[0] + (c0 + s) * o.stride[1] + set * o.stride[2];
+#pragma unroll
+    for (int jj = 0; jj < 8; ++jj)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int n = jj * 8 + c2 + e;
+        row[n * o.stride[3]] = acc0[jj][2 * hf + e];
+        if (kTile + n < N) row[(kTile + n) * o.stride[3]] = acc1[jj][2 * hf + e];
+      }
+  }
+}
+
 // Step 1 on register fragments: per (chunk, head, 64 x 64 tile of P x N) dS_c = dY^T diag(e0) C over the
 // chunk's tokens, e0_t = exp(cs_t) on the first run (the forward's chunk-state product with dY, C, e0).
 template <typename T>
@@ -638,8 +777,8 @@ __global__ void __launch_bounds__(kThreads) bwd_dstate_mma_kernel(SsdParams p, L
   const int64_t yr = dY.stride[1], cr = Ct.stride[1];
   const T* ysrc = ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] + p0 * dY.stride[3] + c0 * yr;
   const T* csrc = ptr<T>(Ct) + b * Ct.stride[0] + g * Ct.stride[2] + n0 * Ct.stride[3] + c0 * cr;
-  issue_tile<T>(ys0, kLd, kTile, ysrc, yr, dY.stride[3], nv, P - p0);
-  issue_tile<T>(cs0, kLd, kTile, csrc, cr, Ct.stride[3], nv, N - n0);
+  issue_rows_n<T>(ys0, kLd, kTile, ysrc, yr, dY.stride[3], nv, P - p0);
+  issue_rows_n<T>(cs0, kLd, kTile, csrc, cr, Ct.stride[3], nv, N - n0);
   cp_async_commit();
   load_chunk(p, b, h, c0, Q, tok);
   for (int k = threadIdx.x; k < kMaxChunk; k += kThreads)
@@ -654,8 +793,8 @@ __global__ void __launch_bounds__(kThreads) bwd_dstate_mma_kernel(SsdParams p, L
   for (int kt = 0; kt < nk; ++kt) {
     if (kt + 1 < nk) {
       const int s1 = (kt + 1) * kTile;
-      issue_tile<T>(kt & 1 ? ys0 : ys1, kLd, kTile, ysrc + s1 * yr, yr, dY.stride[3], nv - s1, P - p0);
-      issue_tile<T>(kt & 1 ? cs0 : cs1, kLd, kTile, csrc + s1 * cr, cr, Ct.stride[3], nv - s1, N - n0);
+      issue_rows_n<T>(kt & 1 ? ys0 : ys1, kLd, kTile, ysrc + s1 * yr, yr, dY.stride[3], nv - s1, P - p0);
+      issue_rows_n<T>(kt & 1 ? cs0 : cs1, kLd, kTile, csrc + s1 * cr, cr, Ct.stride[3], nv - s1, N - n0);
     }
     cp_async_commit();
     cp_async_wait<1>();
@@ -683,8 +822,8 @@ void launch_bwd_dstate_mma(const SsdParams& p, const Layout& w, const BwdLayout&
   const int64_t tiles = ((p.headdim + kTile - 1) / kTile) * ((p.dstate + kTile - 1) / kTile);
   const size_t smem = align128(sizeof(ChunkTokens)) + align128(kMaxChunk * sizeof(float)) +
                       4 * align128(kTile * kLd * sizeof(T));
-  launch_bwd(bwd_dstate_mma_kernel<T>, dim3(unsigned(w.nchunks * tiles), unsigned(p.nheads), unsigned(p.batch)), smem,
-             s, p, w, v);
+  const dim3 grid(unsigned(w.nchunks * tiles), unsigned(p.nheads), unsigned(p.batch));
+  launch_bwd(bwd_dstate_mma_kernel<T>, grid, smem, s, p, w, v);
 }
 
 // Steps 3 and 4 on register fragments (half / bfloat16).
@@ -693,8 +832,8 @@ void launch_bwd_tiles_mma(const SsdParams& p, const Layout& w, const BwdLayout& 
   const unsigned nq = unsigned(p.chunk / kTile), nc = unsigned(w.nchunks), H = unsigned(p.nheads);
   const unsigned nns = unsigned((p.dstate + kTile - 1) / kTile), npt = unsigned((p.headdim + kTile - 1) / kTile);
   const int P = int(p.headdim), N = int(p.dstate);
-  const unsigned sets = unsigned(v.hsets);
-  const unsigned tiles = nq * nc * nns * sets * unsigned(p.batch);  // 1-d: tile_block
+  const unsigned sets = unsigned(v.hsets), rows = sets * unsigned(p.batch);
+  const unsigned tiles = nq * nc * nns * rows;  // 1-d: tile_block
   if (bwd_tile_blocks(bwd_dc_mma_smem<T>(P)) == 3)
     launch_bwd(bwd_dc_mma_kernel<T, 3>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
   else
@@ -702,7 +841,9 @@ void launch_bwd_tiles_mma(const SsdParams& p, const Layout& w, const BwdLayout& 
   const dim3 dx_grid(nc * nq * npt, H, unsigned(p.batch));
   if (v.dhlo) launch_bwd(bwd_dx_mma_kernel<T, true>, dx_grid, bwd_dx_mma_smem<T>(N), s, p, w, v);
   else launch_bwd(bwd_dx_mma_kernel<T, false>, dx_grid, bwd_dx_mma_smem<T>(N), s, p, w, v);
-  if (bwd_tile_blocks(bwd_db_mma_smem<T>(P)) == 3)
+  if (bwd_db2(p))
+    launch_bwd(bwd_db2_mma_kernel<T>, dim3(nq * nc * rows), bwd_db2_mma_smem<T>(P), s, p, w, v);
+  else if (bwd_tile_blocks(bwd_db_mma_smem<T>(P)) == 3)
     launch_bwd(bwd_db_mma_kernel<T, 3>, dim3(tiles), bwd_db_mma_smem<T>(P), s, p, w, v);
   else
     launch_bwd(bwd_db_mma_kernel<T, 4>, dim3(tiles), bwd_db_mma_smem<T>(P), s, p, w, v);
