@@ -10,7 +10,9 @@ Models are shaped like state-spaces/mamba2-130m, mamba2-1.3b, mamba-130m and mam
 prefill of the 130m shapes is also run on the reference path (SSM_BACKEND=reference) in the same
 run. Each row also carries the work's floors on this card and at the issue's H100 rates
 (model_floors_cuda.py: the strict one, and the one of a design that runs norms, conv and scan as separate
-passes), from the copy and matmul rates measured first. Prints a table and writes JSON.
+passes), from the copy and matmul rates measured first. Prefill and train rows also carry the
+host-independent figure of the same run: the profiler's kernel-time sum of one call, the gap
+eager - kernels (the host's share) and the host's time to issue one call. Prints a table and writes JSON.
 
 Usage: python benchmarks/bench_models_cuda.py [--models mamba2-130m,...] [--out PATH]
 """
@@ -56,25 +58,88 @@ def make_model(name: str) -> MambaLMHeadModel:
     return MambaLMHeadModel(cfg, device=DEV, dtype=torch.bfloat16).eval()
 
 
-def prefill_ms(model, batch=8, L=2048, reps=10) -> float:
+def prefill_fn(model, batch=8, L=2048):
+    """One prefill call: forward of batch x L random tokens with full-vocabulary logits."""
     ids = torch.randint(0, VOCAB, (batch, L), device=DEV)
-    with torch.inference_mode():
-        return time_ms(lambda: model(ids), reps=reps, warmup=min(2, reps), flush=False)
+
+    def run():
+        with torch.inference_mode():
+            model(ids)
+    return run
 
 
-def train_ms(model, batch=8, L=2048) -> float:
+def train_fn(model, batch=8, L=2048):
+    """One training step (the model in train mode): forward, cross-entropy over all logits, backward."""
     ids = torch.randint(0, VOCAB, (batch, L + 1), device=DEV)
-    model.train()
 
     def step():
         logits = model(ids[:, :-1]).logits
         loss = F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
         loss.backward()
+    return step
+
+
+def prefill_ms(model, batch=8, L=2048, reps=10, figures: dict | None = None) -> float:
+    """Eager prefill time; with figures, also the kernel sum of one call into it (kernel_figures)."""
+    run = prefill_fn(model, batch, L)
+    ms = time_ms(run, reps=reps, warmup=min(2, reps), flush=False)
+    if figures is not None:
+        figures.update(kernel_figures(run, ms))
+    return ms
+
+
+def train_ms(model, batch=8, L=2048, figures: dict | None = None) -> float:
+    """Eager training-step time; with figures, also the kernel sum of one step into it (kernel_figures)."""
+    model.train()
+    step = train_fn(model, batch, L)
     try:
-        return time_ms(step, reps=5, warmup=2, flush=False)
+        ms = time_ms(step, reps=5, warmup=2, flush=False)
+        if figures is not None:
+            figures.update(kernel_figures(step, ms))
+        return ms
     finally:
         model.zero_grad(set_to_none=True)
         model.eval()
+
+
+def kernel_figures(fn, eager_ms: float) -> dict:
+    """The host-independent figure of an eager row: the profiler's kernel-time sum of one call
+    (device time of every kernel, memset and copy it launches, no gaps), the gap eager - kernels
+    (host time the GPU waited for: launches, Python, syncs) and the host's time to issue one call
+    (no sync inside; at or above the eager time = host-bound)."""
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    host = (time.perf_counter() - start) * 1e3
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.self_device_time_total > 0]
+    kernels = sum(e.self_device_time_total for e in events) / 1e3
+    return dict(kernels_ms=kernels, gap_ms=eager_ms - kernels, host_issue_ms=host,
+                launches=sum(e.count for e in events))
+
+
+def add_kernel_figures(row: dict, figures: dict) -> None:
+    """Puts a prefill / train row's kernel sum, gap and host issue time into it and prints them."""
+    row.update(figures)
+    print(f"  {row['model']:12s} {'':22s} kernels {figures['kernels_ms']:9.3f} ms ({figures['launches']} launches), "
+          f"gap {figures['gap_ms']:7.3f} ms ({100 * figures['gap_ms'] / row['ms']:4.1f}% host share), "
+          f"host issue {figures['host_issue_ms']:8.3f} ms", flush=True)
+
+
+def print_kernel_table(rows: list) -> None:
+    """The prefill / train rows side by side: eager, kernel sum (host-independent), gap, host issue."""
+    rows = [r for r in rows if "kernels_ms" in r]
+    if not rows:
+        return
+    print(f"\n  {'model':12s} {'work':18s} {'eager ms':>9s} {'kernels ms':>10s} {'gap ms':>7s} {'host ms':>8s}"
+          f" {'target':>7s}")
+    for r in rows:
+        print(f"  {r['model']:12s} {r['work']:18s} {r['ms']:9.2f} {r['kernels_ms']:10.2f} {r['gap_ms']:7.2f}"
+              f" {r['host_issue_ms']:8.2f} {r['target_ms'] or '':>7}", flush=True)
 
 
 def _generate_s(model, ids, new_tokens: int) -> float:
@@ -123,9 +188,12 @@ def bench_model(name: str, rows: list, limits: dict) -> None:
     if small:
         with backend("reference"):
             ref = prefill_ms(model, reps=1)  # the reference path is slow: one timed rep
-    add("prefill 8x2048", prefill_ms(model), targets[0], ref)
+    figures: dict = {}
+    add("prefill 8x2048", prefill_ms(model, figures=figures), targets[0], ref)
+    add_kernel_figures(rows[-1], figures)
     if small:
-        add("train step 8x2048", train_ms(model), targets[1])
+        add("train step 8x2048", train_ms(model, figures=figures), targets[1])
+        add_kernel_figures(rows[-1], figures)
     add("decode b1 per token", decode_ms_per_token(model, 1), targets[2])
     add("decode b64 per step", decode_ms_per_token(model, 64), targets[3])
     del model
@@ -149,6 +217,7 @@ def main():
             rows.append(dict(model=name, error=f"{type(e).__name__}: {e}"))
         Path(args.out).write_text(json.dumps(dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
                                                   **limits, rows=rows), indent=1))
+    print_kernel_table(rows)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ reads y (B, D, L) transposed in place. Elsewhere (the CPU) the projections stay 
 from __future__ import annotations
 
 import importlib
+from contextlib import nullcontext
 from typing import Optional
 
 import torch
@@ -115,7 +116,9 @@ def _check_inner(xz, conv1d_weight, x_proj_weight, delta_proj_weight, out_proj_w
 
 def _conv_silu(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
     # x (B, D, L) view of xz; w (D, W) float32 -> silu(conv(x)) (B, D, L)
-    return torch.ops.ssm.dw_causal_conv_fwd(x, w, b, None, None, True, False)[0]
+    # (the conv op's implementation called directly, as the scan's: the registered op's dispatcher
+    # layers cost host time on each of the forward's and backward's calls)
+    return _conv_impl._fwd_impl(x, w, b, None, None, True, False)[0]
 
 
 def _project(xc, x_proj_w, dt_proj_w, A, B, C, B_proj_bias, C_proj_bias):
@@ -437,7 +440,9 @@ def mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_wei
                       C_proj_bias, delta_softplus, rms)
     args = _prepare(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight,
                     out_proj_bias, A, B, C, D, delta_bias, B_proj_bias, C_proj_bias)
-    with torch.autocast(xz.device.type, enabled=False):
+    # (autocast off inside; entering its context only when it is on saves host time per call)
+    off = torch.autocast(xz.device.type, enabled=False) if torch.is_autocast_enabled(xz.device.type) else nullcontext()
+    with off:
         if _library.use_custom_op(*args):
             keep_y = checkpoint_lvl < 2  # level 2: session 6's level 1
             return _fwd_op(*args, bool(delta_softplus), checkpoint_lvl < 1, keep_y,

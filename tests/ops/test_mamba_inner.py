@@ -241,6 +241,24 @@ def test_rms_and_given_bc():
     assert (normed - ops.mamba_inner_fn(**inp)).abs().max() > 1e-3, "rms weights must change the output"
 
 
+@pytest.mark.parametrize("backend", backends())
+def test_autocast_casts_projections(backend):
+    """Under autocast (bf16) the fused path runs on the autocast dtype's xz and projection weights: the
+    same output as a call given them cast by hand, and float32 gradients for the float32 weights."""
+    device = device_of(backend)
+    inp = make_inner(2, 6, 21, 4, 3, 4, device)
+    cast = {k: v.to(torch.bfloat16) if k in ("xz", "x_proj_weight", "delta_proj_weight", "out_proj_weight",
+                                            "out_proj_bias") else v for k, v in inp.items()}
+    leaves = {k: v.clone().requires_grad_() for k, v in inp.items()}
+    with use_backend(backend):
+        want = ops.mamba_inner_fn(**cast)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+            got = ops.mamba_inner_fn(**leaves)
+        got.float().sum().backward()
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want), "autocast output differs from the bf16 call"
+    assert all(v.grad is not None and v.grad.dtype == torch.float32 for v in leaves.values())
+
+
 def test_torch_compile_matches_eager():
     inp = make_inner(2, 6, 13, 4, 3, 4, "cpu")
     compiled = torch.compile(ops.mamba_inner_fn, fullgraph=True, dynamic=True)

@@ -1,0 +1,177 @@
+"""Device round of engineer train (session 8; issue 6's end-to-end prefill and training rows).
+
+In ONE process, without NaN poisoning: per model (mamba-130m, mamba-1.4b, mamba2-130m, mamba2-1.3b)
+bench_models_cuda's prefill row (and the 130m training step): eager time, the profiler's kernel sum of
+one call, the gap (eager - kernels) and the host issue time, the 130m training step also with variants
+(session 7's dispatcher conv call, checkpoint_lvl 0) and the default again; then one profiled mamba-130m
+training step: its kernel table by category (e2e_profile.profile), the GPU's idle gaps, the aten ops by
+device time with their input shapes; cProfile of the host in the 130m prefill and training step.
+
+Usage: python benchmarks/device/train_round.py OUT_DIR [--budget SECONDS] [--models a,b]
+Writes OUT_DIR/train_round.json, kernels_*.txt, gaps_*.txt, ops_*.txt, host_*.txt; prints a summary.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "benchmarks" / "device"))
+import bench_models_cuda as bm  # noqa: E402
+from e2e_profile import host_profile, profile  # noqa: E402
+
+START = time.perf_counter()
+
+
+def op_table(fn, path: Path, top: int = 40) -> None:
+    """One call profiled with CPU ops and shapes: aten ops by self device time (with input shapes)."""
+    torch.cuda.synchronize()
+    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=acts, record_shapes=True) as prof:
+        fn()
+        torch.cuda.synchronize()
+    table = prof.key_averages(group_by_input_shape=True).table(sort_by="self_cuda_time_total", row_limit=top,
+                                                                max_name_column_width=40, max_shapes_column_width=90)
+    path.write_text(table)
+
+
+def _device_intervals(prof) -> list:
+    """(start_us, end_us, name) of every device event of a profile, sorted by start."""
+    evs = [(e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+           if e.device_type == torch.autograd.DeviceType.CUDA and e.time_range.end > e.time_range.start]
+    if not evs:  # (the kineto results hold them where the function events do not)
+        evs = [(k.start_ns() / 1e3, (k.start_ns() + k.duration_ns()) / 1e3, k.name())
+               for k in prof.profiler.kineto_results.events()
+               if k.device_type() == torch.autograd.DeviceType.CUDA and k.duration_ns() > 0]
+    return sorted(evs)
+
+
+def gap_table(fn, path: Path, top: int = 14) -> dict:
+    """One call profiled (device activity): the GPU's idle time between consecutive kernels (where it
+    waited for the host), in all and before / after the first softmax-backward kernel (forward + loss /
+    backward), and the largest gaps with the kernels around them."""
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    evs = _device_intervals(prof)
+    split = next((i for i, e in enumerate(evs) if "SoftMaxBackward" in e[2]), len(evs))
+    gaps, end = [], evs[0][1]
+    for i in range(1, len(evs)):
+        if evs[i][0] > end:
+            gaps.append(((evs[i][0] - end) / 1e3, i, evs[i - 1][2], evs[i][2]))
+        end = max(end, evs[i][1])
+    idle = sum(g[0] for g in gaps)
+    fwd_idle = sum(g[0] for g in gaps if g[1] <= split)
+    span = (end - evs[0][0]) / 1e3
+    lines = [f"span {span:.3f} ms, {len(evs)} device events, idle {idle:.3f} ms (forward + loss {fwd_idle:.3f}, "
+             f"backward {idle - fwd_idle:.3f}); gaps > 20 us: {sum(g[0] > 0.02 for g in gaps)} "
+             f"({sum(g[0] for g in gaps if g[0] > 0.02):.3f} ms)", "   gap_ms  index  before -> after"]
+    for g in sorted(gaps, reverse=True)[:top]:
+        lines.append(f"  {g[0]:7.3f} {g[1]:6d}  {g[2][:70]} -> {g[3][:70]}")
+    path.write_text("\n".join(lines) + "\n")
+    return dict(span_ms=span, idle_ms=idle, fwd_idle_ms=fwd_idle, events=len(evs), split=split)
+
+
+def run_model(name: str, out: Path, rows: list, budget: float, variants: list) -> None:
+    model = bm.make_model(name)
+    small = name.endswith("130m")
+    fig: dict = {}
+    ms = bm.prefill_ms(model, reps=5 if small else 3, figures=fig)
+    rows.append(dict(model=name, work="prefill 8x2048", ms=ms, **fig))
+    print(f"{name:12s} prefill eager {ms:8.2f} ms  kernels {fig['kernels_ms']:8.2f}  gap {fig['gap_ms']:6.2f}  "
+          f"host {fig['host_issue_ms']:7.2f}  ({fig['launches']} launches)", flush=True)
+    if name == "mamba-130m":  # where the prefill's host time goes (cProfile of one call)
+        top = host_profile(bm.prefill_fn(model), out / f"host_{name}_prefill.txt")
+        print("      host (cProfile tottime ms, calls): " + "; ".join(f"{t} {n}x {f}" for t, n, f in top[:5]), flush=True)
+    if small and time.perf_counter() - START < budget:
+        forms = [("default", None)] + (variants + [("default again", None)] if name == "mamba-130m" else [])
+        for label, setter in forms:
+            undo = setter() if setter else None
+            try:
+                fig = {}
+                ms = bm.train_ms(model, figures=fig)
+            finally:
+                if undo:
+                    undo()
+            rows.append(dict(model=name, work=f"train 8x2048 [{label}]", ms=ms, **fig))
+            print(f"{name:12s} train [{label}] eager {ms:8.2f} ms  kernels {fig['kernels_ms']:8.2f}  "
+                  f"gap {fig['gap_ms']:6.2f}  host {fig['host_issue_ms']:7.2f}  ({fig['launches']} launches)", flush=True)
+        if name == "mamba-130m" and time.perf_counter() - START < budget:
+            model.train()
+            step = bm.train_fn(model)
+            step()
+            prof = profile(step, out / f"kernels_{name}_train.txt", top=14)
+            cats = ", ".join(f"{k} {v:.2f}" for k, v in sorted(prof["categories"].items(), key=lambda x: -x[1]))
+            print(f"  profile {name} train: kernels {prof['kernels_ms']:.2f} ms | {cats}", flush=True)
+            for ms_, n, kname in prof["top"]:
+                print(f"      {ms_:8.3f} ms {n:5d}x  {kname[:110]}", flush=True)
+            gaps = gap_table(step, out / f"gaps_{name}_train.txt")
+            print(f"  gaps {name} train: span {gaps['span_ms']:.2f} ms, idle {gaps['idle_ms']:.2f} (forward + loss "
+                  f"{gaps['fwd_idle_ms']:.2f}), {gaps['events']} device events", flush=True)
+            prof["gaps"] = gaps
+            op_table(step, out / f"ops_{name}_train.txt")
+            top = host_profile(step, out / f"host_{name}_train.txt")
+            print("      host (cProfile tottime ms, calls): " + "; ".join(f"{t} {n}x {f}" for t, n, f in top[:5]),
+                  flush=True)
+            rows.append(dict(model=name, work="train profile", **prof))
+            model.zero_grad(set_to_none=True)
+            model.eval()
+    del model
+    torch.cuda.empty_cache()
+
+
+def _switch(module, attr, value):
+    def set_():
+        old = getattr(module, attr)
+        setattr(module, attr, value)
+        return lambda: setattr(module, attr, old)
+    return set_
+
+
+def _dispatcher_conv(x, w, b):
+    """Session 7's conv call in the fused Mamba-1 path: through the registered op (the dispatcher)."""
+    return torch.ops.ssm.dw_causal_conv_fwd(x, w, b, None, None, True, False)[0]
+
+
+def variants() -> list:
+    """(label, setter) pairs timed beside the default mamba-130m training step; setter() returns undo."""
+    from ssm.modules import mamba1
+    from ssm.ops import mamba_inner
+    return [("conv via dispatcher", _switch(mamba_inner, "_conv_silu", _dispatcher_conv)),
+            ("checkpoint_lvl 0", _switch(mamba1, "CHECKPOINT_LVL", 0))]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--budget", type=float, default=28.0, help="seconds after which no new work starts")
+    ap.add_argument("--models", default="mamba-130m,mamba-1.4b,mamba2-130m,mamba2-1.3b")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list = []
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
+    for name in args.models.split(","):
+        if time.perf_counter() - START > args.budget:
+            print(f"{name}: skipped (budget)", flush=True)
+            continue
+        try:
+            run_model(name, out, rows, args.budget, variants())
+        except Exception as e:  # one model's failure is reported, the others still run
+            print(f"{name}: FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
+            rows.append(dict(model=name, error=f"{type(e).__name__}: {e}"))
+        (out / "train_round.json").write_text(json.dumps(dict(device=torch.cuda.get_device_name(),
+                                                              torch=torch.__version__, rows=rows), indent=1))
+    print(f"done in {time.perf_counter() - START:.1f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
