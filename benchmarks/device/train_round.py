@@ -39,7 +39,21 @@ def op_table(fn, path: Path, top: int = 40) -> None:
         torch.cuda.synchronize()
     table = prof.key_averages(group_by_input_shape=True).table(sort_by="self_cuda_time_total", row_limit=top,
                                                                 max_name_column_width=40, max_shapes_column_width=90)
-    path.write_text(table)
+    path.write_text(table + "\n\nkernels by the op that launched them (count, device ms, op, input shapes, kernel):\n"
+                    + "\n".join(launch_owners(prof)[:60]) + "\n")
+
+
+def launch_owners(prof) -> list:
+    """(count, device ms, op and input shapes, kernel) lines, by device time: which aten op launched each kernel,
+    memset and copy."""
+    owners: dict = {}
+    for e in prof.events():
+        for k in getattr(e, "kernels", ()):
+            key = (e.name, str(e.input_shapes)[:90], k.name[:80])
+            n, us = owners.get(key, (0, 0.0))
+            owners[key] = (n + 1, us + k.duration)
+    rows = sorted(((us, n, key) for key, (n, us) in owners.items()), reverse=True)
+    return [f"{n:5d} {us / 1e3:8.3f}  {op} {shapes}  {kern}" for us, n, (op, shapes, kern) in rows]
 
 
 def _device_intervals(prof) -> list:
@@ -107,8 +121,9 @@ def run_model(name: str, out: Path, rows: list, budget: float, variants: list) -
     rows.append(dict(model=name, work="prefill 8x2048", ms=ms, **fig))
     print(f"{name:12s} prefill eager {ms:8.2f} ms  kernels {fig['kernels_ms']:8.2f}  gap {fig['gap_ms']:6.2f}  "
           f"host {fig['host_issue_ms']:7.2f}  ({fig['launches']} launches)", flush=True)
-    if name == "mamba-130m":  # where the prefill's host time goes (cProfile of one call)
+    if name == "mamba-130m":  # where the prefill's host time goes (cProfile of one call), who launches what
         top = host_profile(bm.prefill_fn(model), out / f"host_{name}_prefill.txt")
+        op_table(bm.prefill_fn(model), out / f"ops_{name}_prefill.txt")
         print("      host (cProfile tottime ms, calls): " + "; ".join(f"{t} {n}x {f}" for t, n, f in top[:5]), flush=True)
     if small and time.perf_counter() - START < budget:
         forms = [("default", None)] + (variants + [("default again", None)] if name == "mamba-130m" else [])
