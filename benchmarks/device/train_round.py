@@ -121,6 +121,12 @@ def run_model(name: str, out: Path, rows: list, budget: float, variants: list) -
     rows.append(dict(model=name, work="prefill 8x2048", ms=ms, **fig))
     print(f"{name:12s} prefill eager {ms:8.2f} ms  kernels {fig['kernels_ms']:8.2f}  gap {fig['gap_ms']:6.2f}  "
           f"host {fig['host_issue_ms']:7.2f}  ({fig['launches']} launches)", flush=True)
+    try:  # where the GPU idles in a prefill
+        g = gap_table(bm.prefill_fn(model), out / f"gaps_{name}_prefill.txt")
+        rows[-1]["gaps"] = g
+        print(f"      gaps: span {g['span_ms']:.2f} ms, idle {g['idle_ms']:.2f}, {g['events']} device events", flush=True)
+    except Exception as e:  # noqa: BLE001
+        print(f"      gaps: FAILED {type(e).__name__}: {str(e)[:200]}", flush=True)
     if name == "mamba-130m":  # where the prefill's host time goes (cProfile of one call), who launches what
         top = host_profile(bm.prefill_fn(model), out / f"host_{name}_prefill.txt")
         op_table(bm.prefill_fn(model), out / f"ops_{name}_prefill.txt")
