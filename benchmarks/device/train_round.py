@@ -128,9 +128,13 @@ def run_model(name: str, out: Path, rows: list, budget: float, variants: list) -
     except Exception as e:  # noqa: BLE001
         print(f"      gaps: FAILED {type(e).__name__}: {str(e)[:200]}", flush=True)
     if name == "mamba-130m":  # where the prefill's host time goes (cProfile of one call), who launches what
-        top = host_profile(bm.prefill_fn(model), out / f"host_{name}_prefill.txt")
-        op_table(bm.prefill_fn(model), out / f"ops_{name}_prefill.txt")
-        print("      host (cProfile tottime ms, calls): " + "; ".join(f"{t} {n}x {f}" for t, n, f in top[:5]), flush=True)
+        try:
+            top = host_profile(bm.prefill_fn(model), out / f"host_{name}_prefill.txt")
+            op_table(bm.prefill_fn(model), out / f"ops_{name}_prefill.txt")
+            print("      host (cProfile tottime ms, calls): " + "; ".join(f"{t} {n}x {f}" for t, n, f in top[:5]),
+                  flush=True)
+        except Exception as e:  # noqa: BLE001
+            print(f"      host / ops: FAILED {type(e).__name__}: {str(e)[:200]}", flush=True)
     if small and time.perf_counter() - START < budget:
         forms = [("default", None)] + (variants + [("default again", None)] if name == "mamba-130m" else [])
         for label, setter in forms:
