@@ -3,7 +3,7 @@
 In ONE process, without NaN poisoning: per model (mamba-130m, mamba-1.4b, mamba2-130m, mamba2-1.3b)
 bench_models_cuda's prefill row (and the 130m training step): eager time, the profiler's kernel sum of
 one call, the gap (eager - kernels) and the host issue time, the 130m training step also with variants
-(session 7's dispatcher conv call, checkpoint_lvl 0) and the default again; then one profiled mamba-130m
+(session 7's host path: the conv through the dispatcher, the scan unplanned; the scan unplanned) and the default again; then one profiled mamba-130m
 training step: its kernel table by category (e2e_profile.profile), the GPU's idle gaps, the aten ops by
 device time with their input shapes; cProfile of the host in the 130m prefill and training step.
 
@@ -127,6 +127,16 @@ def run_model(name: str, out: Path, rows: list, budget: float, variants: list) -
         print(f"      gaps: span {g['span_ms']:.2f} ms, idle {g['idle_ms']:.2f}, {g['events']} device events", flush=True)
     except Exception as e:  # noqa: BLE001
         print(f"      gaps: FAILED {type(e).__name__}: {str(e)[:200]}", flush=True)
+    if name == "mamba-130m":  # the prefill on session 7's host path (the conv through the dispatcher, scan unplanned)
+        undo = variants[0][1]()
+        try:
+            fig7: dict = {}
+            ms7 = bm.prefill_ms(model, reps=5, figures=fig7)
+        finally:
+            undo()
+        rows.append(dict(model=name, work="prefill 8x2048 [session-7 host path]", ms=ms7, **fig7))
+        print(f"{name:12s} prefill [session-7 host path] eager {ms7:8.2f} ms  kernels {fig7['kernels_ms']:8.2f}  "
+              f"gap {fig7['gap_ms']:6.2f}  host {fig7['host_issue_ms']:7.2f}", flush=True)
     if name == "mamba-130m":  # where the prefill's host time goes (cProfile of one call), who launches what
         try:
             top = host_profile(bm.prefill_fn(model), out / f"host_{name}_prefill.txt")
@@ -180,10 +190,12 @@ def _dispatcher_conv(x, w, b):
 
 def variants() -> list:
     """(label, setter) pairs timed beside the default mamba-130m training step; setter() returns undo."""
-    from ssm.modules import mamba1
     from ssm.ops import mamba_inner
-    return [("conv via dispatcher", _switch(mamba_inner, "_conv_silu", _dispatcher_conv)),
-            ("checkpoint_lvl 0", _switch(mamba1, "CHECKPOINT_LVL", 0))]
+
+    def session7():  # the conv through the dispatcher and the scan through _fwd_run
+        undo = [_switch(mamba_inner, "_conv_silu", _dispatcher_conv)(), _switch(mamba_inner, "PLANNED_SCAN", False)()]
+        return lambda: [u() for u in undo]
+    return [("session-7 host path", session7), ("scan unplanned", _switch(mamba_inner, "PLANNED_SCAN", False))]
 
 
 def main():

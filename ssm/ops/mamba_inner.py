@@ -25,6 +25,7 @@ from ssm.ops import _checks, _kernels, _library, cpu_matmul
 from ssm.ops.conv import dw_causal_conv
 from ssm.ops.python import reference
 from ssm.ops.selective_scan import selective_scan
+from ssm.utils import dispatch
 
 # the scan's implementations, called directly inside the fused op: they keep the layouts their
 # inputs come in (channels-last delta gives a channels-last y), which the custom ops would not
@@ -116,9 +117,9 @@ def _check_inner(xz, conv1d_weight, x_proj_weight, delta_proj_weight, out_proj_w
 
 def _conv_silu(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
     # x (B, D, L) view of xz; w (D, W) float32 -> silu(conv(x)) (B, D, L)
-    # (the conv op's implementation called directly, as the scan's: the registered op's dispatcher
-    # layers cost host time on each of the forward's and backward's calls)
-    return _conv_impl._fwd_impl(x, w, b, None, None, True, False)[0]
+    # (the public op without autograd: its planned call, no registered op's dispatcher layers, whose host
+    # time each of the forward's and backward's calls paid)
+    return dw_causal_conv(x, w, b, "silu")
 
 
 def _project(xc, x_proj_w, dt_proj_w, A, B, C, B_proj_bias, C_proj_bias):
@@ -167,11 +168,54 @@ def _out_proj(y: Tensor, out_proj_w: Tensor, out_proj_b: Optional[Tensor]) -> Te
     return out if out_proj_b is None else out.add_(out_proj_b.to(out.dtype))
 
 
+# The fused path's scan calls on CUDA are planned (found by their metadata in _scan_plans): a layer's call
+# skips _fwd_run's backend lookup, layout checks and view tuples (host time on every layer's forward).
+# Switch: False sends every call through _fwd_run.
+PLANNED_SCAN = True
+_scan_plans = _kernels.PlanCache()
+
+
 def _scan(xc, delta, A, B, C, D, z, delta_bias, softplus, checkpoints=False):
     # -> y (B, D, L) gated by silu(z), in delta's layout; the backward's checkpoints or None
+    tensors = (xc, delta, A, B, C, D, z, delta_bias)
+    sig, plan = _scan_plans.find((softplus, checkpoints), tensors) if PLANNED_SCAN else (None, None)
+    if plan:
+        return _run_scan_plan(plan, tensors, softplus)
+    if plan is None and sig is not None:  # (False: a kept "no plan" for this metadata)
+        _scan_plans[sig] = _make_scan_plan(tensors, checkpoints)
     y, _, chunk_states = _scan_impl._fwd_run(xc, delta, A, B, C, D, z, delta_bias, None, None, None, softplus,
                                              False, checkpoints)
     return y, chunk_states
+
+
+def _make_scan_plan(tensors, checkpoints):
+    """What a CUDA scan call of these tensors' metadata needs besides their data pointers, or False (other
+    backends: the CPU kernel's task split follows the thread count of each call)."""
+    u, delta, A, B, C, D, z, dt_bias = tensors
+    if u.device.type != "cuda" or u.numel() == 0 or "cuda" != dispatch.select_backend(
+            "selective_scan", u.device, lambda b: _scan_impl._reason(b, "selective_scan_fwd", u, delta, B, C, z,
+                                                                     A.shape[1])):
+        return False
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    groups, slices = _scan_impl._layout(u, B, C, 1)
+    head = (_kernels.dtype_code(u), batch, dim, L, N, groups, slices)
+    tails = _kernels.ref_tails((_kernels.AS_IS,) * len(tensors), tensors)
+    # y in delta's layout (_rows_like); the backward's chunk states where the thread kernel writes them
+    checkpoint = checkpoints and _scan_impl._thread_bwd(u, N, B, C, None, None, None)
+    return _kernels.module("cuda").selective_scan_fwd, head, tails, _scan_impl._channels_last(delta), checkpoint
+
+
+def _run_scan_plan(plan, tensors, softplus):
+    kernel, head, tails, rows_cl, checkpoint = plan
+    u, N = tensors[0], head[4]
+    batch, dim, L = u.shape
+    y = _kernels.empty((batch, L, dim), u).transpose(1, 2) if rows_cl else _kernels.empty((batch, dim, L), u)
+    states = _scan_impl._chunk_states("cuda", u, N, True) if checkpoint else None
+    r = _kernels.ref
+    kernel(*head, *_kernels.planned_refs(tails, tensors), None, None, None, batch, r(y), None, r(states), softplus,
+           _kernels.exec_arg("cuda", u))
+    return y, states
 
 
 def _fused_fwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, D, delta_bias,
