@@ -13,7 +13,7 @@ PY=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader | head -1
 
 timeout -k 2 -s INT 16 $PY -m pytest -q -p no:cacheprovider -rf -k "cuda and not compile" \
-  tests/ops/test_mamba_inner.py \
+  tests/ops/test_ssd_split.py::test_autocast_runs_in_its_dtype tests/ops/test_mamba_inner.py \
   tests/ops/test_selective_scan_layouts.py > "$OUT/pytest.log" 2>&1
 echo "tests rc=$? at ${SECONDS}s: $(grep -E "passed|failed|error" "$OUT/pytest.log" | grep -vE "^(FAILED|ERROR)" | tail -1 | cut -c1-200)"
 grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -6 | cut -c1-220
