@@ -3,7 +3,8 @@
 In ONE process, without NaN poisoning: per model (mamba-130m, mamba-1.4b, mamba2-130m, mamba2-1.3b)
 bench_models_cuda's prefill row (and the 130m training step): eager time, the profiler's kernel sum of
 one call, the gap (eager - kernels) and the host issue time, the 130m training step also with variants
-(session 7's host path: the conv through the dispatcher, the scan unplanned; the scan unplanned) and the default again; then one profiled mamba-130m
+(session 7's host path: the conv through the dispatcher, the scan unplanned; the scan unplanned) and the
+default again; then one profiled mamba-130m
 training step: its kernel table by category (e2e_profile.profile), the GPU's idle gaps, the aten ops by
 device time with their input shapes; cProfile of the host in the 130m prefill and training step.
 
@@ -124,7 +125,8 @@ def run_model(name: str, out: Path, rows: list, budget: float, variants: list) -
     try:  # where the GPU idles in a prefill
         g = gap_table(bm.prefill_fn(model), out / f"gaps_{name}_prefill.txt")
         rows[-1]["gaps"] = g
-        print(f"      gaps: span {g['span_ms']:.2f} ms, idle {g['idle_ms']:.2f}, {g['events']} device events", flush=True)
+        print(f"      gaps: span {g['span_ms']:.2f} ms, idle {g['idle_ms']:.2f}, {g['events']} device events",
+              flush=True)
     except Exception as e:  # noqa: BLE001
         print(f"      gaps: FAILED {type(e).__name__}: {str(e)[:200]}", flush=True)
     if name == "mamba-130m":  # the prefill on session 7's host path (the conv through the dispatcher, scan unplanned)
@@ -157,7 +159,8 @@ def run_model(name: str, out: Path, rows: list, budget: float, variants: list) -
                     undo()
             rows.append(dict(model=name, work=f"train 8x2048 [{label}]", ms=ms, **fig))
             print(f"{name:12s} train [{label}] eager {ms:8.2f} ms  kernels {fig['kernels_ms']:8.2f}  "
-                  f"gap {fig['gap_ms']:6.2f}  host {fig['host_issue_ms']:7.2f}  ({fig['launches']} launches)", flush=True)
+                  f"gap {fig['gap_ms']:6.2f}  host {fig['host_issue_ms']:7.2f}  ({fig['launches']} launches)",
+                  flush=True)
         if name == "mamba-130m" and time.perf_counter() - START < budget:
             model.train()
             step = bm.train_fn(model)
