@@ -4,9 +4,10 @@ In ONE process, without NaN poisoning: per model (mamba-130m, mamba-1.4b, mamba2
 bench_models_cuda's prefill row (and the 130m training step): eager time, the profiler's kernel sum of
 one call, the gap (eager - kernels) and the host issue time, the 130m training step also with variants
 (session 7's host path: the conv through the dispatcher, the scan unplanned; the scan unplanned) and the
-default again; then one profiled mamba-130m
-training step: its kernel table by category (e2e_profile.profile), the GPU's idle gaps, the aten ops by
-device time with their input shapes; cProfile of the host in the 130m prefill and training step.
+default again, the 130m prefill also on session 7's host path; then one profiled mamba-130m training step:
+its kernel table by category (e2e_profile.profile), the GPU's idle gaps (and each prefill's), the aten ops
+by device time with their input shapes and the kernels each launched; cProfile of the host in the 130m
+prefill and training step.
 
 Usage: python benchmarks/device/train_round.py OUT_DIR [--budget SECONDS] [--models a,b]
 Writes OUT_DIR/train_round.json, kernels_*.txt, gaps_*.txt, ops_*.txt, host_*.txt; prints a summary.
