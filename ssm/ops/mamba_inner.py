@@ -218,6 +218,51 @@ def _run_scan_plan(plan, tensors, softplus):
     return y, states
 
 
+def _scan_bwd(u, delta, A, B, C, D, z, delta_bias, dy, softplus, chunk_states, dz_out):
+    """(du, ddelta, dA, dB, dC, dD, dz, d delta_bias) of the fused path's scan, given the forward's chunk states
+    (or None); planned on CUDA as the forward's call (PLANNED_SCAN)."""
+    tensors = (u, delta, A, B, C, D, z, delta_bias, dy, chunk_states, dz_out)
+    sig, plan = _scan_plans.find((softplus, "bwd"), tensors) if PLANNED_SCAN else (None, None)
+    if plan:
+        return _run_scan_bwd_plan(plan, tensors, softplus)
+    if plan is None and sig is not None:
+        _scan_plans[sig] = _make_scan_bwd_plan(tensors)
+    return _scan_impl._bwd_impl(u, delta, A, B, C, D, z, delta_bias, None, None, None, dy, u.new_empty(0), softplus,
+                                False, chunk_states, dz_out)[:8]
+
+
+def _make_scan_bwd_plan(tensors):
+    """A CUDA backward's plan (as _make_scan_plan's) where the forward's chunk states are given, else False."""
+    u, delta, A, B, C, D, z, dt_bias, dy, states, dz_out = tensors
+    if states is None or _make_scan_plan(tensors[:8], False) is False or "cuda" != dispatch.select_backend(
+            "selective_scan_bwd", u.device, lambda b: _scan_impl._reason(b, "selective_scan_bwd", u, delta, B, C, z,
+                                                                         A.shape[1])):
+        return False
+    batch, dim, L = u.shape
+    groups, slices = _scan_impl._layout(u, B, C, 1)
+    head = (_kernels.dtype_code(u), batch, dim, L, A.shape[1], groups, slices)
+    tails = _kernels.ref_tails((_kernels.AS_IS,) * len(tensors), tensors)
+    return _kernels.module("cuda").selective_scan_bwd, head, tails
+
+
+def _run_scan_bwd_plan(plan, tensors, softplus):
+    kernel, head, tails = plan
+    u, delta, A, B, C, D, z, dt_bias, dy, states, dz_out = tensors
+    batch, dim, L = u.shape
+    slices, f32, e = head[6], torch.float32, _kernels.empty
+    du, ddelta = _scan_impl._rows_like(u, u), _scan_impl._rows_like(delta, u)
+    dz = None if z is None else _scan_impl._rows_like(z, u) if dz_out is None else dz_out
+    dA = e((batch, dim, A.shape[1]), u, f32)
+    dD, ddt_bias = (None if t is None else e((batch, dim), u, f32) for t in (D, dt_bias))
+    dB, dC = (e((slices, *t.shape) if t.dim() == 4 else (batch, dim, A.shape[1]), u, f32) for t in (B, C))
+    r, refs = _kernels.ref, _kernels.planned_refs(tails, tensors)
+    kernel(*head, *refs[:8], None, None, None, batch, refs[8], None, r(du), r(ddelta), r(dA),
+           r(_scan_impl._slices_as_rows(dB)), r(_scan_impl._slices_as_rows(dC)), r(dD), r(dz), r(ddt_bias), None,
+           refs[9], True, softplus, _kernels.exec_arg("cuda", u))
+    s0 = _scan_impl._sum0
+    return du, ddelta, s0(dA), s0(dB).to(B.dtype), s0(dC).to(C.dtype), s0(dD), dz, s0(ddt_bias)
+
+
 def _fused_fwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, D, delta_bias,
                B_proj_bias, C_proj_bias, softplus, keep_xc=False, keep_y=False, checkpoints=False):
     """xz (B, 2D, L) -> out (B, L, out_dim); with keep_xc also the conv output (B, D, L), with keep_y
@@ -366,9 +411,8 @@ def _fused_bwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, 
     dxz = _grad_like(xz)
     # rows devices: the scan and conv kernels write dz and dx straight into d xz's halves
     dx_buf, dz_buf = (dxz[:, :dim], dxz[:, dim:]) if rows else (None, None)
-    du, ddelta, dA, dB, dC, dD, dz, d_delta_bias, _ = _scan_impl._bwd_impl(
-        xc, delta, A, Bs, Cs, D, z, delta_bias, None, None, None, dy, xz.new_empty(0), softplus, False, chunk_states,
-        dz_buf)
+    du, ddelta, dA, dB, dC, dD, dz, d_delta_bias = _scan_bwd(xc, delta, A, Bs, Cs, D, z, delta_bias, dy, softplus,
+                                                             chunk_states, dz_buf)
     d_dt_w, d_x_proj_w, dxc, dBc, dCc = (_proj_grads_rows if rows else _proj_grads)(
         ddelta, dB, dC, xc, du, x_dbl, x_proj_w, dt_proj_w, A.shape[1], B is not None, C is not None)
     dx, d_conv_w, d_conv_b, _ = _conv_impl._bwd_impl(x, conv_w, conv_b, None, None, dxc, xz.new_empty(0), True,

@@ -59,8 +59,8 @@ def check_all(got, want, lowp, dtype):
 @pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("checkpoint_lvl", [1, 2])
 def test_planned_scan_matches_unplanned(backend, checkpoint_lvl):
-    """A shape's first call makes the scan's plan (CUDA) and runs unplanned, the next runs planned (level 2: its
-    backward's rerun too): the same output and the same gradients of the parameters that no atomic sum reaches."""
+    """A shape's first call makes the scan's plans (CUDA: forward, backward, level 2's rerun) and runs unplanned, the
+    next runs planned: the same output and the same gradients of the parameters that no atomic sum reaches."""
     inp = make_inner(2, 6, 37, 4, 3, 4, device_of(backend), torch.bfloat16)
     mamba_inner._scan_plans._plans.clear()
 
