@@ -12,7 +12,8 @@ run. Each row also carries the work's floors on this card and at the issue's H10
 (model_floors_cuda.py: the strict one, and the one of a design that runs norms, conv and scan as separate
 passes), from the copy and matmul rates measured first. Prefill and train rows also carry the
 host-independent figure of the same run: the profiler's kernel-time sum of one call, the gap
-eager - kernels (the host's share) and the host's time to issue one call. Prints a table and writes JSON.
+eager - kernels (the host's share) and the host's time to issue one call, profiled after the model's eager
+rows. Prints a table and writes JSON.
 
 Usage: python benchmarks/bench_models_cuda.py [--models mamba2-130m,...] [--out PATH]
 """
@@ -20,13 +21,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+# A profiler session leaves CUPTI attached unless torn down: in session 8's round 1 the eager times taken after
+# profiles in the same process ran 20-40% slower (host issue time of the mamba-130m training step 59 -> 111 ms)
+os.environ.setdefault("TEARDOWN_CUPTI", "1")
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -79,23 +84,18 @@ def train_fn(model, batch=8, L=2048):
     return step
 
 
-def prefill_ms(model, batch=8, L=2048, reps=10, figures: dict | None = None) -> float:
-    """Eager prefill time; with figures, also the kernel sum of one call into it (kernel_figures)."""
-    run = prefill_fn(model, batch, L)
-    ms = time_ms(run, reps=reps, warmup=min(2, reps), flush=False)
-    if figures is not None:
-        figures.update(kernel_figures(run, ms))
-    return ms
+def prefill_ms(model, batch=8, L=2048, reps=10) -> float:
+    return time_ms(prefill_fn(model, batch, L), reps=reps, warmup=min(2, reps), flush=False)
 
 
-def train_ms(model, batch=8, L=2048, figures: dict | None = None) -> float:
-    """Eager training-step time; with figures, also the kernel sum of one step into it (kernel_figures)."""
+def train_ms(model, batch=8, L=2048, profile: dict | None = None) -> float:
+    """Eager training-step time; with profile (a row), then also the kernel figures of one step into it."""
     model.train()
     step = train_fn(model, batch, L)
     try:
-        ms = time_ms(step, reps=5, warmup=2, flush=False)
-        if figures is not None:
-            figures.update(kernel_figures(step, ms))
+        ms = time_ms(step, reps=5, warmup=2, flush=False) if profile is None else profile["ms"]
+        if profile is not None:
+            add_kernel_figures(profile, kernel_figures(step, ms))
         return ms
     finally:
         model.zero_grad(set_to_none=True)
@@ -128,6 +128,19 @@ def add_kernel_figures(row: dict, figures: dict) -> None:
     print(f"  {row['model']:12s} {'':22s} kernels {figures['kernels_ms']:9.3f} ms ({figures['launches']} launches), "
           f"gap {figures['gap_ms']:7.3f} ms ({100 * figures['gap_ms'] / row['ms']:4.1f}% host share), "
           f"host issue {figures['host_issue_ms']:8.3f} ms", flush=True)
+
+
+def add_profiled_figures(model, rows: list) -> None:
+    """The kernel figures of this model's prefill and train rows, profiled after all its eager rows (a
+    profile before an eager time would slow it: see TEARDOWN_CUPTI above)."""
+    name = rows[-1]["model"]
+    for row in rows:
+        if row.get("model") != name or "kernels_ms" in row:
+            continue
+        if row["work"].startswith("prefill"):
+            add_kernel_figures(row, kernel_figures(prefill_fn(model), row["ms"]))
+        elif row["work"].startswith("train"):
+            train_ms(model, profile=row)
 
 
 def print_kernel_table(rows: list) -> None:
@@ -188,14 +201,12 @@ def bench_model(name: str, rows: list, limits: dict) -> None:
     if small:
         with backend("reference"):
             ref = prefill_ms(model, reps=1)  # the reference path is slow: one timed rep
-    figures: dict = {}
-    add("prefill 8x2048", prefill_ms(model, figures=figures), targets[0], ref)
-    add_kernel_figures(rows[-1], figures)
+    add("prefill 8x2048", prefill_ms(model), targets[0], ref)
     if small:
-        add("train step 8x2048", train_ms(model, figures=figures), targets[1])
-        add_kernel_figures(rows[-1], figures)
+        add("train step 8x2048", train_ms(model), targets[1])
     add("decode b1 per token", decode_ms_per_token(model, 1), targets[2])
     add("decode b64 per step", decode_ms_per_token(model, 64), targets[3])
+    add_profiled_figures(model, rows)
     del model
     torch.cuda.empty_cache()
 

@@ -1,13 +1,12 @@
 """Device round of engineer train (session 8; issue 6's end-to-end prefill and training rows).
 
-In ONE process, without NaN poisoning: per model (mamba-130m, mamba-1.4b, mamba2-130m, mamba2-1.3b)
-bench_models_cuda's prefill row (and the 130m training step): eager time, the profiler's kernel sum of
-one call, the gap (eager - kernels) and the host issue time, the 130m training step also with variants
-(session 7's host path: the conv through the dispatcher, the scan unplanned; the scan unplanned) and the
-default again, the 130m prefill also on session 7's host path; then one profiled mamba-130m training step:
-its kernel table by category (e2e_profile.profile), the GPU's idle gaps (and each prefill's), the aten ops
-by device time with their input shapes and the kernels each launched; cProfile of the host in the 130m
-prefill and training step.
+In ONE process, without NaN poisoning, per model (mamba-130m, mamba-1.4b, mamba2-130m, mamba2-1.3b): first the
+eager times (and host issue times) of every form, with no profiler run before them in the process: the prefill,
+the 130m training step, for mamba-130m also session 7's host path (the conv through the dispatcher, the scan
+unplanned), the scan unplanned and the default again; then the kernel sums (bench_models_cuda.kernel_figures)
+and the GPU's idle gaps of the prefill and the training step; for mamba-130m one profiled training step (kernel
+table by category, idle gaps, aten ops with shapes and the kernels each launched, cProfile of the host) and the
+default training step once more after the profiles (their residue; CUPTI is torn down after each profile).
 
 Usage: python benchmarks/device/train_round.py OUT_DIR [--budget SECONDS] [--models a,b]
 Writes OUT_DIR/train_round.json, kernels_*.txt, gaps_*.txt, ops_*.txt, host_*.txt; prints a summary.
@@ -16,18 +15,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
+# a profiler session leaves CUPTI attached unless torn down: eager timings after it ran 20-40% slower in round 1
+os.environ.setdefault("TEARDOWN_CUPTI", "1")
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "benchmarks" / "device"))
 import bench_models_cuda as bm  # noqa: E402
-from e2e_profile import host_profile, profile  # noqa: E402
+from e2e_profile import host_ms, host_profile, profile  # noqa: E402
 
 START = time.perf_counter()
 
@@ -115,66 +118,70 @@ def extras(step, name: str, out: Path, prof: dict) -> None:
         print(f"  ops / host profile: FAILED {type(e).__name__}: {str(e)[:200]}", flush=True)
 
 
+def eager_ms(name, work, fn, reps, rows) -> float:
+    """Event time (bench_cuda.time_ms) and host issue time of one call, no profiler: a row."""
+    ms = bm.time_ms(fn, reps=reps, warmup=2, flush=False)
+    host = statistics.median(host_ms(fn) for _ in range(2))
+    rows.append(dict(model=name, work=work, ms=ms, host_issue_ms=host))
+    print(f"{name:12s} {work:40s} eager {ms:8.2f} ms  host {host:7.2f}", flush=True)
+    return ms
+
+
+def figures(name, work, fn, ms, rows) -> None:
+    """The kernel sum of one call (profiler) beside an eager time taken before any profile."""
+    fig = bm.kernel_figures(fn, ms)
+    rows.append(dict(model=name, work=work + " [kernels]", ms=ms, **fig))
+    print(f"{name:12s} {work:40s} kernels {fig['kernels_ms']:8.2f} ms  gap {fig['gap_ms']:6.2f}  "
+          f"({fig['launches']} launches)", flush=True)
+
+
 def run_model(name: str, out: Path, rows: list, budget: float, variants: list) -> None:
+    """Eager times of every form first (no profiler in the process yet for the first model), then the
+    kernel sums and profiles, then the default training step once more (the profiler's residue)."""
     model = bm.make_model(name)
     small = name.endswith("130m")
-    fig: dict = {}
-    ms = bm.prefill_ms(model, reps=5 if small else 3, figures=fig)
-    rows.append(dict(model=name, work="prefill 8x2048", ms=ms, **fig))
-    print(f"{name:12s} prefill eager {ms:8.2f} ms  kernels {fig['kernels_ms']:8.2f}  gap {fig['gap_ms']:6.2f}  "
-          f"host {fig['host_issue_ms']:7.2f}  ({fig['launches']} launches)", flush=True)
+    pre = bm.prefill_fn(model)
+    pre_ms = eager_ms(name, "prefill 8x2048", pre, 5 if small else 3, rows)
+    forms = variants + [("default again", None)] if name == "mamba-130m" else []
+    if name == "mamba-130m":
+        undo = variants[0][1]()
+        try:
+            eager_ms(name, "prefill 8x2048 [session-7 host path]", pre, 5, rows)
+        finally:
+            undo()
+    step, train = None, None
+    if small:
+        model.train()
+        step = bm.train_fn(model)
+        train = eager_ms(name, "train 8x2048 [default]", step, 5, rows)
+        for label, setter in forms:
+            undo = setter() if setter else None
+            try:
+                eager_ms(name, f"train 8x2048 [{label}]", step, 5, rows)
+            finally:
+                if undo:
+                    undo()
+    model.eval()
+    figures(name, "prefill 8x2048", pre, pre_ms, rows)
     try:  # where the GPU idles in a prefill
-        g = gap_table(bm.prefill_fn(model), out / f"gaps_{name}_prefill.txt")
-        rows[-1]["gaps"] = g
+        g = gap_table(pre, out / f"gaps_{name}_prefill.txt")
         print(f"      gaps: span {g['span_ms']:.2f} ms, idle {g['idle_ms']:.2f}, {g['events']} device events",
               flush=True)
     except Exception as e:  # noqa: BLE001
         print(f"      gaps: FAILED {type(e).__name__}: {str(e)[:200]}", flush=True)
-    if name == "mamba-130m":  # the prefill on session 7's host path (the conv through the dispatcher, scan unplanned)
-        undo = variants[0][1]()
-        try:
-            fig7: dict = {}
-            ms7 = bm.prefill_ms(model, reps=5, figures=fig7)
-        finally:
-            undo()
-        rows.append(dict(model=name, work="prefill 8x2048 [session-7 host path]", ms=ms7, **fig7))
-        print(f"{name:12s} prefill [session-7 host path] eager {ms7:8.2f} ms  kernels {fig7['kernels_ms']:8.2f}  "
-              f"gap {fig7['gap_ms']:6.2f}  host {fig7['host_issue_ms']:7.2f}", flush=True)
-    if name == "mamba-130m":  # where the prefill's host time goes (cProfile of one call), who launches what
-        try:
-            top = host_profile(bm.prefill_fn(model), out / f"host_{name}_prefill.txt")
-            op_table(bm.prefill_fn(model), out / f"ops_{name}_prefill.txt")
-            print("      host (cProfile tottime ms, calls): " + "; ".join(f"{t} {n}x {f}" for t, n, f in top[:5]),
-                  flush=True)
-        except Exception as e:  # noqa: BLE001
-            print(f"      host / ops: FAILED {type(e).__name__}: {str(e)[:200]}", flush=True)
-    if small and time.perf_counter() - START < budget:
-        forms = [("default", None)] + (variants + [("default again", None)] if name == "mamba-130m" else [])
-        for label, setter in forms:
-            undo = setter() if setter else None
-            try:
-                fig = {}
-                ms = bm.train_ms(model, figures=fig)
-            finally:
-                if undo:
-                    undo()
-            rows.append(dict(model=name, work=f"train 8x2048 [{label}]", ms=ms, **fig))
-            print(f"{name:12s} train [{label}] eager {ms:8.2f} ms  kernels {fig['kernels_ms']:8.2f}  "
-                  f"gap {fig['gap_ms']:6.2f}  host {fig['host_issue_ms']:7.2f}  ({fig['launches']} launches)",
-                  flush=True)
-        if name == "mamba-130m" and time.perf_counter() - START < budget:
-            model.train()
-            step = bm.train_fn(model)
-            step()
-            prof = profile(step, out / f"kernels_{name}_train.txt", top=14)
-            cats = ", ".join(f"{k} {v:.2f}" for k, v in sorted(prof["categories"].items(), key=lambda x: -x[1]))
-            print(f"  profile {name} train: kernels {prof['kernels_ms']:.2f} ms | {cats}", flush=True)
-            for ms_, n, kname in prof["top"]:
-                print(f"      {ms_:8.3f} ms {n:5d}x  {kname[:110]}", flush=True)
-            extras(step, name, out, prof)
-            rows.append(dict(model=name, work="train profile", **prof))
-            model.zero_grad(set_to_none=True)
-            model.eval()
+    if small:
+        model.train()
+        figures(name, "train 8x2048 [default]", step, train, rows)
+    if name == "mamba-130m" and time.perf_counter() - START < budget:
+        prof = profile(step, out / f"kernels_{name}_train.txt", top=14)
+        cats = ", ".join(f"{k} {v:.2f}" for k, v in sorted(prof["categories"].items(), key=lambda x: -x[1]))
+        print(f"  profile {name} train: kernels {prof['kernels_ms']:.2f} ms | {cats}", flush=True)
+        extras(step, name, out, prof)
+        rows.append(dict(model=name, work="train profile", **prof))
+        eager_ms(name, "train 8x2048 [default after the profiles]", step, 5, rows)
+    if small:
+        model.zero_grad(set_to_none=True)
+        model.eval()
     del model
     torch.cuda.empty_cache()
 
