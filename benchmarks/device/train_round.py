@@ -1,15 +1,14 @@
-"""Device round of engineer train (session 8; issue 6's end-to-end prefill and training rows).
+"""Device round of engineer train (session 8; issue 6's end-to-end prefill and training rows), round 2.
 
-In ONE process, without NaN poisoning, per model (mamba-130m, mamba-1.4b, mamba2-130m, mamba2-1.3b): first the
-eager times (and host issue times) of every form, with no profiler run before them in the process: the prefill,
-the 130m training step, for mamba-130m also session 7's host path (the conv through the dispatcher, the scan
-unplanned), the scan unplanned and the default again; then the kernel sums (bench_models_cuda.kernel_figures)
-and the GPU's idle gaps of the prefill and the training step; for mamba-130m one profiled training step (kernel
-table by category, idle gaps, aten ops with shapes and the kernels each launched, cProfile of the host) and the
-default training step once more after the profiles (their residue; CUPTI is torn down after each profile).
+In ONE process, without NaN poisoning: first the eager times (and host issue times) of every model
+(mamba-130m, mamba-1.4b, mamba2-130m, mamba2-1.3b: the prefill, the 130m training step; for mamba-130m also
+session 7's host path and the default again), before any profile (rounds 1 and 1b: a profile slows what
+follows it in the process, teardown or not); then, each model built again with the same seeded weights, the
+kernel sums (bench_models_cuda.kernel_figures) and the GPU's idle gaps of the mamba-130m training step.
+Rounds 1 / 1b also profiled the aten ops, their kernels and the host (cProfile): /work/rounds/s8r1*/train.
 
 Usage: python benchmarks/device/train_round.py OUT_DIR [--budget SECONDS] [--models a,b]
-Writes OUT_DIR/train_round.json, kernels_*.txt, gaps_*.txt, ops_*.txt, host_*.txt; prints a summary.
+Writes OUT_DIR/train_round.json and gaps_mamba-130m_train.txt; prints a summary.
 """
 from __future__ import annotations
 
@@ -30,35 +29,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "benchmarks" / "device"))
 import bench_models_cuda as bm  # noqa: E402
-from e2e_profile import host_ms, host_profile, profile  # noqa: E402
+from e2e_profile import host_ms  # noqa: E402
 
 START = time.perf_counter()
-
-
-def op_table(fn, path: Path, top: int = 40) -> None:
-    """One call profiled with CPU ops and shapes: aten ops by self device time (with input shapes)."""
-    torch.cuda.synchronize()
-    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-    with torch.profiler.profile(activities=acts, record_shapes=True) as prof:
-        fn()
-        torch.cuda.synchronize()
-    table = prof.key_averages(group_by_input_shape=True).table(sort_by="self_cuda_time_total", row_limit=top,
-                                                                max_name_column_width=40, max_shapes_column_width=90)
-    path.write_text(table + "\n\nkernels by the op that launched them (count, device ms, op, input shapes, kernel):\n"
-                    + "\n".join(launch_owners(prof)[:60]) + "\n")
-
-
-def launch_owners(prof) -> list:
-    """(count, device ms, op and input shapes, kernel) lines, by device time: which aten op launched each kernel,
-    memset and copy."""
-    owners: dict = {}
-    for e in prof.events():
-        for k in getattr(e, "kernels", ()):
-            key = (e.name, str(e.input_shapes)[:90], k.name[:80])
-            n, us = owners.get(key, (0, 0.0))
-            owners[key] = (n + 1, us + k.duration)
-    rows = sorted(((us, n, key) for key, (n, us) in owners.items()), reverse=True)
-    return [f"{n:5d} {us / 1e3:8.3f}  {op} {shapes}  {kern}" for us, n, (op, shapes, kern) in rows]
 
 
 def _device_intervals(prof) -> list:
@@ -99,25 +72,6 @@ def gap_table(fn, path: Path, top: int = 14) -> dict:
     return dict(span_ms=span, idle_ms=idle, fwd_idle_ms=fwd_idle, events=len(evs), split=split)
 
 
-def extras(step, name: str, out: Path, prof: dict) -> None:
-    """The GPU's idle gaps, the aten ops with shapes and the host's cProfile of one training step (each
-    reported, a failure of one not stopping the others)."""
-    try:
-        gaps = gap_table(step, out / f"gaps_{name}_train.txt")
-        prof["gaps"] = gaps
-        print(f"  gaps {name} train: span {gaps['span_ms']:.2f} ms, idle {gaps['idle_ms']:.2f} (forward + loss "
-              f"{gaps['fwd_idle_ms']:.2f}), {gaps['events']} device events", flush=True)
-    except Exception as e:  # noqa: BLE001  (a profiler API difference must not stop the round)
-        print(f"  gaps: FAILED {type(e).__name__}: {str(e)[:200]}", flush=True)
-    try:
-        op_table(step, out / f"ops_{name}_train.txt")
-        top = host_profile(step, out / f"host_{name}_train.txt")
-        print("      host (cProfile tottime ms, calls): " + "; ".join(f"{t} {n}x {f}" for t, n, f in top[:5]),
-              flush=True)
-    except Exception as e:  # noqa: BLE001
-        print(f"  ops / host profile: FAILED {type(e).__name__}: {str(e)[:200]}", flush=True)
-
-
 def eager_ms(name, work, fn, reps, rows) -> float:
     """Event time (bench_cuda.time_ms) and host issue time of one call, no profiler: a row."""
     ms = bm.time_ms(fn, reps=reps, warmup=2, flush=False)
@@ -135,25 +89,16 @@ def figures(name, work, fn, ms, rows) -> None:
           f"({fig['launches']} launches)", flush=True)
 
 
-def run_model(name: str, out: Path, rows: list, budget: float, variants: list) -> None:
-    """Eager times of every form first (no profiler in the process yet for the first model), then the
-    kernel sums and profiles, then the default training step once more (the profiler's residue)."""
+def eager_pass(name: str, rows: list, variants: list) -> None:
+    """A model's eager times (prefill; the 130m training step, for mamba-130m also on session 7's host path and
+    the default again), before any profile in the process."""
     model = bm.make_model(name)
     small = name.endswith("130m")
-    pre = bm.prefill_fn(model)
-    pre_ms = eager_ms(name, "prefill 8x2048", pre, 5 if small else 3, rows)
-    forms = variants + [("default again", None)] if name == "mamba-130m" else []
-    if name == "mamba-130m":
-        undo = variants[0][1]()
-        try:
-            eager_ms(name, "prefill 8x2048 [session-7 host path]", pre, 5, rows)
-        finally:
-            undo()
-    step, train = None, None
+    eager_ms(name, "prefill 8x2048", bm.prefill_fn(model), 5 if small else 3, rows)
     if small:
         model.train()
         step = bm.train_fn(model)
-        train = eager_ms(name, "train 8x2048 [default]", step, 5, rows)
+        forms = [("default", None)] + (variants + [("default again", None)] if name == "mamba-130m" else [])
         for label, setter in forms:
             undo = setter() if setter else None
             try:
@@ -161,27 +106,26 @@ def run_model(name: str, out: Path, rows: list, budget: float, variants: list) -
             finally:
                 if undo:
                     undo()
-    model.eval()
-    figures(name, "prefill 8x2048", pre, pre_ms, rows)
-    try:  # where the GPU idles in a prefill
-        g = gap_table(pre, out / f"gaps_{name}_prefill.txt")
-        print(f"      gaps: span {g['span_ms']:.2f} ms, idle {g['idle_ms']:.2f}, {g['events']} device events",
-              flush=True)
-    except Exception as e:  # noqa: BLE001
-        print(f"      gaps: FAILED {type(e).__name__}: {str(e)[:200]}", flush=True)
-    if small:
+    del model
+    torch.cuda.empty_cache()
+
+
+def profile_pass(name: str, out: Path, rows: list) -> None:
+    """A model's kernel sums beside its eager rows (the same seeded weights, built again), and the GPU's idle
+    gaps of the mamba-130m training step."""
+    model = bm.make_model(name)
+    pre_ms = next(r["ms"] for r in rows if r["model"] == name and r["work"] == "prefill 8x2048")
+    figures(name, "prefill 8x2048", bm.prefill_fn(model), pre_ms, rows)
+    if name.endswith("130m"):
         model.train()
+        step = bm.train_fn(model)
+        train = next(r["ms"] for r in rows if r["model"] == name and r["work"] == "train 8x2048 [default]")
         figures(name, "train 8x2048 [default]", step, train, rows)
-    if name == "mamba-130m" and time.perf_counter() - START < budget:
-        prof = profile(step, out / f"kernels_{name}_train.txt", top=14)
-        cats = ", ".join(f"{k} {v:.2f}" for k, v in sorted(prof["categories"].items(), key=lambda x: -x[1]))
-        print(f"  profile {name} train: kernels {prof['kernels_ms']:.2f} ms | {cats}", flush=True)
-        extras(step, name, out, prof)
-        rows.append(dict(model=name, work="train profile", **prof))
-        eager_ms(name, "train 8x2048 [default after the profiles]", step, 5, rows)
-    if small:
+        if name == "mamba-130m":
+            g = gap_table(step, out / f"gaps_{name}_train.txt")
+            print(f"      gaps: span {g['span_ms']:.2f} ms, idle {g['idle_ms']:.2f} (forward + loss "
+                  f"{g['fwd_idle_ms']:.2f}), {g['events']} device events", flush=True)
         model.zero_grad(set_to_none=True)
-        model.eval()
     del model
     torch.cuda.empty_cache()
 
@@ -199,14 +143,22 @@ def _dispatcher_conv(x, w, b):
     return torch.ops.ssm.dw_causal_conv_fwd(x, w, b, None, None, True, False)[0]
 
 
+class _NoPlans:
+    """A PlanCache that never finds or keeps a plan: the fused path's scan calls unplanned (session 7's path)."""
+
+    def find(self, flags, tensors):
+        return None, None
+
+
 def variants() -> list:
     """(label, setter) pairs timed beside the default mamba-130m training step; setter() returns undo."""
     from ssm.ops import mamba_inner
 
     def session7():  # the conv through the dispatcher and the scan through _fwd_run
-        undo = [_switch(mamba_inner, "_conv_silu", _dispatcher_conv)(), _switch(mamba_inner, "PLANNED_SCAN", False)()]
+        undo = [_switch(mamba_inner, "_conv_silu", _dispatcher_conv)(),
+                _switch(mamba_inner, "_scan_plans", _NoPlans())()]
         return lambda: [u() for u in undo]
-    return [("session-7 host path", session7), ("scan unplanned", _switch(mamba_inner, "PLANNED_SCAN", False))]
+    return [("session-7 host path", session7), ("scan unplanned", _switch(mamba_inner, "_scan_plans", _NoPlans()))]
 
 
 def main():
@@ -219,17 +171,20 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     rows: list = []
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
-    for name in args.models.split(","):
-        if time.perf_counter() - START > args.budget:
-            print(f"{name}: skipped (budget)", flush=True)
-            continue
-        try:
-            run_model(name, out, rows, args.budget, variants())
-        except Exception as e:  # one model's failure is reported, the others still run
-            print(f"{name}: FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
-            rows.append(dict(model=name, error=f"{type(e).__name__}: {e}"))
-        (out / "train_round.json").write_text(json.dumps(dict(device=torch.cuda.get_device_name(),
-                                                              torch=torch.__version__, rows=rows), indent=1))
+    names = args.models.split(",")
+    for stage, run in (("eager", lambda n: eager_pass(n, rows, variants())),
+                       ("profile", lambda n: profile_pass(n, out, rows))):
+        for name in names:
+            if time.perf_counter() - START > args.budget:
+                print(f"{name} {stage}: skipped (budget)", flush=True)
+                continue
+            try:
+                run(name)
+            except Exception as e:  # one model's failure is reported, the others still run
+                print(f"{name} {stage}: FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
+                rows.append(dict(model=name, stage=stage, error=f"{type(e).__name__}: {e}"))
+            (out / "train_round.json").write_text(json.dumps(dict(device=torch.cuda.get_device_name(),
+                                                                  torch=torch.__version__, rows=rows), indent=1))
     print(f"done in {time.perf_counter() - START:.1f} s", flush=True)
 
 

@@ -169,16 +169,14 @@ def _out_proj(y: Tensor, out_proj_w: Tensor, out_proj_b: Optional[Tensor]) -> Te
 
 
 # The fused path's scan calls on CUDA are planned (found by their metadata in _scan_plans): a layer's call
-# skips _fwd_run's backend lookup, layout checks and view tuples (host time on every layer's forward).
-# Switch: False sends every call through _fwd_run.
-PLANNED_SCAN = True
+# skips the backend lookups, layout checks and view tuples of _fwd_run / _bwd_impl (host time on every layer).
 _scan_plans = _kernels.PlanCache()
 
 
 def _scan(xc, delta, A, B, C, D, z, delta_bias, softplus, checkpoints=False):
     # -> y (B, D, L) gated by silu(z), in delta's layout; the backward's checkpoints or None
     tensors = (xc, delta, A, B, C, D, z, delta_bias)
-    sig, plan = _scan_plans.find((softplus, checkpoints), tensors) if PLANNED_SCAN else (None, None)
+    sig, plan = _scan_plans.find((softplus, checkpoints), tensors)
     if plan:
         return _run_scan_plan(plan, tensors, softplus)
     if plan is None and sig is not None:  # (False: a kept "no plan" for this metadata)
@@ -220,9 +218,9 @@ def _run_scan_plan(plan, tensors, softplus):
 
 def _scan_bwd(u, delta, A, B, C, D, z, delta_bias, dy, softplus, chunk_states, dz_out):
     """(du, ddelta, dA, dB, dC, dD, dz, d delta_bias) of the fused path's scan, given the forward's chunk states
-    (or None); planned on CUDA as the forward's call (PLANNED_SCAN)."""
+    (or None); planned on CUDA as the forward's call."""
     tensors = (u, delta, A, B, C, D, z, delta_bias, dy, chunk_states, dz_out)
-    sig, plan = _scan_plans.find((softplus, "bwd"), tensors) if PLANNED_SCAN else (None, None)
+    sig, plan = _scan_plans.find((softplus, "bwd"), tensors)
     if plan:
         return _run_scan_bwd_plan(plan, tensors, softplus)
     if plan is None and sig is not None:
