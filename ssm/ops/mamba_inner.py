@@ -15,6 +15,7 @@ reads y (B, D, L) transposed in place. Elsewhere (the CPU) the projections stay 
 from __future__ import annotations
 
 import importlib
+from contextlib import nullcontext
 from typing import Optional
 
 import torch
@@ -24,6 +25,7 @@ from ssm.ops import _checks, _kernels, _library, cpu_matmul
 from ssm.ops.conv import dw_causal_conv
 from ssm.ops.python import reference
 from ssm.ops.selective_scan import selective_scan
+from ssm.utils import dispatch
 
 # the scan's implementations, called directly inside the fused op: they keep the layouts their
 # inputs come in (channels-last delta gives a channels-last y), which the custom ops would not
@@ -115,7 +117,9 @@ def _check_inner(xz, conv1d_weight, x_proj_weight, delta_proj_weight, out_proj_w
 
 def _conv_silu(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
     # x (B, D, L) view of xz; w (D, W) float32 -> silu(conv(x)) (B, D, L)
-    return torch.ops.ssm.dw_causal_conv_fwd(x, w, b, None, None, True, False)[0]
+    # (the public op without autograd: its planned call, no registered op's dispatcher layers, whose host
+    # time each of the forward's and backward's calls paid)
+    return dw_causal_conv(x, w, b, "silu")
 
 
 def _project(xc, x_proj_w, dt_proj_w, A, B, C, B_proj_bias, C_proj_bias):
@@ -164,11 +168,97 @@ def _out_proj(y: Tensor, out_proj_w: Tensor, out_proj_b: Optional[Tensor]) -> Te
     return out if out_proj_b is None else out.add_(out_proj_b.to(out.dtype))
 
 
+# The fused path's scan calls on CUDA are planned (found by their metadata in _scan_plans): a layer's call
+# skips the backend lookups, layout checks and view tuples of _fwd_run / _bwd_impl (host time on every layer).
+_scan_plans = _kernels.PlanCache()
+
+
 def _scan(xc, delta, A, B, C, D, z, delta_bias, softplus, checkpoints=False):
     # -> y (B, D, L) gated by silu(z), in delta's layout; the backward's checkpoints or None
+    tensors = (xc, delta, A, B, C, D, z, delta_bias)
+    sig, plan = _scan_plans.find((softplus, checkpoints), tensors)
+    if plan:
+        return _run_scan_plan(plan, tensors, softplus)
+    if plan is None and sig is not None:  # (False: a kept "no plan" for this metadata)
+        _scan_plans[sig] = _make_scan_plan(tensors, checkpoints)
     y, _, chunk_states = _scan_impl._fwd_run(xc, delta, A, B, C, D, z, delta_bias, None, None, None, softplus,
                                              False, checkpoints)
     return y, chunk_states
+
+
+def _make_scan_plan(tensors, checkpoints):
+    """What a CUDA scan call of these tensors' metadata needs besides their data pointers, or False (other
+    backends: the CPU kernel's task split follows the thread count of each call)."""
+    u, delta, A, B, C, D, z, dt_bias = tensors
+    if u.device.type != "cuda" or u.numel() == 0 or "cuda" != dispatch.select_backend(
+            "selective_scan", u.device, lambda b: _scan_impl._reason(b, "selective_scan_fwd", u, delta, B, C, z,
+                                                                     A.shape[1])):
+        return False
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    groups, slices = _scan_impl._layout(u, B, C, 1)
+    head = (_kernels.dtype_code(u), batch, dim, L, N, groups, slices)
+    tails = _kernels.ref_tails((_kernels.AS_IS,) * len(tensors), tensors)
+    # y in delta's layout (_rows_like); the backward's chunk states where the thread kernel writes them
+    checkpoint = checkpoints and _scan_impl._thread_bwd(u, N, B, C, None, None, None)
+    return _kernels.module("cuda").selective_scan_fwd, head, tails, _scan_impl._channels_last(delta), checkpoint
+
+
+def _run_scan_plan(plan, tensors, softplus):
+    kernel, head, tails, rows_cl, checkpoint = plan
+    u, N = tensors[0], head[4]
+    batch, dim, L = u.shape
+    y = _kernels.empty((batch, L, dim), u).transpose(1, 2) if rows_cl else _kernels.empty((batch, dim, L), u)
+    states = _scan_impl._chunk_states("cuda", u, N, True) if checkpoint else None
+    r = _kernels.ref
+    kernel(*head, *_kernels.planned_refs(tails, tensors), None, None, None, batch, r(y), None, r(states), softplus,
+           _kernels.exec_arg("cuda", u))
+    return y, states
+
+
+def _scan_bwd(u, delta, A, B, C, D, z, delta_bias, dy, softplus, chunk_states, dz_out):
+    """(du, ddelta, dA, dB, dC, dD, dz, d delta_bias) of the fused path's scan, given the forward's chunk states
+    (or None); planned on CUDA as the forward's call."""
+    tensors = (u, delta, A, B, C, D, z, delta_bias, dy, chunk_states, dz_out)
+    sig, plan = _scan_plans.find((softplus, "bwd"), tensors)
+    if plan:
+        return _run_scan_bwd_plan(plan, tensors, softplus)
+    if plan is None and sig is not None:
+        _scan_plans[sig] = _make_scan_bwd_plan(tensors)
+    return _scan_impl._bwd_impl(u, delta, A, B, C, D, z, delta_bias, None, None, None, dy, u.new_empty(0), softplus,
+                                False, chunk_states, dz_out)[:8]
+
+
+def _make_scan_bwd_plan(tensors):
+    """A CUDA backward's plan (as _make_scan_plan's) where the forward's chunk states are given, else False."""
+    u, delta, A, B, C, D, z, dt_bias, dy, states, dz_out = tensors
+    if states is None or _make_scan_plan(tensors[:8], False) is False or "cuda" != dispatch.select_backend(
+            "selective_scan_bwd", u.device, lambda b: _scan_impl._reason(b, "selective_scan_bwd", u, delta, B, C, z,
+                                                                         A.shape[1])):
+        return False
+    batch, dim, L = u.shape
+    groups, slices = _scan_impl._layout(u, B, C, 1)
+    head = (_kernels.dtype_code(u), batch, dim, L, A.shape[1], groups, slices)
+    tails = _kernels.ref_tails((_kernels.AS_IS,) * len(tensors), tensors)
+    return _kernels.module("cuda").selective_scan_bwd, head, tails
+
+
+def _run_scan_bwd_plan(plan, tensors, softplus):
+    kernel, head, tails = plan
+    u, delta, A, B, C, D, z, dt_bias, dy, states, dz_out = tensors
+    batch, dim, L = u.shape
+    slices, f32, e = head[6], torch.float32, _kernels.empty
+    du, ddelta = _scan_impl._rows_like(u, u), _scan_impl._rows_like(delta, u)
+    dz = None if z is None else _scan_impl._rows_like(z, u) if dz_out is None else dz_out
+    dA = e((batch, dim, A.shape[1]), u, f32)
+    dD, ddt_bias = (None if t is None else e((batch, dim), u, f32) for t in (D, dt_bias))
+    dB, dC = (e((slices, *t.shape) if t.dim() == 4 else (batch, dim, A.shape[1]), u, f32) for t in (B, C))
+    r, refs = _kernels.ref, _kernels.planned_refs(tails, tensors)
+    kernel(*head, *refs[:8], None, None, None, batch, refs[8], None, r(du), r(ddelta), r(dA),
+           r(_scan_impl._slices_as_rows(dB)), r(_scan_impl._slices_as_rows(dC)), r(dD), r(dz), r(ddt_bias), None,
+           refs[9], True, softplus, _kernels.exec_arg("cuda", u))
+    s0 = _scan_impl._sum0
+    return du, ddelta, s0(dA), s0(dB).to(B.dtype), s0(dC).to(C.dtype), s0(dD), dz, s0(ddt_bias)
 
 
 def _fused_fwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, D, delta_bias,
@@ -319,9 +409,8 @@ def _fused_bwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, 
     dxz = _grad_like(xz)
     # rows devices: the scan and conv kernels write dz and dx straight into d xz's halves
     dx_buf, dz_buf = (dxz[:, :dim], dxz[:, dim:]) if rows else (None, None)
-    du, ddelta, dA, dB, dC, dD, dz, d_delta_bias, _ = _scan_impl._bwd_impl(
-        xc, delta, A, Bs, Cs, D, z, delta_bias, None, None, None, dy, xz.new_empty(0), softplus, False, chunk_states,
-        dz_buf)
+    du, ddelta, dA, dB, dC, dD, dz, d_delta_bias = _scan_bwd(xc, delta, A, Bs, Cs, D, z, delta_bias, dy, softplus,
+                                                             chunk_states, dz_buf)
     d_dt_w, d_x_proj_w, dxc, dBc, dCc = (_proj_grads_rows if rows else _proj_grads)(
         ddelta, dB, dC, xc, du, x_dbl, x_proj_w, dt_proj_w, A.shape[1], B is not None, C is not None)
     dx, d_conv_w, d_conv_b, _ = _conv_impl._bwd_impl(x, conv_w, conv_b, None, None, dxc, xz.new_empty(0), True,
@@ -437,7 +526,9 @@ def mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_wei
                       C_proj_bias, delta_softplus, rms)
     args = _prepare(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight,
                     out_proj_bias, A, B, C, D, delta_bias, B_proj_bias, C_proj_bias)
-    with torch.autocast(xz.device.type, enabled=False):
+    # (autocast off inside; entering its context only when it is on saves host time per call)
+    off = torch.autocast(xz.device.type, enabled=False) if torch.is_autocast_enabled(xz.device.type) else nullcontext()
+    with off:
         if _library.use_custom_op(*args):
             keep_y = checkpoint_lvl < 2  # level 2: session 6's level 1
             return _fwd_op(*args, bool(delta_softplus), checkpoint_lvl < 1, keep_y,

@@ -57,6 +57,48 @@ def check_all(got, want, lowp, dtype):
 
 
 @pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("checkpoint_lvl", [1, 2])
+def test_planned_scan_matches_unplanned(backend, checkpoint_lvl):
+    """A shape's first call makes the scan's plans (CUDA: forward, backward, level 2's rerun) and runs unplanned, the
+    next runs planned: the same output and the same gradients of the parameters that no atomic sum reaches."""
+    inp = make_inner(2, 6, 37, 4, 3, 4, device_of(backend), torch.bfloat16)
+    mamba_inner._scan_plans._plans.clear()
+
+    def run():
+        leaves = {k: v.clone().requires_grad_() for k, v in inp.items()}
+        with use_backend(backend):
+            out = ops.mamba_inner_fn(**leaves, checkpoint_lvl=checkpoint_lvl)
+            out.float().square().sum().backward()
+        return out, {k: leaves[k].grad for k in ("A", "D", "delta_bias", "out_proj_weight", "delta_proj_weight")}
+    first, second = run(), run()
+    # (kept as [(guard, plan), ...] per key with torch's tensor guards, else plan per key)
+    plans = [e[1] if isinstance(entries, list) else e for entries in mamba_inner._scan_plans._plans.values()
+             for e in (entries if isinstance(entries, list) else [entries])]
+    assert any(bool(p) for p in plans) == (backend == "cuda"), "the CUDA scan calls (only) must be planned"
+    assert torch.equal(first[0], second[0]), "planned output differs"
+    for k, g in first[1].items():
+        assert torch.equal(g, second[1][k]), f"d{k} differs between the unplanned and the planned call"
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_autocast_casts_projections(backend):
+    """Under autocast (bf16) the fused path runs on the autocast dtype's xz and projection weights: the
+    same output as a call given them cast by hand, and float32 gradients for the float32 weights."""
+    device = device_of(backend)
+    inp = make_inner(2, 6, 21, 4, 3, 4, device)
+    cast = {k: v.to(torch.bfloat16) if k in ("xz", "x_proj_weight", "delta_proj_weight", "out_proj_weight",
+                                            "out_proj_bias") else v for k, v in inp.items()}
+    leaves = {k: v.clone().requires_grad_() for k, v in inp.items()}
+    with use_backend(backend):
+        want = ops.mamba_inner_fn(**cast)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+            got = ops.mamba_inner_fn(**leaves)
+        got.float().sum().backward()
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want), "autocast output differs from the bf16 call"
+    assert all(v.grad is not None and v.grad.dtype == torch.float32 for v in leaves.values())
+
+
+@pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("checkpoint_lvl", [0, 1, 2])
 def test_matches_reference_with_gradients(backend, dtype, checkpoint_lvl):

@@ -159,6 +159,23 @@ def test_saves_only_inputs(keep_y, monkeypatch):
     assert sum(s[0] for s in saved.values()) < 1.1 * inp["zxbcdt"].nbytes + keep_y * y_bytes + 65536
 
 
+@pytest.mark.parametrize("backend", backends())
+def test_autocast_runs_in_its_dtype(backend):
+    """Under autocast (bf16) the fused path runs on the autocast dtype's zxbcdt and out_proj: the same output as a
+    call given them cast by hand, and float32 gradients for the float32 parameters."""
+    device = device_of(backend)
+    inp = make_split(2, 21, 3, 1, 4, 0, device)
+    cast = {k: v.to(torch.bfloat16) if k in ("zxbcdt", "outproj_weight", "outproj_bias") else v for k, v in inp.items()}
+    leaves = {k: v.clone().requires_grad_() for k, v in inp.items()}
+    with use_backend(backend):
+        want = ops.mamba_split_conv1d_scan_combined(**cast, chunk_size=8, headdim=P)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+            got = ops.mamba_split_conv1d_scan_combined(**leaves, chunk_size=8, headdim=P)
+        got.float().sum().backward()
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want), "autocast output differs from the bf16 call"
+    assert all(v.grad is not None and v.grad.dtype == torch.float32 for v in leaves.values())
+
+
 def test_torch_compile_matches_eager():
     def fn(inp, init, seq_idx):
         return ops.mamba_split_conv1d_scan_combined(**inp, chunk_size=8, headdim=P, ngroups=2, initial_states=init,

@@ -1,0 +1,192 @@
+"""Device round of engineer train (session 8; issue 6's end-to-end prefill and training rows), round 2.
+
+In ONE process, without NaN poisoning: first the eager times (and host issue times) of every model
+(mamba-130m, mamba-1.4b, mamba2-130m, mamba2-1.3b: the prefill, the 130m training step; for mamba-130m also
+session 7's host path and the default again), before any profile (rounds 1 and 1b: a profile slows what
+follows it in the process, teardown or not); then, each model built again with the same seeded weights, the
+kernel sums (bench_models_cuda.kernel_figures) and the GPU's idle gaps of the mamba-130m training step.
+Rounds 1 / 1b also profiled the aten ops, their kernels and the host (cProfile): /work/rounds/s8r1*/train.
+
+Usage: python benchmarks/device/train_round.py OUT_DIR [--budget SECONDS] [--models a,b]
+Writes OUT_DIR/train_round.json and gaps_mamba-130m_train.txt; prints a summary.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+# a profiler session leaves CUPTI attached unless torn down: eager timings after it ran 20-40% slower in round 1
+os.environ.setdefault("TEARDOWN_CUPTI", "1")
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "benchmarks" / "device"))
+import bench_models_cuda as bm  # noqa: E402
+from e2e_profile import host_ms  # noqa: E402
+
+START = time.perf_counter()
+
+
+def _device_intervals(prof) -> list:
+    """(start_us, end_us, name) of every device event of a profile, sorted by start."""
+    evs = [(e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+           if e.device_type == torch.autograd.DeviceType.CUDA and e.time_range.end > e.time_range.start]
+    if not evs:  # (the kineto results hold them where the function events do not)
+        evs = [(k.start_ns() / 1e3, (k.start_ns() + k.duration_ns()) / 1e3, k.name())
+               for k in prof.profiler.kineto_results.events()
+               if k.device_type() == torch.autograd.DeviceType.CUDA and k.duration_ns() > 0]
+    return sorted(evs)
+
+
+def gap_table(fn, path: Path, top: int = 14) -> dict:
+    """One call profiled (device activity): the GPU's idle time between consecutive kernels (where it
+    waited for the host), in all and before / after the first softmax-backward kernel (forward + loss /
+    backward), and the largest gaps with the kernels around them."""
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    evs = _device_intervals(prof)
+    split = next((i for i, e in enumerate(evs) if "SoftMaxBackward" in e[2]), len(evs))
+    gaps, end = [], evs[0][1]
+    for i in range(1, len(evs)):
+        if evs[i][0] > end:
+            gaps.append(((evs[i][0] - end) / 1e3, i, evs[i - 1][2], evs[i][2]))
+        end = max(end, evs[i][1])
+    idle = sum(g[0] for g in gaps)
+    fwd_idle = sum(g[0] for g in gaps if g[1] <= split)
+    span = (end - evs[0][0]) / 1e3
+    lines = [f"span {span:.3f} ms, {len(evs)} device events, idle {idle:.3f} ms (forward + loss {fwd_idle:.3f}, "
+             f"backward {idle - fwd_idle:.3f}); gaps > 20 us: {sum(g[0] > 0.02 for g in gaps)} "
+             f"({sum(g[0] for g in gaps if g[0] > 0.02):.3f} ms)", "   gap_ms  index  before -> after"]
+    for g in sorted(gaps, reverse=True)[:top]:
+        lines.append(f"  {g[0]:7.3f} {g[1]:6d}  {g[2][:70]} -> {g[3][:70]}")
+    path.write_text("\n".join(lines) + "\n")
+    return dict(span_ms=span, idle_ms=idle, fwd_idle_ms=fwd_idle, events=len(evs), split=split)
+
+
+def eager_ms(name, work, fn, reps, rows) -> float:
+    """Event time (bench_cuda.time_ms) and host issue time of one call, no profiler: a row."""
+    ms = bm.time_ms(fn, reps=reps, warmup=2, flush=False)
+    host = statistics.median(host_ms(fn) for _ in range(2))
+    rows.append(dict(model=name, work=work, ms=ms, host_issue_ms=host))
+    print(f"{name:12s} {work:40s} eager {ms:8.2f} ms  host {host:7.2f}", flush=True)
+    return ms
+
+
+def figures(name, work, fn, ms, rows) -> None:
+    """The kernel sum of one call (profiler) beside an eager time taken before any profile."""
+    fig = bm.kernel_figures(fn, ms)
+    rows.append(dict(model=name, work=work + " [kernels]", ms=ms, **fig))
+    print(f"{name:12s} {work:40s} kernels {fig['kernels_ms']:8.2f} ms  gap {fig['gap_ms']:6.2f}  "
+          f"({fig['launches']} launches)", flush=True)
+
+
+def eager_pass(name: str, rows: list, variants: list) -> None:
+    """A model's eager times (prefill; the 130m training step, for mamba-130m also on session 7's host path and
+    the default again), before any profile in the process."""
+    model = bm.make_model(name)
+    small = name.endswith("130m")
+    eager_ms(name, "prefill 8x2048", bm.prefill_fn(model), 5 if small else 3, rows)
+    if small:
+        model.train()
+        step = bm.train_fn(model)
+        forms = [("default", None)] + (variants + [("default again", None)] if name == "mamba-130m" else [])
+        for label, setter in forms:
+            undo = setter() if setter else None
+            try:
+                eager_ms(name, f"train 8x2048 [{label}]", step, 5, rows)
+            finally:
+                if undo:
+                    undo()
+    del model
+    torch.cuda.empty_cache()
+
+
+def profile_pass(name: str, out: Path, rows: list) -> None:
+    """A model's kernel sums beside its eager rows (the same seeded weights, built again), and the GPU's idle
+    gaps of the mamba-130m training step."""
+    model = bm.make_model(name)
+    pre_ms = next(r["ms"] for r in rows if r["model"] == name and r["work"] == "prefill 8x2048")
+    figures(name, "prefill 8x2048", bm.prefill_fn(model), pre_ms, rows)
+    if name.endswith("130m"):
+        model.train()
+        step = bm.train_fn(model)
+        train = next(r["ms"] for r in rows if r["model"] == name and r["work"] == "train 8x2048 [default]")
+        figures(name, "train 8x2048 [default]", step, train, rows)
+        if name == "mamba-130m":
+            g = gap_table(step, out / f"gaps_{name}_train.txt")
+            print(f"      gaps: span {g['span_ms']:.2f} ms, idle {g['idle_ms']:.2f} (forward + loss "
+                  f"{g['fwd_idle_ms']:.2f}), {g['events']} device events", flush=True)
+        model.zero_grad(set_to_none=True)
+    del model
+    torch.cuda.empty_cache()
+
+
+def _switch(module, attr, value):
+    def set_():
+        old = getattr(module, attr)
+        setattr(module, attr, value)
+        return lambda: setattr(module, attr, old)
+    return set_
+
+
+def _dispatcher_conv(x, w, b):
+    """Session 7's conv call in the fused Mamba-1 path: through the registered op (the dispatcher)."""
+    return torch.ops.ssm.dw_causal_conv_fwd(x, w, b, None, None, True, False)[0]
+
+
+class _NoPlans:
+    """A PlanCache that never finds or keeps a plan: the fused path's scan calls unplanned (session 7's path)."""
+
+    def find(self, flags, tensors):
+        return None, None
+
+
+def variants() -> list:
+    """(label, setter) pairs timed beside the default mamba-130m training step; setter() returns undo."""
+    from ssm.ops import mamba_inner
+
+    def session7():  # the conv through the dispatcher and the scan through _fwd_run
+        undo = [_switch(mamba_inner, "_conv_silu", _dispatcher_conv)(),
+                _switch(mamba_inner, "_scan_plans", _NoPlans())()]
+        return lambda: [u() for u in undo]
+    return [("session-7 host path", session7)]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--budget", type=float, default=28.0, help="seconds after which no new work starts")
+    ap.add_argument("--models", default="mamba-130m,mamba-1.4b,mamba2-130m,mamba2-1.3b")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list = []
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
+    names = args.models.split(",")
+    for stage, run in (("eager", lambda n: eager_pass(n, rows, variants())),
+                       ("profile", lambda n: profile_pass(n, out, rows))):
+        for name in names:
+            if time.perf_counter() - START > args.budget:
+                print(f"{name} {stage}: skipped (budget)", flush=True)
+                continue
+            try:
+                run(name)
+            except Exception as e:  # one model's failure is reported, the others still run
+                print(f"{name} {stage}: FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
+                rows.append(dict(model=name, stage=stage, error=f"{type(e).__name__}: {e}"))
+            (out / "train_round.json").write_text(json.dumps(dict(device=torch.cuda.get_device_name(),
+                                                                  torch=torch.__version__, rows=rows), indent=1))
+    print(f"done in {time.perf_counter() - START:.1f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
