@@ -109,60 +109,12 @@ __device__ __forceinline__ void store_f32(float* dst, const float (&v)[kN]) {
   for (int q = 0; q < kN / 4; ++q) reinterpret_cast<float4*>(dst)[q] = *reinterpret_cast<const float4*>(v + 4 * q);
 }
 
-// Sum over the segments of the threads' chunks (seg[j] < 0: none) of v - c[j] (squared with kSquare),
-// into tot[j] for each chunk: per thread and segment, then per warp (a shuffle sum), the warps'
-// partials through shared memory once, summed in a fixed order by every thread that needs them
-// (deterministic; one barrier, the values never leave the registers).
-template <int kN, bool kSquare>
-__device__ void chunk_sums(const float (&v)[kVecChunks][kN], const int (&seg)[kVecChunks], int segments,
-                           const float (&c)[kVecChunks], float (*part)[kMaxSegments], float (&tot)[kVecChunks]) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int s = 0; s < segments; ++s) {
-    float acc = 0.f;
-#pragma unroll
-    for (int j = 0; j < kVecChunks; ++j)
-      if (seg[j] == s) {
-#pragma unroll
-        for (int e = 0; e < kN; ++e) acc += kSquare ? (v[j][e] - c[j]) * (v[j][e] - c[j]) : v[j][e];
-      }
-    acc = warp_sum(acc);
-    if (lane == 0) part[warp][s] = acc;
-  }
-  __syncthreads();
-#pragma unroll
-  for (int j = 0; j < kVecChunks; ++j) {
-    tot[j] = 0.f;
-    if (seg[j] < 0) continue;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) tot[j] += part[w][seg[j]];
-  }
-}
-
-// mean (kCenter: LayerNorm; else 0) and rstd of each chunk's segment of gs features, from registers.
-template <int kN, bool kCenter>
-__device__ void chunk_stats(const float (&v)[kVecChunks][kN], const int (&seg)[kVecChunks], int segments, int gs,
-                            float eps, float (&mean)[kVecChunks], float (&rstd)[kVecChunks]) {
-  __shared__ float part_sum[kWarps][kMaxSegments], part_sq[kWarps][kMaxSegments];
-#pragma unroll
-  for (int j = 0; j < kVecChunks; ++j) mean[j] = 0.f;
-  if (kCenter) {
-    chunk_sums<kN, false>(v, seg, segments, mean, part_sum, mean);
-#pragma unroll
-    for (int j = 0; j < kVecChunks; ++j) mean[j] /= float(gs);
-  }
-  chunk_sums<kN, true>(v, seg, segments, mean, part_sq, rstd);
-#pragma unroll
-  for (int j = 0; j < kVecChunks; ++j) rstd[j] = rsqrtf(rstd[j] / float(gs) + eps);
-}
-
 // The prologue with 16-byte accesses (rows contiguous and aligned, at most kVecChunks chunks a
 // thread, groups a multiple of a chunk): every global load of a thread issued before any use, so
-// the inputs cost one round trip after the previous kernel (the scalar loop paid one per element);
-// the norm statistics from the registers (chunk_stats: two barriers, the scalar form's five).
+// the inputs cost one round trip after the previous kernel (the scalar loop paid one per element).
 template <typename T, int kMode>
-__device__ void load_inputs_vec(float* xs, const NormGemvParams& p) {
+__device__ void load_inputs_vec(const NormGemvParams& p, float* xs, float* mean, float* rstd) {
   constexpr int kN = Pack<T>::kN;
-  float xr[kVecChunks][kN];  // the chunks' values before the norm
   constexpr bool kGate = kMode == 1 || kMode == 2, kRes = kMode == 3 || kMode == 4;
   const int K = int(p.in_features), cpr = K / kN, total = int(p.batch) * cpr;
   Pack<T> xv[kVecChunks], zv[kVecChunks];
@@ -193,27 +145,22 @@ __device__ void load_inputs_vec(float* xs, const NormGemvParams& p) {
     }
     if (kRes && blockIdx.x == 0)
       store_f32<kN>(ptr<float>(p.residual_out) + row[j] * p.residual_out.stride[0] + col[j], v);
-#pragma unroll
-    for (int e = 0; e < kN; ++e) xr[j][e] = v[e];
-    if (kMode == 0) store_f32<kN>(xs + row[j] * K + col[j], v);
+    store_f32<kN>(xs + row[j] * K + col[j], v);
   }
   if (kMode == 0) return;
+  __syncthreads();
   const int gs = kRes ? K : int(p.group_size), groups = K / gs;
-  int seg[kVecChunks];  // the (row, group) segment of chunk j, -1 for none
-#pragma unroll
-  for (int j = 0; j < kVecChunks; ++j) seg[j] = row[j] < 0 ? -1 : row[j] * groups + (groups == 1 ? 0 : col[j] / gs);
-  float cmean[kVecChunks], crstd[kVecChunks];
-  chunk_stats<kN, kMode == 4>(xr, seg, int(p.batch) * groups, gs, p.eps, cmean, crstd);
+  norm_stats<kMode>(p, xs, gs, int(p.batch) * groups, mean, rstd);
 #pragma unroll
   for (int j = 0; j < kVecChunks; ++j) {
     if (row[j] < 0) continue;
+    const int s = row[j] * groups + (groups == 1 ? 0 : col[j] / gs);
     float v[kN], nb[kN];
-#pragma unroll
-    for (int e = 0; e < kN; ++e) v[e] = xr[j][e];
+    load_f32<kN>(v, xs + row[j] * K + col[j]);
     if (kMode == 4 && has(p.norm_bias)) load_f32<kN>(nb, ptr<float>(p.norm_bias) + col[j]);
 #pragma unroll
     for (int e = 0; e < kN; ++e) {
-      v[e] = (v[e] - cmean[j]) * crstd[j] * nw[j][e];
+      v[e] = (v[e] - mean[s]) * rstd[s] * nw[j][e];
       if (kMode == 2) v[e] *= silu(to_float(zv[j].e[e]));
       if (kMode == 4 && has(p.norm_bias)) v[e] += nb[e];
       v[e] = to_float(from_float<T>(v[e]));
@@ -382,7 +329,7 @@ __global__ void __launch_bounds__(kThreads, 2) norm_gemv_stream_kernel(NormGemvP
   pdl_release();
   if (kConv) conv_lane_state<T>(p, cl);
   if (vec)
-    load_inputs_vec<T, kMode>(xs, p);
+    load_inputs_vec<T, kMode>(p, xs, mean, rstd);
   else
     load_inputs<T, kMode>(p, xs, mean, rstd);
   __syncthreads();
