@@ -8,7 +8,7 @@ per-call cost: without autograd they run the implementation, with autograd an eq
 from __future__ import annotations
 
 import functools
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -80,6 +80,12 @@ def needs_autograd(*tensors) -> bool:
 def use_custom_op(*tensors) -> bool:
     """True when the call must go through the registered custom op (compiling, or autograd)."""
     return torch.compiler.is_compiling() or needs_autograd(*tensors)
+
+
+def autocast_off(device_type: str):
+    """A context with autocast off on ``device_type``; a no-op context when it is already off (entering
+    torch.autocast costs host time on every call of a fused path)."""
+    return torch.autocast(device_type, enabled=False) if torch.is_autocast_enabled(device_type) else nullcontext()
 
 
 def empty_if_none(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,6 @@ reads y (B, D, L) transposed in place. Elsewhere (the CPU) the projections stay 
 from __future__ import annotations
 
 import importlib
-from contextlib import nullcontext
 from typing import Optional
 
 import torch
@@ -232,15 +231,13 @@ def _scan_bwd(u, delta, A, B, C, D, z, delta_bias, dy, softplus, chunk_states, d
 def _make_scan_bwd_plan(tensors):
     """A CUDA backward's plan (as _make_scan_plan's) where the forward's chunk states are given, else False."""
     u, delta, A, B, C, D, z, dt_bias, dy, states, dz_out = tensors
-    if states is None or _make_scan_plan(tensors[:8], False) is False or "cuda" != dispatch.select_backend(
+    fwd = False if states is None else _make_scan_plan(tensors[:8], False)
+    if fwd is False or "cuda" != dispatch.select_backend(
             "selective_scan_bwd", u.device, lambda b: _scan_impl._reason(b, "selective_scan_bwd", u, delta, B, C, z,
                                                                          A.shape[1])):
         return False
-    batch, dim, L = u.shape
-    groups, slices = _scan_impl._layout(u, B, C, 1)
-    head = (_kernels.dtype_code(u), batch, dim, L, A.shape[1], groups, slices)
     tails = _kernels.ref_tails((_kernels.AS_IS,) * len(tensors), tensors)
-    return _kernels.module("cuda").selective_scan_bwd, head, tails
+    return _kernels.module("cuda").selective_scan_bwd, fwd[1], tails  # the forward's head: the same sizes
 
 
 def _run_scan_bwd_plan(plan, tensors, softplus):
@@ -526,9 +523,7 @@ def mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_wei
                       C_proj_bias, delta_softplus, rms)
     args = _prepare(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight,
                     out_proj_bias, A, B, C, D, delta_bias, B_proj_bias, C_proj_bias)
-    # (autocast off inside; entering its context only when it is on saves host time per call)
-    off = torch.autocast(xz.device.type, enabled=False) if torch.is_autocast_enabled(xz.device.type) else nullcontext()
-    with off:
+    with _library.autocast_off(xz.device.type):
         if _library.use_custom_op(*args):
             keep_y = checkpoint_lvl < 2  # level 2: session 6's level 1
             return _fwd_op(*args, bool(delta_softplus), checkpoint_lvl < 1, keep_y,

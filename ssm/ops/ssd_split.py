@@ -7,7 +7,6 @@ recomputes the conv output, the scan output and the norm before calling the ops'
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
 from typing import Optional
 
 import torch
@@ -281,9 +280,7 @@ def mamba_split_conv1d_scan_combined(zxbcdt, conv1d_weight, conv1d_bias, dt_bias
                init, seq_idx, param(rmsnorm_weight), outproj_weight, outproj_bias)
     flags = ([d_nonssm, dim, ngroups * dstate, nheads], int(chunk_size), dt_lo, dt_hi, activation is not None,
              float(rmsnorm_eps), headdim, ngroups, bool(norm_before_gate), bool(return_final_states), KEEP_Y)
-    # (autocast off inside; entering its context only when it is on saves host time per call)
-    on = torch.is_autocast_enabled(zxbcdt.device.type)
-    with torch.autocast(zxbcdt.device.type, enabled=False) if on else nullcontext():
+    with _library.autocast_off(zxbcdt.device.type):
         if _library.use_custom_op(*tensors):
             out, final, _ = _fwd_op(*tensors, *flags)
         else:
