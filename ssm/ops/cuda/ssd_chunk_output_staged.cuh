@@ -29,10 +29,6 @@ namespace ssm::cuda::ssd {
 template <typename Cb>
 __host__ __device__ constexpr int cb_ld() { return sizeof(Cb) == 4 ? kTile : kTile + 8; }
 
-// The 16-byte chunk ch (4 floats) of row r of a float C B^T tile sits at chunk ch ^ 2 (r % 4): the
-// float2 reads of cb_from_smem (rows g, columns 8 j + 2 c) then hit 32 distinct banks per half warp.
-__device__ __forceinline__ int cb_swizzle(int r, int ch) { return ch ^ ((r & 3) << 1); }
-
 // dst = the 64 x 64 float tile src[i * rs + j] (swizzled), by 16-byte asynchronous copies.
 // Each thread keeps one 16-byte column chunk and steps its source pointer by 8 rows (r % 4, so the swizzle, stays).
 __device__ __forceinline__ void issue_cb(float* dst, const float* src, int64_t rs) {
@@ -42,6 +38,14 @@ __device__ __forceinline__ void issue_cb(float* dst, const float* src, int64_t r
   float* d = dst + r * kTile + 4 * cb_swizzle(r, ch);
 #pragma unroll 1
   for (int k = 0; k < kTile / kStep; ++k, s += kStep * rs) cp_async16(d + k * kStep * kTile, s, true);
+}
+
+// dst = the tiled float C B^T tile src (chunk_cb_kernel<T, float, true>: already in the shared image's order), one
+// linear 16 KB copy: eight 16-byte copies per thread at fixed offsets from one address.
+__device__ __forceinline__ void issue_cb_tiled(float* dst, const float* src) {
+  const int e = 4 * int(threadIdx.x);
+#pragma unroll
+  for (int k = 0; k < kTile * kTile / (4 * kThreads); ++k) cp_async16(dst + e + 4 * kThreads * k, src + e + 4 * kThreads * k, true);
 }
 
 // The bfloat16 tile by issue_tile (padded rows).
@@ -170,11 +174,27 @@ __device__ __forceinline__ void add_dx(float (&acc)[8][4], const float* ds, cons
   }
 }
 
-// y = acc (D x included) times silu(z), stored in pairs for the thread's rows t (chunk-local) and P
-// columns p0 + 8 j + 2 (lane % 4) + e (y and z with unit stride along P, P even: the caller checks).
+// zv[hf][j] = the pair (z(t, p), z(t, p + 1)) of the thread's rows t[hf] (chunk-local) and P columns
+// p = p0 + 8 j + 2 (lane % 4) (z with unit stride along P, P even: the caller checks); 0 where absent.
 template <typename T>
-__device__ __forceinline__ void store_y_staged(const SsdParams& p, const float (&acc)[8][4], int64_t b, int h,
-                                               int64_t c0, const int (&t)[2], int rows_left, int p0) {
+__device__ __forceinline__ void load_z(const SsdParams& p, int64_t b, int h, int64_t c0, const int (&t)[2],
+                                       int rows_left, int p0, unsigned (&zv)[2][8]) {
+  const int lc = 2 * int(threadIdx.x & 3), ncol = min(int(p.headdim) - p0, kTile);
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const T* zrow = ptr<T>(p.z) + b * p.z.stride[0] + (c0 + t[hf]) * p.z.stride[1] + h * p.z.stride[2] + p0;
+    const bool row = has(p.z) && t[hf] < rows_left;
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+      zv[hf][j] = row && 8 * j + lc < ncol ? __ldg(reinterpret_cast<const unsigned*>(zrow + 8 * j + lc)) : 0u;
+  }
+}
+
+// y = acc (D x included) times silu(z) (zv: load_z's pairs), stored in pairs for the thread's rows t (chunk-local)
+// and P columns p0 + 8 j + 2 (lane % 4) + e (y and z with unit stride along P, P even: the caller checks).
+template <typename T>
+__device__ __forceinline__ void store_y_staged(const SsdParams& p, const float (&acc)[8][4], const unsigned (&zv)[2][8],
+                                               int64_t b, int h, int64_t c0, const int (&t)[2], int rows_left, int p0) {
   const int lc = 2 * int(threadIdx.x & 3), ncol = min(int(p.headdim) - p0, kTile);
   const bool gate = has(p.z);
 #pragma unroll
@@ -182,26 +202,91 @@ __device__ __forceinline__ void store_y_staged(const SsdParams& p, const float (
     if (t[hf] >= rows_left) continue;
     const int64_t tt = c0 + t[hf];
     T* yrow = ptr<T>(p.out) + b * p.out.stride[0] + tt * p.out.stride[1] + h * p.out.stride[2] + p0;
-    const T* zrow = ptr<T>(p.z) + b * p.z.stride[0] + tt * p.z.stride[1] + h * p.z.stride[2] + p0;
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       const int pl = 8 * j + lc;
       if (pl >= ncol) continue;
       float y0 = acc[j][2 * hf], y1 = acc[j][2 * hf + 1];
       if (gate) {
-        const unsigned zv = __ldg(reinterpret_cast<const unsigned*>(zrow + pl));
-        y0 *= silu_fast(to_float(reinterpret_cast<const T*>(&zv)[0]));
-        y1 *= silu_fast(to_float(reinterpret_cast<const T*>(&zv)[1]));
+        y0 *= silu_fast(to_float(reinterpret_cast<const T*>(&zv[hf][j])[0]));
+        y1 *= silu_fast(to_float(reinterpret_cast<const T*>(&zv[hf][j])[1]));
       }
       *reinterpret_cast<unsigned*>(yrow + pl) = pack2<T>(y0, y1);
     }
   }
 }
 
+// z's rows of the block's two query tiles (64 P columns: one 128-byte line each for bfloat16 / half) into L2 at
+// the block's start, one row per thread: the epilogues' z loads then wait for L2, not DRAM.
+template <typename T>
+__device__ __forceinline__ void prefetch_z(const SsdParams& p, int64_t b, int h, int64_t c0, const int (&tq)[2],
+                                           int npass, int rows_left, int p0) {
+  const int pass = int(threadIdx.x) / kTile, t = tq[pass] * kTile + int(threadIdx.x) % kTile;
+  if (!has(p.z) || pass >= npass || t >= rows_left) return;
+  const T* zrow = ptr<T>(p.z) + b * p.z.stride[0] + (c0 + t) * p.z.stride[1] + h * p.z.stride[2] + p0 * p.z.stride[3];
+  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(zrow));
+}
+
+// s(t, s') *= kf[s'] for s' <= t, else 0: the diagonal key tile with key factors exp(r - cs_s') Δ_s' (the row
+// factors exp(cs_t - r) scale the accumulators after its product); n-tile pairs past jp_max are zero already.
+__device__ __forceinline__ void scale_keys_diag(float (&s)[8][4], const float* kf, int s0, const int (&t)[2],
+                                                int jp_max) {
+  const int c2 = 2 * int(threadIdx.x & 3);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    if (j / 2 > jp_max) continue;
+    const int sj = s0 + 8 * j + c2;
+    const float2 k = *reinterpret_cast<const float2*>(kf + sj);
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      s[j][2 * hf] = sj <= t[hf] ? s[j][2 * hf] * k.x : 0.f;
+      s[j][2 * hf + 1] = sj < t[hf] ? s[j][2 * hf + 1] * k.y : 0.f;
+    }
+  }
+}
+
+// acc(t, ·) *= exp(cs_t - r): the row factors (q2: cs_t log2e, ref: r log2e) of the key-factor terms.
+__device__ __forceinline__ void scale_rows(float (&acc)[8][4], const float (&q2)[2], float ref) {
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const float rf = ex2(q2[hf] - ref);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) acc[j][2 * hf] *= rf, acc[j][2 * hf + 1] *= rf;
+  }
+}
+
+// masked_sx of the tiled form: key tile kt's decay for query tile qt, then acc += (S_hi + S_lo) X_k. The diagonal
+// tile takes the key factors where diag_kf (its product enters relative to r, the row factors scale everything
+// after it), else exp(cs_t - cs_s) per element (the row factors before it, as masked_sx).
+template <typename T>
+__device__ __forceinline__ void masked_sx_tiled(float (&acc)[8][4], float (&s)[8][4], const T* xk, const ChunkTokens& tok,
+                                                const float* kf, const float (&q2)[2], const int (&trow)[2], float ref,
+                                                int kt, int qt, int lim, int rows_left, bool runs, bool factored,
+                                                bool diag_kf) {
+  const bool diag = kt == qt && !runs;
+  if (runs)
+    decay_mask(s, tok, trow, kt * kTile, rows_left);
+  else if (diag && diag_kf)
+    scale_keys_diag(s, kf, kt * kTile, trow, lim);
+  else if (diag)
+    decay_lean<true>(s, tok, q2, trow, kt * kTile, lim);
+  else if (factored)
+    scale_keys(s, kf, kt * kTile);
+  else
+    decay_lean<false>(s, tok, q2, trow, kt * kTile, lim);
+  if (diag && factored && !diag_kf) scale_rows(acc, q2, ref);
+  mma_sx_split<T>(acc, s, xk, lim);
+  if (diag && diag_kf) scale_rows(acc, q2, ref);
+}
+
 // kLo (exact form, Layout::split): C_q H_in^T as C_q (H_hi + H_lo)^T, H_lo written by the state pass.
-template <typename T, typename Cb, bool kSplit, bool kLo>
+// kTiled (exact form, session 9): C B^T tiles from chunk_cb_kernel<T, float, true> (one linear copy each), the
+// diagonal key tile's decay from key factors where the tile's decay range allows (|cs_last - r| < 64 log2 units,
+// else per element), and z loaded before C_q H_in^T (its latency off the epilogue).
+template <typename T, typename Cb, bool kSplit, bool kLo, bool kTiled>
 __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParams p, Layout w) {
   static_assert(kSplit || !kLo, "H_in's residue enters the exact form only");
+  static_assert(!kTiled || (kSplit && sizeof(Cb) == 4), "the tiled C B^T is the exact form's float32");
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Np = round16(N), ldn = Np + 8;
   const size_t xb = align128(kTile * kLd * sizeof(T)), pb = staged_pair_bytes<T, Cb>();
@@ -232,15 +317,19 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
   // key tile k of query tile q's pass (X_k and the C B^T rows of q) into buffer pair i
   auto issue_key = [&](int i, int q, int k) {
     const int s1 = k * kTile;
-    issue_rows<T, kTile>(xbuf(i), kLd, xsrc + s1 * xs1, xs1, p.x.stride[3], rows_left - s1, P - p0);
-    issue_cb(cbuf(i), cb + int64_t(q) * kTile * Q + s1, Q);
+    issue_rows<T, kTile, kTiled>(xbuf(i), kLd, xsrc + s1 * xs1, xs1, p.x.stride[3], rows_left - s1, P - p0);
+    if (kTiled)
+      issue_cb_tiled(reinterpret_cast<float*>(cbuf(i)), reinterpret_cast<const float*>(cb) + (q * nq + k) * kTile * kTile);
+    else
+      issue_cb(cbuf(i), cb + int64_t(q) * kTile * Q + s1, Q);
   };
   auto issue_hin = [&](int i, const T* src) {  // H_in's half tiles ([p][n], n < 64 and n >= 64) into pair i
-    issue_rows<T, kTile>(xbuf(i), kLd, src, N, 1, P - p0, min(N, kTile));
-    if (N > kTile) issue_rows<T, kTile>(reinterpret_cast<T*>(cbuf(i)), kLd, src + kTile, N, 1, P - p0, N - kTile);
+    issue_rows<T, kTile, kTiled>(xbuf(i), kLd, src, N, 1, P - p0, min(N, kTile));
+    if (N > kTile)
+      issue_rows<T, kTile, kTiled>(reinterpret_cast<T*>(cbuf(i)), kLd, src + kTile, N, 1, P - p0, N - kTile);
   };
   auto issue_c = [&](int q) {  // C_q, read by the pass's last stage
-    issue_rows_n<T>(cq, ldn, Np, csrc + q * kTile * p.C.stride[1], p.C.stride[1], p.C.stride[3], rows_left - q * kTile,
+    issue_rows_n<T, kTiled>(cq, ldn, Np, csrc + q * kTile * p.C.stride[1], p.C.stride[1], p.C.stride[3], rows_left - q * kTile,
                     N);
   };
   const bool copied = !has(p.seq_idx) && !has(p.cu_seqlens);  // no runs: Δ / cs from the tokens kernel
@@ -251,6 +340,7 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
   issue_c(qp);
   issue_key(0, qp, 0);
   cp_async_commit();
+  if (kTiled) prefetch_z<T>(p, b, h, c0, {qp, q_last}, npass, rows_left, p0);
   for (int k = threadIdx.x; k < kTile; k += kThreads)  // read after load_chunk's barriers
     ds[k] = has(p.D) && p0 + k < P ? ptr<float>(p.D)[h * p.D.stride[0] + (p0 + k) * p.D.stride[1]] : 0.f;
   if (copied) {
@@ -266,8 +356,11 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
   for (int pass = 0; pass < npass; ++pass) {
     const int qt = pass == 0 ? qp : q_last, t0 = qt * kTile;
     const float ref = cs_before(tok, t0) * kLog2e;  // r, in log2 units
+    // the diagonal tile's keys by key factors too: both factors within 2^±64 (cs monotonic in the chunk)
+    const bool diag_kf = kTiled && factored && fabsf(ref - tok.cs[t0 + kTile - 1] * kLog2e) < 64.f;
+    const int kf_end = diag_kf ? t0 + kTile : t0;
     if (factored)  // read after the key loop's first barrier (the previous pass's reads are done)
-      for (int k = threadIdx.x; k < t0; k += kThreads) kf[k] = ex2(ref - tok.cs[k] * kLog2e) * tok.dt[k];
+      for (int k = threadIdx.x; k < kf_end; k += kThreads) kf[k] = ex2(ref - tok.cs[k] * kLog2e) * tok.dt[k];
     const int trow[2] = {t0 + r0 + g8, t0 + r0 + g8 + 8};  // the thread's two query tokens
     const float q2[2] = {tok.cs[trow[0]] * kLog2e, tok.cs[trow[1]] * kLog2e};
     float acc[8][4] = {};
@@ -284,8 +377,13 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
       const int lim = kt == qt ? warp : 3;  // the diagonal tile: keys up to the warp's last row
       float s[8][4];
       cb_from_smem(s, cbuf(base + kt), r0, lim);
-      masked_sx<T, kSplit>(acc, s, xbuf(base + kt), tok, kf, q2, trow, ref, kt, qt, lim, rows_left, runs, factored);
+      if (kTiled)
+        masked_sx_tiled<T>(acc, s, xbuf(base + kt), tok, kf, q2, trow, ref, kt, qt, lim, rows_left, runs, factored,
+                           diag_kf);
+      else
+        masked_sx<T, kSplit>(acc, s, xbuf(base + kt), tok, kf, q2, trow, ref, kt, qt, lim, rows_left, runs, factored);
     }
+    const bool general = !pairs || (runs && has(p.cu_seqlens) && has(p.initial_states));
     add_dx<T>(acc, ds, xbuf(base + qt), r0);  // the diagonal key tile is the query tile
     cp_async_wait<0>();
     __syncthreads();  // H_in landed; the diagonal tile's pair is free
@@ -316,16 +414,23 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
     } else {
       mma_c_hin<T>(acc, cq, ldn, xbuf(base + qt + 1), h1, e, r0, Np);
     }
-    if (!pairs || (runs && has(p.cu_seqlens) && has(p.initial_states)))
+    if (general) {
       store_y_general<T>(p, tok, acc, nullptr, b, h, g, c0, trow, t0, rows_left, p0);
-    else
-      store_y_staged<T>(p, acc, b, h, c0, trow, rows_left, p0);
+    } else {
+      unsigned zv[2][8];
+      load_z<T>(p, b, h, c0, trow, rows_left, p0, zv);
+      store_y_staged<T>(p, acc, zv, b, h, c0, trow, rows_left, p0);
+    }
     base += kLo ? qt + 1 : qt;  // the next pass's first key tile: the hi pair (lo) or the diagonal one
   }
 }
 
 // The staged chunk output (SSM_SSD_FWD_STAGED=0: the lean kernel; N > 128 always takes the lean one).
 inline bool staged_enabled() { return ssd_switch("SSM_SSD_FWD_STAGED", true); }
+
+// The exact staged form with tiled C B^T, the diagonal tile's key factors and z loaded early (session 9;
+// SSM_SSD_FWD_TILED=0: session 8's exact staged kernel).
+inline bool tiled_enabled() { return ssd_switch("SSM_SSD_FWD_TILED", true); }
 
 // The exact forms (SSM_SSD_FWD_EXACT=0: bfloat16 C B^T for bfloat16 inputs and S rounded once, in the staged
 // and the lean kernel).
@@ -353,16 +458,23 @@ void launch_chunk_scan(const SsdParams& p, const Layout& w, cudaStream_t s) {
   if constexpr (!std::is_same<T, float>::value) {
     const dim3 cb_grid(unsigned(w.nchunks * nq * nq), unsigned(p.ngroups), unsigned(p.batch));
     const size_t cb_smem = 2 * align128(kTile * (round16(N) + 8) * sizeof(T));
-    if (staged_enabled() && N <= 2 * kTile && exact_enabled()) {
+    const size_t smem = chunk_scan_staged_smem<T, float>(N);
+    if (staged_enabled() && N <= 2 * kTile && exact_enabled() && tiled_enabled()) {
+      launch(chunk_cb_kernel<T, float, true>, cb_grid, cb_smem, s, p, w);
+      if (w.split)
+        launch(chunk_scan_staged_kernel<T, float, true, true, true>, paired, smem, s, p, w);
+      else
+        launch(chunk_scan_staged_kernel<T, float, true, false, true>, paired, smem, s, p, w);
+    } else if (staged_enabled() && N <= 2 * kTile && exact_enabled()) {
       launch(chunk_cb_kernel<T, float>, cb_grid, cb_smem, s, p, w);
       if (w.split)
-        launch(chunk_scan_staged_kernel<T, float, true, true>, paired, chunk_scan_staged_smem<T, float>(N), s, p, w);
+        launch(chunk_scan_staged_kernel<T, float, true, true, false>, paired, smem, s, p, w);
       else
-        launch(chunk_scan_staged_kernel<T, float, true, false>, paired, chunk_scan_staged_smem<T, float>(N), s, p, w);
+        launch(chunk_scan_staged_kernel<T, float, true, false, false>, paired, smem, s, p, w);
     } else if (staged_enabled() && N <= 2 * kTile) {
       using Cb = StagedCb<T>;
       launch(chunk_cb_kernel<T, Cb>, cb_grid, cb_smem, s, p, w);
-      launch(chunk_scan_staged_kernel<T, Cb, false, false>, paired, chunk_scan_staged_smem<T, Cb>(N), s, p, w);
+      launch(chunk_scan_staged_kernel<T, Cb, false, false, false>, paired, chunk_scan_staged_smem<T, Cb>(N), s, p, w);
     } else {
       launch(chunk_cb_kernel<T, float>, cb_grid, cb_smem, s, p, w);
       if (exact_enabled())

@@ -7,15 +7,27 @@
 
 namespace ssm::cuda::ssd {
 
+// issue_tile out of line: a hot kernel's strided / element fallback copies kept out of its loops' instruction
+// footprint (session 9: ~1.3k of the staged chunk output's key-loop SASS instructions were issue_tile's).
+template <typename T>
+__device__ __noinline__ void issue_tile_cold(T* dst, int ld, int width, const T* src, int64_t rs, int64_t cs, int rows,
+                                             int cols) {
+  issue_tile<T>(dst, ld, width, src, rs, cs, rows, cols);
+}
+
 // dst[i * ld + j] = src[i * rs + j * cs] for i < rows and j < cols, else 0, for 64 rows and kW columns (kW
 // elements a multiple of 16 bytes dividing kThreads 16-byte chunks); the caller commits / waits / syncs.
-template <typename T, int kW>
+// kCold: the fallback out of line (issue_tile_cold).
+template <typename T, int kW, bool kCold = false>
 __device__ __forceinline__ void issue_rows(T* dst, int ld, const T* src, int64_t rs, int64_t cs, int rows, int cols) {
   constexpr int kV = 16 / sizeof(T), kPer = kW / kV, kStep = kThreads / kPer;
   static_assert(kW % kV == 0 && kThreads % kPer == 0, "whole 16-byte chunks, whole rows per step");
   const bool vec = cs == 1 && rs % kV == 0 && cols % kV == 0 && (reinterpret_cast<uintptr_t>(src) & 15) == 0;
   if (!vec) {
-    issue_tile<T>(dst, ld, kW, src, rs, cs, rows, cols);
+    if (kCold)
+      issue_tile_cold<T>(dst, ld, kW, src, rs, cs, rows, cols);
+    else
+      issue_tile<T>(dst, ld, kW, src, rs, cs, rows, cols);
     return;
   }
   const int r = int(threadIdx.x) / kPer, ch = int(threadIdx.x) % kPer;
@@ -31,13 +43,15 @@ __device__ __forceinline__ void issue_rows(T* dst, int ld, const T* src, int64_t
 }
 
 // The same for a tile `width` (Np) elements wide: issue_rows where width is 64 or 128, else issue_tile.
-template <typename T>
+template <typename T, bool kCold = false>
 __device__ __forceinline__ void issue_rows_n(T* dst, int ld, int width, const T* src, int64_t rs, int64_t cs, int rows,
                                              int cols) {
   if (width == 2 * kTile)
-    issue_rows<T, 2 * kTile>(dst, ld, src, rs, cs, rows, cols);
+    issue_rows<T, 2 * kTile, kCold>(dst, ld, src, rs, cs, rows, cols);
   else if (width == kTile)
-    issue_rows<T, kTile>(dst, ld, src, rs, cs, rows, cols);
+    issue_rows<T, kTile, kCold>(dst, ld, src, rs, cs, rows, cols);
+  else if (kCold)
+    issue_tile_cold<T>(dst, ld, width, src, rs, cs, rows, cols);
   else
     issue_tile<T>(dst, ld, width, src, rs, cs, rows, cols);
 }
