@@ -1,6 +1,6 @@
 """Device-round tests of the SSD forward (ssdfwd, sessions 6-9) in one process (a Python process with torch
 takes seconds to start there): the GPU SSD tests with the default kernels (or the switches in SSD_FWD_ENV, JSON:
-e.g. {"SSM_SSD_FWD_EXACT": "0"}), then the error distribution of y over seeds (ssdfwd_seeds.py, with
+e.g. {"SSM_SSD_FWD_EXACT": "0"}) and with H_in as hi + lo, then the error distribution of y over seeds (ssdfwd_seeds.py, with
 --seeds OUT.json [N]), then the ssd_split bf16 gradient flake with H_in hi + lo against rounded (ssdfwd_flake.py)
 while the time budget lasts (--budget S, --flake OUT.json).
 
@@ -19,6 +19,9 @@ FWD_CUDA = ("model_sizes or seq_idx_runs or token_major or varlen_sequences or l
 FWD_GRID = "cuda and (forward_matches or chunked_prefill or long_sequence or varlen_states) and not dtype0"
 RUNS = [  # (name, environment, [(file, -k)]); SSD_FWD_ENV (JSON) overrides the first run's environment
     ("default", json.loads(os.environ.get("SSD_FWD_ENV", "{}")),
+     [("tests/ops/test_ssd_split.py", "cuda and not compile"), ("tests/ops/test_ssd_cuda.py", FWD_CUDA),
+      ("tests/ops/test_ssd.py", FWD_GRID)]),
+    ("hilo", {"SSM_SSD_FWD_HIN_SPLIT": "1"},  # H_in as hi + lo on the same kernels (opt-in; must keep passing)
      [("tests/ops/test_ssd_split.py", "cuda and not compile"), ("tests/ops/test_ssd_cuda.py", FWD_CUDA),
       ("tests/ops/test_ssd.py", FWD_GRID)]),
 ]
@@ -57,7 +60,8 @@ def run(name, env, selections):
 
 def main():
     budget = float(sys.argv[sys.argv.index("--budget") + 1]) if "--budget" in sys.argv else 1e9
-    run(*RUNS[0])
+    for r in RUNS:
+        run(*r)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     if "--seeds" in sys.argv:
         import ssdfwd_seeds
