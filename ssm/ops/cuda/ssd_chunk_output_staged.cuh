@@ -216,6 +216,29 @@ __device__ __forceinline__ void store_y_staged(const SsdParams& p, const float (
   }
 }
 
+// store_y_staged of the tiled form without branches around the pairs: every pair is computed and only its store
+// predicated (rows past the chunk, P columns past P), so the 16 silu chains of a thread interleave; kGate: z present.
+template <typename T, bool kGate>
+__device__ __forceinline__ void store_y_pred(const SsdParams& p, const float (&acc)[8][4], const unsigned (&zv)[2][8],
+                                             int64_t b, int h, int64_t c0, const int (&t)[2], int rows_left, int p0) {
+  const int lc = 2 * int(threadIdx.x & 3), ncol = min(int(p.headdim) - p0, kTile);
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    T* yrow = ptr<T>(p.out) + b * p.out.stride[0] + (c0 + t[hf]) * p.out.stride[1] + h * p.out.stride[2] + p0;
+    const bool row = t[hf] < rows_left;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      float y0 = acc[j][2 * hf], y1 = acc[j][2 * hf + 1];
+      if (kGate) {
+        y0 *= silu_fast(to_float(reinterpret_cast<const T*>(&zv[hf][j])[0]));
+        y1 *= silu_fast(to_float(reinterpret_cast<const T*>(&zv[hf][j])[1]));
+      }
+      const unsigned v = pack2<T>(y0, y1);
+      if (row && 8 * j + lc < ncol) *reinterpret_cast<unsigned*>(yrow + 8 * j + lc) = v;
+    }
+  }
+}
+
 // z's rows of the block's two query tiles (64 P columns: one 128-byte line each for bfloat16 / half) into L2 at
 // the block's start, one row per thread: the epilogues' z loads then wait for L2, not DRAM.
 template <typename T>
@@ -228,13 +251,11 @@ __device__ __forceinline__ void prefetch_z(const SsdParams& p, int64_t b, int h,
 }
 
 // s(t, s') *= kf[s'] for s' <= t, else 0: the diagonal key tile with key factors exp(r - cs_s') Δ_s' (the row
-// factors exp(cs_t - r) scale the accumulators after its product); n-tile pairs past jp_max are zero already.
-__device__ __forceinline__ void scale_keys_diag(float (&s)[8][4], const float* kf, int s0, const int (&t)[2],
-                                                int jp_max) {
+// factors exp(cs_t - r) scale the accumulators after its product).
+__device__ __forceinline__ void scale_keys_diag(float (&s)[8][4], const float* kf, int s0, const int (&t)[2]) {
   const int c2 = 2 * int(threadIdx.x & 3);
 #pragma unroll
-  for (int j = 0; j < 8; ++j) {
-    if (j / 2 > jp_max) continue;
+  for (int j = 0; j < 8; ++j) {  // (no skip past jp_max: those columns are zero, kf finite; no branches)
     const int sj = s0 + 8 * j + c2;
     const float2 k = *reinterpret_cast<const float2*>(kf + sj);
 #pragma unroll
@@ -267,7 +288,7 @@ __device__ __forceinline__ void masked_sx_tiled(float (&acc)[8][4], float (&s)[8
   if (runs)
     decay_mask(s, tok, trow, kt * kTile, rows_left);
   else if (diag && diag_kf)
-    scale_keys_diag(s, kf, kt * kTile, trow, lim);
+    scale_keys_diag(s, kf, kt * kTile, trow);
   else if (diag)
     decay_lean<true>(s, tok, q2, trow, kt * kTile, lim);
   else if (factored)
@@ -419,7 +440,12 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
     } else {
       unsigned zv[2][8];
       load_z<T>(p, b, h, c0, trow, rows_left, p0, zv);
-      store_y_staged<T>(p, acc, zv, b, h, c0, trow, rows_left, p0);
+      if (!kTiled)
+        store_y_staged<T>(p, acc, zv, b, h, c0, trow, rows_left, p0);
+      else if (has(p.z))
+        store_y_pred<T, true>(p, acc, zv, b, h, c0, trow, rows_left, p0);
+      else
+        store_y_pred<T, false>(p, acc, zv, b, h, c0, trow, rows_left, p0);
     }
     base += kLo ? qt + 1 : qt;  // the next pass's first key tile: the hi pair (lo) or the diagonal one
   }
