@@ -29,7 +29,7 @@ if [ "$T" -gt 7 ]; then  # stall reasons and per-instruction source counters (SA
   M=$M,$R"_math_pipe_throttle_per_issue_active.ratio,"$R"_mio_throttle_per_issue_active.ratio,"$R"_wait_per_issue_active.ratio"
   M=$M,$R"_not_selected_per_issue_active.ratio,"$R"_selected_per_issue_active.ratio,"$R"_dispatch_stall_per_issue_active.ratio"
   M=$M,smsp__inst_executed.sum,smsp__inst_executed_pipe_tensor.sum,lts__t_bytes.sum
-  timeout -k 1 $T ncu --clock-control none -k 'regex:chunk_scan_staged' --launch-count 1 \
+  timeout -k 1 $T ncu --clock-control none -k 'regex:chunk_scan_staged' --launch-count 1 --import-source yes \
     --section SpeedOfLight --section WarpStateStats --section SourceCounters --metrics "$M" -f -o "$OUT/src" \
     $PY benchmarks/device/ssdfwd_ncu.py > "$OUT/ncu.log" 2>&1
   echo "ncu rc=$? at ${SECONDS}s"
@@ -37,8 +37,11 @@ if [ "$T" -gt 7 ]; then  # stall reasons and per-instruction source counters (SA
   [ "$T" -gt 0 ] && timeout -k 1 $T ncu --import "$OUT/src.ncu-rep" > "$OUT/ncu.txt" 2>&1
   grep -E "^  [^ ].*\([0-9]+, [0-9]+, [0-9]+\)x\(|Duration|Warp Cycles Per Issued|smsp__|lts__" "$OUT/ncu.txt" | \
     sed 's/^ *//; s/smsp__average_warps_issue_stalled_//; s/_per_issue_active.ratio//; s/ \{2,\}/ /g' | cut -c1-90
-  T=$(left 50)
-  [ "$T" -gt 0 ] && timeout -k 1 $T ncu --import "$OUT/src.ncu-rep" --page source --print-source sass --csv \
-    > "$OUT/src_sass.csv" 2>&1; echo "source page rc=$? $(wc -l < "$OUT/src_sass.csv") lines"
-  gzip -f "$OUT/src_sass.csv"; rm -f "$OUT/src.ncu-rep"  # keep what comes back small
+  for src in cuda sass; do  # per CUDA line, then per SASS instruction
+    T=$(left 50)
+    [ "$T" -gt 0 ] && timeout -k 1 $T ncu --import "$OUT/src.ncu-rep" --page source --print-source $src --csv \
+      > "$OUT/src_$src.csv" 2>&1; echo "source page $src rc=$? $(wc -l < "$OUT/src_$src.csv") lines"
+    gzip -f "$OUT/src_$src.csv"
+  done
+  rm -f "$OUT/src.ncu-rep"  # keep what comes back small
 fi
