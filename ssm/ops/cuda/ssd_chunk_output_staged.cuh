@@ -40,12 +40,21 @@ __device__ __forceinline__ void issue_cb(float* dst, const float* src, int64_t r
   for (int k = 0; k < kTile / kStep; ++k, s += kStep * rs) cp_async16(d + k * kStep * kTile, s, true);
 }
 
+// cp_async16 from src + kOff bytes to dst + kOff bytes, the offset as the instructions' immediate.
+template <int kOff>
+__device__ __forceinline__ void cp_async16_at(unsigned dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0+%2], [%1+%2], 16;\n" ::"r"(dst), "l"(src), "n"(kOff));
+}
+
 // dst = the tiled float C B^T tile src (chunk_cb_kernel<T, float, true>: already in the shared image's order), one
-// linear 16 KB copy: eight 16-byte copies per thread at fixed offsets from one address.
+// linear 16 KB copy: eight 16-byte copies per thread at immediate offsets from one address pair.
 __device__ __forceinline__ void issue_cb_tiled(float* dst, const float* src) {
-  const int e = 4 * int(threadIdx.x);
-#pragma unroll
-  for (int k = 0; k < kTile * kTile / (4 * kThreads); ++k) cp_async16(dst + e + 4 * kThreads * k, src + e + 4 * kThreads * k, true);
+  const unsigned d = smem_addr(dst + 4 * int(threadIdx.x));
+  const float* sp = src + 4 * int(threadIdx.x);
+  constexpr int kB = 16 * kThreads;  // bytes per round of the block
+  cp_async16_at<0>(d, sp), cp_async16_at<kB>(d, sp), cp_async16_at<2 * kB>(d, sp), cp_async16_at<3 * kB>(d, sp);
+  cp_async16_at<4 * kB>(d, sp), cp_async16_at<5 * kB>(d, sp), cp_async16_at<6 * kB>(d, sp), cp_async16_at<7 * kB>(d, sp);
+  static_assert(8 * kB == kTile * kTile * sizeof(float), "eight rounds cover the 64 x 64 float tile");
 }
 
 // The bfloat16 tile by issue_tile (padded rows).

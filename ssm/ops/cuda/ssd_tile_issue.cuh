@@ -17,14 +17,15 @@ __device__ __noinline__ void issue_tile_cold(T* dst, int ld, int width, const T*
 
 // dst[i * ld + j] = src[i * rs + j * cs] for i < rows and j < cols, else 0, for 64 rows and kW columns (kW
 // elements a multiple of 16 bytes dividing kThreads 16-byte chunks); the caller commits / waits / syncs.
-// kCold: the fallback out of line (issue_tile_cold).
-template <typename T, int kW, bool kCold = false>
+// kHot (a hot loop's copies, the tiled chunk output's): the fallback out of line (issue_tile_cold) and the copy loop
+// unrolled (its addresses may then be hoisted by the caller's loop; register-tight callers keep it rolled).
+template <typename T, int kW, bool kHot = false>
 __device__ __forceinline__ void issue_rows(T* dst, int ld, const T* src, int64_t rs, int64_t cs, int rows, int cols) {
   constexpr int kV = 16 / sizeof(T), kPer = kW / kV, kStep = kThreads / kPer;
   static_assert(kW % kV == 0 && kThreads % kPer == 0, "whole 16-byte chunks, whole rows per step");
   const bool vec = cs == 1 && rs % kV == 0 && cols % kV == 0 && (reinterpret_cast<uintptr_t>(src) & 15) == 0;
   if (!vec) {
-    if (kCold)
+    if (kHot)
       issue_tile_cold<T>(dst, ld, kW, src, rs, cs, rows, cols);
     else
       issue_tile<T>(dst, ld, kW, src, rs, cs, rows, cols);
@@ -34,23 +35,32 @@ __device__ __forceinline__ void issue_rows(T* dst, int ld, const T* src, int64_t
   const bool col_ok = ch * kV < cols;
   const T* s = src + r * rs + ch * kV;
   T* d = dst + r * ld + ch * kV;
+  if constexpr (kHot) {
+#pragma unroll
+    for (int k = 0; k < kTile / kStep; ++k) {
+      const bool ok = col_ok && r + k * kStep < rows;
+      cp_async16(d + k * kStep * ld, ok ? s : src, ok);
+      s += kStep * rs;
+    }
+  } else {
 #pragma unroll 1  // (unrolled, the copies' addresses stay live across the caller's loops: spills)
-  for (int k = 0; k < kTile / kStep; ++k) {
-    const bool ok = col_ok && r + k * kStep < rows;
-    cp_async16(d + k * kStep * ld, ok ? s : src, ok);
-    s += kStep * rs;
+    for (int k = 0; k < kTile / kStep; ++k) {
+      const bool ok = col_ok && r + k * kStep < rows;
+      cp_async16(d + k * kStep * ld, ok ? s : src, ok);
+      s += kStep * rs;
+    }
   }
 }
 
 // The same for a tile `width` (Np) elements wide: issue_rows where width is 64 or 128, else issue_tile.
-template <typename T, bool kCold = false>
+template <typename T, bool kHot = false>
 __device__ __forceinline__ void issue_rows_n(T* dst, int ld, int width, const T* src, int64_t rs, int64_t cs, int rows,
                                              int cols) {
   if (width == 2 * kTile)
-    issue_rows<T, 2 * kTile, kCold>(dst, ld, src, rs, cs, rows, cols);
+    issue_rows<T, 2 * kTile, kHot>(dst, ld, src, rs, cs, rows, cols);
   else if (width == kTile)
-    issue_rows<T, kTile, kCold>(dst, ld, src, rs, cs, rows, cols);
-  else if (kCold)
+    issue_rows<T, kTile, kHot>(dst, ld, src, rs, cs, rows, cols);
+  else if (kHot)
     issue_tile_cold<T>(dst, ld, width, src, rs, cs, rows, cols);
   else
     issue_tile<T>(dst, ld, width, src, rs, cs, rows, cols);
