@@ -85,16 +85,17 @@ __device__ __forceinline__ void store2(__nv_bfloat16* dst, float a, float b) {
   *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn(a, b);
 }
 
-// The 16-byte chunk ch (4 floats) of row r of a float C B^T tile in shared memory (and of a tiled one in the
-// workspace) sits at chunk ch ^ 2 (r % 4): cb_from_smem's float2 reads (rows g, columns 8 j + 2 c) then hit 32
-// distinct banks per half warp.
-__device__ __forceinline__ int cb_swizzle(int r, int ch) { return ch ^ ((r & 3) << 1); }
+// Tiled C B^T (chunk_cb_kernel<T, float, true>, read by the tiled staged output): element (r, col = 8 j + 2 c + e) of
+// a 64 x 64 tile at r 64 + 4 q + 2 (j % 2) + e, q = 4 c + (j / 2 ^ 2 (c / 2) ^ r % 2): the 16 floats of row r that
+// lane quad c of an accumulator fragment holds are 4 contiguous 16-byte chunks (4 LDS.128 per row instead of 8
+// LDS.64), and the 8 lanes of a quarter warp hit 8 distinct 16-byte bank groups.
+__host__ __device__ __forceinline__ int cb_quad_chunk(int r, int c, int k) { return 4 * c + (k ^ ((c >> 1) << 1) ^ (r & 1)); }
 
 // C B^T of one 64 x 64 tile (query tile qt, key tile kt <= qt) of a chunk for one group, in Cb (float32,
 // or bfloat16 for bfloat16 inputs): cb[((b nc + c) G + g) Q^2 + t Q + s] for chunk-local t, s, counted
 // in Cb elements from the region's start; shared by the group's heads. kTiled (float32): tile (qt, kt) is the
-// 4096 floats at ((b nc + c) G + g) Q^2 + (qt nq + kt) 4096, rows of 64 with cb_swizzle's chunk order (the image
-// of the staged kernel's shared tile: one linear 16 KB copy).
+// 4096 floats at ((b nc + c) G + g) Q^2 + (qt nq + kt) 4096 in cb_quad_chunk's order (the image of the tiled staged
+// kernel's shared tile: one linear 16 KB copy), stored as 16-byte quads.
 template <typename T, typename Cb = float, bool kTiled = false>
 __global__ void __launch_bounds__(kThreads) chunk_cb_kernel(SsdParams p, Layout w) {
   static_assert(!kTiled || sizeof(Cb) == 4, "tiled C B^T is float32");
@@ -118,14 +119,22 @@ __global__ void __launch_bounds__(kThreads) chunk_cb_kernel(SsdParams p, Layout 
   mma_rows_nk<T>(acc, cs, bs, ldn, r0, Np, 3);
   Cb* out = reinterpret_cast<Cb*>(ptr<float>(p.workspace) + w.cb) + ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q +
             (kTiled ? int64_t(qt * nq + kt) * kTile * kTile : int64_t(qt * kTile) * Q + kt * kTile);
+  if constexpr (kTiled) {
 #pragma unroll
-  for (int hf = 0; hf < 2; ++hf)
+    for (int hf = 0; hf < 2; ++hf) {
+      const int r = r0 + g8 + 8 * hf;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const int r = r0 + g8 + 8 * hf, col = 8 * j + c2;
-      const int at = kTiled ? r * kTile + 4 * cb_swizzle(r, col >> 2) + (col & 3) : r * Q + col;
-      store2(out + at, acc[j][2 * hf], acc[j][2 * hf + 1]);
+      for (int k = 0; k < 4; ++k)  // n-tiles 2k, 2k + 1 of the row: one quad
+        *reinterpret_cast<float4*>(out + r * kTile + 4 * cb_quad_chunk(r, c2 / 2, k)) =
+            make_float4(acc[2 * k][2 * hf], acc[2 * k][2 * hf + 1], acc[2 * k + 1][2 * hf], acc[2 * k + 1][2 * hf + 1]);
     }
+  } else {
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf)
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+        store2(out + (r0 + g8 + 8 * hf) * Q + 8 * j + c2, acc[j][2 * hf], acc[j][2 * hf + 1]);
+  }
 }
 
 // s = the precomputed C B^T of the thread's rows t[0], t[1] and key tile s0 (n-tile pairs > jp_max zero).

@@ -24,6 +24,10 @@
 
 namespace ssm::cuda::ssd {
 
+// The 16-byte chunk ch (4 floats) of row r of a float C B^T tile sits at chunk ch ^ 2 (r % 4): the
+// float2 reads of cb_from_smem (rows g, columns 8 j + 2 c) then hit 32 distinct banks per half warp.
+__device__ __forceinline__ int cb_swizzle(int r, int ch) { return ch ^ ((r & 3) << 1); }
+
 // Row stride of a shared C B^T tile: bfloat16 64 + 8 (padding: ldmatrix reads conflict-free); float 64
 // (no padding: the 16-byte chunks of a row are swizzled, see issue_cb).
 template <typename Cb>
@@ -88,6 +92,21 @@ __device__ __forceinline__ void cb_from_smem(float (&s)[8][4], const float* cbs,
       const float2 v = j / 2 <= kk_max ? *reinterpret_cast<const float2*>(row + 8 * hf * kTile + col)
                                        : make_float2(0.f, 0.f);
       s[j][2 * hf] = v.x, s[j][2 * hf + 1] = v.y;
+    }
+  }
+}
+
+// The same from a tiled float32 tile (cb_quad_chunk's order): per row, one 16-byte read per 16-key step.
+__device__ __forceinline__ void cb_from_quads(float (&s)[8][4], const float* cbs, int r0, int kk_max) {
+  const int g8 = int(threadIdx.x & 31) >> 2, c4 = int(threadIdx.x & 3);
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const int r = r0 + g8 + 8 * hf;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const float4 v = k <= kk_max ? *reinterpret_cast<const float4*>(cbs + r * kTile + 4 * cb_quad_chunk(r, c4, k))
+                                   : make_float4(0.f, 0.f, 0.f, 0.f);
+      s[2 * k][2 * hf] = v.x, s[2 * k][2 * hf + 1] = v.y, s[2 * k + 1][2 * hf] = v.z, s[2 * k + 1][2 * hf + 1] = v.w;
     }
   }
 }
@@ -406,7 +425,10 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
       cp_async_commit();
       const int lim = kt == qt ? warp : 3;  // the diagonal tile: keys up to the warp's last row
       float s[8][4];
-      cb_from_smem(s, cbuf(base + kt), r0, lim);
+      if constexpr (kTiled)
+        cb_from_quads(s, reinterpret_cast<const float*>(cbuf(base + kt)), r0, lim);
+      else
+        cb_from_smem(s, cbuf(base + kt), r0, lim);
       if (kTiled)
         masked_sx_tiled<T>(acc, s, xbuf(base + kt), tok, kf, q2, trow, ref, kt, qt, lim, rows_left, runs, factored,
                            diag_kf);
