@@ -405,8 +405,10 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
   for (int pass = 0; pass < npass; ++pass) {
     const int qt = pass == 0 ? qp : q_last, t0 = qt * kTile;
     const float ref = cs_before(tok, t0) * kLog2e;  // r, in log2 units
-    // the diagonal tile's keys by key factors too: both factors within 2^±64 (cs monotonic in the chunk)
-    const bool diag_kf = kTiled && factored && fabsf(ref - tok.cs[t0 + kTile - 1] * kLog2e) < 64.f;
+    // the diagonal tile's keys by key factors too: both factors within 2^±64 (cs monotonic in the chunk); bfloat16
+    // only (S exp(r - cs_s) Δ_s reaches 2^64 |S| Δ: past half's range, within bfloat16's)
+    const bool diag_kf = kTiled && std::is_same<T, __nv_bfloat16>::value && factored &&
+                         fabsf(ref - tok.cs[t0 + kTile - 1] * kLog2e) < 64.f;
     const int kf_end = diag_kf ? t0 + kTile : t0;
     if (factored)  // read after the key loop's first barrier (the previous pass's reads are done)
       for (int k = threadIdx.x; k < kf_end; k += kThreads) kf[k] = ex2(ref - tok.cs[k] * kLog2e) * tok.dt[k];
