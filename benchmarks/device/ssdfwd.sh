@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Device round for ssdfwd (issue 6, CUDA SSD forward, session 9). Process 1: the GPU SSD tests on the default kernels
 # (session 9's tiled chunk output: test_ssd_split's CUDA rows, the forward rows of test_ssd_cuda / test_ssd, the bf16
-# kernel-backward grid), then y's error over a few seeds: tiled,
-# session 8's form (SSM_SSD_FWD_TILED=0) and tiled with H_in hi + lo. Process 2 (no NaN poisoning): forward timings at
-# B8 L2048 / B1 L8192, default and SSM_SSD_FWD_TILED=0, B8 hi + lo. Then ncu of the tiled chunk output (one launch:
-# stall reasons, instruction counts, the SASS source page as CSV).
+# kernel-backward grid; again with H_in hi + lo and with one query tile per block), then y's error over a few seeds:
+# tiled and session 8's form (SSM_SSD_FWD_TILED=0). Process 2 (no NaN poisoning): forward timings at B8 L2048 / B1
+# L8192, default, SSM_SSD_FWD_TILED=0, SSM_SSD_FWD_SINGLE=1, B8 hi + lo. Then ncu of the tiled chunk output (one
+# launch: stall reasons, instruction counts, the per-line and SASS source pages as CSV).
 # Usage: ssdfwd.sh OUT_DIR (repo root, after the build; at most ~49 s).
 set -uo pipefail
 OUT=${1:-/tmp/ssdfwd}
@@ -12,12 +12,12 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 left() { echo $((${1} - SECONDS)); }
-timeout -k 2 24 $PY benchmarks/device/ssdfwd_tests.py --seeds "$OUT/seeds.json" 2 --budget 0 > "$OUT/run.log" 2> "$OUT/run.err"
+timeout -k 2 22 $PY benchmarks/device/ssdfwd_tests.py --seeds "$OUT/seeds.json" 2 --budget 0 > "$OUT/run.log" 2> "$OUT/run.err"
 echo "tests+seeds rc=$? at ${SECONDS}s"
 grep -E "SUMMARY|failed.: [1-9]" "$OUT/run.err" | cut -c1-600
 grep -E "^FAILED|Error" "$OUT/run.log" | head -5 | cut -c1-300
 grep -- "-- y err" "$OUT/run.log" | cut -c1-600
-T=$(left 36)
+T=$(left 34)
 timeout -k 1 $T $PY benchmarks/device/ssdfwd_time.py "$OUT/time.json" > "$OUT/time.log" 2>&1
 echo "timing rc=$? at ${SECONDS}s"
 grep -E "gpu .* ms, eager| ms  (void|chunk|state)" "$OUT/time.log" | \

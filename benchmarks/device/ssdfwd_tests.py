@@ -1,7 +1,7 @@
 """Device-round tests of the SSD forward (ssdfwd, sessions 6-9) in one process (a Python process with torch
 takes seconds to start there): the GPU SSD tests with the default kernels (or the switches in SSD_FWD_ENV, JSON:
-e.g. {"SSM_SSD_FWD_EXACT": "0"}) and with H_in as hi + lo, then the error distribution of y over seeds (ssdfwd_seeds.py, with
---seeds OUT.json [N]), then the ssd_split bf16 gradient flake with H_in hi + lo against rounded (ssdfwd_flake.py)
+e.g. {"SSM_SSD_FWD_EXACT": "0"}), the error distribution of y over seeds (ssdfwd_seeds.py, with --seeds OUT.json [N]),
+then the tests of the opt-in forms (RUNS[1:]), then the ssd_split bf16 gradient flake with H_in hi + lo against rounded (ssdfwd_flake.py)
 while the time budget lasts (--budget S, --flake OUT.json).
 
     python benchmarks/device/ssdfwd_tests.py [--seeds OUT.json [N]] [--budget S] [--flake OUT.json]
@@ -24,6 +24,8 @@ RUNS = [  # (name, environment, [(file, -k)]); SSD_FWD_ENV (JSON) overrides the 
     ("hilo", {"SSM_SSD_FWD_HIN_SPLIT": "1"},  # H_in as hi + lo on the same kernels (opt-in; must keep passing)
      [("tests/ops/test_ssd_split.py", "cuda and not compile"), ("tests/ops/test_ssd_cuda.py", FWD_CUDA),
       ("tests/ops/test_ssd.py", FWD_GRID)]),
+    ("single", {"SSM_SSD_FWD_SINGLE": "1"},  # one query tile per block (opt-in)
+     [("tests/ops/test_ssd_cuda.py", FWD_CUDA), ("tests/ops/test_ssd.py", FWD_GRID)]),
 ]
 START = time.time()
 
@@ -60,14 +62,15 @@ def run(name, env, selections):
 
 def main():
     budget = float(sys.argv[sys.argv.index("--budget") + 1]) if "--budget" in sys.argv else 1e9
-    for r in RUNS:
-        run(*r)
+    run(*RUNS[0])
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     if "--seeds" in sys.argv:
         import ssdfwd_seeds
         at = sys.argv.index("--seeds")
         n = int(sys.argv[at + 2]) if len(sys.argv) > at + 2 and sys.argv[at + 2].isdigit() else 40
         ssdfwd_seeds.main(sys.argv[at + 1], n)
+    for r in RUNS[1:]:  # the opt-in forms after the default's tests and errors
+        run(*r)
     if "--flake" in sys.argv and budget - (time.time() - START) > 3:
         import ssdfwd_flake
         res = ssdfwd_flake.main(budget - (time.time() - START))

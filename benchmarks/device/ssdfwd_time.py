@@ -88,10 +88,11 @@ def layer_case():
 
 
 # Kernel variants timed after the defaults (the switches are read at each launch): session 8's exact staged output,
-# H_in as hi + lo.
+# one query tile per block, H_in as hi + lo.
 S8 = {"SSM_SSD_FWD_TILED": "0"}
+SINGLE = {"SSM_SSD_FWD_SINGLE": "1"}
 STAGED = {"SSM_SSD_FWD_HIN_SPLIT": "1"}
-VARIANTS = [(8, S8), (1, S8), (8, STAGED)]  # (B 0: the Mamba2 layer, with --layer)
+VARIANTS = [(8, S8), (8, SINGLE), (1, SINGLE), (1, S8), (8, STAGED)]  # (B 0: the Mamba2 layer, with --layer)
 
 
 def variant_case(B, env):

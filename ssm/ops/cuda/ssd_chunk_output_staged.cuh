@@ -331,8 +331,10 @@ __device__ __forceinline__ void masked_sx_tiled(float (&acc)[8][4], float (&s)[8
 // kLo (exact form, Layout::split): C_q H_in^T as C_q (H_hi + H_lo)^T, H_lo written by the state pass.
 // kTiled (exact form, session 9): C B^T tiles from chunk_cb_kernel<T, float, true> (one linear copy each), the
 // diagonal key tile's decay from key factors where the tile's decay range allows (|cs_last - r| < 64 log2 units,
-// else per element), and z loaded before C_q H_in^T (its latency off the epilogue).
-template <typename T, typename Cb, bool kSplit, bool kLo, bool kTiled>
+// else per element), copies with the fallback out of line, z's rows prefetched into L2, a branch-free epilogue.
+// kSingle (tiled): one query tile per block on a 1D grid, the largest tiles first (the last wave holds the one-tile
+// blocks instead of a part of the paired blocks' last wave).
+template <typename T, typename Cb, bool kSplit, bool kLo, bool kTiled, bool kSingle = false>
 __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParams p, Layout w) {
   static_assert(kSplit || !kLo, "H_in's residue enters the exact form only");
   static_assert(!kTiled || (kSplit && sizeof(Cb) == 4), "the tiled C B^T is the exact form's float32");
@@ -347,13 +349,21 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
   auto xbuf = [&](int i) { return reinterpret_cast<T*>(pairs0 + (i & 1) * pb); };
   auto cbuf = [&](int i) { return reinterpret_cast<Cb*>(pairs0 + (i & 1) * pb + xb); };
   const int nq = Q / kTile, nqp = (nq + 1) / 2, ntp = (P + kTile - 1) / kTile;
-  const int qp = blockIdx.x % nqp, pt = blockIdx.x / nqp % ntp, p0 = pt * kTile;
-  const int64_t c = blockIdx.x / nqp / ntp, b = blockIdx.z, c0 = c * Q, L = p.seqlen;
-  const int h = blockIdx.y, g = h / int(p.nheads / p.ngroups);
+  int qp, pt, h;
+  int64_t c, b;
+  if constexpr (kSingle) {  // blockIdx.x = ((nq - 1 - qt) B + b) H + h) nchunks + c) ntp + pt
+    const unsigned per = unsigned(p.batch * p.nheads * w.nchunks * ntp), i = blockIdx.x % per;
+    qp = nq - 1 - int(blockIdx.x / per), pt = int(i % ntp), c = i / ntp % unsigned(w.nchunks);
+    h = int(i / ntp / unsigned(w.nchunks) % unsigned(p.nheads)), b = i / ntp / unsigned(w.nchunks) / unsigned(p.nheads);
+  } else {
+    qp = blockIdx.x % nqp, pt = blockIdx.x / nqp % ntp, c = blockIdx.x / nqp / ntp, h = blockIdx.y, b = blockIdx.z;
+  }
+  const int p0 = pt * kTile, g = h / int(p.nheads / p.ngroups);
+  const int64_t c0 = c * Q, L = p.seqlen;
   if (c0 + qp * kTile >= L) return;
   const int rows_left = int(min(int64_t(Q), L - c0));  // valid tokens of the chunk
-  // the block's query tiles: qp and nq - 1 - qp (nq + 1 key tiles together: balanced blocks)
-  const int q_last = nq - 1 - qp, npass = q_last != qp && c0 + q_last * kTile < L ? 2 : 1;
+  // the block's query tiles: qp and nq - 1 - qp (nq + 1 key tiles together: balanced blocks), or qp alone
+  const int q_last = kSingle ? qp : nq - 1 - qp, npass = q_last != qp && c0 + q_last * kTile < L ? 2 : 1;
   const int64_t xs1 = p.x.stride[1];
   const T* xsrc = ptr<T>(p.x) + b * p.x.stride[0] + h * p.x.stride[2] + p0 * p.x.stride[3] + c0 * xs1;
   const T* csrc = ptr<T>(p.C) + b * p.C.stride[0] + g * p.C.stride[2] + c0 * p.C.stride[1];
@@ -491,6 +501,10 @@ inline bool staged_enabled() { return ssd_switch("SSM_SSD_FWD_STAGED", true); }
 // SSM_SSD_FWD_TILED=0: session 8's exact staged kernel).
 inline bool tiled_enabled() { return ssd_switch("SSM_SSD_FWD_TILED", true); }
 
+// SSM_SSD_FWD_SINGLE=1: the tiled exact staged output with one query tile per block, the largest first (session 9; the
+// paired blocks' last wave is ~1/3 full at B8 L2048 and ~1/6 at B1 L8192 on 132 SMs x 3 blocks).
+inline bool single_enabled() { return ssd_switch("SSM_SSD_FWD_SINGLE", false); }
+
 // The exact forms (SSM_SSD_FWD_EXACT=0: bfloat16 C B^T for bfloat16 inputs and S rounded once, in the staged
 // and the lean kernel).
 inline bool exact_enabled() { return ssd_switch("SSM_SSD_FWD_EXACT", true); }
@@ -518,7 +532,14 @@ void launch_chunk_scan(const SsdParams& p, const Layout& w, cudaStream_t s) {
     const dim3 cb_grid(unsigned(w.nchunks * nq * nq), unsigned(p.ngroups), unsigned(p.batch));
     const size_t cb_smem = 2 * align128(kTile * (round16(N) + 8) * sizeof(T));
     const size_t smem = chunk_scan_staged_smem<T, float>(N);
-    if (staged_enabled() && N <= 2 * kTile && exact_enabled() && tiled_enabled()) {
+    if (staged_enabled() && N <= 2 * kTile && exact_enabled() && tiled_enabled() && single_enabled()) {
+      launch(chunk_cb_kernel<T, float, true>, cb_grid, cb_smem, s, p, w);
+      const dim3 single(unsigned(nq * p.batch * p.nheads * w.nchunks * ptiles));
+      if (w.split)
+        launch(chunk_scan_staged_kernel<T, float, true, true, true, true>, single, smem, s, p, w);
+      else
+        launch(chunk_scan_staged_kernel<T, float, true, false, true, true>, single, smem, s, p, w);
+    } else if (staged_enabled() && N <= 2 * kTile && exact_enabled() && tiled_enabled()) {
       launch(chunk_cb_kernel<T, float, true>, cb_grid, cb_smem, s, p, w);
       if (w.split)
         launch(chunk_scan_staged_kernel<T, float, true, true, true>, paired, smem, s, p, w);
