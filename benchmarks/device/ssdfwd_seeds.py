@@ -1,6 +1,6 @@
 """Error distribution of the CUDA SSD forward's y against the float64 reference over many seeds, beside the
 reference run in the same low precision (the bound of test_ssd_split: twice the low-precision reference's
-error): the exact staged chunk output (default) and session 8's form (SSM_SSD_FWD_TILED=0).
+error): the exact staged chunk output (default) and with H_in as hi + lo.
 
 Shapes: "split", the SSD call of test_ssd_split (B2 L21 H4 P4 G2 N5, D, dt_bias, softplus, float32 initial
 states, seq_idx; one chunk); "chunks", B2 L700 H4 P64 G1 N64 chunk 64 with initial states (several chunks: the
@@ -30,8 +30,8 @@ SHAPES = {  # name: (B, L, H, P, G, N, chunk, seq_idx)
     "lean": (1, 600, 4, 64, 1, 200, 128, False),
 }
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU: a dry run of the driver
-# the default (session 9: tiled C B^T, the diagonal tile's key factors) and session 8's exact staged output
-KERNELS = {"tiled": {}, "s8": {"SSM_SSD_FWD_TILED": "0"}}
+# the default (the exact staged output: tiled C B^T, the diagonal tile's key factors) and H_in as hi + lo
+KERNELS = {"exact": {}, "hilo": {"SSM_SSD_FWD_HIN_SPLIT": "1"}}
 
 
 def case(shape, seed, dtype):

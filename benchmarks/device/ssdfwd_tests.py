@@ -24,8 +24,6 @@ RUNS = [  # (name, environment, [(file, -k)]); SSD_FWD_ENV (JSON) overrides the 
     ("hilo", {"SSM_SSD_FWD_HIN_SPLIT": "1"},  # H_in as hi + lo on the same kernels (opt-in; must keep passing)
      [("tests/ops/test_ssd_split.py", "cuda and not compile"), ("tests/ops/test_ssd_cuda.py", FWD_CUDA),
       ("tests/ops/test_ssd.py", FWD_GRID)]),
-    ("single", {"SSM_SSD_FWD_SINGLE": "1"},  # one query tile per block (opt-in)
-     [("tests/ops/test_ssd_cuda.py", FWD_CUDA), ("tests/ops/test_ssd.py", FWD_GRID)]),
 ]
 START = time.time()
 

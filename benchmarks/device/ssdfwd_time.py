@@ -87,12 +87,9 @@ def layer_case():
     return dict(case="Mamba2 layer fwd H24 B8 L2048", gpu_ms=total, eager_ms=time_ms(fwd, reps=10), kernels=table)
 
 
-# Kernel variants timed after the defaults (the switches are read at each launch): session 8's exact staged output,
-# one query tile per block, H_in as hi + lo.
-S8 = {"SSM_SSD_FWD_TILED": "0"}
-SINGLE = {"SSM_SSD_FWD_SINGLE": "1"}
+# Kernel variants timed after the defaults (the switches are read at each launch): H_in as hi + lo.
 STAGED = {"SSM_SSD_FWD_HIN_SPLIT": "1"}
-VARIANTS = [(8, S8), (8, SINGLE), (1, SINGLE), (1, S8), (8, STAGED)]  # (B 0: the Mamba2 layer, with --layer)
+VARIANTS = [(8, STAGED), (1, STAGED)]  # (B 0: the Mamba2 layer, with --layer)
 
 
 def variant_case(B, env):
@@ -108,7 +105,7 @@ def main(out=None, layer=False):
     ops._kernels.POISON_OUTPUTS = False  # the test harness poisons kernel outputs (NaN fills); not here
     rows = []
     cases = [lambda: op_case(8, 2048), lambda: op_case(1, 8192)] + ([layer_case] if layer else [])
-    cases += [lambda B=B, env=env: variant_case(B, env) for B, env in VARIANTS + ([(0, S8)] if layer else [])]
+    cases += [lambda B=B, env=env: variant_case(B, env) for B, env in VARIANTS]
     cases += [lambda: checked_case(1)] if "--checked" in sys.argv else []
     for fn in cases:
         row = fn()

@@ -119,15 +119,22 @@ __global__ void __launch_bounds__(kThreads) chunk_cb_kernel(SsdParams p, Layout 
   mma_rows_nk<T>(acc, cs, bs, ldn, r0, Np, 3);
   Cb* out = reinterpret_cast<Cb*>(ptr<float>(p.workspace) + w.cb) + ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q +
             (kTiled ? int64_t(qt * nq + kt) * kTile * kTile : int64_t(qt * kTile) * Q + kt * kTile);
-  if constexpr (kTiled) {
+  if constexpr (kTiled) {  // staged in shared memory, then stored as whole lines (the quads of a warp's store
+                           // instruction are half sectors: 4x the kernel's time in round 1)
+    __syncthreads();       // every warp is done with the C and B tiles
+    float* st = reinterpret_cast<float*>(smem);
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
       const int r = r0 + g8 + 8 * hf;
 #pragma unroll
       for (int k = 0; k < 4; ++k)  // n-tiles 2k, 2k + 1 of the row: one quad
-        *reinterpret_cast<float4*>(out + r * kTile + 4 * cb_quad_chunk(r, c2 / 2, k)) =
+        *reinterpret_cast<float4*>(st + r * kTile + 4 * cb_quad_chunk(r, c2 / 2, k)) =
             make_float4(acc[2 * k][2 * hf], acc[2 * k][2 * hf + 1], acc[2 * k + 1][2 * hf], acc[2 * k + 1][2 * hf + 1]);
     }
+    __syncthreads();
+#pragma unroll
+    for (int e = threadIdx.x; e < kTile * kTile / 4; e += kThreads)
+      reinterpret_cast<float4*>(out)[e] = reinterpret_cast<const float4*>(st)[e];
   } else {
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf)

@@ -329,15 +329,14 @@ __device__ __forceinline__ void masked_sx_tiled(float (&acc)[8][4], float (&s)[8
 }
 
 // kLo (exact form, Layout::split): C_q H_in^T as C_q (H_hi + H_lo)^T, H_lo written by the state pass.
-// kTiled (exact form, session 9): C B^T tiles from chunk_cb_kernel<T, float, true> (one linear copy each), the
-// diagonal key tile's decay from key factors where the tile's decay range allows (|cs_last - r| < 64 log2 units,
-// else per element), copies with the fallback out of line, z's rows prefetched into L2, a branch-free epilogue.
-// kSingle (tiled): one query tile per block on a 1D grid, the largest tiles first (the last wave holds the one-tile
-// blocks instead of a part of the paired blocks' last wave).
-template <typename T, typename Cb, bool kSplit, bool kLo, bool kTiled, bool kSingle = false>
+// The exact form (kSplit; session 9): C B^T tiles from chunk_cb_kernel<T, float, true> (one linear copy each, read in
+// quads), the diagonal key tile's decay from key factors where the tile's decay range allows (bfloat16, |cs_last - r|
+// < 64 log2 units; else per element), copies with the fallback out of line, z's rows prefetched into L2 at the
+// block's start, a branch-free epilogue (the inexact form keeps session 8's pieces).
+template <typename T, typename Cb, bool kSplit, bool kLo>
 __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParams p, Layout w) {
   static_assert(kSplit || !kLo, "H_in's residue enters the exact form only");
-  static_assert(!kTiled || (kSplit && sizeof(Cb) == 4), "the tiled C B^T is the exact form's float32");
+  static_assert(!kSplit || sizeof(Cb) == 4, "the exact form's C B^T is tiled float32");
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Np = round16(N), ldn = Np + 8;
   const size_t xb = align128(kTile * kLd * sizeof(T)), pb = staged_pair_bytes<T, Cb>();
@@ -349,21 +348,13 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
   auto xbuf = [&](int i) { return reinterpret_cast<T*>(pairs0 + (i & 1) * pb); };
   auto cbuf = [&](int i) { return reinterpret_cast<Cb*>(pairs0 + (i & 1) * pb + xb); };
   const int nq = Q / kTile, nqp = (nq + 1) / 2, ntp = (P + kTile - 1) / kTile;
-  int qp, pt, h;
-  int64_t c, b;
-  if constexpr (kSingle) {  // blockIdx.x = ((nq - 1 - qt) B + b) H + h) nchunks + c) ntp + pt
-    const unsigned per = unsigned(p.batch * p.nheads * w.nchunks * ntp), i = blockIdx.x % per;
-    qp = nq - 1 - int(blockIdx.x / per), pt = int(i % ntp), c = i / ntp % unsigned(w.nchunks);
-    h = int(i / ntp / unsigned(w.nchunks) % unsigned(p.nheads)), b = i / ntp / unsigned(w.nchunks) / unsigned(p.nheads);
-  } else {
-    qp = blockIdx.x % nqp, pt = blockIdx.x / nqp % ntp, c = blockIdx.x / nqp / ntp, h = blockIdx.y, b = blockIdx.z;
-  }
-  const int p0 = pt * kTile, g = h / int(p.nheads / p.ngroups);
-  const int64_t c0 = c * Q, L = p.seqlen;
+  const int qp = blockIdx.x % nqp, pt = blockIdx.x / nqp % ntp, p0 = pt * kTile;
+  const int64_t c = blockIdx.x / nqp / ntp, b = blockIdx.z, c0 = c * Q, L = p.seqlen;
+  const int h = blockIdx.y, g = h / int(p.nheads / p.ngroups);
   if (c0 + qp * kTile >= L) return;
   const int rows_left = int(min(int64_t(Q), L - c0));  // valid tokens of the chunk
-  // the block's query tiles: qp and nq - 1 - qp (nq + 1 key tiles together: balanced blocks), or qp alone
-  const int q_last = kSingle ? qp : nq - 1 - qp, npass = q_last != qp && c0 + q_last * kTile < L ? 2 : 1;
+  // the block's query tiles: qp and nq - 1 - qp (nq + 1 key tiles together: balanced blocks)
+  const int q_last = nq - 1 - qp, npass = q_last != qp && c0 + q_last * kTile < L ? 2 : 1;
   const int64_t xs1 = p.x.stride[1];
   const T* xsrc = ptr<T>(p.x) + b * p.x.stride[0] + h * p.x.stride[2] + p0 * p.x.stride[3] + c0 * xs1;
   const T* csrc = ptr<T>(p.C) + b * p.C.stride[0] + g * p.C.stride[2] + c0 * p.C.stride[1];
@@ -376,19 +367,19 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
   // key tile k of query tile q's pass (X_k and the C B^T rows of q) into buffer pair i
   auto issue_key = [&](int i, int q, int k) {
     const int s1 = k * kTile;
-    issue_rows<T, kTile, kTiled>(xbuf(i), kLd, xsrc + s1 * xs1, xs1, p.x.stride[3], rows_left - s1, P - p0);
-    if (kTiled)
+    issue_rows<T, kTile, kSplit>(xbuf(i), kLd, xsrc + s1 * xs1, xs1, p.x.stride[3], rows_left - s1, P - p0);
+    if (kSplit)
       issue_cb_tiled(reinterpret_cast<float*>(cbuf(i)), reinterpret_cast<const float*>(cb) + (q * nq + k) * kTile * kTile);
     else
       issue_cb(cbuf(i), cb + int64_t(q) * kTile * Q + s1, Q);
   };
   auto issue_hin = [&](int i, const T* src) {  // H_in's half tiles ([p][n], n < 64 and n >= 64) into pair i
-    issue_rows<T, kTile, kTiled>(xbuf(i), kLd, src, N, 1, P - p0, min(N, kTile));
+    issue_rows<T, kTile, kSplit>(xbuf(i), kLd, src, N, 1, P - p0, min(N, kTile));
     if (N > kTile)
-      issue_rows<T, kTile, kTiled>(reinterpret_cast<T*>(cbuf(i)), kLd, src + kTile, N, 1, P - p0, N - kTile);
+      issue_rows<T, kTile, kSplit>(reinterpret_cast<T*>(cbuf(i)), kLd, src + kTile, N, 1, P - p0, N - kTile);
   };
   auto issue_c = [&](int q) {  // C_q, read by the pass's last stage
-    issue_rows_n<T, kTiled>(cq, ldn, Np, csrc + q * kTile * p.C.stride[1], p.C.stride[1], p.C.stride[3], rows_left - q * kTile,
+    issue_rows_n<T, kSplit>(cq, ldn, Np, csrc + q * kTile * p.C.stride[1], p.C.stride[1], p.C.stride[3], rows_left - q * kTile,
                     N);
   };
   const bool copied = !has(p.seq_idx) && !has(p.cu_seqlens);  // no runs: Δ / cs from the tokens kernel
@@ -399,7 +390,7 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
   issue_c(qp);
   issue_key(0, qp, 0);
   cp_async_commit();
-  if (kTiled) prefetch_z<T>(p, b, h, c0, {qp, q_last}, npass, rows_left, p0);
+  if (kSplit) prefetch_z<T>(p, b, h, c0, {qp, q_last}, npass, rows_left, p0);
   for (int k = threadIdx.x; k < kTile; k += kThreads)  // read after load_chunk's barriers
     ds[k] = has(p.D) && p0 + k < P ? ptr<float>(p.D)[h * p.D.stride[0] + (p0 + k) * p.D.stride[1]] : 0.f;
   if (copied) {
@@ -417,7 +408,7 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
     const float ref = cs_before(tok, t0) * kLog2e;  // r, in log2 units
     // the diagonal tile's keys by key factors too: both factors within 2^±64 (cs monotonic in the chunk); bfloat16
     // only (S exp(r - cs_s) Δ_s reaches 2^64 |S| Δ: past half's range, within bfloat16's)
-    const bool diag_kf = kTiled && std::is_same<T, __nv_bfloat16>::value && factored &&
+    const bool diag_kf = kSplit && std::is_same<T, __nv_bfloat16>::value && factored &&
                          fabsf(ref - tok.cs[t0 + kTile - 1] * kLog2e) < 64.f;
     const int kf_end = diag_kf ? t0 + kTile : t0;
     if (factored)  // read after the key loop's first barrier (the previous pass's reads are done)
@@ -437,15 +428,15 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
       cp_async_commit();
       const int lim = kt == qt ? warp : 3;  // the diagonal tile: keys up to the warp's last row
       float s[8][4];
-      if constexpr (kTiled)
+      if constexpr (kSplit)
         cb_from_quads(s, reinterpret_cast<const float*>(cbuf(base + kt)), r0, lim);
       else
         cb_from_smem(s, cbuf(base + kt), r0, lim);
-      if (kTiled)
+      if (kSplit)
         masked_sx_tiled<T>(acc, s, xbuf(base + kt), tok, kf, q2, trow, ref, kt, qt, lim, rows_left, runs, factored,
                            diag_kf);
       else
-        masked_sx<T, kSplit>(acc, s, xbuf(base + kt), tok, kf, q2, trow, ref, kt, qt, lim, rows_left, runs, factored);
+        masked_sx<T, false>(acc, s, xbuf(base + kt), tok, kf, q2, trow, ref, kt, qt, lim, rows_left, runs, factored);
     }
     const bool general = !pairs || (runs && has(p.cu_seqlens) && has(p.initial_states));
     add_dx<T>(acc, ds, xbuf(base + qt), r0);  // the diagonal key tile is the query tile
@@ -483,7 +474,7 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
     } else {
       unsigned zv[2][8];
       load_z<T>(p, b, h, c0, trow, rows_left, p0, zv);
-      if (!kTiled)
+      if (!kSplit)
         store_y_staged<T>(p, acc, zv, b, h, c0, trow, rows_left, p0);
       else if (has(p.z))
         store_y_pred<T, true>(p, acc, zv, b, h, c0, trow, rows_left, p0);
@@ -496,14 +487,6 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
 
 // The staged chunk output (SSM_SSD_FWD_STAGED=0: the lean kernel; N > 128 always takes the lean one).
 inline bool staged_enabled() { return ssd_switch("SSM_SSD_FWD_STAGED", true); }
-
-// The exact staged form with tiled C B^T, the diagonal tile's key factors and z loaded early (session 9;
-// SSM_SSD_FWD_TILED=0: session 8's exact staged kernel).
-inline bool tiled_enabled() { return ssd_switch("SSM_SSD_FWD_TILED", true); }
-
-// SSM_SSD_FWD_SINGLE=1: the tiled exact staged output with one query tile per block, the largest first (session 9; the
-// paired blocks' last wave is ~1/3 full at B8 L2048 and ~1/6 at B1 L8192 on 132 SMs x 3 blocks).
-inline bool single_enabled() { return ssd_switch("SSM_SSD_FWD_SINGLE", false); }
 
 // The exact forms (SSM_SSD_FWD_EXACT=0: bfloat16 C B^T for bfloat16 inputs and S rounded once, in the staged
 // and the lean kernel).
@@ -532,29 +515,17 @@ void launch_chunk_scan(const SsdParams& p, const Layout& w, cudaStream_t s) {
     const dim3 cb_grid(unsigned(w.nchunks * nq * nq), unsigned(p.ngroups), unsigned(p.batch));
     const size_t cb_smem = 2 * align128(kTile * (round16(N) + 8) * sizeof(T));
     const size_t smem = chunk_scan_staged_smem<T, float>(N);
-    if (staged_enabled() && N <= 2 * kTile && exact_enabled() && tiled_enabled() && single_enabled()) {
-      launch(chunk_cb_kernel<T, float, true>, cb_grid, cb_smem, s, p, w);
-      const dim3 single(unsigned(nq * p.batch * p.nheads * w.nchunks * ptiles));
+    if (staged_enabled() && N <= 2 * kTile && exact_enabled()) {  // the tiled C B^T, staged through 16 KB
+      launch(chunk_cb_kernel<T, float, true>, cb_grid, std::max(cb_smem, size_t(kTile * kTile * sizeof(float))), s, p,
+             w);
       if (w.split)
-        launch(chunk_scan_staged_kernel<T, float, true, true, true, true>, single, smem, s, p, w);
+        launch(chunk_scan_staged_kernel<T, float, true, true>, paired, smem, s, p, w);
       else
-        launch(chunk_scan_staged_kernel<T, float, true, false, true, true>, single, smem, s, p, w);
-    } else if (staged_enabled() && N <= 2 * kTile && exact_enabled() && tiled_enabled()) {
-      launch(chunk_cb_kernel<T, float, true>, cb_grid, cb_smem, s, p, w);
-      if (w.split)
-        launch(chunk_scan_staged_kernel<T, float, true, true, true>, paired, smem, s, p, w);
-      else
-        launch(chunk_scan_staged_kernel<T, float, true, false, true>, paired, smem, s, p, w);
-    } else if (staged_enabled() && N <= 2 * kTile && exact_enabled()) {
-      launch(chunk_cb_kernel<T, float>, cb_grid, cb_smem, s, p, w);
-      if (w.split)
-        launch(chunk_scan_staged_kernel<T, float, true, true, false>, paired, smem, s, p, w);
-      else
-        launch(chunk_scan_staged_kernel<T, float, true, false, false>, paired, smem, s, p, w);
+        launch(chunk_scan_staged_kernel<T, float, true, false>, paired, smem, s, p, w);
     } else if (staged_enabled() && N <= 2 * kTile) {
       using Cb = StagedCb<T>;
       launch(chunk_cb_kernel<T, Cb>, cb_grid, cb_smem, s, p, w);
-      launch(chunk_scan_staged_kernel<T, Cb, false, false, false>, paired, chunk_scan_staged_smem<T, Cb>(N), s, p, w);
+      launch(chunk_scan_staged_kernel<T, Cb, false, false>, paired, chunk_scan_staged_smem<T, Cb>(N), s, p, w);
     } else {
       launch(chunk_cb_kernel<T, float>, cb_grid, cb_smem, s, p, w);
       if (exact_enabled())
