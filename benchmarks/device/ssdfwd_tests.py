@@ -1,8 +1,8 @@
 """Device-round tests of the SSD forward (ssdfwd, sessions 6-9) in one process (a Python process with torch
 takes seconds to start there): the GPU SSD tests with the default kernels (or the switches in SSD_FWD_ENV, JSON:
 e.g. {"SSM_SSD_FWD_EXACT": "0"}), the error distribution of y over seeds (ssdfwd_seeds.py, with --seeds OUT.json [N]),
-then the tests of the opt-in forms (RUNS[1:]), then the ssd_split bf16 gradient flake with H_in hi + lo against rounded (ssdfwd_flake.py)
-while the time budget lasts (--budget S, --flake OUT.json).
+then the tests of the opt-in forms (RUNS[1:]), then the ssd_split bf16 gradient flake with H_in hi + lo against
+rounded (ssdfwd_flake.py) while the time budget lasts (--budget S, --flake OUT.json).
 
     python benchmarks/device/ssdfwd_tests.py [--seeds OUT.json [N]] [--budget S] [--flake OUT.json]
     (summary lines on stderr)

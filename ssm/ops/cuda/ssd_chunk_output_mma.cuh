@@ -89,7 +89,9 @@ __device__ __forceinline__ void store2(__nv_bfloat16* dst, float a, float b) {
 // a 64 x 64 tile at r 64 + 4 q + 2 (j % 2) + e, q = 4 c + (j / 2 ^ 2 (c / 2) ^ r % 2): the 16 floats of row r that
 // lane quad c of an accumulator fragment holds are 4 contiguous 16-byte chunks (4 LDS.128 per row instead of 8
 // LDS.64), and the 8 lanes of a quarter warp hit 8 distinct 16-byte bank groups.
-__host__ __device__ __forceinline__ int cb_quad_chunk(int r, int c, int k) { return 4 * c + (k ^ ((c >> 1) << 1) ^ (r & 1)); }
+__host__ __device__ __forceinline__ int cb_quad_chunk(int r, int c, int k) {
+  return 4 * c + (k ^ ((c >> 1) << 1) ^ (r & 1));
+}
 
 // C B^T of one 64 x 64 tile (query tile qt, key tile kt <= qt) of a chunk for one group, in Cb (float32,
 // or bfloat16 for bfloat16 inputs): cb[((b nc + c) G + g) Q^2 + t Q + s] for chunk-local t, s, counted
@@ -117,7 +119,8 @@ __global__ void __launch_bounds__(kThreads) chunk_cb_kernel(SsdParams p, Layout 
   const int r0 = int(threadIdx.x >> 5) * 16, g8 = int(threadIdx.x & 31) >> 2, c2 = 2 * int(threadIdx.x & 3);
   float acc[8][4] = {};
   mma_rows_nk<T>(acc, cs, bs, ldn, r0, Np, 3);
-  Cb* out = reinterpret_cast<Cb*>(ptr<float>(p.workspace) + w.cb) + ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q +
+  Cb* out = reinterpret_cast<Cb*>(ptr<float>(p.workspace) + w.cb) +
+            ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q +
             (kTiled ? int64_t(qt * nq + kt) * kTile * kTile : int64_t(qt * kTile) * Q + kt * kTile);
   if constexpr (kTiled) {  // staged in shared memory, then stored as whole lines (the quads of a warp's store
                            // instruction are half sectors: 4x the kernel's time in round 1)

@@ -56,8 +56,9 @@ __device__ __forceinline__ void issue_cb_tiled(float* dst, const float* src) {
   const unsigned d = smem_addr(dst + 4 * int(threadIdx.x));
   const float* sp = src + 4 * int(threadIdx.x);
   constexpr int kB = 16 * kThreads;  // bytes per round of the block
-  cp_async16_at<0>(d, sp), cp_async16_at<kB>(d, sp), cp_async16_at<2 * kB>(d, sp), cp_async16_at<3 * kB>(d, sp);
-  cp_async16_at<4 * kB>(d, sp), cp_async16_at<5 * kB>(d, sp), cp_async16_at<6 * kB>(d, sp), cp_async16_at<7 * kB>(d, sp);
+  cp_async16_at<0>(d, sp), cp_async16_at<kB>(d, sp), cp_async16_at<2 * kB>(d, sp);
+  cp_async16_at<3 * kB>(d, sp), cp_async16_at<4 * kB>(d, sp), cp_async16_at<5 * kB>(d, sp);
+  cp_async16_at<6 * kB>(d, sp), cp_async16_at<7 * kB>(d, sp);
   static_assert(8 * kB == kTile * kTile * sizeof(float), "eight rounds cover the 64 x 64 float tile");
 }
 
@@ -244,7 +245,7 @@ __device__ __forceinline__ void store_y_staged(const SsdParams& p, const float (
   }
 }
 
-// store_y_staged of the tiled form without branches around the pairs: every pair is computed and only its store
+// store_y_staged of the exact form without branches around the pairs: every pair is computed and only its store
 // predicated (rows past the chunk, P columns past P), so the 16 silu chains of a thread interleave; kGate: z present.
 template <typename T, bool kGate>
 __device__ __forceinline__ void store_y_pred(const SsdParams& p, const float (&acc)[8][4], const unsigned (&zv)[2][8],
@@ -308,10 +309,10 @@ __device__ __forceinline__ void scale_rows(float (&acc)[8][4], const float (&q2)
 // tile takes the key factors where diag_kf (its product enters relative to r, the row factors scale everything
 // after it), else exp(cs_t - cs_s) per element (the row factors before it, as masked_sx).
 template <typename T>
-__device__ __forceinline__ void masked_sx_tiled(float (&acc)[8][4], float (&s)[8][4], const T* xk, const ChunkTokens& tok,
-                                                const float* kf, const float (&q2)[2], const int (&trow)[2], float ref,
-                                                int kt, int qt, int lim, int rows_left, bool runs, bool factored,
-                                                bool diag_kf) {
+__device__ __forceinline__ void masked_sx_tiled(float (&acc)[8][4], float (&s)[8][4], const T* xk,
+                                                const ChunkTokens& tok, const float* kf, const float (&q2)[2],
+                                                const int (&trow)[2], float ref, int kt, int qt, int lim, int rows_left,
+                                                bool runs, bool factored, bool diag_kf) {
   const bool diag = kt == qt && !runs;
   if (runs)
     decay_mask(s, tok, trow, kt * kTile, rows_left);
@@ -369,7 +370,8 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
     const int s1 = k * kTile;
     issue_rows<T, kTile, kSplit>(xbuf(i), kLd, xsrc + s1 * xs1, xs1, p.x.stride[3], rows_left - s1, P - p0);
     if (kSplit)
-      issue_cb_tiled(reinterpret_cast<float*>(cbuf(i)), reinterpret_cast<const float*>(cb) + (q * nq + k) * kTile * kTile);
+      issue_cb_tiled(reinterpret_cast<float*>(cbuf(i)),
+                     reinterpret_cast<const float*>(cb) + (q * nq + k) * kTile * kTile);
     else
       issue_cb(cbuf(i), cb + int64_t(q) * kTile * Q + s1, Q);
   };
@@ -379,8 +381,8 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_staged_kernel(SsdParam
       issue_rows<T, kTile, kSplit>(reinterpret_cast<T*>(cbuf(i)), kLd, src + kTile, N, 1, P - p0, N - kTile);
   };
   auto issue_c = [&](int q) {  // C_q, read by the pass's last stage
-    issue_rows_n<T, kSplit>(cq, ldn, Np, csrc + q * kTile * p.C.stride[1], p.C.stride[1], p.C.stride[3], rows_left - q * kTile,
-                    N);
+    issue_rows_n<T, kSplit>(cq, ldn, Np, csrc + q * kTile * p.C.stride[1], p.C.stride[1], p.C.stride[3],
+                            rows_left - q * kTile, N);
   };
   const bool copied = !has(p.seq_idx) && !has(p.cu_seqlens);  // no runs: Δ / cs from the tokens kernel
   if (copied) {
