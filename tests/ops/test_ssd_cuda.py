@@ -280,3 +280,43 @@ def test_backward_sums_kernel_matches_torch(dtype, case, monkeypatch):
             assert_close(got, want, dtype, name)
         else:
             assert_close(got, want, torch.float32, name)
+
+
+STATE_FORMS = {  # the backward's state kernels: session 9's defaults, and session 8's forms by their switches
+    "default": {},
+    "dstate_tile": {"SSM_SSD_BWD_DSTATE_HEADS": "0"},
+    "through_off": {"SSM_SSD_BWD_THROUGH": "0"},
+    "split_off": {"SSM_SSD_BWD_SPLIT": "0"},
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("case", [(2, 300, 4, 64, 2, 64, 128), (1, 2 * 256 + 37, 6, 32, 1, 128, 256),
+                                  (2, 150, 2, 5, 1, 9, 64)],
+                         ids=lambda c: "b{}_l{}_h{}_p{}_g{}_n{}_c{}".format(*c))
+@pytest.mark.parametrize("form", list(STATE_FORMS))
+def test_kernel_backward_state_forms_match_reference(dtype, case, form, monkeypatch):
+    """dS_c by the forward's multi-head chunk-state kernel from the recompute's token rows (N <= 128; head quads
+    of 2, 4 and 6 heads), bwd_state summing the through-chunk term for finalize (V = 1 element per thread where
+    P N is odd), and the session-8 forms by their switches, with seq_idx runs."""
+    monkeypatch.setenv("SSM_SSD_COMPOSED_BWD", "1")
+    monkeypatch.setenv("SSM_SSD_BWD_KERNEL", "1")
+    for name, value in STATE_FORMS[form].items():
+        monkeypatch.setenv(name, value)
+    assert_grads_close(cuda_backward_grads(dtype, case, True, False), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_kernel_backward_dstate_forms_are_bitwise_equal(dtype, monkeypatch):
+    """dS_c by the multi-head kernel and by the per-tile bwd_dstate_mma_kernel: the same products in the same
+    order, so every gradient is bitwise the same."""
+    monkeypatch.setenv("SSM_SSD_COMPOSED_BWD", "1")
+    monkeypatch.setenv("SSM_SSD_BWD_KERNEL", "1")
+    seed = int(torch.randint(0, 2**31 - 1, (1,)))
+    grads = {}
+    for heads in ("1", "0"):
+        monkeypatch.setenv("SSM_SSD_BWD_DSTATE_HEADS", heads)
+        torch.manual_seed(seed)
+        grads[heads] = cuda_backward_grads(dtype, (2, 2 * 256 + 37, 8, 64, 2, 128, 256), True, False)
+    for name, (got, _) in grads["1"].items():
+        assert torch.equal(got, grads["0"][name][0]), f"d{name} differs between the dstate forms"

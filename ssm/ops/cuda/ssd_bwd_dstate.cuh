@@ -1,7 +1,11 @@
 // SSD backward step 1 for half / bfloat16 on register fragments: dS_c = dY^T diag(e0) C per (chunk, head), the
-// forward chunk state's product with dY, C and e0_t = exp(cs_t) on the chunk's first run.
+// forward chunk state's product with dY, C and e0_t = exp(cs_t) on the chunk's first run. For N <= 128 the forward's
+// multi-head kernel computes it (session 9) from the token rows that the recompute's tokens kernel wrote (v.tok):
+// no load_chunk per (head, tile), C once per head quad; N > 128 keeps bwd_dstate_mma_kernel (per 64 x 64 tile,
+// load_chunk, writes v.tok).
 #pragma once
 #include "cuda/ssd_bwd_mma.cuh"
+#include "cuda/ssd_chunk_state_heads.cuh"
 
 namespace ssm::cuda::ssd {
 
@@ -67,8 +71,18 @@ __global__ void __launch_bounds__(kThreads) bwd_dstate_mma_kernel(SsdParams p, L
   }
 }
 
+// dS_c by the multi-head chunk-state kernel (N <= 128, v.tok written by the tokens kernel); SSM_SSD_BWD_DSTATE_HEADS=0
+// keeps bwd_dstate_mma_kernel (session 8).
+inline bool bwd_dstate_heads(const SsdParams& p) {
+  return p.dtype != DType::f32 && p.dstate <= 2 * kTile && ssd_switch("SSM_SSD_BWD_DSTATE_HEADS", true);
+}
+
 template <typename T>
 void launch_bwd_dstate_mma(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s) {
+  if (bwd_dstate_heads(p)) {
+    launch_state_product<T>(p, w, StateProduct{p.dout, p.C, v.tok, v.dstate, true}, s);
+    return;
+  }
   const int64_t tiles = ((p.headdim + kTile - 1) / kTile) * ((p.dstate + kTile - 1) / kTile);
   const size_t smem = align128(sizeof(ChunkTokens)) + align128(kMaxChunk * sizeof(float)) +
                       4 * align128(kTile * kLd * sizeof(T));

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Device round of the SSD state kernels (ssdstate, session 9): every GPU test file the change can reach first (one
+# pytest process: test_ssd_cuda.py whole, the CUDA rows of test_ssd / test_ssd_split / test_ssd_bwd, the Mamba-2
+# module / consistency / eager / LM CUDA rows), then the timings in a second process (ssdstate_time.py: kernel sums,
+# eager, this engineer's kernels, new vs session 8 forms; no NaN poisoning), then ncu of the changed kernels.
+# Usage: benchmarks/device/ssdstate.sh OUT_DIR (repo root, after the build; <= 50 s)
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${1:-/tmp/ssdstate}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+timeout -k 1 24 $PY -m pytest -p no:cacheprovider -rf tests/ops/test_ssd_cuda.py tests/ops/test_ssd.py \
+  tests/ops/test_ssd_split.py tests/ops/test_ssd_bwd.py tests/modules/test_consistency_cuda.py \
+  tests/modules/test_mamba2.py tests/ops/test_eager_autograd.py tests/ops/test_eager_fast_path.py \
+  tests/models/test_lm.py -k cuda > "$OUT/tests.log" 2>&1
+echo "tests rc=$? at ${SECONDS}s"
+grep -E "^tests/.* [.sFE]+|passed|failed|error" "$OUT/tests.log" | sed 's/\(tests\/[^ ]*\) .*/\1/' | sort | uniq -c | head -5
+grep -E "passed|failed" "$OUT/tests.log" | tail -1 | cut -c1-200
+grep -E "^FAILED|^ERROR" "$OUT/tests.log" | head -8 | cut -c1-300
+timeout -k 1 15 $PY benchmarks/device/ssdstate_time.py "$OUT" > "$OUT/time.log" 2> "$OUT/time.err"
+echo "time rc=$? at ${SECONDS}s"; grep -E "^\{|us  |H200|H100|failed" "$OUT/time.log" | cut -c1-300; tail -2 "$OUT/time.err" | cut -c1-300
+T=$((49 - SECONDS)); [ $T -gt 8 ] || T=8
+timeout -k 1 $T ncu --clock-control none --target-processes all -k "regex:chunk_state_heads|bwd_state_through|bwd_finalize" \
+  --launch-count 5 --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+  --metrics smsp__inst_executed.sum,lts__t_bytes.sum,dram__bytes.sum $PY benchmarks/device/ncu_driver.py ssd > "$OUT/ncu.txt" 2>&1
+echo "ncu rc=$? at ${SECONDS}s"
+grep -E "^  [a-z].*\(|Duration|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|inst_executed.sum|lts__t_bytes|dram__bytes" \
+  "$OUT/ncu.txt" | sed 's/(ssm::SsdParams.*Context/ Context/' | cut -c1-120 | head -40
