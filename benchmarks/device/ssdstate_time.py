@@ -19,8 +19,8 @@ ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-SWITCHES = ("SSM_SSD_BWD_DSTATE_HEADS", "SSM_SSD_BWD_THROUGH")
-FORMS = {"new": {}, "s8": {"SSM_SSD_BWD_DSTATE_HEADS": "0", "SSM_SSD_BWD_THROUGH": "0"}}
+SWITCHES = ("SSM_SSD_BWD_DSTATE_HEADS", "SSM_SSD_BWD_THROUGH", "SSM_SSD_STATE_XROWS", "SSM_SSD_STATE_PREFETCH")
+FORMS = {"new": {}, "s8": {k: "0" for k in SWITCHES}}
 MINE = ("chunk_state", "chunk_tokens", "state_passing", "dstate", "bwd_state", "finalize", "copy", "elementwise")
 
 
@@ -66,7 +66,8 @@ def main():
     res = dict(device=torch.cuda.get_device_name(), rows=[])
     print(res["device"], flush=True)
     parts = [(8, 2048, "new", "fwdbwd"), (8, 2048, "s8", "fwdbwd"), (1, 8192, "new", "fwdbwd"),
-             (1, 8192, "s8", "fwdbwd"), (8, 2048, "new", "fwd"), (1, 8192, "new", "fwd")]
+             (1, 8192, "s8", "fwdbwd"), (8, 2048, "new", "fwd"), (8, 2048, "s8", "fwd"), (1, 8192, "new", "fwd"),
+             (1, 8192, "s8", "fwd")]
     for B, L, form, part in parts:
         try:
             res["rows"].append(case(B, L, form, part))

@@ -128,10 +128,15 @@ __global__ void __launch_bounds__(kThreads) bwd_state_through_kernel(SsdParams p
   constexpr int kAhead = 4;
   for (int64_t top = nc - 1, q = 0; top >= 0; top -= kAhead, q ^= 1) {
     Pack<float, V> dS[kAhead], Hin[kAhead];
+    float decay[kAhead];
+    int flags[kAhead];  // reset (1), continues (2): the records loaded with the states, not after each chunk's stores
 #pragma unroll
     for (int u = 0; u < kAhead; ++u) {
       const int64_t c = top - u;
       if (!on || c < 0) continue;
+      const float* r = rec + c * kRecord;
+      decay[u] = r[kDecayAll];
+      flags[u] = (__float_as_int(r[kHasReset]) != 0 ? 1 : 0) | (__float_as_int(r[kContinues]) != 0 ? 2 : 0);
       dS[u] = *reinterpret_cast<const Pack<float, V>*>(slot + c * step + e0);
       if (kSplit) {
         Hin[u] = *reinterpret_cast<const Pack<float, V>*>(hin32 + c * step);
@@ -147,15 +152,14 @@ __global__ void __launch_bounds__(kThreads) bwd_state_through_kernel(SsdParams p
       const int64_t c = top - u;
       th[u] = 0.f;
       if (!on || c < 0) continue;
-      const float* r = rec + c * kRecord;
-      const bool reset = __float_as_int(r[kHasReset]) != 0, cont = __float_as_int(r[kContinues]) != 0;
+      const bool reset = flags[u] & 1, cont = flags[u] & 2;
       Pack<T, V> hi, lo;
 #pragma unroll
       for (int k = 0; k < V; ++k) {
         hi.v[k] = from_float<T>(dH[k]);
         lo.v[k] = from_float<T>(dH[k] - to_float(hi.v[k]));
         th[u] += Hin[u].v[k] * dH[k];
-        const float dH_in = dS[u].v[k] + (reset ? 0.f : r[kDecayAll] * dH[k]);
+        const float dH_in = dS[u].v[k] + (reset ? 0.f : decay[u] * dH[k]);
         if (c == 0 && has(p.dinitial))
           ptr<float>(p.dinitial)[b * p.dinitial.stride[0] + h * p.dinitial.stride[1] + pp[k] * p.dinitial.stride[2] +
                                  nn[k] * p.dinitial.stride[3]] = dH_in;

@@ -105,6 +105,7 @@ struct StateProduct {
   int64_t rows = 0;         // workspace offset of the token rows ((b * H + h) * nchunks + c) * 3 * kMaxChunk
   int64_t out = 0;          // workspace offset of the float32 results [(((b * nchunks + c) * H + h) * P + p) * N + n]
   bool first_run = false;   // weights exp(cs_k) where run_k == 0 (rows 1, 2: cs, run), else the weight row (row 2)
+  bool fixed_rows = true;   // x copies from per-thread addresses kept for the block (SSM_SSD_STATE_XROWS=0: issue_rows)
 };
 
 // The heads' weights into wt[head][token]: row 2 copied (cp.async, in the caller's first group), or exp(cs) on the
@@ -147,11 +148,31 @@ __global__ void __launch_bounds__(kThreads) chunk_state_heads_kernel(SsdParams p
   const int64_t xr = X.stride[1], br = Bm.stride[1];
   const T* xrow = ptr<T>(X) + b * X.stride[0] + p0 * X.stride[3] + c0 * xr;
   const T* bsrc = ptr<T>(Bm) + b * Bm.stride[0] + g * Bm.stride[2] + c0 * br;
-  auto issue_x = [&](int f) {  // x tile f into buffer f % kXStages
-    const int hi = f / nk, kt = f % nk;
-    issue_rows<T, kTile>(reinterpret_cast<T*>(xbase + (f % kXStages) * xb), kLd,
-                         xrow + (h0 + hi) * X.stride[2] + kt * kTile * xr, xr, X.stride[3], nvalid - kt * kTile,
-                         P - p0);
+  // x tile copies: where every row of every head is whole 16-byte chunks, each thread keeps its chunk's source and
+  // destination (rows r + 16 i, column chunk ch) for the block (sp.fixed_rows), else issue_rows per tile
+  constexpr int kV = 16 / sizeof(T), kPer = kTile / kV, kStep = kThreads / kPer;
+  const int xr_ = int(threadIdx.x) / kPer, xch = int(threadIdx.x) % kPer;
+  const bool xfix = sp.fixed_rows && P % kV == 0 && X.stride[3] == 1 && xr % kV == 0 && X.stride[2] % kV == 0 &&
+                    (reinterpret_cast<uintptr_t>(xrow) & 15) == 0;
+  const bool xcol = xch * kV < P - p0;
+  const T* xthr = xrow + xr_ * xr + xch * kV;
+  const int xdst = xr_ * kLd + xch * kV;
+  int ihi = 0, ikt = 0;  // the next x tile to copy (head, token tile): counters, no divisions by nk per tile
+  auto issue_x = [&](int f) {  // x tile f = (ihi, ikt) into buffer f % kXStages
+    T* dst = reinterpret_cast<T*>(xbase + (f % kXStages) * xb);
+    if (xfix) {
+      const T* src = xthr + (h0 + ihi) * X.stride[2] + ikt * kTile * xr;
+      const int rows = nvalid - ikt * kTile - xr_;
+#pragma unroll
+      for (int i = 0; i < kTile / kStep; ++i) {
+        const bool ok = xcol && i * kStep < rows;
+        cp_async16(dst + xdst + i * kStep * kLd, ok ? src + i * kStep * xr : xrow, ok);
+      }
+    } else {
+      issue_rows<T, kTile>(dst, kLd, xrow + (h0 + ihi) * X.stride[2] + ikt * kTile * xr, xr, X.stride[3],
+                           nvalid - ikt * kTile, P - p0);
+    }
+    if (++ikt == nk) ikt = 0, ++ihi;
   };
   for (int kt = 0; kt < nk; ++kt)
     issue_rows_n<T>(bs + kt * kTile * ldb, ldb, Np, bsrc + kt * kTile * br, br, Bm.stride[3], nvalid - kt * kTile, N);
@@ -167,9 +188,9 @@ __global__ void __launch_bounds__(kThreads) chunk_state_heads_kernel(SsdParams p
   float* ws = ptr<float>(p.workspace);
   const int r0 = int(threadIdx.x >> 5) * 16, npair = kFull ? 8 : Np / 16;
   float acc[16][4];
+  int hi = 0, kt = 0;  // tile f's head and token tile
 #pragma unroll 1
   for (int f = 0; f < nt; ++f) {
-    const int hi = f / nk, kt = f % nk, h = h0 + hi;
     if (kt == 0)  // the head's accumulators from zero
 #pragma unroll
       for (int j = 0; j < 16; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
@@ -180,9 +201,10 @@ __global__ void __launch_bounds__(kThreads) chunk_state_heads_kernel(SsdParams p
     state_tile_wide<T>(acc, reinterpret_cast<const T*>(xbase + (f % kXStages) * xb), bs + kt * kTile * ldb, ldb,
                        wt + hi * kMaxChunk + kt * kTile, r0, npair);
     if (kt == nk - 1)
-      store_state(ws + sp.out + ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N, acc, P, N,
+      store_state(ws + sp.out + ((b * w.nchunks + c) * p.nheads + h0 + hi) * int64_t(P) * N, acc, P, N,
                   p0 + r0 + (int(threadIdx.x & 31) >> 2));
     __syncthreads();  // buffer f % kXStages free again
+    if (++kt == nk) kt = 0, ++hi;
   }
 }
 
@@ -194,9 +216,11 @@ void launch_state_product(const SsdParams& p, const Layout& w, const StateProduc
   const dim3 grid(unsigned(w.nchunks * ptiles), unsigned(p.ngroups * quads), unsigned(p.batch));
   const size_t smem = chunk_state_heads_smem<T>(int(p.chunk), int(p.dstate));
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
+  StateProduct q = sp;
+  q.fixed_rows = ssd_switch("SSM_SSD_STATE_XROWS", true);
   auto kernel = (p.dstate + 15) / 16 == 8 ? chunk_state_heads_kernel<T, true> : chunk_state_heads_kernel<T, false>;
   if (smem > 48 * 1024) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-  kernel<<<grid, kThreads, smem, s>>>(p, w, sp);
+  kernel<<<grid, kThreads, smem, s>>>(p, w, q);
 }
 
 template <typename T>
