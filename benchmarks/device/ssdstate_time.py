@@ -19,8 +19,9 @@ ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-SWITCHES = ("SSM_SSD_BWD_DSTATE_HEADS", "SSM_SSD_BWD_THROUGH", "SSM_SSD_STATE_XROWS", "SSM_SSD_STATE_PREFETCH")
-FORMS = {"new": {}, "s8": {k: "0" for k in SWITCHES}}
+SWITCHES = ("SSM_SSD_BWD_DSTATE_HEADS", "SSM_SSD_BWD_THROUGH", "SSM_SSD_STATE_XROWS", "SSM_SSD_STATE_PREFETCH",
+            "SSM_SSD_STATE_8WARPS")
+FORMS = {"new": {}, "s8": {k: "0" for k in SWITCHES[:4]}, "w8": {"SSM_SSD_STATE_8WARPS": "1"}}
 MINE = ("chunk_state", "chunk_tokens", "state_passing", "dstate", "bwd_state", "finalize", "copy", "elementwise")
 
 
@@ -67,7 +68,7 @@ def main():
     print(res["device"], flush=True)
     parts = [(8, 2048, "new", "fwdbwd"), (8, 2048, "s8", "fwdbwd"), (1, 8192, "new", "fwdbwd"),
              (1, 8192, "s8", "fwdbwd"), (8, 2048, "new", "fwd"), (8, 2048, "s8", "fwd"), (1, 8192, "new", "fwd"),
-             (1, 8192, "s8", "fwd")]
+             (1, 8192, "s8", "fwd"), (8, 2048, "w8", "fwd"), (8, 2048, "w8", "fwdbwd"), (1, 8192, "w8", "fwd")]
     for B, L, form, part in parts:
         try:
             res["rows"].append(case(B, L, form, part))

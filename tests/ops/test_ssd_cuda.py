@@ -287,6 +287,7 @@ STATE_FORMS = {  # the backward's state kernels: session 9's defaults, and sessi
     "dstate_tile": {"SSM_SSD_BWD_DSTATE_HEADS": "0"},
     "through_off": {"SSM_SSD_BWD_THROUGH": "0"},
     "split_off": {"SSM_SSD_BWD_SPLIT": "0"},
+    "eight_warps": {"SSM_SSD_STATE_8WARPS": "1"},
 }
 
 
@@ -307,16 +308,27 @@ def test_kernel_backward_state_forms_match_reference(dtype, case, form, monkeypa
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
-def test_kernel_backward_dstate_forms_are_bitwise_equal(dtype, monkeypatch):
-    """dS_c by the multi-head kernel and by the per-tile bwd_dstate_mma_kernel: the same products in the same
-    order, so every gradient is bitwise the same."""
+@pytest.mark.parametrize("switch", ["SSM_SSD_BWD_DSTATE_HEADS", "SSM_SSD_STATE_XROWS", "SSM_SSD_STATE_PREFETCH",
+                                    "SSM_SSD_STATE_8WARPS"])
+def test_state_kernel_forms_are_bitwise_equal(dtype, switch, monkeypatch):
+    """Forms of the state kernels that compute the same products in the same order per element: dS_c by the
+    multi-head kernel or by the per-tile bwd_dstate_mma_kernel, the chunk state's x copies from kept addresses or by
+    issue_rows, the state pass's records loaded with the states or after each chunk, the chunk state on 8 warps or
+    on 4; y, the final states and every gradient must be bitwise the same either way."""
     monkeypatch.setenv("SSM_SSD_COMPOSED_BWD", "1")
     monkeypatch.setenv("SSM_SSD_BWD_KERNEL", "1")
     seed = int(torch.randint(0, 2**31 - 1, (1,)))
-    grads = {}
-    for heads in ("1", "0"):
-        monkeypatch.setenv("SSM_SSD_BWD_DSTATE_HEADS", heads)
+    case = (2, 2 * 256 + 37, 8, 64, 2, 128, 256)
+    results = {}
+    for value in ("1", "0"):
+        monkeypatch.setenv(switch, value)
         torch.manual_seed(seed)
-        grads[heads] = cuda_backward_grads(dtype, (2, 2 * 256 + 37, 8, 64, 2, 128, 256), True, False)
-    for name, (got, _) in grads["1"].items():
-        assert torch.equal(got, grads["0"][name][0]), f"d{name} differs between the dstate forms"
+        batch, L, H, P, G, N, chunk = case
+        args = make_inputs(batch, L, H, P, G, N, dtype, "cuda", D="full", bias=True, init=True, seq=True)
+        names = [k for k in GRAD_NAMES if args[k] is not None]
+        leaves = dict(args, **{k: args[k].detach().clone().requires_grad_() for k in names})
+        y, final = run("cuda", leaves, chunk, dt_softplus=True, dt_limit=(0.05, 0.9), return_final_states=True)
+        torch.autograd.backward([y, final], [torch.randn_like(y), torch.randn_like(final)])
+        results[value] = [("y", y), ("final", final)] + [(f"d{k}", leaves[k].grad) for k in names]
+    for (name, a), (_, b) in zip(results["1"], results["0"]):
+        assert torch.equal(a, b), f"{name} differs between {switch}=1 and =0"
