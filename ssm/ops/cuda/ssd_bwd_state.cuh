@@ -101,9 +101,10 @@ __global__ void __launch_bounds__(kThreads) bwd_state_kernel(SsdParams p, Layout
 }
 
 // bwd_state with the through-chunk term (Layout::through, session 9): V consecutive elements per thread, the chunks'
-// dS_c and H_in(c) loaded kAhead at a time; writes dH_out(c) in T (and its residue with kSplit; the state pass wrote
-// H_in's, v.hinlo) and, per block and chunk, the partial sum of H_in(c) · dH_out(c) over the block's elements into
-// the chunk's first float32 slot of the block (finalize sums the partials: through_parts). No float32 dH_out.
+// dS_c and H_in(c) (hin, + its residue v.hinlo from the state pass with kSplit) loaded kAhead at a time; writes
+// dH_out(c) in T (and its residue with kSplit) and, per block and chunk, the partial sum of H_in(c) · dH_out(c) over
+// the block's elements into the chunk's first float32 slot of the block (finalize sums them: through_span). No
+// float32 dH_out, no float32 H_in.
 template <typename T, bool kSplit, int V>
 __global__ void __launch_bounds__(kThreads) bwd_state_through_kernel(SsdParams p, Layout w, BwdLayout v) {
   __shared__ float red[2][4][kThreads / 32];
@@ -116,8 +117,8 @@ __global__ void __launch_bounds__(kThreads) bwd_state_through_kernel(SsdParams p
   float* slot = ws + v.dstate + base;  // dS_c in; the block's partials out (at its first element)
   T* slot_t = reinterpret_cast<T*>(ws + v.dhout) + base + e0;
   T* slot_lo = reinterpret_cast<T*>(ws + v.dhlo) + base + e0;
-  const float* hin32 = ws + w.states + base + e0;  // split: H_in(c) in float32 (the state pass kept it)
   const T* hin = reinterpret_cast<const T*>(ws + w.hin) + base + e0;
+  const T* hinlo = reinterpret_cast<const T*>(ws + v.hinlo) + base + e0;  // split: H_in = hin + hinlo (the state pass)
   int pp[V], nn[V];
   float dH[V];
 #pragma unroll
@@ -138,13 +139,11 @@ __global__ void __launch_bounds__(kThreads) bwd_state_through_kernel(SsdParams p
       decay[u] = r[kDecayAll];
       flags[u] = (__float_as_int(r[kHasReset]) != 0 ? 1 : 0) | (__float_as_int(r[kContinues]) != 0 ? 2 : 0);
       dS[u] = *reinterpret_cast<const Pack<float, V>*>(slot + c * step + e0);
-      if (kSplit) {
-        Hin[u] = *reinterpret_cast<const Pack<float, V>*>(hin32 + c * step);
-      } else {
-        const Pack<T, V> hv = *reinterpret_cast<const Pack<T, V>*>(hin + c * step);
+      const Pack<T, V> hv = *reinterpret_cast<const Pack<T, V>*>(hin + c * step);
+      Pack<T, V> lv;
+      if (kSplit) lv = *reinterpret_cast<const Pack<T, V>*>(hinlo + c * step);
 #pragma unroll
-        for (int k = 0; k < V; ++k) Hin[u].v[k] = to_float(hv.v[k]);
-      }
+      for (int k = 0; k < V; ++k) Hin[u].v[k] = to_float(hv.v[k]) + (kSplit ? to_float(lv.v[k]) : 0.f);
     }
     float th[kAhead];
 #pragma unroll
