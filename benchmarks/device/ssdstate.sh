@@ -10,18 +10,18 @@ OUT=${1:-/tmp/ssdstate}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-timeout -k 1 24 $PY -m pytest -p no:cacheprovider -rf tests/ops/test_ssd_cuda.py tests/ops/test_ssd.py \
+timeout -k 1 21 $PY -m pytest -p no:cacheprovider -rf tests/ops/test_ssd_cuda.py tests/ops/test_ssd.py \
   tests/ops/test_ssd_split.py tests/ops/test_ssd_bwd.py tests/modules/test_consistency_cuda.py \
   tests/modules/test_mamba2.py tests/ops/test_eager_autograd.py tests/ops/test_eager_fast_path.py \
   tests/models/test_lm.py -k cuda > "$OUT/tests.log" 2>&1
 echo "tests rc=$? at ${SECONDS}s"
 grep -E "passed|failed" "$OUT/tests.log" | tail -1 | cut -c1-200
 grep -E "^FAILED|^ERROR" "$OUT/tests.log" | head -8 | cut -c1-300
-timeout -k 1 15 $PY benchmarks/device/ssdstate_time.py "$OUT" > "$OUT/time.log" 2> "$OUT/time.err"
+timeout -k 1 17 $PY benchmarks/device/ssdstate_time.py "$OUT" > "$OUT/time.log" 2> "$OUT/time.err"
 echo "time rc=$? at ${SECONDS}s"; grep -E "^\{|H200|H100|failed" "$OUT/time.log" | cut -c1-170; tail -2 "$OUT/time.err" | cut -c1-300
 T=$((49 - SECONDS)); [ $T -gt 8 ] || T=8
 timeout -k 1 $T ncu --clock-control none --target-processes all -k "regex:chunk_state_heads|bwd_state_through|bwd_finalize" \
-  --launch-count 5 --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+  --launch-count 5 --section SpeedOfLight --section Occupancy --section WarpStateStats \
   --metrics smsp__inst_executed.sum,lts__t_bytes.sum,dram__bytes.sum $PY benchmarks/device/ncu_driver.py ssd > "$OUT/ncu.txt" 2>&1
 echo "ncu rc=$? at ${SECONDS}s"
 grep -E "^  [a-z].*\(|Duration|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|inst_executed.sum|lts__t_bytes|dram__bytes" \

@@ -67,8 +67,8 @@ def main():
     res = dict(device=torch.cuda.get_device_name(), rows=[])
     print(res["device"], flush=True)
     parts = [(8, 2048, "new", "fwdbwd"), (8, 2048, "s8", "fwdbwd"), (1, 8192, "new", "fwdbwd"),
-             (1, 8192, "s8", "fwdbwd"), (8, 2048, "new", "fwd"), (8, 2048, "s8", "fwd"), (1, 8192, "new", "fwd"),
-             (1, 8192, "s8", "fwd"), (8, 2048, "w8", "fwd"), (8, 2048, "w8", "fwdbwd"), (1, 8192, "w8", "fwd")]
+             (1, 8192, "s8", "fwdbwd"), (8, 2048, "new", "fwd"), (8, 2048, "s8", "fwd"), (8, 2048, "w8", "fwd"),
+             (8, 2048, "w8", "fwdbwd"), (1, 8192, "new", "fwd"), (1, 8192, "s8", "fwd")]
     for B, L, form, part in parts:
         try:
             res["rows"].append(case(B, L, form, part))
