@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Device round of the SSD state kernels (ssdstate, session 9): every GPU test file the change can reach first (one
 # pytest process: test_ssd_cuda.py whole, the CUDA rows of test_ssd / test_ssd_split / test_ssd_bwd, the Mamba-2
-# module / consistency / eager / LM CUDA rows), then the timings in a second process (ssdstate_time.py: kernel sums,
-# eager, this engineer's kernels, new vs session 8 forms; no NaN poisoning), then ncu of the changed kernels.
+# module / consistency / eager / LM CUDA rows), then one second process (ssdstate_time.py; no NaN poisoning): the
+# seed study of round 1's float32 dA failure (new vs session 8's bwd_state / finalize), then kernel sums, eager and
+# this engineer's kernels. (Round 1 took the ncu profiles.)
 # Usage: benchmarks/device/ssdstate.sh OUT_DIR (repo root, after the build; <= 50 s)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -17,12 +18,5 @@ timeout -k 1 21 $PY -m pytest -p no:cacheprovider -rf tests/ops/test_ssd_cuda.py
 echo "tests rc=$? at ${SECONDS}s"
 grep -E "passed|failed" "$OUT/tests.log" | tail -1 | cut -c1-200
 grep -E "^FAILED|^ERROR" "$OUT/tests.log" | head -8 | cut -c1-300
-timeout -k 1 17 $PY benchmarks/device/ssdstate_time.py "$OUT" > "$OUT/time.log" 2> "$OUT/time.err"
-echo "time rc=$? at ${SECONDS}s"; grep -E "^\{|H200|H100|failed" "$OUT/time.log" | cut -c1-170; tail -2 "$OUT/time.err" | cut -c1-300
-T=$((49 - SECONDS)); [ $T -gt 8 ] || T=8
-timeout -k 1 $T ncu --clock-control none --target-processes all -k "regex:chunk_state_heads|bwd_state_through|bwd_finalize" \
-  --launch-count 5 --section SpeedOfLight --section Occupancy --section WarpStateStats \
-  --metrics smsp__inst_executed.sum,lts__t_bytes.sum,dram__bytes.sum $PY benchmarks/device/ncu_driver.py ssd > "$OUT/ncu.txt" 2>&1
-echo "ncu rc=$? at ${SECONDS}s"
-grep -E "^  [a-z].*\(|Duration|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|inst_executed.sum|lts__t_bytes|dram__bytes" \
-  "$OUT/ncu.txt" | sed 's/(ssm::SsdParams.*Context/ Context/' | cut -c1-120 | head -40
+timeout -k 1 27 $PY benchmarks/device/ssdstate_time.py "$OUT" > "$OUT/time.log" 2> "$OUT/time.err"
+echo "time rc=$? at ${SECONDS}s"; grep -E "^\{|^-- |H200|H100|failed" "$OUT/time.log" | cut -c1-170; tail -2 "$OUT/time.err" | cut -c1-300

@@ -282,12 +282,10 @@ def test_backward_sums_kernel_matches_torch(dtype, case, monkeypatch):
             assert_close(got, want, torch.float32, name)
 
 
-STATE_FORMS = {  # the backward's state kernels: session 9's defaults, and session 8's forms by their switches
+STATE_FORMS = {  # the backward's state kernels: session 9's defaults, and session 8's by its switch
     "default": {},
-    "dstate_tile": {"SSM_SSD_BWD_DSTATE_HEADS": "0"},
     "through_off": {"SSM_SSD_BWD_THROUGH": "0"},
     "split_off": {"SSM_SSD_BWD_SPLIT": "0"},
-    "eight_warps": {"SSM_SSD_STATE_8WARPS": "1"},
 }
 
 
@@ -299,36 +297,9 @@ STATE_FORMS = {  # the backward's state kernels: session 9's defaults, and sessi
 def test_kernel_backward_state_forms_match_reference(dtype, case, form, monkeypatch):
     """dS_c by the forward's multi-head chunk-state kernel from the recompute's token rows (N <= 128; head quads
     of 2, 4 and 6 heads), bwd_state summing the through-chunk term for finalize (V = 1 element per thread where
-    P N is odd), and the session-8 forms by their switches, with seq_idx runs."""
+    P N is odd), and session 8's bwd_state / finalize by its switch, with seq_idx runs."""
     monkeypatch.setenv("SSM_SSD_COMPOSED_BWD", "1")
     monkeypatch.setenv("SSM_SSD_BWD_KERNEL", "1")
     for name, value in STATE_FORMS[form].items():
         monkeypatch.setenv(name, value)
     assert_grads_close(cuda_backward_grads(dtype, case, True, False), dtype)
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
-@pytest.mark.parametrize("switch", ["SSM_SSD_BWD_DSTATE_HEADS", "SSM_SSD_STATE_XROWS", "SSM_SSD_STATE_PREFETCH",
-                                    "SSM_SSD_STATE_8WARPS"])
-def test_state_kernel_forms_are_bitwise_equal(dtype, switch, monkeypatch):
-    """Forms of the state kernels that compute the same products in the same order per element: dS_c by the
-    multi-head kernel or by the per-tile bwd_dstate_mma_kernel, the chunk state's x copies from kept addresses or by
-    issue_rows, the state pass's records loaded with the states or after each chunk, the chunk state on 8 warps or
-    on 4; y, the final states and every gradient must be bitwise the same either way."""
-    monkeypatch.setenv("SSM_SSD_COMPOSED_BWD", "1")
-    monkeypatch.setenv("SSM_SSD_BWD_KERNEL", "1")
-    seed = int(torch.randint(0, 2**31 - 1, (1,)))
-    case = (2, 2 * 256 + 37, 8, 64, 2, 128, 256)
-    results = {}
-    for value in ("1", "0"):
-        monkeypatch.setenv(switch, value)
-        torch.manual_seed(seed)
-        batch, L, H, P, G, N, chunk = case
-        args = make_inputs(batch, L, H, P, G, N, dtype, "cuda", D="full", bias=True, init=True, seq=True)
-        names = [k for k in GRAD_NAMES if args[k] is not None]
-        leaves = dict(args, **{k: args[k].detach().clone().requires_grad_() for k in names})
-        y, final = run("cuda", leaves, chunk, dt_softplus=True, dt_limit=(0.05, 0.9), return_final_states=True)
-        torch.autograd.backward([y, final], [torch.randn_like(y), torch.randn_like(final)])
-        results[value] = [("y", y), ("final", final)] + [(f"d{k}", leaves[k].grad) for k in names]
-    for (name, a), (_, b) in zip(results["1"], results["0"]):
-        assert torch.equal(a, b), f"{name} differs between {switch}=1 and =0"

@@ -71,11 +71,8 @@ __global__ void __launch_bounds__(kThreads) bwd_dstate_mma_kernel(SsdParams p, L
   }
 }
 
-// dS_c by the multi-head chunk-state kernel (N <= 128, v.tok written by the tokens kernel); SSM_SSD_BWD_DSTATE_HEADS=0
-// keeps bwd_dstate_mma_kernel (session 8).
-inline bool bwd_dstate_heads(const SsdParams& p) {
-  return p.dtype != DType::f32 && p.dstate <= 2 * kTile && ssd_switch("SSM_SSD_BWD_DSTATE_HEADS", true);
-}
+// dS_c by the multi-head chunk-state kernel (N <= 128, v.tok written by the tokens kernel).
+inline bool bwd_dstate_heads(const SsdParams& p) { return p.dtype != DType::f32 && p.dstate <= 2 * kTile; }
 
 template <typename T>
 void launch_bwd_dstate_mma(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s) {

@@ -50,8 +50,8 @@ __global__ void __launch_bounds__(kThreads) chunk_tokens_kernel(SsdParams p, Lay
 
 // acc (16 P rows x 16 npair N columns) += X^T diag(w) B over one 64-token tile (xs [t][p] with ld kLd,
 // bs [t][n] with ld ldb).
-template <typename T, int kJ>
-__device__ __forceinline__ void state_tile_wide(float (&acc)[kJ][4], const T* xs, const T* bs, int ldb,
+template <typename T>
+__device__ __forceinline__ void state_tile_wide(float (&acc)[16][4], const T* xs, const T* bs, int ldb,
                                                 const float* wt, int r0, int npair) {
   const int c2 = 2 * (threadIdx.x & 3);
 #pragma unroll
@@ -65,7 +65,7 @@ __device__ __forceinline__ void state_tile_wide(float (&acc)[kJ][4], const T* xs
     a[2] = scale2<T>(a[2], w8, w9);
     a[3] = scale2<T>(a[3], w8, w9);
 #pragma unroll
-    for (int jp = 0; jp < kJ / 2; ++jp) {
+    for (int jp = 0; jp < 8; ++jp) {
       if (jp >= npair) continue;
       unsigned bb[4];
       load_b_kn(bb, bs, ldb, jp * 16, k0);
@@ -75,10 +75,8 @@ __device__ __forceinline__ void state_tile_wide(float (&acc)[kJ][4], const T* xs
   }
 }
 
-// S_c rows p0 + r0 + lane / 4 (+ 8) of head h, columns n0.. from the accumulators, as float2 where N allows.
-template <int kJ>
-__device__ __forceinline__ void store_state(float* states, const float (&acc)[kJ][4], int P, int N, int prow,
-                                            int n0 = 0) {
+// S_c rows p0 + r0 + lane / 4 (+ 8) of head h from the accumulators, as float2 where N allows.
+__device__ __forceinline__ void store_state(float* states, const float (&acc)[16][4], int P, int N, int prow) {
   const int c2 = 2 * int(threadIdx.x & 3);
   const bool pairs = N % 2 == 0;
 #pragma unroll
@@ -86,8 +84,8 @@ __device__ __forceinline__ void store_state(float* states, const float (&acc)[kJ
     const int pp = prow + 8 * hf;
     if (pp >= P) continue;
 #pragma unroll
-    for (int j = 0; j < kJ; ++j) {
-      const int nn = n0 + 8 * j + c2;
+    for (int j = 0; j < 16; ++j) {
+      const int nn = 8 * j + c2;
       float* dst = states + int64_t(pp) * N + nn;
       if (pairs && nn + 1 < N) {
         *reinterpret_cast<float2*>(dst) = make_float2(acc[j][2 * hf], acc[j][2 * hf + 1]);
@@ -107,22 +105,20 @@ struct StateProduct {
   int64_t rows = 0;         // workspace offset of the token rows ((b * H + h) * nchunks + c) * 3 * kMaxChunk
   int64_t out = 0;          // workspace offset of the float32 results [(((b * nchunks + c) * H + h) * P + p) * N + n]
   bool first_run = false;   // weights exp(cs_k) where run_k == 0 (rows 1, 2: cs, run), else the weight row (row 2)
-  bool fixed_rows = true;   // x copies from per-thread addresses kept for the block (SSM_SSD_STATE_XROWS=0: issue_rows)
 };
 
 // The heads' weights into wt[head][token]: row 2 copied (cp.async, in the caller's first group), or exp(cs) on the
 // first run computed from rows 1 and 2 (plain loads; visible after the caller's first barrier).
-template <int kThr>
 __device__ __forceinline__ void state_weights(float* wt, const float* src, int64_t head_step, int nh, int nvalid,
                                               bool first_run) {
   if (!first_run) {
-    for (int e = threadIdx.x; e < nh * kMaxChunk / 4; e += kThr) {  // 64 16-byte chunks per head
+    for (int e = threadIdx.x; e < nh * kMaxChunk / 4; e += kThreads) {  // 64 16-byte chunks per head
       const int hi = e / (kMaxChunk / 4), k4 = e % (kMaxChunk / 4);
       cp_async16(wt + hi * kMaxChunk + 4 * k4, src + hi * head_step + 2 * kMaxChunk + 4 * k4, true);
     }
     return;
   }
-  for (int e = threadIdx.x; e < nh * kMaxChunk; e += kThr) {
+  for (int e = threadIdx.x; e < nh * kMaxChunk; e += kThreads) {
     const int hi = e / kMaxChunk, k = e % kMaxChunk;
     const float cs = src[hi * head_step + kMaxChunk + k];
     const int run = __float_as_int(src[hi * head_step + 2 * kMaxChunk + k]);
@@ -132,12 +128,8 @@ __device__ __forceinline__ void state_weights(float* wt, const float* src, int64
 
 // kFull: N rounds up to 128 (all eight n-tile pairs, fixed at compile time: no per-pair predicates).
 // The heads' weights come from the token rows (copied with Bm at the start: no per-head token work).
-// kNW = 2 (kFull, 16-byte rows only): 8 warps, warp w owns P rows 16 (w % 4).. and N columns 64 (w / 4)..
-// (twice the warps per SM at the same shared memory; each A fragment is loaded and scaled by two warps).
-template <typename T, bool kFull, int kNW>
-__global__ void __launch_bounds__(kThreads * kNW, kNW) chunk_state_heads_kernel(SsdParams p, Layout w, StateProduct sp) {
-  constexpr int kThr = kThreads * kNW, kJ = 16 / kNW;
-  static_assert(kNW == 1 || kFull, "two warps per row band only with all 128 columns");
+template <typename T, bool kFull>
+__global__ void __launch_bounds__(kThreads) chunk_state_heads_kernel(SsdParams p, Layout w, StateProduct sp) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Np = (N + 15) / 16 * 16, ldb = Np + 8;
   const size_t xb = align128(kTile * kLd * sizeof(T));
@@ -156,10 +148,11 @@ __global__ void __launch_bounds__(kThreads * kNW, kNW) chunk_state_heads_kernel(
   const T* xrow = ptr<T>(X) + b * X.stride[0] + p0 * X.stride[3] + c0 * xr;
   const T* bsrc = ptr<T>(Bm) + b * Bm.stride[0] + g * Bm.stride[2] + c0 * br;
   // x tile copies: where every row of every head is whole 16-byte chunks, each thread keeps its chunk's source and
-  // destination (rows r + 16 i, column chunk ch) for the block (sp.fixed_rows), else issue_rows per tile
-  constexpr int kV = 16 / sizeof(T), kPer = kTile / kV, kStep = kThr / kPer;
+  // destination (rows r + 16 i, column chunk ch) for the block (session 9: issue_rows per tile cost ~130
+  // instructions per tile and warp), else issue_rows per tile
+  constexpr int kV = 16 / sizeof(T), kPer = kTile / kV, kStep = kThreads / kPer;
   const int xr_ = int(threadIdx.x) / kPer, xch = int(threadIdx.x) % kPer;
-  const bool xfix = (kNW > 1 || sp.fixed_rows) && P % kV == 0 && X.stride[3] == 1 && xr % kV == 0 && X.stride[2] % kV == 0 &&
+  const bool xfix = P % kV == 0 && X.stride[3] == 1 && xr % kV == 0 && X.stride[2] % kV == 0 &&
                     (reinterpret_cast<uintptr_t>(xrow) & 15) == 0;
   const bool xcol = xch * kV < P - p0;
   const T* xthr = xrow + xr_ * xr + xch * kV;
@@ -181,60 +174,38 @@ __global__ void __launch_bounds__(kThreads * kNW, kNW) chunk_state_heads_kernel(
     }
     if (++ikt == nk) ikt = 0, ++ihi;
   };
-  if constexpr (kNW == 1) {
-    for (int kt = 0; kt < nk; ++kt)
-      issue_rows_n<T>(bs + kt * kTile * ldb, ldb, Np, bsrc + kt * kTile * br, br, Bm.stride[3], nvalid - kt * kTile,
-                      N);
-  } else {  // 16-byte rows (the launcher checked): Np / kV chunks per token row
-    constexpr int kBPer = 2 * kTile / kV;
-    for (int e = threadIdx.x; e < nk * kTile * kBPer; e += kThr) {
-      const int row = e / kBPer, ch = e % kBPer;
-      const bool ok = row < nvalid && ch * kV < N;
-      cp_async16(bs + row * ldb + ch * kV, ok ? bsrc + row * br + ch * kV : bsrc, ok);
-    }
-  }
+  for (int kt = 0; kt < nk; ++kt)
+    issue_rows_n<T>(bs + kt * kTile * ldb, ldb, Np, bsrc + kt * kTile * br, br, Bm.stride[3], nvalid - kt * kTile, N);
   const int64_t head_step = w.nchunks * 3 * kMaxChunk;
   const float* wsrc = ptr<float>(p.workspace) + sp.rows + ((b * p.nheads + h0) * w.nchunks + c) * 3 * kMaxChunk;
-  if (!sp.first_run) state_weights<kThr>(wt, wsrc, head_step, nh, nvalid, false);
+  if (!sp.first_run) state_weights(wt, wsrc, head_step, nh, nvalid, false);
 #pragma unroll
   for (int f = 0; f < kXStages - 1; ++f) {  // one group each; the first also holds Bm (and the copied weights)
     if (f < nt) issue_x(f);
     cp_async_commit();
   }
-  if (sp.first_run) state_weights<kThr>(wt, wsrc, head_step, nh, nvalid, true);  // under the copies in flight
+  if (sp.first_run) state_weights(wt, wsrc, head_step, nh, nvalid, true);  // under the copies in flight
   float* ws = ptr<float>(p.workspace);
-  const int r0 = int(threadIdx.x >> 5) % 4 * 16, n0 = int(threadIdx.x >> 7) * (kJ * 8);
-  const int npair = kFull ? kJ / 2 : Np / 16;
-  float acc[kJ][4];
+  const int r0 = int(threadIdx.x >> 5) * 16, npair = kFull ? 8 : Np / 16;
+  float acc[16][4];
   int hi = 0, kt = 0;  // tile f's head and token tile
 #pragma unroll 1
   for (int f = 0; f < nt; ++f) {
     if (kt == 0)  // the head's accumulators from zero
 #pragma unroll
-      for (int j = 0; j < kJ; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+      for (int j = 0; j < 16; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
     if (f + kXStages - 1 < nt) issue_x(f + kXStages - 1);
     cp_async_commit();
     cp_async_wait<kXStages - 1>();  // tile f (and Bm) landed
     __syncthreads();
-    state_tile_wide<T, kJ>(acc, reinterpret_cast<const T*>(xbase + (f % kXStages) * xb), bs + kt * kTile * ldb + n0,
-                           ldb, wt + hi * kMaxChunk + kt * kTile, r0, npair);
+    state_tile_wide<T>(acc, reinterpret_cast<const T*>(xbase + (f % kXStages) * xb), bs + kt * kTile * ldb, ldb,
+                       wt + hi * kMaxChunk + kt * kTile, r0, npair);
     if (kt == nk - 1)
-      store_state<kJ>(ws + sp.out + ((b * w.nchunks + c) * p.nheads + h0 + hi) * int64_t(P) * N, acc, P, N,
-                      p0 + r0 + (int(threadIdx.x & 31) >> 2), n0);
+      store_state(ws + sp.out + ((b * w.nchunks + c) * p.nheads + h0 + hi) * int64_t(P) * N, acc, P, N,
+                  p0 + r0 + (int(threadIdx.x & 31) >> 2));
     __syncthreads();  // buffer f % kXStages free again
     if (++kt == nk) kt = 0, ++hi;
   }
-}
-
-// Whether every x and Bm row the product reads is whole 16-byte chunks (the 8-warp kernel's copies).
-template <typename T>
-bool state_rows16(const SsdParams& p, const StateProduct& sp) {
-  constexpr int64_t kV = 16 / sizeof(T);
-  auto ok = [&](const TensorArg& t, int64_t width) {
-    return t.stride[3] == 1 && t.stride[1] % kV == 0 && t.stride[2] % kV == 0 && t.stride[0] % kV == 0 &&
-           width % kV == 0 && (reinterpret_cast<uintptr_t>(t.data) & 15) == 0;
-  };
-  return ok(sp.x, p.headdim) && ok(sp.bm, p.dstate);
 }
 
 // The multi-head product (half / bfloat16, N <= 128).
@@ -245,18 +216,9 @@ void launch_state_product(const SsdParams& p, const Layout& w, const StateProduc
   const dim3 grid(unsigned(w.nchunks * ptiles), unsigned(p.ngroups * quads), unsigned(p.batch));
   const size_t smem = chunk_state_heads_smem<T>(int(p.chunk), int(p.dstate));
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
-  StateProduct q = sp;
-  q.fixed_rows = ssd_switch("SSM_SSD_STATE_XROWS", true);
-  const bool full = (p.dstate + 15) / 16 == 8;
-  if (full && state_rows16<T>(p, sp) && ssd_switch("SSM_SSD_STATE_8WARPS", false)) {
-    auto kernel = chunk_state_heads_kernel<T, true, 2>;
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-    kernel<<<grid, 2 * kThreads, smem, s>>>(p, w, q);
-    return;
-  }
-  auto kernel = full ? chunk_state_heads_kernel<T, true, 1> : chunk_state_heads_kernel<T, false, 1>;
+  auto kernel = (p.dstate + 15) / 16 == 8 ? chunk_state_heads_kernel<T, true> : chunk_state_heads_kernel<T, false>;
   if (smem > 48 * 1024) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-  kernel<<<grid, kThreads, smem, s>>>(p, w, q);
+  kernel<<<grid, kThreads, smem, s>>>(p, w, sp);
 }
 
 template <typename T>

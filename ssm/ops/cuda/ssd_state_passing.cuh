@@ -3,7 +3,6 @@
 // With Layout::split the state pass also writes H_in's rounding residue (H_in - hi in T) for the chunk output.
 #pragma once
 #include "cuda/ssd_common.cuh"
-#include "cuda/ssd_mma.cuh"
 
 namespace ssm::cuda::ssd {
 
@@ -19,10 +18,10 @@ struct alignas(sizeof(T) * V) Pack {
   T v[V];
 };
 
-// V consecutive elements e0.. of one head's P x N state per thread (V = 4 when P N allows). kPrefetch: the chunks'
-// records (two 16-byte loads each) are loaded with their states, kAhead at a time, instead of after each chunk's
-// stores (one dependent L2 round trip per chunk).
-template <typename T, int V, bool kPrefetch>
+// V consecutive elements e0.. of one head's P x N state per thread (V = 4 when P N allows). The chunks' records (two
+// 16-byte loads each) are loaded with their states, kAhead at a time (session 9; after each chunk's stores they
+// cost a dependent L2 round trip per chunk).
+template <typename T, int V>
 __global__ void __launch_bounds__(kThreads) state_passing_kernel(SsdParams p, Layout w) {
   const int64_t PN = p.headdim * p.dstate, e0 = (int64_t(blockIdx.x) * kThreads + threadIdx.x) * V;
   if (e0 >= PN) return;
@@ -50,13 +49,13 @@ __global__ void __launch_bounds__(kThreads) state_passing_kernel(SsdParams p, La
     for (int u = 0; u < kAhead; ++u)
       if (c0 + u < nc) {
         S[u] = *reinterpret_cast<const Pack<float, V>*>(states + (b * nc + c0 + u) * step);
-        if (kPrefetch) R[u] = *reinterpret_cast<const Pack<float, kRecord>*>(rec + (c0 + u) * kRecord);
+        R[u] = *reinterpret_cast<const Pack<float, kRecord>*>(rec + (c0 + u) * kRecord);
       }
 #pragma unroll
     for (int u = 0; u < kAhead; ++u) {
       const int64_t c = c0 + u, off = (b * nc + c) * step;
       if (c >= nc) break;
-      const float* r = kPrefetch ? R[u].v : rec + c * kRecord;
+      const float* r = R[u].v;
       const bool continues = c == 0 ? !cu : __float_as_int(r[kContinues]) != 0;
       const bool reset = __float_as_int(r[kHasReset]) != 0;
       Pack<float, V> h_in;
@@ -84,14 +83,13 @@ __global__ void __launch_bounds__(kThreads) state_passing_kernel(SsdParams p, La
 template <typename T>
 void launch_state_passing(const SsdParams& p, const Layout& w, cudaStream_t s) {
   const int64_t PN = p.headdim * p.dstate;
-  const bool pre = ssd_switch("SSM_SSD_STATE_PREFETCH", true);  // =0: each record read after the previous stores
   if (PN % 4 == 0) {  // four elements per thread: 16-byte state loads
     const dim3 grid(ceil_div(PN, 4 * kThreads), unsigned(p.nheads), unsigned(p.batch));
-    launch(pre ? state_passing_kernel<T, 4, true> : state_passing_kernel<T, 4, false>, grid, 0, s, p, w);
+    launch(state_passing_kernel<T, 4>, grid, 0, s, p, w);
     return;
   }
   const dim3 grid(ceil_div(PN, kThreads), unsigned(p.nheads), unsigned(p.batch));
-  launch(pre ? state_passing_kernel<T, 1, true> : state_passing_kernel<T, 1, false>, grid, 0, s, p, w);
+  launch(state_passing_kernel<T, 1>, grid, 0, s, p, w);
 }
 
 // The state at the last token of cu_seqlens sequence blockIdx.x (its initial state or zero when
