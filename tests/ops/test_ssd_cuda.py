@@ -280,3 +280,26 @@ def test_backward_sums_kernel_matches_torch(dtype, case, monkeypatch):
             assert_close(got, want, dtype, name)
         else:
             assert_close(got, want, torch.float32, name)
+
+
+STATE_FORMS = {  # the backward's state kernels: session 9's defaults, and session 8's by its switch
+    "default": {},
+    "through_off": {"SSM_SSD_BWD_THROUGH": "0"},
+    "split_off": {"SSM_SSD_BWD_SPLIT": "0"},
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("case", [(2, 300, 4, 64, 2, 64, 128), (1, 2 * 256 + 37, 6, 32, 1, 128, 256),
+                                  (2, 150, 2, 5, 1, 9, 64)],
+                         ids=lambda c: "b{}_l{}_h{}_p{}_g{}_n{}_c{}".format(*c))
+@pytest.mark.parametrize("form", list(STATE_FORMS))
+def test_kernel_backward_state_forms_match_reference(dtype, case, form, monkeypatch):
+    """dS_c by the forward's multi-head chunk-state kernel from the recompute's token rows (N <= 128; head quads
+    of 2, 4 and 6 heads), bwd_state summing the through-chunk term for finalize (V = 1 element per thread where
+    P N is odd), and session 8's bwd_state / finalize by its switch, with seq_idx runs."""
+    monkeypatch.setenv("SSM_SSD_COMPOSED_BWD", "1")
+    monkeypatch.setenv("SSM_SSD_BWD_KERNEL", "1")
+    for name, value in STATE_FORMS[form].items():
+        monkeypatch.setenv(name, value)
+    assert_grads_close(cuda_backward_grads(dtype, case, True, False), dtype)

@@ -19,13 +19,31 @@ __device__ inline float block_sum(float v, float* red) {
   return t;
 }
 
+// Elements per block of bwd_state_through_kernel (V = 4 per thread where P N allows): with Layout::through the
+// partial sums of H_in(c) · dH_out(c) lie in chunk c's float32 dS slots at multiples of this span.
+__host__ __device__ inline int64_t through_span(int64_t PN) { return kThreads * (PN % 4 == 0 ? 4 : 1); }
+
+// The chunk's tokens: from the backward's token rows (v.tok, with Layout::through; the recompute's tokens kernel or
+// dstate wrote them), else load_chunk.
+__device__ inline void finalize_tokens(const SsdParams& p, const Layout& w, const BwdLayout& v, int64_t b, int h,
+                                       int64_t c, ChunkTokens& tok) {
+  if (!w.through || v.tok == 0) {
+    load_chunk(p, b, h, c * p.chunk, int(p.chunk), tok);
+    return;
+  }
+  const float* src = ptr<float>(p.workspace) + v.tok + ((b * p.nheads + h) * w.nchunks + c) * 3 * kMaxChunk;
+  for (int k = threadIdx.x; k < kMaxChunk; k += kThreads)
+    tok.dt[k] = src[k], tok.cs[k] = src[kMaxChunk + k], tok.run[k] = __float_as_int(src[2 * kMaxChunk + k]);
+  __syncthreads();
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kThreads) bwd_finalize_kernel(SsdParams p, Layout w, BwdLayout v) {
   __shared__ ChunkTokens tok;
   __shared__ float ry[kMaxChunk], rx[kMaxChunk], red[kThreads / 32];
   const int Q = int(p.chunk), nq = Q / kTile, h = blockIdx.y;
   const int64_t c = blockIdx.x, b = blockIdx.z, c0 = c * Q, PN = p.headdim * p.dstate;
-  load_chunk(p, b, h, c0, Q, tok);
+  finalize_tokens(p, w, v, b, h, c, tok);
   const int nv = int(min(int64_t(Q), p.seqlen - c0)), last = nv - 1, ni = (nv + kTile - 1) / kTile;
   const int64_t bhc = (b * p.nheads + h) * w.nchunks + c;
   const float* ws = ptr<float>(p.workspace);
@@ -39,7 +57,11 @@ __global__ void __launch_bounds__(kThreads) bwd_finalize_kernel(SsdParams p, Lay
   }
   // pairs through the chunk: exp(cs_last) <H_in, dH_out> when no sequence starts inside it
   float th = 0.f;
-  if (tok.run[last] == 0) {
+  if (tok.run[last] == 0 && w.through) {  // bwd_state's partial sums
+    const float* part = ws + v.dstate + ((b * w.nchunks + c) * p.nheads + h) * PN;
+    const int64_t span = through_span(PN);
+    for (int64_t j = threadIdx.x; j * span < PN; j += kThreads) th += part[j * span];
+  } else if (tok.run[last] == 0) {
     const int64_t off = ((b * w.nchunks + c) * p.nheads + h) * PN;
     const T* hin = reinterpret_cast<const T*>(ws + w.hin) + off;
     const float *hin32 = ws + w.states + off, *dh = ws + v.dstate + off;

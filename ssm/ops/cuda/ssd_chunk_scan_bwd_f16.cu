@@ -1,5 +1,5 @@
 // SSD chunked scan backward kernels, half_t instantiation (one translation unit per dtype).
-#include "cuda/ssd_bwd_mma.cuh"
+#include "cuda/ssd_bwd_dstate.cuh"
 #include "cuda/ssd_bwd_finalize.cuh"
 #include "cuda/ssd_bwd_state.cuh"
 

@@ -42,6 +42,10 @@ __global__ void __launch_bounds__(kThreads) chunk_tokens_kernel(SsdParams p, Lay
     dst[kMaxChunk + k] = tok.cs[k];
     dst[2 * kMaxChunk + k] = k < nvalid && tok.run[k] == lr ? tok.dt[k] * __expf(tok.cs[last] - tok.cs[k]) : 0.f;
   }
+  if (w.bwd_tok == 0) return;
+  float* bdst = ws + w.bwd_tok + row * 3 * kMaxChunk;  // the backward's rows (BwdLayout::tok): Δ, cs, run
+  for (int k = threadIdx.x; k < kMaxChunk; k += kThreads)
+    bdst[k] = tok.dt[k], bdst[kMaxChunk + k] = tok.cs[k], bdst[2 * kMaxChunk + k] = __int_as_float(tok.run[k]);
 }
 
 // acc (16 P rows x 16 npair N columns) += X^T diag(w) B over one 64-token tile (xs [t][p] with ld kLd,
@@ -93,10 +97,39 @@ __device__ __forceinline__ void store_state(float* states, const float (&acc)[16
   }
 }
 
+// One launch of the multi-head product S[p, n] = Σ_t X[t, p] w_t Bm[t, n] per (b, chunk, head): the forward's
+// chunk states (x, B, the tokens kernel's weight rows, into w.states) or the backward's dS_c = dY^T diag(e0) C
+// (dY, C, e0_t = exp(cs_t) on the chunk's first run from the backward's token rows, into v.dstate).
+struct StateProduct {
+  TensorArg x, bm;          // (B, L, H, P) and (B, L, G, N)
+  int64_t rows = 0;         // workspace offset of the token rows ((b * H + h) * nchunks + c) * 3 * kMaxChunk
+  int64_t out = 0;          // workspace offset of the float32 results [(((b * nchunks + c) * H + h) * P + p) * N + n]
+  bool first_run = false;   // weights exp(cs_k) where run_k == 0 (rows 1, 2: cs, run), else the weight row (row 2)
+};
+
+// The heads' weights into wt[head][token]: row 2 copied (cp.async, in the caller's first group), or exp(cs) on the
+// first run computed from rows 1 and 2 (plain loads; visible after the caller's first barrier).
+__device__ __forceinline__ void state_weights(float* wt, const float* src, int64_t head_step, int nh, int nvalid,
+                                              bool first_run) {
+  if (!first_run) {
+    for (int e = threadIdx.x; e < nh * kMaxChunk / 4; e += kThreads) {  // 64 16-byte chunks per head
+      const int hi = e / (kMaxChunk / 4), k4 = e % (kMaxChunk / 4);
+      cp_async16(wt + hi * kMaxChunk + 4 * k4, src + hi * head_step + 2 * kMaxChunk + 4 * k4, true);
+    }
+    return;
+  }
+  for (int e = threadIdx.x; e < nh * kMaxChunk; e += kThreads) {
+    const int hi = e / kMaxChunk, k = e % kMaxChunk;
+    const float cs = src[hi * head_step + kMaxChunk + k];
+    const int run = __float_as_int(src[hi * head_step + 2 * kMaxChunk + k]);
+    wt[e] = k < nvalid && run == 0 ? __expf(cs) : 0.f;
+  }
+}
+
 // kFull: N rounds up to 128 (all eight n-tile pairs, fixed at compile time: no per-pair predicates).
-// The heads' weights come from the tokens kernel (copied with B at the start: no per-head token work).
+// The heads' weights come from the token rows (copied with Bm at the start: no per-head token work).
 template <typename T, bool kFull>
-__global__ void __launch_bounds__(kThreads) chunk_state_heads_kernel(SsdParams p, Layout w) {
+__global__ void __launch_bounds__(kThreads) chunk_state_heads_kernel(SsdParams p, Layout w, StateProduct sp) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Np = (N + 15) / 16 * 16, ldb = Np + 8;
   const size_t xb = align128(kTile * kLd * sizeof(T));
@@ -110,47 +143,82 @@ __global__ void __launch_bounds__(kThreads) chunk_state_heads_kernel(SsdParams p
   const int nh = min(kStateHeads, (g + 1) * hg - h0);
   const int nvalid = int(min(int64_t(Q), p.seqlen - c0)), nk = (nvalid + kTile - 1) / kTile;
   const int nt = nh * nk;  // x tiles in stream order (head, token tile)
-  const int64_t xr = p.x.stride[1], br = p.B.stride[1];
-  const T* xrow = ptr<T>(p.x) + b * p.x.stride[0] + p0 * p.x.stride[3] + c0 * xr;
-  const T* bsrc = ptr<T>(p.B) + b * p.B.stride[0] + g * p.B.stride[2] + c0 * br;
-  auto issue_x = [&](int f) {  // x tile f into buffer f % kXStages
-    const int hi = f / nk, kt = f % nk;
-    issue_rows<T, kTile>(reinterpret_cast<T*>(xbase + (f % kXStages) * xb), kLd,
-                         xrow + (h0 + hi) * p.x.stride[2] + kt * kTile * xr, xr, p.x.stride[3], nvalid - kt * kTile,
-                         P - p0);
+  const TensorArg &X = sp.x, &Bm = sp.bm;
+  const int64_t xr = X.stride[1], br = Bm.stride[1];
+  const T* xrow = ptr<T>(X) + b * X.stride[0] + p0 * X.stride[3] + c0 * xr;
+  const T* bsrc = ptr<T>(Bm) + b * Bm.stride[0] + g * Bm.stride[2] + c0 * br;
+  // x tile copies: where every row of every head is whole 16-byte chunks, each thread keeps its chunk's source and
+  // destination (rows r + 16 i, column chunk ch) for the block (session 9: issue_rows per tile cost ~130
+  // instructions per tile and warp), else issue_rows per tile
+  constexpr int kV = 16 / sizeof(T), kPer = kTile / kV, kStep = kThreads / kPer;
+  const int xr_ = int(threadIdx.x) / kPer, xch = int(threadIdx.x) % kPer;
+  const bool xfix = P % kV == 0 && X.stride[3] == 1 && xr % kV == 0 && X.stride[2] % kV == 0 &&
+                    (reinterpret_cast<uintptr_t>(xrow) & 15) == 0;
+  const bool xcol = xch * kV < P - p0;
+  const T* xthr = xrow + xr_ * xr + xch * kV;
+  const int xdst = xr_ * kLd + xch * kV;
+  int ihi = 0, ikt = 0;  // the next x tile to copy (head, token tile): counters, no divisions by nk per tile
+  auto issue_x = [&](int f) {  // x tile f = (ihi, ikt) into buffer f % kXStages
+    T* dst = reinterpret_cast<T*>(xbase + (f % kXStages) * xb);
+    if (xfix) {
+      const T* src = xthr + (h0 + ihi) * X.stride[2] + ikt * kTile * xr;
+      const int rows = nvalid - ikt * kTile - xr_;
+#pragma unroll
+      for (int i = 0; i < kTile / kStep; ++i) {
+        const bool ok = xcol && i * kStep < rows;
+        cp_async16(dst + xdst + i * kStep * kLd, ok ? src + i * kStep * xr : xrow, ok);
+      }
+    } else {
+      issue_rows<T, kTile>(dst, kLd, xrow + (h0 + ihi) * X.stride[2] + ikt * kTile * xr, xr, X.stride[3],
+                           nvalid - ikt * kTile, P - p0);
+    }
+    if (++ikt == nk) ikt = 0, ++ihi;
   };
   for (int kt = 0; kt < nk; ++kt)
-    issue_rows_n<T>(bs + kt * kTile * ldb, ldb, Np, bsrc + kt * kTile * br, br, p.B.stride[3], nvalid - kt * kTile, N);
-  const float* wsrc = ptr<float>(p.workspace) + w.tok + ((b * p.nheads + h0) * w.nchunks + c) * 3 * kMaxChunk;
-  for (int e = threadIdx.x; e < nh * kMaxChunk / 4; e += kThreads) {  // the heads' weight rows, 64 16-byte chunks each
-    const int hi = e / (kMaxChunk / 4), k4 = e % (kMaxChunk / 4);
-    cp_async16(wt + hi * kMaxChunk + 4 * k4, wsrc + hi * w.nchunks * 3 * kMaxChunk + 2 * kMaxChunk + 4 * k4, true);
-  }
+    issue_rows_n<T>(bs + kt * kTile * ldb, ldb, Np, bsrc + kt * kTile * br, br, Bm.stride[3], nvalid - kt * kTile, N);
+  const int64_t head_step = w.nchunks * 3 * kMaxChunk;
+  const float* wsrc = ptr<float>(p.workspace) + sp.rows + ((b * p.nheads + h0) * w.nchunks + c) * 3 * kMaxChunk;
+  if (!sp.first_run) state_weights(wt, wsrc, head_step, nh, nvalid, false);
 #pragma unroll
-  for (int f = 0; f < kXStages - 1; ++f) {  // one group each; the first also holds B
+  for (int f = 0; f < kXStages - 1; ++f) {  // one group each; the first also holds Bm (and the copied weights)
     if (f < nt) issue_x(f);
     cp_async_commit();
   }
+  if (sp.first_run) state_weights(wt, wsrc, head_step, nh, nvalid, true);  // under the copies in flight
   float* ws = ptr<float>(p.workspace);
   const int r0 = int(threadIdx.x >> 5) * 16, npair = kFull ? 8 : Np / 16;
   float acc[16][4];
+  int hi = 0, kt = 0;  // tile f's head and token tile
 #pragma unroll 1
   for (int f = 0; f < nt; ++f) {
-    const int hi = f / nk, kt = f % nk, h = h0 + hi;
     if (kt == 0)  // the head's accumulators from zero
 #pragma unroll
       for (int j = 0; j < 16; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
     if (f + kXStages - 1 < nt) issue_x(f + kXStages - 1);
     cp_async_commit();
-    cp_async_wait<kXStages - 1>();  // tile f (and B) landed
+    cp_async_wait<kXStages - 1>();  // tile f (and Bm) landed
     __syncthreads();
     state_tile_wide<T>(acc, reinterpret_cast<const T*>(xbase + (f % kXStages) * xb), bs + kt * kTile * ldb, ldb,
                        wt + hi * kMaxChunk + kt * kTile, r0, npair);
     if (kt == nk - 1)
-      store_state(ws + w.states + ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N, acc, P, N,
+      store_state(ws + sp.out + ((b * w.nchunks + c) * p.nheads + h0 + hi) * int64_t(P) * N, acc, P, N,
                   p0 + r0 + (int(threadIdx.x & 31) >> 2));
     __syncthreads();  // buffer f % kXStages free again
+    if (++kt == nk) kt = 0, ++hi;
   }
+}
+
+// The multi-head product (half / bfloat16, N <= 128).
+template <typename T>
+void launch_state_product(const SsdParams& p, const Layout& w, const StateProduct& sp, cudaStream_t s) {
+  const int64_t ptiles = (p.headdim + kTile - 1) / kTile, hg = p.nheads / p.ngroups;
+  const int64_t quads = (hg + kStateHeads - 1) / kStateHeads;
+  const dim3 grid(unsigned(w.nchunks * ptiles), unsigned(p.ngroups * quads), unsigned(p.batch));
+  const size_t smem = chunk_state_heads_smem<T>(int(p.chunk), int(p.dstate));
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
+  auto kernel = (p.dstate + 15) / 16 == 8 ? chunk_state_heads_kernel<T, true> : chunk_state_heads_kernel<T, false>;
+  if (smem > 48 * 1024) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  kernel<<<grid, kThreads, smem, s>>>(p, w, sp);
 }
 
 template <typename T>
@@ -160,14 +228,8 @@ void launch_chunk_state(const SsdParams& p, const Layout& w, cudaStream_t s) {
   const dim3 grid(unsigned(w.nchunks * tiles), unsigned(p.nheads), unsigned(p.batch));
   if constexpr (!std::is_same<T, float>::value) {
     if (p.dstate <= 2 * kTile) {  // the tokens kernel (records, tok rows), then the heads' states
-      const int64_t hg = p.nheads / p.ngroups, quads = (hg + kStateHeads - 1) / kStateHeads;
-      const dim3 hgrid(unsigned(w.nchunks * ptiles), unsigned(p.ngroups * quads), unsigned(p.batch));
-      const size_t smem = chunk_state_heads_smem<T>(int(p.chunk), int(p.dstate));
       launch(chunk_tokens_kernel<T>, dim3(unsigned(w.nchunks), unsigned(p.nheads), unsigned(p.batch)), 0, s, p, w);
-      if ((p.dstate + 15) / 16 == 8)
-        launch(chunk_state_heads_kernel<T, true>, hgrid, smem, s, p, w);
-      else
-        launch(chunk_state_heads_kernel<T, false>, hgrid, smem, s, p, w);
+      launch_state_product<T>(p, w, StateProduct{p.x, p.B, w.tok, w.states, false}, s);
       return;
     }
     launch(chunk_state_mma_kernel<T>, grid, chunk_state_mma_smem<T>(), s, p, w);  // N > 128

@@ -18,7 +18,9 @@ struct alignas(sizeof(T) * V) Pack {
   T v[V];
 };
 
-// V consecutive elements e0.. of one head's P x N state per thread (V = 4 when P N allows).
+// V consecutive elements e0.. of one head's P x N state per thread (V = 4 when P N allows). The chunks' records (two
+// 16-byte loads each) are loaded with their states, kAhead at a time (session 9; after each chunk's stores they
+// cost a dependent L2 round trip per chunk).
 template <typename T, int V>
 __global__ void __launch_bounds__(kThreads) state_passing_kernel(SsdParams p, Layout w) {
   const int64_t PN = p.headdim * p.dstate, e0 = (int64_t(blockIdx.x) * kThreads + threadIdx.x) * V;
@@ -42,14 +44,18 @@ __global__ void __launch_bounds__(kThreads) state_passing_kernel(SsdParams p, La
   constexpr int kAhead = 4;            // chunk states loaded together (in flight at once)
   for (int64_t c0 = 0; c0 < nc; c0 += kAhead) {
     Pack<float, V> S[kAhead];
+    Pack<float, kRecord> R[kAhead];
 #pragma unroll
     for (int u = 0; u < kAhead; ++u)
-      if (c0 + u < nc) S[u] = *reinterpret_cast<const Pack<float, V>*>(states + (b * nc + c0 + u) * step);
+      if (c0 + u < nc) {
+        S[u] = *reinterpret_cast<const Pack<float, V>*>(states + (b * nc + c0 + u) * step);
+        R[u] = *reinterpret_cast<const Pack<float, kRecord>*>(rec + (c0 + u) * kRecord);
+      }
 #pragma unroll
     for (int u = 0; u < kAhead; ++u) {
       const int64_t c = c0 + u, off = (b * nc + c) * step;
       if (c >= nc) break;
-      const float* r = rec + c * kRecord;
+      const float* r = R[u].v;
       const bool continues = c == 0 ? !cu : __float_as_int(r[kContinues]) != 0;
       const bool reset = __float_as_int(r[kHasReset]) != 0;
       Pack<float, V> h_in;
