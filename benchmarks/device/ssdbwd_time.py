@@ -22,9 +22,11 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 FORMS = {  # name: environment
     "default": {},
     "dc1": {"SSM_SSD_BWD_DC2": "0"},  # dc with a block per 64-wide N slice (session 8's)
+    "dx4": {"SSM_SSD_BWD_DX4": "1"},  # dx at four blocks per SM
     "nosplit": {"SSM_SSD_BWD_SPLIT": "0"},
+    "sets8": {"SSM_SSD_BWD_HEADSUM": "8"},  # 8 head sets per group (B8: dc2 / db2 at 2048 blocks, not 1024)
 }
-SWITCHES = ("SSM_SSD_BWD_SPLIT", "SSM_SSD_BWD_HEADSUM", "SSM_SSD_BWD_DC2")
+SWITCHES = ("SSM_SSD_BWD_SPLIT", "SSM_SSD_BWD_HEADSUM", "SSM_SSD_BWD_DC2", "SSM_SSD_BWD_DX4")
 
 
 def kernel_table(fn, iters=3):
@@ -76,7 +78,8 @@ def main():
     os.makedirs(out_dir, exist_ok=True)
     res = dict(device=torch.cuda.get_device_name(), rows=[])
     print(res["device"], flush=True)
-    parts = [(8, 2048, "default"), (1, 8192, "default"), (8, 2048, "dc1"), (1, 8192, "dc1"), (8, 2048, "nosplit")]
+    parts = [(8, 2048, "default"), (1, 8192, "default"), (8, 2048, "dc1"), (1, 8192, "dc1"), (8, 2048, "dx4"),
+             (8, 2048, "sets8")]
     for B, L, name in parts:
         try:
             res["rows"].append(case(B, L, name, FORMS[name]))

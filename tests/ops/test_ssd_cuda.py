@@ -2,6 +2,8 @@
 32/64/128, state sizes 16..256, every dtype, varlen batches whose sequences cross chunks, a long
 sequence, CUDA-graph capture and bitwise reproducibility. The small-shape grid runs for every
 backend in test_ssd.py."""
+import re
+
 import pytest
 import torch
 
@@ -256,31 +258,41 @@ def test_kernel_backward_variants_match_reference(dtype, case, mode, monkeypatch
     assert_grads_close(cuda_backward_grads(dtype, case, True, mode == "group"), dtype)
 
 
+# The backward's switched forms that compute the same products in the same order per element (the bits must agree):
+# name: (environment variable, a kernel only the form launches, a kernel only the form it replaces launches)
+BITWISE_FORMS = {
+    "dc2": ("SSM_SSD_BWD_DC2", r"bwd_dc2_mma_kernel<", r"bwd_dc_mma_kernel<"),  # both N slices in one block
+    "dx4": ("SSM_SSD_BWD_DX4", r"bwd_dx_mma_kernel<[^>]*, 4>", r"bwd_dx_mma_kernel<[^>]*, 3>"),  # 4 blocks per SM
+}
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
 @pytest.mark.parametrize("case", [(1, 300, 4, 64, 1, 128, 128), (2, 2 * 256 + 37, 4, 32, 2, 100, 256)],
                          ids=lambda c: "b{}_l{}_h{}_p{}_g{}_n{}_c{}".format(*c))
-def test_kernel_backward_dc2_equals_a_block_per_slice(dtype, case, monkeypatch):
-    """dC with both 64-wide N slices in one block (bwd_dc2_mma_kernel, the default at 64 < N <= 128, P <= 64) gives
-    the bits of a block per slice (SSM_SSD_BWD_DC2=0): the same products in the same order per element."""
+@pytest.mark.parametrize("form", sorted(BITWISE_FORMS))
+def test_kernel_backward_forms_are_bitwise_equal(dtype, case, form, monkeypatch):
+    """dC with both 64-wide N slices in one block (bwd_dc2_mma_kernel, at 64 < N <= 128, P <= 64) against a block per
+    slice (SSM_SSD_BWD_DC2=0); dx at four blocks per SM against three (SSM_SSD_BWD_DX4): every gradient bitwise."""
     monkeypatch.setenv("SSM_SSD_COMPOSED_BWD", "1")
     monkeypatch.setenv("SSM_SSD_BWD_KERNEL", "1")
+    var, on_kernel, off_kernel = BITWISE_FORMS[form]
     batch, L, H, P, G, N, chunk = case
     args = make_inputs(batch, L, H, P, G, N, dtype, "cuda", D="full", bias=True, init=True, seq=True)
     dy = torch.randn_like(args["X"])
     grads, kernels = {}, {}
-    for dc2 in ("1", "0"):
-        monkeypatch.setenv("SSM_SSD_BWD_DC2", dc2)
+    for on in ("1", "0"):
+        monkeypatch.setenv(var, on)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-            grads[dc2] = ssd._bwd_cuda(args["X"], args["dt"].float(), args["A"], args["B"], args["C"], args["D"], None,
-                                       args["dt_bias"], args["initial_states"], args["seq_idx"], dy, None, chunk, True,
-                                       0.05, 0.9)
+            grads[on] = ssd._bwd_cuda(args["X"], args["dt"].float(), args["A"], args["B"], args["C"], args["D"], None,
+                                      args["dt_bias"], args["initial_states"], args["seq_idx"], dy, None, chunk, True,
+                                      0.05, 0.9)
             torch.cuda.synchronize()
-        kernels[dc2] = " ".join(e.key for e in prof.key_averages())
-    assert "bwd_dc2_mma_kernel" in kernels["1"] and "bwd_dc2_mma_kernel" not in kernels["0"]
-    assert "bwd_dc_mma_kernel" in kernels["0"]
+        kernels[on] = " ".join(e.key for e in prof.key_averages())
+    assert re.search(on_kernel, kernels["1"]) and not re.search(off_kernel, kernels["1"]), kernels["1"]
+    assert re.search(off_kernel, kernels["0"]) and not re.search(on_kernel, kernels["0"]), kernels["0"]
     names = ["dx", "ddt", "dA", "dB", "dC", "dD", "dz", "ddt_bias", "dinit"]
     for name, got, want in zip(names, grads["1"], grads["0"]):
-        assert torch.equal(got, want), f"{name} differs between dc2 and a block per slice"
+        assert torch.equal(got, want), f"{name} differs between the two forms of {form}"
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f16", "bf16"])

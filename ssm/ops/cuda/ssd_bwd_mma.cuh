@@ -573,8 +573,8 @@ size_t bwd_dx_mma_smem(int N) {
 }
 
 // Per (source tile j, 64-wide P slice, head): o, dx, the x·o and X_s partials, the dD share.
-template <typename T, bool kSplit>
-__global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
+template <typename T, bool kSplit, int kBlocks>
+__global__ void __launch_bounds__(kThreads, kBlocks) bwd_dx_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), nq = Q / kTile, Np = round16(N), ldn = Np + 8;
   const int npt = (P + kTile - 1) / kTile;
@@ -1029,6 +1029,17 @@ void launch_bwd_dstate_mma(const SsdParams& p, const Layout& w, const BwdLayout&
   launch_bwd(bwd_dstate_mma_kernel<T>, grid, smem, s, p, w, v);
 }
 
+// dx at four blocks per SM (128 registers: 32 B spilled, the o state's product kept over the target loop) where four
+// fit the shared memory and SSM_SSD_BWD_DX4 is on, else three (168; session 6: three faster, 321 against 336 us).
+template <typename T, bool kSplit>
+void launch_bwd_dx_mma(const SsdParams& p, const Layout& w, const BwdLayout& v, dim3 grid, cudaStream_t s) {
+  const size_t smem = bwd_dx_mma_smem<T>(int(p.dstate));
+  if (ssd_switch("SSM_SSD_BWD_DX4", false) && bwd_tile_blocks(smem) == 4)
+    launch_bwd(bwd_dx_mma_kernel<T, kSplit, 4>, grid, smem, s, p, w, v);
+  else
+    launch_bwd(bwd_dx_mma_kernel<T, kSplit, 3>, grid, smem, s, p, w, v);
+}
+
 // Steps 3 and 4 on register fragments (half / bfloat16).
 template <typename T>
 void launch_bwd_tiles_mma(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s) {
@@ -1044,8 +1055,8 @@ void launch_bwd_tiles_mma(const SsdParams& p, const Layout& w, const BwdLayout& 
   else
     launch_bwd(bwd_dc_mma_kernel<T, 4>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
   const dim3 dx_grid(nc * nq * npt, H, unsigned(p.batch));
-  if (v.dhlo) launch_bwd(bwd_dx_mma_kernel<T, true>, dx_grid, bwd_dx_mma_smem<T>(N), s, p, w, v);
-  else launch_bwd(bwd_dx_mma_kernel<T, false>, dx_grid, bwd_dx_mma_smem<T>(N), s, p, w, v);
+  if (v.dhlo) launch_bwd_dx_mma<T, true>(p, w, v, dx_grid, s);
+  else launch_bwd_dx_mma<T, false>(p, w, v, dx_grid, s);
   if (bwd_db2(p))
     launch_bwd(bwd_db2_mma_kernel<T>, dim3(nq * nc * rows), bwd_db2_mma_smem<T>(P), s, p, w, v);
   else if (bwd_tile_blocks(bwd_db_mma_smem<T>(P)) == 3)
