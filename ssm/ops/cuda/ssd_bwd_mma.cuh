@@ -707,6 +707,17 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_dx_mma_kernel(SsdParams
                            red[3 * kTile + threadIdx.x];
 }
 
+// dx at four blocks per SM (128 registers: 32 B spilled, the o state's product kept over the target loop) where four
+// fit the shared memory and SSM_SSD_BWD_DX4 is on, else three (168; session 6: three faster, 321 against 336 us).
+template <typename T, bool kSplit>
+void launch_bwd_dx_mma(const SsdParams& p, const Layout& w, const BwdLayout& v, dim3 grid, cudaStream_t s) {
+  const size_t smem = bwd_dx_mma_smem<T>(int(p.dstate));
+  if (ssd_switch("SSM_SSD_BWD_DX4", false) && bwd_tile_blocks(smem) == 4)
+    launch_bwd(bwd_dx_mma_kernel<T, kSplit, 4>, grid, smem, s, p, w, v);
+  else
+    launch_bwd(bwd_dx_mma_kernel<T, kSplit, 3>, grid, smem, s, p, w, v);
+}
+
 template <typename T>
 size_t bwd_db_mma_smem(int P) {
   const int ldp = round16(P) + 8;
@@ -1027,17 +1038,6 @@ void launch_bwd_dstate_mma(const SsdParams& p, const Layout& w, const BwdLayout&
                       4 * align128(kTile * kLd * sizeof(T));
   const dim3 grid(unsigned(w.nchunks * tiles), unsigned(p.nheads), unsigned(p.batch));
   launch_bwd(bwd_dstate_mma_kernel<T>, grid, smem, s, p, w, v);
-}
-
-// dx at four blocks per SM (128 registers: 32 B spilled, the o state's product kept over the target loop) where four
-// fit the shared memory and SSM_SSD_BWD_DX4 is on, else three (168; session 6: three faster, 321 against 336 us).
-template <typename T, bool kSplit>
-void launch_bwd_dx_mma(const SsdParams& p, const Layout& w, const BwdLayout& v, dim3 grid, cudaStream_t s) {
-  const size_t smem = bwd_dx_mma_smem<T>(int(p.dstate));
-  if (ssd_switch("SSM_SSD_BWD_DX4", false) && bwd_tile_blocks(smem) == 4)
-    launch_bwd(bwd_dx_mma_kernel<T, kSplit, 4>, grid, smem, s, p, w, v);
-  else
-    launch_bwd(bwd_dx_mma_kernel<T, kSplit, 3>, grid, smem, s, p, w, v);
 }
 
 // Steps 3 and 4 on register fragments (half / bfloat16).
