@@ -1,7 +1,7 @@
 """Device round of the dedicated CUDA SSD backward (ssdbwd, session 9), timing part: one Python process, after
 the tests (run by ssdbwd.sh in another process: their conftest poisons kernel outputs with NaN).
 
-    python benchmarks/device/ssdbwd_time.py OUT_DIR
+    python benchmarks/device/ssdbwd_time.py OUT_DIR [FORM,FORM,...]   (forms: FORMS below; B1 L8192 for the first two)
 
 fwd+bwd at issue 6's shapes (bf16; D, dt_bias, softplus; chunk 256) per backward form: the profiler's kernel sum and
 top kernels, the eager wall time (CUDA events, L2 flushed), the host time per call.
@@ -23,10 +23,11 @@ FORMS = {  # name: environment
     "default": {},
     "dc1": {"SSM_SSD_BWD_DC2": "0"},  # dc with a block per 64-wide N slice (session 8's)
     "dx4": {"SSM_SSD_BWD_DX4": "1"},  # dx at four blocks per SM
-    "nosplit": {"SSM_SSD_BWD_SPLIT": "0"},
+    "colf": {"SSM_SSD_BWD_COLF": "1"},  # the decay mask's column factors once per block and head (dc2, dx)
     "sets8": {"SSM_SSD_BWD_HEADSUM": "8"},  # 8 head sets per group (B8: dc2 / db2 at 2048 blocks, not 1024)
+    "nosplit": {"SSM_SSD_BWD_SPLIT": "0"},
 }
-SWITCHES = ("SSM_SSD_BWD_SPLIT", "SSM_SSD_BWD_HEADSUM", "SSM_SSD_BWD_DC2", "SSM_SSD_BWD_DX4")
+SWITCHES = ("SSM_SSD_BWD_SPLIT", "SSM_SSD_BWD_HEADSUM", "SSM_SSD_BWD_DC2", "SSM_SSD_BWD_DX4", "SSM_SSD_BWD_COLF")
 
 
 def kernel_table(fn, iters=3):
@@ -78,8 +79,8 @@ def main():
     os.makedirs(out_dir, exist_ok=True)
     res = dict(device=torch.cuda.get_device_name(), rows=[])
     print(res["device"], flush=True)
-    parts = [(8, 2048, "default"), (1, 8192, "default"), (8, 2048, "dc1"), (1, 8192, "dc1"), (8, 2048, "dx4"),
-             (8, 2048, "sets8")]
+    names = sys.argv[2].split(",") if len(sys.argv) > 2 else ["default", "dc1", "dx4", "colf"]
+    parts = [(8, 2048, n) for n in names] + [(1, 8192, n) for n in names[:2]]
     for B, L, name in parts:
         try:
             res["rows"].append(case(B, L, name, FORMS[name]))

@@ -262,7 +262,9 @@ def test_kernel_backward_variants_match_reference(dtype, case, mode, monkeypatch
 # name: (environment variable, a kernel only the form launches, a kernel only the form it replaces launches)
 BITWISE_FORMS = {
     "dc2": ("SSM_SSD_BWD_DC2", r"bwd_dc2_mma_kernel<", r"bwd_dc_mma_kernel<"),  # both N slices in one block
-    "dx4": ("SSM_SSD_BWD_DX4", r"bwd_dx_mma_kernel<[^>]*, 4>", r"bwd_dx_mma_kernel<[^>]*, 3>"),  # 4 blocks per SM
+    "dx4": ("SSM_SSD_BWD_DX4", r"bwd_dx_mma_kernel<[^>]*, 4, ", r"bwd_dx_mma_kernel<[^>]*, 3, "),  # 4 blocks per SM
+    # the decay mask's column factors once per block and head (dc2, dx)
+    "colf": ("SSM_SSD_BWD_COLF", r"bwd_dx_mma_kernel<[^>]*, \d, true>", r"bwd_dx_mma_kernel<[^>]*, \d, false>"),
 }
 
 
@@ -272,7 +274,8 @@ BITWISE_FORMS = {
 @pytest.mark.parametrize("form", sorted(BITWISE_FORMS))
 def test_kernel_backward_forms_are_bitwise_equal(dtype, case, form, monkeypatch):
     """dC with both 64-wide N slices in one block (bwd_dc2_mma_kernel, at 64 < N <= 128, P <= 64) against a block per
-    slice (SSM_SSD_BWD_DC2=0); dx at four blocks per SM against three (SSM_SSD_BWD_DX4): every gradient bitwise."""
+    slice (SSM_SSD_BWD_DC2=0); dx at four blocks per SM against three (SSM_SSD_BWD_DX4); the decay mask's column
+    factors precomputed per block and head (SSM_SSD_BWD_COLF) or not: every gradient bitwise."""
     monkeypatch.setenv("SSM_SSD_COMPOSED_BWD", "1")
     monkeypatch.setenv("SSM_SSD_BWD_KERNEL", "1")
     var, on_kernel, off_kernel = BITWISE_FORMS[form]

@@ -97,10 +97,10 @@ __device__ __forceinline__ void mma_sx_from(float (&acc)[8][4], const float (&s)
 // columns the tile col0.. ; with kRowsTarget rows are targets t and columns sources s, else the reverse.
 // v(s, t) *= exp(cs_t - cs_s) (· Δ_s with kDelta) where s <= t < nv in the same run, else 0. Off the diagonal
 // exp(cs_t - cs_s) = exp(cs_t - ref) · exp(ref - cs_s) about the source tile's last token (both <= 1 for a
-// decaying A): 18 exponentials per thread instead of 32.
-template <bool kRowsTarget, bool kDelta>
+// decaying A): 18 exponentials per thread instead of 32; with kColf the columns' factors come from colf (tile_colf).
+template <bool kRowsTarget, bool kDelta, bool kColf = false>
 __device__ __forceinline__ void tile_decay(float (&v)[8][4], const TileTokens& tok, const int (&row)[2], int col0,
-                                           int nv, bool diag) {
+                                           int nv, bool diag, const float* colf = nullptr) {
   const int c2 = 2 * int(threadIdx.x & 3);
   const int src0 = kRowsTarget ? col0 : row[0] / kTile * kTile;
   const float ref = tok.cs[src0 + kTile - 1];
@@ -120,7 +120,7 @@ __device__ __forceinline__ void tile_decay(float (&v)[8][4], const TileTokens& t
       const float cs_c = tok.cs[col];
       const int run_c = !kRowsTarget && col >= nv ? -1 : tok.run[col];
       const float w = kDelta && kRowsTarget ? tok.dt[col] : 1.f;
-      const float f_c = diag ? w : w * __expf(kRowsTarget ? ref - cs_c : cs_c - ref);
+      const float f_c = diag ? w : kColf ? colf[col] : w * __expf(kRowsTarget ? ref - cs_c : cs_c - ref);
 #pragma unroll
       for (int hf = 0; hf < 2; ++hf) {
         const int sv = kRowsTarget ? col : row[hf], tv = kRowsTarget ? row[hf] : col;
@@ -130,6 +130,19 @@ __device__ __forceinline__ void tile_decay(float (&v)[8][4], const TileTokens& t
       }
     }
 }
+
+// tile_decay's off-diagonal column factors of one head, once per block and head instead of once per tile step (the
+// same values): with kRowsTarget (dc: columns are sources s) Δ_s exp(cs_last(s's tile) - cs_s), else (dx: columns are
+// targets t) exp(cs_t - cs_ref), ref the block's source tile's last token. Block-wide; the caller syncs before use.
+// SSM_SSD_BWD_COLF=1.
+template <bool kRowsTarget>
+__device__ __forceinline__ void tile_colf(float* colf, const TileTokens& tok, int Q, int ref) {
+  for (int k = threadIdx.x; k < Q; k += kThreads)
+    colf[k] = kRowsTarget ? tok.dt[k] * __expf(tok.cs[k / kTile * kTile + kTile - 1] - tok.cs[k])
+                          : __expf(tok.cs[k] - tok.cs[ref]);
+}
+
+inline bool bwd_colf() { return ssd_switch("SSM_SSD_BWD_COLF", false); }
 
 // The chunk's token data (Δ, cs, run) for row b, head h, chunk c,
 // copied asynchronously from the workspace copy that dstate wrote (v.tok); the caller commits and waits.
@@ -370,11 +383,11 @@ inline bool bwd_dc2(const SsdParams& p) {
 }
 
 template <typename T>
-size_t bwd_dc2_mma_smem(int P) {
+size_t bwd_dc2_mma_smem(int P, bool colf) {
   const int ldp = round16(P) + 8;
   return align128(sizeof(TileTokens)) + 2 * align128(kTile * ldp * sizeof(T)) +
          align128(kTile * max(ldp, 2 * kLd) * sizeof(T)) + 2 * align128(kTile * kLd2 * sizeof(T)) +
-         align128(4 * kTile * sizeof(float));
+         align128(4 * kTile * sizeof(float)) + (colf ? align128(kMaxChunk * sizeof(float)) : 0);
 }
 
 // acc0 += S · X[:, 0:64], acc1 += S · X[:, 64:128] (X stored [k][n], ld kLd2; S's accumulators packed as A
@@ -443,7 +456,7 @@ __device__ __forceinline__ void dc2_state_slice(float (&acc)[8][4], float (&st)[
 
 // Per (target tile i, head set): dC (both N slices) summed over the set's heads, per head the Y partials of both
 // slices and the decay-pair sums (bwd_dc_mma_kernel's sums, bitwise: the same products in the same order).
-template <typename T>
+template <typename T, bool kColf>
 __global__ void __launch_bounds__(kThreads, 3) bwd_dc2_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), nq = Q / kTile, Pp = round16(P), ldp = Pp + 8;
@@ -455,6 +468,7 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dc2_mma_kernel(SsdParams p, L
   T* bb0 = sm.take<T>(kTile * kLd2);  // B_s, 128 columns
   T* bb1 = sm.take<T>(kTile * kLd2);  // C_t (for Y) in the state's part, then B_s
   float* red = sm.take<float>(4 * kTile);
+  float* colf = kColf ? sm.take<float>(kMaxChunk) : nullptr;  // tile_colf's factors of the head
   T* const hb0 = xb1;  // H_in pieces in the state's part, before the source loop's first copy into xb1
   T* const hb1 = xb1 + kTile * kLd;
   const TileBlock tb = tile_block(p, w, v, 1);
@@ -509,6 +523,7 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dc2_mma_kernel(SsdParams p, L
 #pragma unroll
           for (int hf = 0; hf < 2; ++hf)
             e0[hf] = trow[hf] < nv && tok.run[trow[hf]] == 0 ? __expf(tok.cs[trow[hf]]) : 0.f;
+          if (kColf) tile_colf<true>(colf, tok, Q, 0);  // (read after the syncs that follow)
         }
         const int p0 = q % nper % npc * kTile;
         mma_kn64<T>(st, dys, ldp, p0, q & 1 ? hb1 : hb0, kLd, r0, min(kTile, Pp - p0));
@@ -541,7 +556,7 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dc2_mma_kernel(SsdParams p, L
       __syncthreads();
       float s[8][4] = {};
       mma_nk_range<T>(s, dys, (j & 1 ? xb1 : xb0), ldp, r0, Pp, 0, lim);  // dY_t X_s^T
-      tile_decay<true, true>(s, tok, trow, s0, nv, j == i);               // ∘ L ∘ Δ_s
+      tile_decay<true, true, kColf>(s, tok, trow, s0, nv, j == i, colf);  // ∘ L ∘ Δ_s
       mma_sx2<T>(acc0, acc1, s, (j & 1 ? bb1 : bb0), lim);
       mul_cb(s, cbg, Q, trow, s0);  // the decay pairs' terms C B^T ∘ (the masked dY X^T)
       pair_sums(s, carry, j == i, red, pairs + s0);
@@ -566,14 +581,14 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dc2_mma_kernel(SsdParams p, L
 }
 
 template <typename T>
-size_t bwd_dx_mma_smem(int N) {
+size_t bwd_dx_mma_smem(int N, bool colf) {
   const int ldn = round16(N) + 8;
   return align128(sizeof(TileTokens)) + 2 * align128(kTile * max(ldn, kLd) * sizeof(T)) +
-         2 * align128(kTile * kLd * sizeof(T));
+         2 * align128(kTile * kLd * sizeof(T)) + (colf ? align128(kMaxChunk * sizeof(float)) : 0);
 }
 
 // Per (source tile j, 64-wide P slice, head): o, dx, the x·o and X_s partials, the dD share.
-template <typename T, bool kSplit, int kBlocks>
+template <typename T, bool kSplit, int kBlocks, bool kColf>
 __global__ void __launch_bounds__(kThreads, kBlocks) bwd_dx_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), nq = Q / kTile, Np = round16(N), ldn = Np + 8;
@@ -584,6 +599,7 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_dx_mma_kernel(SsdParams
   T* hb = sm.take<T>(kTile * max(ldn, kLd));  // dH_out (P slice), then the source tile's dY
   T* db0 = sm.take<T>(kTile * kLd);
   T* db1 = sm.take<T>(kTile * kLd);
+  float* colf = kColf ? sm.take<float>(kMaxChunk) : nullptr;  // tile_colf's factors
   float* red = reinterpret_cast<float*>(db0);  // the dD column sums, after the target loop
   const int pt = int(blockIdx.x % npt), j = int(blockIdx.x / npt % nq), p0 = pt * kTile, s0 = j * kTile;
   const int h = blockIdx.y, g = h / int(p.nheads / p.ngroups);
@@ -612,6 +628,7 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_dx_mma_kernel(SsdParams
   const int warp = int(threadIdx.x >> 5), r0 = warp * 16, g8 = int(threadIdx.x & 31) >> 2;
   const int c2 = 2 * int(threadIdx.x & 3);
   const int srow[2] = {s0 + r0 + g8, s0 + r0 + g8 + 8};
+  if (kColf) tile_colf<false>(colf, tok, Q, s0 + kTile - 1);  // (read after the syncs that follow)
   float ost[8][4] = {};
   mma_nk_range<T>(ost, bs, hb, ldn, r0, Np, 0, 3);  // B_s dH_out^T
   __syncthreads();  // bs, hb read: they take the source tile's x and dY for the epilogue
@@ -642,7 +659,7 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_dx_mma_kernel(SsdParams
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
-    tile_decay<false, false>(cv, tok, srow, t0, nv, i == j);
+    tile_decay<false, false, kColf>(cv, tok, srow, t0, nv, i == j, colf);
     mma_sx_from<T>(acc, cv, (i & 1 ? db1 : db0), i == j ? warp : 0);
     __syncthreads();
   }
@@ -709,13 +726,13 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_dx_mma_kernel(SsdParams
 
 // dx at four blocks per SM (128 registers: 32 B spilled, the o state's product kept over the target loop) where four
 // fit the shared memory and SSM_SSD_BWD_DX4 is on, else three (168; session 6: three faster, 321 against 336 us).
-template <typename T, bool kSplit>
+template <typename T, bool kSplit, bool kColf>
 void launch_bwd_dx_mma(const SsdParams& p, const Layout& w, const BwdLayout& v, dim3 grid, cudaStream_t s) {
-  const size_t smem = bwd_dx_mma_smem<T>(int(p.dstate));
+  const size_t smem = bwd_dx_mma_smem<T>(int(p.dstate), kColf);
   if (ssd_switch("SSM_SSD_BWD_DX4", false) && bwd_tile_blocks(smem) == 4)
-    launch_bwd(bwd_dx_mma_kernel<T, kSplit, 4>, grid, smem, s, p, w, v);
+    launch_bwd(bwd_dx_mma_kernel<T, kSplit, 4, kColf>, grid, smem, s, p, w, v);
   else
-    launch_bwd(bwd_dx_mma_kernel<T, kSplit, 3>, grid, smem, s, p, w, v);
+    launch_bwd(bwd_dx_mma_kernel<T, kSplit, 3, kColf>, grid, smem, s, p, w, v);
 }
 
 template <typename T>
@@ -1045,18 +1062,23 @@ template <typename T>
 void launch_bwd_tiles_mma(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s) {
   const unsigned nq = unsigned(p.chunk / kTile), nc = unsigned(w.nchunks), H = unsigned(p.nheads);
   const unsigned nns = unsigned((p.dstate + kTile - 1) / kTile), npt = unsigned((p.headdim + kTile - 1) / kTile);
-  const int P = int(p.headdim), N = int(p.dstate);
+  const int P = int(p.headdim);
   const unsigned sets = unsigned(v.hsets), rows = sets * unsigned(p.batch);
   const unsigned tiles = nq * nc * nns * rows;  // 1-d: tile_block
-  if (bwd_dc2(p))
-    launch_bwd(bwd_dc2_mma_kernel<T>, dim3(nq * nc * rows), bwd_dc2_mma_smem<T>(P), s, p, w, v);
+  const bool colf = bwd_colf();
+  if (bwd_dc2(p) && colf)
+    launch_bwd(bwd_dc2_mma_kernel<T, true>, dim3(nq * nc * rows), bwd_dc2_mma_smem<T>(P, true), s, p, w, v);
+  else if (bwd_dc2(p))
+    launch_bwd(bwd_dc2_mma_kernel<T, false>, dim3(nq * nc * rows), bwd_dc2_mma_smem<T>(P, false), s, p, w, v);
   else if (bwd_tile_blocks(bwd_dc_mma_smem<T>(P)) == 3)
     launch_bwd(bwd_dc_mma_kernel<T, 3>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
   else
     launch_bwd(bwd_dc_mma_kernel<T, 4>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
   const dim3 dx_grid(nc * nq * npt, H, unsigned(p.batch));
-  if (v.dhlo) launch_bwd_dx_mma<T, true>(p, w, v, dx_grid, s);
-  else launch_bwd_dx_mma<T, false>(p, w, v, dx_grid, s);
+  if (v.dhlo && colf) launch_bwd_dx_mma<T, true, true>(p, w, v, dx_grid, s);
+  else if (v.dhlo) launch_bwd_dx_mma<T, true, false>(p, w, v, dx_grid, s);
+  else if (colf) launch_bwd_dx_mma<T, false, true>(p, w, v, dx_grid, s);
+  else launch_bwd_dx_mma<T, false, false>(p, w, v, dx_grid, s);
   if (bwd_db2(p))
     launch_bwd(bwd_db2_mma_kernel<T>, dim3(nq * nc * rows), bwd_db2_mma_smem<T>(P), s, p, w, v);
   else if (bwd_tile_blocks(bwd_db_mma_smem<T>(P)) == 3)
