@@ -23,7 +23,7 @@ FORMS = {  # name: environment
     "default": {},
     "dc1": {"SSM_SSD_BWD_DC2": "0"},  # dc with a block per 64-wide N slice (session 8's)
     "dx4": {"SSM_SSD_BWD_DX4": "1"},  # dx at four blocks per SM
-    "colf": {"SSM_SSD_BWD_COLF": "1"},  # the decay mask's column factors once per block and head (dc2, dx)
+    "colf": {"SSM_SSD_BWD_COLF": "1"},  # the decay mask's column factors once per block and head (dc2, dx, db2)
     "sets8": {"SSM_SSD_BWD_HEADSUM": "8"},  # 8 head sets per group (B8: dc2 / db2 at 2048 blocks, not 1024)
     "nosplit": {"SSM_SSD_BWD_SPLIT": "0"},
 }

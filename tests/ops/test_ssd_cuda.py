@@ -263,7 +263,7 @@ def test_kernel_backward_variants_match_reference(dtype, case, mode, monkeypatch
 BITWISE_FORMS = {
     "dc2": ("SSM_SSD_BWD_DC2", r"bwd_dc2_mma_kernel<", r"bwd_dc_mma_kernel<"),  # both N slices in one block
     "dx4": ("SSM_SSD_BWD_DX4", r"bwd_dx_mma_kernel<[^>]*, 4, ", r"bwd_dx_mma_kernel<[^>]*, 3, "),  # 4 blocks per SM
-    # the decay mask's column factors once per block and head (dc2, dx)
+    # the decay mask's column factors once per block and head (dc2, dx, db2)
     "colf": ("SSM_SSD_BWD_COLF", r"bwd_dx_mma_kernel<[^>]*, \d, true>", r"bwd_dx_mma_kernel<[^>]*, \d, false>"),
 }
 

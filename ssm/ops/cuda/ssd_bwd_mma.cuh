@@ -855,16 +855,17 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_db_mma_kernel(SsdParams
 }
 
 template <typename T>
-size_t bwd_db2_mma_smem(int P) {
+size_t bwd_db2_mma_smem(int P, bool colf) {
   const int ldp = round16(P) + 8;
   return align128(sizeof(TileTokens)) + align128(kTile * ldp * sizeof(T)) +
-         2 * align128(kTile * max(ldp, kLd) * sizeof(T)) + 2 * align128(kTile * kLd2 * sizeof(T));
+         2 * align128(kTile * max(ldp, kLd) * sizeof(T)) + 2 * align128(kTile * kLd2 * sizeof(T)) +
+         (colf ? align128(kMaxChunk * sizeof(float)) : 0);
 }
 
 // db with both 64-wide N slices in one block (64 < N <= 128): per (source tile j, head set), X dY_t^T and its decay
 // mask once for the 128 columns of dB (bwd_db_mma_kernel computes them once per slice). The leaving state's part
 // per slice: pieces (dH_out's rows, its residue's) alternate between the free C and dY buffers, two ahead.
-template <typename T>
+template <typename T, bool kColf>
 __global__ void __launch_bounds__(kThreads, 3) bwd_db2_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Pp = round16(P), ldp = Pp + 8;
@@ -875,6 +876,7 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_db2_mma_kernel(SsdParams p, L
   T* dyb1 = sm.take<T>(kTile * max(ldp, kLd));
   T* cb0 = sm.take<T>(kTile * kLd2);  // C_t, 128 columns
   T* cb1 = sm.take<T>(kTile * kLd2);
+  float* colf = kColf ? sm.take<float>(kMaxChunk) : nullptr;  // tile_colf's factors of the head
   const TileBlock tb = tile_block(p, w, v, 1);
   const int j = tb.tile, s0 = j * kTile;  // the heaviest tiles first
   T* const hb0 = j & 1 ? cb0 : cb1;  // the buffers the first target tile does not take
@@ -924,6 +926,7 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_db2_mma_kernel(SsdParams p, L
       if (q == 0) {
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) dts[hf] = tok.dt[srow[hf]], lv[hf] = dts[hf] * leave_weight(tok, srow[hf], nv);
+        if (kColf) tile_colf<false>(colf, tok, Q, s0 + kTile - 1);  // (read after the syncs that follow)
       }
       float st[8][4] = {};
       const int p0 = q % nper % npc * kTile;
@@ -957,7 +960,7 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_db2_mma_kernel(SsdParams p, L
       float st[8][4] = {};
       const int lo = i == j ? warp : 0;
       mma_nk_range<T>(st, xs, (i & 1 ? dyb1 : dyb0), ldp, r0, Pp, lo, 3);  // X_s dY_t^T
-      tile_decay<false, false>(st, tok, srow, t0, nv, i == j);
+      tile_decay<false, false, kColf>(st, tok, srow, t0, nv, i == j, colf);
 #pragma unroll
       for (int jj = 0; jj < 8; ++jj)
 #pragma unroll
@@ -1080,7 +1083,8 @@ void launch_bwd_tiles_mma(const SsdParams& p, const Layout& w, const BwdLayout& 
   else if (colf) launch_bwd_dx_mma<T, false, true>(p, w, v, dx_grid, s);
   else launch_bwd_dx_mma<T, false, false>(p, w, v, dx_grid, s);
   if (bwd_db2(p))
-    launch_bwd(bwd_db2_mma_kernel<T>, dim3(nq * nc * rows), bwd_db2_mma_smem<T>(P), s, p, w, v);
+    launch_bwd(colf ? bwd_db2_mma_kernel<T, true> : bwd_db2_mma_kernel<T, false>, dim3(nq * nc * rows),
+               bwd_db2_mma_smem<T>(P, colf), s, p, w, v);
   else if (bwd_tile_blocks(bwd_db_mma_smem<T>(P)) == 3)
     launch_bwd(bwd_db_mma_kernel<T, 3>, dim3(tiles), bwd_db_mma_smem<T>(P), s, p, w, v);
   else
