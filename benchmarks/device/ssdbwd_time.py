@@ -1,7 +1,7 @@
 """Device round of the dedicated CUDA SSD backward (ssdbwd, session 9), timing part: one Python process, after
 the tests (run by ssdbwd.sh in another process: their conftest poisons kernel outputs with NaN).
 
-    python benchmarks/device/ssdbwd_time.py OUT_DIR [FORM,FORM,...]   (forms: FORMS below; B1 L8192 for the first two)
+    python benchmarks/device/ssdbwd_time.py OUT_DIR [B:FORM,B:FORM,...]   (forms: FORMS below)
 
 fwd+bwd at issue 6's shapes (bf16; D, dt_bias, softplus; chunk 256) per backward form: the profiler's kernel sum and
 top kernels, the eager wall time (CUDA events, L2 flushed), the host time per call.
@@ -21,13 +21,11 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 FORMS = {  # name: environment
     "default": {},
-    "dc1": {"SSM_SSD_BWD_DC2": "0"},  # dc with a block per 64-wide N slice (session 8's)
-    "dx4": {"SSM_SSD_BWD_DX4": "1"},  # dx at four blocks per SM
-    "colf": {"SSM_SSD_BWD_COLF": "1"},  # the decay mask's column factors once per block and head (dc2, dx, db2)
     "sets8": {"SSM_SSD_BWD_HEADSUM": "8"},  # 8 head sets per group (B8: dc2 / db2 at 2048 blocks, not 1024)
+    "sets16": {"SSM_SSD_BWD_HEADSUM": "16"},  # 16 (B1 L8192: 2048 blocks, not 1024)
     "nosplit": {"SSM_SSD_BWD_SPLIT": "0"},
 }
-SWITCHES = ("SSM_SSD_BWD_SPLIT", "SSM_SSD_BWD_HEADSUM", "SSM_SSD_BWD_DC2", "SSM_SSD_BWD_DX4", "SSM_SSD_BWD_COLF")
+SWITCHES = ("SSM_SSD_BWD_SPLIT", "SSM_SSD_BWD_HEADSUM")
 
 
 def kernel_table(fn, iters=3):
@@ -79,8 +77,9 @@ def main():
     os.makedirs(out_dir, exist_ok=True)
     res = dict(device=torch.cuda.get_device_name(), rows=[])
     print(res["device"], flush=True)
-    names = sys.argv[2].split(",") if len(sys.argv) > 2 else ["default", "dc1", "dx4", "colf"]
-    parts = [(8, 2048, n) for n in names] + [(1, 8192, n) for n in names[:2]]
+    parts = [(8, 2048, "default"), (1, 8192, "default"), (8, 2048, "sets8"), (1, 8192, "sets16"), (8, 2048, "nosplit")]
+    if len(sys.argv) > 2:  # B:FORM,B:FORM,... (L 2048 at B8, else 8192)
+        parts = [(int(b), 2048 if b == "8" else 8192, n) for b, n in (x.split(":") for x in sys.argv[2].split(","))]
     for B, L, name in parts:
         try:
             res["rows"].append(case(B, L, name, FORMS[name]))

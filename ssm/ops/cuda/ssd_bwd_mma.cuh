@@ -97,10 +97,10 @@ __device__ __forceinline__ void mma_sx_from(float (&acc)[8][4], const float (&s)
 // columns the tile col0.. ; with kRowsTarget rows are targets t and columns sources s, else the reverse.
 // v(s, t) *= exp(cs_t - cs_s) (· Δ_s with kDelta) where s <= t < nv in the same run, else 0. Off the diagonal
 // exp(cs_t - cs_s) = exp(cs_t - ref) · exp(ref - cs_s) about the source tile's last token (both <= 1 for a
-// decaying A): 18 exponentials per thread instead of 32; with kColf the columns' factors come from colf (tile_colf).
-template <bool kRowsTarget, bool kDelta, bool kColf = false>
+// decaying A): 18 exponentials per thread instead of 32.
+template <bool kRowsTarget, bool kDelta>
 __device__ __forceinline__ void tile_decay(float (&v)[8][4], const TileTokens& tok, const int (&row)[2], int col0,
-                                           int nv, bool diag, const float* colf = nullptr) {
+                                           int nv, bool diag) {
   const int c2 = 2 * int(threadIdx.x & 3);
   const int src0 = kRowsTarget ? col0 : row[0] / kTile * kTile;
   const float ref = tok.cs[src0 + kTile - 1];
@@ -120,7 +120,7 @@ __device__ __forceinline__ void tile_decay(float (&v)[8][4], const TileTokens& t
       const float cs_c = tok.cs[col];
       const int run_c = !kRowsTarget && col >= nv ? -1 : tok.run[col];
       const float w = kDelta && kRowsTarget ? tok.dt[col] : 1.f;
-      const float f_c = diag ? w : kColf ? colf[col] : w * __expf(kRowsTarget ? ref - cs_c : cs_c - ref);
+      const float f_c = diag ? w : w * __expf(kRowsTarget ? ref - cs_c : cs_c - ref);
 #pragma unroll
       for (int hf = 0; hf < 2; ++hf) {
         const int sv = kRowsTarget ? col : row[hf], tv = kRowsTarget ? row[hf] : col;
@@ -130,19 +130,6 @@ __device__ __forceinline__ void tile_decay(float (&v)[8][4], const TileTokens& t
       }
     }
 }
-
-// tile_decay's off-diagonal column factors of one head, once per block and head instead of once per tile step (the
-// same values): with kRowsTarget (dc: columns are sources s) Δ_s exp(cs_last(s's tile) - cs_s), else (dx: columns are
-// targets t) exp(cs_t - cs_ref), ref the block's source tile's last token. Block-wide; the caller syncs before use.
-// SSM_SSD_BWD_COLF=1.
-template <bool kRowsTarget>
-__device__ __forceinline__ void tile_colf(float* colf, const TileTokens& tok, int Q, int ref) {
-  for (int k = threadIdx.x; k < Q; k += kThreads)
-    colf[k] = kRowsTarget ? tok.dt[k] * __expf(tok.cs[k / kTile * kTile + kTile - 1] - tok.cs[k])
-                          : __expf(tok.cs[k] - tok.cs[ref]);
-}
-
-inline bool bwd_colf() { return ssd_switch("SSM_SSD_BWD_COLF", false); }
 
 // The chunk's token data (Δ, cs, run) for row b, head h, chunk c,
 // copied asynchronously from the workspace copy that dstate wrote (v.tok); the caller commits and waits.
@@ -235,7 +222,8 @@ size_t bwd_dc_mma_smem(int P) {
 
 // Blocks per SM the tile kernels dc / db are built for (the register cap: 4 -> 128 registers, 3 -> 168): four when
 // four fit the SM's 228 KB of shared memory (1 KB reserved per block; P 64: ~50 KB each), else three. (dx stays at
-// three: 336 us with four against 321 with three on an H200, its 24 B of spills; dc, db 517 / 381 against 564 / 440.)
+// three: 336 us with four against 321 with three on an H200, its 24 B of spills; session 9 again 364 against 349; dc,
+// db 517 / 381 against 564 / 440.)
 inline int bwd_tile_blocks(size_t smem) { return 4 * (smem + 1024) <= 228 * 1024 ? 4 : 3; }
 
 // Per (target tile i, 64-wide N slice, head set): dC summed over the set's heads (one group), per head the Y
@@ -375,19 +363,19 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_dc_mma_kernel(SsdParams
 
 constexpr int kLd2 = 2 * kTile + 8;  // row stride of 128-wide element tiles
 
-// dc with both 64-wide N slices in one block (64 < N <= 128, P <= 64; half / bfloat16; SSM_SSD_BWD_DC2=0: a block
-// per slice): dY X_s^T, its decay mask, the X_s copies and the decay pairs once for the 128 columns of dC.
+// dc with both 64-wide N slices in one block (64 < N <= 128, P <= 64; half / bfloat16), else a block per slice:
+// dY X_s^T, its decay mask, the X_s copies and the decay pairs once for the 128 columns of dC (session 9, H200, B8:
+// 570 us against 589 with a block per slice, at three blocks per SM against four).
 inline bool bwd_dc2(const SsdParams& p) {
-  return p.dtype != DType::f32 && p.dstate > kTile && p.dstate <= 2 * kTile && p.headdim <= kTile &&
-         ssd_switch("SSM_SSD_BWD_DC2", true);
+  return p.dtype != DType::f32 && p.dstate > kTile && p.dstate <= 2 * kTile && p.headdim <= kTile;
 }
 
 template <typename T>
-size_t bwd_dc2_mma_smem(int P, bool colf) {
+size_t bwd_dc2_mma_smem(int P) {
   const int ldp = round16(P) + 8;
   return align128(sizeof(TileTokens)) + 2 * align128(kTile * ldp * sizeof(T)) +
          align128(kTile * max(ldp, 2 * kLd) * sizeof(T)) + 2 * align128(kTile * kLd2 * sizeof(T)) +
-         align128(4 * kTile * sizeof(float)) + (colf ? align128(kMaxChunk * sizeof(float)) : 0);
+         align128(4 * kTile * sizeof(float));
 }
 
 // acc0 += S · X[:, 0:64], acc1 += S · X[:, 64:128] (X stored [k][n], ld kLd2; S's accumulators packed as A
@@ -456,7 +444,7 @@ __device__ __forceinline__ void dc2_state_slice(float (&acc)[8][4], float (&st)[
 
 // Per (target tile i, head set): dC (both N slices) summed over the set's heads, per head the Y partials of both
 // slices and the decay-pair sums (bwd_dc_mma_kernel's sums, bitwise: the same products in the same order).
-template <typename T, bool kColf>
+template <typename T>
 __global__ void __launch_bounds__(kThreads, 3) bwd_dc2_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), nq = Q / kTile, Pp = round16(P), ldp = Pp + 8;
@@ -468,7 +456,6 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dc2_mma_kernel(SsdParams p, L
   T* bb0 = sm.take<T>(kTile * kLd2);  // B_s, 128 columns
   T* bb1 = sm.take<T>(kTile * kLd2);  // C_t (for Y) in the state's part, then B_s
   float* red = sm.take<float>(4 * kTile);
-  float* colf = kColf ? sm.take<float>(kMaxChunk) : nullptr;  // tile_colf's factors of the head
   T* const hb0 = xb1;  // H_in pieces in the state's part, before the source loop's first copy into xb1
   T* const hb1 = xb1 + kTile * kLd;
   const TileBlock tb = tile_block(p, w, v, 1);
@@ -523,7 +510,6 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dc2_mma_kernel(SsdParams p, L
 #pragma unroll
           for (int hf = 0; hf < 2; ++hf)
             e0[hf] = trow[hf] < nv && tok.run[trow[hf]] == 0 ? __expf(tok.cs[trow[hf]]) : 0.f;
-          if (kColf) tile_colf<true>(colf, tok, Q, 0);  // (read after the syncs that follow)
         }
         const int p0 = q % nper % npc * kTile;
         mma_kn64<T>(st, dys, ldp, p0, q & 1 ? hb1 : hb0, kLd, r0, min(kTile, Pp - p0));
@@ -556,7 +542,7 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dc2_mma_kernel(SsdParams p, L
       __syncthreads();
       float s[8][4] = {};
       mma_nk_range<T>(s, dys, (j & 1 ? xb1 : xb0), ldp, r0, Pp, 0, lim);  // dY_t X_s^T
-      tile_decay<true, true, kColf>(s, tok, trow, s0, nv, j == i, colf);  // ∘ L ∘ Δ_s
+      tile_decay<true, true>(s, tok, trow, s0, nv, j == i);               // ∘ L ∘ Δ_s
       mma_sx2<T>(acc0, acc1, s, (j & 1 ? bb1 : bb0), lim);
       mul_cb(s, cbg, Q, trow, s0);  // the decay pairs' terms C B^T ∘ (the masked dY X^T)
       pair_sums(s, carry, j == i, red, pairs + s0);
@@ -581,15 +567,15 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dc2_mma_kernel(SsdParams p, L
 }
 
 template <typename T>
-size_t bwd_dx_mma_smem(int N, bool colf) {
+size_t bwd_dx_mma_smem(int N) {
   const int ldn = round16(N) + 8;
   return align128(sizeof(TileTokens)) + 2 * align128(kTile * max(ldn, kLd) * sizeof(T)) +
-         2 * align128(kTile * kLd * sizeof(T)) + (colf ? align128(kMaxChunk * sizeof(float)) : 0);
+         2 * align128(kTile * kLd * sizeof(T));
 }
 
 // Per (source tile j, 64-wide P slice, head): o, dx, the x·o and X_s partials, the dD share.
-template <typename T, bool kSplit, int kBlocks, bool kColf>
-__global__ void __launch_bounds__(kThreads, kBlocks) bwd_dx_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
+template <typename T, bool kSplit>
+__global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), nq = Q / kTile, Np = round16(N), ldn = Np + 8;
   const int npt = (P + kTile - 1) / kTile;
@@ -599,7 +585,6 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_dx_mma_kernel(SsdParams
   T* hb = sm.take<T>(kTile * max(ldn, kLd));  // dH_out (P slice), then the source tile's dY
   T* db0 = sm.take<T>(kTile * kLd);
   T* db1 = sm.take<T>(kTile * kLd);
-  float* colf = kColf ? sm.take<float>(kMaxChunk) : nullptr;  // tile_colf's factors
   float* red = reinterpret_cast<float*>(db0);  // the dD column sums, after the target loop
   const int pt = int(blockIdx.x % npt), j = int(blockIdx.x / npt % nq), p0 = pt * kTile, s0 = j * kTile;
   const int h = blockIdx.y, g = h / int(p.nheads / p.ngroups);
@@ -628,7 +613,6 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_dx_mma_kernel(SsdParams
   const int warp = int(threadIdx.x >> 5), r0 = warp * 16, g8 = int(threadIdx.x & 31) >> 2;
   const int c2 = 2 * int(threadIdx.x & 3);
   const int srow[2] = {s0 + r0 + g8, s0 + r0 + g8 + 8};
-  if (kColf) tile_colf<false>(colf, tok, Q, s0 + kTile - 1);  // (read after the syncs that follow)
   float ost[8][4] = {};
   mma_nk_range<T>(ost, bs, hb, ldn, r0, Np, 0, 3);  // B_s dH_out^T
   __syncthreads();  // bs, hb read: they take the source tile's x and dY for the epilogue
@@ -659,7 +643,7 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_dx_mma_kernel(SsdParams
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
-    tile_decay<false, false, kColf>(cv, tok, srow, t0, nv, i == j, colf);
+    tile_decay<false, false>(cv, tok, srow, t0, nv, i == j);
     mma_sx_from<T>(acc, cv, (i & 1 ? db1 : db0), i == j ? warp : 0);
     __syncthreads();
   }
@@ -722,17 +706,6 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_dx_mma_kernel(SsdParams
   if (threadIdx.x < kTile && p0 + int(threadIdx.x) < P)
     dD[p0 + threadIdx.x] = red[threadIdx.x] + red[kTile + threadIdx.x] + red[2 * kTile + threadIdx.x] +
                            red[3 * kTile + threadIdx.x];
-}
-
-// dx at four blocks per SM (128 registers: 32 B spilled, the o state's product kept over the target loop) where four
-// fit the shared memory and SSM_SSD_BWD_DX4 is on, else three (168; session 6: three faster, 321 against 336 us).
-template <typename T, bool kSplit, bool kColf>
-void launch_bwd_dx_mma(const SsdParams& p, const Layout& w, const BwdLayout& v, dim3 grid, cudaStream_t s) {
-  const size_t smem = bwd_dx_mma_smem<T>(int(p.dstate), kColf);
-  if (ssd_switch("SSM_SSD_BWD_DX4", false) && bwd_tile_blocks(smem) == 4)
-    launch_bwd(bwd_dx_mma_kernel<T, kSplit, 4, kColf>, grid, smem, s, p, w, v);
-  else
-    launch_bwd(bwd_dx_mma_kernel<T, kSplit, 3, kColf>, grid, smem, s, p, w, v);
 }
 
 template <typename T>
@@ -855,17 +828,16 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_db_mma_kernel(SsdParams
 }
 
 template <typename T>
-size_t bwd_db2_mma_smem(int P, bool colf) {
+size_t bwd_db2_mma_smem(int P) {
   const int ldp = round16(P) + 8;
   return align128(sizeof(TileTokens)) + align128(kTile * ldp * sizeof(T)) +
-         2 * align128(kTile * max(ldp, kLd) * sizeof(T)) + 2 * align128(kTile * kLd2 * sizeof(T)) +
-         (colf ? align128(kMaxChunk * sizeof(float)) : 0);
+         2 * align128(kTile * max(ldp, kLd) * sizeof(T)) + 2 * align128(kTile * kLd2 * sizeof(T));
 }
 
 // db with both 64-wide N slices in one block (64 < N <= 128): per (source tile j, head set), X dY_t^T and its decay
 // mask once for the 128 columns of dB (bwd_db_mma_kernel computes them once per slice). The leaving state's part
 // per slice: pieces (dH_out's rows, its residue's) alternate between the free C and dY buffers, two ahead.
-template <typename T, bool kColf>
+template <typename T>
 __global__ void __launch_bounds__(kThreads, 3) bwd_db2_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Pp = round16(P), ldp = Pp + 8;
@@ -876,7 +848,6 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_db2_mma_kernel(SsdParams p, L
   T* dyb1 = sm.take<T>(kTile * max(ldp, kLd));
   T* cb0 = sm.take<T>(kTile * kLd2);  // C_t, 128 columns
   T* cb1 = sm.take<T>(kTile * kLd2);
-  float* colf = kColf ? sm.take<float>(kMaxChunk) : nullptr;  // tile_colf's factors of the head
   const TileBlock tb = tile_block(p, w, v, 1);
   const int j = tb.tile, s0 = j * kTile;  // the heaviest tiles first
   T* const hb0 = j & 1 ? cb0 : cb1;  // the buffers the first target tile does not take
@@ -926,7 +897,6 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_db2_mma_kernel(SsdParams p, L
       if (q == 0) {
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) dts[hf] = tok.dt[srow[hf]], lv[hf] = dts[hf] * leave_weight(tok, srow[hf], nv);
-        if (kColf) tile_colf<false>(colf, tok, Q, s0 + kTile - 1);  // (read after the syncs that follow)
       }
       float st[8][4] = {};
       const int p0 = q % nper % npc * kTile;
@@ -960,7 +930,7 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_db2_mma_kernel(SsdParams p, L
       float st[8][4] = {};
       const int lo = i == j ? warp : 0;
       mma_nk_range<T>(st, xs, (i & 1 ? dyb1 : dyb0), ldp, r0, Pp, lo, 3);  // X_s dY_t^T
-      tile_decay<false, false, kColf>(st, tok, srow, t0, nv, i == j, colf);
+      tile_decay<false, false>(st, tok, srow, t0, nv, i == j);
 #pragma unroll
       for (int jj = 0; jj < 8; ++jj)
 #pragma unroll
@@ -1065,26 +1035,20 @@ template <typename T>
 void launch_bwd_tiles_mma(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s) {
   const unsigned nq = unsigned(p.chunk / kTile), nc = unsigned(w.nchunks), H = unsigned(p.nheads);
   const unsigned nns = unsigned((p.dstate + kTile - 1) / kTile), npt = unsigned((p.headdim + kTile - 1) / kTile);
-  const int P = int(p.headdim);
+  const int P = int(p.headdim), N = int(p.dstate);
   const unsigned sets = unsigned(v.hsets), rows = sets * unsigned(p.batch);
   const unsigned tiles = nq * nc * nns * rows;  // 1-d: tile_block
-  const bool colf = bwd_colf();
-  if (bwd_dc2(p) && colf)
-    launch_bwd(bwd_dc2_mma_kernel<T, true>, dim3(nq * nc * rows), bwd_dc2_mma_smem<T>(P, true), s, p, w, v);
-  else if (bwd_dc2(p))
-    launch_bwd(bwd_dc2_mma_kernel<T, false>, dim3(nq * nc * rows), bwd_dc2_mma_smem<T>(P, false), s, p, w, v);
+  if (bwd_dc2(p))
+    launch_bwd(bwd_dc2_mma_kernel<T>, dim3(nq * nc * rows), bwd_dc2_mma_smem<T>(P), s, p, w, v);
   else if (bwd_tile_blocks(bwd_dc_mma_smem<T>(P)) == 3)
     launch_bwd(bwd_dc_mma_kernel<T, 3>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
   else
     launch_bwd(bwd_dc_mma_kernel<T, 4>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
   const dim3 dx_grid(nc * nq * npt, H, unsigned(p.batch));
-  if (v.dhlo && colf) launch_bwd_dx_mma<T, true, true>(p, w, v, dx_grid, s);
-  else if (v.dhlo) launch_bwd_dx_mma<T, true, false>(p, w, v, dx_grid, s);
-  else if (colf) launch_bwd_dx_mma<T, false, true>(p, w, v, dx_grid, s);
-  else launch_bwd_dx_mma<T, false, false>(p, w, v, dx_grid, s);
+  if (v.dhlo) launch_bwd(bwd_dx_mma_kernel<T, true>, dx_grid, bwd_dx_mma_smem<T>(N), s, p, w, v);
+  else launch_bwd(bwd_dx_mma_kernel<T, false>, dx_grid, bwd_dx_mma_smem<T>(N), s, p, w, v);
   if (bwd_db2(p))
-    launch_bwd(colf ? bwd_db2_mma_kernel<T, true> : bwd_db2_mma_kernel<T, false>, dim3(nq * nc * rows),
-               bwd_db2_mma_smem<T>(P, colf), s, p, w, v);
+    launch_bwd(bwd_db2_mma_kernel<T>, dim3(nq * nc * rows), bwd_db2_mma_smem<T>(P), s, p, w, v);
   else if (bwd_tile_blocks(bwd_db_mma_smem<T>(P)) == 3)
     launch_bwd(bwd_db_mma_kernel<T, 3>, dim3(tiles), bwd_db_mma_smem<T>(P), s, p, w, v);
   else
