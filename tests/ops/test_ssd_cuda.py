@@ -236,13 +236,13 @@ def test_kernel_backward_matches_reference(dtype, case, seq, gate, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
 @pytest.mark.parametrize("case", [(2, 300, 4, 64, 2, 64, 128), (1, 2 * 256 + 37, 6, 32, 1, 200, 256),
-                                  (1, 300, 4, 64, 1, 128, 128)],
+                                  (1, 300, 4, 64, 1, 128, 128), (2, 2 * 256 + 37, 4, 32, 2, 100, 256)],
                          ids=lambda c: "b{}_l{}_h{}_p{}_g{}_n{}_c{}".format(*c))
 @pytest.mark.parametrize("mode", ["group", "torch_sums"])
 def test_kernel_backward_variants_match_reference(dtype, case, mode, monkeypatch):
     """The register kernels summing dB / dC over all of a group's heads in one block (SSM_SSD_BWD_HEADSUM=group;
-    the small grids above get one set per head; at N 128 db takes both 64-wide N slices in one block, db2), and the
-    last sums by torch ops (SSM_SSD_BWD_REDUCE=0)."""
+    the small grids above get one set per head; at 64 < N <= 128 db and dc take both 64-wide N slices in one block,
+    db2 and dc2, N 100 with a partial second slice), and the last sums by torch ops (SSM_SSD_BWD_REDUCE=0)."""
     monkeypatch.setenv("SSM_SSD_COMPOSED_BWD", "1")
     monkeypatch.setenv("SSM_SSD_BWD_KERNEL", "1")
     if mode == "group":

@@ -222,7 +222,8 @@ size_t bwd_dc_mma_smem(int P) {
 
 // Blocks per SM the tile kernels dc / db are built for (the register cap: 4 -> 128 registers, 3 -> 168): four when
 // four fit the SM's 228 KB of shared memory (1 KB reserved per block; P 64: ~50 KB each), else three. (dx stays at
-// three: 336 us with four against 321 with three on an H200, its 24 B of spills; dc, db 517 / 381 against 564 / 440.)
+// three: 336 us with four against 321 with three on an H200, its 24 B of spills; session 9 again 364 against 349; dc,
+// db 517 / 381 against 564 / 440.)
 inline int bwd_tile_blocks(size_t smem) { return 4 * (smem + 1024) <= 228 * 1024 ? 4 : 3; }
 
 // Per (target tile i, 64-wide N slice, head set): dC summed over the set's heads (one group), per head the Y
@@ -356,6 +357,211 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_dc_mma_kernel(SsdParams
       for (int e = 0; e < 2; ++e) {
         const int n = n0 + j * 8 + c2 + e;
         if (n < N) row[n * o.stride[3]] = acc[j][2 * hf + e];
+      }
+  }
+}
+
+constexpr int kLd2 = 2 * kTile + 8;  // row stride of 128-wide element tiles
+
+// dc with both 64-wide N slices in one block (64 < N <= 128, P <= 64; half / bfloat16), else a block per slice:
+// dY X_s^T, its decay mask, the X_s copies and the decay pairs once for the 128 columns of dC (session 9, H200, B8:
+// 570 us against 589 with a block per slice, at three blocks per SM against four).
+inline bool bwd_dc2(const SsdParams& p) {
+  return p.dtype != DType::f32 && p.dstate > kTile && p.dstate <= 2 * kTile && p.headdim <= kTile;
+}
+
+template <typename T>
+size_t bwd_dc2_mma_smem(int P) {
+  const int ldp = round16(P) + 8;
+  return align128(sizeof(TileTokens)) + 2 * align128(kTile * ldp * sizeof(T)) +
+         align128(kTile * max(ldp, 2 * kLd) * sizeof(T)) + 2 * align128(kTile * kLd2 * sizeof(T)) +
+         align128(4 * kTile * sizeof(float));
+}
+
+// acc0 += S · X[:, 0:64], acc1 += S · X[:, 64:128] (X stored [k][n], ld kLd2; S's accumulators packed as A
+// fragments once for both); key steps kk > kk_max skipped.
+template <typename T>
+__device__ __forceinline__ void mma_sx2(float (&acc0)[8][4], float (&acc1)[8][4], const float (&s)[8][4], const T* X,
+                                        int kk_max) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    if (kk > kk_max) continue;
+    const unsigned a[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
+                           pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                           pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+    for (int jp = 0; jp < 4; ++jp) {
+      unsigned bb[4];
+      load_b_kn(bb, X, kLd2, jp * 16, kk * 16);
+      mma16816<T>(acc0[2 * jp], a, bb[0], bb[1]);
+      mma16816<T>(acc0[2 * jp + 1], a, bb[2], bb[3]);
+      load_b_kn(bb, X + kTile, kLd2, jp * 16, kk * 16);
+      mma16816<T>(acc1[2 * jp], a, bb[0], bb[1]);
+      mma16816<T>(acc1[2 * jp + 1], a, bb[2], bb[3]);
+    }
+  }
+}
+
+// s *= the precomputed C B^T of the thread's rows t[0], t[1] and key tile s0.. (in place).
+__device__ __forceinline__ void mul_cb(float (&s)[8][4], const float* cb, int Q, const int (&t)[2], int s0) {
+  const int c2 = 2 * int(threadIdx.x & 3);
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const float2 v = *reinterpret_cast<const float2*>(cb + t[hf] * Q + s0 + 8 * j + c2);
+      s[j][2 * hf] *= v.x;
+      s[j][2 * hf + 1] *= v.y;
+    }
+}
+
+// The entering state's part of one N slice (its pieces summed in st): st *= e0 per row, acc += st, the slice's Y
+// partials (st · C_t, C_t in ct with ld kLd2) to the workspace; st cleared.
+template <typename T>
+__device__ __forceinline__ void dc2_state_slice(float (&acc)[8][4], float (&st)[8][4], const float (&e0)[2],
+                                                const T* ct, int r0, float* ysum, const int (&trow)[2], int nv) {
+  const int g8 = int(threadIdx.x & 31) >> 2, c2 = 2 * int(threadIdx.x & 3);
+  float ypart[2];
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const int rl = r0 + g8 + 8 * hf;
+    float y = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        st[j][2 * hf + e] *= e0[hf];
+        y += st[j][2 * hf + e] * to_float(ct[rl * kLd2 + j * 8 + c2 + e]);
+        acc[j][2 * hf + e] += st[j][2 * hf + e];
+        st[j][2 * hf + e] = 0.f;
+      }
+    ypart[hf] = quad_sum(y);
+  }
+  if ((threadIdx.x & 3) == 0)
+    for (int hf = 0; hf < 2; ++hf)
+      if (trow[hf] < nv) ysum[trow[hf]] = ypart[hf];
+}
+
+// Per (target tile i, head set): dC (both N slices) summed over the set's heads, per head the Y partials of both
+// slices and the decay-pair sums (bwd_dc_mma_kernel's sums, bitwise: the same products in the same order).
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 3) bwd_dc2_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), nq = Q / kTile, Pp = round16(P), ldp = Pp + 8;
+  MmaSmem sm{smem};
+  TileTokens& tok = *sm.take<TileTokens>(1);
+  T* dys = sm.take<T>(kTile * ldp);
+  T* xb0 = sm.take<T>(kTile * ldp);
+  T* xb1 = sm.take<T>(kTile * max(ldp, 2 * kLd));
+  T* bb0 = sm.take<T>(kTile * kLd2);  // B_s, 128 columns
+  T* bb1 = sm.take<T>(kTile * kLd2);  // C_t (for Y) in the state's part, then B_s
+  float* red = sm.take<float>(4 * kTile);
+  T* const hb0 = xb1;  // H_in pieces in the state's part, before the source loop's first copy into xb1
+  T* const hb1 = xb1 + kTile * kLd;
+  const TileBlock tb = tile_block(p, w, v, 1);
+  const int i = nq - 1 - tb.tile, t0 = i * kTile;  // the heaviest tiles first
+  const int hs = int(p.nheads / v.hsets), set = tb.set, h0 = set * hs, g = h0 / int(p.nheads / p.ngroups);
+  const int64_t c = tb.c, b = tb.b, c0 = c * Q, L = p.seqlen;
+  if (c0 + t0 >= L) return;
+  const int nv = int(min(int64_t(Q), L - c0));
+  const TensorArg &X = p.x, &Bt = p.B, &Ct = p.C, &dY = p.dout;
+  const T* bk = ptr<T>(Bt) + b * Bt.stride[0] + g * Bt.stride[2] + c0 * Bt.stride[1];
+  const T* cq = ptr<T>(Ct) + b * Ct.stride[0] + g * Ct.stride[2] + (c0 + t0) * Ct.stride[1];
+  const int warp = int(threadIdx.x >> 5), r0 = warp * 16, g8 = int(threadIdx.x & 31) >> 2;
+  const int c2 = 2 * int(threadIdx.x & 3);
+  const int trow[2] = {t0 + r0 + g8, t0 + r0 + g8 + 8};
+  float* ws = ptr<float>(p.workspace);
+  const float* cbg = ws + v.cb + ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q;
+  const int npc = (P + kTile - 1) / kTile, nper = (v.hinlo ? 2 : 1) * npc, npieces = 2 * nper;
+  float acc0[8][4] = {}, acc1[8][4] = {};  // dC, columns 0..63 and 64..127, summed over the set's heads
+  for (int h = h0; h < h0 + hs; ++h) {
+    if (h > h0) __syncthreads();  // the previous head's tiles and tokens are read
+    const T* dyq = ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] + (c0 + t0) * dY.stride[1];
+    const T* xk = ptr<T>(X) + b * X.stride[0] + h * X.stride[2] + c0 * X.stride[1];
+    const int64_t hoff = ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N;
+    const T* hin = reinterpret_cast<const T*>(ws + w.hin) + hoff;
+    const T* hinlo = reinterpret_cast<const T*>(ws + v.hinlo) + hoff;
+    // pieces q = (slice, then H_in's 64-row pieces, then (split) its residue's): 64 x 64 tiles hb[p][n]
+    auto piece = [&](int q, T* dst) {
+      const int pc = q % nper, p0 = pc % npc * kTile, n0 = q / nper * kTile;
+      issue_rows_n<T>(dst, kLd, kTile, (pc < npc ? hin : hinlo) + int64_t(p0) * N + n0, N, 1, P - p0, N - n0);
+    };
+    issue_rows_n<T>(dys, ldp, Pp, dyq, dY.stride[1], dY.stride[3], nv - t0, P);
+    issue_rows_n<T>(bb1, kLd2, 2 * kTile, cq, Ct.stride[1], Ct.stride[3], nv - t0, N);  // C_t (for Y)
+    chunk_tokens(p, w, v, b, h, c, tok);
+    piece(0, hb0);
+    cp_async_commit();
+    // the first source tile, in flight during the state's part
+    issue_rows_n<T>(xb0, ldp, Pp, xk, X.stride[1], X.stride[3], nv, P);
+    issue_rows_n<T>(bb0, kLd2, 2 * kTile, bk, Bt.stride[1], Bt.stride[3], nv, N);
+    cp_async_commit();
+    piece(1, hb1);  // (npieces >= 2)
+    cp_async_commit();
+    {  // the entering state's part: diag(e0) dY H_in per slice, pieces two ahead in hb0 / hb1
+      const int64_t bhc = (b * p.nheads + h) * w.nchunks + c;
+      float* ysum = ws + v.ysum + bhc * v.ny * Q;
+      float st[8][4] = {}, e0[2] = {0.f, 0.f};
+      for (int q = 0; q < npieces; ++q) {
+        if (q == 0) cp_async_wait<2>();
+        else if (q + 1 < npieces) cp_async_wait<1>();
+        else cp_async_wait<0>();
+        __syncthreads();
+        if (q == 0) {
+#pragma unroll
+          for (int hf = 0; hf < 2; ++hf)
+            e0[hf] = trow[hf] < nv && tok.run[trow[hf]] == 0 ? __expf(tok.cs[trow[hf]]) : 0.f;
+        }
+        const int p0 = q % nper % npc * kTile;
+        mma_kn64<T>(st, dys, ldp, p0, q & 1 ? hb1 : hb0, kLd, r0, min(kTile, Pp - p0));
+        __syncthreads();
+        if (q + 2 < npieces) {
+          piece(q + 2, q & 1 ? hb1 : hb0);
+          cp_async_commit();
+        }
+        if (q == nper - 1) dc2_state_slice<T>(acc0, st, e0, bb1, r0, ysum, trow, nv);
+        else if (q == npieces - 1) dc2_state_slice<T>(acc1, st, e0, bb1 + kTile, r0, ysum + Q, trow, nv);
+      }
+    }
+    __syncthreads();  // C_t and the pieces read: bb1 and xb1 take the next source tile
+    // the source tiles s <= t, double-buffered
+    float* pairs = ws + v.pairs + (((b * p.nheads + h) * w.nchunks + c) * nq + i) * Q;
+    float carry[2] = {0.f, 0.f};
+    // the lane's line of the C B^T tile: its quad's rows trow[0] / trow[1], the first or second 32 columns
+    const int64_t pf_row = int64_t(trow[0] + 8 * ((threadIdx.x >> 1) & 1)) * Q + (threadIdx.x & 1) * 32;
+    for (int j = 0; j <= i; ++j) {
+      const int s0 = j * kTile, lim = j == i ? warp : 3;
+      prefetch_l1(cbg + pf_row + s0);  // the C B^T tile of this step into L1
+      if (j < i) {
+        const int s1 = s0 + kTile;
+        issue_rows_n<T>((j & 1 ? xb0 : xb1), ldp, Pp, xk + s1 * X.stride[1], X.stride[1], X.stride[3], nv - s1, P);
+        issue_rows_n<T>((j & 1 ? bb0 : bb1), kLd2, 2 * kTile, bk + s1 * Bt.stride[1], Bt.stride[1], Bt.stride[3],
+                        nv - s1, N);
+      }
+      cp_async_commit();
+      cp_async_wait<1>();
+      __syncthreads();
+      float s[8][4] = {};
+      mma_nk_range<T>(s, dys, (j & 1 ? xb1 : xb0), ldp, r0, Pp, 0, lim);  // dY_t X_s^T
+      tile_decay<true, true>(s, tok, trow, s0, nv, j == i);               // ∘ L ∘ Δ_s
+      mma_sx2<T>(acc0, acc1, s, (j & 1 ? bb1 : bb0), lim);
+      mul_cb(s, cbg, Q, trow, s0);  // the decay pairs' terms C B^T ∘ (the masked dY X^T)
+      pair_sums(s, carry, j == i, red, pairs + s0);
+      __syncthreads();  // before the next issue overwrites this tile's buffers
+    }
+  }
+  float* dC = ptr<float>(p.dC);
+  const TensorArg& o = p.dC;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    if (trow[hf] >= nv) continue;
+    float* row = dC + b * o.stride[0] + (c0 + trow[hf]) * o.stride[1] + set * o.stride[2];
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int n = j * 8 + c2 + e;
+        row[n * o.stride[3]] = acc0[j][2 * hf + e];
+        if (kTile + n < N) row[(kTile + n) * o.stride[3]] = acc1[j][2 * hf + e];
       }
   }
 }
@@ -621,8 +827,6 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_db_mma_kernel(SsdParams
   }
 }
 
-constexpr int kLd2 = 2 * kTile + 8;  // row stride of 128-wide element tiles
-
 template <typename T>
 size_t bwd_db2_mma_smem(int P) {
   const int ldp = round16(P) + 8;
@@ -763,7 +967,9 @@ void launch_bwd_tiles_mma(const SsdParams& p, const Layout& w, const BwdLayout& 
   const int P = int(p.headdim), N = int(p.dstate);
   const unsigned sets = unsigned(v.hsets), rows = sets * unsigned(p.batch);
   const unsigned tiles = nq * nc * nns * rows;  // 1-d: tile_block
-  if (bwd_tile_blocks(bwd_dc_mma_smem<T>(P)) == 3)
+  if (bwd_dc2(p))
+    launch_bwd(bwd_dc2_mma_kernel<T>, dim3(nq * nc * rows), bwd_dc2_mma_smem<T>(P), s, p, w, v);
+  else if (bwd_tile_blocks(bwd_dc_mma_smem<T>(P)) == 3)
     launch_bwd(bwd_dc_mma_kernel<T, 3>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
   else
     launch_bwd(bwd_dc_mma_kernel<T, 4>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
