@@ -38,8 +38,9 @@ DEV = bc.DEV
 OUT: dict = {"e2e": [], "profile": {}}
 VARIANTS = {"default": {}, "wide_conv_step": {"SSM_CONV_STEP_WIDE": "1"}, "no_pdl": {"SSM_PDL": "0"},
             "m1_old_step": {}, "m1_old_fold": {}, "m1_conv_kernel": {},
-            "scalar_prologue": {"SSM_GEMV_VEC": "0"}}
-SWITCHES = ("SSM_PDL", "SSM_GEMV_VEC", "SSM_CONV_STEP_WIDE")
+            "scalar_prologue": {"SSM_GEMV_VEC": "0"}, "no_prefetch": {"SSM_GEMV_PREFETCH": "0"},
+            "prefetch1": {"SSM_GEMV_PREFETCH": "1"}, "prefetch6": {"SSM_GEMV_PREFETCH": "6"}}
+SWITCHES = ("SSM_PDL", "SSM_GEMV_VEC", "SSM_CONV_STEP_WIDE", "SSM_GEMV_PREFETCH")
 # variants that set a module attribute: name -> [(module, attribute, value)].
 # m1_old_step: Mamba-1 without the small-batch step kernel (the state step kernels with dt_proj folded up to
 # rank 64, the GEMV past it); m1_old_fold: the same with every rank folded (session-6 default); m1_conv_kernel: the
