@@ -32,24 +32,18 @@ import bench_cuda as bc  # noqa: E402
 import bench_models_cuda as bm  # noqa: E402
 from ssm.ops import conv_state_step as css  # noqa: E402
 from ssm.ops import norm_gemv as ng  # noqa: E402
-from ssm.ops import proj_state_step as pss  # noqa: E402
 
 DEV = bc.DEV
 OUT: dict = {"e2e": [], "profile": {}}
 VARIANTS = {"default": {}, "wide_conv_step": {"SSM_CONV_STEP_WIDE": "1"}, "no_pdl": {"SSM_PDL": "0"},
-            "m1_old_step": {}, "m1_old_fold": {}, "m1_conv_kernel": {},
+            "m1_conv_kernel": {},
             "scalar_prologue": {"SSM_GEMV_VEC": "0"}, "no_prefetch": {"SSM_GEMV_PREFETCH": "0"},
             "prefetch1": {"SSM_GEMV_PREFETCH": "1"}, "prefetch6": {"SSM_GEMV_PREFETCH": "6"}}
 SWITCHES = ("SSM_PDL", "SSM_GEMV_VEC", "SSM_CONV_STEP_WIDE", "SSM_GEMV_PREFETCH")
 # variants that set a module attribute: name -> [(module, attribute, value)].
-# m1_old_step: Mamba-1 without the small-batch step kernel (the state step kernels with dt_proj folded up to
-# rank 64, the GEMV past it); m1_old_fold: the same with every rank folded (session-6 default); m1_conv_kernel: the
-# Mamba-1 conv update in its own kernel again (not in in_proj's).
-FLAGS = {"m1_old_step": [(pss, "SMALL_STEP", False)],
-         "m1_conv_kernel": [(ng, "CONV_EPILOGUE", False)],
-         "m1_old_fold": [(pss, "SMALL_STEP", False), (pss, "SMALL_MAX_RANK", 1 << 20)]}
-ONLY = {"m1_old_fold": "mamba-1.4b", "m1_old_step": "mamba-130m", "m1_conv_kernel": "mamba-",
-        "wide_conv_step": "mamba2-"}
+# m1_conv_kernel: the Mamba-1 conv update in its own kernel again (not in in_proj's).
+FLAGS = {"m1_conv_kernel": [(ng, "CONV_EPILOGUE", False)]}
+ONLY = {"m1_conv_kernel": "mamba-", "wide_conv_step": "mamba2-"}
 
 
 def guarded(fn):

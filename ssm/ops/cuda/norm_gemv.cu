@@ -234,7 +234,7 @@ __device__ void load_inputs_vec(const NormGemvParams& p, float* xs, StatParts pa
   }
 }
 
-// acc[b] += dot(w chunk c of this lane, xs[b] at the chunk's columns).
+// acc[b] += dot(w chunk c of this lane, xs[b] at the chunk's columns), rounded as written (the same in every kernel).
 template <typename T>
 __device__ __forceinline__ void fma_chunk(float* acc, const Pack<T>& w, const float* xs, int64_t K, int64_t batch,
                                           int64_t col) {
@@ -246,8 +246,11 @@ __device__ __forceinline__ void fma_chunk(float* acc, const Pack<T>& w, const fl
 #pragma unroll
     for (int q = 0; q < kN / 4; ++q) {
       const float4 v = xv[q];
-      acc[b] += to_float(w.e[4 * q]) * v.x + to_float(w.e[4 * q + 1]) * v.y + to_float(w.e[4 * q + 2]) * v.z +
-                to_float(w.e[4 * q + 3]) * v.w;
+      float t = __fmul_rn(to_float(w.e[4 * q]), v.x);
+      t = __fmaf_rn(to_float(w.e[4 * q + 1]), v.y, t);
+      t = __fmaf_rn(to_float(w.e[4 * q + 2]), v.z, t);
+      t = __fmaf_rn(to_float(w.e[4 * q + 3]), v.w, t);
+      acc[b] = __fadd_rn(acc[b], t);
     }
   }
 }
