@@ -43,7 +43,7 @@ SWITCHES = ("SSM_PDL", "SSM_GEMV_VEC", "SSM_CONV_STEP_WIDE", "SSM_GEMV_PREFETCH"
 # variants that set a module attribute: name -> [(module, attribute, value)].
 # m1_conv_kernel: the Mamba-1 conv update in its own kernel again (not in in_proj's).
 FLAGS = {"m1_conv_kernel": [(ng, "CONV_EPILOGUE", False)]}
-ONLY = {"m1_conv_kernel": "mamba-", "wide_conv_step": "mamba2-"}
+ONLY = {"m1_conv_kernel": "mamba-", "wide_conv_step": "mamba2-", "no_prefetch": ("mamba2-1.3b", "mamba-1.4b")}
 
 
 def guarded(fn):
