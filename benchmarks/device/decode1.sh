@@ -5,20 +5,21 @@
 # SSM_M1_DECODE_STEP, the models' cg=True generation against eager, step against forward), then in ONE separate
 # process (no pytest, so no NaN poisoning) the batch-1 decode per token of the four model shapes, one token's
 # kernel timeline of mamba2-130m and mamba2-1.3b (also without the prefetch), the variants: prefetch off
-# (large models), wide conv rows, Mamba-1's conv update in its own kernel (benchmarks/device/decode_e2e.py).
+# (large models), conv_state_step pulling out_proj's weights into L2, wide conv rows, Mamba-1's conv update in
+# its own kernel (benchmarks/device/decode_e2e.py).
 # Usage: benchmarks/device/decode1.sh OUT_DIR
 set -uo pipefail
 OUT=${1:-decode1_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 summary() { echo "$1 rc=$2: $(grep -E "FAILED|^ERROR|passed|failed" "$3" | cut -c1-250 | tail -6 | tr '\n' ' ')"; }
-timeout 27 python3 -m pytest -q -p no:cacheprovider -rf -m cuda \
+timeout 25 python3 -m pytest -q -p no:cacheprovider -rf -m cuda \
   tests/ops/test_norm_gemv.py tests/ops/test_conv_state_step.py tests/ops/test_proj_state_step.py \
   tests/utils/test_generation.py tests/modules/test_consistency_cuda.py::test_step_matches_forward \
   > "$OUT/pytest.log" 2>&1
 summary "decode1 tests" $? "$OUT/pytest.log"
-timeout 22 python3 benchmarks/device/decode_e2e.py --out "$OUT" \
-  --models mamba2-130m,mamba2-1.3b,mamba-130m,mamba-1.4b --variants no_prefetch,wide_conv_step,m1_conv_kernel \
-  --reps 2 --profile mamba2-130m,mamba2-1.3b --profile-variants no_prefetch > "$OUT/bench.log" 2>&1
+timeout 24 python3 benchmarks/device/decode_e2e.py --out "$OUT" \
+  --models mamba2-130m,mamba2-1.3b,mamba-130m,mamba-1.4b --variants no_prefetch,pull_next,wide_conv_step,m1_conv_kernel \
+  --reps 2 --profile mamba2-130m,mamba2-1.3b --profile-variants no_prefetch,pull_next@mamba2-1.3b > "$OUT/bench.log" 2>&1
 echo "bench rc=$?"
 grep -E "GB/s|decode b1|profile |Error|error" "$OUT/bench.log" | cut -c1-200 | head -30

@@ -235,6 +235,8 @@ struct ConvStateStepParams {
   TensorArg out;          // (B, H, P)            dtype
   bool softplus = false, silu = false;
   bool early = false;     // the stream's previous kernel writes neither state: read them before it ends (PDL)
+  const void* next_weight = nullptr;  // optional: next_bytes (a multiple of 16, 16-byte aligned) of the next
+  int64_t next_bytes = 0;             // kernel's weights, pulled into L2 after the wait
 };
 
 }  // namespace ssm
