@@ -16,6 +16,7 @@ summary() { echo "$1 rc=$2: $(grep -E "FAILED|^ERROR|passed|failed" "$3" | cut -
 timeout 25 python3 -m pytest -q -p no:cacheprovider -rf -m cuda \
   tests/ops/test_norm_gemv.py tests/ops/test_conv_state_step.py tests/ops/test_proj_state_step.py \
   tests/utils/test_generation.py tests/modules/test_consistency_cuda.py::test_step_matches_forward \
+  tests/modules/test_consistency_cuda.py::test_step_matches_forward_with_dt_proj_past_the_fold \
   > "$OUT/pytest.log" 2>&1
 summary "decode1 tests" $? "$OUT/pytest.log"
 timeout 24 python3 benchmarks/device/decode_e2e.py --out "$OUT" \

@@ -42,10 +42,10 @@ VARIANTS = {"default": {}, "wide_conv_step": {"SSM_CONV_STEP_WIDE": "1"}, "no_pd
 SWITCHES = ("SSM_PDL", "SSM_GEMV_VEC", "SSM_CONV_STEP_WIDE", "SSM_GEMV_PREFETCH")
 # variants that set a module attribute: name -> [(module, attribute, value)].
 # m1_conv_kernel: the Mamba-1 conv update in its own kernel again (not in in_proj's).
-# pull_next: conv_state_step pulls out_proj's weights into L2 after its wait.
+# pull_next: the state step kernel (conv_state_step, m1_decode_step) pulls out_proj's weights into L2.
 FLAGS = {"m1_conv_kernel": [(ng, "CONV_EPILOGUE", False)], "pull_next": [(css, "PULL_NEXT", True)]}
 ONLY = {"m1_conv_kernel": "mamba-", "wide_conv_step": "mamba2-", "no_prefetch": ("mamba2-1.3b", "mamba-1.4b"),
-        "pull_next": "mamba2-"}
+        "pull_next": ("mamba2-1.3b", "mamba-1.4b")}
 
 
 def guarded(fn):

@@ -56,8 +56,9 @@ def _check_args(xBC, conv_state, conv_weight, conv_bias, ssm_state, dt, A, D, dt
 
 FUSED = os.environ.get("SSM_FUSED_DECODE", "1") != "0"
 MAX_BATCH = 8
-# the kernel pulls next_weight (the next kernel's weights) into L2 after its wait (SSM_CONV_STEP_PULL_NEXT=1)
-PULL_NEXT = os.environ.get("SSM_CONV_STEP_PULL_NEXT", "0") == "1"
+# the decode steps (this kernel after its wait, m1_decode_step before it) pull next_weight (the next kernel's
+# weights) into L2 (SSM_DECODE_PULL_NEXT=1)
+PULL_NEXT = os.environ.get("SSM_DECODE_PULL_NEXT", "0") == "1"
 
 # (device, stream, early, slot) -> counter buffers (int32, zero between launches); older, smaller ones are
 # kept alive because captured CUDA graphs may still point at them. The early form (states_settled) draws its
@@ -100,7 +101,7 @@ def _fusable(xBC, conv_state, conv_weight, ssm_state, dt, z) -> bool:
             and conv_state.shape[-1] >= W - 1 and conv_state.shape[-1] >= 1)
 
 
-def _next_ref(w: Optional[Tensor]):
+def next_ref(w: Optional[Tensor]):
     """(address, bytes) of the weights the kernel pulls into L2, (0, 0) for none (off, or not one aligned block)."""
     if not PULL_NEXT or w is None or not w.is_contiguous() or w.data_ptr() % 16 or w.numel() * w.element_size() % 16:
         return 0, 0
@@ -122,7 +123,7 @@ def _fused(xBC, conv_state, conv_weight, conv_bias, ssm_state, dt, A, D, dt_bias
     dispatch.cuda_module().conv_state_step(
         _kernels.dtype_code(ssm_state), _kernels.dtype_code(xBC), batch, H, P, N, ngroups, conv_weight.shape[-1],
         conv_state.shape[-1], r(xBC), r(conv_state), w_ref, r(bias), r(ssm_state), r(dt), r(A), D_ref, r(dt_bias),
-        r(z), r(counters), r(out), softplus, silu, settled, *_next_ref(next_weight), stream)
+        r(z), r(counters), r(out), softplus, silu, settled, *next_ref(next_weight), stream)
     return out
 
 

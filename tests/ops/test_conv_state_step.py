@@ -165,7 +165,7 @@ def test_cuda_pulling_the_next_weights_changes_nothing(settled, monkeypatch):
     weight = rand(2048, 1544, dtype=dtype, device="cuda")
     for t in range(2):
         monkeypatch.setattr(css, "PULL_NEXT", True)
-        assert css._next_ref(weight) == (weight.data_ptr(), weight.numel() * 2)
+        assert css.next_ref(weight) == (weight.data_ptr(), weight.numel() * 2)
         y = run(css.conv_state_step, inp, states_settled=settled, next_weight=weight)
         monkeypatch.setattr(css, "PULL_NEXT", False)
         y_other = run(css.conv_state_step, other, states_settled=settled, next_weight=weight)

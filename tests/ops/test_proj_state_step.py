@@ -180,6 +180,23 @@ def test_cuda_small_batch_step_kernel_over_steps(dtype, case):
             ref[k] = fresh[k].double()
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("settled", [False, True])
+def test_cuda_small_batch_step_pulling_the_next_weights_changes_nothing(settled, monkeypatch):
+    """next_weight pulled into L2 before the wait (conv_state_step.PULL_NEXT; 32 KB pieces, the last one short):
+    bitwise the same output and state as without."""
+    inp = make(1, 1536, 16, 48, torch.bfloat16, torch.device("cuda"), {"all", "aligned"})
+    state = inp["state"].clone()
+    weight = rand(768, 1544, dtype=torch.bfloat16, device="cuda")
+    monkeypatch.setattr(css, "PULL_NEXT", True)
+    y = pss.proj_state_step(inp["state"], inp["x"], inp["dt_in"], inp["W"], inp["A"], inp["B"], inp["C"], inp["D"],
+                            inp["z"], inp["dt_bias"], True, state_settled=settled, next_weight=weight)
+    monkeypatch.setattr(css, "PULL_NEXT", False)
+    y_other = pss.proj_state_step(state, inp["x"], inp["dt_in"], inp["W"], inp["A"], inp["B"], inp["C"], inp["D"],
+                                  inp["z"], inp["dt_bias"], True, state_settled=settled, next_weight=weight)
+    assert torch.equal(y, y_other) and torch.equal(inp["state"], state)
+
+
 def test_falls_back_to_the_separate_ops_when_switched_off(monkeypatch):
     monkeypatch.setattr(css, "FUSED", False)
     inp = make(2, 8, 16, 3, torch.float32, torch.device("cpu"), {"all"})

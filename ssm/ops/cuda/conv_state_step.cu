@@ -94,17 +94,6 @@ __device__ __forceinline__ int draw_ticket(const Window (&win)[2 * kMaxN / kThre
   return ticket;
 }
 
-// The next kernel's weights (p.next_weight) into L2 in 32 KB bulk prefetches spread over the blocks: issued
-// after the wait, while this kernel's chain of round trips leaves DRAM idle.
-__device__ __forceinline__ void pull_next_weights(const ConvStateStepParams& p) {
-  constexpr int64_t kPiece = 32 * 1024;
-  const int64_t blocks = int64_t(gridDim.x) * gridDim.y * gridDim.z;
-  const int64_t block = blockIdx.x + int64_t(gridDim.x) * (blockIdx.y + int64_t(gridDim.y) * blockIdx.z);
-  const char* base = static_cast<const char*>(p.next_weight);
-  for (int64_t i = int64_t(threadIdx.x) * blocks + block; i * kPiece < p.next_bytes; i += int64_t(kThreads) * blocks)
-    prefetch_l2_bulk(base + i * kPiece, uint32_t(min(kPiece, p.next_bytes - i * kPiece)));
-}
-
 template <typename TS, typename T, int kTPR, int kPacks>
 __global__ void __launch_bounds__(kThreads, kPacks == 1 ? 4 : 1) conv_state_step_kernel(ConvStateStepParams p) {
   constexpr int kRows = kThreads / kTPR;
@@ -149,7 +138,7 @@ __global__ void __launch_bounds__(kThreads, kPacks == 1 ? 4 : 1) conv_state_step
   int ticket = p.early ? draw_ticket(win, N, counter) : 0;
   pdl_wait();
   pdl_release();
-  if (p.next_bytes > 0) pull_next_weights(p);
+  if (p.next_bytes > 0) prefetch_l2_grid(p.next_weight, p.next_bytes);  // out_proj's, while DRAM idles
   if (!p.early) load_states();
   // this block's dt and the row's gate, issued with the conv inputs (before any store)
   const float dt_raw = to_float(ptr<T>(p.dt)[b * p.dt.stride[0] + h * p.dt.stride[1]]);
