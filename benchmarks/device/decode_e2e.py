@@ -214,8 +214,8 @@ def main():
                             profile_tokens(model, name + "/" + variant)
                 guarded(per_token_ms)(model, 0)  # the defaults' graph again
         save(path)
-    for name, model in models.items():
-        for variant in a.variants.split(","):
+    for variant in a.variants.split(","):  # in the order given, each on the models it applies to
+        for name, model in models.items():
             if variant not in ("", "default") and name.startswith(ONLY.get(variant, "")):
                 e2e(model, name, variant)
                 save(path)
