@@ -4,9 +4,9 @@
 # order for every prologue form, its L2 prefetch of the units ahead; conv_state_step, proj_state_step without
 # SSM_M1_DECODE_STEP, the models' cg=True generation against eager, step against forward), then in ONE separate
 # process (no pytest, so no NaN poisoning) the batch-1 decode per token of the four model shapes, one token's
-# kernel timeline of mamba2-130m and mamba2-1.3b (also without the prefetch), the variants: prefetch off
-# (large models), conv_state_step pulling out_proj's weights into L2, wide conv rows, Mamba-1's conv update in
-# its own kernel (benchmarks/device/decode_e2e.py).
+# kernel timeline of mamba2-130m, mamba2-1.3b and mamba-1.4b (the large ones also without the GEMV's prefetch, with
+# the state steps pulling out_proj's weights into L2, with the GEMV pulling its own first units), then the variants'
+# end-to-end figures, also wide conv rows and Mamba-1's conv update in its own kernel (decode_e2e.py).
 # Usage: benchmarks/device/decode1.sh OUT_DIR
 set -uo pipefail
 OUT=${1:-decode1_out}
@@ -20,7 +20,7 @@ timeout 25 python3 -m pytest -q -p no:cacheprovider -rf -m cuda \
   > "$OUT/pytest.log" 2>&1
 summary "decode1 tests" $? "$OUT/pytest.log"
 timeout 24 python3 benchmarks/device/decode_e2e.py --out "$OUT" \
-  --models mamba2-130m,mamba2-1.3b,mamba-130m,mamba-1.4b --variants no_prefetch,pull_next,wide_conv_step,m1_conv_kernel \
-  --reps 2 --profile mamba2-130m,mamba2-1.3b --profile-variants no_prefetch,pull_next@mamba2-1.3b > "$OUT/bench.log" 2>&1
+  --models mamba2-130m,mamba2-1.3b,mamba-130m,mamba-1.4b --variants no_prefetch,pull_next,wide_conv_step,m1_conv_kernel,prefetch_own \
+  --reps 2 --profile mamba2-130m,mamba2-1.3b,mamba-1.4b --profile-variants no_prefetch,pull_next,prefetch_own > "$OUT/bench.log" 2>&1
 echo "bench rc=$?"
 grep -E "GB/s|decode b1|profile |Error|error" "$OUT/bench.log" | cut -c1-200 | head -30

@@ -38,14 +38,15 @@ OUT: dict = {"e2e": [], "profile": {}}
 VARIANTS = {"default": {}, "wide_conv_step": {"SSM_CONV_STEP_WIDE": "1"}, "no_pdl": {"SSM_PDL": "0"},
             "m1_conv_kernel": {},
             "scalar_prologue": {"SSM_GEMV_VEC": "0"}, "no_prefetch": {"SSM_GEMV_PREFETCH": "0"},
-            "prefetch1": {"SSM_GEMV_PREFETCH": "1"}, "prefetch6": {"SSM_GEMV_PREFETCH": "6"}, "pull_next": {}}
-SWITCHES = ("SSM_PDL", "SSM_GEMV_VEC", "SSM_CONV_STEP_WIDE", "SSM_GEMV_PREFETCH")
+            "prefetch1": {"SSM_GEMV_PREFETCH": "1"}, "prefetch6": {"SSM_GEMV_PREFETCH": "6"}, "pull_next": {},
+            "prefetch_own": {"SSM_GEMV_PREFETCH_OWN": "1"}}
+SWITCHES = ("SSM_PDL", "SSM_GEMV_VEC", "SSM_CONV_STEP_WIDE", "SSM_GEMV_PREFETCH", "SSM_GEMV_PREFETCH_OWN")
 # variants that set a module attribute: name -> [(module, attribute, value)].
 # m1_conv_kernel: the Mamba-1 conv update in its own kernel again (not in in_proj's).
 # pull_next: the state step kernel (conv_state_step, m1_decode_step) pulls out_proj's weights into L2.
 FLAGS = {"m1_conv_kernel": [(ng, "CONV_EPILOGUE", False)], "pull_next": [(css, "PULL_NEXT", True)]}
 ONLY = {"m1_conv_kernel": "mamba-", "wide_conv_step": "mamba2-", "no_prefetch": ("mamba2-1.3b", "mamba-1.4b"),
-        "pull_next": ("mamba2-1.3b", "mamba-1.4b")}
+        "pull_next": ("mamba2-1.3b", "mamba-1.4b"), "prefetch_own": ("mamba2-1.3b", "mamba-1.4b")}
 
 
 def guarded(fn):

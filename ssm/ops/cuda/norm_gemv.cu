@@ -383,7 +383,8 @@ __device__ __forceinline__ void prefetch_l2(const TensorArg& t, int64_t n) {
 }
 
 template <typename T, int kMode, int kG, bool kConv>
-__global__ void __launch_bounds__(kThreads, 2) norm_gemv_stream_kernel(NormGemvParams p, bool vec, int ahead) {
+__global__ void __launch_bounds__(kThreads, 2) norm_gemv_stream_kernel(NormGemvParams p, bool vec, int ahead,
+                                                                           bool own) {
   extern __shared__ float4 smem4[];
   float* xs = reinterpret_cast<float*>(smem4);  // (B, K)
   __shared__ float mean[kMaxSegments], rstd[kMaxSegments], part_sum[kWarps][kMaxSegments],
@@ -395,18 +396,23 @@ __global__ void __launch_bounds__(kThreads, 2) norm_gemv_stream_kernel(NormGemvP
   const T* w = ptr<T>(p.weight);
   const int64_t ldw = p.weight.stride[0];
   const auto next = [&](Cursor c) { return c.u + 1 < units ? Cursor{c.q, c.u + 1} : Cursor{c.q + nwarps, 0}; };
-  // both buffers' loads issued before the prologue (and the previous kernel's end)
-  Pack<T> b0[kSlots], b1[kSlots];
-  Cursor a{int(blockIdx.x) * kWarps + int(threadIdx.x) / 32, 0}, c = next(a);
-  if (a.q < groups) load_unit<T, kG>(b0, w, ldw, M, nchunks, a, lane);
-  if (c.q < groups) load_unit<T, kG>(b1, w, ldw, M, nchunks, c, lane);
-  // the `ahead` units after them into L2 (bulk prefetches: the DRAM stream does not wait for registers); each
-  // unit loaded into registers later pulls the one `ahead` units after it
+  // unit x + k (bulk prefetches into L2: the DRAM stream does not wait for registers)
   const auto pull = [&](Cursor x, int k) {
     const int u = x.u + k;
     x = Cursor{x.q + u / units * nwarps, u % units};
     if (x.q < groups) prefetch_unit<T, kG>(w, ldw, M, nchunks, x, lane);
   };
+  // both buffers' loads issued before the prologue (and the previous kernel's end); with `own` their units pulled
+  // into L2 first (the requests then reach DRAM whatever the SM's limit on loads in flight)
+  Pack<T> b0[kSlots], b1[kSlots];
+  Cursor a{int(blockIdx.x) * kWarps + int(threadIdx.x) / 32, 0}, c = next(a);
+  if (own) {
+    pull(a, 0);
+    pull(a, 1);
+  }
+  if (a.q < groups) load_unit<T, kG>(b0, w, ldw, M, nchunks, a, lane);
+  if (c.q < groups) load_unit<T, kG>(b1, w, ldw, M, nchunks, c, lane);
+  // the `ahead` units after them into L2 too; each unit loaded into registers later pulls the one `ahead` after it
   for (int d = 1; d <= ahead; ++d) pull(c, d);
   if (kMode >= 1) prefetch_l2(p.norm_weight, K);  // the prologue's constants, meanwhile
   ConvLane<T> cl;
@@ -490,6 +496,12 @@ int units_ahead() {
   return env != nullptr && env[0] >= '0' && env[0] <= '9' ? env[0] - '0' : 3;
 }
 
+// SSM_GEMV_PREFETCH_OWN=1: the register buffers' own first units pulled into L2 before their loads (a variant).
+bool pull_own() {
+  const char* env = std::getenv("SSM_GEMV_PREFETCH_OWN");
+  return env != nullptr && env[0] == '1';
+}
+
 template <typename T, int kMode, int kG, bool kConv = false>
 void launch_stream(const NormGemvParams& p, size_t smem, cudaStream_t stream) {
   const auto kernel = norm_gemv_stream_kernel<T, kMode, kG, kConv>;
@@ -500,7 +512,8 @@ void launch_stream(const NormGemvParams& p, size_t smem, cudaStream_t stream) {
   if (kConv) per_warp = std::min<int64_t>(per_warp, 32 / (p.batch * kG));
   const int64_t warps = (groups + per_warp - 1) / per_warp;
   const int64_t blocks = (warps + kWarps - 1) / kWarps;
-  pdl_launch(kernel, dim3(unsigned(blocks)), dim3(kThreads), smem, stream, p, vector_prologue<T>(p), units_ahead());
+  pdl_launch(kernel, dim3(unsigned(blocks)), dim3(kThreads), smem, stream, p, vector_prologue<T>(p), units_ahead(),
+             pull_own());
 }
 
 template <typename T, int kG>
