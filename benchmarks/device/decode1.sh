@@ -21,6 +21,6 @@ timeout 25 python3 -m pytest -q -p no:cacheprovider -rf -m cuda \
 summary "decode1 tests" $? "$OUT/pytest.log"
 timeout 24 python3 benchmarks/device/decode_e2e.py --out "$OUT" \
   --models mamba2-130m,mamba2-1.3b,mamba-130m,mamba-1.4b --variants no_prefetch,pull_next,wide_conv_step,m1_conv_kernel,prefetch_own \
-  --reps 2 --profile mamba2-130m,mamba2-1.3b,mamba-1.4b --profile-variants no_prefetch,pull_next,prefetch_own > "$OUT/bench.log" 2>&1
+  --reps 2 --profile mamba2-130m,mamba2-1.3b,mamba-1.4b --profile-variants wide_conv_step@mamba2-130m,no_prefetch,pull_next,prefetch_own > "$OUT/bench.log" 2>&1
 echo "bench rc=$?"
 grep -E "GB/s|decode b1|profile |Error|error" "$OUT/bench.log" | cut -c1-200 | head -30
