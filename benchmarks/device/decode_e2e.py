@@ -30,23 +30,18 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import bench_cuda as bc  # noqa: E402
 import bench_models_cuda as bm  # noqa: E402
-from ssm.ops import conv_state_step as css  # noqa: E402
 from ssm.ops import norm_gemv as ng  # noqa: E402
 
 DEV = bc.DEV
 OUT: dict = {"e2e": [], "profile": {}}
-VARIANTS = {"default": {}, "wide_conv_step": {"SSM_CONV_STEP_WIDE": "1"}, "no_pdl": {"SSM_PDL": "0"},
+VARIANTS = {"default": {}, "no_pdl": {"SSM_PDL": "0"},
             "m1_conv_kernel": {},
-            "scalar_prologue": {"SSM_GEMV_VEC": "0"}, "no_prefetch": {"SSM_GEMV_PREFETCH": "0"},
-            "prefetch1": {"SSM_GEMV_PREFETCH": "1"}, "prefetch6": {"SSM_GEMV_PREFETCH": "6"}, "pull_next": {},
-            "prefetch_own": {"SSM_GEMV_PREFETCH_OWN": "1"}}
-SWITCHES = ("SSM_PDL", "SSM_GEMV_VEC", "SSM_CONV_STEP_WIDE", "SSM_GEMV_PREFETCH", "SSM_GEMV_PREFETCH_OWN")
+            "scalar_prologue": {"SSM_GEMV_VEC": "0"}, "prefetch_own": {"SSM_GEMV_PREFETCH_OWN": "1"}}
+SWITCHES = ("SSM_PDL", "SSM_GEMV_VEC", "SSM_GEMV_PREFETCH_OWN")
 # variants that set a module attribute: name -> [(module, attribute, value)].
 # m1_conv_kernel: the Mamba-1 conv update in its own kernel again (not in in_proj's).
-# pull_next: the state step kernel (conv_state_step, m1_decode_step) pulls out_proj's weights into L2.
-FLAGS = {"m1_conv_kernel": [(ng, "CONV_EPILOGUE", False)], "pull_next": [(css, "PULL_NEXT", True)]}
-ONLY = {"m1_conv_kernel": "mamba-", "wide_conv_step": "mamba2-", "no_prefetch": ("mamba2-1.3b", "mamba-1.4b"),
-        "pull_next": ("mamba2-1.3b", "mamba-1.4b"), "prefetch_own": ("mamba2-1.3b", "mamba-1.4b")}
+FLAGS = {"m1_conv_kernel": [(ng, "CONV_EPILOGUE", False)]}
+ONLY = {"m1_conv_kernel": "mamba-", "prefetch_own": ("mamba2-1.3b", "mamba-1.4b")}
 
 
 def guarded(fn):
@@ -188,10 +183,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=".")
     ap.add_argument("--models", default="mamba2-1.3b,mamba-1.4b,mamba2-130m,mamba-130m")
-    ap.add_argument("--variants", default="wide_conv_step,m1_conv_kernel")
+    ap.add_argument("--variants", default="prefetch_own,m1_conv_kernel")
     ap.add_argument("--reps", type=int, default=3, help="medians of this many generations")
     ap.add_argument("--profile", default="mamba2-130m,mamba-130m", help="models whose token is profiled")
-    ap.add_argument("--profile-variants", default="wide_conv_step,m1_conv_kernel",
+    ap.add_argument("--profile-variants", default="prefetch_own,m1_conv_kernel",
                     help="variants whose token is profiled too (models they apply to; variant@prefix: models named so)")
     a = ap.parse_args()
     REPS[0] = a.reps

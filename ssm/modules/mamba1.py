@@ -225,8 +225,7 @@ class Mamba1(nn.Module):
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         # dt_proj folded into the state step (one kernel on CUDA)
         y = proj_state_step(ssm_state, x, dt, self.dt_proj.weight, _states.decode_A(self), B, C, self.D, z=z,
-                            dt_bias=self.dt_proj.bias, softplus=True, state_settled=True,  # after x_proj's kernel
-                            next_weight=self.out_proj.weight)
+                            dt_bias=self.dt_proj.bias, softplus=True, state_settled=True)  # after x_proj's kernel
         if y.is_cuda and y.shape[0] > 4 and type(self.out_proj) is nn.Linear:  # past batch 4: cublasLt's pick
             return batch_decode.lt_linear(y, self.out_proj.weight, self.out_proj.bias)
         return small_linear(self.out_proj, y)

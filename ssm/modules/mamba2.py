@@ -285,7 +285,7 @@ class Mamba2(nn.Module):
         y = conv_state_step(xBC, conv_state, self.conv1d.weight, self.conv1d.bias, ssm_state, dt,
                             _states.decode_A(self), D, dt_bias, z=None if self.rmsnorm else z.view(Bsz, h, p),
                             ngroups=self.ngroups, activation=self.activation, dt_softplus=softplus,
-                            states_settled=True, next_weight=self.out_proj.weight)  # the kernel before: in_proj
+                            states_settled=True)  # the kernel before is in_proj's
         return self._reduce(self._step_output(y.reshape(Bsz, self.d_ssm), z, z0, x0))
 
     def _batch_conv(self, xBC, conv_state) -> bool:

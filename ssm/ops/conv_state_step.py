@@ -56,9 +56,6 @@ def _check_args(xBC, conv_state, conv_weight, conv_bias, ssm_state, dt, A, D, dt
 
 FUSED = os.environ.get("SSM_FUSED_DECODE", "1") != "0"
 MAX_BATCH = 8
-# the decode steps (this kernel after its wait, m1_decode_step before it) pull next_weight (the next kernel's
-# weights) into L2 (SSM_DECODE_PULL_NEXT=1)
-PULL_NEXT = os.environ.get("SSM_DECODE_PULL_NEXT", "0") == "1"
 
 # (device, stream, early, slot) -> counter buffers (int32, zero between launches); older, smaller ones are
 # kept alive because captured CUDA graphs may still point at them. The early form (states_settled) draws its
@@ -101,15 +98,8 @@ def _fusable(xBC, conv_state, conv_weight, ssm_state, dt, z) -> bool:
             and conv_state.shape[-1] >= W - 1 and conv_state.shape[-1] >= 1)
 
 
-def next_ref(w: Optional[Tensor]):
-    """(address, bytes) of the weights the kernel pulls into L2, (0, 0) for none (off, or not one aligned block)."""
-    if not PULL_NEXT or w is None or not w.is_contiguous() or w.data_ptr() % 16 or w.numel() * w.element_size() % 16:
-        return 0, 0
-    return w.data_ptr(), w.numel() * w.element_size()
-
-
 def _fused(xBC, conv_state, conv_weight, conv_bias, ssm_state, dt, A, D, dt_bias, z, ngroups, silu, softplus,
-           settled=False, next_weight=None):
+           settled=False):
     batch, H, P, N = ssm_state.shape
     f32 = _kernels.float32_param
     w = conv_weight if conv_weight.dtype == torch.float32 else f32(conv_weight)
@@ -123,7 +113,7 @@ def _fused(xBC, conv_state, conv_weight, conv_bias, ssm_state, dt, A, D, dt_bias
     dispatch.cuda_module().conv_state_step(
         _kernels.dtype_code(ssm_state), _kernels.dtype_code(xBC), batch, H, P, N, ngroups, conv_weight.shape[-1],
         conv_state.shape[-1], r(xBC), r(conv_state), w_ref, r(bias), r(ssm_state), r(dt), r(A), D_ref, r(dt_bias),
-        r(z), r(counters), r(out), softplus, silu, settled, *next_ref(next_weight), stream)
+        r(z), r(counters), r(out), softplus, silu, settled, stream)
     return out
 
 
@@ -133,7 +123,7 @@ def conv_state_step(xBC: Tensor, conv_state: Tensor, conv_weight: Tensor, conv_b
                     ssm_state: Tensor, dt: Tensor, A: Tensor, D: Optional[Tensor] = None,
                     dt_bias: Optional[Tensor] = None, z: Optional[Tensor] = None, *, ngroups: int = 1,
                     activation: Optional[str] = "silu", dt_softplus: bool = True,
-                    states_settled: bool = False, next_weight: Optional[Tensor] = None) -> Tensor:
+                    states_settled: bool = False) -> Tensor:
     """One Mamba-2 decode step: xBC (B, H*P + 2*G*N) raw conv input ([x, B, C] channels);
     conv_state (B, H*P + 2*G*N, S >= W-1) and ssm_state (B, H, P, N) updated in place;
     conv_weight (H*P + 2*G*N, W) or (.., 1, W), conv_bias (H*P + 2*G*N,); dt (B, H); A (H,);
@@ -141,11 +131,10 @@ def conv_state_step(xBC: Tensor, conv_state: Tensor, conv_weight: Tensor, conv_b
     Same as causal_conv1d_update(xBC, ...) then selective_state_step on its split.
     states_settled=True promises that the kernel launched just before on the stream writes neither
     ssm_state nor conv_state (as in Mamba2.step, where it is in_proj): the CUDA kernel then reads them
-    while that kernel still runs (programmatic dependent launch). next_weight: the weights of the kernel launched
-    next (Mamba2.step: out_proj's), which the CUDA kernel pulls into L2 (with PULL_NEXT; a hint, no result changes)."""
+    while that kernel still runs (programmatic dependent launch)."""
     args = (xBC, conv_state, conv_weight, conv_bias, ssm_state, dt, A, D, dt_bias, z)
     _check_args(*args, ngroups)
     _checks.choice("activation", activation, _ACTIVATIONS)
     if torch.compiler.is_compiling() or not _fusable(xBC, conv_state, conv_weight, ssm_state, dt, z):
         return _composed(*args, ngroups, activation, dt_softplus)
-    return _fused(*args, ngroups, activation is not None, dt_softplus, states_settled, next_weight)
+    return _fused(*args, ngroups, activation is not None, dt_softplus, states_settled)

@@ -88,7 +88,7 @@ def _small_step_ok(state, x, dt_in, w, B, C, z) -> bool:
             and w.data_ptr() % 16 == 0 and hasattr(dispatch.cuda_module(), "m1_decode_step"))
 
 
-def _small_step(state, x, dt_in, dt_proj_weight, A, B, C, D, z, dt_bias, softplus, early, next_weight):
+def _small_step(state, x, dt_in, dt_proj_weight, A, B, C, D, z, dt_bias, softplus, early):
     batch, dim, N = state.shape
     f32 = _kernels.float32_param
     A, D, dt_bias = (t if t is None or t.dtype == torch.float32 else f32(t) for t in (A, D, dt_bias))
@@ -97,7 +97,7 @@ def _small_step(state, x, dt_in, dt_proj_weight, A, B, C, D, z, dt_bias, softplu
     dispatch.cuda_module().m1_decode_step(
         _kernels.dtype_code(state), _kernels.dtype_code(x), batch, dim, N, dt_in.shape[1], r(state), r(x), r(dt_in),
         r(dt_proj_weight), r(A), r(B), r(C), r(D), r(z), r(dt_bias), r(out), softplus, early,
-        *_css.next_ref(next_weight), _kernels.exec_arg("cuda", x))
+        _kernels.exec_arg("cuda", x))
     return out
 
 
@@ -120,19 +120,16 @@ def _fused(state, x, dt_in, dt_proj_weight, A, B, C, D, z, dt_bias, softplus):
 def proj_state_step(state: Tensor, x: Tensor, dt_in: Tensor, dt_proj_weight: Tensor, A: Tensor, B: Tensor,
                     C: Tensor, D: Optional[Tensor] = None, z: Optional[Tensor] = None,
                     dt_bias: Optional[Tensor] = None, softplus: bool = True, *,
-                    state_settled: bool = False, next_weight: Optional[Tensor] = None) -> Tensor:
+                    state_settled: bool = False) -> Tensor:
     """One Mamba-1 decode step: state (B, D, N) updated in place; x, z (B, D); dt_in (B, R);
     dt_proj_weight (D, R); A (D, N); B, C (B, N); D, dt_bias (D,) -> y (B, D) like x.
     Same as selective_state_step(state, x, F.linear(dt_in, dt_proj_weight), A, B, C, D, z, dt_bias, softplus).
     state_settled=True promises that the kernel launched just before on the stream does not write state (as
-    in Mamba1.step, where it is x_proj): the small-batch CUDA kernel then reads it while that kernel still runs.
-    next_weight: the weights of the kernel launched next (Mamba1.step: out_proj's), which the small-batch CUDA
-    kernel pulls into L2 (with conv_state_step.PULL_NEXT; a hint, no result changes)."""
+    in Mamba1.step, where it is x_proj): the small-batch CUDA kernel then reads it while that kernel still runs."""
     _check_args(state, x, dt_in, dt_proj_weight, A, B, C, D, z, dt_bias)
     if (not torch.compiler.is_compiling() and _cuda_ok(x)
             and _small_step_ok(state, x, dt_in, dt_proj_weight, B, C, z)):
-        return _small_step(state, x, dt_in, dt_proj_weight, A, B, C, D, z, dt_bias, softplus, state_settled,
-                           next_weight)
+        return _small_step(state, x, dt_in, dt_proj_weight, A, B, C, D, z, dt_bias, softplus, state_settled)
     if torch.compiler.is_compiling() or not _fusable(state, x, dt_in, dt_proj_weight, B, C, z):
         return selective_state_step(state, x, small_matmul(dt_in, dt_proj_weight), A, B, C, D, z, dt_bias, softplus)
     return _fused(state, x, dt_in, dt_proj_weight, A, B, C, D, z, dt_bias, softplus)

@@ -91,14 +91,12 @@ def _clone(inp):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("settled", [False, True])
-@pytest.mark.parametrize("wide", ["0", "1"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("case", CASES + [(64, 24, 64, 128, 1, 4, 4), (1, 24, 64, 128, 1, 4, 4)])
-def test_cuda_kernel_equals_separate_ops(settled, wide, dtype, case, monkeypatch):
+def test_cuda_kernel_equals_separate_ops(settled, dtype, case, monkeypatch):
     """Several consecutive steps: the B/C conv states are rewritten once per step by the last
     block (a counter left non-zero would freeze them from the second step on). states_settled:
     the states read before the previous kernel (here a copy of the next inputs) ends."""
-    monkeypatch.setenv("SSM_CONV_STEP_WIDE", wide)
     monkeypatch.setattr(css, "MAX_BATCH", 65535)  # the kernel, whatever batch the modules hand it
     inp = make(*case, dtype, torch.device("cuda"), {"all"})
     other = _clone(inp)
@@ -152,28 +150,6 @@ def test_cuda_back_to_back_calls_on_other_states(settled):
         for inp, other in zip(layers, others):
             inp["xBC"].copy_(rand(*inp["xBC"].shape, dtype=dtype, device="cuda"))
             other["xBC"].copy_(inp["xBC"])
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("settled", [False, True])
-def test_cuda_pulling_the_next_weights_changes_nothing(settled, monkeypatch):
-    """next_weight pulled into L2 after the wait (PULL_NEXT; pieces of 32 KB, the last one short): bitwise the
-    same output and states as without, over two steps."""
-    dtype = torch.bfloat16
-    inp = make(1, 24, 64, 128, 1, 4, 4, dtype, torch.device("cuda"), {"z+D"})
-    other = _clone(inp)
-    weight = rand(2048, 1544, dtype=dtype, device="cuda")
-    for t in range(2):
-        monkeypatch.setattr(css, "PULL_NEXT", True)
-        assert css.next_ref(weight) == (weight.data_ptr(), weight.numel() * 2)
-        y = run(css.conv_state_step, inp, states_settled=settled, next_weight=weight)
-        monkeypatch.setattr(css, "PULL_NEXT", False)
-        y_other = run(css.conv_state_step, other, states_settled=settled, next_weight=weight)
-        assert torch.equal(y, y_other), f"y at step {t}"
-        for k in ("conv_state", "ssm_state"):
-            assert torch.equal(inp[k], other[k]), f"{k} at step {t}"
-        inp["xBC"].copy_(rand(*inp["xBC"].shape, dtype=dtype, device="cuda"))
-        other["xBC"].copy_(inp["xBC"])
 
 
 def test_falls_back_to_the_separate_ops_when_switched_off(monkeypatch):

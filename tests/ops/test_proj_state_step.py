@@ -173,28 +173,11 @@ def test_cuda_small_batch_step_kernel_over_steps(dtype, case):
     for t in range(3):
         y = run(pss.proj_state_step, inp)
         assert_close(y, run(reference_step, ref), dtype, f"y at step {t}")
-        assert_close(inp["state"], ref["state"], torch.float32, f"state at step {t}", factor=10)
+        assert_close(inp["state"], ref["state"], dtype, f"state at step {t}", factor=3)  # three steps
         fresh = make(*case, dtype, torch.device("cuda"), {"all", "aligned"})
         for k in ("x", "z", "dt_in", "B", "C"):
             inp[k] = fresh[k]
             ref[k] = fresh[k].double()
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("settled", [False, True])
-def test_cuda_small_batch_step_pulling_the_next_weights_changes_nothing(settled, monkeypatch):
-    """next_weight pulled into L2 before the wait (conv_state_step.PULL_NEXT; 32 KB pieces, the last one short):
-    bitwise the same output and state as without."""
-    inp = make(1, 1536, 16, 48, torch.bfloat16, torch.device("cuda"), {"all", "aligned"})
-    state = inp["state"].clone()
-    weight = rand(768, 1544, dtype=torch.bfloat16, device="cuda")
-    monkeypatch.setattr(css, "PULL_NEXT", True)
-    y = pss.proj_state_step(inp["state"], inp["x"], inp["dt_in"], inp["W"], inp["A"], inp["B"], inp["C"], inp["D"],
-                            inp["z"], inp["dt_bias"], True, state_settled=settled, next_weight=weight)
-    monkeypatch.setattr(css, "PULL_NEXT", False)
-    y_other = pss.proj_state_step(state, inp["x"], inp["dt_in"], inp["W"], inp["A"], inp["B"], inp["C"], inp["D"],
-                                  inp["z"], inp["dt_bias"], True, state_settled=settled, next_weight=weight)
-    assert torch.equal(y, y_other) and torch.equal(inp["state"], state)
 
 
 def test_falls_back_to_the_separate_ops_when_switched_off(monkeypatch):

@@ -235,8 +235,6 @@ struct ConvStateStepParams {
   TensorArg out;          // (B, H, P)            dtype
   bool softplus = false, silu = false;
   bool early = false;     // the stream's previous kernel writes neither state: read them before it ends (PDL)
-  const void* next_weight = nullptr;  // optional: next_bytes (a multiple of 16, 16-byte aligned) of the next
-  int64_t next_bytes = 0;             // kernel's weights, pulled into L2 after the wait
 };
 
 }  // namespace ssm
@@ -394,8 +392,6 @@ struct M1DecodeStepParams {
   TensorArg out;      // (B, D)     dtype
   bool softplus = true;
   bool early = false;  // the stream's previous kernel does not write state: read it before that kernel ends (PDL)
-  const void* next_weight = nullptr;  // optional: next_bytes (a multiple of 16, 16-byte aligned) of the next
-  int64_t next_bytes = 0;             // kernel's weights, pulled into L2 before the wait
 };
 
 // Matrix product on the CPU (ssm/ops/cpu/gemm.cpp): c[b] = a[b] @ b[b] for each batch item, float32

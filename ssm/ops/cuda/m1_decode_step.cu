@@ -48,7 +48,6 @@ __global__ void __launch_bounds__(kThreads) m1_decode_step_kernel(M1DecodeStepPa
       if (part + kLanes * k < N) sv[k] = srow[(part + kLanes * k) * p.state.stride[2]];
   };
   if (p.early) load_state();
-  if (p.next_bytes > 0) prefetch_l2_grid(p.next_weight, p.next_bytes);  // out_proj's: x_proj leaves DRAM idle
   pdl_wait();  // everything below may depend on the previous kernel (x_proj's output)
   pdl_release();
   if (!p.early) load_state();

@@ -383,8 +383,7 @@ __device__ __forceinline__ void prefetch_l2(const TensorArg& t, int64_t n) {
 }
 
 template <typename T, int kMode, int kG, bool kConv>
-__global__ void __launch_bounds__(kThreads, 2) norm_gemv_stream_kernel(NormGemvParams p, bool vec, int ahead,
-                                                                           bool own) {
+__global__ void __launch_bounds__(kThreads, 2) norm_gemv_stream_kernel(NormGemvParams p, bool vec, bool own) {
   extern __shared__ float4 smem4[];
   float* xs = reinterpret_cast<float*>(smem4);  // (B, K)
   __shared__ float mean[kMaxSegments], rstd[kMaxSegments], part_sum[kWarps][kMaxSegments],
@@ -396,24 +395,14 @@ __global__ void __launch_bounds__(kThreads, 2) norm_gemv_stream_kernel(NormGemvP
   const T* w = ptr<T>(p.weight);
   const int64_t ldw = p.weight.stride[0];
   const auto next = [&](Cursor c) { return c.u + 1 < units ? Cursor{c.q, c.u + 1} : Cursor{c.q + nwarps, 0}; };
-  // unit x + k (bulk prefetches into L2: the DRAM stream does not wait for registers)
-  const auto pull = [&](Cursor x, int k) {
-    const int u = x.u + k;
-    x = Cursor{x.q + u / units * nwarps, u % units};
-    if (x.q < groups) prefetch_unit<T, kG>(w, ldw, M, nchunks, x, lane);
-  };
   // both buffers' loads issued before the prologue (and the previous kernel's end); with `own` their units pulled
-  // into L2 first (the requests then reach DRAM whatever the SM's limit on loads in flight)
+  // into L2 first by bulk prefetches (the requests then reach DRAM whatever the SM's limit on loads in flight)
   Pack<T> b0[kSlots], b1[kSlots];
   Cursor a{int(blockIdx.x) * kWarps + int(threadIdx.x) / 32, 0}, c = next(a);
-  if (own) {
-    pull(a, 0);
-    pull(a, 1);
-  }
+  if (own && a.q < groups) prefetch_unit<T, kG>(w, ldw, M, nchunks, a, lane);
+  if (own && c.q < groups) prefetch_unit<T, kG>(w, ldw, M, nchunks, c, lane);
   if (a.q < groups) load_unit<T, kG>(b0, w, ldw, M, nchunks, a, lane);
   if (c.q < groups) load_unit<T, kG>(b1, w, ldw, M, nchunks, c, lane);
-  // the `ahead` units after them into L2 too; each unit loaded into registers later pulls the one `ahead` after it
-  for (int d = 1; d <= ahead; ++d) pull(c, d);
   if (kMode >= 1) prefetch_l2(p.norm_weight, K);  // the prologue's constants, meanwhile
   ConvLane<T> cl;
   if (kConv) conv_lane_params<T, kG>(p, cl, a.q, nwarps, lane);
@@ -439,12 +428,10 @@ __global__ void __launch_bounds__(kThreads, 2) norm_gemv_stream_kernel(NormGemvP
     if (c.q >= groups) break;
     a = next(c);
     if (a.q < groups) load_unit<T, kG>(b0, w, ldw, M, nchunks, a, lane);
-    if (ahead > 0) pull(a, ahead);
     use_unit<T, kG>(acc, b1, xs, K, batch, M, nchunks, c, lane);
     if (c.u == units - 1) store_rows<T, kG, kConv>(acc, p, c.q, lane, cl, done++);
     c = next(a);
     if (c.q < groups) load_unit<T, kG>(b1, w, ldw, M, nchunks, c, lane);
-    if (ahead > 0) pull(c, ahead);
   }
 }
 
@@ -488,15 +475,8 @@ bool vector_prologue(const NormGemvParams& p) {
          (p.mode == 0 || f32_vec(p.norm_weight)) && (p.mode != 4 || f32_vec(p.norm_bias));
 }
 
-// Units a warp pulls into L2 ahead of its two register buffers (SSM_GEMV_PREFETCH, default 3; 0: none; read
-// per launch, so a benchmark can compare in one process): with more rows than two units a warp, the DRAM
-// stream then runs ahead of what the registers can hold in flight.
-int units_ahead() {
-  const char* env = std::getenv("SSM_GEMV_PREFETCH");
-  return env != nullptr && env[0] >= '0' && env[0] <= '9' ? env[0] - '0' : 3;
-}
-
-// SSM_GEMV_PREFETCH_OWN=1: the register buffers' own first units pulled into L2 before their loads (a variant).
+// SSM_GEMV_PREFETCH_OWN=1: the register buffers' first units pulled into L2 before their loads (a variant; read per
+// launch, so a benchmark compares both in one process). Pulling the units after them (3 ahead) was slower (s9r1).
 bool pull_own() {
   const char* env = std::getenv("SSM_GEMV_PREFETCH_OWN");
   return env != nullptr && env[0] == '1';
@@ -512,8 +492,7 @@ void launch_stream(const NormGemvParams& p, size_t smem, cudaStream_t stream) {
   if (kConv) per_warp = std::min<int64_t>(per_warp, 32 / (p.batch * kG));
   const int64_t warps = (groups + per_warp - 1) / per_warp;
   const int64_t blocks = (warps + kWarps - 1) / kWarps;
-  pdl_launch(kernel, dim3(unsigned(blocks)), dim3(kThreads), smem, stream, p, vector_prologue<T>(p), units_ahead(),
-             pull_own());
+  pdl_launch(kernel, dim3(unsigned(blocks)), dim3(kThreads), smem, stream, p, vector_prologue<T>(p), pull_own());
 }
 
 template <typename T, int kG>

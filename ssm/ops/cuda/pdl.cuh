@@ -60,18 +60,6 @@ __device__ __forceinline__ void prefetch_l2_bulk(const void* addr, uint32_t byte
 #endif
 }
 
-// prefetch_l2_grid: bytes (a multiple of 16) from addr (16-byte aligned) in 32 KB bulk prefetches spread over the
-// grid's blocks and the threads of one-dimensional blocks: a kernel pulls the next kernel's weights into L2.
-__device__ __forceinline__ void prefetch_l2_grid(const void* addr, int64_t bytes) {
-  constexpr int64_t kPiece = 32 * 1024;
-  const int64_t blocks = int64_t(gridDim.x) * gridDim.y * gridDim.z;
-  const int64_t block = blockIdx.x + int64_t(gridDim.x) * (blockIdx.y + int64_t(gridDim.y) * blockIdx.z);
-  const int64_t threads = blockDim.x;  // one-dimensional blocks
-  const char* base = static_cast<const char*>(addr);
-  for (int64_t i = int64_t(threadIdx.x) * blocks + block; i * kPiece < bytes; i += threads * blocks)
-    prefetch_l2_bulk(base + i * kPiece, uint32_t(bytes - i * kPiece < kPiece ? bytes - i * kPiece : kPiece));
-}
-
 template <typename... Params, typename... Args>
 void pdl_launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args&&... args) {
   cudaLaunchAttribute attr[1];

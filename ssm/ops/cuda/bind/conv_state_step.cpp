@@ -13,12 +13,10 @@ ConvStateStepParams conv_state_step_params(int state_dtype, int dtype, int64_t b
                                            const Ref& conv_weight, const OptRef& conv_bias, const Ref& state,
                                            const Ref& dt, const Ref& A, const OptRef& D, const OptRef& dt_bias,
                                            const OptRef& z, const Ref& counters, const Ref& out, bool softplus,
-                                           bool silu, bool early, int64_t next_weight, int64_t next_bytes) {
+                                           bool silu, bool early) {
   const char* op = "conv_state_step";
   SSM_CHECK(batch >= 0 && nheads >= 1 && headdim >= 1 && dstate >= 1 && width >= 1, op, "bad sizes");
   SSM_CHECK(ngroups >= 1 && nheads % ngroups == 0, op, "groups must divide the heads, got ", ngroups);
-  SSM_CHECK(next_bytes >= 0 && next_bytes % 16 == 0 && next_weight % 16 == 0, op,
-            "next_weight must be 16-byte aligned and next_bytes a multiple of 16");
   ConvStateStepParams p;
   p.batch = batch, p.nheads = nheads, p.headdim = headdim, p.dstate = dstate, p.ngroups = ngroups;
   p.width = width, p.state_len = state_len, p.softplus = softplus, p.silu = silu, p.early = early;
@@ -36,7 +34,6 @@ ConvStateStepParams conv_state_step_params(int state_dtype, int dtype, int64_t b
   p.z = tensor_arg(op, "z", z, 3);
   p.counters = tensor_arg(op, "counters", counters, 1);
   p.out = tensor_arg(op, "out", out, 3);
-  p.next_weight = reinterpret_cast<const void*>(next_weight), p.next_bytes = next_weight != 0 ? next_bytes : 0;
   return p;
 }
 

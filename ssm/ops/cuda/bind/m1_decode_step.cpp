@@ -11,11 +11,9 @@ M1DecodeStepParams m1_decode_step_params(int state_dtype, int dtype, int64_t bat
                                          int64_t rank, const Ref& state, const Ref& x, const Ref& dt_in,
                                          const Ref& dt_proj, const Ref& A, const Ref& B, const Ref& C,
                                          const OptRef& D, const OptRef& z, const OptRef& dt_bias, const Ref& out,
-                                         bool softplus, bool early, int64_t next_weight, int64_t next_bytes) {
+                                         bool softplus, bool early) {
   const char* op = "m1_decode_step";
   SSM_CHECK(batch >= 0 && dim >= 0 && dstate >= 1 && rank >= 1, op, "bad sizes");
-  SSM_CHECK(next_bytes >= 0 && next_bytes % 16 == 0 && next_weight % 16 == 0, op,
-            "next_weight must be 16-byte aligned and next_bytes a multiple of 16");
   M1DecodeStepParams p;
   p.batch = batch, p.dim = dim, p.dstate = dstate, p.rank = rank, p.softplus = softplus, p.early = early;
   p.state_dtype = dtype_arg(op, state_dtype);
@@ -31,7 +29,6 @@ M1DecodeStepParams m1_decode_step_params(int state_dtype, int dtype, int64_t bat
   p.z = tensor_arg(op, "z", z, 2);
   p.dt_bias = tensor_arg(op, "dt_bias", dt_bias, 1);
   p.out = tensor_arg(op, "out", out, 2);
-  p.next_weight = reinterpret_cast<const void*>(next_weight), p.next_bytes = next_weight != 0 ? next_bytes : 0;
   return p;
 }
 
