@@ -41,7 +41,7 @@ SWITCHES = ("SSM_PDL", "SSM_GEMV_VEC", "SSM_GEMV_PREFETCH_OWN")
 # variants that set a module attribute: name -> [(module, attribute, value)].
 # m1_conv_kernel: the Mamba-1 conv update in its own kernel again (not in in_proj's).
 FLAGS = {"m1_conv_kernel": [(ng, "CONV_EPILOGUE", False)]}
-ONLY = {"m1_conv_kernel": "mamba-", "prefetch_own": ("mamba2-1.3b", "mamba-1.4b")}
+ONLY = {"m1_conv_kernel": "mamba-", "prefetch_own": ("mamba2-130m", "mamba2-1.3b", "mamba-1.4b")}
 
 
 def guarded(fn):
