@@ -30,25 +30,18 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import bench_cuda as bc  # noqa: E402
 import bench_models_cuda as bm  # noqa: E402
-from ssm.ops import conv_state_step as css  # noqa: E402
 from ssm.ops import norm_gemv as ng  # noqa: E402
-from ssm.ops import proj_state_step as pss  # noqa: E402
 
 DEV = bc.DEV
 OUT: dict = {"e2e": [], "profile": {}}
-VARIANTS = {"default": {}, "wide_conv_step": {"SSM_CONV_STEP_WIDE": "1"}, "no_pdl": {"SSM_PDL": "0"},
-            "m1_old_step": {}, "m1_old_fold": {}, "m1_conv_kernel": {},
-            "scalar_prologue": {"SSM_GEMV_VEC": "0"}}
-SWITCHES = ("SSM_PDL", "SSM_GEMV_VEC", "SSM_CONV_STEP_WIDE")
+VARIANTS = {"default": {}, "no_pdl": {"SSM_PDL": "0"},
+            "m1_conv_kernel": {},
+            "scalar_prologue": {"SSM_GEMV_VEC": "0"}, "prefetch_own": {"SSM_GEMV_PREFETCH_OWN": "1"}}
+SWITCHES = ("SSM_PDL", "SSM_GEMV_VEC", "SSM_GEMV_PREFETCH_OWN")
 # variants that set a module attribute: name -> [(module, attribute, value)].
-# m1_old_step: Mamba-1 without the small-batch step kernel (the state step kernels with dt_proj folded up to
-# rank 64, the GEMV past it); m1_old_fold: the same with every rank folded (session-6 default); m1_conv_kernel: the
-# Mamba-1 conv update in its own kernel again (not in in_proj's).
-FLAGS = {"m1_old_step": [(pss, "SMALL_STEP", False)],
-         "m1_conv_kernel": [(ng, "CONV_EPILOGUE", False)],
-         "m1_old_fold": [(pss, "SMALL_STEP", False), (pss, "SMALL_MAX_RANK", 1 << 20)]}
-ONLY = {"m1_old_fold": "mamba-1.4b", "m1_old_step": "mamba-130m", "m1_conv_kernel": "mamba-",
-        "wide_conv_step": "mamba2-"}
+# m1_conv_kernel: the Mamba-1 conv update in its own kernel again (not in in_proj's).
+FLAGS = {"m1_conv_kernel": [(ng, "CONV_EPILOGUE", False)]}
+ONLY = {"m1_conv_kernel": "mamba-", "prefetch_own": ("mamba2-130m", "mamba2-1.3b", "mamba-1.4b")}
 
 
 def guarded(fn):
@@ -190,10 +183,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=".")
     ap.add_argument("--models", default="mamba2-1.3b,mamba-1.4b,mamba2-130m,mamba-130m")
-    ap.add_argument("--variants", default="wide_conv_step,m1_conv_kernel")
+    ap.add_argument("--variants", default="prefetch_own,m1_conv_kernel")
     ap.add_argument("--reps", type=int, default=3, help="medians of this many generations")
     ap.add_argument("--profile", default="mamba2-130m,mamba-130m", help="models whose token is profiled")
-    ap.add_argument("--profile-variants", default="wide_conv_step,m1_conv_kernel",
+    ap.add_argument("--profile-variants", default="prefetch_own,m1_conv_kernel",
                     help="variants whose token is profiled too (models they apply to; variant@prefix: models named so)")
     a = ap.parse_args()
     REPS[0] = a.reps
@@ -217,8 +210,8 @@ def main():
                             profile_tokens(model, name + "/" + variant)
                 guarded(per_token_ms)(model, 0)  # the defaults' graph again
         save(path)
-    for name, model in models.items():
-        for variant in a.variants.split(","):
+    for variant in a.variants.split(","):  # in the order given, each on the models it applies to
+        for name, model in models.items():
             if variant not in ("", "default") and name.startswith(ONLY.get(variant, "")):
                 e2e(model, name, variant)
                 save(path)

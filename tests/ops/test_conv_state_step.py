@@ -91,14 +91,12 @@ def _clone(inp):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("settled", [False, True])
-@pytest.mark.parametrize("wide", ["0", "1"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("case", CASES + [(64, 24, 64, 128, 1, 4, 4), (1, 24, 64, 128, 1, 4, 4)])
-def test_cuda_kernel_equals_separate_ops(settled, wide, dtype, case, monkeypatch):
+def test_cuda_kernel_equals_separate_ops(settled, dtype, case, monkeypatch):
     """Several consecutive steps: the B/C conv states are rewritten once per step by the last
     block (a counter left non-zero would freeze them from the second step on). states_settled:
     the states read before the previous kernel (here a copy of the next inputs) ends."""
-    monkeypatch.setenv("SSM_CONV_STEP_WIDE", wide)
     monkeypatch.setattr(css, "MAX_BATCH", 65535)  # the kernel, whatever batch the modules hand it
     inp = make(*case, dtype, torch.device("cuda"), {"all"})
     other = _clone(inp)

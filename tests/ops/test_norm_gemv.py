@@ -85,8 +85,8 @@ def test_cuda_kernel_equals_separate_ops(dtype, case, before):
 @pytest.mark.parametrize("case", [(1, 768, 50280), (2, 2048, 8513), (3, 4096, 2049), (4, 1536, 161)])
 def test_streamed_kernel_many_rows_per_warp(dtype, case, monkeypatch):
     """More row groups than resident warps, rows of several units, odd M (lm_head, in_proj, out_proj,
-    x_proj shapes): against float64, and bitwise the same run to run and with programmatic dependent
-    launch off (SSM_PDL=0)."""
+    x_proj shapes): against float64, and bitwise the same run to run, with programmatic dependent
+    launch off (SSM_PDL=0) and with the register units pulled into L2 first (SSM_GEMV_PREFETCH_OWN=1)."""
     monkeypatch.setattr(ng, "PLAIN", True)
     batch, K, M = case
     dev = torch.device("cuda")
@@ -94,10 +94,14 @@ def test_streamed_kernel_many_rows_per_warp(dtype, case, monkeypatch):
     x = rand(batch, K + 8, dtype=dtype, device=dev)[:, 8:]
     with torch.no_grad():
         out, again = ng.small_linear(lin, x), ng.small_linear(lin, x)
+        monkeypatch.setenv("SSM_GEMV_PREFETCH_OWN", "1")
+        pulled = ng.small_linear(lin, x)
+        monkeypatch.delenv("SSM_GEMV_PREFETCH_OWN")
         monkeypatch.setenv("SSM_PDL", "0")
         no_pdl = ng.small_linear(lin, x)
     ref = x.double() @ lin.weight.double().t() + (0 if lin.bias is None else lin.bias.double())
     assert out.shape == (batch, M) and torch.equal(out, again) and torch.equal(out, no_pdl)
+    assert torch.equal(out, pulled), "with the register units pulled into L2 first (SSM_GEMV_PREFETCH_OWN=1)"
     assert_close(out, ref, dtype, "out")
 
 
@@ -227,7 +231,8 @@ def test_vector_and_scalar_prologues_agree(dtype, case, monkeypatch):
     """The 16-byte prologue (contiguous rows up to 2 chunks a thread) and the element-wise one
     (SSM_GEMV_VEC=0; also every input past the chunk limit or misaligned) against the separate ops,
     in every mode: the gated norm before and after the gate, the prenorm RMS and LayerNorm with a
-    residual, the plain GEMV; then an input misaligned by one element (element-wise path)."""
+    residual, the plain GEMV; both forms bitwise equal (one summation order for the norm statistics);
+    then an input misaligned by one element (element-wise path)."""
     monkeypatch.setattr(ng, "PLAIN", True)
     batch, K, M, gs = case
     dev = torch.device("cuda")
@@ -238,19 +243,25 @@ def test_vector_and_scalar_prologues_agree(dtype, case, monkeypatch):
     with torch.no_grad():
         pre_sep = {r: ng.fused_layer_norm(p["x"], p["nw"], p["nb"], p["res"], r, 1e-5, True, True)
                    for r, p in pre.items()}
+        outs = {}
         for vec in ("1", "0"):
             monkeypatch.setenv("SSM_GEMV_VEC", vec)
             for before in (False, True):
-                out = run(inp, before)
+                out = outs[vec, "gated", before] = run(inp, before)
                 assert_close(out, torch.nn.functional.linear(y_sep[before], inp["W"], inp["b"]), dtype,
                              f"gated out (vec {vec}, before {before})", factor=0.25)
             for is_rms in (True, False):
                 out, res = run_prenorm(pre[is_rms], is_rms)
+                outs[vec, "prenorm", is_rms] = out
                 y, res_sep = pre_sep[is_rms]
                 assert torch.equal(res, res_sep), f"residual_out (vec {vec}, rms {is_rms})"
                 assert_close(out, pre[is_rms]["lin"](y), dtype, f"prenorm out (vec {vec}, rms {is_rms})", factor=0.25)
             lin = pre[False]["lin"]
-            assert_close(ng.small_linear(lin, inp["x"]), lin(inp["x"]), dtype, f"plain (vec {vec})", factor=0.25)
+            out = outs[vec, "plain", None] = ng.small_linear(lin, inp["x"])
+            assert_close(out, lin(inp["x"]), dtype, f"plain (vec {vec})", factor=0.25)
+        for (vec, mode, flag), out in outs.items():
+            if vec == "1":
+                assert torch.equal(out, outs["0", mode, flag]), f"{mode} {flag}: vector and element-wise differ"
         # one element off 16-byte alignment: the element-wise prologue whatever the switch
         monkeypatch.delenv("SSM_GEMV_VEC")
         xs = rand(batch, K + 1, dtype=dtype, device=dev)[:, 1:]

@@ -7,8 +7,6 @@
 // Launched with PDL (pdl.cuh): its blocks start while in_proj ends. With the states read before the
 // wait (p.early), a block also draws its ticket there (once its B/C history has arrived): after the
 // wait no fence or atomic round trip is left on the chain.
-#include <cstdlib>
-
 #include "cuda/kernels.h"
 #include "cuda/pdl.cuh"
 #include "cuda/vec.cuh"
@@ -94,8 +92,9 @@ __device__ __forceinline__ int draw_ticket(const Window (&win)[2 * kMaxN / kThre
   return ticket;
 }
 
-template <typename TS, typename T, int kTPR, int kPacks>
-__global__ void __launch_bounds__(kThreads, kPacks == 1 ? 4 : 1) conv_state_step_kernel(ConvStateStepParams p) {
+template <typename TS, typename T, int kTPR>
+__global__ void __launch_bounds__(kThreads, 1) conv_state_step_kernel(ConvStateStepParams p) {
+  constexpr int kPacks = 4;
   constexpr int kRows = kThreads / kTPR;
   __shared__ float sBC[2 * kMaxN];  // conv outputs of the group's B (first N) and C
   __shared__ float sx[kRows];       // conv outputs of this block's x channels
@@ -214,35 +213,23 @@ __global__ void __launch_bounds__(kThreads, kPacks == 1 ? 4 : 1) conv_state_step
   if (tid == 0) *counter = 0;
 }
 
-// Lanes per row and packs per lane: "narrow" rows (few lanes, four packs each: fewer blocks, each
-// recomputing the group's B/C conv once) or "wide" rows (one pack per lane: four times the blocks).
-#define SSM_CONV_STEP_CFG_SWITCH(N, wide, K, KP, ...)                              \
-  [&] {                                                                            \
-    if (N <= 64) {                                                                 \
-      if (wide) { constexpr int K = 8, KP = 1; return __VA_ARGS__(); }             \
-      constexpr int K = 2, KP = 4; return __VA_ARGS__();                           \
-    }                                                                              \
-    if (N <= 128) {                                                                \
-      if (wide) { constexpr int K = 16, KP = 1; return __VA_ARGS__(); }            \
-      constexpr int K = 4, KP = 4; return __VA_ARGS__();                           \
-    }                                                                              \
-    if (wide) { constexpr int K = 32, KP = 1; return __VA_ARGS__(); }              \
-    constexpr int K = 8, KP = 4; return __VA_ARGS__();                             \
+// Lanes per row (four packs of 8 states each, "narrow" rows: one block a head for P = 64, each recomputing the
+// group's B/C conv once). The "wide" rows (one pack a lane, four times the blocks) were slower in every round that
+// compared them (H200: mamba2-1.3b 1.644 vs 1.746 ms per token in session 6, mamba2-130m token span 336 vs 350 us
+// in session 9) and were removed.
+#define SSM_CONV_STEP_LANES_SWITCH(N, K, ...)                             \
+  [&] {                                                                   \
+    if (N <= 64) { constexpr int K = 2; return __VA_ARGS__(); }           \
+    if (N <= 128) { constexpr int K = 4; return __VA_ARGS__(); }          \
+    constexpr int K = 8; return __VA_ARGS__();                            \
   }()
-
-// Narrow by default (H200, session 6, b1 decode per token: mamba2-1.3b 1.644 ms narrow vs 1.746 wide,
-// mamba2-130m 0.408 vs 0.416); SSM_CONV_STEP_WIDE=1 forces wide rows.
-bool use_wide(const ConvStateStepParams&) {
-  const char* env = std::getenv("SSM_CONV_STEP_WIDE");
-  return env != nullptr && env[0] == '1';
-}
 
 template <typename TS, typename T>
 void launch(const ConvStateStepParams& p, cudaStream_t stream) {
-  SSM_CONV_STEP_CFG_SWITCH(p.dstate, use_wide(p), kTPR, kPacks, [&] {
+  SSM_CONV_STEP_LANES_SWITCH(p.dstate, kTPR, [&] {
     constexpr int kRows = kThreads / kTPR;
     const dim3 grid(ceil_div(p.headdim, kRows), unsigned(p.nheads), unsigned(p.batch));
-    pdl_launch(conv_state_step_kernel<TS, T, kTPR, kPacks>, grid, dim3(kThreads), 0, stream, p);
+    pdl_launch(conv_state_step_kernel<TS, T, kTPR>, grid, dim3(kThreads), 0, stream, p);
   });
 }
 

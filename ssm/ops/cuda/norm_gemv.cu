@@ -23,58 +23,124 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-// totals[s] = sum over the contiguous segments s < segments (of gs floats) of xs, or of
-// (xs - center[s])^2 with kSquare: per thread, then per warp, then the warps' partials in a fixed
-// order (deterministic, every warp busy whatever the segment count).
-template <bool kSquare>
-__device__ void segment_sums(const float* xs, int gs, int segments, const float* center, float* totals) {
-  __shared__ float part[kWarps][kMaxSegments];
+// 16-byte chunks of the input rows a thread takes in the vector prologue (B x K <= 2 x 256 x kN).
+constexpr int kVecChunks = 2;
+
+// The norm statistics in ONE summation order for every prologue form (so that kernels differing only in
+// their epilogue, grid or prologue give bitwise the same rows): the B x K inputs in kN-wide chunks, chunk
+// i = t + j kThreads to thread t, which adds its values of segment s in the order (j, e); then a warp's
+// shuffle sum, then the warps' partials in order from 0. Explicit roundings: no contraction left to the
+// compiler, which may choose differently in two kernels.
+struct StatParts {
+  float (*sum)[kMaxSegments];  // [kWarps][kMaxSegments] in shared memory, one for each pass
+  float (*sq)[kMaxSegments];
+};
+
+__device__ __forceinline__ float stat_term(float acc, float v, float c, bool square) {
+  if (!square) return __fadd_rn(acc, v);
+  const float d = __fsub_rn(v, c);
+  return __fmaf_rn(d, d, acc);
+}
+
+__device__ __forceinline__ float warps_total(const float (*part)[kMaxSegments], int s) {
+  float t = 0.f;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) t = __fadd_rn(t, part[w][s]);
+  return t;
+}
+
+__device__ __forceinline__ float stat_mean(float total, int gs) { return __fdiv_rn(total, float(gs)); }
+__device__ __forceinline__ float stat_rstd(float total, int gs, float eps) {
+  return rsqrtf(__fadd_rn(__fdiv_rn(total, float(gs)), eps));
+}
+
+// (v - mean) * rstd * norm weight, rounded as written.
+__device__ __forceinline__ float normalized(float v, float mean, float rstd, float nw) {
+  return __fmul_rn(__fmul_rn(__fsub_rn(v, mean), rstd), nw);
+}
+
+// A warp's total of each segment s < segments into part[warp][s]; term(s) is this thread's part, then a barrier.
+template <typename Term>
+__device__ __forceinline__ void warp_partials(int segments, float (*part)[kMaxSegments], Term term) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int s = 0; s < segments; ++s) {
-    const float* seg = xs + s * gs;
-    const float c = center != nullptr ? center[s] : 0.f;
-    float acc = 0.f;
-    for (int k = threadIdx.x; k < gs; k += kThreads) acc += kSquare ? (seg[k] - c) * (seg[k] - c) : seg[k];
-    acc = warp_sum(acc);
+    const float acc = warp_sum(term(s));
     if (lane == 0) part[warp][s] = acc;
-  }
-  __syncthreads();
-  if (threadIdx.x < segments) {
-    float t = 0.f;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) t += part[w][threadIdx.x];
-    totals[threadIdx.x] = t;
   }
   __syncthreads();
 }
 
-// mean, rstd of the segments of xs: (row, group) pairs, contiguous in xs (groups of gs features;
-// the whole row in modes 3, 4). Ends with a barrier.
-template <int kMode>
-__device__ void norm_stats(const NormGemvParams& p, const float* xs, int gs, int segments, float* mean, float* rstd) {
-  if (kMode == 4) {
-    segment_sums<false>(xs, gs, segments, nullptr, mean);
-    if (threadIdx.x < segments) mean[threadIdx.x] /= float(gs);
+// The statistics of the element-wise prologue: xs (B, K) in shared memory -> mean, rstd of each segment
+// (row, group of gs features) in shared memory, in the order above; ends with a barrier.
+template <int kN, bool kCenter>
+__device__ void xs_stats(const float* xs, int K, int B, int gs, float eps, StatParts parts, float* mean,
+                         float* rstd) {
+  const int groups = K / gs, segments = B * groups, cpr = K / kN, total = B * cpr;
+  const auto term = [&](int s, bool square) {
+    const int b = s / groups, k0 = (s - b * groups) * gs;  // segment s: row b, features [k0, k0 + gs)
+    const float c = square && kCenter ? mean[s] : 0.f;
+    float acc = 0.f;
+    for (int i = threadIdx.x; i < total; i += kThreads) {
+      const int row = i / cpr, col = (i - row * cpr) * kN;
+      if (row != b || col + kN <= k0 || col >= k0 + gs) continue;
+#pragma unroll
+      for (int e = 0; e < kN; ++e)
+        if (col + e >= k0 && col + e < k0 + gs) acc = stat_term(acc, xs[row * K + col + e], c, square);
+    }
+    return acc;
+  };
+  if (kCenter) {
+    warp_partials(segments, parts.sum, [&](int s) { return term(s, false); });
+    if (threadIdx.x < segments) mean[threadIdx.x] = stat_mean(warps_total(parts.sum, threadIdx.x), gs);
     __syncthreads();
   } else if (threadIdx.x < segments) {
     mean[threadIdx.x] = 0.f;
   }
-  segment_sums<true>(xs, gs, segments, kMode == 4 ? mean : nullptr, rstd);
-  if (threadIdx.x < segments) rstd[threadIdx.x] = rsqrtf(rstd[threadIdx.x] / float(gs) + p.eps);
+  warp_partials(segments, parts.sq, [&](int s) { return term(s, true); });
+  if (threadIdx.x < segments) rstd[threadIdx.x] = stat_rstd(warps_total(parts.sq, threadIdx.x), gs, eps);
   __syncthreads();
+}
+
+// The same statistics from a thread's registers (the vector prologue: chunk j holds v[j], segment seg[j] or -1;
+// groups are whole chunks): mean and rstd of each chunk's segment. Barriers: one, two for LayerNorm.
+template <int kN, bool kCenter>
+__device__ void chunk_stats(const float (&v)[kVecChunks][kN], const int (&seg)[kVecChunks], int segments, int gs,
+                            float eps, StatParts parts, float (&mean)[kVecChunks], float (&rstd)[kVecChunks]) {
+  const auto term = [&](int s, bool square) {
+    float acc = 0.f;
+#pragma unroll
+    for (int j = 0; j < kVecChunks; ++j)
+      if (seg[j] == s) {
+#pragma unroll
+        for (int e = 0; e < kN; ++e) acc = stat_term(acc, v[j][e], mean[j], square);
+      }
+    return acc;
+  };
+#pragma unroll
+  for (int j = 0; j < kVecChunks; ++j) mean[j] = 0.f;
+  if (kCenter) {
+    warp_partials(segments, parts.sum, [&](int s) { return term(s, false); });
+#pragma unroll
+    for (int j = 0; j < kVecChunks; ++j)
+      if (seg[j] >= 0) mean[j] = stat_mean(warps_total(parts.sum, seg[j]), gs);
+  }
+  warp_partials(segments, parts.sq, [&](int s) { return term(s, true); });
+#pragma unroll
+  for (int j = 0; j < kVecChunks; ++j) rstd[j] = seg[j] >= 0 ? stat_rstd(warps_total(parts.sq, seg[j]), gs, eps) : 0.f;
 }
 
 // The prologue, one element a thread at a time: xs (B, K) <- the linear layer's input rows (see
 // NormGemvParams). Any strides; the path of inputs the vector prologue does not take.
 template <typename T, int kMode>
-__device__ void load_inputs(const NormGemvParams& p, float* xs, float* mean, float* rstd) {
+__device__ void load_inputs(const NormGemvParams& p, float* xs, StatParts parts, float* mean, float* rstd) {
   const int K = int(p.in_features), B = int(p.batch);
   for (int b = 0; b < B; ++b)
     for (int k = threadIdx.x; k < K; k += kThreads) {
       float v = to_float(ptr<T>(p.x)[b * p.x.stride[0] + k * p.x.stride[1]]);
-      if (kMode == 1) v *= silu(to_float(ptr<T>(p.z)[b * p.z.stride[0] + k * p.z.stride[1]]));
+      if (kMode == 1) v = __fmul_rn(v, silu(to_float(ptr<T>(p.z)[b * p.z.stride[0] + k * p.z.stride[1]])));
       if (kMode >= 3) {
-        if (has(p.residual)) v += ptr<float>(p.residual)[b * p.residual.stride[0] + k * p.residual.stride[1]];
+        if (has(p.residual))
+          v = __fadd_rn(v, ptr<float>(p.residual)[b * p.residual.stride[0] + k * p.residual.stride[1]]);
         if (blockIdx.x == 0)
           ptr<float>(p.residual_out)[b * p.residual_out.stride[0] + k * p.residual_out.stride[1]] = v;
       }
@@ -83,19 +149,16 @@ __device__ void load_inputs(const NormGemvParams& p, float* xs, float* mean, flo
   if (kMode == 0) return;
   __syncthreads();
   const int gs = kMode >= 3 ? K : int(p.group_size), groups = K / gs;
-  norm_stats<kMode>(p, xs, gs, B * groups, mean, rstd);
+  xs_stats<Pack<T>::kN, kMode == 4>(xs, K, B, gs, p.eps, parts, mean, rstd);
   for (int b = 0; b < B; ++b)
     for (int k = threadIdx.x; k < K; k += kThreads) {
       const int s = b * groups + (groups == 1 ? 0 : k / gs);
-      float v = (xs[b * K + k] - mean[s]) * rstd[s] * ptr<float>(p.norm_weight)[k * p.norm_weight.stride[0]];
-      if (kMode == 2) v *= silu(to_float(ptr<T>(p.z)[b * p.z.stride[0] + k * p.z.stride[1]]));
-      if (kMode == 4 && has(p.norm_bias)) v += ptr<float>(p.norm_bias)[k * p.norm_bias.stride[0]];
+      float v = normalized(xs[b * K + k], mean[s], rstd[s], ptr<float>(p.norm_weight)[k * p.norm_weight.stride[0]]);
+      if (kMode == 2) v = __fmul_rn(v, silu(to_float(ptr<T>(p.z)[b * p.z.stride[0] + k * p.z.stride[1]])));
+      if (kMode == 4 && has(p.norm_bias)) v = __fadd_rn(v, ptr<float>(p.norm_bias)[k * p.norm_bias.stride[0]]);
       xs[b * K + k] = to_float(from_float<T>(v));
     }
 }
-
-// 16-byte chunks of the input rows a thread takes in the vector prologue (B x K <= 2 x 256 x kN).
-constexpr int kVecChunks = 2;
 
 template <int kN>
 __device__ __forceinline__ void load_f32(float (&v)[kN], const float* src) {
@@ -111,14 +174,15 @@ __device__ __forceinline__ void store_f32(float* dst, const float (&v)[kN]) {
 
 // The prologue with 16-byte accesses (rows contiguous and aligned, at most kVecChunks chunks a
 // thread, groups a multiple of a chunk): every global load of a thread issued before any use, so
-// the inputs cost one round trip after the previous kernel (the scalar loop paid one per element).
+// the inputs cost one round trip after the previous kernel (the scalar loop paid one per element);
+// the norm statistics from the registers (chunk_stats: one or two barriers, the element-wise form's three or five).
 template <typename T, int kMode>
-__device__ void load_inputs_vec(const NormGemvParams& p, float* xs, float* mean, float* rstd) {
+__device__ void load_inputs_vec(const NormGemvParams& p, float* xs, StatParts parts) {
   constexpr int kN = Pack<T>::kN;
   constexpr bool kGate = kMode == 1 || kMode == 2, kRes = kMode == 3 || kMode == 4;
   const int K = int(p.in_features), cpr = K / kN, total = int(p.batch) * cpr;
   Pack<T> xv[kVecChunks], zv[kVecChunks];
-  float res[kVecChunks][kN], nw[kVecChunks][kN];
+  float xr[kVecChunks][kN], res[kVecChunks][kN], nw[kVecChunks][kN];  // xr: the chunks' values before the norm
   // chunk j of this thread: row b, columns [k0, k0 + kN)
   int row[kVecChunks], col[kVecChunks];
 #pragma unroll
@@ -136,40 +200,41 @@ __device__ void load_inputs_vec(const NormGemvParams& p, float* xs, float* mean,
 #pragma unroll
   for (int j = 0; j < kVecChunks; ++j) {
     if (row[j] < 0) continue;
-    float v[kN];
 #pragma unroll
     for (int e = 0; e < kN; ++e) {
-      v[e] = to_float(xv[j].e[e]);
-      if (kMode == 1) v[e] *= silu(to_float(zv[j].e[e]));
-      if (kRes && has(p.residual)) v[e] += res[j][e];
+      float v = to_float(xv[j].e[e]);
+      if (kMode == 1) v = __fmul_rn(v, silu(to_float(zv[j].e[e])));
+      if (kRes && has(p.residual)) v = __fadd_rn(v, res[j][e]);
+      xr[j][e] = v;
     }
     if (kRes && blockIdx.x == 0)
-      store_f32<kN>(ptr<float>(p.residual_out) + row[j] * p.residual_out.stride[0] + col[j], v);
-    store_f32<kN>(xs + row[j] * K + col[j], v);
+      store_f32<kN>(ptr<float>(p.residual_out) + row[j] * p.residual_out.stride[0] + col[j], xr[j]);
+    if (kMode == 0) store_f32<kN>(xs + row[j] * K + col[j], xr[j]);
   }
   if (kMode == 0) return;
-  __syncthreads();
   const int gs = kRes ? K : int(p.group_size), groups = K / gs;
-  norm_stats<kMode>(p, xs, gs, int(p.batch) * groups, mean, rstd);
+  int seg[kVecChunks];  // the (row, group) segment of chunk j, -1 for none
+#pragma unroll
+  for (int j = 0; j < kVecChunks; ++j) seg[j] = row[j] < 0 ? -1 : row[j] * groups + (groups == 1 ? 0 : col[j] / gs);
+  float mean[kVecChunks], rstd[kVecChunks];
+  chunk_stats<kN, kMode == 4>(xr, seg, int(p.batch) * groups, gs, p.eps, parts, mean, rstd);
 #pragma unroll
   for (int j = 0; j < kVecChunks; ++j) {
     if (row[j] < 0) continue;
-    const int s = row[j] * groups + (groups == 1 ? 0 : col[j] / gs);
     float v[kN], nb[kN];
-    load_f32<kN>(v, xs + row[j] * K + col[j]);
     if (kMode == 4 && has(p.norm_bias)) load_f32<kN>(nb, ptr<float>(p.norm_bias) + col[j]);
 #pragma unroll
     for (int e = 0; e < kN; ++e) {
-      v[e] = (v[e] - mean[s]) * rstd[s] * nw[j][e];
-      if (kMode == 2) v[e] *= silu(to_float(zv[j].e[e]));
-      if (kMode == 4 && has(p.norm_bias)) v[e] += nb[e];
+      v[e] = normalized(xr[j][e], mean[j], rstd[j], nw[j][e]);
+      if (kMode == 2) v[e] = __fmul_rn(v[e], silu(to_float(zv[j].e[e])));
+      if (kMode == 4 && has(p.norm_bias)) v[e] = __fadd_rn(v[e], nb[e]);
       v[e] = to_float(from_float<T>(v[e]));
     }
     store_f32<kN>(xs + row[j] * K + col[j], v);
   }
 }
 
-// acc[b] += dot(w chunk c of this lane, xs[b] at the chunk's columns).
+// acc[b] += dot(w chunk c of this lane, xs[b] at the chunk's columns), rounded as written (the same in every kernel).
 template <typename T>
 __device__ __forceinline__ void fma_chunk(float* acc, const Pack<T>& w, const float* xs, int64_t K, int64_t batch,
                                           int64_t col) {
@@ -181,8 +246,11 @@ __device__ __forceinline__ void fma_chunk(float* acc, const Pack<T>& w, const fl
 #pragma unroll
     for (int q = 0; q < kN / 4; ++q) {
       const float4 v = xv[q];
-      acc[b] += to_float(w.e[4 * q]) * v.x + to_float(w.e[4 * q + 1]) * v.y + to_float(w.e[4 * q + 2]) * v.z +
-                to_float(w.e[4 * q + 3]) * v.w;
+      float t = __fmul_rn(to_float(w.e[4 * q]), v.x);
+      t = __fmaf_rn(to_float(w.e[4 * q + 1]), v.y, t);
+      t = __fmaf_rn(to_float(w.e[4 * q + 2]), v.z, t);
+      t = __fmaf_rn(to_float(w.e[4 * q + 3]), v.w, t);
+      acc[b] = __fadd_rn(acc[b], t);
     }
   }
 }
@@ -217,6 +285,15 @@ __device__ __forceinline__ void use_unit(float (&acc)[kG][kMaxB], const Pack<T> 
     const int row = c.q * kG + s / kJ, idx = (c.u * kJ + s % kJ) * 32 + lane;
     if (row < M && idx < nchunks) fma_chunk<T>(acc[s / kJ], buf[s], xs, K, batch, int64_t(idx) * Pack<T>::kN);
   }
+}
+
+// Unit c of a warp's row group into L2 (lane g < kG: row g's chunks of the unit, one bulk prefetch each).
+template <typename T, int kG>
+__device__ __forceinline__ void prefetch_unit(const T* w, int64_t ldw, int M, int nchunks, Cursor c, int lane) {
+  constexpr int kJ = kSlots / kG;
+  const int row = c.q * kG + lane, idx = c.u * kJ * 32;
+  if (lane < kG && row < M && idx < nchunks)
+    prefetch_l2_bulk(w + int64_t(row) * ldw + int64_t(idx) * Pack<T>::kN, uint32_t(min(kJ * 32, nchunks - idx) * 16));
 }
 
 // The conv epilogue (conv_rows > 0): lane l of a warp owns the output (row g, batch row b) of the warp's
@@ -306,10 +383,11 @@ __device__ __forceinline__ void prefetch_l2(const TensorArg& t, int64_t n) {
 }
 
 template <typename T, int kMode, int kG, bool kConv>
-__global__ void __launch_bounds__(kThreads, 2) norm_gemv_stream_kernel(NormGemvParams p, bool vec) {
+__global__ void __launch_bounds__(kThreads, 2) norm_gemv_stream_kernel(NormGemvParams p, bool vec, bool own) {
   extern __shared__ float4 smem4[];
   float* xs = reinterpret_cast<float*>(smem4);  // (B, K)
-  __shared__ float mean[kMaxSegments], rstd[kMaxSegments];
+  __shared__ float mean[kMaxSegments], rstd[kMaxSegments], part_sum[kWarps][kMaxSegments],
+      part_sq[kWarps][kMaxSegments];
   constexpr int kUnitChunks = 32 * (kSlots / kG);
   const int lane = threadIdx.x % 32, nwarps = int(gridDim.x) * kWarps, batch = int(p.batch);
   const int M = int(p.out_features), K = int(p.in_features), nchunks = K / Pack<T>::kN;
@@ -317,9 +395,12 @@ __global__ void __launch_bounds__(kThreads, 2) norm_gemv_stream_kernel(NormGemvP
   const T* w = ptr<T>(p.weight);
   const int64_t ldw = p.weight.stride[0];
   const auto next = [&](Cursor c) { return c.u + 1 < units ? Cursor{c.q, c.u + 1} : Cursor{c.q + nwarps, 0}; };
-  // both buffers' loads issued before the prologue (and the previous kernel's end)
+  // both buffers' loads issued before the prologue (and the previous kernel's end); with `own` their units pulled
+  // into L2 first by bulk prefetches (the requests then reach DRAM whatever the SM's limit on loads in flight)
   Pack<T> b0[kSlots], b1[kSlots];
   Cursor a{int(blockIdx.x) * kWarps + int(threadIdx.x) / 32, 0}, c = next(a);
+  if (own && a.q < groups) prefetch_unit<T, kG>(w, ldw, M, nchunks, a, lane);
+  if (own && c.q < groups) prefetch_unit<T, kG>(w, ldw, M, nchunks, c, lane);
   if (a.q < groups) load_unit<T, kG>(b0, w, ldw, M, nchunks, a, lane);
   if (c.q < groups) load_unit<T, kG>(b1, w, ldw, M, nchunks, c, lane);
   if (kMode >= 1) prefetch_l2(p.norm_weight, K);  // the prologue's constants, meanwhile
@@ -328,10 +409,11 @@ __global__ void __launch_bounds__(kThreads, 2) norm_gemv_stream_kernel(NormGemvP
   pdl_wait();
   pdl_release();
   if (kConv) conv_lane_state<T>(p, cl);
+  const StatParts parts{part_sum, part_sq};
   if (vec)
-    load_inputs_vec<T, kMode>(p, xs, mean, rstd);
+    load_inputs_vec<T, kMode>(p, xs, parts);
   else
-    load_inputs<T, kMode>(p, xs, mean, rstd);
+    load_inputs<T, kMode>(p, xs, parts, mean, rstd);
   __syncthreads();
   float acc[kG][kMaxB];
 #pragma unroll
@@ -393,6 +475,13 @@ bool vector_prologue(const NormGemvParams& p) {
          (p.mode == 0 || f32_vec(p.norm_weight)) && (p.mode != 4 || f32_vec(p.norm_bias));
 }
 
+// SSM_GEMV_PREFETCH_OWN=1: the register buffers' first units pulled into L2 before their loads (a variant; read per
+// launch, so a benchmark compares both in one process). Pulling the units after them (3 ahead) was slower (s9r1).
+bool pull_own() {
+  const char* env = std::getenv("SSM_GEMV_PREFETCH_OWN");
+  return env != nullptr && env[0] == '1';
+}
+
 template <typename T, int kMode, int kG, bool kConv = false>
 void launch_stream(const NormGemvParams& p, size_t smem, cudaStream_t stream) {
   const auto kernel = norm_gemv_stream_kernel<T, kMode, kG, kConv>;
@@ -403,7 +492,7 @@ void launch_stream(const NormGemvParams& p, size_t smem, cudaStream_t stream) {
   if (kConv) per_warp = std::min<int64_t>(per_warp, 32 / (p.batch * kG));
   const int64_t warps = (groups + per_warp - 1) / per_warp;
   const int64_t blocks = (warps + kWarps - 1) / kWarps;
-  pdl_launch(kernel, dim3(unsigned(blocks)), dim3(kThreads), smem, stream, p, vector_prologue<T>(p));
+  pdl_launch(kernel, dim3(unsigned(blocks)), dim3(kThreads), smem, stream, p, vector_prologue<T>(p), pull_own());
 }
 
 template <typename T, int kG>
