@@ -11,7 +11,12 @@ Mamba-1's out_proj past batch 4 (H200, b64 4096 -> 2048: 9.8 us instead of 11.1 
 the other b64 projections took the same time either way); SSM_BATCH_LT=0: F.linear as configured.
 
 ``narrow_linear``: F.linear(x, weight) for a narrow weight (at most 256 outputs: Mamba-1's x_proj) in one
-kernel on CUDA (a warp an output, 4 rows a block, no split-K); SSM_BATCH_NARROW=0: F.linear."""
+kernel on CUDA (a warp an output, 4 rows a block, no split-K); SSM_BATCH_NARROW=0: F.linear.
+
+``linear_conv``: F.linear(x, weight, bias) for a decode batch with, optionally, the width-4 conv update of a range
+of its output columns (Mamba-1's in_proj + conv update) in one tensor-core kernel on CUDA (ssm/ops/cuda/batch_gemm.cu:
+a block per 64 rows x 32 outputs, the whole K in shared memory); SSM_BATCH_GEMM=0: F.linear then
+causal_conv1d_update."""
 from __future__ import annotations
 
 import os
@@ -28,6 +33,8 @@ from ssm.utils import dispatch
 ENABLED = os.environ.get("SSM_BATCH_CONV", "1") != "0"
 LT = os.environ.get("SSM_BATCH_LT", "1") != "0"
 NARROW = os.environ.get("SSM_BATCH_NARROW", "1") != "0"
+GEMM = os.environ.get("SSM_BATCH_GEMM", "1") != "0"
+_GEMM_MAX_K = 1152
 _NARROW_MAX_OUT = 256
 # weights past this stay on cuBLAS (H200 round 1b, 1.4b's x_proj 4096 -> 160: 10.4 us on the kernel vs 4.8 + a 1.8 us
 # split-K reduce on cuBLAS; 130m's 1536 -> 80: 4.6 vs 4.4, and the step 0.720 vs 0.744 ms with one kernel fewer)
@@ -122,3 +129,76 @@ def narrow_linear(x: Tensor, weight: Tensor) -> Tensor:
     dispatch.cuda_module().batch_linear_narrow(_kernels.dtype_code(x), batch, K, weight.shape[0], r(x), r(weight),
                                                r(out), _kernels.exec_arg("cuda", x))
     return out
+
+
+def _rows_ok(t: Tensor) -> bool:
+    return t.stride(-1) == 1 and t.stride(0) % 8 == 0 and t.data_ptr() % 16 == 0
+
+
+def _gemm_ok(x, weight, bias, conv, conv_lo) -> bool:
+    if not GEMM or not x.is_cuda or dispatch.forced_backend() not in (None, "cuda") or torch.compiler.is_compiling():
+        return False
+    if not dispatch.has_cuda_kernels() or not hasattr(dispatch.cuda_module(), "batch_gemm"):
+        return False
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+        return False
+    N, K = weight.shape
+    ok = (bias is None and x.dtype in (torch.float16, torch.bfloat16) and weight.dtype == x.dtype
+          and K % 16 == 0 and 16 <= K <= _GEMM_MAX_K and N % 8 == 0 and _rows_ok(x) and _rows_ok(weight))
+    if conv is None or not ok:
+        return ok
+    state, cw, cb, _ = conv
+    C = state.shape[1]
+    return (state.dtype == x.dtype and state.shape[-1] == 4 and cw.shape[-1] == 4 and conv_lo % 8 == 0
+            and C % 8 == 0 and conv_lo + C <= N and not (torch.is_grad_enabled() and (cw.requires_grad or (
+                cb is not None and cb.requires_grad))))
+
+
+def _check_conv(x, N, conv, conv_lo):
+    state, cw, cb, activation = conv
+    _checks.tensor("conv_state", state, shape=(x.shape[0], None, None), device=x.device)
+    C = state.shape[1]
+    if not 0 <= conv_lo <= N - C:
+        raise ValueError(f"conv_lo: expected 0 <= conv_lo <= {N - C} (out columns {N}, conv channels {C}), got {conv_lo}")
+    _checks.tensor("conv_weight", cw, ndim=(2, 3), device=x.device)
+    if cw.shape[0] != C or (cw.dim() == 3 and cw.shape[1] != 1):
+        raise ValueError(f"conv_weight: expected shape ({C}, W), got {tuple(cw.shape)}")
+    _checks.tensor("conv_bias", cb, shape=(C,), device=x.device, optional=True)
+    _checks.choice("activation", activation, _ACTIVATIONS)
+
+
+def linear_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, conv=None, conv_lo: int = 0):
+    """F.linear(x, weight, bias) for x (B, K), weight (N, K) -> out (B, N); with conv = (conv_state (B, C, S),
+    conv_weight (C, W) or (C, 1, W), conv_bias (C,) or None, activation) also
+    causal_conv1d_update(out[:, conv_lo:conv_lo + C], conv_state, ...) (conv_state updated in place) -> (out, x_conv).
+    One kernel on CUDA (16-bit, no bias, K <= 1152 a multiple of 16, N and C multiples of 8, width and S 4)."""
+    _checks.tensor("x", x, ndim=2)
+    _checks.tensor("weight", weight, shape=(None, x.shape[1]), device=x.device)
+    _checks.tensor("bias", bias, shape=(weight.shape[0],), device=x.device, optional=True)
+    if conv is not None:
+        _check_conv(x, weight.shape[0], conv, conv_lo)
+    if not _gemm_ok(x, weight, bias, conv, conv_lo):
+        out = F.linear(x, weight, bias)
+        if conv is None:
+            return out
+        state, cw, cb, activation = conv
+        return out, conv_update_cl(out[:, conv_lo:conv_lo + state.shape[1]], state, cw, cb, activation)
+    return _gemm_launch(x, weight, conv, conv_lo)
+
+
+def _gemm_launch(x, weight, conv, conv_lo):
+    batch, K = x.shape
+    N = weight.shape[0]
+    out = _kernels.empty((batch, N), x)
+    r, f32 = _kernels.ref, _kernels.float32_param
+    if conv is None:
+        args, C, x_conv, silu = (None, None, None, None), 0, None, False
+    else:
+        state, cw, cb, activation = conv
+        C = state.shape[1]
+        w = f32(cw)
+        x_conv = _kernels.empty((batch, C), x)
+        args, silu = (r(state), r(w.view(C, w.shape[-1])), r(f32(cb)), r(x_conv)), activation is not None
+    dispatch.cuda_module().batch_gemm(_kernels.dtype_code(x), batch, K, N, conv_lo, C, r(x), r(weight), r(out),
+                                      *args, silu, _kernels.exec_arg("cuda", x))
+    return out if conv is None else (out, x_conv)

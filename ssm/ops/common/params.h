@@ -431,4 +431,21 @@ struct BatchLinearParams {
   TensorArg out;     // (B, nout)
 };
 
+// A decode batch's projection on tensor cores (ssm/ops/cuda/batch_decode.cu): out (B, N) = x (B, K) @ weight (N, K)^T,
+// float32 sums, a block per 64 rows x 32 outputs with the whole K in shared memory (K <= 1152, a multiple of 16).
+// With conv: out's columns [conv_lo, conv_lo + C) also go through the width-4 conv update on conv_state (B, C, 4)
+// (updated in place) -> x_conv (B, C) (Mamba-1's in_proj + conv update in one kernel).
+struct BatchGemmParams {
+  int64_t batch = 0, K = 0, nout = 0, conv_lo = 0, conv_dim = 0;
+  DType dtype = DType::f32;  // x, weight, out, conv_state, x_conv
+  TensorArg x;           // (B, K)
+  TensorArg weight;      // (N, K)
+  TensorArg out;         // (B, N)
+  TensorArg conv_state;  // (B, C, 4)  optional
+  TensorArg conv_weight; // (C, 4)     float32
+  TensorArg conv_bias;   // (C,)       float32, optional
+  TensorArg x_conv;      // (B, C)
+  bool silu = false;
+};
+
 }  // namespace ssm

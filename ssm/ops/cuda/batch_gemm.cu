@@ -1,0 +1,171 @@
+// A decode batch's projection on tensor cores (M = the batch, <= 64 rows a block), optionally with the width-4 conv
+// update of some output columns in its epilogue (Mamba-1's in_proj + conv update: one kernel instead of two).
+// A block owns 64 rows x 32 outputs with the whole K in shared memory: its weight rows go global -> shared by
+// cp.async BEFORE pdl_wait (weights: no kernel writes them, so they load while the previous kernel ends), the
+// 64 input rows after it. Each of the 8 warps sums every 8th k-step of 16 over the full 64 x 32 tile (16 independent
+// mma.sync a step, fragments by ldmatrix from rows padded by 16 bytes: conflict-free); the 8 partial tiles are
+// added in warp order through shared memory (deterministic), rounded to the dtype and stored as 16-byte packs; the
+// conv update of a column reads the rounded value, as the composition F.linear -> conv update does.
+#include "cuda/kernels.h"
+#include "cuda/pdl.cuh"
+#include "cuda/ssd_mma.cuh"
+#include "cuda/vec.cuh"
+
+namespace ssm::cuda {
+namespace {
+
+constexpr int kRows = 64, kCols = 32, kWarps = 8, kThreads = kWarps * 32;
+constexpr int kMaxK = 1152;
+constexpr int kRedLd = kCols + 8;  // float row stride of a warp's partial tile: conflict-free float2 stores
+
+__device__ __forceinline__ void cp16(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(ssd::smem_addr(dst)), "l"(src),
+               "r"(valid ? 16 : 0) : "memory");
+}
+
+// rows x K elements from global rows (stride gs) into shared rows of ld elements; rows past `valid` are zeros.
+template <typename T>
+__device__ __forceinline__ void load_rows(T* s, int ld, const T* g, int64_t gs, int rows, int valid, int K) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int r = warp; r < rows; r += kWarps) {
+    const T* src = g + (r < valid ? r : 0) * gs;
+    for (int c = lane * 8; c < K; c += 32 * 8) cp16(s + r * ld + c, src + c, r < valid);
+  }
+}
+
+// The conv update of channels ch0..ch0+7 of row b with their new inputs xv (width 4, state of 4 entries).
+template <typename T>
+__device__ __forceinline__ void conv_update8(const BatchGemmParams& p, int64_t b, int ch0, const Pack<T>& xv) {
+  T* st = ptr<T>(p.conv_state) + b * p.conv_state.stride[0] + int64_t(ch0) * p.conv_state.stride[1];
+  const int64_t sc = p.conv_state.stride[1], sj = p.conv_state.stride[2];
+  T s[8][3];
+#pragma unroll
+  for (int i = 0; i < 8; ++i)
+#pragma unroll
+    for (int j = 0; j < 3; ++j) s[i][j] = st[i * sc + (j + 1) * sj];
+  Pack<T> y;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const float* w = ptr<float>(p.conv_weight) + int64_t(ch0 + i) * p.conv_weight.stride[0];
+    const int64_t ws = p.conv_weight.stride[1];
+    float acc = has(p.conv_bias) ? ptr<float>(p.conv_bias)[int64_t(ch0 + i) * p.conv_bias.stride[0]] : 0.f;
+#pragma unroll
+    for (int j = 0; j < 3; ++j) acc += w[j * ws] * to_float(s[i][j]);
+    acc += w[3 * ws] * to_float(xv.e[i]);
+    y.e[i] = from_float<T>(p.silu ? silu(acc) : acc);
+  }
+  y.store(ptr<T>(p.x_conv) + b * p.x_conv.stride[0] + ch0);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    st[i * sc] = s[i][0], st[i * sc + sj] = s[i][1], st[i * sc + 2 * sj] = s[i][2];
+    st[i * sc + 3 * sj] = xv.e[i];
+  }
+}
+
+// Each warp's float32 partial of the 64 x 32 tile over its k-steps.
+template <typename T>
+__device__ __forceinline__ void tile_partial(float (&acc)[4][4][4], const T* s_x, const T* s_w, int ld, int K) {
+  for (int ks = threadIdx.x / 32; ks < K / 16; ks += kWarps) {
+    unsigned a[4][4], b[2][4];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) ssd::load_b_nk(b[j], s_w, ld, j * 16, ks * 16);
+#pragma unroll
+    for (int m = 0; m < 4; ++m) ssd::load_a(a[m], s_x, ld, m * 16, ks * 16);
+#pragma unroll
+    for (int m = 0; m < 4; ++m)
+#pragma unroll
+      for (int n = 0; n < 4; ++n) ssd::mma16816<T>(acc[m][n], a[m], b[n / 2][(n % 2) * 2], b[n / 2][(n % 2) * 2 + 1]);
+  }
+}
+
+template <typename T, bool kConv>
+__global__ void __launch_bounds__(kThreads, 1) batch_gemm_kernel(BatchGemmParams p) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int K = int(p.K), ld = K + 8, n0 = blockIdx.x * kCols;
+  const int64_t row0 = int64_t(blockIdx.y) * kRows;
+  T* s_w = reinterpret_cast<T*>(smem);  // [kCols][ld]
+  T* s_x = s_w + kCols * ld;            // [kRows][ld]
+  const int64_t nout = p.nout;
+  load_rows(s_w, ld, ptr<T>(p.weight) + n0 * p.weight.stride[0], p.weight.stride[0], kCols,
+            int(nout - n0 < kCols ? nout - n0 : kCols), K);
+  ssd::cp_async_commit();
+  pdl_wait();  // x (and the conv state) may come from the previous kernel
+  pdl_release();
+  load_rows(s_x, ld, ptr<T>(p.x) + row0 * p.x.stride[0], p.x.stride[0], kRows,
+            int(p.batch - row0 < kRows ? p.batch - row0 : kRows), K);
+  ssd::cp_async_commit();
+  ssd::cp_async_wait<0>();
+  __syncthreads();
+  float acc[4][4][4] = {};
+  tile_partial<T>(acc, s_x, s_w, ld, K);
+  __syncthreads();  // the partial tiles overwrite the operands
+  const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, c = threadIdx.x % 4;
+  float* red = reinterpret_cast<float*>(smem) + warp * kRows * kRedLd;  // [kWarps][kRows][kRedLd]
+#pragma unroll
+  for (int m = 0; m < 4; ++m)
+#pragma unroll
+    for (int n = 0; n < 4; ++n) {
+      float* d = red + (m * 16 + g) * kRedLd + n * 8 + 2 * c;
+      *reinterpret_cast<float2*>(d) = make_float2(acc[m][n][0], acc[m][n][1]);
+      *reinterpret_cast<float2*>(d + 8 * kRedLd) = make_float2(acc[m][n][2], acc[m][n][3]);
+    }
+  __syncthreads();
+  const int r = threadIdx.x / 4, q = threadIdx.x % 4;  // row r, columns q * 8 .. q * 8 + 7 of the tile
+  float v[8] = {};
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const float4 f = *reinterpret_cast<const float4*>(reinterpret_cast<float*>(smem) + (w * kRows + r) * kRedLd +
+                                                        q * 8 + e * 4);
+      v[e * 4] += f.x, v[e * 4 + 1] += f.y, v[e * 4 + 2] += f.z, v[e * 4 + 3] += f.w;
+    }
+  const int64_t b = row0 + r;
+  const int col = n0 + q * 8;
+  if (b >= p.batch || col >= nout) return;
+  Pack<T> o;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) o.e[i] = from_float<T>(v[i]);
+  o.store(ptr<T>(p.out) + b * p.out.stride[0] + col);
+  if (kConv && col >= p.conv_lo && col < p.conv_lo + p.conv_dim) conv_update8<T>(p, b, int(col - p.conv_lo), o);
+}
+
+size_t smem_bytes(const BatchGemmParams& p, size_t elem) {
+  const size_t ops = size_t(kRows + kCols) * size_t(p.K + 8) * elem, red = size_t(kWarps) * kRows * kRedLd * 4;
+  return ops > red ? ops : red;
+}
+
+template <typename T>
+void launch(const BatchGemmParams& p, cudaStream_t stream) {
+  auto kernel = has(p.conv_state) ? batch_gemm_kernel<T, true> : batch_gemm_kernel<T, false>;
+  const size_t smem = smem_bytes(p, sizeof(T));
+  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  const dim3 grid(ceil_div(p.nout, kCols), ceil_div(p.batch, kRows));
+  pdl_launch(kernel, grid, dim3(kThreads), smem, stream, p);
+}
+
+bool rows_fit(const TensorArg& t) { return t.stride[1] == 1 && t.stride[0] % 8 == 0 && aligned(t.data, 16); }
+
+}  // namespace
+
+bool batch_gemm_fits(const BatchGemmParams& p) {
+  bool ok = (p.dtype == DType::bf16 || p.dtype == DType::f16) && p.batch >= 1 && p.batch <= int64_t(65535) * kRows &&
+            p.K >= 16 && p.K <= kMaxK && p.K % 16 == 0 && p.nout >= 8 && p.nout % 8 == 0 &&
+            p.nout < (int64_t(1) << 30) && rows_fit(p.x) && rows_fit(p.weight) && rows_fit(p.out);
+  if (has(p.conv_state))
+    ok = ok && p.conv_lo >= 0 && p.conv_lo % 8 == 0 && p.conv_dim >= 8 && p.conv_dim % 8 == 0 &&
+         p.conv_lo + p.conv_dim <= p.nout && rows_fit(p.x_conv);
+  return ok;
+}
+
+void batch_gemm(const BatchGemmParams& p, cudaStream_t stream) {
+  const char* op = "batch_gemm";
+  SSM_CHECK(batch_gemm_fits(p), op, "arguments outside the kernel's layout");
+  if (p.dtype == DType::bf16)
+    launch<__nv_bfloat16>(p, stream);
+  else
+    launch<__half>(p, stream);
+  check_launch(op);
+}
+
+}  // namespace ssm::cuda
