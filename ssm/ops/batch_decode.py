@@ -148,10 +148,12 @@ def _gemm_ok(x, weight, bias, conv, conv_lo) -> bool:
     if conv is None or not ok:
         return ok
     state, cw, cb, _ = conv
-    C = state.shape[1]
+    C, (s0, sc, sj) = state.shape[1], state.stride()
+    layout = (sj == 1 and sc == 4) or (sc == 1 and sj % 8 == 0)  # (B, C, 4) rows or channels-last
     return (state.dtype == x.dtype and state.shape[-1] == 4 and cw.shape[-1] == 4 and conv_lo % 8 == 0
-            and C % 8 == 0 and conv_lo + C <= N and not (torch.is_grad_enabled() and (cw.requires_grad or (
-                cb is not None and cb.requires_grad))))
+            and C % 8 == 0 and conv_lo + C <= N and layout and s0 % 8 == 0 and state.data_ptr() % 16 == 0
+            and not (torch.is_grad_enabled() and (cw.requires_grad or (cb is not None and cb.requires_grad)))
+            and all(t is None or _kernels.float32_param(t).data_ptr() % 16 == 0 for t in (cw, cb)))
 
 
 def _check_conv(x, N, conv, conv_lo):

@@ -5,7 +5,8 @@
 // 64 input rows after it. Each of the 8 warps sums every 8th k-step of 16 over the full 64 x 32 tile (16 independent
 // mma.sync a step, fragments by ldmatrix from rows padded by 16 bytes: conflict-free); the 8 partial tiles are
 // added in warp order through shared memory (deterministic), rounded to the dtype and stored as 16-byte packs; the
-// conv update of a column reads the rounded value, as the composition F.linear -> conv update does.
+// conv update of a column reads the rounded value, as the composition F.linear -> conv update does; its state,
+// weights and bias are loaded right after pdl_wait, while the inputs travel.
 #include "cuda/kernels.h"
 #include "cuda/pdl.cuh"
 #include "cuda/ssd_mma.cuh"
@@ -33,34 +34,81 @@ __device__ __forceinline__ void load_rows(T* s, int ld, const T* g, int64_t gs, 
   }
 }
 
-// The conv update of channels ch0..ch0+7 of row b with their new inputs xv (width 4, state of 4 entries).
+// Channels ch0..ch0+7 of row b's conv update: the 3 kept state entries, the weights and bias, loaded after pdl_wait
+// while the inputs travel. Cache (B, C, 4) with unit stride along the 4 entries (Mamba-1: the 8 channels' 32 entries
+// contiguous) or channels-last (Mamba-2: entry j of the 8 channels contiguous); 16-byte loads either way.
 template <typename T>
-__device__ __forceinline__ void conv_update8(const BatchGemmParams& p, int64_t b, int ch0, const Pack<T>& xv) {
-  T* st = ptr<T>(p.conv_state) + b * p.conv_state.stride[0] + int64_t(ch0) * p.conv_state.stride[1];
-  const int64_t sc = p.conv_state.stride[1], sj = p.conv_state.stride[2];
+struct ConvIn {
   T s[8][3];
+  float w[8][4], bias[8];
+
+  __device__ __forceinline__ void load(const BatchGemmParams& p, int64_t b, int ch0) {
+    const T* st = ptr<T>(p.conv_state) + b * p.conv_state.stride[0] + int64_t(ch0) * p.conv_state.stride[1];
+    if (p.conv_state.stride[2] == 1) {
 #pragma unroll
-  for (int i = 0; i < 8; ++i)
+      for (int k = 0; k < 4; ++k) {
+        Pack<T> pk;
+        pk.load(st + k * 8);
 #pragma unroll
-    for (int j = 0; j < 3; ++j) s[i][j] = st[i * sc + (j + 1) * sj];
-  Pack<T> y;
+        for (int j = 0; j < 3; ++j) s[2 * k][j] = pk.e[j + 1], s[2 * k + 1][j] = pk.e[4 + j + 1];
+      }
+    } else {
 #pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    const float* w = ptr<float>(p.conv_weight) + int64_t(ch0 + i) * p.conv_weight.stride[0];
-    const int64_t ws = p.conv_weight.stride[1];
-    float acc = has(p.conv_bias) ? ptr<float>(p.conv_bias)[int64_t(ch0 + i) * p.conv_bias.stride[0]] : 0.f;
+      for (int j = 0; j < 3; ++j) {
+        Pack<T> pk;
+        pk.load(st + (j + 1) * p.conv_state.stride[2]);
 #pragma unroll
-    for (int j = 0; j < 3; ++j) acc += w[j * ws] * to_float(s[i][j]);
-    acc += w[3 * ws] * to_float(xv.e[i]);
-    y.e[i] = from_float<T>(p.silu ? silu(acc) : acc);
+        for (int i = 0; i < 8; ++i) s[i][j] = pk.e[i];
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const float4 v = *reinterpret_cast<const float4*>(ptr<float>(p.conv_weight) + int64_t(ch0 + i) * 4);
+      w[i][0] = v.x, w[i][1] = v.y, w[i][2] = v.z, w[i][3] = v.w;
+      bias[i] = 0.f;
+    }
+    if (has(p.conv_bias)) {
+      const float4 lo = *reinterpret_cast<const float4*>(ptr<float>(p.conv_bias) + ch0);
+      const float4 hi = *reinterpret_cast<const float4*>(ptr<float>(p.conv_bias) + ch0 + 4);
+      bias[0] = lo.x, bias[1] = lo.y, bias[2] = lo.z, bias[3] = lo.w;
+      bias[4] = hi.x, bias[5] = hi.y, bias[6] = hi.z, bias[7] = hi.w;
+    }
   }
-  y.store(ptr<T>(p.x_conv) + b * p.x_conv.stride[0] + ch0);
+
+  // x_conv of the 8 channels from their new inputs xv (rounded out values); the window shifted in place.
+  __device__ __forceinline__ void update(const BatchGemmParams& p, int64_t b, int ch0, const Pack<T>& xv) const {
+    Pack<T> y;
 #pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    st[i * sc] = s[i][0], st[i * sc + sj] = s[i][1], st[i * sc + 2 * sj] = s[i][2];
-    st[i * sc + 3 * sj] = xv.e[i];
+    for (int i = 0; i < 8; ++i) {
+      float acc = bias[i];
+#pragma unroll
+      for (int j = 0; j < 3; ++j) acc += w[i][j] * to_float(s[i][j]);
+      acc += w[i][3] * to_float(xv.e[i]);
+      y.e[i] = from_float<T>(p.silu ? silu(acc) : acc);
+    }
+    y.store(ptr<T>(p.x_conv) + b * p.x_conv.stride[0] + ch0);
+    T* st = ptr<T>(p.conv_state) + b * p.conv_state.stride[0] + int64_t(ch0) * p.conv_state.stride[1];
+    if (p.conv_state.stride[2] == 1) {
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        Pack<T> pk;
+#pragma unroll
+        for (int j = 0; j < 3; ++j) pk.e[j] = s[2 * k][j], pk.e[4 + j] = s[2 * k + 1][j];
+        pk.e[3] = xv.e[2 * k], pk.e[7] = xv.e[2 * k + 1];
+        pk.store(st + k * 8);
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < 3; ++j) {
+        Pack<T> pk;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) pk.e[i] = s[i][j];
+        pk.store(st + j * p.conv_state.stride[2]);
+      }
+      xv.store(st + 3 * p.conv_state.stride[2]);
+    }
   }
-}
+};
 
 // Each warp's float32 partial of the 64 x 32 tile over its k-steps.
 template <typename T>
@@ -94,6 +142,12 @@ __global__ void __launch_bounds__(kThreads, 1) batch_gemm_kernel(BatchGemmParams
   load_rows(s_x, ld, ptr<T>(p.x) + row0 * p.x.stride[0], p.x.stride[0], kRows,
             int(p.batch - row0 < kRows ? p.batch - row0 : kRows), K);
   ssd::cp_async_commit();
+  const int r = threadIdx.x / 4, q = threadIdx.x % 4;  // the epilogue's row r, columns q * 8 .. q * 8 + 7 of the tile
+  const int64_t b = row0 + r;
+  const int col = n0 + q * 8;
+  const bool conv = kConv && b < p.batch && col < nout && col >= p.conv_lo && col < p.conv_lo + p.conv_dim;
+  ConvIn<T> cin;
+  if (conv) cin.load(p, b, int(col - p.conv_lo));
   ssd::cp_async_wait<0>();
   __syncthreads();
   float acc[4][4][4] = {};
@@ -110,7 +164,6 @@ __global__ void __launch_bounds__(kThreads, 1) batch_gemm_kernel(BatchGemmParams
       *reinterpret_cast<float2*>(d + 8 * kRedLd) = make_float2(acc[m][n][2], acc[m][n][3]);
     }
   __syncthreads();
-  const int r = threadIdx.x / 4, q = threadIdx.x % 4;  // row r, columns q * 8 .. q * 8 + 7 of the tile
   float v[8] = {};
 #pragma unroll
   for (int w = 0; w < kWarps; ++w)
@@ -120,14 +173,12 @@ __global__ void __launch_bounds__(kThreads, 1) batch_gemm_kernel(BatchGemmParams
                                                         q * 8 + e * 4);
       v[e * 4] += f.x, v[e * 4 + 1] += f.y, v[e * 4 + 2] += f.z, v[e * 4 + 3] += f.w;
     }
-  const int64_t b = row0 + r;
-  const int col = n0 + q * 8;
   if (b >= p.batch || col >= nout) return;
   Pack<T> o;
 #pragma unroll
   for (int i = 0; i < 8; ++i) o.e[i] = from_float<T>(v[i]);
   o.store(ptr<T>(p.out) + b * p.out.stride[0] + col);
-  if (kConv && col >= p.conv_lo && col < p.conv_lo + p.conv_dim) conv_update8<T>(p, b, int(col - p.conv_lo), o);
+  if (conv) cin.update(p, b, int(col - p.conv_lo), o);
 }
 
 size_t smem_bytes(const BatchGemmParams& p, size_t elem) {
@@ -152,10 +203,13 @@ bool batch_gemm_fits(const BatchGemmParams& p) {
   bool ok = (p.dtype == DType::bf16 || p.dtype == DType::f16) && p.batch >= 1 && p.batch <= int64_t(65535) * kRows &&
             p.K >= 16 && p.K <= kMaxK && p.K % 16 == 0 && p.nout >= 8 && p.nout % 8 == 0 &&
             p.nout < (int64_t(1) << 30) && rows_fit(p.x) && rows_fit(p.weight) && rows_fit(p.out);
-  if (has(p.conv_state))
-    ok = ok && p.conv_lo >= 0 && p.conv_lo % 8 == 0 && p.conv_dim >= 8 && p.conv_dim % 8 == 0 &&
-         p.conv_lo + p.conv_dim <= p.nout && rows_fit(p.x_conv);
-  return ok;
+  if (!has(p.conv_state)) return ok;
+  const TensorArg &st = p.conv_state, &w = p.conv_weight, &bias = p.conv_bias;
+  const bool rows = st.stride[2] == 1 && st.stride[1] == 4, last = st.stride[1] == 1 && st.stride[2] % 8 == 0;
+  return ok && p.conv_lo >= 0 && p.conv_lo % 8 == 0 && p.conv_dim >= 8 && p.conv_dim % 8 == 0 &&
+         p.conv_lo + p.conv_dim <= p.nout && rows_fit(p.x_conv) && (rows || last) && st.stride[0] % 8 == 0 &&
+         aligned(st.data, 16) && w.stride[0] == 4 && w.stride[1] == 1 && aligned(w.data, 16) &&
+         (!has(bias) || (bias.stride[0] == 1 && aligned(bias.data, 16)));
 }
 
 void batch_gemm(const BatchGemmParams& p, cudaStream_t stream) {
