@@ -32,7 +32,7 @@ from ssm.ops import batch_decode as bd  # noqa: E402
 START = time.time()
 # (model, layer, K, N, conv_lo, C) of the b64 in_proj shapes
 GEMMS = [("130m", "in_proj", 768, 3072, 0, 1536), ("m2-130m", "in_proj", 768, 3352, 1536, 1792),
-         ("130m", "out_proj", 1536, 768, 0, 0)]
+         ("1.4b", "in_proj", 2048, 8192, 0, 4096), ("130m", "out_proj", 1536, 768, 0, 0)]
 
 
 def late(deadline, what):

@@ -1,5 +1,6 @@
 """ncu driver for batch_decode.linear_conv's kernel (session 9, decode64c): two calls at mamba-130m's b64 in_proj +
-conv update shape (64 x 768 -> 3072, conv on the first 1536 columns), two without the conv. Times nothing."""
+conv update shape (64 x 768 -> 3072, conv on the first 1536 columns; the whole K in shared memory), two at
+mamba-1.4b's (64 x 2048 -> 8192, conv on 4096; K in chunks of 256). Times nothing."""
 import os
 import sys
 
@@ -10,9 +11,10 @@ from ssm.ops import batch_decode as bd  # noqa: E402
 
 dev, bf = torch.device("cuda"), torch.bfloat16
 with torch.inference_mode():
-    x = torch.randn(64, 768, device=dev, dtype=bf)
-    conv = (torch.randn(64, 1536, 4, device=dev, dtype=bf), torch.randn(1536, 4, device=dev),
-            torch.randn(1536, device=dev), "silu")
-    for c in (conv, conv, None, None):
-        bd.linear_conv(x, torch.randn(3072, 768, device=dev, dtype=bf), None, c)
+    for K, N, C in ((768, 3072, 1536), (2048, 8192, 4096)):
+        x = torch.randn(64, K, device=dev, dtype=bf)
+        conv = (torch.randn(64, C, 4, device=dev, dtype=bf), torch.randn(C, 4, device=dev),
+                torch.randn(C, device=dev), "silu")
+        for _ in range(2):
+            bd.linear_conv(x, torch.randn(N, K, device=dev, dtype=bf) * K ** -0.5, None, conv)
     torch.cuda.synchronize()

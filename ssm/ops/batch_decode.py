@@ -15,7 +15,7 @@ kernel on CUDA (a warp an output, 4 rows a block, no split-K); SSM_BATCH_NARROW=
 
 ``linear_conv``: F.linear(x, weight, bias) for a decode batch with, optionally, the width-4 conv update of a range
 of its output columns (Mamba-1's in_proj + conv update) in one tensor-core kernel on CUDA (ssm/ops/cuda/batch_gemm.cu:
-a block per 64 rows x 32 outputs, the whole K in shared memory); SSM_BATCH_GEMM=0: F.linear then
+a block per 64 rows x 32 outputs, the whole K in shared memory or chunks of 256 through a ring); SSM_BATCH_GEMM=0: F.linear then
 causal_conv1d_update."""
 from __future__ import annotations
 
@@ -34,7 +34,9 @@ ENABLED = os.environ.get("SSM_BATCH_CONV", "1") != "0"
 LT = os.environ.get("SSM_BATCH_LT", "1") != "0"
 NARROW = os.environ.get("SSM_BATCH_NARROW", "1") != "0"
 GEMM = os.environ.get("SSM_BATCH_GEMM", "1") != "0"
-_GEMM_MAX_K = 1152
+_GEMM_MAX_K, _GEMM_CHUNK = 1152, 256  # the whole K in shared memory up to 1152, past it chunks of 256
+_GEMM_MIN_WAVE_USE = 0.85  # past one wave of blocks, the share of the last wave's SMs busy must reach this
+_SMS: dict = {}
 _NARROW_MAX_OUT = 256
 # weights past this stay on cuBLAS (H200 round 1b, 1.4b's x_proj 4096 -> 160: 10.4 us on the kernel vs 4.8 + a 1.8 us
 # split-K reduce on cuBLAS; 130m's 1536 -> 80: 4.6 vs 4.4, and the step 0.720 vs 0.744 ms with one kernel fewer)
@@ -135,6 +137,16 @@ def _rows_ok(t: Tensor) -> bool:
     return t.stride(-1) == 1 and t.stride(0) % 8 == 0 and t.data_ptr() % 16 == 0
 
 
+def _waves_ok(x, N) -> bool:
+    """The grid (a block per 64 rows x 32 outputs, one an SM) fills one wave, or its last wave nearly."""
+    dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    if dev not in _SMS:
+        _SMS[dev] = torch.cuda.get_device_properties(dev).multi_processor_count
+    blocks = -(-N // 32) * -(-x.shape[0] // 64)
+    waves = -(-blocks // _SMS[dev])
+    return waves == 1 or blocks / (waves * _SMS[dev]) >= _GEMM_MIN_WAVE_USE
+
+
 def _gemm_ok(x, weight, bias, conv, conv_lo) -> bool:
     if not GEMM or not x.is_cuda or dispatch.forced_backend() not in (None, "cuda") or torch.compiler.is_compiling():
         return False
@@ -144,7 +156,8 @@ def _gemm_ok(x, weight, bias, conv, conv_lo) -> bool:
         return False
     N, K = weight.shape
     ok = (bias is None and x.dtype in (torch.float16, torch.bfloat16) and weight.dtype == x.dtype
-          and K % 16 == 0 and 16 <= K <= _GEMM_MAX_K and N % 8 == 0 and _rows_ok(x) and _rows_ok(weight))
+          and K % 16 == 0 and (16 <= K <= _GEMM_MAX_K or K % _GEMM_CHUNK == 0) and N % 8 == 0 and _rows_ok(x)
+          and _rows_ok(weight) and _waves_ok(x, N))
     if conv is None or not ok:
         return ok
     state, cw, cb, _ = conv
@@ -173,7 +186,8 @@ def linear_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, conv=N
     """F.linear(x, weight, bias) for x (B, K), weight (N, K) -> out (B, N); with conv = (conv_state (B, C, S),
     conv_weight (C, W) or (C, 1, W), conv_bias (C,) or None, activation) also
     causal_conv1d_update(out[:, conv_lo:conv_lo + C], conv_state, ...) (conv_state updated in place) -> (out, x_conv).
-    One kernel on CUDA (16-bit, no bias, K <= 1152 a multiple of 16, N and C multiples of 8, width and S 4)."""
+    One kernel on CUDA (16-bit, no bias, K <= 1152 a multiple of 16 or a multiple of 256, N and C multiples of 8,
+    width and S 4, a grid that fills its waves)."""
     _checks.tensor("x", x, ndim=2)
     _checks.tensor("weight", weight, shape=(None, x.shape[1]), device=x.device)
     _checks.tensor("bias", bias, shape=(weight.shape[0],), device=x.device, optional=True)

@@ -14,8 +14,9 @@ from tests.utils.models import needs_lm, real_lm
 CUDA = torch.device("cuda")
 DEVICES = [pytest.param(torch.device("cpu"), id="cpu"), pytest.param(CUDA, id="cuda", marks=pytest.mark.cuda)]
 # (batch, K, N, conv_lo, C): mamba-130m's in_proj, a mamba2-130m-like split, ragged ones, batch past 64, the largest K
+# and K past 1152 in chunks of 256 (a ring of 3: 8 and 5 chunks)
 CASES = [(64, 768, 3072, 0, 1536), (64, 768, 3352, 1536, 1792), (5, 48, 40, 8, 16), (70, 1152, 72, 24, 48),
-         (13, 256, 264, 0, 0)]
+         (13, 256, 264, 0, 0), (64, 2048, 2048, 512, 1024), (7, 1280, 264, 8, 256)]
 
 
 @pytest.fixture(autouse=True)
@@ -73,8 +74,9 @@ def test_linear_conv_matches_reference(device, dtype, case, bias, channels_last,
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_linear_conv_repeats_bitwise_and_in_a_graph(dtype):
-    x, w, conv = gemm_inputs(64, 768, 3072, 1536, dtype, CUDA)
+@pytest.mark.parametrize("K,N,C", [(768, 3072, 1536), (2048, 8192, 4096)])  # mamba-130m's and mamba-1.4b's in_proj
+def test_linear_conv_repeats_bitwise_and_in_a_graph(dtype, K, N, C):
+    x, w, conv = gemm_inputs(64, K, N, C, dtype, CUDA)
     state = conv[0]
     start = state.clone()
     out, x_conv = (t.clone() for t in bd.linear_conv(x, w, None, conv))
@@ -93,13 +95,16 @@ def test_linear_conv_repeats_bitwise_and_in_a_graph(dtype):
 @pytest.mark.cuda
 def test_linear_conv_falls_back_outside_the_kernel(monkeypatch):
     calls = counted(monkeypatch)
-    x, w, conv = gemm_inputs(64, 2048, 512, 256, torch.bfloat16, CUDA)  # K past the kernel's shared memory
+    x, w, conv = gemm_inputs(64, 1168, 512, 256, torch.bfloat16, CUDA)  # K past 1152, not a multiple of 256
     out, _ = bd.linear_conv(x, w, None, conv)
     torch.testing.assert_close(out, torch.nn.functional.linear(x, w))
     b = rand(512, dtype=torch.bfloat16, device=CUDA)
     x, w, _ = gemm_inputs(64, 768, 512, 0, torch.bfloat16, CUDA)
     torch.testing.assert_close(bd.linear_conv(x, w, b), torch.nn.functional.linear(x, w, b))  # a bias
-    assert calls == [False, False]
+    sms = torch.cuda.get_device_properties(CUDA).multi_processor_count
+    x, w, _ = gemm_inputs(64, 256, 32 * (sms + 1), 0, torch.bfloat16, CUDA)  # a second wave of one block
+    torch.testing.assert_close(bd.linear_conv(x, w), torch.nn.functional.linear(x, w))
+    assert calls == [False, False, False]
 
 
 def test_linear_conv_bad_input_names_argument():

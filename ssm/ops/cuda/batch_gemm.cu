@@ -1,8 +1,8 @@
 // A decode batch's projection on tensor cores (M = the batch, <= 64 rows a block), optionally with the width-4 conv
 // update of some output columns in its epilogue (Mamba-1's in_proj + conv update: one kernel instead of two).
-// A block owns 64 rows x 32 outputs with the whole K in shared memory: its weight rows go global -> shared by
-// cp.async BEFORE pdl_wait (weights: no kernel writes them, so they load while the previous kernel ends), the
-// 64 input rows after it. Each of the 8 warps sums every 8th k-step of 16 over the full 64 x 32 tile (16 independent
+// A block owns 64 rows x 32 outputs with the whole K in shared memory (K <= 1152; past it K goes in chunks of 256
+// through a ring of 3 stages): its weight rows go global -> shared by cp.async BEFORE pdl_wait (weights: no kernel
+// writes them, so they load while the previous kernel ends), the 64 input rows after it. Each of the 8 warps sums every 8th k-step of 16 over the full 64 x 32 tile (16 independent
 // mma.sync a step, fragments by ldmatrix from rows padded by 16 bytes: conflict-free); the 8 partial tiles are
 // added in warp order through shared memory (deterministic), rounded to the dtype and stored as 16-byte packs; the
 // conv update of a column reads the rounded value, as the composition F.linear -> conv update does; its state,
@@ -16,7 +16,8 @@ namespace ssm::cuda {
 namespace {
 
 constexpr int kRows = 64, kCols = 32, kWarps = 8, kThreads = kWarps * 32;
-constexpr int kMaxK = 1152;
+constexpr int kMaxK = 1152;               // the whole K in shared memory up to here
+constexpr int kChunk = 256, kRing = 3;    // past it: K in chunks of 256 through a ring of 3 (K a multiple of 256)
 constexpr int kRedLd = kCols + 8;  // float row stride of a warp's partial tile: conflict-free float2 stores
 
 __device__ __forceinline__ void cp16(void* dst, const void* src, bool valid) {
@@ -126,33 +127,56 @@ __device__ __forceinline__ void tile_partial(float (&acc)[4][4][4], const T* s_x
   }
 }
 
-template <typename T, bool kConv>
+// The block's weight rows (before pdl_wait) or input rows of chunk `i` (kc wide) into stage `st` of the ring.
+template <typename T>
+struct Ring {
+  T* base;
+  int ld, kc;
+  __device__ __forceinline__ T* w(int st) const { return base + st * (kRows + kCols) * ld; }
+  __device__ __forceinline__ T* x(int st) const { return w(st) + kCols * ld; }
+};
+
+// One 64 x 32 tile of out over K in chunks of kc (a ring of kStages chunks; kStages 1: the whole K at once).
+template <typename T, bool kConv, int kStages>
 __global__ void __launch_bounds__(kThreads, 1) batch_gemm_kernel(BatchGemmParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
-  const int K = int(p.K), ld = K + 8, n0 = blockIdx.x * kCols;
-  const int64_t row0 = int64_t(blockIdx.y) * kRows;
-  T* s_w = reinterpret_cast<T*>(smem);  // [kCols][ld]
-  T* s_x = s_w + kCols * ld;            // [kRows][ld]
-  const int64_t nout = p.nout;
-  load_rows(s_w, ld, ptr<T>(p.weight) + n0 * p.weight.stride[0], p.weight.stride[0], kCols,
-            int(nout - n0 < kCols ? nout - n0 : kCols), K);
-  ssd::cp_async_commit();
+  const int K = int(p.K), kc = kStages == 1 ? K : kChunk, nch = K / kc, n0 = blockIdx.x * kCols;
+  const Ring<T> ring{reinterpret_cast<T*>(smem), kc + 8, kc};
+  const int64_t row0 = int64_t(blockIdx.y) * kRows, nout = p.nout;
+  const int wrows = int(nout - n0 < kCols ? nout - n0 : kCols), xrows = int(p.batch - row0 < kRows ? p.batch - row0 : kRows);
+  const T* wg = ptr<T>(p.weight) + n0 * p.weight.stride[0];
+  const T* xg = ptr<T>(p.x) + row0 * p.x.stride[0];
+#pragma unroll
+  for (int i = 0; i < kStages; ++i) {  // groups W0 .. W(S-1), then X0 .. X(S-1)
+    if (i < nch) load_rows(ring.w(i), ring.ld, wg + i * kc, p.weight.stride[0], kCols, wrows, kc);
+    ssd::cp_async_commit();
+  }
   pdl_wait();  // x (and the conv state) may come from the previous kernel
   pdl_release();
-  load_rows(s_x, ld, ptr<T>(p.x) + row0 * p.x.stride[0], p.x.stride[0], kRows,
-            int(p.batch - row0 < kRows ? p.batch - row0 : kRows), K);
-  ssd::cp_async_commit();
+#pragma unroll
+  for (int i = 0; i < kStages; ++i) {
+    if (i < nch) load_rows(ring.x(i), ring.ld, xg + i * kc, p.x.stride[0], kRows, xrows, kc);
+    ssd::cp_async_commit();
+  }
   const int r = threadIdx.x / 4, q = threadIdx.x % 4;  // the epilogue's row r, columns q * 8 .. q * 8 + 7 of the tile
   const int64_t b = row0 + r;
   const int col = n0 + q * 8;
   const bool conv = kConv && b < p.batch && col < nout && col >= p.conv_lo && col < p.conv_lo + p.conv_dim;
   ConvIn<T> cin;
   if (conv) cin.load(p, b, int(col - p.conv_lo));
-  ssd::cp_async_wait<0>();
-  __syncthreads();
   float acc[4][4][4] = {};
-  tile_partial<T>(acc, s_x, s_w, ld, K);
-  __syncthreads();  // the partial tiles overwrite the operands
+  for (int i = 0; i < nch; ++i) {
+    ssd::cp_async_wait<kStages - 1>();  // chunk i's group: at most kStages - 1 later ones still in flight
+    __syncthreads();
+    tile_partial<T>(acc, ring.x(i % kStages), ring.w(i % kStages), ring.ld, kc);
+    __syncthreads();  // the stage is free again (and after the last chunk: the partial tiles overwrite the ring)
+    if (i + kStages < nch) {
+      const int st = i % kStages, k0 = (i + kStages) * kc;
+      load_rows(ring.w(st), ring.ld, wg + k0, p.weight.stride[0], kCols, wrows, kc);
+      load_rows(ring.x(st), ring.ld, xg + k0, p.x.stride[0], kRows, xrows, kc);
+    }
+    ssd::cp_async_commit();
+  }
   const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, c = threadIdx.x % 4;
   float* red = reinterpret_cast<float*>(smem) + warp * kRows * kRedLd;  // [kWarps][kRows][kRedLd]
 #pragma unroll
@@ -181,14 +205,17 @@ __global__ void __launch_bounds__(kThreads, 1) batch_gemm_kernel(BatchGemmParams
   if (conv) cin.update(p, b, int(col - p.conv_lo), o);
 }
 
+bool streamed(const BatchGemmParams& p) { return p.K > kMaxK; }
+
 size_t smem_bytes(const BatchGemmParams& p, size_t elem) {
-  const size_t ops = size_t(kRows + kCols) * size_t(p.K + 8) * elem, red = size_t(kWarps) * kRows * kRedLd * 4;
+  const int64_t kc = streamed(p) ? kChunk : p.K, stages = streamed(p) ? kRing : 1;
+  const size_t ops = size_t(stages * (kRows + kCols) * (kc + 8)) * elem, red = size_t(kWarps) * kRows * kRedLd * 4;
   return ops > red ? ops : red;
 }
 
-template <typename T>
+template <typename T, bool kConv>
 void launch(const BatchGemmParams& p, cudaStream_t stream) {
-  auto kernel = has(p.conv_state) ? batch_gemm_kernel<T, true> : batch_gemm_kernel<T, false>;
+  auto kernel = streamed(p) ? batch_gemm_kernel<T, kConv, kRing> : batch_gemm_kernel<T, kConv, 1>;
   const size_t smem = smem_bytes(p, sizeof(T));
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   const dim3 grid(ceil_div(p.nout, kCols), ceil_div(p.batch, kRows));
@@ -201,7 +228,8 @@ bool rows_fit(const TensorArg& t) { return t.stride[1] == 1 && t.stride[0] % 8 =
 
 bool batch_gemm_fits(const BatchGemmParams& p) {
   bool ok = (p.dtype == DType::bf16 || p.dtype == DType::f16) && p.batch >= 1 && p.batch <= int64_t(65535) * kRows &&
-            p.K >= 16 && p.K <= kMaxK && p.K % 16 == 0 && p.nout >= 8 && p.nout % 8 == 0 &&
+            p.K >= 16 && p.K % 16 == 0 && (p.K <= kMaxK || (p.K % kChunk == 0 && p.K < (int64_t(1) << 24))) &&
+            p.nout >= 8 && p.nout % 8 == 0 &&
             p.nout < (int64_t(1) << 30) && rows_fit(p.x) && rows_fit(p.weight) && rows_fit(p.out);
   if (!has(p.conv_state)) return ok;
   const TensorArg &st = p.conv_state, &w = p.conv_weight, &bias = p.conv_bias;
@@ -215,10 +243,11 @@ bool batch_gemm_fits(const BatchGemmParams& p) {
 void batch_gemm(const BatchGemmParams& p, cudaStream_t stream) {
   const char* op = "batch_gemm";
   SSM_CHECK(batch_gemm_fits(p), op, "arguments outside the kernel's layout");
+  const bool conv = has(p.conv_state);
   if (p.dtype == DType::bf16)
-    launch<__nv_bfloat16>(p, stream);
+    conv ? launch<__nv_bfloat16, true>(p, stream) : launch<__nv_bfloat16, false>(p, stream);
   else
-    launch<__half>(p, stream);
+    conv ? launch<__half, true>(p, stream) : launch<__half, false>(p, stream);
   check_launch(op);
 }
 
