@@ -7,17 +7,17 @@
 # kernel (benchmarks/device/decode64c_ncu.py), beside the tests (it times nothing); each writes a flag file when
 # done. 3. benchmarks/device/decode64c_bench.py (no pytest in it: no NaN poisoning) waits for both flags, then
 # times the models' b64 decode per step (cg=True) with the kernel list of one eager step (@nogemm: linear_conv's
-# kernel off) and the in_proj shapes, in the order of MODELS, skipping what would start past 42 s.
+# kernel off; @nonorm: the norm kernel before it) and the in_proj shapes, in the order of MODELS, skipping what would start past 42 s.
 # Usage: benchmarks/device/decode64c.sh OUT_DIR
 set -uo pipefail
 OUT=${1:-decode64c_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-MODELS=${DECODE64C_MODELS:-mamba-130m,mamba-130m@nogemm,gemms,mamba-1.4b,mamba2-130m,mamba2-1.3b,mamba-1.4b@nogemm}
+MODELS=${DECODE64C_MODELS:-mamba-130m,mamba-130m@nogemm,mamba-130m@nonorm,gemms,mamba-1.4b,mamba2-130m,mamba2-1.3b,mamba-1.4b@nogemm,mamba2-130m@nogemm}
 (timeout -k 2 27 python3 -m pytest -q -p no:cacheprovider -rf -k cuda tests/ops/test_batch_decode_gemm.py \
   tests/ops/test_batch_decode.py tests/utils/test_generation.py tests/models/test_lm.py > "$OUT/pytest.log" 2>&1
  echo "pytest rc=$?" > "$OUT/tests.done") &
-(timeout -k 2 22 ncu --clock-control none -k regex:batch_gemm --launch-count 4 --section SpeedOfLight \
+(timeout -k 2 22 ncu --clock-control none -k regex:batch_gemm --launch-count 6 --section SpeedOfLight \
   --section WarpStateStats --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
   --section SourceCounters python3 benchmarks/device/decode64c_ncu.py > "$OUT/ncu.txt" 2>&1
  echo "ncu rc=$?" > "$OUT/ncu.done") &

@@ -2,8 +2,9 @@
 process that runs no tests (no NaN poisoning): waits for the test and ncu processes' flag files, then times the
 models' b64 decode per step with cg=True (issue 6's method, benchmarks/bench_models_cuda.py) with the kernel list of
 one eager b64 step, and the b64 in_proj shapes (batch_decode.linear_conv's kernel with and without its conv epilogue
-against F.linear on cuBLAS, a CUDA graph, weights rotated). A model spec "name" decodes with batch_decode's defaults,
-"name@nogemm" with linear_conv's kernel off (SSM_BATCH_GEMM=0: F.linear + the conv update kernel). Items started
+against F.linear on cuBLAS, a CUDA graph, weights rotated; with the norm folded in: norm_linear_conv). A model spec
+"name" decodes with batch_decode's defaults, "name@nogemm" with linear_conv's kernel off (SSM_BATCH_GEMM=0: the norm
+kernel, F.linear, the conv update kernel), "name@nonorm" with the norm kernel before linear_conv's kernel. Items started
 past --deadline seconds are skipped; the JSON is rewritten after each.
 
     python3 benchmarks/device/decode64c_bench.py OUT_DIR --wait FLAG --models mamba-130m,gemms,mamba-130m@nogemm
@@ -52,9 +53,11 @@ def run_gemms(copy_gbs, deadline, batch=64):
         x = torch.randn(batch, K, device=dev, dtype=bf)
         conv = (torch.randn(batch, max(C, 8), 4, device=dev, dtype=bf), torch.randn(max(C, 8), 4, device=dev),
                 torch.randn(max(C, 8), device=dev), "silu")
+        res, nw = torch.randn(batch, K, device=dev), torch.randn(K, device=dev)
         forms = [("cublas", lambda w: F.linear(x, w)), ("kernel", lambda w: bd.linear_conv(x, w))]
         if C:
             forms.append(("kernel+conv", lambda w: bd.linear_conv(x, w, None, conv, lo)))
+            forms.append(("norm+kernel+conv", lambda w: bd.norm_linear_conv(x, res, nw, None, w, None, conv, lo)))
         for form, fn in forms:
             with torch.inference_mode():
                 ms = bc.graph_time_ms([lambda w=w: fn(w) for w in ws])
@@ -65,13 +68,13 @@ def run_gemms(copy_gbs, deadline, batch=64):
 def run_model(spec, out_dir, results):
     t = time.time()
     name, _, form = spec.partition("@")
-    bd.GEMM = form != "nogemm"
+    bd.GEMM, bd.NORM = form != "nogemm", form not in ("nogemm", "nonorm")
     try:
         model = bm.make_model(name)
         ms = bm.decode_ms_per_token(model, 64)
         kernels = decode_profile(model)
     finally:
-        bd.GEMM = True
+        bd.GEMM, bd.NORM = True, True
     total = sum(r[2] for r in kernels)
     print(f"  {spec:18s} decode b64 per step {ms:7.3f} ms (target {bm.MODELS[name][3][3]}); eager step kernels "
           f"{total / 1e3:.3f} ms ({len(kernels)} kinds), graph - kernels {ms - total / 1e3:.3f} ms "

@@ -210,14 +210,12 @@ class Mamba1(nn.Module):
         return self._step_projected(out[0], conv_state, ssm_state, x_conv).unsqueeze(1), out[1].unsqueeze(1)
 
     def _step_prenorm_batch(self, hidden_states, residual, norm, conv_state, ssm_state):
-        """step_prenorm past batch 4 on CUDA: the residual add + norm kernel, then in_proj + the conv update in one
-        kernel (batch_decode.linear_conv)."""
-        h, res = ops.fused_layer_norm(hidden_states.squeeze(1), norm.weight, norm.bias,
-                                      None if residual is None else residual.squeeze(1),
-                                      is_rms=isinstance(norm, ops.RMSNorm), eps=norm.eps, prenorm=True,
-                                      residual_in_fp32=True)
+        """step_prenorm past batch 4 on CUDA: the residual add + norm, in_proj and the conv update in one kernel
+        (batch_decode.norm_linear_conv)."""
         conv = (conv_state, self.conv1d.weight, self.conv1d.bias, self.activation)
-        xz, x_conv = batch_decode.linear_conv(h, self.in_proj.weight, self.in_proj.bias, conv)
+        xz, res, x_conv = batch_decode.norm_linear_conv(
+            hidden_states.squeeze(1), None if residual is None else residual.squeeze(1), norm.weight, norm.bias,
+            self.in_proj.weight, self.in_proj.bias, conv, is_rms=isinstance(norm, ops.RMSNorm), eps=norm.eps)
         return self._step_projected(xz, conv_state, ssm_state, x_conv).unsqueeze(1), res.unsqueeze(1)
 
     def _step_projected(self, xz, conv_state, ssm_state, x_conv=None):

@@ -275,15 +275,14 @@ class Mamba2(nn.Module):
         return self._step_projected(zxbcdt, conv_state, ssm_state).unsqueeze(1), residual.unsqueeze(1)
 
     def _step_prenorm_batch(self, hidden_states, residual, norm, conv_state, ssm_state):
-        """step_prenorm past conv_state_step's fused batches on CUDA: the residual add + norm kernel, then in_proj +
-        the conv update of its xBC columns in one kernel (batch_decode.linear_conv), then the state step."""
-        h, res = ops.fused_layer_norm(hidden_states.squeeze(1), norm.weight, norm.bias,
-                                      None if residual is None else residual.squeeze(1),
-                                      is_rms=isinstance(norm, ops.RMSNorm), eps=norm.eps, prenorm=True,
-                                      residual_in_fp32=True)
+        """step_prenorm past conv_state_step's fused batches on CUDA: the residual add + norm, in_proj and the conv
+        update of its xBC columns in one kernel (batch_decode.norm_linear_conv), then the state step."""
         conv = (conv_state, self.conv1d.weight, self.conv1d.bias, self.activation)
         d_mlp = (self.in_proj.weight.shape[0] - 2 * self.d_ssm - 2 * self.ngroups * self.d_state - self.nheads) // 2
-        zxbcdt, xBC = batch_decode.linear_conv(h, self.in_proj.weight, self.in_proj.bias, conv, 2 * d_mlp + self.d_ssm)
+        zxbcdt, res, xBC = batch_decode.norm_linear_conv(
+            hidden_states.squeeze(1), None if residual is None else residual.squeeze(1), norm.weight, norm.bias,
+            self.in_proj.weight, self.in_proj.bias, conv, 2 * d_mlp + self.d_ssm, is_rms=isinstance(norm, ops.RMSNorm),
+            eps=norm.eps)
         return self._step_projected(zxbcdt, conv_state, ssm_state, xBC).unsqueeze(1), res.unsqueeze(1)
 
     def _step_projected(self, zxbcdt, conv_state, ssm_state, xBC_conv=None):

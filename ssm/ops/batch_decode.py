@@ -16,7 +16,8 @@ kernel on CUDA (a warp an output, 4 rows a block, no split-K); SSM_BATCH_NARROW=
 ``linear_conv``: F.linear(x, weight, bias) for a decode batch with, optionally, the width-4 conv update of a range
 of its output columns (Mamba-1's in_proj + conv update) in one tensor-core kernel on CUDA (ssm/ops/cuda/batch_gemm.cu:
 a block per 64 rows x 32 outputs, the whole K in shared memory or chunks of 256 through a ring); SSM_BATCH_GEMM=0: F.linear then
-causal_conv1d_update."""
+causal_conv1d_update. ``norm_linear_conv``: a prenorm block's residual add + norm folded into that kernel (its rows
+normalized in shared memory; K <= 1152); SSM_BATCH_GEMM_NORM=0: the norm kernel, then linear_conv."""
 from __future__ import annotations
 
 import os
@@ -28,12 +29,14 @@ from torch import Tensor
 
 from ssm.ops import _checks, _kernels
 from ssm.ops.conv import _ACTIVATIONS, causal_conv1d_update
+from ssm.ops.norm import fused_layer_norm
 from ssm.utils import dispatch
 
 ENABLED = os.environ.get("SSM_BATCH_CONV", "1") != "0"
 LT = os.environ.get("SSM_BATCH_LT", "1") != "0"
 NARROW = os.environ.get("SSM_BATCH_NARROW", "1") != "0"
 GEMM = os.environ.get("SSM_BATCH_GEMM", "1") != "0"
+NORM = os.environ.get("SSM_BATCH_GEMM_NORM", "1") != "0"
 _GEMM_MAX_K, _GEMM_CHUNK = 1152, 256  # the whole K in shared memory up to 1152, past it chunks of 256
 _GEMM_MIN_WAVE_USE = 0.85  # past one wave of blocks, the share of the last wave's SMs busy must reach this
 _SMS: dict = {}
@@ -202,19 +205,58 @@ def linear_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, conv=N
     return _gemm_launch(x, weight, conv, conv_lo)
 
 
-def _gemm_launch(x, weight, conv, conv_lo):
+def _gemm_launch(x, weight, conv, conv_lo, norm=None):
     batch, K = x.shape
     N = weight.shape[0]
     out = _kernels.empty((batch, N), x)
     r, f32 = _kernels.ref, _kernels.float32_param
     if conv is None:
-        args, C, x_conv, silu = (None, None, None, None), 0, None, False
+        conv_args, C, x_conv, silu = (None, None, None, None), 0, None, False
     else:
         state, cw, cb, activation = conv
         C = state.shape[1]
         w = f32(cw)
         x_conv = _kernels.empty((batch, C), x)
-        args, silu = (r(state), r(w.view(C, w.shape[-1])), r(f32(cb)), r(x_conv)), activation is not None
+        conv_args, silu = (r(state), r(w.view(C, w.shape[-1])), r(f32(cb)), r(x_conv)), activation is not None
+    if norm is None:
+        norm_args, res = (None, None, None, None, 1e-5, True), None
+    else:
+        residual, nw, nb, is_rms, eps = norm
+        res = _kernels.empty((batch, K), x, dtype=torch.float32)
+        norm_args = (r(residual), r(f32(nw)), r(f32(nb)), r(res), float(eps), bool(is_rms))
     dispatch.cuda_module().batch_gemm(_kernels.dtype_code(x), batch, K, N, conv_lo, C, r(x), r(weight), r(out),
-                                      *args, silu, _kernels.exec_arg("cuda", x))
-    return out if conv is None else (out, x_conv)
+                                      *conv_args, silu, *norm_args, _kernels.exec_arg("cuda", x))
+    outs = (out,) + (() if norm is None else (res,)) + (() if conv is None else (x_conv,))
+    return outs[0] if len(outs) == 1 else outs
+
+
+def _norm_ok(x, residual, nw, nb) -> bool:
+    K = x.shape[1]
+    f32 = _kernels.float32_param
+    return (NORM and K <= _GEMM_MAX_K and (residual is None or (
+                residual.dtype == torch.float32 and residual.stride(-1) == 1 and residual.stride(0) % 4 == 0
+                and residual.data_ptr() % 16 == 0))
+            and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (residual, nw, nb)))
+            and all(t is None or f32(t).data_ptr() % 16 == 0 for t in (nw, nb)))
+
+
+def norm_linear_conv(x: Tensor, residual: Optional[Tensor], norm_weight: Tensor, norm_bias: Optional[Tensor],
+                     weight: Tensor, bias: Optional[Tensor] = None, conv=None, conv_lo: int = 0, *,
+                     is_rms: bool = True, eps: float = 1e-5):
+    """A prenorm block's residual add + norm feeding linear_conv, for one decoded token: x (B, K), residual (B, K)
+    float32 or None -> (out, residual_out (B, K) float32) or, with conv, (out, residual_out, x_conv); the same as
+    fused_layer_norm(x, norm_weight, norm_bias, residual, is_rms, eps, prenorm=True, residual_in_fp32=True) then
+    linear_conv. One kernel on CUDA where linear_conv's kernel takes the whole K (K <= 1152, residual float32)."""
+    _checks.tensor("x", x, ndim=2)
+    _checks.tensor("residual", residual, shape=tuple(x.shape), device=x.device, optional=True)
+    _checks.tensor("norm_weight", norm_weight, shape=(x.shape[1],), device=x.device)
+    _checks.tensor("norm_bias", norm_bias, shape=(x.shape[1],), device=x.device, optional=True)
+    _checks.tensor("weight", weight, shape=(None, x.shape[1]), device=x.device)
+    _checks.tensor("bias", bias, shape=(weight.shape[0],), device=x.device, optional=True)
+    if conv is not None:
+        _check_conv(x, weight.shape[0], conv, conv_lo)
+    if _gemm_ok(x, weight, bias, conv, conv_lo) and _norm_ok(x, residual, norm_weight, norm_bias):
+        return _gemm_launch(x, weight, conv, conv_lo, (residual, norm_weight, norm_bias, is_rms, eps))
+    h, res = fused_layer_norm(x, norm_weight, norm_bias, residual, is_rms, eps, True, True)
+    out = linear_conv(h, weight, bias, conv, conv_lo)
+    return (out, res) if conv is None else (out[0], res, out[1])

@@ -1,5 +1,6 @@
 """batch_decode.linear_conv (a decode batch's projection with the conv update of some output columns, Mamba-1's
-in_proj + conv update) against the float64 reference: on CUDA through its tensor-core kernel (the model shapes at
+in_proj + conv update) and norm_linear_conv (with the prenorm residual add + norm folded in) against the float64
+reference: on CUDA through its tensor-core kernel (the model shapes at
 batch 64, ragged ones, batch > 64, both conv cache layouts, bias and activation on/off, a CUDA graph, repeated
 calls bitwise equal) and on the CPU through F.linear + causal_conv1d_update; bad input; the Mamba-1 decode step
 past batch 4 and the Mamba-2 one past batch 8 with the kernel against SSM_BATCH_GEMM=0, cg=True equal to eager."""
@@ -21,8 +22,9 @@ CASES = [(64, 768, 3072, 0, 1536), (64, 768, 3352, 1536, 1792), (5, 48, 40, 8, 1
 
 @pytest.fixture(autouse=True)
 def kernel_on(monkeypatch):
-    """The kernel on whatever SSM_BATCH_GEMM says."""
+    """The kernel (and its norm prologue) on whatever SSM_BATCH_GEMM / SSM_BATCH_GEMM_NORM say."""
     monkeypatch.setattr(bd, "GEMM", True)
+    monkeypatch.setattr(bd, "NORM", True)
 
 
 def gemm_inputs(batch, K, N, C, dtype, device, bias=True, channels_last=False):
@@ -107,6 +109,58 @@ def test_linear_conv_falls_back_outside_the_kernel(monkeypatch):
     assert calls == [False, False, False]
 
 
+NORM_CASES = [(64, 768, 3072, 0, 1536), (64, 768, 3352, 1536, 1792), (70, 1152, 72, 24, 48), (5, 48, 40, 8, 16),
+              (64, 2048, 2048, 512, 1024)]  # the last past 1152: the norm kernel, then linear_conv's kernel
+
+
+def norm_ref(x, residual, nw, nb, is_rms, eps=1e-5):
+    v = x.double() + (0 if residual is None else residual.double())
+    mean = 0 if is_rms else v.mean(-1, keepdim=True)
+    y = (v - mean) * torch.rsqrt(((v - mean) ** 2).mean(-1, keepdim=True) + eps) * nw.double()
+    return y if nb is None else y + nb.double()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", NORM_CASES)
+@pytest.mark.parametrize("is_rms,with_residual", [(True, True), (False, True), (True, False)])
+def test_norm_linear_conv_matches_reference(device, dtype, case, is_rms, with_residual, monkeypatch):
+    batch, K, N, lo, C = case
+    x, w, conv = gemm_inputs(batch, K, N, C, dtype, device, bias=is_rms, channels_last=not is_rms)
+    residual = rand(batch, K, device=device) if with_residual else None
+    nw = rand(K, device=device, scale=0.5) + 1
+    nb = None if is_rms else rand(K, device=device, scale=0.1)
+    start = conv[0].clone()
+    calls = []
+    monkeypatch.setattr(bd, "_gemm_launch",  # records whether the launch folds the norm
+                        lambda *a, f=bd._gemm_launch: calls.append(len(a) > 4 and a[4] is not None) or f(*a))
+    out, res, x_conv = bd.norm_linear_conv(x, residual, nw, nb, w, None, conv, lo, is_rms=is_rms)
+    fused = device.type == "cuda" and dtype != torch.float32
+    assert calls == ([K <= 1152] if fused else [])  # one kernel with the norm where it takes the whole K, else two
+    assert res.dtype == torch.float32 and torch.equal(res, x.float() + (0 if residual is None else residual))
+    ref = norm_ref(x, residual, nw, nb, is_rms) @ w.double().t()
+    assert_close(out, ref, dtype)
+    state, cw, cb, act = conv
+    ref_conv = reference.dw_causal_conv_update(out.double()[:, lo:lo + C], start.double(), cw.double()[:, 0],
+                                               None if cb is None else cb.double(), act)
+    assert_close(x_conv, ref_conv, dtype, "x_conv")
+    assert torch.equal(state, torch.cat([start[..., 1:], out[:, lo:lo + C, None]], dim=-1))
+
+
+@pytest.mark.cuda
+def test_norm_linear_conv_off_equals_the_norm_kernel_then_linear_conv(monkeypatch):
+    x, w, conv = gemm_inputs(64, 768, 3072, 1536, torch.bfloat16, CUDA)
+    residual, nw = rand(64, 768, device=CUDA), rand(768, device=CUDA) + 1
+    start = conv[0].clone()
+    fused = [t.clone() for t in bd.norm_linear_conv(x, residual, nw, None, w, None, conv)]
+    conv[0].copy_(start)
+    monkeypatch.setattr(bd, "NORM", False)
+    plain = bd.norm_linear_conv(x, residual, nw, None, w, None, conv)
+    assert torch.equal(fused[1], plain[1])  # residual_out
+    for a, b, name in ((fused[0], plain[0], "out"), (fused[2], plain[2], "x_conv")):
+        assert_close(a, b.double(), torch.bfloat16, name, factor=0.25)  # only the norm's float32 sum order differs
+
+
 def test_linear_conv_bad_input_names_argument():
     x, w, conv = gemm_inputs(6, 64, 48, 16, torch.float32, torch.device("cpu"))
     state, cw, cb, act = conv
@@ -124,6 +178,13 @@ def test_linear_conv_bad_input_names_argument():
         bd.linear_conv(x, w, None, (state, cw, cb[:8], act))
     with pytest.raises(ValueError, match="activation"):
         bd.linear_conv(x, w, None, (state, cw, cb, "relu"))
+    nw = rand(64)
+    with pytest.raises(ValueError, match="residual"):
+        bd.norm_linear_conv(x, x[:3], nw, None, w, None, conv)
+    with pytest.raises(ValueError, match="norm_weight"):
+        bd.norm_linear_conv(x, None, nw[:32], None, w, None, conv)
+    with pytest.raises(ValueError, match="norm_bias"):
+        bd.norm_linear_conv(x, None, nw, nw[:32], w, None, conv)
 
 
 @pytest.mark.cuda
@@ -141,6 +202,9 @@ def test_cuda_batch_step_with_the_kernel(kind, cfg, monkeypatch):
     assert torch.equal(graphed.sequences, eager.sequences)
     for a, b in zip(graphed.scores, eager.scores):
         torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2)
+    monkeypatch.setattr(bd, "NORM", False)  # the norm kernel, then linear_conv's kernel
+    unfused = model.generate(ids, max_length=14, return_dict_in_generate=True, output_scores=True)
+    assert_close(unfused.scores[1], eager.scores[1].double(), torch.bfloat16, "first decoded step's scores")
     monkeypatch.setattr(bd, "GEMM", False)
     plain = model.generate(ids, max_length=14, return_dict_in_generate=True, output_scores=True)
     assert_close(plain.scores[1], eager.scores[1].double(), torch.bfloat16, "first decoded step's scores")

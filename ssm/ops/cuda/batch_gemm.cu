@@ -6,7 +6,10 @@
 // mma.sync a step, fragments by ldmatrix from rows padded by 16 bytes: conflict-free); the 8 partial tiles are
 // added in warp order through shared memory (deterministic), rounded to the dtype and stored as 16-byte packs; the
 // conv update of a column reads the rounded value, as the composition F.linear -> conv update does; its state,
-// weights and bias are loaded right after pdl_wait, while the inputs travel.
+// weights and bias are loaded right after pdl_wait, while the inputs travel. Optionally (the whole K in shared
+// memory) the input rows are a prenorm block's hidden states, normalized in shared memory first (the residual add +
+// LayerNorm / RMSNorm kernel before in_proj folded in: each block normalizes all its rows, stores 1/grid of
+// residual_out).
 #include "cuda/kernels.h"
 #include "cuda/pdl.cuh"
 #include "cuda/ssd_mma.cuh"
@@ -18,6 +21,7 @@ namespace {
 constexpr int kRows = 64, kCols = 32, kWarps = 8, kThreads = kWarps * 32;
 constexpr int kMaxK = 1152;               // the whole K in shared memory up to here
 constexpr int kChunk = 256, kRing = 3;    // past it: K in chunks of 256 through a ring of 3 (K a multiple of 256)
+constexpr int kNormGroups = (kMaxK + 255) / 256;  // a lane's groups of 8 features in the norm prologue
 constexpr int kRedLd = kCols + 8;  // float row stride of a warp's partial tile: conflict-free float2 stores
 
 __device__ __forceinline__ void cp16(void* dst, const void* src, bool valid) {
@@ -127,6 +131,75 @@ __device__ __forceinline__ void tile_partial(float (&acc)[4][4][4], const T* s_x
   }
 }
 
+// The block's input rows (a prenorm block's hidden states, in shared memory) replaced by norm(x + residual) rounded to
+// T, as the norm kernel before a projection would give them; the block stores its share of residual_out's columns.
+// A warp a row, two rows at a time (their residual loads in flight together); lane groups of 8 features at
+// k = lane * 8 + 256 g; the sums by shuffles; the variance from the centred values (two passes over registers).
+template <typename T>
+__device__ __forceinline__ void norm_rows(const BatchGemmParams& p, T* s_x, int ld, int K, int64_t row0, int rows) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int per = int((K / 8 + gridDim.x - 1) / gridDim.x) * 8, c0 = int(blockIdx.x) * per, c1 = c0 + per;
+  const float inv_k = 1.f / float(K);
+  for (int r0 = warp; r0 < rows; r0 += 2 * kWarps) {
+    float v[2][kNormGroups][8], sum[2] = {0.f, 0.f}, sq[2] = {0.f, 0.f}, mean[2], rstd[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int g = 0; g < kNormGroups; ++g) {
+        const int r = r0 + h * kWarps, k = lane * 8 + g * 256;
+        if (r >= rows || k >= K) continue;
+        load_floats<T, 8>(v[h][g], s_x + r * ld + k);
+        if (has(p.residual)) {
+          const float* rp = ptr<float>(p.residual) + (row0 + r) * p.residual.stride[0] + k;
+          const float4 a = *reinterpret_cast<const float4*>(rp), b = *reinterpret_cast<const float4*>(rp + 4);
+          v[h][g][0] += a.x, v[h][g][1] += a.y, v[h][g][2] += a.z, v[h][g][3] += a.w;
+          v[h][g][4] += b.x, v[h][g][5] += b.y, v[h][g][6] += b.z, v[h][g][7] += b.w;
+        }
+#pragma unroll
+        for (int e = 0; e < 8; ++e) sum[h] += v[h][g][e];
+      }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+#pragma unroll
+      for (int m = 16; m > 0; m /= 2) sum[h] += __shfl_xor_sync(0xffffffffu, sum[h], m);
+      mean[h] = p.is_rms ? 0.f : sum[h] * inv_k;
+#pragma unroll
+      for (int g = 0; g < kNormGroups; ++g)
+        if (lane * 8 + g * 256 < K)
+#pragma unroll
+          for (int e = 0; e < 8; ++e) sq[h] += (v[h][g][e] - mean[h]) * (v[h][g][e] - mean[h]);
+#pragma unroll
+      for (int m = 16; m > 0; m /= 2) sq[h] += __shfl_xor_sync(0xffffffffu, sq[h], m);
+      rstd[h] = rsqrtf(sq[h] * inv_k + p.eps);
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int g = 0; g < kNormGroups; ++g) {
+        const int r = r0 + h * kWarps, k = lane * 8 + g * 256;
+        if (r >= rows || k >= K) continue;
+        if (k >= c0 && k < c1) {
+          float* ro = ptr<float>(p.residual_out) + (row0 + r) * p.residual_out.stride[0] + k;
+          *reinterpret_cast<float4*>(ro) = make_float4(v[h][g][0], v[h][g][1], v[h][g][2], v[h][g][3]);
+          *reinterpret_cast<float4*>(ro + 4) = make_float4(v[h][g][4], v[h][g][5], v[h][g][6], v[h][g][7]);
+        }
+        const float4 w0 = *reinterpret_cast<const float4*>(ptr<float>(p.norm_weight) + k);
+        const float4 w1 = *reinterpret_cast<const float4*>(ptr<float>(p.norm_weight) + k + 4);
+        const float w[8] = {w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w};
+        float bb[8] = {};
+        if (has(p.norm_bias)) {
+          const float4 b0 = *reinterpret_cast<const float4*>(ptr<float>(p.norm_bias) + k);
+          const float4 b1 = *reinterpret_cast<const float4*>(ptr<float>(p.norm_bias) + k + 4);
+          bb[0] = b0.x, bb[1] = b0.y, bb[2] = b0.z, bb[3] = b0.w, bb[4] = b1.x, bb[5] = b1.y, bb[6] = b1.z, bb[7] = b1.w;
+        }
+        float y[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) y[e] = (v[h][g][e] - mean[h]) * rstd[h] * w[e] + bb[e];
+        store_floats<T, 8>(s_x + r * ld + k, y);
+      }
+  }
+}
+
 // The block's weight rows (before pdl_wait) or input rows of chunk `i` (kc wide) into stage `st` of the ring.
 template <typename T>
 struct Ring {
@@ -137,8 +210,9 @@ struct Ring {
 };
 
 // One 64 x 32 tile of out over K in chunks of kc (a ring of kStages chunks; kStages 1: the whole K at once).
-template <typename T, bool kConv, int kStages>
+template <typename T, bool kConv, int kStages, bool kNorm>
 __global__ void __launch_bounds__(kThreads, 1) batch_gemm_kernel(BatchGemmParams p) {
+  static_assert(!kNorm || kStages == 1, "the norm prologue needs the whole rows in shared memory");
   extern __shared__ __align__(16) unsigned char smem[];
   const int K = int(p.K), kc = kStages == 1 ? K : kChunk, nch = K / kc, n0 = blockIdx.x * kCols;
   const Ring<T> ring{reinterpret_cast<T*>(smem), kc + 8, kc};
@@ -168,6 +242,10 @@ __global__ void __launch_bounds__(kThreads, 1) batch_gemm_kernel(BatchGemmParams
   for (int i = 0; i < nch; ++i) {
     ssd::cp_async_wait<kStages - 1>();  // chunk i's group: at most kStages - 1 later ones still in flight
     __syncthreads();
+    if constexpr (kNorm) {
+      norm_rows<T>(p, ring.x(0), ring.ld, K, row0, xrows);
+      __syncthreads();
+    }
     tile_partial<T>(acc, ring.x(i % kStages), ring.w(i % kStages), ring.ld, kc);
     __syncthreads();  // the stage is free again (and after the last chunk: the partial tiles overwrite the ring)
     if (i + kStages < nch) {
@@ -215,7 +293,8 @@ size_t smem_bytes(const BatchGemmParams& p, size_t elem) {
 
 template <typename T, bool kConv>
 void launch(const BatchGemmParams& p, cudaStream_t stream) {
-  auto kernel = streamed(p) ? batch_gemm_kernel<T, kConv, kRing> : batch_gemm_kernel<T, kConv, 1>;
+  auto kernel = streamed(p) ? batch_gemm_kernel<T, kConv, kRing, false>
+              : has(p.norm_weight) ? batch_gemm_kernel<T, kConv, 1, true> : batch_gemm_kernel<T, kConv, 1, false>;
   const size_t smem = smem_bytes(p, sizeof(T));
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   const dim3 grid(ceil_div(p.nout, kCols), ceil_div(p.batch, kRows));
@@ -231,6 +310,14 @@ bool batch_gemm_fits(const BatchGemmParams& p) {
             p.K >= 16 && p.K % 16 == 0 && (p.K <= kMaxK || (p.K % kChunk == 0 && p.K < (int64_t(1) << 24))) &&
             p.nout >= 8 && p.nout % 8 == 0 &&
             p.nout < (int64_t(1) << 30) && rows_fit(p.x) && rows_fit(p.weight) && rows_fit(p.out);
+  if (has(p.norm_weight)) {
+    const auto f32_rows = [](const TensorArg& t) {
+      return t.stride[1] == 1 && t.stride[0] % 4 == 0 && aligned(t.data, 16);
+    };
+    ok = ok && p.K <= kMaxK && p.norm_weight.stride[0] == 1 && aligned(p.norm_weight.data, 16) &&
+         (!has(p.norm_bias) || (p.norm_bias.stride[0] == 1 && aligned(p.norm_bias.data, 16))) &&
+         (!has(p.residual) || f32_rows(p.residual)) && has(p.residual_out) && f32_rows(p.residual_out);
+  }
   if (!has(p.conv_state)) return ok;
   const TensorArg &st = p.conv_state, &w = p.conv_weight, &bias = p.conv_bias;
   const bool rows = st.stride[2] == 1 && st.stride[1] == 4, last = st.stride[1] == 1 && st.stride[2] % 8 == 0;

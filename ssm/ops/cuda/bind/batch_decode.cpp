@@ -39,7 +39,9 @@ BatchLinearParams batch_linear_narrow_params(int dtype, int64_t batch, int64_t K
 BatchGemmParams batch_gemm_params(int dtype, int64_t batch, int64_t K, int64_t nout, int64_t conv_lo,
                                   int64_t conv_dim, const Ref& x, const Ref& weight, const Ref& out,
                                   const OptRef& conv_state, const OptRef& conv_weight, const OptRef& conv_bias,
-                                  const OptRef& x_conv, bool silu) {
+                                  const OptRef& x_conv, bool silu, const OptRef& residual,
+                                  const OptRef& norm_weight, const OptRef& norm_bias, const OptRef& residual_out,
+                                  double eps, bool is_rms) {
   const char* op = "batch_gemm";
   SSM_CHECK(batch >= 0 && K >= 1 && nout >= 1, op, "bad sizes");
   SSM_CHECK(conv_state.has_value() == conv_weight.has_value() && conv_state.has_value() == x_conv.has_value(), op,
@@ -54,6 +56,12 @@ BatchGemmParams batch_gemm_params(int dtype, int64_t batch, int64_t K, int64_t n
   p.conv_weight = tensor_arg(op, "conv_weight", conv_weight, 2);
   p.conv_bias = tensor_arg(op, "conv_bias", conv_bias, 1);
   p.x_conv = tensor_arg(op, "x_conv", x_conv, 2);
+  SSM_CHECK(norm_weight.has_value() == residual_out.has_value(), op, "norm_weight and residual_out go together");
+  p.residual = tensor_arg(op, "residual", residual, 2);
+  p.norm_weight = tensor_arg(op, "norm_weight", norm_weight, 1);
+  p.norm_bias = tensor_arg(op, "norm_bias", norm_bias, 1);
+  p.residual_out = tensor_arg(op, "residual_out", residual_out, 2);
+  p.eps = static_cast<float>(eps), p.is_rms = is_rms;
   return p;
 }
 
