@@ -15,9 +15,9 @@ kernel on CUDA (a warp an output, 4 rows a block, no split-K); SSM_BATCH_NARROW=
 
 ``linear_conv``: F.linear(x, weight, bias) for a decode batch with, optionally, the width-4 conv update of a range
 of its output columns (Mamba-1's in_proj + conv update) in one tensor-core kernel on CUDA (ssm/ops/cuda/batch_gemm.cu:
-a block per 64 rows x 32 outputs, the whole K in shared memory or chunks of 256 through a ring); SSM_BATCH_GEMM=0: F.linear then
-causal_conv1d_update. ``norm_linear_conv``: a prenorm block's residual add + norm folded into that kernel (its rows
-normalized in shared memory; K <= 1152); SSM_BATCH_GEMM_NORM=0: the norm kernel, then linear_conv."""
+a block per 64 rows x 32 outputs, the whole K in shared memory or chunks of 256 through a ring); SSM_BATCH_GEMM=0:
+F.linear then the conv update kernel. ``norm_linear_conv``: a prenorm block's residual add + norm folded into that
+kernel (its rows normalized in shared memory; K <= 1152); SSM_BATCH_GEMM_NORM=0: the norm kernel, then linear_conv."""
 from __future__ import annotations
 
 import os
@@ -177,7 +177,8 @@ def _check_conv(x, N, conv, conv_lo):
     _checks.tensor("conv_state", state, shape=(x.shape[0], None, None), device=x.device)
     C = state.shape[1]
     if not 0 <= conv_lo <= N - C:
-        raise ValueError(f"conv_lo: expected 0 <= conv_lo <= {N - C} (out columns {N}, conv channels {C}), got {conv_lo}")
+        raise ValueError(f"conv_lo: expected 0 <= conv_lo <= {N - C} (out columns {N}, conv channels {C}), "
+                         f"got {conv_lo}")
     _checks.tensor("conv_weight", cw, ndim=(2, 3), device=x.device)
     if cw.shape[0] != C or (cw.dim() == 3 and cw.shape[1] != 1):
         raise ValueError(f"conv_weight: expected shape ({C}, W), got {tuple(cw.shape)}")

@@ -2,9 +2,9 @@
 // update of some output columns in its epilogue (Mamba-1's in_proj + conv update: one kernel instead of two).
 // A block owns 64 rows x 32 outputs with the whole K in shared memory (K <= 1152; past it K goes in chunks of 256
 // through a ring of 3 stages): its weight rows go global -> shared by cp.async BEFORE pdl_wait (weights: no kernel
-// writes them, so they load while the previous kernel ends), the 64 input rows after it. Each of the 8 warps sums every 8th k-step of 16 over the full 64 x 32 tile (16 independent
-// mma.sync a step, fragments by ldmatrix from rows padded by 16 bytes: conflict-free); the 8 partial tiles are
-// added in warp order through shared memory (deterministic), rounded to the dtype and stored as 16-byte packs; the
+// writes them, so they load while the previous kernel ends), the 64 input rows after it. Each of the 8 warps sums
+// every 8th k-step of 16 over the full 64 x 32 tile (16 independent mma.sync a step, fragments by ldmatrix from
+// rows padded by 16 bytes: conflict-free); the 8 partial tiles are added in warp order through shared memory (deterministic), rounded to the dtype and stored as 16-byte packs; the
 // conv update of a column reads the rounded value, as the composition F.linear -> conv update does; its state,
 // weights and bias are loaded right after pdl_wait, while the inputs travel. Optionally (the whole K in shared
 // memory) the input rows are a prenorm block's hidden states, normalized in shared memory first (the residual add +
@@ -190,7 +190,8 @@ __device__ __forceinline__ void norm_rows(const BatchGemmParams& p, T* s_x, int 
         if (has(p.norm_bias)) {
           const float4 b0 = *reinterpret_cast<const float4*>(ptr<float>(p.norm_bias) + k);
           const float4 b1 = *reinterpret_cast<const float4*>(ptr<float>(p.norm_bias) + k + 4);
-          bb[0] = b0.x, bb[1] = b0.y, bb[2] = b0.z, bb[3] = b0.w, bb[4] = b1.x, bb[5] = b1.y, bb[6] = b1.z, bb[7] = b1.w;
+          bb[0] = b0.x, bb[1] = b0.y, bb[2] = b0.z, bb[3] = b0.w;
+          bb[4] = b1.x, bb[5] = b1.y, bb[6] = b1.z, bb[7] = b1.w;
         }
         float y[8];
 #pragma unroll
@@ -217,7 +218,8 @@ __global__ void __launch_bounds__(kThreads, 1) batch_gemm_kernel(BatchGemmParams
   const int K = int(p.K), kc = kStages == 1 ? K : kChunk, nch = K / kc, n0 = blockIdx.x * kCols;
   const Ring<T> ring{reinterpret_cast<T*>(smem), kc + 8, kc};
   const int64_t row0 = int64_t(blockIdx.y) * kRows, nout = p.nout;
-  const int wrows = int(nout - n0 < kCols ? nout - n0 : kCols), xrows = int(p.batch - row0 < kRows ? p.batch - row0 : kRows);
+  const int wrows = int(nout - n0 < kCols ? nout - n0 : kCols);
+  const int xrows = int(p.batch - row0 < kRows ? p.batch - row0 : kRows);
   const T* wg = ptr<T>(p.weight) + n0 * p.weight.stride[0];
   const T* xg = ptr<T>(p.x) + row0 * p.x.stride[0];
 #pragma unroll
