@@ -4,12 +4,12 @@
 // through a ring of 3 stages): its weight rows go global -> shared by cp.async BEFORE pdl_wait (weights: no kernel
 // writes them, so they load while the previous kernel ends), the 64 input rows after it. Each of the 8 warps sums
 // every 8th k-step of 16 over the full 64 x 32 tile (16 independent mma.sync a step, fragments by ldmatrix from
-// rows padded by 16 bytes: conflict-free); the 8 partial tiles are added in warp order through shared memory (deterministic), rounded to the dtype and stored as 16-byte packs; the
-// conv update of a column reads the rounded value, as the composition F.linear -> conv update does; its state,
-// weights and bias are loaded right after pdl_wait, while the inputs travel. Optionally (the whole K in shared
-// memory) the input rows are a prenorm block's hidden states, normalized in shared memory first (the residual add +
-// LayerNorm / RMSNorm kernel before in_proj folded in: each block normalizes all its rows, stores 1/grid of
-// residual_out).
+// rows padded by 16 bytes: conflict-free); the 8 partial tiles are added in warp order through shared memory
+// (deterministic), rounded to the dtype and stored as 16-byte packs; the conv update of a column reads the rounded
+// value, as the composition F.linear -> conv update does; its state, weights and bias are loaded right after
+// pdl_wait, while the inputs travel. Optionally (the whole K in shared memory) the input rows are a prenorm block's
+// hidden states, normalized in shared memory first (the residual add + LayerNorm / RMSNorm kernel before in_proj
+// folded in: each block normalizes all its rows, stores 1/grid of residual_out).
 #include "cuda/kernels.h"
 #include "cuda/pdl.cuh"
 #include "cuda/ssd_mma.cuh"
