@@ -3,15 +3,15 @@ along D: ``conv_update_cl``, one CUDA kernel (ssm/ops/cuda/batch_decode.cu) with
 every load before its stores, which ``Mamba2.step`` uses past conv_state_step's fused batches (H200,
 mamba2-130m b64: 2.3 us a call instead of the general kernel's 4.55; 0.867 instead of 0.991 ms a step).
 
-Elsewhere (CPU, compiling, autograd, layouts the kernel does not take, SSM_BATCH_CONV=0) it is
+Elsewhere (CPU, compiling, autograd, layouts the kernel does not take) it is
 ``causal_conv1d_update``, with the same results. No host synchronization (CUDA-graph capturable).
 
 ``lt_linear``: F.linear on CUDA with cublasLt's heuristic preferred (torch's preferred_blas_library) for
 Mamba-1's out_proj past batch 4 (H200, b64 4096 -> 2048: 9.8 us instead of 11.1 with a split-K reduce;
-the other b64 projections took the same time either way); SSM_BATCH_LT=0: F.linear as configured.
+the other b64 projections took the same time either way).
 
 ``narrow_linear``: F.linear(x, weight) for a narrow weight (at most 256 outputs: Mamba-1's x_proj) in one
-kernel on CUDA (a warp an output, 4 rows a block, no split-K); SSM_BATCH_NARROW=0: F.linear.
+kernel on CUDA (a warp an output, 4 rows a block, no split-K).
 
 ``linear_conv``: F.linear(x, weight, bias) for a decode batch with, optionally, the width-4 conv update of a range
 of its output columns (Mamba-1's in_proj + conv update) in one tensor-core kernel on CUDA (ssm/ops/cuda/batch_gemm.cu:
@@ -32,9 +32,6 @@ from ssm.ops.conv import _ACTIVATIONS, causal_conv1d_update
 from ssm.ops.norm import fused_layer_norm
 from ssm.utils import dispatch
 
-ENABLED = os.environ.get("SSM_BATCH_CONV", "1") != "0"
-LT = os.environ.get("SSM_BATCH_LT", "1") != "0"
-NARROW = os.environ.get("SSM_BATCH_NARROW", "1") != "0"
 GEMM = os.environ.get("SSM_BATCH_GEMM", "1") != "0"
 NORM = os.environ.get("SSM_BATCH_GEMM_NORM", "1") != "0"
 _GEMM_MAX_K, _GEMM_CHUNK = 1152, 256  # the whole K in shared memory up to 1152, past it chunks of 256
@@ -58,7 +55,7 @@ def _check(x, conv_state, weight, bias, activation):
 
 
 def _kernel_ok(x, conv_state, weight, bias) -> bool:
-    if not ENABLED or x.device.type != "cuda" or dispatch.forced_backend() not in (None, "cuda"):
+    if x.device.type != "cuda" or dispatch.forced_backend() not in (None, "cuda"):
         return False
     if torch.compiler.is_compiling() or not dispatch.has_cuda_kernels():
         return False
@@ -95,8 +92,8 @@ def conv_update_cl(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Optional
 
 
 def lt_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-    """F.linear(x, weight, bias), on CUDA with cublasLt preferred (LT) for this call."""
-    if not LT or not x.is_cuda or torch.compiler.is_compiling():
+    """F.linear(x, weight, bias), on CUDA with cublasLt preferred for this call."""
+    if not x.is_cuda or torch.compiler.is_compiling():
         return F.linear(x, weight, bias)
     prev = torch.backends.cuda.preferred_blas_library()
     torch.backends.cuda.preferred_blas_library("cublaslt")
@@ -107,7 +104,7 @@ def lt_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tenso
 
 
 def _narrow_ok(x, weight) -> bool:
-    if not NARROW or not x.is_cuda or dispatch.forced_backend() not in (None, "cuda") or torch.compiler.is_compiling():
+    if not x.is_cuda or dispatch.forced_backend() not in (None, "cuda") or torch.compiler.is_compiling():
         return False
     if not dispatch.has_cuda_kernels() or not hasattr(dispatch.cuda_module(), "batch_linear_narrow"):
         return False

@@ -17,12 +17,6 @@ DEVICES = [pytest.param(torch.device("cpu"), id="cpu"), pytest.param(CUDA, id="c
 CL_CASES = [(64, 1792, 4), (64, 4352, 4), (5, 130, 3), (9, 33, 2)]  # (batch, D, W): mamba2-130m / 1.3b, ragged
 
 
-@pytest.fixture(autouse=True)
-def kernel_on(monkeypatch):
-    """The kernel on whatever SSM_BATCH_CONV says (ssm.ops.batch_decode.ENABLED)."""
-    monkeypatch.setattr(bd, "ENABLED", True)
-
-
 def conv_inputs(batch, D, W, dtype, device, bias, channels_last):
     x = rand(batch, 2 * D + 8, dtype=dtype, device=device)[:, 8:8 + D]  # a strided slice, as of in_proj's output
     if channels_last:
@@ -63,8 +57,6 @@ def test_cuda_takes_the_kernel_at_model_shapes(dtype, monkeypatch):
         bd.conv_update_cl(*conv_inputs(64, D, 4, dtype, CUDA, True, channels_last=True), "silu")
     assert calls == [(64, 1792), (64, 4352)]
     bd.conv_update_cl(*conv_inputs(64, 1792, 4, dtype, CUDA, True, channels_last=False), "silu")  # not channels-last
-    monkeypatch.setattr(bd, "ENABLED", False)
-    bd.conv_update_cl(*conv_inputs(64, 1792, 4, dtype, CUDA, True, channels_last=True), "silu")
     assert len(calls) == 2
 
 
@@ -116,7 +108,7 @@ def test_cuda_decode_step_kernel_equals_general_conv_update(monkeypatch):
 
     fast = step_logits()
     assert len(calls) == len(model.backbone.layers)  # one call a layer
-    monkeypatch.setattr(bd, "ENABLED", False)
+    monkeypatch.setattr(bd, "_kernel_ok", lambda *a: False)  # the general conv update kernel
     assert_close(fast, step_logits().double(), torch.bfloat16, "logits")
 
 
@@ -161,8 +153,8 @@ def test_cuda_mamba1_batch_step_equals_default_and_graph(monkeypatch):
     assert torch.equal(graphed.sequences, eager.sequences)
     for a, b in zip(graphed.scores, eager.scores):
         torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2)
-    monkeypatch.setattr(bd, "LT", False)
-    monkeypatch.setattr(bd, "NARROW", False)
+    monkeypatch.setattr(bd, "lt_linear", lambda x, w, b=None: torch.nn.functional.linear(x, w, b))  # cuBLAS' pick
+    monkeypatch.setattr(bd, "_narrow_ok", lambda *a: False)  # x_proj on F.linear
     plain = model.generate(ids, max_length=14, return_dict_in_generate=True, output_scores=True)
     assert_close(plain.scores[1], eager.scores[1].double(), torch.bfloat16, "first decoded step's scores")
 
