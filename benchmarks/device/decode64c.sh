@@ -14,7 +14,7 @@ OUT=${1:-decode64c_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 MODELS=${DECODE64C_MODELS:-mamba-130m,mamba-130m@nogemm,mamba2-130m,mamba-1.4b,gemms,mamba-130m@nonorm,mamba2-1.3b,mamba-1.4b@nogemm,mamba2-130m@nogemm}
-(timeout -k 2 27 python3 -m pytest -q -p no:cacheprovider -rf -k cuda tests/ops/test_batch_decode_gemm.py \
+(timeout -k 2 30 python3 -m pytest -q -p no:cacheprovider -rf -k cuda tests/ops/test_batch_decode_gemm.py \
   tests/ops/test_batch_decode.py tests/utils/test_generation.py tests/models/test_lm.py > "$OUT/pytest.log" 2>&1
  echo "pytest rc=$?" > "$OUT/tests.done") &
 (timeout -k 2 24 ncu --clock-control none -k regex:batch_gemm --launch-count 6 --section SpeedOfLight \
