@@ -33,7 +33,8 @@ from ssm.ops import batch_decode as bd  # noqa: E402
 START = time.time()
 # (model, layer, K, N, conv_lo, C) of the b64 in_proj shapes
 GEMMS = [("130m", "in_proj", 768, 3072, 0, 1536), ("m2-130m", "in_proj", 768, 3352, 1536, 1792),
-         ("1.4b", "in_proj", 2048, 8192, 0, 4096), ("130m", "out_proj", 1536, 768, 0, 0)]
+         ("1.4b", "in_proj", 2048, 8192, 0, 4096), ("130m", "out_proj", 1536, 768, 0, 0),
+         ("1.4b", "out_proj", 4096, 2048, 0, 0)]
 
 
 def late(deadline, what):
@@ -54,7 +55,8 @@ def run_gemms(copy_gbs, deadline, batch=64):
         conv = (torch.randn(batch, max(C, 8), 4, device=dev, dtype=bf), torch.randn(max(C, 8), 4, device=dev),
                 torch.randn(max(C, 8), device=dev), "silu")
         res, nw = torch.randn(batch, K, device=dev), torch.randn(K, device=dev)
-        forms = [("cublas", lambda w: F.linear(x, w)), ("kernel", lambda w: bd.linear_conv(x, w))]
+        forms = [("cublas", lambda w: F.linear(x, w)), ("cublaslt", lambda w: bd.lt_linear(x, w)),
+                 ("kernel", lambda w: bd.linear_conv(x, w))]
         if C:
             forms.append(("kernel+conv", lambda w: bd.linear_conv(x, w, None, conv, lo)))
             forms.append(("norm+kernel+conv", lambda w: bd.norm_linear_conv(x, res, nw, None, w, None, conv, lo)))
