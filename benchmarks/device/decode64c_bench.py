@@ -1,13 +1,10 @@
-"""Device-round timing of the batch-64 decode work (session 9, engineer decode64, branch decode64c), one Python
-process that runs no tests (no NaN poisoning): waits for the test and ncu processes' flag files, then times the
-models' b64 decode per step with cg=True (issue 6's method, benchmarks/bench_models_cuda.py) with the kernel list of
-one eager b64 step, and the b64 in_proj shapes (batch_decode.linear_conv's kernel with and without its conv epilogue
-against F.linear on cuBLAS, a CUDA graph, weights rotated; with the norm folded in: norm_linear_conv). A model spec
-"name" decodes with batch_decode's defaults, "name@nogemm" with linear_conv's kernel off (SSM_BATCH_GEMM=0: the norm
-kernel, F.linear, the conv update kernel), "name@nonorm" with the norm kernel before linear_conv's kernel. Items started
+"""Device-round timing of the batch-64 decode (session 9, engineer decode64, branch decode64c), one Python process
+that runs no tests (no NaN poisoning): waits for the test process's flag file, then times the models' b64 decode per
+step with cg=True (issue 6's method, benchmarks/bench_models_cuda.py) with the kernel list of one eager b64 step, and
+the b64 projection shapes on cuBLAS (F.linear, cublasLt preferred) in a CUDA graph, weights rotated. Items started
 past --deadline seconds are skipped; the JSON is rewritten after each.
 
-    python3 benchmarks/device/decode64c_bench.py OUT_DIR --wait FLAG --models mamba-130m,gemms,mamba-130m@nogemm
+    python3 benchmarks/device/decode64c_bench.py OUT_DIR --wait FLAG --models mamba-130m,gemms,mamba2-130m
 """
 from __future__ import annotations
 
@@ -31,10 +28,9 @@ from step_bench import decode_profile  # noqa: E402
 from ssm.ops import batch_decode as bd  # noqa: E402
 
 START = time.time()
-# (model, layer, K, N, conv_lo, C) of the b64 in_proj shapes
-GEMMS = [("130m", "in_proj", 768, 3072, 0, 1536), ("m2-130m", "in_proj", 768, 3352, 1536, 1792),
-         ("1.4b", "in_proj", 2048, 8192, 0, 4096), ("130m", "out_proj", 1536, 768, 0, 0),
-         ("1.4b", "out_proj", 4096, 2048, 0, 0)]
+# (model, layer, K, N) of the b64 decode projections on cuBLAS
+GEMMS = [("130m", "in_proj", 768, 3072), ("m2-130m", "in_proj", 768, 3352), ("130m", "out_proj", 1536, 768),
+         ("1.4b", "in_proj", 2048, 8192), ("1.4b", "out_proj", 4096, 2048)]
 
 
 def late(deadline, what):
@@ -46,21 +42,13 @@ def late(deadline, what):
 
 def run_gemms(copy_gbs, deadline, batch=64):
     dev, bf = torch.device("cuda"), torch.bfloat16
-    for model, name, K, N, lo, C in GEMMS:
+    for model, name, K, N in GEMMS:
         if late(deadline, f"gemm {model} {name}"):
             return
         count = max(2, min(32, (200 << 20) // (2 * N * K)))
         ws = [torch.randn(N, K, device=dev, dtype=bf) * K ** -0.5 for _ in range(count)]
         x = torch.randn(batch, K, device=dev, dtype=bf)
-        conv = (torch.randn(batch, max(C, 8), 4, device=dev, dtype=bf), torch.randn(max(C, 8), 4, device=dev),
-                torch.randn(max(C, 8), device=dev), "silu")
-        res, nw = torch.randn(batch, K, device=dev), torch.randn(K, device=dev)
-        forms = [("cublas", lambda w: F.linear(x, w)), ("cublaslt", lambda w: bd.lt_linear(x, w)),
-                 ("kernel", lambda w: bd.linear_conv(x, w))]
-        if C:
-            forms.append(("kernel+conv", lambda w: bd.linear_conv(x, w, None, conv, lo)))
-            forms.append(("norm+kernel+conv", lambda w: bd.norm_linear_conv(x, res, nw, None, w, None, conv, lo)))
-        for form, fn in forms:
+        for form, fn in (("cublas", lambda w: F.linear(x, w)), ("cublaslt", lambda w: bd.lt_linear(x, w))):
             with torch.inference_mode():
                 ms = bc.graph_time_ms([lambda w=w: fn(w) for w in ws])
             bc.record(f"{model} {name} {form}", f"{batch}x{K} @ {K}x{N}", ms, 2 * N * K, copy_gbs,
@@ -69,14 +57,10 @@ def run_gemms(copy_gbs, deadline, batch=64):
 
 def run_model(spec, out_dir, results):
     t = time.time()
-    name, _, form = spec.partition("@")
-    bd.GEMM, bd.NORM = form != "nogemm", form not in ("nogemm", "nonorm")
-    try:
-        model = bm.make_model(name)
-        ms = bm.decode_ms_per_token(model, 64)
-        kernels = decode_profile(model)
-    finally:
-        bd.GEMM, bd.NORM = True, True
+    name = spec
+    model = bm.make_model(name)
+    ms = bm.decode_ms_per_token(model, 64)
+    kernels = decode_profile(model)
     total = sum(r[2] for r in kernels)
     print(f"  {spec:18s} decode b64 per step {ms:7.3f} ms (target {bm.MODELS[name][3][3]}); eager step kernels "
           f"{total / 1e3:.3f} ms ({len(kernels)} kinds), graph - kernels {ms - total / 1e3:.3f} ms "
@@ -93,8 +77,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
     ap.add_argument("--wait", default="", help="wait (at most 40 s) until these files exist before using the GPU")
-    ap.add_argument("--models", default="mamba-130m,mamba-130m@nogemm,gemms,mamba-1.4b,mamba2-130m,mamba2-1.3b",
-                    help="model specs in order; 'gemms' times the in_proj shapes at that point")
+    ap.add_argument("--models", default="mamba-130m,mamba2-130m,mamba-1.4b,mamba2-1.3b,gemms",
+                    help="models in order; 'gemms' times the projection shapes at that point")
     ap.add_argument("--deadline", type=float, default=1e9)
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)

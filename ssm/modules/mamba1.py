@@ -200,23 +200,12 @@ class Mamba1(nn.Module):
         into in_proj: hidden_states, residual (B, 1, d_model) (residual float32 or None) ->
         (out (B, 1, d_model), residual_out (B, 1, d_model) float32); the cached states updated in place."""
         conv_state, ssm_state = self._get_states_from_cache(inference_params, hidden_states.shape[0])
-        if hidden_states.is_cuda and hidden_states.shape[0] > 4 and type(self.in_proj) is nn.Linear:
-            return self._step_prenorm_batch(hidden_states, residual, norm, conv_state, ssm_state)
         # on CUDA the conv update goes with in_proj (one kernel when norm_linear takes it)
         conv = (conv_state, self.conv1d.weight, self.conv1d.bias, self.activation) if hidden_states.is_cuda else None
         out = norm_linear(hidden_states.squeeze(1), None if residual is None else residual.squeeze(1), norm.weight,
                           norm.bias, self.in_proj, is_rms=isinstance(norm, ops.RMSNorm), eps=norm.eps, conv=conv)
         x_conv = out[2] if conv is not None else None
         return self._step_projected(out[0], conv_state, ssm_state, x_conv).unsqueeze(1), out[1].unsqueeze(1)
-
-    def _step_prenorm_batch(self, hidden_states, residual, norm, conv_state, ssm_state):
-        """step_prenorm past batch 4 on CUDA: the residual add + norm, in_proj and the conv update in one kernel
-        (batch_decode.norm_linear_conv)."""
-        conv = (conv_state, self.conv1d.weight, self.conv1d.bias, self.activation)
-        xz, res, x_conv = batch_decode.norm_linear_conv(
-            hidden_states.squeeze(1), None if residual is None else residual.squeeze(1), norm.weight, norm.bias,
-            self.in_proj.weight, self.in_proj.bias, conv, is_rms=isinstance(norm, ops.RMSNorm), eps=norm.eps)
-        return self._step_projected(xz, conv_state, ssm_state, x_conv).unsqueeze(1), res.unsqueeze(1)
 
     def _step_projected(self, xz, conv_state, ssm_state, x_conv=None):
         """One token from its in_proj output (B, 2 * d_inner) -> out (B, d_model); x_conv (B, d_inner): the conv

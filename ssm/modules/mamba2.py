@@ -267,34 +267,20 @@ class Mamba2(nn.Module):
         (out (B, 1, d_model), residual_out (B, 1, d_model) float32); the cached states updated in place."""
         self._check_decodable()
         conv_state, ssm_state = self._get_states_from_cache(inference_params, hidden_states.shape[0])
-        if self._batch_conv(hidden_states, conv_state) and type(self.in_proj) is nn.Linear:
-            return self._step_prenorm_batch(hidden_states, residual, norm, conv_state, ssm_state)
         zxbcdt, residual = norm_linear(hidden_states.squeeze(1), None if residual is None else residual.squeeze(1),
                                        norm.weight, norm.bias, self.in_proj, is_rms=isinstance(norm, ops.RMSNorm),
                                        eps=norm.eps)
         return self._step_projected(zxbcdt, conv_state, ssm_state).unsqueeze(1), residual.unsqueeze(1)
 
-    def _step_prenorm_batch(self, hidden_states, residual, norm, conv_state, ssm_state):
-        """step_prenorm past conv_state_step's fused batches on CUDA: the residual add + norm, in_proj and the conv
-        update of its xBC columns in one kernel (batch_decode.norm_linear_conv), then the state step."""
-        conv = (conv_state, self.conv1d.weight, self.conv1d.bias, self.activation)
-        d_mlp = (self.in_proj.weight.shape[0] - 2 * self.d_ssm - 2 * self.ngroups * self.d_state - self.nheads) // 2
-        zxbcdt, res, xBC = batch_decode.norm_linear_conv(
-            hidden_states.squeeze(1), None if residual is None else residual.squeeze(1), norm.weight, norm.bias,
-            self.in_proj.weight, self.in_proj.bias, conv, 2 * d_mlp + self.d_ssm, is_rms=isinstance(norm, ops.RMSNorm),
-            eps=norm.eps)
-        return self._step_projected(zxbcdt, conv_state, ssm_state, xBC).unsqueeze(1), res.unsqueeze(1)
-
-    def _step_projected(self, zxbcdt, conv_state, ssm_state, xBC_conv=None):
-        """One token from its in_proj output (B, d_in_proj) -> out (B, d_model); xBC_conv (B, conv_dim): the conv
-        update already done (conv_state updated; past conv_state_step's fused batches only)."""
+    def _step_projected(self, zxbcdt, conv_state, ssm_state):
+        """One token from its in_proj output (B, d_in_proj) -> out (B, d_model)."""
         z0, x0, z, xBC, dt = self._split(zxbcdt)
         Bsz, h, p = xBC.shape[0], self.nheads, self.headdim
         # conv update + state step (one kernel on CUDA); per-head dt (B, h), A, D, dt_bias (h,)
         dt, dt_bias, softplus = self._step_dt(dt)
         D = self.D.view(h, p) if self.D_has_hdim else self.D
-        if xBC_conv is not None or self._batch_conv(xBC, conv_state):
-            y = self._step_batch(xBC, conv_state, ssm_state, dt, D, dt_bias, softplus, z, xBC_conv)
+        if self._batch_conv(xBC, conv_state):
+            y = self._step_batch(xBC, conv_state, ssm_state, dt, D, dt_bias, softplus, z)
             return self._reduce(self._step_output(y.reshape(Bsz, self.d_ssm), z, z0, x0))
         y = conv_state_step(xBC, conv_state, self.conv1d.weight, self.conv1d.bias, ssm_state, dt,
                             _states.decode_A(self), D, dt_bias, z=None if self.rmsnorm else z.view(Bsz, h, p),
@@ -307,14 +293,10 @@ class Mamba2(nn.Module):
         (batch_decode), then the state step."""
         return xBC.is_cuda and xBC.shape[0] > _css.MAX_BATCH and conv_state.stride(1) == 1
 
-    def _step_batch(self, xBC, conv_state, ssm_state, dt, D, dt_bias, softplus, z, xBC_conv=None):
-        """conv_state_step's composition for a large batch: the conv update kernel (unless xBC_conv holds its
-        output), then the state step."""
+    def _step_batch(self, xBC, conv_state, ssm_state, dt, D, dt_bias, softplus, z):
+        """conv_state_step's composition for a large batch: the conv update kernel, then the state step."""
         Bsz, h, p, gn = xBC.shape[0], self.nheads, self.headdim, self.ngroups * self.d_state
-        if xBC_conv is None:
-            xBC = batch_decode.conv_update_cl(xBC, conv_state, self.conv1d.weight, self.conv1d.bias, self.activation)
-        else:
-            xBC = xBC_conv
+        xBC = batch_decode.conv_update_cl(xBC, conv_state, self.conv1d.weight, self.conv1d.bias, self.activation)
         x, B, C = torch.split(xBC, [self.d_ssm, gn, gn], dim=-1)
         g = self.ngroups
         return ops.selective_state_step(ssm_state, x.view(Bsz, h, p), dt, _states.decode_A(self), B.view(Bsz, g, -1),

@@ -97,7 +97,6 @@ def test_cuda_decode_step_kernel_equals_general_conv_update(monkeypatch):
     calls = []
     launch = bd._launch
     monkeypatch.setattr(bd, "_launch", lambda *a: calls.append(1) or launch(*a))
-    monkeypatch.setattr(bd, "GEMM", False)  # the conv update alone (not in in_proj's kernel, test_batch_decode_gemm)
 
     def step_logits():  # a prefill, then one decode step of a given token
         params = InferenceParams(max_seqlen=16, max_batch_size=batch)

@@ -431,30 +431,4 @@ struct BatchLinearParams {
   TensorArg out;     // (B, nout)
 };
 
-// A decode batch's projection on tensor cores (ssm/ops/cuda/batch_decode.cu): out (B, N) = x (B, K) @ weight (N, K)^T,
-// float32 sums, a block per 64 rows x 32 outputs with the whole K in shared memory (K <= 1152, a multiple of 16).
-// With conv: out's columns [conv_lo, conv_lo + C) also go through the width-4 conv update on conv_state (B, C, 4)
-// (updated in place) -> x_conv (B, C) (Mamba-1's in_proj + conv update in one kernel).
-// K past 1152: chunks of 256 (K a multiple of 256).
-struct BatchGemmParams {
-  int64_t batch = 0, K = 0, nout = 0, conv_lo = 0, conv_dim = 0;
-  DType dtype = DType::f32;  // x, weight, out, conv_state, x_conv
-  TensorArg x;           // (B, K)
-  TensorArg weight;      // (N, K)
-  TensorArg out;         // (B, N)
-  TensorArg conv_state;  // (B, C, 4)  optional
-  TensorArg conv_weight; // (C, 4)     float32
-  TensorArg conv_bias;   // (C,)       float32, optional
-  TensorArg x_conv;      // (B, C)
-  bool silu = false;
-  // With norm_weight (the whole K in shared memory only): x is a prenorm block's hidden state and the block's rows
-  // are first replaced by norm(x + residual) (LayerNorm, or RMSNorm with is_rms; residual_out = x + residual).
-  TensorArg residual;      // (B, K) float32, optional
-  TensorArg norm_weight;   // (K,)   float32, optional
-  TensorArg norm_bias;     // (K,)   float32, optional
-  TensorArg residual_out;  // (B, K) float32
-  float eps = 1e-5f;
-  bool is_rms = true;
-};
-
 }  // namespace ssm

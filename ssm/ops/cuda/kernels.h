@@ -49,7 +49,5 @@ bool batch_conv_fits(const BatchConvParams& p);
 void batch_conv(const BatchConvParams& p, cudaStream_t stream);
 bool batch_linear_narrow_fits(const BatchLinearParams& p, int elem);
 void batch_linear_narrow(const BatchLinearParams& p, cudaStream_t stream);
-bool batch_gemm_fits(const BatchGemmParams& p);
-void batch_gemm(const BatchGemmParams& p, cudaStream_t stream);
 
 }  // namespace ssm::cuda

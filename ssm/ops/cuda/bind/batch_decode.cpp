@@ -36,35 +36,6 @@ BatchLinearParams batch_linear_narrow_params(int dtype, int64_t batch, int64_t K
   return p;
 }
 
-BatchGemmParams batch_gemm_params(int dtype, int64_t batch, int64_t K, int64_t nout, int64_t conv_lo,
-                                  int64_t conv_dim, const Ref& x, const Ref& weight, const Ref& out,
-                                  const OptRef& conv_state, const OptRef& conv_weight, const OptRef& conv_bias,
-                                  const OptRef& x_conv, bool silu, const OptRef& residual,
-                                  const OptRef& norm_weight, const OptRef& norm_bias, const OptRef& residual_out,
-                                  double eps, bool is_rms) {
-  const char* op = "batch_gemm";
-  SSM_CHECK(batch >= 0 && K >= 1 && nout >= 1, op, "bad sizes");
-  SSM_CHECK(conv_state.has_value() == conv_weight.has_value() && conv_state.has_value() == x_conv.has_value(), op,
-            "conv_state, conv_weight and x_conv go together");
-  BatchGemmParams p;
-  p.batch = batch, p.K = K, p.nout = nout, p.conv_lo = conv_lo, p.conv_dim = conv_dim, p.silu = silu;
-  p.dtype = dtype_arg(op, dtype);
-  p.x = tensor_arg(op, "x", x, 2);
-  p.weight = tensor_arg(op, "weight", weight, 2);
-  p.out = tensor_arg(op, "out", out, 2);
-  p.conv_state = tensor_arg(op, "conv_state", conv_state, 3);
-  p.conv_weight = tensor_arg(op, "conv_weight", conv_weight, 2);
-  p.conv_bias = tensor_arg(op, "conv_bias", conv_bias, 1);
-  p.x_conv = tensor_arg(op, "x_conv", x_conv, 2);
-  SSM_CHECK(norm_weight.has_value() == residual_out.has_value(), op, "norm_weight and residual_out go together");
-  p.residual = tensor_arg(op, "residual", residual, 2);
-  p.norm_weight = tensor_arg(op, "norm_weight", norm_weight, 1);
-  p.norm_bias = tensor_arg(op, "norm_bias", norm_bias, 1);
-  p.residual_out = tensor_arg(op, "residual_out", residual_out, 2);
-  p.eps = static_cast<float>(eps), p.is_rms = is_rms;
-  return p;
-}
-
 }  // namespace
 
 void bind_batch_conv(nb::module_& m) {
@@ -75,9 +46,6 @@ void bind_batch_conv(nb::module_& m) {
                       [](const BatchLinearParams& p, int64_t stream) {
                         ssm::cuda::batch_linear_narrow(p, stream_arg(stream));
                       });
-  def_kernel<int64_t>(m, "batch_gemm", &batch_gemm_params, [](const BatchGemmParams& p, int64_t stream) {
-    ssm::cuda::batch_gemm(p, stream_arg(stream));
-  });
 }
 
 }  // namespace ssm::bind::cuda
