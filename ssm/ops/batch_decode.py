@@ -14,7 +14,8 @@ the other b64 projections took the same time either way).
 kernel on CUDA (a warp an output, 4 rows a block, no split-K).
 
 ``conv_xproj``: Mamba-1's decode conv update and x_proj past batch 4 in one CUDA kernel (ssm/ops/cuda/conv_xproj.cu:
-a block per 4 rows does both for them); SSM_BATCH_CONV_XPROJ=0: the conv update kernel, then narrow_linear."""
+a block per 4 rows does both for them); off by default until a device round has run it
+(SSM_BATCH_CONV_XPROJ=1 turns it on; off: the conv update kernel, then narrow_linear)."""
 from __future__ import annotations
 
 import os
@@ -28,7 +29,7 @@ from ssm.ops import _checks, _kernels
 from ssm.ops.conv import _ACTIVATIONS, causal_conv1d_update
 from ssm.utils import dispatch
 
-XPROJ = os.environ.get("SSM_BATCH_CONV_XPROJ", "1") != "0"
+XPROJ = os.environ.get("SSM_BATCH_CONV_XPROJ", "0") == "1"  # off until the device has run it
 _NARROW_MAX_OUT = 256
 # weights past this stay on cuBLAS (H200 round 1b, 1.4b's x_proj 4096 -> 160: 10.4 us on the kernel vs 4.8 + a 1.8 us
 # split-K reduce on cuBLAS; 130m's 1536 -> 80: 4.6 vs 4.4, and the step 0.720 vs 0.744 ms with one kernel fewer)
