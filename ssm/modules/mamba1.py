@@ -200,8 +200,10 @@ class Mamba1(nn.Module):
         into in_proj: hidden_states, residual (B, 1, d_model) (residual float32 or None) ->
         (out (B, 1, d_model), residual_out (B, 1, d_model) float32); the cached states updated in place."""
         conv_state, ssm_state = self._get_states_from_cache(inference_params, hidden_states.shape[0])
-        # on CUDA the conv update goes with in_proj (one kernel when norm_linear takes it)
-        conv = (conv_state, self.conv1d.weight, self.conv1d.bias, self.activation) if hidden_states.is_cuda else None
+        # on CUDA the conv update goes with in_proj (one kernel when norm_linear takes it); past batch 4 with x_proj
+        batched = hidden_states.shape[0] > 4 and self._plain_projections()
+        conv = ((conv_state, self.conv1d.weight, self.conv1d.bias, self.activation)
+                if hidden_states.is_cuda and not batched else None)
         out = norm_linear(hidden_states.squeeze(1), None if residual is None else residual.squeeze(1), norm.weight,
                           norm.bias, self.in_proj, is_rms=isinstance(norm, ops.RMSNorm), eps=norm.eps, conv=conv)
         x_conv = out[2] if conv is not None else None
@@ -219,6 +221,9 @@ class Mamba1(nn.Module):
         # x (B, d_inner) the conv output; x_dbl (B, dt_rank + 2 d_state)
         if x_conv is not None:
             x_dbl, x = self._x_proj(x_conv), x_conv
+        elif x.is_cuda and x.shape[0] > 4 and self._plain_projections():  # conv update + x_proj: one kernel
+            x, x_dbl = batch_decode.conv_xproj(x, conv_state, self.conv1d.weight, self.conv1d.bias, self.activation,
+                                               self.x_proj.weight)
         else:
             x = ops.causal_conv1d_update(x, conv_state, self.conv1d.weight, self.conv1d.bias, self.activation)
             x_dbl = self._x_proj(x)

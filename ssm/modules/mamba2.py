@@ -291,8 +291,7 @@ class Mamba2(nn.Module):
     def _batch_conv(self, xBC, conv_state) -> bool:
         """Past conv_state_step's fused batches on CUDA the conv update runs alone, on the channels-last cache
         (batch_decode), then the state step."""
-        return (xBC.is_cuda and xBC.shape[0] > _css.MAX_BATCH and batch_decode.ENABLED
-                and conv_state.stride(1) == 1)
+        return xBC.is_cuda and xBC.shape[0] > _css.MAX_BATCH and conv_state.stride(1) == 1
 
     def _step_batch(self, xBC, conv_state, ssm_state, dt, D, dt_bias, softplus, z):
         """conv_state_step's composition for a large batch: the conv update kernel, then the state step."""

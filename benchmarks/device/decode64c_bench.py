@@ -1,13 +1,11 @@
-"""Device-round timing of the batch-64 decode work (session 8, engineer decode64b), one Python process that runs
-no tests (no NaN poisoning): waits for the test and ncu processes' flag files, then times the models' b64 decode
-per step with cg=True (issue 6's method, benchmarks/bench_models_cuda.py) with the kernel list of one eager b64
-step, and the b64 projection shapes on cuBLAS in a CUDA graph (F.linear by default, with cublasLt preferred, and
-as the transposed product W @ x^T). A model spec "name" decodes with ssm.ops.batch_decode on, "name@off" with it
-off (Mamba-2's conv update on the general kernel), "name@nolt" with Mamba-1's out_proj on F.linear's default,
-"name@nonarrow" with Mamba-1's x_proj on F.linear, "name@plain" with all three off. Items started past --deadline seconds are skipped; the
-JSON is rewritten after each.
+"""Device-round timing of the batch-64 decode (session 9, engineer decode64, branch decode64c), one Python process
+that runs no tests (no NaN poisoning): waits for the test process's flag file, then times the models' b64 decode per
+step with cg=True (issue 6's method, benchmarks/bench_models_cuda.py) with the kernel list of one eager b64 step, and
+the b64 projection shapes on cuBLAS (F.linear, cublasLt preferred) in a CUDA graph, weights rotated. "name@noxproj":
+Mamba-1's conv update and x_proj as two kernels (SSM_BATCH_CONV_XPROJ=0). Items started
+past --deadline seconds are skipped; the JSON is rewritten after each.
 
-    python3 benchmarks/device/decode64b_bench.py OUT_DIR --wait FLAG --models mamba-130m,gemms,mamba2-130m@off
+    python3 benchmarks/device/decode64c_bench.py OUT_DIR --wait FLAG --models mamba-130m,gemms,mamba2-130m
 """
 from __future__ import annotations
 
@@ -32,9 +30,8 @@ from ssm.ops import batch_decode as bd  # noqa: E402
 
 START = time.time()
 # (model, layer, K, N) of the b64 decode projections on cuBLAS
-GEMMS = [("130m", "in_proj", 768, 3072), ("130m", "x_proj", 1536, 80), ("130m", "out_proj", 1536, 768),
-         ("m2-130m", "in_proj", 768, 3352), ("1.4b", "in_proj", 2048, 8192), ("1.4b", "x_proj", 4096, 160),
-         ("1.4b", "dt_proj", 128, 4096), ("1.4b", "out_proj", 4096, 2048), ("130m", "lm_head", 768, 50280)]
+GEMMS = [("130m", "in_proj", 768, 3072), ("m2-130m", "in_proj", 768, 3352), ("130m", "out_proj", 1536, 768),
+         ("1.4b", "in_proj", 2048, 8192), ("1.4b", "out_proj", 4096, 2048)]
 
 
 def late(deadline, what):
@@ -45,21 +42,16 @@ def late(deadline, what):
 
 
 def run_gemms(copy_gbs, deadline, batch=64):
-    dev = torch.device("cuda")
+    dev, bf = torch.device("cuda"), torch.bfloat16
     for model, name, K, N in GEMMS:
         if late(deadline, f"gemm {model} {name}"):
             return
         count = max(2, min(32, (200 << 20) // (2 * N * K)))
-        ws = [torch.randn(N, K, device=dev, dtype=torch.bfloat16) for _ in range(count)]
-        x = torch.randn(batch, K, device=dev, dtype=torch.bfloat16)
-        forms = (("cublas", "cublas", lambda w: F.linear(x, w)), ("cublaslt", "cublaslt", lambda w: F.linear(x, w)),
-                 ("W@xT", "cublas", lambda w: torch.mm(w, x.t())))
-        for form, lib, fn in forms:
-            torch.backends.cuda.preferred_blas_library(lib)  # read when the graph is captured
-            try:
+        ws = [torch.randn(N, K, device=dev, dtype=bf) * K ** -0.5 for _ in range(count)]
+        x = torch.randn(batch, K, device=dev, dtype=bf)
+        for form, fn in (("cublas", lambda w: F.linear(x, w)), ("cublaslt", lambda w: bd.lt_linear(x, w))):
+            with torch.inference_mode():
                 ms = bc.graph_time_ms([lambda w=w: fn(w) for w in ws])
-            finally:
-                torch.backends.cuda.preferred_blas_library("cublas")
             bc.record(f"{model} {name} {form}", f"{batch}x{K} @ {K}x{N}", ms, 2 * N * K, copy_gbs,
                       note="CUDA graph, weights rotated")
 
@@ -67,14 +59,13 @@ def run_gemms(copy_gbs, deadline, batch=64):
 def run_model(spec, out_dir, results):
     t = time.time()
     name, _, form = spec.partition("@")
-    bd.ENABLED, bd.LT, bd.NARROW = (form not in ("off", "plain"), form not in ("nolt", "plain"),
-                                    form not in ("nonarrow", "plain"))
+    bd.XPROJ = form != "noxproj"
     try:
         model = bm.make_model(name)
         ms = bm.decode_ms_per_token(model, 64)
         kernels = decode_profile(model)
     finally:
-        bd.ENABLED, bd.LT, bd.NARROW = True, True, True
+        bd.XPROJ = True
     total = sum(r[2] for r in kernels)
     print(f"  {spec:18s} decode b64 per step {ms:7.3f} ms (target {bm.MODELS[name][3][3]}); eager step kernels "
           f"{total / 1e3:.3f} ms ({len(kernels)} kinds), graph - kernels {ms - total / 1e3:.3f} ms "
@@ -92,7 +83,7 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--wait", default="", help="wait (at most 40 s) until these files exist before using the GPU")
     ap.add_argument("--models", default="mamba-130m,mamba2-130m,mamba-1.4b,mamba2-1.3b,gemms",
-                    help="model specs in order; 'gemms' times the GEMM shapes at that point")
+                    help="models in order; 'gemms' times the projection shapes at that point")
     ap.add_argument("--deadline", type=float, default=1e9)
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -104,7 +95,7 @@ def main():
     models: list = []
 
     def dump():
-        with open(os.path.join(args.out, "decode64b_bench.json"), "w") as f:
+        with open(os.path.join(args.out, "decode64c_bench.json"), "w") as f:
             json.dump(dict(device=torch.cuda.get_device_name(), copy_gbs=copy_gbs, gemms=bc.RESULTS, models=models),
                       f, indent=1)
     for spec in [m for m in args.models.split(",") if m]:
