@@ -258,12 +258,44 @@ def _run_scan_bwd_plan(plan, tensors, softplus):
     return du, ddelta, s0(dA), s0(dB).to(B.dtype), s0(dC).to(C.dtype), s0(dD), dz, s0(ddt_bias)
 
 
+def _small_params(xz, conv_w, conv_b, A, B, C, D, delta_bias, B_proj_bias, C_proj_bias, a_log):
+    """The small parameters, which the fused op takes in their own dtypes (no cast nodes under autograd), as the
+    kernels take them: float32 (float64 for float64 xz) contiguous, kept copies (_kernels.small_param); conv_w
+    as (D, W); A = -exp(A) when a_log (A is A_log); constant B / C (D, N) likewise, variable ones as given."""
+    par = torch.float64 if xz.dtype == torch.float64 else torch.float32
+
+    def p(t):
+        return _kernels.small_param(t, par)
+    w = p(conv_w)
+    w = w.view(w.shape[0], w.shape[-1])
+    A = _kernels.derived_param(A, ("neg_exp", par), lambda t: -torch.exp(t.to(par))) if a_log else p(A)
+    B, C = (t if t is None or t.dim() == 4 else p(t) for t in (B, C))
+    return w, p(conv_b), A, B, C, p(D), p(delta_bias), p(B_proj_bias), p(C_proj_bias)
+
+
+def _param_grads(params, grads, A_f, a_log):
+    """The small parameters' gradients (float32, the kernels' shapes) in each parameter's shape and dtype; A's
+    to A_log (d A_log = dA * A) when a_log. params / grads: conv_w, conv_b, A, B, C, D, delta_bias,
+    B_proj_bias, C_proj_bias."""
+    out = []
+    for i, (t, g) in enumerate(zip(params, grads)):
+        if t is None or g is None:
+            out.append(None)
+            continue
+        if i == 2 and a_log:
+            g = g * A_f
+        out.append(g.reshape(t.shape).to(t.dtype))
+    return out
+
+
 def _fused_fwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, D, delta_bias,
-               B_proj_bias, C_proj_bias, softplus, keep_xc=False, keep_y=False, checkpoints=False):
+               B_proj_bias, C_proj_bias, softplus, a_log=False, keep_xc=False, keep_y=False, checkpoints=False):
     """xz (B, 2D, L) -> out (B, L, out_dim); with keep_xc also the conv output (B, D, L), with keep_y
     the scan output as y^T (B, L, D) (else empty); with keep_y and checkpoints also the scan's
     chunk-start states, where the CUDA kernel writes them (else empty), as (B, nchunks, N, D) (the
-    backward's permuted view)."""
+    backward's permuted view). Small parameters in any dtype (see _small_params)."""
+    conv_w, conv_b, A, B, C, D, delta_bias, B_proj_bias, C_proj_bias = _small_params(
+        xz, conv_w, conv_b, A, B, C, D, delta_bias, B_proj_bias, C_proj_bias, a_log)
     dim = xz.shape[1] // 2
     x, z = xz[:, :dim], xz[:, dim:]
     xc = _conv_silu(x, conv_w, conv_b)
@@ -288,15 +320,15 @@ def _kept_y(y: Tensor, rows: bool) -> Tensor:
 def _fwd_op(xz: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], x_proj_w: Tensor, dt_proj_w: Tensor,
             out_proj_w: Tensor, out_proj_b: Optional[Tensor], A: Tensor, B: Optional[Tensor], C: Optional[Tensor],
             D: Optional[Tensor], delta_bias: Optional[Tensor], B_proj_bias: Optional[Tensor],
-            C_proj_bias: Optional[Tensor], softplus: bool, keep_xc: bool, keep_y: bool,
+            C_proj_bias: Optional[Tensor], softplus: bool, a_log: bool, keep_xc: bool, keep_y: bool,
             checkpoints: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return _fused_fwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, D, delta_bias,
-                      B_proj_bias, C_proj_bias, softplus, keep_xc, keep_y, checkpoints)
+                      B_proj_bias, C_proj_bias, softplus, a_log, keep_xc, keep_y, checkpoints)
 
 
 @_fwd_op.register_fake
 def _(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, D, delta_bias, B_proj_bias,
-      C_proj_bias, softplus, keep_xc, keep_y, checkpoints):
+      C_proj_bias, softplus, a_log, keep_xc, keep_y, checkpoints):
     # (checkpoints is False when compiling: their shape depends on the backend)
     batch, two_d, L = xz.shape
     xc = xz.new_empty((batch, two_d // 2, L)) if keep_xc else xz.new_empty(0)
@@ -388,8 +420,11 @@ def _proj_grads(ddelta, dB, dC, xc, du, x_dbl, x_proj_w, dt_proj_w, N, B_given, 
 
 
 def _fused_bwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, D, delta_bias,
-               B_proj_bias, C_proj_bias, xc, y_t, states, dout, softplus):
-    """Gradients of every input; xc, y_t, states: what the forward kept (empty: recomputed here)."""
+               B_proj_bias, C_proj_bias, xc, y_t, states, dout, softplus, a_log):
+    """Gradients of every input (the small parameters' in their own shapes and dtypes); xc, y_t, states: what
+    the forward kept (empty: recomputed here)."""
+    params = (conv_w, conv_b, A, B, C, D, delta_bias, B_proj_bias, C_proj_bias)
+    conv_w, conv_b, A, B, C, D, delta_bias, B_proj_bias, C_proj_bias = _small_params(xz, *params, a_log)
     batch, two_d, L = xz.shape
     dim = two_d // 2
     x, z = xz[:, :dim], xz[:, dim:]
@@ -412,10 +447,12 @@ def _fused_bwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, 
         ddelta, dB, dC, xc, du, x_dbl, x_proj_w, dt_proj_w, A.shape[1], B is not None, C is not None)
     dx, d_conv_w, d_conv_b, _ = _conv_impl._bwd_impl(x, conv_w, conv_b, None, None, dxc, xz.new_empty(0), True,
                                                      False, dx_buf)
-    grads = (d_conv_w, d_conv_b, d_x_proj_w, d_dt_w, d_out_w, d_out_b, dA,
-             dB if B is not None else None, dC if C is not None else None, dD, d_delta_bias,
-             None if B_proj_bias is None else _proj_bias_grad(dBc),
-             None if C_proj_bias is None else _proj_bias_grad(dCc))
+    d_conv_w, d_conv_b, dA, dB, dC, dD, d_delta_bias, d_B_proj_bias, d_C_proj_bias = _param_grads(params, (
+        d_conv_w, d_conv_b, dA, dB if B is not None else None, dC if C is not None else None, dD, d_delta_bias,
+        None if B_proj_bias is None else _proj_bias_grad(dBc), None if C_proj_bias is None else _proj_bias_grad(dCc)),
+        A, a_log)
+    grads = (d_conv_w, d_conv_b, d_x_proj_w, d_dt_w, d_out_w, d_out_b, dA, dB, dC, dD, d_delta_bias, d_B_proj_bias,
+             d_C_proj_bias)
     return (_into_halves(dxz, dx, dz), *(_library.empty_if_none(g, xz).contiguous() for g in grads))
 
 
@@ -441,15 +478,15 @@ def _bwd_op(xz: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], x_proj_w: Tens
             out_proj_w: Tensor, out_proj_b: Optional[Tensor], A: Tensor, B: Optional[Tensor], C: Optional[Tensor],
             D: Optional[Tensor], delta_bias: Optional[Tensor], B_proj_bias: Optional[Tensor],
             C_proj_bias: Optional[Tensor], xc: Tensor, y_t: Tensor, states: Tensor, dout: Tensor,
-            softplus: bool) -> list[Tensor]:
+            softplus: bool, a_log: bool) -> list[Tensor]:
     return list(_library._unalias(list(_fused_bwd(
         xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, D, delta_bias, B_proj_bias,
-        C_proj_bias, xc, y_t, states, dout, softplus)), (xz, dout)))
+        C_proj_bias, xc, y_t, states, dout, softplus, a_log)), (xz, dout)))
 
 
 @_bwd_op.register_fake
 def _(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, D, delta_bias, B_proj_bias,
-      C_proj_bias, xc, y_t, states, dout, softplus):
+      C_proj_bias, xc, y_t, states, dout, softplus, a_log):
     def like(t):
         return xz.new_empty(0) if t is None else _library.empty_like(t)
     return [torch.empty_like(xz)] + [like(t) for t in (conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b,
@@ -457,13 +494,13 @@ def _(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, 
 
 
 def _setup_context(ctx, inputs, output):
-    *tensors, softplus, keep_xc, keep_y, checkpoints = inputs
+    *tensors, softplus, a_log, keep_xc, keep_y, checkpoints = inputs
     _, xc, y_t, states = output
     ctx.save_for_backward(*tensors, xc, y_t, states)
     ctx.mark_non_differentiable(xc, y_t, states)
     # the kept outputs get no gradient: no zero tensors of their size materialized for them
     ctx.set_materialize_grads(False)
-    ctx.softplus = softplus
+    ctx.softplus, ctx.a_log = softplus, a_log
 
 
 def _backward(ctx, dout, _dxc, _dy, _dstates):
@@ -471,8 +508,8 @@ def _backward(ctx, dout, _dxc, _dy, _dstates):
     if dout is None:  # out unused: (B, L, out_dim) zeros
         xz, out_w = saved[0], saved[5]
         dout = xz.new_zeros(xz.shape[0], xz.shape[2], out_w.shape[0])
-    grads = _bwd_op(*saved, dout.contiguous(), ctx.softplus)
-    return (*(None if t is None else g for t, g in zip(saved[:14], grads)), None, None, None, None)
+    grads = _bwd_op(*saved, dout.contiguous(), ctx.softplus, ctx.a_log)
+    return (*(None if t is None else g for t, g in zip(saved[:14], grads)), None, None, None, None, None)
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -480,33 +517,24 @@ _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 # ---- public ----------------------------------------------------------------------------------
 
-def _prepare(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight,
-             out_proj_bias, A, B, C, D, delta_bias, B_proj_bias, C_proj_bias):
-    """The fused op's arguments: projection weights in the autocast dtype when autocast is on (xz
-    too), small parameters and constant B/C in float32 (float64 with float64 xz), variable B/C
-    (B, G, N, L) in xz's dtype."""
+def _prepare(xz, x_proj_weight, delta_proj_weight, out_proj_weight, out_proj_bias, B, C):
+    """xz and the projection weights in the autocast dtype when autocast is on (as mamba_ssm does);
+    variable B/C as (B, G, N, L) in xz's dtype. (The small parameters go to the fused op as they are.)"""
     weights = _autocast(x_proj_weight, delta_proj_weight, out_proj_weight, out_proj_bias)
     if torch.is_autocast_enabled(xz.device.type):
         xz = xz.to(weights[0].dtype)
-    par = torch.float64 if xz.dtype == torch.float64 else torch.float32
-
-    def param(t):
-        return _kernels.small_param(t, par)
 
     def bc(t):
-        if t is None:
-            return None
-        t = t.unsqueeze(1) if t.dim() == 3 else t
-        return t.to(xz.dtype) if t.dim() == 4 else param(t)
-    conv_w = param(conv1d_weight).reshape(conv1d_weight.shape[0], conv1d_weight.shape[-1])
-    return (xz, conv_w, param(conv1d_bias), *weights[:3], weights[3], param(A), bc(B), bc(C), param(D),
-            param(delta_bias), param(B_proj_bias), param(C_proj_bias))
+        if t is None or t.dim() == 2:
+            return t
+        return (t.unsqueeze(1) if t.dim() == 3 else t).to(xz.dtype)
+    return xz, weights, bc(B), bc(C)
 
 
 def mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight,
                    out_proj_bias, A, B=None, C=None, D=None, delta_bias=None, B_proj_bias=None, C_proj_bias=None,
                    delta_softplus=True, checkpoint_lvl=1, b_rms_weight=None, c_rms_weight=None,
-                   dt_rms_weight=None, b_c_dt_rms_eps=1e-6):
+                   dt_rms_weight=None, b_c_dt_rms_eps=1e-6, *, A_is_log=False):
     """Mamba-1 mixer body: xz (B, 2D, L) -> out_proj output (B, L, out_dim).
 
     x, z = halves of xz; x = silu(conv(x)); x_dbl = x_proj(x); delta = delta_proj(x_dbl[:, :rank]);
@@ -514,21 +542,23 @@ def mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_wei
     with z, D, delta_bias, softplus; out_proj. ``checkpoint_lvl`` 1 (default) keeps the scan output
     (and the CUDA scan's chunk-start states) for the backward, which recomputes the conv and dt; 0
     keeps the conv output too; >= 2 keeps only the inputs (the backward reruns the scan). With any of the
-    RMS weights the path is the composition of the public ops (each with its own autograd)."""
+    RMS weights the path is the composition of the public ops (each with its own autograd).
+    ``A_is_log``: A holds A_log (a Mamba-1 module's parameter): A = -exp(A_log) is computed inside the fused
+    op (once per parameter update) and its gradient goes to A_log, without autograd nodes of their own."""
     _check_inner(xz, conv1d_weight, x_proj_weight, delta_proj_weight, out_proj_weight, A)
     if b_rms_weight is not None or c_rms_weight is not None or dt_rms_weight is not None:
         rms = (b_rms_weight, c_rms_weight, dt_rms_weight, b_c_dt_rms_eps)
         return _inner(dw_causal_conv, selective_scan, xz, conv1d_weight, conv1d_bias, x_proj_weight,
-                      delta_proj_weight, out_proj_weight, out_proj_bias, A, B, C, D, delta_bias, B_proj_bias,
-                      C_proj_bias, delta_softplus, rms)
-    args = _prepare(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight,
-                    out_proj_bias, A, B, C, D, delta_bias, B_proj_bias, C_proj_bias)
+                      delta_proj_weight, out_proj_weight, out_proj_bias, -torch.exp(A.float()) if A_is_log else A,
+                      B, C, D, delta_bias, B_proj_bias, C_proj_bias, delta_softplus, rms)
+    xz, weights, B, C = _prepare(xz, x_proj_weight, delta_proj_weight, out_proj_weight, out_proj_bias, B, C)
+    args = (xz, conv1d_weight, conv1d_bias, *weights, A, B, C, D, delta_bias, B_proj_bias, C_proj_bias)
     with _library.autocast_off(xz.device.type):
         if _library.use_custom_op(*args):
             keep_y = checkpoint_lvl < 2  # level 2: session 6's level 1
-            return _fwd_op(*args, bool(delta_softplus), checkpoint_lvl < 1, keep_y,
+            return _fwd_op(*args, bool(delta_softplus), bool(A_is_log), checkpoint_lvl < 1, keep_y,
                            keep_y and not torch.compiler.is_compiling())[0]
-        return _fused_fwd(*args, bool(delta_softplus))[0]
+        return _fused_fwd(*args, bool(delta_softplus), bool(A_is_log))[0]
 
 
 def mamba_inner_ref(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight,

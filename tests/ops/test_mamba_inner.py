@@ -82,6 +82,62 @@ def test_planned_scan_matches_unplanned(backend, checkpoint_lvl):
         assert torch.equal(g, second[1][k]), f"d{k} differs between the unplanned and the planned call"
 
 
+SMALL = ("conv1d_weight", "conv1d_bias", "A", "D", "delta_bias")
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("checkpoint_lvl", [1, 2])
+def test_A_is_log_matches_A(backend, checkpoint_lvl):
+    """A_is_log (A_log given, A = -exp(A_log) inside the op) against A = -exp(A_log.float()) computed under
+    autograd by the caller: the same output and gradients, bitwise (d A_log = dA * A either way)."""
+    inp = make_inner(2, 6, 37, 4, 3, 4, device_of(backend), torch.bfloat16)
+    A_log = rand(6, 4, device=device_of(backend), scale=0.5)
+
+    def run(from_log):
+        leaves = {k: v.clone().requires_grad_() for k, v in inp.items() if k != "A"}
+        log = A_log.clone().requires_grad_()
+        with use_backend(backend):
+            A = log if from_log else -torch.exp(log.float())
+            out = ops.mamba_inner_fn(**leaves, A=A, checkpoint_lvl=checkpoint_lvl, A_is_log=from_log)
+            out.float().square().sum().backward()
+        return out, {"A_log": log.grad, **{k: leaves[k].grad for k in ("D", "delta_bias", "conv1d_bias")}}
+    want, got = run(False), run(True)
+    assert torch.equal(got[0], want[0]), "output differs with A_is_log"
+    for k, g in want[1].items():
+        assert torch.equal(got[1][k], g), f"d{k} differs with A_is_log"
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_small_parameters_without_cast_nodes(backend):
+    """bf16 small parameters reach the fused op as they are: the output's node takes them straight from their
+    leaves (no cast nodes per call), and their gradients come back in their dtypes and shapes."""
+    inp = {k: v.requires_grad_() for k, v in make_inner(2, 6, 21, 4, 3, 4, device_of(backend),
+                                                           torch.bfloat16).items()}
+    with use_backend(backend):
+        out = ops.mamba_inner_fn(**inp)
+    leaves = {id(f.variable) for f, _ in out.grad_fn.next_functions if f is not None and hasattr(f, "variable")}
+    assert all(id(inp[k]) in leaves for k in SMALL), "a small parameter went through an autograd node"
+    out.float().sum().backward()
+    for k in SMALL:
+        assert inp[k].grad.dtype == inp[k].dtype and inp[k].grad.shape == inp[k].shape, k
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_derived_A_follows_updates(backend):
+    """Without autograd the op keeps -exp(A_log) per parameter version: an in-place update of A_log changes the
+    output as a new A would."""
+    inp = make_inner(2, 6, 21, 4, 3, 4, device_of(backend))
+    A_log = torch.nn.Parameter(rand(6, 4, device=device_of(backend), scale=0.5))
+    with use_backend(backend), torch.no_grad():
+        args = {k: v for k, v in inp.items() if k != "A"}
+        first = ops.mamba_inner_fn(**args, A=A_log, A_is_log=True)
+        A_log.add_(0.5)
+        got = ops.mamba_inner_fn(**args, A=A_log, A_is_log=True)
+        want = ops.mamba_inner_fn(**args, A=-torch.exp(A_log))
+    assert not torch.equal(first, got), "the update must change the output"
+    assert torch.equal(got, want), "the kept A was not renewed after the in-place update"
+
+
 @pytest.mark.parametrize("backend", backends())
 def test_autocast_casts_projections(backend):
     """Under autocast (bf16) the fused path runs on the autocast dtype's xz and projection weights: the
