@@ -2,8 +2,9 @@
 
 In ONE process, without NaN poisoning: first the eager times (and host issue times) of every model
 (mamba-130m, mamba-1.4b, mamba2-130m, mamba2-1.3b: the prefill, the 130m training step; for mamba-130m also
-session 8's host path (the small parameters cast and A = -exp(A_log) by autograd before the fused op) and the
-default again, and the host time to issue the training forward alone, per form), before any profile (a
+session 8's host path (xz from in_proj, the small parameters cast and A = -exp(A_log) by autograd before the
+fused op), in_proj outside the op alone, the default again, and the host time to issue the training forward
+alone, per form), before any profile (a
 profile slows what follows it in the process); then, each model built again with the same seeded weights, the
 kernel sums (bench_models_cuda.kernel_figures), the per-kernel tables of the profiled calls (kernels_<model>_<work>.txt)
 and the GPU's idle gaps of the mamba-130m training step.
@@ -175,24 +176,40 @@ def _switch(module, attr, value):
     return set_
 
 
+def _outside_in_proj(xz, in_proj_weight):
+    """xz as session 8's Mamba1 computed it before the fused op (autograd nodes: view, t, mm, view, permute)."""
+    if in_proj_weight is None:
+        return xz
+    batch, L, _ = xz.shape
+    return torch.matmul(in_proj_weight, xz.reshape(batch * L, -1).t()).view(-1, batch, L).permute(1, 0, 2)
+
+
 def _session8_inner(inner):
-    """mamba_inner_fn as session 8's Mamba1 called it: the small parameters cast to float32 (the conv weight as
-    (D, W)) and A = -exp(A_log) by autograd before the fused op (a cast / exp / neg node and kernel each)."""
+    """mamba_inner_fn as session 8's Mamba1 called it: xz from in_proj, the small parameters cast to float32 (the
+    conv weight as (D, W)) and A = -exp(A_log) by autograd before the fused op (a node, and a kernel each)."""
     def call(xz, conv_w, conv_b, x_w, dt_w, out_w, out_b, A, B, C, D, delta_bias=None, delta_softplus=True,
-             checkpoint_lvl=1, A_is_log=False):
+             checkpoint_lvl=1, A_is_log=False, in_proj_weight=None):
         def f32(t):
             return None if t is None else t.float().contiguous()
         A = -torch.exp(A.float()) if A_is_log else A
-        return inner(xz, f32(conv_w).reshape(conv_w.shape[0], conv_w.shape[-1]), f32(conv_b), x_w, dt_w, out_w,
-                     out_b, A, B, C, f32(D), delta_bias=f32(delta_bias), delta_softplus=delta_softplus,
-                     checkpoint_lvl=checkpoint_lvl)
+        return inner(_outside_in_proj(xz, in_proj_weight), f32(conv_w).reshape(conv_w.shape[0], conv_w.shape[-1]),
+                     f32(conv_b), x_w, dt_w, out_w, out_b, A, B, C, f32(D), delta_bias=f32(delta_bias),
+                     delta_softplus=delta_softplus, checkpoint_lvl=checkpoint_lvl)
+    return call
+
+
+def _in_proj_outside(inner):
+    """mamba_inner_fn with this session's small parameters (as they are, A_is_log) but xz from in_proj outside."""
+    def call(xz, *args, in_proj_weight=None, **kw):
+        return inner(_outside_in_proj(xz, in_proj_weight), *args, **kw)
     return call
 
 
 def variants() -> list:
     """(label, setter) pairs timed beside the default mamba-130m training step; setter() returns undo."""
     from ssm import ops
-    return [("session-8 host path", _switch(ops, "mamba_inner_fn", _session8_inner(ops.mamba_inner_fn)))]
+    return [("session-8 host path", _switch(ops, "mamba_inner_fn", _session8_inner(ops.mamba_inner_fn))),
+            ("in_proj outside", _switch(ops, "mamba_inner_fn", _in_proj_outside(ops.mamba_inner_fn)))]
 
 
 def main():
