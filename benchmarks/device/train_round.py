@@ -163,9 +163,30 @@ def profile_pass(name: str, out: Path, rows: list) -> None:
             g = gap_table(step, out / f"gaps_{name}_train.txt")
             print(f"      gaps: span {g['span_ms']:.2f} ms, idle {g['idle_ms']:.2f} (forward + loss "
                   f"{g['fwd_idle_ms']:.2f}), {g['events']} device events", flush=True)
+            host_profile(model, out / f"host_{name}_train_forward.txt")
         model.zero_grad(set_to_none=True)
     del model
     torch.cuda.empty_cache()
+
+
+def host_profile(model, path: Path) -> None:
+    """cProfile of one training forward (under autograd, the graph dropped): the host's time by function (cProfile
+    inflates Python-heavy parts; relative figures)."""
+    import cProfile
+    import io
+    import pstats
+    ids = torch.randint(0, bm.VOCAB, (8, 2048), device=bm.DEV)
+    model(ids)
+    torch.cuda.synchronize()
+    prof = cProfile.Profile()
+    prof.enable()
+    model(ids)
+    prof.disable()
+    torch.cuda.synchronize()
+    text = io.StringIO()
+    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(40)
+    pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(40)
+    path.write_text(text.getvalue())
 
 
 def _switch(module, attr, value):
