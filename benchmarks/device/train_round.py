@@ -3,7 +3,7 @@
 In ONE process, without NaN poisoning: first the eager times (and host issue times) of every model
 (mamba-130m, mamba-1.4b, mamba2-130m, mamba2-1.3b: the prefill, the 130m training step; for mamba-130m also
 session 8's host path (xz from in_proj, the small parameters cast and A = -exp(A_log) by autograd before the
-fused op), in_proj outside the op alone, the default again, and the host time to issue the training forward
+fused op, the norm weights cast by autograd), in_proj outside the op alone, the default again, and the host time to issue the training forward
 alone, per form), before any profile (a
 profile slows what follows it in the process); then, each model built again with the same seeded weights, the
 kernel sums (bench_models_cuda.kernel_figures), the per-kernel tables of the profiled calls (kernels_<model>_<work>.txt)
@@ -226,10 +226,22 @@ def _in_proj_outside(inner):
     return call
 
 
+def _session8_norm(norm_fn):
+    """layer_norm_fn as session 8 ran it under autograd: the weight and bias cast to float32 by autograd first."""
+    def call(x, weight, bias, *args, **kw):
+        return norm_fn(x, weight.float(), None if bias is None else bias.float(), *args, **kw)
+    return call
+
+
 def variants() -> list:
     """(label, setter) pairs timed beside the default mamba-130m training step; setter() returns undo."""
     from ssm import ops
-    return [("session-8 host path", _switch(ops, "mamba_inner_fn", _session8_inner(ops.mamba_inner_fn))),
+
+    def session8():
+        undo = [_switch(ops, "mamba_inner_fn", _session8_inner(ops.mamba_inner_fn))(),
+                _switch(ops, "layer_norm_fn", _session8_norm(ops.layer_norm_fn))()]
+        return lambda: [u() for u in undo]
+    return [("session-8 host path", session8),
             ("in_proj outside", _switch(ops, "mamba_inner_fn", _in_proj_outside(ops.mamba_inner_fn)))]
 
 
