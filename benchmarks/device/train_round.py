@@ -113,16 +113,30 @@ def figures(name, work, fn, ms, rows, out: Path) -> None:
 
 
 def forward_host_ms(model, rows, name, label) -> None:
-    """The host's time to issue the training forward alone (under autograd, the graph dropped), median of 3."""
-    ids = torch.randint(0, bm.VOCAB, (8, 2048), device=bm.DEV)
+    """The host's time to issue the training forward alone (under autograd, the graph dropped) and the backward
+    alone (loss.backward() after a synchronized forward + loss), medians of 3."""
+    ids = torch.randint(0, bm.VOCAB, (8, 2049), device=bm.DEV)
 
     def fwd():
-        model(ids)
+        model(ids[:, :-1])
+
+    def bwd_host():
+        logits = model(ids[:, :-1]).logits
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        loss.backward()
+        host = (time.perf_counter() - t) * 1e3
+        torch.cuda.synchronize()
+        return host
     fwd()
     host = statistics.median(host_ms(fwd) for _ in range(3))
-    rows.append(dict(model=name, work=f"train forward host [{label}]", host_issue_ms=host))
-    print(f"{name:12s} {'train forward, host issue [' + label + ']':40s} host {host:7.2f} ms "
-          f"({host / 24:.3f} a layer)", flush=True)
+    back = statistics.median(bwd_host() for _ in range(3))
+    model.zero_grad(set_to_none=True)
+    rows.append(dict(model=name, work=f"train forward / backward host [{label}]", host_issue_ms=host,
+                     backward_host_ms=back))
+    print(f"{name:12s} {'train fwd / bwd host issue [' + label + ']':40s} host {host:7.2f} / {back:7.2f} ms "
+          f"({host / 24:.3f} / {back / 24:.3f} a layer)", flush=True)
 
 
 def eager_pass(name: str, rows: list, variants: list) -> None:
@@ -164,6 +178,14 @@ def profile_pass(name: str, out: Path, rows: list) -> None:
             print(f"      gaps: span {g['span_ms']:.2f} ms, idle {g['idle_ms']:.2f} (forward + loss "
                   f"{g['fwd_idle_ms']:.2f}), {g['events']} device events", flush=True)
             host_profile(model, out / f"host_{name}_train_forward.txt")
+            for label, setter in variants():  # the idle GPU time of the other host paths (after every eager row)
+                undo = setter()
+                try:
+                    g = gap_table(step, out / f"gaps_{name}_train_{label.split()[0]}.txt")
+                finally:
+                    undo()
+                print(f"      gaps [{label}]: span {g['span_ms']:.2f} ms, idle {g['idle_ms']:.2f} (forward + loss "
+                      f"{g['fwd_idle_ms']:.2f})", flush=True)
         model.zero_grad(set_to_none=True)
     del model
     torch.cuda.empty_cache()
