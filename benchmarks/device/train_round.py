@@ -1,14 +1,16 @@
-"""Device round of engineer train (session 8; issue 6's end-to-end prefill and training rows), round 2.
+"""Device round of engineer train (session 9; issue 6's end-to-end prefill and training rows).
 
 In ONE process, without NaN poisoning: first the eager times (and host issue times) of every model
 (mamba-130m, mamba-1.4b, mamba2-130m, mamba2-1.3b: the prefill, the 130m training step; for mamba-130m also
-session 7's host path and the default again), before any profile (rounds 1 and 1b: a profile slows what
-follows it in the process, teardown or not); then, each model built again with the same seeded weights, the
-kernel sums (bench_models_cuda.kernel_figures) and the GPU's idle gaps of the mamba-130m training step.
-Rounds 1 / 1b also profiled the aten ops, their kernels and the host (cProfile): /work/rounds/s8r1*/train.
+session 8's host path (xz from in_proj, the small parameters cast and A = -exp(A_log) by autograd before the
+fused op, the norm weights cast by autograd), in_proj outside the op alone, the default again, and the host time to issue the training forward
+alone, per form), before any profile (a
+profile slows what follows it in the process); then, each model built again with the same seeded weights, the
+kernel sums (bench_models_cuda.kernel_figures), the per-kernel tables of the profiled calls (kernels_<model>_<work>.txt)
+and the GPU's idle gaps of the mamba-130m training step.
 
 Usage: python benchmarks/device/train_round.py OUT_DIR [--budget SECONDS] [--models a,b]
-Writes OUT_DIR/train_round.json and gaps_mamba-130m_train.txt; prints a summary.
+Writes OUT_DIR/train_round.json, kernels_*.txt and gaps_mamba-130m_train.txt; prints a summary.
 """
 from __future__ import annotations
 
@@ -81,12 +83,60 @@ def eager_ms(name, work, fn, reps, rows) -> float:
     return ms
 
 
-def figures(name, work, fn, ms, rows) -> None:
-    """The kernel sum of one call (profiler) beside an eager time taken before any profile."""
-    fig = bm.kernel_figures(fn, ms)
+def kernel_table(fn, path: Path, eager_ms: float) -> dict:
+    """One profiled call: bench_models_cuda.kernel_figures' sums, and every kernel's count and device time
+    (sorted, largest first) into path."""
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    events = sorted((e for e in prof.key_averages() if e.self_device_time_total > 0),
+                    key=lambda e: -e.self_device_time_total)
+    kernels = sum(e.self_device_time_total for e in events) / 1e3
+    lines = [f"kernels {kernels:.3f} ms in {sum(e.count for e in events)} launches (eager {eager_ms:.3f} ms)",
+             "   ms_total  count   us_each  name"]
+    for e in events:
+        total = e.self_device_time_total / 1e3
+        lines.append(f"  {total:9.3f} {e.count:6d} {1e3 * total / e.count:9.2f}  {e.key[:160]}")
+    path.write_text("\n".join(lines) + "\n")
+    return dict(kernels_ms=kernels, gap_ms=eager_ms - kernels, launches=sum(e.count for e in events))
+
+
+def figures(name, work, fn, ms, rows, out: Path) -> None:
+    """The kernel sum of one call (profiler) beside an eager time taken before any profile; its kernel table."""
+    tag = work.split(" ")[0]
+    fig = kernel_table(fn, out / f"kernels_{name}_{tag}.txt", ms)
     rows.append(dict(model=name, work=work + " [kernels]", ms=ms, **fig))
     print(f"{name:12s} {work:40s} kernels {fig['kernels_ms']:8.2f} ms  gap {fig['gap_ms']:6.2f}  "
           f"({fig['launches']} launches)", flush=True)
+
+
+def forward_host_ms(model, rows, name, label) -> None:
+    """The host's time to issue the training forward alone (under autograd, the graph dropped) and the backward
+    alone (loss.backward() after a synchronized forward + loss), medians of 3."""
+    ids = torch.randint(0, bm.VOCAB, (8, 2049), device=bm.DEV)
+
+    def fwd():
+        model(ids[:, :-1])
+
+    def bwd_host():
+        logits = model(ids[:, :-1]).logits
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        loss.backward()
+        host = (time.perf_counter() - t) * 1e3
+        torch.cuda.synchronize()
+        return host
+    fwd()
+    host = statistics.median(host_ms(fwd) for _ in range(3))
+    back = statistics.median(bwd_host() for _ in range(3))
+    model.zero_grad(set_to_none=True)
+    rows.append(dict(model=name, work=f"train forward / backward host [{label}]", host_issue_ms=host,
+                     backward_host_ms=back))
+    print(f"{name:12s} {'train fwd / bwd host issue [' + label + ']':40s} host {host:7.2f} / {back:7.2f} ms "
+          f"({host / 24:.3f} / {back / 24:.3f} a layer)", flush=True)
 
 
 def eager_pass(name: str, rows: list, variants: list) -> None:
@@ -103,6 +153,8 @@ def eager_pass(name: str, rows: list, variants: list) -> None:
             undo = setter() if setter else None
             try:
                 eager_ms(name, f"train 8x2048 [{label}]", step, 5, rows)
+                if name == "mamba-130m":
+                    forward_host_ms(model, rows, name, label)
             finally:
                 if undo:
                     undo()
@@ -115,19 +167,48 @@ def profile_pass(name: str, out: Path, rows: list) -> None:
     gaps of the mamba-130m training step."""
     model = bm.make_model(name)
     pre_ms = next(r["ms"] for r in rows if r["model"] == name and r["work"] == "prefill 8x2048")
-    figures(name, "prefill 8x2048", bm.prefill_fn(model), pre_ms, rows)
+    figures(name, "prefill 8x2048", bm.prefill_fn(model), pre_ms, rows, out)
     if name.endswith("130m"):
         model.train()
         step = bm.train_fn(model)
         train = next(r["ms"] for r in rows if r["model"] == name and r["work"] == "train 8x2048 [default]")
-        figures(name, "train 8x2048 [default]", step, train, rows)
+        figures(name, "train 8x2048 [default]", step, train, rows, out)
         if name == "mamba-130m":
             g = gap_table(step, out / f"gaps_{name}_train.txt")
             print(f"      gaps: span {g['span_ms']:.2f} ms, idle {g['idle_ms']:.2f} (forward + loss "
                   f"{g['fwd_idle_ms']:.2f}), {g['events']} device events", flush=True)
+            host_profile(model, out / f"host_{name}_train_forward.txt")
+            for label, setter in variants():  # the idle GPU time of the other host paths (after every eager row)
+                undo = setter()
+                try:
+                    g = gap_table(step, out / f"gaps_{name}_train_{label.split()[0]}.txt")
+                finally:
+                    undo()
+                print(f"      gaps [{label}]: span {g['span_ms']:.2f} ms, idle {g['idle_ms']:.2f} (forward + loss "
+                      f"{g['fwd_idle_ms']:.2f})", flush=True)
         model.zero_grad(set_to_none=True)
     del model
     torch.cuda.empty_cache()
+
+
+def host_profile(model, path: Path) -> None:
+    """cProfile of one training forward (under autograd, the graph dropped): the host's time by function (cProfile
+    inflates Python-heavy parts; relative figures)."""
+    import cProfile
+    import io
+    import pstats
+    ids = torch.randint(0, bm.VOCAB, (8, 2048), device=bm.DEV)
+    model(ids)
+    torch.cuda.synchronize()
+    prof = cProfile.Profile()
+    prof.enable()
+    model(ids)
+    prof.disable()
+    torch.cuda.synchronize()
+    text = io.StringIO()
+    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(40)
+    pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(40)
+    path.write_text(text.getvalue())
 
 
 def _switch(module, attr, value):
@@ -138,27 +219,52 @@ def _switch(module, attr, value):
     return set_
 
 
-def _dispatcher_conv(x, w, b):
-    """Session 7's conv call in the fused Mamba-1 path: through the registered op (the dispatcher)."""
-    return torch.ops.ssm.dw_causal_conv_fwd(x, w, b, None, None, True, False)[0]
+def _outside_in_proj(xz, in_proj_weight):
+    """xz as session 8's Mamba1 computed it before the fused op (autograd nodes: view, t, mm, view, permute)."""
+    if in_proj_weight is None:
+        return xz
+    batch, L, _ = xz.shape
+    return torch.matmul(in_proj_weight, xz.reshape(batch * L, -1).t()).view(-1, batch, L).permute(1, 0, 2)
 
 
-class _NoPlans:
-    """A PlanCache that never finds or keeps a plan: the fused path's scan calls unplanned (session 7's path)."""
+def _session8_inner(inner):
+    """mamba_inner_fn as session 8's Mamba1 called it: xz from in_proj, the small parameters cast to float32 (the
+    conv weight as (D, W)) and A = -exp(A_log) by autograd before the fused op (a node, and a kernel each)."""
+    def call(xz, conv_w, conv_b, x_w, dt_w, out_w, out_b, A, B, C, D, delta_bias=None, delta_softplus=True,
+             checkpoint_lvl=1, A_is_log=False, in_proj_weight=None):
+        def f32(t):
+            return None if t is None else t.float().contiguous()
+        A = -torch.exp(A.float()) if A_is_log else A
+        return inner(_outside_in_proj(xz, in_proj_weight), f32(conv_w).reshape(conv_w.shape[0], conv_w.shape[-1]),
+                     f32(conv_b), x_w, dt_w, out_w, out_b, A, B, C, f32(D), delta_bias=f32(delta_bias),
+                     delta_softplus=delta_softplus, checkpoint_lvl=checkpoint_lvl)
+    return call
 
-    def find(self, flags, tensors):
-        return None, None
+
+def _in_proj_outside(inner):
+    """mamba_inner_fn with this session's small parameters (as they are, A_is_log) but xz from in_proj outside."""
+    def call(xz, *args, in_proj_weight=None, **kw):
+        return inner(_outside_in_proj(xz, in_proj_weight), *args, **kw)
+    return call
+
+
+def _session8_norm(norm_fn):
+    """layer_norm_fn as session 8 ran it under autograd: the weight and bias cast to float32 by autograd first."""
+    def call(x, weight, bias, *args, **kw):
+        return norm_fn(x, weight.float(), None if bias is None else bias.float(), *args, **kw)
+    return call
 
 
 def variants() -> list:
     """(label, setter) pairs timed beside the default mamba-130m training step; setter() returns undo."""
-    from ssm.ops import mamba_inner
+    from ssm import ops
 
-    def session7():  # the conv through the dispatcher and the scan through _fwd_run
-        undo = [_switch(mamba_inner, "_conv_silu", _dispatcher_conv)(),
-                _switch(mamba_inner, "_scan_plans", _NoPlans())()]
+    def session8():
+        undo = [_switch(ops, "mamba_inner_fn", _session8_inner(ops.mamba_inner_fn))(),
+                _switch(ops, "layer_norm_fn", _session8_norm(ops.layer_norm_fn))()]
         return lambda: [u() for u in undo]
-    return [("session-7 host path", session7)]
+    return [("session-8 host path", session8),
+            ("in_proj outside", _switch(ops, "mamba_inner_fn", _in_proj_outside(ops.mamba_inner_fn)))]
 
 
 def main():

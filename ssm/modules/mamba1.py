@@ -114,18 +114,27 @@ class Mamba1(nn.Module):
         return out.flatten(0, 1) if flat else out
 
     def _forward(self, u, conv_state, ssm_state, seq_idx, cu_seqlens, initial_state, initial_conv_state):
+        plain = (seq_idx is None and initial_state is None and initial_conv_state is None and conv_state is None)
+        if self.use_fast_path and plain and self.in_proj.bias is None:
+            # in_proj and the small parameters as they are (A as A_log) into the fused op, which computes xz, casts
+            # them and returns their gradients: one autograd node for the layer body (host time on every layer of
+            # a training forward)
+            return ops.mamba_inner_fn(u, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
+                                      self.dt_proj.weight, self.out_proj.weight, self.out_proj.bias, self.A_log,
+                                      None, None, self.D, delta_bias=self.dt_proj.bias, delta_softplus=True,
+                                      checkpoint_lvl=CHECKPOINT_LVL, A_is_log=True,
+                                      in_proj_weight=self.in_proj.weight)
         # xz (B, 2*d_inner, L), computed as W @ u^T so that L is the contiguous dimension
         Bsz, L, _ = u.shape
         xz = cpu_matmul.matmul(self.in_proj.weight, u.reshape(Bsz * L, -1).t()).view(-1, Bsz, L).permute(1, 0, 2)
         if self.in_proj.bias is not None:
             xz = xz + self.in_proj.bias.to(dtype=xz.dtype)[:, None]
-        A = _states.decode_A(self)
-        plain = (seq_idx is None and initial_state is None and initial_conv_state is None and conv_state is None)
         if self.use_fast_path and plain:
             return ops.mamba_inner_fn(xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
-                                      self.dt_proj.weight, self.out_proj.weight, self.out_proj.bias, A, None, None,
-                                      self.D, delta_bias=self.dt_proj.bias, delta_softplus=True,
-                                      checkpoint_lvl=CHECKPOINT_LVL)
+                                      self.dt_proj.weight, self.out_proj.weight, self.out_proj.bias, self.A_log,
+                                      None, None, self.D, delta_bias=self.dt_proj.bias, delta_softplus=True,
+                                      checkpoint_lvl=CHECKPOINT_LVL, A_is_log=True)
+        A = _states.decode_A(self)
         x, z = xz.chunk(2, dim=1)
         x_conv = self._conv(x, seq_idx, cu_seqlens, initial_conv_state)
         if conv_state is not None:

@@ -334,3 +334,24 @@ def small_param(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | No
     if dtype == torch.float32:
         return float32_contiguous(t) if torch.compiler.is_compiling() else float32_param(t)
     return t.to(dtype).contiguous()
+
+
+def derived_param(t: torch.Tensor, tag, make) -> torch.Tensor:
+    """make(t) for a small parameter t, without autograd: kept while t is alive and unchanged (as
+    float32_param's copies; ``tag`` names the derivation), so that a fused op computes e.g. A = -exp(A_log)
+    once per parameter update, not once per call. Computed per call under autograd for t, and for an
+    inference tensor (no version counter)."""
+    if (t.requires_grad and torch.is_grad_enabled()) or t.is_inference():
+        return make(t)
+    key = (t._version, t.data_ptr(), t.shape, t.stride(), t.dtype, t.device)
+    ident = (id(t), tag)
+    entry = _derived.get(ident)
+    if entry is not None and entry[0]() is t and entry[1] == key:
+        return entry[2]
+    value = make(t.detach())
+    _derived[ident] = (weakref.ref(t, lambda _, i=ident: _derived.pop(i, None)), key, value)
+    return value
+
+
+# derived_param's values: (id(t), tag) -> (weak reference to t, t's version key, value)
+_derived: dict = {}

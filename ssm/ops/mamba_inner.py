@@ -94,11 +94,15 @@ def _inner(conv, scan, xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj
     return cpu_matmul.linear(y.transpose(1, 2).contiguous(), out_proj_weight, out_proj_bias)
 
 
-def _check_inner(xz, conv1d_weight, x_proj_weight, delta_proj_weight, out_proj_weight, A):
+def _check_inner(xz, conv1d_weight, x_proj_weight, delta_proj_weight, out_proj_weight, A, in_proj_weight=None):
     _checks.tensor("xz", xz, ndim=3)
-    if xz.shape[1] % 2:
-        raise ValueError(f"xz: expected an even channel count (x and z halves), got shape {tuple(xz.shape)}")
-    dim = xz.shape[1] // 2
+    if in_proj_weight is not None:  # xz is in_proj's input u (B, L, d_model)
+        _checks.tensor("in_proj_weight", in_proj_weight, shape=(None, xz.shape[-1]), device=xz.device)
+    two_d = xz.shape[1] if in_proj_weight is None else in_proj_weight.shape[0]
+    if two_d % 2:
+        name = "xz" if in_proj_weight is None else "in_proj_weight"
+        raise ValueError(f"{name}: expected an even channel count (x and z halves), got {two_d}")
+    dim = two_d // 2
     _checks.tensor("conv1d_weight", conv1d_weight, ndim=(2, 3), device=xz.device)
     if conv1d_weight.shape[0] != dim:
         raise ValueError(f"conv1d_weight: expected {dim} channels, got shape {tuple(conv1d_weight.shape)}")
@@ -258,12 +262,55 @@ def _run_scan_bwd_plan(plan, tensors, softplus):
     return du, ddelta, s0(dA), s0(dB).to(B.dtype), s0(dC).to(C.dtype), s0(dD), dz, s0(ddt_bias)
 
 
+def _small_params(xz, conv_w, conv_b, A, B, C, D, delta_bias, B_proj_bias, C_proj_bias, a_log):
+    """The small parameters, which the fused op takes in their own dtypes (no cast nodes under autograd), as the
+    kernels take them: float32 (float64 for float64 xz) contiguous, kept copies (_kernels.small_param); conv_w
+    as (D, W); A = -exp(A) when a_log (A is A_log); constant B / C (D, N) likewise, variable ones as given."""
+    par = torch.float64 if xz.dtype == torch.float64 else torch.float32
+
+    def p(t):
+        return _kernels.small_param(t, par)
+    w = p(conv_w)
+    w = w.view(w.shape[0], w.shape[-1])
+    A = _kernels.derived_param(A, ("neg_exp", par), lambda t: -torch.exp(t.to(par))) if a_log else p(A)
+    B, C = (t if t is None or t.dim() == 4 else p(t) for t in (B, C))
+    return w, p(conv_b), A, B, C, p(D), p(delta_bias), p(B_proj_bias), p(C_proj_bias)
+
+
+def _param_grads(params, grads, A_f, a_log):
+    """The small parameters' gradients (float32, the kernels' shapes) in each parameter's shape and dtype; A's
+    to A_log (d A_log = dA * A) when a_log. params / grads: conv_w, conv_b, A, B, C, D, delta_bias,
+    B_proj_bias, C_proj_bias."""
+    out = []
+    for i, (t, g) in enumerate(zip(params, grads)):
+        if t is None or g is None:
+            out.append(None)
+            continue
+        if i == 2 and a_log:
+            g = g * A_f
+        out.append(g.reshape(t.shape).to(t.dtype))
+    return out
+
+
+def _in_proj(u: Tensor, in_w: Tensor) -> Tensor:
+    """xz (B, 2D, L) = in_w @ u^T per batch, as the Mamba1 module computes it: a (B, 2D, L) view of the
+    (2D, B*L) product (L contiguous)."""
+    batch, L, _ = u.shape
+    return cpu_matmul.matmul(in_w, u.reshape(batch * L, -1).t()).view(-1, batch, L).permute(1, 0, 2)
+
+
 def _fused_fwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, D, delta_bias,
-               B_proj_bias, C_proj_bias, softplus, keep_xc=False, keep_y=False, checkpoints=False):
+               B_proj_bias, C_proj_bias, in_w=None, softplus=True, a_log=False, keep_xc=False, keep_y=False,
+               checkpoints=False):
     """xz (B, 2D, L) -> out (B, L, out_dim); with keep_xc also the conv output (B, D, L), with keep_y
     the scan output as y^T (B, L, D) (else empty); with keep_y and checkpoints also the scan's
     chunk-start states, where the CUDA kernel writes them (else empty), as (B, nchunks, N, D) (the
-    backward's permuted view)."""
+    backward's permuted view); last xz itself when in_w is given (then the first argument is in_proj's
+    input u (B, L, d_model) and xz = _in_proj(u, in_w)), else empty. Small parameters in any dtype
+    (see _small_params)."""
+    xz_out = xz = _in_proj(xz, in_w) if in_w is not None else xz
+    conv_w, conv_b, A, B, C, D, delta_bias, B_proj_bias, C_proj_bias = _small_params(
+        xz, conv_w, conv_b, A, B, C, D, delta_bias, B_proj_bias, C_proj_bias, a_log)
     dim = xz.shape[1] // 2
     x, z = xz[:, :dim], xz[:, dim:]
     xc = _conv_silu(x, conv_w, conv_b)
@@ -274,7 +321,7 @@ def _fused_fwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, 
     # (absent outputs: distinct empty tensors, a custom op's outputs may not alias)
     states = xz.new_empty(0) if states is None else states.permute(0, 2, 3, 1)
     return (out, xc.contiguous() if keep_xc else xz.new_empty(0), _kept_y(y, _rows(xz)) if keep_y else xz.new_empty(0),
-            states)
+            states, xz_out if in_w is not None else xz.new_empty(0))
 
 
 def _kept_y(y: Tensor, rows: bool) -> Tensor:
@@ -288,21 +335,24 @@ def _kept_y(y: Tensor, rows: bool) -> Tensor:
 def _fwd_op(xz: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], x_proj_w: Tensor, dt_proj_w: Tensor,
             out_proj_w: Tensor, out_proj_b: Optional[Tensor], A: Tensor, B: Optional[Tensor], C: Optional[Tensor],
             D: Optional[Tensor], delta_bias: Optional[Tensor], B_proj_bias: Optional[Tensor],
-            C_proj_bias: Optional[Tensor], softplus: bool, keep_xc: bool, keep_y: bool,
-            checkpoints: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+            C_proj_bias: Optional[Tensor], in_w: Optional[Tensor], softplus: bool, a_log: bool, keep_xc: bool,
+            keep_y: bool, checkpoints: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     return _fused_fwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, D, delta_bias,
-                      B_proj_bias, C_proj_bias, softplus, keep_xc, keep_y, checkpoints)
+                      B_proj_bias, C_proj_bias, in_w, softplus, a_log, keep_xc, keep_y, checkpoints)
 
 
 @_fwd_op.register_fake
 def _(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, D, delta_bias, B_proj_bias,
-      C_proj_bias, softplus, keep_xc, keep_y, checkpoints):
+      C_proj_bias, in_w, softplus, a_log, keep_xc, keep_y, checkpoints):
     # (checkpoints is False when compiling: their shape depends on the backend)
+    xz_out = xz.new_empty(0)
+    if in_w is not None:  # xz (the op's output) as _in_proj's view of (2D, B*L)
+        xz = xz_out = xz.new_empty((in_w.shape[0], xz.shape[0], xz.shape[1])).permute(1, 0, 2)
     batch, two_d, L = xz.shape
     xc = xz.new_empty((batch, two_d // 2, L)) if keep_xc else xz.new_empty(0)
     y = xz.new_empty((batch, two_d // 2, L)) if keep_y else xz.new_empty(0)
     y_t = (y.transpose(1, 2) if _rows(xz) else y.transpose(1, 2).contiguous()) if keep_y else y
-    return xz.new_empty((batch, L, out_proj_w.shape[0])), xc, y_t, xz.new_empty(0)
+    return xz.new_empty((batch, L, out_proj_w.shape[0])), xc, y_t, xz.new_empty(0), xz_out
 
 
 def _out_proj_grads(dout, y, out_proj_w, has_bias):
@@ -388,8 +438,13 @@ def _proj_grads(ddelta, dB, dC, xc, du, x_dbl, x_proj_w, dt_proj_w, N, B_given, 
 
 
 def _fused_bwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, D, delta_bias,
-               B_proj_bias, C_proj_bias, xc, y_t, states, dout, softplus):
-    """Gradients of every input; xc, y_t, states: what the forward kept (empty: recomputed here)."""
+               B_proj_bias, C_proj_bias, in_w, xc, y_t, states, xz_kept, dout, softplus, a_log):
+    """Gradients of every input (the small parameters' in their own shapes and dtypes; with in_w, d u and
+    d in_w last, xz_kept being xz); xc, y_t, states: what the forward kept (empty: recomputed here)."""
+    if in_w is not None:
+        u, xz = xz, xz_kept
+    params = (conv_w, conv_b, A, B, C, D, delta_bias, B_proj_bias, C_proj_bias)
+    conv_w, conv_b, A, B, C, D, delta_bias, B_proj_bias, C_proj_bias = _small_params(xz, *params, a_log)
     batch, two_d, L = xz.shape
     dim = two_d // 2
     x, z = xz[:, :dim], xz[:, dim:]
@@ -412,11 +467,20 @@ def _fused_bwd(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, 
         ddelta, dB, dC, xc, du, x_dbl, x_proj_w, dt_proj_w, A.shape[1], B is not None, C is not None)
     dx, d_conv_w, d_conv_b, _ = _conv_impl._bwd_impl(x, conv_w, conv_b, None, None, dxc, xz.new_empty(0), True,
                                                      False, dx_buf)
-    grads = (d_conv_w, d_conv_b, d_x_proj_w, d_dt_w, d_out_w, d_out_b, dA,
-             dB if B is not None else None, dC if C is not None else None, dD, d_delta_bias,
-             None if B_proj_bias is None else _proj_bias_grad(dBc),
-             None if C_proj_bias is None else _proj_bias_grad(dCc))
-    return (_into_halves(dxz, dx, dz), *(_library.empty_if_none(g, xz).contiguous() for g in grads))
+    d_conv_w, d_conv_b, dA, dB, dC, dD, d_delta_bias, d_B_proj_bias, d_C_proj_bias = _param_grads(params, (
+        d_conv_w, d_conv_b, dA, dB if B is not None else None, dC if C is not None else None, dD, d_delta_bias,
+        None if B_proj_bias is None else _proj_bias_grad(dBc), None if C_proj_bias is None else _proj_bias_grad(dCc)),
+        A, a_log)
+    grads = (d_conv_w, d_conv_b, d_x_proj_w, d_dt_w, d_out_w, d_out_b, dA, dB, dC, dD, d_delta_bias, d_B_proj_bias,
+             d_C_proj_bias)
+    dxz = _into_halves(dxz, dx, dz)
+    if in_w is None:
+        return (dxz, *(_library.empty_if_none(g, xz).contiguous() for g in grads), xz.new_empty(0))
+    # in_proj: dxz (2D, B*L) as laid out; d u (B, L, d_model) = dxz^T in_w, d in_w = dxz u
+    dxz2 = dxz.permute(1, 0, 2).reshape(in_w.shape[0], -1)
+    du = cpu_matmul.matmul(dxz2.t(), in_w).view(u.shape)
+    d_in_w = cpu_matmul.matmul(dxz2, u.reshape(dxz2.shape[1], -1))
+    return (du, *(_library.empty_if_none(g, xz).contiguous() for g in grads), d_in_w)
 
 
 def _grad_like(xz: Tensor) -> Tensor:
@@ -440,39 +504,40 @@ def _into_halves(dxz: Tensor, dx: Tensor, dz: Tensor) -> Tensor:
 def _bwd_op(xz: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], x_proj_w: Tensor, dt_proj_w: Tensor,
             out_proj_w: Tensor, out_proj_b: Optional[Tensor], A: Tensor, B: Optional[Tensor], C: Optional[Tensor],
             D: Optional[Tensor], delta_bias: Optional[Tensor], B_proj_bias: Optional[Tensor],
-            C_proj_bias: Optional[Tensor], xc: Tensor, y_t: Tensor, states: Tensor, dout: Tensor,
-            softplus: bool) -> list[Tensor]:
+            C_proj_bias: Optional[Tensor], in_w: Optional[Tensor], xc: Tensor, y_t: Tensor, states: Tensor,
+            xz_kept: Tensor, dout: Tensor, softplus: bool, a_log: bool) -> list[Tensor]:
     return list(_library._unalias(list(_fused_bwd(
         xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, D, delta_bias, B_proj_bias,
-        C_proj_bias, xc, y_t, states, dout, softplus)), (xz, dout)))
+        C_proj_bias, in_w, xc, y_t, states, xz_kept, dout, softplus, a_log)), (xz, xz_kept, dout)))
 
 
 @_bwd_op.register_fake
 def _(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, D, delta_bias, B_proj_bias,
-      C_proj_bias, xc, y_t, states, dout, softplus):
+      C_proj_bias, in_w, xc, y_t, states, xz_kept, dout, softplus, a_log):
     def like(t):
         return xz.new_empty(0) if t is None else _library.empty_like(t)
-    return [torch.empty_like(xz)] + [like(t) for t in (conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b,
-                                                        A, B, C, D, delta_bias, B_proj_bias, C_proj_bias)]
+    first = torch.empty_like(xz) if in_w is None else _library.empty_like(xz)  # (d xz in xz's strides; d u)
+    return [first] + [like(t) for t in (conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, B, C, D,
+                                        delta_bias, B_proj_bias, C_proj_bias, in_w)]
 
 
 def _setup_context(ctx, inputs, output):
-    *tensors, softplus, keep_xc, keep_y, checkpoints = inputs
-    _, xc, y_t, states = output
-    ctx.save_for_backward(*tensors, xc, y_t, states)
-    ctx.mark_non_differentiable(xc, y_t, states)
+    *tensors, softplus, a_log, keep_xc, keep_y, checkpoints = inputs
+    _, xc, y_t, states, xz = output
+    ctx.save_for_backward(*tensors, xc, y_t, states, xz)
+    ctx.mark_non_differentiable(xc, y_t, states, xz)
     # the kept outputs get no gradient: no zero tensors of their size materialized for them
     ctx.set_materialize_grads(False)
-    ctx.softplus = softplus
+    ctx.softplus, ctx.a_log = softplus, a_log
 
 
-def _backward(ctx, dout, _dxc, _dy, _dstates):
+def _backward(ctx, dout, _dxc, _dy, _dstates, _dxz):
     saved = ctx.saved_tensors
     if dout is None:  # out unused: (B, L, out_dim) zeros
-        xz, out_w = saved[0], saved[5]
+        xz, out_w = saved[0] if saved[14] is None else saved[-1], saved[5]
         dout = xz.new_zeros(xz.shape[0], xz.shape[2], out_w.shape[0])
-    grads = _bwd_op(*saved, dout.contiguous(), ctx.softplus)
-    return (*(None if t is None else g for t, g in zip(saved[:14], grads)), None, None, None, None)
+    grads = _bwd_op(*saved, dout.contiguous(), ctx.softplus, ctx.a_log)
+    return (*(None if t is None else g for t, g in zip(saved[:15], grads)), None, None, None, None, None)
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -480,33 +545,25 @@ _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 # ---- public ----------------------------------------------------------------------------------
 
-def _prepare(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight,
-             out_proj_bias, A, B, C, D, delta_bias, B_proj_bias, C_proj_bias):
-    """The fused op's arguments: projection weights in the autocast dtype when autocast is on (xz
-    too), small parameters and constant B/C in float32 (float64 with float64 xz), variable B/C
-    (B, G, N, L) in xz's dtype."""
-    weights = _autocast(x_proj_weight, delta_proj_weight, out_proj_weight, out_proj_bias)
+def _prepare(xz, x_proj_weight, delta_proj_weight, out_proj_weight, out_proj_bias, B, C, in_proj_weight):
+    """xz (or u) and the projection weights (x, dt, out, out bias, in) in the autocast dtype when autocast is on
+    (as mamba_ssm does); variable B/C as (B, G, N, L) in xz's dtype. (The small parameters go to the fused op
+    as they are.)"""
+    weights = _autocast(x_proj_weight, delta_proj_weight, out_proj_weight, out_proj_bias, in_proj_weight)
     if torch.is_autocast_enabled(xz.device.type):
         xz = xz.to(weights[0].dtype)
-    par = torch.float64 if xz.dtype == torch.float64 else torch.float32
-
-    def param(t):
-        return _kernels.small_param(t, par)
 
     def bc(t):
-        if t is None:
-            return None
-        t = t.unsqueeze(1) if t.dim() == 3 else t
-        return t.to(xz.dtype) if t.dim() == 4 else param(t)
-    conv_w = param(conv1d_weight).reshape(conv1d_weight.shape[0], conv1d_weight.shape[-1])
-    return (xz, conv_w, param(conv1d_bias), *weights[:3], weights[3], param(A), bc(B), bc(C), param(D),
-            param(delta_bias), param(B_proj_bias), param(C_proj_bias))
+        if t is None or t.dim() == 2:
+            return t
+        return (t.unsqueeze(1) if t.dim() == 3 else t).to(xz.dtype)
+    return xz, weights, bc(B), bc(C)
 
 
 def mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight,
                    out_proj_bias, A, B=None, C=None, D=None, delta_bias=None, B_proj_bias=None, C_proj_bias=None,
                    delta_softplus=True, checkpoint_lvl=1, b_rms_weight=None, c_rms_weight=None,
-                   dt_rms_weight=None, b_c_dt_rms_eps=1e-6):
+                   dt_rms_weight=None, b_c_dt_rms_eps=1e-6, *, A_is_log=False, in_proj_weight=None):
     """Mamba-1 mixer body: xz (B, 2D, L) -> out_proj output (B, L, out_dim).
 
     x, z = halves of xz; x = silu(conv(x)); x_dbl = x_proj(x); delta = delta_proj(x_dbl[:, :rank]);
@@ -514,21 +571,29 @@ def mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_wei
     with z, D, delta_bias, softplus; out_proj. ``checkpoint_lvl`` 1 (default) keeps the scan output
     (and the CUDA scan's chunk-start states) for the backward, which recomputes the conv and dt; 0
     keeps the conv output too; >= 2 keeps only the inputs (the backward reruns the scan). With any of the
-    RMS weights the path is the composition of the public ops (each with its own autograd)."""
-    _check_inner(xz, conv1d_weight, x_proj_weight, delta_proj_weight, out_proj_weight, A)
+    RMS weights the path is the composition of the public ops (each with its own autograd).
+    ``A_is_log``: A holds A_log (a Mamba-1 module's parameter): A = -exp(A_log) is computed inside the fused
+    op (once per parameter update) and its gradient goes to A_log, without autograd nodes of their own.
+    ``in_proj_weight`` (2D, d_model): xz is in_proj's input u (B, L, d_model) instead, and xz = in_proj_weight @ u^T
+    (per batch) is computed inside the fused op (a Mamba-1 module's layer body as one autograd node)."""
+    _check_inner(xz, conv1d_weight, x_proj_weight, delta_proj_weight, out_proj_weight, A, in_proj_weight)
+    if in_proj_weight is not None and (b_rms_weight is not None or c_rms_weight is not None
+                                       or dt_rms_weight is not None):
+        xz, in_proj_weight = _in_proj(xz, in_proj_weight), None
     if b_rms_weight is not None or c_rms_weight is not None or dt_rms_weight is not None:
         rms = (b_rms_weight, c_rms_weight, dt_rms_weight, b_c_dt_rms_eps)
         return _inner(dw_causal_conv, selective_scan, xz, conv1d_weight, conv1d_bias, x_proj_weight,
-                      delta_proj_weight, out_proj_weight, out_proj_bias, A, B, C, D, delta_bias, B_proj_bias,
-                      C_proj_bias, delta_softplus, rms)
-    args = _prepare(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight,
-                    out_proj_bias, A, B, C, D, delta_bias, B_proj_bias, C_proj_bias)
+                      delta_proj_weight, out_proj_weight, out_proj_bias, -torch.exp(A.float()) if A_is_log else A,
+                      B, C, D, delta_bias, B_proj_bias, C_proj_bias, delta_softplus, rms)
+    xz, weights, B, C = _prepare(xz, x_proj_weight, delta_proj_weight, out_proj_weight, out_proj_bias, B, C,
+                                 in_proj_weight)
+    args = (xz, conv1d_weight, conv1d_bias, *weights[:4], A, B, C, D, delta_bias, B_proj_bias, C_proj_bias, weights[4])
     with _library.autocast_off(xz.device.type):
         if _library.use_custom_op(*args):
             keep_y = checkpoint_lvl < 2  # level 2: session 6's level 1
-            return _fwd_op(*args, bool(delta_softplus), checkpoint_lvl < 1, keep_y,
+            return _fwd_op(*args, bool(delta_softplus), bool(A_is_log), checkpoint_lvl < 1, keep_y,
                            keep_y and not torch.compiler.is_compiling())[0]
-        return _fused_fwd(*args, bool(delta_softplus))[0]
+        return _fused_fwd(*args, bool(delta_softplus), bool(A_is_log))[0]
 
 
 def mamba_inner_ref(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight,

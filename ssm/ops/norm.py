@@ -29,6 +29,11 @@ def _param(t: Optional[Tensor], x: Tensor) -> Optional[Tensor]:
     return None if t is None else t.to(_compute_dtype(x)).contiguous()
 
 
+def _kept_param(t: Optional[Tensor], x: Tensor) -> Optional[Tensor]:
+    """_param inside the custom ops (no autograd): float32 through a copy kept per parameter update."""
+    return _kernels.small_param(t, _compute_dtype(x))
+
+
 # ---- forward ---------------------------------------------------------------------------------
 
 def _fwd_reason(backend, x, residual, residual_dtype):
@@ -61,7 +66,9 @@ def _fwd_impl(x: Tensor, weight: Tensor, bias: Optional[Tensor], residual: Optio
 @_library.custom_op("ssm::fused_layer_norm_fwd", mutates_args=())
 def _fwd_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], residual: Optional[Tensor], eps: float,
             is_rms: bool, residual_dtype: torch.dtype, store_residual: bool) -> tuple[Tensor, Tensor]:
-    return _fwd_impl(x, weight, bias, residual, eps, is_rms, residual_dtype, store_residual)
+    # (the weights in their own dtypes: no cast nodes under autograd on every call)
+    return _fwd_impl(x, _kept_param(weight, x), _kept_param(bias, x), residual, eps, is_rms, residual_dtype,
+                     store_residual)
 
 
 @_fwd_op.register_fake
@@ -104,7 +111,11 @@ def _bwd_impl(s, weight, bias, dy, dres, eps, is_rms, x_dtype, residual_dtype, h
 def _bwd_op(s: Tensor, weight: Tensor, bias: Optional[Tensor], dy: Tensor, dres: Tensor, eps: float,
             is_rms: bool, x_dtype: torch.dtype, residual_dtype: torch.dtype,
             has_residual: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _bwd_impl(s, weight, bias, dy, dres, eps, is_rms, x_dtype, residual_dtype, has_residual)
+    # weight, bias in their own dtypes (as _fwd_op takes them), and so their gradients
+    par = torch.float64 if x_dtype == torch.float64 else torch.float32  # (the forward's: x's compute dtype)
+    dx, dw, db, dresidual = _bwd_impl(s, _kernels.small_param(weight, par), _kernels.small_param(bias, par), dy, dres,
+                                      eps, is_rms, x_dtype, residual_dtype, has_residual)
+    return dx, dw.to(weight.dtype), db if bias is None else db.to(bias.dtype), dresidual
 
 
 @_bwd_op.register_fake
@@ -234,12 +245,10 @@ def fused_layer_norm(x: Tensor, weight: Tensor, bias: Optional[Tensor], residual
     # x, residual (M, N): a view when the rows can be strided, else a copy
     x2 = x.reshape(-1, N)
     r2 = None if residual is None else residual.reshape(-1, N)
-    w, b = _param(weight, x), _param(bias, x)
-    args = (x2, w, b, r2, float(eps), bool(is_rms), residual_dtype, store)
-    if _library.use_custom_op(x2, w, b, r2):
-        y, res = _fwd_op(*args)
+    if _library.use_custom_op(x2, weight, bias, r2):
+        y, res = _fwd_op(x2, weight, bias, r2, float(eps), bool(is_rms), residual_dtype, store)
     else:
-        y, res = _fwd_impl(*args)
+        y, res = _fwd_impl(x2, _param(weight, x), _param(bias, x), r2, float(eps), bool(is_rms), residual_dtype, store)
     y = y.reshape(x.shape)
     if not prenorm:
         return y

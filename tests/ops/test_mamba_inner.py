@@ -82,6 +82,115 @@ def test_planned_scan_matches_unplanned(backend, checkpoint_lvl):
         assert torch.equal(g, second[1][k]), f"d{k} differs between the unplanned and the planned call"
 
 
+SMALL = ("conv1d_weight", "conv1d_bias", "A", "D", "delta_bias")
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("checkpoint_lvl", [1, 2])
+def test_A_is_log_matches_A(backend, checkpoint_lvl):
+    """A_is_log (A_log given, A = -exp(A_log) inside the op) against A = -exp(A_log.float()) computed under
+    autograd by the caller: the same output and gradients, bitwise (d A_log = dA * A either way)."""
+    inp = make_inner(2, 6, 37, 4, 3, 4, device_of(backend), torch.bfloat16)
+    A_log = rand(6, 4, device=device_of(backend), scale=0.5)
+
+    def run(from_log):
+        leaves = {k: v.clone().requires_grad_() for k, v in inp.items() if k != "A"}
+        log = A_log.clone().requires_grad_()
+        with use_backend(backend):
+            A = log if from_log else -torch.exp(log.float())
+            out = ops.mamba_inner_fn(**leaves, A=A, checkpoint_lvl=checkpoint_lvl, A_is_log=from_log)
+            out.float().square().sum().backward()
+        return out, {"A_log": log.grad, **{k: leaves[k].grad for k in ("D", "delta_bias", "conv1d_bias")}}
+    want, got = run(False), run(True)
+    assert torch.equal(got[0], want[0]), "output differs with A_is_log"
+    for k, g in want[1].items():
+        assert torch.equal(got[1][k], g), f"d{k} differs with A_is_log"
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_small_parameters_without_cast_nodes(backend):
+    """bf16 small parameters reach the fused op as they are: the output's node takes them straight from their
+    leaves (no cast nodes per call), and their gradients come back in their dtypes and shapes."""
+    inp = {k: v.requires_grad_() for k, v in make_inner(2, 6, 21, 4, 3, 4, device_of(backend),
+                                                           torch.bfloat16).items()}
+    with use_backend(backend):
+        out = ops.mamba_inner_fn(**inp)
+    leaves = {id(f.variable) for f, _ in out.grad_fn.next_functions if f is not None and hasattr(f, "variable")}
+    assert all(id(inp[k]) in leaves for k in SMALL), "a small parameter went through an autograd node"
+    out.float().sum().backward()
+    for k in SMALL:
+        assert inp[k].grad.dtype == inp[k].dtype and inp[k].grad.shape == inp[k].shape, k
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_derived_A_follows_updates(backend):
+    """Without autograd the op keeps -exp(A_log) per parameter version: an in-place update of A_log changes the
+    output as a new A would."""
+    inp = make_inner(2, 6, 21, 4, 3, 4, device_of(backend))
+    A_log = torch.nn.Parameter(rand(6, 4, device=device_of(backend), scale=0.5))
+    with use_backend(backend), torch.no_grad():
+        args = {k: v for k, v in inp.items() if k != "A"}
+        first = ops.mamba_inner_fn(**args, A=A_log, A_is_log=True)
+        A_log.add_(0.5)
+        got = ops.mamba_inner_fn(**args, A=A_log, A_is_log=True)
+        want = ops.mamba_inner_fn(**args, A=-torch.exp(A_log))
+    assert not torch.equal(first, got), "the update must change the output"
+    assert torch.equal(got, want), "the kept A was not renewed after the in-place update"
+
+
+def with_in_proj(inp, d_model=5):
+    """The inputs with xz replaced by in_proj's input u (B, L, d_model) and in_proj_weight (2D, d_model)."""
+    batch, two_d, L = inp["xz"].shape
+    dev, dtype = inp["xz"].device, inp["xz"].dtype
+    u = rand(batch, L, d_model, device=dev).to(dtype)
+    return {**drop(inp, "xz"), "xz": u, "in_proj_weight": rand(two_d, d_model, device=dev, scale=0.5).to(dtype)}
+
+
+def in_proj_ref(xz, in_proj_weight, **kw):
+    """mamba_inner_ref of xz = in_proj_weight @ u^T (u given as xz)."""
+    return ops.mamba_inner_ref(torch.einsum("od,bld->bol", in_proj_weight, xz), **kw)
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("checkpoint_lvl", [0, 1, 2])
+def test_in_proj_weight_matches_reference(backend, dtype, checkpoint_lvl):
+    """in_proj_weight (xz = in_proj_weight @ u^T inside the op, as the Mamba1 module calls it): output and every
+    gradient, d u and d in_proj_weight included, against the float64 reference of the composition."""
+    inp = with_in_proj(make_inner(2, 6, 37, 4, 3, 4, device_of(backend), dtype))
+
+    def run(fn, cast, ctx):
+        leaves = {k: None if v is None else cast(v).requires_grad_() for k, v in inp.items()}
+        with ctx:
+            out = fn(**leaves)
+        out.backward(dout.to(out.dtype))
+        return out, {k: v.grad for k, v in leaves.items() if v is not None}
+    dout = torch.randn(2, 37, 7, device=inp["xz"].device)
+    got = run(lambda **kw: ops.mamba_inner_fn(**kw, checkpoint_lvl=checkpoint_lvl), lambda v: v.detach().clone(),
+              use_backend(backend))
+    want = run(in_proj_ref, lambda v: v.detach().double(), use_backend("reference"))
+    lowp = run(in_proj_ref, lambda v: v.detach().clone(), use_backend("reference"))
+    assert set(got[1]) == set(inp)
+    check_all(got, want, lowp, dtype)
+
+
+def test_in_proj_weight_compiles():
+    """torch.compile of the in_proj_weight form (its fake outputs: xz's view layout) against eager."""
+    compiled = torch.compile(ops.mamba_inner_fn, fullgraph=True, dynamic=True)
+    for L in (13, 21):
+        inp = with_in_proj(make_inner(2, 6, L, 4, 3, 4, "cpu"))
+        runs = []
+        for fn in (compiled, ops.mamba_inner_fn):
+            leaves = {k: v.clone().requires_grad_() for k, v in inp.items()}
+            out = fn(**leaves)
+            out.sum().backward()
+            runs.append((out, leaves))
+        (out, leaves), (ref, want) = runs
+        assert_close(out, ref.detach().double(), torch.float32, "compiled out")
+        for k in inp:
+            assert_close(leaves[k].grad, want[k].grad.double(), torch.float32, f"compiled d{k}")
+
+
 @pytest.mark.parametrize("backend", backends())
 def test_autocast_casts_projections(backend):
     """Under autocast (bf16) the fused path runs on the autocast dtype's xz and projection weights: the
@@ -307,3 +416,8 @@ def test_bad_input_is_named():
         ops.mamba_inner_fn(**{**inp, "xz": torch.randn(1, 7, 9)})
     with pytest.raises(ValueError, match="x_proj_weight"):
         ops.mamba_inner_fn(**{**inp, "x_proj_weight": torch.randn(5, 4)})
+    u = with_in_proj(inp)
+    with pytest.raises(ValueError, match="in_proj_weight"):
+        ops.mamba_inner_fn(**{**u, "in_proj_weight": torch.randn(8, 4)})
+    with pytest.raises(ValueError, match="in_proj_weight"):
+        ops.mamba_inner_fn(**{**u, "in_proj_weight": torch.randn(7, 5)})

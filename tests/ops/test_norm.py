@@ -222,3 +222,34 @@ def test_torch_compile_matches_eager():
         assert_close(res, want_res.detach().double(), torch.float32, "compiled residual")
         out.sum().backward()
         assert leaves[0].grad is not None and torch.isfinite(leaves[0].grad).all()
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("is_rms", [False, True])
+def test_half_weights_without_cast_nodes(backend, is_rms):
+    """bf16 weight / bias reach the op as they are under autograd (no cast node per call: the op casts through a
+    kept copy), their gradients come back in bf16, and equal those of weights cast to float32 by the caller."""
+    dev = device_of(backend)
+    x, res = rand(64, 48, device=dev).bfloat16(), rand(64, 48, device=dev)
+    w, b = rand(48, device=dev).bfloat16(), rand(48, device=dev).bfloat16()
+    dy = rand(64, 48, device=dev).bfloat16()
+
+    def run(cast):
+        leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+        xl, wl, bl = leaves
+        with use_backend(backend):
+            y, r = ops.fused_layer_norm(xl, cast(wl), cast(bl), res, is_rms, 1e-5, True, True)
+        (y.float() * dy.float()).sum().backward()
+        return y, leaves
+    y, (xl, wl, bl) = run(lambda t: t)
+    names, todo = [], [y.grad_fn]
+    while todo:  # every node of y's graph
+        node = todo.pop()
+        names.append(type(node).__name__)
+        todo += [f for f, _ in node.next_functions if f is not None]
+    assert not [n for n in names if n.startswith("ToCopy")], f"a cast node: {names}"
+    assert wl.grad.dtype == torch.bfloat16 and bl.grad.dtype == torch.bfloat16
+    y32, (xc, wc, bc) = run(lambda t: t.float())
+    assert torch.equal(y, y32)
+    for got, want in ((xl.grad, xc.grad), (wl.grad, wc.grad), (bl.grad, bc.grad)):
+        assert torch.equal(got, want)
