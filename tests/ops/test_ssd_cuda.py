@@ -284,7 +284,7 @@ def test_backward_sums_kernel_matches_torch(dtype, case, monkeypatch):
 
 STATE_FORMS = {  # the backward's state kernels: session 9's defaults, and session 8's by its switch
     "default": {},
-    "through_off": {"SSM_SSD_BWD_THROUGH": "0"},
+    "through_on": {"SSM_SSD_BWD_THROUGH": "1"},
     "split_off": {"SSM_SSD_BWD_SPLIT": "0"},
 }
 

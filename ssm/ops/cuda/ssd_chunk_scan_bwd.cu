@@ -31,8 +31,8 @@ void ssd_chunk_scan_bwd(const SsdParams& p, cudaStream_t stream) {
   const ssd::BwdLayout v = ssd::bwd_layout(p, w);
   w.bwd_tok = v.tok;  // the recompute's tokens kernel writes the backward's token rows too
   // bwd_state sums the through-chunk term and the state pass writes H_in's residue instead of a float32 H_in
-  // (SSM_SSD_BWD_THROUGH=0: session 8)
-  w.through = ssd::ssd_switch("SSM_SSD_BWD_THROUGH", true);
+  // (SSM_SSD_BWD_THROUGH=1: the per-chunk partials, off by default: float32 dA failed twice on the device)
+  w.through = ssd::ssd_switch("SSM_SSD_BWD_THROUGH", false);
   SSM_CHECK(p.workspace_floats >= v.floats, op, "workspace of ", p.workspace_floats, " floats, need ", v.floats);
   if (p.batch * p.nheads * p.seqlen == 0) return;
   SSM_DTYPE_SWITCH(p.dtype, T, op, [&] {
