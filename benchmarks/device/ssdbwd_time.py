@@ -1,4 +1,4 @@
-"""Device round of the dedicated CUDA SSD backward (ssdbwd, session 9), timing part: one Python process, after
+"""Device round of the dedicated CUDA SSD backward (ssdbwd, sessions 9-10), timing part: one Python process, after
 the tests (run by ssdbwd.sh in another process: their conftest poisons kernel outputs with NaN).
 
     python benchmarks/device/ssdbwd_time.py OUT_DIR [B:FORM,B:FORM,...]   (forms: FORMS below)
@@ -24,8 +24,9 @@ FORMS = {  # name: environment
     "sets8": {"SSM_SSD_BWD_HEADSUM": "8"},  # 8 head sets per group (B8: dc2 / db2 at 2048 blocks, not 1024)
     "sets16": {"SSM_SSD_BWD_HEADSUM": "16"},  # 16 (B1 L8192: 2048 blocks, not 1024)
     "nosplit": {"SSM_SSD_BWD_SPLIT": "0"},
+    "sync0": {"SSM_SSD_BWD_SYNC1": "0"},  # session 9's barriers per tile step in dc2 / dx / db2 (session 10's switch)
 }
-SWITCHES = ("SSM_SSD_BWD_SPLIT", "SSM_SSD_BWD_HEADSUM")
+SWITCHES = ("SSM_SSD_BWD_SPLIT", "SSM_SSD_BWD_HEADSUM", "SSM_SSD_BWD_SYNC1")
 
 
 def kernel_table(fn, iters=3):
@@ -77,7 +78,8 @@ def main():
     os.makedirs(out_dir, exist_ok=True)
     res = dict(device=torch.cuda.get_device_name(), rows=[])
     print(res["device"], flush=True)
-    parts = [(8, 2048, "default"), (1, 8192, "default"), (8, 2048, "sets8"), (1, 8192, "sets16"), (8, 2048, "nosplit")]
+    parts = [(8, 2048, "sync0"), (8, 2048, "default"), (1, 8192, "default"), (1, 8192, "sync0"), (8, 2048, "sync0"),
+             (8, 2048, "default")]
     if len(sys.argv) > 2:  # B:FORM,B:FORM,... (L 2048 at B8, else 8192)
         parts = [(int(b), 2048 if b == "8" else 8192, n) for b, n in (x.split(":") for x in sys.argv[2].split(","))]
     for B, L, name in parts:

@@ -73,23 +73,26 @@ __device__ __forceinline__ void mma_kn64(float (&acc)[8][4], const T* A, int lda
   }
 }
 
-// acc += S (16 x 64 accumulators, as A fragments) · X (stored [k][n], ld); key steps kk_min.. only.
-template <typename T>
-__device__ __forceinline__ void mma_sx_from(float (&acc)[8][4], const float (&s)[8][4], const T* X, int kk_min,
-                                            int ld = kLd) {
+// acc[sl] += S · X[:, 64 sl .. 64 sl + 63] for kS 64-wide column slices of X (stored [k][n], ld): S's 16 x 64
+// accumulators packed as A fragments once for all slices; key steps kk_min..kk_max only.
+template <typename T, int kS>
+__device__ __forceinline__ void mma_sx_slices(float (&acc)[kS][8][4], const float (&s)[8][4], const T* X, int ld,
+                                              int kk_min, int kk_max) {
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk) {
-    if (kk < kk_min) continue;
+    if (kk < kk_min || kk > kk_max) continue;
     const unsigned a[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
                            pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
                            pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
-    for (int jp = 0; jp < 4; ++jp) {
-      unsigned bb[4];
-      load_b_kn(bb, X, ld, jp * 16, kk * 16);
-      mma16816<T>(acc[2 * jp], a, bb[0], bb[1]);
-      mma16816<T>(acc[2 * jp + 1], a, bb[2], bb[3]);
-    }
+    for (int jp = 0; jp < 4; ++jp)
+#pragma unroll
+      for (int sl = 0; sl < kS; ++sl) {
+        unsigned bb[4];
+        load_b_kn(bb, X + sl * kTile, ld, jp * 16, kk * 16);
+        mma16816<T>(acc[sl][2 * jp], a, bb[0], bb[1]);
+        mma16816<T>(acc[sl][2 * jp + 1], a, bb[2], bb[3]);
+      }
   }
 }
 
@@ -129,6 +132,20 @@ __device__ __forceinline__ void tile_decay(float (&v)[8][4], const TileTokens& t
         v[j][2 * hf + e] = keep ? v[j][2 * hf + e] * d : 0.f;
       }
     }
+}
+
+// s (16 x 64 per warp) = A (rows r0.., stored [row][k], K = Kp) · Bt^T, n-tile pairs jp_min..jp_max (the others 0),
+// times the tile pair's decay mask (tile_decay).
+template <typename T, bool kRowsTarget, bool kDelta>
+__device__ __forceinline__ void masked_tile(float (&s)[8][4], const T* A, const T* Bt, int ld, int r0, int Kp,
+                                            int jp_min, int jp_max, const TileTokens& tok, const int (&row)[2],
+                                            int col0, int nv, bool diag) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) s[j][e] = 0.f;
+  mma_nk_range<T>(s, A, Bt, ld, r0, Kp, jp_min, jp_max);
+  tile_decay<kRowsTarget, kDelta>(s, tok, row, col0, nv, diag);
 }
 
 // The chunk's token data (Δ, cs, run) for row b, head h, chunk c,
@@ -172,8 +189,9 @@ __device__ __forceinline__ float quad_sum(float v) {
 
 // Decay pairs of target tile t0.. (rows of pr: the thread's trow) with source tile s0.. (pr = C B^T ∘ the
 // masked dY X^T, overwritten): out[k] = Σ_{t in the tile, t >= k} (carry_t + Σ_{s0 <= s < k} pr_ts) for
-// k = s0.. s0 + 63, carry_t += the row's sum. red: 4 x 64 floats. Block-wide (syncs).
-__device__ __forceinline__ void pair_sums(float (&pr)[8][4], float (&carry)[2], bool diag, float* red, float* out) {
+// k = s0.. s0 + 63, carry_t += the row's sum. This part: each warp's column sums to red (4 x 64 floats); after a
+// barrier pair_sums_flush adds the warps' and stores out.
+__device__ __forceinline__ void pair_sums_warp(float (&pr)[8][4], float (&carry)[2], bool diag, float* red) {
   const int lane = int(threadIdx.x & 31), warp = int(threadIdx.x >> 5), c4 = lane & 3, g8 = lane >> 2;
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {
@@ -206,10 +224,183 @@ __device__ __forceinline__ void pair_sums(float (&pr)[8][4], float (&carry)[2], 
       col += __shfl_xor_sync(0xffffffffu, col, 16);
       if (g8 == 0) red[warp * kTile + k] = col;
     }
-  __syncthreads();
+}
+
+// out[k] = the four warps' column sums in red (pair_sums_warp's, after a barrier), k < 64.
+__device__ __forceinline__ void pair_sums_flush(const float* red, float* out) {
   if (threadIdx.x < kTile)
     out[threadIdx.x] = red[threadIdx.x] + red[kTile + threadIdx.x] + red[2 * kTile + threadIdx.x] +
                        red[3 * kTile + threadIdx.x];
+}
+
+
+// s *= the precomputed C B^T of the thread's rows t[0], t[1] and key tile s0.. (in place).
+__device__ __forceinline__ void mul_cb(float (&s)[8][4], const float* cb, int Q, const int (&t)[2], int s0) {
+  const int c2 = 2 * int(threadIdx.x & 3);
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const float2 v = *reinterpret_cast<const float2*>(cb + t[hf] * Q + s0 + 8 * j + c2);
+      s[j][2 * hf] *= v.x;
+      s[j][2 * hf + 1] *= v.y;
+    }
+}
+
+// The entering state's part of one N slice of dC (its pieces summed in st): st *= e0 per row, acc += st, the slice's
+// Y partials (st · C_t, C_t in ct with row stride ld) to ysum[t]; st cleared.
+template <typename T>
+__device__ __forceinline__ void dc_state_slice(float (&acc)[8][4], float (&st)[8][4], const float (&e0)[2],
+                                               const T* ct, int ld, int r0, float* ysum, const int (&trow)[2],
+                                               int nv) {
+  const int g8 = int(threadIdx.x & 31) >> 2, c2 = 2 * int(threadIdx.x & 3);
+  float ypart[2];
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const int rl = r0 + g8 + 8 * hf;
+    float y = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        st[j][2 * hf + e] *= e0[hf];
+        y += st[j][2 * hf + e] * to_float(ct[rl * ld + j * 8 + c2 + e]);
+        acc[j][2 * hf + e] += st[j][2 * hf + e];
+        st[j][2 * hf + e] = 0.f;
+      }
+    ypart[hf] = quad_sum(y);
+  }
+  if ((threadIdx.x & 3) == 0)
+    for (int hf = 0; hf < 2; ++hf)
+      if (trow[hf] < nv) ysum[trow[hf]] = ypart[hf];
+}
+
+// The leaving state's part of dB: acc += lv · st per row (lv: Δ e of the thread's rows).
+__device__ __forceinline__ void add_rows_scaled(float (&acc)[8][4], const float (&lv)[2], const float (&st)[8][4]) {
+#pragma unroll
+  for (int jj = 0; jj < 8; ++jj)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[jj][e] += lv[e >> 1] * st[jj][e];
+}
+
+// One source step of dc (target rows trow, source tile s0..; n-tile pairs 0..lim, lim < 3 on the diagonal):
+// s = dY_t X_s^T ∘ L ∘ Δ_s, acc[sl] += s B_s[:, 64 sl..] (B_s with row stride ldb); s stays for the decay pairs.
+template <typename T, int kS>
+__device__ __forceinline__ void dc_source_step(float (&acc)[kS][8][4], float (&s)[8][4], const T* dys, const T* xb,
+                                               int ldp, int Pp, const T* bb, int ldb, const TileTokens& tok,
+                                               const int (&trow)[2], int s0, int nv, int lim, bool diag) {
+  const int r0 = int(threadIdx.x >> 5) * 16;
+  masked_tile<T, true, true>(s, dys, xb, ldp, r0, Pp, 0, lim, tok, trow, s0, nv, diag);  // dY_t X_s^T ∘ L ∘ Δ_s
+  mma_sx_slices<T, kS>(acc, s, bb, ldb, 0, lim);
+}
+
+// One target step of db (source rows srow, target tile t0..; n-tile pairs lo.., lo > 0 on the diagonal):
+// acc[sl] += Δ_s (X_s dY_t^T ∘ L^T) C_t[:, 64 sl..] (C_t with row stride ldc).
+template <typename T, int kS>
+__device__ __forceinline__ void db_target_step(float (&acc)[kS][8][4], const T* xs, const T* dyb, int ldp, int Pp,
+                                               const T* cb, int ldc, const TileTokens& tok, const int (&srow)[2],
+                                               const float (&dts)[2], int t0, int nv, int lo, bool diag) {
+  const int r0 = int(threadIdx.x >> 5) * 16;
+  float st[8][4];
+  masked_tile<T, false, false>(st, xs, dyb, ldp, r0, Pp, lo, 3, tok, srow, t0, nv, diag);  // X_s dY_t^T ∘ L^T
+#pragma unroll
+  for (int jj = 0; jj < 8; ++jj)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) st[jj][e] *= dts[e >> 1];
+  mma_sx_slices<T, kS>(acc, st, cb, ldc, lo, 3);
+}
+
+// Rows rows[0], rows[1] of dB or dC (float32 (B, L, sets, N); chunk tokens from c0, those >= nv skipped) at head set
+// `set`: columns n0 + 64 sl + .. from acc[sl], those < N.
+template <int kS>
+__device__ __forceinline__ void store_rows(const TensorArg& o, int64_t b, int64_t c0, int set, const int (&rows)[2],
+                                           int nv, int n0, int N, const float (&acc)[kS][8][4]) {
+  const int c2 = 2 * int(threadIdx.x & 3);
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    if (rows[hf] >= nv) continue;
+    float* row = ptr<float>(o) + b * o.stride[0] + (c0 + rows[hf]) * o.stride[1] + set * o.stride[2];
+#pragma unroll
+    for (int sl = 0; sl < kS; ++sl)
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int n = n0 + sl * kTile + j * 8 + c2 + e;
+          if (n < N) row[n * o.stride[3]] = acc[sl][j][2 * hf + e];
+        }
+  }
+}
+
+// The top of a double-buffered partner-tile step: the step's tile in shared memory for every warp, the next tile
+// issued (more) into the buffers the previous step read. kSync1: wait, barrier, issue (the barrier also guards the
+// reuse); else issue, wait for all but it, barrier (and the caller syncs after the step).
+template <bool kSync1, typename Issue>
+__device__ __forceinline__ void tile_step_begin(bool more, Issue&& issue) {
+  if (kSync1) {
+    cp_async_wait<0>();
+    __syncthreads();
+    if (more) issue();
+    cp_async_commit();
+  } else {
+    if (more) issue();
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+  }
+}
+
+// st += A[:, p0..] · H's piece for the state's 64-row pieces pc = 0.. npieces - 1 (p0 = pc % npc · 64: H's rows, then
+// (split) its residue's), one at a time through hb: piece 0 issued before, one more copy group in flight after it;
+// issue_piece(pc) copies piece pc. Block-wide (syncs).
+template <typename T, typename Issue>
+__device__ __forceinline__ void state_pieces_serial(float (&st)[8][4], const T* A, int lda, int Pp, const T* hb,
+                                                    int npc, int npieces, Issue&& issue_piece) {
+  const int r0 = int(threadIdx.x >> 5) * 16;
+  for (int pc = 0; pc < npieces; ++pc) {
+    const int p0 = pc % npc * kTile;
+    if (pc > 0) {
+      issue_piece(pc);
+      cp_async_commit();
+      cp_async_wait<0>();
+    } else {
+      cp_async_wait<1>();
+    }
+    __syncthreads();
+    mma_kn64<T>(st, A, lda, p0, hb, kLd, r0, min(kTile, Pp - p0));
+    __syncthreads();
+  }
+}
+
+// The state's 64 x 64 pieces q = 0.. npieces - 1 (npieces >= 2) through two buffers (piece q in buffer q & 1):
+// body(q) takes piece q after its copy and a barrier. Before the call: piece 0 issued, one group (the first partner
+// tile) committed after it and, not kSync1, piece 1 committed last. kSync1: one barrier per piece (wait, barrier,
+// piece q + 1 into the buffer piece q - 1 used); else two (piece q + 2 issued after the second).
+template <bool kSync1, typename Issue, typename Body>
+__device__ __forceinline__ void state_pieces_pipelined(int npieces, Issue&& issue_piece, Body&& body) {
+  for (int q = 0; q < npieces; ++q) {
+    if (kSync1) {
+      if (q == 0) cp_async_wait<1>();
+      else cp_async_wait<0>();
+      __syncthreads();
+      if (q + 1 < npieces) {
+        issue_piece(q + 1);
+        cp_async_commit();
+      }
+      body(q);
+    } else {
+      if (q == 0) cp_async_wait<2>();
+      else if (q + 1 < npieces) cp_async_wait<1>();
+      else cp_async_wait<0>();
+      __syncthreads();
+      body(q);
+      __syncthreads();
+      if (q + 2 < npieces) {
+        issue_piece(q + 2);
+        cp_async_commit();
+      }
+    }
+  }
 }
 
 template <typename T>
@@ -252,11 +443,10 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_dc_mma_kernel(SsdParams
   const T* bk = ptr<T>(Bt) + b * Bt.stride[0] + g * Bt.stride[2] + c0 * Bt.stride[1] + n0 * Bt.stride[3];
   const T* cq = ptr<T>(Ct) + b * Ct.stride[0] + g * Ct.stride[2] + (c0 + t0) * Ct.stride[1] + n0 * Ct.stride[3];
   const int warp = int(threadIdx.x >> 5), r0 = warp * 16, g8 = int(threadIdx.x & 31) >> 2;
-  const int c2 = 2 * int(threadIdx.x & 3);
   const int trow[2] = {t0 + r0 + g8, t0 + r0 + g8 + 8};
   float* ws = ptr<float>(p.workspace);
   const float* cbg = ws + v.cb + ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q;
-  float acc[8][4] = {};  // dC summed over the set's heads
+  float acc[1][8][4] = {};  // dC summed over the set's heads
   for (int h = h0; h < h0 + hs; ++h) {
     if (h > h0) __syncthreads();  // the previous head's tiles and tokens are read
     const T* dyq = ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] + (c0 + t0) * dY.stride[1];
@@ -276,39 +466,15 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_dc_mma_kernel(SsdParams
     {  // the entering state's part: diag(e0) dY H_in over 64-row pieces of H_in
       float st[8][4] = {};
       const int npc = (P + kTile - 1) / kTile;  // 64-row pieces of H_in, then (split) of its residue
-      for (int pc = 0; pc < (v.hinlo ? 2 : 1) * npc; ++pc) {
+      state_pieces_serial<T>(st, dys, ldp, Pp, hb, npc, (v.hinlo ? 2 : 1) * npc, [&](int pc) {
         const int p0 = pc % npc * kTile;
-        if (pc > 0) {
-          issue_tile<T>(hb, kLd, kTile, (pc < npc ? hin : hinlo) + int64_t(p0) * N, N, 1, P - p0, N - n0);
-          cp_async_commit();
-          cp_async_wait<0>();
-        } else {
-          cp_async_wait<1>();
-        }
-        __syncthreads();
-        mma_kn64<T>(st, dys, ldp, p0, hb, kLd, r0, min(kTile, Pp - p0));
-        __syncthreads();
-      }
-      float ypart[2];
+        issue_tile<T>(hb, kLd, kTile, (pc < npc ? hin : hinlo) + int64_t(p0) * N, N, 1, P - p0, N - n0);
+      });
+      float e0[2];
 #pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        const int t = trow[hf], rl = r0 + g8 + 8 * hf;
-        const float e0 = t < nv && tok.run[t] == 0 ? __expf(tok.cs[t]) : 0.f;
-        float y = 0.f;
-#pragma unroll
-        for (int j = 0; j < 8; ++j)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            st[j][2 * hf + e] *= e0;
-            y += st[j][2 * hf + e] * to_float(bb1[rl * kLd + j * 8 + c2 + e]);
-            acc[j][2 * hf + e] += st[j][2 * hf + e];
-          }
-        ypart[hf] = quad_sum(y);
-      }
+      for (int hf = 0; hf < 2; ++hf) e0[hf] = trow[hf] < nv && tok.run[trow[hf]] == 0 ? __expf(tok.cs[trow[hf]]) : 0.f;
       const int64_t bhc = (b * p.nheads + h) * w.nchunks + c;
-      if ((threadIdx.x & 3) == 0)
-        for (int hf = 0; hf < 2; ++hf)
-          if (trow[hf] < nv) ws[v.ysum + (bhc * v.ny + ns) * Q + trow[hf]] = ypart[hf];
+      dc_state_slice<T>(acc[0], st, e0, bb1, kLd, r0, ws + v.ysum + (bhc * v.ny + ns) * Q, trow, nv);
     }
     __syncthreads();  // C_t read: bb1 takes a key tile
     // the source tiles s <= t, double-buffered
@@ -320,45 +486,25 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_dc_mma_kernel(SsdParams
     for (int j = 0; j <= i; ++j) {
       const int s0 = j * kTile, lim = j == i ? warp : 3;
       if (pairs_here) prefetch_l1(cbg + pf_row + s0);  // the C B^T tile of this step into L1
-      if (j < i) {
+      tile_step_begin<false>(j < i, [&] {
         const int s1 = s0 + kTile;
         issue_tile<T>((j & 1 ? xb0 : xb1), ldp, Pp, xk + s1 * X.stride[1], X.stride[1], X.stride[3], nv - s1, P);
         issue_tile<T>((j & 1 ? bb0 : bb1), kLd, kTile, bk + s1 * Bt.stride[1], Bt.stride[1], Bt.stride[3], nv - s1,
                       N - n0);
+      });
+      float s[8][4];
+      dc_source_step<T, 1>(acc, s, dys, (j & 1 ? xb1 : xb0), ldp, Pp, (j & 1 ? bb1 : bb0), kLd, tok, trow, s0, nv, lim,
+                           j == i);
+      if (pairs_here) {  // the decay pairs' terms C B^T ∘ (the masked dY X^T)
+        mul_cb(s, cbg, Q, trow, s0);
+        pair_sums_warp(s, carry, j == i, red);
+        __syncthreads();
+        pair_sums_flush(red, pairs + s0);
       }
-      cp_async_commit();
-      cp_async_wait<1>();
-      __syncthreads();
-      float s[8][4] = {};
-      mma_nk_range<T>(s, dys, (j & 1 ? xb1 : xb0), ldp, r0, Pp, 0, lim);  // dY_t X_s^T
-      tile_decay<true, true>(s, tok, trow, s0, nv, j == i);               // ∘ L ∘ Δ_s
-      if (pairs_here) {
-        float cbv[8][4];
-        load_cb(cbv, cbg, Q, trow, s0, 3);
-#pragma unroll
-        for (int jj = 0; jj < 8; ++jj)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) cbv[jj][e] *= s[jj][e];
-        pair_sums(cbv, carry, j == i, red, pairs + s0);
-      }
-      mma_sx<T>(acc, s, (j & 1 ? bb1 : bb0), lim);
       __syncthreads();  // before the next issue overwrites this tile's buffers
     }
   }
-  float* dC = ptr<float>(p.dC);
-  const TensorArg& o = p.dC;
-#pragma unroll
-  for (int hf = 0; hf < 2; ++hf) {
-    if (trow[hf] >= nv) continue;
-    float* row = dC + b * o.stride[0] + (c0 + trow[hf]) * o.stride[1] + set * o.stride[2];
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int n = n0 + j * 8 + c2 + e;
-        if (n < N) row[n * o.stride[3]] = acc[j][2 * hf + e];
-      }
-  }
+  store_rows<1>(p.dC, b, c0, set, trow, nv, n0, N, acc);
 }
 
 constexpr int kLd2 = 2 * kTile + 8;  // row stride of 128-wide element tiles
@@ -370,81 +516,19 @@ inline bool bwd_dc2(const SsdParams& p) {
   return p.dtype != DType::f32 && p.dstate > kTile && p.dstate <= 2 * kTile && p.headdim <= kTile;
 }
 
-template <typename T>
+template <typename T, bool kSync1>
 size_t bwd_dc2_mma_smem(int P) {
   const int ldp = round16(P) + 8;
   return align128(sizeof(TileTokens)) + 2 * align128(kTile * ldp * sizeof(T)) +
          align128(kTile * max(ldp, 2 * kLd) * sizeof(T)) + 2 * align128(kTile * kLd2 * sizeof(T)) +
-         align128(4 * kTile * sizeof(float));
-}
-
-// acc0 += S · X[:, 0:64], acc1 += S · X[:, 64:128] (X stored [k][n], ld kLd2; S's accumulators packed as A
-// fragments once for both); key steps kk > kk_max skipped.
-template <typename T>
-__device__ __forceinline__ void mma_sx2(float (&acc0)[8][4], float (&acc1)[8][4], const float (&s)[8][4], const T* X,
-                                        int kk_max) {
-#pragma unroll
-  for (int kk = 0; kk < 4; ++kk) {
-    if (kk > kk_max) continue;
-    const unsigned a[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
-                           pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                           pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-    for (int jp = 0; jp < 4; ++jp) {
-      unsigned bb[4];
-      load_b_kn(bb, X, kLd2, jp * 16, kk * 16);
-      mma16816<T>(acc0[2 * jp], a, bb[0], bb[1]);
-      mma16816<T>(acc0[2 * jp + 1], a, bb[2], bb[3]);
-      load_b_kn(bb, X + kTile, kLd2, jp * 16, kk * 16);
-      mma16816<T>(acc1[2 * jp], a, bb[0], bb[1]);
-      mma16816<T>(acc1[2 * jp + 1], a, bb[2], bb[3]);
-    }
-  }
-}
-
-// s *= the precomputed C B^T of the thread's rows t[0], t[1] and key tile s0.. (in place).
-__device__ __forceinline__ void mul_cb(float (&s)[8][4], const float* cb, int Q, const int (&t)[2], int s0) {
-  const int c2 = 2 * int(threadIdx.x & 3);
-#pragma unroll
-  for (int j = 0; j < 8; ++j)
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const float2 v = *reinterpret_cast<const float2*>(cb + t[hf] * Q + s0 + 8 * j + c2);
-      s[j][2 * hf] *= v.x;
-      s[j][2 * hf + 1] *= v.y;
-    }
-}
-
-// The entering state's part of one N slice (its pieces summed in st): st *= e0 per row, acc += st, the slice's Y
-// partials (st · C_t, C_t in ct with ld kLd2) to the workspace; st cleared.
-template <typename T>
-__device__ __forceinline__ void dc2_state_slice(float (&acc)[8][4], float (&st)[8][4], const float (&e0)[2],
-                                                const T* ct, int r0, float* ysum, const int (&trow)[2], int nv) {
-  const int g8 = int(threadIdx.x & 31) >> 2, c2 = 2 * int(threadIdx.x & 3);
-  float ypart[2];
-#pragma unroll
-  for (int hf = 0; hf < 2; ++hf) {
-    const int rl = r0 + g8 + 8 * hf;
-    float y = 0.f;
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        st[j][2 * hf + e] *= e0[hf];
-        y += st[j][2 * hf + e] * to_float(ct[rl * kLd2 + j * 8 + c2 + e]);
-        acc[j][2 * hf + e] += st[j][2 * hf + e];
-        st[j][2 * hf + e] = 0.f;
-      }
-    ypart[hf] = quad_sum(y);
-  }
-  if ((threadIdx.x & 3) == 0)
-    for (int hf = 0; hf < 2; ++hf)
-      if (trow[hf] < nv) ysum[trow[hf]] = ypart[hf];
+         align128((kSync1 ? 8 : 4) * kTile * sizeof(float));
 }
 
 // Per (target tile i, head set): dC (both N slices) summed over the set's heads, per head the Y partials of both
 // slices and the decay-pair sums (bwd_dc_mma_kernel's sums, bitwise: the same products in the same order).
-template <typename T>
+// kSync1: one barrier per state piece (instead of two) and per source step (instead of three): the wait for the tile,
+// the next copy issued after it, the decay pairs' warp sums double-buffered in red and added after the next barrier.
+template <typename T, bool kSync1>
 __global__ void __launch_bounds__(kThreads, 3) bwd_dc2_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), nq = Q / kTile, Pp = round16(P), ldp = Pp + 8;
@@ -455,7 +539,7 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dc2_mma_kernel(SsdParams p, L
   T* xb1 = sm.take<T>(kTile * max(ldp, 2 * kLd));
   T* bb0 = sm.take<T>(kTile * kLd2);  // B_s, 128 columns
   T* bb1 = sm.take<T>(kTile * kLd2);  // C_t (for Y) in the state's part, then B_s
-  float* red = sm.take<float>(4 * kTile);
+  float* red = sm.take<float>((kSync1 ? 8 : 4) * kTile);  // the decay pairs' warp sums (kSync1: two steps')
   T* const hb0 = xb1;  // H_in pieces in the state's part, before the source loop's first copy into xb1
   T* const hb1 = xb1 + kTile * kLd;
   const TileBlock tb = tile_block(p, w, v, 1);
@@ -468,44 +552,42 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dc2_mma_kernel(SsdParams p, L
   const T* bk = ptr<T>(Bt) + b * Bt.stride[0] + g * Bt.stride[2] + c0 * Bt.stride[1];
   const T* cq = ptr<T>(Ct) + b * Ct.stride[0] + g * Ct.stride[2] + (c0 + t0) * Ct.stride[1];
   const int warp = int(threadIdx.x >> 5), r0 = warp * 16, g8 = int(threadIdx.x & 31) >> 2;
-  const int c2 = 2 * int(threadIdx.x & 3);
   const int trow[2] = {t0 + r0 + g8, t0 + r0 + g8 + 8};
   float* ws = ptr<float>(p.workspace);
   const float* cbg = ws + v.cb + ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q;
   const int npc = (P + kTile - 1) / kTile, nper = (v.hinlo ? 2 : 1) * npc, npieces = 2 * nper;
-  float acc0[8][4] = {}, acc1[8][4] = {};  // dC, columns 0..63 and 64..127, summed over the set's heads
+  float acc[2][8][4] = {};  // dC, columns 0..63 and 64..127, summed over the set's heads
   for (int h = h0; h < h0 + hs; ++h) {
-    if (h > h0) __syncthreads();  // the previous head's tiles and tokens are read
+    if (!kSync1 && h > h0) __syncthreads();  // the previous head's tiles and tokens are read (kSync1: the flush's)
     const T* dyq = ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] + (c0 + t0) * dY.stride[1];
     const T* xk = ptr<T>(X) + b * X.stride[0] + h * X.stride[2] + c0 * X.stride[1];
     const int64_t hoff = ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N;
     const T* hin = reinterpret_cast<const T*>(ws + w.hin) + hoff;
     const T* hinlo = reinterpret_cast<const T*>(ws + v.hinlo) + hoff;
-    // pieces q = (slice, then H_in's 64-row pieces, then (split) its residue's): 64 x 64 tiles hb[p][n]
-    auto piece = [&](int q, T* dst) {
+    // pieces q = (slice, then H_in's 64-row pieces, then (split) its residue's): 64 x 64 tiles hb[p][n] in hb0 / hb1
+    auto piece = [&](int q) {
       const int pc = q % nper, p0 = pc % npc * kTile, n0 = q / nper * kTile;
-      issue_rows_n<T>(dst, kLd, kTile, (pc < npc ? hin : hinlo) + int64_t(p0) * N + n0, N, 1, P - p0, N - n0);
+      issue_rows_n<T>(q & 1 ? hb1 : hb0, kLd, kTile, (pc < npc ? hin : hinlo) + int64_t(p0) * N + n0, N, 1, P - p0,
+                      N - n0);
     };
     issue_rows_n<T>(dys, ldp, Pp, dyq, dY.stride[1], dY.stride[3], nv - t0, P);
     issue_rows_n<T>(bb1, kLd2, 2 * kTile, cq, Ct.stride[1], Ct.stride[3], nv - t0, N);  // C_t (for Y)
     chunk_tokens(p, w, v, b, h, c, tok);
-    piece(0, hb0);
+    piece(0);
     cp_async_commit();
     // the first source tile, in flight during the state's part
     issue_rows_n<T>(xb0, ldp, Pp, xk, X.stride[1], X.stride[3], nv, P);
     issue_rows_n<T>(bb0, kLd2, 2 * kTile, bk, Bt.stride[1], Bt.stride[3], nv, N);
     cp_async_commit();
-    piece(1, hb1);  // (npieces >= 2)
-    cp_async_commit();
-    {  // the entering state's part: diag(e0) dY H_in per slice, pieces two ahead in hb0 / hb1
+    if (!kSync1) {
+      piece(1);  // (npieces >= 2)
+      cp_async_commit();
+    }
+    {  // the entering state's part: diag(e0) dY H_in per slice
       const int64_t bhc = (b * p.nheads + h) * w.nchunks + c;
       float* ysum = ws + v.ysum + bhc * v.ny * Q;
       float st[8][4] = {}, e0[2] = {0.f, 0.f};
-      for (int q = 0; q < npieces; ++q) {
-        if (q == 0) cp_async_wait<2>();
-        else if (q + 1 < npieces) cp_async_wait<1>();
-        else cp_async_wait<0>();
-        __syncthreads();
+      state_pieces_pipelined<kSync1>(npieces, piece, [&](int q) {
         if (q == 0) {
 #pragma unroll
           for (int hf = 0; hf < 2; ++hf)
@@ -513,57 +595,45 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dc2_mma_kernel(SsdParams p, L
         }
         const int p0 = q % nper % npc * kTile;
         mma_kn64<T>(st, dys, ldp, p0, q & 1 ? hb1 : hb0, kLd, r0, min(kTile, Pp - p0));
-        __syncthreads();
-        if (q + 2 < npieces) {
-          piece(q + 2, q & 1 ? hb1 : hb0);
-          cp_async_commit();
-        }
-        if (q == nper - 1) dc2_state_slice<T>(acc0, st, e0, bb1, r0, ysum, trow, nv);
-        else if (q == npieces - 1) dc2_state_slice<T>(acc1, st, e0, bb1 + kTile, r0, ysum + Q, trow, nv);
-      }
+        if (q == nper - 1) dc_state_slice<T>(acc[0], st, e0, bb1, kLd2, r0, ysum, trow, nv);
+        else if (q == npieces - 1) dc_state_slice<T>(acc[1], st, e0, bb1 + kTile, kLd2, r0, ysum + Q, trow, nv);
+      });
     }
-    __syncthreads();  // C_t and the pieces read: bb1 and xb1 take the next source tile
+    if (!kSync1) __syncthreads();  // C_t and the pieces read: bb1 and xb1 take the next source tile
     // the source tiles s <= t, double-buffered
     float* pairs = ws + v.pairs + (((b * p.nheads + h) * w.nchunks + c) * nq + i) * Q;
     float carry[2] = {0.f, 0.f};
     // the lane's line of the C B^T tile: its quad's rows trow[0] / trow[1], the first or second 32 columns
     const int64_t pf_row = int64_t(trow[0] + 8 * ((threadIdx.x >> 1) & 1)) * Q + (threadIdx.x & 1) * 32;
+    auto issue_next = [&](int j) {  // source tile j + 1 into the buffers of tile j - 1
+      const int s1 = (j + 1) * kTile;
+      issue_rows_n<T>((j & 1 ? xb0 : xb1), ldp, Pp, xk + s1 * X.stride[1], X.stride[1], X.stride[3], nv - s1, P);
+      issue_rows_n<T>((j & 1 ? bb0 : bb1), kLd2, 2 * kTile, bk + s1 * Bt.stride[1], Bt.stride[1], Bt.stride[3],
+                      nv - s1, N);
+    };
     for (int j = 0; j <= i; ++j) {
       const int s0 = j * kTile, lim = j == i ? warp : 3;
       prefetch_l1(cbg + pf_row + s0);  // the C B^T tile of this step into L1
-      if (j < i) {
-        const int s1 = s0 + kTile;
-        issue_rows_n<T>((j & 1 ? xb0 : xb1), ldp, Pp, xk + s1 * X.stride[1], X.stride[1], X.stride[3], nv - s1, P);
-        issue_rows_n<T>((j & 1 ? bb0 : bb1), kLd2, 2 * kTile, bk + s1 * Bt.stride[1], Bt.stride[1], Bt.stride[3],
-                        nv - s1, N);
-      }
-      cp_async_commit();
-      cp_async_wait<1>();
-      __syncthreads();
-      float s[8][4] = {};
-      mma_nk_range<T>(s, dys, (j & 1 ? xb1 : xb0), ldp, r0, Pp, 0, lim);  // dY_t X_s^T
-      tile_decay<true, true>(s, tok, trow, s0, nv, j == i);               // ∘ L ∘ Δ_s
-      mma_sx2<T>(acc0, acc1, s, (j & 1 ? bb1 : bb0), lim);
+      tile_step_begin<kSync1>(j < i, [&] { issue_next(j); });
+      if (kSync1 && j > 0) pair_sums_flush(red + ((j - 1) & 1) * 4 * kTile, pairs + s0 - kTile);  // step j - 1's
+      float s[8][4];
+      dc_source_step<T, 2>(acc, s, dys, (j & 1 ? xb1 : xb0), ldp, Pp, (j & 1 ? bb1 : bb0), kLd2, tok, trow, s0, nv,
+                           lim, j == i);
       mul_cb(s, cbg, Q, trow, s0);  // the decay pairs' terms C B^T ∘ (the masked dY X^T)
-      pair_sums(s, carry, j == i, red, pairs + s0);
-      __syncthreads();  // before the next issue overwrites this tile's buffers
+      float* red_j = red + (kSync1 ? (j & 1) * 4 * kTile : 0);
+      pair_sums_warp(s, carry, j == i, red_j);
+      if (!kSync1) {
+        __syncthreads();
+        pair_sums_flush(red_j, pairs + s0);
+        __syncthreads();  // before the next issue overwrites this tile's buffers
+      }
+    }
+    if (kSync1) {  // the last step's decay pairs
+      __syncthreads();
+      pair_sums_flush(red + (i & 1) * 4 * kTile, pairs + i * kTile);
     }
   }
-  float* dC = ptr<float>(p.dC);
-  const TensorArg& o = p.dC;
-#pragma unroll
-  for (int hf = 0; hf < 2; ++hf) {
-    if (trow[hf] >= nv) continue;
-    float* row = dC + b * o.stride[0] + (c0 + trow[hf]) * o.stride[1] + set * o.stride[2];
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int n = j * 8 + c2 + e;
-        row[n * o.stride[3]] = acc0[j][2 * hf + e];
-        if (kTile + n < N) row[(kTile + n) * o.stride[3]] = acc1[j][2 * hf + e];
-      }
-  }
+  store_rows<2>(p.dC, b, c0, set, trow, nv, 0, N, acc);
 }
 
 template <typename T>
@@ -573,8 +643,9 @@ size_t bwd_dx_mma_smem(int N) {
          2 * align128(kTile * kLd * sizeof(T));
 }
 
-// Per (source tile j, 64-wide P slice, head): o, dx, the x·o and X_s partials, the dD share.
-template <typename T, bool kSplit>
+// Per (source tile j, 64-wide P slice, head): o, dx, the x·o and X_s partials, the dD share. kSync1: one barrier
+// per target step (the wait for the tile, the next copy issued after it) instead of two.
+template <typename T, bool kSplit, bool kSync1>
 __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), nq = Q / kTile, Np = round16(N), ldn = Np + 8;
@@ -630,22 +701,20 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, La
   issue_rows_n<T>(hb, kLd, kTile, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0, P - p0);
   cp_async_commit();
   const float* cbt = ptr<float>(p.workspace) + v.cbt + ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q;
-  float acc[8][4] = {};
+  float acc[1][8][4] = {};
+  auto issue_next = [&](int i) {  // dY of target tile i + 1 into the buffer of tile i - 1
+    const int t1 = (i + 1) * kTile;
+    issue_rows_n<T>((i & 1 ? db0 : db1), kLd, kTile, dyt + t1 * dY.stride[1], dY.stride[1], dY.stride[3], nv - t1,
+                    P - p0);
+  };
   for (int i = j; i < ni; ++i) {
     const int t0 = i * kTile;
     float cv[8][4];
     load_cb(cv, cbt, Q, srow, t0, 3);  // C B^T transposed: rows s, columns t
-    if (i + 1 < ni) {
-      const int t1 = t0 + kTile;
-      issue_rows_n<T>((i & 1 ? db0 : db1), kLd, kTile, dyt + t1 * dY.stride[1], dY.stride[1], dY.stride[3], nv - t1,
-                      P - p0);
-    }
-    cp_async_commit();
-    cp_async_wait<1>();
-    __syncthreads();
+    tile_step_begin<kSync1>(i + 1 < ni, [&] { issue_next(i); });
     tile_decay<false, false>(cv, tok, srow, t0, nv, i == j);
-    mma_sx_from<T>(acc, cv, (i & 1 ? db1 : db0), i == j ? warp : 0);
-    __syncthreads();
+    mma_sx_slices<T, 1>(acc, cv, (i & 1 ? db1 : db0), kLd, i == j ? warp : 0, 3);
+    if (!kSync1) __syncthreads();
   }
   // epilogue: o = acc + e_s ost; dx = Δ o + D dY; x·o, x·ost per row; dY·x per column
   float dcol[8][2] = {};
@@ -668,7 +737,7 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, La
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         if (pp + e >= P) continue;
-        const float o = acc[jj][2 * hf + e] + lv * ost[jj][2 * hf + e];
+        const float o = acc[0][jj][2 * hf + e] + lv * ost[jj][2 * hf + e];
         const float xv = to_float(bs[rl * kLd + q + e]), dyv = to_float(hb[rl * kLd + q + e]);
         d[e] = dts * o;
         if (Dp) d[e] += Dp[(pp + e) * p.D.stride[1]] * dyv;
@@ -692,6 +761,7 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, La
     }
   }
   if (!dD) return;
+  if (kSync1) __syncthreads();  // red (db0) read by the last target step
 #pragma unroll
   for (int jj = 0; jj < 8; ++jj)
 #pragma unroll
@@ -740,9 +810,8 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_db_mma_kernel(SsdParams
   const TensorArg &X = p.x, &Ct = p.C, &dY = p.dout;
   const T* ct = ptr<T>(Ct) + b * Ct.stride[0] + g * Ct.stride[2] + c0 * Ct.stride[1] + n0 * Ct.stride[3];
   const int warp = int(threadIdx.x >> 5), r0 = warp * 16, g8 = int(threadIdx.x & 31) >> 2;
-  const int c2 = 2 * int(threadIdx.x & 3);
   const int srow[2] = {s0 + r0 + g8, s0 + r0 + g8 + 8};
-  float acc[8][4] = {};  // dB summed over the set's heads (Δ applied per head)
+  float acc[1][8][4] = {};  // dB summed over the set's heads (Δ applied per head)
   for (int h = h0; h < h0 + hs; ++h) {
     if (h > h0) __syncthreads();  // the previous head's tiles and tokens are read
     const T* xsrc = ptr<T>(X) + b * X.stride[0] + h * X.stride[2] + (c0 + s0) * X.stride[1];
@@ -763,68 +832,30 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_db_mma_kernel(SsdParams
     {  // the leaving state's part: diag(Δ e) X dH_out over 64-row pieces of dH_out
       float st[8][4] = {};
       const int npc = (P + kTile - 1) / kTile;  // 64-row pieces of dH_out, then (split) of its residue
-      for (int pc = 0; pc < (v.dhlo ? 2 : 1) * npc; ++pc) {
+      state_pieces_serial<T>(st, xs, ldp, Pp, hb, npc, (v.dhlo ? 2 : 1) * npc, [&](int pc) {
         const int p0 = pc % npc * kTile;
-        if (pc > 0) {
-          issue_rows_n<T>(hb, kLd, kTile, (pc < npc ? dHout : dHlo) + int64_t(p0) * N, N, 1, P - p0, N - n0);
-          cp_async_commit();
-          cp_async_wait<0>();
-        } else {
-          cp_async_wait<1>();
-        }
-        __syncthreads();
-        mma_kn64<T>(st, xs, ldp, p0, hb, kLd, r0, min(kTile, Pp - p0));
-        __syncthreads();
-      }
+        issue_rows_n<T>(hb, kLd, kTile, (pc < npc ? dHout : dHlo) + int64_t(p0) * N, N, 1, P - p0, N - n0);
+      });
+      float lv[2];
 #pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        dts[hf] = tok.dt[srow[hf]];
-        const float lv = dts[hf] * leave_weight(tok, srow[hf], nv);
-#pragma unroll
-        for (int jj = 0; jj < 8; ++jj)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) acc[jj][2 * hf + e] += lv * st[jj][2 * hf + e];
-      }
+      for (int hf = 0; hf < 2; ++hf) dts[hf] = tok.dt[srow[hf]], lv[hf] = dts[hf] * leave_weight(tok, srow[hf], nv);
+      add_rows_scaled(acc[0], lv, st);
     }
     for (int i = j; i < ni; ++i) {
       const int t0 = i * kTile;
-      if (i + 1 < ni) {
+      tile_step_begin<false>(i + 1 < ni, [&] {
         const int t1 = t0 + kTile;
         issue_rows_n<T>((i & 1 ? dyb0 : dyb1), ldp, Pp, dyt + t1 * dY.stride[1], dY.stride[1], dY.stride[3], nv - t1,
                         P);
         issue_rows_n<T>((i & 1 ? cb0 : cb1), kLd, kTile, ct + t1 * Ct.stride[1], Ct.stride[1], Ct.stride[3], nv - t1,
-                      N - n0);
-      }
-      cp_async_commit();
-      cp_async_wait<1>();
-      __syncthreads();
-      float st[8][4] = {};
-      const int lo = i == j ? warp : 0;
-      mma_nk_range<T>(st, xs, (i & 1 ? dyb1 : dyb0), ldp, r0, Pp, lo, 3);  // X_s dY_t^T
-      tile_decay<false, false>(st, tok, srow, t0, nv, i == j);
-#pragma unroll
-      for (int jj = 0; jj < 8; ++jj)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) st[jj][e] *= dts[e >> 1];
-      mma_sx_from<T>(acc, st, (i & 1 ? cb1 : cb0), lo);
+                        N - n0);
+      });
+      db_target_step<T, 1>(acc, xs, (i & 1 ? dyb1 : dyb0), ldp, Pp, (i & 1 ? cb1 : cb0), kLd, tok, srow, dts, t0, nv,
+                           i == j ? warp : 0, i == j);
       __syncthreads();
     }
   }
-  float* dB = ptr<float>(p.dB);
-  const TensorArg& o = p.dB;
-#pragma unroll
-  for (int hf = 0; hf < 2; ++hf) {
-    const int s = srow[hf];
-    if (s >= nv) continue;
-    float* row = dB + b * o.stride[0] + (c0 + s) * o.stride[1] + set * o.stride[2];
-#pragma unroll
-    for (int jj = 0; jj < 8; ++jj)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int n = n0 + jj * 8 + c2 + e;
-        if (n < N) row[n * o.stride[3]] = acc[jj][2 * hf + e];
-      }
-  }
+  store_rows<1>(p.dB, b, c0, set, srow, nv, n0, N, acc);
 }
 
 template <typename T>
@@ -836,8 +867,10 @@ size_t bwd_db2_mma_smem(int P) {
 
 // db with both 64-wide N slices in one block (64 < N <= 128): per (source tile j, head set), X dY_t^T and its decay
 // mask once for the 128 columns of dB (bwd_db_mma_kernel computes them once per slice). The leaving state's part
-// per slice: pieces (dH_out's rows, its residue's) alternate between the free C and dY buffers, two ahead.
-template <typename T>
+// per slice: pieces (dH_out's rows, its residue's) alternate between the free C and dY buffers
+// (state_pieces_pipelined). kSync1: one barrier per state piece and per target step (the wait for the tile, the next
+// copy issued after it) instead of two.
+template <typename T, bool kSync1>
 __global__ void __launch_bounds__(kThreads, 3) bwd_db2_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Pp = round16(P), ldp = Pp + 8;
@@ -859,9 +892,8 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_db2_mma_kernel(SsdParams p, L
   const TensorArg &X = p.x, &Ct = p.C, &dY = p.dout;
   const T* ct = ptr<T>(Ct) + b * Ct.stride[0] + g * Ct.stride[2] + c0 * Ct.stride[1];
   const int warp = int(threadIdx.x >> 5), r0 = warp * 16, g8 = int(threadIdx.x & 31) >> 2;
-  const int c2 = 2 * int(threadIdx.x & 3);
   const int srow[2] = {s0 + r0 + g8, s0 + r0 + g8 + 8};
-  float acc0[8][4] = {}, acc1[8][4] = {};  // dB, columns 0..63 and 64..127, summed over the set's heads
+  float acc[2][8][4] = {};  // dB, columns 0..63 and 64..127, summed over the set's heads
   for (int h = h0; h < h0 + hs; ++h) {
     if (h > h0) __syncthreads();  // the previous head's tiles and tokens are read
     const T* xsrc = ptr<T>(X) + b * X.stride[0] + h * X.stride[2] + (c0 + s0) * X.stride[1];
@@ -873,11 +905,12 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_db2_mma_kernel(SsdParams p, L
     chunk_tokens(p, w, v, b, h, c, tok);
     // pieces q = (slice, then dH_out's 64-row pieces, then (split) its residue's): 64 x 64 tiles hb[p][n]
     const int npc = (P + kTile - 1) / kTile, nper = (v.dhlo ? 2 : 1) * npc;
-    auto piece = [&](int q, T* dst) {
+    auto piece = [&](int q) {  // in hb0 / hb1
       const int pc = q % nper, p0 = pc % npc * kTile, n0 = q / nper * kTile;
-      issue_rows_n<T>(dst, kLd, kTile, (pc < npc ? dHout : dHlo) + int64_t(p0) * N + n0, N, 1, P - p0, N - n0);
+      issue_rows_n<T>(q & 1 ? hb1 : hb0, kLd, kTile, (pc < npc ? dHout : dHlo) + int64_t(p0) * N + n0, N, 1, P - p0,
+                      N - n0);
     };
-    piece(0, hb0);
+    piece(0);
     cp_async_commit();
     // the first target tile (the source tile itself), in flight during the state's part
     issue_rows_n<T>((j & 1 ? dyb1 : dyb0), ldp, Pp, dyt + s0 * dY.stride[1], dY.stride[1], dY.stride[3], nv - s0,
@@ -885,15 +918,14 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_db2_mma_kernel(SsdParams p, L
     issue_rows_n<T>((j & 1 ? cb1 : cb0), kLd2, 2 * kTile, ct + s0 * Ct.stride[1], Ct.stride[1], Ct.stride[3],
                       nv - s0, N);
     cp_async_commit();
-    piece(1, hb1);  // (nper * 2 >= 2 pieces)
-    cp_async_commit();
+    if (!kSync1) {
+      piece(1);  // (nper * 2 >= 2 pieces)
+      cp_async_commit();
+    }
     float dts[2], lv[2];
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) dts[hf] = 0.f, lv[hf] = 0.f;
-    for (int q = 0; q < 2 * nper; ++q) {  // the leaving state's part: diag(Δ e) X dH_out per slice
-      if (q == 0) cp_async_wait<2>();
-      else cp_async_wait<0>();
-      __syncthreads();
+    state_pieces_pipelined<kSync1>(2 * nper, piece, [&](int q) {  // the leaving state's part: diag(Δ e) X dH_out
       if (q == 0) {
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) dts[hf] = tok.dt[srow[hf]], lv[hf] = dts[hf] * leave_weight(tok, srow[hf], nv);
@@ -901,87 +933,55 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_db2_mma_kernel(SsdParams p, L
       float st[8][4] = {};
       const int p0 = q % nper % npc * kTile;
       mma_kn64<T>(st, xs, ldp, p0, q & 1 ? hb1 : hb0, kLd, r0, min(kTile, Pp - p0));
-      __syncthreads();
-      if (q + 2 < 2 * nper) {
-        piece(q + 2, q & 1 ? hb1 : hb0);
-        cp_async_commit();
-      }
-      auto add = [&](float (&acc)[8][4]) {
-#pragma unroll
-        for (int jj = 0; jj < 8; ++jj)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) acc[jj][e] += lv[e >> 1] * st[jj][e];
-      };
-      if (q < nper) add(acc0);
-      else add(acc1);
-    }
+      if (q < nper) add_rows_scaled(acc[0], lv, st);
+      else add_rows_scaled(acc[1], lv, st);
+    });
+    auto issue_next = [&](int i) {  // target tile i + 1 into the buffers of tile i - 1
+      const int t1 = (i + 1) * kTile;
+      issue_rows_n<T>((i & 1 ? dyb0 : dyb1), ldp, Pp, dyt + t1 * dY.stride[1], dY.stride[1], dY.stride[3], nv - t1, P);
+      issue_rows_n<T>((i & 1 ? cb0 : cb1), kLd2, 2 * kTile, ct + t1 * Ct.stride[1], Ct.stride[1], Ct.stride[3],
+                      nv - t1, N);
+    };
     for (int i = j; i < ni; ++i) {
-      const int t0 = i * kTile;
-      if (i + 1 < ni) {
-        const int t1 = t0 + kTile;
-        issue_rows_n<T>((i & 1 ? dyb0 : dyb1), ldp, Pp, dyt + t1 * dY.stride[1], dY.stride[1], dY.stride[3],
-                          nv - t1, P);
-        issue_rows_n<T>((i & 1 ? cb0 : cb1), kLd2, 2 * kTile, ct + t1 * Ct.stride[1], Ct.stride[1], Ct.stride[3],
-                          nv - t1, N);
-      }
-      cp_async_commit();
-      cp_async_wait<1>();
-      __syncthreads();
-      float st[8][4] = {};
-      const int lo = i == j ? warp : 0;
-      mma_nk_range<T>(st, xs, (i & 1 ? dyb1 : dyb0), ldp, r0, Pp, lo, 3);  // X_s dY_t^T
-      tile_decay<false, false>(st, tok, srow, t0, nv, i == j);
-#pragma unroll
-      for (int jj = 0; jj < 8; ++jj)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) st[jj][e] *= dts[e >> 1];
-      const T* cbuf = i & 1 ? cb1 : cb0;
-      mma_sx_from<T>(acc0, st, cbuf, lo, kLd2);
-      mma_sx_from<T>(acc1, st, cbuf + kTile, lo, kLd2);
-      __syncthreads();
+      tile_step_begin<kSync1>(i + 1 < ni, [&] { issue_next(i); });
+      db_target_step<T, 2>(acc, xs, (i & 1 ? dyb1 : dyb0), ldp, Pp, (i & 1 ? cb1 : cb0), kLd2, tok, srow, dts,
+                           i * kTile, nv, i == j ? warp : 0, i == j);
+      if (!kSync1) __syncthreads();
     }
   }
-  float* dB = ptr<float>(p.dB);
-  const TensorArg& o = p.dB;
-#pragma unroll
-  for (int hf = 0; hf < 2; ++hf) {
-    const int s = srow[hf];
-    if (s >= nv) continue;
-    float* row = dB + b * o.stride[0] + (c0 + s) * o.stride[1] + set * o.stride[2];
-#pragma unroll
-    for (int jj = 0; jj < 8; ++jj)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int n = jj * 8 + c2 + e;
-        row[n * o.stride[3]] = acc0[jj][2 * hf + e];
-        if (kTile + n < N) row[(kTile + n) * o.stride[3]] = acc1[jj][2 * hf + e];
-      }
-  }
+  store_rows<2>(p.dB, b, c0, set, srow, nv, 0, N, acc);
 }
 
-// Steps 3 and 4 on register fragments (half / bfloat16).
-template <typename T>
-void launch_bwd_tiles_mma(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s) {
+// Steps 3 and 4 on register fragments (half / bfloat16); kSync1: one barrier per tile step in dc2, dx and db2.
+template <typename T, bool kSync1>
+void launch_bwd_tiles(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s) {
   const unsigned nq = unsigned(p.chunk / kTile), nc = unsigned(w.nchunks), H = unsigned(p.nheads);
   const unsigned nns = unsigned((p.dstate + kTile - 1) / kTile), npt = unsigned((p.headdim + kTile - 1) / kTile);
   const int P = int(p.headdim), N = int(p.dstate);
   const unsigned sets = unsigned(v.hsets), rows = sets * unsigned(p.batch);
   const unsigned tiles = nq * nc * nns * rows;  // 1-d: tile_block
   if (bwd_dc2(p))
-    launch_bwd(bwd_dc2_mma_kernel<T>, dim3(nq * nc * rows), bwd_dc2_mma_smem<T>(P), s, p, w, v);
+    launch_bwd(bwd_dc2_mma_kernel<T, kSync1>, dim3(nq * nc * rows), bwd_dc2_mma_smem<T, kSync1>(P), s, p, w, v);
   else if (bwd_tile_blocks(bwd_dc_mma_smem<T>(P)) == 3)
     launch_bwd(bwd_dc_mma_kernel<T, 3>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
   else
     launch_bwd(bwd_dc_mma_kernel<T, 4>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
   const dim3 dx_grid(nc * nq * npt, H, unsigned(p.batch));
-  if (v.dhlo) launch_bwd(bwd_dx_mma_kernel<T, true>, dx_grid, bwd_dx_mma_smem<T>(N), s, p, w, v);
-  else launch_bwd(bwd_dx_mma_kernel<T, false>, dx_grid, bwd_dx_mma_smem<T>(N), s, p, w, v);
+  if (v.dhlo) launch_bwd(bwd_dx_mma_kernel<T, true, kSync1>, dx_grid, bwd_dx_mma_smem<T>(N), s, p, w, v);
+  else launch_bwd(bwd_dx_mma_kernel<T, false, kSync1>, dx_grid, bwd_dx_mma_smem<T>(N), s, p, w, v);
   if (bwd_db2(p))
-    launch_bwd(bwd_db2_mma_kernel<T>, dim3(nq * nc * rows), bwd_db2_mma_smem<T>(P), s, p, w, v);
+    launch_bwd(bwd_db2_mma_kernel<T, kSync1>, dim3(nq * nc * rows), bwd_db2_mma_smem<T>(P), s, p, w, v);
   else if (bwd_tile_blocks(bwd_db_mma_smem<T>(P)) == 3)
     launch_bwd(bwd_db_mma_kernel<T, 3>, dim3(tiles), bwd_db_mma_smem<T>(P), s, p, w, v);
   else
     launch_bwd(bwd_db_mma_kernel<T, 4>, dim3(tiles), bwd_db_mma_smem<T>(P), s, p, w, v);
+}
+
+// SSM_SSD_BWD_SYNC1=0: session 9's two / three barriers per tile step (session 10's side-by-side switch).
+template <typename T>
+void launch_bwd_tiles_mma(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s) {
+  if (ssd_switch("SSM_SSD_BWD_SYNC1", true)) launch_bwd_tiles<T, true>(p, w, v, s);
+  else launch_bwd_tiles<T, false>(p, w, v, s);
 }
 
 }  // namespace ssm::cuda::ssd
