@@ -31,3 +31,15 @@ timeout -k 1 9 ncu --clock-control none --target-processes all -k "regex:bwd_dc2
 echo "ncu rc=$?"
 grep -E "bwd_dc2_mma.*\(|Duration|Achieved Occupancy|Warp Cycles Per Issued|Compute \(SM\) Throughput" \
   "$OUT/ncu.txt" | cut -c1-140 | head -8
+$PY - "$OUT/time.json" <<'PYEOF'
+import json, sys
+try:
+    rows = json.load(open(sys.argv[1]))["rows"]
+except Exception as e:
+    sys.exit(f"no time.json: {e}")
+for r in rows:
+    top = r["top_us"]
+    us = {n: next((v for k, v in top.items() if n in k), 0.0) for n in ("bwd_dc2", "bwd_dx_mma", "bwd_db2")}
+    print(f"{r['case']:12s} {r['form']:8s} kernels {r['kernels_ms']:.3f} eager {r['eager_ms']:.3f} ms  "
+          + "  ".join(f"{k} {v:.1f}" for k, v in us.items()))
+PYEOF

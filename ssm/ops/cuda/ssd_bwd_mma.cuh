@@ -403,6 +403,68 @@ __device__ __forceinline__ void state_pieces_pipelined(int npieces, Issue&& issu
   }
 }
 
+// One step of a reduce-scatter of v over the lanes that differ in `mask`: the lane keeps the upper half of v[0, 2W)
+// (mask bit set) or the lower, adds its partner's, and stores it in v[0, W).
+template <int W>
+__device__ __forceinline__ void reduce_scatter_step(float (&v)[16], int mask) {
+  const bool up = (threadIdx.x & mask) != 0;
+#pragma unroll
+  for (int i = 0; i < W; ++i) {
+    const float send = up ? v[i] : v[W + i], keep = up ? v[W + i] : v[i];
+    v[i] = keep + __shfl_xor_sync(0xffffffffu, send, mask);
+  }
+}
+
+// The decay pairs of an off-diagonal tile pair (every target row after every source column k): out[k] = Σ_t carry_t +
+// Σ_{s0 <= s < k} Σ_t pr_ts, the columns summed first. This part: the warp's column sums of pr to red[warp][k] (a
+// reduce-scatter over the 8 row groups, 14 shuffles), carry_t += the row's sum; pair_cols_flush after a barrier.
+__device__ __forceinline__ void pair_cols_warp(const float (&pr)[8][4], float (&carry)[2], float* red) {
+  const int lane = int(threadIdx.x & 31), warp = int(threadIdx.x >> 5), g8 = lane >> 2;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    float r = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) r += pr[j][2 * hf] + pr[j][2 * hf + 1];
+    r += __shfl_xor_sync(0xffffffffu, r, 1);
+    carry[hf] += r + __shfl_xor_sync(0xffffffffu, r, 2);
+  }
+  float v[16];  // the thread's two rows summed, column j * 8 + 2 (lane % 4) + e at v[2 j + e]
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) v[2 * j + e] = pr[j][e] + pr[j][2 + e];
+  reduce_scatter_step<8>(v, 4);
+  reduce_scatter_step<4>(v, 8);
+  reduce_scatter_step<2>(v, 16);
+  const int j = 4 * (g8 & 1) + 2 * ((g8 >> 1) & 1) + (g8 >> 2);  // the lane's column pair after the scatter
+  *reinterpret_cast<float2*>(red + warp * kTile + j * 8 + 2 * (lane & 3)) = make_float2(v[0], v[1]);
+}
+
+// out[k] = ctot + Σ_{s < k} (the four warps' column sums in red), k < 64; ctot += their total (the next off-diagonal
+// pair's Σ_t carry_t). Warp 0, two columns per lane (ctot lives there), after pair_cols_warp and a barrier.
+__device__ __forceinline__ void pair_cols_flush(const float* red, float* out, float& ctot) {
+  if (threadIdx.x >= 32) return;
+  const int lane = int(threadIdx.x);
+  float2 col = make_float2(0.f, 0.f);
+#pragma unroll
+  for (int w = 0; w < 4; ++w) {
+    const float2 r = *reinterpret_cast<const float2*>(red + w * kTile + 2 * lane);
+    col.x += r.x;
+    col.y += r.y;
+  }
+  float x = col.x + col.y;  // inclusive scan over the lanes
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const float y = __shfl_up_sync(0xffffffffu, x, o);
+    if (lane >= o) x += y;
+  }
+  float ex = __shfl_up_sync(0xffffffffu, x, 1);
+  if (lane == 0) ex = 0.f;
+  const float tot = __shfl_sync(0xffffffffu, x, 31);
+  *reinterpret_cast<float2*>(out + 2 * lane) = make_float2(ctot + ex, ctot + ex + col.x);
+  ctot += tot;
+}
+
 template <typename T>
 size_t bwd_dc_mma_smem(int P) {
   const int ldp = round16(P) + 8;
@@ -528,7 +590,8 @@ size_t bwd_dc2_mma_smem(int P) {
 // slices and the decay-pair sums (bwd_dc_mma_kernel's sums, bitwise: the same products in the same order).
 // kSync1: one barrier per state piece (instead of two) and per source step (instead of three): the wait for the tile,
 // the next copy issued after it, the decay pairs' warp sums double-buffered in red and added after the next barrier.
-template <typename T, bool kSync1>
+// kColPairs: the off-diagonal tile pairs' decay pairs by column sums first (pair_cols_warp; not bitwise pair_sums').
+template <typename T, bool kSync1, bool kColPairs>
 __global__ void __launch_bounds__(kThreads, 3) bwd_dc2_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), nq = Q / kTile, Pp = round16(P), ldp = Pp + 8;
@@ -611,26 +674,33 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dc2_mma_kernel(SsdParams p, L
       issue_rows_n<T>((j & 1 ? bb0 : bb1), kLd2, 2 * kTile, bk + s1 * Bt.stride[1], Bt.stride[1], Bt.stride[3],
                       nv - s1, N);
     };
+    float ctot = 0.f;  // kColPairs: Σ_t carry_t (warp 0)
+    auto flush = [&](int j) {  // step j's decay pairs from its warp sums
+      const float* red_j = red + (kSync1 ? (j & 1) * 4 * kTile : 0);
+      if (kColPairs && j < i) pair_cols_flush(red_j, pairs + j * kTile, ctot);
+      else pair_sums_flush(red_j, pairs + j * kTile);
+    };
     for (int j = 0; j <= i; ++j) {
       const int s0 = j * kTile, lim = j == i ? warp : 3;
       prefetch_l1(cbg + pf_row + s0);  // the C B^T tile of this step into L1
       tile_step_begin<kSync1>(j < i, [&] { issue_next(j); });
-      if (kSync1 && j > 0) pair_sums_flush(red + ((j - 1) & 1) * 4 * kTile, pairs + s0 - kTile);  // step j - 1's
+      if (kSync1 && j > 0) flush(j - 1);
       float s[8][4];
       dc_source_step<T, 2>(acc, s, dys, (j & 1 ? xb1 : xb0), ldp, Pp, (j & 1 ? bb1 : bb0), kLd2, tok, trow, s0, nv,
                            lim, j == i);
       mul_cb(s, cbg, Q, trow, s0);  // the decay pairs' terms C B^T ∘ (the masked dY X^T)
       float* red_j = red + (kSync1 ? (j & 1) * 4 * kTile : 0);
-      pair_sums_warp(s, carry, j == i, red_j);
+      if (kColPairs && j < i) pair_cols_warp(s, carry, red_j);
+      else pair_sums_warp(s, carry, j == i, red_j);
       if (!kSync1) {
         __syncthreads();
-        pair_sums_flush(red_j, pairs + s0);
+        flush(j);
         __syncthreads();  // before the next issue overwrites this tile's buffers
       }
     }
     if (kSync1) {  // the last step's decay pairs
       __syncthreads();
-      pair_sums_flush(red + (i & 1) * 4 * kTile, pairs + i * kTile);
+      flush(i);
     }
   }
   store_rows<2>(p.dC, b, c0, set, trow, nv, 0, N, acc);
@@ -960,8 +1030,11 @@ void launch_bwd_tiles(const SsdParams& p, const Layout& w, const BwdLayout& v, c
   const int P = int(p.headdim), N = int(p.dstate);
   const unsigned sets = unsigned(v.hsets), rows = sets * unsigned(p.batch);
   const unsigned tiles = nq * nc * nns * rows;  // 1-d: tile_block
-  if (bwd_dc2(p))
-    launch_bwd(bwd_dc2_mma_kernel<T, kSync1>, dim3(nq * nc * rows), bwd_dc2_mma_smem<T, kSync1>(P), s, p, w, v);
+  const size_t dc2_smem = bwd_dc2_mma_smem<T, kSync1>(P);
+  if (bwd_dc2(p) && kSync1 && ssd_switch("SSM_SSD_BWD_COLPAIRS", true))
+    launch_bwd(bwd_dc2_mma_kernel<T, kSync1, kSync1>, dim3(nq * nc * rows), dc2_smem, s, p, w, v);
+  else if (bwd_dc2(p))
+    launch_bwd(bwd_dc2_mma_kernel<T, kSync1, false>, dim3(nq * nc * rows), dc2_smem, s, p, w, v);
   else if (bwd_tile_blocks(bwd_dc_mma_smem<T>(P)) == 3)
     launch_bwd(bwd_dc_mma_kernel<T, 3>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
   else
@@ -977,7 +1050,8 @@ void launch_bwd_tiles(const SsdParams& p, const Layout& w, const BwdLayout& v, c
     launch_bwd(bwd_db_mma_kernel<T, 4>, dim3(tiles), bwd_db_mma_smem<T>(P), s, p, w, v);
 }
 
-// SSM_SSD_BWD_SYNC1=0: session 9's two / three barriers per tile step (session 10's side-by-side switch).
+// SSM_SSD_BWD_SYNC1=0: session 9's two / three barriers per tile step; SSM_SSD_BWD_COLPAIRS=0 (with SYNC1): dc2's
+// decay pairs all by pair_sums (session 10's side-by-side switches).
 template <typename T>
 void launch_bwd_tiles_mma(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s) {
   if (ssd_switch("SSM_SSD_BWD_SYNC1", true)) launch_bwd_tiles<T, true>(p, w, v, s);
