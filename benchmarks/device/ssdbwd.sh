@@ -3,7 +3,8 @@
 # grid f32/f16/bf16 + variants (dc2 / db2 at N 128 and 100) + state forms + sums + bitwise + gradients at model
 # sizes; the test_ssd / test_ssd_split CUDA gradient rows; test_ssd_bwd_sync: the one-barrier tile kernels bitwise
 # equal to session 9's barriers), then the timings in a second process (ssdbwd_time.py: kernel sums, eager, host per
-# form, one barrier per step (default) against SSM_SSD_BWD_SYNC1=0, each twice at B8), then ncu of dc2.
+# form: session 9's barriers (SSM_SSD_BWD_SYNC1=0), one barrier per step with dc2's decay pairs by rows
+# (SSM_SSD_BWD_COLPAIRS=0) and the default (both), B8 and B1 L8192, N 64 (dc / db a block per slice)), a summary.
 # Usage: benchmarks/device/ssdbwd.sh OUT_DIR (repo root, after the build; ~48 s)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -11,7 +12,7 @@ OUT=${1:-/tmp/ssdbwd}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-timeout -k 1 19 $PY - "$OUT" > "$OUT/tests.log" 2>&1 <<'PYEOF'
+timeout -k 1 22 $PY - "$OUT" > "$OUT/tests.log" 2>&1 <<'PYEOF'
 import pytest
 runs = [("one barrier per step bitwise", ["tests/ops/test_ssd_bwd_sync.py"], "cuda"),
         ("kernel grid + variants + state forms + sums + bitwise + gradients", ["tests/ops/test_ssd_cuda.py"],
@@ -23,14 +24,8 @@ for name, files, expr in runs:
 PYEOF
 echo "tests rc=$?"; grep -E "^TESTS|passed|failed|skipped|error" "$OUT/tests.log" | cut -c1-200
 grep -E "^FAILED" "$OUT/tests.log" | head -6 | cut -c1-300
-timeout -k 1 17 $PY benchmarks/device/ssdbwd_time.py "$OUT" > "$OUT/time.log" 2> "$OUT/time.err"
+timeout -k 1 21 $PY benchmarks/device/ssdbwd_time.py "$OUT" > "$OUT/time.log" 2> "$OUT/time.err"
 echo "time rc=$?"; grep -E "^\{|us  |^-- |H200|H100" "$OUT/time.log" | cut -c1-300; tail -2 "$OUT/time.err" | cut -c1-300
-timeout -k 1 9 ncu --clock-control none --target-processes all -k "regex:bwd_dc2_mma" --launch-count 1 \
-  --section SpeedOfLight --section Occupancy --section WarpStateStats \
-  $PY benchmarks/device/ncu_driver.py ssd > "$OUT/ncu.txt" 2>&1
-echo "ncu rc=$?"
-grep -E "bwd_dc2_mma.*\(|Duration|Achieved Occupancy|Warp Cycles Per Issued|Compute \(SM\) Throughput" \
-  "$OUT/ncu.txt" | cut -c1-140 | head -8
 $PY - "$OUT/time.json" <<'PYEOF'
 import json, sys
 try:
@@ -39,7 +34,7 @@ except Exception as e:
     sys.exit(f"no time.json: {e}")
 for r in rows:
     top = r["top_us"]
-    us = {n: next((v for k, v in top.items() if n in k), 0.0) for n in ("bwd_dc2", "bwd_dx_mma", "bwd_db2")}
+    us = {n: next((v for k, v in top.items() if n in k), 0.0) for n in ("bwd_dc", "bwd_dx_mma", "bwd_db")}
     print(f"{r['case']:12s} {r['form']:8s} kernels {r['kernels_ms']:.3f} eager {r['eager_ms']:.3f} ms  "
           + "  ".join(f"{k} {v:.1f}" for k, v in us.items()))
 PYEOF

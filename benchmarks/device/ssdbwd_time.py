@@ -55,17 +55,17 @@ def host_ms(fn, reps=10):
     return host
 
 
-def case(B, L, name, env):
+def case(B, L, name, env, N=128):
     from bench_cuda import time_ms
     from bench_ssd_cuda import fwd_bwd_fn, inputs
     import ssm.ops._kernels as kernels
     for k in SWITCHES:
         os.environ.pop(k, None)
     os.environ.update(env)
-    t = inputs(B, L)
+    t = inputs(B, L, N=N)
     fb = fwd_bwd_fn(t)
     table = kernel_table(fb)
-    row = dict(case=f"B{B} L{L}", form=name, poison=kernels.POISON_OUTPUTS, kernels_ms=sum(table.values()) / 1e3,
+    row = dict(case=f"B{B} L{L}" + ("" if N == 128 else f" N{N}"), form=name, poison=kernels.POISON_OUTPUTS, kernels_ms=sum(table.values()) / 1e3,
                eager_ms=time_ms(fb, reps=10), host_ms=host_ms(fb), top_us={k: round(v, 1) for k, v in table.items()})
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items() if k != "top_us"}),
           flush=True)
@@ -80,12 +80,12 @@ def main():
     res = dict(device=torch.cuda.get_device_name(), rows=[])
     print(res["device"], flush=True)
     parts = [(8, 2048, "sync0"), (8, 2048, "rows"), (8, 2048, "default"), (1, 8192, "default"), (1, 8192, "rows"),
-             (1, 8192, "sync0"), (8, 2048, "default")]
+             (1, 8192, "sync0"), (8, 2048, "default"), (8, 2048, "default", 64)]  # N 64: dc / db a block per slice
     if len(sys.argv) > 2:  # B:FORM,B:FORM,... (L 2048 at B8, else 8192)
         parts = [(int(b), 2048 if b == "8" else 8192, n) for b, n in (x.split(":") for x in sys.argv[2].split(","))]
-    for B, L, name in parts:
+    for B, L, name, *N in parts:
         try:
-            res["rows"].append(case(B, L, name, FORMS[name]))
+            res["rows"].append(case(B, L, name, FORMS[name], *N))
         except Exception as e:  # a part's failure leaves the others
             print(f"-- B{B} L{L} {name} failed: {type(e).__name__}: {e}", flush=True)
         with open(os.path.join(out_dir, "time.json"), "w") as f:
