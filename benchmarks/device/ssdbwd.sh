@@ -3,8 +3,8 @@
 # grid f32/f16/bf16 + variants (dc2 / db2 at N 128 and 100) + state forms + sums + bitwise + gradients at model
 # sizes; the test_ssd / test_ssd_split CUDA gradient rows; test_ssd_bwd_sync: the one-barrier tile kernels bitwise
 # equal to session 9's barriers), then the timings in a second process (ssdbwd_time.py: kernel sums, eager, host per
-# form: session 9's barriers (SSM_SSD_BWD_SYNC1=0), one barrier per step with dc2's decay pairs by rows
-# (SSM_SSD_BWD_COLPAIRS=0) and the default (both), B8 and B1 L8192, N 64 (dc / db a block per slice)), a summary.
+# form: one barrier per step and state piece (default) against session 9's barriers (SSM_SSD_BWD_SYNC1=0), both with
+# dc2's decay pairs by column sums, and session 9's forms (SYNC1=0 COLPAIRS=0), B8 and B1 L8192), a summary.
 # Usage: benchmarks/device/ssdbwd.sh OUT_DIR (repo root, after the build; ~48 s)
 set -uo pipefail
 cd "$(dirname "$0")/../.."

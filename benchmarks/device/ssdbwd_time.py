@@ -25,7 +25,7 @@ FORMS = {  # name: environment
     "sets16": {"SSM_SSD_BWD_HEADSUM": "16"},  # 16 (B1 L8192: 2048 blocks, not 1024)
     "nosplit": {"SSM_SSD_BWD_SPLIT": "0"},
     "sync0": {"SSM_SSD_BWD_SYNC1": "0"},  # session 9's barriers per tile step in dc2 / dx / db2 (session 10's switch)
-    "rows": {"SSM_SSD_BWD_COLPAIRS": "0"},  # one barrier per step, dc2's decay pairs all by row prefixes
+    "sess9": {"SSM_SSD_BWD_SYNC1": "0", "SSM_SSD_BWD_COLPAIRS": "0"},  # session 9's forms (refactored)
 }
 SWITCHES = ("SSM_SSD_BWD_SPLIT", "SSM_SSD_BWD_HEADSUM", "SSM_SSD_BWD_SYNC1", "SSM_SSD_BWD_COLPAIRS")
 
@@ -79,8 +79,8 @@ def main():
     os.makedirs(out_dir, exist_ok=True)
     res = dict(device=torch.cuda.get_device_name(), rows=[])
     print(res["device"], flush=True)
-    parts = [(8, 2048, "sync0"), (8, 2048, "rows"), (8, 2048, "default"), (1, 8192, "default"), (1, 8192, "rows"),
-             (1, 8192, "sync0"), (8, 2048, "default"), (8, 2048, "default", 64)]  # N 64: dc / db a block per slice
+    parts = [(8, 2048, "sync0"), (8, 2048, "default"), (8, 2048, "sess9"), (1, 8192, "default"), (1, 8192, "sync0"),
+             (8, 2048, "default"), (8, 2048, "sync0"), (1, 8192, "sess9")]
     if len(sys.argv) > 2:  # B:FORM,B:FORM,... (L 2048 at B8, else 8192)
         parts = [(int(b), 2048 if b == "8" else 8192, n) for b, n in (x.split(":") for x in sys.argv[2].split(","))]
     for B, L, name, *N in parts:

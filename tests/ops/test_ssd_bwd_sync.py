@@ -1,5 +1,5 @@
 """Session 10's side-by-side switch SSM_SSD_BWD_SYNC1 (ssd_bwd_mma.cuh: one barrier per tile step in dc2, dx and db2,
-or session 9's two / three; dc2's decay pairs by row prefixes, SSM_SSD_BWD_COLPAIRS=0, in both): both forms compute
+or session 9's two / three), with dc2's decay pairs in either form (SSM_SSD_BWD_COLPAIRS): both barrier forms compute
 the same products in the same order, so every gradient is bitwise equal. Goes with the switch after the rounds."""
 import pytest
 import torch
@@ -17,9 +17,10 @@ NAMES = ["dx", "ddt", "dA", "dB", "dC", "dD", "dz", "ddt_bias", "dinit"]
                                   (2, 150, 2, 5, 1, 9, 64), (1, 200, 6, 128, 3, 200, 64)],
                          ids=lambda c: "b{}_l{}_h{}_p{}_g{}_n{}_c{}".format(*c))
 @pytest.mark.parametrize("split", ["1", "0"], ids=["split", "nosplit"])
-def test_one_barrier_form_is_bitwise_equal(dtype, case, split, monkeypatch):
+@pytest.mark.parametrize("pairs", ["1", "0"], ids=["colpairs", "rowpairs"])
+def test_one_barrier_form_is_bitwise_equal(dtype, case, split, pairs, monkeypatch):
     monkeypatch.setenv("SSM_SSD_BWD_SPLIT", split)
-    monkeypatch.setenv("SSM_SSD_BWD_COLPAIRS", "0")
+    monkeypatch.setenv("SSM_SSD_BWD_COLPAIRS", pairs)
     batch, L, H, P, G, N, chunk = case
     args = make_inputs(batch, L, H, P, G, N, dtype, "cuda", D="full", z=True, bias=True, init=True, seq=True)
     dy = torch.randn_like(args["X"])

@@ -374,16 +374,16 @@ __device__ __forceinline__ void state_pieces_serial(float (&st)[8][4], const T* 
 
 // The state's 64 x 64 pieces q = 0.. npieces - 1 (npieces >= 2) through two buffers (piece q in buffer q & 1):
 // body(q) takes piece q after its copy and a barrier. Before the call: piece 0 issued, one group (the first partner
-// tile) committed after it and, not kSync1, piece 1 committed last. kSync1: one barrier per piece (wait, barrier,
-// piece q + 1 into the buffer piece q - 1 used); else two (piece q + 2 issued after the second).
+// tile) committed after it, and piece 1 committed last. kSync1: one barrier per piece (wait, barrier, piece q + 1
+// into the buffer piece q - 1 used, from q = 1); else two (piece q + 2 issued after the second).
 template <bool kSync1, typename Issue, typename Body>
 __device__ __forceinline__ void state_pieces_pipelined(int npieces, Issue&& issue_piece, Body&& body) {
   for (int q = 0; q < npieces; ++q) {
     if (kSync1) {
-      if (q == 0) cp_async_wait<1>();
+      if (q == 0) cp_async_wait<2>();
       else cp_async_wait<0>();
       __syncthreads();
-      if (q + 1 < npieces) {
+      if (q > 0 && q + 1 < npieces) {
         issue_piece(q + 1);
         cp_async_commit();
       }
@@ -642,10 +642,8 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dc2_mma_kernel(SsdParams p, L
     issue_rows_n<T>(xb0, ldp, Pp, xk, X.stride[1], X.stride[3], nv, P);
     issue_rows_n<T>(bb0, kLd2, 2 * kTile, bk, Bt.stride[1], Bt.stride[3], nv, N);
     cp_async_commit();
-    if (!kSync1) {
-      piece(1);  // (npieces >= 2)
-      cp_async_commit();
-    }
+    piece(1);  // (npieces >= 2)
+    cp_async_commit();
     {  // the entering state's part: diag(e0) dY H_in per slice
       const int64_t bhc = (b * p.nheads + h) * w.nchunks + c;
       float* ysum = ws + v.ysum + bhc * v.ny * Q;
@@ -988,10 +986,8 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_db2_mma_kernel(SsdParams p, L
     issue_rows_n<T>((j & 1 ? cb1 : cb0), kLd2, 2 * kTile, ct + s0 * Ct.stride[1], Ct.stride[1], Ct.stride[3],
                       nv - s0, N);
     cp_async_commit();
-    if (!kSync1) {
-      piece(1);  // (nper * 2 >= 2 pieces)
-      cp_async_commit();
-    }
+    piece(1);  // (nper * 2 >= 2 pieces)
+    cp_async_commit();
     float dts[2], lv[2];
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) dts[hf] = 0.f, lv[hf] = 0.f;
@@ -1031,8 +1027,8 @@ void launch_bwd_tiles(const SsdParams& p, const Layout& w, const BwdLayout& v, c
   const unsigned sets = unsigned(v.hsets), rows = sets * unsigned(p.batch);
   const unsigned tiles = nq * nc * nns * rows;  // 1-d: tile_block
   const size_t dc2_smem = bwd_dc2_mma_smem<T, kSync1>(P);
-  if (bwd_dc2(p) && kSync1 && ssd_switch("SSM_SSD_BWD_COLPAIRS", true))
-    launch_bwd(bwd_dc2_mma_kernel<T, kSync1, kSync1>, dim3(nq * nc * rows), dc2_smem, s, p, w, v);
+  if (bwd_dc2(p) && ssd_switch("SSM_SSD_BWD_COLPAIRS", true))
+    launch_bwd(bwd_dc2_mma_kernel<T, kSync1, true>, dim3(nq * nc * rows), dc2_smem, s, p, w, v);
   else if (bwd_dc2(p))
     launch_bwd(bwd_dc2_mma_kernel<T, kSync1, false>, dim3(nq * nc * rows), dc2_smem, s, p, w, v);
   else if (bwd_tile_blocks(bwd_dc_mma_smem<T>(P)) == 3)
@@ -1050,8 +1046,8 @@ void launch_bwd_tiles(const SsdParams& p, const Layout& w, const BwdLayout& v, c
     launch_bwd(bwd_db_mma_kernel<T, 4>, dim3(tiles), bwd_db_mma_smem<T>(P), s, p, w, v);
 }
 
-// SSM_SSD_BWD_SYNC1=0: session 9's two / three barriers per tile step; SSM_SSD_BWD_COLPAIRS=0 (with SYNC1): dc2's
-// decay pairs all by pair_sums (session 10's side-by-side switches).
+// SSM_SSD_BWD_SYNC1=0: session 9's two / three barriers per tile step; SSM_SSD_BWD_COLPAIRS=0: dc2's decay pairs all
+// by pair_sums (session 10's side-by-side switches).
 template <typename T>
 void launch_bwd_tiles_mma(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s) {
   if (ssd_switch("SSM_SSD_BWD_SYNC1", true)) launch_bwd_tiles<T, true>(p, w, v, s);
