@@ -1,10 +1,8 @@
 #!/usr/bin/env bash
 # Device round of the dedicated CUDA SSD backward (session 10): the GPU gradient tests first (test_ssd_cuda: kernel
 # grid f32/f16/bf16 + variants (dc2 / db2 at N 128 and 100) + state forms + sums + bitwise + gradients at model
-# sizes; the test_ssd / test_ssd_split CUDA gradient rows; test_ssd_bwd_sync: the one-barrier tile kernels bitwise
-# equal to session 9's barriers), then the timings in a second process (ssdbwd_time.py: kernel sums, eager, host per
-# form: one barrier per step and state piece (default) against session 9's barriers (SSM_SSD_BWD_SYNC1=0), both with
-# dc2's decay pairs by column sums, and session 9's forms (SYNC1=0 COLPAIRS=0), B8 and B1 L8192), a summary.
+# sizes; the test_ssd / test_ssd_split CUDA gradient rows), then the timings in a second process (ssdbwd_time.py:
+# kernel sums, eager, host: B8 twice, B1 L8192, N 64 (dc / db a block per slice), split off), ncu of dc2, a summary.
 # Usage: benchmarks/device/ssdbwd.sh OUT_DIR (repo root, after the build; ~48 s)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -12,10 +10,9 @@ OUT=${1:-/tmp/ssdbwd}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-timeout -k 1 22 $PY - "$OUT" > "$OUT/tests.log" 2>&1 <<'PYEOF'
+timeout -k 1 20 $PY - "$OUT" > "$OUT/tests.log" 2>&1 <<'PYEOF'
 import pytest
-runs = [("one barrier per step bitwise", ["tests/ops/test_ssd_bwd_sync.py"], "cuda"),
-        ("kernel grid + variants + state forms + sums + bitwise + gradients", ["tests/ops/test_ssd_cuda.py"],
+runs = [("kernel grid + variants + state forms + sums + bitwise + gradients", ["tests/ops/test_ssd_cuda.py"],
          "kernel_backward or sums_kernel or (bitwise and kernel) or gradients"),
         ("ssd / ssd_split gradient rows", ["tests/ops/test_ssd_split.py", "tests/ops/test_ssd.py"], "gradients and cuda")]
 for name, files, expr in runs:
@@ -24,8 +21,13 @@ for name, files, expr in runs:
 PYEOF
 echo "tests rc=$?"; grep -E "^TESTS|passed|failed|skipped|error" "$OUT/tests.log" | cut -c1-200
 grep -E "^FAILED" "$OUT/tests.log" | head -6 | cut -c1-300
-timeout -k 1 21 $PY benchmarks/device/ssdbwd_time.py "$OUT" > "$OUT/time.log" 2> "$OUT/time.err"
+timeout -k 1 15 $PY benchmarks/device/ssdbwd_time.py "$OUT" > "$OUT/time.log" 2> "$OUT/time.err"
 echo "time rc=$?"; grep -E "^\{|us  |^-- |H200|H100" "$OUT/time.log" | cut -c1-300; tail -2 "$OUT/time.err" | cut -c1-300
+timeout -k 1 9 ncu --clock-control none --target-processes all -k "regex:bwd_dc2_mma" --launch-count 1 \
+  --section SpeedOfLight --section Occupancy --section WarpStateStats \
+  $PY benchmarks/device/ncu_driver.py ssd > "$OUT/ncu.txt" 2>&1
+echo "ncu rc=$?"
+grep -E "Duration|Achieved Occupancy|Warp Cycles Per Issued|Compute \(SM\) Throughput" "$OUT/ncu.txt" | cut -c1-120 | head -4
 $PY - "$OUT/time.json" <<'PYEOF'
 import json, sys
 try:

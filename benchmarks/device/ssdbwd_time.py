@@ -24,10 +24,8 @@ FORMS = {  # name: environment
     "sets8": {"SSM_SSD_BWD_HEADSUM": "8"},  # 8 head sets per group (B8: dc2 / db2 at 2048 blocks, not 1024)
     "sets16": {"SSM_SSD_BWD_HEADSUM": "16"},  # 16 (B1 L8192: 2048 blocks, not 1024)
     "nosplit": {"SSM_SSD_BWD_SPLIT": "0"},
-    "sync0": {"SSM_SSD_BWD_SYNC1": "0"},  # session 9's barriers per tile step in dc2 / dx / db2 (session 10's switch)
-    "sess9": {"SSM_SSD_BWD_SYNC1": "0", "SSM_SSD_BWD_COLPAIRS": "0"},  # session 9's forms (refactored)
 }
-SWITCHES = ("SSM_SSD_BWD_SPLIT", "SSM_SSD_BWD_HEADSUM", "SSM_SSD_BWD_SYNC1", "SSM_SSD_BWD_COLPAIRS")
+SWITCHES = ("SSM_SSD_BWD_SPLIT", "SSM_SSD_BWD_HEADSUM")
 
 
 def kernel_table(fn, iters=3):
@@ -79,8 +77,8 @@ def main():
     os.makedirs(out_dir, exist_ok=True)
     res = dict(device=torch.cuda.get_device_name(), rows=[])
     print(res["device"], flush=True)
-    parts = [(8, 2048, "sync0"), (8, 2048, "default"), (8, 2048, "sess9"), (1, 8192, "default"), (1, 8192, "sync0"),
-             (8, 2048, "default"), (8, 2048, "sync0"), (1, 8192, "sess9")]
+    parts = [(8, 2048, "default"), (1, 8192, "default"), (8, 2048, "default", 64),  # N 64: dc / db a block per slice
+             (8, 2048, "nosplit"), (8, 2048, "default")]
     if len(sys.argv) > 2:  # B:FORM,B:FORM,... (L 2048 at B8, else 8192)
         parts = [(int(b), 2048 if b == "8" else 8192, n) for b, n in (x.split(":") for x in sys.argv[2].split(","))]
     for B, L, name, *N in parts:

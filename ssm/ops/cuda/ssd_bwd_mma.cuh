@@ -187,11 +187,11 @@ __device__ __forceinline__ float quad_sum(float v) {
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
-// Decay pairs of target tile t0.. (rows of pr: the thread's trow) with source tile s0.. (pr = C B^T ∘ the
-// masked dY X^T, overwritten): out[k] = Σ_{t in the tile, t >= k} (carry_t + Σ_{s0 <= s < k} pr_ts) for
-// k = s0.. s0 + 63, carry_t += the row's sum. This part: each warp's column sums to red (4 x 64 floats); after a
-// barrier pair_sums_flush adds the warps' and stores out.
-__device__ __forceinline__ void pair_sums_warp(float (&pr)[8][4], float (&carry)[2], bool diag, float* red) {
+// Decay pairs of the diagonal tile pair t0 = s0.. (rows of pr: the thread's trow; pr = C B^T ∘ the masked dY X^T,
+// overwritten): out[k] = Σ_{t in the tile, t >= k} (carry_t + Σ_{s0 <= s < k} pr_ts) for k = s0.. s0 + 63 by row
+// prefixes. This part: each warp's column sums to red (4 x 64 floats); after a barrier pair_sums_flush adds the
+// warps' and stores out.
+__device__ __forceinline__ void pair_diag_warp(float (&pr)[8][4], const float (&carry)[2], float* red) {
   const int lane = int(threadIdx.x & 31), warp = int(threadIdx.x >> 5), c4 = lane & 3, g8 = lane >> 2;
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {
@@ -210,7 +210,6 @@ __device__ __forceinline__ void pair_sums_warp(float (&pr)[8][4], float (&carry)
       pr[j][2 * hf + 1] = run + ex + a0;
       run += tot;
     }
-    carry[hf] = run;
   }
   const int rl = warp * 16 + g8;  // the thread's first row within the tile
 #pragma unroll
@@ -218,7 +217,7 @@ __device__ __forceinline__ void pair_sums_warp(float (&pr)[8][4], float (&carry)
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       const int k = j * 8 + 2 * c4 + e;
-      float col = (!diag || rl >= k ? pr[j][e] : 0.f) + (!diag || rl + 8 >= k ? pr[j][2 + e] : 0.f);
+      float col = (rl >= k ? pr[j][e] : 0.f) + (rl + 8 >= k ? pr[j][2 + e] : 0.f);
       col += __shfl_xor_sync(0xffffffffu, col, 4);
       col += __shfl_xor_sync(0xffffffffu, col, 8);
       col += __shfl_xor_sync(0xffffffffu, col, 16);
@@ -226,7 +225,7 @@ __device__ __forceinline__ void pair_sums_warp(float (&pr)[8][4], float (&carry)
     }
 }
 
-// out[k] = the four warps' column sums in red (pair_sums_warp's, after a barrier), k < 64.
+// out[k] = the four warps' column sums in red (pair_diag_warp's, after a barrier), k < 64.
 __device__ __forceinline__ void pair_sums_flush(const float* red, float* out) {
   if (threadIdx.x < kTile)
     out[threadIdx.x] = red[threadIdx.x] + red[kTile + threadIdx.x] + red[2 * kTile + threadIdx.x] +
@@ -333,11 +332,13 @@ __device__ __forceinline__ void store_rows(const TensorArg& o, int64_t b, int64_
 }
 
 // The top of a double-buffered partner-tile step: the step's tile in shared memory for every warp, the next tile
-// issued (more) into the buffers the previous step read. kSync1: wait, barrier, issue (the barrier also guards the
-// reuse); else issue, wait for all but it, barrier (and the caller syncs after the step).
-template <bool kSync1, typename Issue>
+// issued (more) into the buffers the previous step read. kOneBarrier (dc, dx): wait, barrier, issue (the barrier also
+// guards the reuse); else (db) issue, wait for all but it, barrier, and the caller syncs after the step. Session 10
+// rounds 1 / 1b, H200 B8: dc2 537-540 us against 549-552 with two (three) barriers, dx 340-344 against 350-353, db2
+// 341-342 against 331.
+template <bool kOneBarrier, typename Issue>
 __device__ __forceinline__ void tile_step_begin(bool more, Issue&& issue) {
-  if (kSync1) {
+  if (kOneBarrier) {
     cp_async_wait<0>();
     __syncthreads();
     if (more) issue();
@@ -373,27 +374,22 @@ __device__ __forceinline__ void state_pieces_serial(float (&st)[8][4], const T* 
 }
 
 // The state's 64 x 64 pieces q = 0.. npieces - 1 (npieces >= 2) through two buffers (piece q in buffer q & 1):
-// body(q) takes piece q after its copy and a barrier. Before the call: piece 0 issued, one group (the first partner
-// tile) committed after it, and piece 1 committed last. kSync1: one barrier per piece (wait, barrier, piece q + 1
-// into the buffer piece q - 1 used, from q = 1); else two (piece q + 2 issued after the second).
-template <bool kSync1, typename Issue, typename Body>
+// body(q) takes piece q after its copy and a barrier. Before the call: piece 0 issued, one copy group (the first
+// partner tile) committed after it, piece 1 committed last. kOneBarrier (dc2): one barrier per piece, piece q + 1
+// issued after it (from q = 1) into the buffer piece q - 1 used; else (db2) two, piece q + 2 issued after the second.
+template <bool kOneBarrier, typename Issue, typename Body>
 __device__ __forceinline__ void state_pieces_pipelined(int npieces, Issue&& issue_piece, Body&& body) {
   for (int q = 0; q < npieces; ++q) {
-    if (kSync1) {
-      if (q == 0) cp_async_wait<2>();
-      else cp_async_wait<0>();
-      __syncthreads();
-      if (q > 0 && q + 1 < npieces) {
-        issue_piece(q + 1);
-        cp_async_commit();
-      }
-      body(q);
-    } else {
-      if (q == 0) cp_async_wait<2>();
-      else if (q + 1 < npieces) cp_async_wait<1>();
-      else cp_async_wait<0>();
-      __syncthreads();
-      body(q);
+    if (q == 0) cp_async_wait<2>();
+    else if (kOneBarrier || q + 1 == npieces) cp_async_wait<0>();
+    else cp_async_wait<1>();
+    __syncthreads();
+    if (kOneBarrier && q > 0 && q + 1 < npieces) {
+      issue_piece(q + 1);
+      cp_async_commit();
+    }
+    body(q);
+    if (!kOneBarrier) {
       __syncthreads();
       if (q + 2 < npieces) {
         issue_piece(q + 2);
@@ -465,12 +461,67 @@ __device__ __forceinline__ void pair_cols_flush(const float* red, float* out, fl
   ctot += tot;
 }
 
+// The source tiles s0 = 0, 64, .. t0 of dc's target tile i, double-buffered (tile j in xb0 / xb1 and bb0 / bb1 by
+// j & 1, issue_next(j) copies tile j + 1): acc[sl] += (dY_t X_s^T ∘ L ∘ Δ_s) B_s[:, 64 sl..] per step, and with
+// pairs_here the decay pairs to pairs[k] (off-diagonal steps by column sums, the diagonal by row prefixes), each
+// step's warp sums (red: 2 x 4 x 64 floats) added after the next barrier. One barrier per step and one at the end,
+// after which the tiles and the tokens may be overwritten. Block-wide.
+template <typename T, int kS, typename Issue>
+__device__ __forceinline__ void dc_source_loop(float (&acc)[kS][8][4], int i, const T* dys, const T* xb0, const T* xb1,
+                                               const T* bb0, const T* bb1, int ldp, int Pp, int ldb,
+                                               const TileTokens& tok, const int (&trow)[2], int nv, const float* cbg,
+                                               int Q, bool pairs_here, float* red, float* pairs, Issue&& issue_next) {
+  const int warp = int(threadIdx.x >> 5);
+  float carry[2] = {0.f, 0.f}, ctot = 0.f;  // Σ_s pr_ts of the steps so far per row t; ctot: over all t (warp 0)
+  auto flush = [&](int j) {  // step j's decay pairs
+    const float* red_j = red + (j & 1) * 4 * kTile;
+    if (j < i) pair_cols_flush(red_j, pairs + j * kTile, ctot);
+    else pair_sums_flush(red_j, pairs + j * kTile);
+  };
+  // the lane's line of the C B^T tile: its quad's rows trow[0] / trow[1], the first or second 32 columns
+  const int64_t pf_row = int64_t(trow[0] + 8 * ((threadIdx.x >> 1) & 1)) * Q + (threadIdx.x & 1) * 32;
+  for (int j = 0; j <= i; ++j) {
+    const int s0 = j * kTile;
+    if (pairs_here) prefetch_l1(cbg + pf_row + s0);  // the C B^T tile of this step into L1
+    tile_step_begin<true>(j < i, [&] { issue_next(j); });
+    if (pairs_here && j > 0) flush(j - 1);
+    float s[8][4];
+    dc_source_step<T, kS>(acc, s, dys, j & 1 ? xb1 : xb0, ldp, Pp, j & 1 ? bb1 : bb0, ldb, tok, trow, s0, nv,
+                          j == i ? warp : 3, j == i);
+    if (pairs_here) {  // the decay pairs' terms C B^T ∘ (the masked dY X^T)
+      mul_cb(s, cbg, Q, trow, s0);
+      float* red_j = red + (j & 1) * 4 * kTile;
+      if (j < i) pair_cols_warp(s, carry, red_j);
+      else pair_diag_warp(s, carry, red_j);
+    }
+  }
+  __syncthreads();
+  if (pairs_here) flush(i);
+}
+
+// The target tiles t0 = s0, s0 + 64, .. of db's source tile j (ni tiles in the chunk), double-buffered (tile i in dyb0
+// / dyb1 and cb0 / cb1 by i & 1, issue_next(i) copies tile i + 1): acc[sl] += Δ_s (X_s dY_t^T ∘ L^T) C_t[:, 64 sl..].
+// Each step ends with a barrier. Block-wide.
+template <typename T, int kS, typename Issue>
+__device__ __forceinline__ void db_target_loop(float (&acc)[kS][8][4], int j, int ni, const T* xs, const T* dyb0,
+                                               const T* dyb1, const T* cb0, const T* cb1, int ldp, int Pp, int ldc,
+                                               const TileTokens& tok, const int (&srow)[2], const float (&dts)[2],
+                                               int nv, Issue&& issue_next) {
+  const int warp = int(threadIdx.x >> 5);
+  for (int i = j; i < ni; ++i) {
+    tile_step_begin<false>(i + 1 < ni, [&] { issue_next(i); });
+    db_target_step<T, kS>(acc, xs, i & 1 ? dyb1 : dyb0, ldp, Pp, i & 1 ? cb1 : cb0, ldc, tok, srow, dts, i * kTile,
+                          nv, i == j ? warp : 0, i == j);
+    __syncthreads();
+  }
+}
+
 template <typename T>
 size_t bwd_dc_mma_smem(int P) {
   const int ldp = round16(P) + 8;
   return align128(sizeof(TileTokens)) + 2 * align128(kTile * ldp * sizeof(T)) +
          align128(kTile * max(ldp, kLd) * sizeof(T)) + 2 * align128(kTile * kLd * sizeof(T)) +
-         align128(4 * kTile * sizeof(float));
+         align128(8 * kTile * sizeof(float));
 }
 
 // Blocks per SM the tile kernels dc / db are built for (the register cap: 4 -> 128 registers, 3 -> 168): four when
@@ -494,7 +545,7 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_dc_mma_kernel(SsdParams
   T* bb0 = sm.take<T>(kTile * kLd);
   T* bb1 = sm.take<T>(kTile * kLd);
   T* hb = xb1;  // H_in pieces in the state's part, before the source loop's first copy into xb1
-  float* red = sm.take<float>(4 * kTile);
+  float* red = sm.take<float>(8 * kTile);  // the decay pairs' warp sums of two steps
   const TileBlock tb = tile_block(p, w, v, nns);
   const int ns = tb.slice, i = nq - 1 - tb.tile, n0 = ns * kTile, t0 = i * kTile;  // the heaviest tiles first
   const int hs = int(p.nheads / v.hsets), set = tb.set, h0 = set * hs, g = h0 / int(p.nheads / p.ngroups);
@@ -509,8 +560,7 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_dc_mma_kernel(SsdParams
   float* ws = ptr<float>(p.workspace);
   const float* cbg = ws + v.cb + ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q;
   float acc[1][8][4] = {};  // dC summed over the set's heads
-  for (int h = h0; h < h0 + hs; ++h) {
-    if (h > h0) __syncthreads();  // the previous head's tiles and tokens are read
+  for (int h = h0; h < h0 + hs; ++h) {  // (the previous head's source loop ends with a barrier)
     const T* dyq = ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] + (c0 + t0) * dY.stride[1];
     const T* xk = ptr<T>(X) + b * X.stride[0] + h * X.stride[2] + c0 * X.stride[1];
     const int64_t hoff = ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + n0;
@@ -538,33 +588,17 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_dc_mma_kernel(SsdParams
       const int64_t bhc = (b * p.nheads + h) * w.nchunks + c;
       dc_state_slice<T>(acc[0], st, e0, bb1, kLd, r0, ws + v.ysum + (bhc * v.ny + ns) * Q, trow, nv);
     }
-    __syncthreads();  // C_t read: bb1 takes a key tile
-    // the source tiles s <= t, double-buffered
+    // the source tiles s <= t (step 0's barrier: C_t and the pieces read before bb1 and xb1 take a tile)
     float* pairs = ws + v.pairs + (((b * p.nheads + h) * w.nchunks + c) * nq + i) * Q;
-    float carry[2] = {0.f, 0.f};
     const bool pairs_here = (h - h0) % nns == ns;  // the N-slice blocks take turns with the heads' decay pairs
-    // the lane's line of the C B^T tile: its quad's rows trow[0] / trow[1], the first or second 32 columns
-    const int64_t pf_row = int64_t(trow[0] + 8 * ((threadIdx.x >> 1) & 1)) * Q + (threadIdx.x & 1) * 32;
-    for (int j = 0; j <= i; ++j) {
-      const int s0 = j * kTile, lim = j == i ? warp : 3;
-      if (pairs_here) prefetch_l1(cbg + pf_row + s0);  // the C B^T tile of this step into L1
-      tile_step_begin<false>(j < i, [&] {
-        const int s1 = s0 + kTile;
-        issue_tile<T>((j & 1 ? xb0 : xb1), ldp, Pp, xk + s1 * X.stride[1], X.stride[1], X.stride[3], nv - s1, P);
-        issue_tile<T>((j & 1 ? bb0 : bb1), kLd, kTile, bk + s1 * Bt.stride[1], Bt.stride[1], Bt.stride[3], nv - s1,
-                      N - n0);
-      });
-      float s[8][4];
-      dc_source_step<T, 1>(acc, s, dys, (j & 1 ? xb1 : xb0), ldp, Pp, (j & 1 ? bb1 : bb0), kLd, tok, trow, s0, nv, lim,
-                           j == i);
-      if (pairs_here) {  // the decay pairs' terms C B^T ∘ (the masked dY X^T)
-        mul_cb(s, cbg, Q, trow, s0);
-        pair_sums_warp(s, carry, j == i, red);
-        __syncthreads();
-        pair_sums_flush(red, pairs + s0);
-      }
-      __syncthreads();  // before the next issue overwrites this tile's buffers
-    }
+    dc_source_loop<T, 1>(acc, i, dys, xb0, xb1, bb0, bb1, ldp, Pp, kLd, tok, trow, nv, cbg, Q, pairs_here, red, pairs,
+                         [&](int j) {
+                           const int s1 = (j + 1) * kTile;
+                           issue_tile<T>((j & 1 ? xb0 : xb1), ldp, Pp, xk + s1 * X.stride[1], X.stride[1],
+                                         X.stride[3], nv - s1, P);
+                           issue_tile<T>((j & 1 ? bb0 : bb1), kLd, kTile, bk + s1 * Bt.stride[1], Bt.stride[1],
+                                         Bt.stride[3], nv - s1, N - n0);
+                         });
   }
   store_rows<1>(p.dC, b, c0, set, trow, nv, n0, N, acc);
 }
@@ -578,20 +612,17 @@ inline bool bwd_dc2(const SsdParams& p) {
   return p.dtype != DType::f32 && p.dstate > kTile && p.dstate <= 2 * kTile && p.headdim <= kTile;
 }
 
-template <typename T, bool kSync1>
+template <typename T>
 size_t bwd_dc2_mma_smem(int P) {
   const int ldp = round16(P) + 8;
   return align128(sizeof(TileTokens)) + 2 * align128(kTile * ldp * sizeof(T)) +
          align128(kTile * max(ldp, 2 * kLd) * sizeof(T)) + 2 * align128(kTile * kLd2 * sizeof(T)) +
-         align128((kSync1 ? 8 : 4) * kTile * sizeof(float));
+         align128(8 * kTile * sizeof(float));
 }
 
 // Per (target tile i, head set): dC (both N slices) summed over the set's heads, per head the Y partials of both
-// slices and the decay-pair sums (bwd_dc_mma_kernel's sums, bitwise: the same products in the same order).
-// kSync1: one barrier per state piece (instead of two) and per source step (instead of three): the wait for the tile,
-// the next copy issued after it, the decay pairs' warp sums double-buffered in red and added after the next barrier.
-// kColPairs: the off-diagonal tile pairs' decay pairs by column sums first (pair_cols_warp; not bitwise pair_sums').
-template <typename T, bool kSync1, bool kColPairs>
+// slices and the decay-pair sums (bwd_dc_mma_kernel's products for both slices at once).
+template <typename T>
 __global__ void __launch_bounds__(kThreads, 3) bwd_dc2_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), nq = Q / kTile, Pp = round16(P), ldp = Pp + 8;
@@ -602,7 +633,7 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dc2_mma_kernel(SsdParams p, L
   T* xb1 = sm.take<T>(kTile * max(ldp, 2 * kLd));
   T* bb0 = sm.take<T>(kTile * kLd2);  // B_s, 128 columns
   T* bb1 = sm.take<T>(kTile * kLd2);  // C_t (for Y) in the state's part, then B_s
-  float* red = sm.take<float>((kSync1 ? 8 : 4) * kTile);  // the decay pairs' warp sums (kSync1: two steps')
+  float* red = sm.take<float>(8 * kTile);  // the decay pairs' warp sums of two steps
   T* const hb0 = xb1;  // H_in pieces in the state's part, before the source loop's first copy into xb1
   T* const hb1 = xb1 + kTile * kLd;
   const TileBlock tb = tile_block(p, w, v, 1);
@@ -620,8 +651,7 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dc2_mma_kernel(SsdParams p, L
   const float* cbg = ws + v.cb + ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q;
   const int npc = (P + kTile - 1) / kTile, nper = (v.hinlo ? 2 : 1) * npc, npieces = 2 * nper;
   float acc[2][8][4] = {};  // dC, columns 0..63 and 64..127, summed over the set's heads
-  for (int h = h0; h < h0 + hs; ++h) {
-    if (!kSync1 && h > h0) __syncthreads();  // the previous head's tiles and tokens are read (kSync1: the flush's)
+  for (int h = h0; h < h0 + hs; ++h) {  // (the previous head's source loop ends with a barrier)
     const T* dyq = ptr<T>(dY) + b * dY.stride[0] + h * dY.stride[2] + (c0 + t0) * dY.stride[1];
     const T* xk = ptr<T>(X) + b * X.stride[0] + h * X.stride[2] + c0 * X.stride[1];
     const int64_t hoff = ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N;
@@ -648,7 +678,7 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dc2_mma_kernel(SsdParams p, L
       const int64_t bhc = (b * p.nheads + h) * w.nchunks + c;
       float* ysum = ws + v.ysum + bhc * v.ny * Q;
       float st[8][4] = {}, e0[2] = {0.f, 0.f};
-      state_pieces_pipelined<kSync1>(npieces, piece, [&](int q) {
+      state_pieces_pipelined<true>(npieces, piece, [&](int q) {
         if (q == 0) {
 #pragma unroll
           for (int hf = 0; hf < 2; ++hf)
@@ -660,46 +690,16 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dc2_mma_kernel(SsdParams p, L
         else if (q == npieces - 1) dc_state_slice<T>(acc[1], st, e0, bb1 + kTile, kLd2, r0, ysum + Q, trow, nv);
       });
     }
-    if (!kSync1) __syncthreads();  // C_t and the pieces read: bb1 and xb1 take the next source tile
-    // the source tiles s <= t, double-buffered
+    // the source tiles s <= t (step 0's barrier: C_t and the pieces read before bb1 and xb1 take a tile)
     float* pairs = ws + v.pairs + (((b * p.nheads + h) * w.nchunks + c) * nq + i) * Q;
-    float carry[2] = {0.f, 0.f};
-    // the lane's line of the C B^T tile: its quad's rows trow[0] / trow[1], the first or second 32 columns
-    const int64_t pf_row = int64_t(trow[0] + 8 * ((threadIdx.x >> 1) & 1)) * Q + (threadIdx.x & 1) * 32;
-    auto issue_next = [&](int j) {  // source tile j + 1 into the buffers of tile j - 1
-      const int s1 = (j + 1) * kTile;
-      issue_rows_n<T>((j & 1 ? xb0 : xb1), ldp, Pp, xk + s1 * X.stride[1], X.stride[1], X.stride[3], nv - s1, P);
-      issue_rows_n<T>((j & 1 ? bb0 : bb1), kLd2, 2 * kTile, bk + s1 * Bt.stride[1], Bt.stride[1], Bt.stride[3],
-                      nv - s1, N);
-    };
-    float ctot = 0.f;  // kColPairs: Σ_t carry_t (warp 0)
-    auto flush = [&](int j) {  // step j's decay pairs from its warp sums
-      const float* red_j = red + (kSync1 ? (j & 1) * 4 * kTile : 0);
-      if (kColPairs && j < i) pair_cols_flush(red_j, pairs + j * kTile, ctot);
-      else pair_sums_flush(red_j, pairs + j * kTile);
-    };
-    for (int j = 0; j <= i; ++j) {
-      const int s0 = j * kTile, lim = j == i ? warp : 3;
-      prefetch_l1(cbg + pf_row + s0);  // the C B^T tile of this step into L1
-      tile_step_begin<kSync1>(j < i, [&] { issue_next(j); });
-      if (kSync1 && j > 0) flush(j - 1);
-      float s[8][4];
-      dc_source_step<T, 2>(acc, s, dys, (j & 1 ? xb1 : xb0), ldp, Pp, (j & 1 ? bb1 : bb0), kLd2, tok, trow, s0, nv,
-                           lim, j == i);
-      mul_cb(s, cbg, Q, trow, s0);  // the decay pairs' terms C B^T ∘ (the masked dY X^T)
-      float* red_j = red + (kSync1 ? (j & 1) * 4 * kTile : 0);
-      if (kColPairs && j < i) pair_cols_warp(s, carry, red_j);
-      else pair_sums_warp(s, carry, j == i, red_j);
-      if (!kSync1) {
-        __syncthreads();
-        flush(j);
-        __syncthreads();  // before the next issue overwrites this tile's buffers
-      }
-    }
-    if (kSync1) {  // the last step's decay pairs
-      __syncthreads();
-      flush(i);
-    }
+    dc_source_loop<T, 2>(acc, i, dys, xb0, xb1, bb0, bb1, ldp, Pp, kLd2, tok, trow, nv, cbg, Q, true, red, pairs,
+                         [&](int j) {
+                           const int s1 = (j + 1) * kTile;
+                           issue_rows_n<T>((j & 1 ? xb0 : xb1), ldp, Pp, xk + s1 * X.stride[1], X.stride[1],
+                                           X.stride[3], nv - s1, P);
+                           issue_rows_n<T>((j & 1 ? bb0 : bb1), kLd2, 2 * kTile, bk + s1 * Bt.stride[1],
+                                           Bt.stride[1], Bt.stride[3], nv - s1, N);
+                         });
   }
   store_rows<2>(p.dC, b, c0, set, trow, nv, 0, N, acc);
 }
@@ -711,9 +711,8 @@ size_t bwd_dx_mma_smem(int N) {
          2 * align128(kTile * kLd * sizeof(T));
 }
 
-// Per (source tile j, 64-wide P slice, head): o, dx, the x·o and X_s partials, the dD share. kSync1: one barrier
-// per target step (the wait for the tile, the next copy issued after it) instead of two.
-template <typename T, bool kSplit, bool kSync1>
+// Per (source tile j, 64-wide P slice, head): o, dx, the x·o and X_s partials, the dD share.
+template <typename T, bool kSplit>
 __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), nq = Q / kTile, Np = round16(N), ldn = Np + 8;
@@ -779,10 +778,9 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, La
     const int t0 = i * kTile;
     float cv[8][4];
     load_cb(cv, cbt, Q, srow, t0, 3);  // C B^T transposed: rows s, columns t
-    tile_step_begin<kSync1>(i + 1 < ni, [&] { issue_next(i); });
+    tile_step_begin<true>(i + 1 < ni, [&] { issue_next(i); });
     tile_decay<false, false>(cv, tok, srow, t0, nv, i == j);
     mma_sx_slices<T, 1>(acc, cv, (i & 1 ? db1 : db0), kLd, i == j ? warp : 0, 3);
-    if (!kSync1) __syncthreads();
   }
   // epilogue: o = acc + e_s ost; dx = Δ o + D dY; x·o, x·ost per row; dY·x per column
   float dcol[8][2] = {};
@@ -829,7 +827,7 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_dx_mma_kernel(SsdParams p, La
     }
   }
   if (!dD) return;
-  if (kSync1) __syncthreads();  // red (db0) read by the last target step
+  __syncthreads();  // red (db0) read by the last target step
 #pragma unroll
   for (int jj = 0; jj < 8; ++jj)
 #pragma unroll
@@ -909,19 +907,12 @@ __global__ void __launch_bounds__(kThreads, kBlocks) bwd_db_mma_kernel(SsdParams
       for (int hf = 0; hf < 2; ++hf) dts[hf] = tok.dt[srow[hf]], lv[hf] = dts[hf] * leave_weight(tok, srow[hf], nv);
       add_rows_scaled(acc[0], lv, st);
     }
-    for (int i = j; i < ni; ++i) {
-      const int t0 = i * kTile;
-      tile_step_begin<false>(i + 1 < ni, [&] {
-        const int t1 = t0 + kTile;
-        issue_rows_n<T>((i & 1 ? dyb0 : dyb1), ldp, Pp, dyt + t1 * dY.stride[1], dY.stride[1], dY.stride[3], nv - t1,
-                        P);
-        issue_rows_n<T>((i & 1 ? cb0 : cb1), kLd, kTile, ct + t1 * Ct.stride[1], Ct.stride[1], Ct.stride[3], nv - t1,
-                        N - n0);
-      });
-      db_target_step<T, 1>(acc, xs, (i & 1 ? dyb1 : dyb0), ldp, Pp, (i & 1 ? cb1 : cb0), kLd, tok, srow, dts, t0, nv,
-                           i == j ? warp : 0, i == j);
-      __syncthreads();
-    }
+    db_target_loop<T, 1>(acc, j, ni, xs, dyb0, dyb1, cb0, cb1, ldp, Pp, kLd, tok, srow, dts, nv, [&](int i) {
+      const int t1 = (i + 1) * kTile;
+      issue_rows_n<T>((i & 1 ? dyb0 : dyb1), ldp, Pp, dyt + t1 * dY.stride[1], dY.stride[1], dY.stride[3], nv - t1, P);
+      issue_rows_n<T>((i & 1 ? cb0 : cb1), kLd, kTile, ct + t1 * Ct.stride[1], Ct.stride[1], Ct.stride[3], nv - t1,
+                      N - n0);
+    });
   }
   store_rows<1>(p.dB, b, c0, set, srow, nv, n0, N, acc);
 }
@@ -936,9 +927,8 @@ size_t bwd_db2_mma_smem(int P) {
 // db with both 64-wide N slices in one block (64 < N <= 128): per (source tile j, head set), X dY_t^T and its decay
 // mask once for the 128 columns of dB (bwd_db_mma_kernel computes them once per slice). The leaving state's part
 // per slice: pieces (dH_out's rows, its residue's) alternate between the free C and dY buffers
-// (state_pieces_pipelined). kSync1: one barrier per state piece and per target step (the wait for the tile, the next
-// copy issued after it) instead of two.
-template <typename T, bool kSync1>
+// (state_pieces_pipelined).
+template <typename T>
 __global__ void __launch_bounds__(kThreads, 3) bwd_db2_mma_kernel(SsdParams p, Layout w, BwdLayout v) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Pp = round16(P), ldp = Pp + 8;
@@ -991,7 +981,7 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_db2_mma_kernel(SsdParams p, L
     float dts[2], lv[2];
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) dts[hf] = 0.f, lv[hf] = 0.f;
-    state_pieces_pipelined<kSync1>(2 * nper, piece, [&](int q) {  // the leaving state's part: diag(Δ e) X dH_out
+    state_pieces_pipelined<false>(2 * nper, piece, [&](int q) {  // the leaving state's part: diag(Δ e) X dH_out
       if (q == 0) {
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) dts[hf] = tok.dt[srow[hf]], lv[hf] = dts[hf] * leave_weight(tok, srow[hf], nv);
@@ -1002,56 +992,39 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_db2_mma_kernel(SsdParams p, L
       if (q < nper) add_rows_scaled(acc[0], lv, st);
       else add_rows_scaled(acc[1], lv, st);
     });
-    auto issue_next = [&](int i) {  // target tile i + 1 into the buffers of tile i - 1
+    db_target_loop<T, 2>(acc, j, ni, xs, dyb0, dyb1, cb0, cb1, ldp, Pp, kLd2, tok, srow, dts, nv, [&](int i) {
       const int t1 = (i + 1) * kTile;
       issue_rows_n<T>((i & 1 ? dyb0 : dyb1), ldp, Pp, dyt + t1 * dY.stride[1], dY.stride[1], dY.stride[3], nv - t1, P);
       issue_rows_n<T>((i & 1 ? cb0 : cb1), kLd2, 2 * kTile, ct + t1 * Ct.stride[1], Ct.stride[1], Ct.stride[3],
                       nv - t1, N);
-    };
-    for (int i = j; i < ni; ++i) {
-      tile_step_begin<kSync1>(i + 1 < ni, [&] { issue_next(i); });
-      db_target_step<T, 2>(acc, xs, (i & 1 ? dyb1 : dyb0), ldp, Pp, (i & 1 ? cb1 : cb0), kLd2, tok, srow, dts,
-                           i * kTile, nv, i == j ? warp : 0, i == j);
-      if (!kSync1) __syncthreads();
-    }
+    });
   }
   store_rows<2>(p.dB, b, c0, set, srow, nv, 0, N, acc);
 }
 
-// Steps 3 and 4 on register fragments (half / bfloat16); kSync1: one barrier per tile step in dc2, dx and db2.
-template <typename T, bool kSync1>
-void launch_bwd_tiles(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s) {
+// Steps 3 and 4 on register fragments (half / bfloat16).
+template <typename T>
+void launch_bwd_tiles_mma(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s) {
   const unsigned nq = unsigned(p.chunk / kTile), nc = unsigned(w.nchunks), H = unsigned(p.nheads);
   const unsigned nns = unsigned((p.dstate + kTile - 1) / kTile), npt = unsigned((p.headdim + kTile - 1) / kTile);
   const int P = int(p.headdim), N = int(p.dstate);
   const unsigned sets = unsigned(v.hsets), rows = sets * unsigned(p.batch);
   const unsigned tiles = nq * nc * nns * rows;  // 1-d: tile_block
-  const size_t dc2_smem = bwd_dc2_mma_smem<T, kSync1>(P);
-  if (bwd_dc2(p) && ssd_switch("SSM_SSD_BWD_COLPAIRS", true))
-    launch_bwd(bwd_dc2_mma_kernel<T, kSync1, true>, dim3(nq * nc * rows), dc2_smem, s, p, w, v);
-  else if (bwd_dc2(p))
-    launch_bwd(bwd_dc2_mma_kernel<T, kSync1, false>, dim3(nq * nc * rows), dc2_smem, s, p, w, v);
+  if (bwd_dc2(p))
+    launch_bwd(bwd_dc2_mma_kernel<T>, dim3(nq * nc * rows), bwd_dc2_mma_smem<T>(P), s, p, w, v);
   else if (bwd_tile_blocks(bwd_dc_mma_smem<T>(P)) == 3)
     launch_bwd(bwd_dc_mma_kernel<T, 3>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
   else
     launch_bwd(bwd_dc_mma_kernel<T, 4>, dim3(tiles), bwd_dc_mma_smem<T>(P), s, p, w, v);
   const dim3 dx_grid(nc * nq * npt, H, unsigned(p.batch));
-  if (v.dhlo) launch_bwd(bwd_dx_mma_kernel<T, true, kSync1>, dx_grid, bwd_dx_mma_smem<T>(N), s, p, w, v);
-  else launch_bwd(bwd_dx_mma_kernel<T, false, kSync1>, dx_grid, bwd_dx_mma_smem<T>(N), s, p, w, v);
+  if (v.dhlo) launch_bwd(bwd_dx_mma_kernel<T, true>, dx_grid, bwd_dx_mma_smem<T>(N), s, p, w, v);
+  else launch_bwd(bwd_dx_mma_kernel<T, false>, dx_grid, bwd_dx_mma_smem<T>(N), s, p, w, v);
   if (bwd_db2(p))
-    launch_bwd(bwd_db2_mma_kernel<T, kSync1>, dim3(nq * nc * rows), bwd_db2_mma_smem<T>(P), s, p, w, v);
+    launch_bwd(bwd_db2_mma_kernel<T>, dim3(nq * nc * rows), bwd_db2_mma_smem<T>(P), s, p, w, v);
   else if (bwd_tile_blocks(bwd_db_mma_smem<T>(P)) == 3)
     launch_bwd(bwd_db_mma_kernel<T, 3>, dim3(tiles), bwd_db_mma_smem<T>(P), s, p, w, v);
   else
     launch_bwd(bwd_db_mma_kernel<T, 4>, dim3(tiles), bwd_db_mma_smem<T>(P), s, p, w, v);
-}
-
-// SSM_SSD_BWD_SYNC1=0: session 9's two / three barriers per tile step; SSM_SSD_BWD_COLPAIRS=0: dc2's decay pairs all
-// by pair_sums (session 10's side-by-side switches).
-template <typename T>
-void launch_bwd_tiles_mma(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s) {
-  if (ssd_switch("SSM_SSD_BWD_SYNC1", true)) launch_bwd_tiles<T, true>(p, w, v, s);
-  else launch_bwd_tiles<T, false>(p, w, v, s);
 }
 
 }  // namespace ssm::cuda::ssd
