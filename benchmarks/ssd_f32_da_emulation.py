@@ -8,9 +8,10 @@ Two studies at the shapes of the two float32 tests that failed dA (bound 2e-5 = 
         old (finalize, SSM_SSD_BWD_THROUGH=0): thread i of 256 sums elements i, i + 256, .. in turn; block tree sum;
         new (bwd_state_through_kernel): thread i sums 4 consecutive elements, a warp's butterfly, 8 warps in turn
             per block of 1024 elements, then finalize's tree sum over the blocks' partials.
-  cs: the kernels take every decay as exp(cs_t - cs_s) of float32 cumulative sums of Δ A over the chunk (the
-      reference sums the segment directly): the float64 reference with its segment sums and chunk cumsums replaced
-      by differences of float32 cumsums (values only; the gradient flows through the exact ones).
+  cs: the kernels take every decay as exp(cs_t - cs_s) of float32 cumulative sums of Δ A over the chunk
+      (load_chunk's block_scan; the reference sums each segment directly): the float64 reference with its segment
+      sums and chunk cumsums replaced by differences of float32 cumsums in block_scan's order (values only; the
+      gradient flows through the exact ones).
 Prints, per study and case, the max and median over seeds of ||δdA|| / ||dA|| (and of ddt for cs).
 
     python benchmarks/ssd_f32_da_emulation.py [seeds]
@@ -134,12 +135,22 @@ def through_study(case, seed):
 
 
 def cumsum32(a):
-    """float32 running sum along the last dim (one rounding per step)."""
-    out, acc = torch.empty(a.shape, dtype=torch.float32), torch.zeros(a.shape[:-1], dtype=torch.float32)
-    for i in range(a.shape[-1]):
-        acc = acc + a[..., i].detach().float()
-        out[..., i] = acc
-    return out
+    """float32 inclusive prefix sums along the last dim (<= 256) in load_chunk's block_scan order: pairs per thread,
+    a warp's shuffle-up scan of the pair sums, the previous warps' totals in turn, each entry as excl + its own."""
+    n = a.shape[-1]
+    v = torch.nn.functional.pad(a.detach().float(), (0, 256 - n)).reshape(*a.shape[:-1], 4, 32, 2)
+    first, ab = v[..., 0], v[..., 0] + v[..., 1]  # (..., warp, lane)
+    s = ab.clone()
+    for o in (1, 2, 4, 8, 16):
+        s = torch.cat([s[..., :o], s[..., o:] + s[..., :-o]], -1)
+    tot = s[..., 31]  # (..., warp)
+    off = torch.zeros_like(tot[..., 0])
+    offs = []
+    for w in range(4):
+        offs.append(off)
+        off = off + tot[..., w]
+    excl = (s - ab) + torch.stack(offs, -1)[..., None]
+    return torch.stack([excl + first, excl + ab], -1).reshape(*a.shape[:-1], 256)[..., :n]
 
 
 @contextlib.contextmanager

@@ -1,14 +1,14 @@
 """Device round of engineer `through` (session 10), after the tests (run by through.sh in another process: their
 conftest poisons kernel outputs with NaN). Writes OUT_DIR/through.json after each part.
 
-1. seeds: the two float32 tests that failed dA with SSM_SSD_BWD_THROUGH=1 in session 9, per seed on the same inputs
-   with the through term summed by finalize (THROUGH=0) and by bwd_state's per-chunk partials (THROUGH=1): each
-   form's relative error of dA (and ddt, dX) against the float64 reference, and the forms' dA difference. The
-   session-9 seeds first, then fresh ones until the part's time is up.
+1. seeds: the two float32 tests that failed dA in session 9 (bwd_state's per-chunk partials of the pairs through
+   each chunk, the only form since round 2), per seed: the relative error of dA (and ddt, dX) against the float64
+   reference, beside the float32 reference's own dA error on the same inputs. The session-9 seeds first, then
+   fresh ones until the part's time is up.
 2. split: bf16 gradients of the kernel backward with the states split into hi + lo (SSM_SSD_BWD_SPLIT=1, default)
    and rounded once (=0), on the same inputs: the error of each gradient against the float64 reference.
 3. timing: fwd+bwd at issue 6's shapes (bf16; D, dt_bias, softplus; chunk 256): profiler kernel sum, eager, and
-   the kernels of the backward's state part, per form (through 0 / 1, split off).
+   the kernels of the backward's state part, split on and off.
 
     python benchmarks/device/through_round.py OUT_DIR [seconds for part 1] [seconds for part 2]
 """
@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 KERNEL_CASE = (2, 3 * 256 + 37, 4, 32, 4, 128, 256)  # test_ssd_cuda's b2_l805_h4_p32_g4_n128_c256
 FAILED = {"kernel": [1344454539], "ckpt": [1926839419]}
-SWITCHES = ("SSM_SSD_BWD_THROUGH", "SSM_SSD_BWD_SPLIT")
+SWITCHES = ("SSM_SSD_BWD_SPLIT",)
 STATE_KERNELS = ("state_passing", "bwd_state", "finalize", "dc", "dx", "db")
 
 
@@ -41,10 +41,39 @@ def set_form(**env):
 def kernel_grads(seed, dtype, case, seq=False):
     """test_kernel_backward_matches_reference[nogate-...]'s gradients: {name: (cuda, float64 reference)}."""
     from tests.ops.test_ssd_cuda import cuda_backward_grads
-    os.environ["SSM_SSD_COMPOSED_BWD"] = "1"
-    os.environ["SSM_SSD_BWD_KERNEL"] = "1"
     torch.manual_seed(seed)
     return cuda_backward_grads(dtype, case, seq, False)
+
+
+def reference_dA(args, douts, chunk, dtype, **call):
+    """dA of the reference in dtype on the same inputs and output gradients."""
+    from ssm.ops.python import reference
+    from tests.ops.test_ssd import GRAD_NAMES
+    leaves = {k: (v.detach().to(dtype).requires_grad_() if k in GRAD_NAMES and v is not None else v)
+              for k, v in args.items()}
+    out = reference.ssd_chunk_scan(*(leaves[k] for k in ("X", "dt", "A", "B", "C")), chunk, D=leaves["D"],
+                                   z=leaves["z"], dt_bias=leaves["dt_bias"], initial_states=leaves["initial_states"],
+                                   seq_idx=leaves["seq_idx"], dt_softplus=True, **call)
+    torch.autograd.backward(list(out), [d.to(dtype) for d in douts])
+    return leaves["A"].grad
+
+
+def ref32_kernel_dA(seed, case):
+    """The float32 reference's dA on kernel_grads(seed, float32, case)'s inputs (the same draws in the same order)."""
+    from tests.ops.test_ssd import make_inputs
+    batch, L, H, P, G, N, chunk = case
+    torch.manual_seed(seed)
+    args = make_inputs(batch, L, H, P, G, N, torch.float32, "cuda", D="full", z=False, bias=True, init=True)
+    call = dict(dt_limit=(0.05, 0.9), return_final_states=True)
+    y, final = run_cuda(args, chunk, **call)
+    douts = [torch.randn_like(y), torch.randn_like(final)]
+    return reference_dA(args, douts, chunk, torch.float32, **call)
+
+
+def run_cuda(args, chunk, **call):
+    from tests.ops.test_ssd import GRAD_NAMES, run
+    leaves = dict(args, **{k: args[k].detach().clone().requires_grad_() for k in GRAD_NAMES if args[k] is not None})
+    return run("cuda", leaves, chunk, dt_softplus=True, **call)
 
 
 def ckpt_grads(seed):
@@ -68,19 +97,21 @@ def ckpt_grads(seed):
                                    dt_bias=ref_leaves["dt_bias"], initial_states=ref_leaves["initial_states"],
                                    seq_idx=ref_leaves["seq_idx"], dt_softplus=True, **call)
     torch.autograd.backward(list(ref), [d.double() for d in douts])
-    return {k: (leaves[k].grad, ref_leaves[k].grad) for k in GRAD_NAMES if leaves[k] is not None}
+    grads = {k: (leaves[k].grad, ref_leaves[k].grad) for k in GRAD_NAMES if leaves[k] is not None}
+    grads["A32"] = reference_dA(args, douts, 64, torch.float32, **call)
+    return grads
 
 
 def seed_row(test, seed):
     from tests.ops.harness import rel_err
-    row, dA = dict(test=test, seed=seed), {}
-    for form in ("0", "1"):
-        set_form(SSM_SSD_BWD_THROUGH=form)
-        g = kernel_grads(seed, torch.float32, KERNEL_CASE) if test == "kernel" else ckpt_grads(seed)
-        row[f"t{form}"] = {n: float(f"{rel_err(*g[k]):.4g}") for n, k in (("dA", "A"), ("ddt", "dt"), ("dX", "X"))}
-        dA[form] = g["A"][0]
-    row["forms_dA_diff"] = float(f"{rel_err(dA['1'], dA['0']):.3g}")
-    return row
+    if test == "kernel":
+        g = kernel_grads(seed, torch.float32, KERNEL_CASE)
+        a32 = ref32_kernel_dA(seed, KERNEL_CASE)
+    else:
+        g = ckpt_grads(seed)
+        a32 = g["A32"]
+    row = {n: float(f"{rel_err(*g[k]):.4g}") for n, k in (("dA", "A"), ("ddt", "dt"), ("dX", "X"))}
+    return dict(test=test, seed=seed, **row, ref32_dA=float(f"{rel_err(a32, g['A'][1]):.4g}"))
 
 
 def seeds_part(budget_s, res, save):
@@ -90,16 +121,14 @@ def seeds_part(budget_s, res, save):
         test, seed = queue.pop(0) if queue else (("kernel", "ckpt")[len(rows) % 2], random.randrange(2**31))
         rows.append(seed_row(test, seed))
         r = rows[-1]
-        print(f"-- seed {test} {seed}: dA t0 {r['t0']['dA']:.3g} t1 {r['t1']['dA']:.3g} (forms differ by "
-              f"{r['forms_dA_diff']:.2g}); ddt {r['t0']['ddt']:.3g} / {r['t1']['ddt']:.3g}", flush=True)
+        print(f"-- seed {test} {seed}: dA {r['dA']:.3g} (float32 reference {r['ref32_dA']:.3g}), ddt {r['ddt']:.3g}",
+              flush=True)
         save()
     for test in FAILED:
         mine = [r for r in rows if r["test"] == test]
         if mine:
-            print(f"SEEDS {test}: {len(mine)} seeds, max dA err t0 {max(r['t0']['dA'] for r in mine):.3g} t1 "
-                  f"{max(r['t1']['dA'] for r in mine):.3g}, over 2e-5: t0 {sum(r['t0']['dA'] > 2e-5 for r in mine)} "
-                  f"t1 {sum(r['t1']['dA'] > 2e-5 for r in mine)}, max forms diff "
-                  f"{max(r['forms_dA_diff'] for r in mine):.2g}", flush=True)
+            print(f"SEEDS {test}: {len(mine)} seeds, max dA err {max(r['dA'] for r in mine):.3g} (float32 reference "
+                  f"{max(r['ref32_dA'] for r in mine):.3g}), over 2e-5: {sum(r['dA'] > 2e-5 for r in mine)}", flush=True)
 
 
 def grad_error(g, k):
@@ -144,10 +173,9 @@ def kernel_table(fn, iters=3):
 def timing_part(res, save):
     from bench_cuda import time_ms
     from bench_ssd_cuda import fwd_bwd_fn, inputs
-    forms = [("8x2048", 8, 2048, "t0", {"SSM_SSD_BWD_THROUGH": 0}), ("8x2048", 8, 2048, "t1", {"SSM_SSD_BWD_THROUGH": 1}),
-             ("1x8192", 1, 8192, "t0", {"SSM_SSD_BWD_THROUGH": 0}), ("1x8192", 1, 8192, "t1", {"SSM_SSD_BWD_THROUGH": 1}),
-             ("8x2048", 8, 2048, "t1_split0", {"SSM_SSD_BWD_THROUGH": 1, "SSM_SSD_BWD_SPLIT": 0}),
-             ("8x2048", 8, 2048, "t0_again", {"SSM_SSD_BWD_THROUGH": 0})]
+    forms = [("8x2048", 8, 2048, "default", {}), ("8x2048", 8, 2048, "split0", {"SSM_SSD_BWD_SPLIT": 0}),
+             ("1x8192", 1, 8192, "default", {}), ("1x8192", 1, 8192, "split0", {"SSM_SSD_BWD_SPLIT": 0}),
+             ("8x2048", 8, 2048, "default_again", {})]
     rows, t = res.setdefault("timing", []), {}
     for shape, B, L, form, env in forms:
         set_form(**env)

@@ -282,9 +282,8 @@ def test_backward_sums_kernel_matches_torch(dtype, case, monkeypatch):
             assert_close(got, want, torch.float32, name)
 
 
-STATE_FORMS = {  # the backward's state kernels: session 9's defaults, and session 8's by its switch
+STATE_FORMS = {  # the backward's state kernels with the states split (the default) and rounded once
     "default": {},
-    "through_on": {"SSM_SSD_BWD_THROUGH": "1"},
     "split_off": {"SSM_SSD_BWD_SPLIT": "0"},
 }
 
@@ -297,7 +296,7 @@ STATE_FORMS = {  # the backward's state kernels: session 9's defaults, and sessi
 def test_kernel_backward_state_forms_match_reference(dtype, case, form, monkeypatch):
     """dS_c by the forward's multi-head chunk-state kernel from the recompute's token rows (N <= 128; head quads
     of 2, 4 and 6 heads), bwd_state summing the through-chunk term for finalize (V = 1 element per thread where
-    P N is odd), and session 8's bwd_state / finalize by its switch, with seq_idx runs."""
+    P N is odd), with the states split and rounded once, with seq_idx runs."""
     monkeypatch.setenv("SSM_SSD_COMPOSED_BWD", "1")
     monkeypatch.setenv("SSM_SSD_BWD_KERNEL", "1")
     for name, value in STATE_FORMS[form].items():
