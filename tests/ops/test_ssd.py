@@ -6,7 +6,7 @@ import torch
 import ssm.ops as ops
 import ssm.ops.ssd as ssd_op
 from ssm.ops.python import reference
-from tests.ops.harness import DTYPES, assert_close, backends, device_of, rand, rel_err, to64, use_backend
+from tests.ops.harness import DTYPES, REL_TOL, assert_close, backends, device_of, rand, rel_err, to64, use_backend
 
 GRAD_NAMES = ("X", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
 # L = 1 with two groups: with one, all of y is dt x (C . B) for one 8-term dot, whose cancellation
@@ -65,6 +65,35 @@ def reference64(args, chunk_size, **call):
     seq_idx = a.pop("seq_idx")
     return reference.ssd_chunk_scan(a.pop("X"), a.pop("dt"), a.pop("A"), a.pop("B"), a.pop("C"), chunk_size,
                                     seq_idx=seq_idx, **a, **call)
+
+
+def float32_da_error(got, want, args, douts, chunk_size, dt_limit):
+    """dA's float32 error against float64 over its bound (pass: <= 1). dA = Σ_t T_t with the per-token terms
+    T_t = Δ_t ∂L/∂(Δ_t A), which cancel (Σ|T| / |dA| is 20-1300 in these tests' inputs). The kernels take every
+    decay as exp(cs_t - cs_s) of float32 running sums cs of Δ A over a chunk, |cs| up to C = |A| max_chunk Σ Δ (~460
+    at chunk 256): each cs carries ~1.3 u C of rounding (u = 2^-24; the CUDA block scan's order, emulated), every
+    decay ~2.6 u C relative, correlated along the chunk, so where the terms cancel dA can be off by ~u C Σ|T| per
+    head: the bound is 2 REL_TOL |dA| + u ||C Σ|T|||. (Emulated on the CPU, benchmarks/ssd_f32_da_emulation.py:
+    the cs rounding alone reached 4.6% of the second term over 12 seeds, and 1.25-2.7e-5 of |dA|.) Rows and
+    seq_idx only, dt_softplus on (the terms come from the reference's row layout with a per-token A)."""
+    d = {k: (v.detach().double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+         for k, v in args.items()}
+    x, dt, A, B, C, D, z, init = reference._ssd_inputs(d["X"], d["dt"], d["A"], d["B"], d["C"], d["D"], d["z"],
+                                                       d["initial_states"], d["dt_bias"], True, dt_limit)
+    batch, L, H = dt.shape
+    nc = -(-L // chunk_size)
+    # (B, nc, Q, H): A per token; its gradient is T
+    a_tok = A.expand(batch, nc, chunk_size, H).clone().requires_grad_()
+    y, final = reference._ssd_rows(x, dt, a_tok, B, C, chunk_size, d["seq_idx"], init)
+    y = reference._ssd_output(y, x, D, z, torch.float64)
+    loss = (y * douts[0].double()).sum() + (final * douts[1].double()).sum()
+    (terms,) = torch.autograd.grad(loss, a_tok)
+    # (H,): |A| times the largest Σ Δ over a chunk
+    span = torch.nn.functional.pad(dt, (0, 0, 0, nc * chunk_size - L)).reshape(batch, nc, chunk_size, H).sum(2)
+    cs_max = A.abs() * span.amax((0, 1))
+    scale = (cs_max * terms.abs().sum((0, 1, 2))).norm()
+    bound = 2 * REL_TOL[torch.float32] * want.double().norm() + 2.0 ** -24 * scale.to(want.device)
+    return ((got.double().to(want.device) - want.double()).norm() / bound).item()
 
 
 def run(backend, args, chunk_size, **call):
@@ -222,7 +251,12 @@ def test_gradients_over_several_checkpoint_segments(backend, varlen, monkeypatch
                                    dt_softplus=True, **call)
     torch.autograd.backward(list(ref), [d.double() for d in douts])
     for name in GRAD_NAMES:
-        if leaves[name] is not None:
+        if leaves[name] is None:
+            continue
+        if name == "A" and not varlen:
+            err = float32_da_error(leaves["A"].grad, ref_leaves["A"].grad, args, douts, 64, call["dt_limit"])
+            assert err <= 1.0, f"dA: error {err:.3g} of its float32 bound (float32_da_error)"
+        else:
             assert_close(leaves[name].grad, ref_leaves[name].grad, torch.float32, f"d{name}", factor=2.0)
 
 

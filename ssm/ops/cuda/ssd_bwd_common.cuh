@@ -29,11 +29,11 @@
 namespace ssm::cuda::ssd {
 
 // Backward workspace after the forward's (floats, each region at a multiple of 64):
-//   dstate[(((b * nchunks + c) * H + h) * P + p) * N + n]   dS_c, then dH_out(c) (float32)
+//   dstate[(((b * nchunks + c) * H + h) * P + p) * N + n]   dS_c (float32), then at each bwd_state block's first
+//                                                            element the block's partial of <H_in(c), dH_out(c)>
 //   dhout [(((b * nchunks + c) * H + h) * P + p) * N + n]   dH_out(c) in the element type T
 //   dhlo  [same]                                             split (register kernels): dH_out(c) - dhout in T
-//   hinlo [same]                                             split: H_in(c) - hin in T (the state pass keeps
-//                                                            H_in(c) float32 in the forward layout's states)
+//   hinlo [same]                                             split: H_in(c) - hin in T (the state pass writes it)
 //   pairs [(((b * H + h) * nchunks + c) * nq + i) * Q + k]   decay-pair sums of target tile i
 //   ysum  [(((b * H + h) * nchunks + c) * ny + slice) * Q + k]  Y_t, partial per N slice
 //   xsum, xo [(((b * H + h) * nchunks + c) * nx + slice) * Q + k]  X_s, x_s·o_s, partial per P slice
@@ -51,8 +51,8 @@ struct BwdLayout {
 };
 
 // The states (float32) enter the tile kernels' state products as two element-type operands hi + lo, i.e. not
-// rounded (the float32 reference keeps them float32): dH_out in dx / db, H_in in dc, and finalize's pairs through
-// the chunk read H_in in float32. SSM_SSD_BWD_SPLIT=0 rounds them once.
+// rounded (the float32 reference keeps them float32): dH_out in dx / db, H_in in dc and in bwd_state's sum of the
+// pairs through the chunk. SSM_SSD_BWD_SPLIT=0 rounds them once.
 inline bool bwd_split_enabled() { return ssd_switch("SSM_SSD_BWD_SPLIT", true); }
 
 // Half / bfloat16 run steps 1, 3 and 4 on register fragments (ssd_bwd_mma.cuh); float32 keeps the FMA tiles

@@ -19,15 +19,15 @@ __device__ inline float block_sum(float v, float* red) {
   return t;
 }
 
-// Elements per block of bwd_state_through_kernel (V = 4 per thread where P N allows): with Layout::through the
-// partial sums of H_in(c) · dH_out(c) lie in chunk c's float32 dS slots at multiples of this span.
+// Elements per block of bwd_state_kernel (V = 4 per thread where P N allows): the partial sums of
+// H_in(c) · dH_out(c) lie in chunk c's float32 dS slots at multiples of this span.
 __host__ __device__ inline int64_t through_span(int64_t PN) { return kThreads * (PN % 4 == 0 ? 4 : 1); }
 
-// The chunk's tokens: from the backward's token rows (v.tok, with Layout::through; the recompute's tokens kernel or
+// The chunk's tokens: from the backward's token rows (v.tok: half / bfloat16; the recompute's tokens kernel or
 // dstate wrote them), else load_chunk.
 __device__ inline void finalize_tokens(const SsdParams& p, const Layout& w, const BwdLayout& v, int64_t b, int h,
                                        int64_t c, ChunkTokens& tok) {
-  if (!w.through || v.tok == 0) {
+  if (v.tok == 0) {
     load_chunk(p, b, h, c * p.chunk, int(p.chunk), tok);
     return;
   }
@@ -55,22 +55,12 @@ __global__ void __launch_bounds__(kThreads) bwd_finalize_kernel(SsdParams p, Lay
     ry[kMaxChunk - 1 - k] = y;
     rx[k] = x;
   }
-  // pairs through the chunk: exp(cs_last) <H_in, dH_out> when no sequence starts inside it
+  // pairs through the chunk: exp(cs_last) <H_in, dH_out> when no sequence starts inside it (bwd_state's partials)
   float th = 0.f;
-  if (tok.run[last] == 0 && w.through) {  // bwd_state's partial sums
+  if (tok.run[last] == 0) {
     const float* part = ws + v.dstate + ((b * w.nchunks + c) * p.nheads + h) * PN;
     const int64_t span = through_span(PN);
     for (int64_t j = threadIdx.x; j * span < PN; j += kThreads) th += part[j * span];
-  } else if (tok.run[last] == 0) {
-    const int64_t off = ((b * w.nchunks + c) * p.nheads + h) * PN;
-    const T* hin = reinterpret_cast<const T*>(ws + w.hin) + off;
-    const float *hin32 = ws + w.states + off, *dh = ws + v.dstate + off;
-    const T* dh_hi = reinterpret_cast<const T*>(ws + v.dhout) + off;
-    const T* dh_lo = reinterpret_cast<const T*>(ws + v.dhlo) + off;
-    if (v.hinlo)  // split: H_in kept in float32 by the state pass, dH_out as hi + lo
-      for (int64_t e = threadIdx.x; e < PN; e += kThreads) th += hin32[e] * (to_float(dh_hi[e]) + to_float(dh_lo[e]));
-    else
-      for (int64_t e = threadIdx.x; e < PN; e += kThreads) th += to_float(hin[e]) * dh[e];
   }
   const float through = block_sum(th, red) * __expf(tok.cs[last]);
   block_scan(ry, tok.ftot);

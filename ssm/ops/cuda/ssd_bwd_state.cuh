@@ -1,6 +1,7 @@
 // SSD backward steps 1 and 2: the output gradient's pull on the state entering each chunk,
 // dS_c = Σ_{t in the first run} exp(cs_t) dY_t ⊗ C_t (a 64 x Q by Q x 64 product per P x N tile; this kernel
-// for float32, ssd_bwd_mma.cuh's for half / bfloat16), then the adjoint states passed backwards over the chunks (elementwise over P x N).
+// for float32, ssd_bwd_mma.cuh's for half / bfloat16), then the adjoint states passed backwards over the chunks
+// (elementwise over P x N) with the partial sums of <H_in(c), dH_out(c)> for finalize.
 #pragma once
 #include "cuda/ssd_bwd_finalize.cuh"
 #include "cuda/ssd_state_passing.cuh"
@@ -55,58 +56,12 @@ __global__ void __launch_bounds__(kThreads) bwd_dstate_kernel(SsdParams p, Layou
   }
 }
 
-// Reverse over chunks: the slot of dS_c receives dH_out(c) (also kept in T for the tensor-core
-// products); dinitial = dH_in(0). The chunks' dS_c are loaded a few at a time (in flight together).
-template <typename T, bool kSplit>
-__global__ void __launch_bounds__(kThreads) bwd_state_kernel(SsdParams p, Layout w, BwdLayout v) {
-  const int64_t PN = p.headdim * p.dstate, e = int64_t(blockIdx.x) * kThreads + threadIdx.x;
-  if (e >= PN) return;
-  const int h = blockIdx.y, pp = int(e / p.dstate), nn = int(e % p.dstate);
-  const int64_t b = blockIdx.z, nc = w.nchunks, step = p.nheads * PN;
-  float* ws = ptr<float>(p.workspace);
-  const float* rec = ws + w.record + (b * p.nheads + h) * nc * kRecord;
-  float* slot = ws + v.dstate + b * nc * step + h * PN + e;
-  T* slot_t = reinterpret_cast<T*>(ws + v.dhout) + b * nc * step + h * PN + e;
-  T* slot_lo = kSplit ? reinterpret_cast<T*>(ws + v.dhlo) + b * nc * step + h * PN + e : nullptr;
-  // split: H_in's residue from the float32 H_in the state pass kept
-  const float* hin32 = ws + w.states + b * nc * step + h * PN + e;
-  const T* hin = reinterpret_cast<const T*>(ws + w.hin) + b * nc * step + h * PN + e;
-  T* hin_lo = kSplit ? reinterpret_cast<T*>(ws + v.hinlo) + b * nc * step + h * PN + e : nullptr;
-  float dH = has(p.dfinal) ? at4<float>(p.dfinal, b, h, pp, nn) : 0.f;
-  constexpr int kAhead = 4;
-  for (int64_t top = nc - 1; top >= 0; top -= kAhead) {
-    float dS[kAhead];
-#pragma unroll
-    for (int u = 0; u < kAhead; ++u) dS[u] = top - u >= 0 ? slot[(top - u) * step] : 0.f;
-#pragma unroll
-    for (int u = 0; u < kAhead; ++u) {
-      const int64_t c = top - u;
-      if (c < 0) break;
-      const float* r = rec + c * kRecord;
-      if (!kSplit) slot[c * step] = dH;  // split: finalize reads dH_out as hi + lo
-      const T hi = from_float<T>(dH);
-      slot_t[c * step] = hi;
-      if (kSplit) slot_lo[c * step] = from_float<T>(dH - to_float(hi));  // the rounding residue
-      if (kSplit) hin_lo[c * step] = from_float<T>(hin32[c * step] - to_float(hin[c * step]));
-      const float dH_in = dS[u] + (__float_as_int(r[kHasReset]) ? 0.f : r[kDecayAll] * dH);
-      if (c == 0) {
-        if (has(p.dinitial))
-          ptr<float>(p.dinitial)[b * p.dinitial.stride[0] + h * p.dinitial.stride[1] + pp * p.dinitial.stride[2] +
-                                 nn * p.dinitial.stride[3]] = dH_in;
-      } else {
-        dH = __float_as_int(r[kContinues]) ? dH_in : 0.f;
-      }
-    }
-  }
-}
-
-// bwd_state with the through-chunk term (Layout::through, session 9): V consecutive elements per thread, the chunks'
-// dS_c and H_in(c) (hin, + its residue v.hinlo from the state pass with kSplit) loaded kAhead at a time; writes
-// dH_out(c) in T (and its residue with kSplit) and, per block and chunk, the partial sum of H_in(c) · dH_out(c) over
-// the block's elements into the chunk's first float32 slot of the block (finalize sums them: through_span). No
-// float32 dH_out, no float32 H_in.
+// Reverse over chunks, V consecutive elements per thread: the chunks' dS_c and H_in(c) (hin, + its residue v.hinlo
+// from the state pass with kSplit) loaded kAhead at a time; writes dH_out(c) in T (and its residue with kSplit),
+// dinitial = dH_in(0), and per block and chunk the partial sum of H_in(c) · dH_out(c) over the block's elements (the
+// pairs through the chunk) into the chunk's first float32 slot of the block (finalize sums them: through_span).
 template <typename T, bool kSplit, int V>
-__global__ void __launch_bounds__(kThreads) bwd_state_through_kernel(SsdParams p, Layout w, BwdLayout v) {
+__global__ void __launch_bounds__(kThreads) bwd_state_kernel(SsdParams p, Layout w, BwdLayout v) {
   __shared__ float red[2][4][kThreads / 32];
   const int64_t PN = p.headdim * p.dstate, blk = int64_t(blockIdx.x) * kThreads * V, e0 = blk + threadIdx.x * V;
   const bool on = e0 < PN;  // (every thread takes part in the block sums)
@@ -195,22 +150,15 @@ void launch_bwd_dstate(const SsdParams& p, const Layout& w, const BwdLayout& v, 
 template <typename T>
 void launch_bwd_state(const SsdParams& p, const Layout& w, const BwdLayout& v, cudaStream_t s) {
   const int64_t PN = p.headdim * p.dstate;
-  if (w.through) {
-    const dim3 grid(ceil_div(PN, through_span(PN)), unsigned(p.nheads), unsigned(p.batch));
-    if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
-    if (PN % 4 == 0) {
-      if (v.dhlo) bwd_state_through_kernel<T, true, 4><<<grid, kThreads, 0, s>>>(p, w, v);
-      else bwd_state_through_kernel<T, false, 4><<<grid, kThreads, 0, s>>>(p, w, v);
-    } else {
-      if (v.dhlo) bwd_state_through_kernel<T, true, 1><<<grid, kThreads, 0, s>>>(p, w, v);
-      else bwd_state_through_kernel<T, false, 1><<<grid, kThreads, 0, s>>>(p, w, v);
-    }
-    return;
-  }
-  const dim3 grid(ceil_div(PN, kThreads), unsigned(p.nheads), unsigned(p.batch));
+  const dim3 grid(ceil_div(PN, through_span(PN)), unsigned(p.nheads), unsigned(p.batch));
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
-  if (v.dhlo) bwd_state_kernel<T, true><<<grid, kThreads, 0, s>>>(p, w, v);
-  else bwd_state_kernel<T, false><<<grid, kThreads, 0, s>>>(p, w, v);
+  if (PN % 4 == 0) {
+    if (v.dhlo) bwd_state_kernel<T, true, 4><<<grid, kThreads, 0, s>>>(p, w, v);
+    else bwd_state_kernel<T, false, 4><<<grid, kThreads, 0, s>>>(p, w, v);
+  } else {
+    if (v.dhlo) bwd_state_kernel<T, true, 1><<<grid, kThreads, 0, s>>>(p, w, v);
+    else bwd_state_kernel<T, false, 1><<<grid, kThreads, 0, s>>>(p, w, v);
+  }
 }
 
 }  // namespace ssm::cuda::ssd

@@ -49,7 +49,6 @@ struct Layout {
   int64_t nchunks = 0, record = 0, states = 0, hin = 0, cb = 0, hinlo = 0, tok = 0, floats = 0;
   bool split = false;  // the state pass writes hinlo and the exact staged output reads it (the forward sets it)
   int64_t bwd_tok = 0;  // the backward's recompute: BwdLayout::tok, whose rows (Δ, cs, run) the tokens kernel writes too
-  bool through = false;  // the backward: bwd_state sums <H_in(c), dH_out(c)> (finalize reads its partials)
 };
 
 __host__ __device__ inline int64_t round64(int64_t n) { return (n + 63) / 64 * 64; }

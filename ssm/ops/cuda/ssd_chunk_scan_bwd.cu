@@ -30,21 +30,14 @@ void ssd_chunk_scan_bwd(const SsdParams& p, cudaStream_t stream) {
   ssd::Layout w = ssd::layout(p, elem);
   const ssd::BwdLayout v = ssd::bwd_layout(p, w);
   w.bwd_tok = v.tok;  // the recompute's tokens kernel writes the backward's token rows too
-  // bwd_state sums the through-chunk term and the state pass writes H_in's residue instead of a float32 H_in
-  // (SSM_SSD_BWD_THROUGH=1: the per-chunk partials, off by default: float32 dA failed twice on the device)
-  w.through = ssd::ssd_switch("SSM_SSD_BWD_THROUGH", false);
   SSM_CHECK(p.workspace_floats >= v.floats, op, "workspace of ", p.workspace_floats, " floats, need ", v.floats);
   if (p.batch * p.nheads * p.seqlen == 0) return;
   SSM_DTYPE_SWITCH(p.dtype, T, op, [&] {
     ssd::launch_chunk_state<T>(p, w, stream);
-    if (v.hinlo && w.through) {  // the state pass writes H_in's residue v.hinlo (for dc and bwd_state)
+    if (v.hinlo) {  // split: the state pass writes H_in's residue v.hinlo (for dc and bwd_state)
       ssd::Layout wp = w;
       wp.split = true, wp.hinlo = v.hinlo;
       ssd::launch_state_passing<T>(p, wp, stream);
-    } else if (v.hinlo) {  // the state pass keeps H_in in float32 in the states' place when varlen states are asked
-      SsdParams q = p;  // for; none are written (launch_varlen_states is not called): the pointer is a flag
-      q.varlen_states.data = p.workspace.data;
-      ssd::launch_state_passing<T>(q, w, stream);
     } else {
       ssd::launch_state_passing<T>(p, w, stream);
     }
