@@ -507,6 +507,10 @@ inline bool hin_split_enabled(const SsdParams& p) {
 template <typename T>
 using StagedCb = typename std::conditional<std::is_same<T, __nv_bfloat16>::value, __nv_bfloat16, float>::type;
 
+// The exact staged output on wgmma (ssd_chunk_output_wgmma.cuh; false where it does not apply).
+template <typename T>
+bool launch_chunk_output_wgmma(const SsdParams& p, const Layout& w, cudaStream_t s);
+
 template <typename T>
 void launch_chunk_scan(const SsdParams& p, const Layout& w, cudaStream_t s) {
   const int64_t ptiles = (p.headdim + kTile - 1) / kTile, nq = p.chunk / kTile;
@@ -522,6 +526,8 @@ void launch_chunk_scan(const SsdParams& p, const Layout& w, cudaStream_t s) {
              w);
       if (w.split)
         launch(chunk_scan_staged_kernel<T, float, true, true>, paired, smem, s, p, w);
+      else if (launch_chunk_output_wgmma<T>(p, w, s))
+        return;
       else
         launch(chunk_scan_staged_kernel<T, float, true, false>, paired, smem, s, p, w);
     } else if (staged_enabled() && N <= 2 * kTile) {

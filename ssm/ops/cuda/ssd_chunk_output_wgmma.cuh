@@ -1,0 +1,304 @@
+// SSD step 4 on Hopper's warpgroup MMA (session 10): the exact staged chunk output (chunk_scan_staged_kernel<T,
+// float, true, false>: same blocks, stages, decay and epilogue) with both products on wgmma. The block's 4 warps are
+// one warpgroup: S X_k takes S_hi / S_lo from registers (the accumulator-to-A-fragment mapping of mma.sync) and X_k
+// from shared memory by descriptor, 8 wgmma m64n64k16 per key tile instead of 4 x 64 HMMA + 16 ldmatrix per warp;
+// C_q H_in^T the same with C_q's fragments by ldmatrix and H_in's half tiles by descriptor. The X_k and H_in tiles
+// are stored 64 x 128 bytes with the 128-byte swizzle (ssd_wgmma.cuh), X_k [token][p] (B transposed), H_in [p][n].
+// Half / bfloat16, N <= 128, H_in not split, sm_90a only (launch_chunk_output_wgmma checks).
+#pragma once
+#include "cuda/ssd_chunk_output_staged.cuh"
+#include "cuda/ssd_wgmma.cuh"
+
+namespace ssm::cuda::ssd {
+
+// dst[sw_off(r, col)] = src[r * rs + col * cs] for r < rows and col < cols, else 0, by element (out of line).
+template <typename T>
+__device__ __noinline__ void issue_sw_cold(T* dst, const T* src, int64_t rs, int64_t cs, int rows, int cols) {
+  for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
+    const int r = e / kTile, col = e % kTile;
+    dst[sw_off(r, col)] = r < rows && col < cols ? src[r * rs + col * cs] : from_float<T>(0.f);
+  }
+}
+
+// The same by 16-byte asynchronous copies where the rows allow (4 per thread: chunk t % 8 of rows t / 8 + 16 k); the
+// caller commits, waits, fences (fence_async_smem) and syncs.
+template <typename T>
+__device__ __forceinline__ void issue_sw(T* dst, const T* src, int64_t rs, int64_t cs, int rows, int cols) {
+  static_assert(sizeof(T) == 2, "64 elements of 2 bytes per 128-byte row");
+  const bool vec = cs == 1 && rs % 8 == 0 && cols % 8 == 0 && (reinterpret_cast<uintptr_t>(src) & 15) == 0;
+  if (!vec) {
+    issue_sw_cold<T>(dst, src, rs, cs, rows, cols);
+    return;
+  }
+  const int r = int(threadIdx.x) >> 3, ch = int(threadIdx.x) & 7;
+  const bool col_ok = ch * 8 < cols;
+  const T* s = src + r * rs + ch * 8;
+  T* d = dst + sw_off(r, ch * 8);  // rows r + 16 k keep r % 8, so the swizzled chunk
+#pragma unroll
+  for (int k = 0; k < kTile / 16; ++k) {
+    const bool ok = col_ok && r + 16 * k < rows;
+    cp_async16(d + 16 * k * kTile, ok ? s : src, ok);
+    s += 16 * rs;
+  }
+}
+
+// acc += (S_hi + S_lo) X over the 64 keys of a tile (X swizzled [token][p]); S zero past the causal limit.
+template <typename T>
+__device__ __forceinline__ void wgmma_sx_split(float (&acc)[8][4], const float (&s)[8][4], const T* xk) {
+  unsigned hi[4][4], lo[4][4];
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    split2<T>(s[2 * kk][0], s[2 * kk][1], hi[kk][0], lo[kk][0]);
+    split2<T>(s[2 * kk][2], s[2 * kk][3], hi[kk][1], lo[kk][1]);
+    split2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1], hi[kk][2], lo[kk][2]);
+    split2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3], hi[kk][3], lo[kk][3]);
+  }
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) fence_a(hi[kk]), fence_a(lo[kk]);
+  const unsigned a = smem_addr(xk);
+  fence_acc(acc);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {  // 16 keys = 16 rows of 128 bytes
+    wgmma_64x64<T, true>(acc, lo[kk], sw_desc(a + kk * 16 * 128));
+    wgmma_64x64<T, true>(acc, hi[kk], sw_desc(a + kk * 16 * 128));
+  }
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_acc(acc);
+}
+
+// hc += C_q H^T over K = Np (<= 16 kSteps): C_q [row][n] (ld ldn) by ldmatrix, H swizzled [p][n] in 64-column
+// halves (zero past N). Every A fragment is loaded before the first product (wgmma reads its registers
+// asynchronously); the steps past Np take zero fragments, so that no branch sits between the products (ptxas
+// injects a warpgroup arrive before each product after one).
+template <typename T, int kSteps>
+__device__ __forceinline__ void wgmma_c_h(float (&hc)[8][4], const T* cq, int ldn, const T* h0, const T* h1, int r0,
+                                          int Np) {
+  unsigned a[kSteps][4];
+#pragma unroll
+  for (int k = 0; k < kSteps; ++k) {
+    load_a(a[k], cq, ldn, r0, 16 * k);  // (past Np: other shared rows, replaced by zeros)
+#pragma unroll
+    for (int u = 0; u < 4; ++u) a[k][u] = 16 * k < Np ? a[k][u] : 0u;
+    fence_a(a[k]);
+  }
+  const unsigned a0 = smem_addr(h0), a1 = smem_addr(h1);
+  fence_acc(hc);
+  wgmma_fence();
+#pragma unroll
+  for (int k = 0; k < kSteps; ++k)  // 16 n = 32 bytes along each row (the swizzle is on the address)
+    wgmma_64x64<T, false>(hc, a[k], sw_desc((k < 4 ? a0 : a1) + (k % 4) * 32));
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_acc(hc);
+}
+
+// acc(t, p) += D_p x(t, p) from the swizzled query tile (add_dx's).
+template <typename T>
+__device__ __forceinline__ void add_dx_sw(float (&acc)[8][4], const float* ds, const T* xq, int r0) {
+  const int g8 = int(threadIdx.x & 31) >> 2, lc = 2 * int(threadIdx.x & 3);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const float2 d = *reinterpret_cast<const float2*>(ds + 8 * j + lc);
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const unsigned xv = *reinterpret_cast<const unsigned*>(xq + sw_off(r0 + g8 + 8 * hf, 8 * j + lc));
+      acc[j][2 * hf] += d.x * to_float(reinterpret_cast<const T*>(&xv)[0]);
+      acc[j][2 * hf + 1] += d.y * to_float(reinterpret_cast<const T*>(&xv)[1]);
+    }
+  }
+}
+
+// masked_sx_tiled with the product on wgmma: the diagonal tile runs all 4 key steps (S is zero past each row).
+template <typename T>
+__device__ __forceinline__ void masked_sx_wgmma(float (&acc)[8][4], float (&s)[8][4], const T* xk,
+                                                const ChunkTokens& tok, const float* kf, const float (&q2)[2],
+                                                const int (&trow)[2], float ref, int kt, int qt, int lim, int rows_left,
+                                                bool runs, bool factored, bool diag_kf) {
+  const bool diag = kt == qt && !runs;
+  if (runs)
+    decay_mask(s, tok, trow, kt * kTile, rows_left);
+  else if (diag && diag_kf)
+    scale_keys_diag(s, kf, kt * kTile, trow);
+  else if (diag)
+    decay_lean<true>(s, tok, q2, trow, kt * kTile, lim);
+  else if (factored)
+    scale_keys(s, kf, kt * kTile);
+  else
+    decay_lean<false>(s, tok, q2, trow, kt * kTile, lim);
+  if (diag && factored && !diag_kf) scale_rows(acc, q2, ref);
+  wgmma_sx_split<T>(acc, s, xk);
+  if (diag && diag_kf) scale_rows(acc, q2, ref);
+}
+
+// Bytes of a stage's buffer pair: the swizzled X_k tile (8 KB), then the C B^T tile (16 KB; or H_in's second half
+// tile in its first 8 KB); both 1024-byte aligned from the aligned base.
+constexpr size_t kWgPair = kTile * kTile * 2 + kTile * kTile * sizeof(float);
+
+// Shared memory: the alignment slack, two buffer pairs, C_q, tokens, the key factors and D of the P tile.
+template <typename T>
+size_t chunk_scan_wgmma_smem(int N) {
+  return 1024 + 2 * kWgPair + align128(kTile * (round16(N) + 8) * sizeof(T)) + align128(sizeof(ChunkTokens)) +
+         align128((kMaxChunk + kTile) * sizeof(float));
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 3) chunk_scan_wgmma_kernel(SsdParams p, Layout w) {
+#ifdef SSM_WGMMA
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);  // swizzle atoms 1024-aligned
+  const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Np = round16(N), ldn = Np + 8;
+  auto xbuf = [&](int i) { return reinterpret_cast<T*>(smem + (i & 1) * kWgPair); };
+  auto cbuf = [&](int i) { return reinterpret_cast<float*>(smem + (i & 1) * kWgPair + kTile * kTile * 2); };
+  T* cq = reinterpret_cast<T*>(smem + 2 * kWgPair);
+  ChunkTokens& tok = *reinterpret_cast<ChunkTokens*>(reinterpret_cast<unsigned char*>(cq) +
+                                                     align128(kTile * ldn * sizeof(T)));
+  float* kf = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(&tok) + align128(sizeof(ChunkTokens)));
+  float* ds = kf + kMaxChunk;  // D of the P tile
+  const int nq = Q / kTile, nqp = (nq + 1) / 2, ntp = (P + kTile - 1) / kTile;
+  const int qp = blockIdx.x % nqp, pt = blockIdx.x / nqp % ntp, p0 = pt * kTile;
+  const int64_t c = blockIdx.x / nqp / ntp, b = blockIdx.z, c0 = c * Q, L = p.seqlen;
+  const int h = blockIdx.y, g = h / int(p.nheads / p.ngroups);
+  if (c0 + qp * kTile >= L) return;
+  const int rows_left = int(min(int64_t(Q), L - c0));  // valid tokens of the chunk
+  // the block's query tiles: qp and nq - 1 - qp (nq + 1 key tiles together: balanced blocks)
+  const int q_last = nq - 1 - qp, npass = q_last != qp && c0 + q_last * kTile < L ? 2 : 1;
+  const int64_t xs1 = p.x.stride[1];
+  const T* xsrc = ptr<T>(p.x) + b * p.x.stride[0] + h * p.x.stride[2] + p0 * p.x.stride[3] + c0 * xs1;
+  const T* csrc = ptr<T>(p.C) + b * p.C.stride[0] + g * p.C.stride[2] + c0 * p.C.stride[1];
+  const T* hin = reinterpret_cast<const T*>(ptr<float>(p.workspace) + w.hin) +
+                 ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + int64_t(p0) * N;
+  const float* cb = ptr<float>(p.workspace) + w.cb + ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q;
+  const int warp = int(threadIdx.x >> 5), r0 = warp * 16, g8 = int(threadIdx.x & 31) >> 2;
+  const bool pairs = P % 2 == 0 && pair_rows(p.out) && (!has(p.z) || pair_rows(p.z));
+  // key tile k of query tile q's pass (X_k and the tiled C B^T rows of q) into buffer pair i
+  auto issue_key = [&](int i, int q, int k) {
+    const int s1 = k * kTile;
+    issue_sw<T>(xbuf(i), xsrc + s1 * xs1, xs1, p.x.stride[3], rows_left - s1, P - p0);
+    issue_cb_tiled(cbuf(i), cb + (q * nq + k) * kTile * kTile);
+  };
+  auto issue_hin = [&](int i) {  // H_in's half tiles ([p][n], n < 64 and n >= 64) into pair i
+    issue_sw<T>(xbuf(i), hin, N, 1, P - p0, min(N, kTile));
+    if (N > kTile) issue_sw<T>(reinterpret_cast<T*>(cbuf(i)), hin + kTile, N, 1, P - p0, N - kTile);
+  };
+  auto issue_c = [&](int q) {  // C_q, read by the pass's last stage
+    issue_rows_n<T, true>(cq, ldn, Np, csrc + q * kTile * p.C.stride[1], p.C.stride[1], p.C.stride[3],
+                          rows_left - q * kTile, N);
+  };
+  auto landed = [&]() {  // this thread's copies done and visible to wgmma, then every thread's
+    cp_async_wait<0>();
+    fence_async_smem();
+    __syncthreads();
+  };
+  const bool copied = !has(p.seq_idx) && !has(p.cu_seqlens);  // no runs: Δ / cs from the tokens kernel
+  if (copied) {
+    issue_tokens(p, w, b, h, c, tok);
+    cp_async_commit();
+  }
+  issue_c(qp);
+  issue_key(0, qp, 0);
+  cp_async_commit();
+  prefetch_z<T>(p, b, h, c0, {qp, q_last}, npass, rows_left, p0);
+  for (int k = threadIdx.x; k < kTile; k += kThreads)  // read after load_chunk's barriers
+    ds[k] = has(p.D) && p0 + k < P ? ptr<float>(p.D)[h * p.D.stride[0] + (p0 + k) * p.D.stride[1]] : 0.f;
+  if (copied) {
+    cp_async_wait<1>();  // the tokens (C_q and the first key tile may still be in flight)
+    __syncthreads();
+  } else {
+    load_chunk(p, b, h, c0, Q, tok);
+  }
+  const bool runs = tok.run[rows_left - 1] != 0;  // a sequence changes inside the chunk
+  const bool factored = !runs && p.dt_lo >= 0.f;
+  int base = 0;  // the buffer pair of the pass's first key tile
+#pragma unroll 1
+  for (int pass = 0; pass < npass; ++pass) {
+    const int qt = pass == 0 ? qp : q_last, t0 = qt * kTile;
+    const float ref = cs_before(tok, t0) * kLog2e;  // r, in log2 units
+    // the diagonal tile's keys by key factors (bfloat16 within 2^±64: chunk_scan_staged_kernel's test)
+    const bool diag_kf = std::is_same<T, __nv_bfloat16>::value && factored &&
+                         fabsf(ref - tok.cs[t0 + kTile - 1] * kLog2e) < 64.f;
+    const int kf_end = diag_kf ? t0 + kTile : t0;
+    if (factored)  // read after the key loop's first barrier (the previous pass's reads are done)
+      for (int k = threadIdx.x; k < kf_end; k += kThreads) kf[k] = ex2(ref - tok.cs[k] * kLog2e) * tok.dt[k];
+    const int trow[2] = {t0 + r0 + g8, t0 + r0 + g8 + 8};  // the thread's two query tokens
+    const float q2[2] = {tok.cs[trow[0]] * kLog2e, tok.cs[trow[1]] * kLog2e};
+    float acc[8][4] = {};
+    for (int kt = 0; kt <= qt; ++kt) {
+      landed();  // key tile kt landed; every warp is done with the previous stage's buffers and C_q
+      if (kt < qt) {
+        issue_key(base + kt + 1, qt, kt + 1);
+        if (kt == 0 && pass > 0) issue_c(qt);
+      } else {  // H_in into the free pair
+        issue_hin(base + qt + 1);
+      }
+      cp_async_commit();
+      const int lim = kt == qt ? warp : 3;  // the diagonal tile: keys up to the warp's last row
+      float s[8][4];
+      cb_from_quads(s, cbuf(base + kt), r0, lim);
+      masked_sx_wgmma<T>(acc, s, xbuf(base + kt), tok, kf, q2, trow, ref, kt, qt, lim, rows_left, runs, factored,
+                         diag_kf);
+    }
+    const bool general = !pairs || (runs && has(p.cu_seqlens) && has(p.initial_states));
+    add_dx_sw<T>(acc, ds, xbuf(base + qt), r0);  // the diagonal key tile is the query tile
+    landed();  // H_in landed; the diagonal tile's pair is free
+    if (pass + 1 < npass) {  // the next pass's first key tile
+      issue_key(base + qt, q_last, 0);
+      cp_async_commit();
+    }
+    float e[2];  // exp(cs_t) on the chunk's first run, else 0
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) e[hf] = trow[hf] < rows_left && tok.run[trow[hf]] == 0 ? ex2(q2[hf]) : 0.f;
+    float hc[8][4] = {};
+    const T* h1 = reinterpret_cast<const T*>(cbuf(base + qt + 1));
+    if (Np > kTile)
+      wgmma_c_h<T, 8>(hc, cq, ldn, xbuf(base + qt + 1), h1, r0, Np);
+    else
+      wgmma_c_h<T, 4>(hc, cq, ldn, xbuf(base + qt + 1), h1, r0, Np);
+    add_scaled(acc, hc, e);
+    if (general) {
+      store_y_general<T>(p, tok, acc, nullptr, b, h, g, c0, trow, t0, rows_left, p0);
+    } else {
+      unsigned zv[2][8];
+      load_z<T>(p, b, h, c0, trow, rows_left, p0, zv);
+      if (has(p.z))
+        store_y_pred<T, true>(p, acc, zv, b, h, c0, trow, rows_left, p0);
+      else
+        store_y_pred<T, false>(p, acc, zv, b, h, c0, trow, rows_left, p0);
+    }
+    base += qt;  // the next pass's first key tile: in the diagonal tile's pair
+  }
+#else
+  __trap();  // built without sm_90a: launch_chunk_output_wgmma never launches it
+#endif
+}
+
+// The wgmma chunk output where it applies (returns false otherwise): SSM_SSD_FWD_WGMMA=1 (session 10, round 1: off
+// by default until measured), a build with sm_90a, a device of compute capability 9.0, the exact staged form's
+// shapes (N <= 128) without the H_in split.
+template <typename T>
+bool launch_chunk_output_wgmma(const SsdParams& p, const Layout& w, cudaStream_t s) {
+#ifdef SSM_CUDA_SM90A
+  if (!ssd_switch("SSM_SSD_FWD_WGMMA", false) || p.dstate > 2 * kTile || w.split) return false;
+  static int cc[16] = {0};
+  int dev = 0;
+  cudaGetDevice(&dev);
+  if (dev < 0 || dev >= 16) return false;
+  if (cc[dev] == 0) {
+    int major = 0, minor = 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+    cc[dev] = 10 * major + minor;
+  }
+  if (cc[dev] != 90) return false;
+  const int64_t nq = p.chunk / kTile, ptiles = (p.headdim + kTile - 1) / kTile;
+  const dim3 paired(unsigned(w.nchunks * ptiles * ((nq + 1) / 2)), unsigned(p.nheads), unsigned(p.batch));
+  launch(chunk_scan_wgmma_kernel<T>, paired, chunk_scan_wgmma_smem<T>(int(p.dstate)), s, p, w);
+  return true;
+#else
+  (void)p, (void)w, (void)s;
+  return false;
+#endif
+}
+
+}  // namespace ssm::cuda::ssd
