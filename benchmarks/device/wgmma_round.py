@@ -1,9 +1,10 @@
 """Device round of engineer wgmma (session 10, issue 6): the SSD forward's chunk output on wgmma.
 
-In one process (torch starts slowly there): y of the wgmma kernel against the staged one on the same inputs, profiler
-kernel sums with the switch off / on side by side: B8 L2048 H32, B1 L8192 H32, B8 L2048 H64 (mamba2-1.3b's heads); P64
-N128 chunk 256 bf16 (D, dt_bias, softplus); then the GPU SSD forward tests with SSM_SSD_FWD_WGMMA=1 (test_ssd_split's
-CUDA rows, the forward rows of test_ssd_cuda / test_ssd, the bf16 kernel-backward grid).
+In one process (torch starts slowly there): y of the wgmma kernels (SSM_SSD_FWD_WGMMA=1: chunk_cb_kernel's tiles, =2:
+S = C B^T in the kernel) against the staged one on the same inputs, profiler kernel sums of the three side by side:
+B8 L2048 H32, B1 L8192 H32, B8 L2048 H64 (mamba2-1.3b's heads); P64 N128 chunk 256 bf16 (D, dt_bias, softplus); then
+the GPU SSD forward tests under =2 (test_ssd_split's CUDA rows, the forward rows of test_ssd_cuda / test_ssd, the bf16
+kernel-backward grid), then under =1 while the time lasts.
 
     python benchmarks/device/wgmma_round.py OUT.json [--budget S]   (summary lines on stderr)
 """
@@ -25,8 +26,9 @@ from ssdfwd_tests import FWD_CUDA, FWD_GRID, Count  # noqa: E402
 
 SWITCH = "SSM_SSD_FWD_WGMMA"
 START = time.time()
-SELECTIONS = [("tests/ops/test_ssd_split.py", "cuda and not compile"), ("tests/ops/test_ssd_cuda.py", FWD_CUDA),
-              ("tests/ops/test_ssd.py", FWD_GRID)]
+SELECTIONS = [("tests/ops/test_ssd_cuda.py", FWD_CUDA), ("tests/ops/test_ssd.py", FWD_GRID),
+              ("tests/ops/test_ssd_split.py", "cuda and not compile")]
+MODES = [("staged", "0"), ("wgmma1", "1"), ("wgmma2", "2")]
 
 
 def log(msg):
@@ -34,17 +36,18 @@ def log(msg):
 
 
 def tests(res):
-    os.environ[SWITCH] = "1"
-    for path, expr in SELECTIONS:
-        count = Count()
-        rc = pytest.main([path, "--maxfail=9", "-q", "-p", "no:cacheprovider", "-k", expr], plugins=[count])
-        res["tests"].append(dict(file=path, rc=int(rc), **count.n, first=count.first))
-        log(f"SUMMARY wgmma on {path}: rc={int(rc)} {count.n} {count.first}")
-    del os.environ[SWITCH]
+    for mode in ("2", "1"):
+        os.environ[SWITCH] = mode
+        for path, expr in SELECTIONS[: 3 if mode == "2" else 2]:
+            count = Count()
+            rc = pytest.main([path, "--maxfail=9", "-q", "-p", "no:cacheprovider", "-k", expr], plugins=[count])
+            res["tests"].append(dict(mode=mode, file=path, rc=int(rc), **count.n, first=count.first))
+            log(f"SUMMARY wgmma={mode} {path}: rc={int(rc)} {count.n} {count.first}")
+        del os.environ[SWITCH]
 
 
-def with_switch(on, fn):
-    os.environ[SWITCH] = "1" if on else "0"
+def with_switch(mode, fn):
+    os.environ[SWITCH] = mode
     try:
         return fn()
     finally:
@@ -56,10 +59,13 @@ def compare_y(res):
     from bench_ssd_cuda import fwd_fn, inputs
     for B, L, H in [(2, 1000, 8), (1, 2048 + 37, 4)]:
         fwd = fwd_fn(inputs(B, L, H=H))
-        y0, y1 = with_switch(False, fwd), with_switch(True, fwd)
-        rel = ((y1.float() - y0.float()).abs().max() / y0.float().abs().max()).item()
-        res["y_diff"].append(dict(B=B, L=L, H=H, rel_max_diff=rel, finite=bool(torch.isfinite(y1).all())))
-        log(f"y wgmma vs staged B{B} L{L} H{H}: rel max diff {rel:.3e}, finite {bool(torch.isfinite(y1).all())}")
+        y0 = with_switch("0", fwd)
+        for mode in ("1", "2"):
+            y1 = with_switch(mode, fwd)
+            rel = ((y1.float() - y0.float()).abs().max() / y0.float().abs().max()).item()
+            fin = bool(torch.isfinite(y1).all())
+            res["y_diff"].append(dict(mode=mode, B=B, L=L, H=H, rel_max_diff=rel, finite=fin))
+            log(f"y wgmma={mode} vs staged B{B} L{L} H{H}: rel max diff {rel:.3e}, finite {fin}")
 
 
 def timings(res, budget):
@@ -73,15 +79,15 @@ def timings(res, budget):
             return
         fwd = fwd_fn(inputs(B, L, H=H))
         row = dict(case=f"ssd fwd B{B} L{L} H{H}")
-        for name, on in [("staged", False), ("wgmma", True)]:
-            total, table = with_switch(on, lambda: kernels(fwd, iters=5))
+        for name, mode in MODES:
+            total, table = with_switch(mode, lambda: kernels(fwd, iters=5))
             row[name] = dict(gpu_ms=total, kernels=table)
         res["timings"].append(row)
-        out = [f"{row['case']}: gpu ms staged {row['staged']['gpu_ms']:.4f} / wgmma {row['wgmma']['gpu_ms']:.4f}"]
-        for name in ("staged", "wgmma"):
+        out = [f"{row['case']}: gpu ms " + " / ".join(f"{n} {row[n]['gpu_ms']:.4f}" for n, _ in MODES)]
+        for name, _ in MODES:
             for k, v in row[name]["kernels"].items():
-                if "chunk_scan" in k:
-                    out.append(f"  {name}: {v * 1e3:7.1f} us {k[:60]}")
+                if "chunk_scan" in k or "chunk_cb" in k:
+                    out.append(f"  {name}: {v * 1e3:7.1f} us {k.replace('void ssm::cuda::ssd::', '')[:50]}")
         log("\n".join(out))
 
 

@@ -522,12 +522,11 @@ void launch_chunk_scan(const SsdParams& p, const Layout& w, cudaStream_t s) {
     const size_t cb_smem = 2 * align128(kTile * (round16(N) + 8) * sizeof(T));
     const size_t smem = chunk_scan_staged_smem<T, float>(N);
     if (staged_enabled() && N <= 2 * kTile && exact_enabled()) {  // the tiled C B^T, staged through 16 KB
+      if (launch_chunk_output_wgmma<T>(p, w, s)) return;
       launch(chunk_cb_kernel<T, float, true>, cb_grid, std::max(cb_smem, size_t(kTile * kTile * sizeof(float))), s, p,
              w);
       if (w.split)
         launch(chunk_scan_staged_kernel<T, float, true, true>, paired, smem, s, p, w);
-      else if (launch_chunk_output_wgmma<T>(p, w, s))
-        return;
       else
         launch(chunk_scan_staged_kernel<T, float, true, false>, paired, smem, s, p, w);
     } else if (staged_enabled() && N <= 2 * kTile) {

@@ -99,6 +99,25 @@ __device__ __forceinline__ void wgmma_64x64(float (&d)[8][4], const unsigned (&a
   }
 #endif
 }
+
+#define SSM_WGMMA_SS(TY)                                                                                             \
+  "{\n.reg .pred acc;\nsetp.ne.b32 acc, %34, 0;\n"                                                                \
+  "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " "                                                        \
+  "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,"  \
+  "%30,%31}, %32, %33, acc, 1, 1, 0, 0;\n}\n"
+
+// d = A B (+ d where kAccumulate), A (64 x 16) and B (16 x 64) both by descriptor, both stored with k contiguous
+// (A [row][k], B [n][k]). Issued only.
+template <typename T, bool kAccumulate>
+__device__ __forceinline__ void wgmma_64x64_ss(float (&d)[8][4], uint64_t desc_a, uint64_t desc_b) {
+#ifdef SSM_WGMMA
+  if constexpr (std::is_same<T, __nv_bfloat16>::value)
+    asm volatile(SSM_WGMMA_SS("bf16") : SSM_WGMMA_D : "l"(desc_a), "l"(desc_b), "r"(int(kAccumulate)));
+  else
+    asm volatile(SSM_WGMMA_SS("f16") : SSM_WGMMA_D : "l"(desc_a), "l"(desc_b), "r"(int(kAccumulate)));
+#endif
+}
+#undef SSM_WGMMA_SS
 #undef SSM_WGMMA_ASM
 #undef SSM_WGMMA_D
 
