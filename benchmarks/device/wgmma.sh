@@ -23,5 +23,5 @@ T=$((47 - SECONDS))
 timeout -k 1 $T $PY benchmarks/device/wgmma_round.py "$OUT/wgmma_s10.json" --budget $((T - 18)) > "$OUT/run.log" 2> "$OUT/run.err"
 echo "round rc=$? at ${SECONDS}s"
 grep -E "max err|probe" "$OUT/probe.log" | cut -c1-110
-grep -E "^y wgmma|^ssd fwd|^  (staged|wgmma[12]):|SUMMARY|step failed|budget" "$OUT/run.err" | cut -c1-300
+grep -E "^y |^ssd fwd|^  (staged|wgmma)|SUMMARY|step failed|budget" "$OUT/run.err" | cut -c1-300
 grep -E "^FAILED|Error" "$OUT/run.log" | head -5 | cut -c1-300

@@ -1,10 +1,10 @@
 """Device round of engineer wgmma (session 10, issue 6): the SSD forward's chunk output on wgmma.
 
 In one process (torch starts slowly there): y of the wgmma kernels (SSM_SSD_FWD_WGMMA=1: chunk_cb_kernel's tiles, =2:
-S = C B^T in the kernel) against the staged one on the same inputs, profiler kernel sums of the three side by side:
-B8 L2048 H32, B1 L8192 H32, B8 L2048 H64 (mamba2-1.3b's heads); P64 N128 chunk 256 bf16 (D, dt_bias, softplus); then
-the GPU SSD forward tests under =2 (test_ssd_split's CUDA rows, the forward rows of test_ssd_cuda / test_ssd, the bf16
-kernel-backward grid), then under =1 while the time lasts.
+S = C B^T in the kernel; SSM_SSD_STATE_WGMMA=1: the chunk state) against the default kernels' on the same inputs,
+profiler kernel sums side by side: B8 L2048 H32, B1 L8192 H32, B8 L2048 H64 (mamba2-1.3b's heads); P64 N128 chunk 256
+bf16 (D, dt_bias, softplus); then the GPU SSD tests under =2 with the state on wgmma (test_ssd_cuda's forward rows and
+bf16 kernel-backward grid, test_ssd's forward grid, test_ssd_split's CUDA rows), then under =1 while the time lasts.
 
     python benchmarks/device/wgmma_round.py OUT.json [--budget S]   (summary lines on stderr)
 """
@@ -24,11 +24,12 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 from ssdfwd_tests import FWD_CUDA, FWD_GRID, Count  # noqa: E402
 
-SWITCH = "SSM_SSD_FWD_WGMMA"
+SWITCHES = ("SSM_SSD_FWD_WGMMA", "SSM_SSD_STATE_WGMMA")
 START = time.time()
 SELECTIONS = [("tests/ops/test_ssd_cuda.py", FWD_CUDA), ("tests/ops/test_ssd.py", FWD_GRID),
               ("tests/ops/test_ssd_split.py", "cuda and not compile")]
-MODES = [("staged", "0"), ("wgmma1", "1"), ("wgmma2", "2")]
+MODES = [("staged", {}), ("wgmma1", {"SSM_SSD_FWD_WGMMA": "1"}), ("wgmma2", {"SSM_SSD_FWD_WGMMA": "2"}),
+         ("wgmma2+state", {"SSM_SSD_FWD_WGMMA": "2", "SSM_SSD_STATE_WGMMA": "1"})]
 
 
 def log(msg):
@@ -36,22 +37,23 @@ def log(msg):
 
 
 def tests(res):
-    for mode in ("2", "1"):
-        os.environ[SWITCH] = mode
-        for path, expr in SELECTIONS[: 3 if mode == "2" else 2]:
+    for name, env in (MODES[3], MODES[1]):
+        for path, expr in SELECTIONS[: 3 if name == MODES[3][0] else 2]:
             count = Count()
-            rc = pytest.main([path, "--maxfail=9", "-q", "-p", "no:cacheprovider", "-k", expr], plugins=[count])
-            res["tests"].append(dict(mode=mode, file=path, rc=int(rc), **count.n, first=count.first))
-            log(f"SUMMARY wgmma={mode} {path}: rc={int(rc)} {count.n} {count.first}")
-        del os.environ[SWITCH]
+            rc = with_switch(env, lambda: pytest.main([path, "--maxfail=9", "-q", "-p", "no:cacheprovider", "-k", expr],
+                                                      plugins=[count]))
+            res["tests"].append(dict(mode=name, file=path, rc=int(rc), **count.n, first=count.first))
+            log(f"SUMMARY {name} {path}: rc={int(rc)} {count.n} {count.first}")
 
 
-def with_switch(mode, fn):
-    os.environ[SWITCH] = mode
+def with_switch(env, fn):
+    for k in SWITCHES:
+        os.environ[k] = env.get(k, "0")
     try:
         return fn()
     finally:
-        del os.environ[SWITCH]
+        for k in SWITCHES:
+            del os.environ[k]
 
 
 def compare_y(res):
@@ -59,13 +61,13 @@ def compare_y(res):
     from bench_ssd_cuda import fwd_fn, inputs
     for B, L, H in [(2, 1000, 8), (1, 2048 + 37, 4)]:
         fwd = fwd_fn(inputs(B, L, H=H))
-        y0 = with_switch("0", fwd)
-        for mode in ("1", "2"):
-            y1 = with_switch(mode, fwd)
+        y0 = with_switch({}, fwd)
+        for name, env in MODES[1:] + [("state", {"SSM_SSD_STATE_WGMMA": "1"})]:
+            y1 = with_switch(env, fwd)
             rel = ((y1.float() - y0.float()).abs().max() / y0.float().abs().max()).item()
             fin = bool(torch.isfinite(y1).all())
-            res["y_diff"].append(dict(mode=mode, B=B, L=L, H=H, rel_max_diff=rel, finite=fin))
-            log(f"y wgmma={mode} vs staged B{B} L{L} H{H}: rel max diff {rel:.3e}, finite {fin}")
+            res["y_diff"].append(dict(mode=name, B=B, L=L, H=H, rel_max_diff=rel, finite=fin))
+            log(f"y {name} vs default B{B} L{L} H{H}: rel max diff {rel:.3e}, finite {fin}")
 
 
 def timings(res, budget):
@@ -79,14 +81,14 @@ def timings(res, budget):
             return
         fwd = fwd_fn(inputs(B, L, H=H))
         row = dict(case=f"ssd fwd B{B} L{L} H{H}")
-        for name, mode in MODES:
-            total, table = with_switch(mode, lambda: kernels(fwd, iters=5))
+        for name, env in MODES:
+            total, table = with_switch(env, lambda: kernels(fwd, iters=5))
             row[name] = dict(gpu_ms=total, kernels=table)
         res["timings"].append(row)
         out = [f"{row['case']}: gpu ms " + " / ".join(f"{n} {row[n]['gpu_ms']:.4f}" for n, _ in MODES)]
         for name, _ in MODES:
             for k, v in row[name]["kernels"].items():
-                if "chunk_scan" in k or "chunk_cb" in k:
+                if "chunk_scan" in k or "chunk_cb" in k or "chunk_state" in k:
                     out.append(f"  {name}: {v * 1e3:7.1f} us {k.replace('void ssm::cuda::ssd::', '')[:50]}")
         log("\n".join(out))
 

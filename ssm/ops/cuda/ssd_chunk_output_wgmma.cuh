@@ -14,37 +14,6 @@
 
 namespace ssm::cuda::ssd {
 
-// dst[sw_off(r, col)] = src[r * rs + col * cs] for r < rows and col < cols, else 0, by element (out of line).
-template <typename T>
-__device__ __noinline__ void issue_sw_cold(T* dst, const T* src, int64_t rs, int64_t cs, int rows, int cols) {
-  for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
-    const int r = e / kTile, col = e % kTile;
-    dst[sw_off(r, col)] = r < rows && col < cols ? src[r * rs + col * cs] : from_float<T>(0.f);
-  }
-}
-
-// The same by 16-byte asynchronous copies where the rows allow (4 per thread: chunk t % 8 of rows t / 8 + 16 k); the
-// caller commits, waits, fences (fence_async_smem) and syncs.
-template <typename T>
-__device__ __forceinline__ void issue_sw(T* dst, const T* src, int64_t rs, int64_t cs, int rows, int cols) {
-  static_assert(sizeof(T) == 2, "64 elements of 2 bytes per 128-byte row");
-  const bool vec = cs == 1 && rs % 8 == 0 && cols % 8 == 0 && (reinterpret_cast<uintptr_t>(src) & 15) == 0;
-  if (!vec) {
-    issue_sw_cold<T>(dst, src, rs, cs, rows, cols);
-    return;
-  }
-  const int r = int(threadIdx.x) >> 3, ch = int(threadIdx.x) & 7;
-  const bool col_ok = ch * 8 < cols;
-  const T* s = src + r * rs + ch * 8;
-  T* d = dst + sw_off(r, ch * 8);  // rows r + 16 k keep r % 8, so the swizzled chunk
-#pragma unroll
-  for (int k = 0; k < kTile / 16; ++k) {
-    const bool ok = col_ok && r + 16 * k < rows;
-    cp_async16(d + 16 * k * kTile, ok ? s : src, ok);
-    s += 16 * rs;
-  }
-}
-
 // acc += (S_hi + S_lo) X over the 64 keys of a tile (X swizzled [token][p]); S zero past the causal limit.
 template <typename T>
 __device__ __forceinline__ void wgmma_sx_split(float (&acc)[8][4], const float (&s)[8][4], const T* xk) {
@@ -342,20 +311,8 @@ inline int wgmma_mode() {
 // a build with sm_90a, a device of compute capability 9.0, the exact staged form's shapes (N <= 128), no H_in split.
 template <typename T>
 bool launch_chunk_output_wgmma(const SsdParams& p, const Layout& w, cudaStream_t s) {
-#ifdef SSM_CUDA_SM90A
   const int mode = wgmma_mode();
-  if (mode == 0 || p.dstate > 2 * kTile || w.split) return false;
-  static int cc[16] = {0};
-  int dev = 0;
-  cudaGetDevice(&dev);
-  if (dev < 0 || dev >= 16) return false;
-  if (cc[dev] == 0) {
-    int major = 0, minor = 0;
-    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
-    cc[dev] = 10 * major + minor;
-  }
-  if (cc[dev] != 90) return false;
+  if (mode == 0 || p.dstate > 2 * kTile || w.split || !wgmma_device()) return false;
   const int N = int(p.dstate);
   const int64_t nq = p.chunk / kTile, ptiles = (p.headdim + kTile - 1) / kTile;
   const dim3 paired(unsigned(w.nchunks * ptiles * ((nq + 1) / 2)), unsigned(p.nheads), unsigned(p.batch));
@@ -368,10 +325,6 @@ bool launch_chunk_output_wgmma(const SsdParams& p, const Layout& w, cudaStream_t
   launch(chunk_cb_kernel<T, float, true>, cb_grid, std::max(cb_smem, size_t(kTile * kTile * sizeof(float))), s, p, w);
   launch(chunk_scan_wgmma_kernel<T, false>, paired, chunk_scan_wgmma_smem<T, false>(N), s, p, w);
   return true;
-#else
-  (void)p, (void)w, (void)s;
-  return false;
-#endif
 }
 
 }  // namespace ssm::cuda::ssd

@@ -7,6 +7,7 @@
 #pragma once
 #include <cstdint>
 
+#include "cuda/ssd_common.cuh"
 #include "cuda/ssd_mma.cuh"
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -18,6 +19,57 @@ namespace ssm::cuda::ssd {
 // Offset in elements of (row r, column col) of a swizzled 64 x 64 tile of 2-byte elements.
 __host__ __device__ __forceinline__ int sw_off(int r, int col) {
   return r * 64 + (((col >> 3) ^ (r & 7)) << 3) + (col & 7);
+}
+
+// The sm_90a kernels exist in this build (cuda.cmake defines SSM_CUDA_SM90A) and the current device has compute
+// capability 9.0 (read once per device).
+inline bool wgmma_device() {
+#ifdef SSM_CUDA_SM90A
+  static int cc[16] = {0};
+  int dev = 0;
+  cudaGetDevice(&dev);
+  if (dev < 0 || dev >= 16) return false;
+  if (cc[dev] == 0) {
+    int major = 0, minor = 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+    cc[dev] = 10 * major + minor;
+  }
+  return cc[dev] == 90;
+#else
+  return false;
+#endif
+}
+
+// dst[sw_off(r, col)] = src[r * rs + col * cs] for r < rows and col < cols, else 0, by element (out of line).
+template <typename T>
+__device__ __noinline__ void issue_sw_cold(T* dst, const T* src, int64_t rs, int64_t cs, int rows, int cols) {
+  for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
+    const int r = e / kTile, col = e % kTile;
+    dst[sw_off(r, col)] = r < rows && col < cols ? src[r * rs + col * cs] : from_float<T>(0.f);
+  }
+}
+
+// The same by 16-byte asynchronous copies where the rows allow (4 per thread: chunk t % 8 of rows t / 8 + 16 k); the
+// caller commits, waits, fences (fence_async_smem) and syncs.
+template <typename T>
+__device__ __forceinline__ void issue_sw(T* dst, const T* src, int64_t rs, int64_t cs, int rows, int cols) {
+  static_assert(sizeof(T) == 2, "64 elements of 2 bytes per 128-byte row");
+  const bool vec = cs == 1 && rs % 8 == 0 && cols % 8 == 0 && (reinterpret_cast<uintptr_t>(src) & 15) == 0;
+  if (!vec) {
+    issue_sw_cold<T>(dst, src, rs, cs, rows, cols);
+    return;
+  }
+  const int r = int(threadIdx.x) >> 3, ch = int(threadIdx.x) & 7;
+  const bool col_ok = ch * 8 < cols;
+  const T* s = src + r * rs + ch * 8;
+  T* d = dst + sw_off(r, ch * 8);  // rows r + 16 k keep r % 8, so the swizzled chunk
+#pragma unroll
+  for (int k = 0; k < kTile / 16; ++k) {
+    const bool ok = col_ok && r + 16 * k < rows;
+    cp_async16(d + 16 * k * kTile, ok ? s : src, ok);
+    s += 16 * rs;
+  }
 }
 
 // Shared-memory descriptor of a swizzled tile at byte address a (128-byte swizzle; both byte offsets
