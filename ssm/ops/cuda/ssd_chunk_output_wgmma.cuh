@@ -27,13 +27,14 @@ __device__ __forceinline__ void wgmma_sx_split(float (&acc)[8][4], const float (
   }
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk) fence_a(hi[kk]), fence_a(lo[kk]);
-  const unsigned a = smem_addr(xk);
+  const uint64_t dx = sw_desc(smem_addr(xk));
   fence_acc(acc);
   wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk) {  // 16 keys = 16 rows of 128 bytes
-    wgmma_64x64<T, true>(acc, lo[kk], sw_desc(a + kk * 16 * 128));
-    wgmma_64x64<T, true>(acc, hi[kk], sw_desc(a + kk * 16 * 128));
+    const uint64_t d = dx + uint64_t(kk * 16 * 128 >> 4);
+    wgmma_64x64<T, true>(acc, lo[kk], d);
+    wgmma_64x64<T, true>(acc, hi[kk], d);
   }
   wgmma_commit();
   wgmma_wait<0>();
@@ -55,12 +56,12 @@ __device__ __forceinline__ void wgmma_c_h(float (&hc)[8][4], const T* cq, int ld
     for (int u = 0; u < 4; ++u) a[k][u] = 16 * k < Np ? a[k][u] : 0u;
     fence_a(a[k]);
   }
-  const unsigned a0 = smem_addr(h0), a1 = smem_addr(h1);
+  const uint64_t d0 = sw_desc(smem_addr(h0)), d1 = sw_desc(smem_addr(h1));
   fence_acc(hc);
   wgmma_fence();
 #pragma unroll
   for (int k = 0; k < kSteps; ++k)  // 16 n = 32 bytes along each row (the swizzle is on the address)
-    wgmma_64x64<T, false>(hc, a[k], sw_desc((k < 4 ? a0 : a1) + (k % 4) * 32));
+    wgmma_64x64<T, false>(hc, a[k], (k < 4 ? d0 : d1) + uint64_t((k % 4) * 32 >> 4));
   wgmma_commit();
   wgmma_wait<0>();
   fence_acc(hc);
@@ -70,14 +71,14 @@ __device__ __forceinline__ void wgmma_c_h(float (&hc)[8][4], const T* cq, int ld
 // N): S = C_q B_k^T (kAcc false) or hc += C_q H^T (kAcc true).
 template <typename T, int kSteps, bool kAcc>
 __device__ __forceinline__ void wgmma_cq(float (&d)[8][4], const T* cq, const T* m) {
-  const unsigned ac = smem_addr(cq), am = smem_addr(m);
+  const uint64_t dc = sw_desc(smem_addr(cq)), dm = sw_desc(smem_addr(m));
   if (kAcc) fence_acc(d);
   wgmma_fence();
-  wgmma_64x64_ss<T, kAcc>(d, sw_desc(ac), sw_desc(am));
+  wgmma_64x64_ss<T, kAcc>(d, dc, dm);
 #pragma unroll
   for (int k = 1; k < kSteps; ++k) {
-    const unsigned off = (k / 4) * kTile * kTile * 2 + (k % 4) * 32;
-    wgmma_64x64_ss<T, true>(d, sw_desc(ac + off), sw_desc(am + off));
+    const uint64_t off = ((k / 4) * kTile * kTile * 2 + (k % 4) * 32) >> 4;
+    wgmma_64x64_ss<T, true>(d, dc + off, dm + off);
   }
   wgmma_commit();
   wgmma_wait<0>();

@@ -104,14 +104,14 @@ __device__ __forceinline__ void state_tile_wg(float (&acc)[16][4], const T* xs, 
   }
   float(&lo)[8][4] = *reinterpret_cast<float(*)[8][4]>(&acc[0]);
   float(&hi)[8][4] = *reinterpret_cast<float(*)[8][4]>(&acc[8]);
-  const unsigned s0 = smem_addr(b0), s1 = smem_addr(b1);
+  const uint64_t d0 = sw_desc(smem_addr(b0)), d1 = sw_desc(smem_addr(b1));
   fence_acc(lo);
   if (kTwo) fence_acc(hi);
   wgmma_fence();
 #pragma unroll
-  for (int kk = 0; kk < 4; ++kk) {  // 16 tokens = 16 rows of 128 bytes
-    wgmma_64x64<T, true>(lo, a[kk], sw_desc(s0 + kk * 16 * 128));
-    if (kTwo) wgmma_64x64<T, true>(hi, a[kk], sw_desc(s1 + kk * 16 * 128));
+  for (int kk = 0; kk < 4; ++kk) {
+    wgmma_64x64<T, true>(lo, a[kk], d0 + uint64_t(kk * 16 * 128 >> 4));  // 16 tokens = 16 rows of 128 bytes
+    if (kTwo) wgmma_64x64<T, true>(hi, a[kk], d1 + uint64_t(kk * 16 * 128 >> 4));
   }
   wgmma_commit();
   wgmma_wait<0>();

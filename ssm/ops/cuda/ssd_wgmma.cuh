@@ -74,6 +74,7 @@ __device__ __forceinline__ void issue_sw(T* dst, const T* src, int64_t rs, int64
 
 // Shared-memory descriptor of a swizzled tile at byte address a (128-byte swizzle; both byte offsets
 // 1024, the distance of 8-row groups, which is the one a 64-wide tile uses for either major order).
+// sw_desc(a + k) = sw_desc(a) + k / 16: the address field (bits 0-13; shared addresses < 256 KB) does not carry.
 __device__ __forceinline__ uint64_t sw_desc(unsigned a) {
   constexpr uint64_t kOff = 1024 >> 4;
   return uint64_t((a & 0x3ffff) >> 4) | (kOff << 16) | (kOff << 32) | (uint64_t(1) << 62);
