@@ -1,8 +1,8 @@
 // Device check of ssd_wgmma.cuh's layout facts (session 10, engineer wgmma): one warpgroup computes
 // D1 = A X (X swizzled [k][n], the transposed-B form) and D2 = A H^T (H swizzled [n][k]) for 64 x 64 x 64
-// with small integers (exact in bf16 / f16 and float32), and compares with the host product; D3 = A H^T with A
-// by descriptor too (A swizzled [row][k]: wgmma_64x64_ss). Also runs the other transpose flag on each tile,
-// so that a wrong convention shows which one holds.
+// with small integers (exact in bf16 / f16 and float32), and compares with the host product. Also runs the
+// other transpose flag on each tile, so that a wrong convention shows which one holds. (Session 10, round 1:
+// exact on the H200, as was A by descriptor, the form the in-kernel C B^T variant used.)
 // Build: nvcc -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Issm/ops benchmarks/device/wgmma_probe.cu
 #include <cstdio>
 #include <cstdlib>
@@ -50,31 +50,6 @@ __global__ void probe(const float* A, const float* bsrc, float* out) {
     for (int u = 0; u < 4; ++u) out[(r + 8 * (u / 2)) * 64 + 8 * j + 2 * c + u % 2] = d[j][u];
 }
 
-// out = A B^T with A [row][k] and B [n][k] both swizzled, both by descriptor.
-template <typename T>
-__global__ void probe_ss(const float* A, const float* bsrc, float* out) {
-  __shared__ __align__(128) unsigned char raw[2 * 64 * 64 * 2 + 1024];
-  T* ta = aligned_tile<T>(raw);
-  T* tb = ta + 64 * 64;
-  for (int e = threadIdx.x; e < 64 * 64; e += 128) {
-    ta[sw_off(e / 64, e % 64)] = from_float<T>(A[e]);
-    tb[sw_off(e / 64, e % 64)] = from_float<T>(bsrc[e]);
-  }
-  fence_async_smem();
-  __syncthreads();
-  const int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, c = threadIdx.x & 3, r = 16 * warp + g;
-  float d[8][4];
-  const unsigned a = smem_addr(ta), b = smem_addr(tb);
-  wgmma_fence();
-  wgmma_64x64_ss<T, false>(d, sw_desc(a), sw_desc(b));
-  for (int kk = 1; kk < 4; ++kk) wgmma_64x64_ss<T, true>(d, sw_desc(a + 32 * kk), sw_desc(b + 32 * kk));
-  wgmma_commit();
-  wgmma_wait<0>();
-  fence_acc(d);
-  for (int j = 0; j < 8; ++j)
-    for (int u = 0; u < 4; ++u) out[(r + 8 * (u / 2)) * 64 + 8 * j + 2 * c + u % 2] = d[j][u];
-}
-
 // Largest |out - ref| and the first mismatch.
 static double compare(const std::vector<float>& out, const std::vector<double>& ref, const char* what) {
   double m = 0;
@@ -114,13 +89,9 @@ static int check(const char* name, const float* dA, const float* dB, const std::
   printf("%s:\n", name);
   const double ex = compare(run<T, true>(dA, dB, dO), rx, "X [k][n], trans 1 (S X)");
   const double eh = compare(run<T, false>(dA, dB, dO), rh, "H [n][k], trans 0 (C H^T)");
-  probe_ss<T><<<1, 128>>>(dA, dB, dO);
-  std::vector<float> ss(64 * 64);
-  cudaMemcpy(ss.data(), dO, ss.size() * 4, cudaMemcpyDeviceToHost);
-  const double es = compare(ss, rh, "A, H [n][k] by descriptor (C B^T)");
   compare(run<T, true>(dA, dB, dO), rh, "(diag) trans 1 against [n][k]");
   compare(run<T, false>(dA, dB, dO), rx, "(diag) trans 0 against [k][n]");
-  return ex == 0 && eh == 0 && es == 0 ? 0 : 1;
+  return ex == 0 && eh == 0 ? 0 : 1;
 }
 
 int main() {
@@ -133,6 +104,6 @@ int main() {
   cudaMemcpy(dA, A.data(), A.size() * 4, cudaMemcpyHostToDevice);
   cudaMemcpy(dB, B.data(), B.size() * 4, cudaMemcpyHostToDevice);
   const int bad = check<__nv_bfloat16>("bfloat16", dA, dB, A, B, dO) + check<__half>("half", dA, dB, A, B, dO);
-  printf("wgmma probe: %s\n", bad == 0 ? "PASS (the three forms exact, bf16 and f16)" : "FAIL");
+  printf("wgmma probe: %s\n", bad == 0 ? "PASS (both layouts exact, bf16 and f16)" : "FAIL");
   return bad;
 }

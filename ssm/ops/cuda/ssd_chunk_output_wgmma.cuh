@@ -1,13 +1,11 @@
 // SSD step 4 on Hopper's warpgroup MMA (session 10): the exact staged chunk output (chunk_scan_staged_kernel<T,
-// float, true, false>: same blocks, stages, decay and epilogue) with both products on wgmma. The block's 4 warps are
-// one warpgroup: S X_k takes S_hi / S_lo from registers (the accumulator-to-A-fragment mapping of mma.sync) and X_k
-// from shared memory by descriptor, 8 wgmma m64n64k16 per key tile instead of 4 x 64 HMMA + 16 ldmatrix per warp;
-// C_q H_in^T the same with C_q's fragments by ldmatrix and H_in's half tiles by descriptor. The X_k and H_in tiles
-// are stored 64 x 128 bytes with the 128-byte swizzle (ssd_wgmma.cuh), X_k [token][p] (B transposed), H_in [p][n].
-// kCbt (SSM_SSD_FWD_WGMMA=2): S = C_q B_k^T by wgmma in the kernel too (C_q and B_k swizzled [token][n] in 64-column
-// halves, both operands by descriptor) instead of chunk_cb_kernel's float tiles: no C B^T kernel, its 16.8 MB (B8)
-// written and read back, nor the 8 LDS.128 per tile; C_q H_in^T then takes C_q by descriptor as well.
-// Half / bfloat16, N <= 128, H_in not split, sm_90a only (launch_chunk_output_wgmma checks).
+// float, true, false>: same blocks, stages, C B^T tiles, decay and epilogue) with both products on wgmma m64n64k16
+// (float32 accumulators). The block's 4 warps are one warpgroup: S X_k takes S_hi / S_lo from registers (the
+// accumulator-to-A-fragment mapping of mma.sync) and X_k from shared memory by descriptor, 8 wgmma per key tile
+// instead of 4 x 64 HMMA + 16 ldmatrix per warp; C_q H_in^T the same with C_q's fragments by ldmatrix and H_in's half
+// tiles by descriptor. The X_k and H_in tiles are stored 64 x 128 bytes with the 128-byte swizzle (ssd_wgmma.cuh),
+// X_k [token][p] (B transposed), H_in [p][n]. Round 1 (H200, B8 L2048 H32): 166 us against 181 (staged).
+// Half / bfloat16, N <= 128, H_in not split, sm_90a (launch_chunk_output_wgmma checks).
 #pragma once
 #include "cuda/ssd_chunk_output_staged.cuh"
 #include "cuda/ssd_wgmma.cuh"
@@ -67,24 +65,6 @@ __device__ __forceinline__ void wgmma_c_h(float (&hc)[8][4], const T* cq, int ld
   fence_acc(hc);
 }
 
-// d = C_q M^T over K = Np (<= 16 kSteps), C_q and M both swizzled [row][n] in 64-column halves 8 KB apart (zero past
-// N): S = C_q B_k^T (kAcc false) or hc += C_q H^T (kAcc true).
-template <typename T, int kSteps, bool kAcc>
-__device__ __forceinline__ void wgmma_cq(float (&d)[8][4], const T* cq, const T* m) {
-  const uint64_t dc = sw_desc(smem_addr(cq)), dm = sw_desc(smem_addr(m));
-  if (kAcc) fence_acc(d);
-  wgmma_fence();
-  wgmma_64x64_ss<T, kAcc>(d, dc, dm);
-#pragma unroll
-  for (int k = 1; k < kSteps; ++k) {
-    const uint64_t off = ((k / 4) * kTile * kTile * 2 + (k % 4) * 32) >> 4;
-    wgmma_64x64_ss<T, true>(d, dc + off, dm + off);
-  }
-  wgmma_commit();
-  wgmma_wait<0>();
-  fence_acc(d);
-}
-
 // acc(t, p) += D_p x(t, p) from the swizzled query tile (add_dx's).
 template <typename T>
 __device__ __forceinline__ void add_dx_sw(float (&acc)[8][4], const float* ds, const T* xq, int r0) {
@@ -128,20 +108,15 @@ __device__ __forceinline__ void masked_sx_wgmma(float (&acc)[8][4], float (&s)[8
 constexpr size_t kWgPair = kTile * kTile * 2 + kTile * kTile * sizeof(float);
 
 // Shared memory: the alignment slack, two buffer pairs, C_q, tokens, the key factors and D of the P tile.
-// C_q: padded [row][n] for ldmatrix, or (kCbt) two swizzled 64-column halves.
-template <typename T, bool kCbt>
-__host__ __device__ constexpr size_t wg_cq_bytes(int Np) {
-  return kCbt ? 2 * kTile * kTile * sizeof(T) : align128(kTile * (Np + 8) * sizeof(T));
-}
-
-// Shared memory: the alignment slack, two buffer pairs, C_q, tokens, the key factors and D of the P tile.
-template <typename T, bool kCbt>
+// Shared memory: the alignment slack, two buffer pairs, C_q (padded [row][n] for ldmatrix), tokens, the key factors
+// and D of the P tile.
+template <typename T>
 size_t chunk_scan_wgmma_smem(int N) {
-  return 1024 + 2 * kWgPair + wg_cq_bytes<T, kCbt>(round16(N)) + align128(sizeof(ChunkTokens)) +
+  return 1024 + 2 * kWgPair + align128(kTile * (round16(N) + 8) * sizeof(T)) + align128(sizeof(ChunkTokens)) +
          align128((kMaxChunk + kTile) * sizeof(float));
 }
 
-template <typename T, bool kCbt>
+template <typename T>
 __global__ void __launch_bounds__(kThreads, 3) chunk_scan_wgmma_kernel(SsdParams p, Layout w) {
 #ifdef SSM_WGMMA
   extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -151,7 +126,7 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_wgmma_kernel(SsdParams
   auto cbuf = [&](int i) { return reinterpret_cast<float*>(smem + (i & 1) * kWgPair + kTile * kTile * 2); };
   T* cq = reinterpret_cast<T*>(smem + 2 * kWgPair);
   ChunkTokens& tok = *reinterpret_cast<ChunkTokens*>(reinterpret_cast<unsigned char*>(cq) +
-                                                     wg_cq_bytes<T, kCbt>(Np));
+                                                     align128(kTile * ldn * sizeof(T)));
   float* kf = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(&tok) + align128(sizeof(ChunkTokens)));
   float* ds = kf + kMaxChunk;  // D of the P tile
   const int nq = Q / kTile, nqp = (nq + 1) / 2, ntp = (P + kTile - 1) / kTile;
@@ -168,35 +143,21 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_wgmma_kernel(SsdParams
   const T* hin = reinterpret_cast<const T*>(ptr<float>(p.workspace) + w.hin) +
                  ((b * w.nchunks + c) * p.nheads + h) * int64_t(P) * N + int64_t(p0) * N;
   const float* cb = ptr<float>(p.workspace) + w.cb + ((b * w.nchunks + c) * p.ngroups + g) * int64_t(Q) * Q;
-  const T* bsrc = ptr<T>(p.B) + b * p.B.stride[0] + g * p.B.stride[2] + c0 * p.B.stride[1];
   const int warp = int(threadIdx.x >> 5), r0 = warp * 16, g8 = int(threadIdx.x & 31) >> 2;
   const bool pairs = P % 2 == 0 && pair_rows(p.out) && (!has(p.z) || pair_rows(p.z));
-  // [row][n] rows of a (B, L, G, N) tensor (C or B) from token row0 into two swizzled 64-column halves
-  auto issue_halves = [&](T* dst, const T* src, const TensorArg& a, int row0) {
-    const T* s0 = src + row0 * a.stride[1];
-    issue_sw<T>(dst, s0, a.stride[1], a.stride[3], rows_left - row0, min(N, kTile));
-    if (N > kTile) issue_sw<T>(dst + kTile * kTile, s0 + kTile * a.stride[3], a.stride[1], a.stride[3], rows_left - row0,
-                               N - kTile);
-  };
-  // key tile k of query tile q's pass (X_k and the tiled C B^T rows of q, or B_k) into buffer pair i
+  // key tile k of query tile q's pass (X_k and the tiled C B^T rows of q) into buffer pair i
   auto issue_key = [&](int i, int q, int k) {
     const int s1 = k * kTile;
     issue_sw<T>(xbuf(i), xsrc + s1 * xs1, xs1, p.x.stride[3], rows_left - s1, P - p0);
-    if (kCbt)
-      issue_halves(reinterpret_cast<T*>(cbuf(i)), bsrc, p.B, s1);
-    else
-      issue_cb_tiled(cbuf(i), cb + (q * nq + k) * kTile * kTile);
+    issue_cb_tiled(cbuf(i), cb + (q * nq + k) * kTile * kTile);
   };
   auto issue_hin = [&](int i) {  // H_in's half tiles ([p][n], n < 64 and n >= 64) into pair i
     issue_sw<T>(xbuf(i), hin, N, 1, P - p0, min(N, kTile));
     if (N > kTile) issue_sw<T>(reinterpret_cast<T*>(cbuf(i)), hin + kTile, N, 1, P - p0, N - kTile);
   };
-  auto issue_c = [&](int q) {  // C_q, read by the pass's last stage (kCbt: by every stage)
-    if (kCbt)
-      issue_halves(cq, csrc, p.C, q * kTile);
-    else
-      issue_rows_n<T, true>(cq, ldn, Np, csrc + q * kTile * p.C.stride[1], p.C.stride[1], p.C.stride[3],
-                            rows_left - q * kTile, N);
+  auto issue_c = [&](int q) {  // C_q, read by the pass's last stage
+    issue_rows_n<T, true>(cq, ldn, Np, csrc + q * kTile * p.C.stride[1], p.C.stride[1], p.C.stride[3],
+                          rows_left - q * kTile, N);
   };
   auto landed = [&]() {  // this thread's copies done and visible to wgmma, then every thread's
     cp_async_wait<0>();
@@ -240,22 +201,14 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_wgmma_kernel(SsdParams
       landed();  // key tile kt landed; every warp is done with the previous stage's buffers and C_q
       if (kt < qt) {
         issue_key(base + kt + 1, qt, kt + 1);
-        if (!kCbt && kt == 0 && pass > 0) issue_c(qt);
+        if (kt == 0 && pass > 0) issue_c(qt);
       } else {  // H_in into the free pair
         issue_hin(base + qt + 1);
       }
       cp_async_commit();
-      const int lim = kt == qt && !kCbt ? warp : 3;  // the diagonal tile's loaded S: keys up to the warp's last row
+      const int lim = kt == qt ? warp : 3;  // the diagonal tile: keys up to the warp's last row
       float s[8][4];
-      if constexpr (kCbt) {
-        const T* bk = reinterpret_cast<const T*>(cbuf(base + kt));
-        if (Np > kTile)
-          wgmma_cq<T, 8, false>(s, cq, bk);
-        else
-          wgmma_cq<T, 4, false>(s, cq, bk);
-      } else {
-        cb_from_quads(s, cbuf(base + kt), r0, lim);
-      }
+      cb_from_quads(s, cbuf(base + kt), r0, lim);
       masked_sx_wgmma<T>(acc, s, xbuf(base + kt), tok, kf, q2, trow, ref, kt, qt, lim, rows_left, runs, factored,
                          diag_kf);
     }
@@ -271,19 +224,10 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_wgmma_kernel(SsdParams
     for (int hf = 0; hf < 2; ++hf) e[hf] = trow[hf] < rows_left && tok.run[trow[hf]] == 0 ? ex2(q2[hf]) : 0.f;
     float hc[8][4] = {};
     const T* h1 = reinterpret_cast<const T*>(cbuf(base + qt + 1));
-    if (kCbt && Np > kTile)  // (H_in's second half 8 KB after the first: cbuf is xbuf + 8 KB)
-      wgmma_cq<T, 8, true>(hc, cq, xbuf(base + qt + 1));
-    else if (kCbt)
-      wgmma_cq<T, 4, true>(hc, cq, xbuf(base + qt + 1));
-    else if (Np > kTile)
+    if (Np > kTile)
       wgmma_c_h<T, 8>(hc, cq, ldn, xbuf(base + qt + 1), h1, r0, Np);
     else
       wgmma_c_h<T, 4>(hc, cq, ldn, xbuf(base + qt + 1), h1, r0, Np);
-    if (kCbt && pass + 1 < npass) {  // the next pass's C_q, landing during this epilogue
-      __syncthreads();  // every warp's products done with C_q
-      issue_c(q_last);
-      cp_async_commit();
-    }
     add_scaled(acc, hc, e);
     if (general) {
       store_y_general<T>(p, tok, acc, nullptr, b, h, g, c0, trow, t0, rows_left, p0);
@@ -302,29 +246,18 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_wgmma_kernel(SsdParams
 #endif
 }
 
-// SSM_SSD_FWD_WGMMA: 0 (default in round 1) off, 1 the wgmma kernel on chunk_cb_kernel's tiles, 2 with S in the kernel.
-inline int wgmma_mode() {
-  const char* v = std::getenv("SSM_SSD_FWD_WGMMA");
-  return v == nullptr ? 0 : std::atoi(v);
-}
-
-// The wgmma chunk output (with its C B^T kernel where it takes one) where it applies, else false: SSM_SSD_FWD_WGMMA,
-// a build with sm_90a, a device of compute capability 9.0, the exact staged form's shapes (N <= 128), no H_in split.
+// The wgmma chunk output (with its C B^T kernel) where it applies, else false: wgmma_enabled() (an sm_90a build on a
+// device of compute capability 9.0, SSM_SSD_WGMMA not 0), the exact staged form's shapes (N <= 128), no H_in split.
 template <typename T>
 bool launch_chunk_output_wgmma(const SsdParams& p, const Layout& w, cudaStream_t s) {
-  const int mode = wgmma_mode();
-  if (mode == 0 || p.dstate > 2 * kTile || w.split || !wgmma_device()) return false;
+  if (p.dstate > 2 * kTile || w.split || !wgmma_enabled()) return false;
   const int N = int(p.dstate);
   const int64_t nq = p.chunk / kTile, ptiles = (p.headdim + kTile - 1) / kTile;
   const dim3 paired(unsigned(w.nchunks * ptiles * ((nq + 1) / 2)), unsigned(p.nheads), unsigned(p.batch));
-  if (mode == 2) {
-    launch(chunk_scan_wgmma_kernel<T, true>, paired, chunk_scan_wgmma_smem<T, true>(N), s, p, w);
-    return true;
-  }
   const dim3 cb_grid(unsigned(w.nchunks * nq * nq), unsigned(p.ngroups), unsigned(p.batch));
   const size_t cb_smem = 2 * align128(kTile * (round16(N) + 8) * sizeof(T));
   launch(chunk_cb_kernel<T, float, true>, cb_grid, std::max(cb_smem, size_t(kTile * kTile * sizeof(float))), s, p, w);
-  launch(chunk_scan_wgmma_kernel<T, false>, paired, chunk_scan_wgmma_smem<T, false>(N), s, p, w);
+  launch(chunk_scan_wgmma_kernel<T>, paired, chunk_scan_wgmma_smem<T>(N), s, p, w);
   return true;
 }
 

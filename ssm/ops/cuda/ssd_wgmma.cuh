@@ -72,6 +72,10 @@ __device__ __forceinline__ void issue_sw(T* dst, const T* src, int64_t rs, int64
   }
 }
 
+// The wgmma kernels (chunk output, chunk state) replace the mma.sync ones: wgmma_device(), and SSM_SSD_WGMMA not 0
+// (=0: the other architectures' mma.sync kernels on this card too, so that their tests run here).
+inline bool wgmma_enabled() { return wgmma_device() && ssd_switch("SSM_SSD_WGMMA", true); }
+
 // Shared-memory descriptor of a swizzled tile at byte address a (128-byte swizzle; both byte offsets
 // 1024, the distance of 8-row groups, which is the one a 64-wide tile uses for either major order).
 // sw_desc(a + k) = sw_desc(a) + k / 16: the address field (bits 0-13; shared addresses < 256 KB) does not carry.
@@ -153,24 +157,6 @@ __device__ __forceinline__ void wgmma_64x64(float (&d)[8][4], const unsigned (&a
 #endif
 }
 
-#define SSM_WGMMA_SS(TY)                                                                                             \
-  "{\n.reg .pred acc;\nsetp.ne.b32 acc, %34, 0;\n"                                                                \
-  "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " "                                                        \
-  "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,"  \
-  "%30,%31}, %32, %33, acc, 1, 1, 0, 0;\n}\n"
-
-// d = A B (+ d where kAccumulate), A (64 x 16) and B (16 x 64) both by descriptor, both stored with k contiguous
-// (A [row][k], B [n][k]). Issued only.
-template <typename T, bool kAccumulate>
-__device__ __forceinline__ void wgmma_64x64_ss(float (&d)[8][4], uint64_t desc_a, uint64_t desc_b) {
-#ifdef SSM_WGMMA
-  if constexpr (std::is_same<T, __nv_bfloat16>::value)
-    asm volatile(SSM_WGMMA_SS("bf16") : SSM_WGMMA_D : "l"(desc_a), "l"(desc_b), "r"(int(kAccumulate)));
-  else
-    asm volatile(SSM_WGMMA_SS("f16") : SSM_WGMMA_D : "l"(desc_a), "l"(desc_b), "r"(int(kAccumulate)));
-#endif
-}
-#undef SSM_WGMMA_SS
 #undef SSM_WGMMA_ASM
 #undef SSM_WGMMA_D
 
