@@ -13,9 +13,29 @@
 namespace ssm::cuda::ssd {
 
 // acc += (S_hi + S_lo) X over the 64 keys of a tile (X swizzled [token][p]); S zero past the causal limit.
-template <typename T>
+// kInter: each 16-key step split right before its two products (the next split under them).
+template <typename T, bool kInter>
 __device__ __forceinline__ void wgmma_sx_split(float (&acc)[8][4], const float (&s)[8][4], const T* xk) {
   unsigned hi[4][4], lo[4][4];
+  if constexpr (kInter) {
+    const uint64_t dx = sw_desc(smem_addr(xk));
+    fence_acc(acc);
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      split2<T>(s[2 * kk][0], s[2 * kk][1], hi[kk][0], lo[kk][0]);
+      split2<T>(s[2 * kk][2], s[2 * kk][3], hi[kk][1], lo[kk][1]);
+      split2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1], hi[kk][2], lo[kk][2]);
+      split2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3], hi[kk][3], lo[kk][3]);
+      fence_a(hi[kk]), fence_a(lo[kk]);
+      wgmma_fence();
+      const uint64_t d = dx + uint64_t(kk * 16 * 128 >> 4);
+      wgmma_64x64<T, true>(acc, lo[kk], d);
+      wgmma_64x64<T, true>(acc, hi[kk], d);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_acc(acc);
+  } else {
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk) {
     split2<T>(s[2 * kk][0], s[2 * kk][1], hi[kk][0], lo[kk][0]);
@@ -37,16 +57,33 @@ __device__ __forceinline__ void wgmma_sx_split(float (&acc)[8][4], const float (
   wgmma_commit();
   wgmma_wait<0>();
   fence_acc(acc);
+  }
 }
 
 // hc += C_q H^T over K = Np (<= 16 kSteps): C_q [row][n] (ld ldn) by ldmatrix, H swizzled [p][n] in 64-column
 // halves (zero past N). Every A fragment is loaded before the first product (wgmma reads its registers
 // asynchronously); the steps past Np take zero fragments, so that no branch sits between the products (ptxas
 // injects a warpgroup arrive before each product after one).
-template <typename T, int kSteps>
+template <typename T, int kSteps, bool kInter>
 __device__ __forceinline__ void wgmma_c_h(float (&hc)[8][4], const T* cq, int ldn, const T* h0, const T* h1, int r0,
                                           int Np) {
   unsigned a[kSteps][4];
+  if constexpr (kInter) {  // each step's fragments loaded right before its product
+    const uint64_t d0 = sw_desc(smem_addr(h0)), d1 = sw_desc(smem_addr(h1));
+    fence_acc(hc);
+#pragma unroll
+    for (int k = 0; k < kSteps; ++k) {
+      load_a(a[k], cq, ldn, r0, 16 * k);
+#pragma unroll
+      for (int u = 0; u < 4; ++u) a[k][u] = 16 * k < Np ? a[k][u] : 0u;
+      fence_a(a[k]);
+      wgmma_fence();
+      wgmma_64x64<T, false>(hc, a[k], (k < 4 ? d0 : d1) + uint64_t((k % 4) * 32 >> 4));
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_acc(hc);
+  } else {
 #pragma unroll
   for (int k = 0; k < kSteps; ++k) {
     load_a(a[k], cq, ldn, r0, 16 * k);  // (past Np: other shared rows, replaced by zeros)
@@ -63,6 +100,7 @@ __device__ __forceinline__ void wgmma_c_h(float (&hc)[8][4], const T* cq, int ld
   wgmma_commit();
   wgmma_wait<0>();
   fence_acc(hc);
+  }
 }
 
 // acc(t, p) += D_p x(t, p) from the swizzled query tile (add_dx's).
@@ -82,7 +120,7 @@ __device__ __forceinline__ void add_dx_sw(float (&acc)[8][4], const float* ds, c
 }
 
 // masked_sx_tiled with the product on wgmma: the diagonal tile runs all 4 key steps (S is zero past each row).
-template <typename T>
+template <typename T, bool kInter>
 __device__ __forceinline__ void masked_sx_wgmma(float (&acc)[8][4], float (&s)[8][4], const T* xk,
                                                 const ChunkTokens& tok, const float* kf, const float (&q2)[2],
                                                 const int (&trow)[2], float ref, int kt, int qt, int lim, int rows_left,
@@ -99,7 +137,7 @@ __device__ __forceinline__ void masked_sx_wgmma(float (&acc)[8][4], float (&s)[8
   else
     decay_lean<false>(s, tok, q2, trow, kt * kTile, lim);
   if (diag && factored && !diag_kf) scale_rows(acc, q2, ref);
-  wgmma_sx_split<T>(acc, s, xk);
+  wgmma_sx_split<T, kInter>(acc, s, xk);
   if (diag && diag_kf) scale_rows(acc, q2, ref);
 }
 
@@ -116,7 +154,7 @@ size_t chunk_scan_wgmma_smem(int N) {
          align128((kMaxChunk + kTile) * sizeof(float));
 }
 
-template <typename T>
+template <typename T, bool kInter>
 __global__ void __launch_bounds__(kThreads, 3) chunk_scan_wgmma_kernel(SsdParams p, Layout w) {
 #ifdef SSM_WGMMA
   extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -209,7 +247,7 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_wgmma_kernel(SsdParams
       const int lim = kt == qt ? warp : 3;  // the diagonal tile: keys up to the warp's last row
       float s[8][4];
       cb_from_quads(s, cbuf(base + kt), r0, lim);
-      masked_sx_wgmma<T>(acc, s, xbuf(base + kt), tok, kf, q2, trow, ref, kt, qt, lim, rows_left, runs, factored,
+      masked_sx_wgmma<T, kInter>(acc, s, xbuf(base + kt), tok, kf, q2, trow, ref, kt, qt, lim, rows_left, runs, factored,
                          diag_kf);
     }
     const bool general = !pairs || (runs && has(p.cu_seqlens) && has(p.initial_states));
@@ -225,9 +263,9 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_wgmma_kernel(SsdParams
     float hc[8][4] = {};
     const T* h1 = reinterpret_cast<const T*>(cbuf(base + qt + 1));
     if (Np > kTile)
-      wgmma_c_h<T, 8>(hc, cq, ldn, xbuf(base + qt + 1), h1, r0, Np);
+      wgmma_c_h<T, 8, kInter>(hc, cq, ldn, xbuf(base + qt + 1), h1, r0, Np);
     else
-      wgmma_c_h<T, 4>(hc, cq, ldn, xbuf(base + qt + 1), h1, r0, Np);
+      wgmma_c_h<T, 4, kInter>(hc, cq, ldn, xbuf(base + qt + 1), h1, r0, Np);
     add_scaled(acc, hc, e);
     if (general) {
       store_y_general<T>(p, tok, acc, nullptr, b, h, g, c0, trow, t0, rows_left, p0);
@@ -257,7 +295,10 @@ bool launch_chunk_output_wgmma(const SsdParams& p, const Layout& w, cudaStream_t
   const dim3 cb_grid(unsigned(w.nchunks * nq * nq), unsigned(p.ngroups), unsigned(p.batch));
   const size_t cb_smem = 2 * align128(kTile * (round16(N) + 8) * sizeof(T));
   launch(chunk_cb_kernel<T, float, true>, cb_grid, std::max(cb_smem, size_t(kTile * kTile * sizeof(float))), s, p, w);
-  launch(chunk_scan_wgmma_kernel<T>, paired, chunk_scan_wgmma_smem<T>(N), s, p, w);
+  if (wgmma_interleaved())
+    launch(chunk_scan_wgmma_kernel<T, true>, paired, chunk_scan_wgmma_smem<T>(N), s, p, w);
+  else
+    launch(chunk_scan_wgmma_kernel<T, false>, paired, chunk_scan_wgmma_smem<T>(N), s, p, w);
   return true;
 }
 
