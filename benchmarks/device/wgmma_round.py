@@ -5,7 +5,7 @@ In one process (torch starts slowly there): y with wgmma against y with SSM_SSD_
 kernel sums of both side by side (B8 L2048 H32, B1 L8192 H32, B8 L2048 H64 = mamba2-1.3b's heads; P64 N128 chunk 256
 bf16, D, dt_bias, softplus), then the GPU SSD tests on the default (every CUDA row of test_ssd_cuda / test_ssd /
 test_ssd_split, the Mamba-2 rows of test_consistency_cuda / test_lm), then the forward rows with SSM_SSD_WGMMA=2
-(the fragments interleaved with the products) and with =0, while the time lasts.
+(round 1b's C_q H_in^T with C_q by ldmatrix) and with =0, while the time lasts.
 
     python benchmarks/device/wgmma_round.py OUT.json [--budget S]   (summary lines on stderr)
 """
@@ -27,12 +27,12 @@ from ssdfwd_tests import FWD_CUDA, FWD_GRID, Count  # noqa: E402
 
 SWITCH = "SSM_SSD_WGMMA"
 START = time.time()
-MODES = [("wgmma", "1"), ("mma.sync", "0"), ("wgmma-inter", "2")]
+MODES = [("wgmma", "1"), ("mma.sync", "0"), ("wgmma-cq-regs", "2")]
 DEFAULT_TESTS = [("tests/ops/test_ssd_cuda.py", "cuda"), ("tests/ops/test_ssd.py", "cuda"),
                  ("tests/ops/test_ssd_split.py", "cuda"),
                  ("tests/modules/test_consistency_cuda.py tests/models/test_lm.py", "cuda and (mamba2 or Mamba2 or ssd)")]
 FALLBACK_TESTS = [("tests/ops/test_ssd_cuda.py", FWD_CUDA)]
-INTER_TESTS = [("tests/ops/test_ssd_cuda.py", FWD_CUDA), ("tests/ops/test_ssd.py", FWD_GRID)]
+CQ_REGS_TESTS = [("tests/ops/test_ssd_cuda.py", FWD_CUDA), ("tests/ops/test_ssd.py", FWD_GRID)]
 
 
 def log(msg):
@@ -99,7 +99,7 @@ def main():
     budget = float(sys.argv[sys.argv.index("--budget") + 1]) if "--budget" in sys.argv else 1e9
     res = dict(device=torch.cuda.get_device_name(), tests=[], y_diff=[], timings=[])
     steps = [compare_y, timings, lambda r: run_tests(r, "wgmma", "1", DEFAULT_TESTS, budget),
-             lambda r: run_tests(r, "wgmma-inter", "2", INTER_TESTS, budget),
+             lambda r: run_tests(r, "wgmma-cq-regs", "2", CQ_REGS_TESTS, budget),
              lambda r: run_tests(r, "mma.sync", "0", FALLBACK_TESTS, budget)]
     for step in steps:
         try:

@@ -13,29 +13,9 @@
 namespace ssm::cuda::ssd {
 
 // acc += (S_hi + S_lo) X over the 64 keys of a tile (X swizzled [token][p]); S zero past the causal limit.
-// kInter: each 16-key step split right before its two products (the next split under them).
-template <typename T, bool kInter>
+template <typename T>
 __device__ __forceinline__ void wgmma_sx_split(float (&acc)[8][4], const float (&s)[8][4], const T* xk) {
   unsigned hi[4][4], lo[4][4];
-  if constexpr (kInter) {
-    const uint64_t dx = sw_desc(smem_addr(xk));
-    fence_acc(acc);
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      split2<T>(s[2 * kk][0], s[2 * kk][1], hi[kk][0], lo[kk][0]);
-      split2<T>(s[2 * kk][2], s[2 * kk][3], hi[kk][1], lo[kk][1]);
-      split2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1], hi[kk][2], lo[kk][2]);
-      split2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3], hi[kk][3], lo[kk][3]);
-      fence_a(hi[kk]), fence_a(lo[kk]);
-      wgmma_fence();
-      const uint64_t d = dx + uint64_t(kk * 16 * 128 >> 4);
-      wgmma_64x64<T, true>(acc, lo[kk], d);
-      wgmma_64x64<T, true>(acc, hi[kk], d);
-    }
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_acc(acc);
-  } else {
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk) {
     split2<T>(s[2 * kk][0], s[2 * kk][1], hi[kk][0], lo[kk][0]);
@@ -57,33 +37,16 @@ __device__ __forceinline__ void wgmma_sx_split(float (&acc)[8][4], const float (
   wgmma_commit();
   wgmma_wait<0>();
   fence_acc(acc);
-  }
 }
 
 // hc += C_q H^T over K = Np (<= 16 kSteps): C_q [row][n] (ld ldn) by ldmatrix, H swizzled [p][n] in 64-column
 // halves (zero past N). Every A fragment is loaded before the first product (wgmma reads its registers
 // asynchronously); the steps past Np take zero fragments, so that no branch sits between the products (ptxas
 // injects a warpgroup arrive before each product after one).
-template <typename T, int kSteps, bool kInter>
+template <typename T, int kSteps>
 __device__ __forceinline__ void wgmma_c_h(float (&hc)[8][4], const T* cq, int ldn, const T* h0, const T* h1, int r0,
                                           int Np) {
   unsigned a[kSteps][4];
-  if constexpr (kInter) {  // each step's fragments loaded right before its product
-    const uint64_t d0 = sw_desc(smem_addr(h0)), d1 = sw_desc(smem_addr(h1));
-    fence_acc(hc);
-#pragma unroll
-    for (int k = 0; k < kSteps; ++k) {
-      load_a(a[k], cq, ldn, r0, 16 * k);
-#pragma unroll
-      for (int u = 0; u < 4; ++u) a[k][u] = 16 * k < Np ? a[k][u] : 0u;
-      fence_a(a[k]);
-      wgmma_fence();
-      wgmma_64x64<T, false>(hc, a[k], (k < 4 ? d0 : d1) + uint64_t((k % 4) * 32 >> 4));
-    }
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_acc(hc);
-  } else {
 #pragma unroll
   for (int k = 0; k < kSteps; ++k) {
     load_a(a[k], cq, ldn, r0, 16 * k);  // (past Np: other shared rows, replaced by zeros)
@@ -100,7 +63,24 @@ __device__ __forceinline__ void wgmma_c_h(float (&hc)[8][4], const T* cq, int ld
   wgmma_commit();
   wgmma_wait<0>();
   fence_acc(hc);
+}
+
+// hc += C_q H^T over K = 16 kSteps, C_q and H both swizzled [row][n] in 64-column halves 8 KB apart (zero past N),
+// both by descriptor: no A registers (the ldmatrix form holds 32 more registers at the pass's peak).
+template <typename T, int kSteps>
+__device__ __forceinline__ void wgmma_cq(float (&d)[8][4], const T* cq, const T* m) {
+  const uint64_t dc = sw_desc(smem_addr(cq)), dm = sw_desc(smem_addr(m));
+  fence_acc(d);
+  wgmma_fence();
+  wgmma_64x64_ss<T, true>(d, dc, dm);
+#pragma unroll
+  for (int k = 1; k < kSteps; ++k) {
+    const uint64_t off = ((k / 4) * kTile * kTile * 2 + (k % 4) * 32) >> 4;
+    wgmma_64x64_ss<T, true>(d, dc + off, dm + off);
   }
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_acc(d);
 }
 
 // acc(t, p) += D_p x(t, p) from the swizzled query tile (add_dx's).
@@ -120,7 +100,7 @@ __device__ __forceinline__ void add_dx_sw(float (&acc)[8][4], const float* ds, c
 }
 
 // masked_sx_tiled with the product on wgmma: the diagonal tile runs all 4 key steps (S is zero past each row).
-template <typename T, bool kInter>
+template <typename T>
 __device__ __forceinline__ void masked_sx_wgmma(float (&acc)[8][4], float (&s)[8][4], const T* xk,
                                                 const ChunkTokens& tok, const float* kf, const float (&q2)[2],
                                                 const int (&trow)[2], float ref, int kt, int qt, int lim, int rows_left,
@@ -137,7 +117,7 @@ __device__ __forceinline__ void masked_sx_wgmma(float (&acc)[8][4], float (&s)[8
   else
     decay_lean<false>(s, tok, q2, trow, kt * kTile, lim);
   if (diag && factored && !diag_kf) scale_rows(acc, q2, ref);
-  wgmma_sx_split<T, kInter>(acc, s, xk);
+  wgmma_sx_split<T>(acc, s, xk);
   if (diag && diag_kf) scale_rows(acc, q2, ref);
 }
 
@@ -146,15 +126,21 @@ __device__ __forceinline__ void masked_sx_wgmma(float (&acc)[8][4], float (&s)[8
 constexpr size_t kWgPair = kTile * kTile * 2 + kTile * kTile * sizeof(float);
 
 // Shared memory: the alignment slack, two buffer pairs, C_q, tokens, the key factors and D of the P tile.
-// Shared memory: the alignment slack, two buffer pairs, C_q (padded [row][n] for ldmatrix), tokens, the key factors
-// and D of the P tile.
-template <typename T>
+// C_q: two swizzled 64-column halves (kCqDesc) or padded [row][n] for ldmatrix.
+template <typename T, bool kCqDesc>
+__host__ __device__ constexpr size_t wg_cq_bytes(int Np) {
+  return kCqDesc ? 2 * kTile * kTile * sizeof(T) : align128(kTile * (Np + 8) * sizeof(T));
+}
+
+// Shared memory: the alignment slack, two buffer pairs, C_q, tokens, the key factors and D of the P tile.
+template <typename T, bool kCqDesc>
 size_t chunk_scan_wgmma_smem(int N) {
-  return 1024 + 2 * kWgPair + align128(kTile * (round16(N) + 8) * sizeof(T)) + align128(sizeof(ChunkTokens)) +
+  return 1024 + 2 * kWgPair + wg_cq_bytes<T, kCqDesc>(round16(N)) + align128(sizeof(ChunkTokens)) +
          align128((kMaxChunk + kTile) * sizeof(float));
 }
 
-template <typename T, bool kInter>
+// kCqDesc: C_q H_in^T with C_q by descriptor (swizzled halves), else by ldmatrix (SSM_SSD_WGMMA=2, temporary).
+template <typename T, bool kCqDesc>
 __global__ void __launch_bounds__(kThreads, 3) chunk_scan_wgmma_kernel(SsdParams p, Layout w) {
 #ifdef SSM_WGMMA
   extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -164,7 +150,7 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_wgmma_kernel(SsdParams
   auto cbuf = [&](int i) { return reinterpret_cast<float*>(smem + (i & 1) * kWgPair + kTile * kTile * 2); };
   T* cq = reinterpret_cast<T*>(smem + 2 * kWgPair);
   ChunkTokens& tok = *reinterpret_cast<ChunkTokens*>(reinterpret_cast<unsigned char*>(cq) +
-                                                     align128(kTile * ldn * sizeof(T)));
+                                                     wg_cq_bytes<T, kCqDesc>(Np));
   float* kf = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(&tok) + align128(sizeof(ChunkTokens)));
   float* ds = kf + kMaxChunk;  // D of the P tile
   const int nq = Q / kTile, nqp = (nq + 1) / 2, ntp = (P + kTile - 1) / kTile;
@@ -194,8 +180,15 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_wgmma_kernel(SsdParams
     if (N > kTile) issue_sw<T>(reinterpret_cast<T*>(cbuf(i)), hin + kTile, N, 1, P - p0, N - kTile);
   };
   auto issue_c = [&](int q) {  // C_q, read by the pass's last stage
-    issue_rows_n<T, true>(cq, ldn, Np, csrc + q * kTile * p.C.stride[1], p.C.stride[1], p.C.stride[3],
-                          rows_left - q * kTile, N);
+    const T* src = csrc + q * kTile * p.C.stride[1];
+    if (!kCqDesc) {
+      issue_rows_n<T, true>(cq, ldn, Np, src, p.C.stride[1], p.C.stride[3], rows_left - q * kTile, N);
+      return;
+    }
+    issue_sw<T>(cq, src, p.C.stride[1], p.C.stride[3], rows_left - q * kTile, min(N, kTile));
+    if (N > kTile)
+      issue_sw<T>(cq + kTile * kTile, src + kTile * p.C.stride[3], p.C.stride[1], p.C.stride[3], rows_left - q * kTile,
+                  N - kTile);
   };
   auto landed = [&]() {  // this thread's copies done and visible to wgmma, then every thread's
     cp_async_wait<0>();
@@ -247,7 +240,7 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_wgmma_kernel(SsdParams
       const int lim = kt == qt ? warp : 3;  // the diagonal tile: keys up to the warp's last row
       float s[8][4];
       cb_from_quads(s, cbuf(base + kt), r0, lim);
-      masked_sx_wgmma<T, kInter>(acc, s, xbuf(base + kt), tok, kf, q2, trow, ref, kt, qt, lim, rows_left, runs, factored,
+      masked_sx_wgmma<T>(acc, s, xbuf(base + kt), tok, kf, q2, trow, ref, kt, qt, lim, rows_left, runs, factored,
                          diag_kf);
     }
     const bool general = !pairs || (runs && has(p.cu_seqlens) && has(p.initial_states));
@@ -262,10 +255,14 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_wgmma_kernel(SsdParams
     for (int hf = 0; hf < 2; ++hf) e[hf] = trow[hf] < rows_left && tok.run[trow[hf]] == 0 ? ex2(q2[hf]) : 0.f;
     float hc[8][4] = {};
     const T* h1 = reinterpret_cast<const T*>(cbuf(base + qt + 1));
-    if (Np > kTile)
-      wgmma_c_h<T, 8, kInter>(hc, cq, ldn, xbuf(base + qt + 1), h1, r0, Np);
+    if (kCqDesc && Np > kTile)  // (H_in's second half tile 8 KB after the first: cbuf is xbuf + 8 KB)
+      wgmma_cq<T, 8>(hc, cq, xbuf(base + qt + 1));
+    else if (kCqDesc)
+      wgmma_cq<T, 4>(hc, cq, xbuf(base + qt + 1));
+    else if (Np > kTile)
+      wgmma_c_h<T, 8>(hc, cq, ldn, xbuf(base + qt + 1), h1, r0, Np);
     else
-      wgmma_c_h<T, 4, kInter>(hc, cq, ldn, xbuf(base + qt + 1), h1, r0, Np);
+      wgmma_c_h<T, 4>(hc, cq, ldn, xbuf(base + qt + 1), h1, r0, Np);
     add_scaled(acc, hc, e);
     if (general) {
       store_y_general<T>(p, tok, acc, nullptr, b, h, g, c0, trow, t0, rows_left, p0);
@@ -295,10 +292,10 @@ bool launch_chunk_output_wgmma(const SsdParams& p, const Layout& w, cudaStream_t
   const dim3 cb_grid(unsigned(w.nchunks * nq * nq), unsigned(p.ngroups), unsigned(p.batch));
   const size_t cb_smem = 2 * align128(kTile * (round16(N) + 8) * sizeof(T));
   launch(chunk_cb_kernel<T, float, true>, cb_grid, std::max(cb_smem, size_t(kTile * kTile * sizeof(float))), s, p, w);
-  if (wgmma_interleaved())
-    launch(chunk_scan_wgmma_kernel<T, true>, paired, chunk_scan_wgmma_smem<T>(N), s, p, w);
+  if (wgmma_cq_regs())
+    launch(chunk_scan_wgmma_kernel<T, false>, paired, chunk_scan_wgmma_smem<T, false>(N), s, p, w);
   else
-    launch(chunk_scan_wgmma_kernel<T, false>, paired, chunk_scan_wgmma_smem<T>(N), s, p, w);
+    launch(chunk_scan_wgmma_kernel<T, true>, paired, chunk_scan_wgmma_smem<T, true>(N), s, p, w);
   return true;
 }
 

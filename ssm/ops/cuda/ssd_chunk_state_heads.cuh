@@ -87,37 +87,11 @@ __device__ __forceinline__ void state_tile_wide(float (&acc)[16][4], const T* xs
 }
 
 // state_tile_wide on wgmma: b0 (and b1 when kTwo: N > 64) the swizzled [token][n] B tiles of n 0..63 (64..127).
-// kInter: each 16-token step's fragments loaded and scaled right before its products.
-template <typename T, bool kTwo, bool kInter>
+template <typename T, bool kTwo>
 __device__ __forceinline__ void state_tile_wg(float (&acc)[16][4], const T* xs, const T* b0, const T* b1,
                                               const float* wt, int r0) {
   const int c2 = 2 * (threadIdx.x & 3);
   unsigned a[4][4];
-  float(&lo)[8][4] = *reinterpret_cast<float(*)[8][4]>(&acc[0]);
-  float(&hi)[8][4] = *reinterpret_cast<float(*)[8][4]>(&acc[8]);
-  if constexpr (kInter) {
-    const uint64_t d0 = sw_desc(smem_addr(b0)), d1 = sw_desc(smem_addr(b1));
-    fence_acc(lo);
-    if (kTwo) fence_acc(hi);
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      const int k0 = kk * 16;
-      load_a_kr(a[kk], xs, kLd, r0, k0);
-      const float w0 = wt[k0 + c2], w1 = wt[k0 + c2 + 1], w8 = wt[k0 + c2 + 8], w9 = wt[k0 + c2 + 9];
-      a[kk][0] = scale2<T>(a[kk][0], w0, w1);
-      a[kk][1] = scale2<T>(a[kk][1], w0, w1);
-      a[kk][2] = scale2<T>(a[kk][2], w8, w9);
-      a[kk][3] = scale2<T>(a[kk][3], w8, w9);
-      fence_a(a[kk]);
-      wgmma_fence();
-      wgmma_64x64<T, true>(lo, a[kk], d0 + uint64_t(kk * 16 * 128 >> 4));
-      if (kTwo) wgmma_64x64<T, true>(hi, a[kk], d1 + uint64_t(kk * 16 * 128 >> 4));
-    }
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_acc(lo);
-    if (kTwo) fence_acc(hi);
-  } else {
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk) {
     const int k0 = kk * 16;
@@ -129,6 +103,8 @@ __device__ __forceinline__ void state_tile_wg(float (&acc)[16][4], const T* xs, 
     a[kk][3] = scale2<T>(a[kk][3], w8, w9);
     fence_a(a[kk]);
   }
+  float(&lo)[8][4] = *reinterpret_cast<float(*)[8][4]>(&acc[0]);
+  float(&hi)[8][4] = *reinterpret_cast<float(*)[8][4]>(&acc[8]);
   const uint64_t d0 = sw_desc(smem_addr(b0)), d1 = sw_desc(smem_addr(b1));
   fence_acc(lo);
   if (kTwo) fence_acc(hi);
@@ -142,7 +118,6 @@ __device__ __forceinline__ void state_tile_wg(float (&acc)[16][4], const T* xs, 
   wgmma_wait<0>();
   fence_acc(lo);
   if (kTwo) fence_acc(hi);
-  }
 }
 
 // S_c rows p0 + r0 + lane / 4 (+ 8) of head h from the accumulators, as float2 where N allows.
@@ -198,7 +173,7 @@ __device__ __forceinline__ void state_weights(float* wt, const float* src, int64
 
 // kFull: N rounds up to 128 (all eight n-tile pairs, fixed at compile time: no per-pair predicates).
 // The heads' weights come from the token rows (copied with Bm at the start: no per-head token work).
-template <typename T, bool kFull, bool kWg, bool kInter = false>
+template <typename T, bool kFull, bool kWg>
 __global__ void __launch_bounds__(kThreads) chunk_state_heads_kernel(SsdParams p, Layout w, StateProduct sp) {
 #if !defined(SSM_WGMMA)
   if constexpr (kWg) {
@@ -291,9 +266,9 @@ __global__ void __launch_bounds__(kThreads) chunk_state_heads_kernel(SsdParams p
     } else {
       const T* b0 = bs + kt * nhalf * kTile * kTile;
       if (nhalf == 2)
-        state_tile_wg<T, true, kInter>(acc, xs, b0, b0 + kTile * kTile, wt + hi * kMaxChunk + kt * kTile, r0);
+        state_tile_wg<T, true>(acc, xs, b0, b0 + kTile * kTile, wt + hi * kMaxChunk + kt * kTile, r0);
       else
-        state_tile_wg<T, false, kInter>(acc, xs, b0, b0, wt + hi * kMaxChunk + kt * kTile, r0);
+        state_tile_wg<T, false>(acc, xs, b0, b0, wt + hi * kMaxChunk + kt * kTile, r0);
     }
     if (kt == nk - 1)
       store_state(ws + sp.out + ((b * w.nchunks + c) * p.nheads + h0 + hi) * int64_t(P) * N, acc, P, N,
@@ -313,8 +288,7 @@ void launch_state_product(const SsdParams& p, const Layout& w, const StateProduc
   const bool full = (p.dstate + 15) / 16 == 8, wg = wgmma_enabled();
   const size_t smem = wg ? chunk_state_heads_smem<T, true>(int(p.chunk), int(p.dstate))
                          : chunk_state_heads_smem<T, false>(int(p.chunk), int(p.dstate));
-  auto kernel = wg ? (wgmma_interleaved() ? chunk_state_heads_kernel<T, false, true, true>
-                                           : chunk_state_heads_kernel<T, false, true, false>)
+  auto kernel = wg ? chunk_state_heads_kernel<T, false, true>
                    : full ? chunk_state_heads_kernel<T, true, false> : chunk_state_heads_kernel<T, false, false>;
   if (smem > 48 * 1024) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   kernel<<<grid, kThreads, smem, s>>>(p, w, sp);

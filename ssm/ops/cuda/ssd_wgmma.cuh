@@ -76,9 +76,9 @@ __device__ __forceinline__ void issue_sw(T* dst, const T* src, int64_t rs, int64
 // (=0: the other architectures' mma.sync kernels on this card too, so that their tests run here).
 inline bool wgmma_enabled() { return wgmma_device() && ssd_switch("SSM_SSD_WGMMA", true); }
 
-// SSM_SSD_WGMMA=2 (session 10, round 1b, temporary): each 16-step's A fragments made right before its products, so
-// that the next step's fragment work runs under the previous products.
-inline bool wgmma_interleaved() {
+// SSM_SSD_WGMMA=2 (session 10, round 2, temporary): the chunk output's C_q H_in^T with C_q's fragments by ldmatrix
+// (round 1b's form) instead of by descriptor.
+inline bool wgmma_cq_regs() {
   const char* v = std::getenv("SSM_SSD_WGMMA");
   return v != nullptr && std::strcmp(v, "2") == 0;
 }
@@ -164,6 +164,24 @@ __device__ __forceinline__ void wgmma_64x64(float (&d)[8][4], const unsigned (&a
 #endif
 }
 
+#define SSM_WGMMA_SS(TY)                                                                                             \
+  "{\n.reg .pred acc;\nsetp.ne.b32 acc, %34, 0;\n"                                                                \
+  "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " "                                                        \
+  "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,"  \
+  "%30,%31}, %32, %33, acc, 1, 1, 0, 0;\n}\n"
+
+// d = A B (+ d where kAccumulate), A (64 x 16) and B (16 x 64) both by descriptor, both stored with k contiguous
+// (A [row][k], B [n][k]). Issued only.
+template <typename T, bool kAccumulate>
+__device__ __forceinline__ void wgmma_64x64_ss(float (&d)[8][4], uint64_t desc_a, uint64_t desc_b) {
+#ifdef SSM_WGMMA
+  if constexpr (std::is_same<T, __nv_bfloat16>::value)
+    asm volatile(SSM_WGMMA_SS("bf16") : SSM_WGMMA_D : "l"(desc_a), "l"(desc_b), "r"(int(kAccumulate)));
+  else
+    asm volatile(SSM_WGMMA_SS("f16") : SSM_WGMMA_D : "l"(desc_a), "l"(desc_b), "r"(int(kAccumulate)));
+#endif
+}
+#undef SSM_WGMMA_SS
 #undef SSM_WGMMA_ASM
 #undef SSM_WGMMA_D
 
