@@ -4,8 +4,8 @@ sm_90a; SSM_SSD_WGMMA=0 takes the mma.sync kernels of the other architectures).
 In one process (torch starts slowly there): y with wgmma against y with SSM_SSD_WGMMA=0 on the same inputs, profiler
 kernel sums of both side by side (B8 L2048 H32, B1 L8192 H32, B8 L2048 H64 = mamba2-1.3b's heads; P64 N128 chunk 256
 bf16, D, dt_bias, softplus), then the GPU SSD tests on the default (every CUDA row of test_ssd_cuda / test_ssd /
-test_ssd_split, the Mamba-2 rows of test_consistency_cuda / test_lm), then the forward rows with SSM_SSD_WGMMA=2
-(round 1b's C_q H_in^T with C_q by ldmatrix) and with =0, while the time lasts.
+test_ssd_split, the Mamba-2 rows of test_consistency_cuda / test_lm), then test_ssd_cuda's forward rows with
+SSM_SSD_WGMMA=0 while the time lasts.
 
     python benchmarks/device/wgmma_round.py OUT.json [--budget S]   (summary lines on stderr)
 """
@@ -23,16 +23,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
-from ssdfwd_tests import FWD_CUDA, FWD_GRID, Count  # noqa: E402
+from ssdfwd_tests import FWD_CUDA, Count  # noqa: E402
 
 SWITCH = "SSM_SSD_WGMMA"
 START = time.time()
-MODES = [("wgmma", "1"), ("mma.sync", "0"), ("wgmma-cq-regs", "2")]
+MODES = [("wgmma", "1"), ("mma.sync", "0")]
 DEFAULT_TESTS = [("tests/ops/test_ssd_cuda.py", "cuda"), ("tests/ops/test_ssd.py", "cuda"),
                  ("tests/ops/test_ssd_split.py", "cuda"),
                  ("tests/modules/test_consistency_cuda.py tests/models/test_lm.py", "cuda and (mamba2 or Mamba2 or ssd)")]
 FALLBACK_TESTS = [("tests/ops/test_ssd_cuda.py", FWD_CUDA)]
-CQ_REGS_TESTS = [("tests/ops/test_ssd_cuda.py", FWD_CUDA), ("tests/ops/test_ssd.py", FWD_GRID)]
 
 
 def log(msg):
@@ -65,7 +64,7 @@ def compare_y(res):
     for B, L, H in [(2, 1000, 8), (1, 2048 + 37, 4)]:
         fwd = fwd_fn(inputs(B, L, H=H))
         y0 = with_switch("0", fwd).float().clone()
-        for name, value in (MODES[0], MODES[2]):
+        for name, value in MODES[:1]:
             y1 = with_switch(value, fwd).float().clone()
             rel = ((y1 - y0).abs().max() / y0.abs().max()).item()
             fin = bool(torch.isfinite(y1).all())
@@ -99,7 +98,6 @@ def main():
     budget = float(sys.argv[sys.argv.index("--budget") + 1]) if "--budget" in sys.argv else 1e9
     res = dict(device=torch.cuda.get_device_name(), tests=[], y_diff=[], timings=[])
     steps = [compare_y, timings, lambda r: run_tests(r, "wgmma", "1", DEFAULT_TESTS, budget),
-             lambda r: run_tests(r, "wgmma-cq-regs", "2", CQ_REGS_TESTS, budget),
              lambda r: run_tests(r, "mma.sync", "0", FALLBACK_TESTS, budget)]
     for step in steps:
         try:

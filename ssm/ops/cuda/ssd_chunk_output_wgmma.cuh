@@ -2,9 +2,10 @@
 // float, true, false>: same blocks, stages, C B^T tiles, decay and epilogue) with both products on wgmma m64n64k16
 // (float32 accumulators). The block's 4 warps are one warpgroup: S X_k takes S_hi / S_lo from registers (the
 // accumulator-to-A-fragment mapping of mma.sync) and X_k from shared memory by descriptor, 8 wgmma per key tile
-// instead of 4 x 64 HMMA + 16 ldmatrix per warp; C_q H_in^T the same with C_q's fragments by ldmatrix and H_in's half
-// tiles by descriptor. The X_k and H_in tiles are stored 64 x 128 bytes with the 128-byte swizzle (ssd_wgmma.cuh),
-// X_k [token][p] (B transposed), H_in [p][n]. Round 1 (H200, B8 L2048 H32): 166 us against 181 (staged).
+// instead of 4 x 64 HMMA + 16 ldmatrix per warp; C_q H_in^T with C_q and H_in's half tiles both by descriptor (no A
+// registers). The X_k, C_q and H_in tiles are stored 64 x 128 bytes with the 128-byte swizzle (ssd_wgmma.cuh), X_k
+// [token][p] (B transposed), C_q [token][n] and H_in [p][n] in 64-column halves. Round 1b (H200, B8 L2048 H32): 167 us
+// against 183 (staged).
 // Half / bfloat16, N <= 128, H_in not split, sm_90a (launch_chunk_output_wgmma checks).
 #pragma once
 #include "cuda/ssd_chunk_output_staged.cuh"
@@ -37,32 +38,6 @@ __device__ __forceinline__ void wgmma_sx_split(float (&acc)[8][4], const float (
   wgmma_commit();
   wgmma_wait<0>();
   fence_acc(acc);
-}
-
-// hc += C_q H^T over K = Np (<= 16 kSteps): C_q [row][n] (ld ldn) by ldmatrix, H swizzled [p][n] in 64-column
-// halves (zero past N). Every A fragment is loaded before the first product (wgmma reads its registers
-// asynchronously); the steps past Np take zero fragments, so that no branch sits between the products (ptxas
-// injects a warpgroup arrive before each product after one).
-template <typename T, int kSteps>
-__device__ __forceinline__ void wgmma_c_h(float (&hc)[8][4], const T* cq, int ldn, const T* h0, const T* h1, int r0,
-                                          int Np) {
-  unsigned a[kSteps][4];
-#pragma unroll
-  for (int k = 0; k < kSteps; ++k) {
-    load_a(a[k], cq, ldn, r0, 16 * k);  // (past Np: other shared rows, replaced by zeros)
-#pragma unroll
-    for (int u = 0; u < 4; ++u) a[k][u] = 16 * k < Np ? a[k][u] : 0u;
-    fence_a(a[k]);
-  }
-  const uint64_t d0 = sw_desc(smem_addr(h0)), d1 = sw_desc(smem_addr(h1));
-  fence_acc(hc);
-  wgmma_fence();
-#pragma unroll
-  for (int k = 0; k < kSteps; ++k)  // 16 n = 32 bytes along each row (the swizzle is on the address)
-    wgmma_64x64<T, false>(hc, a[k], (k < 4 ? d0 : d1) + uint64_t((k % 4) * 32 >> 4));
-  wgmma_commit();
-  wgmma_wait<0>();
-  fence_acc(hc);
 }
 
 // hc += C_q H^T over K = 16 kSteps, C_q and H both swizzled [row][n] in 64-column halves 8 KB apart (zero past N),
@@ -126,31 +101,25 @@ __device__ __forceinline__ void masked_sx_wgmma(float (&acc)[8][4], float (&s)[8
 constexpr size_t kWgPair = kTile * kTile * 2 + kTile * kTile * sizeof(float);
 
 // Shared memory: the alignment slack, two buffer pairs, C_q, tokens, the key factors and D of the P tile.
-// C_q: two swizzled 64-column halves (kCqDesc) or padded [row][n] for ldmatrix.
-template <typename T, bool kCqDesc>
-__host__ __device__ constexpr size_t wg_cq_bytes(int Np) {
-  return kCqDesc ? 2 * kTile * kTile * sizeof(T) : align128(kTile * (Np + 8) * sizeof(T));
-}
+// C_q's two swizzled 64-column halves.
+constexpr size_t kWgCq = 2 * kTile * kTile * 2;
 
 // Shared memory: the alignment slack, two buffer pairs, C_q, tokens, the key factors and D of the P tile.
-template <typename T, bool kCqDesc>
-size_t chunk_scan_wgmma_smem(int N) {
-  return 1024 + 2 * kWgPair + wg_cq_bytes<T, kCqDesc>(round16(N)) + align128(sizeof(ChunkTokens)) +
-         align128((kMaxChunk + kTile) * sizeof(float));
+inline size_t chunk_scan_wgmma_smem() {
+  return 1024 + 2 * kWgPair + kWgCq + align128(sizeof(ChunkTokens)) + align128((kMaxChunk + kTile) * sizeof(float));
 }
 
-// kCqDesc: C_q H_in^T with C_q by descriptor (swizzled halves), else by ldmatrix (SSM_SSD_WGMMA=2, temporary).
-template <typename T, bool kCqDesc>
+template <typename T>
 __global__ void __launch_bounds__(kThreads, 3) chunk_scan_wgmma_kernel(SsdParams p, Layout w) {
 #ifdef SSM_WGMMA
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);  // swizzle atoms 1024-aligned
-  const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Np = round16(N), ldn = Np + 8;
+  const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Np = round16(N);
   auto xbuf = [&](int i) { return reinterpret_cast<T*>(smem + (i & 1) * kWgPair); };
   auto cbuf = [&](int i) { return reinterpret_cast<float*>(smem + (i & 1) * kWgPair + kTile * kTile * 2); };
   T* cq = reinterpret_cast<T*>(smem + 2 * kWgPair);
   ChunkTokens& tok = *reinterpret_cast<ChunkTokens*>(reinterpret_cast<unsigned char*>(cq) +
-                                                     wg_cq_bytes<T, kCqDesc>(Np));
+                                                     kWgCq);
   float* kf = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(&tok) + align128(sizeof(ChunkTokens)));
   float* ds = kf + kMaxChunk;  // D of the P tile
   const int nq = Q / kTile, nqp = (nq + 1) / 2, ntp = (P + kTile - 1) / kTile;
@@ -179,12 +148,8 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_wgmma_kernel(SsdParams
     issue_sw<T>(xbuf(i), hin, N, 1, P - p0, min(N, kTile));
     if (N > kTile) issue_sw<T>(reinterpret_cast<T*>(cbuf(i)), hin + kTile, N, 1, P - p0, N - kTile);
   };
-  auto issue_c = [&](int q) {  // C_q, read by the pass's last stage
+  auto issue_c = [&](int q) {  // C_q's halves, read by the pass's last stage
     const T* src = csrc + q * kTile * p.C.stride[1];
-    if (!kCqDesc) {
-      issue_rows_n<T, true>(cq, ldn, Np, src, p.C.stride[1], p.C.stride[3], rows_left - q * kTile, N);
-      return;
-    }
     issue_sw<T>(cq, src, p.C.stride[1], p.C.stride[3], rows_left - q * kTile, min(N, kTile));
     if (N > kTile)
       issue_sw<T>(cq + kTile * kTile, src + kTile * p.C.stride[3], p.C.stride[1], p.C.stride[3], rows_left - q * kTile,
@@ -254,15 +219,10 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_scan_wgmma_kernel(SsdParams
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) e[hf] = trow[hf] < rows_left && tok.run[trow[hf]] == 0 ? ex2(q2[hf]) : 0.f;
     float hc[8][4] = {};
-    const T* h1 = reinterpret_cast<const T*>(cbuf(base + qt + 1));
-    if (kCqDesc && Np > kTile)  // (H_in's second half tile 8 KB after the first: cbuf is xbuf + 8 KB)
+    if (Np > kTile)  // (H_in's second half tile 8 KB after the first: cbuf is xbuf + 8 KB)
       wgmma_cq<T, 8>(hc, cq, xbuf(base + qt + 1));
-    else if (kCqDesc)
-      wgmma_cq<T, 4>(hc, cq, xbuf(base + qt + 1));
-    else if (Np > kTile)
-      wgmma_c_h<T, 8>(hc, cq, ldn, xbuf(base + qt + 1), h1, r0, Np);
     else
-      wgmma_c_h<T, 4>(hc, cq, ldn, xbuf(base + qt + 1), h1, r0, Np);
+      wgmma_cq<T, 4>(hc, cq, xbuf(base + qt + 1));
     add_scaled(acc, hc, e);
     if (general) {
       store_y_general<T>(p, tok, acc, nullptr, b, h, g, c0, trow, t0, rows_left, p0);
@@ -292,10 +252,7 @@ bool launch_chunk_output_wgmma(const SsdParams& p, const Layout& w, cudaStream_t
   const dim3 cb_grid(unsigned(w.nchunks * nq * nq), unsigned(p.ngroups), unsigned(p.batch));
   const size_t cb_smem = 2 * align128(kTile * (round16(N) + 8) * sizeof(T));
   launch(chunk_cb_kernel<T, float, true>, cb_grid, std::max(cb_smem, size_t(kTile * kTile * sizeof(float))), s, p, w);
-  if (wgmma_cq_regs())
-    launch(chunk_scan_wgmma_kernel<T, false>, paired, chunk_scan_wgmma_smem<T, false>(N), s, p, w);
-  else
-    launch(chunk_scan_wgmma_kernel<T, true>, paired, chunk_scan_wgmma_smem<T, true>(N), s, p, w);
+  launch(chunk_scan_wgmma_kernel<T>, paired, chunk_scan_wgmma_smem(), s, p, w);
   return true;
 }
 

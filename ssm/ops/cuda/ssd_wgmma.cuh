@@ -76,13 +76,6 @@ __device__ __forceinline__ void issue_sw(T* dst, const T* src, int64_t rs, int64
 // (=0: the other architectures' mma.sync kernels on this card too, so that their tests run here).
 inline bool wgmma_enabled() { return wgmma_device() && ssd_switch("SSM_SSD_WGMMA", true); }
 
-// SSM_SSD_WGMMA=2 (session 10, round 2, temporary): the chunk output's C_q H_in^T with C_q's fragments by ldmatrix
-// (round 1b's form) instead of by descriptor.
-inline bool wgmma_cq_regs() {
-  const char* v = std::getenv("SSM_SSD_WGMMA");
-  return v != nullptr && std::strcmp(v, "2") == 0;
-}
-
 // Shared-memory descriptor of a swizzled tile at byte address a (128-byte swizzle; both byte offsets
 // 1024, the distance of 8-row groups, which is the one a 64-wide tile uses for either major order).
 // sw_desc(a + k) = sw_desc(a) + k / 16: the address field (bits 0-13; shared addresses < 256 KB) does not carry.
