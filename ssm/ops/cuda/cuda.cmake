@@ -70,6 +70,9 @@ if(CMAKE_CUDA_COMPILER AND NOT _ssm_cuda_mode STREQUAL "off")
     target_include_directories(_cuda PRIVATE ${SSM_COMMON_INCLUDE})
     target_compile_options(_cuda PRIVATE
       $<$<COMPILE_LANGUAGE:CUDA>:${_gencode} -O3 --use_fast_math --expt-relaxed-constexpr -lineinfo>)
+    if("90" IN_LIST _archs OR "90a" IN_LIST _archs)  # the sm_90a kernels (wgmma) exist in this build
+      target_compile_definitions(_cuda PRIVATE SSM_CUDA_SM90A=1)
+    endif()
     target_link_libraries(_cuda PRIVATE CUDA::cudart_static)
     install(TARGETS _cuda LIBRARY DESTINATION ssm)
     set(SSM_CUDA_STATUS "built")

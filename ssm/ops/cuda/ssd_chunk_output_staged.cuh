@@ -507,6 +507,10 @@ inline bool hin_split_enabled(const SsdParams& p) {
 template <typename T>
 using StagedCb = typename std::conditional<std::is_same<T, __nv_bfloat16>::value, __nv_bfloat16, float>::type;
 
+// The exact staged output on wgmma (ssd_chunk_output_wgmma.cuh; false where it does not apply).
+template <typename T>
+bool launch_chunk_output_wgmma(const SsdParams& p, const Layout& w, cudaStream_t s);
+
 template <typename T>
 void launch_chunk_scan(const SsdParams& p, const Layout& w, cudaStream_t s) {
   const int64_t ptiles = (p.headdim + kTile - 1) / kTile, nq = p.chunk / kTile;
@@ -518,6 +522,7 @@ void launch_chunk_scan(const SsdParams& p, const Layout& w, cudaStream_t s) {
     const size_t cb_smem = 2 * align128(kTile * (round16(N) + 8) * sizeof(T));
     const size_t smem = chunk_scan_staged_smem<T, float>(N);
     if (staged_enabled() && N <= 2 * kTile && exact_enabled()) {  // the tiled C B^T, staged through 16 KB
+      if (launch_chunk_output_wgmma<T>(p, w, s)) return;
       launch(chunk_cb_kernel<T, float, true>, cb_grid, std::max(cb_smem, size_t(kTile * kTile * sizeof(float))), s, p,
              w);
       if (w.split)

@@ -1,5 +1,5 @@
 // SSD chunked scan forward kernels, bfloat16_t instantiation (one translation unit per dtype).
-#include "cuda/ssd_chunk_output_staged.cuh"
+#include "cuda/ssd_chunk_output_wgmma.cuh"
 #include "cuda/ssd_chunk_state_heads.cuh"
 #include "cuda/ssd_state_passing.cuh"
 

@@ -6,20 +6,31 @@
 // stream through kXStages cp.async buffers across the heads. The chunk's token work (Δ, cs, the state weights,
 // the record) runs once per (b, h, chunk) in chunk_tokens_kernel before it (session 8: the per-head load_chunk
 // was this kernel's serial part); the staged chunk output copies its Δ / cs from there too. N > 128 takes
-// chunk_state_mma_kernel. This file holds the chunk-state launcher.
+// chunk_state_mma_kernel. kWg (session 10; sm_90a, wgmma_enabled()): the product on wgmma, the chunk's B stored
+// [token][n] in swizzled 64 x 64 tiles (B operand by descriptor, transposed), x^T scaled in registers (round 1, H200,
+// B8 L2048 H32: 49.5 us against 62.0).
+// This file holds the chunk-state launcher.
 #pragma once
 #include "cuda/ssd_chunk_state_mma.cuh"
 #include "cuda/ssd_tile_issue.cuh"
+#include "cuda/ssd_wgmma.cuh"
 
 namespace ssm::cuda::ssd {
 
 constexpr int kStateHeads = 4, kXStages = 4;
 
+// The chunk's B in swizzled tiles (kWg: the alignment slack, then Q / 64 token tiles of 1 or 2 64-column halves).
+template <typename T, bool kWg>
+__host__ __device__ inline size_t state_b_bytes(int Q, int N) {
+  const int Np = (N + 15) / 16 * 16;
+  return kWg ? 1024 + size_t(Q / kTile) * (Np > kTile ? 2 : 1) * kTile * kTile * sizeof(T)
+             : align128(Q * (Np + 8) * sizeof(T));
+}
+
 // The heads' weight rows, the chunk's B, the x stages.
-template <typename T>
+template <typename T, bool kWg>
 size_t chunk_state_heads_smem(int Q, int N) {
-  const int ldb = (N + 15) / 16 * 16 + 8;
-  return align128(kStateHeads * kMaxChunk * sizeof(float)) + align128(Q * ldb * sizeof(T)) +
+  return align128(kStateHeads * kMaxChunk * sizeof(float)) + state_b_bytes<T, kWg>(Q, N) +
          kXStages * align128(kTile * kLd * sizeof(T));
 }
 
@@ -75,6 +86,40 @@ __device__ __forceinline__ void state_tile_wide(float (&acc)[16][4], const T* xs
   }
 }
 
+// state_tile_wide on wgmma: b0 (and b1 when kTwo: N > 64) the swizzled [token][n] B tiles of n 0..63 (64..127).
+template <typename T, bool kTwo>
+__device__ __forceinline__ void state_tile_wg(float (&acc)[16][4], const T* xs, const T* b0, const T* b1,
+                                              const float* wt, int r0) {
+  const int c2 = 2 * (threadIdx.x & 3);
+  unsigned a[4][4];
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    const int k0 = kk * 16;
+    load_a_kr(a[kk], xs, kLd, r0, k0);
+    const float w0 = wt[k0 + c2], w1 = wt[k0 + c2 + 1], w8 = wt[k0 + c2 + 8], w9 = wt[k0 + c2 + 9];
+    a[kk][0] = scale2<T>(a[kk][0], w0, w1);
+    a[kk][1] = scale2<T>(a[kk][1], w0, w1);
+    a[kk][2] = scale2<T>(a[kk][2], w8, w9);
+    a[kk][3] = scale2<T>(a[kk][3], w8, w9);
+    fence_a(a[kk]);
+  }
+  float(&lo)[8][4] = *reinterpret_cast<float(*)[8][4]>(&acc[0]);
+  float(&hi)[8][4] = *reinterpret_cast<float(*)[8][4]>(&acc[8]);
+  const uint64_t d0 = sw_desc(smem_addr(b0)), d1 = sw_desc(smem_addr(b1));
+  fence_acc(lo);
+  if (kTwo) fence_acc(hi);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    wgmma_64x64<T, true>(lo, a[kk], d0 + uint64_t(kk * 16 * 128 >> 4));  // 16 tokens = 16 rows of 128 bytes
+    if (kTwo) wgmma_64x64<T, true>(hi, a[kk], d1 + uint64_t(kk * 16 * 128 >> 4));
+  }
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_acc(lo);
+  if (kTwo) fence_acc(hi);
+}
+
 // S_c rows p0 + r0 + lane / 4 (+ 8) of head h from the accumulators, as float2 where N allows.
 __device__ __forceinline__ void store_state(float* states, const float (&acc)[16][4], int P, int N, int prow) {
   const int c2 = 2 * int(threadIdx.x & 3);
@@ -128,14 +173,23 @@ __device__ __forceinline__ void state_weights(float* wt, const float* src, int64
 
 // kFull: N rounds up to 128 (all eight n-tile pairs, fixed at compile time: no per-pair predicates).
 // The heads' weights come from the token rows (copied with Bm at the start: no per-head token work).
-template <typename T, bool kFull>
+template <typename T, bool kFull, bool kWg>
 __global__ void __launch_bounds__(kThreads) chunk_state_heads_kernel(SsdParams p, Layout w, StateProduct sp) {
+#if !defined(SSM_WGMMA)
+  if constexpr (kWg) {
+    __trap();  // built without sm_90a: launch_state_product never launches it
+    return;
+  }
+#endif
   extern __shared__ __align__(128) unsigned char smem[];
   const int P = int(p.headdim), N = int(p.dstate), Q = int(p.chunk), Np = (N + 15) / 16 * 16, ldb = Np + 8;
   const size_t xb = align128(kTile * kLd * sizeof(T));
   float* wt = reinterpret_cast<float*>(smem);  // [head][token]
-  T* bs = reinterpret_cast<T*>(smem + align128(kStateHeads * kMaxChunk * sizeof(float)));
-  unsigned char* xbase = reinterpret_cast<unsigned char*>(bs) + align128(Q * ldb * sizeof(T));
+  unsigned char* braw = smem + align128(kStateHeads * kMaxChunk * sizeof(float));
+  // kWg: token tile kt's half hf at bs + (kt nhalf + hf) 4096 (1024-aligned), else [token][n] with ld ldb
+  T* bs = reinterpret_cast<T*>(kWg ? braw + ((1024 - (smem_addr(braw) & 1023)) & 1023) : braw);
+  const int nhalf = Np > kTile ? 2 : 1;
+  unsigned char* xbase = braw + state_b_bytes<T, kWg>(Q, N);
   const int ntp = (P + kTile - 1) / kTile, hg = int(p.nheads / p.ngroups), nquad = (hg + kStateHeads - 1) / kStateHeads;
   const int64_t c = blockIdx.x / ntp, b = blockIdx.z, c0 = c * Q;
   const int pt = blockIdx.x % ntp, p0 = pt * kTile;
@@ -174,8 +228,15 @@ __global__ void __launch_bounds__(kThreads) chunk_state_heads_kernel(SsdParams p
     }
     if (++ikt == nk) ikt = 0, ++ihi;
   };
-  for (int kt = 0; kt < nk; ++kt)
-    issue_rows_n<T>(bs + kt * kTile * ldb, ldb, Np, bsrc + kt * kTile * br, br, Bm.stride[3], nvalid - kt * kTile, N);
+  for (int kt = 0; kt < nk; ++kt) {
+    if constexpr (kWg) {
+      for (int hf = 0; hf < nhalf; ++hf)
+        issue_sw<T>(bs + (kt * nhalf + hf) * kTile * kTile, bsrc + kt * kTile * br + hf * kTile * Bm.stride[3], br,
+                    Bm.stride[3], nvalid - kt * kTile, hf ? N - kTile : min(N, kTile));
+    } else {
+      issue_rows_n<T>(bs + kt * kTile * ldb, ldb, Np, bsrc + kt * kTile * br, br, Bm.stride[3], nvalid - kt * kTile, N);
+    }
+  }
   const int64_t head_step = w.nchunks * 3 * kMaxChunk;
   const float* wsrc = ptr<float>(p.workspace) + sp.rows + ((b * p.nheads + h0) * w.nchunks + c) * 3 * kMaxChunk;
   if (!sp.first_run) state_weights(wt, wsrc, head_step, nh, nvalid, false);
@@ -197,9 +258,18 @@ __global__ void __launch_bounds__(kThreads) chunk_state_heads_kernel(SsdParams p
     if (f + kXStages - 1 < nt) issue_x(f + kXStages - 1);
     cp_async_commit();
     cp_async_wait<kXStages - 1>();  // tile f (and Bm) landed
+    if (kWg) fence_async_smem();  // Bm's tiles, read by wgmma
     __syncthreads();
-    state_tile_wide<T>(acc, reinterpret_cast<const T*>(xbase + (f % kXStages) * xb), bs + kt * kTile * ldb, ldb,
-                       wt + hi * kMaxChunk + kt * kTile, r0, npair);
+    const T* xs = reinterpret_cast<const T*>(xbase + (f % kXStages) * xb);
+    if (!kWg) {
+      state_tile_wide<T>(acc, xs, bs + kt * kTile * ldb, ldb, wt + hi * kMaxChunk + kt * kTile, r0, npair);
+    } else {
+      const T* b0 = bs + kt * nhalf * kTile * kTile;
+      if (nhalf == 2)
+        state_tile_wg<T, true>(acc, xs, b0, b0 + kTile * kTile, wt + hi * kMaxChunk + kt * kTile, r0);
+      else
+        state_tile_wg<T, false>(acc, xs, b0, b0, wt + hi * kMaxChunk + kt * kTile, r0);
+    }
     if (kt == nk - 1)
       store_state(ws + sp.out + ((b * w.nchunks + c) * p.nheads + h0 + hi) * int64_t(P) * N, acc, P, N,
                   p0 + r0 + (int(threadIdx.x & 31) >> 2));
@@ -214,9 +284,12 @@ void launch_state_product(const SsdParams& p, const Layout& w, const StateProduc
   const int64_t ptiles = (p.headdim + kTile - 1) / kTile, hg = p.nheads / p.ngroups;
   const int64_t quads = (hg + kStateHeads - 1) / kStateHeads;
   const dim3 grid(unsigned(w.nchunks * ptiles), unsigned(p.ngroups * quads), unsigned(p.batch));
-  const size_t smem = chunk_state_heads_smem<T>(int(p.chunk), int(p.dstate));
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
-  auto kernel = (p.dstate + 15) / 16 == 8 ? chunk_state_heads_kernel<T, true> : chunk_state_heads_kernel<T, false>;
+  const bool full = (p.dstate + 15) / 16 == 8, wg = wgmma_enabled();
+  const size_t smem = wg ? chunk_state_heads_smem<T, true>(int(p.chunk), int(p.dstate))
+                         : chunk_state_heads_smem<T, false>(int(p.chunk), int(p.dstate));
+  auto kernel = wg ? chunk_state_heads_kernel<T, false, true>
+                   : full ? chunk_state_heads_kernel<T, true, false> : chunk_state_heads_kernel<T, false, false>;
   if (smem > 48 * 1024) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   kernel<<<grid, kThreads, smem, s>>>(p, w, sp);
 }
