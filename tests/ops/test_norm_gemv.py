@@ -86,7 +86,8 @@ def test_cuda_kernel_equals_separate_ops(dtype, case, before):
 def test_streamed_kernel_many_rows_per_warp(dtype, case, monkeypatch):
     """More row groups than resident warps, rows of several units, odd M (lm_head, in_proj, out_proj,
     x_proj shapes): against float64, and bitwise the same run to run, with programmatic dependent
-    launch off (SSM_PDL=0) and with the register units pulled into L2 first (SSM_GEMV_PREFETCH_OWN=1)."""
+    launch off (SSM_PDL=0), with the register units pulled into L2 first (SSM_GEMV_PREFETCH_OWN=1) and in the
+    ring form (SSM_GEMV_RING: units through shared memory, several depths and grids)."""
     monkeypatch.setattr(ng, "PLAIN", True)
     batch, K, M = case
     dev = torch.device("cuda")
@@ -97,11 +98,18 @@ def test_streamed_kernel_many_rows_per_warp(dtype, case, monkeypatch):
         monkeypatch.setenv("SSM_GEMV_PREFETCH_OWN", "1")
         pulled = ng.small_linear(lin, x)
         monkeypatch.delenv("SSM_GEMV_PREFETCH_OWN")
+        rings = {}
+        for ring in ("2", "3:1", "4:1", "5:2"):
+            monkeypatch.setenv("SSM_GEMV_RING", ring)
+            rings[ring] = ng.small_linear(lin, x)
+        monkeypatch.delenv("SSM_GEMV_RING")
         monkeypatch.setenv("SSM_PDL", "0")
         no_pdl = ng.small_linear(lin, x)
     ref = x.double() @ lin.weight.double().t() + (0 if lin.bias is None else lin.bias.double())
     assert out.shape == (batch, M) and torch.equal(out, again) and torch.equal(out, no_pdl)
     assert torch.equal(out, pulled), "with the register units pulled into L2 first (SSM_GEMV_PREFETCH_OWN=1)"
+    for ring, got in rings.items():
+        assert torch.equal(out, got), f"ring form SSM_GEMV_RING={ring}"
     assert_close(out, ref, dtype, "out")
 
 

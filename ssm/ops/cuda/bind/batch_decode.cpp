@@ -54,19 +54,18 @@ ConvXprojParams conv_xproj_params(int dtype, int64_t batch, int64_t dim, int64_t
   return p;
 }
 
+// Binds name(args..., stream): build(args...) -> params, then launch(params, the stream).
+template <typename P, typename... Args>
+void def_launch(nb::module_& m, const char* name, P (*build)(Args...), void (*launch)(const P&, cudaStream_t)) {
+  def_kernel<int64_t>(m, name, build, [launch](const P& p, int64_t stream) { launch(p, stream_arg(stream)); });
+}
+
 }  // namespace
 
 void bind_batch_conv(nb::module_& m) {
-  def_kernel<int64_t>(m, "batch_conv", &batch_conv_params, [](const BatchConvParams& p, int64_t stream) {
-    ssm::cuda::batch_conv(p, stream_arg(stream));
-  });
-  def_kernel<int64_t>(m, "batch_linear_narrow", &batch_linear_narrow_params,
-                      [](const BatchLinearParams& p, int64_t stream) {
-                        ssm::cuda::batch_linear_narrow(p, stream_arg(stream));
-                      });
-  def_kernel<int64_t>(m, "conv_xproj", &conv_xproj_params, [](const ConvXprojParams& p, int64_t stream) {
-    ssm::cuda::conv_xproj(p, stream_arg(stream));
-  });
+  def_launch(m, "batch_conv", &batch_conv_params, &ssm::cuda::batch_conv);
+  def_launch(m, "batch_linear_narrow", &batch_linear_narrow_params, &ssm::cuda::batch_linear_narrow);
+  def_launch(m, "conv_xproj", &conv_xproj_params, &ssm::cuda::conv_xproj);
 }
 
 }  // namespace ssm::bind::cuda
