@@ -51,14 +51,15 @@ def layer_bytes(model):
     head = {"lm_head": model.lm_head.weight.numel() * model.lm_head.weight.element_size()}
     if hasattr(mixer, "x_proj"):  # Mamba-1: in_proj + conv, x_proj, the state step with dt_proj, out_proj
         return {"norm_gemv_stream_kernel<bf16, 3, 1, true": w(mixer.in_proj) + 2 * states,
-                "norm_gemv_stream_kernel<bf16, 0": (w(mixer.x_proj) + w(mixer.out_proj)) / 2,
+                "x_proj": w(mixer.x_proj), "out_proj": w(mixer.out_proj),
                 "m1_decode_step": w(mixer.dt_proj) + 2 * states + mixer.A_log.numel() * 4, **head}
     return {"norm_gemv_stream_kernel<bf16, 3": w(mixer.in_proj), "conv_state_step": 2 * states,
             "norm_gemv_stream_kernel<bf16, 1": w(mixer.out_proj), **head}
 
 
 def account(key, nbytes, copy_gbs):
-    """From one token's timeline: each kernel kind's count, mean duration and dEnd (the last GEMV is lm_head),
+    """From one token's timeline: each kernel kind's count, mean duration and dEnd (the last GEMV is lm_head; Mamba-1's
+    plain GEMVs named x_proj / out_proj by position),
     its bytes and the bandwidth its dEnd means; one middle layer's kernels (start and end after the previous
     kernel's end). Printed and stored in the profile's entry."""
     prof = de.OUT["profile"].get(key)
@@ -69,6 +70,8 @@ def account(key, nbytes, copy_gbs):
     kinds, end, layer = {}, tl[0][1], []
     for i, (k, s, d) in enumerate(tl):
         name = "lm_head" if i == last_gemv else k
+        if k.startswith("norm_gemv_stream_kernel<bf16, 0"):  # Mamba-1's plain GEMVs: x_proj after in_proj, out_proj
+            name = "out_proj" if tl[i - 1][0].startswith("m1_decode_step") else "x_proj"
         row = kinds.setdefault(name, dict(name=name, count=0, dur_us=0.0, dend_us=0.0))
         row["count"] += 1
         row["dur_us"] += d
