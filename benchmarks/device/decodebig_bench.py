@@ -5,7 +5,7 @@
    count, mean duration, mean advance of the token's end (dEnd), its bytes and the bandwidth that dEnd means
    (% of copy), and one middle layer's timeline (start after the previous kernel's end: negative = overlap);
 3. the same token under each GEMV variant of --variants (SSM_GEMV_RING=stages[:blocks an SM]);
-first Mamba-1's b64 decode per step with conv_xproj on and off (batch_decode.XPROJ), last --e2e-variants. Items started past
+first the b64 decode per step of --b64's models, last --e2e-variants. Items started past
 --deadline seconds are skipped; the JSON is rewritten after each.
 
     python3 benchmarks/device/decodebig_bench.py OUT_DIR [--models a,b] [--variants ring3_1,...] [--deadline s]
@@ -28,12 +28,12 @@ import bench_cuda as bc  # noqa: E402
 import bench_models_cuda as bm  # noqa: E402
 import decode_e2e as de  # noqa: E402
 
-from ssm.ops import batch_decode as bd  # noqa: E402
-
 START = time.time()
-RINGS = {"ring3_1": "3:1", "ring4_1": "4:1", "ring3": "3", "ring2_2": "2:2"}
-de.SWITCHES = de.SWITCHES + ("SSM_GEMV_RING",)
+RINGS = {"ring3_1": "3:1", "ring4_1": "4:1", "ring3": "3", "ring2_2": "2:2", "reg": "0"}  # reg: registers everywhere
+de.SWITCHES = de.SWITCHES + ("SSM_GEMV_RING", "SSM_M1_RELEASE_EARLY")
 de.VARIANTS.update({k: {"SSM_GEMV_RING": v} for k, v in RINGS.items()})
+de.VARIANTS["m1_late"] = {"SSM_M1_RELEASE_EARLY": "0"}  # m1_decode_step releases out_proj after its wait
+de.ONLY["m1_late"] = "mamba-"
 
 
 def late(deadline, what):
@@ -109,7 +109,7 @@ def run_model(name, variants, reps, copy_gbs, deadline, path):
         de.profile_tokens(model, name)
         account(name, nbytes, copy_gbs)
         de.save(path)
-        for v in variants:
+        for v in [v for v in variants if name.startswith(de.ONLY.get(v, ""))]:
             if late(deadline, f"{name}/{v}"):
                 break
             with de.variant_set(v):
@@ -122,15 +122,11 @@ def run_model(name, variants, reps, copy_gbs, deadline, path):
 
 
 def run_b64(spec, deadline, path):
-    name, _, form = spec.partition("@")
+    name = spec
     if late(deadline, spec):
         return
-    bd.XPROJ = form == "xproj"
-    try:
-        model = bm.make_model(name)
-        ms = bm.decode_ms_per_token(model, 64)
-    finally:
-        bd.XPROJ = False
+    model = bm.make_model(name)
+    ms = bm.decode_ms_per_token(model, 64)
     de.OUT.setdefault("b64", []).append(dict(model=spec, ms=ms, target_ms=bm.MODELS[name][3][3]))
     print(f"  {spec:22s} decode b64 {ms:.3f} ms/step (target {bm.MODELS[name][3][3]})", flush=True)
     de.save(path)
@@ -143,7 +139,7 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--models", default="mamba2-1.3b,mamba-1.4b")
     ap.add_argument("--variants", default="ring3_1,ring4_1,ring3")
-    ap.add_argument("--b64", default="mamba-130m@xproj,mamba-130m@noxproj")
+    ap.add_argument("--b64", default="")
     ap.add_argument("--e2e-variants", default="ring3_1", help="variants also timed end to end, after the rest")
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--deadline", type=float, default=1e9)

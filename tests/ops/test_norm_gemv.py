@@ -87,7 +87,7 @@ def test_streamed_kernel_many_rows_per_warp(dtype, case, monkeypatch):
     """More row groups than resident warps, rows of several units, odd M (lm_head, in_proj, out_proj,
     x_proj shapes): against float64, and bitwise the same run to run, with programmatic dependent
     launch off (SSM_PDL=0), with the register units pulled into L2 first (SSM_GEMV_PREFETCH_OWN=1) and in the
-    ring form (SSM_GEMV_RING: units through shared memory, several depths and grids)."""
+    register and ring forms (SSM_GEMV_RING: 0, or units through shared memory at several depths and grids)."""
     monkeypatch.setattr(ng, "PLAIN", True)
     batch, K, M = case
     dev = torch.device("cuda")
@@ -99,7 +99,7 @@ def test_streamed_kernel_many_rows_per_warp(dtype, case, monkeypatch):
         pulled = ng.small_linear(lin, x)
         monkeypatch.delenv("SSM_GEMV_PREFETCH_OWN")
         rings = {}
-        for ring in ("2", "3:1", "4:1", "5:2"):
+        for ring in ("0", "2", "3:1", "4:1", "5:2"):
             monkeypatch.setenv("SSM_GEMV_RING", ring)
             rings[ring] = ng.small_linear(lin, x)
         monkeypatch.delenv("SSM_GEMV_RING")
