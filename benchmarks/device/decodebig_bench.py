@@ -30,10 +30,8 @@ import decode_e2e as de  # noqa: E402
 
 START = time.time()
 RINGS = {"ring3_1": "3:1", "ring4_1": "4:1", "ring3": "3", "ring2_2": "2:2", "reg": "0"}  # reg: registers everywhere
-de.SWITCHES = de.SWITCHES + ("SSM_GEMV_RING", "SSM_M1_RELEASE_EARLY")
+de.SWITCHES = de.SWITCHES + ("SSM_GEMV_RING",)
 de.VARIANTS.update({k: {"SSM_GEMV_RING": v} for k, v in RINGS.items()})
-de.VARIANTS["m1_late"] = {"SSM_M1_RELEASE_EARLY": "0"}  # m1_decode_step releases out_proj after its wait
-de.ONLY["m1_late"] = "mamba-"
 
 
 def late(deadline, what):

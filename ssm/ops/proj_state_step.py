@@ -125,9 +125,7 @@ def proj_state_step(state: Tensor, x: Tensor, dt_in: Tensor, dt_proj_weight: Ten
     dt_proj_weight (D, R); A (D, N); B, C (B, N); D, dt_bias (D,) -> y (B, D) like x.
     Same as selective_state_step(state, x, F.linear(dt_in, dt_proj_weight), A, B, C, D, z, dt_bias, softplus).
     state_settled=True promises that the kernel launched just before on the stream does not write state (as
-    in Mamba1.step, where it is x_proj): the small-batch CUDA kernel then reads it while that kernel still runs, and
-    lets the next kernel launch before its own wait (Mamba1.step: out_proj's GEMV, which reads only weights before
-    its wait; a kernel reading a state before its wait must not follow directly)."""
+    in Mamba1.step, where it is x_proj): the small-batch CUDA kernel then reads it while that kernel still runs."""
     _check_args(state, x, dt_in, dt_proj_weight, A, B, C, D, z, dt_bias)
     if (not torch.compiler.is_compiling() and _cuda_ok(x)
             and _small_step_ok(state, x, dt_in, dt_proj_weight, B, C, z)):

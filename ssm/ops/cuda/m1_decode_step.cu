@@ -20,7 +20,7 @@ __device__ __forceinline__ float quad_sum(float v) {
 
 // kPacks: 16-byte packs of the dt_proj row a thread takes (packs part, part + kLanes, ...).
 template <typename TS, typename T, int kPacks>
-__global__ void __launch_bounds__(kThreads) m1_decode_step_kernel(M1DecodeStepParams p, bool release_first) {
+__global__ void __launch_bounds__(kThreads) m1_decode_step_kernel(M1DecodeStepParams p) {
   constexpr int kN = Pack<T>::kN;
   __shared__ float s_dt[kMaxRank], s_B[kMaxN], s_C[kMaxN];
   const int64_t b = blockIdx.y;
@@ -48,9 +48,8 @@ __global__ void __launch_bounds__(kThreads) m1_decode_step_kernel(M1DecodeStepPa
       if (part + kLanes * k < N) sv[k] = srow[(part + kLanes * k) * p.state.stride[2]];
   };
   if (p.early) load_state();
-  if (release_first) pdl_release();  // the next kernel (out_proj's GEMV) starts its weight loads under x_proj
   pdl_wait();  // everything below may depend on the previous kernel (x_proj's output)
-  if (!release_first) pdl_release();
+  pdl_release();
   if (!p.early) load_state();
   for (int i = threadIdx.x; i < R + 2 * N; i += kThreads) {
     if (i < R)
@@ -88,24 +87,13 @@ __global__ void __launch_bounds__(kThreads) m1_decode_step_kernel(M1DecodeStepPa
   if (ok && part == 0) ptr<T>(p.out)[b * p.out.stride[0] + dc * p.out.stride[1]] = from_float<T>(y);
 }
 
-// With p.early (the model's step: the next kernel is out_proj's GEMV, whose pre-wait part reads weights only) the
-// next kernel may launch before this one's wait, so its weights stream in while x_proj still runs. Such a successor
-// may overlap the kernel before this one: it must not read a state before its own wait. SSM_M1_RELEASE_EARLY=0
-// (read per launch, a variant): release after the wait.
-bool release_first(const M1DecodeStepParams& p) {
-  const char* env = std::getenv("SSM_M1_RELEASE_EARLY");
-  return p.early && !(env != nullptr && env[0] == '0');
-}
-
 template <typename TS, typename T>
 void launch(const M1DecodeStepParams& p, cudaStream_t stream) {
   constexpr int kN = Pack<T>::kN;
   const dim3 grid(unsigned(ceil_div(p.dim, kChannels)), unsigned(p.batch));
   if (p.rank <= 64)
-    return pdl_launch(m1_decode_step_kernel<TS, T, 64 / kN / kLanes>, grid, dim3(kThreads), 0, stream, p,
-                      release_first(p));
-  pdl_launch(m1_decode_step_kernel<TS, T, kMaxRank / kN / kLanes>, grid, dim3(kThreads), 0, stream, p,
-             release_first(p));
+    return pdl_launch(m1_decode_step_kernel<TS, T, 64 / kN / kLanes>, grid, dim3(kThreads), 0, stream, p);
+  pdl_launch(m1_decode_step_kernel<TS, T, kMaxRank / kN / kLanes>, grid, dim3(kThreads), 0, stream, p);
 }
 
 }  // namespace

@@ -558,35 +558,30 @@ bool pull_own() {
   return env != nullptr && env[0] == '1';
 }
 
-// The ring form by default where it puts more of a warp's units in flight at once and two blocks still fit an SM
-// (s10r1, H200: mamba2-1.3b's in_proj, 5 units a warp, 15.9 -> 12.2 us on the token's path, lm_head 51.7 -> 45.9;
-// at 4 units a warp (mamba-1.4b's in_proj, 2 waves either way) it was slower: 15.1 -> 16.2; one block an SM starved
-// lm_head: 88 us). SSM_GEMV_RING (read per launch, so a benchmark compares the forms in one process): 0 = the
-// register form everywhere; S or S:N = the ring form everywhere, S units in flight a warp (2..5), at most N blocks an SM.
+// The ring form by default (3 units a warp, as many blocks as fit: two an SM, one where the inputs are long) for
+// the large GEMVs with a norm prologue and no conv epilogue: Mamba-2's in_proj and out_proj, every lm_head. Measured
+// (H200, s10r1, one graph-replayed token): mamba2-1.3b 1522 -> 1445 us with the ring everywhere (out_proj's ring
+// block leaves room for in_proj's, which starts its weights under out_proj: in_proj 15.9 -> 12.2 us on the path,
+// out_proj 7.1 -> 10.1); with the ring on in_proj alone no gain (s10r1b: 1517 us); Mamba-1's in_proj with the conv
+// epilogue and the plain GEMVs (x_proj, out_proj) were slower in it (mamba-1.4b 1511 -> 1593 us). SSM_GEMV_RING
+// (read per launch, so a benchmark compares the forms in one process): 0 = the register form everywhere; S or S:N =
+// the ring form everywhere, S units in flight a warp (2..5), at most N blocks an SM.
 struct RingForm {
   int stages = 0, per_sm = 0;
 };
 
-constexpr int kRingStages = 3;
-constexpr size_t kRingSmemPair = 108 * 1024;  // dynamic shared memory of a block that lets two share an SM
+constexpr int64_t kRingMinBytes = int64_t(8) << 20;
 
-template <typename T, int kG>
-RingForm default_ring(const NormGemvParams& p, size_t smem) {
-  int dev = 0, sms = 0;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  constexpr int64_t kUnitChunks = 32 * (kSlots / kG);
-  const int64_t groups = (p.out_features + kG - 1) / kG, warps = int64_t(2) * sms * kWarps;
-  const int64_t units = (p.in_features / Pack<T>::kN + kUnitChunks - 1) / kUnitChunks;
-  const int64_t u = (groups + warps - 1) / warps * units;  // units a warp at two blocks an SM
-  const bool fits = smem + size_t(kWarps) * kRingStages * kSlots * 32 * 16 <= kRingSmemPair;
-  return fits && (u + kRingStages - 1) / kRingStages < (u + 1) / 2 ? RingForm{kRingStages, 2} : RingForm{};
+template <typename T, bool kConv>
+RingForm default_ring(const NormGemvParams& p) {
+  const bool large = p.out_features * p.in_features * int64_t(sizeof(T)) >= kRingMinBytes;
+  return large && !kConv && p.mode != 0 ? RingForm{3, 0} : RingForm{};
 }
 
-template <typename T, int kG>
-RingForm ring_form(const NormGemvParams& p, size_t smem) {
+template <typename T, bool kConv>
+RingForm ring_form(const NormGemvParams& p) {
   const char* env = std::getenv("SSM_GEMV_RING");
-  if (env == nullptr || env[0] == '\0') return default_ring<T, kG>(p, smem);
+  if (env == nullptr || env[0] == '\0') return default_ring<T, kConv>(p);
   RingForm f;
   if (env[0] < '2' || env[0] > '5') return f;
   f.stages = env[0] - '0';
@@ -623,7 +618,7 @@ void launch_form(const NormGemvParams& p, size_t smem, RingForm ring, cudaStream
 
 template <typename T, int kMode, int kG, bool kConv = false>
 void launch_stream(const NormGemvParams& p, size_t smem, cudaStream_t stream) {
-  const RingForm ring = ring_form<T, kG>(p, smem);
+  const RingForm ring = ring_form<T, kConv>(p);
   if (ring.stages > 0)
     launch_form<T, kMode, kG, kConv, true>(p, smem, ring, stream);
   else
