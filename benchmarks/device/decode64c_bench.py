@@ -1,8 +1,7 @@
 """Device-round timing of the batch-64 decode (session 9, engineer decode64, branch decode64c), one Python process
 that runs no tests (no NaN poisoning): waits for the test process's flag file, then times the models' b64 decode per
 step with cg=True (issue 6's method, benchmarks/bench_models_cuda.py) with the kernel list of one eager b64 step, and
-the b64 projection shapes on cuBLAS (F.linear, cublasLt preferred) in a CUDA graph, weights rotated. "name@noxproj":
-Mamba-1's conv update and x_proj as two kernels (SSM_BATCH_CONV_XPROJ=0). Items started
+the b64 projection shapes on cuBLAS (F.linear, cublasLt preferred) in a CUDA graph, weights rotated. Items started
 past --deadline seconds are skipped; the JSON is rewritten after each.
 
     python3 benchmarks/device/decode64c_bench.py OUT_DIR --wait FLAG --models mamba-130m,gemms,mamba2-130m
@@ -58,14 +57,10 @@ def run_gemms(copy_gbs, deadline, batch=64):
 
 def run_model(spec, out_dir, results):
     t = time.time()
-    name, _, form = spec.partition("@")
-    bd.XPROJ = form != "noxproj"
-    try:
-        model = bm.make_model(name)
-        ms = bm.decode_ms_per_token(model, 64)
-        kernels = decode_profile(model)
-    finally:
-        bd.XPROJ = True
+    name = spec
+    model = bm.make_model(name)
+    ms = bm.decode_ms_per_token(model, 64)
+    kernels = decode_profile(model)
     total = sum(r[2] for r in kernels)
     print(f"  {spec:18s} decode b64 per step {ms:7.3f} ms (target {bm.MODELS[name][3][3]}); eager step kernels "
           f"{total / 1e3:.3f} ms ({len(kernels)} kinds), graph - kernels {ms - total / 1e3:.3f} ms "

@@ -230,9 +230,6 @@ class Mamba1(nn.Module):
         # x (B, d_inner) the conv output; x_dbl (B, dt_rank + 2 d_state)
         if x_conv is not None:
             x_dbl, x = self._x_proj(x_conv), x_conv
-        elif x.is_cuda and x.shape[0] > 4 and self._plain_projections():  # conv update + x_proj: one kernel
-            x, x_dbl = batch_decode.conv_xproj(x, conv_state, self.conv1d.weight, self.conv1d.bias, self.activation,
-                                               self.x_proj.weight)
         else:
             x = ops.causal_conv1d_update(x, conv_state, self.conv1d.weight, self.conv1d.bias, self.activation)
             x_dbl = self._x_proj(x)

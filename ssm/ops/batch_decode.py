@@ -11,14 +11,9 @@ Mamba-1's out_proj past batch 4 (H200, b64 4096 -> 2048: 9.8 us instead of 11.1 
 the other b64 projections took the same time either way).
 
 ``narrow_linear``: F.linear(x, weight) for a narrow weight (at most 256 outputs: Mamba-1's x_proj) in one
-kernel on CUDA (a warp an output, 4 rows a block, no split-K).
-
-``conv_xproj``: Mamba-1's decode conv update and x_proj past batch 4 in one CUDA kernel (ssm/ops/cuda/conv_xproj.cu:
-a block per 4 rows does both for them); off by default until a device round has run it
-(SSM_BATCH_CONV_XPROJ=1 turns it on; off: the conv update kernel, then narrow_linear)."""
+kernel on CUDA (a warp an output, 4 rows a block, no split-K)."""
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -29,7 +24,6 @@ from ssm.ops import _checks, _kernels
 from ssm.ops.conv import _ACTIVATIONS, causal_conv1d_update
 from ssm.utils import dispatch
 
-XPROJ = os.environ.get("SSM_BATCH_CONV_XPROJ", "0") == "1"  # off until the device has run it
 _NARROW_MAX_OUT = 256
 # weights past this stay on cuBLAS (H200 round 1b, 1.4b's x_proj 4096 -> 160: 10.4 us on the kernel vs 4.8 + a 1.8 us
 # split-K reduce on cuBLAS; 130m's 1536 -> 80: 4.6 vs 4.4, and the step 0.720 vs 0.744 ms with one kernel fewer)
@@ -125,41 +119,3 @@ def narrow_linear(x: Tensor, weight: Tensor) -> Tensor:
                                                r(out), _kernels.exec_arg("cuda", x))
     return out
 
-
-def _xproj_ok(x, state, cw, cb, weight) -> bool:
-    if not XPROJ or not x.is_cuda or dispatch.forced_backend() not in (None, "cuda") or torch.compiler.is_compiling():
-        return False
-    if not dispatch.has_cuda_kernels() or not hasattr(dispatch.cuda_module(), "conv_xproj"):
-        return False
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, state, cw, cb, weight)):
-        return False
-    C, f32 = x.shape[1], _kernels.float32_param
-    return (x.dtype in (torch.float16, torch.bfloat16) and state.dtype == x.dtype and weight.dtype == x.dtype
-            and state.shape[-1] == 4 and cw.shape[-1] == 4 and C % 8 == 0 and C <= 6144
-            and weight.numel() * weight.element_size() <= _NARROW_MAX_BYTES and 1 <= x.shape[0] <= 65535 * 4
-            and state.stride(2) == 1 and state.stride(1) == 4 and state.stride(0) % 8 == 0
-            and state.data_ptr() % 16 == 0 and _rows16(x) and _rows16(weight) and f32(cw).data_ptr() % 16 == 0)
-
-
-def _rows16(t: Tensor) -> bool:
-    return t.stride(-1) == 1 and t.stride(0) % 8 == 0 and t.data_ptr() % 16 == 0
-
-
-def conv_xproj(x: Tensor, conv_state: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor],
-               activation: Optional[str], weight: Tensor):
-    """Mamba-1's decode conv update then x_proj: x (B, C), conv_state (B, C, S) updated in place, conv_weight (C, W)
-    or (C, 1, W), conv_bias (C,), weight (R, C) -> (x_conv (B, C), x_conv @ weight^T (B, R)). One kernel on CUDA
-    (16-bit, S = W = 4 with rows of 4 contiguous entries, C a multiple of 8, weights up to 512 KB)."""
-    _check(x, conv_state, conv_weight, conv_bias, activation)
-    _checks.tensor("weight", weight, shape=(None, x.shape[1]), device=x.device)
-    if not _xproj_ok(x, conv_state, conv_weight, conv_bias, weight):
-        x_conv = causal_conv1d_update(x, conv_state, conv_weight, conv_bias, activation)
-        return x_conv, narrow_linear(x_conv, weight)
-    batch, C = x.shape
-    f32, r = _kernels.float32_param, _kernels.ref
-    cw = f32(conv_weight)
-    x_conv, out = _kernels.empty((batch, C), x), _kernels.empty((batch, weight.shape[0]), x)
-    dispatch.cuda_module().conv_xproj(_kernels.dtype_code(x), batch, C, weight.shape[0], r(x), r(conv_state),
-                                      r(cw.view(C, 4)), r(f32(conv_bias)), r(x_conv), r(weight), r(out),
-                                      activation is not None, _kernels.exec_arg("cuda", x))
-    return x_conv, out

@@ -2,8 +2,7 @@
 on CUDA through its kernel (the model shapes at batch 64 and ragged ones, every dtype, bias and activation
 on/off, strided inputs, a CUDA graph) and on the CPU through causal_conv1d_update; bad input; the Mamba-2
 decode step at batch 64 with the kernel equal to the general conv update, and cg=True generation equal to
-eager in bf16 at batch 12; conv_xproj (Mamba-1's conv update + x_proj past batch 4) against the reference, in a
-CUDA graph, in the Mamba-1 step."""
+eager in bf16 at batch 12; the Mamba-1 batch step (lt_linear, narrow_linear) against its plain form."""
 import pytest
 import torch
 
@@ -141,21 +140,19 @@ def test_lt_linear_equals_linear_and_restores_the_library(device):
 @needs_lm
 def test_cuda_mamba1_batch_step_equals_default_and_graph(monkeypatch):
     torch.manual_seed(0)
-    monkeypatch.setattr(bd, "XPROJ", True)  # conv_xproj's kernel (off by default until the device has run it)
     model = real_lm("mamba1", d_model=128, ssm_cfg={"d_state": 16}).to(CUDA, torch.bfloat16)
     ids = torch.randint(0, 61, (12, 5), device=CUDA)
     calls = []
-    lt, xproj = bd.lt_linear, bd._xproj_ok
+    lt, narrow = bd.lt_linear, bd._narrow_ok
     monkeypatch.setattr(bd, "lt_linear", lambda *a: calls.append("lt") or lt(*a))
-    monkeypatch.setattr(bd, "_xproj_ok", lambda *a: calls.append(xproj(*a)) or calls[-1])
+    monkeypatch.setattr(bd, "_narrow_ok", lambda *a: calls.append(narrow(*a)) or calls[-1])
     eager = model.generate(ids, max_length=14, return_dict_in_generate=True, output_scores=True)
-    assert "lt" in calls and True in calls and False not in calls  # out_proj, conv + x_proj's kernel past batch 4
+    assert "lt" in calls and True in calls and False not in calls  # out_proj, x_proj's narrow kernel past batch 4
     graphed = model.generate(ids, max_length=14, cg=True, return_dict_in_generate=True, output_scores=True)
     assert torch.equal(graphed.sequences, eager.sequences)
     for a, b in zip(graphed.scores, eager.scores):
         torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2)
     monkeypatch.setattr(bd, "lt_linear", lambda x, w, b=None: torch.nn.functional.linear(x, w, b))  # cuBLAS' pick
-    monkeypatch.setattr(bd, "XPROJ", False)  # the conv update kernel, then x_proj
     monkeypatch.setattr(bd, "_narrow_ok", lambda *a: False)  # on F.linear
     plain = model.generate(ids, max_length=14, return_dict_in_generate=True, output_scores=True)
     assert_close(plain.scores[1], eager.scores[1].double(), torch.bfloat16, "first decoded step's scores")
@@ -197,60 +194,3 @@ def test_narrow_linear_bad_input_names_argument():
         bd.narrow_linear(rand(6, 64), rand(8, 63))
     with pytest.raises(ValueError, match="x"):
         bd.narrow_linear(rand(6, 64, 2), rand(8, 64))
-
-
-XPROJ_CASES = [(64, 1536, 80), (5, 256, 40), (70, 64, 33), (13, 520, 256)]  # (B, C, R): mamba-130m's, ragged ones
-
-
-@pytest.fixture
-def xproj_on(monkeypatch):
-    monkeypatch.setattr(bd, "XPROJ", True)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", XPROJ_CASES)
-@pytest.mark.parametrize("bias,act", [(True, "silu"), (False, None)])
-def test_conv_xproj_matches_reference(device, dtype, case, bias, act, xproj_on, monkeypatch):
-    batch, C, R = case
-    x, state, w, b = conv_inputs(batch, C, 4, dtype, device, bias, channels_last=False)
-    x = rand(batch, 2 * C, dtype=dtype, device=device)[:, :C]  # in_proj's x half, rows 16-byte aligned
-    weight = rand(R, C, dtype=dtype, device=device, scale=C ** -0.5)
-    ref, ref_state = conv_ref(x, state, w, b, act)
-    start = state.clone()
-    calls = []
-    monkeypatch.setattr(bd, "_xproj_ok", lambda *a, f=bd._xproj_ok: calls.append(f(*a)) or calls[-1])
-    x_conv, out = bd.conv_xproj(x, state, w, b, act, weight)
-    assert calls == [device.type == "cuda" and dtype != torch.float32]  # the kernel for every 16-bit case
-    assert_close(x_conv, ref, dtype, "x_conv")
-    assert torch.equal(state, torch.cat([start[..., 1:], x[..., None]], dim=-1))  # the window shifted exactly
-    x64, w64 = to64(x_conv, weight)
-    assert_close(out, x64 @ w64.t(), dtype)
-
-
-@pytest.mark.cuda
-def test_conv_xproj_repeats_bitwise_and_in_a_graph(xproj_on):
-    dtype = torch.bfloat16
-    x, state, w, b = conv_inputs(64, 1536, 4, dtype, CUDA, True, channels_last=False)
-    x = rand(64, 3072, dtype=dtype, device=CUDA)[:, :1536]
-    weight = rand(80, 1536, dtype=dtype, device=CUDA, scale=1536 ** -0.5)
-    start = state.clone()
-    eager = [t.clone() for t in bd.conv_xproj(x, state, w, b, "silu", weight)]
-    after = state.clone()
-    state.copy_(start)
-    again = bd.conv_xproj(x, state, w, b, "silu", weight)
-    assert all(torch.equal(u, v) for u, v in zip(again, eager)) and torch.equal(state, after)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        outs = bd.conv_xproj(x, state, w, b, "silu", weight)
-    state.copy_(start)
-    graph.replay()
-    assert all(torch.equal(u, v) for u, v in zip(outs, eager)) and torch.equal(state, after)
-
-
-def test_conv_xproj_bad_input_names_argument():
-    x, state, w, b = conv_inputs(6, 64, 4, torch.float32, torch.device("cpu"), True, channels_last=False)
-    with pytest.raises(ValueError, match="conv_state"):
-        bd.conv_xproj(x, state[:, :32], w, b, "silu", rand(8, 64))
-    with pytest.raises(ValueError, match="weight"):
-        bd.conv_xproj(x, state, w, b, "silu", rand(8, 32))

@@ -86,7 +86,8 @@ def test_cuda_kernel_equals_separate_ops(dtype, case, before):
 def test_streamed_kernel_many_rows_per_warp(dtype, case, monkeypatch):
     """More row groups than resident warps, rows of several units, odd M (lm_head, in_proj, out_proj,
     x_proj shapes): against float64, and bitwise the same run to run, with programmatic dependent
-    launch off (SSM_PDL=0) and with the register units pulled into L2 first (SSM_GEMV_PREFETCH_OWN=1)."""
+    launch off (SSM_PDL=0), with the register units pulled into L2 first (SSM_GEMV_PREFETCH_OWN=1) and in the
+    register and ring forms (SSM_GEMV_RING: 0, or units through shared memory at several depths and grids)."""
     monkeypatch.setattr(ng, "PLAIN", True)
     batch, K, M = case
     dev = torch.device("cuda")
@@ -97,11 +98,18 @@ def test_streamed_kernel_many_rows_per_warp(dtype, case, monkeypatch):
         monkeypatch.setenv("SSM_GEMV_PREFETCH_OWN", "1")
         pulled = ng.small_linear(lin, x)
         monkeypatch.delenv("SSM_GEMV_PREFETCH_OWN")
+        rings = {}
+        for ring in ("0", "2", "3:1", "4:1", "5:2"):
+            monkeypatch.setenv("SSM_GEMV_RING", ring)
+            rings[ring] = ng.small_linear(lin, x)
+        monkeypatch.delenv("SSM_GEMV_RING")
         monkeypatch.setenv("SSM_PDL", "0")
         no_pdl = ng.small_linear(lin, x)
     ref = x.double() @ lin.weight.double().t() + (0 if lin.bias is None else lin.bias.double())
     assert out.shape == (batch, M) and torch.equal(out, again) and torch.equal(out, no_pdl)
     assert torch.equal(out, pulled), "with the register units pulled into L2 first (SSM_GEMV_PREFETCH_OWN=1)"
+    for ring, got in rings.items():
+        assert torch.equal(out, got), f"ring form SSM_GEMV_RING={ring}"
     assert_close(out, ref, dtype, "out")
 
 
@@ -266,6 +274,36 @@ def test_vector_and_scalar_prologues_agree(dtype, case, monkeypatch):
         monkeypatch.delenv("SSM_GEMV_VEC")
         xs = rand(batch, K + 1, dtype=dtype, device=dev)[:, 1:]
         assert_close(ng.small_linear(lin, xs), lin(xs), dtype, "misaligned x", factor=0.25)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", [(1, 2048, 4100, 2048), (2, 4096, 1030, 512), (4, 768, 3000, None)])
+def test_ring_and_register_forms_agree_in_every_prologue(dtype, case, monkeypatch):
+    """The GEMV's ring form (the default for large GEMVs with a norm prologue) bitwise equal to the register form
+    (SSM_GEMV_RING=0) with the gated norm before / after the gate, the prenorm RMS and LayerNorm with a residual,
+    the conv epilogue; and against the separate ops."""
+    monkeypatch.setattr(ng, "PLAIN", True)
+    batch, K, M, gs = case
+    dev = torch.device("cuda")
+    inp = make(batch, K, M, gs, dtype, dev)
+    pre = {r: make_prenorm(batch, K, M, dtype, dev, True, r) for r in (True, False)}
+    conv_w, conv_b = rand(64, 1, 4, device=dev, dtype=dtype, scale=0.5), rand(64, device=dev, dtype=dtype)
+    state0 = rand(batch, 64, 4, dtype=dtype, device=dev)
+    outs = {}
+    for ring in ("0", "3", "3:1", "2:2"):
+        monkeypatch.setenv("SSM_GEMV_RING", ring)
+        got = [run(inp, before) for before in (False, True)]
+        got += [t for r in (True, False) for t in run_prenorm(pre[r], r)]
+        state = state0.clone()
+        with torch.no_grad():
+            got += list(ng.norm_linear(pre[True]["x"], pre[True]["res"], pre[True]["nw"], None, pre[True]["lin"],
+                                       is_rms=True, eps=1e-5, conv=(state, conv_w, conv_b, "silu"))) + [state]
+        outs[ring] = got
+    for ring, got in outs.items():
+        assert all(torch.equal(a, b) for a, b in zip(got, outs["0"])), f"SSM_GEMV_RING={ring} differs from registers"
+    y = rmsnorm_fn(inp["x"], inp["nw"], None, z=inp["z"], eps=1e-5, group_size=gs, norm_before_gate=False)
+    assert_close(outs["3"][0], torch.nn.functional.linear(y, inp["W"], inp["b"]), dtype, "gated out", factor=0.25)
 
 
 @pytest.mark.parametrize("device", [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.cuda)])

@@ -431,19 +431,4 @@ struct BatchLinearParams {
   TensorArg out;     // (B, nout)
 };
 
-// Mamba-1's decode conv update + x_proj for a batch (ssm/ops/cuda/conv_xproj.cu): x_conv = silu?(conv of x on
-// conv_state (B, C, 4) rows, updated in place); out (B, R) = x_conv @ weight (R, C)^T, float32 sums.
-struct ConvXprojParams {
-  int64_t batch = 0, dim = 0, nout = 0;
-  DType dtype = DType::f32;  // x, conv_state, x_conv, weight, out
-  TensorArg x;            // (B, C)     unit stride along C
-  TensorArg conv_state;   // (B, C, 4)  rows of 4 contiguous entries
-  TensorArg conv_weight;  // (C, 4)     float32
-  TensorArg conv_bias;    // (C,)       float32, optional
-  TensorArg x_conv;       // (B, C)
-  TensorArg weight;       // (R, C)
-  TensorArg out;          // (B, R)
-  bool silu = false;
-};
-
 }  // namespace ssm

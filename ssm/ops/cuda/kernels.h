@@ -49,7 +49,5 @@ bool batch_conv_fits(const BatchConvParams& p);
 void batch_conv(const BatchConvParams& p, cudaStream_t stream);
 bool batch_linear_narrow_fits(const BatchLinearParams& p, int elem);
 void batch_linear_narrow(const BatchLinearParams& p, cudaStream_t stream);
-bool conv_xproj_fits(const ConvXprojParams& p, int elem);
-void conv_xproj(const ConvXprojParams& p, cudaStream_t stream);
 
 }  // namespace ssm::cuda

@@ -296,6 +296,60 @@ __device__ __forceinline__ void prefetch_unit(const T* w, int64_t ldw, int M, in
     prefetch_l2_bulk(w + int64_t(row) * ldw + int64_t(idx) * Pack<T>::kN, uint32_t(min(kJ * 32, nchunks - idx) * 16));
 }
 
+// The ring form (SSM_GEMV_RING=stages[:blocks an SM], a variant): a warp's units go global -> shared memory by
+// cp.async (16 bytes a lane, each lane reading back only its own chunks: no barrier), `stages` units in flight
+// a warp instead of two register buffers; fewer registers, and the bytes in flight set by shared memory.
+// Stage t of warp w: kSlots x 32 chunks at ring + ((w * stages + t) * kSlots) * 32.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  const uint32_t d = uint32_t(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+
+// Waits until at most n (< 8) of this thread's newest groups are pending.
+__device__ __forceinline__ void cp_async_wait(int n) {
+  switch (n) {
+    case 0: asm volatile("cp.async.wait_group 0;" ::: "memory"); break;
+    case 1: asm volatile("cp.async.wait_group 1;" ::: "memory"); break;
+    case 2: asm volatile("cp.async.wait_group 2;" ::: "memory"); break;
+    case 3: asm volatile("cp.async.wait_group 3;" ::: "memory"); break;
+    case 4: asm volatile("cp.async.wait_group 4;" ::: "memory"); break;
+    case 5: asm volatile("cp.async.wait_group 5;" ::: "memory"); break;
+    case 6: asm volatile("cp.async.wait_group 6;" ::: "memory"); break;
+    default: asm volatile("cp.async.wait_group 7;" ::: "memory"); break;
+  }
+}
+
+// Unit c into stage st (then one commit group, empty past the warp's last unit).
+template <typename T, int kG>
+__device__ __forceinline__ void issue_unit(uint4* st, const T* w, int64_t ldw, int M, int nchunks, int groups,
+                                           Cursor c, int lane) {
+  constexpr int kJ = kSlots / kG;
+  if (c.q < groups) {
+#pragma unroll
+    for (int s = 0; s < kSlots; ++s) {
+      const int row = c.q * kG + s / kJ, idx = (c.u * kJ + s % kJ) * 32 + lane;
+      if (row < M && idx < nchunks) cp_async16(st + s * 32 + lane, w + int64_t(row) * ldw + int64_t(idx) * Pack<T>::kN);
+    }
+  }
+  cp_async_commit();
+}
+
+template <typename T, int kG>
+__device__ __forceinline__ void use_stage(float (&acc)[kG][kMaxB], const uint4* st, const float* xs, int K, int batch,
+                                          int M, int nchunks, Cursor c, int lane) {
+  constexpr int kJ = kSlots / kG;
+#pragma unroll
+  for (int s = 0; s < kSlots; ++s) {
+    const int row = c.q * kG + s / kJ, idx = (c.u * kJ + s % kJ) * 32 + lane;
+    if (row < M && idx < nchunks) {
+      Pack<T> pk;
+      *reinterpret_cast<uint4*>(pk.e) = st[s * 32 + lane];
+      fma_chunk<T>(acc[s / kJ], pk, xs, K, batch, int64_t(idx) * Pack<T>::kN);
+    }
+  }
+}
+
 // The conv epilogue (conv_rows > 0): lane l of a warp owns the output (row g, batch row b) of the warp's
 // i-th row group, i = l / (B kG), and with it channel m's conv weights, bias and state row (S <= 4).
 template <typename T>
@@ -382,8 +436,8 @@ __device__ __forceinline__ void prefetch_l2(const TensorArg& t, int64_t n) {
     asm volatile("prefetch.global.L2 [%0];" ::"l"(v + i));
 }
 
-template <typename T, int kMode, int kG, bool kConv>
-__global__ void __launch_bounds__(kThreads, 2) norm_gemv_stream_kernel(NormGemvParams p, bool vec, bool own) {
+template <typename T, int kMode, int kG, bool kConv, bool kRing>
+__global__ void __launch_bounds__(kThreads, 2) norm_gemv_stream_kernel(NormGemvParams p, bool vec, bool own, int stages) {
   extern __shared__ float4 smem4[];
   float* xs = reinterpret_cast<float*>(smem4);  // (B, K)
   __shared__ float mean[kMaxSegments], rstd[kMaxSegments], part_sum[kWarps][kMaxSegments],
@@ -395,14 +449,23 @@ __global__ void __launch_bounds__(kThreads, 2) norm_gemv_stream_kernel(NormGemvP
   const T* w = ptr<T>(p.weight);
   const int64_t ldw = p.weight.stride[0];
   const auto next = [&](Cursor c) { return c.u + 1 < units ? Cursor{c.q, c.u + 1} : Cursor{c.q + nwarps, 0}; };
-  // both buffers' loads issued before the prologue (and the previous kernel's end); with `own` their units pulled
-  // into L2 first by bulk prefetches (the requests then reach DRAM whatever the SM's limit on loads in flight)
-  Pack<T> b0[kSlots], b1[kSlots];
   Cursor a{int(blockIdx.x) * kWarps + int(threadIdx.x) / 32, 0}, c = next(a);
-  if (own && a.q < groups) prefetch_unit<T, kG>(w, ldw, M, nchunks, a, lane);
-  if (own && c.q < groups) prefetch_unit<T, kG>(w, ldw, M, nchunks, c, lane);
-  if (a.q < groups) load_unit<T, kG>(b0, w, ldw, M, nchunks, a, lane);
-  if (c.q < groups) load_unit<T, kG>(b1, w, ldw, M, nchunks, c, lane);
+  // the ring form: this warp's stages after xs; the first `stages` units issued before the prologue
+  uint4* ring = reinterpret_cast<uint4*>(xs + batch * K) + (threadIdx.x / 32) * stages * kSlots * 32;
+  Cursor issued = a;
+  // the register form: both buffers' loads issued before the prologue (and the previous kernel's end); with `own`
+  // their units pulled into L2 first by bulk prefetches (the requests then reach DRAM whatever the SM's limit on
+  // loads in flight)
+  Pack<T> b0[kSlots], b1[kSlots];
+  if (kRing) {
+    for (int t = 0; t < stages; ++t, issued = next(issued))
+      issue_unit<T, kG>(ring + t * kSlots * 32, w, ldw, M, nchunks, groups, issued, lane);
+  } else {
+    if (own && a.q < groups) prefetch_unit<T, kG>(w, ldw, M, nchunks, a, lane);
+    if (own && c.q < groups) prefetch_unit<T, kG>(w, ldw, M, nchunks, c, lane);
+    if (a.q < groups) load_unit<T, kG>(b0, w, ldw, M, nchunks, a, lane);
+    if (c.q < groups) load_unit<T, kG>(b1, w, ldw, M, nchunks, c, lane);
+  }
   if (kMode >= 1) prefetch_l2(p.norm_weight, K);  // the prologue's constants, meanwhile
   ConvLane<T> cl;
   if (kConv) conv_lane_params<T, kG>(p, cl, a.q, nwarps, lane);
@@ -420,18 +483,31 @@ __global__ void __launch_bounds__(kThreads, 2) norm_gemv_stream_kernel(NormGemvP
   for (int g = 0; g < kG; ++g)
 #pragma unroll
     for (int b = 0; b < kMaxB; ++b) acc[g][b] = 0.f;
-  // b0 holds unit a, b1 unit c = next(a); each buffer is refilled right after it is used
   int done = 0;  // row groups stored by this warp
-  while (a.q < groups) {
-    use_unit<T, kG>(acc, b0, xs, K, batch, M, nchunks, a, lane);
-    if (a.u == units - 1) store_rows<T, kG, kConv>(acc, p, a.q, lane, cl, done++);
-    if (c.q >= groups) break;
-    a = next(c);
-    if (a.q < groups) load_unit<T, kG>(b0, w, ldw, M, nchunks, a, lane);
-    use_unit<T, kG>(acc, b1, xs, K, batch, M, nchunks, c, lane);
-    if (c.u == units - 1) store_rows<T, kG, kConv>(acc, p, c.q, lane, cl, done++);
-    c = next(a);
-    if (c.q < groups) load_unit<T, kG>(b1, w, ldw, M, nchunks, c, lane);
+  if constexpr (kRing) {
+    // unit u in stage t: used once its group arrived, then the stage takes the unit `stages` ahead
+    int t = 0;
+    for (Cursor u = a; u.q < groups; u = next(u), t = t + 1 == stages ? 0 : t + 1) {
+      cp_async_wait(stages - 1);
+      use_stage<T, kG>(acc, ring + t * kSlots * 32, xs, K, batch, M, nchunks, u, lane);
+      if (u.u == units - 1) store_rows<T, kG, kConv>(acc, p, u.q, lane, cl, done++);
+      issue_unit<T, kG>(ring + t * kSlots * 32, w, ldw, M, nchunks, groups, issued, lane);
+      issued = next(issued);
+    }
+    cp_async_wait(0);  // nothing in flight at exit
+  } else {
+    // b0 holds unit a, b1 unit c = next(a); each buffer is refilled right after it is used
+    while (a.q < groups) {
+      use_unit<T, kG>(acc, b0, xs, K, batch, M, nchunks, a, lane);
+      if (a.u == units - 1) store_rows<T, kG, kConv>(acc, p, a.q, lane, cl, done++);
+      if (c.q >= groups) break;
+      a = next(c);
+      if (a.q < groups) load_unit<T, kG>(b0, w, ldw, M, nchunks, a, lane);
+      use_unit<T, kG>(acc, b1, xs, K, batch, M, nchunks, c, lane);
+      if (c.u == units - 1) store_rows<T, kG, kConv>(acc, p, c.q, lane, cl, done++);
+      c = next(a);
+      if (c.q < groups) load_unit<T, kG>(b1, w, ldw, M, nchunks, c, lane);
+    }
   }
 }
 
@@ -482,17 +558,71 @@ bool pull_own() {
   return env != nullptr && env[0] == '1';
 }
 
-template <typename T, int kMode, int kG, bool kConv = false>
-void launch_stream(const NormGemvParams& p, size_t smem, cudaStream_t stream) {
-  const auto kernel = norm_gemv_stream_kernel<T, kMode, kG, kConv>;
+// The ring form by default (3 units a warp, as many blocks as fit: two an SM, one where the inputs are long) for
+// the large GEMVs with a norm prologue and no conv epilogue: Mamba-2's in_proj and out_proj, every lm_head. Measured
+// (H200, s10r1, one graph-replayed token): mamba2-1.3b 1522 -> 1445 us with the ring everywhere (out_proj's ring
+// block leaves room for in_proj's, which starts its weights under out_proj: in_proj 15.9 -> 12.2 us on the path,
+// out_proj 7.1 -> 10.1); with the ring on in_proj alone no gain (s10r1b: 1517 us); Mamba-1's in_proj with the conv
+// epilogue and the plain GEMVs (x_proj, out_proj) were slower in it (mamba-1.4b 1511 -> 1593 us). SSM_GEMV_RING
+// (read per launch, so a benchmark compares the forms in one process): 0 = the register form everywhere; S or S:N =
+// the ring form everywhere, S units in flight a warp (2..5), at most N blocks an SM.
+struct RingForm {
+  int stages = 0, per_sm = 0;
+};
+
+constexpr int64_t kRingMinBytes = int64_t(8) << 20;
+
+template <typename T, bool kConv>
+RingForm default_ring(const NormGemvParams& p) {
+  const bool large = p.out_features * p.in_features * int64_t(sizeof(T)) >= kRingMinBytes;
+  return large && !kConv && p.mode != 0 ? RingForm{3, 0} : RingForm{};
+}
+
+template <typename T, bool kConv>
+RingForm ring_form(const NormGemvParams& p) {
+  const char* env = std::getenv("SSM_GEMV_RING");
+  if (env == nullptr || env[0] == '\0') return default_ring<T, kConv>(p);
+  RingForm f;
+  if (env[0] < '2' || env[0] > '5') return f;
+  f.stages = env[0] - '0';
+  if (env[1] == ':' && env[2] >= '1' && env[2] <= '4') f.per_sm = env[2] - '0';
+  return f;
+}
+
+template <typename T, int kMode, int kG, bool kConv, bool kRing>
+void launch_form(const NormGemvParams& p, size_t smem, RingForm ring, cudaStream_t stream) {
+  const auto kernel = norm_gemv_stream_kernel<T, kMode, kG, kConv, kRing>;
+  if (kRing) {
+    smem += size_t(kWarps) * ring.stages * kSlots * 32 * 16;
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    // every ring kernel asks for the same (largest) carveout, so one can start on an SM another still holds
+    cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, int(cudaSharedmemCarveoutMaxShared));
+  }
   // as many warps as leave every warp the same number of row groups (no tail of a few warps)
-  const int64_t groups = (p.out_features + kG - 1) / kG, full = resident(kernel, smem) * kWarps;
+  int64_t slots = resident(kernel, smem);
+  if (kRing && ring.per_sm > 0) {
+    int dev = 0, sms = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    slots = std::min<int64_t>(slots, int64_t(ring.per_sm) * sms);
+  }
+  const int64_t groups = (p.out_features + kG - 1) / kG, full = slots * kWarps;
   int64_t per_warp = (groups + full - 1) / full;
   // the conv epilogue: a lane per (row, batch row) of the warp's groups
   if (kConv) per_warp = std::min<int64_t>(per_warp, 32 / (p.batch * kG));
   const int64_t warps = (groups + per_warp - 1) / per_warp;
   const int64_t blocks = (warps + kWarps - 1) / kWarps;
-  pdl_launch(kernel, dim3(unsigned(blocks)), dim3(kThreads), smem, stream, p, vector_prologue<T>(p), pull_own());
+  pdl_launch(kernel, dim3(unsigned(blocks)), dim3(kThreads), smem, stream, p, vector_prologue<T>(p), pull_own(),
+             ring.stages);
+}
+
+template <typename T, int kMode, int kG, bool kConv = false>
+void launch_stream(const NormGemvParams& p, size_t smem, cudaStream_t stream) {
+  const RingForm ring = ring_form<T, kConv>(p);
+  if (ring.stages > 0)
+    launch_form<T, kMode, kG, kConv, true>(p, smem, ring, stream);
+  else
+    launch_form<T, kMode, kG, kConv, false>(p, smem, ring, stream);
 }
 
 template <typename T, int kG>

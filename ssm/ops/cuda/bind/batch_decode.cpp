@@ -36,37 +36,17 @@ BatchLinearParams batch_linear_narrow_params(int dtype, int64_t batch, int64_t K
   return p;
 }
 
-ConvXprojParams conv_xproj_params(int dtype, int64_t batch, int64_t dim, int64_t nout, const Ref& x,
-                                  const Ref& conv_state, const Ref& conv_weight, const OptRef& conv_bias,
-                                  const Ref& x_conv, const Ref& weight, const Ref& out, bool silu) {
-  const char* op = "conv_xproj";
-  SSM_CHECK(batch >= 0 && dim >= 1 && nout >= 1, op, "bad sizes");
-  ConvXprojParams p;
-  p.batch = batch, p.dim = dim, p.nout = nout, p.silu = silu;
-  p.dtype = dtype_arg(op, dtype);
-  p.x = tensor_arg(op, "x", x, 2);
-  p.conv_state = tensor_arg(op, "conv_state", conv_state, 3);
-  p.conv_weight = tensor_arg(op, "conv_weight", conv_weight, 2);
-  p.conv_bias = tensor_arg(op, "conv_bias", conv_bias, 1);
-  p.x_conv = tensor_arg(op, "x_conv", x_conv, 2);
-  p.weight = tensor_arg(op, "weight", weight, 2);
-  p.out = tensor_arg(op, "out", out, 2);
-  return p;
+// Binds name(args..., stream): build(args...) -> params, then launch(params, the stream).
+template <typename P, typename... Args>
+void def_launch(nb::module_& m, const char* name, P (*build)(Args...), void (*launch)(const P&, cudaStream_t)) {
+  def_kernel<int64_t>(m, name, build, [launch](const P& p, int64_t stream) { launch(p, stream_arg(stream)); });
 }
 
 }  // namespace
 
 void bind_batch_conv(nb::module_& m) {
-  def_kernel<int64_t>(m, "batch_conv", &batch_conv_params, [](const BatchConvParams& p, int64_t stream) {
-    ssm::cuda::batch_conv(p, stream_arg(stream));
-  });
-  def_kernel<int64_t>(m, "batch_linear_narrow", &batch_linear_narrow_params,
-                      [](const BatchLinearParams& p, int64_t stream) {
-                        ssm::cuda::batch_linear_narrow(p, stream_arg(stream));
-                      });
-  def_kernel<int64_t>(m, "conv_xproj", &conv_xproj_params, [](const ConvXprojParams& p, int64_t stream) {
-    ssm::cuda::conv_xproj(p, stream_arg(stream));
-  });
+  def_launch(m, "batch_conv", &batch_conv_params, &ssm::cuda::batch_conv);
+  def_launch(m, "batch_linear_narrow", &batch_linear_narrow_params, &ssm::cuda::batch_linear_narrow);
 }
 
 }  // namespace ssm::bind::cuda
