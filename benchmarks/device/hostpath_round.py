@@ -158,7 +158,12 @@ def eager_pass(name, rows):
             pre_host = statistics.median(host_ms(bm.prefill_fn(model)) for _ in range(2)) if pre else None
             model.train()
             step = bm.train_fn(model)
-            ms = bm.time_ms(step, reps=5, warmup=2, flush=False)
+            step()
+            torch.cuda.synchronize()
+            before = torch.cuda.memory_stats()
+            ms = bm.time_ms(step, reps=5, warmup=1, flush=False)
+            mem = {k: torch.cuda.memory_stats().get(k, 0) - before.get(k, 0)
+                   for k in ("num_device_alloc", "num_device_free", "num_alloc_retries", "num_sync_all_streams")}
             host = statistics.median(host_ms(step) for _ in range(2))
             fwd_h, bwd_h = split_host_ms(model, 8, 2048, reps=2)
             model.zero_grad(set_to_none=True)
@@ -167,7 +172,10 @@ def eager_pass(name, rows):
             if undo:
                 undo()
         rows.append(dict(model=name, form=label, work="8x2048", prefill_ms=pre, prefill_host_ms=pre_host,
-                         train_ms=ms, train_host_ms=host, train_fwd_host_ms=fwd_h, train_bwd_host_ms=bwd_h))
+                         train_ms=ms, train_host_ms=host, train_fwd_host_ms=fwd_h, train_bwd_host_ms=bwd_h,
+                         allocator_in_6_steps=mem))
+        if any(mem.values()):
+            print(f"   allocator calls in 6 steady steps: {mem}", flush=True)
         pre_text = f"prefill {pre:6.2f} (host {pre_host:5.2f})" if pre else " " * 29
         print(f"{name:11s} {label:13s} {pre_text}  train {ms:6.2f} (host {host:5.2f}: fwd {fwd_h:5.2f} bwd "
               f"{bwd_h:5.2f})", flush=True)
@@ -192,6 +200,9 @@ def probe_pass(name, rows, out: Path):
         rows.append(dict(model=name, form=label, work="probe 1x256", fwd_host_ms=fwd_h, bwd_host_ms=bwd_h))
         print(f"{name:11s} {label:13s} probe 1x256: host fwd {fwd_h:6.2f} bwd {bwd_h:6.2f} ms "
               f"({1e3 * fwd_h / LAYERS:4.0f} / {1e3 * bwd_h / LAYERS:4.0f} us a layer)", flush=True)
+    syncs = sync_report(model)
+    rows.append(dict(model=name, work="sync check 1x256", syncs=syncs))
+    print(f"   synchronizing calls in one 1x256 step: {len(syncs)}" + (f": {syncs[:3]}" if syncs else ""), flush=True)
     totals, undo = timed_glue(glue_targets(name))
     try:
         n = 4
@@ -210,6 +221,23 @@ def probe_pass(name, rows, out: Path):
     print("\n".join(lines[:12]), flush=True)
     del model
     torch.cuda.empty_cache()
+
+
+def sync_report(model) -> list:
+    """The host-device synchronizing calls of one training step (torch's sync debug mode, as warnings)."""
+    import warnings
+    ids = torch.randint(0, bm.VOCAB, (1, 257), device=bm.DEV)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            F.cross_entropy(model(ids[:, :-1]).logits.flatten(0, 1).float(), ids[:, 1:].flatten()).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
+    return sorted({f"{w.filename.split('/')[-1]}:{w.lineno} {str(w.message)[:80]}" for w in caught
+                   if "synchroniz" in str(w.message).lower()})
 
 
 def _device_events(prof):
@@ -251,13 +279,14 @@ def profile_pass(name, rows, out: Path):
     for g in sorted(gaps, reverse=True)[:25]:
         lines.append(f"  {g[0]:7.3f} {g[1]:6d}  {g[2][:60]} -> {g[3][:60]}")
     (out / f"gaps_{name}.txt").write_text("\n".join(lines) + "\n")
-    cpu = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    averages = prof.key_averages()
+    cpu = [e for e in averages if e.self_cpu_time_total > 0]
     cpu.sort(key=lambda e: -e.self_cpu_time_total)
     host = ["   self_cpu_ms  count  us_each  name"]
     for e in cpu[:80]:
         host.append(f"  {e.self_cpu_time_total / 1e3:11.3f} {e.count:6d} {e.self_cpu_time_total / e.count:8.1f}  "
                     f"{e.key[:110]}")
-    nodes = [e for e in prof.key_averages() if e.key.startswith("autograd::engine::evaluate_function")]
+    nodes = [e for e in averages if e.key.startswith("autograd::engine::evaluate_function")]
     nodes.sort(key=lambda e: -e.cpu_time_total)
     host.append("\n  autograd nodes (inclusive CPU ms, count, us each):")
     for e in nodes[:40]:
