@@ -194,12 +194,19 @@ def probe_pass(name, rows, out: Path):
         try:
             split_host_ms(model, 1, 256, reps=1)
             fwd_h, bwd_h = split_host_ms(model, 1, 256, reps=5)
+            model.eval()
+            pre = bm.prefill_fn(model, 1, 256)
+            pre()
+            pre_h = statistics.median(host_ms(pre) for _ in range(5))
+            model.train()
         finally:
             if undo:
                 undo()
-        rows.append(dict(model=name, form=label, work="probe 1x256", fwd_host_ms=fwd_h, bwd_host_ms=bwd_h))
-        print(f"{name:11s} {label:13s} probe 1x256: host fwd {fwd_h:6.2f} bwd {bwd_h:6.2f} ms "
-              f"({1e3 * fwd_h / LAYERS:4.0f} / {1e3 * bwd_h / LAYERS:4.0f} us a layer)", flush=True)
+        rows.append(dict(model=name, form=label, work="probe 1x256", fwd_host_ms=fwd_h, bwd_host_ms=bwd_h,
+                         prefill_host_ms=pre_h))
+        print(f"{name:11s} {label:13s} probe 1x256: host train fwd {fwd_h:6.2f} bwd {bwd_h:6.2f}, prefill {pre_h:5.2f} "
+              f"ms ({1e3 * fwd_h / LAYERS:4.0f} / {1e3 * bwd_h / LAYERS:4.0f} / {1e3 * pre_h / LAYERS:4.0f} us a layer)",
+              flush=True)
     syncs = sync_report(model)
     rows.append(dict(model=name, work="sync check 1x256", syncs=syncs))
     print(f"   synchronizing calls in one 1x256 step: {len(syncs)}" + (f": {syncs[:3]}" if syncs else ""), flush=True)
