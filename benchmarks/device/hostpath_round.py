@@ -259,7 +259,6 @@ def profile_pass(name, rows, out: Path):
     model = bm.make_model(name).train()
     step = bm.train_fn(model)
     step()
-    step()
     torch.cuda.synchronize()
     acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.profiler.profile(activities=acts) as prof:
