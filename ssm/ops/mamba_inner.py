@@ -399,8 +399,10 @@ def _proj_grads_rows(ddelta, dB, dC, xc, du, x_dbl, x_proj_w, dt_proj_w, N, B_gi
     dBc = None if B_given else dB[:, 0]
     dCc = None if C_given else dC[:, 0]
     mid = x_dbl.shape[1] - rank - 2 * N
-    parts = [torch.bmm(dt_proj_w.t().expand(batch, -1, -1), ddelta), dBc, x_dbl.new_zeros(batch, mid, L), dCc]
-    parts = [x_dbl.new_zeros(batch, N, L) if p is None else p for p in parts if p is None or p.shape[1]]
+    # zero rows only for x_proj's unused outputs (none in Mamba1) and a B / C given explicitly: a launch each
+    mid_zeros = x_dbl.new_zeros(batch, mid, L) if mid else None
+    parts = [torch.bmm(dt_proj_w.t().expand(batch, -1, -1), ddelta), dBc, mid_zeros, dCc]
+    parts = [x_dbl.new_zeros(batch, N, L) if p is None else p for i, p in enumerate(parts) if p is not None or i != 2]
     dx_dbl = torch.cat(parts, dim=1)
     d_x_w = _product_sum(dx_dbl, xc.transpose(1, 2))
     dxc = du.baddbmm_(x_proj_w.t().expand(batch, -1, -1), dx_dbl)
