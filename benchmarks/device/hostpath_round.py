@@ -126,16 +126,30 @@ def _round1_proj_grads_rows(ddelta, dB, dC, xc, du, x_dbl, x_proj_w, dt_proj_w, 
     return d_dt_w, d_x_w, dxc, dBc, dCc
 
 
+def _fresh_norm_plans(make_grad_plan):
+    """Swaps norm._make_grad_plan (False: the add + norm's general path under autograd, as round 1) with the
+    norm's plans dropped (they are made again); returns the undo, which drops them again."""
+    from ssm.ops import _kernels, norm
+    norm._plans = _kernels.PlanCache()
+    undo = _swap(norm, "_make_grad_plan", make_grad_plan)
+
+    def restore():
+        undo()
+        norm._plans = _kernels.PlanCache()
+    return restore
+
+
 def round1_path(name):
     """A setter putting round 1's host path (this session's round-1 commit) in place; it returns the undo."""
     from ssm.ops import mamba_inner, ssd_split
 
     def setter():
+        undo = [_fresh_norm_plans(lambda *a: False)]
         if name.startswith("mamba2"):
-            undo = [_swap(ssd_split, "_ssd_forward", _round1_ssd_forward), _swap(ssd_split, "_norm", _round1_norm)]
+            undo += [_swap(ssd_split, "_ssd_forward", _round1_ssd_forward), _swap(ssd_split, "_norm", _round1_norm)]
         else:
-            undo = [_swap(mamba_inner, "_proj_grads_rows", _round1_proj_grads_rows)]
-        return lambda: [u() for u in undo]
+            undo += [_swap(mamba_inner, "_proj_grads_rows", _round1_proj_grads_rows)]
+        return lambda: [u() for u in reversed(undo)]
     return setter
 
 
@@ -167,7 +181,7 @@ def glue_targets(name):
     """(module, attribute) of the functions timed in the host-bound probe."""
     from ssm import ops
     from ssm.ops import _library, conv, gated_norm, mamba_inner, norm, ssd, ssd_split
-    common = [(_library, "_unalias"), (norm, "_bwd_op"), (norm, "fused_layer_norm")]
+    common = [(_library, "_unalias"), (norm, "_bwd_op"), (norm, "fused_layer_norm"), (norm, "_run_grad_plan")]
     if name.startswith("mamba2"):
         split = ("_fused_fwd", "_fused_bwd", "_kernel_params", "_param_grads", "_ssm_out", "_out_grads", "_conv_bwd",
                  "_ssd_bwd", "_gated_norm_bwd", "_conv_fwd", "_ssd_forward", "_norm", "_in_proj_grads")
