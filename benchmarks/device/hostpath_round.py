@@ -146,7 +146,8 @@ def round1_path(name):
     def setter():
         undo = [_fresh_norm_plans(lambda *a: False)]
         if name.startswith("mamba2"):
-            undo += [_swap(ssd_split, "_ssd_forward", _round1_ssd_forward), _swap(ssd_split, "_norm", _round1_norm)]
+            undo += [_swap(ssd_split, "_ssd_forward", _round1_ssd_forward), _swap(ssd_split, "_norm", _round1_norm),
+                     _swap(ssd_split, "_checked_sizes", ssd_split._check_args)]
         else:
             undo += [_swap(mamba_inner, "_proj_grads_rows", _round1_proj_grads_rows)]
         return lambda: [u() for u in reversed(undo)]

@@ -338,15 +338,9 @@ def mamba_split_conv1d_scan_combined(zxbcdt, conv1d_weight, conv1d_bias, dt_bias
     the op (once per parameter update), its gradient going to A_log. ``in_proj_weight`` (width, d_model): zxbcdt
     is in_proj's input u (B, L, d_model) instead and zxbcdt = u in_proj_weight^T is computed inside the op (a
     Mamba2 module's layer body as one autograd node)."""
-    _checks.choice("activation", activation, _ACTIVATIONS)
-    d_nonssm, dim, dstate, nheads, headdim = _split_sizes(zxbcdt, conv1d_weight, A, D, headdim, ngroups,
-                                                          in_proj_weight)
-    batch, L, _ = zxbcdt.shape
-    _checks.positive_int("chunk_size", chunk_size)
-    _checks.tensor("initial_states", initial_states, shape=(batch, nheads, headdim, dstate), device=zxbcdt.device,
-                   optional=True)
-    _checks.seq_idx(seq_idx, batch, L, zxbcdt.device)
-    dt_lo, dt_hi = _check_dt_limit(dt_limit)
+    d_nonssm, dim, dstate, nheads, headdim, dt_lo, dt_hi = _checked_sizes(
+        (zxbcdt, conv1d_weight, A, D, initial_states, seq_idx, in_proj_weight),
+        (activation, headdim, ngroups, chunk_size, dt_limit))
     zxbcdt, outproj_weight, outproj_bias, in_w = _autocast_out(zxbcdt, outproj_weight, outproj_bias,
                                                                in_proj_weight)
     par = torch.float64 if zxbcdt.dtype == torch.float64 else torch.float32
@@ -363,6 +357,40 @@ def mamba_split_conv1d_scan_combined(zxbcdt, conv1d_weight, conv1d_bias, dt_bias
             out, final, _, _ = _fused_fwd(*tensors, tuple(sizes), cfg, bool(return_final_states), False,
                                           bool(A_is_log))
     return (out, final) if return_final_states else out
+
+
+# The sizes of calls whose arguments passed the checks, found by a call's metadata (the checks depend on nothing
+# else): a repeated call (every layer) skips them.
+_checked = _kernels.PlanCache()
+
+
+def _checked_sizes(tensors, args):
+    """_check_args' sizes, kept for a repeated call's metadata."""
+    # (the scalars' types in the key too: a bool is no chunk size, though True == 1)
+    sig, sizes = (None, None) if torch.compiler.is_compiling() else _checked.find((*args, *map(type, args)), tensors)
+    if sizes:
+        return sizes
+    sizes = _check_args(tensors, args)
+    if sig is not None:
+        _checked[sig] = sizes
+    return sizes
+
+
+def _check_args(tensors, args):
+    """(d_nonssm, dim, dstate, nheads, headdim, dt_lo, dt_hi) of mamba_split_conv1d_scan_combined's arguments:
+    tensors (zxbcdt, conv1d_weight, A, D, initial_states, seq_idx, in_proj_weight), args (activation, headdim,
+    ngroups, chunk_size, dt_limit); a ValueError / TypeError naming the argument that does not fit."""
+    zxbcdt, conv1d_weight, A, D, initial_states, seq_idx, in_proj_weight = tensors
+    activation, headdim, ngroups, chunk_size, dt_limit = args
+    _checks.choice("activation", activation, _ACTIVATIONS)
+    d_nonssm, dim, dstate, nheads, headdim = _split_sizes(zxbcdt, conv1d_weight, A, D, headdim, ngroups,
+                                                          in_proj_weight)
+    batch, L, _ = zxbcdt.shape
+    _checks.positive_int("chunk_size", chunk_size)
+    _checks.tensor("initial_states", initial_states, shape=(batch, nheads, headdim, dstate), device=zxbcdt.device,
+                   optional=True)
+    _checks.seq_idx(seq_idx, batch, L, zxbcdt.device)
+    return (d_nonssm, dim, dstate, nheads, headdim, *_check_dt_limit(dt_limit))
 
 
 def mamba_split_conv1d_scan_ref(zxbcdt, conv1d_weight, conv1d_bias, dt_bias, A, D, chunk_size,
