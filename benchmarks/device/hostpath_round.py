@@ -149,7 +149,8 @@ def round1_path(name):
             undo += [_swap(ssd_split, "_ssd_forward", _round1_ssd_forward), _swap(ssd_split, "_norm", _round1_norm),
                      _swap(ssd_split, "_checked_sizes", ssd_split._check_args)]
         else:
-            undo += [_swap(mamba_inner, "_proj_grads_rows", _round1_proj_grads_rows)]
+            undo += [_swap(mamba_inner, "_proj_grads_rows", _round1_proj_grads_rows),
+                     _swap(mamba_inner, "_checked_inner", mamba_inner._check_inner)]
         return lambda: [u() for u in reversed(undo)]
     return setter
 
