@@ -92,23 +92,6 @@ def _swap(obj, attr, value):
     return lambda: setattr(obj, attr, old)
 
 
-def _round1_ssd_forward(x, dt32, A, B, C, D, z, dt_bias, initial_states, seq_idx, chunk_size, lo, hi, return_final):
-    """ssd_split._ssd_forward as round 1 (and main) ran it: the SSD forward op's implementation, unplanned."""
-    from ssm.ops import ssd
-    y, final, _ = ssd._fwd_op(x, dt32, A, B, C, D, z, dt_bias, initial_states, seq_idx, None, chunk_size, True, lo,
-                              hi, return_final, False)
-    return y, final
-
-
-def _round1_norm(y, z, norm_w, sizes, cfg):
-    """ssd_split._norm as round 1 (and main) ran it: the gated norm op's implementation, unplanned."""
-    from ssm.ops import gated_norm
-    dim = sizes[1]
-    out = gated_norm._fwd_op(y.reshape(-1, dim), norm_w, None, z.reshape(-1, dim), cfg[4], dim // cfg[6], cfg[7],
-                             True)
-    return out.view(y.shape)
-
-
 def _round1_proj_grads_rows(ddelta, dB, dC, xc, du, x_dbl, x_proj_w, dt_proj_w, N, B_given, C_given):
     """mamba_inner._proj_grads_rows as round 1 (and main) ran it: a zero-size fill for x_proj's unused rows."""
     from ssm.ops.mamba_inner import _product_sum
@@ -146,8 +129,7 @@ def round1_path(name):
     def setter():
         undo = [_fresh_norm_plans(lambda *a: False)]
         if name.startswith("mamba2"):
-            undo += [_swap(ssd_split, "_ssd_forward", _round1_ssd_forward), _swap(ssd_split, "_norm", _round1_norm),
-                     _swap(ssd_split, "_checked_sizes", ssd_split._check_args)]
+            undo += [_swap(ssd_split, "_checked_sizes", ssd_split._check_args)]
         else:
             undo += [_swap(mamba_inner, "_proj_grads_rows", _round1_proj_grads_rows),
                      _swap(mamba_inner, "_checked_inner", mamba_inner._check_inner)]
@@ -174,7 +156,7 @@ def forms(name):
     if name.startswith("mamba2"):
         return [("default", None), ("round 1", round1_path(name)), ("main", main_path(name)),
                 ("default again", None)]
-    return [("default", None), ("main", main_path(name)), ("default again", None)]
+    return [("default", None), ("round 1", round1_path(name)), ("default again", None)]
 
 
 # ---- inclusive host time of the glue functions (wrappers) ---------------------------------------
@@ -186,7 +168,7 @@ def glue_targets(name):
     common = [(_library, "_unalias"), (norm, "_bwd_op"), (norm, "fused_layer_norm"), (norm, "_run_grad_plan")]
     if name.startswith("mamba2"):
         split = ("_fused_fwd", "_fused_bwd", "_kernel_params", "_param_grads", "_ssm_out", "_out_grads", "_conv_bwd",
-                 "_ssd_bwd", "_gated_norm_bwd", "_conv_fwd", "_ssd_forward", "_norm", "_in_proj_grads")
+                 "_ssd_bwd", "_gated_norm_bwd", "_conv_fwd", "_ssd_fwd", "_norm", "_in_proj_grads")
         return common + [(ops, "mamba_split_conv1d_scan_combined")] + [(ssd_split, n) for n in split] + [
             (ssd, "_bwd_cuda"), (ssd, "_fwd_impl"), (gated_norm, "_bwd_impl"), (conv, "_bwd_impl")]
     return common + [(ops, "mamba_inner_fn")] + [(mamba_inner, n) for n in ("_fused_fwd", "_fused_bwd", "_small_params",
@@ -258,22 +240,22 @@ def probe_pass(name, rows, out: Path):
     model = bm.make_model(name).train()
     split_host_ms(model, 1, 256, reps=1)
     passes = {}
-    for _ in range(2):  # (forms interleaved twice: the host's speed drifts; the faster pass of each is kept)
+    for _ in range(3):  # (forms interleaved three times: the host's speed drifts; each form's median is kept)
         for label, set_ in forms(name):
             undo = set_() if set_ else None
             try:
-                fwd_h, bwd_h = split_host_ms(model, 1, 256, reps=4)
+                fwd_h, bwd_h = split_host_ms(model, 1, 256, reps=3)
                 model.eval()
                 pre = bm.prefill_fn(model, 1, 256)
                 pre()
-                pre_h = statistics.median(host_ms(pre) for _ in range(4))
+                pre_h = statistics.median(host_ms(pre) for _ in range(3))
                 model.train()
             finally:
                 if undo:
                     undo()
             passes.setdefault(label, []).append((fwd_h, bwd_h, pre_h))
     for label, got in passes.items():
-        fwd_h, bwd_h, pre_h = (min(v) for v in zip(*got))
+        fwd_h, bwd_h, pre_h = (statistics.median(v) for v in zip(*got))
         rows.append(dict(model=name, form=label, work="probe 1x256", fwd_host_ms=fwd_h, bwd_host_ms=bwd_h,
                          prefill_host_ms=pre_h, passes=got))
         print(f"{name:11s} {label:13s} probe 1x256: host train fwd {fwd_h:6.2f} bwd {bwd_h:6.2f}, prefill "

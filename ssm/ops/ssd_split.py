@@ -15,9 +15,9 @@ from torch import Tensor
 
 from ssm.ops import _checks, _kernels, _library, conv, cpu_matmul
 from ssm.ops.conv import _bwd_op as _conv_bwd, _fwd_op as _conv_fwd
-from ssm.ops.gated_norm import _bwd_op as _gated_norm_bwd, gated_rms_norm
+from ssm.ops.gated_norm import _bwd_op as _gated_norm_bwd, _fwd_op as _gated_norm_fwd
 from ssm.ops.python import reference
-from ssm.ops.ssd import _bwd_op as _ssd_bwd, _check_dt_limit, ssd_chunk_scan
+from ssm.ops.ssd import _bwd_op as _ssd_bwd, _check_dt_limit, _fwd_op as _ssd_fwd
 
 _INF = float("inf")
 # Under autograd the forward keeps the scan output y (B, L, dim) for the backward, as mamba_ssm
@@ -103,27 +103,19 @@ def _ssm_out(zxbcdt, conv_w, conv_b, dt_bias, A, D, initial_states, seq_idx, nor
     x, dt32, B, C, zs = sargs
     final = None
     if y is None:
-        y, final = _ssd_forward(x, dt32, A, B, C, D, zs, dt_bias, initial_states, seq_idx, chunk_size, dt_lo, dt_hi,
-                                return_final)
+        y, final, _ = _ssd_fwd(x, dt32, A, B, C, D, zs, dt_bias, initial_states, seq_idx, None, chunk_size, True,
+                               dt_lo, dt_hi, return_final, False)
         y = y.reshape(zxbcdt.shape[0], zxbcdt.shape[1], -1)
     yn = y if norm_w is None else _norm(y, z, norm_w, sizes, cfg)
     return xBC, xBCc, sargs, y, yn, final
 
 
-def _ssd_forward(x, dt32, A, B, C, D, z, dt_bias, initial_states, seq_idx, chunk_size, dt_lo, dt_hi, return_final):
-    """(y (B, L, H, P), final states or None) of the SSD scan, through its public op without autograd: a repeated
-    call's plan (the same kernels, no checks or backend lookups on every layer: host time)."""
-    out = ssd_chunk_scan(x, dt32, A, B, C, chunk_size, D=D, z=z, initial_states=initial_states, dt_bias=dt_bias,
-                         dt_softplus=True, dt_limit=(dt_lo, dt_hi), seq_idx=seq_idx, return_final_states=return_final)
-    return out if return_final else (out, None)
-
-
 def _norm(y, z, norm_w, sizes, cfg):
-    # y, z (B, L, dim) -> gated RMSNorm over groups of dim / G (the public op without autograd: its plan)
+    # y, z (B, L, dim) -> gated RMSNorm over groups of dim / G
     eps, ngroups, norm_before_gate = cfg[4], cfg[6], cfg[7]
     dim = sizes[1]
-    out = gated_rms_norm(y.reshape(-1, dim), norm_w, None, z.reshape(-1, dim), eps, dim // ngroups,
-                         norm_before_gate, True)
+    out = _gated_norm_fwd(y.reshape(-1, dim), norm_w, None, z.reshape(-1, dim), eps, dim // ngroups,
+                          norm_before_gate, True)
     return out.view(y.shape)
 
 

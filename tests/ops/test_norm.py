@@ -285,5 +285,14 @@ def test_planned_autograd_call_equals_general_path(backend, dtype, option, preno
     for g, w_ in zip(got, want):
         assert torch.equal(g, w_) and g.dtype == w_.dtype and g.shape == w_.shape
     for name, g, w_ in zip(("dx", "dweight", "dbias", "dresidual"), got_leaves, want_leaves):
-        if g is not None:
-            assert g.grad.dtype == w_.grad.dtype and torch.equal(g.grad, w_.grad), name
+        if g is None:
+            continue
+        assert g.grad.dtype == w_.grad.dtype, name
+        if backend == "cuda" and name in ("dweight", "dbias"):
+            # (CUDA sums the weight gradients' row-block partials with float atomics, in any order: the general path
+            # itself differs between runs by a float32 reordering, then at most one rounding to the weight's dtype)
+            ulp = 2.0 ** -7 if g.dtype == torch.bfloat16 else 1e-5
+            diff = (g.grad.float() - w_.grad.float()).abs()
+            assert (diff <= ulp * w_.grad.float().abs() + 1e-5 * w_.grad.float().abs().max()).all(), name
+        else:
+            assert torch.equal(g.grad, w_.grad), name
