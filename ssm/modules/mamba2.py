@@ -133,6 +133,11 @@ class Mamba2(nn.Module):
                     out = self.step(u3, conv_state, ssm_state)[0]
                     return out.flatten(0, 1) if flat else out
                 continuing = True
+        if self._fused_in_proj(u, flat, cp, inference_params):
+            # in_proj inside the fused op (its input and weight as they are): one autograd node for the layer body
+            if cu_seqlens is not None and seq_idx is None:
+                seq_idx = _states.seq_idx_from_cu_seqlens(cu_seqlens, u.shape[1])
+            return self._forward_fused(u, seq_idx, self.in_proj.weight)
         # with sequence_parallel, in_proj gathers u along its first dimension
         zxbcdt = cpu_matmul.module_linear(self.in_proj, u)
         zxbcdt = zxbcdt.unflatten(0, (-1, seqlen)) if flat else zxbcdt
@@ -146,6 +151,12 @@ class Mamba2(nn.Module):
         else:
             out = self._forward_unfused(zxbcdt, seq_idx, cu_seqlens, conv_state, ssm_state, continuing)
         return self._reduce(out.flatten(0, 1) if flat else out)
+
+    def _fused_in_proj(self, u, flat, cp, inference_params) -> bool:
+        """The fused path with in_proj inside the op: a plain in_proj (no bias, no tensor parallelism), a
+        (B, L, d_model) input, no cache or context parallelism."""
+        return (self.use_mem_eff_path and inference_params is None and cp is None and not flat and u.dim() == 3
+                and type(self.in_proj) is nn.Linear and self.in_proj.bias is None and self.process_group is None)
 
     def _check_decodable(self):
         if self.process_group is not None and self.sequence_parallel:
@@ -167,16 +178,18 @@ class Mamba2(nn.Module):
     def _D(self):
         return self.D.view(self.nheads, self.headdim) if self.D_has_hdim else self.D
 
-    def _forward_fused(self, zxbcdt, seq_idx):
-        A = _states.decode_A(self)
+    def _forward_fused(self, zxbcdt, seq_idx, in_proj_weight=None):
+        # A_log and the other small parameters go to the fused op as they are (no autograd nodes of their own);
+        # with in_proj_weight, zxbcdt is in_proj's input
         return ops.mamba_split_conv1d_scan_combined(
-            zxbcdt, self.conv1d.weight, self.conv1d.bias, self.dt_bias, A, D=self._D(),
+            zxbcdt, self.conv1d.weight, self.conv1d.bias, self.dt_bias, self.A_log, D=self._D(),
             chunk_size=self.chunk_size, seq_idx=seq_idx, activation=self.activation,
             rmsnorm_weight=self.norm.weight if self.rmsnorm else None,
             rmsnorm_eps=self.norm.eps if self.rmsnorm else 1e-6,
             outproj_weight=self.out_proj.weight, outproj_bias=self._out_bias(),
             headdim=None if self.D_has_hdim else self.headdim, ngroups=self.ngroups,
-            norm_before_gate=self.norm_before_gate, **self._dt_limit_kwargs())
+            norm_before_gate=self.norm_before_gate, A_is_log=True, in_proj_weight=in_proj_weight,
+            **self._dt_limit_kwargs())
 
     def _split(self, zxbcdt):
         """zxbcdt (..., d_in_proj) -> z0, x0 (d_mlp), z (d_ssm), xBC (conv_dim), dt (nheads)."""

@@ -399,8 +399,10 @@ def _proj_grads_rows(ddelta, dB, dC, xc, du, x_dbl, x_proj_w, dt_proj_w, N, B_gi
     dBc = None if B_given else dB[:, 0]
     dCc = None if C_given else dC[:, 0]
     mid = x_dbl.shape[1] - rank - 2 * N
-    parts = [torch.bmm(dt_proj_w.t().expand(batch, -1, -1), ddelta), dBc, x_dbl.new_zeros(batch, mid, L), dCc]
-    parts = [x_dbl.new_zeros(batch, N, L) if p is None else p for p in parts if p is None or p.shape[1]]
+    # zero rows only for x_proj's unused outputs (none in Mamba1) and a B / C given explicitly: a launch each
+    mid_zeros = x_dbl.new_zeros(batch, mid, L) if mid else None
+    parts = [torch.bmm(dt_proj_w.t().expand(batch, -1, -1), ddelta), dBc, mid_zeros, dCc]
+    parts = [x_dbl.new_zeros(batch, N, L) if p is None else p for i, p in enumerate(parts) if p is not None or i != 2]
     dx_dbl = torch.cat(parts, dim=1)
     d_x_w = _product_sum(dx_dbl, xc.transpose(1, 2))
     dxc = du.baddbmm_(x_proj_w.t().expand(batch, -1, -1), dx_dbl)
@@ -560,6 +562,21 @@ def _prepare(xz, x_proj_weight, delta_proj_weight, out_proj_weight, out_proj_bia
     return xz, weights, bc(B), bc(C)
 
 
+# The metadata of calls whose arguments passed _check_inner (which reads nothing else): a repeated call (every
+# layer) skips the checks.
+_checked = _kernels.PlanCache()
+
+
+def _checked_inner(*tensors):
+    """_check_inner, once per call metadata."""
+    sig, seen = (None, None) if torch.compiler.is_compiling() else _checked.find((), tensors)
+    if seen:
+        return
+    _check_inner(*tensors)
+    if sig is not None:
+        _checked[sig] = True
+
+
 def mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight,
                    out_proj_bias, A, B=None, C=None, D=None, delta_bias=None, B_proj_bias=None, C_proj_bias=None,
                    delta_softplus=True, checkpoint_lvl=1, b_rms_weight=None, c_rms_weight=None,
@@ -576,7 +593,7 @@ def mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_wei
     op (once per parameter update) and its gradient goes to A_log, without autograd nodes of their own.
     ``in_proj_weight`` (2D, d_model): xz is in_proj's input u (B, L, d_model) instead, and xz = in_proj_weight @ u^T
     (per batch) is computed inside the fused op (a Mamba-1 module's layer body as one autograd node)."""
-    _check_inner(xz, conv1d_weight, x_proj_weight, delta_proj_weight, out_proj_weight, A, in_proj_weight)
+    _checked_inner(xz, conv1d_weight, x_proj_weight, delta_proj_weight, out_proj_weight, A, in_proj_weight)
     if in_proj_weight is not None and (b_rms_weight is not None or c_rms_weight is not None
                                        or dt_rms_weight is not None):
         xz, in_proj_weight = _in_proj(xz, in_proj_weight), None

@@ -222,6 +222,54 @@ def _run_plan(plan, x, weight, bias, residual, is_rms, eps, prenorm):
     return y, x if res is None else res
 
 
+# ---- eager fast path with autograd: the plan's forward launch and the op's backward in one autograd.Function
+# (the general path costs the checks, the custom op's layers, the backend and dtype lookups and four view nodes
+# on every call: the host time of every layer's add + norm in a training forward) ------------------------------
+
+_GRAD = object()  # tags a plan made for calls with autograd
+
+
+def _make_grad_plan(x, weight, bias, residual, residual_in_fp32, is_rms, eps):
+    """(_GRAD, plan) of a call with autograd that the no-autograd plan can launch, or False (the general path;
+    also with the custom ops' eager path switched off)."""
+    plan = _library.EAGER_DIRECT and _make_plan(x, weight, bias, residual, residual_in_fp32, is_rms, eps)
+    return (_GRAD, plan) if plan else False
+
+
+def _run_grad_plan(plan, x, weight, bias, residual, is_rms, eps, prenorm):
+    out = _PlannedNorm.apply(x, weight, bias, residual, plan, bool(is_rms), float(eps))
+    y, res = out if plan[6] is not None else (out, x)  # (without a stored residual, residual_out is x itself)
+    return (y, res) if prenorm else y
+
+
+class _PlannedNorm(torch.autograd.Function):
+    """fused_layer_norm with autograd through a plan: the forward launched as _run_plan launches it, the backward
+    the custom op's (the same kernels and gradients as the general path)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, residual, plan, is_rms, eps):
+        y, res = _run_plan(plan, x, weight, bias, residual, is_rms, eps, True)
+        store = plan[6] is not None
+        ctx.save_for_backward(res if store else x, weight, bias)
+        ctx.flags = (eps, is_rms, x.dtype, plan[6][1] if store else x.dtype, residual is not None)
+        ctx.set_materialize_grads(False)
+        return (y, res) if store else y
+
+    @staticmethod
+    def backward(ctx, dy, dres=None):
+        s, weight, bias = ctx.saved_tensors
+        eps, is_rms, x_dtype, residual_dtype, has_residual = ctx.flags
+        N = s.shape[-1]
+        # dy, dres (M, N); an unused y gets zeros (as the general path's materialized gradient), an unused
+        # residual_out none
+        dy = torch.zeros(s.shape, dtype=x_dtype, device=s.device) if dy is None else dy
+        dres = s.new_empty(0) if dres is None else dres.reshape(-1, N)
+        dx, dw, db, dresidual = _bwd_op(s.reshape(-1, N), weight, bias, dy.reshape(-1, N), dres, eps, is_rms,
+                                        x_dtype, residual_dtype, has_residual)
+        return (dx.view(s.shape), dw, None if bias is None else db,
+                dresidual.view(s.shape) if has_residual else None, None, None, None)
+
+
 def fused_layer_norm(x: Tensor, weight: Tensor, bias: Optional[Tensor], residual: Optional[Tensor] = None,
                      is_rms: bool = False, eps: float = 1e-5, prenorm: bool = True, residual_in_fp32: bool = True):
     """Residual add + LayerNorm (RMSNorm with ``is_rms``) over the last dim of x (..., N).
@@ -230,15 +278,21 @@ def fused_layer_norm(x: Tensor, weight: Tensor, bias: Optional[Tensor], residual
     in residual's dtype when given, else float32 with ``residual_in_fp32``, else x's dtype
     (then it is x itself).
     """
-    # A plan is kept only for calls without autograd; its key holds the grad mode and its guard each
-    # tensor's requires_grad, so a call that finds one needs no autograd either.
+    # A plan's key holds the grad mode and its guard each tensor's requires_grad: a call that finds a plan made
+    # without autograd needs none either; one made with autograd (_GRAD) runs through _PlannedNorm.
     sig, plan = (None, None) if torch.compiler.is_compiling() else _plans.find(
         _flags(is_rms, prenorm, residual_in_fp32) + (torch.is_grad_enabled(),), (x, weight, bias, residual))
     if plan:
-        return _run_plan(plan, x, weight, bias, residual, is_rms, eps, prenorm)
+        if plan[0] is not _GRAD:
+            return _run_plan(plan, x, weight, bias, residual, is_rms, eps, prenorm)
+        if _library.EAGER_DIRECT:  # (switched off: the custom op's path, as every op's)
+            return _run_grad_plan(plan[1], x, weight, bias, residual, is_rms, eps, prenorm)
     _check_norm_args(x, weight, bias, residual)
-    if sig is not None and not _library.needs_autograd(x, weight, bias, residual):
-        _plans[sig] = _make_plan(x, weight, bias, residual, residual_in_fp32, is_rms, eps)
+    if sig is not None and plan is None:
+        if not _library.needs_autograd(x, weight, bias, residual):
+            _plans[sig] = _make_plan(x, weight, bias, residual, residual_in_fp32, is_rms, eps)
+        else:
+            _plans[sig] = _make_grad_plan(x, weight, bias, residual, residual_in_fp32, is_rms, eps)
     N = x.shape[-1]
     residual_dtype = _residual_dtype(x, residual, residual_in_fp32)
     store = residual is not None or residual_dtype != x.dtype

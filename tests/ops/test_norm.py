@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import ssm.ops as ops
+from ssm.ops import _kernels, norm
 from ssm.ops.python import reference
 from tests.ops.harness import DTYPES, assert_close, backends, device_of, rand, to64, use_backend
 
@@ -253,3 +254,45 @@ def test_half_weights_without_cast_nodes(backend, is_rms):
     assert torch.equal(y, y32)
     for got, want in ((xl.grad, xc.grad), (wl.grad, wc.grad), (bl.grad, bc.grad)):
         assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("option", ["plain", "residual", "residual+fp32", "fp32-no-residual", "no-bias"])
+@pytest.mark.parametrize("prenorm", [False, True])
+def test_planned_autograd_call_equals_general_path(backend, dtype, option, prenorm, monkeypatch):
+    """A repeated call with autograd (metadata seen before) runs through the plan (_PlannedNorm): its outputs and
+    every gradient equal, bitwise, those of the first call (the general path) on the same inputs; bf16 weights."""
+    monkeypatch.setattr(norm, "_plans", _kernels.PlanCache())  # (no plan from an earlier test)
+    x, w, b, residual = make((2, 6, 45), dtype, device_of(backend), option)
+    w, b = w.to(dtype), None if b is None else b.to(dtype)
+    in_fp32 = option in ("residual+fp32", "fp32-no-residual")
+    dys = None
+
+    def run():
+        nonlocal dys
+        leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, w, b, residual)]
+        with use_backend(backend):
+            out = ops.fused_layer_norm(*leaves, is_rms=option == "plain", prenorm=prenorm, residual_in_fp32=in_fp32)
+        outs = out if prenorm else (out,)
+        dys = dys or [torch.randn_like(o) for o in outs]
+        torch.autograd.backward([o for o in outs if o.requires_grad], [g for o, g in zip(outs, dys) if o.requires_grad])
+        return outs, leaves
+    (want, want_leaves), (got, got_leaves) = run(), run()
+    assert type(want[0].grad_fn).__name__ != "_PlannedNormBackward", "the first call must take the general path"
+    if backend != "reference":
+        assert type(got[0].grad_fn).__name__ == "_PlannedNormBackward", type(got[0].grad_fn).__name__
+    for g, w_ in zip(got, want):
+        assert torch.equal(g, w_) and g.dtype == w_.dtype and g.shape == w_.shape
+    for name, g, w_ in zip(("dx", "dweight", "dbias", "dresidual"), got_leaves, want_leaves):
+        if g is None:
+            continue
+        assert g.grad.dtype == w_.grad.dtype, name
+        if backend == "cuda" and name in ("dweight", "dbias"):
+            # (CUDA sums the weight gradients' row-block partials with float atomics, in any order: the general path
+            # itself differs between runs by a float32 reordering, then at most one rounding to the weight's dtype)
+            ulp = 2.0 ** -7 if g.dtype == torch.bfloat16 else 1e-5
+            diff = (g.grad.float() - w_.grad.float()).abs()
+            assert (diff <= ulp * w_.grad.float().abs() + 1e-5 * w_.grad.float().abs().max()).all(), name
+        else:
+            assert torch.equal(g.grad, w_.grad), name

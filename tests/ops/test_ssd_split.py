@@ -138,6 +138,118 @@ def test_channels_last_conv(backend, dtype, shape, monkeypatch):
     assert conv_calls and all(s == 1 for s in conv_calls), f"conv inputs not channels-last: strides {conv_calls}"
 
 
+SMALL = ("conv1d_weight", "conv1d_bias", "dt_bias", "A", "D", "rmsnorm_weight")
+# CUDA sums these gradients with float atomics (the conv's and the gated norm's backward), in any order
+ATOMIC = ("conv1d_weight", "conv1d_bias", "rmsnorm_weight")
+
+
+def assert_same(got, want, name, atomic):
+    """Bitwise, or for an atomically summed bf16 gradient within one bf16 rounding of each element."""
+    if not atomic:
+        assert torch.equal(got, want), f"{name} differs with the parameters cast inside"
+        return
+    diff = (got.float() - want.float()).abs()
+    assert (diff <= 2.0 ** -7 * want.float().abs() + 1e-6 * want.float().abs().max()).all(), name
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("D_hdim", [False, True])
+def test_A_is_log_and_bf16_parameters_match_cast_ones(backend, D_hdim):
+    """The small parameters in bf16 as they are (cast inside the op) and A_is_log (A = -exp(A_log) inside) against
+    the same parameters cast to float32 and A = -exp(A_log.float()) by autograd before the call: the same output
+    and gradients, bitwise (each gradient rounded once to its parameter's dtype either way)."""
+    dev = device_of(backend)
+    inp = make_split(2, 21, 4, 2, 5, 3, dev, torch.bfloat16)
+    inp["A"] = rand(4, device=dev, scale=0.5).to(torch.bfloat16)  # A_log
+    inp["D"] = rand(4, P, device=dev).to(torch.bfloat16) if D_hdim else inp["D"]
+    dout = torch.randn(2, 21, 7, device=dev)
+
+    def run(inside):
+        leaves = {k: v.clone().requires_grad_() for k, v in inp.items()}
+        args = dict(leaves)
+        if not inside:
+            args.update({k: leaves[k].float() for k in SMALL})
+            args["A"] = -torch.exp(leaves["A"].float())
+        with use_backend(backend):
+            out = ops.mamba_split_conv1d_scan_combined(**args, chunk_size=8, headdim=None if D_hdim else P,
+                                                       ngroups=2, A_is_log=inside)
+            (out.float() * dout).sum().backward()
+        return out, {k: v.grad for k, v in leaves.items()}
+    want, got = run(False), run(True)
+    assert torch.equal(got[0], want[0]), "output differs with the parameters cast inside"
+    for k, g in want[1].items():
+        assert got[1][k].dtype == g.dtype and got[1][k].shape == g.shape, k
+        assert_same(got[1][k], g, f"d{k}", backend == "cuda" and k in ATOMIC)
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_small_parameters_without_cast_nodes(backend):
+    """bf16 small parameters reach the fused op as they are: the output's node takes them straight from their
+    leaves (no cast nodes per call)."""
+    inp = {k: v.requires_grad_() for k, v in make_split(2, 21, 4, 1, 5, 0, device_of(backend), torch.bfloat16).items()}
+    with use_backend(backend):
+        out = ops.mamba_split_conv1d_scan_combined(**inp, chunk_size=8, headdim=P, A_is_log=True)
+    leaves = {id(f.variable) for f, _ in out.grad_fn.next_functions if f is not None and hasattr(f, "variable")}
+    assert all(id(inp[k]) in leaves for k in SMALL), "a small parameter went through an autograd node"
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_in_proj_weight_matches_linear_outside(backend, dtype):
+    """in_proj_weight (zxbcdt = u in_proj_weight^T inside the op, as the Mamba2 module calls it) against F.linear
+    before the call: the same output and gradients (d u and d in_proj_weight included): bitwise on CUDA (the same
+    GEMMs), within a rounding elsewhere (the CPU's half matmuls differ with and without autograd)."""
+    dev = device_of(backend)
+    inp = make_split(2, 21, 4, 2, 5, 3, dev, dtype)
+    width, d_model = inp["zxbcdt"].shape[-1], 6
+    u = rand(2, 21, d_model, device=dev).to(dtype)
+    in_w = rand(width, d_model, device=dev, scale=0.5).to(dtype)
+    dout = torch.randn(2, 21, 7, device=dev)
+
+    def run(inside):
+        leaves = {k: v.clone().requires_grad_() for k, v in {**drop(inp, "zxbcdt"), "u": u, "w": in_w}.items()}
+        args = {k: v for k, v in leaves.items() if k not in ("u", "w")}
+        with use_backend(backend):
+            if inside:
+                out = ops.mamba_split_conv1d_scan_combined(leaves["u"], **args, chunk_size=8, headdim=P, ngroups=2,
+                                                           in_proj_weight=leaves["w"])
+            else:
+                zxbcdt = torch.nn.functional.linear(leaves["u"], leaves["w"])
+                out = ops.mamba_split_conv1d_scan_combined(zxbcdt, **args, chunk_size=8, headdim=P, ngroups=2)
+            (out.float() * dout).sum().backward()
+        return out, {k: v.grad for k, v in leaves.items()}
+    want, got = run(False), run(True)
+    exact = backend == "cuda"
+    for key, g, w in [("out", got[0], want[0])] + [(k, got[1][k], want[1][k]) for k in want[1]]:
+        name = key if key == "out" else f"d{key}"
+        assert g.dtype == w.dtype and g.shape == w.shape, name
+        if exact and key not in ATOMIC:
+            assert torch.equal(g, w), f"{name} differs with in_proj inside the op"
+        else:
+            assert_close(g, w.double(), dtype, name)
+
+
+def drop(d, *keys):
+    return {k: v for k, v in d.items() if k not in keys}
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_derived_A_follows_updates(backend):
+    """Without autograd the op keeps -exp(A_log) per parameter version: an in-place update of A_log changes the
+    output as a new A would."""
+    dev = device_of(backend)
+    inp = make_split(2, 21, 4, 1, 5, 0, dev)
+    A_log = torch.nn.Parameter(rand(4, device=dev, scale=0.5))
+    args = {k: v for k, v in inp.items() if k != "A"}
+    with use_backend(backend), torch.no_grad():
+        first = ops.mamba_split_conv1d_scan_combined(**args, A=A_log, chunk_size=8, headdim=P, A_is_log=True)
+        A_log.add_(0.5)
+        got = ops.mamba_split_conv1d_scan_combined(**args, A=A_log, chunk_size=8, headdim=P, A_is_log=True)
+        want = ops.mamba_split_conv1d_scan_combined(**args, A=-torch.exp(A_log), chunk_size=8, headdim=P)
+    assert not torch.equal(first, got), "the update must change the output"
+    assert torch.equal(got, want), "the kept A was not renewed after the in-place update"
+
+
 @pytest.mark.parametrize("keep_y", [True, False])
 def test_saves_only_inputs(keep_y, monkeypatch):
     """Autograd keeps zxbcdt, the parameters, the scan output y (B, L, dim) with ssd_split.KEEP_Y
