@@ -6,7 +6,8 @@
 // 16-byte accesses of 8 steps, the next group's in flight during the steps. y equals
 // fwd_rows_kernel's bit for bit: the same operations in the same order (four partial sums of four
 // states each, added to D u in order). kPoly: the last kPoly states of a thread take 2^x on the FMA pipe;
-// kSplit = 2: two lanes per channel, 8 states each (twice the warps for smaller grids).
+// kSplit = 2: two lanes per channel, 8 states each, each lane computing the per-step values of half the steps
+// (twice the warps, the values and half-sums of y passed by shuffles).
 #pragma once
 #include "cuda/selective_scan_fwd_rows.cuh"
 
@@ -39,37 +40,40 @@ __device__ __forceinline__ float decay(float x, int n) {
   return n >= kN - kPoly ? ex2_fma(x) : scan_thread::ex2(x);
 }
 
-// A group's rows of this thread's channel as loaded: two 16-byte packs (8 steps each) per row.
+// 8 steps of a row from t (16-byte load; element by element past L, zeros there).
 template <typename T>
+__device__ __forceinline__ void load8(Pack<T>& r, const T* src, int t, int L) {
+  if (t + kHalf <= L) {
+    r.load(src + t);
+    return;
+  }
+#pragma unroll
+  for (int i = 0; i < kHalf; ++i) r.e[i] = t + i < L ? src[t + i] : scan_thread::zero<T>();
+}
+
+// A group's rows of this thread's channel as loaded: kPk 16-byte packs (8 steps each) per row, from step
+// t0 + 8 q (kPk = 1: the half of the group lane q of a channel computes the per-step values of).
+template <typename T, int kPk>
 struct RowsRaw {
-  Pack<T> u[2], dl[2], z[2];
+  Pack<T> u[kPk], dl[kPk], z[kPk];
   Pack<T> bc;  // this thread's chunk of the B/C tiles (8 steps of one state of B or C)
 };
 
 template <typename T>
 struct Walk {
-  const T *u = nullptr, *dl = nullptr, *z = nullptr;  // this thread's rows (clamped channel)
+  const T *u = nullptr, *dl = nullptr, *z = nullptr;  // this thread's rows (clamped channel) at its first step
   const T* bc = nullptr;  // this thread's B/C chunk at step 0
-  int L = 0, tile = 0, n = 0, i0 = 0;
+  int L = 0, l0 = 0, tile = 0, n = 0, i0 = 0;  // l0: this thread's first step in a group
 
-  __device__ __forceinline__ static void row(Pack<T> (&r)[2], const T* src, int t0, int L) {
-    if (t0 + kSteps <= L) {
-      r[0].load(src + t0), r[1].load(src + t0 + kHalf);
-      return;
-    }
+  template <int kPk>
+  __device__ __forceinline__ void load(RowsRaw<T, kPk>& r, int t0, bool has_z) const {
 #pragma unroll
-    for (int i = 0; i < kSteps; ++i) r[i / kHalf].e[i % kHalf] = t0 + i < L ? src[t0 + i] : scan_thread::zero<T>();
-  }
-  __device__ __forceinline__ void load(RowsRaw<T>& r, int t0, bool has_z) const {
-    row(r.u, u, t0, L), row(r.dl, dl, t0, L);
-    if (has_z) row(r.z, z, t0, L);
-    const int t = t0 + i0;
-    if (t + kHalf <= L) {
-      r.bc.load(bc + t);
-      return;
+    for (int i = 0; i < kPk; ++i) {
+      const int t = t0 + l0 + i * kHalf;
+      load8(r.u[i], u, t, L), load8(r.dl[i], dl, t, L);
+      if (has_z) load8(r.z[i], z, t, L);
     }
-#pragma unroll
-    for (int i = 0; i < kHalf; ++i) r.bc.e[i] = t + i < L ? bc[t + i] : scan_thread::zero<T>();
+    load8(r.bc, bc, t0 + i0, L);
   }
 };
 
@@ -91,55 +95,117 @@ struct Chan {
   int n0;
 };
 
-// Steps t0 + h8 .. t0 + h8 + 7 (h8 = 0 or 8) of one channel; y of those steps into yv (lane q = 0 of the channel).
-template <typename T, int kSplit, int kPoly, int kNS>
-__device__ __forceinline__ void half_steps(Chan<kNS>& ch, const float (*bcs)[kSteps][kN], const Pack<T>& ru,
-                                           const Pack<T>& rd, const Pack<T>& rz, int h8, int left, bool softplus,
-                                           bool has_z, Pack<T>& yv) {
-  constexpr int kP = kNS / 4;  // this thread's partial sums of y (four states each)
-  // (8,) per-step values, computed as fwd_rows_kernel's staging does
+// Per-step values of 8 steps (as fwd_rows_kernel's staging computes them): dt (0 from step `left` on: past L
+// the state stays), dt u, D u, silu(z).
+struct Vals {
   float dt[kHalf], dtu[kHalf], du[kHalf], zs[kHalf];
+};
+
+template <typename T, int kNS>
+__device__ __forceinline__ void step_values(Vals& v, const Chan<kNS>& ch, const Pack<T>& ru, const Pack<T>& rd,
+                                            const Pack<T>& rz, int left, bool softplus, bool has_z) {
 #pragma unroll
   for (int k = 0; k < kHalf; ++k) {
     const float uu = to_float(ru.e[k]);
-    const float v = to_float(rd.e[k]) + ch.bias;
-    dt[k] = softplus ? scan_rows::softplus_ftz(v) : v;
-    dtu[k] = dt[k] * uu;
-    du[k] = __fmul_rn(ch.Dd, uu);  // not contracted into y's first add (fwd_rows_kernel's order)
+    const float x = to_float(rd.e[k]) + ch.bias;
+    v.dt[k] = softplus ? scan_rows::softplus_ftz(x) : x;
+    v.dtu[k] = v.dt[k] * uu;
+    v.du[k] = __fmul_rn(ch.Dd, uu);  // not contracted into y's first add (fwd_rows_kernel's order)
     const float zz = to_float(rz.e[k]);
-    zs[k] = has_z ? zz * scan_thread::sigmoid_of<T>(zz) : 1.f;
+    v.zs[k] = has_z ? zz * scan_thread::sigmoid_of<T>(zz) : 1.f;
   }
-  if (left < h8 + kHalf) {
+  if (left < kHalf) {
 #pragma unroll
     for (int k = 0; k < kHalf; ++k)
-      if (h8 + k >= left) dt[k] = 0.f;  // past L the state stays (u is zero there)
+      if (k >= left) v.dt[k] = 0.f;
+  }
+}
+
+// One step of this thread's kNS states (B, C of the step at bp, cp); its partial sums of y (4 states each).
+template <int kPoly, int kNS>
+__device__ __forceinline__ void state_step(Chan<kNS>& ch, const float* bp, const float* cp, float dt, float dtu,
+                                           float (&part)[kNS / 4]) {
+#pragma unroll
+  for (int w = 0; w < kNS / 4; ++w) {
+    const float4 bv = *reinterpret_cast<const float4*>(bp + ch.n0 + 4 * w);
+    const float4 cv = *reinterpret_cast<const float4*>(cp + ch.n0 + 4 * w);
+    const float bb[4] = {bv.x, bv.y, bv.z, bv.w}, cc[4] = {cv.x, cv.y, cv.z, cv.w};
+    part[w] = 0.f;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int n = 4 * w + j;
+      ch.s[n] = fmaf(decay<kPoly>(dt * ch.A2[n], n + kN - kNS), ch.s[n], dtu * bb[j]);
+      part[w] = fmaf(ch.s[n], cc[j], part[w]);
+    }
+  }
+}
+
+// y of one step: D u plus the four partial sums in order, times silu(z).
+template <typename T>
+__device__ __forceinline__ T y_of(float du, const float (&part)[kParts], float zs) {
+  float y = du;
+#pragma unroll
+  for (int w = 0; w < kParts; ++w) y += part[w];
+  return from_float<T>(y * zs);
+}
+
+// y of 8 steps from t into the row (16-byte store; element by element at the end of L).
+template <typename T>
+__device__ __forceinline__ void store8(T* out, const Pack<T>& y, int t, int L) {
+  if (t + kHalf <= L) {
+    y.store(out + t);
+    return;
   }
 #pragma unroll
-  for (int k = 0; k < kHalf; ++k) {
-    const float* bp = bcs[0][h8 + k] + ch.n0;
-    const float* cp = bcs[1][h8 + k] + ch.n0;
-    float part[kParts];
+  for (int k = 0; k < kHalf; ++k)
+    if (t + k < L) out[t + k] = y.e[k];
+}
+
+// kSplit = 1, one group (16 steps from t0) of a channel's 16 states: per 8 steps the values, the steps, y.
+template <typename T, int kPoly>
+__device__ __forceinline__ void group_one(Chan<kN>& ch, const float (*bcs)[kSteps][kN], const RowsRaw<T, 2>& cur,
+                                          T* out, int t0, int L, bool softplus, bool has_z, bool writes_y) {
+#pragma unroll 1
+  for (int h = 0; h < 2; ++h) {
+    const Pack<T> ru = h ? cur.u[1] : cur.u[0], rd = h ? cur.dl[1] : cur.dl[0], rz = h ? cur.z[1] : cur.z[0];
+    const int t = t0 + h * kHalf;
+    Vals v;
+    step_values<T>(v, ch, ru, rd, rz, L - t, softplus, has_z);
+    Pack<T> yv;
 #pragma unroll
-    for (int w = 0; w < kP; ++w) {
-      const float4 bv = *reinterpret_cast<const float4*>(bp + 4 * w);
-      const float4 cv = *reinterpret_cast<const float4*>(cp + 4 * w);
-      const float bb[4] = {bv.x, bv.y, bv.z, bv.w}, cc[4] = {cv.x, cv.y, cv.z, cv.w};
-      part[w] = 0.f;
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int n = 4 * w + j;
-        ch.s[n] = fmaf(decay<kPoly>(dt[k] * ch.A2[n], n + kN - kNS), ch.s[n], dtu[k] * bb[j]);
-        part[w] = fmaf(ch.s[n], cc[j], part[w]);
-      }
+    for (int k = 0; k < kHalf; ++k) {
+      float part[kParts];
+      state_step<kPoly>(ch, bcs[0][h * kHalf + k], bcs[1][h * kHalf + k], v.dt[k], v.dtu[k], part);
+      yv.e[k] = y_of<T>(v.du[k], part, v.zs[k]);
     }
-    if constexpr (kSplit == 2) {  // the other half of the states: lane q = 1 of the channel
+    if (writes_y && t < L) store8(out, yv, t, L);
+  }
+}
+
+// kSplit = 2, one group of a channel's states n0 .. n0 + 7 on lane q of the pair: lane q computes the values of
+// steps 8q .. 8q + 7 and, after both lanes' states took them (shuffles), y of those steps.
+template <typename T, int kPoly>
+__device__ __forceinline__ void group_two(Chan<kN / 2>& ch, const float (*bcs)[kSteps][kN], const RowsRaw<T, 1>& cur,
+                                          T* out, int t0, int L, int q, bool softplus, bool has_z, bool writes_y) {
+  const int lane = threadIdx.x % 32;
+  Vals v;
+  step_values<T>(v, ch, cur.u[0], cur.dl[0], cur.z[0], L - t0 - q * kHalf, softplus, has_z);
+#pragma unroll 1
+  for (int h = 0; h < 2; ++h) {
+    const int src = (lane & ~1) | h;  // the lane holding these steps' values
+    Pack<T> yv;
 #pragma unroll
-      for (int w = 0; w < kP; ++w) part[kP + w] = __shfl_down_sync(0xffffffffu, part[w], 1);
+    for (int k = 0; k < kHalf; ++k) {
+      const float dt = __shfl_sync(0xffffffffu, v.dt[k], src), dtu = __shfl_sync(0xffffffffu, v.dtu[k], src);
+      float own[2];
+      state_step<kPoly>(ch, bcs[0][h * kHalf + k], bcs[1][h * kHalf + k], dt, dtu, own);
+      const float other[2] = {__shfl_xor_sync(0xffffffffu, own[0], 1), __shfl_xor_sync(0xffffffffu, own[1], 1)};
+      const float part[kParts] = {q ? other[0] : own[0], q ? other[1] : own[1], q ? own[0] : other[0],
+                                  q ? own[1] : other[1]};
+      yv.e[k] = y_of<T>(v.du[k], part, v.zs[k]);
     }
-    float y = du[k];
-#pragma unroll
-    for (int w = 0; w < kParts; ++w) y += part[w];
-    yv.e[k] = from_float<T>(y * zs[k]);
+    const int t = t0 + h * kHalf;
+    if (writes_y && q == h && t < L) store8(out, yv, t, L);
   }
 }
 
@@ -156,10 +222,10 @@ __global__ void __launch_bounds__(kThreads * kSplit, 4) fwd_wide_kernel(Selectiv
   const int c = threadIdx.x / kSplit, q = threadIdx.x % kSplit, cc = c < nch ? c : nch - 1;  // (clamped for loads)
   const int64_t d = g * Dg + cg + cc;
   const int L = int(p.seqlen);
-  const bool has_z = has(p.z), valid = c < nch, writes_y = valid && q == 0, loads_bc = threadIdx.x < kThreads;
+  const bool has_z = has(p.z), valid = c < nch, loads_bc = threadIdx.x < kThreads;
 
   Walk<T> wk;
-  wk.L = L;
+  wk.L = L, wk.l0 = kSplit == 2 ? q * kHalf : 0;
   wk.u = ptr<T>(p.u) + b * p.u.stride[0] + d * p.u.stride[1];
   wk.dl = ptr<T>(p.delta) + b * p.delta.stride[0] + d * p.delta.stride[1];
   wk.z = has_z ? ptr<T>(p.z) + b * p.z.stride[0] + d * p.z.stride[1] : nullptr;
@@ -180,31 +246,20 @@ __global__ void __launch_bounds__(kThreads * kSplit, 4) fwd_wide_kernel(Selectiv
     ch.s[n] = has(h0) ? ptr<float>(h0)[b * h0.stride[0] + d * h0.stride[1] + (ch.n0 + n) * h0.stride[2]] : 0.f;
   }
 
-  RowsRaw<T> cur, nxt;
-  if (!has_z) cur.z[0] = cur.z[1] = nxt.z[0] = nxt.z[1] = Pack<T>{};
+  constexpr int kPk = 2 / kSplit;
+  RowsRaw<T, kPk> cur, nxt;
+  if (!has_z) {
+#pragma unroll
+    for (int i = 0; i < kPk; ++i) cur.z[i] = nxt.z[i] = Pack<T>{};
+  }
   wk.load(cur, 0, has_z);
   if (loads_bc) put_bc(sh, 0, wk, cur.bc);
   __syncthreads();
   for (int t0 = 0, buf = 0; t0 < L; t0 += kSteps, buf ^= 1) {
     const bool more = t0 + kSteps < L;
     if (more) wk.load(nxt, t0 + kSteps, has_z);  // in flight during the steps
-    const float(*bcs)[kSteps][kN] = sh.bc[buf];
-    const int left = L - t0;
-#pragma unroll 1
-    for (int h = 0; h < 2; ++h) {
-      const Pack<T> ru = h ? cur.u[1] : cur.u[0], rd = h ? cur.dl[1] : cur.dl[0], rz = h ? cur.z[1] : cur.z[0];
-      Pack<T> yv;
-      half_steps<T, kSplit, kPoly>(ch, bcs, ru, rd, rz, h * kHalf, left, p.softplus, has_z, yv);
-      const int t = t0 + h * kHalf;
-      if (!writes_y || t >= L) continue;
-      if (t + kHalf <= L) {
-        yv.store(out + t);
-      } else {
-#pragma unroll
-        for (int k = 0; k < kHalf; ++k)
-          if (t + k < L) out[t + k] = yv.e[k];
-      }
-    }
+    if constexpr (kSplit == 1) group_one<T, kPoly>(ch, sh.bc[buf], cur, out, t0, L, p.softplus, has_z, valid);
+    else group_two<T, kPoly>(ch, sh.bc[buf], cur, out, t0, L, q, p.softplus, has_z, valid);
     if (kCk && more && valid) {
       const TensorArg& ck = p.chunk_states;
       float* dst = ptr<float>(ck) + b * ck.stride[0] + d * ck.stride[1] + (t0 / kSteps + 1) * ck.stride[2];
