@@ -29,4 +29,5 @@ if [ "$T" -gt 8 ]; then
     $PY benchmarks/device/m1scan_ncu.py > "$OUT/ncu.txt" 2>&1
   echo "ncu rc=$? at ${SECONDS}s: $(grep -E "^ +Duration" "$OUT/ncu.txt" | head -1 | tr -s ' ')"
 fi
-cut -c1-150 "$OUT/round.log" | tail -14
+grep -E "D1536|130m" "$OUT/round.log" | cut -c1-150
+grep -E "D4096|1.4b|done" "$OUT/round.log" | cut -c1-150
