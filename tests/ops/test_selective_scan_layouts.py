@@ -96,9 +96,9 @@ def make_model_rows(batch, D, L, N, rank, dtype, device):
 
 
 # Kernel forms picked by grid size or a switch, each forced: the row forward with one or two channels per thread, a
-# thread per channel (w; p: one state of 16 with 2^x on the FMA pipe; h: two lanes per channel); the backward with two
-# warps per 32 channels and one or two state entries per pass, four warps and one or two
-FORMS = [*({"SSM_SCAN_ROWS": f} for f in "12wph"),
+# thread per channel (w; p / q: one / two states of 16 with 2^x on the FMA pipe; h: two lanes per channel); the
+# backward with two warps per 32 channels and one or two state entries per pass, four warps and one or two
+FORMS = [*({"SSM_SCAN_ROWS": f} for f in "12wpqh"),
          *({"SSM_SCAN_BWD_ILP": i, "SSM_SCAN_BWD_WARPS": w} for w in "24" for i in "01")]
 
 

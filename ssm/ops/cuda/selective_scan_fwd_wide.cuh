@@ -279,14 +279,14 @@ __global__ void __launch_bounds__(kThreads * kSplit, 4) fwd_wide_kernel(Selectiv
   }
 }
 
-// Which form the switch SSM_SCAN_ROWS asks for: 'w' a thread per channel, 'p' that with one state of 16 on the
-// FMA pipe, 'h' two lanes per channel (8 states each); unset: the row kernels (this round's default).
+// Which form the switch SSM_SCAN_ROWS asks for: 'w' a thread per channel, 'p' / 'q' that with one / two states of
+// 16 on the FMA pipe, 'h' two lanes per channel (8 states each); unset: the row kernels (this round's default).
 inline char mode() { return scan_rows::env_rows(); }
 
 // Host, for 2-byte types where the row kernels take p (scan_rows::takes) and y is wanted: this kernel or theirs.
 inline bool takes(const SelectiveScanParams&) {
   const char m = mode();
-  return m == 'w' || m == 'p' || m == 'h';
+  return m == 'w' || m == 'p' || m == 'q' || m == 'h';
 }
 
 template <typename T, bool kCk, int kPoly, int kSplit>
@@ -303,6 +303,7 @@ void launch(const SelectiveScanParams& p, bool ck, cudaStream_t stream) {
   if (m == 'h') return ck ? launch_kernel<T, true, 0, 2>(p, stream) : launch_kernel<T, false, 0, 2>(p, stream);
   if (ck) launch_kernel<T, true, 0, 1>(p, stream);
   else if (m == 'p') launch_kernel<T, false, 1, 1>(p, stream);
+  else if (m == 'q') launch_kernel<T, false, 2, 1>(p, stream);
   else launch_kernel<T, false, 0, 1>(p, stream);
 }
 
