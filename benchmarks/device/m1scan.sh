@@ -25,7 +25,7 @@ T=$((49 - SECONDS))
 if [ "$T" -gt 8 ]; then
   timeout -k 1 $T ncu --clock-control none -k regex:fwd_wide_kernel --launch-count 1 --section SpeedOfLight \
     --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis --section Occupancy \
-    --metrics l1tex__data_pipe_lsu_wavefronts_mem_shared.sum,smsp__inst_executed_op_shared_ld.sum,smsp__inst_executed_pipe_xu.sum \
+    --metrics smsp__inst_executed_pipe_xu.sum,smsp__average_warps_issue_stalled_math_pipe_throttle_per_issue_active.ratio,smsp__average_warps_issue_stalled_short_scoreboard_per_issue_active.ratio,smsp__average_warps_issue_stalled_mio_throttle_per_issue_active.ratio,smsp__average_warps_issue_stalled_wait_per_issue_active.ratio,smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio,smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio,smsp__average_warps_issue_stalled_no_instruction_per_issue_active.ratio,smsp__average_warps_issue_stalled_dispatch_stall_per_issue_active.ratio,smsp__average_warps_issue_stalled_not_selected_per_issue_active.ratio \
     $PY benchmarks/device/m1scan_ncu.py > "$OUT/ncu.txt" 2>&1
   echo "ncu rc=$? at ${SECONDS}s: $(grep -E "^ +Duration" "$OUT/ncu.txt" | head -1 | tr -s ' ')"
 fi

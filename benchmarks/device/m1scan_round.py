@@ -1,8 +1,8 @@
 """Device round of engineer m1scan (session 10; issue 6: the Mamba-1 scan forward at prefill shapes), one process:
 1. the scan forward in mamba_ssm's model layout (B 8, L 2048, N 16, bf16, z, D, dt_bias, softplus) at D 4096
-   (mamba-1.4b) and D 1536 (mamba-130m), each kernel form forced by SSM_SCAN_ROWS in turn (default, 1 / 2: the row
-   kernel with one / two channels per thread, w: a thread per channel, p / q: w with one / two states of 16 on the FMA pipe,
-   h: two lanes per channel):
+   (mamba-1.4b) and D 1536 (mamba-130m), each kernel form forced by SSM_SCAN_ROWS in turn (default: the thread per
+   channel kernel (w) at D 4096, the row kernel with one channel per thread at D 1536; 1 / 2: the row kernel with one /
+   two channels per thread (2: the default before this session at D 4096), b: w with its tail handling in every group):
    kernel time (profiler) and event median (L2 flushed), y compared bit for bit with the default's;
 2. mamba-1.4b and mamba-130m prefill (bench_models' rows: random bf16 weights, 8 x 2048, full logits): event
    median and kernel sum per form, the scan's kernel time per layer.
@@ -34,8 +34,8 @@ from ssm.ops import _kernels  # noqa: E402
 START = time.perf_counter()
 DEV = torch.device("cuda")
 SCAN = ("fwd_rows_kernel", "fwd_wide_kernel", "fwd_block_kernel")
-KERNEL_FORMS = [("model D4096", 4096, ["", "w", "p", "q", "h", "1", "", "w"]), ("model D1536", 1536, ["", "w", "h"])]
-MODEL_FORMS = [("mamba-1.4b", ["", "w", "h", "p", "", "w"]), ("mamba-130m", ["", "w", "h"])]
+KERNEL_FORMS = [("model D4096", 4096, ["", "b", "2", "", "b", "2"]), ("model D1536", 1536, ["", "w"])]
+MODEL_FORMS = [("mamba-1.4b", ["", "2", "b", "", "2"]), ("mamba-130m", [""])]
 
 
 def set_form(f: str) -> None:
