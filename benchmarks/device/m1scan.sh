@@ -11,7 +11,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,clocks.sm --format=csv,noheader | head -1
-timeout -k 1 8 $PY benchmarks/device/m1scan_sass.py > "$OUT/sass.txt" 2>&1
+timeout -k 1 8 $PY benchmarks/device/m1scan_sass.py --dump "$OUT" > "$OUT/sass.txt" 2>&1
 echo "sass rc=$? at ${SECONDS}s"; grep -E "whole|loop" "$OUT/sass.txt" | cut -c1-200 | head -12 > "$OUT/sass_short.txt"
 timeout -k 2 -s INT 14 $PY -m pytest -q -m cuda -p no:cacheprovider -rf \
   -k "(kernel_forms and ROWS) or wide or checkpoints or model_widths" tests/ops/test_selective_scan_layouts.py > "$OUT/pytest.log" 2>&1

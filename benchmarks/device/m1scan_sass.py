@@ -1,18 +1,19 @@
 """SASS census of the Mamba-1 scan forward kernels (engineer m1scan, session 10): for each kernel (bf16, y
 written, no checkpoints) the static instruction count by class (MUFU by function, FFMA / FMUL / FADD, shared
 and global loads / stores, barriers, the rest) for the whole kernel and for each loop (a backward branch's
-range). Reads the built module with cuobjdump.
+range). Reads the built module with cuobjdump; with --dump DIR also writes each kernel's SASS there.
 
-Usage: python benchmarks/device/m1scan_sass.py [MODULE.so]
+Usage: python benchmarks/device/m1scan_sass.py [--so MODULE.so] [--dump DIR]
 """
 from __future__ import annotations
 
+import argparse
 import glob
 import re
 import subprocess
-import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 KERNELS = {
     "rows 2ch": "_ZN3ssm4cuda9scan_rows15fwd_rows_kernelI13__nv_bfloat16Lb1ELb0ELi4ELi2EEEvNS_19SelectiveScanParamsE",
@@ -47,10 +48,16 @@ def dump(so: str, name: str) -> str:
 
 
 def main():
-    so = sys.argv[1] if len(sys.argv) > 1 else sorted(glob.glob("ssm/_cuda*.so"))[0]
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--so", default=None)
+    ap.add_argument("--dump", default=None)
+    a = ap.parse_args()
+    so = a.so or sorted(glob.glob("ssm/_cuda*.so"))[0]
     with ThreadPoolExecutor(len(KERNELS)) as pool:
         texts = list(pool.map(lambda name: dump(so, name), KERNELS.values()))
     for tag, text in zip(KERNELS, texts):
+        if a.dump:
+            Path(a.dump, f"sass_{tag.replace(' ', '_')}.txt").write_text(text)
         ins = [(int(m.group(1), 16), m.group(3), m.group(4)) for m in LINE.finditer(text)]
         if not ins:
             print(f"{tag}: no SASS ({text.strip()[:120]})")
