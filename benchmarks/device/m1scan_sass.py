@@ -56,7 +56,7 @@ def main():
     with ThreadPoolExecutor(len(KERNELS)) as pool:
         texts = list(pool.map(lambda name: dump(so, name), KERNELS.values()))
     for tag, text in zip(KERNELS, texts):
-        if a.dump:
+        if a.dump and tag.startswith("wide"):
             Path(a.dump, f"sass_{tag.replace(' ', '_')}.txt").write_text(text)
         ins = [(int(m.group(1), 16), m.group(3), m.group(4)) for m in LINE.finditer(text)]
         if not ins:
