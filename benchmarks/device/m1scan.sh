@@ -13,8 +13,8 @@ PY=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,clocks.sm --format=csv,noheader | head -1
 timeout -k 1 8 $PY benchmarks/device/m1scan_sass.py --dump "$OUT" > "$OUT/sass.txt" 2>&1
 echo "sass rc=$? at ${SECONDS}s"; grep -E "whole|loop" "$OUT/sass.txt" | cut -c1-200 | head -12 > "$OUT/sass_short.txt"
-timeout -k 2 -s INT 14 $PY -m pytest -q -m cuda -p no:cacheprovider -rf \
-  -k "(kernel_forms and ROWS) or wide or checkpoints or model_widths" tests/ops/test_selective_scan_layouts.py > "$OUT/pytest.log" 2>&1
+timeout -k 2 -s INT 20 $PY -m pytest -q -m cuda -p no:cacheprovider -rf -k "not long" \
+  tests/ops/test_selective_scan_layouts.py tests/ops/test_selective_scan.py > "$OUT/pytest.log" 2>&1
 echo "tests rc=$? at ${SECONDS}s: $(grep -E "passed|failed|error" "$OUT/pytest.log" | tail -1 | cut -c1-160)"
 grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -4 | cut -c1-200
 T=$((46 - SECONDS)); [ "$T" -gt 26 ] && T=26

@@ -96,9 +96,9 @@ def make_model_rows(batch, D, L, N, rank, dtype, device):
 
 
 # Kernel forms picked by grid size or a switch, each forced: the row forward with one or two channels per thread, a
-# thread per channel (w; b: its tail handling in every group); the backward with two warps per 32 channels and one or
-# two state entries per pass, four warps and one or two
-FORMS = [*({"SSM_SCAN_ROWS": f} for f in "12wb"),
+# thread per channel (w; u: its 16-step group unrolled); the backward with two warps per 32 channels and one or two
+# state entries per pass, four warps and one or two
+FORMS = [*({"SSM_SCAN_ROWS": f} for f in "12wu"),
          *({"SSM_SCAN_BWD_ILP": i, "SSM_SCAN_BWD_WARPS": w} for w in "24" for i in "01")]
 
 
@@ -119,11 +119,11 @@ def test_kernel_forms_cuda(monkeypatch, form, case):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("form", ["w", "b"])
+@pytest.mark.parametrize("form", ["w", "u"])
 @pytest.mark.parametrize("z", [True, False])
 @pytest.mark.parametrize("L", [1, 75, 160])  # one step; partial groups of 16 and of 8 steps; whole groups
 def test_wide_forward_equals_rows_cuda(monkeypatch, form, z, L):
-    # the channel-per-thread forward (w, b) repeats the row kernel's operations in order: y, the last state and the
+    # the channel-per-thread forward (w, u) repeats the row kernel's operations in order: y, the last state and the
     # checkpoints equal bit for bit (D 200: a partial block of 64 channels)
     inp = make_model_rows(2, 200, L, 16, 6, torch.bfloat16, torch.device("cuda"))
     if not z:

@@ -73,8 +73,8 @@ struct Vals {
   float dt[kHalf], dtu[kHalf], du[kHalf], zs[kHalf];
 };
 
-// kTail: the group reaches past L, dt is 0 from step `left` on (past L the state stays).
-template <typename T, bool kTail>
+// dt is 0 from step `left` on (past L the state stays).
+template <typename T>
 __device__ __forceinline__ void step_values(Vals& v, const Chan& ch, const Pack<T>& ru, const Pack<T>& rd,
                                             const Pack<T>& rz, int left, bool softplus, bool has_z) {
 #pragma unroll
@@ -86,7 +86,7 @@ __device__ __forceinline__ void step_values(Vals& v, const Chan& ch, const Pack<
     v.du[k] = __fmul_rn(ch.Dd, uu);  // not contracted into y's first add (fwd_rows_kernel's order)
     const float zz = to_float(rz.e[k]);
     v.zs[k] = has_z ? zz * scan_thread::sigmoid_of<T>(zz) : 1.f;
-    if (kTail && k >= left) v.dt[k] = 0.f;
+    if (k >= left) v.dt[k] = 0.f;
   }
 }
 
@@ -124,26 +124,38 @@ __device__ __forceinline__ void store8(T* out, const Pack<T>& y, int t, int L) {
     if (t + k < L) out[t + k] = y.e[k];
 }
 
-// One group (16 steps from t0): per 8 steps the values, the steps, y. kTail: the group reaches past L.
-template <typename T, bool kTail>
+// 8 steps from t = t0 + h8 (h8 = 0 or 8): their values, the steps, y.
+template <typename T>
+__device__ __forceinline__ void half_group(Chan& ch, const float (*bcs)[kSteps][kN], const Pack<T>& ru,
+                                           const Pack<T>& rd, const Pack<T>& rz, T* out, int h8, int t, int L,
+                                           bool softplus, bool has_z, bool writes_y) {
+  Vals v;
+  step_values<T>(v, ch, ru, rd, rz, L - t, softplus, has_z);
+  Pack<T> yv;
+#pragma unroll
+  for (int k = 0; k < kHalf; ++k)
+    yv.e[k] = state_step<T>(ch, bcs[0][h8 + k], bcs[1][h8 + k], v.dt[k], v.dtu[k], v.du[k], v.zs[k]);
+  if (writes_y && t < L) store8(out, yv, t, L);
+}
+
+// One group (16 steps from t0) as two halves of 8 steps: a loop (kFull false) or unrolled (one block of code).
+template <typename T, bool kFull>
 __device__ __forceinline__ void group(Chan& ch, const float (*bcs)[kSteps][kN], const RowsRaw<T>& cur, T* out,
                                       int t0, int L, bool softplus, bool has_z, bool writes_y) {
+  if constexpr (kFull) {
+    half_group<T>(ch, bcs, cur.u[0], cur.dl[0], cur.z[0], out, 0, t0, L, softplus, has_z, writes_y);
+    half_group<T>(ch, bcs, cur.u[1], cur.dl[1], cur.z[1], out, kHalf, t0 + kHalf, L, softplus, has_z, writes_y);
+  } else {
 #pragma unroll 1
-  for (int h = 0; h < 2; ++h) {
-    const Pack<T> ru = h ? cur.u[1] : cur.u[0], rd = h ? cur.dl[1] : cur.dl[0], rz = h ? cur.z[1] : cur.z[0];
-    const int t = t0 + h * kHalf;
-    Vals v;
-    step_values<T, kTail>(v, ch, ru, rd, rz, L - t, softplus, has_z);
-    Pack<T> yv;
-#pragma unroll
-    for (int k = 0; k < kHalf; ++k)
-      yv.e[k] = state_step<T>(ch, bcs[0][h * kHalf + k], bcs[1][h * kHalf + k], v.dt[k], v.dtu[k], v.du[k], v.zs[k]);
-    if (writes_y && (!kTail || t < L)) store8(out, yv, t, L);
+    for (int h = 0; h < 2; ++h) {
+      const Pack<T> ru = h ? cur.u[1] : cur.u[0], rd = h ? cur.dl[1] : cur.dl[0], rz = h ? cur.z[1] : cur.z[0];
+      half_group<T>(ch, bcs, ru, rd, rz, out, h * kHalf, t0 + h * kHalf, L, softplus, has_z, writes_y);
+    }
   }
 }
 
-// kTailSplit (round 1b's A/B, SSM_SCAN_ROWS=b turns it off): whole groups run without the tail's selects.
-template <typename T, bool kCk, bool kTailSplit>
+// kFull (round 2's A/B, SSM_SCAN_ROWS=u): the group's 16 steps unrolled.
+template <typename T, bool kCk, bool kFull>
 __global__ void __launch_bounds__(kThreads, 4) fwd_wide_kernel(SelectiveScanParams p) {
   static_assert(sizeof(T) == 2, "8 steps per 16-byte row load");
   __shared__ __align__(16) Shared sh;
@@ -184,8 +196,7 @@ __global__ void __launch_bounds__(kThreads, 4) fwd_wide_kernel(SelectiveScanPara
   for (int t0 = 0, buf = 0; t0 < L; t0 += kSteps, buf ^= 1) {
     const bool more = t0 + kSteps < L;
     if (more) wk.load(nxt, t0 + kSteps, has_z);  // in flight during the steps
-    if (kTailSplit && t0 + kSteps <= L) group<T, false>(ch, sh.bc[buf], cur, out, t0, L, p.softplus, has_z, valid);
-    else group<T, true>(ch, sh.bc[buf], cur, out, t0, L, p.softplus, has_z, valid);
+    group<T, kFull>(ch, sh.bc[buf], cur, out, t0, L, p.softplus, has_z, valid);
     if (kCk && more && valid) {
       const TensorArg& ck = p.chunk_states;
       float* dst = ptr<float>(ck) + b * ck.stride[0] + d * ck.stride[1] + (t0 / kSteps + 1) * ck.stride[2];
@@ -207,11 +218,11 @@ __global__ void __launch_bounds__(kThreads, 4) fwd_wide_kernel(SelectiveScanPara
 // Host, for 2-byte types where the row kernels take p (scan_rows::takes) and y is wanted: this kernel where the
 // two-channel row kernel ran before it (grids of >= 3 blocks of 64 channels per SM: D 4096 at batch 8; round 1:
 // 457 us against 527 at mamba-1.4b's shape, 318 against the one-channel row kernel's 242 at mamba-130m's).
-// SSM_SCAN_ROWS=1 / 2 force the row kernels, w this one.
+// SSM_SCAN_ROWS=1 / 2 force the row kernels, w this one (u: its group unrolled).
 inline bool takes(const SelectiveScanParams& p) {
   const char m = scan_rows::env_rows();
   if (m == '1' || m == '2') return false;
-  return m == 'w' || m == 'b' || scan_rows::two_channels(p);
+  return m == 'w' || m == 'u' || scan_rows::two_channels(p);
 }
 
 // ck: write the checkpoints (chunk_states, D fastest) besides y.
@@ -219,9 +230,9 @@ template <typename T>
 void launch(const SelectiveScanParams& p, bool ck, cudaStream_t stream) {
   const int64_t Dg = p.dim / p.ngroups;
   const dim3 grid(unsigned(p.ngroups * ((Dg + kThreads - 1) / kThreads)), unsigned(p.batch));
-  if (ck) fwd_wide_kernel<T, true, true><<<grid, kThreads, 0, stream>>>(p);
-  else if (scan_rows::env_rows() == 'b') fwd_wide_kernel<T, false, false><<<grid, kThreads, 0, stream>>>(p);
-  else fwd_wide_kernel<T, false, true><<<grid, kThreads, 0, stream>>>(p);
+  if (ck) fwd_wide_kernel<T, true, false><<<grid, kThreads, 0, stream>>>(p);
+  else if (scan_rows::env_rows() == 'u') fwd_wide_kernel<T, false, true><<<grid, kThreads, 0, stream>>>(p);
+  else fwd_wide_kernel<T, false, false><<<grid, kThreads, 0, stream>>>(p);
 }
 
 }  // namespace ssm::cuda::scan_wide
