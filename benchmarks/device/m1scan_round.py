@@ -2,7 +2,7 @@
 1. the scan forward in mamba_ssm's model layout (B 8, L 2048, N 16, bf16, z, D, dt_bias, softplus) at D 4096
    (mamba-1.4b) and D 1536 (mamba-130m), each kernel form forced by SSM_SCAN_ROWS in turn (default: the thread per
    channel kernel (w) at D 4096, the row kernel with one channel per thread at D 1536; 1 / 2: the row kernel with one /
-   two channels per thread (2: the default before this session at D 4096), u: w with its 16-step group unrolled):
+   two channels per thread (2: the default before this session at D 4096)):
    kernel time (profiler) and event median (L2 flushed), y compared bit for bit with the default's;
 2. mamba-1.4b and mamba-130m prefill (bench_models' rows: random bf16 weights, 8 x 2048, full logits): event
    median and kernel sum per form, the scan's kernel time per layer.
@@ -34,8 +34,8 @@ from ssm.ops import _kernels  # noqa: E402
 START = time.perf_counter()
 DEV = torch.device("cuda")
 SCAN = ("fwd_rows_kernel", "fwd_wide_kernel", "fwd_block_kernel")
-KERNEL_FORMS = [("model D4096", 4096, ["", "u", "2", "", "u", "2"]), ("model D1536", 1536, ["", "w"])]
-MODEL_FORMS = [("mamba-1.4b", ["", "2", "u", "", "2"]), ("mamba-130m", [""])]
+KERNEL_FORMS = [("model D4096", 4096, ["", "2", "", "2"]), ("model D1536", 1536, ["", "w"])]
+MODEL_FORMS = [("mamba-1.4b", ["", "2", "", "2"]), ("mamba-130m", [""])]
 
 
 def set_form(f: str) -> None:

@@ -18,8 +18,7 @@ from pathlib import Path
 KERNELS = {
     "rows 2ch": "_ZN3ssm4cuda9scan_rows15fwd_rows_kernelI13__nv_bfloat16Lb1ELb0ELi4ELi2EEEvNS_19SelectiveScanParamsE",
     "rows 1ch": "_ZN3ssm4cuda9scan_rows15fwd_rows_kernelI13__nv_bfloat16Lb1ELb0ELi8ELi1EEEvNS_19SelectiveScanParamsE",
-    "wide": "_ZN3ssm4cuda9scan_wide15fwd_wide_kernelI13__nv_bfloat16Lb0ELb0EEEvNS_19SelectiveScanParamsE",
-    "wide u": "_ZN3ssm4cuda9scan_wide15fwd_wide_kernelI13__nv_bfloat16Lb0ELb1EEEvNS_19SelectiveScanParamsE",
+    "wide": "_ZN3ssm4cuda9scan_wide15fwd_wide_kernelI13__nv_bfloat16Lb0EEEvNS_19SelectiveScanParamsE",
 }
 LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)\s*([^;]*);")
 TARGET = re.compile(r"0x([0-9a-f]+)")

@@ -138,24 +138,18 @@ __device__ __forceinline__ void half_group(Chan& ch, const float (*bcs)[kSteps][
   if (writes_y && t < L) store8(out, yv, t, L);
 }
 
-// One group (16 steps from t0) as two halves of 8 steps: a loop (kFull false) or unrolled (one block of code).
-template <typename T, bool kFull>
+// One group (16 steps from t0): two halves of 8 steps as a loop (half the code of the unrolled form, as fast).
+template <typename T>
 __device__ __forceinline__ void group(Chan& ch, const float (*bcs)[kSteps][kN], const RowsRaw<T>& cur, T* out,
                                       int t0, int L, bool softplus, bool has_z, bool writes_y) {
-  if constexpr (kFull) {
-    half_group<T>(ch, bcs, cur.u[0], cur.dl[0], cur.z[0], out, 0, t0, L, softplus, has_z, writes_y);
-    half_group<T>(ch, bcs, cur.u[1], cur.dl[1], cur.z[1], out, kHalf, t0 + kHalf, L, softplus, has_z, writes_y);
-  } else {
 #pragma unroll 1
-    for (int h = 0; h < 2; ++h) {
-      const Pack<T> ru = h ? cur.u[1] : cur.u[0], rd = h ? cur.dl[1] : cur.dl[0], rz = h ? cur.z[1] : cur.z[0];
-      half_group<T>(ch, bcs, ru, rd, rz, out, h * kHalf, t0 + h * kHalf, L, softplus, has_z, writes_y);
-    }
+  for (int h = 0; h < 2; ++h) {
+    const Pack<T> ru = h ? cur.u[1] : cur.u[0], rd = h ? cur.dl[1] : cur.dl[0], rz = h ? cur.z[1] : cur.z[0];
+    half_group<T>(ch, bcs, ru, rd, rz, out, h * kHalf, t0 + h * kHalf, L, softplus, has_z, writes_y);
   }
 }
 
-// kFull (round 2's A/B, SSM_SCAN_ROWS=u): the group's 16 steps unrolled.
-template <typename T, bool kCk, bool kFull>
+template <typename T, bool kCk>
 __global__ void __launch_bounds__(kThreads, 4) fwd_wide_kernel(SelectiveScanParams p) {
   static_assert(sizeof(T) == 2, "8 steps per 16-byte row load");
   __shared__ __align__(16) Shared sh;
@@ -196,7 +190,7 @@ __global__ void __launch_bounds__(kThreads, 4) fwd_wide_kernel(SelectiveScanPara
   for (int t0 = 0, buf = 0; t0 < L; t0 += kSteps, buf ^= 1) {
     const bool more = t0 + kSteps < L;
     if (more) wk.load(nxt, t0 + kSteps, has_z);  // in flight during the steps
-    group<T, kFull>(ch, sh.bc[buf], cur, out, t0, L, p.softplus, has_z, valid);
+    group<T>(ch, sh.bc[buf], cur, out, t0, L, p.softplus, has_z, valid);
     if (kCk && more && valid) {
       const TensorArg& ck = p.chunk_states;
       float* dst = ptr<float>(ck) + b * ck.stride[0] + d * ck.stride[1] + (t0 / kSteps + 1) * ck.stride[2];
@@ -218,11 +212,11 @@ __global__ void __launch_bounds__(kThreads, 4) fwd_wide_kernel(SelectiveScanPara
 // Host, for 2-byte types where the row kernels take p (scan_rows::takes) and y is wanted: this kernel where the
 // two-channel row kernel ran before it (grids of >= 3 blocks of 64 channels per SM: D 4096 at batch 8; round 1:
 // 457 us against 527 at mamba-1.4b's shape, 318 against the one-channel row kernel's 242 at mamba-130m's).
-// SSM_SCAN_ROWS=1 / 2 force the row kernels, w this one (u: its group unrolled).
+// SSM_SCAN_ROWS=1 / 2 force the row kernels, w this one.
 inline bool takes(const SelectiveScanParams& p) {
   const char m = scan_rows::env_rows();
   if (m == '1' || m == '2') return false;
-  return m == 'w' || m == 'u' || scan_rows::two_channels(p);
+  return m == 'w' || scan_rows::two_channels(p);
 }
 
 // ck: write the checkpoints (chunk_states, D fastest) besides y.
@@ -230,9 +224,8 @@ template <typename T>
 void launch(const SelectiveScanParams& p, bool ck, cudaStream_t stream) {
   const int64_t Dg = p.dim / p.ngroups;
   const dim3 grid(unsigned(p.ngroups * ((Dg + kThreads - 1) / kThreads)), unsigned(p.batch));
-  if (ck) fwd_wide_kernel<T, true, false><<<grid, kThreads, 0, stream>>>(p);
-  else if (scan_rows::env_rows() == 'u') fwd_wide_kernel<T, false, true><<<grid, kThreads, 0, stream>>>(p);
-  else fwd_wide_kernel<T, false, false><<<grid, kThreads, 0, stream>>>(p);
+  if (ck) fwd_wide_kernel<T, true><<<grid, kThreads, 0, stream>>>(p);
+  else fwd_wide_kernel<T, false><<<grid, kThreads, 0, stream>>>(p);
 }
 
 }  // namespace ssm::cuda::scan_wide
