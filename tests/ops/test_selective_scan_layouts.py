@@ -95,9 +95,10 @@ def make_model_rows(batch, D, L, N, rank, dtype, device):
     return inp
 
 
-# Kernel forms picked by grid size or a switch, each forced: the row forward with one or two channels per thread; the
-# backward with two warps per 32 channels and one or two state entries per pass, four warps and one or two
-FORMS = [{"SSM_SCAN_ROWS": "1"}, {"SSM_SCAN_ROWS": "2"},
+# Kernel forms picked by grid size or a switch, each forced: the row forward with one or two channels per thread, a
+# thread per channel (w); the backward with two warps per 32 channels and one or two state entries per pass, four
+# warps and one or two
+FORMS = [*({"SSM_SCAN_ROWS": f} for f in "12w"),
          *({"SSM_SCAN_BWD_ILP": i, "SSM_SCAN_BWD_WARPS": w} for w in "24" for i in "01")]
 
 
@@ -115,6 +116,27 @@ def test_kernel_forms_cuda(monkeypatch, form, case):
         inp = make_rows(2, 40, 40 if case == "rows" else 45, 13 if case == "odd_n" else 16, 1, dt, dev)
     check_grads("cuda", inp, dt, init=torch.randn(inp["u"].shape[0], 96 if case == "model" else 40,
                                                    inp["A"].shape[1], device=dev))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("z", [True, False])
+@pytest.mark.parametrize("L", [1, 75, 160])  # one step; partial groups of 16 and of 8 steps; whole groups
+def test_wide_forward_equals_rows_cuda(monkeypatch, z, L):
+    # the channel-per-thread forward (w) repeats the row kernel's operations in order: y, the last state and the
+    # checkpoints equal bit for bit (D 200: a partial block of 64 channels)
+    inp = make_model_rows(2, 200, L, 16, 6, torch.bfloat16, torch.device("cuda"))
+    if not z:
+        inp["z"] = None
+    args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "dt_bias")]
+    init = torch.randn(2, 200, 16, device="cuda")
+    outs = {}
+    for f in "1w":
+        monkeypatch.setenv("SSM_SCAN_ROWS", f)
+        outs[f] = scan_module._fwd_run(*args, init, None, None, True, True, True)
+    for a, b, name in zip(outs["w"], outs["1"], ["y", "last_state", "chunk_states"]):
+        if b is not None:  # chunk_states[:, :, 0] (the initial state) is never written
+            a, b = (a[:, :, 1:], b[:, :, 1:]) if name == "chunk_states" else (a, b)
+            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
 
 @pytest.mark.parametrize("backend", backends())

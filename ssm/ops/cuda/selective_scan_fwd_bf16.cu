@@ -7,7 +7,7 @@ namespace ssm::cuda {
 
 template <>
 void selective_scan_fwd_typed<bfloat16_t>(const SelectiveScanParams& p, cudaStream_t stream) {
-  if (scan_thread::takes(p)) scan_thread::launch_fwd<bfloat16_t>(p, false, stream);
+  if (scan_thread::takes(p)) scan_thread::launch_fwd_y<bfloat16_t>(p, stream);
   else if (p.dstate <= scan::kMaxN) scan::launch_fwd<bfloat16_t>(p, stream);
   else scan_fwd::launch_fwd<bfloat16_t>(p, stream);
 }

@@ -7,7 +7,7 @@ namespace ssm::cuda {
 
 template <>
 void selective_scan_fwd_typed<float>(const SelectiveScanParams& p, cudaStream_t stream) {
-  if (scan_thread::takes(p)) scan_thread::launch_fwd<float>(p, false, stream);
+  if (scan_thread::takes(p)) scan_thread::launch_fwd_y<float>(p, stream);
   else if (p.dstate <= scan::kMaxN) scan::launch_fwd<float>(p, stream);
   else scan_fwd::launch_fwd<float>(p, stream);
 }

@@ -357,7 +357,8 @@ void launch_kernel(const SelectiveScanParams& p, cudaStream_t stream) {
 
 // Two channels per thread (4 blocks per SM) where that grid still gives every SM three blocks, else
 // one (8 blocks per SM; twice the blocks for small grids: Mamba-1's D 1536 at batch 8 has 192 blocks
-// of 64 channels for 132 SMs).
+// of 64 channels for 132 SMs). Where it gives three, the forward proper of 2-byte types runs
+// fwd_wide_kernel instead (selective_scan_fwd_wide.cuh); the backward's pre-pass still runs this one.
 inline bool two_channels(const SelectiveScanParams& p) {
   const char e = env_rows();
   if (e == '1' || e == '2') return e == '2';

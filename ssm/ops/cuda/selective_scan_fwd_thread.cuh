@@ -5,6 +5,7 @@
 // backward's checkpoints; without kOut it writes only those (the backward's pre-pass).
 #pragma once
 #include "cuda/selective_scan_fwd_rows.cuh"
+#include "cuda/selective_scan_fwd_wide.cuh"
 #include "cuda/selective_scan_thread.cuh"
 
 namespace ssm::cuda::scan_thread {
@@ -343,6 +344,16 @@ void launch_fwd(const SelectiveScanParams& p, bool only_checkpoints, cudaStream_
     else if (checkpoint_layout(p)) fwd_block_kernel<T, KN, KW, true, true><<<grid, block, 0, stream>>>(p, f);
     else fwd_block_kernel<T, KN, KW, true, false><<<grid, block, 0, stream>>>(p, f);
   });
+}
+
+// The forward proper (y wanted): the thread-per-channel kernel where it is chosen (2-byte types), else launch_fwd.
+template <typename T>
+void launch_fwd_y(const SelectiveScanParams& p, cudaStream_t stream) {
+  if constexpr (sizeof(T) == 2) {
+    if (scan_rows::takes<T>(p, false) && scan_wide::takes(p))
+      return scan_wide::launch<T>(p, checkpoint_layout(p), stream);
+  }
+  launch_fwd<T>(p, false, stream);
 }
 
 }  // namespace ssm::cuda::scan_thread
